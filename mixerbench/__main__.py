@@ -1,0 +1,3 @@
+from mixerbench.cli import app
+
+app(prog_name="mixerbench")

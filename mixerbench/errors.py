@@ -1,0 +1,25 @@
+"""User-facing errors.
+
+Anything a user can get wrong (a name, a path, a shape, an option) raises `UserError` with one plain
+sentence that says what was wrong and what to do. `cli.py` turns it into exit status 2 without a
+traceback; the library never prints.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable
+
+
+class UserError(ValueError):
+    """Bad input: the message is one sentence meant for the terminal."""
+
+
+def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
+    """Return ' Did you mean a, b?' for the closest names, or '' when none is close."""
+    choices = list(choices)
+    lowered = {c.lower(): c for c in choices}
+    hits = difflib.get_close_matches(word.lower(), list(lowered), n=n, cutoff=0.5)
+    if not hits:
+        return ""
+    return " Did you mean " + ", ".join(lowered[h] for h in hits) + "?"

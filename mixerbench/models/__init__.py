@@ -1,0 +1,209 @@
+"""The model zoo: one registry keyed by slug, the paper's spellings and family aliases.
+
+`create_model(name, ...)` builds any entry (the native Mixer for `mixer-*`, timm for the
+baselines, `timm:<name>` for anything else timm has); `list_models(pattern)` lists the slugs;
+`model_info(name)` gives the zoo row (params, params without head, GMACs, GFLOPs) shown by
+`mixerbench models`. Shapes come from the paper's Table 1 (Mixer) and the ViT / BiT papers
+through timm's names (paper.md section 8.2).
+
+This module is imported by `mixerbench --help` paths, so torch and timm load inside functions.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from mixerbench.errors import UserError, close_matches
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One registry entry. `kwargs` are the architecture's constructor arguments."""
+
+    name: str              # slug: mixer-b16
+    family: str            # mixer | vit | resnet
+    paper_name: str        # Mixer-B/16
+    timm_name: str | None  # timm architecture with the same shapes, if any
+    img_size: int
+    patch_size: int | None
+    kwargs: dict[str, Any] = field(default_factory=dict)
+    cifar_stem: bool = False  # ResNet with a 3x3 stride-1 stem and no max-pool (32 px inputs)
+    note: str = ""
+
+
+REGISTRY: dict[str, ModelSpec] = {}
+
+
+def register(spec: ModelSpec) -> ModelSpec:
+    REGISTRY[spec.name] = spec
+    return spec
+
+
+# paper Table 1: depth, patch, hidden size C, D_S = C/2 and D_C = 4C (defaults of Mixer).
+_MIXER_TABLE1 = {
+    "S/32": (8, 32, 512), "S/16": (8, 16, 512), "B/32": (12, 32, 768), "B/16": (12, 16, 768),
+    "L/32": (24, 32, 1024), "L/16": (24, 16, 1024), "H/14": (32, 14, 1280),
+}
+for _variant, (_depth, _patch, _dim) in _MIXER_TABLE1.items():
+    _slug = "mixer-" + _variant.replace("/", "").lower()
+    _timm = None if _variant == "H/14" else f"mixer_{_variant.replace('/', '').lower()}_224"
+    register(ModelSpec(_slug, "mixer", f"Mixer-{_variant}", _timm, 224, _patch,
+                       dict(dim=_dim, depth=_depth)))
+
+# Small-image models for CIFAR-size inputs (not in the paper): 32 px, patch 4 gives 64 tokens.
+register(ModelSpec("mixer-t4", "mixer", "Mixer-T/4 (32 px)", None, 32, 4,
+                   dict(dim=256, depth=8), note="small-image Mixer: width 256, 8 blocks"))
+
+from mixerbench.models import baselines as _baselines  # noqa: E402  (registers ViT / ResNet)
+
+FAMILY_ALIASES = {"mixer": "mixer-b16", "vit": "vit-b16", "resnet": "bit-r50x1", "bit": "bit-r50x1"}
+
+
+def _squash(name: str) -> str:
+    return re.sub(r"[^a-z0-9]", "", name.lower())
+
+
+_PAPER_NAMES = {_squash(s.paper_name.split(" ")[0]): s.name for s in REGISTRY.values()}
+_PAPER_NAMES.update({_squash(s.name): s.name for s in REGISTRY.values()})
+
+
+def resolve_name(name: str) -> str:
+    """Registry slug for a slug, a paper spelling (`Mixer-B/16`) or a family alias; `timm:` kept.
+
+    Raises UserError with the closest names for anything unknown.
+    """
+    name = name.strip()
+    if name.startswith("timm:"):
+        return name
+    if name.lower() in FAMILY_ALIASES:
+        return FAMILY_ALIASES[name.lower()]
+    if name in REGISTRY:
+        return name
+    hit = _PAPER_NAMES.get(_squash(name))
+    if hit:
+        return hit
+    raise UserError(
+        f"Unknown model '{name}'.{close_matches(name, list(REGISTRY) + list(FAMILY_ALIASES))} "
+        "Run `mixerbench models` for the zoo, or use timm:<name> for any timm model."
+    )
+
+
+def get_spec(name: str) -> ModelSpec:
+    """The registry entry for `name`; `timm:<arch>` gets an ad-hoc spec."""
+    slug = resolve_name(name)
+    if slug.startswith("timm:"):
+        arch = slug[5:].split(".")[0]
+        import timm
+
+        if not timm.is_model(arch):
+            raise UserError(
+                f"timm has no model '{arch}'.{close_matches(arch, timm.list_models(), 3)}"
+            )
+        family = "mixer" if "mixer" in arch else "vit" if arch.startswith(("vit", "deit")) else (
+            "resnet" if "resnet" in arch else "other")
+        cfg = timm.get_pretrained_cfg(arch)
+        size = (cfg.input_size[-1] if cfg is not None and cfg.input_size else 224)
+        m = re.search(r"patch(\d+)", arch)
+        return ModelSpec(slug, family, slug, arch, size, int(m.group(1)) if m else None)
+    return REGISTRY[slug]
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registry slugs, optionally filtered by a shell-style pattern (`mixer-*`)."""
+    names = list(REGISTRY)
+    if pattern:
+        names = [n for n in names if fnmatch.fnmatch(n, pattern)
+                 or fnmatch.fnmatch(REGISTRY[n].paper_name, pattern)]
+    return names
+
+
+def create_model(name: str, num_classes: int = 1000, img_size: int | None = None,
+                 patch_size: int | None = None, **overrides: Any):
+    """Build a model from the zoo.
+
+    Args:
+        name: slug, paper spelling, family alias or `timm:<name>` (a `.tag` suffix is ignored
+            here; weights are loaded by `mixerbench.models.weights`).
+        num_classes: head outputs (0 for a feature extractor).
+        img_size / patch_size: override the entry's input size and patch size.
+        **overrides: architecture arguments: `width` (C for Mixer, embed_dim for ViT),
+            `depth`, `drop_path`, `dropout`, `gelu` (Mixer), or any timm constructor argument.
+
+    Returns:
+        A torch module with timm's `forward_features` / `forward_head(pre_logits=)` /
+        `reset_classifier` API.
+    """
+    spec = get_spec(name)
+    size = img_size or spec.img_size
+    patch = patch_size or spec.patch_size
+    if patch and size % patch:
+        raise UserError(
+            f"Patch size {patch} does not divide image size {size}; choose an image size that "
+            f"is a multiple of {patch}."
+        )
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    if spec.family == "mixer" and not spec.name.startswith("timm:"):
+        from mixerbench.models.mixer import Mixer
+
+        kw = dict(spec.kwargs)
+        if "width" in overrides:
+            kw["dim"] = overrides.pop("width")
+        kw.update(overrides)
+        allowed = {"dim", "depth", "tokens_dim", "channels_dim", "gelu", "drop_path", "dropout",
+                   "in_chans"}
+        bad = set(kw) - allowed
+        if bad:
+            raise UserError(f"Mixer has no option {sorted(bad)[0]!r}; options: {sorted(allowed)}.")
+        return Mixer(img_size=size, patch_size=patch, num_classes=num_classes, **kw)
+    return _baselines.build(spec, num_classes, size, patch, overrides)
+
+
+def count_params(model) -> tuple[int, int]:
+    """(all parameters, parameters outside the classifier head)."""
+    total = sum(p.numel() for p in model.parameters())
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    head_n = sum(p.numel() for p in head.parameters()) if head is not None else 0
+    return total, total - head_n
+
+
+_INFO_CACHE: dict[tuple, dict] = {}
+
+
+def model_info(name: str, num_classes: int = 1000, img_size: int | None = None,
+               patch_size: int | None = None, **overrides: Any) -> dict[str, Any]:
+    """The zoo row: name, family, paper_name, timm_name, img_size, patch_size, params,
+    params_no_head, gmacs, gflops (per image, forward pass).
+
+    Built on the meta device, so even BiT-R152x4 (936M parameters) costs no memory; MACs are
+    counted by torch's FlopCounterMode (see `mixerbench.bench.count_macs`).
+    """
+    key = (name, num_classes, img_size, patch_size, tuple(sorted(overrides.items())))
+    if key in _INFO_CACHE:
+        return dict(_INFO_CACHE[key])
+    import torch
+
+    from mixerbench.bench import count_macs
+
+    spec = get_spec(name)
+    with torch.device("meta"):
+        model = create_model(name, num_classes=num_classes, img_size=img_size,
+                             patch_size=patch_size, **overrides)
+    size = img_size or spec.img_size
+    params, params_no_head = count_params(model)
+    macs = count_macs(model, size, device="meta")
+    row = dict(
+        name=spec.name, family=spec.family, paper_name=spec.paper_name,
+        timm_name=spec.timm_name or "", img_size=size,
+        patch_size=(patch_size or spec.patch_size or ""),
+        params=params, params_no_head=params_no_head,
+        gmacs=round(macs / 1e9, 3), gflops=round(2 * macs / 1e9, 3),
+    )
+    _INFO_CACHE[key] = row
+    return dict(row)
+
+
+__all__ = ["ModelSpec", "REGISTRY", "FAMILY_ALIASES", "create_model", "list_models",
+           "model_info", "resolve_name", "get_spec", "count_params"]

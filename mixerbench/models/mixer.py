@@ -1,0 +1,177 @@
+"""The native MLP-Mixer (paper section 2, Figure 1; official code paper.md section 7.1).
+
+Follows `vit_jax/models_mixer.py` exactly: a per-patch linear stem, then blocks of
+pre-LayerNorm (eps 1e-6) token-mixing and channel-mixing MLPs with residuals, GELU (tanh
+approximation by default, as Flax's `nn.gelu`; `gelu="exact"` matches timm), no position
+embedding, a final LayerNorm, global average pooling over tokens and a zero-initialised head.
+Kernels are lecun-normal and biases zero (Flax defaults). Stochastic depth rises linearly from 0
+at the first block to `drop_path` at the last (paper Appendix B).
+
+Parameter names are timm's `MlpMixer` names (`stem.proj`, `blocks.N.norm1`,
+`blocks.N.mlp_tokens.fc1/fc2`, `blocks.N.norm2`, `blocks.N.mlp_channels.fc1/fc2`, `norm`,
+`head`), so a timm state dict loads with `strict=True`.
+
+Written by hand rather than taken from timm for three reasons: the official GELU and init,
+the linear stochastic-depth rule (timm applies a constant rate), and token mixing computed as
+`W @ X` on (B, S, C) activations, with the weight on the left, so no transpose or copy of the
+activations is needed (timm transposes twice per block).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from timm.layers import DropPath
+from torch import nn
+
+
+def lecun_normal_(weight: torch.Tensor, fan_in: int) -> torch.Tensor:
+    """Flax's lecun_normal: truncated normal (+-2 std) with variance 1/fan_in.
+
+    The 0.8796... factor is the std of a unit normal truncated at +-2, as in Flax's
+    `variance_scaling(1.0, "fan_in", "truncated_normal")`.
+    """
+    std = math.sqrt(1.0 / fan_in) / 0.87962566103423978
+    with torch.no_grad():
+        return nn.init.trunc_normal_(weight, std=std, a=-2 * std, b=2 * std)
+
+
+class Mlp(nn.Module):
+    """Dense -> GELU -> Dense, with biases (`MlpBlock` in the official code)."""
+
+    def __init__(self, dim: int, hidden: int, gelu: str = "tanh", dropout: float = 0.0):
+        super().__init__()
+        self.fc1 = nn.Linear(dim, hidden)
+        self.act = nn.GELU(approximate="tanh" if gelu == "tanh" else "none")
+        self.drop = nn.Dropout(dropout)
+        self.fc2 = nn.Linear(hidden, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (..., dim)
+        return self.drop(self.fc2(self.drop(self.act(self.fc1(x)))))
+
+    def forward_left(self, x: torch.Tensor) -> torch.Tensor:
+        """The same MLP applied along dim -2: (B, S, C) -> (B, S, C), as W2 act(W1 X + b1) + b2.
+
+        This is token mixing without transposing the activations: fc1.weight (D_S, S) multiplies
+        X (B, S, C) from the left as one batched matmul with a broadcast (stride-0) weight.
+        """
+        h = torch.matmul(self.fc1.weight, x) + self.fc1.bias[:, None]  # (B, D_S, C)
+        h = self.drop(self.act(h))
+        return self.drop(torch.matmul(self.fc2.weight, h) + self.fc2.bias[:, None])  # (B, S, C)
+
+
+class MixerBlock(nn.Module):
+    """Pre-LN token mixing, then pre-LN channel mixing, each with a residual (paper eq. 1)."""
+
+    def __init__(self, dim: int, seq_len: int, tokens_dim: int, channels_dim: int,
+                 gelu: str = "tanh", dropout: float = 0.0, drop_path: float = 0.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp_tokens = Mlp(seq_len, tokens_dim, gelu, dropout)
+        self.drop_path = DropPath(drop_path)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp_channels = Mlp(dim, channels_dim, gelu, dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, S, C)
+        x = x + self.drop_path(self.mlp_tokens.forward_left(self.norm1(x)))
+        return x + self.drop_path(self.mlp_channels(self.norm2(x)))
+
+
+class Stem(nn.Module):
+    """Per-patch fully connected layer: a P x P convolution with stride P (official `stem`)."""
+
+    def __init__(self, patch_size: int, dim: int, in_chans: int = 3):
+        super().__init__()
+        self.proj = nn.Conv2d(in_chans, dim, kernel_size=patch_size, stride=patch_size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, S, C)
+        return self.proj(x).flatten(2).transpose(1, 2)  # raster (row-major) token order
+
+
+class Mixer(nn.Module):
+    """MLP-Mixer with the paper's Table 1 shapes by default (D_S = C/2, D_C = 4C).
+
+    Args:
+        img_size: square input side in pixels; must be a multiple of `patch_size`.
+        patch_size: P, the side of the non-overlapping patches.
+        num_classes: head outputs; 0 gives an identity head (features only).
+        dim: hidden size C.  depth: number of Mixer blocks.
+        tokens_dim / channels_dim: MLP widths D_S and D_C (default C/2 and 4C, paper Table 1).
+        gelu: "tanh" (official Flax code) or "exact" (timm).
+        drop_path: stochastic depth at the last block; block i uses drop_path * i / (depth - 1).
+        dropout: dropout inside the MLPs (0.0 in every final setting of paper Table 4).
+    """
+
+    def __init__(self, img_size: int = 224, patch_size: int = 16, num_classes: int = 1000,
+                 dim: int = 768, depth: int = 12, tokens_dim: int | None = None,
+                 channels_dim: int | None = None, in_chans: int = 3, gelu: str = "tanh",
+                 drop_path: float = 0.0, dropout: float = 0.0):
+        super().__init__()
+        if img_size % patch_size:
+            raise ValueError(f"patch size {patch_size} does not divide image size {img_size}")
+        if gelu not in ("tanh", "exact"):
+            raise ValueError(f"gelu must be 'tanh' or 'exact', not {gelu!r}")
+        self.img_size, self.patch_size, self.gelu = img_size, patch_size, gelu
+        self.num_classes, self.num_features, self.embed_dim = num_classes, dim, dim
+        self.seq_len = (img_size // patch_size) ** 2
+        self.tokens_dim = tokens_dim or dim // 2
+        self.channels_dim = channels_dim or dim * 4
+        self.stem = Stem(patch_size, dim, in_chans)
+        rates = [drop_path * i / max(depth - 1, 1) for i in range(depth)]
+        self.blocks = nn.Sequential(*[
+            MixerBlock(dim, self.seq_len, self.tokens_dim, self.channels_dim, gelu, dropout, r)
+            for r in rates
+        ])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, num_classes) if num_classes else nn.Identity()
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """lecun-normal kernels, zero biases, unit LayerNorm scales, zero head (paper.md 7.1)."""
+        for m in self.modules():
+            if isinstance(m, (nn.Linear, nn.Conv2d)):
+                fan_in = m.weight[0].numel()
+                lecun_normal_(m.weight, fan_in)
+                nn.init.zeros_(m.bias)
+            elif isinstance(m, nn.LayerNorm):
+                nn.init.ones_(m.weight)
+                nn.init.zeros_(m.bias)
+        if isinstance(self.head, nn.Linear):
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A fresh zero-initialised head (the fine-tuning rule, paper.md 6.2)."""
+        self.num_classes = num_classes
+        dev = self.norm.weight.device
+        self.head = nn.Linear(self.num_features, num_classes, device=dev) if num_classes else nn.Identity()
+        if num_classes:
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
+
+    def get_classifier(self) -> nn.Module:
+        return self.head
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:  # (B, 3, H, W) -> (B, S, C)
+        if x.shape[-1] != self.img_size or x.shape[-2] != self.img_size:
+            raise ValueError(
+                f"this Mixer takes {self.img_size}x{self.img_size} images, got "
+                f"{x.shape[-2]}x{x.shape[-1]}")
+        return self.norm(self.blocks(self.stem(x)))
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        x = x.mean(dim=1)  # global average pooling over tokens -> (B, C)
+        return x if pre_logits else self.head(x)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def config(self) -> dict:
+        """Constructor arguments that rebuild this architecture (saved beside checkpoints)."""
+        return dict(img_size=self.img_size, patch_size=self.patch_size,
+                    num_classes=self.num_classes, dim=self.embed_dim, depth=len(self.blocks),
+                    tokens_dim=self.tokens_dim, channels_dim=self.channels_dim, gelu=self.gelu)
+
+
+__all__ = ["Mixer", "MixerBlock", "Mlp", "Stem", "lecun_normal_"]

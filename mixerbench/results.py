@@ -1,0 +1,222 @@
+"""Results on disk: every CSV schema declared once, atomic locked appends, provenance.
+
+Layout (design.md section 5): append-only tidy CSVs under the results directory
+(`accuracy.csv`, `fewshot.csv`, `throughput.csv`, `shuffle.csv`, `scaling.csv`), raw numbers
+(percent as 0-100 floats named `top1`), one observation per row, and the same provenance
+columns on every row. Run directories live in `<results>/runs/<run_id>/`.
+"""
+
+from __future__ import annotations
+
+import csv
+import datetime as _dt
+import fcntl
+import io
+import json
+import os
+import subprocess
+import tempfile
+from collections.abc import Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mixerbench.errors import UserError
+
+PROVENANCE = (
+    "git_sha", "mixerbench_version", "torch_version", "timm_version", "device_name",
+    "num_devices", "dtype", "compiled", "seed", "timestamp",
+)
+
+# One place declares each CSV's columns; writers and readers both use these tuples.
+SCHEMAS: dict[str, tuple[str, ...]] = {
+    "accuracy": (
+        "run_id", "model", "dataset", "split", "img_size", "epochs", "steps", "top1", "top5",
+        "loss", "train_seconds", "device_hours", "train_flops", "init", "kind",
+    ) + PROVENANCE,
+    "fewshot": (
+        "run_id", "model", "dataset", "shots", "l2_reg", "num_seeds", "top1_mean", "top1_std",
+        "img_size",
+    ) + PROVENANCE,
+    "throughput": (
+        "model", "mode", "batch_size", "img_size", "img_per_sec_mean", "img_per_sec_std",
+        "step_ms_median", "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops",
+        "channels_last", "driver_version", "cuda_version",
+    ) + PROVENANCE,
+    "shuffle": (
+        "run_id", "model", "dataset", "train_shuffle", "eval_shuffle", "metric", "top1",
+        "img_size",
+    ) + PROVENANCE,
+    "scaling": (
+        "run_id", "model", "dataset", "fraction", "epochs", "metric", "top1",
+    ) + PROVENANCE,
+}
+
+# Which command writes each CSV: named in the message when a reader finds it missing.
+PRODUCERS = {
+    "accuracy": "mixerbench pretrain / finetune / evaluate / compare",
+    "fewshot": "mixerbench evaluate --fewshot 5",
+    "throughput": "mixerbench bench --models ...",
+    "shuffle": "mixerbench reproduce shuffle",
+    "scaling": "mixerbench reproduce data-scaling",
+}
+
+
+def results_dir(path: str | os.PathLike | None = None) -> Path:
+    """The results directory: the argument, else $MIXERBENCH_RESULTS, else ./results."""
+    return Path(path or os.environ.get("MIXERBENCH_RESULTS") or "results")
+
+
+def csv_path(table: str, root: str | os.PathLike | None = None) -> Path:
+    if table not in SCHEMAS:
+        raise UserError(f"Unknown results table '{table}'; known tables: {', '.join(SCHEMAS)}.")
+    return results_dir(root) / f"{table}.csv"
+
+
+@contextmanager
+def locked(path: Path):
+    """An exclusive advisory lock on `<path>.lock`, held across read-modify-write."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(str(path) + ".lock", "a") as fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value) if value == value else ""
+    return str(value)
+
+
+def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> Path:
+    """Append one row to `<root>/<table>.csv`, atomically and under a lock.
+
+    The whole file is rewritten to a temporary file, fsynced and renamed over the old one while
+    the lock is held, so a reader never sees a torn row and concurrent writers never lose one.
+    Keys outside the schema are an error (a typo would silently drop a number otherwise).
+    """
+    columns = SCHEMAS[table] if table in SCHEMAS else csv_path(table, root)  # raises on unknown
+    unknown = set(row) - set(columns)
+    if unknown:
+        raise KeyError(f"columns not in the {table} schema: {sorted(unknown)}")
+    path = csv_path(table, root)
+    line = io.StringIO()
+    csv.writer(line, lineterminator="\n").writerow([_format(row.get(c)) for c in columns])
+    with locked(path):
+        old = path.read_text() if path.exists() else ""
+        if not old:
+            header = io.StringIO()
+            csv.writer(header, lineterminator="\n").writerow(columns)
+            old = header.getvalue()
+        atomic_write_text(path, old + line.getvalue())
+    return path
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode())
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+
+
+def load(table: str, root: str | os.PathLike | None = None, required: bool = True):
+    """Read one results CSV into a DataFrame with the schema's columns.
+
+    A missing or empty file raises `UserError` naming the command that produces it (or returns an
+    empty frame when `required` is False).
+    """
+    import pandas as pd
+
+    path = csv_path(table, root)
+    if not path.exists() or path.stat().st_size == 0:
+        if required:
+            raise UserError(
+                f"{path} is missing or empty; run `{PRODUCERS[table]}` first to produce it."
+            )
+        return pd.DataFrame(columns=list(SCHEMAS[table]))
+    df = pd.read_csv(path)
+    if df.empty and required:
+        raise UserError(f"{path} has no rows; run `{PRODUCERS[table]}` first to produce it.")
+    for c in SCHEMAS[table]:
+        if c not in df.columns:
+            df[c] = pd.NA
+    return df
+
+
+def _git_sha() -> str:
+    try:
+        here = Path(__file__).resolve().parent
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=here, capture_output=True,
+            text=True, timeout=5,
+        )
+        sha = out.stdout.strip()
+        if not sha:
+            return ""
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=here,
+            capture_output=True, text=True, timeout=5,
+        ).stdout.strip()
+        return sha + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def device_name(device: str | None = None) -> str:
+    import platform
+
+    import torch
+
+    dev = torch.device(device) if device else None
+    if (dev is None or dev.type == "cuda") and torch.cuda.is_available():
+        return torch.cuda.get_device_name(dev if dev is not None and dev.index is not None else 0)
+    proc = platform.processor() or platform.machine()
+    return f"cpu ({proc}, {os.cpu_count()} cores)"
+
+
+def provenance(
+    *, device: str | None = None, num_devices: int = 1, dtype: str = "fp32",
+    compiled: bool = False, seed: int | None = None,
+) -> dict[str, Any]:
+    """The provenance columns shared by every row (design.md section 5)."""
+    import timm
+    import torch
+
+    import mixerbench
+
+    return {
+        "git_sha": _git_sha(),
+        "mixerbench_version": mixerbench.__version__,
+        "torch_version": torch.__version__,
+        "timm_version": timm.__version__,
+        "device_name": device_name(device),
+        "num_devices": num_devices,
+        "dtype": dtype,
+        "compiled": compiled,
+        "seed": seed,
+        "timestamp": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+    }
