@@ -95,18 +95,29 @@ def _format(value: Any) -> str:
     return str(value)
 
 
+# Per-run training curve, `runs/<run_id>/metrics.csv`, one row per evaluation (design.md 5).
+METRICS = ("step", "epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "img_per_sec",
+           "elapsed_s")
+
+
 def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> Path:
-    """Append one row to `<root>/<table>.csv`, atomically and under a lock.
+    """Append one row to `<root>/<table>.csv` (schema `SCHEMAS[table]`), atomically and locked."""
+    path = csv_path(table, root)  # raises on an unknown table
+    append_to(path, SCHEMAS[table], row)
+    return path
+
+
+def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[str, Any]) -> None:
+    """Append one row to the CSV at `path` with the given columns, atomically and under a lock.
 
     The whole file is rewritten to a temporary file, fsynced and renamed over the old one while
     the lock is held, so a reader never sees a torn row and concurrent writers never lose one.
-    Keys outside the schema are an error (a typo would silently drop a number otherwise).
+    Keys outside the columns are an error (a typo would silently drop a number otherwise).
     """
-    columns = SCHEMAS[table] if table in SCHEMAS else csv_path(table, root)  # raises on unknown
     unknown = set(row) - set(columns)
     if unknown:
-        raise KeyError(f"columns not in the {table} schema: {sorted(unknown)}")
-    path = csv_path(table, root)
+        raise KeyError(f"columns not in the schema of {Path(path).name}: {sorted(unknown)}")
+    path = Path(path)
     line = io.StringIO()
     csv.writer(line, lineterminator="\n").writerow([_format(row.get(c)) for c in columns])
     with locked(path):
@@ -116,7 +127,6 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
             csv.writer(header, lineterminator="\n").writerow(columns)
             old = header.getvalue()
         atomic_write_text(path, old + line.getvalue())
-    return path
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:

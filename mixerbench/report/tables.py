@@ -1,0 +1,352 @@
+"""The paper's tables regenerated from our CSVs: pure functions DataFrame(s) -> DataFrame.
+
+One function per table (style.md habit 8), no I/O:
+
+- `table1(zoo_df)`: our model zoo beside the paper's Table 1 (architecture and parameter counts).
+- `compare_table(accuracy_df, ...)`: one row per model and resolution, our accuracy, cost and
+  speed beside the paper's top-1 (Tables 2/3) where the paper has one (issue 6, item 1).
+- `throughput_table(throughput_df)`: best img/s per model and mode, as a ratio to the first model
+  listed, beside the paper's TPU-v3 ratio from Table 3.
+- `to_markdown(df)`: a pipe table without the `tabulate` package.
+
+Inputs carry the columns declared in `mixerbench.results.SCHEMAS`; outputs are raw numbers
+(formatting is `to_markdown`'s job).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+import pandas as pd
+
+from mixerbench import reference
+from mixerbench.errors import UserError
+from mixerbench.results import PRODUCERS
+
+COMPARE_COLUMNS = (
+    "dataset", "model", "img_size", "params", "gflops", "train_img_per_sec", "infer_img_per_sec",
+    "wall_time_s", "device_hours", "train_flops", "top1_mean", "top1_std", "n", "fewshot_top1",
+    "paper_top1", "diff",
+)
+THROUGHPUT_COLUMNS = (
+    "device_name", "mode", "model", "img_size", "batch_size", "img_per_sec", "img_per_sec_std",
+    "step_ms_median", "params", "gmacs", "mfu", "ratio", "paper_img_per_sec_core", "paper_ratio",
+)
+TABLE1_COLUMNS = (
+    "model", "paper_name", "layers", "patch", "hidden", "seq_len", "mlp_channels", "mlp_tokens",
+    "params_m_paper", "params_m_ours", "params_with_head_paper", "params_with_head_ours", "match",
+)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+def require(df: pd.DataFrame | None, table: str, what: str) -> pd.DataFrame:
+    """`df` as a copy, or UserError naming the command that writes `<table>.csv`."""
+    if df is None or len(df) == 0:
+        raise UserError(
+            f"{what} needs rows from {table}.csv and there are none; "
+            f"run `{PRODUCERS[table]}` first to produce it."
+        )
+    return df.copy()
+
+
+def numeric(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
+    """Coerce `columns` (those present) to floats in place; blanks become NaN."""
+    for c in columns:
+        if c in df.columns:
+            df[c] = pd.to_numeric(df[c], errors="coerce")
+    return df
+
+
+def device_hours(df: pd.DataFrame) -> pd.Series:
+    """`device_hours`, else `train_seconds * num_devices / 3600` (design.md section 5)."""
+    numeric(df, "device_hours", "train_seconds", "num_devices")
+    dh = df["device_hours"] if "device_hours" in df.columns else pd.Series(np.nan, index=df.index)
+    if "train_seconds" in df.columns:
+        nd = df["num_devices"].fillna(1) if "num_devices" in df.columns else 1
+        dh = dh.fillna(df["train_seconds"] * nd / 3600.0)
+    return dh
+
+
+def pick_dataset(df: pd.DataFrame, dataset: str | None, what: str) -> tuple[pd.DataFrame, str]:
+    """Rows of `dataset` (default: the dataset with the most rows) and its name."""
+    if "dataset" not in df.columns or df["dataset"].isna().all():
+        return df, dataset or ""
+    names = df["dataset"].dropna().astype(str)
+    if dataset is None:
+        counts = names.value_counts()
+        dataset = sorted(counts[counts == counts.max()].index)[0]
+    rows = df[df["dataset"].astype(str) == str(dataset)].copy()
+    if rows.empty:
+        known = ", ".join(sorted(names.unique()))
+        raise UserError(f"{what}: no rows for dataset '{dataset}'; the CSV has: {known}.")
+    return rows, str(dataset)
+
+
+def latest_per_run(df: pd.DataFrame) -> pd.DataFrame:
+    """One row per (run_id, dataset, split, img_size): the last written (re-evaluations win)."""
+    if "run_id" not in df.columns:
+        return df
+    keys = [c for c in ("run_id", "dataset", "split", "img_size") if c in df.columns]
+    has_id = df["run_id"].notna() & (df["run_id"].astype(str) != "")
+    return pd.concat(
+        [df[has_id].drop_duplicates(subset=keys, keep="last"), df[~has_id]]
+    ).sort_index().copy()
+
+
+def _best_throughput(thr: pd.DataFrame | None, model: str, mode: str, img_size) -> float:
+    """Highest img/s over batch sizes (the paper reports the best batch size), same resolution
+    as the accuracy run when such a row exists."""
+    if thr is None or thr.empty:
+        return math.nan
+    rows = thr[(thr["model"] == model) & (thr["mode"] == mode)]
+    same = rows[rows["img_size"] == img_size] if img_size == img_size else rows.iloc[0:0]
+    rows = same if not same.empty else rows
+    return float(rows["img_per_sec_mean"].max()) if not rows.empty else math.nan
+
+
+# ----------------------------------------------------------------------------- Table 1
+
+def table1(zoo_df: pd.DataFrame) -> pd.DataFrame:
+    """The paper's Table 1 beside our zoo.
+
+    Args:
+        zoo_df: the model zoo (`mixerbench models --format csv`) with columns `name`,
+            `params` (with a 1000-class head), `params_no_head`; `patch_size` is checked if present.
+
+    Returns:
+        One row per Mixer of Table 1, columns `TABLE1_COLUMNS`. `match` is True when our
+        head-less count rounds to the paper's millions, the exact head-inclusive count equals
+        VT models_test's where known, and the patch size agrees.
+    """
+    if zoo_df is None or len(zoo_df) == 0:
+        raise UserError("table1 needs the model zoo; run `mixerbench models --format csv`.")
+    ref = reference.load_table("table1")
+    missing = {"name", "params", "params_no_head"} - set(zoo_df.columns)
+    if missing:
+        raise UserError(
+            f"table1 needs zoo columns {sorted(missing)}; pass `mixerbench models` rows.")
+    zoo = numeric(zoo_df.copy(), "params", "params_no_head", "patch_size")
+    zoo = zoo.drop_duplicates("name", keep="last").set_index("name")
+    out = ref.rename(columns={"params_m": "params_m_paper",
+                              "params_with_head": "params_with_head_paper"})
+    ours = zoo.reindex(out["model"])
+    out["params_m_ours"] = (ours["params_no_head"].to_numpy() / 1e6).round().astype(float)
+    out["params_with_head_ours"] = ours["params"].to_numpy()
+    match = out["params_m_ours"] == out["params_m_paper"]
+    exact = out["params_with_head_paper"].isna() | (
+        out["params_with_head_ours"] == out["params_with_head_paper"])
+    if "patch_size" in ours.columns:
+        match &= ours["patch_size"].to_numpy() == out["patch"].to_numpy()
+    out["match"] = (match & exact).astype(bool)
+    return out[list(TABLE1_COLUMNS)].reset_index(drop=True)
+
+
+# ----------------------------------------------------------------------------- compare
+
+def compare_table(
+    accuracy_df: pd.DataFrame,
+    throughput_df: pd.DataFrame | None = None,
+    fewshot_df: pd.DataFrame | None = None,
+    dataset: str | None = None,
+    *,
+    zoo_df: pd.DataFrame | None = None,
+    pretrain: str | None = None,
+    shots: int = 5,
+    split: str | None = None,
+) -> pd.DataFrame:
+    """One row per (dataset, model, img_size): cost, speed and accuracy, with the paper's top-1.
+
+    Args:
+        accuracy_df: `accuracy.csv` rows (`run_id, model, dataset, split, img_size, top1,
+            train_seconds, device_hours, train_flops`, provenance `num_devices`). Several rows
+            of one run (re-evaluations) count once: the last one.
+        throughput_df: `throughput.csv` rows (`model, mode, img_size, img_per_sec_mean, params,
+            gmacs`); the best batch size per model and mode is reported.
+        fewshot_df: `fewshot.csv` rows (`model, dataset, shots, top1_mean`); mean over rows.
+        dataset: keep only this dataset (default: all, one block per dataset).
+        zoo_df: the zoo (`name, params, gflops`); else params/GMACs come from throughput rows.
+        pretrain: upstream dataset for the paper lookup (None: trained from scratch on `dataset`).
+        shots: which few-shot rows to report.
+        split: keep only this evaluation split.
+
+    Returns:
+        Columns `COMPARE_COLUMNS`, models in the order they first appear. `top1_std` is the sample
+        std (NaN for n=1); `paper_top1` is the paper's number at the run's resolution, else at
+        224 (`reference.paper_top1`); `diff = top1_mean - paper_top1`.
+    """
+    acc = require(accuracy_df, "accuracy", "The compare table")
+    numeric(acc, "img_size", "top1", "train_seconds", "train_flops", "num_devices")
+    acc["device_hours"] = device_hours(acc)
+    if dataset is not None:
+        acc, dataset = pick_dataset(acc, dataset, "The compare table")
+    if split is not None and "split" in acc.columns:
+        acc = acc[acc["split"].astype(str) == split]
+    acc = latest_per_run(acc)
+
+    thr = None
+    if throughput_df is not None and len(throughput_df):
+        thr = numeric(throughput_df.copy(), "img_size", "img_per_sec_mean", "params", "gmacs")
+    few = None
+    if fewshot_df is not None and len(fewshot_df):
+        few = numeric(fewshot_df.copy(), "shots", "top1_mean")
+        few = few[few["shots"] == shots]
+    zoo = None
+    if zoo_df is not None and len(zoo_df):
+        zoo = numeric(zoo_df.copy(), "params", "gflops").drop_duplicates("name").set_index("name")
+
+    rows = []
+    for (ds, model, img_size), g in acc.groupby(
+        ["dataset", "model", "img_size"], sort=False, dropna=False
+    ):
+        top1 = g["top1"].dropna()
+        params = gflops = math.nan
+        if zoo is not None and model in zoo.index:
+            params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
+        elif thr is not None:
+            t = thr[thr["model"] == model]
+            if t["params"].notna().any():
+                params = float(t["params"].dropna().iloc[-1])
+            if t["gmacs"].notna().any():
+                gflops = 2.0 * float(t["gmacs"].dropna().iloc[-1])  # 1 MAC = 2 FLOPs
+        fs = math.nan
+        if few is not None:
+            f = few[(few["model"] == model) & (few["dataset"] == ds)]["top1_mean"].dropna()
+            fs = float(f.mean()) if len(f) else math.nan
+        size = None if img_size != img_size else int(img_size)
+        paper = reference.paper_top1(str(model), str(ds), pretrain=pretrain, img_size=size)
+        if paper is None and size != 224:  # e.g. a 160-px ImageNet run: the paper's 224 number
+            paper = reference.paper_top1(str(model), str(ds), pretrain=pretrain, img_size=224)
+        mean = float(top1.mean()) if len(top1) else math.nan
+        rows.append({
+            "dataset": ds, "model": model, "img_size": img_size,
+            "params": params, "gflops": gflops,
+            "train_img_per_sec": _best_throughput(thr, model, "train", img_size),
+            "infer_img_per_sec": _best_throughput(thr, model, "infer", img_size),
+            "wall_time_s": g["train_seconds"].mean() if "train_seconds" in g else math.nan,
+            "device_hours": g["device_hours"].mean(),
+            "train_flops": g["train_flops"].mean() if "train_flops" in g else math.nan,
+            "top1_mean": mean,
+            "top1_std": float(top1.std(ddof=1)) if len(top1) > 1 else math.nan,
+            "n": int(len(top1)),
+            "fewshot_top1": fs,
+            "paper_top1": math.nan if paper is None else paper,
+            "diff": math.nan if paper is None else mean - paper,
+        })
+    return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+# ----------------------------------------------------------------------------- throughput
+
+def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
+    """Best img/s per (device, mode, model, img_size), as a ratio to the first model listed.
+
+    Args:
+        throughput_df: `throughput.csv` rows (`model, mode, batch_size, img_size,
+            img_per_sec_mean, img_per_sec_std, step_ms_median, params, gmacs, mfu, device_name`).
+
+    Returns:
+        Columns `THROUGHPUT_COLUMNS`. `ratio` divides by the first model listed for the same device
+        and mode; `paper_ratio` does the same with the paper's TPU-v3 img/s/core (Table 3 at 448
+        for 448-px rows, else at 224), so the two rankings can be compared (they need not agree:
+        paper.md section 8.3).
+    """
+    thr = require(throughput_df, "throughput", "The throughput table")
+    numeric(thr, "batch_size", "img_size", "img_per_sec_mean", "img_per_sec_std",
+            "step_ms_median", "params", "gmacs", "mfu")
+    if "device_name" not in thr.columns:
+        thr["device_name"] = ""
+    thr["device_name"] = thr["device_name"].fillna("").astype(str)
+    thr = thr[thr["img_per_sec_mean"].notna()]
+    keys = ["device_name", "mode", "model", "img_size"]
+    best = thr.loc[thr.groupby(keys, sort=False, dropna=False)["img_per_sec_mean"].idxmax()]
+    # keep the order in which models were first listed
+    order = thr.drop_duplicates(keys)[keys].reset_index(drop=True).reset_index()
+    best = best.merge(order, on=keys, how="left").sort_values("index", kind="stable")
+    out = best.rename(columns={"img_per_sec_mean": "img_per_sec"}).reset_index(drop=True)
+    first = out.groupby(["device_name", "mode"], sort=False)["img_per_sec"].transform("first")
+    out["ratio"] = out["img_per_sec"] / first
+    out["paper_img_per_sec_core"] = [
+        reference.paper_throughput(str(m), int(s) if s in (224, 448) else 224) or math.nan
+        for m, s in zip(out["model"], out["img_size"])
+    ]
+    pfirst = out.groupby(["device_name", "mode"], sort=False)["paper_img_per_sec_core"].transform(
+        "first")
+    out["paper_ratio"] = out["paper_img_per_sec_core"] / pfirst
+    for c in THROUGHPUT_COLUMNS:
+        if c not in out.columns:
+            out[c] = math.nan
+    return out[list(THROUGHPUT_COLUMNS)]
+
+
+# ----------------------------------------------------------------------------- markdown
+
+def _float_format(values: pd.Series) -> str:
+    """One format per column: integers when every value is whole, else 2 decimals, else %.3g."""
+    v = pd.to_numeric(values, errors="coerce").astype(float)
+    v = v[np.isfinite(v)]
+    if v.empty or ((v == v.round()) & (v.abs() < 1e12)).all():
+        return "{:.0f}"
+    nz = v[v != 0].abs()
+    if not nz.empty and (nz.max() >= 1e6 or nz.min() < 0.01):
+        return "{:.3g}"
+    return "{:.2f}"
+
+
+def _cell(v, fmt: str) -> str:
+    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)):
+        return ""
+    if isinstance(v, (bool, np.bool_)):
+        return "yes" if v else "no"
+    if isinstance(v, (int, np.integer)):
+        return str(int(v))
+    if isinstance(v, (float, np.floating)):
+        return "" if math.isnan(v) else fmt.format(float(v))
+    return str(v).replace("|", "\\|").replace("\n", " ")
+
+
+def to_markdown(df: pd.DataFrame) -> str:
+    """A GitHub pipe table of `df` (numbers right-aligned, NaN blank), no `tabulate` needed.
+
+    Each float column gets one format: whole numbers, 2 decimals, or 3 significant digits
+    for very large or very small values (FLOPs, MFU).
+    """
+    cols = [str(c) for c in df.columns]
+    num = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
+           for c in df.columns]
+    fmts = [_float_format(df[c]) if n else "{}" for c, n in zip(df.columns, num)]
+    body = [[_cell(v, f) for v, f in zip(row, fmts)]
+            for row in df.itertuples(index=False, name=None)]
+    widths = [max([len(c), 3] + [len(r[i]) for r in body]) for i, c in enumerate(cols)]
+
+    def line(cells):
+        return "| " + " | ".join(
+            (s.rjust(w) if n else s.ljust(w)) for s, w, n in zip(cells, widths, num)) + " |"
+
+    rule = "| " + " | ".join(("-" * (w - 1) + ":") if n else "-" * w
+                             for w, n in zip(widths, num)) + " |"
+    return "\n".join([line(cols), rule] + [line(r) for r in body]) + "\n"
+
+
+# ----------------------------------------------------------------------------- registry
+
+@dataclass(frozen=True)
+class TableSpec:
+    """A table `plot` can regenerate: its function, the CSVs it needs and the paper source."""
+
+    fn: Callable[..., pd.DataFrame]
+    inputs: tuple[str, ...]
+    optional: tuple[str, ...]
+    paper: str
+
+
+TABLES: dict[str, TableSpec] = {
+    "table1": TableSpec(table1, (), (), "Table 1 (needs the model zoo, not a results CSV)"),
+    "compare": TableSpec(compare_table, ("accuracy",), ("throughput", "fewshot"),
+                         "Tables 2 and 3 (top-1 beside cost and speed)"),
+    "throughput": TableSpec(throughput_table, ("throughput",), (),
+                            "Table 3 throughput column (TPU-v3 img/s/core vs this device)"),
+}

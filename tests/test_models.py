@@ -1,0 +1,148 @@
+"""The zoo: Table 1 parameter counts, FLOPs against paper.md 7.2, timm equivalence, forward passes."""
+
+import pytest
+import torch
+
+from mixerbench.errors import UserError
+from mixerbench.models import create_model, list_models, model_info, resolve_name
+from mixerbench.models.resize import resize_mixer
+
+MIXERS = ["mixer-s32", "mixer-s16", "mixer-b32", "mixer-b16", "mixer-l32", "mixer-l16", "mixer-h14"]
+BASELINES = ["vit-s16", "vit-s32", "vit-b16", "vit-b32", "vit-l16", "vit-l32", "vit-h14",
+             "resnet50", "bit-r50x1", "bit-r50x3", "bit-r101x1", "bit-r101x3", "bit-r152x2",
+             "bit-r152x4"]
+
+
+def test_zoo_lists_every_paper_model():
+    names = list_models()
+    for n in MIXERS + BASELINES:
+        assert n in names
+    assert list_models("mixer-*")[:7] == MIXERS
+
+
+@pytest.mark.parametrize("name,millions", list(zip(MIXERS, [19, 18, 60, 59, 206, 207, 431])))
+def test_table1_params_without_head(name, millions):
+    # paper Table 1: parameters at 224 px, excluding the classifier head
+    assert round(model_info(name)["params_no_head"] / 1e6) == millions
+
+
+@pytest.mark.parametrize("name,count", [("mixer-b16", 59_880_472), ("mixer-b32", 60_293_428),
+                                        ("mixer-l16", 208_196_168)])
+def test_exact_params_with_1000_class_head(name, count):
+    # vision_transformer models_test.py (paper.md section 1)
+    assert model_info(name)["params"] == count
+
+
+@pytest.mark.parametrize("name,gmacs", [("mixer-b16", 12.6), ("vit-b16", 17.6), ("resnet50", 4.1),
+                                        ("mixer-l16", 44.55), ("mixer-s32", 1.00)])
+def test_gmacs_match_paper_md_within_one_percent(name, gmacs):
+    info = model_info(name)
+    assert info["gmacs"] == pytest.approx(gmacs, rel=0.01)
+    assert info["gflops"] == pytest.approx(2 * info["gmacs"], rel=1e-3)
+
+
+@pytest.mark.parametrize("alias,slug", [("Mixer-B/16", "mixer-b16"), ("ViT-L/16", "vit-l16"),
+                                        ("BiT-R152x4", "bit-r152x4"), ("mixer", "mixer-b16"),
+                                        ("vit", "vit-b16"), ("resnet", "bit-r50x1"),
+                                        ("timm:resnet18", "timm:resnet18")])
+def test_names_resolve(alias, slug):
+    assert resolve_name(alias) == slug
+
+
+def test_unknown_name_suggests_close_matches():
+    with pytest.raises(UserError, match="mixer-b16"):
+        resolve_name("mixer-b61")
+
+
+def test_patch_must_divide_image():
+    with pytest.raises(UserError, match="does not divide"):
+        create_model("mixer-b16", img_size=100)
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_entry_runs_forward(name):
+    """Every entry builds and runs a small-image forward pass. Entries above ~100M parameters
+    run on the meta device (same code path, shapes checked, no 4 GB of CPU weights); the rest
+    run for real on CPU."""
+    spec_patch = model_info(name)["patch_size"] or 8
+    size = 2 * int(spec_patch) if name.startswith(("mixer", "vit")) else 32
+    big = model_info(name)["params"] > 100e6
+    with torch.device("meta"):  # building is the slow part on 2 cores; weights filled below
+        model = create_model(name, num_classes=7, img_size=size if name.startswith(("mixer", "vit")) else None)
+    x = torch.randn(2, 3, size, size, device="meta" if big else "cpu")
+    if not big:
+        model = _materialise(model)
+    model.eval()
+    with torch.no_grad():
+        y = model(x)
+    assert tuple(y.shape) == (2, 7)
+    if not big:
+        assert torch.isfinite(y).all()
+
+
+def _materialise(model):
+    """Real CPU weights for a meta-built model: small random values, unit norms, BN stats."""
+    model = model.to_empty(device="cpu")
+    with torch.no_grad():
+        for name, t in list(model.named_parameters()) + list(model.named_buffers()):
+            if t.dtype.is_floating_point:
+                t.normal_(0, 0.02) if ("weight" in name and t.ndim > 1) or "bias" in name or \
+                    "pos_embed" in name or "cls_token" in name else t.fill_(1.0)
+    return model
+
+
+def test_native_mixer_matches_timm_state_dict_and_logits():
+    timm = pytest.importorskip("timm")
+    torch.manual_seed(0)
+    with torch.device("meta"):  # skip both initialisations: every weight is overwritten
+        ref = timm.create_model("mixer_b16_224", num_classes=1000)
+        ours = create_model("mixer-b16", gelu="exact")
+    ref = _materialise(ref).eval()  # random head too (timm zero-initialises it)
+    ours = ours.to_empty(device="cpu").eval()
+    ours.load_state_dict(ref.state_dict(), strict=True)
+    x = torch.randn(2, 3, 224, 224)
+    with torch.no_grad():
+        a, b = ours(x), ref(x)
+    assert ((a - b).abs().max() / b.abs().max()).item() < 1e-5
+
+
+def test_official_init_rules():
+    m = create_model("mixer-t4", num_classes=10, width=64, depth=4, drop_path=0.3)
+    assert torch.count_nonzero(m.head.weight) == 0 and torch.count_nonzero(m.head.bias) == 0
+    assert torch.count_nonzero(m.blocks[0].mlp_tokens.fc1.bias) == 0
+    # stochastic depth rises linearly from 0 at the first block to 0.3 at the last
+    assert [round(b.drop_path.drop_prob if hasattr(b.drop_path, "drop_prob") else 0.0, 3)
+            for b in m.blocks] == [0.0, 0.1, 0.2, 0.3]
+    # lecun-normal: std of the channel-MLP kernel ~ sqrt(1 / fan_in) with fan_in = C = 256
+    w = create_model("mixer-t4", width=256, depth=1).blocks[0].mlp_channels.fc1.weight
+    assert w.std().item() == pytest.approx((1 / 256) ** 0.5, rel=0.05)
+    assert m.blocks[0].mlp_tokens.act.approximate == "tanh"
+
+
+def _tile(a, b, c, d):
+    return torch.cat([torch.cat([a, b], -1), torch.cat([c, d], -1)], -2)
+
+
+def test_block_diagonal_expansion_identity():
+    """m2(tile(A, B, C, D)) == mean(m(A), m(B), m(C), m(D)) (paper section 3, Appendix C)."""
+    torch.manual_seed(0)
+    m = create_model("mixer-t4", num_classes=10, width=32, depth=3).eval()
+    for p in m.parameters():
+        p.data.normal_(0, 0.2)
+    m2 = resize_mixer(m, 64).eval()
+    assert m2.seq_len == 4 * m.seq_len and m2.tokens_dim == 4 * m.tokens_dim
+    a, b, c, d = (torch.randn(3, 3, 32, 32) for _ in range(4))
+    with torch.no_grad():
+        out = m2(_tile(a, b, c, d))
+        ref = torch.stack([m(a), m(b), m(c), m(d)]).mean(0)
+    torch.testing.assert_close(out, ref, rtol=1e-5, atol=1e-5)
+    # K=3 also keeps every part's output: a 3x3 tiling of one image equals the image
+    m3 = resize_mixer(m, 96).eval()
+    with torch.no_grad():
+        torch.testing.assert_close(m3(a.repeat(1, 1, 3, 3)), m(a), rtol=1e-5, atol=1e-5)
+
+
+def test_non_integer_factor_refused():
+    m = create_model("mixer-t4", num_classes=10, width=32, depth=1)
+    with pytest.raises(UserError, match="integer multiple"):
+        resize_mixer(m, 48)

@@ -1,0 +1,431 @@
+"""report.tables / report.figures / report.regenerate on small hand-made fixtures (issue 6).
+
+Checks values and the artists drawn (lines, collections, offsets), never pixels. CPU, offline.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+import pytest
+from matplotlib.collections import PathCollection
+from matplotlib.figure import Figure
+
+from mixerbench import report, results
+from mixerbench.errors import UserError
+from mixerbench.report import figures, style, tables
+
+
+def frame(table: str, rows: list[dict]) -> pd.DataFrame:
+    """Rows with every column of `results.SCHEMAS[table]` (missing ones blank), as load() gives."""
+    cols = list(results.SCHEMAS[table])
+    return pd.DataFrame([{c: r.get(c, np.nan) for c in cols} for r in rows], columns=cols)
+
+
+def accuracy_fixture() -> pd.DataFrame:
+    base = dict(dataset="cifar10", split="test", img_size=32, epochs=10,
+                device_name="cpu (x86_64, 2 cores)", num_devices=1)
+    return frame("accuracy", [
+        dict(base, run_id="mixer-a-s0", model="mixer-b16", top1=80.0, train_seconds=3600,
+             device_hours=1.0, train_flops=2e15, seed=0),
+        dict(base, run_id="mixer-a-s1", model="mixer-b16", top1=82.0, train_seconds=3600,
+             device_hours=1.0, train_flops=2e15, seed=1),
+        dict(base, run_id="vit-a-s0", model="vit-b16", top1=85.0, train_seconds=7200,
+             device_hours=2.0, train_flops=4e15, seed=0),
+        dict(base, run_id="bit-a-s0", model="bit-r50x1", top1=83.0, train_seconds=10800,
+             device_hours=3.0, train_flops=3e15, seed=0),
+        # a re-evaluation of bit-a-s0 appended later: only this last row counts
+        dict(base, run_id="bit-a-s0", model="bit-r50x1", top1=84.0, train_seconds=10800,
+             device_hours=3.0, train_flops=3e15, seed=0),
+        dict(base, run_id="mixer-in-s0", model="mixer-b16", dataset="imagenet", img_size=224,
+             epochs=300, top1=76.0, train_seconds=36000, device_hours=80.0, seed=0),
+    ])
+
+
+def throughput_fixture() -> pd.DataFrame:
+    dev = dict(device_name="NVIDIA H100", num_devices=1, img_size=32)
+    return frame("throughput", [
+        dict(dev, model="mixer-b16", mode="infer", batch_size=64, img_per_sec_mean=1000.0,
+             params=59_880_472, gmacs=12.6),
+        dict(dev, model="mixer-b16", mode="infer", batch_size=256, img_per_sec_mean=1500.0,
+             params=59_880_472, gmacs=12.6),
+        dict(dev, model="vit-b16", mode="infer", batch_size=256, img_per_sec_mean=3000.0,
+             params=86_567_656, gmacs=17.6),
+        dict(dev, model="bit-r50x1", mode="infer", batch_size=256, img_per_sec_mean=750.0,
+             params=25_549_352, gmacs=4.2),
+        dict(dev, model="mixer-b16", mode="train", batch_size=256, img_per_sec_mean=500.0),
+        dict(dev, model="vit-b16", mode="train", batch_size=256, img_per_sec_mean=400.0),
+    ])
+
+
+def fewshot_fixture() -> pd.DataFrame:
+    return frame("fewshot", [
+        dict(run_id="mixer-a-s0", model="mixer-b16", dataset="cifar10", shots=5, top1_mean=40.0),
+        dict(run_id="mixer-a-s1", model="mixer-b16", dataset="cifar10", shots=5, top1_mean=42.0),
+        dict(run_id="mixer-a-s1", model="mixer-b16", dataset="cifar10", shots=10, top1_mean=60.0),
+    ])
+
+
+def scaling_fixture() -> pd.DataFrame:
+    rows = []
+    for model, acc in (("mixer-b16", (40, 55, 70, 85)), ("vit-b16", (45, 58, 71, 86)),
+                       ("bit-r50x1", (60, 70, 78, 84))):
+        for (frac, ep), a in zip(((0.03, 233), (0.1, 70), (0.3, 23), (1.0, 7)), acc):
+            for metric, off in (("fewshot5", -20.0), ("finetune", 0.0)):
+                rows.append(dict(run_id=f"{model}-{frac}", model=model, dataset="cifar10",
+                                 fraction=frac, epochs=ep, metric=metric, top1=a + off, seed=0))
+    # a second seed for one point of one model: a band is drawn, the line count stays the same
+    rows.append(dict(run_id="mixer-b16-1.0-s1", model="mixer-b16", dataset="cifar10",
+                     fraction=1.0, epochs=7, metric="finetune", top1=87.0, seed=1))
+    return frame("scaling", rows)
+
+
+def shuffle_fixture() -> pd.DataFrame:
+    rows = []
+    for model, accs in (("bit-r50x1", (90.0, 70.0, 40.0)), ("mixer-b16", (80.0, 80.0, 50.0))):
+        for shuf, a in zip(("none", "patch", "global"), accs):
+            rows.append(dict(run_id=f"{model}-{shuf}", model=model, dataset="cifar10",
+                             train_shuffle=shuf, eval_shuffle=shuf, metric="top1", top1=a))
+    # cross-evaluation rows (trained on original, evaluated shuffled) are left out of the bars
+    rows.append(dict(run_id="mixer-b16-none", model="mixer-b16", dataset="cifar10",
+                     train_shuffle="none", eval_shuffle="global", metric="top1", top1=10.0))
+    return frame("shuffle", rows)
+
+
+def metrics_fixture() -> dict[str, pd.DataFrame]:
+    def run(k):
+        steps = np.arange(0, 50, 10)
+        return pd.DataFrame({
+            "step": steps, "epoch": steps / 10, "train_loss": 2.3 - 0.02 * k * steps,
+            "eval_loss": 2.4 - 0.02 * k * steps, "top1": 10 + k * steps, "top5": 50 + steps,
+            "lr": 1e-3, "img_per_sec": 100.0, "elapsed_s": steps * 2.0,
+        })
+    return {"mixer-b16-cifar10-s0-abcd1234": run(1), "vit-b16-cifar10-s0-abcd1234": run(0.5)}
+
+
+def zoo_fixture() -> pd.DataFrame:
+    # Head-less counts from paper.md 7.2 (computed, M) and the exact VT models_test counts.
+    rows = [
+        ("mixer-s32", 32, 19_100_000, 18_590_000), ("mixer-s16", 16, 18_530_000, 18_020_000),
+        ("mixer-b32", 32, 60_293_428, 59_524_000), ("mixer-b16", 16, 59_880_472, 59_111_000),
+        ("mixer-l32", 32, 206_940_000, 205_910_000), ("mixer-l16", 16, 208_196_168, 207_170_000),
+        ("mixer-h14", 14, 432_350_000, 431_070_000), ("vit-b16", 16, 86_567_656, 85_798_656),
+    ]
+    return pd.DataFrame([dict(name=n, patch_size=p, params=a, params_no_head=b, gflops=1.0)
+                         for n, p, a, b in rows])
+
+
+def scatter_offsets(ax) -> np.ndarray:
+    cols = [c for c in ax.collections if isinstance(c, PathCollection)]
+    return np.concatenate([c.get_offsets() for c in cols]) if cols else np.zeros((0, 2))
+
+
+# ----------------------------------------------------------------------------- style
+
+@pytest.mark.parametrize("name, family", [
+    ("mixer-b16", "mixer"), ("Mixer-B/16", "mixer"), ("timm:mixer_b16_224", "mixer"),
+    ("vit-l16", "vit"), ("ViT-H/14", "vit"), ("timm:vit_base_patch16_224", "vit"),
+    ("bit-r50x1", "resnet"), ("BiT-R152x4", "resnet"), ("resnet50", "resnet"),
+    ("timm:resnetv2_50x1_bit", "resnet"), ("HaloNet", "other"), ("timm:convnext_tiny", "other"),
+])
+def test_family_of(name, family):
+    assert style.family_of(name) == family
+    assert style.color(name) == style.COLORS[family]
+    assert style.marker(name) == style.MARKERS[family]
+
+
+def test_one_colour_and_marker_per_family():
+    assert len(set(style.COLORS.values())) == len(style.FAMILIES)
+    assert len(set(style.MARKERS.values())) == len(style.FAMILIES)
+
+
+# ----------------------------------------------------------------------------- tables
+
+def test_table1_matches_paper_for_zoo():
+    t = tables.table1(zoo_fixture())
+    assert list(t.columns) == list(tables.TABLE1_COLUMNS)
+    assert len(t) == 7 and t["match"].all()
+    assert list(t["params_m_ours"]) == [19, 18, 60, 59, 206, 207, 431]
+    b16 = t.set_index("model").loc["mixer-b16"]
+    assert b16["params_with_head_ours"] == b16["params_with_head_paper"] == 59_880_472
+
+
+def test_table1_flags_mismatch_and_missing():
+    zoo = zoo_fixture()
+    zoo.loc[zoo["name"] == "mixer-b16", "params"] += 1  # exact head-inclusive count now off by one
+    zoo = zoo[zoo["name"] != "mixer-h14"]
+    t = tables.table1(zoo).set_index("model")
+    assert not t.at["mixer-b16", "match"] and not t.at["mixer-h14", "match"]
+    assert math.isnan(t.at["mixer-h14", "params_m_ours"])
+    assert t.at["mixer-s32", "match"]
+
+
+def test_compare_table_values():
+    t = tables.compare_table(accuracy_fixture(), throughput_fixture(), fewshot_fixture(),
+                             dataset="cifar10")
+    assert list(t.columns) == list(tables.COMPARE_COLUMNS)
+    assert list(t["model"]) == ["mixer-b16", "vit-b16", "bit-r50x1"]
+    m = t.set_index("model")
+    assert m.at["mixer-b16", "top1_mean"] == pytest.approx(81.0)
+    assert m.at["mixer-b16", "top1_std"] == pytest.approx(math.sqrt(2.0))
+    assert m.at["mixer-b16", "n"] == 2
+    assert m.at["bit-r50x1", "top1_mean"] == 84.0 and m.at["bit-r50x1", "n"] == 1  # last row wins
+    assert math.isnan(m.at["bit-r50x1", "top1_std"])
+    assert m.at["mixer-b16", "infer_img_per_sec"] == 1500.0  # best batch size
+    assert m.at["mixer-b16", "train_img_per_sec"] == 500.0
+    assert math.isnan(m.at["bit-r50x1", "train_img_per_sec"])
+    assert m.at["mixer-b16", "gflops"] == pytest.approx(25.2)  # 2 x GMACs
+    assert m.at["mixer-b16", "params"] == 59_880_472
+    assert m.at["vit-b16", "device_hours"] == 2.0 and m.at["vit-b16", "wall_time_s"] == 7200
+    assert m.at["vit-b16", "train_flops"] == 4e15
+    assert m.at["mixer-b16", "fewshot_top1"] == pytest.approx(41.0)  # 5-shot rows only
+    assert t["paper_top1"].isna().all() and t["diff"].isna().all()  # no paper value for CIFAR-10
+
+
+def test_compare_table_paper_value_and_zoo():
+    zoo = pd.DataFrame({"name": ["mixer-b16"], "params": [123], "gflops": [4.5]})
+    t = tables.compare_table(accuracy_fixture(), dataset="imagenet", zoo_df=zoo)
+    assert len(t) == 1
+    row = t.iloc[0]
+    assert row["paper_top1"] == 76.44 and row["diff"] == pytest.approx(76.0 - 76.44)
+    assert row["params"] == 123 and row["gflops"] == 4.5
+    assert row["device_hours"] == 80.0
+    low_res = accuracy_fixture().assign(img_size=160)
+    t = tables.compare_table(low_res, dataset="imagenet")
+    assert t.iloc[0]["paper_top1"] == 76.44  # falls back to the paper's 224-px number
+
+
+def test_compare_table_empty_names_producer():
+    with pytest.raises(UserError, match="mixerbench pretrain"):
+        tables.compare_table(frame("accuracy", []))
+    with pytest.raises(UserError, match="cifar10"):
+        tables.compare_table(accuracy_fixture(), dataset="pets")
+
+
+def test_throughput_table_ratio_to_first_model():
+    t = tables.throughput_table(throughput_fixture())
+    inf = t[t["mode"] == "infer"].set_index("model")
+    assert list(inf.index) == ["mixer-b16", "vit-b16", "bit-r50x1"]
+    assert inf.at["mixer-b16", "img_per_sec"] == 1500.0 and inf.at["mixer-b16", "batch_size"] == 256
+    assert inf["ratio"].tolist() == pytest.approx([1.0, 2.0, 0.5])
+    # paper Table 3 (TPU-v3, 224 px): ViT-B/16 861 vs Mixer-B/16 1384 img/s/core; bit at 224: 2159
+    assert inf.at["vit-b16", "paper_ratio"] == pytest.approx(861 / 1384)
+    tr = t[t["mode"] == "train"].set_index("model")
+    assert tr["ratio"].tolist() == pytest.approx([1.0, 0.8])
+
+
+def test_to_markdown_without_tabulate():
+    df = pd.DataFrame({"model": ["mixer-b16", "a|b"], "top1": [76.4412, math.nan],
+                       "n": [3, 1], "ok": [True, False], "flops": [1.5e18, 2.0]})
+    md = tables.to_markdown(df)
+    lines = md.strip().splitlines()
+    assert len(lines) == 4
+    assert lines[0].split("|")[1].strip() == "model"
+    assert set(lines[1].replace("|", "").replace(" ", "")) <= {"-", ":"}
+    assert "76.44" in lines[2] and "1.5e+18" in lines[2] and "yes" in lines[2]
+    assert "a\\|b" in lines[3]
+    assert all(line.count("|") == lines[0].count("|") for line in lines[:3])
+
+
+# ----------------------------------------------------------------------------- figures
+
+def test_pareto_frontier_hand_made():
+    cost = [1, 2, 3, 4, 5, 2, float("nan")]
+    score = [70, 80, 75, 90, 90, 60, 99]
+    # 1->70, 2->80 (beats 70), 3->75 dominated, 4->90, 5->90 dominated (tie on score), (2,60)
+    # dominated by (2,80), NaN ignored
+    assert figures.pareto_frontier(cost, score) == [0, 1, 3]
+    assert figures.pareto_frontier([], []) == []
+
+
+def test_pareto_cost_points_and_frontier():
+    fig = figures.pareto_cost(accuracy_fixture(), dataset="cifar10")
+    assert isinstance(fig, Figure)
+    ax_hours, ax_flops, ax_t2, ax_t3 = fig.axes  # 2 x 2: ours (hours, PFLOPs), paper T2, T3
+    pts = scatter_offsets(ax_hours)
+    # mixer (2 seeds averaged), vit, bit (last row): three points
+    assert sorted(map(tuple, pts.tolist())) == [(1.0, 81.0), (2.0, 85.0), (3.0, 84.0)]
+    frontier = [l for l in ax_hours.lines if l.get_linestyle() == "--"]
+    assert len(frontier) == 1
+    assert frontier[0].get_xydata().tolist() == [[1.0, 81.0], [2.0, 85.0]]
+    assert sorted(scatter_offsets(ax_flops)[:, 0].tolist()) == [2.0, 3.0, 4.0]  # PFLOPs
+    assert "cifar10" in ax_hours.get_title() and "cpu" in ax_hours.get_xlabel()
+    # paper panels: all 10 Table 2 rows (Fig. 2 left), the 17 JFT rows of Table 3 (Fig. 3 left)
+    points = figures.paper_cost_points()
+    assert (points["table"] == "Table 2").sum() == 10 and (points["table"] == "Table 3").sum() == 17
+    assert len(scatter_offsets(ax_t2)) == 10 and len(scatter_offsets(ax_t3)) == 17
+    assert "Table 2" in ax_t2.get_title() and "Table 3" in ax_t3.get_title()
+    for ax in (ax_t2, ax_t3):
+        assert ax.get_xscale() == "log"
+        assert len([l for l in ax.lines if l.get_linestyle() == "--"]) == 1
+    # Table 3 frontier starts at Mixer-S/32 (10 core-days, 68.70) and ends at ViT-L/16@512
+    xy = [l for l in ax_t3.lines if l.get_linestyle() == "--"][0].get_xydata()
+    assert xy[0].tolist() == [10, 68.70] and xy[-1].tolist() == [650, 87.76]
+    assert len(ax_hours.texts) == 3  # every point is labelled
+
+
+def test_pareto_cost_without_flops_has_no_flops_panel():
+    acc = accuracy_fixture().assign(train_flops=np.nan)
+    fig = figures.pareto_cost(acc, dataset="cifar10", paper=False)
+    assert len(fig.axes) == 1
+
+
+def test_accuracy_throughput():
+    fig = figures.accuracy_throughput(accuracy_fixture(), throughput_fixture(), dataset="cifar10")
+    ours, paper = fig.axes[:2]
+    pts = sorted(map(tuple, scatter_offsets(ours).tolist()))
+    assert pts == [(750.0, 84.0), (1500.0, 81.0), (3000.0, 85.0)]
+    assert ours.get_xscale() == "log" and "NVIDIA H100" in ours.get_title()
+    assert len(scatter_offsets(paper)) == 15  # Table 3 JFT-300M rows fine-tuned at 224
+    assert paper.get_xscale() == "log" and "TPU-v3" in paper.get_xlabel()
+
+
+def test_accuracy_throughput_needs_overlap():
+    thr = throughput_fixture().assign(model="timm:other")
+    with pytest.raises(UserError, match="mixerbench bench"):
+        figures.accuracy_throughput(accuracy_fixture(), thr)
+
+
+def test_data_scaling_lines_per_model_and_panels():
+    fig = figures.data_scaling(scaling_fixture())
+    assert len(fig.axes) == 2
+    few, ft = fig.axes
+    assert "5-shot" in few.get_title() and "fine-tuned" in ft.get_title()
+    for ax in (few, ft):
+        assert len(ax.lines) == 3 and ax.get_xscale() == "log"
+        assert [l.get_label() for l in ax.lines] == ["mixer-b16", "vit-b16", "bit-r50x1"]
+        assert [l.get_linestyle() for l in ax.lines] == ["-", "--", ":"]
+    mixer_ft = ft.lines[0].get_xydata()
+    assert mixer_ft[:, 0].tolist() == pytest.approx([3, 10, 30, 100])
+    assert mixer_ft[-1, 1] == pytest.approx(86.0)  # seeds averaged: (85 + 87) / 2
+    assert len(ft.collections) == 1 and len(few.collections) == 0  # std band only where n > 1
+
+
+def test_shuffle_bars():
+    fig = figures.shuffle(shuffle_fixture())
+    assert len(fig.axes) == 2
+    mixer_ax, bit_ax = fig.axes  # Mixer first, as in the paper's Figure 4
+    assert "mixer-b16" in mixer_ax.get_title() and "bit-r50x1" in bit_ax.get_title()
+    assert [p.get_height() for p in mixer_ax.patches] == [80.0, 80.0, 50.0]  # cross-eval row out
+    assert [p.get_height() for p in bit_ax.patches] == [90.0, 70.0, 40.0]
+    labels = [t.get_text() for t in bit_ax.texts]
+    assert labels == ["90.0", "70.0\n(-20.0)", "40.0\n(-50.0)"]
+
+
+def test_token_mixing_mosaic_and_figure():
+    rng = np.random.default_rng(0)
+    w = rng.normal(size=(12, 16)).astype(np.float32)  # D_S=12 units, S=16 -> 4x4 images
+    mosaic = figures.unit_mosaic(w, grid=(3, 4), sort=False)
+    assert mosaic.shape == (3 * 5 - 1, 4 * 5 - 1)
+    unit0 = w[0].reshape(4, 4) / np.abs(w[0]).max()
+    np.testing.assert_allclose(mosaic[:4, :4], unit0, rtol=1e-6)
+    assert np.isnan(mosaic[4, :]).all()  # separator row
+    fig = figures.token_mixing({"block 0": w, "block 1": w * 2}, grid=(3, 4))
+    img_axes = [ax for ax in fig.axes if ax.images]
+    assert len(img_axes) == 2 and img_axes[0].images[0].get_array().shape == mosaic.shape
+    with pytest.raises(UserError, match="square"):
+        figures.token_mixing(np.zeros((4, 15)))
+
+
+def test_token_mixing_sorts_low_frequency_first():
+    x = np.arange(4)
+    smooth = np.ones((4, 4)).ravel()
+    checker = ((x[:, None] + x[None, :]) % 2 * 2 - 1).astype(float).ravel()
+    m = figures.unit_mosaic(np.stack([checker, smooth]), grid=(1, 2), sort=True)
+    np.testing.assert_allclose(m[:4, :4], 1.0)
+
+
+def test_curves_lines():
+    fig = figures.curves(metrics_fixture())
+    loss, acc = fig.axes[:2]
+    assert len(loss.lines) == 4  # train + eval per run
+    assert len(acc.lines) == 2
+    assert acc.lines[0].get_xydata()[:, 0].tolist() == [0, 10, 20, 30, 40]
+    with pytest.raises(UserError, match="mixerbench pretrain"):
+        figures.curves({})
+
+
+@pytest.mark.parametrize("fn, table", [
+    (figures.pareto_cost, "accuracy"), (figures.data_scaling, "scaling"),
+    (figures.shuffle, "shuffle"),
+])
+def test_empty_input_names_producer(fn, table):
+    with pytest.raises(UserError, match=results.PRODUCERS[table].split()[1]):
+        fn(frame(table, []))
+
+
+def test_registries_cover_the_issue():
+    assert set(report.FIGURES) == {"pareto-cost", "accuracy-throughput", "data-scaling", "shuffle",
+                                   "token-mixing", "curves"}
+    assert set(report.TABLES) == {"table1", "compare", "throughput"}
+    for spec in list(report.FIGURES.values()) + list(report.TABLES.values()):
+        assert callable(spec.fn) and set(spec.inputs) <= set(results.SCHEMAS)
+
+
+# ----------------------------------------------------------------------------- regenerate
+
+def _write(root, table, df):
+    root.mkdir(parents=True, exist_ok=True)
+    df.to_csv(root / f"{table}.csv", index=False)
+
+
+def test_regenerate_writes_files_and_skips_missing(tmp_path):
+    root = tmp_path / "results"
+    _write(root, "accuracy", accuracy_fixture())
+    _write(root, "throughput", throughput_fixture())
+    _write(root, "shuffle", shuffle_fixture())
+    run = root / "runs" / "mixer-b16-cifar10-s0-abcd1234"
+    run.mkdir(parents=True)
+    metrics_fixture()["mixer-b16-cifar10-s0-abcd1234"].to_csv(run / "metrics.csv", index=False)
+    out = report.regenerate(root, tmp_path / "out")
+    names = {p.relative_to(tmp_path / "out").as_posix() for p in out["written"]}
+    assert names == {
+        "figures/pareto-cost.png", "figures/accuracy-throughput.png", "figures/shuffle.png",
+        "figures/curves.png", "tables/compare-cifar10.csv", "tables/compare-cifar10.md",
+        "tables/compare-imagenet.csv", "tables/compare-imagenet.md",
+        "tables/throughput.csv", "tables/throughput.md",
+    }
+    assert set(out["skipped"]) == {"data-scaling", "token-mixing", "table1"}
+    assert "mixerbench reproduce data-scaling" in out["skipped"]["data-scaling"]
+    for p in out["written"]:
+        assert p.stat().st_size > 0
+    png = (tmp_path / "out" / "figures" / "shuffle.png").read_bytes()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    cmp = pd.read_csv(tmp_path / "out" / "tables" / "compare-imagenet.csv")
+    assert cmp.loc[0, "paper_top1"] == 76.44
+    assert not list((tmp_path / "out").rglob("*.tmp"))  # atomic writes leave nothing behind
+
+
+def test_regenerate_specific_missing_is_user_error(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(UserError, match="mixerbench reproduce shuffle"):
+        report.regenerate(tmp_path / "empty", tmp_path / "out", figures="shuffle")
+    with pytest.raises(UserError, match="Did you mean"):
+        report.regenerate(tmp_path / "empty", tmp_path / "out", figures="shufle")
+    with pytest.raises(UserError, match="--checkpoint"):
+        report.regenerate(tmp_path / "empty", tmp_path / "out", figures="token-mixing")
+    assert not (tmp_path / "out").exists()
+    out = report.regenerate(tmp_path / "empty", tmp_path / "out")
+    assert out["written"] == [] and set(out["skipped"]) == set(report.FIGURES) | set(report.TABLES)
+
+
+def test_regenerate_token_mixing_from_safetensors(tmp_path):
+    torch = pytest.importorskip("torch")
+    from safetensors.torch import save_file
+
+    state = {
+        "stem.proj.weight": torch.zeros(8, 3, 4, 4),
+        "blocks.0.mlp_tokens.fc1.weight": torch.randn(8, 16),
+        "blocks.1.mlp_tokens.fc1.weight": torch.randn(8, 16).to(torch.bfloat16),
+    }
+    ckpt = tmp_path / "checkpoint-last.safetensors"
+    save_file(state, str(ckpt))
+    w = report.load_token_mixing_weights(tmp_path)  # a run dir works too
+    assert list(w) == ["block 0", "block 1"] and w["block 1"].shape == (8, 16)
+    out = report.regenerate(tmp_path, tmp_path / "out", figures=["token-mixing"], checkpoint=ckpt)
+    assert [p.name for p in out["written"]] == ["token-mixing.png"]
+    save_file({"head.weight": torch.zeros(2, 2)}, str(tmp_path / "vit.safetensors"))
+    with pytest.raises(UserError, match="Mixer checkpoint"):
+        report.load_token_mixing_weights(tmp_path / "vit.safetensors")
