@@ -144,6 +144,401 @@ def models(
     emit(rows, fmt, title="mixerbench model zoo (params with a %d-class head; GMACs per image)" % num_classes)
 
 
+# ---------------------------------------------------------------------------------------- paper
+
+
+@app.command()
+@user_errors
+def paper(
+    table: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4")] = "table1",
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+) -> None:
+    """The paper's reference tables (transcribed with a source column)."""
+    from mixerbench.reference import load_table
+
+    df = load_table(table)
+    rows = [{k: (None if v != v else v) for k, v in r.items()} for r in df.to_dict("records")]
+    emit(rows, fmt, title=f"MLP-Mixer paper, {table} (arXiv 2105.01601)")
+
+
+def zoo_frame(names: list[str]):
+    """The zoo rows of `names` as a DataFrame (for table1 and the compare table)."""
+    import pandas as pd
+
+    from mixerbench.models import model_info
+
+    return pd.DataFrame([model_info(n) for n in names])
+
+
+@app.command()
+@user_errors
+def plot(
+    figure: Annotated[Optional[str], typer.Argument(help="One figure or table; all when omitted.")] = None,
+    results_dir: Annotated[Optional[Path], typer.Option("--results-dir", envvar="MIXERBENCH_RESULTS", help="Where the CSVs are.")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="Where figures/ and tables/ go (default: the results dir).")] = None,
+    checkpoint: Annotated[Optional[str], typer.Option(help="Mixer checkpoint or run dir for token-mixing.")] = None,
+    runs: Annotated[Optional[str], typer.Option(help="Comma-separated run ids for curves.")] = None,
+) -> None:
+    """Regenerate the figures (PNG, 150 dpi) and tables from the CSVs alone."""
+    from mixerbench.models import list_models
+    from mixerbench.report import regenerate
+
+    # All at once: everything drawn from CSVs (table1 comes from the zoo: only when named).
+    wanted = [figure] if figure else None
+    zoo = zoo_frame(list_models("mixer-*")) if figure == "table1" else None
+    done = regenerate(results_dir, out, wanted, checkpoint,
+                      runs=runs.split(",") if runs else None, zoo_df=zoo)
+    con = _console()
+    for path in done["written"]:
+        con.print(f"wrote {path}")
+    for name, why in done["skipped"].items() if done["written"] else ():
+        if name == "table1" and figure is None:
+            continue
+        con.print(f"[dim]skipped {name}: {why}[/]", soft_wrap=True)
+    if not done["written"]:
+        where = results_dir or os.environ.get("MIXERBENCH_RESULTS") or "results"
+        fail(f"Nothing to plot in {where}: it has no results CSVs yet; run `mixerbench compare "
+             "--preset smoke` (or pretrain, bench, reproduce) first.")
+
+
+# ------------------------------------------------------------------------- pretrain / finetune
+
+ResultsDir = Annotated[Optional[Path], typer.Option(
+    "--results-dir", envvar="MIXERBENCH_RESULTS", help="Where CSVs and runs/ go (default ./results).")]
+DataDir = Annotated[Optional[Path], typer.Option(
+    "--data-dir", envvar="MIXERBENCH_DATA", help="Folder holding local dataset copies by name, e.g. cifar10/.")]
+Device = Annotated[Optional[str], typer.Option(help="cuda, cuda:1 or cpu (default: cuda if available).")]
+SetOpt = Annotated[Optional[list[str]], typer.Option(
+    "--set", help="Override any setting, e.g. --set optim.lr=0.01 --set model.drop_path=0.1.")]
+
+
+class TrainProgress:
+    """Renders the training loop's events: a rich bar on a terminal, plain lines otherwise."""
+
+    def __init__(self, quiet: bool):
+        self.console = _console(stderr=True)
+        self.live = not quiet and sys.stderr.isatty()
+        self.progress = None
+        self.task = None
+        self.last_plain = 0.0
+
+    def __call__(self, event: str, info: dict) -> None:
+        import time
+
+        if event == "start":
+            self.console.print(
+                f"[bold]{info['model']}[/] on [bold]{info['dataset']}[/]: {info['total_steps']:,} steps, "
+                f"batch {info['batch_size']} x {info['world_size']} process(es), {info['device']} {info['dtype']}"
+                f" -> {info['run_dir']}")
+            if self.live:
+                from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
+                                           TimeElapsedColumn, TimeRemainingColumn)
+
+                self.progress = Progress(
+                    TextColumn("[bold blue]train"), BarColumn(), MofNCompleteColumn(),
+                    TextColumn("{task.fields[stats]}"), TimeElapsedColumn(), TextColumn("eta"),
+                    TimeRemainingColumn(), console=self.console, transient=False)
+                self.progress.start()
+                self.task = self.progress.add_task("train", total=info["total_steps"],
+                                                   completed=info["step"], stats="")
+        elif event == "resumed":
+            self.console.print(f"resuming {info['run_dir']} from step {info['step']:,}")
+        elif event == "step":
+            stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
+                     f"{info['img_per_sec']:,.0f} img/s")
+            if self.progress is not None:
+                self.progress.update(self.task, completed=info["step"], stats=stats)
+            elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
+                self.last_plain = time.monotonic()
+                self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
+        elif event == "eval":
+            line = (f"eval @ step {info['step']:,}: top-1 {info['top1']:.2f} %  top-5 {info['top5']:.2f} %  "
+                    f"loss {info['eval_loss']:.4f}") if info.get("top1") is not None else ""
+            if line:
+                (self.progress.console if self.progress else self.console).print(line)
+        elif event in ("end", "finished"):
+            self.stop()
+
+    def stop(self) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+            self.progress = None
+
+
+def _train_command(*, kind: str, preset, model, dataset, init, epochs, steps, batch_size,
+                   accum_steps, lr, img_size, patch_size, seed, settings, run_name, resume,
+                   results_dir, data_dir, device, compile_, list_presets) -> None:
+    from mixerbench.config import parse_set, resolve
+
+    if list_presets:
+        from mixerbench import presets
+
+        emit(presets.describe(), Format.table, title="presets (mixerbench/presets.py)")
+        return
+    flags = {"epochs": epochs, "steps": steps, "data.batch_size": batch_size,
+             "accum_steps": accum_steps, "optim.lr": lr, "model.img_size": img_size,
+             "model.patch_size": patch_size, "seed": seed, "run_name": run_name,
+             "device": device, "compile": compile_,
+             "data.data_dir": str(data_dir) if data_dir else None}
+    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, flags=flags,
+                  overrides=parse_set(settings))
+    summary = _run_training(cfg, results_dir, resume)
+    _print_summary(summary)
+
+
+def _run_training(cfg, results_dir, resume: bool) -> dict:
+    from mixerbench.train import Interrupted, TrainingStopped, train
+
+    progress = TrainProgress(_QUIET["on"])
+    try:
+        return train(cfg, results_dir, resume=resume, log=progress)
+    except Interrupted as exc:
+        progress.stop()
+        fail(f"Interrupted at step {exc.step:,}; a checkpoint was saved in {exc.run_dir}. Run the "
+             "same command again (or add --resume) to continue.", code=130)
+    except TrainingStopped as exc:
+        progress.stop()
+        fail(str(exc), code=1)
+    finally:
+        progress.stop()
+
+
+def _print_summary(s: dict) -> None:
+    if s.get("reused"):
+        _console().print(f"run {s['run_id']} had already finished; its result:")
+    _console().print(
+        f"[bold green]{s['model']}[/] on {s['dataset']} ({s['split']}): top-1 [bold]{s['top1']:.2f} %[/], "
+        f"top-5 {s['top5']:.2f} %, loss {s['loss']:.4f}, {s['steps']:,} steps in "
+        f"{s['train_seconds']:.1f} s -> {s['run_dir']}")
+
+
+@app.command()
+@user_errors
+def pretrain(
+    model: Annotated[Optional[str], typer.Option("--model", "-m", help="Zoo name, paper spelling, family alias or timm:<name>.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name or path (default: the preset's, else cifar10).")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named recipe; see --list-presets.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Training length in epochs.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training length in optimizer steps (wins over --epochs).")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Global effective batch.")] = None,
+    accum_steps: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps per optimizer step.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.")] = None,
+    patch_size: Annotated[Optional[int], typer.Option(help="Patch side in pixels (Mixer, ViT).")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    settings: SetOpt = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Run directory name (default: model-dataset-seed-hash).")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an unfinished run (the same command does too).")] = False,
+    results_dir: ResultsDir = None,
+    data_dir: DataDir = None,
+    device: Device = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")] = None,
+    list_presets: Annotated[bool, typer.Option("--list-presets", help="List the presets and exit.")] = False,
+) -> None:
+    """Train a model from scratch; writes a run directory and a row in accuracy.csv."""
+    if model is None and preset is None and not list_presets:
+        model = "mixer"
+    _train_command(kind="pretrain", preset=preset, model=model, dataset=dataset, init=None,
+                   epochs=epochs, steps=steps, batch_size=batch_size, accum_steps=accum_steps,
+                   lr=lr, img_size=img_size, patch_size=patch_size, seed=seed, settings=settings,
+                   run_name=run_name, resume=resume, results_dir=results_dir, data_dir=data_dir,
+                   device=device, compile_=compile_, list_presets=list_presets)
+
+
+@app.command()
+@user_errors
+def finetune(
+    init: Annotated[str, typer.Option("--init", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz.")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name or path.")] = None,
+    preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named recipe (default: finetune-<dataset> when one exists).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Fine-tuning resolution; Mixers need an integer multiple of the trained size.")] = None,
+    epochs: Annotated[Optional[float], typer.Option(help="Training length in epochs.")] = None,
+    steps: Annotated[Optional[int], typer.Option(help="Training length in optimizer steps.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Global effective batch.")] = None,
+    accum_steps: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    settings: SetOpt = None,
+    run_name: Annotated[Optional[str], typer.Option(help="Run directory name.")] = None,
+    resume: Annotated[bool, typer.Option(help="Continue an unfinished run.")] = False,
+    results_dir: ResultsDir = None,
+    data_dir: DataDir = None,
+    device: Device = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")] = None,
+) -> None:
+    """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
+    from mixerbench.presets import PRESETS
+
+    if preset is None:
+        preset = f"finetune-{dataset}" if f"finetune-{dataset}" in PRESETS else "finetune-cifar10"
+    _train_command(kind="finetune", preset=preset, model=None, dataset=dataset, init=init,
+                   epochs=epochs, steps=steps, batch_size=batch_size, accum_steps=accum_steps,
+                   lr=lr, img_size=img_size, patch_size=None, seed=seed, settings=settings,
+                   run_name=run_name, resume=resume, results_dir=results_dir, data_dir=data_dir,
+                   device=device, compile_=compile_, list_presets=False)
+
+
+# ------------------------------------------------------------------------------ evaluate / bench
+
+
+class _StageBar:
+    """A rich progress bar fed by a library `progress(description, done, total)` callback; silent
+    when stderr is not a terminal or with --quiet."""
+
+    def __init__(self, label: str):
+        self.label = label
+        self.bar = None
+        self.task = None
+
+    def __enter__(self):
+        if not _QUIET["on"] and sys.stderr.isatty():
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self.bar = Progress(TextColumn(f"[bold blue]{self.label}"), BarColumn(), MofNCompleteColumn(),
+                                TextColumn("{task.description}"), TimeElapsedColumn(),
+                                console=_console(stderr=True), transient=True)
+            self.bar.start()
+        return self
+
+    def __call__(self, description: str, done: int, total: int) -> None:
+        if self.bar is None:
+            return
+        if self.task is None:
+            self.task = self.bar.add_task(description, total=total)
+        self.bar.update(self.task, description=description, completed=done, total=total)
+
+    def __exit__(self, *exc):
+        if self.bar is not None:
+            self.bar.stop()
+        return False
+
+
+class EvalCrop(str, Enum):
+    resize = "resize"
+    resmall = "resmall"
+    plain = "plain"
+
+
+@app.command()
+@user_errors
+def evaluate(
+    checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz.")],
+    dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name or path.")],
+    split: Annotated[str, typer.Option(help="Split to measure accuracy on.")] = "test",
+    crop: Annotated[Optional[EvalCrop], typer.Option(help="Eval crop (paper App. C): resize-crop, resmall-crop, or plain resize; default: the run's own, else resize.")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet ReaL labels (the public real.json) for ReaL top-1.")] = None,
+    fewshot: Annotated[Optional[str], typer.Option("--fewshot", help="Linear few-shot shots, e.g. 1,5,10,25 (needs no head; paper section 3).")] = None,
+    shuffle: Annotated[Optional[str], typer.Option("--shuffle", help="Fixed pixel shuffles of paper Figure 4, e.g. none,patch,global.")] = None,
+    seeds: Annotated[int, typer.Option(help="Few-shot seeds (mean and std reported).")] = 3,
+    l2_reg: Annotated[float, typer.Option("--l2-reg", help="Few-shot ridge strength (big_vision default 2^10).")] = 1024.0,
+    results_dir: ResultsDir = None,
+    data_dir: DataDir = None,
+    device: Device = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per eval batch.")] = 256,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+) -> None:
+    """Accuracy (top-1, top-5, loss, ReaL), linear few-shot and shuffle invariance of a checkpoint."""
+    from mixerbench.evaluate import evaluate as run_evaluate
+    from mixerbench.results import results_dir as resolve_results
+
+    root = resolve_results(results_dir)
+    with _StageBar("evaluate") as bar:
+        res = run_evaluate(checkpoint, dataset, split=split, crop=crop.value if crop else None,
+                           data_dir=str(data_dir) if data_dir else None, fewshot=fewshot,
+                           shuffle=shuffle, real_labels=real_labels, device=device,
+                           batch_size=batch_size, seeds=seeds, l2_reg=l2_reg, results_root=root,
+                           progress=bar)
+    if fmt != Format.table:
+        emit([dict(table=t, **r) for t, rs in res["rows"].items() for r in rs], fmt)
+        return
+    console = _console()
+    where = f"{res['model']} on {res['dataset']} ({res['split']}, {res['img_size']} px, {res['pipeline']})"
+    if res["top1"] is not None:
+        console.print(f"[bold green]{where}[/]: top-1 [bold]{res['top1']:.2f} %[/], top-5 "
+                      f"{res['top5']:.2f} %, loss {res['loss']:.4f} over {res['n']:,} images")
+    else:
+        console.print(f"[bold]{where}[/]: the head does not match the dataset's "
+                      f"{res['num_classes']} classes; few-shot only")
+    if res["real"]:
+        console.print(f"ReaL top-1 [bold]{res['real']['top1']:.2f} %[/] over {res['real']['n']:,} labelled images")
+    if res["fewshot"]:
+        emit([dict(shots=r["shots"], top1_mean=r["top1_mean"], top1_std=r["top1_std"],
+                   seeds=r["num_seeds"], l2_reg=r["l2_reg"]) for r in res["fewshot"]],
+             Format.table, title="linear few-shot top-1 (%), mean and std over seeds")
+    if res["shuffle"]:
+        emit([dict(train_shuffle=r["train_shuffle"], eval_shuffle=r["eval_shuffle"],
+                   metric=r["metric"], top1=r["top1"]) for r in res["shuffle"]],
+             Format.table, title="pixel shuffles (paper Figure 4)")
+    console.print(f"rows appended under {root}")
+
+
+class BenchMode(str, Enum):
+    infer = "infer"
+    train = "train"
+    both = "both"
+
+
+@app.command()
+@user_errors
+def bench(
+    models: Annotated[str, typer.Option("--models", "-m", help="Comma-separated zoo names or timm:<name>, e.g. mixer-b16,vit-b16,bit-r50x1.")],
+    mode: Annotated[BenchMode, typer.Option(help="infer, train (forward+backward+AdamW step) or both.")] = BenchMode.infer,
+    batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Images per step, or 'auto' for the largest that fits.")] = "256",
+    img_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: each model's own).")] = None,
+    dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU).")] = None,
+    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")] = None,
+    repeats: Annotated[int, typer.Option(help="Timed repeats (mean and std of img/s).")] = 5,
+    steps: Annotated[int, typer.Option(help="Steps per timed repeat.")] = 20,
+    warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 10,
+    channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC layout (default: CNNs on CUDA).")] = None,
+    device: Device = None,
+    results_dir: ResultsDir = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+) -> None:
+    """Throughput (img/s per device), GMACs, achieved TFLOP/s and MFU; appends to throughput.csv."""
+    from mixerbench.bench import bench as run_bench
+    from mixerbench.results import results_dir as resolve_results
+
+    root = resolve_results(results_dir)
+    size = batch_size.strip().lower()
+    if size != "auto":
+        try:
+            size = int(size)
+        except ValueError:
+            fail(f"--batch-size takes a number or 'auto', not '{batch_size}'.")
+    with _StageBar("bench") as bar:
+        rows = run_bench([m for m in models.split(",") if m.strip()], mode=mode.value,
+                         batch_size=size, img_size=img_size, dtype=dtype, compile=compile_,
+                         repeats=repeats, warmup=warmup, steps_per_repeat=steps, device=device,
+                         channels_last=channels_last, results_root=root, progress=bar)
+    first = {}
+    for r in rows:
+        first.setdefault(r["mode"], r["img_per_sec_mean"])
+        r["ratio_to_first"] = r["img_per_sec_mean"] / first[r["mode"]]
+    if fmt != Format.table:
+        emit([{k: v for k, v in r.items() if k != "repeat_seconds"} for r in rows], fmt)
+        return
+    from rich.table import Table
+
+    r0 = rows[0]
+    table = Table(
+        title=f"throughput on {r0['device_name']} ({r0['dtype']}, "
+              f"{'compiled' if r0['compiled'] else 'eager'}), {r0['repeats']} repeats x {steps} steps",
+        caption=(f"img/s per device, measured here: not comparable to the paper's img/s/core on "
+                 f"TPU-v3 (Tables 2-3). MFU against a {r0['peak_tflops']:.2f} TFLOP/s {r0['dtype']} "
+                 f"matmul peak measured in this run; train FLOPs = 3 x forward."))
+    for c in ("model", "mode", "batch", "img/s", "± std", "x first", "step ms", "params (M)",
+              "GMACs", "TFLOP/s", "MFU %"):
+        table.add_column(c, justify="left" if c in ("model", "mode") else "right")
+    for r in rows:
+        table.add_row(r["model"], r["mode"], str(r["batch_size"]), f"{r['img_per_sec_mean']:,.1f}",
+                      f"{r['img_per_sec_std']:,.1f}", f"{r['ratio_to_first']:.2f}",
+                      f"{r['step_ms_median']:,.1f}", f"{r['params'] / 1e6:,.2f}", f"{r['gmacs']:.3g}",
+                      f"{r['achieved_tflops']:.3g}", f"{100 * (r['mfu'] or 0):.1f}")
+    _console().print(table)
+    _console().print(f"{len(rows)} rows appended to {root / 'throughput.csv'}")
+
+
 # ---------------------------------------------------------------------------------------- entry
 
 

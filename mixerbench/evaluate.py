@@ -51,3 +51,530 @@ def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dic
     if n == 0:
         return dict(top1=float("nan"), top5=float("nan"), loss=float("nan"), n=0)
     return dict(top1=100.0 * correct1 / n, top5=100.0 * correct5 / n, loss=loss_sum / n, n=n)
+
+
+def predict(model, batches, *, device: str = "cpu", dtype: str = "fp32"):
+    """Logits (N, K) float32 on the CPU in loader order (for ReaL, which matches by position)."""
+    import torch
+
+    was_training = model.training
+    model.eval()
+    out = []
+    with torch.no_grad():
+        for x, _ in batches:
+            with autocast(device, dtype):
+                out.append(model(x.to(device, non_blocking=True)).float().cpu())
+    model.train(was_training)
+    return torch.cat(out) if out else torch.empty(0, 0)
+
+
+def features(model, batches, *, device: str = "cpu", dtype: str = "fp32"):
+    """Pre-logits of a frozen model: after the final norm and pooling, before the head.
+
+    `forward_head(forward_features(x), pre_logits=True)` is timm's API, shared by the native
+    Mixer (LayerNorm then global average pooling, paper.md 7.1), ViT and ResNet/BiT, so the
+    representation is the one big_vision's few-shot evaluator reads (`pre_logits`).
+
+    Returns:
+        (X float32 (N, D), y int64 (N,)), both on the CPU.
+    """
+    import torch
+
+    was_training = model.training
+    model.eval()
+    xs, ys = [], []
+    with torch.no_grad():
+        for x, y in batches:
+            with autocast(device, dtype):
+                f = model.forward_head(model.forward_features(x.to(device, non_blocking=True)),
+                                       pre_logits=True)
+            xs.append(f.float().flatten(1).cpu())
+            ys.append(y.cpu().long())
+    model.train(was_training)
+    if not xs:
+        return torch.empty(0, 0), torch.empty(0, dtype=torch.long)
+    return torch.cat(xs), torch.cat(ys)
+
+
+# ------------------------------------------------------------------------------------ few-shot
+#
+# The paper's linear few-shot metric (paper section 3 "Metrics", paper.md 6.4), written by hand
+# after big_vision's `evaluators/fewshot_lsr.py` (neither timm nor torch has it): features
+# standardised with the few-shot train set's mean and (population) std + 1e-5, a constant
+# feature of 100 appended so the bias is almost unregularised, one-hot targets in {-1, 1},
+# ridge regression in closed form, in the primal (D x D system) when N >= D and in the dual
+# (N x N system) otherwise. big_vision eigendecomposes to reuse one factorisation for many l2
+# values; we solve once per l2, which gives the same weights. Everything in float64.
+
+FEWSHOT_BIAS = 100.0   # big_vision BIAS_CONSTANT
+FEWSHOT_STD_EPS = 1e-5  # added to the std, as big_vision does
+FEWSHOT_L2 = 2.0**10    # big_vision's default l2_reg (common_fewshot.py)
+
+
+def _f64(a):
+    import numpy as np
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().to(torch.float64)
+    return torch.from_numpy(np.asarray(a, dtype=np.float64))
+
+
+def _long(a):
+    import numpy as np
+    import torch
+
+    if isinstance(a, torch.Tensor):
+        return a.detach().cpu().long().flatten()
+    return torch.from_numpy(np.asarray(a).astype(np.int64)).flatten()
+
+
+def lsr_fit(train_x, train_y, num_classes: int, l2_reg: float = FEWSHOT_L2) -> dict:
+    """Closed-form ridge regression to {-1, 1} one-hot targets (big_vision fewshot_lsr).
+
+    Returns:
+        dict(mean (1, D), std (1, D), w (D + 1, K)) in float64; scores are
+        `[(x - mean) / std, 100] @ w` (see `lsr_scores`).
+    """
+    import torch
+    import torch.nn.functional as F
+
+    x = _f64(train_x).flatten(1)
+    y = _long(train_y)
+    mean = x.mean(0, keepdim=True)
+    std = x.std(0, unbiased=False, keepdim=True) + FEWSHOT_STD_EPS
+    x = F.pad((x - mean) / std, (0, 1), value=FEWSHOT_BIAS)  # (N, D + 1)
+    t = 2.0 * F.one_hot(y, num_classes).to(torch.float64) - 1.0  # (N, K) in {-1, 1}
+    n, d = x.shape
+    if n >= d:  # primal: w = (X^T X + l2 I_D)^-1 X^T Y
+        w = torch.linalg.solve(x.T @ x + l2_reg * torch.eye(d, dtype=x.dtype), x.T @ t)
+    else:       # dual:   w = X^T (X X^T + l2 I_N)^-1 Y   (the same w, a smaller system)
+        w = x.T @ torch.linalg.solve(x @ x.T + l2_reg * torch.eye(n, dtype=x.dtype), t)
+    return dict(mean=mean, std=std, w=w)
+
+
+def lsr_scores(fit: dict, x):
+    """Class scores (N, K) float64 of a fitted `lsr_fit` on features x (N, D)."""
+    import torch.nn.functional as F
+
+    x = F.pad((_f64(x).flatten(1) - fit["mean"]) / fit["std"], (0, 1), value=FEWSHOT_BIAS)
+    return x @ fit["w"]
+
+
+def linear_fewshot(train_x, train_y, test_x, test_y, num_classes: int,
+                   l2_reg: float = FEWSHOT_L2) -> float:
+    """Linear few-shot top-1 (percent): ridge regression on frozen features (paper.md 6.4).
+
+    Args:
+        train_x / test_x: features (N, D), torch tensors or numpy arrays (float64 inside).
+        train_y / test_y: integer labels (N,).
+        num_classes: K, the number of target columns.
+        l2_reg: ridge strength (big_vision default 2^10).
+    """
+    fit = lsr_fit(train_x, train_y, num_classes, l2_reg)
+    test_y = _long(test_y)
+    if test_y.numel() == 0:
+        return float("nan")
+    pred = lsr_scores(fit, test_x).argmax(dim=1)
+    return 100.0 * (pred == test_y).double().mean().item()
+
+
+def fewshot_indices(labels, shots: int, seed: int, num_classes: int):
+    """Indices of `shots` training examples per class for one seed, as big_vision draws them:
+    a numpy `default_rng(seed)` permutation of each class's indices, the first `shots` kept.
+
+    Drawing for the largest shot count and taking prefixes gives nested sets (1 in 5 in 10 ...).
+    """
+    import numpy as np
+
+    labels = np.asarray(_long(labels))
+    rng = np.random.default_rng(seed)
+    per_class = [rng.permutation(np.flatnonzero(labels == c)) for c in range(num_classes)]
+    return np.concatenate([idx[:shots] for idx in per_class]).astype(np.int64)
+
+
+def parse_shots(shots) -> tuple[int, ...]:
+    """`"1,5,10,25"` or an iterable of ints -> sorted unique positive shot counts."""
+    from mixerbench.errors import UserError
+
+    if isinstance(shots, str):
+        parts = [p.strip() for p in shots.split(",") if p.strip()]
+    else:
+        parts = list(shots or ())
+    try:
+        out = sorted({int(p) for p in parts})
+    except (TypeError, ValueError):
+        raise UserError(f"--fewshot takes shot counts like 1,5,10,25, not '{shots}'.") from None
+    if not out or out[0] < 1:
+        raise UserError(f"--fewshot takes positive shot counts like 1,5,10,25, not '{shots}'.")
+    return tuple(out)
+
+
+def check_shots(labels, shots, num_classes: int, where: str = "the train split",
+                class_names=None) -> None:
+    """UserError when some class has fewer training images than the largest shot count."""
+    import numpy as np
+
+    from mixerbench.errors import UserError
+
+    counts = np.bincount(np.asarray(_long(labels)), minlength=num_classes)[:num_classes]
+    need = max(shots)
+    small = int(counts.argmin())
+    if counts[small] < need:
+        name = class_names[small] if class_names is not None and small < len(class_names) else small
+        raise UserError(f"--fewshot {need} needs {need} images of every class, but class '{name}' "
+                        f"has only {int(counts[small])} in {where}; choose at most "
+                        f"{int(counts[small])} shots.")
+
+
+def _subset(ds, idx):
+    """The dataset restricted to `idx` (fields images / labels indexed, the rest shared)."""
+    import copy
+    import dataclasses
+
+    import torch
+
+    idx_t = torch.as_tensor(idx, dtype=torch.long)
+    if hasattr(ds, "subset"):
+        return ds.subset(idx_t)
+    changes = dict(images=ds.images[idx_t], labels=ds.labels[idx_t])
+    if dataclasses.is_dataclass(ds):
+        return dataclasses.replace(ds, **changes)
+    out = copy.copy(ds)
+    for k, v in changes.items():
+        setattr(out, k, v)
+    return out
+
+
+def _loader(ds, *, batch_size, pipeline, img_size, device, shuffle="none", shuffle_patch=None,
+            shuffle_seed=0):
+    """One deterministic pass over `ds` in stored order through the eval pipeline (and a fixed
+    Figure 4 pixel shuffle, seeded by `shuffle_seed` as the training loaders seed it)."""
+    from mixerbench.data import make_loader
+
+    batches = make_loader(ds, batch_size=batch_size, train=False, pipeline=pipeline,
+                          img_size=img_size, device=device,
+                          shuffle=None if shuffle in (None, "none") else shuffle,
+                          shuffle_patch=shuffle_patch, shuffle_seed=shuffle_seed)
+    try:
+        yield from batches.epoch(0)
+    finally:
+        batches.close()  # stop worker processes of streamed datasets
+
+
+def _stored_size(ds) -> int:
+    from mixerbench.errors import UserError
+
+    if getattr(ds, "images", None) is None:
+        raise UserError(f"{ds.name} is streamed (images of several sizes); pass img_size.")
+    return int(ds.images.shape[1])
+
+
+def fewshot_eval(model, ds_train, ds_test, shots=(1, 5, 10, 25), seeds: int = 3, *,
+                 l2_reg: float = FEWSHOT_L2, batch_size: int = 256,
+                 pipeline: str = "eval-resize", img_size: int | None = None,
+                 device: str = "cpu", dtype: str = "fp32", shuffle: str = "none",
+                 shuffle_patch: int | None = None, shuffle_seed: int = 0) -> list[dict]:
+    """Linear few-shot accuracy for each shot count, mean and std over seeds (paper.md 6.4).
+
+    Train shots are drawn from `ds_train` per class (big_vision's sampling, seeds 0..seeds-1);
+    only the drawn images are embedded. Accuracy is measured on all of `ds_test`. Both go through
+    the same eval pipeline (and the same fixed pixel shuffle, if any: paper Figure 4).
+
+    Returns:
+        One dict per shot count: shots, l2_reg, num_seeds, top1_mean, top1_std (sample std over
+        seeds; 0 for one seed), top1_per_seed.
+    """
+    import statistics
+
+    import numpy as np
+
+    shots = parse_shots(shots)
+    k = int(ds_train.num_classes)
+    check_shots(ds_train.labels, shots, k, f"the {ds_train.name} {ds_train.split} split",
+                getattr(ds_train, "class_names", None))
+    size = img_size or _stored_size(ds_test)
+    kw = dict(batch_size=batch_size, pipeline=pipeline, img_size=size, device=device,
+              shuffle=shuffle, shuffle_patch=shuffle_patch, shuffle_seed=shuffle_seed)
+    draws = [fewshot_indices(ds_train.labels, max(shots), s, k) for s in range(seeds)]
+    pool = np.unique(np.concatenate(draws))  # embed each drawn image once
+    pool_x, pool_y = features(model, _loader(_subset(ds_train, pool), **kw), device=device,
+                              dtype=dtype)
+    where = {int(i): j for j, i in enumerate(pool)}
+    test_x, test_y = features(model, _loader(ds_test, **kw), device=device, dtype=dtype)
+    rows = []
+    for n in shots:
+        accs = []
+        for s in range(seeds):
+            # draws[s] is class-major with max(shots) per class; keep each class's first n
+            per_class = draws[s].reshape(k, max(shots))[:, :n].reshape(-1)
+            sel = [where[int(i)] for i in per_class]
+            accs.append(linear_fewshot(pool_x[sel], pool_y[sel], test_x, test_y, k, l2_reg))
+        rows.append(dict(shots=n, l2_reg=l2_reg, num_seeds=seeds,
+                         top1_mean=statistics.fmean(accs),
+                         top1_std=statistics.stdev(accs) if len(accs) > 1 else 0.0,
+                         top1_per_seed=accs))
+    return rows
+
+
+# ------------------------------------------------------------------------- shuffle invariance
+
+def shuffle_eval(model, ds, kinds=("none", "patch", "global"), *, batch_size: int = 256,
+                 pipeline: str = "eval-resize", img_size: int | None = None,
+                 device: str = "cpu", dtype: str = "fp32", patch_size: int | None = None,
+                 shuffle_seed: int = 0, train_shuffle: str = "none", head: bool = True,
+                 ds_train=None, shots=(), seeds: int = 3, l2_reg: float = FEWSHOT_L2) -> list[dict]:
+    """Accuracy under the fixed pixel permutations of paper Figure 4.
+
+    Each kind (`none`, `patch`, `global`; `mixerbench.data.transforms.make_shuffle`) permutes
+    every eval image the same way (seeded by `shuffle_seed`, patch size `patch_size`, as the
+    training loaders do: `mixerbench.data.make_loader`). For a model
+    trained under the same permutation this is the Figure 4 protocol. With `head`, the metric is
+    the classifier's top-1; with `ds_train` and `shots`, also linear k-shot top-1 (Figure 4's
+    y-axis is linear 5-shot), the shots drawn under the same permutation.
+
+    Returns:
+        Rows: train_shuffle, eval_shuffle, metric (`top1` or `<k>shot`), top1, and for `top1`
+        also top5, loss, n; for few-shot also top1_std and num_seeds.
+    """
+    from mixerbench.data.transforms import SHUFFLES
+    from mixerbench.errors import UserError, close_matches
+
+    if isinstance(kinds, str):
+        kinds = [k.strip() for k in kinds.split(",") if k.strip()]
+    for kind in kinds:
+        if kind not in SHUFFLES:
+            raise UserError(f"Unknown shuffle '{kind}'; use none, patch or global."
+                            + close_matches(kind, SHUFFLES))
+    size = img_size or _stored_size(ds)
+    rows = []
+    for kind in kinds:
+        base = dict(train_shuffle=train_shuffle, eval_shuffle=kind)
+        if head:
+            acc = accuracy(model, _loader(ds, batch_size=batch_size, pipeline=pipeline,
+                                          img_size=size, device=device, shuffle=kind,
+                                          shuffle_patch=patch_size, shuffle_seed=shuffle_seed),
+                           device=device, dtype=dtype)
+            rows.append(dict(base, metric="top1", **acc))
+        if ds_train is not None and shots:
+            for r in fewshot_eval(model, ds_train, ds, shots, seeds, l2_reg=l2_reg,
+                                  batch_size=batch_size, pipeline=pipeline, img_size=size,
+                                  device=device, dtype=dtype, shuffle=kind,
+                                  shuffle_patch=patch_size, shuffle_seed=shuffle_seed):
+                rows.append(dict(base, metric=f"{r['shots']}shot", top1=r["top1_mean"],
+                                 top1_std=r["top1_std"], num_seeds=r["num_seeds"]))
+    return rows
+
+
+# ------------------------------------------------------------------------------- ImageNet ReaL
+
+def load_real_labels(src):
+    """ReaL labels (Beyer et al. 2020, the public `real.json`): per ImageNet validation image
+    in file-name order, the list of correct class indices (empty: the image is left out)."""
+    import json
+    from pathlib import Path
+
+    from mixerbench.errors import UserError
+
+    if not isinstance(src, (str, Path)):
+        return [list(map(int, v)) for v in src]
+    path = Path(src)
+    try:
+        data = json.loads(path.read_text())
+    except OSError as exc:
+        raise UserError(f"Cannot read the ReaL labels file {path} ({exc.strerror or exc}).") from None
+    except json.JSONDecodeError:
+        raise UserError(f"{path} is not JSON; pass the public real.json (a list of label lists).") from None
+    if not isinstance(data, list) or not all(isinstance(v, list) for v in data):
+        raise UserError(f"{path} is not in the real.json format (a list of label lists).")
+    return [list(map(int, v)) for v in data]
+
+
+def real_accuracy(outputs, real_labels, topk=(1, 5)) -> dict:
+    """ReaL top-k accuracy (percent) as timm's `RealLabelsImagenet` scores it: an image counts
+    if any of its top-k predictions is among its ReaL labels; images without labels are skipped.
+
+    Args:
+        outputs: logits (N, K), or predicted indices (N,) / top-k indices (N, k), in validation
+            file-name order.
+        real_labels: the `real.json` list (or its path).
+
+    Returns:
+        dict(top1, top5 (when available), n): n is the number of images with labels.
+    """
+    import torch
+
+    from mixerbench.errors import UserError
+
+    labels = load_real_labels(real_labels)
+    out = outputs if isinstance(outputs, torch.Tensor) else torch.as_tensor(outputs)
+    if out.shape[0] != len(labels):
+        raise UserError(f"The ReaL labels cover {len(labels)} images but {out.shape[0]} were "
+                        "evaluated; use the full ImageNet validation split in file-name order.")
+    if out.is_floating_point():
+        k = min(max(topk), out.shape[1])
+        top = out.topk(k, dim=1).indices
+    else:
+        top = out.long().reshape(out.shape[0], -1)
+    keep = [i for i, v in enumerate(labels) if v]
+    res = dict(n=len(keep))
+    for k in topk:
+        if k > top.shape[1]:
+            continue
+        hits = sum(bool(set(top[i, :k].tolist()) & set(labels[i])) for i in keep)
+        res[f"top{k}"] = 100.0 * hits / len(keep) if keep else float("nan")
+    return res
+
+
+# ------------------------------------------------------------------------------- the command
+
+CROPS = {"resize": "eval-resize", "resmall": "eval-resmall", "plain": "eval-plain"}
+
+
+def _run_config(src: str) -> dict | None:
+    """The training run's config.json beside a checkpoint (run dir or file inside one)."""
+    import json
+    from pathlib import Path
+
+    if str(src).startswith("timm:"):
+        return None
+    path = Path(src)
+    folder = path if path.is_dir() else path.parent
+    cfg = folder / "config.json"
+    if not cfg.is_file():
+        return None
+    try:
+        return dict(json.loads(cfg.read_text()), run_id=folder.name)
+    except (OSError, ValueError):
+        return None
+
+
+def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: str | None = None,
+             data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
+             device: str | None = None, dtype: str | None = None, batch_size: int = 256,
+             seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
+             results_root=None, progress=None) -> dict:
+    """Evaluate a checkpoint: accuracy, ReaL, linear few-shot and shuffle invariance.
+
+    Args:
+        checkpoint_src: run directory, `.safetensors`, `timm:<name>[.<tag>]` or official `.npz`
+            (as `finetune --init`).
+        dataset / split / data_dir: what to evaluate on (`mixerbench.data.get_dataset`).
+        crop: `resize` (resize-crop), `resmall` (resmall-crop; paper App. C) or `plain`.
+            Default: the training run's own eval pipeline when the checkpoint comes from a run
+            (so the number reproduces the one its run logged), else `resize`.
+        fewshot: shot counts ("1,5,10,25"); train shots come from `fewshot_split`, accuracy from
+            `split`. Needs no head, so it works for any checkpoint.
+        shuffle: kinds ("none,patch,global") of paper Figure 4's fixed pixel permutations.
+        real_labels: path of ImageNet's `real.json` for ReaL accuracy on the validation split.
+        device / dtype: default CUDA + bf16 when present, else CPU + fp32.
+        results_root: if given, rows are appended to accuracy.csv (kind "evaluate"),
+            fewshot.csv and shuffle.csv there.
+        progress: optional callback `progress(description, done, total)`.
+
+    Returns:
+        dict(model, dataset, split, img_size, pipeline, top1, top5, loss, n, real, fewshot,
+        shuffle, rows) where `rows` maps each CSV table to the rows built for it.
+    """
+    from mixerbench.bench import resolve_device
+    from mixerbench.data import get_dataset
+    from mixerbench.errors import UserError
+    from mixerbench.models import get_spec
+    from mixerbench.models.weights import load_model
+    from mixerbench.results import SCHEMAS, append_row, provenance
+
+    device = resolve_device(device)
+    cuda = device.startswith("cuda")
+    dtype = dtype or ("bf16" if cuda else "fp32")
+    if dtype not in ("bf16", "fp16", "fp32"):
+        raise UserError(f"Unknown dtype '{dtype}'; choose bf16, fp16 or fp32.")
+    if crop is not None and crop not in CROPS:
+        raise UserError(f"Unknown crop '{crop}'; use resize, resmall or plain.")
+    shots = parse_shots(fewshot) if fewshot not in (None, "", ()) else ()
+    kinds = ([k.strip() for k in shuffle.split(",") if k.strip()] if isinstance(shuffle, str)
+             else list(shuffle or ()))
+    run_cfg = _run_config(checkpoint_src)
+    data_cfg = (run_cfg or {}).get("data", {})
+    run_seed = int((run_cfg or {}).get("seed") or 0)
+
+    # stages for the progress callback: load, accuracy, ReaL, few-shot, each shuffle, done
+    steps_total = 3 + bool(real_labels) + bool(shots) + len(kinds)
+    done = 0
+
+    def tick(what):
+        nonlocal done
+        if progress:
+            progress(what, done, steps_total)
+        done += 1
+
+    tick("loading model")
+    model, rec = load_model(checkpoint_src, device=device)
+    img_size = int(rec["img_size"])
+    ds = get_dataset(dataset, split, data_dir=data_dir, seed=run_seed)
+    has_head = int(rec.get("num_classes") or 0) == int(ds.num_classes)
+    if not has_head and not shots:
+        raise UserError(
+            f"{checkpoint_src} has a {rec.get('num_classes') or 0}-class head but {ds.name} has "
+            f"{ds.num_classes} classes; fine-tune it first, or measure its features with "
+            "--fewshot 5 (a linear probe that needs no head).")
+    if real_labels and not has_head:
+        raise UserError("ReaL accuracy needs a head for the ImageNet classes; this checkpoint "
+                        f"has {rec.get('num_classes') or 0} outputs.")
+    pipeline = CROPS[crop] if crop else data_cfg.get("eval_pipeline") or "eval-resize"
+    # A run trained under a Figure 4 shuffle was evaluated under it too: reproduce that.
+    train_shuffle = data_cfg.get("shuffle") or "none"
+    patch = data_cfg.get("shuffle_patch") or rec.get("patch_size") or get_spec(rec["name"]).patch_size
+    kw = dict(batch_size=batch_size, pipeline=pipeline, img_size=img_size, device=device)
+
+    out = dict(model=rec["name"], dataset=ds.name, split=split, img_size=img_size,
+               pipeline=pipeline, top1=None, top5=None, loss=None, n=None, real=None,
+               fewshot=[], shuffle=[], num_classes=ds.num_classes, head=has_head)
+    prov = provenance(device=device, num_devices=1, dtype=dtype, compiled=False,
+                      seed=run_seed if run_cfg else None)
+    run_id = (run_cfg or {}).get("run_id", "")
+    common = dict(run_id=run_id, model=rec["name"], dataset=ds.name, img_size=img_size, **prov)
+    rows = {"accuracy": [], "fewshot": [], "shuffle": []}
+
+    if has_head:
+        tick(f"accuracy on {ds.name} {split}")
+        acc = accuracy(model, _loader(ds, shuffle=train_shuffle, shuffle_patch=patch, **kw),
+                       device=device, dtype=dtype)
+        out.update(acc)
+        rows["accuracy"].append(dict(common, split=split, steps=rec.get("step"), top1=acc["top1"],
+                                     top5=acc["top5"], loss=acc["loss"],
+                                     init=str(checkpoint_src), kind="evaluate"))
+    if real_labels:
+        tick("ReaL labels")
+        logits = predict(model, _loader(ds, **kw), device=device, dtype=dtype)
+        real = real_accuracy(logits, real_labels)
+        out["real"] = real
+        rows["accuracy"].append(dict(common, split=f"{split}-real", steps=rec.get("step"),
+                                     top1=real["top1"], top5=real.get("top5"),
+                                     init=str(checkpoint_src), kind="evaluate"))
+    ds_train = None
+    if shots:
+        tick(f"{'/'.join(map(str, shots))}-shot linear probe")
+        ds_train = get_dataset(dataset, fewshot_split, data_dir=data_dir, seed=run_seed)
+        fs = fewshot_eval(model, ds_train, ds, shots, seeds, l2_reg=l2_reg, dtype=dtype,
+                          shuffle=train_shuffle, shuffle_patch=patch, **kw)
+        out["fewshot"] = fs
+        rows["fewshot"] += [dict(common, **{k: r[k] for k in ("shots", "l2_reg", "num_seeds",
+                                                              "top1_mean", "top1_std")})
+                            for r in fs]
+    for kind in kinds:
+        tick(f"shuffle {kind}")
+        sh = shuffle_eval(model, ds, [kind], dtype=dtype, patch_size=patch,
+                          train_shuffle=train_shuffle, head=has_head, ds_train=ds_train,
+                          shots=shots, seeds=seeds, l2_reg=l2_reg, **kw)
+        out["shuffle"] += sh
+        rows["shuffle"] += [dict(common, train_shuffle=r["train_shuffle"],
+                                 eval_shuffle=r["eval_shuffle"], metric=r["metric"],
+                                 top1=r["top1"]) for r in sh]
+    tick("done")
+    for table, table_rows in rows.items():
+        rows[table] = [{k: r.get(k) for k in SCHEMAS[table]} for r in table_rows]
+        if results_root is not None:
+            for r in rows[table]:
+                append_row(table, r, results_root)
+    out["rows"] = rows
+    return out

@@ -1,0 +1,248 @@
+"""The training loop: schedule, presets, run directory, exact resume, faults, DDP, fine-tuning."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+from mixerbench import results
+from mixerbench.cli import app
+from mixerbench.config import resolve
+from mixerbench.errors import UserError
+from mixerbench.presets import PRESETS, get_preset
+from mixerbench.train import Interrupted, TrainingStopped, lr_factor, train
+
+TINY = {"model.width": "32", "model.depth": "2", "data.eval_batch_size": "100"}
+
+
+def tiny_cfg(**flags):
+    """A Mixer of width 32 and 2 blocks on the synthetic set (1,000 train / 200 test, 32 px)."""
+    base = {"steps": 12, "data.batch_size": 50, "eval_every": 6, "ckpt_every": 3,
+            "model.img_size": 32, "model.patch_size": 8, "device": "cpu"}
+    base.update(flags)
+    return resolve("smoke", dataset="synthetic", flags=base, overrides=TINY)
+
+
+def final_state(summary):
+    from safetensors.torch import load_file
+
+    return load_file(str(Path(summary["run_dir"]) / "checkpoint-last.safetensors"))
+
+
+# ------------------------------------------------------------------------------- pure pieces
+
+
+def test_schedule_values_at_chosen_steps():
+    # linear warm-up from 0 over 10 steps, then linear decay to end_factor (paper section 3)
+    assert lr_factor(0, 110, 10, "linear", 1e-5) == 0.0
+    assert lr_factor(5, 110, 10, "linear", 1e-5) == 0.5
+    assert lr_factor(10, 110, 10, "linear", 1e-5) == 1.0
+    assert lr_factor(60, 110, 10, "linear", 0.0) == pytest.approx(0.5)
+    assert lr_factor(110, 110, 10, "linear", 1e-5) == pytest.approx(1e-5)
+    # cosine (fine-tuning): half way through the decay is half the peak; the end is 0
+    assert lr_factor(60, 110, 10, "cosine", 0.0) == pytest.approx(0.5)
+    assert lr_factor(110, 110, 10, "cosine", 0.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_table4_presets_resolve_to_the_papers_numbers():
+    b = get_preset("imagenet-mixer-b16")
+    assert (b.optim.name, b.optim.beta1, b.optim.beta2) == ("adam", 0.9, 0.999)
+    assert (b.data.batch_size, b.optim.warmup_steps, b.optim.schedule) == (4096, 10_000, "linear")
+    assert (b.epochs, b.optim.lr, b.optim.weight_decay, b.optim.clip_norm) == (300, 1e-3, 0.1, 1.0)
+    assert (b.data.randaug_m, b.data.mixup_p, b.model.dropout, b.model.drop_path) == (15, 0.5, 0.0, 0.1)
+    l21 = get_preset("in21k-mixer-l16")
+    assert (l21.data.randaug_m, l21.data.mixup_p) == (20, 0.5)
+    b21 = get_preset("in21k-mixer-b16")
+    assert (b21.data.randaug_m, b21.data.mixup_p) == (10, 0.2)
+    jb = get_preset("jft-mixer-b")
+    assert (jb.epochs, jb.optim.lr, jb.optim.weight_decay, jb.data.randaug_m, jb.data.mixup_p) == (7, 3e-3, 0.03, 0, 0.0)
+    assert get_preset("jft-mixer-h").epochs == 14 and get_preset("jft-mixer-s").epochs == 5
+
+
+def test_finetune_presets_follow_the_vit_protocol():
+    for name, steps in [("finetune-imagenet", 20_000), ("finetune-cifar10", 10_000),
+                        ("finetune-cifar100", 10_000), ("finetune-pets", 500),
+                        ("finetune-flowers102", 500)]:
+        c = get_preset(name)
+        assert (c.optim.name, c.optim.momentum, c.data.batch_size) == ("sgd", 0.9, 512)
+        assert (c.optim.schedule, c.optim.clip_norm, c.optim.weight_decay) == ("cosine", 1.0, 0.0)
+        assert c.steps == steps and c.kind == "finetune"
+
+
+def test_every_preset_resolves():
+    for name in PRESETS:
+        kw = {"init": "x"} if name.startswith("finetune") else {}
+        assert resolve(name, **kw).preset == name
+
+
+def test_settings_are_typed_and_checked():
+    assert resolve("smoke", overrides={"optim.lr": "0.01"}).optim.lr == 0.01
+    for bad in ({"optim.lrr": "1"}, {"optim.lr": "fast"}, {"model.depth": "2.5"}, {"nope": "1"}):
+        with pytest.raises(UserError):
+            resolve("smoke", overrides=bad)
+
+
+# --------------------------------------------------------------------------- training runs
+
+
+def test_training_writes_run_directory_and_accuracy_row(tmp_path):
+    s = train(tiny_cfg(steps=40, eval_every=20), tmp_path)
+    run = Path(s["run_dir"])
+    for name in ("config.json", "metrics.csv", "summary.json", "checkpoint-last.safetensors",
+                 "state-last.pt"):
+        assert (run / name).is_file(), name
+    metrics = (run / "metrics.csv").read_text().splitlines()
+    assert metrics[0].split(",") == list(results.METRICS) and len(metrics) == 3  # steps 20, 40
+    acc = results.load("accuracy", tmp_path)
+    assert len(acc) == 1 and acc.loc[0, "run_id"] == run.name
+    assert acc.loc[0, "top1"] > 30  # 10 classes: chance is 10 %
+    assert acc.loc[0, "train_flops"] > 0 and acc.loc[0, "device_name"].startswith("cpu")
+    # the same command again reads the finished run back: no retraining, no second row
+    again = train(tiny_cfg(steps=40, eval_every=20), tmp_path)
+    assert again["reused"] and again["top1"] == s["top1"]
+    assert len(results.load("accuracy", tmp_path)) == 1
+
+
+def test_resume_after_a_kill_is_bitwise_exact(tmp_path):
+    cfg = tiny_cfg(steps=14, **{"model.drop_path": 0.2, "data.mixup_p": 0.5})
+    straight = train(cfg, tmp_path / "a")
+
+    def kill_at_10(event, info):  # an exception mid-run: nothing saved after the step-9 checkpoint
+        if event == "step" and info["step"] == 10:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, tmp_path / "b", log=kill_at_10)
+    state = torch.load(Path(straight["run_dir"].replace("/a/", "/b/")) / "state-last.pt",
+                       weights_only=False)
+    assert state["step"] == 9
+    resumed = train(cfg, tmp_path / "b")
+    a, b = final_state(straight), final_state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["top1"] == straight["top1"] and resumed["loss"] == straight["loss"]
+    strip = lambda p: [r.split(",")[:7] for r in Path(p, "metrics.csv").read_text().splitlines()]  # noqa: E731
+    assert strip(straight["run_dir"]) == strip(resumed["run_dir"])  # all but timing columns
+
+
+def test_sigterm_saves_and_resume_continues(tmp_path):
+    cfg = tiny_cfg(steps=14)
+    straight = train(cfg, tmp_path / "a")
+
+    def term_at_10(event, info):
+        if event == "step" and info["step"] == 10:
+            signal.raise_signal(signal.SIGTERM)
+
+    with pytest.raises(Interrupted) as exc:
+        train(cfg, tmp_path / "b", log=term_at_10)
+    assert exc.value.step == 10
+    resumed = train(cfg, tmp_path / "b")
+    a, b = final_state(straight), final_state(resumed)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
+    # lr 1e9 without clipping: the first step is finite (zero head), the next ones are not
+    cfg = tiny_cfg(steps=40, ckpt_every=1, **{"optim.lr": 1e9, "optim.warmup_frac": 0.0,
+                                              "optim.clip_norm": 0.0})
+    with pytest.raises(TrainingStopped, match="intact"):
+        train(cfg, tmp_path)
+    run = next((tmp_path / "runs").iterdir())
+    assert not (run / "summary.json").exists()
+    from safetensors.torch import load_file
+
+    state = load_file(str(run / "checkpoint-last.safetensors"))
+    assert all(torch.isfinite(v).all() for v in state.values())
+    saved = torch.load(run / "state-last.pt", weights_only=False)["step"]
+    assert 1 <= saved < 40
+
+
+def test_finetune_at_twice_the_resolution_from_a_run(tmp_path):
+    src = train(tiny_cfg(steps=6), tmp_path)
+    cfg = resolve("finetune-cifar10", dataset="synthetic", init=src["run_dir"], kind="finetune",
+                  flags={"steps": 4, "data.batch_size": 20, "model.img_size": 64,
+                         "device": "cpu", "eval_every": 4, "data.pipeline": "small"},
+                  overrides={"data.eval_batch_size": "100", "max_eval_examples": "40"})
+    s = train(cfg, tmp_path)
+    assert s["img_size"] == 64 and s["kind"] == "finetune" and s["init"] == src["run_dir"]
+    rec = json.loads(__import__("safetensors").safe_open(
+        str(Path(s["run_dir"]) / "checkpoint-last.safetensors"), "pt").metadata()["mixerbench_model"])
+    assert rec["img_size"] == 64 and rec["overrides"]["tokens_dim"] == 4 * 16
+
+
+# --------------------------------------------------------------------------------- the CLI
+
+
+def cli(*args, env=None):
+    return CliRunner().invoke(app, list(args), env={"HF_HUB_OFFLINE": "1", **(env or {})})
+
+
+def test_cli_smoke_preset_runs_and_bad_input_exits_2(tmp_path):
+    common = ["--results-dir", str(tmp_path), "--dataset", "synthetic", "--steps", "4",
+              "--img-size", "32", "--set", "model.width=16", "--set", "data.batch_size=50",
+              "--device", "cpu"]
+    ok = cli("pretrain", "--preset", "smoke", *common)
+    assert ok.exit_code == 0, ok.output
+    assert "top-1" in ok.output
+    runs_before = sorted(p.name for p in (tmp_path / "runs").iterdir())
+    csv_before = (tmp_path / "accuracy.csv").read_text()
+    for args in (
+        ["pretrain", "--preset", "smoke", *common, "--resume"],           # finished run resumed
+        ["pretrain", "--preset", "smoke", *common, "--set", "optim.lrr=1"],  # unknown key
+        ["pretrain", "--preset", "smoke", *common, "--set", "optim.lr=x"],   # wrong type
+        ["pretrain", "--preset", "smok", *common],                        # unknown preset
+        ["pretrain", "--model", "mixer-b61", *common],                    # unknown model
+        ["pretrain", "--preset", "smoke", *common, "--patch-size", "5"],  # patch does not divide
+        ["finetune", "--init", str(tmp_path / "nope"), "--dataset", "synthetic"],  # missing init
+    ):
+        r = cli(*args)
+        assert r.exit_code == 2, (args, r.output)
+        assert "Traceback" not in r.output and r.output.strip().count("\n") == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "runs").iterdir()) == runs_before
+    assert (tmp_path / "accuracy.csv").read_text() == csv_before
+
+
+def test_list_presets():
+    r = cli("pretrain", "--list-presets")
+    assert r.exit_code == 0 and "imagenet-mixer-b16" in r.output and "smoke" in r.output
+
+
+# --------------------------------------------------------------------------------------- DDP
+
+
+def test_two_process_ddp_gives_identical_weights(tmp_path):
+    script = tmp_path / "ddp.py"
+    script.write_text(textwrap.dedent(f"""
+        import os, torch
+        from mixerbench.config import resolve
+        from mixerbench.train import train
+        from mixerbench.models.weights import unwrap
+        cfg = resolve("smoke", dataset="synthetic", flags={{"steps": 6, "data.batch_size": 40,
+              "eval_every": 3, "model.img_size": 32, "model.patch_size": 8, "device": "cpu"}},
+              overrides={{"model.width": "16", "model.depth": "1", "model.drop_path": "0.1"}})
+        import mixerbench.train as T
+        captured = {{}}
+        orig = T.make_optimizer
+        def spy(model, cfg, fused):
+            captured["model"] = model
+            return orig(model, cfg, fused)
+        T.make_optimizer = spy
+        s = train(cfg, {str(tmp_path)!r})
+        rank = int(os.environ["RANK"])
+        torch.save(unwrap(captured["model"]).state_dict(), {str(tmp_path)!r} + f"/rank{{rank}}.pt")
+    """))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
+                           "--master_port", "29533", str(script)], env=env, capture_output=True,
+                          text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert len(results.load("accuracy", tmp_path)) == 1  # rank 0 alone writes
+    assert results.load("accuracy", tmp_path).loc[0, "num_devices"] == 2
