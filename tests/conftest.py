@@ -1,0 +1,34 @@
+"""Shared test fixtures. Each module's fixtures carry its prefix (`data_` for mixerbench.data)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+# ../shared/data next to the checkout holds offline dataset copies (cifar10/ in hub parquet layout).
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def data_offline_cache(tmp_path_factory):
+    """Every test runs offline and caches decoded datasets in a session temp dir, never in ~/.cache."""
+    saved = {k: os.environ.get(k) for k in ("MIXERBENCH_CACHE", "HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE")}
+    root = tmp_path_factory.mktemp("mixerbench-cache")
+    os.environ["MIXERBENCH_CACHE"] = str(root)
+    os.environ["HF_HUB_OFFLINE"] = os.environ["HF_DATASETS_OFFLINE"] = "1"
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="session")
+def data_shared_dir() -> Path:
+    """The offline copies folder (used as data_dir / MIXERBENCH_DATA); skips when it is absent."""
+    if not (SHARED_DATA / "cifar10").is_dir():
+        pytest.skip(f"no offline CIFAR-10 copy at {SHARED_DATA / 'cifar10'}")
+    return SHARED_DATA

@@ -1,0 +1,165 @@
+"""Throughput benchmark: timing protocol, FLOPs accounting, batch back-off, dtype checks, CLI."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import torch
+
+from mixerbench import bench as B
+from mixerbench.errors import UserError
+
+
+@pytest.fixture(scope="module", autouse=True)
+def bench_one_thread():
+    """Tiny models on a busy 2-core machine: one intra-op thread avoids OpenMP contention."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def test_summarize_is_pure_arithmetic():
+    s = B.summarize([2.0, 1.0, 4.0], batch_size=10, steps=5)  # 25, 50, 12.5 img/s
+    assert s["repeats"] == 3
+    assert s["img_per_sec_mean"] == pytest.approx((25 + 50 + 12.5) / 3)
+    assert s["img_per_sec_std"] == pytest.approx(torch.tensor([25, 50, 12.5]).std().item())
+    assert s["step_ms_median"] == pytest.approx(2.0 / 5 * 1e3)
+    assert B.summarize([1.0], batch_size=1, steps=1)["img_per_sec_std"] == 0.0
+    with pytest.raises(ValueError):
+        B.summarize([], batch_size=1, steps=1)
+
+
+def test_time_steps_times_exactly_r_repeats_after_warmup():
+    calls = []
+    out = B.time_steps(lambda: calls.append(1), device="cpu", warmup=3, repeats=4,
+                       steps_per_repeat=5)
+    assert len(out) == 4 and all(t >= 0 for t in out)
+    assert len(calls) == 3 + 4 * 5
+
+
+def test_bench_rows_repeats_flops_and_timm_side_by_side():
+    from mixerbench.models import model_info
+
+    rows = B.bench(["mixer-t4", "timm:resnet18"], mode="both", batch_size=4, img_size=32,
+                   repeats=3, warmup=0, steps_per_repeat=1, device="cpu")
+    assert [(r["model"], r["mode"]) for r in rows] == [
+        ("mixer-t4", "infer"), ("mixer-t4", "train"), ("timm:resnet18", "infer"),
+        ("timm:resnet18", "train")]
+    for r in rows:
+        assert len(r["repeat_seconds"]) == 3 and r["repeats"] == 3
+        info = model_info(r["model"], img_size=32)
+        assert r["gmacs"] == info["gmacs"] and r["params"] == info["params"]
+        factor = 3 if r["mode"] == "train" else 1  # forward + backward ~ 3 forwards
+        assert r["achieved_tflops"] == pytest.approx(
+            2 * info["gmacs"] * 1e9 * factor * r["img_per_sec_mean"] / 1e12)
+        assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"])
+        assert r["batch_size"] == 4 and r["dtype"] == "fp32" and r["compiled"] is False
+        assert r["driver_version"] == "" and r["cuda_version"] == ""  # a CPU row
+        assert r["device_name"].startswith("cpu") and r["torch_version"] == torch.__version__
+        assert r["img_per_sec_mean"] == pytest.approx(B.summarize(
+            r["repeat_seconds"], batch_size=4, steps=1)["img_per_sec_mean"])
+
+
+def test_mixer_t4_gmacs_match_the_closed_form():
+    """paper.md 7.2: stem S*3P^2*C, per block 2*C*S*D_S + 2*S*C*D_C, head C*K."""
+    from mixerbench.models import model_info
+
+    s, p, c, depth, k = 64, 4, 256, 8, 1000
+    macs = s * 3 * p * p * c + depth * (2 * c * s * (c // 2) + 2 * s * c * 4 * c) + c * k
+    assert model_info("mixer-t4")["gmacs"] == pytest.approx(macs / 1e9, abs=1e-3)
+
+
+def test_auto_batch_backs_off_on_oom(monkeypatch):
+    def fake_step(name, mode, batch, **kw):
+        if batch > 5:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return lambda: None
+
+    monkeypatch.setattr(B, "_make_step", fake_step)
+    batch, _ = B._fit("mixer-t4", "infer", 16, device="cpu")
+    assert batch == 4  # timm decay_batch_step: 16 -> 12 -> 8 -> 6 -> 4
+
+    def never(name, mode, batch, **kw):
+        raise torch.OutOfMemoryError("out of memory")
+
+    monkeypatch.setattr(B, "_make_step", never)
+    with pytest.raises(UserError, match="even at batch size 1"):
+        B._fit("mixer-t4", "train", 8, device="cpu")
+
+    def other(name, mode, batch, **kw):
+        raise RuntimeError("shape mismatch")
+
+    monkeypatch.setattr(B, "_make_step", other)
+    with pytest.raises(RuntimeError, match="shape"):  # not an OOM: no silent back-off
+        B._fit("mixer-t4", "infer", 8, device="cpu")
+
+
+def test_dtype_and_device_validation():
+    assert B.resolve_dtype(None, "cpu") == "fp32"
+    assert B.resolve_dtype("float32", "cpu") == "fp32"
+    with pytest.raises(UserError, match="Unknown dtype 'bf61'"):
+        B.resolve_dtype("bf61", "cpu")
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        with pytest.raises(UserError, match="emulated"):
+            B.resolve_dtype("bf16", "cpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="no CUDA"):
+            B.resolve_device("cuda")
+    with pytest.raises(UserError):
+        B.bench(["mixer-t4"], mode="sideways", device="cpu")
+
+
+# ------------------------------------------------------------------------------------- CLI
+
+
+def _cli(args, tmp_path, monkeypatch):
+    from typer.testing import CliRunner
+
+    from mixerbench.cli import app
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("MIXERBENCH_RESULTS", str(tmp_path))
+    return CliRunner().invoke(app, args)
+
+
+def test_cli_bench_writes_a_throughput_row(tmp_path, monkeypatch):
+    out = _cli(["bench", "--models", "mixer-t4", "--device", "cpu", "--batch-size", "8",
+                "--repeats", "2", "--steps", "1", "--warmup", "0", "--no-compile",
+                "--results-dir", str(tmp_path)], tmp_path, monkeypatch)
+    assert out.exit_code == 0, out.output
+    assert "not comparable to the paper's img/s/core" in " ".join(out.output.split())
+    with open(tmp_path / "throughput.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 1
+    r = rows[0]
+    assert (r["model"], r["mode"], r["batch_size"], r["repeats"]) == ("mixer-t4", "infer", "8", "2")
+    assert float(r["img_per_sec_mean"]) > 0 and float(r["peak_tflops"]) > 0
+    assert r["channels_last"] == "false" and r["compiled"] == "false"
+
+
+def test_cli_bench_json_has_ratio_to_first(tmp_path, monkeypatch):
+    import json
+
+    out = _cli(["bench", "--models", "mixer-t4,mixer-t4", "--device", "cpu", "--batch-size", "2",
+                "--repeats", "1", "--steps", "1", "--warmup", "0", "--format", "json"],
+               tmp_path, monkeypatch)
+    assert out.exit_code == 0, out.output
+    rows = json.loads(out.stdout)
+    assert [r["ratio_to_first"] for r in rows][0] == 1.0 and len(rows) == 2
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--dtype", "fp8"], "Unknown dtype"),
+    (["--batch-size", "lots"], "number or 'auto'"),
+    (["--models", "mixr-t4"], "Unknown model"),
+])
+def test_cli_bench_bad_input_exits_2(args, needle, tmp_path, monkeypatch):
+    base = {"--models": "mixer-t4", "--device": "cpu", "--repeats": "1", "--batch-size": "2"}
+    for i in range(0, len(args), 2):
+        base[args[i]] = args[i + 1]
+    out = _cli(["bench", *[x for kv in base.items() for x in kv]], tmp_path, monkeypatch)
+    assert out.exit_code == 2, out.output
+    assert needle in out.output and "Traceback" not in out.output
+    assert not (tmp_path / "throughput.csv").exists()

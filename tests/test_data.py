@@ -1,0 +1,468 @@
+"""mixerbench.data: sources, splits and subsets, pipelines, shuffles, deterministic loading, bad input.
+
+Offline and on CPU. CIFAR-10 comes from ../shared/data/cifar10 (decoded once per session into a
+temp cache); the other local sources are small datasets written to temp folders here.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+
+import numpy as np
+import pytest
+import torch
+
+from mixerbench.data import (KNOWN_DATASETS, PIPELINES, class_balanced_subset, describe,
+                             get_dataset, k_shot_subset, known_datasets, make_loader)
+from mixerbench.data import decode, hub
+from mixerbench.data import transforms as T
+from mixerbench.errors import UserError
+
+CLASSES = ["ant", "bee", "cat"]
+
+
+# ---------------------------------------------------------------- fixtures
+
+@pytest.fixture(scope="module", autouse=True)
+def data_one_thread():
+    """One intra-op thread: the batched ops here are small, and on a busy 2-core machine OpenMP
+    threads waiting on each other make each op ~100x slower (measured: 4 ms vs 500 ms per op sweep)."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+@pytest.fixture(scope="session")
+def data_cifar10(data_shared_dir, tmp_path_factory):
+    """CIFAR-10 train and test from the offline copy, decoded once into a session cache."""
+    cache = tmp_path_factory.mktemp("cifar-cache")
+    train = get_dataset("cifar10", "train", data_dir=data_shared_dir, cache_dir=cache)
+    test = get_dataset("cifar10", "test", data_dir=data_shared_dir, cache_dir=cache)
+    return dict(train=train, test=test, cache=cache, data_dir=data_shared_dir)
+
+
+def _rand_images(n, size=8, seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def local_sets(tmp_path_factory):
+    """The same 12/6-image, 3-class dataset as hub parquet, save_to_disk output and an image folder."""
+    import datasets
+    from PIL import Image
+
+    datasets.disable_progress_bars()
+    root = tmp_path_factory.mktemp("local")
+    feats = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=CLASSES)})
+    splits = {"train": (_rand_images(12, seed=1), [i % 3 for i in range(12)]),
+              "test": (_rand_images(6, seed=2), [i % 3 for i in range(6)])}
+    dd = datasets.DatasetDict({s: datasets.Dataset.from_dict({"image": x, "label": y}, features=feats)
+                               for s, (x, y) in splits.items()})
+    (root / "pq" / "data").mkdir(parents=True)
+    for s, d in dd.items():
+        d.to_parquet(str(root / "pq" / "data" / f"{s}-00000-of-00001.parquet"))
+    dd.save_to_disk(str(root / "disk"))
+    for s, (x, y) in splits.items():
+        for i, (a, lab) in enumerate(zip(x, y)):
+            f = root / "folder" / s / CLASSES[lab] / f"{i:03d}.png"
+            f.parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(a).save(f)
+    # variable-size images (one class folder layout, no split folders)
+    for i in range(6):
+        f = root / "varied" / CLASSES[i % 3] / f"{i}.png"
+        f.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(_rand_images(1, size=10 + 3 * i, seed=i)[0][:, : 8 + 2 * i]).save(f)
+    return dict(root=root, splits=splits)
+
+
+def _order(ds, x_list, y_list):
+    """Map dataset rows back to the written images (folder order is by class, then file name)."""
+    return {a.tobytes(): y for a, y in zip(x_list, y_list)}
+
+
+# ---------------------------------------------------------------- sources
+
+def test_registry_lists_every_dataset():
+    rows = known_datasets()
+    assert [r["name"] for r in rows] == list(KNOWN_DATASETS)
+    assert {"cifar10", "cifar100", "pets", "flowers102", "imagenet-1k", "mnist-5k", "synthetic"} <= set(KNOWN_DATASETS)
+    assert KNOWN_DATASETS["cifar10"]["hub_id"] == "uoft-cs/cifar10"
+    assert KNOWN_DATASETS["cifar100"]["label_column"] == "fine_label"
+    assert all(r["offline"] for r in rows if r["name"] in ("mnist-5k", "synthetic"))
+
+
+@pytest.mark.parametrize("name,n_train,n_test,size", [("mnist-5k", 4000, 1000, 28), ("synthetic", 1000, 200, 32)])
+def test_embedded_sets_load(name, n_train, n_test, size):
+    tr, te = get_dataset(name, "train"), get_dataset(name, "test")
+    assert (len(tr), len(te)) == (n_train, n_test)
+    for ds in (tr, te):
+        assert ds.images.dtype == torch.uint8 and ds.images.shape[1:] == (size, size, 3)
+        assert ds.labels.dtype == torch.int64 and ds.num_classes == 10 == len(ds.class_names)
+        assert torch.bincount(ds.labels).tolist() == [len(ds) // 10] * 10  # class-stratified
+    if name == "mnist-5k":  # grayscale digits become 3 equal channels
+        assert torch.equal(tr.images[..., 0], tr.images[..., 2])
+
+
+def test_cifar10_offline_copy(data_cifar10):
+    tr, te = data_cifar10["train"], data_cifar10["test"]
+    assert (len(tr), len(te)) == (50_000, 10_000)
+    assert tr.num_classes == te.num_classes == 10
+    assert tr.class_names[:3] == ["airplane", "automobile", "bird"]
+    assert tr.images.shape == (50_000, 32, 32, 3) and tr.images.dtype == torch.uint8
+    assert torch.bincount(te.labels).tolist() == [1000] * 10
+    assert str(data_cifar10["data_dir"] / "cifar10") in tr.source
+
+
+def test_cifar10_found_through_mixerbench_data(data_cifar10, monkeypatch):
+    monkeypatch.setenv("MIXERBENCH_DATA", str(data_cifar10["data_dir"]))
+    ds = get_dataset("cifar10", "test", cache_dir=data_cifar10["cache"])  # cached: no decode
+    assert torch.equal(ds.images[:5], data_cifar10["test"].images[:5])
+
+
+@pytest.mark.parametrize("layout", ["pq", "disk", "folder", "single-file", "data-dir"])
+def test_local_sources_load(local_sets, layout, tmp_path):
+    root = local_sets["root"]
+    kw = dict(cache_dir=tmp_path)
+    target = {"pq": root / "pq", "disk": root / "disk", "folder": root / "folder",
+              "single-file": root / "pq" / "data" / "train-00000-of-00001.parquet", "data-dir": "pq"}[layout]
+    if layout == "data-dir":
+        kw["data_dir"] = root
+    ds = get_dataset(str(target), "train", **kw)
+    x, y = local_sets["splits"]["train"]
+    assert len(ds) == 12 and ds.class_names == CLASSES and ds.num_classes == 3
+    truth = _order(ds, x, y)  # PNG is lossless: every decoded image is one of ours, with its label
+    for img, lab in zip(ds.images.numpy(), ds.labels.tolist()):
+        assert truth[img.tobytes()] == lab
+    if layout != "single-file":
+        assert len(get_dataset(str(target), "test", **kw)) == 6
+
+
+def test_differently_sized_images(local_sets, tmp_path):
+    folder = str(local_sets["root"] / "varied")
+    with pytest.raises(UserError, match="different sizes"):
+        get_dataset(folder, cache_dir=tmp_path)
+    ds = get_dataset(folder, img_size=12, cache_dir=tmp_path)  # central squares resized to 12
+    assert ds.images.shape == (6, 12, 12, 3)
+    st = get_dataset(folder, stream=True, cache_dir=tmp_path)  # streamed: decoded per batch
+    assert st.images is None and len(st.hf) == 6 and st.labels.tolist() == ds.labels.tolist()
+    b = make_loader(st, batch_size=4, train=True, pipeline="finetune", img_size=16, workers=0)
+    (x, y), = list(b.epoch(0))
+    assert x.shape == (4, 3, 16, 16) and x.dtype == torch.float32 and -1 <= x.min() <= x.max() <= 1
+    ev = list(make_loader(st, batch_size=4, train=False, pipeline="eval-resmall", img_size=16, workers=0).epoch(0))
+    assert [len(y) for _, y in ev] == [4, 2]
+
+
+def test_cache_is_reused(local_sets, tmp_path, monkeypatch):
+    path = str(local_sets["root"] / "pq")
+    first = get_dataset(path, "train", cache_dir=tmp_path)
+    files = list((tmp_path / "tensors").glob("*.pt"))
+    assert len(files) == 1
+    mtime = files[0].stat().st_mtime_ns
+
+    def no_decode(*a, **k):
+        raise AssertionError("decoded again")
+
+    monkeypatch.setattr(decode, "decode_images", no_decode)
+    again = get_dataset(path, "train", cache_dir=tmp_path)
+    assert torch.equal(first.images, again.images) and files[0].stat().st_mtime_ns == mtime
+    monkeypatch.setenv("MIXERBENCH_CACHE", str(tmp_path))  # the env var names the same cache
+    assert torch.equal(get_dataset(path, "train").labels, first.labels)
+
+
+# ---------------------------------------------------------------- splits and subsets
+
+def test_minival_is_the_end_of_train(data_cifar10):
+    kw = dict(data_dir=data_cifar10["data_dir"], cache_dir=data_cifar10["cache"])
+    mv = get_dataset("cifar10", "minival", **kw)
+    rest = get_dataset("cifar10", "train-minus-minival", **kw)
+    assert len(mv) == 1000 and len(rest) == 49_000  # 2 % for CIFAR (paper.md 6.2)
+    assert mv.indices.tolist() == list(range(49_000, 50_000))
+    assert torch.equal(mv.images, data_cifar10["train"].images[49_000:])
+    assert len(get_dataset("synthetic", "minival")) == 10  # 1 % otherwise
+
+
+def test_fractions_are_nested_and_class_balanced(data_cifar10):
+    kw = dict(data_dir=data_cifar10["data_dir"], cache_dir=data_cifar10["cache"])
+    subsets = {f: get_dataset("cifar10", fraction=f, **kw) for f in (0.03, 0.1, 0.3, 1.0)}
+    for f, ds in subsets.items():
+        assert torch.bincount(ds.labels).tolist() == [int(np.ceil(5000 * f))] * 10
+    sets = [set(subsets[f].indices.tolist()) for f in (0.03, 0.1, 0.3, 1.0)]
+    assert sets[0] < sets[1] < sets[2] < sets[3]
+    again = get_dataset("cifar10", fraction=0.1, **kw)
+    assert torch.equal(again.indices, subsets[0.1].indices)  # deterministic
+    labels = torch.tensor([0] * 7 + [1] * 3)
+    assert labels[class_balanced_subset(labels, 0.5)].tolist() == [0, 0, 0, 0, 1, 1]  # ceil(3.5), ceil(1.5)
+
+
+def test_k_shot_draws_k_per_class():
+    tr = get_dataset("synthetic", "train", k_shot=5, seed=1)
+    assert torch.bincount(tr.labels).tolist() == [5] * 10
+    assert torch.equal(get_dataset("synthetic", k_shot=5, seed=1).indices, tr.indices)
+    assert not torch.equal(get_dataset("synthetic", k_shot=5, seed=2).indices, tr.indices)
+    one = set(get_dataset("synthetic", k_shot=1, seed=1).indices.tolist())
+    assert one < set(tr.indices.tolist())  # 1-shot inside 5-shot for one seed
+    with pytest.raises(UserError, match="smallest class"):
+        k_shot_subset(torch.tensor([0, 0, 0, 1, 1]), 3)
+
+
+# ---------------------------------------------------------------- bad input
+
+def _corrupt_parquet(root, tmp):
+    """The local parquet train split with image 2's bytes broken, and a copy without labels."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pq.read_table(root / "pq" / "data" / "train-00000-of-00001.parquet")
+    cells = table.column("image").to_pylist()
+    cells[2] = {"bytes": b"not an image", "path": None}
+    bad = table.set_column(0, "image", pa.array(cells, type=table.schema.field("image").type))
+    (tmp / "bad" / "data").mkdir(parents=True)
+    pq.write_table(bad.replace_schema_metadata(table.schema.metadata), tmp / "bad" / "data" / "train-0.parquet")
+    (tmp / "nolabel").mkdir()
+    pq.write_table(table.drop(["label"]).replace_schema_metadata(None), tmp / "nolabel" / "train-0.parquet")
+
+
+def test_bad_inputs_raise_user_errors(local_sets, tmp_path):
+    cache = tmp_path / "cache"
+    _corrupt_parquet(local_sets["root"], tmp_path)
+    cases = [
+        (dict(name_or_path=str(tmp_path / "missing")), "No dataset"),
+        (dict(name_or_path="./nowhere/cifar"), "No dataset folder"),
+        (dict(name_or_path="cifar-1O"), "Did you mean"),
+        (dict(name_or_path="synthetic", fraction=0.0), r"\(0, 1\]"),
+        (dict(name_or_path="synthetic", fraction=1.5), r"\(0, 1\]"),
+        (dict(name_or_path="synthetic", k_shot=101), "smallest class"),
+        (dict(name_or_path="synthetic", split="validation"), "no split 'validation'"),
+        (dict(name_or_path=str(tmp_path / "nolabel")), "no label column"),
+        (dict(name_or_path=str(tmp_path / "bad")), "Image 2 of"),
+        (dict(name_or_path=str(local_sets["root"] / "pq"), label_column="species"), "no label column 'species'"),
+        (dict(name_or_path="synthetic", data_dir=str(tmp_path / "nodir")), None),  # embedded ignores data_dir
+    ]
+    for kw, pattern in cases:
+        name = kw.pop("name_or_path")
+        if pattern is None:
+            assert len(get_dataset(name, cache_dir=cache, **kw)) == 1000
+            continue
+        with pytest.raises(UserError, match=pattern) as err:
+            get_dataset(name, cache_dir=cache, **kw)
+        assert "\n" not in str(err.value) and "Traceback" not in str(err.value)
+    leftovers = [p.name for p in (cache / "tensors").glob("*")] if (cache / "tensors").exists() else []
+    assert not any("bad" in p or p.endswith(".tmp") for p in leftovers)  # nothing half-written
+
+
+def test_empty_split(tmp_path):
+    from PIL import Image
+
+    (tmp_path / "ds" / "test" / "ant").mkdir(parents=True)
+    (tmp_path / "ds" / "train" / "ant").mkdir(parents=True)
+    Image.new("RGB", (4, 4)).save(tmp_path / "ds" / "train" / "ant" / "a.png")
+    with pytest.raises(UserError, match="empty"):
+        get_dataset(str(tmp_path / "ds"), "test", cache_dir=tmp_path / "c")
+
+
+def test_hub_offline_fails_fast_with_local_options(tmp_path, monkeypatch):
+    t0 = time.perf_counter()
+    for name in ("cifar100", "hf:someone/some-images", "imagenet-1k"):
+        with pytest.raises(UserError, match="--data-dir") as err:
+            get_dataset(name, cache_dir=tmp_path)
+        assert "MIXERBENCH_DATA" in str(err.value)
+    assert time.perf_counter() - t0 < 5
+    info = describe("cifar100", cache_dir=tmp_path)  # described from the registry when offline
+    assert info["found"] is False and info["splits"]["train"] == 50_000
+
+
+def test_failed_hub_probe_is_remembered(tmp_path, monkeypatch):
+    for var in ("HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    calls = []
+
+    def refuse(*a, **k):
+        calls.append(a)
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(hub.socket, "create_connection", refuse)
+    monkeypatch.setattr(hub, "hf_datasets_cache", lambda: tmp_path / "no-hf-cache")
+    for _ in range(2):
+        with pytest.raises(UserError, match="not reachable"):
+            get_dataset("cifar100", cache_dir=tmp_path)
+    assert len(calls) == 1 and (tmp_path / "hub-unreachable").exists()  # second call: no probe
+
+
+# ---------------------------------------------------------------- shuffles (paper Figure 4)
+
+@pytest.mark.parametrize("kind", ["none", "patch", "global"])
+def test_shuffles_are_fixed_permutations(kind):
+    x = torch.rand(4, 3, 32, 32)
+    f, g = T.make_shuffle(kind, 32, patch_size=8, seed=3), T.make_shuffle(kind, 32, patch_size=8, seed=3)
+    y = f(x)
+    assert torch.equal(y, f(x)) and torch.equal(y, g(x))  # same on every call and every instance
+    assert torch.equal(y.flatten(2).sort(-1).values, x.flatten(2).sort(-1).values)  # a permutation
+    assert torch.equal(y, x) == (kind == "none")
+    if kind == "patch":  # every output patch is one input patch, pixels permuted the same way in each
+        patches = lambda t: t.unfold(2, 8, 8).unfold(3, 8, 8).reshape(4, 3, 16, 64)
+        px, py = patches(x), patches(y)
+        src = [next(j for j in range(16) if torch.equal(py[0, 0, i].sort().values, px[0, 0, j].sort().values))
+               for i in range(16)]
+        assert sorted(src) == list(range(16))
+        perms = [torch.argsort(px[0, 0, src[i]])[torch.argsort(torch.argsort(py[0, 0, i]))] for i in range(16)]
+        assert all(torch.equal(p, perms[0]) for p in perms)
+    with pytest.raises(UserError):
+        T.make_shuffle("patch", 30, patch_size=8)
+
+
+# ---------------------------------------------------------------- pipelines and loader
+
+@pytest.fixture(scope="module")
+def synth():
+    return get_dataset("synthetic", "train")
+
+
+@pytest.mark.parametrize("pipeline", list(PIPELINES))
+@pytest.mark.parametrize("img_size", [32, 48])
+def test_pipelines_shape_dtype_range(synth, pipeline, img_size):
+    train = pipeline in T.TRAIN_PIPELINES
+    b = make_loader(synth, batch_size=64, train=train, pipeline=pipeline, img_size=img_size,
+                    randaug_m=15 if train else 0)
+    x, y = next(iter(b.epoch(0)))
+    assert x.shape == (64, 3, img_size, img_size) and x.dtype == torch.float32
+    assert x.min() >= -1 and x.max() <= 1 and x.std() > 0.05
+    assert y.dtype == torch.int64 and y.shape == (64,)
+
+
+def test_eval_loader_keeps_every_example_in_order(synth):
+    te = get_dataset("synthetic", "test")
+    b = make_loader(te, batch_size=64, train=False, pipeline="eval-plain", img_size=32)
+    batches = list(b.epoch(0))
+    assert b.steps_per_epoch == 4 and [len(y) for _, y in batches] == [64, 64, 64, 8]
+    assert torch.equal(torch.cat([y for _, y in batches]), te.labels)
+    x0 = batches[0][0]
+    assert torch.allclose(x0, te.images[:64].permute(0, 3, 1, 2).float() / 127.5 - 1)  # no augmentation
+    with pytest.raises(UserError, match="evaluation loaders"):
+        make_loader(te, batch_size=8, train=False, pipeline="pretrain", img_size=32)
+
+
+def test_soft_targets_with_mixup_and_smoothing(synth):
+    b = make_loader(synth, batch_size=32, train=True, pipeline="pretrain", img_size=32, mixup_p=0.5,
+                    label_smoothing=0.1)
+    x, y = next(iter(b.epoch(0)))
+    assert y.shape == (32, 10) and y.dtype == torch.float32
+    assert torch.allclose(y.sum(1), torch.ones(32)) and y.min() > 0
+    _, y2 = next(iter(make_loader(synth, batch_size=32, train=True, pipeline="small", img_size=32,
+                                  label_smoothing=0.1).epoch(0)))
+    assert torch.allclose(y2.max(1).values, torch.full((32,), 0.91))
+
+
+def _batches(b, epoch, start=0):
+    return [(x.clone(), y.clone()) for x, y in b.epoch(epoch, start)]
+
+
+def test_loader_is_deterministic_and_resumable(synth):
+    kw = dict(batch_size=100, train=True, pipeline="pretrain", img_size=32, seed=7, randaug_m=10, mixup_p=0.2,
+              shuffle="patch", shuffle_patch=8)
+    states = (torch.get_rng_state(), np.random.get_state()[1].copy(), random.getstate())
+    a, b = make_loader(synth, **kw), make_loader(synth, **kw)
+    full = _batches(a, 1)
+    assert a.steps_per_epoch == 10 and len(full) == 10
+    for (x1, y1), (x2, y2) in zip(full, _batches(b, 1)):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    for (x1, y1), (x2, y2) in zip(full[6:], _batches(b, 1, start=6)):  # resume mid-epoch
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert not torch.equal(full[0][0], _batches(a, 2)[0][0])  # a new epoch, a new order
+    other = make_loader(synth, **{**kw, "seed": 8})
+    assert not torch.equal(full[0][0], _batches(other, 1)[0][0])
+    assert torch.equal(states[0], torch.get_rng_state())  # no global RNG touched
+    assert np.array_equal(states[1], np.random.get_state()[1]) and states[2] == random.getstate()
+
+
+def test_ranks_get_disjoint_shards(synth):
+    kw = dict(batch_size=50, pipeline="small", img_size=32, world_size=2)
+    r0, r1 = (make_loader(synth, train=True, rank=r, **kw) for r in (0, 1))
+    single = make_loader(synth, train=True, batch_size=100, pipeline="small", img_size=32)
+    assert r0.steps_per_epoch == r1.steps_per_epoch == 10
+    for i in range(r0.steps_per_epoch):
+        p0, p1 = set(r0.positions(3, i).tolist()), set(r1.positions(3, i).tolist())
+        assert not p0 & p1 and p0 | p1 == set(single.positions(3, i).tolist())
+    te = get_dataset("synthetic", "test")
+    e0, e1 = (make_loader(te, train=False, rank=r, world_size=2, batch_size=64, pipeline="eval-plain", img_size=32)
+              for r in (0, 1))
+    rows = [e.positions(0, i) for e in (e0, e1) for i in range(e.steps_per_epoch)]
+    assert torch.equal(torch.cat(rows), torch.arange(200))  # each example once, in order
+
+
+def test_worker_path_matches_itself_across_worker_counts(local_sets, tmp_path):
+    ds = get_dataset(str(local_sets["root"] / "folder"), stream=True, cache_dir=tmp_path)
+    kw = dict(batch_size=4, train=True, pipeline="pretrain", img_size=8, seed=1, randaug_m=10)
+    a = _batches(make_loader(ds, workers=0, **kw), 0)
+    w = make_loader(ds, workers=2, **kw)
+    b = _batches(w, 0)
+    c = _batches(w, 0, start=1)  # persistent workers, resumed
+    w.close()
+    assert len(a) == 3
+    for (x1, y1), (x2, y2) in zip(a, b):
+        assert torch.equal(x1, x2) and torch.equal(y1, y2)
+    assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a[1:], c))
+
+
+def test_rand_augment_is_seeded_and_batched():
+    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
+    out = lambda s, m=15: T.rand_augment(x, torch.Generator().manual_seed(s), m)
+    assert torch.equal(out(0), out(0)) and not torch.equal(out(0), out(1))
+    assert out(0).dtype == torch.uint8 and out(0).shape == x.shape
+    assert torch.equal(out(0, m=0), x)
+    changed = (out(0) != x).flatten(1).any(1).float().mean()
+    assert 0.3 < changed < 1.0  # two layers at p=0.5, some ops are no-ops
+
+
+def test_crop_boxes_inside_the_image():
+    boxes = T.sample_crop_boxes(torch.Generator().manual_seed(0), 1000, 40, 30, (0.08, 1.0))
+    top, left, h, w = boxes.T
+    assert (top >= 0).all() and (left >= 0).all() and (top + h <= 40).all() and (left + w <= 30).all()
+    area = (h * w).float() / 1200
+    assert area.min() >= 0.07 and area.max() <= 1.0
+
+
+# ---------------------------------------------------------------- describe / bench
+
+def test_describe_local_copy(data_cifar10):
+    info = describe("cifar10", data_cifar10["data_dir"])
+    assert info["found"] and info["splits"] == {"train": 50_000, "test": 10_000, "minival": 1000,
+                                                "train-minus-minival": 49_000}
+    assert info["num_classes"] == 10 and info["image_size"] == 32
+    assert str(data_cifar10["data_dir"]) in info["source"]
+
+
+def test_loader_throughput_reports_both_paths(synth):
+    from mixerbench.data import loader_throughput
+
+    out = loader_throughput(synth, batch_size=100, seconds=0.2, workers=1)
+    assert set(out["paths"]) == {"tensor", "worker"}
+    assert all(p["img_per_sec"] > 0 for p in out["paths"].values())
+
+
+def test_import_is_lazy():
+    import subprocess
+    import sys
+
+    code = "import sys, mixerbench.data; print('datasets' in sys.modules, 'PIL' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
+
+
+def test_cli_datasets_command(data_cifar10):
+    import json
+
+    from typer.testing import CliRunner
+
+    from mixerbench.cli import app
+
+    runner = CliRunner()
+    r = runner.invoke(app, ["datasets", "--format", "json"])
+    assert r.exit_code == 0 and [d["name"] for d in json.loads(r.stdout)] == list(KNOWN_DATASETS)
+    r = runner.invoke(app, ["datasets", "cifar10", "--data-dir", str(data_cifar10["data_dir"]), "-f", "json"])
+    assert r.exit_code == 0 and json.loads(r.stdout)["splits"]["test"] == 10_000
+    for bad in (["datasets", "cifar-1O"], ["datasets", "/no/such/folder"]):
+        r = runner.invoke(app, bad)
+        assert r.exit_code == 2 and "Traceback" not in r.output
