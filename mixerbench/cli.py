@@ -16,12 +16,45 @@ from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+from typer.core import TyperGroup
+
+try:  # typer >= 0.20 vendors click as typer._click; older versions use click itself
+    from typer._click.exceptions import UsageError as _UsageError
+except ImportError:  # pragma: no cover
+    from click import UsageError as _UsageError
 
 # Spin-waiting OpenMP threads make the small tensor ops of augmentation ~70x slower on a busy
 # 2-core machine (measured); passive waiting costs nothing on an idle one. Set before torch loads.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
+class _OneLineUsageErrors(TyperGroup):
+    """Click's usage errors (unknown command or option, wrong type, missing value) as one
+    sentence with exit status 2, like every other bad input, instead of a usage box."""
+
+    def parse_args(self, ctx, args):  # options of `mixerbench` itself, e.g. a misspelt --quiet
+        if not args:  # no arguments at all shows the help (no_args_is_help)
+            return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except _UsageError as exc:
+            _usage_error(exc, ctx)
+
+    def invoke(self, ctx):  # unknown command; the options and arguments of a command
+        try:
+            return super().invoke(ctx)
+        except _UsageError as exc:
+            _usage_error(exc, ctx)
+
+
+def _usage_error(exc, ctx) -> None:
+    where = exc.ctx.command_path if exc.ctx is not None else ctx.command_path
+    text = " ".join(exc.format_message().split())
+    fail(f"{text if text.endswith(('.', '?')) else text + '.'} See `{where} --help`.",
+         code=exc.exit_code)
+
+
 app = typer.Typer(
+    cls=_OneLineUsageErrors,
     name="mixerbench",
     help="Reproduce the MLP-Mixer benchmarks (arXiv 2105.01601): Mixer vs ViT vs ResNet/BiT.",
     no_args_is_help=True,
@@ -50,7 +83,10 @@ def _console(stderr: bool = False):
 
 def fail(message: str, code: int = 2) -> None:
     """Print one sentence to stderr and exit (status 2 for bad input)."""
-    _console(stderr=True).print(f"[bold red]error:[/] {message}", soft_wrap=True)
+    from rich.markup import escape
+
+    # escaped: a message quoting user input such as `[/x]` must print, not be read as markup
+    _console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
 

@@ -113,6 +113,11 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
     if seeds < 1:
         raise UserError("--seeds must be at least 1.")
     root = results.results_dir(results_root)
+    from mixerbench.config import resolve
+
+    for model in models:  # check every cell's names and settings before training any of them
+        resolve(preset, model=model, dataset=dataset, kind="finetune" if init else None,
+                init=init, flags={"epochs": epochs, "device": device}, overrides=overrides)
     runs, recipes = [], {}
     for model in models:
         for seed in range(seeds):

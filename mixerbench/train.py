@@ -18,6 +18,7 @@ Guarantees the tests hold us to:
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -262,6 +263,9 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
             done = read_summary(run_dir)  # another process may have finished it while we waited
             if done is not None:
                 return _finished(done, run_dir, root, resume, log)
+            if rank == 0:  # temp files of writes cut short by a kill (atomic_write_bytes)
+                for tmp in run_dir.glob(".*.tmp"):
+                    tmp.unlink(missing_ok=True)
             state_path = run_dir / STATE
             if rank == 0:
                 results.atomic_write_json(run_dir / "config.json", to_dict(cfg))
@@ -363,8 +367,11 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                         if o.clip_norm:
                             torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_norm)
                         device_losses.append(step_loss)
+                        # read the flag once: a signal arriving later in this step is handled
+                        # at the next one, so no unchecked loss is ever left out of a save
+                        stopping = stop["stop"]
                         check = (step + 1) % 10 == 0 or (step + 1) % eval_every == 0 \
-                            or (step + 1) % ckpt_every == 0 or step + 1 == total or stop["stop"]
+                            or (step + 1) % ckpt_every == 0 or step + 1 == total or stopping
                         if check:  # sync with the device only every few steps (no per-step .item())
                             values = torch.stack(device_losses)
                             if world > 1:
@@ -409,7 +416,7 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                             window_start = time.perf_counter()
                         if step % ckpt_every == 0 or step == total:
                             save(step)
-                        if stop["stop"]:
+                        if stopping:
                             save(step)
                             raise Interrupted(run_dir, step)
                         if step >= total:
@@ -440,6 +447,13 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                 dist.barrier()
             log("end", dict(summary, run_dir=str(run_dir)))
             return dict(summary, run_dir=str(run_dir), reused=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        # disk full outside a checkpoint (metrics, summary, accuracy row): every write is atomic
+        raise TrainingStopped(
+            f"Could not write to {run_dir} ({exc.strerror or exc}); its files and the last "
+            "checkpoint are intact: free space and run the same command to resume.") from None
     except UserError:
         # bad input found late (e.g. out of memory): leave no empty run directory behind
         if created and rank == 0 and not (run_dir / STATE).exists():

@@ -37,17 +37,20 @@ PIPELINES = {
     "pretrain": "inception crop (area 0.08-1) + flip + RandAugment(2, m) + mixup p; paper Table 4",
     "finetune": "random crop area 0.05-1, resize, flip; vision_transformer fine-tuning (paper 6.2)",
     "small": "pad 4 + random crop + flip (+ RandAugment if m > 0); 32 px images",
+    "digits": "pad 2 + random crop, no flip (mirroring changes a digit's class); MNIST-size images",
     "eval-resize": "resize to img_size*256/224 square, centre crop img_size ('resize-crop', App. C)",
     "eval-resmall": "shorter side to img_size*256/224, centre crop img_size ('resmall-crop', App. C)",
     "eval-plain": "resize to img_size",
 }
-TRAIN_PIPELINES = ("pretrain", "finetune", "small")
+TRAIN_PIPELINES = ("pretrain", "finetune", "small", "digits")
 EVAL_PIPELINES = ("eval-resize", "eval-resmall", "eval-plain")
 SHUFFLES = ("none", "patch", "global")
 
 CROP_AREA = {"pretrain": (0.08, 1.0), "finetune": (0.05, 1.0)}  # fraction of the image area
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect range of inception crop and TF sample_distorted_bounding_box
 SMALL_PAD = 4  # px, the usual CIFAR pad-and-crop
+PAD = {"small": SMALL_PAD, "digits": 2}  # px of zero padding before the random crop
+FLIP = {"pretrain": True, "finetune": True, "small": True, "digits": False}
 EVAL_RESIZE_RATIO = 256 / 224  # resize to 256 then crop 224 (paper App. C), scaled to any img_size
 FILL = 128  # grey fill for geometric RandAugment ops, as timm / TF use
 
@@ -177,19 +180,19 @@ def apply_geometry(x: torch.Tensor, pipeline: str, img_size: int, gen: torch.Gen
     if pipeline in EVAL_PIPELINES:
         return eval_geometry(x.float(), pipeline, img_size)
     n, _, height, width = x.shape
-    if pipeline == "small":
+    if pipeline in PAD:
         import torch.nn.functional as tnf
 
-        off = sample_pad_offsets(gen, n)
-        x = tnf.pad(x, (SMALL_PAD,) * 4)  # zeros, like torchvision RandomCrop(padding=4)
+        off = sample_pad_offsets(gen, n, PAD[pipeline])
+        x = tnf.pad(x, (PAD[pipeline],) * 4)  # zeros, like torchvision RandomCrop(padding=4)
         if (height, width) == (img_size, img_size):  # integer shift, no resize: one gather, flip folded in
             flip = torch.rand(n, generator=gen) < 0.5
-            return shift_crop(x, off, height, width, flip)
+            return shift_crop(x, off, height, width, flip if FLIP[pipeline] else None)
         boxes = torch.stack([off[:, 0], off[:, 1], torch.full((n,), height), torch.full((n,), width)], 1)
     else:
         boxes = sample_crop_boxes(gen, n, height, width, CROP_AREA[pipeline])
     x = crop_resize(x.float(), boxes, img_size)
-    return random_flip(x, gen)
+    return random_flip(x, gen) if FLIP[pipeline] else x
 
 
 # ---------------------------------------------------------------- per-image geometry (worker path)
@@ -218,15 +221,16 @@ def pil_geometry(img, pipeline: str, img_size: int, gen: torch.Generator | None)
         left, top = (nw - s) // 2, (nh - s) // 2
         out = img.crop((left, top, left + s, top + s))
     else:
-        if pipeline == "small":
-            dy, dx = sample_pad_offsets(gen, 1)[0].tolist()
-            box = (dx - SMALL_PAD, dy - SMALL_PAD, dx - SMALL_PAD + width, dy - SMALL_PAD + height)
+        if pipeline in PAD:
+            pad = PAD[pipeline]
+            dy, dx = sample_pad_offsets(gen, 1, pad)[0].tolist()
+            box = (dx - pad, dy - pad, dx - pad + width, dy - pad + height)
             img = img.crop(box)  # PIL fills outside the image with zeros
             out = img if img.size == (s, s) else img.resize((s, s), Image.BILINEAR)
         else:
             top, left, h, w = sample_crop_boxes(gen, 1, height, width, CROP_AREA[pipeline])[0].tolist()
             out = img.resize((s, s), Image.BILINEAR, box=(left, top, left + w, top + h))
-        if torch.rand(1, generator=gen).item() < 0.5:
+        if torch.rand(1, generator=gen).item() < 0.5 and FLIP[pipeline]:
             out = out.transpose(Image.FLIP_LEFT_RIGHT)
     return np.array(out, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
 

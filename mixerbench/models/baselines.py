@@ -23,6 +23,8 @@ for _variant, (_arch, _patch) in _VIT.items():
                        _arch, 224, _patch))
 
 register(ModelSpec("resnet50", "resnet", "ResNet-50", "resnet50", 224, None))
+register(ModelSpec("resnet18", "resnet", "ResNet-18", "resnet18", 224, None,
+                   note="not in the paper; the smoke preset's small CNN"))
 for _depth, _width in ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4)):
     register(ModelSpec(f"bit-r{_depth}x{_width}", "resnet", f"BiT-R{_depth}x{_width}",
                        f"resnetv2_{_depth}x{_width}_bit", 224, None))
