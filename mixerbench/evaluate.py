@@ -334,7 +334,7 @@ def shuffle_eval(model, ds, kinds=("none", "patch", "global"), *, batch_size: in
     y-axis is linear 5-shot), the shots drawn under the same permutation.
 
     Returns:
-        Rows: train_shuffle, eval_shuffle, metric (`top1` or `<k>shot`), top1, and for `top1`
+        Rows: train_shuffle, eval_shuffle, metric (`top1` or `fewshot<k>`), top1, and for `top1`
         also top5, loss, n; for few-shot also top1_std and num_seeds.
     """
     from mixerbench.data.transforms import SHUFFLES
@@ -361,7 +361,7 @@ def shuffle_eval(model, ds, kinds=("none", "patch", "global"), *, batch_size: in
                                   batch_size=batch_size, pipeline=pipeline, img_size=size,
                                   device=device, dtype=dtype, shuffle=kind,
                                   shuffle_patch=patch_size, shuffle_seed=shuffle_seed):
-                rows.append(dict(base, metric=f"{r['shots']}shot", top1=r["top1_mean"],
+                rows.append(dict(base, metric=f"fewshot{r['shots']}", top1=r["top1_mean"],
                                  top1_std=r["top1_std"], num_seeds=r["num_seeds"]))
     return rows
 
@@ -569,7 +569,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         if kind == train_shuffle:  # measured above under this very permutation: reuse
             sh = ([dict(train_shuffle=kind, eval_shuffle=kind, metric="top1", **acc)]
                   if has_head else [])
-            sh += [dict(train_shuffle=kind, eval_shuffle=kind, metric=f"{r['shots']}shot",
+            sh += [dict(train_shuffle=kind, eval_shuffle=kind, metric=f"fewshot{r['shots']}",
                         top1=r["top1_mean"], top1_std=r["top1_std"], num_seeds=r["num_seeds"])
                    for r in fs]
         else:

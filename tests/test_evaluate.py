@@ -188,10 +188,10 @@ def test_evaluate_accuracy_fewshot_shuffle_rows(eval_checkpoint, eval_tiny_model
     acc, fs, sh = load("accuracy", tmp_path), load("fewshot", tmp_path), load("shuffle", tmp_path)
     assert acc["kind"].tolist() == ["evaluate"] and acc["top1"][0] == pytest.approx(direct["top1"])
     assert fs["shots"].tolist() == [1, 5] and (fs["num_seeds"] == 2).all()
-    assert sorted(set(sh["metric"])) == ["1shot", "5shot", "top1"]
+    assert sorted(set(sh["metric"])) == ["fewshot1", "fewshot5", "top1"]
     assert set(sh["eval_shuffle"]) == {"none", "patch"}
     # the unshuffled few-shot number is the same with or without --shuffle
-    none5 = sh[(sh["eval_shuffle"] == "none") & (sh["metric"] == "5shot")]["top1"].item()
+    none5 = sh[(sh["eval_shuffle"] == "none") & (sh["metric"] == "fewshot5")]["top1"].item()
     assert none5 == pytest.approx(fs[fs["shots"] == 5]["top1_mean"].item())
 
 
