@@ -686,6 +686,7 @@ def reproduce(
     upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: comma-separated models.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
+    settings: SetOpt = None,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
     device: Device = None,
@@ -695,8 +696,10 @@ def reproduce(
 
     if artifact not in ARTIFACTS:
         run(artifact)  # raises the UserError with close matches
+    from mixerbench.config import parse_set
+
     kw = dict(results_root=results_dir, dataset=dataset, budget=budget, device=device,
-              data_dir=data_dir)
+              data_dir=data_dir, overrides=parse_set(settings))
     if artifact == "transfer":
         kw["upstream"] = upstream
     if artifact == "throughput":

@@ -285,4 +285,9 @@ def run_id(cfg: RunConfig) -> str:
     def slug(s: str) -> str:
         return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
 
+    if cfg.init:  # the architecture comes from the weights: name the run after them
+        from pathlib import PurePath
+
+        source = slug(PurePath(cfg.init.rstrip("/")).name.removesuffix(".safetensors"))[:48]
+        return f"{slug(cfg.data.dataset)}-ft-{source}-s{cfg.seed}-{config_hash(cfg)}"
     return f"{slug(cfg.model.name)}-{slug(cfg.data.dataset)}-s{cfg.seed}-{config_hash(cfg)}"

@@ -242,7 +242,7 @@ def reproduce_throughput(*, results_root=None, device=None, models=None, batch_s
 
 
 def reproduce_shuffle(*, results_root=None, dataset=None, budget="smoke", device=None,
-                      data_dir=None, log: Log = _noop, **_) -> dict:
+                      data_dir=None, overrides=None, log: Log = _noop, **_) -> dict:
     """Paper Figure 4: invariance of Mixer to a fixed permutation of patches and pixels.
 
     Claim: a Mixer trained on images whose 16x16 patches and the pixels inside them are
@@ -270,7 +270,8 @@ def reproduce_shuffle(*, results_root=None, dataset=None, budget="smoke", device
             log("cell", dict(model=family, shuffle=kind))
             s = run_cell(preset, family, root=root, log=log, dataset=ds,
                          flags=_common_flags(epochs, data_dir, device),
-                         overrides={"data.shuffle": kind, "data.shuffle_patch": str(patch)})
+                         overrides={**(overrides or {}), "data.shuffle": kind,
+                                    "data.shuffle_patch": str(patch)})
             few = fewshot_rows(s, (5,), root=root, data_dir=data_dir, device=device)
             few5 = few[0]["top1_mean"] if few else _fewshot_of(root, s["run_id"], 5)
             for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
@@ -292,8 +293,8 @@ def _fewshot_of(root, run_id: str, shots: int):
 
 
 def reproduce_data_scaling(*, results_root=None, dataset=None, budget="smoke", device=None,
-                           data_dir=None, models=("mixer", "vit", "resnet"), log: Log = _noop,
-                           **_) -> dict:
+                           data_dir=None, models=("mixer", "vit", "resnet"), overrides=None,
+                           log: Log = _noop, **_) -> dict:
     """Paper Figure 2 (right): accuracy against the amount of pre-training data.
 
     Claim: on 3 / 10 / 30 / 100 % subsets of JFT-300M at equal compute (233 / 70 / 23 / 7
@@ -310,7 +311,8 @@ def reproduce_data_scaling(*, results_root=None, dataset=None, budget="smoke", d
 
     preset, epochs_full, ds = _budget(budget, dataset)
     base = get_preset(preset)
-    full = epochs_full or base.epochs or 1
+    # smoke: 2 epochs of the full set (250 steps of 32), so 12 runs fit in minutes on a CPU
+    full = 2 if budget == "smoke" else (epochs_full or base.epochs or 1)
     root = results.results_dir(results_root)
     done = _done_keys("scaling", root, "run_id", "metric")
     # The smallest subset must still fill a batch: 3 % of 4,000 digits is 120 images.
@@ -320,7 +322,7 @@ def reproduce_data_scaling(*, results_root=None, dataset=None, budget="smoke", d
         for fraction, paper_epochs in SCALING_EPOCHS.items():
             epochs = round(full * paper_epochs / SCALING_EPOCHS[1.0], 3)
             log("cell", dict(model=model, fraction=fraction, epochs=epochs))
-            over = {"data.fraction": str(fraction)}
+            over = {**(overrides or {}), "data.fraction": str(fraction)}
             if batch:
                 over["data.batch_size"] = batch
             s = run_cell(preset, model, root=root, log=log, dataset=ds,
@@ -339,7 +341,8 @@ def reproduce_data_scaling(*, results_root=None, dataset=None, budget="smoke", d
 
 
 def reproduce_transfer(*, results_root=None, dataset=None, upstream=None, budget="smoke",
-                       device=None, data_dir=None, log: Log = _noop, **_) -> dict:
+                       device=None, data_dir=None, overrides=None, log: Log = _noop,
+                       **_) -> dict:
     """Paper section 3 (fine-tuning) and Appendix C: pre-train, then fine-tune at 1x and 2x.
 
     Claim: Mixer fine-tunes at higher resolution by expanding each token-mixing MLP
@@ -359,16 +362,18 @@ def reproduce_transfer(*, results_root=None, dataset=None, upstream=None, budget
 
     preset, epochs, up_default = _budget(budget, None)
     upstream = upstream or up_default
-    dataset = dataset or ("synthetic" if upstream == "mnist-5k" else "mnist-5k")
+    if budget == "smoke" and upstream == "mnist-5k" and dataset is None:
+        upstream = "synthetic"  # gratings -> digits: the embedded pair; digits are the harder task
+    dataset = dataset or "mnist-5k"
     if dataset == upstream:
         raise UserError(f"Transfer needs two datasets; pass --dataset other than {upstream}.")
     root = results.results_dir(results_root)
     log("cell", dict(model="mixer", stage=f"pre-train on {upstream}"))
     up = run_cell(preset, "mixer", root=root, log=log, dataset=upstream,
-                  flags=_common_flags(epochs, data_dir, device))
+                  flags=_common_flags(epochs, data_dir, device), overrides=overrides)
     rec = recipe_of(up)
     steps = 100 if budget == "smoke" else 500
-    ft_over = {"data.batch_size": "32" if budget == "smoke" else "512",
+    ft_over = {**(overrides or {}), "data.batch_size": "32" if budget == "smoke" else "512",
                "optim.lr": "0.01", "optim.warmup_steps": str(steps // 10),
                "eval_every": str(steps), "data.pipeline": "small"}
     runs = []

@@ -339,10 +339,29 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                               model=rec["name"], dataset=dcfg.dataset, world_size=world,
                               batch_size=world_batch, accum_steps=cfg.accum_steps))
 
+            device_losses: list = []
+
+            def check_losses(at_step: int) -> list[float]:
+                """Fold the pending per-step losses (averaged over processes) into the running
+                mean; a non-finite one stops the run before anything is saved."""
+                nonlocal loss_sum, loss_count
+                values = torch.stack(device_losses)
+                if world > 1:
+                    dist.all_reduce(values, op=dist.ReduceOp.AVG)
+                values = values.tolist()
+                device_losses.clear()
+                if not all(math.isfinite(v) for v in values):
+                    raise TrainingStopped(
+                        f"The loss became {values[-1]} near step {at_step}; the run stopped "
+                        f"and its last good checkpoint in {run_dir} is intact. Lower "
+                        "--lr or raise warm-up, then run the same command to resume.")
+                loss_sum += sum(values)
+                loss_count += len(values)
+                return values
+
             # ---- the loop
             model.train()
             window_start, window_imgs = time.perf_counter(), 0
-            device_losses: list = []
             with stop_signals() as stop:
                 while step < total:
                     epoch, index = divmod(step, steps_per_epoch)
@@ -367,24 +386,10 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                         if o.clip_norm:
                             torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_norm)
                         device_losses.append(step_loss)
-                        # read the flag once: a signal arriving later in this step is handled
-                        # at the next one, so no unchecked loss is ever left out of a save
-                        stopping = stop["stop"]
                         check = (step + 1) % 10 == 0 or (step + 1) % eval_every == 0 \
-                            or (step + 1) % ckpt_every == 0 or step + 1 == total or stopping
+                            or (step + 1) % ckpt_every == 0 or step + 1 == total or stop["stop"]
                         if check:  # sync with the device only every few steps (no per-step .item())
-                            values = torch.stack(device_losses)
-                            if world > 1:
-                                dist.all_reduce(values, op=dist.ReduceOp.AVG)
-                            values = values.tolist()
-                            device_losses.clear()
-                            if not all(math.isfinite(v) for v in values):
-                                raise TrainingStopped(
-                                    f"The loss became {values[-1]} near step {step + 1}; the run stopped "
-                                    f"and its last good checkpoint in {run_dir} is intact. Lower "
-                                    "--lr or raise warm-up, then run the same command to resume.")
-                            loss_sum += sum(values)
-                            loss_count += len(values)
+                            values = check_losses(step + 1)
                         optimizer.step()
                         scheduler.step()
                         optimizer.zero_grad(set_to_none=True)
@@ -416,7 +421,9 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                             window_start = time.perf_counter()
                         if step % ckpt_every == 0 or step == total:
                             save(step)
-                        if stopping:
+                        if stop["stop"]:
+                            if device_losses:  # the signal came after this step's loss check
+                                check_losses(step)
                             save(step)
                             raise Interrupted(run_dir, step)
                         if step >= total:
