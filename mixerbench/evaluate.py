@@ -479,7 +479,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
     from mixerbench.bench import resolve_device
     from mixerbench.data import get_dataset
     from mixerbench.errors import UserError
-    from mixerbench.models import get_spec
+    from mixerbench.models import get_spec, model_label
     from mixerbench.models.weights import load_model
     from mixerbench.results import SCHEMAS, append_row, provenance
 
@@ -528,13 +528,15 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
     patch = data_cfg.get("shuffle_patch") or rec.get("patch_size") or get_spec(rec["name"]).patch_size
     kw = dict(batch_size=batch_size, pipeline=pipeline, img_size=img_size, device=device)
 
-    out = dict(model=rec["name"], dataset=ds.name, split=split, img_size=img_size,
+    # rows name the model as training runs do (shapes included), so tables join on it
+    label = model_label(rec["name"], rec.get("overrides"))
+    out = dict(model=label, dataset=ds.name, split=split, img_size=img_size,
                pipeline=pipeline, top1=None, top5=None, loss=None, n=None, real=None,
                fewshot=[], shuffle=[], num_classes=ds.num_classes, head=has_head)
     prov = provenance(device=device, num_devices=1, dtype=dtype, compiled=False,
                       seed=run_seed if run_cfg else None)
     run_id = (run_cfg or {}).get("run_id", "")
-    common = dict(run_id=run_id, model=rec["name"], dataset=ds.name, img_size=img_size, **prov)
+    common = dict(run_id=run_id, model=label, dataset=ds.name, img_size=img_size, **prov)
     rows = {"accuracy": [], "fewshot": [], "shuffle": []}
 
     if has_head:

@@ -5,6 +5,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# As the CLI does: spin-waiting OpenMP threads slow small tensor ops ~70x on a busy 2-core box.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 import pytest
 
 # ../shared/data next to the checkout holds offline dataset copies (cifar10/ in hub parquet layout).

@@ -176,7 +176,11 @@ def regenerate(
     out = Path(out_dir) if out_dir is not None else root
     known = list(FIGURES) + list(TABLES)
     specific = bool(figures)
-    names = [figures] if isinstance(figures, str) else list(figures or known)
+    # `compare` tables are written by `mixerbench compare`, which knows which runs belong to
+    # one comparison; accuracy.csv alone does not (data-scaling and shuffle runs share model
+    # names), so regenerating everything leaves them alone.
+    names = [figures] if isinstance(figures, str) else list(
+        figures or [n for n in known if n != "compare"])
     for n in names:
         if n not in known:
             raise UserError(f"Unknown figure or table '{n}'; choose from {', '.join(known)}."

@@ -122,14 +122,15 @@ def label_points(ax, x, y, labels, fontsize: float | None = None, draw: bool = T
         if not ok[i]:
             continue
         px, py = pts[i]
-        w = 0.58 * fs * len(str(labels[i]))
+        text = style.short_name(labels[i])
+        w = 0.58 * fs * len(text)
         cands = [(5, 2), (5, -2 - h), (-5 - w, 2), (-5 - w, -2 - h), (5, 2 + h), (5, -2 - 2 * h),
                  (-5 - w, 2 + h), (-5 - w, -2 - 2 * h), (-w / 2, 6), (-w / 2, -6 - h)]
         k = next((j for j, c in enumerate(cands) if free((px + c[0], py + c[1], px + c[0] + w,
                                                           py + c[1] + h))), 0)
         dx, dy = cands[k]
         boxes.append((px + dx, py + dy, px + dx + w, py + dy + h))
-        t = ax.annotate(str(labels[i]), (xy[i, 0], xy[i, 1]), xytext=(dx, dy),
+        t = ax.annotate(text, (xy[i, 0], xy[i, 1]), xytext=(dx, dy),
                         textcoords="offset points", ha="left", va="bottom", fontsize=fs,
                         color="#333333", zorder=4, annotation_clip=False,
                         bbox=dict(boxstyle="square,pad=0.1", fc="white", ec="none", alpha=0.75),
@@ -538,7 +539,7 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None) -> Figure:
         ax.set_ylim(0, min(100.0, ymax * 1.25) if ymax > 0 else 1)
         _finish(ax, "input pipeline (train and eval)",
                 f"{dataset} top-1 (%)" if len(metrics) == 1 else f"{dataset} accuracy (%)",
-                f"{model} ({style.LABELS[style.family_of(model)]})")
+                f"{style.short_name(model)} ({style.LABELS[style.family_of(model)]})")
         ax.grid(False, axis="x")
     fig.suptitle(f"Shuffling invariance on {dataset} (one fixed permutation for all images)",
                  fontsize=style.FONT_SIZE + 1)

@@ -24,6 +24,14 @@ FONT_SIZE = 10     # base size for labels; titles a little larger
 PANEL_SIZE = (5.2, 4.2)  # inches per panel
 
 
+def short_name(model_name: str) -> str:
+    """`mixer-t4[depth=2,width=64]` -> `mixer-t4`: point labels stay readable; the legend and
+    the CSVs keep the full shape."""
+    import re
+
+    return re.sub(r"\[[^\]]*\]", "", str(model_name))
+
+
 def family_of(model_name: str) -> str:
     """The family of a registry slug, paper name or `timm:` name: mixer, vit, resnet or other.
 
