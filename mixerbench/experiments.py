@@ -40,7 +40,7 @@ def run_cell(preset: str | None, model: str, *, root, log: Log = _noop, **kw) ->
 
     cfg = resolve(preset, model=model, dataset=kw.get("dataset"), kind=kw.get("kind"),
                   init=kw.get("init"), flags=kw.get("flags"), overrides=kw.get("overrides"))
-    return train(cfg, root, log=log)
+    return train(cfg, root, log=log, experiment=kw.get("experiment", ""))
 
 
 def recipe_of(summary: dict) -> dict:
@@ -127,6 +127,7 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
                              index=len(runs) + 1))
             s = run_cell(preset, model, root=root, log=log, dataset=dataset,
                          kind="finetune" if init else None, init=init,
+                         experiment=f"compare:{preset or 'default'}",
                          flags={"seed": seed, "epochs": epochs,
                                 "data.data_dir": str(data_dir) if data_dir else None,
                                 "device": device},
@@ -268,7 +269,7 @@ def reproduce_shuffle(*, results_root=None, dataset=None, budget="smoke", device
     for family in ("mixer", "resnet"):
         for kind in ("none", "patch", "global"):
             log("cell", dict(model=family, shuffle=kind))
-            s = run_cell(preset, family, root=root, log=log, dataset=ds,
+            s = run_cell(preset, family, root=root, log=log, dataset=ds, experiment="shuffle",
                          flags=_common_flags(epochs, data_dir, device),
                          overrides={**(overrides or {}), "data.shuffle": kind,
                                     "data.shuffle_patch": str(patch)})
@@ -325,7 +326,7 @@ def reproduce_data_scaling(*, results_root=None, dataset=None, budget="smoke", d
             over = {**(overrides or {}), "data.fraction": str(fraction)}
             if batch:
                 over["data.batch_size"] = batch
-            s = run_cell(preset, model, root=root, log=log, dataset=ds,
+            s = run_cell(preset, model, root=root, log=log, dataset=ds, experiment="data-scaling",
                          flags=_common_flags(epochs, data_dir, device), overrides=over)
             few = fewshot_rows(s, (5,), root=root, data_dir=data_dir, device=device)
             few5 = few[0]["top1_mean"] if few else _fewshot_of(root, s["run_id"], 5)
@@ -370,7 +371,7 @@ def reproduce_transfer(*, results_root=None, dataset=None, upstream=None, budget
         raise UserError(f"Transfer needs two datasets; pass --dataset other than {upstream}.")
     root = results.results_dir(results_root)
     log("cell", dict(model="mixer", stage=f"pre-train on {upstream}"))
-    up = run_cell(preset, "mixer", root=root, log=log, dataset=upstream,
+    up = run_cell(preset, "mixer", root=root, log=log, dataset=upstream, experiment="transfer",
                   flags=_common_flags(epochs, data_dir, device), overrides=overrides)
     rec = recipe_of(up)
     steps = 300 if budget == "smoke" else 1000
@@ -390,12 +391,13 @@ def reproduce_transfer(*, results_root=None, dataset=None, upstream=None, budget
         log("cell", dict(model="mixer", stage=f"fine-tune on {dataset} at {k}x"))
         runs.append(("finetune", k, run_cell(
             "finetune-cifar10", "mixer", root=root, log=log, dataset=dataset, kind="finetune",
+            experiment="transfer",
             init=up["run_dir"],
             flags={**_common_flags(None, data_dir, device), "steps": steps,
                    "model.img_size": rec["img_size"] * k},
             overrides=ft_over)))
     log("cell", dict(model="mixer", stage=f"from scratch on {dataset}"))
-    scratch = run_cell(preset, "mixer", root=root, log=log, dataset=dataset,
+    scratch = run_cell(preset, "mixer", root=root, log=log, dataset=dataset, experiment="transfer",
                        flags={**_common_flags(None, data_dir, device), "steps": steps,
                               "model.img_size": rec["img_size"]},
                        overrides=ft_over)

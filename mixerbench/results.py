@@ -32,7 +32,7 @@ PROVENANCE = (
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "accuracy": (
         "run_id", "model", "dataset", "split", "img_size", "epochs", "steps", "top1", "top5",
-        "loss", "train_seconds", "device_hours", "train_flops", "init", "kind",
+        "loss", "train_seconds", "device_hours", "train_flops", "init", "kind", "experiment",
     ) + PROVENANCE,
     "fewshot": (
         "run_id", "model", "dataset", "shots", "l2_reg", "num_seeds", "top1_mean", "top1_std",

@@ -156,11 +156,13 @@ def read_summary(run_dir: Path) -> dict | None:
 
 
 def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resume: bool = False,
-          log: Callable[[str, dict], None] | None = None) -> dict[str, Any]:
+          log: Callable[[str, dict], None] | None = None, experiment: str = "") -> dict[str, Any]:
     """Train (or fine-tune) per `cfg`; return the summary (the accuracy row plus `run_dir`).
 
     A finished run is read back, not retrained (unless `resume`, which is then an error); an
-    unfinished one continues from its last checkpoint.
+    unfinished one continues from its last checkpoint. `experiment` tags the accuracy row
+    (`compare:<preset>`, `shuffle`, ...) so tables and figures can tell experiments apart; it is
+    not part of the configuration, so the same run serves any experiment that asks for it.
     """
     import torch
     import torch.distributed as dist
@@ -188,7 +190,7 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
 
     done = read_summary(run_dir)
     if done is not None:  # finished: read back, never retrained
-        return _finished(done, run_dir, root, resume, log)
+        return _finished(done, run_dir, root, resume, log, experiment)
     if resume and not (run_dir / STATE).is_file():
         raise UserError(f"Nothing to resume in {run_dir}: it has no checkpoint yet; run the "
                         "command without --resume.")
@@ -262,7 +264,7 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
         with (run_lock(run_dir) if rank == 0 else _nullcontext()):
             done = read_summary(run_dir)  # another process may have finished it while we waited
             if done is not None:
-                return _finished(done, run_dir, root, resume, log)
+                return _finished(done, run_dir, root, resume, log, experiment)
             if rank == 0:  # temp files of writes cut short by a kill (atomic_write_bytes)
                 for tmp in run_dir.glob(".*.tmp"):
                     tmp.unlink(missing_ok=True)
@@ -447,7 +449,7 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                     device_hours=round(train_seconds * world / 3600, 6),
                     # forward + backward = 3 forward passes' FLOPs (2 FLOPs per MAC) per image seen
                     train_flops=float(6 * macs_per_img * total * world_batch),
-                    init=cfg.init or "", kind=cfg.kind, **prov)
+                    init=cfg.init or "", kind=cfg.kind, experiment=experiment, **prov)
                 results.atomic_write_json(run_dir / SUMMARY, summary)
                 _ensure_row(summary, root)
             if world > 1:
@@ -470,10 +472,13 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
         raise
 
 
-def _finished(done: dict, run_dir: Path, root: Path, resume: bool, log) -> dict:
+def _finished(done: dict, run_dir: Path, root: Path, resume: bool, log,
+              experiment: str = "") -> dict:
     if resume:
         raise UserError(f"Run {run_dir.name} already finished; start a new run with another "
                         "--seed or --run-name instead of --resume.")
+    # a run whose summary predates the experiment tag takes the tag of the one reading it back
+    done = dict(done, experiment=done.get("experiment") or experiment)
     _ensure_row(done, root)
     log("finished", dict(done, run_dir=str(run_dir)))
     return dict(done, run_dir=str(run_dir), reused=True)

@@ -246,3 +246,9 @@ def test_two_process_ddp_gives_identical_weights(tmp_path):
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(results.load("accuracy", tmp_path)) == 1  # rank 0 alone writes
     assert results.load("accuracy", tmp_path).loc[0, "num_devices"] == 2
+
+
+def test_accuracy_row_carries_the_experiment_tag(tmp_path):
+    s = train(tiny_cfg(steps=4, eval_every=4), tmp_path, experiment="compare:smoke")
+    acc = results.load("accuracy", tmp_path)
+    assert acc.loc[0, "experiment"] == "compare:smoke" and s["experiment"] == "compare:smoke"

@@ -339,7 +339,8 @@ def accuracy_throughput(
     """Top-1 against img/s per device, log x (paper Figure 3 right).
 
     Args:
-        accuracy_df: `accuracy.csv` rows (`model, dataset, top1`); mean and std over runs.
+        accuracy_df: `accuracy.csv` rows (`model, dataset, top1`, optional `experiment`); mean
+            and std over runs, over the `compare` runs alone when there are any.
         throughput_df: `throughput.csv` rows (`model, mode, img_per_sec_mean, num_devices,
             device_name`); the best row per model (over batch sizes), divided by `num_devices`.
         dataset: which dataset's accuracy (default: the one with most rows).
@@ -352,6 +353,12 @@ def accuracy_throughput(
     numeric(thr, "img_per_sec_mean", "num_devices")
     acc, dataset = pick_dataset(acc, dataset, "The accuracy-throughput figure")
     acc = latest_per_run(acc)
+    # One point per model means one comparison: when `compare` runs exist, use only them, so
+    # data-scaling or transfer runs of the same model do not blur the mean.
+    if "experiment" in acc.columns:
+        cmp = acc["experiment"].astype(str).str.startswith("compare")
+        if cmp.any():
+            acc = acc[cmp]
     thr = thr[(thr["mode"] == mode) & thr["img_per_sec_mean"].notna()]
     nd = thr["num_devices"].fillna(1).clip(lower=1) if "num_devices" in thr.columns else 1
     thr = thr.assign(per_device=thr["img_per_sec_mean"] / nd)
