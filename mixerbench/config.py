@@ -276,15 +276,17 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     return validate(cfg)
 
 
+def slug(text: str) -> str:
+    """Lower-case file-name form: `Mixer-B/16` -> `mixer-b-16`, `cifar10` -> `cifar10`."""
+    import re
+
+    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
+
+
 def run_id(cfg: RunConfig) -> str:
     """`<model>-<dataset>-s<seed>-<hash8>`, or the user's --run-name."""
     if cfg.run_name:
         return cfg.run_name
-    import re
-
-    def slug(s: str) -> str:
-        return re.sub(r"[^a-z0-9]+", "-", s.lower()).strip("-")
-
     if cfg.init:  # the architecture comes from the weights: name the run after them
         from pathlib import PurePath
 

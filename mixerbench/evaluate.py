@@ -6,16 +6,7 @@
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
-
-def autocast(device: str, dtype: str):
-    """bf16/fp16 autocast on CUDA; a no-op for fp32 or on CPU (design.md section 7)."""
-    import torch
-
-    if dtype == "fp32" or not str(device).startswith("cuda"):
-        return nullcontext()
-    return torch.autocast("cuda", dtype=torch.bfloat16 if dtype == "bf16" else torch.float16)
+from mixerbench.bench import autocast  # noqa: F401  one definition for train, evaluate, bench
 
 
 def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dict:

@@ -155,7 +155,9 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
     few = few[few["run_id"].isin(ids)] if len(few) else few
     table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
                           shots=fewshot or 5)
-    stem = root / "tables" / f"compare-{_slug(ds_name)}"
+    from mixerbench.config import slug
+
+    stem = root / "tables" / f"compare-{slug(ds_name)}"
     results.atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
     results.atomic_write_text(stem.with_suffix(".md"), to_markdown(table) + "\n")
     return dict(table=table, runs=runs, dataset=ds_name,
@@ -166,12 +168,6 @@ def _batch_of(preset: str | None) -> int | None:
     from mixerbench.presets import get_preset
 
     return get_preset(preset).data.batch_size if preset else None
-
-
-def _slug(text: str) -> str:
-    import re
-
-    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
 
 
 # ------------------------------------------------------------------------- paper artifacts

@@ -105,12 +105,13 @@ def setup_distributed() -> tuple[int, int, int]:
 
 
 def pick_device(cfg: RunConfig, local_rank: int) -> str:
+    """The configured device (checked as `bench` checks it), else this rank's GPU, else CPU."""
     import torch
 
+    from mixerbench.bench import resolve_device
+
     if cfg.device:
-        if cfg.device.startswith("cuda") and not torch.cuda.is_available():
-            raise UserError("--device cuda was asked for but no CUDA device is visible; use --device cpu.")
-        return cfg.device
+        return resolve_device(cfg.device)
     return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
 
 
