@@ -11,7 +11,6 @@ paper's claim, what the scaled version measures, the expected outcome and the ru
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any

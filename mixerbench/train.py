@@ -25,13 +25,12 @@ import os
 import signal
 import threading
 import time
-from contextlib import contextmanager
-from contextlib import nullcontext as _nullcontext
+from contextlib import contextmanager, nullcontext
 from pathlib import Path
 from typing import Any, Callable
 
 from mixerbench import results
-from mixerbench.config import RunConfig, from_dict, run_id, to_dict
+from mixerbench.config import RunConfig, run_id, to_dict
 from mixerbench.errors import UserError
 
 STATE = "state-last.pt"
@@ -262,15 +261,14 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
 
     created = not run_dir.exists()
     try:
-        with (run_lock(run_dir) if rank == 0 else _nullcontext()):
+        with (run_lock(run_dir) if rank == 0 else nullcontext()):
             done = read_summary(run_dir)  # another process may have finished it while we waited
             if done is not None:
                 return _finished(done, run_dir, root, resume, log, experiment)
-            if rank == 0:  # temp files of writes cut short by a kill (atomic_write_bytes)
-                for tmp in run_dir.glob(".*.tmp"):
-                    tmp.unlink(missing_ok=True)
             state_path = run_dir / STATE
             if rank == 0:
+                for tmp in run_dir.glob(".*.tmp"):  # writes cut short by a kill (atomic_write_bytes)
+                    tmp.unlink(missing_ok=True)
                 results.atomic_write_json(run_dir / "config.json", to_dict(cfg))
 
             # ---- optimizer, schedule (torch's LambdaLR over our pure lr_factor), wrappers
@@ -375,7 +373,7 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                         try:
                             for i, (mx, my) in enumerate(zip(micro_x, micro_y)):
                                 sync = i == cfg.accum_steps - 1 or world == 1
-                                with (_nullcontext() if sync else train_model.no_sync()):
+                                with (nullcontext() if sync else train_model.no_sync()):
                                     with autocast(device, dtype):
                                         logits = train_model(mx)
                                     loss = F.cross_entropy(logits.float(), my) / cfg.accum_steps
@@ -422,13 +420,13 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                                 results.append_to(run_dir / "metrics.csv", results.METRICS, row)
                             log("eval", row)
                             window_start = time.perf_counter()
-                        if step % ckpt_every == 0 or step == total:
-                            save(step)
-                        if stop["stop"]:
+                        if stop["stop"]:  # one save, whether or not this is a checkpoint step
                             if device_losses:  # the signal came after this step's loss check
                                 check_losses(step)
                             save(step)
                             raise Interrupted(run_dir, step)
+                        if step % ckpt_every == 0 or step == total:
+                            save(step)
                         if step >= total:
                             break
                         if world > 1 and step % eval_every == 0:
