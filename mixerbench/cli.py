@@ -254,6 +254,16 @@ ResultsDir = Annotated[Optional[Path], typer.Option(
 DataDir = Annotated[Optional[Path], typer.Option(
     "--data-dir", envvar="MIXERBENCH_DATA", help="Folder holding local dataset copies by name, e.g. cifar10/.")]
 Device = Annotated[Optional[str], typer.Option(help="cuda, cuda:1 or cpu (default: cuda if available).")]
+# Options shared by pretrain and finetune, declared once.
+Epochs = Annotated[Optional[float], typer.Option(help="Training length in epochs.")]
+Steps = Annotated[Optional[int], typer.Option(help="Training length in optimizer steps (wins over --epochs).")]
+BatchSize = Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Global effective batch.")]
+AccumSteps = Annotated[Optional[int], typer.Option(help="Gradient accumulation steps per optimizer step.")]
+Lr = Annotated[Optional[float], typer.Option(help="Peak learning rate.")]
+Seed = Annotated[Optional[int], typer.Option(help="Random seed.")]
+RunName = Annotated[Optional[str], typer.Option(help="Run directory name (default: model-dataset-seed-hash).")]
+Resume = Annotated[bool, typer.Option(help="Continue an unfinished run (the same command does too).")]
+Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override any setting, e.g. --set optim.lr=0.01 --set model.drop_path=0.1.")]
 
@@ -364,21 +374,21 @@ def pretrain(
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Zoo name, paper spelling, family alias or timm:<name>.")] = None,
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name or path (default: the preset's, else cifar10).")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named recipe; see --list-presets.")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Training length in epochs.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training length in optimizer steps (wins over --epochs).")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Global effective batch.")] = None,
-    accum_steps: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps per optimizer step.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
+    epochs: Epochs = None,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    accum_steps: AccumSteps = None,
+    lr: Lr = None,
     img_size: Annotated[Optional[int], typer.Option(help="Input side in pixels.")] = None,
     patch_size: Annotated[Optional[int], typer.Option(help="Patch side in pixels (Mixer, ViT).")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    seed: Seed = None,
     settings: SetOpt = None,
-    run_name: Annotated[Optional[str], typer.Option(help="Run directory name (default: model-dataset-seed-hash).")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an unfinished run (the same command does too).")] = False,
+    run_name: RunName = None,
+    resume: Resume = False,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
     device: Device = None,
-    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")] = None,
+    compile_: Compile = None,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="List the presets and exit.")] = False,
 ) -> None:
     """Train a model from scratch; writes a run directory and a row in accuracy.csv."""
@@ -398,19 +408,19 @@ def finetune(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name or path.")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named recipe (default: finetune-<dataset> when one exists).")] = None,
     img_size: Annotated[Optional[int], typer.Option(help="Fine-tuning resolution; Mixers need an integer multiple of the trained size.")] = None,
-    epochs: Annotated[Optional[float], typer.Option(help="Training length in epochs.")] = None,
-    steps: Annotated[Optional[int], typer.Option(help="Training length in optimizer steps.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", "-b", help="Global effective batch.")] = None,
-    accum_steps: Annotated[Optional[int], typer.Option(help="Gradient accumulation steps.")] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Peak learning rate.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed.")] = None,
+    epochs: Epochs = None,
+    steps: Steps = None,
+    batch_size: BatchSize = None,
+    accum_steps: AccumSteps = None,
+    lr: Lr = None,
+    seed: Seed = None,
     settings: SetOpt = None,
-    run_name: Annotated[Optional[str], typer.Option(help="Run directory name.")] = None,
-    resume: Annotated[bool, typer.Option(help="Continue an unfinished run.")] = False,
+    run_name: RunName = None,
+    resume: Resume = False,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
     device: Device = None,
-    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")] = None,
+    compile_: Compile = None,
 ) -> None:
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
     from mixerbench.presets import PRESETS
@@ -532,7 +542,7 @@ def bench(
     batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Images per step, or 'auto' for the largest that fits.")] = "256",
     img_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: each model's own).")] = None,
     dtype: Annotated[Optional[str], typer.Option(help="bf16, fp16 or fp32 (default: bf16 on CUDA, fp32 on CPU).")] = None,
-    compile_: Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")] = None,
+    compile_: Compile = None,
     repeats: Annotated[int, typer.Option(help="Timed repeats (mean and std of img/s).")] = 5,
     steps: Annotated[int, typer.Option(help="Steps per timed repeat.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 10,
