@@ -146,3 +146,60 @@ def test_non_integer_factor_refused():
     m = create_model("mixer-t4", num_classes=10, width=32, depth=1)
     with pytest.raises(UserError, match="integer multiple"):
         resize_mixer(m, 48)
+
+
+# Every small-image model with the shapes the presets give it: (zoo name, trained size, patch,
+# architecture overrides). Fine-tuning loads each at 1x and 2x.
+SMALL_MODELS = [
+    ("mixer-t4", 28, 4, dict(width=64, depth=2, gelu="tanh")),
+    ("mixer-t4", 32, 4, {}),
+    ("vit-t4", 28, 4, dict(width=64, depth=2, num_heads=2)),
+    ("vit-t4", 32, 4, {}),
+    ("resnet18", 28, None, dict(layers=[1, 1, 1, 1], channels=[16, 32, 64, 128], stem_width=16)),
+    ("resnet18-c", 32, None, {}),
+]
+
+
+def _checkpoint(tmp_path, name, size, patch, over, drop_path=0.1):
+    """A trained-looking checkpoint: random weights everywhere, the head included."""
+    from mixerbench.models.weights import recipe, save_checkpoint
+
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=10, img_size=size, patch_size=patch,
+                         drop_path=drop_path, **over)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.normal_(0, 0.05)
+    path = tmp_path / f"{name}-{size}.safetensors"
+    save_checkpoint(path, model, recipe(name, 10, size, patch, dict(over, drop_path=drop_path)))
+    return path, model
+
+
+@pytest.mark.parametrize("name,size,patch,over", SMALL_MODELS)
+@pytest.mark.parametrize("k", [1, 2])
+def test_finetuning_start_has_a_zero_head_the_recipe_regularisers_and_the_new_size(
+        tmp_path, name, size, patch, over, k):
+    """Paper section 3: a fresh zero head for every family, even for 10 -> 10 classes; the
+    fine-tuning run's stochastic depth at 1x and 2x alike; the shape kept at the new size."""
+    from timm.layers import DropPath
+
+    from mixerbench.models.weights import load_for_finetuning
+
+    path, trained = _checkpoint(tmp_path, name, size, patch, over)
+    model, rec = load_for_finetuning(str(path), num_classes=10, img_size=k * size,
+                                     regularisers=dict(drop_path=0.0, dropout=0.0))
+    head = model.get_classifier()
+    assert all(torch.count_nonzero(p) == 0 for p in head.parameters())
+    assert sum(p.numel() for p in head.parameters()) == 10 * trained.num_features + 10
+    # no stochastic depth left over from the pre-training run's 0.1, whatever the resolution
+    assert all(m.drop_prob == 0 for m in model.modules() if isinstance(m, DropPath))
+    assert rec["img_size"] == k * size and "drop_path" not in rec["overrides"]
+    # every other weight came from the checkpoint (resized where the resolution changed)
+    body = {n: p for n, p in trained.state_dict().items() if not n.startswith(("head", "fc."))}
+    new = model.state_dict()
+    same = [n for n in body if n in new and new[n].shape == body[n].shape]
+    assert len(same) >= len(body) - 6 * 2 * (over.get("depth", 8))  # token-MLP tensors may grow
+    assert all(torch.equal(new[n], body[n]) for n in same if "pos_embed" not in n)
+    with torch.no_grad():
+        out = model.eval()(torch.randn(2, 3, k * size, k * size))
+    assert out.shape == (2, 10) and torch.count_nonzero(out) == 0  # zero head: zero logits

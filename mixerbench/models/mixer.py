@@ -113,6 +113,7 @@ class Mixer(nn.Module):
         if gelu not in ("tanh", "exact"):
             raise ValueError(f"gelu must be 'tanh' or 'exact', not {gelu!r}")
         self.img_size, self.patch_size, self.gelu = img_size, patch_size, gelu
+        self.drop_path, self.dropout = drop_path, dropout
         self.num_classes, self.num_features, self.embed_dim = num_classes, dim, dim
         self.seq_len = (img_size // patch_size) ** 2
         self.tokens_dim = tokens_dim or dim // 2
@@ -168,10 +169,12 @@ class Mixer(nn.Module):
         return self.forward_head(self.forward_features(x))
 
     def config(self) -> dict:
-        """Constructor arguments that rebuild this architecture (saved beside checkpoints)."""
+        """Constructor arguments that rebuild this model, regularisers included (a resized
+        copy must train with the same stochastic depth and dropout as the model it came from)."""
         return dict(img_size=self.img_size, patch_size=self.patch_size,
                     num_classes=self.num_classes, dim=self.embed_dim, depth=len(self.blocks),
-                    tokens_dim=self.tokens_dim, channels_dim=self.channels_dim, gelu=self.gelu)
+                    tokens_dim=self.tokens_dim, channels_dim=self.channels_dim, gelu=self.gelu,
+                    drop_path=self.drop_path, dropout=self.dropout)
 
 
 __all__ = ["Mixer", "MixerBlock", "Mlp", "Stem", "lecun_normal_"]

@@ -81,8 +81,15 @@ def resize_mixer(model, img_size: int):
     return new
 
 
-def resize_vit(model, img_size: int, spec_name: str, num_classes: int):
-    """A timm ViT at `img_size` with its position embeddings resampled (timm's helper)."""
+def resize_vit(model, img_size: int, spec_name: str, num_classes: int,
+               overrides: dict | None = None):
+    """A timm ViT at `img_size` with its position embeddings resampled (timm's helper).
+
+    Args:
+        overrides: the architecture and regularisation arguments the model was built with
+            (`width`, `depth`, `num_heads`, `drop_path`, ...): the copy is rebuilt with them, so
+            a small ViT keeps its shape and a fine-tuning run keeps its regularisation.
+    """
     from timm.layers import resample_abs_pos_embed
 
     from mixerbench.models import create_model
@@ -90,21 +97,24 @@ def resize_vit(model, img_size: int, spec_name: str, num_classes: int):
     patch = model.patch_embed.patch_size[0]
     if img_size % patch:
         raise UserError(f"Image size {img_size} is not a multiple of the patch size {patch}.")
-    new = create_model(spec_name, num_classes=num_classes, img_size=img_size, patch_size=patch)
+    new = create_model(spec_name, num_classes=num_classes, img_size=img_size, patch_size=patch,
+                       **(overrides or {}))
     state = model.state_dict()
     prefix = 0 if getattr(model, "no_embed_class", False) else model.num_prefix_tokens
     state["pos_embed"] = resample_abs_pos_embed(
         state["pos_embed"], new_size=new.patch_embed.grid_size, num_prefix_tokens=prefix)
     new.load_state_dict(state)
+    new.train(model.training)
     return new.to(next(model.parameters()).device)
 
 
-def resize_model(model, img_size: int, spec_name: str, num_classes: int):
+def resize_model(model, img_size: int, spec_name: str, num_classes: int,
+                 overrides: dict | None = None):
     """Dispatch on the architecture: Mixer expansion, ViT resample, or unchanged (CNNs)."""
     from mixerbench.models.mixer import Mixer
 
     if isinstance(model, Mixer):
         return resize_mixer(model, img_size)
     if hasattr(model, "pos_embed") and hasattr(model, "patch_embed"):
-        return resize_vit(model, img_size, spec_name, num_classes)
+        return resize_vit(model, img_size, spec_name, num_classes, overrides)
     return model
