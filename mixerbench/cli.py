@@ -331,14 +331,28 @@ def _train_command(*, kind: str, preset, model, dataset, init, epochs, steps, ba
 
         emit(presets.describe(), Format.table, title="presets (mixerbench/presets.py)")
         return
+    from mixerbench.experiments import finetune_lr_grid, parse_lrs
+
+    lrs = parse_lrs(lr)
     flags = {"epochs": epochs, "steps": steps, "data.batch_size": batch_size,
-             "accum_steps": accum_steps, "optim.lr": lr, "model.img_size": img_size,
-             "model.patch_size": patch_size, "seed": seed, "run_name": run_name,
-             "device": device, "compile": compile_,
+             "accum_steps": accum_steps, "optim.lr": lrs[0] if lrs else None,
+             "model.img_size": img_size, "model.patch_size": patch_size, "seed": seed,
+             "run_name": run_name, "device": device, "compile": compile_,
              "data.data_dir": str(data_dir) if data_dir else None}
     cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, flags=flags,
                   overrides=parse_set(settings))
-    summary = _run_training(cfg, results_dir, resume)
+    if len(lrs) > 1:
+        if resume:
+            fail("--resume continues one run; run the lr grid without it (finished runs of the "
+                 "grid are read back, unfinished ones continue).")
+        summary = _run_experiment(finetune_lr_grid, cfg=cfg, lrs=lrs, root=results_dir)
+        emit([dict(lr=g["lr"], minival_top1=g["minival_top1"], run_id=g["run_id"],
+                   selected="yes" if g["lr"] == summary["selected_lr"] else "")
+              for g in summary["lr_grid"]], Format.table,
+             title="fine-tuning lr grid: selected on minival (paper App. C), reported on "
+                   f"{cfg.data.eval_split}")
+    else:
+        summary = _run_training(cfg, results_dir, resume)
     _print_summary(summary)
 
 
@@ -407,12 +421,12 @@ def finetune(
     init: Annotated[str, typer.Option("--init", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz.")],
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name or path.")] = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named recipe (default: finetune-<dataset> when one exists).")] = None,
-    img_size: Annotated[Optional[int], typer.Option(help="Fine-tuning resolution; Mixers need an integer multiple of the trained size.")] = None,
+    img_size: Annotated[Optional[str], typer.Option(help="Fine-tuning resolution in pixels, or Kx for K times the trained size (2x: paper App. C); Mixers need a whole multiple.")] = None,
     epochs: Epochs = None,
     steps: Steps = None,
     batch_size: BatchSize = None,
     accum_steps: AccumSteps = None,
-    lr: Lr = None,
+    lr: Annotated[Optional[str], typer.Option(help="Peak learning rate, or a grid such as 0.003,0.01,0.03,0.06: each is scored on a held-out minival split, the best is re-run on all of train and reported on test (paper App. C).")] = None,
     seed: Seed = None,
     settings: SetOpt = None,
     run_name: RunName = None,
@@ -425,8 +439,9 @@ def finetune(
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
     from mixerbench.presets import PRESETS
 
-    if preset is None:
-        preset = f"finetune-{dataset}" if f"finetune-{dataset}" in PRESETS else "finetune-cifar10"
+    if preset is None:  # the dataset's own recipe, else the paper's recipe with a generic length
+        preset = ("finetune-cifar10" if dataset is None else
+                  f"finetune-{dataset}" if f"finetune-{dataset}" in PRESETS else "finetune")
     _train_command(kind="finetune", preset=preset, model=None, dataset=dataset, init=init,
                    epochs=epochs, steps=steps, batch_size=batch_size, accum_steps=accum_steps,
                    lr=lr, img_size=img_size, patch_size=None, seed=seed, settings=settings,

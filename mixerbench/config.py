@@ -198,8 +198,73 @@ def parse_set(items: list[str] | None) -> dict[str, str]:
     return out
 
 
+# Ranges of every number a user can set, checked once here: (low, high, unit or meaning).
+# Bounds are generous (a sane run is never refused) but exclude values that can only be typos or
+# would reach the allocator (an image side of 10^6 px); None means "no bound on that side".
+_RANGES: dict[str, tuple[float | None, float | None, str]] = {
+    "epochs": (0, 1e6, "epochs"),
+    "steps": (1, 1e10, "optimizer steps"),
+    "accum_steps": (1, 4096, "micro-batches per step"),
+    "seed": (0, 2**63 - 1, "a non-negative integer"),
+    "eval_every": (0, None, "steps (0: once per epoch)"),
+    "ckpt_every": (0, None, "steps (0: at every evaluation)"),
+    "max_eval_examples": (1, None, "images"),
+    "model.img_size": (1, 4096, "pixels"),
+    "model.patch_size": (1, 4096, "pixels"),
+    "model.width": (1, 65_536, "channels"),
+    "model.depth": (1, 1024, "blocks"),
+    "model.drop_path": (0, 1, "a probability below 1"),
+    "model.dropout": (0, 1, "a probability below 1"),
+    "data.fraction": (0, 1, "a share of the train split in (0, 1]"),
+    "data.randaug_m": (0, 30, "RandAugment magnitude (paper Table 4 uses 0-20)"),
+    "data.mixup_p": (0, 100, "mixup strength (Beta(p, p); paper Table 4 uses 0-0.8)"),
+    "data.label_smoothing": (0, 1, "a share below 1"),
+    "data.shuffle_patch": (1, 4096, "pixels"),
+    "data.batch_size": (1, 2**20, "images per step"),
+    "data.eval_batch_size": (1, 2**20, "images per batch"),
+    "optim.lr": (0, 10, "learning rate"),
+    "optim.weight_decay": (0, 10, "weight decay"),
+    "optim.beta1": (0, 1, "Adam beta1 in [0, 1)"),
+    "optim.beta2": (0, 1, "Adam beta2 in [0, 1)"),
+    "optim.momentum": (0, 1, "SGD momentum in [0, 1)"),
+    "optim.warmup_steps": (0, 1e10, "steps"),
+    "optim.warmup_frac": (0, 1, "a share of the run below 1"),
+    "optim.end_factor": (0, 1, "a multiplier on the peak lr in [0, 1]"),
+    "optim.clip_norm": (0, 1e6, "global gradient norm (0: off)"),
+}
+# Where the upper bound itself is not allowed (probabilities, shares below 1) or the lower one
+# (a learning rate, epochs and a fraction must be positive).
+_OPEN_HIGH = {"model.drop_path", "model.dropout", "data.label_smoothing", "optim.beta1",
+              "optim.beta2", "optim.momentum", "optim.warmup_frac"}
+_OPEN_LOW = {"epochs", "data.fraction", "optim.lr"}
+
+
+def _get(cfg: RunConfig, key: str) -> Any:
+    obj = cfg
+    for part in key.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _check_range(key: str, value: Any) -> None:
+    import math
+
+    low, high, unit = _RANGES[key]
+    if value is None:
+        return
+    bad = isinstance(value, float) and not math.isfinite(value)
+    bad = bad or (low is not None and (value <= low if key in _OPEN_LOW else value < low))
+    bad = bad or (high is not None and (value >= high if key in _OPEN_HIGH else value > high))
+    if bad:
+        lo = "" if low is None else ("above " if key in _OPEN_LOW else "at least ") + f"{low:g}"
+        hi = "" if high is None else ("below " if key in _OPEN_HIGH else "at most ") + f"{high:g}"
+        span = " and ".join(p for p in (lo, hi) if p)
+        raise UserError(f"{key} = {value} is out of range: it must be {span} ({unit}).")
+
+
 def validate(cfg: RunConfig) -> RunConfig:
-    """Cross-field checks a user can trip over; each failure is one sentence."""
+    """Every number in range and every cross-field rule a user can trip over; each failure is
+    one sentence naming the setting."""
     choices = {
         "kind": (cfg.kind, ("pretrain", "finetune")),
         "optim.name": (cfg.optim.name, ("adam", "sgd")),
@@ -211,23 +276,34 @@ def validate(cfg: RunConfig) -> RunConfig:
     for key, (value, allowed) in choices.items():
         if value not in allowed:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, not '{value}'.")
-    if cfg.data.batch_size < 1 or cfg.accum_steps < 1:
-        raise UserError("The batch size and --accum-steps must be positive integers.")
+    for key in _RANGES:
+        _check_range(key, _get(cfg, key))
     if cfg.data.batch_size % cfg.accum_steps:
         raise UserError(f"The batch size {cfg.data.batch_size} is not divisible by --accum-steps "
                         f"{cfg.accum_steps}; choose a divisor.")
     if cfg.steps is None and cfg.epochs is None:
         raise UserError("Give a training length with --epochs or --steps (or a preset that sets one).")
-    if (cfg.steps is not None and cfg.steps < 1) or (cfg.epochs is not None and cfg.epochs <= 0):
-        raise UserError("--epochs and --steps must be positive.")
-    if cfg.data.fraction is not None and not 0 < cfg.data.fraction <= 1:
-        raise UserError(f"data.fraction must be in (0, 1], not {cfg.data.fraction}.")
-    if cfg.optim.lr <= 0:
-        raise UserError(f"The learning rate must be positive, not {cfg.optim.lr}.")
+    if cfg.optim.warmup_frac is None and cfg.steps is not None \
+            and cfg.optim.warmup_steps >= cfg.steps:
+        raise UserError(f"The warm-up ({cfg.optim.warmup_steps} steps) must be shorter than the run "
+                        f"({cfg.steps} steps), or the learning rate never decays; lower "
+                        "optim.warmup_steps or train longer.")
+    if cfg.model.patch_size and cfg.model.img_size and cfg.model.img_size % cfg.model.patch_size:
+        raise UserError(f"The patch size {cfg.model.patch_size} px does not divide the image size "
+                        f"{cfg.model.img_size} px; choose sizes that divide.")
     if cfg.kind == "finetune" and not cfg.init:
         raise UserError("Fine-tuning needs --init: a run directory, a .safetensors file, "
                         "timm:<name> or an official .npz.")
     return cfg
+
+
+def check_warmup(cfg: RunConfig, warmup: int, total: int) -> None:
+    """The warm-up must end before the run does (checked once the run's length in steps is
+    known, e.g. from epochs and the dataset size)."""
+    if warmup >= total:
+        raise UserError(f"The warm-up ({warmup} steps) must be shorter than the run ({total} "
+                        "steps), or the learning rate never decays; lower optim.warmup_steps / "
+                        "optim.warmup_frac or train longer.")
 
 
 def resolve(preset: str | None = None, *, model: str | None = None, dataset: str | None = None,
@@ -239,6 +315,10 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
 
     A family alias (`mixer`, `vit`, `resnet`) picks the preset's own model for that family when
     the preset names one (small presets), otherwise the zoo's alias (`mixer` -> `mixer-b16`).
+
+    A fine-tuning run takes its architecture from `init` (the model section records the model
+    actually trained: name, shapes, the resolution, `Kx` meaning K times the trained one) and its
+    regularisation from the recipe; changing the architecture of `init` is refused.
     """
     from mixerbench.models import get_spec, resolve_name
     from mixerbench.presets import FAMILY_MODELS, get_preset
@@ -248,7 +328,16 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         cfg = replace(cfg, kind=kind)
     if init:
         cfg = replace(cfg, init=init)
-    if model:
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    overrides = dict(overrides or {})
+    source = None
+    if cfg.kind == "finetune" and cfg.init:
+        if model:
+            raise UserError("Fine-tuning takes its model from --init; drop --model.")
+        source, size = _finetune_model(cfg.init, flags, overrides)
+        cfg = replace(cfg, model=replace(source, drop_path=cfg.model.drop_path,
+                                         dropout=cfg.model.dropout, img_size=size))
+    elif model:
         family = FAMILY_MODELS.get(preset or "", {})
         key = model.strip().lower()
         if key in family:
@@ -266,14 +355,55 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         resolve_name(cfg.model.name)  # a preset's model must exist
     if dataset:
         cfg = replace(cfg, data=replace(cfg.data, dataset=dataset))
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
     if "epochs" in flags and "steps" not in flags:
         cfg = replace(cfg, steps=None)
     if "steps" in flags and "epochs" not in flags:
         cfg = replace(cfg, epochs=None)
     cfg = apply_overrides(cfg, flags)
-    cfg = apply_overrides(cfg, overrides or {})
+    cfg = apply_overrides(cfg, overrides)
+    if source is not None:
+        _check_architecture_kept(cfg.model, source)
     return validate(cfg)
+
+
+# The fields of the model section that define the architecture (what `--init` fixes).
+_ARCHITECTURE = ("name", "patch_size", "width", "depth", "gelu", "options")
+
+
+def _finetune_model(init: str, flags: dict, overrides: dict) -> tuple[ModelConfig, int]:
+    """The model section of a fine-tuning run of `init`, and its resolution: the trained one,
+    `--img-size N`, or `--img-size Kx` (K times the trained one, paper section 3). Pops a `Kx`
+    resolution from `flags` / `overrides`, where it is not an integer."""
+    from mixerbench.models.weights import source_recipe
+
+    rec = source_recipe(init)
+    arch = dict(rec.get("overrides") or {})
+    for k in ("drop_path", "dropout"):  # the fine-tuning recipe sets its own
+        arch.pop(k, None)
+    model = ModelConfig(name=rec["name"], img_size=rec["img_size"], patch_size=rec["patch_size"],
+                        width=arch.pop("width", None), depth=arch.pop("depth", None),
+                        gelu=arch.pop("gelu", ModelConfig.gelu), options=arch)
+    size = rec["img_size"]
+    for source in (flags, overrides):
+        text = str(source.get("model.img_size", "")).strip().lower()
+        if text.endswith("x"):
+            source.pop("model.img_size")
+            try:
+                factor = int(text[:-1])
+            except ValueError:
+                factor = 0
+            if factor < 1:
+                raise UserError(f"--img-size {text} is not a resolution: give pixels (e.g. "
+                                f"{2 * size}) or a whole multiple of the trained {size} px (e.g. 2x).")
+            size = factor * rec["img_size"]
+    return model, size
+
+
+def _check_architecture_kept(m: ModelConfig, source: ModelConfig) -> None:
+    for key in _ARCHITECTURE:
+        if getattr(m, key) != getattr(source, key):
+            raise UserError(f"Fine-tuning keeps the architecture of --init ({key} = "
+                            f"{getattr(source, key)!r}); drop the model.{key} setting.")
 
 
 def slug(text: str) -> str:

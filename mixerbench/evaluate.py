@@ -422,6 +422,14 @@ def real_accuracy(outputs, real_labels, topk=(1, 5)) -> dict:
 CROPS = {"resize": "eval-resize", "resmall": "eval-resmall", "plain": "eval-plain"}
 
 
+def probe_of(metric: str, dataset: str) -> str | None:
+    """The dataset a row's linear probe ran on (its shots and test images): `dataset` for a
+    few-shot metric, None for the classifier's own top-1. The paper probes ImageNet after
+    pre-training on JFT (section 3.3, Figure 4); the scaled experiments probe the dataset they
+    trained on, and the rows say so."""
+    return dataset if str(metric).startswith("fewshot") else None
+
+
 def _run_config(src: str) -> dict | None:
     """The training run's config.json beside a checkpoint (run dir or file inside one)."""
     import json
@@ -444,7 +452,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
              data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 256,
              seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
-             results_root=None, progress=None) -> dict:
+             shuffle_patch: int | None = None, results_root=None, progress=None) -> dict:
     """Evaluate a checkpoint: accuracy, ReaL, linear few-shot and shuffle invariance.
 
     Args:
@@ -457,6 +465,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         fewshot: shot counts ("1,5,10,25"); train shots come from `fewshot_split`, accuracy from
             `split`. Needs no head, so it works for any checkpoint.
         shuffle: kinds ("none,patch,global") of paper Figure 4's fixed pixel permutations.
+        shuffle_patch: patch side of the `patch` shuffle (default: the one the run trained with,
+            else the model's patch size; a CNN has none, so it must be given).
         real_labels: path of ImageNet's `real.json` for ReaL accuracy on the validation split.
         device / dtype: default CUDA + bf16 when present, else CPU + fp32.
         results_root: if given, rows are appended to accuracy.csv (kind "evaluate"),
@@ -516,7 +526,11 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
     pipeline = CROPS[crop] if crop else data_cfg.get("eval_pipeline") or "eval-resize"
     # A run trained under a Figure 4 shuffle was evaluated under it too: reproduce that.
     train_shuffle = data_cfg.get("shuffle") or "none"
-    patch = data_cfg.get("shuffle_patch") or rec.get("patch_size") or get_spec(rec["name"]).patch_size
+    patch = (shuffle_patch or data_cfg.get("shuffle_patch") or rec.get("patch_size")
+             or get_spec(rec["name"]).patch_size)
+    if "patch" in kinds and not patch:
+        raise UserError(f"The patch shuffle needs a patch size and {rec['name']} has none (a CNN); "
+                        "pass --shuffle-patch N.")
     kw = dict(batch_size=batch_size, pipeline=pipeline, img_size=img_size, device=device)
 
     # rows name the model as training runs do (shapes included), so tables join on it
@@ -554,8 +568,9 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         fs = fewshot_eval(model, ds_train, ds, shots, seeds, l2_reg=l2_reg, dtype=dtype,
                           shuffle=train_shuffle, shuffle_patch=patch, **kw)
         out["fewshot"] = fs
-        rows["fewshot"] += [dict(common, **{k: r[k] for k in ("shots", "l2_reg", "num_seeds",
-                                                              "top1_mean", "top1_std")})
+        rows["fewshot"] += [dict(common, upstream=data_cfg.get("dataset"),
+                                 **{k: r[k] for k in ("shots", "l2_reg", "num_seeds",
+                                                      "top1_mean", "top1_std")})
                             for r in fs]
     for kind in kinds:
         tick(f"shuffle {kind}")
@@ -572,7 +587,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         out["shuffle"] += sh
         rows["shuffle"] += [dict(common, train_shuffle=r["train_shuffle"],
                                  eval_shuffle=r["eval_shuffle"], metric=r["metric"],
-                                 top1=r["top1"]) for r in sh]
+                                 top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name))
+                            for r in sh]
     if progress:
         progress("done", steps_total, steps_total)
     for table, table_rows in rows.items():

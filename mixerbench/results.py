@@ -35,8 +35,8 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "loss", "train_seconds", "device_hours", "train_flops", "init", "kind", "experiment",
     ) + PROVENANCE,
     "fewshot": (
-        "run_id", "model", "dataset", "shots", "l2_reg", "num_seeds", "top1_mean", "top1_std",
-        "img_size",
+        "run_id", "model", "dataset", "upstream", "shots", "l2_reg", "num_seeds", "top1_mean",
+        "top1_std", "img_size",
     ) + PROVENANCE,
     "throughput": (
         "model", "mode", "batch_size", "img_size", "img_per_sec_mean", "img_per_sec_std",
@@ -45,10 +45,11 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     ) + PROVENANCE,
     "shuffle": (
         "run_id", "model", "dataset", "train_shuffle", "eval_shuffle", "metric", "top1",
-        "img_size",
+        "probe_dataset", "img_size",
     ) + PROVENANCE,
     "scaling": (
-        "run_id", "model", "dataset", "fraction", "epochs", "metric", "top1",
+        "run_id", "model", "dataset", "fraction", "epochs", "steps", "metric", "top1",
+        "probe_dataset",
     ) + PROVENANCE,
 }
 

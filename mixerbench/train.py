@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mixerbench import results
-from mixerbench.config import RunConfig, run_id, to_dict
+from mixerbench.config import RunConfig, check_warmup, run_id, to_dict
 from mixerbench.errors import UserError
 
 STATE = "state-last.pt"
@@ -171,7 +171,7 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
     from mixerbench.data import get_dataset, make_loader
     from mixerbench.evaluate import accuracy, autocast
     from mixerbench.models import create_model, get_spec, model_label
-    from mixerbench.models.weights import load_model, recipe, save_checkpoint, unwrap
+    from mixerbench.models.weights import load_for_finetuning, recipe, save_checkpoint, unwrap
 
     log = log or (lambda event, info: None)
     rank, world, local_rank = setup_distributed()
@@ -221,9 +221,10 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
         overrides["dropout"] = m.dropout
     if get_spec(m.name).family == "mixer" and not m.name.startswith("timm:"):
         overrides["gelu"] = m.gelu
-    if cfg.init:
-        model, rec = load_model(cfg.init, num_classes=train_ds.num_classes,
-                                img_size=m.img_size)
+    if cfg.init:  # the run's own regularisers and resolution, a fresh zero head (paper section 3)
+        model, rec = load_for_finetuning(
+            cfg.init, num_classes=train_ds.num_classes, img_size=m.img_size,
+            regularisers=dict(drop_path=m.drop_path, dropout=m.dropout))
     else:
         model = create_model(m.name, num_classes=train_ds.num_classes, img_size=m.img_size,
                              patch_size=m.patch_size, **overrides)
@@ -254,8 +255,8 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
                         f"({len(train_ds)} images); choose a smaller --batch-size.")
     total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
     o = cfg.optim
-    warmup = min(total, round(o.warmup_frac * total) if o.warmup_frac is not None
-                 else o.warmup_steps)
+    warmup = round(o.warmup_frac * total) if o.warmup_frac is not None else o.warmup_steps
+    check_warmup(cfg, warmup, total)
     eval_every = cfg.eval_every or steps_per_epoch
     ckpt_every = cfg.ckpt_every or eval_every
 

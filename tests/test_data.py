@@ -466,3 +466,12 @@ def test_cli_datasets_command(data_cifar10):
     for bad in (["datasets", "cifar-1O"], ["datasets", "/no/such/folder"]):
         r = runner.invoke(app, bad)
         assert r.exit_code == 2 and "Traceback" not in r.output
+
+
+def test_a_known_dataset_has_the_same_splits_by_name_and_by_path(data_shared_dir):
+    """The ViT minival protocol (2 % of CIFAR train) holds whether cifar10 is named or pointed at."""
+    by_name = describe("cifar10", data_dir=data_shared_dir)
+    by_path = describe(str(data_shared_dir / "cifar10"))
+    assert by_name["name"] == by_path["name"] == "cifar10"
+    assert by_name["splits"] == by_path["splits"]
+    assert by_path["splits"]["minival"] == 1_000  # 2 % of 50,000

@@ -67,19 +67,54 @@ def test_table4_presets_resolve_to_the_papers_numbers():
 
 
 def test_finetune_presets_follow_the_vit_protocol():
-    for name, steps in [("finetune-imagenet", 20_000), ("finetune-cifar10", 10_000),
-                        ("finetune-cifar100", 10_000), ("finetune-pets", 500),
-                        ("finetune-flowers102", 500)]:
+    # steps: ViT paper Table 4; warm-up: 500 (vision_transformer) or 100 (BiT-HyperRule, < 20k images)
+    for name, steps, warmup in [("finetune-imagenet", 20_000, 500), ("finetune-cifar10", 10_000, 500),
+                                ("finetune-cifar100", 10_000, 500), ("finetune-pets", 500, 100),
+                                ("finetune-flowers102", 500, 100), ("finetune", 500, 100)]:
         c = get_preset(name)
         assert (c.optim.name, c.optim.momentum, c.data.batch_size) == ("sgd", 0.9, 512)
         assert (c.optim.schedule, c.optim.clip_norm, c.optim.weight_decay) == ("cosine", 1.0, 0.0)
-        assert c.steps == steps and c.kind == "finetune"
+        assert (c.model.drop_path, c.model.dropout) == (0.0, 0.0)
+        assert c.steps == steps and c.kind == "finetune" and c.optim.warmup_steps == warmup
 
 
-def test_every_preset_resolves():
+@pytest.fixture(scope="module")
+def small_checkpoint(tmp_path_factory):
+    """A mixerbench checkpoint of a 2-block width-32 Mixer at 32 px, patch 8, 10 classes."""
+    from mixerbench.models import create_model
+    from mixerbench.models.weights import recipe, save_checkpoint
+
+    over = dict(width=32, depth=2, gelu="tanh", drop_path=0.1)
+    model = create_model("mixer-t4", num_classes=10, img_size=32, patch_size=8, **over)
+    path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
+    save_checkpoint(path, model, recipe("mixer-t4", 10, 32, 8, over))
+    return path
+
+
+def test_every_preset_resolves(small_checkpoint):
     for name in PRESETS:
-        kw = {"init": "x"} if name.startswith("finetune") else {}
+        kw = {"init": str(small_checkpoint)} if name.startswith("finetune") else {}
         assert resolve(name, **kw).preset == name
+
+
+def test_a_warmup_as_long_as_the_run_is_refused():
+    with pytest.raises(UserError, match="warm-up"):
+        resolve("smoke", flags={"steps": 100}, overrides={"optim.warmup_frac": "none",
+                                                          "optim.warmup_steps": "100"})
+    with pytest.raises(UserError, match="warmup_frac"):
+        resolve("smoke", overrides={"optim.warmup_frac": "1.0"})
+
+
+def test_a_finetune_config_records_the_model_it_trains(small_checkpoint):
+    cfg = resolve("finetune", kind="finetune", init=str(small_checkpoint), dataset="synthetic",
+                  flags={"model.img_size": "2x"})
+    m = cfg.model
+    assert (m.name, m.img_size, m.patch_size, m.width, m.depth) == ("mixer-t4", 64, 8, 32, 2)
+    assert m.drop_path == 0.0  # the fine-tuning recipe's, not the checkpoint's 0.1
+    with pytest.raises(UserError, match="architecture"):
+        resolve("finetune", kind="finetune", init=str(small_checkpoint), overrides={"model.width": "64"})
+    with pytest.raises(UserError, match="2x"):
+        resolve("finetune", kind="finetune", init=str(small_checkpoint), flags={"model.img_size": "0x"})
 
 
 def test_settings_are_typed_and_checked():
@@ -148,9 +183,9 @@ def test_sigterm_saves_and_resume_continues(tmp_path):
 
 
 def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
-    # lr 1e9 without clipping: the first step is finite (zero head), the next ones are not
-    cfg = tiny_cfg(steps=40, ckpt_every=1, **{"optim.lr": 1e9, "optim.warmup_frac": 0.0,
-                                              "optim.clip_norm": 0.0})
+    # SGD at lr 10 without clipping: the first steps are finite (zero head), then it diverges
+    cfg = tiny_cfg(steps=40, ckpt_every=1, **{"optim.name": "sgd", "optim.lr": 10.0,
+                                              "optim.warmup_frac": 0.0, "optim.clip_norm": 0.0})
     with pytest.raises(TrainingStopped, match="intact"):
         train(cfg, tmp_path)
     run = next((tmp_path / "runs").iterdir())
@@ -164,16 +199,24 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
 
 def test_finetune_at_twice_the_resolution_from_a_run(tmp_path):
-    src = train(tiny_cfg(steps=6), tmp_path)
-    cfg = resolve("finetune-cifar10", dataset="synthetic", init=src["run_dir"], kind="finetune",
-                  flags={"steps": 4, "data.batch_size": 20, "model.img_size": 64,
-                         "device": "cpu", "eval_every": 4, "data.pipeline": "small"},
-                  overrides={"data.eval_batch_size": "100", "max_eval_examples": "40"})
-    s = train(cfg, tmp_path)
-    assert s["img_size"] == 64 and s["kind"] == "finetune" and s["init"] == src["run_dir"]
-    rec = json.loads(__import__("safetensors").safe_open(
-        str(Path(s["run_dir"]) / "checkpoint-last.safetensors"), "pt").metadata()["mixerbench_model"])
-    assert rec["img_size"] == 64 and rec["overrides"]["tokens_dim"] == 4 * 16
+    src = train(tiny_cfg(steps=6, **{"model.drop_path": 0.1}), tmp_path)
+    for size in ("1x", "2x"):
+        cfg = resolve("finetune-cifar10", dataset="synthetic", init=src["run_dir"], kind="finetune",
+                      flags={"steps": 4, "data.batch_size": 20, "model.img_size": size,
+                             "device": "cpu", "eval_every": 4, "data.pipeline": "small"},
+                      overrides={"data.eval_batch_size": "100", "max_eval_examples": "40",
+                                 "optim.warmup_steps": "1", "model.drop_path": "0.05"})
+        s = train(cfg, tmp_path)
+        k = int(size[0])
+        assert s["img_size"] == 32 * k and s["kind"] == "finetune" and s["init"] == src["run_dir"]
+        rec = json.loads(__import__("safetensors").safe_open(
+            str(Path(s["run_dir"]) / "checkpoint-last.safetensors"), "pt").metadata()["mixerbench_model"])
+        assert rec["img_size"] == 32 * k and rec["overrides"].get("tokens_dim", 16) == k * k * 16
+        # the fine-tuning recipe's stochastic depth at 1x and 2x alike, and config.json says so
+        assert rec["overrides"]["drop_path"] == 0.05
+        written = json.loads((Path(s["run_dir"]) / "config.json").read_text())
+        assert written["model"]["drop_path"] == 0.05 and written["model"]["name"] == "mixer-t4"
+        assert written["model"]["img_size"] == 32 * k and written["model"]["width"] == 32
 
 
 # --------------------------------------------------------------------------------- the CLI
@@ -252,3 +295,25 @@ def test_accuracy_row_carries_the_experiment_tag(tmp_path):
     s = train(tiny_cfg(steps=4, eval_every=4), tmp_path, experiment="compare:smoke")
     acc = results.load("accuracy", tmp_path)
     assert acc.loc[0, "experiment"] == "compare:smoke" and s["experiment"] == "compare:smoke"
+
+
+def test_finetune_lr_grid_selects_on_minival_and_reports_on_test(tmp_path):
+    """`finetune --lr a,b`: each lr fine-tunes on train minus minival and is scored on minival;
+    the best is re-run on all of train and reported on test (paper App. C); all of it recorded."""
+    src = train(tiny_cfg(steps=6), tmp_path)
+    args = ["--quiet", "finetune", "--init", src["run_dir"], "--dataset", "synthetic",
+            "--lr", "0.001,0.03", "--steps", "4", "--batch-size", "20", "--device", "cpu",
+            "--set", "optim.warmup_steps=1", "--set", "data.pipeline=small",
+            "--set", "data.eval_batch_size=100", "--results-dir", str(tmp_path)]
+    out = CliRunner().invoke(app, args)
+    assert out.exit_code == 0, out.output
+    acc = results.load("accuracy", tmp_path)
+    grid = acc[acc["experiment"] == "lr-grid"]
+    assert sorted(grid["split"]) == ["minival", "minival", "test"]
+    final = grid[grid["split"] == "test"].iloc[0]
+    record = json.loads((tmp_path / "runs" / final["run_id"] / "lr-grid.json").read_text())
+    best = max(record["lr_grid"], key=lambda g: g["minival_top1"])
+    assert record["selected_lr"] == best["lr"] and record["reported_split"] == "test"
+    written = json.loads((tmp_path / "runs" / final["run_id"] / "config.json").read_text())
+    assert written["optim"]["lr"] == best["lr"] and written["data"]["train_split"] == "train"
+    assert "selected on minival" in out.output

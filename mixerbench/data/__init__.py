@@ -181,7 +181,15 @@ def _resolve(name_or_path, data_dir, image_column, label_column, root: Path):
     cols = (image_column or info.get("image_column"), label_column or info.get("label_column"))
     path = Path(name).expanduser()
     if path.exists():
-        return path.name if path.is_dir() else path.stem, {}, sources.local_reader(path, *cols, hf_cache)
+        # A local copy of a known dataset (a folder named cifar10, ...) is that dataset, so it
+        # gets the same splits, minival share and columns as when it is found by name.
+        local = path.name if path.is_dir() else path.stem
+        known = _canonical(local)
+        if path.is_dir() and known in KNOWN_DATASETS and not KNOWN_DATASETS[known].get("embedded"):
+            info = KNOWN_DATASETS[known]
+            cols = (image_column or info.get("image_column"), label_column or info.get("label_column"))
+            return known, info, sources.local_reader(path, *cols, hf_cache)
+        return local, {}, sources.local_reader(path, *cols, hf_cache)
     for d in (data_dir, os.environ.get("MIXERBENCH_DATA")):
         if not d:
             continue

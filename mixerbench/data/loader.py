@@ -123,8 +123,11 @@ class Batches:
         elif shuffle in (None, "none"):
             self.shuffle = None
         else:  # fixed permutation (shuffle_seed, not `seed`): train and eval loaders always agree
-            patch = shuffle_patch or (16 if img_size % 16 == 0 else img_size)
-            self.shuffle = T.make_shuffle(shuffle, img_size, patch, shuffle_seed)
+            if shuffle == "patch" and not shuffle_patch:
+                # a guessed patch as large as the image would silently be a global shuffle
+                raise UserError("The patch shuffle needs a patch size and this model has none (a "
+                                "CNN); pass one, e.g. --set data.shuffle_patch=4.")
+            self.shuffle = T.make_shuffle(shuffle, img_size, shuffle_patch or img_size, shuffle_seed)
         self.drop_last = train if drop_last is None else drop_last
         n = self.num_examples = len(ds)
         self.global_batch = batch_size * world_size
