@@ -424,10 +424,10 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                 del step
                 _free(device)
                 stats = summarize(secs, batch_size=batch, steps=steps_per_repeat)
-                # Achieved FLOP/s from the counted forward MACs (1 MAC = 2 FLOPs); a training
-                # step costs about 3x a forward pass (forward + backward for activations and
-                # weights), the usual MFU convention.
-                flops_per_img = 2 * info["gmacs"] * 1e9 * (3 if m == "train" else 1)
+                # Achieved FLOP/s from the exact counted forward MACs (1 MAC = 2 FLOPs; an
+                # integer, never the rounded GMACs); a training step costs about 3x a forward
+                # pass (forward + backward for activations and weights), the usual MFU convention.
+                flops_per_img = 2 * info["macs"] * (3 if m == "train" else 1)
                 achieved = flops_per_img * stats["img_per_sec_mean"] / 1e12
                 row = dict(model=label, mode=m, img_size=size, params=info["params"],
                            gmacs=info["gmacs"], achieved_tflops=achieved,
@@ -435,7 +435,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                 row.update(fingerprint(device, dtype, compiled=compile, channels_last=cl,
                                        batch_size=batch))
                 row.update(repeat_seconds=secs, steps_per_repeat=steps_per_repeat,
-                           warmup=max(warmup, 2), gflops=info["gflops"],
+                           warmup=max(warmup, 2), gflops=info["gflops"], macs=info["macs"],
                            paper_name=spec.paper_name, batch_requested=None if auto else start_batch)
                 rows.append(row)
                 if results_root is not None:

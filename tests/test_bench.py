@@ -51,9 +51,10 @@ def test_bench_rows_repeats_flops_and_timm_side_by_side():
         assert len(r["repeat_seconds"]) == 3 and r["repeats"] == 3
         info = model_info(r["model"], img_size=32)
         assert r["gmacs"] == info["gmacs"] and r["params"] == info["params"]
+        assert r["macs"] == info["macs"]
         factor = 3 if r["mode"] == "train" else 1  # forward + backward ~ 3 forwards
         assert r["achieved_tflops"] == pytest.approx(
-            2 * info["gmacs"] * 1e9 * factor * r["img_per_sec_mean"] / 1e12)
+            2 * info["macs"] * factor * r["img_per_sec_mean"] / 1e12)
         assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"])
         assert r["batch_size"] == 4 and r["dtype"] == "fp32" and r["compiled"] is False
         assert r["driver_version"] == "" and r["cuda_version"] == ""  # a CPU row
@@ -62,13 +63,39 @@ def test_bench_rows_repeats_flops_and_timm_side_by_side():
             r["repeat_seconds"], batch_size=4, steps=1)["img_per_sec_mean"])
 
 
-def test_mixer_t4_gmacs_match_the_closed_form():
-    """paper.md 7.2: stem S*3P^2*C, per block 2*C*S*D_S + 2*S*C*D_C, head C*K."""
+def test_mixer_t4_macs_match_the_closed_form():
+    """Paper section 2: stem S*3P^2*C, per block 2*C*S*D_S + 2*S*C*D_C, head C*K, exactly."""
     from mixerbench.models import model_info
 
     s, p, c, depth, k = 64, 4, 256, 8, 1000
     macs = s * 3 * p * p * c + depth * (2 * c * s * (c // 2) + 2 * s * c * 4 * c) + c * k
-    assert model_info("mixer-t4")["gmacs"] == pytest.approx(macs / 1e9, abs=1e-3)
+    info = model_info("mixer-t4")
+    assert info["macs"] == macs
+    assert info["gmacs"] == macs / 1e9 and info["gflops"] == 2 * macs / 1e9  # unrounded
+
+
+def test_achieved_tflops_use_the_exact_mac_count():
+    """A tiny Mixer has 0.0038272 GMACs: rounded to 0.004 it would overstate FLOP/s by 4.5 %."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mixerbench.models import create_model, model_info
+
+    arch = dict(depth=2, width=64)
+    info = model_info("mixer-t4", img_size=28, patch_size=4, **arch)
+    model = create_model("mixer-t4", img_size=28, patch_size=4, **arch).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 28, 28))
+    assert isinstance(info["macs"], int) and info["macs"] == counter.get_total_flops() // 2
+    assert info["gmacs"] == info["macs"] / 1e9
+
+    rows = B.bench([dict(name="mixer-t4", img_size=28, patch_size=4, overrides=arch)],
+                   mode="both", batch_size=4, repeats=2, warmup=0, steps_per_repeat=1,
+                   device="cpu")
+    infer, train = rows
+    assert infer["model"] == "mixer-t4[depth=2,width=64]" and infer["macs"] == info["macs"]
+    assert infer["achieved_tflops"] == 2 * info["macs"] * infer["img_per_sec_mean"] / 1e12
+    assert train["achieved_tflops"] == 2 * info["macs"] * 3 * train["img_per_sec_mean"] / 1e12
 
 
 def test_auto_batch_backs_off_on_oom(monkeypatch):
