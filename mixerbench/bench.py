@@ -481,8 +481,12 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         `gflops`, `matmul_precision` (bf16 / fp16 / tf32 / fp32: what `peak_tflops` is the
         datasheet peak of) and `paper_name`. `mfu` and `peak_tflops` are None where the device
         has no known datasheet peak (every CPU, unlisted GPUs); `matmul_tflops` is always the
-        dense matmul rate measured in this call.
+        dense matmul rate measured in this call. Rows of one call share `bench_id`, so a table
+        can pair models measured side by side.
     """
+    import datetime as _dt
+    import uuid
+
     import torch
 
     from mixerbench.errors import UserError
@@ -521,6 +525,9 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
     if cuda:
         torch.set_float32_matmul_precision("high")
     total = len(names) * len(modes) + 1
+    # One id for every row of this call (UTC start time + random suffix): same run, same id.
+    bench_id = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-"
+                + uuid.uuid4().hex[:6])
     try:
         precision = matmul_precision(dtype, device, torch.get_float32_matmul_precision())
         # Looked up from the name the rows record, so the peak always matches `device_name`.
@@ -558,7 +565,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                 row = dict(model=label, mode=m, img_size=size, params=info["params"],
                            gmacs=info["gmacs"], achieved_tflops=achieved,
                            mfu=achieved / peak if peak else None, peak_tflops=peak,
-                           matmul_tflops=matmul, **stats)
+                           matmul_tflops=matmul, bench_id=bench_id, **stats)
                 row.update(fingerprint(device, dtype, compiled=compile, channels_last=cl,
                                        batch_size=batch))
                 row.update(repeat_seconds=secs, steps_per_repeat=steps_per_repeat,

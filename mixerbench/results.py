@@ -42,10 +42,11 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     # peak_tflops, `peak_tflops` the datasheet dense peak of the device in the dtype's matmul
     # precision (TF32 for fp32 on CUDA), both empty where no peak is known (CPUs, unlisted GPUs);
     # `matmul_tflops`: dense matmul rate measured in the same run, not an MFU denominator.
+    # `bench_id`: shared by the rows of one `bench` call (models measured side by side).
     "throughput": (
         "model", "mode", "batch_size", "img_size", "img_per_sec_mean", "img_per_sec_std",
         "step_ms_median", "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops",
-        "matmul_tflops", "channels_last", "driver_version", "cuda_version",
+        "matmul_tflops", "channels_last", "driver_version", "cuda_version", "bench_id",
     ) + PROVENANCE,
     "shuffle": (
         "run_id", "model", "dataset", "train_shuffle", "eval_shuffle", "metric", "top1",

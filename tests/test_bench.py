@@ -47,6 +47,7 @@ def test_bench_rows_repeats_flops_and_timm_side_by_side():
     assert [(r["model"], r["mode"]) for r in rows] == [
         ("mixer-t4", "infer"), ("mixer-t4", "train"), ("timm:resnet18", "infer"),
         ("timm:resnet18", "train")]
+    assert len({r["bench_id"] for r in rows}) == 1 and rows[0]["bench_id"]  # one call, one id
     for r in rows:
         assert len(r["repeat_seconds"]) == 3 and r["repeats"] == 3
         info = model_info(r["model"], img_size=32)
