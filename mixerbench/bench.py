@@ -2,14 +2,16 @@
 
 MACs are counted by torch's `FlopCounterMode` (one multiply-accumulate = 2 FLOPs). Attention
 is counted with the math kernel: the fused scaled-dot-product kernels are invisible to some
-counters, so timm's `fused_attn` flag is switched off while counting (design.md section 6).
+counters, so timm's `fused_attn` flag is switched off while counting.
 
 `bench(models, ...)` times inference and/or training steps of several models in one process on
-one device (issue 5 item 4): warm-up excluded, device synchronised around each timed repeat,
-R repeats -> mean/std img/s and median step time (`summarize`), achieved TFLOP/s from the
-counted MACs, MFU against a matmul peak measured in the same run (`measure_peak_tflops`), and
-a fingerprint of the machine and software on every row (`fingerprint`). The paper's img/s/core
-on TPU-v3 (Tables 2-3) is not comparable across hardware; our unit is img/s per device.
+one device: warm-up excluded, device synchronised around each timed repeat, R repeats ->
+mean/std img/s and median step time (`summarize`), achieved TFLOP/s from the exact counted
+MACs, MFU against the device's datasheet dense peak for the dtype (`datasheet_peak_tflops`;
+empty where the peak is not known, e.g. on every CPU), the dense matmul rate measured in the
+same run as a separate number (`measure_matmul_tflops`), and a fingerprint of the machine and
+software on every row (`fingerprint`). The paper's img/s/core on TPU-v3 (Tables 2-3) is not
+comparable across hardware; our unit is img/s per device.
 """
 
 from __future__ import annotations
@@ -50,7 +52,7 @@ def count_macs(model, img_size: int, *, device: str = "cpu", batch: int = 1,
 
 # ------------------------------------------------------------------------------ throughput
 #
-# Protocol (issue 5 item 4; timm benchmark.py conventions, peers.md (b)): a synthetic batch
+# Protocol (timm's benchmark.py conventions): a synthetic batch
 # resident on the device, warm-up steps excluded (they also absorb torch.compile and cuDNN
 # autotuning), the device synchronised before and after each timed repeat, R repeats of
 # `steps_per_repeat` steps each, reported as mean and std of img/s and the median step time.
@@ -78,7 +80,7 @@ def resolve_device(device: str | None = None) -> str:
 
 
 def resolve_dtype(dtype: str | None, device: str) -> str:
-    """Validate the compute dtype for `device`; default bf16 on CUDA (design.md 7), fp32 on CPU.
+    """Validate the compute dtype for `device`; default bf16 on CUDA, fp32 on CPU.
 
     bf16/fp16 on a CPU are accepted only where oneDNN has native kernels for them (AVX512-BF16
     or AMX); elsewhere autocast would emulate them and the "throughput" would measure emulation.
@@ -164,14 +166,131 @@ def fingerprint(device: str, dtype: str, *, compiled: bool, channels_last: bool,
     return row
 
 
-def measure_peak_tflops(device: str, dtype: str = "fp32", *, n: int | None = None,
-                        iters: int | None = None, repeats: int = 3) -> float:
-    """Achievable dense matmul TFLOP/s on this device in this dtype: the MFU denominator.
+# ------------------------------------------------------------------------- datasheet peaks
+#
+# MFU (model FLOPs utilisation, PaLM, Chowdhery et al. 2022, appendix B) divides the achieved
+# model FLOP/s by the hardware's theoretical peak, as Lightning's ThroughputMonitor does with its
+# `_CUDA_FLOPS` table. The peaks below are NVIDIA's published numbers in TFLOP/s, DENSE: the
+# datasheets print tensor-core rates "with sparsity" (2:4 structured, marked *), and those are
+# halved here. Keys are the dtype the matmuls run in:
+#   bf16, fp16: tensor cores with FP32 accumulation (what cuBLAS uses under torch autocast);
+#   tf32: fp32 matmuls when torch's float32 matmul precision is "high", as `bench` and the
+#         training loop set on CUDA (Ampere and newer round the inputs to TF32);
+#   fp32: the non-tensor FP32 rate (precision "highest", or GPUs without TF32 such as Volta).
+# A dtype a GPU has no matmul units for (bf16 on Volta) is absent, so its MFU stays empty.
+#
+# GeForce cards run FP16/BF16 tensor math with FP32 accumulation at half the rate of FP16
+# accumulation; the FP32-accumulate rows of the architecture whitepapers are used for them.
+DATASHEET_PEAKS_TFLOPS: dict[str, dict[str, float]] = {
+    # NVIDIA H100 Tensor Core GPU datasheet, "H100 SXM" column: FP32 67, TF32 989*, BF16 1,979*,
+    # FP16 1,979*.
+    "H100 SXM": dict(fp32=67.0, tf32=989 / 2, bf16=1979 / 2, fp16=1979 / 2),
+    # Same datasheet, "H100 PCIe" column: FP32 51, TF32 756*, BF16 1,513*, FP16 1,513*.
+    "H100 PCIe": dict(fp32=51.0, tf32=756 / 2, bf16=1513 / 2, fp16=1513 / 2),
+    # NVIDIA H200 Tensor Core GPU datasheet, "H200 SXM" column: FP32 67, TF32 989*,
+    # BF16 1,979*, FP16 1,979*.
+    "H200 SXM": dict(fp32=67.0, tf32=989 / 2, bf16=1979 / 2, fp16=1979 / 2),
+    # Same datasheet, "H200 NVL" column: FP32 60, TF32 835*, BF16 1,671*, FP16 1,671*.
+    "H200 NVL": dict(fp32=60.0, tf32=835 / 2, bf16=1671 / 2, fp16=1671 / 2),
+    # NVIDIA A100 Tensor Core GPU datasheet (40 GB and 80 GB, SXM4 and PCIe print the same
+    # rates): FP32 19.5, TF32 156 | 312*, BF16 312 | 624*, FP16 312 | 624*.
+    "A100": dict(fp32=19.5, tf32=156.0, bf16=312.0, fp16=312.0),
+    # NVIDIA A10 Tensor Core GPU datasheet: FP32 31.2, TF32 62.5 | 125*, BF16 125 | 250*,
+    # FP16 125 | 250*.
+    "A10": dict(fp32=31.2, tf32=62.5, bf16=125.0, fp16=125.0),
+    # A10G (AWS G5): NVIDIA publishes no datasheet for this AWS variant of the A10, and its
+    # tensor rates are not the A10's, so it has no entry: MFU is left empty rather than divided
+    # by the A10's numbers (see `_CHIPS`).
+    # NVIDIA L4 Tensor Core GPU datasheet: FP32 30.3, TF32 120*, BF16 242*, FP16 242*.
+    "L4": dict(fp32=30.3, tf32=120 / 2, bf16=242 / 2, fp16=242 / 2),
+    # NVIDIA L40S GPU datasheet: FP32 91.6, TF32 183 | 366*, BF16 362.05 | 733*,
+    # FP16 362.05 | 733*.
+    "L40S": dict(fp32=91.6, tf32=183.0, bf16=362.05, fp16=362.05),
+    # NVIDIA Ada GPU architecture whitepaper, appendix A, GeForce RTX 4090: peak FP32 82.6,
+    # TF32 tensor 82.6 | 165.2*, BF16 and FP16 tensor with FP32 accumulate 165.2 | 330.4*.
+    "RTX 4090": dict(fp32=82.6, tf32=82.6, bf16=165.2, fp16=165.2),
+    # NVIDIA Ampere GA102 GPU architecture whitepaper, appendix A, GeForce RTX 3090: peak FP32
+    # 35.6, TF32 tensor 35.6 | 71*, BF16 and FP16 tensor with FP32 accumulate 71 | 142*.
+    "RTX 3090": dict(fp32=35.6, tf32=35.6, bf16=71.0, fp16=71.0),
+    # NVIDIA V100 Tensor Core GPU datasheet: SXM2 FP32 15.7 and tensor (FP16) 125; PCIe 14 and
+    # 112; V100S PCIe 16.4 and 130. Volta has no TF32 and no BF16 units (no sparsity either).
+    "V100 SXM2": dict(fp32=15.7, fp16=125.0),
+    "V100 PCIe": dict(fp32=14.0, fp16=112.0),
+    "V100S PCIe": dict(fp32=16.4, fp16=130.0),
+}
+
+# `torch.cuda.get_device_name` spellings -> table key, first match wins; searched in the
+# lower-cased name. None marks a GPU recognised but without a published dense peak here, so it is
+# not mistaken for a neighbour (an H100 NVL for an H100 SXM, an A10G for an A10). Examples:
+# "NVIDIA H100 80GB HBM3" (SXM5), "NVIDIA H100 PCIe", "NVIDIA H200", "NVIDIA H200 NVL",
+# "NVIDIA A100-SXM4-80GB", "NVIDIA A100 80GB PCIe", "NVIDIA A10G", "NVIDIA L4", "NVIDIA L40S",
+# "NVIDIA GeForce RTX 4090", "Tesla V100-SXM2-32GB", "Tesla V100S-PCIE-32GB".
+_CHIPS: tuple[tuple[str, str | None], ...] = (
+    (r"\bh100\b.*\bnvl\b", None),              # per-GPU NVL rates differ between datasheet issues
+    (r"\bh100\b.*\b(pcie|hbm2e)\b", "H100 PCIe"),
+    (r"\bh100\b.*\b(sxm\w*|hbm3)\b", "H100 SXM"),
+    (r"\bh200\b.*\bnvl\b", "H200 NVL"),
+    (r"\bh200\b", "H200 SXM"),                 # the SXM board reports plain "NVIDIA H200"
+    (r"\ba100\b", "A100"),
+    (r"\ba10g\b", None),
+    (r"\ba10\b", "A10"),
+    (r"\bl40s\b", "L40S"),
+    (r"\bl4\b", "L4"),
+    (r"geforce rtx 4090$", "RTX 4090"),        # not the 4090 D nor the laptop part
+    (r"geforce rtx 3090$", "RTX 3090"),        # not the 3090 Ti
+    (r"\bv100s\b.*\bpcie\b", "V100S PCIe"),
+    (r"\bv100\b.*\bsxm2\b", "V100 SXM2"),
+    (r"\bv100\b.*\bpcie\b", "V100 PCIe"),
+)
+
+
+def datasheet_chip(device_name: str | None) -> str | None:
+    """The `DATASHEET_PEAKS_TFLOPS` key for a CUDA device name, or None (CPUs, unknown GPUs)."""
+    import re
+
+    name = " ".join(str(device_name or "").lower().split())
+    if not name or name.startswith("cpu"):
+        return None
+    for pattern, chip in _CHIPS:
+        if re.search(pattern, name):
+            return chip
+    return None
+
+
+def matmul_precision(dtype: str, device: str, float32_precision: str = "high") -> str:
+    """The precision the matmuls of a `dtype` run execute in: `tf32` for fp32 on CUDA when
+    torch's float32 matmul precision is "high" or "medium" (bench sets "high"), else `dtype`."""
+    if dtype == "fp32" and device.startswith("cuda") and float32_precision != "highest":
+        return "tf32"
+    return dtype
+
+
+def datasheet_peak_tflops(device_name: str | None, precision: str) -> float | None:
+    """Theoretical dense peak TFLOP/s of `device_name` for matmuls in `precision`, or None.
+
+    Args:
+        device_name: as `torch.cuda.get_device_name` (or a results row's `device_name`) spells
+            it; a CPU name ("cpu (...)") or an unknown GPU gives None: no peak is invented.
+        precision: bf16, fp16, tf32 or fp32 (see `matmul_precision`). tf32 on a GPU without
+            TF32 units (Volta) is its FP32 rate, since the matmuls then run in plain FP32.
+    """
+    chip = datasheet_chip(device_name)
+    if chip is None:
+        return None
+    peaks = DATASHEET_PEAKS_TFLOPS[chip]
+    if precision == "tf32" and "tf32" not in peaks:
+        precision = "fp32"
+    return peaks.get(precision)
+
+
+def measure_matmul_tflops(device: str, dtype: str = "fp32", *, n: int | None = None,
+                          iters: int | None = None, repeats: int = 3) -> float:
+    """Dense matmul TFLOP/s measured on this device in this dtype (row column `matmul_tflops`).
 
     A square (n x n) @ (n x n) product in a loop (2 n^3 FLOPs each), best of `repeats` timed
-    runs after a warm-up. Measured rather than taken from a datasheet so MFU is relative to what
-    this card, driver and torch build actually reach (TF32 applies to fp32 where training enables
-    it). Hand-written: torch has no peak-FLOPs probe.
+    runs after a warm-up, under the caller's float32 matmul precision. It says what this card,
+    driver and torch build reach on a large GEMM, beside the datasheet peak; it is NOT the MFU
+    denominator (MFU is against the datasheet, `datasheet_peak_tflops`).
     """
     import time
 
@@ -284,7 +403,7 @@ def _make_step(name: str, mode: str, batch: int, *, img_size: int, num_classes: 
                 net(x)
         return step
 
-    # Train = forward, backward and optimizer step as in training (design.md 7: AdamW, fused
+    # Train = forward, backward and optimizer step as in training (AdamW, fused
     # kernels on CUDA; a GradScaler for fp16 as the training loop would need).
     model.train()
     cuda = device.startswith("cuda")
@@ -351,20 +470,28 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         compile: torch.compile the model (default on CUDA only).
         repeats / warmup / steps_per_repeat: R timed repeats of `steps_per_repeat` steps after
             `warmup` untimed steps.
-        channels_last: NHWC layout (default: for CNNs on CUDA, design.md 7).
+        channels_last: NHWC layout (default: for CNNs on CUDA, where cuDNN prefers it).
         num_classes: head size (1000, as the zoo's params and GMACs).
         results_root: if given, rows are appended to `<results_root>/throughput.csv`.
         progress: optional callback `progress(description, done, total)` for a progress bar.
 
     Returns:
         One dict per (model, mode) with the throughput.csv columns plus `repeat_seconds` (the R
-        raw timings), `steps_per_repeat`, `warmup`, `gflops` and `paper_name`.
+        raw timings), `steps_per_repeat`, `warmup`, `macs` (exact forward MACs per image),
+        `gflops`, `matmul_precision` (bf16 / fp16 / tf32 / fp32: what `peak_tflops` is the
+        datasheet peak of) and `paper_name`. `mfu` and `peak_tflops` are None where the device
+        has no known datasheet peak (every CPU, unlisted GPUs); `matmul_tflops` is always the
+        dense matmul rate measured in this call. Rows of one call share `bench_id`, so a table
+        can pair models measured side by side.
     """
+    import datetime as _dt
+    import uuid
+
     import torch
 
     from mixerbench.errors import UserError
     from mixerbench.models import get_spec, model_info, model_label, resolve_name
-    from mixerbench.results import SCHEMAS, append_row
+    from mixerbench.results import SCHEMAS, append_row, device_name
 
     modes = {"infer": ["infer"], "train": ["train"], "both": ["infer", "train"]}.get(mode)
     if modes is None:
@@ -392,16 +519,22 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
     names = [r["name"] for r in recipes]
     specs = {n: get_spec(n) for n in names}
 
-    # TF32 for fp32 matmuls on CUDA, as the training loop runs (design.md 7); the peak below is
-    # measured under the same setting so MFU compares like with like.
+    # TF32 for fp32 matmuls on CUDA, as the training loop runs; the datasheet peak is then the
+    # TF32 one (`matmul_precision`), and the measured matmul rate runs under the same setting.
     old_precision = torch.get_float32_matmul_precision()
     if cuda:
         torch.set_float32_matmul_precision("high")
     total = len(names) * len(modes) + 1
+    # One id for every row of this call (UTC start time + random suffix): same run, same id.
+    bench_id = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-"
+                + uuid.uuid4().hex[:6])
     try:
+        precision = matmul_precision(dtype, device, torch.get_float32_matmul_precision())
+        # Looked up from the name the rows record, so the peak always matches `device_name`.
+        peak = datasheet_peak_tflops(device_name(device), precision)
         if progress:
-            progress(f"peak {dtype} matmul", 0, total)
-        peak = measure_peak_tflops(device, dtype)
+            progress(f"{precision} matmul rate", 0, total)
+        matmul = measure_matmul_tflops(device, dtype)
         rows, done = [], 1
         for rec in recipes:
             name = rec["name"]
@@ -424,19 +557,21 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                 del step
                 _free(device)
                 stats = summarize(secs, batch_size=batch, steps=steps_per_repeat)
-                # Achieved FLOP/s from the counted forward MACs (1 MAC = 2 FLOPs); a training
-                # step costs about 3x a forward pass (forward + backward for activations and
-                # weights), the usual MFU convention.
-                flops_per_img = 2 * info["gmacs"] * 1e9 * (3 if m == "train" else 1)
+                # Achieved FLOP/s from the exact counted forward MACs (1 MAC = 2 FLOPs; an
+                # integer, never the rounded GMACs); a training step costs about 3x a forward
+                # pass (forward + backward for activations and weights), the usual MFU convention.
+                flops_per_img = 2 * info["macs"] * (3 if m == "train" else 1)
                 achieved = flops_per_img * stats["img_per_sec_mean"] / 1e12
                 row = dict(model=label, mode=m, img_size=size, params=info["params"],
                            gmacs=info["gmacs"], achieved_tflops=achieved,
-                           mfu=achieved / peak if peak > 0 else None, peak_tflops=peak, **stats)
+                           mfu=achieved / peak if peak else None, peak_tflops=peak,
+                           matmul_tflops=matmul, bench_id=bench_id, **stats)
                 row.update(fingerprint(device, dtype, compiled=compile, channels_last=cl,
                                        batch_size=batch))
                 row.update(repeat_seconds=secs, steps_per_repeat=steps_per_repeat,
-                           warmup=max(warmup, 2), gflops=info["gflops"],
-                           paper_name=spec.paper_name, batch_requested=None if auto else start_batch)
+                           warmup=max(warmup, 2), gflops=info["gflops"], macs=info["macs"],
+                           matmul_precision=precision, paper_name=spec.paper_name,
+                           batch_requested=None if auto else start_batch)
                 rows.append(row)
                 if results_root is not None:
                     append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]},

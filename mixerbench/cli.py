@@ -566,7 +566,8 @@ def bench(
     results_dir: ResultsDir = None,
     fmt: Annotated[Format, typer.Option("--format", "-f", help="Output format.")] = Format.table,
 ) -> None:
-    """Throughput (img/s per device), GMACs, achieved TFLOP/s and MFU; appends to throughput.csv."""
+    """Throughput (img/s per device), GMACs, achieved TFLOP/s and MFU against the GPU's datasheet
+    peak (n/a on CPUs and unlisted GPUs); appends to throughput.csv."""
     from mixerbench.bench import bench as run_bench
     from mixerbench.results import results_dir as resolve_results
 
@@ -593,15 +594,23 @@ def bench(
     from rich.table import Table
 
     r0 = rows[0]
+    peak, prec = r0["peak_tflops"], r0["matmul_precision"]
+    tf32 = " (fp32 matmuls run as TF32 on CUDA)" if prec == "tf32" else ""
+    if peak:
+        mfu_note = (f"MFU = achieved TFLOP/s / the datasheet dense peak of this device in {prec}, "
+                    f"{peak:,.1f} TFLOP/s{tf32}")
+    else:
+        mfu_note = (f"MFU n/a: no datasheet peak is known for {r0['device_name']} in {prec} "
+                    "(CPUs and unlisted GPUs get none)")
     table = Table(
         box=box.SIMPLE_HEAD,
         title=f"throughput on {r0['device_name']} ({r0['dtype']}, "
               f"{'compiled' if r0['compiled'] else 'eager'}), {r0['repeats']} repeats x {steps} steps",
         caption=(f"img/s per device, measured here: not comparable to the paper's img/s/core on "
-                 f"TPU-v3 (Tables 2-3). MFU against a {r0['peak_tflops']:.3g} TFLOP/s {r0['dtype']} "
-                 f"matmul peak measured in this run; train FLOPs = 3 x forward."))
+                 f"TPU-v3 (Tables 2-3). {mfu_note}; train FLOPs = 3 x forward. Dense {prec} "
+                 f"matmul measured in this run: {r0['matmul_tflops']:,.3g} TFLOP/s."))
     for c in ("model", "mode", "batch", "img/s (± std)", "x first", "ms/step", "GMACs", "TFLOP/s",
-              "MFU %"):
+              "MFU % (datasheet)"):
         table.add_column(c, justify="left" if c in ("model", "mode") else "right",
                          no_wrap=c in ("model", "img/s (± std)"))
     for r in rows:
@@ -609,7 +618,7 @@ def bench(
                       f"{r['img_per_sec_mean']:,.1f} ± {r['img_per_sec_std']:,.1f}",
                       f"{r['ratio_to_first']:.2f}", f"{r['step_ms_median']:,.1f}",
                       f"{r['gmacs']:.3g}", f"{r['achieved_tflops']:.3g}",
-                      f"{100 * (r['mfu'] or 0):.1f}")
+                      "n/a" if r["mfu"] is None else f"{100 * r['mfu']:.1f}")
     _console().print(table)
     _console().print(f"{len(rows)} row{'s' if len(rows) != 1 else ''} appended to {root / 'throughput.csv'}")
 

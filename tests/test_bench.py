@@ -47,14 +47,17 @@ def test_bench_rows_repeats_flops_and_timm_side_by_side():
     assert [(r["model"], r["mode"]) for r in rows] == [
         ("mixer-t4", "infer"), ("mixer-t4", "train"), ("timm:resnet18", "infer"),
         ("timm:resnet18", "train")]
+    assert len({r["bench_id"] for r in rows}) == 1 and rows[0]["bench_id"]  # one call, one id
     for r in rows:
         assert len(r["repeat_seconds"]) == 3 and r["repeats"] == 3
         info = model_info(r["model"], img_size=32)
         assert r["gmacs"] == info["gmacs"] and r["params"] == info["params"]
+        assert r["macs"] == info["macs"]
         factor = 3 if r["mode"] == "train" else 1  # forward + backward ~ 3 forwards
         assert r["achieved_tflops"] == pytest.approx(
-            2 * info["gmacs"] * 1e9 * factor * r["img_per_sec_mean"] / 1e12)
-        assert r["mfu"] == pytest.approx(r["achieved_tflops"] / r["peak_tflops"])
+            2 * info["macs"] * factor * r["img_per_sec_mean"] / 1e12)
+        # a CPU has no datasheet peak: MFU stays empty, the measured matmul rate is its own column
+        assert r["mfu"] is None and r["peak_tflops"] is None and r["matmul_tflops"] > 0
         assert r["batch_size"] == 4 and r["dtype"] == "fp32" and r["compiled"] is False
         assert r["driver_version"] == "" and r["cuda_version"] == ""  # a CPU row
         assert r["device_name"].startswith("cpu") and r["torch_version"] == torch.__version__
@@ -62,13 +65,134 @@ def test_bench_rows_repeats_flops_and_timm_side_by_side():
             r["repeat_seconds"], batch_size=4, steps=1)["img_per_sec_mean"])
 
 
-def test_mixer_t4_gmacs_match_the_closed_form():
-    """paper.md 7.2: stem S*3P^2*C, per block 2*C*S*D_S + 2*S*C*D_C, head C*K."""
+def test_mixer_t4_macs_match_the_closed_form():
+    """Paper section 2: stem S*3P^2*C, per block 2*C*S*D_S + 2*S*C*D_C, head C*K, exactly."""
     from mixerbench.models import model_info
 
     s, p, c, depth, k = 64, 4, 256, 8, 1000
     macs = s * 3 * p * p * c + depth * (2 * c * s * (c // 2) + 2 * s * c * 4 * c) + c * k
-    assert model_info("mixer-t4")["gmacs"] == pytest.approx(macs / 1e9, abs=1e-3)
+    info = model_info("mixer-t4")
+    assert info["macs"] == macs
+    assert info["gmacs"] == macs / 1e9 and info["gflops"] == 2 * macs / 1e9  # unrounded
+
+
+def test_achieved_tflops_use_the_exact_mac_count():
+    """A tiny Mixer has 0.0038272 GMACs: rounded to 0.004 it would overstate FLOP/s by 4.5 %."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from mixerbench.models import create_model, model_info
+
+    arch = dict(depth=2, width=64)
+    info = model_info("mixer-t4", img_size=28, patch_size=4, **arch)
+    model = create_model("mixer-t4", img_size=28, patch_size=4, **arch).eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        model(torch.zeros(1, 3, 28, 28))
+    assert isinstance(info["macs"], int) and info["macs"] == counter.get_total_flops() // 2
+    assert info["gmacs"] == info["macs"] / 1e9
+
+    rows = B.bench([dict(name="mixer-t4", img_size=28, patch_size=4, overrides=arch)],
+                   mode="both", batch_size=4, repeats=2, warmup=0, steps_per_repeat=1,
+                   device="cpu")
+    infer, train = rows
+    assert infer["model"] == "mixer-t4[depth=2,width=64]" and infer["macs"] == info["macs"]
+    assert infer["achieved_tflops"] == 2 * info["macs"] * infer["img_per_sec_mean"] / 1e12
+    assert train["achieved_tflops"] == 2 * info["macs"] * 3 * train["img_per_sec_mean"] / 1e12
+
+
+# ------------------------------------------------------------------------------------- MFU
+
+
+@pytest.mark.parametrize("name,chip", [
+    ("NVIDIA H100 80GB HBM3", "H100 SXM"), ("NVIDIA H100 PCIe", "H100 PCIe"),
+    ("NVIDIA H100 NVL", None), ("NVIDIA H100", None),  # variant unknown: no guess
+    ("NVIDIA H200", "H200 SXM"), ("NVIDIA H200 NVL", "H200 NVL"), ("NVIDIA GH200 480GB", None),
+    ("NVIDIA A100-SXM4-80GB", "A100"), ("NVIDIA A100-PCIE-40GB", "A100"),
+    ("NVIDIA A100 80GB PCIe", "A100"), ("NVIDIA A10", "A10"), ("NVIDIA A10G", None),
+    ("NVIDIA L4", "L4"), ("NVIDIA L40S", "L40S"), ("NVIDIA L40", None),
+    ("NVIDIA GeForce RTX 4090", "RTX 4090"), ("NVIDIA GeForce RTX 4090 Laptop GPU", None),
+    ("NVIDIA GeForce RTX 3090", "RTX 3090"), ("NVIDIA GeForce RTX 3090 Ti", None),
+    ("Tesla V100-SXM2-32GB", "V100 SXM2"), ("Tesla V100-PCIE-16GB", "V100 PCIe"),
+    ("Tesla V100S-PCIE-32GB", "V100S PCIe"), ("NVIDIA B200", None),
+    ("cpu (x86_64, 2 cores)", None), ("", None), (None, None),
+])
+def test_device_names_map_to_datasheet_chips(name, chip):
+    assert B.datasheet_chip(name) == chip
+
+
+def test_datasheet_peaks_are_dense_and_per_precision():
+    peak = B.datasheet_peak_tflops
+    # H100 SXM / H200 datasheets: BF16 1,979 and TF32 989 TFLOP/s with sparsity -> half dense
+    assert peak("NVIDIA H100 80GB HBM3", "bf16") == 989.5
+    assert peak("NVIDIA H100 80GB HBM3", "tf32") == 494.5
+    assert peak("NVIDIA H100 80GB HBM3", "fp32") == 67.0
+    assert peak("NVIDIA H100 PCIe", "fp16") == 756.5
+    assert peak("NVIDIA H200", "bf16") == 989.5
+    assert peak("NVIDIA A100-SXM4-40GB", "bf16") == 312.0
+    assert peak("NVIDIA A100-SXM4-40GB", "tf32") == 156.0
+    assert peak("NVIDIA L4", "bf16") == 121.0
+    assert peak("NVIDIA L40S", "bf16") == 362.05
+    assert peak("NVIDIA GeForce RTX 4090", "bf16") == 165.2  # FP32 accumulate, not 330.3
+    assert peak("Tesla V100-SXM2-16GB", "fp16") == 125.0
+    assert peak("Tesla V100-SXM2-16GB", "tf32") == 15.7  # no TF32 on Volta: plain FP32
+    assert peak("Tesla V100-SXM2-16GB", "bf16") is None  # no BF16 units on Volta
+    assert peak("NVIDIA A10G", "bf16") is None and peak("NVIDIA B200", "bf16") is None
+    assert peak("cpu (x86_64, 2 cores)", "fp32") is None
+    for chip, rates in B.DATASHEET_PEAKS_TFLOPS.items():
+        # dense numbers: the largest dense rate listed (H100 SXM BF16) is under 1,000 TFLOP/s;
+        # TF32 never beats BF16 and FP32 never beats TF32 on the same chip
+        assert all(0 < v < 1000 for v in rates.values()), chip
+        assert rates["fp32"] <= rates.get("tf32", rates["fp32"]) <= rates.get("bf16", 1e9), chip
+
+
+def test_fp32_on_cuda_is_costed_as_tf32():
+    assert B.matmul_precision("fp32", "cuda") == "tf32"
+    assert B.matmul_precision("fp32", "cuda:1", "highest") == "fp32"
+    assert B.matmul_precision("fp32", "cpu") == "fp32"
+    assert B.matmul_precision("bf16", "cuda") == "bf16"
+
+
+def test_mfu_divides_by_the_datasheet_peak_of_the_named_device(monkeypatch):
+    """MFU is achieved / datasheet peak of the device the row names, never the measured rate."""
+    from mixerbench import results
+
+    monkeypatch.setattr(results, "device_name", lambda device=None: "NVIDIA H100 80GB HBM3")
+    monkeypatch.setattr(B, "measure_matmul_tflops", lambda *a, **k: 0.5)
+    tiny = dict(name="mixer-t4", img_size=28, patch_size=4, overrides=dict(depth=2, width=64))
+    (r,) = B.bench([tiny], batch_size=2, repeats=1, warmup=0, steps_per_repeat=1, device="cpu")
+    assert r["device_name"] == "NVIDIA H100 80GB HBM3"
+    assert r["matmul_precision"] == "fp32"  # on a CPU device fp32 stays fp32 (no TF32)
+    assert r["peak_tflops"] == 67.0 and r["matmul_tflops"] == 0.5
+    assert r["mfu"] == r["achieved_tflops"] / 67.0
+
+
+def test_an_old_throughput_csv_is_read_and_appended_to_under_the_new_schema(tmp_path):
+    """Rows from before `matmul_tflops` divided by a measured matmul rate: it moves to that
+    column, their MFU goes empty, and a new row lands under the right header."""
+    from mixerbench import results
+
+    old_cols = [c for c in results.SCHEMAS["throughput"] if c != "matmul_tflops"]
+    old = dict.fromkeys(old_cols, "")
+    old.update(model="mixer-b16", mode="infer", img_per_sec_mean="4.4", mfu="0.67",
+               peak_tflops="0.165", gmacs="12.602", device_name="cpu (x86_64, 2 cores)")
+    path = tmp_path / "throughput.csv"
+    with open(path, "w", newline="") as fh:
+        w = csv.DictWriter(fh, fieldnames=old_cols, lineterminator="\n")
+        w.writeheader()
+        w.writerow(old)
+    df = results.load("throughput", tmp_path)
+    assert df.loc[0, "matmul_tflops"] == 0.165
+    assert df[["mfu", "peak_tflops"]].isna().all().all()
+
+    results.append_row("throughput", dict(model="vit-b16", mode="infer", img_per_sec_mean=3.9,
+                                          matmul_tflops=0.17), tmp_path)
+    with open(path) as fh:
+        rows = list(csv.DictReader(fh))
+    assert list(rows[0]) == list(results.SCHEMAS["throughput"])
+    assert rows[0]["model"] == "mixer-b16" and rows[0]["matmul_tflops"] == "0.165"
+    assert rows[0]["mfu"] == "" and rows[0]["peak_tflops"] == ""
+    assert rows[1]["model"] == "vit-b16" and rows[1]["matmul_tflops"] == "0.17"
+    assert rows[1]["img_per_sec_mean"] == "3.9"
 
 
 def test_auto_batch_backs_off_on_oom(monkeypatch):
@@ -129,13 +253,16 @@ def test_cli_bench_writes_a_throughput_row(tmp_path, monkeypatch):
                 "--repeats", "2", "--steps", "1", "--warmup", "0", "--no-compile",
                 "--results-dir", str(tmp_path)], tmp_path, monkeypatch)
     assert out.exit_code == 0, out.output
-    assert "not comparable to the paper's img/s/core" in " ".join(out.output.split())
+    text = " ".join(out.output.split())
+    assert "not comparable to the paper's img/s/core" in text
+    assert "MFU n/a: no datasheet peak" in text and "n/a" in text
     with open(tmp_path / "throughput.csv") as fh:
         rows = list(csv.DictReader(fh))
     assert len(rows) == 1
     r = rows[0]
     assert (r["model"], r["mode"], r["batch_size"], r["repeats"]) == ("mixer-t4", "infer", "8", "2")
-    assert float(r["img_per_sec_mean"]) > 0 and float(r["peak_tflops"]) > 0
+    assert float(r["img_per_sec_mean"]) > 0 and float(r["matmul_tflops"]) > 0
+    assert r["mfu"] == "" and r["peak_tflops"] == ""  # no datasheet peak for a CPU
     assert r["channels_last"] == "false" and r["compiled"] == "false"
 
 

@@ -204,16 +204,69 @@ def test_compare_table_empty_names_producer():
         tables.compare_table(accuracy_fixture(), dataset="pets")
 
 
-def test_throughput_table_ratio_to_first_model():
+def test_throughput_table_best_batch_and_ratio_to_the_vit_baseline():
     t = tables.throughput_table(throughput_fixture())
     inf = t[t["mode"] == "infer"].set_index("model")
     assert list(inf.index) == ["mixer-b16", "vit-b16", "bit-r50x1"]
     assert inf.at["mixer-b16", "img_per_sec"] == 1500.0 and inf.at["mixer-b16", "batch_size"] == 256
-    assert inf["ratio"].tolist() == pytest.approx([1.0, 2.0, 0.5])
-    # paper Table 3 (TPU-v3, 224 px): ViT-B/16 861 vs Mixer-B/16 1384 img/s/core; bit at 224: 2159
-    assert inf.at["vit-b16", "paper_ratio"] == pytest.approx(861 / 1384)
+    # paper Table 3 (TPU-v3, 224 px): Mixer-B/16 1384 vs ViT-B/16 861 img/s/core
+    assert inf.at["mixer-b16", "baseline"] == "vit-b16"
+    assert inf.at["mixer-b16", "ratio"] == pytest.approx(1500 / 3000)
+    assert inf.at["mixer-b16", "paper_ratio"] == pytest.approx(1384 / 861)
+    assert inf.at["mixer-b16", "same_run"] is False  # rows without a bench_id: settings only
+    for other in ("vit-b16", "bit-r50x1"):  # no paper pair: no ratio
+        assert inf.at[other, "baseline"] == "" and math.isnan(inf.at[other, "ratio"])
+        assert math.isnan(inf.at[other, "paper_ratio"])
+    assert inf.at["bit-r50x1", "paper_img_per_sec_core"] == 2159
     tr = t[t["mode"] == "train"].set_index("model")
-    assert tr["ratio"].tolist() == pytest.approx([1.0, 0.8])
+    assert tr.at["mixer-b16", "ratio"] == pytest.approx(500 / 400)
+
+
+def test_throughput_table_pairs_like_with_like_and_prefers_the_same_run():
+    h100 = dict(device_name="NVIDIA H100 80GB HBM3", num_devices=1, img_size=224, dtype="bf16",
+                compiled=True, batch_size=256)
+    t = tables.throughput_table(frame("throughput", [
+        # listed first, as on the committed CSV: it used to be every row's denominator
+        dict(h100, model="mixer-t4[depth=2,width=64]", img_size=28, mode="infer",
+             img_per_sec_mean=90000.0, bench_id="a"),
+        dict(h100, model="mixer-b16", mode="infer", batch_size=64, img_per_sec_mean=1000.0,
+             bench_id="a"),
+        dict(h100, model="mixer-b16", mode="infer", img_per_sec_mean=1500.0, bench_id="a"),
+        dict(h100, model="vit-b16", mode="infer", img_per_sec_mean=1200.0, bench_id="a"),
+        dict(h100, model="vit-b16", mode="infer", img_per_sec_mean=2000.0, bench_id="b"),
+        dict(h100, model="vit-b16", mode="infer", dtype="fp32", img_per_sec_mean=300.0,
+             bench_id="a"),
+        dict(h100, model="mixer-b32", mode="infer", img_per_sec_mean=5000.0, bench_id="a"),
+        dict(h100, model="mixer-l16", mode="train", img_per_sec_mean=100.0, bench_id="c"),
+        dict(h100, model="vit-l16", mode="train", img_per_sec_mean=80.0, bench_id="d"),
+        dict(h100, model="mixer-b16", mode="train", img_per_sec_mean=500.0, bench_id="a"),
+        dict(h100, model="vit-b16", mode="train", device_name="NVIDIA A100-SXM4-80GB",
+             img_per_sec_mean=400.0, bench_id="e"),
+    ]))
+    row = {(r.model, r.mode, r.dtype, r.device_name[7:11]): r for r in t.itertuples()}
+    assert len(row) == len(t) == 9
+
+    b16 = row["mixer-b16", "infer", "bf16", "H100"]
+    assert b16.img_per_sec == 1500.0 and b16.baseline == "vit-b16"
+    assert b16.ratio == pytest.approx(1500 / 1200)  # ViT-B/16 of the same call, not run b's 2000
+    assert b16.same_run is True and b16.paper_ratio == pytest.approx(1384 / 861)
+    assert row["vit-b16", "infer", "bf16", "H100"].img_per_sec == 2000.0  # its own best row
+
+    l16 = row["mixer-l16", "train", "bf16", "H100"]  # ViT-L/16 only in another run: still paired
+    assert l16.ratio == pytest.approx(100 / 80) and l16.same_run is False
+    assert l16.paper_ratio == pytest.approx(419 / 280)
+
+    # a ViT-B/16 train row exists only on another device: no ratio, the paper's still shown
+    b16_train = row["mixer-b16", "train", "bf16", "H100"]
+    assert math.isnan(b16_train.ratio) and b16_train.same_run is None
+    assert b16_train.paper_ratio == pytest.approx(1384 / 861)
+
+    for model in ("mixer-t4[depth=2,width=64]", "mixer-b32"):  # no ViT in the paper beside them
+        r = row[model, "infer", "bf16", "H100"]
+        assert r.baseline == "" and math.isnan(r.ratio) and math.isnan(r.paper_ratio)
+    assert row["mixer-b32", "infer", "bf16", "H100"].paper_img_per_sec_core == 4208
+    md = tables.to_markdown(t)
+    assert "vit-b16" in md and "1.25" in md and "1.61" in md
 
 
 def test_to_markdown_without_tabulate():

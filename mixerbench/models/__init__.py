@@ -2,9 +2,9 @@
 
 `create_model(name, ...)` builds any entry (the native Mixer for `mixer-*`, timm for the
 baselines, `timm:<name>` for anything else timm has); `list_models(pattern)` lists the slugs;
-`model_info(name)` gives the zoo row (params, params without head, GMACs, GFLOPs) shown by
-`mixerbench models`. Shapes come from the paper's Table 1 (Mixer) and the ViT / BiT papers
-through timm's names (paper.md section 8.2).
+`model_info(name)` gives the zoo row (params, params without head, exact MACs, GMACs, GFLOPs)
+shown by `mixerbench models`. Shapes come from the paper's Table 1 (Mixer) and the ViT / BiT
+papers through timm's names.
 
 This module is imported by `mixerbench --help` paths, so torch and timm load inside functions.
 """
@@ -191,10 +191,14 @@ _INFO_CACHE: dict[tuple, dict] = {}
 def model_info(name: str, num_classes: int = 1000, img_size: int | None = None,
                patch_size: int | None = None, **overrides: Any) -> dict[str, Any]:
     """The zoo row: name, family, paper_name, timm_name, img_size, patch_size, params,
-    params_no_head, gmacs, gflops (per image, forward pass).
+    params_no_head, macs, gmacs, gflops (per image, forward pass).
 
-    Built on the meta device, so even BiT-R152x4 (936M parameters) costs no memory; MACs are
-    counted by torch's FlopCounterMode (see `mixerbench.bench.count_macs`).
+    `macs` is the exact integer count of torch's FlopCounterMode (see
+    `mixerbench.bench.count_macs`); `gmacs` = macs / 1e9 and `gflops` = 2 * macs / 1e9 are
+    unrounded floats (round them only to display). Anything computed from the count (achieved
+    FLOP/s, MFU, training FLOPs) should use `macs`: on small models a 3-decimal GMACs is off by
+    several percent (0.008 for 0.0084). Built on the meta device, so even BiT-R152x4 (936M
+    parameters) costs no memory.
     """
     import json
 
@@ -217,7 +221,7 @@ def model_info(name: str, num_classes: int = 1000, img_size: int | None = None,
         timm_name=spec.timm_name or "", img_size=size,
         patch_size=(patch_size or spec.patch_size or ""),
         params=params, params_no_head=params_no_head,
-        gmacs=round(macs / 1e9, 3), gflops=round(2 * macs / 1e9, 3),
+        macs=int(macs), gmacs=macs / 1e9, gflops=2 * macs / 1e9,
     )
     _INFO_CACHE[key] = row
     return dict(row)

@@ -151,4 +151,22 @@ def paper_throughput(model: str, img_size: int = 224) -> float | None:
     return float(rows.iloc[0]["throughput"]) if not rows.empty else None
 
 
-__all__ = ["TABLES", "load_table", "paper_top1", "paper_throughput"]
+def paper_baseline(model: str, img_size: int = 224) -> str | None:
+    """The ViT the paper sets `model` against at `img_size`, or None.
+
+    A Mixer is paired with the ViT of the same size and patch where the paper reports both
+    throughputs at that resolution: Table 3 at 224 px has Mixer-B/16 1384 vs ViT-B/16 861
+    img/s/core (1.61x), Mixer-L/16 419 vs ViT-L/16 280 and Mixer-H/14 194 vs ViT-H/14 87. Any
+    other model (ViTs, ResNets, resized variants) or resolution (Mixer-L/16 at 448 has no ViT
+    beside it) gets None.
+    """
+    slug = _slug(model)
+    if not slug.startswith("mixer-"):
+        return None
+    vit = "vit-" + slug[len("mixer-"):]
+    if paper_throughput(slug, img_size) is None or paper_throughput(vit, img_size) is None:
+        return None
+    return vit
+
+
+__all__ = ["TABLES", "load_table", "paper_top1", "paper_throughput", "paper_baseline"]

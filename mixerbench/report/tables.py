@@ -5,8 +5,8 @@ One function per table (style.md habit 8), no I/O:
 - `table1(zoo_df)`: our model zoo beside the paper's Table 1 (architecture and parameter counts).
 - `compare_table(accuracy_df, ...)`: one row per model and resolution, our accuracy, cost and
   speed beside the paper's top-1 (Tables 2/3) where the paper has one (issue 6, item 1).
-- `throughput_table(throughput_df)`: best img/s per model and mode, as a ratio to the first model
-  listed, beside the paper's TPU-v3 ratio from Table 3.
+- `throughput_table(throughput_df)`: best img/s per model and mode; each Mixer as a ratio to the
+  same-size ViT the paper compares it with (Table 3), measured alike, beside the paper's ratio.
 - `to_markdown(df)`: a pipe table without the `tabulate` package.
 
 Inputs carry the columns declared in `mixerbench.results.SCHEMAS`; outputs are raw numbers
@@ -32,8 +32,9 @@ COMPARE_COLUMNS = (
     "paper_top1", "diff",
 )
 THROUGHPUT_COLUMNS = (
-    "device_name", "mode", "model", "img_size", "batch_size", "img_per_sec", "img_per_sec_std",
-    "step_ms_median", "params", "gmacs", "mfu", "ratio", "paper_img_per_sec_core", "paper_ratio",
+    "device_name", "dtype", "compiled", "mode", "model", "img_size", "batch_size", "img_per_sec",
+    "img_per_sec_std", "step_ms_median", "params", "gmacs", "achieved_tflops", "mfu",
+    "peak_tflops", "baseline", "same_run", "ratio", "paper_img_per_sec_core", "paper_ratio",
 )
 TABLE1_COLUMNS = (
     "model", "paper_name", "layers", "patch", "hidden", "seq_len", "mlp_channels", "mlp_tokens",
@@ -242,40 +243,72 @@ def compare_table(
 # ----------------------------------------------------------------------------- throughput
 
 def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
-    """Best img/s per (device, mode, model, img_size), as a ratio to the first model listed.
+    """Best img/s per model and setting; each Mixer as a ratio to the ViT the paper pairs it with.
 
     Args:
         throughput_df: `throughput.csv` rows (`model, mode, batch_size, img_size,
-            img_per_sec_mean, img_per_sec_std, step_ms_median, params, gmacs, mfu, device_name`).
+            img_per_sec_mean, img_per_sec_std, step_ms_median, params, gmacs, achieved_tflops,
+            mfu, peak_tflops, bench_id`, provenance `device_name, dtype, compiled`).
 
     Returns:
-        Columns `THROUGHPUT_COLUMNS`. `ratio` divides by the first model listed for the same device
-        and mode; `paper_ratio` does the same with the paper's TPU-v3 img/s/core (Table 3 at 448
-        for 448-px rows, else at 224), so the two rankings can be compared (they need not agree:
-        paper.md section 8.3).
+        Columns `THROUGHPUT_COLUMNS`, one row per (device, dtype, compiled, mode, model,
+        img_size): the batch size with the highest img/s (the paper reports the best batch size).
+        `mfu` is against the device's datasheet dense peak `peak_tflops` (empty on CPUs and
+        unlisted GPUs). `baseline` is the ViT the paper compares a Mixer with at the same size
+        (`reference.paper_baseline`: Mixer-B/16 vs ViT-B/16, L/16 vs L/16, H/14 vs H/14 in
+        Table 3); `ratio` = the Mixer's img/s / that ViT's best img/s on the same device, dtype,
+        compile setting, mode and image size, taken from the same `bench` call as the Mixer's row
+        when that call measured it (`same_run`), else from any run with those settings.
+        `paper_ratio` is the same division of the paper's TPU-v3 img/s/core (Table 3 at 448 for
+        448-px rows, else at 224): 1384 / 861 = 1.61 for B/16. Rows without a paper pair (ViTs,
+        ResNets, Mixer-B/32, resized variants) leave `baseline`, `ratio` and `paper_ratio` empty.
+        The two ratios need not agree: the paper's is TPU-v3, ours is this device.
     """
     thr = require(throughput_df, "throughput", "The throughput table")
     numeric(thr, "batch_size", "img_size", "img_per_sec_mean", "img_per_sec_std",
-            "step_ms_median", "params", "gmacs", "mfu")
-    if "device_name" not in thr.columns:
-        thr["device_name"] = ""
-    thr["device_name"] = thr["device_name"].fillna("").astype(str)
-    thr = thr[thr["img_per_sec_mean"].notna()]
-    keys = ["device_name", "mode", "model", "img_size"]
-    best = thr.loc[thr.groupby(keys, sort=False, dropna=False)["img_per_sec_mean"].idxmax()]
-    # keep the order in which models were first listed
+            "step_ms_median", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops")
+    for c in ("device_name", "dtype", "compiled", "bench_id"):
+        if c not in thr.columns:
+            thr[c] = ""
+    for c in ("device_name", "bench_id"):  # blanks as "" (an all-blank column reads as floats)
+        thr[c] = thr[c].astype(str).where(thr[c].notna(), "")
+    thr = thr[thr["img_per_sec_mean"].notna()].reset_index(drop=True)
+    # Settings a ratio must hold fixed, as strings so blanks compare equal to blanks.
+    setting = ["device_name", "dtype", "compiled", "mode", "img_size"]
+    key = thr[setting].astype(str).where(thr[setting].notna(), "")
+    key.columns = [f"_{c}" for c in setting]
+    thr = pd.concat([thr, key], axis=1)
+    keys = list(key.columns) + ["model"]
+    best = thr.loc[thr.groupby(keys, sort=False)["img_per_sec_mean"].idxmax()]
     order = thr.drop_duplicates(keys)[keys].reset_index(drop=True).reset_index()
     best = best.merge(order, on=keys, how="left").sort_values("index", kind="stable")
     out = best.rename(columns={"img_per_sec_mean": "img_per_sec"}).reset_index(drop=True)
-    first = out.groupby(["device_name", "mode"], sort=False)["img_per_sec"].transform("first")
-    out["ratio"] = out["img_per_sec"] / first
-    out["paper_img_per_sec_core"] = [
-        reference.paper_throughput(str(m), int(s) if s in (224, 448) else 224) or math.nan
-        for m, s in zip(out["model"], out["img_size"])
-    ]
-    pfirst = out.groupby(["device_name", "mode"], sort=False)["paper_img_per_sec_core"].transform(
-        "first")
-    out["paper_ratio"] = out["paper_img_per_sec_core"] / pfirst
+
+    baselines, same_runs, ratios, paper, paper_ratios = [], [], [], [], []
+    for _, r in out.iterrows():
+        size = int(r["img_size"]) if r["img_size"] in (224, 448) else 224  # the paper's sizes
+        mine = reference.paper_throughput(str(r["model"]), size)
+        paper.append(math.nan if mine is None else mine)
+        vit = reference.paper_baseline(str(r["model"]), size)
+        baselines.append(vit or "")
+        same_runs.append(None)
+        ratios.append(math.nan)
+        paper_ratios.append(math.nan)
+        if vit is None:
+            continue
+        paper_ratios[-1] = mine / reference.paper_throughput(vit, size)
+        alike = (thr["model"] == vit) & (thr[key.columns] == r[key.columns]).all(axis=1)
+        rows = thr[alike]
+        same = rows[rows["bench_id"] == r["bench_id"]] if r["bench_id"] else rows.iloc[0:0]
+        rows = same if not same.empty else rows
+        if not rows.empty:
+            ratios[-1] = r["img_per_sec"] / rows["img_per_sec_mean"].max()
+            same_runs[-1] = not same.empty
+    out["baseline"] = baselines
+    out["same_run"] = pd.Series(same_runs, index=out.index, dtype=object)
+    out["ratio"] = ratios
+    out["paper_img_per_sec_core"] = paper
+    out["paper_ratio"] = paper_ratios
     for c in THROUGHPUT_COLUMNS:
         if c not in out.columns:
             out[c] = math.nan
