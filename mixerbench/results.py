@@ -124,45 +124,18 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
     if unknown:
         raise KeyError(f"columns not in the schema of {Path(path).name}: {sorted(unknown)}")
     path = Path(path)
+    line = _csv_line([_format(row.get(c)) for c in columns])
     with locked(path):
         old = path.read_text() if path.exists() else ""
-        header = next(csv.reader(io.StringIO(old)), []) if old else []
-        if header and header != list(columns):
-            # A file written under an older schema: rewrite it under the new header (its own
-            # columns the schema no longer has kept at the end), so the new row's fields do not
-            # land under the wrong names.
-            old = _rewrite_with_columns(old, list(columns) + [c for c in header
-                                                              if c not in columns])
-            header = next(csv.reader(io.StringIO(old)))
         if not old:
-            header = list(columns)
-            old = _csv_line(header)
-        atomic_write_text(path, old + _csv_line([_format(row.get(c)) for c in header]))
+            old = _csv_line(columns)
+        atomic_write_text(path, old + line)
 
 
 def _csv_line(cells) -> str:
     line = io.StringIO()
     csv.writer(line, lineterminator="\n").writerow(cells)
     return line.getvalue()
-
-
-def _rewrite_with_columns(text: str, columns: list[str]) -> str:
-    """CSV `text` re-emitted with `columns` as its header (cells of absent columns blank)."""
-    rows = list(csv.DictReader(io.StringIO(text)))
-    if "matmul_tflops" in columns and rows and "matmul_tflops" not in rows[0]:
-        rows = [_legacy_throughput(r) for r in rows]
-    return _csv_line(columns) + "".join(_csv_line([r.get(c) or "" for c in columns])
-                                        for r in rows)
-
-
-def _legacy_throughput(row: dict) -> dict:
-    """A throughput row written before `matmul_tflops` existed, in today's meaning.
-
-    Those rows called a matmul rate measured in the run `peak_tflops` and divided by it for
-    `mfu`; that rate is `matmul_tflops` now, and `mfu`/`peak_tflops` mean the datasheet peak,
-    which those rows never looked up: they are left empty rather than mislabelled.
-    """
-    return dict(row, matmul_tflops=row.get("peak_tflops", ""), peak_tflops="", mfu="")
 
 
 def _read_umask() -> int:
@@ -219,11 +192,6 @@ def load(table: str, root: str | os.PathLike | None = None, required: bool = Tru
     df = pd.read_csv(path)
     if df.empty and required:
         raise UserError(f"{path} has no rows; run `{PRODUCERS[table]}` first to produce it.")
-    if table == "throughput" and "matmul_tflops" not in df.columns and "peak_tflops" in df.columns:
-        # an older file: its `peak_tflops`/`mfu` were against a measured matmul rate
-        df["matmul_tflops"] = df["peak_tflops"]
-        df["peak_tflops"] = float("nan")
-        df["mfu"] = float("nan")
     for c in SCHEMAS[table]:
         if c not in df.columns:
             df[c] = pd.NA

@@ -166,35 +166,6 @@ def test_mfu_divides_by_the_datasheet_peak_of_the_named_device(monkeypatch):
     assert r["mfu"] == r["achieved_tflops"] / 67.0
 
 
-def test_an_old_throughput_csv_is_read_and_appended_to_under_the_new_schema(tmp_path):
-    """Rows from before `matmul_tflops` divided by a measured matmul rate: it moves to that
-    column, their MFU goes empty, and a new row lands under the right header."""
-    from mixerbench import results
-
-    old_cols = [c for c in results.SCHEMAS["throughput"] if c != "matmul_tflops"]
-    old = dict.fromkeys(old_cols, "")
-    old.update(model="mixer-b16", mode="infer", img_per_sec_mean="4.4", mfu="0.67",
-               peak_tflops="0.165", gmacs="12.602", device_name="cpu (x86_64, 2 cores)")
-    path = tmp_path / "throughput.csv"
-    with open(path, "w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=old_cols, lineterminator="\n")
-        w.writeheader()
-        w.writerow(old)
-    df = results.load("throughput", tmp_path)
-    assert df.loc[0, "matmul_tflops"] == 0.165
-    assert df[["mfu", "peak_tflops"]].isna().all().all()
-
-    results.append_row("throughput", dict(model="vit-b16", mode="infer", img_per_sec_mean=3.9,
-                                          matmul_tflops=0.17), tmp_path)
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    assert list(rows[0]) == list(results.SCHEMAS["throughput"])
-    assert rows[0]["model"] == "mixer-b16" and rows[0]["matmul_tflops"] == "0.165"
-    assert rows[0]["mfu"] == "" and rows[0]["peak_tflops"] == ""
-    assert rows[1]["model"] == "vit-b16" and rows[1]["matmul_tflops"] == "0.17"
-    assert rows[1]["img_per_sec_mean"] == "3.9"
-
-
 def test_auto_batch_backs_off_on_oom(monkeypatch):
     def fake_step(name, mode, batch, **kw):
         if batch > 5:
