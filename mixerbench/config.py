@@ -291,6 +291,10 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.model.patch_size and cfg.model.img_size and cfg.model.img_size % cfg.model.patch_size:
         raise UserError(f"The patch size {cfg.model.patch_size} px does not divide the image size "
                         f"{cfg.model.img_size} px; choose sizes that divide.")
+    if cfg.run_name is not None:
+        from mixerbench.results import check_run_name
+
+        check_run_name(cfg.run_name)
     if cfg.kind == "finetune" and not cfg.init:
         raise UserError("Fine-tuning needs --init: a run directory, a .safetensors file, "
                         "timm:<name> or an official .npz.")

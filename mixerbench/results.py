@@ -14,6 +14,7 @@ import fcntl
 import io
 import json
 import os
+import re
 import subprocess
 import tempfile
 from collections.abc import Mapping
@@ -71,6 +72,49 @@ PRODUCERS = {
 def results_dir(path: str | os.PathLike | None = None) -> Path:
     """The results directory: the argument, else $MIXERBENCH_RESULTS, else ./results."""
     return Path(path or os.environ.get("MIXERBENCH_RESULTS") or "results")
+
+
+# A run directory's name: one path component of safe characters, never hidden, `.` or `..`.
+RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
+
+
+def check_run_name(name: str) -> str:
+    """`name` if it is one safe path component (letters, digits, `.`, `_`, `-`, at most 128
+    characters, not starting with a dot), else a UserError: a run name never leaves `runs/`."""
+    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
+        shown = name if len(str(name)) <= 60 else str(name)[:57] + "..."
+        raise UserError(f"--run-name '{shown}' is not a plain folder name; use letters, digits, "
+                        "'.', '_' and '-' (at most 128, not starting with a dot).")
+    return name
+
+
+def writable_results_dir(path: str | os.PathLike | None = None) -> Path:
+    """The results directory, checked before anything is written: a folder (or a path that can
+    become one) this process may write; a file, a read-only folder or a symlinked one is a
+    UserError. Nothing is created here."""
+    root = results_dir(path)
+    if root.is_symlink() and not root.is_dir():
+        raise UserError(f"The results directory {root} is a broken link; pass --results-dir.")
+    if root.exists() and not root.is_dir():
+        raise UserError(f"The results directory {root} is a file; pass another --results-dir.")
+    probe = root.absolute()
+    while not probe.exists() and probe != probe.parent:  # the nearest folder that exists
+        probe = probe.parent
+    if probe.exists() and (not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK)):
+        raise UserError(f"The results directory {root} cannot be written here ({probe} is "
+                        "read-only or not a folder); pass another --results-dir.")
+    return root
+
+
+def run_path(root: Path, name: str) -> Path:
+    """`<root>/runs/<name>`, refusing a name or a planted `runs` link that would lead outside."""
+    check_run_name(name)
+    runs = Path(root) / "runs"
+    for p in (runs, runs / name):
+        if p.is_symlink() or (p.exists() and not p.is_dir()):
+            raise UserError(f"{p} is a link or a file, not a run folder mixerbench made; move it "
+                            "away or pass another --results-dir.")
+    return runs / name
 
 
 def csv_path(table: str, root: str | os.PathLike | None = None) -> Path:

@@ -1,19 +1,26 @@
 """The one training loop, for pre-training and fine-tuning alike (they differ only by config).
 
-Reads top to bottom: distributed setup, run directory, data, model, optimizer and schedule,
-resume, the loop (forward, backward, clip, step; evaluate and checkpoint on schedule), summary.
-Recipes are in `presets.py`; the paper's settings are cited there (paper section 3, Table 4).
+`train(cfg)` reads top to bottom, nanoGPT style: `prepare` checks everything and builds the
+data, model and schedule (nothing is written before it has succeeded); `claim_run_dir` makes
+the run directory this config's own; `restore` picks up the last checkpoint; then the loop
+(`train_step`, evaluation, checkpoint on schedule) and `finish` (summary and accuracy row).
+Recipes are in `presets.py`, with the paper's settings cited there (paper section 3, Table 4).
 
 Guarantees the tests hold us to:
-- `config.json` is written before the first step; `metrics.csv` gets one row per evaluation.
-- Checkpoints are written atomically (temp file, fsync, rename): `state-last.pt` holds
-  everything needed to resume exactly (weights, optimizer, scheduler, RNG, step, timers) and is
-  written first; `checkpoint-last.safetensors` is the weights-only export for `--init` and
-  `evaluate`. A kill at any moment leaves the previous checkpoint loadable.
+- `config.json` is written before the first step, with the hash of the config that owns the
+  run directory; a different config under the same name is refused, and a resume may change
+  only the device, the compile switch, the data folder and (for an unfinished run) its length.
+- `metrics.csv` gets one row per evaluation. Checkpoints are written atomically (temp file,
+  fsync, rename): `state-last.pt` holds everything needed to resume exactly (weights,
+  optimizer, scheduler, RNG, step, timers) as plain tensors and numbers, loaded with
+  `weights_only=True` so a planted file cannot run code; `checkpoint-last.safetensors` is the
+  weights-only export for `--init` and `evaluate`. A kill at any moment leaves the previous
+  checkpoint loadable.
 - Batches depend only on (seed, epoch, index) (`mixerbench.data`), and RNG state is saved, so
   a resumed CPU run ends with bitwise the same weights as an uninterrupted one.
 - Ctrl-C / SIGTERM finish the current step, save, and raise `Interrupted` (the CLI says how to
-  resume). A non-finite loss raises `TrainingStopped` before the bad update is saved.
+  resume). A non-finite loss raises `TrainingStopped` before the bad update is saved; no row is
+  written from non-finite weights or metrics.
 """
 
 from __future__ import annotations
@@ -26,15 +33,23 @@ import signal
 import threading
 import time
 from contextlib import contextmanager, nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
 from mixerbench import results
-from mixerbench.config import RunConfig, check_warmup, run_id, to_dict
+from mixerbench.config import RunConfig, check_warmup, config_hash, run_id, to_dict
 from mixerbench.errors import UserError
 
 STATE = "state-last.pt"
 SUMMARY = "summary.json"
+CONFIG = "config.json"
+# Settings a resume may change without changing what is trained: where it runs and where the
+# data copy lives. The length (steps / epochs) may also change while the run is unfinished.
+RESUMABLE_CHANGES = ("device", "compile", "run_name", "data.data_dir")
+LENGTH = ("steps", "epochs")
+
+Log = Callable[[str, dict], None]
 
 
 class TrainingStopped(RuntimeError):
@@ -147,16 +162,436 @@ def stop_signals():
             signal.signal(s, h)
 
 
+def _finite(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
 def read_summary(run_dir: Path) -> dict | None:
+    """A finished run's summary, or None when it has none; one we did not write is refused."""
     path = Path(run_dir) / SUMMARY
-    return json.loads(path.read_text()) if path.is_file() else None
+    if not path.is_file():
+        return None
+    try:
+        s = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        s = None
+    ok = (isinstance(s, dict) and s.get("run_id") == Path(run_dir).name
+          and isinstance(s.get("model"), str) and isinstance(s.get("dataset"), str)
+          and all(_finite(s.get(k)) for k in ("top1", "top5", "loss", "steps", "img_size"))
+          and 0 <= s["top1"] <= 100)
+    if not ok:
+        raise UserError(f"{path} is not a summary this version wrote; move the run directory "
+                        f"{Path(run_dir).name} away (or delete it) and run again.")
+    return s
+
+
+# ------------------------------------------------------------------------ building the run
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built and checked by `prepare` before anything is written."""
+
+    cfg: RunConfig
+    root: Path
+    run_dir: Path
+    rank: int
+    world: int
+    device: str
+    dtype: str
+    compiled: bool
+    model: Any
+    rec: dict
+    train_batches: Any
+    eval_batches: Any
+    train_size: int
+    steps_per_epoch: int
+    total: int
+    warmup: int
+    eval_every: int
+    ckpt_every: int
+    macs_per_img: int
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+@dataclass
+class Progress:
+    """What a checkpoint restores besides weights, optimizer and RNG."""
+
+    step: int = 0
+    train_seconds: float = 0.0
+    loss_sum: float = 0.0
+    loss_count: int = 0
+    pending: list = field(default_factory=list)  # per-step loss tensors not yet checked
+
+
+def runtime(cfg: RunConfig, local_rank: int) -> tuple[str, str, bool]:
+    """(device, dtype, compiled): bf16 and torch.compile on CUDA by default, fp32 eager on CPU."""
+    import torch
+
+    device = pick_device(cfg, local_rank)
+    on_cuda = device.startswith("cuda")
+    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if on_cuda else "fp32")
+    if dtype != "fp32" and not on_cuda:
+        raise UserError(f"dtype {dtype} is only used on CUDA here; use --set dtype=fp32 on CPU.")
+    if on_cuda:
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    return device, dtype, cfg.compile if cfg.compile is not None else on_cuda
+
+
+def build_model(cfg: RunConfig, num_classes: int):
+    """(model, recipe): from scratch, or from `--init` with the run's own regularisers, the new
+    resolution and a fresh zero head (paper section 3)."""
+    from mixerbench.models import create_model, get_spec
+    from mixerbench.models.weights import load_for_finetuning, recipe
+
+    m = cfg.model
+    if cfg.init:
+        return load_for_finetuning(cfg.init, num_classes=num_classes, img_size=m.img_size,
+                                   regularisers=dict(drop_path=m.drop_path, dropout=m.dropout))
+    overrides = dict(m.options)
+    for key in ("width", "depth", "drop_path", "dropout"):
+        if getattr(m, key):
+            overrides[key] = getattr(m, key)
+    spec = get_spec(m.name)
+    if spec.family == "mixer" and not m.name.startswith("timm:"):
+        overrides["gelu"] = m.gelu
+    check_memory(m.name, num_classes, m.img_size, m.patch_size, overrides, cfg)
+    model = create_model(m.name, num_classes=num_classes, img_size=m.img_size,
+                         patch_size=m.patch_size, **overrides)
+    return model, recipe(m.name, num_classes, m.img_size or spec.img_size,
+                         m.patch_size or spec.patch_size, overrides)
+
+
+def check_memory(name: str, num_classes: int, img_size, patch_size, overrides: dict,
+                 cfg: RunConfig) -> None:
+    """Refuse, before allocating, a model whose weights, gradients and Adam moments alone
+    (4 x 4 bytes per parameter) exceed this machine's memory; the estimate is in the message."""
+    import torch
+
+    from mixerbench.models import count_params, create_model
+
+    with torch.device("meta"):
+        params = count_params(create_model(name, num_classes=num_classes, img_size=img_size,
+                                           patch_size=patch_size, **overrides))[0]
+    need = 16 * params
+    have = _memory_bytes(cfg.device)
+    if have and need > have:
+        raise UserError(f"{name} at {img_size or 'its'} px has {params:,} parameters: training "
+                        f"needs at least {need / 2**30:,.1f} GiB for weights, gradients and "
+                        f"optimizer state, more than this machine's {have / 2**30:,.1f} GiB; "
+                        "choose a smaller model, image size or width.")
+
+
+def _memory_bytes(device: str | None) -> int:
+    import torch
+
+    if device and device.startswith("cuda") or (device is None and torch.cuda.is_available()):
+        return torch.cuda.get_device_properties(torch.device(device or "cuda")).total_memory
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def prepare(cfg: RunConfig, root: Path, run_dir: Path) -> Run:
+    """Check and build everything before the run directory is touched: devices, data, model,
+    loaders and schedule. Every problem found here is a `UserError` and nothing is written."""
+    import torch
+
+    from mixerbench.data import get_dataset, make_loader
+    from mixerbench.models import get_spec
+    from mixerbench.models.weights import unwrap
+
+    rank, world, local_rank = setup_distributed()
+    device, dtype, compiled = runtime(cfg, local_rank)
+    dcfg = cfg.data
+    if dcfg.batch_size % world:
+        raise UserError(f"The batch size {dcfg.batch_size} does not split over {world} processes.")
+    rank_batch = dcfg.batch_size // world
+    if rank_batch % cfg.accum_steps:
+        raise UserError(f"The per-process batch {rank_batch} is not divisible by --accum-steps "
+                        f"{cfg.accum_steps}.")
+    train_ds = get_dataset(dcfg.dataset, dcfg.train_split, data_dir=dcfg.data_dir,
+                           fraction=dcfg.fraction, seed=cfg.seed)
+    eval_ds = get_dataset(dcfg.dataset, dcfg.eval_split, data_dir=dcfg.data_dir, seed=cfg.seed)
+    if eval_ds.num_classes != train_ds.num_classes:
+        raise UserError(f"The {dcfg.eval_split} split of {train_ds.name} has {eval_ds.num_classes} "
+                        f"classes but {dcfg.train_split} has {train_ds.num_classes}; check the data.")
+
+    torch.manual_seed(cfg.seed)  # the model's initialisation
+    model, rec = build_model(cfg, train_ds.num_classes)
+    img_size = rec["img_size"]
+    model.to(device)
+    if device.startswith("cuda") and get_spec(rec["name"]).family == "resnet":
+        model.to(memory_format=torch.channels_last)
+    from mixerbench.bench import count_macs
+
+    macs = count_macs(unwrap(model), img_size, device=device)
+    patch = dcfg.shuffle_patch or rec["patch_size"]
+    common = dict(img_size=img_size, device=device, seed=cfg.seed, shuffle=dcfg.shuffle,
+                  shuffle_patch=patch)
+    train_batches = make_loader(
+        train_ds, batch_size=rank_batch, train=True, pipeline=dcfg.pipeline,
+        randaug_m=dcfg.randaug_m, mixup_p=dcfg.mixup_p, label_smoothing=dcfg.label_smoothing,
+        num_classes=train_ds.num_classes, rank=rank, world_size=world, **common)
+    eval_batches = make_loader(eval_ds, batch_size=dcfg.eval_batch_size, train=False,
+                               pipeline=dcfg.eval_pipeline, **common)
+    steps_per_epoch = train_batches.steps_per_epoch
+    if steps_per_epoch < 1:
+        raise UserError(f"The batch size {dcfg.batch_size} is larger than the training set "
+                        f"({len(train_ds)} images); choose a smaller --batch-size.")
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    o = cfg.optim
+    warmup = round(o.warmup_frac * total) if o.warmup_frac is not None else o.warmup_steps
+    check_warmup(cfg, warmup, total)
+    eval_every = cfg.eval_every or steps_per_epoch
+    return Run(cfg=cfg, root=root, run_dir=run_dir, rank=rank, world=world, device=device,
+               dtype=dtype, compiled=compiled, model=model, rec=rec, train_batches=train_batches,
+               eval_batches=eval_batches, train_size=len(train_ds),
+               steps_per_epoch=steps_per_epoch, total=total, warmup=warmup,
+               eval_every=eval_every, ckpt_every=cfg.ckpt_every or eval_every, macs_per_img=macs)
+
+
+# ------------------------------------------------------------------ owning the run directory
+
+
+def _comparable(d: dict, unfinished: bool) -> dict:
+    """A config dict without the settings a resume may change."""
+    d = json.loads(json.dumps(d, default=str))
+    d.pop("config_hash", None)
+    for key in RESUMABLE_CHANGES + (LENGTH if unfinished else ()):
+        section, _, name = key.rpartition(".")
+        (d.get(section, {}) if section else d).pop(name, None)
+    return d
+
+
+def check_owner(run_dir: Path, cfg: RunConfig) -> None:
+    """A run directory belongs to the one config stored in its config.json: refuse any other
+    (a reused --run-name, a planted or damaged config.json, a foreign folder)."""
+    path = run_dir / CONFIG
+    if not run_dir.exists():
+        return
+    if not run_dir.is_dir() or run_dir.is_symlink():
+        raise UserError(f"{run_dir} is not a run directory; choose another --run-name.")
+    if not path.exists():
+        if any(p.name not in (".lock",) and not p.name.endswith(".tmp") for p in run_dir.iterdir()):
+            raise UserError(f"{run_dir} exists but was not made by mixerbench (no {CONFIG}); "
+                            "choose another --run-name or move that folder away.")
+        return  # an empty directory left by a run killed before its first write
+    try:
+        stored = json.loads(path.read_text())
+        stored_hash = stored["config_hash"]
+    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        raise UserError(f"{path} is not a config this version wrote; move the run directory "
+                        f"{run_dir.name} away (or delete it) to start it again.") from None
+    unfinished = not (run_dir / SUMMARY).exists()
+    mine = to_dict(cfg)
+    if _comparable(stored, unfinished) != _comparable(mine, unfinished):
+        diff = _first_difference(_comparable(stored, unfinished), _comparable(mine, unfinished))
+        raise UserError(f"Run {run_dir.name} was made with another configuration ({diff}, hash "
+                        f"{stored_hash} vs {config_hash(cfg)}); choose another --run-name, or "
+                        "repeat the original settings to resume it.")
+
+
+def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for k in sorted(set(a) | set(b)):
+            if a.get(k) != b.get(k):
+                return _first_difference(a.get(k), b.get(k), f"{prefix}{k}.")
+    return f"{prefix.rstrip('.')} {a!r} there, {b!r} now"
+
+
+def write_config(run_dir: Path, cfg: RunConfig) -> None:
+    results.atomic_write_json(run_dir / CONFIG, dict(to_dict(cfg), config_hash=config_hash(cfg)))
+
+
+# ------------------------------------------------------------------- checkpoints and restore
+
+
+def restore(run: Run, optimizer, scheduler, log: Log) -> Progress:
+    """The state of the last checkpoint (or a fresh start); a file we did not write is
+    refused. Loaded with `weights_only=True`: only tensors and plain data, never code."""
+    import torch
+
+    from mixerbench.models.weights import unwrap
+
+    path = run.run_dir / STATE
+    if not path.is_file():
+        if run.world > 1:
+            torch.manual_seed(run.cfg.seed + run.rank)  # per-rank stochastic depth draws
+        return Progress()
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        unwrap(run.model).load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        progress = Progress(step=int(state["step"]), train_seconds=float(state["train_seconds"]),
+                            loss_sum=float(state["loss_sum"]), loss_count=int(state["loss_count"]))
+        rngs = state["rng"]
+        rng = rngs[run.rank] if run.rank < len(rngs) else rngs[0]
+        torch.set_rng_state(rng["cpu"])
+        if run.on_cuda and rng.get("cuda") is not None:
+            torch.cuda.set_rng_state(rng["cuda"], run.device)
+    except Exception as exc:  # truncated, foreign or hostile files all fail here, before use
+        raise UserError(f"{path} is not a training state this version wrote ({type(exc).__name__}); "
+                        f"move the run directory {run.run_dir.name} away (or delete it) to start "
+                        "again.") from None
+    if not 0 <= progress.step <= run.total:
+        raise UserError(f"{path} is at step {progress.step}, outside this run's {run.total} "
+                        "steps; repeat the original --steps to resume it.")
+    if run.rank == 0:
+        _truncate_metrics(run.run_dir / "metrics.csv", progress.step)
+    log("resumed", dict(step=progress.step, run_dir=str(run.run_dir)))
+    return progress
+
+
+def save_state(run: Run, optimizer, scheduler, p: Progress) -> None:
+    """Everything needed to resume (written first), then the weights-only export."""
+    import io
+
+    import torch
+    import torch.distributed as dist
+
+    from mixerbench.models.weights import CHECKPOINT, save_checkpoint, unwrap
+
+    rngs = [dict(cpu=torch.get_rng_state(),
+                 cuda=torch.cuda.get_rng_state(run.device) if run.on_cuda else None)]
+    if run.world > 1:
+        gathered = [None] * run.world
+        dist.all_gather_object(gathered, rngs[0])
+        rngs = gathered
+    if run.rank != 0:
+        return
+    buf = io.BytesIO()
+    torch.save(dict(model=unwrap(run.model).state_dict(), optimizer=optimizer.state_dict(),
+                    scheduler=scheduler.state_dict(), step=p.step,
+                    train_seconds=p.train_seconds, loss_sum=p.loss_sum,
+                    loss_count=p.loss_count, rng=rngs), buf)
+    try:
+        results.atomic_write_bytes(run.run_dir / STATE, buf.getvalue())
+        save_checkpoint(run.run_dir / CHECKPOINT, run.model, dict(run.rec, step=p.step))
+    except OSError as exc:
+        raise TrainingStopped(
+            f"Could not write the checkpoint to {run.run_dir} ({exc.strerror or exc}); the "
+            "previous checkpoint is intact: free space and run the same command to resume."
+        ) from None
+
+
+# ------------------------------------------------------------------------- one step, checks
+
+
+def train_step(run: Run, train_model, x, y):
+    """Forward and backward over `accum_steps` micro-batches (gradients synchronised across
+    processes on the last one) and the global-norm clip; returns the step's loss on device."""
+    import torch
+    import torch.nn.functional as F
+
+    from mixerbench.bench import autocast
+
+    cfg = run.cfg
+    loss_sum = torch.zeros((), device=run.device)
+    try:
+        for i, (mx, my) in enumerate(zip(x.chunk(cfg.accum_steps), y.chunk(cfg.accum_steps))):
+            sync = i == cfg.accum_steps - 1 or run.world == 1
+            with nullcontext() if sync else train_model.no_sync():
+                with autocast(run.device, run.dtype):
+                    logits = train_model(mx)
+                loss = F.cross_entropy(logits.float(), my) / cfg.accum_steps
+                loss.backward()
+            loss_sum += loss.detach()
+    except torch.cuda.OutOfMemoryError:
+        raise UserError(
+            f"Out of GPU memory at {len(x) // cfg.accum_steps} images per device; try "
+            f"--accum-steps {cfg.accum_steps * 2} or a smaller --batch-size.") from None
+    if cfg.optim.clip_norm:
+        torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.clip_norm)
+    return loss_sum
+
+
+def check_losses(run: Run, p: Progress, at_step: int) -> list[float]:
+    """Fold the pending per-step losses (averaged over processes) into the running mean; a
+    non-finite one stops the run before anything is saved."""
+    import torch
+    import torch.distributed as dist
+
+    values = torch.stack(p.pending)
+    if run.world > 1:
+        dist.all_reduce(values, op=dist.ReduceOp.AVG)
+    values = values.tolist()
+    p.pending.clear()
+    if not all(math.isfinite(v) for v in values):
+        raise TrainingStopped(
+            f"The loss became {values[-1]} near step {at_step}; the run stopped and its last "
+            f"good checkpoint in {run.run_dir} is intact. Lower --lr or raise warm-up, then run "
+            "the same command to resume.")
+    p.loss_sum += sum(values)
+    p.loss_count += len(values)
+    return values
+
+
+def evaluate_now(run: Run, final: bool) -> dict:
+    """Top-1/top-5/loss on the eval split (all of it at the end, else `max_eval_examples`)."""
+    from mixerbench.evaluate import accuracy
+    from mixerbench.models.weights import unwrap
+
+    batches = run.eval_batches.epoch(0)
+    if run.cfg.max_eval_examples and not final:
+        batches = _take_examples(batches, run.cfg.max_eval_examples)
+    return accuracy(unwrap(run.model), batches, device=run.device, dtype=run.dtype)
+
+
+def metrics_row(run: Run, p: Progress, ev: dict, lr: float) -> dict:
+    return dict(step=p.step, epoch=round(p.step / run.steps_per_epoch, 4),
+                train_loss=p.loss_sum / max(p.loss_count, 1), eval_loss=ev.get("loss"),
+                top1=ev.get("top1"), top5=ev.get("top5"), lr=lr,
+                img_per_sec=p.step * run.cfg.data.batch_size / max(p.train_seconds, 1e-9),
+                elapsed_s=round(p.train_seconds, 3))
+
+
+def finish(run: Run, p: Progress, experiment: str) -> dict:
+    """The summary (summary.json) and its accuracy row, from the final evaluation; nothing is
+    written from non-finite weights or metrics."""
+    import torch
+
+    from mixerbench.models import model_label
+    from mixerbench.models.weights import unwrap
+
+    last = _last_metrics(run.run_dir / "metrics.csv")
+    weights_ok = all(torch.isfinite(t).all() for t in unwrap(run.model).state_dict().values()
+                     if t.is_floating_point())
+    if not weights_ok or not all(_finite(last.get(k)) for k in ("top1", "top5", "eval_loss")):
+        raise TrainingStopped(f"The run in {run.run_dir} ended with non-finite weights or "
+                              "metrics; no result was recorded. Lower --lr, then start it again.")
+    cfg = run.cfg
+    prov = results.provenance(device=run.device, num_devices=run.world, dtype=run.dtype,
+                              compiled=run.compiled, seed=cfg.seed)
+    images = run.total * cfg.data.batch_size
+    summary = dict(
+        run_id=run.run_dir.name, model=model_label(run.rec["name"], run.rec.get("overrides")),
+        dataset=cfg.data.dataset, split=cfg.data.eval_split, img_size=run.rec["img_size"],
+        epochs=round(images / run.train_size, 4), steps=run.total,
+        top1=last["top1"], top5=last["top5"], loss=last["eval_loss"],
+        train_seconds=round(p.train_seconds, 3),
+        device_hours=round(p.train_seconds * run.world / 3600, 6),
+        # forward + backward = 3 forward passes' FLOPs (2 FLOPs per MAC) per image seen
+        train_flops=float(6 * run.macs_per_img * images),
+        init=cfg.init or "", kind=cfg.kind, experiment=experiment, **prov)
+    results.atomic_write_json(run.run_dir / SUMMARY, summary)
+    _ensure_row(summary, run.root)
+    return summary
 
 
 # -------------------------------------------------------------------------------------- train
 
 
 def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resume: bool = False,
-          log: Callable[[str, dict], None] | None = None, experiment: str = "") -> dict[str, Any]:
+          log: Log | None = None, experiment: str = "") -> dict[str, Any]:
     """Train (or fine-tune) per `cfg`; return the summary (the accuracy row plus `run_dir`).
 
     A finished run is read back, not retrained (unless `resume`, which is then an error); an
@@ -166,293 +601,34 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
     """
     import torch
     import torch.distributed as dist
-    import torch.nn.functional as F
-
-    from mixerbench.data import get_dataset, make_loader
-    from mixerbench.evaluate import accuracy, autocast
-    from mixerbench.models import create_model, get_spec, model_label
-    from mixerbench.models.weights import load_for_finetuning, recipe, save_checkpoint, unwrap
 
     log = log or (lambda event, info: None)
-    rank, world, local_rank = setup_distributed()
-    device = pick_device(cfg, local_rank)
-    on_cuda = device.startswith("cuda")
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if on_cuda else "fp32")
-    if dtype != "fp32" and not on_cuda:
-        raise UserError(f"dtype {dtype} is only used on CUDA here; use --set dtype=fp32 on CPU.")
-    compiled = cfg.compile if cfg.compile is not None else on_cuda
-    if on_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    root = results.results_dir(results_root)
-    run_dir = root / "runs" / run_id(cfg)
-
-    done = read_summary(run_dir)
-    if done is not None:  # finished: read back, never retrained
-        return _finished(done, run_dir, root, resume, log, experiment)
+    root = results.writable_results_dir(results_root)
+    run_dir = results.run_path(root, run_id(cfg))
+    check_owner(run_dir, cfg)
+    if read_summary(run_dir) is not None:  # finished: read back, never retrained
+        return _finished(run_dir, root, resume, log, experiment)
     if resume and not (run_dir / STATE).is_file():
         raise UserError(f"Nothing to resume in {run_dir}: it has no checkpoint yet; run the "
                         "command without --resume.")
-
-    # ---- data: batches depend only on (seed, epoch, index), see mixerbench.data
-    dcfg = cfg.data
-    world_batch = dcfg.batch_size
-    if world_batch % world:
-        raise UserError(f"The batch size {world_batch} does not split over {world} processes.")
-    rank_batch = world_batch // world
-    if rank_batch % cfg.accum_steps:
-        raise UserError(f"The per-process batch {rank_batch} is not divisible by --accum-steps "
-                        f"{cfg.accum_steps}.")
-    train_ds = get_dataset(dcfg.dataset, dcfg.train_split, data_dir=dcfg.data_dir,
-                           fraction=dcfg.fraction, seed=cfg.seed)
-    eval_ds = get_dataset(dcfg.dataset, dcfg.eval_split, data_dir=dcfg.data_dir, seed=cfg.seed)
-
-    # ---- model: from scratch, or from --init with a fresh head and the new resolution
-    torch.manual_seed(cfg.seed)
-    m = cfg.model
-    overrides = dict(m.options)
-    for key in ("width", "depth"):
-        if getattr(m, key) is not None:
-            overrides[key] = getattr(m, key)
-    if m.drop_path:
-        overrides["drop_path"] = m.drop_path
-    if m.dropout:
-        overrides["dropout"] = m.dropout
-    if get_spec(m.name).family == "mixer" and not m.name.startswith("timm:"):
-        overrides["gelu"] = m.gelu
-    if cfg.init:  # the run's own regularisers and resolution, a fresh zero head (paper section 3)
-        model, rec = load_for_finetuning(
-            cfg.init, num_classes=train_ds.num_classes, img_size=m.img_size,
-            regularisers=dict(drop_path=m.drop_path, dropout=m.dropout))
-    else:
-        model = create_model(m.name, num_classes=train_ds.num_classes, img_size=m.img_size,
-                             patch_size=m.patch_size, **overrides)
-        spec = get_spec(m.name)
-        rec = recipe(m.name, train_ds.num_classes, m.img_size or spec.img_size,
-                     m.patch_size or spec.patch_size, overrides)
-    img_size = rec["img_size"]
-    model.to(device)
-    if on_cuda and get_spec(rec["name"]).family == "resnet":
-        model.to(memory_format=torch.channels_last)
-    from mixerbench.bench import count_macs
-
-    macs_per_img = count_macs(unwrap(model), img_size, device=device)
-
-    train_batches = make_loader(
-        train_ds, batch_size=rank_batch, train=True, pipeline=dcfg.pipeline,
-        img_size=img_size, device=device, seed=cfg.seed, randaug_m=dcfg.randaug_m,
-        mixup_p=dcfg.mixup_p, label_smoothing=dcfg.label_smoothing,
-        num_classes=train_ds.num_classes, shuffle=dcfg.shuffle,
-        shuffle_patch=dcfg.shuffle_patch or rec["patch_size"], rank=rank, world_size=world)
-    eval_batches = make_loader(
-        eval_ds, batch_size=dcfg.eval_batch_size, train=False, pipeline=dcfg.eval_pipeline,
-        img_size=img_size, device=device, seed=cfg.seed, shuffle=dcfg.shuffle,
-        shuffle_patch=dcfg.shuffle_patch or rec["patch_size"])
-    steps_per_epoch = train_batches.steps_per_epoch
-    if steps_per_epoch < 1:
-        raise UserError(f"The batch size {world_batch} is larger than the training set "
-                        f"({len(train_ds)} images); choose a smaller --batch-size.")
-    total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
-    o = cfg.optim
-    warmup = round(o.warmup_frac * total) if o.warmup_frac is not None else o.warmup_steps
-    check_warmup(cfg, warmup, total)
-    eval_every = cfg.eval_every or steps_per_epoch
-    ckpt_every = cfg.ckpt_every or eval_every
-
+    run = prepare(cfg, root, run_dir)
     created = not run_dir.exists()
     try:
-        with (run_lock(run_dir) if rank == 0 else nullcontext()):
-            done = read_summary(run_dir)  # another process may have finished it while we waited
-            if done is not None:
-                return _finished(done, run_dir, root, resume, log, experiment)
-            state_path = run_dir / STATE
-            if rank == 0:
-                for tmp in run_dir.glob(".*.tmp"):  # writes cut short by a kill (atomic_write_bytes)
+        with run_lock(run_dir) if run.rank == 0 else nullcontext():
+            check_owner(run_dir, cfg)  # another process may have claimed it while we waited
+            if read_summary(run_dir) is not None:
+                return _finished(run_dir, root, resume, log, experiment)
+            if run.rank == 0:
+                for tmp in run_dir.glob(".*.tmp"):  # writes cut short by a kill
                     tmp.unlink(missing_ok=True)
-                results.atomic_write_json(run_dir / "config.json", to_dict(cfg))
-
-            # ---- optimizer, schedule (torch's LambdaLR over our pure lr_factor), wrappers
-            optimizer = make_optimizer(model, cfg, fused=on_cuda)
-            scheduler = torch.optim.lr_scheduler.LambdaLR(
-                optimizer, lambda s: lr_factor(s, total, warmup, o.schedule, o.end_factor))
-            step, train_seconds, loss_sum, loss_count = 0, 0.0, 0.0, 0
-
-            if state_path.is_file():  # ---- resume exactly where the last checkpoint left off
-                state = torch.load(state_path, map_location="cpu", weights_only=False)
-                unwrap(model).load_state_dict(state["model"])
-                optimizer.load_state_dict(state["optimizer"])
-                scheduler.load_state_dict(state["scheduler"])
-                step, train_seconds = state["step"], state["train_seconds"]
-                loss_sum, loss_count = state["loss_sum"], state["loss_count"]
-                rng = state["rng"][rank] if rank < len(state["rng"]) else state["rng"][0]
-                torch.set_rng_state(rng["cpu"])
-                if on_cuda and rng.get("cuda") is not None:
-                    torch.cuda.set_rng_state(rng["cuda"], device)
-                if rank == 0:
-                    _truncate_metrics(run_dir / "metrics.csv", step)
-                log("resumed", dict(step=step, run_dir=str(run_dir)))
-            elif world > 1:
-                torch.manual_seed(cfg.seed + rank)  # per-rank stochastic depth draws
-
-            train_model = model
-            if world > 1:
-                from torch.nn.parallel import DistributedDataParallel as DDP
-
-                train_model = DDP(model, device_ids=[device] if on_cuda else None)
-            if compiled:
-                train_model = torch.compile(train_model)
-
-            def save(at_step: int) -> None:
-                """Everything needed to resume (written first), then the weights-only export."""
-                rngs = [dict(cpu=torch.get_rng_state(),
-                             cuda=torch.cuda.get_rng_state(device) if on_cuda else None)]
-                if world > 1:
-                    gathered = [None] * world
-                    dist.all_gather_object(gathered, rngs[0])
-                    rngs = gathered
-                if rank != 0:
-                    return
-                import io
-
-                buf = io.BytesIO()
-                torch.save(dict(model=unwrap(model).state_dict(), optimizer=optimizer.state_dict(),
-                                scheduler=scheduler.state_dict(), step=at_step,
-                                train_seconds=train_seconds, loss_sum=loss_sum,
-                                loss_count=loss_count, rng=rngs), buf)
-                try:
-                    results.atomic_write_bytes(state_path, buf.getvalue())
-                    save_checkpoint(run_dir / "checkpoint-last.safetensors", model,
-                                    dict(rec, step=at_step))
-                except OSError as exc:
-                    raise TrainingStopped(
-                        f"Could not write the checkpoint to {run_dir} ({exc.strerror or exc}); the "
-                        "previous checkpoint is intact: free space and run the same command to resume."
-                    ) from None
-
-            def evaluate(max_examples: int | None) -> dict:
-                batches = eval_batches.epoch(0)
-                if max_examples:
-                    batches = _take_examples(batches, max_examples)
-                return accuracy(unwrap(model), batches, device=device, dtype=dtype)
-
-            log("start", dict(run_dir=str(run_dir), total_steps=total, step=step,
-                              steps_per_epoch=steps_per_epoch, device=device, dtype=dtype,
-                              model=rec["name"], dataset=dcfg.dataset, world_size=world,
-                              batch_size=world_batch, accum_steps=cfg.accum_steps))
-
-            device_losses: list = []
-
-            def check_losses(at_step: int) -> list[float]:
-                """Fold the pending per-step losses (averaged over processes) into the running
-                mean; a non-finite one stops the run before anything is saved."""
-                nonlocal loss_sum, loss_count
-                values = torch.stack(device_losses)
-                if world > 1:
-                    dist.all_reduce(values, op=dist.ReduceOp.AVG)
-                values = values.tolist()
-                device_losses.clear()
-                if not all(math.isfinite(v) for v in values):
-                    raise TrainingStopped(
-                        f"The loss became {values[-1]} near step {at_step}; the run stopped "
-                        f"and its last good checkpoint in {run_dir} is intact. Lower "
-                        "--lr or raise warm-up, then run the same command to resume.")
-                loss_sum += sum(values)
-                loss_count += len(values)
-                return values
-
-            # ---- the loop
-            model.train()
-            window_start, window_imgs = time.perf_counter(), 0
-            with stop_signals() as stop:
-                while step < total:
-                    epoch, index = divmod(step, steps_per_epoch)
-                    for x, y in train_batches.epoch(epoch, start=index):
-                        t0 = time.perf_counter()
-                        micro_x, micro_y = x.chunk(cfg.accum_steps), y.chunk(cfg.accum_steps)
-                        step_loss = torch.zeros((), device=device)
-                        try:
-                            for i, (mx, my) in enumerate(zip(micro_x, micro_y)):
-                                sync = i == cfg.accum_steps - 1 or world == 1
-                                with (nullcontext() if sync else train_model.no_sync()):
-                                    with autocast(device, dtype):
-                                        logits = train_model(mx)
-                                    loss = F.cross_entropy(logits.float(), my) / cfg.accum_steps
-                                    loss.backward()
-                                step_loss += loss.detach()
-                        except torch.cuda.OutOfMemoryError:
-                            raise UserError(
-                                f"Out of GPU memory at {rank_batch // cfg.accum_steps} images per "
-                                f"device; try --accum-steps {cfg.accum_steps * 2} or a smaller "
-                                "--batch-size.") from None
-                        if o.clip_norm:
-                            torch.nn.utils.clip_grad_norm_(model.parameters(), o.clip_norm)
-                        device_losses.append(step_loss)
-                        check = (step + 1) % 10 == 0 or (step + 1) % eval_every == 0 \
-                            or (step + 1) % ckpt_every == 0 or step + 1 == total or stop["stop"]
-                        if check:  # sync with the device only every few steps (no per-step .item())
-                            values = check_losses(step + 1)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        step += 1
-                        if on_cuda and check:
-                            torch.cuda.synchronize(device)
-                        train_seconds += time.perf_counter() - t0
-                        window_imgs += world_batch
-                        if check:
-                            now = time.perf_counter()
-                            ips = window_imgs / max(now - window_start, 1e-9)
-                            window_start, window_imgs = now, 0
-                            log("step", dict(step=step, total_steps=total, epoch=step / steps_per_epoch,
-                                             loss=values[-1],
-                                             lr=optimizer.param_groups[0]["lr"], img_per_sec=ips))
-                        if step % eval_every == 0 or step == total:
-                            final = step == total
-                            ev = evaluate(None if final else cfg.max_eval_examples) if rank == 0 else {}
-                            row = dict(step=step, epoch=round(step / steps_per_epoch, 4),
-                                       train_loss=loss_sum / max(loss_count, 1),
-                                       eval_loss=ev.get("loss"), top1=ev.get("top1"),
-                                       top5=ev.get("top5"), lr=optimizer.param_groups[0]["lr"],
-                                       img_per_sec=step * world_batch / max(train_seconds, 1e-9),
-                                       elapsed_s=round(train_seconds, 3))
-                            loss_sum, loss_count = 0.0, 0
-                            if rank == 0:
-                                results.append_to(run_dir / "metrics.csv", results.METRICS, row)
-                            log("eval", row)
-                            window_start = time.perf_counter()
-                        if stop["stop"]:  # one save, whether or not this is a checkpoint step
-                            if device_losses:  # the signal came after this step's loss check
-                                check_losses(step)
-                            save(step)
-                            raise Interrupted(run_dir, step)
-                        if step % ckpt_every == 0 or step == total:
-                            save(step)
-                        if step >= total:
-                            break
-                        if world > 1 and step % eval_every == 0:
-                            dist.barrier()
-
-            # ---- summary and the accuracy row (rank 0 only)
-            summary = {}
-            if rank == 0:
-                last = _last_metrics(run_dir / "metrics.csv")
-                prov = results.provenance(device=device, num_devices=world, dtype=dtype,
-                                          compiled=compiled, seed=cfg.seed)
-                summary = dict(
-                    run_id=run_dir.name, model=model_label(rec["name"], rec.get("overrides")),
-                    dataset=dcfg.dataset,
-                    split=dcfg.eval_split, img_size=img_size,
-                    epochs=round(total * world_batch / len(train_ds), 4), steps=total,
-                    top1=last.get("top1"), top5=last.get("top5"), loss=last.get("eval_loss"),
-                    train_seconds=round(train_seconds, 3),
-                    device_hours=round(train_seconds * world / 3600, 6),
-                    # forward + backward = 3 forward passes' FLOPs (2 FLOPs per MAC) per image seen
-                    train_flops=float(6 * macs_per_img * total * world_batch),
-                    init=cfg.init or "", kind=cfg.kind, experiment=experiment, **prov)
-                results.atomic_write_json(run_dir / SUMMARY, summary)
-                _ensure_row(summary, root)
-            if world > 1:
+                write_config(run_dir, cfg)
+            optimizer = make_optimizer(run.model, cfg, fused=run.on_cuda)
+            scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(
+                s, run.total, run.warmup, cfg.optim.schedule, cfg.optim.end_factor))
+            p = restore(run, optimizer, scheduler, log)
+            _loop(run, optimizer, scheduler, p, log)
+            summary = finish(run, p, experiment) if run.rank == 0 else {}
+            if run.world > 1:
                 dist.barrier()
             log("end", dict(summary, run_dir=str(run_dir)))
             return dict(summary, run_dir=str(run_dir), reused=False)
@@ -463,20 +639,94 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
         raise TrainingStopped(
             f"Could not write to {run_dir} ({exc.strerror or exc}); its files and the last "
             "checkpoint are intact: free space and run the same command to resume.") from None
-    except UserError:
-        # bad input found late (e.g. out of memory): leave no empty run directory behind
-        if created and rank == 0 and not (run_dir / STATE).exists():
+    except (UserError, TrainingStopped):
+        # found before the first checkpoint: leave no half-made run directory behind
+        if created and run.rank == 0 and not (run_dir / STATE).exists():
             import shutil
 
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
 
 
-def _finished(done: dict, run_dir: Path, root: Path, resume: bool, log,
-              experiment: str = "") -> dict:
+def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
+    """Steps until the run's length: train, then evaluate / checkpoint / stop on schedule."""
+    import torch
+    import torch.distributed as dist
+
+    cfg = run.cfg
+    train_model = run.model
+    if run.world > 1:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        train_model = DDP(run.model, device_ids=[run.device] if run.on_cuda else None)
+    if run.compiled:
+        train_model = torch.compile(train_model)
+    log("start", dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
+                      steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
+                      model=run.rec["name"], dataset=cfg.data.dataset, world_size=run.world,
+                      batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps))
+    run.model.train()
+    window = [time.perf_counter(), 0]  # start of the throughput window, images in it
+    with stop_signals() as stop:
+        while p.step < run.total:
+            epoch, index = divmod(p.step, run.steps_per_epoch)
+            for x, y in run.train_batches.epoch(epoch, start=index):
+                t0 = time.perf_counter()
+                p.pending.append(train_step(run, train_model, x, y))
+                n = p.step + 1
+                check = (n % 10 == 0 or n % run.eval_every == 0 or n % run.ckpt_every == 0
+                         or n == run.total or stop["stop"])
+                values = check_losses(run, p, n) if check else None  # device sync only here
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                p.step = n
+                if run.on_cuda and check:
+                    torch.cuda.synchronize(run.device)
+                p.train_seconds += time.perf_counter() - t0
+                window[1] += cfg.data.batch_size
+                if check:
+                    _log_step(run, p, values[-1], optimizer, window, log)
+                _after_step(run, optimizer, scheduler, p, stop["stop"], log, window)
+                if p.step >= run.total:
+                    break
+                if run.world > 1 and p.step % run.eval_every == 0:
+                    dist.barrier()
+
+
+def _log_step(run: Run, p: Progress, loss: float, optimizer, window: list, log: Log) -> None:
+    now = time.perf_counter()
+    ips = window[1] / max(now - window[0], 1e-9)
+    window[:] = [now, 0]
+    log("step", dict(step=p.step, total_steps=run.total, epoch=p.step / run.steps_per_epoch,
+                     loss=loss, lr=optimizer.param_groups[0]["lr"], img_per_sec=ips))
+
+
+def _after_step(run: Run, optimizer, scheduler, p: Progress, stopping: bool, log: Log,
+                window: list) -> None:
+    """Evaluate, checkpoint or stop when the schedule (or a signal) says so."""
+    if p.step % run.eval_every == 0 or p.step == run.total:
+        ev = evaluate_now(run, final=p.step == run.total) if run.rank == 0 else {}
+        row = metrics_row(run, p, ev, optimizer.param_groups[0]["lr"])
+        p.loss_sum, p.loss_count = 0.0, 0
+        if run.rank == 0:
+            results.append_to(run.run_dir / "metrics.csv", results.METRICS, row)
+        log("eval", row)
+        window[0] = time.perf_counter()
+    if stopping:  # one save, whether or not this is a checkpoint step
+        if p.pending:  # the signal came after this step's loss check
+            check_losses(run, p, p.step)
+        save_state(run, optimizer, scheduler, p)
+        raise Interrupted(run.run_dir, p.step)
+    if p.step % run.ckpt_every == 0 or p.step == run.total:
+        save_state(run, optimizer, scheduler, p)
+
+
+def _finished(run_dir: Path, root: Path, resume: bool, log: Log, experiment: str = "") -> dict:
     if resume:
         raise UserError(f"Run {run_dir.name} already finished; start a new run with another "
                         "--seed or --run-name instead of --resume.")
+    done = read_summary(run_dir)
     # a run whose summary predates the experiment tag takes the tag of the one reading it back
     done = dict(done, experiment=done.get("experiment") or experiment)
     _ensure_row(done, root)
@@ -533,7 +783,8 @@ def _ensure_row(summary: dict, root: Path) -> None:
             import csv
 
             with open(path) as fh:
-                if any(r.get("run_id") == summary["run_id"] for r in csv.DictReader(fh)):
+                if any(r.get("run_id") == summary["run_id"] and r.get("kind") != "evaluate"
+                       for r in csv.DictReader(fh)):
                     return
         row = {k: summary.get(k) for k in results.SCHEMAS["accuracy"]}
         results.append_row("accuracy", row, root)
