@@ -4,7 +4,8 @@ Results folders travel between people, so every damage a file can suffer on the 
 from another version, a torn last line, binary bytes, a value typed over) is planted in a file
 mixerbench wrote itself, and each reader and writer must refuse it with one sentence naming the
 file, changing no byte. Hypothesis then throws generated file contents (valid and not) at
-`load` and `append_row`. CPU, offline, a few seconds.
+`load` and `append_row`. Datasets whose labels fall outside their classes, or that hold one
+class, are refused when opened. CPU, offline, a few seconds.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from typer.testing import CliRunner
 
 from mixerbench import report, results
 from mixerbench.cli import app
+from mixerbench.data import get_dataset
 from mixerbench.errors import DamagedFileError, UserError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -497,3 +499,108 @@ def test_append_adds_exactly_one_whole_row_or_refuses_changing_nothing(data):
         assert before is not None  # only a file the reader accepts is appended to
         df = results.load(table, d)
         assert len(df) == before + 1
+
+
+# ------------------------------------------------------------------------ dataset labels
+
+def _png_cells(n: int, size: int = 4) -> list[dict]:
+    from PIL import Image
+
+    rng = np.random.default_rng(n)
+    cells = []
+    for _ in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(buf, "PNG")
+        cells.append({"bytes": buf.getvalue(), "path": None})
+    return cells
+
+
+def _parquet(path: Path, labels: list[int], names: list[str] | None, image_column="image",
+             size: int = 4) -> None:
+    """A hub-layout parquet file; with `names`, HF metadata declaring a ClassLabel column
+    (written by pyarrow, since `datasets` itself refuses to encode an out-of-range label)."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.table({image_column: _png_cells(len(labels), size),
+                      "label": pa.array(labels, type=pa.int64())})
+    if names is not None:
+        features = {image_column: {"_type": "Image"}, "label": {"_type": "ClassLabel",
+                                                               "names": names}}
+        meta = {b"huggingface": json.dumps({"info": {"features": features}}).encode()}
+        table = table.replace_schema_metadata(meta)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
+
+
+def _folder(root: Path, layout: dict[str, dict[str, int]]) -> Path:
+    from PIL import Image
+
+    for split, classes in layout.items():
+        for cls, n in classes.items():
+            (root / split / cls).mkdir(parents=True, exist_ok=True)
+            for i in range(n):
+                Image.new("RGB", (4, 4), (i * 40, 0, 0)).save(root / split / cls / f"{i}.png")
+    return root
+
+
+def test_label_past_the_class_list_is_refused(tmp_path):
+    cache = tmp_path / "cache"
+    names = [f"c{i}" for i in range(10)]
+    _parquet(tmp_path / "ten" / "data" / "train-00000-of-00001.parquet", [0, 3, 12, 9], names)
+    with pytest.raises(UserError, match=r"'train' of ten has label 12, but ten has 10 classes") \
+            as err:
+        get_dataset(str(tmp_path / "ten"), "train", cache_dir=cache)
+    assert "\n" not in str(err.value)
+    # a local copy of a known 10-class dataset without ClassLabel metadata derives 13 classes
+    # from its own labels: the registry's 10 still hold
+    _parquet(tmp_path / "data" / "cifar10" / "data" / "train-00000-of-00001.parquet",
+             [0, 1, 12, 9], None, image_column="img", size=32)
+    with pytest.raises(UserError, match=r"'train' of cifar10 has label 12, but cifar10 has 10"):
+        get_dataset("cifar10", "train", data_dir=tmp_path / "data", cache_dir=cache)
+    _parquet(tmp_path / "ok" / "data" / "train-00000-of-00001.parquet", [0, 1, 9, 9], names)
+    assert get_dataset(str(tmp_path / "ok"), "train", cache_dir=cache).num_classes == 10
+
+
+def test_one_class_datasets_are_refused(tmp_path):
+    cache = tmp_path / "cache"
+    one = _folder(tmp_path / "one", {"train": {"ant": 3}, "test": {"ant": 2}})
+    for split in ("train", "test"):
+        with pytest.raises(UserError, match="has 1 class .ant.; classification needs at least 2"):
+            get_dataset(str(one), split, cache_dir=cache)
+    _parquet(tmp_path / "pq1" / "train-0.parquet", [0, 0, 0], ["ant"])
+    with pytest.raises(UserError, match="1 class"):
+        get_dataset(str(tmp_path / "pq1"), "train", cache_dir=cache)
+    # two classes, but the train split holds only one of them: every prediction would be right
+    lop = _folder(tmp_path / "lopsided", {"train": {"ant": 3, "bee": 0}, "test": {"bee": 2}})
+    for split in ("train", "minival", "train-minus-minival"):
+        with pytest.raises(UserError, match="holds only class 'ant'"):
+            get_dataset(str(lop), split, cache_dir=cache)
+    assert get_dataset(str(lop), "test", cache_dir=cache).num_classes == 2  # a test split may
+
+
+def test_save_to_disk_string_labels_mean_the_same_class_in_every_split(tmp_path):
+    import datasets
+
+    datasets.disable_progress_bars()
+    cells = [np.full((4, 4, 3), i * 30, dtype=np.uint8) for i in range(6)]
+    strings = datasets.Features({"image": datasets.Image(), "label": datasets.Value("string")})
+    dd = datasets.DatasetDict({
+        "train": datasets.Dataset.from_dict(
+            {"image": cells[:4], "label": ["ant", "bee", "cat", "cat"]}, features=strings),
+        "test": datasets.Dataset.from_dict(
+            {"image": cells[4:], "label": ["cat", "bee"]}, features=strings),
+    })
+    dd.save_to_disk(str(tmp_path / "disk"))
+    train = get_dataset(str(tmp_path / "disk"), "train", cache_dir=tmp_path / "cache")
+    test = get_dataset(str(tmp_path / "disk"), "test", cache_dir=tmp_path / "cache")
+    assert train.class_names == test.class_names == ["ant", "bee", "cat"]
+    assert test.labels.tolist() == [2, 1]  # not [1, 0] from the test split's own names
+    one_class = datasets.Features({"image": datasets.Image(),
+                                   "label": datasets.ClassLabel(names=["ant"])})
+    one = datasets.Dataset.from_dict({"image": cells[:2], "label": [0, 0]}, features=one_class)
+    one.save_to_disk(str(tmp_path / "one"))
+    with pytest.raises(UserError, match="1 class"):
+        get_dataset(str(tmp_path / "one"), "train", cache_dir=tmp_path / "cache")
