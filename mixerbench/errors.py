@@ -15,6 +15,14 @@ class UserError(ValueError):
     """Bad input: the message is one sentence meant for the terminal."""
 
 
+class DamagedFileError(UserError):
+    """A file mixerbench reads back is damaged or not one it wrote (torn, binary, another header).
+
+    Callers that pass over a missing input (e.g. `plot` skipping a figure with no CSV yet) must
+    not pass over this one: skipping would hide the damage behind a figure quietly left out.
+    """
+
+
 def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
     """Return ' Did you mean a, b?' for the closest names, or '' when none is close."""
     choices = list(choices)

@@ -1,9 +1,16 @@
-"""Results on disk: every CSV schema declared once, atomic locked appends, provenance.
+"""Results on disk: every CSV schema and column type declared once, strict reads, atomic locked
+appends, provenance.
 
 Layout (design.md section 5): append-only tidy CSVs under the results directory
 (`accuracy.csv`, `fewshot.csv`, `throughput.csv`, `shuffle.csv`, `scaling.csv`), raw numbers
 (percent as 0-100 floats named `top1`), one observation per row, and the same provenance
 columns on every row. Run directories live in `<results>/runs/<run_id>/`.
+
+Results folders are shared and downloaded, so nothing here guesses at a file it reads back:
+`load`, `read_metrics` and `append_to` accept only files some mixerbench version wrote (header,
+whole lines, UTF-8 text, cells of their column's type) and raise `DamagedFileError` naming the
+file otherwise, changing no byte. `upgrade_file` is the one explicit way to bring an older
+file's header up to date.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from mixerbench.errors import UserError
+from mixerbench.errors import DamagedFileError, UserError
 
 PROVENANCE = (
     "git_sha", "mixerbench_version", "torch_version", "timm_version", "device_name",
@@ -149,6 +156,229 @@ def _format(value: Any) -> str:
 METRICS = ("step", "epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "img_per_sec",
            "elapsed_s")
 
+# The type of every column of every CSV above, declared once: readers check each cell against
+# it and writers refuse a value that a reader would refuse later. A column name means the same
+# thing in every file it appears in (top1 is always a percentage), so one map serves them all.
+NUMBER, TEXT, BOOL = "number", "text", "bool"
+COLUMN_TYPES: dict[str, str] = {
+    **dict.fromkeys((
+        "img_size", "epochs", "steps", "top1", "top5", "loss", "train_seconds", "device_hours",
+        "train_flops", "num_devices", "seed", "shots", "l2_reg", "num_seeds", "top1_mean",
+        "top1_std", "batch_size", "img_per_sec_mean", "img_per_sec_std", "step_ms_median",
+        "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops", "fraction",
+        "step", "epoch", "train_loss", "eval_loss", "lr", "img_per_sec", "elapsed_s",
+        "matmul_tflops",
+    ), NUMBER),
+    **dict.fromkeys(("compiled", "channels_last"), BOOL),
+    **dict.fromkeys((
+        "run_id", "model", "dataset", "split", "init", "kind", "experiment", "git_sha",
+        "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
+        "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
+        "metric", "upstream", "probe_dataset", "bench_id",
+    ), TEXT),
+}
+
+# What a cell of each type may hold; an empty cell (no value) is allowed in every column.
+# Numbers are what repr(float) / str(int) write, plus nan and inf: ASCII digits only, no
+# thousands separators or underscores (float() would accept "1_000" and "١٢"; we do not guess).
+_NUMBER = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?"
+                     r"|[+-]?(?:inf|infinity|nan)", re.IGNORECASE)
+_INTEGER = re.compile(r"[+-]?[0-9]{1,30}")  # longer ones are read as floats (int() caps digits)
+_BOOLS = {"true": True, "false": False}
+# Control characters never occur in a text CSV: finding one means binary bytes (a truncated
+# download, a file of another kind saved under this name). Tab, LF and CR are text.
+_BINARY = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _valid(kind: str, cell: str) -> bool:
+    if cell == "":
+        return True
+    if kind == NUMBER:
+        return _NUMBER.fullmatch(cell) is not None
+    if kind == BOOL:
+        return cell.lower() in _BOOLS
+    return _BINARY.search(cell) is None
+
+
+def _columns_of(path: Path) -> tuple[str, ...]:
+    """The schema a results file has by its name (`<table>.csv` or a run's `metrics.csv`)."""
+    if path.name == "metrics.csv":
+        return METRICS
+    if path.suffix == ".csv" and path.stem in SCHEMAS:
+        return SCHEMAS[path.stem]
+    raise UserError(f"{path} is not a mixerbench results file; expected metrics.csv or one of "
+                    f"{', '.join(t + '.csv' for t in SCHEMAS)}.")
+
+
+def _upgrade_hint(path: Path) -> str:
+    return (f"upgrade it with `python -c \"from mixerbench import results; "
+            f"results.upgrade_file('{path}')\"` (rows are kept, new columns left empty)")
+
+
+# What to do about a damaged file: mixerbench never repairs one, it would have to guess.
+_DAMAGED = "restore it from its source or fix that line by hand (mixerbench changes nothing in it)"
+_KIND_WORDS = {NUMBER: "numbers", BOOL: "true or false", TEXT: "text"}
+
+
+def _show(text: str) -> str:
+    """A cell or column name as one short line of a message (newlines and controls escaped)."""
+    return repr(text[:40])
+
+
+def _parse(path: Path, data: bytes, columns: tuple[str, ...], accept: str
+           ) -> tuple[list[str], list[list[str]]]:
+    """(header, rows) of a results CSV's bytes, or DamagedFileError naming the file and problem.
+
+    `accept` says which headers pass: "exact" (the schema itself, for appending), "older" (also
+    the header of an older version: a subset of the schema in schema order, for reading), or
+    "subset" (any subset in any order, for `upgrade_file`). Every row must have as many fields
+    as the header and every cell must be of its column's type (`COLUMN_TYPES`).
+    """
+    bad = DamagedFileError
+    if not data:
+        raise bad(f"{path} is empty (0 bytes), which mixerbench never writes; restore it from "
+                  "its source, or delete it to start the table afresh.")
+    try:
+        text = data.decode("utf-8-sig")  # a byte-order mark (spreadsheet export) is not content
+    except UnicodeDecodeError as exc:
+        raise bad(f"{path} is not UTF-8 text (bad byte at offset {exc.start}); restore it from "
+                  "its source or move it aside.") from None
+    if _BINARY.search(text):
+        raise bad(f"{path} holds binary bytes, not CSV text; restore it from its source or move "
+                  "it aside.")
+    if not text.endswith("\n"):
+        # every write ends with a newline, so a missing one means the last line was cut short
+        raise bad(f"{path} does not end with a newline, so its last line was cut short; "
+                  f"{_DAMAGED}.")
+    reader = csv.reader(io.StringIO(text, newline=""), strict=True)
+    rows, lines = [], []
+    try:
+        header = next(reader)
+        if header in ([], [""]):
+            raise bad(f"{path} starts with an empty line instead of its header; {_DAMAGED}.")
+        for record in reader:
+            if len(record) != len(header):
+                raise bad(f"Line {reader.line_num} of {path} has {len(record)} fields where the "
+                          f"header has {len(header)}; {_DAMAGED}.")
+            rows.append(record)
+            lines.append(reader.line_num)
+    except csv.Error as exc:  # an unterminated quote, a character after a closing quote
+        raise bad(f"{path} is not well-formed CSV at line {reader.line_num} ({exc}); "
+                  f"{_DAMAGED}.") from None
+    _check_header(path, header, columns, "older" if accept == "exact" else accept)
+    if accept == "exact" and tuple(header) != columns:
+        # appending a row in today's column order under an older header would shift its values
+        missing = ", ".join(c for c in columns if c not in header)
+        raise bad(f"{path} has the columns of an older mixerbench version (without {missing}); "
+                  f"{_upgrade_hint(path)} before adding rows.")
+    kinds = [COLUMN_TYPES[c] for c in header]
+    for line, record in zip(lines, rows):
+        for name, kind, cell in zip(header, kinds, record):
+            if not _valid(kind, cell):
+                raise bad(f"Line {line} of {path} has {_show(cell)} in column {name}, which "
+                          f"holds {_KIND_WORDS[kind]}; {_DAMAGED}.")
+    return header, rows
+
+
+def _check_header(path: Path, header: list[str], columns: tuple[str, ...], accept: str) -> None:
+    if tuple(header) == columns:
+        return
+    bad = DamagedFileError
+    unknown = [c for c in header if c not in columns]
+    if unknown:
+        raise bad(f"{path} has columns this mixerbench version does not write "
+                  f"({', '.join(map(_show, unknown[:5]))}), so it comes from a newer version or "
+                  "was edited; read it with the version that wrote it, or move it aside.")
+    if len(set(header)) != len(header):
+        dup = next(c for c in header if header.count(c) > 1)
+        raise bad(f"{path} names column {dup} twice in its header; {_DAMAGED}.")
+    if accept == "older" and [c for c in columns if c in header] != header:
+        # no version of mixerbench wrote its columns in another order: the file was edited
+        raise bad(f"{path} has its columns in another order than mixerbench writes them; "
+                  f"{_upgrade_hint(path)}.")
+
+
+def _frame(columns: tuple[str, ...], header: list[str], rows: list[list[str]]):
+    """A DataFrame with exactly `columns`, typed by `COLUMN_TYPES` (missing columns empty)."""
+    import numpy as np
+    import pandas as pd
+
+    where = {c: i for i, c in enumerate(header)}
+    text_dtype = "str" if int(pd.__version__.split(".")[0]) >= 3 else object
+    data = {}
+    for c in columns:
+        cells = [r[where[c]] for r in rows] if c in where else [""] * len(rows)
+        kind = COLUMN_TYPES[c]
+        if kind == NUMBER:
+            data[c] = _numbers(cells)
+        elif kind == BOOL:
+            values = [_BOOLS[v.lower()] if v else np.nan for v in cells]
+            data[c] = pd.Series(values, dtype=bool if "" not in cells else object)
+        else:
+            data[c] = pd.Series([v if v else np.nan for v in cells], dtype=text_dtype)
+    return pd.DataFrame(data, columns=list(columns))
+
+
+def _numbers(cells: list[str]):
+    """int64 when every cell is an integer that fits (as pandas reads them), else float64."""
+    import numpy as np
+    import pandas as pd
+
+    if cells and all(_INTEGER.fullmatch(v) for v in cells):
+        ints = [int(v) for v in cells]
+        if _INT64[0] <= min(ints) and max(ints) <= _INT64[1]:
+            return pd.Series(ints, dtype="int64")
+    return pd.Series([float(v) if v else np.nan for v in cells], dtype="float64")
+
+
+def _cell_value(cell: str) -> int | float | None:
+    if cell == "":
+        return None
+    return int(cell) if _INTEGER.fullmatch(cell) else float(cell)
+
+
+def _line(path: Path, columns: tuple[str, ...], row: Mapping[str, Any]) -> str:
+    """One CSV line for `row` under `columns`; a value a reader would refuse is a ValueError."""
+    unknown = set(row) - set(columns)
+    if unknown:
+        raise KeyError(f"columns not in the schema of {path.name}: {sorted(unknown)}")
+    cells = [_format(row.get(c)) for c in columns]
+    for c, cell in zip(columns, cells):
+        if not _valid(COLUMN_TYPES[c], cell):
+            raise ValueError(f"{c}={_show(cell)} is not {_KIND_WORDS[COLUMN_TYPES[c]]}; "
+                             f"it would make {path} unreadable")
+        try:
+            cell.encode()
+        except UnicodeEncodeError:
+            raise ValueError(f"{c}={_show(cell)} cannot be written as UTF-8 to {path}") from None
+    return _csv_line(cells)
+
+
+def _csv_line(cells) -> str:
+    """One CSV record ending in a newline. The csv module quotes only the delimiter, the quote
+    and the line terminator's characters, so a lone carriage return in a value would go out bare
+    and read back as a line break: such a record is written with every field quoted."""
+    out = io.StringIO()
+    quoting = csv.QUOTE_ALL if any("\r" in c for c in cells) else csv.QUOTE_MINIMAL
+    csv.writer(out, lineterminator="\n", quoting=quoting).writerow(cells)
+    return out.getvalue()
+
+
+def _header_line(columns: tuple[str, ...]) -> str:
+    return _csv_line(columns)
+
+
+def _read(path: Path) -> bytes | None:
+    """The file's bytes, None when there is no file; a folder or unreadable file is a UserError."""
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        return None
+    except (IsADirectoryError, PermissionError) as exc:
+        raise DamagedFileError(f"{path} cannot be read as a results file ({exc.strerror}); "
+                        "check the path and its permissions.") from None
+
 
 def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> Path:
     """Append one row to `<root>/<table>.csv` (schema `SCHEMAS[table]`), atomically and locked."""
@@ -161,25 +391,106 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
     """Append one row to the CSV at `path` with the given columns, atomically and under a lock.
 
     The whole file is rewritten to a temporary file, fsynced and renamed over the old one while
-    the lock is held, so a reader never sees a torn row and concurrent writers never lose one.
-    Keys outside the columns are an error (a typo would silently drop a number otherwise).
+    the lock is held, so a reader never sees a torn row and concurrent writers never lose one;
+    the new file is the old bytes plus one line.
+
+    A file that is there must be one this version could have written: its header exactly
+    `columns`, every line whole (ending in a newline, as many fields as the header, quotes
+    closed), UTF-8 text, every cell of its column's type. Anything else raises `UserError` and
+    leaves every byte as it was: a row appended under another header lands in the wrong columns,
+    and a row appended after a torn line is glued onto it. An empty (0-byte) file is refused too,
+    since no write ever leaves one. Keys outside the columns are a KeyError (a typo would
+    silently drop a number otherwise) and a value of the wrong type a ValueError.
     """
-    unknown = set(row) - set(columns)
-    if unknown:
-        raise KeyError(f"columns not in the schema of {Path(path).name}: {sorted(unknown)}")
     path = Path(path)
-    line = _csv_line([_format(row.get(c)) for c in columns])
+    line = _line(path, columns, row)
+    # checked once before taking the lock, so a refusal does not even leave a lock file behind
+    old = _read(path)
+    if old is not None:
+        _parse(path, old, columns, "exact")
     with locked(path):
-        old = path.read_text() if path.exists() else ""
-        if not old:
-            old = _csv_line(columns)
-        atomic_write_text(path, old + line)
+        old = _read(path)
+        if old is None:
+            old = _header_line(columns).encode()
+        else:
+            _parse(path, old, columns, "exact")  # another writer may have changed it meanwhile
+        atomic_write_bytes(path, old + line.encode())
 
 
-def _csv_line(cells) -> str:
-    line = io.StringIO()
-    csv.writer(line, lineterminator="\n").writerow(cells)
-    return line.getvalue()
+def ensure_appendable(table: str, root: str | os.PathLike | None = None) -> None:
+    """Raise `DamagedFileError` now if `append_row(table, ..., root)` would refuse the file later.
+
+    For commands that work for minutes or hours before appending their row (training,
+    evaluation, benchmarks): checking first spares the work. No file is fine (it gets created);
+    nothing is written.
+    """
+    path = csv_path(table, root)
+    data = _read(path)
+    if data is not None:
+        _parse(path, data, SCHEMAS[table], "exact")
+
+
+def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> bool:
+    """Rewrite a results CSV from an older version under the current header; True if rewritten.
+
+    `columns` defaults to the schema the file name says (`accuracy.csv`: `SCHEMAS["accuracy"]`,
+    `metrics.csv`: `METRICS`). The file's columns must all be in the schema (in any order); the
+    columns it lacks are left empty, every other cell is kept as written. A file already in the
+    current header, or no file, is left alone (False). Unknown columns, torn or binary content,
+    wrong field counts or ill-typed cells raise `UserError` and change nothing: upgrading must
+    not turn a damaged file into a well-formed-looking one.
+    """
+    path = Path(path)
+    columns = _columns_of(path) if columns is None else tuple(columns)
+    data = _read(path)
+    if data is None or tuple(_parse(path, data, columns, "subset")[0]) == columns:
+        return False  # checked before taking the lock: a refusal leaves no lock file behind
+    with locked(path):
+        data = _read(path)
+        if data is None:
+            return False
+        header, rows = _parse(path, data, columns, "subset")
+        if tuple(header) == columns:
+            return False
+        where = {c: i for i, c in enumerate(header)}
+        text = _csv_line(columns) + "".join(
+            _csv_line([r[where[c]] if c in where else "" for c in columns]) for r in rows)
+        atomic_write_text(path, text)
+    return True
+
+
+def upgrade(table: str, root: str | os.PathLike | None = None) -> bool:
+    """`upgrade_file` for `<root>/<table>.csv`: True if it was rewritten under today's header."""
+    return upgrade_file(csv_path(table, root), SCHEMAS[table])
+
+
+def read_metrics(path: str | os.PathLike) -> list[dict[str, int | float | None]]:
+    """The rows of a run's `metrics.csv`, strictly read: one dict per row with every `METRICS`
+    key, each value an int (integer cell), a float, or None (empty cell).
+
+    The same checks as `load` (header `METRICS` or an older subset of it, whole lines, numbers
+    only); any problem, or no file, raises `UserError` naming the file.
+    """
+    path = Path(path)
+    data = _read(path)
+    if data is None:
+        raise UserError(f"{path} is missing; it is written while the run trains, so check the "
+                        "run directory or train the run again.")
+    header, rows = _parse(path, data, METRICS, "older")
+    where = {c: i for i, c in enumerate(header)}
+    return [{c: _cell_value(r[where[c]]) if c in where else None for c in METRICS} for r in rows]
+
+
+def rewrite_metrics(path: str | os.PathLike, rows: list[Mapping[str, Any]]) -> None:
+    """Replace a run's `metrics.csv` with the header `METRICS` and `rows`, atomically and locked.
+
+    Values are written as `append_to` writes them, so the rows `read_metrics` returned come back
+    byte for byte (integers stay integers, floats keep their repr).
+    """
+    path = Path(path)
+    text = _header_line(METRICS) + "".join(_line(path, METRICS, r) for r in rows)
+    with locked(path):
+        atomic_write_text(path, text)
 
 
 def _read_umask() -> int:
@@ -219,27 +530,29 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def load(table: str, root: str | os.PathLike | None = None, required: bool = True):
-    """Read one results CSV into a DataFrame with the schema's columns.
+    """Read one results CSV into a DataFrame with exactly the schema's columns, typed.
 
-    A missing or empty file raises `UserError` naming the command that produces it (or returns an
-    empty frame when `required` is False).
+    Accepted: the current header, or the header of an older version (some schema columns
+    missing, the rest in schema order), whose missing columns come back empty. Numeric columns
+    are int64 (all cells integers) or float64, `true`/`false` columns bool, text columns strings;
+    an empty cell is NaN. Nothing else is guessed: another header (unknown, duplicated or
+    reordered columns), a torn last line, binary or non-UTF-8 bytes, a row with the wrong number
+    of fields or a cell not of its column's type (`COLUMN_TYPES`) raises `UserError` naming the
+    file and what to do. A missing file, or one with only a header, raises `UserError` naming
+    the command that produces it (or gives an empty frame when `required` is False); an empty
+    (0-byte) file is refused either way, since no write ever leaves one.
     """
-    import pandas as pd
-
     path = csv_path(table, root)
-    if not path.exists() or path.stat().st_size == 0:
+    columns = SCHEMAS[table]
+    data = _read(path)
+    if data is None:
         if required:
-            raise UserError(
-                f"{path} is missing or empty; run `{PRODUCERS[table]}` first to produce it."
-            )
-        return pd.DataFrame(columns=list(SCHEMAS[table]))
-    df = pd.read_csv(path)
-    if df.empty and required:
+            raise UserError(f"{path} is missing; run `{PRODUCERS[table]}` first to produce it.")
+        return _frame(columns, list(columns), [])
+    header, rows = _parse(path, data, columns, "older")
+    if not rows and required:
         raise UserError(f"{path} has no rows; run `{PRODUCERS[table]}` first to produce it.")
-    for c in SCHEMAS[table]:
-        if c not in df.columns:
-            df[c] = pd.NA
-    return df
+    return _frame(columns, header, rows)
 
 
 def _git_sha() -> str:

@@ -611,6 +611,7 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
     if resume and not (run_dir / STATE).is_file():
         raise UserError(f"Nothing to resume in {run_dir}: it has no checkpoint yet; run the "
                         "command without --resume.")
+    results.ensure_appendable("accuracy", root)  # a damaged accuracy.csv is found before hours of work
     run = prepare(cfg, root, run_dir)
     created = not run_dir.exists()
     try:
@@ -748,30 +749,17 @@ def _take_examples(batches, n: int):
 
 
 def _last_metrics(path: Path) -> dict:
-    import csv
-
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    return {k: (float(v) if v not in ("", None) else None) for k, v in rows[-1].items()}
+    return results.read_metrics(path)[-1]
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
     """Drop metric rows written after the checkpoint we resume from (they will be redone)."""
-    import csv
-    import io
-
     if not path.is_file():
         return
-    with open(path) as fh:
-        rows = list(csv.DictReader(fh))
-    keep = [r for r in rows if int(float(r["step"])) <= step]
-    if len(keep) == len(rows):
-        return
-    out = io.StringIO()
-    writer = csv.DictWriter(out, fieldnames=list(results.METRICS), lineterminator="\n")
-    writer.writeheader()
-    writer.writerows(keep)
-    results.atomic_write_text(path, out.getvalue())
+    rows = results.read_metrics(path)
+    keep = [r for r in rows if r["step"] is not None and r["step"] <= step]
+    if len(keep) != len(rows):
+        results.rewrite_metrics(path, keep)
 
 
 def _ensure_row(summary: dict, root: Path) -> None:
@@ -779,12 +767,9 @@ def _ensure_row(summary: dict, root: Path) -> None:
     and the append must neither lose the row nor, on a rerun, write it twice)."""
     path = results.csv_path("accuracy", root)
     with results.locked(path.with_suffix(".ensure")):
-        if path.is_file():
-            import csv
-
-            with open(path) as fh:
-                if any(r.get("run_id") == summary["run_id"] and r.get("kind") != "evaluate"
-                       for r in csv.DictReader(fh)):
-                    return
+        acc = results.load("accuracy", root, required=False)
+        mine = acc[(acc["run_id"] == summary["run_id"]) & (acc["kind"] != "evaluate")]
+        if len(mine):
+            return
         row = {k: summary.get(k) for k in results.SCHEMAS["accuracy"]}
         results.append_row("accuracy", row, root)

@@ -275,6 +275,7 @@ def get_dataset(name_or_path: str, split: str = "train", *, data_dir: str | os.P
                         f"such as validation.")
     num_classes = len(class_names) if class_names else int(info.get("num_classes") or int(labels.max()) + 1)
     class_names = list(class_names) if class_names else [str(i) for i in range(num_classes)]
+    _check_classes(labels, num_classes, class_names, info.get("num_classes"), split, name, what)
 
     idx = torch.arange(len(labels))
     if split in DERIVED_SPLITS:
@@ -291,6 +292,29 @@ def get_dataset(name_or_path: str, split: str = "train", *, data_dir: str | os.P
                  image_column=reader.image_column, indices=torch.arange(len(labels)),
                  info=dict(real_split=real, fraction=fraction, k_shot=k_shot, seed=seed, img_size=img_size))
     return ds if len(idx) == len(labels) else ds.subset(idx)
+
+
+def _check_classes(labels: torch.Tensor, num_classes: int, class_names: list[str], known: int | None,
+                   split: str, name: str, what: str) -> None:
+    """Refuse labels a model cannot learn or be scored on, once per opened split.
+
+    A label at or past the class count would index past the classifier head (or, on a GPU, fail
+    far from its cause); a known dataset keeps its registry class count even when a local copy
+    derives a longer class list from its own labels. One class makes every prediction right, so
+    such a dataset, or a train split holding one class, would report 100 % accuracy.
+    """
+    limit = min(num_classes, known) if known else num_classes
+    top = int(labels.max())
+    if top >= limit:
+        raise UserError(f"Split {what} has label {top}, but {name} has {limit} classes (labels 0 to "
+                        f"{limit - 1}); fix the labels or the class list of the dataset.")
+    if num_classes < 2:
+        raise UserError(f"{name} has {num_classes} class ({', '.join(class_names) or 'unnamed'}); "
+                        f"classification needs at least 2, so add the other classes' images.")
+    if (split == "train" or split in DERIVED_SPLITS) and bool((labels == labels[0]).all()):
+        only = int(labels[0])
+        raise UserError(f"Split {what} holds only class {class_names[only]!r} (label {only}), so every "
+                        f"prediction would be right; add images of the other classes.")
 
 
 def _in_memory(reader, name, real, info, img_size, root, what):

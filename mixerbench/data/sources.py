@@ -76,14 +76,27 @@ def class_names_of(feature) -> list[str] | None:
     return list(feature.names) if _feature_type(feature) == "ClassLabel" else None
 
 
-def label_ids(raw: np.ndarray, names: list[str] | None) -> tuple[np.ndarray, list[str] | None]:
+def label_ids(raw: np.ndarray, names: list[str] | None, what: str = "the dataset"
+              ) -> tuple[np.ndarray, list[str] | None]:
     """int64 labels; string labels are mapped through `names` (or their sorted unique values)."""
     if raw.dtype.kind in "iu":
         return raw.astype(np.int64), names
     raw = raw.astype(str)
     names = names or sorted(set(raw.tolist()))
     lookup = {n: i for i, n in enumerate(names)}
+    unknown = next((v for v in raw if v not in lookup), None)
+    if unknown is not None:
+        raise UserError(f"Label {unknown!r} of {what} is not one of its {len(names)} classes; fix the "
+                        f"labels or the class list of the dataset.")
     return np.array([lookup[v] for v in raw], dtype=np.int64), names
+
+
+def _names_from_labels(raw: np.ndarray) -> list[str]:
+    """The class list of a label column without ClassLabel metadata, from every split's labels:
+    0..max for integers, the sorted distinct values for strings (the same in every split)."""
+    if raw.dtype.kind in "iu":
+        return [str(i) for i in range(int(raw.max()) + 1)] if len(raw) else []
+    return sorted(set(raw.astype(str).tolist()))
 
 # ---------------------------------------------------------------- readers
 
@@ -164,11 +177,7 @@ class ParquetReader(Reader):
 
     def class_names(self):
         if self._names is None:  # no ClassLabel metadata: derive from the labels of every split
-            raw = np.concatenate([self._raw_labels(s) for s in self.files])
-            if raw.dtype.kind in "iu":
-                self._names = [str(i) for i in range(int(raw.max()) + 1)] if len(raw) else []
-            else:
-                self._names = sorted(set(raw.astype(str).tolist()))
+            self._names = _names_from_labels(np.concatenate([self._raw_labels(s) for s in self.files]))
         return self._names
 
     def cache_key(self):
@@ -181,7 +190,7 @@ class ParquetReader(Reader):
                                for f in self.files[split]])
 
     def _labels(self, split):
-        return label_ids(self._raw_labels(split), self.class_names())[0]
+        return label_ids(self._raw_labels(split), self.class_names(), self.location)[0]
 
     def _image_values(self, split):
         import pyarrow.parquet as pq
@@ -226,9 +235,11 @@ class _HFReader(Reader):
     def class_names(self):
         return self._names
 
+    def _raw_labels(self, split):
+        return np.asarray(self._split(split).select_columns([self.label_column])[self.label_column])
+
     def _labels(self, split):
-        raw = np.asarray(self._split(split).select_columns([self.label_column])[self.label_column])
-        ids, names = label_ids(raw, self._names)
+        ids, names = label_ids(self._raw_labels(split), self.class_names(), self.location)
         self._names = names
         return ids
 
@@ -264,8 +275,15 @@ class DiskReader(_HFReader):
     def split_sizes(self):
         return {s: d.num_rows for s, d in self.splits.items()}
 
+    def class_names(self):
+        if self._names is None:  # no ClassLabel: derive from every split, as ParquetReader does,
+            # so that label i means the same class in train and test
+            self._names = _names_from_labels(np.concatenate([self._raw_labels(s) for s in self.splits]))
+        return self._names
+
     def cache_key(self):
-        return "disk|" + file_stats_key([f for f in self.root.rglob("*") if f.is_file()])
+        # "disk2": caches from before class lists were derived from every split are not reused
+        return "disk2|" + file_stats_key([f for f in self.root.rglob("*") if f.is_file()])
 
 class FolderReader(Reader):
     kind = "local imagefolder"

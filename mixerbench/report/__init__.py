@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mixerbench import results
-from mixerbench.errors import UserError, close_matches
+from mixerbench.errors import DamagedFileError, UserError, close_matches
 from mixerbench.report import style
 from mixerbench.report.figures import (
     FIGURES, accuracy_throughput, curves, data_scaling, pareto_cost, pareto_frontier, shuffle,
@@ -100,9 +100,9 @@ def _run_metrics(root: Path, runs) -> dict:
         chosen = list(by_id)[-MAX_CURVES:]
     out = {}
     for r in chosen:
-        df = pd.read_csv(by_id[r])
-        if len(df):
-            out[r] = df
+        rows = results.read_metrics(by_id[r])  # strict: a damaged file is refused, not plotted
+        if rows:
+            out[r] = pd.DataFrame(rows, columns=list(results.METRICS), dtype=float)
     return out
 
 
@@ -170,7 +170,8 @@ def regenerate(
 
     Raises:
         UserError: an unknown name, or a named artifact whose inputs are missing (the message names
-            the command that produces them).
+            the command that produces them); `DamagedFileError` for a damaged input CSV, whether
+            or not the artifact was named.
     """
     root = results.results_dir(results_root)
     out = Path(out_dir) if out_dir is not None else root
@@ -190,7 +191,7 @@ def regenerate(
         try:
             written += _produce(n, root, out, checkpoint, runs, zoo_df)
         except UserError as err:
-            if specific:
+            if specific or isinstance(err, DamagedFileError):  # damage is never a skip
                 raise
             skipped[n] = str(err)
     return {"written": written, "skipped": skipped}
