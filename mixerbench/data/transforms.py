@@ -10,8 +10,9 @@ the fixed pixel permutations, in two forms that share their random draws' defini
 
 Pipelines (paper.md 6.1, 6.2, Table 4 in 4.1, Appendix C):
 
-- `pretrain`: inception crop (random resized crop, area (0.08, 1), aspect (3/4, 4/3)), flip,
-  RandAugment (2 layers, magnitude m), mixup with strength p, value range (-1, 1) (big_vision i1k config).
+- `pretrain`: inception crop (random resized crop, area (0.05, 1) as big_vision's inception_crop,
+  aspect (3/4, 4/3)), flip, RandAugment (2 layers, magnitude m), mixup with strength p, value range
+  (-1, 1) (big_vision i1k config).
 - `finetune`: vision_transformer's train pipeline: random crop of area (0.05, 1.0), resize, flip.
 - `small`: 32 px recipe: zero-pad 4 px, random crop back to the stored size, flip (optional RandAugment).
 - `eval-resize` ("resize-crop"): resize to img_size*256/224 square, centre crop img_size.
@@ -34,7 +35,7 @@ import torch
 from mixerbench.errors import UserError, close_matches
 
 PIPELINES = {
-    "pretrain": "inception crop (area 0.08-1) + flip + RandAugment(2, m) + mixup p; paper Table 4",
+    "pretrain": "inception crop (area 0.05-1) + flip + RandAugment(2, m) + mixup p; paper Table 4",
     "finetune": "random crop area 0.05-1, resize, flip; vision_transformer fine-tuning (paper 6.2)",
     "small": "pad 4 + random crop + flip (+ RandAugment if m > 0); 32 px images",
     "digits": "pad 2 + random crop, no flip (mirroring changes a digit's class); MNIST-size images",
@@ -46,7 +47,9 @@ TRAIN_PIPELINES = ("pretrain", "finetune", "small", "digits")
 EVAL_PIPELINES = ("eval-resize", "eval-resmall", "eval-plain")
 SHUFFLES = ("none", "patch", "global")
 
-CROP_AREA = {"pretrain": (0.08, 1.0), "finetune": (0.05, 1.0)}  # fraction of the image area
+# fraction of the image area. pretrain: big_vision/pp/ops_image.py inception_crop and
+# decode_jpeg_and_inception_crop default to area_min=5 (percent), not torchvision's 8 %.
+CROP_AREA = {"pretrain": (0.05, 1.0), "finetune": (0.05, 1.0)}
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect range of inception crop and TF sample_distorted_bounding_box
 SMALL_PAD = 4  # px, the usual CIFAR pad-and-crop
 PAD = {"small": SMALL_PAD, "digits": 2}  # px of zero padding before the random crop
