@@ -444,6 +444,49 @@ def test_randaug_args_match_big_vision(m):
         T.randaug_args("Identity", m)
 
 
+# sha256[:16] of big_vision/pp/autoaugment.py's op functions (run under tf.function, TF 2.15,
+# tensorflow-addons 0.23, replace [128] * 3, arguments of level_to_arg at 224 px, Cutout centred on
+# row 30, column 200) applied to `_formula_image()` as HWC uint8 bytes; key "op m sign".
+BIG_VISION_DIGESTS = {
+    "AutoContrast 10 +1": "ed4816550910a1ef", "Equalize 10 +1": "9691605f6da66910",
+    "Invert 10 +1": "4faf3fa3cf14ba3b", "Rotate 10 +1": "975559c91d89eb40", "Rotate 10 -1": "492458bcb307786b",
+    "Rotate 15 +1": "8940a5d88146f739", "Rotate 15 -1": "267d137ae2c63a2b", "Posterize 10 +1": "379b75a067ad5ee9",
+    "Posterize 15 +1": "eeb4a6b28065829a", "Solarize 10 +1": "4faf3fa3cf14ba3b", "Solarize 15 +1": "626faa78719eada0",
+    "Color 10 +1": "d63a1cea04e587d4", "Color 15 +1": "1ec589d3261f59f3", "Contrast 10 +1": "d07030b851b8972b",
+    "Contrast 15 +1": "55ec9808946008f2", "Brightness 10 +1": "f8c75dd5faf5e027",
+    "Brightness 15 +1": "224c2ec079938fe0", "Sharpness 10 +1": "52285c8a1a3cb0e6",
+    "Sharpness 15 +1": "17d5916633b23829", "ShearX 10 +1": "6680f00597fb28a3", "ShearX 10 -1": "9b20fca126798a1b",
+    "ShearX 15 +1": "877a383bd00037e6", "ShearX 15 -1": "c1656b5ac4681cd6", "ShearY 10 +1": "60c5c58a56b15a47",
+    "ShearY 10 -1": "d4cd05c77c0311ab", "ShearY 15 +1": "db8632c8bc2f7491", "ShearY 15 -1": "a272ff2598c6a1f7",
+    "TranslateX 10 +1": "1499fc4a203f6270", "TranslateX 10 -1": "066f7dc1b7d4bb01",
+    "TranslateX 15 +1": "356ded6b56d58b0e", "TranslateX 15 -1": "fb9eb62f77e0bb90",
+    "TranslateY 10 +1": "e8ff3a3471d6b7bf", "TranslateY 10 -1": "d2b0724242dc4c08",
+    "TranslateY 15 +1": "0c9b5bae66f5022b", "TranslateY 15 -1": "5c539945cea7b4ef",
+    "Cutout 10 +1": "b8d578c49dc4bcc9", "Cutout 15 +1": "83b4b64e6e9c12f9",
+    "SolarizeAdd 10 +1": "2bc18981284f25f5", "SolarizeAdd 15 +1": "d0a24f11f3a8d3a9",
+}
+
+
+def _formula_image(side=224):
+    """A fixed (1, 3, side, side) uint8 image in [30, 220) from integer arithmetic (no RNG, no version drift)."""
+    i = torch.arange(side)[:, None]
+    j = torch.arange(side)[None, :]
+    chans = [(i * i * 7 + j * 13 + i * j * 3 + c * 85 + (i // 7) * (j // 11) * 29) % 190 + 30 for c in range(3)]
+    return torch.stack(chans)[None].to(torch.uint8)
+
+
+def test_randaug_ops_match_big_vision_bit_for_bit():
+    import hashlib
+
+    x = _formula_image()
+    for key, digest in BIG_VISION_DIGESTS.items():
+        op, m, sign = key.split()
+        y = T._randaug_op(x, op, T.randaug_args(op, int(m)), torch.tensor([int(sign)]), torch.tensor([[30, 200]]))
+        assert hashlib.sha256(y[0].permute(1, 2, 0).contiguous().numpy().tobytes()).hexdigest()[:16] == digest, key
+    # the reference's uint8 threshold wraps: m=10 (256) is a full inversion, m=15 (384) is threshold 128
+    assert BIG_VISION_DIGESTS["Solarize 10 +1"] == BIG_VISION_DIGESTS["Invert 10 +1"]
+
+
 def test_rand_augment_always_applies_the_chosen_op():
     n, side, m = 96, 32, 10
     x = _images(n, side)
