@@ -406,22 +406,158 @@ def test_worker_path_matches_itself_across_worker_counts(local_sets, tmp_path):
     assert all(torch.equal(x1, x2) for (x1, _), (x2, _) in zip(a[1:], c))
 
 
+# ---------------------------------------------------------------- RandAugment (big_vision's)
+
+def _images(n, side, seed=0, lo=40, hi=200):
+    """Distinct noise images in [lo, hi): no channel is flat or full range, none has a 128 square."""
+    return torch.randint(lo, hi, (n, 3, side, side), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
+
+
+# big_vision/pp/autoaugment.py level_to_arg (_MAX_LEVEL = 10, no clamp) with distort_image_with_randaugment's
+# HParams(cutout_const=40, translate_const=100), at 224 px: rotate m/10*30 deg, posterize int(m/10*4) bits,
+# solarize threshold int(m/10*256), solarize_add int(m/10*110), enhance factors m/10*1.8+0.1, shear m/10*0.3,
+# translate m/10*100 px, cutout pad int(m/10*40) px (a square of twice that side).
+BIG_VISION_ARGS = {
+    10: {"AutoContrast": (), "Equalize": (), "Invert": (), "Rotate": (30.0,), "Posterize": (4,), "Solarize": (256,),
+         "Color": (1.9,), "Contrast": (1.9,), "Brightness": (1.9,), "Sharpness": (1.9,), "ShearX": (0.3,),
+         "ShearY": (0.3,), "TranslateX": (100.0,), "TranslateY": (100.0,), "Cutout": (40,), "SolarizeAdd": (110,)},
+    15: {"AutoContrast": (), "Equalize": (), "Invert": (), "Rotate": (45.0,), "Posterize": (6,), "Solarize": (384,),
+         "Color": (2.8,), "Contrast": (2.8,), "Brightness": (2.8,), "Sharpness": (2.8,), "ShearX": (0.45,),
+         "ShearY": (0.45,), "TranslateX": (150.0,), "TranslateY": (150.0,), "Cutout": (60,), "SolarizeAdd": (165,)},
+}
+
+
+@pytest.mark.parametrize("m", [10, 15])
+def test_randaug_args_match_big_vision(m):
+    assert T.RANDAUG_OPS == ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color",
+                             "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY",
+                             "Cutout", "SolarizeAdd")  # the reference's available_ops, in its order
+    for op, want in BIG_VISION_ARGS[m].items():
+        got = T.randaug_args(op, m, 224)
+        assert got == pytest.approx(want, rel=1e-12), op
+        assert all(type(g) is type(w) for g, w in zip(got, want)), op  # ints stay ints (bits, thresholds, px)
+    # 32 px: the two pixel constants scale by 32/224 (translate 100 -> 14.3 px, cutout pad 40 -> 5 px at m=10)
+    assert T.randaug_args("TranslateY", m, 32) == pytest.approx((m / 10 * 100 * 32 / 224,))
+    assert T.randaug_args("Cutout", m, 32) == (int(m / 10 * 40 * 32 / 224),)
+    assert T.randaug_args("Rotate", m, 32) == T.randaug_args("Rotate", m, 224)
+    with pytest.raises(ValueError):
+        T.randaug_args("Identity", m)
+
+
+# sha256[:16] of big_vision/pp/autoaugment.py's op functions (run under tf.function, TF 2.15,
+# tensorflow-addons 0.23, replace [128] * 3, arguments of level_to_arg at 224 px, Cutout centred on
+# row 30, column 200) applied to `_formula_image()` as HWC uint8 bytes; key "op m sign".
+BIG_VISION_DIGESTS = {
+    "AutoContrast 10 +1": "ed4816550910a1ef", "Equalize 10 +1": "9691605f6da66910",
+    "Invert 10 +1": "4faf3fa3cf14ba3b", "Rotate 10 +1": "975559c91d89eb40", "Rotate 10 -1": "492458bcb307786b",
+    "Rotate 15 +1": "8940a5d88146f739", "Rotate 15 -1": "267d137ae2c63a2b", "Posterize 10 +1": "379b75a067ad5ee9",
+    "Posterize 15 +1": "eeb4a6b28065829a", "Solarize 10 +1": "4faf3fa3cf14ba3b", "Solarize 15 +1": "626faa78719eada0",
+    "Color 10 +1": "d63a1cea04e587d4", "Color 15 +1": "1ec589d3261f59f3", "Contrast 10 +1": "d07030b851b8972b",
+    "Contrast 15 +1": "55ec9808946008f2", "Brightness 10 +1": "f8c75dd5faf5e027",
+    "Brightness 15 +1": "224c2ec079938fe0", "Sharpness 10 +1": "52285c8a1a3cb0e6",
+    "Sharpness 15 +1": "17d5916633b23829", "ShearX 10 +1": "6680f00597fb28a3", "ShearX 10 -1": "9b20fca126798a1b",
+    "ShearX 15 +1": "877a383bd00037e6", "ShearX 15 -1": "c1656b5ac4681cd6", "ShearY 10 +1": "60c5c58a56b15a47",
+    "ShearY 10 -1": "d4cd05c77c0311ab", "ShearY 15 +1": "db8632c8bc2f7491", "ShearY 15 -1": "a272ff2598c6a1f7",
+    "TranslateX 10 +1": "1499fc4a203f6270", "TranslateX 10 -1": "066f7dc1b7d4bb01",
+    "TranslateX 15 +1": "356ded6b56d58b0e", "TranslateX 15 -1": "fb9eb62f77e0bb90",
+    "TranslateY 10 +1": "e8ff3a3471d6b7bf", "TranslateY 10 -1": "d2b0724242dc4c08",
+    "TranslateY 15 +1": "0c9b5bae66f5022b", "TranslateY 15 -1": "5c539945cea7b4ef",
+    "Cutout 10 +1": "b8d578c49dc4bcc9", "Cutout 15 +1": "83b4b64e6e9c12f9",
+    "SolarizeAdd 10 +1": "2bc18981284f25f5", "SolarizeAdd 15 +1": "d0a24f11f3a8d3a9",
+}
+
+
+def _formula_image(side=224):
+    """A fixed (1, 3, side, side) uint8 image in [30, 220) from integer arithmetic (no RNG, no version drift)."""
+    i = torch.arange(side)[:, None]
+    j = torch.arange(side)[None, :]
+    chans = [(i * i * 7 + j * 13 + i * j * 3 + c * 85 + (i // 7) * (j // 11) * 29) % 190 + 30 for c in range(3)]
+    return torch.stack(chans)[None].to(torch.uint8)
+
+
+def test_randaug_ops_match_big_vision_bit_for_bit():
+    import hashlib
+
+    x = _formula_image()
+    for key, digest in BIG_VISION_DIGESTS.items():
+        op, m, sign = key.split()
+        y = T._randaug_op(x, op, T.randaug_args(op, int(m)), torch.tensor([int(sign)]), torch.tensor([[30, 200]]))
+        assert hashlib.sha256(y[0].permute(1, 2, 0).contiguous().numpy().tobytes()).hexdigest()[:16] == digest, key
+    # the reference's uint8 threshold wraps: m=10 (256) is a full inversion, m=15 (384) is threshold 128
+    assert BIG_VISION_DIGESTS["Solarize 10 +1"] == BIG_VISION_DIGESTS["Invert 10 +1"]
+
+
+def test_rand_augment_always_applies_the_chosen_op():
+    n, side, m = 96, 32, 10
+    x = _images(n, side)
+    y = T.rand_augment(x, torch.Generator().manual_seed(3), m, layers=1)
+    ops, _, centers = T.randaug_draws(torch.Generator().manual_seed(3), n, side, side)
+    assert len(set(ops.tolist())) >= 14  # the draw reaches (almost) every op
+    # on these images every op at m=10 changes every image: no op is skipped with some probability
+    assert (y != x).flatten(1).any(1).all()
+    names = [T.RANDAUG_OPS[k] for k in ops.tolist()]
+    for i, op in enumerate(names):
+        if op in ("Invert", "Solarize"):  # Solarize at m=10: threshold 256 wraps to 0 in uint8, all inverted
+            assert torch.equal(y[i], 255 - x[i]), op
+        if op == "Cutout":
+            changed = (y[i] != x[i]).any(0)
+            rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+            cy, cx = centers[i].tolist()
+            pad = T.randaug_args("Cutout", m, side)[0]
+            assert rows.tolist() == list(range(max(0, cy - pad), min(side, cy + pad)))
+            assert cols.tolist() == list(range(max(0, cx - pad), min(side, cx + pad)))
+    # two layers: a second op on top of the first for every image
+    y2 = T.rand_augment(x, torch.Generator().manual_seed(3), m)
+    assert (y2 != y).flatten(1).any(1).float().mean() > 0.9
+
+
+def test_cutout_paints_a_grey_square_of_twice_the_pad():
+    x = torch.full((2, 3, 224, 224), 7, dtype=torch.uint8)
+    pad = T.randaug_args("Cutout", 10, 224)[0]
+    assert pad == 40  # big_vision cutout_const 40 at m=10: an 80 px square
+    y = T._randaug_op(x, "Cutout", (pad,), torch.ones(2), torch.tensor([[100, 120], [10, 220]]))
+    assert set(y.unique().tolist()) == {7, T.FILL}
+    assert (y[0, :, 60:140, 80:160] == T.FILL).all() and (y[0] == T.FILL).sum() == 3 * 80 * 80
+    assert (y[1, :, 0:50, 180:224] == T.FILL).all() and (y[1] == T.FILL).sum() == 3 * 50 * 44  # clipped at the edges
+
+
 def test_rand_augment_is_seeded_and_batched():
-    x = torch.randint(0, 256, (64, 3, 16, 16), dtype=torch.uint8)
-    out = lambda s, m=15: T.rand_augment(x, torch.Generator().manual_seed(s), m)
+    x = _images(64, 16)
+    out = lambda s, m=15, **kw: T.rand_augment(x, torch.Generator().manual_seed(s), m, **kw)
     assert torch.equal(out(0), out(0)) and not torch.equal(out(0), out(1))
     assert out(0).dtype == torch.uint8 and out(0).shape == x.shape
     assert torch.equal(out(0, m=0), x)
-    changed = (out(0) != x).flatten(1).any(1).float().mean()
-    assert 0.3 < changed < 1.0  # two layers at p=0.5, some ops are no-ops
+    assert (out(0) != x).flatten(1).any(1).float().mean() > 0.95  # every op applies
+    # batched = the same ops applied one image at a time with that image's draws
+    gen = torch.Generator().manual_seed(0)
+    draws = [T.randaug_draws(gen, len(x), 16, 16) for _ in range(2)]
+    one_by_one = []
+    for i in range(len(x)):
+        xi = x[i:i + 1]
+        for ops, signs, centers in draws:
+            op = T.RANDAUG_OPS[ops[i]]
+            xi = T._randaug_op(xi, op, T.randaug_args(op, 15, 16), signs[i:i + 1], centers[i:i + 1])
+        one_by_one.append(xi)
+    assert torch.equal(out(0), torch.cat(one_by_one))
+    # m=15 is stronger than m=10 (no clamp at 10): larger mean change
+    assert (out(0).float() - x.float()).abs().mean() > (out(0, m=10).float() - x.float()).abs().mean()
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rand_augment_same_bits_on_gpu():
+    x = _images(64, 32)
+    cpu = T.rand_augment(x, torch.Generator().manual_seed(5), 15)
+    gpu = T.rand_augment(x.cuda(), torch.Generator().manual_seed(5), 15)
+    assert gpu.device.type == "cuda" and torch.equal(gpu.cpu(), cpu)
 
 
 def test_crop_boxes_inside_the_image():
-    boxes = T.sample_crop_boxes(torch.Generator().manual_seed(0), 1000, 40, 30, (0.08, 1.0))
+    assert T.CROP_AREA["pretrain"] == (0.05, 1.0)  # big_vision inception_crop(area_min=5)
+    boxes = T.sample_crop_boxes(torch.Generator().manual_seed(0), 1000, 40, 30, T.CROP_AREA["pretrain"])
     top, left, h, w = boxes.T
     assert (top >= 0).all() and (left >= 0).all() and (top + h <= 40).all() and (left + w <= 30).all()
     area = (h * w).float() / 1200
-    assert area.min() >= 0.07 and area.max() <= 1.0
+    assert area.min() >= 0.04 and area.min() < 0.08 and area.max() <= 1.0  # rounding to whole px: ~0.05
 
 
 # ---------------------------------------------------------------- describe / bench

@@ -10,8 +10,9 @@ the fixed pixel permutations, in two forms that share their random draws' defini
 
 Pipelines (paper.md 6.1, 6.2, Table 4 in 4.1, Appendix C):
 
-- `pretrain`: inception crop (random resized crop, area (0.08, 1), aspect (3/4, 4/3)), flip,
-  RandAugment (2 layers, magnitude m), mixup with strength p, value range (-1, 1) (big_vision i1k config).
+- `pretrain`: inception crop (random resized crop, area (0.05, 1) as big_vision's inception_crop,
+  aspect (3/4, 4/3)), flip, RandAugment (2 layers, magnitude m, big_vision's op list and arguments,
+  every chosen op applied), mixup with strength p, value range (-1, 1) (big_vision i1k config).
 - `finetune`: vision_transformer's train pipeline: random crop of area (0.05, 1.0), resize, flip.
 - `small`: 32 px recipe: zero-pad 4 px, random crop back to the stored size, flip (optional RandAugment).
 - `eval-resize` ("resize-crop"): resize to img_size*256/224 square, centre crop img_size.
@@ -34,7 +35,7 @@ import torch
 from mixerbench.errors import UserError, close_matches
 
 PIPELINES = {
-    "pretrain": "inception crop (area 0.08-1) + flip + RandAugment(2, m) + mixup p; paper Table 4",
+    "pretrain": "inception crop (area 0.05-1) + flip + RandAugment(2, m) + mixup p; paper Table 4",
     "finetune": "random crop area 0.05-1, resize, flip; vision_transformer fine-tuning (paper 6.2)",
     "small": "pad 4 + random crop + flip (+ RandAugment if m > 0); 32 px images",
     "digits": "pad 2 + random crop, no flip (mirroring changes a digit's class); MNIST-size images",
@@ -46,13 +47,15 @@ TRAIN_PIPELINES = ("pretrain", "finetune", "small", "digits")
 EVAL_PIPELINES = ("eval-resize", "eval-resmall", "eval-plain")
 SHUFFLES = ("none", "patch", "global")
 
-CROP_AREA = {"pretrain": (0.08, 1.0), "finetune": (0.05, 1.0)}  # fraction of the image area
+# fraction of the image area. pretrain: big_vision/pp/ops_image.py inception_crop and
+# decode_jpeg_and_inception_crop default to area_min=5 (percent), not torchvision's 8 %.
+CROP_AREA = {"pretrain": (0.05, 1.0), "finetune": (0.05, 1.0)}
 CROP_RATIO = (3.0 / 4.0, 4.0 / 3.0)  # aspect range of inception crop and TF sample_distorted_bounding_box
 SMALL_PAD = 4  # px, the usual CIFAR pad-and-crop
 PAD = {"small": SMALL_PAD, "digits": 2}  # px of zero padding before the random crop
 FLIP = {"pretrain": True, "finetune": True, "small": True, "digits": False}
 EVAL_RESIZE_RATIO = 256 / 224  # resize to 256 then crop 224 (paper App. C), scaled to any img_size
-FILL = 128  # grey fill for geometric RandAugment ops, as timm / TF use
+FILL = 128  # RandAugment's grey for pixels moved in from outside and for Cutout (the reference's replace)
 
 
 def check_pipeline(pipeline: str) -> None:
@@ -237,84 +240,238 @@ def pil_geometry(img, pipeline: str, img_size: int, gen: torch.Generator | None)
 
 # ---------------------------------------------------------------- RandAugment (batched, per-example ops)
 
-# timm's `rand-mM-n2` op list and level->argument maps, which follow the TF/big_vision autoaugment
-# (level / 10 scale, so m=15 is stronger than m=10; no clamp at 10, as in TF).
-RANDAUG_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "SolarizeAdd",
-               "Color", "Contrast", "Brightness", "Sharpness", "ShearX", "ShearY",
-               "TranslateXRel", "TranslateYRel")
-_SIGNED = {"Rotate", "ShearX", "ShearY", "TranslateXRel", "TranslateYRel"}
+# big_vision's `randaug(2, m)` op calls `distort_image_with_randaugment` in big_vision/pp/autoaugment.py,
+# itself forked from tensorflow/tpu models/official/efficientnet/autoaugment.py. Everything below
+# follows that code; paper App. B (Table 4) uses it with 2 layers and m = 10, 15 or 20. The op list is
+# the reference's `available_ops`, in its order (a layer's draw indexes into it).
+RANDAUG_OPS = ("AutoContrast", "Equalize", "Invert", "Rotate", "Posterize", "Solarize", "Color", "Contrast",
+               "Brightness", "Sharpness", "ShearX", "ShearY", "TranslateX", "TranslateY", "Cutout", "SolarizeAdd")
+RANDAUG_LAYERS = 2  # ops applied in sequence to every image (paper App. B)
+RANDAUG_MAX_LEVEL = 10.0  # the reference's _MAX_LEVEL: arguments scale with m / 10, unclamped, so m=15 > m=10
+RANDAUG_REF_SIDE = 224  # px: the reference's two pixel constants below are for 224 px training images
+RANDAUG_TRANSLATE_PX = 100  # px at 224 px, HParams(translate_const=100) in distort_image_with_randaugment
+RANDAUG_CUTOUT_PX = 40  # px at 224 px, HParams(cutout_const=40): half the side of the Cutout square at m = 10
+# The reference's Contrast blends towards sum(histogram) / 256, i.e. the pixel count / 256, not the mean
+# grey level: 224 * 224 / 256 = 196 on the 224 px images of the paper. Kept at 196 for every image size,
+# like the pixel constants above are scaled, so that a 32 px image gets the op the paper's images got
+# (the literal formula would give 4 there: a blend towards near-black that brightens almost every pixel).
+RANDAUG_CONTRAST_GREY = RANDAUG_REF_SIDE * RANDAUG_REF_SIDE // 256
 
 
-def _randaug_op(x: torch.Tensor, op: str, m: float, sign: float) -> torch.Tensor:
-    """One RandAugment op on a uint8 sub-batch (b, 3, H, W) with torchvision v2 functionals."""
-    import torchvision.transforms.v2.functional as F
-    from torchvision.transforms import InterpolationMode
+def randaug_args(op: str, magnitude: float, img_size: int = RANDAUG_REF_SIDE) -> tuple:
+    """The reference's `level_to_arg` for one op at magnitude m, on img_size x img_size images.
 
-    level = m / 10.0
-    fill = [float(FILL)] * 3
-    bil = InterpolationMode.BILINEAR
-    if op == "AutoContrast":
-        return F.autocontrast(x)
-    if op == "Equalize":
+    Rotate: degrees; Posterize: bits kept; Solarize: threshold (compared as uint8, see `_randaug_op`);
+    SolarizeAdd: amount added below 128; Color/Contrast/Brightness/Sharpness: blend factor (1 = identity);
+    ShearX/ShearY: shear coefficient; TranslateX/TranslateY: pixels; Cutout: half the side of the grey
+    square, pixels. The signed ops (Rotate, Shear*, Translate*) return the magnitude; `rand_augment`
+    flips the sign per example.
+
+    The reference's translate (100 px) and cutout (40 px) constants are absolute pixels for 224 px
+    images; they are scaled by img_size / 224 here so that an image of any size is moved and masked by
+    the same fraction of its side (unscaled, a 100 px translation would push a 32 px image out of frame).
+    At img_size 224 every value equals the reference's.
+    """
+    level = magnitude / RANDAUG_MAX_LEVEL
+    px = img_size / RANDAUG_REF_SIDE
+    if op in ("AutoContrast", "Equalize", "Invert"):
+        return ()
+    if op == "Rotate":
+        return (level * 30.0,)
+    if op == "Posterize":
+        return (int(level * 4),)
+    if op == "Solarize":
+        return (int(level * 256),)
+    if op == "SolarizeAdd":
+        return (int(level * 110),)
+    if op in ("Color", "Contrast", "Brightness", "Sharpness"):
+        return (level * 1.8 + 0.1,)
+    if op in ("ShearX", "ShearY"):
+        return (level * 0.3,)
+    if op in ("TranslateX", "TranslateY"):
+        return (level * (RANDAUG_TRANSLATE_PX * px),)
+    if op == "Cutout":
+        return (int(level * (RANDAUG_CUTOUT_PX * px)),)
+    raise ValueError(f"unknown RandAugment op {op!r}; the ops are {', '.join(RANDAUG_OPS)}")
+
+
+def _blend(degenerate: torch.Tensor, image: torch.Tensor, factor: float) -> torch.Tensor:
+    """The reference's blend: degenerate + factor * (image - degenerate) in float32, clipped, truncated."""
+    if factor == 1.0:
+        return image
+    a = degenerate.float()
+    return (a + factor * (image.float() - a)).clamp_(0, 255).to(torch.uint8)  # float -> uint8 truncates, as TF
+
+
+def _grey(x: torch.Tensor) -> torch.Tensor:
+    """tf.image.rgb_to_grayscale on uint8 (b, 3, H, W) -> (b, 1, H, W): to [0, 1], weigh, back via * 255.5."""
+    f = x.float() * (1.0 / 255)
+    g = f[:, 0:1] * 0.2989 + f[:, 1:2] * 0.5870 + f[:, 2:3] * 0.1140
+    return (g * 255.5).to(torch.uint8)
+
+
+# PIL's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as the reference's float32 constant, row-major
+_SMOOTH = (torch.tensor([1, 1, 1, 1, 5, 1, 1, 1, 1], dtype=torch.float32) / 13.0).tolist()
+
+
+def _round_half_away(v: torch.Tensor) -> torch.Tensor:
+    """C's round(): halves away from zero (torch.round goes to even), as TF's nearest sampling does."""
+    t = torch.trunc(v)
+    return t + torch.sign(v) * ((v - t).abs() >= 0.5)
+
+
+def _transform_nearest(x: torch.Tensor, mats: torch.Tensor) -> torch.Tensor:
+    """The reference's geometric ops: tfa.image.transform (nearest) on wrap(image), then unwrap(image, 128).
+
+    mats: float32 (b, 6) rows [a0, a1, a2, b0, b1, b2], one per image, mapping each output pixel
+    (x = column, y = row) to the input pixel (a0 x + a1 y + a2, b0 x + b1 y + b2), rounded half away from
+    zero; pixels that map outside the image take the fill value 128 in every channel.
+    """
+    b, c, h, w = x.shape
+    dev = x.device
+    m = mats.to(dev)[:, :, None, None]  # (b, 6, 1, 1)
+    xs = torch.arange(w, device=dev, dtype=torch.float32)[None, None, :]
+    ys = torch.arange(h, device=dev, dtype=torch.float32)[None, :, None]
+    ix = _round_half_away(m[:, 0] * xs + m[:, 1] * ys + m[:, 2])  # (b, H, W)
+    iy = _round_half_away(m[:, 3] * xs + m[:, 4] * ys + m[:, 5])
+    inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+    src = (iy.clamp(0, h - 1) * w + ix.clamp(0, w - 1)).long().reshape(b, 1, h * w).expand(b, c, h * w)
+    out = x.reshape(b, c, h * w).gather(2, src).reshape(b, c, h, w)
+    return out.masked_fill_(~inside[:, None], FILL)
+
+
+def _geometry_mats(op: str, arg: float, signs: torch.Tensor, h: int, w: int) -> torch.Tensor:
+    """(b, 6) float32 transforms of the reference's rotate / shear_x/y / translate_x/y, signed per image.
+
+    The reference draws the sign into a float32 tensor and tfa builds the matrices in float32, so they
+    are built in float32 here too, on the CPU whatever the images' device (the same values everywhere).
+    """
+    p = signs.to(torch.float32) * torch.tensor(arg, dtype=torch.float32)
+    one, zero = torch.ones_like(p), torch.zeros_like(p)
+    if op == "Rotate":  # tfa angles_to_projective_transforms: counter-clockwise about the image centre
+        rad = p * torch.tensor(math.pi / 180.0, dtype=torch.float32)
+        cos, sin = torch.cos(rad), torch.sin(rad)
+        wf, hf = torch.tensor(float(w), dtype=torch.float32), torch.tensor(float(h), dtype=torch.float32)
+        x_off = ((wf - 1) - (cos * (wf - 1) - sin * (hf - 1))) / 2.0
+        y_off = ((hf - 1) - (sin * (wf - 1) + cos * (hf - 1))) / 2.0
+        rows = (cos, -sin, x_off, sin, cos, y_off)
+    elif op == "ShearX":  # [1 level; 0 1]: shear about the top-left corner, as PIL
+        rows = (one, p, zero, zero, one, zero)
+    elif op == "ShearY":
+        rows = (one, zero, zero, p, one, zero)
+    elif op == "TranslateX":  # translate(image, [-pixels, 0]): output (x, y) reads input (x + pixels, y)
+        rows = (one, zero, p, zero, one, zero)
+    elif op == "TranslateY":
+        rows = (one, zero, zero, zero, one, p)
+    else:
+        raise ValueError(op)
+    return torch.stack(rows, dim=1)
+
+
+def _randaug_op(x: torch.Tensor, op: str, args: tuple, signs: torch.Tensor,
+                centers: torch.Tensor) -> torch.Tensor:
+    """One reference op on a uint8 sub-batch (b, 3, H, W); signs (b,) and Cutout centres (b, 2) on the CPU."""
+    h, w = x.shape[-2:]
+    if op == "AutoContrast":  # per image and channel: x * 255 / (hi - lo) - lo * scale, in float32
+        lo = x.amin(dim=(-2, -1), keepdim=True).float()
+        hi = x.amax(dim=(-2, -1), keepdim=True).float()
+        # tensor / tensor: torch computes `255.0 / t` as 255 * (1 / t), which rounds differently from TF
+        scale = torch.full_like(hi, 255.0) / (hi - lo)  # inf where hi == lo: kept as they are below
+        y = (x.float() * scale + (-lo * scale)).clamp_(0, 255).nan_to_num_(0).to(torch.uint8)
+        return torch.where(hi > lo, y, x)
+    if op == "Equalize":  # torchvision's kernel is PIL's / the reference's (step = non-max pixels // 255)
+        import torchvision.transforms.v2.functional as F
+
         return F.equalize(x)
     if op == "Invert":
-        return F.invert(x)
-    if op == "Rotate":
-        return F.rotate(x, sign * level * 30.0, interpolation=bil, fill=fill)
+        return 255 - x
     if op == "Posterize":
-        bits = int(level * 4)  # TF: keep 0..4 MSBs, weaker with level; >= 8 is a no-op
-        return x if bits >= 8 else F.posterize(x, bits)
+        # TF turns the shift 8 - bits into a uint8 tensor (a negative one wraps) and clamps shifts to 7, so
+        # 0 bits (m < 2.5) keeps the top bit and 9+ bits (m >= 22.5) keep 1; in between it is the plain
+        # shift (m = 10: 4 bits, m = 15: 6, m = 20: 8 bits, a no-op).
+        shift = min((8 - args[0]) % 256, 7)
+        return (x >> shift) << shift
     if op == "Solarize":
-        thresh = min(256, int(level * 256))
-        return x if thresh >= 256 else F.solarize(x, thresh)
-    if op == "SolarizeAdd":  # no torchvision functional: add to pixels below 128, as timm/TF do
-        add = min(128, int(level * 110))
-        return torch.where(x < 128, (x.int() + add).clamp_(max=255).to(torch.uint8), x)
-    if op in ("Color", "Contrast", "Brightness", "Sharpness"):
-        factor = level * 1.8 + 0.1
-        fn = {"Color": F.adjust_saturation, "Contrast": F.adjust_contrast,
-              "Brightness": F.adjust_brightness, "Sharpness": F.adjust_sharpness}[op]
-        return fn(x, factor)
-    if op in ("ShearX", "ShearY"):
-        deg = math.degrees(math.atan(sign * level * 0.3))  # PIL shear factor -> degrees, as torchvision does
-        shear = [deg, 0.0] if op == "ShearX" else [0.0, deg]
-        return F.affine(x, angle=0.0, translate=[0, 0], scale=1.0, shear=shear, interpolation=bil,
-                        fill=fill, center=[0, 0])
-    # TranslateXRel / TranslateYRel: up to 45 % of the side at level 10
-    h, w = x.shape[-2:]
-    t = sign * level * 0.45
-    move = [int(round(t * w)), 0] if op == "TranslateXRel" else [0, int(round(t * h))]
-    return F.affine(x, angle=0.0, translate=move, scale=1.0, shear=[0.0, 0.0], interpolation=bil,
-                    fill=fill)
+        # tf.where(image < threshold, image, 255 - image) converts the Python threshold to the image's
+        # uint8 dtype, which wraps it mod 256: m = 10 (256) inverts every pixel, m = 15 (384) is threshold 128.
+        return torch.where(x < args[0] % 256, x, 255 - x)
+    if op == "SolarizeAdd":  # add in int64, clip, only where the pixel is below 128; no cap on the amount
+        return torch.where(x < 128, (x.long() + args[0]).clamp_(0, 255).to(torch.uint8), x)
+    if op == "Color":
+        return _blend(_grey(x).expand_as(x), x, args[0])
+    if op == "Contrast":
+        return _blend(torch.full_like(x, RANDAUG_CONTRAST_GREY), x, args[0])
+    if op == "Brightness":
+        return _blend(torch.zeros_like(x), x, args[0])
+    if op == "Sharpness":  # PIL's SMOOTH kernel, valid conv, borders of the original, then blend
+        # TF's depthwise conv sums the 9 taps in row-major order with a fused multiply-add each, rounding
+        # to float32 once per tap. Emulated exactly here (product and sum are exact in float64) instead of
+        # conv2d, so that every device gives the same bits (cuDNN may use TF32 or another order).
+        f = x.double()
+        smooth = torch.zeros(f[..., 1:-1, 1:-1].shape, dtype=torch.float32, device=x.device)
+        for dy in range(3):
+            for dx in range(3):
+                smooth = (smooth.double() + f[..., dy:h - 2 + dy, dx:w - 2 + dx] * _SMOOTH[dy * 3 + dx]).float()
+        degenerate = x.clone()
+        degenerate[..., 1:-1, 1:-1] = smooth.clamp_(0, 255).to(torch.uint8)
+        return _blend(degenerate, x, args[0])
+    if op == "Cutout":  # a (2 pad) px square of 128 centred on a uniform pixel, clipped at the borders
+        pad = args[0]
+        cy, cx = centers[:, 0:1].to(x.device), centers[:, 1:2].to(x.device)
+        r = torch.arange(h, device=x.device)
+        c = torch.arange(w, device=x.device)
+        rows = (r >= (cy - pad).clamp(min=0)) & (r < (cy + pad).clamp(max=h))  # (b, H)
+        cols = (c >= (cx - pad).clamp(min=0)) & (c < (cx + pad).clamp(max=w))  # (b, W)
+        return x.masked_fill((rows[:, :, None] & cols[:, None, :])[:, None], FILL)
+    return _transform_nearest(x, _geometry_mats(op, args[0], signs, h, w))
 
 
-def rand_augment(x: torch.Tensor, gen: torch.Generator, magnitude: float, layers: int = 2,
-                 prob: float = 0.5) -> torch.Tensor:
-    """RandAugment with an independent op choice per example, batched.
+def randaug_draws(gen: torch.Generator, n: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
+    """One layer's draws for n images of h x w px, in this order from `gen` (CPU int64 tensors):
+    op index into RANDAUG_OPS (n,), sign +-1 (n,), Cutout centre (row, column) (n, 2).
 
-    x: uint8 (B, 3, H, W). For each of `layers` layers every example draws an op, a sign, and whether
-    the op applies (probability `prob`, timm's default; TF draws it in [0.2, 0.8]). Written by hand
-    around torchvision's functionals because v2.RandAugment on a batch applies one op to all images;
-    here examples are grouped by (op, sign), so a layer costs at most 2 x 15 functional calls whatever B.
+    Drawn for every image whatever its op, so the generator advances by the same amount every layer.
+    """
+    ops = torch.randint(0, len(RANDAUG_OPS), (n,), generator=gen)
+    signs = torch.randint(0, 2, (n,), generator=gen) * 2 - 1
+    centers = torch.stack([torch.randint(0, h, (n,), generator=gen),
+                           torch.randint(0, w, (n,), generator=gen)], dim=1)
+    return ops, signs, centers
+
+
+def rand_augment(x: torch.Tensor, gen: torch.Generator, magnitude: float,
+                 layers: int = RANDAUG_LAYERS) -> torch.Tensor:
+    """big_vision's RandAugment(layers, m) with an independent draw per example, batched.
+
+    x: uint8 (B, 3, H, W) on any device. Each of `layers` layers gives every example one op drawn
+    uniformly from RANDAUG_OPS and always applies it (the reference also draws a `prob` per op but never
+    uses it), with the arguments of `randaug_args` at this image size, a random sign for the signed ops
+    and a uniform centre for Cutout. All draws come from `gen` (on the CPU, a fixed count per layer);
+    m <= 0 means no RandAugment (the reference would still apply m = 0 ops).
+
+    Hand-written because no maintained implementation reproduces the reference: timm's
+    rand_augment_transform works on one PIL image at a time from the global Python and numpy RNGs, has
+    no Cutout, caps Solarize at 256 (there a no-op) and SolarizeAdd at 128, uses PIL's true-mean Contrast
+    and bilinear or bicubic resampling where the reference samples nearest pixels; torchvision's
+    RandAugment applies one op to the whole batch from the global torch RNG, has no Cutout or SolarizeAdd,
+    adds Identity and maps magnitudes on its own 31-bin scale. Here examples are grouped by op, so a
+    layer costs at most 16 batched calls whatever B. Checked bit for bit against the reference's op
+    functions (TensorFlow 2.15, tensorflow-addons 0.23) at 32 and 224 px, m = 3, 10, 15, 20, both signs
+    (Contrast at 224 px only: see RANDAUG_CONTRAST_GREY).
     """
     if magnitude <= 0:
         return x
-    n = len(x)
+    n, _, h, w = x.shape
+    args = {op: randaug_args(op, magnitude, min(h, w)) for op in RANDAUG_OPS}
     x = x.clone()
     for _ in range(layers):
-        ops = torch.randint(0, len(RANDAUG_OPS), (n,), generator=gen)
-        signs = torch.randint(0, 2, (n,), generator=gen) * 2 - 1
-        apply = torch.rand(n, generator=gen) < prob
+        ops, signs, centers = randaug_draws(gen, n, h, w)
         for k, op in enumerate(RANDAUG_OPS):
-            for sign in ((-1, 1) if op in _SIGNED else (None,)):
-                sel = apply & (ops == k)
-                if sign is not None:
-                    sel &= signs == sign
-                idx = sel.nonzero().flatten()
-                if len(idx) == 0:
-                    continue
-                idx = idx.to(x.device)
-                x[idx] = _randaug_op(x[idx], op, magnitude, float(sign or 1))
+            idx = (ops == k).nonzero().flatten()
+            if len(idx) == 0:
+                continue
+            dev_idx = idx.to(x.device)
+            x[dev_idx] = _randaug_op(x[dev_idx], op, args[op], signs[idx], centers[idx])
     return x
 
 
