@@ -85,7 +85,10 @@ def fail(message: str, code: int = 2) -> None:
     """Print one sentence to stderr and exit (status 2 for bad input)."""
     from rich.markup import escape
 
-    # escaped: a message quoting user input such as `[/x]` must print, not be read as markup
+    # escaped: a message quoting user input such as `[/x]` must print, not be read as markup;
+    # control characters a user typed (a newline in a --set value) are shown, not obeyed, so
+    # the message stays one line
+    message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
     _console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
@@ -264,6 +267,8 @@ Seed = Annotated[Optional[int], typer.Option(help="Random seed.")]
 RunName = Annotated[Optional[str], typer.Option(help="Run directory name (default: model-dataset-seed-hash).")]
 Resume = Annotated[bool, typer.Option(help="Continue an unfinished run (the same command does too).")]
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")]
+PrintConfig = Annotated[bool, typer.Option(
+    "--print-config", help="Print the resolved configuration (config.json) and exit.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override any setting, e.g. --set optim.lr=0.01 --set model.drop_path=0.1.")]
 
@@ -323,7 +328,8 @@ class TrainProgress:
 
 def _train_command(*, kind: str, preset, model, dataset, init, epochs, steps, batch_size,
                    accum_steps, lr, img_size, patch_size, seed, settings, run_name, resume,
-                   results_dir, data_dir, device, compile_, list_presets) -> None:
+                   results_dir, data_dir, device, compile_, list_presets,
+                   print_config=False) -> None:
     from mixerbench.config import parse_set, resolve
 
     if list_presets:
@@ -341,6 +347,11 @@ def _train_command(*, kind: str, preset, model, dataset, init, epochs, steps, ba
              "data.data_dir": str(data_dir) if data_dir else None}
     cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, flags=flags,
                   overrides=parse_set(settings))
+    if print_config:  # the resolved config.json of the run, without running it
+        from mixerbench.config import run_id, to_dict
+
+        sys.stdout.write(json.dumps(dict(to_dict(cfg), run_id=run_id(cfg)), indent=2) + "\n")
+        return
     if len(lrs) > 1:
         if resume:
             fail("--resume continues one run; run the lr grid without it (finished runs of the "
@@ -404,6 +415,7 @@ def pretrain(
     device: Device = None,
     compile_: Compile = None,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="List the presets and exit.")] = False,
+    print_config: PrintConfig = False,
 ) -> None:
     """Train a model from scratch; writes a run directory and a row in accuracy.csv."""
     if model is None and preset is None and not list_presets:
@@ -412,7 +424,8 @@ def pretrain(
                    epochs=epochs, steps=steps, batch_size=batch_size, accum_steps=accum_steps,
                    lr=lr, img_size=img_size, patch_size=patch_size, seed=seed, settings=settings,
                    run_name=run_name, resume=resume, results_dir=results_dir, data_dir=data_dir,
-                   device=device, compile_=compile_, list_presets=list_presets)
+                   device=device, compile_=compile_, list_presets=list_presets,
+                   print_config=print_config)
 
 
 @app.command()
@@ -435,6 +448,7 @@ def finetune(
     data_dir: DataDir = None,
     device: Device = None,
     compile_: Compile = None,
+    print_config: PrintConfig = False,
 ) -> None:
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
     from mixerbench.presets import PRESETS
@@ -446,7 +460,8 @@ def finetune(
                    epochs=epochs, steps=steps, batch_size=batch_size, accum_steps=accum_steps,
                    lr=lr, img_size=img_size, patch_size=None, seed=seed, settings=settings,
                    run_name=run_name, resume=resume, results_dir=results_dir, data_dir=data_dir,
-                   device=device, compile_=compile_, list_presets=False)
+                   device=device, compile_=compile_, list_presets=False,
+                   print_config=print_config)
 
 
 # ------------------------------------------------------------------------------ evaluate / bench

@@ -94,11 +94,30 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(cfg)
 
 
-def from_dict(d: dict[str, Any]) -> RunConfig:
-    """Rebuild a RunConfig from `to_dict` output (e.g. a run's config.json)."""
-    top = {k: v for k, v in d.items() if k not in SECTIONS}
-    sections = {k: SECTIONS[k](**d.get(k, {})) for k in SECTIONS}
-    return RunConfig(**sections, **top)
+def from_dict(d: Any, where: str = "config.json") -> RunConfig:
+    """The RunConfig a run's config.json holds, read strictly: every key known, every value of
+    its field's type, in range, and exactly what `to_dict` writes for it (a hand-edited or
+    foreign file is refused, never coerced). `config_hash`, which the training loop adds, is
+    checked too."""
+    if not isinstance(d, dict):
+        raise UserError(f"{where} is not a config this version wrote; re-create the run.")
+    d = dict(d)
+    stored_hash = d.pop("config_hash", None)
+    flat: dict[str, Any] = {}
+    for key, value in d.items():
+        if key in SECTIONS and isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in value.items()})
+        else:
+            flat[key] = value
+    try:
+        cfg = validate(apply_overrides(RunConfig(), flat))
+    except UserError as exc:
+        raise UserError(f"{where} is not a config this version wrote ({exc}); re-create the "
+                        "run.") from None
+    if to_dict(cfg) != d or (stored_hash is not None and stored_hash != config_hash(cfg)):
+        raise UserError(f"{where} is not a config this version wrote (its values or hash do not "
+                        "round-trip); re-create the run.")
+    return cfg
 
 
 def config_hash(cfg: RunConfig) -> str:

@@ -430,22 +430,26 @@ def probe_of(metric: str, dataset: str) -> str | None:
     return dataset if str(metric).startswith("fewshot") else None
 
 
-def _run_config(src: str) -> dict | None:
-    """The training run's config.json beside a checkpoint (run dir or file inside one)."""
+def _run_config(src: str):
+    """(RunConfig, run id) of the training run beside a checkpoint (run dir or a file inside
+    one), or (None, "") when there is none; a config.json we did not write is refused."""
     import json
     from pathlib import Path
 
+    from mixerbench.config import from_dict
+
     if str(src).startswith("timm:"):
-        return None
+        return None, ""
     path = Path(src)
     folder = path if path.is_dir() else path.parent
     cfg = folder / "config.json"
     if not cfg.is_file():
-        return None
+        return None, ""
     try:
-        return dict(json.loads(cfg.read_text()), run_id=folder.name)
-    except (OSError, ValueError):
-        return None
+        data = json.loads(cfg.read_text())
+    except (OSError, UnicodeDecodeError, ValueError):
+        data = None
+    return from_dict(data, str(cfg)), folder.name
 
 
 def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: str | None = None,
@@ -477,11 +481,17 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         dict(model, dataset, split, img_size, pipeline, top1, top5, loss, n, real, fewshot,
         shuffle, rows) where `rows` maps each CSV table to the rows built for it.
     """
+    import dataclasses
+    import math
+
+    import torch
+
     from mixerbench.bench import resolve_device
     from mixerbench.data import get_dataset
     from mixerbench.errors import UserError
     from mixerbench.models import get_spec, model_label
     from mixerbench.models.weights import load_model
+    from mixerbench import results
     from mixerbench.results import SCHEMAS, append_row, provenance
 
     device = resolve_device(device)
@@ -496,9 +506,15 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
     shots = parse_shots(fewshot) if fewshot not in (None, "", ()) else ()
     kinds = ([k.strip() for k in shuffle.split(",") if k.strip()] if isinstance(shuffle, str)
              else list(shuffle or ()))
-    run_cfg = _run_config(checkpoint_src)
-    data_cfg = (run_cfg or {}).get("data", {})
-    run_seed = int((run_cfg or {}).get("seed") or 0)
+    if not (math.isfinite(l2_reg) and l2_reg > 0):
+        raise UserError(f"--l2-reg {l2_reg} must be a positive finite number (big_vision uses 1024).")
+    if shots and not 1 <= seeds <= 1000:
+        raise UserError(f"--seeds {seeds} must be between 1 and 1000 (few-shot draws to average).")
+    if not 1 <= batch_size <= 2**20:
+        raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,} images.")
+    run_cfg, run_id = _run_config(checkpoint_src)
+    data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
+    run_seed = run_cfg.seed if run_cfg else 0
 
     # stages for the progress callback: load, accuracy, ReaL, few-shot, each shuffle
     steps_total = 2 + bool(real_labels) + bool(shots) + len(kinds)
@@ -512,6 +528,9 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
 
     tick("loading model")
     model, rec = load_model(checkpoint_src, device=device)
+    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
+        raise UserError(f"{checkpoint_src} holds non-finite weights (NaN or inf), so it has no "
+                        "accuracy to measure; pass a checkpoint from a run that trained.")
     img_size = int(rec["img_size"])
     ds = get_dataset(dataset, split, data_dir=data_dir, seed=run_seed)
     has_head = int(rec.get("num_classes") or 0) == int(ds.num_classes)
@@ -540,7 +559,6 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
                fewshot=[], shuffle=[], num_classes=ds.num_classes, head=has_head)
     prov = provenance(device=device, num_devices=1, dtype=dtype, compiled=False,
                       seed=run_seed if run_cfg else None)
-    run_id = (run_cfg or {}).get("run_id", "")
     common = dict(run_id=run_id, model=label, dataset=ds.name, img_size=img_size, **prov)
     rows = {"accuracy": [], "fewshot": [], "shuffle": []}
 
@@ -593,8 +611,15 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         progress("done", steps_total, steps_total)
     for table, table_rows in rows.items():
         rows[table] = [{k: r.get(k) for k in SCHEMAS[table]} for r in table_rows]
-        if results_root is not None:
-            for r in rows[table]:
+    measured = [r.get("top1", r.get("top1_mean")) for rs in rows.values() for r in rs]
+    if not all(isinstance(v, float) and math.isfinite(v) for v in measured):
+        raise UserError(f"Evaluating {checkpoint_src} gave a non-finite accuracy (no images, or "
+                        "NaN outputs), so no row was written; check the checkpoint and the data.")
+    if results_root is not None:
+        for table in rows:
+            results.ensure_appendable(table, results_root)  # all or nothing: check every file first
+        for table, table_rows in rows.items():
+            for r in table_rows:
                 append_row(table, r, results_root)
     out["rows"] = rows
     return out

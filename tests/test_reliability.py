@@ -487,6 +487,41 @@ BAD_INPUT = {
                                "--results-dir", "{R}"],
     "compare-zero-seeds": ["compare", "--models", "mixer", "--seeds", "0", "--no-bench",
                            "--results-dir", "{R}"],
+    # numbers typed out of range, each named with its unit (validated once, in config)
+    "pretrain-lr-nan": pretrain(sets=["model.width=16", "optim.lr=nan"]),
+    "pretrain-lr-inf": pretrain(sets=["model.width=16", "optim.lr=inf"]),
+    "pretrain-lr-zero": pretrain(sets=["model.width=16", "optim.lr=0"]),
+    "pretrain-lr-negative": pretrain(sets=["model.width=16", "optim.lr=-0.1"]),
+    "pretrain-lr-absurd": pretrain(sets=["model.width=16", "optim.lr=1e300"]),
+    "pretrain-epochs-nan": pretrain(**{"--steps": None, "--epochs": "nan"}),
+    "pretrain-epochs-zero": pretrain(**{"--steps": None, "--epochs": "0"}),
+    "pretrain-width-zero": pretrain(sets=["model.width=0"]),
+    "pretrain-width-negative": pretrain(sets=["model.width=-3"]),
+    "pretrain-patch-zero": pretrain(**{"--patch-size": "0"}),
+    "pretrain-img-size-absurd": pretrain(**{"--img-size": "1000000"}),
+    "pretrain-beta-above-one": pretrain(sets=["model.width=16", "optim.beta1=1.5"]),
+    "pretrain-seed-negative": pretrain(**{"--seed": "-1"}),
+    "pretrain-seed-absurd": pretrain(sets=["model.width=16", "seed=1e30"]),
+    "pretrain-warmup-as-long-as-the-run": pretrain(sets=[
+        "model.width=16", "optim.warmup_frac=none", "optim.warmup_steps=4"]),
+    "pretrain-drop-path-one": pretrain(sets=["model.width=16", "model.drop_path=1"]),
+    "pretrain-too-big-for-memory": pretrain(sets=["model.width=65536", "model.depth=1024"]),
+    # run names that would leave runs/ (or make an unusable folder)
+    "pretrain-run-name-parent": pretrain(**{"--run-name": "../../x"}),
+    "pretrain-run-name-absolute": pretrain(**{"--run-name": "/tmp/x"}),
+    "pretrain-run-name-dotdot": pretrain(**{"--run-name": ".."}),
+    "pretrain-run-name-dot": pretrain(**{"--run-name": "."}),
+    "pretrain-run-name-300-chars": pretrain(**{"--run-name": "r" * 300}),
+    "pretrain-results-dir-is-a-file": pretrain()[:-1] + ["{F}/empty.safetensors"],
+    "finetune-resolution-factor-zero": FT + ["{RUN}", "--img-size", "0x"],
+    "finetune-resolution-factor-fraction": FT + ["{RUN}", "--img-size", "2.5x"],
+    "finetune-lr-grid-not-numbers": FT + ["{RUN}", "--lr", "0.01,fast"],
+    "finetune-architecture-changed": FT + ["{RUN}", "--set", "model.width=32"],
+    "evaluate-l2-reg-nan": EV + ["{RUN}", "--fewshot", "1", "--l2-reg", "nan"],
+    "evaluate-fewshot-zero-seeds": EV + ["{RUN}", "--fewshot", "5", "--seeds", "0"],
+    "evaluate-batch-size-zero": EV + ["{RUN}", "--batch-size", "0"],
+    "pretrain-patch-shuffle-of-a-cnn-without-patch": pretrain(
+        **{"--model": "resnet18"}, sets=["data.batch_size=50", "data.shuffle=patch"]),
     "plot-empty-results-folder": ["plot", "--results-dir", "{E}"],
     "plot-unknown-figure": ["plot", "nosuchfigure", "--results-dir", "{R}"],
     "reproduce-unknown-artifact": ["reproduce", "tabel2", "--results-dir", "{R}"],
@@ -521,7 +556,7 @@ def test_bad_input_matrix_covers_every_command():
     commands = {args[0] if isinstance(args, list) else "pretrain" for args in BAD_INPUT.values()}
     assert {"models", "paper", "datasets", "pretrain", "finetune", "evaluate", "bench", "compare",
             "plot", "reproduce"} <= commands
-    assert len(BAD_INPUT) >= 25
+    assert len(BAD_INPUT) >= 80
 
 
 # -------------------------------------------------------------------- 4. faults in training

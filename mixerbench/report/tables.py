@@ -88,14 +88,18 @@ def pick_dataset(df: pd.DataFrame, dataset: str | None, what: str) -> tuple[pd.D
 
 
 def latest_per_run(df: pd.DataFrame) -> pd.DataFrame:
-    """One row per (run_id, dataset, split, img_size): the last written (re-evaluations win)."""
+    """One row per (run_id, dataset, split, img_size): the run's own training row when it has
+    one, else its last evaluation. An `evaluate` of a trained run re-measures accuracy but has
+    no cost columns, so it never replaces the training record (cost figures and compare
+    averages would silently lose that run)."""
     if "run_id" not in df.columns:
         return df
     keys = [c for c in ("run_id", "dataset", "split", "img_size") if c in df.columns]
     has_id = df["run_id"].notna() & (df["run_id"].astype(str) != "")
-    return pd.concat(
-        [df[has_id].drop_duplicates(subset=keys, keep="last"), df[~has_id]]
-    ).sort_index().copy()
+    trained = (df["kind"].astype(str) != "evaluate") if "kind" in df.columns else has_id
+    ranked = df[has_id].assign(_trained=trained[has_id]).sort_values("_trained", kind="stable")
+    kept = ranked.drop_duplicates(subset=keys, keep="last").drop(columns="_trained")
+    return pd.concat([kept, df[~has_id]]).sort_index().copy()
 
 
 def _best_throughput(thr: pd.DataFrame | None, model: str, mode: str, img_size) -> float:
