@@ -562,7 +562,8 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                 # pass (forward + backward for activations and weights), the usual MFU convention.
                 flops_per_img = 2 * info["macs"] * (3 if m == "train" else 1)
                 achieved = flops_per_img * stats["img_per_sec_mean"] / 1e12
-                row = dict(model=label, mode=m, img_size=size, params=info["params"],
+                row = dict(model=label, family=spec.family, mode=m, img_size=size,
+                           params=info["params"],
                            gmacs=info["gmacs"], achieved_tflops=achieved,
                            mfu=achieved / peak if peak else None, peak_tflops=peak,
                            matmul_tflops=matmul, bench_id=bench_id, **stats)

@@ -707,8 +707,11 @@ def compare(
                           dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, init=init,
                           fewshot=fewshot, with_bench=with_bench, results_root=results_dir,
                           data_dir=data_dir, device=device, overrides=parse_set(settings))
+    from mixerbench.report.tables import compare_view
+
     rows = []
-    for r in _table_rows(out["table"]):
+    shown = compare_view(out["table"])
+    for r, full in zip(_table_rows(shown), _table_rows(out["table"])):
         std = "" if r.get("top1_std") is None else f" +- {r['top1_std']:.2f}"
         view = {"model": r["model"], "params": r["params"], "GFLOPs/img": r["gflops"],
                 "train img/s": r["train_img_per_sec"], "infer img/s": r["infer_img_per_sec"],
@@ -717,9 +720,10 @@ def compare(
                 "top-1 %": f"{r['top1_mean']:.2f}{std} (n={r['n']})"}
         if fewshot:
             view[f"{fewshot}-shot %"] = r.get("fewshot_top1")
-        view["paper %"] = r.get("paper_top1")
-        view["diff"] = r.get("diff")
-        rows.append(view if fmt == Format.table else r)
+        if "paper_top1" in r:
+            view["paper %"] = r.get("paper_top1")
+            view["diff"] = r.get("diff")
+        rows.append(view if fmt == Format.table else full)
     emit(rows, fmt, title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
     if fmt == Format.table:
         for path in out["written"]:

@@ -363,8 +363,8 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     elif model:
         family = FAMILY_MODELS.get(preset or "", {})
         key = model.strip().lower()
-        if key in family:
-            cfg = replace(cfg, model=family[key])
+        if key in family:  # the preset's model of that family, with the settings it needs
+            cfg = apply_overrides(replace(cfg, model=family[key].model), family[key].settings)
         else:
             name = resolve_name(model)
             spec = get_spec(name)

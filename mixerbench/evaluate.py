@@ -559,7 +559,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
                fewshot=[], shuffle=[], num_classes=ds.num_classes, head=has_head)
     prov = provenance(device=device, num_devices=1, dtype=dtype, compiled=False,
                       seed=run_seed if run_cfg else None)
-    common = dict(run_id=run_id, model=label, dataset=ds.name, img_size=img_size, **prov)
+    common = dict(run_id=run_id, model=label, family=get_spec(rec["name"]).family,
+                  dataset=ds.name, img_size=img_size, **prov)
     rows = {"accuracy": [], "fewshot": [], "shuffle": []}
 
     if has_head:

@@ -10,17 +10,30 @@ defaults of the family aliases.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 
 from mixerbench.config import DataConfig, ModelConfig, OptimConfig, RunConfig
 from mixerbench.errors import UserError, close_matches
 
 PRESETS: dict[str, Callable[[], RunConfig]] = {}
-# preset -> family -> ModelConfig used when the user names a family alias (or no model).
-FAMILY_MODELS: dict[str, dict[str, ModelConfig]] = {}
 
 
-def preset(name: str, family_models: dict[str, ModelConfig] | None = None):
+@dataclass(frozen=True)
+class FamilyRecipe:
+    """What a preset trains when the user names a family alias (`mixer`, `vit`, `resnet`):
+    the model, the settings that family needs on top of the preset (dotted `--set` keys), and
+    where those settings come from."""
+
+    model: ModelConfig
+    settings: dict = field(default_factory=dict)
+    source: str = ""
+
+
+# preset -> family -> its recipe (small presets compare one model of each family).
+FAMILY_MODELS: dict[str, dict[str, FamilyRecipe]] = {}
+
+
+def preset(name: str, family_models: dict[str, FamilyRecipe] | None = None):
     def deco(fn: Callable[[], RunConfig]) -> Callable[[], RunConfig]:
         PRESETS[name] = fn
         if family_models:
@@ -240,9 +253,9 @@ def finetune_flowers102() -> RunConfig:
 # ------------------------------------------------------------------------ small-scale presets
 
 @preset("cifar10-scratch", family_models={
-    "mixer": ModelConfig(name="mixer-t4", img_size=32, patch_size=4, drop_path=0.1),
-    "vit": ModelConfig(name="vit-t4", img_size=32, patch_size=4, drop_path=0.1),
-    "resnet": ModelConfig(name="resnet18-c", img_size=32),
+    "mixer": FamilyRecipe(ModelConfig(name="mixer-t4", img_size=32, patch_size=4, drop_path=0.1)),
+    "vit": FamilyRecipe(ModelConfig(name="vit-t4", img_size=32, patch_size=4, drop_path=0.1)),
+    "resnet": FamilyRecipe(ModelConfig(name="resnet18-c", img_size=32)),
 })
 def cifar10_scratch() -> RunConfig:
     """CIFAR-10 from scratch at 32 px, patch 4 (64 tokens): a Mixer of width 256 and 8 blocks,
@@ -265,12 +278,12 @@ def cifar10_scratch() -> RunConfig:
 
 
 @preset("smoke", family_models={
-    "mixer": ModelConfig(name="mixer-t4", img_size=28, patch_size=4, width=64, depth=2),
-    "vit": ModelConfig(name="vit-t4", img_size=28, patch_size=4, width=64, depth=2,
-                       options={"num_heads": 2}),
-    "resnet": ModelConfig(name="resnet18", img_size=28,
-                          options={"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128],
-                                   "stem_width": 16}),
+    "mixer": FamilyRecipe(ModelConfig(name="mixer-t4", img_size=28, patch_size=4, width=64, depth=2)),
+    "vit": FamilyRecipe(ModelConfig(name="vit-t4", img_size=28, patch_size=4, width=64, depth=2,
+                                    options={"num_heads": 2})),
+    "resnet": FamilyRecipe(ModelConfig(name="resnet18", img_size=28,
+                                       options={"layers": [1, 1, 1, 1],
+                                                "channels": [16, 32, 64, 128], "stem_width": 16})),
 })
 def smoke() -> RunConfig:
     """The embedded offline default: mnist-5k (4,000 train / 1,000 test digits shipped with

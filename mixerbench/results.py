@@ -39,11 +39,11 @@ PROVENANCE = (
 # One place declares each CSV's columns; writers and readers both use these tuples.
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "accuracy": (
-        "run_id", "model", "dataset", "split", "img_size", "epochs", "steps", "top1", "top5",
+        "run_id", "model", "family", "dataset", "split", "img_size", "epochs", "steps", "top1", "top5",
         "loss", "train_seconds", "device_hours", "train_flops", "init", "kind", "experiment",
     ) + PROVENANCE,
     "fewshot": (
-        "run_id", "model", "dataset", "upstream", "shots", "l2_reg", "num_seeds", "top1_mean",
+        "run_id", "model", "family", "dataset", "upstream", "shots", "l2_reg", "num_seeds", "top1_mean",
         "top1_std", "img_size",
     ) + PROVENANCE,
     # `gmacs`: forward GMACs per image, unrounded (exact MACs / 1e9). `mfu` = achieved_tflops /
@@ -52,16 +52,16 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     # `matmul_tflops`: dense matmul rate measured in the same run, not an MFU denominator.
     # `bench_id`: shared by the rows of one `bench` call (models measured side by side).
     "throughput": (
-        "model", "mode", "batch_size", "img_size", "img_per_sec_mean", "img_per_sec_std",
+        "model", "family", "mode", "batch_size", "img_size", "img_per_sec_mean", "img_per_sec_std",
         "step_ms_median", "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops",
         "matmul_tflops", "channels_last", "driver_version", "cuda_version", "bench_id",
     ) + PROVENANCE,
     "shuffle": (
-        "run_id", "model", "dataset", "train_shuffle", "eval_shuffle", "metric", "top1",
+        "run_id", "model", "family", "dataset", "train_shuffle", "eval_shuffle", "metric", "top1",
         "probe_dataset", "img_size",
     ) + PROVENANCE,
     "scaling": (
-        "run_id", "model", "dataset", "fraction", "epochs", "steps", "metric", "top1",
+        "run_id", "model", "family", "dataset", "fraction", "epochs", "steps", "metric", "top1",
         "probe_dataset",
     ) + PROVENANCE,
 }
@@ -174,7 +174,7 @@ COLUMN_TYPES: dict[str, str] = {
         "run_id", "model", "dataset", "split", "init", "kind", "experiment", "git_sha",
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
-        "metric", "upstream", "probe_dataset", "bench_id",
+        "metric", "upstream", "probe_dataset", "bench_id", "family",
     ), TEXT),
 }
 

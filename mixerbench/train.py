@@ -559,7 +559,7 @@ def finish(run: Run, p: Progress, experiment: str) -> dict:
     written from non-finite weights or metrics."""
     import torch
 
-    from mixerbench.models import model_label
+    from mixerbench.models import get_spec, model_label
     from mixerbench.models.weights import unwrap
 
     last = _last_metrics(run.run_dir / "metrics.csv")
@@ -574,6 +574,7 @@ def finish(run: Run, p: Progress, experiment: str) -> dict:
     images = run.total * cfg.data.batch_size
     summary = dict(
         run_id=run.run_dir.name, model=model_label(run.rec["name"], run.rec.get("overrides")),
+        family=get_spec(run.rec["name"]).family,
         dataset=cfg.data.dataset, split=cfg.data.eval_split, img_size=run.rec["img_size"],
         epochs=round(images / run.train_size, 4), steps=run.total,
         top1=last["top1"], top5=last["top5"], loss=last["eval_loss"],

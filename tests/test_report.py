@@ -484,3 +484,65 @@ def test_regenerate_token_mixing_from_safetensors(tmp_path):
     save_file({"head.weight": torch.zeros(2, 2)}, str(tmp_path / "vit.safetensors"))
     with pytest.raises(UserError, match="Mixer checkpoint"):
         report.load_token_mixing_weights(tmp_path / "vit.safetensors")
+
+
+def test_shuffle_draws_any_number_of_metrics_and_runs():
+    """`evaluate --fewshot 1,5,10,25 --shuffle ...` rows for many runs: five metrics per bar
+    group (the alpha ramp once went negative past four), few-shot in shot order."""
+    rows = []
+    for r in range(6):
+        for shuf in ("none", "patch", "global"):
+            for metric in ("top1", "fewshot1", "fewshot5", "fewshot10", "fewshot25"):
+                rows.append(dict(run_id=f"run{r}-{shuf}", model=f"mixer-t4[width={8 * (r + 1)}]",
+                                 family="mixer", dataset="cifar10", train_shuffle=shuf,
+                                 eval_shuffle=shuf, metric=metric, top1=50.0 + r,
+                                 probe_dataset=None if metric == "top1" else "cifar10"))
+    fig = figures.shuffle(frame("shuffle", rows))
+    ax = fig.axes[0]
+    labels = [t.get_text() for t in ax.get_legend().get_texts()]
+    assert labels == ["top-1", "linear 1-shot", "linear 5-shot", "linear 10-shot", "linear 25-shot"]
+    assert len([a for a in fig.axes if a.patches]) == 6
+    assert "linear probes on cifar10 (the training set" in fig._suptitle.get_text()
+
+
+def test_figures_take_the_family_from_the_rows():
+    """A row's `family` column colours it (a timm name the guess would call 'other')."""
+    acc = accuracy_fixture()
+    acc = pd.concat([acc, frame("accuracy", [dict(
+        run_id="odd-s0", model="timm:convnext_atto", family="resnet", dataset="cifar10",
+        split="test", img_size=32, epochs=10, top1=70.0, train_seconds=100, device_hours=0.1,
+        train_flops=1e14)])], ignore_index=True)
+    fig = figures.pareto_cost(acc, paper=False)
+    colours = {tuple(np.round(c.get_facecolor()[0][:3], 3)) for c in fig.axes[0].collections
+               if isinstance(c, PathCollection) and len(c.get_offsets())}
+    import matplotlib.colors as mc
+    assert tuple(np.round(mc.to_rgb(style.COLORS["other"]), 3)) not in colours
+
+
+def test_cost_panels_show_one_experiment():
+    """Data-scaling runs (233 epochs) never share the 'ours' panel with a compare."""
+    acc = accuracy_fixture().assign(experiment="compare:smoke")
+    extra = frame("accuracy", [dict(run_id=f"ds-{f}", model="mixer-b16", dataset="cifar10",
+                                    split="test", img_size=32, epochs=e, top1=50.0,
+                                    train_seconds=100, device_hours=0.1, train_flops=1e14,
+                                    experiment="data-scaling")
+                               for f, e in ((0.03, 233), (1.0, 7))])
+    fig = figures.pareto_cost(pd.concat([acc, extra], ignore_index=True), paper=False)
+    n = sum(len(c.get_offsets()) for c in fig.axes[0].collections if isinstance(c, PathCollection))
+    assert n == 3  # mixer, vit, bit of the compare
+    assert "compare:smoke" in fig.axes[0].get_title()
+    fig = figures.pareto_cost(pd.concat([acc, extra], ignore_index=True), paper=False,
+                              experiment="data-scaling")
+    assert "data-scaling" in fig.axes[0].get_title()
+    with pytest.raises(UserError, match="experiment"):
+        figures.pareto_cost(acc, paper=False, experiment="nope")
+
+
+def test_an_evaluation_never_hides_the_training_row():
+    acc = frame("accuracy", [
+        dict(run_id="r", model="mixer-t4", dataset="d", split="test", img_size=32, top1=80.0,
+             train_seconds=100.0, kind="pretrain"),
+        dict(run_id="r", model="mixer-t4", dataset="d", split="test", img_size=32, top1=81.0,
+             kind="evaluate")])
+    kept = tables.latest_per_run(acc)
+    assert len(kept) == 1 and kept.iloc[0]["train_seconds"] == 100.0

@@ -30,7 +30,8 @@ from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullForma
 from mixerbench import reference
 from mixerbench.errors import UserError
 from mixerbench.report import style
-from mixerbench.report.tables import device_hours, latest_per_run, numeric, pick_dataset, require
+from mixerbench.report.tables import (device_hours, latest_per_run, numeric, pick_dataset,
+                                      pick_experiment, require)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -77,13 +78,14 @@ def _hardware(df: pd.DataFrame) -> str:
 
 
 def _scatter_families(ax, x, y, names, labels=None, *, hollow=None, size=46,
-                      seen: set | None = None):
-    """One PathCollection per family (colour + marker from `style`); returns the labels."""
+                      seen: set | None = None, fams: Sequence[str] | None = None):
+    """One PathCollection per family (colour + marker from `style`); returns the labels.
+    `fams`: each point's family (a row's `family` column); default guessed from the names."""
     x, y, names = np.asarray(x, float), np.asarray(y, float), [str(n) for n in names]
     labels = names if labels is None else [str(s) for s in labels]
     hollow = np.zeros(len(x), bool) if hollow is None else np.asarray(hollow, bool)
     seen = set() if seen is None else seen
-    fams = [style.family_of(n) for n in names]
+    fams = [style.family_of(n) for n in names] if fams is None else list(fams)
     for fam in style.FAMILIES:
         for hol in (False, True):
             idx = [i for i, f in enumerate(fams) if f == fam and hollow[i] == hol]
@@ -189,10 +191,6 @@ def _pad_limits(ax, y, err=None):
         ax.set_ylim(lo - pad, hi + pad)
 
 
-def _family_sort_key(name: str) -> int:
-    return style.FAMILIES.index(style.family_of(name))
-
-
 # ----------------------------------------------------------------------------- Figure 2 / 3
 
 
@@ -252,6 +250,7 @@ def pareto_cost(
     paper_df: pd.DataFrame | None = None,
     *,
     dataset: str | None = None,
+    experiment: str | None = None,
     paper: bool = True,
 ) -> Figure:
     """Top-1 vs training cost with the Pareto frontier dashed (paper Figure 2 left, Figure 3 left).
@@ -267,6 +266,8 @@ def pareto_cost(
         paper_df: the paper's points (`paper_name, pretrain, img_size, epochs, top1, core_days,
             table`); default `paper_cost_points()` (Table 2, and Table 3's JFT-300M rows).
         dataset: which dataset's runs (default: the one with most rows).
+        experiment: whose runs the "ours" panels show (default: the `compare` with the most
+            rows; `tables.pick_experiment`): one experiment per panel, never a mix.
         paper: draw the paper panels.
     """
     acc = require(accuracy_df, "accuracy", "The pareto-cost figure")
@@ -274,14 +275,18 @@ def pareto_cost(
     acc["device_hours"] = device_hours(acc)
     acc, dataset = pick_dataset(acc, dataset, "The pareto-cost figure")
     acc = latest_per_run(acc)
+    acc, experiment = pick_experiment(acc[acc["kind"].astype(str) != "evaluate"]
+                                      if "kind" in acc.columns else acc, experiment)
     acc = acc[acc["top1"].notna()]
     if "train_flops" not in acc.columns:
         acc["train_flops"] = np.nan
     acc["pflops"] = acc["train_flops"] / 1e15
     keys = [k for k in ("model", "img_size", "epochs") if k in acc.columns]
+    acc["family"] = style.families(acc)
     agg = acc.groupby(keys, sort=False, dropna=False).agg(
         top1=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"),
-        device_hours=("device_hours", "mean"), pflops=("pflops", "mean")).reset_index()
+        device_hours=("device_hours", "mean"), pflops=("pflops", "mean"),
+        family=("family", "first")).reset_index()
     several = agg["model"].duplicated(keep=False)
     epochs = agg["epochs"] if "epochs" in agg.columns else pd.Series(np.nan, index=agg.index)
     agg["label"] = [f"{m} {int(e)}ep" if dup and e == e else str(m)
@@ -309,7 +314,7 @@ def pareto_cost(
     jobs: list = []
     for ax, (col, xlabel) in zip(axes, panels):
         d = agg[agg[col].notna()].reset_index(drop=True)
-        _scatter_families(ax, d[col], d["top1"], d["model"], d["label"])
+        _scatter_families(ax, d[col], d["top1"], d["model"], d["label"], fams=d["family"])
         err = d[d["n"] > 1]
         if len(err):
             ax.errorbar(err[col], err["top1"], yerr=err["top1_std"], fmt="none",
@@ -318,8 +323,9 @@ def pareto_cost(
         _log_x_if_wide(ax, d[col])
         _pad_limits(ax, d["top1"], d["top1_std"])
         where = f" on {hw}" if hw and col == "device_hours" else ""
+        what = f" ({experiment})" if experiment else ""
         _finish(ax, xlabel + where, f"{dataset} top-1 (%)",
-                f"Ours: {dataset} top-1 vs {'cost' if col == 'device_hours' else 'compute'}")
+                f"Ours{what}: {dataset} top-1\nvs {'cost' if col == 'device_hours' else 'compute'}")
         jobs.append((ax, d[col], d["top1"], list(d["label"])))
     for ax, (name, g) in zip(axes[len(panels):], groups):
         _paper_panel(ax, g, "core_days", _PAPER_PANEL_TITLES.get(name, name),
@@ -334,6 +340,7 @@ def accuracy_throughput(
     *,
     dataset: str | None = None,
     mode: str = "infer",
+    experiment: str | None = None,
     paper: bool = True,
 ) -> Figure:
     """Top-1 against img/s per device, log x (paper Figure 3 right).
@@ -353,17 +360,17 @@ def accuracy_throughput(
     numeric(thr, "img_per_sec_mean", "num_devices")
     acc, dataset = pick_dataset(acc, dataset, "The accuracy-throughput figure")
     acc = latest_per_run(acc)
-    # One point per model means one comparison: when `compare` runs exist, use only them, so
-    # data-scaling or transfer runs of the same model do not blur the mean.
-    if "experiment" in acc.columns:
-        cmp = acc["experiment"].astype(str).str.startswith("compare")
-        if cmp.any():
-            acc = acc[cmp]
+    # One point per model means one comparison: one experiment (the `compare` with the most
+    # rows by default), so data-scaling or transfer runs of the same model do not blur it.
+    acc, experiment = pick_experiment(acc, experiment)
     thr = thr[(thr["mode"] == mode) & thr["img_per_sec_mean"].notna()]
     nd = thr["num_devices"].fillna(1).clip(lower=1) if "num_devices" in thr.columns else 1
     thr = thr.assign(per_device=thr["img_per_sec_mean"] / nd)
     speed = thr.groupby("model", sort=False)["per_device"].max()
-    agg = acc.groupby("model", sort=False)["top1"].agg(["mean", "std", "size"]).reset_index()
+    acc = acc.assign(family=style.families(acc))
+    agg = acc.groupby("model", sort=False).agg(
+        mean=("top1", "mean"), std=("top1", "std"), size=("top1", "size"),
+        family=("family", "first")).reset_index()
     agg = agg[agg["model"].isin(speed.index) & agg["mean"].notna()].reset_index(drop=True)
     if agg.empty:
         raise UserError(
@@ -374,7 +381,7 @@ def accuracy_throughput(
     fig, axes = new_figure(2 if paper else 1)
     ax = axes[0]
     jobs: list = []
-    _scatter_families(ax, agg["speed"], agg["mean"], agg["model"])
+    _scatter_families(ax, agg["speed"], agg["mean"], agg["model"], fams=agg["family"])
     err = agg[agg["size"] > 1]
     if len(err):
         ax.errorbar(err["speed"], err["mean"], yerr=err["std"], fmt="none", ecolor="#888888",
@@ -385,7 +392,8 @@ def accuracy_throughput(
     _pad_limits(ax, agg["mean"], agg["std"])
     hw = _hardware(thr) or "this device"
     _finish(ax, f"{mode} throughput (img/s per device, log)",
-            f"{dataset} top-1 (%)", f"Ours: {dataset} top-1 vs {mode} speed\non {hw}")
+            f"{dataset} top-1 (%)",
+            f"Ours ({experiment}): {dataset} top-1 vs {mode} speed\non {hw}")
     jobs.append((ax, agg["speed"], agg["mean"], list(agg["model"])))
     if paper:
         t3 = reference.load_table("table3")
@@ -434,21 +442,26 @@ def data_scaling(scaling_df: pd.DataFrame, *, dataset: str | None = None) -> Fig
         df["metric"] = "top1"
     df["metric"] = df["metric"].fillna("top1").astype(str)
     metrics = sorted(df["metric"].unique(), key=lambda m: (not m.lower().startswith("few"), m))
+    df = df.assign(family=style.families(df))
+    fam = dict(zip(df["model"].astype(str), df["family"]))
+    probes = _probe_note(df)
     fig, axes = new_figure(len(metrics))
     fractions = np.sort(df["fraction"].unique())
     epochs_at = df.groupby("fraction")["epochs"].agg(lambda s: s.dropna().unique())
     for ax, metric in zip(axes, metrics):
         d = df[df["metric"] == metric]
         models = sorted(d["model"].astype(str).unique(),
-                        key=lambda m: (_family_sort_key(m), list(d["model"]).index(m)))
+                        key=lambda m: (style.FAMILIES.index(fam[m]), list(d["model"]).index(m)))
         for model in models:
             g = d[d["model"] == model].groupby("fraction")["top1"].agg(["mean", "std", "size"])
             x = g.index.to_numpy() * 100
-            ax.plot(x, g["mean"], linestyle=style.linestyle(model), marker=style.marker(model),
-                    color=style.color(model), label=model, linewidth=1.8, markersize=5)
+            f = fam[model]
+            ax.plot(x, g["mean"], linestyle=style.LINESTYLES[f], marker=style.MARKERS[f],
+                    color=style.COLORS[f], label=style.short_name(model), linewidth=1.8,
+                    markersize=5)
             if (g["size"] > 1).any():
                 sd = g["std"].fillna(0)
-                ax.fill_between(x, g["mean"] - sd, g["mean"] + sd, color=style.color(model),
+                ax.fill_between(x, g["mean"] - sd, g["mean"] + sd, color=style.COLORS[f],
                                 alpha=0.15, linewidth=0)
         ax.set_xscale("log")
         ax.xaxis.set_major_locator(FixedLocator(fractions * 100))
@@ -465,6 +478,8 @@ def data_scaling(scaling_df: pd.DataFrame, *, dataset: str | None = None) -> Fig
         _finish(ax, "training-set fraction (log; epochs scaled for equal compute)",
                 f"{_metric_label(metric)} top-1 (%)",
                 f"{dataset}: {_metric_label(metric)} vs data size")
+    if probes:
+        fig.suptitle(probes.strip(), fontsize=style.FONT_SIZE)
     return fig
 
 
@@ -509,10 +524,13 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None) -> Figure:
     if "metric" not in df.columns:
         df["metric"] = "top1"
     df["metric"] = df["metric"].fillna("top1").astype(str)
+    df["family"] = style.families(df)
+    fam = dict(zip(df["model"].astype(str), df["family"]))
     models = sorted(df["model"].astype(str).unique(),
-                    key=lambda m: (_family_sort_key(m), list(df["model"]).index(m)))
+                    key=lambda m: (style.FAMILIES.index(fam[m]), list(df["model"]).index(m)))
     settings = sorted(df["train_shuffle"].unique(), key=lambda s: (_SHUFFLE_ORDER.get(s, 9), s))
-    metrics = sorted(df["metric"].unique())
+    metrics = sorted(df["metric"].unique(), key=_metric_order)
+    probes = _probe_note(df)
     ncols = min(3, len(models))
     nrows = math.ceil(len(models) / ncols)
     fig, axes = new_figure(ncols, nrows, size=(min(5.8, 2.2 + 0.9 * len(settings) * len(metrics)),
@@ -529,8 +547,11 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None) -> Figure:
                 ["mean", "std", "size"]).reindex(settings)
             x = np.arange(len(settings)) + (k - (len(metrics) - 1) / 2) * width
             ok = g["mean"].notna().to_numpy()
-            ax.bar(x[ok], g["mean"][ok], width * 0.92, color=style.color(model),
-                   alpha=0.9 - 0.25 * k, hatch=hatches[k % len(hatches)], edgecolor="black",
+            # fading from 0.9 to 0.4 over however many metrics there are (any number of
+            # `evaluate --fewshot 1,5,10,25` rows draws)
+            ax.bar(x[ok], g["mean"][ok], width * 0.92, color=style.COLORS[fam[model]],
+                   alpha=0.9 - 0.5 * k / max(len(metrics) - 1, 1),
+                   hatch=hatches[k % len(hatches)], edgecolor="black",
                    linewidth=0.6, label=_metric_label(metric) if len(metrics) > 1 else None)
             yerr = g["std"].where(g["size"] > 1).fillna(0.0)
             if (yerr[ok] > 0).any():
@@ -546,11 +567,31 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None) -> Figure:
         ax.set_ylim(0, min(100.0, ymax * 1.25) if ymax > 0 else 1)
         _finish(ax, "input pipeline (train and eval)",
                 f"{dataset} top-1 (%)" if len(metrics) == 1 else f"{dataset} accuracy (%)",
-                f"{style.short_name(model)} ({style.LABELS[style.family_of(model)]})")
+                f"{style.short_name(model)} ({style.LABELS[fam[model]]})")
         ax.grid(False, axis="x")
-    fig.suptitle(f"Shuffling invariance on {dataset} (one fixed permutation for all images)",
-                 fontsize=style.FONT_SIZE + 1)
+    fig.suptitle(f"Shuffling invariance on {dataset} (one fixed permutation for all images)"
+                 + probes, fontsize=style.FONT_SIZE + 1)
     return fig
+
+
+def _metric_order(m: str):
+    """top-1 first, then few-shot by shot count (fewshot5 before fewshot10)."""
+    m = str(m)
+    if m.startswith("fewshot") and m[7:].isdigit():
+        return (1, int(m[7:]), m)
+    return (0 if m == "top1" else 2, 0, m)
+
+
+def _probe_note(df: pd.DataFrame) -> str:
+    """'; linear probes on cifar10, the training set' when the probe datasets are recorded."""
+    if "probe_dataset" not in df.columns:
+        return ""
+    probes = sorted({str(p) for p in df["probe_dataset"].dropna() if str(p)})
+    if not probes:
+        return ""
+    same = set(probes) <= {str(d) for d in df["dataset"].dropna()}
+    return (f"\nlinear probes on {', '.join(probes)}"
+            + (" (the training set; the paper probes ImageNet after JFT)" if same else ""))
 
 
 # ----------------------------------------------------------------------------- Figure 5

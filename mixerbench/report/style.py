@@ -67,3 +67,12 @@ def marker(model_name: str) -> str:
 
 def linestyle(model_name: str) -> str:
     return LINESTYLES[family_of(model_name)]
+
+
+def families(df) -> list[str]:
+    """The family of each row: its `family` column (written by the run that made it), else,
+    for rows without one (the paper's reference points), guessed from the name."""
+    names = [str(n) for n in df["model" if "model" in df.columns else "paper_name"]]
+    given = list(df["family"]) if "family" in df.columns else [None] * len(names)
+    return [f if isinstance(f, str) and f in FAMILIES else family_of(n)
+            for f, n in zip(given, names)]

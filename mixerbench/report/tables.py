@@ -102,6 +102,24 @@ def latest_per_run(df: pd.DataFrame) -> pd.DataFrame:
     return pd.concat([kept, df[~has_id]]).sort_index().copy()
 
 
+def pick_experiment(df: pd.DataFrame, experiment: str | None = None) -> tuple[pd.DataFrame, str]:
+    """The rows of one experiment (`experiment` column): the one named, else the `compare` run
+    with the most rows, else the experiment with the most rows. A figure that mixed experiments
+    (data-scaling runs at 233 epochs beside a compare at 8) would compare unlike with unlike."""
+    if "experiment" not in df.columns or df.empty:
+        return df, experiment or ""
+    names = df["experiment"].astype(object).where(df["experiment"].notna(), "").astype(str)
+    if experiment is not None:
+        if experiment not in set(names):
+            known = ", ".join(sorted(set(names) - {""})) or "none"
+            raise UserError(f"No rows of experiment '{experiment}'; the results have: {known}.")
+        return df[names == experiment], experiment
+    counts = names.value_counts()
+    compares = [n for n in counts.index if n.startswith("compare")]
+    chosen = compares[0] if compares else counts.index[0]
+    return df[names == chosen], chosen
+
+
 def _best_throughput(thr: pd.DataFrame | None, model: str, mode: str, img_size) -> float:
     """Highest img/s over batch sizes (the paper reports the best batch size), same resolution
     as the accuracy run when such a row exists."""
@@ -242,6 +260,30 @@ def compare_table(
             "diff": math.nan if paper is None else mean - paper,
         })
     return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+
+
+def short_labels(names) -> list[str]:
+    """Model labels for screens and figures: the zoo name without its shape overrides
+    (`resnet18[channels=16x32x64x128,...]` -> `resnet18`), unless two models would then share
+    one label; the CSVs keep the full name."""
+    from mixerbench.report.style import short_name
+
+    names = [str(n) for n in names]
+    short = [short_name(n) for n in names]
+    clash = {s for s in short if len({n for n, t in zip(names, short) if t == s}) > 1}
+    return [n if s in clash else s for n, s in zip(names, short)]
+
+
+def compare_view(table: pd.DataFrame) -> pd.DataFrame:
+    """The compare table as people read it (terminal, markdown): short model labels, and no
+    `paper_top1` / `diff` columns when the paper has no number for any row (a dataset it did
+    not use)."""
+    view = table.copy()
+    view["model"] = short_labels(view["model"])
+    for col in ("paper_top1", "diff"):
+        if col in view.columns and view[col].isna().all():
+            view = view.drop(columns=col)
+    return view
 
 
 # ----------------------------------------------------------------------------- throughput
