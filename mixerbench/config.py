@@ -281,9 +281,25 @@ def _check_range(key: str, value: Any) -> None:
         raise UserError(f"{key} = {value} is out of range: it must be {span} ({unit}).")
 
 
+def _normalise(obj):
+    """Whole numbers given to float fields become floats (a preset's `epochs=8`), so a config
+    and its config.json round trip hash alike."""
+    hints = get_type_hints(type(obj))
+    changes = {}
+    for f in fields(obj):
+        value = getattr(obj, f.name)
+        allowed = getattr(hints[f.name], "__args__", (hints[f.name],))
+        if dataclasses.is_dataclass(value):
+            changes[f.name] = _normalise(value)
+        elif float in allowed and isinstance(value, int) and not isinstance(value, bool):
+            changes[f.name] = float(value)
+    return replace(obj, **changes) if changes else obj
+
+
 def validate(cfg: RunConfig) -> RunConfig:
     """Every number in range and every cross-field rule a user can trip over; each failure is
-    one sentence naming the setting."""
+    one sentence naming the setting. Returns the config with whole floats as floats."""
+    cfg = _normalise(cfg)
     choices = {
         "kind": (cfg.kind, ("pretrain", "finetune")),
         "optim.name": (cfg.optim.name, ("adam", "sgd")),

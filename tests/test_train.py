@@ -317,3 +317,15 @@ def test_finetune_lr_grid_selects_on_minival_and_reports_on_test(tmp_path):
     written = json.loads((tmp_path / "runs" / final["run_id"] / "config.json").read_text())
     assert written["optim"]["lr"] == best["lr"] and written["data"]["train_split"] == "train"
     assert "selected on minival" in out.output
+
+
+def test_every_preset_round_trips_through_config_json(small_checkpoint):
+    """What the training loop writes to config.json reads back as the same config with the same
+    hash (a preset's whole-number epochs once hashed as 8 and read back as 8.0)."""
+    from mixerbench.config import config_hash, from_dict, to_dict
+
+    for name in PRESETS:
+        kw = {"init": str(small_checkpoint)} if name.startswith("finetune") else {}
+        cfg = resolve(name, **kw)
+        back = from_dict(json.loads(json.dumps(dict(to_dict(cfg), config_hash=config_hash(cfg)))))
+        assert back == cfg and config_hash(back) == config_hash(cfg), name
