@@ -1,8 +1,4 @@
-"""Throughput, FLOPs and MACs, MFU, and the machine fingerprint.
-
-MACs are counted by torch's `FlopCounterMode` (one multiply-accumulate = 2 FLOPs). Attention
-is counted with the math kernel: the fused scaled-dot-product kernels are invisible to some
-counters, so timm's `fused_attn` flag is switched off while counting.
+"""Throughput, MFU and the machine fingerprint (MACs are counted in `models.flops`).
 
 `bench(models, ...)` times inference and/or training steps of several models in one process on
 one device: warm-up excluded, device synchronised around each timed repeat, R repeats ->
@@ -16,38 +12,7 @@ comparable across hardware; our unit is img/s per device.
 
 from __future__ import annotations
 
-from contextlib import contextmanager, nullcontext
-
-
-@contextmanager
-def math_attention(model):
-    """Temporarily route timm attention through explicit matmuls (q @ k^T, attn @ v)."""
-    touched = []
-    for m in model.modules():
-        if getattr(m, "fused_attn", None) is True:
-            m.fused_attn = False
-            touched.append(m)
-    try:
-        yield model
-    finally:
-        for m in touched:
-            m.fused_attn = True
-
-
-def count_macs(model, img_size: int, *, device: str = "cpu", batch: int = 1,
-               in_chans: int = 3) -> int:
-    """Multiply-accumulates of one forward pass per image (matmuls and convolutions)."""
-    import torch
-    from torch.utils.flop_counter import FlopCounterMode
-
-    was_training = model.training
-    model.eval()
-    x = torch.zeros(batch, in_chans, img_size, img_size, device=device)
-    counter = FlopCounterMode(display=False)
-    with math_attention(model), counter, torch.no_grad():
-        model(x)
-    model.train(was_training)
-    return counter.get_total_flops() // 2 // batch
+from mixerbench.runtime import autocast, resolve_device, resolve_dtype, synchronize, torch_dtype
 
 
 # ------------------------------------------------------------------------------ throughput
@@ -58,81 +23,6 @@ def count_macs(model, img_size: int, *, device: str = "cpu", batch: int = 1,
 # `steps_per_repeat` steps each, reported as mean and std of img/s and the median step time.
 # Paper Tables 2-3 report img/s per TPU-v3 core at the best batch size; our rows are img/s per
 # device (one process, one device), which names its hardware and is comparable only on it.
-
-DTYPES = ("bf16", "fp16", "fp32")
-
-
-def resolve_device(device: str | None = None) -> str:
-    """`cuda` when present, else `cpu`; an explicit `cuda` without a GPU is a UserError."""
-    import torch
-
-    from mixerbench.errors import UserError
-
-    if device is None:
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    device = str(device).strip().lower()
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {device} was requested but this machine has no CUDA GPU; "
-                        "use --device cpu.")
-    if not device.startswith(("cuda", "cpu")):
-        raise UserError(f"Unknown device '{device}'; use cuda, cuda:N or cpu.")
-    return device
-
-
-def resolve_dtype(dtype: str | None, device: str) -> str:
-    """Validate the compute dtype for `device`; default bf16 on CUDA, fp32 on CPU.
-
-    bf16/fp16 on a CPU are accepted only where oneDNN has native kernels for them (AVX512-BF16
-    or AMX); elsewhere autocast would emulate them and the "throughput" would measure emulation.
-    """
-    import torch
-
-    from mixerbench.errors import UserError, close_matches
-
-    cuda = device.startswith("cuda")
-    if dtype is None:
-        if cuda:
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return "fp32"
-    name = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32",
-            "float": "fp32"}.get(dtype.strip().lower(), dtype.strip().lower())
-    if name not in DTYPES:
-        raise UserError(f"Unknown dtype '{dtype}'.{close_matches(dtype, DTYPES)} "
-                        "Choose one of bf16, fp16, fp32.")
-    if cuda and name == "bf16" and not torch.cuda.is_bf16_supported():
-        raise UserError(f"{torch.cuda.get_device_name(device)} has no bf16 support; use "
-                        "--dtype fp16 or fp32.")
-    if not cuda and name != "fp32":
-        fast = (torch.ops.mkldnn._is_mkldnn_bf16_supported() if name == "bf16"
-                else torch.ops.mkldnn._is_mkldnn_fp16_supported())
-        if not fast:
-            raise UserError(f"This CPU has no native {name} matrix units, so {name} would only be "
-                            "emulated; use --dtype fp32 on it.")
-    return name
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
-
-
-def autocast(device: str, dtype: str):
-    """Mixed-precision autocast for `dtype` on CUDA or CPU; a no-op for fp32."""
-    import torch
-
-    if dtype == "fp32":
-        return nullcontext()
-    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch_dtype(dtype))
-
-
-def synchronize(device: str) -> None:
-    """Wait for queued kernels, so a wall-clock interval covers the work it claims to."""
-    import torch
-
-    if device.startswith("cuda"):
-        torch.cuda.synchronize(device)
-
 
 def driver_version() -> str:
     """NVIDIA driver version from nvidia-smi, or "" where there is none."""

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
 from mixerbench.errors import UserError, close_matches
+from mixerbench.names import slug
 
 
 @dataclass(frozen=True)
@@ -443,13 +444,6 @@ def _check_architecture_kept(m: ModelConfig, source: ModelConfig) -> None:
         if getattr(m, key) != getattr(source, key):
             raise UserError(f"Fine-tuning keeps the architecture of --init ({key} = "
                             f"{getattr(source, key)!r}); drop the model.{key} setting.")
-
-
-def slug(text: str) -> str:
-    """Lower-case file-name form: `Mixer-B/16` -> `mixer-b-16`, `cifar10` -> `cifar10`."""
-    import re
-
-    return re.sub(r"[^a-z0-9]+", "-", str(text).lower()).strip("-")
 
 
 def run_id(cfg: RunConfig) -> str:

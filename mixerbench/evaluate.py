@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from mixerbench.bench import autocast  # noqa: F401  one definition for train, evaluate, bench
+from mixerbench.runtime import autocast
 
 
 def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dict:
@@ -486,7 +486,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
 
     import torch
 
-    from mixerbench.bench import resolve_device
+    from mixerbench.runtime import resolve_device
     from mixerbench.data import get_dataset
     from mixerbench.errors import UserError
     from mixerbench.models import get_spec, model_label

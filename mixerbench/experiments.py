@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mixerbench import results
+from mixerbench import files, results
 from mixerbench.errors import UserError
 from mixerbench.evaluate import probe_of
 
@@ -97,7 +97,7 @@ def finetune_lr_grid(cfg, lrs: list[float], *, root=None, log: Log = _noop) -> d
                   experiment="lr-grid")
     record = dict(selected_lr=best["lr"], selected_on="minival", lr_grid=grid,
                   reported_split=cfg.data.eval_split, final_run_id=final["run_id"])
-    results.atomic_write_json(Path(final["run_dir"]) / "lr-grid.json", record)
+    files.atomic_write_json(Path(final["run_dir"]) / "lr-grid.json", record)
     return dict(final, lr_grid=grid, selected_lr=best["lr"])
 
 
@@ -133,7 +133,8 @@ def bench_rows(recipes: list[dict], *, root, device: str | None = None, batch_si
                repeats: int = 3, log: Log = _noop) -> list[dict]:
     """Inference and training throughput for each model recipe on this device, unless a row for
     that model, mode, image size and device is already in throughput.csv."""
-    from mixerbench.bench import bench, resolve_device
+    from mixerbench.bench import bench
+    from mixerbench.runtime import resolve_device
     from mixerbench.models import model_label
     from mixerbench.results import device_name
 
@@ -214,11 +215,11 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
     few = few[few["run_id"].isin(ids)] if len(few) else few
     table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
                           shots=fewshot or 5)
-    from mixerbench.config import slug
+    from mixerbench.names import slug
 
     stem = root / "tables" / f"compare-{slug(ds_name)}"
-    results.atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
-    results.atomic_write_text(stem.with_suffix(".md"), to_markdown(compare_view(table)) + "\n")
+    files.atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
+    files.atomic_write_text(stem.with_suffix(".md"), to_markdown(compare_view(table)) + "\n")
     return dict(table=table, runs=runs, dataset=ds_name,
                 written=[stem.with_suffix(".csv"), stem.with_suffix(".md")])
 
@@ -298,7 +299,8 @@ def reproduce_throughput(*, results_root=None, device=None, models=None, batch_s
     ViT-B/16 slightly ahead of Mixer-B/16; paper.md 8.3). Runtime: about a minute per model on
     one GPU; on CPU the smoke budget benches the B/32-B/16 sizes at batch 8.
     """
-    from mixerbench.bench import bench, resolve_device
+    from mixerbench.bench import bench
+    from mixerbench.runtime import resolve_device
     from mixerbench.report import regenerate
 
     dev = resolve_device(device)
@@ -497,8 +499,8 @@ def reproduce_transfer(*, results_root=None, dataset=None, upstream=None, budget
                                train_seconds=s["train_seconds"], run_id=s["run_id"])
                           for kind, k, s in runs])
     stem = root / "tables" / "transfer"
-    results.atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
-    results.atomic_write_text(stem.with_suffix(".md"), to_markdown(table) + "\n")
+    files.atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
+    files.atomic_write_text(stem.with_suffix(".md"), to_markdown(table) + "\n")
     written = [stem.with_suffix(".csv"), stem.with_suffix(".md")]
     written += regenerate(root, None, ["curves"], runs=[s["run_id"] for _, _, s in runs])["written"]
     return dict(table=table, written=written, upstream=up)

@@ -17,19 +17,16 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
-import fcntl
 import io
-import json
 import os
 import re
 import subprocess
-import tempfile
 from collections.abc import Mapping
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 from mixerbench.errors import DamagedFileError, UserError
+from mixerbench.files import atomic_write_bytes, atomic_write_text, locked
 
 PROVENANCE = (
     "git_sha", "mixerbench_version", "torch_version", "timm_version", "device_name",
@@ -128,18 +125,6 @@ def csv_path(table: str, root: str | os.PathLike | None = None) -> Path:
     if table not in SCHEMAS:
         raise UserError(f"Unknown results table '{table}'; known tables: {', '.join(SCHEMAS)}.")
     return results_dir(root) / f"{table}.csv"
-
-
-@contextmanager
-def locked(path: Path):
-    """An exclusive advisory lock on `<path>.lock`, held across read-modify-write."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(str(path) + ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def _format(value: Any) -> str:
@@ -491,42 +476,6 @@ def rewrite_metrics(path: str | os.PathLike, rows: list[Mapping[str, Any]]) -> N
     text = _header_line(METRICS) + "".join(_line(path, METRICS, r) for r in rows)
     with locked(path):
         atomic_write_text(path, text)
-
-
-def _read_umask() -> int:
-    mask = os.umask(0o022)
-    os.umask(mask)
-    return mask
-
-
-_UMASK = _read_umask()  # once, at import: os.umask can only be read by setting it
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        # mkstemp makes the file private (0600): keep the mode of the file being replaced, or
-        # give a new one the usual umask mode, so results stay readable like any other file
-        os.fchmod(fd, path.stat().st_mode & 0o777 if path.exists() else 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    atomic_write_bytes(path, text.encode())
-
-
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def load(table: str, root: str | os.PathLike | None = None, required: bool = True):

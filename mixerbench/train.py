@@ -37,7 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from mixerbench import results
+from mixerbench import files, results
 from mixerbench.config import RunConfig, check_warmup, config_hash, run_id, to_dict
 from mixerbench.errors import UserError
 
@@ -103,26 +103,11 @@ def make_optimizer(model, cfg: RunConfig, fused: bool):
                              fused=fused or None)
 
 
-def setup_distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) under torchrun; (0, 1, 0) for a plain process."""
-    import torch.distributed as dist
-
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world > 1 and not dist.is_initialized():
-        import torch
-
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend)
-    if world > 1:
-        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
-    return 0, 1, 0
-
-
 def pick_device(cfg: RunConfig, local_rank: int) -> str:
     """The configured device (checked as `bench` checks it), else this rank's GPU, else CPU."""
     import torch
 
-    from mixerbench.bench import resolve_device
+    from mixerbench.runtime import resolve_device
 
     if cfg.device:
         return resolve_device(cfg.device)
@@ -308,6 +293,8 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path) -> Run:
     from mixerbench.models import get_spec
     from mixerbench.models.weights import unwrap
 
+    from mixerbench.runtime import setup_distributed
+
     rank, world, local_rank = setup_distributed()
     device, dtype, compiled = runtime(cfg, local_rank)
     dcfg = cfg.data
@@ -330,7 +317,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path) -> Run:
     model.to(device)
     if device.startswith("cuda") and get_spec(rec["name"]).family == "resnet":
         model.to(memory_format=torch.channels_last)
-    from mixerbench.bench import count_macs
+    from mixerbench.models.flops import count_macs
 
     macs = count_macs(unwrap(model), img_size, device=device)
     patch = dcfg.shuffle_patch or rec["patch_size"]
@@ -408,7 +395,7 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
 
 
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
-    results.atomic_write_json(run_dir / CONFIG, dict(to_dict(cfg), config_hash=config_hash(cfg)))
+    files.atomic_write_json(run_dir / CONFIG, dict(to_dict(cfg), config_hash=config_hash(cfg)))
 
 
 # ------------------------------------------------------------------- checkpoints and restore
@@ -474,7 +461,7 @@ def save_state(run: Run, optimizer, scheduler, p: Progress) -> None:
                     train_seconds=p.train_seconds, loss_sum=p.loss_sum,
                     loss_count=p.loss_count, rng=rngs), buf)
     try:
-        results.atomic_write_bytes(run.run_dir / STATE, buf.getvalue())
+        files.atomic_write_bytes(run.run_dir / STATE, buf.getvalue())
         save_checkpoint(run.run_dir / CHECKPOINT, run.model, dict(run.rec, step=p.step))
     except OSError as exc:
         raise TrainingStopped(
@@ -492,7 +479,7 @@ def train_step(run: Run, train_model, x, y):
     import torch
     import torch.nn.functional as F
 
-    from mixerbench.bench import autocast
+    from mixerbench.runtime import autocast
 
     cfg = run.cfg
     loss_sum = torch.zeros((), device=run.device)
@@ -583,7 +570,7 @@ def finish(run: Run, p: Progress, experiment: str) -> dict:
         # forward + backward = 3 forward passes' FLOPs (2 FLOPs per MAC) per image seen
         train_flops=float(6 * run.macs_per_img * images),
         init=cfg.init or "", kind=cfg.kind, experiment=experiment, **prov)
-    results.atomic_write_json(run.run_dir / SUMMARY, summary)
+    files.atomic_write_json(run.run_dir / SUMMARY, summary)
     _ensure_row(summary, run.root)
     return summary
 
@@ -767,7 +754,7 @@ def _ensure_row(summary: dict, root: Path) -> None:
     """Append the run's accuracy row unless it is already there (a kill between summary.json
     and the append must neither lose the row nor, on a rerun, write it twice)."""
     path = results.csv_path("accuracy", root)
-    with results.locked(path.with_suffix(".ensure")):
+    with files.locked(path.with_suffix(".ensure")):
         acc = results.load("accuracy", root, required=False)
         mine = acc[(acc["run_id"] == summary["run_id"]) & (acc["kind"] != "evaluate")]
         if len(mine):

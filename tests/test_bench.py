@@ -8,6 +8,7 @@ import pytest
 import torch
 
 from mixerbench import bench as B
+from mixerbench import runtime as R
 from mixerbench.errors import UserError
 
 
@@ -192,16 +193,16 @@ def test_auto_batch_backs_off_on_oom(monkeypatch):
 
 
 def test_dtype_and_device_validation():
-    assert B.resolve_dtype(None, "cpu") == "fp32"
-    assert B.resolve_dtype("float32", "cpu") == "fp32"
+    assert R.resolve_dtype(None, "cpu") == "fp32"
+    assert R.resolve_dtype("float32", "cpu") == "fp32"
     with pytest.raises(UserError, match="Unknown dtype 'bf61'"):
-        B.resolve_dtype("bf61", "cpu")
+        R.resolve_dtype("bf61", "cpu")
     if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
         with pytest.raises(UserError, match="emulated"):
-            B.resolve_dtype("bf16", "cpu")
+            R.resolve_dtype("bf16", "cpu")
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="no CUDA"):
-            B.resolve_device("cuda")
+            R.resolve_device("cuda")
     with pytest.raises(UserError):
         B.bench(["mixer-t4"], mode="sideways", device="cpu")
 

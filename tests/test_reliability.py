@@ -203,7 +203,7 @@ def test_sigkill_at_random_steps_then_same_command_is_bitwise_exact(tmp_path, re
 
 CHILD_WRITER = textwrap.dedent("""
     import os, signal, sys, time
-    from mixerbench import results
+    from mixerbench import files
 
     target, payloads, hook = sys.argv[1], sys.argv[2:4], sys.argv[4]
     data = [open(p, "rb").read() for p in payloads]
@@ -214,7 +214,7 @@ CHILD_WRITER = textwrap.dedent("""
         os.replace = die
     i = 0
     while True:              # hook "none": rewrite forever until killed from outside
-        results.atomic_write_bytes(target, data[i % 2])
+        files.atomic_write_bytes(target, data[i % 2])
         print(i, flush=True)
         i += 1
 """)

@@ -12,14 +12,14 @@ from __future__ import annotations
 import hashlib
 import io
 import os
-import re
-import uuid
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from mixerbench.errors import UserError
+from mixerbench.files import atomic_write_bytes
+from mixerbench.names import slug
 
 CACHE_FORMAT = 1  # bump when the cached payload changes
 
@@ -32,14 +32,10 @@ def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
     return Path(root).expanduser()
 
 
-def slug(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9.+-]+", "_", text).strip("_")[:80] or "x"
-
-
 def tensor_cache_path(root: Path, name: str, key: str, split: str, size: int | None) -> Path:
     digest = hashlib.sha1(f"{CACHE_FORMAT}|{key}".encode()).hexdigest()[:10]
     size_key = "native" if size is None else f"{size}px"
-    return root / "tensors" / f"{slug(name)}-{slug(split)}-{size_key}-{digest}.pt"
+    return root / "tensors" / f"{slug(name)[:80]}-{slug(split)}-{size_key}-{digest}.pt"
 
 
 def load_tensor_cache(path: Path) -> dict | None:
@@ -53,14 +49,10 @@ def load_tensor_cache(path: Path) -> dict | None:
 
 
 def save_tensor_cache(path: Path, payload: dict) -> None:
-    """Write to a temp file in the same folder, then rename: readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.parent / f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp"
-    try:
-        torch.save({**payload, "format": CACHE_FORMAT}, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """Written atomically: readers never see half a file."""
+    buf = io.BytesIO()
+    torch.save({**payload, "format": CACHE_FORMAT}, buf)
+    atomic_write_bytes(path, buf.getvalue())
 
 
 def file_stats_key(files: list[Path]) -> str:

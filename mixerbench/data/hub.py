@@ -61,10 +61,9 @@ def hub_reachable(root: Path) -> bool:
     if ok:
         memo.unlink(missing_ok=True)
     else:
-        root.mkdir(parents=True, exist_ok=True)
-        tmp = root / f".hub-unreachable.{os.getpid()}.tmp"
-        tmp.write_text(f"{endpoint} unreachable at {time.time():.0f}\n")
-        os.replace(tmp, memo)
+        from mixerbench.files import atomic_write_text
+
+        atomic_write_text(memo, f"{endpoint} unreachable at {time.time():.0f}\n")
     return ok
 
 

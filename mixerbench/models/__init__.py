@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from mixerbench.errors import UserError, close_matches
+from mixerbench.names import squash
 
 
 @dataclass(frozen=True)
@@ -62,12 +63,8 @@ from mixerbench.models import baselines as _baselines  # noqa: E402  (registers 
 FAMILY_ALIASES = {"mixer": "mixer-b16", "vit": "vit-b16", "resnet": "bit-r50x1", "bit": "bit-r50x1"}
 
 
-def _squash(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", name.lower())
-
-
-_PAPER_NAMES = {_squash(s.paper_name.split(" ")[0]): s.name for s in REGISTRY.values()}
-_PAPER_NAMES.update({_squash(s.name): s.name for s in REGISTRY.values()})
+_PAPER_NAMES = {squash(s.paper_name.split(" ")[0]): s.name for s in REGISTRY.values()}
+_PAPER_NAMES.update({squash(s.name): s.name for s in REGISTRY.values()})
 
 
 def resolve_name(name: str) -> str:
@@ -82,7 +79,7 @@ def resolve_name(name: str) -> str:
         return FAMILY_ALIASES[name.lower()]
     if name in REGISTRY:
         return name
-    hit = _PAPER_NAMES.get(_squash(name))
+    hit = _PAPER_NAMES.get(squash(name))
     if hit:
         return hit
     raise UserError(
@@ -194,7 +191,7 @@ def model_info(name: str, num_classes: int = 1000, img_size: int | None = None,
     params_no_head, macs, gmacs, gflops (per image, forward pass).
 
     `macs` is the exact integer count of torch's FlopCounterMode (see
-    `mixerbench.bench.count_macs`); `gmacs` = macs / 1e9 and `gflops` = 2 * macs / 1e9 are
+    `mixerbench.models.flops.count_macs`); `gmacs` = macs / 1e9 and `gflops` = 2 * macs / 1e9 are
     unrounded floats (round them only to display). Anything computed from the count (achieved
     FLOP/s, MFU, training FLOPs) should use `macs`: on small models a 3-decimal GMACs is off by
     several percent (0.008 for 0.0084). Built on the meta device, so even BiT-R152x4 (936M
@@ -207,7 +204,7 @@ def model_info(name: str, num_classes: int = 1000, img_size: int | None = None,
         return dict(_INFO_CACHE[key])
     import torch
 
-    from mixerbench.bench import count_macs
+    from mixerbench.models.flops import count_macs
 
     spec = get_spec(name)
     with torch.device("meta"):

@@ -32,7 +32,7 @@ def save_checkpoint(path: str | os.PathLike, model, model_recipe: dict[str, Any]
     """Write the state dict with its recipe atomically (temp file, fsync, rename)."""
     from safetensors.torch import save
 
-    from mixerbench.results import atomic_write_bytes
+    from mixerbench.files import atomic_write_bytes
 
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
     atomic_write_bytes(path, save(state, metadata={"mixerbench_model": json.dumps(model_recipe)}))

@@ -11,11 +11,11 @@ from __future__ import annotations
 
 import io
 import os
-import re
 from pathlib import Path
 from typing import Any
 
-from mixerbench import results
+from mixerbench import files, results
+from mixerbench.names import slug
 from mixerbench.errors import DamagedFileError, UserError, close_matches
 from mixerbench.report import style
 from mixerbench.report.figures import (
@@ -28,10 +28,6 @@ from mixerbench.report.tables import (
 
 MAX_CURVES = 8  # runs drawn by default in `curves` (the most recent); more are unreadable
 TOKEN_KEY = "blocks.{}.mlp_tokens.fc1.weight"  # timm / mixerbench parameter name (design.md 6)
-
-
-def _safe(name: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", str(name)).strip("_") or "unnamed"
 
 
 def load_token_mixing_weights(checkpoint: str | os.PathLike, blocks=(0, 1, 2)) -> dict:
@@ -74,14 +70,14 @@ def load_token_mixing_weights(checkpoint: str | os.PathLike, blocks=(0, 1, 2)) -
 def _save_figure(fig, path: Path) -> Path:
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=style.DPI)
-    results.atomic_write_bytes(path, buf.getvalue())
+    files.atomic_write_bytes(path, buf.getvalue())
     return path
 
 
 def _save_table(df, path_stem: Path) -> list[Path]:
     csv_path, md_path = path_stem.with_suffix(".csv"), path_stem.with_suffix(".md")
-    results.atomic_write_text(csv_path, df.to_csv(index=False))
-    results.atomic_write_text(md_path, to_markdown(df))
+    files.atomic_write_text(csv_path, df.to_csv(index=False))
+    files.atomic_write_text(md_path, to_markdown(df))
     return [csv_path, md_path]
 
 
@@ -138,7 +134,7 @@ def _produce(name: str, root: Path, out: Path, checkpoint, runs, zoo_df) -> list
         written = []
         for ds in sorted(acc["dataset"].dropna().astype(str).unique()):
             df = compare_table(acc, thr, few, dataset=ds, zoo_df=zoo_df)
-            written += _save_table(df, tab_dir / f"compare-{_safe(ds)}")
+            written += _save_table(df, tab_dir / f"compare-{slug(ds)}")
         return written
     if name == "throughput":
         return _save_table(throughput_table(load("throughput")), tab_dir / "throughput")

@@ -1,0 +1,107 @@
+"""The device runtime shared by training, evaluation and benchmarks: which device and compute
+dtype a command uses, mixed-precision autocast, device synchronisation, and the process group
+under torchrun.
+
+On CUDA the default is bf16 autocast; on CPU fp32 (bf16/fp16 only where the CPU has native
+matrix units, so a number never measures emulation).
+"""
+
+from __future__ import annotations
+
+import os
+from contextlib import nullcontext
+
+
+DTYPES = ("bf16", "fp16", "fp32")
+
+
+def resolve_device(device: str | None = None) -> str:
+    """`cuda` when present, else `cpu`; an explicit `cuda` without a GPU is a UserError."""
+    import torch
+
+    from mixerbench.errors import UserError
+
+    if device is None:
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    device = str(device).strip().lower()
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {device} was requested but this machine has no CUDA GPU; "
+                        "use --device cpu.")
+    if not device.startswith(("cuda", "cpu")):
+        raise UserError(f"Unknown device '{device}'; use cuda, cuda:N or cpu.")
+    return device
+
+
+def resolve_dtype(dtype: str | None, device: str) -> str:
+    """Validate the compute dtype for `device`; default bf16 on CUDA, fp32 on CPU.
+
+    bf16/fp16 on a CPU are accepted only where oneDNN has native kernels for them (AVX512-BF16
+    or AMX); elsewhere autocast would emulate them and the "throughput" would measure emulation.
+    """
+    import torch
+
+    from mixerbench.errors import UserError, close_matches
+
+    cuda = device.startswith("cuda")
+    if dtype is None:
+        if cuda:
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return "fp32"
+    name = {"bfloat16": "bf16", "float16": "fp16", "half": "fp16", "float32": "fp32",
+            "float": "fp32"}.get(dtype.strip().lower(), dtype.strip().lower())
+    if name not in DTYPES:
+        raise UserError(f"Unknown dtype '{dtype}'.{close_matches(dtype, DTYPES)} "
+                        "Choose one of bf16, fp16, fp32.")
+    if cuda and name == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"{torch.cuda.get_device_name(device)} has no bf16 support; use "
+                        "--dtype fp16 or fp32.")
+    if not cuda and name != "fp32":
+        fast = (torch.ops.mkldnn._is_mkldnn_bf16_supported() if name == "bf16"
+                else torch.ops.mkldnn._is_mkldnn_fp16_supported())
+        if not fast:
+            raise UserError(f"This CPU has no native {name} matrix units, so {name} would only be "
+                            "emulated; use --dtype fp32 on it.")
+    return name
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[name]
+
+
+def autocast(device: str, dtype: str):
+    """Mixed-precision autocast for `dtype` on CUDA or CPU; a no-op for fp32."""
+    import torch
+
+    if dtype == "fp32":
+        return nullcontext()
+    return torch.autocast("cuda" if device.startswith("cuda") else "cpu", dtype=torch_dtype(dtype))
+
+
+def synchronize(device: str) -> None:
+    """Wait for queued kernels, so a wall-clock interval covers the work it claims to."""
+    import torch
+
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
+
+
+def setup_distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) under torchrun; (0, 1, 0) for a plain process."""
+    import torch.distributed as dist
+
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not dist.is_initialized():
+        import torch
+
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend)
+    if world > 1:
+        return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
+    return 0, 1, 0
+
+
+def rank() -> int:
+    """This process's rank under torchrun (0 for a plain process), read without torch."""
+    return int(os.environ.get("RANK", "0"))
