@@ -44,6 +44,7 @@ from mixerbench.errors import UserError
 STATE = "state-last.pt"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
+RUN_LOCK = "run"  # the run directory's lock file is run.lock (files.locked)
 # Settings a resume may change without changing what is trained: where it runs and where the
 # data copy lives. The length (steps / epochs) may also change while the run is unfinished.
 RESUMABLE_CHANGES = ("device", "compile", "run_name", "data.data_dir")
@@ -112,20 +113,6 @@ def pick_device(cfg: RunConfig, local_rank: int) -> str:
     if cfg.device:
         return resolve_device(cfg.device)
     return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
-
-
-@contextmanager
-def run_lock(run_dir: Path):
-    """One process trains a given run at a time; a second waits, then finds it finished."""
-    import fcntl
-
-    run_dir.mkdir(parents=True, exist_ok=True)
-    with open(run_dir / ".lock", "a") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 @contextmanager
@@ -367,7 +354,8 @@ def check_owner(run_dir: Path, cfg: RunConfig) -> None:
     if not run_dir.is_dir() or run_dir.is_symlink():
         raise UserError(f"{run_dir} is not a run directory; choose another --run-name.")
     if not path.exists():
-        if any(p.name not in (".lock",) and not p.name.endswith(".tmp") for p in run_dir.iterdir()):
+        if any(p.name != f"{RUN_LOCK}.lock" and not p.name.endswith(".tmp")
+               for p in run_dir.iterdir()):
             raise UserError(f"{run_dir} exists but was not made by mixerbench (no {CONFIG}); "
                             "choose another --run-name or move that folder away.")
         return  # an empty directory left by a run killed before its first write
@@ -603,7 +591,8 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
     run = prepare(cfg, root, run_dir)
     created = not run_dir.exists()
     try:
-        with run_lock(run_dir) if run.rank == 0 else nullcontext():
+        # one process trains a run at a time; a second waits, then finds it finished
+        with files.locked(run_dir / RUN_LOCK) if run.rank == 0 else nullcontext():
             check_owner(run_dir, cfg)  # another process may have claimed it while we waited
             if read_summary(run_dir) is not None:
                 return _finished(run_dir, root, resume, log, experiment)

@@ -19,11 +19,11 @@ TPU-v3. `model` is our registry slug where one exists and empty otherwise (HaloN
 
 from __future__ import annotations
 
-import re
 from functools import lru_cache
 from pathlib import Path
 
 from mixerbench.errors import UserError, close_matches
+from mixerbench.names import squash
 
 TABLES = ("table1", "table2", "table3", "table4")
 _HERE = Path(__file__).resolve().parent
@@ -42,10 +42,6 @@ _EVAL_COLUMNS = {
 }
 
 
-def _key(name: str) -> str:
-    return re.sub(r"[^a-z0-9]", "", str(name).lower())
-
-
 def load_table(name: str):
     """One of the paper's tables as a DataFrame (a fresh copy; callers may modify it).
 
@@ -55,7 +51,7 @@ def load_table(name: str):
     Raises:
         UserError: for an unknown name, with the closest names.
     """
-    key = _key(name)
+    key = squash(name)
     if key.isdigit() or (key.startswith("t") and key[1:].isdigit()):
         key = "table" + key.lstrip("t")
     if key not in TABLES:
@@ -81,9 +77,15 @@ def _read(name: str):
 
 
 def _slug(model: str) -> str:
-    """`Mixer-B/16` -> `mixer-b16`, `BiT-R50x1` -> `bit-r50x1`; slugs pass through."""
-    s = str(model).strip().lower().replace("/", "")
-    return s
+    """The registry name of `model` (`Mixer-B/16` -> `mixer-b16`), or the name itself when the
+    registry does not know it (a resized variant such as `mixer-t4[width=64]`)."""
+    from mixerbench.errors import UserError
+    from mixerbench.models import resolve_name
+
+    try:
+        return resolve_name(str(model))
+    except UserError:
+        return str(model).strip().lower()
 
 
 def _rows(model: str, pretrain: str | None, img_size: int | None, epochs: int | None):
@@ -135,12 +137,12 @@ def paper_top1(
     Returns:
         A 0-100 float from Table 3 (preferred) or Table 2, or None.
     """
-    column = _EVAL_COLUMNS.get(_key(dataset))
+    column = _EVAL_COLUMNS.get(squash(dataset))
     if column is None:
         return None
     if pretrain is None:
         pretrain = "imagenet"
-    pretrain = _PRETRAIN_ALIASES.get(_key(pretrain), _key(pretrain))
+    pretrain = _PRETRAIN_ALIASES.get(squash(pretrain), squash(pretrain))
     return _pick(_rows(model, pretrain, img_size, epochs), column)
 
 
