@@ -330,7 +330,8 @@ def _train_command(*, kind: str, preset, model, dataset, init, epochs, steps, ba
                    accum_steps, lr, img_size, patch_size, seed, settings, run_name, resume,
                    results_dir, data_dir, device, compile_, list_presets,
                    print_config=False) -> None:
-    from mixerbench.config import parse_set, resolve
+    from mixerbench.config import parse_set
+    from mixerbench.presets import resolve
 
     if list_presets:
         from mixerbench import presets

@@ -1,8 +1,9 @@
-"""Run configuration: frozen dataclasses, `--set key=value` overrides, JSON round trip.
+"""Run configuration: frozen dataclasses, `--set key=value` overrides, validation, JSON.
 
-`resolve(preset, model=..., overrides=...)` is the only way a run gets its configuration:
-preset defaults, then the flags given beside it, then `--set` overrides; unknown keys and wrong
-types are `UserError`s. The resolved `RunConfig` is written to `config.json` before the first step.
+A run's configuration comes from `presets.resolve` (a preset, then the flags, then `--set`
+overrides); this module owns the dataclasses, the typed overrides (unknown keys and wrong types
+are `UserError`s), the checks every number must pass, the hash that names a run, and the strict
+reading of a run's `config.json` (`from_dict`).
 """
 
 from __future__ import annotations
@@ -344,106 +345,6 @@ def check_warmup(cfg: RunConfig, warmup: int, total: int) -> None:
         raise UserError(f"The warm-up ({warmup} steps) must be shorter than the run ({total} "
                         "steps), or the learning rate never decays; lower optim.warmup_steps / "
                         "optim.warmup_frac or train longer.")
-
-
-def resolve(preset: str | None = None, *, model: str | None = None, dataset: str | None = None,
-            kind: str | None = None, init: str | None = None,
-            flags: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-            ) -> RunConfig:
-    """Preset defaults, then the model and dataset named on the command line, then flags
-    (dotted keys, None meaning "not given"), then `--set` overrides; validated.
-
-    A family alias (`mixer`, `vit`, `resnet`) picks the preset's own model for that family when
-    the preset names one (small presets), otherwise the zoo's alias (`mixer` -> `mixer-b16`).
-
-    A fine-tuning run takes its architecture from `init` (the model section records the model
-    actually trained: name, shapes, the resolution, `Kx` meaning K times the trained one) and its
-    regularisation from the recipe; changing the architecture of `init` is refused.
-    """
-    from mixerbench.models import get_spec, resolve_name
-    from mixerbench.presets import FAMILY_MODELS, get_preset
-
-    cfg = get_preset(preset) if preset else RunConfig()
-    if kind:
-        cfg = replace(cfg, kind=kind)
-    if init:
-        cfg = replace(cfg, init=init)
-    flags = {k: v for k, v in (flags or {}).items() if v is not None}
-    overrides = dict(overrides or {})
-    source = None
-    if cfg.kind == "finetune" and cfg.init:
-        if model:
-            raise UserError("Fine-tuning takes its model from --init; drop --model.")
-        source, size = _finetune_model(cfg.init, flags, overrides)
-        cfg = replace(cfg, model=replace(source, drop_path=cfg.model.drop_path,
-                                         dropout=cfg.model.dropout, img_size=size))
-    elif model:
-        family = FAMILY_MODELS.get(preset or "", {})
-        key = model.strip().lower()
-        if key in family:  # the preset's model of that family, with the settings it needs
-            cfg = apply_overrides(replace(cfg, model=family[key].model), family[key].settings)
-        else:
-            name = resolve_name(model)
-            spec = get_spec(name)
-            size = cfg.model.img_size
-            if size and spec.patch_size and size % spec.patch_size:
-                size = None  # the preset's size does not suit this patch; use the model's own
-            cfg = replace(cfg, model=ModelConfig(
-                name=name, img_size=size if preset else None, drop_path=cfg.model.drop_path,
-                dropout=cfg.model.dropout, gelu=cfg.model.gelu))
-    else:
-        resolve_name(cfg.model.name)  # a preset's model must exist
-    if dataset:
-        cfg = replace(cfg, data=replace(cfg.data, dataset=dataset))
-    if "epochs" in flags and "steps" not in flags:
-        cfg = replace(cfg, steps=None)
-    if "steps" in flags and "epochs" not in flags:
-        cfg = replace(cfg, epochs=None)
-    cfg = apply_overrides(cfg, flags)
-    cfg = apply_overrides(cfg, overrides)
-    if source is not None:
-        _check_architecture_kept(cfg.model, source)
-    return validate(cfg)
-
-
-# The fields of the model section that define the architecture (what `--init` fixes).
-_ARCHITECTURE = ("name", "patch_size", "width", "depth", "gelu", "options")
-
-
-def _finetune_model(init: str, flags: dict, overrides: dict) -> tuple[ModelConfig, int]:
-    """The model section of a fine-tuning run of `init`, and its resolution: the trained one,
-    `--img-size N`, or `--img-size Kx` (K times the trained one, paper section 3). Pops a `Kx`
-    resolution from `flags` / `overrides`, where it is not an integer."""
-    from mixerbench.models.weights import source_recipe
-
-    rec = source_recipe(init)
-    arch = dict(rec.get("overrides") or {})
-    for k in ("drop_path", "dropout"):  # the fine-tuning recipe sets its own
-        arch.pop(k, None)
-    model = ModelConfig(name=rec["name"], img_size=rec["img_size"], patch_size=rec["patch_size"],
-                        width=arch.pop("width", None), depth=arch.pop("depth", None),
-                        gelu=arch.pop("gelu", ModelConfig.gelu), options=arch)
-    size = rec["img_size"]
-    for source in (flags, overrides):
-        text = str(source.get("model.img_size", "")).strip().lower()
-        if text.endswith("x"):
-            source.pop("model.img_size")
-            try:
-                factor = int(text[:-1])
-            except ValueError:
-                factor = 0
-            if factor < 1:
-                raise UserError(f"--img-size {text} is not a resolution: give pixels (e.g. "
-                                f"{2 * size}) or a whole multiple of the trained {size} px (e.g. 2x).")
-            size = factor * rec["img_size"]
-    return model, size
-
-
-def _check_architecture_kept(m: ModelConfig, source: ModelConfig) -> None:
-    for key in _ARCHITECTURE:
-        if getattr(m, key) != getattr(source, key):
-            raise UserError(f"Fine-tuning keeps the architecture of --init ({key} = "
-                            f"{getattr(source, key)!r}); drop the model.{key} setting.")
 
 
 def run_id(cfg: RunConfig) -> str:

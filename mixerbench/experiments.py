@@ -37,7 +37,7 @@ def _done_keys(table: str, root, *cols: str) -> set[tuple]:
 
 def run_cell(preset: str | None, model: str, *, root, log: Log = _noop, **kw) -> dict:
     """Resolve one (preset, model, dataset, seed, overrides) cell and train it (or read it back)."""
-    from mixerbench.config import resolve
+    from mixerbench.presets import resolve
     from mixerbench.train import train
 
     cfg = resolve(preset, model=model, dataset=kw.get("dataset"), kind=kw.get("kind"),
@@ -134,9 +134,9 @@ def bench_rows(recipes: list[dict], *, root, device: str | None = None, batch_si
     """Inference and training throughput for each model recipe on this device, unless a row for
     that model, mode, image size and device is already in throughput.csv."""
     from mixerbench.bench import bench
-    from mixerbench.runtime import resolve_device
     from mixerbench.models import model_label
     from mixerbench.results import device_name
+    from mixerbench.runtime import resolve_device
 
     dev = resolve_device(device)
     name = device_name(dev)
@@ -175,7 +175,7 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
     if seeds < 1:
         raise UserError("--seeds must be at least 1.")
     root = results.results_dir(results_root)
-    from mixerbench.config import resolve
+    from mixerbench.presets import resolve
 
     for model in models:  # check every cell's names and settings before training any of them
         resolve(preset, model=model, dataset=dataset, kind="finetune" if init else None,
@@ -300,8 +300,8 @@ def reproduce_throughput(*, results_root=None, device=None, models=None, batch_s
     one GPU; on CPU the smoke budget benches the B/32-B/16 sizes at batch 8.
     """
     from mixerbench.bench import bench
-    from mixerbench.runtime import resolve_device
     from mixerbench.report import regenerate
+    from mixerbench.runtime import resolve_device
 
     dev = resolve_device(device)
     cpu = dev == "cpu"

@@ -78,7 +78,7 @@ def template(tmp_path_factory):
     checkpoint (killed before step 4), as the commands above leave them."""
     base = tmp_path_factory.mktemp("template") / "results"
     assert cli(*FINISHED, "--results-dir", base).exit_code == 0
-    from mixerbench.config import resolve
+    from mixerbench.presets import resolve
     from mixerbench.train import train
 
     # the config UNFINISHED resolves to on the command line

@@ -670,7 +670,8 @@ def test_ctrl_c_between_the_loss_check_and_the_save_loses_no_loss_value(tmp_path
     """A signal that arrives during the optimizer update of a step whose loss was not yet
     checked (not an eval, checkpoint or 10th step) still leaves an exactly resumable state."""
     import mixerbench.train as T
-    from mixerbench.config import parse_set, resolve
+    from mixerbench.config import parse_set
+    from mixerbench.presets import resolve
 
     def cfg():
         return resolve("smoke", dataset="synthetic", flags={

@@ -14,7 +14,7 @@ from typer.testing import CliRunner
 
 from mixerbench import results
 from mixerbench.cli import app
-from mixerbench.config import resolve
+from mixerbench.presets import resolve
 from mixerbench.errors import UserError
 from mixerbench.presets import PRESETS, get_preset
 from mixerbench.train import Interrupted, TrainingStopped, lr_factor, train
@@ -263,7 +263,7 @@ def test_two_process_ddp_gives_identical_weights(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""
         import os, torch
-        from mixerbench.config import resolve
+        from mixerbench.presets import resolve
         from mixerbench.train import train
         from mixerbench.models.weights import unwrap
         cfg = resolve("smoke", dataset="synthetic", flags={{"steps": 6, "data.batch_size": 40,
@@ -280,9 +280,11 @@ def test_two_process_ddp_gives_identical_weights(tmp_path):
         rank = int(os.environ["RANK"])
         torch.save(unwrap(captured["model"]).state_dict(), {str(tmp_path)!r} + f"/rank{{rank}}.pt")
     """))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-                           "--master_port", "29533", str(script)], env=env, capture_output=True,
+    # this checkout's package (not an installed one), and --standalone: a free port each time
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",
+           "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone",
+                           "--nproc_per_node", "2", str(script)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
