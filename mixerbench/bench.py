@@ -345,7 +345,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
           dtype: str | None = None, compile: bool | None = None, repeats: int = 5,
           warmup: int = 10, steps_per_repeat: int = 20, device: str | None = None,
           channels_last: bool | None = None, num_classes: int = 1000, max_batch: int | None = None,
-          results_root=None, progress=None) -> list[dict]:
+          root=None, progress=None) -> list[dict]:
     """Throughput of each model, in the same process on the same device.
 
     Args:
@@ -362,11 +362,12 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
             `warmup` untimed steps.
         channels_last: NHWC layout (default: for CNNs on CUDA, where cuDNN prefers it).
         num_classes: head size (1000, as the zoo's params and GMACs).
-        results_root: if given, rows are appended to `<results_root>/throughput.csv`.
+        root: if given, rows are appended to `<root>/throughput.csv`.
         progress: optional callback `progress(description, done, total)` for a progress bar.
 
     Returns:
-        One dict per (model, mode) with the throughput.csv columns plus `repeat_seconds` (the R
+        One dict per (model, mode) with the throughput.csv columns plus `ratio_to_first` (img/s
+        over the first model's in that mode), `repeat_seconds` (the R
         raw timings), `steps_per_repeat`, `warmup`, `macs` (exact forward MACs per image),
         `gflops`, `matmul_precision` (bf16 / fp16 / tf32 / fp32: what `peak_tflops` is the
         datasheet peak of) and `paper_name`. `mfu` and `peak_tflops` are None where the device
@@ -396,12 +397,13 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
     dtype = resolve_dtype(dtype, device)
     cuda = device.startswith("cuda")
     compile = cuda if compile is None else bool(compile)
-    auto = isinstance(batch_size, str)
-    if auto and batch_size.strip().lower() != "auto":
-        raise UserError(f"Batch size '{batch_size}' is neither a number nor 'auto'.")
-    if not auto and int(batch_size) < 1:
-        raise UserError("Batch size must be at least 1 (or 'auto').")
-    start_batch = (max_batch or (1024 if cuda else 64)) if auto else int(batch_size)
+    text = str(batch_size).strip().lower()
+    auto = text == "auto"
+    if not auto and not text.isdigit():
+        raise UserError(f"--batch-size takes a number or 'auto', not '{batch_size}'.")
+    if not auto and not 1 <= int(text) <= 2**20:
+        raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,} (or 'auto').")
+    start_batch = (max_batch or (1024 if cuda else 64)) if auto else int(text)
     # A model is a name, or a recipe dict (name, img_size, patch_size, overrides) such as a
     # run's checkpoint carries, so `compare` benches exactly the architecture it trained.
     recipes = [dict(m, name=resolve_name(m["name"])) if isinstance(m, dict)
@@ -464,12 +466,16 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                            matmul_precision=precision, paper_name=spec.paper_name,
                            batch_requested=None if auto else start_batch)
                 rows.append(row)
-                if results_root is not None:
+                if root is not None:
                     append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]},
-                               results_root)
+                               root)
                 done += 1
         if progress:
             progress("done", total, total)
+        first = {}  # each row's speed relative to the first model's in the same mode
+        for r in rows:
+            first.setdefault(r["mode"], r["img_per_sec_mean"])
+            r["ratio_to_first"] = r["img_per_sec_mean"] / first[r["mode"]]
         return rows
     finally:
         torch.set_float32_matmul_precision(old_precision)

@@ -456,7 +456,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
              data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 256,
              seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
-             shuffle_patch: int | None = None, results_root=None, progress=None) -> dict:
+             shuffle_patch: int | None = None, max_examples: int | None = None, root=None,
+             progress=None) -> dict:
     """Evaluate a checkpoint: accuracy, ReaL, linear few-shot and shuffle invariance.
 
     Args:
@@ -469,11 +470,13 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         fewshot: shot counts ("1,5,10,25"); train shots come from `fewshot_split`, accuracy from
             `split`. Needs no head, so it works for any checkpoint.
         shuffle: kinds ("none,patch,global") of paper Figure 4's fixed pixel permutations.
+        max_examples: measure on the first N images of `split` only (its rows then name the
+            split `<split>[:N]`); default all of them.
         shuffle_patch: patch side of the `patch` shuffle (default: the one the run trained with,
             else the model's patch size; a CNN has none, so it must be given).
         real_labels: path of ImageNet's `real.json` for ReaL accuracy on the validation split.
         device / dtype: default CUDA + bf16 when present, else CPU + fp32.
-        results_root: if given, rows are appended to accuracy.csv (kind "evaluate"),
+        root: if given, rows are appended to accuracy.csv (kind "evaluate"),
             fewshot.csv and shuffle.csv there.
         progress: optional callback `progress(description, done, total)`.
 
@@ -533,6 +536,12 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
                         "accuracy to measure; pass a checkpoint from a run that trained.")
     img_size = int(rec["img_size"])
     ds = get_dataset(dataset, split, data_dir=data_dir, seed=run_seed)
+    if max_examples is not None:
+        if not 1 <= max_examples:
+            raise UserError(f"--max-examples {max_examples} must be at least 1.")
+        if max_examples < len(ds):
+            ds = ds.subset(range(max_examples))
+            split = f"{split}[:{max_examples}]"
     has_head = int(rec.get("num_classes") or 0) == int(ds.num_classes)
     if not has_head and not shots:
         raise UserError(
@@ -616,11 +625,11 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
     if not all(isinstance(v, float) and math.isfinite(v) for v in measured):
         raise UserError(f"Evaluating {checkpoint_src} gave a non-finite accuracy (no images, or "
                         "NaN outputs), so no row was written; check the checkpoint and the data.")
-    if results_root is not None:
+    if root is not None:
         for table in rows:
-            results.ensure_appendable(table, results_root)  # all or nothing: check every file first
+            results.ensure_appendable(table, root)  # all or nothing: check every file first
         for table, table_rows in rows.items():
             for r in table_rows:
-                append_row(table, r, results_root)
+                append_row(table, r, root)
     out["rows"] = rows
     return out

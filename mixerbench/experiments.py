@@ -122,7 +122,7 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     log("fewshot", dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
     out = evaluate(summary["run_dir"], summary["dataset"], split=summary.get("split") or "test",
                    data_dir=data_dir, fewshot=todo, device=device, seeds=seeds,
-                   results_root=None)
+                   root=None)
     rows = out["rows"]["fewshot"]
     for r in rows:
         results.append_row("fewshot", r, root)
@@ -148,45 +148,43 @@ def bench_rows(recipes: list[dict], *, root, device: str | None = None, batch_si
         return []
     log("bench", dict(models=[model_label(r["name"], r.get("overrides")) for r in todo]))
     return bench(todo, mode="both", batch_size=batch_size, device=dev, repeats=repeats,
-                 results_root=root, steps_per_repeat=5 if dev == "cpu" else 20,
+                 root=root, steps_per_repeat=5 if dev == "cpu" else 20,
                  warmup=2 if dev == "cpu" else 10)
 
 
 def compare(models: list[str], *, dataset: str | None = None, preset: str | None = "smoke",
-            seeds: int = 1, epochs: float | None = None, init: str | None = None,
-            fewshot: int | None = None, with_bench: bool = True, results_root=None,
-            data_dir=None, device: str | None = None, overrides: dict | None = None,
-            log: Log = _noop) -> dict[str, Any]:
-    """Train (or fine-tune from `init`) each model under one preset and budget, for `seeds`
-    seeds; evaluate, optionally few-shot and bench them; write the joined table.
+            seeds: int = 1, epochs: float | None = None, fewshot: int | None = None,
+            with_bench: bool = True, root=None, data_dir=None, device: str | None = None,
+            overrides: dict | None = None, log: Log = _noop) -> dict[str, Any]:
+    """Train each model under one preset and budget, for `seeds` seeds; evaluate, optionally
+    few-shot and bench them; write the joined table.
 
     Returns:
-        dict(table=DataFrame (report.tables.compare_table columns), runs=[summaries],
-        dataset=name, written=[paths]).
+        dict(table=DataFrame (`report.tables.compare_table` columns) of these models' runs,
+        runs=[summaries], dataset=name, written=[paths]). The files,
+        tables/compare-<dataset>-<preset>.{csv,md}, hold every run of that comparison in the
+        results folder, as `mixerbench plot compare` regenerates them.
     """
     import pandas as pd
 
     from mixerbench.models import model_info, model_label
-    from mixerbench.report import compare_table, to_markdown
-    from mixerbench.report.tables import compare_view
+    from mixerbench.presets import resolve
+    from mixerbench.report import compare_table, regenerate
 
     if not models:
         raise UserError("No models to compare; pass --models mixer,vit,resnet for example.")
     if seeds < 1:
         raise UserError("--seeds must be at least 1.")
-    root = results.results_dir(results_root)
-    from mixerbench.presets import resolve
-
+    root = results.results_dir(root)
     for model in models:  # check every cell's names and settings before training any of them
-        resolve(preset, model=model, dataset=dataset, kind="finetune" if init else None,
-                init=init, flags={"epochs": epochs, "device": device}, overrides=overrides)
+        resolve(preset, model=model, dataset=dataset, flags={"epochs": epochs, "device": device},
+                overrides=overrides)
     runs, recipes = [], {}
     for model in models:
         for seed in range(seeds):
             log("cell", dict(model=model, seed=seed, of=len(models) * seeds,
                              index=len(runs) + 1))
             s = run_cell(preset, model, root=root, log=log, dataset=dataset,
-                         kind="finetune" if init else None, init=init,
                          experiment=f"compare:{preset or 'default'}",
                          flags={"seed": seed, "epochs": epochs,
                                 "data.data_dir": str(data_dir) if data_dir else None,
@@ -210,18 +208,11 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
     acc = results.load("accuracy", root)
     acc = acc[acc["run_id"].isin(ids) & (acc["kind"].astype(str) != "evaluate")]
     thr = results.load("throughput", root, required=False)
-    thr = thr[thr["model"].isin(list(recipes))] if len(thr) else thr
     few = results.load("fewshot", root, required=False)
-    few = few[few["run_id"].isin(ids)] if len(few) else few
     table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
                           shots=fewshot or 5)
-    from mixerbench.names import slug
-
-    stem = root / "tables" / f"compare-{slug(ds_name)}"
-    files.atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
-    files.atomic_write_text(stem.with_suffix(".md"), to_markdown(compare_view(table)) + "\n")
-    return dict(table=table, runs=runs, dataset=ds_name,
-                written=[stem.with_suffix(".csv"), stem.with_suffix(".md")])
+    written = regenerate(root, None, ["compare"], zoo_df=zoo)["written"]
+    return dict(table=table, runs=runs, dataset=ds_name, written=written)
 
 
 def _batch_of(preset: str | None) -> int | None:
@@ -271,7 +262,7 @@ def _common_flags(epochs, data_dir, device, seed=0) -> dict:
             "data.data_dir": str(data_dir) if data_dir else None}
 
 
-def reproduce_table1(*, results_root=None, **_) -> dict:
+def reproduce_table1(*, root=None, **_) -> dict:
     """Paper Table 1 (architecture specifications): our zoo's seven Mixers beside the paper's.
 
     Claim: S/32 ... H/14 have 19 / 18 / 60 / 59 / 206 / 207 / 431 M parameters without head.
@@ -284,11 +275,11 @@ def reproduce_table1(*, results_root=None, **_) -> dict:
     from mixerbench.report import regenerate, table1
 
     zoo = pd.DataFrame([model_info(n) for n in list_models("mixer-*") if n != "mixer-t4"])
-    done = regenerate(results_root, None, ["table1"], zoo_df=zoo)
+    done = regenerate(root, None, ["table1"], zoo_df=zoo)
     return dict(table=table1(zoo), written=done["written"])
 
 
-def reproduce_throughput(*, results_root=None, device=None, models=None, batch_size=None,
+def reproduce_throughput(*, root=None, device=None, models=None, batch_size=None,
                          budget="smoke", **_) -> dict:
     """Paper Tables 2-3 throughput column: the paper's models benchmarked on this device.
 
@@ -310,12 +301,12 @@ def reproduce_throughput(*, results_root=None, device=None, models=None, batch_s
                                      "mixer-s16", "mixer-b32", "mixer-s32"])
     rows = bench(models, mode="both", batch_size=batch_size or (8 if cpu else 256), device=dev,
                  repeats=3, steps_per_repeat=3 if cpu else 20, warmup=1 if cpu else 10,
-                 results_root=results_root)
-    done = regenerate(results_root, None, ["throughput"])
+                 root=root)
+    done = regenerate(root, None, ["throughput"])
     return dict(rows=rows, written=done["written"])
 
 
-def reproduce_shuffle(*, results_root=None, dataset=None, budget="smoke", device=None,
+def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
                       data_dir=None, overrides=None, log: Log = _noop, **_) -> dict:
     """Paper Figure 4: invariance of Mixer to a fixed permutation of patches and pixels.
 
@@ -336,7 +327,7 @@ def reproduce_shuffle(*, results_root=None, dataset=None, budget="smoke", device
     from mixerbench.report import regenerate
 
     preset, epochs, ds, over = _budget(budget, dataset, overrides)
-    root = results.results_dir(results_root)
+    root = results.results_dir(root)
     mixer = FAMILY_MODELS[preset]["mixer"].model
     patch = int(over.get("model.patch_size") or mixer.patch_size or get_spec(mixer.name).patch_size)
     done = _done_keys("shuffle", root, "run_id", "metric")
@@ -379,7 +370,7 @@ def scaling_steps(full_epochs: float, train_size: int, batch_size: int) -> int:
     return max(1, round(full_epochs * train_size / batch_size))
 
 
-def reproduce_data_scaling(*, results_root=None, dataset=None, budget="smoke", device=None,
+def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=None,
                            data_dir=None, models=("mixer", "vit", "resnet"), overrides=None,
                            log: Log = _noop, **_) -> dict:
     """Paper Figure 2 (right): accuracy against the amount of pre-training data.
@@ -409,7 +400,7 @@ def reproduce_data_scaling(*, results_root=None, dataset=None, budget="smoke", d
     batch = int(over.get("data.batch_size") or base.data.batch_size)
     n_full = len(get_dataset(ds, base.data.train_split, data_dir=data_dir))
     steps = scaling_steps(full, n_full, batch)
-    root = results.results_dir(results_root)
+    root = results.results_dir(root)
     done = _done_keys("scaling", root, "run_id", "metric")
     out = []
     for model in models:
@@ -432,7 +423,7 @@ def reproduce_data_scaling(*, results_root=None, dataset=None, budget="smoke", d
     return dict(rows=out, written=written)
 
 
-def reproduce_transfer(*, results_root=None, dataset=None, upstream=None, budget="smoke",
+def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke",
                        device=None, data_dir=None, overrides=None, log: Log = _noop,
                        **_) -> dict:
     """Paper section 3 (fine-tuning) and Appendix C: pre-train, then fine-tune at 1x and 2x.
@@ -451,9 +442,7 @@ def reproduce_transfer(*, results_root=None, dataset=None, upstream=None, budget
     local copy) a few minutes on 2 CPU cores; cpu budget (CIFAR-10 -> mnist-5k) about 15
     minutes; small budget minutes on a GPU.
     """
-    import pandas as pd
-
-    from mixerbench.report import regenerate, to_markdown
+    from mixerbench.report import regenerate, transfer_table
 
     preset, epochs, up_default, over = _budget(budget, None, overrides)
     upstream = upstream or up_default
@@ -462,7 +451,7 @@ def reproduce_transfer(*, results_root=None, dataset=None, upstream=None, budget
     dataset = dataset or "mnist-5k"
     if dataset == upstream:
         raise UserError(f"Transfer needs two datasets; pass --dataset other than {upstream}.")
-    root = results.results_dir(results_root)
+    root = results.results_dir(root)
     log("cell", dict(model="mixer", stage=f"pre-train on {upstream}"))
     up = run_cell(preset, "mixer", root=root, log=log, dataset=upstream, experiment="transfer",
                   flags=_common_flags(epochs, data_dir, device), overrides=over)
@@ -493,16 +482,11 @@ def reproduce_transfer(*, results_root=None, dataset=None, upstream=None, budget
                                   "model.patch_size": str(rec["patch_size"]),
                                   **_arch_settings(rec)})
     runs.append(("scratch", 1, scratch))
-    table = pd.DataFrame([dict(model=s["model"], upstream=upstream if kind == "finetune" else "",
-                               dataset=s["dataset"], how=kind, resolution=f"{k}x",
-                               img_size=s["img_size"], steps=s["steps"], top1=s["top1"],
-                               train_seconds=s["train_seconds"], run_id=s["run_id"])
-                          for kind, k, s in runs])
-    stem = root / "tables" / "transfer"
-    files.atomic_write_text(stem.with_suffix(".csv"), table.to_csv(index=False))
-    files.atomic_write_text(stem.with_suffix(".md"), to_markdown(table) + "\n")
-    written = [stem.with_suffix(".csv"), stem.with_suffix(".md")]
-    written += regenerate(root, None, ["curves"], runs=[s["run_id"] for _, _, s in runs])["written"]
+    done = regenerate(root, None, ["transfer"])["written"]
+    done += regenerate(root, None, ["curves"], runs=[s["run_id"] for _, _, s in runs])["written"]
+    table = transfer_table(results.load("accuracy", root))
+    table = table[table["run_id"].isin([s["run_id"] for _, _, s in runs])]
+    written = done
     return dict(table=table, written=written, upstream=up)
 
 

@@ -50,6 +50,14 @@ def preset(name: str, family_models: dict[str, FamilyRecipe] | None = None):
     return deco
 
 
+def finetune_preset(dataset: str | None) -> str:
+    """The fine-tuning recipe of `dataset`: its own preset (the ViT protocol's steps), else the
+    paper's recipe with a generic length (`finetune`); CIFAR-10's when no dataset is named."""
+    if dataset is None:
+        return "finetune-cifar10"
+    return f"finetune-{dataset}" if f"finetune-{dataset}" in PRESETS else "finetune"
+
+
 def get_preset(name: str) -> RunConfig:
     if name not in PRESETS:
         raise UserError(f"Unknown preset '{name}'.{close_matches(name, PRESETS)} "

@@ -177,6 +177,7 @@ class Run:
     train_batches: Any
     eval_batches: Any
     train_size: int
+    eval_size: int
     steps_per_epoch: int
     total: int
     warmup: int
@@ -271,7 +272,7 @@ def _memory_bytes(device: str | None) -> int:
         return 0
 
 
-def prepare(cfg: RunConfig, root: Path, run_dir: Path) -> Run:
+def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     """Check and build everything before the run directory is touched: devices, data, model,
     loaders and schedule. Every problem found here is a `UserError` and nothing is written."""
     import torch
@@ -291,6 +292,8 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path) -> Run:
     if rank_batch % cfg.accum_steps:
         raise UserError(f"The per-process batch {rank_batch} is not divisible by --accum-steps "
                         f"{cfg.accum_steps}.")
+    log("stage", dict(what=f"loading {dcfg.dataset} ({dcfg.train_split} and {dcfg.eval_split}; "
+                           "decoded once into the tensor cache)"))
     train_ds = get_dataset(dcfg.dataset, dcfg.train_split, data_dir=dcfg.data_dir,
                            fraction=dcfg.fraction, seed=cfg.seed)
     eval_ds = get_dataset(dcfg.dataset, dcfg.eval_split, data_dir=dcfg.data_dir, seed=cfg.seed)
@@ -327,7 +330,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path) -> Run:
     eval_every = cfg.eval_every or steps_per_epoch
     return Run(cfg=cfg, root=root, run_dir=run_dir, rank=rank, world=world, device=device,
                dtype=dtype, compiled=compiled, model=model, rec=rec, train_batches=train_batches,
-               eval_batches=eval_batches, train_size=len(train_ds),
+               eval_batches=eval_batches, train_size=len(train_ds), eval_size=len(eval_ds),
                steps_per_epoch=steps_per_epoch, total=total, warmup=warmup,
                eval_every=eval_every, ckpt_every=cfg.ckpt_every or eval_every, macs_per_img=macs)
 
@@ -510,15 +513,21 @@ def check_losses(run: Run, p: Progress, at_step: int) -> list[float]:
     return values
 
 
-def evaluate_now(run: Run, final: bool) -> dict:
-    """Top-1/top-5/loss on the eval split (all of it at the end, else `max_eval_examples`)."""
+def evaluate_now(run: Run) -> dict:
+    """Top-1/top-5/loss on the eval split: all of it, or its first `max_eval_examples`."""
     from mixerbench.evaluate import accuracy
     from mixerbench.models.weights import unwrap
 
     batches = run.eval_batches.epoch(0)
-    if run.cfg.max_eval_examples and not final:
+    if run.cfg.max_eval_examples:
         batches = _take_examples(batches, run.cfg.max_eval_examples)
     return accuracy(unwrap(run.model), batches, device=run.device, dtype=run.dtype)
+
+
+def eval_split(run: Run) -> str:
+    """The split the accuracy row names: `test`, or `test[:N]` when only N images were used."""
+    n = run.cfg.max_eval_examples
+    return run.cfg.data.eval_split + (f"[:{n}]" if n and n < run.eval_size else "")
 
 
 def metrics_row(run: Run, p: Progress, ev: dict, lr: float) -> dict:
@@ -550,7 +559,7 @@ def finish(run: Run, p: Progress, experiment: str) -> dict:
     summary = dict(
         run_id=run.run_dir.name, model=model_label(run.rec["name"], run.rec.get("overrides")),
         family=get_spec(run.rec["name"]).family,
-        dataset=cfg.data.dataset, split=cfg.data.eval_split, img_size=run.rec["img_size"],
+        dataset=cfg.data.dataset, split=eval_split(run), img_size=run.rec["img_size"],
         epochs=round(images / run.train_size, 4), steps=run.total,
         top1=last["top1"], top5=last["top5"], loss=last["eval_loss"],
         train_seconds=round(p.train_seconds, 3),
@@ -566,7 +575,7 @@ def finish(run: Run, p: Progress, experiment: str) -> dict:
 # -------------------------------------------------------------------------------------- train
 
 
-def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resume: bool = False,
+def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool = False,
           log: Log | None = None, experiment: str = "") -> dict[str, Any]:
     """Train (or fine-tune) per `cfg`; return the summary (the accuracy row plus `run_dir`).
 
@@ -579,7 +588,7 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
     import torch.distributed as dist
 
     log = log or (lambda event, info: None)
-    root = results.writable_results_dir(results_root)
+    root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))
     check_owner(run_dir, cfg)
     if read_summary(run_dir) is not None:  # finished: read back, never retrained
@@ -588,7 +597,7 @@ def train(cfg: RunConfig, results_root: str | os.PathLike | None = None, *, resu
         raise UserError(f"Nothing to resume in {run_dir}: it has no checkpoint yet; run the "
                         "command without --resume.")
     results.ensure_appendable("accuracy", root)  # a damaged accuracy.csv is found before hours of work
-    run = prepare(cfg, root, run_dir)
+    run = prepare(cfg, root, run_dir, log)
     created = not run_dir.exists()
     try:
         # one process trains a run at a time; a second waits, then finds it finished
@@ -684,7 +693,12 @@ def _after_step(run: Run, optimizer, scheduler, p: Progress, stopping: bool, log
                 window: list) -> None:
     """Evaluate, checkpoint or stop when the schedule (or a signal) says so."""
     if p.step % run.eval_every == 0 or p.step == run.total:
-        ev = evaluate_now(run, final=p.step == run.total) if run.rank == 0 else {}
+        if p.step == run.total:
+            n = min(run.eval_size, run.cfg.max_eval_examples or run.eval_size)
+            log("stage", dict(what=f"final evaluation on {n:,} images of {eval_split(run)}"
+                              + ("" if n < run.eval_size else
+                                 " (all of it; --set max_eval_examples=N bounds it)")))
+        ev = evaluate_now(run) if run.rank == 0 else {}
         row = metrics_row(run, p, ev, optimizer.param_groups[0]["lr"])
         p.loss_sum, p.loss_count = 0.0, 0
         if run.rank == 0:

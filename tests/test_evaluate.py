@@ -178,7 +178,7 @@ def test_evaluate_accuracy_fewshot_shuffle_rows(eval_checkpoint, eval_tiny_model
     from mixerbench.results import load
 
     res = evaluate(str(eval_checkpoint), "synthetic", crop="plain", fewshot="1,5", seeds=2,
-                   shuffle="none,patch", device="cpu", batch_size=100, results_root=tmp_path)
+                   shuffle="none,patch", device="cpu", batch_size=100, root=tmp_path)
     _, test = eval_synthetic
     direct = accuracy(eval_tiny_model, make_loader(test, batch_size=100, train=False,
                                                    pipeline="eval-plain", img_size=32).epoch(0))

@@ -26,7 +26,7 @@ def frame(table: str, rows: list[dict]) -> pd.DataFrame:
 
 def accuracy_fixture() -> pd.DataFrame:
     base = dict(dataset="cifar10", split="test", img_size=32, epochs=10,
-                device_name="cpu (x86_64, 2 cores)", num_devices=1)
+                device_name="cpu (x86_64, 2 cores)", num_devices=1, experiment="compare:small")
     return frame("accuracy", [
         dict(base, run_id="mixer-a-s0", model="mixer-b16", top1=80.0, train_seconds=3600,
              device_hours=1.0, train_flops=2e15, seed=0),
@@ -40,7 +40,8 @@ def accuracy_fixture() -> pd.DataFrame:
         dict(base, run_id="bit-a-s0", model="bit-r50x1", top1=84.0, train_seconds=10800,
              device_hours=3.0, train_flops=3e15, seed=0),
         dict(base, run_id="mixer-in-s0", model="mixer-b16", dataset="imagenet", img_size=224,
-             epochs=300, top1=76.0, train_seconds=36000, device_hours=80.0, seed=0),
+             epochs=300, top1=76.0, train_seconds=36000, device_hours=80.0, seed=0,
+             experiment="compare:imagenet-mixer-b16"),
     ])
 
 
@@ -409,12 +410,24 @@ def test_empty_input_names_producer(fn, table):
         fn(frame(table, []))
 
 
-def test_registries_cover_the_issue():
-    assert set(report.FIGURES) == {"pareto-cost", "accuracy-throughput", "data-scaling", "shuffle",
-                                   "token-mixing", "curves"}
-    assert set(report.TABLES) == {"table1", "compare", "throughput"}
-    for spec in list(report.FIGURES.values()) + list(report.TABLES.values()):
-        assert callable(spec.fn) and set(spec.inputs) <= set(results.SCHEMAS)
+def test_every_artifact_is_registered_and_named_in_plot_help():
+    """One registry drives `plot`: each paper figure and table once, each named (with its paper
+    source) in `mixerbench plot --help`, so the help cannot drift from what plot draws."""
+    from typer.testing import CliRunner
+
+    from mixerbench.cli import app
+
+    assert set(report.ARTIFACTS) == {"pareto-cost", "accuracy-throughput", "data-scaling",
+                                     "shuffle", "token-mixing", "curves", "table1", "compare",
+                                     "throughput", "transfer"}
+    import re
+
+    raw = CliRunner().invoke(app, ["plot", "--help"], terminal_width=200).output
+    help_text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", raw).split())  # rich's boxes cut lines
+    for name, artifact in report.ARTIFACTS.items():
+        assert callable(artifact.make) and artifact.paper
+        assert f"{name}:" in help_text, name
+    assert "<out>/figures/" in help_text and "default: the results dir" in help_text
 
 
 # ----------------------------------------------------------------------------- regenerate
@@ -437,17 +450,19 @@ def test_regenerate_writes_files_and_skips_missing(tmp_path):
     assert names == {
         "figures/pareto-cost.png", "figures/accuracy-throughput.png", "figures/shuffle.png",
         "figures/curves.png", "tables/throughput.csv", "tables/throughput.md",
-    }  # compare tables belong to `mixerbench compare`, which knows its runs: only when named
-    assert set(out["skipped"]) == {"data-scaling", "token-mixing", "table1"}
+        "tables/compare-cifar10-small.csv", "tables/compare-cifar10-small.md",
+        "tables/compare-imagenet-imagenet-mixer-b16.csv",
+        "tables/compare-imagenet-imagenet-mixer-b16.md",
+    }  # one compare table per comparison (dataset and preset), as `compare` writes it
+    assert set(out["skipped"]) == {"data-scaling", "transfer"}
     assert "mixerbench reproduce data-scaling" in out["skipped"]["data-scaling"]
     for p in out["written"]:
         assert p.stat().st_size > 0
     png = (tmp_path / "out" / "figures" / "shuffle.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n"
     named = report.regenerate(root, tmp_path / "out", "compare")
-    assert {p.name for p in named["written"]} == {
-        "compare-cifar10.csv", "compare-cifar10.md", "compare-imagenet.csv", "compare-imagenet.md"}
-    cmp = pd.read_csv(tmp_path / "out" / "tables" / "compare-imagenet.csv")
+    assert len(named["written"]) == 4
+    cmp = pd.read_csv(tmp_path / "out" / "tables" / "compare-imagenet-imagenet-mixer-b16.csv")
     assert cmp.loc[0, "paper_top1"] == 76.44
     assert not list((tmp_path / "out").rglob("*.tmp"))  # atomic writes leave nothing behind
 
@@ -455,15 +470,15 @@ def test_regenerate_writes_files_and_skips_missing(tmp_path):
 def test_regenerate_specific_missing_is_user_error(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(UserError, match="mixerbench reproduce shuffle"):
-        report.regenerate(tmp_path / "empty", tmp_path / "out", figures="shuffle")
+        report.regenerate(tmp_path / "empty", tmp_path / "out", names="shuffle")
     with pytest.raises(UserError, match="Did you mean"):
-        report.regenerate(tmp_path / "empty", tmp_path / "out", figures="shufle")
+        report.regenerate(tmp_path / "empty", tmp_path / "out", names="shufle")
     with pytest.raises(UserError, match="--checkpoint"):
-        report.regenerate(tmp_path / "empty", tmp_path / "out", figures="token-mixing")
+        report.regenerate(tmp_path / "empty", tmp_path / "out", names="token-mixing")
     assert not (tmp_path / "out").exists()
     out = report.regenerate(tmp_path / "empty", tmp_path / "out")
     assert out["written"] == []
-    assert set(out["skipped"]) == (set(report.FIGURES) | set(report.TABLES)) - {"compare"}
+    assert set(out["skipped"]) == {n for n, a in report.ARTIFACTS.items() if a.default}
 
 
 def test_regenerate_token_mixing_from_safetensors(tmp_path):
@@ -479,7 +494,7 @@ def test_regenerate_token_mixing_from_safetensors(tmp_path):
     save_file(state, str(ckpt))
     w = report.load_token_mixing_weights(tmp_path)  # a run dir works too
     assert list(w) == ["block 0", "block 1"] and w["block 1"].shape == (8, 16)
-    out = report.regenerate(tmp_path, tmp_path / "out", figures=["token-mixing"], checkpoint=ckpt)
+    out = report.regenerate(tmp_path, tmp_path / "out", names=["token-mixing"], checkpoint=ckpt)
     assert [p.name for p in out["written"]] == ["token-mixing.png"]
     save_file({"head.weight": torch.zeros(2, 2)}, str(tmp_path / "vit.safetensors"))
     with pytest.raises(UserError, match="Mixer checkpoint"):

@@ -404,12 +404,16 @@ def describe(name_or_path: str, data_dir: str | os.PathLike | None = None, *, ca
                 label_column=reader.label_column, note=note)
 
 
-def datasets_command(name_or_path: str | None = None, data_dir=None, fmt: str = "table", bench: bool = False,
-                     *, seconds: float = 5.0, batch_size: int = 256, device: str = "cpu"):
-    """What `mixerbench datasets` prints: rows (no argument), a dict (NAME), or throughput (--bench)."""
+def datasets_command(name_or_path: str | None = None, data_dir=None, bench: bool = False, *,
+                     seconds: float = 5.0, batch_size: int = 256, device: str | None = None):
+    """What `mixerbench datasets` prints: rows (no argument), a dict (NAME), or throughput (--bench,
+    on `device`: CUDA when present)."""
     if name_or_path is None:
         return known_datasets()
     if bench:
+        from mixerbench.runtime import resolve_device
+
         ds = get_dataset(name_or_path, "train", data_dir=data_dir)
-        return loader_throughput(ds, batch_size=batch_size, device=device, seconds=seconds)
+        return loader_throughput(ds, batch_size=batch_size, device=resolve_device(device),
+                                 seconds=seconds)
     return describe(name_or_path, data_dir)

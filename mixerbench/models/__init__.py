@@ -224,5 +224,24 @@ def model_info(name: str, num_classes: int = 1000, img_size: int | None = None,
     return dict(row)
 
 
-__all__ = ["ModelSpec", "REGISTRY", "FAMILY_ALIASES", "create_model", "list_models", "model_label",
+def zoo(pattern: str | None = None, *, num_classes: int = 1000,
+        img_size: int | None = None) -> list[dict[str, Any]]:
+    """The `mixerbench models` rows: every entry matching `pattern` (a shell pattern, or one
+    name / paper spelling / alias), counted at `img_size` when given (entries whose patch does
+    not divide it are left out)."""
+    names = list_models(pattern)
+    if not names and pattern:
+        if any(ch in pattern for ch in "*?["):
+            raise UserError(f"No model matches '{pattern}'; run `mixerbench models` for the zoo.")
+        names = [resolve_name(pattern)]
+    rows = []
+    for n in names:
+        patch = get_spec(n).patch_size
+        if img_size and patch and img_size % patch:
+            continue
+        rows.append(model_info(n, num_classes=num_classes, img_size=img_size))
+    return rows
+
+
+__all__ = ["zoo", "ModelSpec", "REGISTRY", "FAMILY_ALIASES", "create_model", "list_models", "model_label",
            "model_info", "resolve_name", "get_spec", "count_params"]

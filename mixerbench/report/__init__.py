@@ -1,33 +1,47 @@
-"""Reports: the paper's tables and figures regenerated from the results CSVs (issue 6, item 2).
+"""Reports: the paper's tables and figures regenerated from the results CSVs.
 
-`tables.py` and `figures.py` hold one pure function per paper table and figure (style.md
-habit 8); `style.py` the colours and markers. This module owns the only file-writing step,
-`regenerate`, which `mixerbench plot` calls: read CSVs with `results.load`, call the pure
-functions, write `<out>/figures/*.png` (150 dpi) and `<out>/tables/*.csv|md` atomically.
-Paper sources: arXiv 2105.01601 Tables 1-3 and Figures 2-5 (see `paper.md` section 5).
+`tables.py` and `figures.py` hold one pure function per paper table and figure; `style.py` the
+colours and markers. This module owns the only file-writing step, `regenerate`, which
+`mixerbench plot` calls: `ARTIFACTS` names each figure and table, the paper artifact it stands
+for and the results it is drawn from; `regenerate` loads those, calls the pure function and
+writes `<out>/figures/*.png` (150 dpi) and `<out>/tables/*.csv|md` atomically.
+Paper sources: arXiv 2105.01601 Tables 1-3 and Figures 2-5.
 """
 
 from __future__ import annotations
 
 import io
 import os
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mixerbench import files, results
-from mixerbench.names import slug
 from mixerbench.errors import DamagedFileError, UserError, close_matches
+from mixerbench.names import slug
 from mixerbench.report import style
 from mixerbench.report.figures import (
-    FIGURES, accuracy_throughput, curves, data_scaling, pareto_cost, pareto_frontier, shuffle,
+    accuracy_throughput,
+    curves,
+    data_scaling,
+    pareto_cost,
+    pareto_frontier,
+    shuffle,
     token_mixing,
 )
 from mixerbench.report.tables import (
-    TABLES, compare_table, table1, throughput_table, to_markdown,
+    compare_table,
+    compare_view,
+    table1,
+    throughput_table,
+    to_markdown,
+    transfer_table,
 )
 
 MAX_CURVES = 8  # runs drawn by default in `curves` (the most recent); more are unreadable
-TOKEN_KEY = "blocks.{}.mlp_tokens.fc1.weight"  # timm / mixerbench parameter name (design.md 6)
+# the name of the first token-mixing weight in timm's (and our) Mixer: block i, fc1
+TOKEN_KEY = "blocks.{}.mlp_tokens.fc1.weight"
 
 
 def load_token_mixing_weights(checkpoint: str | os.PathLike, blocks=(0, 1, 2)) -> dict:
@@ -67,18 +81,105 @@ def load_token_mixing_weights(checkpoint: str | os.PathLike, blocks=(0, 1, 2)) -
     return out
 
 
-def _save_figure(fig, path: Path) -> Path:
-    buf = io.BytesIO()
-    fig.savefig(buf, format="png", dpi=style.DPI)
-    files.atomic_write_bytes(path, buf.getvalue())
-    return path
+@dataclass
+class Inputs:
+    """What an artifact may draw from: the results CSVs (loaded once, on first use), the run
+    directories, and what `plot` was given (a checkpoint, run ids, the model zoo)."""
+
+    root: Path
+    checkpoint: str | os.PathLike | None = None
+    runs: list[str] | None = None
+    zoo_df: Any = None
+    _frames: dict = field(default_factory=dict)
+
+    def csv(self, table: str, required: bool = True):
+        key = (table, required)
+        if key not in self._frames:
+            self._frames[key] = results.load(table, self.root, required=required)
+        return self._frames[key].copy()
 
 
-def _save_table(df, path_stem: Path) -> list[Path]:
-    csv_path, md_path = path_stem.with_suffix(".csv"), path_stem.with_suffix(".md")
-    files.atomic_write_text(csv_path, df.to_csv(index=False))
-    files.atomic_write_text(md_path, to_markdown(df))
-    return [csv_path, md_path]
+@dataclass(frozen=True)
+class Artifact:
+    """One figure or table `plot` regenerates: `make(inputs)` returns (file stem, Figure or
+    DataFrame) pairs; `paper` says which paper artifact it stands for; `default` whether a bare
+    `mixerbench plot` draws it (token-mixing needs a checkpoint)."""
+
+    make: Callable[[Inputs], list[tuple[str, Any]]]
+    paper: str
+    default: bool = True
+
+
+def _compare_tables(i: Inputs) -> list[tuple[str, Any]]:
+    """tables/compare-<dataset>-<preset>: every run of each `compare` on each dataset."""
+    acc = i.csv("accuracy")
+    exps = acc["experiment"].astype(object).where(acc["experiment"].notna(), "").astype(str)
+    out = []
+    for (ds, exp), g in acc[exps.str.startswith("compare")].groupby(["dataset", exps]):
+        out.append((f"compare-{slug(ds)}-{slug(exp.split(':', 1)[-1])}",
+                    compare_table(g, i.csv("throughput", False), i.csv("fewshot", False),
+                                  dataset=ds, zoo_df=i.zoo_df)))
+    if not out:
+        raise UserError("accuracy.csv has no compare runs; run `mixerbench compare` first.")
+    return out
+
+
+def _token_mixing(i: Inputs) -> list[tuple[str, Any]]:
+    if i.checkpoint is None:
+        raise UserError("token-mixing needs a Mixer checkpoint; pass --checkpoint SRC.")
+    return [("token-mixing", token_mixing(
+        load_token_mixing_weights(i.checkpoint),
+        title=f"Token-mixing MLP hidden units of {Path(i.checkpoint).name}"))]
+
+
+def _table1(i: Inputs) -> list[tuple[str, Any]]:
+    if i.zoo_df is None:
+        import pandas as pd
+
+        from mixerbench.models import list_models, model_info
+
+        i.zoo_df = pd.DataFrame([model_info(n) for n in list_models("mixer-*") if n != "mixer-t4"])
+    return [("table1", table1(i.zoo_df))]
+
+
+ARTIFACTS: dict[str, Artifact] = {
+    "pareto-cost": Artifact(lambda i: [("pareto-cost", pareto_cost(i.csv("accuracy")))],
+                            "Figure 2 (left), Figure 3 (left): top-1 vs training cost"),
+    "accuracy-throughput": Artifact(
+        lambda i: [("accuracy-throughput", accuracy_throughput(i.csv("accuracy"),
+                                                               i.csv("throughput")))],
+        "Figure 3 (right): top-1 vs throughput"),
+    "data-scaling": Artifact(lambda i: [("data-scaling", data_scaling(i.csv("scaling")))],
+                             "Figure 2 (right): accuracy vs pre-training data"),
+    "shuffle": Artifact(lambda i: [("shuffle", shuffle(i.csv("shuffle")))],
+                        "Figure 4: invariance to patch and pixel shuffling"),
+    "token-mixing": Artifact(_token_mixing, "Figure 5: token-mixing weights (needs --checkpoint)",
+                             default=False),
+    "curves": Artifact(lambda i: [("curves", curves(_run_metrics(i.root, i.runs)))],
+                       "training curves of the latest runs (runs/*/metrics.csv)"),
+    # drawn from the model zoo, not from results: `reproduce table1` or `plot table1`
+    "table1": Artifact(_table1, "Table 1: the Mixer shapes and parameter counts", default=False),
+    "compare": Artifact(_compare_tables, "Tables 2-3 at our scale: top-1 beside cost and speed"),
+    "throughput": Artifact(lambda i: [("throughput", throughput_table(i.csv("throughput")))],
+                           "Table 3 throughput column beside this device's"),
+    "transfer": Artifact(lambda i: [("transfer", transfer_table(i.csv("accuracy")))],
+                         "Section 3 fine-tuning at 1x and 2x vs from scratch"),
+}
+
+
+def _save(obj, out: Path, stem: str) -> list[Path]:
+    """A Figure to figures/<stem>.png, a DataFrame to tables/<stem>.csv and .md."""
+    if hasattr(obj, "savefig"):
+        buf = io.BytesIO()
+        obj.savefig(buf, format="png", dpi=style.DPI)
+        path = out / "figures" / f"{stem}.png"
+        files.atomic_write_bytes(path, buf.getvalue())
+        return [path]
+    stem_path = out / "tables" / stem
+    shown = compare_view(obj) if stem.startswith("compare-") else obj
+    files.atomic_write_text(stem_path.with_suffix(".csv"), obj.to_csv(index=False))
+    files.atomic_write_text(stem_path.with_suffix(".md"), to_markdown(shown))
+    return [stem_path.with_suffix(".csv"), stem_path.with_suffix(".md")]
 
 
 def _run_metrics(root: Path, runs) -> dict:
@@ -102,64 +203,26 @@ def _run_metrics(root: Path, runs) -> dict:
     return out
 
 
-def _produce(name: str, root: Path, out: Path, checkpoint, runs, zoo_df) -> list[Path]:
-    """Write one artifact; raises UserError when its inputs are missing."""
-    load = lambda t, required=True: results.load(t, root, required=required)  # noqa: E731
-    fig_dir, tab_dir = out / "figures", out / "tables"
-    if name == "pareto-cost":
-        return [_save_figure(pareto_cost(load("accuracy")), fig_dir / "pareto-cost.png")]
-    if name == "accuracy-throughput":
-        fig = accuracy_throughput(load("accuracy"), load("throughput"))
-        return [_save_figure(fig, fig_dir / "accuracy-throughput.png")]
-    if name == "data-scaling":
-        return [_save_figure(data_scaling(load("scaling")), fig_dir / "data-scaling.png")]
-    if name == "shuffle":
-        return [_save_figure(shuffle(load("shuffle")), fig_dir / "shuffle.png")]
-    if name == "token-mixing":
-        if checkpoint is None:
-            raise UserError("token-mixing needs a Mixer checkpoint; pass --checkpoint SRC.")
-        fig = token_mixing(load_token_mixing_weights(checkpoint),
-                           title=f"Token-mixing MLP hidden units of {Path(checkpoint).name}")
-        return [_save_figure(fig, fig_dir / "token-mixing.png")]
-    if name == "curves":
-        metrics = _run_metrics(root, runs)
-        return [_save_figure(curves(metrics), fig_dir / "curves.png")]
-    if name == "table1":
-        if zoo_df is None:
-            raise UserError("table1 needs the model zoo; run `mixerbench reproduce table1`.")
-        return _save_table(table1(zoo_df), tab_dir / "table1")
-    if name == "compare":
-        acc = load("accuracy")
-        thr, few = load("throughput", False), load("fewshot", False)
-        written = []
-        for ds in sorted(acc["dataset"].dropna().astype(str).unique()):
-            df = compare_table(acc, thr, few, dataset=ds, zoo_df=zoo_df)
-            written += _save_table(df, tab_dir / f"compare-{slug(ds)}")
-        return written
-    if name == "throughput":
-        return _save_table(throughput_table(load("throughput")), tab_dir / "throughput")
-    raise AssertionError(name)  # names are validated before
-
-
 def regenerate(
-    results_root: str | os.PathLike | None,
+    root: str | os.PathLike | None,
     out_dir: str | os.PathLike | None = None,
-    figures: str | list[str] | None = None,
+    names: str | list[str] | None = None,
     checkpoint: str | os.PathLike | None = None,
     *,
     runs: list[str] | None = None,
     zoo_df: Any = None,
 ) -> dict[str, Any]:
-    """Regenerate figures and tables from the CSVs under `results_root`.
+    """Regenerate figures and tables from the CSVs under `root`.
 
     Args:
-        results_root: the results directory (None: `$MIXERBENCH_RESULTS` or `results`).
-        out_dir: where `figures/` and `tables/` go (default: `results_root`).
-        figures: names from `FIGURES` or `TABLES` (a string or list); None regenerates all,
+        root: the results directory (None: `$MIXERBENCH_RESULTS` or `results`).
+        out_dir: where `figures/` and `tables/` go (default: `root`).
+        names: names from `ARTIFACTS` (a string or list); None regenerates every default one,
             skipping those whose inputs are missing.
         checkpoint: Mixer safetensors file or run dir for `token-mixing`.
         runs: run ids for `curves` (default: the `MAX_CURVES` most recent with metrics.csv).
-        zoo_df: the model zoo DataFrame for `table1` and params/GFLOPs in `compare`.
+        zoo_df: the model zoo DataFrame for `table1` and params/GFLOPs in `compare` (default:
+            `table1` builds the zoo itself).
 
     Returns:
         {"written": [Path, ...], "skipped": {name: reason}}.
@@ -169,23 +232,22 @@ def regenerate(
             the command that produces them); `DamagedFileError` for a damaged input CSV, whether
             or not the artifact was named.
     """
-    root = results.results_dir(results_root)
+    root = results.results_dir(root)
     out = Path(out_dir) if out_dir is not None else root
-    known = list(FIGURES) + list(TABLES)
-    specific = bool(figures)
-    # `compare` tables are written by `mixerbench compare`, which knows which runs belong to
-    # one comparison; accuracy.csv alone does not (data-scaling and shuffle runs share model
-    # names), so regenerating everything leaves them alone.
-    names = [figures] if isinstance(figures, str) else list(
-        figures or [n for n in known if n != "compare"])
+    specific = bool(names)
+    names = [names] if isinstance(names, str) else list(
+        names or [n for n, a in ARTIFACTS.items() if a.default or (n == "token-mixing" and checkpoint)])
+    # an artifact that is not drawn by default is not reported as skipped either
     for n in names:
-        if n not in known:
-            raise UserError(f"Unknown figure or table '{n}'; choose from {', '.join(known)}."
-                            + close_matches(n, known))
+        if n not in ARTIFACTS:
+            raise UserError(f"Unknown figure or table '{n}'; choose from {', '.join(ARTIFACTS)}."
+                            + close_matches(n, ARTIFACTS))
+    inputs = Inputs(root, checkpoint=checkpoint, runs=runs, zoo_df=zoo_df)
     written, skipped = [], {}
     for n in names:
         try:
-            written += _produce(n, root, out, checkpoint, runs, zoo_df)
+            for stem, obj in ARTIFACTS[n].make(inputs):
+                written += _save(obj, out, stem)
         except UserError as err:
             if specific or isinstance(err, DamagedFileError):  # damage is never a skip
                 raise
@@ -194,8 +256,8 @@ def regenerate(
 
 
 __all__ = [
-    "FIGURES", "TABLES", "regenerate", "load_token_mixing_weights", "style",
-    "table1", "compare_table", "throughput_table", "to_markdown",
+    "ARTIFACTS", "regenerate", "load_token_mixing_weights", "style",
+    "table1", "compare_table", "throughput_table", "transfer_table", "to_markdown",
     "pareto_cost", "accuracy_throughput", "data_scaling", "shuffle", "token_mixing", "curves",
     "pareto_frontier",
 ]

@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -25,13 +24,25 @@ import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
-from matplotlib.ticker import FixedLocator, FuncFormatter, LogLocator, NullFormatter, NullLocator
+from matplotlib.ticker import (
+    FixedLocator,
+    FuncFormatter,
+    LogLocator,
+    NullFormatter,
+    NullLocator,
+)
 
 from mixerbench import reference
 from mixerbench.errors import UserError
 from mixerbench.report import style
-from mixerbench.report.tables import (device_hours, latest_per_run, numeric, pick_dataset,
-                                      pick_experiment, require)
+from mixerbench.report.tables import (
+    device_hours,
+    latest_per_run,
+    numeric,
+    pick_dataset,
+    pick_experiment,
+    require,
+)
 
 # ----------------------------------------------------------------------------- helpers
 
@@ -741,28 +752,3 @@ def curves(metrics_by_run: Mapping[str, pd.DataFrame], *, title: str | None = No
     fig.suptitle(title or f"Training curves ({len(runs)} run{'s' * (len(runs) > 1)})",
                  fontsize=style.FONT_SIZE + 1)
     return fig
-
-
-# ----------------------------------------------------------------------------- registry
-
-
-@dataclass(frozen=True)
-class FigureSpec:
-    """A figure `plot` can regenerate: its function, the CSVs it needs and the paper source."""
-
-    fn: Callable[..., Figure]
-    inputs: tuple[str, ...]
-    optional: tuple[str, ...]
-    paper: str
-
-
-FIGURES: dict[str, FigureSpec] = {
-    "pareto-cost": FigureSpec(pareto_cost, ("accuracy",), (),
-                              "Figure 2 (left) / Figure 3 (left)"),
-    "accuracy-throughput": FigureSpec(accuracy_throughput, ("accuracy", "throughput"), (),
-                                      "Figure 3 (right)"),
-    "data-scaling": FigureSpec(data_scaling, ("scaling",), (), "Figure 2 (right)"),
-    "shuffle": FigureSpec(shuffle, ("shuffle",), (), "Figure 4"),
-    "token-mixing": FigureSpec(token_mixing, (), (), "Figure 5 (needs a Mixer checkpoint)"),
-    "curves": FigureSpec(curves, (), (), "training curves (runs/*/metrics.csv)"),
-}

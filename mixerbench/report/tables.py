@@ -16,8 +16,7 @@ Inputs carry the columns declared in `mixerbench.results.SCHEMAS`; outputs are r
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Callable
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -286,6 +285,47 @@ def compare_view(table: pd.DataFrame) -> pd.DataFrame:
     return view
 
 
+TRANSFER_COLUMNS = ("model", "upstream", "dataset", "how", "resolution", "img_size", "steps",
+                    "top1", "train_seconds", "run_id")
+
+
+def transfer_table(accuracy_df: pd.DataFrame) -> pd.DataFrame:
+    """Paper section 3 transfer: fine-tuned (at 1x and Kx) against from-scratch runs.
+
+    Args:
+        accuracy_df: `accuracy.csv` rows of `reproduce transfer` (`experiment` "transfer"):
+            the upstream pre-training run, fine-tuning runs whose `init` is that run's directory,
+            and a from-scratch run on the downstream dataset.
+
+    Returns:
+        One row per downstream run, columns `TRANSFER_COLUMNS`: `how` is finetune or scratch,
+        `resolution` the fine-tuning size over the upstream size (`2x`: the block-diagonal
+        expansion of paper App. C), `upstream` the dataset the fine-tuned weights came from.
+    """
+    acc = require(accuracy_df, "accuracy", "The transfer table")
+    acc = latest_per_run(acc)
+    if "experiment" in acc.columns:
+        acc = acc[acc["experiment"].astype(str) == "transfer"]
+    acc = acc[acc["kind"].astype(str) != "evaluate"]
+    if acc.empty:
+        raise UserError("accuracy.csv has no transfer runs; run `mixerbench reproduce transfer`.")
+    numeric(acc, "img_size", "steps", "top1", "train_seconds")
+    by_id = {str(r["run_id"]): r for _, r in acc.iterrows()}
+    sources = {Path(str(i)).name for i in acc["init"].dropna().astype(str) if i}
+    rows = []
+    for _, r in acc.iterrows():
+        rid = str(r["run_id"])
+        if rid in sources:
+            continue  # the upstream pre-training run itself
+        up = by_id.get(Path(str(r["init"])).name) if isinstance(r["init"], str) and r["init"] else None
+        k = r["img_size"] / up["img_size"] if up is not None else 1.0
+        rows.append(dict(model=r["model"], upstream=up["dataset"] if up is not None else "",
+                         dataset=r["dataset"], how="finetune" if up is not None else "scratch",
+                         resolution=f"{k:g}x", img_size=r["img_size"], steps=r["steps"],
+                         top1=r["top1"], train_seconds=r["train_seconds"], run_id=rid))
+    return pd.DataFrame(rows, columns=list(TRANSFER_COLUMNS))
+
+
 # ----------------------------------------------------------------------------- throughput
 
 def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
@@ -408,24 +448,3 @@ def to_markdown(df: pd.DataFrame) -> str:
     rule = "| " + " | ".join(("-" * (w - 1) + ":") if n else "-" * w
                              for w, n in zip(widths, num)) + " |"
     return "\n".join([line(cols), rule] + [line(r) for r in body]) + "\n"
-
-
-# ----------------------------------------------------------------------------- registry
-
-@dataclass(frozen=True)
-class TableSpec:
-    """A table `plot` can regenerate: its function, the CSVs it needs and the paper source."""
-
-    fn: Callable[..., pd.DataFrame]
-    inputs: tuple[str, ...]
-    optional: tuple[str, ...]
-    paper: str
-
-
-TABLES: dict[str, TableSpec] = {
-    "table1": TableSpec(table1, (), (), "Table 1 (needs the model zoo, not a results CSV)"),
-    "compare": TableSpec(compare_table, ("accuracy",), ("throughput", "fewshot"),
-                         "Tables 2 and 3 (top-1 beside cost and speed)"),
-    "throughput": TableSpec(throughput_table, ("throughput",), (),
-                            "Table 3 throughput column (TPU-v3 img/s/core vs this device)"),
-}
