@@ -12,8 +12,13 @@ comparable across hardware; our unit is img/s per device.
 
 from __future__ import annotations
 
-from mixerbench.runtime import autocast, resolve_device, resolve_dtype, synchronize, torch_dtype
-
+from mixerbench.runtime import (
+    autocast,
+    resolve_device,
+    resolve_dtype,
+    synchronize,
+    torch_dtype,
+)
 
 # ------------------------------------------------------------------------------ throughput
 #
@@ -380,9 +385,90 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
 
     import torch
 
-    from mixerbench.errors import UserError
-    from mixerbench.models import get_spec, model_info, model_label, resolve_name
+    from mixerbench.models import get_spec, model_info, model_label
     from mixerbench.results import SCHEMAS, append_row, device_name
+
+    modes, recipes, device, dtype, start_batch, auto = _check_bench(
+        models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype, max_batch)
+    cuda = device.startswith("cuda")
+    compile = cuda if compile is None else bool(compile)
+    # TF32 for fp32 matmuls on CUDA, as the training loop runs; the datasheet peak is then the
+    # TF32 one (`matmul_precision`), and the measured matmul rate runs under the same setting.
+    old_precision = torch.get_float32_matmul_precision()
+    if cuda:
+        torch.set_float32_matmul_precision("high")
+    total = len(recipes) * len(modes) + 1
+    # One id for every row of this call (UTC start time + random suffix): same run, same id.
+    bench_id = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-"
+                + uuid.uuid4().hex[:6])
+    try:
+        precision = matmul_precision(dtype, device, torch.get_float32_matmul_precision())
+        # Looked up from the name the rows record, so the peak always matches `device_name`.
+        peak = datasheet_peak_tflops(device_name(device), precision)
+        if progress:
+            progress(f"{precision} matmul rate", 0, total)
+        common = dict(matmul_tflops=measure_matmul_tflops(device, dtype), bench_id=bench_id,
+                      peak_tflops=peak, matmul_precision=precision)
+        rows = []
+        for rec in recipes:
+            spec = get_spec(rec["name"])
+            size = img_size or rec.get("img_size") or spec.img_size
+            arch = dict(patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
+            label = model_label(rec["name"], arch["overrides"])
+            classes = rec.get("num_classes") or num_classes
+            info = model_info(rec["name"], num_classes=classes, img_size=size,
+                              patch_size=arch["patch_size"], **arch["overrides"])
+            cl = (spec.family == "resnet" and cuda) if channels_last is None else bool(channels_last)
+            for m in modes:
+                if progress:
+                    progress(f"{label} {m}", len(rows) + 1, total)
+                batch, step = _fit(rec["name"], m, start_batch, device=device, img_size=size,
+                                   num_classes=classes, dtype=dtype, compile=compile,
+                                   channels_last=cl, **arch)
+                secs = time_steps(step, device=device, warmup=max(warmup - 2, 0),
+                                  repeats=repeats, steps_per_repeat=steps_per_repeat)
+                del step
+                _free(device)
+                row = _row(m, secs, batch, steps_per_repeat, info, common)
+                row.update(model=label, family=spec.family, img_size=size, params=info["params"],
+                           gmacs=info["gmacs"], gflops=info["gflops"], macs=info["macs"],
+                           repeat_seconds=secs, steps_per_repeat=steps_per_repeat,
+                           warmup=max(warmup, 2), paper_name=spec.paper_name,
+                           batch_requested=None if auto else start_batch,
+                           **fingerprint(device, dtype, compiled=compile, channels_last=cl,
+                                         batch_size=batch))
+                rows.append(row)
+                if root is not None:
+                    append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]}, root)
+        if progress:
+            progress("done", total, total)
+        first = {}  # each row's speed relative to the first model's in the same mode
+        for r in rows:
+            first.setdefault(r["mode"], r["img_per_sec_mean"])
+            r["ratio_to_first"] = r["img_per_sec_mean"] / first[r["mode"]]
+        return rows
+    finally:
+        torch.set_float32_matmul_precision(old_precision)
+
+
+def _row(mode: str, secs: list[float], batch: int, steps: int, info: dict, common: dict) -> dict:
+    """Speed, achieved TFLOP/s and MFU of one timed model and mode."""
+    stats = summarize(secs, batch_size=batch, steps=steps)
+    # Achieved FLOP/s from the exact counted forward MACs (1 MAC = 2 FLOPs; an integer, never
+    # the rounded GMACs); a training step costs about 3x a forward pass (forward + backward for
+    # activations and weights), the usual MFU convention.
+    flops_per_img = 2 * info["macs"] * (3 if mode == "train" else 1)
+    achieved = flops_per_img * stats["img_per_sec_mean"] / 1e12
+    peak = common["peak_tflops"]
+    return dict(common, mode=mode, achieved_tflops=achieved,
+                mfu=achieved / peak if peak else None, **stats)
+
+
+def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype,
+                 max_batch):
+    """(modes, model recipes, device, dtype, first batch size, auto?), all checked up front."""
+    from mixerbench.errors import UserError
+    from mixerbench.models import resolve_name
 
     modes = {"infer": ["infer"], "train": ["train"], "both": ["infer", "train"]}.get(mode)
     if modes is None:
@@ -395,87 +481,15 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         raise UserError("--repeats and steps per repeat must be at least 1, warm-up at least 0.")
     device = resolve_device(device)
     dtype = resolve_dtype(dtype, device)
-    cuda = device.startswith("cuda")
-    compile = cuda if compile is None else bool(compile)
     text = str(batch_size).strip().lower()
     auto = text == "auto"
     if not auto and not text.isdigit():
         raise UserError(f"--batch-size takes a number or 'auto', not '{batch_size}'.")
     if not auto and not 1 <= int(text) <= 2**20:
         raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,} (or 'auto').")
-    start_batch = (max_batch or (1024 if cuda else 64)) if auto else int(text)
+    start = (max_batch or (1024 if device.startswith("cuda") else 64)) if auto else int(text)
     # A model is a name, or a recipe dict (name, img_size, patch_size, overrides) such as a
     # run's checkpoint carries, so `compare` benches exactly the architecture it trained.
     recipes = [dict(m, name=resolve_name(m["name"])) if isinstance(m, dict)
                else dict(name=resolve_name(m)) for m in models]
-    names = [r["name"] for r in recipes]
-    specs = {n: get_spec(n) for n in names}
-
-    # TF32 for fp32 matmuls on CUDA, as the training loop runs; the datasheet peak is then the
-    # TF32 one (`matmul_precision`), and the measured matmul rate runs under the same setting.
-    old_precision = torch.get_float32_matmul_precision()
-    if cuda:
-        torch.set_float32_matmul_precision("high")
-    total = len(names) * len(modes) + 1
-    # One id for every row of this call (UTC start time + random suffix): same run, same id.
-    bench_id = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-"
-                + uuid.uuid4().hex[:6])
-    try:
-        precision = matmul_precision(dtype, device, torch.get_float32_matmul_precision())
-        # Looked up from the name the rows record, so the peak always matches `device_name`.
-        peak = datasheet_peak_tflops(device_name(device), precision)
-        if progress:
-            progress(f"{precision} matmul rate", 0, total)
-        matmul = measure_matmul_tflops(device, dtype)
-        rows, done = [], 1
-        for rec in recipes:
-            name = rec["name"]
-            spec = specs[name]
-            size = img_size or rec.get("img_size") or spec.img_size
-            arch = dict(patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
-            label = model_label(name, arch["overrides"])
-            classes = rec.get("num_classes") or num_classes
-            info = model_info(name, num_classes=classes, img_size=size,
-                              patch_size=arch["patch_size"], **arch["overrides"])
-            cl = (spec.family == "resnet" and cuda) if channels_last is None else bool(channels_last)
-            for m in modes:
-                if progress:
-                    progress(f"{label} {m}", done, total)
-                batch, step = _fit(name, m, start_batch, device=device, img_size=size,
-                                   num_classes=classes, dtype=dtype, compile=compile,
-                                   channels_last=cl, **arch)
-                secs = time_steps(step, device=device, warmup=max(warmup - 2, 0),
-                                  repeats=repeats, steps_per_repeat=steps_per_repeat)
-                del step
-                _free(device)
-                stats = summarize(secs, batch_size=batch, steps=steps_per_repeat)
-                # Achieved FLOP/s from the exact counted forward MACs (1 MAC = 2 FLOPs; an
-                # integer, never the rounded GMACs); a training step costs about 3x a forward
-                # pass (forward + backward for activations and weights), the usual MFU convention.
-                flops_per_img = 2 * info["macs"] * (3 if m == "train" else 1)
-                achieved = flops_per_img * stats["img_per_sec_mean"] / 1e12
-                row = dict(model=label, family=spec.family, mode=m, img_size=size,
-                           params=info["params"],
-                           gmacs=info["gmacs"], achieved_tflops=achieved,
-                           mfu=achieved / peak if peak else None, peak_tflops=peak,
-                           matmul_tflops=matmul, bench_id=bench_id, **stats)
-                row.update(fingerprint(device, dtype, compiled=compile, channels_last=cl,
-                                       batch_size=batch))
-                row.update(repeat_seconds=secs, steps_per_repeat=steps_per_repeat,
-                           warmup=max(warmup, 2), gflops=info["gflops"], macs=info["macs"],
-                           matmul_precision=precision, paper_name=spec.paper_name,
-                           batch_requested=None if auto else start_batch)
-                rows.append(row)
-                if root is not None:
-                    append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]},
-                               root)
-                done += 1
-        if progress:
-            progress("done", total, total)
-        first = {}  # each row's speed relative to the first model's in the same mode
-        for r in rows:
-            first.setdefault(r["mode"], r["img_per_sec_mean"])
-            r["ratio_to_first"] = r["img_per_sec_mean"] / first[r["mode"]]
-        return rows
-    finally:
-        torch.set_float32_matmul_precision(old_precision)
+    return modes, recipes, device, dtype, start, auto

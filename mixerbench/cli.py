@@ -288,8 +288,14 @@ class Progress:
     def _bar(self, label: str, total: int, done: int) -> None:
         if not self.live:
             return
-        from rich.progress import (BarColumn, MofNCompleteColumn, Progress as Bar, TextColumn,
-                                   TimeElapsedColumn, TimeRemainingColumn)
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            TextColumn,
+            TimeElapsedColumn,
+            TimeRemainingColumn,
+        )
+        from rich.progress import Progress as Bar
 
         self.bar = Bar(TextColumn(f"[bold blue]{label or '{task.description}'}"), BarColumn(),
                        MofNCompleteColumn(), TextColumn("{task.fields[stats]}"),

@@ -55,7 +55,7 @@ class OptimConfig:
     lr: float = 1e-3
     # Decoupled weight decay on kernels only, multiplied by the scheduled lr (torch AdamW):
     # p -= lr_t * wd * p. With the paper's wd 0.1 and lr 1e-3 this is big_vision's
-    # decoupled 1e-4 * sched(t) on `.*/kernel$` (paper.md 6.1), the one reading that matches
+    # decoupled 1e-4 * sched(t) on `.*/kernel$` (docs/paper-notes.md §2), the one reading that matches
     # the official re-implementation.
     weight_decay: float = 0.1
     beta1: float = 0.9

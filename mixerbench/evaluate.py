@@ -63,7 +63,7 @@ def features(model, batches, *, device: str = "cpu", dtype: str = "fp32"):
     """Pre-logits of a frozen model: after the final norm and pooling, before the head.
 
     `forward_head(forward_features(x), pre_logits=True)` is timm's API, shared by the native
-    Mixer (LayerNorm then global average pooling, paper.md 7.1), ViT and ResNet/BiT, so the
+    Mixer (LayerNorm then global average pooling, docs/paper-notes.md §1), ViT and ResNet/BiT, so the
     representation is the one big_vision's few-shot evaluator reads (`pre_logits`).
 
     Returns:
@@ -89,7 +89,7 @@ def features(model, batches, *, device: str = "cpu", dtype: str = "fp32"):
 
 # ------------------------------------------------------------------------------------ few-shot
 #
-# The paper's linear few-shot metric (paper section 3 "Metrics", paper.md 6.4), written by hand
+# The paper's linear few-shot metric (paper section 3 "Metrics", docs/paper-notes.md §5), written by hand
 # after big_vision's `evaluators/fewshot_lsr.py` (neither timm nor torch has it): features
 # standardised with the few-shot train set's mean and (population) std + 1e-5, a constant
 # feature of 100 appended so the bias is almost unregularised, one-hot targets in {-1, 1},
@@ -154,7 +154,7 @@ def lsr_scores(fit: dict, x):
 
 def linear_fewshot(train_x, train_y, test_x, test_y, num_classes: int,
                    l2_reg: float = FEWSHOT_L2) -> float:
-    """Linear few-shot top-1 (percent): ridge regression on frozen features (paper.md 6.4).
+    """Linear few-shot top-1 (percent): ridge regression on frozen features (docs/paper-notes.md §5).
 
     Args:
         train_x / test_x: features (N, D), torch tensors or numpy arrays (float64 inside).
@@ -218,25 +218,6 @@ def check_shots(labels, shots, num_classes: int, where: str = "the train split",
                         f"{int(counts[small])} shots.")
 
 
-def _subset(ds, idx):
-    """The dataset restricted to `idx` (fields images / labels indexed, the rest shared)."""
-    import copy
-    import dataclasses
-
-    import torch
-
-    idx_t = torch.as_tensor(idx, dtype=torch.long)
-    if hasattr(ds, "subset"):
-        return ds.subset(idx_t)
-    changes = dict(images=ds.images[idx_t], labels=ds.labels[idx_t])
-    if dataclasses.is_dataclass(ds):
-        return dataclasses.replace(ds, **changes)
-    out = copy.copy(ds)
-    for k, v in changes.items():
-        setattr(out, k, v)
-    return out
-
-
 def _loader(ds, *, batch_size, pipeline, img_size, device, shuffle="none", shuffle_patch=None,
             shuffle_seed=0):
     """One deterministic pass over `ds` in stored order through the eval pipeline (and a fixed
@@ -266,7 +247,7 @@ def fewshot_eval(model, ds_train, ds_test, shots=(1, 5, 10, 25), seeds: int = 3,
                  pipeline: str = "eval-resize", img_size: int | None = None,
                  device: str = "cpu", dtype: str = "fp32", shuffle: str = "none",
                  shuffle_patch: int | None = None, shuffle_seed: int = 0) -> list[dict]:
-    """Linear few-shot accuracy for each shot count, mean and std over seeds (paper.md 6.4).
+    """Linear few-shot accuracy for each shot count, mean and std over seeds (docs/paper-notes.md §5).
 
     Train shots are drawn from `ds_train` per class (big_vision's sampling, seeds 0..seeds-1);
     only the drawn images are embedded. Accuracy is measured on all of `ds_test`. Both go through
@@ -289,7 +270,7 @@ def fewshot_eval(model, ds_train, ds_test, shots=(1, 5, 10, 25), seeds: int = 3,
               shuffle=shuffle, shuffle_patch=shuffle_patch, shuffle_seed=shuffle_seed)
     draws = [fewshot_indices(ds_train.labels, max(shots), s, k) for s in range(seeds)]
     pool = np.unique(np.concatenate(draws))  # embed each drawn image once
-    pool_x, pool_y = features(model, _loader(_subset(ds_train, pool), **kw), device=device,
+    pool_x, pool_y = features(model, _loader(ds_train.subset(pool), **kw), device=device,
                               dtype=dtype)
     where = {int(i): j for j, i in enumerate(pool)}
     test_x, test_y = features(model, _loader(ds_test, **kw), device=device, dtype=dtype)
@@ -484,18 +465,93 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         dict(model, dataset, split, img_size, pipeline, top1, top5, loss, n, real, fewshot,
         shuffle, rows) where `rows` maps each CSV table to the rows built for it.
     """
-    import dataclasses
+    from mixerbench.data import get_dataset
+    from mixerbench.models import get_spec, model_label
+    from mixerbench.results import provenance
+
+    device, dtype, shots, kinds = _check_options(device, dtype, crop, fewshot, shuffle, l2_reg,
+                                                 seeds, batch_size)
+    steps = _Steps(progress, 2 + bool(real_labels) + bool(shots) + len(kinds))
+    steps.tick("loading model")
+    s = _open(checkpoint_src, dataset, split, data_dir=data_dir, device=device, crop=crop,
+              shots=shots, kinds=kinds, real_labels=real_labels, max_examples=max_examples,
+              shuffle_patch=shuffle_patch)
+    ds, split = s["ds"], s["split"]
+    kw = dict(batch_size=batch_size, pipeline=s["pipeline"], img_size=s["img_size"],
+              device=device)
+    shuffled = dict(shuffle=s["train_shuffle"], shuffle_patch=s["patch"])
+    # rows name the model as training runs do (shapes included), so tables join on it
+    label = model_label(s["rec"]["name"], s["rec"].get("overrides"))
+    out = dict(model=label, dataset=ds.name, split=split, img_size=s["img_size"],
+               pipeline=s["pipeline"], top1=None, top5=None, loss=None, n=None, real=None,
+               fewshot=[], shuffle=[], num_classes=ds.num_classes, head=s["has_head"])
+    prov = provenance(device=device, num_devices=1, dtype=dtype, compiled=False,
+                      seed=s["seed"] if s["run_id"] else None)
+    common = dict(run_id=s["run_id"], model=label, family=get_spec(s["rec"]["name"]).family,
+                  dataset=ds.name, img_size=s["img_size"], **prov)
+    evaluated = dict(common, steps=s["rec"].get("step"), init=str(checkpoint_src), kind="evaluate")
+    rows = {"accuracy": [], "fewshot": [], "shuffle": []}
+    model = s["model"]
+
+    if s["has_head"]:
+        steps.tick(f"accuracy on {ds.name} {split}")
+        acc = accuracy(model, _loader(ds, **shuffled, **kw), device=device, dtype=dtype)
+        out.update(acc)
+        rows["accuracy"].append(dict(evaluated, split=split, top1=acc["top1"],
+                                     top5=acc["top5"], loss=acc["loss"]))
+    if real_labels:
+        steps.tick("ReaL labels")
+        logits = predict(model, _loader(ds, **shuffled, **kw), device=device, dtype=dtype)
+        out["real"] = real = real_accuracy(logits, real_labels)
+        rows["accuracy"].append(dict(evaluated, split=f"{split}-real", top1=real["top1"],
+                                     top5=real.get("top5")))
+    ds_train, fs = None, []
+    if shots:
+        steps.tick(f"{'/'.join(map(str, shots))}-shot linear probe")
+        ds_train = get_dataset(dataset, fewshot_split, data_dir=data_dir, seed=s["seed"])
+        out["fewshot"] = fs = fewshot_eval(model, ds_train, ds, shots, seeds, l2_reg=l2_reg,
+                                           dtype=dtype, **shuffled, **kw)
+        rows["fewshot"] += [dict(common, upstream=s["upstream"],
+                                 **{k: r[k] for k in ("shots", "l2_reg", "num_seeds",
+                                                      "top1_mean", "top1_std")}) for r in fs]
+    for kind in kinds:
+        steps.tick(f"shuffle {kind}")
+        if kind == s["train_shuffle"]:  # measured above under this very permutation: reuse
+            sh = [dict(metric="top1", **acc)] if s["has_head"] else []
+            sh = [dict(r, train_shuffle=kind, eval_shuffle=kind) for r in sh + [
+                dict(metric=f"fewshot{r['shots']}", top1=r["top1_mean"]) for r in fs]]
+        else:
+            sh = shuffle_eval(model, ds, [kind], dtype=dtype, patch_size=s["patch"],
+                              train_shuffle=s["train_shuffle"], head=s["has_head"],
+                              ds_train=ds_train, shots=shots, seeds=seeds, l2_reg=l2_reg, **kw)
+        out["shuffle"] += sh
+        rows["shuffle"] += [dict(common, train_shuffle=r["train_shuffle"],
+                                 eval_shuffle=r["eval_shuffle"], metric=r["metric"],
+                                 top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name))
+                            for r in sh]
+    steps.tick("done")
+    out["rows"] = _record(rows, root, checkpoint_src)
+    return out
+
+
+class _Steps:
+    """Feeds `progress(description, done, total)` one stage at a time."""
+
+    def __init__(self, progress, total: int):
+        self.progress, self.total, self.done = progress, total, 0
+
+    def tick(self, what: str) -> None:
+        if self.progress:
+            self.progress(what, min(self.done, self.total), self.total)
+        self.done += 1
+
+
+def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_size):
+    """(device, dtype, shots, shuffle kinds), every option checked before any work."""
     import math
 
-    import torch
-
-    from mixerbench.runtime import resolve_device
-    from mixerbench.data import get_dataset
     from mixerbench.errors import UserError
-    from mixerbench.models import get_spec, model_label
-    from mixerbench.models.weights import load_model
-    from mixerbench import results
-    from mixerbench.results import SCHEMAS, append_row, provenance
+    from mixerbench.runtime import resolve_device
 
     device = resolve_device(device)
     cuda = device.startswith("cuda")
@@ -515,121 +571,75 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         raise UserError(f"--seeds {seeds} must be between 1 and 1000 (few-shot draws to average).")
     if not 1 <= batch_size <= 2**20:
         raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,} images.")
+    return device, dtype, shots, kinds
+
+
+def _open(checkpoint_src, dataset, split, *, data_dir, device, crop, shots, kinds, real_labels,
+          max_examples, shuffle_patch) -> dict:
+    """The model (finite weights), the dataset split (its first `max_examples`), and what the
+    training run says about them: its eval pipeline, its Figure 4 shuffle and patch, its seed."""
+    import dataclasses
+
+    import torch
+
+    from mixerbench.data import get_dataset
+    from mixerbench.errors import UserError
+    from mixerbench.models import get_spec
+    from mixerbench.models.weights import load_model
+
     run_cfg, run_id = _run_config(checkpoint_src)
     data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
-    run_seed = run_cfg.seed if run_cfg else 0
-
-    # stages for the progress callback: load, accuracy, ReaL, few-shot, each shuffle
-    steps_total = 2 + bool(real_labels) + bool(shots) + len(kinds)
-    done = 0
-
-    def tick(what):
-        nonlocal done
-        if progress:
-            progress(what, done, steps_total)
-        done += 1
-
-    tick("loading model")
+    seed = run_cfg.seed if run_cfg else 0
     model, rec = load_model(checkpoint_src, device=device)
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise UserError(f"{checkpoint_src} holds non-finite weights (NaN or inf), so it has no "
                         "accuracy to measure; pass a checkpoint from a run that trained.")
-    img_size = int(rec["img_size"])
-    ds = get_dataset(dataset, split, data_dir=data_dir, seed=run_seed)
+    ds = get_dataset(dataset, split, data_dir=data_dir, seed=seed)
     if max_examples is not None:
-        if not 1 <= max_examples:
+        if max_examples < 1:
             raise UserError(f"--max-examples {max_examples} must be at least 1.")
         if max_examples < len(ds):
-            ds = ds.subset(range(max_examples))
-            split = f"{split}[:{max_examples}]"
-    has_head = int(rec.get("num_classes") or 0) == int(ds.num_classes)
+            ds, split = ds.subset(range(max_examples)), f"{split}[:{max_examples}]"
+    classes = int(rec.get("num_classes") or 0)
+    has_head = classes == int(ds.num_classes)
     if not has_head and not shots:
         raise UserError(
-            f"{checkpoint_src} has a {rec.get('num_classes') or 0}-class head but {ds.name} has "
-            f"{ds.num_classes} classes; fine-tune it first, or measure its features with "
-            "--fewshot 5 (a linear probe that needs no head).")
+            f"{checkpoint_src} has a {classes}-class head but {ds.name} has {ds.num_classes} "
+            "classes; fine-tune it first, or measure its features with --fewshot 5 (a linear "
+            "probe that needs no head).")
     if real_labels and not has_head:
         raise UserError("ReaL accuracy needs a head for the ImageNet classes; this checkpoint "
-                        f"has {rec.get('num_classes') or 0} outputs.")
-    pipeline = CROPS[crop] if crop else data_cfg.get("eval_pipeline") or "eval-resize"
-    # A run trained under a Figure 4 shuffle was evaluated under it too: reproduce that.
-    train_shuffle = data_cfg.get("shuffle") or "none"
+                        f"has {classes} outputs.")
     patch = (shuffle_patch or data_cfg.get("shuffle_patch") or rec.get("patch_size")
              or get_spec(rec["name"]).patch_size)
     if "patch" in kinds and not patch:
         raise UserError(f"The patch shuffle needs a patch size and {rec['name']} has none (a CNN); "
                         "pass --shuffle-patch N.")
-    kw = dict(batch_size=batch_size, pipeline=pipeline, img_size=img_size, device=device)
+    return dict(model=model, rec=rec, ds=ds, split=split, run_id=run_id, seed=seed,
+                has_head=has_head, img_size=int(rec["img_size"]), patch=patch,
+                upstream=data_cfg.get("dataset"),
+                pipeline=CROPS[crop] if crop else data_cfg.get("eval_pipeline") or "eval-resize",
+                # a run trained under a Figure 4 shuffle was evaluated under it: reproduce that
+                train_shuffle=data_cfg.get("shuffle") or "none")
 
-    # rows name the model as training runs do (shapes included), so tables join on it
-    label = model_label(rec["name"], rec.get("overrides"))
-    out = dict(model=label, dataset=ds.name, split=split, img_size=img_size,
-               pipeline=pipeline, top1=None, top5=None, loss=None, n=None, real=None,
-               fewshot=[], shuffle=[], num_classes=ds.num_classes, head=has_head)
-    prov = provenance(device=device, num_devices=1, dtype=dtype, compiled=False,
-                      seed=run_seed if run_cfg else None)
-    common = dict(run_id=run_id, model=label, family=get_spec(rec["name"]).family,
-                  dataset=ds.name, img_size=img_size, **prov)
-    rows = {"accuracy": [], "fewshot": [], "shuffle": []}
 
-    if has_head:
-        tick(f"accuracy on {ds.name} {split}")
-        acc = accuracy(model, _loader(ds, shuffle=train_shuffle, shuffle_patch=patch, **kw),
-                       device=device, dtype=dtype)
-        out.update(acc)
-        rows["accuracy"].append(dict(common, split=split, steps=rec.get("step"), top1=acc["top1"],
-                                     top5=acc["top5"], loss=acc["loss"],
-                                     init=str(checkpoint_src), kind="evaluate"))
-    if real_labels:
-        tick("ReaL labels")
-        logits = predict(model, _loader(ds, shuffle=train_shuffle, shuffle_patch=patch, **kw),
-                         device=device, dtype=dtype)
-        real = real_accuracy(logits, real_labels)
-        out["real"] = real
-        rows["accuracy"].append(dict(common, split=f"{split}-real", steps=rec.get("step"),
-                                     top1=real["top1"], top5=real.get("top5"),
-                                     init=str(checkpoint_src), kind="evaluate"))
-    ds_train, fs = None, []
-    if shots:
-        tick(f"{'/'.join(map(str, shots))}-shot linear probe")
-        ds_train = get_dataset(dataset, fewshot_split, data_dir=data_dir, seed=run_seed)
-        fs = fewshot_eval(model, ds_train, ds, shots, seeds, l2_reg=l2_reg, dtype=dtype,
-                          shuffle=train_shuffle, shuffle_patch=patch, **kw)
-        out["fewshot"] = fs
-        rows["fewshot"] += [dict(common, upstream=data_cfg.get("dataset"),
-                                 **{k: r[k] for k in ("shots", "l2_reg", "num_seeds",
-                                                      "top1_mean", "top1_std")})
-                            for r in fs]
-    for kind in kinds:
-        tick(f"shuffle {kind}")
-        if kind == train_shuffle:  # measured above under this very permutation: reuse
-            sh = ([dict(train_shuffle=kind, eval_shuffle=kind, metric="top1", **acc)]
-                  if has_head else [])
-            sh += [dict(train_shuffle=kind, eval_shuffle=kind, metric=f"fewshot{r['shots']}",
-                        top1=r["top1_mean"], top1_std=r["top1_std"], num_seeds=r["num_seeds"])
-                   for r in fs]
-        else:
-            sh = shuffle_eval(model, ds, [kind], dtype=dtype, patch_size=patch,
-                              train_shuffle=train_shuffle, head=has_head, ds_train=ds_train,
-                              shots=shots, seeds=seeds, l2_reg=l2_reg, **kw)
-        out["shuffle"] += sh
-        rows["shuffle"] += [dict(common, train_shuffle=r["train_shuffle"],
-                                 eval_shuffle=r["eval_shuffle"], metric=r["metric"],
-                                 top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name))
-                            for r in sh]
-    if progress:
-        progress("done", steps_total, steps_total)
-    for table, table_rows in rows.items():
-        rows[table] = [{k: r.get(k) for k in SCHEMAS[table]} for r in table_rows]
+def _record(rows: dict, root, checkpoint_src) -> dict:
+    """Each table's rows in its schema; appended under `root` (every file checked first, so
+    all rows land or none) unless a measurement is not finite."""
+    import math
+
+    from mixerbench import results
+    from mixerbench.errors import UserError
+
+    rows = {t: [{k: r.get(k) for k in results.SCHEMAS[t]} for r in rs] for t, rs in rows.items()}
     measured = [r.get("top1", r.get("top1_mean")) for rs in rows.values() for r in rs]
     if not all(isinstance(v, float) and math.isfinite(v) for v in measured):
         raise UserError(f"Evaluating {checkpoint_src} gave a non-finite accuracy (no images, or "
                         "NaN outputs), so no row was written; check the checkpoint and the data.")
     if root is not None:
         for table in rows:
-            results.ensure_appendable(table, root)  # all or nothing: check every file first
+            results.ensure_appendable(table, root)
         for table, table_rows in rows.items():
             for r in table_rows:
-                append_row(table, r, root)
-    out["rows"] = rows
-    return out
+                results.append_row(table, r, root)
+    return rows

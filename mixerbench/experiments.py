@@ -103,15 +103,14 @@ def finetune_lr_grid(cfg, lrs: list[float], *, root=None, log: Log = _noop) -> d
 
 def recipe_of(summary: dict) -> dict:
     """The model recipe stored in a run's checkpoint (name, img_size, overrides, classes)."""
-    from mixerbench.models.weights import read_checkpoint
+    from mixerbench.models.weights import CHECKPOINT, read_metadata
 
-    _, rec = read_checkpoint(Path(summary["run_dir"]) / "checkpoint-last.safetensors")
-    return rec
+    return read_metadata(Path(summary["run_dir"]) / CHECKPOINT)
 
 
 def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
                  device: str | None = None, seeds: int = 3, log: Log = _noop) -> list[dict]:
-    """Linear few-shot of a finished run's frozen features (paper.md 6.4), unless already in
+    """Linear few-shot of a finished run's frozen features (docs/paper-notes.md §5), unless already in
     fewshot.csv; rows are appended there and returned."""
     from mixerbench.evaluate import evaluate
 
@@ -287,7 +286,7 @@ def reproduce_throughput(*, root=None, device=None, models=None, batch_size=None
     at 1.5x ViT-L/16 (419 vs 280). Measures: inference and training img/s per device, side by
     side in one process, each model's ratio to the first, and the paper's ratio beside it.
     Expected: on GPUs the ordering depends on the implementation (timm's RTX 4090 table has
-    ViT-B/16 slightly ahead of Mixer-B/16; paper.md 8.3). Runtime: about a minute per model on
+    ViT-B/16 slightly ahead of Mixer-B/16; docs/paper-notes.md §8). Runtime: about a minute per model on
     one GPU; on CPU the smoke budget benches the B/32-B/16 sizes at batch 8.
     """
     from mixerbench.bench import bench

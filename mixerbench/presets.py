@@ -279,7 +279,7 @@ def cifar10_scratch() -> RunConfig:
     pad-crop-flip plus RandAugment(2, 10), mixup 0.2, label smoothing 0.1, stochastic depth 0.1
     (the paper's ImageNet regularisers, scaled down).
 
-    Expected: well above a plain timm Mixer recipe (78.7 % in 30 epochs on an H100, issue #8's
+    Expected: well above a plain timm Mixer recipe (78.7 % in 30 epochs on an H100,
     reference); measured figures are in results/README.md. Runtime: minutes on one GPU; far
     too slow for CPU beyond a few steps.
     """

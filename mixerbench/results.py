@@ -1,7 +1,7 @@
 """Results on disk: every CSV schema and column type declared once, strict reads, atomic locked
 appends, provenance.
 
-Layout (design.md section 5): append-only tidy CSVs under the results directory
+Layout (results/README.md): append-only tidy CSVs under the results directory
 (`accuracy.csv`, `fewshot.csv`, `throughput.csv`, `shuffle.csv`, `scaling.csv`), raw numbers
 (percent as 0-100 floats named `top1`), one observation per row, and the same provenance
 columns on every row. Run directories live in `<results>/runs/<run_id>/`.
@@ -137,7 +137,7 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-# Per-run training curve, `runs/<run_id>/metrics.csv`, one row per evaluation (design.md 5).
+# Per-run training curve, `runs/<run_id>/metrics.csv`, one row per evaluation.
 METRICS = ("step", "epoch", "train_loss", "eval_loss", "top1", "top5", "lr", "img_per_sec",
            "elapsed_s")
 
@@ -539,7 +539,7 @@ def provenance(
     *, device: str | None = None, num_devices: int = 1, dtype: str = "fp32",
     compiled: bool = False, seed: int | None = None,
 ) -> dict[str, Any]:
-    """The provenance columns shared by every row (design.md section 5)."""
+    """The provenance columns shared by every row (results/README.md)."""
     import timm
     import torch
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import os
 from contextlib import nullcontext
 
-
 DTYPES = ("bf16", "fp16", "fp32")
 
 

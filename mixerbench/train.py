@@ -280,7 +280,6 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     from mixerbench.data import get_dataset, make_loader
     from mixerbench.models import get_spec
     from mixerbench.models.weights import unwrap
-
     from mixerbench.runtime import setup_distributed
 
     rank, world, local_rank = setup_distributed()

@@ -32,14 +32,24 @@ def test_summarize_is_pure_arithmetic():
         B.summarize([], batch_size=1, steps=1)
 
 
-def test_time_steps_times_exactly_r_repeats_after_warmup():
+def test_time_steps_times_exactly_r_repeats_after_warmup(monkeypatch):
+    """Warm-up steps are not timed; each repeat's time covers exactly its own steps."""
+    import time as real_time
+
+    clock = {"now": 0.0}
+    monkeypatch.setattr(real_time, "perf_counter", lambda: clock["now"])
     calls = []
-    out = B.time_steps(lambda: calls.append(1), device="cpu", warmup=3, repeats=4,
-                       steps_per_repeat=5)
-    assert len(out) == 4 and all(t >= 0 for t in out)
+
+    def step():  # each step takes 1 s on the fake clock
+        calls.append(1)
+        clock["now"] += 1.0
+
+    out = B.time_steps(step, device="cpu", warmup=3, repeats=4, steps_per_repeat=5)
+    assert out == [5.0, 5.0, 5.0, 5.0]  # the 3 warm-up seconds are in none of them
     assert len(calls) == 3 + 4 * 5
 
 
+@pytest.mark.slow
 def test_bench_rows_repeats_flops_and_timm_side_by_side():
     from mixerbench.models import model_info
 

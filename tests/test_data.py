@@ -178,7 +178,7 @@ def test_minival_is_the_end_of_train(data_cifar10):
     kw = dict(data_dir=data_cifar10["data_dir"], cache_dir=data_cifar10["cache"])
     mv = get_dataset("cifar10", "minival", **kw)
     rest = get_dataset("cifar10", "train-minus-minival", **kw)
-    assert len(mv) == 1000 and len(rest) == 49_000  # 2 % for CIFAR (paper.md 6.2)
+    assert len(mv) == 1000 and len(rest) == 49_000  # 2 % for CIFAR (docs/paper-notes.md §3)
     assert mv.indices.tolist() == list(range(49_000, 50_000))
     assert torch.equal(mv.images, data_cifar10["train"].images[49_000:])
     assert len(get_dataset("synthetic", "minival")) == 10  # 1 % otherwise
@@ -543,6 +543,7 @@ def test_rand_augment_is_seeded_and_batched():
     assert (out(0).float() - x.float()).abs().mean() > (out(0, m=10).float() - x.float()).abs().mean()
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_rand_augment_same_bits_on_gpu():
     x = _images(64, 32)

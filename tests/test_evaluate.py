@@ -213,7 +213,6 @@ def test_evaluate_head_mismatch_says_so_and_fewshot_works(tmp_path, eval_tiny_mo
 
 def test_evaluate_reproduces_the_smoke_run(tmp_path):
     """A checkpoint trained by the smoke preset evaluates to the accuracy its run logged."""
-    pytest.importorskip("mixerbench.train")
     from mixerbench.presets import resolve
     from mixerbench.train import train
 

@@ -304,6 +304,7 @@ def test_a_data_dir_that_does_not_exist(folder, tmp_path):
 # ----------------------------------------------------------------------------- concurrency
 
 
+@pytest.mark.slow
 def test_two_processes_racing_for_one_run_name_with_different_configs(tmp_path):
     """The loser does not get the winner's result: one run trains, the other is refused."""
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(ROOT))

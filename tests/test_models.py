@@ -1,4 +1,4 @@
-"""The zoo: Table 1 parameter counts, FLOPs against paper.md 7.2, timm equivalence, forward passes."""
+"""The zoo: Table 1 parameter counts, FLOPs against the closed form (docs/paper-notes.md §7), timm equivalence, forward passes."""
 
 import pytest
 import torch
@@ -29,7 +29,7 @@ def test_table1_params_without_head(name, millions):
 @pytest.mark.parametrize("name,count", [("mixer-b16", 59_880_472), ("mixer-b32", 60_293_428),
                                         ("mixer-l16", 208_196_168)])
 def test_exact_params_with_1000_class_head(name, count):
-    # vision_transformer models_test.py (paper.md section 1)
+    # vision_transformer models_test.py (docs/paper-notes.md §1)
     assert model_info(name)["params"] == count
 
 

@@ -1,4 +1,4 @@
-"""The paper's Tables 1-4 shipped in `mixerbench/reference/` (paper.md sections 1-4)."""
+"""The paper's Tables 1-4 shipped in `mixerbench/reference/` (the paper's Tables 1-4)."""
 
 from __future__ import annotations
 

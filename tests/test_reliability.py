@@ -169,6 +169,7 @@ def reference(tmp_path_factory, child_env):
 # ----------------------------------------------------------------- 1. kill -9 and run again
 
 
+@pytest.mark.slow
 def test_sigkill_at_random_steps_then_same_command_is_bitwise_exact(tmp_path, reference,
                                                                      child_env):
     """One run killed with SIGKILL three times, at seeded random steps (early, middle, late),
@@ -308,6 +309,7 @@ def check_rows(rows: list[list[str]], width: int) -> None:
         assert r[1] == r[0][::-1], f"torn row {r}"  # model is run_id reversed
 
 
+@pytest.mark.slow
 def test_eight_processes_appending_at_once_lose_and_tear_nothing(tmp_path):
     """8 processes x 50 appends to fewshot.csv: exactly 400 whole rows, all distinct payloads;
     a reader polling the file meanwhile only ever sees whole rows, each read a prefix of the
@@ -354,6 +356,7 @@ COMPARE = ["compare", "--models", "mixer,vit", "--preset", "smoke", "--dataset",
            "--no-bench", "--device", "cpu", "--format", "csv"]
 
 
+@pytest.mark.slow
 def test_two_compare_sweeps_sharing_a_results_dir_train_each_cell_once(tmp_path, child_env):
     """Two `compare` processes started at once on one results dir: each cell is trained by one
     of them and read back by the other; one run dir and one accuracy row per cell, none lost."""
@@ -562,6 +565,7 @@ def test_bad_input_matrix_covers_every_command():
 # -------------------------------------------------------------------- 4. faults in training
 
 
+@pytest.mark.slow
 def test_nan_loss_exits_1_with_one_message_and_keeps_last_good_checkpoint(tmp_path, child_env):
     """SGD at lr 10 without clipping diverges: the process exits 1 with one message; no summary
     and no accuracy row are written; the last checkpoint is whole, finite and loadable."""
@@ -642,6 +646,7 @@ def test_disk_full_is_reported_and_the_same_command_resumes(tmp_path, monkeypatc
             == result_columns(tmp_path / "accuracy.csv"))
 
 
+@pytest.mark.slow
 def test_ctrl_c_saves_says_how_to_resume_and_the_same_command_finishes(tmp_path, reference,
                                                                        child_env):
     """SIGINT to a training process: exit 130 and one message saying to run the same command;

@@ -1,4 +1,4 @@
-"""report.tables / report.figures / report.regenerate on small hand-made fixtures (issue 6).
+"""report.tables / report.figures / report.regenerate on small hand-made fixtures.
 
 Checks values and the artists drawn (lines, collections, offsets), never pixels. CPU, offline.
 """
@@ -107,7 +107,7 @@ def metrics_fixture() -> dict[str, pd.DataFrame]:
 
 
 def zoo_fixture() -> pd.DataFrame:
-    # Head-less counts from paper.md 7.2 (computed, M) and the exact VT models_test counts.
+    # Head-less counts computed from the closed form (docs/paper-notes.md §7, M) and the exact VT models_test counts.
     rows = [
         ("mixer-s32", 32, 19_100_000, 18_590_000), ("mixer-s16", 16, 18_530_000, 18_020_000),
         ("mixer-b32", 32, 60_293_428, 59_524_000), ("mixer-b16", 16, 59_880_472, 59_111_000),

@@ -259,6 +259,7 @@ def test_list_presets():
 # --------------------------------------------------------------------------------------- DDP
 
 
+@pytest.mark.slow
 def test_two_process_ddp_gives_identical_weights(tmp_path):
     script = tmp_path / "ddp.py"
     script.write_text(textwrap.dedent(f"""

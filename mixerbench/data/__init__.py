@@ -1,8 +1,8 @@
 """Datasets: the registry (one dict), `get_dataset`, splits and subsets, `describe`.
 
-The downstream datasets of paper.md 6.5, the ViT minival protocol of paper.md 6.2 (hold out the
+The downstream datasets (docs/paper-notes.md §6), the ViT minival protocol (§3) (hold out the
 last 2 % of train for CIFAR, 10 % for Pets and Flowers, 1 % otherwise), nested class-balanced
-fractions for data-scaling runs (Figure 2 right) and seeded k-shot draws (paper.md 6.4).
+fractions for data-scaling runs (Figure 2 right) and seeded k-shot draws (§5).
 
     from mixerbench.data import get_dataset, make_loader
     ds = get_dataset("cifar10", "train", data_dir="../shared/data")   # uint8 (50000, 32, 32, 3)
@@ -32,7 +32,7 @@ __all__ = ["Dataset", "KNOWN_DATASETS", "PIPELINES", "SHUFFLES", "Batches", "des
            "known_datasets", "loader_throughput", "make_loader", "make_shuffle", "datasets_command"]
 
 # One entry per dataset name. `splits` maps our split names to the source's ('a+b' concatenates);
-# `image_size` None means images vary in size; `minival` is the held-out share of train (paper.md 6.2).
+# `image_size` None means images vary in size; `minival` is the held-out share of train (docs/paper-notes.md §3).
 KNOWN_DATASETS: dict[str, dict] = {
     "cifar10": dict(hub_id="uoft-cs/cifar10", image_column="img", label_column="label", num_classes=10,
                     splits={"train": "train", "test": "test"}, sizes={"train": 50_000, "test": 10_000},
@@ -95,10 +95,6 @@ class Dataset:
 
     def __len__(self) -> int:
         return len(self.labels)
-
-    @property
-    def in_memory(self) -> bool:
-        return self.images is not None
 
     def subset(self, idx) -> "Dataset":
         """The rows `idx` (positions in this dataset), everything else shared."""
@@ -233,7 +229,7 @@ def get_dataset(name_or_path: str, split: str = "train", *, data_dir: str | os.P
     Args:
         name_or_path: a `KNOWN_DATASETS` name, `hf:<owner>/<name>`, a folder (hub-layout parquet,
             `save_to_disk` output, `class/xxx.jpg`) or a folder name under `data_dir` / $MIXERBENCH_DATA.
-        split: `train`, `test`, `validation`, `minival` (the last 2/10/1 % of train, paper.md 6.2)
+        split: `train`, `test`, `validation`, `minival` (the last 2/10/1 % of train, docs/paper-notes.md §3)
             or `train-minus-minival`.
         fraction: class-balanced nested subset in (0, 1] (ceil(fraction * n_c) per class).
         k_shot: k examples per class drawn with `seed`.

@@ -1,4 +1,4 @@
-"""Image bytes to uint8 tensors, and the on-disk tensor cache (design.md section 7).
+"""Image bytes to uint8 tensors, and the on-disk tensor cache (GPU-resident small datasets, worker processes for large ones).
 
 Owns decoding image cells (parquet/HF `{'bytes','path'}`, bytes, paths, PIL images, arrays) into one
 uint8 (N, H, W, 3) tensor, in a pool of forked processes for large splits, and the cache those

@@ -1,4 +1,4 @@
-"""Batches: deterministic, resumable batching for training and evaluation (design.md section 7).
+"""Batches: deterministic, resumable batching for training and evaluation (GPU-resident small datasets, worker processes for large ones).
 
 Owns the epoch order, the sharding over ranks, the two delivery paths and the throughput bench:
 

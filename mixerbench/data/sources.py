@@ -1,4 +1,4 @@
-"""Where images come from: local folders and the Hugging Face hub (paper.md 6.5 datasets).
+"""Where images come from: local folders and the Hugging Face hub (docs/paper-notes.md §6).
 
 Owns reading a dataset's splits, labels and image cells through one small `Reader` interface,
 detecting the image and label columns, and recognising a local copy's layout (`local_reader`).

@@ -4,11 +4,11 @@ Owns the image geometry (crops, flips, eval resizes), RandAugment, mixup, the [-
 the fixed pixel permutations, in two forms that share their random draws' definitions:
 
 - batched tensor ops for datasets held in memory (`apply_geometry` on a whole batch, on the device that
-  holds the batch: the GPU-resident fast path of design.md section 7, the same code on CPU);
+  holds the batch: the GPU-resident fast path, the same code on CPU);
 - per-image PIL geometry for the worker path (`pil_geometry`), run in DataLoader workers on full-size
   decoded images; RandAugment, mixup, value range and shuffles then run batched in the main process.
 
-Pipelines (paper.md 6.1, 6.2, Table 4 in 4.1, Appendix C):
+Pipelines (docs/paper-notes.md §2-3; paper Table 4 and Appendix C):
 
 - `pretrain`: inception crop (random resized crop, area (0.05, 1) as big_vision's inception_crop,
   aspect (3/4, 4/3)), flip, RandAugment (2 layers, magnitude m, big_vision's op list and arguments,
@@ -546,5 +546,4 @@ def make_shuffle(kind: str, img_size: int, patch_size: int = 16, seed: int = 0) 
         idx = cache.setdefault(x.device, src.to(x.device))
         return x.reshape(b, c, h * w)[:, :, idx].reshape(b, c, h, w)
 
-    shuffle.kind = kind  # type: ignore[attr-defined]
     return shuffle

@@ -13,35 +13,11 @@ from __future__ import annotations
 
 import fnmatch
 import re
-from dataclasses import dataclass, field
 from typing import Any
 
 from mixerbench.errors import UserError, close_matches
+from mixerbench.models.registry import REGISTRY, ModelSpec, register
 from mixerbench.names import squash
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """One registry entry. `kwargs` are the architecture's constructor arguments."""
-
-    name: str              # slug: mixer-b16
-    family: str            # mixer | vit | resnet
-    paper_name: str        # Mixer-B/16
-    timm_name: str | None  # timm architecture with the same shapes, if any
-    img_size: int
-    patch_size: int | None
-    kwargs: dict[str, Any] = field(default_factory=dict)
-    cifar_stem: bool = False  # ResNet with a 3x3 stride-1 stem and no max-pool (32 px inputs)
-    note: str = ""
-
-
-REGISTRY: dict[str, ModelSpec] = {}
-
-
-def register(spec: ModelSpec) -> ModelSpec:
-    REGISTRY[spec.name] = spec
-    return spec
-
 
 # paper Table 1: depth, patch, hidden size C, D_S = C/2 and D_C = 4C (defaults of Mixer).
 _MIXER_TABLE1 = {

@@ -1,4 +1,4 @@
-"""The paper's baselines, mapped to timm (paper.md section 8.2).
+"""The paper's baselines, mapped to timm (docs/paper-notes.md §8).
 
 ViT-S/B/L/H and BiT-R50x1 ... R152x4 (timm's `resnetv2_*_bit`, BiT-M shapes) plus torchvision's
 ResNet-50 shape (`resnet50`), and two small-image baselines for CIFAR-size inputs that sit
@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from mixerbench.errors import UserError
-from mixerbench.models import ModelSpec, register
+from mixerbench.models.registry import ModelSpec, register
 
 _VIT = {  # paper name -> (timm architecture, patch)
     "S/16": ("vit_small_patch16_224", 16), "S/32": ("vit_small_patch32_224", 32),

@@ -1,4 +1,4 @@
-"""The native MLP-Mixer (paper section 2, Figure 1; official code paper.md section 7.1).
+"""The native MLP-Mixer (paper section 2, Figure 1; the official code, docs/paper-notes.md §1).
 
 Follows `vit_jax/models_mixer.py` exactly: a per-patch linear stem, then blocks of
 pre-LayerNorm (eps 1e-6) token-mixing and channel-mixing MLPs with residuals, GELU (tanh
@@ -129,7 +129,7 @@ class Mixer(nn.Module):
         self.init_weights()
 
     def init_weights(self) -> None:
-        """lecun-normal kernels, zero biases, unit LayerNorm scales, zero head (paper.md 7.1)."""
+        """lecun-normal kernels, zero biases, unit LayerNorm scales, zero head (docs/paper-notes.md §1)."""
         for m in self.modules():
             if isinstance(m, (nn.Linear, nn.Conv2d)):
                 fan_in = m.weight[0].numel()
@@ -143,7 +143,7 @@ class Mixer(nn.Module):
             nn.init.zeros_(self.head.bias)
 
     def reset_classifier(self, num_classes: int) -> None:
-        """A fresh zero-initialised head (the fine-tuning rule, paper.md 6.2)."""
+        """A fresh zero-initialised head (the fine-tuning rule, docs/paper-notes.md §3)."""
         self.num_classes = num_classes
         dev = self.norm.weight.device
         self.head = nn.Linear(self.num_features, num_classes, device=dev) if num_classes else nn.Identity()

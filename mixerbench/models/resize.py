@@ -1,10 +1,10 @@
 """Changing the input resolution of a trained model (fine-tuning at higher resolution).
 
-Mixer (paper section 3 "Fine-tuning" and Appendix C; paper.md section 6.3): the patch size
+Mixer (paper section 3 "Fine-tuning" and Appendix C; docs/paper-notes.md §4): the patch size
 stays, so raising the side by an integer factor K multiplies the tokens, S' = K^2 S. The
 token-mixing MLP grows to D_S' = K^2 D_S with K^2 copies of the trained weights on a block
 diagonal and the biases tiled, where each block sees the tokens of one of the K x K image parts.
-No public code implements this (paper.md 6.3), so it is written here.
+No public code implements this (docs/paper-notes.md §4), so it is written here.
 
 Rather than reorder tokens at run time, the rows and columns of the new matrices are permuted
 from the "parts concatenated" order into the stem's raster order; the expanded model is then a

@@ -1,7 +1,7 @@
 """The paper's Tables 1-4 as data, shipped inside the package (arXiv 2105.01601).
 
 Owns `table1.csv` ... `table4.csv` beside this file, transcribed from
-`shared/reference/paper.md` sections 1-4, and the small lookups other commands use to put the
+the paper (arXiv 2105.01601 v4) Tables 1-4, and the small lookups other commands use to put the
 paper's numbers beside ours:
 
 - Table 1 (section 2 of the paper): Mixer architecture specs; `params_m` is the paper's count

@@ -19,6 +19,7 @@ from typing import Any
 
 from mixerbench import files, results
 from mixerbench.errors import DamagedFileError, UserError, close_matches
+from mixerbench.models.weights import CHECKPOINT
 from mixerbench.names import slug
 from mixerbench.report import style
 from mixerbench.report.figures import (
@@ -49,7 +50,7 @@ def load_token_mixing_weights(checkpoint: str | os.PathLike, blocks=(0, 1, 2)) -
 
     Args:
         checkpoint: a `.safetensors` file, or a run directory holding
-            `checkpoint-last.safetensors`. Keys may carry a prefix (`module.`, `model.`).
+            a checkpoint (`models.weights.CHECKPOINT`). Keys may carry a prefix (`module.`, `model.`).
         blocks: block indices to read; block 0 is required, later ones are read when present.
 
     Returns:
@@ -57,7 +58,7 @@ def load_token_mixing_weights(checkpoint: str | os.PathLike, blocks=(0, 1, 2)) -
     """
     path = Path(checkpoint)
     if path.is_dir():
-        path = path / "checkpoint-last.safetensors"
+        path = path / CHECKPOINT
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist; pass a .safetensors file or run dir.")
     try:

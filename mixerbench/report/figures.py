@@ -1,6 +1,6 @@
 """The paper's figures regenerated from our CSVs: pure functions DataFrame -> matplotlib Figure.
 
-One function per figure of issue 6 item 2 (paper arXiv 2105.01601, section 3 and paper.md
+One function per figure (paper arXiv 2105.01601, section 3 and
 section 5), no I/O and no pyplot state: figures are `matplotlib.figure.Figure` objects on the
 Agg canvas, saved by the caller (`report.regenerate`) at `style.DPI`.
 

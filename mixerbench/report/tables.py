@@ -1,10 +1,10 @@
 """The paper's tables regenerated from our CSVs: pure functions DataFrame(s) -> DataFrame.
 
-One function per table (style.md habit 8), no I/O:
+One function per table, no I/O:
 
 - `table1(zoo_df)`: our model zoo beside the paper's Table 1 (architecture and parameter counts).
 - `compare_table(accuracy_df, ...)`: one row per model and resolution, our accuracy, cost and
-  speed beside the paper's top-1 (Tables 2/3) where the paper has one (issue 6, item 1).
+  speed beside the paper's top-1 (Tables 2/3) where the paper has one.
 - `throughput_table(throughput_df)`: best img/s per model and mode; each Mixer as a ratio to the
   same-size ViT the paper compares it with (Table 3), measured alike, beside the paper's ratio.
 - `to_markdown(df)`: a pipe table without the `tabulate` package.
@@ -62,7 +62,7 @@ def numeric(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
 
 
 def device_hours(df: pd.DataFrame) -> pd.Series:
-    """`device_hours`, else `train_seconds * num_devices / 3600` (design.md section 5)."""
+    """`device_hours`, else `train_seconds * num_devices / 3600` (results/README.md)."""
     numeric(df, "device_hours", "train_seconds", "num_devices")
     dh = df["device_hours"] if "device_hours" in df.columns else pd.Series(np.nan, index=df.index)
     if "train_seconds" in df.columns:
