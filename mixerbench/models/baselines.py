@@ -29,10 +29,16 @@ for _depth, _width in ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4))
     register(ModelSpec(f"bit-r{_depth}x{_width}", "resnet", f"BiT-R{_depth}x{_width}",
                        f"resnetv2_{_depth}x{_width}_bit", 224, None))
 
-# Small-image baselines (not in the paper), sized like mixer-t4 for 32 px inputs.
+# Small-image baselines (not in the paper), sized like mixer-t4 for 32 px inputs. The small ViT
+# pools its tokens (global average, no class token: the ViT paper's App. D.3 finds it as good
+# given the right lr, and it gives the ViT the Mixer's head) and starts from the official
+# vision_transformer init that timm's `weight_init="jax"` reproduces (the Mixer's lecun-normal
+# kernels and zero head are the same Flax init). With timm's default init the 2-block ViT of the
+# smoke preset reached 52.6 % on mnist-5k where this one reaches 94 % (same budget, measured).
 register(ModelSpec("vit-t4", "vit", "ViT-T/4 (32 px)", "vit_tiny_patch16_224", 32, 4,
-                   dict(embed_dim=256, depth=8, num_heads=4),
-                   note="small-image ViT: width 256, 8 blocks, 4 heads, patch 4"))
+                   dict(embed_dim=256, depth=8, num_heads=4, global_pool="avg", class_token=False,
+                        weight_init="jax"),
+                   note="small-image ViT: width 256, 8 blocks, 4 heads, patch 4, GAP head, JAX init"))
 register(ModelSpec("resnet18-c", "resnet", "ResNet-18 (32 px stem)", "resnet18", 32, None,
                    cifar_stem=True,
                    note="ResNet-18 with a 3x3 stride-1 stem and no max-pool for 32 px inputs"))
