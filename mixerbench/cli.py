@@ -212,6 +212,10 @@ Resume = Annotated[bool, typer.Option(help="Continue an unfinished run (the same
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")]
 PrintConfig = Annotated[bool, typer.Option(
     "--print-config", help="Print the resolved configuration (config.json) and exit.")]
+TrackerOpt = Annotated[Optional[str], typer.Option(
+    "--tracker", help="Also log to experiment trackers, any of tensorboard,wandb,mlflow "
+    "(comma-separated; offline files under the results folder; pip install "
+    "\"mixerbench\\[trackers]\"). The CSVs stay the record.")]
 
 
 # -------------------------------------------------------------------------------- progress
@@ -273,6 +277,8 @@ class Progress:
             self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
         elif event == "end":
             self.stop()
+        elif event == "warning":
+            _warn(info["message"], self._print)
 
     def progress(self, description: str, done: int, total: int) -> None:
         """The `progress(description, done, total)` callback of evaluate, bench and datasets."""
@@ -330,15 +336,29 @@ class Progress:
             self.bar = None
 
 
-def _run(ctx: typer.Context, fn, **kw):
-    """Call a library function with a progress renderer as its `log`: Ctrl-C exits 130 and a
-    run that cannot go on exits 1, each with one sentence."""
+def _warn(message: str, printer=None) -> None:
+    """One yellow line on stderr (a tracker that stopped); the command goes on."""
+    from rich.markup import escape
+
+    (printer or _console(stderr=True).print)(f"[yellow]warning:[/] {escape(message)}")
+
+
+def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | None = None, **kw):
+    """Call a library function with a progress renderer as its `log` (teed to the `trackers`,
+    one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
+    each with one sentence."""
+    from mixerbench.trackers import Tracked
     from mixerbench.train import Interrupted, TrainingStopped
 
     progress = Progress(_quiet(ctx))
+    log = Tracked(progress, trackers, group=group)
+    status = "failed"  # what a tracker run still open at the end is marked as
     try:
-        return fn(log=progress, **kw)
+        out = fn(log=log, **kw)
+        status = "finished"
+        return out
     except Interrupted as exc:
+        status = "killed"
         progress.stop()
         fail(f"Interrupted at step {exc.step:,} of {exc.run_dir.name}; a checkpoint was saved in "
              f"{exc.run_dir}. Run the same command again to continue where it stopped.", code=130)
@@ -346,6 +366,7 @@ def _run(ctx: typer.Context, fn, **kw):
         progress.stop()
         fail(str(exc), code=1)
     finally:
+        log.close(status)
         progress.stop()
 
 
@@ -401,10 +422,13 @@ def plot(
     out: Annotated[Optional[Path], typer.Option("--out", help="Where figures/ and tables/ go (default: the results dir).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="Mixer checkpoint or run dir for token-mixing.")] = None,
     runs: Annotated[Optional[str], typer.Option(help="Comma-separated run ids for curves.")] = None,
+    tracker: TrackerOpt = None,
 ) -> None:
     from mixerbench.report import regenerate
     from mixerbench.results import results_dir as resolve_dir
+    from mixerbench.trackers import parse_trackers, record
 
+    trackers = parse_trackers(tracker)
     done = regenerate(results_dir, out, name, checkpoint, runs=runs.split(",") if runs else None)
     con = _console()
     for path in done["written"]:
@@ -414,19 +438,23 @@ def plot(
              "`mixerbench compare --preset smoke` (or pretrain, bench, reproduce) first.")
     for skipped, why in done["skipped"].items():  # what was left out, and why
         con.print(f"[dim]skipped {skipped}: {why}[/]", soft_wrap=True)
+    record(trackers, resolve_dir(results_dir), "plot", kind="plot", files=done["written"],
+           config=dict(name=name or "all", runs=runs, checkpoint=checkpoint), on_warning=_warn)
 
 
 # ------------------------------------------------------------------------- pretrain / finetune
 
 
 def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings, resume,
-                   results_dir, print_config, flags: dict) -> None:
+                   results_dir, print_config, tracker, flags: dict) -> None:
     """Resolve the run's config from the preset, flags and `--set`; print it, run it, or run an
     lr grid (several `--lr` values: selected on minival, paper App. C)."""
     from mixerbench.config import parse_set
     from mixerbench.experiments import finetune_lr_grid, parse_lrs
     from mixerbench.presets import resolve
+    from mixerbench.trackers import parse_trackers
 
+    trackers = parse_trackers(tracker)
     lrs = parse_lrs(lr)
     cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init,
                   flags={**flags, "optim.lr": lrs[0] if lrs else None},
@@ -441,7 +469,7 @@ def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings
         if resume:
             fail("--resume continues one run; run the lr grid without it (finished runs of the "
                  "grid are read back, unfinished ones continue).")
-        summary = _run(ctx, finetune_lr_grid, cfg=cfg, lrs=lrs, root=results_dir)
+        summary = _run(ctx, finetune_lr_grid, trackers, cfg=cfg, lrs=lrs, root=results_dir)
         emit([dict(lr=g["lr"], minival_top1=g["minival_top1"], run_id=g["run_id"],
                    selected="yes" if g["lr"] == summary["selected_lr"] else "")
               for g in summary["lr_grid"]], Format.table,
@@ -450,7 +478,7 @@ def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings
     else:
         from mixerbench.train import train
 
-        summary = _run(ctx, train, cfg=cfg, root=results_dir, resume=resume)
+        summary = _run(ctx, train, trackers, cfg=cfg, root=results_dir, resume=resume)
     _print_summary(summary)
 
 
@@ -489,6 +517,7 @@ def pretrain(
     compile_: Compile = None,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="List the presets and exit.")] = False,
     print_config: PrintConfig = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Train a model from scratch; writes a run directory and a row in accuracy.csv."""
     if list_presets:
@@ -499,7 +528,7 @@ def pretrain(
     _train_command(ctx, kind="pretrain", preset=preset,
                    model=model if model or preset else "mixer", dataset=dataset, init=None,
                    lr=lr, settings=settings, resume=resume, results_dir=results_dir,
-                   print_config=print_config, flags={
+                   print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
                        "accum_steps": accum_steps, "model.img_size": img_size,
                        "model.patch_size": patch_size, "seed": seed, "run_name": run_name,
@@ -529,13 +558,14 @@ def finetune(
     device: Device = None,
     compile_: Compile = None,
     print_config: PrintConfig = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
     from mixerbench.presets import finetune_preset
 
     _train_command(ctx, kind="finetune", preset=preset or finetune_preset(dataset), model=None,
                    dataset=dataset, init=init, lr=lr, settings=settings, resume=resume,
-                   results_dir=results_dir, print_config=print_config, flags={
+                   results_dir=results_dir, print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
                        "accum_steps": accum_steps, "model.img_size": img_size, "seed": seed,
                        "run_name": run_name, "device": device, "compile": compile_,
@@ -571,11 +601,14 @@ def evaluate(
     device: Device = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per eval batch.")] = 256,
     fmt: FormatOpt = Format.table,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Accuracy (top-1, top-5, loss, ReaL), linear few-shot and shuffle invariance of a checkpoint."""
     from mixerbench.evaluate import evaluate as run_evaluate
     from mixerbench.results import writable_results_dir
+    from mixerbench.trackers import parse_trackers, record_evaluation
 
+    trackers = parse_trackers(tracker)
     if not _rank0():  # one process measures and writes the rows; the others have nothing to do
         return
     root = writable_results_dir(results_dir)
@@ -588,6 +621,10 @@ def evaluate(
                            max_examples=max_examples, root=root, progress=progress.progress)
     finally:
         progress.stop()
+    record_evaluation(trackers, root, res, on_warning=_warn, options=dict(
+        checkpoint=checkpoint, dataset=dataset, split=split, crop=crop.value if crop else None,
+        fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
+        l2_reg=l2_reg, max_examples=max_examples, batch_size=batch_size, device=device))
     if fmt != Format.table:
         emit([dict(table=t, **r) for t, rs in res["rows"].items() for r in rs], fmt)
         return
@@ -711,16 +748,34 @@ def compare(
     data_dir: DataDir = None,
     device: Device = None,
     fmt: FormatOpt = Format.table,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Train each model under one preset and budget, evaluate and bench it; one joined table."""
     from mixerbench.config import parse_set
     from mixerbench.experiments import compare as run_compare
     from mixerbench.report.tables import compare_view
+    from mixerbench.trackers import parse_trackers
 
-    out = _run(ctx, run_compare, models=[m.strip() for m in models.split(",") if m.strip()],
+    trackers = parse_trackers(tracker)
+    # one tracker run per training run, grouped as accuracy.csv tags them (compare:<preset>)
+    group = f"compare-{preset}"
+    out = _run(ctx, run_compare, trackers, group,
+               models=[m.strip() for m in models.split(",") if m.strip()],
                dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, fewshot=fewshot,
                with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
                overrides=parse_set(settings))
+    if trackers and _rank0():
+        from mixerbench.report import regenerate
+        from mixerbench.results import results_dir as resolve_dir
+        from mixerbench.trackers import record
+
+        # the comparison's own tracker run shows what `plot` draws (curves: these runs)
+        drawn = regenerate(results_dir, None, None, runs=[s["run_id"] for s in out["runs"]])
+        out["written"] = list(dict.fromkeys([*out["written"], *drawn["written"]]))
+        record(trackers, resolve_dir(results_dir), group, group=group, kind="compare",
+               files=out["written"], on_warning=_warn, config=dict(
+                   models=models, dataset=out["dataset"], preset=preset, seeds=seeds,
+                   epochs=epochs, fewshot=fewshot, settings=settings or []))
     if fmt != Format.table:
         emit(_records(out["table"]), fmt)
         return

@@ -650,7 +650,8 @@ def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
     log("start", dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
                       model=run.rec["name"], dataset=cfg.data.dataset, world_size=run.world,
-                      batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps))
+                      batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
+                      config=to_dict(cfg)))
     run.model.train()
     window = [time.perf_counter(), 0]  # start of the throughput window, images in it
     with stop_signals() as stop:
