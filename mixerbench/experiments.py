@@ -175,9 +175,11 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
     if seeds < 1:
         raise UserError("--seeds must be at least 1.")
     root = results.results_dir(root)
-    for model in models:  # check every cell's names and settings before training any of them
-        resolve(preset, model=model, dataset=dataset, flags={"epochs": epochs, "device": device},
-                overrides=overrides)
+    from mixerbench.train import check_model
+
+    for model in models:  # check every cell's names, settings and model before training any
+        check_model(resolve(preset, model=model, dataset=dataset,
+                            flags={"epochs": epochs, "device": device}, overrides=overrides))
     runs, recipes = [], {}
     for model in models:
         for seed in range(seeds):

@@ -227,31 +227,43 @@ def build_model(cfg: RunConfig, num_classes: int):
     if cfg.init:
         return load_for_finetuning(cfg.init, num_classes=num_classes, img_size=m.img_size,
                                    regularisers=dict(drop_path=m.drop_path, dropout=m.dropout))
-    overrides = dict(m.options)
-    for key in ("width", "depth", "drop_path", "dropout"):
-        if getattr(m, key):
-            overrides[key] = getattr(m, key)
+    overrides = model_overrides(cfg)
+    check_model(cfg, num_classes)
     spec = get_spec(m.name)
-    if spec.family == "mixer" and not m.name.startswith("timm:"):
-        overrides["gelu"] = m.gelu
-    check_memory(m.name, num_classes, m.img_size, m.patch_size, overrides, cfg)
     model = create_model(m.name, num_classes=num_classes, img_size=m.img_size,
                          patch_size=m.patch_size, **overrides)
     return model, recipe(m.name, num_classes, m.img_size or spec.img_size,
                          m.patch_size or spec.patch_size, overrides)
 
 
-def check_memory(name: str, num_classes: int, img_size, patch_size, overrides: dict,
-                 cfg: RunConfig) -> None:
-    """Refuse, before allocating, a model whose weights, gradients and Adam moments alone
-    (4 x 4 bytes per parameter) exceed this machine's memory; the estimate is in the message."""
+def model_overrides(cfg: RunConfig) -> dict:
+    """The zoo constructor's arguments for `cfg.model` (width, depth, regularisers, options)."""
+    from mixerbench.models import get_spec
+
+    m = cfg.model
+    overrides = dict(m.options)
+    for key in ("width", "depth", "drop_path", "dropout"):
+        if getattr(m, key):
+            overrides[key] = getattr(m, key)
+    if get_spec(m.name).family == "mixer" and not m.name.startswith("timm:"):
+        overrides["gelu"] = m.gelu
+    return overrides
+
+
+def check_model(cfg: RunConfig, num_classes: int = 10) -> None:
+    """Build `cfg`'s model on the meta device (no memory, no weights): an option the
+    architecture does not take is a UserError before any work (a sweep checks every cell this
+    way before training the first), and so is a model whose weights, gradients and Adam moments
+    alone (4 x 4 bytes per parameter) exceed this machine's memory."""
     import torch
 
     from mixerbench.models import count_params, create_model
 
+    m = cfg.model
     with torch.device("meta"):
-        params = count_params(create_model(name, num_classes=num_classes, img_size=img_size,
-                                           patch_size=patch_size, **overrides))[0]
+        params = count_params(create_model(m.name, num_classes=num_classes, img_size=m.img_size,
+                                           patch_size=m.patch_size, **model_overrides(cfg)))[0]
+    name, img_size = m.name, m.img_size
     need = 16 * params
     have = _memory_bytes(cfg.device)
     if have and need > have:
