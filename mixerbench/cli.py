@@ -813,8 +813,8 @@ def datasets_cmd(
 @app.command("export")
 @user_errors
 def export_cmd(
-    source: Annotated[str, typer.Argument(help="Run directory (its config and summary fill the model card) or a mixerbench .safetensors checkpoint.")],
-    out_dir: Annotated[Path, typer.Argument(help="New folder to write config.json, model.safetensors and README.md into (must not exist, or be empty).")],
+    source: Annotated[str, typer.Argument(metavar="RUN_OR_CHECKPOINT", help="Run directory (its config and summary fill the model card) or a mixerbench .safetensors checkpoint.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="New folder to write config.json, model.safetensors and README.md into (must not exist, or be empty).")],
     push: Annotated[Optional[str], typer.Option("--push", help="Then upload the folder to this Hugging Face hub repo, e.g. you/mixer-b16-cifar10.")] = None,
     license: Annotated[str, typer.Option("--license", help="Licence identifier for the model card.")] = "apache-2.0",
 ) -> None:

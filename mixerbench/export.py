@@ -509,6 +509,9 @@ def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str |
             raise UserError(f"Could not move the export into {out} ({exc.strerror}); it may have "
                             "been filled meanwhile; choose a new folder.") from None
         tmp = None
+    except OSError as exc:  # disk full, read-only or forbidden folder: nothing is left behind
+        raise UserError(f"Could not write the export for {out} ({exc.strerror or exc}); free "
+                        "space or choose a folder you can write to.") from None
     finally:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -579,10 +582,14 @@ def push(out_dir: str | os.PathLike, repo_id: str, *, private: bool = False) -> 
     except ImportError:
         raise UserError(f"Exported to {out}, but huggingface_hub is not installed to push it; "
                         f"install it and {later}.") from None
-    if hub_offline_by_env() or huggingface_hub.constants.HF_HUB_OFFLINE:
+    # huggingface_hub reads these at import; read them again in case they changed since
+    offline = any(os.environ.get(v, "").strip().upper() in {"1", "ON", "YES", "TRUE"}
+                  for v in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE"))
+    if offline or huggingface_hub.constants.HF_HUB_OFFLINE:
         raise UserError(f"Exported to {out}, but not pushed to {repo_id}: the Hugging Face hub is "
                         f"offline here (HF_HUB_OFFLINE); {later}.")
-    if not hub_reachable(decode.cache_root()):
+    # the probe also counts HF_DATASETS_OFFLINE as offline; with only that set, try the hub
+    if not hub_offline_by_env() and not hub_reachable(decode.cache_root()):
         raise UserError(f"Exported to {out}, but not pushed to {repo_id}: the Hugging Face hub is "
                         f"not reachable; {later}.")
     session = get_session()

@@ -158,6 +158,26 @@ def test_card_names_the_run_its_accuracy_and_the_paper(export_runs, export_done)
     assert "tanh" in (export_done["mixer"][1] / "README.md").read_text()
 
 
+def test_card_cites_the_paper_as_the_readme_does():
+    from mixerbench.export import CITATION
+
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    assert CITATION in readme  # one bibtex, so the two cannot drift apart
+
+
+def test_an_unfinished_run_exports_with_what_is_unknown(tmp_path, export_runs):
+    import shutil
+
+    run = tmp_path / export_runs["vit"].name
+    shutil.copytree(export_runs["vit"], run)
+    (run / "summary.json").unlink()  # as a run stopped before its end leaves it
+    # its checkpoint file stands for the run, config and all
+    res = export(run / "checkpoint-last.safetensors", tmp_path / "out")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert res["run_id"] == run.name and run.name in card
+    assert "had not finished" in card and "## Recipe" in card and "top-1 (%)" not in card
+
+
 # -------------------------------------------------------------------------- preprocessing
 
 
@@ -305,3 +325,4 @@ def test_cli_export_as_a_user_types_it(tmp_path, export_runs):
     # --help stays a fast, import-light path and documents the command
     h = cli("export", "--help")
     assert h.exit_code == 0 and "local-dir" in h.output and "--push" in h.output
+    assert "export" in cli("--help").output
