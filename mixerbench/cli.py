@@ -866,3 +866,38 @@ def datasets_cmd(
         rows += [dict(field=f"split {s}", value=f"{n:,}") for s, n in out["splits"].items()]
         rows.append(dict(field="class_names", value=shown))
         emit(rows, fmt, title=out["name"])
+
+
+# --------------------------------------------------------------------------------------- export
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    source: Annotated[str, typer.Argument(metavar="RUN_OR_CHECKPOINT", help="Run directory (its config and summary fill the model card) or a mixerbench .safetensors checkpoint.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="New folder to write config.json, model.safetensors and README.md into (must not exist, or be empty).")],
+    push: Annotated[Optional[str], typer.Option("--push", help="Then upload the folder to this Hugging Face hub repo, e.g. you/mixer-b16-cifar10.")] = None,
+    license: Annotated[str, typer.Option("--license", help="Licence identifier for the model card.")] = "apache-2.0",
+) -> None:
+    """Export a run as a timm model folder: timm.create_model('local-dir:OUT_DIR', pretrained=True)."""
+    from rich.markup import escape
+
+    from mixerbench.export import export as run_export, push as run_push
+
+    res = run_export(source, out_dir, repo_id=push, license=license)
+    # pushed before anything is printed, so a failed push is one sentence (which says the
+    # export itself is complete) rather than a success report followed by an error
+    url = run_push(res["out_dir"], push) if push else None
+    console = _console()
+    c = res["check"]
+    console.print(f"[bold green]wrote {escape(res['out_dir'])}[/]: {', '.join(Path(f).name for f in res['files'])} "
+                  f"({escape(res['label'])} as timm's {res['architecture']})")
+    agree = "" if c["top1_agreement"] is None else f"top-1 agreement {c['top1_agreement']:.2f} %, "
+    console.print(f"timm's rebuild vs mixerbench's model on {escape(c['what'])}: {agree}"
+                  f"largest logit difference {c['max_abs_diff']:.2g}")
+    if res["gelu"] == "tanh":
+        console.print("note: this Mixer was trained with tanh-approximate GELU (the official code's); "
+                      "timm's MlpMixer only has exact GELU, hence the difference above (also in the card)")
+    console.print(f"load it with timm.create_model(\"local-dir:{escape(res['out_dir'])}\", pretrained=True)")
+    if url:
+        console.print(f"pushed to {escape(url)}")
