@@ -332,12 +332,16 @@ class Progress:
 
 def _run(ctx: typer.Context, fn, **kw):
     """Call a library function with a progress renderer as its `log`: Ctrl-C exits 130 and a
-    run that cannot go on exits 1, each with one sentence."""
+    run that cannot go on exits 1, each with one sentence. Under torchrun the process group is
+    torn down once the function has succeeded on this rank."""
+    from mixerbench.runtime import teardown_distributed
     from mixerbench.train import Interrupted, TrainingStopped
 
     progress = Progress(_quiet(ctx))
     try:
-        return fn(log=progress, **kw)
+        out = fn(log=progress, **kw)
+        teardown_distributed()
+        return out
     except Interrupted as exc:
         progress.stop()
         fail(f"Interrupted at step {exc.step:,} of {exc.run_dir.name}; a checkpoint was saved in "
@@ -573,11 +577,11 @@ def evaluate(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Accuracy (top-1, top-5, loss, ReaL), linear few-shot and shuffle invariance of a checkpoint."""
+    if not _rank0():  # one process measures and writes the rows; the others have nothing to do
+        return
     from mixerbench.evaluate import evaluate as run_evaluate
     from mixerbench.results import writable_results_dir
 
-    if not _rank0():  # one process measures and writes the rows; the others have nothing to do
-        return
     root = writable_results_dir(results_dir)
     progress = Progress(_quiet(ctx))
     try:
@@ -638,11 +642,11 @@ def bench(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Throughput (img/s per device), GMACs, achieved TFLOP/s and MFU; appends to throughput.csv."""
+    if not _rank0():  # one process measures; the others would only compete for the device
+        return
     from mixerbench.bench import bench as run_bench
     from mixerbench.results import writable_results_dir
 
-    if not _rank0():
-        return
     root = writable_results_dir(results_dir)
     progress = Progress(_quiet(ctx))
     try:

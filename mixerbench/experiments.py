@@ -20,6 +20,7 @@ from typing import Any
 from mixerbench import files, results
 from mixerbench.errors import UserError
 from mixerbench.evaluate import probe_of
+from mixerbench.runtime import rank
 
 Log = Callable[[str, dict], None]
 
@@ -97,7 +98,8 @@ def finetune_lr_grid(cfg, lrs: list[float], *, root=None, log: Log = _noop) -> d
                   experiment="lr-grid")
     record = dict(selected_lr=best["lr"], selected_on="minival", lr_grid=grid,
                   reported_split=cfg.data.eval_split, final_run_id=final["run_id"])
-    files.atomic_write_json(Path(final["run_dir"]) / "lr-grid.json", record)
+    if rank() == 0:  # under torchrun every rank has the record; one writes it
+        files.atomic_write_json(Path(final["run_dir"]) / "lr-grid.json", record)
     return dict(final, lr_grid=grid, selected_lr=best["lr"])
 
 
