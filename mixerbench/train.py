@@ -105,14 +105,22 @@ def make_optimizer(model, cfg: RunConfig, fused: bool):
 
 
 def pick_device(cfg: RunConfig, local_rank: int) -> str:
-    """The configured device (checked as `bench` checks it), else this rank's GPU, else CPU."""
+    """The configured device (checked as `bench` checks it), else this rank's GPU, else CPU.
+
+    A plain `cuda` means this rank's GPU, so `--device cuda` under torchrun does not put every
+    rank on GPU 0. Ranks are mapped onto the GPUs this process can see: all of the node's (as
+    torchrun leaves them: cuda:LOCAL_RANK) or only its own (a SLURM task bound to one GPU, or
+    CUDA_VISIBLE_DEVICES set per rank: cuda:0).
+    """
     import torch
 
     from mixerbench.runtime import resolve_device
 
-    if cfg.device:
-        return resolve_device(cfg.device)
-    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device) if cfg.device else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return device
 
 
 @contextmanager
