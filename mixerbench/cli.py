@@ -201,6 +201,8 @@ Device = Annotated[Optional[str], typer.Option(help="cuda, cuda:1 or cpu (defaul
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override any setting, e.g. --set optim.lr=0.01 --set model.drop_path=0.1.")]
+
+
 # Options of the sweeps (compare, reproduce), declared once.
 class LauncherKind(str, Enum):
     local = "local"
@@ -227,7 +229,7 @@ def _launcher(kind: LauncherKind | None, parallel, gpus_per_job, partition, time
     if kind is None:
         given = [name for name, v in (("--parallel", parallel), ("--gpus-per-job", gpus_per_job),
                                       ("--partition", partition), ("--time-limit", time_limit),
-                                      ("--slurm-arg", slurm_args)) if v]
+                                      ("--slurm-arg", slurm_args)) if v not in (None, [])]
         if given:
             fail(f"{', '.join(given)} only apply with --launcher local or --launcher slurm.")
         return None
@@ -301,9 +303,12 @@ class Progress:
             count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
             self.console.print(f"[bold magenta]{count}{what}[/]")
         elif event == "launch":
+            from rich.markup import escape
+
             self.stop()
             self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
-                               f"up to {info['parallel']} at once[/]; job logs in {info['folder']}")
+                               f"up to {info['parallel']} at once[/]; job logs in "
+                               f"{escape(info['folder'])}", soft_wrap=True)
         elif event == "job":
             self._job(info)
         elif event == "fewshot":
@@ -318,16 +323,19 @@ class Progress:
 
     def _job(self, info: dict) -> None:
         """A launched cell was submitted, or ended (finished, read back or failed)."""
+        from rich.markup import escape  # paths and error messages are not markup
+
         keys = ("state", "job_id", "index", "of", "run_id", "top1", "error", "log")
-        what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in keys)
-        count = f"[{info['index']}/{info['of']}] " if "index" in info else ""
-        state = info["state"]
+        what = escape(", ".join(f"{k} {v}" for k, v in info.items() if k not in keys))
+        count = escape(f"[{info['index']}/{info['of']}] ") if "index" in info else ""
+        state, job = info["state"], escape(str(info["job_id"]))
         if state == "submitted":
-            line = f"submitted {what} (job {info['job_id']})"
+            line = f"submitted {what} (job {job})"
         elif state == "failed":
-            line = f"[bold red]{count}{what} failed[/] (job {info['job_id']}): {info['error']}; log {info['log']}"
+            line = (f"[bold red]{count}{what} failed[/] (job {job}): {escape(info['error'])}; "
+                    f"log {escape(info['log'])}")
         else:
-            line = (f"[bold magenta]{count}{what}[/]: {info['run_id']} "
+            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} "
                     f"{'read back' if state == 'reused' else 'trained'}, top-1 {info['top1']:.2f} %")
         self.console.print(line, soft_wrap=True)
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import signal
 import time
 from collections.abc import Callable
@@ -373,16 +374,27 @@ def _collect(sw: _Sweep) -> None:
         where = dict(sw.cells[i].label, index=sw.done, of=len(sw.cells), job_id=job.job_id)
         try:
             s = job.results()[0]  # one result per task; every rank returns rank 0's summary
-        except Exception as exc:  # submitit wraps the job's traceback: its last line says why
-            lines = [ln for ln in str(exc).splitlines() if ln.strip()]
-            why = lines[-1].strip() if lines else type(exc).__name__
+        except Exception as exc:
+            why = _why(exc)
             name = ", ".join(f"{k} {v}" for k, v in sw.cells[i].label.items())
-            sw.failed.append(f"{name}: {why}")
+            sw.failed.append(f"{name}: {why.rstrip('.')}")
             sw.log("job", dict(where, state="failed", error=why, log=str(job.paths.stderr)))
             continue
         sw.out[i] = s
         sw.log("job", dict(where, state="reused" if s.get("reused") else "finished",
                            run_id=s["run_id"], top1=s["top1"]))
+
+
+def _why(exc: Exception) -> str:
+    """One line for a failed job: the last line of its traceback, which submitit's error puts
+    between dashed lines (`mixerbench.errors.UserError: ...` shortened to `UserError: ...`),
+    else the first line of the error (a job killed or lost before it could report)."""
+    parts = str(exc).split("-" * 22)
+    lines = [ln.strip() for ln in (parts[1] if len(parts) >= 3 else str(exc)).splitlines()
+             if ln.strip()]
+    if not lines:
+        return type(exc).__name__
+    return re.sub(r"^[\w.]+\.(\w+: )", r"\1", lines[-1]) if len(parts) >= 3 else lines[0]
 
 
 def _stop(sw: _Sweep) -> None:

@@ -10,6 +10,7 @@ tests run `compare` through submitit's local executor (real processes) and its d
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import signal
 import subprocess
@@ -130,7 +131,8 @@ def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]
 def table_of(out: str) -> list[dict]:
     """The compare table (--format csv) without the columns that measure time."""
     timed = {"wall_time_s", "device_hours"}
-    return [{k: v for k, v in r.items() if k not in timed} for r in csv.DictReader(out.splitlines())]
+    return [{k: v for k, v in r.items() if k not in timed}
+            for r in csv.DictReader(out.splitlines())]
 
 
 def run_ids(root: Path) -> list[str]:
@@ -144,9 +146,10 @@ def test_local_launcher_gives_the_serial_table(tmp_path, child_env):
     per seed: the same run ids and the same top-1 to the last digit)."""
     pytest.importorskip("submitit")
     sweep = [*SWEEP, "--set", "steps=6"]
-    serial = finish(mixerbench([*sweep, "--results-dir", tmp_path / "serial"], child_env))
-    launched = finish(mixerbench([*sweep, "--results-dir", tmp_path / "local",
-                                  "--launcher", "local", "--parallel", "2"], child_env))
+    procs = [mixerbench([*sweep, "--results-dir", tmp_path / "serial"], child_env),  # at once:
+             mixerbench([*sweep, "--results-dir", tmp_path / "local",  # separate folders
+                         "--launcher", "local", "--parallel", "2"], child_env)]
+    serial, launched = [finish(p) for p in procs]
     for code, _, err in (serial, launched):
         assert code == 0, err[-3000:]
     assert len(table_of(serial[1])) == 2
@@ -190,7 +193,8 @@ def test_local_sweep_survives_sigterm_and_sigkill_without_duplicate_rows(tmp_pat
     first.send_signal(signal.SIGTERM)
     code, _, err = finish(first)
     assert code == 130 and "run the same command again to continue" in err, err[-3000:]
-    controllers = [int(p.name.split("_")[0]) for p in (tmp_path / "launcher").glob("*/*_submitted.pkl")]
+    controllers = [int(p.name.split("_")[0])  # a local job's id is its controller's pid
+                   for p in (tmp_path / "launcher").glob("*/*_submitted.pkl")]
     assert len(controllers) == 2 and not any(_alive(pid) for pid in controllers)
 
     second = mixerbench(sweep, child_env)
@@ -294,7 +298,8 @@ def test_slurm_sweep_through_submitits_debug_cluster_matches_serial(tmp_path, mo
                          "steps": "4"})
     serial = compare(["mixer", "vit"], root=tmp_path / "serial", **kw)
     events = []
-    launched = compare(["mixer", "vit"], root=tmp_path / "slurm", log=lambda e, i: events.append((e, i)),
+    launched = compare(["mixer", "vit"], root=tmp_path / "slurm",
+                       log=lambda e, i: events.append((e, i)),
                        launcher=launch.make_launcher("slurm", partition="p", time_limit=30,
                                                      gpus_per_job=0, parallel=1), **kw)
     (launcher, params, folder), = made
@@ -371,3 +376,27 @@ def test_launcher_under_torchrun_and_for_artifacts_without_cells_is_refused(tmp_
     monkeypatch.setenv("WORLD_SIZE", "2")
     out = CliRunner().invoke(app, [*SWEEP, "--results-dir", str(tmp_path), "--launcher", "local"])
     assert out.exit_code == 2 and "without torchrun" in out.output
+
+
+@pytest.mark.slow
+def test_a_failed_cell_fails_the_sweep_after_the_others_finish(tmp_path, child_env, monkeypatch):
+    """One launched cell that cannot run (its data folder is missing) does not stop the others:
+    they finish and are recorded, then the sweep fails with one sentence naming the cell, why
+    and where its log is."""
+    pytest.importorskip("submitit")
+    from mixerbench.launch import CellsFailed, make_launcher, run_cells
+
+    for k in ("PYTHONPATH", "MIXERBENCH_CACHE", "OMP_NUM_THREADS"):  # the jobs inherit them
+        monkeypatch.setenv(k, child_env[k])
+    bad = dataclasses.replace(tiny_cell(tmp_path), dataset=str(tmp_path / "no-such-data"),
+                              label=dict(cell="bad"))
+    cells = [tiny_cell(tmp_path, label=dict(cell="good")), bad]
+    events = []
+    with pytest.raises(CellsFailed) as err:
+        run_cells(cells, make_launcher("local", parallel=2), lambda e, i: events.append((e, i)))
+    message = str(err.value)
+    assert message.startswith("1 of 2 cells failed (cell bad: ") and "no-such-data" in message
+    assert str(tmp_path / "launcher") in message
+    assert len(rows(tmp_path / "accuracy.csv")) == 1  # the good cell's row
+    failed = [i for e, i in events if e == "job" and i["state"] == "failed"]
+    assert len(failed) == 1 and Path(failed[0]["log"]).is_file()
