@@ -226,9 +226,12 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
         dict(model_info(r["name"], num_classes=r["num_classes"], img_size=r["img_size"],
                         patch_size=r.get("patch_size"), **r.get("overrides", {})), name=label)
         for label, r in recipes.items()])
-    ids = {s["run_id"] for s in runs}
+    order = {s["run_id"]: i for i, s in enumerate(runs)}
     acc = results.load("accuracy", root)
-    acc = acc[acc["run_id"].isin(ids) & (acc["kind"].astype(str) != "evaluate")]
+    acc = acc[acc["run_id"].isin(order) & (acc["kind"].astype(str) != "evaluate")]
+    # the table lists models in the order of their rows: the cells' order, not the order in
+    # which launched jobs happened to finish and append
+    acc = acc.sort_values("run_id", key=lambda ids: ids.map(order), kind="stable")
     thr = results.load("throughput", root, required=False)
     few = results.load("fewshot", root, required=False)
     table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
