@@ -201,6 +201,44 @@ Device = Annotated[Optional[str], typer.Option(help="cuda, cuda:1 or cpu (defaul
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override any setting, e.g. --set optim.lr=0.01 --set model.drop_path=0.1.")]
+
+
+# Options of the sweeps (compare, reproduce), declared once.
+class LauncherKind(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
+
+LauncherOpt = Annotated[Optional[LauncherKind], typer.Option(
+    "--launcher", help="Run the cells as jobs through submitit: local (processes here, --parallel at once) or slurm (a job per cell). Default: one after another in this process.")]
+ParallelOpt = Annotated[Optional[int], typer.Option(
+    "--parallel", help="Cells at once (local default: one per GPU slot, else 1; slurm: all, queued).")]
+GpusPerJobOpt = Annotated[Optional[int], typer.Option(
+    "--gpus-per-job", help="GPUs per cell, one torch.distributed process each (default 1 on slurm and CUDA machines, else 0).")]
+PartitionOpt = Annotated[Optional[str], typer.Option("--partition", help="slurm: the partition.")]
+TimeLimitOpt = Annotated[Optional[int], typer.Option(
+    "--time-limit", help="Wall-clock minutes per job (required for slurm; a timed-out job requeues and resumes).")]
+SlurmArgOpt = Annotated[Optional[list[str]], typer.Option(
+    "--slurm-arg", help="slurm: another sbatch option as key=value, e.g. --slurm-arg account=my-lab.")]
+
+
+def _launcher(kind: LauncherKind | None, parallel, gpus_per_job, partition, time_limit,
+              slurm_args):
+    """The `--launcher` options as a `launch.Launcher` (None: serial); launcher options
+    without `--launcher` are an error rather than silently serial."""
+    if kind is None:
+        given = [name for name, v in (("--parallel", parallel), ("--gpus-per-job", gpus_per_job),
+                                      ("--partition", partition), ("--time-limit", time_limit),
+                                      ("--slurm-arg", slurm_args)) if v not in (None, [])]
+        if given:
+            fail(f"{', '.join(given)} only apply with --launcher local or --launcher slurm.")
+        return None
+    from mixerbench.launch import make_launcher
+
+    return make_launcher(kind.value, parallel=parallel, gpus_per_job=gpus_per_job,
+                         partition=partition, time_limit=time_limit, slurm_args=slurm_args)
+
+
 # Options shared by pretrain and finetune, declared once.
 Epochs = Annotated[Optional[float], typer.Option(help="Training length in epochs.")]
 Steps = Annotated[Optional[int], typer.Option(help="Training length in optimizer steps (wins over --epochs).")]
@@ -268,6 +306,15 @@ class Progress:
             what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
             count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
             self.console.print(f"[bold magenta]{count}{what}[/]")
+        elif event == "launch":
+            from rich.markup import escape
+
+            self.stop()
+            self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
+                               f"up to {info['parallel']} at once[/]; job logs in "
+                               f"{escape(info['folder'])}", soft_wrap=True)
+        elif event == "job":
+            self._job(info)
         elif event == "fewshot":
             self._print(f"linear {info['shots']}-shot probe of {info['run_id']}")
         elif event == "bench":
@@ -279,6 +326,24 @@ class Progress:
             self.stop()
         elif event == "warning":
             _warn(info["message"], self._print)
+
+    def _job(self, info: dict) -> None:
+        """A launched cell was submitted, or ended (finished, read back or failed)."""
+        from rich.markup import escape  # paths and error messages are not markup
+
+        keys = ("state", "job_id", "index", "of", "run_id", "top1", "error", "log")
+        what = escape(", ".join(f"{k} {v}" for k, v in info.items() if k not in keys))
+        count = escape(f"[{info['index']}/{info['of']}] ") if "index" in info else ""
+        state, job = info["state"], escape(str(info["job_id"]))
+        if state == "submitted":
+            line = f"submitted {what} (job {job})"
+        elif state == "failed":
+            line = (f"[bold red]{count}{what} failed[/] (job {job}): {escape(info['error'])}; "
+                    f"log {escape(info['log'])}")
+        else:
+            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} "
+                    f"{'read back' if state == 'reused' else 'trained'}, top-1 {info['top1']:.2f} %")
+        self.console.print(line, soft_wrap=True)
 
     def progress(self, description: str, done: int, total: int) -> None:
         """The `progress(description, done, total)` callback of evaluate, bench and datasets."""
@@ -346,7 +411,10 @@ def _warn(message: str, printer=None) -> None:
 def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | None = None, **kw):
     """Call a library function with a progress renderer as its `log` (teed to the `trackers`,
     one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
-    each with one sentence."""
+    each with one sentence. Under torchrun the process group is torn down once the function has
+    succeeded on this rank."""
+    from mixerbench.launch import SweepInterrupted
+    from mixerbench.runtime import teardown_distributed
     from mixerbench.trackers import Tracked
     from mixerbench.train import Interrupted, TrainingStopped
 
@@ -355,6 +423,7 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
     status = "failed"  # what a tracker run still open at the end is marked as
     try:
         out = fn(log=log, **kw)
+        teardown_distributed()
         status = "finished"
         return out
     except Interrupted as exc:
@@ -362,6 +431,9 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
         progress.stop()
         fail(f"Interrupted at step {exc.step:,} of {exc.run_dir.name}; a checkpoint was saved in "
              f"{exc.run_dir}. Run the same command again to continue where it stopped.", code=130)
+    except SweepInterrupted as exc:
+        progress.stop()
+        fail(str(exc), code=130)
     except TrainingStopped as exc:
         progress.stop()
         fail(str(exc), code=1)
@@ -604,13 +676,13 @@ def evaluate(
     tracker: TrackerOpt = None,
 ) -> None:
     """Accuracy (top-1, top-5, loss, ReaL), linear few-shot and shuffle invariance of a checkpoint."""
+    if not _rank0():  # one process measures and writes the rows; the others have nothing to do
+        return
     from mixerbench.evaluate import evaluate as run_evaluate
     from mixerbench.results import writable_results_dir
     from mixerbench.trackers import parse_trackers, record_evaluation
 
     trackers = parse_trackers(tracker)
-    if not _rank0():  # one process measures and writes the rows; the others have nothing to do
-        return
     root = writable_results_dir(results_dir)
     progress = Progress(_quiet(ctx))
     try:
@@ -675,11 +747,11 @@ def bench(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Throughput (img/s per device), GMACs, achieved TFLOP/s and MFU; appends to throughput.csv."""
+    if not _rank0():  # one process measures; the others would only compete for the device
+        return
     from mixerbench.bench import bench as run_bench
     from mixerbench.results import writable_results_dir
 
-    if not _rank0():
-        return
     root = writable_results_dir(results_dir)
     progress = Progress(_quiet(ctx))
     try:
@@ -749,6 +821,12 @@ def compare(
     device: Device = None,
     fmt: FormatOpt = Format.table,
     tracker: TrackerOpt = None,
+    launcher: LauncherOpt = None,
+    parallel: ParallelOpt = None,
+    gpus_per_job: GpusPerJobOpt = None,
+    partition: PartitionOpt = None,
+    time_limit: TimeLimitOpt = None,
+    slurm_arg: SlurmArgOpt = None,
 ) -> None:
     """Train each model under one preset and budget, evaluate and bench it; one joined table."""
     from mixerbench.config import parse_set
@@ -763,8 +841,11 @@ def compare(
                models=[m.strip() for m in models.split(",") if m.strip()],
                dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, fewshot=fewshot,
                with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
-               overrides=parse_set(settings))
-    if trackers and _rank0():
+               overrides=parse_set(settings), launcher=_launcher(
+                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
+    if not _rank0():  # under torchrun rank 0 joined the results and reports them
+        return
+    if trackers:
         from mixerbench.report import regenerate
         from mixerbench.results import results_dir as resolve_dir
         from mixerbench.trackers import record
@@ -811,6 +892,12 @@ def reproduce(
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
     device: Device = None,
+    launcher: LauncherOpt = None,
+    parallel: ParallelOpt = None,
+    gpus_per_job: GpusPerJobOpt = None,
+    partition: PartitionOpt = None,
+    time_limit: TimeLimitOpt = None,
+    slurm_arg: SlurmArgOpt = None,
 ) -> None:
     """Run the scaled-down experiment behind a paper table or figure; CSV and figure in results/."""
     from mixerbench.config import parse_set
@@ -819,7 +906,10 @@ def reproduce(
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
                upstream=upstream, models=models.split(",") if models else None,
-               batch_size=batch_size)
+               batch_size=batch_size, launcher=_launcher(
+                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
+    if not _rank0():
+        return
     if "table" in out:
         emit(_records(out["table"]), Format.table, title=f"reproduce {artifact}")
     for path in out.get("written", []):

@@ -299,61 +299,76 @@ def _card(*, title: str, run_id: str | None, src: Path, rec: dict, label: str, f
           paper_name: str, arch: str, config: dict, cfg, summary: dict | None, gelu: str | None,
           check: dict, pipeline: str, license: str, repo_id: str | None,
           out_dir: Path) -> str:
-    from mixerbench.data.transforms import PIPELINES
-
-    pc = config["pretrained_cfg"]
+    """The model card: what was exported, its results, recipe, provenance, how timm rebuilds
+    it, how to use it, and the paper's citation (one section per helper below)."""
     lines = [_yaml_front(license, _hub_datasets(cfg.data.dataset) if cfg else []), f"# {title}", ""]
     who = f"run `{run_id}`" if run_id else f"the checkpoint `{src.name}`"
     lines.append(f"{paper_name} (`{label}`, {family} family) exported from mixerbench {who} as "
                  f"timm's `{arch}`. mixerbench reproduces the benchmarks of *MLP-Mixer: An all-MLP "
                  "Architecture for Vision* (Tolstikhin et al., 2021, arXiv:2105.01601).")
     lines.append("")
-
-    lines += ["## Results", ""]
-    if summary:
-        lines += ["| dataset | split | top-1 (%) | top-5 (%) | loss | image size | eval crop |",
-                  "|---|---|---|---|---|---|---|",
-                  f"| {summary['dataset']} | {summary['split']} | {summary['top1']:.2f} | "
-                  f"{summary['top5']:.2f} | {summary['loss']:.4f} | {summary['img_size']} | "
-                  f"{pipeline} |", ""]
-    elif cfg is not None:
-        lines += [f"Unknown: run `{run_id}` has no summary.json (it had not finished), so there are "
-                  f"no final metrics; the weights are its last checkpoint (step "
-                  f"{rec.get('step', 'unknown')}).", ""]
-    else:
-        lines += [f"Unknown: the checkpoint `{src.name}` records only the architecture (and step "
-                  f"{rec.get('step', 'unknown')}); the training data, recipe, metrics and provenance "
-                  "are not known. Export the run directory instead of the file to include them.", ""]
-
+    lines += _card_results(run_id, src, rec, cfg, summary, pipeline)
     if cfg is not None:
-        d, o, m = cfg.data, cfg.optim, cfg.model
-        opt = (f"{o.name}, lr {o.lr:g}, weight decay {o.weight_decay:g}, "
-               + (f"betas ({o.beta1:g}, {o.beta2:g})" if o.name == "adam" else f"momentum {o.momentum:g}"))
-        warm = (f"{o.warmup_frac:g} of the steps" if o.warmup_frac is not None else f"{o.warmup_steps:,} steps")
-        length = (f"{summary['steps']:,} steps ({summary['epochs']:g} epochs)" if summary else
-                  f"{cfg.steps:,} steps" if cfg.steps else f"{cfg.epochs:g} epochs")
-        rows = [("kind", cfg.kind + (f" from `{cfg.init}`" if cfg.init else "")),
-                ("preset", cfg.preset or "none"),
-                ("model", f"`{m.name}`, image size {rec['img_size']}"
-                 + (f", patch {rec['patch_size']}" if rec.get("patch_size") else "")),
-                ("dataset", f"{d.dataset} (train split `{d.train_split}`"
-                 + (f", fraction {d.fraction:g}" if d.fraction else "") + ")"),
-                ("optimizer", opt),
-                ("schedule", f"{o.schedule}, warm-up {warm}, gradient clipping at norm {o.clip_norm:g}"),
-                ("length", length),
-                ("batch", f"{d.batch_size:,}" + (f" ({cfg.accum_steps} accumulation steps)" if cfg.accum_steps > 1 else "")),
-                ("augmentation", f"`{d.pipeline}`: {PIPELINES.get(d.pipeline, '')}; RandAugment m "
-                 f"{d.randaug_m}, mixup p {d.mixup_p:g}, label smoothing {d.label_smoothing:g}"),
-                ("regularisation", f"drop_path {m.drop_path:g}, dropout {m.dropout:g}"),
-                ("eval pipeline", f"`{d.eval_pipeline}`: {PIPELINES.get(d.eval_pipeline, '')}"),
-                ("seed", str(cfg.seed))]
-        if family == "mixer" and gelu:
-            rows.append(("GELU", "tanh approximation (the official code's)" if gelu == "tanh" else "exact"))
-        lines += ["## Recipe", "", "| setting | value |", "|---|---|"]
-        lines += [f"| {k} | {_cell(v)} |" for k, v in rows]
-        lines += ["", f"The full configuration is the run's `config.json` (config hash "
-                  f"`{_config_hash(cfg)}`).", ""]
+        lines += _card_recipe(cfg, rec, summary, family, gelu)
+    lines += _card_provenance(run_id, cfg, summary)
+    lines += _card_timm(arch, config, cfg, gelu, check, pipeline)
+    lines += _card_usage(config, repo_id, out_dir)
+    lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
+    return "\n".join(lines)
 
+
+def _card_results(run_id, src: Path, rec: dict, cfg, summary: dict | None, pipeline: str) -> list[str]:
+    lines = ["## Results", ""]
+    if summary:
+        return lines + [
+            "| dataset | split | top-1 (%) | top-5 (%) | loss | image size | eval crop |",
+            "|---|---|---|---|---|---|---|",
+            f"| {summary['dataset']} | {summary['split']} | {summary['top1']:.2f} | "
+            f"{summary['top5']:.2f} | {summary['loss']:.4f} | {summary['img_size']} | "
+            f"{pipeline} |", ""]
+    if cfg is not None:
+        return lines + [f"Unknown: run `{run_id}` has no summary.json (it had not finished), so "
+                        f"there are no final metrics; the weights are its last checkpoint (step "
+                        f"{rec.get('step', 'unknown')}).", ""]
+    return lines + [f"Unknown: the checkpoint `{src.name}` records only the architecture (and "
+                    f"step {rec.get('step', 'unknown')}); the training data, recipe, metrics and "
+                    "provenance are not known. Export the run directory instead of the file to "
+                    "include them.", ""]
+
+
+def _card_recipe(cfg, rec: dict, summary: dict | None, family: str, gelu: str | None) -> list[str]:
+    from mixerbench.data.transforms import PIPELINES
+
+    d, o, m = cfg.data, cfg.optim, cfg.model
+    opt = (f"{o.name}, lr {o.lr:g}, weight decay {o.weight_decay:g}, "
+           + (f"betas ({o.beta1:g}, {o.beta2:g})" if o.name == "adam" else f"momentum {o.momentum:g}"))
+    warm = (f"{o.warmup_frac:g} of the steps" if o.warmup_frac is not None else f"{o.warmup_steps:,} steps")
+    length = (f"{summary['steps']:,} steps ({summary['epochs']:g} epochs)" if summary else
+              f"{cfg.steps:,} steps" if cfg.steps else f"{cfg.epochs:g} epochs")
+    rows = [("kind", cfg.kind + (f" from `{cfg.init}`" if cfg.init else "")),
+            ("preset", cfg.preset or "none"),
+            ("model", f"`{m.name}`, image size {rec['img_size']}"
+             + (f", patch {rec['patch_size']}" if rec.get("patch_size") else "")),
+            ("dataset", f"{d.dataset} (train split `{d.train_split}`"
+             + (f", fraction {d.fraction:g}" if d.fraction else "") + ")"),
+            ("optimizer", opt),
+            ("schedule", f"{o.schedule}, warm-up {warm}, gradient clipping at norm {o.clip_norm:g}"),
+            ("length", length),
+            ("batch", f"{d.batch_size:,}" + (f" ({cfg.accum_steps} accumulation steps)" if cfg.accum_steps > 1 else "")),
+            ("augmentation", f"`{d.pipeline}`: {PIPELINES.get(d.pipeline, '')}; RandAugment m "
+             f"{d.randaug_m}, mixup p {d.mixup_p:g}, label smoothing {d.label_smoothing:g}"),
+            ("regularisation", f"drop_path {m.drop_path:g}, dropout {m.dropout:g}"),
+            ("eval pipeline", f"`{d.eval_pipeline}`: {PIPELINES.get(d.eval_pipeline, '')}"),
+            ("seed", str(cfg.seed))]
+    if family == "mixer" and gelu:
+        rows.append(("GELU", "tanh approximation (the official code's)" if gelu == "tanh" else "exact"))
+    return (["## Recipe", "", "| setting | value |", "|---|---|"]
+            + [f"| {k} | {_cell(v)} |" for k, v in rows]
+            + ["", f"The full configuration is the run's `config.json` (config hash "
+               f"`{_config_hash(cfg)}`).", ""])
+
+
+def _card_provenance(run_id, cfg, summary: dict | None) -> list[str]:
     if summary:
         prov = [("run id", f"`{summary['run_id']}`"), ("date", summary.get("timestamp", "unknown")),
                 ("git commit", f"`{summary.get('git_sha', 'unknown')}`"),
@@ -363,19 +378,24 @@ def _card(*, title: str, run_id: str | None, src: Path, rec: dict, label: str, f
                  f"{summary.get('dtype')}" + (", compiled" if summary.get("compiled") else "")),
                 ("training time", f"{summary.get('train_seconds', 0):,.1f} s "
                  f"({summary.get('device_hours', 0):g} device-hours)")]
-        lines += ["## Provenance", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in prov] + [""]
-    elif cfg is not None:
-        lines += ["## Provenance", "", f"Run id `{run_id}`; no summary.json, so the commit, "
-                  "versions, device and date are unknown.", ""]
+        return ["## Provenance", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in prov] + [""]
+    if cfg is not None:
+        return ["## Provenance", "", f"Run id `{run_id}`; no summary.json, so the commit, "
+                "versions, device and date are unknown.", ""]
+    return []
 
+
+def _card_timm(arch: str, config: dict, cfg, gelu: str | None, check: dict,
+               pipeline: str) -> list[str]:
+    pc = config["pretrained_cfg"]
     crop = (f"resize to {pc['input_size'][-1]} px" if pipeline == "eval-plain" else
             f"{'resize to a square' if pc['crop_mode'] == 'squash' else 'resize the shorter side'} of "
             f"{math.floor(pc['input_size'][-1] / pc['crop_pct'])} px, centre crop {pc['input_size'][-1]} px")
-    lines += ["## timm", "",
-              f"- architecture `{arch}`, model_args `{json.dumps(config.get('model_args', {}))}`",
-              f"- preprocessing as mixerbench evaluated it (`{pipeline}`"
-              + ("" if cfg is not None else ", mixerbench evaluate's default for a checkpoint without its run")
-              + f"): {crop}, {pc['interpolation']}, values scaled to [-1, 1] (mean = std = 0.5)"]
+    lines = ["## timm", "",
+             f"- architecture `{arch}`, model_args `{json.dumps(config.get('model_args', {}))}`",
+             f"- preprocessing as mixerbench evaluated it (`{pipeline}`"
+             + ("" if cfg is not None else ", mixerbench evaluate's default for a checkpoint without its run")
+             + f"): {crop}, {pc['interpolation']}, values scaled to [-1, 1] (mean = std = 0.5)"]
     agree = ("" if check["top1_agreement"] is None else
              f"top-1 agreement {check['top1_agreement']:.2f} %, ")
     lines.append(f"- checked at export: timm's rebuild against mixerbench's model on {check['what']}: "
@@ -384,23 +404,23 @@ def _card(*, title: str, run_id: str | None, src: Path, rec: dict, label: str, f
         lines.append("- GELU: this Mixer was trained with the tanh-approximate GELU of the official "
                      "code; timm's MlpMixer uses the exact GELU and cannot be configured otherwise, "
                      "so its outputs differ slightly from the trained model's (the figures above)")
-    lines.append("")
+    return lines + [""]
 
+
+def _card_usage(config: dict, repo_id: str | None, out_dir: Path) -> list[str]:
     where = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{out_dir}"
     labels = "model.pretrained_cfg['label_names'][top]" if config.get("label_names") else "top"
-    lines += ["## How to use", "", "```python", "import timm", "import torch", "from PIL import Image",
-              "", f'model = timm.create_model("{where}", pretrained=True).eval()'
-              + ("" if repo_id else '  # or "hf-hub:<repo id>" once uploaded'),
-              "config = timm.data.resolve_model_data_config(model)",
-              "transform = timm.data.create_transform(**config, is_training=False)",
-              'image = Image.open("image.jpg").convert("RGB")',
-              "with torch.no_grad():",
-              "    top = model(transform(image).unsqueeze(0)).argmax(-1).item()",
-              f"print({labels})", "```", "",
-              "`pretrained=True` loads these weights; without it timm builds the architecture with "
-              "random weights.", ""]
-    lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
-    return "\n".join(lines)
+    return ["## How to use", "", "```python", "import timm", "import torch", "from PIL import Image",
+            "", f'model = timm.create_model("{where}", pretrained=True).eval()'
+            + ("" if repo_id else '  # or "hf-hub:<repo id>" once uploaded'),
+            "config = timm.data.resolve_model_data_config(model)",
+            "transform = timm.data.create_transform(**config, is_training=False)",
+            'image = Image.open("image.jpg").convert("RGB")',
+            "with torch.no_grad():",
+            "    top = model(transform(image).unsqueeze(0)).argmax(-1).item()",
+            f"print({labels})", "```", "",
+            "`pretrained=True` loads these weights; without it timm builds the architecture with "
+            "random weights.", ""]
 
 
 def _cell(text: str) -> str:

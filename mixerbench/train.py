@@ -105,14 +105,22 @@ def make_optimizer(model, cfg: RunConfig, fused: bool):
 
 
 def pick_device(cfg: RunConfig, local_rank: int) -> str:
-    """The configured device (checked as `bench` checks it), else this rank's GPU, else CPU."""
+    """The configured device (checked as `bench` checks it), else this rank's GPU, else CPU.
+
+    A plain `cuda` means this rank's GPU, so `--device cuda` under torchrun does not put every
+    rank on GPU 0. Ranks are mapped onto the GPUs this process can see: all of the node's (as
+    torchrun leaves them: cuda:LOCAL_RANK) or only its own (a SLURM task bound to one GPU, or
+    CUDA_VISIBLE_DEVICES set per rank: cuda:0).
+    """
     import torch
 
     from mixerbench.runtime import resolve_device
 
-    if cfg.device:
-        return resolve_device(cfg.device)
-    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device) if cfg.device else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return device
 
 
 @contextmanager
@@ -594,9 +602,9 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     unfinished one continues from its last checkpoint. `experiment` tags the accuracy row
     (`compare:<preset>`, `shuffle`, ...) so tables and figures can tell experiments apart; it is
     not part of the configuration, so the same run serves any experiment that asks for it.
+    Under torchrun every rank returns the same summary.
     """
     import torch
-    import torch.distributed as dist
 
     log = log or (lambda event, info: None)
     root = results.writable_results_dir(root)
@@ -614,7 +622,9 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
         # one process trains a run at a time; a second waits, then finds it finished
         with files.locked(run_dir / RUN_LOCK) if run.rank == 0 else nullcontext():
             check_owner(run_dir, cfg)  # another process may have claimed it while we waited
-            if read_summary(run_dir) is not None:
+            # rank 0 alone holds the lock, so its finding decides for every rank: a rank that
+            # trained while rank 0 read back would wait in a collective forever
+            if _from_rank0(run, read_summary(run_dir) is not None):
                 return _finished(run_dir, root, resume, log, experiment)
             if run.rank == 0:
                 for tmp in run_dir.glob(".*.tmp"):  # writes cut short by a kill
@@ -625,9 +635,8 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
                 s, run.total, run.warmup, cfg.optim.schedule, cfg.optim.end_factor))
             p = restore(run, optimizer, scheduler, log)
             _loop(run, optimizer, scheduler, p, log)
-            summary = finish(run, p, experiment) if run.rank == 0 else {}
-            if run.world > 1:
-                dist.barrier()
+            # every rank returns rank 0's summary (callers such as the lr grid read its top-1)
+            summary = _from_rank0(run, finish(run, p, experiment) if run.rank == 0 else None)
             log("end", dict(summary, run_dir=str(run_dir)))
             return dict(summary, run_dir=str(run_dir), reused=False)
     except OSError as exc:
@@ -644,6 +653,17 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
 
             shutil.rmtree(run_dir, ignore_errors=True)
         raise
+
+
+def _from_rank0(run: Run, value):
+    """`value` as rank 0 has it, on every rank (a collective: every rank must call it)."""
+    if run.world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
 
 
 def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
