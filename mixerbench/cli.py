@@ -991,3 +991,21 @@ def export_cmd(
     console.print(f"load it with timm.create_model(\"local-dir:{escape(res['out_dir'])}\", pretrained=True)")
     if url:
         console.print(f"pushed to {escape(url)}")
+
+
+# -------------------------------------------------------------------------------------- upgrade
+
+
+@app.command()
+@user_errors
+def upgrade(results_dir: ResultsDir = None) -> None:
+    """Rewrite results CSVs written by an older mixerbench under today's columns (rows kept, new
+    columns empty); files with columns this version does not know are refused, never guessed at."""
+    from mixerbench.results import results_dir as resolve_dir, upgrade_all
+
+    done = upgrade_all(results_dir)
+    for path in done:
+        _console().print(f"upgraded {path}")
+    if not done:
+        _console().print(f"nothing to upgrade in {resolve_dir(results_dir)}: every results file "
+                         "already has this version's columns")

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import pytest
 
-from mixerbench import results
+from mixerbench.launch import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,9 +215,7 @@ def test_local_sweep_survives_sigterm_and_sigkill_without_duplicate_rows(tmp_pat
 
 
 # A tiny cell for in-process jobs: the smoke preset's Mixer at width 16, one block.
-def tiny_cell(root, **kw) -> "Cell":
-    from mixerbench.launch import Cell
-
+def tiny_cell(root, **kw) -> Cell:
     return Cell("smoke", "mixer", str(root), dataset="synthetic",
                 flags={"steps": 4, "device": "cpu", "model.img_size": 32},
                 overrides={"model.width": "16", "model.depth": "1", "data.batch_size": "50"},
