@@ -561,3 +561,15 @@ def test_an_evaluation_never_hides_the_training_row():
              kind="evaluate")])
     kept = tables.latest_per_run(acc)
     assert len(kept) == 1 and kept.iloc[0]["train_seconds"] == 100.0
+
+
+def test_the_compare_table_keeps_the_order_it_is_given():
+    """Launched cells append in the order they finish; compare sorts rows into cell order and
+    the table must keep it (it once re-sorted them into file order)."""
+    acc = frame("accuracy", [
+        dict(run_id=r, model=m, dataset="d", split="test", img_size=32, top1=t,
+             train_seconds=10.0, kind="pretrain")
+        for r, m, t in (("b", "vit-t4", 70.0), ("a", "mixer-t4", 80.0), ("a", "mixer-t4", 80.0))])
+    given = acc.iloc[[1, 0]]  # the caller's order: mixer first, although its row came second
+    assert list(tables.compare_table(given)["model"]) == ["mixer-t4", "vit-t4"]
+    assert list(tables.latest_per_run(acc)["run_id"]) == ["b", "a"]
