@@ -10,6 +10,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 
+ROOT = Path(__file__).resolve().parents[1]
 # ../shared/data next to the checkout holds offline dataset copies (cifar10/ in hub parquet layout).
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
@@ -35,3 +36,28 @@ def data_shared_dir() -> Path:
     if not (SHARED_DATA / "cifar10").is_dir():
         pytest.skip(f"no offline CIFAR-10 copy at {SHARED_DATA / 'cifar10'}")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """One intra-op thread for in-process runs, restored after the module. The models here are
+    tiny, and on a busy 2-core machine OpenMP threads waiting on each other make small ops
+    20-100x slower (measured: 4 ms vs 500 ms per batched-op sweep, a LayerNorm 20x)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="module")
+def child_env(data_offline_cache):
+    """Environment of every child process: this checkout's package, offline, one shared
+    dataset cache, one thread per process (2 cores are shared by all of them)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
+               MIXERBENCH_CACHE=str(data_offline_cache), OMP_NUM_THREADS="1",
+               PYTHONPATH=str(ROOT))
+    for key in ("MIXERBENCH_RESULTS", "MIXERBENCH_DATA", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        env.pop(key, None)
+    return env

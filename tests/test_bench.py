@@ -11,14 +11,8 @@ from mixerbench import bench as B
 from mixerbench import runtime as R
 from mixerbench.errors import UserError
 
-
-@pytest.fixture(scope="module", autouse=True)
-def bench_one_thread():
-    """Tiny models on a busy 2-core machine: one intra-op thread avoids OpenMP contention."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# in-process runs on one thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def test_summarize_is_pure_arithmetic():

@@ -19,19 +19,13 @@ from mixerbench.data import decode, hub
 from mixerbench.data import transforms as T
 from mixerbench.errors import UserError
 
+# in-process runs on one thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 CLASSES = ["ant", "bee", "cat"]
 
 
 # ---------------------------------------------------------------- fixtures
-
-@pytest.fixture(scope="module", autouse=True)
-def data_one_thread():
-    """One intra-op thread: the batched ops here are small, and on a busy 2-core machine OpenMP
-    threads waiting on each other make each op ~100x slower (measured: 4 ms vs 500 ms per op sweep)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
 
 
 @pytest.fixture(scope="session")

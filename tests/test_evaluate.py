@@ -17,15 +17,8 @@ from mixerbench.evaluate import (
     parse_shots, real_accuracy, shuffle_eval,
 )
 
-
-@pytest.fixture(scope="module", autouse=True)
-def eval_one_thread():
-    """Tiny models gain nothing from intra-op threads, and on a busy 2-core machine OpenMP
-    threads contend (a LayerNorm took 20x longer); restored after the module."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
+# in-process runs on one thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def _direct_weights(x, y, k, l2):

@@ -31,6 +31,9 @@ from typer.testing import CliRunner
 from mixerbench import results
 from mixerbench.cli import app
 
+# in-process runs on one thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ["--preset", "smoke", "--dataset", "synthetic", "--img-size", "32", "--device", "cpu",
         "--set", "model.width=16", "--set", "model.depth=1", "--set", "data.batch_size=50"]
@@ -62,14 +65,6 @@ def refused(r) -> str:
     assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
     assert "Traceback" not in r.output and len(lines) == 1 and lines[0].startswith("error: "), r.output
     return lines[0]
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="module")

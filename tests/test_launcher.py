@@ -29,18 +29,6 @@ TINY = ["--dataset", "synthetic", "--set", "model.width=16", "--set", "model.dep
         "--set", "data.batch_size=50", "--steps", "4", "--device", "cpu"]
 
 
-@pytest.fixture(scope="module")
-def child_env(data_offline_cache):
-    """Environment of every child process: this checkout's package, offline, one shared
-    dataset cache, one thread per process (2 cores are shared by all of them)."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               MIXERBENCH_CACHE=str(data_offline_cache), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT))
-    for key in ("MIXERBENCH_RESULTS", "MIXERBENCH_DATA", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
-        env.pop(key, None)
-    return env
-
-
 def torchrun(args, env, timeout: float = 120) -> tuple[int, str]:
     """`torchrun --standalone --nproc_per_node 2 -m mixerbench --quiet ARGS`: exit status and
     stdout+stderr of all processes (torchrun passes its workers' streams through)."""
@@ -92,7 +80,6 @@ def test_torchrun_pretrain_finetune_evaluate_as_documented(tmp_path, child_env):
     assert len(rows(tmp_path / "fewshot.csv")) == 1
     assert out.count("on synthetic (test, 32 px") == 1, out
     assert out.count("rows appended under") == 1
-
 
 
 @pytest.mark.slow
@@ -220,17 +207,6 @@ def tiny_cell(root, **kw) -> Cell:
                 flags={"steps": 4, "device": "cpu", "model.img_size": 32},
                 overrides={"model.width": "16", "model.depth": "1", "data.batch_size": "50"},
                 experiment="test", **kw)
-
-
-@pytest.fixture
-def one_thread():
-    """In-process training on one thread, like the child processes (a busy 2-core machine)."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture

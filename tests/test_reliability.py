@@ -30,6 +30,9 @@ from typer.testing import CliRunner
 from mixerbench import results
 from mixerbench.cli import app
 
+# in-process runs on one thread (conftest.one_thread)
+pytestmark = pytest.mark.usefixtures("one_thread")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 # A tiny Mixer on the synthetic set; a smoke preset otherwise (AdamW, linear schedule, clipping).
@@ -45,28 +48,6 @@ NOT_RESULTS = {"train_seconds", "device_hours", "timestamp", "git_sha", "img_per
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """In-process runs on one thread, like the child processes (OMP_NUM_THREADS=1): torch was
-    imported before the CLI could ask for passive OpenMP waiting, and spinning threads are very
-    slow on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
-@pytest.fixture(scope="module")
-def child_env(data_offline_cache):
-    """Environment of every child process: offline, one shared dataset cache, one thread."""
-    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1",
-               MIXERBENCH_CACHE=str(data_offline_cache), OMP_NUM_THREADS="1",
-               PYTHONPATH=str(ROOT))
-    for key in ("MIXERBENCH_RESULTS", "MIXERBENCH_DATA"):
-        env.pop(key, None)
-    return env
 
 
 def start(args, env, **kw) -> subprocess.Popen:
@@ -101,7 +82,7 @@ def metrics_step(root: Path) -> int:
 
 
 def saved_step(run: Path) -> int:
-    return torch.load(run / "state-last.pt", map_location="cpu", weights_only=False)["step"]
+    return torch.load(run / "state-last.pt", map_location="cpu", weights_only=True)["step"]
 
 
 def weights(run: Path) -> dict:
@@ -584,7 +565,7 @@ def test_nan_loss_exits_1_with_one_message_and_keeps_last_good_checkpoint(tmp_pa
     run = run_dir(tmp_path)
     assert not (run / "summary.json").exists() and not (tmp_path / "accuracy.csv").exists()
     assert all(torch.isfinite(v).all() for v in weights(run).values())
-    state = torch.load(run / "state-last.pt", map_location="cpu", weights_only=False)
+    state = torch.load(run / "state-last.pt", map_location="cpu", weights_only=True)
     assert 1 <= state["step"] < 40
     assert all(torch.isfinite(v).all() for v in state["model"].values())
 
@@ -638,7 +619,7 @@ def test_disk_full_is_reported_and_the_same_command_resumes(tmp_path, monkeypatc
     for f, data in snapshot.items():
         assert (run / f).read_bytes() == data, f"{f} changed"
     weights(run)  # loadable
-    torch.load(run / "state-last.pt", map_location="cpu", weights_only=False)
+    torch.load(run / "state-last.pt", map_location="cpu", weights_only=True)
     assert not list(tmp_path.rglob("*.tmp"))
     again = CliRunner().invoke(app, [*SHORT, "--results-dir", str(tmp_path)])
     assert again.exit_code == 0, again.output

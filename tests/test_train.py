@@ -156,7 +156,7 @@ def test_resume_after_a_kill_is_bitwise_exact(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         train(cfg, tmp_path / "b", log=kill_at_10)
     state = torch.load(Path(straight["run_dir"].replace("/a/", "/b/")) / "state-last.pt",
-                       weights_only=False)
+                       weights_only=True)
     assert state["step"] == 9
     resumed = train(cfg, tmp_path / "b")
     a, b = final_state(straight), final_state(resumed)
@@ -194,7 +194,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 
     state = load_file(str(run / "checkpoint-last.safetensors"))
     assert all(torch.isfinite(v).all() for v in state.values())
-    saved = torch.load(run / "state-last.pt", weights_only=False)["step"]
+    saved = torch.load(run / "state-last.pt", weights_only=True)["step"]
     assert 1 <= saved < 40
 
 
@@ -290,7 +290,7 @@ def test_two_process_ddp_gives_identical_weights(tmp_path):
                            "--nproc_per_node", "2", str(script)], env=env, capture_output=True,
                           text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    a, b = torch.load(tmp_path / "rank0.pt"), torch.load(tmp_path / "rank1.pt")
+    a, b = (torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in (0, 1))
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert len(results.load("accuracy", tmp_path)) == 1  # rank 0 alone writes
     assert results.load("accuracy", tmp_path).loc[0, "num_devices"] == 2
