@@ -573,3 +573,11 @@ def test_the_compare_table_keeps_the_order_it_is_given():
     given = acc.iloc[[1, 0]]  # the caller's order: mixer first, although its row came second
     assert list(tables.compare_table(given)["model"]) == ["mixer-t4", "vit-t4"]
     assert list(tables.latest_per_run(acc)["run_id"]) == ["b", "a"]
+
+
+def test_data_scaling_ticks_round_the_epochs_each_subset_got():
+    """Equal steps give 9.9994 epochs of the full set, not 9: the tick says 10 ep."""
+    df = scaling_fixture()
+    df["epochs"] = df["fraction"].map({0.03: 333.31, 0.1: 99.993, 0.3: 33.331, 1.0: 9.9994})
+    ticks = [t.get_text() for t in figures.data_scaling(df).axes[0].get_xticklabels()]
+    assert ticks == ["3%\n333 ep", "10%\n100 ep", "30%\n33 ep", "100%\n10 ep"], ticks

@@ -226,7 +226,7 @@ _PAPER_PANEL_TITLES = {
 def _paper_label(r, with_pretrain: bool) -> str:
     size = r.get("img_size")
     at = f"@{int(size)}" if size == size and size is not None and size != 224 else ""
-    ep = f" {int(r['epochs'])}ep" if r.get("_dup") and r.get("epochs") == r.get("epochs") else ""
+    ep = f" {round(r['epochs']):g}ep" if r.get("_dup") and r.get("epochs") == r.get("epochs") else ""
     up = f" ({_PRETRAIN_SHORT.get(r['pretrain'], r['pretrain'])})" if with_pretrain else ""
     return f"{r['paper_name']}{at}{ep}{up}"
 
@@ -482,7 +482,7 @@ def data_scaling(scaling_df: pd.DataFrame, *, dataset: str | None = None) -> Fig
             f = v / 100
             ep = epochs_at.get(min(fractions, key=lambda q: abs(q - f)), [])
             pct = f"{v:g}%"
-            return pct + (f"\n{int(ep[0])} ep" if len(ep) == 1 else "")
+            return pct + (f"\n{round(ep[0]):g} ep" if len(ep) == 1 else "")
 
         ax.xaxis.set_major_formatter(FuncFormatter(fmt))
         _pad_limits(ax, d["top1"])
