@@ -750,7 +750,7 @@ def reproduce(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
     upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
-    models: Annotated[Optional[str], typer.Option(help="throughput: comma-separated models.")] = None,
+    models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
     settings: SetOpt = None,
     results_dir: ResultsDir = None,

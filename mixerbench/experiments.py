@@ -371,8 +371,8 @@ def scaling_steps(full_epochs: float, train_size: int, batch_size: int) -> int:
 
 
 def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=None,
-                           data_dir=None, models=("mixer", "vit", "resnet"), overrides=None,
-                           log: Log = _noop, **_) -> dict:
+                           data_dir=None, models=None, overrides=None, log: Log = _noop,
+                           **_) -> dict:
     """Paper Figure 2 (right): accuracy against the amount of pre-training data.
 
     Claim: on 3 / 10 / 30 / 100 % subsets of JFT-300M at equal compute (233 / 70 / 23 / 7
@@ -393,6 +393,7 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     from mixerbench.report import regenerate
 
     preset, epochs_full, ds, over = _budget(budget, dataset, overrides)
+    models = models or ("mixer", "vit", "resnet")  # --models picks some of the families
     base = get_preset(preset)
     # smoke: 2 epochs of the full set at batch 32, so 12 runs fit in minutes on a CPU
     full = 2 if budget == "smoke" else (epochs_full or base.epochs or 1)
