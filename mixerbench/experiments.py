@@ -408,9 +408,12 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     for model in models:
         for fraction in SCALING_EPOCHS:
             log("cell", dict(model=model, fraction=fraction, steps=steps))
+            # the same ten evaluations for every subset (once per epoch would evaluate the 3 %
+            # run 333 times on the whole test split)
             s = run_cell(preset, model, root=root, log=log, dataset=ds, experiment="data-scaling",
                          flags={**_common_flags(None, data_dir, device), "steps": steps},
-                         overrides={**over, "data.fraction": str(fraction)})
+                         overrides={"eval_every": str(max(1, steps // 10)), **over,
+                                    "data.fraction": str(fraction)})
             few5 = _fewshot5(s, root, data_dir, device)
             for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
                 row = dict(run_id=s["run_id"], model=s["model"], family=s.get("family"),
