@@ -232,15 +232,19 @@ class Budget:
     epochs: float | None   # None: the preset's own
     dataset: str
     overrides: tuple = ()  # (key, value) pairs applied after the preset
+    # data-scaling: the epochs over the full split that every subset's run gets in steps
+    # (None: `epochs`); long enough that the 100 % point is trained out, not cut short
+    scaling_epochs: float | None = None
 
 
 BUDGETS = {
     # mnist-5k, 28 px: minutes on 2 CPU cores; shows the pipelines run, not the paper's trends
-    "smoke": Budget("smoke", None, "mnist-5k"),
+    "smoke": Budget("smoke", None, "mnist-5k", scaling_epochs=2),
     # CIFAR-10 at 32 px with the smoke preset's small models (flip allowed: natural images),
     # 10 epochs over the full training split; an hour or more per experiment on 2 CPU cores
     # (needs a local copy, --data-dir)
-    "cpu": Budget("smoke", 10, "cifar10", (("data.pipeline", "small"), ("model.img_size", "32"))),
+    "cpu": Budget("smoke", 10, "cifar10", (("data.pipeline", "small"), ("model.img_size", "32")),
+                  scaling_epochs=30),
     # CIFAR-10 with the cifar10-scratch recipe: minutes on one GPU
     "small": Budget("cifar10-scratch", 10, "cifar10"),
     "full": Budget("cifar10-scratch", None, "cifar10"),
@@ -385,8 +389,8 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     Rows go to scaling.csv, with each run's steps and epochs.
     Expected: the paper's claim is the test; the committed rows and results/README.md say what
     was measured. Runtime: smoke budget about 5 minutes on 2 CPU cores (2 epochs of mnist-5k:
-    under-trained at 100 %); cpu budget (CIFAR-10, 10 epochs at 100 %, so 333 at 3 %) a few
-    hours.
+    under-trained at 100 %); cpu budget (CIFAR-10, 30 epochs' steps at 100 %, so 1,000 at 3 %)
+    about 4 hours.
     """
     from mixerbench.data import get_dataset
     from mixerbench.presets import get_preset
@@ -396,7 +400,7 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     models = models or ("mixer", "vit", "resnet")  # --models picks some of the families
     base = get_preset(preset)
     # smoke: 2 epochs of the full set at batch 32, so 12 runs fit in minutes on a CPU
-    full = 2 if budget == "smoke" else (epochs_full or base.epochs or 1)
+    full = BUDGETS[budget].scaling_epochs or epochs_full or base.epochs or 1
     if budget == "smoke":  # the smallest subset must still fill a batch: 3 % of 4,000 is 120
         over.setdefault("data.batch_size", "32")
     batch = int(over.get("data.batch_size") or base.data.batch_size)
