@@ -201,6 +201,44 @@ Device = Annotated[Optional[str], typer.Option(help="cuda, cuda:1 or cpu (defaul
 FormatOpt = Annotated[Format, typer.Option("--format", "-f", help="Output format.")]
 SetOpt = Annotated[Optional[list[str]], typer.Option(
     "--set", help="Override any setting, e.g. --set optim.lr=0.01 --set model.drop_path=0.1.")]
+
+
+# Options of the sweeps (compare, reproduce), declared once.
+class LauncherKind(str, Enum):
+    local = "local"
+    slurm = "slurm"
+
+
+LauncherOpt = Annotated[Optional[LauncherKind], typer.Option(
+    "--launcher", help="Run the cells as jobs through submitit: local (processes here, --parallel at once) or slurm (a job per cell). Default: one after another in this process.")]
+ParallelOpt = Annotated[Optional[int], typer.Option(
+    "--parallel", help="Cells at once (local default: one per GPU slot, else 1; slurm: all, queued).")]
+GpusPerJobOpt = Annotated[Optional[int], typer.Option(
+    "--gpus-per-job", help="GPUs per cell, one torch.distributed process each (default 1 on slurm and CUDA machines, else 0).")]
+PartitionOpt = Annotated[Optional[str], typer.Option("--partition", help="slurm: the partition.")]
+TimeLimitOpt = Annotated[Optional[int], typer.Option(
+    "--time-limit", help="Wall-clock minutes per job (required for slurm; a timed-out job requeues and resumes).")]
+SlurmArgOpt = Annotated[Optional[list[str]], typer.Option(
+    "--slurm-arg", help="slurm: another sbatch option as key=value, e.g. --slurm-arg account=my-lab.")]
+
+
+def _launcher(kind: LauncherKind | None, parallel, gpus_per_job, partition, time_limit,
+              slurm_args):
+    """The `--launcher` options as a `launch.Launcher` (None: serial); launcher options
+    without `--launcher` are an error rather than silently serial."""
+    if kind is None:
+        given = [name for name, v in (("--parallel", parallel), ("--gpus-per-job", gpus_per_job),
+                                      ("--partition", partition), ("--time-limit", time_limit),
+                                      ("--slurm-arg", slurm_args)) if v not in (None, [])]
+        if given:
+            fail(f"{', '.join(given)} only apply with --launcher local or --launcher slurm.")
+        return None
+    from mixerbench.launch import make_launcher
+
+    return make_launcher(kind.value, parallel=parallel, gpus_per_job=gpus_per_job,
+                         partition=partition, time_limit=time_limit, slurm_args=slurm_args)
+
+
 # Options shared by pretrain and finetune, declared once.
 Epochs = Annotated[Optional[float], typer.Option(help="Training length in epochs.")]
 Steps = Annotated[Optional[int], typer.Option(help="Training length in optimizer steps (wins over --epochs).")]
@@ -212,6 +250,10 @@ Resume = Annotated[bool, typer.Option(help="Continue an unfinished run (the same
 Compile = Annotated[Optional[bool], typer.Option("--compile/--no-compile", help="torch.compile (default: on for CUDA).")]
 PrintConfig = Annotated[bool, typer.Option(
     "--print-config", help="Print the resolved configuration (config.json) and exit.")]
+TrackerOpt = Annotated[Optional[str], typer.Option(
+    "--tracker", help="Also log to experiment trackers, any of tensorboard,wandb,mlflow "
+    "(comma-separated; offline files under the results folder; pip install "
+    "\"mixerbench\\[trackers]\"). The CSVs stay the record.")]
 
 
 # -------------------------------------------------------------------------------- progress
@@ -264,6 +306,15 @@ class Progress:
             what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
             count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
             self.console.print(f"[bold magenta]{count}{what}[/]")
+        elif event == "launch":
+            from rich.markup import escape
+
+            self.stop()
+            self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
+                               f"up to {info['parallel']} at once[/]; job logs in "
+                               f"{escape(info['folder'])}", soft_wrap=True)
+        elif event == "job":
+            self._job(info)
         elif event == "fewshot":
             self._print(f"linear {info['shots']}-shot probe of {info['run_id']}")
         elif event == "bench":
@@ -273,6 +324,26 @@ class Progress:
             self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
         elif event == "end":
             self.stop()
+        elif event == "warning":
+            _warn(info["message"], self._print)
+
+    def _job(self, info: dict) -> None:
+        """A launched cell was submitted, or ended (finished, read back or failed)."""
+        from rich.markup import escape  # paths and error messages are not markup
+
+        keys = ("state", "job_id", "index", "of", "run_id", "top1", "error", "log")
+        what = escape(", ".join(f"{k} {v}" for k, v in info.items() if k not in keys))
+        count = escape(f"[{info['index']}/{info['of']}] ") if "index" in info else ""
+        state, job = info["state"], escape(str(info["job_id"]))
+        if state == "submitted":
+            line = f"submitted {what} (job {job})"
+        elif state == "failed":
+            line = (f"[bold red]{count}{what} failed[/] (job {job}): {escape(info['error'])}; "
+                    f"log {escape(info['log'])}")
+        else:
+            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} "
+                    f"{'read back' if state == 'reused' else 'trained'}, top-1 {info['top1']:.2f} %")
+        self.console.print(line, soft_wrap=True)
 
     def progress(self, description: str, done: int, total: int) -> None:
         """The `progress(description, done, total)` callback of evaluate, bench and datasets."""
@@ -330,22 +401,44 @@ class Progress:
             self.bar = None
 
 
-def _run(ctx: typer.Context, fn, **kw):
-    """Call a library function with a progress renderer as its `log`: Ctrl-C exits 130 and a
-    run that cannot go on exits 1, each with one sentence."""
+def _warn(message: str, printer=None) -> None:
+    """One yellow line on stderr (a tracker that stopped); the command goes on."""
+    from rich.markup import escape
+
+    (printer or _console(stderr=True).print)(f"[yellow]warning:[/] {escape(message)}")
+
+
+def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | None = None, **kw):
+    """Call a library function with a progress renderer as its `log` (teed to the `trackers`,
+    one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
+    each with one sentence. Under torchrun the process group is torn down once the function has
+    succeeded on this rank."""
+    from mixerbench.launch import SweepInterrupted
+    from mixerbench.runtime import teardown_distributed
+    from mixerbench.trackers import Tracked
     from mixerbench.train import Interrupted, TrainingStopped
 
     progress = Progress(_quiet(ctx))
+    log = Tracked(progress, trackers, group=group)
+    status = "failed"  # what a tracker run still open at the end is marked as
     try:
-        return fn(log=progress, **kw)
+        out = fn(log=log, **kw)
+        teardown_distributed()
+        status = "finished"
+        return out
     except Interrupted as exc:
+        status = "killed"
         progress.stop()
         fail(f"Interrupted at step {exc.step:,} of {exc.run_dir.name}; a checkpoint was saved in "
              f"{exc.run_dir}. Run the same command again to continue where it stopped.", code=130)
+    except SweepInterrupted as exc:
+        progress.stop()
+        fail(str(exc), code=130)
     except TrainingStopped as exc:
         progress.stop()
         fail(str(exc), code=1)
     finally:
+        log.close(status)
         progress.stop()
 
 
@@ -401,10 +494,13 @@ def plot(
     out: Annotated[Optional[Path], typer.Option("--out", help="Where figures/ and tables/ go (default: the results dir).")] = None,
     checkpoint: Annotated[Optional[str], typer.Option(help="Mixer checkpoint or run dir for token-mixing.")] = None,
     runs: Annotated[Optional[str], typer.Option(help="Comma-separated run ids for curves.")] = None,
+    tracker: TrackerOpt = None,
 ) -> None:
     from mixerbench.report import regenerate
     from mixerbench.results import results_dir as resolve_dir
+    from mixerbench.trackers import parse_trackers, record
 
+    trackers = parse_trackers(tracker)
     done = regenerate(results_dir, out, name, checkpoint, runs=runs.split(",") if runs else None)
     con = _console()
     for path in done["written"]:
@@ -414,19 +510,23 @@ def plot(
              "`mixerbench compare --preset smoke` (or pretrain, bench, reproduce) first.")
     for skipped, why in done["skipped"].items():  # what was left out, and why
         con.print(f"[dim]skipped {skipped}: {why}[/]", soft_wrap=True)
+    record(trackers, resolve_dir(results_dir), "plot", kind="plot", files=done["written"],
+           config=dict(name=name or "all", runs=runs, checkpoint=checkpoint), on_warning=_warn)
 
 
 # ------------------------------------------------------------------------- pretrain / finetune
 
 
 def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings, resume,
-                   results_dir, print_config, flags: dict) -> None:
+                   results_dir, print_config, tracker, flags: dict) -> None:
     """Resolve the run's config from the preset, flags and `--set`; print it, run it, or run an
     lr grid (several `--lr` values: selected on minival, paper App. C)."""
     from mixerbench.config import parse_set
     from mixerbench.experiments import finetune_lr_grid, parse_lrs
     from mixerbench.presets import resolve
+    from mixerbench.trackers import parse_trackers
 
+    trackers = parse_trackers(tracker)
     lrs = parse_lrs(lr)
     cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init,
                   flags={**flags, "optim.lr": lrs[0] if lrs else None},
@@ -441,7 +541,7 @@ def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings
         if resume:
             fail("--resume continues one run; run the lr grid without it (finished runs of the "
                  "grid are read back, unfinished ones continue).")
-        summary = _run(ctx, finetune_lr_grid, cfg=cfg, lrs=lrs, root=results_dir)
+        summary = _run(ctx, finetune_lr_grid, trackers, cfg=cfg, lrs=lrs, root=results_dir)
         emit([dict(lr=g["lr"], minival_top1=g["minival_top1"], run_id=g["run_id"],
                    selected="yes" if g["lr"] == summary["selected_lr"] else "")
               for g in summary["lr_grid"]], Format.table,
@@ -450,7 +550,7 @@ def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings
     else:
         from mixerbench.train import train
 
-        summary = _run(ctx, train, cfg=cfg, root=results_dir, resume=resume)
+        summary = _run(ctx, train, trackers, cfg=cfg, root=results_dir, resume=resume)
     _print_summary(summary)
 
 
@@ -489,6 +589,7 @@ def pretrain(
     compile_: Compile = None,
     list_presets: Annotated[bool, typer.Option("--list-presets", help="List the presets and exit.")] = False,
     print_config: PrintConfig = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Train a model from scratch; writes a run directory and a row in accuracy.csv."""
     if list_presets:
@@ -499,7 +600,7 @@ def pretrain(
     _train_command(ctx, kind="pretrain", preset=preset,
                    model=model if model or preset else "mixer", dataset=dataset, init=None,
                    lr=lr, settings=settings, resume=resume, results_dir=results_dir,
-                   print_config=print_config, flags={
+                   print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
                        "accum_steps": accum_steps, "model.img_size": img_size,
                        "model.patch_size": patch_size, "seed": seed, "run_name": run_name,
@@ -529,13 +630,14 @@ def finetune(
     device: Device = None,
     compile_: Compile = None,
     print_config: PrintConfig = False,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
     from mixerbench.presets import finetune_preset
 
     _train_command(ctx, kind="finetune", preset=preset or finetune_preset(dataset), model=None,
                    dataset=dataset, init=init, lr=lr, settings=settings, resume=resume,
-                   results_dir=results_dir, print_config=print_config, flags={
+                   results_dir=results_dir, print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
                        "accum_steps": accum_steps, "model.img_size": img_size, "seed": seed,
                        "run_name": run_name, "device": device, "compile": compile_,
@@ -571,13 +673,16 @@ def evaluate(
     device: Device = None,
     batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Images per eval batch.")] = 256,
     fmt: FormatOpt = Format.table,
+    tracker: TrackerOpt = None,
 ) -> None:
     """Accuracy (top-1, top-5, loss, ReaL), linear few-shot and shuffle invariance of a checkpoint."""
-    from mixerbench.evaluate import evaluate as run_evaluate
-    from mixerbench.results import writable_results_dir
-
     if not _rank0():  # one process measures and writes the rows; the others have nothing to do
         return
+    from mixerbench.evaluate import evaluate as run_evaluate
+    from mixerbench.results import writable_results_dir
+    from mixerbench.trackers import parse_trackers, record_evaluation
+
+    trackers = parse_trackers(tracker)
     root = writable_results_dir(results_dir)
     progress = Progress(_quiet(ctx))
     try:
@@ -588,6 +693,10 @@ def evaluate(
                            max_examples=max_examples, root=root, progress=progress.progress)
     finally:
         progress.stop()
+    record_evaluation(trackers, root, res, on_warning=_warn, options=dict(
+        checkpoint=checkpoint, dataset=dataset, split=split, crop=crop.value if crop else None,
+        fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
+        l2_reg=l2_reg, max_examples=max_examples, batch_size=batch_size, device=device))
     if fmt != Format.table:
         emit([dict(table=t, **r) for t, rs in res["rows"].items() for r in rs], fmt)
         return
@@ -638,11 +747,11 @@ def bench(
     fmt: FormatOpt = Format.table,
 ) -> None:
     """Throughput (img/s per device), GMACs, achieved TFLOP/s and MFU; appends to throughput.csv."""
+    if not _rank0():  # one process measures; the others would only compete for the device
+        return
     from mixerbench.bench import bench as run_bench
     from mixerbench.results import writable_results_dir
 
-    if not _rank0():
-        return
     root = writable_results_dir(results_dir)
     progress = Progress(_quiet(ctx))
     try:
@@ -711,16 +820,43 @@ def compare(
     data_dir: DataDir = None,
     device: Device = None,
     fmt: FormatOpt = Format.table,
+    tracker: TrackerOpt = None,
+    launcher: LauncherOpt = None,
+    parallel: ParallelOpt = None,
+    gpus_per_job: GpusPerJobOpt = None,
+    partition: PartitionOpt = None,
+    time_limit: TimeLimitOpt = None,
+    slurm_arg: SlurmArgOpt = None,
 ) -> None:
     """Train each model under one preset and budget, evaluate and bench it; one joined table."""
     from mixerbench.config import parse_set
     from mixerbench.experiments import compare as run_compare
     from mixerbench.report.tables import compare_view
+    from mixerbench.trackers import parse_trackers
 
-    out = _run(ctx, run_compare, models=[m.strip() for m in models.split(",") if m.strip()],
+    trackers = parse_trackers(tracker)
+    # one tracker run per training run, grouped as accuracy.csv tags them (compare:<preset>)
+    group = f"compare-{preset}"
+    out = _run(ctx, run_compare, trackers, group,
+               models=[m.strip() for m in models.split(",") if m.strip()],
                dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, fewshot=fewshot,
                with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
-               overrides=parse_set(settings))
+               overrides=parse_set(settings), launcher=_launcher(
+                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
+    if not _rank0():  # under torchrun rank 0 joined the results and reports them
+        return
+    if trackers:
+        from mixerbench.report import regenerate
+        from mixerbench.results import results_dir as resolve_dir
+        from mixerbench.trackers import record
+
+        # the comparison's own tracker run shows what `plot` draws (curves: these runs)
+        drawn = regenerate(results_dir, None, None, runs=[s["run_id"] for s in out["runs"]])
+        out["written"] = list(dict.fromkeys([*out["written"], *drawn["written"]]))
+        record(trackers, resolve_dir(results_dir), group, group=group, kind="compare",
+               files=out["written"], on_warning=_warn, config=dict(
+                   models=models, dataset=out["dataset"], preset=preset, seeds=seeds,
+                   epochs=epochs, fewshot=fewshot, settings=settings or []))
     if fmt != Format.table:
         emit(_records(out["table"]), fmt)
         return
@@ -756,6 +892,12 @@ def reproduce(
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
     device: Device = None,
+    launcher: LauncherOpt = None,
+    parallel: ParallelOpt = None,
+    gpus_per_job: GpusPerJobOpt = None,
+    partition: PartitionOpt = None,
+    time_limit: TimeLimitOpt = None,
+    slurm_arg: SlurmArgOpt = None,
 ) -> None:
     """Run the scaled-down experiment behind a paper table or figure; CSV and figure in results/."""
     from mixerbench.config import parse_set
@@ -764,7 +906,10 @@ def reproduce(
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
                upstream=upstream, models=models.split(",") if models else None,
-               batch_size=batch_size)
+               batch_size=batch_size, launcher=_launcher(
+                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
+    if not _rank0():
+        return
     if "table" in out:
         emit(_records(out["table"]), Format.table, title=f"reproduce {artifact}")
     for path in out.get("written", []):
@@ -811,3 +956,56 @@ def datasets_cmd(
         rows += [dict(field=f"split {s}", value=f"{n:,}") for s, n in out["splits"].items()]
         rows.append(dict(field="class_names", value=shown))
         emit(rows, fmt, title=out["name"])
+
+
+# --------------------------------------------------------------------------------------- export
+
+
+@app.command("export")
+@user_errors
+def export_cmd(
+    source: Annotated[str, typer.Argument(metavar="RUN_OR_CHECKPOINT", help="Run directory (its config and summary fill the model card) or a mixerbench .safetensors checkpoint.")],
+    out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="New folder to write config.json, model.safetensors and README.md into (must not exist, or be empty).")],
+    push: Annotated[Optional[str], typer.Option("--push", help="Then upload the folder to this Hugging Face hub repo, e.g. you/mixer-b16-cifar10.")] = None,
+    license: Annotated[str, typer.Option("--license", help="Licence identifier for the model card.")] = "apache-2.0",
+) -> None:
+    """Export a run as a timm model folder: timm.create_model('local-dir:OUT_DIR', pretrained=True)."""
+    from rich.markup import escape
+
+    from mixerbench.export import export as run_export, push as run_push
+
+    res = run_export(source, out_dir, repo_id=push, license=license)
+    # pushed before anything is printed, so a failed push is one sentence (which says the
+    # export itself is complete) rather than a success report followed by an error
+    url = run_push(res["out_dir"], push) if push else None
+    console = _console()
+    c = res["check"]
+    console.print(f"[bold green]wrote {escape(res['out_dir'])}[/]: {', '.join(Path(f).name for f in res['files'])} "
+                  f"({escape(res['label'])} as timm's {res['architecture']})")
+    agree = "" if c["top1_agreement"] is None else f"top-1 agreement {c['top1_agreement']:.2f} %, "
+    console.print(f"timm's rebuild vs mixerbench's model on {escape(c['what'])}: {agree}"
+                  f"largest logit difference {c['max_abs_diff']:.2g}")
+    if res["gelu"] == "tanh":
+        console.print("note: this Mixer was trained with tanh-approximate GELU (the official code's); "
+                      "timm's MlpMixer only has exact GELU, hence the difference above (also in the card)")
+    console.print(f"load it with timm.create_model(\"local-dir:{escape(res['out_dir'])}\", pretrained=True)")
+    if url:
+        console.print(f"pushed to {escape(url)}")
+
+
+# -------------------------------------------------------------------------------------- upgrade
+
+
+@app.command()
+@user_errors
+def upgrade(results_dir: ResultsDir = None) -> None:
+    """Rewrite results CSVs written by an older mixerbench under today's columns (rows kept, new
+    columns empty); files with columns this version does not know are refused, never guessed at."""
+    from mixerbench.results import results_dir as resolve_dir, upgrade_all
+
+    done = upgrade_all(results_dir)
+    for path in done:
+        _console().print(f"upgraded {path}")
+    if not done:
+        _console().print(f"nothing to upgrade in {resolve_dir(results_dir)}: every results file "
+                         "already has this version's columns")

@@ -5,6 +5,10 @@ loop returns its summary), and few-shot / throughput / shuffle / scaling rows th
 in their CSV are not measured again. Several sweeps may share a results directory: each run is
 trained under its own lock, so no cell is trained twice.
 
+Each experiment lists its training runs as cells (`launch.Cell`), trains them with
+`launch.run_cells` (one after another here, or as jobs with `--launcher`), then joins the
+results from the run summaries and CSVs, the same code whichever way the cells ran.
+
 `ARTIFACTS` maps each `mixerbench reproduce` name to a function whose docstring states the
 paper's claim, what the scaled version measures, the expected outcome and the runtime.
 """
@@ -20,6 +24,8 @@ from typing import Any
 from mixerbench import files, results
 from mixerbench.errors import UserError
 from mixerbench.evaluate import probe_of
+from mixerbench.launch import Cell, Launcher, run_cells
+from mixerbench.runtime import rank
 
 Log = Callable[[str, dict], None]
 
@@ -35,14 +41,15 @@ def _done_keys(table: str, root, *cols: str) -> set[tuple]:
     return {tuple(str(v) for v in r) for r in df[list(cols)].itertuples(index=False)}
 
 
-def run_cell(preset: str | None, model: str, *, root, log: Log = _noop, **kw) -> dict:
-    """Resolve one (preset, model, dataset, seed, overrides) cell and train it (or read it back)."""
-    from mixerbench.presets import resolve
-    from mixerbench.train import train
+def _joined_here() -> bool:
+    """Whether this process joins the results of the cells it just trained: always in a plain
+    process; under torchrun rank 0 alone (every rank trained the cells together; the few-shot
+    probes, benchmarks and tables that follow need one process). The process group is torn
+    down first, so no rank waits for rank 0 in a collective while it joins."""
+    from mixerbench.runtime import teardown_distributed
 
-    cfg = resolve(preset, model=model, dataset=kw.get("dataset"), kind=kw.get("kind"),
-                  init=kw.get("init"), flags=kw.get("flags"), overrides=kw.get("overrides"))
-    return train(cfg, root, log=log, experiment=kw.get("experiment", ""))
+    teardown_distributed()
+    return rank() == 0
 
 
 def parse_lrs(text: str | float | None) -> list[float]:
@@ -97,7 +104,8 @@ def finetune_lr_grid(cfg, lrs: list[float], *, root=None, log: Log = _noop) -> d
                   experiment="lr-grid")
     record = dict(selected_lr=best["lr"], selected_on="minival", lr_grid=grid,
                   reported_split=cfg.data.eval_split, final_run_id=final["run_id"])
-    files.atomic_write_json(Path(final["run_dir"]) / "lr-grid.json", record)
+    if rank() == 0:  # under torchrun every rank has the record; one writes it
+        files.atomic_write_json(Path(final["run_dir"]) / "lr-grid.json", record)
     return dict(final, lr_grid=grid, selected_lr=best["lr"])
 
 
@@ -110,8 +118,9 @@ def recipe_of(summary: dict) -> dict:
 
 def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
                  device: str | None = None, seeds: int = 3, log: Log = _noop) -> list[dict]:
-    """Linear few-shot of a finished run's frozen features (docs/paper-notes.md §5), unless already in
-    fewshot.csv; rows are appended there and returned."""
+    """Linear few-shot of a finished run's frozen features (docs/paper-notes.md §5), unless
+    already in fewshot.csv; rows are appended there and returned. The probe is measured on the
+    whole of the run's eval split, even when its own accuracy used its first N images only."""
     from mixerbench.evaluate import evaluate
 
     done = _done_keys("fewshot", root, "run_id", "shots")
@@ -119,9 +128,9 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     if not todo:
         return []
     log("fewshot", dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
-    out = evaluate(summary["run_dir"], summary["dataset"], split=summary.get("split") or "test",
-                   data_dir=data_dir, fewshot=todo, device=device, seeds=seeds,
-                   root=None)
+    split = (summary.get("split") or "test").split("[")[0]  # `test[:N]` -> `test`
+    out = evaluate(summary["run_dir"], summary["dataset"], split=split, data_dir=data_dir,
+                   fewshot=todo, device=device, seeds=seeds, root=None)
     rows = out["rows"]["fewshot"]
     for r in rows:
         results.append_row("fewshot", r, root)
@@ -154,44 +163,59 @@ def bench_rows(recipes: list[dict], *, root, device: str | None = None, batch_si
 def compare(models: list[str], *, dataset: str | None = None, preset: str | None = "smoke",
             seeds: int = 1, epochs: float | None = None, fewshot: int | None = None,
             with_bench: bool = True, root=None, data_dir=None, device: str | None = None,
-            overrides: dict | None = None, log: Log = _noop) -> dict[str, Any]:
+            overrides: dict | None = None, launcher: Launcher | None = None,
+            log: Log = _noop) -> dict[str, Any]:
     """Train each model under one preset and budget, for `seeds` seeds; evaluate, optionally
     few-shot and bench them; write the joined table.
+
+    The cells train one after another here, or as jobs (`launcher`); the few-shot probes,
+    benchmarks and tables follow in this process either way, from the CSVs.
 
     Returns:
         dict(table=DataFrame (`report.tables.compare_table` columns) of these models' runs,
         runs=[summaries], dataset=name, written=[paths]). The files,
         tables/compare-<dataset>-<preset>.{csv,md}, hold every run of that comparison in the
-        results folder, as `mixerbench plot compare` regenerates them.
+        results folder, as `mixerbench plot compare` regenerates them. Under torchrun, ranks
+        other than 0 return {} once the cells are trained.
     """
-    import pandas as pd
-
-    from mixerbench.models import model_info, model_label
-    from mixerbench.presets import resolve
-    from mixerbench.report import compare_table, regenerate
-
     if not models:
         raise UserError("No models to compare; pass --models mixer,vit,resnet for example.")
     if seeds < 1:
         raise UserError("--seeds must be at least 1.")
     root = results.results_dir(root)
-    for model in models:  # check every cell's names and settings before training any of them
-        resolve(preset, model=model, dataset=dataset, flags={"epochs": epochs, "device": device},
-                overrides=overrides)
-    runs, recipes = [], {}
-    for model in models:
-        for seed in range(seeds):
-            log("cell", dict(model=model, seed=seed, of=len(models) * seeds,
-                             index=len(runs) + 1))
-            s = run_cell(preset, model, root=root, log=log, dataset=dataset,
-                         experiment=f"compare:{preset or 'default'}",
-                         flags={"seed": seed, "epochs": epochs,
-                                "data.data_dir": str(data_dir) if data_dir else None,
-                                "device": device},
-                         overrides=overrides)
-            runs.append(s)
-            rec = recipe_of(s)
-            recipes[model_label(rec["name"], rec.get("overrides"))] = rec
+    runs = run_cells(compare_cells(models, dataset=dataset, preset=preset, seeds=seeds,
+                                   epochs=epochs, root=root, data_dir=data_dir, device=device,
+                                   overrides=overrides), launcher, log)
+    if not _joined_here():
+        return {}
+    return join_compare(runs, preset=preset, fewshot=fewshot, with_bench=with_bench, root=root,
+                        data_dir=data_dir, device=device, log=log)
+
+
+def compare_cells(models: list[str], *, dataset, preset, seeds: int, epochs, root, data_dir,
+                  device, overrides) -> list[Cell]:
+    """The cells of `compare`: each model, for each seed, under one preset and budget."""
+    return [Cell(preset, model, str(root), dataset=dataset,
+                 experiment=f"compare:{preset or 'default'}",
+                 flags={"seed": seed, "epochs": epochs,
+                        "data.data_dir": str(data_dir) if data_dir else None, "device": device},
+                 overrides=dict(overrides or {}), label=dict(model=model, seed=seed))
+            for model in models for seed in range(seeds)]
+
+
+def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, data_dir,
+                 device, log: Log = _noop) -> dict[str, Any]:
+    """`compare`'s result from its trained cells: few-shot and bench rows where asked (and
+    not already measured), then the table from the CSVs."""
+    import pandas as pd
+
+    from mixerbench.models import model_info, model_label
+    from mixerbench.report import compare_table, regenerate
+
+    recipes = {}
+    for s in runs:
+        rec = recipe_of(s)
+        recipes[model_label(rec["name"], rec.get("overrides"))] = rec
     ds_name = runs[0]["dataset"]
     if fewshot:
         for s in runs:
@@ -203,9 +227,12 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
         dict(model_info(r["name"], num_classes=r["num_classes"], img_size=r["img_size"],
                         patch_size=r.get("patch_size"), **r.get("overrides", {})), name=label)
         for label, r in recipes.items()])
-    ids = {s["run_id"] for s in runs}
+    order = {s["run_id"]: i for i, s in enumerate(runs)}
     acc = results.load("accuracy", root)
-    acc = acc[acc["run_id"].isin(ids) & (acc["kind"].astype(str) != "evaluate")]
+    acc = acc[acc["run_id"].isin(order) & (acc["kind"].astype(str) != "evaluate")]
+    # the table lists models in the order of their rows: the cells' order, not the order in
+    # which launched jobs happened to finish and append
+    acc = acc.sort_values("run_id", key=lambda ids: ids.map(order), kind="stable")
     thr = results.load("throughput", root, required=False)
     few = results.load("fewshot", root, required=False)
     table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
@@ -233,7 +260,8 @@ class Budget:
     dataset: str
     overrides: tuple = ()  # (key, value) pairs applied after the preset
     # data-scaling: the epochs over the full split that every subset's run gets in steps
-    # (None: `epochs`); long enough that the 100 % point is trained out, not cut short
+    # (None: `epochs`). Equal compute per subset, as in the paper, whose 100 % point is itself
+    # a short run (7 epochs of JFT-300M): the largest subset is not trained to convergence.
     scaling_epochs: float | None = None
 
 
@@ -243,8 +271,9 @@ BUDGETS = {
     # CIFAR-10 at 32 px with the smoke preset's small models (flip allowed: natural images),
     # 10 epochs over the full training split; an hour or more per experiment on 2 CPU cores
     # (needs a local copy, --data-dir)
-    "cpu": Budget("smoke", 10, "cifar10", (("data.pipeline", "small"), ("model.img_size", "32")),
-                  scaling_epochs=30),
+    # data-scaling: 10 epochs' steps per subset (333 at 3 %, the paper's 7 at 100 % is fewer);
+    # 30 would take about 4 h 30 min for the 12 runs on 2 cores (ResNet-18 at ~700 img/s)
+    "cpu": Budget("smoke", 10, "cifar10", (("data.pipeline", "small"), ("model.img_size", "32"))),
     # CIFAR-10 with the cifar10-scratch recipe: minutes on one GPU
     "small": Budget("cifar10-scratch", 10, "cifar10"),
     "full": Budget("cifar10-scratch", None, "cifar10"),
@@ -311,7 +340,8 @@ def reproduce_throughput(*, root=None, device=None, models=None, batch_size=None
 
 
 def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
-                      data_dir=None, overrides=None, log: Log = _noop, **_) -> dict:
+                      data_dir=None, overrides=None, launcher: Launcher | None = None,
+                      log: Log = _noop, **_) -> dict:
     """Paper Figure 4: invariance of Mixer to a fixed permutation of patches and pixels.
 
     Claim: a Mixer trained on images whose 16x16 patches and the pixels inside them are
@@ -334,24 +364,28 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
     root = results.results_dir(root)
     mixer = FAMILY_MODELS[preset]["mixer"].model
     patch = int(over.get("model.patch_size") or mixer.patch_size or get_spec(mixer.name).patch_size)
+    cells = [Cell(preset, family, str(root), dataset=ds, experiment="shuffle",
+                  flags=_common_flags(epochs, data_dir, device),
+                  overrides={**over, "data.shuffle": kind, "data.shuffle_patch": str(patch)},
+                  label=dict(model=family, shuffle=kind))
+             for family in ("mixer", "resnet") for kind in ("none", "patch", "global")]
+    runs = run_cells(cells, launcher, log)
+    if not _joined_here():
+        return {}
     done = _done_keys("shuffle", root, "run_id", "metric")
     out = []
-    for family in ("mixer", "resnet"):
-        for kind in ("none", "patch", "global"):
-            log("cell", dict(model=family, shuffle=kind))
-            s = run_cell(preset, family, root=root, log=log, dataset=ds, experiment="shuffle",
-                         flags=_common_flags(epochs, data_dir, device),
-                         overrides={**over, "data.shuffle": kind, "data.shuffle_patch": str(patch)})
-            few5 = _fewshot5(s, root, data_dir, device)
-            for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
-                row = dict(run_id=s["run_id"], model=s["model"], family=s.get("family"),
-                           dataset=s["dataset"], train_shuffle=kind, eval_shuffle=kind,
-                           metric=metric, top1=value, img_size=s["img_size"],
-                           probe_dataset=probe_of(metric, s["dataset"]),
-                           **{k: s.get(k) for k in results.PROVENANCE})
-                if (s["run_id"], metric) not in done:
-                    results.append_row("shuffle", row, root)
-                out.append(row)
+    for cell, s in zip(cells, runs):
+        kind = cell.label["shuffle"]
+        few5 = _fewshot5(s, root, data_dir, device)
+        for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
+            row = dict(run_id=s["run_id"], model=s["model"], family=s.get("family"),
+                       dataset=s["dataset"], train_shuffle=kind, eval_shuffle=kind,
+                       metric=metric, top1=value, img_size=s["img_size"],
+                       probe_dataset=probe_of(metric, s["dataset"]),
+                       **{k: s.get(k) for k in results.PROVENANCE})
+            if (s["run_id"], metric) not in done:
+                results.append_row("shuffle", row, root)
+            out.append(row)
     written = regenerate(root, None, ["shuffle"])["written"]
     return dict(rows=out, written=written)
 
@@ -375,8 +409,8 @@ def scaling_steps(full_epochs: float, train_size: int, batch_size: int) -> int:
 
 
 def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=None,
-                           data_dir=None, models=None, overrides=None, log: Log = _noop,
-                           **_) -> dict:
+                           data_dir=None, models=None, overrides=None,
+                           launcher: Launcher | None = None, log: Log = _noop, **_) -> dict:
     """Paper Figure 2 (right): accuracy against the amount of pre-training data.
 
     Claim: on 3 / 10 / 30 / 100 % subsets of JFT-300M at equal compute (233 / 70 / 23 / 7
@@ -389,8 +423,8 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     Rows go to scaling.csv, with each run's steps and epochs.
     Expected: the paper's claim is the test; the committed rows and results/README.md say what
     was measured. Runtime: smoke budget about 5 minutes on 2 CPU cores (2 epochs of mnist-5k:
-    under-trained at 100 %); cpu budget (CIFAR-10, 30 epochs' steps at 100 %, so 1,000 at 3 %)
-    about 4 hours.
+    under-trained at 100 %); cpu budget (CIFAR-10, 10 epochs' steps at 100 %, so 333 at 3 %)
+    about __CPU_SCALING_TIME__ on 2 CPU cores.
     """
     from mixerbench.data import get_dataset
     from mixerbench.presets import get_preset
@@ -407,34 +441,37 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     n_full = len(get_dataset(ds, base.data.train_split, data_dir=data_dir))
     steps = scaling_steps(full, n_full, batch)
     root = results.results_dir(root)
+    # the same ten evaluations for every subset (once per epoch would evaluate the 3 % run
+    # 333 times on the whole test split at the cpu budget)
+    cells = [Cell(preset, model, str(root), dataset=ds, experiment="data-scaling",
+                  flags={**_common_flags(None, data_dir, device), "steps": steps},
+                  overrides={"eval_every": str(max(1, steps // 10)), **over,
+                             "data.fraction": str(fraction)},
+                  label=dict(model=model, fraction=fraction, steps=steps))
+             for model in models for fraction in SCALING_EPOCHS]
+    runs = run_cells(cells, launcher, log)
+    if not _joined_here():
+        return {}
     done = _done_keys("scaling", root, "run_id", "metric")
     out = []
-    for model in models:
-        for fraction in SCALING_EPOCHS:
-            log("cell", dict(model=model, fraction=fraction, steps=steps))
-            # the same ten evaluations for every subset (once per epoch would evaluate the 3 %
-            # run 333 times on the whole test split)
-            s = run_cell(preset, model, root=root, log=log, dataset=ds, experiment="data-scaling",
-                         flags={**_common_flags(None, data_dir, device), "steps": steps},
-                         overrides={"eval_every": str(max(1, steps // 10)), **over,
-                                    "data.fraction": str(fraction)})
-            few5 = _fewshot5(s, root, data_dir, device)
-            for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
-                row = dict(run_id=s["run_id"], model=s["model"], family=s.get("family"),
-                           dataset=s["dataset"], fraction=fraction, epochs=s["epochs"],
-                           steps=s["steps"], metric=metric, top1=value,
-                           probe_dataset=probe_of(metric, s["dataset"]),
-                           **{k: s.get(k) for k in results.PROVENANCE})
-                if (s["run_id"], metric) not in done:
-                    results.append_row("scaling", row, root)
-                out.append(row)
+    for cell, s in zip(cells, runs):
+        few5 = _fewshot5(s, root, data_dir, device)
+        for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
+            row = dict(run_id=s["run_id"], model=s["model"], family=s.get("family"),
+                       dataset=s["dataset"], fraction=cell.label["fraction"],
+                       epochs=s["epochs"], steps=s["steps"], metric=metric, top1=value,
+                       probe_dataset=probe_of(metric, s["dataset"]),
+                       **{k: s.get(k) for k in results.PROVENANCE})
+            if (s["run_id"], metric) not in done:
+                results.append_row("scaling", row, root)
+            out.append(row)
     written = regenerate(root, None, ["data-scaling"])["written"]
     return dict(rows=out, written=written)
 
 
 def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke",
-                       device=None, data_dir=None, overrides=None, log: Log = _noop,
-                       **_) -> dict:
+                       device=None, data_dir=None, overrides=None,
+                       launcher: Launcher | None = None, log: Log = _noop, **_) -> dict:
     """Paper section 3 (fine-tuning) and Appendix C: pre-train, then fine-tune at 1x and 2x.
 
     Claim: Mixer fine-tunes at higher resolution by expanding each token-mixing MLP
@@ -461,9 +498,24 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     if dataset == upstream:
         raise UserError(f"Transfer needs two datasets; pass --dataset other than {upstream}.")
     root = results.results_dir(root)
-    log("cell", dict(model="mixer", stage=f"pre-train on {upstream}"))
-    up = run_cell(preset, "mixer", root=root, log=log, dataset=upstream, experiment="transfer",
-                  flags=_common_flags(epochs, data_dir, device), overrides=over)
+    up_cell = Cell(preset, "mixer", str(root), dataset=upstream, experiment="transfer",
+                   flags=_common_flags(epochs, data_dir, device), overrides=over,
+                   label=dict(model="mixer", stage=f"pre-train on {upstream}"))
+    up, = run_cells([up_cell], launcher, log)
+    runs = run_cells(_downstream_cells(up, dataset, budget, root, data_dir, device), launcher, log)
+    if not _joined_here():
+        return {}
+    ids = [s["run_id"] for s in runs]
+    written = regenerate(root, None, ["transfer"])["written"]
+    written += regenerate(root, None, ["curves"], runs=ids)["written"]
+    table = transfer_table(results.load("accuracy", root))
+    table = table[table["run_id"].isin(ids)]
+    return dict(table=table, written=written, upstream=up)
+
+
+def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, device) -> list[Cell]:
+    """Transfer's three downstream runs: fine-tuned from `up` at 1x and 2x, and the same
+    architecture from scratch, all with the paper's fine-tuning recipe and equal steps."""
     rec = recipe_of(up)
     steps = 300 if budget in ("smoke", "cpu") else 1000
     # The paper's fine-tuning recipe ('finetune' preset: SGD 0.9, cosine, clip 1, no weight
@@ -474,29 +526,19 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
             "optim.warmup_steps": str(steps // 10), "eval_every": str(steps),
             "data.eval_pipeline": "eval-plain",
             "data.pipeline": "digits" if dataset == "mnist-5k" else "small"}
-    runs = []
-    for k in (1, 2):
-        log("cell", dict(model="mixer", stage=f"fine-tune on {dataset} at {k}x"))
-        runs.append(("finetune", k, run_cell(
-            "finetune", None, root=root, log=log, dataset=dataset, kind="finetune",
-            experiment="transfer", init=up["run_dir"],
-            flags={**_common_flags(None, data_dir, device), "steps": steps,
-                   "model.img_size": f"{k}x"},
-            overrides=down)))
-    log("cell", dict(model="mixer", stage=f"from scratch on {dataset}"))
-    scratch = run_cell("finetune", rec["name"], root=root, log=log, dataset=dataset,
-                       kind="pretrain", experiment="transfer",
-                       flags={**_common_flags(None, data_dir, device), "steps": steps},
-                       overrides={**down, "model.img_size": str(rec["img_size"]),
-                                  "model.patch_size": str(rec["patch_size"]),
-                                  **_arch_settings(rec)})
-    runs.append(("scratch", 1, scratch))
-    done = regenerate(root, None, ["transfer"])["written"]
-    done += regenerate(root, None, ["curves"], runs=[s["run_id"] for _, _, s in runs])["written"]
-    table = transfer_table(results.load("accuracy", root))
-    table = table[table["run_id"].isin([s["run_id"] for _, _, s in runs])]
-    written = done
-    return dict(table=table, written=written, upstream=up)
+    flags = {**_common_flags(None, data_dir, device), "steps": steps}
+    cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
+                  experiment="transfer", init=up["run_dir"],
+                  flags={**flags, "model.img_size": f"{k}x"}, overrides=down,
+                  label=dict(model="mixer", stage=f"fine-tune on {dataset} at {k}x"))
+             for k in (1, 2)]
+    cells.append(Cell("finetune", rec["name"], str(root), dataset=dataset, kind="pretrain",
+                      experiment="transfer", flags=flags,
+                      overrides={**down, "model.img_size": str(rec["img_size"]),
+                                 "model.patch_size": str(rec["patch_size"]),
+                                 **_arch_settings(rec)},
+                      label=dict(model="mixer", stage=f"from scratch on {dataset}")))
+    return cells
 
 
 def _arch_settings(rec: dict) -> dict:
@@ -526,4 +568,7 @@ def reproduce(artifact: str, **kw) -> dict:
     if artifact not in ARTIFACTS:
         raise UserError(f"Unknown artifact '{artifact}'.{close_matches(artifact, ARTIFACTS)} "
                         f"Choose from {', '.join(ARTIFACTS)}.")
+    if kw.get("launcher") is not None and artifact in ("table1", "throughput"):
+        raise UserError(f"reproduce {artifact} trains no cells, so --launcher does not apply; "
+                        "run it without (throughput measures the machine it runs on).")
     return ARTIFACTS[artifact](**kw)

@@ -197,8 +197,21 @@ def _columns_of(path: Path) -> tuple[str, ...]:
 
 
 def _upgrade_hint(path: Path) -> str:
-    return (f"upgrade it with `python -c \"from mixerbench import results; "
-            f"results.upgrade_file('{path}')\"` (rows are kept, new columns left empty)")
+    return (f"upgrade it with `mixerbench upgrade --results-dir {path.parent}` (rows are kept, "
+            "new columns left empty)")
+
+
+def upgrade_all(root: str | os.PathLike | None = None) -> list[Path]:
+    """Rewrite every results CSV under `root` (and every run's metrics.csv) that an older
+    mixerbench wrote under today's header; the files rewritten. A file with columns this version
+    does not know, or a damaged one, is refused before anything is rewritten."""
+    root = results_dir(root)
+    paths = [csv_path(t, root) for t in SCHEMAS] + sorted((root / "runs").glob("*/metrics.csv"))
+    for p in paths:  # check every file first: all are upgraded or none
+        data = _read(p)
+        if data is not None:
+            _parse(p, data, _columns_of(p), "subset")
+    return [p for p in paths if upgrade_file(p)]
 
 
 # What to do about a damaged file: mixerbench never repairs one, it would have to guess.

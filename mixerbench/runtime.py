@@ -104,3 +104,23 @@ def setup_distributed() -> tuple[int, int, int]:
 def rank() -> int:
     """This process's rank under torchrun (0 for a plain process), read without torch."""
     return int(os.environ.get("RANK", "0"))
+
+
+def teardown_distributed() -> None:
+    """After a successful command: wait for every rank, then destroy the process group.
+
+    Without it a gloo rank that exits while its peer still finishes the last collective aborts
+    now and then ("terminate called without an active exception", about one exit in four with
+    DDP on 2 CPU processes, measured); NCCL warns of leaked resources. Only on success: after
+    an error the other ranks may sit in another collective, and a barrier there would hang
+    (torchrun stops them once this rank exits).
+    """
+    import sys
+
+    if "torch.distributed" not in sys.modules:  # never imported: nothing to tear down
+        return
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.barrier()
+        dist.destroy_process_group()

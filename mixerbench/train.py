@@ -105,14 +105,22 @@ def make_optimizer(model, cfg: RunConfig, fused: bool):
 
 
 def pick_device(cfg: RunConfig, local_rank: int) -> str:
-    """The configured device (checked as `bench` checks it), else this rank's GPU, else CPU."""
+    """The configured device (checked as `bench` checks it), else this rank's GPU, else CPU.
+
+    A plain `cuda` means this rank's GPU, so `--device cuda` under torchrun does not put every
+    rank on GPU 0. Ranks are mapped onto the GPUs this process can see: all of the node's (as
+    torchrun leaves them: cuda:LOCAL_RANK) or only its own (a SLURM task bound to one GPU, or
+    CUDA_VISIBLE_DEVICES set per rank: cuda:0).
+    """
     import torch
 
     from mixerbench.runtime import resolve_device
 
-    if cfg.device:
-        return resolve_device(cfg.device)
-    return f"cuda:{local_rank}" if torch.cuda.is_available() else "cpu"
+    device = resolve_device(cfg.device) if cfg.device else (
+        "cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda":
+        return f"cuda:{local_rank % torch.cuda.device_count()}"
+    return device
 
 
 @contextmanager
@@ -227,31 +235,43 @@ def build_model(cfg: RunConfig, num_classes: int):
     if cfg.init:
         return load_for_finetuning(cfg.init, num_classes=num_classes, img_size=m.img_size,
                                    regularisers=dict(drop_path=m.drop_path, dropout=m.dropout))
-    overrides = dict(m.options)
-    for key in ("width", "depth", "drop_path", "dropout"):
-        if getattr(m, key):
-            overrides[key] = getattr(m, key)
+    overrides = model_overrides(cfg)
+    check_model(cfg, num_classes)
     spec = get_spec(m.name)
-    if spec.family == "mixer" and not m.name.startswith("timm:"):
-        overrides["gelu"] = m.gelu
-    check_memory(m.name, num_classes, m.img_size, m.patch_size, overrides, cfg)
     model = create_model(m.name, num_classes=num_classes, img_size=m.img_size,
                          patch_size=m.patch_size, **overrides)
     return model, recipe(m.name, num_classes, m.img_size or spec.img_size,
                          m.patch_size or spec.patch_size, overrides)
 
 
-def check_memory(name: str, num_classes: int, img_size, patch_size, overrides: dict,
-                 cfg: RunConfig) -> None:
-    """Refuse, before allocating, a model whose weights, gradients and Adam moments alone
-    (4 x 4 bytes per parameter) exceed this machine's memory; the estimate is in the message."""
+def model_overrides(cfg: RunConfig) -> dict:
+    """The zoo constructor's arguments for `cfg.model` (width, depth, regularisers, options)."""
+    from mixerbench.models import get_spec
+
+    m = cfg.model
+    overrides = dict(m.options)
+    for key in ("width", "depth", "drop_path", "dropout"):
+        if getattr(m, key):
+            overrides[key] = getattr(m, key)
+    if get_spec(m.name).family == "mixer" and not m.name.startswith("timm:"):
+        overrides["gelu"] = m.gelu
+    return overrides
+
+
+def check_model(cfg: RunConfig, num_classes: int = 10) -> None:
+    """Build `cfg`'s model on the meta device (no memory, no weights): an option the
+    architecture does not take is a UserError before any work (a sweep checks every cell this
+    way before training the first), and so is a model whose weights, gradients and Adam moments
+    alone (4 x 4 bytes per parameter) exceed this machine's memory."""
     import torch
 
     from mixerbench.models import count_params, create_model
 
+    m = cfg.model
     with torch.device("meta"):
-        params = count_params(create_model(name, num_classes=num_classes, img_size=img_size,
-                                           patch_size=patch_size, **overrides))[0]
+        params = count_params(create_model(m.name, num_classes=num_classes, img_size=m.img_size,
+                                           patch_size=m.patch_size, **model_overrides(cfg)))[0]
+    name, img_size = m.name, m.img_size
     need = 16 * params
     have = _memory_bytes(cfg.device)
     if have and need > have:
@@ -582,9 +602,9 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     unfinished one continues from its last checkpoint. `experiment` tags the accuracy row
     (`compare:<preset>`, `shuffle`, ...) so tables and figures can tell experiments apart; it is
     not part of the configuration, so the same run serves any experiment that asks for it.
+    Under torchrun every rank returns the same summary.
     """
     import torch
-    import torch.distributed as dist
 
     log = log or (lambda event, info: None)
     root = results.writable_results_dir(root)
@@ -602,7 +622,9 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
         # one process trains a run at a time; a second waits, then finds it finished
         with files.locked(run_dir / RUN_LOCK) if run.rank == 0 else nullcontext():
             check_owner(run_dir, cfg)  # another process may have claimed it while we waited
-            if read_summary(run_dir) is not None:
+            # rank 0 alone holds the lock, so its finding decides for every rank: a rank that
+            # trained while rank 0 read back would wait in a collective forever
+            if _from_rank0(run, read_summary(run_dir) is not None):
                 return _finished(run_dir, root, resume, log, experiment)
             if run.rank == 0:
                 for tmp in run_dir.glob(".*.tmp"):  # writes cut short by a kill
@@ -613,9 +635,8 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
                 s, run.total, run.warmup, cfg.optim.schedule, cfg.optim.end_factor))
             p = restore(run, optimizer, scheduler, log)
             _loop(run, optimizer, scheduler, p, log)
-            summary = finish(run, p, experiment) if run.rank == 0 else {}
-            if run.world > 1:
-                dist.barrier()
+            # every rank returns rank 0's summary (callers such as the lr grid read its top-1)
+            summary = _from_rank0(run, finish(run, p, experiment) if run.rank == 0 else None)
             log("end", dict(summary, run_dir=str(run_dir)))
             return dict(summary, run_dir=str(run_dir), reused=False)
     except OSError as exc:
@@ -634,6 +655,17 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
         raise
 
 
+def _from_rank0(run: Run, value):
+    """`value` as rank 0 has it, on every rank (a collective: every rank must call it)."""
+    if run.world == 1:
+        return value
+    import torch.distributed as dist
+
+    box = [value]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
 def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
     """Steps until the run's length: train, then evaluate / checkpoint / stop on schedule."""
     import torch
@@ -650,7 +682,8 @@ def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
     log("start", dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
                       model=run.rec["name"], dataset=cfg.data.dataset, world_size=run.world,
-                      batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps))
+                      batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
+                      config=to_dict(cfg)))
     run.model.train()
     window = [time.perf_counter(), 0]  # start of the throughput window, images in it
     with stop_signals() as stop:

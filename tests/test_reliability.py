@@ -486,6 +486,10 @@ BAD_INPUT = {
         "compare", "--models", "mixer,mixer-b61", "--dataset", "synthetic",
         "--set", "model.img_size=32", "--set", "steps=2", "--no-bench", "--device", "cpu",
         "--results-dir", "{R}"],
+    "compare-option-one-family-does-not-take": [
+        "compare", "--models", "mixer,resnet", "--dataset", "synthetic", "--set",
+        "model.img_size=32", "--set", "model.width=16", "--set", "steps=2", "--no-bench",
+        "--device", "cpu", "--results-dir", "{R}"],
     "compare-unknown-preset": ["compare", "--models", "mixer", "--preset", "smok", "--no-bench",
                                "--results-dir", "{R}"],
     "compare-zero-seeds": ["compare", "--models", "mixer", "--seeds", "0", "--no-bench",

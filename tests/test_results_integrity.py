@@ -209,7 +209,7 @@ def test_older_header_reads_with_empty_columns_and_is_upgraded_before_appending(
     assert list(df.columns) == list(COLUMNS) and df["experiment"].isna().all()
     pd.testing.assert_frame_equal(df.drop(columns="experiment"),
                                   current.drop(columns="experiment"))
-    with pytest.raises(DamagedFileError, match="older mixerbench version.*upgrade_file") as err:
+    with pytest.raises(DamagedFileError, match="older mixerbench version.*mixerbench upgrade") as err:
         results.append_row(TABLE, good_row(9), good)  # would land shifted by one column
     one_sentence_naming(err, path)
     assert path.read_bytes() == old
@@ -604,3 +604,27 @@ def test_save_to_disk_string_labels_mean_the_same_class_in_every_split(tmp_path)
     one.save_to_disk(str(tmp_path / "one"))
     with pytest.raises(UserError, match="1 class"):
         get_dataset(str(tmp_path / "one"), "train", cache_dir=tmp_path / "cache")
+
+
+def test_the_upgrade_command_rewrites_older_files_and_refuses_unknown_columns(tmp_path):
+    """`mixerbench upgrade`: a file from an older version (a subset of today's columns) gets
+    today's header with its cells kept; one with a column this version does not know is refused
+    and, as every file is checked first, nothing at all is rewritten."""
+    from typer.testing import CliRunner
+
+    from mixerbench.cli import app
+
+    old = [c for c in results.SCHEMAS["fewshot"] if c not in ("family", "upstream")]
+    (tmp_path / "fewshot.csv").write_text(",".join(old) + "\n" + ",".join(
+        "5" if c == "shots" else "r1" if c == "run_id" else "" for c in old) + "\n")
+    r = CliRunner().invoke(app, ["upgrade", "--results-dir", str(tmp_path)])
+    assert r.exit_code == 0 and "upgraded" in r.output, r.output
+    df = results.load("fewshot", tmp_path)
+    assert list(df.columns) == list(results.SCHEMAS["fewshot"]) and df.loc[0, "run_id"] == "r1"
+    again = CliRunner().invoke(app, ["upgrade", "--results-dir", str(tmp_path)])
+    assert again.exit_code == 0 and "nothing to upgrade" in again.output
+    (tmp_path / "shuffle.csv").write_text("run_id,from_the_future\nr,1\n")
+    before = (tmp_path / "fewshot.csv").read_bytes()
+    r = CliRunner().invoke(app, ["upgrade", "--results-dir", str(tmp_path)])
+    assert r.exit_code == 2 and "shuffle.csv" in r.output
+    assert (tmp_path / "fewshot.csv").read_bytes() == before

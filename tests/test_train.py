@@ -280,6 +280,8 @@ def test_two_process_ddp_gives_identical_weights(tmp_path):
         s = train(cfg, {str(tmp_path)!r})
         rank = int(os.environ["RANK"])
         torch.save(unwrap(captured["model"]).state_dict(), {str(tmp_path)!r} + f"/rank{{rank}}.pt")
+        from mixerbench.runtime import teardown_distributed
+        teardown_distributed()  # as the CLI does: an exit mid-collective aborts now and then
     """))
     # this checkout's package (not an installed one), and --standalone: a free port each time
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1",

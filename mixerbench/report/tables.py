@@ -94,11 +94,12 @@ def latest_per_run(df: pd.DataFrame) -> pd.DataFrame:
     if "run_id" not in df.columns:
         return df
     keys = [c for c in ("run_id", "dataset", "split", "img_size") if c in df.columns]
+    df = df.reset_index(drop=True)  # rows keep the order they came in (a caller may sort them)
     has_id = df["run_id"].notna() & (df["run_id"].astype(str) != "")
     trained = (df["kind"].astype(str) != "evaluate") if "kind" in df.columns else has_id
     ranked = df[has_id].assign(_trained=trained[has_id]).sort_values("_trained", kind="stable")
     kept = ranked.drop_duplicates(subset=keys, keep="last").drop(columns="_trained")
-    return pd.concat([kept, df[~has_id]]).sort_index().copy()
+    return df[df.index.isin(kept.index) | ~has_id].copy()
 
 
 def pick_experiment(df: pd.DataFrame, experiment: str | None = None) -> tuple[pd.DataFrame, str]:

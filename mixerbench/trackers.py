@@ -1,0 +1,524 @@
+"""Experiment trackers (TensorBoard, Weights & Biases, MLflow): views of what the CSVs hold.
+
+The results CSVs and run directories stay the record; a tracker only shows the same numbers in
+its own tool. So a tracker never decides the fate of a run: every call into a tracker library
+is guarded, and a tool that fails is switched off for the rest of that tracker run with one
+warning (through `on_warning`), while training goes on and every CSV row is written.
+
+Each tool is used through its own library, imported only when asked for (`pip install
+"mixerbench[trackers]"`), and writes only under the results folder unless the user points it
+elsewhere:
+- tensorboard: `torch.utils.tensorboard.SummaryWriter`, event files in `<run_dir>/tb/` for a
+  training run, `<results>/tb/<name>-<time>/` for evaluate, compare and plot.
+- wandb: offline unless `WANDB_MODE` is set; then runs, cache, config and logs all go under
+  `<results>/wandb/` (`wandb sync <results>/wandb/offline-run-*` uploads them later).
+- mlflow: `MLFLOW_TRACKING_URI` if set, else a SQLite store `<results>/mlflow/mlflow.db` with
+  artifacts in `<results>/mlflow/artifacts/` (MLflow 3 refuses a bare `file:` store unless
+  told to, and points it at SQLite instead).
+
+What goes in (one tracker run per training run, named by its run id): the RunConfig as
+hyper-parameters (`model.width` keys), each metrics.csv row at its step under the CSV's column
+names, the final summary (the accuracy.csv row: numbers as `summary/<key>` in TensorBoard and
+MLflow, W&B's run summary; text as tags), and the figures (PNG) and tables of `compare` and
+`plot`. `Tracked` feeds a training run's `log(event, info)` events to the trackers, so the
+training loop knows nothing of them. A resumed run continues its TensorBoard folder (steps after
+the checkpoint are purged, as metrics.csv drops them) and its MLflow run; W&B offline runs
+cannot be resumed, so it gets a new one of the same name. A finished run read back is not
+logged again. Under torchrun only rank 0 logs.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from mixerbench.errors import UserError, close_matches
+from mixerbench.names import slug
+
+TRACKERS = ("tensorboard", "wandb", "mlflow")
+INSTALL = 'pip install "mixerbench[trackers]"'
+Warn = Callable[[str], None]
+
+
+# ------------------------------------------------------------------------ names and packages
+
+
+def _modules(name: str) -> tuple[str, ...]:
+    """The modules tracker `name` imports. MLflow's own local store is SQLite, which it reaches
+    through SQLAlchemy and Alembic (not part of mlflow-skinny); a server URI needs neither."""
+    if name == "tensorboard":
+        return ("tensorboard", "torch.utils.tensorboard")
+    if name == "wandb":
+        return ("wandb",)
+    return ("mlflow",) if os.environ.get("MLFLOW_TRACKING_URI") else ("mlflow", "sqlalchemy",
+                                                                       "alembic")
+
+
+def parse_trackers(text: str | Iterable[str] | None) -> tuple[str, ...]:
+    """`"tensorboard,wandb"` -> ("tensorboard", "wandb"), each known and importable; checked
+    before any work starts, so a missing package costs nothing but this one error."""
+    import importlib
+
+    if text is None:
+        return ()
+    parts = text.split(",") if isinstance(text, str) else list(text)
+    names = tuple(dict.fromkeys(p.strip().lower() for p in parts if p.strip()))
+    for name in names:
+        if name not in TRACKERS:
+            raise UserError(f"Unknown tracker '{name}'; choose any of {', '.join(TRACKERS)}, "
+                            f"comma-separated.{close_matches(name, TRACKERS)}")
+    for name in names:
+        for module in _modules(name):
+            try:
+                importlib.import_module(module)
+            except ImportError:
+                raise UserError(f"--tracker {name} needs the {module.split('.')[0]} package, "
+                                f"which is not installed here; {INSTALL}.") from None
+    return names
+
+
+# ---------------------------------------------------------------------------- value shaping
+
+
+def flatten(d: Mapping, prefix: str = "") -> dict[str, Any]:
+    """{"model": {"width": 16}} -> {"model.width": 16}: the keys `--set` takes."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping) and v:
+            out.update(flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+
+
+def numbers(d: Mapping) -> dict[str, float]:
+    """The finite numeric entries (blank cells, NaN and text left out)."""
+    return {k: float(v) for k, v in d.items() if _number(v)}
+
+
+def _scalar(v: Any) -> int | float | str | bool:
+    """A hyper-parameter value every tool accepts: numbers and booleans as they are, the rest
+    (None, tuples, empty dicts) as text."""
+    return v if isinstance(v, (bool, int, float, str)) else json.dumps(v, default=str)
+
+
+def evaluation_metrics(res: Mapping) -> dict[str, float]:
+    """The numbers of one `evaluate` result under flat names: accuracy, ReaL, few-shot per
+    shot count and shuffle per (train, eval, metric)."""
+    out = {k: res[k] for k in ("top1", "top5", "loss") if _number(res.get(k))}
+    real = res.get("real") or {}
+    out.update({f"real/{k}": real[k] for k in ("top1", "top5") if _number(real.get(k))})
+    for r in res.get("fewshot") or []:
+        out[f"fewshot/{r['shots']}shot_top1_mean"] = r.get("top1_mean")
+        out[f"fewshot/{r['shots']}shot_top1_std"] = r.get("top1_std")
+    for r in res.get("shuffle") or []:
+        out[f"shuffle/train_{r['train_shuffle']}/eval_{r['eval_shuffle']}/{r['metric']}"] = r.get("top1")
+    return numbers(out)
+
+
+def _one_line(exc: BaseException) -> str:
+    text = " ".join(str(exc).split())
+    return f"{type(exc).__name__}: {text[:200]}{'...' if len(text) > 200 else ''}"
+
+
+@contextmanager
+def _environ(values: Mapping[str, str]):
+    """Set environment variables for a while, then restore them as they were."""
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+@contextmanager
+def _quiet_loggers(*names: str):
+    """Libraries that announce their set-up on stderr (MLflow creating its database) stay
+    quiet: the CLI alone talks to the terminal."""
+    loggers = [logging.getLogger(n) for n in names]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.WARNING)
+    try:
+        yield
+    finally:
+        for lg, level in zip(loggers, levels):
+            lg.setLevel(level)
+
+
+# -------------------------------------------------------------------------------- backends
+
+
+class _TensorBoard:
+    name = "tensorboard"
+
+    def __init__(self, root: Path, run: str, *, log_dir: Path, resume_step: int, **_):
+        from torch.utils.tensorboard import SummaryWriter
+
+        # purge_step: TensorBoard hides what an interrupted run logged after the checkpoint it
+        # resumes from, as metrics.csv drops those rows (they are logged again)
+        self.w = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step or None)
+        self.hparams = None
+
+    def config(self, config: Mapping) -> None:
+        from torch.utils.tensorboard.summary import hparams
+
+        flat = flatten(config)
+        hp = {k: _scalar(v) for k, v in flat.items()}
+        # the hparams dashboard lists these metrics beside each run's hyper-parameters
+        exp, ssi, self.hparams = hparams(hp, {"top1": 0.0, "top5": 0.0, "eval_loss": 0.0})
+        self.w.file_writer.add_summary(exp)
+        self.w.file_writer.add_summary(ssi)
+        self.w.add_text("config", "```\n" + json.dumps(flat, indent=1, default=str) + "\n```")
+        self.w.flush()
+
+    def metrics(self, step: int, values: dict) -> None:
+        for k, v in values.items():
+            self.w.add_scalar(k, v, step)
+        self.w.flush()  # a live TensorBoard shows each evaluation as it happens
+
+    def summary(self, step: int, values: dict, text: dict) -> None:
+        for k, v in values.items():
+            self.w.add_scalar(f"summary/{k}", v, step)
+        rows = "\n".join(f"| {k} | {v} |" for k, v in {**text, **values}.items())
+        self.w.add_text("summary", "| key | value |\n| --- | --- |\n" + rows, step)
+
+    def files(self, paths: list[Path]) -> None:
+        import numpy as np
+        from PIL import Image
+
+        for p in paths:
+            if p.suffix == ".png":
+                with Image.open(p) as im:
+                    self.w.add_image(f"figures/{p.stem}", np.asarray(im.convert("RGB")),
+                                     dataformats="HWC")
+            elif p.suffix == ".md":
+                self.w.add_text(f"tables/{p.stem}", p.read_text())
+
+    def close(self, status: str) -> None:
+        if status == "finished" and self.hparams is not None:
+            self.w.file_writer.add_summary(self.hparams)  # the hparams session ends: success
+        self.w.close()
+
+
+class _WandB:
+    name = "wandb"
+
+    def __init__(self, root: Path, run: str, *, group: str | None, kind: str, **_):
+        import wandb
+
+        self.env: dict[str, str] = {}
+        if "WANDB_MODE" not in os.environ:
+            # offline by default, and every file wandb makes (cache, settings, core logs,
+            # staged media) under the results folder instead of ~/.cache and ~/.config
+            base = (root / "wandb").absolute()
+            self.env = {"WANDB_MODE": "offline", "WANDB_CACHE_DIR": str(base / "cache"),
+                        "WANDB_CONFIG_DIR": str(base / "config"),
+                        "WANDB_DATA_DIR": str(base / "data"),
+                        "WANDB_ARTIFACT_DIR": str(base / "artifacts")}
+        root.mkdir(parents=True, exist_ok=True)
+        self.restore = _environ(self.env)
+        self.restore.__enter__()  # held until close: wandb reads them while the run lives
+        try:
+            self.run = wandb.init(
+                dir=str(root), project=os.environ.get("WANDB_PROJECT", "mixerbench"), name=run,
+                group=group, job_type=kind,
+                settings=wandb.Settings(silent=True, console="off"))  # the CLI owns the terminal
+        except BaseException:
+            self.restore.__exit__(None, None, None)
+            raise
+
+    def config(self, config: Mapping) -> None:
+        # nested, as W&B expects: it shows and filters `model.width` itself
+        self.run.config.update(dict(config), allow_val_change=True)
+
+    def metrics(self, step: int, values: dict) -> None:
+        self.run.log(values, step=step)
+
+    def summary(self, step: int, values: dict, text: dict) -> None:
+        self.run.summary.update({**text, **values})
+
+    def files(self, paths: list[Path]) -> None:
+        import wandb
+
+        media = {}
+        for p in paths:
+            if p.suffix == ".png":
+                media[f"figures/{p.stem}"] = wandb.Image(str(p))
+            elif p.suffix == ".csv":
+                import pandas as pd
+
+                media[f"tables/{p.stem}"] = wandb.Table(dataframe=pd.read_csv(p))
+        if media:
+            self.run.log(media)
+
+    def close(self, status: str) -> None:
+        try:
+            self.run.finish(exit_code=0 if status == "finished" else 1)
+        finally:
+            self.restore.__exit__(None, None, None)
+
+
+class _MLflow:
+    name = "mlflow"
+    TAG = "mixerbench.run_id"
+
+    def __init__(self, root: Path, run: str, *, group: str | None, kind: str,
+                 resume_step: int, **_):
+        from mlflow.tracking import MlflowClient
+
+        experiment = group or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "mixerbench"
+        uri = artifacts = None
+        if not os.environ.get("MLFLOW_TRACKING_URI"):
+            base = (root / "mlflow").absolute()
+            base.mkdir(parents=True, exist_ok=True)
+            uri = f"sqlite:///{base / 'mlflow.db'}"
+            # without it MLflow puts artifacts in ./mlartifacts, outside the results folder
+            artifacts = (base / "artifacts" / slug(experiment)).as_uri()
+        with _quiet_loggers("mlflow", "alembic"):
+            self.client = MlflowClient(tracking_uri=uri)
+            exp = self.client.get_experiment_by_name(experiment)
+            if exp is None:
+                try:
+                    exp_id = self.client.create_experiment(experiment, artifact_location=artifacts)
+                except Exception:  # another process created it meanwhile
+                    exp_id = self.client.get_experiment_by_name(experiment).experiment_id
+            else:
+                exp_id = exp.experiment_id
+        found = []
+        if resume_step:  # an interrupted run continues in its own MLflow run
+            found = self.client.search_runs(
+                [exp_id], filter_string=f"tags.`{self.TAG}` = '{run}' and "
+                                        "attributes.status != 'FINISHED'",
+                order_by=["attributes.start_time DESC"], max_results=1)
+        if found:
+            self.run_id = found[0].info.run_id
+            self.client.update_run(self.run_id, status="RUNNING")
+        else:
+            self.run_id = self.client.create_run(
+                exp_id, run_name=run, tags={self.TAG: run, "mixerbench.kind": kind}).info.run_id
+
+    def config(self, config: Mapping) -> None:
+        from mlflow.entities import Param
+
+        params = [Param(k, str(_scalar(v))[:6000]) for k, v in flatten(config).items()]
+        for i in range(0, len(params), 100):  # MLflow's batch limit
+            self.client.log_batch(self.run_id, params=params[i:i + 100])
+
+    def metrics(self, step: int, values: dict) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, step)
+                                                    for k, v in values.items()])
+
+    def summary(self, step: int, values: dict, text: dict) -> None:
+        from mlflow.entities import Metric, RunTag
+
+        now = int(time.time() * 1000)
+        self.client.log_batch(
+            self.run_id, metrics=[Metric(f"summary/{k}", v, now, step) for k, v in values.items()],
+            tags=[RunTag(f"mixerbench.{k}", str(v)[:5000]) for k, v in text.items()])
+        self.client.log_dict(self.run_id, {**text, **values}, "summary.json")
+
+    def files(self, paths: list[Path]) -> None:
+        for p in paths:
+            self.client.log_artifact(self.run_id, str(p), p.parent.name)  # figures/ or tables/
+
+    def close(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status=status.upper())
+
+
+BACKENDS = {"tensorboard": _TensorBoard, "wandb": _WandB, "mlflow": _MLflow}
+
+
+# --------------------------------------------------------------------------- one tracker run
+
+
+class Trackers:
+    """One tracker run, in each requested tool. Every method is safe to call: a tool that fails
+    is closed and dropped with one warning; the others (and the caller) go on."""
+
+    def __init__(self, name: str, on_warning: Warn | None = None):
+        self.name = name
+        self.backends: list = []
+        self.warnings: list[str] = []
+        self.on_warning = on_warning
+        self.step = 0
+
+    def _warn(self, tool: str, what: str, exc: BaseException) -> None:
+        message = (f"{tool} tracking of {self.name} stopped ({what} failed: {_one_line(exc)}); "
+                   "the CSVs and the run go on.")
+        self.warnings.append(message)
+        if self.on_warning:
+            self.on_warning(message)
+
+    def _each(self, method: str, *args) -> None:
+        for b in list(self.backends):
+            try:
+                getattr(b, method)(*args)
+            except Exception as exc:
+                self.backends.remove(b)
+                self._warn(b.name, method, exc)
+                try:
+                    b.close("failed")
+                except Exception:
+                    pass
+
+    def log_config(self, config: Mapping) -> None:
+        """The hyper-parameters (the RunConfig as `to_dict` gives it); tools that keep flat
+        parameters get `model.width` keys, the keys `--set` takes."""
+        self._each("config", config)
+
+    def log_metrics(self, step: int, row: Mapping) -> None:
+        """One evaluation: the finite numbers of a metrics.csv row (its `step` is the x axis)."""
+        self.step = max(self.step, int(step))
+        values = numbers({k: v for k, v in row.items() if k != "step"})
+        if values:
+            self._each("metrics", int(step), values)
+
+    def log_summary(self, summary: Mapping, step: int | None = None) -> None:
+        """The final numbers (as `summary/<key>` where the tool keeps histories) and the text
+        fields (model, dataset, provenance) as tags."""
+        skip = {"run_dir", "reused"}
+        values = numbers({k: v for k, v in summary.items() if k not in skip})
+        text = {k: str(v) for k, v in summary.items()
+                if k not in skip and k not in values and v is not None and v != ""
+                and not isinstance(v, (list, dict))}
+        self._each("summary", self.step if step is None else int(step), values, text)
+
+    def log_figures(self, paths: Iterable[str | os.PathLike]) -> None:
+        """Figures (PNG: images) and tables (CSV or markdown: tables, text, artifacts)."""
+        paths = [Path(p) for p in paths if Path(p).is_file()]
+        if paths:
+            self._each("files", paths)
+
+    def close(self, status: str = "finished") -> None:
+        """End the tracker run: `finished`, `failed` or `killed` (interrupted)."""
+        self._each("close", status)
+        self.backends = []
+
+
+def open_trackers(names: Iterable[str], root: str | os.PathLike, name: str, *,
+                  group: str | None = None, kind: str = "train",
+                  tb_dir: str | os.PathLike | None = None, resume_step: int = 0,
+                  on_warning: Warn | None = None) -> Trackers:
+    """Start one tracker run called `name` in each tool of `names` (from `parse_trackers`).
+
+    Args:
+        root: the results folder; every default location is under it.
+        group: runs that belong together (a `compare`): W&B group, MLflow experiment name.
+        kind: what the run is (pretrain, finetune, evaluate, compare, plot).
+        tb_dir: TensorBoard folder (default `<root>/tb/<name>-<time>`); a training run's is
+            `<run_dir>/tb`.
+        resume_step: the step an interrupted run continues from (0: a fresh start).
+
+    Under torchrun, ranks other than 0 get a tracker run with no tools: one process logs.
+    """
+    from mixerbench.runtime import rank
+
+    t = Trackers(name, on_warning)
+    if rank() != 0:
+        return t
+    root = Path(root)
+    log_dir = Path(tb_dir) if tb_dir else root / "tb" / f"{slug(name)}-{time.strftime('%Y%m%d-%H%M%S')}"
+    for tool in names:
+        try:
+            t.backends.append(BACKENDS[tool](root, name, group=group, kind=kind, log_dir=log_dir,
+                                             resume_step=resume_step))
+        except Exception as exc:
+            t._warn(tool, "opening it", exc)
+    return t
+
+
+def record(names: Iterable[str], root: str | os.PathLike, name: str, *,
+           config: Mapping | None = None, summary: Mapping | None = None,
+           files: Iterable[str | os.PathLike] = (), group: str | None = None, kind: str,
+           step: int = 0, on_warning: Warn | None = None) -> list[str]:
+    """A whole tracker run at once, for commands that are not a training run (evaluate, the
+    figures of compare and plot); returns the warnings."""
+    names = tuple(names)
+    if not names:
+        return []
+    t = open_trackers(names, root, name, group=group, kind=kind, on_warning=on_warning)
+    t.step = step
+    if config:
+        t.log_config(config)
+    if summary:
+        t.log_summary(summary)
+    t.log_figures(files)
+    t.close()
+    return t.warnings
+
+
+def record_evaluation(names: Iterable[str], root: str | os.PathLike, res: Mapping, *,
+                      options: Mapping, on_warning: Warn | None = None) -> list[str]:
+    """`evaluate`'s tracker run, `evaluate-<run or checkpoint>-<dataset>`: its options as the
+    config, its numbers (`evaluation_metrics`) and what was measured as the summary."""
+    run_id = next((r["run_id"] for rows in res["rows"].values() for r in rows
+                   if r.get("run_id")), None)
+    source = run_id or Path(str(options.get("checkpoint"))).name
+    summary = dict(model=res["model"], dataset=res["dataset"], split=res["split"],
+                   img_size=res["img_size"], pipeline=res["pipeline"],
+                   **evaluation_metrics(res))
+    return record(names, root, f"evaluate-{slug(source)}-{slug(res['dataset'])}", kind="evaluate",
+                  config=options, summary=summary, on_warning=on_warning)
+
+
+class Tracked:
+    """A `log(event, info)` callback that also feeds the trackers: events go on to `log` (the
+    progress display) unchanged, and each training run's "start" (config), "eval" (the
+    metrics.csv row) and "end" (the summary) go to its own tracker run, named by its run id.
+
+    A run read back because it had finished ("finished") is not logged again: it was recorded
+    when it was trained. `close(status)` ends a run cut short (interrupt, error).
+    """
+
+    def __init__(self, log: Callable[[str, dict], None], names: Iterable[str], *,
+                 group: str | None = None):
+        self.log, self.names, self.group = log, tuple(names), group
+        self.current: Trackers | None = None
+
+    def _warning(self, message: str) -> None:
+        self.log("warning", dict(message=message))
+
+    def __call__(self, event: str, info: dict) -> None:
+        self.log(event, info)
+        if not self.names:
+            return
+        if event == "start":
+            self.close("killed")  # a run that never reached its end event
+            run_dir = Path(info["run_dir"])
+            config = info.get("config") or {}
+            self.current = open_trackers(
+                self.names, run_dir.parent.parent, run_dir.name, group=self.group,
+                kind=config.get("kind") or "train", tb_dir=run_dir / "tb",
+                resume_step=int(info.get("step") or 0), on_warning=self._warning)
+            self.current.step = int(info.get("step") or 0)
+            self.current.log_config(config)
+        elif event == "eval" and self.current is not None:
+            self.current.log_metrics(info["step"], info)
+        elif event == "end" and self.current is not None:
+            self.current.log_summary(info, step=info.get("steps"))
+            self.close("finished")
+
+    def close(self, status: str = "finished") -> None:
+        if self.current is not None:
+            current, self.current = self.current, None
+            current.close(status)

@@ -1,0 +1,124 @@
+"""Every command line README.md and results/README.md show runs as typed and exits 0.
+
+The lines are read from the documents' ```bash blocks (a `\\` continues a line, `#` starts a
+comment), so the docs cannot drift from the code again. Each runs in a scratch folder laid out
+like a checkout (`results/`, `../shared/data`), in the order the documents give them (later
+lines use the runs of earlier ones); a line only gains `SHRINK`'s arguments, which make it
+smaller (fewer steps, fewer images), never different. Lines that need the CIFAR-10 copy skip
+when `../shared/data` is not beside the checkout.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mixerbench.cli import app
+
+ROOT = Path(__file__).resolve().parents[1]
+DOCS = [ROOT / "README.md", ROOT / "results" / "README.md"]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+# Arguments appended to a documented line (matched by regex) so it runs in seconds on 2 CPU
+# cores; each only shrinks the work. The first matching entry wins.
+SHRINK: list[tuple[str, list[str]]] = [
+    (r"^compare ", ["--seeds", "1", "--set", "steps=4", "--set", "max_eval_examples=200",
+                    "--no-bench"]),
+    (r"^reproduce throughput", ["--models", "mixer-s32,vit-s32", "--batch-size", "2"]),
+    (r"^reproduce (shuffle|data-scaling|transfer)",
+     ["--set", "steps=2", "--set", "max_eval_examples=100"]),
+    (r"^pretrain .*--list-presets|--print-config|^models|^paper|^datasets|^plot|^export", []),
+    (r"^pretrain ", ["--steps", "4"]),
+    (r"^finetune ", ["--steps", "2", "--set", "optim.warmup_steps=1", "--set",
+                     "max_eval_examples=200"]),
+    (r"^evaluate ", ["--max-examples", "200"]),
+    (r"^bench ", ["--batch-size", "1", "--repeats", "1", "--steps", "1", "--warmup", "0"]),
+]
+
+
+def documented_commands() -> list[tuple[str, str]]:
+    """(document name, command line) for every `mixerbench` / `torchrun` line, in order."""
+    out = []
+    for doc in DOCS:
+        for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), re.S):
+            text = re.sub(r"\\\n\s*", " ", block)
+            for line in text.splitlines():
+                for part in line.split("&&"):
+                    part = part.split(" #")[0].strip()
+                    if part.startswith(("mixerbench ", "torchrun ")):
+                        out.append((doc.relative_to(ROOT).as_posix(), part))
+    return out
+
+
+COMMANDS = documented_commands()
+
+
+def shrink(args: list[str]) -> list[str]:
+    line = " ".join(args)
+    for pattern, extra in SHRINK:
+        if re.search(pattern, line):
+            return args + extra
+    return args
+
+
+@pytest.fixture(scope="module")
+def checkout(tmp_path_factory):
+    """A folder laid out like a checkout: `work/` (the cwd, results go to work/results) beside
+    `shared/data` (a link to the offline copies, when present)."""
+    base = tmp_path_factory.mktemp("docs")
+    work = base / "work"
+    work.mkdir()
+    if (SHARED_DATA / "cifar10").is_dir():
+        (base / "shared").mkdir()
+        (base / "shared" / "data").symlink_to(SHARED_DATA, target_is_directory=True)
+    return work
+
+
+def test_the_documents_show_commands():
+    assert len(COMMANDS) >= 10
+    assert any(line.startswith("torchrun ") for _, line in COMMANDS)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("doc,line", COMMANDS, ids=[f"{d}:{i}" for i, (d, _) in enumerate(COMMANDS)])
+def test_a_documented_command_runs_as_typed(doc, line, checkout, monkeypatch):
+    if "../shared/data" in line and not (checkout.parent / "shared" / "data").exists():
+        pytest.skip("needs the offline CIFAR-10 copy beside the checkout")
+    args = shlex.split(line)
+    monkeypatch.chdir(checkout)
+    env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_RESULTS": None,
+           "MIXERBENCH_DATA": None, "OMP_NUM_THREADS": "1"}
+    if args[0] == "torchrun":  # its own processes: the command exactly as typed
+        proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args[1:]],
+                              cwd=checkout, capture_output=True, text=True, timeout=300,
+                              env={**os.environ, **{k: v for k, v in env.items() if v},
+                                   "PYTHONPATH": str(ROOT)})
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        return
+    assert args[0] == "mixerbench", line
+    r = CliRunner().invoke(app, shrink(args[1:]), env=env)
+    assert r.exit_code == 0, f"{doc}: `{line}` exited {r.exit_code}:\n{r.output[-3000:]}"
+    assert "Traceback" not in r.output
+
+
+def test_shrinking_only_adds_size_arguments():
+    """What SHRINK appends makes a command smaller, never another experiment."""
+    allowed = {"--set", "--steps", "--max-examples", "--no-bench", "--repeats", "--warmup",
+               "--batch-size", "--models", "--seeds"}
+    sizes = re.compile(r"(steps|max_eval_examples|optim\.warmup_steps)=\d+|\d+|[a-z0-9-]+,[a-z0-9-]+")
+    for _, extra in SHRINK:
+        for arg in extra:
+            assert arg in allowed or sizes.fullmatch(arg), arg
+
+
+def test_torchrun_is_on_the_path_of_this_python():
+    """The README's torchrun line runs the venv's torchrun (the test runs it as its module)."""
+    assert shutil.which("torchrun") or (Path(sys.executable).parent / "torchrun").exists()
