@@ -581,3 +581,25 @@ def test_data_scaling_ticks_round_the_epochs_each_subset_got():
     df["epochs"] = df["fraction"].map({0.03: 333.31, 0.1: 99.993, 0.3: 33.331, 1.0: 9.9994})
     ticks = [t.get_text() for t in figures.data_scaling(df).axes[0].get_xticklabels()]
     assert ticks == ["3%\n333 ep", "10%\n100 ep", "30%\n33 ep", "100%\n10 ep"], ticks
+
+
+def test_the_default_panel_is_the_compare_even_on_a_smaller_dataset():
+    """A compare on mnist-5k beside more data-scaling rows on cifar10: both cost figures show
+    the compare (choosing the dataset with most rows first drew the data-scaling runs, and the
+    throughput figure averaged their subsets as if they were seeds)."""
+    acc = accuracy_fixture().assign(experiment="compare:smoke", dataset="mnist-5k")
+    extra = frame("accuracy", [dict(run_id=f"ds-{m}-{f}", model=m, dataset="cifar10",
+                                    split="test", img_size=32, epochs=10 / f, top1=50.0 + f,
+                                    train_seconds=100, device_hours=0.1, train_flops=1e14,
+                                    experiment="data-scaling")
+                               for m in ("mixer-b16", "vit-b16") for f in (0.03, 0.1, 0.3, 1.0)])
+    both = pd.concat([acc, extra], ignore_index=True)
+    assert (both["dataset"] == "cifar10").sum() > (both["dataset"] == "mnist-5k").sum()
+    title = figures.pareto_cost(both, paper=False).axes[0].get_title()
+    assert "compare:smoke" in title and "mnist-5k" in title, title
+    thr = frame("throughput", [dict(model=m, mode="infer", batch_size=8, img_size=224,
+                                    img_per_sec_mean=100.0) for m in ("mixer-b16", "vit-b16")])
+    title = figures.accuracy_throughput(both, thr, paper=False).axes[0].get_title()
+    assert "compare:smoke" in title, title
+    named = figures.pareto_cost(both, paper=False, dataset="cifar10").axes[0].get_title()
+    assert "data-scaling" in named, named

@@ -39,8 +39,8 @@ from mixerbench.report.tables import (
     device_hours,
     latest_per_run,
     numeric,
+    pick_comparison,
     pick_dataset,
-    pick_experiment,
     require,
 )
 
@@ -284,10 +284,10 @@ def pareto_cost(
     acc = require(accuracy_df, "accuracy", "The pareto-cost figure")
     numeric(acc, "top1", "train_flops", "img_size", "epochs")
     acc["device_hours"] = device_hours(acc)
-    acc, dataset = pick_dataset(acc, dataset, "The pareto-cost figure")
     acc = latest_per_run(acc)
-    acc, experiment = pick_experiment(acc[acc["kind"].astype(str) != "evaluate"]
-                                      if "kind" in acc.columns else acc, experiment)
+    if "kind" in acc.columns:
+        acc = acc[acc["kind"].astype(str) != "evaluate"]
+    acc, dataset, experiment = pick_comparison(acc, dataset, experiment, "The pareto-cost figure")
     acc = acc[acc["top1"].notna()]
     if "train_flops" not in acc.columns:
         acc["train_flops"] = np.nan
@@ -300,7 +300,7 @@ def pareto_cost(
         family=("family", "first")).reset_index()
     several = agg["model"].duplicated(keep=False)
     epochs = agg["epochs"] if "epochs" in agg.columns else pd.Series(np.nan, index=agg.index)
-    agg["label"] = [f"{m} {int(e)}ep" if dup and e == e else str(m)
+    agg["label"] = [f"{m} {round(e):g}ep" if dup and e == e else str(m)
                     for m, e, dup in zip(agg["model"], epochs, several)]
     panels = [(c, lab) for c, lab in (
         ("device_hours", "training cost (device-hours)"),
@@ -369,11 +369,11 @@ def accuracy_throughput(
     thr = require(throughput_df, "throughput", "The accuracy-throughput figure")
     numeric(acc, "top1")
     numeric(thr, "img_per_sec_mean", "num_devices")
-    acc, dataset = pick_dataset(acc, dataset, "The accuracy-throughput figure")
     acc = latest_per_run(acc)
     # One point per model means one comparison: one experiment (the `compare` with the most
     # rows by default), so data-scaling or transfer runs of the same model do not blur it.
-    acc, experiment = pick_experiment(acc, experiment)
+    acc, dataset, experiment = pick_comparison(acc, dataset, experiment,
+                                               "The accuracy-throughput figure")
     thr = thr[(thr["mode"] == mode) & thr["img_per_sec_mean"].notna()]
     nd = thr["num_devices"].fillna(1).clip(lower=1) if "num_devices" in thr.columns else 1
     thr = thr.assign(per_device=thr["img_per_sec_mean"] / nd)

@@ -120,6 +120,21 @@ def pick_experiment(df: pd.DataFrame, experiment: str | None = None) -> tuple[pd
     return df[names == chosen], chosen
 
 
+def pick_comparison(df: pd.DataFrame, dataset: str | None, experiment: str | None,
+                    what: str) -> tuple[pd.DataFrame, str, str]:
+    """The rows of one experiment on one dataset, and their names. With neither named, the
+    experiment is chosen first (`pick_experiment`: the `compare` with the most rows), then its
+    dataset: picking the dataset first would hide a compare on a smaller dataset behind the
+    runs of another experiment on a bigger one."""
+    if dataset is None:
+        df, experiment = pick_experiment(df, experiment)
+        df, dataset = pick_dataset(df, None, what)
+    else:
+        df, dataset = pick_dataset(df, dataset, what)
+        df, experiment = pick_experiment(df, experiment)
+    return df, dataset, experiment
+
+
 def _best_throughput(thr: pd.DataFrame | None, model: str, mode: str, img_size) -> float:
     """Highest img/s over batch sizes (the paper reports the best batch size), same resolution
     as the accuracy run when such a row exists."""
