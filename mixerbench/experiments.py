@@ -424,7 +424,8 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     Expected: the paper's claim is the test; the committed rows and results/README.md say what
     was measured. Runtime: smoke budget about 5 minutes on 2 CPU cores (2 epochs of mnist-5k:
     under-trained at 100 %); cpu budget (CIFAR-10, 10 epochs' steps at 100 %, so 333 at 3 %)
-    about __CPU_SCALING_TIME__ on 2 CPU cores.
+    about 47 minutes on 2 CPU cores (12 runs of 3-4 minutes and
+    their probes).
     """
     from mixerbench.data import get_dataset
     from mixerbench.presets import get_preset
