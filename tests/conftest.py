@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 # As the CLI does: spin-waiting OpenMP threads slow small tensor ops ~70x on a busy 2-core box.
@@ -61,3 +63,11 @@ def child_env(data_offline_cache):
     for key in ("MIXERBENCH_RESULTS", "MIXERBENCH_DATA", "RANK", "WORLD_SIZE", "LOCAL_RANK"):
         env.pop(key, None)
     return env
+
+
+def start(args, env, **kw) -> subprocess.Popen:
+    """`python -m mixerbench --quiet ARGS` in the background from this checkout, output captured
+    (the end-to-end tests' one way to start the command as a user would)."""
+    return subprocess.Popen([sys.executable, "-m", "mixerbench", "--quiet", *map(str, args)],
+                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, **kw)

@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import start
 
 from mixerbench.launch import Cell
 
@@ -103,13 +104,6 @@ SWEEP = ["compare", "--models", "mixer,vit", "--preset", "smoke", "--dataset", "
          "--set", "model.img_size=32", "--no-bench", "--device", "cpu", "--format", "csv"]
 
 
-def mixerbench(args, env, **kw) -> subprocess.Popen:
-    """`python -m mixerbench --quiet ARGS` in the background, output captured."""
-    return subprocess.Popen([sys.executable, "-m", "mixerbench", "--quiet", *map(str, args)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
-
-
 def finish(proc: subprocess.Popen, timeout: float = 240) -> tuple[int, str, str]:
     out, err = proc.communicate(timeout=timeout)
     return proc.returncode, out, err
@@ -133,8 +127,8 @@ def test_local_launcher_gives_the_serial_table(tmp_path, child_env):
     per seed: the same run ids and the same top-1 to the last digit)."""
     pytest.importorskip("submitit")
     sweep = [*SWEEP, "--set", "steps=6"]
-    procs = [mixerbench([*sweep, "--results-dir", tmp_path / "serial"], child_env),  # at once:
-             mixerbench([*sweep, "--results-dir", tmp_path / "local",  # separate folders
+    procs = [start([*sweep, "--results-dir", tmp_path / "serial"], child_env),  # at once:
+             start([*sweep, "--results-dir", tmp_path / "local",  # separate folders
                          "--launcher", "local", "--parallel", "2"], child_env)]
     serial, launched = [finish(p) for p in procs]
     for code, _, err in (serial, launched):
@@ -175,7 +169,7 @@ def test_local_sweep_survives_sigterm_and_sigkill_without_duplicate_rows(tmp_pat
     pytest.importorskip("submitit")
     sweep = [*SWEEP, "--set", "steps=60", "--set", "eval_every=10", "--results-dir", tmp_path,
              "--launcher", "local", "--parallel", "2"]
-    first = mixerbench(sweep, child_env)
+    first = start(sweep, child_env)
     _wait_for(lambda: _checkpoints(tmp_path) == 2, first)  # both cells are mid-training
     first.send_signal(signal.SIGTERM)
     code, _, err = finish(first)
@@ -184,14 +178,14 @@ def test_local_sweep_survives_sigterm_and_sigkill_without_duplicate_rows(tmp_pat
                    for p in (tmp_path / "launcher").glob("*/*_submitted.pkl")]
     assert len(controllers) == 2 and not any(_alive(pid) for pid in controllers)
 
-    second = mixerbench(sweep, child_env)
+    second = start(sweep, child_env)
     steps = lambda: [len(rows(m)) for m in (tmp_path / "runs").glob("*/metrics.csv")]
     before = sum(steps())
     _wait_for(lambda: sum(steps()) > before, second)  # resumed and training again
     second.kill()  # its jobs go on alone
     second.wait()
 
-    code, out, err = finish(mixerbench(sweep, child_env))
+    code, out, err = finish(start(sweep, child_env))
     assert code == 0, err[-3000:]
     assert len(table_of(out)) == 2
     runs = sorted(p.name for p in (tmp_path / "runs").iterdir())

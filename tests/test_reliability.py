@@ -25,6 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import start
 from typer.testing import CliRunner
 
 from mixerbench import results
@@ -48,13 +49,6 @@ NOT_RESULTS = {"train_seconds", "device_hours", "timestamp", "git_sha", "img_per
 
 
 # ------------------------------------------------------------------------------------ helpers
-
-
-def start(args, env, **kw) -> subprocess.Popen:
-    """`python -m mixerbench --quiet ARGS` in the background, output captured."""
-    return subprocess.Popen([sys.executable, "-m", "mixerbench", "--quiet", *map(str, args)],
-                            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, **kw)
 
 
 def finish(proc: subprocess.Popen, timeout: float = 180) -> tuple[int, str, str]:
