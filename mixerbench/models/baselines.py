@@ -23,15 +23,17 @@ _VIT = {  # paper name -> (timm architecture, patch)
 # timm's constructor arguments for the zoo's options, shared by ViT and timm's MlpMixer class
 _TOKENS = {"width": "embed_dim", "img_size": "img_size", "patch_size": "patch_size"}
 
-# Small-image ViT (not in the paper), sized like mixer-t4 for 32 px inputs. It pools its tokens
+# Every zoo ViT starts from the ViT paper's own initialisation (vision_transformer's JAX code:
+# lecun-normal patch embedding, xavier-uniform attention and MLP kernels, zero head), which timm
+# reproduces with `weight_init="jax"`; timm's default (truncated normal 0.02 everywhere) is not
+# what the paper's baselines were trained from, and it hurt the small ViT.
+# The small-image ViT (not in the paper), sized like mixer-t4 for 32 px inputs, pools its tokens
 # (global average, no class token: the ViT paper's App. D.3 finds it as good given the right lr,
-# and it gives the ViT the Mixer's head) and starts from the official vision_transformer init
-# that timm's `weight_init="jax"` reproduces (the Mixer's lecun-normal kernels and zero head are
-# the same Flax init); timm's default init and class token left the smoke preset's 2-block ViT
-# far behind on mnist-5k (see results/README.md).
+# and it gives the ViT the Mixer's head).
 register_family(Family(
     "vit", "ViT", "vit-b16", color="#0072B2", marker="s", linestyle="--",  # blue, dashed
-    models=(*(ModelSpec("vit-" + v.replace("/", "").lower(), "vit", f"ViT-{v}", arch, 224, patch)
+    models=(*(ModelSpec("vit-" + v.replace("/", "").lower(), "vit", f"ViT-{v}", arch, 224, patch,
+                        dict(weight_init="jax"))
               for v, (arch, patch) in _VIT.items()),
             ModelSpec("vit-t4", "vit", "ViT-T/4 (32 px)", "vit_tiny_patch16_224", 32, 4,
                       dict(embed_dim=256, depth=8, num_heads=4, global_pool="avg",
@@ -64,8 +66,7 @@ register_family(Family(
     small={
         "cifar10-scratch": Small(dict(name="resnet18-c", img_size=32)),
         "smoke": Small(dict(name="resnet18", img_size=28,
-                            options={"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128],
-                                     "stem_width": 16})),
+                            options={"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128]})),
     },
 ))
 
@@ -137,7 +138,17 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
     for ours in ("width", "depth"):
         if ours in overrides and ours in fam.options:
             kw[fam.options[ours]] = overrides.pop(ours)
-    overrides.pop("gelu", None)  # a Mixer-only choice; timm baselines keep their activation
+    gelu = overrides.pop("gelu", None)
+    if gelu == "tanh" and spec.family == "vit":
+        # Flax's nn.gelu (tanh approximation), recorded for ViTs read from official .npz files;
+        # otherwise timm's baselines keep their own activation (exact GELU, ReLU)
+        kw["act_layer"] = "gelu_tanh"
+    if spec.family == "resnet" and "stem_width" in overrides and not str(
+            overrides.get("stem_type", kw.get("stem_type", ""))).startswith("deep"):
+        # timm's ResNet reads stem_width only for a deep stem; its plain stem is 64 wide whatever
+        # stem_width says, so the option would be recorded without being used
+        raise UserError(f"{spec.name} ignores stem_width without stem_type='deep' (timm's plain "
+                        "stem has 64 channels); drop stem_width or add stem_type='deep'.")
     kw.update(overrides)
     if "img_size" in fam.options:  # the token count depends on it (ViT, the MLP families)
         kw.setdefault(fam.options["img_size"], img_size)
