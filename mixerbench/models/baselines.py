@@ -99,14 +99,18 @@ register_family(Family(
 register_family(Family(
     "resmlp", "ResMLP", "resmlp-12", color="#E69F00", marker="P", linestyle=(0, (5, 1)),
     models=(*(ModelSpec(f"resmlp-{depth}", "resmlp", f"ResMLP-{depth}", f"resmlp_{depth}_224",
-                        224, 16, dict(embed_dim=384, num_blocks=depth, mlp_ratio=4))
-              for depth in (12, 24, 36)),
+                        224, 16, dict(embed_dim=384, num_blocks=depth, mlp_ratio=4,
+                                      block_layer=("ResBlock", dict(init_values=scale))))
+              for depth, scale in ((12, 0.1), (24, 1e-5), (36, 1e-6))),
             ModelSpec("resmlp-t4", "resmlp", "ResMLP-T/4 (32 px)", None, 32, 4,
                       dict(embed_dim=256, num_blocks=8, mlp_ratio=4),
                       note="small-image ResMLP: width 256, 8 blocks, patch 4")),
     prefixes=("resmlp",), options=_MLP_BLOCKS,
     constructor="timm.models.mlp_mixer:MlpMixer",
-    layers=dict(block_layer="ResBlock", norm_layer="Affine"),
+    # LayerScale starts at 0.1 up to 12 blocks, 1e-5 at 24, 1e-6 at 36 as in the ResMLP
+    # authors' code (facebookresearch/deit resmlp_models.py); timm's resmlp_12_224 keeps
+    # ResBlock's 1e-4, which leaves a shallow ResMLP's residual branches near zero at the start
+    layers=dict(block_layer=("ResBlock", dict(init_values=0.1)), norm_layer="Affine"),
     small={
         "cifar10-scratch": Small(dict(name="resmlp-t4", img_size=32, patch_size=4,
                                       drop_path=0.1)),
@@ -159,9 +163,9 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
         if fam.constructor and registered:
             module, cls = fam.constructor.split(":")
             module = importlib.import_module(module)
-            layers = {k: getattr(module, v) if isinstance(v, str) else v
-                      for k, v in fam.layers.items()}
-            model = getattr(module, cls)(num_classes=num_classes, **layers, **kw)
+            for key, layer in fam.layers.items():  # the entry's own (kwargs) overrides
+                kw[key] = _layer(module, kw.get(key, layer))
+            model = getattr(module, cls)(num_classes=num_classes, **kw)
         else:
             model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes,
                                       **kw)
@@ -173,3 +177,15 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
         model.conv1 = nn.Conv2d(kw.get("in_chans", 3), width, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
     return model
+
+
+def _layer(module, layer):
+    """A `Family.layers` value: a class of `module` by name, or (name, arguments) for that class
+    with some arguments fixed (ResMLP's layer-scale init)."""
+    import functools
+
+    if isinstance(layer, str):
+        return getattr(module, layer)
+    if isinstance(layer, tuple):
+        return functools.partial(getattr(module, layer[0]), **layer[1])
+    return layer
