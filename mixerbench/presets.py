@@ -393,9 +393,9 @@ def _finetune_model(init: str, flags: dict, overrides: dict) -> tuple[ModelConfi
     """The model section of a fine-tuning run of `init`, and its resolution: the trained one,
     `--img-size N`, or `--img-size Kx` (K times the trained one, paper section 3). Pops a `Kx`
     resolution from `flags` / `overrides`, where it is not an integer."""
-    from mixerbench.models.weights import source_recipe
+    from mixerbench.models.weights import source_description
 
-    rec = source_recipe(init)
+    rec = source_description(init)
     arch = dict(rec.get("overrides") or {})
     for k in ("drop_path", "dropout"):  # the fine-tuning recipe sets its own
         arch.pop(k, None)

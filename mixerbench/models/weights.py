@@ -1,6 +1,6 @@
 """Loading and saving weights: run directories, safetensors, timm hub names, official `.npz`.
 
-A mixerbench checkpoint is a `.safetensors` state dict whose metadata carries the model recipe
+A mixerbench checkpoint is a `.safetensors` state dict whose metadata carries the model description
 (`name`, `num_classes`, `img_size`, `patch_size`, `overrides`), so a checkpoint file alone
 rebuilds its model. Sources accepted by `load_model` (the `--init` / `--checkpoint` contract):
 
@@ -22,20 +22,20 @@ from mixerbench.errors import UserError
 CHECKPOINT = "checkpoint-last.safetensors"
 
 
-def recipe(name: str, num_classes: int, img_size: int, patch_size: int | None,
+def model_description(name: str, num_classes: int, img_size: int, patch_size: int | None,
            overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return dict(name=name, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
                 overrides=dict(overrides or {}))
 
 
-def save_checkpoint(path: str | os.PathLike, model, model_recipe: dict[str, Any]) -> None:
-    """Write the state dict with its recipe atomically (temp file, fsync, rename)."""
+def save_checkpoint(path: str | os.PathLike, model, description: dict[str, Any]) -> None:
+    """Write the state dict with its model description atomically (temp file, fsync, rename)."""
     from safetensors.torch import save
 
     from mixerbench.files import atomic_write_bytes
 
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write_bytes(path, save(state, metadata={"mixerbench_model": json.dumps(model_recipe)}))
+    atomic_write_bytes(path, save(state, metadata={"mixerbench_model": json.dumps(description)}))
 
 
 def unwrap(model):
@@ -45,22 +45,22 @@ def unwrap(model):
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any] | None]:
-    """(state dict, recipe or None) from a safetensors file; UserError if unreadable."""
+    """(state dict, model description or None) from a safetensors file; UserError if unreadable."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    model_recipe = read_metadata(path)
+    description = read_metadata(path)
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise UserError(f"Checkpoint {path} is not a readable safetensors file ({exc}); "
                         "re-create it or pass another checkpoint.") from None
-    return state, model_recipe
+    return state, description
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The model recipe in a safetensors file's header (None when it has none), read without
-    loading any tensor; a damaged header or recipe is a UserError, never a guess."""
+    """The model description in a safetensors file's header (None when it has none), read without
+    loading any tensor; a damaged header or description is a UserError, never a guess."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -78,13 +78,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
         rec = json.loads(meta["mixerbench_model"])
     except ValueError:
         rec = None
-    if not _valid_recipe(rec):
+    if not _valid_description(rec):
         raise UserError(f"Checkpoint {path} has a damaged model description in its header; "
                         "re-create it or pass another checkpoint.")
     return rec
 
 
-def _valid_recipe(rec: Any) -> bool:
+def _valid_description(rec: Any) -> bool:
     def size(v):
         return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096
 
@@ -129,7 +129,7 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
             was trained with (a fine-tuning run's own; `load_for_finetuning`).
 
     Returns:
-        (model, recipe) where recipe describes the returned model.
+        (model, description) where the model description is of the returned model.
     """
     from mixerbench.models import create_model
 
@@ -145,7 +145,7 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
             if not model_name:
                 raise UserError(f"{where} has no mixerbench metadata; pass --model to say which "
                                 "architecture it holds.")
-            rec = recipe(model_name, _head_size(state), 224, None)
+            rec = model_description(model_name, _head_size(state), 224, None)
         rec = dict(rec, overrides=_with_regularisers(rec.get("overrides"), reg))
         try:
             model = create_model(rec["name"], num_classes=rec["num_classes"],
@@ -172,7 +172,7 @@ def load_for_finetuning(src: str, *, num_classes: int, img_size: int | None = No
     does even when the class counts agree.
 
     Returns:
-        (model, recipe) where recipe describes the returned model.
+        (model, description) where the model description is of the returned model.
     """
     from mixerbench.models.resize import resize_model
 
@@ -200,23 +200,23 @@ def zero_head(model, num_classes: int) -> None:
             p.zero_()
 
 
-def source_recipe(src: str, model_name: str | None = None) -> dict[str, Any]:
-    """The recipe of the model at `src` without loading its weights (where the format allows):
+def source_description(src: str, model_name: str | None = None) -> dict[str, Any]:
+    """The model description of `src` without loading its weights (where the format allows):
     safetensors metadata, a timm name's zoo entry, or an official `.npz`'s array shapes."""
     where = resolve_source(src)
     if isinstance(where, str):
         from mixerbench.models import get_spec
 
         spec = get_spec(where.split(".")[0])
-        return recipe(where, 0, spec.img_size, spec.patch_size)
+        return model_description(where, 0, spec.img_size, spec.patch_size)
     if where.suffix == ".npz":
-        return _npz_recipe(where, model_name)
+        return _npz_description(where, model_name)
     meta = read_metadata(where)
     if meta is None:
         if not model_name:
             raise UserError(f"{where} has no mixerbench metadata; pass --model to say which "
                             "architecture it holds.")
-        return recipe(model_name, 0, 224, None)
+        return model_description(model_name, 0, 224, None)
     return meta
 
 
@@ -261,7 +261,7 @@ def _load_timm(name: str, reg: dict | None = None):
         raise UserError(f"Could not load {name} from the Hugging Face hub ({type(exc).__name__}); "
                         "check the name and your connection, or pass a local checkpoint.") from None
     size = model.pretrained_cfg.get("input_size", (3, spec.img_size, spec.img_size))[-1]
-    return model, recipe(name, model.num_classes, size, spec.patch_size,
+    return model, model_description(name, model.num_classes, size, spec.patch_size,
                          _with_regularisers(None, reg or {}))
 
 
@@ -297,9 +297,9 @@ def _npz_to_state(arrays: dict) -> tuple[dict, int, int, int]:
     return state, depth, patch, int(round(seq ** 0.5)) * patch
 
 
-def _npz_recipe(path: Path, model_name: str | None) -> dict[str, Any]:
-    """The recipe of an official Mixer `.npz` from the shapes of a few arrays (a `.npz` loads
-    each array on access, so the rest of the file is not read)."""
+def _npz_description(path: Path, model_name: str | None) -> dict[str, Any]:
+    """The model description of an official Mixer `.npz` from the shapes of a few arrays (a
+    `.npz` loads each array on access, so the rest of the file is not read)."""
     import numpy as np
 
     from mixerbench.models import REGISTRY
@@ -322,7 +322,7 @@ def _npz_recipe(path: Path, model_name: str | None) -> dict[str, Any]:
     # The overrides below fix every shape, so any Mixer entry serves as the base.
     name = model_name or (guess if guess in REGISTRY else "mixer-b16")
     overrides = dict(width=dim, depth=depth, tokens_dim=int(tokens[1]), channels_dim=int(channels[1]))
-    return recipe(name, int(classes), size, patch, overrides)
+    return model_description(name, int(classes), size, patch, overrides)
 
 
 def _load_npz(path: Path, model_name: str | None, reg: dict | None = None):
@@ -330,7 +330,7 @@ def _load_npz(path: Path, model_name: str | None, reg: dict | None = None):
 
     from mixerbench.models import create_model
 
-    rec = _npz_recipe(path, model_name)
+    rec = _npz_description(path, model_name)
     try:
         with np.load(path, allow_pickle=False) as fh:
             arrays = {k: fh[k] for k in fh.files}
