@@ -198,8 +198,10 @@ def build_model(cfg: RunConfig, num_classes: int):
 
     m = cfg.model
     if cfg.init:
+        # the model section names the architecture of an init file that does not (`--arch`)
         return load_for_finetuning(cfg.init, num_classes=num_classes, img_size=m.img_size,
-                                   regularisers=dict(drop_path=m.drop_path, dropout=m.dropout))
+                                   regularisers=dict(drop_path=m.drop_path, dropout=m.dropout),
+                                   model_name=m.name)
     overrides = model_overrides(cfg)
     check_model(cfg, num_classes)
     spec = get_spec(m.name)

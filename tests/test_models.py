@@ -155,7 +155,7 @@ SMALL_MODELS = [
     ("mixer-t4", 32, 4, {}),
     ("vit-t4", 28, 4, dict(width=64, depth=2, num_heads=2)),
     ("vit-t4", 32, 4, {}),
-    ("resnet18", 28, None, dict(layers=[1, 1, 1, 1], channels=[16, 32, 64, 128], stem_width=16)),
+    ("resnet18", 28, None, dict(layers=[1, 1, 1, 1], channels=[16, 32, 64, 128])),
     ("resnet18-c", 32, None, {}),
 ]
 
