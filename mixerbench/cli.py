@@ -259,7 +259,7 @@ TrackerOpt = Annotated[Optional[str], typer.Option(
 # -------------------------------------------------------------------------------- progress
 
 
-class Progress:
+class ProgressView:
     """Renders the library's events: a rich bar on a terminal, a line every few seconds on a
     pipe (or with --quiet). A `stage` (loading data, the final evaluation) shows a spinner on a
     terminal, and on a pipe a line once it has lasted `STAGE_SECONDS`: a phase that ends at
@@ -418,7 +418,7 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
     from mixerbench.trackers import Tracked
     from mixerbench.train import Interrupted, TrainingStopped
 
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     log = Tracked(progress, trackers, group=group)
     status = "failed"  # what a tracker run still open at the end is marked as
     try:
@@ -693,7 +693,7 @@ def evaluate(
 
     trackers = parse_trackers(tracker)
     root = writable_results_dir(results_dir)
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     try:
         res = run_evaluate(checkpoint, dataset, arch=arch, split=split, crop=crop.value if crop else None,
                            data_dir=str(data_dir) if data_dir else None, fewshot=fewshot,
@@ -762,7 +762,7 @@ def bench(
     from mixerbench.results import writable_results_dir
 
     root = writable_results_dir(results_dir)
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     try:
         rows = run_bench([m for m in models.split(",") if m.strip()], mode=mode.value,
                          batch_size=batch_size, img_size=img_size, dtype=dtype, compile=compile_,
