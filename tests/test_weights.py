@@ -156,11 +156,11 @@ def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env
     plain = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, plain)
     res = tmp_path / "results"
-    no_arch = _cli(["finetune", "--init", plain, "--dataset", "mnist-5k", "--print-config"],
-                   child_env, ROOT)
+    no_arch = _cli(["finetune", "--init", plain, "--dataset", "mnist-5k", "--steps", "200",
+                    "--print-config"], child_env, ROOT)
     assert no_arch.returncode == 2 and "--arch" in no_arch.stderr
     cfg = _cli(["finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
-                "--print-config"], child_env, ROOT)
+                "--steps", "200", "--print-config"], child_env, ROOT)
     assert cfg.returncode == 0, cfg.stderr
     assert json.loads(cfg.stdout)["model"]["name"] == "timm:test_vit"
     # 160 px is test_vit's size in timm, so a 28 px state dict is refused in one sentence
