@@ -20,7 +20,8 @@ def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dic
         dict(top1, top5, loss, n) summed over every example exactly once.
     """
     import torch
-    import torch.nn.functional as F
+
+    from mixerbench.loss import cross_entropy
 
     was_training = model.training
     model.eval()
@@ -33,7 +34,7 @@ def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dic
             with autocast(device, dtype):
                 logits = model(x)
             logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            loss_sum += cross_entropy(logits, y, reduction="sum").item()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(dim=1).sum().item()
@@ -592,15 +593,9 @@ def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_s
     import math
 
     from mixerbench.errors import UserError
-    from mixerbench.runtime import resolve_device
+    from mixerbench.runtime import choose
 
-    device = resolve_device(device)
-    cuda = device.startswith("cuda")
-    dtype = dtype or ("bf16" if cuda else "fp32")
-    if dtype not in ("bf16", "fp16", "fp32"):
-        raise UserError(f"Unknown dtype '{dtype}'; choose bf16, fp16 or fp32.")
-    if not cuda and dtype != "fp32":  # `autocast` is CUDA-only, as in the training loop
-        raise UserError(f"Evaluation on {device} runs in fp32; drop dtype {dtype} or use CUDA.")
+    device, dtype = choose(device, dtype)
     if crop is not None and crop not in CROPS:
         raise UserError(f"Unknown crop '{crop}'; use resize, resmall or plain.")
     shots = parse_shots(fewshot) if fewshot not in (None, "", ()) else ()

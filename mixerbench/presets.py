@@ -411,9 +411,9 @@ def _finetune_model(init: str, flags: dict, overrides: dict,
     `--img-size N`, or `--img-size Kx` (K times the trained one, paper section 3). Pops a `Kx`
     resolution from `flags` / `overrides`, where it is not an integer."""
     from mixerbench.models import REGULARISERS
-    from mixerbench.models.weights import source_recipe
+    from mixerbench.models.weights import source_description
 
-    rec = source_recipe(init, arch)
+    rec = source_description(init, arch)
     arch = {k: v for k, v in (rec.get("overrides") or {}).items()
             if k not in REGULARISERS}  # the fine-tuning recipe sets its own
     model = ModelConfig(name=rec["name"], img_size=rec["img_size"], patch_size=rec["patch_size"],

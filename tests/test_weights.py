@@ -16,7 +16,12 @@ import torch
 
 from mixerbench.errors import UserError
 from mixerbench.models import create_model
-from mixerbench.models.weights import load_for_finetuning, load_model, recipe, save_checkpoint
+from mixerbench.models.weights import (
+    load_for_finetuning,
+    load_model,
+    model_description,
+    save_checkpoint,
+)
 
 # ----------------------------------------------------------------- a real hub cache layout
 
@@ -151,11 +156,11 @@ def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env
     plain = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, plain)
     res = tmp_path / "results"
-    no_arch = _cli(["finetune", "--init", plain, "--dataset", "mnist-5k", "--print-config"],
-                   child_env, ROOT)
+    no_arch = _cli(["finetune", "--init", plain, "--dataset", "mnist-5k", "--steps", "200",
+                    "--print-config"], child_env, ROOT)
     assert no_arch.returncode == 2 and "--arch" in no_arch.stderr
     cfg = _cli(["finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
-                "--print-config"], child_env, ROOT)
+                "--steps", "200", "--print-config"], child_env, ROOT)
     assert cfg.returncode == 0, cfg.stderr
     assert json.loads(cfg.stdout)["model"]["name"] == "timm:test_vit"
     # 160 px is test_vit's size in timm, so a 28 px state dict is refused in one sentence
@@ -286,7 +291,7 @@ def test_official_npz_matches_a_numpy_forward_pass(tmp_path, kind, one_thread):
     forward = _vit_forward if kind == "vit" else _mixer_forward
     want = np.stack([forward(arrays, im) for im in imgs])
     np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
-    # the recipe rebuilds the same model (what a fine-tuning run's checkpoint records)
+    # the model description rebuilds the same model (what a fine-tuning run's checkpoint records)
     again = create_model(rec["name"], num_classes=3, img_size=8, patch_size=4, **rec["overrides"])
     again.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -304,7 +309,7 @@ def test_distilled_timm_model_gets_both_heads_zeroed(tmp_path, one_thread):
     over = dict(width=16, depth=1, num_heads=2)
     model = create_model(name, num_classes=10, img_size=16, patch_size=8, **over)
     path = tmp_path / "deit.safetensors"
-    save_checkpoint(path, model, recipe(name, 10, 16, 8, over))
+    save_checkpoint(path, model, model_description(name, 10, 16, 8, over))
     ft, rec = load_for_finetuning(str(path), num_classes=4)
     heads = ft.get_classifier()
     assert isinstance(heads, tuple) and len(heads) == 2
@@ -325,7 +330,7 @@ def test_finetuning_drops_every_regulariser_and_config_records_what_trained(tmp_
     over = dict(width=32, depth=2, num_heads=2, drop_path_rate=0.3, attn_drop_rate=0.2)
     model = create_model("vit-t4", num_classes=10, img_size=28, patch_size=4, **over)
     path = tmp_path / "vit.safetensors"
-    save_checkpoint(path, model, recipe("vit-t4", 10, 28, 4, over))
+    save_checkpoint(path, model, model_description("vit-t4", 10, 28, 4, over))
     for drop_path in (0.0, 0.1):
         cfg = resolve("finetune", kind="finetune", init=str(path), dataset="mnist-5k",
                       overrides={"model.drop_path": drop_path})

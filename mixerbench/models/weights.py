@@ -1,8 +1,8 @@
 """Loading and saving weights: run directories, safetensors, timm hub names, official `.npz`.
 
-A mixerbench checkpoint is a `.safetensors` state dict whose metadata carries the model recipe
-(`name`, `num_classes`, `img_size`, `patch_size`, `overrides`), so a checkpoint file alone
-rebuilds its model. Sources accepted by `load_model` (the `--init` / `--checkpoint` contract):
+A mixerbench checkpoint is a `.safetensors` state dict whose metadata carries the model
+description (`name`, `num_classes`, `img_size`, `patch_size`, `overrides`), so a checkpoint file
+alone rebuilds its model. Sources accepted by `load_model` (the `--init` / `--checkpoint` contract):
 
 - a run directory (`results/runs/<run_id>/`, its `checkpoint-last.safetensors`);
 - a `.safetensors` file written by mixerbench;
@@ -29,20 +29,20 @@ from mixerbench.errors import UserError
 CHECKPOINT = "checkpoint-last.safetensors"
 
 
-def recipe(name: str, num_classes: int, img_size: int, patch_size: int | None,
-           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_description(name: str, num_classes: int, img_size: int, patch_size: int | None,
+                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return dict(name=name, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
                 overrides=dict(overrides or {}))
 
 
-def save_checkpoint(path: str | os.PathLike, model, model_recipe: dict[str, Any]) -> None:
-    """Write the state dict with its recipe atomically (temp file, fsync, rename)."""
+def save_checkpoint(path: str | os.PathLike, model, description: dict[str, Any]) -> None:
+    """Write the state dict with its model description atomically (temp file, fsync, rename)."""
     from safetensors.torch import save
 
     from mixerbench.files import atomic_write_bytes
 
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write_bytes(path, save(state, metadata={"mixerbench_model": json.dumps(model_recipe)}))
+    atomic_write_bytes(path, save(state, metadata={"mixerbench_model": json.dumps(description)}))
 
 
 def unwrap(model):
@@ -52,22 +52,22 @@ def unwrap(model):
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any] | None]:
-    """(state dict, recipe or None) from a safetensors file; UserError if unreadable."""
+    """(state dict, model description or None) from a safetensors file; UserError if unreadable."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    model_recipe = read_metadata(path)
+    description = read_metadata(path)
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise UserError(f"Checkpoint {path} is not a readable safetensors file ({exc}); "
                         "re-create it or pass another checkpoint.") from None
-    return state, model_recipe
+    return state, description
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The model recipe in a safetensors file's header (None when it has none), read without
-    loading any tensor; a damaged header or recipe is a UserError, never a guess."""
+    """The model description in a safetensors file's header (None when it has none), read without
+    loading any tensor; a damaged header or description is a UserError, never a guess."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -85,13 +85,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
         rec = json.loads(meta["mixerbench_model"])
     except ValueError:
         rec = None
-    if not _valid_recipe(rec):
+    if not _valid_description(rec):
         raise UserError(f"Checkpoint {path} has a damaged model description in its header; "
                         "re-create it or pass another checkpoint.")
     return rec
 
 
-def _valid_recipe(rec: Any) -> bool:
+def _valid_description(rec: Any) -> bool:
     def size(v):
         return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096
 
@@ -131,7 +131,7 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
             was trained with (a fine-tuning run's own; `load_for_finetuning`).
 
     Returns:
-        (model, recipe) where recipe describes the returned model.
+        (model, description) where the model description is of the returned model.
     """
     reg = {k: v for k, v in (regularisers or {}).items() if v is not None}
     where = resolve_source(src)
@@ -142,7 +142,7 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
         return model.to(device), rec
     state, rec = read_checkpoint(where)
     if rec is None:
-        rec = _plain_recipe(where, _shapes(state), model_name)
+        rec = _plain_description(where, _shapes(state), model_name)
     rec = dict(rec, overrides=_with_regularisers(rec.get("overrides"), reg))
     model = _build(rec, where)
     _load_state(model, state, where)
@@ -161,7 +161,7 @@ def load_for_finetuning(src: str, *, num_classes: int, img_size: int | None = No
     does even when the class counts agree.
 
     Returns:
-        (model, recipe) where recipe describes the returned model.
+        (model, description) where the model description is of the returned model.
     """
     from mixerbench.models.resize import resize_model
 
@@ -192,23 +192,24 @@ def zero_head(model, num_classes: int) -> None:
                 p.zero_()
 
 
-def source_recipe(src: str, model_name: str | None = None) -> dict[str, Any]:
-    """The recipe of the model at `src` without loading its weights (where the format allows):
+def source_description(src: str, model_name: str | None = None) -> dict[str, Any]:
+    """The model description of `src` without loading its weights (where the format allows):
     safetensors metadata or tensor shapes, a timm name's pretrained config (and, for a Mixer,
     the shapes in its cached file), or an official `.npz`'s array shapes."""
     where = resolve_source(src)
     if isinstance(where, str):
         slug = native_mixer(where)
         if slug:
-            return _mixer_recipe(_file_shapes(hub_file(where[5:])), slug, "exact", where)
+            return _mixer_description(_file_shapes(hub_file(where[5:])), slug, "exact", where)
         from mixerbench.models import get_spec
 
-        return recipe(where, 0, _timm_input_size(where[5:]), get_spec(where).patch_size)
+        return model_description(where, 0, _timm_input_size(where[5:]),
+                                 get_spec(where).patch_size)
     if where.suffix == ".npz":
-        return _npz_recipe(where, model_name)
+        return _npz_description(where, model_name)
     meta = read_metadata(where)
     if meta is None:
-        return _plain_recipe(where, _file_shapes(where), model_name)
+        return _plain_description(where, _file_shapes(where), model_name)
     return meta
 
 
@@ -241,8 +242,8 @@ def native_mixer(name: str) -> str | None:
                  if s.family == "mixer" and s.timm_name == arch), None)
 
 
-def _plain_recipe(where: Path, shapes: dict, model_name: str | None) -> dict[str, Any]:
-    """The recipe of a state dict without our metadata, from `--arch` and its shapes."""
+def _plain_description(where: Path, shapes: dict, model_name: str | None) -> dict[str, Any]:
+    """The model description of a state dict without our metadata, from `--arch` and its shapes."""
     if not model_name:
         raise UserError(f"{where} has no mixerbench metadata; pass --arch with the timm name of "
                         "the architecture it holds (e.g. --arch mixer_b16_224).")
@@ -251,9 +252,9 @@ def _plain_recipe(where: Path, shapes: dict, model_name: str | None) -> dict[str
     name = arch_name(model_name)
     slug = native_mixer(name)
     if slug:  # a Mixer state dict we did not write is timm's (or in timm's names): exact GELU
-        return _mixer_recipe(shapes, slug, "exact", where)
+        return _mixer_description(shapes, slug, "exact", where)
     spec = get_spec(name)
-    return recipe(name, _head_size(shapes), spec.img_size, spec.patch_size)
+    return model_description(name, _head_size(shapes), spec.img_size, spec.patch_size)
 
 
 def _build(rec: dict, where):
@@ -331,10 +332,11 @@ def _load_state(model, state: dict, where) -> None:
         raise UserError(f"Checkpoint {where} does not fit this architecture ({first[:200]}).") from None
 
 
-def _mixer_recipe(shapes: dict, name: str, gelu: str, where) -> dict[str, Any]:
-    """A Mixer's recipe from the shapes of its state dict (timm / native names): the zoo entry
-    of that depth, width and patch when there is one (else `name`), with overrides only where
-    the shapes differ from it, and the GELU the weights were trained with."""
+def _mixer_description(shapes: dict, name: str, gelu: str, where) -> dict[str, Any]:
+    """A Mixer's model description from the shapes of its state dict (timm / native names):
+    the zoo entry of that depth, width and patch when there is one (else `name`), with
+    overrides only where the shapes differ from it, and the GELU the weights were trained
+    with."""
     from math import isqrt
 
     from mixerbench.models import REGISTRY
@@ -365,7 +367,7 @@ def _mixer_recipe(shapes: dict, name: str, gelu: str, where) -> dict[str, Any]:
     if channels_dim != 4 * dim:
         overrides["channels_dim"] = int(channels_dim)
     overrides["gelu"] = gelu
-    return recipe(name, _head_size(shapes), side * int(patch), int(patch), overrides)
+    return model_description(name, _head_size(shapes), side * int(patch), int(patch), overrides)
 
 
 # ------------------------------------------------------------------ timm names: the HF cache
@@ -453,7 +455,7 @@ def _load_timm(name: str, reg: dict | None = None):
     slug = native_mixer(name)
     if slug:
         state = _read_weights(path)
-        rec = _mixer_recipe(_shapes(state), slug, "exact", name)
+        rec = _mixer_description(_shapes(state), slug, "exact", name)
         rec = dict(rec, overrides=_with_regularisers(rec["overrides"], reg))
         model = _build(rec, name)
         _load_state(model, state, name)
@@ -467,7 +469,7 @@ def _load_timm(name: str, reg: dict | None = None):
         raise UserError(f"timm could not load {name} from {path} ({type(exc).__name__}); "
                         "delete that file from the cache or pass another checkpoint.") from None
     size = int(model.pretrained_cfg.get("input_size", (3, spec.img_size, spec.img_size))[-1])
-    return model, recipe(name, model.num_classes, size, spec.patch_size,
+    return model, model_description(name, model.num_classes, size, spec.patch_size,
                          _with_regularisers(None, reg))
 
 
@@ -515,16 +517,16 @@ def _npz_to_state(arrays: dict) -> dict:
 _VIT_SIZES = {(12, 384, 6): "s", (12, 768, 12): "b", (24, 1024, 16): "l", (32, 1280, 16): "h"}
 
 
-def _npz_recipe(path: Path, model_name: str | None) -> dict[str, Any]:
-    """The recipe of an official `.npz` from the shapes of a few arrays (a `.npz` loads each
-    array on access, so the rest of the file is not read)."""
+def _npz_description(path: Path, model_name: str | None) -> dict[str, Any]:
+    """The model description of an official `.npz` from the shapes of a few arrays (a `.npz`
+    loads each array on access, so the rest of the file is not read)."""
     import numpy as np
 
     try:
         with np.load(path, allow_pickle=False) as fh:
             kind = _npz_kind(fh)
             if kind == "vit":
-                return _vit_npz_recipe(fh, path, model_name)
+                return _vit_npz_description(fh, path, model_name)
             blocks = {k.split("/")[0] for k in fh.files if k.startswith("MixerBlock_")}
             p, c = fh["stem/kernel"].shape[0], fh["stem/kernel"].shape[-1]   # (P, P, 3, C)
             s, d_s = fh["MixerBlock_0/token_mixing/Dense_0/kernel"].shape    # (S, D_S)
@@ -540,10 +542,10 @@ def _npz_recipe(path: Path, model_name: str | None) -> dict[str, Any]:
         raise UserError(f"{path} is not an official Mixer or ViT checkpoint ({type(exc).__name__}: "
                         f"{exc}); pass a vision_transformer .npz.") from None
     base = native_mixer(arch_name(model_name)) if model_name else None
-    return _mixer_recipe(shapes, base or "mixer-b16", "tanh", path)
+    return _mixer_description(shapes, base or "mixer-b16", "tanh", path)
 
 
-def _vit_npz_recipe(fh, path: Path, model_name: str | None) -> dict[str, Any]:
+def _vit_npz_description(fh, path: Path, model_name: str | None) -> dict[str, Any]:
     """A vision_transformer ViT `.npz` (`models_vit.py` names): the zoo ViT of those shapes, or
     ViT-B/16 with the shapes as overrides; Flax's tanh GELU."""
     import torch
@@ -579,13 +581,13 @@ def _vit_npz_recipe(fh, path: Path, model_name: str | None) -> dict[str, Any]:
     if (ref.cls_token is not None) != cls:
         overrides.update(class_token=cls, global_pool="token" if cls else "avg")
     overrides["gelu"] = "tanh"  # Flax's nn.gelu, as the checkpoint was trained
-    return recipe(name, int(classes), grid * int(patch), int(patch), overrides)
+    return model_description(name, int(classes), grid * int(patch), int(patch), overrides)
 
 
 def _load_npz(path: Path, model_name: str | None, reg: dict | None = None):
     import numpy as np
 
-    rec = _npz_recipe(path, model_name)
+    rec = _npz_description(path, model_name)
     rec = dict(rec, overrides=_with_regularisers(rec["overrides"], reg or {}))
     model = _build(rec, path)
     try:
