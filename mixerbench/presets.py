@@ -292,9 +292,9 @@ def cifar10_scratch() -> RunConfig:
     pad-crop-flip plus RandAugment(2, 10), mixup 0.2, label smoothing 0.1, stochastic depth 0.1
     (the paper's ImageNet regularisers, scaled down).
 
-    Expected: well above a plain timm Mixer recipe (78.7 % in 30 epochs on an H100,
-    reference); measured figures are in results/README.md. Runtime: minutes on one GPU; far
-    too slow for CPU beyond a few steps.
+    Expected: not measured by this project (it is a GPU recipe; the committed CIFAR-10 rows in
+    results/ come from the smoke preset's models, `--budget cpu`). Runtime: minutes on one GPU;
+    far too slow for CPU beyond a few steps.
     """
     return RunConfig(
         kind="pretrain", epochs=100, eval_every=0,
