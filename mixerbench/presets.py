@@ -19,6 +19,7 @@ from mixerbench.config import (
     OptimConfig,
     RunConfig,
     apply_overrides,
+    resolve_inputs,
     validate,
 )
 from mixerbench.errors import UserError, close_matches
@@ -331,7 +332,8 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
             flags: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
             ) -> RunConfig:
     """Preset defaults, then the model and dataset named on the command line, then flags
-    (dotted keys, None meaning "not given"), then `--set` overrides; validated.
+    (dotted keys, None meaning "not given"), then `--set` overrides; validated, with what its
+    inputs resolve to (`config.resolve_inputs`: a dataset path, the `--init` weights).
 
     A family alias (`mixer`, `vit`, `resnet`) picks the preset's own model for that family when
     the preset names one (small presets), otherwise the zoo's alias (`mixer` -> `mixer-b16`).
@@ -382,7 +384,7 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     cfg = apply_overrides(cfg, overrides)
     if source is not None:
         _check_architecture_kept(cfg.model, source)
-    return validate(cfg)
+    return resolve_inputs(validate(cfg))
 
 
 # The fields of the model section that define the architecture (what `--init` fixes).

@@ -158,6 +158,12 @@ def _canonical(name_or_path: str) -> str:
     return ALIASES.get(low, low) if ALIASES.get(low, low) in KNOWN_DATASETS else key
 
 
+def is_registry_name(name: str) -> bool:
+    """A name of `KNOWN_DATASETS` or one of its aliases (not a path): it identifies the dataset
+    wherever its copy is found."""
+    return _canonical(name) in KNOWN_DATASETS
+
+
 def _looks_like_path(text: str) -> bool:
     return any(c in text for c in "/\\") or text.startswith((".", "~")) or text.endswith(".parquet")
 
