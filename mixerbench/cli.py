@@ -633,9 +633,13 @@ def finetune(
     tracker: TrackerOpt = None,
 ) -> None:
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
+    from mixerbench.config import parse_set
     from mixerbench.presets import finetune_preset
 
-    _train_command(ctx, kind="finetune", preset=preset or finetune_preset(dataset), model=None,
+    length_given = steps is not None or epochs is not None or bool(
+        {"steps", "epochs"} & set(parse_set(settings)))
+    _train_command(ctx, kind="finetune",
+                   preset=preset or finetune_preset(dataset, length_given=length_given), model=None,
                    dataset=dataset, init=init, lr=lr, settings=settings, resume=resume,
                    results_dir=results_dir, print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
@@ -667,7 +671,7 @@ def evaluate(
     shuffle_patch: Annotated[Optional[int], typer.Option("--shuffle-patch", help="Patch side of the patch shuffle (default: the run's, else the model's; CNNs need it).")] = None,
     seeds: Annotated[int, typer.Option(help="Few-shot seeds (mean and std reported).")] = 3,
     l2_reg: Annotated[float, typer.Option("--l2-reg", help="Few-shot ridge strength (big_vision default 2^10).")] = 1024.0,
-    max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Measure on the first N images of the split only (default: all of it).")] = None,
+    max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Measure on a seeded class-stratified N images of the split (rows name it split[stratified:N]; default: all of it).")] = None,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
     device: Device = None,

@@ -120,7 +120,7 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
                  device: str | None = None, seeds: int = 3, log: Log = _noop) -> list[dict]:
     """Linear few-shot of a finished run's frozen features (docs/paper-notes.md §5), unless
     already in fewshot.csv; rows are appended there and returned. The probe is measured on the
-    whole of the run's eval split, even when its own accuracy used its first N images only."""
+    whole of the run's eval split, even when its own accuracy used a stratified N of its images."""
     from mixerbench.evaluate import evaluate
 
     done = _done_keys("fewshot", root, "run_id", "shots")
@@ -128,7 +128,7 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     if not todo:
         return []
     log("fewshot", dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
-    split = (summary.get("split") or "test").split("[")[0]  # `test[:N]` -> `test`
+    split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
     out = evaluate(summary["run_dir"], summary["dataset"], split=split, data_dir=data_dir,
                    fewshot=todo, device=device, seeds=seeds, root=None)
     rows = out["rows"]["fewshot"]

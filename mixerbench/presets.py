@@ -51,12 +51,27 @@ def preset(name: str, family_models: dict[str, FamilyRecipe] | None = None):
     return deco
 
 
-def finetune_preset(dataset: str | None) -> str:
-    """The fine-tuning recipe of `dataset`: its own preset (the ViT protocol's steps), else the
-    paper's recipe with a generic length (`finetune`); CIFAR-10's when no dataset is named."""
+def finetune_preset(dataset: str | None, *, length_given: bool = False) -> str:
+    """The fine-tuning recipe of `dataset`, found by its canonical name whatever the spelling
+    (`imagenet`, `CIFAR-10`, `hf:uoft-cs/cifar10`, a folder named cifar10: `data.canonical_name`);
+    CIFAR-10's when no dataset is named.
+
+    A dataset without a recipe of its own gets the generic one (`finetune`) only when the run's
+    length is given (`length_given`: --steps, --epochs or their `--set`), since the paper's
+    lengths differ 40-fold between datasets (500 to 20,000 steps, ViT paper Table 4).
+    """
     if dataset is None:
         return "finetune-cifar10"
-    return f"finetune-{dataset}" if f"finetune-{dataset}" in PRESETS else "finetune"
+    from mixerbench.data import canonical_name
+
+    known = canonical_name(dataset)
+    if known in FINETUNE_PRESETS:
+        return FINETUNE_PRESETS[known]
+    if not length_given:
+        raise UserError(f"{dataset} has no fine-tuning recipe of the paper (those are for "
+                        f"{', '.join(FINETUNE_PRESETS)}), so pass --steps N: the paper fine-tunes "
+                        "500 steps on datasets under 20k images and 10,000 on larger ones.")
+    return "finetune"
 
 
 def get_preset(name: str) -> RunConfig:
@@ -186,6 +201,12 @@ def jft_mixer_h() -> RunConfig:
 # `bit_hyperrule.get_schedule`: [100, 200, 300, 400, 500], the first entry is the warm-up).
 FINETUNE_STEPS = {"imagenet-1k": (20_000, 500), "cifar10": (10_000, 500),
                   "cifar100": (10_000, 500), "pets": (500, 100), "flowers102": (500, 100)}
+
+
+# The recipe of each registry dataset the paper fine-tunes on (paper section 3, "Avg 5").
+FINETUNE_PRESETS = {"imagenet-1k": "finetune-imagenet", "cifar10": "finetune-cifar10",
+                    "cifar100": "finetune-cifar100", "pets": "finetune-pets",
+                    "flowers102": "finetune-flowers102"}
 
 
 def _finetune(dataset: str, lr: float = 0.03, steps: int | None = None,
@@ -384,6 +405,14 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     cfg = apply_overrides(cfg, overrides)
     if source is not None:
         _check_architecture_kept(cfg.model, source)
+        # Above the trained resolution (Kx, K > 1) the eval crop is resize-crop (resize to
+        # 256/224 of the side, centre crop), as for the paper's 448 px Mixers of Table 2, not the
+        # resmall-crop of its 224 px rows (App. C; docs/paper-notes.md §3). A crop the user sets
+        # (`--set data.eval_pipeline=...`) is kept.
+        chosen = "data.eval_pipeline" in flags or "data.eval_pipeline" in overrides
+        if (not chosen and cfg.data.eval_pipeline == "eval-resmall"
+                and (cfg.model.img_size or 0) > (source.img_size or 0)):
+            cfg = replace(cfg, data=replace(cfg.data, eval_pipeline="eval-resize"))
     return resolve_inputs(validate(cfg))
 
 

@@ -328,7 +328,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     loaders and schedule. Every problem found here is a `UserError` and nothing is written."""
     import torch
 
-    from mixerbench.data import get_dataset, make_loader
+    from mixerbench.data import get_dataset, make_loader, stratified_subset
     from mixerbench.models import get_spec
     from mixerbench.models.weights import unwrap
     from mixerbench.runtime import setup_distributed
@@ -351,6 +351,11 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     if eval_ds.num_classes != train_ds.num_classes:
         raise UserError(f"The {dcfg.eval_split} split of {train_ds.name} has {eval_ds.num_classes} "
                         f"classes but {dcfg.train_split} has {train_ds.num_classes}; check the data.")
+    eval_size = len(eval_ds)
+    if cfg.max_eval_examples and cfg.max_eval_examples < eval_size:
+        # a seeded class-stratified subset (the same for every run), not the first N images:
+        # those are one class on a class-sorted split
+        eval_ds = eval_ds.subset(stratified_subset(eval_ds.labels, cfg.max_eval_examples))
 
     torch.manual_seed(cfg.seed)  # the model's initialisation
     model, rec = build_model(cfg, train_ds.num_classes)
@@ -381,7 +386,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     eval_every = cfg.eval_every or steps_per_epoch
     return Run(cfg=cfg, root=root, run_dir=run_dir, rank=rank, world=world, device=device,
                dtype=dtype, compiled=compiled, model=model, rec=rec, train_batches=train_batches,
-               eval_batches=eval_batches, train_size=len(train_ds), eval_size=len(eval_ds),
+               eval_batches=eval_batches, train_size=len(train_ds), eval_size=eval_size,
                steps_per_epoch=steps_per_epoch, total=total, warmup=warmup,
                eval_every=eval_every, ckpt_every=cfg.ckpt_every or eval_every, macs_per_img=macs)
 
@@ -592,20 +597,20 @@ def check_losses(run: Run, p: Progress, at_step: int) -> list[float]:
 
 
 def evaluate_now(run: Run) -> dict:
-    """Top-1/top-5/loss on the eval split: all of it, or its first `max_eval_examples`."""
+    """Top-1/top-5/loss on the eval split: all of it, or its stratified `max_eval_examples`."""
     from mixerbench.evaluate import accuracy
     from mixerbench.models.weights import unwrap
 
-    batches = run.eval_batches.epoch(0)
-    if run.cfg.max_eval_examples:
-        batches = _take_examples(batches, run.cfg.max_eval_examples)
-    return accuracy(unwrap(run.model), batches, device=run.device, dtype=run.dtype)
+    return accuracy(unwrap(run.model), run.eval_batches.epoch(0), device=run.device, dtype=run.dtype)
 
 
 def eval_split(run: Run) -> str:
-    """The split the accuracy row names: `test`, or `test[:N]` when only N images were used."""
+    """The split the accuracy row names: `test`, or `test[stratified:N]` when only a stratified
+    N of its images were used (`data.stratified_subset`)."""
+    from mixerbench.data import capped_split
+
     n = run.cfg.max_eval_examples
-    return run.cfg.data.eval_split + (f"[:{n}]" if n and n < run.eval_size else "")
+    return capped_split(run.cfg.data.eval_split, n) if n and n < run.eval_size else run.cfg.data.eval_split
 
 
 def metrics_row(run: Run, p: Progress, ev: dict, lr: float) -> dict:
@@ -819,16 +824,6 @@ def _finished(run_dir: Path, root: Path, resume: bool, log: Log, experiment: str
 
 
 # ----------------------------------------------------------------------------------- internals
-
-
-def _take_examples(batches, n: int):
-    seen = 0
-    for x, y in batches:
-        if seen >= n:
-            return
-        keep = min(len(y), n - seen)
-        seen += keep
-        yield x[:keep], y[:keep]
 
 
 def _last_metrics(path: Path) -> dict:

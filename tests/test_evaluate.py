@@ -243,4 +243,4 @@ def test_cli_evaluate_writes_rows_and_bad_input_exits_2(eval_checkpoint, tmp_pat
     bad = runner.invoke(app, ["evaluate", "--checkpoint", str(eval_checkpoint), "--dataset", "synthetic",
                               "--real-labels", str(real), "--device", "cpu",
                               "--results-dir", str(tmp_path)])
-    assert bad.exit_code == 2 and "ReaL labels cover 3 images" in bad.output
+    assert bad.exit_code == 2 and "matched by ImageNet validation file name" in bad.output
