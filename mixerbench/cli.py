@@ -259,7 +259,7 @@ TrackerOpt = Annotated[Optional[str], typer.Option(
 # -------------------------------------------------------------------------------- progress
 
 
-class Progress:
+class ProgressView:
     """Renders the library's events: a rich bar on a terminal, a line every few seconds on a
     pipe (or with --quiet). A `stage` (loading data, the final evaluation) shows a spinner on a
     terminal, and on a pipe a line once it has lasted `STAGE_SECONDS`: a phase that ends at
@@ -418,7 +418,7 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
     from mixerbench.trackers import Tracked
     from mixerbench.train import Interrupted, TrainingStopped
 
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     log = Tracked(progress, trackers, group=group)
     status = "failed"  # what a tracker run still open at the end is marked as
     try:
@@ -518,7 +518,7 @@ def plot(
 
 
 def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings, resume,
-                   results_dir, print_config, tracker, flags: dict) -> None:
+                   results_dir, print_config, tracker, flags: dict, arch=None) -> None:
     """Resolve the run's config from the preset, flags and `--set`; print it, run it, or run an
     lr grid (several `--lr` values: selected on minival, paper App. C)."""
     from mixerbench.config import parse_set
@@ -528,7 +528,7 @@ def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings
 
     trackers = parse_trackers(tracker)
     lrs = parse_lrs(lr)
-    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init,
+    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
                   flags={**flags, "optim.lr": lrs[0] if lrs else None},
                   overrides=parse_set(settings))
     if print_config:  # the resolved config.json of the run, without running it
@@ -608,12 +608,16 @@ def pretrain(
                        "data.data_dir": str(data_dir) if data_dir else None})
 
 
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a .safetensors without mixerbench metadata: a timm name (mixer_b16_224, vit_base_patch16_224) or a zoo name.")]
+
+
 @app.command()
 @user_errors
 def finetune(
     ctx: typer.Context,
     init: Annotated[str, typer.Option("--init", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz.")],
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name or path.")] = None,
+    arch: ArchOpt = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named recipe (default: finetune-<dataset> when one exists, else finetune).")] = None,
     img_size: Annotated[Optional[str], typer.Option(help="Fine-tuning resolution in pixels, or Kx for K times the trained size (2x: paper App. C); Mixers need a whole multiple.")] = None,
     epochs: Epochs = None,
@@ -640,7 +644,7 @@ def finetune(
         {"steps", "epochs"} & set(parse_set(settings)))
     _train_command(ctx, kind="finetune",
                    preset=preset or finetune_preset(dataset, length_given=length_given), model=None,
-                   dataset=dataset, init=init, lr=lr, settings=settings, resume=resume,
+                   dataset=dataset, init=init, arch=arch, lr=lr, settings=settings, resume=resume,
                    results_dir=results_dir, print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
                        "accum_steps": accum_steps, "model.img_size": img_size, "seed": seed,
@@ -663,6 +667,7 @@ def evaluate(
     ctx: typer.Context,
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz.")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name or path.")],
+    arch: ArchOpt = None,
     split: Annotated[str, typer.Option(help="Split to measure accuracy on.")] = "test",
     crop: Annotated[Optional[EvalCrop], typer.Option(help="Eval crop (paper App. C): resize-crop, resmall-crop, or plain resize; default: the run's own, else resize.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet ReaL labels (the public real.json) for ReaL top-1.")] = None,
@@ -688,9 +693,9 @@ def evaluate(
 
     trackers = parse_trackers(tracker)
     root = writable_results_dir(results_dir)
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     try:
-        res = run_evaluate(checkpoint, dataset, split=split, crop=crop.value if crop else None,
+        res = run_evaluate(checkpoint, dataset, arch=arch, split=split, crop=crop.value if crop else None,
                            data_dir=str(data_dir) if data_dir else None, fewshot=fewshot,
                            shuffle=shuffle, shuffle_patch=shuffle_patch, real_labels=real_labels,
                            device=device, batch_size=batch_size, seeds=seeds, l2_reg=l2_reg,
@@ -698,7 +703,7 @@ def evaluate(
     finally:
         progress.stop()
     record_evaluation(trackers, root, res, on_warning=_warn, options=dict(
-        checkpoint=checkpoint, dataset=dataset, split=split, crop=crop.value if crop else None,
+        checkpoint=checkpoint, arch=arch, dataset=dataset, split=split, crop=crop.value if crop else None,
         fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
         l2_reg=l2_reg, max_examples=max_examples, batch_size=batch_size, device=device))
     if fmt != Format.table:
@@ -757,7 +762,7 @@ def bench(
     from mixerbench.results import writable_results_dir
 
     root = writable_results_dir(results_dir)
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     try:
         rows = run_bench([m for m in models.split(",") if m.strip()], mode=mode.value,
                          batch_size=batch_size, img_size=img_size, dtype=dtype, compile=compile_,

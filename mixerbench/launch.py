@@ -211,7 +211,7 @@ def export_distributed_env() -> None:
 
     if JobEnvironment().num_tasks > 1:
         # CUDA_VISIBLE_DEVICES is left alone: the local executor has already given the job
-        # its GPUs, and `train.pick_device` maps LOCAL_RANK onto the GPUs a process can see
+        # its GPUs, and `runtime.choose` maps LOCAL_RANK onto the GPUs a process can see
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
