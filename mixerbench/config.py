@@ -1,16 +1,18 @@
 """Run configuration: frozen dataclasses, `--set key=value` overrides, validation, JSON.
 
 A run's configuration comes from `presets.resolve` (a preset, then the flags, then `--set`
-overrides, then `resolve_inputs`); this module owns the dataclasses, the typed overrides
+overrides, then `presets.resolve_inputs`); this module owns the dataclasses, the typed overrides
 (unknown keys and wrong types are `UserError`s), the checks every number must pass, the hash
 that names a run, and the strict reading of a run's `config.json` (`from_dict`).
 
 Run identity (how `run_id` names a run, and why runs survive upgrades):
 - The hash covers what identifies the experiment: every setting except where and how it runs
-  (`device`, `compile`, `run_name`), plus what the inputs resolve to (`resolve_inputs`): a
-  dataset given as a path is identified by its absolute resolved path (`data.path`), and
-  `--init` weights by the sha256 of their file (`init_sha256`). Registry names and hub ids
-  (`cifar10`, `hf:owner/name`, `timm:<name>`) identify themselves.
+  (`device`, `compile`, `run_name`), plus what the inputs resolve to
+  (`presets.resolve_inputs`): a dataset given as a path is identified by its absolute resolved
+  path (`data.path`), and `--init` weights by the sha256 of their file (`init_sha256`).
+  Registry names and hub ids (`cifar10`, `hf:owner/name`, `timm:<name>`) identify themselves.
+- A checkpoint and training state record the run that wrote them (`run_binding`), and are
+  credited to no other run.
 - The settings of the first release (`FIRST_FIELDS`) are hashed exactly as that release hashed
   them, at every value, so every run id it made is still the id of the same command. A setting
   added later is hashed only when it differs from its default: adding one (one dataclass
@@ -235,41 +237,6 @@ def _first_hash(stored: dict) -> str:
     """The hash the first release gave a config.json as stored (all of its settings but
     `NOT_IDENTITY`): a file written before some setting existed keeps the hash it was given."""
     return _digest({k: v for k, v in stored.items() if k not in NOT_IDENTITY})
-
-
-def resolve_inputs(cfg: RunConfig) -> RunConfig:
-    """`cfg` with what its inputs resolve to, which is part of the run's identity: the absolute
-    path of a dataset given as a path (`data.path`: a relative `--dataset ds` from two folders
-    is two runs) and the sha256 of the `--init` weights file (`init_sha256`: a re-trained
-    source is another fine-tuning run). Registry names and hub ids stay as they are, so their
-    runs keep their ids. A `data.path` already set (a config resolved elsewhere) is kept."""
-    path = cfg.data.path or _dataset_path(cfg.data.dataset, cfg.data.data_dir)
-    sha = None
-    if cfg.init:
-        from mixerbench.models.weights import weights_sha256
-
-        sha = weights_sha256(cfg.init)
-    return replace(cfg, data=replace(cfg.data, path=path), init_sha256=sha)
-
-
-def _dataset_path(name: str, data_dir: str | None) -> str | None:
-    """The absolute resolved path of a dataset given as a path (or as a folder under the data
-    directories), looked up in the order `mixerbench.data.get_dataset` looks; None for a
-    registry name (even when found as a local copy, like the hub copy it stands for), a hub
-    id, or a name found nowhere (`get_dataset` then says what is wrong)."""
-    import os
-    from pathlib import Path
-
-    if name.startswith("hf:"):
-        return None
-    dirs = [Path(d).expanduser() for d in (data_dir, os.environ.get("MIXERBENCH_DATA")) if d]
-    found = next((p for p in [Path(name).expanduser(), *(d / name for d in dirs if d.is_dir())]
-                  if p.exists()), None)
-    if found is None:
-        return None
-    from mixerbench.data import is_registry_name  # imports torch: only for names found on disk
-
-    return None if is_registry_name(name) else str(found.resolve())
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:

@@ -45,7 +45,6 @@ from mixerbench.config import (
     check_warmup,
     config_hash,
     read_run_config,
-    resolve_inputs,
     run_binding,
     run_id,
     to_dict,
@@ -638,6 +637,8 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     Under torchrun every rank returns the same summary.
     """
     import torch
+
+    from mixerbench.presets import resolve_inputs
 
     log = log or (lambda event, info: None)
     cfg = resolve_inputs(cfg)  # a config not made by presets.resolve gets its inputs' identity

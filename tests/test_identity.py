@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import signal
 import subprocess
@@ -28,7 +27,7 @@ from typer.testing import CliRunner
 
 from mixerbench import config, presets
 from mixerbench.cli import app
-from mixerbench.config import from_dict, run_id, to_dict
+from mixerbench.config import from_dict, run_id
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
