@@ -419,7 +419,7 @@ def test_every_artifact_is_registered_and_named_in_plot_help():
 
     assert set(report.ARTIFACTS) == {"pareto-cost", "accuracy-throughput", "data-scaling",
                                      "shuffle", "token-mixing", "curves", "table1", "compare",
-                                     "throughput", "transfer"}
+                                     "throughput", "transfer", "avg5"}
     import re
 
     raw = CliRunner().invoke(app, ["plot", "--help"], terminal_width=200).output
