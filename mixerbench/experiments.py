@@ -9,7 +9,7 @@ Each experiment lists its training runs as cells (`launch.Cell`), trains them wi
 `launch.run_cells` (one after another here, or as jobs with `--launcher`), then joins the
 results from the run summaries and CSVs, the same code whichever way the cells ran.
 
-`ARTIFACTS` maps each `mixerbench reproduce` name to a function whose docstring states the
+`EXPERIMENTS` maps each `mixerbench reproduce` name to a function whose docstring states the
 paper's claim, what the scaled version measures, the expected outcome and the runtime.
 """
 
@@ -25,9 +25,18 @@ from mixerbench import files, results
 from mixerbench.errors import UserError
 from mixerbench.evaluate import probe_of
 from mixerbench.launch import Cell, Launcher, run_cells
+from mixerbench.launch import Event as CellEvent
 from mixerbench.runtime import rank
 
 Log = Callable[[str, dict], None]
+
+
+class Event:
+    """The progress events of the experiments' own work besides training cells (those are
+    `launch.Event`), emitted as `log(event, info)`; `cli.ProgressView` renders them."""
+
+    FEWSHOT = "fewshot"  # linear few-shot probes of a run: run_id, shots
+    BENCH = "bench"      # throughput of the compared models on this device: models
 
 
 def _noop(event: str, info: dict) -> None:
@@ -92,14 +101,15 @@ def finetune_lr_grid(cfg, lrs: list[float], *, root=None, log: Log = _noop) -> d
     cells = [validate(replace(held_out, optim=replace(held_out.optim, lr=lr))) for lr in lrs]
     grid = []
     for i, c in enumerate(cells):
-        log("cell", dict(stage="lr grid on minival", lr=c.optim.lr, index=i + 1, of=len(cells) + 1))
+        log(CellEvent.CELL, dict(stage="lr grid on minival", lr=c.optim.lr, index=i + 1,
+                                 of=len(cells) + 1))
         s = train(c, root, log=log, experiment="lr-grid")
         if s.get("top1") is None:
             raise UserError(f"The lr-grid run {s['run_id']} has no minival accuracy; check the data.")
         grid.append(dict(lr=c.optim.lr, minival_top1=s["top1"], run_id=s["run_id"]))
     best = best_lr(grid)
-    log("cell", dict(stage="final run on train, reported on " + cfg.data.eval_split,
-                     lr=best["lr"], index=len(cells) + 1, of=len(cells) + 1))
+    log(CellEvent.CELL, dict(stage="final run on train, reported on " + cfg.data.eval_split,
+                             lr=best["lr"], index=len(cells) + 1, of=len(cells) + 1))
     final = train(replace(cfg, optim=replace(cfg.optim, lr=best["lr"])), root, log=log,
                   experiment="lr-grid")
     record = dict(selected_lr=best["lr"], selected_on="minival", lr_grid=grid,
@@ -115,8 +125,8 @@ def best_lr(grid: list[dict]) -> dict:
     return max(grid, key=lambda g: g["minival_top1"])
 
 
-def recipe_of(summary: dict) -> dict:
-    """The model recipe stored in a run's checkpoint (name, img_size, overrides, classes)."""
+def description_of(summary: dict) -> dict:
+    """The model description stored in a run's checkpoint (name, img_size, overrides, classes)."""
     from mixerbench.models.weights import CHECKPOINT, read_metadata
 
     return read_metadata(Path(summary["run_dir"]) / CHECKPOINT)
@@ -133,7 +143,7 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     todo = [k for k in shots if (summary["run_id"], str(k)) not in done]
     if not todo:
         return []
-    log("fewshot", dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
+    log(Event.FEWSHOT, dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
     split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
     out = evaluate(summary["run_dir"], summary["dataset"], split=split, data_dir=data_dir,
                    fewshot=todo, device=device, seeds=seeds, root=None)
@@ -143,10 +153,10 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     return rows
 
 
-def bench_rows(recipes: list[dict], *, root, device: str | None = None, batch_size: int = 256,
+def bench_rows(models: list[dict], *, root, device: str | None = None, batch_size: int = 256,
                repeats: int = 3, log: Log = _noop) -> list[dict]:
-    """Inference and training throughput for each model recipe on this device, unless a row for
-    that model, mode, image size and device is already in throughput.csv."""
+    """Inference and training throughput for each model description on this device, unless a
+    row for that model, mode, image size and device is already in throughput.csv."""
     from mixerbench.bench import bench
     from mixerbench.models import model_label
     from mixerbench.results import device_name
@@ -155,12 +165,12 @@ def bench_rows(recipes: list[dict], *, root, device: str | None = None, batch_si
     dev = resolve_device(device)
     name = device_name(dev)
     done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name")
-    todo = [r for r in recipes
+    todo = [r for r in models
             if any((model_label(r["name"], r.get("overrides")), m, str(r["img_size"]), name)
                    not in done for m in ("infer", "train"))]
     if not todo:
         return []
-    log("bench", dict(models=[model_label(r["name"], r.get("overrides")) for r in todo]))
+    log(Event.BENCH, dict(models=[model_label(r["name"], r.get("overrides")) for r in todo]))
     return bench(todo, mode="both", batch_size=batch_size, device=dev, repeats=repeats,
                  root=root, steps_per_repeat=5 if dev == "cpu" else 20,
                  warmup=2 if dev == "cpu" else 10)
@@ -218,21 +228,21 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     from mixerbench.models import model_info, model_label
     from mixerbench.report import compare_table, regenerate
 
-    recipes = {}
+    described = {}
     for s in runs:
-        rec = recipe_of(s)
-        recipes[model_label(rec["name"], rec.get("overrides"))] = rec
+        rec = description_of(s)
+        described[model_label(rec["name"], rec.get("overrides"))] = rec
     ds_name = runs[0]["dataset"]
     if fewshot:
         for s in runs:
             fewshot_rows(s, (fewshot,), root=root, data_dir=data_dir, device=device, log=log)
     if with_bench:
-        bench_rows(list(recipes.values()), root=root, device=device,
+        bench_rows(list(described.values()), root=root, device=device,
                    batch_size=min(256, int(_batch_of(preset) or 256)), log=log)
     zoo = pd.DataFrame([
         dict(model_info(r["name"], num_classes=r["num_classes"], img_size=r["img_size"],
                         patch_size=r.get("patch_size"), **r.get("overrides", {})), name=label)
-        for label, r in recipes.items()])
+        for label, r in described.items()])
     order = {s["run_id"]: i for i, s in enumerate(runs)}
     acc = results.load("accuracy", root)
     acc = acc[acc["run_id"].isin(order) & (acc["kind"].astype(str) != "evaluate")]
@@ -523,7 +533,7 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
 def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, device) -> list[Cell]:
     """Transfer's three downstream runs: fine-tuned from `up` at 1x and 2x, and the same
     architecture from scratch, all with the paper's fine-tuning recipe and equal steps."""
-    rec = recipe_of(up)
+    rec = description_of(up)
     steps = 300 if budget in ("smoke", "cpu") else 1000
     # The paper's fine-tuning recipe ('finetune' preset: SGD 0.9, cosine, clip 1, no weight
     # decay, lr 0.03 from its grid) for all three downstream runs, so only the starting weights
@@ -549,8 +559,8 @@ def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, devic
 
 
 def _arch_settings(rec: dict) -> dict:
-    """`--set` overrides that rebuild a recipe's architecture from scratch (width, depth, gelu,
-    other constructor options; not its regularisers)."""
+    """`--set` overrides that rebuild a model description's architecture from scratch (width,
+    depth, gelu, other constructor options; not its regularisers)."""
     over = {}
     for k, v in (rec.get("overrides") or {}).items():
         if k in ("width", "depth", "gelu"):
@@ -583,9 +593,9 @@ def _source_of(init: str, upstream: str | None) -> dict:
     from mixerbench.data import canonical_name
     from mixerbench.evaluate import _run_config
     from mixerbench.models import get_spec, model_label
-    from mixerbench.models.weights import source_recipe
+    from mixerbench.models.weights import source_description
 
-    rec = source_recipe(init)
+    rec = source_description(init)
     if upstream is None:
         cfg, _ = _run_config(init)
         if cfg is not None:
@@ -685,7 +695,7 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
     return dict(table=table, written=written, runs=finals)
 
 
-ARTIFACTS: dict[str, Callable[..., dict]] = {
+EXPERIMENTS: dict[str, Callable[..., dict]] = {
     "table1": reproduce_table1,
     "throughput": reproduce_throughput,
     "shuffle": reproduce_shuffle,
@@ -698,13 +708,13 @@ ARTIFACTS: dict[str, Callable[..., dict]] = {
 def reproduce(artifact: str, **kw) -> dict:
     from mixerbench.errors import close_matches
 
-    if artifact not in ARTIFACTS:
-        raise UserError(f"Unknown artifact '{artifact}'.{close_matches(artifact, ARTIFACTS)} "
-                        f"Choose from {', '.join(ARTIFACTS)}.")
+    if artifact not in EXPERIMENTS:
+        raise UserError(f"Unknown artifact '{artifact}'.{close_matches(artifact, EXPERIMENTS)} "
+                        f"Choose from {', '.join(EXPERIMENTS)}.")
     if kw.get("init") and artifact != "avg5":
         raise UserError(f"--init is for reproduce avg5 (weights to fine-tune); reproduce "
                         f"{artifact} trains its own, so drop it.")
     if kw.get("launcher") is not None and artifact in ("table1", "throughput"):
         raise UserError(f"reproduce {artifact} trains no cells, so --launcher does not apply; "
                         "run it without (throughput measures the machine it runs on).")
-    return ARTIFACTS[artifact](**kw)
+    return EXPERIMENTS[artifact](**kw)

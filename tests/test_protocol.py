@@ -24,13 +24,13 @@ runner = CliRunner()
 def proto_checkpoint(tmp_path_factory):
     """A mixerbench checkpoint of a 1-block width-16 Mixer at 28 px, patch 7, 10 classes."""
     from mixerbench.models import create_model
-    from mixerbench.models.weights import recipe, save_checkpoint
+    from mixerbench.models.weights import model_description, save_checkpoint
 
     over = dict(width=16, depth=1)
     torch.manual_seed(0)
     model = create_model("mixer-t4", num_classes=10, img_size=28, patch_size=7, **over)
     path = tmp_path_factory.mktemp("proto") / "tiny.safetensors"
-    save_checkpoint(path, model, recipe("mixer-t4", 10, 28, 7, over))
+    save_checkpoint(path, model, model_description("mixer-t4", 10, 28, 7, over))
     return path
 
 
@@ -222,12 +222,12 @@ def test_evaluate_scores_real_labels_by_file_name(proto_imagenet, proto_checkpoi
     """End to end: a 3-class head on the ImageNet-layout folder; ReaL labels equal to each
     image's own class give ReaL top-1 = top-1 over the labelled images, whatever the order."""
     from mixerbench.models import create_model
-    from mixerbench.models.weights import recipe, save_checkpoint
+    from mixerbench.models.weights import model_description, save_checkpoint
 
     torch.manual_seed(1)
     model = create_model("mixer-t4", num_classes=3, img_size=28, patch_size=7, width=16, depth=1)
     ckpt = tmp_path / "three.safetensors"
-    save_checkpoint(ckpt, model, recipe("mixer-t4", 3, 28, 7, dict(width=16, depth=1)))
+    save_checkpoint(ckpt, model, model_description("mixer-t4", 3, 28, 7, dict(width=16, depth=1)))
     args = ["evaluate", "--checkpoint", str(ckpt), "--dataset", str(proto_imagenet["root"]),
             "--split", "validation", "--device", "cpu", "--results-dir", str(tmp_path),
             "--format", "json"]
