@@ -278,10 +278,13 @@ def test_avg5_table_puts_our_mean_beside_the_papers():
     assert one["paper_avg5"] == 92.50 and one["paper_imagenet"] == 80.64  # Table 3, B/16 in21k 224
     assert one["avg5_diff"] == pytest.approx(one["avg5"] - 92.50)
     assert one["imagenet_diff"] == pytest.approx(80.0 - 80.64)
+    # the official repository's README: Mixer-B/16 from ImageNet-21k, CIFAR-10 at 224 px
+    assert one["official_cifar10"] == 96.82 and one["cifar10_diff"] == pytest.approx(97.5 - 96.82)
     # four of the five: a mean of what is there, never called Avg 5; no paper B/16 at 448
     assert two["datasets"] == 4 and math.isnan(two["avg5"]) and math.isnan(two["pets"])
     assert two["avg"] == pytest.approx((81 + 99 + 89 + 100) / 4)
     assert math.isnan(two["paper_avg5"]) and math.isnan(two["paper_imagenet"])
+    assert math.isnan(two["official_cifar10"])
     with pytest.raises(UserError, match="reproduce avg5"):
         avg5_table(_avg5_frame([]))
 

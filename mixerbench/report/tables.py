@@ -350,7 +350,7 @@ def transfer_table(accuracy_df: pd.DataFrame) -> pd.DataFrame:
 AVG5_DATASETS = ("imagenet-1k", "cifar10", "cifar100", "pets", "flowers102")
 AVG5_HEAD = ("model", "upstream", "resolution", "img_size")
 AVG5_TAIL = ("avg", "datasets", "avg5", "paper_avg5", "avg5_diff", "paper_imagenet",
-             "imagenet_diff", "runs", "init")
+             "imagenet_diff", "official_cifar10", "cifar10_diff", "runs", "init")
 
 
 def avg5_table(avg5_df: pd.DataFrame) -> pd.DataFrame:
@@ -367,8 +367,10 @@ def avg5_table(avg5_df: pd.DataFrame) -> pd.DataFrame:
         `avg` the mean over the datasets the row has (`datasets` of them); `avg5` that mean only
         when the row has all five of the paper's; `paper_avg5` and `paper_imagenet` the paper's
         numbers for the model from that upstream at that resolution (Table 3, else Table 2;
-        empty where the paper has none, e.g. any model of ours at 32 px) and each `*_diff` ours
-        minus the paper's.
+        empty where the paper has none, e.g. any model of ours at 32 px); `official_cifar10` the
+        official repository's CIFAR-10 fine-tune of that model (its README, 224 px, the only
+        per-dataset number published; `reference.official_finetune`); each `*_diff` ours minus
+        the reference.
     """
     df = require(avg5_df, "avg5", "The Avg 5 table")
     numeric(df, "img_size", "top1")
@@ -396,6 +398,9 @@ def avg5_table(avg5_df: pd.DataFrame) -> pd.DataFrame:
         row["avg5_diff"] = row["avg5"] - row["paper_avg5"]
         row["paper_imagenet"] = np.nan if paper_in is None else paper_in
         row["imagenet_diff"] = row.get("imagenet-1k", np.nan) - row["paper_imagenet"]
+        official = reference.official_finetune(row["model"], "cifar10", upstream, size) if upstream else None
+        row["official_cifar10"] = np.nan if official is None else official
+        row["cifar10_diff"] = row.get("cifar10", np.nan) - row["official_cifar10"]
         rows.append(row)
     return pd.DataFrame(rows, columns=[*AVG5_HEAD, *datasets, *AVG5_TAIL])
 
