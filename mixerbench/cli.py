@@ -274,58 +274,81 @@ class ProgressView:
         self.task = None
         self.last_plain = 0.0
         self.pending = None  # the current stage's spinner or timer
+        self.handlers = None  # built at the first event (see `_handlers`)
+
+    def _handlers(self) -> dict:
+        """Each event the library emits, by the name its emitting module declares, and how it
+        is shown (imported at the first event, so that `--help` and commands that emit none
+        stay fast)."""
+        from mixerbench.experiments import Event as ExperimentEvent
+        from mixerbench.launch import Event as CellEvent
+        from mixerbench.trackers import Event as TrackerEvent
+        from mixerbench.train import Event as TrainEvent
+
+        return {TrainEvent.START: self._start, TrainEvent.RESUMED: self._resumed,
+                TrainEvent.STEP: self._step, TrainEvent.EVAL: self._eval,
+                TrainEvent.STAGE: lambda info: self._stage(info["what"]),
+                TrainEvent.FINISHED: self._finished, TrainEvent.END: lambda info: self.stop(),
+                CellEvent.CELL: self._cell, CellEvent.LAUNCH: self._launch,
+                CellEvent.JOB: self._job,
+                ExperimentEvent.FEWSHOT: lambda info: self._print(
+                    f"linear {info['shots']}-shot probe of {info['run_id']}"),
+                ExperimentEvent.BENCH: lambda info: self._print(
+                    f"benchmarking {', '.join(info['models'])} on this device"),
+                TrackerEvent.WARNING: lambda info: _warn(info["message"], self._print)}
 
     def __call__(self, event: str, info: dict) -> None:
+        self._end_stage()
+        if self.handlers is None:
+            self.handlers = self._handlers()
+        handler = self.handlers.get(event)
+        if handler is not None:
+            handler(info)
+
+    def _start(self, info: dict) -> None:
+        self.stop()
+        self.console.print(
+            f"[bold]{info['model']}[/] on [bold]{info['dataset']}[/]: {info['total_steps']:,} steps, "
+            f"batch {info['batch_size']} x {info['world_size']} process(es), {info['device']} {info['dtype']}"
+            f" -> {info['run_dir']}")
+        self._bar("train", info["total_steps"], info["step"])
+
+    def _resumed(self, info: dict) -> None:
+        self.console.print(f"resuming {info['run_dir']} from step {info['step']:,}")
+
+    def _step(self, info: dict) -> None:
         import time
 
-        self._end_stage()
-        if event == "start":
-            self.stop()
-            self.console.print(
-                f"[bold]{info['model']}[/] on [bold]{info['dataset']}[/]: {info['total_steps']:,} steps, "
-                f"batch {info['batch_size']} x {info['world_size']} process(es), {info['device']} {info['dtype']}"
-                f" -> {info['run_dir']}")
-            self._bar("train", info["total_steps"], info["step"])
-        elif event == "resumed":
-            self.console.print(f"resuming {info['run_dir']} from step {info['step']:,}")
-        elif event == "step":
-            stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
-                     f"{info['img_per_sec']:,.0f} img/s")
-            if self.bar is not None:
-                self.bar.update(self.task, completed=info["step"], stats=stats)
-            elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
-                self.last_plain = time.monotonic()
-                self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
-        elif event == "eval" and info.get("top1") is not None:
+        stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
+                 f"{info['img_per_sec']:,.0f} img/s")
+        if self.bar is not None:
+            self.bar.update(self.task, completed=info["step"], stats=stats)
+        elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
+            self.last_plain = time.monotonic()
+            self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
+
+    def _eval(self, info: dict) -> None:
+        if info.get("top1") is not None:
             self._print(f"eval @ step {info['step']:,}: top-1 {info['top1']:.2f} %  top-5 "
                         f"{info['top5']:.2f} %  loss {info['eval_loss']:.4f}")
-        elif event == "stage":
-            self._stage(info["what"])
-        elif event == "cell":
-            self.stop()
-            what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
-            count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
-            self.console.print(f"[bold magenta]{count}{what}[/]")
-        elif event == "launch":
-            from rich.markup import escape
 
-            self.stop()
-            self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
-                               f"up to {info['parallel']} at once[/]; job logs in "
-                               f"{escape(info['folder'])}", soft_wrap=True)
-        elif event == "job":
-            self._job(info)
-        elif event == "fewshot":
-            self._print(f"linear {info['shots']}-shot probe of {info['run_id']}")
-        elif event == "bench":
-            self._print(f"benchmarking {', '.join(info['models'])} on this device")
-        elif event == "finished":
-            self.stop()
-            self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
-        elif event == "end":
-            self.stop()
-        elif event == "warning":
-            _warn(info["message"], self._print)
+    def _finished(self, info: dict) -> None:
+        self.stop()
+        self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
+
+    def _cell(self, info: dict) -> None:
+        self.stop()
+        what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
+        count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
+        self.console.print(f"[bold magenta]{count}{what}[/]")
+
+    def _launch(self, info: dict) -> None:
+        from rich.markup import escape
+
+        self.stop()
+        self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
+                           f"up to {info['parallel']} at once[/]; job logs in "
+                           f"{escape(info['folder'])}", soft_wrap=True)
 
     def _job(self, info: dict) -> None:
         """A launched cell was submitted, or ended (finished, read back or failed)."""
@@ -480,7 +503,8 @@ def _plot_help() -> str:
              "data-scaling: Figure 2 (right); shuffle: Figure 4; token-mixing: Figure 5 (needs "
              "--checkpoint); curves: training curves; table1: Table 1 (from the model zoo, only "
              "when named); compare: Tables 2-3 at our "
-             "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning")
+             "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning; "
+             "avg5: Tables 2-3's Avg 5 column (the transfer protocol)")
     return ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
             "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
             f"whose inputs exist. Names: {names}.")
@@ -891,10 +915,11 @@ def compare(
 @user_errors
 def reproduce(
     ctx: typer.Context,
-    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's).")] = None,
+    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer | avg5")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list.")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
-    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
     settings: SetOpt = None,
@@ -914,7 +939,7 @@ def reproduce(
 
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
-               upstream=upstream, models=models.split(",") if models else None,
+               upstream=upstream, init=init, models=models.split(",") if models else None,
                batch_size=batch_size, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
     if not _rank0():
