@@ -66,6 +66,7 @@ class Event:
 
     STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)
     RESUMED = "resumed"    # an unfinished run continues: step, run_dir
+    RESTARTED = "restarted"  # a run without training state starts again at 0: run_dir, dropped
     START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, ...
     STEP = "step"          # an optimizer step: step, total_steps, epoch, loss, lr, img_per_sec
     EVAL = "eval"          # an evaluation: the metrics.csv row (step, top1, top5, eval_loss)
@@ -487,9 +488,7 @@ def _start_clean(run: Run, log: Log) -> None:
     rows = results.read_metrics(path) if path.is_file() else []
     if rows:
         results.rewrite_metrics(path, [])
-        log("warning", dict(message=f"{run.run_dir.name} has no checkpoint to resume from, so "
-                            f"it starts again from step 0; the {len(rows)} metric row(s) of the "
-                            "earlier attempt were dropped."))
+        log(Event.RESTARTED, dict(run_dir=str(run.run_dir), dropped=len(rows)))
 
 
 def save_state(run: Run, optimizer, scheduler, p: TrainState) -> None:
