@@ -14,10 +14,10 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 # Spin-waiting OpenMP threads make the small tensor ops of augmentation ~70x slower on a busy
 # 2-core machine (measured); passive waiting costs nothing on an idle one. Set before torch loads.
@@ -465,6 +465,53 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
         progress.stop()
 
 
+PLOT_HELP = ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
+             "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
+             "whose inputs exist.")
+
+
+def _plot_names(command) -> None:
+    """`plot --help`: every figure and table in `report.REPORTS` with the paper artifact it
+    stands for."""
+    from mixerbench.report import REPORTS
+
+    names = "; ".join(f"{name}: {r.paper}" for name, r in REPORTS.items())
+    command.help = f"{PLOT_HELP} Names: {names}."
+
+
+def _argument_choices(argument: str, choices) -> Callable:
+    def fill(command) -> None:
+        for param in command.params:
+            if param.name == argument:
+                param.help = " | ".join(choices())
+    return fill
+
+
+def _experiment_names():
+    from mixerbench.experiments import EXPERIMENTS
+
+    return EXPERIMENTS
+
+
+def _paper_tables():
+    from mixerbench.reference import TABLES
+
+    return TABLES
+
+
+class _RegistryHelp(TyperCommand):
+    """A command whose help lists what a registry holds, read from the registry when the help
+    is shown: importing the registries on every start would break `--help`'s half second
+    (report alone takes seconds, matplotlib and pandas)."""
+
+    FILL = {"plot": _plot_names, "reproduce": _argument_choices("artifact", _experiment_names),
+            "paper": _argument_choices("table", _paper_tables)}
+
+    def format_help(self, ctx, formatter):
+        self.FILL[self.name](self)
+        return super().format_help(ctx, formatter)
+
+
 # ---------------------------------------------------------------------------- models, paper
 
 
@@ -484,10 +531,10 @@ def models(
                           "GMACs per image)")
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 @user_errors
 def paper(
-    table: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4")] = "table1",
+    table: Annotated[str, typer.Argument(help="One of the paper's tables.")] = "table1",
     fmt: FormatOpt = Format.table,
 ) -> None:
     """The paper's reference tables (transcribed with a source column)."""
@@ -496,20 +543,7 @@ def paper(
     emit(_records(load_table(table)), fmt, title=f"MLP-Mixer paper, {table} (arXiv 2105.01601)")
 
 
-def _plot_help() -> str:
-    """`plot --help`: every figure and table with the paper artifact it stands for (read from
-    the registry without importing it, so --help stays fast)."""
-    names = ("pareto-cost: Figure 2 (left) and 3 (left); accuracy-throughput: Figure 3 (right); "
-             "data-scaling: Figure 2 (right); shuffle: Figure 4; token-mixing: Figure 5 (needs "
-             "--checkpoint); curves: training curves; table1: Table 1 (from the model zoo, only "
-             "when named); compare: Tables 2-3 at our "
-             "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning")
-    return ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
-            "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
-            f"whose inputs exist. Names: {names}.")
-
-
-@app.command(help=_plot_help())
+@app.command(cls=_RegistryHelp, help=PLOT_HELP)
 @user_errors
 def plot(
     name: Annotated[Optional[str], typer.Argument(help="One figure or table (see above); all when omitted.")] = None,
@@ -910,11 +944,11 @@ def compare(
         _console().print(f"wrote {path}")
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 @user_errors
 def reproduce(
     ctx: typer.Context,
-    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer")],
+    artifact: Annotated[str, typer.Argument(help="The experiment to run.")],
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
     upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
