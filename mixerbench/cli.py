@@ -431,9 +431,9 @@ def _warn(message: str, printer=None) -> None:
     (printer or _console(stderr=True).print)(f"[yellow]warning:[/] {escape(message)}")
 
 
-def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | None = None, **kw):
-    """Call a library function with a progress renderer as its `log` (teed to the `trackers`,
-    one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
+def _run(ctx: typer.Context, fn, tracked: tuple[str, ...] = (), group: str | None = None, **kw):
+    """Call a library function with a progress renderer as its `log` (teed to the
+    trackers named in `tracked`, one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
     each with one sentence. Under torchrun the process group is torn down once the function has
     succeeded on this rank."""
     from mixerbench.launch import SweepInterrupted
@@ -442,7 +442,7 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
     from mixerbench.train import Interrupted, TrainingStopped
 
     progress = ProgressView(_quiet(ctx))
-    log = Tracked(progress, trackers, group=group)
+    log = Tracked(progress, tracked, group=group)
     status = "failed"  # what a tracker run still open at the end is marked as
     try:
         out = fn(log=log, **kw)
@@ -902,44 +902,20 @@ def compare(
 
     trackers = parse_trackers(tracker)
     # one tracker run per training run, grouped as accuracy.csv tags them (compare:<preset>)
-    group = f"compare-{preset}"
-    out = _run(ctx, run_compare, trackers, group,
+    out = _run(ctx, run_compare, trackers, f"compare-{preset}",
                models=[m.strip() for m in models.split(",") if m.strip()],
                dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, fewshot=fewshot,
                with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
-               overrides=parse_set(settings), launcher=_launcher(
+               overrides=parse_set(settings), trackers=trackers, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
     if not _rank0():  # under torchrun rank 0 joined the results and reports them
         return
-    if trackers:
-        from mixerbench.report import regenerate
-        from mixerbench.results import results_dir as resolve_dir
-        from mixerbench.trackers import record
-
-        # the comparison's own tracker run shows what `plot` draws (curves: these runs)
-        drawn = regenerate(results_dir, None, None, runs=[s["run_id"] for s in out["runs"]])
-        out["written"] = list(dict.fromkeys([*out["written"], *drawn["written"]]))
-        record(trackers, resolve_dir(results_dir), group, group=group, kind="compare",
-               files=out["written"], on_warning=_warn, config=dict(
-                   models=models, dataset=out["dataset"], preset=preset, seeds=seeds,
-                   epochs=epochs, fewshot=fewshot, settings=settings or []))
     if fmt != Format.table:
         emit(_records(out["table"]), fmt)
         return
-    rows = []
-    for r in _records(compare_view(out["table"])):
-        std = "" if r.get("top1_std") is None else f" +- {r['top1_std']:.2f}"
-        view = {"model": r["model"], "params": r["params"], "GFLOPs/img": r["gflops"],
-                "train img/s": r["train_img_per_sec"], "infer img/s": r["infer_img_per_sec"],
-                "wall s": r["wall_time_s"], "device-h": r["device_hours"],
-                "train FLOPs": r["train_flops"],
-                "top-1 %": f"{r['top1_mean']:.2f}{std} (n={r['n']})"}
-        if fewshot:
-            view[f"{fewshot}-shot %"] = r.get("fewshot_top1")
-        if "paper_top1" in r:
-            view["paper %"], view["diff"] = r.get("paper_top1"), r.get("diff")
-        rows.append(view)
-    emit(rows, fmt, title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
+    # the columns of the markdown table written beside it (tables/compare-*.md)
+    emit(_records(compare_view(out["table"])), fmt,
+         title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
     for path in out["written"]:
         _console().print(f"wrote {path}")
 

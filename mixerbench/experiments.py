@@ -174,12 +174,14 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
             seeds: int = 1, epochs: float | None = None, fewshot: int | None = None,
             with_bench: bool = True, root=None, data_dir=None, device: str | None = None,
             overrides: dict | None = None, launcher: Launcher | None = None,
-            log: Log = _noop) -> dict[str, Any]:
+            trackers: tuple[str, ...] = (), log: Log = _noop) -> dict[str, Any]:
     """Train each model under one preset and budget, for `seeds` seeds; evaluate, optionally
     few-shot and bench them; write the joined table.
 
     The cells train one after another here, or as jobs (`launcher`); the few-shot probes,
-    benchmarks and tables follow in this process either way, from the CSVs.
+    benchmarks and tables follow in this process either way, from the CSVs. With `trackers`
+    (each training run already has its own tracker run through `log`), the comparison gets
+    one more, `compare-<preset>`, showing the figures `plot` draws of these runs.
 
     Returns:
         dict(table=DataFrame (`report.tables.compare_table` columns) of these models' runs,
@@ -198,8 +200,32 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
                                    overrides=overrides), launcher, log)
     if not _joined_here():
         return {}
-    return join_compare(runs, preset=preset, fewshot=fewshot, with_bench=with_bench, root=root,
-                        data_dir=data_dir, device=device, log=log)
+    out = join_compare(runs, preset=preset, fewshot=fewshot, with_bench=with_bench, root=root,
+                       data_dir=data_dir, device=device, log=log)
+    if trackers:
+        out["written"] = _record_compare(
+            out, trackers, root, log, config=dict(
+                models=",".join(models), dataset=out["dataset"], preset=preset, seeds=seeds,
+                epochs=epochs, fewshot=fewshot,
+                settings=[f"{k}={v}" for k, v in (overrides or {}).items()]))
+    return out
+
+
+def _record_compare(out: dict, trackers: tuple[str, ...], root: Path, log: Log,
+                    config: dict) -> list:
+    """The comparison's own tracker run, grouped with its training runs as accuracy.csv tags
+    them: its settings, and the figures `plot` draws of these runs (curves: these runs).
+    Returns every file written, the tables' and the figures'."""
+    from mixerbench.report import regenerate
+    from mixerbench.trackers import Event as TrackerEvent
+    from mixerbench.trackers import record
+
+    drawn = regenerate(root, None, None, runs=[s["run_id"] for s in out["runs"]])
+    written = list(dict.fromkeys([*out["written"], *drawn["written"]]))
+    group = f"compare-{config['preset']}"
+    record(trackers, root, group, group=group, kind="compare", files=written, config=config,
+           on_warning=lambda message: log(TrackerEvent.WARNING, dict(message=message)))
+    return written
 
 
 def compare_cells(models: list[str], *, dataset, preset, seeds: int, epochs, root, data_dir,
