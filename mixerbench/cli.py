@@ -576,38 +576,27 @@ def plot(
 
 def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings, resume,
                    results_dir, print_config, tracker, flags: dict, arch=None) -> None:
-    """Resolve the run's config from the preset, flags and `--set`; print it, run it, or run an
-    lr grid (several `--lr` values: selected on minival, paper App. C)."""
+    """Print the run's resolved config, or run it (several `--lr` values: the lr grid,
+    selected on minival, paper App. C) and print its result."""
     from mixerbench.config import parse_set
-    from mixerbench.experiments import finetune_lr_grid, parse_lrs
-    from mixerbench.presets import resolve
+    from mixerbench.experiments import resolved_config, train_run
     from mixerbench.trackers import parse_trackers
 
     trackers = parse_trackers(tracker)
-    lrs = parse_lrs(lr)
-    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
-                  flags={**flags, "optim.lr": lrs[0] if lrs else None},
-                  overrides=parse_set(settings))
+    spec = dict(preset=preset, model=model, dataset=dataset, init=init, arch=arch, lr=lr,
+                flags=flags, overrides=parse_set(settings))
     if print_config:  # the resolved config.json of the run, without running it
-        from mixerbench.config import run_id, to_dict
-
+        config = resolved_config(kind, **spec)
         if _rank0():
-            sys.stdout.write(json.dumps(dict(to_dict(cfg), run_id=run_id(cfg)), indent=2) + "\n")
+            sys.stdout.write(json.dumps(config, indent=2) + "\n")
         return
-    if len(lrs) > 1:
-        if resume:
-            fail("--resume continues one run; run the lr grid without it (finished runs of the "
-                 "grid are read back, unfinished ones continue).")
-        summary = _run(ctx, finetune_lr_grid, trackers, cfg=cfg, lrs=lrs, root=results_dir)
+    summary = _run(ctx, train_run, trackers, kind=kind, root=results_dir, resume=resume, **spec)
+    if "lr_grid" in summary and _rank0():
         emit([dict(lr=g["lr"], minival_top1=g["minival_top1"], run_id=g["run_id"],
                    selected="yes" if g["lr"] == summary["selected_lr"] else "")
               for g in summary["lr_grid"]], Format.table,
              title="fine-tuning lr grid: selected on minival (paper App. C), reported on "
-                   f"{cfg.data.eval_split}")
-    else:
-        from mixerbench.train import train
-
-        summary = _run(ctx, train, trackers, cfg=cfg, root=results_dir, resume=resume)
+                   f"{summary['reported_on']}")
     _print_summary(summary)
 
 
@@ -654,8 +643,7 @@ def pretrain(
 
         emit(describe(), Format.table, title="presets (mixerbench/presets.py)")
         return
-    _train_command(ctx, kind="pretrain", preset=preset,
-                   model=model if model or preset else "mixer", dataset=dataset, init=None,
+    _train_command(ctx, kind="pretrain", preset=preset, model=model, dataset=dataset, init=None,
                    lr=lr, settings=settings, resume=resume, results_dir=results_dir,
                    print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
@@ -694,14 +682,8 @@ def finetune(
     tracker: TrackerOpt = None,
 ) -> None:
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
-    from mixerbench.config import parse_set
-    from mixerbench.presets import finetune_preset
-
-    length_given = steps is not None or epochs is not None or bool(
-        {"steps", "epochs"} & set(parse_set(settings)))
-    _train_command(ctx, kind="finetune",
-                   preset=preset or finetune_preset(dataset, length_given=length_given), model=None,
-                   dataset=dataset, init=init, arch=arch, lr=lr, settings=settings, resume=resume,
+    _train_command(ctx, kind="finetune", preset=preset, model=None, dataset=dataset, init=init,
+                   arch=arch, lr=lr, settings=settings, resume=resume,
                    results_dir=results_dir, print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
                        "accum_steps": accum_steps, "model.img_size": img_size, "seed": seed,

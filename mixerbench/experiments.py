@@ -61,6 +61,56 @@ def _joined_here() -> bool:
     return rank() == 0
 
 
+def resolve_run(kind: str, *, preset: str | None = None, model: str | None = None,
+                dataset: str | None = None, init: str | None = None, arch: str | None = None,
+                lr: str | float | None = None, flags: dict | None = None,
+                overrides: dict | None = None):
+    """(config, lrs) of a `pretrain` or `finetune` command: the preset (a fine-tuning run's
+    default is its dataset's, `presets.finetune_preset`), the model (`mixer` when neither a
+    model nor a preset is named), flags and `--set`; `lr` is one learning rate or a grid."""
+    from mixerbench.presets import finetune_preset, resolve
+
+    flags, overrides = dict(flags or {}), dict(overrides or {})
+    if kind == "pretrain" and not (model or preset):
+        model = "mixer"
+    if kind == "finetune" and preset is None:
+        length_given = (flags.get("steps") is not None or flags.get("epochs") is not None
+                        or bool({"steps", "epochs"} & set(overrides)))
+        preset = finetune_preset(dataset, length_given=length_given)
+    lrs = parse_lrs(lr)
+    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
+                  flags={**flags, "optim.lr": lrs[0] if lrs else None}, overrides=overrides)
+    return cfg, lrs
+
+
+def resolved_config(kind: str, **spec) -> dict:
+    """The config.json a `pretrain` / `finetune` command would write, with its run id, without
+    running it (`--print-config`); `spec` as `resolve_run` takes it."""
+    from mixerbench.config import run_id, to_dict
+
+    cfg, _ = resolve_run(kind, **spec)
+    return dict(to_dict(cfg), run_id=run_id(cfg))
+
+
+def train_run(kind: str, *, root=None, resume: bool = False, log: Log = _noop, **spec) -> dict:
+    """A `pretrain` or `finetune` command: one run, or with several learning rates the lr grid
+    selected on minival (`finetune_lr_grid`, paper App. C); `spec` as `resolve_run` takes it.
+
+    Returns:
+        The run's summary; for a grid, the final run's with `lr_grid`, `selected_lr` and
+        `reported_on` (the split the final run is reported on).
+    """
+    from mixerbench.train import train
+
+    cfg, lrs = resolve_run(kind, **spec)
+    if len(lrs) <= 1:
+        return train(cfg, root, resume=resume, log=log)
+    if resume:
+        raise UserError("--resume continues one run; run the lr grid without it (finished runs "
+                        "of the grid are read back, unfinished ones continue).")
+    return dict(finetune_lr_grid(cfg, lrs, root=root, log=log), reported_on=cfg.data.eval_split)
+
+
 def parse_lrs(text: str | float | None) -> list[float]:
     """`--lr 0.003,0.01,0.03,0.06` -> [0.003, 0.01, 0.03, 0.06] (one value: a plain run)."""
     if text is None:
