@@ -907,9 +907,10 @@ def compare(
 def reproduce(
     ctx: typer.Context,
     artifact: Annotated[str, typer.Argument(help="The experiment to run.")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's).")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list.")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
-    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
     settings: SetOpt = None,
@@ -929,7 +930,7 @@ def reproduce(
 
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
-               upstream=upstream, models=models.split(",") if models else None,
+               upstream=upstream, init=init, models=models.split(",") if models else None,
                batch_size=batch_size, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
     if not _rank0():
