@@ -963,12 +963,7 @@ def datasets_cmd(
     if name_or_path is None:
         emit(out, fmt, title="known datasets (mixerbench/data/__init__.py; any hf:<id> or folder also works)")
     elif bench:
-        emit([dict(dataset=out["dataset"], split=out["split"], path=p, device=out["device"],
-                   batch_size=out["batch_size"], pipeline=out["pipeline"],
-                   img_size=out["img_size"], workers=v["workers"],
-                   img_per_sec=round(v["img_per_sec"]), batches=v["batches"])
-              for p, v in out["paths"].items()], fmt,
-             title=f"loader throughput, {out['dataset']} {out['split']} ({out['n']:,} images)")
+        emit(out["rows"], fmt, title=f"loader throughput, {out['dataset']} {out['split']} ({out['n']:,} images)")
     elif fmt == Format.json:
         sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
     elif fmt == Format.csv:
