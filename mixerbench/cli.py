@@ -553,22 +553,16 @@ def plot(
     runs: Annotated[Optional[str], typer.Option(help="Comma-separated run ids for curves.")] = None,
     tracker: TrackerOpt = None,
 ) -> None:
-    from mixerbench.report import regenerate
-    from mixerbench.results import results_dir as resolve_dir
-    from mixerbench.trackers import parse_trackers, record
+    from mixerbench.report import draw
+    from mixerbench.trackers import parse_trackers
 
-    trackers = parse_trackers(tracker)
-    done = regenerate(results_dir, out, name, checkpoint, runs=runs.split(",") if runs else None)
+    done = draw(results_dir, out, name, checkpoint, runs=runs.split(",") if runs else None,
+                trackers=parse_trackers(tracker), on_warning=_warn)
     con = _console()
     for path in done["written"]:
         con.print(f"wrote {path}")
-    if not done["written"]:
-        fail(f"Nothing to plot in {resolve_dir(results_dir)}: it has no results CSVs yet; run "
-             "`mixerbench compare --preset smoke` (or pretrain, bench, reproduce) first.")
     for skipped, why in done["skipped"].items():  # what was left out, and why
         con.print(f"[dim]skipped {skipped}: {why}[/]", soft_wrap=True)
-    record(trackers, resolve_dir(results_dir), "plot", kind="plot", files=done["written"],
-           config=dict(name=name or "all", runs=runs, checkpoint=checkpoint), on_warning=_warn)
 
 
 # ------------------------------------------------------------------------- pretrain / finetune
