@@ -891,12 +891,14 @@ def compare(
 @user_errors
 def reproduce(
     ctx: typer.Context,
-    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer")],
+    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer | released")],
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
     upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="throughput, released: batch size.")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="released: ImageNet ReaL labels (the public real.json), matched by ILSVRC2012_val_* file name.")] = None,
+    fewshot: Annotated[bool, typer.Option("--fewshot", help="released: also the linear 5-shot probe on ImageNet (shots from its train split).")] = False,
     settings: SetOpt = None,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
@@ -915,7 +917,7 @@ def reproduce(
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
                upstream=upstream, models=models.split(",") if models else None,
-               batch_size=batch_size, launcher=_launcher(
+               batch_size=batch_size, real_labels=real_labels, fewshot=fewshot, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
     if not _rank0():
         return
