@@ -274,58 +274,81 @@ class ProgressView:
         self.task = None
         self.last_plain = 0.0
         self.pending = None  # the current stage's spinner or timer
+        self.handlers = None  # built at the first event (see `_handlers`)
+
+    def _handlers(self) -> dict:
+        """Each event the library emits, by the name its emitting module declares, and how it
+        is shown (imported at the first event, so that `--help` and commands that emit none
+        stay fast)."""
+        from mixerbench.experiments import Event as ExperimentEvent
+        from mixerbench.launch import Event as CellEvent
+        from mixerbench.trackers import Event as TrackerEvent
+        from mixerbench.train import Event as TrainEvent
+
+        return {TrainEvent.START: self._start, TrainEvent.RESUMED: self._resumed,
+                TrainEvent.STEP: self._step, TrainEvent.EVAL: self._eval,
+                TrainEvent.STAGE: lambda info: self._stage(info["what"]),
+                TrainEvent.FINISHED: self._finished, TrainEvent.END: lambda info: self.stop(),
+                CellEvent.CELL: self._cell, CellEvent.LAUNCH: self._launch,
+                CellEvent.JOB: self._job,
+                ExperimentEvent.FEWSHOT: lambda info: self._print(
+                    f"linear {info['shots']}-shot probe of {info['run_id']}"),
+                ExperimentEvent.BENCH: lambda info: self._print(
+                    f"benchmarking {', '.join(info['models'])} on this device"),
+                TrackerEvent.WARNING: lambda info: _warn(info["message"], self._print)}
 
     def __call__(self, event: str, info: dict) -> None:
+        self._end_stage()
+        if self.handlers is None:
+            self.handlers = self._handlers()
+        handler = self.handlers.get(event)
+        if handler is not None:
+            handler(info)
+
+    def _start(self, info: dict) -> None:
+        self.stop()
+        self.console.print(
+            f"[bold]{info['model']}[/] on [bold]{info['dataset']}[/]: {info['total_steps']:,} steps, "
+            f"batch {info['batch_size']} x {info['world_size']} process(es), {info['device']} {info['dtype']}"
+            f" -> {info['run_dir']}")
+        self._bar("train", info["total_steps"], info["step"])
+
+    def _resumed(self, info: dict) -> None:
+        self.console.print(f"resuming {info['run_dir']} from step {info['step']:,}")
+
+    def _step(self, info: dict) -> None:
         import time
 
-        self._end_stage()
-        if event == "start":
-            self.stop()
-            self.console.print(
-                f"[bold]{info['model']}[/] on [bold]{info['dataset']}[/]: {info['total_steps']:,} steps, "
-                f"batch {info['batch_size']} x {info['world_size']} process(es), {info['device']} {info['dtype']}"
-                f" -> {info['run_dir']}")
-            self._bar("train", info["total_steps"], info["step"])
-        elif event == "resumed":
-            self.console.print(f"resuming {info['run_dir']} from step {info['step']:,}")
-        elif event == "step":
-            stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
-                     f"{info['img_per_sec']:,.0f} img/s")
-            if self.bar is not None:
-                self.bar.update(self.task, completed=info["step"], stats=stats)
-            elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
-                self.last_plain = time.monotonic()
-                self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
-        elif event == "eval" and info.get("top1") is not None:
+        stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
+                 f"{info['img_per_sec']:,.0f} img/s")
+        if self.bar is not None:
+            self.bar.update(self.task, completed=info["step"], stats=stats)
+        elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
+            self.last_plain = time.monotonic()
+            self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
+
+    def _eval(self, info: dict) -> None:
+        if info.get("top1") is not None:
             self._print(f"eval @ step {info['step']:,}: top-1 {info['top1']:.2f} %  top-5 "
                         f"{info['top5']:.2f} %  loss {info['eval_loss']:.4f}")
-        elif event == "stage":
-            self._stage(info["what"])
-        elif event == "cell":
-            self.stop()
-            what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
-            count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
-            self.console.print(f"[bold magenta]{count}{what}[/]")
-        elif event == "launch":
-            from rich.markup import escape
 
-            self.stop()
-            self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
-                               f"up to {info['parallel']} at once[/]; job logs in "
-                               f"{escape(info['folder'])}", soft_wrap=True)
-        elif event == "job":
-            self._job(info)
-        elif event == "fewshot":
-            self._print(f"linear {info['shots']}-shot probe of {info['run_id']}")
-        elif event == "bench":
-            self._print(f"benchmarking {', '.join(info['models'])} on this device")
-        elif event == "finished":
-            self.stop()
-            self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
-        elif event == "end":
-            self.stop()
-        elif event == "warning":
-            _warn(info["message"], self._print)
+    def _finished(self, info: dict) -> None:
+        self.stop()
+        self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
+
+    def _cell(self, info: dict) -> None:
+        self.stop()
+        what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
+        count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
+        self.console.print(f"[bold magenta]{count}{what}[/]")
+
+    def _launch(self, info: dict) -> None:
+        from rich.markup import escape
+
+        self.stop()
+        self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
+                           f"up to {info['parallel']} at once[/]; job logs in "
+                           f"{escape(info['folder'])}", soft_wrap=True)
 
     def _job(self, info: dict) -> None:
         """A launched cell was submitted, or ended (finished, read back or failed)."""

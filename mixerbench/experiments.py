@@ -25,9 +25,18 @@ from mixerbench import files, results
 from mixerbench.errors import UserError
 from mixerbench.evaluate import probe_of
 from mixerbench.launch import Cell, Launcher, run_cells
+from mixerbench.launch import Event as CellEvent
 from mixerbench.runtime import rank
 
 Log = Callable[[str, dict], None]
+
+
+class Event:
+    """The progress events of the experiments' own work besides training cells (those are
+    `launch.Event`), emitted as `log(event, info)`; `cli.ProgressView` renders them."""
+
+    FEWSHOT = "fewshot"  # linear few-shot probes of a run: run_id, shots
+    BENCH = "bench"      # throughput of the compared models on this device: models
 
 
 def _noop(event: str, info: dict) -> None:
@@ -92,14 +101,15 @@ def finetune_lr_grid(cfg, lrs: list[float], *, root=None, log: Log = _noop) -> d
     cells = [validate(replace(held_out, optim=replace(held_out.optim, lr=lr))) for lr in lrs]
     grid = []
     for i, c in enumerate(cells):
-        log("cell", dict(stage="lr grid on minival", lr=c.optim.lr, index=i + 1, of=len(cells) + 1))
+        log(CellEvent.CELL, dict(stage="lr grid on minival", lr=c.optim.lr, index=i + 1,
+                                 of=len(cells) + 1))
         s = train(c, root, log=log, experiment="lr-grid")
         if s.get("top1") is None:
             raise UserError(f"The lr-grid run {s['run_id']} has no minival accuracy; check the data.")
         grid.append(dict(lr=c.optim.lr, minival_top1=s["top1"], run_id=s["run_id"]))
     best = max(grid, key=lambda g: g["minival_top1"])  # first of equals: grid order decides ties
-    log("cell", dict(stage="final run on train, reported on " + cfg.data.eval_split,
-                     lr=best["lr"], index=len(cells) + 1, of=len(cells) + 1))
+    log(CellEvent.CELL, dict(stage="final run on train, reported on " + cfg.data.eval_split,
+                             lr=best["lr"], index=len(cells) + 1, of=len(cells) + 1))
     final = train(replace(cfg, optim=replace(cfg.optim, lr=best["lr"])), root, log=log,
                   experiment="lr-grid")
     record = dict(selected_lr=best["lr"], selected_on="minival", lr_grid=grid,
@@ -127,7 +137,7 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     todo = [k for k in shots if (summary["run_id"], str(k)) not in done]
     if not todo:
         return []
-    log("fewshot", dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
+    log(Event.FEWSHOT, dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
     split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
     out = evaluate(summary["run_dir"], summary["dataset"], split=split, data_dir=data_dir,
                    fewshot=todo, device=device, seeds=seeds, root=None)
@@ -154,7 +164,7 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
                    not in done for m in ("infer", "train"))]
     if not todo:
         return []
-    log("bench", dict(models=[model_label(r["name"], r.get("overrides")) for r in todo]))
+    log(Event.BENCH, dict(models=[model_label(r["name"], r.get("overrides")) for r in todo]))
     return bench(todo, mode="both", batch_size=batch_size, device=dev, repeats=repeats,
                  root=root, steps_per_repeat=5 if dev == "cpu" else 20,
                  warmup=2 if dev == "cpu" else 10)

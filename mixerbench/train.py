@@ -53,6 +53,19 @@ LENGTH = ("steps", "epochs")
 Log = Callable[[str, dict], None]
 
 
+class Event:
+    """The progress events `train` emits as `log(event, info)`; `cli.ProgressView` renders
+    them and `trackers.Tracked` records start, eval and end."""
+
+    STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)
+    RESUMED = "resumed"    # an unfinished run continues: step, run_dir
+    START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, ...
+    STEP = "step"          # an optimizer step: step, total_steps, epoch, loss, lr, img_per_sec
+    EVAL = "eval"          # an evaluation: the metrics.csv row (step, top1, top5, eval_loss)
+    END = "end"            # the run finished: its summary, run_dir
+    FINISHED = "finished"  # an already finished run was read back: its summary, run_dir
+
+
 class TrainingStopped(RuntimeError):
     """The run cannot go on (non-finite loss, disk full); the last checkpoint is intact."""
 
@@ -280,7 +293,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     if rank_batch % cfg.accum_steps:
         raise UserError(f"The per-process batch {rank_batch} is not divisible by --accum-steps "
                         f"{cfg.accum_steps}.")
-    log("stage", dict(what=f"loading {dcfg.dataset} ({dcfg.train_split} and {dcfg.eval_split}; "
+    log(Event.STAGE, dict(what=f"loading {dcfg.dataset} ({dcfg.train_split} and {dcfg.eval_split}; "
                            "decoded once into the tensor cache)"))
     train_ds = get_dataset(dcfg.dataset, dcfg.train_split, data_dir=dcfg.data_dir,
                            fraction=dcfg.fraction, seed=cfg.seed)
@@ -418,7 +431,7 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
                         "steps; repeat the original --steps to resume it.")
     if run.rank == 0:
         _truncate_metrics(run.run_dir / "metrics.csv", progress.step)
-    log("resumed", dict(step=progress.step, run_dir=str(run.run_dir)))
+    log(Event.RESUMED, dict(step=progress.step, run_dir=str(run.run_dir)))
     return progress
 
 
@@ -611,7 +624,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
             _loop(run, optimizer, scheduler, p, log)
             # every rank returns rank 0's summary (callers such as the lr grid read its top-1)
             summary = _from_rank0(run, write_results(run, p, experiment) if run.rank == 0 else None)
-            log("end", dict(summary, run_dir=str(run_dir)))
+            log(Event.END, dict(summary, run_dir=str(run_dir)))
             return dict(summary, run_dir=str(run_dir), reused=False)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -653,7 +666,7 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
         train_model = DDP(run.model, device_ids=[run.device] if run.on_cuda else None)
     if run.compiled:
         train_model = torch.compile(train_model)
-    log("start", dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
+    log(Event.START, dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
                       model=run.rec["name"], dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
@@ -691,7 +704,7 @@ def _log_step(run: Run, p: TrainState, loss: float, optimizer, window: list, log
     now = time.perf_counter()
     ips = window[1] / max(now - window[0], 1e-9)
     window[:] = [now, 0]
-    log("step", dict(step=p.step, total_steps=run.total, epoch=p.step / run.steps_per_epoch,
+    log(Event.STEP, dict(step=p.step, total_steps=run.total, epoch=p.step / run.steps_per_epoch,
                      loss=loss, lr=optimizer.param_groups[0]["lr"], img_per_sec=ips))
 
 
@@ -701,7 +714,7 @@ def _after_step(run: Run, optimizer, scheduler, p: TrainState, stopping: bool, l
     if p.step % run.eval_every == 0 or p.step == run.total:
         if p.step == run.total:
             n = min(run.eval_size, run.cfg.max_eval_examples or run.eval_size)
-            log("stage", dict(what=f"final evaluation on {n:,} images of {eval_split(run)}"
+            log(Event.STAGE, dict(what=f"final evaluation on {n:,} images of {eval_split(run)}"
                               + ("" if n < run.eval_size else
                                  " (all of it; --set max_eval_examples=N bounds it)")))
         ev = evaluate_now(run) if run.rank == 0 else {}
@@ -709,7 +722,7 @@ def _after_step(run: Run, optimizer, scheduler, p: TrainState, stopping: bool, l
         p.loss_sum, p.loss_count = 0.0, 0
         if run.rank == 0:
             results.append_to(run.run_dir / "metrics.csv", results.METRICS, row)
-        log("eval", row)
+        log(Event.EVAL, row)
         window[0] = time.perf_counter()
     if stopping:  # one save, whether or not this is a checkpoint step
         if p.pending:  # the signal came after this step's loss check
@@ -730,7 +743,7 @@ def _read_back(run_dir: Path, root: Path, resume: bool, log: Log, experiment: st
     # a run whose summary predates the experiment tag takes the tag of the one reading it back
     done = dict(done, experiment=done.get("experiment") or experiment)
     _ensure_row(done, root)
-    log("finished", dict(done, run_dir=str(run_dir)))
+    log(Event.FINISHED, dict(done, run_dir=str(run_dir)))
     return dict(done, run_dir=str(run_dir), reused=True)
 
 

@@ -105,3 +105,44 @@ def test_choose_defaults_and_refusals_on_this_machine():
     # training and evaluation run in fp32 on any CPU; only bench may time bf16 on one
     with pytest.raises(UserError, match="only used on CUDA here"):
         choose("cpu", "bf16", local_rank=0)
+
+
+def _declared_events() -> dict[str, str]:
+    """event name -> the module whose `Event` class declares it."""
+    out = {}
+    for path, tree in _modules().items():
+        for node in tree.body:
+            if isinstance(node, ast.ClassDef) and node.name == "Event":
+                for stmt in node.body:
+                    if isinstance(stmt, ast.Assign) and isinstance(stmt.value, ast.Constant):
+                        assert stmt.value.value not in out, f"{stmt.value.value} declared twice"
+                        out[stmt.value.value] = path
+    return out
+
+
+def test_every_rendered_event_is_declared_by_its_emitting_module_and_vice_versa():
+    from mixerbench.cli import ProgressView
+
+    declared = _declared_events()
+    rendered = set(ProgressView(quiet=True)._handlers())
+    assert rendered == set(declared), (rendered ^ set(declared))
+    assert set(declared.values()) >= {"mixerbench/train.py", "mixerbench/launch.py"}
+
+
+def test_no_event_is_named_by_a_bare_string():
+    """Events are emitted (`log("...", info)`) and compared (`event == "..."`) only through the
+    declared constants, so a renamed event cannot silently stop being shown or recorded."""
+    declared = set(_declared_events())
+    bare = []
+    for path, tree in _modules().items():
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and node.args and isinstance(node.args[0], ast.Constant):
+                f = node.func
+                name = f.attr if isinstance(f, ast.Attribute) else getattr(f, "id", "")
+                if name == "log" and isinstance(node.args[0].value, str):
+                    bare.append(f"{path}:{node.lineno} log({node.args[0].value!r})")
+            if isinstance(node, ast.Compare) and getattr(node.left, "id", "") == "event":
+                for c in node.comparators:
+                    if isinstance(c, ast.Constant) and c.value in declared:
+                        bare.append(f"{path}:{node.lineno} event == {c.value!r}")
+    assert not bare, bare
