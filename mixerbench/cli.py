@@ -503,7 +503,8 @@ def _plot_help() -> str:
              "data-scaling: Figure 2 (right); shuffle: Figure 4; token-mixing: Figure 5 (needs "
              "--checkpoint); curves: training curves; table1: Table 1 (from the model zoo, only "
              "when named); compare: Tables 2-3 at our "
-             "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning")
+             "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning; "
+             "released: Tables 2-3 from the released checkpoints")
     return ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
             "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
             f"whose inputs exist. Names: {names}.")

@@ -623,6 +623,7 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     from mixerbench.models import get_spec
     from mixerbench.models.weights import hub_file
     from mixerbench.report import regenerate, released_table
+    from mixerbench.train import Event as TrainEvent
 
     checkpoints = tuple(checkpoints or RELEASED)
     dataset = dataset or "imagenet-1k"
@@ -632,10 +633,10 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
         hub_file(c.checkpoint[len("timm:"):])
     results.ensure_appendable("released", root)
     for i, c in enumerate(checkpoints, 1):
-        log("cell", dict(checkpoint=c.checkpoint, index=i, of=len(checkpoints)))
+        log(CellEvent.CELL, dict(checkpoint=c.checkpoint, index=i, of=len(checkpoints)))
 
         def progress(what, done, total, _c=c):
-            log("stage", dict(what=f"{_c.paper_name}: {what}"))
+            log(TrainEvent.STAGE, dict(what=f"{_c.paper_name}: {what}"))
 
         out = evaluate(c.checkpoint, dataset, split="validation", crop=c.crop,
                        data_dir=str(data_dir) if data_dir else None,
