@@ -504,7 +504,8 @@ def _plot_help() -> str:
              "--checkpoint); curves: training curves; table1: Table 1 (from the model zoo, only "
              "when named); compare: Tables 2-3 at our "
              "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning; "
-             "released: Tables 2-3 from the released checkpoints")
+             "released: Tables 2-3 from the released checkpoints; "
+             "avg5: Tables 2-3's Avg 5 column (the transfer protocol)")
     return ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
             "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
             f"whose inputs exist. Names: {names}.")
@@ -915,10 +916,11 @@ def compare(
 @user_errors
 def reproduce(
     ctx: typer.Context,
-    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer | released")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's).")] = None,
+    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer | avg5 | released")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list; released: ImageNet, by default imagenet-1k.")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
-    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="throughput, released: batch size.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="released: ImageNet ReaL labels (the public real.json), matched by ILSVRC2012_val_* file name.")] = None,
@@ -940,7 +942,7 @@ def reproduce(
 
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
-               upstream=upstream, models=models.split(",") if models else None,
+               upstream=upstream, init=init, models=models.split(",") if models else None,
                batch_size=batch_size, real_labels=real_labels, fewshot=fewshot, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
     if not _rank0():

@@ -71,6 +71,14 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "dataset", "split", "img_size", "pipeline", "n", "top1", "top5", "real_top1", "real_n",
         "fewshot5_mean", "fewshot5_std",
     ) + PROVENANCE,
+    # The transfer protocol (paper section 3, App. C): one row per fine-tuning run reported on
+    # a dataset's test split, after its lr was selected on the stratified minival. `model` is
+    # the --init weights' architecture, `upstream` their pre-training dataset, `dataset` the
+    # canonical name; `lr_grid` lists `lr=minival top-1` for every lr tried.
+    "avg5": (
+        "run_id", "model", "family", "init", "upstream", "dataset", "split", "resolution",
+        "img_size", "steps", "lr", "lr_grid", "minival_top1", "top1",
+    ) + PROVENANCE,
 }
 
 # Which command writes each CSV: named in the message when a reader finds it missing.
@@ -81,6 +89,7 @@ PRODUCERS = {
     "shuffle": "mixerbench reproduce shuffle",
     "scaling": "mixerbench reproduce data-scaling",
     "released": "mixerbench reproduce released",
+    "avg5": "mixerbench reproduce avg5 --init SRC",
 }
 
 
@@ -164,7 +173,7 @@ COLUMN_TYPES: dict[str, str] = {
         "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops", "fraction",
         "step", "epoch", "train_loss", "eval_loss", "lr", "img_per_sec", "elapsed_s",
         "matmul_tflops", "paper_img_size", "n", "real_top1", "real_n", "fewshot5_mean",
-        "fewshot5_std",
+        "fewshot5_std", "minival_top1",
     ), NUMBER),
     **dict.fromkeys(("compiled", "channels_last"), BOOL),
     **dict.fromkeys((
@@ -172,7 +181,7 @@ COLUMN_TYPES: dict[str, str] = {
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
         "metric", "upstream", "probe_dataset", "bench_id", "family", "checkpoint",
-        "paper_name", "note", "pipeline",
+        "paper_name", "note", "pipeline", "resolution", "lr_grid",
     ), TEXT),
 }
 
