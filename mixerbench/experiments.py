@@ -61,6 +61,56 @@ def _joined_here() -> bool:
     return rank() == 0
 
 
+def resolve_run(kind: str, *, preset: str | None = None, model: str | None = None,
+                dataset: str | None = None, init: str | None = None, arch: str | None = None,
+                lr: str | float | None = None, flags: dict | None = None,
+                overrides: dict | None = None):
+    """(config, lrs) of a `pretrain` or `finetune` command: the preset (a fine-tuning run's
+    default is its dataset's, `presets.finetune_preset`), the model (`mixer` when neither a
+    model nor a preset is named), flags and `--set`; `lr` is one learning rate or a grid."""
+    from mixerbench.presets import finetune_preset, resolve
+
+    flags, overrides = dict(flags or {}), dict(overrides or {})
+    if kind == "pretrain" and not (model or preset):
+        model = "mixer"
+    if kind == "finetune" and preset is None:
+        length_given = (flags.get("steps") is not None or flags.get("epochs") is not None
+                        or bool({"steps", "epochs"} & set(overrides)))
+        preset = finetune_preset(dataset, length_given=length_given)
+    lrs = parse_lrs(lr)
+    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
+                  flags={**flags, "optim.lr": lrs[0] if lrs else None}, overrides=overrides)
+    return cfg, lrs
+
+
+def resolved_config(kind: str, **spec) -> dict:
+    """The config.json a `pretrain` / `finetune` command would write, with its run id, without
+    running it (`--print-config`); `spec` as `resolve_run` takes it."""
+    from mixerbench.config import run_id, to_dict
+
+    cfg, _ = resolve_run(kind, **spec)
+    return dict(to_dict(cfg), run_id=run_id(cfg))
+
+
+def train_run(kind: str, *, root=None, resume: bool = False, log: Log = _noop, **spec) -> dict:
+    """A `pretrain` or `finetune` command: one run, or with several learning rates the lr grid
+    selected on minival (`finetune_lr_grid`, paper App. C); `spec` as `resolve_run` takes it.
+
+    Returns:
+        The run's summary; for a grid, the final run's with `lr_grid`, `selected_lr` and
+        `reported_on` (the split the final run is reported on).
+    """
+    from mixerbench.train import train
+
+    cfg, lrs = resolve_run(kind, **spec)
+    if len(lrs) <= 1:
+        return train(cfg, root, resume=resume, log=log)
+    if resume:
+        raise UserError("--resume continues one run; run the lr grid without it (finished runs "
+                        "of the grid are read back, unfinished ones continue).")
+    return dict(finetune_lr_grid(cfg, lrs, root=root, log=log), reported_on=cfg.data.eval_split)
+
+
 def parse_lrs(text: str | float | None) -> list[float]:
     """`--lr 0.003,0.01,0.03,0.06` -> [0.003, 0.01, 0.03, 0.06] (one value: a plain run)."""
     if text is None:
@@ -180,12 +230,14 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
             seeds: int = 1, epochs: float | None = None, fewshot: int | None = None,
             with_bench: bool = True, root=None, data_dir=None, device: str | None = None,
             overrides: dict | None = None, launcher: Launcher | None = None,
-            log: Log = _noop) -> dict[str, Any]:
+            trackers: tuple[str, ...] = (), log: Log = _noop) -> dict[str, Any]:
     """Train each model under one preset and budget, for `seeds` seeds; evaluate, optionally
     few-shot and bench them; write the joined table.
 
     The cells train one after another here, or as jobs (`launcher`); the few-shot probes,
-    benchmarks and tables follow in this process either way, from the CSVs.
+    benchmarks and tables follow in this process either way, from the CSVs. With `trackers`
+    (each training run already has its own tracker run through `log`), the comparison gets
+    one more, `compare-<preset>`, showing the figures `plot` draws of these runs.
 
     Returns:
         dict(table=DataFrame (`report.tables.compare_table` columns) of these models' runs,
@@ -204,8 +256,32 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
                                    overrides=overrides), launcher, log)
     if not _joined_here():
         return {}
-    return join_compare(runs, preset=preset, fewshot=fewshot, with_bench=with_bench, root=root,
-                        data_dir=data_dir, device=device, log=log)
+    out = join_compare(runs, preset=preset, fewshot=fewshot, with_bench=with_bench, root=root,
+                       data_dir=data_dir, device=device, log=log)
+    if trackers:
+        out["written"] = _record_compare(
+            out, trackers, root, log, config=dict(
+                models=",".join(models), dataset=out["dataset"], preset=preset, seeds=seeds,
+                epochs=epochs, fewshot=fewshot,
+                settings=[f"{k}={v}" for k, v in (overrides or {}).items()]))
+    return out
+
+
+def _record_compare(out: dict, trackers: tuple[str, ...], root: Path, log: Log,
+                    config: dict) -> list:
+    """The comparison's own tracker run, grouped with its training runs as accuracy.csv tags
+    them: its settings, and the figures `plot` draws of these runs (curves: these runs).
+    Returns every file written, the tables' and the figures'."""
+    from mixerbench.report import regenerate
+    from mixerbench.trackers import Event as TrackerEvent
+    from mixerbench.trackers import record
+
+    drawn = regenerate(root, None, None, runs=[s["run_id"] for s in out["runs"]])
+    written = list(dict.fromkeys([*out["written"], *drawn["written"]]))
+    group = f"compare-{config['preset']}"
+    record(trackers, root, group, group=group, kind="compare", files=written, config=config,
+           on_warning=lambda message: log(TrackerEvent.WARNING, dict(message=message)))
+    return written
 
 
 def compare_cells(models: list[str], *, dataset, preset, seeds: int, epochs, root, data_dir,
