@@ -286,6 +286,10 @@ class ProgressView:
         from mixerbench.train import Event as TrainEvent
 
         return {TrainEvent.START: self._start, TrainEvent.RESUMED: self._resumed,
+                TrainEvent.RESTARTED: lambda info: _warn(
+                    f"{Path(info['run_dir']).name} has no checkpoint to resume from, so it starts "
+                    f"again from step 0; the {info['dropped']} metric row(s) of the earlier "
+                    "attempt were dropped.", self._print),
                 TrainEvent.STEP: self._step, TrainEvent.EVAL: self._eval,
                 TrainEvent.STAGE: lambda info: self._stage(info["what"]),
                 TrainEvent.FINISHED: self._finished, TrainEvent.END: lambda info: self.stop(),

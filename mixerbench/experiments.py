@@ -198,8 +198,8 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     out = evaluate(summary["run_dir"], summary["dataset"], split=split, data_dir=data_dir,
                    fewshot=todo, device=device, seeds=seeds, root=None)
     rows = out["rows"]["fewshot"]
-    for r in rows:
-        results.append_row("fewshot", r, root)
+    for r in rows:  # a concurrent sweep may have recorded it meanwhile: one row stays
+        results.append_once("fewshot", r, root)
     return rows
 
 
