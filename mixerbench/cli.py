@@ -286,6 +286,10 @@ class ProgressView:
         from mixerbench.train import Event as TrainEvent
 
         return {TrainEvent.START: self._start, TrainEvent.RESUMED: self._resumed,
+                TrainEvent.RESTARTED: lambda info: _warn(
+                    f"{Path(info['run_dir']).name} has no checkpoint to resume from, so it starts "
+                    f"again from step 0; the {info['dropped']} metric row(s) of the earlier "
+                    "attempt were dropped.", self._print),
                 TrainEvent.STEP: self._step, TrainEvent.EVAL: self._eval,
                 TrainEvent.STAGE: lambda info: self._stage(info["what"]),
                 TrainEvent.FINISHED: self._finished, TrainEvent.END: lambda info: self.stop(),
@@ -901,12 +905,14 @@ def compare(
 def reproduce(
     ctx: typer.Context,
     artifact: Annotated[str, typer.Argument(help="The experiment to run.")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list; released: ImageNet, by default imagenet-1k.")] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
     upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="throughput, released: batch size.")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="released: ImageNet ReaL labels (the public real.json), matched by ILSVRC2012_val_* file name.")] = None,
+    fewshot: Annotated[bool, typer.Option("--fewshot", help="released: also the linear 5-shot probe on ImageNet (shots from its train split).")] = False,
     settings: SetOpt = None,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
@@ -925,7 +931,7 @@ def reproduce(
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
                upstream=upstream, init=init, models=models.split(",") if models else None,
-               batch_size=batch_size, launcher=_launcher(
+               batch_size=batch_size, real_labels=real_labels, fewshot=fewshot, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
     if not _rank0():
         return

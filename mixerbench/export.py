@@ -117,16 +117,9 @@ def _source(src: str) -> tuple[Path, Path | None]:
 
 def _run_config(run_dir: Path | None):
     """The RunConfig of a run directory (read strictly), or None without one."""
-    from mixerbench.config import from_dict
+    from mixerbench.config import read_run_config
 
-    if run_dir is None or not (run_dir / "config.json").is_file():
-        return None
-    path = run_dir / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        data = None
-    return from_dict(data, str(path))
+    return None if run_dir is None else read_run_config(run_dir)
 
 
 def _check_out_dir(out: Path) -> None:
