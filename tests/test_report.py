@@ -49,9 +49,9 @@ def throughput_fixture() -> pd.DataFrame:
     dev = dict(device_name="NVIDIA H100", num_devices=1, img_size=32)
     return frame("throughput", [
         dict(dev, model="mixer-b16", mode="infer", batch_size=64, img_per_sec_mean=1000.0,
-             params=59_880_472, gmacs=12.6),
+             img_per_sec_std=10.0, params=59_880_472, gmacs=12.6),
         dict(dev, model="mixer-b16", mode="infer", batch_size=256, img_per_sec_mean=1500.0,
-             params=59_880_472, gmacs=12.6),
+             img_per_sec_std=60.0, params=59_880_472, gmacs=12.6),
         dict(dev, model="vit-b16", mode="infer", batch_size=256, img_per_sec_mean=3000.0,
              params=86_567_656, gmacs=17.6),
         dict(dev, model="bit-r50x1", mode="infer", batch_size=256, img_per_sec_mean=750.0,
@@ -177,6 +177,8 @@ def test_compare_table_values():
     assert m.at["bit-r50x1", "top1_mean"] == 84.0 and m.at["bit-r50x1", "n"] == 1  # last row wins
     assert math.isnan(m.at["bit-r50x1", "top1_std"])
     assert m.at["mixer-b16", "infer_img_per_sec"] == 1500.0  # best batch size
+    assert m.at["mixer-b16", "infer_img_per_sec_std"] == 60.0  # that batch size's own spread
+    assert math.isnan(m.at["vit-b16", "infer_img_per_sec_std"])  # none measured
     assert m.at["mixer-b16", "train_img_per_sec"] == 500.0
     assert math.isnan(m.at["bit-r50x1", "train_img_per_sec"])
     assert m.at["mixer-b16", "gflops"] == pytest.approx(25.2)  # 2 x GMACs
