@@ -503,13 +503,23 @@ def _paper_tables():
     return TABLES
 
 
+def _family_help(command) -> None:
+    """`compare --help`: the family aliases the model registry holds."""
+    from mixerbench.models import FAMILIES
+
+    for param in command.params:
+        if param.name == "models":
+            param.help = (f"Comma-separated: family aliases ({', '.join(FAMILIES)}; in a small "
+                          "preset each is that family's small model) or zoo names.")
+
+
 class _RegistryHelp(TyperCommand):
     """A command whose help lists what a registry holds, read from the registry when the help
     is shown: importing the registries on every start would break `--help`'s half second
     (report alone takes seconds, matplotlib and pandas)."""
 
     FILL = {"plot": _plot_names, "reproduce": _argument_choices("artifact", _experiment_names),
-            "paper": _argument_choices("table", _paper_tables)}
+            "paper": _argument_choices("table", _paper_tables), "compare": _family_help}
 
     def format_help(self, ctx, formatter):
         self.FILL[self.name](self)
@@ -850,11 +860,11 @@ def _bench_table(rows: list[dict], steps: int):
 # ------------------------------------------------------------------------ compare / reproduce
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 @user_errors
 def compare(
     ctx: typer.Context,
-    models: Annotated[str, typer.Option("--models", help="Comma-separated: family aliases (mixer,vit,resnet) or zoo names.")] = "mixer,vit,resnet",
+    models: Annotated[str, typer.Option("--models", help="Comma-separated: family aliases or zoo names.")] = "mixer,vit,resnet",
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the preset's).")] = None,
     preset: Annotated[str, typer.Option("--preset", "-p", help="One recipe and budget for every model.")] = "smoke",
     seeds: Annotated[int, typer.Option(help="Seeds per model (mean +- std over them).")] = 1,
