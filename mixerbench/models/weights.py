@@ -317,6 +317,19 @@ def _npz_recipe(path: Path, model_name: str | None) -> dict[str, Any]:
     except (KeyError, ValueError, OSError, IndexError, TypeError) as exc:
         raise UserError(f"{path} is not an official Mixer checkpoint ({type(exc).__name__}: "
                         f"{exc}); pass a vit_jax Mixer .npz.") from None
+    # Shapes a Mixer can have (paper section 2): a square patch over RGB, a square grid of
+    # S tokens, every width at least 1. A width of 0 or a (0, 4) token kernel would build an
+    # empty model, or fail deep inside torch with a traceback.
+    bad = next((f"{what} has shape {tuple(shape)}" for what, shape, ok in (
+        ("stem/kernel", stem, len(stem) == 4 and stem[0] == stem[1] >= 1 and stem[2] == 3 and stem[3] >= 1),
+        ("the token-mixing kernel", tokens, len(tokens) == 2 and min(tokens) >= 1
+         and round(tokens[0] ** 0.5) ** 2 == tokens[0]),
+        ("the channel-mixing kernel", channels, len(channels) == 2 and channels[0] == stem[-1]
+         and channels[1] >= 1),
+    ) if not ok), None)
+    if bad is not None or classes < 1:
+        raise UserError(f"{path} is not an official Mixer checkpoint ({bad or 'head/kernel has no classes'}); "
+                        f"pass a vit_jax Mixer .npz.")
     size_letter = {(12, 768): "b", (24, 1024): "l", (8, 512): "s", (32, 1280): "h"}.get((depth, dim))
     guess = f"mixer-{size_letter}{patch}"
     # The overrides below fix every shape, so any Mixer entry serves as the base.
