@@ -20,7 +20,8 @@ def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dic
         dict(top1, top5, loss, n) summed over every example exactly once.
     """
     import torch
-    import torch.nn.functional as F
+
+    from mixerbench.loss import cross_entropy
 
     was_training = model.training
     model.eval()
@@ -33,7 +34,7 @@ def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dic
             with autocast(device, dtype):
                 logits = model(x)
             logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            loss_sum += cross_entropy(logits, y, reduction="sum").item()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(dim=1).sum().item()
@@ -494,26 +495,20 @@ def probe_of(metric: str, dataset: str) -> str | None:
 def _run_config(src: str):
     """(RunConfig, run id) of the training run beside a checkpoint (run dir or a file inside
     one), or (None, "") when there is none; a config.json we did not write is refused."""
-    import json
     from pathlib import Path
 
-    from mixerbench.config import from_dict
+    from mixerbench.config import read_run_config
 
     if str(src).startswith("timm:"):
         return None, ""
     path = Path(src)
     folder = path if path.is_dir() else path.parent
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return None, ""
-    try:
-        data = json.loads(cfg.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        data = None
-    return from_dict(data, str(cfg)), folder.name
+    cfg = read_run_config(folder)
+    return (cfg, folder.name) if cfg is not None else (None, "")
 
 
-def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: str | None = None,
+def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
+             split: str = "test", crop: str | None = None,
              data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 256,
              seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
@@ -524,6 +519,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
     Args:
         checkpoint_src: run directory, `.safetensors`, `timm:<name>[.<tag>]` or official `.npz`
             (as `finetune --init`).
+        arch: the architecture of a `.safetensors` without mixerbench metadata (a timm name).
         dataset / split / data_dir: what to evaluate on (`mixerbench.data.get_dataset`).
         crop: `resize` (resize-crop), `resmall` (resmall-crop; paper App. C) or `plain`.
             Default: the training run's own eval pipeline when the checkpoint comes from a run
@@ -556,7 +552,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         real_labels = load_real_labels(real_labels)
     steps = _Steps(progress, 2 + bool(real_labels) + bool(shots) + len(kinds))
     steps.tick("loading model")
-    s = _open(checkpoint_src, dataset, split, data_dir=data_dir, device=device, crop=crop,
+    s = _open(checkpoint_src, dataset, split, arch=arch, data_dir=data_dir, device=device, crop=crop,
               shots=shots, kinds=kinds, real_labels=real_labels, max_examples=max_examples,
               shuffle_patch=shuffle_patch)
     ds, split = s["ds"], s["split"]
@@ -634,15 +630,9 @@ def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_s
     import math
 
     from mixerbench.errors import UserError
-    from mixerbench.runtime import resolve_device
+    from mixerbench.runtime import choose
 
-    device = resolve_device(device)
-    cuda = device.startswith("cuda")
-    dtype = dtype or ("bf16" if cuda else "fp32")
-    if dtype not in ("bf16", "fp16", "fp32"):
-        raise UserError(f"Unknown dtype '{dtype}'; choose bf16, fp16 or fp32.")
-    if not cuda and dtype != "fp32":  # `autocast` is CUDA-only, as in the training loop
-        raise UserError(f"Evaluation on {device} runs in fp32; drop dtype {dtype} or use CUDA.")
+    device, dtype = choose(device, dtype)
     if crop is not None and crop not in CROPS:
         raise UserError(f"Unknown crop '{crop}'; use resize, resmall or plain.")
     shots = parse_shots(fewshot) if fewshot not in (None, "", ()) else ()
@@ -657,7 +647,7 @@ def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_s
     return device, dtype, shots, kinds
 
 
-def _open(checkpoint_src, dataset, split, *, data_dir, device, crop, shots, kinds, real_labels,
+def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, shots, kinds, real_labels,
           max_examples, shuffle_patch) -> dict:
     """The model (finite weights), the dataset split (a stratified `max_examples` of it), and
     what the training run says about them: its eval pipeline, its Figure 4 shuffle and patch,
@@ -674,7 +664,7 @@ def _open(checkpoint_src, dataset, split, *, data_dir, device, crop, shots, kind
     run_cfg, run_id = _run_config(checkpoint_src)
     data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
     seed = run_cfg.seed if run_cfg else 0
-    model, rec = load_model(checkpoint_src, device=device)
+    model, rec = load_model(checkpoint_src, device=device, model_name=arch)
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise UserError(f"{checkpoint_src} holds non-finite weights (NaN or inf), so it has no "
                         "accuracy to measure; pass a checkpoint from a run that trained.")
@@ -728,5 +718,8 @@ def _record(rows: dict, root, checkpoint_src) -> dict:
             results.ensure_appendable(table, root)
         for table, table_rows in rows.items():
             for r in table_rows:
-                results.append_row(table, r, root)
+                if table in results.KEYS:  # one row per observation (a repeat is not appended)
+                    results.append_once(table, r, root)
+                else:
+                    results.append_row(table, r, root)
     return rows

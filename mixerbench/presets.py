@@ -320,7 +320,7 @@ def cifar10_scratch() -> RunConfig:
                                     options={"num_heads": 2})),
     "resnet": FamilyRecipe(ModelConfig(name="resnet18", img_size=28,
                                        options={"layers": [1, 1, 1, 1],
-                                                "channels": [16, 32, 64, 128], "stem_width": 16})),
+                                                "channels": [16, 32, 64, 128]})),
 })
 def smoke() -> RunConfig:
     """The embedded offline default: mnist-5k (4,000 train / 1,000 test digits shipped with
@@ -328,7 +328,8 @@ def smoke() -> RunConfig:
     warm-up, +-2 px shifts and no flip (a mirrored digit is another class). One budget and
     recipe for all three families: a Mixer of width 64 and 2 blocks, a ViT of width 64, 2 blocks
     and 2 heads (the zoo's small ViT: GAP head and the official JAX init), a ResNet-18 with one
-    block per stage and 16-128 channels.
+    block per stage, 16-128 channels and timm's 64-channel stem (325,866 parameters with the
+    10-class head).
 
     Expected (measured on 2 CPU cores, seeds 0-2): Mixer 95.7-96.9 % test top-1, ViT 91.2-94.0 %,
     ResNet 98.5-99.0 %; chance is 10 %. 8 epochs under-trained the ViT (82 % with this head and
@@ -348,18 +349,20 @@ def smoke() -> RunConfig:
 # ------------------------------------------------------------- presets -> a run's config
 
 def resolve(preset: str | None = None, *, model: str | None = None, dataset: str | None = None,
-            kind: str | None = None, init: str | None = None,
+            kind: str | None = None, init: str | None = None, arch: str | None = None,
             flags: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
             ) -> RunConfig:
     """Preset defaults, then the model and dataset named on the command line, then flags
-    (dotted keys, None meaning "not given"), then `--set` overrides; validated.
+    (dotted keys, None meaning "not given"), then `--set` overrides; validated, with what its
+    inputs resolve to (`resolve_inputs`: a dataset path, the `--init` weights).
 
     A family alias (`mixer`, `vit`, `resnet`) picks the preset's own model for that family when
     the preset names one (small presets), otherwise the zoo's alias (`mixer` -> `mixer-b16`).
 
     A fine-tuning run takes its architecture from `init` (the model section records the model
     actually trained: name, shapes, the resolution, `Kx` meaning K times the trained one) and its
-    regularisation from the recipe; changing the architecture of `init` is refused.
+    regularisation from the recipe; changing the architecture of `init` is refused. `arch`
+    names the architecture of an `init` file that does not say (a timm state dict).
     """
     from mixerbench.models import get_spec, resolve_name
 
@@ -374,7 +377,7 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     if cfg.kind == "finetune" and cfg.init:
         if model:
             raise UserError("Fine-tuning takes its model from --init; drop --model.")
-        source, size = _finetune_model(cfg.init, flags, overrides)
+        source, size = _finetune_model(cfg.init, flags, overrides, arch)
         cfg = replace(cfg, model=replace(source, drop_path=cfg.model.drop_path,
                                          dropout=cfg.model.dropout, img_size=size))
     elif model:
@@ -411,23 +414,24 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         if (not chosen and cfg.data.eval_pipeline == "eval-resmall"
                 and (cfg.model.img_size or 0) > (source.img_size or 0)):
             cfg = replace(cfg, data=replace(cfg.data, eval_pipeline="eval-resize"))
-    return validate(cfg)
+    return resolve_inputs(validate(cfg))
 
 
 # The fields of the model section that define the architecture (what `--init` fixes).
 _ARCHITECTURE = ("name", "patch_size", "width", "depth", "gelu", "options")
 
 
-def _finetune_model(init: str, flags: dict, overrides: dict) -> tuple[ModelConfig, int]:
+def _finetune_model(init: str, flags: dict, overrides: dict,
+                    arch: str | None = None) -> tuple[ModelConfig, int]:
     """The model section of a fine-tuning run of `init`, and its resolution: the trained one,
     `--img-size N`, or `--img-size Kx` (K times the trained one, paper section 3). Pops a `Kx`
     resolution from `flags` / `overrides`, where it is not an integer."""
-    from mixerbench.models.weights import source_recipe
+    from mixerbench.models import REGULARISERS
+    from mixerbench.models.weights import source_description
 
-    rec = source_recipe(init)
-    arch = dict(rec.get("overrides") or {})
-    for k in ("drop_path", "dropout"):  # the fine-tuning recipe sets its own
-        arch.pop(k, None)
+    rec = source_description(init, arch)
+    arch = {k: v for k, v in (rec.get("overrides") or {}).items()
+            if k not in REGULARISERS}  # the fine-tuning recipe sets its own
     model = ModelConfig(name=rec["name"], img_size=rec["img_size"], patch_size=rec["patch_size"],
                         width=arch.pop("width", None), depth=arch.pop("depth", None),
                         gelu=arch.pop("gelu", ModelConfig.gelu), options=arch)
@@ -452,3 +456,38 @@ def _check_architecture_kept(m: ModelConfig, source: ModelConfig) -> None:
         if getattr(m, key) != getattr(source, key):
             raise UserError(f"Fine-tuning keeps the architecture of --init ({key} = "
                             f"{getattr(source, key)!r}); drop the model.{key} setting.")
+
+
+def resolve_inputs(cfg: RunConfig) -> RunConfig:
+    """`cfg` with what its inputs resolve to, which is part of the run's identity: the absolute
+    path of a dataset given as a path (`data.path`: a relative `--dataset ds` from two folders
+    is two runs) and the sha256 of the `--init` weights file (`init_sha256`: a re-trained
+    source is another fine-tuning run). Registry names and hub ids stay as they are, so their
+    runs keep their ids. A `data.path` already set (a config resolved elsewhere) is kept."""
+    path = cfg.data.path or _dataset_path(cfg.data.dataset, cfg.data.data_dir)
+    sha = None
+    if cfg.init:
+        from mixerbench.models.weights import weights_sha256
+
+        sha = weights_sha256(cfg.init)
+    return replace(cfg, data=replace(cfg.data, path=path), init_sha256=sha)
+
+
+def _dataset_path(name: str, data_dir: str | None) -> str | None:
+    """The absolute resolved path of a dataset given as a path (or as a folder under the data
+    directories), looked up in the order `mixerbench.data.get_dataset` looks; None for a
+    registry name (even when found as a local copy, like the hub copy it stands for), a hub
+    id, or a name found nowhere (`get_dataset` then says what is wrong)."""
+    import os
+    from pathlib import Path
+
+    if name.startswith("hf:"):
+        return None
+    dirs = [Path(d).expanduser() for d in (data_dir, os.environ.get("MIXERBENCH_DATA")) if d]
+    found = next((p for p in [Path(name).expanduser(), *(d / name for d in dirs if d.is_dir())]
+                  if p.exists()), None)
+    if found is None:
+        return None
+    from mixerbench.data import is_registry_name  # imports torch: only for names found on disk
+
+    return None if is_registry_name(name) else str(found.resolve())
