@@ -163,7 +163,7 @@ DATASETS = {
     "folder-with-only-state-json": (_only_state_json, "not a dataset mixerbench can read"),
     "label-column-of-lists": (_label_lists, "holds lists"),
     "label-of-a-billion-without-class-list": (_label_of_a_billion, "label 1,000,000,000"),
-    "the-filesystem-root": (_root_of_the_filesystem, "a dataset folder holds either"),
+    "the-filesystem-root": (_root_of_the_filesystem, "root of the file system"),
     "loose-test-images-beside-train-classes": (_loose_test_images, "outside class folders"),
     "images-beside-split-folders": (_images_beside_split_folders, "outside class folders"),
     "class-folders-beside-split-folders": (_class_folders_beside_split_folders, "mixes split folders"),
@@ -211,6 +211,19 @@ def test_paths_named_inside_a_parquet_file_are_never_opened(tmp_path, child_env)
     pq.write_table(pa.table({"image": ["/dev/zero"] * 4, "label": [0, 1, 0, 1]}),
                    ds2 / "train-00000-of-00001.parquet")
     assert "never opens a path" in refused(pretrain(ds2, tmp_path / "r2"))
+
+
+def test_a_huge_folder_is_looked_at_not_walked(tmp_path, monkeypatch):
+    from mixerbench.data import get_dataset, sources
+    from mixerbench.errors import UserError
+
+    ds = image_folder(tmp_path / "huge", {f"c{i}": ["0.png", "1.png"] for i in range(20)})
+    monkeypatch.setattr(sources, "SCAN_ENTRIES", 25)  # 2,000,000 in use: a tree is not walked past it
+    with pytest.raises(UserError, match="more than 25 files and folders"):
+        get_dataset(str(ds), cache_dir=tmp_path / "c")
+    deep = image_folder(tmp_path / "deep", {"a/b/c/d": ["0.png"]})  # deeper than any layout
+    with pytest.raises(UserError, match="folder inside class folder"):
+        get_dataset(str(deep), cache_dir=tmp_path / "c")
 
 
 def test_split_folders_are_splits_and_class_folders_are_classes(tmp_path):
@@ -336,7 +349,7 @@ def test_an_npz_with_impossible_shapes_is_one_sentence(tmp_path, shape):
     npz = _npz(tmp_path / "w.npz", **shape)
     line = refused(cli("finetune", "--dataset", "synthetic", "--steps", "1", "--device", "cpu",
                        "--set", "optim.warmup_steps=0", "--init", npz, "--results-dir", tmp_path / "r"))
-    assert "not an official Mixer checkpoint" in line and "shape" in line
+    assert "shape" in line and str(npz) in line
 
 
 def test_a_well_formed_npz_still_loads(tmp_path):
@@ -385,19 +398,17 @@ def test_a_planted_infinite_training_time_is_refused(unfinished, tmp_path):
     assert not (res / "accuracy.csv").exists() or "inf" not in (res / "accuracy.csv").read_text()
 
 
-def test_an_infinite_cost_in_a_summary_is_refused(tmp_path):
-    from mixerbench.errors import UserError
-    from mixerbench.train import read_summary
+def test_an_infinite_cost_in_a_summary_is_refused(checkpoint, tmp_path):
+    import shutil
 
-    run = tmp_path / "r1"
-    run.mkdir()
-    good = dict(run_id="r1", model="mixer-t4", dataset="synthetic", top1=50.0, top5=90.0, loss=1.0,
-                steps=2, img_size=32, train_seconds=1.5, device_hours=0.001)
-    (run / "summary.json").write_text(json.dumps(good))
-    assert read_summary(run)["train_seconds"] == 1.5
-    (run / "summary.json").write_text(json.dumps(dict(good, train_seconds=float("inf"))))
-    with pytest.raises(UserError, match="not a summary"):
-        read_summary(run)
+    res = tmp_path / "results"
+    shutil.copytree(checkpoint.parents[1], res)
+    summary = res / "runs" / "fin" / "summary.json"
+    summary.write_text(json.dumps(dict(json.loads(summary.read_text()), train_seconds=float("inf"))))
+    before = (res / "accuracy.csv").read_text()
+    line = refused(cli(*FIN, "--results-dir", res))
+    assert "summary.json" in line
+    assert (res / "accuracy.csv").read_text() == before
 
 
 def test_an_infinite_cost_cell_is_left_empty_in_tables():
@@ -468,13 +479,16 @@ def test_bench_at_img_size_0_is_refused_not_measured_at_the_default(tmp_path):
     assert not (tmp_path / "throughput.csv").exists()
 
 
+FIN = ["pretrain", "--preset", "smoke", "--img-size", "32", "--device", "cpu", "--set", "model.width=16",
+       "--set", "model.depth=1", "--set", "data.batch_size=50", "--steps", "1", "--dataset", "synthetic",
+       "--run-name", "fin"]
+
+
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory):
-    """A finished 10-class run to evaluate with a labels file."""
+    """A finished 10-class run (runs/fin) to evaluate with a labels file or plant on."""
     base = tmp_path_factory.mktemp("ckpt") / "results"
-    r = cli("pretrain", "--preset", "smoke", "--img-size", "32", "--device", "cpu", "--set", "model.width=16",
-            "--set", "model.depth=1", "--set", "data.batch_size=50", "--steps", "1", "--dataset", "synthetic",
-            "--run-name", "fin", "--results-dir", base)
+    r = cli(*FIN, "--results-dir", base)
     assert r.exit_code == 0, r.output
     return base / "runs" / "fin"
 

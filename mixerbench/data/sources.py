@@ -508,6 +508,9 @@ def local_reader(path: Path, image_column=None, label_column=None, hf_cache: Pat
         raise UserError(f"{path} is a file; pass a folder (parquet, save_to_disk output or class/image folders).")
     if not path.is_dir():
         raise UserError(f"{path} is not a file or folder; pass a dataset folder.")
+    if path.resolve() == Path(path.resolve().anchor):
+        raise UserError(f"{path} is the root of the file system, not a dataset folder; pass the "
+                        f"folder that holds the dataset.")
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         return DiskReader(path, image_column, label_column)
     scan = _Scan(path)
