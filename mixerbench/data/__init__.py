@@ -6,7 +6,7 @@ capped evaluation subsets (stratified too), nested class-balanced fractions for 
 runs (Figure 2 right) and seeded k-shot draws (§5).
 
     from mixerbench.data import get_dataset, make_loader
-    ds = get_dataset("cifar10", "train", data_dir="../shared/data")   # uint8 (50000, 32, 32, 3)
+    ds = get_dataset("cifar10", "train", data_dir="~/data")   # uint8 (50000, 32, 32, 3)
     batches = make_loader(ds, batch_size=512, train=True, pipeline="small", img_size=32)
     for x, y in batches.epoch(0): ...
 
@@ -519,13 +519,19 @@ def _minival_size(reader, info: dict, sizes: dict, share: float) -> int | None:
 def datasets_command(name_or_path: str | None = None, data_dir=None, bench: bool = False, *,
                      seconds: float = 5.0, batch_size: int = 256, device: str | None = None):
     """What `mixerbench datasets` prints: rows (no argument), a dict (NAME), or throughput (--bench,
-    on `device`: CUDA when present)."""
+    on `device`: CUDA when present): `loader_throughput`'s dict plus `rows`, one per loading
+    path (images/s rounded to whole images)."""
     if name_or_path is None:
         return known_datasets()
     if bench:
         from mixerbench.runtime import resolve_device
 
         ds = get_dataset(name_or_path, "train", data_dir=data_dir)
-        return loader_throughput(ds, batch_size=batch_size, device=resolve_device(device),
-                                 seconds=seconds)
+        out = loader_throughput(ds, batch_size=batch_size, device=resolve_device(device),
+                                seconds=seconds)
+        return dict(out, rows=[
+            dict(dataset=out["dataset"], split=out["split"], path=p, device=out["device"],
+                 batch_size=out["batch_size"], pipeline=out["pipeline"], img_size=out["img_size"],
+                 workers=v["workers"], img_per_sec=round(v["img_per_sec"]), batches=v["batches"])
+            for p, v in out["paths"].items()])
     return describe(name_or_path, data_dir)
