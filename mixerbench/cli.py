@@ -263,7 +263,7 @@ TrackerOpt = Annotated[Optional[str], typer.Option(
 # -------------------------------------------------------------------------------- progress
 
 
-class Progress:
+class ProgressView:
     """Renders the library's events: a rich bar on a terminal, a line every few seconds on a
     pipe (or with --quiet). A `stage` (loading data, the final evaluation) shows a spinner on a
     terminal, and on a pipe a line once it has lasted `STAGE_SECONDS`: a phase that ends at
@@ -278,79 +278,104 @@ class Progress:
         self.task = None
         self.last_plain = 0.0
         self.pending = None  # the current stage's spinner or timer
+        self.handlers = None  # built at the first event (see `_handlers`)
+
+    def _handlers(self) -> dict:
+        """Each event the library emits, by the name its emitting module declares, and how it
+        is shown (imported at the first event, so that `--help` and commands that emit none
+        stay fast)."""
+        from mixerbench.experiments import Event as ExperimentEvent
+        from mixerbench.launch import Event as CellEvent
+        from mixerbench.trackers import Event as TrackerEvent
+        from mixerbench.train import Event as TrainEvent
+
+        return {TrainEvent.START: self._start, TrainEvent.RESUMED: self._resumed,
+                TrainEvent.STEP: self._step, TrainEvent.EVAL: self._eval,
+                TrainEvent.STAGE: lambda info: self._stage(info["what"]),
+                TrainEvent.FINISHED: self._finished, TrainEvent.END: lambda info: self.stop(),
+                CellEvent.CELL: self._cell, CellEvent.LAUNCH: self._launch,
+                CellEvent.JOB: self._job,
+                ExperimentEvent.FEWSHOT: lambda info: self._print(
+                    f"linear {info['shots']}-shot probe of {info['run_id']}"),
+                ExperimentEvent.BENCH: lambda info: self._print(
+                    f"benchmarking {', '.join(info['models'])} on this device"),
+                TrackerEvent.WARNING: lambda info: _warn(info["message"], self._print)}
 
     def __call__(self, event: str, info: dict) -> None:
+        self._end_stage()
+        if self.handlers is None:
+            self.handlers = self._handlers()
+        handler = self.handlers.get(event)
+        if handler is not None:
+            handler(info)
+
+    def _start(self, info: dict) -> None:
+        self.stop()
+        self.console.print(
+            f"[bold]{info['model']}[/] on [bold]{info['dataset']}[/]: {info['total_steps']:,} steps, "
+            f"batch {info['batch_size']} x {info['world_size']} process(es), {info['device']} {info['dtype']}"
+            f" -> {info['run_dir']}")
+        self._bar("train", info["total_steps"], info["step"])
+
+    def _resumed(self, info: dict) -> None:
+        self.console.print(f"resuming {info['run_dir']} from step {info['step']:,}")
+
+    def _step(self, info: dict) -> None:
         import time
 
-        self._end_stage()
-        if event == "start":
-            self.stop()
-            self.console.print(
-                f"[bold]{info['model']}[/] on [bold]{info['dataset']}[/]: {info['total_steps']:,} steps, "
-                f"batch {info['batch_size']} x {info['world_size']} process(es), {info['device']} {info['dtype']}"
-                f" -> {info['run_dir']}")
-            self._bar("train", info["total_steps"], info["step"])
-        elif event == "resumed":
-            self.console.print(f"resuming {info['run_dir']} from step {info['step']:,}")
-        elif event == "step":
-            stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
-                     f"{info['img_per_sec']:,.0f} img/s")
-            if self.bar is not None:
-                self.bar.update(self.task, completed=info["step"], stats=stats)
-            elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
-                self.last_plain = time.monotonic()
-                self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
-        elif event == "eval" and info.get("top1") is not None:
+        stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
+                 f"{info['img_per_sec']:,.0f} img/s")
+        if self.bar is not None:
+            self.bar.update(self.task, completed=info["step"], stats=stats)
+        elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
+            self.last_plain = time.monotonic()
+            self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
+
+    def _eval(self, info: dict) -> None:
+        if info.get("top1") is not None:
             self._print(f"eval @ step {info['step']:,}: top-1 {info['top1']:.2f} %  top-5 "
                         f"{info['top5']:.2f} %  loss {info['eval_loss']:.4f}")
-        elif event == "stage":
-            self._stage(info["what"])
-        elif event == "cell":
-            self.stop()
-            what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
-            count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
-            self.console.print(f"[bold magenta]{count}{what}[/]")
-        elif event == "launch":
-            from rich.markup import escape
 
-            self.stop()
-            self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
-                               f"up to {info['parallel']} at once[/]; job logs in "
-                               f"{escape(info['folder'])}", soft_wrap=True)
-        elif event == "job":
-            self._job(info)
-        elif event == "fewshot":
-            self._print(f"linear {info['shots']}-shot probe of {info['run_id']}")
-        elif event == "bench":
-            self._print(f"benchmarking {', '.join(info['models'])} on this device")
-        elif event == "finished":
-            self.stop()
-            self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
-        elif event == "end":
-            self.stop()
-        elif event == "warning":
-            _warn(info["message"], self._print)
+    def _finished(self, info: dict) -> None:
+        self.stop()
+        self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
+
+    def _cell(self, info: dict) -> None:
+        self.stop()
+        what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
+        count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
+        self.console.print(f"[bold magenta]{count}{what}[/]")
+
+    def _launch(self, info: dict) -> None:
+        from rich.markup import escape
+
+        self.stop()
+        self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
+                           f"up to {info['parallel']} at once[/]; job logs in "
+                           f"{escape(info['folder'])}", soft_wrap=True)
 
     def _job(self, info: dict) -> None:
-        """A launched cell was submitted, or ended (finished, read back or failed)."""
+        """A launched cell: submitted, started, requeued, finished, read back or failed."""
         from rich.markup import escape  # paths and error messages are not markup
+
+        from mixerbench.launch import JobState
 
         keys = ("state", "job_id", "index", "of", "run_id", "top1", "error", "log", "restarts")
         what = escape(", ".join(f"{k} {v}" for k, v in info.items() if k not in keys))
         count = escape(f"[{info['index']}/{info['of']}] ") if "index" in info else ""
         state, job = info["state"], escape(str(info["job_id"]))
-        if state == "submitted":
-            line = f"submitted {what} (job {job})"
-        elif state == "started":
-            line = f"started {what} (job {job})"
-        elif state == "requeued":
-            line = f"requeued {what} (job {job}, restart {info['restarts']}): it resumes from its last checkpoint"
-        elif state == "failed":
+        if state in (JobState.SUBMITTED, JobState.STARTED):
+            line = f"{state} {what} (job {job})"
+        elif state == JobState.REQUEUED:
+            line = (f"requeued {what} (job {job}, restart {info['restarts']}): it resumes from "
+                    "its last checkpoint")
+        elif state == JobState.FAILED:
             line = (f"[bold red]{count}{what} failed[/] (job {job}): {escape(info['error'])}; "
                     f"log {escape(info['log'])}")
         else:
-            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} "
-                    f"{'read back' if state == 'reused' else 'trained'}, top-1 {info['top1']:.2f} %")
+            done = "read back" if state == JobState.REUSED else "trained"
+            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} {done}, "
+                    f"top-1 {info['top1']:.2f} %")
         self.console.print(line, soft_wrap=True)
 
     def progress(self, description: str, done: int, total: int) -> None:
@@ -426,7 +451,7 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
     from mixerbench.trackers import Tracked
     from mixerbench.train import Interrupted, TrainingStopped
 
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     log = Tracked(progress, trackers, group=group)
     status = "failed"  # what a tracker run still open at the end is marked as
     try:
@@ -488,7 +513,8 @@ def _plot_help() -> str:
              "data-scaling: Figure 2 (right); shuffle: Figure 4; token-mixing: Figure 5 (needs "
              "--checkpoint); curves: training curves; table1: Table 1 (from the model zoo, only "
              "when named); compare: Tables 2-3 at our "
-             "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning")
+             "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning; "
+             "avg5: Tables 2-3's Avg 5 column (the transfer protocol)")
     return ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
             "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
             f"whose inputs exist. Names: {names}.")
@@ -526,7 +552,7 @@ def plot(
 
 
 def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings, resume,
-                   results_dir, print_config, tracker, flags: dict) -> None:
+                   results_dir, print_config, tracker, flags: dict, arch=None) -> None:
     """Resolve the run's config from the preset, flags and `--set`; print it, run it, or run an
     lr grid (several `--lr` values: selected on minival, paper App. C)."""
     from mixerbench.config import parse_set
@@ -536,7 +562,7 @@ def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings
 
     trackers = parse_trackers(tracker)
     lrs = parse_lrs(lr)
-    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init,
+    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
                   flags={**flags, "optim.lr": lrs[0] if lrs else None},
                   overrides=parse_set(settings))
     if print_config:  # the resolved config.json of the run, without running it
@@ -616,12 +642,16 @@ def pretrain(
                        "data.data_dir": str(data_dir) if data_dir else None})
 
 
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a .safetensors without mixerbench metadata: a timm name (mixer_b16_224, vit_base_patch16_224) or a zoo name.")]
+
+
 @app.command()
 @user_errors
 def finetune(
     ctx: typer.Context,
     init: Annotated[str, typer.Option("--init", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz.")],
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name or path.")] = None,
+    arch: ArchOpt = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named recipe (default: finetune-<dataset> when one exists, else finetune).")] = None,
     img_size: Annotated[Optional[str], typer.Option(help="Fine-tuning resolution in pixels, or Kx for K times the trained size (2x: paper App. C); Mixers need a whole multiple.")] = None,
     epochs: Epochs = None,
@@ -641,10 +671,14 @@ def finetune(
     tracker: TrackerOpt = None,
 ) -> None:
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
+    from mixerbench.config import parse_set
     from mixerbench.presets import finetune_preset
 
-    _train_command(ctx, kind="finetune", preset=preset or finetune_preset(dataset), model=None,
-                   dataset=dataset, init=init, lr=lr, settings=settings, resume=resume,
+    length_given = steps is not None or epochs is not None or bool(
+        {"steps", "epochs"} & set(parse_set(settings)))
+    _train_command(ctx, kind="finetune",
+                   preset=preset or finetune_preset(dataset, length_given=length_given), model=None,
+                   dataset=dataset, init=init, arch=arch, lr=lr, settings=settings, resume=resume,
                    results_dir=results_dir, print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
                        "accum_steps": accum_steps, "model.img_size": img_size, "seed": seed,
@@ -667,6 +701,7 @@ def evaluate(
     ctx: typer.Context,
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz.")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name or path.")],
+    arch: ArchOpt = None,
     split: Annotated[str, typer.Option(help="Split to measure accuracy on.")] = "test",
     crop: Annotated[Optional[EvalCrop], typer.Option(help="Eval crop (paper App. C): resize-crop, resmall-crop, or plain resize; default: the run's own, else resize.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet ReaL labels (the public real.json) for ReaL top-1.")] = None,
@@ -675,7 +710,7 @@ def evaluate(
     shuffle_patch: Annotated[Optional[int], typer.Option("--shuffle-patch", help="Patch side of the patch shuffle (default: the run's, else the model's; CNNs need it).")] = None,
     seeds: Annotated[int, typer.Option(help="Few-shot seeds (mean and std reported).")] = 3,
     l2_reg: Annotated[float, typer.Option("--l2-reg", help="Few-shot ridge strength (big_vision default 2^10).")] = 1024.0,
-    max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Measure on the first N images of the split only (default: all of it).")] = None,
+    max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Measure on a seeded class-stratified N images of the split (rows name it split[stratified:N]; default: all of it).")] = None,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
     device: Device = None,
@@ -692,9 +727,9 @@ def evaluate(
 
     trackers = parse_trackers(tracker)
     root = writable_results_dir(results_dir)
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     try:
-        res = run_evaluate(checkpoint, dataset, split=split, crop=crop.value if crop else None,
+        res = run_evaluate(checkpoint, dataset, arch=arch, split=split, crop=crop.value if crop else None,
                            data_dir=str(data_dir) if data_dir else None, fewshot=fewshot,
                            shuffle=shuffle, shuffle_patch=shuffle_patch, real_labels=real_labels,
                            device=device, batch_size=batch_size, seeds=seeds, l2_reg=l2_reg,
@@ -702,7 +737,7 @@ def evaluate(
     finally:
         progress.stop()
     record_evaluation(trackers, root, res, on_warning=_warn, options=dict(
-        checkpoint=checkpoint, dataset=dataset, split=split, crop=crop.value if crop else None,
+        checkpoint=checkpoint, arch=arch, dataset=dataset, split=split, crop=crop.value if crop else None,
         fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
         l2_reg=l2_reg, max_examples=max_examples, batch_size=batch_size, device=device))
     if fmt != Format.table:
@@ -761,7 +796,7 @@ def bench(
     from mixerbench.results import writable_results_dir
 
     root = writable_results_dir(results_dir)
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     try:
         rows = run_bench([m for m in models.split(",") if m.strip()], mode=mode.value,
                          batch_size=batch_size, img_size=img_size, dtype=dtype, compile=compile_,
@@ -892,10 +927,11 @@ def compare(
 @user_errors
 def reproduce(
     ctx: typer.Context,
-    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's).")] = None,
+    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer | avg5")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list.")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
-    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
     settings: SetOpt = None,
@@ -916,7 +952,7 @@ def reproduce(
 
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
-               upstream=upstream, models=models.split(",") if models else None,
+               upstream=upstream, init=init, models=models.split(",") if models else None,
                batch_size=batch_size, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg,
                    tasks_per_job))

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from mixerbench.errors import UserError
+from mixerbench.train import Event as TrainEvent
 from mixerbench.train import TrainingStopped
 
 Log = Callable[[str, dict], None]
@@ -39,6 +40,15 @@ INSTALL = 'pip install "mixerbench[launchers]"'
 # local cell may run for a week.
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 STOP_GRACE_S = 30  # how long an interrupted local job may take to save its checkpoint
+
+
+class Event:
+    """The progress events of running cells, emitted as `log(event, info)` (by `run_cells`, and
+    by sweeps that run cells of their own); `cli.ProgressView` renders them."""
+
+    CELL = "cell"      # a cell starts here: its label, index, of
+    LAUNCH = "launch"  # cells go out as jobs: launcher, cells, parallel, folder
+    JOB = "job"        # a job was submitted or ended: its label, state, job_id, run_id, top1, ...
 
 
 def _noop(event: str, info: dict) -> None:
@@ -163,7 +173,7 @@ def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = _n
     if launcher is None:
         out = []
         for i, cell in enumerate(cells):
-            log("cell", dict(cell.label, index=i + 1, of=len(cells)))
+            log(Event.CELL, dict(cell.label, index=i + 1, of=len(cells)))
             out.append(run_cell(cell, log))
         return out
     return _launched(cells, launcher, log)
@@ -239,7 +249,7 @@ def run_cell_job(cell: Cell, threads: int | None = None) -> dict:
     job_log, began = _job_log(logger), {}
 
     def log(event: str, info: dict) -> None:
-        if event == "start":
+        if event == TrainEvent.START:
             began.setdefault("step", info["step"])
         job_log(event, info)
 
@@ -317,13 +327,13 @@ def export_distributed_env() -> None:
 
     if JobEnvironment().num_tasks > 1:
         # CUDA_VISIBLE_DEVICES is left alone: the local executor has already given the job
-        # its GPUs, and `train.pick_device` maps LOCAL_RANK onto the GPUs a process can see
+        # its GPUs, and `runtime.choose` maps LOCAL_RANK onto the GPUs a process can see
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
 def _job_log(logger: logging.Logger) -> Log:
     def log(event: str, info: dict) -> None:
-        if event != "stage":
+        if event != TrainEvent.STAGE:
             logger.info("%s %s", event, " ".join(
                 f"{k}={v}" for k, v in info.items() if isinstance(v, (str, int, float))))
 
@@ -346,7 +356,10 @@ def make_executor(launcher: Launcher, folder: Path, cluster: str | None = None):
         executor.update_parameters(**common)
         return executor
     try:
-        executor = submitit.AutoExecutor(folder=folder, cluster=cluster or "slurm")
+        # submitit's time-out count guards its own requeues (a warning that comes while the
+        # job still loads); `run_cell_job` bounds the others
+        executor = submitit.AutoExecutor(folder=folder, cluster=cluster or "slurm",
+                                         slurm_max_num_timeout=MAX_IDLE_REQUEUES)
     except RuntimeError as exc:  # no srun on this machine
         raise UserError(f"--launcher slurm needs SLURM's sbatch and srun on this machine ({exc}); "
                         "submit from a login node, or use --launcher local.") from None
@@ -506,9 +519,20 @@ def _check_private(path: Path, strict: bool = True) -> None:
 
 # ------------------------------------------------------------------------------- the parent
 
-# What the parent says about a launched cell, one terminal line each (cli.Progress._job).
-JOB_SUBMITTED, JOB_STARTED, JOB_REQUEUED = "submitted", "started", "requeued"
-JOB_FINISHED, JOB_REUSED, JOB_FAILED = "finished", "reused", "failed"
+
+
+class JobState:
+    """The `state` of an `Event.JOB`: what happened to a launched cell, one terminal line each
+    (`cli.ProgressView._job`)."""
+
+    SUBMITTED = "submitted"
+    STARTED = "started"    # SLURM (or the local executor) started it
+    REQUEUED = "requeued"  # back in the queue (requeue, preemption, time limit); it resumes
+    FINISHED = "finished"  # the job trained the cell
+    REUSED = "reused"      # the cell had finished before: read back, not submitted
+    FAILED = "failed"
+
+
 # SLURM job states after which a job will not run again (squeue --states=all keeps them for
 # MinJobAge, 300 s by default; a job it no longer lists has ended too)
 SLURM_ENDED = {"BOOT_FAIL", "CANCELLED", "COMPLETED", "DEADLINE", "FAILED", "NODE_FAIL",
@@ -568,7 +592,7 @@ def _launched(cells: list[Cell], launcher: Launcher, log: Log) -> list[dict]:
             continue
         done += 1
         out[i] = summary
-        log("job", dict(cell.label, state=JOB_REUSED, index=done, of=len(cells), job_id="-",
+        log(Event.JOB, dict(cell.label, state=JobState.REUSED, index=done, of=len(cells), job_id="-",
                         run_id=summary["run_id"], top1=summary["top1"]))
     if not todo:
         return out
@@ -577,7 +601,7 @@ def _launched(cells: list[Cell], launcher: Launcher, log: Log) -> list[dict]:
     sw = _Sweep(cells, launcher, make_executor(launcher, folder),
                 CellJob(cpu_threads(launcher, len(room))), room, log, folder,
                 todo=todo, out=out, done=done)
-    log("launch", dict(launcher=launcher.kind, cells=len(todo), parallel=len(room),
+    log(Event.LAUNCH, dict(launcher=launcher.kind, cells=len(todo), parallel=len(room),
                        folder=str(folder)))
     poll = 0.5 if launcher.kind == "local" else SLURM_POLL_S
     with stop_signals() as stop, _quiet_submitit():
@@ -642,7 +666,7 @@ def _fill(sw: _Sweep) -> None:
             raise UserError(f"SLURM refused the job ({(lines or [str(exc)])[-1]}); check "
                             "--partition, --gpus-per-job, --time-limit and --slurm-arg.") from None
         sw.running[i] = _Job(handle, slot)
-        sw.log("job", dict(sw.cells[i].label, state=JOB_SUBMITTED, job_id=handle.job_id))
+        sw.log(Event.JOB, dict(sw.cells[i].label, state=JobState.SUBMITTED, job_id=handle.job_id))
 
 
 def _watch(sw: _Sweep) -> None:
@@ -660,10 +684,10 @@ def _watch(sw: _Sweep) -> None:
         label = dict(sw.cells[i].label, job_id=jid)
         if restarts > job.restarts:
             job.restarts = restarts
-            sw.log("job", dict(label, state=JOB_REQUEUED, restarts=restarts))
+            sw.log(Event.JOB, dict(label, state=JobState.REQUEUED, restarts=restarts))
             job.state = "PENDING"
         if state == "RUNNING" and job.state != "RUNNING":
-            sw.log("job", dict(label, state=JOB_STARTED))
+            sw.log(Event.JOB, dict(label, state=JobState.STARTED))
         job.state = state
         if state == "RUNNING" or not (state in SLURM_ENDED or state in ("GONE", "ENDED")):
             continue
@@ -679,11 +703,11 @@ def _watch(sw: _Sweep) -> None:
         if summary is None:
             name = ", ".join(f"{k} {v}" for k, v in sw.cells[i].label.items())
             sw.failed.append(f"{name}: {why.rstrip('.')}")
-            sw.log("job", dict(where, state=JOB_FAILED, error=why,
+            sw.log(Event.JOB, dict(where, state=JobState.FAILED, error=why,
                                log=str(job.handle.paths.stderr)))
             continue
         sw.out[i] = summary
-        sw.log("job", dict(where, state=JOB_FINISHED, run_id=summary["run_id"],
+        sw.log(Event.JOB, dict(where, state=JobState.FINISHED, run_id=summary["run_id"],
                            top1=summary["top1"]))
 
 
