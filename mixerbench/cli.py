@@ -14,10 +14,10 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 # Spin-waiting OpenMP threads make the small tensor ops of augmentation ~70x slower on a busy
 # 2-core machine (measured); passive waiting costs nothing on an idle one. Set before torch loads.
@@ -290,6 +290,10 @@ class ProgressView:
         from mixerbench.train import Event as TrainEvent
 
         return {TrainEvent.START: self._start, TrainEvent.RESUMED: self._resumed,
+                TrainEvent.RESTARTED: lambda info: _warn(
+                    f"{Path(info['run_dir']).name} has no checkpoint to resume from, so it starts "
+                    f"again from step 0; the {info['dropped']} metric row(s) of the earlier "
+                    "attempt were dropped.", self._print),
                 TrainEvent.STEP: self._step, TrainEvent.EVAL: self._eval,
                 TrainEvent.STAGE: lambda info: self._stage(info["what"]),
                 TrainEvent.FINISHED: self._finished, TrainEvent.END: lambda info: self.stop(),
@@ -441,9 +445,9 @@ def _warn(message: str, printer=None) -> None:
     (printer or _console(stderr=True).print)(f"[yellow]warning:[/] {escape(message)}")
 
 
-def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | None = None, **kw):
-    """Call a library function with a progress renderer as its `log` (teed to the `trackers`,
-    one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
+def _run(ctx: typer.Context, fn, tracked: tuple[str, ...] = (), group: str | None = None, **kw):
+    """Call a library function with a progress renderer as its `log` (teed to the
+    trackers named in `tracked`, one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
     each with one sentence. Under torchrun the process group is torn down once the function has
     succeeded on this rank."""
     from mixerbench.launch import SweepInterrupted
@@ -452,7 +456,7 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
     from mixerbench.train import Interrupted, TrainingStopped
 
     progress = ProgressView(_quiet(ctx))
-    log = Tracked(progress, trackers, group=group)
+    log = Tracked(progress, tracked, group=group)
     status = "failed"  # what a tracker run still open at the end is marked as
     try:
         out = fn(log=log, **kw)
@@ -475,6 +479,53 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
         progress.stop()
 
 
+PLOT_HELP = ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
+             "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
+             "whose inputs exist.")
+
+
+def _plot_names(command) -> None:
+    """`plot --help`: every figure and table in `report.REPORTS` with the paper artifact it
+    stands for."""
+    from mixerbench.report import REPORTS
+
+    names = "; ".join(f"{name}: {r.paper}" for name, r in REPORTS.items())
+    command.help = f"{PLOT_HELP} Names: {names}."
+
+
+def _argument_choices(argument: str, choices) -> Callable:
+    def fill(command) -> None:
+        for param in command.params:
+            if param.name == argument:
+                param.help = " | ".join(choices())
+    return fill
+
+
+def _experiment_names():
+    from mixerbench.experiments import EXPERIMENTS
+
+    return EXPERIMENTS
+
+
+def _paper_tables():
+    from mixerbench.reference import TABLES
+
+    return TABLES
+
+
+class _RegistryHelp(TyperCommand):
+    """A command whose help lists what a registry holds, read from the registry when the help
+    is shown: importing the registries on every start would break `--help`'s half second
+    (report alone takes seconds, matplotlib and pandas)."""
+
+    FILL = {"plot": _plot_names, "reproduce": _argument_choices("artifact", _experiment_names),
+            "paper": _argument_choices("table", _paper_tables)}
+
+    def format_help(self, ctx, formatter):
+        self.FILL[self.name](self)
+        return super().format_help(ctx, formatter)
+
+
 # ---------------------------------------------------------------------------- models, paper
 
 
@@ -494,10 +545,10 @@ def models(
                           "GMACs per image)")
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 @user_errors
 def paper(
-    table: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4")] = "table1",
+    table: Annotated[str, typer.Argument(help="One of the paper's tables.")] = "table1",
     fmt: FormatOpt = Format.table,
 ) -> None:
     """The paper's reference tables (transcribed with a source column)."""
@@ -506,21 +557,7 @@ def paper(
     emit(_records(load_table(table)), fmt, title=f"MLP-Mixer paper, {table} (arXiv 2105.01601)")
 
 
-def _plot_help() -> str:
-    """`plot --help`: every figure and table with the paper artifact it stands for (read from
-    the registry without importing it, so --help stays fast)."""
-    names = ("pareto-cost: Figure 2 (left) and 3 (left); accuracy-throughput: Figure 3 (right); "
-             "data-scaling: Figure 2 (right); shuffle: Figure 4; token-mixing: Figure 5 (needs "
-             "--checkpoint); curves: training curves; table1: Table 1 (from the model zoo, only "
-             "when named); compare: Tables 2-3 at our "
-             "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning; "
-             "avg5: Tables 2-3's Avg 5 column (the transfer protocol)")
-    return ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
-            "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
-            f"whose inputs exist. Names: {names}.")
-
-
-@app.command(help=_plot_help())
+@app.command(cls=_RegistryHelp, help=PLOT_HELP)
 @user_errors
 def plot(
     name: Annotated[Optional[str], typer.Argument(help="One figure or table (see above); all when omitted.")] = None,
@@ -553,38 +590,27 @@ def plot(
 
 def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings, resume,
                    results_dir, print_config, tracker, flags: dict, arch=None) -> None:
-    """Resolve the run's config from the preset, flags and `--set`; print it, run it, or run an
-    lr grid (several `--lr` values: selected on minival, paper App. C)."""
+    """Print the run's resolved config, or run it (several `--lr` values: the lr grid,
+    selected on minival, paper App. C) and print its result."""
     from mixerbench.config import parse_set
-    from mixerbench.experiments import finetune_lr_grid, parse_lrs
-    from mixerbench.presets import resolve
+    from mixerbench.experiments import resolved_config, train_run
     from mixerbench.trackers import parse_trackers
 
     trackers = parse_trackers(tracker)
-    lrs = parse_lrs(lr)
-    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
-                  flags={**flags, "optim.lr": lrs[0] if lrs else None},
-                  overrides=parse_set(settings))
+    spec = dict(preset=preset, model=model, dataset=dataset, init=init, arch=arch, lr=lr,
+                flags=flags, overrides=parse_set(settings))
     if print_config:  # the resolved config.json of the run, without running it
-        from mixerbench.config import run_id, to_dict
-
+        config = resolved_config(kind, **spec)
         if _rank0():
-            sys.stdout.write(json.dumps(dict(to_dict(cfg), run_id=run_id(cfg)), indent=2) + "\n")
+            sys.stdout.write(json.dumps(config, indent=2) + "\n")
         return
-    if len(lrs) > 1:
-        if resume:
-            fail("--resume continues one run; run the lr grid without it (finished runs of the "
-                 "grid are read back, unfinished ones continue).")
-        summary = _run(ctx, finetune_lr_grid, trackers, cfg=cfg, lrs=lrs, root=results_dir)
+    summary = _run(ctx, train_run, trackers, kind=kind, root=results_dir, resume=resume, **spec)
+    if "lr_grid" in summary and _rank0():
         emit([dict(lr=g["lr"], minival_top1=g["minival_top1"], run_id=g["run_id"],
                    selected="yes" if g["lr"] == summary["selected_lr"] else "")
               for g in summary["lr_grid"]], Format.table,
              title="fine-tuning lr grid: selected on minival (paper App. C), reported on "
-                   f"{cfg.data.eval_split}")
-    else:
-        from mixerbench.train import train
-
-        summary = _run(ctx, train, trackers, cfg=cfg, root=results_dir, resume=resume)
+                   f"{summary['reported_on']}")
     _print_summary(summary)
 
 
@@ -631,8 +657,7 @@ def pretrain(
 
         emit(describe(), Format.table, title="presets (mixerbench/presets.py)")
         return
-    _train_command(ctx, kind="pretrain", preset=preset,
-                   model=model if model or preset else "mixer", dataset=dataset, init=None,
+    _train_command(ctx, kind="pretrain", preset=preset, model=model, dataset=dataset, init=None,
                    lr=lr, settings=settings, resume=resume, results_dir=results_dir,
                    print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
@@ -671,14 +696,8 @@ def finetune(
     tracker: TrackerOpt = None,
 ) -> None:
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
-    from mixerbench.config import parse_set
-    from mixerbench.presets import finetune_preset
-
-    length_given = steps is not None or epochs is not None or bool(
-        {"steps", "epochs"} & set(parse_set(settings)))
-    _train_command(ctx, kind="finetune",
-                   preset=preset or finetune_preset(dataset, length_given=length_given), model=None,
-                   dataset=dataset, init=init, arch=arch, lr=lr, settings=settings, resume=resume,
+    _train_command(ctx, kind="finetune", preset=preset, model=None, dataset=dataset, init=init,
+                   arch=arch, lr=lr, settings=settings, resume=resume,
                    results_dir=results_dir, print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
                        "accum_steps": accum_steps, "model.img_size": img_size, "seed": seed,
@@ -880,60 +899,38 @@ def compare(
 
     trackers = parse_trackers(tracker)
     # one tracker run per training run, grouped as accuracy.csv tags them (compare:<preset>)
-    group = f"compare-{preset}"
-    out = _run(ctx, run_compare, trackers, group,
+    out = _run(ctx, run_compare, trackers, f"compare-{preset}",
                models=[m.strip() for m in models.split(",") if m.strip()],
                dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, fewshot=fewshot,
                with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
-               overrides=parse_set(settings), launcher=_launcher(
+               overrides=parse_set(settings), trackers=trackers, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg,
                    tasks_per_job))
     if not _rank0():  # under torchrun rank 0 joined the results and reports them
         return
-    if trackers:
-        from mixerbench.report import regenerate
-        from mixerbench.results import results_dir as resolve_dir
-        from mixerbench.trackers import record
-
-        # the comparison's own tracker run shows what `plot` draws (curves: these runs)
-        drawn = regenerate(results_dir, None, None, runs=[s["run_id"] for s in out["runs"]])
-        out["written"] = list(dict.fromkeys([*out["written"], *drawn["written"]]))
-        record(trackers, resolve_dir(results_dir), group, group=group, kind="compare",
-               files=out["written"], on_warning=_warn, config=dict(
-                   models=models, dataset=out["dataset"], preset=preset, seeds=seeds,
-                   epochs=epochs, fewshot=fewshot, settings=settings or []))
     if fmt != Format.table:
         emit(_records(out["table"]), fmt)
         return
-    rows = []
-    for r in _records(compare_view(out["table"])):
-        std = "" if r.get("top1_std") is None else f" +- {r['top1_std']:.2f}"
-        view = {"model": r["model"], "params": r["params"], "GFLOPs/img": r["gflops"],
-                "train img/s": r["train_img_per_sec"], "infer img/s": r["infer_img_per_sec"],
-                "wall s": r["wall_time_s"], "device-h": r["device_hours"],
-                "train FLOPs": r["train_flops"],
-                "top-1 %": f"{r['top1_mean']:.2f}{std} (n={r['n']})"}
-        if fewshot:
-            view[f"{fewshot}-shot %"] = r.get("fewshot_top1")
-        if "paper_top1" in r:
-            view["paper %"], view["diff"] = r.get("paper_top1"), r.get("diff")
-        rows.append(view)
-    emit(rows, fmt, title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
+    # the columns of the markdown table written beside it (tables/compare-*.md)
+    emit(_records(compare_view(out["table"])), fmt,
+         title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
     for path in out["written"]:
         _console().print(f"wrote {path}")
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 @user_errors
 def reproduce(
     ctx: typer.Context,
-    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer | avg5")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list.")] = None,
+    artifact: Annotated[str, typer.Argument(help="The experiment to run.")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list; released: ImageNet, by default imagenet-1k.")] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
     upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="throughput, released: batch size.")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="released: ImageNet ReaL labels (the public real.json), matched by ILSVRC2012_val_* file name.")] = None,
+    fewshot: Annotated[bool, typer.Option("--fewshot", help="released: also the linear 5-shot probe on ImageNet (shots from its train split).")] = False,
     settings: SetOpt = None,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
@@ -953,7 +950,7 @@ def reproduce(
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
                upstream=upstream, init=init, models=models.split(",") if models else None,
-               batch_size=batch_size, launcher=_launcher(
+               batch_size=batch_size, real_labels=real_labels, fewshot=fewshot, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg,
                    tasks_per_job))
     if not _rank0():

@@ -453,23 +453,16 @@ def probe_of(metric: str, dataset: str) -> str | None:
 def _run_config(src: str):
     """(RunConfig, run id) of the training run beside a checkpoint (run dir or a file inside
     one), or (None, "") when there is none; a config.json we did not write is refused."""
-    import json
     from pathlib import Path
 
-    from mixerbench.config import from_dict
+    from mixerbench.config import read_run_config
 
     if str(src).startswith("timm:"):
         return None, ""
     path = Path(src)
     folder = path if path.is_dir() else path.parent
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return None, ""
-    try:
-        data = json.loads(cfg.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        data = None
-    return from_dict(data, str(cfg)), folder.name
+    cfg = read_run_config(folder)
+    return (cfg, folder.name) if cfg is not None else (None, "")
 
 
 def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
@@ -681,5 +674,8 @@ def _record(rows: dict, root, checkpoint_src) -> dict:
             results.ensure_appendable(table, root)
         for table, table_rows in rows.items():
             for r in table_rows:
-                results.append_row(table, r, root)
+                if table in results.KEYS:  # one row per observation (a repeat is not appended)
+                    results.append_once(table, r, root)
+                else:
+                    results.append_row(table, r, root)
     return rows

@@ -12,7 +12,10 @@ folder. The parent waits for the jobs and returns their summaries in cell order;
 experiment then joins the CSVs exactly as after a serial sweep.
 
 submitit (the launcher of DeiT and many labs) is an optional dependency, imported only when a
-launcher is asked for. Job logs and submitit's pickles go to `<results>/launcher/<sweep id>/`.
+launcher is asked for. Its files (the pickled job each process runs, the job logs) go to a
+private folder outside the results folder (`private_folder`), and the parent never unpickles
+what a job wrote: it follows the jobs (`squeue` on SLURM, no accounting database needed) and
+reads each finished cell back from its run directory.
 """
 
 from __future__ import annotations

@@ -146,3 +146,37 @@ def test_no_event_is_named_by_a_bare_string():
                     if isinstance(c, ast.Constant) and c.value in declared:
                         bare.append(f"{path}:{node.lineno} event == {c.value!r}")
     assert not bare, bare
+
+
+def _help(*args: str) -> str:
+    import re
+
+    from typer.testing import CliRunner
+
+    from mixerbench.cli import app
+
+    raw = CliRunner().invoke(app, [*args, "--help"], terminal_width=200).output
+    return " ".join(re.sub(r"[│╭╮╰╯─]", " ", raw).split())  # rich's boxes cut lines
+
+
+def test_help_lists_exactly_what_the_registries_hold():
+    """`plot --help` names each entry of report.REPORTS with its paper artifact, `reproduce
+    --help` each of experiments.EXPERIMENTS, `paper --help` each reference table: no list
+    copied by hand that could drift from what the command accepts."""
+    import re
+
+    from mixerbench.experiments import EXPERIMENTS
+    from mixerbench.reference import TABLES
+    from mixerbench.report import REPORTS
+
+    listed = _help("plot").split(" Names: ", 1)[1].split(". ", 1)[0]
+    entries = [e.split(": ", 1) for e in listed.rstrip(".").split("; ")]
+    assert [name for name, _ in entries] == list(REPORTS)
+    assert all(text == REPORTS[name].paper for name, text in entries)
+    choices = re.search(r"artifact <str> (.*?) \[required\]", _help("reproduce")).group(1)
+    assert choices.split(" | ") == list(EXPERIMENTS)
+    tables = re.search(r"table <str> (.*?) \[default", _help("paper")).group(1)
+    assert tables.split(" | ") == list(TABLES)
+    # the top-level help stays a sentence per command, without importing the registries
+    top = _help()
+    assert "Names:" not in top and "<out>/figures/" in top

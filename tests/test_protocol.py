@@ -207,6 +207,47 @@ def test_real_labels_are_matched_by_file_name(proto_imagenet):
     assert sub.file_names() == [names[3], names[0]]
 
 
+def test_real_labels_of_a_streamed_imagenet_copy_are_matched_by_file_name(proto_imagenet, tmp_path):
+    """A folder named imagenet-1k is the registry's ImageNet, streamed from its files rather
+    than decoded into memory; its rows keep their file names all the same."""
+    import shutil
+
+    from mixerbench.evaluate import real_labels_for
+
+    copy = tmp_path / "imagenet-1k"
+    shutil.copytree(proto_imagenet["root"], copy)
+    val = get_dataset(str(copy), "validation")
+    assert val.images is None and val.name == "imagenet-1k"  # streamed
+    names = val.file_names()
+    assert [Path(p).name for p in val.hf] == names
+    matched = real_labels_for(names, proto_imagenet["real"])
+    assert matched == [[] if n.endswith("00000005.JPEG") else [int(y)] for n, y in zip(names, val.labels)]
+
+
+def test_a_parquet_copy_keeps_the_file_names_of_its_image_cells(tmp_path):
+    """Hub-layout parquet: the `path` of each image cell is its file name; a copy whose cells
+    keep no path (as the hub's CIFAR-10) has none, so ReaL labels would be refused."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    cells = []
+    for i in (3, 1, 2):
+        buf = io.BytesIO()
+        Image.new("RGB", (12, 12), (60 * i, 0, 0)).save(buf, format="JPEG")
+        cells.append({"bytes": buf.getvalue(), "path": f"ILSVRC2012_val_{i:08d}.JPEG"})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    datasets.Dataset.from_dict({"image": cells, "label": [0, 1, 0]}, features=features).to_parquet(
+        str(tmp_path / "val-copy" / "validation-00000-of-00001.parquet"))
+    val = get_dataset(str(tmp_path / "val-copy"), "validation")
+    assert val.file_names() == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (3, 1, 2)]
+    nameless = [dict(c, path=None) for c in cells]
+    datasets.Dataset.from_dict({"image": nameless, "label": [0, 1, 0]}, features=features).to_parquet(
+        str(tmp_path / "no-names" / "validation-00000-of-00001.parquet"))
+    assert get_dataset(str(tmp_path / "no-names"), "validation").file_names() is None
+
+
 def test_real_labels_that_cannot_be_matched_are_refused(proto_imagenet, tmp_path):
     from mixerbench.evaluate import real_labels_for
 
@@ -278,10 +319,13 @@ def test_avg5_table_puts_our_mean_beside_the_papers():
     assert one["paper_avg5"] == 92.50 and one["paper_imagenet"] == 80.64  # Table 3, B/16 in21k 224
     assert one["avg5_diff"] == pytest.approx(one["avg5"] - 92.50)
     assert one["imagenet_diff"] == pytest.approx(80.0 - 80.64)
+    # the official repository's README: Mixer-B/16 from ImageNet-21k, CIFAR-10 at 224 px
+    assert one["official_cifar10"] == 96.82 and one["cifar10_diff"] == pytest.approx(97.5 - 96.82)
     # four of the five: a mean of what is there, never called Avg 5; no paper B/16 at 448
     assert two["datasets"] == 4 and math.isnan(two["avg5"]) and math.isnan(two["pets"])
     assert two["avg"] == pytest.approx((81 + 99 + 89 + 100) / 4)
     assert math.isnan(two["paper_avg5"]) and math.isnan(two["paper_imagenet"])
+    assert math.isnan(two["official_cifar10"])
     with pytest.raises(UserError, match="reproduce avg5"):
         avg5_table(_avg5_frame([]))
 

@@ -214,6 +214,12 @@ def _canonical(name_or_path: str) -> str:
     return ALIASES.get(low, low) if ALIASES.get(low, low) in KNOWN_DATASETS else key
 
 
+def is_registry_name(name: str) -> bool:
+    """A name of `KNOWN_DATASETS` or one of its aliases (not a path): it identifies the dataset
+    wherever its copy is found."""
+    return _canonical(name) in KNOWN_DATASETS
+
+
 def canonical_name(name_or_path) -> str | None:
     """The registry name of the dataset `name_or_path` designates, whatever the spelling, else None.
 

@@ -35,6 +35,7 @@ from mixerbench.report.tables import (
     avg5_table,
     compare_table,
     compare_view,
+    released_table,
     table1,
     throughput_table,
     to_markdown,
@@ -166,6 +167,8 @@ REPORTS: dict[str, Report] = {
                          "Table 3 throughput column beside this device's"),
     "transfer": Report(lambda i: [("transfer", transfer_table(i.csv("accuracy")))],
                        "Section 3 fine-tuning at 1x and 2x vs from scratch"),
+    "released": Report(lambda i: [("released", released_table(i.csv("released")))],
+                       "Tables 2-3: released checkpoints on ImageNet val (top-1, ReaL)"),
     "avg5": Report(lambda i: [("avg5", avg5_table(i.csv("avg5")))],
                    "Tables 2-3 \"Avg 5\": the transfer protocol on the five datasets"),
 }
@@ -261,7 +264,8 @@ def regenerate(
 
 __all__ = [
     "REPORTS", "regenerate", "load_token_mixing_weights", "style",
-    "table1", "avg5_table", "compare_table", "throughput_table", "transfer_table", "to_markdown",
+    "table1", "avg5_table", "compare_table", "throughput_table", "transfer_table",
+    "released_table", "to_markdown",
     "pareto_cost", "accuracy_throughput", "data_scaling", "shuffle", "token_mixing", "curves",
     "pareto_frontier",
 ]
