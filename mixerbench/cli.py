@@ -567,22 +567,16 @@ def plot(
     runs: Annotated[Optional[str], typer.Option(help="Comma-separated run ids for curves.")] = None,
     tracker: TrackerOpt = None,
 ) -> None:
-    from mixerbench.report import regenerate
-    from mixerbench.results import results_dir as resolve_dir
-    from mixerbench.trackers import parse_trackers, record
+    from mixerbench.report import draw
+    from mixerbench.trackers import parse_trackers
 
-    trackers = parse_trackers(tracker)
-    done = regenerate(results_dir, out, name, checkpoint, runs=runs.split(",") if runs else None)
+    done = draw(results_dir, out, name, checkpoint, runs=runs.split(",") if runs else None,
+                trackers=parse_trackers(tracker), on_warning=_warn)
     con = _console()
     for path in done["written"]:
         con.print(f"wrote {path}")
-    if not done["written"]:
-        fail(f"Nothing to plot in {resolve_dir(results_dir)}: it has no results CSVs yet; run "
-             "`mixerbench compare --preset smoke` (or pretrain, bench, reproduce) first.")
     for skipped, why in done["skipped"].items():  # what was left out, and why
         con.print(f"[dim]skipped {skipped}: {why}[/]", soft_wrap=True)
-    record(trackers, resolve_dir(results_dir), "plot", kind="plot", files=done["written"],
-           config=dict(name=name or "all", runs=runs, checkpoint=checkpoint), on_warning=_warn)
 
 
 # ------------------------------------------------------------------------- pretrain / finetune
@@ -983,12 +977,7 @@ def datasets_cmd(
     if name_or_path is None:
         emit(out, fmt, title="known datasets (mixerbench/data/__init__.py; any hf:<id> or folder also works)")
     elif bench:
-        emit([dict(dataset=out["dataset"], split=out["split"], path=p, device=out["device"],
-                   batch_size=out["batch_size"], pipeline=out["pipeline"],
-                   img_size=out["img_size"], workers=v["workers"],
-                   img_per_sec=round(v["img_per_sec"]), batches=v["batches"])
-              for p, v in out["paths"].items()], fmt,
-             title=f"loader throughput, {out['dataset']} {out['split']} ({out['n']:,} images)")
+        emit(out["rows"], fmt, title=f"loader throughput, {out['dataset']} {out['split']} ({out['n']:,} images)")
     elif fmt == Format.json:
         sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
     elif fmt == Format.csv:

@@ -262,8 +262,25 @@ def regenerate(
     return {"written": written, "skipped": skipped}
 
 
+def draw(root=None, out=None, names=None, checkpoint=None, *, runs=None,
+         trackers: tuple[str, ...] = (), on_warning=None) -> dict:
+    """`mixerbench plot`: `regenerate`, refused when nothing could be drawn (no results yet),
+    then one tracker run `plot` per tracker in `trackers` showing what was written."""
+    from mixerbench.trackers import record
+
+    done = regenerate(root, out, names, checkpoint, runs=runs)
+    if not done["written"]:
+        raise UserError(f"Nothing to plot in {results.results_dir(root)}: it has no results CSVs "
+                        "yet; run `mixerbench compare --preset smoke` (or pretrain, bench, "
+                        "reproduce) first.")
+    record(trackers, results.results_dir(root), "plot", kind="plot", files=done["written"],
+           config=dict(name=names or "all", runs=",".join(runs) if runs else None,
+                       checkpoint=checkpoint), on_warning=on_warning)
+    return done
+
+
 __all__ = [
-    "REPORTS", "regenerate", "load_token_mixing_weights", "style",
+    "REPORTS", "draw", "regenerate", "load_token_mixing_weights", "style",
     "table1", "avg5_table", "compare_table", "throughput_table", "transfer_table",
     "released_table", "to_markdown",
     "pareto_cost", "accuracy_throughput", "data_scaling", "shuffle", "token_mixing", "curves",
