@@ -450,12 +450,12 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
     (CIFAR-10) about 40 minutes; small budget minutes on one GPU.
     """
     from mixerbench.models import get_spec
-    from mixerbench.presets import FAMILY_MODELS
+    from mixerbench.presets import family_model
     from mixerbench.report import regenerate
 
     preset, epochs, ds, over = _budget(budget, dataset, overrides)
     root = results.results_dir(root)
-    mixer = FAMILY_MODELS[preset]["mixer"].model
+    mixer = family_model(preset, "mixer")[0]
     patch = int(over.get("model.patch_size") or mixer.patch_size or get_spec(mixer.name).patch_size)
     cells = [Cell(preset, family, str(root), dataset=ds, experiment="shuffle",
                   flags=_common_flags(epochs, data_dir, device),
