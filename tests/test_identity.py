@@ -324,7 +324,7 @@ def test_fewshot_rows_are_kept_once_per_run_shots_and_probe(finished, tmp_path):
     args = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--fewshot", "5",
             "--seeds", "1", "--results-dir", tmp_path]
     ok(cli(*args))
-    ok(cli(*args))
+    assert "fewshot.csv already held 1 of these probes" in ok(cli(*args))
     few = rows(tmp_path / "fewshot.csv")
     assert [(r["run_id"], r["shots"], r["dataset"]) for r in few] == [(run.name, "5", "synthetic")]
     ok(cli(*args[:-4], "--fewshot", "5,10", "--seeds", "1", "--results-dir", tmp_path))
