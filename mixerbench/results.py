@@ -61,6 +61,16 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "run_id", "model", "family", "dataset", "fraction", "epochs", "steps", "metric", "top1",
         "probe_dataset",
     ) + PROVENANCE,
+    # `reproduce released`: one released checkpoint (`timm:<arch>.<tag>`) evaluated on ImageNet
+    # val, with the paper row it stands for (`paper_name`, `upstream`, `paper_img_size`; the
+    # numbers themselves are read from mixerbench/reference when the table is drawn). `top1`:
+    # original labels over `n` images; `real_top1`: ReaL over the `real_n` images ReaL labels;
+    # `fewshot5_*`: linear 5-shot on ImageNet (train shots, val accuracy), when measured.
+    "released": (
+        "checkpoint", "model", "family", "paper_name", "upstream", "paper_img_size", "note",
+        "dataset", "split", "img_size", "pipeline", "n", "top1", "top5", "real_top1", "real_n",
+        "fewshot5_mean", "fewshot5_std",
+    ) + PROVENANCE,
     # The transfer protocol (paper section 3, App. C): one row per fine-tuning run reported on
     # a dataset's test split, after its lr was selected on the stratified minival. `model` is
     # the --init weights' architecture, `upstream` their pre-training dataset, `dataset` the
@@ -78,6 +88,7 @@ PRODUCERS = {
     "throughput": "mixerbench bench --models ...",
     "shuffle": "mixerbench reproduce shuffle",
     "scaling": "mixerbench reproduce data-scaling",
+    "released": "mixerbench reproduce released",
     "avg5": "mixerbench reproduce avg5 --init SRC",
 }
 
@@ -161,14 +172,16 @@ COLUMN_TYPES: dict[str, str] = {
         "top1_std", "batch_size", "img_per_sec_mean", "img_per_sec_std", "step_ms_median",
         "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops", "fraction",
         "step", "epoch", "train_loss", "eval_loss", "lr", "img_per_sec", "elapsed_s",
-        "matmul_tflops", "minival_top1",
+        "matmul_tflops", "paper_img_size", "n", "real_top1", "real_n", "fewshot5_mean",
+        "fewshot5_std", "minival_top1",
     ), NUMBER),
     **dict.fromkeys(("compiled", "channels_last"), BOOL),
     **dict.fromkeys((
         "run_id", "model", "dataset", "split", "init", "kind", "experiment", "git_sha",
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
-        "metric", "upstream", "probe_dataset", "bench_id", "family", "resolution", "lr_grid",
+        "metric", "upstream", "probe_dataset", "bench_id", "family", "checkpoint",
+        "paper_name", "note", "pipeline", "resolution", "lr_grid",
     ), TEXT),
 }
 

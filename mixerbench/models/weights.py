@@ -508,9 +508,15 @@ def _load_timm(name: str, reg: dict | None = None):
         return model, rec
     timm_reg = {{"drop_path": "drop_path_rate", "dropout": "drop_rate"}[k]: v
                 for k, v in reg.items() if k in ("drop_path", "dropout")}
-    try:  # timm's own loader, given the file: its checkpoint filters and head handling apply
-        model = timm.create_model(arch_tag, pretrained=True,
-                                  pretrained_cfg_overlay=dict(file=str(path)), **timm_reg)
+    # the head the file holds, whatever timm's default; told to the pretrained config as well,
+    # since timm drops a head whose size differs from the config's (and draws a random one)
+    overlay = dict(file=str(path))
+    classes = _head_size(_file_shapes(path))
+    if classes:
+        timm_reg["num_classes"] = overlay["num_classes"] = classes
+    try:  # timm's own loader, given the file: its checkpoint filters apply
+        model = timm.create_model(arch_tag, pretrained=True, pretrained_cfg_overlay=overlay,
+                                  **timm_reg)
     except Exception as exc:
         raise UserError(f"timm could not load {name} from {path} ({type(exc).__name__}); "
                         "delete that file from the cache or pass another checkpoint.") from None
