@@ -356,9 +356,9 @@ def test_smoke_resnet_is_the_model_its_options_say(one_thread):
     """The smoke preset's ResNet: exact parameter count of the model built; a stem_width that
     timm would silently ignore is refused."""
     from mixerbench.models import count_params
-    from mixerbench.presets import FAMILY_MODELS
+    from mixerbench.presets import family_model
 
-    m = FAMILY_MODELS["smoke"]["resnet"].model
+    m = family_model("smoke", "resnet")[0]
     model = create_model(m.name, num_classes=10, img_size=m.img_size, **m.options)
     assert count_params(model)[0] == 325_866 and model.conv1.out_channels == 64
     with pytest.raises(UserError, match="stem_width"):
