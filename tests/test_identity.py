@@ -38,6 +38,14 @@ ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_DATA": Non
        "MIXERBENCH_RESULTS": None}
 
 
+@pytest.fixture(autouse=True)
+def shipped_results_untouched():
+    """No test here writes into the repository's own results folder."""
+    before = {p.name: p.read_bytes() for p in (ROOT / "results").glob("*.csv")}
+    yield
+    assert {p.name: p.read_bytes() for p in (ROOT / "results").glob("*.csv")} == before
+
+
 def cli(*args):
     return CliRunner().invoke(app, ["--quiet", *map(str, args)], env=ENV)
 
@@ -180,7 +188,8 @@ def test_a_new_setting_changes_no_run_id_and_finished_runs_still_read_back(finis
     shutil.copytree(run, planted)
     (planted / "config.json").write_text(json.dumps(dict(before, from_the_future=1)))
     assert "not a config this version wrote" in refused(
-        cli("evaluate", "--checkpoint", planted, "--dataset", "synthetic"))
+        cli("evaluate", "--checkpoint", planted, "--dataset", "synthetic", "--results-dir",
+            tmp_path))
 
 
 def test_a_config_json_without_later_settings_reads_back_with_their_defaults(finished, tmp_path):
@@ -196,7 +205,7 @@ def test_a_config_json_without_later_settings_reads_back_with_their_defaults(fin
         del stored[key]
     (old / "config.json").write_text(json.dumps(stored, indent=2))
     assert "already finished" in ok(pretrain(old_root, *VIT))
-    ok(cli("evaluate", "--checkpoint", old, "--dataset", "synthetic"))
+    ok(cli("evaluate", "--checkpoint", old, "--dataset", "synthetic", "--results-dir", old_root))
     ok(cli("export", old, tmp_path / "exported"))
     ok(finetune(tmp_path / "ft", old))
 
