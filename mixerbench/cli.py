@@ -776,6 +776,9 @@ def evaluate(
                    metric=r["metric"], top1=r["top1"]) for r in res["shuffle"]],
              Format.table, title="pixel shuffles (paper Figure 4)")
     console.print(f"rows appended under {root}")
+    if res.get("kept"):
+        console.print(f"fewshot.csv already held {len(res['kept'])} of these probes (one row per "
+                      "run, shots and probe dataset); the recorded rows were kept")
 
 
 class BenchMode(str, Enum):
