@@ -330,6 +330,15 @@ def test_avg5_table_puts_our_mean_beside_the_papers():
         avg5_table(_avg5_frame([]))
 
 
+def test_the_upstream_of_released_weights_is_read_from_the_timm_tag():
+    from mixerbench.experiments import upstream_of_tag
+
+    assert upstream_of_tag("timm:mixer_b16_224.goog_in21k") == "imagenet-21k"
+    assert upstream_of_tag("timm:mixer_l16_224.goog_in21k_ft_in1k") == "imagenet-21k"
+    assert upstream_of_tag("timm:vit_base_patch16_224.augreg_in1k") == "imagenet-1k"
+    assert upstream_of_tag("timm:mixer_b16_224") == upstream_of_tag("weights/in21k.safetensors") == ""
+
+
 @pytest.fixture(scope="module")
 def proto_run(tmp_path_factory):
     """A finished run directory (a tiny Mixer trained on synthetic) to fine-tune from."""

@@ -105,6 +105,11 @@ def test_timm_vit_loads_offline_from_the_cache(offline_home, one_thread):
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), ref(x))
+    for name in ("timm:test_vit.r160_in1k", "timm:mixer_b16_224.goog_in21k_ft_in1k"):
+        if name.startswith("timm:mixer"):
+            hub_cache(offline_home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
+        moved, _ = load_model(name, device="meta")  # on the device asked for (evaluate's GPU)
+        assert {p.device.type for p in moved.parameters()} == {"meta"}
 
 
 def test_uncached_timm_name_offline_is_one_sentence_naming_the_options(offline_home):
@@ -115,6 +120,21 @@ def test_uncached_timm_name_offline_is_one_sentence_naming_the_options(offline_h
     assert msg.count(". ") == 0 and msg.endswith(".")
     with pytest.raises(UserError, match="no weights on the Hugging Face hub named"):
         load_model("timm:mixer_b16_224.no_such_tag")
+
+
+def test_uncached_timm_name_without_a_reachable_hub_fails_in_seconds(offline_home, tmp_path,
+                                                                     monkeypatch):
+    """Online mode but no hub (a closed local port stands for it): one probe, not the hub
+    client's minute of retries, then the same options."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("MIXERBENCH_CACHE", str(tmp_path / "mb-cache"))
+    start = time.monotonic()
+    with pytest.raises(UserError, match="hub is not reachable.*--arch"):
+        load_model("timm:mixer_b16_224.goog_in21k_ft_in1k")
+    assert time.monotonic() - start < 10
 
 
 # ------------------------------------------------------------------ state dicts via --arch
@@ -348,9 +368,9 @@ def test_smoke_resnet_is_the_model_its_options_say(one_thread):
     """The smoke preset's ResNet: exact parameter count of the model built; a stem_width that
     timm would silently ignore is refused."""
     from mixerbench.models import count_params
-    from mixerbench.presets import FAMILY_MODELS
+    from mixerbench.presets import family_model
 
-    m = FAMILY_MODELS["smoke"]["resnet"].model
+    m = family_model("smoke", "resnet")[0]
     model = create_model(m.name, num_classes=10, img_size=m.img_size, **m.options)
     assert count_params(model)[0] == 325_866 and model.conv1.out_channels == 64
     with pytest.raises(UserError, match="stem_width"):
@@ -455,3 +475,27 @@ def test_reproduce_released_without_the_weights_fails_fast(tmp_path, child_env,
     assert "HF_HUB_OFFLINE=1" in out.stderr and "--arch" in out.stderr
     assert out.stderr.count("\n") == 1 and out.stdout == ""
     assert not (res / "released.csv").exists()
+
+
+@pytest.mark.slow
+def test_finetune_a_timm_mixer_from_the_cache_at_2x(tmp_path, child_env):
+    """The command a user types: a timm Mixer from the HF cache, offline, fine-tuned at 2x (the
+    block-diagonal expansion); config.json records the native Mixer with exact GELU."""
+    from mixerbench.models.weights import read_metadata
+    from tests.conftest import ROOT
+
+    home = tmp_path / "hf"
+    hub_cache(home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
+    env = dict(child_env, HF_HOME=str(home), HF_HUB_OFFLINE="1")
+    res = tmp_path / "results"
+    out = _cli(["finetune", "--init", "timm:mixer_b16_224.goog_in21k_ft_in1k", "--dataset",
+                "mnist-5k", "--img-size", "2x", "--steps", "2", "--set", "optim.warmup_steps=1",
+                "--set", "max_eval_examples=50", "--run-name", "ft2x", "--results-dir", res],
+               env, ROOT)
+    assert out.returncode == 0, out.stderr
+    cfg = json.loads((res / "runs" / "ft2x" / "config.json").read_text())
+    assert cfg["model"]["name"] == "mixer-b16" and cfg["model"]["gelu"] == "exact"
+    assert cfg["model"]["img_size"] == 56 and cfg["init"] == "timm:mixer_b16_224.goog_in21k_ft_in1k"
+    desc = read_metadata(res / "runs" / "ft2x" / "checkpoint-last.safetensors")
+    assert desc["img_size"] == 56 and desc["overrides"]["tokens_dim"] == 4 * 8
+    assert desc["overrides"]["gelu"] == "exact"
