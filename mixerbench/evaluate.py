@@ -414,9 +414,9 @@ def probe_of(metric: str, dataset: str) -> str | None:
 def _run_config(src: str):
     """(RunConfig, run id) of the training run beside a checkpoint (run dir or a file inside
     one), or (None, "") when there is none; a config.json we did not write is refused."""
-    import json
     from pathlib import Path
 
+    from mixerbench import files
     from mixerbench.config import from_dict
 
     if str(src).startswith("timm:"):
@@ -427,7 +427,7 @@ def _run_config(src: str):
     if not cfg.is_file():
         return None, ""
     try:
-        data = json.loads(cfg.read_text())
+        data = files.read_json(cfg)  # bounded; a FIFO or link planted there is refused
     except (OSError, UnicodeDecodeError, ValueError):
         data = None
     return from_dict(data, str(cfg)), folder.name

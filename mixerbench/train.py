@@ -152,7 +152,7 @@ def read_summary(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        s = json.loads(path.read_text())
+        s = files.read_json(path)  # bounded; a FIFO or link planted there is refused
     except (OSError, UnicodeDecodeError, ValueError):
         s = None
     ok = (isinstance(s, dict) and s.get("run_id") == Path(run_dir).name
@@ -382,7 +382,7 @@ def check_owner(run_dir: Path, cfg: RunConfig) -> None:
                             "choose another --run-name or move that folder away.")
         return  # an empty directory left by a run killed before its first write
     try:
-        stored = json.loads(path.read_text())
+        stored = files.read_json(path)  # bounded; a FIFO or link planted there is refused
         stored_hash = stored["config_hash"]
     except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
         raise UserError(f"{path} is not a config this version wrote; move the run directory "
@@ -423,6 +423,7 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> Progress:
         if run.world > 1:
             torch.manual_seed(run.cfg.seed + run.rank)  # per-rank stochastic depth draws
         return Progress()
+    files.check_file(path)  # a regular file inside the run directory, not a FIFO or a link
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         unwrap(run.model).load_state_dict(state["model"])

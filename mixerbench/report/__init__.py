@@ -178,15 +178,26 @@ def _save(obj, out: Path, stem: str) -> list[Path]:
         return [path]
     stem_path = out / "tables" / stem
     shown = compare_view(obj) if stem.startswith("compare-") else obj
-    files.atomic_write_text(stem_path.with_suffix(".csv"), obj.to_csv(index=False))
+    files.atomic_write_text(stem_path.with_suffix(".csv"), _safe_csv(obj))
     files.atomic_write_text(stem_path.with_suffix(".md"), to_markdown(shown))
     return [stem_path.with_suffix(".csv"), stem_path.with_suffix(".md")]
+
+
+def _safe_csv(df) -> str:
+    """The table as CSV with its text cells neutralised as the results CSVs are (no cell a
+    spreadsheet would run as a formula)."""
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype == object or str(df[c].dtype) in ("str", "string"):
+            df[c] = df[c].map(lambda v: results.neutral(v) if isinstance(v, str) else v)
+    return df.to_csv(index=False)
 
 
 def _run_metrics(root: Path, runs) -> dict:
     import pandas as pd
 
-    found = sorted((root / "runs").glob("*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    # lstat: a planted link or FIFO is listed here and refused by read_metrics, not followed
+    found = sorted((root / "runs").glob("*/metrics.csv"), key=lambda p: p.lstat().st_mtime)
     by_id = {p.parent.name: p for p in found}
     if runs:
         unknown = [r for r in runs if r not in by_id]
@@ -234,7 +245,10 @@ def regenerate(
             or not the artifact was named.
     """
     root = results.results_dir(root)
-    out = Path(out_dir) if out_dir is not None else root
+    if root.exists() and not root.is_dir():
+        raise UserError(f"The results directory {root} is a file; pass another --results-dir.")
+    # --out is a results folder of its own: figures/ and tables/ are written only through it
+    out = files.confine(out_dir) if out_dir is not None else root
     specific = bool(names)
     names = [names] if isinstance(names, str) else list(
         names or [n for n, a in ARTIFACTS.items() if a.default or (n == "token-mixing" and checkpoint)])
@@ -243,16 +257,22 @@ def regenerate(
         if n not in ARTIFACTS:
             raise UserError(f"Unknown figure or table '{n}'; choose from {', '.join(ARTIFACTS)}."
                             + close_matches(n, ARTIFACTS))
+    import matplotlib
+
     inputs = Inputs(root, checkpoint=checkpoint, runs=runs, zoo_df=zoo_df)
     written, skipped = [], {}
-    for n in names:
-        try:
-            for stem, obj in ARTIFACTS[n].make(inputs):
+    # names come from users (a dataset folder called $\foo$): labels are text, never mathtext
+    with matplotlib.rc_context({"text.parse_math": False}):
+        for n in names:
+            try:
+                made = list(ARTIFACTS[n].make(inputs))
+            except UserError as err:
+                if specific or isinstance(err, DamagedFileError):  # damage is never a skip
+                    raise
+                skipped[n] = str(err)
+                continue
+            for stem, obj in made:  # a file that cannot be written is an error, not a skip
                 written += _save(obj, out, stem)
-        except UserError as err:
-            if specific or isinstance(err, DamagedFileError):  # damage is never a skip
-                raise
-            skipped[n] = str(err)
     return {"written": written, "skipped": skipped}
 
 
