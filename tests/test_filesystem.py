@@ -489,3 +489,109 @@ def test_ascii_terminal(folder, child_env):
         r = subprocess.run([sys.executable, "-m", "mixerbench", "--quiet", *map(str, args)],
                            cwd=ROOT, env=env, capture_output=True, timeout=120)
         assert r.returncode in (0, 2) and b"Traceback" not in r.stderr, r.stderr[-2000:]
+
+
+# ------------------------------------------------------------------- fuzzing the folder itself
+
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+# Where things are planted: every file and folder a command reads or writes
+PLACES = ["accuracy.csv", "accuracy.csv.lock", "accuracy.ensure.lock", "fewshot.csv",
+          "throughput.csv", "runs", "runs/fin", "runs/unf", "runs/fin/metrics.csv",
+          "runs/unf/metrics.csv", "runs/unf/metrics.csv.lock", "runs/fin/summary.json",
+          "runs/fin/config.json", "runs/unf/config.json", "runs/unf/state-last.pt",
+          "runs/fin/checkpoint-last.safetensors", "figures", "tables", "figures/curves.png",
+          "tables/transfer.csv", "runs/fin/run.lock", "tb", "runs/new"]
+KINDS = ["fifo", "link-out-file", "link-out-dir", "link-inside", "link-dangling", "link-dev-zero",
+         "dir", "empty", "binary", "truncated", "deep-json", "older-header"]
+COMMANDS = {
+    "plot": ["plot"],
+    "plot-curves": ["plot", "curves"],
+    "upgrade": ["upgrade"],
+    "evaluate": EVAL_FIN,
+    "pretrain": NEW_RUN,
+}
+
+
+def _plant(res: Path, out: Path, rel: str, kind: str) -> None:
+    p = res / rel
+    if kind in ("truncated", "older-header"):
+        if p.is_file() and not p.is_symlink():
+            if kind == "truncated":
+                p.write_bytes(p.read_bytes()[: p.stat().st_size // 2])
+            elif p.suffix == ".csv":
+                older_header(p)
+        return
+    if p.is_symlink() or p.is_file() or stat.S_ISFIFO(os.lstat(p).st_mode if os.path.lexists(p) else 0):
+        p.unlink()
+    elif p.is_dir():
+        shutil.rmtree(p)
+    if not p.parent.is_dir() or p.parent.is_symlink():
+        return  # its folder was replaced by an earlier plant
+    if kind == "fifo":
+        fifo(p)
+    elif kind == "link-out-file":
+        (out / "target.csv").write_text("run_id\nx\n")
+        p.symlink_to(out / "target.csv")
+    elif kind == "link-out-dir":
+        p.symlink_to(out, target_is_directory=True)
+    elif kind == "link-inside":
+        p.symlink_to(res / "runs" / "fin")
+    elif kind == "link-dangling":
+        p.symlink_to(out / "nowhere")
+    elif kind == "link-dev-zero":
+        p.symlink_to("/dev/zero")
+    elif kind == "dir":
+        p.mkdir()
+    elif kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "binary":
+        p.write_bytes(bytes(range(256)) * 4)
+    elif kind == "deep-json":
+        p.write_text(DEEP)
+
+
+def _csvs(root: Path) -> dict[str, str]:
+    """Regular CSV files under `root` (not through links), by content hash."""
+    snap = snapshot(root)
+    return {k: v for k, v in snap.items() if k.endswith(".csv") and len(v) == 64}
+
+
+@pytest.mark.slow  # 30 commands end to end: about a minute on a busy 2-core machine
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(plants=st.lists(st.tuples(st.sampled_from(PLACES), st.sampled_from(KINDS)), max_size=3),
+       command=st.sampled_from(list(COMMANDS)))
+def test_fuzzed_results_folders_keep_the_contract(plants, command, template, tmp_path_factory):
+    """Random links, FIFOs, folders and damaged files under a results folder, then a random
+    command: exit 0 or 2, never a traceback or a hang; nothing written outside; nothing changed
+    on exit 2; every CSV the command wrote parses strictly, without duplicate rows."""
+    base = tmp_path_factory.mktemp("fuzz")
+    res, out = base / "results", base / "outside"
+    shutil.copytree(template, res)
+    out.mkdir()
+    for rel, kind in plants:
+        _plant(res, out, rel, kind)
+    before, before_out, csvs = snapshot(res), snapshot(out), _csvs(res)
+    signal.alarm(HANG_SECONDS)  # per example: a command still running after this hangs
+    r = cli(*[a.format(R=res) for a in COMMANDS[command]], "--results-dir", res)
+    signal.alarm(0)
+    assert r.exit_code in (0, 2), (plants, command, r.output, r.exception)
+    assert "Traceback" not in r.output
+    if r.exit_code == 2:
+        refused(r)
+        assert snapshot(res) == before, (plants, command, "a refusal changed the folder")
+    assert snapshot(out) == before_out, (plants, command, "written outside the folder")
+    for rel, digest in _csvs(res).items():
+        if csvs.get(rel) == digest:
+            continue  # untouched: planted damage is the planter's
+        path = res / rel
+        if rel.startswith("tables/"):
+            rows = list(csv.reader(io.StringIO(path.read_text())))
+        elif path.name == "metrics.csv":
+            rows = [tuple(d.items()) for d in results.read_metrics(path)]
+        else:
+            rows = [tuple(x) for x in results.load(path.stem, res, required=False).astype(str)
+                    .itertuples(index=False)]
+        assert len(rows) == len(set(map(tuple, rows))), (plants, command, rel, "duplicate rows")

@@ -168,19 +168,25 @@ ARTIFACTS: dict[str, Artifact] = {
 }
 
 
+def _targets(obj, out: Path, stem: str) -> list[Path]:
+    """Where `_save` writes `obj`: figures/<stem>.png, or tables/<stem>.csv and .md."""
+    if hasattr(obj, "savefig"):
+        return [out / "figures" / f"{stem}.png"]
+    return [out / "tables" / f"{stem}.csv", out / "tables" / f"{stem}.md"]
+
+
 def _save(obj, out: Path, stem: str) -> list[Path]:
     """A Figure to figures/<stem>.png, a DataFrame to tables/<stem>.csv and .md."""
+    paths = _targets(obj, out, stem)
     if hasattr(obj, "savefig"):
         buf = io.BytesIO()
         obj.savefig(buf, format="png", dpi=style.DPI)
-        path = out / "figures" / f"{stem}.png"
-        files.atomic_write_bytes(path, buf.getvalue())
-        return [path]
-    stem_path = out / "tables" / stem
+        files.atomic_write_bytes(paths[0], buf.getvalue())
+        return paths
     shown = compare_view(obj) if stem.startswith("compare-") else obj
-    files.atomic_write_text(stem_path.with_suffix(".csv"), _safe_csv(obj))
-    files.atomic_write_text(stem_path.with_suffix(".md"), to_markdown(shown))
-    return [stem_path.with_suffix(".csv"), stem_path.with_suffix(".md")]
+    files.atomic_write_text(paths[0], _safe_csv(obj))
+    files.atomic_write_text(paths[1], to_markdown(shown))
+    return paths
 
 
 def _safe_csv(df) -> str:
@@ -263,16 +269,20 @@ def regenerate(
     written, skipped = [], {}
     # names come from users (a dataset folder called $\foo$): labels are text, never mathtext
     with matplotlib.rc_context({"text.parse_math": False}):
+        made = []  # everything is drawn before anything is written: a refusal changes nothing
         for n in names:
             try:
-                made = list(ARTIFACTS[n].make(inputs))
+                made += ARTIFACTS[n].make(inputs)
             except UserError as err:
                 if specific or isinstance(err, DamagedFileError):  # damage is never a skip
                     raise
                 skipped[n] = str(err)
-                continue
-            for stem, obj in made:  # a file that cannot be written is an error, not a skip
-                written += _save(obj, out, stem)
+        for stem, obj in made:  # where each goes is checked first (a link, a folder in the way)
+            for path in _targets(obj, out, stem):
+                files.check(path.parent, "dir")
+                files.check(path, "file")
+        for stem, obj in made:  # a file that cannot be written is an error, not a skip
+            written += _save(obj, out, stem)
     return {"written": written, "skipped": skipped}
 
 
