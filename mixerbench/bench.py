@@ -12,13 +12,7 @@ comparable across hardware; our unit is img/s per device.
 
 from __future__ import annotations
 
-from mixerbench.runtime import (
-    autocast,
-    resolve_device,
-    resolve_dtype,
-    synchronize,
-    torch_dtype,
-)
+from mixerbench.runtime import autocast, choose, synchronize, torch_dtype
 
 # ------------------------------------------------------------------------------ throughput
 #
@@ -278,8 +272,8 @@ def _make_step(name: str, mode: str, batch: int, *, img_size: int, num_classes: 
                patch_size: int | None = None, overrides: dict | None = None):
     """A closure running one infer or train step on a device-resident synthetic batch."""
     import torch
-    import torch.nn.functional as F
 
+    from mixerbench.loss import cross_entropy
     from mixerbench.models import create_model
 
     model = create_model(name, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
@@ -307,7 +301,7 @@ def _make_step(name: str, mode: str, batch: int, *, img_size: int, num_classes: 
 
     def step():
         with autocast(device, dtype):
-            loss = F.cross_entropy(net(x), y)
+            loss = cross_entropy(net(x), y)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -388,7 +382,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
     from mixerbench.models import get_spec, model_info, model_label
     from mixerbench.results import SCHEMAS, append_row, device_name
 
-    modes, recipes, device, dtype, start_batch, auto = _check_bench(
+    modes, described, device, dtype, start_batch, auto = _check_bench(
         models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype, max_batch)
     cuda = device.startswith("cuda")
     compile = cuda if compile is None else bool(compile)
@@ -397,7 +391,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
     old_precision = torch.get_float32_matmul_precision()
     if cuda:
         torch.set_float32_matmul_precision("high")
-    total = len(recipes) * len(modes) + 1
+    total = len(described) * len(modes) + 1
     # One id for every row of this call (UTC start time + random suffix): same run, same id.
     bench_id = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-"
                 + uuid.uuid4().hex[:6])
@@ -410,7 +404,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         common = dict(matmul_tflops=measure_matmul_tflops(device, dtype), bench_id=bench_id,
                       peak_tflops=peak, matmul_precision=precision)
         rows = []
-        for rec in recipes:
+        for rec in described:
             spec = get_spec(rec["name"])
             size = img_size or rec.get("img_size") or spec.img_size
             arch = dict(patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
@@ -466,7 +460,7 @@ def _row(mode: str, secs: list[float], batch: int, steps: int, info: dict, commo
 
 def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype,
                  max_batch):
-    """(modes, model recipes, device, dtype, first batch size, auto?), all checked up front."""
+    """(modes, model descriptions, device, dtype, first batch size, auto?), all checked up front."""
     from mixerbench.errors import UserError
     from mixerbench.models import resolve_name
 
@@ -479,8 +473,7 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
         raise UserError("No models to benchmark; pass --models mixer-b16,vit-b16 for example.")
     if repeats < 1 or steps_per_repeat < 1 or warmup < 0:
         raise UserError("--repeats and steps per repeat must be at least 1, warm-up at least 0.")
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    device, dtype = choose(device, dtype, cpu_half=True)
     text = str(batch_size).strip().lower()
     auto = text == "auto"
     if not auto and not text.isdigit():
@@ -488,8 +481,8 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
     if not auto and not 1 <= int(text) <= 2**20:
         raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,} (or 'auto').")
     start = (max_batch or (1024 if device.startswith("cuda") else 64)) if auto else int(text)
-    # A model is a name, or a recipe dict (name, img_size, patch_size, overrides) such as a
+    # A model is a name, or a model description (name, img_size, patch_size, overrides) such as a
     # run's checkpoint carries, so `compare` benches exactly the architecture it trained.
-    recipes = [dict(m, name=resolve_name(m["name"])) if isinstance(m, dict)
+    described = [dict(m, name=resolve_name(m["name"])) if isinstance(m, dict)
                else dict(name=resolve_name(m)) for m in models]
-    return modes, recipes, device, dtype, start, auto
+    return modes, described, device, dtype, start, auto

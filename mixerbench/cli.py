@@ -14,10 +14,10 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 # Spin-waiting OpenMP threads make the small tensor ops of augmentation ~70x slower on a busy
 # 2-core machine (measured); passive waiting costs nothing on an idle one. Set before torch loads.
@@ -290,7 +290,7 @@ TrackerOpt = Annotated[Optional[str], typer.Option(
 # -------------------------------------------------------------------------------- progress
 
 
-class Progress:
+class ProgressView:
     """Renders the library's events: a rich bar on a terminal, a line every few seconds on a
     pipe (or with --quiet). A `stage` (loading data, the final evaluation) shows a spinner on a
     terminal, and on a pipe a line once it has lasted `STAGE_SECONDS`: a phase that ends at
@@ -305,58 +305,81 @@ class Progress:
         self.task = None
         self.last_plain = 0.0
         self.pending = None  # the current stage's spinner or timer
+        self.handlers = None  # built at the first event (see `_handlers`)
+
+    def _handlers(self) -> dict:
+        """Each event the library emits, by the name its emitting module declares, and how it
+        is shown (imported at the first event, so that `--help` and commands that emit none
+        stay fast)."""
+        from mixerbench.experiments import Event as ExperimentEvent
+        from mixerbench.launch import Event as CellEvent
+        from mixerbench.trackers import Event as TrackerEvent
+        from mixerbench.train import Event as TrainEvent
+
+        return {TrainEvent.START: self._start, TrainEvent.RESUMED: self._resumed,
+                TrainEvent.STEP: self._step, TrainEvent.EVAL: self._eval,
+                TrainEvent.STAGE: lambda info: self._stage(info["what"]),
+                TrainEvent.FINISHED: self._finished, TrainEvent.END: lambda info: self.stop(),
+                CellEvent.CELL: self._cell, CellEvent.LAUNCH: self._launch,
+                CellEvent.JOB: self._job,
+                ExperimentEvent.FEWSHOT: lambda info: self._print(
+                    f"linear {info['shots']}-shot probe of {_e(info['run_id'])}"),
+                ExperimentEvent.BENCH: lambda info: self._print(
+                    f"benchmarking {_e(', '.join(info['models']))} on this device"),
+                TrackerEvent.WARNING: lambda info: _warn(info["message"], self._print)}
 
     def __call__(self, event: str, info: dict) -> None:
+        self._end_stage()
+        if self.handlers is None:
+            self.handlers = self._handlers()
+        handler = self.handlers.get(event)
+        if handler is not None:
+            handler(info)
+
+    def _start(self, info: dict) -> None:
+        self.stop()
+        self.console.print(
+            f"[bold]{_e(info['model'])}[/] on [bold]{_e(info['dataset'])}[/]: {info['total_steps']:,} steps, "
+            f"batch {info['batch_size']} x {info['world_size']} process(es), {_e(info['device'])} {info['dtype']}"
+            f" -> {_e(info['run_dir'])}")
+        self._bar("train", info["total_steps"], info["step"])
+
+    def _resumed(self, info: dict) -> None:
+        self.console.print(f"resuming {_e(info['run_dir'])} from step {info['step']:,}")
+
+    def _step(self, info: dict) -> None:
         import time
 
-        self._end_stage()
-        if event == "start":
-            self.stop()
-            self.console.print(
-                f"[bold]{_e(info['model'])}[/] on [bold]{_e(info['dataset'])}[/]: {info['total_steps']:,} steps, "
-                f"batch {info['batch_size']} x {info['world_size']} process(es), {_e(info['device'])} {info['dtype']}"
-                f" -> {_e(info['run_dir'])}")
-            self._bar("train", info["total_steps"], info["step"])
-        elif event == "resumed":
-            self.console.print(f"resuming {_e(info['run_dir'])} from step {info['step']:,}")
-        elif event == "step":
-            stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
-                     f"{info['img_per_sec']:,.0f} img/s")
-            if self.bar is not None:
-                self.bar.update(self.task, completed=info["step"], stats=stats)
-            elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
-                self.last_plain = time.monotonic()
-                self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
-        elif event == "eval" and info.get("top1") is not None:
+        stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
+                 f"{info['img_per_sec']:,.0f} img/s")
+        if self.bar is not None:
+            self.bar.update(self.task, completed=info["step"], stats=stats)
+        elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
+            self.last_plain = time.monotonic()
+            self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
+
+    def _eval(self, info: dict) -> None:
+        if info.get("top1") is not None:
             self._print(f"eval @ step {info['step']:,}: top-1 {info['top1']:.2f} %  top-5 "
                         f"{info['top5']:.2f} %  loss {info['eval_loss']:.4f}")
-        elif event == "stage":
-            self._stage(info["what"])
-        elif event == "cell":
-            self.stop()
-            what = _e(", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index")))
-            count = _e(f"[{info['index']}/{info['of']}] ") if "of" in info else ""
-            self.console.print(f"[bold magenta]{count}{what}[/]")
-        elif event == "launch":
-            from rich.markup import escape
 
-            self.stop()
-            self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
-                               f"up to {info['parallel']} at once[/]; job logs in "
-                               f"{escape(info['folder'])}", soft_wrap=True)
-        elif event == "job":
-            self._job(info)
-        elif event == "fewshot":
-            self._print(f"linear {info['shots']}-shot probe of {_e(info['run_id'])}")
-        elif event == "bench":
-            self._print(f"benchmarking {_e(', '.join(info['models']))} on this device")
-        elif event == "finished":
-            self.stop()
-            self.console.print(f"{_e(info['run_id'])}: already finished, read back (top-1 {info['top1']:.2f} %)")
-        elif event == "end":
-            self.stop()
-        elif event == "warning":
-            _warn(info["message"], self._print)
+    def _finished(self, info: dict) -> None:
+        self.stop()
+        self.console.print(f"{_e(info['run_id'])}: already finished, read back (top-1 {info['top1']:.2f} %)")
+
+    def _cell(self, info: dict) -> None:
+        self.stop()
+        what = _e(", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index")))
+        count = _e(f"[{info['index']}/{info['of']}] ") if "of" in info else ""
+        self.console.print(f"[bold magenta]{count}{what}[/]")
+
+    def _launch(self, info: dict) -> None:
+        from rich.markup import escape
+
+        self.stop()
+        self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
+                           f"up to {info['parallel']} at once[/]; job logs in "
+                           f"{escape(info['folder'])}", soft_wrap=True)
 
     def _job(self, info: dict) -> None:
         """A launched cell was submitted, or ended (finished, read back or failed)."""
@@ -439,9 +462,9 @@ def _warn(message: str, printer=None) -> None:
     (printer or _console(stderr=True).print)(f"[yellow]warning:[/] {escape(message)}")
 
 
-def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | None = None, **kw):
-    """Call a library function with a progress renderer as its `log` (teed to the `trackers`,
-    one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
+def _run(ctx: typer.Context, fn, tracked: tuple[str, ...] = (), group: str | None = None, **kw):
+    """Call a library function with a progress renderer as its `log` (teed to the
+    trackers named in `tracked`, one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
     each with one sentence. Under torchrun the process group is torn down once the function has
     succeeded on this rank."""
     from mixerbench.launch import SweepInterrupted
@@ -449,8 +472,8 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
     from mixerbench.trackers import Tracked
     from mixerbench.train import Interrupted, TrainingStopped
 
-    progress = Progress(_quiet(ctx))
-    log = Tracked(progress, trackers, group=group)
+    progress = ProgressView(_quiet(ctx))
+    log = Tracked(progress, tracked, group=group)
     status = "failed"  # what a tracker run still open at the end is marked as
     try:
         out = fn(log=log, **kw)
@@ -473,6 +496,53 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
         progress.stop()
 
 
+PLOT_HELP = ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
+             "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
+             "whose inputs exist.")
+
+
+def _plot_names(command) -> None:
+    """`plot --help`: every figure and table in `report.REPORTS` with the paper artifact it
+    stands for."""
+    from mixerbench.report import REPORTS
+
+    names = "; ".join(f"{name}: {r.paper}" for name, r in REPORTS.items())
+    command.help = f"{PLOT_HELP} Names: {names}."
+
+
+def _argument_choices(argument: str, choices) -> Callable:
+    def fill(command) -> None:
+        for param in command.params:
+            if param.name == argument:
+                param.help = " | ".join(choices())
+    return fill
+
+
+def _experiment_names():
+    from mixerbench.experiments import EXPERIMENTS
+
+    return EXPERIMENTS
+
+
+def _paper_tables():
+    from mixerbench.reference import TABLES
+
+    return TABLES
+
+
+class _RegistryHelp(TyperCommand):
+    """A command whose help lists what a registry holds, read from the registry when the help
+    is shown: importing the registries on every start would break `--help`'s half second
+    (report alone takes seconds, matplotlib and pandas)."""
+
+    FILL = {"plot": _plot_names, "reproduce": _argument_choices("artifact", _experiment_names),
+            "paper": _argument_choices("table", _paper_tables)}
+
+    def format_help(self, ctx, formatter):
+        self.FILL[self.name](self)
+        return super().format_help(ctx, formatter)
+
+
 # ---------------------------------------------------------------------------- models, paper
 
 
@@ -492,10 +562,10 @@ def models(
                           "GMACs per image)")
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 @user_errors
 def paper(
-    table: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4")] = "table1",
+    table: Annotated[str, typer.Argument(help="One of the paper's tables.")] = "table1",
     fmt: FormatOpt = Format.table,
 ) -> None:
     """The paper's reference tables (transcribed with a source column)."""
@@ -504,20 +574,7 @@ def paper(
     emit(_records(load_table(table)), fmt, title=f"MLP-Mixer paper, {table} (arXiv 2105.01601)")
 
 
-def _plot_help() -> str:
-    """`plot --help`: every figure and table with the paper artifact it stands for (read from
-    the registry without importing it, so --help stays fast)."""
-    names = ("pareto-cost: Figure 2 (left) and 3 (left); accuracy-throughput: Figure 3 (right); "
-             "data-scaling: Figure 2 (right); shuffle: Figure 4; token-mixing: Figure 5 (needs "
-             "--checkpoint); curves: training curves; table1: Table 1 (from the model zoo, only "
-             "when named); compare: Tables 2-3 at our "
-             "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning")
-    return ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
-            "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
-            f"whose inputs exist. Names: {names}.")
-
-
-@app.command(help=_plot_help())
+@app.command(cls=_RegistryHelp, help=PLOT_HELP)
 @user_errors
 def plot(
     name: Annotated[Optional[str], typer.Argument(help="One figure or table (see above); all when omitted.")] = None,
@@ -549,39 +606,28 @@ def plot(
 
 
 def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings, resume,
-                   results_dir, print_config, tracker, flags: dict) -> None:
-    """Resolve the run's config from the preset, flags and `--set`; print it, run it, or run an
-    lr grid (several `--lr` values: selected on minival, paper App. C)."""
+                   results_dir, print_config, tracker, flags: dict, arch=None) -> None:
+    """Print the run's resolved config, or run it (several `--lr` values: the lr grid,
+    selected on minival, paper App. C) and print its result."""
     from mixerbench.config import parse_set
-    from mixerbench.experiments import finetune_lr_grid, parse_lrs
-    from mixerbench.presets import resolve
+    from mixerbench.experiments import resolved_config, train_run
     from mixerbench.trackers import parse_trackers
 
     trackers = parse_trackers(tracker)
-    lrs = parse_lrs(lr)
-    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init,
-                  flags={**flags, "optim.lr": lrs[0] if lrs else None},
-                  overrides=parse_set(settings))
+    spec = dict(preset=preset, model=model, dataset=dataset, init=init, arch=arch, lr=lr,
+                flags=flags, overrides=parse_set(settings))
     if print_config:  # the resolved config.json of the run, without running it
-        from mixerbench.config import run_id, to_dict
-
+        config = resolved_config(kind, **spec)
         if _rank0():
-            sys.stdout.write(json.dumps(dict(to_dict(cfg), run_id=run_id(cfg)), indent=2) + "\n")
+            sys.stdout.write(json.dumps(config, indent=2) + "\n")
         return
-    if len(lrs) > 1:
-        if resume:
-            fail("--resume continues one run; run the lr grid without it (finished runs of the "
-                 "grid are read back, unfinished ones continue).")
-        summary = _run(ctx, finetune_lr_grid, trackers, cfg=cfg, lrs=lrs, root=results_dir)
+    summary = _run(ctx, train_run, trackers, kind=kind, root=results_dir, resume=resume, **spec)
+    if "lr_grid" in summary and _rank0():
         emit([dict(lr=g["lr"], minival_top1=g["minival_top1"], run_id=g["run_id"],
                    selected="yes" if g["lr"] == summary["selected_lr"] else "")
               for g in summary["lr_grid"]], Format.table,
              title="fine-tuning lr grid: selected on minival (paper App. C), reported on "
-                   f"{cfg.data.eval_split}")
-    else:
-        from mixerbench.train import train
-
-        summary = _run(ctx, train, trackers, cfg=cfg, root=results_dir, resume=resume)
+                   f"{summary['reported_on']}")
     _print_summary(summary)
 
 
@@ -628,8 +674,7 @@ def pretrain(
 
         emit(describe(), Format.table, title="presets (mixerbench/presets.py)")
         return
-    _train_command(ctx, kind="pretrain", preset=preset,
-                   model=model if model or preset else "mixer", dataset=dataset, init=None,
+    _train_command(ctx, kind="pretrain", preset=preset, model=model, dataset=dataset, init=None,
                    lr=lr, settings=settings, resume=resume, results_dir=results_dir,
                    print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
@@ -639,12 +684,16 @@ def pretrain(
                        "data.data_dir": str(data_dir) if data_dir else None})
 
 
+ArchOpt = Annotated[Optional[str], typer.Option("--arch", help="Architecture of a .safetensors without mixerbench metadata: a timm name (mixer_b16_224, vit_base_patch16_224) or a zoo name.")]
+
+
 @app.command()
 @user_errors
 def finetune(
     ctx: typer.Context,
     init: Annotated[str, typer.Option("--init", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz.")],
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset name or path.")] = None,
+    arch: ArchOpt = None,
     preset: Annotated[Optional[str], typer.Option("--preset", "-p", help="Named recipe (default: finetune-<dataset> when one exists, else finetune).")] = None,
     img_size: Annotated[Optional[str], typer.Option(help="Fine-tuning resolution in pixels, or Kx for K times the trained size (2x: paper App. C); Mixers need a whole multiple.")] = None,
     epochs: Epochs = None,
@@ -664,10 +713,8 @@ def finetune(
     tracker: TrackerOpt = None,
 ) -> None:
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
-    from mixerbench.presets import finetune_preset
-
-    _train_command(ctx, kind="finetune", preset=preset or finetune_preset(dataset), model=None,
-                   dataset=dataset, init=init, lr=lr, settings=settings, resume=resume,
+    _train_command(ctx, kind="finetune", preset=preset, model=None, dataset=dataset, init=init,
+                   arch=arch, lr=lr, settings=settings, resume=resume,
                    results_dir=results_dir, print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
                        "accum_steps": accum_steps, "model.img_size": img_size, "seed": seed,
@@ -690,6 +737,7 @@ def evaluate(
     ctx: typer.Context,
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz.")],
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name or path.")],
+    arch: ArchOpt = None,
     split: Annotated[str, typer.Option(help="Split to measure accuracy on.")] = "test",
     crop: Annotated[Optional[EvalCrop], typer.Option(help="Eval crop (paper App. C): resize-crop, resmall-crop, or plain resize; default: the run's own, else resize.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet ReaL labels (the public real.json) for ReaL top-1.")] = None,
@@ -698,7 +746,7 @@ def evaluate(
     shuffle_patch: Annotated[Optional[int], typer.Option("--shuffle-patch", help="Patch side of the patch shuffle (default: the run's, else the model's; CNNs need it).")] = None,
     seeds: Annotated[int, typer.Option(help="Few-shot seeds (mean and std reported).")] = 3,
     l2_reg: Annotated[float, typer.Option("--l2-reg", help="Few-shot ridge strength (big_vision default 2^10).")] = 1024.0,
-    max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Measure on the first N images of the split only (default: all of it).")] = None,
+    max_examples: Annotated[Optional[int], typer.Option("--max-examples", help="Measure on a seeded class-stratified N images of the split (rows name it split[stratified:N]; default: all of it).")] = None,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
     device: Device = None,
@@ -715,9 +763,9 @@ def evaluate(
 
     trackers = parse_trackers(tracker)
     root = writable_results_dir(results_dir)
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     try:
-        res = run_evaluate(checkpoint, dataset, split=split, crop=crop.value if crop else None,
+        res = run_evaluate(checkpoint, dataset, arch=arch, split=split, crop=crop.value if crop else None,
                            data_dir=str(data_dir) if data_dir else None, fewshot=fewshot,
                            shuffle=shuffle, shuffle_patch=shuffle_patch, real_labels=real_labels,
                            device=device, batch_size=batch_size, seeds=seeds, l2_reg=l2_reg,
@@ -725,7 +773,7 @@ def evaluate(
     finally:
         progress.stop()
     record_evaluation(trackers, root, res, on_warning=_warn, options=dict(
-        checkpoint=checkpoint, dataset=dataset, split=split, crop=crop.value if crop else None,
+        checkpoint=checkpoint, arch=arch, dataset=dataset, split=split, crop=crop.value if crop else None,
         fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
         l2_reg=l2_reg, max_examples=max_examples, batch_size=batch_size, device=device))
     if fmt != Format.table:
@@ -784,7 +832,7 @@ def bench(
     from mixerbench.results import writable_results_dir
 
     root = writable_results_dir(results_dir)
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     try:
         rows = run_bench([m for m in models.split(",") if m.strip()], mode=mode.value,
                          batch_size=batch_size, img_size=img_size, dtype=dtype, compile=compile_,
@@ -867,56 +915,33 @@ def compare(
 
     trackers = parse_trackers(tracker)
     # one tracker run per training run, grouped as accuracy.csv tags them (compare:<preset>)
-    group = f"compare-{preset}"
-    out = _run(ctx, run_compare, trackers, group,
+    out = _run(ctx, run_compare, trackers, f"compare-{preset}",
                models=[m.strip() for m in models.split(",") if m.strip()],
                dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, fewshot=fewshot,
                with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
-               overrides=parse_set(settings), launcher=_launcher(
+               overrides=parse_set(settings), trackers=trackers, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
     if not _rank0():  # under torchrun rank 0 joined the results and reports them
         return
-    if trackers:
-        from mixerbench.report import regenerate
-        from mixerbench.results import results_dir as resolve_dir
-        from mixerbench.trackers import record
-
-        # the comparison's own tracker run shows what `plot` draws (curves: these runs)
-        drawn = regenerate(results_dir, None, None, runs=[s["run_id"] for s in out["runs"]])
-        out["written"] = list(dict.fromkeys([*out["written"], *drawn["written"]]))
-        record(trackers, resolve_dir(results_dir), group, group=group, kind="compare",
-               files=out["written"], on_warning=_warn, config=dict(
-                   models=models, dataset=out["dataset"], preset=preset, seeds=seeds,
-                   epochs=epochs, fewshot=fewshot, settings=settings or []))
     if fmt != Format.table:
         emit(_records(out["table"]), fmt)
         return
-    rows = []
-    for r in _records(compare_view(out["table"])):
-        std = "" if r.get("top1_std") is None else f" +- {r['top1_std']:.2f}"
-        view = {"model": r["model"], "params": r["params"], "GFLOPs/img": r["gflops"],
-                "train img/s": r["train_img_per_sec"], "infer img/s": r["infer_img_per_sec"],
-                "wall s": r["wall_time_s"], "device-h": r["device_hours"],
-                "train FLOPs": r["train_flops"],
-                "top-1 %": f"{r['top1_mean']:.2f}{std} (n={r['n']})"}
-        if fewshot:
-            view[f"{fewshot}-shot %"] = r.get("fewshot_top1")
-        if "paper_top1" in r:
-            view["paper %"], view["diff"] = r.get("paper_top1"), r.get("diff")
-        rows.append(view)
-    emit(rows, fmt, title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
+    # the columns of the markdown table written beside it (tables/compare-*.md)
+    emit(_records(compare_view(out["table"])), fmt,
+         title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
     for path in out["written"]:
         _console().print(f"wrote {_e(path)}")
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 @user_errors
 def reproduce(
     ctx: typer.Context,
-    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's).")] = None,
+    artifact: Annotated[str, typer.Argument(help="The experiment to run.")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list.")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
-    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
     settings: SetOpt = None,
@@ -936,7 +961,7 @@ def reproduce(
 
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
-               upstream=upstream, models=models.split(",") if models else None,
+               upstream=upstream, init=init, models=models.split(",") if models else None,
                batch_size=batch_size, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
     if not _rank0():

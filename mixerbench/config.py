@@ -84,7 +84,7 @@ class RunConfig:
     compile: bool | None = None      # None: on for CUDA, off on CPU
     eval_every: int = 0              # steps between evaluations; 0: once per epoch
     ckpt_every: int = 0              # steps between checkpoints; 0: at every evaluation
-    max_eval_examples: int | None = None  # evaluate on the first N eval images only (row split `test[:N]`)
+    max_eval_examples: int | None = None  # evaluate on a stratified N of the eval images (row split `test[stratified:N]`)
     preset: str | None = None
     run_name: str | None = None
 

@@ -20,7 +20,8 @@ def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dic
         dict(top1, top5, loss, n) summed over every example exactly once.
     """
     import torch
-    import torch.nn.functional as F
+
+    from mixerbench.loss import cross_entropy
 
     was_training = model.training
     model.eval()
@@ -33,7 +34,7 @@ def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dic
             with autocast(device, dtype):
                 logits = model(x)
             logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            loss_sum += cross_entropy(logits, y, reduction="sum").item()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(dim=1).sum().item()
@@ -45,7 +46,7 @@ def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dic
 
 
 def predict(model, batches, *, device: str = "cpu", dtype: str = "fp32"):
-    """Logits (N, K) float32 on the CPU in loader order (for ReaL, which matches by position)."""
+    """Logits (N, K) float32 on the CPU in loader order (the dataset's order, for ReaL)."""
     import torch
 
     was_training = model.training
@@ -362,14 +363,52 @@ def load_real_labels(src):
     return [list(map(int, v)) for v in data]
 
 
+REAL_NAME = "ILSVRC2012_val_{:08d}"  # timm RealLabelsDataset's key (without `.JPEG`), 1-based
+
+
+def real_labels_for(file_names, real_labels, what: str = "the dataset") -> list[list[int]]:
+    """The ReaL labels of each image, matched by its ImageNet validation file name as timm's
+    `RealLabelsDataset` matches them (`real.json` entry i belongs to
+    `ILSVRC2012_val_{i+1:08d}.JPEG`), never by position: an image folder lists val class by
+    class, not in file-name order. The extension is not compared, so a re-encoded copy
+    (`.png`) still matches.
+
+    Args:
+        file_names: each evaluated image's file name, in evaluation order (`Dataset.file_names`).
+        real_labels: the `real.json` list (or its path).
+
+    Raises:
+        UserError: when there are no file names, or some are not a validation image's name.
+    """
+    from pathlib import PurePath
+
+    from mixerbench.errors import UserError
+
+    labels = load_real_labels(real_labels)
+    if file_names is None:
+        raise UserError(f"ReaL labels are matched by ImageNet validation file name and {what} "
+                        "keeps no file names; evaluate a copy of ImageNet val that keeps them "
+                        "(an image folder, or parquet with image paths).")
+    key = {REAL_NAME.format(i + 1): v for i, v in enumerate(labels)}
+    stems = [PurePath(str(n)).stem for n in file_names]
+    missing = [n for n, s in zip(file_names, stems) if s not in key]
+    if missing:
+        raise UserError(f"ReaL labels are matched by ImageNet validation file name, but "
+                        f"{len(missing):,} of the {len(stems):,} images of {what} have none of the "
+                        f"{len(labels):,} names in the labels file (e.g. {str(missing[0])!r}); "
+                        "evaluate ImageNet val with its original ILSVRC2012_val_* file names.")
+    return [key[s] for s in stems]
+
+
 def real_accuracy(outputs, real_labels, topk=(1, 5)) -> dict:
     """ReaL top-k accuracy (percent) as timm's `RealLabelsImagenet` scores it: an image counts
     if any of its top-k predictions is among its ReaL labels; images without labels are skipped.
 
     Args:
-        outputs: logits (N, K), or predicted indices (N,) / top-k indices (N, k), in validation
-            file-name order.
-        real_labels: the `real.json` list (or its path).
+        outputs: logits (N, K), or predicted indices (N,) / top-k indices (N, k).
+        real_labels: one label list per output row, aligned with `outputs` (from
+            `real_labels_for`, which matches them by file name), or the `real.json` list (or
+            path) when `outputs` are in validation file-name order.
 
     Returns:
         dict(top1, top5 (when available), n): n is the number of images with labels.
@@ -433,7 +472,8 @@ def _run_config(src: str):
     return from_dict(data, str(cfg)), folder.name
 
 
-def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: str | None = None,
+def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
+             split: str = "test", crop: str | None = None,
              data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 256,
              seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
@@ -444,6 +484,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
     Args:
         checkpoint_src: run directory, `.safetensors`, `timm:<name>[.<tag>]` or official `.npz`
             (as `finetune --init`).
+        arch: the architecture of a `.safetensors` without mixerbench metadata (a timm name).
         dataset / split / data_dir: what to evaluate on (`mixerbench.data.get_dataset`).
         crop: `resize` (resize-crop), `resmall` (resmall-crop; paper App. C) or `plain`.
             Default: the training run's own eval pipeline when the checkpoint comes from a run
@@ -451,8 +492,9 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
         fewshot: shot counts ("1,5,10,25"); train shots come from `fewshot_split`, accuracy from
             `split`. Needs no head, so it works for any checkpoint.
         shuffle: kinds ("none,patch,global") of paper Figure 4's fixed pixel permutations.
-        max_examples: measure on the first N images of `split` only (its rows then name the
-            split `<split>[:N]`); default all of them.
+        max_examples: measure on a seeded class-stratified N images of `split` only
+            (`data.stratified_subset`; its rows then name the split `<split>[stratified:N]`);
+            default all of them.
         shuffle_patch: patch side of the `patch` shuffle (default: the one the run trained with,
             else the model's patch size; a CNN has none, so it must be given).
         real_labels: path of ImageNet's `real.json` for ReaL accuracy on the validation split.
@@ -473,7 +515,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
                                                  seeds, batch_size)
     steps = _Steps(progress, 2 + bool(real_labels) + bool(shots) + len(kinds))
     steps.tick("loading model")
-    s = _open(checkpoint_src, dataset, split, data_dir=data_dir, device=device, crop=crop,
+    s = _open(checkpoint_src, dataset, split, arch=arch, data_dir=data_dir, device=device, crop=crop,
               shots=shots, kinds=kinds, real_labels=real_labels, max_examples=max_examples,
               shuffle_patch=shuffle_patch)
     ds, split = s["ds"], s["split"]
@@ -502,7 +544,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, split: str = "test", crop: st
     if real_labels:
         steps.tick("ReaL labels")
         logits = predict(model, _loader(ds, **shuffled, **kw), device=device, dtype=dtype)
-        out["real"] = real = real_accuracy(logits, real_labels)
+        out["real"] = real = real_accuracy(logits, s["real"])
         rows["accuracy"].append(dict(evaluated, split=f"{split}-real", top1=real["top1"],
                                      top5=real.get("top5")))
     ds_train, fs = None, []
@@ -551,15 +593,9 @@ def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_s
     import math
 
     from mixerbench.errors import UserError
-    from mixerbench.runtime import resolve_device
+    from mixerbench.runtime import choose
 
-    device = resolve_device(device)
-    cuda = device.startswith("cuda")
-    dtype = dtype or ("bf16" if cuda else "fp32")
-    if dtype not in ("bf16", "fp16", "fp32"):
-        raise UserError(f"Unknown dtype '{dtype}'; choose bf16, fp16 or fp32.")
-    if not cuda and dtype != "fp32":  # `autocast` is CUDA-only, as in the training loop
-        raise UserError(f"Evaluation on {device} runs in fp32; drop dtype {dtype} or use CUDA.")
+    device, dtype = choose(device, dtype)
     if crop is not None and crop not in CROPS:
         raise UserError(f"Unknown crop '{crop}'; use resize, resmall or plain.")
     shots = parse_shots(fewshot) if fewshot not in (None, "", ()) else ()
@@ -574,15 +610,16 @@ def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_s
     return device, dtype, shots, kinds
 
 
-def _open(checkpoint_src, dataset, split, *, data_dir, device, crop, shots, kinds, real_labels,
+def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, shots, kinds, real_labels,
           max_examples, shuffle_patch) -> dict:
-    """The model (finite weights), the dataset split (its first `max_examples`), and what the
-    training run says about them: its eval pipeline, its Figure 4 shuffle and patch, its seed."""
+    """The model (finite weights), the dataset split (a stratified `max_examples` of it), and
+    what the training run says about them: its eval pipeline, its Figure 4 shuffle and patch,
+    its seed."""
     import dataclasses
 
     import torch
 
-    from mixerbench.data import get_dataset
+    from mixerbench.data import capped_split, get_dataset, stratified_subset
     from mixerbench.errors import UserError
     from mixerbench.models import get_spec
     from mixerbench.models.weights import load_model
@@ -590,7 +627,7 @@ def _open(checkpoint_src, dataset, split, *, data_dir, device, crop, shots, kind
     run_cfg, run_id = _run_config(checkpoint_src)
     data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
     seed = run_cfg.seed if run_cfg else 0
-    model, rec = load_model(checkpoint_src, device=device)
+    model, rec = load_model(checkpoint_src, device=device, model_name=arch)
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise UserError(f"{checkpoint_src} holds non-finite weights (NaN or inf), so it has no "
                         "accuracy to measure; pass a checkpoint from a run that trained.")
@@ -599,7 +636,8 @@ def _open(checkpoint_src, dataset, split, *, data_dir, device, crop, shots, kind
         if max_examples < 1:
             raise UserError(f"--max-examples {max_examples} must be at least 1.")
         if max_examples < len(ds):
-            ds, split = ds.subset(range(max_examples)), f"{split}[:{max_examples}]"
+            ds = ds.subset(stratified_subset(ds.labels, max_examples))
+            split = capped_split(split, max_examples)
     classes = int(rec.get("num_classes") or 0)
     has_head = classes == int(ds.num_classes)
     if not has_head and not shots:
@@ -610,12 +648,14 @@ def _open(checkpoint_src, dataset, split, *, data_dir, device, crop, shots, kind
     if real_labels and not has_head:
         raise UserError("ReaL accuracy needs a head for the ImageNet classes; this checkpoint "
                         f"has {classes} outputs.")
+    # matched by file name before any image is evaluated, so a mismatch costs no pass
+    real = real_labels_for(ds.file_names(), real_labels, f"{ds.name} {split}") if real_labels else None
     patch = (shuffle_patch or data_cfg.get("shuffle_patch") or rec.get("patch_size")
              or get_spec(rec["name"]).patch_size)
     if "patch" in kinds and not patch:
         raise UserError(f"The patch shuffle needs a patch size and {rec['name']} has none (a CNN); "
                         "pass --shuffle-patch N.")
-    return dict(model=model, rec=rec, ds=ds, split=split, run_id=run_id, seed=seed,
+    return dict(model=model, rec=rec, ds=ds, split=split, run_id=run_id, seed=seed, real=real,
                 has_head=has_head, img_size=int(rec["img_size"]), patch=patch,
                 upstream=data_cfg.get("dataset"),
                 pipeline=CROPS[crop] if crop else data_cfg.get("eval_pipeline") or "eval-resize",

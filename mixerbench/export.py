@@ -229,20 +229,21 @@ _STRUCTURAL = ("architecture", "fixed_input_size", "first_conv", "classifier")
 
 
 def _check_images(cfg, img_size: int, in_chans: int, n: int) -> tuple[Any, str]:
-    """(batch in [-1, 1], what it is): the first n images of the run's eval split through its
+    """(batch in [-1, 1], what it is): a class-stratified n images of the run's eval split
+    (`data.stratified_subset`: every class, not the first n of a class-sorted split) through its
     eval pipeline when they can be read locally, else n smooth random images (fixed seed)."""
     import torch
 
     if cfg is not None and in_chans == 3:
         try:
-            from mixerbench.data import get_dataset, make_loader
+            from mixerbench.data import capped_split, get_dataset, make_loader, stratified_subset
             from mixerbench.data.sources import _hf_offline
 
             with _hf_offline():  # an export never downloads a dataset to check itself
                 ds = get_dataset(cfg.data.dataset, cfg.data.eval_split,
                                  data_dir=cfg.data.data_dir, seed=cfg.seed)
             if ds.images is not None:  # held in memory (not streamed)
-                ds = ds.subset(range(min(n, len(ds))))
+                ds = ds.subset(stratified_subset(ds.labels, n))
                 batches = make_loader(ds, batch_size=len(ds), train=False,
                                       pipeline=cfg.data.eval_pipeline, img_size=img_size,
                                       device="cpu", workers=0)
@@ -250,7 +251,8 @@ def _check_images(cfg, img_size: int, in_chans: int, n: int) -> tuple[Any, str]:
                     x, _ = next(iter(batches.epoch(0)))
                 finally:
                     batches.close()
-                return x.float(), f"the first {len(x)} '{cfg.data.eval_split}' images of {ds.name}"
+                return x.float(), (f"{len(x)} class-stratified '{cfg.data.eval_split}' images of "
+                                   f"{ds.name} ({capped_split(cfg.data.eval_split, len(x))})")
         except Exception:  # noqa: BLE001 - the data only makes the check realistic; any
             pass           # failure to read it falls back to random images, never fails the export
     gen = torch.Generator().manual_seed(0)

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from mixerbench.errors import UserError
+from mixerbench.train import Event as TrainEvent
 from mixerbench.train import TrainingStopped
 
 Log = Callable[[str, dict], None]
@@ -37,6 +38,15 @@ INSTALL = 'pip install "mixerbench[launchers]"'
 # local cell may run for a week.
 LOCAL_TIMEOUT_MIN = 7 * 24 * 60
 STOP_GRACE_S = 30  # how long an interrupted local job may take to save its checkpoint
+
+
+class Event:
+    """The progress events of running cells, emitted as `log(event, info)` (by `run_cells`, and
+    by sweeps that run cells of their own); `cli.ProgressView` renders them."""
+
+    CELL = "cell"      # a cell starts here: its label, index, of
+    LAUNCH = "launch"  # cells go out as jobs: launcher, cells, parallel, folder
+    JOB = "job"        # a job was submitted or ended: its label, state, job_id, run_id, top1, ...
 
 
 def _noop(event: str, info: dict) -> None:
@@ -153,7 +163,7 @@ def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = _n
     if launcher is None:
         out = []
         for i, cell in enumerate(cells):
-            log("cell", dict(cell.label, index=i + 1, of=len(cells)))
+            log(Event.CELL, dict(cell.label, index=i + 1, of=len(cells)))
             out.append(run_cell(cell, log))
         return out
     return _launched(cells, launcher, log)
@@ -211,13 +221,13 @@ def export_distributed_env() -> None:
 
     if JobEnvironment().num_tasks > 1:
         # CUDA_VISIBLE_DEVICES is left alone: the local executor has already given the job
-        # its GPUs, and `train.pick_device` maps LOCAL_RANK onto the GPUs a process can see
+        # its GPUs, and `runtime.choose` maps LOCAL_RANK onto the GPUs a process can see
         TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
 
 
 def _job_log(logger: logging.Logger) -> Log:
     def log(event: str, info: dict) -> None:
-        if event != "stage":
+        if event != TrainEvent.STAGE:
             logger.info("%s %s", event, " ".join(
                 f"{k}={v}" for k, v in info.items() if isinstance(v, (str, int, float))))
 
@@ -338,7 +348,7 @@ def _launched(cells: list[Cell], launcher: Launcher, log: Log) -> list[dict]:
     sw = _Sweep(cells, launcher, make_executor(launcher, folder),
                 CellJob(cpu_threads(launcher, len(room))), room, log,
                 todo=list(range(len(cells))), out=[None] * len(cells))
-    log("launch", dict(launcher=launcher.kind, cells=len(cells), parallel=len(room),
+    log(Event.LAUNCH, dict(launcher=launcher.kind, cells=len(cells), parallel=len(room),
                        folder=str(folder)))
     poll = 0.5 if launcher.kind == "local" else 10.0
     with stop_signals() as stop:
@@ -366,7 +376,7 @@ def _fill(sw: _Sweep) -> None:
             sw.executor.update_parameters(visible_gpus=sw.slots[slot])
         job = sw.executor.submit(sw.job, sw.cells[i])
         sw.running[i] = (job, slot)
-        sw.log("job", dict(sw.cells[i].label, state="submitted", job_id=job.job_id))
+        sw.log(Event.JOB, dict(sw.cells[i].label, state="submitted", job_id=job.job_id))
 
 
 def _collect(sw: _Sweep) -> None:
@@ -383,10 +393,10 @@ def _collect(sw: _Sweep) -> None:
             why = _why(exc)
             name = ", ".join(f"{k} {v}" for k, v in sw.cells[i].label.items())
             sw.failed.append(f"{name}: {why.rstrip('.')}")
-            sw.log("job", dict(where, state="failed", error=why, log=str(job.paths.stderr)))
+            sw.log(Event.JOB, dict(where, state="failed", error=why, log=str(job.paths.stderr)))
             continue
         sw.out[i] = s
-        sw.log("job", dict(where, state="reused" if s.get("reused") else "finished",
+        sw.log(Event.JOB, dict(where, state="reused" if s.get("reused") else "finished",
                            run_id=s["run_id"], top1=s["top1"]))
 
 

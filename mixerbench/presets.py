@@ -50,12 +50,27 @@ def preset(name: str, family_models: dict[str, FamilyRecipe] | None = None):
     return deco
 
 
-def finetune_preset(dataset: str | None) -> str:
-    """The fine-tuning recipe of `dataset`: its own preset (the ViT protocol's steps), else the
-    paper's recipe with a generic length (`finetune`); CIFAR-10's when no dataset is named."""
+def finetune_preset(dataset: str | None, *, length_given: bool = False) -> str:
+    """The fine-tuning recipe of `dataset`, found by its canonical name whatever the spelling
+    (`imagenet`, `CIFAR-10`, `hf:uoft-cs/cifar10`, a folder named cifar10: `data.canonical_name`);
+    CIFAR-10's when no dataset is named.
+
+    A dataset without a recipe of its own gets the generic one (`finetune`) only when the run's
+    length is given (`length_given`: --steps, --epochs or their `--set`), since the paper's
+    lengths differ 40-fold between datasets (500 to 20,000 steps, ViT paper Table 4).
+    """
     if dataset is None:
         return "finetune-cifar10"
-    return f"finetune-{dataset}" if f"finetune-{dataset}" in PRESETS else "finetune"
+    from mixerbench.data import canonical_name
+
+    known = canonical_name(dataset)
+    if known in FINETUNE_PRESETS:
+        return FINETUNE_PRESETS[known]
+    if not length_given:
+        raise UserError(f"{dataset} has no fine-tuning recipe of the paper (those are for "
+                        f"{', '.join(FINETUNE_PRESETS)}), so pass --steps N: the paper fine-tunes "
+                        "500 steps on datasets under 20k images and 10,000 on larger ones.")
+    return "finetune"
 
 
 def get_preset(name: str) -> RunConfig:
@@ -187,6 +202,12 @@ FINETUNE_STEPS = {"imagenet-1k": (20_000, 500), "cifar10": (10_000, 500),
                   "cifar100": (10_000, 500), "pets": (500, 100), "flowers102": (500, 100)}
 
 
+# The recipe of each registry dataset the paper fine-tunes on (paper section 3, "Avg 5").
+FINETUNE_PRESETS = {"imagenet-1k": "finetune-imagenet", "cifar10": "finetune-cifar10",
+                    "cifar100": "finetune-cifar100", "pets": "finetune-pets",
+                    "flowers102": "finetune-flowers102"}
+
+
 def _finetune(dataset: str, lr: float = 0.03, steps: int | None = None,
               warmup: int | None = None) -> RunConfig:
     """SGD momentum 0.9, batch 512, cosine after a linear warm-up, clip 1, no weight decay, no
@@ -299,7 +320,7 @@ def cifar10_scratch() -> RunConfig:
                                     options={"num_heads": 2})),
     "resnet": FamilyRecipe(ModelConfig(name="resnet18", img_size=28,
                                        options={"layers": [1, 1, 1, 1],
-                                                "channels": [16, 32, 64, 128], "stem_width": 16})),
+                                                "channels": [16, 32, 64, 128]})),
 })
 def smoke() -> RunConfig:
     """The embedded offline default: mnist-5k (4,000 train / 1,000 test digits shipped with
@@ -307,7 +328,8 @@ def smoke() -> RunConfig:
     warm-up, +-2 px shifts and no flip (a mirrored digit is another class). One budget and
     recipe for all three families: a Mixer of width 64 and 2 blocks, a ViT of width 64, 2 blocks
     and 2 heads (the zoo's small ViT: GAP head and the official JAX init), a ResNet-18 with one
-    block per stage and 16-128 channels.
+    block per stage, 16-128 channels and timm's 64-channel stem (325,866 parameters with the
+    10-class head).
 
     Expected (measured on 2 CPU cores, seeds 0-2): Mixer 95.7-96.9 % test top-1, ViT 91.2-94.0 %,
     ResNet 98.5-99.0 %; chance is 10 %. 8 epochs under-trained the ViT (82 % with this head and
@@ -327,7 +349,7 @@ def smoke() -> RunConfig:
 # ------------------------------------------------------------- presets -> a run's config
 
 def resolve(preset: str | None = None, *, model: str | None = None, dataset: str | None = None,
-            kind: str | None = None, init: str | None = None,
+            kind: str | None = None, init: str | None = None, arch: str | None = None,
             flags: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
             ) -> RunConfig:
     """Preset defaults, then the model and dataset named on the command line, then flags
@@ -338,7 +360,8 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
 
     A fine-tuning run takes its architecture from `init` (the model section records the model
     actually trained: name, shapes, the resolution, `Kx` meaning K times the trained one) and its
-    regularisation from the recipe; changing the architecture of `init` is refused.
+    regularisation from the recipe; changing the architecture of `init` is refused. `arch`
+    names the architecture of an `init` file that does not say (a timm state dict).
     """
     from mixerbench.models import get_spec, resolve_name
 
@@ -353,7 +376,7 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     if cfg.kind == "finetune" and cfg.init:
         if model:
             raise UserError("Fine-tuning takes its model from --init; drop --model.")
-        source, size = _finetune_model(cfg.init, flags, overrides)
+        source, size = _finetune_model(cfg.init, flags, overrides, arch)
         cfg = replace(cfg, model=replace(source, drop_path=cfg.model.drop_path,
                                          dropout=cfg.model.dropout, img_size=size))
     elif model:
@@ -382,6 +405,14 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     cfg = apply_overrides(cfg, overrides)
     if source is not None:
         _check_architecture_kept(cfg.model, source)
+        # Above the trained resolution (Kx, K > 1) the eval crop is resize-crop (resize to
+        # 256/224 of the side, centre crop), as for the paper's 448 px Mixers of Table 2, not the
+        # resmall-crop of its 224 px rows (App. C; docs/paper-notes.md §3). A crop the user sets
+        # (`--set data.eval_pipeline=...`) is kept.
+        chosen = "data.eval_pipeline" in flags or "data.eval_pipeline" in overrides
+        if (not chosen and cfg.data.eval_pipeline == "eval-resmall"
+                and (cfg.model.img_size or 0) > (source.img_size or 0)):
+            cfg = replace(cfg, data=replace(cfg.data, eval_pipeline="eval-resize"))
     return validate(cfg)
 
 
@@ -389,16 +420,17 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
 _ARCHITECTURE = ("name", "patch_size", "width", "depth", "gelu", "options")
 
 
-def _finetune_model(init: str, flags: dict, overrides: dict) -> tuple[ModelConfig, int]:
+def _finetune_model(init: str, flags: dict, overrides: dict,
+                    arch: str | None = None) -> tuple[ModelConfig, int]:
     """The model section of a fine-tuning run of `init`, and its resolution: the trained one,
     `--img-size N`, or `--img-size Kx` (K times the trained one, paper section 3). Pops a `Kx`
     resolution from `flags` / `overrides`, where it is not an integer."""
-    from mixerbench.models.weights import source_recipe
+    from mixerbench.models import REGULARISERS
+    from mixerbench.models.weights import source_description
 
-    rec = source_recipe(init)
-    arch = dict(rec.get("overrides") or {})
-    for k in ("drop_path", "dropout"):  # the fine-tuning recipe sets its own
-        arch.pop(k, None)
+    rec = source_description(init, arch)
+    arch = {k: v for k, v in (rec.get("overrides") or {}).items()
+            if k not in REGULARISERS}  # the fine-tuning recipe sets its own
     model = ModelConfig(name=rec["name"], img_size=rec["img_size"], patch_size=rec["patch_size"],
                         width=arch.pop("width", None), depth=arch.pop("depth", None),
                         gelu=arch.pop("gelu", ModelConfig.gelu), options=arch)

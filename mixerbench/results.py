@@ -62,6 +62,14 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "run_id", "model", "family", "dataset", "fraction", "epochs", "steps", "metric", "top1",
         "probe_dataset",
     ) + PROVENANCE,
+    # The transfer protocol (paper section 3, App. C): one row per fine-tuning run reported on
+    # a dataset's test split, after its lr was selected on the stratified minival. `model` is
+    # the --init weights' architecture, `upstream` their pre-training dataset, `dataset` the
+    # canonical name; `lr_grid` lists `lr=minival top-1` for every lr tried.
+    "avg5": (
+        "run_id", "model", "family", "init", "upstream", "dataset", "split", "resolution",
+        "img_size", "steps", "lr", "lr_grid", "minival_top1", "top1",
+    ) + PROVENANCE,
 }
 
 # Which command writes each CSV: named in the message when a reader finds it missing.
@@ -71,6 +79,7 @@ PRODUCERS = {
     "throughput": "mixerbench bench --models ...",
     "shuffle": "mixerbench reproduce shuffle",
     "scaling": "mixerbench reproduce data-scaling",
+    "avg5": "mixerbench reproduce avg5 --init SRC",
 }
 
 
@@ -208,14 +217,14 @@ COLUMN_TYPES: dict[str, str] = {
         "top1_std", "batch_size", "img_per_sec_mean", "img_per_sec_std", "step_ms_median",
         "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops", "fraction",
         "step", "epoch", "train_loss", "eval_loss", "lr", "img_per_sec", "elapsed_s",
-        "matmul_tflops",
+        "matmul_tflops", "minival_top1",
     ), NUMBER),
     **dict.fromkeys(("compiled", "channels_last"), BOOL),
     **dict.fromkeys((
         "run_id", "model", "dataset", "split", "init", "kind", "experiment", "git_sha",
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
-        "metric", "upstream", "probe_dataset", "bench_id", "family",
+        "metric", "upstream", "probe_dataset", "bench_id", "family", "resolution", "lr_grid",
     ), TEXT),
 }
 

@@ -1,6 +1,6 @@
 """The device runtime shared by training, evaluation and benchmarks: which device and compute
-dtype a command uses, mixed-precision autocast, device synchronisation, and the process group
-under torchrun.
+dtype a command uses (`choose`, the only place that decides), mixed-precision autocast, device
+synchronisation, and the process group under torchrun.
 
 On CUDA the default is bf16 autocast; on CPU fp32 (bf16/fp16 only where the CPU has native
 matrix units, so a number never measures emulation).
@@ -12,6 +12,38 @@ import os
 from contextlib import nullcontext
 
 DTYPES = ("bf16", "fp16", "fp32")
+
+
+def choose(device: str | None, dtype: str | None, local_rank: int | None = None, *,
+           cpu_half: bool = False) -> tuple[str, str]:
+    """(device, dtype) of a command: the one decision `train`, `evaluate` and `bench` share.
+
+    `device` None picks CUDA when present, else the CPU; `dtype` None (or the config's "auto")
+    picks bf16 on CUDA and fp32 on a CPU (`resolve_dtype`). Training and evaluation run in fp32
+    on a CPU, so a run's numbers do not depend on which CPU it met; only `bench` (`cpu_half`)
+    times bf16/fp16 there, where the CPU has native units for them. With `local_rank` (a training
+    process) a plain `cuda` means this rank's GPU, so `--device cuda` under torchrun does not
+    put every rank on GPU 0. Ranks are mapped onto the GPUs this process can see: all of the
+    node's (as torchrun leaves them: cuda:LOCAL_RANK) or only its own (a SLURM task bound to one
+    GPU, or CUDA_VISIBLE_DEVICES set per rank: cuda:0).
+    """
+    device = resolve_device(device)
+    if local_rank is not None and device == "cuda":
+        import torch
+
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"
+    return device, resolve_dtype(None if dtype == "auto" else dtype, device, cpu_half=cpu_half)
+
+
+def use_device(device: str) -> None:
+    """Make `device` this process's current device; on CUDA let fp32 matmuls and convolutions
+    run as TF32 (the training loop's setting; `bench` sets and restores its own)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
 
 
 def resolve_device(device: str | None = None) -> str:
@@ -31,11 +63,12 @@ def resolve_device(device: str | None = None) -> str:
     return device
 
 
-def resolve_dtype(dtype: str | None, device: str) -> str:
+def resolve_dtype(dtype: str | None, device: str, cpu_half: bool = True) -> str:
     """Validate the compute dtype for `device`; default bf16 on CUDA, fp32 on CPU.
 
-    bf16/fp16 on a CPU are accepted only where oneDNN has native kernels for them (AVX512-BF16
-    or AMX); elsewhere autocast would emulate them and the "throughput" would measure emulation.
+    bf16/fp16 on a CPU are accepted only with `cpu_half` and where oneDNN has native kernels
+    for them (AVX512-BF16 or AMX); elsewhere autocast would emulate them and the "throughput"
+    would measure emulation.
     """
     import torch
 
@@ -54,6 +87,8 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     if cuda and name == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError(f"{torch.cuda.get_device_name(device)} has no bf16 support; use "
                         "--dtype fp16 or fp32.")
+    if not cuda and name != "fp32" and not cpu_half:
+        raise UserError(f"dtype {name} is only used on CUDA here; use --set dtype=fp32 on CPU.")
     if not cuda and name != "fp32":
         fast = (torch.ops.mkldnn._is_mkldnn_bf16_supported() if name == "bf16"
                 else torch.ops.mkldnn._is_mkldnn_fp16_supported())

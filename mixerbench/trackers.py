@@ -487,6 +487,12 @@ def record_evaluation(names: Iterable[str], root: str | os.PathLike, res: Mappin
                   config=options, summary=summary, on_warning=on_warning)
 
 
+class Event:
+    """The progress event trackers emit as `log(event, info)`; `cli.ProgressView` renders it."""
+
+    WARNING = "warning"  # a tracker stopped recording; the command goes on: message
+
+
 class Tracked:
     """A `log(event, info)` callback that also feeds the trackers: events go on to `log` (the
     progress display) unchanged, and each training run's "start" (config), "eval" (the
@@ -502,13 +508,15 @@ class Tracked:
         self.current: Trackers | None = None
 
     def _warning(self, message: str) -> None:
-        self.log("warning", dict(message=message))
+        self.log(Event.WARNING, dict(message=message))
 
     def __call__(self, event: str, info: dict) -> None:
+        from mixerbench.train import Event as TrainEvent
+
         self.log(event, info)
         if not self.names:
             return
-        if event == "start":
+        if event == TrainEvent.START:
             self.close("killed")  # a run that never reached its end event
             run_dir = Path(info["run_dir"])
             config = info.get("config") or {}
@@ -518,9 +526,9 @@ class Tracked:
                 resume_step=int(info.get("step") or 0), on_warning=self._warning)
             self.current.step = int(info.get("step") or 0)
             self.current.log_config(config)
-        elif event == "eval" and self.current is not None:
+        elif event == TrainEvent.EVAL and self.current is not None:
             self.current.log_metrics(info["step"], info)
-        elif event == "end" and self.current is not None:
+        elif event == TrainEvent.END and self.current is not None:
             self.current.log_summary(info, step=info.get("steps"))
             self.close("finished")
 

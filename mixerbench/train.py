@@ -3,7 +3,7 @@
 `train(cfg)` reads top to bottom, nanoGPT style: `prepare` checks everything and builds the
 data, model and schedule (nothing is written before it has succeeded); `claim_run_dir` makes
 the run directory this config's own; `restore` picks up the last checkpoint; then the loop
-(`train_step`, evaluation, checkpoint on schedule) and `finish` (summary and accuracy row).
+(`train_step`, evaluation, checkpoint on schedule) and `write_results` (summary and accuracy row).
 Recipes are in `presets.py`, with the paper's settings cited there (paper section 3, Table 4).
 
 Guarantees the tests hold us to:
@@ -51,6 +51,19 @@ RESUMABLE_CHANGES = ("device", "compile", "run_name", "data.data_dir")
 LENGTH = ("steps", "epochs")
 
 Log = Callable[[str, dict], None]
+
+
+class Event:
+    """The progress events `train` emits as `log(event, info)`; `cli.ProgressView` renders
+    them and `trackers.Tracked` records start, eval and end."""
+
+    STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)
+    RESUMED = "resumed"    # an unfinished run continues: step, run_dir
+    START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, ...
+    STEP = "step"          # an optimizer step: step, total_steps, epoch, loss, lr, img_per_sec
+    EVAL = "eval"          # an evaluation: the metrics.csv row (step, top1, top5, eval_loss)
+    END = "end"            # the run finished: its summary, run_dir
+    FINISHED = "finished"  # an already finished run was read back: its summary, run_dir
 
 
 class TrainingStopped(RuntimeError):
@@ -102,25 +115,6 @@ def make_optimizer(model, cfg: RunConfig, fused: bool):
         return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, fused=fused or None)
     return torch.optim.AdamW(groups, lr=o.lr, betas=(o.beta1, o.beta2), eps=1e-8,
                              fused=fused or None)
-
-
-def pick_device(cfg: RunConfig, local_rank: int) -> str:
-    """The configured device (checked as `bench` checks it), else this rank's GPU, else CPU.
-
-    A plain `cuda` means this rank's GPU, so `--device cuda` under torchrun does not put every
-    rank on GPU 0. Ranks are mapped onto the GPUs this process can see: all of the node's (as
-    torchrun leaves them: cuda:LOCAL_RANK) or only its own (a SLURM task bound to one GPU, or
-    CUDA_VISIBLE_DEVICES set per rank: cuda:0).
-    """
-    import torch
-
-    from mixerbench.runtime import resolve_device
-
-    device = resolve_device(cfg.device) if cfg.device else (
-        "cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        return f"cuda:{local_rank % torch.cuda.device_count()}"
-    return device
 
 
 @contextmanager
@@ -199,7 +193,7 @@ class Run:
 
 
 @dataclass
-class Progress:
+class TrainState:
     """What a checkpoint restores besides weights, optimizer and RNG."""
 
     step: int = 0
@@ -209,39 +203,25 @@ class Progress:
     pending: list = field(default_factory=list)  # per-step loss tensors not yet checked
 
 
-def runtime(cfg: RunConfig, local_rank: int) -> tuple[str, str, bool]:
-    """(device, dtype, compiled): bf16 and torch.compile on CUDA by default, fp32 eager on CPU."""
-    import torch
-
-    device = pick_device(cfg, local_rank)
-    on_cuda = device.startswith("cuda")
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if on_cuda else "fp32")
-    if dtype != "fp32" and not on_cuda:
-        raise UserError(f"dtype {dtype} is only used on CUDA here; use --set dtype=fp32 on CPU.")
-    if on_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device, dtype, cfg.compile if cfg.compile is not None else on_cuda
-
-
 def build_model(cfg: RunConfig, num_classes: int):
-    """(model, recipe): from scratch, or from `--init` with the run's own regularisers, the new
-    resolution and a fresh zero head (paper section 3)."""
+    """(model, model description): from scratch, or from `--init` with the run's own
+    regularisers, the new resolution and a fresh zero head (paper section 3)."""
     from mixerbench.models import create_model, get_spec
-    from mixerbench.models.weights import load_for_finetuning, recipe
+    from mixerbench.models.weights import load_for_finetuning, model_description
 
     m = cfg.model
     if cfg.init:
+        # the model section names the architecture of an init file that does not (`--arch`)
         return load_for_finetuning(cfg.init, num_classes=num_classes, img_size=m.img_size,
-                                   regularisers=dict(drop_path=m.drop_path, dropout=m.dropout))
+                                   regularisers=dict(drop_path=m.drop_path, dropout=m.dropout),
+                                   model_name=m.name)
     overrides = model_overrides(cfg)
     check_model(cfg, num_classes)
     spec = get_spec(m.name)
     model = create_model(m.name, num_classes=num_classes, img_size=m.img_size,
                          patch_size=m.patch_size, **overrides)
-    return model, recipe(m.name, num_classes, m.img_size or spec.img_size,
-                         m.patch_size or spec.patch_size, overrides)
+    return model, model_description(m.name, num_classes, m.img_size or spec.img_size,
+                                    m.patch_size or spec.patch_size, overrides)
 
 
 def model_overrides(cfg: RunConfig) -> dict:
@@ -297,13 +277,15 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     loaders and schedule. Every problem found here is a `UserError` and nothing is written."""
     import torch
 
-    from mixerbench.data import get_dataset, make_loader
+    from mixerbench.data import get_dataset, make_loader, stratified_subset
     from mixerbench.models import get_spec
     from mixerbench.models.weights import unwrap
-    from mixerbench.runtime import setup_distributed
+    from mixerbench.runtime import choose, setup_distributed, use_device
 
     rank, world, local_rank = setup_distributed()
-    device, dtype, compiled = runtime(cfg, local_rank)
+    device, dtype = choose(cfg.device, cfg.dtype, local_rank)
+    use_device(device)
+    compiled = cfg.compile if cfg.compile is not None else device.startswith("cuda")
     dcfg = cfg.data
     if dcfg.batch_size % world:
         raise UserError(f"The batch size {dcfg.batch_size} does not split over {world} processes.")
@@ -311,7 +293,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     if rank_batch % cfg.accum_steps:
         raise UserError(f"The per-process batch {rank_batch} is not divisible by --accum-steps "
                         f"{cfg.accum_steps}.")
-    log("stage", dict(what=f"loading {dcfg.dataset} ({dcfg.train_split} and {dcfg.eval_split}; "
+    log(Event.STAGE, dict(what=f"loading {dcfg.dataset} ({dcfg.train_split} and {dcfg.eval_split}; "
                            "decoded once into the tensor cache)"))
     train_ds = get_dataset(dcfg.dataset, dcfg.train_split, data_dir=dcfg.data_dir,
                            fraction=dcfg.fraction, seed=cfg.seed)
@@ -319,6 +301,11 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     if eval_ds.num_classes != train_ds.num_classes:
         raise UserError(f"The {dcfg.eval_split} split of {train_ds.name} has {eval_ds.num_classes} "
                         f"classes but {dcfg.train_split} has {train_ds.num_classes}; check the data.")
+    eval_size = len(eval_ds)
+    if cfg.max_eval_examples and cfg.max_eval_examples < eval_size:
+        # a seeded class-stratified subset (the same for every run), not the first N images:
+        # those are one class on a class-sorted split
+        eval_ds = eval_ds.subset(stratified_subset(eval_ds.labels, cfg.max_eval_examples))
 
     torch.manual_seed(cfg.seed)  # the model's initialisation
     model, rec = build_model(cfg, train_ds.num_classes)
@@ -349,7 +336,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     eval_every = cfg.eval_every or steps_per_epoch
     return Run(cfg=cfg, root=root, run_dir=run_dir, rank=rank, world=world, device=device,
                dtype=dtype, compiled=compiled, model=model, rec=rec, train_batches=train_batches,
-               eval_batches=eval_batches, train_size=len(train_ds), eval_size=len(eval_ds),
+               eval_batches=eval_batches, train_size=len(train_ds), eval_size=eval_size,
                steps_per_epoch=steps_per_epoch, total=total, warmup=warmup,
                eval_every=eval_every, ckpt_every=cfg.ckpt_every or eval_every, macs_per_img=macs)
 
@@ -411,7 +398,7 @@ def write_config(run_dir: Path, cfg: RunConfig) -> None:
 # ------------------------------------------------------------------- checkpoints and restore
 
 
-def restore(run: Run, optimizer, scheduler, log: Log) -> Progress:
+def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
     """The state of the last checkpoint (or a fresh start); a file we did not write is
     refused. Loaded with `weights_only=True`: only tensors and plain data, never code."""
     import torch
@@ -422,15 +409,15 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> Progress:
     if not path.is_file():
         if run.world > 1:
             torch.manual_seed(run.cfg.seed + run.rank)  # per-rank stochastic depth draws
-        return Progress()
+        return TrainState()
     files.check_file(path)  # a regular file inside the run directory, not a FIFO or a link
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         unwrap(run.model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        progress = Progress(step=int(state["step"]), train_seconds=float(state["train_seconds"]),
-                            loss_sum=float(state["loss_sum"]), loss_count=int(state["loss_count"]))
+        progress = TrainState(step=int(state["step"]), train_seconds=float(state["train_seconds"]),
+                              loss_sum=float(state["loss_sum"]), loss_count=int(state["loss_count"]))
         rngs = state["rng"]
         rng = rngs[run.rank] if run.rank < len(rngs) else rngs[0]
         torch.set_rng_state(rng["cpu"])
@@ -445,11 +432,11 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> Progress:
                         "steps; repeat the original --steps to resume it.")
     if run.rank == 0:
         _truncate_metrics(run.run_dir / "metrics.csv", progress.step)
-    log("resumed", dict(step=progress.step, run_dir=str(run.run_dir)))
+    log(Event.RESUMED, dict(step=progress.step, run_dir=str(run.run_dir)))
     return progress
 
 
-def save_state(run: Run, optimizer, scheduler, p: Progress) -> None:
+def save_state(run: Run, optimizer, scheduler, p: TrainState) -> None:
     """Everything needed to resume (written first), then the weights-only export."""
     import io
 
@@ -488,8 +475,8 @@ def train_step(run: Run, train_model, x, y):
     """Forward and backward over `accum_steps` micro-batches (gradients synchronised across
     processes on the last one) and the global-norm clip; returns the step's loss on device."""
     import torch
-    import torch.nn.functional as F
 
+    from mixerbench.loss import cross_entropy
     from mixerbench.runtime import autocast
 
     cfg = run.cfg
@@ -500,7 +487,7 @@ def train_step(run: Run, train_model, x, y):
             with nullcontext() if sync else train_model.no_sync():
                 with autocast(run.device, run.dtype):
                     logits = train_model(mx)
-                loss = F.cross_entropy(logits.float(), my) / cfg.accum_steps
+                loss = cross_entropy(logits, my) / cfg.accum_steps
                 loss.backward()
             loss_sum += loss.detach()
     except torch.cuda.OutOfMemoryError:
@@ -512,7 +499,7 @@ def train_step(run: Run, train_model, x, y):
     return loss_sum
 
 
-def check_losses(run: Run, p: Progress, at_step: int) -> list[float]:
+def check_losses(run: Run, p: TrainState, at_step: int) -> list[float]:
     """Fold the pending per-step losses (averaged over processes) into the running mean; a
     non-finite one stops the run before anything is saved."""
     import torch
@@ -534,23 +521,23 @@ def check_losses(run: Run, p: Progress, at_step: int) -> list[float]:
 
 
 def evaluate_now(run: Run) -> dict:
-    """Top-1/top-5/loss on the eval split: all of it, or its first `max_eval_examples`."""
+    """Top-1/top-5/loss on the eval split: all of it, or its stratified `max_eval_examples`."""
     from mixerbench.evaluate import accuracy
     from mixerbench.models.weights import unwrap
 
-    batches = run.eval_batches.epoch(0)
-    if run.cfg.max_eval_examples:
-        batches = _take_examples(batches, run.cfg.max_eval_examples)
-    return accuracy(unwrap(run.model), batches, device=run.device, dtype=run.dtype)
+    return accuracy(unwrap(run.model), run.eval_batches.epoch(0), device=run.device, dtype=run.dtype)
 
 
 def eval_split(run: Run) -> str:
-    """The split the accuracy row names: `test`, or `test[:N]` when only N images were used."""
+    """The split the accuracy row names: `test`, or `test[stratified:N]` when only a stratified
+    N of its images were used (`data.stratified_subset`)."""
+    from mixerbench.data import capped_split
+
     n = run.cfg.max_eval_examples
-    return run.cfg.data.eval_split + (f"[:{n}]" if n and n < run.eval_size else "")
+    return capped_split(run.cfg.data.eval_split, n) if n and n < run.eval_size else run.cfg.data.eval_split
 
 
-def metrics_row(run: Run, p: Progress, ev: dict, lr: float) -> dict:
+def metrics_row(run: Run, p: TrainState, ev: dict, lr: float) -> dict:
     return dict(step=p.step, epoch=round(p.step / run.steps_per_epoch, 4),
                 train_loss=p.loss_sum / max(p.loss_count, 1), eval_loss=ev.get("loss"),
                 top1=ev.get("top1"), top5=ev.get("top5"), lr=lr,
@@ -558,7 +545,7 @@ def metrics_row(run: Run, p: Progress, ev: dict, lr: float) -> dict:
                 elapsed_s=round(p.train_seconds, 3))
 
 
-def finish(run: Run, p: Progress, experiment: str) -> dict:
+def write_results(run: Run, p: TrainState, experiment: str) -> dict:
     """The summary (summary.json) and its accuracy row, from the final evaluation; nothing is
     written from non-finite weights or metrics."""
     import torch
@@ -612,7 +599,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     run_dir = results.run_path(root, run_id(cfg))
     check_owner(run_dir, cfg)
     if read_summary(run_dir) is not None:  # finished: read back, never retrained
-        return _finished(run_dir, root, resume, log, experiment)
+        return _read_back(run_dir, root, resume, log, experiment)
     if resume and not (run_dir / STATE).is_file():
         raise UserError(f"Nothing to resume in {run_dir}: it has no checkpoint yet; run the "
                         "command without --resume.")
@@ -626,7 +613,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
             # rank 0 alone holds the lock, so its finding decides for every rank: a rank that
             # trained while rank 0 read back would wait in a collective forever
             if _from_rank0(run, read_summary(run_dir) is not None):
-                return _finished(run_dir, root, resume, log, experiment)
+                return _read_back(run_dir, root, resume, log, experiment)
             if run.rank == 0:
                 for tmp in run_dir.glob(".*.tmp"):  # writes cut short by a kill
                     tmp.unlink(missing_ok=True)
@@ -637,8 +624,8 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
             p = restore(run, optimizer, scheduler, log)
             _loop(run, optimizer, scheduler, p, log)
             # every rank returns rank 0's summary (callers such as the lr grid read its top-1)
-            summary = _from_rank0(run, finish(run, p, experiment) if run.rank == 0 else None)
-            log("end", dict(summary, run_dir=str(run_dir)))
+            summary = _from_rank0(run, write_results(run, p, experiment) if run.rank == 0 else None)
+            log(Event.END, dict(summary, run_dir=str(run_dir)))
             return dict(summary, run_dir=str(run_dir), reused=False)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -667,7 +654,7 @@ def _from_rank0(run: Run, value):
     return box[0]
 
 
-def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
+def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
     """Steps until the run's length: train, then evaluate / checkpoint / stop on schedule."""
     import torch
     import torch.distributed as dist
@@ -680,7 +667,7 @@ def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
         train_model = DDP(run.model, device_ids=[run.device] if run.on_cuda else None)
     if run.compiled:
         train_model = torch.compile(train_model)
-    log("start", dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
+    log(Event.START, dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
                       model=run.rec["name"], dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
@@ -714,21 +701,21 @@ def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
                     dist.barrier()
 
 
-def _log_step(run: Run, p: Progress, loss: float, optimizer, window: list, log: Log) -> None:
+def _log_step(run: Run, p: TrainState, loss: float, optimizer, window: list, log: Log) -> None:
     now = time.perf_counter()
     ips = window[1] / max(now - window[0], 1e-9)
     window[:] = [now, 0]
-    log("step", dict(step=p.step, total_steps=run.total, epoch=p.step / run.steps_per_epoch,
+    log(Event.STEP, dict(step=p.step, total_steps=run.total, epoch=p.step / run.steps_per_epoch,
                      loss=loss, lr=optimizer.param_groups[0]["lr"], img_per_sec=ips))
 
 
-def _after_step(run: Run, optimizer, scheduler, p: Progress, stopping: bool, log: Log,
+def _after_step(run: Run, optimizer, scheduler, p: TrainState, stopping: bool, log: Log,
                 window: list) -> None:
     """Evaluate, checkpoint or stop when the schedule (or a signal) says so."""
     if p.step % run.eval_every == 0 or p.step == run.total:
         if p.step == run.total:
             n = min(run.eval_size, run.cfg.max_eval_examples or run.eval_size)
-            log("stage", dict(what=f"final evaluation on {n:,} images of {eval_split(run)}"
+            log(Event.STAGE, dict(what=f"final evaluation on {n:,} images of {eval_split(run)}"
                               + ("" if n < run.eval_size else
                                  " (all of it; --set max_eval_examples=N bounds it)")))
         ev = evaluate_now(run) if run.rank == 0 else {}
@@ -736,7 +723,7 @@ def _after_step(run: Run, optimizer, scheduler, p: Progress, stopping: bool, log
         p.loss_sum, p.loss_count = 0.0, 0
         if run.rank == 0:
             results.append_to(run.run_dir / "metrics.csv", results.METRICS, row)
-        log("eval", row)
+        log(Event.EVAL, row)
         window[0] = time.perf_counter()
     if stopping:  # one save, whether or not this is a checkpoint step
         if p.pending:  # the signal came after this step's loss check
@@ -747,7 +734,9 @@ def _after_step(run: Run, optimizer, scheduler, p: Progress, stopping: bool, log
         save_state(run, optimizer, scheduler, p)
 
 
-def _finished(run_dir: Path, root: Path, resume: bool, log: Log, experiment: str = "") -> dict:
+def _read_back(run_dir: Path, root: Path, resume: bool, log: Log, experiment: str = "") -> dict:
+    """A finished run's summary, read back instead of retraining (its accuracy row restored if
+    a crash lost it); `--resume` of a finished run is an error."""
     if resume:
         raise UserError(f"Run {run_dir.name} already finished; start a new run with another "
                         "--seed or --run-name instead of --resume.")
@@ -755,21 +744,11 @@ def _finished(run_dir: Path, root: Path, resume: bool, log: Log, experiment: str
     # a run whose summary predates the experiment tag takes the tag of the one reading it back
     done = dict(done, experiment=done.get("experiment") or experiment)
     _ensure_row(done, root)
-    log("finished", dict(done, run_dir=str(run_dir)))
+    log(Event.FINISHED, dict(done, run_dir=str(run_dir)))
     return dict(done, run_dir=str(run_dir), reused=True)
 
 
 # ----------------------------------------------------------------------------------- internals
-
-
-def _take_examples(batches, n: int):
-    seen = 0
-    for x, y in batches:
-        if seen >= n:
-            return
-        keep = min(len(y), n - seen)
-        seen += keep
-        yield x[:keep], y[:keep]
 
 
 def _last_metrics(path: Path) -> dict:

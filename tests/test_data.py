@@ -168,13 +168,14 @@ def test_cache_is_reused(local_sets, tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- splits and subsets
 
-def test_minival_is_the_end_of_train(data_cifar10):
+def test_minival_is_a_stratified_share_of_train(data_cifar10):
     kw = dict(data_dir=data_cifar10["data_dir"], cache_dir=data_cifar10["cache"])
     mv = get_dataset("cifar10", "minival", **kw)
     rest = get_dataset("cifar10", "train-minus-minival", **kw)
     assert len(mv) == 1000 and len(rest) == 49_000  # 2 % for CIFAR (docs/paper-notes.md §3)
-    assert mv.indices.tolist() == list(range(49_000, 50_000))
-    assert torch.equal(mv.images, data_cifar10["train"].images[49_000:])
+    assert torch.bincount(mv.labels).tolist() == [100] * 10  # 2 % of every class
+    assert not set(mv.indices.tolist()) & set(rest.indices.tolist())
+    assert torch.equal(mv.images, data_cifar10["train"].images[mv.indices])
     assert len(get_dataset("synthetic", "minival")) == 10  # 1 % otherwise
 
 

@@ -33,7 +33,7 @@ SHRINK: list[tuple[str, list[str]]] = [
     (r"^compare ", ["--seeds", "1", "--set", "steps=4", "--set", "max_eval_examples=200",
                     "--no-bench"]),
     (r"^reproduce throughput", ["--models", "mixer-s32,vit-s32", "--batch-size", "2"]),
-    (r"^reproduce (shuffle|data-scaling|transfer)",
+    (r"^reproduce (shuffle|data-scaling|transfer|avg5)",
      ["--set", "steps=2", "--set", "max_eval_examples=100"]),
     (r"^pretrain .*--list-presets|--print-config|^models|^paper|^datasets|^plot|^export", []),
     (r"^pretrain ", ["--steps", "4"]),

@@ -22,7 +22,7 @@ from mixerbench.presets import resolve
 from mixerbench.errors import UserError
 from mixerbench.export import _crop_pct, _ratio, export, preprocessing
 from mixerbench.models import create_model
-from mixerbench.models.weights import load_model, recipe, save_checkpoint
+from mixerbench.models.weights import load_model, model_description, save_checkpoint
 from mixerbench.train import train
 
 ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_DATA": None,
@@ -82,7 +82,7 @@ def bare_checkpoint(path: Path, name: str, img_size=32, num_classes=5, **overrid
     with torch.no_grad():
         head = model.get_classifier()
         head.weight.normal_(0, 0.1)
-    save_checkpoint(path, model, recipe(name, num_classes, img_size, None, overrides))
+    save_checkpoint(path, model, model_description(name, num_classes, img_size, None, overrides))
     return path
 
 

@@ -155,14 +155,14 @@ SMALL_MODELS = [
     ("mixer-t4", 32, 4, {}),
     ("vit-t4", 28, 4, dict(width=64, depth=2, num_heads=2)),
     ("vit-t4", 32, 4, {}),
-    ("resnet18", 28, None, dict(layers=[1, 1, 1, 1], channels=[16, 32, 64, 128], stem_width=16)),
+    ("resnet18", 28, None, dict(layers=[1, 1, 1, 1], channels=[16, 32, 64, 128])),
     ("resnet18-c", 32, None, {}),
 ]
 
 
 def _checkpoint(tmp_path, name, size, patch, over, drop_path=0.1):
     """A trained-looking checkpoint: random weights everywhere, the head included."""
-    from mixerbench.models.weights import recipe, save_checkpoint
+    from mixerbench.models.weights import model_description, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, img_size=size, patch_size=patch,
@@ -171,7 +171,8 @@ def _checkpoint(tmp_path, name, size, patch, over, drop_path=0.1):
         for p in model.parameters():
             p.normal_(0, 0.05)
     path = tmp_path / f"{name}-{size}.safetensors"
-    save_checkpoint(path, model, recipe(name, 10, size, patch, dict(over, drop_path=drop_path)))
+    save_checkpoint(path, model,
+                    model_description(name, 10, size, patch, dict(over, drop_path=drop_path)))
     return path, model
 
 

@@ -206,7 +206,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_pat
     from mixerbench.models.weights import read_checkpoint, resolve_source
 
     gen = torch.Generator().manual_seed(0)
-    def rec(i):  # a valid recipe whose overrides tell the three writes apart
+    def rec(i):  # a valid model description whose overrides tell the three writes apart
         return dict(name="mixer-t4", num_classes=10, img_size=32, patch_size=4,
                     overrides={"version": i})
 

@@ -417,14 +417,14 @@ def test_every_artifact_is_registered_and_named_in_plot_help():
 
     from mixerbench.cli import app
 
-    assert set(report.ARTIFACTS) == {"pareto-cost", "accuracy-throughput", "data-scaling",
+    assert set(report.REPORTS) == {"pareto-cost", "accuracy-throughput", "data-scaling",
                                      "shuffle", "token-mixing", "curves", "table1", "compare",
-                                     "throughput", "transfer"}
+                                     "throughput", "transfer", "avg5"}
     import re
 
     raw = CliRunner().invoke(app, ["plot", "--help"], terminal_width=200).output
     help_text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", raw).split())  # rich's boxes cut lines
-    for name, artifact in report.ARTIFACTS.items():
+    for name, artifact in report.REPORTS.items():
         assert callable(artifact.make) and artifact.paper
         assert f"{name}:" in help_text, name
     assert "<out>/figures/" in help_text and "default: the results dir" in help_text
@@ -454,7 +454,7 @@ def test_regenerate_writes_files_and_skips_missing(tmp_path):
         "tables/compare-imagenet-imagenet-mixer-b16.csv",
         "tables/compare-imagenet-imagenet-mixer-b16.md",
     }  # one compare table per comparison (dataset and preset), as `compare` writes it
-    assert set(out["skipped"]) == {"data-scaling", "transfer"}
+    assert set(out["skipped"]) == {"data-scaling", "transfer", "avg5"}
     assert "mixerbench reproduce data-scaling" in out["skipped"]["data-scaling"]
     for p in out["written"]:
         assert p.stat().st_size > 0
@@ -478,7 +478,7 @@ def test_regenerate_specific_missing_is_user_error(tmp_path):
     assert not (tmp_path / "out").exists()
     out = report.regenerate(tmp_path / "empty", tmp_path / "out")
     assert out["written"] == []
-    assert set(out["skipped"]) == {n for n, a in report.ARTIFACTS.items() if a.default}
+    assert set(out["skipped"]) == {n for n, a in report.REPORTS.items() if a.default}
 
 
 def test_regenerate_token_mixing_from_safetensors(tmp_path):

@@ -82,12 +82,12 @@ def test_finetune_presets_follow_the_vit_protocol():
 def small_checkpoint(tmp_path_factory):
     """A mixerbench checkpoint of a 2-block width-32 Mixer at 32 px, patch 8, 10 classes."""
     from mixerbench.models import create_model
-    from mixerbench.models.weights import recipe, save_checkpoint
+    from mixerbench.models.weights import model_description, save_checkpoint
 
     over = dict(width=32, depth=2, gelu="tanh", drop_path=0.1)
     model = create_model("mixer-t4", num_classes=10, img_size=32, patch_size=8, **over)
     path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
-    save_checkpoint(path, model, recipe("mixer-t4", 10, 32, 8, over))
+    save_checkpoint(path, model, model_description("mixer-t4", 10, 32, 8, over))
     return path
 
 

@@ -1,8 +1,9 @@
 """Datasets: the registry (one dict), `get_dataset`, splits and subsets, `describe`.
 
-The downstream datasets (docs/paper-notes.md §6), the ViT minival protocol (§3) (hold out the
-last 2 % of train for CIFAR, 10 % for Pets and Flowers, 1 % otherwise), nested class-balanced
-fractions for data-scaling runs (Figure 2 right) and seeded k-shot draws (§5).
+The downstream datasets (docs/paper-notes.md §6), the ViT minival protocol (§3) (hold out 2 % of
+train for CIFAR, 10 % for Pets and Flowers, 1 % otherwise: a seeded class-stratified share),
+capped evaluation subsets (stratified too), nested class-balanced fractions for data-scaling
+runs (Figure 2 right) and seeded k-shot draws (§5).
 
     from mixerbench.data import get_dataset, make_loader
     ds = get_dataset("cifar10", "train", data_dir="../shared/data")   # uint8 (50000, 32, 32, 3)
@@ -16,6 +17,7 @@ live beside this file. Nothing here imports `datasets` or PIL at module level.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -28,8 +30,9 @@ from mixerbench.data.loader import Batches, loader_throughput, make_loader
 from mixerbench.data.transforms import PIPELINES, SHUFFLES, make_shuffle
 from mixerbench.errors import UserError, close_matches
 
-__all__ = ["Dataset", "KNOWN_DATASETS", "PIPELINES", "SHUFFLES", "Batches", "describe", "get_dataset",
-           "known_datasets", "loader_throughput", "make_loader", "make_shuffle", "datasets_command"]
+__all__ = ["Dataset", "KNOWN_DATASETS", "PIPELINES", "SHUFFLES", "Batches", "canonical_name",
+           "capped_split", "describe", "get_dataset", "known_datasets", "loader_throughput",
+           "make_loader", "make_shuffle", "minival_mask", "stratified_subset", "datasets_command"]
 
 # One entry per dataset name. `splits` maps our split names to the source's ('a+b' concatenates);
 # `image_size` None means images vary in size; `minival` is the held-out share of train (docs/paper-notes.md §3).
@@ -92,9 +95,21 @@ class Dataset:
     image_column: str | None = None
     indices: torch.Tensor | None = None
     info: dict = field(default_factory=dict)
+    # the source split's file names in source order, read when asked (`file_names`)
+    source_names: Callable[[], list | None] | None = field(default=None, repr=False)
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def file_names(self) -> list[str] | None:
+        """Each example's file name in the source (an image folder's file, a parquet or hub
+        image cell's path), in this dataset's order; None when the source keeps none for some
+        example. ReaL labels are matched by these (`evaluate.real_labels_for`)."""
+        names = self.source_names() if self.source_names is not None else None
+        if names is None or self.indices is None:
+            return None
+        picked = [names[i] for i in self.indices.tolist()]
+        return None if any(n is None for n in picked) else picked
 
     def subset(self, idx) -> "Dataset":
         """The rows `idx` (positions in this dataset), everything else shared."""
@@ -145,9 +160,50 @@ def _rank(labels: torch.Tensor, seed: int) -> torch.Tensor:
     return within_class_rank(labels, torch.randperm(len(labels), generator=gen))
 
 
-def minival_cut(n: int, share: float) -> int:
-    """Rows [0, cut) are train-minus-minival and [cut, n) the minival (tfds `train[:98%]` rounding)."""
-    return int(round(n * (1 - share)))
+# The seed of the held-out minival and of capped evaluation subsets: fixed, so every run (any
+# --seed) holds out the same images and a row's split name (`minival`, `test[stratified:N]`)
+# names one set of images of its dataset.
+SPLIT_SEED = 0
+
+
+def minival_counts(counts: torch.Tensor, share: float) -> torch.Tensor:
+    """Images held out of each class for minival: round(share * n_c), at least one and never the
+    whole class (a class of one image stays in train)."""
+    take = torch.round(counts.double() * share).long().clamp(min=1)
+    return torch.minimum(take, (counts - 1).clamp(min=0))
+
+
+def minival_mask(labels: torch.Tensor, share: float, seed: int = SPLIT_SEED) -> torch.Tensor:
+    """True for the minival rows of a train split: a seeded, class-stratified held-out share
+    (`minival_counts` of every class, drawn by one seeded permutation), whatever the stored order.
+
+    The tail of the stored order (tfds `train[98%:]`) would be one class on class-sorted data
+    (image folders are read class by class); this keeps every class in both parts.
+    """
+    counts = torch.bincount(labels)
+    return _rank(labels, seed) < minival_counts(counts, share)[labels]
+
+
+def stratified_subset(labels: torch.Tensor, n: int, seed: int = SPLIT_SEED) -> torch.Tensor:
+    """Sorted indices of `n` rows whose classes keep the split's proportions (largest
+    remainders; ties drawn by `seed`), each class's rows drawn by a seeded permutation: a capped
+    evaluation that is not the first `n` of a class-sorted split."""
+    counts = torch.bincount(labels).double()
+    n = int(min(n, len(labels)))
+    quota = counts * n / len(labels)
+    take = torch.floor(quota).long()
+    short = n - int(take.sum())
+    if short:
+        perm = torch.randperm(len(counts), generator=torch.Generator().manual_seed(int(seed)))
+        remainder = (quota - take)[perm]  # a class with no rows has remainder 0 and no quota
+        take[perm[torch.argsort(remainder, descending=True, stable=True)[:short]]] += 1
+    return (_rank(labels, seed) < take[labels]).nonzero().flatten()
+
+
+def capped_split(split: str, n: int) -> str:
+    """The name a result row gives `stratified_subset(..., n)` of `split`: `test[stratified:64]`
+    (what comes before `[` is the split itself)."""
+    return f"{split}[stratified:{int(n)}]"
 
 
 # ---------------------------------------------------------------- resolving names
@@ -156,6 +212,30 @@ def _canonical(name_or_path: str) -> str:
     key = str(name_or_path).strip()
     low = key.lower()
     return ALIASES.get(low, low) if ALIASES.get(low, low) in KNOWN_DATASETS else key
+
+
+def canonical_name(name_or_path) -> str | None:
+    """The registry name of the dataset `name_or_path` designates, whatever the spelling, else None.
+
+    One rule for every caller that needs to know which known dataset a run is on (the
+    fine-tuning recipe, the minival share): a registry name or alias in any case (`CIFAR-10`,
+    `imagenet`; also how a copy under --data-dir is found), `hf:` and a registry hub id
+    (`hf:uoft-cs/cifar10`), or a path to a local copy (a folder or `.parquet` file) whose name
+    is a registry name or alias (`.../cifar10`, `.../CIFAR-10.parquet`). Reads no file.
+    """
+    text = str(name_or_path).strip()
+    known = _canonical(text)
+    if known in KNOWN_DATASETS:
+        return known
+    if text.lower().startswith("hf:"):
+        hub_id = text[3:].strip().lower()
+        return next((n for n, i in KNOWN_DATASETS.items() if (i.get("hub_id") or "").lower() == hub_id), None)
+    path = Path(text).expanduser()
+    stem = path.stem if path.suffix == ".parquet" else path.name
+    known = _canonical(stem)
+    if known in KNOWN_DATASETS and not KNOWN_DATASETS[known].get("embedded"):
+        return known
+    return None
 
 
 def _looks_like_path(text: str) -> bool:
@@ -173,7 +253,11 @@ def _resolve(name_or_path, data_dir, image_column, label_column, root: Path):
         hub_id = name[3:].strip()
         if hub_id.count("/") != 1:
             raise UserError(f"'{name}' is not a hub id; write hf:<owner>/<name>, e.g. hf:uoft-cs/cifar10.")
-        return name, {}, hub.HubReader(hub_id, root, image_column, label_column)
+        # a known dataset by its hub id gets the registry's splits, minival share and columns
+        info = KNOWN_DATASETS.get(canonical_name(name) or "", {})
+        return name, info, hub.HubReader(hub_id, root, image_column or info.get("image_column"),
+                                         label_column or info.get("label_column"),
+                                         gated=info.get("gated", False))
     cols = (image_column or info.get("image_column"), label_column or info.get("label_column"))
     path = Path(name).expanduser()
     if path.exists():
@@ -229,8 +313,8 @@ def get_dataset(name_or_path: str, split: str = "train", *, data_dir: str | os.P
     Args:
         name_or_path: a `KNOWN_DATASETS` name, `hf:<owner>/<name>`, a folder (hub-layout parquet,
             `save_to_disk` output, `class/xxx.jpg`) or a folder name under `data_dir` / $MIXERBENCH_DATA.
-        split: `train`, `test`, `validation`, `minival` (the last 2/10/1 % of train, docs/paper-notes.md §3)
-            or `train-minus-minival`.
+        split: `train`, `test`, `validation`, `minival` (a seeded class-stratified 2/10/1 % of
+            train, docs/paper-notes.md §3; `minival_mask`) or `train-minus-minival` (the rest).
         fraction: class-balanced nested subset in (0, 1] (ceil(fraction * n_c) per class).
         k_shot: k examples per class drawn with `seed`.
         seed: seed of the fraction / k-shot draws.
@@ -275,8 +359,8 @@ def get_dataset(name_or_path: str, split: str = "train", *, data_dir: str | os.P
 
     idx = torch.arange(len(labels))
     if split in DERIVED_SPLITS:
-        cut = minival_cut(len(labels), info.get("minival", DEFAULT_MINIVAL))
-        idx = idx[cut:] if split == "minival" else idx[:cut]
+        held = minival_mask(labels, info.get("minival", DEFAULT_MINIVAL))
+        idx = idx[held if split == "minival" else ~held]
         if len(idx) == 0:
             raise UserError(f"Split {what} is empty ({len(labels)} train images); use train or test.")
     if fraction is not None:
@@ -286,8 +370,22 @@ def get_dataset(name_or_path: str, split: str = "train", *, data_dir: str | os.P
     ds = Dataset(name=name, split=split, num_classes=num_classes, class_names=class_names,
                  source=reader.describe_source(), labels=labels, images=images, hf=rows,
                  image_column=reader.image_column, indices=torch.arange(len(labels)),
-                 info=dict(real_split=real, fraction=fraction, k_shot=k_shot, seed=seed, img_size=img_size))
+                 info=dict(real_split=real, fraction=fraction, k_shot=k_shot, seed=seed, img_size=img_size),
+                 source_names=_names_reader(reader, real, len(labels)))
     return ds if len(idx) == len(labels) else ds.subset(idx)
+
+
+def _names_reader(reader, split: str, n: int) -> Callable[[], list | None]:
+    """A call that reads the split's file names once (a folder listing, a parquet `path` field),
+    None when the source has none or they do not match the split's rows."""
+    cache: list = []
+
+    def read():
+        if not cache:
+            names = reader.file_names(split)
+            cache.append(names if names is not None and len(names) == n else None)
+        return cache[0]
+    return read
 
 
 def _check_classes(labels: torch.Tensor, num_classes: int, class_names: list[str], known: int | None,
@@ -385,8 +483,10 @@ def describe(name_or_path: str, data_dir: str | os.PathLike | None = None, *, ca
             splits[real] = n
     share = info.get("minival", DEFAULT_MINIVAL)
     if "train" in splits:
-        cut = minival_cut(splits["train"], share)
-        splits["minival"], splits["train-minus-minival"] = splits["train"] - cut, cut
+        held = _minival_size(reader, info, sizes, share) if found else None
+        if held is None:  # labels not read (hub): the share of the whole split
+            held = max(1, round(splits["train"] * share))
+        splits["minival"], splits["train-minus-minival"] = held, splits["train"] - held
     names = reader.class_names() if found else None
     image_size = info.get("image_size")
     if found and image_size is None and not isinstance(reader, hub.HubReader) and sizes:
@@ -398,6 +498,16 @@ def describe(name_or_path: str, data_dir: str | os.PathLike | None = None, *, ca
                 splits=splits, minival_share=share, num_classes=len(names) if names else info.get("num_classes"),
                 class_names=names, image_size=image_size, image_column=reader.image_column,
                 label_column=reader.label_column, note=note)
+
+
+def _minival_size(reader, info: dict, sizes: dict, share: float) -> int | None:
+    """The minival's exact size from the train labels (class by class), or None for a hub
+    dataset, whose labels `describe` does not download."""
+    if isinstance(reader, hub.HubReader):
+        return None
+    real = _real_split("train", "", info, sizes)
+    labels = torch.from_numpy(reader.labels(real))
+    return int(minival_counts(torch.bincount(labels), share).sum()) if len(labels) else 0
 
 
 def datasets_command(name_or_path: str | None = None, data_dir=None, bench: bool = False, *,

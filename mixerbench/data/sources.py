@@ -124,6 +124,12 @@ class Reader:
         for s in split.split("+"):
             yield from self._image_values(s)
 
+    def file_names(self, split: str) -> list[str | None] | None:
+        """Each row's file name (no folders) in `labels` order, None for a row whose source kept
+        none; None when this source keeps no file names at all. ImageNet's ReaL labels are
+        matched by these (`ILSVRC2012_val_00000001.JPEG`), as timm matches them."""
+        return None
+
     def rows(self, split: str):
         """Random-access rows for streaming: a `datasets.Dataset` (or list of paths) of image cells."""
         raise UserError(f"{self.location} cannot be streamed; load it in memory (stream=False).")
@@ -205,6 +211,19 @@ class ParquetReader(Reader):
                 else:
                     yield from col.to_pylist()
 
+    def file_names(self, split):
+        import pyarrow as pa
+        import pyarrow.parquet as pq
+
+        names = []
+        for f in (f for s in split.split("+") for f in self.files[s]):
+            try:  # the `path` field of an image cell (hub layout), without reading the bytes
+                col = pq.read_table(f, columns=[f"{self.image_column}.path"]).column(0)
+            except (KeyError, ValueError, OSError, TypeError, pa.ArrowException):
+                return None
+            names += [Path(p).name if p else None for p in col.to_pylist()]
+        return names
+
     def rows(self, split):
         import datasets
 
@@ -247,6 +266,14 @@ class _HFReader(Reader):
         ds = _image_only(self._split(split), self.image_column)
         for batch in ds.iter(batch_size=1024):
             yield from batch[self.image_column]
+
+    def file_names(self, split):
+        names = []
+        for s in split.split("+"):
+            cells = _image_only(self._split(s), self.image_column)[self.image_column]
+            names += [Path(c["path"]).name if isinstance(c, dict) and c.get("path") else None
+                      for c in cells]
+        return names
 
     def rows(self, split):
         import datasets
@@ -320,6 +347,9 @@ class FolderReader(Reader):
 
     def _image_values(self, split):
         return (str(f) for f, _ in self.files[split])
+
+    def file_names(self, split):
+        return [f.name for s in split.split("+") for f, _ in self.files[s]]
 
     def rows(self, split):
         return [str(f) for s in split.split("+") for f, _ in self.files[s]]

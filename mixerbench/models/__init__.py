@@ -134,15 +134,20 @@ def create_model(name: str, num_classes: int = 1000, img_size: int | None = None
     return _baselines.build(spec, num_classes, size, patch, overrides)
 
 
-# Overrides that change the architecture (and so its speed and size); regularisers do not.
-_REGULARISERS = {"drop_path", "dropout", "drop_rate", "drop_path_rate", "gelu"}
+# The one list of constructor arguments that regularise training without changing the
+# architecture, in our spelling and timm's. A fine-tuning run sets its own (paper section 3: the
+# fine-tuning recipe), so every one of them is dropped from what a checkpoint was trained with,
+# and a row's model label leaves them out (they change neither speed nor size; nor does `gelu`).
+REGULARISERS = ("drop_path", "dropout", "drop_path_rate", "drop_rate", "attn_drop_rate",
+                "proj_drop_rate", "pos_drop_rate", "patch_drop_rate", "drop_block_rate")
+_NOT_IN_LABEL = {*REGULARISERS, "gelu"}
 
 
 def model_label(name: str, overrides: dict[str, Any] | None = None) -> str:
     """The name results rows use: the registry name, plus any architecture overrides, e.g.
     `mixer-t4[depth=2,width=64]`, so a resized variant never shares a row label with the zoo
     entry it came from."""
-    arch = {k: v for k, v in (overrides or {}).items() if k not in _REGULARISERS}
+    arch = {k: v for k, v in (overrides or {}).items() if k not in _NOT_IN_LABEL}
     if not arch:
         return name
     def fmt(v):
@@ -153,9 +158,17 @@ def model_label(name: str, overrides: dict[str, Any] | None = None) -> str:
 def count_params(model) -> tuple[int, int]:
     """(all parameters, parameters outside the classifier head)."""
     total = sum(p.numel() for p in model.parameters())
-    head = model.get_classifier() if hasattr(model, "get_classifier") else None
-    head_n = sum(p.numel() for p in head.parameters()) if head is not None else 0
+    head_n = sum(p.numel() for h in classifiers(model) for p in h.parameters())
     return total, total - head_n
+
+
+def classifiers(model) -> list:
+    """The head modules: one, or two for timm's distilled models (`head`, `head_dist`), whose
+    `get_classifier()` returns a tuple."""
+    head = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if head is None:
+        return []
+    return [h for h in (head if isinstance(head, (tuple, list)) else (head,)) if h is not None]
 
 
 _INFO_CACHE: dict[tuple, dict] = {}
@@ -219,5 +232,5 @@ def zoo(pattern: str | None = None, *, num_classes: int = 1000,
     return rows
 
 
-__all__ = ["zoo", "ModelSpec", "REGISTRY", "FAMILY_ALIASES", "create_model", "list_models", "model_label",
+__all__ = ["zoo", "ModelSpec", "REGISTRY", "REGULARISERS", "classifiers", "FAMILY_ALIASES", "create_model", "list_models", "model_label",
            "model_info", "resolve_name", "get_spec", "count_params"]

@@ -18,9 +18,13 @@ _VIT = {  # paper name -> (timm architecture, patch)
     "L/16": ("vit_large_patch16_224", 16), "L/32": ("vit_large_patch32_224", 32),
     "H/14": ("vit_huge_patch14_224", 14),
 }
+# Every zoo ViT starts from the ViT paper's own initialisation (vision_transformer's JAX code:
+# lecun-normal patch embedding, xavier-uniform attention and MLP kernels, zero head), which timm
+# reproduces with `weight_init="jax"`; timm's default (truncated normal 0.02 everywhere) is not
+# what the paper's baselines were trained from, and it hurt the small ViT (below).
 for _variant, (_arch, _patch) in _VIT.items():
     register(ModelSpec("vit-" + _variant.replace("/", "").lower(), "vit", f"ViT-{_variant}",
-                       _arch, 224, _patch))
+                       _arch, 224, _patch, dict(weight_init="jax")))
 
 register(ModelSpec("resnet50", "resnet", "ResNet-50", "resnet50", 224, None))
 register(ModelSpec("resnet18", "resnet", "ResNet-18", "resnet18", 224, None,
@@ -60,7 +64,17 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
         if spec.family != "vit":
             raise UserError(f"{spec.name} has no 'width' option; pass timm arguments instead.")
         kw["embed_dim"] = overrides.pop("width")
-    overrides.pop("gelu", None)  # a Mixer-only choice; timm baselines keep their activation
+    gelu = overrides.pop("gelu", None)
+    if gelu == "tanh" and spec.family == "vit":
+        # Flax's nn.gelu (tanh approximation), recorded for ViTs read from official .npz files;
+        # otherwise timm's baselines keep their own activation (exact GELU, ReLU)
+        kw["act_layer"] = "gelu_tanh"
+    if spec.family == "resnet" and "stem_width" in overrides and not str(
+            overrides.get("stem_type", kw.get("stem_type", ""))).startswith("deep"):
+        # timm's ResNet reads stem_width only for a deep stem; its plain stem is 64 wide whatever
+        # stem_width says, so the option would be recorded without being used
+        raise UserError(f"{spec.name} ignores stem_width without stem_type='deep' (timm's plain "
+                        "stem has 64 channels); drop stem_width or add stem_type='deep'.")
     kw.update(overrides)
     if spec.family == "vit" or (spec.patch_size and "vit" in (spec.timm_name or "")):
         kw.setdefault("img_size", img_size)

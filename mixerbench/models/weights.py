@@ -1,13 +1,20 @@
 """Loading and saving weights: run directories, safetensors, timm hub names, official `.npz`.
 
-A mixerbench checkpoint is a `.safetensors` state dict whose metadata carries the model recipe
-(`name`, `num_classes`, `img_size`, `patch_size`, `overrides`), so a checkpoint file alone
-rebuilds its model. Sources accepted by `load_model` (the `--init` / `--checkpoint` contract):
+A mixerbench checkpoint is a `.safetensors` state dict whose metadata carries the model
+description (`name`, `num_classes`, `img_size`, `patch_size`, `overrides`), so a checkpoint file
+alone rebuilds its model. Sources accepted by `load_model` (the `--init` / `--checkpoint` contract):
 
 - a run directory (`results/runs/<run_id>/`, its `checkpoint-last.safetensors`);
 - a `.safetensors` file written by mixerbench;
-- `timm:<name>[.<tag>]`: timm's pretrained weights from the Hugging Face hub (online only);
-- an official Mixer `.npz` (the parameter names of vit_jax's `models_mixer.py`).
+- a `.safetensors` state dict without that metadata (a timm model's, for instance), with the
+  architecture named by the caller (`--arch`);
+- `timm:<name>[.<tag>]`: timm's pretrained weights, read from the Hugging Face cache without any
+  network access when they are there (as timm itself does offline), else downloaded;
+- an official `.npz` of google-research/vision_transformer: a Mixer (`models_mixer.py` names) or a
+  ViT (`models_vit.py` names).
+
+timm's Mixers (`mixer_b16_224` ...) load into the native Mixer (same parameter names), recording
+`gelu="exact"` since timm's Mixer uses exact GELU, so they fine-tune at Kx like any native Mixer.
 """
 
 from __future__ import annotations
@@ -23,20 +30,20 @@ from mixerbench.errors import UserError
 CHECKPOINT = "checkpoint-last.safetensors"
 
 
-def recipe(name: str, num_classes: int, img_size: int, patch_size: int | None,
-           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_description(name: str, num_classes: int, img_size: int, patch_size: int | None,
+                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return dict(name=name, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
                 overrides=dict(overrides or {}))
 
 
-def save_checkpoint(path: str | os.PathLike, model, model_recipe: dict[str, Any]) -> None:
-    """Write the state dict with its recipe atomically (temp file, fsync, rename)."""
+def save_checkpoint(path: str | os.PathLike, model, description: dict[str, Any]) -> None:
+    """Write the state dict with its model description atomically (temp file, fsync, rename)."""
     from safetensors.torch import save
 
     from mixerbench.files import atomic_write_bytes
 
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write_bytes(path, save(state, metadata={"mixerbench_model": json.dumps(model_recipe)}))
+    atomic_write_bytes(path, save(state, metadata={"mixerbench_model": json.dumps(description)}))
 
 
 def unwrap(model):
@@ -46,22 +53,22 @@ def unwrap(model):
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any] | None]:
-    """(state dict, recipe or None) from a safetensors file; UserError if unreadable."""
+    """(state dict, model description or None) from a safetensors file; UserError if unreadable."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    model_recipe = read_metadata(path)
+    description = read_metadata(path)
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise UserError(f"Checkpoint {path} is not a readable safetensors file ({exc}); "
                         "re-create it or pass another checkpoint.") from None
-    return state, model_recipe
+    return state, description
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The model recipe in a safetensors file's header (None when it has none), read without
-    loading any tensor; a damaged header or recipe is a UserError, never a guess."""
+    """The model description in a safetensors file's header (None when it has none), read without
+    loading any tensor; a damaged header or description is a UserError, never a guess."""
     from safetensors import safe_open
 
     path = Path(path)
@@ -83,13 +90,13 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
         raise
     except ValueError:
         rec = None
-    if not _valid_recipe(rec):
+    if not _valid_description(rec):
         raise UserError(f"Checkpoint {path} has a damaged model description in its header; "
                         "re-create it or pass another checkpoint.")
     return rec
 
 
-def _valid_recipe(rec: Any) -> bool:
+def _valid_description(rec: Any) -> bool:
     def size(v):
         return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096
 
@@ -116,52 +123,34 @@ def resolve_source(src: str) -> Path | str:
     return path
 
 
-# Constructor arguments that regularise training without changing the architecture; a
-# fine-tuning run sets its own (paper section 3: the fine-tuning recipe), whatever the
-# checkpoint was pre-trained with.
-REGULARISERS = ("drop_path", "dropout")
-
-
 def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
                regularisers: dict[str, float] | None = None):
     """Build the model stored at `src` and load its weights, head included, as saved.
 
     Args:
-        src: run dir, `.safetensors`, `timm:<name>[.<tag>]` or official Mixer `.npz`.
-        model_name: for `.npz` files, which Mixer (default guessed from the shapes); for a
-            `.safetensors` file without mixerbench metadata, which zoo model it holds.
+        src: run dir, `.safetensors`, `timm:<name>[.<tag>]` or official `.npz`.
+        model_name: for a `.safetensors` file without mixerbench metadata, which architecture it
+            holds (a zoo name or a timm name, `--arch`); for an `.npz`, which zoo entry to name
+            it by (default guessed from the shapes).
         regularisers: `drop_path` / `dropout` to build the model with instead of the ones it
             was trained with (a fine-tuning run's own; `load_for_finetuning`).
 
     Returns:
-        (model, recipe) where recipe describes the returned model.
+        (model, description) where the model description is of the returned model.
     """
-    from mixerbench.models import create_model
-
     reg = {k: v for k, v in (regularisers or {}).items() if v is not None}
     where = resolve_source(src)
     if isinstance(where, str):
-        model, rec = _load_timm(where, reg)
-    elif where.suffix == ".npz":
+        return _load_timm(where, reg)
+    if where.suffix == ".npz":
         model, rec = _load_npz(where, model_name, reg)
-    else:
-        state, rec = read_checkpoint(where)
-        if rec is None:
-            if not model_name:
-                raise UserError(f"{where} has no mixerbench metadata; pass --model to say which "
-                                "architecture it holds.")
-            rec = recipe(model_name, _head_size(state), 224, None)
-        rec = dict(rec, overrides=_with_regularisers(rec.get("overrides"), reg))
-        try:
-            model = create_model(rec["name"], num_classes=rec["num_classes"],
-                                 img_size=rec["img_size"], patch_size=rec["patch_size"],
-                                 **rec["overrides"])
-        except (TypeError, ValueError, RuntimeError) as exc:  # UserError is a ValueError
-            if isinstance(exc, UserError):
-                raise
-            raise UserError(f"Checkpoint {where} describes a model that cannot be built "
-                            f"({type(exc).__name__}); re-create it or pass another checkpoint.") from None
-        _load_state(model, state, where)
+        return model.to(device), rec
+    state, rec = read_checkpoint(where)
+    if rec is None:
+        rec = _plain_description(where, _shapes(state), model_name)
+    rec = dict(rec, overrides=_with_regularisers(rec.get("overrides"), reg))
+    model = _build(rec, where)
+    _load_state(model, state, where)
     return model.to(device), rec
 
 
@@ -177,7 +166,7 @@ def load_for_finetuning(src: str, *, num_classes: int, img_size: int | None = No
     does even when the class counts agree.
 
     Returns:
-        (model, recipe) where recipe describes the returned model.
+        (model, description) where the model description is of the returned model.
     """
     from mixerbench.models.resize import resize_model
 
@@ -192,50 +181,151 @@ def load_for_finetuning(src: str, *, num_classes: int, img_size: int | None = No
 
 
 def zero_head(model, num_classes: int) -> None:
-    """Replace the classifier by a `num_classes`-way one with every weight and bias exactly 0.
+    """Replace the classifier by a `num_classes`-way one with every weight and bias exactly 0
+    (both heads of a distilled timm model, whose `get_classifier()` is a tuple).
 
     timm's `reset_classifier` draws a random head; the paper's fine-tuning starts from zeros.
     """
     import torch
 
+    from mixerbench.models import classifiers
+
     model.reset_classifier(num_classes)
-    head = model.get_classifier()
     with torch.no_grad():
-        for p in head.parameters():
-            p.zero_()
+        for head in classifiers(model):
+            for p in head.parameters():
+                p.zero_()
 
 
-def source_recipe(src: str, model_name: str | None = None) -> dict[str, Any]:
-    """The recipe of the model at `src` without loading its weights (where the format allows):
-    safetensors metadata, a timm name's zoo entry, or an official `.npz`'s array shapes."""
+def source_description(src: str, model_name: str | None = None) -> dict[str, Any]:
+    """The model description of `src` without loading its weights (where the format allows):
+    safetensors metadata or tensor shapes, a timm name's pretrained config (and, for a Mixer,
+    the shapes in its cached file), or an official `.npz`'s array shapes."""
     where = resolve_source(src)
     if isinstance(where, str):
+        slug = native_mixer(where)
+        if slug:
+            return _mixer_description(_file_shapes(hub_file(where[5:])), slug, "exact", where)
         from mixerbench.models import get_spec
 
-        spec = get_spec(where.split(".")[0])
-        return recipe(where, 0, spec.img_size, spec.patch_size)
+        return model_description(where, 0, _timm_input_size(where[5:]),
+                                 get_spec(where).patch_size)
     if where.suffix == ".npz":
-        return _npz_recipe(where, model_name)
+        return _npz_description(where, model_name)
     meta = read_metadata(where)
     if meta is None:
-        if not model_name:
-            raise UserError(f"{where} has no mixerbench metadata; pass --model to say which "
-                            "architecture it holds.")
-        return recipe(model_name, 0, 224, None)
+        return _plain_description(where, _file_shapes(where), model_name)
     return meta
 
 
+def arch_name(name: str) -> str:
+    """`--arch`: a zoo name (or paper spelling) as such, any other timm model as `timm:<name>`."""
+    import timm
+
+    from mixerbench.models import get_spec, resolve_name
+
+    name = name.strip()
+    try:
+        return resolve_name(name)
+    except UserError:
+        if not timm.is_model(name.split(".")[0]):
+            raise
+    return get_spec("timm:" + name).name
+
+
+def native_mixer(name: str) -> str | None:
+    """The zoo Mixer that `name` is built as: itself for a zoo Mixer, and for `timm:mixer_*`
+    the zoo entry with that timm architecture (timm's `MlpMixer` and the native Mixer share
+    their parameter names); None for anything else."""
+    from mixerbench.models import REGISTRY
+
+    if not name.startswith("timm:"):
+        spec = REGISTRY.get(name)
+        return name if spec is not None and spec.family == "mixer" else None
+    arch = name[5:].split(".")[0]
+    return next((s.name for s in REGISTRY.values()
+                 if s.family == "mixer" and s.timm_name == arch), None)
+
+
+def _plain_description(where: Path, shapes: dict, model_name: str | None) -> dict[str, Any]:
+    """The model description of a state dict without our metadata, from `--arch` and its shapes."""
+    if not model_name:
+        raise UserError(f"{where} has no mixerbench metadata; pass --arch with the timm name of "
+                        "the architecture it holds (e.g. --arch mixer_b16_224).")
+    from mixerbench.models import get_spec
+
+    name = arch_name(model_name)
+    slug = native_mixer(name)
+    if slug:  # a Mixer state dict we did not write is timm's (or in timm's names): exact GELU
+        return _mixer_description(shapes, slug, "exact", where)
+    spec = get_spec(name)
+    return model_description(name, _head_size(shapes), spec.img_size, spec.patch_size)
+
+
+def _build(rec: dict, where):
+    from mixerbench.models import create_model
+
+    try:
+        return create_model(rec["name"], num_classes=rec["num_classes"], img_size=rec["img_size"],
+                            patch_size=rec["patch_size"], **rec["overrides"])
+    except (TypeError, ValueError, RuntimeError) as exc:  # UserError is a ValueError
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"Checkpoint {where} describes a model that cannot be built "
+                        f"({type(exc).__name__}); re-create it or pass another checkpoint.") from None
+
+
 def _with_regularisers(overrides: dict | None, reg: dict) -> dict:
+    """Architecture overrides without any regulariser (the one list, `models.REGULARISERS`),
+    then the run's own `reg` (zeros left out: the constructors' default)."""
+    from mixerbench.models import REGULARISERS
+
     if not reg:
         return dict(overrides or {})
     arch = {k: v for k, v in (overrides or {}).items() if k not in REGULARISERS}
     return {**arch, **{k: v for k, v in reg.items() if v}}
 
 
-def _head_size(state: dict) -> int:
+def _shapes(state: dict) -> dict[str, tuple]:
+    return {k: tuple(v.shape) for k, v in state.items()}
+
+
+def _file_shapes(path: Path) -> dict[str, tuple]:
+    """Tensor shapes of a weights file, read from the safetensors header (no tensor loaded)."""
+    if path.suffix != ".safetensors":
+        return _shapes(_read_weights(path))
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), "pt") as fh:
+            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable safetensors file ({exc}); delete it or pass "
+                        "another checkpoint.") from None
+
+
+def _read_weights(path: Path) -> dict:
+    """A state dict from safetensors, or a torch file read with `weights_only=True` (no code runs)."""
+    import torch
+
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise UserError(f"{path} is not a readable weights file ({type(exc).__name__}); delete "
+                        "it or pass another checkpoint.") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state dict of tensors; pass another checkpoint.")
+    return state
+
+
+def _head_size(shapes: dict) -> int:
     for key in ("head.weight", "head.fc.weight", "fc.weight"):
-        if key in state:
-            return int(state[key].shape[0])
+        if key in shapes:
+            return int(shapes[key][0])
     return 0
 
 
@@ -247,32 +337,160 @@ def _load_state(model, state: dict, where) -> None:
         raise UserError(f"Checkpoint {where} does not fit this architecture ({first[:200]}).") from None
 
 
+def _mixer_description(shapes: dict, name: str, gelu: str, where) -> dict[str, Any]:
+    """A Mixer's model description from the shapes of its state dict (timm / native names):
+    the zoo entry of that depth, width and patch when there is one (else `name`), with
+    overrides only where the shapes differ from it, and the GELU the weights were trained
+    with."""
+    from math import isqrt
+
+    from mixerbench.models import REGISTRY
+
+    try:
+        dim, _, patch, _ = shapes["stem.proj.weight"]
+        depth = 1 + max(int(k.split(".")[1]) for k in shapes if k.startswith("blocks."))
+        tokens_dim, seq = shapes["blocks.0.mlp_tokens.fc1.weight"]
+        channels_dim = shapes["blocks.0.mlp_channels.fc1.weight"][0]
+    except (KeyError, ValueError, IndexError) as exc:
+        raise UserError(f"{where} does not hold a Mixer's weights (no {exc} of the right "
+                        "shape); pass --arch with the architecture it holds.") from None
+    side = isqrt(seq)
+    if side * side != seq:
+        raise UserError(f"{where} holds a token-mixing MLP over {seq} tokens, not a square grid; "
+                        "pass another checkpoint.")
+    guess = next((s.name for s in REGISTRY.values() if s.family == "mixer" and s.patch_size == patch
+                  and s.kwargs == dict(dim=dim, depth=depth)), None)
+    name = guess or name
+    base = REGISTRY[name].kwargs
+    overrides: dict[str, Any] = {}
+    if dim != base["dim"]:
+        overrides["width"] = int(dim)
+    if depth != base["depth"]:
+        overrides["depth"] = int(depth)
+    if tokens_dim != dim // 2:
+        overrides["tokens_dim"] = int(tokens_dim)
+    if channels_dim != 4 * dim:
+        overrides["channels_dim"] = int(channels_dim)
+    overrides["gelu"] = gelu
+    return model_description(name, _head_size(shapes), side * int(patch), int(patch), overrides)
+
+
+# ------------------------------------------------------------------ timm names: the HF cache
+
+def hub_cache_dir() -> Path:
+    """The Hugging Face hub cache, as huggingface_hub finds it (HF_HUB_CACHE, else HF_HOME/hub,
+    else ~/.cache/huggingface/hub), read when called rather than when the hub library loads."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    home = os.environ.get("HF_HOME") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    return Path(home).expanduser() / "hub"
+
+
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "").strip().upper() in ("1", "ON", "YES", "TRUE")
+
+
+def _pretrained_cfg(arch_tag: str):
+    import timm
+
+    try:
+        cfg = timm.get_pretrained_cfg(arch_tag)
+    except RuntimeError:  # timm: "Invalid pretrained tag"
+        cfg = None
+    if cfg is None or not cfg.hf_hub_id:
+        arch = arch_tag.split(".")[0]
+        tags = [n for n in timm.list_pretrained(arch + ".*")][:6]
+        raise UserError(f"timm has no weights on the Hugging Face hub named {arch_tag}; "
+                        + (f"choose one of {', '.join(tags)}." if tags else
+                           f"{arch} has no pretrained weights in timm."))
+    return cfg
+
+
+def _timm_input_size(arch_tag: str) -> int:
+    return int(_pretrained_cfg(arch_tag).input_size[-1])
+
+
+def hub_file(arch_tag: str) -> Path:
+    """The local weights file of timm's `<arch>.<tag>`: from the Hugging Face cache when it is
+    there (no network touched, as timm does under HF_HUB_OFFLINE=1), else downloaded into that
+    cache, unless HF_HUB_OFFLINE=1 (then a UserError naming the ways to provide it)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    cfg = _pretrained_cfg(arch_tag)
+    repo = cfg.hf_hub_id
+    files = ((cfg.hf_hub_filename,) if cfg.hf_hub_filename
+             else ("model.safetensors", "pytorch_model.bin"))  # timm's preference order
+    cache = hub_cache_dir()
+    for name in files:
+        hit = try_to_load_from_cache(repo, name, cache_dir=str(cache))
+        if isinstance(hit, str) and Path(hit).is_file():
+            return Path(hit)
+    options = (f"download it once with network access, point HF_HOME at a cache that holds "
+               f"{repo}, or pass a local .safetensors with --arch, or an official .npz")
+    if _offline():
+        raise UserError(f"timm:{arch_tag} is not in the Hugging Face cache ({cache}) and "
+                        f"HF_HUB_OFFLINE=1 forbids downloading it; {options}.")
+    from huggingface_hub import hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    for name in files:
+        try:
+            return Path(hf_hub_download(repo, name, cache_dir=str(cache), etag_timeout=10))
+        except EntryNotFoundError:
+            continue
+        except Exception as exc:  # no network, hub down, gated repo: all one answer
+            raise UserError(f"Could not download timm:{arch_tag} from the Hugging Face hub "
+                            f"({type(exc).__name__}) and it is not in the cache ({cache}); "
+                            f"{options}.") from None
+    raise UserError(f"The hub repository {repo} has none of {', '.join(files)}; {options}.")
+
+
 def _load_timm(name: str, reg: dict | None = None):
-    """timm pretrained weights (needs the hub; fails fast with a clear sentence offline)."""
+    """timm's pretrained `<arch>.<tag>`: a Mixer into the native Mixer, anything else into the
+    timm model, with the weights file found by `hub_file` (cache first)."""
     import timm
 
     from mixerbench.models import get_spec
 
-    spec = get_spec(name.split(".")[0])
+    reg = reg or {}
+    spec = get_spec(name)
     arch_tag = name[5:]
-    if os.environ.get("HF_HUB_OFFLINE") == "1":
-        raise UserError(f"Cannot fetch {name} while HF_HUB_OFFLINE=1; download it once online, or "
-                        "pass a local .safetensors / .npz file to --init.")
+    path = hub_file(arch_tag)
+    slug = native_mixer(name)
+    if slug:
+        state = _read_weights(path)
+        rec = _mixer_description(_shapes(state), slug, "exact", name)
+        rec = dict(rec, overrides=_with_regularisers(rec["overrides"], reg))
+        model = _build(rec, name)
+        _load_state(model, state, name)
+        return model, rec
     timm_reg = {{"drop_path": "drop_path_rate", "dropout": "drop_rate"}[k]: v
-                for k, v in (reg or {}).items()}
-    try:
-        model = timm.create_model(arch_tag, pretrained=True, **timm_reg)
+                for k, v in reg.items() if k in ("drop_path", "dropout")}
+    try:  # timm's own loader, given the file: its checkpoint filters and head handling apply
+        model = timm.create_model(arch_tag, pretrained=True,
+                                  pretrained_cfg_overlay=dict(file=str(path)), **timm_reg)
     except Exception as exc:
-        raise UserError(f"Could not load {name} from the Hugging Face hub ({type(exc).__name__}); "
-                        "check the name and your connection, or pass a local checkpoint.") from None
-    size = model.pretrained_cfg.get("input_size", (3, spec.img_size, spec.img_size))[-1]
-    return model, recipe(name, model.num_classes, size, spec.patch_size,
-                         _with_regularisers(None, reg or {}))
+        raise UserError(f"timm could not load {name} from {path} ({type(exc).__name__}); "
+                        "delete that file from the cache or pass another checkpoint.") from None
+    size = int(model.pretrained_cfg.get("input_size", (3, spec.img_size, spec.img_size))[-1])
+    return model, model_description(name, model.num_classes, size, spec.patch_size,
+                         _with_regularisers(None, reg))
+
+
+# ------------------------------------------------------- official vision_transformer .npz files
+
+def _npz_kind(fh) -> str:
+    if "stem/kernel" in fh.files:
+        return "mixer"
+    if "embedding/kernel" in fh.files and any(k.startswith("Transformer/") for k in fh.files):
+        return "vit"
+    raise KeyError("stem/kernel or embedding/kernel")
 
 
 # Official vit_jax Mixer parameter names -> timm / mixerbench names (the official code's
 # `models_mixer.py`: `stem`, `MixerBlock_i/{token,channel}_mixing/Dense_j`, `pre_head_layer_norm`).
-def _npz_to_state(arrays: dict) -> tuple[dict, int, int, int]:
+def _npz_to_state(arrays: dict) -> dict:
     import numpy as np
     import torch
 
@@ -297,54 +515,94 @@ def _npz_to_state(arrays: dict) -> tuple[dict, int, int, int]:
             for j in (1, 2):
                 state[f"blocks.{i}.{ours}.fc{j}.weight"] = t(arrays[f"{p}{theirs}/Dense_{j-1}/kernel"]).T
                 state[f"blocks.{i}.{ours}.fc{j}.bias"] = t(arrays[f"{p}{theirs}/Dense_{j-1}/bias"])
-    patch = state["stem.proj.weight"].shape[-1]
-    seq = state["blocks.0.mlp_tokens.fc1.weight"].shape[1]
-    return state, depth, patch, int(round(seq ** 0.5)) * patch
+    return state
 
 
-def _npz_recipe(path: Path, model_name: str | None) -> dict[str, Any]:
-    """The recipe of an official Mixer `.npz` from the shapes of a few arrays (a `.npz` loads
-    each array on access, so the rest of the file is not read)."""
+# ViT shapes -> the zoo's letter (the ViT paper's Table 1: depth, width, heads; MLP 4x width).
+_VIT_SIZES = {(12, 384, 6): "s", (12, 768, 12): "b", (24, 1024, 16): "l", (32, 1280, 16): "h"}
+
+
+def _npz_description(path: Path, model_name: str | None) -> dict[str, Any]:
+    """The model description of an official `.npz` from the shapes of a few arrays (a `.npz`
+    loads each array on access, so the rest of the file is not read)."""
     import numpy as np
-
-    from mixerbench.models import REGISTRY
 
     try:
         with np.load(path, allow_pickle=False) as fh:
+            kind = _npz_kind(fh)
+            if kind == "vit":
+                return _vit_npz_description(fh, path, model_name)
             blocks = {k.split("/")[0] for k in fh.files if k.startswith("MixerBlock_")}
-            depth = 1 + max(int(b.split("_")[-1]) for b in blocks)
-            stem = fh["stem/kernel"].shape               # (P, P, 3, C)
-            tokens = fh["MixerBlock_0/token_mixing/Dense_0/kernel"].shape   # (S, D_S)
-            channels = fh["MixerBlock_0/channel_mixing/Dense_0/kernel"].shape  # (C, D_C)
-            classes = fh["head/kernel"].shape[1]
-        patch, dim = int(stem[0]), int(stem[-1])
-        size = int(round(tokens[0] ** 0.5)) * patch
+            p, c = fh["stem/kernel"].shape[0], fh["stem/kernel"].shape[-1]   # (P, P, 3, C)
+            s, d_s = fh["MixerBlock_0/token_mixing/Dense_0/kernel"].shape    # (S, D_S)
+            shapes = {  # in timm's names and layout, as `_npz_to_state` converts them
+                "stem.proj.weight": (c, 3, p, p),
+                "blocks.0.mlp_tokens.fc1.weight": (d_s, s),
+                "blocks.0.mlp_channels.fc1.weight":
+                    fh["MixerBlock_0/channel_mixing/Dense_0/kernel"].shape[::-1],
+                "head.weight": fh["head/kernel"].shape[::-1],
+                **{f"blocks.{int(b.split('_')[-1])}.norm1.weight": (c,) for b in blocks},
+            }
     except (KeyError, ValueError, OSError, IndexError, TypeError) as exc:
-        raise UserError(f"{path} is not an official Mixer checkpoint ({type(exc).__name__}: "
-                        f"{exc}); pass a vit_jax Mixer .npz.") from None
-    size_letter = {(12, 768): "b", (24, 1024): "l", (8, 512): "s", (32, 1280): "h"}.get((depth, dim))
-    guess = f"mixer-{size_letter}{patch}"
-    # The overrides below fix every shape, so any Mixer entry serves as the base.
-    name = model_name or (guess if guess in REGISTRY else "mixer-b16")
-    overrides = dict(width=dim, depth=depth, tokens_dim=int(tokens[1]), channels_dim=int(channels[1]))
-    return recipe(name, int(classes), size, patch, overrides)
+        raise UserError(f"{path} is not an official Mixer or ViT checkpoint ({type(exc).__name__}: "
+                        f"{exc}); pass a vision_transformer .npz.") from None
+    base = native_mixer(arch_name(model_name)) if model_name else None
+    return _mixer_description(shapes, base or "mixer-b16", "tanh", path)
+
+
+def _vit_npz_description(fh, path: Path, model_name: str | None) -> dict[str, Any]:
+    """A vision_transformer ViT `.npz` (`models_vit.py` names): the zoo ViT of those shapes, or
+    ViT-B/16 with the shapes as overrides; Flax's tanh GELU."""
+    import torch
+
+    from mixerbench.models import REGISTRY, create_model
+
+    if "pre_logits/kernel" in fh.files:
+        raise UserError(f"{path} has a pre-logits layer, which timm's ViT does not build; pass a "
+                        "checkpoint without one (the fine-tuned ones).")
+    blk = "Transformer/encoderblock_0/"
+    patch, dim = fh["embedding/kernel"].shape[0], fh["embedding/kernel"].shape[-1]
+    depth = 1 + max(int(k.split("/")[1].split("_")[-1]) for k in fh.files
+                    if k.startswith("Transformer/encoderblock_"))
+    heads = fh[blk + "MultiHeadDotProductAttention_1/query/kernel"].shape[1]   # (D, H, D/H)
+    hidden = fh[blk + "MlpBlock_3/Dense_0/kernel"].shape[1]                    # (D, M)
+    tokens = fh["Transformer/posembed_input/pos_embedding"].shape[1]
+    cls = "cls" in fh.files
+    classes = fh["head/kernel"].shape[1] if "head/kernel" in fh.files else 0
+    grid = int(round((tokens - cls) ** 0.5))
+    guess = f"vit-{_VIT_SIZES.get((depth, dim, heads), '?')}{patch}"
+    name = arch_name(model_name) if model_name else guess if guess in REGISTRY else "vit-b16"
+    with torch.device("meta"):  # the base's own shapes, so only the differences become overrides
+        ref = create_model(name, num_classes=classes, img_size=grid * patch, patch_size=patch)
+    overrides: dict[str, Any] = {}
+    if ref.embed_dim != dim:
+        overrides["width"] = int(dim)
+    if len(ref.blocks) != depth:
+        overrides["depth"] = int(depth)
+    if ref.blocks[0].attn.num_heads != heads:
+        overrides["num_heads"] = int(heads)
+    if ref.blocks[0].mlp.fc1.out_features != hidden:
+        overrides["mlp_ratio"] = hidden / dim
+    if (ref.cls_token is not None) != cls:
+        overrides.update(class_token=cls, global_pool="token" if cls else "avg")
+    overrides["gelu"] = "tanh"  # Flax's nn.gelu, as the checkpoint was trained
+    return model_description(name, int(classes), grid * int(patch), int(patch), overrides)
 
 
 def _load_npz(path: Path, model_name: str | None, reg: dict | None = None):
     import numpy as np
 
-    from mixerbench.models import create_model
-
-    rec = _npz_recipe(path, model_name)
-    try:
-        with np.load(path, allow_pickle=False) as fh:
-            arrays = {k: fh[k] for k in fh.files}
-        state, *_ = _npz_to_state(arrays)
-    except (KeyError, ValueError, OSError, IndexError, TypeError, RuntimeError) as exc:
-        raise UserError(f"{path} is not an official Mixer checkpoint ({type(exc).__name__}: "
-                        f"{exc}); pass a vit_jax Mixer .npz.") from None
+    rec = _npz_description(path, model_name)
     rec = dict(rec, overrides=_with_regularisers(rec["overrides"], reg or {}))
-    model = create_model(rec["name"], num_classes=rec["num_classes"], img_size=rec["img_size"],
-                         patch_size=rec["patch_size"], **rec["overrides"])
+    model = _build(rec, path)
+    try:
+        if hasattr(model, "pos_embed"):  # a ViT: timm's own reader of these files (np.load,
+            model.load_pretrained(str(path))  # no pickles)
+            return model, rec
+        with np.load(path, allow_pickle=False) as fh:
+            state = _npz_to_state({k: fh[k] for k in fh.files})
+    except (KeyError, ValueError, OSError, IndexError, TypeError, RuntimeError) as exc:
+        raise UserError(f"{path} is not an official Mixer or ViT checkpoint ({type(exc).__name__}: "
+                        f"{str(exc)[:200]}); pass a vision_transformer .npz.") from None
     _load_state(model, state, path)
     return model, rec

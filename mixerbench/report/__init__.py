@@ -2,7 +2,7 @@
 
 `tables.py` and `figures.py` hold one pure function per paper table and figure; `style.py` the
 colours and markers. This module owns the only file-writing step, `regenerate`, which
-`mixerbench plot` calls: `ARTIFACTS` names each figure and table, the paper artifact it stands
+`mixerbench plot` calls: `REPORTS` names each figure and table, the paper artifact it stands
 for and the results it is drawn from; `regenerate` loads those, calls the pure function and
 writes `<out>/figures/*.png` (150 dpi) and `<out>/tables/*.csv|md` atomically.
 Paper sources: arXiv 2105.01601 Tables 1-3 and Figures 2-5.
@@ -32,6 +32,7 @@ from mixerbench.report.figures import (
     token_mixing,
 )
 from mixerbench.report.tables import (
+    avg5_table,
     compare_table,
     compare_view,
     table1,
@@ -101,7 +102,7 @@ class Inputs:
 
 
 @dataclass(frozen=True)
-class Artifact:
+class Report:
     """One figure or table `plot` regenerates: `make(inputs)` returns (file stem, Figure or
     DataFrame) pairs; `paper` says which paper artifact it stands for; `default` whether a bare
     `mixerbench plot` draws it (token-mixing needs a checkpoint)."""
@@ -143,28 +144,30 @@ def _table1(i: Inputs) -> list[tuple[str, Any]]:
     return [("table1", table1(i.zoo_df))]
 
 
-ARTIFACTS: dict[str, Artifact] = {
-    "pareto-cost": Artifact(lambda i: [("pareto-cost", pareto_cost(i.csv("accuracy")))],
-                            "Figure 2 (left), Figure 3 (left): top-1 vs training cost"),
-    "accuracy-throughput": Artifact(
+REPORTS: dict[str, Report] = {
+    "pareto-cost": Report(lambda i: [("pareto-cost", pareto_cost(i.csv("accuracy")))],
+                          "Figure 2 (left), Figure 3 (left): top-1 vs training cost"),
+    "accuracy-throughput": Report(
         lambda i: [("accuracy-throughput", accuracy_throughput(i.csv("accuracy"),
                                                                i.csv("throughput")))],
         "Figure 3 (right): top-1 vs throughput"),
-    "data-scaling": Artifact(lambda i: [("data-scaling", data_scaling(i.csv("scaling")))],
-                             "Figure 2 (right): accuracy vs pre-training data"),
-    "shuffle": Artifact(lambda i: [("shuffle", shuffle(i.csv("shuffle")))],
-                        "Figure 4: invariance to patch and pixel shuffling"),
-    "token-mixing": Artifact(_token_mixing, "Figure 5: token-mixing weights (needs --checkpoint)",
-                             default=False),
-    "curves": Artifact(lambda i: [("curves", curves(_run_metrics(i.root, i.runs)))],
-                       "training curves of the latest runs (runs/*/metrics.csv)"),
+    "data-scaling": Report(lambda i: [("data-scaling", data_scaling(i.csv("scaling")))],
+                           "Figure 2 (right): accuracy vs pre-training data"),
+    "shuffle": Report(lambda i: [("shuffle", shuffle(i.csv("shuffle")))],
+                      "Figure 4: invariance to patch and pixel shuffling"),
+    "token-mixing": Report(_token_mixing, "Figure 5: token-mixing weights (needs --checkpoint)",
+                           default=False),
+    "curves": Report(lambda i: [("curves", curves(_run_metrics(i.root, i.runs)))],
+                     "training curves of the latest runs (runs/*/metrics.csv)"),
     # drawn from the model zoo, not from results: `reproduce table1` or `plot table1`
-    "table1": Artifact(_table1, "Table 1: the Mixer shapes and parameter counts", default=False),
-    "compare": Artifact(_compare_tables, "Tables 2-3 at our scale: top-1 beside cost and speed"),
-    "throughput": Artifact(lambda i: [("throughput", throughput_table(i.csv("throughput")))],
-                           "Table 3 throughput column beside this device's"),
-    "transfer": Artifact(lambda i: [("transfer", transfer_table(i.csv("accuracy")))],
-                         "Section 3 fine-tuning at 1x and 2x vs from scratch"),
+    "table1": Report(_table1, "Table 1: the Mixer shapes and parameter counts", default=False),
+    "compare": Report(_compare_tables, "Tables 2-3 at our scale: top-1 beside cost and speed"),
+    "throughput": Report(lambda i: [("throughput", throughput_table(i.csv("throughput")))],
+                         "Table 3 throughput column beside this device's"),
+    "transfer": Report(lambda i: [("transfer", transfer_table(i.csv("accuracy")))],
+                       "Section 3 fine-tuning at 1x and 2x vs from scratch"),
+    "avg5": Report(lambda i: [("avg5", avg5_table(i.csv("avg5")))],
+                   "Tables 2-3 \"Avg 5\": the transfer protocol on the five datasets"),
 }
 
 
@@ -235,7 +238,7 @@ def regenerate(
     Args:
         root: the results directory (None: `$MIXERBENCH_RESULTS` or `results`).
         out_dir: where `figures/` and `tables/` go (default: `root`).
-        names: names from `ARTIFACTS` (a string or list); None regenerates every default one,
+        names: names from `REPORTS` (a string or list); None regenerates every default one,
             skipping those whose inputs are missing.
         checkpoint: Mixer safetensors file or run dir for `token-mixing`.
         runs: run ids for `curves` (default: the `MAX_CURVES` most recent with metrics.csv).
@@ -257,12 +260,12 @@ def regenerate(
     out = files.confine(out_dir) if out_dir is not None else root
     specific = bool(names)
     names = [names] if isinstance(names, str) else list(
-        names or [n for n, a in ARTIFACTS.items() if a.default or (n == "token-mixing" and checkpoint)])
+        names or [n for n, a in REPORTS.items() if a.default or (n == "token-mixing" and checkpoint)])
     # an artifact that is not drawn by default is not reported as skipped either
     for n in names:
-        if n not in ARTIFACTS:
-            raise UserError(f"Unknown figure or table '{n}'; choose from {', '.join(ARTIFACTS)}."
-                            + close_matches(n, ARTIFACTS))
+        if n not in REPORTS:
+            raise UserError(f"Unknown figure or table '{n}'; choose from {', '.join(REPORTS)}."
+                            + close_matches(n, REPORTS))
     import matplotlib
 
     inputs = Inputs(root, checkpoint=checkpoint, runs=runs, zoo_df=zoo_df)
@@ -272,7 +275,7 @@ def regenerate(
         made = []  # everything is drawn before anything is written: a refusal changes nothing
         for n in names:
             try:
-                made += ARTIFACTS[n].make(inputs)
+                made += REPORTS[n].make(inputs)
             except UserError as err:
                 if specific or isinstance(err, DamagedFileError):  # damage is never a skip
                     raise
@@ -287,8 +290,8 @@ def regenerate(
 
 
 __all__ = [
-    "ARTIFACTS", "regenerate", "load_token_mixing_weights", "style",
-    "table1", "compare_table", "throughput_table", "transfer_table", "to_markdown",
+    "REPORTS", "regenerate", "load_token_mixing_weights", "style",
+    "table1", "avg5_table", "compare_table", "throughput_table", "transfer_table", "to_markdown",
     "pareto_cost", "accuracy_throughput", "data_scaling", "shuffle", "token_mixing", "curves",
     "pareto_frontier",
 ]

@@ -7,6 +7,8 @@ One function per table, no I/O:
   speed beside the paper's top-1 (Tables 2/3) where the paper has one.
 - `throughput_table(throughput_df)`: best img/s per model and mode; each Mixer as a ratio to the
   same-size ViT the paper compares it with (Table 3), measured alike, beside the paper's ratio.
+- `avg5_table(avg5_df)`: the transfer protocol per source and resolution, the five datasets'
+  top-1 and their mean beside the paper's "Avg 5" and ImageNet top-1 (Tables 2/3).
 - `to_markdown(df)`: a pipe table without the `tabulate` package.
 
 Inputs carry the columns declared in `mixerbench.results.SCHEMAS`; outputs are raw numbers
@@ -340,6 +342,67 @@ def transfer_table(accuracy_df: pd.DataFrame) -> pd.DataFrame:
                          resolution=f"{k:g}x", img_size=r["img_size"], steps=r["steps"],
                          top1=r["top1"], train_seconds=r["train_seconds"], run_id=rid))
     return pd.DataFrame(rows, columns=list(TRANSFER_COLUMNS))
+
+
+# ---------------------------------------------------------------------------------- avg 5
+
+# The paper's five downstream datasets in its order (registry names; "Avg 5", paper section 3).
+AVG5_DATASETS = ("imagenet-1k", "cifar10", "cifar100", "pets", "flowers102")
+AVG5_HEAD = ("model", "upstream", "resolution", "img_size")
+AVG5_TAIL = ("avg", "datasets", "avg5", "paper_avg5", "avg5_diff", "paper_imagenet",
+             "imagenet_diff", "official_cifar10", "cifar10_diff", "runs", "init")
+
+
+def avg5_table(avg5_df: pd.DataFrame) -> pd.DataFrame:
+    """The transfer protocol beside the paper's "Avg 5" (Tables 2-3).
+
+    Args:
+        avg5_df: `avg5.csv` rows (`reproduce avg5`): one per fine-tuning run reported on a
+            dataset's test split after lr selection on its minival.
+
+    Returns:
+        One row per (model, upstream, resolution, img_size, init): a column per dataset with its
+        test top-1 (the mean over rows when a dataset was fine-tuned several times; `runs` is
+        the fewest rows behind a dataset's cell), the paper's five first and any other after;
+        `avg` the mean over the datasets the row has (`datasets` of them); `avg5` that mean only
+        when the row has all five of the paper's; `paper_avg5` and `paper_imagenet` the paper's
+        numbers for the model from that upstream at that resolution (Table 3, else Table 2;
+        empty where the paper has none, e.g. any model of ours at 32 px); `official_cifar10` the
+        official repository's CIFAR-10 fine-tune of that model (its README, 224 px, the only
+        per-dataset number published; `reference.official_finetune`); each `*_diff` ours minus
+        the reference.
+    """
+    df = require(avg5_df, "avg5", "The Avg 5 table")
+    numeric(df, "img_size", "top1")
+    df = df[df["top1"].notna()]
+    for c in ("model", "upstream", "resolution", "init", "dataset"):
+        df[c] = df[c].astype(object).where(df[c].notna(), "").astype(str)
+    present = list(dict.fromkeys(df["dataset"]))
+    datasets = [d for d in AVG5_DATASETS if d in present] + [d for d in present if d not in AVG5_DATASETS]
+    rows = []
+    for key, g in df.groupby(["model", "upstream", "resolution", "img_size", "init"], sort=False):
+        row = dict(zip(("model", "upstream", "resolution", "img_size", "init"), key))
+        cells = g.groupby("dataset", sort=False)["top1"].agg(["mean", "count"])
+        for d in datasets:
+            row[d] = float(cells.loc[d, "mean"]) if d in cells.index else np.nan
+        row["avg"] = float(cells["mean"].mean())
+        row["datasets"] = len(cells)
+        row["runs"] = int(cells["count"].min())
+        five = all(d in cells.index for d in AVG5_DATASETS)
+        row["avg5"] = float(cells.loc[list(AVG5_DATASETS), "mean"].mean()) if five else np.nan
+        size = int(row["img_size"]) if pd.notna(row["img_size"]) else None
+        upstream = row["upstream"] or None
+        paper5 = reference.paper_avg5(row["model"], upstream, size) if upstream else None
+        paper_in = reference.paper_top1(row["model"], "imagenet", upstream, size) if upstream else None
+        row["paper_avg5"] = np.nan if paper5 is None else paper5
+        row["avg5_diff"] = row["avg5"] - row["paper_avg5"]
+        row["paper_imagenet"] = np.nan if paper_in is None else paper_in
+        row["imagenet_diff"] = row.get("imagenet-1k", np.nan) - row["paper_imagenet"]
+        official = reference.official_finetune(row["model"], "cifar10", upstream, size) if upstream else None
+        row["official_cifar10"] = np.nan if official is None else official
+        row["cifar10_diff"] = row.get("cifar10", np.nan) - row["official_cifar10"]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*AVG5_HEAD, *datasets, *AVG5_TAIL])
 
 
 # ----------------------------------------------------------------------------- throughput

@@ -1,0 +1,367 @@
+"""Weights from everywhere a researcher has them: timm names read offline from a real Hugging Face
+cache layout (built here), timm state dicts named by `--arch`, vision_transformer `.npz` files
+checked against a NumPy forward pass written here, distilled timm heads, and the rules a
+fine-tuning start follows (one regulariser list, JAX init for ViTs, real model options)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from mixerbench.errors import UserError
+from mixerbench.models import create_model
+from mixerbench.models.weights import (
+    load_for_finetuning,
+    load_model,
+    model_description,
+    save_checkpoint,
+)
+
+# ----------------------------------------------------------------- a real hub cache layout
+
+
+def hub_cache(home: Path, repo: str, model, model_args: dict | None = None) -> Path:
+    """Store `model` in `home/hub` as huggingface_hub does after a download of timm's `repo`
+    (`timm/<arch>.<tag>`): files under blobs/<sha256>, the commit in refs/main, and
+    snapshots/<commit>/{model.safetensors,config.json} linking to the blobs. The files are the
+    ones timm's `save_for_hf` writes for the hub."""
+    from timm.models import save_for_hf
+
+    tmp = home / "tmp-save"
+    save_for_hf(model, str(tmp), model_args=model_args, safe_serialization=True)
+    root = home / "hub" / f"models--{repo.replace('/', '--')}"
+    commit = hashlib.sha1(repo.encode()).hexdigest()
+    snap = root / "snapshots" / commit
+    (root / "blobs").mkdir(parents=True, exist_ok=True)
+    snap.mkdir(parents=True, exist_ok=True)
+    (root / "refs").mkdir(exist_ok=True)
+    (root / "refs" / "main").write_text(commit)
+    for f in tmp.iterdir():
+        sha = hashlib.sha256(f.read_bytes()).hexdigest()
+        shutil.move(str(f), root / "blobs" / sha)
+        (snap / f.name).symlink_to(Path("../../blobs") / sha)
+    tmp.rmdir()
+    return snap
+
+
+def tiny_timm_mixer(num_classes=10, seed=0):
+    """timm's MlpMixer at stand-in size (28 px, patch 4, width 16, 2 blocks), random weights."""
+    import timm
+    from timm.models.mlp_mixer import MlpMixer
+
+    torch.manual_seed(seed)
+    m = MlpMixer(img_size=28, patch_size=4, embed_dim=16, num_blocks=2, num_classes=num_classes)
+    m.pretrained_cfg = timm.get_pretrained_cfg("mixer_b16_224.goog_in21k_ft_in1k").to_dict()
+    with torch.no_grad():
+        for p in m.parameters():
+            p.normal_(0, 0.2)
+    return m.eval()
+
+
+@pytest.fixture
+def offline_home(tmp_path, monkeypatch):
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    return home
+
+
+def test_timm_mixer_loads_offline_from_the_cache_into_the_native_mixer(offline_home, one_thread):
+    """timm:mixer_* from a cached snapshot: the native Mixer, exact GELU recorded, same logits
+    as timm's own MlpMixer with these weights; then fine-tuned at 2x (block diagonal)."""
+    from mixerbench.models.mixer import Mixer
+
+    ref = tiny_timm_mixer()
+    hub_cache(offline_home, "timm/mixer_b16_224.goog_in21k_ft_in1k", ref)
+    model, rec = load_model("timm:mixer_b16_224.goog_in21k_ft_in1k")
+    assert isinstance(model, Mixer) and model.gelu == "exact"
+    assert rec["name"] == "mixer-b16" and rec["img_size"] == 28 and rec["patch_size"] == 4
+    assert rec["overrides"] == dict(width=16, depth=2, gelu="exact")
+    x = torch.randn(3, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), ref(x), rtol=1e-5, atol=1e-5)
+    big, rec2 = load_for_finetuning("timm:mixer_b16_224.goog_in21k_ft_in1k", num_classes=5,
+                                    img_size=56)
+    assert isinstance(big, Mixer) and big.tokens_dim == 4 * model.tokens_dim
+    assert rec2["img_size"] == 56 and rec2["overrides"]["tokens_dim"] == 4 * model.tokens_dim
+
+
+def test_timm_vit_loads_offline_from_the_cache(offline_home, one_thread):
+    """A non-Mixer timm name goes through timm's own loader, from the cached file only."""
+    import timm
+
+    torch.manual_seed(1)
+    ref = timm.create_model("test_vit", pretrained=False).eval()
+    hub_cache(offline_home, "timm/test_vit.r160_in1k", ref)
+    model, rec = load_model("timm:test_vit.r160_in1k")
+    assert rec["img_size"] == 160 and rec["num_classes"] == ref.num_classes
+    x = torch.randn(1, 3, 160, 160)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), ref(x))
+
+
+def test_uncached_timm_name_offline_is_one_sentence_naming_the_options(offline_home):
+    with pytest.raises(UserError) as err:
+        load_model("timm:mixer_b16_224.goog_in21k_ft_in1k")
+    msg = str(err.value)
+    assert "HF_HUB_OFFLINE=1" in msg and "HF_HOME" in msg and "--arch" in msg and ".npz" in msg
+    assert msg.count(". ") == 0 and msg.endswith(".")
+    with pytest.raises(UserError, match="no weights on the Hugging Face hub named"):
+        load_model("timm:mixer_b16_224.no_such_tag")
+
+
+# ------------------------------------------------------------------ state dicts via --arch
+
+
+def test_plain_safetensors_needs_and_takes_arch(tmp_path, one_thread):
+    from safetensors.torch import save_file
+
+    ref = tiny_timm_mixer(num_classes=7)
+    plain = tmp_path / "timm-mixer.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, plain)
+    with pytest.raises(UserError, match="--arch"):
+        load_model(str(plain))
+    model, rec = load_model(str(plain), model_name="mixer_b16_224")
+    assert rec["name"] == "mixer-b16" and rec["num_classes"] == 7 and model.gelu == "exact"
+    x = torch.randn(2, 3, 28, 28)
+    with torch.no_grad():
+        torch.testing.assert_close(model.eval()(x), ref(x), rtol=1e-5, atol=1e-5)
+
+
+def _cli(args, env, cwd):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "mixerbench", "--quiet", *map(str, args)],
+                          env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
+
+
+@pytest.mark.slow
+def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env):
+    import timm
+    from safetensors.torch import save_file
+
+    from tests.conftest import ROOT
+
+    torch.manual_seed(0)
+    ref = timm.create_model("test_vit", pretrained=False, num_classes=10, img_size=28,
+                            patch_size=4)
+    plain = tmp_path / "vit.safetensors"
+    save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, plain)
+    res = tmp_path / "results"
+    no_arch = _cli(["finetune", "--init", plain, "--dataset", "mnist-5k", "--steps", "200",
+                    "--print-config"], child_env, ROOT)
+    assert no_arch.returncode == 2 and "--arch" in no_arch.stderr
+    cfg = _cli(["finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
+                "--steps", "200", "--print-config"], child_env, ROOT)
+    assert cfg.returncode == 0, cfg.stderr
+    assert json.loads(cfg.stdout)["model"]["name"] == "timm:test_vit"
+    # 160 px is test_vit's size in timm, so a 28 px state dict is refused in one sentence
+    ev = _cli(["evaluate", "--checkpoint", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
+               "--max-examples", "8", "--results-dir", res], child_env, ROOT)
+    assert ev.returncode == 2 and "does not fit" in ev.stderr, ev.stderr
+
+
+# ------------------------------------------------------ vision_transformer .npz: NumPy forward
+
+
+def _ln(x, g, b):
+    mu = x.mean(-1, keepdims=True)
+    var = ((x - mu) ** 2).mean(-1, keepdims=True)
+    return (x - mu) / np.sqrt(var + 1e-6) * g + b
+
+
+def _gelu_tanh(x):  # Flax's nn.gelu (approximate=True), as the official checkpoints use
+    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
+
+
+def _patches(img, p):
+    """(H, W, 3) -> (S, p*p*3) in raster order, each patch flattened (row, col, channel) as the
+    kernel (p, p, 3, C) of a stride-p convolution reads it."""
+    h = img.shape[0] // p
+    return img.reshape(h, p, h, p, 3).transpose(0, 2, 1, 3, 4).reshape(h * h, p * p * 3)
+
+
+def _vit_arrays(rng, p=4, side=8, d=8, heads=2, mlp=16, depth=2, k=3):
+    n = (side // p) ** 2 + 1
+    a = {"embedding/kernel": rng.normal(size=(p, p, 3, d)), "embedding/bias": rng.normal(size=d),
+         "cls": rng.normal(size=(1, 1, d)),
+         "Transformer/posembed_input/pos_embedding": rng.normal(size=(1, n, d)),
+         "Transformer/encoder_norm/scale": rng.normal(size=d),
+         "Transformer/encoder_norm/bias": rng.normal(size=d),
+         "head/kernel": rng.normal(size=(d, k)), "head/bias": rng.normal(size=k)}
+    for i in range(depth):
+        b = f"Transformer/encoderblock_{i}/"
+        for ln in ("LayerNorm_0", "LayerNorm_2"):
+            a[b + ln + "/scale"], a[b + ln + "/bias"] = 1 + 0.1 * rng.normal(size=d), rng.normal(size=d)
+        att = b + "MultiHeadDotProductAttention_1/"
+        for q in ("query", "key", "value"):
+            a[att + q + "/kernel"] = rng.normal(size=(d, heads, d // heads)) / np.sqrt(d)
+            a[att + q + "/bias"] = rng.normal(size=(heads, d // heads))
+        a[att + "out/kernel"] = rng.normal(size=(heads, d // heads, d)) / np.sqrt(d)
+        a[att + "out/bias"] = rng.normal(size=d)
+        a[b + "MlpBlock_3/Dense_0/kernel"] = rng.normal(size=(d, mlp)) / np.sqrt(d)
+        a[b + "MlpBlock_3/Dense_0/bias"] = rng.normal(size=mlp)
+        a[b + "MlpBlock_3/Dense_1/kernel"] = rng.normal(size=(mlp, d)) / np.sqrt(mlp)
+        a[b + "MlpBlock_3/Dense_1/bias"] = rng.normal(size=d)
+    return {k: v.astype(np.float32) for k, v in a.items()}
+
+
+def _vit_forward(a, img, p=4):
+    """vision_transformer's `models_vit.py` ViT (classifier='token') in NumPy, one image."""
+    w = a["embedding/kernel"]
+    x = _patches(img, p) @ w.reshape(-1, w.shape[-1]) + a["embedding/bias"]
+    x = np.concatenate([a["cls"][0], x]) + a["Transformer/posembed_input/pos_embedding"][0]
+    i = 0
+    while f"Transformer/encoderblock_{i}/LayerNorm_0/scale" in a:
+        b = f"Transformer/encoderblock_{i}/"
+        att = b + "MultiHeadDotProductAttention_1/"
+        y = _ln(x, a[b + "LayerNorm_0/scale"], a[b + "LayerNorm_0/bias"])
+        q, k, v = (np.einsum("nd,dhk->hnk", y, a[att + n + "/kernel"])
+                   + a[att + n + "/bias"][:, None] for n in ("query", "key", "value"))
+        logits = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])
+        attn = np.exp(logits - logits.max(-1, keepdims=True))
+        attn /= attn.sum(-1, keepdims=True)
+        x = x + np.einsum("hnk,hkd->nd", attn @ v, a[att + "out/kernel"]) + a[att + "out/bias"]
+        y = _ln(x, a[b + "LayerNorm_2/scale"], a[b + "LayerNorm_2/bias"])
+        h = _gelu_tanh(y @ a[b + "MlpBlock_3/Dense_0/kernel"] + a[b + "MlpBlock_3/Dense_0/bias"])
+        x = x + h @ a[b + "MlpBlock_3/Dense_1/kernel"] + a[b + "MlpBlock_3/Dense_1/bias"]
+        i += 1
+    x = _ln(x, a["Transformer/encoder_norm/scale"], a["Transformer/encoder_norm/bias"])
+    return x[0] @ a["head/kernel"] + a["head/bias"]
+
+
+def _mixer_arrays(rng, p=4, side=8, c=8, ds=6, dc=16, depth=2, k=3):
+    s = (side // p) ** 2
+    a = {"stem/kernel": rng.normal(size=(p, p, 3, c)), "stem/bias": rng.normal(size=c),
+         "pre_head_layer_norm/scale": rng.normal(size=c),
+         "pre_head_layer_norm/bias": rng.normal(size=c),
+         "head/kernel": rng.normal(size=(c, k)), "head/bias": rng.normal(size=k)}
+    for i in range(depth):
+        b = f"MixerBlock_{i}/"
+        for ln in ("LayerNorm_0", "LayerNorm_1"):
+            a[b + ln + "/scale"], a[b + ln + "/bias"] = 1 + 0.1 * rng.normal(size=c), rng.normal(size=c)
+        for mix, n, h in (("token_mixing", s, ds), ("channel_mixing", c, dc)):
+            a[f"{b}{mix}/Dense_0/kernel"] = rng.normal(size=(n, h)) / np.sqrt(n)
+            a[f"{b}{mix}/Dense_0/bias"] = rng.normal(size=h)
+            a[f"{b}{mix}/Dense_1/kernel"] = rng.normal(size=(h, n)) / np.sqrt(h)
+            a[f"{b}{mix}/Dense_1/bias"] = rng.normal(size=n)
+    return {k: v.astype(np.float32) for k, v in a.items()}
+
+
+def _mixer_forward(a, img, p=4):
+    """vision_transformer's `models_mixer.py` MlpMixer in NumPy, one image."""
+    w = a["stem/kernel"]
+    x = _patches(img, p) @ w.reshape(-1, w.shape[-1]) + a["stem/bias"]   # (S, C)
+    i = 0
+    while f"MixerBlock_{i}/LayerNorm_0/scale" in a:
+        b = f"MixerBlock_{i}/"
+        y = _ln(x, a[b + "LayerNorm_0/scale"], a[b + "LayerNorm_0/bias"]).T   # (C, S)
+        t = b + "token_mixing/"
+        y = _gelu_tanh(y @ a[t + "Dense_0/kernel"] + a[t + "Dense_0/bias"]) @ a[t + "Dense_1/kernel"]
+        x = x + (y + a[t + "Dense_1/bias"]).T
+        y = _ln(x, a[b + "LayerNorm_1/scale"], a[b + "LayerNorm_1/bias"])
+        ch = b + "channel_mixing/"
+        y = _gelu_tanh(y @ a[ch + "Dense_0/kernel"] + a[ch + "Dense_0/bias"])
+        x = x + y @ a[ch + "Dense_1/kernel"] + a[ch + "Dense_1/bias"]
+        i += 1
+    x = _ln(x, a["pre_head_layer_norm/scale"], a["pre_head_layer_norm/bias"]).mean(0)
+    return x @ a["head/kernel"] + a["head/bias"]
+
+
+@pytest.mark.parametrize("kind", ["vit", "mixer"])
+def test_official_npz_matches_a_numpy_forward_pass(tmp_path, kind, one_thread):
+    rng = np.random.default_rng(0)
+    arrays = (_vit_arrays if kind == "vit" else _mixer_arrays)(rng)
+    path = tmp_path / f"{kind}.npz"
+    np.savez(path, **arrays)
+    model, rec = load_model(str(path))
+    assert rec["img_size"] == 8 and rec["patch_size"] == 4 and rec["num_classes"] == 3
+    assert rec["overrides"]["gelu"] == "tanh"
+    imgs = rng.uniform(-1, 1, size=(2, 8, 8, 3)).astype(np.float32)
+    with torch.no_grad():
+        ours = model.eval()(torch.from_numpy(imgs).permute(0, 3, 1, 2)).numpy()
+    forward = _vit_forward if kind == "vit" else _mixer_forward
+    want = np.stack([forward(arrays, im) for im in imgs])
+    np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
+    # the model description rebuilds the same model (what a fine-tuning run's checkpoint records)
+    again = create_model(rec["name"], num_classes=3, img_size=8, patch_size=4, **rec["overrides"])
+    again.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        np.testing.assert_allclose(again.eval()(torch.from_numpy(imgs).permute(0, 3, 1, 2)).numpy(),
+                                   ours, rtol=1e-6, atol=1e-6)
+
+
+# ----------------------------------------------------------------- fine-tuning starts right
+
+
+def test_distilled_timm_model_gets_both_heads_zeroed(tmp_path, one_thread):
+    from mixerbench.models import count_params
+
+    name = "timm:deit_tiny_distilled_patch16_224"
+    over = dict(width=16, depth=1, num_heads=2)
+    model = create_model(name, num_classes=10, img_size=16, patch_size=8, **over)
+    path = tmp_path / "deit.safetensors"
+    save_checkpoint(path, model, model_description(name, 10, 16, 8, over))
+    ft, rec = load_for_finetuning(str(path), num_classes=4)
+    heads = ft.get_classifier()
+    assert isinstance(heads, tuple) and len(heads) == 2
+    assert all(p.shape[0] == 4 and torch.count_nonzero(p) == 0 for h in heads for p in h.parameters())
+    total, body = count_params(ft)
+    assert total - body == 2 * (16 * 4 + 4)
+
+
+def test_finetuning_drops_every_regulariser_and_config_records_what_trained(tmp_path, one_thread):
+    """A timm-named drop_path_rate in the checkpoint does not survive into fine-tuning: the model
+    built has exactly the stochastic depth config.json records."""
+    from timm.layers import DropPath
+
+    from mixerbench.config import to_dict
+    from mixerbench.presets import resolve
+    from mixerbench.train import build_model
+
+    over = dict(width=32, depth=2, num_heads=2, drop_path_rate=0.3, attn_drop_rate=0.2)
+    model = create_model("vit-t4", num_classes=10, img_size=28, patch_size=4, **over)
+    path = tmp_path / "vit.safetensors"
+    save_checkpoint(path, model, model_description("vit-t4", 10, 28, 4, over))
+    for drop_path in (0.0, 0.1):
+        cfg = resolve("finetune", kind="finetune", init=str(path), dataset="mnist-5k",
+                      overrides={"model.drop_path": drop_path})
+        recorded = to_dict(cfg)["model"]
+        assert recorded["drop_path"] == drop_path
+        assert not {"drop_path_rate", "attn_drop_rate"} & set(recorded["options"])
+        built, rec = build_model(cfg, 10)
+        rates = [m.drop_prob for m in built.modules() if isinstance(m, DropPath)]
+        assert max(rates, default=0.0) == pytest.approx(drop_path)
+        assert all(m.attn_drop.p == 0 for m in built.modules() if hasattr(m, "attn_drop"))
+        assert "drop_path_rate" not in rec["overrides"]
+
+
+def test_paper_scale_vits_start_from_the_jax_init(one_thread):
+    """The ViT paper's init (timm weight_init='jax'): a zero head, zero patch-embedding bias."""
+    vit = create_model("vit-s16", num_classes=10, depth=1)
+    assert torch.count_nonzero(vit.head.weight) == 0 and torch.count_nonzero(vit.head.bias) == 0
+    default = __import__("timm").create_model("vit_small_patch16_224", num_classes=10, depth=1)
+    assert torch.count_nonzero(default.head.weight) > 0  # what timm's default would have done
+
+
+def test_smoke_resnet_is_the_model_its_options_say(one_thread):
+    """The smoke preset's ResNet: exact parameter count of the model built; a stem_width that
+    timm would silently ignore is refused."""
+    from mixerbench.models import count_params
+    from mixerbench.presets import FAMILY_MODELS
+
+    m = FAMILY_MODELS["smoke"]["resnet"].model
+    model = create_model(m.name, num_classes=10, img_size=m.img_size, **m.options)
+    assert count_params(model)[0] == 325_866 and model.conv1.out_channels == 64
+    with pytest.raises(UserError, match="stem_width"):
+        create_model("resnet18", num_classes=10, img_size=28, stem_width=16)
+    deep = create_model("resnet18", num_classes=10, img_size=28, stem_width=16, stem_type="deep")
+    assert deep.conv1[0].out_channels == 16
