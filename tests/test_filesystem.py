@@ -70,6 +70,16 @@ def snapshot(root: Path) -> dict[str, str]:
     return out
 
 
+def refused_after_work(r) -> str:
+    """The refusal of a command that may show progress first (a benchmark, an evaluation):
+    exit 2, no traceback, and its last line the one error sentence."""
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+    assert "Traceback" not in r.output and lines[-1].startswith("error: "), r.output
+    assert sum(line.startswith("error: ") for line in lines) == 1, r.output
+    return lines[-1]
+
+
 def older_header(path: Path) -> None:
     """Rewrite a results CSV as a version without its last column wrote it (for `upgrade`)."""
     rows = list(csv.reader(io.StringIO(path.read_text())))
@@ -374,7 +384,7 @@ def test_a_full_disk_leaves_every_file_as_it_was(command, folder, tmpfs):
     res = tmpfs("4m", folder)
     _fill(res.parent)
     before = snapshot(res)
-    line = refused(cli(*[a.format(R=res) for a in command], "--results-dir", res))
+    line = refused_after_work(cli(*[a.format(R=res) for a in command], "--results-dir", res))
     assert "disk is full" in line, line
     after = snapshot(res)
     empty = hashlib.sha256(b"").hexdigest()
