@@ -317,6 +317,10 @@ class ProgressView:
         from mixerbench.train import Event as TrainEvent
 
         return {TrainEvent.START: self._start, TrainEvent.RESUMED: self._resumed,
+                TrainEvent.RESTARTED: lambda info: _warn(
+                    f"{Path(info['run_dir']).name} has no checkpoint to resume from, so it starts "
+                    f"again from step 0; the {info['dropped']} metric row(s) of the earlier "
+                    "attempt were dropped.", self._print),
                 TrainEvent.STEP: self._step, TrainEvent.EVAL: self._eval,
                 TrainEvent.STAGE: lambda info: self._stage(info["what"]),
                 TrainEvent.FINISHED: self._finished, TrainEvent.END: lambda info: self.stop(),
@@ -584,22 +588,16 @@ def plot(
     runs: Annotated[Optional[str], typer.Option(help="Comma-separated run ids for curves.")] = None,
     tracker: TrackerOpt = None,
 ) -> None:
-    from mixerbench.report import regenerate
-    from mixerbench.results import results_dir as resolve_dir
-    from mixerbench.trackers import parse_trackers, record
+    from mixerbench.report import draw
+    from mixerbench.trackers import parse_trackers
 
-    trackers = parse_trackers(tracker)
-    done = regenerate(results_dir, out, name, checkpoint, runs=runs.split(",") if runs else None)
+    done = draw(results_dir, out, name, checkpoint, runs=runs.split(",") if runs else None,
+                trackers=parse_trackers(tracker), on_warning=_warn)
     con = _console()
     for path in done["written"]:
         con.print(f"wrote {_e(path)}")
-    if not done["written"]:
-        fail(f"Nothing to plot in {resolve_dir(results_dir)}: it has no results CSVs yet; run "
-             "`mixerbench compare --preset smoke` (or pretrain, bench, reproduce) first.")
     for skipped, why in done["skipped"].items():  # what was left out, and why
         con.print(f"[dim]skipped {skipped}: {_e(why)}[/]", soft_wrap=True)
-    record(trackers, resolve_dir(results_dir), "plot", kind="plot", files=done["written"],
-           config=dict(name=name or "all", runs=runs, checkpoint=checkpoint), on_warning=_warn)
 
 
 # ------------------------------------------------------------------------- pretrain / finetune
@@ -938,12 +936,14 @@ def compare(
 def reproduce(
     ctx: typer.Context,
     artifact: Annotated[str, typer.Argument(help="The experiment to run.")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list.")] = None,
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list; released: ImageNet, by default imagenet-1k.")] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
     upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="throughput, released: batch size.")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="released: ImageNet ReaL labels (the public real.json), matched by ILSVRC2012_val_* file name.")] = None,
+    fewshot: Annotated[bool, typer.Option("--fewshot", help="released: also the linear 5-shot probe on ImageNet (shots from its train split).")] = False,
     settings: SetOpt = None,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
@@ -962,7 +962,7 @@ def reproduce(
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
                upstream=upstream, init=init, models=models.split(",") if models else None,
-               batch_size=batch_size, launcher=_launcher(
+               batch_size=batch_size, real_labels=real_labels, fewshot=fewshot, launcher=_launcher(
                    launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
     if not _rank0():
         return
@@ -994,12 +994,7 @@ def datasets_cmd(
     if name_or_path is None:
         emit(out, fmt, title="known datasets (mixerbench/data/__init__.py; any hf:<id> or folder also works)")
     elif bench:
-        emit([dict(dataset=out["dataset"], split=out["split"], path=p, device=out["device"],
-                   batch_size=out["batch_size"], pipeline=out["pipeline"],
-                   img_size=out["img_size"], workers=v["workers"],
-                   img_per_sec=round(v["img_per_sec"]), batches=v["batches"])
-              for p, v in out["paths"].items()], fmt,
-             title=f"loader throughput, {out['dataset']} {out['split']} ({out['n']:,} images)")
+        emit(out["rows"], fmt, title=f"loader throughput, {out['dataset']} {out['split']} ({out['n']:,} images)")
     elif fmt == Format.json:
         sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
     elif fmt == Format.csv:

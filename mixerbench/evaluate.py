@@ -455,21 +455,14 @@ def _run_config(src: str):
     one), or (None, "") when there is none; a config.json we did not write is refused."""
     from pathlib import Path
 
-    from mixerbench import files
-    from mixerbench.config import from_dict
+    from mixerbench.config import read_run_config
 
     if str(src).startswith("timm:"):
         return None, ""
     path = Path(src)
     folder = path if path.is_dir() else path.parent
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return None, ""
-    try:
-        data = files.read_json(cfg)  # bounded; a FIFO or link planted there is refused
-    except (OSError, UnicodeDecodeError, ValueError):
-        data = None
-    return from_dict(data, str(cfg)), folder.name
+    cfg = read_run_config(folder)
+    return (cfg, folder.name) if cfg is not None else (None, "")
 
 
 def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
@@ -681,5 +674,8 @@ def _record(rows: dict, root, checkpoint_src) -> dict:
             results.ensure_appendable(table, root)
         for table, table_rows in rows.items():
             for r in table_rows:
-                results.append_row(table, r, root)
+                if table in results.KEYS:  # one row per observation (a repeat is not appended)
+                    results.append_once(table, r, root)
+                else:
+                    results.append_row(table, r, root)
     return rows

@@ -46,7 +46,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from mixerbench import files
 from mixerbench.errors import UserError
 
 WEIGHTS = "model.safetensors"
@@ -119,16 +118,9 @@ def _source(src: str) -> tuple[Path, Path | None]:
 
 def _run_config(run_dir: Path | None):
     """The RunConfig of a run directory (read strictly), or None without one."""
-    from mixerbench.config import from_dict
+    from mixerbench.config import read_run_config
 
-    if run_dir is None or not (run_dir / "config.json").is_file():
-        return None
-    path = run_dir / "config.json"
-    try:
-        data = files.read_json(path)  # bounded; a FIFO or link planted there is refused
-    except (OSError, UnicodeDecodeError, ValueError):
-        data = None
-    return from_dict(data, str(path))
+    return None if run_dir is None else read_run_config(run_dir)
 
 
 def _check_out_dir(out: Path) -> None:

@@ -353,7 +353,8 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
             flags: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
             ) -> RunConfig:
     """Preset defaults, then the model and dataset named on the command line, then flags
-    (dotted keys, None meaning "not given"), then `--set` overrides; validated.
+    (dotted keys, None meaning "not given"), then `--set` overrides; validated, with what its
+    inputs resolve to (`resolve_inputs`: a dataset path, the `--init` weights).
 
     A family alias (`mixer`, `vit`, `resnet`) picks the preset's own model for that family when
     the preset names one (small presets), otherwise the zoo's alias (`mixer` -> `mixer-b16`).
@@ -413,7 +414,7 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         if (not chosen and cfg.data.eval_pipeline == "eval-resmall"
                 and (cfg.model.img_size or 0) > (source.img_size or 0)):
             cfg = replace(cfg, data=replace(cfg.data, eval_pipeline="eval-resize"))
-    return validate(cfg)
+    return resolve_inputs(validate(cfg))
 
 
 # The fields of the model section that define the architecture (what `--init` fixes).
@@ -455,3 +456,38 @@ def _check_architecture_kept(m: ModelConfig, source: ModelConfig) -> None:
         if getattr(m, key) != getattr(source, key):
             raise UserError(f"Fine-tuning keeps the architecture of --init ({key} = "
                             f"{getattr(source, key)!r}); drop the model.{key} setting.")
+
+
+def resolve_inputs(cfg: RunConfig) -> RunConfig:
+    """`cfg` with what its inputs resolve to, which is part of the run's identity: the absolute
+    path of a dataset given as a path (`data.path`: a relative `--dataset ds` from two folders
+    is two runs) and the sha256 of the `--init` weights file (`init_sha256`: a re-trained
+    source is another fine-tuning run). Registry names and hub ids stay as they are, so their
+    runs keep their ids. A `data.path` already set (a config resolved elsewhere) is kept."""
+    path = cfg.data.path or _dataset_path(cfg.data.dataset, cfg.data.data_dir)
+    sha = None
+    if cfg.init:
+        from mixerbench.models.weights import weights_sha256
+
+        sha = weights_sha256(cfg.init)
+    return replace(cfg, data=replace(cfg.data, path=path), init_sha256=sha)
+
+
+def _dataset_path(name: str, data_dir: str | None) -> str | None:
+    """The absolute resolved path of a dataset given as a path (or as a folder under the data
+    directories), looked up in the order `mixerbench.data.get_dataset` looks; None for a
+    registry name (even when found as a local copy, like the hub copy it stands for), a hub
+    id, or a name found nowhere (`get_dataset` then says what is wrong)."""
+    import os
+    from pathlib import Path
+
+    if name.startswith("hf:"):
+        return None
+    dirs = [Path(d).expanduser() for d in (data_dir, os.environ.get("MIXERBENCH_DATA")) if d]
+    found = next((p for p in [Path(name).expanduser(), *(d / name for d in dirs if d.is_dir())]
+                  if p.exists()), None)
+    if found is None:
+        return None
+    from mixerbench.data import is_registry_name  # imports torch: only for names found on disk
+
+    return None if is_registry_name(name) else str(found.resolve())

@@ -62,6 +62,16 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "run_id", "model", "family", "dataset", "fraction", "epochs", "steps", "metric", "top1",
         "probe_dataset",
     ) + PROVENANCE,
+    # `reproduce released`: one released checkpoint (`timm:<arch>.<tag>`) evaluated on ImageNet
+    # val, with the paper row it stands for (`paper_name`, `upstream`, `paper_img_size`; the
+    # numbers themselves are read from mixerbench/reference when the table is drawn). `top1`:
+    # original labels over `n` images; `real_top1`: ReaL over the `real_n` images ReaL labels;
+    # `fewshot5_*`: linear 5-shot on ImageNet (train shots, val accuracy), when measured.
+    "released": (
+        "checkpoint", "model", "family", "paper_name", "upstream", "paper_img_size", "note",
+        "dataset", "split", "img_size", "pipeline", "n", "top1", "top5", "real_top1", "real_n",
+        "fewshot5_mean", "fewshot5_std",
+    ) + PROVENANCE,
     # The transfer protocol (paper section 3, App. C): one row per fine-tuning run reported on
     # a dataset's test split, after its lr was selected on the stratified minival. `model` is
     # the --init weights' architecture, `upstream` their pre-training dataset, `dataset` the
@@ -79,6 +89,7 @@ PRODUCERS = {
     "throughput": "mixerbench bench --models ...",
     "shuffle": "mixerbench reproduce shuffle",
     "scaling": "mixerbench reproduce data-scaling",
+    "released": "mixerbench reproduce released",
     "avg5": "mixerbench reproduce avg5 --init SRC",
 }
 
@@ -217,14 +228,16 @@ COLUMN_TYPES: dict[str, str] = {
         "top1_std", "batch_size", "img_per_sec_mean", "img_per_sec_std", "step_ms_median",
         "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops", "fraction",
         "step", "epoch", "train_loss", "eval_loss", "lr", "img_per_sec", "elapsed_s",
-        "matmul_tflops", "minival_top1",
+        "matmul_tflops", "paper_img_size", "n", "real_top1", "real_n", "fewshot5_mean",
+        "fewshot5_std", "minival_top1",
     ), NUMBER),
     **dict.fromkeys(("compiled", "channels_last"), BOOL),
     **dict.fromkeys((
         "run_id", "model", "dataset", "split", "init", "kind", "experiment", "git_sha",
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
-        "metric", "upstream", "probe_dataset", "bench_id", "family", "resolution", "lr_grid",
+        "metric", "upstream", "probe_dataset", "bench_id", "family", "checkpoint",
+        "paper_name", "note", "pipeline", "resolution", "lr_grid",
     ), TEXT),
 }
 
@@ -455,7 +468,23 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
     return path
 
 
-def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[str, Any]) -> None:
+# The columns that make a row of a table one observation: a second row with the same values
+# there is a duplicate and is not appended (`append_once`). fewshot.csv: one row per run, shot
+# count and probe (the dataset its shots and test images come from).
+KEYS: dict[str, tuple[str, ...]] = {"fewshot": ("run_id", "shots", "dataset")}
+
+
+def append_once(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> bool:
+    """Append `row` to `<root>/<table>.csv` unless a row with the same `KEYS[table]` values is
+    there; True if it was appended. The check and the write happen under the file's lock, so
+    concurrent writers of the same observation leave exactly one row. A row with an empty key
+    cell (a checkpoint evaluated without its run has no run id) is appended as it is."""
+    key = KEYS[table] if all(row.get(c) not in (None, "") for c in KEYS[table]) else ()
+    return append_to(csv_path(table, root), SCHEMAS[table], row, key=key)
+
+
+def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[str, Any],
+              key: tuple[str, ...] = ()) -> bool:
     """Append one row to the CSV at `path` with the given columns, atomically and under a lock.
 
     The whole file is rewritten to a temporary file, fsynced and renamed over the old one while
@@ -469,9 +498,14 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
     and a row appended after a torn line is glued onto it. An empty (0-byte) file is refused too,
     since no write ever leaves one. Keys outside the columns are a KeyError (a typo would
     silently drop a number otherwise) and a value of the wrong type a ValueError.
+
+    With `key` (column names), a row whose cells in those columns equal the new row's is
+    looked for under the lock, and when one is there nothing is written (False).
     """
     path = Path(path)
     line = _line(path, columns, row)
+    mine = next(csv.reader(io.StringIO(line, newline="")))  # the cells as they will be written
+    where = [columns.index(c) for c in key]
     # checked once before taking the lock, so a refusal does not even leave a lock file behind
     old = _read(path)
     if old is not None:
@@ -481,8 +515,11 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
         if old is None:
             old = _header_line(columns).encode()
         else:
-            _parse(path, old, columns, "exact")  # another writer may have changed it meanwhile
+            rows = _parse(path, old, columns, "exact")[1]  # another writer may have changed it
+            if key and any(all(r[i] == mine[i] for i in where) for r in rows):
+                return False
         atomic_write_bytes(path, old + line.encode())
+    return True
 
 
 def ensure_appendable(table: str, root: str | os.PathLike | None = None) -> None:

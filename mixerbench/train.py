@@ -38,17 +38,24 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mixerbench import files, results
-from mixerbench.config import RunConfig, check_warmup, config_hash, run_id, to_dict
+from mixerbench.config import (
+    LENGTH,
+    RESUMABLE_CHANGES,
+    RunConfig,
+    check_warmup,
+    config_hash,
+    read_run_config,
+    run_binding,
+    run_id,
+    to_dict,
+)
 from mixerbench.errors import UserError
 
 STATE = "state-last.pt"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 RUN_LOCK = "run"  # the run directory's lock file is run.lock (files.locked)
-# Settings a resume may change without changing what is trained: where it runs and where the
-# data copy lives. The length (steps / epochs) may also change while the run is unfinished.
-RESUMABLE_CHANGES = ("device", "compile", "run_name", "data.data_dir")
-LENGTH = ("steps", "epochs")
+# Settings a resume may change (config.RESUMABLE_CHANGES; LENGTH while the run is unfinished).
 
 Log = Callable[[str, dict], None]
 
@@ -59,6 +66,7 @@ class Event:
 
     STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)
     RESUMED = "resumed"    # an unfinished run continues: step, run_dir
+    RESTARTED = "restarted"  # a run without training state starts again at 0: run_dir, dropped
     START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, ...
     STEP = "step"          # an optimizer step: step, total_steps, epoch, loss, lr, img_per_sec
     EVAL = "eval"          # an evaluation: the metrics.csv row (step, top1, top5, eval_loss)
@@ -141,7 +149,8 @@ def _finite(v: Any) -> bool:
 
 
 def read_summary(run_dir: Path) -> dict | None:
-    """A finished run's summary, or None when it has none; one we did not write is refused."""
+    """A finished run's summary, or None when it has none; one we did not write, or one that
+    disagrees with its run's config.json (`summary_disagrees`), is refused, never recorded."""
     path = Path(run_dir) / SUMMARY
     if not path.is_file():
         return None
@@ -156,7 +165,29 @@ def read_summary(run_dir: Path) -> dict | None:
     if not ok:
         raise UserError(f"{path} is not a summary this version wrote; move the run directory "
                         f"{Path(run_dir).name} away (or delete it) and run again.")
+    cfg = read_run_config(run_dir)
+    wrong = "its config.json is missing" if cfg is None else summary_disagrees(s, cfg)
+    if wrong:
+        raise UserError(f"{path} does not belong to its run ({wrong}), so it is not recorded; "
+                        f"move the run directory {Path(run_dir).name} away (or delete it) and "
+                        "run again.")
     return s
+
+
+def summary_disagrees(s: dict, cfg: RunConfig) -> str:
+    """What in a summary contradicts the config of its run (model, dataset, split, kind,
+    source weights, resolution), as a few words; "" when they agree."""
+    split = str(s.get("split"))  # `test`, or `test[...]` when max_eval_examples capped it
+    checks = (
+        ("model", s["model"].split("[", 1)[0], cfg.model.name),
+        ("dataset", s["dataset"], cfg.data.dataset),
+        ("split", split.split("[", 1)[0] if "[" not in split or cfg.max_eval_examples
+         else split, cfg.data.eval_split),
+        ("kind", s.get("kind"), cfg.kind),
+        ("init", s.get("init") or "", cfg.init or ""),
+        ("img_size", s["img_size"], cfg.model.img_size or s["img_size"]),
+    )
+    return next((f"{k} {a!r} there, {b!r} in config.json" for k, a, b in checks if a != b), "")
 
 
 # ------------------------------------------------------------------------ building the run
@@ -295,9 +326,10 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
                         f"{cfg.accum_steps}.")
     log(Event.STAGE, dict(what=f"loading {dcfg.dataset} ({dcfg.train_split} and {dcfg.eval_split}; "
                            "decoded once into the tensor cache)"))
-    train_ds = get_dataset(dcfg.dataset, dcfg.train_split, data_dir=dcfg.data_dir,
+    where = dcfg.path or dcfg.dataset  # the folder the run's identity names, when it has one
+    train_ds = get_dataset(where, dcfg.train_split, data_dir=dcfg.data_dir,
                            fraction=dcfg.fraction, seed=cfg.seed)
-    eval_ds = get_dataset(dcfg.dataset, dcfg.eval_split, data_dir=dcfg.data_dir, seed=cfg.seed)
+    eval_ds = get_dataset(where, dcfg.eval_split, data_dir=dcfg.data_dir, seed=cfg.seed)
     if eval_ds.num_classes != train_ds.num_classes:
         raise UserError(f"The {dcfg.eval_split} split of {train_ds.name} has {eval_ds.num_classes} "
                         f"classes but {dcfg.train_split} has {train_ds.num_classes}; check the data.")
@@ -369,11 +401,12 @@ def check_owner(run_dir: Path, cfg: RunConfig) -> None:
                             "choose another --run-name or move that folder away.")
         return  # an empty directory left by a run killed before its first write
     try:
-        stored = files.read_json(path)  # bounded; a FIFO or link planted there is refused
-        stored_hash = stored["config_hash"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        # settings added since the file was written read back at their defaults (from_dict)
+        stored_cfg = read_run_config(run_dir)
+    except UserError:
         raise UserError(f"{path} is not a config this version wrote; move the run directory "
                         f"{run_dir.name} away (or delete it) to start it again.") from None
+    stored, stored_hash = to_dict(stored_cfg), config_hash(stored_cfg)
     unfinished = not (run_dir / SUMMARY).exists()
     mine = to_dict(cfg)
     if _comparable(stored, unfinished) != _comparable(mine, unfinished):
@@ -409,10 +442,16 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
     if not path.is_file():
         if run.world > 1:
             torch.manual_seed(run.cfg.seed + run.rank)  # per-rank stochastic depth draws
+        if run.rank == 0:
+            _start_clean(run, log)
         return TrainState()
     files.check_file(path)  # a regular file inside the run directory, not a FIFO or a link
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        mine = _binding(run)
+        if any(k in state for k in mine) and {k: state.get(k) for k in mine} != mine:
+            raise UserError(f"{path} was not written by run {run.run_dir.name} (it belongs to "
+                            f"{state.get('run_id')}); move it away to start the run again.")
         unwrap(run.model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
@@ -423,6 +462,8 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
         torch.set_rng_state(rng["cpu"])
         if run.on_cuda and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], run.device)
+    except UserError:
+        raise
     except Exception as exc:  # truncated, foreign or hostile files all fail here, before use
         raise UserError(f"{path} is not a training state this version wrote ({type(exc).__name__}); "
                         f"move the run directory {run.run_dir.name} away (or delete it) to start "
@@ -434,6 +475,21 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
         _truncate_metrics(run.run_dir / "metrics.csv", progress.step)
     log(Event.RESUMED, dict(step=progress.step, run_dir=str(run.run_dir)))
     return progress
+
+
+def _binding(run: Run) -> dict:
+    return run_binding(run.run_dir.name, run.cfg)
+
+
+def _start_clean(run: Run, log: Log) -> None:
+    """A run with no training state (killed before its first checkpoint, or its state file
+    lost) starts again from step 0: the metric rows of the earlier attempt are dropped, so
+    none is written twice, and the user is told."""
+    path = run.run_dir / "metrics.csv"
+    rows = results.read_metrics(path) if path.is_file() else []
+    if rows:
+        results.rewrite_metrics(path, [])
+        log(Event.RESTARTED, dict(run_dir=str(run.run_dir), dropped=len(rows)))
 
 
 def save_state(run: Run, optimizer, scheduler, p: TrainState) -> None:
@@ -454,13 +510,14 @@ def save_state(run: Run, optimizer, scheduler, p: TrainState) -> None:
     if run.rank != 0:
         return
     buf = io.BytesIO()
+    bound = _binding(run)  # both files say which run wrote them (weights.check_credited)
     torch.save(dict(model=unwrap(run.model).state_dict(), optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), step=p.step,
                     train_seconds=p.train_seconds, loss_sum=p.loss_sum,
-                    loss_count=p.loss_count, rng=rngs), buf)
+                    loss_count=p.loss_count, rng=rngs, **bound), buf)
     try:
         files.atomic_write_bytes(run.run_dir / STATE, buf.getvalue())
-        save_checkpoint(run.run_dir / CHECKPOINT, run.model, dict(run.rec, step=p.step))
+        save_checkpoint(run.run_dir / CHECKPOINT, run.model, dict(run.rec, step=p.step, **bound))
     except OSError as exc:
         raise TrainingStopped(
             f"Could not write the checkpoint to {run.run_dir} ({exc.strerror or exc}); the "
@@ -594,7 +651,10 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     """
     import torch
 
+    from mixerbench.presets import resolve_inputs
+
     log = log or (lambda event, info: None)
+    cfg = resolve_inputs(cfg)  # a config not made by presets.resolve gets its inputs' identity
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))
     check_owner(run_dir, cfg)

@@ -180,3 +180,41 @@ def test_help_lists_exactly_what_the_registries_hold():
     # the top-level help stays a sentence per command, without importing the registries
     top = _help()
     assert "Names:" not in top and "<out>/figures/" in top
+
+
+# What a command may import besides its one library function: parsers of its options, and
+# the view that turns a returned table into the columns it prints.
+PARSERS = {"parse_set", "parse_trackers", "writable_results_dir", "results_dir", "compare_view"}
+# Second steps a command takes on purpose, each for a reason its code states.
+SECOND_STEPS = {
+    "evaluate": {"record_evaluation"},  # trackers sit above evaluate (they follow training)
+    "export_cmd": {"push"},  # the upload follows a complete export, which a failed push keeps
+    "pretrain": {"describe", "resolved_config"},  # --list-presets, --print-config: no run
+    "finetune": {"resolved_config"},  # --print-config instead of training
+}
+
+
+def test_commands_parse_call_one_library_function_and_print():
+    """Each `mixerbench` command (with the private helper it delegates to) calls one library
+    function: no figures redrawn, trackers recorded or rows reshaped in cli.py."""
+    tree = ast.parse((PACKAGE / "cli.py").read_text())
+    functions = {f.name: f for f in tree.body if isinstance(f, ast.FunctionDef)}
+
+    def library_names(f: ast.FunctionDef) -> set[str]:
+        names = {a.name for n in ast.walk(f) if isinstance(n, ast.ImportFrom)
+                 and (n.module or "").startswith("mixerbench") for a in n.names}
+        for called in _called(f) & set(functions) - {f.name}:
+            if called.startswith("_") and called not in ("_run", "_launcher", "_rank0"):
+                names |= library_names(functions[called])  # a helper the command delegates to
+        return names
+
+    commands = [f for f in functions.values()
+                if any(isinstance(d, ast.Call) and getattr(d.func, "attr", "") == "command"
+                       for d in f.decorator_list)]
+    assert len(commands) >= 10
+    too_many = {}
+    for f in commands:
+        work = library_names(f) - PARSERS - SECOND_STEPS.get(f.name, set())
+        if len(work) != 1:
+            too_many[f.name] = sorted(work)
+    assert not too_many, too_many

@@ -207,6 +207,47 @@ def test_real_labels_are_matched_by_file_name(proto_imagenet):
     assert sub.file_names() == [names[3], names[0]]
 
 
+def test_real_labels_of_a_streamed_imagenet_copy_are_matched_by_file_name(proto_imagenet, tmp_path):
+    """A folder named imagenet-1k is the registry's ImageNet, streamed from its files rather
+    than decoded into memory; its rows keep their file names all the same."""
+    import shutil
+
+    from mixerbench.evaluate import real_labels_for
+
+    copy = tmp_path / "imagenet-1k"
+    shutil.copytree(proto_imagenet["root"], copy)
+    val = get_dataset(str(copy), "validation")
+    assert val.images is None and val.name == "imagenet-1k"  # streamed
+    names = val.file_names()
+    assert [Path(p).name for p in val.hf] == names
+    matched = real_labels_for(names, proto_imagenet["real"])
+    assert matched == [[] if n.endswith("00000005.JPEG") else [int(y)] for n, y in zip(names, val.labels)]
+
+
+def test_a_parquet_copy_keeps_the_file_names_of_its_image_cells(tmp_path):
+    """Hub-layout parquet: the `path` of each image cell is its file name; a copy whose cells
+    keep no path (as the hub's CIFAR-10) has none, so ReaL labels would be refused."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    cells = []
+    for i in (3, 1, 2):
+        buf = io.BytesIO()
+        Image.new("RGB", (12, 12), (60 * i, 0, 0)).save(buf, format="JPEG")
+        cells.append({"bytes": buf.getvalue(), "path": f"ILSVRC2012_val_{i:08d}.JPEG"})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    datasets.Dataset.from_dict({"image": cells, "label": [0, 1, 0]}, features=features).to_parquet(
+        str(tmp_path / "val-copy" / "validation-00000-of-00001.parquet"))
+    val = get_dataset(str(tmp_path / "val-copy"), "validation")
+    assert val.file_names() == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (3, 1, 2)]
+    nameless = [dict(c, path=None) for c in cells]
+    datasets.Dataset.from_dict({"image": nameless, "label": [0, 1, 0]}, features=features).to_parquet(
+        str(tmp_path / "no-names" / "validation-00000-of-00001.parquet"))
+    assert get_dataset(str(tmp_path / "no-names"), "validation").file_names() is None
+
+
 def test_real_labels_that_cannot_be_matched_are_refused(proto_imagenet, tmp_path):
     from mixerbench.evaluate import real_labels_for
 
@@ -287,6 +328,15 @@ def test_avg5_table_puts_our_mean_beside_the_papers():
     assert math.isnan(two["official_cifar10"])
     with pytest.raises(UserError, match="reproduce avg5"):
         avg5_table(_avg5_frame([]))
+
+
+def test_the_upstream_of_released_weights_is_read_from_the_timm_tag():
+    from mixerbench.experiments import upstream_of_tag
+
+    assert upstream_of_tag("timm:mixer_b16_224.goog_in21k") == "imagenet-21k"
+    assert upstream_of_tag("timm:mixer_l16_224.goog_in21k_ft_in1k") == "imagenet-21k"
+    assert upstream_of_tag("timm:vit_base_patch16_224.augreg_in1k") == "imagenet-1k"
+    assert upstream_of_tag("timm:mixer_b16_224") == upstream_of_tag("weights/in21k.safetensors") == ""
 
 
 @pytest.fixture(scope="module")

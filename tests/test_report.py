@@ -419,7 +419,7 @@ def test_every_artifact_is_registered_and_named_in_plot_help():
 
     assert set(report.REPORTS) == {"pareto-cost", "accuracy-throughput", "data-scaling",
                                      "shuffle", "token-mixing", "curves", "table1", "compare",
-                                     "throughput", "transfer", "avg5"}
+                                     "throughput", "transfer", "avg5", "released"}
     import re
 
     raw = CliRunner().invoke(app, ["plot", "--help"], terminal_width=200).output
@@ -454,7 +454,7 @@ def test_regenerate_writes_files_and_skips_missing(tmp_path):
         "tables/compare-imagenet-imagenet-mixer-b16.csv",
         "tables/compare-imagenet-imagenet-mixer-b16.md",
     }  # one compare table per comparison (dataset and preset), as `compare` writes it
-    assert set(out["skipped"]) == {"data-scaling", "transfer", "avg5"}
+    assert set(out["skipped"]) == {"data-scaling", "transfer", "avg5", "released"}
     assert "mixerbench reproduce data-scaling" in out["skipped"]["data-scaling"]
     for p in out["written"]:
         assert p.stat().st_size > 0

@@ -365,3 +365,101 @@ def test_smoke_resnet_is_the_model_its_options_say(one_thread):
         create_model("resnet18", num_classes=10, img_size=28, stem_width=16)
     deep = create_model("resnet18", num_classes=10, img_size=28, stem_width=16, stem_type="deep")
     assert deep.conv1[0].out_channels == 16
+
+
+# ------------------------------------------------------------ reproduce released, end to end
+
+WNIDS = ("n01440764", "n01443537", "n01484850")
+OWNER = [2, 0, 1, 1, 2, 0, 0, 2, 1]  # class of ILSVRC2012_val_00000001 ... 09
+
+
+@pytest.fixture
+def imagenet_layout(tmp_path):
+    """A tiny ImageNet copy in the layout users have: train/<wnid>/ and val/<wnid>/ with the
+    ILSVRC2012_val_* names spread over the classes, and a ReaL json in file-name order (each
+    image's own class; one image left unlabelled)."""
+    from PIL import Image
+
+    root = tmp_path / "imagenet"
+    rng = np.random.default_rng(0)
+    for i, c in enumerate(OWNER):
+        (root / "val" / WNIDS[c]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(
+            root / "val" / WNIDS[c] / f"ILSVRC2012_val_{i + 1:08d}.JPEG", format="JPEG")
+    for c, w in enumerate(WNIDS):
+        (root / "train" / w).mkdir(parents=True, exist_ok=True)
+        for j in range(5):
+            Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(
+                root / "train" / w / f"{w}_{j}.JPEG", format="JPEG")
+    real = [[c] for c in OWNER]
+    real[4] = []
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    return root, tmp_path / "real.json"
+
+
+@pytest.mark.slow
+def test_reproduce_released_offline_from_the_cache(offline_home, imagenet_layout, tmp_path,
+                                                   one_thread):
+    """Tiny stand-ins under a fake HF cache, one under the real Mixer-B/16 name (the native
+    Mixer path) and timm's test_vit standing for ViT-B/16 (timm's loader): top-1 as an
+    independent pass of timm's own model scores it, ReaL over the labelled images, the 5-shot
+    probe, the paper's numbers and the differences, provenance, in released.csv and
+    tables/released.{csv,md}."""
+    import timm
+
+    from mixerbench import results
+    from mixerbench.data import get_dataset
+    from mixerbench.evaluate import _loader
+    from mixerbench.experiments import Released, reproduce_released
+
+    folder, real = imagenet_layout
+    mixer = tiny_timm_mixer(num_classes=3)
+    hub_cache(offline_home, "timm/mixer_b16_224.goog_in21k_ft_in1k", mixer)
+    torch.manual_seed(2)
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=3).eval()
+    hub_cache(offline_home, "timm/test_vit.r160_in1k", vit)
+    stand_ins = (
+        Released("timm:mixer_b16_224.goog_in21k_ft_in1k", "Mixer-B/16", "imagenet21k", 224,
+                 "resmall", "stand-in"),
+        Released("timm:test_vit.r160_in1k", "ViT-B/16", "imagenet21k", 224, "resmall"),
+    )
+    res = tmp_path / "results"
+    out = reproduce_released(root=res, dataset=str(folder), real_labels=real, fewshot=True,
+                             checkpoints=stand_ins, device="cpu", batch_size=4)
+    rows = results.load("released", res)
+    assert list(rows["checkpoint"]) == [c.checkpoint for c in stand_ins]
+    val = get_dataset(str(folder), "validation")
+    for ref, size, (_, r) in zip((mixer, vit), (28, 160), rows.iterrows()):
+        with torch.no_grad():
+            hits = sum(int((ref(x).argmax(1) == y).sum()) for x, y in _loader(
+                val, batch_size=4, pipeline="eval-resmall", img_size=size, device="cpu"))
+        assert r["top1"] == pytest.approx(100 * hits / 9) and r["n"] == 9
+        assert r["real_n"] == 8 and 0 <= r["real_top1"] <= 100
+        assert r["img_size"] == size and r["pipeline"] == "eval-resmall"
+        assert r["split"] == "validation" and r["git_sha"] and r["timm_version"] == timm.__version__
+        assert 0 <= r["fewshot5_mean"] <= 100
+    table = out["table"]
+    assert list(table["paper_top1"]) == [80.64, 84.59] and list(table["paper_real"]) == [85.8, 88.93]
+    np.testing.assert_allclose(table["top1_diff"], table["top1"] - table["paper_top1"])
+    np.testing.assert_allclose(table["real_diff"], table["real_top1"] - table["paper_real"])
+    assert table["paper_source"].iloc[0] == "paper Table 3, imagenet21k, 224 px"
+    assert table["model"].iloc[0] == "mixer-b16[depth=2,width=16]"  # the native Mixer's label
+    md = (res / "tables" / "released.md").read_text()
+    assert "80.64" in md and "timm:test_vit.r160_in1k" in md
+    assert (res / "tables" / "released.csv").is_file()
+
+
+@pytest.mark.slow
+def test_reproduce_released_without_the_weights_fails_fast(tmp_path, child_env,
+                                                           imagenet_layout):
+    from tests.conftest import ROOT
+
+    env = dict(child_env, HF_HOME=str(tmp_path / "empty-hf"), HF_HUB_OFFLINE="1")
+    env.pop("HF_HUB_CACHE", None)
+    res = tmp_path / "results"
+    out = _cli(["reproduce", "released", "--dataset", imagenet_layout[0], "--results-dir", res],
+               env, ROOT)
+    assert out.returncode == 2, out.stderr
+    assert "HF_HUB_OFFLINE=1" in out.stderr and "--arch" in out.stderr
+    assert out.stderr.count("\n") == 1 and out.stdout == ""
+    assert not (res / "released.csv").exists()

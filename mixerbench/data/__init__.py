@@ -214,6 +214,12 @@ def _canonical(name_or_path: str) -> str:
     return ALIASES.get(low, low) if ALIASES.get(low, low) in KNOWN_DATASETS else key
 
 
+def is_registry_name(name: str) -> bool:
+    """A name of `KNOWN_DATASETS` or one of its aliases (not a path): it identifies the dataset
+    wherever its copy is found."""
+    return _canonical(name) in KNOWN_DATASETS
+
+
 def canonical_name(name_or_path) -> str | None:
     """The registry name of the dataset `name_or_path` designates, whatever the spelling, else None.
 
@@ -513,13 +519,19 @@ def _minival_size(reader, info: dict, sizes: dict, share: float) -> int | None:
 def datasets_command(name_or_path: str | None = None, data_dir=None, bench: bool = False, *,
                      seconds: float = 5.0, batch_size: int = 256, device: str | None = None):
     """What `mixerbench datasets` prints: rows (no argument), a dict (NAME), or throughput (--bench,
-    on `device`: CUDA when present)."""
+    on `device`: CUDA when present): `loader_throughput`'s dict plus `rows`, one per loading
+    path (images/s rounded to whole images)."""
     if name_or_path is None:
         return known_datasets()
     if bench:
         from mixerbench.runtime import resolve_device
 
         ds = get_dataset(name_or_path, "train", data_dir=data_dir)
-        return loader_throughput(ds, batch_size=batch_size, device=resolve_device(device),
-                                 seconds=seconds)
+        out = loader_throughput(ds, batch_size=batch_size, device=resolve_device(device),
+                                seconds=seconds)
+        return dict(out, rows=[
+            dict(dataset=out["dataset"], split=out["split"], path=p, device=out["device"],
+                 batch_size=out["batch_size"], pipeline=out["pipeline"], img_size=out["img_size"],
+                 workers=v["workers"], img_per_sec=round(v["img_per_sec"]), batches=v["batches"])
+            for p, v in out["paths"].items()])
     return describe(name_or_path, data_dir)

@@ -108,7 +108,9 @@ def _valid_description(rec: Any) -> bool:
 
 
 def resolve_source(src: str) -> Path | str:
-    """A run directory becomes its checkpoint file; `timm:` names pass through."""
+    """A run directory becomes its checkpoint file; `timm:` names pass through. A run's
+    checkpoint (given as its run directory or as the file in it) must be that run's own
+    (`check_credited`)."""
     if src.startswith("timm:"):
         return src
     path = Path(src)
@@ -116,11 +118,55 @@ def resolve_source(src: str) -> Path | str:
         ckpt = path / CHECKPOINT
         if not ckpt.is_file():
             raise UserError(f"Run directory {path} has no {CHECKPOINT}; was the run started?")
+        check_credited(ckpt)
         return ckpt
     if not path.exists():
         raise UserError(f"No run directory or checkpoint at {src}; pass a run directory, a "
                         ".safetensors file, an official .npz or timm:<name>.")
+    if path.name == CHECKPOINT:
+        check_credited(path)
     return path
+
+
+def check_credited(ckpt: Path) -> None:
+    """A checkpoint in a run directory counts as that run's only if it says it was written by
+    that run (`config.run_binding`: its run id and settings); one copied in from another run
+    is a UserError. A checkpoint from before runs were recorded in it must at least hold the
+    run's model (name and resolution)."""
+    from mixerbench.config import read_run_config, run_binding
+
+    cfg = read_run_config(ckpt.parent)
+    if cfg is None:  # a checkpoint file outside any run directory stands for itself
+        return
+    rec = read_metadata(ckpt) or {}
+    run = ckpt.parent.name
+    mine = run_binding(run, cfg)
+    if any(k in rec for k in mine):
+        ok = all(rec.get(k) == v for k, v in mine.items())
+    else:
+        ok = rec.get("name") == cfg.model.name and cfg.model.img_size in (None, rec.get("img_size"))
+    if not ok:
+        raise UserError(f"{ckpt} was not written by run {run} (it belongs to "
+                        f"{rec.get('run_id') or 'another model'}), so it is not credited to it; "
+                        "move it away and run the run's own command to re-create its checkpoint.")
+
+
+def weights_sha256(src: str) -> str | None:
+    """sha256 of the weights file `src` names (a run directory's checkpoint, a .safetensors or
+    .npz file), read in 1 MiB blocks; None for `timm:<name>` (identified by its name and tag)."""
+    import hashlib
+
+    where = resolve_source(src)
+    if isinstance(where, str):
+        return None
+    h = hashlib.sha256()
+    try:
+        with open(where, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise UserError(f"Cannot read {where} ({exc.strerror}); check the --init path.") from None
+    return h.hexdigest()
 
 
 def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
@@ -467,9 +513,15 @@ def _load_timm(name: str, reg: dict | None = None):
         return model, rec
     timm_reg = {{"drop_path": "drop_path_rate", "dropout": "drop_rate"}[k]: v
                 for k, v in reg.items() if k in ("drop_path", "dropout")}
-    try:  # timm's own loader, given the file: its checkpoint filters and head handling apply
-        model = timm.create_model(arch_tag, pretrained=True,
-                                  pretrained_cfg_overlay=dict(file=str(path)), **timm_reg)
+    # the head the file holds, whatever timm's default; told to the pretrained config as well,
+    # since timm drops a head whose size differs from the config's (and draws a random one)
+    overlay = dict(file=str(path))
+    classes = _head_size(_file_shapes(path))
+    if classes:
+        timm_reg["num_classes"] = overlay["num_classes"] = classes
+    try:  # timm's own loader, given the file: its checkpoint filters apply
+        model = timm.create_model(arch_tag, pretrained=True, pretrained_cfg_overlay=overlay,
+                                  **timm_reg)
     except Exception as exc:
         raise UserError(f"timm could not load {name} from {path} ({type(exc).__name__}); "
                         "delete that file from the cache or pass another checkpoint.") from None

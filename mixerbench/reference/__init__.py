@@ -151,6 +151,27 @@ def paper_top1(
     return _pick(_rows(model, pretrain, img_size, epochs), column)
 
 
+def paper_row(model: str, pretrain: str, img_size: int | None = 224) -> dict | None:
+    """The paper's ImageNet row for `model` pre-trained on `pretrain` at `img_size` (None: any),
+    Table 3 preferred, the longest schedule when several match: dict(top1, top1_real (None when
+    the paper has none), img_size (None when the table does not say), source), or None."""
+    pretrain = _PRETRAIN_ALIASES.get(squash(pretrain), squash(pretrain))
+    rows = _rows(model, pretrain, img_size, None)
+    rows = rows[rows["top1"].notna()]
+    if rows.empty:
+        return None
+    if "epochs" in rows.columns and rows["epochs"].notna().any():
+        rows = rows.sort_values("epochs", ascending=False, kind="stable")
+    row = rows.iloc[0]
+
+    def num(v):
+        return None if v != v or v is None or v == "" else float(v)
+
+    size = num(row.get("img_size"))
+    return dict(top1=float(row["top1"]), top1_real=num(row.get("top1_real")),
+                img_size=int(size) if size else None, source=str(row["source"]))
+
+
 def paper_avg5(model: str, pretrain: str | None = None, img_size: int | None = 224,
                epochs: int | None = None) -> float | None:
     """The paper's "Avg 5" top-1 for `model` (the mean over ImageNet, CIFAR-10, CIFAR-100, Pets
@@ -210,5 +231,5 @@ def paper_baseline(model: str, img_size: int = 224) -> str | None:
     return vit
 
 
-__all__ = ["TABLES", "load_table", "official_finetune", "paper_avg5", "paper_top1", "paper_throughput",
-           "paper_baseline"]
+__all__ = ["TABLES", "load_table", "official_finetune", "paper_avg5", "paper_row", "paper_top1",
+           "paper_throughput", "paper_baseline"]

@@ -35,6 +35,7 @@ from mixerbench.report.tables import (
     avg5_table,
     compare_table,
     compare_view,
+    released_table,
     table1,
     throughput_table,
     to_markdown,
@@ -166,6 +167,8 @@ REPORTS: dict[str, Report] = {
                          "Table 3 throughput column beside this device's"),
     "transfer": Report(lambda i: [("transfer", transfer_table(i.csv("accuracy")))],
                        "Section 3 fine-tuning at 1x and 2x vs from scratch"),
+    "released": Report(lambda i: [("released", released_table(i.csv("released")))],
+                       "Tables 2-3: released checkpoints on ImageNet val (top-1, ReaL)"),
     "avg5": Report(lambda i: [("avg5", avg5_table(i.csv("avg5")))],
                    "Tables 2-3 \"Avg 5\": the transfer protocol on the five datasets"),
 }
@@ -289,9 +292,27 @@ def regenerate(
     return {"written": written, "skipped": skipped}
 
 
+def draw(root=None, out=None, names=None, checkpoint=None, *, runs=None,
+         trackers: tuple[str, ...] = (), on_warning=None) -> dict:
+    """`mixerbench plot`: `regenerate`, refused when nothing could be drawn (no results yet),
+    then one tracker run `plot` per tracker in `trackers` showing what was written."""
+    from mixerbench.trackers import record
+
+    done = regenerate(root, out, names, checkpoint, runs=runs)
+    if not done["written"]:
+        raise UserError(f"Nothing to plot in {results.results_dir(root)}: it has no results CSVs "
+                        "yet; run `mixerbench compare --preset smoke` (or pretrain, bench, "
+                        "reproduce) first.")
+    record(trackers, results.results_dir(root), "plot", kind="plot", files=done["written"],
+           config=dict(name=names or "all", runs=",".join(runs) if runs else None,
+                       checkpoint=checkpoint), on_warning=on_warning)
+    return done
+
+
 __all__ = [
-    "REPORTS", "regenerate", "load_token_mixing_weights", "style",
-    "table1", "avg5_table", "compare_table", "throughput_table", "transfer_table", "to_markdown",
+    "REPORTS", "draw", "regenerate", "load_token_mixing_weights", "style",
+    "table1", "avg5_table", "compare_table", "throughput_table", "transfer_table",
+    "released_table", "to_markdown",
     "pareto_cost", "accuracy_throughput", "data_scaling", "shuffle", "token_mixing", "curves",
     "pareto_frontier",
 ]

@@ -7,6 +7,8 @@ One function per table, no I/O:
   speed beside the paper's top-1 (Tables 2/3) where the paper has one.
 - `throughput_table(throughput_df)`: best img/s per model and mode; each Mixer as a ratio to the
   same-size ViT the paper compares it with (Table 3), measured alike, beside the paper's ratio.
+- `released_table(released_df)`: released checkpoints on ImageNet val (top-1, ReaL) beside the
+  paper's Tables 2-3 rows, with the differences and provenance.
 - `avg5_table(avg5_df)`: the transfer protocol per source and resolution, the five datasets'
   top-1 and their mean beside the paper's "Avg 5" and ImageNet top-1 (Tables 2/3).
 - `to_markdown(df)`: a pipe table without the `tabulate` package.
@@ -36,6 +38,12 @@ THROUGHPUT_COLUMNS = (
     "device_name", "dtype", "compiled", "mode", "model", "img_size", "batch_size", "img_per_sec",
     "img_per_sec_std", "step_ms_median", "params", "gmacs", "achieved_tflops", "mfu",
     "peak_tflops", "baseline", "same_run", "ratio", "paper_img_per_sec_core", "paper_ratio",
+)
+RELEASED_COLUMNS = (
+    "paper_name", "checkpoint", "model", "upstream", "img_size", "pipeline", "n", "top1",
+    "paper_top1", "top1_diff", "real_top1", "paper_real", "real_diff", "real_n", "fewshot5_mean",
+    "fewshot5_std", "paper_fewshot5", "paper_source", "note", "dtype", "device_name",
+    "timm_version", "git_sha", "timestamp",
 )
 TABLE1_COLUMNS = (
     "model", "paper_name", "layers", "patch", "hidden", "seq_len", "mlp_channels", "mlp_tokens",
@@ -342,6 +350,49 @@ def transfer_table(accuracy_df: pd.DataFrame) -> pd.DataFrame:
                          resolution=f"{k:g}x", img_size=r["img_size"], steps=r["steps"],
                          top1=r["top1"], train_seconds=r["train_seconds"], run_id=rid))
     return pd.DataFrame(rows, columns=list(TRANSFER_COLUMNS))
+
+
+# ------------------------------------------------------------------------ released weights
+
+def released_table(released_df: pd.DataFrame) -> pd.DataFrame:
+    """Released checkpoints on ImageNet val beside the paper's Tables 2-3 (`reproduce released`).
+
+    Args:
+        released_df: `released.csv` rows; the latest per (checkpoint, dataset, split) is shown.
+
+    Returns:
+        Columns `RELEASED_COLUMNS`: ours (`top1`, `real_top1`, `fewshot5_mean`), the paper's row
+        for `paper_name` pre-trained on `upstream` at `paper_img_size` (`paper_top1`,
+        `paper_real`, `paper_source`) and ours minus the paper's (`*_diff`, points), with the
+        provenance of each measurement. The paper gives no ImageNet 5-shot value for these
+        models, so `paper_fewshot5` is empty.
+    """
+    df = require(released_df, "released", "The released-weights table")
+    numeric(df, "img_size", "n", "top1", "real_top1", "real_n", "fewshot5_mean", "fewshot5_std",
+            "paper_img_size")
+    df = df.reset_index(drop=True).drop_duplicates(["checkpoint", "dataset", "split"], keep="last")
+    rows = []
+    for _, r in df.iterrows():
+        size = r["paper_img_size"]
+        paper = reference.paper_row(str(r["paper_name"]), str(r["upstream"]),
+                                    None if pd.isna(size) else int(size)) or {}
+        ours_real = None if pd.isna(r["real_top1"]) else float(r["real_top1"])
+        p_top1, p_real = paper.get("top1"), paper.get("top1_real")
+        where = paper.get("source", "")
+        if where:
+            where = (where.replace("P ", "paper ") + f", {r['upstream']}"
+                     + (f", {paper['img_size']} px" if paper.get("img_size") else ""))
+        rows.append(dict(
+            paper_name=r["paper_name"], checkpoint=r["checkpoint"], model=r["model"],
+            upstream=r["upstream"], img_size=r["img_size"], pipeline=r["pipeline"], n=r["n"],
+            top1=r["top1"], paper_top1=p_top1,
+            top1_diff=None if p_top1 is None else float(r["top1"]) - p_top1,
+            real_top1=ours_real, paper_real=p_real,
+            real_diff=None if p_real is None or ours_real is None else ours_real - p_real,
+            real_n=r["real_n"], fewshot5_mean=r["fewshot5_mean"], fewshot5_std=r["fewshot5_std"],
+            paper_fewshot5=None, paper_source=where, note=r["note"],
+            **{k: r[k] for k in ("dtype", "device_name", "timm_version", "git_sha", "timestamp")}))
+    return pd.DataFrame(rows, columns=list(RELEASED_COLUMNS))
 
 
 # ---------------------------------------------------------------------------------- avg 5
