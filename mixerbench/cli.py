@@ -245,7 +245,9 @@ LauncherOpt = Annotated[Optional[LauncherKind], typer.Option(
 ParallelOpt = Annotated[Optional[int], typer.Option(
     "--parallel", help="Cells at once (local default: one per GPU slot, else 1; slurm: all, queued).")]
 GpusPerJobOpt = Annotated[Optional[int], typer.Option(
-    "--gpus-per-job", help="GPUs per cell, one torch.distributed process each (default 1 on slurm and CUDA machines, else 0).")]
+    "--gpus-per-job", help="GPUs per cell, one torch.distributed process each (default: 1 on CUDA machines and slurm partitions with GPUs, else 0).")]
+TasksPerJobOpt = Annotated[Optional[int], typer.Option(
+    "--tasks-per-job", help="Processes per cell, one torch.distributed rank each (default: one per GPU, else 1; on CPU they train over gloo).")]
 PartitionOpt = Annotated[Optional[str], typer.Option("--partition", help="slurm: the partition.")]
 TimeLimitOpt = Annotated[Optional[int], typer.Option(
     "--time-limit", help="Wall-clock minutes per job (required for slurm; a timed-out job requeues and resumes).")]
@@ -254,20 +256,22 @@ SlurmArgOpt = Annotated[Optional[list[str]], typer.Option(
 
 
 def _launcher(kind: LauncherKind | None, parallel, gpus_per_job, partition, time_limit,
-              slurm_args):
+              slurm_args, tasks_per_job=None):
     """The `--launcher` options as a `launch.Launcher` (None: serial); launcher options
     without `--launcher` are an error rather than silently serial."""
     if kind is None:
         given = [name for name, v in (("--parallel", parallel), ("--gpus-per-job", gpus_per_job),
                                       ("--partition", partition), ("--time-limit", time_limit),
-                                      ("--slurm-arg", slurm_args)) if v not in (None, [])]
+                                      ("--slurm-arg", slurm_args),
+                                      ("--tasks-per-job", tasks_per_job)) if v not in (None, [])]
         if given:
             fail(f"{', '.join(given)} only apply with --launcher local or --launcher slurm.")
         return None
     from mixerbench.launch import make_launcher
 
     return make_launcher(kind.value, parallel=parallel, gpus_per_job=gpus_per_job,
-                         partition=partition, time_limit=time_limit, slurm_args=slurm_args)
+                         partition=partition, time_limit=time_limit, slurm_args=slurm_args,
+                         tasks_per_job=tasks_per_job)
 
 
 # Options shared by pretrain and finetune, declared once.
@@ -386,21 +390,27 @@ class ProgressView:
                            f"{escape(info['folder'])}", soft_wrap=True)
 
     def _job(self, info: dict) -> None:
-        """A launched cell was submitted, or ended (finished, read back or failed)."""
+        """A launched cell: submitted, started, requeued, finished, read back or failed."""
         from rich.markup import escape  # paths and error messages are not markup
 
-        keys = ("state", "job_id", "index", "of", "run_id", "top1", "error", "log")
+        from mixerbench.launch import JobState
+
+        keys = ("state", "job_id", "index", "of", "run_id", "top1", "error", "log", "restarts")
         what = escape(", ".join(f"{k} {v}" for k, v in info.items() if k not in keys))
         count = escape(f"[{info['index']}/{info['of']}] ") if "index" in info else ""
         state, job = info["state"], escape(str(info["job_id"]))
-        if state == "submitted":
-            line = f"submitted {what} (job {job})"
-        elif state == "failed":
+        if state in (JobState.SUBMITTED, JobState.STARTED):
+            line = f"{state} {what} (job {job})"
+        elif state == JobState.REQUEUED:
+            line = (f"requeued {what} (job {job}, restart {info['restarts']}): it resumes from "
+                    "its last checkpoint")
+        elif state == JobState.FAILED:
             line = (f"[bold red]{count}{what} failed[/] (job {job}): {escape(info['error'])}; "
                     f"log {escape(info['log'])}")
         else:
-            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} "
-                    f"{'read back' if state == 'reused' else 'trained'}, top-1 {info['top1']:.2f} %")
+            done = "read back" if state == JobState.REUSED else "trained"
+            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} {done}, "
+                    f"top-1 {info['top1']:.2f} %")
         self.console.print(line, soft_wrap=True)
 
     def progress(self, description: str, done: int, total: int) -> None:
@@ -797,6 +807,9 @@ def evaluate(
                    metric=r["metric"], top1=r["top1"]) for r in res["shuffle"]],
              Format.table, title="pixel shuffles (paper Figure 4)")
     console.print(f"rows appended under {_e(root)}")
+    if res.get("kept"):
+        console.print(f"fewshot.csv already held {len(res['kept'])} of these probes (one row per "
+                      "run, shots and probe dataset); the recorded rows were kept")
 
 
 class BenchMode(str, Enum):
@@ -904,6 +917,7 @@ def compare(
     partition: PartitionOpt = None,
     time_limit: TimeLimitOpt = None,
     slurm_arg: SlurmArgOpt = None,
+    tasks_per_job: TasksPerJobOpt = None,
 ) -> None:
     """Train each model under one preset and budget, evaluate and bench it; one joined table."""
     from mixerbench.config import parse_set
@@ -918,7 +932,8 @@ def compare(
                dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, fewshot=fewshot,
                with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
                overrides=parse_set(settings), trackers=trackers, launcher=_launcher(
-                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
+                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg,
+                   tasks_per_job))
     if not _rank0():  # under torchrun rank 0 joined the results and reports them
         return
     if fmt != Format.table:
@@ -954,6 +969,7 @@ def reproduce(
     partition: PartitionOpt = None,
     time_limit: TimeLimitOpt = None,
     slurm_arg: SlurmArgOpt = None,
+    tasks_per_job: TasksPerJobOpt = None,
 ) -> None:
     """Run the scaled-down experiment behind a paper table or figure; CSV and figure in results/."""
     from mixerbench.config import parse_set
@@ -963,7 +979,8 @@ def reproduce(
                device=device, data_dir=data_dir, overrides=parse_set(settings),
                upstream=upstream, init=init, models=models.split(",") if models else None,
                batch_size=batch_size, real_labels=real_labels, fewshot=fewshot, launcher=_launcher(
-                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
+                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg,
+                   tasks_per_job))
     if not _rank0():
         return
     if "table" in out:

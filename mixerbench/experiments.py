@@ -128,8 +128,9 @@ def parse_lrs(text: str | float | None) -> list[float]:
 
 def finetune_lr_grid(cfg, lrs: list[float], *, root=None, log: Log = _noop) -> dict:
     """The paper's fine-tuning lr selection (App. C, following the ViT paper's App. B.1.1): each
-    lr of the grid fine-tunes on the train split minus a held-out minival (2 % for CIFAR, 10 % for
-    Pets and Flowers, 1 % otherwise) and is scored on that minival; the best one is then
+    lr of the grid fine-tunes on the train split minus a held-out minival (a seeded share of every
+    class: 2 % for CIFAR, 10 % for Pets and Flowers, 1 % otherwise; `data.minival_mask`) and is
+    scored on that minival; the best one is then
     fine-tuned on the whole train split and reported on `cfg`'s eval split (test).
 
     Every run is an ordinary run directory with its accuracy row (the grid's rows have split
@@ -449,12 +450,12 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
     (CIFAR-10) about 40 minutes; small budget minutes on one GPU.
     """
     from mixerbench.models import get_spec
-    from mixerbench.presets import FAMILY_MODELS
+    from mixerbench.presets import family_model
     from mixerbench.report import regenerate
 
     preset, epochs, ds, over = _budget(budget, dataset, overrides)
     root = results.results_dir(root)
-    mixer = FAMILY_MODELS[preset]["mixer"].model
+    mixer = family_model(preset, "mixer")[0]
     patch = int(over.get("model.patch_size") or mixer.patch_size or get_spec(mixer.name).patch_size)
     cells = [Cell(preset, family, str(root), dataset=ds, experiment="shuffle",
                   flags=_common_flags(epochs, data_dir, device),

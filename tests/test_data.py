@@ -1,6 +1,6 @@
 """mixerbench.data: sources, splits and subsets, pipelines, shuffles, deterministic loading, bad input.
 
-Offline and on CPU. CIFAR-10 comes from ../shared/data/cifar10 (decoded once per session into a
+Offline and on CPU. CIFAR-10 comes from the local copy conftest.SHARED_DATA names (decoded once per session into a
 temp cache); the other local sources are small datasets written to temp folders here.
 """
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mixerbench.errors import UserError
-from mixerbench.models import create_model, list_models, model_info, resolve_name
+from mixerbench.models import FAMILIES, create_model, get_spec, list_models, model_info, resolve_name
 from mixerbench.models.resize import resize_mixer
 
 MIXERS = ["mixer-s32", "mixer-s16", "mixer-b32", "mixer-b16", "mixer-l32", "mixer-l16", "mixer-h14"]
@@ -65,10 +65,11 @@ def test_every_entry_runs_forward(name):
     run on the meta device (same code path, shapes checked, no 4 GB of CPU weights); the rest
     run for real on CPU."""
     spec_patch = model_info(name)["patch_size"] or 8
-    size = 2 * int(spec_patch) if name.startswith(("mixer", "vit")) else 32
+    sized = "img_size" in FAMILIES[get_spec(name).family].options  # told its input size
+    size = 2 * int(spec_patch) if sized else 32
     big = model_info(name)["params"] > 100e6
     with torch.device("meta"):  # building is the slow part on 2 cores; weights filled below
-        model = create_model(name, num_classes=7, img_size=size if name.startswith(("mixer", "vit")) else None)
+        model = create_model(name, num_classes=7, img_size=size if sized else None)
     x = torch.randn(2, 3, size, size, device="meta" if big else "cpu")
     if not big:
         model = _materialise(model)

@@ -117,6 +117,21 @@ def test_uncached_timm_name_offline_is_one_sentence_naming_the_options(offline_h
         load_model("timm:mixer_b16_224.no_such_tag")
 
 
+def test_uncached_timm_name_without_a_reachable_hub_fails_in_seconds(offline_home, tmp_path,
+                                                                     monkeypatch):
+    """Online mode but no hub (a closed local port stands for it): one probe, not the hub
+    client's minute of retries, then the same options."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("MIXERBENCH_CACHE", str(tmp_path / "mb-cache"))
+    start = time.monotonic()
+    with pytest.raises(UserError, match="hub is not reachable.*--arch"):
+        load_model("timm:mixer_b16_224.goog_in21k_ft_in1k")
+    assert time.monotonic() - start < 10
+
+
 # ------------------------------------------------------------------ state dicts via --arch
 
 
@@ -356,9 +371,9 @@ def test_smoke_resnet_is_the_model_its_options_say(one_thread):
     """The smoke preset's ResNet: exact parameter count of the model built; a stem_width that
     timm would silently ignore is refused."""
     from mixerbench.models import count_params
-    from mixerbench.presets import FAMILY_MODELS
+    from mixerbench.presets import family_model
 
-    m = FAMILY_MODELS["smoke"]["resnet"].model
+    m = family_model("smoke", "resnet")[0]
     model = create_model(m.name, num_classes=10, img_size=m.img_size, **m.options)
     assert count_params(model)[0] == 325_866 and model.conv1.out_channels == 64
     with pytest.raises(UserError, match="stem_width"):

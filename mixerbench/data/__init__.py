@@ -6,7 +6,7 @@ capped evaluation subsets (stratified too), nested class-balanced fractions for 
 runs (Figure 2 right) and seeded k-shot draws (§5).
 
     from mixerbench.data import get_dataset, make_loader
-    ds = get_dataset("cifar10", "train", data_dir="../shared/data")   # uint8 (50000, 32, 32, 3)
+    ds = get_dataset("cifar10", "train", data_dir="~/data")   # uint8 (50000, 32, 32, 3)
     batches = make_loader(ds, batch_size=512, train=True, pipeline="small", img_size=32)
     for x, y in batches.epoch(0): ...
 

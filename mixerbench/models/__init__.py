@@ -16,7 +16,16 @@ import re
 from typing import Any
 
 from mixerbench.errors import UserError, close_matches
-from mixerbench.models.registry import REGISTRY, ModelSpec, register
+from mixerbench.models.registry import (
+    FAMILIES,
+    REGISTRY,
+    Family,
+    ModelSpec,
+    Small,
+    family_of,
+    register,
+    register_family,
+)
 from mixerbench.names import squash
 
 # paper Table 1: depth, patch, hidden size C, D_S = C/2 and D_C = 4C (defaults of Mixer).
@@ -24,23 +33,38 @@ _MIXER_TABLE1 = {
     "S/32": (8, 32, 512), "S/16": (8, 16, 512), "B/32": (12, 32, 768), "B/16": (12, 16, 768),
     "L/32": (24, 32, 1024), "L/16": (24, 16, 1024), "H/14": (32, 14, 1280),
 }
-for _variant, (_depth, _patch, _dim) in _MIXER_TABLE1.items():
-    _slug = "mixer-" + _variant.replace("/", "").lower()
-    _timm = None if _variant == "H/14" else f"mixer_{_variant.replace('/', '').lower()}_224"
-    register(ModelSpec(_slug, "mixer", f"Mixer-{_variant}", _timm, 224, _patch,
-                       dict(dim=_dim, depth=_depth)))
+_MIXERS = [ModelSpec("mixer-" + v.replace("/", "").lower(), "mixer", f"Mixer-{v}",
+                     None if v == "H/14" else f"mixer_{v.replace('/', '').lower()}_224", 224,
+                     patch, dict(dim=dim, depth=depth))
+           for v, (depth, patch, dim) in _MIXER_TABLE1.items()]
+# Small-image model for CIFAR-size inputs (not in the paper): 32 px, patch 4 gives 64 tokens.
+_MIXERS.append(ModelSpec("mixer-t4", "mixer", "Mixer-T/4 (32 px)", None, 32, 4,
+                         dict(dim=256, depth=8), note="small-image Mixer: width 256, 8 blocks"))
 
-# Small-image models for CIFAR-size inputs (not in the paper): 32 px, patch 4 gives 64 tokens.
-register(ModelSpec("mixer-t4", "mixer", "Mixer-T/4 (32 px)", None, 32, 4,
-                   dict(dim=256, depth=8), note="small-image Mixer: width 256, 8 blocks"))
+register_family(Family(
+    "mixer", "Mixer", "mixer-b16",
+    color="#D55E00", marker="o", linestyle="-",  # vermillion: the paper's subject stands out
+    models=tuple(_MIXERS), prefixes=("mixer",),
+    # the native Mixer (models/mixer.py) takes C as `dim`
+    options={"width": "dim", "depth": "depth", "img_size": "img_size", "patch_size": "patch_size"},
+    small={
+        "cifar10-scratch": Small(dict(name="mixer-t4", img_size=32, patch_size=4, drop_path=0.1)),
+        "smoke": Small(dict(name="mixer-t4", img_size=28, patch_size=4, width=64, depth=2)),
+    },
+))
 
-from mixerbench.models import baselines as _baselines  # noqa: E402  (registers ViT / ResNet)
+from mixerbench.models import baselines as _baselines  # noqa: E402  (registers the other families)
 
-FAMILY_ALIASES = {"mixer": "mixer-b16", "vit": "vit-b16", "resnet": "bit-r50x1", "bit": "bit-r50x1"}
+def family_aliases() -> dict[str, str]:
+    """What a family alias means: {alias: zoo entry}, e.g. `mixer` -> `mixer-b16`, `bit` ->
+    `bit-r50x1` (small presets train their own model of the family instead)."""
+    return {alias: f.default for f in FAMILIES.values() for alias in (f.name, *f.aliases)}
 
 
-_PAPER_NAMES = {squash(s.paper_name.split(" ")[0]): s.name for s in REGISTRY.values()}
-_PAPER_NAMES.update({squash(s.name): s.name for s in REGISTRY.values()})
+def family_alias(name: str) -> str | None:
+    """The family that `name` names as an alias (`mixer`, `BiT`), else None."""
+    key = name.strip().lower()
+    return next((f.name for f in FAMILIES.values() if key in (f.name, *f.aliases)), None)
 
 
 def resolve_name(name: str) -> str:
@@ -51,15 +75,18 @@ def resolve_name(name: str) -> str:
     name = name.strip()
     if name.startswith("timm:"):
         return name
-    if name.lower() in FAMILY_ALIASES:
-        return FAMILY_ALIASES[name.lower()]
+    aliases = family_aliases()
+    if name.lower() in aliases:
+        return aliases[name.lower()]
     if name in REGISTRY:
         return name
-    hit = _PAPER_NAMES.get(squash(name))
+    paper = {squash(s.paper_name.split(" ")[0]): s.name for s in REGISTRY.values()}
+    paper.update({squash(s.name): s.name for s in REGISTRY.values()})
+    hit = paper.get(squash(name))
     if hit:
         return hit
     raise UserError(
-        f"Unknown model '{name}'.{close_matches(name, list(REGISTRY) + list(FAMILY_ALIASES))} "
+        f"Unknown model '{name}'.{close_matches(name, list(REGISTRY) + list(aliases))} "
         "Run `mixerbench models` for the zoo, or use timm:<name> for any timm model."
     )
 
@@ -75,12 +102,10 @@ def get_spec(name: str) -> ModelSpec:
             raise UserError(
                 f"timm has no model '{arch}'.{close_matches(arch, timm.list_models(), 3)}"
             )
-        family = "mixer" if "mixer" in arch else "vit" if arch.startswith(("vit", "deit")) else (
-            "resnet" if "resnet" in arch else "other")
         cfg = timm.get_pretrained_cfg(arch)
         size = (cfg.input_size[-1] if cfg is not None and cfg.input_size else 224)
         m = re.search(r"patch(\d+)", arch)
-        return ModelSpec(slug, family, slug, arch, size, int(m.group(1)) if m else None)
+        return ModelSpec(slug, family_of(slug), slug, arch, size, int(m.group(1)) if m else None)
     return REGISTRY[slug]
 
 
@@ -102,7 +127,8 @@ def create_model(name: str, num_classes: int = 1000, img_size: int | None = None
             here; weights are loaded by `mixerbench.models.weights`).
         num_classes: head outputs (0 for a feature extractor).
         img_size / patch_size: override the entry's input size and patch size.
-        **overrides: architecture arguments: `width` (C for Mixer, embed_dim for ViT),
+        **overrides: architecture arguments: `width` and `depth` (mapped by the family:
+            C for Mixer, embed_dim for ViT, gMLP and ResMLP, `Family.options`),
             `depth`, `drop_path`, `dropout`, `gelu` (Mixer), or any timm constructor argument.
 
     Returns:
@@ -122,9 +148,9 @@ def create_model(name: str, num_classes: int = 1000, img_size: int | None = None
         from mixerbench.models.mixer import Mixer
 
         kw = dict(spec.kwargs)
-        if "width" in overrides:
-            kw["dim"] = overrides.pop("width")
-        kw.update(overrides)
+        names = FAMILIES["mixer"].options  # width -> dim
+        kw.update({names.get(k, k) if k in ("width", "depth") else k: v
+                   for k, v in overrides.items()})
         allowed = {"dim", "depth", "tokens_dim", "channels_dim", "gelu", "drop_path", "dropout",
                    "in_chans"}
         bad = set(kw) - allowed
@@ -232,5 +258,6 @@ def zoo(pattern: str | None = None, *, num_classes: int = 1000,
     return rows
 
 
-__all__ = ["zoo", "ModelSpec", "REGISTRY", "REGULARISERS", "classifiers", "FAMILY_ALIASES", "create_model", "list_models", "model_label",
+__all__ = ["zoo", "ModelSpec", "REGISTRY", "REGULARISERS", "classifiers", "FAMILIES", "Family", "Small", "register_family",
+           "family_aliases", "family_alias", "family_of", "create_model", "list_models", "model_label",
            "model_info", "resolve_name", "get_spec", "count_params"]

@@ -1,8 +1,10 @@
-"""The paper's baselines, mapped to timm (docs/paper-notes.md §8).
+"""The paper's baselines and the Mixer's all-MLP contemporaries, mapped to timm
+(docs/paper-notes.md §8).
 
 ViT-S/B/L/H and BiT-R50x1 ... R152x4 (timm's `resnetv2_*_bit`, BiT-M shapes) plus torchvision's
-ResNet-50 shape (`resnet50`), and two small-image baselines for CIFAR-size inputs that sit
-beside `mixer-t4` in the small presets.
+ResNet-50 shape (`resnet50`); gMLP and ResMLP (timm's `gmlp_*`, `resmlp_*`); and a small-image
+model of each family for CIFAR-size inputs that sits beside `mixer-t4` in the small presets.
+Each family is one `register_family` call.
 """
 
 from __future__ import annotations
@@ -10,7 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from mixerbench.errors import UserError
-from mixerbench.models.registry import ModelSpec, register
+from mixerbench.models.registry import Family, ModelSpec, Small, family, register_family
 
 _VIT = {  # paper name -> (timm architecture, patch)
     "S/16": ("vit_small_patch16_224", 16), "S/32": ("vit_small_patch32_224", 32),
@@ -18,52 +20,128 @@ _VIT = {  # paper name -> (timm architecture, patch)
     "L/16": ("vit_large_patch16_224", 16), "L/32": ("vit_large_patch32_224", 32),
     "H/14": ("vit_huge_patch14_224", 14),
 }
+# timm's constructor arguments for the zoo's options, shared by ViT and timm's MlpMixer class
+_TOKENS = {"width": "embed_dim", "img_size": "img_size", "patch_size": "patch_size"}
+
 # Every zoo ViT starts from the ViT paper's own initialisation (vision_transformer's JAX code:
 # lecun-normal patch embedding, xavier-uniform attention and MLP kernels, zero head), which timm
 # reproduces with `weight_init="jax"`; timm's default (truncated normal 0.02 everywhere) is not
-# what the paper's baselines were trained from, and it hurt the small ViT (below).
-for _variant, (_arch, _patch) in _VIT.items():
-    register(ModelSpec("vit-" + _variant.replace("/", "").lower(), "vit", f"ViT-{_variant}",
-                       _arch, 224, _patch, dict(weight_init="jax")))
+# what the paper's baselines were trained from, and it hurt the small ViT.
+# The small-image ViT (not in the paper), sized like mixer-t4 for 32 px inputs, pools its tokens
+# (global average, no class token: the ViT paper's App. D.3 finds it as good given the right lr,
+# and it gives the ViT the Mixer's head).
+register_family(Family(
+    "vit", "ViT", "vit-b16", color="#0072B2", marker="s", linestyle="--",  # blue, dashed
+    models=(*(ModelSpec("vit-" + v.replace("/", "").lower(), "vit", f"ViT-{v}", arch, 224, patch,
+                        dict(weight_init="jax"))
+              for v, (arch, patch) in _VIT.items()),
+            ModelSpec("vit-t4", "vit", "ViT-T/4 (32 px)", "vit_tiny_patch16_224", 32, 4,
+                      dict(embed_dim=256, depth=8, num_heads=4, global_pool="avg",
+                           class_token=False, weight_init="jax"),
+                      note="small-image ViT: width 256, 8 blocks, 4 heads, patch 4, GAP head, "
+                           "JAX init")),
+    prefixes=("vit", "deit"), options={**_TOKENS, "depth": "depth"},
+    small={
+        "cifar10-scratch": Small(dict(name="vit-t4", img_size=32, patch_size=4, drop_path=0.1)),
+        "smoke": Small(dict(name="vit-t4", img_size=28, patch_size=4, width=64, depth=2,
+                            options={"num_heads": 2})),
+    },
+))
 
-register(ModelSpec("resnet50", "resnet", "ResNet-50", "resnet50", 224, None))
-register(ModelSpec("resnet18", "resnet", "ResNet-18", "resnet18", 224, None,
-                   note="not in the paper; the smoke preset's small CNN"))
-for _depth, _width in ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4)):
-    register(ModelSpec(f"bit-r{_depth}x{_width}", "resnet", f"BiT-R{_depth}x{_width}",
-                       f"resnetv2_{_depth}x{_width}_bit", 224, None))
+register_family(Family(
+    "resnet", "ResNet / BiT", "bit-r50x1", color="#009E73", marker="^", linestyle=":",
+    models=(
+        ModelSpec("resnet50", "resnet", "ResNet-50", "resnet50", 224, None),
+        ModelSpec("resnet18", "resnet", "ResNet-18", "resnet18", 224, None,
+                  note="not in the paper; the smoke preset's small CNN"),
+        *(ModelSpec(f"bit-r{depth}x{width}", "resnet", f"BiT-R{depth}x{width}",
+                    f"resnetv2_{depth}x{width}_bit", 224, None)
+          for depth, width in ((50, 1), (50, 3), (101, 1), (101, 3), (152, 2), (152, 4))),
+        ModelSpec("resnet18-c", "resnet", "ResNet-18 (32 px stem)", "resnet18", 32, None,
+                  cifar_stem=True,
+                  note="ResNet-18 with a 3x3 stride-1 stem and no max-pool for 32 px inputs"),
+    ),
+    aliases=("bit",), prefixes=("resnet", "bit-", "bit_", "bit"),
+    options={},  # convolutions take any input size; no single width
+    small={
+        "cifar10-scratch": Small(dict(name="resnet18-c", img_size=32)),
+        "smoke": Small(dict(name="resnet18", img_size=28,
+                            options={"layers": [1, 1, 1, 1], "channels": [16, 32, 64, 128]})),
+    },
+))
 
-# Small-image baselines (not in the paper), sized like mixer-t4 for 32 px inputs. The small ViT
-# pools its tokens (global average, no class token: the ViT paper's App. D.3 finds it as good
-# given the right lr, and it gives the ViT the Mixer's head) and starts from the official
-# vision_transformer init that timm's `weight_init="jax"` reproduces (the Mixer's lecun-normal
-# kernels and zero head are the same Flax init). With timm's default init the 2-block ViT of the
-# smoke preset reached 52.6 % on mnist-5k where this one reaches 94 % (same budget, measured).
-register(ModelSpec("vit-t4", "vit", "ViT-T/4 (32 px)", "vit_tiny_patch16_224", 32, 4,
-                   dict(embed_dim=256, depth=8, num_heads=4, global_pool="avg", class_token=False,
-                        weight_init="jax"),
-                   note="small-image ViT: width 256, 8 blocks, 4 heads, patch 4, GAP head, JAX init"))
-register(ModelSpec("resnet18-c", "resnet", "ResNet-18 (32 px stem)", "resnet18", 32, None,
-                   cifar_stem=True,
-                   note="ResNet-18 with a 3x3 stride-1 stem and no max-pool for 32 px inputs"))
+# The paper's all-MLP contemporaries (not in its tables), both timm's `MlpMixer` class with
+# other blocks. gMLP (Liu et al. 2021, arXiv 2105.08050): a gated MLP whose spatial gating unit
+# mixes tokens with one N x N projection; timm's gmlp_{ti,s,b}16_224 (30 blocks, expansion 6).
+# ResMLP (Touvron et al. 2021, arXiv 2105.03404): a linear token-mixing layer and an MLP, affine
+# normalisation; timm's resmlp_{12,24,36}_224 (expansion 4). Small shapes: the small Mixer's
+# width, depth and patch (256 x 8 blocks at 32 px, 64 x 2 in the smoke preset), which puts their
+# parameters and FLOPs within 15 % of the Mixer's (`mixerbench models '*-t4' --img-size 32`).
+_MLP_BLOCKS = {"width": "embed_dim", "depth": "num_blocks", "img_size": "img_size",
+               "patch_size": "patch_size"}
+register_family(Family(
+    "gmlp", "gMLP", "gmlp-s16", color="#CC79A7", marker="v", linestyle=(0, (3, 1, 1, 1, 1, 1)),
+    models=(*(ModelSpec(f"gmlp-{v.lower()}16", "gmlp", f"gMLP-{v}", f"gmlp_{v.lower()}16_224",
+                        224, 16, dict(embed_dim=dim, num_blocks=30, mlp_ratio=6))
+              for v, dim in (("Ti", 128), ("S", 256), ("B", 512))),
+            ModelSpec("gmlp-t4", "gmlp", "gMLP-T/4 (32 px)", None, 32, 4,
+                      dict(embed_dim=256, num_blocks=8, mlp_ratio=6),
+                      note="small-image gMLP: width 256, 8 blocks, patch 4")),
+    prefixes=("gmlp",), options=_MLP_BLOCKS,
+    constructor="timm.models.mlp_mixer:MlpMixer",
+    layers=dict(block_layer="SpatialGatingBlock", mlp_layer="GatedMlp"),
+    small={
+        "cifar10-scratch": Small(dict(name="gmlp-t4", img_size=32, patch_size=4, drop_path=0.1)),
+        "smoke": Small(dict(name="gmlp-t4", img_size=28, patch_size=4, width=64,
+                            depth=2)),
+    },
+))
+register_family(Family(
+    "resmlp", "ResMLP", "resmlp-12", color="#E69F00", marker="P", linestyle=(0, (5, 1)),
+    models=(*(ModelSpec(f"resmlp-{depth}", "resmlp", f"ResMLP-{depth}", f"resmlp_{depth}_224",
+                        224, 16, dict(embed_dim=384, num_blocks=depth, mlp_ratio=4,
+                                      block_layer=("ResBlock", dict(init_values=scale))))
+              for depth, scale in ((12, 0.1), (24, 1e-5), (36, 1e-6))),
+            ModelSpec("resmlp-t4", "resmlp", "ResMLP-T/4 (32 px)", None, 32, 4,
+                      dict(embed_dim=256, num_blocks=8, mlp_ratio=4),
+                      note="small-image ResMLP: width 256, 8 blocks, patch 4")),
+    prefixes=("resmlp",), options=_MLP_BLOCKS,
+    constructor="timm.models.mlp_mixer:MlpMixer",
+    # LayerScale starts at 0.1 up to 12 blocks, 1e-5 at 24, 1e-6 at 36 as in the ResMLP
+    # authors' code (facebookresearch/deit resmlp_models.py); timm's resmlp_12_224 keeps
+    # ResBlock's 1e-4, which leaves a shallow ResMLP's residual branches near zero at the start
+    layers=dict(block_layer=("ResBlock", dict(init_values=0.1)), norm_layer="Affine"),
+    small={
+        "cifar10-scratch": Small(dict(name="resmlp-t4", img_size=32, patch_size=4,
+                                      drop_path=0.1)),
+        "smoke": Small(dict(name="resmlp-t4", img_size=28, patch_size=4, width=64,
+                            depth=2)),
+    },
+))
 
 
 def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | None,
           overrides: dict[str, Any]):
-    """Create a timm model for `spec` with the zoo's overrides mapped to timm's arguments."""
+    """Create a timm model for `spec`, the zoo's overrides mapped to timm's arguments by the
+    spec's family (`Family.options`): its own constructor class when the family names one,
+    else `timm.create_model(spec.timm_name)`."""
+    import importlib
+
     import timm
     from torch import nn
 
+    fam = family(spec.family)
     kw = dict(spec.kwargs)
     overrides = dict(overrides)
     if "drop_path" in overrides:
         kw["drop_path_rate"] = overrides.pop("drop_path")
     if "dropout" in overrides:
         kw["drop_rate"] = overrides.pop("dropout")
-    if "width" in overrides:
-        if spec.family != "vit":
-            raise UserError(f"{spec.name} has no 'width' option; pass timm arguments instead.")
-        kw["embed_dim"] = overrides.pop("width")
+    if "width" in overrides and "width" not in fam.options:
+        raise UserError(f"{spec.name} has no 'width' option; pass timm arguments instead.")
+    for ours in ("width", "depth"):
+        if ours in overrides and ours in fam.options:
+            kw[fam.options[ours]] = overrides.pop(ours)
     gelu = overrides.pop("gelu", None)
     if gelu == "tanh" and spec.family == "vit":
         # Flax's nn.gelu (tanh approximation), recorded for ViTs read from official .npz files;
@@ -76,12 +154,21 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
         raise UserError(f"{spec.name} ignores stem_width without stem_type='deep' (timm's plain "
                         "stem has 64 channels); drop stem_width or add stem_type='deep'.")
     kw.update(overrides)
-    if spec.family == "vit" or (spec.patch_size and "vit" in (spec.timm_name or "")):
-        kw.setdefault("img_size", img_size)
+    if "img_size" in fam.options:  # the token count depends on it (ViT, the MLP families)
+        kw.setdefault(fam.options["img_size"], img_size)
         if patch_size:
-            kw.setdefault("patch_size", patch_size)
+            kw.setdefault(fam.options["patch_size"], patch_size)
+    registered = not spec.name.startswith("timm:")
     try:
-        model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes, **kw)
+        if fam.constructor and registered:
+            module, cls = fam.constructor.split(":")
+            module = importlib.import_module(module)
+            for key, layer in fam.layers.items():  # the entry's own (kwargs) overrides
+                kw[key] = _layer(module, kw.get(key, layer))
+            model = getattr(module, cls)(num_classes=num_classes, **kw)
+        else:
+            model = timm.create_model(spec.timm_name, pretrained=False, num_classes=num_classes,
+                                      **kw)
     except TypeError as exc:
         raise UserError(f"{spec.name} does not accept these options: {exc}.") from None
     if spec.cifar_stem:
@@ -90,3 +177,15 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
         model.conv1 = nn.Conv2d(kw.get("in_chans", 3), width, 3, 1, 1, bias=False)
         model.maxpool = nn.Identity()
     return model
+
+
+def _layer(module, layer):
+    """A `Family.layers` value: a class of `module` by name, or (name, arguments) for that class
+    with some arguments fixed (ResMLP's layer-scale init)."""
+    import functools
+
+    if isinstance(layer, str):
+        return getattr(module, layer)
+    if isinstance(layer, tuple):
+        return functools.partial(getattr(module, layer[0]), **layer[1])
+    return layer

@@ -477,19 +477,28 @@ def hub_file(arch_tag: str) -> Path:
     if _offline():
         raise UserError(f"timm:{arch_tag} is not in the Hugging Face cache ({cache}) and "
                         f"HF_HUB_OFFLINE=1 forbids downloading it; {options}.")
+    from mixerbench.data import decode
+    from mixerbench.data.hub import hub_reachable
+
+    if not hub_reachable(decode.cache_root()):  # a 3 s probe, not the hub client's retries
+        raise UserError(f"timm:{arch_tag} is not in the Hugging Face cache ({cache}) and the "
+                        f"hub is not reachable; {options}.")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     for name in files:
         try:
             return Path(hf_hub_download(repo, name, cache_dir=str(cache), etag_timeout=10))
-        except EntryNotFoundError:
+        except LocalEntryNotFoundError:  # the connection failed after all
+            break
+        except EntryNotFoundError:  # the repository lacks this file; try the next
             continue
-        except Exception as exc:  # no network, hub down, gated repo: all one answer
+        except Exception as exc:  # hub down, gated repo: all one answer
             raise UserError(f"Could not download timm:{arch_tag} from the Hugging Face hub "
                             f"({type(exc).__name__}) and it is not in the cache ({cache}); "
                             f"{options}.") from None
-    raise UserError(f"The hub repository {repo} has none of {', '.join(files)}; {options}.")
+    raise UserError(f"Could not download timm:{arch_tag} ({repo}: none of {', '.join(files)}) "
+                    f"and it is not in the cache ({cache}); {options}.")
 
 
 def _load_timm(name: str, reg: dict | None = None):

@@ -97,7 +97,7 @@ def _scatter_families(ax, x, y, names, labels=None, *, hollow=None, size=46,
     hollow = np.zeros(len(x), bool) if hollow is None else np.asarray(hollow, bool)
     seen = set() if seen is None else seen
     fams = [style.family_of(n) for n in names] if fams is None else list(fams)
-    for fam in style.FAMILIES:
+    for fam in style.order():
         for hol in (False, True):
             idx = [i for i, f in enumerate(fams) if f == fam and hollow[i] == hol]
             if not idx:
@@ -462,7 +462,7 @@ def data_scaling(scaling_df: pd.DataFrame, *, dataset: str | None = None) -> Fig
     for ax, metric in zip(axes, metrics):
         d = df[df["metric"] == metric]
         models = sorted(d["model"].astype(str).unique(),
-                        key=lambda m: (style.FAMILIES.index(fam[m]), list(d["model"]).index(m)))
+                        key=lambda m: (style.order().index(fam[m]), list(d["model"]).index(m)))
         for model in models:
             g = d[d["model"] == model].groupby("fraction")["top1"].agg(["mean", "std", "size"])
             x = g.index.to_numpy() * 100
@@ -538,7 +538,7 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None) -> Figure:
     df["family"] = style.families(df)
     fam = dict(zip(df["model"].astype(str), df["family"]))
     models = sorted(df["model"].astype(str).unique(),
-                    key=lambda m: (style.FAMILIES.index(fam[m]), list(df["model"]).index(m)))
+                    key=lambda m: (style.order().index(fam[m]), list(df["model"]).index(m)))
     settings = sorted(df["train_shuffle"].unique(), key=lambda s: (_SHUFFLE_ORDER.get(s, 9), s))
     metrics = sorted(df["metric"].unique(), key=_metric_order)
     probes = _probe_note(df)

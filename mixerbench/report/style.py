@@ -1,23 +1,47 @@
 """One colour, one marker and one line style per model family, shared by every figure.
 
-The paper's figures (arXiv 2105.01601, Figures 2-4) show Mixer, ViT and ResNet/BiT side by side;
-Figure 2 (right) draws Mixer solid, ViT dashed and BiT dotted, which `LINESTYLES` follows.
-Colours are from the colour-blind-safe Okabe-Ito palette.
+Each family's look is part of its registry entry (`mixerbench.models.registry.Family`); this
+module reads it. The paper's figures (arXiv 2105.01601, Figures 2-4) show Mixer, ViT and
+ResNet/BiT side by side; Figure 2 (right) draws Mixer solid, ViT dashed and BiT dotted, which the
+registry follows. Colours are from the colour-blind-safe Okabe-Ito palette; rows of no
+registered family (HaloNet, NFNet, any timm model) are grey.
 """
 
 from __future__ import annotations
 
-FAMILIES = ("mixer", "vit", "resnet", "other")
+from collections.abc import Mapping
 
-COLORS = {
-    "mixer": "#D55E00",   # vermillion: the paper's subject stands out
-    "vit": "#0072B2",     # blue
-    "resnet": "#009E73",  # bluish green (ResNet and BiT)
-    "other": "#6E6E6E",   # grey (HaloNet, NFNet, MPL, ALIGN, unknown timm models)
-}
-MARKERS = {"mixer": "o", "vit": "s", "resnet": "^", "other": "D"}
-LINESTYLES = {"mixer": "-", "vit": "--", "resnet": ":", "other": "-."}
-LABELS = {"mixer": "Mixer", "vit": "ViT", "resnet": "ResNet / BiT", "other": "other"}
+from mixerbench.models.registry import FAMILIES, OTHER, family
+from mixerbench.models.registry import family_of as registry_family_of
+
+class _ByFamily(Mapping):
+    """family name -> one attribute of its registry entry (`Family.color`, ...), read live, so a
+    family registered after this module was imported has its look too; "other" included."""
+
+    def __init__(self, attr: str):
+        self.attr = attr
+
+    def __getitem__(self, fam: str):
+        if fam != OTHER.name and fam not in FAMILIES:
+            raise KeyError(fam)
+        return getattr(family(fam), self.attr)
+
+    def __iter__(self):
+        return iter(order())
+
+    def __len__(self):
+        return len(FAMILIES) + 1
+
+
+def order() -> tuple[str, ...]:
+    """Every family in registration order (the paper's three first), then "other"."""
+    return (*FAMILIES, OTHER.name)
+
+
+COLORS = _ByFamily("color")
+MARKERS = _ByFamily("marker")
+LINESTYLES = _ByFamily("linestyle")
+LABELS = _ByFamily("label")
 
 DPI = 150          # saved figures: 150 dpi reads well on screen and in a PDF
 FONT_SIZE = 10     # base size for labels; titles a little larger
@@ -33,28 +57,9 @@ def short_name(model_name: str) -> str:
 
 
 def family_of(model_name: str) -> str:
-    """The family of a registry slug, paper name or `timm:` name: mixer, vit, resnet or other.
-
-    Slugs and paper names are matched by prefix (`mixer-b16`, `Mixer-B/16`, `vit-`, `bit-`,
-    `BiT-R152x4`, `resnet50`); `timm:` names by substring (`timm:resnetv2_50x1_bit` -> resnet).
-    """
-    name = str(model_name).strip().lower()
-    if name.startswith("timm:"):
-        name = name[len("timm:"):]
-        if "mixer" in name:
-            return "mixer"
-        if "vit" in name or "deit" in name:
-            return "vit"
-        if "resnet" in name or "_bit" in name or name.startswith("bit"):
-            return "resnet"
-        return "other"
-    if name.startswith("mixer"):
-        return "mixer"
-    if name.startswith("vit"):
-        return "vit"
-    if name.startswith(("bit-", "bit_", "resnet")):
-        return "resnet"
-    return "other"
+    """The family of a registry slug, paper name or `timm:` name (the registry's prefixes), else
+    "other": `mixer-b16`, `Mixer-B/16` -> mixer; `BiT-R152x4`, `timm:resnetv2_50x1_bit` -> resnet."""
+    return registry_family_of(model_name)
 
 
 def color(model_name: str) -> str:
