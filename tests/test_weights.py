@@ -105,6 +105,11 @@ def test_timm_vit_loads_offline_from_the_cache(offline_home, one_thread):
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), ref(x))
+    for name in ("timm:test_vit.r160_in1k", "timm:mixer_b16_224.goog_in21k_ft_in1k"):
+        if name.startswith("timm:mixer"):
+            hub_cache(offline_home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
+        moved, _ = load_model(name, device="meta")  # on the device asked for (evaluate's GPU)
+        assert {p.device.type for p in moved.parameters()} == {"meta"}
 
 
 def test_uncached_timm_name_offline_is_one_sentence_naming_the_options(offline_home):

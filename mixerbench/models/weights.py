@@ -187,7 +187,8 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
     reg = {k: v for k, v in (regularisers or {}).items() if v is not None}
     where = resolve_source(src)
     if isinstance(where, str):
-        return _load_timm(where, reg)
+        model, rec = _load_timm(where, reg)
+        return model.to(device), rec
     if where.suffix == ".npz":
         model, rec = _load_npz(where, model_name, reg)
         return model.to(device), rec
