@@ -280,6 +280,19 @@ def test_init_is_identified_by_its_weights(tmp_path):
     assert sorted(r["run_id"] for r in finetuned) == sorted([first["run_id"], second["run_id"]])
 
 
+def test_a_named_fine_tuning_from_before_weights_were_recorded_is_refused_with_the_reason(
+        tmp_path):
+    ok(pretrain(tmp_path, "--run-name", "src"))
+    src = tmp_path / "runs" / "src"
+    ok(finetune(tmp_path, src, "--run-name", "ft"))
+    path = tmp_path / "runs" / "ft" / "config.json"
+    stored = json.loads(path.read_text())
+    del stored["init_sha256"], stored["config_hash"]  # as written before the setting existed
+    path.write_text(json.dumps(dict(stored, config_hash=config.config_hash(from_dict(stored)))))
+    line = refused(finetune(tmp_path, src, "--run-name", "ft"))
+    assert "fine-tuned before runs recorded their source weights" in line
+
+
 # -------------------------------------------------------- only a run's own files are its own
 
 
