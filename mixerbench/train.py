@@ -153,7 +153,7 @@ def read_summary(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        s = json.loads(path.read_text())
+        s = files.read_json(path)  # bounded; a FIFO or link planted there is refused
     except (OSError, UnicodeDecodeError, ValueError):
         s = None
     ok = (isinstance(s, dict) and s.get("run_id") == Path(run_dir).name
@@ -450,6 +450,7 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
         if run.rank == 0:
             _start_clean(run, log)
         return TrainState()
+    files.check_file(path)  # a regular file inside the run directory, not a FIFO or a link
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         mine = _binding(run)
