@@ -176,6 +176,9 @@ class _TensorBoard:
     def __init__(self, root: Path, run: str, *, log_dir: Path, resume_step: int, **_):
         from torch.utils.tensorboard import SummaryWriter
 
+        from mixerbench.files import make_dirs
+
+        make_dirs(log_dir)  # a real folder inside the results folder, never a planted link
         # purge_step: TensorBoard hides what an interrupted run logged after the checkpoint it
         # resumes from, as metrics.csv drops those rows (they are logged again)
         self.w = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step or None)
@@ -244,7 +247,9 @@ class _WandB:
             if not reachable(server, SERVER_PROBE_SECONDS):
                 raise ConnectionError(f"{server} is not reachable within {SERVER_PROBE_SECONDS:g} s "
                                       "(WANDB_MODE=offline logs locally)")
-        root.mkdir(parents=True, exist_ok=True)
+        from mixerbench.files import make_dirs
+
+        make_dirs(root / "wandb")  # wandb.init(dir=root) writes there: never through a link
         self.restore = _environ(self.env)
         self.restore.__enter__()  # held until close: wandb reads them while the run lives
         try:
@@ -308,8 +313,9 @@ class _MLflow:
                                ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")):
                 os.environ.setdefault(key, value)
         if not server:
-            base = (root / "mlflow").absolute()
-            base.mkdir(parents=True, exist_ok=True)
+            from mixerbench.files import make_dirs
+
+            base = make_dirs((root / "mlflow").absolute())  # never through a planted link
             uri = f"sqlite:///{base / 'mlflow.db'}"
             # without it MLflow puts artifacts in ./mlartifacts, outside the results folder
             artifacts = (base / "artifacts" / slug(experiment)).as_uri()

@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mixerbench import files
 from mixerbench.errors import UserError
 
 CHECKPOINT = "checkpoint-last.safetensors"
@@ -73,6 +74,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist; pass a run directory or a .safetensors file.")
+    files.check_file(path)  # a regular file: safetensors would block on a FIFO
     try:
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
@@ -82,7 +84,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     if "mixerbench_model" not in meta:
         return None
     try:
-        rec = json.loads(meta["mixerbench_model"])
+        # bounded: metadata nested 100,000 deep would end Python's parser in RecursionError
+        rec = files.loads_json(meta["mixerbench_model"], f"Checkpoint {path}'s header")
+    except UserError:
+        raise
     except ValueError:
         rec = None
     if not _valid_description(rec):
