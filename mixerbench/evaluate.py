@@ -349,14 +349,11 @@ def load_real_labels(src):
     """ReaL labels (Beyer et al. 2020, the public `real.json`): per ImageNet validation image
     in file-name order, the list of correct class indices (empty: the image is left out).
 
-    The file is read as data that may be hostile: opened without blocking and only if it is a
-    regular file (a FIFO or `/dev/zero` is refused, not read), at most REAL_MAX_BYTES, parsed
-    only when it nests no deeper than real.json's two levels, and every entry must be a list
-    of class indices 0-999 (strings, 1e400 or booleans are refused, not coerced)."""
-    import json
+    The file is read as data that may be hostile (`files.read_bytes`, `files.loads_json`): a
+    regular file only (a FIFO or `/dev/zero` is refused, not read), at most REAL_MAX_BYTES,
+    parsed only when it nests no deeper than real.json's two levels, and every entry must be a
+    list of class indices 0-999 (strings, 1e400 or booleans are refused, not coerced)."""
     import numbers
-    import os
-    import stat
     from pathlib import Path
 
     from mixerbench.errors import UserError
@@ -365,33 +362,15 @@ def load_real_labels(src):
         data = src
         path = "the ReaL labels"
     else:
+        from mixerbench import files
+
         path = Path(src)
-        try:
-            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
-        except OSError as exc:
-            raise UserError(f"Cannot read the ReaL labels file {path} ({exc.strerror or exc}); "
-                            "pass the public real.json.") from None
-        with os.fdopen(fd, "rb") as fh:
-            st = os.fstat(fh.fileno())
-            if not stat.S_ISREG(st.st_mode):
-                raise UserError(f"The ReaL labels file {path} is not a regular file; pass the "
-                                "public real.json.")
-            raw = fh.read(REAL_MAX_BYTES + 1)
-        if len(raw) > REAL_MAX_BYTES:
-            raise UserError(f"{path} is larger than {REAL_MAX_BYTES // 2**20} MiB; the public "
-                            "real.json is 1.5 MB, pass that file.")
-        depth = 0
-        for c in raw:  # real.json holds only numbers in lists in a list: no strings to skip
-            if c == 0x5B:  # [
-                depth += 1
-                if depth > 2:
-                    raise UserError(f"{path} nests lists deeper than real.json's list of label "
-                                    "lists; pass the public real.json.")
-            elif c == 0x5D:  # ]
-                depth -= 1
-        try:
-            data = json.loads(raw)
-        except (json.JSONDecodeError, UnicodeDecodeError, RecursionError):
+        raw = files.read_bytes(path, REAL_MAX_BYTES)  # a FIFO or /dev/zero is refused, not read
+        if raw is None:
+            raise UserError(f"There is no ReaL labels file at {path}; pass the public real.json.")
+        try:  # real.json is a list of label lists: two levels deep
+            data = files.loads_json(raw, path, REAL_MAX_BYTES, depth=2)
+        except ValueError:
             raise UserError(f"{path} is not JSON; pass the public real.json (a list of label "
                             "lists).") from None
 

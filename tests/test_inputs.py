@@ -189,7 +189,7 @@ def test_an_image_linked_to_a_fifo_is_refused_without_blocking(tmp_path, child_e
     os.mkfifo(tmp_path / "pipe")
     os.symlink(tmp_path / "pipe", ds / "bee" / "1.png")
     line = child_refused(["pretrain", *TINY, "--dataset", ds, "--results-dir", tmp_path / "r"], child_env)
-    assert "not a regular file (a FIFO)" in line
+    assert "FIFO" in line and "1.png" in line
 
 
 @pytest.mark.timeout(120)

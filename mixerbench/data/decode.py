@@ -13,7 +13,6 @@ import errno
 import hashlib
 import io
 import os
-import stat
 import warnings
 from pathlib import Path
 
@@ -112,21 +111,18 @@ MAX_IMAGE_BYTES = 512 * 2**20  # an image file larger than this is not read into
 
 
 def _read_local(path) -> bytes:
-    """The bytes of an image file found by listing a dataset folder: opened without blocking
-    and checked to be a regular file (a FIFO or device behind a link is refused, not read)."""
+    """The bytes of an image file found by listing a dataset folder, read through
+    `files.read_bytes`: opened without blocking and only if it is a regular file (a FIFO or
+    device behind a link is refused, not read), at most MAX_IMAGE_BYTES."""
+    from mixerbench import files
+
     try:
-        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_NOCTTY", 0))
-    except OSError as exc:
-        raise ImageRefused(f"({path}) cannot be opened ({exc.strerror}); replace or remove it.") from None
-    with os.fdopen(fd, "rb") as fh:
-        st = os.fstat(fh.fileno())
-        if not stat.S_ISREG(st.st_mode):
-            raise ImageRefused(f"({path}) is not a regular file; replace it with the image file or "
-                               f"remove it.")
-        if st.st_size > MAX_IMAGE_BYTES:
-            raise ImageRefused(f"({path}) is {st.st_size / 2**20:,.0f} MiB, more than the "
-                               f"{MAX_IMAGE_BYTES / 2**20:,.0f} MiB an image file may be; downscale it.")
-        return fh.read(MAX_IMAGE_BYTES + 1)
+        data = files.read_bytes(path, MAX_IMAGE_BYTES)
+    except UserError as exc:
+        raise ImageRefused(f"cannot be read: {str(exc).rstrip('.')}.") from None
+    if data is None:
+        raise ImageRefused(f"({path}) is gone; list the dataset again.")
+    return data
 
 
 def open_image(value, draft: int | None = None):
