@@ -76,6 +76,7 @@ def save_tensor_cache(path: Path, payload: dict, key: str) -> None:
     fp = cache_fingerprint(key, payload["labels"].numpy(), payload["class_names"], payload["images"].shape)
     torch.save({**payload, "format": CACHE_FORMAT, "fingerprint": fp}, buf)
     try:
+        os.makedirs(path.parent, exist_ok=True)  # here, so the sentence names MIXERBENCH_CACHE
         atomic_write_bytes(path, buf.getvalue())
     except OSError as exc:
         raise cache_error(exc, path) from None
