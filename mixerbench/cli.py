@@ -98,6 +98,14 @@ def _quiet(ctx: typer.Context) -> bool:
     return bool((ctx.obj or {}).get("quiet")) or not sys.stderr.isatty() or not _rank0()
 
 
+def _e(value) -> str:
+    """A value from a user or a file (a path, a dataset, a run name) as literal rich text: a
+    `[/]` in it is shown, never read as markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one sentence to stderr and exit (status 2 for bad input)."""
     from rich.markup import escape
@@ -116,11 +124,17 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from mixerbench.errors import UserError
+        from mixerbench.files import describe
 
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
             fail(str(exc))
+        except OSError as exc:  # read-only, full disk, a file or folder in the way: one sentence
+            sentence = describe(exc)
+            if sentence is None:
+                raise
+            fail(sentence)
 
     return wrapper
 
@@ -139,16 +153,19 @@ def emit(rows: list[dict], fmt: Format, title: str | None = None,
 
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore",
                                 lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        from mixerbench.results import neutral
+
+        writer.writeheader()  # text cells as the results CSVs hold them: never a formula
+        writer.writerows({k: neutral(v) if isinstance(v, str) else v for k, v in r.items()}
+                         for r in rows)
         return
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False)
+    table = Table(title=escape(title) if title else title, show_lines=False)
     for c in columns:
         numeric = bool(rows) and isinstance(rows[0].get(c), (int, float))
-        table.add_column(c, justify="right" if numeric else "left")
+        table.add_column(escape(str(c)), justify="right" if numeric else "left")
     for r in rows:  # escaped: labels like mixer-t4[width=64] are not rich markup
         table.add_row(*[escape(_cell(r.get(c))) for c in columns])
     _console().print(table)
@@ -188,12 +205,26 @@ def main(
 ) -> None:
     """Reproduce the MLP-Mixer benchmarks: Mixer against ViT and ResNet/BiT from timm."""
     ctx.obj = {"quiet": quiet}
+    # a terminal that cannot show a character (PYTHONIOENCODING=ascii, a file name that is not
+    # UTF-8) gets a replacement character, never a UnicodeEncodeError
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace")
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 # ------------------------------------------------------------------------------ shared options
 
+def _folder_name(value: str) -> Path:
+    """--results-dir: an empty value (an unset shell variable) is refused, not taken for `.`."""
+    if not str(value).strip():
+        raise typer.BadParameter("it is empty (an unset shell variable?); pass a folder")
+    return Path(value)
+
+
 ResultsDir = Annotated[Optional[Path], typer.Option(
-    "--results-dir", envvar="MIXERBENCH_RESULTS",
+    "--results-dir", envvar="MIXERBENCH_RESULTS", parser=_folder_name,
     help="Where CSVs, runs/, tables/ and figures/ are (default ./results).")]
 DataDir = Annotated[Optional[Path], typer.Option(
     "--data-dir", envvar="MIXERBENCH_DATA", help="Folder holding local dataset copies by name, e.g. cifar10/.")]
@@ -300,9 +331,9 @@ class ProgressView:
                 CellEvent.CELL: self._cell, CellEvent.LAUNCH: self._launch,
                 CellEvent.JOB: self._job,
                 ExperimentEvent.FEWSHOT: lambda info: self._print(
-                    f"linear {info['shots']}-shot probe of {info['run_id']}"),
+                    f"linear {info['shots']}-shot probe of {_e(info['run_id'])}"),
                 ExperimentEvent.BENCH: lambda info: self._print(
-                    f"benchmarking {', '.join(info['models'])} on this device"),
+                    f"benchmarking {_e(', '.join(info['models']))} on this device"),
                 TrackerEvent.WARNING: lambda info: _warn(info["message"], self._print)}
 
     def __call__(self, event: str, info: dict) -> None:
@@ -316,13 +347,13 @@ class ProgressView:
     def _start(self, info: dict) -> None:
         self.stop()
         self.console.print(
-            f"[bold]{info['model']}[/] on [bold]{info['dataset']}[/]: {info['total_steps']:,} steps, "
-            f"batch {info['batch_size']} x {info['world_size']} process(es), {info['device']} {info['dtype']}"
-            f" -> {info['run_dir']}")
+            f"[bold]{_e(info['model'])}[/] on [bold]{_e(info['dataset'])}[/]: {info['total_steps']:,} steps, "
+            f"batch {info['batch_size']} x {info['world_size']} process(es), {_e(info['device'])} {info['dtype']}"
+            f" -> {_e(info['run_dir'])}")
         self._bar("train", info["total_steps"], info["step"])
 
     def _resumed(self, info: dict) -> None:
-        self.console.print(f"resuming {info['run_dir']} from step {info['step']:,}")
+        self.console.print(f"resuming {_e(info['run_dir'])} from step {info['step']:,}")
 
     def _step(self, info: dict) -> None:
         import time
@@ -342,12 +373,12 @@ class ProgressView:
 
     def _finished(self, info: dict) -> None:
         self.stop()
-        self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
+        self.console.print(f"{_e(info['run_id'])}: already finished, read back (top-1 {info['top1']:.2f} %)")
 
     def _cell(self, info: dict) -> None:
         self.stop()
-        what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
-        count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
+        what = _e(", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index")))
+        count = _e(f"[{info['index']}/{info['of']}] ") if "of" in info else ""
         self.console.print(f"[bold magenta]{count}{what}[/]")
 
     def _launch(self, info: dict) -> None:
@@ -387,7 +418,7 @@ class ProgressView:
         if self.bar is None and self.live:
             self._bar("", total, done)
         if self.bar is not None:
-            self.bar.update(self.task, description=description, completed=done, total=total)
+            self.bar.update(self.task, description=_e(description), completed=done, total=total)
         else:  # on a pipe: each stage a line, if it lasts
             self._end_stage()
             if done < total:
@@ -419,10 +450,10 @@ class ProgressView:
         import threading
 
         if self.live and self.bar is None:
-            self.pending = self.console.status(what)
+            self.pending = self.console.status(_e(what))
             self.pending.start()
         else:
-            self.pending = threading.Timer(self.STAGE_SECONDS, self._print, [f"[dim]{what}[/]"])
+            self.pending = threading.Timer(self.STAGE_SECONDS, self._print, [f"[dim]{_e(what)}[/]"])
             self.pending.daemon = True
             self.pending.start()
 
@@ -574,9 +605,9 @@ def plot(
                 trackers=parse_trackers(tracker), on_warning=_warn)
     con = _console()
     for path in done["written"]:
-        con.print(f"wrote {path}")
+        con.print(f"wrote {_e(path)}")
     for skipped, why in done["skipped"].items():  # what was left out, and why
-        con.print(f"[dim]skipped {skipped}: {why}[/]", soft_wrap=True)
+        con.print(f"[dim]skipped {skipped}: {_e(why)}[/]", soft_wrap=True)
 
 
 # ------------------------------------------------------------------------- pretrain / finetune
@@ -612,11 +643,11 @@ def _print_summary(s: dict) -> None:
     if not _rank0():
         return
     if s.get("reused"):
-        _console().print(f"run {s['run_id']} had already finished; its result:")
+        _console().print(f"run {_e(s['run_id'])} had already finished; its result:")
     _console().print(
-        f"[bold green]{s['model']}[/] on {s['dataset']} ({s['split']}): top-1 [bold]{s['top1']:.2f} %[/], "
+        f"[bold green]{_e(s['model'])}[/] on {_e(s['dataset'])} ({_e(s['split'])}): top-1 [bold]{s['top1']:.2f} %[/], "
         f"top-5 {s['top5']:.2f} %, loss {s['loss']:.4f}, {s['steps']:,} steps in "
-        f"{s['train_seconds']:.1f} s -> {s['run_dir']}")
+        f"{s['train_seconds']:.1f} s -> {_e(s['run_dir'])}")
 
 
 @app.command()
@@ -757,8 +788,8 @@ def evaluate(
         emit([dict(table=t, **r) for t, rs in res["rows"].items() for r in rs], fmt)
         return
     console = _console()
-    where = (f"{res['model']} on {res['dataset']} ({res['split']}, {res['img_size']} px, "
-             f"{res['pipeline']})")
+    where = _e(f"{res['model']} on {res['dataset']} ({res['split']}, {res['img_size']} px, "
+               f"{res['pipeline']})")
     if res["top1"] is not None:
         console.print(f"[bold green]{where}[/]: top-1 [bold]{res['top1']:.2f} %[/], top-5 "
                       f"{res['top5']:.2f} %, loss {res['loss']:.4f} over {res['n']:,} images")
@@ -775,7 +806,10 @@ def evaluate(
         emit([dict(train_shuffle=r["train_shuffle"], eval_shuffle=r["eval_shuffle"],
                    metric=r["metric"], top1=r["top1"]) for r in res["shuffle"]],
              Format.table, title="pixel shuffles (paper Figure 4)")
-    console.print(f"rows appended under {root}")
+    console.print(f"rows appended under {_e(root)}")
+    if res.get("kept"):
+        console.print(f"fewshot.csv already held {len(res['kept'])} of these probes (one row per "
+                      "run, shots and probe dataset); the recorded rows were kept")
 
 
 class BenchMode(str, Enum):
@@ -821,7 +855,7 @@ def bench(
         emit([{k: v for k, v in r.items() if k != "repeat_seconds"} for r in rows], fmt)
         return
     _console().print(_bench_table(rows, steps))
-    _console().print(f"{len(rows)} row{'s' if len(rows) != 1 else ''} appended to {root / 'throughput.csv'}")
+    _console().print(f"{len(rows)} row{'s' if len(rows) != 1 else ''} appended to {_e(root / 'throughput.csv')}")
 
 
 def _bench_table(rows: list[dict], steps: int):
@@ -909,7 +943,7 @@ def compare(
     emit(_records(compare_view(out["table"])), fmt,
          title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
     for path in out["written"]:
-        _console().print(f"wrote {path}")
+        _console().print(f"wrote {_e(path)}")
 
 
 @app.command(cls=_RegistryHelp)
@@ -952,7 +986,7 @@ def reproduce(
     if "table" in out:
         emit(_records(out["table"]), Format.table, title=f"reproduce {artifact}")
     for path in out.get("written", []):
-        _console().print(f"wrote {path}")
+        _console().print(f"wrote {_e(path)}")
 
 
 # ------------------------------------------------------------------------------------- datasets
@@ -1039,7 +1073,7 @@ def upgrade(results_dir: ResultsDir = None) -> None:
 
     done = upgrade_all(results_dir)
     for path in done:
-        _console().print(f"upgraded {path}")
+        _console().print(f"upgraded {_e(path)}")
     if not done:
-        _console().print(f"nothing to upgrade in {resolve_dir(results_dir)}: every results file "
+        _console().print(f"nothing to upgrade in {_e(resolve_dir(results_dir))}: every results file "
                          "already has this version's columns")

@@ -152,13 +152,16 @@ def read_run_config(run_dir) -> RunConfig | None:
     the folder has no config.json; one we did not write is a UserError."""
     from pathlib import Path
 
+    from mixerbench import files
+
     path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        data = None
+        # bounded in size and depth; a FIFO, device or link planted there is refused, not read
+        data = files.read_json(path)
+        if data is None:
+            return None
+    except (OSError, UnicodeDecodeError, ValueError):  # UserError is a ValueError
+        data = False
     return from_dict(data, str(path))
 
 

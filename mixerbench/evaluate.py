@@ -565,7 +565,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                                  top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name))
                             for r in sh]
     steps.tick("done")
-    out["rows"] = _record(rows, root, checkpoint_src)
+    out["rows"], out["kept"] = _record(rows, root, checkpoint_src)
     return out
 
 
@@ -656,9 +656,10 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
                 train_shuffle=data_cfg.get("shuffle") or "none")
 
 
-def _record(rows: dict, root, checkpoint_src) -> dict:
-    """Each table's rows in its schema; appended under `root` (every file checked first, so
-    all rows land or none) unless a measurement is not finite."""
+def _record(rows: dict, root, checkpoint_src) -> tuple[dict, list]:
+    """(each table's rows in its schema, the rows not appended because their observation was
+    already recorded); appended under `root` (every file checked first, so all rows land or
+    none) unless a measurement is not finite."""
     import math
 
     from mixerbench import results
@@ -669,13 +670,15 @@ def _record(rows: dict, root, checkpoint_src) -> dict:
     if not all(isinstance(v, float) and math.isfinite(v) for v in measured):
         raise UserError(f"Evaluating {checkpoint_src} gave a non-finite accuracy (no images, or "
                         "NaN outputs), so no row was written; check the checkpoint and the data.")
+    kept = []
     if root is not None:
         for table in rows:
             results.ensure_appendable(table, root)
         for table, table_rows in rows.items():
             for r in table_rows:
                 if table in results.KEYS:  # one row per observation (a repeat is not appended)
-                    results.append_once(table, r, root)
+                    if not results.append_once(table, r, root):
+                        kept.append(r)
                 else:
                     results.append_row(table, r, root)
-    return rows
+    return rows, kept

@@ -171,6 +171,9 @@ class _TensorBoard:
     def __init__(self, root: Path, run: str, *, log_dir: Path, resume_step: int, **_):
         from torch.utils.tensorboard import SummaryWriter
 
+        from mixerbench.files import make_dirs
+
+        make_dirs(log_dir)  # a real folder inside the results folder, never a planted link
         # purge_step: TensorBoard hides what an interrupted run logged after the checkpoint it
         # resumes from, as metrics.csv drops those rows (they are logged again)
         self.w = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step or None)
@@ -232,7 +235,9 @@ class _WandB:
                         "WANDB_CONFIG_DIR": str(base / "config"),
                         "WANDB_DATA_DIR": str(base / "data"),
                         "WANDB_ARTIFACT_DIR": str(base / "artifacts")}
-        root.mkdir(parents=True, exist_ok=True)
+        from mixerbench.files import make_dirs
+
+        make_dirs(root / "wandb")  # wandb.init(dir=root) writes there: never through a link
         self.restore = _environ(self.env)
         self.restore.__enter__()  # held until close: wandb reads them while the run lives
         try:
@@ -286,8 +291,9 @@ class _MLflow:
         experiment = group or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "mixerbench"
         uri = artifacts = None
         if not os.environ.get("MLFLOW_TRACKING_URI"):
-            base = (root / "mlflow").absolute()
-            base.mkdir(parents=True, exist_ok=True)
+            from mixerbench.files import make_dirs
+
+            base = make_dirs((root / "mlflow").absolute())  # never through a planted link
             uri = f"sqlite:///{base / 'mlflow.db'}"
             # without it MLflow puts artifacts in ./mlartifacts, outside the results folder
             artifacts = (base / "artifacts" / slug(experiment)).as_uri()

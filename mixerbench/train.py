@@ -55,8 +55,6 @@ STATE = "state-last.pt"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 RUN_LOCK = "run"  # the run directory's lock file is run.lock (files.locked)
-# Settings a resume may change (config.RESUMABLE_CHANGES; LENGTH while the run is unfinished).
-
 Log = Callable[[str, dict], None]
 
 
@@ -155,7 +153,7 @@ def read_summary(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        s = json.loads(path.read_text())
+        s = files.read_json(path)  # bounded; a FIFO or link planted there is refused
     except (OSError, UnicodeDecodeError, ValueError):
         s = None
     ok = (isinstance(s, dict) and s.get("run_id") == Path(run_dir).name
@@ -410,6 +408,13 @@ def check_owner(run_dir: Path, cfg: RunConfig) -> None:
     unfinished = not (run_dir / SUMMARY).exists()
     mine = to_dict(cfg)
     if _comparable(stored, unfinished) != _comparable(mine, unfinished):
+        if stored_cfg.init and stored_cfg.init_sha256 is None and cfg.init_sha256 and \
+                _comparable(dict(stored, init_sha256=None), unfinished) == _comparable(
+                    dict(mine, init_sha256=None), unfinished):
+            raise UserError(f"Run {run_dir.name} was fine-tuned before runs recorded their "
+                            "source weights, so whether --init still holds them cannot be "
+                            "told; choose another --run-name (or move that run away) to "
+                            "fine-tune again.")
         diff = _first_difference(_comparable(stored, unfinished), _comparable(mine, unfinished))
         raise UserError(f"Run {run_dir.name} was made with another configuration ({diff}, hash "
                         f"{stored_hash} vs {config_hash(cfg)}); choose another --run-name, or "
@@ -445,6 +450,7 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
         if run.rank == 0:
             _start_clean(run, log)
         return TrainState()
+    files.check_file(path)  # a regular file inside the run directory, not a FIFO or a link
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         mine = _binding(run)
