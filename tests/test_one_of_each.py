@@ -230,6 +230,9 @@ def test_test_helpers_are_defined_once_in_conftest():
             names = ([node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else
                      [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)])
             copies += [f"{path.name}:{node.lineno} {n}" for n in names if n in helpers]
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("test_"):
+                copies += [f"{path.name}:{node.lineno} {a.name} from {node.module}"
+                           for a in node.names if a.name in helpers]
     assert not copies, copies
     conftest = {n.name for n in ast.parse((ROOT / "tests" / "conftest.py").read_text()).body
                 if isinstance(n, ast.FunctionDef)}
