@@ -26,7 +26,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_hostile import EV_OF, FINISHED, TINY, UNFINISHED, cli, folder, refused, template  # noqa: F401
+from conftest import TINY, cli, refused
+from test_hostile import EV_OF, FINISHED, UNFINISHED, folder, template  # noqa: F401
 
 from mixerbench import results
 

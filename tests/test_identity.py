@@ -22,20 +22,14 @@ from dataclasses import field, make_dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, start
-from typer.testing import CliRunner
+from conftest import ROOT, TINY, cli, refused, start
 
 from mixerbench import config, presets
-from mixerbench.cli import app
 from mixerbench.config import from_dict, run_id
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--preset", "smoke", "--dataset", "synthetic", "--img-size", "32", "--device", "cpu",
-        "--set", "model.width=16", "--set", "model.depth=1", "--set", "data.batch_size=50"]
 VIT = ["--model", "vit"]  # the smoke ViT: small, and a shape timm rebuilds (so `export` works)
-ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_DATA": None,
-       "MIXERBENCH_RESULTS": None}
 
 
 @pytest.fixture(autouse=True)
@@ -46,21 +40,9 @@ def shipped_results_untouched():
     assert {p.name: p.read_bytes() for p in (ROOT / "results").glob("*.csv")} == before
 
 
-def cli(*args):
-    return CliRunner().invoke(app, ["--quiet", *map(str, args)], env=ENV)
-
-
 def ok(r):
     assert r.exit_code == 0, (r.output, r.exception)
     return r.output
-
-
-def refused(r) -> str:
-    """The one line of a refusal (exit 2, no traceback)."""
-    lines = [line for line in r.output.splitlines() if line.strip()]
-    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
-    assert "Traceback" not in r.output and len(lines) == 1 and lines[0].startswith("error: "), r.output
-    return lines[0]
 
 
 def rows(path: Path) -> list[dict]:

@@ -21,15 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import start
+from conftest import TINY, TINY_MODEL, start
 
 from mixerbench.launch import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A tiny Mixer (width 16, one block) on the embedded synthetic set (1,000 / 200 images, 32 px).
-TINY = ["--dataset", "synthetic", "--set", "model.width=16", "--set", "model.depth=1",
-        "--set", "data.batch_size=50", "--steps", "4", "--device", "cpu"]
 
 
 def torchrun(args, env, timeout: float = 120) -> tuple[int, str]:
@@ -56,7 +53,7 @@ def test_torchrun_pretrain_finetune_evaluate_as_documented(tmp_path, child_env):
     from that run and evaluate it: each exits 0, writes its rows once and prints its summary
     once (rank 0 speaks; rank 1 used to crash printing a summary it did not have)."""
     res = ["--results-dir", tmp_path]
-    code, out = torchrun(["pretrain", "--preset", "smoke", "--img-size", "32", *TINY, *res],
+    code, out = torchrun(["pretrain", *TINY, "--steps", "4", *res],
                          child_env)
     assert code == 0, out[-3000:]
     acc = rows(tmp_path / "accuracy.csv")
@@ -65,8 +62,8 @@ def test_torchrun_pretrain_finetune_evaluate_as_documented(tmp_path, child_env):
     assert out.count(f"on synthetic (test): top-1 {float(acc[0]['top1']):.2f} %") == 1, out
     assert out.count("batch 50 x 2 process(es)") == 1  # the start line: rank 0 only
 
-    code, out = torchrun(["finetune", "--init", tmp_path / "runs" / src, *TINY,
-                          "--set", "optim.warmup_steps=1", *res], child_env)
+    code, out = torchrun(["finetune", "--init", tmp_path / "runs" / src, *TINY_MODEL,
+                          "--steps", "4", "--set", "optim.warmup_steps=1", *res], child_env)
     assert code == 0, out[-3000:]
     acc = rows(tmp_path / "accuracy.csv")
     ft = [r for r in acc if r["run_id"] != src]

@@ -154,17 +154,22 @@ def requeued_while_training(root: Path, env):
 
 
 def past_the_time_limit(root: Path, env):
-    """A cell of well over a minute (start-up and training) under --time-limit 1: SLURM warns
-    the job (submitit's USR2) before its limit, the job saves a checkpoint and requeues itself,
-    as often as it takes."""
-    cmd = Command(["compare", "--models", "mixer", *SMOKE, "--set", f"steps={LONG_STEPS}",
-                   "--set", "eval_every=50", "--results-dir", root, "--launcher", "slurm",
-                   "--partition", PARTITION, "--time-limit", "1"], env)
+    """A cell of well over a minute under --time-limit 1: SLURM warns the job (submitit's
+    USR2) 20-50 s after it starts (it checks every 30 s), the job saves a checkpoint and
+    requeues itself, as often as it takes. The cell's length is set from this machine's speed
+    (a 20-step run of the same model first), so that it trains for about 90 s."""
+    code, _, err = Command(["pretrain", "--preset", "smoke", "--dataset", "synthetic",
+                            "--img-size", "32", "--steps", "20", "--device", "cpu",
+                            "--set", "eval_every=1000", "--results-dir", root / "speed"],
+                           env).finish()
+    assert code == 0, err
+    step_s = float(rows(root / "speed" / "accuracy.csv")[0]["train_seconds"]) / 20
+    steps = max(120, min(6000, round(90 / step_s / 60) * 60))  # eval_every divides it
+    cmd = Command(["compare", "--models", "mixer", *SMOKE, "--set", f"steps={steps}",
+                   "--set", f"eval_every={steps // 6}", "--results-dir", root / "sweep",
+                   "--launcher", "slurm", "--partition", PARTITION, "--time-limit", "1"], env)
     job = cmd.wait_for(r"submitted .*\(job (\d+)\)").group(1)
-    return cmd.finish(), root, job
-
-
-LONG_STEPS = 300  # the smoke Mixer at 32 px, one thread: about 0.15 s a step on an idle core
+    return cmd.finish(), root / "sweep", job, steps
 
 
 def cancelled(root: Path, env):
@@ -306,15 +311,15 @@ def test_a_cell_longer_than_its_time_limit_requeues_and_finishes(scenarios):
     """--time-limit 1 and a cell of more than a minute: SLURM's warning signal makes the job
     save a checkpoint and requeue itself; the requeued job resumes and the sweep finishes, one
     row, each evaluation once in metrics.csv, the resume in the job's log."""
-    (code, out, err), root, job = scenarios["past_the_time_limit"]()
+    (code, out, err), root, job, steps = scenarios["past_the_time_limit"]()
     assert code == 0, err[-3000:]
     assert len(rows(root / "accuracy.csv")) == 1 and len(table_of(out)) == 1
     assert len(events(err, "requeued")) >= 1, err
     log = job_log(err, job)
     assert re.search(r"requeue: checkpoint at step [1-9]", log), log
     assert re.search(r"resumed step=[1-9]", log), log
-    assert [r["step"] for r in rows(run_dir(root) / "metrics.csv")] == \
-        [str(s) for s in range(50, LONG_STEPS + 1, 50)]
+    assert [int(r["step"]) for r in rows(run_dir(root) / "metrics.csv")] == \
+        list(range(steps // 6, steps + 1, steps // 6))
     assert_clean(err)
 
 

@@ -155,20 +155,12 @@ def test_plain_safetensors_needs_and_takes_arch(tmp_path, one_thread):
         torch.testing.assert_close(model.eval()(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
-def _cli(args, env, cwd):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "mixerbench", "--quiet", *map(str, args)],
-                          env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env):
     import timm
     from safetensors.torch import save_file
 
-    from tests.conftest import ROOT
+    from conftest import run
 
     torch.manual_seed(0)
     ref = timm.create_model("test_vit", pretrained=False, num_classes=10, img_size=28,
@@ -176,16 +168,16 @@ def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env
     plain = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, plain)
     res = tmp_path / "results"
-    no_arch = _cli(["finetune", "--init", plain, "--dataset", "mnist-5k", "--steps", "200",
-                    "--print-config"], child_env, ROOT)
+    no_arch = run(["finetune", "--init", plain, "--dataset", "mnist-5k", "--steps", "200",
+                   "--print-config"], child_env)
     assert no_arch.returncode == 2 and "--arch" in no_arch.stderr
-    cfg = _cli(["finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
-                "--steps", "200", "--print-config"], child_env, ROOT)
+    cfg = run(["finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
+               "--steps", "200", "--print-config"], child_env)
     assert cfg.returncode == 0, cfg.stderr
     assert json.loads(cfg.stdout)["model"]["name"] == "timm:test_vit"
     # 160 px is test_vit's size in timm, so a 28 px state dict is refused in one sentence
-    ev = _cli(["evaluate", "--checkpoint", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
-               "--max-examples", "8", "--results-dir", res], child_env, ROOT)
+    ev = run(["evaluate", "--checkpoint", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
+              "--max-examples", "8", "--results-dir", res], child_env)
     assert ev.returncode == 2 and "does not fit" in ev.stderr, ev.stderr
 
 
@@ -472,13 +464,13 @@ def test_reproduce_released_offline_from_the_cache(offline_home, imagenet_layout
 @pytest.mark.slow
 def test_reproduce_released_without_the_weights_fails_fast(tmp_path, child_env,
                                                            imagenet_layout):
-    from tests.conftest import ROOT
+    from conftest import run
 
     env = dict(child_env, HF_HOME=str(tmp_path / "empty-hf"), HF_HUB_OFFLINE="1")
     env.pop("HF_HUB_CACHE", None)
     res = tmp_path / "results"
-    out = _cli(["reproduce", "released", "--dataset", imagenet_layout[0], "--results-dir", res],
-               env, ROOT)
+    out = run(["reproduce", "released", "--dataset", imagenet_layout[0], "--results-dir", res],
+              env)
     assert out.returncode == 2, out.stderr
     assert "HF_HUB_OFFLINE=1" in out.stderr and "--arch" in out.stderr
     assert out.stderr.count("\n") == 1 and out.stdout == ""
