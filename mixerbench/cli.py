@@ -460,7 +460,7 @@ class ProgressView:
         self.task = self.bar.add_task(label, total=total, completed=done, stats="")
 
     def _print(self, line: str) -> None:
-        (self.bar.console if self.bar is not None else self.console).print(line)
+        (self.bar.console if self.bar is not None else self.console).print(line, soft_wrap=True)
 
     def _stage(self, what: str) -> None:
         import threading
@@ -489,7 +489,11 @@ def _warn(message: str, printer=None) -> None:
     """One yellow line on stderr (a tracker that stopped); the command goes on."""
     from rich.markup import escape
 
-    (printer or _console(stderr=True).print)(f"[yellow]warning:[/] {escape(message)}")
+    message = " ".join(message.split())  # one line, however long (a tracker's error text)
+    if printer is None:
+        _console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    else:
+        printer(f"[yellow]warning:[/] {escape(message)}")
 
 
 def _run(ctx: typer.Context, fn, tracked: tuple[str, ...] = (), group: str | None = None, **kw):

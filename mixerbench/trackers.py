@@ -41,8 +41,13 @@ from typing import Any
 
 from mixerbench.errors import UserError, close_matches
 from mixerbench.names import slug
+from mixerbench.runtime import reachable
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
+# A tracker server (W&B, an MLflow URI) is probed before a run opens on it: one that does not
+# answer within seconds switches the tracker off with one warning instead of minutes of retries.
+SERVER_PROBE_SECONDS = 3.0
+SERVER_TIMEOUT_SECONDS = 10
 INSTALL = 'pip install "mixerbench[trackers]"'
 Warn = Callable[[str], None]
 
@@ -235,6 +240,13 @@ class _WandB:
                         "WANDB_CONFIG_DIR": str(base / "config"),
                         "WANDB_DATA_DIR": str(base / "data"),
                         "WANDB_ARTIFACT_DIR": str(base / "artifacts")}
+        mode = (self.env.get("WANDB_MODE") or os.environ.get("WANDB_MODE", "")).strip().lower()
+        online = mode not in ("offline", "disabled", "dryrun")
+        if online:  # wandb.init waits 90 s for a server it cannot reach; probe it for seconds
+            server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+            if not reachable(server, SERVER_PROBE_SECONDS):
+                raise ConnectionError(f"{server} is not reachable within {SERVER_PROBE_SECONDS:g} s "
+                                      "(WANDB_MODE=offline logs locally)")
         from mixerbench.files import make_dirs
 
         make_dirs(root / "wandb")  # wandb.init(dir=root) writes there: never through a link
@@ -244,7 +256,8 @@ class _WandB:
             self.run = wandb.init(
                 dir=str(root), project=os.environ.get("WANDB_PROJECT", "mixerbench"), name=run,
                 group=group, job_type=kind,
-                settings=wandb.Settings(silent=True, console="off"))  # the CLI owns the terminal
+                settings=wandb.Settings(silent=True, console="off",  # the CLI owns the terminal
+                                        init_timeout=SERVER_TIMEOUT_SECONDS))
         except BaseException:
             self.restore.__exit__(None, None, None)
             raise
@@ -290,7 +303,16 @@ class _MLflow:
 
         experiment = group or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "mixerbench"
         uri = artifacts = None
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
+        server = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if server.lower().startswith(("http://", "https://")):
+            # the client retries an unreachable server for minutes (7 retries, 120 s timeouts);
+            # probe it, and bound every later request to seconds, without a retry storm
+            if not reachable(server, SERVER_PROBE_SECONDS):
+                raise ConnectionError(f"{server} is not reachable within {SERVER_PROBE_SECONDS:g} s")
+            for key, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", str(SERVER_TIMEOUT_SECONDS)),
+                               ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")):
+                os.environ.setdefault(key, value)
+        if not server:
             from mixerbench.files import make_dirs
 
             base = make_dirs((root / "mlflow").absolute())  # never through a planted link

@@ -401,6 +401,13 @@ def _mixer_description(shapes: dict, name: str, gelu: str, where) -> dict[str, A
     except (KeyError, ValueError, IndexError) as exc:
         raise UserError(f"{where} does not hold a Mixer's weights (no {exc} of the right "
                         "shape); pass --arch with the architecture it holds.") from None
+    # Shapes a Mixer can have (paper section 2): a patch over RGB and every width at least 1;
+    # a width of 0 or a (0, 4) token kernel would build an empty model or fail inside torch.
+    stem = tuple(shapes["stem.proj.weight"])
+    if min(dim, patch, depth, tokens_dim, seq, channels_dim) < 1 or stem[1] != 3 or stem[2] != stem[3]:
+        raise UserError(f"{where} holds no Mixer of a possible shape (stem {stem}, token-mixing "
+                        f"kernel {(int(seq), int(tokens_dim))}, channel-mixing width "
+                        f"{int(channels_dim)}); pass another checkpoint.")
     side = isqrt(seq)
     if side * side != seq:
         raise UserError(f"{where} holds a token-mixing MLP over {seq} tokens, not a square grid; "
