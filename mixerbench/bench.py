@@ -340,6 +340,32 @@ def _fit(name: str, mode: str, batch: int, *, device: str, **kw):
                     "try a smaller --img-size or another device.")
 
 
+def check_fits(name: str, mode: str, *, device: str, dtype: str, img_size: int, num_classes: int,
+               patch_size: int | None = None, overrides: dict | None = None) -> None:
+    """Refuse, before anything is allocated, a model that cannot run one image on `device`:
+    traced on the meta device (`models.memory`), inference needs its weights plus the largest
+    single activation, training its weights, gradients and Adam moments (4 x) plus every
+    activation of the image. A 4096 px input is refused here, not by the allocator."""
+    from mixerbench.errors import UserError
+    from mixerbench.models import build_on_meta, count_params
+    from mixerbench.runtime import memory_bytes
+
+    weights = 4 * (4 if mode == "train" else 1)  # bytes per parameter: fp32 weights (+ grad, Adam)
+    have = memory_bytes(device)
+
+    def refuse(need: int) -> None:
+        if have and need > have:
+            raise UserError(f"{name} at {img_size} px needs at least {need / 2**30:,.1f} GiB for one "
+                            f"image in {mode} mode, more than the {have / 2**30:,.1f} GiB of "
+                            f"{device}; choose a smaller --img-size or model.")
+
+    model, (total, largest) = build_on_meta(
+        name, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+        before_trace=lambda model: refuse(weights * count_params(model)[0]),
+        element_size=4 if dtype == "fp32" else 2, **(overrides or {}))
+    refuse(weights * count_params(model)[0] + (total if mode == "train" else largest))
+
+
 def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size: int | None = None,
           dtype: str | None = None, compile: bool | None = None, repeats: int = 5,
           warmup: int = 10, steps_per_repeat: int = 20, device: str | None = None,
@@ -383,7 +409,14 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
     from mixerbench.results import SCHEMAS, append_row, device_name
 
     modes, described, device, dtype, start_batch, auto = _check_bench(
-        models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype, max_batch)
+        models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype, max_batch,
+        img_size)
+    for rec in described:  # every model is checked before the first is timed
+        for m in modes:
+            check_fits(rec["name"], m, device=device, dtype=dtype,
+                       img_size=img_size or rec.get("img_size") or get_spec(rec["name"]).img_size,
+                       num_classes=rec.get("num_classes") or num_classes,
+                       patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
     cuda = device.startswith("cuda")
     compile = cuda if compile is None else bool(compile)
     # TF32 for fp32 matmuls on CUDA, as the training loop runs; the datasheet peak is then the
@@ -459,10 +492,15 @@ def _row(mode: str, secs: list[float], batch: int, steps: int, info: dict, commo
 
 
 def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype,
-                 max_batch):
+                 max_batch, img_size=None):
     """(modes, model descriptions, device, dtype, first batch size, auto?), all checked up front."""
     from mixerbench.errors import UserError
     from mixerbench.models import resolve_name
+
+    if img_size is not None and not (isinstance(img_size, int) and 1 <= img_size <= 4096):
+        # 0 is not "the default": a row measured at another size than asked would be a lie
+        raise UserError(f"--img-size {img_size} must be between 1 and 4096 pixels (or left out "
+                        "for each model's own size).")
 
     modes = {"infer": ["infer"], "train": ["train"], "both": ["infer", "train"]}.get(mode)
     if modes is None:

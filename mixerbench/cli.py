@@ -37,6 +37,7 @@ class _OneLineUsageErrors(TyperGroup):
     def parse_args(self, ctx, args):  # options of `mixerbench` itself, e.g. a misspelt --quiet
         if not args:  # no arguments at all shows the help (no_args_is_help)
             return super().parse_args(ctx, args)
+        _refuse_non_utf8(args)
         try:
             return super().parse_args(ctx, args)
         except Exception as exc:
@@ -51,6 +52,21 @@ class _OneLineUsageErrors(TyperGroup):
             if not _is_usage_error(exc):
                 raise
             _usage_error(exc, ctx)
+
+
+def _refuse_non_utf8(args) -> None:
+    """A path named in bytes that are not UTF-8 (an argument, or a folder in the environment)
+    could be neither written to a results CSV nor shown: refused before any work, shown with
+    replacement characters."""
+    named = [(a, "The argument") for a in args] + [
+        (os.environ.get(k, ""), f"${k}") for k in ("MIXERBENCH_RESULTS", "MIXERBENCH_DATA")]
+    for value, what in named:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            fail(f"{what} '{shown}' is not UTF-8 (a file or folder name in another encoding); "
+                 "rename it to a UTF-8 name.")
 
 
 def _usage_error(exc, ctx) -> None:
@@ -98,6 +114,14 @@ def _quiet(ctx: typer.Context) -> bool:
     return bool((ctx.obj or {}).get("quiet")) or not sys.stderr.isatty() or not _rank0()
 
 
+def _e(value) -> str:
+    """A value from a user or a file (a path, a dataset, a run name) as literal rich text: a
+    `[/]` in it is shown, never read as markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one sentence to stderr and exit (status 2 for bad input)."""
     from rich.markup import escape
@@ -116,11 +140,17 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from mixerbench.errors import UserError
+        from mixerbench.files import describe
 
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
             fail(str(exc))
+        except OSError as exc:  # read-only, full disk, a file or folder in the way: one sentence
+            sentence = describe(exc)
+            if sentence is None:
+                raise
+            fail(sentence)
 
     return wrapper
 
@@ -139,16 +169,19 @@ def emit(rows: list[dict], fmt: Format, title: str | None = None,
 
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore",
                                 lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        from mixerbench.results import neutral
+
+        writer.writeheader()  # text cells as the results CSVs hold them: never a formula
+        writer.writerows({k: neutral(v) if isinstance(v, str) else v for k, v in r.items()}
+                         for r in rows)
         return
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False)
+    table = Table(title=escape(title) if title else title, show_lines=False)
     for c in columns:
         numeric = bool(rows) and isinstance(rows[0].get(c), (int, float))
-        table.add_column(c, justify="right" if numeric else "left")
+        table.add_column(escape(str(c)), justify="right" if numeric else "left")
     for r in rows:  # escaped: labels like mixer-t4[width=64] are not rich markup
         table.add_row(*[escape(_cell(r.get(c))) for c in columns])
     _console().print(table)
@@ -188,12 +221,26 @@ def main(
 ) -> None:
     """Reproduce the MLP-Mixer benchmarks: Mixer against ViT and ResNet/BiT from timm."""
     ctx.obj = {"quiet": quiet}
+    # a terminal that cannot show a character (PYTHONIOENCODING=ascii, a file name that is not
+    # UTF-8) gets a replacement character, never a UnicodeEncodeError
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace")
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 # ------------------------------------------------------------------------------ shared options
 
+def _folder_name(value: str) -> Path:
+    """--results-dir: an empty value (an unset shell variable) is refused, not taken for `.`."""
+    if not str(value).strip():
+        raise typer.BadParameter("it is empty (an unset shell variable?); pass a folder")
+    return Path(value)
+
+
 ResultsDir = Annotated[Optional[Path], typer.Option(
-    "--results-dir", envvar="MIXERBENCH_RESULTS",
+    "--results-dir", envvar="MIXERBENCH_RESULTS", parser=_folder_name,
     help="Where CSVs, runs/, tables/ and figures/ are (default ./results).")]
 DataDir = Annotated[Optional[Path], typer.Option(
     "--data-dir", envvar="MIXERBENCH_DATA", help="Folder holding local dataset copies by name, e.g. cifar10/.")]
@@ -214,7 +261,9 @@ LauncherOpt = Annotated[Optional[LauncherKind], typer.Option(
 ParallelOpt = Annotated[Optional[int], typer.Option(
     "--parallel", help="Cells at once (local default: one per GPU slot, else 1; slurm: all, queued).")]
 GpusPerJobOpt = Annotated[Optional[int], typer.Option(
-    "--gpus-per-job", help="GPUs per cell, one torch.distributed process each (default 1 on slurm and CUDA machines, else 0).")]
+    "--gpus-per-job", help="GPUs per cell, one torch.distributed process each (default: 1 on CUDA machines and slurm partitions with GPUs, else 0).")]
+TasksPerJobOpt = Annotated[Optional[int], typer.Option(
+    "--tasks-per-job", help="Processes per cell, one torch.distributed rank each (default: one per GPU, else 1; on CPU they train over gloo).")]
 PartitionOpt = Annotated[Optional[str], typer.Option("--partition", help="slurm: the partition.")]
 TimeLimitOpt = Annotated[Optional[int], typer.Option(
     "--time-limit", help="Wall-clock minutes per job (required for slurm; a timed-out job requeues and resumes).")]
@@ -223,20 +272,22 @@ SlurmArgOpt = Annotated[Optional[list[str]], typer.Option(
 
 
 def _launcher(kind: LauncherKind | None, parallel, gpus_per_job, partition, time_limit,
-              slurm_args):
+              slurm_args, tasks_per_job=None):
     """The `--launcher` options as a `launch.Launcher` (None: serial); launcher options
     without `--launcher` are an error rather than silently serial."""
     if kind is None:
         given = [name for name, v in (("--parallel", parallel), ("--gpus-per-job", gpus_per_job),
                                       ("--partition", partition), ("--time-limit", time_limit),
-                                      ("--slurm-arg", slurm_args)) if v not in (None, [])]
+                                      ("--slurm-arg", slurm_args),
+                                      ("--tasks-per-job", tasks_per_job)) if v not in (None, [])]
         if given:
             fail(f"{', '.join(given)} only apply with --launcher local or --launcher slurm.")
         return None
     from mixerbench.launch import make_launcher
 
     return make_launcher(kind.value, parallel=parallel, gpus_per_job=gpus_per_job,
-                         partition=partition, time_limit=time_limit, slurm_args=slurm_args)
+                         partition=partition, time_limit=time_limit, slurm_args=slurm_args,
+                         tasks_per_job=tasks_per_job)
 
 
 # Options shared by pretrain and finetune, declared once.
@@ -296,9 +347,9 @@ class ProgressView:
                 CellEvent.CELL: self._cell, CellEvent.LAUNCH: self._launch,
                 CellEvent.JOB: self._job,
                 ExperimentEvent.FEWSHOT: lambda info: self._print(
-                    f"linear {info['shots']}-shot probe of {info['run_id']}"),
+                    f"linear {info['shots']}-shot probe of {_e(info['run_id'])}"),
                 ExperimentEvent.BENCH: lambda info: self._print(
-                    f"benchmarking {', '.join(info['models'])} on this device"),
+                    f"benchmarking {_e(', '.join(info['models']))} on this device"),
                 TrackerEvent.WARNING: lambda info: _warn(info["message"], self._print)}
 
     def __call__(self, event: str, info: dict) -> None:
@@ -312,13 +363,13 @@ class ProgressView:
     def _start(self, info: dict) -> None:
         self.stop()
         self.console.print(
-            f"[bold]{info['model']}[/] on [bold]{info['dataset']}[/]: {info['total_steps']:,} steps, "
-            f"batch {info['batch_size']} x {info['world_size']} process(es), {info['device']} {info['dtype']}"
-            f" -> {info['run_dir']}")
+            f"[bold]{_e(info['model'])}[/] on [bold]{_e(info['dataset'])}[/]: {info['total_steps']:,} steps, "
+            f"batch {info['batch_size']} x {info['world_size']} process(es), {_e(info['device'])} {info['dtype']}"
+            f" -> {_e(info['run_dir'])}")
         self._bar("train", info["total_steps"], info["step"])
 
     def _resumed(self, info: dict) -> None:
-        self.console.print(f"resuming {info['run_dir']} from step {info['step']:,}")
+        self.console.print(f"resuming {_e(info['run_dir'])} from step {info['step']:,}")
 
     def _step(self, info: dict) -> None:
         import time
@@ -338,12 +389,12 @@ class ProgressView:
 
     def _finished(self, info: dict) -> None:
         self.stop()
-        self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
+        self.console.print(f"{_e(info['run_id'])}: already finished, read back (top-1 {info['top1']:.2f} %)")
 
     def _cell(self, info: dict) -> None:
         self.stop()
-        what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
-        count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
+        what = _e(", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index")))
+        count = _e(f"[{info['index']}/{info['of']}] ") if "of" in info else ""
         self.console.print(f"[bold magenta]{count}{what}[/]")
 
     def _launch(self, info: dict) -> None:
@@ -355,21 +406,27 @@ class ProgressView:
                            f"{escape(info['folder'])}", soft_wrap=True)
 
     def _job(self, info: dict) -> None:
-        """A launched cell was submitted, or ended (finished, read back or failed)."""
+        """A launched cell: submitted, started, requeued, finished, read back or failed."""
         from rich.markup import escape  # paths and error messages are not markup
 
-        keys = ("state", "job_id", "index", "of", "run_id", "top1", "error", "log")
+        from mixerbench.launch import JobState
+
+        keys = ("state", "job_id", "index", "of", "run_id", "top1", "error", "log", "restarts")
         what = escape(", ".join(f"{k} {v}" for k, v in info.items() if k not in keys))
         count = escape(f"[{info['index']}/{info['of']}] ") if "index" in info else ""
         state, job = info["state"], escape(str(info["job_id"]))
-        if state == "submitted":
-            line = f"submitted {what} (job {job})"
-        elif state == "failed":
+        if state in (JobState.SUBMITTED, JobState.STARTED):
+            line = f"{state} {what} (job {job})"
+        elif state == JobState.REQUEUED:
+            line = (f"requeued {what} (job {job}, restart {info['restarts']}): it resumes from "
+                    "its last checkpoint")
+        elif state == JobState.FAILED:
             line = (f"[bold red]{count}{what} failed[/] (job {job}): {escape(info['error'])}; "
                     f"log {escape(info['log'])}")
         else:
-            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} "
-                    f"{'read back' if state == 'reused' else 'trained'}, top-1 {info['top1']:.2f} %")
+            done = "read back" if state == JobState.REUSED else "trained"
+            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} {done}, "
+                    f"top-1 {info['top1']:.2f} %")
         self.console.print(line, soft_wrap=True)
 
     def progress(self, description: str, done: int, total: int) -> None:
@@ -377,7 +434,7 @@ class ProgressView:
         if self.bar is None and self.live:
             self._bar("", total, done)
         if self.bar is not None:
-            self.bar.update(self.task, description=description, completed=done, total=total)
+            self.bar.update(self.task, description=_e(description), completed=done, total=total)
         else:  # on a pipe: each stage a line, if it lasts
             self._end_stage()
             if done < total:
@@ -403,16 +460,16 @@ class ProgressView:
         self.task = self.bar.add_task(label, total=total, completed=done, stats="")
 
     def _print(self, line: str) -> None:
-        (self.bar.console if self.bar is not None else self.console).print(line)
+        (self.bar.console if self.bar is not None else self.console).print(line, soft_wrap=True)
 
     def _stage(self, what: str) -> None:
         import threading
 
         if self.live and self.bar is None:
-            self.pending = self.console.status(what)
+            self.pending = self.console.status(_e(what))
             self.pending.start()
         else:
-            self.pending = threading.Timer(self.STAGE_SECONDS, self._print, [f"[dim]{what}[/]"])
+            self.pending = threading.Timer(self.STAGE_SECONDS, self._print, [f"[dim]{_e(what)}[/]"])
             self.pending.daemon = True
             self.pending.start()
 
@@ -432,7 +489,11 @@ def _warn(message: str, printer=None) -> None:
     """One yellow line on stderr (a tracker that stopped); the command goes on."""
     from rich.markup import escape
 
-    (printer or _console(stderr=True).print)(f"[yellow]warning:[/] {escape(message)}")
+    message = " ".join(message.split())  # one line, however long (a tracker's error text)
+    if printer is None:
+        _console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    else:
+        printer(f"[yellow]warning:[/] {escape(message)}")
 
 
 def _run(ctx: typer.Context, fn, tracked: tuple[str, ...] = (), group: str | None = None, **kw):
@@ -574,9 +635,9 @@ def plot(
                 trackers=parse_trackers(tracker), on_warning=_warn)
     con = _console()
     for path in done["written"]:
-        con.print(f"wrote {path}")
+        con.print(f"wrote {_e(path)}")
     for skipped, why in done["skipped"].items():  # what was left out, and why
-        con.print(f"[dim]skipped {skipped}: {why}[/]", soft_wrap=True)
+        con.print(f"[dim]skipped {skipped}: {_e(why)}[/]", soft_wrap=True)
 
 
 # ------------------------------------------------------------------------- pretrain / finetune
@@ -612,11 +673,11 @@ def _print_summary(s: dict) -> None:
     if not _rank0():
         return
     if s.get("reused"):
-        _console().print(f"run {s['run_id']} had already finished; its result:")
+        _console().print(f"run {_e(s['run_id'])} had already finished; its result:")
     _console().print(
-        f"[bold green]{s['model']}[/] on {s['dataset']} ({s['split']}): top-1 [bold]{s['top1']:.2f} %[/], "
+        f"[bold green]{_e(s['model'])}[/] on {_e(s['dataset'])} ({_e(s['split'])}): top-1 [bold]{s['top1']:.2f} %[/], "
         f"top-5 {s['top5']:.2f} %, loss {s['loss']:.4f}, {s['steps']:,} steps in "
-        f"{s['train_seconds']:.1f} s -> {s['run_dir']}")
+        f"{s['train_seconds']:.1f} s -> {_e(s['run_dir'])}")
 
 
 @app.command()
@@ -757,8 +818,8 @@ def evaluate(
         emit([dict(table=t, **r) for t, rs in res["rows"].items() for r in rs], fmt)
         return
     console = _console()
-    where = (f"{res['model']} on {res['dataset']} ({res['split']}, {res['img_size']} px, "
-             f"{res['pipeline']})")
+    where = _e(f"{res['model']} on {res['dataset']} ({res['split']}, {res['img_size']} px, "
+               f"{res['pipeline']})")
     if res["top1"] is not None:
         console.print(f"[bold green]{where}[/]: top-1 [bold]{res['top1']:.2f} %[/], top-5 "
                       f"{res['top5']:.2f} %, loss {res['loss']:.4f} over {res['n']:,} images")
@@ -775,7 +836,10 @@ def evaluate(
         emit([dict(train_shuffle=r["train_shuffle"], eval_shuffle=r["eval_shuffle"],
                    metric=r["metric"], top1=r["top1"]) for r in res["shuffle"]],
              Format.table, title="pixel shuffles (paper Figure 4)")
-    console.print(f"rows appended under {root}")
+    console.print(f"rows appended under {_e(root)}")
+    if res.get("kept"):
+        console.print(f"fewshot.csv already held {len(res['kept'])} of these probes (one row per "
+                      "run, shots and probe dataset); the recorded rows were kept")
 
 
 class BenchMode(str, Enum):
@@ -821,7 +885,7 @@ def bench(
         emit([{k: v for k, v in r.items() if k != "repeat_seconds"} for r in rows], fmt)
         return
     _console().print(_bench_table(rows, steps))
-    _console().print(f"{len(rows)} row{'s' if len(rows) != 1 else ''} appended to {root / 'throughput.csv'}")
+    _console().print(f"{len(rows)} row{'s' if len(rows) != 1 else ''} appended to {_e(root / 'throughput.csv')}")
 
 
 def _bench_table(rows: list[dict], steps: int):
@@ -883,6 +947,7 @@ def compare(
     partition: PartitionOpt = None,
     time_limit: TimeLimitOpt = None,
     slurm_arg: SlurmArgOpt = None,
+    tasks_per_job: TasksPerJobOpt = None,
 ) -> None:
     """Train each model under one preset and budget, evaluate and bench it; one joined table."""
     from mixerbench.config import parse_set
@@ -897,7 +962,8 @@ def compare(
                dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, fewshot=fewshot,
                with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
                overrides=parse_set(settings), trackers=trackers, launcher=_launcher(
-                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
+                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg,
+                   tasks_per_job))
     if not _rank0():  # under torchrun rank 0 joined the results and reports them
         return
     if fmt != Format.table:
@@ -907,7 +973,7 @@ def compare(
     emit(_records(compare_view(out["table"])), fmt,
          title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
     for path in out["written"]:
-        _console().print(f"wrote {path}")
+        _console().print(f"wrote {_e(path)}")
 
 
 @app.command(cls=_RegistryHelp)
@@ -933,6 +999,7 @@ def reproduce(
     partition: PartitionOpt = None,
     time_limit: TimeLimitOpt = None,
     slurm_arg: SlurmArgOpt = None,
+    tasks_per_job: TasksPerJobOpt = None,
 ) -> None:
     """Run the scaled-down experiment behind a paper table or figure; CSV and figure in results/."""
     from mixerbench.config import parse_set
@@ -942,13 +1009,14 @@ def reproduce(
                device=device, data_dir=data_dir, overrides=parse_set(settings),
                upstream=upstream, init=init, models=models.split(",") if models else None,
                batch_size=batch_size, real_labels=real_labels, fewshot=fewshot, launcher=_launcher(
-                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
+                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg,
+                   tasks_per_job))
     if not _rank0():
         return
     if "table" in out:
         emit(_records(out["table"]), Format.table, title=f"reproduce {artifact}")
     for path in out.get("written", []):
-        _console().print(f"wrote {path}")
+        _console().print(f"wrote {_e(path)}")
 
 
 # ------------------------------------------------------------------------------------- datasets
@@ -1035,7 +1103,7 @@ def upgrade(results_dir: ResultsDir = None) -> None:
 
     done = upgrade_all(results_dir)
     for path in done:
-        _console().print(f"upgraded {path}")
+        _console().print(f"upgraded {_e(path)}")
     if not done:
-        _console().print(f"nothing to upgrade in {resolve_dir(results_dir)}: every results file "
+        _console().print(f"nothing to upgrade in {_e(resolve_dir(results_dir))}: every results file "
                          "already has this version's columns")

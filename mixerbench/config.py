@@ -26,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
@@ -152,13 +153,16 @@ def read_run_config(run_dir) -> RunConfig | None:
     the folder has no config.json; one we did not write is a UserError."""
     from pathlib import Path
 
+    from mixerbench import files
+
     path = Path(run_dir) / "config.json"
-    if not path.is_file():
-        return None
     try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError, RecursionError):
-        data = None
+        # bounded in size and depth; a FIFO, device or link planted there is refused, not read
+        data = files.read_json(path)
+        if data is None:
+            return None
+    except (OSError, UnicodeDecodeError, ValueError):  # UserError is a ValueError
+        data = False
     return from_dict(data, str(path))
 
 
@@ -424,6 +428,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, not '{value}'.")
     for key in _RANGES:
         _check_range(key, _get(cfg, key))
+    if cfg.device is not None and not re.fullmatch(r"cpu|cuda(:\d{1,4})?", str(cfg.device).strip().lower()):
+        raise UserError(f"Unknown device '{cfg.device}'; use cuda, cuda:N or cpu.")
     if cfg.data.batch_size % cfg.accum_steps:
         raise UserError(f"The batch size {cfg.data.batch_size} is not divisible by --accum-steps "
                         f"{cfg.accum_steps}; choose a divisor.")

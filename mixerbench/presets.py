@@ -468,11 +468,15 @@ def _dataset_path(name: str, data_dir: str | None) -> str | None:
 
     if name.startswith("hf:"):
         return None
-    dirs = [Path(d).expanduser() for d in (data_dir, os.environ.get("MIXERBENCH_DATA")) if d]
-    found = next((p for p in [Path(name).expanduser(), *(d / name for d in dirs if d.is_dir())]
-                  if p.exists()), None)
+    try:
+        dirs = [Path(d).expanduser() for d in (data_dir, os.environ.get("MIXERBENCH_DATA")) if d]
+        found = next((p for p in [Path(name).expanduser(), *(d / name for d in dirs if d.is_dir())]
+                      if p.exists()), None)
+        found = found and str(found.resolve())
+    except (OSError, ValueError, RuntimeError):  # a NUL byte, no home, a link loop
+        return None  # not a usable path: get_dataset says what is wrong
     if found is None:
         return None
     from mixerbench.data import is_registry_name  # imports torch: only for names found on disk
 
-    return None if is_registry_name(name) else str(found.resolve())
+    return None if is_registry_name(name) else found

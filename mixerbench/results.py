@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mixerbench.errors import DamagedFileError, UserError
+from mixerbench import files
 from mixerbench.files import atomic_write_bytes, atomic_write_text, locked
 
 PROVENANCE = (
@@ -94,8 +95,18 @@ PRODUCERS = {
 
 
 def results_dir(path: str | os.PathLike | None = None) -> Path:
-    """The results directory: the argument, else $MIXERBENCH_RESULTS, else ./results."""
-    return Path(path or os.environ.get("MIXERBENCH_RESULTS") or "results")
+    """The results directory: the argument, else $MIXERBENCH_RESULTS, else ./results; from here
+    on every path below it is read and written through `files` (no link followed, nothing but
+    regular files and folders). An empty name (an unset shell variable) is refused rather than
+    taken for the current folder."""
+    if path is None:
+        path = os.environ.get("MIXERBENCH_RESULTS")
+        if path is not None and not path.strip():
+            raise UserError("MIXERBENCH_RESULTS is set but empty (an unset shell variable?); "
+                            "set it to a folder, or unset it to use ./results.")
+    elif not str(path).strip():
+        raise UserError("--results-dir is empty (an unset shell variable?); pass a folder.")
+    return files.confine(Path(path or "results"))
 
 
 # A run directory's name: one path component of safe characters, never hidden, `.` or `..`.
@@ -117,6 +128,7 @@ def writable_results_dir(path: str | os.PathLike | None = None) -> Path:
     become one) this process may write; a file, a read-only folder or a symlinked one is a
     UserError. Nothing is created here."""
     root = results_dir(path)
+    _check_name(root)
     if root.is_symlink() and not root.is_dir():
         raise UserError(f"The results directory {root} is a broken link; pass --results-dir.")
     if root.exists() and not root.is_dir():
@@ -130,6 +142,20 @@ def writable_results_dir(path: str | os.PathLike | None = None) -> Path:
     return root
 
 
+def _check_name(root: Path) -> None:
+    """A results folder whose name is not UTF-8 cannot be named in a CSV or a message."""
+    try:
+        str(root).encode()
+    except UnicodeEncodeError:
+        raise UserError(f"The results directory {_printable(str(root))} has a name that is not "
+                        "UTF-8; rename it or pass another --results-dir.") from None
+
+
+def _printable(text: str) -> str:
+    """`text` with bytes that are not UTF-8 (a file name in another encoding) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def run_path(root: Path, name: str) -> Path:
     """`<root>/runs/<name>`, refusing a name or a planted `runs` link that would lead outside."""
     check_run_name(name)
@@ -138,6 +164,12 @@ def run_path(root: Path, name: str) -> Path:
         if p.is_symlink() or (p.exists() and not p.is_dir()):
             raise UserError(f"{p} is a link or a file, not a run folder mixerbench made; move it "
                             "away or pass another --results-dir.")
+    if files.check(runs / name, "dir") is not None:  # nor a link or file further up
+        # what the run's files are (locks, metrics, configs) is known before any work: a link,
+        # FIFO or device among them is refused now, not hours later when it is written
+        for entry in os.scandir(runs / name):
+            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+                files.check(entry.path, "dir" if entry.name == "tb" else "file")
     return runs / name
 
 
@@ -145,6 +177,30 @@ def csv_path(table: str, root: str | os.PathLike | None = None) -> Path:
     if table not in SCHEMAS:
         raise UserError(f"Unknown results table '{table}'; known tables: {', '.join(SCHEMAS)}.")
     return results_dir(root) / f"{table}.csv"
+
+
+# Spreadsheets run a cell that starts with one of these as a formula (=HYPERLINK(...), @SUM,
+# +cmd|...). Text cells that would are written behind a single quote, as spreadsheet-safe
+# writers do (OWASP "CSV injection"), and `load` takes the quote off again. A cell that already
+# starts with a quote gets one more, so every text reads back exactly as it was written; a
+# signed number in a text column is left alone (it is a number, not a formula).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _would_run(text: str) -> bool:
+    if not text.startswith(_FORMULA_START):
+        return False
+    return not (text[0] in "+-" and _NUMBER.fullmatch(text))
+
+
+def neutral(text: str) -> str:
+    """`text` as a CSV cell no spreadsheet runs as a formula (a quote in front when needed)."""
+    return "'" + text if _would_run(text) else text
+
+
+def unneutral(cell: str) -> str:
+    """The text `neutral` was given: the inverse of `neutral` on every cell it writes."""
+    return cell[1:] if cell.startswith("'") and _would_run(cell[1:]) else cell
 
 
 def _format(value: Any) -> str:
@@ -228,6 +284,8 @@ def upgrade_all(root: str | os.PathLike | None = None) -> list[Path]:
     mixerbench wrote under today's header; the files rewritten. A file with columns this version
     does not know, or a damaged one, is refused before anything is rewritten."""
     root = results_dir(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"The results directory {root} is a file; pass another --results-dir.")
     paths = [csv_path(t, root) for t in SCHEMAS] + sorted((root / "runs").glob("*/metrics.csv"))
     for p in paths:  # check every file first: all are upgraded or none
         data = _read(p)
@@ -336,7 +394,7 @@ def _frame(columns: tuple[str, ...], header: list[str], rows: list[list[str]]):
             values = [_BOOLS[v.lower()] if v else np.nan for v in cells]
             data[c] = pd.Series(values, dtype=bool if "" not in cells else object)
         else:
-            data[c] = pd.Series([v if v else np.nan for v in cells], dtype=text_dtype)
+            data[c] = pd.Series([unneutral(v) if v else np.nan for v in cells], dtype=text_dtype)
     return pd.DataFrame(data, columns=list(columns))
 
 
@@ -364,14 +422,17 @@ def _line(path: Path, columns: tuple[str, ...], row: Mapping[str, Any]) -> str:
     if unknown:
         raise KeyError(f"columns not in the schema of {path.name}: {sorted(unknown)}")
     cells = [_format(row.get(c)) for c in columns]
+    cells = [neutral(v) if COLUMN_TYPES[c] == TEXT else v for c, v in zip(columns, cells)]
     for c, cell in zip(columns, cells):
         if not _valid(COLUMN_TYPES[c], cell):
             raise ValueError(f"{c}={_show(cell)} is not {_KIND_WORDS[COLUMN_TYPES[c]]}; "
                              f"it would make {path} unreadable")
         try:
             cell.encode()
-        except UnicodeEncodeError:
-            raise ValueError(f"{c}={_show(cell)} cannot be written as UTF-8 to {path}") from None
+        except UnicodeEncodeError:  # a file or folder name in another encoding
+            raise UserError(f"{c} {_show(_printable(cell))} is not UTF-8 text, so it cannot be "
+                            f"written to {_printable(str(path))}; rename that file or folder to "
+                            "a UTF-8 name.") from None
     return _csv_line(cells)
 
 
@@ -390,14 +451,14 @@ def _header_line(columns: tuple[str, ...]) -> str:
 
 
 def _read(path: Path) -> bytes | None:
-    """The file's bytes, None when there is no file; a folder or unreadable file is a UserError."""
+    """The file's bytes, None when there is no file; a link, folder, FIFO, device, oversized or
+    unreadable file is a DamagedFileError (read through `files.read_bytes`: nothing blocks)."""
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except (IsADirectoryError, PermissionError) as exc:
-        raise DamagedFileError(f"{path} cannot be read as a results file ({exc.strerror}); "
-                        "check the path and its permissions.") from None
+        return files.read_bytes(path)
+    except DamagedFileError:
+        raise
+    except UserError as exc:
+        raise DamagedFileError(str(exc)) from None
 
 
 def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> Path:
@@ -472,6 +533,8 @@ def ensure_appendable(table: str, root: str | os.PathLike | None = None) -> None
     data = _read(path)
     if data is not None:
         _parse(path, data, SCHEMAS[table], "exact")
+    for lock in (f"{table}.csv.lock", f"{table}.ensure.lock"):  # taken when the row is added
+        files.check(path.parent / lock, "file")
 
 
 def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> bool:
@@ -497,8 +560,12 @@ def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None
         if tuple(header) == columns:
             return False
         where = {c: i for i, c in enumerate(header)}
-        text = _csv_line(columns) + "".join(
-            _csv_line([r[where[c]] if c in where else "" for c in columns]) for r in rows)
+
+        def cell(r, c):  # a formula an older version wrote bare is neutralised on the way
+            v = r[where[c]] if c in where else ""
+            return neutral(unneutral(v)) if v and COLUMN_TYPES[c] == TEXT else v
+
+        text = _csv_line(columns) + "".join(_csv_line([cell(r, c) for c in columns]) for r in rows)
         atomic_write_text(path, text)
     return True
 

@@ -47,7 +47,10 @@ def use_device(device: str) -> None:
 
 
 def resolve_device(device: str | None = None) -> str:
-    """`cuda` when present, else `cpu`; an explicit `cuda` without a GPU is a UserError."""
+    """`cuda` when present, else `cpu`; anything but cpu, cuda or cuda:N of a GPU this machine
+    has is a UserError (torch would fail later with a traceback, or `cpux` would pass as cpu)."""
+    import re
+
     import torch
 
     from mixerbench.errors import UserError
@@ -55,11 +58,15 @@ def resolve_device(device: str | None = None) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     device = str(device).strip().lower()
+    m = re.fullmatch(r"cpu|cuda(?::(\d{1,4}))?", device)
+    if not m:
+        raise UserError(f"Unknown device '{device}'; use cuda, cuda:N or cpu.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device} was requested but this machine has no CUDA GPU; "
                         "use --device cpu.")
-    if not device.startswith(("cuda", "cpu")):
-        raise UserError(f"Unknown device '{device}'; use cuda, cuda:N or cpu.")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise UserError(f"--device {device} names GPU {int(m.group(1))}, but this machine has "
+                        f"{torch.cuda.device_count()} (cuda:0 to cuda:{torch.cuda.device_count() - 1}).")
     return device
 
 
@@ -96,6 +103,18 @@ def resolve_dtype(dtype: str | None, device: str, cpu_half: bool = True) -> str:
             raise UserError(f"This CPU has no native {name} matrix units, so {name} would only be "
                             "emulated; use --dtype fp32 on it.")
     return name
+
+
+def memory_bytes(device: str | None) -> int:
+    """The memory of `device` in bytes (a GPU's total, else this machine's RAM); 0 if unknown."""
+    import torch
+
+    if device and device.startswith("cuda") or (device is None and torch.cuda.is_available()):
+        return torch.cuda.get_device_properties(torch.device(device or "cuda")).total_memory
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def torch_dtype(name: str):
@@ -159,3 +178,31 @@ def teardown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to `url`'s host and port opens within `timeout` seconds (the
+    reachability probe of the hub and of tracker servers: their clients retry for minutes).
+    Run in a daemon thread, since name lookups ignore socket timeouts."""
+    import re
+    import socket
+    import threading
+
+    m = re.match(r"^(\w+)://(?:[^@/]*@)?(\[[^\]]+\]|[^/:?#]+)(?::(\d+))?", url.strip())
+    if not m:
+        return False
+    host = m.group(2).strip("[]")
+    port = int(m.group(3)) if m.group(3) else (80 if m.group(1).lower() == "http" else 443)
+    result: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except (OSError, ValueError):
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(result and result[0])

@@ -55,8 +55,6 @@ STATE = "state-last.pt"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 RUN_LOCK = "run"  # the run directory's lock file is run.lock (files.locked)
-# Settings a resume may change (config.RESUMABLE_CHANGES; LENGTH while the run is unfinished).
-
 Log = Callable[[str, dict], None]
 
 
@@ -155,13 +153,16 @@ def read_summary(run_dir: Path) -> dict | None:
     if not path.is_file():
         return None
     try:
-        s = json.loads(path.read_text())
+        s = files.read_json(path)  # bounded; a FIFO or link planted there is refused
     except (OSError, UnicodeDecodeError, ValueError):
         s = None
     ok = (isinstance(s, dict) and s.get("run_id") == Path(run_dir).name
           and isinstance(s.get("model"), str) and isinstance(s.get("dataset"), str)
           and all(_finite(s.get(k)) for k in ("top1", "top5", "loss", "steps", "img_size"))
-          and 0 <= s["top1"] <= 100)
+          and 0 <= s["top1"] <= 100
+          # a cost is a finite number of seconds (an inf would be an infinite-cost row)
+          and all(s.get(k) is None or (_finite(s[k]) and s[k] >= 0)
+                  for k in ("train_seconds", "device_hours", "train_flops")))
     if not ok:
         raise UserError(f"{path} is not a summary this version wrote; move the run directory "
                         f"{Path(run_dir).name} away (or delete it) and run again.")
@@ -270,37 +271,33 @@ def model_overrides(cfg: RunConfig) -> dict:
 
 
 def check_model(cfg: RunConfig, num_classes: int = 10) -> None:
-    """Build `cfg`'s model on the meta device (no memory, no weights): an option the
-    architecture does not take is a UserError before any work (a sweep checks every cell this
-    way before training the first), and so is a model whose weights, gradients and Adam moments
-    alone (4 x 4 bytes per parameter) exceed this machine's memory."""
-    import torch
-
-    from mixerbench.models import count_params, create_model
+    """Build `cfg`'s model on the meta device (no memory, no weights) and trace one image
+    through it: an option the architecture does not take is a UserError before any work (a
+    sweep checks every cell this way before training the first), and so is a model whose
+    weights, gradients and Adam moments (4 x 4 bytes per parameter) plus the activations of a
+    single image (`models.memory`) exceed this machine's memory: a 4096 px input is refused
+    here, not by the allocator."""
+    from mixerbench.models import build_on_meta, count_params, get_spec
+    from mixerbench.runtime import memory_bytes
 
     m = cfg.model
-    with torch.device("meta"):
-        params = count_params(create_model(m.name, num_classes=num_classes, img_size=m.img_size,
-                                           patch_size=m.patch_size, **model_overrides(cfg)))[0]
-    name, img_size = m.name, m.img_size
-    need = 16 * params
-    have = _memory_bytes(cfg.device)
-    if have and need > have:
-        raise UserError(f"{name} at {img_size or 'its'} px has {params:,} parameters: training "
-                        f"needs at least {need / 2**30:,.1f} GiB for weights, gradients and "
-                        f"optimizer state, more than this machine's {have / 2**30:,.1f} GiB; "
-                        "choose a smaller model, image size or width.")
+    img_size = m.img_size or get_spec(m.name).img_size
+    have = memory_bytes(cfg.device)
 
+    def refuse(params: int, activations: int) -> None:
+        need = 16 * params + activations
+        if have and need > have:
+            per_image = f" and {activations / 2**30:,.1f} GiB of activations per image" if activations else ""
+            raise UserError(f"{m.name} at {img_size} px has {params:,} parameters{per_image}: "
+                            f"training needs at least {need / 2**30:,.1f} GiB, more than this "
+                            f"machine's {have / 2**30:,.1f} GiB; choose a smaller model, image "
+                            "size or width.")
 
-def _memory_bytes(device: str | None) -> int:
-    import torch
-
-    if device and device.startswith("cuda") or (device is None and torch.cuda.is_available()):
-        return torch.cuda.get_device_properties(torch.device(device or "cuda")).total_memory
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
+    model, (activations, _) = build_on_meta(
+        m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
+        before_trace=lambda model: refuse(count_params(model)[0], 0),
+        element_size=4 if cfg.dtype == "fp32" else 2, **model_overrides(cfg))
+    refuse(count_params(model)[0], activations)
 
 
 def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
@@ -410,6 +407,13 @@ def check_owner(run_dir: Path, cfg: RunConfig) -> None:
     unfinished = not (run_dir / SUMMARY).exists()
     mine = to_dict(cfg)
     if _comparable(stored, unfinished) != _comparable(mine, unfinished):
+        if stored_cfg.init and stored_cfg.init_sha256 is None and cfg.init_sha256 and \
+                _comparable(dict(stored, init_sha256=None), unfinished) == _comparable(
+                    dict(mine, init_sha256=None), unfinished):
+            raise UserError(f"Run {run_dir.name} was fine-tuned before runs recorded their "
+                            "source weights, so whether --init still holds them cannot be "
+                            "told; choose another --run-name (or move that run away) to "
+                            "fine-tune again.")
         diff = _first_difference(_comparable(stored, unfinished), _comparable(mine, unfinished))
         raise UserError(f"Run {run_dir.name} was made with another configuration ({diff}, hash "
                         f"{stored_hash} vs {config_hash(cfg)}); choose another --run-name, or "
@@ -445,6 +449,7 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
         if run.rank == 0:
             _start_clean(run, log)
         return TrainState()
+    files.check_file(path)  # a regular file inside the run directory, not a FIFO or a link
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
         mine = _binding(run)
@@ -467,6 +472,12 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
         raise UserError(f"{path} is not a training state this version wrote ({type(exc).__name__}); "
                         f"move the run directory {run.run_dir.name} away (or delete it) to start "
                         "again.") from None
+    if not (math.isfinite(progress.train_seconds) and progress.train_seconds >= 0
+            and math.isfinite(progress.loss_sum) and progress.loss_count >= 0):
+        # a planted train_seconds=inf would become a row with an infinite cost
+        raise UserError(f"{path} is not a training state this version wrote (train_seconds "
+                        f"{progress.train_seconds}, loss sum {progress.loss_sum}); move the run "
+                        f"directory {run.run_dir.name} away (or delete it) to start again.")
     if not 0 <= progress.step <= run.total:
         raise UserError(f"{path} is at step {progress.step}, outside this run's {run.total} "
                         "steps; repeat the original --steps to resume it.")
@@ -653,6 +664,12 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     from mixerbench.presets import resolve_inputs
 
     log = log or (lambda event, info: None)
+    if cfg.device:  # a mistyped device is refused before a finished run is read back
+        from mixerbench.runtime import resolve_device
+
+        resolve_device(cfg.device)
+    if not cfg.init:  # options and memory checked before any data is read (meta device)
+        check_model(cfg)
     cfg = resolve_inputs(cfg)  # a config not made by presets.resolve gets its inputs' identity
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))

@@ -278,7 +278,9 @@ def test_failed_hub_probe_is_remembered(tmp_path, monkeypatch):
         calls.append(a)
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(hub.socket, "create_connection", refuse)
+    import socket
+
+    monkeypatch.setattr(socket, "create_connection", refuse)  # the probe of runtime.reachable
     monkeypatch.setattr(hub, "hf_datasets_cache", lambda: tmp_path / "no-hf-cache")
     for _ in range(2):
         with pytest.raises(UserError, match="not reachable"):

@@ -22,36 +22,27 @@ from dataclasses import field, make_dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, start
-from typer.testing import CliRunner
+from conftest import ROOT, TINY, cli, refused, start
 
 from mixerbench import config, presets
-from mixerbench.cli import app
 from mixerbench.config import from_dict, run_id
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--preset", "smoke", "--dataset", "synthetic", "--img-size", "32", "--device", "cpu",
-        "--set", "model.width=16", "--set", "model.depth=1", "--set", "data.batch_size=50"]
-ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_DATA": None,
-       "MIXERBENCH_RESULTS": None}
+VIT = ["--model", "vit"]  # the smoke ViT: small, and a shape timm rebuilds (so `export` works)
 
 
-def cli(*args):
-    return CliRunner().invoke(app, ["--quiet", *map(str, args)], env=ENV)
+@pytest.fixture(autouse=True)
+def shipped_results_untouched():
+    """No test here writes into the repository's own results folder."""
+    before = {p.name: p.read_bytes() for p in (ROOT / "results").glob("*.csv")}
+    yield
+    assert {p.name: p.read_bytes() for p in (ROOT / "results").glob("*.csv")} == before
 
 
 def ok(r):
     assert r.exit_code == 0, (r.output, r.exception)
     return r.output
-
-
-def refused(r) -> str:
-    """The one line of a refusal (exit 2, no traceback)."""
-    lines = [line for line in r.output.splitlines() if line.strip()]
-    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
-    assert "Traceback" not in r.output and len(lines) == 1 and lines[0].startswith("error: "), r.output
-    return lines[0]
 
 
 def rows(path: Path) -> list[dict]:
@@ -138,9 +129,9 @@ def test_every_committed_pretraining_row_keeps_its_run_id(monkeypatch, tmp_path)
 
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
-    """A finished tiny run, written before any setting below was added."""
+    """A finished tiny ViT run, written before any setting below was added."""
     root = tmp_path_factory.mktemp("finished")
-    ok(pretrain(root))
+    ok(pretrain(root, *VIT))
     (run,) = (root / "runs").iterdir()
     return root, run
 
@@ -159,7 +150,7 @@ def test_a_new_setting_changes_no_run_id_and_finished_runs_still_read_back(finis
                                                                           tmp_path):
     root, run = finished
     before = json.loads((run / "config.json").read_text())
-    cmd = ["pretrain", *TINY, "--steps", "4", "--set", "eval_every=2"]
+    cmd = ["pretrain", *TINY, "--steps", "4", "--set", "eval_every=2", *VIT]
     assert printed_id(*cmd) == run.name
     cls = with_new_setting(monkeypatch, warmup_shape="linear", grad_noise=0.0)
     assert printed_id(*cmd) == run.name  # the same command names the same run
@@ -170,6 +161,7 @@ def test_a_new_setting_changes_no_run_id_and_finished_runs_still_read_back(finis
     assert "already finished" in out
     assert len(rows(root / "accuracy.csv")) == 1
     ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--results-dir", tmp_path))
+    ok(cli("export", run, tmp_path / "exported"))
     ok(finetune(tmp_path, run))
     # a run that uses a new setting at another value is another run
     assert printed_id(*cmd, "--set", "grad_noise=0.1") != run.name
@@ -178,12 +170,14 @@ def test_a_new_setting_changes_no_run_id_and_finished_runs_still_read_back(finis
     shutil.copytree(run, planted)
     (planted / "config.json").write_text(json.dumps(dict(before, from_the_future=1)))
     assert "not a config this version wrote" in refused(
-        cli("evaluate", "--checkpoint", planted, "--dataset", "synthetic"))
+        cli("evaluate", "--checkpoint", planted, "--dataset", "synthetic", "--results-dir",
+            tmp_path))
 
 
 def test_a_config_json_without_later_settings_reads_back_with_their_defaults(finished, tmp_path):
     """A config.json without `ckpt_every` and `compile` (both at their defaults, as one written
-    before they existed): evaluate, finetune --init and the same pretrain command all work."""
+    before they existed): evaluate, export, finetune --init and the same pretrain command all
+    work."""
     root, run = finished
     old_root = tmp_path / "old"
     shutil.copytree(root, old_root)
@@ -192,8 +186,9 @@ def test_a_config_json_without_later_settings_reads_back_with_their_defaults(fin
     for key in ("ckpt_every", "compile"):
         del stored[key]
     (old / "config.json").write_text(json.dumps(stored, indent=2))
-    assert "already finished" in ok(pretrain(old_root))
-    ok(cli("evaluate", "--checkpoint", old, "--dataset", "synthetic"))
+    assert "already finished" in ok(pretrain(old_root, *VIT))
+    ok(cli("evaluate", "--checkpoint", old, "--dataset", "synthetic", "--results-dir", old_root))
+    ok(cli("export", old, tmp_path / "exported"))
     ok(finetune(tmp_path / "ft", old))
 
 
@@ -267,6 +262,19 @@ def test_init_is_identified_by_its_weights(tmp_path):
     assert sorted(r["run_id"] for r in finetuned) == sorted([first["run_id"], second["run_id"]])
 
 
+def test_a_named_fine_tuning_from_before_weights_were_recorded_is_refused_with_the_reason(
+        tmp_path):
+    ok(pretrain(tmp_path, "--run-name", "src"))
+    src = tmp_path / "runs" / "src"
+    ok(finetune(tmp_path, src, "--run-name", "ft"))
+    path = tmp_path / "runs" / "ft" / "config.json"
+    stored = json.loads(path.read_text())
+    del stored["init_sha256"], stored["config_hash"]  # as written before the setting existed
+    path.write_text(json.dumps(dict(stored, config_hash=config.config_hash(from_dict(stored)))))
+    line = refused(finetune(tmp_path, src, "--run-name", "ft"))
+    assert "fine-tuned before runs recorded their source weights" in line
+
+
 # -------------------------------------------------------- only a run's own files are its own
 
 
@@ -307,7 +315,7 @@ def test_a_summary_that_disagrees_with_its_config_is_refused_and_not_recorded(
     (copy / "accuracy.csv").unlink()
     summary = copy / "runs" / run.name / "summary.json"
     summary.write_text(json.dumps(dict(json.loads(summary.read_text()), **{field_: value})))
-    line = refused(pretrain(copy))
+    line = refused(pretrain(copy, *VIT))
     assert "does not belong to its run" in line and field_ in line
     assert not (copy / "accuracy.csv").exists()
 
@@ -320,7 +328,7 @@ def test_fewshot_rows_are_kept_once_per_run_shots_and_probe(finished, tmp_path):
     args = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--fewshot", "5",
             "--seeds", "1", "--results-dir", tmp_path]
     ok(cli(*args))
-    ok(cli(*args))
+    assert "fewshot.csv already held 1 of these probes" in ok(cli(*args))
     few = rows(tmp_path / "fewshot.csv")
     assert [(r["run_id"], r["shots"], r["dataset"]) for r in few] == [(run.name, "5", "synthetic")]
     ok(cli(*args[:-4], "--fewshot", "5,10", "--seeds", "1", "--results-dir", tmp_path))

@@ -218,3 +218,22 @@ def test_commands_parse_call_one_library_function_and_print():
         if len(work) != 1:
             too_many[f.name] = sorted(work)
     assert not too_many, too_many
+
+
+def test_test_helpers_are_defined_once_in_conftest():
+    """The CLI runner, the refusal check, the tiny run's options and the folder snapshot live in
+    tests/conftest.py; a test module imports them instead of keeping a copy that drifts."""
+    helpers = {"cli", "_cli", "refused", "one_line_error", "tree", "TINY", "TINY_MODEL", "ENV"}
+    copies = []
+    for path in sorted((ROOT / "tests").glob("test_*.py")):
+        for node in ast.parse(path.read_text()).body:
+            names = ([node.name] if isinstance(node, (ast.FunctionDef, ast.ClassDef)) else
+                     [t.id for t in getattr(node, "targets", []) if isinstance(t, ast.Name)])
+            copies += [f"{path.name}:{node.lineno} {n}" for n in names if n in helpers]
+            if isinstance(node, ast.ImportFrom) and (node.module or "").startswith("test_"):
+                copies += [f"{path.name}:{node.lineno} {a.name} from {node.module}"
+                           for a in node.names if a.name in helpers]
+    assert not copies, copies
+    conftest = {n.name for n in ast.parse((ROOT / "tests" / "conftest.py").read_text()).body
+                if isinstance(n, ast.FunctionDef)}
+    assert {"cli", "refused", "tree", "start"} <= conftest

@@ -105,6 +105,11 @@ def test_timm_vit_loads_offline_from_the_cache(offline_home, one_thread):
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), ref(x))
+    for name in ("timm:test_vit.r160_in1k", "timm:mixer_b16_224.goog_in21k_ft_in1k"):
+        if name.startswith("timm:mixer"):
+            hub_cache(offline_home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
+        moved, _ = load_model(name, device="meta")  # on the device asked for (evaluate's GPU)
+        assert {p.device.type for p in moved.parameters()} == {"meta"}
 
 
 def test_uncached_timm_name_offline_is_one_sentence_naming_the_options(offline_home):
@@ -115,6 +120,21 @@ def test_uncached_timm_name_offline_is_one_sentence_naming_the_options(offline_h
     assert msg.count(". ") == 0 and msg.endswith(".")
     with pytest.raises(UserError, match="no weights on the Hugging Face hub named"):
         load_model("timm:mixer_b16_224.no_such_tag")
+
+
+def test_uncached_timm_name_without_a_reachable_hub_fails_in_seconds(offline_home, tmp_path,
+                                                                     monkeypatch):
+    """Online mode but no hub (a closed local port stands for it): one probe, not the hub
+    client's minute of retries, then the same options."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("MIXERBENCH_CACHE", str(tmp_path / "mb-cache"))
+    start = time.monotonic()
+    with pytest.raises(UserError, match="hub is not reachable.*--arch"):
+        load_model("timm:mixer_b16_224.goog_in21k_ft_in1k")
+    assert time.monotonic() - start < 10
 
 
 # ------------------------------------------------------------------ state dicts via --arch
@@ -135,20 +155,12 @@ def test_plain_safetensors_needs_and_takes_arch(tmp_path, one_thread):
         torch.testing.assert_close(model.eval()(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
-def _cli(args, env, cwd):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "mixerbench", "--quiet", *map(str, args)],
-                          env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env):
     import timm
     from safetensors.torch import save_file
 
-    from tests.conftest import ROOT
+    from conftest import run
 
     torch.manual_seed(0)
     ref = timm.create_model("test_vit", pretrained=False, num_classes=10, img_size=28,
@@ -156,16 +168,16 @@ def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env
     plain = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, plain)
     res = tmp_path / "results"
-    no_arch = _cli(["finetune", "--init", plain, "--dataset", "mnist-5k", "--steps", "200",
-                    "--print-config"], child_env, ROOT)
+    no_arch = run(["finetune", "--init", plain, "--dataset", "mnist-5k", "--steps", "200",
+                   "--print-config"], child_env)
     assert no_arch.returncode == 2 and "--arch" in no_arch.stderr
-    cfg = _cli(["finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
-                "--steps", "200", "--print-config"], child_env, ROOT)
+    cfg = run(["finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
+               "--steps", "200", "--print-config"], child_env)
     assert cfg.returncode == 0, cfg.stderr
     assert json.loads(cfg.stdout)["model"]["name"] == "timm:test_vit"
     # 160 px is test_vit's size in timm, so a 28 px state dict is refused in one sentence
-    ev = _cli(["evaluate", "--checkpoint", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
-               "--max-examples", "8", "--results-dir", res], child_env, ROOT)
+    ev = run(["evaluate", "--checkpoint", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
+              "--max-examples", "8", "--results-dir", res], child_env)
     assert ev.returncode == 2 and "does not fit" in ev.stderr, ev.stderr
 
 
@@ -452,14 +464,38 @@ def test_reproduce_released_offline_from_the_cache(offline_home, imagenet_layout
 @pytest.mark.slow
 def test_reproduce_released_without_the_weights_fails_fast(tmp_path, child_env,
                                                            imagenet_layout):
-    from tests.conftest import ROOT
+    from conftest import run
 
     env = dict(child_env, HF_HOME=str(tmp_path / "empty-hf"), HF_HUB_OFFLINE="1")
     env.pop("HF_HUB_CACHE", None)
     res = tmp_path / "results"
-    out = _cli(["reproduce", "released", "--dataset", imagenet_layout[0], "--results-dir", res],
-               env, ROOT)
+    out = run(["reproduce", "released", "--dataset", imagenet_layout[0], "--results-dir", res],
+              env)
     assert out.returncode == 2, out.stderr
     assert "HF_HUB_OFFLINE=1" in out.stderr and "--arch" in out.stderr
     assert out.stderr.count("\n") == 1 and out.stdout == ""
     assert not (res / "released.csv").exists()
+
+
+@pytest.mark.slow
+def test_finetune_a_timm_mixer_from_the_cache_at_2x(tmp_path, child_env):
+    """The command a user types: a timm Mixer from the HF cache, offline, fine-tuned at 2x (the
+    block-diagonal expansion); config.json records the native Mixer with exact GELU."""
+    from mixerbench.models.weights import read_metadata
+    from tests.conftest import ROOT
+
+    home = tmp_path / "hf"
+    hub_cache(home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
+    env = dict(child_env, HF_HOME=str(home), HF_HUB_OFFLINE="1")
+    res = tmp_path / "results"
+    out = _cli(["finetune", "--init", "timm:mixer_b16_224.goog_in21k_ft_in1k", "--dataset",
+                "mnist-5k", "--img-size", "2x", "--steps", "2", "--set", "optim.warmup_steps=1",
+                "--set", "max_eval_examples=50", "--run-name", "ft2x", "--results-dir", res],
+               env, ROOT)
+    assert out.returncode == 0, out.stderr
+    cfg = json.loads((res / "runs" / "ft2x" / "config.json").read_text())
+    assert cfg["model"]["name"] == "mixer-b16" and cfg["model"]["gelu"] == "exact"
+    assert cfg["model"]["img_size"] == 56 and cfg["init"] == "timm:mixer_b16_224.goog_in21k_ft_in1k"
+    desc = read_metadata(res / "runs" / "ft2x" / "checkpoint-last.safetensors")
+    assert desc["img_size"] == 56 and desc["overrides"]["tokens_dim"] == 4 * 8
+    assert desc["overrides"]["gelu"] == "exact"

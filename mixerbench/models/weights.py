@@ -24,6 +24,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mixerbench import files
 from mixerbench.errors import UserError
 
 CHECKPOINT = "checkpoint-last.safetensors"
@@ -73,6 +74,7 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist; pass a run directory or a .safetensors file.")
+    files.check_file(path)  # a regular file: safetensors would block on a FIFO
     try:
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
@@ -82,7 +84,10 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     if "mixerbench_model" not in meta:
         return None
     try:
-        rec = json.loads(meta["mixerbench_model"])
+        # bounded: metadata nested 100,000 deep would end Python's parser in RecursionError
+        rec = files.loads_json(meta["mixerbench_model"], f"Checkpoint {path}'s header")
+    except UserError:
+        raise
     except ValueError:
         rec = None
     if not _valid_description(rec):
@@ -182,7 +187,8 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
     reg = {k: v for k, v in (regularisers or {}).items() if v is not None}
     where = resolve_source(src)
     if isinstance(where, str):
-        return _load_timm(where, reg)
+        model, rec = _load_timm(where, reg)
+        return model.to(device), rec
     if where.suffix == ".npz":
         model, rec = _load_npz(where, model_name, reg)
         return model.to(device), rec
@@ -395,6 +401,13 @@ def _mixer_description(shapes: dict, name: str, gelu: str, where) -> dict[str, A
     except (KeyError, ValueError, IndexError) as exc:
         raise UserError(f"{where} does not hold a Mixer's weights (no {exc} of the right "
                         "shape); pass --arch with the architecture it holds.") from None
+    # Shapes a Mixer can have (paper section 2): a patch over RGB and every width at least 1;
+    # a width of 0 or a (0, 4) token kernel would build an empty model or fail inside torch.
+    stem = tuple(shapes["stem.proj.weight"])
+    if min(dim, patch, depth, tokens_dim, seq, channels_dim) < 1 or stem[1] != 3 or stem[2] != stem[3]:
+        raise UserError(f"{where} holds no Mixer of a possible shape (stem {stem}, token-mixing "
+                        f"kernel {(int(seq), int(tokens_dim))}, channel-mixing width "
+                        f"{int(channels_dim)}); pass another checkpoint.")
     side = isqrt(seq)
     if side * side != seq:
         raise UserError(f"{where} holds a token-mixing MLP over {seq} tokens, not a square grid; "
@@ -472,19 +485,28 @@ def hub_file(arch_tag: str) -> Path:
     if _offline():
         raise UserError(f"timm:{arch_tag} is not in the Hugging Face cache ({cache}) and "
                         f"HF_HUB_OFFLINE=1 forbids downloading it; {options}.")
+    from mixerbench.data import decode
+    from mixerbench.data.hub import hub_reachable
+
+    if not hub_reachable(decode.cache_root()):  # a 3 s probe, not the hub client's retries
+        raise UserError(f"timm:{arch_tag} is not in the Hugging Face cache ({cache}) and the "
+                        f"hub is not reachable; {options}.")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     for name in files:
         try:
             return Path(hf_hub_download(repo, name, cache_dir=str(cache), etag_timeout=10))
-        except EntryNotFoundError:
+        except LocalEntryNotFoundError:  # the connection failed after all
+            break
+        except EntryNotFoundError:  # the repository lacks this file; try the next
             continue
-        except Exception as exc:  # no network, hub down, gated repo: all one answer
+        except Exception as exc:  # hub down, gated repo: all one answer
             raise UserError(f"Could not download timm:{arch_tag} from the Hugging Face hub "
                             f"({type(exc).__name__}) and it is not in the cache ({cache}); "
                             f"{options}.") from None
-    raise UserError(f"The hub repository {repo} has none of {', '.join(files)}; {options}.")
+    raise UserError(f"Could not download timm:{arch_tag} ({repo}: none of {', '.join(files)}) "
+                    f"and it is not in the cache ({cache}); {options}.")
 
 
 def _load_timm(name: str, reg: dict | None = None):

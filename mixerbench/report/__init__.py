@@ -174,25 +174,42 @@ REPORTS: dict[str, Report] = {
 }
 
 
+def _targets(obj, out: Path, stem: str) -> list[Path]:
+    """Where `_save` writes `obj`: figures/<stem>.png, or tables/<stem>.csv and .md."""
+    if hasattr(obj, "savefig"):
+        return [out / "figures" / f"{stem}.png"]
+    return [out / "tables" / f"{stem}.csv", out / "tables" / f"{stem}.md"]
+
+
 def _save(obj, out: Path, stem: str) -> list[Path]:
     """A Figure to figures/<stem>.png, a DataFrame to tables/<stem>.csv and .md."""
+    paths = _targets(obj, out, stem)
     if hasattr(obj, "savefig"):
         buf = io.BytesIO()
         obj.savefig(buf, format="png", dpi=style.DPI)
-        path = out / "figures" / f"{stem}.png"
-        files.atomic_write_bytes(path, buf.getvalue())
-        return [path]
-    stem_path = out / "tables" / stem
+        files.atomic_write_bytes(paths[0], buf.getvalue())
+        return paths
     shown = compare_view(obj) if stem.startswith("compare-") else obj
-    files.atomic_write_text(stem_path.with_suffix(".csv"), obj.to_csv(index=False))
-    files.atomic_write_text(stem_path.with_suffix(".md"), to_markdown(shown))
-    return [stem_path.with_suffix(".csv"), stem_path.with_suffix(".md")]
+    files.atomic_write_text(paths[0], _safe_csv(obj))
+    files.atomic_write_text(paths[1], to_markdown(shown))
+    return paths
+
+
+def _safe_csv(df) -> str:
+    """The table as CSV with its text cells neutralised as the results CSVs are (no cell a
+    spreadsheet would run as a formula)."""
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype == object or str(df[c].dtype) in ("str", "string"):
+            df[c] = df[c].map(lambda v: results.neutral(v) if isinstance(v, str) else v)
+    return df.to_csv(index=False)
 
 
 def _run_metrics(root: Path, runs) -> dict:
     import pandas as pd
 
-    found = sorted((root / "runs").glob("*/metrics.csv"), key=lambda p: p.stat().st_mtime)
+    # lstat: a planted link or FIFO is listed here and refused by read_metrics, not followed
+    found = sorted((root / "runs").glob("*/metrics.csv"), key=lambda p: p.lstat().st_mtime)
     by_id = {p.parent.name: p for p in found}
     if runs:
         unknown = [r for r in runs if r not in by_id]
@@ -240,7 +257,10 @@ def regenerate(
             or not the artifact was named.
     """
     root = results.results_dir(root)
-    out = Path(out_dir) if out_dir is not None else root
+    if root.exists() and not root.is_dir():
+        raise UserError(f"The results directory {root} is a file; pass another --results-dir.")
+    # --out is a results folder of its own: figures/ and tables/ are written only through it
+    out = files.confine(out_dir) if out_dir is not None else root
     specific = bool(names)
     names = [names] if isinstance(names, str) else list(
         names or [n for n, a in REPORTS.items() if a.default or (n == "token-mixing" and checkpoint)])
@@ -249,16 +269,26 @@ def regenerate(
         if n not in REPORTS:
             raise UserError(f"Unknown figure or table '{n}'; choose from {', '.join(REPORTS)}."
                             + close_matches(n, REPORTS))
+    import matplotlib
+
     inputs = Inputs(root, checkpoint=checkpoint, runs=runs, zoo_df=zoo_df)
     written, skipped = [], {}
-    for n in names:
-        try:
-            for stem, obj in REPORTS[n].make(inputs):
-                written += _save(obj, out, stem)
-        except UserError as err:
-            if specific or isinstance(err, DamagedFileError):  # damage is never a skip
-                raise
-            skipped[n] = str(err)
+    # names come from users (a dataset folder called $\foo$): labels are text, never mathtext
+    with matplotlib.rc_context({"text.parse_math": False}):
+        made = []  # everything is drawn before anything is written: a refusal changes nothing
+        for n in names:
+            try:
+                made += REPORTS[n].make(inputs)
+            except UserError as err:
+                if specific or isinstance(err, DamagedFileError):  # damage is never a skip
+                    raise
+                skipped[n] = str(err)
+        for stem, obj in made:  # where each goes is checked first (a link, a folder in the way)
+            for path in _targets(obj, out, stem):
+                files.check(path.parent, "dir")
+                files.check(path, "file")
+        for stem, obj in made:  # a file that cannot be written is an error, not a skip
+            written += _save(obj, out, stem)
     return {"written": written, "skipped": skipped}
 
 

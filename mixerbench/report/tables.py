@@ -64,10 +64,11 @@ def require(df: pd.DataFrame | None, table: str, what: str) -> pd.DataFrame:
 
 
 def numeric(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
-    """Coerce `columns` (those present) to floats in place; blanks become NaN."""
+    """Coerce `columns` (those present) to floats in place; blanks become NaN, and so does an
+    infinite cell (no measurement is infinite: a cost of inf is left empty, not plotted)."""
     for c in columns:
         if c in df.columns:
-            df[c] = pd.to_numeric(df[c], errors="coerce")
+            df[c] = pd.to_numeric(df[c], errors="coerce").replace([np.inf, -np.inf], np.nan)
     return df
 
 
