@@ -37,6 +37,7 @@ class _OneLineUsageErrors(TyperGroup):
     def parse_args(self, ctx, args):  # options of `mixerbench` itself, e.g. a misspelt --quiet
         if not args:  # no arguments at all shows the help (no_args_is_help)
             return super().parse_args(ctx, args)
+        _refuse_non_utf8(args)
         try:
             return super().parse_args(ctx, args)
         except Exception as exc:
@@ -51,6 +52,21 @@ class _OneLineUsageErrors(TyperGroup):
             if not _is_usage_error(exc):
                 raise
             _usage_error(exc, ctx)
+
+
+def _refuse_non_utf8(args) -> None:
+    """A path named in bytes that are not UTF-8 (an argument, or a folder in the environment)
+    could be neither written to a results CSV nor shown: refused before any work, shown with
+    replacement characters."""
+    named = [(a, "The argument") for a in args] + [
+        (os.environ.get(k, ""), f"${k}") for k in ("MIXERBENCH_RESULTS", "MIXERBENCH_DATA")]
+    for value, what in named:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            fail(f"{what} '{shown}' is not UTF-8 (a file or folder name in another encoding); "
+                 "rename it to a UTF-8 name.")
 
 
 def _usage_error(exc, ctx) -> None:

@@ -560,8 +560,12 @@ def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None
         if tuple(header) == columns:
             return False
         where = {c: i for i, c in enumerate(header)}
-        text = _csv_line(columns) + "".join(
-            _csv_line([r[where[c]] if c in where else "" for c in columns]) for r in rows)
+
+        def cell(r, c):  # a formula an older version wrote bare is neutralised on the way
+            v = r[where[c]] if c in where else ""
+            return neutral(unneutral(v)) if v and COLUMN_TYPES[c] == TEXT else v
+
+        text = _csv_line(columns) + "".join(_csv_line([cell(r, c) for c in columns]) for r in rows)
         atomic_write_text(path, text)
     return True
 

@@ -428,6 +428,15 @@ def test_formula_cells_are_neutralised_and_read_back_unchanged(tmp_path):
     assert list(df["top1"]) == [-1.5] * len(df)  # negative numbers stay numbers
 
 
+def test_upgrade_neutralises_formulas_an_older_version_wrote_bare(tmp_path):
+    row = {c: "" for c in results.SCHEMAS["accuracy"][:-1]}
+    text = ",".join(row) + "\n" + ",".join(dict(row, run_id="r", dataset="=cmd|x").values()) + "\n"
+    (tmp_path / "accuracy.csv").write_text(text)
+    assert cli("upgrade", "--results-dir", tmp_path).exit_code == 0
+    assert ",'=cmd|x," in (tmp_path / "accuracy.csv").read_text()
+    assert list(results.load("accuracy", tmp_path)["dataset"]) == ["=cmd|x"]
+
+
 def test_text_with_markup_mathtext_and_formulas_plots_and_prints(folder):
     """A dataset called `$\\foo$ [/] =cmd` goes through plot (mathtext off, markup escaped,
     tables' CSV neutralised)."""
@@ -481,13 +490,43 @@ def test_the_model_card_escapes_markdown_in_summary_fields(tmp_path):
     assert "\n# Heading" not in card and "<b>" not in card
 
 
-def test_a_results_dir_that_is_not_utf8_is_refused_or_shown(folder, tmp_path):
+def test_a_path_that_is_not_utf8_is_refused_and_shown(folder, tmp_path):
     odd = Path(os.fsdecode(bytes(tmp_path) + b"/r\xffsults"))
     shutil.copytree(folder, odd)
-    line = refused(cli(*NEW_RUN, "--results-dir", odd))
-    assert "not UTF-8" in line and "\ufffd" in line
-    r = cli("plot", "curves", "--results-dir", odd)
-    assert r.exit_code in (0, 2) and "Traceback" not in r.output, r.output
+    before = snapshot(odd)
+    for command in (NEW_RUN, ["plot", "curves"], ["upgrade"]):
+        line = refused(cli(*command, "--results-dir", odd))
+        assert "not UTF-8" in line and "\ufffd" in line, line
+        line = refused(cli(*command, env={"MIXERBENCH_RESULTS": os.fsdecode(bytes(odd))}))
+        assert "not UTF-8" in line
+    assert snapshot(odd) == before
+
+
+def _image_folder(root: Path) -> Path:
+    """A two-class image folder (split folders train/ and test/) at `root`."""
+    import numpy as np
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for split in ("train", "test"):
+        for cls in ("a", "b"):
+            (root / split / cls).mkdir(parents=True)
+            for i in range(4):
+                Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(
+                    root / split / cls / f"{i}.png")
+    return root
+
+
+def test_markup_in_a_dataset_folder_and_a_model_option_is_text(tmp_path):
+    data = _image_folder(tmp_path / "data[/]set[bold]")
+    args = ["pretrain", "--preset", "smoke", "--dataset", data, "--img-size", "32", "--device",
+            "cpu", "--set", "model.width=16", "--set", "model.depth=1", "--set",
+            "data.batch_size=4", "--steps", "2", "--results-dir", tmp_path / "res"]
+    r = cli(*args)
+    assert r.exit_code == 0, r.output
+    assert "data[/]set[bold]" in r.output  # shown as named, never read as markup
+    line = refused(cli(*args, "--set", "model.options.pool[/]=1"))  # an option it does not take
+    assert "pool[/]" in line, line
 
 
 def test_ascii_terminal(folder, child_env):

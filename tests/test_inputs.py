@@ -22,21 +22,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from typer.testing import CliRunner
-
-from mixerbench.cli import app
+from conftest import TINY_MODEL, cli, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "smoke", "--img-size", "32", "--device", "cpu", "--set", "model.width=16",
-        "--set", "model.depth=1", "--set", "data.batch_size=4", "--steps", "1"]
-ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_DATA": None,
-       "MIXERBENCH_RESULTS": None}
-
-
-def cli(*args, env=None):
-    return CliRunner().invoke(app, ["--quiet", *map(str, args)], env={**ENV, **(env or {})})
+# conftest's tiny pretrain without its dataset (each case names its own), one step
+PRETRAIN = ["pretrain", "--preset", "smoke", "--img-size", "32", *TINY_MODEL[2:], "--steps", "1"]
 
 
 def _one_error(text: str) -> str:
@@ -49,16 +41,16 @@ def _one_error(text: str) -> str:
     return errors[0]
 
 
-def refused(r) -> str:
-    """The one sentence of a refusal (exit 2) by the command run in this process."""
+def refusal(r) -> str:
+    """The one sentence of a refusal (exit 2) by the command run in this process; unlike
+    conftest's `refused`, progress lines of work done before it may precede it."""
     assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
     return _one_error(r.output)
 
 
 def child_refused(args, env, timeout=90) -> str:
-    """`refused` for the command run in a child process with a deadline (cases that used to hang)."""
-    proc = subprocess.run([sys.executable, "-m", "mixerbench", "--quiet", *map(str, args)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=timeout)
+    """`refusal` for the command run in a child process with a deadline (cases that used to hang)."""
+    proc = run(args, env, timeout)
     assert proc.returncode == 2, proc.stdout + proc.stderr
     return _one_error(proc.stdout + proc.stderr)
 
@@ -99,7 +91,7 @@ def parquet(path: Path, images: list, labels: list) -> Path:
 
 
 def pretrain(dataset, results: Path, *extra, env=None):
-    return cli("pretrain", *TINY, "--dataset", dataset, "--results-dir", results, *extra, env=env)
+    return cli(*PRETRAIN, "--dataset", dataset, "--results-dir", results, *extra, env=env)
 
 
 # ------------------------------------------------------------------------ damaged datasets
@@ -176,7 +168,7 @@ DATASETS = {
 def test_a_damaged_or_ambiguous_dataset_is_one_sentence(case, tmp_path):
     make, expected = DATASETS[case]
     start = time.monotonic()
-    line = refused(pretrain(make(tmp_path), tmp_path / "results"))
+    line = refusal(pretrain(make(tmp_path), tmp_path / "results"))
     assert expected in line, line
     assert "Warning" not in line  # Pillow's raw DecompressionBombWarning is not printed
     assert not (tmp_path / "results").exists()  # refused before anything was written
@@ -188,7 +180,7 @@ def test_an_image_linked_to_a_fifo_is_refused_without_blocking(tmp_path, child_e
     ds = image_folder(tmp_path / "fifo", {"ant": ["0.png", "1.png"], "bee": ["0.png"]})
     os.mkfifo(tmp_path / "pipe")
     os.symlink(tmp_path / "pipe", ds / "bee" / "1.png")
-    line = child_refused(["pretrain", *TINY, "--dataset", ds, "--results-dir", tmp_path / "r"], child_env)
+    line = child_refused([*PRETRAIN, "--dataset", ds, "--results-dir", tmp_path / "r"], child_env)
     assert "FIFO" in line and "1.png" in line
 
 
@@ -201,7 +193,7 @@ def test_paths_named_inside_a_parquet_file_are_never_opened(tmp_path, child_env)
     secret.write_bytes(png((255, 0, 0)))
     cells = [{"bytes": None, "path": p} for p in ("/dev/zero", str(tmp_path / "pipe"), str(secret), "/etc/passwd")]
     ds = parquet(tmp_path / "outside", cells, [0, 1, 0, 1])
-    line = child_refused(["pretrain", *TINY, "--dataset", ds, "--results-dir", tmp_path / "r"], child_env)
+    line = child_refused([*PRETRAIN, "--dataset", ds, "--results-dir", tmp_path / "r"], child_env)
     assert "never opens a path named inside a data file" in line and "/dev/zero" in line
     # a column of plain path strings is refused the same way
     ds2 = parquet(tmp_path / "strings", [{"bytes": png(), "path": None}] * 4, [0, 1, 0, 1])
@@ -210,7 +202,7 @@ def test_paths_named_inside_a_parquet_file_are_never_opened(tmp_path, child_env)
 
     pq.write_table(pa.table({"image": ["/dev/zero"] * 4, "label": [0, 1, 0, 1]}),
                    ds2 / "train-00000-of-00001.parquet")
-    assert "never opens a path" in refused(pretrain(ds2, tmp_path / "r2"))
+    assert "never opens a path" in refusal(pretrain(ds2, tmp_path / "r2"))
 
 
 def test_a_huge_folder_is_looked_at_not_walked(tmp_path, monkeypatch):
@@ -242,7 +234,7 @@ def test_split_folders_are_splits_and_class_folders_are_classes(tmp_path):
 
 
 def test_a_cache_that_is_dev_null_is_one_sentence(tmp_path):
-    line = refused(pretrain("synthetic", tmp_path / "r", env={"MIXERBENCH_CACHE": "/dev/null"}))
+    line = refusal(pretrain("synthetic", tmp_path / "r", env={"MIXERBENCH_CACHE": "/dev/null"}))
     assert "MIXERBENCH_CACHE" in line and "/dev/null" in line
 
 
@@ -269,21 +261,21 @@ def tmpfs(tmp_path):
 
 def test_a_read_only_home_is_one_sentence(tmp_path, tmpfs):
     home = tmpfs(tmp_path / "home", "ro,size=1m")
-    line = refused(pretrain("synthetic", tmp_path / "r", env={"HOME": str(home), "MIXERBENCH_CACHE": None}))
+    line = refusal(pretrain("synthetic", tmp_path / "r", env={"HOME": str(home), "MIXERBENCH_CACHE": None}))
     assert "read-only" in line and "MIXERBENCH_CACHE" in line
 
 
 def test_a_full_cache_disk_is_one_sentence_and_leaves_no_partial_file(tmp_path, tmpfs):
     cache = tmpfs(tmp_path / "cache", "size=64k")
-    line = refused(pretrain("synthetic", tmp_path / "r", env={"MIXERBENCH_CACHE": str(cache)}))
+    line = refusal(pretrain("synthetic", tmp_path / "r", env={"MIXERBENCH_CACHE": str(cache)}))
     assert "no space left" in line
     assert [p for p in cache.rglob("*") if p.is_file()] == []
 
 
 @pytest.mark.parametrize("device", ["cpux", "cuda:x", "gpu", "cuda:"])
 def test_an_unknown_device_is_one_sentence(tmp_path, device):
-    args = [a if a != "cpu" else device for a in TINY]
-    line = refused(cli("pretrain", *args, "--dataset", "synthetic", "--results-dir", tmp_path))
+    args = [a if a != "cpu" else device for a in PRETRAIN]
+    line = refusal(cli(*args, "--dataset", "synthetic", "--results-dir", tmp_path))
     assert "Unknown device" in line
 
 
@@ -347,7 +339,7 @@ def _npz(path: Path, *, width=8, tokens=(64, 4), channels=None) -> Path:
                          ids=["width-0", "token-kernel-0x4", "token-kernel-2x0"])
 def test_an_npz_with_impossible_shapes_is_one_sentence(tmp_path, shape):
     npz = _npz(tmp_path / "w.npz", **shape)
-    line = refused(cli("finetune", "--dataset", "synthetic", "--steps", "1", "--device", "cpu",
+    line = refusal(cli("finetune", "--dataset", "synthetic", "--steps", "1", "--device", "cpu",
                        "--set", "optim.warmup_steps=0", "--init", npz, "--results-dir", tmp_path / "r"))
     assert "shape" in line and str(npz) in line
 
@@ -406,7 +398,7 @@ def test_an_infinite_cost_in_a_summary_is_refused(checkpoint, tmp_path):
     summary = res / "runs" / "fin" / "summary.json"
     summary.write_text(json.dumps(dict(json.loads(summary.read_text()), train_seconds=float("inf"))))
     before = (res / "accuracy.csv").read_text()
-    line = refused(cli(*FIN, "--results-dir", res))
+    line = refusal(cli(*FIN, "--results-dir", res))
     assert "summary.json" in line
     assert (res / "accuracy.csv").read_text() == before
 
@@ -435,8 +427,7 @@ def test_model_options_are_checked_on_the_meta_device_before_any_work(option, tm
         raise AssertionError("a dataset was read before the options were checked")
 
     monkeypatch.setattr(data, "get_dataset", no_data)
-    args = [a for a in TINY]
-    line = refused(cli("pretrain", *args, "--model", "vit-t4", "--dataset", "synthetic",
+    line = refusal(cli(*PRETRAIN, "--model", "vit-t4", "--dataset", "synthetic",
                        "--set", f"model.options.{option}", "--results-dir", tmp_path / "r"))
     assert option.split("=")[0] in line
     assert not (tmp_path / "r").exists()
@@ -474,7 +465,7 @@ def test_a_4096_px_input_is_refused_before_allocating(command, tmp_path, child_e
 
 
 def test_bench_at_img_size_0_is_refused_not_measured_at_the_default(tmp_path):
-    line = refused(cli("bench", "-m", "mixer-t4", "--img-size", "0", "--device", "cpu", "--results-dir", tmp_path))
+    line = refusal(cli("bench", "-m", "mixer-t4", "--img-size", "0", "--device", "cpu", "--results-dir", tmp_path))
     assert "--img-size 0" in line
     assert not (tmp_path / "throughput.csv").exists()
 
@@ -516,14 +507,14 @@ REAL_FILES = {
 def test_a_bad_real_labels_file_is_one_sentence_before_any_work(case, checkpoint, tmp_path):
     path = tmp_path / "real.json"
     REAL_FILES[case](path)
-    line = refused(cli("evaluate", "--checkpoint", checkpoint, "--dataset", "synthetic", "--device", "cpu",
+    line = refusal(cli("evaluate", "--checkpoint", checkpoint, "--dataset", "synthetic", "--device", "cpu",
                        "--real-labels", path, "--results-dir", checkpoint.parents[1]))
     assert "real.json" in line or "ReaL" in line, line
 
 
 @pytest.mark.parametrize("seconds", ["1e12", "0", "-1", "nan", "inf"])
 def test_datasets_bench_seconds_are_bounded(seconds):
-    assert "--seconds" in refused(cli("datasets", "synthetic", "--bench", "--seconds", seconds, "--device", "cpu"))
+    assert "--seconds" in refusal(cli("datasets", "synthetic", "--bench", "--seconds", seconds, "--device", "cpu"))
 
 
 # ------------------------------------------------------------------------ tracker servers
@@ -559,7 +550,7 @@ def test_an_unreachable_tracker_server_costs_one_warning_within_seconds(tracker,
             os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
     assert len(warnings) == 1 and "not reachable" in warnings[0], warnings
     assert elapsed < 30, f"{elapsed:.0f} s to give up on {url}"  # minutes before (retries)
-    r = cli("pretrain", *TINY, "--dataset", "synthetic", "--results-dir", tmp_path / "r",
+    r = cli(*PRETRAIN, "--dataset", "synthetic", "--results-dir", tmp_path / "r",
             "--tracker", tracker, env=env)
     assert r.exit_code == 0, r.output
     assert [line.startswith("warning:") for line in r.output.splitlines()].count(True) == 1, r.output
