@@ -147,11 +147,11 @@ def _check_name(root: Path) -> None:
     try:
         str(root).encode()
     except UnicodeEncodeError:
-        raise UserError(f"The results directory {_printable(str(root))} has a name that is not "
+        raise UserError(f"The results directory {printable(str(root))} has a name that is not "
                         "UTF-8; rename it or pass another --results-dir.") from None
 
 
-def _printable(text: str) -> str:
+def printable(text: str) -> str:
     """`text` with bytes that are not UTF-8 (a file name in another encoding) shown as U+FFFD."""
     return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
 
@@ -430,8 +430,8 @@ def _line(path: Path, columns: tuple[str, ...], row: Mapping[str, Any]) -> str:
         try:
             cell.encode()
         except UnicodeEncodeError:  # a file or folder name in another encoding
-            raise UserError(f"{c} {_show(_printable(cell))} is not UTF-8 text, so it cannot be "
-                            f"written to {_printable(str(path))}; rename that file or folder to "
+            raise UserError(f"{c} {_show(printable(cell))} is not UTF-8 text, so it cannot be "
+                            f"written to {printable(str(path))}; rename that file or folder to "
                             "a UTF-8 name.") from None
     return _csv_line(cells)
 

@@ -15,7 +15,7 @@ DTYPES = ("bf16", "fp16", "fp32")
 
 
 def choose(device: str | None, dtype: str | None, local_rank: int | None = None, *,
-           cpu_half: bool = False) -> tuple[str, str]:
+           cpu_half: bool = False, training: bool = False) -> tuple[str, str]:
     """(device, dtype) of a command: the one decision `train`, `evaluate` and `bench` share.
 
     `device` None picks CUDA when present, else the CPU; `dtype` None (or the config's "auto")
@@ -26,13 +26,25 @@ def choose(device: str | None, dtype: str | None, local_rank: int | None = None,
     put every rank on GPU 0. Ranks are mapped onto the GPUs this process can see: all of the
     node's (as torchrun leaves them: cuda:LOCAL_RANK) or only its own (a SLURM task bound to one
     GPU, or CUDA_VISIBLE_DEVICES set per rank: cuda:0).
+
+    `training`: the training loop has no loss scaling, which fp16 gradients need (they underflow
+    without it), so a GPU without bf16 trains in fp32 by default and an explicit fp16 is refused.
     """
+    from mixerbench.errors import UserError
+
     device = resolve_device(device)
     if local_rank is not None and device == "cuda":
         import torch
 
         device = f"cuda:{local_rank % torch.cuda.device_count()}"
-    return device, resolve_dtype(None if dtype == "auto" else dtype, device, cpu_half=cpu_half)
+    asked = None if dtype == "auto" else dtype
+    chosen = resolve_dtype(asked, device, cpu_half=cpu_half)
+    if training and chosen == "fp16":
+        if asked is None:
+            return device, "fp32"
+        raise UserError("Training in fp16 needs loss scaling, which mixerbench's training loop "
+                        "does not do; use --set dtype=bf16 on a GPU that has it, or fp32.")
+    return device, chosen
 
 
 def use_device(device: str) -> None:

@@ -311,7 +311,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     from mixerbench.runtime import choose, setup_distributed, use_device
 
     rank, world, local_rank = setup_distributed()
-    device, dtype = choose(cfg.device, cfg.dtype, local_rank)
+    device, dtype = choose(cfg.device, cfg.dtype, local_rank, training=True)
     use_device(device)
     compiled = cfg.compile if cfg.compile is not None else device.startswith("cuda")
     dcfg = cfg.data

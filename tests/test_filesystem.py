@@ -502,6 +502,13 @@ def test_a_path_that_is_not_utf8_is_refused_and_shown(folder, tmp_path):
     assert snapshot(odd) == before
 
 
+def test_a_run_folder_named_in_another_encoding_is_plotted_with_replacement_characters(folder):
+    shutil.copytree(folder / "runs/fin", os.fsdecode(bytes(folder) + b"/runs/f\xffn"))
+    r = cli("plot", "curves", "--results-dir", folder)
+    assert r.exit_code == 0, (r.output, r.exception)
+    assert (folder / "figures/curves.png").is_file()
+
+
 def _image_folder(root: Path) -> Path:
     """A two-class image folder (split folders train/ and test/) at `root`."""
     import numpy as np

@@ -113,8 +113,8 @@ def test_every_committed_pretraining_row_keeps_its_run_id(monkeypatch, tmp_path)
         with pytest.raises(Planned):
             experiments.reproduce(artifact, budget="cpu", data_dir="../shared/data", root="results")
     # The committed ResNet rows were trained with a `stem_width` option that had no effect and
-    # is refused today, so today's ResNet command is another experiment; every other one keeps
-    # its id.
+    # that the smoke preset no longer sets, so today's ResNet command is another experiment (the
+    # old runs still read back); every other one keeps its id.
     cfgs = [c for c in cfgs if c.model.name != "resnet18"]
     ids = [run_id(c) for c in cfgs]
     assert set(ids) <= set(committed), sorted(set(ids) - set(committed))

@@ -107,6 +107,23 @@ def test_choose_defaults_and_refusals_on_this_machine():
         choose("cpu", "bf16", local_rank=0)
 
 
+def test_training_never_runs_in_fp16_without_loss_scaling():
+    """fp16 gradients underflow without loss scaling, which the training loop does not do: where
+    fp16 would be chosen for training it is refused when asked for (the default falls back to
+    fp32 on a GPU without bf16). Checked on a CPU with native fp16 units, where the rule is the
+    same one a pre-bf16 GPU meets."""
+    import torch
+
+    from mixerbench.errors import UserError
+    from mixerbench.runtime import choose
+
+    if torch.cuda.is_available() or not torch.ops.mkldnn._is_mkldnn_fp16_supported():
+        pytest.skip("needs a CPU with native fp16 units and no GPU")
+    assert choose("cpu", "fp16", cpu_half=True) == ("cpu", "fp16")  # bench may time it
+    with pytest.raises(UserError, match="loss scaling"):
+        choose("cpu", "fp16", cpu_half=True, training=True)
+
+
 def _declared_events() -> dict[str, str]:
     """event name -> the module whose `Event` class declares it."""
     out = {}

@@ -365,16 +365,19 @@ def test_paper_scale_vits_start_from_the_jax_init(one_thread):
 
 
 def test_smoke_resnet_is_the_model_its_options_say(one_thread):
-    """The smoke preset's ResNet: exact parameter count of the model built; a stem_width that
-    timm would silently ignore is refused."""
+    """The smoke preset's ResNet: exact parameter count of the model built; a new run with a
+    stem_width that timm would silently ignore is refused, while a run recorded with it (0.1.0's
+    smoke ResNet) builds the model it trained, which never read it."""
     from mixerbench.models import count_params
-    from mixerbench.presets import family_model
+    from mixerbench.presets import family_model, resolve
 
     m = family_model("smoke", "resnet")[0]
     model = create_model(m.name, num_classes=10, img_size=m.img_size, **m.options)
     assert count_params(model)[0] == 325_866 and model.conv1.out_channels == 64
     with pytest.raises(UserError, match="stem_width"):
-        create_model("resnet18", num_classes=10, img_size=28, stem_width=16)
+        resolve("smoke", model="resnet", overrides={"model.options.stem_width": 16})
+    old = create_model(m.name, num_classes=10, img_size=m.img_size, stem_width=16, **m.options)
+    assert count_params(old)[0] == 325_866 and old.conv1.out_channels == 64
     deep = create_model("resnet18", num_classes=10, img_size=28, stem_width=16, stem_type="deep")
     assert deep.conv1[0].out_channels == 16
 

@@ -210,7 +210,8 @@ def _run_metrics(root: Path, runs) -> dict:
 
     # lstat: a planted link or FIFO is listed here and refused by read_metrics, not followed
     found = sorted((root / "runs").glob("*/metrics.csv"), key=lambda p: p.lstat().st_mtime)
-    by_id = {p.parent.name: p for p in found}
+    # a folder name that is not UTF-8 is labelled with replacement characters (fonts draw text)
+    by_id = {results.printable(p.parent.name): p for p in found}
     if runs:
         unknown = [r for r in runs if r not in by_id]
         if unknown:
