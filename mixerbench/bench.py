@@ -12,13 +12,7 @@ comparable across hardware; our unit is img/s per device.
 
 from __future__ import annotations
 
-from mixerbench.runtime import (
-    autocast,
-    resolve_device,
-    resolve_dtype,
-    synchronize,
-    torch_dtype,
-)
+from mixerbench.runtime import autocast, choose, synchronize, torch_dtype
 
 # ------------------------------------------------------------------------------ throughput
 #
@@ -278,8 +272,8 @@ def _make_step(name: str, mode: str, batch: int, *, img_size: int, num_classes: 
                patch_size: int | None = None, overrides: dict | None = None):
     """A closure running one infer or train step on a device-resident synthetic batch."""
     import torch
-    import torch.nn.functional as F
 
+    from mixerbench.loss import cross_entropy
     from mixerbench.models import create_model
 
     model = create_model(name, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
@@ -307,7 +301,7 @@ def _make_step(name: str, mode: str, batch: int, *, img_size: int, num_classes: 
 
     def step():
         with autocast(device, dtype):
-            loss = F.cross_entropy(net(x), y)
+            loss = cross_entropy(net(x), y)
         if scaler is not None:
             scaler.scale(loss).backward()
             scaler.step(opt)
@@ -344,6 +338,32 @@ def _fit(name: str, mode: str, batch: int, *, device: str, **kw):
         batch = decay_batch_step(batch)
     raise UserError(f"{name} does not fit on {device} in {mode} mode even at batch size 1; "
                     "try a smaller --img-size or another device.")
+
+
+def check_fits(name: str, mode: str, *, device: str, dtype: str, img_size: int, num_classes: int,
+               patch_size: int | None = None, overrides: dict | None = None) -> None:
+    """Refuse, before anything is allocated, a model that cannot run one image on `device`:
+    traced on the meta device (`models.memory`), inference needs its weights plus the largest
+    single activation, training its weights, gradients and Adam moments (4 x) plus every
+    activation of the image. A 4096 px input is refused here, not by the allocator."""
+    from mixerbench.errors import UserError
+    from mixerbench.models import build_on_meta, count_params
+    from mixerbench.runtime import memory_bytes
+
+    weights = 4 * (4 if mode == "train" else 1)  # bytes per parameter: fp32 weights (+ grad, Adam)
+    have = memory_bytes(device)
+
+    def refuse(need: int) -> None:
+        if have and need > have:
+            raise UserError(f"{name} at {img_size} px needs at least {need / 2**30:,.1f} GiB for one "
+                            f"image in {mode} mode, more than the {have / 2**30:,.1f} GiB of "
+                            f"{device}; choose a smaller --img-size or model.")
+
+    model, (total, largest) = build_on_meta(
+        name, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
+        before_trace=lambda model: refuse(weights * count_params(model)[0]),
+        element_size=4 if dtype == "fp32" else 2, **(overrides or {}))
+    refuse(weights * count_params(model)[0] + (total if mode == "train" else largest))
 
 
 def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size: int | None = None,
@@ -388,8 +408,15 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
     from mixerbench.models import get_spec, model_info, model_label
     from mixerbench.results import SCHEMAS, append_row, device_name
 
-    modes, recipes, device, dtype, start_batch, auto = _check_bench(
-        models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype, max_batch)
+    modes, described, device, dtype, start_batch, auto = _check_bench(
+        models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype, max_batch,
+        img_size)
+    for rec in described:  # every model is checked before the first is timed
+        for m in modes:
+            check_fits(rec["name"], m, device=device, dtype=dtype,
+                       img_size=img_size or rec.get("img_size") or get_spec(rec["name"]).img_size,
+                       num_classes=rec.get("num_classes") or num_classes,
+                       patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
     cuda = device.startswith("cuda")
     compile = cuda if compile is None else bool(compile)
     # TF32 for fp32 matmuls on CUDA, as the training loop runs; the datasheet peak is then the
@@ -397,7 +424,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
     old_precision = torch.get_float32_matmul_precision()
     if cuda:
         torch.set_float32_matmul_precision("high")
-    total = len(recipes) * len(modes) + 1
+    total = len(described) * len(modes) + 1
     # One id for every row of this call (UTC start time + random suffix): same run, same id.
     bench_id = (_dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-"
                 + uuid.uuid4().hex[:6])
@@ -410,7 +437,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         common = dict(matmul_tflops=measure_matmul_tflops(device, dtype), bench_id=bench_id,
                       peak_tflops=peak, matmul_precision=precision)
         rows = []
-        for rec in recipes:
+        for rec in described:
             spec = get_spec(rec["name"])
             size = img_size or rec.get("img_size") or spec.img_size
             arch = dict(patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
@@ -465,10 +492,15 @@ def _row(mode: str, secs: list[float], batch: int, steps: int, info: dict, commo
 
 
 def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype,
-                 max_batch):
-    """(modes, model recipes, device, dtype, first batch size, auto?), all checked up front."""
+                 max_batch, img_size=None):
+    """(modes, model descriptions, device, dtype, first batch size, auto?), all checked up front."""
     from mixerbench.errors import UserError
     from mixerbench.models import resolve_name
+
+    if img_size is not None and not (isinstance(img_size, int) and 1 <= img_size <= 4096):
+        # 0 is not "the default": a row measured at another size than asked would be a lie
+        raise UserError(f"--img-size {img_size} must be between 1 and 4096 pixels (or left out "
+                        "for each model's own size).")
 
     modes = {"infer": ["infer"], "train": ["train"], "both": ["infer", "train"]}.get(mode)
     if modes is None:
@@ -479,8 +511,7 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
         raise UserError("No models to benchmark; pass --models mixer-b16,vit-b16 for example.")
     if repeats < 1 or steps_per_repeat < 1 or warmup < 0:
         raise UserError("--repeats and steps per repeat must be at least 1, warm-up at least 0.")
-    device = resolve_device(device)
-    dtype = resolve_dtype(dtype, device)
+    device, dtype = choose(device, dtype, cpu_half=True)
     text = str(batch_size).strip().lower()
     auto = text == "auto"
     if not auto and not text.isdigit():
@@ -488,8 +519,8 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
     if not auto and not 1 <= int(text) <= 2**20:
         raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,} (or 'auto').")
     start = (max_batch or (1024 if device.startswith("cuda") else 64)) if auto else int(text)
-    # A model is a name, or a recipe dict (name, img_size, patch_size, overrides) such as a
+    # A model is a name, or a model description (name, img_size, patch_size, overrides) such as a
     # run's checkpoint carries, so `compare` benches exactly the architecture it trained.
-    recipes = [dict(m, name=resolve_name(m["name"])) if isinstance(m, dict)
+    described = [dict(m, name=resolve_name(m["name"])) if isinstance(m, dict)
                else dict(name=resolve_name(m)) for m in models]
-    return modes, recipes, device, dtype, start, auto
+    return modes, described, device, dtype, start, auto

@@ -14,10 +14,10 @@ import os
 import sys
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Callable, Optional
 
 import typer
-from typer.core import TyperGroup
+from typer.core import TyperCommand, TyperGroup
 
 # Spin-waiting OpenMP threads make the small tensor ops of augmentation ~70x slower on a busy
 # 2-core machine (measured); passive waiting costs nothing on an idle one. Set before torch loads.
@@ -37,6 +37,7 @@ class _OneLineUsageErrors(TyperGroup):
     def parse_args(self, ctx, args):  # options of `mixerbench` itself, e.g. a misspelt --quiet
         if not args:  # no arguments at all shows the help (no_args_is_help)
             return super().parse_args(ctx, args)
+        _refuse_non_utf8(args)
         try:
             return super().parse_args(ctx, args)
         except Exception as exc:
@@ -51,6 +52,21 @@ class _OneLineUsageErrors(TyperGroup):
             if not _is_usage_error(exc):
                 raise
             _usage_error(exc, ctx)
+
+
+def _refuse_non_utf8(args) -> None:
+    """A path named in bytes that are not UTF-8 (an argument, or a folder in the environment)
+    could be neither written to a results CSV nor shown: refused before any work, shown with
+    replacement characters."""
+    named = [(a, "The argument") for a in args] + [
+        (os.environ.get(k, ""), f"${k}") for k in ("MIXERBENCH_RESULTS", "MIXERBENCH_DATA")]
+    for value, what in named:
+        try:
+            value.encode()
+        except UnicodeEncodeError:
+            shown = value.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+            fail(f"{what} '{shown}' is not UTF-8 (a file or folder name in another encoding); "
+                 "rename it to a UTF-8 name.")
 
 
 def _usage_error(exc, ctx) -> None:
@@ -98,6 +114,14 @@ def _quiet(ctx: typer.Context) -> bool:
     return bool((ctx.obj or {}).get("quiet")) or not sys.stderr.isatty() or not _rank0()
 
 
+def _e(value) -> str:
+    """A value from a user or a file (a path, a dataset, a run name) as literal rich text: a
+    `[/]` in it is shown, never read as markup."""
+    from rich.markup import escape
+
+    return escape(str(value))
+
+
 def fail(message: str, code: int = 2) -> None:
     """Print one sentence to stderr and exit (status 2 for bad input)."""
     from rich.markup import escape
@@ -116,11 +140,17 @@ def user_errors(fn):
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
         from mixerbench.errors import UserError
+        from mixerbench.files import describe
 
         try:
             return fn(*args, **kwargs)
         except UserError as exc:
             fail(str(exc))
+        except OSError as exc:  # read-only, full disk, a file or folder in the way: one sentence
+            sentence = describe(exc)
+            if sentence is None:
+                raise
+            fail(sentence)
 
     return wrapper
 
@@ -139,16 +169,19 @@ def emit(rows: list[dict], fmt: Format, title: str | None = None,
 
         writer = csv.DictWriter(sys.stdout, fieldnames=columns, extrasaction="ignore",
                                 lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
+        from mixerbench.results import neutral
+
+        writer.writeheader()  # text cells as the results CSVs hold them: never a formula
+        writer.writerows({k: neutral(v) if isinstance(v, str) else v for k, v in r.items()}
+                         for r in rows)
         return
     from rich.markup import escape
     from rich.table import Table
 
-    table = Table(title=title, show_lines=False)
+    table = Table(title=escape(title) if title else title, show_lines=False)
     for c in columns:
         numeric = bool(rows) and isinstance(rows[0].get(c), (int, float))
-        table.add_column(c, justify="right" if numeric else "left")
+        table.add_column(escape(str(c)), justify="right" if numeric else "left")
     for r in rows:  # escaped: labels like mixer-t4[width=64] are not rich markup
         table.add_row(*[escape(_cell(r.get(c))) for c in columns])
     _console().print(table)
@@ -188,12 +221,26 @@ def main(
 ) -> None:
     """Reproduce the MLP-Mixer benchmarks: Mixer against ViT and ResNet/BiT from timm."""
     ctx.obj = {"quiet": quiet}
+    # a terminal that cannot show a character (PYTHONIOENCODING=ascii, a file name that is not
+    # UTF-8) gets a replacement character, never a UnicodeEncodeError
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.reconfigure(errors="replace")
+        except (AttributeError, ValueError, OSError):
+            pass
 
 
 # ------------------------------------------------------------------------------ shared options
 
+def _folder_name(value: str) -> Path:
+    """--results-dir: an empty value (an unset shell variable) is refused, not taken for `.`."""
+    if not str(value).strip():
+        raise typer.BadParameter("it is empty (an unset shell variable?); pass a folder")
+    return Path(value)
+
+
 ResultsDir = Annotated[Optional[Path], typer.Option(
-    "--results-dir", envvar="MIXERBENCH_RESULTS",
+    "--results-dir", envvar="MIXERBENCH_RESULTS", parser=_folder_name,
     help="Where CSVs, runs/, tables/ and figures/ are (default ./results).")]
 DataDir = Annotated[Optional[Path], typer.Option(
     "--data-dir", envvar="MIXERBENCH_DATA", help="Folder holding local dataset copies by name, e.g. cifar10/.")]
@@ -214,7 +261,9 @@ LauncherOpt = Annotated[Optional[LauncherKind], typer.Option(
 ParallelOpt = Annotated[Optional[int], typer.Option(
     "--parallel", help="Cells at once (local default: one per GPU slot, else 1; slurm: all, queued).")]
 GpusPerJobOpt = Annotated[Optional[int], typer.Option(
-    "--gpus-per-job", help="GPUs per cell, one torch.distributed process each (default 1 on slurm and CUDA machines, else 0).")]
+    "--gpus-per-job", help="GPUs per cell, one torch.distributed process each (default: 1 on CUDA machines and slurm partitions with GPUs, else 0).")]
+TasksPerJobOpt = Annotated[Optional[int], typer.Option(
+    "--tasks-per-job", help="Processes per cell, one torch.distributed rank each (default: one per GPU, else 1; on CPU they train over gloo).")]
 PartitionOpt = Annotated[Optional[str], typer.Option("--partition", help="slurm: the partition.")]
 TimeLimitOpt = Annotated[Optional[int], typer.Option(
     "--time-limit", help="Wall-clock minutes per job (required for slurm; a timed-out job requeues and resumes).")]
@@ -223,20 +272,22 @@ SlurmArgOpt = Annotated[Optional[list[str]], typer.Option(
 
 
 def _launcher(kind: LauncherKind | None, parallel, gpus_per_job, partition, time_limit,
-              slurm_args):
+              slurm_args, tasks_per_job=None):
     """The `--launcher` options as a `launch.Launcher` (None: serial); launcher options
     without `--launcher` are an error rather than silently serial."""
     if kind is None:
         given = [name for name, v in (("--parallel", parallel), ("--gpus-per-job", gpus_per_job),
                                       ("--partition", partition), ("--time-limit", time_limit),
-                                      ("--slurm-arg", slurm_args)) if v not in (None, [])]
+                                      ("--slurm-arg", slurm_args),
+                                      ("--tasks-per-job", tasks_per_job)) if v not in (None, [])]
         if given:
             fail(f"{', '.join(given)} only apply with --launcher local or --launcher slurm.")
         return None
     from mixerbench.launch import make_launcher
 
     return make_launcher(kind.value, parallel=parallel, gpus_per_job=gpus_per_job,
-                         partition=partition, time_limit=time_limit, slurm_args=slurm_args)
+                         partition=partition, time_limit=time_limit, slurm_args=slurm_args,
+                         tasks_per_job=tasks_per_job)
 
 
 # Options shared by pretrain and finetune, declared once.
@@ -259,7 +310,7 @@ TrackerOpt = Annotated[Optional[str], typer.Option(
 # -------------------------------------------------------------------------------- progress
 
 
-class Progress:
+class ProgressView:
     """Renders the library's events: a rich bar on a terminal, a line every few seconds on a
     pipe (or with --quiet). A `stage` (loading data, the final evaluation) shows a spinner on a
     terminal, and on a pipe a line once it has lasted `STAGE_SECONDS`: a phase that ends at
@@ -274,75 +325,108 @@ class Progress:
         self.task = None
         self.last_plain = 0.0
         self.pending = None  # the current stage's spinner or timer
+        self.handlers = None  # built at the first event (see `_handlers`)
+
+    def _handlers(self) -> dict:
+        """Each event the library emits, by the name its emitting module declares, and how it
+        is shown (imported at the first event, so that `--help` and commands that emit none
+        stay fast)."""
+        from mixerbench.experiments import Event as ExperimentEvent
+        from mixerbench.launch import Event as CellEvent
+        from mixerbench.trackers import Event as TrackerEvent
+        from mixerbench.train import Event as TrainEvent
+
+        return {TrainEvent.START: self._start, TrainEvent.RESUMED: self._resumed,
+                TrainEvent.RESTARTED: lambda info: _warn(
+                    f"{Path(info['run_dir']).name} has no checkpoint to resume from, so it starts "
+                    f"again from step 0; the {info['dropped']} metric row(s) of the earlier "
+                    "attempt were dropped.", self._print),
+                TrainEvent.STEP: self._step, TrainEvent.EVAL: self._eval,
+                TrainEvent.STAGE: lambda info: self._stage(info["what"]),
+                TrainEvent.FINISHED: self._finished, TrainEvent.END: lambda info: self.stop(),
+                CellEvent.CELL: self._cell, CellEvent.LAUNCH: self._launch,
+                CellEvent.JOB: self._job,
+                ExperimentEvent.FEWSHOT: lambda info: self._print(
+                    f"linear {info['shots']}-shot probe of {_e(info['run_id'])}"),
+                ExperimentEvent.BENCH: lambda info: self._print(
+                    f"benchmarking {_e(', '.join(info['models']))} on this device"),
+                TrackerEvent.WARNING: lambda info: _warn(info["message"], self._print)}
 
     def __call__(self, event: str, info: dict) -> None:
+        self._end_stage()
+        if self.handlers is None:
+            self.handlers = self._handlers()
+        handler = self.handlers.get(event)
+        if handler is not None:
+            handler(info)
+
+    def _start(self, info: dict) -> None:
+        self.stop()
+        self.console.print(
+            f"[bold]{_e(info['model'])}[/] on [bold]{_e(info['dataset'])}[/]: {info['total_steps']:,} steps, "
+            f"batch {info['batch_size']} x {info['world_size']} process(es), {_e(info['device'])} {info['dtype']}"
+            f" -> {_e(info['run_dir'])}")
+        self._bar("train", info["total_steps"], info["step"])
+
+    def _resumed(self, info: dict) -> None:
+        self.console.print(f"resuming {_e(info['run_dir'])} from step {info['step']:,}")
+
+    def _step(self, info: dict) -> None:
         import time
 
-        self._end_stage()
-        if event == "start":
-            self.stop()
-            self.console.print(
-                f"[bold]{info['model']}[/] on [bold]{info['dataset']}[/]: {info['total_steps']:,} steps, "
-                f"batch {info['batch_size']} x {info['world_size']} process(es), {info['device']} {info['dtype']}"
-                f" -> {info['run_dir']}")
-            self._bar("train", info["total_steps"], info["step"])
-        elif event == "resumed":
-            self.console.print(f"resuming {info['run_dir']} from step {info['step']:,}")
-        elif event == "step":
-            stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
-                     f"{info['img_per_sec']:,.0f} img/s")
-            if self.bar is not None:
-                self.bar.update(self.task, completed=info["step"], stats=stats)
-            elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
-                self.last_plain = time.monotonic()
-                self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
-        elif event == "eval" and info.get("top1") is not None:
+        stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
+                 f"{info['img_per_sec']:,.0f} img/s")
+        if self.bar is not None:
+            self.bar.update(self.task, completed=info["step"], stats=stats)
+        elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
+            self.last_plain = time.monotonic()
+            self.console.print(f"step {info['step']:,}/{info['total_steps']:,}  {stats}")
+
+    def _eval(self, info: dict) -> None:
+        if info.get("top1") is not None:
             self._print(f"eval @ step {info['step']:,}: top-1 {info['top1']:.2f} %  top-5 "
                         f"{info['top5']:.2f} %  loss {info['eval_loss']:.4f}")
-        elif event == "stage":
-            self._stage(info["what"])
-        elif event == "cell":
-            self.stop()
-            what = ", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index"))
-            count = f"[{info['index']}/{info['of']}] " if "of" in info else ""
-            self.console.print(f"[bold magenta]{count}{what}[/]")
-        elif event == "launch":
-            from rich.markup import escape
 
-            self.stop()
-            self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
-                               f"up to {info['parallel']} at once[/]; job logs in "
-                               f"{escape(info['folder'])}", soft_wrap=True)
-        elif event == "job":
-            self._job(info)
-        elif event == "fewshot":
-            self._print(f"linear {info['shots']}-shot probe of {info['run_id']}")
-        elif event == "bench":
-            self._print(f"benchmarking {', '.join(info['models'])} on this device")
-        elif event == "finished":
-            self.stop()
-            self.console.print(f"{info['run_id']}: already finished, read back (top-1 {info['top1']:.2f} %)")
-        elif event == "end":
-            self.stop()
-        elif event == "warning":
-            _warn(info["message"], self._print)
+    def _finished(self, info: dict) -> None:
+        self.stop()
+        self.console.print(f"{_e(info['run_id'])}: already finished, read back (top-1 {info['top1']:.2f} %)")
+
+    def _cell(self, info: dict) -> None:
+        self.stop()
+        what = _e(", ".join(f"{k} {v}" for k, v in info.items() if k not in ("of", "index")))
+        count = _e(f"[{info['index']}/{info['of']}] ") if "of" in info else ""
+        self.console.print(f"[bold magenta]{count}{what}[/]")
+
+    def _launch(self, info: dict) -> None:
+        from rich.markup import escape
+
+        self.stop()
+        self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
+                           f"up to {info['parallel']} at once[/]; job logs in "
+                           f"{escape(info['folder'])}", soft_wrap=True)
 
     def _job(self, info: dict) -> None:
-        """A launched cell was submitted, or ended (finished, read back or failed)."""
+        """A launched cell: submitted, started, requeued, finished, read back or failed."""
         from rich.markup import escape  # paths and error messages are not markup
 
-        keys = ("state", "job_id", "index", "of", "run_id", "top1", "error", "log")
+        from mixerbench.launch import JobState
+
+        keys = ("state", "job_id", "index", "of", "run_id", "top1", "error", "log", "restarts")
         what = escape(", ".join(f"{k} {v}" for k, v in info.items() if k not in keys))
         count = escape(f"[{info['index']}/{info['of']}] ") if "index" in info else ""
         state, job = info["state"], escape(str(info["job_id"]))
-        if state == "submitted":
-            line = f"submitted {what} (job {job})"
-        elif state == "failed":
+        if state in (JobState.SUBMITTED, JobState.STARTED):
+            line = f"{state} {what} (job {job})"
+        elif state == JobState.REQUEUED:
+            line = (f"requeued {what} (job {job}, restart {info['restarts']}): it resumes from "
+                    "its last checkpoint")
+        elif state == JobState.FAILED:
             line = (f"[bold red]{count}{what} failed[/] (job {job}): {escape(info['error'])}; "
                     f"log {escape(info['log'])}")
         else:
-            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} "
-                    f"{'read back' if state == 'reused' else 'trained'}, top-1 {info['top1']:.2f} %")
+            done = "read back" if state == JobState.REUSED else "trained"
+            line = (f"[bold magenta]{count}{what}[/]: {escape(info['run_id'])} {done}, "
+                    f"top-1 {info['top1']:.2f} %")
         self.console.print(line, soft_wrap=True)
 
     def progress(self, description: str, done: int, total: int) -> None:
@@ -350,7 +434,7 @@ class Progress:
         if self.bar is None and self.live:
             self._bar("", total, done)
         if self.bar is not None:
-            self.bar.update(self.task, description=description, completed=done, total=total)
+            self.bar.update(self.task, description=_e(description), completed=done, total=total)
         else:  # on a pipe: each stage a line, if it lasts
             self._end_stage()
             if done < total:
@@ -376,16 +460,16 @@ class Progress:
         self.task = self.bar.add_task(label, total=total, completed=done, stats="")
 
     def _print(self, line: str) -> None:
-        (self.bar.console if self.bar is not None else self.console).print(line)
+        (self.bar.console if self.bar is not None else self.console).print(line, soft_wrap=True)
 
     def _stage(self, what: str) -> None:
         import threading
 
         if self.live and self.bar is None:
-            self.pending = self.console.status(what)
+            self.pending = self.console.status(_e(what))
             self.pending.start()
         else:
-            self.pending = threading.Timer(self.STAGE_SECONDS, self._print, [f"[dim]{what}[/]"])
+            self.pending = threading.Timer(self.STAGE_SECONDS, self._print, [f"[dim]{_e(what)}[/]"])
             self.pending.daemon = True
             self.pending.start()
 
@@ -405,12 +489,16 @@ def _warn(message: str, printer=None) -> None:
     """One yellow line on stderr (a tracker that stopped); the command goes on."""
     from rich.markup import escape
 
-    (printer or _console(stderr=True).print)(f"[yellow]warning:[/] {escape(message)}")
+    message = " ".join(message.split())  # one line, however long (a tracker's error text)
+    if printer is None:
+        _console(stderr=True).print(f"[yellow]warning:[/] {escape(message)}", soft_wrap=True)
+    else:
+        printer(f"[yellow]warning:[/] {escape(message)}")
 
 
-def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | None = None, **kw):
-    """Call a library function with a progress renderer as its `log` (teed to the `trackers`,
-    one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
+def _run(ctx: typer.Context, fn, tracked: tuple[str, ...] = (), group: str | None = None, **kw):
+    """Call a library function with a progress renderer as its `log` (teed to the
+    trackers named in `tracked`, one tracker run per training run): Ctrl-C exits 130 and a run that cannot go on exits 1,
     each with one sentence. Under torchrun the process group is torn down once the function has
     succeeded on this rank."""
     from mixerbench.launch import SweepInterrupted
@@ -418,8 +506,8 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
     from mixerbench.trackers import Tracked
     from mixerbench.train import Interrupted, TrainingStopped
 
-    progress = Progress(_quiet(ctx))
-    log = Tracked(progress, trackers, group=group)
+    progress = ProgressView(_quiet(ctx))
+    log = Tracked(progress, tracked, group=group)
     status = "failed"  # what a tracker run still open at the end is marked as
     try:
         out = fn(log=log, **kw)
@@ -442,6 +530,63 @@ def _run(ctx: typer.Context, fn, trackers: tuple[str, ...] = (), group: str | No
         progress.stop()
 
 
+PLOT_HELP = ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
+             "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
+             "whose inputs exist.")
+
+
+def _plot_names(command) -> None:
+    """`plot --help`: every figure and table in `report.REPORTS` with the paper artifact it
+    stands for."""
+    from mixerbench.report import REPORTS
+
+    names = "; ".join(f"{name}: {r.paper}" for name, r in REPORTS.items())
+    command.help = f"{PLOT_HELP} Names: {names}."
+
+
+def _argument_choices(argument: str, choices) -> Callable:
+    def fill(command) -> None:
+        for param in command.params:
+            if param.name == argument:
+                param.help = " | ".join(choices())
+    return fill
+
+
+def _experiment_names():
+    from mixerbench.experiments import EXPERIMENTS
+
+    return EXPERIMENTS
+
+
+def _paper_tables():
+    from mixerbench.reference import TABLES
+
+    return TABLES
+
+
+def _family_help(command) -> None:
+    """`compare --help`: the family aliases the model registry holds."""
+    from mixerbench.models import FAMILIES
+
+    for param in command.params:
+        if param.name == "models":
+            param.help = (f"Comma-separated: family aliases ({', '.join(FAMILIES)}; in a small "
+                          "preset each is that family's small model) or zoo names.")
+
+
+class _RegistryHelp(TyperCommand):
+    """A command whose help lists what a registry holds, read from the registry when the help
+    is shown: importing the registries on every start would break `--help`'s half second
+    (report alone takes seconds, matplotlib and pandas)."""
+
+    FILL = {"plot": _plot_names, "reproduce": _argument_choices("artifact", _experiment_names),
+            "paper": _argument_choices("table", _paper_tables), "compare": _family_help}
+
+    def format_help(self, ctx, formatter):
+        self.FILL[self.name](self)
+        return super().format_help(ctx, formatter)
+
+
 # ---------------------------------------------------------------------------- models, paper
 
 
@@ -461,10 +606,10 @@ def models(
                           "GMACs per image)")
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 @user_errors
 def paper(
-    table: Annotated[str, typer.Argument(help="table1 | table2 | table3 | table4")] = "table1",
+    table: Annotated[str, typer.Argument(help="One of the paper's tables.")] = "table1",
     fmt: FormatOpt = Format.table,
 ) -> None:
     """The paper's reference tables (transcribed with a source column)."""
@@ -473,20 +618,7 @@ def paper(
     emit(_records(load_table(table)), fmt, title=f"MLP-Mixer paper, {table} (arXiv 2105.01601)")
 
 
-def _plot_help() -> str:
-    """`plot --help`: every figure and table with the paper artifact it stands for (read from
-    the registry without importing it, so --help stays fast)."""
-    names = ("pareto-cost: Figure 2 (left) and 3 (left); accuracy-throughput: Figure 3 (right); "
-             "data-scaling: Figure 2 (right); shuffle: Figure 4; token-mixing: Figure 5 (needs "
-             "--checkpoint); curves: training curves; table1: Table 1 (from the model zoo, only "
-             "when named); compare: Tables 2-3 at our "
-             "scale; throughput: Table 3's speed column; transfer: section 3 fine-tuning")
-    return ("Regenerate the figures (PNG, 150 dpi, in <out>/figures/) and tables (CSV and "
-            "markdown, in <out>/tables/) from the results CSVs alone; with no NAME, every one "
-            f"whose inputs exist. Names: {names}.")
-
-
-@app.command(help=_plot_help())
+@app.command(cls=_RegistryHelp, help=PLOT_HELP)
 @user_errors
 def plot(
     name: Annotated[Optional[str], typer.Argument(help="One figure or table (see above); all when omitted.")] = None,
@@ -496,22 +628,16 @@ def plot(
     runs: Annotated[Optional[str], typer.Option(help="Comma-separated run ids for curves.")] = None,
     tracker: TrackerOpt = None,
 ) -> None:
-    from mixerbench.report import regenerate
-    from mixerbench.results import results_dir as resolve_dir
-    from mixerbench.trackers import parse_trackers, record
+    from mixerbench.report import draw
+    from mixerbench.trackers import parse_trackers
 
-    trackers = parse_trackers(tracker)
-    done = regenerate(results_dir, out, name, checkpoint, runs=runs.split(",") if runs else None)
+    done = draw(results_dir, out, name, checkpoint, runs=runs.split(",") if runs else None,
+                trackers=parse_trackers(tracker), on_warning=_warn)
     con = _console()
     for path in done["written"]:
-        con.print(f"wrote {path}")
-    if not done["written"]:
-        fail(f"Nothing to plot in {resolve_dir(results_dir)}: it has no results CSVs yet; run "
-             "`mixerbench compare --preset smoke` (or pretrain, bench, reproduce) first.")
+        con.print(f"wrote {_e(path)}")
     for skipped, why in done["skipped"].items():  # what was left out, and why
-        con.print(f"[dim]skipped {skipped}: {why}[/]", soft_wrap=True)
-    record(trackers, resolve_dir(results_dir), "plot", kind="plot", files=done["written"],
-           config=dict(name=name or "all", runs=runs, checkpoint=checkpoint), on_warning=_warn)
+        con.print(f"[dim]skipped {skipped}: {_e(why)}[/]", soft_wrap=True)
 
 
 # ------------------------------------------------------------------------- pretrain / finetune
@@ -519,38 +645,27 @@ def plot(
 
 def _train_command(ctx, *, kind: str, preset, model, dataset, init, lr, settings, resume,
                    results_dir, print_config, tracker, flags: dict, arch=None) -> None:
-    """Resolve the run's config from the preset, flags and `--set`; print it, run it, or run an
-    lr grid (several `--lr` values: selected on minival, paper App. C)."""
+    """Print the run's resolved config, or run it (several `--lr` values: the lr grid,
+    selected on minival, paper App. C) and print its result."""
     from mixerbench.config import parse_set
-    from mixerbench.experiments import finetune_lr_grid, parse_lrs
-    from mixerbench.presets import resolve
+    from mixerbench.experiments import resolved_config, train_run
     from mixerbench.trackers import parse_trackers
 
     trackers = parse_trackers(tracker)
-    lrs = parse_lrs(lr)
-    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
-                  flags={**flags, "optim.lr": lrs[0] if lrs else None},
-                  overrides=parse_set(settings))
+    spec = dict(preset=preset, model=model, dataset=dataset, init=init, arch=arch, lr=lr,
+                flags=flags, overrides=parse_set(settings))
     if print_config:  # the resolved config.json of the run, without running it
-        from mixerbench.config import run_id, to_dict
-
+        config = resolved_config(kind, **spec)
         if _rank0():
-            sys.stdout.write(json.dumps(dict(to_dict(cfg), run_id=run_id(cfg)), indent=2) + "\n")
+            sys.stdout.write(json.dumps(config, indent=2) + "\n")
         return
-    if len(lrs) > 1:
-        if resume:
-            fail("--resume continues one run; run the lr grid without it (finished runs of the "
-                 "grid are read back, unfinished ones continue).")
-        summary = _run(ctx, finetune_lr_grid, trackers, cfg=cfg, lrs=lrs, root=results_dir)
+    summary = _run(ctx, train_run, trackers, kind=kind, root=results_dir, resume=resume, **spec)
+    if "lr_grid" in summary and _rank0():
         emit([dict(lr=g["lr"], minival_top1=g["minival_top1"], run_id=g["run_id"],
                    selected="yes" if g["lr"] == summary["selected_lr"] else "")
               for g in summary["lr_grid"]], Format.table,
              title="fine-tuning lr grid: selected on minival (paper App. C), reported on "
-                   f"{cfg.data.eval_split}")
-    else:
-        from mixerbench.train import train
-
-        summary = _run(ctx, train, trackers, cfg=cfg, root=results_dir, resume=resume)
+                   f"{summary['reported_on']}")
     _print_summary(summary)
 
 
@@ -558,11 +673,11 @@ def _print_summary(s: dict) -> None:
     if not _rank0():
         return
     if s.get("reused"):
-        _console().print(f"run {s['run_id']} had already finished; its result:")
+        _console().print(f"run {_e(s['run_id'])} had already finished; its result:")
     _console().print(
-        f"[bold green]{s['model']}[/] on {s['dataset']} ({s['split']}): top-1 [bold]{s['top1']:.2f} %[/], "
+        f"[bold green]{_e(s['model'])}[/] on {_e(s['dataset'])} ({_e(s['split'])}): top-1 [bold]{s['top1']:.2f} %[/], "
         f"top-5 {s['top5']:.2f} %, loss {s['loss']:.4f}, {s['steps']:,} steps in "
-        f"{s['train_seconds']:.1f} s -> {s['run_dir']}")
+        f"{s['train_seconds']:.1f} s -> {_e(s['run_dir'])}")
 
 
 @app.command()
@@ -597,8 +712,7 @@ def pretrain(
 
         emit(describe(), Format.table, title="presets (mixerbench/presets.py)")
         return
-    _train_command(ctx, kind="pretrain", preset=preset,
-                   model=model if model or preset else "mixer", dataset=dataset, init=None,
+    _train_command(ctx, kind="pretrain", preset=preset, model=model, dataset=dataset, init=None,
                    lr=lr, settings=settings, resume=resume, results_dir=results_dir,
                    print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
@@ -637,14 +751,8 @@ def finetune(
     tracker: TrackerOpt = None,
 ) -> None:
     """Fine-tune from weights with a fresh zero head (paper section 3), optionally at a higher resolution."""
-    from mixerbench.config import parse_set
-    from mixerbench.presets import finetune_preset
-
-    length_given = steps is not None or epochs is not None or bool(
-        {"steps", "epochs"} & set(parse_set(settings)))
-    _train_command(ctx, kind="finetune",
-                   preset=preset or finetune_preset(dataset, length_given=length_given), model=None,
-                   dataset=dataset, init=init, arch=arch, lr=lr, settings=settings, resume=resume,
+    _train_command(ctx, kind="finetune", preset=preset, model=None, dataset=dataset, init=init,
+                   arch=arch, lr=lr, settings=settings, resume=resume,
                    results_dir=results_dir, print_config=print_config, tracker=tracker, flags={
                        "epochs": epochs, "steps": steps, "data.batch_size": batch_size,
                        "accum_steps": accum_steps, "model.img_size": img_size, "seed": seed,
@@ -693,7 +801,7 @@ def evaluate(
 
     trackers = parse_trackers(tracker)
     root = writable_results_dir(results_dir)
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     try:
         res = run_evaluate(checkpoint, dataset, arch=arch, split=split, crop=crop.value if crop else None,
                            data_dir=str(data_dir) if data_dir else None, fewshot=fewshot,
@@ -710,8 +818,8 @@ def evaluate(
         emit([dict(table=t, **r) for t, rs in res["rows"].items() for r in rs], fmt)
         return
     console = _console()
-    where = (f"{res['model']} on {res['dataset']} ({res['split']}, {res['img_size']} px, "
-             f"{res['pipeline']})")
+    where = _e(f"{res['model']} on {res['dataset']} ({res['split']}, {res['img_size']} px, "
+               f"{res['pipeline']})")
     if res["top1"] is not None:
         console.print(f"[bold green]{where}[/]: top-1 [bold]{res['top1']:.2f} %[/], top-5 "
                       f"{res['top5']:.2f} %, loss {res['loss']:.4f} over {res['n']:,} images")
@@ -728,7 +836,10 @@ def evaluate(
         emit([dict(train_shuffle=r["train_shuffle"], eval_shuffle=r["eval_shuffle"],
                    metric=r["metric"], top1=r["top1"]) for r in res["shuffle"]],
              Format.table, title="pixel shuffles (paper Figure 4)")
-    console.print(f"rows appended under {root}")
+    console.print(f"rows appended under {_e(root)}")
+    if res.get("kept"):
+        console.print(f"fewshot.csv already held {len(res['kept'])} of these probes (one row per "
+                      "run, shots and probe dataset); the recorded rows were kept")
 
 
 class BenchMode(str, Enum):
@@ -762,7 +873,7 @@ def bench(
     from mixerbench.results import writable_results_dir
 
     root = writable_results_dir(results_dir)
-    progress = Progress(_quiet(ctx))
+    progress = ProgressView(_quiet(ctx))
     try:
         rows = run_bench([m for m in models.split(",") if m.strip()], mode=mode.value,
                          batch_size=batch_size, img_size=img_size, dtype=dtype, compile=compile_,
@@ -774,7 +885,7 @@ def bench(
         emit([{k: v for k, v in r.items() if k != "repeat_seconds"} for r in rows], fmt)
         return
     _console().print(_bench_table(rows, steps))
-    _console().print(f"{len(rows)} row{'s' if len(rows) != 1 else ''} appended to {root / 'throughput.csv'}")
+    _console().print(f"{len(rows)} row{'s' if len(rows) != 1 else ''} appended to {_e(root / 'throughput.csv')}")
 
 
 def _bench_table(rows: list[dict], steps: int):
@@ -813,11 +924,11 @@ def _bench_table(rows: list[dict], steps: int):
 # ------------------------------------------------------------------------ compare / reproduce
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 @user_errors
 def compare(
     ctx: typer.Context,
-    models: Annotated[str, typer.Option("--models", help="Comma-separated: family aliases (mixer,vit,resnet) or zoo names.")] = "mixer,vit,resnet",
+    models: Annotated[str, typer.Option("--models", help="Comma-separated: family aliases or zoo names.")] = "mixer,vit,resnet",
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the preset's).")] = None,
     preset: Annotated[str, typer.Option("--preset", "-p", help="One recipe and budget for every model.")] = "smoke",
     seeds: Annotated[int, typer.Option(help="Seeds per model (mean +- std over them).")] = 1,
@@ -836,6 +947,7 @@ def compare(
     partition: PartitionOpt = None,
     time_limit: TimeLimitOpt = None,
     slurm_arg: SlurmArgOpt = None,
+    tasks_per_job: TasksPerJobOpt = None,
 ) -> None:
     """Train each model under one preset and budget, evaluate and bench it; one joined table."""
     from mixerbench.config import parse_set
@@ -845,58 +957,38 @@ def compare(
 
     trackers = parse_trackers(tracker)
     # one tracker run per training run, grouped as accuracy.csv tags them (compare:<preset>)
-    group = f"compare-{preset}"
-    out = _run(ctx, run_compare, trackers, group,
+    out = _run(ctx, run_compare, trackers, f"compare-{preset}",
                models=[m.strip() for m in models.split(",") if m.strip()],
                dataset=dataset, preset=preset, seeds=seeds, epochs=epochs, fewshot=fewshot,
                with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
-               overrides=parse_set(settings), launcher=_launcher(
-                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
+               overrides=parse_set(settings), trackers=trackers, launcher=_launcher(
+                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg,
+                   tasks_per_job))
     if not _rank0():  # under torchrun rank 0 joined the results and reports them
         return
-    if trackers:
-        from mixerbench.report import regenerate
-        from mixerbench.results import results_dir as resolve_dir
-        from mixerbench.trackers import record
-
-        # the comparison's own tracker run shows what `plot` draws (curves: these runs)
-        drawn = regenerate(results_dir, None, None, runs=[s["run_id"] for s in out["runs"]])
-        out["written"] = list(dict.fromkeys([*out["written"], *drawn["written"]]))
-        record(trackers, resolve_dir(results_dir), group, group=group, kind="compare",
-               files=out["written"], on_warning=_warn, config=dict(
-                   models=models, dataset=out["dataset"], preset=preset, seeds=seeds,
-                   epochs=epochs, fewshot=fewshot, settings=settings or []))
     if fmt != Format.table:
         emit(_records(out["table"]), fmt)
         return
-    rows = []
-    for r in _records(compare_view(out["table"])):
-        std = "" if r.get("top1_std") is None else f" +- {r['top1_std']:.2f}"
-        view = {"model": r["model"], "params": r["params"], "GFLOPs/img": r["gflops"],
-                "train img/s": r["train_img_per_sec"], "infer img/s": r["infer_img_per_sec"],
-                "wall s": r["wall_time_s"], "device-h": r["device_hours"],
-                "train FLOPs": r["train_flops"],
-                "top-1 %": f"{r['top1_mean']:.2f}{std} (n={r['n']})"}
-        if fewshot:
-            view[f"{fewshot}-shot %"] = r.get("fewshot_top1")
-        if "paper_top1" in r:
-            view["paper %"], view["diff"] = r.get("paper_top1"), r.get("diff")
-        rows.append(view)
-    emit(rows, fmt, title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
+    # the columns of the markdown table written beside it (tables/compare-*.md)
+    emit(_records(compare_view(out["table"])), fmt,
+         title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
     for path in out["written"]:
-        _console().print(f"wrote {path}")
+        _console().print(f"wrote {_e(path)}")
 
 
-@app.command()
+@app.command(cls=_RegistryHelp)
 @user_errors
 def reproduce(
     ctx: typer.Context,
-    artifact: Annotated[str, typer.Argument(help="table1 | throughput | shuffle | data-scaling | transfer")],
-    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's).")] = None,
+    artifact: Annotated[str, typer.Argument(help="The experiment to run.")],
+    dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list; released: ImageNet, by default imagenet-1k.")] = None,
+    init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
-    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset.")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="throughput: batch size.")] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="throughput, released: batch size.")] = None,
+    real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="released: ImageNet ReaL labels (the public real.json), matched by ILSVRC2012_val_* file name.")] = None,
+    fewshot: Annotated[bool, typer.Option("--fewshot", help="released: also the linear 5-shot probe on ImageNet (shots from its train split).")] = False,
     settings: SetOpt = None,
     results_dir: ResultsDir = None,
     data_dir: DataDir = None,
@@ -907,6 +999,7 @@ def reproduce(
     partition: PartitionOpt = None,
     time_limit: TimeLimitOpt = None,
     slurm_arg: SlurmArgOpt = None,
+    tasks_per_job: TasksPerJobOpt = None,
 ) -> None:
     """Run the scaled-down experiment behind a paper table or figure; CSV and figure in results/."""
     from mixerbench.config import parse_set
@@ -914,15 +1007,16 @@ def reproduce(
 
     out = _run(ctx, run, artifact=artifact, root=results_dir, dataset=dataset, budget=budget,
                device=device, data_dir=data_dir, overrides=parse_set(settings),
-               upstream=upstream, models=models.split(",") if models else None,
-               batch_size=batch_size, launcher=_launcher(
-                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg))
+               upstream=upstream, init=init, models=models.split(",") if models else None,
+               batch_size=batch_size, real_labels=real_labels, fewshot=fewshot, launcher=_launcher(
+                   launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg,
+                   tasks_per_job))
     if not _rank0():
         return
     if "table" in out:
         emit(_records(out["table"]), Format.table, title=f"reproduce {artifact}")
     for path in out.get("written", []):
-        _console().print(f"wrote {path}")
+        _console().print(f"wrote {_e(path)}")
 
 
 # ------------------------------------------------------------------------------------- datasets
@@ -947,12 +1041,7 @@ def datasets_cmd(
     if name_or_path is None:
         emit(out, fmt, title="known datasets (mixerbench/data/__init__.py; any hf:<id> or folder also works)")
     elif bench:
-        emit([dict(dataset=out["dataset"], split=out["split"], path=p, device=out["device"],
-                   batch_size=out["batch_size"], pipeline=out["pipeline"],
-                   img_size=out["img_size"], workers=v["workers"],
-                   img_per_sec=round(v["img_per_sec"]), batches=v["batches"])
-              for p, v in out["paths"].items()], fmt,
-             title=f"loader throughput, {out['dataset']} {out['split']} ({out['n']:,} images)")
+        emit(out["rows"], fmt, title=f"loader throughput, {out['dataset']} {out['split']} ({out['n']:,} images)")
     elif fmt == Format.json:
         sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
     elif fmt == Format.csv:
@@ -1014,7 +1103,7 @@ def upgrade(results_dir: ResultsDir = None) -> None:
 
     done = upgrade_all(results_dir)
     for path in done:
-        _console().print(f"upgraded {path}")
+        _console().print(f"upgraded {_e(path)}")
     if not done:
-        _console().print(f"nothing to upgrade in {resolve_dir(results_dir)}: every results file "
+        _console().print(f"nothing to upgrade in {_e(resolve_dir(results_dir))}: every results file "
                          "already has this version's columns")

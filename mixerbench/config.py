@@ -1,9 +1,24 @@
 """Run configuration: frozen dataclasses, `--set key=value` overrides, validation, JSON.
 
 A run's configuration comes from `presets.resolve` (a preset, then the flags, then `--set`
-overrides); this module owns the dataclasses, the typed overrides (unknown keys and wrong types
-are `UserError`s), the checks every number must pass, the hash that names a run, and the strict
-reading of a run's `config.json` (`from_dict`).
+overrides, then `presets.resolve_inputs`); this module owns the dataclasses, the typed overrides
+(unknown keys and wrong types are `UserError`s), the checks every number must pass, the hash
+that names a run, and the strict reading of a run's `config.json` (`from_dict`).
+
+Run identity (how `run_id` names a run, and why runs survive upgrades):
+- The hash covers what identifies the experiment: every setting except where and how it runs
+  (`device`, `compile`, `run_name`), plus what the inputs resolve to
+  (`presets.resolve_inputs`): a dataset given as a path is identified by its absolute resolved
+  path (`data.path`), and `--init` weights by the sha256 of their file (`init_sha256`).
+  Registry names and hub ids (`cifar10`, `hf:owner/name`, `timm:<name>`) identify themselves.
+- A checkpoint and training state record the run that wrote them (`run_binding`), and are
+  credited to no other run.
+- The settings of the first release (`FIRST_FIELDS`) are hashed exactly as that release hashed
+  them, at every value, so every run id it made is still the id of the same command. A setting
+  added later is hashed only when it differs from its default: adding one (one dataclass
+  field with a default) changes no existing run id, and a `config.json` written before it
+  existed reads back with its default (`from_dict`). A run that uses the new setting at another
+  value gets another id, as it should.
 """
 
 from __future__ import annotations
@@ -11,6 +26,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
@@ -47,6 +63,9 @@ class DataConfig:
     shuffle_patch: int | None = None
     batch_size: int = 4096           # global effective batch (paper section 3: 4096)
     eval_batch_size: int = 512
+    # Identity of a dataset given as a path: its absolute resolved path (set by
+    # `resolve_inputs`, and where the data is read from); None for registry names and hub ids.
+    path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -75,6 +94,9 @@ class RunConfig:
     optim: OptimConfig = OptimConfig()
     kind: str = "pretrain"           # pretrain | finetune
     init: str | None = None          # fine-tuning source (run dir, .safetensors, timm:, .npz)
+    # sha256 of the `init` weights file (set by `resolve_inputs`): a source re-trained under
+    # another config is another fine-tuning run; None for timm:<name> (named by its tag).
+    init_sha256: str | None = None
     epochs: float | None = None
     steps: int | None = None         # wins over epochs when both are set
     accum_steps: int = 1
@@ -99,8 +121,9 @@ def to_dict(cfg: RunConfig) -> dict[str, Any]:
 def from_dict(d: Any, where: str = "config.json") -> RunConfig:
     """The RunConfig a run's config.json holds, read strictly: every key known, every value of
     its field's type, in range, and exactly what `to_dict` writes for it (a hand-edited or
-    foreign file is refused, never coerced). `config_hash`, which the training loop adds, is
-    checked too."""
+    foreign file is refused, never coerced). A setting the file lacks (it was written before
+    the setting existed) takes its default. `config_hash`, which the training loop adds, is
+    checked too: it is this version's hash, or the one the first release gave the file as stored."""
     if not isinstance(d, dict):
         raise UserError(f"{where} is not a config this version wrote; re-create the run.")
     d = dict(d)
@@ -116,18 +139,108 @@ def from_dict(d: Any, where: str = "config.json") -> RunConfig:
     except UserError as exc:
         raise UserError(f"{where} is not a config this version wrote ({exc}); re-create the "
                         "run.") from None
-    if to_dict(cfg) != d or (stored_hash is not None and stored_hash != config_hash(cfg)):
+    full = to_dict(cfg)
+    # the file's values as this version writes them (settings the file lacks are not compared)
+    written = {k: {n: full[k][n] for n in v} if k in SECTIONS else full[k] for k, v in d.items()}
+    if written != d or stored_hash not in (None, config_hash(cfg), _first_hash(d)):
         raise UserError(f"{where} is not a config this version wrote (its values or hash do not "
                         "round-trip); re-create the run.")
     return cfg
 
 
-def config_hash(cfg: RunConfig) -> str:
-    """8 hex digits of the config minus presentation-only fields; names the run directory."""
+def read_run_config(run_dir) -> RunConfig | None:
+    """The config of the run in `run_dir` (its config.json, read by `from_dict`), or None when
+    the folder has no config.json; one we did not write is a UserError."""
+    from pathlib import Path
+
+    from mixerbench import files
+
+    path = Path(run_dir) / "config.json"
+    try:
+        # bounded in size and depth; a FIFO, device or link planted there is refused, not read
+        data = files.read_json(path)
+        if data is None:
+            return None
+    except (OSError, UnicodeDecodeError, ValueError):  # UserError is a ValueError
+        data = False
+    return from_dict(data, str(path))
+
+
+# Settings that say where and how a run runs, not what it trains: never hashed.
+NOT_IDENTITY = ("device", "run_name", "compile")
+# Every setting of the first release, whose run ids must not change: hashed at every value, as
+# that release hashed them. A setting not listed here was added later and is hashed only when
+# it differs from its default (see the module docstring). Never add to this list.
+FIRST_FIELDS = frozenset((
+    "model.name", "model.img_size", "model.patch_size", "model.width", "model.depth",
+    "model.drop_path", "model.dropout", "model.gelu", "model.options",
+    "data.dataset", "data.data_dir", "data.train_split", "data.eval_split", "data.fraction",
+    "data.pipeline", "data.eval_pipeline", "data.randaug_m", "data.mixup_p",
+    "data.label_smoothing", "data.shuffle", "data.shuffle_patch", "data.batch_size",
+    "data.eval_batch_size",
+    "optim.name", "optim.lr", "optim.weight_decay", "optim.beta1", "optim.beta2",
+    "optim.momentum", "optim.schedule", "optim.warmup_steps", "optim.end_factor",
+    "optim.clip_norm", "optim.warmup_frac",
+    "kind", "init", "epochs", "steps", "accum_steps", "seed", "device", "dtype", "compile",
+    "eval_every", "ckpt_every", "max_eval_examples", "preset", "run_name",
+))
+
+
+def _default(cls, name: str) -> Any:
+    f = next(f for f in fields(cls) if f.name == name)
+    return f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default
+
+
+def identity(cfg: RunConfig) -> dict[str, Any]:
+    """What the run id hashes: the config without `NOT_IDENTITY`, and without the settings
+    added after the first release that are at their defaults."""
     d = to_dict(cfg)
-    for k in ("device", "run_name", "compile"):
+    for k in NOT_IDENTITY:
         d.pop(k, None)
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if f.name in SECTIONS:
+            for g in fields(value):
+                if (f"{f.name}.{g.name}" not in FIRST_FIELDS
+                        and getattr(value, g.name) == _default(type(value), g.name)):
+                    d[f.name].pop(g.name)
+        elif f.name not in FIRST_FIELDS and value == _default(type(cfg), f.name):
+            d.pop(f.name, None)
+    return d
+
+
+# Settings a resume may change without changing what is trained: where the data copy lives,
+# and (while the run is unfinished) its length. `device`, `compile` and `run_name` too
+# (`NOT_IDENTITY`).
+RESUMABLE_CHANGES = ("device", "compile", "run_name", "data.data_dir")
+LENGTH = ("steps", "epochs")
+
+
+def run_binding(run_id: str, cfg: RunConfig) -> dict[str, str]:
+    """What a run's checkpoint and training state record about the run that wrote them: its id
+    and the hash of its identity without the settings a resume may change (so a resume that
+    moves the data or lengthens the run keeps its checkpoints). A file recording another run
+    is not credited to this one (`models.weights.check_credited`, `train.restore`)."""
+    d = identity(cfg)
+    for key in RESUMABLE_CHANGES + LENGTH:
+        section, _, name = key.rpartition(".")
+        (d.get(section, {}) if section else d).pop(name, None)
+    return dict(run_id=run_id, run_hash=_digest(d))
+
+
+def _digest(d: dict) -> str:
     return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:8]
+
+
+def config_hash(cfg: RunConfig) -> str:
+    """8 hex digits of `identity(cfg)`; names the run directory."""
+    return _digest(identity(cfg))
+
+
+def _first_hash(stored: dict) -> str:
+    """The hash the first release gave a config.json as stored (all of its settings but
+    `NOT_IDENTITY`): a file written before some setting existed keeps the hash it was given."""
+    return _digest({k: v for k, v in stored.items() if k not in NOT_IDENTITY})
 
 
 def _coerce(value: Any, hint: Any, key: str) -> Any:
@@ -315,6 +428,8 @@ def validate(cfg: RunConfig) -> RunConfig:
             raise UserError(f"{key} must be one of {', '.join(allowed)}, not '{value}'.")
     for key in _RANGES:
         _check_range(key, _get(cfg, key))
+    if cfg.device is not None and not re.fullmatch(r"cpu|cuda(:\d{1,4})?", str(cfg.device).strip().lower()):
+        raise UserError(f"Unknown device '{cfg.device}'; use cuda, cuda:N or cpu.")
     if cfg.data.batch_size % cfg.accum_steps:
         raise UserError(f"The batch size {cfg.data.batch_size} is not divisible by --accum-steps "
                         f"{cfg.accum_steps}; choose a divisor.")

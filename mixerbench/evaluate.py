@@ -20,7 +20,8 @@ def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dic
         dict(top1, top5, loss, n) summed over every example exactly once.
     """
     import torch
-    import torch.nn.functional as F
+
+    from mixerbench.loss import cross_entropy
 
     was_training = model.training
     model.eval()
@@ -33,7 +34,7 @@ def accuracy(model, batches, *, device: str = "cpu", dtype: str = "fp32") -> dic
             with autocast(device, dtype):
                 logits = model(x)
             logits = logits.float()
-            loss_sum += F.cross_entropy(logits, y, reduction="sum").item()
+            loss_sum += cross_entropy(logits, y, reduction="sum").item()
             top = logits.topk(min(5, logits.shape[1]), dim=1).indices
             correct1 += (top[:, 0] == y).sum().item()
             correct5 += (top == y[:, None]).any(dim=1).sum().item()
@@ -340,26 +341,47 @@ def shuffle_eval(model, ds, kinds=("none", "patch", "global"), *, batch_size: in
 
 # ------------------------------------------------------------------------------- ImageNet ReaL
 
+REAL_MAX_BYTES = 64 * 2**20  # the public real.json is 1.5 MB (50,000 short lists)
+REAL_MAX_CLASS = 1000  # ReaL labels are ImageNet-1k class indices (0-999)
+
+
 def load_real_labels(src):
     """ReaL labels (Beyer et al. 2020, the public `real.json`): per ImageNet validation image
-    in file-name order, the list of correct class indices (empty: the image is left out)."""
-    import json
+    in file-name order, the list of correct class indices (empty: the image is left out).
+
+    The file is read as data that may be hostile (`files.read_bytes`, `files.loads_json`): a
+    regular file only (a FIFO or `/dev/zero` is refused, not read), at most REAL_MAX_BYTES,
+    parsed only when it nests no deeper than real.json's two levels, and every entry must be a
+    list of class indices 0-999 (strings, 1e400 or booleans are refused, not coerced)."""
+    import numbers
     from pathlib import Path
 
     from mixerbench.errors import UserError
 
     if not isinstance(src, (str, Path)):
-        return [list(map(int, v)) for v in src]
-    path = Path(src)
-    try:
-        data = json.loads(path.read_text())
-    except OSError as exc:
-        raise UserError(f"Cannot read the ReaL labels file {path} ({exc.strerror or exc}).") from None
-    except json.JSONDecodeError:
-        raise UserError(f"{path} is not JSON; pass the public real.json (a list of label lists).") from None
-    if not isinstance(data, list) or not all(isinstance(v, list) for v in data):
-        raise UserError(f"{path} is not in the real.json format (a list of label lists).")
-    return [list(map(int, v)) for v in data]
+        data = src
+        path = "the ReaL labels"
+    else:
+        from mixerbench import files
+
+        path = Path(src)
+        raw = files.read_bytes(path, REAL_MAX_BYTES)  # a FIFO or /dev/zero is refused, not read
+        if raw is None:
+            raise UserError(f"There is no ReaL labels file at {path}; pass the public real.json.")
+        try:  # real.json is a list of label lists: two levels deep
+            data = files.loads_json(raw, path, REAL_MAX_BYTES, depth=2)
+        except ValueError:
+            raise UserError(f"{path} is not JSON; pass the public real.json (a list of label "
+                            "lists).") from None
+
+    def index(x) -> bool:
+        return isinstance(x, numbers.Integral) and not isinstance(x, bool) and 0 <= x < REAL_MAX_CLASS
+
+    if (not isinstance(data, list) or not data
+            or not all(isinstance(v, list) and all(map(index, v)) for v in data)):
+        raise UserError(f"{path} is not in the real.json format (a non-empty list of lists of "
+                        f"ImageNet class indices 0-{REAL_MAX_CLASS - 1}); pass the public real.json.")
+    return [[int(x) for x in v] for v in data]
 
 
 REAL_NAME = "ILSVRC2012_val_{:08d}"  # timm RealLabelsDataset's key (without `.JPEG`), 1-based
@@ -452,23 +474,16 @@ def probe_of(metric: str, dataset: str) -> str | None:
 def _run_config(src: str):
     """(RunConfig, run id) of the training run beside a checkpoint (run dir or a file inside
     one), or (None, "") when there is none; a config.json we did not write is refused."""
-    import json
     from pathlib import Path
 
-    from mixerbench.config import from_dict
+    from mixerbench.config import read_run_config
 
     if str(src).startswith("timm:"):
         return None, ""
     path = Path(src)
     folder = path if path.is_dir() else path.parent
-    cfg = folder / "config.json"
-    if not cfg.is_file():
-        return None, ""
-    try:
-        data = json.loads(cfg.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        data = None
-    return from_dict(data, str(cfg)), folder.name
+    cfg = read_run_config(folder)
+    return (cfg, folder.name) if cfg is not None else (None, "")
 
 
 def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
@@ -512,6 +527,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
 
     device, dtype, shots, kinds = _check_options(device, dtype, crop, fewshot, shuffle, l2_reg,
                                                  seeds, batch_size)
+    if real_labels is not None:  # a bad labels file is refused before the model or data load
+        real_labels = load_real_labels(real_labels)
     steps = _Steps(progress, 2 + bool(real_labels) + bool(shots) + len(kinds))
     steps.tick("loading model")
     s = _open(checkpoint_src, dataset, split, arch=arch, data_dir=data_dir, device=device, crop=crop,
@@ -571,7 +588,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                                  top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name))
                             for r in sh]
     steps.tick("done")
-    out["rows"] = _record(rows, root, checkpoint_src)
+    out["rows"], out["kept"] = _record(rows, root, checkpoint_src)
     return out
 
 
@@ -592,15 +609,9 @@ def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_s
     import math
 
     from mixerbench.errors import UserError
-    from mixerbench.runtime import resolve_device
+    from mixerbench.runtime import choose
 
-    device = resolve_device(device)
-    cuda = device.startswith("cuda")
-    dtype = dtype or ("bf16" if cuda else "fp32")
-    if dtype not in ("bf16", "fp16", "fp32"):
-        raise UserError(f"Unknown dtype '{dtype}'; choose bf16, fp16 or fp32.")
-    if not cuda and dtype != "fp32":  # `autocast` is CUDA-only, as in the training loop
-        raise UserError(f"Evaluation on {device} runs in fp32; drop dtype {dtype} or use CUDA.")
+    device, dtype = choose(device, dtype)
     if crop is not None and crop not in CROPS:
         raise UserError(f"Unknown crop '{crop}'; use resize, resmall or plain.")
     shots = parse_shots(fewshot) if fewshot not in (None, "", ()) else ()
@@ -668,9 +679,10 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
                 train_shuffle=data_cfg.get("shuffle") or "none")
 
 
-def _record(rows: dict, root, checkpoint_src) -> dict:
-    """Each table's rows in its schema; appended under `root` (every file checked first, so
-    all rows land or none) unless a measurement is not finite."""
+def _record(rows: dict, root, checkpoint_src) -> tuple[dict, list]:
+    """(each table's rows in its schema, the rows not appended because their observation was
+    already recorded); appended under `root` (every file checked first, so all rows land or
+    none) unless a measurement is not finite."""
     import math
 
     from mixerbench import results
@@ -681,10 +693,15 @@ def _record(rows: dict, root, checkpoint_src) -> dict:
     if not all(isinstance(v, float) and math.isfinite(v) for v in measured):
         raise UserError(f"Evaluating {checkpoint_src} gave a non-finite accuracy (no images, or "
                         "NaN outputs), so no row was written; check the checkpoint and the data.")
+    kept = []
     if root is not None:
         for table in rows:
             results.ensure_appendable(table, root)
         for table, table_rows in rows.items():
             for r in table_rows:
-                results.append_row(table, r, root)
-    return rows
+                if table in results.KEYS:  # one row per observation (a repeat is not appended)
+                    if not results.append_once(table, r, root):
+                        kept.append(r)
+                else:
+                    results.append_row(table, r, root)
+    return rows, kept

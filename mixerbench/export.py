@@ -41,6 +41,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 import shutil
 from pathlib import Path
 from typing import Any
@@ -117,16 +118,9 @@ def _source(src: str) -> tuple[Path, Path | None]:
 
 def _run_config(run_dir: Path | None):
     """The RunConfig of a run directory (read strictly), or None without one."""
-    from mixerbench.config import from_dict
+    from mixerbench.config import read_run_config
 
-    if run_dir is None or not (run_dir / "config.json").is_file():
-        return None
-    path = run_dir / "config.json"
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, ValueError):
-        data = None
-    return from_dict(data, str(path))
+    return None if run_dir is None else read_run_config(run_dir)
 
 
 def _check_out_dir(out: Path) -> None:
@@ -227,20 +221,21 @@ _STRUCTURAL = ("architecture", "fixed_input_size", "first_conv", "classifier")
 
 
 def _check_images(cfg, img_size: int, in_chans: int, n: int) -> tuple[Any, str]:
-    """(batch in [-1, 1], what it is): the first n images of the run's eval split through its
+    """(batch in [-1, 1], what it is): a class-stratified n images of the run's eval split
+    (`data.stratified_subset`: every class, not the first n of a class-sorted split) through its
     eval pipeline when they can be read locally, else n smooth random images (fixed seed)."""
     import torch
 
     if cfg is not None and in_chans == 3:
         try:
-            from mixerbench.data import get_dataset, make_loader
+            from mixerbench.data import capped_split, get_dataset, make_loader, stratified_subset
             from mixerbench.data.sources import _hf_offline
 
             with _hf_offline():  # an export never downloads a dataset to check itself
                 ds = get_dataset(cfg.data.dataset, cfg.data.eval_split,
                                  data_dir=cfg.data.data_dir, seed=cfg.seed)
             if ds.images is not None:  # held in memory (not streamed)
-                ds = ds.subset(range(min(n, len(ds))))
+                ds = ds.subset(stratified_subset(ds.labels, n))
                 batches = make_loader(ds, batch_size=len(ds), train=False,
                                       pipeline=cfg.data.eval_pipeline, img_size=img_size,
                                       device="cpu", workers=0)
@@ -248,7 +243,8 @@ def _check_images(cfg, img_size: int, in_chans: int, n: int) -> tuple[Any, str]:
                     x, _ = next(iter(batches.epoch(0)))
                 finally:
                     batches.close()
-                return x.float(), f"the first {len(x)} '{cfg.data.eval_split}' images of {ds.name}"
+                return x.float(), (f"{len(x)} class-stratified '{cfg.data.eval_split}' images of "
+                                   f"{ds.name} ({capped_split(cfg.data.eval_split, len(x))})")
         except Exception:  # noqa: BLE001 - the data only makes the check realistic; any
             pass           # failure to read it falls back to random images, never fails the export
     gen = torch.Generator().manual_seed(0)
@@ -301,8 +297,8 @@ def _card(*, title: str, run_id: str | None, src: Path, rec: dict, label: str, f
           out_dir: Path) -> str:
     """The model card: what was exported, its results, recipe, provenance, how timm rebuilds
     it, how to use it, and the paper's citation (one section per helper below)."""
-    lines = [_yaml_front(license, _hub_datasets(cfg.data.dataset) if cfg else []), f"# {title}", ""]
-    who = f"run `{run_id}`" if run_id else f"the checkpoint `{src.name}`"
+    lines = [_yaml_front(license, _hub_datasets(cfg.data.dataset) if cfg else []), f"# {_md(title)}", ""]
+    who = f"run {_code(run_id)}" if run_id else f"the checkpoint {_code(src.name)}"
     lines.append(f"{paper_name} (`{label}`, {family} family) exported from mixerbench {who} as "
                  f"timm's `{arch}`. mixerbench reproduces the benchmarks of *MLP-Mixer: An all-MLP "
                  "Architecture for Vision* (Tolstikhin et al., 2021, arXiv:2105.01601).")
@@ -323,14 +319,14 @@ def _card_results(run_id, src: Path, rec: dict, cfg, summary: dict | None, pipel
         return lines + [
             "| dataset | split | top-1 (%) | top-5 (%) | loss | image size | eval crop |",
             "|---|---|---|---|---|---|---|",
-            f"| {summary['dataset']} | {summary['split']} | {summary['top1']:.2f} | "
+            f"| {_md(summary['dataset'])} | {_md(summary['split'])} | {summary['top1']:.2f} | "
             f"{summary['top5']:.2f} | {summary['loss']:.4f} | {summary['img_size']} | "
             f"{pipeline} |", ""]
     if cfg is not None:
-        return lines + [f"Unknown: run `{run_id}` has no summary.json (it had not finished), so "
+        return lines + [f"Unknown: run {_code(run_id)} has no summary.json (it had not finished), so "
                         f"there are no final metrics; the weights are its last checkpoint (step "
                         f"{rec.get('step', 'unknown')}).", ""]
-    return lines + [f"Unknown: the checkpoint `{src.name}` records only the architecture (and "
+    return lines + [f"Unknown: the checkpoint {_code(src.name)} records only the architecture (and "
                     f"step {rec.get('step', 'unknown')}); the training data, recipe, metrics and "
                     "provenance are not known. Export the run directory instead of the file to "
                     "include them.", ""]
@@ -345,11 +341,11 @@ def _card_recipe(cfg, rec: dict, summary: dict | None, family: str, gelu: str | 
     warm = (f"{o.warmup_frac:g} of the steps" if o.warmup_frac is not None else f"{o.warmup_steps:,} steps")
     length = (f"{summary['steps']:,} steps ({summary['epochs']:g} epochs)" if summary else
               f"{cfg.steps:,} steps" if cfg.steps else f"{cfg.epochs:g} epochs")
-    rows = [("kind", cfg.kind + (f" from `{cfg.init}`" if cfg.init else "")),
-            ("preset", cfg.preset or "none"),
+    rows = [("kind", cfg.kind + (f" from {_code(cfg.init)}" if cfg.init else "")),
+            ("preset", _md(cfg.preset or "none")),
             ("model", f"`{m.name}`, image size {rec['img_size']}"
              + (f", patch {rec['patch_size']}" if rec.get("patch_size") else "")),
-            ("dataset", f"{d.dataset} (train split `{d.train_split}`"
+            ("dataset", f"{_md(d.dataset)} (train split {_code(d.train_split)}"
              + (f", fraction {d.fraction:g}" if d.fraction else "") + ")"),
             ("optimizer", opt),
             ("schedule", f"{o.schedule}, warm-up {warm}, gradient clipping at norm {o.clip_norm:g}"),
@@ -370,12 +366,13 @@ def _card_recipe(cfg, rec: dict, summary: dict | None, family: str, gelu: str | 
 
 def _card_provenance(run_id, cfg, summary: dict | None) -> list[str]:
     if summary:
-        prov = [("run id", f"`{summary['run_id']}`"), ("date", summary.get("timestamp", "unknown")),
-                ("git commit", f"`{summary.get('git_sha', 'unknown')}`"),
-                ("versions", f"mixerbench {summary.get('mixerbench_version')}, torch "
-                 f"{summary.get('torch_version')}, timm {summary.get('timm_version')}"),
-                ("device", f"{summary.get('device_name')} x {summary.get('num_devices')}, "
-                 f"{summary.get('dtype')}" + (", compiled" if summary.get("compiled") else "")),
+        g = {k: _md(v) for k, v in summary.items()}  # every field as literal text
+        prov = [("run id", _code(summary["run_id"])), ("date", g.get("timestamp", "unknown")),
+                ("git commit", _code(summary.get("git_sha", "unknown"))),
+                ("versions", f"mixerbench {g.get('mixerbench_version')}, torch "
+                 f"{g.get('torch_version')}, timm {g.get('timm_version')}"),
+                ("device", f"{g.get('device_name')} x {g.get('num_devices')}, "
+                 f"{g.get('dtype')}" + (", compiled" if summary.get("compiled") else "")),
                 ("training time", f"{summary.get('train_seconds', 0):,.1f} s "
                  f"({summary.get('device_hours', 0):g} device-hours)")]
         return ["## Provenance", "", "| | |", "|---|---|"] + [f"| {k} | {v} |" for k, v in prov] + [""]
@@ -424,7 +421,25 @@ def _card_usage(config: dict, repo_id: str | None, out_dir: Path) -> list[str]:
 
 
 def _cell(text: str) -> str:
-    return str(text).replace("|", "\\|")  # a pipe in a value would split the table row
+    """A value in a table row: one line, a pipe escaped (it would split the row)."""
+    return " ".join(str(text).split()).replace("|", "\\|")
+
+
+# Characters that make markdown of plain text (emphasis, links, HTML, code, headings, tables)
+_MD_SPECIAL = re.compile(r"([\\`*_\[\]<>|~])")  # mid-line syntax; no value starts a line
+
+
+def _md(text) -> str:
+    """Text from a user or a file (a dataset, a device name, a summary field) as literal
+    markdown: one line, every character markdown would read as syntax escaped."""
+    return _MD_SPECIAL.sub(r"\\\1", " ".join(str(text).split()))
+
+
+def _code(text) -> str:
+    """Text as an inline code span that no backtick, newline or pipe in it can end or split."""
+    text = " ".join(str(text).split()).replace("|", "\\|")
+    fence = "``" if "`" in text else "`"
+    return f"{fence} {text} {fence}" if fence == "``" else f"`{text}`"
 
 
 def _config_hash(cfg) -> str:

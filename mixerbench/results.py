@@ -26,6 +26,7 @@ from pathlib import Path
 from typing import Any
 
 from mixerbench.errors import DamagedFileError, UserError
+from mixerbench import files
 from mixerbench.files import atomic_write_bytes, atomic_write_text, locked
 
 PROVENANCE = (
@@ -61,6 +62,24 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "run_id", "model", "family", "dataset", "fraction", "epochs", "steps", "metric", "top1",
         "probe_dataset",
     ) + PROVENANCE,
+    # `reproduce released`: one released checkpoint (`timm:<arch>.<tag>`) evaluated on ImageNet
+    # val, with the paper row it stands for (`paper_name`, `upstream`, `paper_img_size`; the
+    # numbers themselves are read from mixerbench/reference when the table is drawn). `top1`:
+    # original labels over `n` images; `real_top1`: ReaL over the `real_n` images ReaL labels;
+    # `fewshot5_*`: linear 5-shot on ImageNet (train shots, val accuracy), when measured.
+    "released": (
+        "checkpoint", "model", "family", "paper_name", "upstream", "paper_img_size", "note",
+        "dataset", "split", "img_size", "pipeline", "n", "top1", "top5", "real_top1", "real_n",
+        "fewshot5_mean", "fewshot5_std",
+    ) + PROVENANCE,
+    # The transfer protocol (paper section 3, App. C): one row per fine-tuning run reported on
+    # a dataset's test split, after its lr was selected on the stratified minival. `model` is
+    # the --init weights' architecture, `upstream` their pre-training dataset, `dataset` the
+    # canonical name; `lr_grid` lists `lr=minival top-1` for every lr tried.
+    "avg5": (
+        "run_id", "model", "family", "init", "upstream", "dataset", "split", "resolution",
+        "img_size", "steps", "lr", "lr_grid", "minival_top1", "top1",
+    ) + PROVENANCE,
 }
 
 # Which command writes each CSV: named in the message when a reader finds it missing.
@@ -70,12 +89,24 @@ PRODUCERS = {
     "throughput": "mixerbench bench --models ...",
     "shuffle": "mixerbench reproduce shuffle",
     "scaling": "mixerbench reproduce data-scaling",
+    "released": "mixerbench reproduce released",
+    "avg5": "mixerbench reproduce avg5 --init SRC",
 }
 
 
 def results_dir(path: str | os.PathLike | None = None) -> Path:
-    """The results directory: the argument, else $MIXERBENCH_RESULTS, else ./results."""
-    return Path(path or os.environ.get("MIXERBENCH_RESULTS") or "results")
+    """The results directory: the argument, else $MIXERBENCH_RESULTS, else ./results; from here
+    on every path below it is read and written through `files` (no link followed, nothing but
+    regular files and folders). An empty name (an unset shell variable) is refused rather than
+    taken for the current folder."""
+    if path is None:
+        path = os.environ.get("MIXERBENCH_RESULTS")
+        if path is not None and not path.strip():
+            raise UserError("MIXERBENCH_RESULTS is set but empty (an unset shell variable?); "
+                            "set it to a folder, or unset it to use ./results.")
+    elif not str(path).strip():
+        raise UserError("--results-dir is empty (an unset shell variable?); pass a folder.")
+    return files.confine(Path(path or "results"))
 
 
 # A run directory's name: one path component of safe characters, never hidden, `.` or `..`.
@@ -97,6 +128,7 @@ def writable_results_dir(path: str | os.PathLike | None = None) -> Path:
     become one) this process may write; a file, a read-only folder or a symlinked one is a
     UserError. Nothing is created here."""
     root = results_dir(path)
+    _check_name(root)
     if root.is_symlink() and not root.is_dir():
         raise UserError(f"The results directory {root} is a broken link; pass --results-dir.")
     if root.exists() and not root.is_dir():
@@ -110,6 +142,20 @@ def writable_results_dir(path: str | os.PathLike | None = None) -> Path:
     return root
 
 
+def _check_name(root: Path) -> None:
+    """A results folder whose name is not UTF-8 cannot be named in a CSV or a message."""
+    try:
+        str(root).encode()
+    except UnicodeEncodeError:
+        raise UserError(f"The results directory {printable(str(root))} has a name that is not "
+                        "UTF-8; rename it or pass another --results-dir.") from None
+
+
+def printable(text: str) -> str:
+    """`text` with bytes that are not UTF-8 (a file name in another encoding) shown as U+FFFD."""
+    return text.encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+
+
 def run_path(root: Path, name: str) -> Path:
     """`<root>/runs/<name>`, refusing a name or a planted `runs` link that would lead outside."""
     check_run_name(name)
@@ -118,6 +164,12 @@ def run_path(root: Path, name: str) -> Path:
         if p.is_symlink() or (p.exists() and not p.is_dir()):
             raise UserError(f"{p} is a link or a file, not a run folder mixerbench made; move it "
                             "away or pass another --results-dir.")
+    if files.check(runs / name, "dir") is not None:  # nor a link or file further up
+        # what the run's files are (locks, metrics, configs) is known before any work: a link,
+        # FIFO or device among them is refused now, not hours later when it is written
+        for entry in os.scandir(runs / name):
+            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
+                files.check(entry.path, "dir" if entry.name == "tb" else "file")
     return runs / name
 
 
@@ -125,6 +177,30 @@ def csv_path(table: str, root: str | os.PathLike | None = None) -> Path:
     if table not in SCHEMAS:
         raise UserError(f"Unknown results table '{table}'; known tables: {', '.join(SCHEMAS)}.")
     return results_dir(root) / f"{table}.csv"
+
+
+# Spreadsheets run a cell that starts with one of these as a formula (=HYPERLINK(...), @SUM,
+# +cmd|...). Text cells that would are written behind a single quote, as spreadsheet-safe
+# writers do (OWASP "CSV injection"), and `load` takes the quote off again. A cell that already
+# starts with a quote gets one more, so every text reads back exactly as it was written; a
+# signed number in a text column is left alone (it is a number, not a formula).
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r", "'")
+
+
+def _would_run(text: str) -> bool:
+    if not text.startswith(_FORMULA_START):
+        return False
+    return not (text[0] in "+-" and _NUMBER.fullmatch(text))
+
+
+def neutral(text: str) -> str:
+    """`text` as a CSV cell no spreadsheet runs as a formula (a quote in front when needed)."""
+    return "'" + text if _would_run(text) else text
+
+
+def unneutral(cell: str) -> str:
+    """The text `neutral` was given: the inverse of `neutral` on every cell it writes."""
+    return cell[1:] if cell.startswith("'") and _would_run(cell[1:]) else cell
 
 
 def _format(value: Any) -> str:
@@ -152,14 +228,16 @@ COLUMN_TYPES: dict[str, str] = {
         "top1_std", "batch_size", "img_per_sec_mean", "img_per_sec_std", "step_ms_median",
         "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops", "fraction",
         "step", "epoch", "train_loss", "eval_loss", "lr", "img_per_sec", "elapsed_s",
-        "matmul_tflops",
+        "matmul_tflops", "paper_img_size", "n", "real_top1", "real_n", "fewshot5_mean",
+        "fewshot5_std", "minival_top1",
     ), NUMBER),
     **dict.fromkeys(("compiled", "channels_last"), BOOL),
     **dict.fromkeys((
         "run_id", "model", "dataset", "split", "init", "kind", "experiment", "git_sha",
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
-        "metric", "upstream", "probe_dataset", "bench_id", "family",
+        "metric", "upstream", "probe_dataset", "bench_id", "family", "checkpoint",
+        "paper_name", "note", "pipeline", "resolution", "lr_grid",
     ), TEXT),
 }
 
@@ -206,6 +284,8 @@ def upgrade_all(root: str | os.PathLike | None = None) -> list[Path]:
     mixerbench wrote under today's header; the files rewritten. A file with columns this version
     does not know, or a damaged one, is refused before anything is rewritten."""
     root = results_dir(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"The results directory {root} is a file; pass another --results-dir.")
     paths = [csv_path(t, root) for t in SCHEMAS] + sorted((root / "runs").glob("*/metrics.csv"))
     for p in paths:  # check every file first: all are upgraded or none
         data = _read(p)
@@ -314,7 +394,7 @@ def _frame(columns: tuple[str, ...], header: list[str], rows: list[list[str]]):
             values = [_BOOLS[v.lower()] if v else np.nan for v in cells]
             data[c] = pd.Series(values, dtype=bool if "" not in cells else object)
         else:
-            data[c] = pd.Series([v if v else np.nan for v in cells], dtype=text_dtype)
+            data[c] = pd.Series([unneutral(v) if v else np.nan for v in cells], dtype=text_dtype)
     return pd.DataFrame(data, columns=list(columns))
 
 
@@ -342,14 +422,17 @@ def _line(path: Path, columns: tuple[str, ...], row: Mapping[str, Any]) -> str:
     if unknown:
         raise KeyError(f"columns not in the schema of {path.name}: {sorted(unknown)}")
     cells = [_format(row.get(c)) for c in columns]
+    cells = [neutral(v) if COLUMN_TYPES[c] == TEXT else v for c, v in zip(columns, cells)]
     for c, cell in zip(columns, cells):
         if not _valid(COLUMN_TYPES[c], cell):
             raise ValueError(f"{c}={_show(cell)} is not {_KIND_WORDS[COLUMN_TYPES[c]]}; "
                              f"it would make {path} unreadable")
         try:
             cell.encode()
-        except UnicodeEncodeError:
-            raise ValueError(f"{c}={_show(cell)} cannot be written as UTF-8 to {path}") from None
+        except UnicodeEncodeError:  # a file or folder name in another encoding
+            raise UserError(f"{c} {_show(printable(cell))} is not UTF-8 text, so it cannot be "
+                            f"written to {printable(str(path))}; rename that file or folder to "
+                            "a UTF-8 name.") from None
     return _csv_line(cells)
 
 
@@ -368,14 +451,14 @@ def _header_line(columns: tuple[str, ...]) -> str:
 
 
 def _read(path: Path) -> bytes | None:
-    """The file's bytes, None when there is no file; a folder or unreadable file is a UserError."""
+    """The file's bytes, None when there is no file; a link, folder, FIFO, device, oversized or
+    unreadable file is a DamagedFileError (read through `files.read_bytes`: nothing blocks)."""
     try:
-        return path.read_bytes()
-    except FileNotFoundError:
-        return None
-    except (IsADirectoryError, PermissionError) as exc:
-        raise DamagedFileError(f"{path} cannot be read as a results file ({exc.strerror}); "
-                        "check the path and its permissions.") from None
+        return files.read_bytes(path)
+    except DamagedFileError:
+        raise
+    except UserError as exc:
+        raise DamagedFileError(str(exc)) from None
 
 
 def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> Path:
@@ -385,7 +468,23 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
     return path
 
 
-def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[str, Any]) -> None:
+# The columns that make a row of a table one observation: a second row with the same values
+# there is a duplicate and is not appended (`append_once`). fewshot.csv: one row per run, shot
+# count and probe (the dataset its shots and test images come from).
+KEYS: dict[str, tuple[str, ...]] = {"fewshot": ("run_id", "shots", "dataset")}
+
+
+def append_once(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> bool:
+    """Append `row` to `<root>/<table>.csv` unless a row with the same `KEYS[table]` values is
+    there; True if it was appended. The check and the write happen under the file's lock, so
+    concurrent writers of the same observation leave exactly one row. A row with an empty key
+    cell (a checkpoint evaluated without its run has no run id) is appended as it is."""
+    key = KEYS[table] if all(row.get(c) not in (None, "") for c in KEYS[table]) else ()
+    return append_to(csv_path(table, root), SCHEMAS[table], row, key=key)
+
+
+def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[str, Any],
+              key: tuple[str, ...] = ()) -> bool:
     """Append one row to the CSV at `path` with the given columns, atomically and under a lock.
 
     The whole file is rewritten to a temporary file, fsynced and renamed over the old one while
@@ -399,9 +498,14 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
     and a row appended after a torn line is glued onto it. An empty (0-byte) file is refused too,
     since no write ever leaves one. Keys outside the columns are a KeyError (a typo would
     silently drop a number otherwise) and a value of the wrong type a ValueError.
+
+    With `key` (column names), a row whose cells in those columns equal the new row's is
+    looked for under the lock, and when one is there nothing is written (False).
     """
     path = Path(path)
     line = _line(path, columns, row)
+    mine = next(csv.reader(io.StringIO(line, newline="")))  # the cells as they will be written
+    where = [columns.index(c) for c in key]
     # checked once before taking the lock, so a refusal does not even leave a lock file behind
     old = _read(path)
     if old is not None:
@@ -411,8 +515,11 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
         if old is None:
             old = _header_line(columns).encode()
         else:
-            _parse(path, old, columns, "exact")  # another writer may have changed it meanwhile
+            rows = _parse(path, old, columns, "exact")[1]  # another writer may have changed it
+            if key and any(all(r[i] == mine[i] for i in where) for r in rows):
+                return False
         atomic_write_bytes(path, old + line.encode())
+    return True
 
 
 def ensure_appendable(table: str, root: str | os.PathLike | None = None) -> None:
@@ -426,6 +533,8 @@ def ensure_appendable(table: str, root: str | os.PathLike | None = None) -> None
     data = _read(path)
     if data is not None:
         _parse(path, data, SCHEMAS[table], "exact")
+    for lock in (f"{table}.csv.lock", f"{table}.ensure.lock"):  # taken when the row is added
+        files.check(path.parent / lock, "file")
 
 
 def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> bool:
@@ -451,8 +560,12 @@ def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None
         if tuple(header) == columns:
             return False
         where = {c: i for i, c in enumerate(header)}
-        text = _csv_line(columns) + "".join(
-            _csv_line([r[where[c]] if c in where else "" for c in columns]) for r in rows)
+
+        def cell(r, c):  # a formula an older version wrote bare is neutralised on the way
+            v = r[where[c]] if c in where else ""
+            return neutral(unneutral(v)) if v and COLUMN_TYPES[c] == TEXT else v
+
+        text = _csv_line(columns) + "".join(_csv_line([cell(r, c) for c in columns]) for r in rows)
         atomic_write_text(path, text)
     return True
 

@@ -1,6 +1,6 @@
 """The device runtime shared by training, evaluation and benchmarks: which device and compute
-dtype a command uses, mixed-precision autocast, device synchronisation, and the process group
-under torchrun.
+dtype a command uses (`choose`, the only place that decides), mixed-precision autocast, device
+synchronisation, and the process group under torchrun.
 
 On CUDA the default is bf16 autocast; on CPU fp32 (bf16/fp16 only where the CPU has native
 matrix units, so a number never measures emulation).
@@ -14,8 +14,55 @@ from contextlib import nullcontext
 DTYPES = ("bf16", "fp16", "fp32")
 
 
+def choose(device: str | None, dtype: str | None, local_rank: int | None = None, *,
+           cpu_half: bool = False, training: bool = False) -> tuple[str, str]:
+    """(device, dtype) of a command: the one decision `train`, `evaluate` and `bench` share.
+
+    `device` None picks CUDA when present, else the CPU; `dtype` None (or the config's "auto")
+    picks bf16 on CUDA and fp32 on a CPU (`resolve_dtype`). Training and evaluation run in fp32
+    on a CPU, so a run's numbers do not depend on which CPU it met; only `bench` (`cpu_half`)
+    times bf16/fp16 there, where the CPU has native units for them. With `local_rank` (a training
+    process) a plain `cuda` means this rank's GPU, so `--device cuda` under torchrun does not
+    put every rank on GPU 0. Ranks are mapped onto the GPUs this process can see: all of the
+    node's (as torchrun leaves them: cuda:LOCAL_RANK) or only its own (a SLURM task bound to one
+    GPU, or CUDA_VISIBLE_DEVICES set per rank: cuda:0).
+
+    `training`: the training loop has no loss scaling, which fp16 gradients need (they underflow
+    without it), so a GPU without bf16 trains in fp32 by default and an explicit fp16 is refused.
+    """
+    from mixerbench.errors import UserError
+
+    device = resolve_device(device)
+    if local_rank is not None and device == "cuda":
+        import torch
+
+        device = f"cuda:{local_rank % torch.cuda.device_count()}"
+    asked = None if dtype == "auto" else dtype
+    chosen = resolve_dtype(asked, device, cpu_half=cpu_half)
+    if training and chosen == "fp16":
+        if asked is None:
+            return device, "fp32"
+        raise UserError("Training in fp16 needs loss scaling, which mixerbench's training loop "
+                        "does not do; use --set dtype=bf16 on a GPU that has it, or fp32.")
+    return device, chosen
+
+
+def use_device(device: str) -> None:
+    """Make `device` this process's current device; on CUDA let fp32 matmuls and convolutions
+    run as TF32 (the training loop's setting; `bench` sets and restores its own)."""
+    if device.startswith("cuda"):
+        import torch
+
+        torch.cuda.set_device(device)
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+
 def resolve_device(device: str | None = None) -> str:
-    """`cuda` when present, else `cpu`; an explicit `cuda` without a GPU is a UserError."""
+    """`cuda` when present, else `cpu`; anything but cpu, cuda or cuda:N of a GPU this machine
+    has is a UserError (torch would fail later with a traceback, or `cpux` would pass as cpu)."""
+    import re
+
     import torch
 
     from mixerbench.errors import UserError
@@ -23,19 +70,24 @@ def resolve_device(device: str | None = None) -> str:
     if device is None:
         return "cuda" if torch.cuda.is_available() else "cpu"
     device = str(device).strip().lower()
+    m = re.fullmatch(r"cpu|cuda(?::(\d{1,4}))?", device)
+    if not m:
+        raise UserError(f"Unknown device '{device}'; use cuda, cuda:N or cpu.")
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {device} was requested but this machine has no CUDA GPU; "
                         "use --device cpu.")
-    if not device.startswith(("cuda", "cpu")):
-        raise UserError(f"Unknown device '{device}'; use cuda, cuda:N or cpu.")
+    if m.group(1) is not None and int(m.group(1)) >= torch.cuda.device_count():
+        raise UserError(f"--device {device} names GPU {int(m.group(1))}, but this machine has "
+                        f"{torch.cuda.device_count()} (cuda:0 to cuda:{torch.cuda.device_count() - 1}).")
     return device
 
 
-def resolve_dtype(dtype: str | None, device: str) -> str:
+def resolve_dtype(dtype: str | None, device: str, cpu_half: bool = True) -> str:
     """Validate the compute dtype for `device`; default bf16 on CUDA, fp32 on CPU.
 
-    bf16/fp16 on a CPU are accepted only where oneDNN has native kernels for them (AVX512-BF16
-    or AMX); elsewhere autocast would emulate them and the "throughput" would measure emulation.
+    bf16/fp16 on a CPU are accepted only with `cpu_half` and where oneDNN has native kernels
+    for them (AVX512-BF16 or AMX); elsewhere autocast would emulate them and the "throughput"
+    would measure emulation.
     """
     import torch
 
@@ -54,6 +106,8 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
     if cuda and name == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError(f"{torch.cuda.get_device_name(device)} has no bf16 support; use "
                         "--dtype fp16 or fp32.")
+    if not cuda and name != "fp32" and not cpu_half:
+        raise UserError(f"dtype {name} is only used on CUDA here; use --set dtype=fp32 on CPU.")
     if not cuda and name != "fp32":
         fast = (torch.ops.mkldnn._is_mkldnn_bf16_supported() if name == "bf16"
                 else torch.ops.mkldnn._is_mkldnn_fp16_supported())
@@ -61,6 +115,18 @@ def resolve_dtype(dtype: str | None, device: str) -> str:
             raise UserError(f"This CPU has no native {name} matrix units, so {name} would only be "
                             "emulated; use --dtype fp32 on it.")
     return name
+
+
+def memory_bytes(device: str | None) -> int:
+    """The memory of `device` in bytes (a GPU's total, else this machine's RAM); 0 if unknown."""
+    import torch
+
+    if device and device.startswith("cuda") or (device is None and torch.cuda.is_available()):
+        return torch.cuda.get_device_properties(torch.device(device or "cuda")).total_memory
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 0
 
 
 def torch_dtype(name: str):
@@ -124,3 +190,31 @@ def teardown_distributed() -> None:
     if dist.is_available() and dist.is_initialized():
         dist.barrier()
         dist.destroy_process_group()
+
+
+def reachable(url: str, timeout: float = 3.0) -> bool:
+    """Whether a TCP connection to `url`'s host and port opens within `timeout` seconds (the
+    reachability probe of the hub and of tracker servers: their clients retry for minutes).
+    Run in a daemon thread, since name lookups ignore socket timeouts."""
+    import re
+    import socket
+    import threading
+
+    m = re.match(r"^(\w+)://(?:[^@/]*@)?(\[[^\]]+\]|[^/:?#]+)(?::(\d+))?", url.strip())
+    if not m:
+        return False
+    host = m.group(2).strip("[]")
+    port = int(m.group(3)) if m.group(3) else (80 if m.group(1).lower() == "http" else 443)
+    result: list[bool] = []
+
+    def probe():
+        try:
+            socket.create_connection((host, port), timeout=timeout).close()
+            result.append(True)
+        except (OSError, ValueError):
+            result.append(False)
+
+    t = threading.Thread(target=probe, daemon=True)
+    t.start()
+    t.join(timeout + 0.5)
+    return bool(result and result[0])

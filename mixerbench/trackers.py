@@ -41,8 +41,13 @@ from typing import Any
 
 from mixerbench.errors import UserError, close_matches
 from mixerbench.names import slug
+from mixerbench.runtime import reachable
 
 TRACKERS = ("tensorboard", "wandb", "mlflow")
+# A tracker server (W&B, an MLflow URI) is probed before a run opens on it: one that does not
+# answer within seconds switches the tracker off with one warning instead of minutes of retries.
+SERVER_PROBE_SECONDS = 3.0
+SERVER_TIMEOUT_SECONDS = 10
 INSTALL = 'pip install "mixerbench[trackers]"'
 Warn = Callable[[str], None]
 
@@ -171,6 +176,9 @@ class _TensorBoard:
     def __init__(self, root: Path, run: str, *, log_dir: Path, resume_step: int, **_):
         from torch.utils.tensorboard import SummaryWriter
 
+        from mixerbench.files import make_dirs
+
+        make_dirs(log_dir)  # a real folder inside the results folder, never a planted link
         # purge_step: TensorBoard hides what an interrupted run logged after the checkpoint it
         # resumes from, as metrics.csv drops those rows (they are logged again)
         self.w = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step or None)
@@ -232,14 +240,24 @@ class _WandB:
                         "WANDB_CONFIG_DIR": str(base / "config"),
                         "WANDB_DATA_DIR": str(base / "data"),
                         "WANDB_ARTIFACT_DIR": str(base / "artifacts")}
-        root.mkdir(parents=True, exist_ok=True)
+        mode = (self.env.get("WANDB_MODE") or os.environ.get("WANDB_MODE", "")).strip().lower()
+        online = mode not in ("offline", "disabled", "dryrun")
+        if online:  # wandb.init waits 90 s for a server it cannot reach; probe it for seconds
+            server = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")
+            if not reachable(server, SERVER_PROBE_SECONDS):
+                raise ConnectionError(f"{server} is not reachable within {SERVER_PROBE_SECONDS:g} s "
+                                      "(WANDB_MODE=offline logs locally)")
+        from mixerbench.files import make_dirs
+
+        make_dirs(root / "wandb")  # wandb.init(dir=root) writes there: never through a link
         self.restore = _environ(self.env)
         self.restore.__enter__()  # held until close: wandb reads them while the run lives
         try:
             self.run = wandb.init(
                 dir=str(root), project=os.environ.get("WANDB_PROJECT", "mixerbench"), name=run,
                 group=group, job_type=kind,
-                settings=wandb.Settings(silent=True, console="off"))  # the CLI owns the terminal
+                settings=wandb.Settings(silent=True, console="off",  # the CLI owns the terminal
+                                        init_timeout=SERVER_TIMEOUT_SECONDS))
         except BaseException:
             self.restore.__exit__(None, None, None)
             raise
@@ -285,9 +303,19 @@ class _MLflow:
 
         experiment = group or os.environ.get("MLFLOW_EXPERIMENT_NAME") or "mixerbench"
         uri = artifacts = None
-        if not os.environ.get("MLFLOW_TRACKING_URI"):
-            base = (root / "mlflow").absolute()
-            base.mkdir(parents=True, exist_ok=True)
+        server = os.environ.get("MLFLOW_TRACKING_URI", "")
+        if server.lower().startswith(("http://", "https://")):
+            # the client retries an unreachable server for minutes (7 retries, 120 s timeouts);
+            # probe it, and bound every later request to seconds, without a retry storm
+            if not reachable(server, SERVER_PROBE_SECONDS):
+                raise ConnectionError(f"{server} is not reachable within {SERVER_PROBE_SECONDS:g} s")
+            for key, value in (("MLFLOW_HTTP_REQUEST_TIMEOUT", str(SERVER_TIMEOUT_SECONDS)),
+                               ("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")):
+                os.environ.setdefault(key, value)
+        if not server:
+            from mixerbench.files import make_dirs
+
+            base = make_dirs((root / "mlflow").absolute())  # never through a planted link
             uri = f"sqlite:///{base / 'mlflow.db'}"
             # without it MLflow puts artifacts in ./mlartifacts, outside the results folder
             artifacts = (base / "artifacts" / slug(experiment)).as_uri()
@@ -481,6 +509,12 @@ def record_evaluation(names: Iterable[str], root: str | os.PathLike, res: Mappin
                   config=options, summary=summary, on_warning=on_warning)
 
 
+class Event:
+    """The progress event trackers emit as `log(event, info)`; `cli.ProgressView` renders it."""
+
+    WARNING = "warning"  # a tracker stopped recording; the command goes on: message
+
+
 class Tracked:
     """A `log(event, info)` callback that also feeds the trackers: events go on to `log` (the
     progress display) unchanged, and each training run's "start" (config), "eval" (the
@@ -496,13 +530,15 @@ class Tracked:
         self.current: Trackers | None = None
 
     def _warning(self, message: str) -> None:
-        self.log("warning", dict(message=message))
+        self.log(Event.WARNING, dict(message=message))
 
     def __call__(self, event: str, info: dict) -> None:
+        from mixerbench.train import Event as TrainEvent
+
         self.log(event, info)
         if not self.names:
             return
-        if event == "start":
+        if event == TrainEvent.START:
             self.close("killed")  # a run that never reached its end event
             run_dir = Path(info["run_dir"])
             config = info.get("config") or {}
@@ -512,9 +548,9 @@ class Tracked:
                 resume_step=int(info.get("step") or 0), on_warning=self._warning)
             self.current.step = int(info.get("step") or 0)
             self.current.log_config(config)
-        elif event == "eval" and self.current is not None:
+        elif event == TrainEvent.EVAL and self.current is not None:
             self.current.log_metrics(info["step"], info)
-        elif event == "end" and self.current is not None:
+        elif event == TrainEvent.END and self.current is not None:
             self.current.log_summary(info, step=info.get("steps"))
             self.close("finished")
 

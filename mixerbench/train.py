@@ -3,7 +3,7 @@
 `train(cfg)` reads top to bottom, nanoGPT style: `prepare` checks everything and builds the
 data, model and schedule (nothing is written before it has succeeded); `claim_run_dir` makes
 the run directory this config's own; `restore` picks up the last checkpoint; then the loop
-(`train_step`, evaluation, checkpoint on schedule) and `finish` (summary and accuracy row).
+(`train_step`, evaluation, checkpoint on schedule) and `write_results` (summary and accuracy row).
 Recipes are in `presets.py`, with the paper's settings cited there (paper section 3, Table 4).
 
 Guarantees the tests hold us to:
@@ -38,19 +38,38 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mixerbench import files, results
-from mixerbench.config import RunConfig, check_warmup, config_hash, run_id, to_dict
+from mixerbench.config import (
+    LENGTH,
+    RESUMABLE_CHANGES,
+    RunConfig,
+    check_warmup,
+    config_hash,
+    read_run_config,
+    run_binding,
+    run_id,
+    to_dict,
+)
 from mixerbench.errors import UserError
 
 STATE = "state-last.pt"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 RUN_LOCK = "run"  # the run directory's lock file is run.lock (files.locked)
-# Settings a resume may change without changing what is trained: where it runs and where the
-# data copy lives. The length (steps / epochs) may also change while the run is unfinished.
-RESUMABLE_CHANGES = ("device", "compile", "run_name", "data.data_dir")
-LENGTH = ("steps", "epochs")
-
 Log = Callable[[str, dict], None]
+
+
+class Event:
+    """The progress events `train` emits as `log(event, info)`; `cli.ProgressView` renders
+    them and `trackers.Tracked` records start, eval and end."""
+
+    STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)
+    RESUMED = "resumed"    # an unfinished run continues: step, run_dir
+    RESTARTED = "restarted"  # a run without training state starts again at 0: run_dir, dropped
+    START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, ...
+    STEP = "step"          # an optimizer step: step, total_steps, epoch, loss, lr, img_per_sec
+    EVAL = "eval"          # an evaluation: the metrics.csv row (step, top1, top5, eval_loss)
+    END = "end"            # the run finished: its summary, run_dir
+    FINISHED = "finished"  # an already finished run was read back: its summary, run_dir
 
 
 class TrainingStopped(RuntimeError):
@@ -104,25 +123,6 @@ def make_optimizer(model, cfg: RunConfig, fused: bool):
                              fused=fused or None)
 
 
-def pick_device(cfg: RunConfig, local_rank: int) -> str:
-    """The configured device (checked as `bench` checks it), else this rank's GPU, else CPU.
-
-    A plain `cuda` means this rank's GPU, so `--device cuda` under torchrun does not put every
-    rank on GPU 0. Ranks are mapped onto the GPUs this process can see: all of the node's (as
-    torchrun leaves them: cuda:LOCAL_RANK) or only its own (a SLURM task bound to one GPU, or
-    CUDA_VISIBLE_DEVICES set per rank: cuda:0).
-    """
-    import torch
-
-    from mixerbench.runtime import resolve_device
-
-    device = resolve_device(cfg.device) if cfg.device else (
-        "cuda" if torch.cuda.is_available() else "cpu")
-    if device == "cuda":
-        return f"cuda:{local_rank % torch.cuda.device_count()}"
-    return device
-
-
 @contextmanager
 def stop_signals():
     """SIGINT/SIGTERM set a flag checked between steps, so a step is never cut in half."""
@@ -147,22 +147,48 @@ def _finite(v: Any) -> bool:
 
 
 def read_summary(run_dir: Path) -> dict | None:
-    """A finished run's summary, or None when it has none; one we did not write is refused."""
+    """A finished run's summary, or None when it has none; one we did not write, or one that
+    disagrees with its run's config.json (`summary_disagrees`), is refused, never recorded."""
     path = Path(run_dir) / SUMMARY
     if not path.is_file():
         return None
     try:
-        s = json.loads(path.read_text())
+        s = files.read_json(path)  # bounded; a FIFO or link planted there is refused
     except (OSError, UnicodeDecodeError, ValueError):
         s = None
     ok = (isinstance(s, dict) and s.get("run_id") == Path(run_dir).name
           and isinstance(s.get("model"), str) and isinstance(s.get("dataset"), str)
           and all(_finite(s.get(k)) for k in ("top1", "top5", "loss", "steps", "img_size"))
-          and 0 <= s["top1"] <= 100)
+          and 0 <= s["top1"] <= 100
+          # a cost is a finite number of seconds (an inf would be an infinite-cost row)
+          and all(s.get(k) is None or (_finite(s[k]) and s[k] >= 0)
+                  for k in ("train_seconds", "device_hours", "train_flops")))
     if not ok:
         raise UserError(f"{path} is not a summary this version wrote; move the run directory "
                         f"{Path(run_dir).name} away (or delete it) and run again.")
+    cfg = read_run_config(run_dir)
+    wrong = "its config.json is missing" if cfg is None else summary_disagrees(s, cfg)
+    if wrong:
+        raise UserError(f"{path} does not belong to its run ({wrong}), so it is not recorded; "
+                        f"move the run directory {Path(run_dir).name} away (or delete it) and "
+                        "run again.")
     return s
+
+
+def summary_disagrees(s: dict, cfg: RunConfig) -> str:
+    """What in a summary contradicts the config of its run (model, dataset, split, kind,
+    source weights, resolution), as a few words; "" when they agree."""
+    split = str(s.get("split"))  # `test`, or `test[...]` when max_eval_examples capped it
+    checks = (
+        ("model", s["model"].split("[", 1)[0], cfg.model.name),
+        ("dataset", s["dataset"], cfg.data.dataset),
+        ("split", split.split("[", 1)[0] if "[" not in split or cfg.max_eval_examples
+         else split, cfg.data.eval_split),
+        ("kind", s.get("kind"), cfg.kind),
+        ("init", s.get("init") or "", cfg.init or ""),
+        ("img_size", s["img_size"], cfg.model.img_size or s["img_size"]),
+    )
+    return next((f"{k} {a!r} there, {b!r} in config.json" for k, a, b in checks if a != b), "")
 
 
 # ------------------------------------------------------------------------ building the run
@@ -199,7 +225,7 @@ class Run:
 
 
 @dataclass
-class Progress:
+class TrainState:
     """What a checkpoint restores besides weights, optimizer and RNG."""
 
     step: int = 0
@@ -209,27 +235,11 @@ class Progress:
     pending: list = field(default_factory=list)  # per-step loss tensors not yet checked
 
 
-def runtime(cfg: RunConfig, local_rank: int) -> tuple[str, str, bool]:
-    """(device, dtype, compiled): bf16 and torch.compile on CUDA by default, fp32 eager on CPU."""
-    import torch
-
-    device = pick_device(cfg, local_rank)
-    on_cuda = device.startswith("cuda")
-    dtype = cfg.dtype if cfg.dtype != "auto" else ("bf16" if on_cuda else "fp32")
-    if dtype != "fp32" and not on_cuda:
-        raise UserError(f"dtype {dtype} is only used on CUDA here; use --set dtype=fp32 on CPU.")
-    if on_cuda:
-        torch.cuda.set_device(device)
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
-    return device, dtype, cfg.compile if cfg.compile is not None else on_cuda
-
-
 def build_model(cfg: RunConfig, num_classes: int):
-    """(model, recipe): from scratch, or from `--init` with the run's own regularisers, the new
-    resolution and a fresh zero head (paper section 3)."""
+    """(model, model description): from scratch, or from `--init` with the run's own
+    regularisers, the new resolution and a fresh zero head (paper section 3)."""
     from mixerbench.models import create_model, get_spec
-    from mixerbench.models.weights import load_for_finetuning, recipe
+    from mixerbench.models.weights import load_for_finetuning, model_description
 
     m = cfg.model
     if cfg.init:
@@ -242,8 +252,8 @@ def build_model(cfg: RunConfig, num_classes: int):
     spec = get_spec(m.name)
     model = create_model(m.name, num_classes=num_classes, img_size=m.img_size,
                          patch_size=m.patch_size, **overrides)
-    return model, recipe(m.name, num_classes, m.img_size or spec.img_size,
-                         m.patch_size or spec.patch_size, overrides)
+    return model, model_description(m.name, num_classes, m.img_size or spec.img_size,
+                                    m.patch_size or spec.patch_size, overrides)
 
 
 def model_overrides(cfg: RunConfig) -> dict:
@@ -261,37 +271,33 @@ def model_overrides(cfg: RunConfig) -> dict:
 
 
 def check_model(cfg: RunConfig, num_classes: int = 10) -> None:
-    """Build `cfg`'s model on the meta device (no memory, no weights): an option the
-    architecture does not take is a UserError before any work (a sweep checks every cell this
-    way before training the first), and so is a model whose weights, gradients and Adam moments
-    alone (4 x 4 bytes per parameter) exceed this machine's memory."""
-    import torch
-
-    from mixerbench.models import count_params, create_model
+    """Build `cfg`'s model on the meta device (no memory, no weights) and trace one image
+    through it: an option the architecture does not take is a UserError before any work (a
+    sweep checks every cell this way before training the first), and so is a model whose
+    weights, gradients and Adam moments (4 x 4 bytes per parameter) plus the activations of a
+    single image (`models.memory`) exceed this machine's memory: a 4096 px input is refused
+    here, not by the allocator."""
+    from mixerbench.models import build_on_meta, count_params, get_spec
+    from mixerbench.runtime import memory_bytes
 
     m = cfg.model
-    with torch.device("meta"):
-        params = count_params(create_model(m.name, num_classes=num_classes, img_size=m.img_size,
-                                           patch_size=m.patch_size, **model_overrides(cfg)))[0]
-    name, img_size = m.name, m.img_size
-    need = 16 * params
-    have = _memory_bytes(cfg.device)
-    if have and need > have:
-        raise UserError(f"{name} at {img_size or 'its'} px has {params:,} parameters: training "
-                        f"needs at least {need / 2**30:,.1f} GiB for weights, gradients and "
-                        f"optimizer state, more than this machine's {have / 2**30:,.1f} GiB; "
-                        "choose a smaller model, image size or width.")
+    img_size = m.img_size or get_spec(m.name).img_size
+    have = memory_bytes(cfg.device)
 
+    def refuse(params: int, activations: int) -> None:
+        need = 16 * params + activations
+        if have and need > have:
+            per_image = f" and {activations / 2**30:,.1f} GiB of activations per image" if activations else ""
+            raise UserError(f"{m.name} at {img_size} px has {params:,} parameters{per_image}: "
+                            f"training needs at least {need / 2**30:,.1f} GiB, more than this "
+                            f"machine's {have / 2**30:,.1f} GiB; choose a smaller model, image "
+                            "size or width.")
 
-def _memory_bytes(device: str | None) -> int:
-    import torch
-
-    if device and device.startswith("cuda") or (device is None and torch.cuda.is_available()):
-        return torch.cuda.get_device_properties(torch.device(device or "cuda")).total_memory
-    try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 0
+    model, (activations, _) = build_on_meta(
+        m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
+        before_trace=lambda model: refuse(count_params(model)[0], 0),
+        element_size=4 if cfg.dtype == "fp32" else 2, **model_overrides(cfg))
+    refuse(count_params(model)[0], activations)
 
 
 def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
@@ -302,10 +308,12 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     from mixerbench.data import get_dataset, make_loader, stratified_subset
     from mixerbench.models import get_spec
     from mixerbench.models.weights import unwrap
-    from mixerbench.runtime import setup_distributed
+    from mixerbench.runtime import choose, setup_distributed, use_device
 
     rank, world, local_rank = setup_distributed()
-    device, dtype, compiled = runtime(cfg, local_rank)
+    device, dtype = choose(cfg.device, cfg.dtype, local_rank, training=True)
+    use_device(device)
+    compiled = cfg.compile if cfg.compile is not None else device.startswith("cuda")
     dcfg = cfg.data
     if dcfg.batch_size % world:
         raise UserError(f"The batch size {dcfg.batch_size} does not split over {world} processes.")
@@ -313,11 +321,12 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, log: Log) -> Run:
     if rank_batch % cfg.accum_steps:
         raise UserError(f"The per-process batch {rank_batch} is not divisible by --accum-steps "
                         f"{cfg.accum_steps}.")
-    log("stage", dict(what=f"loading {dcfg.dataset} ({dcfg.train_split} and {dcfg.eval_split}; "
+    log(Event.STAGE, dict(what=f"loading {dcfg.dataset} ({dcfg.train_split} and {dcfg.eval_split}; "
                            "decoded once into the tensor cache)"))
-    train_ds = get_dataset(dcfg.dataset, dcfg.train_split, data_dir=dcfg.data_dir,
+    where = dcfg.path or dcfg.dataset  # the folder the run's identity names, when it has one
+    train_ds = get_dataset(where, dcfg.train_split, data_dir=dcfg.data_dir,
                            fraction=dcfg.fraction, seed=cfg.seed)
-    eval_ds = get_dataset(dcfg.dataset, dcfg.eval_split, data_dir=dcfg.data_dir, seed=cfg.seed)
+    eval_ds = get_dataset(where, dcfg.eval_split, data_dir=dcfg.data_dir, seed=cfg.seed)
     if eval_ds.num_classes != train_ds.num_classes:
         raise UserError(f"The {dcfg.eval_split} split of {train_ds.name} has {eval_ds.num_classes} "
                         f"classes but {dcfg.train_split} has {train_ds.num_classes}; check the data.")
@@ -389,14 +398,22 @@ def check_owner(run_dir: Path, cfg: RunConfig) -> None:
                             "choose another --run-name or move that folder away.")
         return  # an empty directory left by a run killed before its first write
     try:
-        stored = json.loads(path.read_text())
-        stored_hash = stored["config_hash"]
-    except (OSError, UnicodeDecodeError, ValueError, KeyError, TypeError):
+        # settings added since the file was written read back at their defaults (from_dict)
+        stored_cfg = read_run_config(run_dir)
+    except UserError:
         raise UserError(f"{path} is not a config this version wrote; move the run directory "
                         f"{run_dir.name} away (or delete it) to start it again.") from None
+    stored, stored_hash = to_dict(stored_cfg), config_hash(stored_cfg)
     unfinished = not (run_dir / SUMMARY).exists()
     mine = to_dict(cfg)
     if _comparable(stored, unfinished) != _comparable(mine, unfinished):
+        if stored_cfg.init and stored_cfg.init_sha256 is None and cfg.init_sha256 and \
+                _comparable(dict(stored, init_sha256=None), unfinished) == _comparable(
+                    dict(mine, init_sha256=None), unfinished):
+            raise UserError(f"Run {run_dir.name} was fine-tuned before runs recorded their "
+                            "source weights, so whether --init still holds them cannot be "
+                            "told; choose another --run-name (or move that run away) to "
+                            "fine-tune again.")
         diff = _first_difference(_comparable(stored, unfinished), _comparable(mine, unfinished))
         raise UserError(f"Run {run_dir.name} was made with another configuration ({diff}, hash "
                         f"{stored_hash} vs {config_hash(cfg)}); choose another --run-name, or "
@@ -418,7 +435,7 @@ def write_config(run_dir: Path, cfg: RunConfig) -> None:
 # ------------------------------------------------------------------- checkpoints and restore
 
 
-def restore(run: Run, optimizer, scheduler, log: Log) -> Progress:
+def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
     """The state of the last checkpoint (or a fresh start); a file we did not write is
     refused. Loaded with `weights_only=True`: only tensors and plain data, never code."""
     import torch
@@ -429,33 +446,63 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> Progress:
     if not path.is_file():
         if run.world > 1:
             torch.manual_seed(run.cfg.seed + run.rank)  # per-rank stochastic depth draws
-        return Progress()
+        if run.rank == 0:
+            _start_clean(run, log)
+        return TrainState()
+    files.check_file(path)  # a regular file inside the run directory, not a FIFO or a link
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
+        mine = _binding(run)
+        if any(k in state for k in mine) and {k: state.get(k) for k in mine} != mine:
+            raise UserError(f"{path} was not written by run {run.run_dir.name} (it belongs to "
+                            f"{state.get('run_id')}); move it away to start the run again.")
         unwrap(run.model).load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
-        progress = Progress(step=int(state["step"]), train_seconds=float(state["train_seconds"]),
-                            loss_sum=float(state["loss_sum"]), loss_count=int(state["loss_count"]))
+        progress = TrainState(step=int(state["step"]), train_seconds=float(state["train_seconds"]),
+                              loss_sum=float(state["loss_sum"]), loss_count=int(state["loss_count"]))
         rngs = state["rng"]
         rng = rngs[run.rank] if run.rank < len(rngs) else rngs[0]
         torch.set_rng_state(rng["cpu"])
         if run.on_cuda and rng.get("cuda") is not None:
             torch.cuda.set_rng_state(rng["cuda"], run.device)
+    except UserError:
+        raise
     except Exception as exc:  # truncated, foreign or hostile files all fail here, before use
         raise UserError(f"{path} is not a training state this version wrote ({type(exc).__name__}); "
                         f"move the run directory {run.run_dir.name} away (or delete it) to start "
                         "again.") from None
+    if not (math.isfinite(progress.train_seconds) and progress.train_seconds >= 0
+            and math.isfinite(progress.loss_sum) and progress.loss_count >= 0):
+        # a planted train_seconds=inf would become a row with an infinite cost
+        raise UserError(f"{path} is not a training state this version wrote (train_seconds "
+                        f"{progress.train_seconds}, loss sum {progress.loss_sum}); move the run "
+                        f"directory {run.run_dir.name} away (or delete it) to start again.")
     if not 0 <= progress.step <= run.total:
         raise UserError(f"{path} is at step {progress.step}, outside this run's {run.total} "
                         "steps; repeat the original --steps to resume it.")
     if run.rank == 0:
         _truncate_metrics(run.run_dir / "metrics.csv", progress.step)
-    log("resumed", dict(step=progress.step, run_dir=str(run.run_dir)))
+    log(Event.RESUMED, dict(step=progress.step, run_dir=str(run.run_dir)))
     return progress
 
 
-def save_state(run: Run, optimizer, scheduler, p: Progress) -> None:
+def _binding(run: Run) -> dict:
+    return run_binding(run.run_dir.name, run.cfg)
+
+
+def _start_clean(run: Run, log: Log) -> None:
+    """A run with no training state (killed before its first checkpoint, or its state file
+    lost) starts again from step 0: the metric rows of the earlier attempt are dropped, so
+    none is written twice, and the user is told."""
+    path = run.run_dir / "metrics.csv"
+    rows = results.read_metrics(path) if path.is_file() else []
+    if rows:
+        results.rewrite_metrics(path, [])
+        log(Event.RESTARTED, dict(run_dir=str(run.run_dir), dropped=len(rows)))
+
+
+def save_state(run: Run, optimizer, scheduler, p: TrainState) -> None:
     """Everything needed to resume (written first), then the weights-only export."""
     import io
 
@@ -473,13 +520,14 @@ def save_state(run: Run, optimizer, scheduler, p: Progress) -> None:
     if run.rank != 0:
         return
     buf = io.BytesIO()
+    bound = _binding(run)  # both files say which run wrote them (weights.check_credited)
     torch.save(dict(model=unwrap(run.model).state_dict(), optimizer=optimizer.state_dict(),
                     scheduler=scheduler.state_dict(), step=p.step,
                     train_seconds=p.train_seconds, loss_sum=p.loss_sum,
-                    loss_count=p.loss_count, rng=rngs), buf)
+                    loss_count=p.loss_count, rng=rngs, **bound), buf)
     try:
         files.atomic_write_bytes(run.run_dir / STATE, buf.getvalue())
-        save_checkpoint(run.run_dir / CHECKPOINT, run.model, dict(run.rec, step=p.step))
+        save_checkpoint(run.run_dir / CHECKPOINT, run.model, dict(run.rec, step=p.step, **bound))
     except OSError as exc:
         raise TrainingStopped(
             f"Could not write the checkpoint to {run.run_dir} ({exc.strerror or exc}); the "
@@ -494,8 +542,8 @@ def train_step(run: Run, train_model, x, y):
     """Forward and backward over `accum_steps` micro-batches (gradients synchronised across
     processes on the last one) and the global-norm clip; returns the step's loss on device."""
     import torch
-    import torch.nn.functional as F
 
+    from mixerbench.loss import cross_entropy
     from mixerbench.runtime import autocast
 
     cfg = run.cfg
@@ -506,7 +554,7 @@ def train_step(run: Run, train_model, x, y):
             with nullcontext() if sync else train_model.no_sync():
                 with autocast(run.device, run.dtype):
                     logits = train_model(mx)
-                loss = F.cross_entropy(logits.float(), my) / cfg.accum_steps
+                loss = cross_entropy(logits, my) / cfg.accum_steps
                 loss.backward()
             loss_sum += loss.detach()
     except torch.cuda.OutOfMemoryError:
@@ -518,7 +566,7 @@ def train_step(run: Run, train_model, x, y):
     return loss_sum
 
 
-def check_losses(run: Run, p: Progress, at_step: int) -> list[float]:
+def check_losses(run: Run, p: TrainState, at_step: int) -> list[float]:
     """Fold the pending per-step losses (averaged over processes) into the running mean; a
     non-finite one stops the run before anything is saved."""
     import torch
@@ -556,7 +604,7 @@ def eval_split(run: Run) -> str:
     return capped_split(run.cfg.data.eval_split, n) if n and n < run.eval_size else run.cfg.data.eval_split
 
 
-def metrics_row(run: Run, p: Progress, ev: dict, lr: float) -> dict:
+def metrics_row(run: Run, p: TrainState, ev: dict, lr: float) -> dict:
     return dict(step=p.step, epoch=round(p.step / run.steps_per_epoch, 4),
                 train_loss=p.loss_sum / max(p.loss_count, 1), eval_loss=ev.get("loss"),
                 top1=ev.get("top1"), top5=ev.get("top5"), lr=lr,
@@ -564,7 +612,7 @@ def metrics_row(run: Run, p: Progress, ev: dict, lr: float) -> dict:
                 elapsed_s=round(p.train_seconds, 3))
 
 
-def finish(run: Run, p: Progress, experiment: str) -> dict:
+def write_results(run: Run, p: TrainState, experiment: str) -> dict:
     """The summary (summary.json) and its accuracy row, from the final evaluation; nothing is
     written from non-finite weights or metrics."""
     import torch
@@ -613,12 +661,21 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     """
     import torch
 
+    from mixerbench.presets import resolve_inputs
+
     log = log or (lambda event, info: None)
+    if cfg.device:  # a mistyped device is refused before a finished run is read back
+        from mixerbench.runtime import resolve_device
+
+        resolve_device(cfg.device)
+    if not cfg.init:  # options and memory checked before any data is read (meta device)
+        check_model(cfg)
+    cfg = resolve_inputs(cfg)  # a config not made by presets.resolve gets its inputs' identity
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))
     check_owner(run_dir, cfg)
     if read_summary(run_dir) is not None:  # finished: read back, never retrained
-        return _finished(run_dir, root, resume, log, experiment)
+        return _read_back(run_dir, root, resume, log, experiment)
     if resume and not (run_dir / STATE).is_file():
         raise UserError(f"Nothing to resume in {run_dir}: it has no checkpoint yet; run the "
                         "command without --resume.")
@@ -632,7 +689,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
             # rank 0 alone holds the lock, so its finding decides for every rank: a rank that
             # trained while rank 0 read back would wait in a collective forever
             if _from_rank0(run, read_summary(run_dir) is not None):
-                return _finished(run_dir, root, resume, log, experiment)
+                return _read_back(run_dir, root, resume, log, experiment)
             if run.rank == 0:
                 for tmp in run_dir.glob(".*.tmp"):  # writes cut short by a kill
                     tmp.unlink(missing_ok=True)
@@ -643,8 +700,8 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
             p = restore(run, optimizer, scheduler, log)
             _loop(run, optimizer, scheduler, p, log)
             # every rank returns rank 0's summary (callers such as the lr grid read its top-1)
-            summary = _from_rank0(run, finish(run, p, experiment) if run.rank == 0 else None)
-            log("end", dict(summary, run_dir=str(run_dir)))
+            summary = _from_rank0(run, write_results(run, p, experiment) if run.rank == 0 else None)
+            log(Event.END, dict(summary, run_dir=str(run_dir)))
             return dict(summary, run_dir=str(run_dir), reused=False)
     except OSError as exc:
         if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
@@ -673,7 +730,7 @@ def _from_rank0(run: Run, value):
     return box[0]
 
 
-def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
+def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
     """Steps until the run's length: train, then evaluate / checkpoint / stop on schedule."""
     import torch
     import torch.distributed as dist
@@ -686,7 +743,7 @@ def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
         train_model = DDP(run.model, device_ids=[run.device] if run.on_cuda else None)
     if run.compiled:
         train_model = torch.compile(train_model)
-    log("start", dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
+    log(Event.START, dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
                       model=run.rec["name"], dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
@@ -720,21 +777,21 @@ def _loop(run: Run, optimizer, scheduler, p: Progress, log: Log) -> None:
                     dist.barrier()
 
 
-def _log_step(run: Run, p: Progress, loss: float, optimizer, window: list, log: Log) -> None:
+def _log_step(run: Run, p: TrainState, loss: float, optimizer, window: list, log: Log) -> None:
     now = time.perf_counter()
     ips = window[1] / max(now - window[0], 1e-9)
     window[:] = [now, 0]
-    log("step", dict(step=p.step, total_steps=run.total, epoch=p.step / run.steps_per_epoch,
+    log(Event.STEP, dict(step=p.step, total_steps=run.total, epoch=p.step / run.steps_per_epoch,
                      loss=loss, lr=optimizer.param_groups[0]["lr"], img_per_sec=ips))
 
 
-def _after_step(run: Run, optimizer, scheduler, p: Progress, stopping: bool, log: Log,
+def _after_step(run: Run, optimizer, scheduler, p: TrainState, stopping: bool, log: Log,
                 window: list) -> None:
     """Evaluate, checkpoint or stop when the schedule (or a signal) says so."""
     if p.step % run.eval_every == 0 or p.step == run.total:
         if p.step == run.total:
             n = min(run.eval_size, run.cfg.max_eval_examples or run.eval_size)
-            log("stage", dict(what=f"final evaluation on {n:,} images of {eval_split(run)}"
+            log(Event.STAGE, dict(what=f"final evaluation on {n:,} images of {eval_split(run)}"
                               + ("" if n < run.eval_size else
                                  " (all of it; --set max_eval_examples=N bounds it)")))
         ev = evaluate_now(run) if run.rank == 0 else {}
@@ -742,7 +799,7 @@ def _after_step(run: Run, optimizer, scheduler, p: Progress, stopping: bool, log
         p.loss_sum, p.loss_count = 0.0, 0
         if run.rank == 0:
             results.append_to(run.run_dir / "metrics.csv", results.METRICS, row)
-        log("eval", row)
+        log(Event.EVAL, row)
         window[0] = time.perf_counter()
     if stopping:  # one save, whether or not this is a checkpoint step
         if p.pending:  # the signal came after this step's loss check
@@ -753,7 +810,9 @@ def _after_step(run: Run, optimizer, scheduler, p: Progress, stopping: bool, log
         save_state(run, optimizer, scheduler, p)
 
 
-def _finished(run_dir: Path, root: Path, resume: bool, log: Log, experiment: str = "") -> dict:
+def _read_back(run_dir: Path, root: Path, resume: bool, log: Log, experiment: str = "") -> dict:
+    """A finished run's summary, read back instead of retraining (its accuracy row restored if
+    a crash lost it); `--resume` of a finished run is an error."""
     if resume:
         raise UserError(f"Run {run_dir.name} already finished; start a new run with another "
                         "--seed or --run-name instead of --resume.")
@@ -761,7 +820,7 @@ def _finished(run_dir: Path, root: Path, resume: bool, log: Log, experiment: str
     # a run whose summary predates the experiment tag takes the tag of the one reading it back
     done = dict(done, experiment=done.get("experiment") or experiment)
     _ensure_row(done, root)
-    log("finished", dict(done, run_dir=str(run_dir)))
+    log(Event.FINISHED, dict(done, run_dir=str(run_dir)))
     return dict(done, run_dir=str(run_dir), reused=True)
 
 

@@ -13,8 +13,11 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-# ../shared/data next to the checkout holds offline dataset copies (cifar10/ in hub parquet layout).
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+# A folder of local dataset copies by name (cifar10/ in the hub's parquet layout) for the tests
+# that need real CIFAR-10: $MIXERBENCH_TEST_DATA, else shared/data beside the checkout's folder;
+# those tests skip when it has no cifar10/.
+SHARED_DATA = Path(os.environ.get("MIXERBENCH_TEST_DATA")
+                   or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -71,3 +74,59 @@ def start(args, env, **kw) -> subprocess.Popen:
     return subprocess.Popen([sys.executable, "-m", "mixerbench", "--quiet", *map(str, args)],
                             cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, **kw)
+
+
+def run(args, env, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`start`, waited for: the finished command's exit status, stdout and stderr."""
+    proc = start(args, env)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+# ------------------------------------------------------------------ the CLI as tests drive it
+
+# A tiny Mixer (width 16, one block, batch 50) on the embedded synthetic set (1,000 / 200
+# images, 32 px), on the CPU: the options of every test that trains through the command line.
+TINY_MODEL = ["--dataset", "synthetic", "--device", "cpu", "--set", "model.width=16",
+              "--set", "model.depth=1", "--set", "data.batch_size=50"]
+# `pretrain`'s: the smoke preset at 32 px (the model options above; add --steps)
+TINY = ["--preset", "smoke", *TINY_MODEL[:2], "--img-size", "32", *TINY_MODEL[2:]]
+# The environment of an in-process command: offline, no results or data folder from the shell.
+CLI_ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_DATA": None,
+           "MIXERBENCH_RESULTS": None}
+
+
+def cli(*args, env=None):
+    """`mixerbench --quiet ARGS` in this process (typer's CliRunner), offline."""
+    from typer.testing import CliRunner
+
+    from mixerbench.cli import app
+
+    return CliRunner().invoke(app, ["--quiet", *map(str, args)], env={**CLI_ENV, **(env or {})})
+
+
+def refused(r) -> str:
+    """The one line of a refusal (exit 2, no traceback)."""
+    lines = [line for line in r.output.splitlines() if line.strip()]
+    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+    assert "Traceback" not in r.output and len(lines) == 1 and lines[0].startswith("error: "), r.output
+    return lines[0]
+
+
+def tree(root: Path) -> dict[str, str]:
+    """Every path under `root` with a hash of its bytes (directories marked as such)."""
+    import hashlib
+
+    out = {}
+    for dirpath, dirnames, filenames in os.walk(root):
+        for d in dirnames:
+            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
+        for f in filenames:
+            p = os.path.join(dirpath, f)
+            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
+    return out

@@ -6,6 +6,7 @@ import csv
 
 import pytest
 import torch
+from conftest import cli
 
 from mixerbench import bench as B
 from mixerbench import runtime as R
@@ -214,20 +215,10 @@ def test_dtype_and_device_validation():
 # ------------------------------------------------------------------------------------- CLI
 
 
-def _cli(args, tmp_path, monkeypatch):
-    from typer.testing import CliRunner
-
-    from mixerbench.cli import app
-
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("MIXERBENCH_RESULTS", str(tmp_path))
-    return CliRunner().invoke(app, args)
-
-
-def test_cli_bench_writes_a_throughput_row(tmp_path, monkeypatch):
-    out = _cli(["bench", "--models", "mixer-t4", "--device", "cpu", "--batch-size", "8",
+def test_cli_bench_writes_a_throughput_row(tmp_path):
+    out = cli("bench", "--models", "mixer-t4", "--device", "cpu", "--batch-size", "8",
                 "--repeats", "2", "--steps", "1", "--warmup", "0", "--no-compile",
-                "--results-dir", str(tmp_path)], tmp_path, monkeypatch)
+                "--results-dir", str(tmp_path))
     assert out.exit_code == 0, out.output
     text = " ".join(out.output.split())
     assert "not comparable to the paper's img/s/core" in text
@@ -242,12 +233,12 @@ def test_cli_bench_writes_a_throughput_row(tmp_path, monkeypatch):
     assert r["channels_last"] == "false" and r["compiled"] == "false"
 
 
-def test_cli_bench_json_has_ratio_to_first(tmp_path, monkeypatch):
+def test_cli_bench_json_has_ratio_to_first(tmp_path):
     import json
 
-    out = _cli(["bench", "--models", "mixer-t4,mixer-t4", "--device", "cpu", "--batch-size", "2",
-                "--repeats", "1", "--steps", "1", "--warmup", "0", "--format", "json"],
-               tmp_path, monkeypatch)
+    out = cli("bench", "--models", "mixer-t4,mixer-t4", "--device", "cpu", "--batch-size", "2",
+                "--repeats", "1", "--steps", "1", "--warmup", "0", "--format", "json",
+               env={"MIXERBENCH_RESULTS": str(tmp_path)})
     assert out.exit_code == 0, out.output
     rows = json.loads(out.stdout)
     assert [r["ratio_to_first"] for r in rows][0] == 1.0 and len(rows) == 2
@@ -258,11 +249,12 @@ def test_cli_bench_json_has_ratio_to_first(tmp_path, monkeypatch):
     (["--batch-size", "lots"], "number or 'auto'"),
     (["--models", "mixr-t4"], "Unknown model"),
 ])
-def test_cli_bench_bad_input_exits_2(args, needle, tmp_path, monkeypatch):
+def test_cli_bench_bad_input_exits_2(args, needle, tmp_path):
     base = {"--models": "mixer-t4", "--device": "cpu", "--repeats": "1", "--batch-size": "2"}
     for i in range(0, len(args), 2):
         base[args[i]] = args[i + 1]
-    out = _cli(["bench", *[x for kv in base.items() for x in kv]], tmp_path, monkeypatch)
+    out = cli("bench", *[x for kv in base.items() for x in kv],
+              env={"MIXERBENCH_RESULTS": str(tmp_path)})
     assert out.exit_code == 2, out.output
     assert needle in out.output and "Traceback" not in out.output
     assert not (tmp_path / "throughput.csv").exists()

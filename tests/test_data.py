@@ -1,6 +1,6 @@
 """mixerbench.data: sources, splits and subsets, pipelines, shuffles, deterministic loading, bad input.
 
-Offline and on CPU. CIFAR-10 comes from ../shared/data/cifar10 (decoded once per session into a
+Offline and on CPU. CIFAR-10 comes from the local copy conftest.SHARED_DATA names (decoded once per session into a
 temp cache); the other local sources are small datasets written to temp folders here.
 """
 
@@ -278,7 +278,9 @@ def test_failed_hub_probe_is_remembered(tmp_path, monkeypatch):
         calls.append(a)
         raise OSError("network unreachable")
 
-    monkeypatch.setattr(hub.socket, "create_connection", refuse)
+    import socket
+
+    monkeypatch.setattr(socket, "create_connection", refuse)  # the probe of runtime.reachable
     monkeypatch.setattr(hub, "hf_datasets_cache", lambda: tmp_path / "no-hf-cache")
     for _ in range(2):
         with pytest.raises(UserError, match="not reachable"):

@@ -1,11 +1,13 @@
 """Every command line README.md and results/README.md show runs as typed and exits 0.
 
 The lines are read from the documents' ```bash blocks (a `\\` continues a line, `#` starts a
-comment), so the docs cannot drift from the code again. Each runs in a scratch folder laid out
-like a checkout (`results/`, `../shared/data`), in the order the documents give them (later
-lines use the runs of earlier ones); a line only gains `SHRINK`'s arguments, which make it
-smaller (fewer steps, fewer images), never different. Lines that need the CIFAR-10 copy skip
-when `../shared/data` is not beside the checkout.
+comment), so the docs cannot drift from the code again. Each runs in a scratch folder (the
+working directory, where `results/` goes) with a scratch home: `~` expands as the shell would,
+and the docs' `~/data` (a user's folder of local dataset copies) is this machine's offline copy
+when there is one (`conftest.SHARED_DATA`). Lines run in the order the documents give them
+(later lines use the runs of earlier ones); a line only gains `SHRINK`'s arguments, which make
+it smaller (fewer steps, fewer images), never different. Lines that need the CIFAR-10 copy skip
+when there is none.
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ from typer.testing import CliRunner
 
 from mixerbench.cli import app
 
+from conftest import SHARED_DATA
+
 ROOT = Path(__file__).resolve().parents[1]
 DOCS = [ROOT / "README.md", ROOT / "results" / "README.md"]
-SHARED_DATA = ROOT.parent / "shared" / "data"
 
 # Arguments appended to a documented line (matched by regex) so it runs in seconds on 2 CPU
 # cores; each only shrinks the work. The first matching entry wins.
@@ -33,7 +36,7 @@ SHRINK: list[tuple[str, list[str]]] = [
     (r"^compare ", ["--seeds", "1", "--set", "steps=4", "--set", "max_eval_examples=200",
                     "--no-bench"]),
     (r"^reproduce throughput", ["--models", "mixer-s32,vit-s32", "--batch-size", "2"]),
-    (r"^reproduce (shuffle|data-scaling|transfer)",
+    (r"^reproduce (shuffle|data-scaling|transfer|avg5)",
      ["--set", "steps=2", "--set", "max_eval_examples=100"]),
     (r"^pretrain .*--list-presets|--print-config|^models|^paper|^datasets|^plot|^export", []),
     (r"^pretrain ", ["--steps", "4"]),
@@ -71,15 +74,21 @@ def shrink(args: list[str]) -> list[str]:
 
 @pytest.fixture(scope="module")
 def checkout(tmp_path_factory):
-    """A folder laid out like a checkout: `work/` (the cwd, results go to work/results) beside
-    `shared/data` (a link to the offline copies, when present)."""
+    """`work/` (the cwd, results go to work/results) beside `home/`, the user's home for `~`,
+    whose `data/` links to the offline copies when present."""
     base = tmp_path_factory.mktemp("docs")
     work = base / "work"
     work.mkdir()
+    (base / "home").mkdir()
     if (SHARED_DATA / "cifar10").is_dir():
-        (base / "shared").mkdir()
-        (base / "shared" / "data").symlink_to(SHARED_DATA, target_is_directory=True)
+        (base / "home" / "data").symlink_to(SHARED_DATA, target_is_directory=True)
     return work
+
+
+def expand_home(args: list[str], home: Path) -> list[str]:
+    """`~` and `~/x` at the start of a word become `home` and `home/x`, as the shell does
+    before mixerbench sees them (other words are left alone)."""
+    return [str(home) + a[1:] if a == "~" or a.startswith("~/") else a for a in args]
 
 
 def test_the_documents_show_commands():
@@ -90,12 +99,13 @@ def test_the_documents_show_commands():
 @pytest.mark.slow
 @pytest.mark.parametrize("doc,line", COMMANDS, ids=[f"{d}:{i}" for i, (d, _) in enumerate(COMMANDS)])
 def test_a_documented_command_runs_as_typed(doc, line, checkout, monkeypatch):
-    if "../shared/data" in line and not (checkout.parent / "shared" / "data").exists():
-        pytest.skip("needs the offline CIFAR-10 copy beside the checkout")
-    args = shlex.split(line)
+    home = checkout.parent / "home"
+    if "~/data" in line and not (home / "data").exists():
+        pytest.skip("needs an offline CIFAR-10 copy")
+    args = expand_home(shlex.split(line), home)
     monkeypatch.chdir(checkout)
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_RESULTS": None,
-           "MIXERBENCH_DATA": None, "OMP_NUM_THREADS": "1"}
+           "MIXERBENCH_DATA": None, "OMP_NUM_THREADS": "1", "HOME": str(home)}
     if args[0] == "torchrun":  # its own processes: the command exactly as typed
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args[1:]],
                               cwd=checkout, capture_output=True, text=True, timeout=300,
@@ -117,6 +127,14 @@ def test_shrinking_only_adds_size_arguments():
     for _, extra in SHRINK:
         for arg in extra:
             assert arg in allowed or sizes.fullmatch(arg), arg
+
+
+def test_the_documents_name_data_a_user_has():
+    """Paths in the docs are the user's (`~/data`), never this project's own folders."""
+    for doc in DOCS:
+        text = doc.read_text()
+        assert "../shared" not in text and "/work/" not in text, doc.name
+    assert any("--data-dir ~/data" in line for _, line in COMMANDS)
 
 
 def test_torchrun_is_on_the_path_of_this_python():

@@ -158,11 +158,11 @@ def test_shuffle_eval_at_a_permutation_equals_accuracy_on_permuted_data(eval_tin
 
 @pytest.fixture(scope="module")
 def eval_checkpoint(tmp_path_factory, eval_tiny_model):
-    from mixerbench.models.weights import recipe, save_checkpoint
+    from mixerbench.models.weights import model_description, save_checkpoint
 
     path = tmp_path_factory.mktemp("ckpt") / "tiny.safetensors"
     save_checkpoint(path, eval_tiny_model,
-                    recipe("mixer-t4", 10, 32, 4, dict(width=32, depth=2)))
+                    model_description("mixer-t4", 10, 32, 4, dict(width=32, depth=2)))
     return path
 
 
@@ -190,11 +190,11 @@ def test_evaluate_accuracy_fewshot_shuffle_rows(eval_checkpoint, eval_tiny_model
 
 def test_evaluate_head_mismatch_says_so_and_fewshot_works(tmp_path, eval_tiny_model):
     from mixerbench.models import create_model
-    from mixerbench.models.weights import recipe, save_checkpoint
+    from mixerbench.models.weights import model_description, save_checkpoint
 
     model = create_model("mixer-t4", num_classes=3, img_size=32, patch_size=4, width=32, depth=2)
     path = tmp_path / "three.safetensors"
-    save_checkpoint(path, model, recipe("mixer-t4", 3, 32, 4, dict(width=32, depth=2)))
+    save_checkpoint(path, model, model_description("mixer-t4", 3, 32, 4, dict(width=32, depth=2)))
     with pytest.raises(UserError, match="3-class head.*--fewshot"):
         evaluate(str(path), "synthetic", device="cpu")
     res = evaluate(str(path), "synthetic", crop="plain", fewshot="2", seeds=1, device="cpu")

@@ -15,18 +15,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import cli, refused
 
-from mixerbench.cli import app
 from mixerbench.presets import resolve
 from mixerbench.errors import UserError
 from mixerbench.export import _crop_pct, _ratio, export, preprocessing
 from mixerbench.models import create_model
-from mixerbench.models.weights import load_model, recipe, save_checkpoint
+from mixerbench.models.weights import load_model, model_description, save_checkpoint
 from mixerbench.train import train
 
-ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_DATA": None,
-       "MIXERBENCH_RESULTS": None}
 FLAGS = {"steps": 4, "model.img_size": 32, "device": "cpu", "data.batch_size": 50,
          "eval_every": 4, "data.eval_batch_size": 100, "max_eval_examples": 100}
 # Mixer-S/16 is the smallest Mixer timm has (timm fixes patch, depth and width per entry point);
@@ -63,18 +60,6 @@ def timm_load(folder):
     return timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
 
 
-def refused(r) -> str:
-    """The one line of a refusal (exit 2, no traceback)."""
-    lines = [line for line in r.output.splitlines() if line.strip()]
-    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
-    assert "Traceback" not in r.output and len(lines) == 1 and lines[0].startswith("error: "), r.output
-    return lines[0]
-
-
-def cli(*args, env=None):
-    return CliRunner().invoke(app, ["--quiet", *map(str, args)], env={**ENV, **(env or {})})
-
-
 def bare_checkpoint(path: Path, name: str, img_size=32, num_classes=5, **overrides) -> Path:
     """A mixerbench checkpoint with random weights, the head too (a fresh head is all zeros)."""
     torch.manual_seed(0)
@@ -82,7 +67,7 @@ def bare_checkpoint(path: Path, name: str, img_size=32, num_classes=5, **overrid
     with torch.no_grad():
         head = model.get_classifier()
         head.weight.normal_(0, 0.1)
-    save_checkpoint(path, model, recipe(name, num_classes, img_size, None, overrides))
+    save_checkpoint(path, model, model_description(name, num_classes, img_size, None, overrides))
     return path
 
 

@@ -65,6 +65,11 @@ def test_a_family_joins_compare_and_the_figures_with_one_registration(convmixer,
     assert style.order().index("convmixer") < style.order().index("other")
 
 
+def test_compare_help_lists_the_registered_families(convmixer):
+    out = CliRunner().invoke(app, ["compare", "--help"], terminal_width=400).output
+    assert "mixer, vit, resnet, gmlp, resmlp, convmixer" in " ".join(out.replace("│", " ").split())
+
+
 def test_every_family_names_a_small_model_for_each_small_preset():
     for fam in FAMILIES.values():
         for preset, size in (("smoke", 28), ("cifar10-scratch", 32)):

@@ -13,7 +13,6 @@ numbers) is the matrix in `test_reliability.py`.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pickle
@@ -26,6 +25,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from conftest import CLI_ENV, TINY, cli, refused, tree
 from typer.testing import CliRunner
 
 from mixerbench import results
@@ -35,36 +35,9 @@ from mixerbench.cli import app
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
-TINY = ["--preset", "smoke", "--dataset", "synthetic", "--img-size", "32", "--device", "cpu",
-        "--set", "model.width=16", "--set", "model.depth=1", "--set", "data.batch_size=50"]
 FINISHED = ["pretrain", *TINY, "--steps", "4", "--run-name", "fin"]
 UNFINISHED = ["pretrain", *TINY, "--steps", "8", "--set", "ckpt_every=3", "--set", "eval_every=4",
               "--run-name", "unf"]
-ENV = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_DATA": None,
-       "MIXERBENCH_RESULTS": None}
-
-
-def tree(root: Path) -> dict[str, str]:
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = Path(dirpath, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(p.read_bytes()).hexdigest()
-    return out
-
-
-def cli(*args, env=None):
-    return CliRunner().invoke(app, ["--quiet", *map(str, args)], env={**ENV, **(env or {})})
-
-
-def refused(r) -> str:
-    """The one line of a refusal (exit 2, no traceback)."""
-    lines = [line for line in r.output.splitlines() if line.strip()]
-    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
-    assert "Traceback" not in r.output and len(lines) == 1 and lines[0].startswith("error: "), r.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -345,7 +318,7 @@ def test_fuzzed_set_values_resolve_or_are_refused_in_one_sentence(tmp_path, key,
     """Any `--set key=value`: the config resolves (exit 0) or is refused with exit 2 and one
     line; never a traceback, and nothing is written (--print-config runs nothing)."""
     r = CliRunner().invoke(app, ["pretrain", *TINY, "--steps", "2", "--set", f"{key}={value}",
-                                 "--print-config", "--results-dir", str(tmp_path / "r")], env=ENV)
+                                 "--print-config", "--results-dir", str(tmp_path / "r")], env=CLI_ENV)
     assert r.exit_code in (0, 2), (key, value, r.output, r.exception)
     assert "Traceback" not in r.output
     if r.exit_code == 2:

@@ -12,6 +12,8 @@ from __future__ import annotations
 import csv
 import dataclasses
 import os
+import pickle
+import re
 import signal
 import subprocess
 import sys
@@ -19,15 +21,12 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import start
+from conftest import TINY, TINY_MODEL, start
 
 from mixerbench.launch import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A tiny Mixer (width 16, one block) on the embedded synthetic set (1,000 / 200 images, 32 px).
-TINY = ["--dataset", "synthetic", "--set", "model.width=16", "--set", "model.depth=1",
-        "--set", "data.batch_size=50", "--steps", "4", "--device", "cpu"]
 
 
 def torchrun(args, env, timeout: float = 120) -> tuple[int, str]:
@@ -54,7 +53,7 @@ def test_torchrun_pretrain_finetune_evaluate_as_documented(tmp_path, child_env):
     from that run and evaluate it: each exits 0, writes its rows once and prints its summary
     once (rank 0 speaks; rank 1 used to crash printing a summary it did not have)."""
     res = ["--results-dir", tmp_path]
-    code, out = torchrun(["pretrain", "--preset", "smoke", "--img-size", "32", *TINY, *res],
+    code, out = torchrun(["pretrain", *TINY, "--steps", "4", *res],
                          child_env)
     assert code == 0, out[-3000:]
     acc = rows(tmp_path / "accuracy.csv")
@@ -63,8 +62,8 @@ def test_torchrun_pretrain_finetune_evaluate_as_documented(tmp_path, child_env):
     assert out.count(f"on synthetic (test): top-1 {float(acc[0]['top1']):.2f} %") == 1, out
     assert out.count("batch 50 x 2 process(es)") == 1  # the start line: rank 0 only
 
-    code, out = torchrun(["finetune", "--init", tmp_path / "runs" / src, *TINY,
-                          "--set", "optim.warmup_steps=1", *res], child_env)
+    code, out = torchrun(["finetune", "--init", tmp_path / "runs" / src, *TINY_MODEL,
+                          "--steps", "4", "--set", "optim.warmup_steps=1", *res], child_env)
     assert code == 0, out[-3000:]
     acc = rows(tmp_path / "accuracy.csv")
     ft = [r for r in acc if r["run_id"] != src]
@@ -136,9 +135,17 @@ def test_local_launcher_gives_the_serial_table(tmp_path, child_env):
     assert len(table_of(serial[1])) == 2
     assert table_of(launched[1]) == table_of(serial[1])
     assert run_ids(tmp_path / "local") == run_ids(tmp_path / "serial")
-    logs = list((tmp_path / "local" / "launcher").glob("compare-smoke-*/*_0_log.err"))
-    assert len(logs) == 2  # one job per cell, its log under the results folder
+    folder = job_folder(launched[2])
+    assert len(list(folder.glob("*_0_log.err"))) == 2  # one job per cell, its log there
     assert "2 cells as local jobs, up to 2 at once" in launched[2]
+    # submitit's files are kept out of the results folder, in a private one of the user's
+    assert folder.parent == Path(child_env["MIXERBENCH_CACHE"]) / "launcher"
+    assert folder.stat().st_mode & 0o777 == 0o700 and not list((tmp_path / "local").rglob("*.pkl"))
+
+
+def job_folder(err: str) -> Path:
+    """The sweep's private job folder, as its launch line names it."""
+    return Path(re.search(r"job logs in (\S+)", err).group(1))
 
 
 def _wait_for(predicate, proc: subprocess.Popen, timeout: float = 120) -> None:
@@ -175,7 +182,7 @@ def test_local_sweep_survives_sigterm_and_sigkill_without_duplicate_rows(tmp_pat
     code, _, err = finish(first)
     assert code == 130 and "run the same command again to continue" in err, err[-3000:]
     controllers = [int(p.name.split("_")[0])  # a local job's id is its controller's pid
-                   for p in (tmp_path / "launcher").glob("*/*_submitted.pkl")]
+                   for p in job_folder(err).glob("*_submitted.pkl")]
     assert len(controllers) == 2 and not any(_alive(pid) for pid in controllers)
 
     second = start(sweep, child_env)
@@ -243,45 +250,6 @@ def test_slurm_job_parameters_reach_sbatch_and_the_job_trains_its_cell(tmp_path,
 
 
 @pytest.mark.slow
-def test_slurm_sweep_through_submitits_debug_cluster_matches_serial(tmp_path, monkeypatch,
-                                                                     one_thread):
-    """`compare` with the slurm launcher, its executor switched to submitit's debug cluster
-    (each job runs in this process when waited on): the launch settings reach the executor and
-    the joined table equals the serial sweep's."""
-    pytest.importorskip("submitit")
-    from mixerbench import launch
-    from mixerbench.experiments import compare
-
-    made = []
-
-    def debug_executor(launcher, folder, cluster=None):
-        ex = real(launcher, folder, cluster="debug")
-        made.append((launcher, dict(ex.parameters), folder))
-        return ex
-
-    real = launch.make_executor
-    monkeypatch.setattr(launch, "make_executor", debug_executor)
-    kw = dict(dataset="synthetic", preset="smoke", with_bench=False, device="cpu",
-              overrides={"model.img_size": "32", "model.width": "16", "model.depth": "1",
-                         "steps": "4"})
-    serial = compare(["mixer", "vit"], root=tmp_path / "serial", **kw)
-    events = []
-    launched = compare(["mixer", "vit"], root=tmp_path / "slurm",
-                       log=lambda e, i: events.append((e, i)),
-                       launcher=launch.make_launcher("slurm", partition="p", time_limit=30,
-                                                     gpus_per_job=0, parallel=1), **kw)
-    (launcher, params, folder), = made
-    assert launcher.partition == "p" and params["timeout_min"] == 30
-    assert params["gpus_per_node"] == 0 and params["tasks_per_node"] == 1
-    assert folder.parent == tmp_path / "slurm" / "launcher"
-    cols = ["model", "top1_mean", "n"]
-    assert launched["table"][cols].equals(serial["table"][cols])
-    assert [s["run_id"] for s in launched["runs"]] == [s["run_id"] for s in serial["runs"]]
-    states = [i["state"] for e, i in events if e == "job"]
-    assert states == ["submitted", "finished", "submitted", "finished"]  # parallel 1: in turn
-
-
-@pytest.mark.slow
 def test_a_multi_process_cell_gets_torchruns_variables_from_submitit(tmp_path, child_env,
                                                                     monkeypatch):
     """A cell of two tasks (as with --gpus-per-job 2), run by submitit's local executor on the
@@ -309,6 +277,9 @@ def test_a_multi_process_cell_gets_torchruns_variables_from_submitit(tmp_path, c
     (["--launcher", "local", "--partition", "gpu"], "apply to --launcher slurm only"),
     (["--launcher", "slurm", "--time-limit", "5", "--slurm-arg", "account"], "takes key=value"),
     (["--launcher", "local", "--parallel", "0"], "--parallel must be at least 1"),
+    (["--launcher", "local", "--gpus-per-job", "2", "--tasks-per-job", "3"],
+     "--tasks-per-job 3 does not match --gpus-per-job 2"),
+    (["--launcher", "local", "--tasks-per-job", "0"], "--tasks-per-job must be at least 1"),
 ])
 def test_launcher_options_are_checked_before_anything_runs(tmp_path, args, message):
     pytest.importorskip("submitit")
@@ -364,7 +335,72 @@ def test_a_failed_cell_fails_the_sweep_after_the_others_finish(tmp_path, child_e
         run_cells(cells, make_launcher("local", parallel=2), lambda e, i: events.append((e, i)))
     message = str(err.value)
     assert message.startswith("1 of 2 cells failed (cell bad: ") and "no-such-data" in message
-    assert str(tmp_path / "launcher") in message
+    assert str(Path(child_env["MIXERBENCH_CACHE"]) / "launcher") in message  # the job folder
     assert len(rows(tmp_path / "accuracy.csv")) == 1  # the good cell's row
     failed = [i for e, i in events if e == "job" and i["state"] == "failed"]
     assert len(failed) == 1 and Path(failed[0]["log"]).is_file()
+
+
+# ----------------------------------------------------------- no pickle from a shared folder
+
+
+class Payload:
+    """A pickle that, when loaded, creates `marker`: what someone who can write to a folder a
+    sweep reads pickles from would plant."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (Path.touch, (self.marker,))
+
+
+@pytest.mark.slow
+def test_result_pickles_planted_during_a_sweep_are_never_loaded(tmp_path, child_env):
+    """While a local sweep runs, its job's result pickle is replaced again and again with a
+    payload (and one waits in the old `<results>/launcher/` place): the parent never loads
+    one. It takes the cell's result from the run directory, so the payload never runs and the
+    row and table are the real ones."""
+    pytest.importorskip("submitit")
+    marker = tmp_path / "payload-ran"
+    payload = pickle.dumps(Payload(marker))
+    old = tmp_path / "results" / "launcher" / "compare-smoke-1"
+    old.mkdir(parents=True)
+    (old / "1_0_result.pkl").write_bytes(payload)
+    proc = start([*SWEEP, "--models", "mixer", "--set", "steps=6", "--results-dir",
+                  tmp_path / "results", "--launcher", "local"], child_env)
+    lines = []
+    for line in proc.stderr:  # the launch line, then the job's
+        lines.append(line)
+        if line.startswith("submitted "):
+            break
+    err = "".join(lines)
+    job = re.search(r"\(job (\d+)\)", err).group(1)
+    planted = job_folder(err) / f"{job}_0_result.pkl"
+    while proc.poll() is None:  # as an attacker would: overwrite whatever the job writes
+        planted.write_bytes(payload)
+        time.sleep(0.02)
+    out = proc.stdout.read()
+    err += proc.stderr.read()
+    assert proc.returncode == 0, err[-3000:]
+    assert not marker.exists()
+    acc = rows(tmp_path / "results" / "accuracy.csv")
+    assert len(acc) == 1 and table_of(out)[0]["top1_mean"] == acc[0]["top1"]
+
+
+def test_a_launcher_folder_others_can_write_is_refused(tmp_path, monkeypatch):
+    """The private folder's parent must be the user's alone: a `<cache>/launcher` that others
+    may write to is refused with one sentence before any job is submitted."""
+    pytest.importorskip("submitit")
+    from typer.testing import CliRunner
+
+    from mixerbench.cli import app
+
+    monkeypatch.setenv("MIXERBENCH_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "cache" / "launcher").mkdir(parents=True)
+    (tmp_path / "cache" / "launcher").chmod(0o777)
+    out = CliRunner().invoke(app, [*SWEEP, "--models", "mixer", "--results-dir",
+                                   str(tmp_path / "results"), "--launcher", "local"])
+    assert out.exit_code == 2 and "chmod 700" in out.output, out.output
+    assert len(out.output.strip().splitlines()) == 1
+    assert not (tmp_path / "results" / "runs").exists()

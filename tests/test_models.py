@@ -163,7 +163,7 @@ SMALL_MODELS = [
 
 def _checkpoint(tmp_path, name, size, patch, over, drop_path=0.1):
     """A trained-looking checkpoint: random weights everywhere, the head included."""
-    from mixerbench.models.weights import recipe, save_checkpoint
+    from mixerbench.models.weights import model_description, save_checkpoint
 
     torch.manual_seed(0)
     model = create_model(name, num_classes=10, img_size=size, patch_size=patch,
@@ -172,7 +172,8 @@ def _checkpoint(tmp_path, name, size, patch, over, drop_path=0.1):
         for p in model.parameters():
             p.normal_(0, 0.05)
     path = tmp_path / f"{name}-{size}.safetensors"
-    save_checkpoint(path, model, recipe(name, 10, size, patch, dict(over, drop_path=drop_path)))
+    save_checkpoint(path, model,
+                    model_description(name, 10, size, patch, dict(over, drop_path=drop_path)))
     return path, model
 
 

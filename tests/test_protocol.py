@@ -24,13 +24,13 @@ runner = CliRunner()
 def proto_checkpoint(tmp_path_factory):
     """A mixerbench checkpoint of a 1-block width-16 Mixer at 28 px, patch 7, 10 classes."""
     from mixerbench.models import create_model
-    from mixerbench.models.weights import recipe, save_checkpoint
+    from mixerbench.models.weights import model_description, save_checkpoint
 
     over = dict(width=16, depth=1)
     torch.manual_seed(0)
     model = create_model("mixer-t4", num_classes=10, img_size=28, patch_size=7, **over)
     path = tmp_path_factory.mktemp("proto") / "tiny.safetensors"
-    save_checkpoint(path, model, recipe("mixer-t4", 10, 28, 7, over))
+    save_checkpoint(path, model, model_description("mixer-t4", 10, 28, 7, over))
     return path
 
 
@@ -207,6 +207,47 @@ def test_real_labels_are_matched_by_file_name(proto_imagenet):
     assert sub.file_names() == [names[3], names[0]]
 
 
+def test_real_labels_of_a_streamed_imagenet_copy_are_matched_by_file_name(proto_imagenet, tmp_path):
+    """A folder named imagenet-1k is the registry's ImageNet, streamed from its files rather
+    than decoded into memory; its rows keep their file names all the same."""
+    import shutil
+
+    from mixerbench.evaluate import real_labels_for
+
+    copy = tmp_path / "imagenet-1k"
+    shutil.copytree(proto_imagenet["root"], copy)
+    val = get_dataset(str(copy), "validation")
+    assert val.images is None and val.name == "imagenet-1k"  # streamed
+    names = val.file_names()
+    assert [Path(p).name for p in val.hf] == names
+    matched = real_labels_for(names, proto_imagenet["real"])
+    assert matched == [[] if n.endswith("00000005.JPEG") else [int(y)] for n, y in zip(names, val.labels)]
+
+
+def test_a_parquet_copy_keeps_the_file_names_of_its_image_cells(tmp_path):
+    """Hub-layout parquet: the `path` of each image cell is its file name; a copy whose cells
+    keep no path (as the hub's CIFAR-10) has none, so ReaL labels would be refused."""
+    import io
+
+    import datasets
+    from PIL import Image
+
+    cells = []
+    for i in (3, 1, 2):
+        buf = io.BytesIO()
+        Image.new("RGB", (12, 12), (60 * i, 0, 0)).save(buf, format="JPEG")
+        cells.append({"bytes": buf.getvalue(), "path": f"ILSVRC2012_val_{i:08d}.JPEG"})
+    features = datasets.Features({"image": datasets.Image(), "label": datasets.ClassLabel(names=["a", "b"])})
+    datasets.Dataset.from_dict({"image": cells, "label": [0, 1, 0]}, features=features).to_parquet(
+        str(tmp_path / "val-copy" / "validation-00000-of-00001.parquet"))
+    val = get_dataset(str(tmp_path / "val-copy"), "validation")
+    assert val.file_names() == [f"ILSVRC2012_val_{i:08d}.JPEG" for i in (3, 1, 2)]
+    nameless = [dict(c, path=None) for c in cells]
+    datasets.Dataset.from_dict({"image": nameless, "label": [0, 1, 0]}, features=features).to_parquet(
+        str(tmp_path / "no-names" / "validation-00000-of-00001.parquet"))
+    assert get_dataset(str(tmp_path / "no-names"), "validation").file_names() is None
+
+
 def test_real_labels_that_cannot_be_matched_are_refused(proto_imagenet, tmp_path):
     from mixerbench.evaluate import real_labels_for
 
@@ -222,12 +263,12 @@ def test_evaluate_scores_real_labels_by_file_name(proto_imagenet, proto_checkpoi
     """End to end: a 3-class head on the ImageNet-layout folder; ReaL labels equal to each
     image's own class give ReaL top-1 = top-1 over the labelled images, whatever the order."""
     from mixerbench.models import create_model
-    from mixerbench.models.weights import recipe, save_checkpoint
+    from mixerbench.models.weights import model_description, save_checkpoint
 
     torch.manual_seed(1)
     model = create_model("mixer-t4", num_classes=3, img_size=28, patch_size=7, width=16, depth=1)
     ckpt = tmp_path / "three.safetensors"
-    save_checkpoint(ckpt, model, recipe("mixer-t4", 3, 28, 7, dict(width=16, depth=1)))
+    save_checkpoint(ckpt, model, model_description("mixer-t4", 3, 28, 7, dict(width=16, depth=1)))
     args = ["evaluate", "--checkpoint", str(ckpt), "--dataset", str(proto_imagenet["root"]),
             "--split", "validation", "--device", "cpu", "--results-dir", str(tmp_path),
             "--format", "json"]
@@ -247,3 +288,110 @@ def test_evaluate_scores_real_labels_by_file_name(proto_imagenet, proto_checkpoi
                                  "--real-labels", str(proto_imagenet["real"])])
     assert digits.exit_code == 2 and "file name" in digits.output
     assert not (tmp_path / "other" / "accuracy.csv").exists()
+
+
+# ------------------------------------------------------------- the transfer protocol, "Avg 5"
+
+def _avg5_frame(rows):
+    import pandas as pd
+
+    cols = list(results.SCHEMAS["avg5"])
+    return pd.DataFrame([{c: r.get(c) for c in cols} for r in rows], columns=cols)
+
+
+def test_avg5_table_puts_our_mean_beside_the_papers():
+    import math
+
+    from mixerbench.report.tables import avg5_table
+
+    b16 = dict(model="mixer-b16", upstream="imagenet-21k", init="timm:x", resolution="1x", img_size=224)
+    scores = {"imagenet-1k": 80.0, "cifar10": 98.0, "cifar100": 88.0, "pets": 92.0, "flowers102": 99.0}
+    rows = [dict(b16, dataset=d, top1=v) for d, v in scores.items()]
+    rows.append(dict(b16, dataset="cifar10", top1=97.0))  # a second fine-tuning run of CIFAR-10
+    rows += [dict(b16, resolution="2x", img_size=448, dataset=d, top1=v + 1)
+             for d, v in scores.items() if d != "pets"]
+    table = avg5_table(_avg5_frame(rows))
+    assert list(table.columns[:9]) == ["model", "upstream", "resolution", "img_size", "imagenet-1k",
+                                       "cifar10", "cifar100", "pets", "flowers102"]
+    one, two = table.iloc[0], table.iloc[1]
+    assert one["cifar10"] == 97.5 and one["runs"] == 1 and one["datasets"] == 5
+    assert one["avg5"] == pytest.approx((80 + 97.5 + 88 + 92 + 99) / 5) == one["avg"]
+    assert one["paper_avg5"] == 92.50 and one["paper_imagenet"] == 80.64  # Table 3, B/16 in21k 224
+    assert one["avg5_diff"] == pytest.approx(one["avg5"] - 92.50)
+    assert one["imagenet_diff"] == pytest.approx(80.0 - 80.64)
+    # the official repository's README: Mixer-B/16 from ImageNet-21k, CIFAR-10 at 224 px
+    assert one["official_cifar10"] == 96.82 and one["cifar10_diff"] == pytest.approx(97.5 - 96.82)
+    # four of the five: a mean of what is there, never called Avg 5; no paper B/16 at 448
+    assert two["datasets"] == 4 and math.isnan(two["avg5"]) and math.isnan(two["pets"])
+    assert two["avg"] == pytest.approx((81 + 99 + 89 + 100) / 4)
+    assert math.isnan(two["paper_avg5"]) and math.isnan(two["paper_imagenet"])
+    assert math.isnan(two["official_cifar10"])
+    with pytest.raises(UserError, match="reproduce avg5"):
+        avg5_table(_avg5_frame([]))
+
+
+def test_the_upstream_of_released_weights_is_read_from_the_timm_tag():
+    from mixerbench.experiments import upstream_of_tag
+
+    assert upstream_of_tag("timm:mixer_b16_224.goog_in21k") == "imagenet-21k"
+    assert upstream_of_tag("timm:mixer_l16_224.goog_in21k_ft_in1k") == "imagenet-21k"
+    assert upstream_of_tag("timm:vit_base_patch16_224.augreg_in1k") == "imagenet-1k"
+    assert upstream_of_tag("timm:mixer_b16_224") == upstream_of_tag("weights/in21k.safetensors") == ""
+
+
+@pytest.fixture(scope="module")
+def proto_run(tmp_path_factory):
+    """A finished run directory (a tiny Mixer trained on synthetic) to fine-tune from."""
+    from mixerbench.presets import resolve
+    from mixerbench.train import train
+
+    cfg = resolve("smoke", dataset="synthetic", flags={
+        "steps": 4, "data.batch_size": 50, "eval_every": 4, "model.img_size": 32,
+        "model.patch_size": 8, "device": "cpu"},
+        overrides={"model.width": "16", "model.depth": "1", "data.eval_batch_size": "200"})
+    return train(cfg, tmp_path_factory.mktemp("upstream"))["run_dir"]
+
+
+@pytest.mark.slow
+def test_reproduce_avg5_runs_the_protocol_at_a_tiny_budget(proto_run, tmp_path):
+    args = ["--quiet", "reproduce", "avg5", "--init", proto_run, "--budget", "smoke", "--dataset",
+            "mnist-5k", "--device", "cpu", "--results-dir", str(tmp_path),
+            "--set", "steps=2", "--set", "max_eval_examples=100"]
+    out = runner.invoke(app, args)
+    assert out.exit_code == 0, out.output
+    rows = results.load("avg5", tmp_path)
+    assert sorted(rows["resolution"]) == ["1x", "2x"] and sorted(rows["img_size"]) == [32, 64]
+    assert set(rows["dataset"]) == {"mnist-5k"} and set(rows["upstream"]) == {"synthetic"}
+    acc = results.load("accuracy", tmp_path)
+    for _, r in rows.iterrows():
+        grid = dict(g.split("=") for g in r["lr_grid"].split(";"))
+        assert set(grid) == {"0.003", "0.03"} and r["lr"] in (0.003, 0.03)
+        assert float(grid[f"{r['lr']:g}"]) == pytest.approx(r["minival_top1"], abs=0.005)
+        assert r["minival_top1"] == max(float(v) for v in grid.values())
+        final = json.loads((tmp_path / "runs" / r["run_id"] / "config.json").read_text())
+        assert final["data"]["train_split"] == "train" and final["optim"]["lr"] == r["lr"]
+        assert final["data"]["eval_pipeline"] == ("eval-resize" if r["resolution"] == "2x" else "eval-resmall")
+        assert r["split"] == "test[stratified:100]"
+    held_out = acc[acc["split"].astype(str).str.startswith("minival")]
+    assert len(held_out) == 4  # two lrs at 1x and at 2x, scored on the minival
+    for run_id in held_out["run_id"]:
+        cfg = json.loads((tmp_path / "runs" / run_id / "config.json").read_text())
+        assert cfg["data"]["train_split"] == "train-minus-minival"
+    table = (tmp_path / "tables" / "avg5.csv").read_text().splitlines()
+    assert len(table) == 3 and table[0].startswith("model,upstream,resolution,img_size,mnist-5k,avg")
+    assert (tmp_path / "tables" / "avg5.md").is_file()
+    again = runner.invoke(app, args)  # finished runs are read back, no row is added twice
+    assert again.exit_code == 0 and len(results.load("avg5", tmp_path)) == 2
+
+
+def test_reproduce_avg5_refuses_what_it_cannot_run(proto_run, tmp_path):
+    base = ["reproduce", "avg5", "--device", "cpu", "--results-dir", str(tmp_path)]
+    for extra, says in ((["--budget", "smoke"], "--init"),
+                        (["--init", proto_run, "--budget", "full", "--dataset", "mnist-5k"], "--steps"),
+                        (["--init", proto_run, "--budget", "cpu"], "smoke"),
+                        (["--init", proto_run, "--dataset", "cifar10,CIFAR-10"], "twice")):
+        out = runner.invoke(app, base + extra)
+        assert out.exit_code == 2 and says in out.output, out.output
+    out = runner.invoke(app, ["reproduce", "shuffle", "--init", proto_run, "--results-dir", str(tmp_path)])
+    assert out.exit_code == 2 and "--init" in out.output
+    assert not (tmp_path / "runs").exists()

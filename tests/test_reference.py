@@ -109,3 +109,13 @@ def test_paper_throughput():
     assert reference.paper_throughput("mixer-b16") == 1384
     assert reference.paper_throughput("Mixer-L/16", img_size=448) == 105
     assert reference.paper_throughput("resnet50") is None
+
+
+def test_official_finetune_numbers_carry_their_source():
+    """The official repository's CIFAR-10 fine-tunes (its README), the only per-dataset
+    transfer numbers published for the paper's Mixers."""
+    assert reference.official_finetune("Mixer-L/16", "CIFAR-10", "imagenet-21k") == 98.34
+    assert reference.official_finetune("mixer-b16", "cifar10", "imagenet") == 96.72
+    assert reference.official_finetune("mixer-b16", "cifar10", "in21k", img_size=448) is None
+    assert reference.official_finetune("mixer-b16", "pets", "in21k") is None
+    assert reference._read_vt()["source"].eq("VT README").all()

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import start
+from conftest import TINY, start, tree
 from typer.testing import CliRunner
 
 from mixerbench import results
@@ -36,10 +36,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# A tiny Mixer on the synthetic set; a smoke preset otherwise (AdamW, linear schedule, clipping).
-TINY = ["--preset", "smoke", "--dataset", "synthetic", "--img-size", "32",
-        "--set", "model.width=16", "--set", "model.depth=1", "--set", "data.batch_size=50",
-        "--device", "cpu"]
 # The run that gets killed: 60 steps, an evaluation every 4 steps and a checkpoint every 3 (so
 # a kill usually lands after metrics rows the checkpoint does not cover yet).
 RUN = ["pretrain", *TINY, "--steps", "60", "--set", "eval_every=4", "--set", "ckpt_every=3"]
@@ -108,18 +104,6 @@ def assert_same_run(a_root: Path, b_root: Path) -> None:
 
 def error_lines(text: str) -> list[str]:
     return [line for line in text.splitlines() if line.strip().startswith("error:")]
-
-
-def tree(root: Path) -> dict[str, str]:
-    """Every path under `root` with a hash of its bytes (directories marked as such)."""
-    out = {}
-    for dirpath, dirnames, filenames in os.walk(root):
-        for d in dirnames:
-            out[os.path.relpath(os.path.join(dirpath, d), root)] = "dir"
-        for f in filenames:
-            p = os.path.join(dirpath, f)
-            out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
-    return out
 
 
 @pytest.fixture(scope="module")
@@ -206,7 +190,7 @@ def test_kill_during_a_checkpoint_write_leaves_the_previous_one_loadable(tmp_pat
     from mixerbench.models.weights import read_checkpoint, resolve_source
 
     gen = torch.Generator().manual_seed(0)
-    def rec(i):  # a valid recipe whose overrides tell the three writes apart
+    def rec(i):  # a valid model description whose overrides tell the three writes apart
         return dict(name="mixer-t4", num_classes=10, img_size=32, patch_size=4,
                     overrides={"version": i})
 

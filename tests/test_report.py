@@ -49,9 +49,9 @@ def throughput_fixture() -> pd.DataFrame:
     dev = dict(device_name="NVIDIA H100", num_devices=1, img_size=32)
     return frame("throughput", [
         dict(dev, model="mixer-b16", mode="infer", batch_size=64, img_per_sec_mean=1000.0,
-             params=59_880_472, gmacs=12.6),
+             img_per_sec_std=10.0, params=59_880_472, gmacs=12.6),
         dict(dev, model="mixer-b16", mode="infer", batch_size=256, img_per_sec_mean=1500.0,
-             params=59_880_472, gmacs=12.6),
+             img_per_sec_std=60.0, params=59_880_472, gmacs=12.6),
         dict(dev, model="vit-b16", mode="infer", batch_size=256, img_per_sec_mean=3000.0,
              params=86_567_656, gmacs=17.6),
         dict(dev, model="bit-r50x1", mode="infer", batch_size=256, img_per_sec_mean=750.0,
@@ -177,6 +177,8 @@ def test_compare_table_values():
     assert m.at["bit-r50x1", "top1_mean"] == 84.0 and m.at["bit-r50x1", "n"] == 1  # last row wins
     assert math.isnan(m.at["bit-r50x1", "top1_std"])
     assert m.at["mixer-b16", "infer_img_per_sec"] == 1500.0  # best batch size
+    assert m.at["mixer-b16", "infer_img_per_sec_std"] == 60.0  # that batch size's own spread
+    assert math.isnan(m.at["vit-b16", "infer_img_per_sec_std"])  # none measured
     assert m.at["mixer-b16", "train_img_per_sec"] == 500.0
     assert math.isnan(m.at["bit-r50x1", "train_img_per_sec"])
     assert m.at["mixer-b16", "gflops"] == pytest.approx(25.2)  # 2 x GMACs
@@ -419,14 +421,14 @@ def test_every_artifact_is_registered_and_named_in_plot_help():
 
     from mixerbench.cli import app
 
-    assert set(report.ARTIFACTS) == {"pareto-cost", "accuracy-throughput", "data-scaling",
+    assert set(report.REPORTS) == {"pareto-cost", "accuracy-throughput", "data-scaling",
                                      "shuffle", "token-mixing", "curves", "table1", "compare",
-                                     "throughput", "transfer"}
+                                     "throughput", "transfer", "avg5", "released"}
     import re
 
     raw = CliRunner().invoke(app, ["plot", "--help"], terminal_width=200).output
     help_text = " ".join(re.sub(r"[│╭╮╰╯─]", " ", raw).split())  # rich's boxes cut lines
-    for name, artifact in report.ARTIFACTS.items():
+    for name, artifact in report.REPORTS.items():
         assert callable(artifact.make) and artifact.paper
         assert f"{name}:" in help_text, name
     assert "<out>/figures/" in help_text and "default: the results dir" in help_text
@@ -456,7 +458,7 @@ def test_regenerate_writes_files_and_skips_missing(tmp_path):
         "tables/compare-imagenet-imagenet-mixer-b16.csv",
         "tables/compare-imagenet-imagenet-mixer-b16.md",
     }  # one compare table per comparison (dataset and preset), as `compare` writes it
-    assert set(out["skipped"]) == {"data-scaling", "transfer"}
+    assert set(out["skipped"]) == {"data-scaling", "transfer", "avg5", "released"}
     assert "mixerbench reproduce data-scaling" in out["skipped"]["data-scaling"]
     for p in out["written"]:
         assert p.stat().st_size > 0
@@ -480,7 +482,7 @@ def test_regenerate_specific_missing_is_user_error(tmp_path):
     assert not (tmp_path / "out").exists()
     out = report.regenerate(tmp_path / "empty", tmp_path / "out")
     assert out["written"] == []
-    assert set(out["skipped"]) == {n for n, a in report.ARTIFACTS.items() if a.default}
+    assert set(out["skipped"]) == {n for n, a in report.REPORTS.items() if a.default}
 
 
 def test_regenerate_token_mixing_from_safetensors(tmp_path):

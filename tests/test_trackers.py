@@ -11,27 +11,14 @@ import sys
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
+from conftest import TINY, cli, refused
 
 from mixerbench import results
-from mixerbench.cli import app
 
-TINY = ["--preset", "smoke", "--dataset", "synthetic", "--img-size", "32", "--steps", "4",
-        "--set", "model.width=16", "--set", "model.depth=1", "--set", "data.batch_size=50",
-        "--set", "eval_every=2", "--device", "cpu"]
+# conftest's TINY for 4 steps, evaluated every 2
+RUN = [*TINY, "--steps", "4", "--set", "eval_every=2"]
 # the trackers whose packages are here: tensorboard always (the dev extra), the others if present
 OPTIONAL = [t for t in ("wandb", "mlflow") if importlib.util.find_spec(t)]
-
-
-def cli(*args):
-    return CliRunner().invoke(app, ["--quiet", *args])
-
-
-def one_line_error(r) -> str:
-    lines = [line for line in r.output.splitlines() if line.strip()]
-    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
-    assert len(lines) == 1 and lines[0].startswith("error: "), r.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +37,7 @@ def tracked(tmp_path_factory):
     old_cwd = os.getcwd()
     os.chdir(cwd)
     try:
-        r = cli("pretrain", *TINY, "--results-dir", str(root),
+        r = cli("pretrain", *RUN, "--results-dir", str(root),
                 "--tracker", ",".join(["tensorboard", *OPTIONAL]))
     finally:
         os.chdir(old_cwd)
@@ -219,7 +206,7 @@ def test_compare_groups_its_runs_and_logs_the_figures_plot_draws(tracked):
 
 
 def test_unknown_tracker_exits_2_with_one_line(tmp_path):
-    line = one_line_error(cli("pretrain", *TINY, "--results-dir", str(tmp_path),
+    line = refused(cli("pretrain", *RUN, "--results-dir", str(tmp_path),
                               "--tracker", "tensorboard,nosuch"))
     assert "nosuch" in line and "tensorboard, wandb, mlflow" in line
     assert not tmp_path.exists() or list(tmp_path.iterdir()) == []
@@ -229,8 +216,8 @@ def test_unknown_tracker_exits_2_with_one_line(tmp_path):
 def test_missing_tracker_package_exits_2_naming_the_extra_before_any_work(tmp_path, monkeypatch,
                                                                           command):
     monkeypatch.setitem(sys.modules, "wandb", None)  # `import wandb` now raises ImportError
-    args = TINY if command == "pretrain" else ["--models", "mixer", "--dataset", "synthetic"]
-    line = one_line_error(cli(command, *args, "--results-dir", str(tmp_path),
+    args = RUN if command == "pretrain" else ["--models", "mixer", "--dataset", "synthetic"]
+    line = refused(cli(command, *args, "--results-dir", str(tmp_path),
                               "--tracker", "tensorboard,wandb"))
     assert 'pip install "mixerbench[trackers]"' in line and "wandb" in line
     assert not (tmp_path / "runs").exists()
@@ -244,7 +231,7 @@ def test_a_failing_tracker_warns_once_and_every_csv_row_is_kept(tmp_path, monkey
             raise OSError("disk quota exceeded")
 
     monkeypatch.setitem(trackers.BACKENDS, "tensorboard", Broken)
-    r = cli("pretrain", *TINY, "--results-dir", str(tmp_path), "--tracker", "tensorboard")
+    r = cli("pretrain", *RUN, "--results-dir", str(tmp_path), "--tracker", "tensorboard")
     assert r.exit_code == 0, r.output
     warnings = [line for line in r.output.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "tensorboard" in warnings[0] and "disk quota" in warnings[0]

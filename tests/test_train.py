@@ -10,16 +10,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from typer.testing import CliRunner
+from conftest import cli
 
 from mixerbench import results
-from mixerbench.cli import app
 from mixerbench.presets import resolve
 from mixerbench.errors import UserError
 from mixerbench.presets import PRESETS, get_preset
 from mixerbench.train import Interrupted, TrainingStopped, lr_factor, train
 
-TINY = {"model.width": "32", "model.depth": "2", "data.eval_batch_size": "100"}
+TINY_SETTINGS = {"model.width": "32", "model.depth": "2", "data.eval_batch_size": "100"}
 
 
 def tiny_cfg(**flags):
@@ -27,7 +26,7 @@ def tiny_cfg(**flags):
     base = {"steps": 12, "data.batch_size": 50, "eval_every": 6, "ckpt_every": 3,
             "model.img_size": 32, "model.patch_size": 8, "device": "cpu"}
     base.update(flags)
-    return resolve("smoke", dataset="synthetic", flags=base, overrides=TINY)
+    return resolve("smoke", dataset="synthetic", flags=base, overrides=TINY_SETTINGS)
 
 
 def final_state(summary):
@@ -82,12 +81,12 @@ def test_finetune_presets_follow_the_vit_protocol():
 def small_checkpoint(tmp_path_factory):
     """A mixerbench checkpoint of a 2-block width-32 Mixer at 32 px, patch 8, 10 classes."""
     from mixerbench.models import create_model
-    from mixerbench.models.weights import recipe, save_checkpoint
+    from mixerbench.models.weights import model_description, save_checkpoint
 
     over = dict(width=32, depth=2, gelu="tanh", drop_path=0.1)
     model = create_model("mixer-t4", num_classes=10, img_size=32, patch_size=8, **over)
     path = tmp_path_factory.mktemp("ckpt") / "small.safetensors"
-    save_checkpoint(path, model, recipe("mixer-t4", 10, 32, 8, over))
+    save_checkpoint(path, model, model_description("mixer-t4", 10, 32, 8, over))
     return path
 
 
@@ -222,10 +221,6 @@ def test_finetune_at_twice_the_resolution_from_a_run(tmp_path):
 # --------------------------------------------------------------------------------- the CLI
 
 
-def cli(*args, env=None):
-    return CliRunner().invoke(app, list(args), env={"HF_HUB_OFFLINE": "1", **(env or {})})
-
-
 def test_cli_smoke_preset_runs_and_bad_input_exits_2(tmp_path):
     common = ["--results-dir", str(tmp_path), "--dataset", "synthetic", "--steps", "4",
               "--img-size", "32", "--set", "model.width=16", "--set", "data.batch_size=50",
@@ -306,11 +301,11 @@ def test_finetune_lr_grid_selects_on_minival_and_reports_on_test(tmp_path):
     """`finetune --lr a,b`: each lr fine-tunes on train minus minival and is scored on minival;
     the best is re-run on all of train and reported on test (paper App. C); all of it recorded."""
     src = train(tiny_cfg(steps=6), tmp_path)
-    args = ["--quiet", "finetune", "--init", src["run_dir"], "--dataset", "synthetic",
+    args = ["finetune", "--init", src["run_dir"], "--dataset", "synthetic",
             "--lr", "0.001,0.03", "--steps", "4", "--batch-size", "20", "--device", "cpu",
             "--set", "optim.warmup_steps=1", "--set", "data.pipeline=small",
             "--set", "data.eval_batch_size=100", "--results-dir", str(tmp_path)]
-    out = CliRunner().invoke(app, args)
+    out = cli(*args)
     assert out.exit_code == 0, out.output
     acc = results.load("accuracy", tmp_path)
     grid = acc[acc["experiment"] == "lr-grid"]

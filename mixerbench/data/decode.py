@@ -9,9 +9,11 @@ The cache root is `cache_dir`, else $MIXERBENCH_CACHE, else ~/.cache/mixerbench.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import io
 import os
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -21,7 +23,7 @@ from mixerbench.errors import UserError
 from mixerbench.files import atomic_write_bytes
 from mixerbench.names import slug
 
-CACHE_FORMAT = 1  # bump when the cached payload changes
+CACHE_FORMAT = 2  # bump when the cached payload changes (2: a fingerprint of the source)
 
 
 # ---------------------------------------------------------------- cache directory and tensor cache
@@ -38,21 +40,55 @@ def tensor_cache_path(root: Path, name: str, key: str, split: str, size: int | N
     return root / "tensors" / f"{slug(name)[:80]}-{slug(split)}-{size_key}-{digest}.pt"
 
 
-def load_tensor_cache(path: Path) -> dict | None:
-    if not path.exists():
+def cache_fingerprint(key: str, labels, class_names, images_shape) -> str:
+    """What a cached split must agree with: its source's identity (`Reader.cache_key`), its
+    labels, class names and image shape. The images themselves are not hashed on every load
+    (0.4 s for CIFAR-10's 150 MB, measured); a torn file fails to load, and `_in_memory` also
+    checks the labels against the source wherever reading them is cheap."""
+    h = hashlib.sha256(f"{CACHE_FORMAT}|{key}|{list(class_names)}|{tuple(images_shape)}|".encode())
+    h.update(np.ascontiguousarray(np.asarray(labels, dtype=np.int64)).tobytes())
+    return h.hexdigest()
+
+
+def load_tensor_cache(path: Path, key: str) -> dict | None:
+    """The cached split at `path`, or None when it is absent, torn, foreign or does not carry
+    the fingerprint of `key` and its own contents (it is then decoded again and rewritten)."""
+    if not path.is_file():
         return None
     try:  # mmap: a 150 MB CIFAR cache maps in milliseconds and pages in on use
         payload = torch.load(path, mmap=True, weights_only=True)
+        if payload.get("format") != CACHE_FORMAT:
+            return None
+        images, labels = payload["images"], payload["labels"]
+        ok = (isinstance(images, torch.Tensor) and isinstance(labels, torch.Tensor)
+              and images.dtype == torch.uint8 and images.ndim == 4 and labels.ndim == 1
+              and len(images) == len(labels) and payload.get("fingerprint") == cache_fingerprint(
+                  key, labels.numpy(), payload["class_names"], images.shape))
     except Exception:  # torn or foreign file: ignore it, it will be rewritten
         return None
-    return payload if payload.get("format") == CACHE_FORMAT else None
+    return payload if ok else None
 
 
-def save_tensor_cache(path: Path, payload: dict) -> None:
-    """Written atomically: readers never see half a file."""
+def save_tensor_cache(path: Path, payload: dict, key: str) -> None:
+    """Written atomically (readers never see half a file), with its fingerprint; a cache that
+    cannot be written (read-only, full, not a folder) is one sentence naming the way out."""
     buf = io.BytesIO()
-    torch.save({**payload, "format": CACHE_FORMAT}, buf)
-    atomic_write_bytes(path, buf.getvalue())
+    fp = cache_fingerprint(key, payload["labels"].numpy(), payload["class_names"], payload["images"].shape)
+    torch.save({**payload, "format": CACHE_FORMAT, "fingerprint": fp}, buf)
+    try:
+        os.makedirs(path.parent, exist_ok=True)  # here, so the sentence names MIXERBENCH_CACHE
+        atomic_write_bytes(path, buf.getvalue())
+    except OSError as exc:
+        raise cache_error(exc, path) from None
+
+
+def cache_error(exc: OSError, path: Path) -> UserError:
+    """The one sentence for a dataset cache that cannot be written."""
+    why = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "disk quota exceeded",
+           errno.EROFS: "read-only file system", errno.EACCES: "permission denied",
+           errno.ENOTDIR: "a file is in the way of a folder"}.get(exc.errno, exc.strerror or type(exc).__name__)
+    return UserError(f"Cannot write the dataset cache at {path.parent} ({why}); set MIXERBENCH_CACHE "
+                     f"to a writable folder with free space.")
 
 
 def file_stats_key(files: list[Path]) -> str:
@@ -66,20 +102,71 @@ def file_stats_key(files: list[Path]) -> str:
 
 # ---------------------------------------------------------------- image decoding
 
+class ImageRefused(ValueError):
+    """An image cell or file mixerbench will not open; the message completes "Image N of X ..."."""
+
+
+# Pillow's own decompression-bomb threshold (about 89.5 megapixels, checked from the header
+# before any pixel is decoded): larger images are refused with their size, not a raw warning.
+MAX_IMAGE_BYTES = 512 * 2**20  # an image file larger than this is not read into memory
+
+
+def _read_local(path) -> bytes:
+    """The bytes of an image file found by listing a dataset folder, read through
+    `files.read_bytes`: opened without blocking and only if it is a regular file (a FIFO or
+    device behind a link is refused, not read), at most MAX_IMAGE_BYTES."""
+    from mixerbench import files
+
+    try:
+        data = files.read_bytes(path, MAX_IMAGE_BYTES)
+    except UserError as exc:
+        raise ImageRefused(f"cannot be read: {str(exc).rstrip('.')}.") from None
+    if data is None:
+        raise ImageRefused(f"({path}) is gone; list the dataset again.")
+    return data
+
+
 def open_image(value, draft: int | None = None):
-    """A PIL RGB image from a parquet/HF cell ({'bytes','path'}), bytes, a path, a PIL image or an array."""
+    """A PIL RGB image from a parquet/HF cell ({'bytes','path'}), bytes, a listed image file
+    (`sources.LocalImage` or a `pathlib.Path`), a PIL image or an array.
+
+    A path written inside a data file (a plain string, or a cell whose bytes are missing) is
+    never opened: the data file would choose what this machine reads (`/dev/zero`, a FIFO,
+    another user's files). Hub parquet and save_to_disk output carry the bytes themselves.
+    """
     from PIL import Image
 
+    from mixerbench.data.sources import LocalImage
+
     if isinstance(value, dict):
-        value = value.get("bytes") if value.get("bytes") is not None else value.get("path")
+        if value.get("bytes") is None:
+            where = f", only the path {value.get('path')!r}" if value.get("path") else ""
+            raise ImageRefused(f"holds no image bytes{where}, and mixerbench never opens a path named "
+                               f"inside a data file; store the images in the file (embedded bytes).")
+        value = value["bytes"]
+    if isinstance(value, (LocalImage, Path)):
+        value = _read_local(value)
+    elif isinstance(value, str):
+        raise ImageRefused(f"is the path {value[:200]!r}, and mixerbench never opens a path named "
+                           f"inside a data file; store the images in the file (embedded bytes).")
     if isinstance(value, (bytes, bytearray, memoryview)):
-        img = Image.open(io.BytesIO(value))
-    elif isinstance(value, (str, os.PathLike)):
-        img = Image.open(value)
+        with warnings.catch_warnings():  # the size is checked below, in one sentence
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            try:
+                img = Image.open(io.BytesIO(value))
+            except Image.DecompressionBombError:
+                raise ImageRefused(f"is larger than {2 * Image.MAX_IMAGE_PIXELS:,} pixels, far more "
+                                   f"than the {Image.MAX_IMAGE_PIXELS:,} Pillow decodes safely; "
+                                   f"downscale it.") from None
+        w, h = img.size
+        if Image.MAX_IMAGE_PIXELS and w * h > Image.MAX_IMAGE_PIXELS:
+            raise ImageRefused(f"is {w:,}x{h:,} pixels ({w * h / 1e6:.1f} megapixels), more than the "
+                               f"{Image.MAX_IMAGE_PIXELS / 1e6:.1f} megapixels Pillow decodes without a "
+                               f"decompression-bomb warning; downscale it.")
     elif isinstance(value, Image.Image):
         img = value
     elif value is None:
-        raise ValueError("empty image cell")
+        raise ImageRefused("is an empty cell; fill it or remove that row.")
     else:
         arr = np.asarray(value)
         img = Image.fromarray(arr.astype(np.uint8) if arr.dtype != np.uint8 else arr)
@@ -87,6 +174,14 @@ def open_image(value, draft: int | None = None):
         img.draft("RGB", (draft, draft))  # JPEG DCT downscale: decode big photos 2-8x faster
     img.load()
     return img.convert("RGB")
+
+
+def image_error(index: int, what: str, exc: BaseException) -> str:
+    """The one sentence for an image that cannot be decoded (main process or a worker)."""
+    if isinstance(exc, ImageRefused):
+        return f"Image {index} of {what} {exc}"
+    return (f"Image {index} of {what} cannot be read ({type(exc).__name__}: {exc}); replace or "
+            f"remove that image.")
 
 
 def square_resize(img, size: int):
@@ -115,8 +210,7 @@ def _decode_chunk(task) -> list[np.ndarray]:
         try:
             img = open_image(value, draft=size if resize else None)
         except Exception as exc:  # noqa: BLE001 - any decoder failure is the user's file
-            raise UserError(f"Image {start + j} of {what} cannot be read ({type(exc).__name__}: {exc}); "
-                            f"replace or remove that image.") from None
+            raise UserError(image_error(start + j, what, exc)) from None
         out.append(np.asarray(square_resize(img, size) if resize else img))
     return out
 

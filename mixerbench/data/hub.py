@@ -11,8 +11,6 @@ from __future__ import annotations
 
 import os
 import re
-import socket
-import threading
 import time
 from pathlib import Path
 
@@ -41,29 +39,19 @@ def hub_reachable(root: Path) -> bool:
             return False
     except OSError:
         pass
+    from mixerbench.runtime import reachable
+
     endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
-    m = re.match(r"^(\w+)://([^/:]+)(?::(\d+))?", endpoint)
-    host = m.group(2) if m else "huggingface.co"
-    port = int(m.group(3)) if m and m.group(3) else (80 if endpoint.startswith("http:") else 443)
-    result: list[bool] = []
-
-    def probe():  # in a thread: DNS lookups ignore socket timeouts
-        try:
-            socket.create_connection((host, port), timeout=HUB_PROBE_TIMEOUT).close()
-            result.append(True)
-        except OSError:
-            result.append(False)
-
-    t = threading.Thread(target=probe, daemon=True)
-    t.start()
-    t.join(HUB_PROBE_TIMEOUT + 0.5)
-    ok = bool(result and result[0])
+    ok = reachable(endpoint, HUB_PROBE_TIMEOUT)
     if ok:
         memo.unlink(missing_ok=True)
     else:
         from mixerbench.files import atomic_write_text
 
-        atomic_write_text(memo, f"{endpoint} unreachable at {time.time():.0f}\n")
+        try:
+            atomic_write_text(memo, f"{endpoint} unreachable at {time.time():.0f}\n")
+        except OSError:  # only a memo: a cache that cannot be written is refused where it matters
+            pass
     return ok
 
 

@@ -48,7 +48,7 @@ class _Rows(torch.utils.data.Dataset):
     def __getitem__(self, key):
         from PIL import Image
 
-        from mixerbench.data.decode import open_image
+        from mixerbench.data.decode import image_error, open_image
 
         row, seed = key
         try:
@@ -61,7 +61,7 @@ class _Rows(torch.utils.data.Dataset):
                 draft = T.eval_resize_size(self.img_size) if self.pipeline in T.EVAL_PIPELINES else None
                 img = open_image(value, draft=draft)
         except Exception as exc:  # noqa: BLE001 - reported as one sentence by the main process
-            return None, f"Image {row} of {self.what} cannot be read ({type(exc).__name__}: {exc}); replace or remove that image."
+            return None, image_error(row, self.what, exc)
         gen = torch.Generator().manual_seed(seed) if self.pipeline in T.TRAIN_PIPELINES else None
         arr = T.pil_geometry(img, self.pipeline, self.img_size, gen)
         return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), ""

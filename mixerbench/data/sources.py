@@ -13,7 +13,9 @@ are imported inside functions, so importing this module stays cheap.
 from __future__ import annotations
 
 import json
+import os
 import re
+import stat
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -79,6 +81,7 @@ def class_names_of(feature) -> list[str] | None:
 def label_ids(raw: np.ndarray, names: list[str] | None, what: str = "the dataset"
               ) -> tuple[np.ndarray, list[str] | None]:
     """int64 labels; string labels are mapped through `names` (or their sorted unique values)."""
+    _check_label_values(raw, what)
     if raw.dtype.kind in "iu":
         return raw.astype(np.int64), names
     raw = raw.astype(str)
@@ -91,9 +94,27 @@ def label_ids(raw: np.ndarray, names: list[str] | None, what: str = "the dataset
     return np.array([lookup[v] for v in raw], dtype=np.int64), names
 
 
-def _names_from_labels(raw: np.ndarray) -> list[str]:
+def _check_label_values(raw: np.ndarray, what: str) -> None:
+    """One class id or name per image: a column of lists, arrays or records is refused."""
+    nested = raw.ndim != 1 or (raw.dtype.kind == "O" and any(
+        not isinstance(v, (str, int, np.integer)) for v in raw[:1000].tolist()))
+    if nested or raw.dtype.kind not in "iuUSO":
+        kind = "lists" if nested else f"{raw.dtype} values"
+        raise UserError(f"The label column of {what} holds {kind}, not one class id or name per "
+                        f"image; pass label_column= naming a column of class ids or names.")
+
+
+def _names_from_labels(raw: np.ndarray, what: str = "the dataset") -> list[str]:
     """The class list of a label column without ClassLabel metadata, from every split's labels:
-    0..max for integers, the sorted distinct values for strings (the same in every split)."""
+    0..max for integers, the sorted distinct values for strings (the same in every split).
+
+    Integer labels name at most as many classes as there are labelled images: a label of 10^9
+    would otherwise become a list of a billion class names (and a head as wide)."""
+    _check_label_values(raw, what)
+    if raw.dtype.kind in "iu" and len(raw) and int(raw.max()) >= max(len(raw), 2):
+        raise UserError(f"{what} has label {int(raw.max()):,} but no class list and only {len(raw):,} "
+                        f"labelled images; number its classes from 0, or store the labels with a "
+                        f"ClassLabel feature that names the classes.")
     if raw.dtype.kind in "iu":
         return [str(i) for i in range(int(raw.max()) + 1)] if len(raw) else []
     return sorted(set(raw.astype(str).tolist()))
@@ -158,11 +179,12 @@ def _split_of(rel: Path) -> str:
 class ParquetReader(Reader):
     kind = "local parquet"
 
-    def __init__(self, root: Path, image_column=None, label_column=None, hf_cache: Path | None = None):
+    def __init__(self, root: Path, image_column=None, label_column=None, hf_cache: Path | None = None,
+                 files: list[Path] | None = None):
         import pyarrow.parquet as pq
 
         self.root, self.location, self.hf_cache = root, str(root.resolve()), hf_cache
-        files = [root] if root.is_file() else sorted(root.rglob("*.parquet"))
+        files = [root] if root.is_file() else sorted(files if files is not None else _Scan(root).parquet_files(root))
         self.files: dict[str, list[Path]] = {}
         for f in files:
             self.files.setdefault(_split_of(f.relative_to(root) if root.is_dir() else Path(f.name)), []).append(f)
@@ -183,7 +205,8 @@ class ParquetReader(Reader):
 
     def class_names(self):
         if self._names is None:  # no ClassLabel metadata: derive from the labels of every split
-            self._names = _names_from_labels(np.concatenate([self._raw_labels(s) for s in self.files]))
+            self._names = _names_from_labels(np.concatenate([self._raw_labels(s) for s in self.files]),
+                                              self.location)
         return self._names
 
     def cache_key(self):
@@ -207,7 +230,7 @@ class ParquetReader(Reader):
                 if hasattr(col.type, "get_field_index") and col.type.get_field_index("bytes") >= 0:
                     paths = col.field("path").to_pylist() if col.type.get_field_index("path") >= 0 else None
                     for i, b in enumerate(col.field("bytes").to_pylist()):
-                        yield b if b is not None else (paths[i] if paths else None)
+                        yield b if b is not None else {"bytes": None, "path": paths[i] if paths else None}
                 else:
                     yield from col.to_pylist()
 
@@ -305,7 +328,8 @@ class DiskReader(_HFReader):
     def class_names(self):
         if self._names is None:  # no ClassLabel: derive from every split, as ParquetReader does,
             # so that label i means the same class in train and test
-            self._names = _names_from_labels(np.concatenate([self._raw_labels(s) for s in self.splits]))
+            self._names = _names_from_labels(np.concatenate([self._raw_labels(s) for s in self.splits]),
+                                              self.location)
         return self._names
 
     def cache_key(self):
@@ -313,24 +337,21 @@ class DiskReader(_HFReader):
         return "disk2|" + file_stats_key([f for f in self.root.rglob("*") if f.is_file()])
 
 class FolderReader(Reader):
+    """`class/xxx.jpg`, or `split/class/xxx.jpg` under split folders (`train/`, `test/`, ...).
+
+    The layout is read strictly (`folder_layout`): split folders are splits and never classes,
+    images sit directly in their class folder, and anything that fits neither layout is refused
+    rather than guessed at (loose `test/*.png` beside `train/<class>/` once trained a 2-class
+    "train vs test" classifier)."""
+
     kind = "local imagefolder"
 
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, layout: dict[str, dict[str, list[Path]]] | None = None):
         self.root, self.location = root, str(root.resolve())
-        subdirs = [d for d in sorted(root.iterdir()) if d.is_dir()]
-        split_dirs = [d for d in subdirs if d.name.lower() in SPLIT_WORDS]
-        if split_dirs and all(any(c.is_dir() for c in d.iterdir()) for d in split_dirs):
-            layout = {d.name: d for d in split_dirs}
-        else:
-            layout = {"train": root}
-        self.files: dict[str, list[tuple[Path, str]]] = {}
-        classes: set[str] = set()
-        for split, d in layout.items():
-            items = [(f, c.name) for c in sorted(d.iterdir()) if c.is_dir()
-                     for f in sorted(c.rglob("*")) if f.suffix.lower() in IMAGE_EXTENSIONS]
-            self.files[split] = items
-            classes.update(c.name for c in d.iterdir() if c.is_dir())
-        self._names = sorted(classes)
+        layout = layout if layout is not None else folder_layout(root)
+        self.files: dict[str, list[tuple[Path, str]]] = {
+            split: [(f, c) for c, fs in classes.items() for f in fs] for split, classes in layout.items()}
+        self._names = sorted({c for classes in layout.values() for c in classes})
         self._index = {n: i for i, n in enumerate(self._names)}
 
     def split_sizes(self):
@@ -340,34 +361,190 @@ class FolderReader(Reader):
         return self._names
 
     def cache_key(self):
-        return "folder|" + file_stats_key([f for v in self.files.values() for f, _ in v])
+        return "folder2|" + file_stats_key([f for v in self.files.values() for f, _ in v])
 
     def _labels(self, split):
         return np.array([self._index[c] for _, c in self.files[split]], dtype=np.int64)
 
     def _image_values(self, split):
-        return (str(f) for f, _ in self.files[split])
+        return (LocalImage(f) for f, _ in self.files[split])
 
     def file_names(self, split):
         return [f.name for s in split.split("+") for f, _ in self.files[s]]
 
     def rows(self, split):
-        return [str(f) for s in split.split("+") for f, _ in self.files[s]]
+        return [LocalImage(f) for s in split.split("+") for f, _ in self.files[s]]
+
+
+class LocalImage(str):
+    """The path of an image file found by listing a dataset folder (`FolderReader`).
+
+    Only these are opened as files: a path written inside a data file (a parquet or
+    save_to_disk cell without bytes) is data, never a file to open, or a planted `/dev/zero`,
+    a FIFO or another user's files would be read into the cache and the model."""
+
+    __slots__ = ()
+
+
+# Bounds of the layout scan (a `--dataset /` must be refused in a second, not walk the disk).
+SCAN_DEPTH = 3  # hub parquet: `data/train-*.parquet`, `<config>/train/*.parquet`; images: split/class/img
+SCAN_ENTRIES = 2_000_000  # folder entries looked at before a folder is refused as too big
+
+
+class _Scan:
+    """Bounded listing of a folder: entries counted, symlinked folders not followed."""
+
+    def __init__(self, root: Path):
+        self.root, self.seen = root, 0
+
+    def entries(self, folder: Path) -> list[os.DirEntry]:
+        try:
+            with os.scandir(folder) as it:
+                out = []
+                for e in it:
+                    self.seen += 1
+                    if self.seen > SCAN_ENTRIES:
+                        raise UserError(f"{self.root} holds more than {SCAN_ENTRIES:,} files and folders; "
+                                        f"point --dataset at the dataset's own folder.")
+                    if not e.name.startswith("."):  # .git, .cache, .DS_Store: never data
+                        out.append(e)
+                return sorted(out, key=lambda e: e.name)
+        except OSError as exc:
+            raise UserError(f"Cannot list {folder} ({exc.strerror or type(exc).__name__}); check "
+                            f"the dataset path and its permissions.") from None
+
+    def parquet_files(self, folder: Path, depth: int = SCAN_DEPTH) -> list[Path]:
+        found = []
+        for e in self.entries(folder):
+            if e.is_dir(follow_symlinks=False) and depth > 1:
+                found += self.parquet_files(Path(e.path), depth - 1)
+            elif e.name.endswith(".parquet") and e.is_file():
+                found.append(Path(e.path))
+        return found
+
+
+def _is_image(e: os.DirEntry) -> bool:
+    return os.path.splitext(e.name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _class_images(scan: _Scan, folder: Path) -> list[Path]:
+    """The images of one class folder: regular files (links to regular files included) directly
+    in it; a sub-folder or a special file among them is refused, never skipped or opened."""
+    images = []
+    for e in scan.entries(folder):
+        if not _is_image(e):
+            if e.is_dir():
+                raise UserError(f"{Path(e.path)} is a folder inside class folder {folder.name}/; put "
+                                f"each image directly in its class folder (class/xxx.jpg).")
+            continue  # a README or a labels file beside the images
+        try:
+            mode = os.stat(e.path).st_mode  # follows a link: what would be opened
+        except OSError as exc:
+            raise UserError(f"Image {Path(e.path)} cannot be read ({exc.strerror}); replace or remove "
+                            f"it.") from None
+        if not stat.S_ISREG(mode):
+            raise UserError(f"{Path(e.path)} is not a regular file (a {_file_kind(mode)}); replace it "
+                            f"with the image file or remove it.")
+        images.append(Path(e.path))
+    return images
+
+
+def _file_kind(mode: int) -> str:
+    return ("folder" if stat.S_ISDIR(mode) else "FIFO" if stat.S_ISFIFO(mode) else "socket"
+            if stat.S_ISSOCK(mode) else "device" if stat.S_ISCHR(mode) or stat.S_ISBLK(mode)
+            else "special file")
+
+
+def folder_layout(root: Path, scan: _Scan | None = None) -> dict[str, dict[str, list[Path]]]:
+    """{split: {class: [image paths]}} of an image folder, read strictly.
+
+    Either split folders (names in SPLIT_WORDS) each holding class folders, or class folders
+    alone (one `train` split). Split folders are always splits, never classes; images beside
+    split folders, images loose in a split folder, or other folders beside split folders are
+    refused with one sentence, since any guess would train on the wrong classes.
+    """
+    scan = scan or _Scan(root)
+    top = scan.entries(root)
+    dirs = [e for e in top if e.is_dir()]
+    loose = [e.name for e in top if _is_image(e) and not e.is_dir()]
+    splits = [e for e in dirs if e.name.lower() in SPLIT_WORDS]
+    if loose:
+        raise UserError(f"{root} holds images outside class folders ({', '.join(loose[:3])}); put "
+                        f"each image in a folder named after its class (class/xxx.jpg or "
+                        f"train/class/xxx.jpg).")
+    if not splits:
+        layout = {"train": {e.name: _class_images(scan, Path(e.path)) for e in dirs}}
+    else:
+        others = [e.name for e in dirs if e not in splits]
+        if others:
+            raise UserError(f"{root} mixes split folders ({', '.join(e.name for e in splits)}) with "
+                            f"other folders ({', '.join(others[:3])}); a dataset folder holds either "
+                            f"split folders of class folders or class folders alone.")
+        layout = {}
+        for sp in splits:
+            entries = scan.entries(Path(sp.path))
+            stray = [e.name for e in entries if _is_image(e) and not e.is_dir()]
+            if stray:
+                raise UserError(f"Split folder {Path(sp.path)} holds images outside class folders "
+                                f"({', '.join(stray[:3])}); put each in a folder named after its "
+                                f"class ({sp.name}/<class>/{stray[0]}).")
+            layout[sp.name] = {e.name: _class_images(scan, Path(e.path)) for e in entries if e.is_dir()}
+    if not any(fs for classes in layout.values() for fs in classes.values()):
+        raise UserError(f"{root} holds no parquet files, save_to_disk output or class/image folders; "
+                        f"point at a dataset folder.")
+    return layout
 
 # ---------------------------------------------------------------- resolving a name or path
 
 def local_reader(path: Path, image_column=None, label_column=None, hf_cache: Path | None = None) -> Reader:
+    """The reader for a local copy, found by a strict, bounded look at the folder (never a walk
+    of the whole tree): one parquet file, save_to_disk output, hub-layout parquet files at most
+    SCAN_DEPTH folders down, or an image folder (`folder_layout`)."""
     if not path.exists():
         raise UserError(f"No dataset at {path}; check the path.")
     if path.is_file():
         if path.suffix == ".parquet":
             return ParquetReader(path, image_column, label_column, hf_cache)
         raise UserError(f"{path} is a file; pass a folder (parquet, save_to_disk output or class/image folders).")
+    if not path.is_dir():
+        raise UserError(f"{path} is not a file or folder; pass a dataset folder.")
+    if path.resolve() == Path(path.resolve().anchor):
+        raise UserError(f"{path} is the root of the file system, not a dataset folder; pass the "
+                        f"folder that holds the dataset.")
     if (path / "dataset_dict.json").exists() or (path / "state.json").exists():
         return DiskReader(path, image_column, label_column)
-    if next(path.rglob("*.parquet"), None) is not None:
-        return ParquetReader(path, image_column, label_column, hf_cache)
-    if any(f.suffix.lower() in IMAGE_EXTENSIONS for f in path.rglob("*")):
-        return FolderReader(path)
-    raise UserError(f"{path} holds no parquet files, save_to_disk output or class/image folders; "
-                    f"point at a dataset folder.")
+    scan = _Scan(path)
+    parquet = scan.parquet_files(path)
+    if parquet:
+        return ParquetReader(path, image_column, label_column, hf_cache, files=parquet)
+    return FolderReader(path, folder_layout(path, scan))
+
+
+def read_errors() -> tuple[type[BaseException], ...]:
+    """What reading a damaged or foreign data file raises (pyarrow, `datasets`, json, numpy),
+    besides our own UserError; `get_dataset` turns these into one sentence."""
+    import pyarrow as pa
+
+    errors: tuple[type[BaseException], ...] = (OSError, ValueError, KeyError, TypeError, IndexError,
+                                               AttributeError, RecursionError, pa.ArrowException)
+    try:
+        from datasets.exceptions import DatasetsError
+        errors += (DatasetsError,)
+    except ImportError:  # pragma: no cover - older datasets
+        pass
+    return errors
+
+
+@contextmanager
+def reading(where: str):
+    """Turn a failure to read a data file under `where` into one sentence (exit 2)."""
+    try:
+        yield
+    except UserError:
+        raise
+    except MemoryError:
+        raise UserError(f"{where} does not fit in memory; use a smaller dataset or --img-size.") from None
+    except read_errors() as exc:
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:200]
+        raise UserError(f"{where} is not a dataset mixerbench can read ({type(exc).__name__}: "
+                        f"{first}); check or replace its files.") from None

@@ -160,6 +160,57 @@ def create_model(name: str, num_classes: int = 1000, img_size: int | None = None
     return _baselines.build(spec, num_classes, size, patch, overrides)
 
 
+def build_on_meta(name: str, num_classes: int = 10, img_size: int | None = None,
+                  patch_size: int | None = None, before_trace=None, element_size: int = 4,
+                  **overrides: Any):
+    """`create_model` on the meta device (no memory, no weights), followed by one forward pass
+    of an RGB image, so that any option timm or the Mixer cannot take is one sentence before
+    any work: a NaN or infinite number, `num_heads=0`, `drop_rate=5`, `global_pool='foo'`,
+    `embed_dim=-8`, `in_chans=0` (the data is RGB, so `in_chans` must be 3). Returns the model
+    and the (sum, largest) bytes of one image's activations at `element_size` (`models.memory`).
+
+    `before_trace(model)` runs between building and tracing: a size check on the parameters
+    alone refuses a 1024-block, 65536-wide model before its forward pass is traced."""
+    import math
+    import warnings
+
+    import torch
+
+    from mixerbench.models.memory import forward_bytes
+
+    given = {k: v for k, v in overrides.items() if v is not None}
+    shown = ", ".join(f"{k}={v!r}" for k, v in sorted(given.items(), key=lambda kv: kv[0])) or "its defaults"
+
+    def finite(v) -> bool:
+        if isinstance(v, float):
+            return math.isfinite(v)
+        if isinstance(v, (list, tuple)):
+            return all(finite(x) for x in v)
+        if isinstance(v, dict):
+            return all(finite(x) for x in v.values())
+        return True
+
+    bad = next((k for k, v in given.items() if not finite(v)), None)
+    if bad is not None:
+        raise UserError(f"Model option {bad}={given[bad]!r} is not a finite number; give a number.")
+    try:
+        with torch.device("meta"), warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # e.g. "zero-element tensors": the error says it
+            model = create_model(name, num_classes=num_classes, img_size=img_size,
+                                 patch_size=patch_size, **overrides)
+            if before_trace is not None:
+                before_trace(model)
+            activations = forward_bytes(model, img_size or get_spec(name).img_size,
+                                        element_size=element_size)
+    except UserError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - any failure to build is the options' fault
+        first = (str(exc).strip().splitlines() or [""])[0][:200]
+        raise UserError(f"{name} cannot be built with {shown} ({type(exc).__name__}: {first}); "
+                        f"fix those model options (--set model.options.KEY=VALUE).") from None
+    return model, activations
+
+
 # The one list of constructor arguments that regularise training without changing the
 # architecture, in our spelling and timm's. A fine-tuning run sets its own (paper section 3: the
 # fine-tuning recipe), so every one of them is dropped from what a checkpoint was trained with,
@@ -258,6 +309,6 @@ def zoo(pattern: str | None = None, *, num_classes: int = 1000,
     return rows
 
 
-__all__ = ["zoo", "ModelSpec", "REGISTRY", "REGULARISERS", "classifiers", "FAMILIES", "Family", "Small", "register_family",
+__all__ = ["zoo", "ModelSpec", "REGISTRY", "REGULARISERS", "build_on_meta", "classifiers", "FAMILIES", "Family", "Small", "register_family",
            "family_aliases", "family_alias", "family_of", "create_model", "list_models", "model_label",
            "model_info", "resolve_name", "get_spec", "count_params"]

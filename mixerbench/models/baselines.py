@@ -120,6 +120,14 @@ register_family(Family(
 ))
 
 
+def plain_stem_ok(family_name: str, options: dict, kw: dict | None = None) -> bool:
+    """False when `stem_width` is given to a ResNet whose stem is timm's plain 7x7 one, which
+    ignores it (only `stem_type='deep'` stems read stem_width)."""
+    if family_name != "resnet" or "stem_width" not in options:
+        return True
+    return str(options.get("stem_type", (kw or {}).get("stem_type", ""))).startswith("deep")
+
+
 def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | None,
           overrides: dict[str, Any]):
     """Create a timm model for `spec`, the zoo's overrides mapped to timm's arguments by the
@@ -147,12 +155,12 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
         # Flax's nn.gelu (tanh approximation), recorded for ViTs read from official .npz files;
         # otherwise timm's baselines keep their own activation (exact GELU, ReLU)
         kw["act_layer"] = "gelu_tanh"
-    if spec.family == "resnet" and "stem_width" in overrides and not str(
-            overrides.get("stem_type", kw.get("stem_type", ""))).startswith("deep"):
+    if spec.family == "resnet" and "stem_width" in overrides and not plain_stem_ok(
+            spec.family, overrides, kw):
         # timm's ResNet reads stem_width only for a deep stem; its plain stem is 64 wide whatever
-        # stem_width says, so the option would be recorded without being used
-        raise UserError(f"{spec.name} ignores stem_width without stem_type='deep' (timm's plain "
-                        "stem has 64 channels); drop stem_width or add stem_type='deep'.")
+        # stem_width says. A new run is refused that option (`presets.resolve`); a run recorded
+        # with it (the smoke ResNet of 0.1.0) was built without it, so it is built the same way.
+        overrides.pop("stem_width")
     kw.update(overrides)
     if "img_size" in fam.options:  # the token count depends on it (ViT, the MLP families)
         kw.setdefault(fam.options["img_size"], img_size)

@@ -1,8 +1,8 @@
 """Loading and saving weights: run directories, safetensors, timm hub names, official `.npz`.
 
-A mixerbench checkpoint is a `.safetensors` state dict whose metadata carries the model recipe
-(`name`, `num_classes`, `img_size`, `patch_size`, `overrides`), so a checkpoint file alone
-rebuilds its model. Sources accepted by `load_model` (the `--init` / `--checkpoint` contract):
+A mixerbench checkpoint is a `.safetensors` state dict whose metadata carries the model
+description (`name`, `num_classes`, `img_size`, `patch_size`, `overrides`), so a checkpoint file
+alone rebuilds its model. Sources accepted by `load_model` (the `--init` / `--checkpoint` contract):
 
 - a run directory (`results/runs/<run_id>/`, its `checkpoint-last.safetensors`);
 - a `.safetensors` file written by mixerbench;
@@ -24,25 +24,26 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mixerbench import files
 from mixerbench.errors import UserError
 
 CHECKPOINT = "checkpoint-last.safetensors"
 
 
-def recipe(name: str, num_classes: int, img_size: int, patch_size: int | None,
-           overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+def model_description(name: str, num_classes: int, img_size: int, patch_size: int | None,
+                      overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     return dict(name=name, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
                 overrides=dict(overrides or {}))
 
 
-def save_checkpoint(path: str | os.PathLike, model, model_recipe: dict[str, Any]) -> None:
-    """Write the state dict with its recipe atomically (temp file, fsync, rename)."""
+def save_checkpoint(path: str | os.PathLike, model, description: dict[str, Any]) -> None:
+    """Write the state dict with its model description atomically (temp file, fsync, rename)."""
     from safetensors.torch import save
 
     from mixerbench.files import atomic_write_bytes
 
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write_bytes(path, save(state, metadata={"mixerbench_model": json.dumps(model_recipe)}))
+    atomic_write_bytes(path, save(state, metadata={"mixerbench_model": json.dumps(description)}))
 
 
 def unwrap(model):
@@ -52,27 +53,28 @@ def unwrap(model):
 
 
 def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any] | None]:
-    """(state dict, recipe or None) from a safetensors file; UserError if unreadable."""
+    """(state dict, model description or None) from a safetensors file; UserError if unreadable."""
     from safetensors.torch import load_file
 
     path = Path(path)
-    model_recipe = read_metadata(path)
+    description = read_metadata(path)
     try:
         state = load_file(str(path))
     except Exception as exc:  # safetensors raises several types for corrupt files
         raise UserError(f"Checkpoint {path} is not a readable safetensors file ({exc}); "
                         "re-create it or pass another checkpoint.") from None
-    return state, model_recipe
+    return state, description
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
-    """The model recipe in a safetensors file's header (None when it has none), read without
-    loading any tensor; a damaged header or recipe is a UserError, never a guess."""
+    """The model description in a safetensors file's header (None when it has none), read without
+    loading any tensor; a damaged header or description is a UserError, never a guess."""
     from safetensors import safe_open
 
     path = Path(path)
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist; pass a run directory or a .safetensors file.")
+    files.check_file(path)  # a regular file: safetensors would block on a FIFO
     try:
         with safe_open(str(path), "pt") as fh:
             meta = fh.metadata() or {}
@@ -82,16 +84,19 @@ def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     if "mixerbench_model" not in meta:
         return None
     try:
-        rec = json.loads(meta["mixerbench_model"])
+        # bounded: metadata nested 100,000 deep would end Python's parser in RecursionError
+        rec = files.loads_json(meta["mixerbench_model"], f"Checkpoint {path}'s header")
+    except UserError:
+        raise
     except ValueError:
         rec = None
-    if not _valid_recipe(rec):
+    if not _valid_description(rec):
         raise UserError(f"Checkpoint {path} has a damaged model description in its header; "
                         "re-create it or pass another checkpoint.")
     return rec
 
 
-def _valid_recipe(rec: Any) -> bool:
+def _valid_description(rec: Any) -> bool:
     def size(v):
         return isinstance(v, int) and not isinstance(v, bool) and 0 < v <= 4096
 
@@ -103,7 +108,9 @@ def _valid_recipe(rec: Any) -> bool:
 
 
 def resolve_source(src: str) -> Path | str:
-    """A run directory becomes its checkpoint file; `timm:` names pass through."""
+    """A run directory becomes its checkpoint file; `timm:` names pass through. A run's
+    checkpoint (given as its run directory or as the file in it) must be that run's own
+    (`check_credited`)."""
     if src.startswith("timm:"):
         return src
     path = Path(src)
@@ -111,11 +118,55 @@ def resolve_source(src: str) -> Path | str:
         ckpt = path / CHECKPOINT
         if not ckpt.is_file():
             raise UserError(f"Run directory {path} has no {CHECKPOINT}; was the run started?")
+        check_credited(ckpt)
         return ckpt
     if not path.exists():
         raise UserError(f"No run directory or checkpoint at {src}; pass a run directory, a "
                         ".safetensors file, an official .npz or timm:<name>.")
+    if path.name == CHECKPOINT:
+        check_credited(path)
     return path
+
+
+def check_credited(ckpt: Path) -> None:
+    """A checkpoint in a run directory counts as that run's only if it says it was written by
+    that run (`config.run_binding`: its run id and settings); one copied in from another run
+    is a UserError. A checkpoint from before runs were recorded in it must at least hold the
+    run's model (name and resolution)."""
+    from mixerbench.config import read_run_config, run_binding
+
+    cfg = read_run_config(ckpt.parent)
+    if cfg is None:  # a checkpoint file outside any run directory stands for itself
+        return
+    rec = read_metadata(ckpt) or {}
+    run = ckpt.parent.name
+    mine = run_binding(run, cfg)
+    if any(k in rec for k in mine):
+        ok = all(rec.get(k) == v for k, v in mine.items())
+    else:
+        ok = rec.get("name") == cfg.model.name and cfg.model.img_size in (None, rec.get("img_size"))
+    if not ok:
+        raise UserError(f"{ckpt} was not written by run {run} (it belongs to "
+                        f"{rec.get('run_id') or 'another model'}), so it is not credited to it; "
+                        "move it away and run the run's own command to re-create its checkpoint.")
+
+
+def weights_sha256(src: str) -> str | None:
+    """sha256 of the weights file `src` names (a run directory's checkpoint, a .safetensors or
+    .npz file), read in 1 MiB blocks; None for `timm:<name>` (identified by its name and tag)."""
+    import hashlib
+
+    where = resolve_source(src)
+    if isinstance(where, str):
+        return None
+    h = hashlib.sha256()
+    try:
+        with open(where, "rb") as fh:
+            for block in iter(lambda: fh.read(1 << 20), b""):
+                h.update(block)
+    except OSError as exc:
+        raise UserError(f"Cannot read {where} ({exc.strerror}); check the --init path.") from None
+    return h.hexdigest()
 
 
 def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
@@ -131,18 +182,19 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
             was trained with (a fine-tuning run's own; `load_for_finetuning`).
 
     Returns:
-        (model, recipe) where recipe describes the returned model.
+        (model, description) where the model description is of the returned model.
     """
     reg = {k: v for k, v in (regularisers or {}).items() if v is not None}
     where = resolve_source(src)
     if isinstance(where, str):
-        return _load_timm(where, reg)
+        model, rec = _load_timm(where, reg)
+        return model.to(device), rec
     if where.suffix == ".npz":
         model, rec = _load_npz(where, model_name, reg)
         return model.to(device), rec
     state, rec = read_checkpoint(where)
     if rec is None:
-        rec = _plain_recipe(where, _shapes(state), model_name)
+        rec = _plain_description(where, _shapes(state), model_name)
     rec = dict(rec, overrides=_with_regularisers(rec.get("overrides"), reg))
     model = _build(rec, where)
     _load_state(model, state, where)
@@ -161,7 +213,7 @@ def load_for_finetuning(src: str, *, num_classes: int, img_size: int | None = No
     does even when the class counts agree.
 
     Returns:
-        (model, recipe) where recipe describes the returned model.
+        (model, description) where the model description is of the returned model.
     """
     from mixerbench.models.resize import resize_model
 
@@ -192,23 +244,24 @@ def zero_head(model, num_classes: int) -> None:
                 p.zero_()
 
 
-def source_recipe(src: str, model_name: str | None = None) -> dict[str, Any]:
-    """The recipe of the model at `src` without loading its weights (where the format allows):
+def source_description(src: str, model_name: str | None = None) -> dict[str, Any]:
+    """The model description of `src` without loading its weights (where the format allows):
     safetensors metadata or tensor shapes, a timm name's pretrained config (and, for a Mixer,
     the shapes in its cached file), or an official `.npz`'s array shapes."""
     where = resolve_source(src)
     if isinstance(where, str):
         slug = native_mixer(where)
         if slug:
-            return _mixer_recipe(_file_shapes(hub_file(where[5:])), slug, "exact", where)
+            return _mixer_description(_file_shapes(hub_file(where[5:])), slug, "exact", where)
         from mixerbench.models import get_spec
 
-        return recipe(where, 0, _timm_input_size(where[5:]), get_spec(where).patch_size)
+        return model_description(where, 0, _timm_input_size(where[5:]),
+                                 get_spec(where).patch_size)
     if where.suffix == ".npz":
-        return _npz_recipe(where, model_name)
+        return _npz_description(where, model_name)
     meta = read_metadata(where)
     if meta is None:
-        return _plain_recipe(where, _file_shapes(where), model_name)
+        return _plain_description(where, _file_shapes(where), model_name)
     return meta
 
 
@@ -241,8 +294,8 @@ def native_mixer(name: str) -> str | None:
                  if s.family == "mixer" and s.timm_name == arch), None)
 
 
-def _plain_recipe(where: Path, shapes: dict, model_name: str | None) -> dict[str, Any]:
-    """The recipe of a state dict without our metadata, from `--arch` and its shapes."""
+def _plain_description(where: Path, shapes: dict, model_name: str | None) -> dict[str, Any]:
+    """The model description of a state dict without our metadata, from `--arch` and its shapes."""
     if not model_name:
         raise UserError(f"{where} has no mixerbench metadata; pass --arch with the timm name of "
                         "the architecture it holds (e.g. --arch mixer_b16_224).")
@@ -251,9 +304,9 @@ def _plain_recipe(where: Path, shapes: dict, model_name: str | None) -> dict[str
     name = arch_name(model_name)
     slug = native_mixer(name)
     if slug:  # a Mixer state dict we did not write is timm's (or in timm's names): exact GELU
-        return _mixer_recipe(shapes, slug, "exact", where)
+        return _mixer_description(shapes, slug, "exact", where)
     spec = get_spec(name)
-    return recipe(name, _head_size(shapes), spec.img_size, spec.patch_size)
+    return model_description(name, _head_size(shapes), spec.img_size, spec.patch_size)
 
 
 def _build(rec: dict, where):
@@ -331,10 +384,11 @@ def _load_state(model, state: dict, where) -> None:
         raise UserError(f"Checkpoint {where} does not fit this architecture ({first[:200]}).") from None
 
 
-def _mixer_recipe(shapes: dict, name: str, gelu: str, where) -> dict[str, Any]:
-    """A Mixer's recipe from the shapes of its state dict (timm / native names): the zoo entry
-    of that depth, width and patch when there is one (else `name`), with overrides only where
-    the shapes differ from it, and the GELU the weights were trained with."""
+def _mixer_description(shapes: dict, name: str, gelu: str, where) -> dict[str, Any]:
+    """A Mixer's model description from the shapes of its state dict (timm / native names):
+    the zoo entry of that depth, width and patch when there is one (else `name`), with
+    overrides only where the shapes differ from it, and the GELU the weights were trained
+    with."""
     from math import isqrt
 
     from mixerbench.models import REGISTRY
@@ -347,6 +401,13 @@ def _mixer_recipe(shapes: dict, name: str, gelu: str, where) -> dict[str, Any]:
     except (KeyError, ValueError, IndexError) as exc:
         raise UserError(f"{where} does not hold a Mixer's weights (no {exc} of the right "
                         "shape); pass --arch with the architecture it holds.") from None
+    # Shapes a Mixer can have (paper section 2): a patch over RGB and every width at least 1;
+    # a width of 0 or a (0, 4) token kernel would build an empty model or fail inside torch.
+    stem = tuple(shapes["stem.proj.weight"])
+    if min(dim, patch, depth, tokens_dim, seq, channels_dim) < 1 or stem[1] != 3 or stem[2] != stem[3]:
+        raise UserError(f"{where} holds no Mixer of a possible shape (stem {stem}, token-mixing "
+                        f"kernel {(int(seq), int(tokens_dim))}, channel-mixing width "
+                        f"{int(channels_dim)}); pass another checkpoint.")
     side = isqrt(seq)
     if side * side != seq:
         raise UserError(f"{where} holds a token-mixing MLP over {seq} tokens, not a square grid; "
@@ -365,7 +426,7 @@ def _mixer_recipe(shapes: dict, name: str, gelu: str, where) -> dict[str, Any]:
     if channels_dim != 4 * dim:
         overrides["channels_dim"] = int(channels_dim)
     overrides["gelu"] = gelu
-    return recipe(name, _head_size(shapes), side * int(patch), int(patch), overrides)
+    return model_description(name, _head_size(shapes), side * int(patch), int(patch), overrides)
 
 
 # ------------------------------------------------------------------ timm names: the HF cache
@@ -424,19 +485,28 @@ def hub_file(arch_tag: str) -> Path:
     if _offline():
         raise UserError(f"timm:{arch_tag} is not in the Hugging Face cache ({cache}) and "
                         f"HF_HUB_OFFLINE=1 forbids downloading it; {options}.")
+    from mixerbench.data import decode
+    from mixerbench.data.hub import hub_reachable
+
+    if not hub_reachable(decode.cache_root()):  # a 3 s probe, not the hub client's retries
+        raise UserError(f"timm:{arch_tag} is not in the Hugging Face cache ({cache}) and the "
+                        f"hub is not reachable; {options}.")
     from huggingface_hub import hf_hub_download
-    from huggingface_hub.errors import EntryNotFoundError
+    from huggingface_hub.errors import EntryNotFoundError, LocalEntryNotFoundError
 
     for name in files:
         try:
             return Path(hf_hub_download(repo, name, cache_dir=str(cache), etag_timeout=10))
-        except EntryNotFoundError:
+        except LocalEntryNotFoundError:  # the connection failed after all
+            break
+        except EntryNotFoundError:  # the repository lacks this file; try the next
             continue
-        except Exception as exc:  # no network, hub down, gated repo: all one answer
+        except Exception as exc:  # hub down, gated repo: all one answer
             raise UserError(f"Could not download timm:{arch_tag} from the Hugging Face hub "
                             f"({type(exc).__name__}) and it is not in the cache ({cache}); "
                             f"{options}.") from None
-    raise UserError(f"The hub repository {repo} has none of {', '.join(files)}; {options}.")
+    raise UserError(f"Could not download timm:{arch_tag} ({repo}: none of {', '.join(files)}) "
+                    f"and it is not in the cache ({cache}); {options}.")
 
 
 def _load_timm(name: str, reg: dict | None = None):
@@ -453,21 +523,27 @@ def _load_timm(name: str, reg: dict | None = None):
     slug = native_mixer(name)
     if slug:
         state = _read_weights(path)
-        rec = _mixer_recipe(_shapes(state), slug, "exact", name)
+        rec = _mixer_description(_shapes(state), slug, "exact", name)
         rec = dict(rec, overrides=_with_regularisers(rec["overrides"], reg))
         model = _build(rec, name)
         _load_state(model, state, name)
         return model, rec
     timm_reg = {{"drop_path": "drop_path_rate", "dropout": "drop_rate"}[k]: v
                 for k, v in reg.items() if k in ("drop_path", "dropout")}
-    try:  # timm's own loader, given the file: its checkpoint filters and head handling apply
-        model = timm.create_model(arch_tag, pretrained=True,
-                                  pretrained_cfg_overlay=dict(file=str(path)), **timm_reg)
+    # the head the file holds, whatever timm's default; told to the pretrained config as well,
+    # since timm drops a head whose size differs from the config's (and draws a random one)
+    overlay = dict(file=str(path))
+    classes = _head_size(_file_shapes(path))
+    if classes:
+        timm_reg["num_classes"] = overlay["num_classes"] = classes
+    try:  # timm's own loader, given the file: its checkpoint filters apply
+        model = timm.create_model(arch_tag, pretrained=True, pretrained_cfg_overlay=overlay,
+                                  **timm_reg)
     except Exception as exc:
         raise UserError(f"timm could not load {name} from {path} ({type(exc).__name__}); "
                         "delete that file from the cache or pass another checkpoint.") from None
     size = int(model.pretrained_cfg.get("input_size", (3, spec.img_size, spec.img_size))[-1])
-    return model, recipe(name, model.num_classes, size, spec.patch_size,
+    return model, model_description(name, model.num_classes, size, spec.patch_size,
                          _with_regularisers(None, reg))
 
 
@@ -515,16 +591,16 @@ def _npz_to_state(arrays: dict) -> dict:
 _VIT_SIZES = {(12, 384, 6): "s", (12, 768, 12): "b", (24, 1024, 16): "l", (32, 1280, 16): "h"}
 
 
-def _npz_recipe(path: Path, model_name: str | None) -> dict[str, Any]:
-    """The recipe of an official `.npz` from the shapes of a few arrays (a `.npz` loads each
-    array on access, so the rest of the file is not read)."""
+def _npz_description(path: Path, model_name: str | None) -> dict[str, Any]:
+    """The model description of an official `.npz` from the shapes of a few arrays (a `.npz`
+    loads each array on access, so the rest of the file is not read)."""
     import numpy as np
 
     try:
         with np.load(path, allow_pickle=False) as fh:
             kind = _npz_kind(fh)
             if kind == "vit":
-                return _vit_npz_recipe(fh, path, model_name)
+                return _vit_npz_description(fh, path, model_name)
             blocks = {k.split("/")[0] for k in fh.files if k.startswith("MixerBlock_")}
             p, c = fh["stem/kernel"].shape[0], fh["stem/kernel"].shape[-1]   # (P, P, 3, C)
             s, d_s = fh["MixerBlock_0/token_mixing/Dense_0/kernel"].shape    # (S, D_S)
@@ -540,10 +616,10 @@ def _npz_recipe(path: Path, model_name: str | None) -> dict[str, Any]:
         raise UserError(f"{path} is not an official Mixer or ViT checkpoint ({type(exc).__name__}: "
                         f"{exc}); pass a vision_transformer .npz.") from None
     base = native_mixer(arch_name(model_name)) if model_name else None
-    return _mixer_recipe(shapes, base or "mixer-b16", "tanh", path)
+    return _mixer_description(shapes, base or "mixer-b16", "tanh", path)
 
 
-def _vit_npz_recipe(fh, path: Path, model_name: str | None) -> dict[str, Any]:
+def _vit_npz_description(fh, path: Path, model_name: str | None) -> dict[str, Any]:
     """A vision_transformer ViT `.npz` (`models_vit.py` names): the zoo ViT of those shapes, or
     ViT-B/16 with the shapes as overrides; Flax's tanh GELU."""
     import torch
@@ -579,13 +655,13 @@ def _vit_npz_recipe(fh, path: Path, model_name: str | None) -> dict[str, Any]:
     if (ref.cls_token is not None) != cls:
         overrides.update(class_token=cls, global_pool="token" if cls else "avg")
     overrides["gelu"] = "tanh"  # Flax's nn.gelu, as the checkpoint was trained
-    return recipe(name, int(classes), grid * int(patch), int(patch), overrides)
+    return model_description(name, int(classes), grid * int(patch), int(patch), overrides)
 
 
 def _load_npz(path: Path, model_name: str | None, reg: dict | None = None):
     import numpy as np
 
-    rec = _npz_recipe(path, model_name)
+    rec = _npz_description(path, model_name)
     rec = dict(rec, overrides=_with_regularisers(rec["overrides"], reg or {}))
     model = _build(rec, path)
     try:

@@ -12,7 +12,12 @@ paper's numbers beside ours:
   (the paper's double dagger) and `personal_communication` (the paper's telephone mark).
 - Table 4 (Appendix B): pre-training hyperparameters (one row per epoch budget).
 
-Every row has a `source` column (`P Table N`, `VT models_test`). Numbers are raw: `top1` is a
+Beside them, `vt_finetune.csv`: the only per-dataset fine-tuning numbers published for the
+paper's Mixers, from the official repository's README (google-research/vision_transformer,
+CIFAR-10 with its default config: 224 px, 10k steps, batch 512, lr 0.03, no grid); the paper
+itself gives only the mean over five datasets ("Avg 5").
+
+Every row has a `source` column (`P Table N`, `VT models_test`, `VT README`). Numbers are raw: `top1` is a
 0-100 float, `core_days` is TPU-v3 core-days (0.41k -> 410), `throughput` is img/s/core on
 TPU-v3. `model` is our registry slug where one exists and empty otherwise (HaloNet, BiT-R200x3).
 """
@@ -146,6 +151,61 @@ def paper_top1(
     return _pick(_rows(model, pretrain, img_size, epochs), column)
 
 
+def paper_row(model: str, pretrain: str, img_size: int | None = 224) -> dict | None:
+    """The paper's ImageNet row for `model` pre-trained on `pretrain` at `img_size` (None: any),
+    Table 3 preferred, the longest schedule when several match: dict(top1, top1_real (None when
+    the paper has none), img_size (None when the table does not say), source), or None."""
+    pretrain = _PRETRAIN_ALIASES.get(squash(pretrain), squash(pretrain))
+    rows = _rows(model, pretrain, img_size, None)
+    rows = rows[rows["top1"].notna()]
+    if rows.empty:
+        return None
+    if "epochs" in rows.columns and rows["epochs"].notna().any():
+        rows = rows.sort_values("epochs", ascending=False, kind="stable")
+    row = rows.iloc[0]
+
+    def num(v):
+        return None if v != v or v is None or v == "" else float(v)
+
+    size = num(row.get("img_size"))
+    return dict(top1=float(row["top1"]), top1_real=num(row.get("top1_real")),
+                img_size=int(size) if size else None, source=str(row["source"]))
+
+
+def paper_avg5(model: str, pretrain: str | None = None, img_size: int | None = 224,
+               epochs: int | None = None) -> float | None:
+    """The paper's "Avg 5" top-1 for `model` (the mean over ImageNet, CIFAR-10, CIFAR-100, Pets
+    and Flowers after fine-tuning, Tables 2-3), or None where the paper has none. The paper does
+    not publish the four per-dataset numbers behind it (v4), so only the mean is here.
+
+    Args: as `paper_top1` (`pretrain` None means ImageNet).
+    """
+    pretrain = _PRETRAIN_ALIASES.get(squash(pretrain or "imagenet"), squash(pretrain or "imagenet"))
+    return _pick(_rows(model, pretrain, img_size, epochs), "top1_avg5")
+
+
+def official_finetune(model: str, dataset: str, pretrain: str | None = None,
+                      img_size: int | None = 224) -> float | None:
+    """The official repository's fine-tuning top-1 for `model` from `pretrain` on `dataset`
+    (`vt_finetune.csv`: CIFAR-10 at 224 px only), or None where it published none."""
+    from mixerbench.data import canonical_name
+
+    df = _read_vt()
+    pretrain = _PRETRAIN_ALIASES.get(squash(pretrain or "imagenet"), squash(pretrain or "imagenet"))
+    m = (df["model"].eq(_slug(model)) & df["pretrain"].eq(pretrain)
+         & df["dataset"].eq(canonical_name(dataset) or str(dataset)))
+    if img_size is not None:
+        m &= df["img_size"].eq(img_size)
+    return float(df[m].iloc[0]["top1"]) if m.any() else None
+
+
+@lru_cache(maxsize=None)
+def _read_vt():
+    import pandas as pd
+
+    return pd.read_csv(_HERE / "vt_finetune.csv", keep_default_na=False, na_values=[""])
+
+
 def paper_throughput(model: str, img_size: int = 224) -> float | None:
     """The paper's TPU-v3 throughput (img/s/core) for `model` at `img_size`, or None."""
     rows = _rows(model, None, img_size, None)
@@ -171,4 +231,5 @@ def paper_baseline(model: str, img_size: int = 224) -> str | None:
     return vit
 
 
-__all__ = ["TABLES", "load_table", "paper_top1", "paper_throughput", "paper_baseline"]
+__all__ = ["TABLES", "load_table", "official_finetune", "paper_avg5", "paper_row", "paper_top1",
+           "paper_throughput", "paper_baseline"]

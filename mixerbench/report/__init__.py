@@ -2,7 +2,7 @@
 
 `tables.py` and `figures.py` hold one pure function per paper table and figure; `style.py` the
 colours and markers. This module owns the only file-writing step, `regenerate`, which
-`mixerbench plot` calls: `ARTIFACTS` names each figure and table, the paper artifact it stands
+`mixerbench plot` calls: `REPORTS` names each figure and table, the paper artifact it stands
 for and the results it is drawn from; `regenerate` loads those, calls the pure function and
 writes `<out>/figures/*.png` (150 dpi) and `<out>/tables/*.csv|md` atomically.
 Paper sources: arXiv 2105.01601 Tables 1-3 and Figures 2-5.
@@ -32,8 +32,10 @@ from mixerbench.report.figures import (
     token_mixing,
 )
 from mixerbench.report.tables import (
+    avg5_table,
     compare_table,
     compare_view,
+    released_table,
     table1,
     throughput_table,
     to_markdown,
@@ -101,7 +103,7 @@ class Inputs:
 
 
 @dataclass(frozen=True)
-class Artifact:
+class Report:
     """One figure or table `plot` regenerates: `make(inputs)` returns (file stem, Figure or
     DataFrame) pairs; `paper` says which paper artifact it stands for; `default` whether a bare
     `mixerbench plot` draws it (token-mixing needs a checkpoint)."""
@@ -143,51 +145,73 @@ def _table1(i: Inputs) -> list[tuple[str, Any]]:
     return [("table1", table1(i.zoo_df))]
 
 
-ARTIFACTS: dict[str, Artifact] = {
-    "pareto-cost": Artifact(lambda i: [("pareto-cost", pareto_cost(i.csv("accuracy")))],
-                            "Figure 2 (left), Figure 3 (left): top-1 vs training cost"),
-    "accuracy-throughput": Artifact(
+REPORTS: dict[str, Report] = {
+    "pareto-cost": Report(lambda i: [("pareto-cost", pareto_cost(i.csv("accuracy")))],
+                          "Figure 2 (left), Figure 3 (left): top-1 vs training cost"),
+    "accuracy-throughput": Report(
         lambda i: [("accuracy-throughput", accuracy_throughput(i.csv("accuracy"),
                                                                i.csv("throughput")))],
         "Figure 3 (right): top-1 vs throughput"),
-    "data-scaling": Artifact(lambda i: [("data-scaling", data_scaling(i.csv("scaling")))],
-                             "Figure 2 (right): accuracy vs pre-training data"),
-    "shuffle": Artifact(lambda i: [("shuffle", shuffle(i.csv("shuffle")))],
-                        "Figure 4: invariance to patch and pixel shuffling"),
-    "token-mixing": Artifact(_token_mixing, "Figure 5: token-mixing weights (needs --checkpoint)",
-                             default=False),
-    "curves": Artifact(lambda i: [("curves", curves(_run_metrics(i.root, i.runs)))],
-                       "training curves of the latest runs (runs/*/metrics.csv)"),
+    "data-scaling": Report(lambda i: [("data-scaling", data_scaling(i.csv("scaling")))],
+                           "Figure 2 (right): accuracy vs pre-training data"),
+    "shuffle": Report(lambda i: [("shuffle", shuffle(i.csv("shuffle")))],
+                      "Figure 4: invariance to patch and pixel shuffling"),
+    "token-mixing": Report(_token_mixing, "Figure 5: token-mixing weights (needs --checkpoint)",
+                           default=False),
+    "curves": Report(lambda i: [("curves", curves(_run_metrics(i.root, i.runs)))],
+                     "training curves of the latest runs (runs/*/metrics.csv)"),
     # drawn from the model zoo, not from results: `reproduce table1` or `plot table1`
-    "table1": Artifact(_table1, "Table 1: the Mixer shapes and parameter counts", default=False),
-    "compare": Artifact(_compare_tables, "Tables 2-3 at our scale: top-1 beside cost and speed"),
-    "throughput": Artifact(lambda i: [("throughput", throughput_table(i.csv("throughput")))],
-                           "Table 3 throughput column beside this device's"),
-    "transfer": Artifact(lambda i: [("transfer", transfer_table(i.csv("accuracy")))],
-                         "Section 3 fine-tuning at 1x and 2x vs from scratch"),
+    "table1": Report(_table1, "Table 1: the Mixer shapes and parameter counts", default=False),
+    "compare": Report(_compare_tables, "Tables 2-3 at our scale: top-1 beside cost and speed"),
+    "throughput": Report(lambda i: [("throughput", throughput_table(i.csv("throughput")))],
+                         "Table 3 throughput column beside this device's"),
+    "transfer": Report(lambda i: [("transfer", transfer_table(i.csv("accuracy")))],
+                       "Section 3 fine-tuning at 1x and 2x vs from scratch"),
+    "released": Report(lambda i: [("released", released_table(i.csv("released")))],
+                       "Tables 2-3: released checkpoints on ImageNet val (top-1, ReaL)"),
+    "avg5": Report(lambda i: [("avg5", avg5_table(i.csv("avg5")))],
+                   "Tables 2-3 \"Avg 5\": the transfer protocol on the five datasets"),
 }
+
+
+def _targets(obj, out: Path, stem: str) -> list[Path]:
+    """Where `_save` writes `obj`: figures/<stem>.png, or tables/<stem>.csv and .md."""
+    if hasattr(obj, "savefig"):
+        return [out / "figures" / f"{stem}.png"]
+    return [out / "tables" / f"{stem}.csv", out / "tables" / f"{stem}.md"]
 
 
 def _save(obj, out: Path, stem: str) -> list[Path]:
     """A Figure to figures/<stem>.png, a DataFrame to tables/<stem>.csv and .md."""
+    paths = _targets(obj, out, stem)
     if hasattr(obj, "savefig"):
         buf = io.BytesIO()
         obj.savefig(buf, format="png", dpi=style.DPI)
-        path = out / "figures" / f"{stem}.png"
-        files.atomic_write_bytes(path, buf.getvalue())
-        return [path]
-    stem_path = out / "tables" / stem
+        files.atomic_write_bytes(paths[0], buf.getvalue())
+        return paths
     shown = compare_view(obj) if stem.startswith("compare-") else obj
-    files.atomic_write_text(stem_path.with_suffix(".csv"), obj.to_csv(index=False))
-    files.atomic_write_text(stem_path.with_suffix(".md"), to_markdown(shown))
-    return [stem_path.with_suffix(".csv"), stem_path.with_suffix(".md")]
+    files.atomic_write_text(paths[0], _safe_csv(obj))
+    files.atomic_write_text(paths[1], to_markdown(shown))
+    return paths
+
+
+def _safe_csv(df) -> str:
+    """The table as CSV with its text cells neutralised as the results CSVs are (no cell a
+    spreadsheet would run as a formula)."""
+    df = df.copy()
+    for c in df.columns:
+        if df[c].dtype == object or str(df[c].dtype) in ("str", "string"):
+            df[c] = df[c].map(lambda v: results.neutral(v) if isinstance(v, str) else v)
+    return df.to_csv(index=False)
 
 
 def _run_metrics(root: Path, runs) -> dict:
     import pandas as pd
 
-    found = sorted((root / "runs").glob("*/metrics.csv"), key=lambda p: p.stat().st_mtime)
-    by_id = {p.parent.name: p for p in found}
+    # lstat: a planted link or FIFO is listed here and refused by read_metrics, not followed
+    found = sorted((root / "runs").glob("*/metrics.csv"), key=lambda p: p.lstat().st_mtime)
+    # a folder name that is not UTF-8 is labelled with replacement characters (fonts draw text)
+    by_id = {results.printable(p.parent.name): p for p in found}
     if runs:
         unknown = [r for r in runs if r not in by_id]
         if unknown:
@@ -218,7 +242,7 @@ def regenerate(
     Args:
         root: the results directory (None: `$MIXERBENCH_RESULTS` or `results`).
         out_dir: where `figures/` and `tables/` go (default: `root`).
-        names: names from `ARTIFACTS` (a string or list); None regenerates every default one,
+        names: names from `REPORTS` (a string or list); None regenerates every default one,
             skipping those whose inputs are missing.
         checkpoint: Mixer safetensors file or run dir for `token-mixing`.
         runs: run ids for `curves` (default: the `MAX_CURVES` most recent with metrics.csv).
@@ -234,31 +258,62 @@ def regenerate(
             or not the artifact was named.
     """
     root = results.results_dir(root)
-    out = Path(out_dir) if out_dir is not None else root
+    if root.exists() and not root.is_dir():
+        raise UserError(f"The results directory {root} is a file; pass another --results-dir.")
+    # --out is a results folder of its own: figures/ and tables/ are written only through it
+    out = files.confine(out_dir) if out_dir is not None else root
     specific = bool(names)
     names = [names] if isinstance(names, str) else list(
-        names or [n for n, a in ARTIFACTS.items() if a.default or (n == "token-mixing" and checkpoint)])
+        names or [n for n, a in REPORTS.items() if a.default or (n == "token-mixing" and checkpoint)])
     # an artifact that is not drawn by default is not reported as skipped either
     for n in names:
-        if n not in ARTIFACTS:
-            raise UserError(f"Unknown figure or table '{n}'; choose from {', '.join(ARTIFACTS)}."
-                            + close_matches(n, ARTIFACTS))
+        if n not in REPORTS:
+            raise UserError(f"Unknown figure or table '{n}'; choose from {', '.join(REPORTS)}."
+                            + close_matches(n, REPORTS))
+    import matplotlib
+
     inputs = Inputs(root, checkpoint=checkpoint, runs=runs, zoo_df=zoo_df)
     written, skipped = [], {}
-    for n in names:
-        try:
-            for stem, obj in ARTIFACTS[n].make(inputs):
-                written += _save(obj, out, stem)
-        except UserError as err:
-            if specific or isinstance(err, DamagedFileError):  # damage is never a skip
-                raise
-            skipped[n] = str(err)
+    # names come from users (a dataset folder called $\foo$): labels are text, never mathtext
+    with matplotlib.rc_context({"text.parse_math": False}):
+        made = []  # everything is drawn before anything is written: a refusal changes nothing
+        for n in names:
+            try:
+                made += REPORTS[n].make(inputs)
+            except UserError as err:
+                if specific or isinstance(err, DamagedFileError):  # damage is never a skip
+                    raise
+                skipped[n] = str(err)
+        for stem, obj in made:  # where each goes is checked first (a link, a folder in the way)
+            for path in _targets(obj, out, stem):
+                files.check(path.parent, "dir")
+                files.check(path, "file")
+        for stem, obj in made:  # a file that cannot be written is an error, not a skip
+            written += _save(obj, out, stem)
     return {"written": written, "skipped": skipped}
 
 
+def draw(root=None, out=None, names=None, checkpoint=None, *, runs=None,
+         trackers: tuple[str, ...] = (), on_warning=None) -> dict:
+    """`mixerbench plot`: `regenerate`, refused when nothing could be drawn (no results yet),
+    then one tracker run `plot` per tracker in `trackers` showing what was written."""
+    from mixerbench.trackers import record
+
+    done = regenerate(root, out, names, checkpoint, runs=runs)
+    if not done["written"]:
+        raise UserError(f"Nothing to plot in {results.results_dir(root)}: it has no results CSVs "
+                        "yet; run `mixerbench compare --preset smoke` (or pretrain, bench, "
+                        "reproduce) first.")
+    record(trackers, results.results_dir(root), "plot", kind="plot", files=done["written"],
+           config=dict(name=names or "all", runs=",".join(runs) if runs else None,
+                       checkpoint=checkpoint), on_warning=on_warning)
+    return done
+
+
 __all__ = [
-    "ARTIFACTS", "regenerate", "load_token_mixing_weights", "style",
-    "table1", "compare_table", "throughput_table", "transfer_table", "to_markdown",
+    "REPORTS", "draw", "regenerate", "load_token_mixing_weights", "style",
+    "table1", "avg5_table", "compare_table", "throughput_table", "transfer_table",
+    "released_table", "to_markdown",
     "pareto_cost", "accuracy_throughput", "data_scaling", "shuffle", "token_mixing", "curves",
     "pareto_frontier",
 ]

@@ -7,6 +7,10 @@ One function per table, no I/O:
   speed beside the paper's top-1 (Tables 2/3) where the paper has one.
 - `throughput_table(throughput_df)`: best img/s per model and mode; each Mixer as a ratio to the
   same-size ViT the paper compares it with (Table 3), measured alike, beside the paper's ratio.
+- `released_table(released_df)`: released checkpoints on ImageNet val (top-1, ReaL) beside the
+  paper's Tables 2-3 rows, with the differences and provenance.
+- `avg5_table(avg5_df)`: the transfer protocol per source and resolution, the five datasets'
+  top-1 and their mean beside the paper's "Avg 5" and ImageNet top-1 (Tables 2/3).
 - `to_markdown(df)`: a pipe table without the `tabulate` package.
 
 Inputs carry the columns declared in `mixerbench.results.SCHEMAS`; outputs are raw numbers
@@ -26,14 +30,20 @@ from mixerbench.errors import UserError
 from mixerbench.results import PRODUCERS
 
 COMPARE_COLUMNS = (
-    "dataset", "model", "img_size", "params", "gflops", "train_img_per_sec", "infer_img_per_sec",
-    "wall_time_s", "device_hours", "train_flops", "top1_mean", "top1_std", "n", "fewshot_top1",
+    "dataset", "model", "img_size", "params", "gflops", "train_img_per_sec",
+    "train_img_per_sec_std", "infer_img_per_sec", "infer_img_per_sec_std", "wall_time_s", "device_hours", "train_flops", "top1_mean", "top1_std", "n", "fewshot_top1",
     "paper_top1", "diff",
 )
 THROUGHPUT_COLUMNS = (
     "device_name", "dtype", "compiled", "mode", "model", "img_size", "batch_size", "img_per_sec",
     "img_per_sec_std", "step_ms_median", "params", "gmacs", "achieved_tflops", "mfu",
     "peak_tflops", "baseline", "same_run", "ratio", "paper_img_per_sec_core", "paper_ratio",
+)
+RELEASED_COLUMNS = (
+    "paper_name", "checkpoint", "model", "upstream", "img_size", "pipeline", "n", "top1",
+    "paper_top1", "top1_diff", "real_top1", "paper_real", "real_diff", "real_n", "fewshot5_mean",
+    "fewshot5_std", "paper_fewshot5", "paper_source", "note", "dtype", "device_name",
+    "timm_version", "git_sha", "timestamp",
 )
 TABLE1_COLUMNS = (
     "model", "paper_name", "layers", "patch", "hidden", "seq_len", "mlp_channels", "mlp_tokens",
@@ -54,10 +64,11 @@ def require(df: pd.DataFrame | None, table: str, what: str) -> pd.DataFrame:
 
 
 def numeric(df: pd.DataFrame, *columns: str) -> pd.DataFrame:
-    """Coerce `columns` (those present) to floats in place; blanks become NaN."""
+    """Coerce `columns` (those present) to floats in place; blanks become NaN, and so does an
+    infinite cell (no measurement is infinite: a cost of inf is left empty, not plotted)."""
     for c in columns:
         if c in df.columns:
-            df[c] = pd.to_numeric(df[c], errors="coerce")
+            df[c] = pd.to_numeric(df[c], errors="coerce").replace([np.inf, -np.inf], np.nan)
     return df
 
 
@@ -135,15 +146,20 @@ def pick_comparison(df: pd.DataFrame, dataset: str | None, experiment: str | Non
     return df, dataset, experiment
 
 
-def _best_throughput(thr: pd.DataFrame | None, model: str, mode: str, img_size) -> float:
-    """Highest img/s over batch sizes (the paper reports the best batch size), same resolution
-    as the accuracy run when such a row exists."""
+def _best_throughput(thr: pd.DataFrame | None, model: str, mode: str,
+                     img_size) -> tuple[float, float]:
+    """(img/s, its std over repeats) of the fastest batch size (the paper reports the best batch
+    size), same resolution as the accuracy run when such a row exists."""
     if thr is None or thr.empty:
-        return math.nan
+        return math.nan, math.nan
     rows = thr[(thr["model"] == model) & (thr["mode"] == mode)]
     same = rows[rows["img_size"] == img_size] if img_size == img_size else rows.iloc[0:0]
-    rows = same if not same.empty else rows
-    return float(rows["img_per_sec_mean"].max()) if not rows.empty else math.nan
+    rows = same[same["img_per_sec_mean"].notna()] if not same.empty else rows
+    rows = rows[rows["img_per_sec_mean"].notna()]
+    if rows.empty:
+        return math.nan, math.nan
+    best = rows.loc[rows["img_per_sec_mean"].idxmax()]
+    return float(best["img_per_sec_mean"]), float(best.get("img_per_sec_std", math.nan))
 
 
 # ----------------------------------------------------------------------------- Table 1
@@ -227,7 +243,8 @@ def compare_table(
 
     thr = None
     if throughput_df is not None and len(throughput_df):
-        thr = numeric(throughput_df.copy(), "img_size", "img_per_sec_mean", "params", "gmacs")
+        thr = numeric(throughput_df.copy(), "img_size", "img_per_sec_mean", "img_per_sec_std",
+                      "params", "gmacs")
     few = None
     if fewshot_df is not None and len(fewshot_df):
         few = numeric(fewshot_df.copy(), "shots", "top1_mean")
@@ -262,8 +279,11 @@ def compare_table(
         rows.append({
             "dataset": ds, "model": model, "img_size": img_size,
             "params": params, "gflops": gflops,
-            "train_img_per_sec": _best_throughput(thr, model, "train", img_size),
-            "infer_img_per_sec": _best_throughput(thr, model, "infer", img_size),
+            # the spread over repeats beside each rate: a gap inside it orders nothing
+            **dict(zip(("train_img_per_sec", "train_img_per_sec_std"),
+                       _best_throughput(thr, model, "train", img_size))),
+            **dict(zip(("infer_img_per_sec", "infer_img_per_sec_std"),
+                       _best_throughput(thr, model, "infer", img_size))),
             "wall_time_s": g["train_seconds"].mean() if "train_seconds" in g else math.nan,
             "device_hours": g["device_hours"].mean(),
             "train_flops": g["train_flops"].mean() if "train_flops" in g else math.nan,
@@ -340,6 +360,110 @@ def transfer_table(accuracy_df: pd.DataFrame) -> pd.DataFrame:
                          resolution=f"{k:g}x", img_size=r["img_size"], steps=r["steps"],
                          top1=r["top1"], train_seconds=r["train_seconds"], run_id=rid))
     return pd.DataFrame(rows, columns=list(TRANSFER_COLUMNS))
+
+
+# ------------------------------------------------------------------------ released weights
+
+def released_table(released_df: pd.DataFrame) -> pd.DataFrame:
+    """Released checkpoints on ImageNet val beside the paper's Tables 2-3 (`reproduce released`).
+
+    Args:
+        released_df: `released.csv` rows; the latest per (checkpoint, dataset, split) is shown.
+
+    Returns:
+        Columns `RELEASED_COLUMNS`: ours (`top1`, `real_top1`, `fewshot5_mean`), the paper's row
+        for `paper_name` pre-trained on `upstream` at `paper_img_size` (`paper_top1`,
+        `paper_real`, `paper_source`) and ours minus the paper's (`*_diff`, points), with the
+        provenance of each measurement. The paper gives no ImageNet 5-shot value for these
+        models, so `paper_fewshot5` is empty.
+    """
+    df = require(released_df, "released", "The released-weights table")
+    numeric(df, "img_size", "n", "top1", "real_top1", "real_n", "fewshot5_mean", "fewshot5_std",
+            "paper_img_size")
+    df = df.reset_index(drop=True).drop_duplicates(["checkpoint", "dataset", "split"], keep="last")
+    rows = []
+    for _, r in df.iterrows():
+        size = r["paper_img_size"]
+        paper = reference.paper_row(str(r["paper_name"]), str(r["upstream"]),
+                                    None if pd.isna(size) else int(size)) or {}
+        ours_real = None if pd.isna(r["real_top1"]) else float(r["real_top1"])
+        p_top1, p_real = paper.get("top1"), paper.get("top1_real")
+        where = paper.get("source", "")
+        if where:
+            where = (where.replace("P ", "paper ") + f", {r['upstream']}"
+                     + (f", {paper['img_size']} px" if paper.get("img_size") else ""))
+        rows.append(dict(
+            paper_name=r["paper_name"], checkpoint=r["checkpoint"], model=r["model"],
+            upstream=r["upstream"], img_size=r["img_size"], pipeline=r["pipeline"], n=r["n"],
+            top1=r["top1"], paper_top1=p_top1,
+            top1_diff=None if p_top1 is None else float(r["top1"]) - p_top1,
+            real_top1=ours_real, paper_real=p_real,
+            real_diff=None if p_real is None or ours_real is None else ours_real - p_real,
+            real_n=r["real_n"], fewshot5_mean=r["fewshot5_mean"], fewshot5_std=r["fewshot5_std"],
+            paper_fewshot5=None, paper_source=where, note=r["note"],
+            **{k: r[k] for k in ("dtype", "device_name", "timm_version", "git_sha", "timestamp")}))
+    return pd.DataFrame(rows, columns=list(RELEASED_COLUMNS))
+
+
+# ---------------------------------------------------------------------------------- avg 5
+
+# The paper's five downstream datasets in its order (registry names; "Avg 5", paper section 3).
+AVG5_DATASETS = ("imagenet-1k", "cifar10", "cifar100", "pets", "flowers102")
+AVG5_HEAD = ("model", "upstream", "resolution", "img_size")
+AVG5_TAIL = ("avg", "datasets", "avg5", "paper_avg5", "avg5_diff", "paper_imagenet",
+             "imagenet_diff", "official_cifar10", "cifar10_diff", "runs", "init")
+
+
+def avg5_table(avg5_df: pd.DataFrame) -> pd.DataFrame:
+    """The transfer protocol beside the paper's "Avg 5" (Tables 2-3).
+
+    Args:
+        avg5_df: `avg5.csv` rows (`reproduce avg5`): one per fine-tuning run reported on a
+            dataset's test split after lr selection on its minival.
+
+    Returns:
+        One row per (model, upstream, resolution, img_size, init): a column per dataset with its
+        test top-1 (the mean over rows when a dataset was fine-tuned several times; `runs` is
+        the fewest rows behind a dataset's cell), the paper's five first and any other after;
+        `avg` the mean over the datasets the row has (`datasets` of them); `avg5` that mean only
+        when the row has all five of the paper's; `paper_avg5` and `paper_imagenet` the paper's
+        numbers for the model from that upstream at that resolution (Table 3, else Table 2;
+        empty where the paper has none, e.g. any model of ours at 32 px); `official_cifar10` the
+        official repository's CIFAR-10 fine-tune of that model (its README, 224 px, the only
+        per-dataset number published; `reference.official_finetune`); each `*_diff` ours minus
+        the reference.
+    """
+    df = require(avg5_df, "avg5", "The Avg 5 table")
+    numeric(df, "img_size", "top1")
+    df = df[df["top1"].notna()]
+    for c in ("model", "upstream", "resolution", "init", "dataset"):
+        df[c] = df[c].astype(object).where(df[c].notna(), "").astype(str)
+    present = list(dict.fromkeys(df["dataset"]))
+    datasets = [d for d in AVG5_DATASETS if d in present] + [d for d in present if d not in AVG5_DATASETS]
+    rows = []
+    for key, g in df.groupby(["model", "upstream", "resolution", "img_size", "init"], sort=False):
+        row = dict(zip(("model", "upstream", "resolution", "img_size", "init"), key))
+        cells = g.groupby("dataset", sort=False)["top1"].agg(["mean", "count"])
+        for d in datasets:
+            row[d] = float(cells.loc[d, "mean"]) if d in cells.index else np.nan
+        row["avg"] = float(cells["mean"].mean())
+        row["datasets"] = len(cells)
+        row["runs"] = int(cells["count"].min())
+        five = all(d in cells.index for d in AVG5_DATASETS)
+        row["avg5"] = float(cells.loc[list(AVG5_DATASETS), "mean"].mean()) if five else np.nan
+        size = int(row["img_size"]) if pd.notna(row["img_size"]) else None
+        upstream = row["upstream"] or None
+        paper5 = reference.paper_avg5(row["model"], upstream, size) if upstream else None
+        paper_in = reference.paper_top1(row["model"], "imagenet", upstream, size) if upstream else None
+        row["paper_avg5"] = np.nan if paper5 is None else paper5
+        row["avg5_diff"] = row["avg5"] - row["paper_avg5"]
+        row["paper_imagenet"] = np.nan if paper_in is None else paper_in
+        row["imagenet_diff"] = row.get("imagenet-1k", np.nan) - row["paper_imagenet"]
+        official = reference.official_finetune(row["model"], "cifar10", upstream, size) if upstream else None
+        row["official_cifar10"] = np.nan if official is None else official
+        row["cifar10_diff"] = row.get("cifar10", np.nan) - row["official_cifar10"]
+        rows.append(row)
+    return pd.DataFrame(rows, columns=[*AVG5_HEAD, *datasets, *AVG5_TAIL])
 
 
 # ----------------------------------------------------------------------------- throughput
