@@ -23,6 +23,17 @@ from mixerbench.errors import UserError
 from mixerbench.files import atomic_write_bytes
 from mixerbench.names import slug
 
+
+class LocalImage(str):
+    """The path of an image file found by listing a dataset folder (`FolderReader`).
+
+    Only these are opened as files: a path written inside a data file (a parquet or
+    save_to_disk cell without bytes) is data, never a file to open, or a planted `/dev/zero`,
+    a FIFO or another user's files would be read into the cache and the model."""
+
+    __slots__ = ()
+
+
 CACHE_FORMAT = 2  # bump when the cached payload changes (2: a fingerprint of the source)
 
 
@@ -128,15 +139,13 @@ def _read_local(path) -> bytes:
 
 def open_image(value, draft: int | None = None):
     """A PIL RGB image from a parquet/HF cell ({'bytes','path'}), bytes, a listed image file
-    (`sources.LocalImage` or a `pathlib.Path`), a PIL image or an array.
+    (`LocalImage` or a `pathlib.Path`), a PIL image or an array.
 
     A path written inside a data file (a plain string, or a cell whose bytes are missing) is
     never opened: the data file would choose what this machine reads (`/dev/zero`, a FIFO,
     another user's files). Hub parquet and save_to_disk output carry the bytes themselves.
     """
     from PIL import Image
-
-    from mixerbench.data.sources import LocalImage
 
     if isinstance(value, dict):
         if value.get("bytes") is None:

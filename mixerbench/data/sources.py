@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mixerbench.data.decode import file_stats_key
+from mixerbench.data.decode import LocalImage, file_stats_key
 from mixerbench.errors import UserError
 
 IMAGE_EXTENSIONS = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff", ".ppm"}
@@ -374,16 +374,6 @@ class FolderReader(Reader):
 
     def rows(self, split):
         return [LocalImage(f) for s in split.split("+") for f, _ in self.files[s]]
-
-
-class LocalImage(str):
-    """The path of an image file found by listing a dataset folder (`FolderReader`).
-
-    Only these are opened as files: a path written inside a data file (a parquet or
-    save_to_disk cell without bytes) is data, never a file to open, or a planted `/dev/zero`,
-    a FIFO or another user's files would be read into the cache and the model."""
-
-    __slots__ = ()
 
 
 # Bounds of the layout scan (a `--dataset /` must be refused in a second, not walk the disk).
