@@ -78,9 +78,11 @@ def test_every_committed_pretraining_row_keeps_its_run_id(monkeypatch, tmp_path)
     from mixerbench import experiments
 
     committed = {r["run_id"]: r for r in rows(ROOT / "results" / "accuracy.csv")}
-    cfgs = [c.config() for c in experiments.compare_cells(
-        ["mixer", "vit", "resnet"], dataset=None, preset="smoke", seeds=3, epochs=None,
-        root="results", data_dir=None, device=None, overrides=None)]
+    # the five-family compare, measured after the smoke ResNet lost its no-op stem_width
+    compared = [c.config() for c in experiments.compare_cells(
+        ["mixer", "vit", "resnet", "gmlp", "resmlp"], dataset=None, preset="smoke", seeds=3,
+        epochs=None, root="results", data_dir=None, device=None, overrides=None)]
+    cfgs = []
     for family in ("mixer", "vit", "resnet"):
         cfgs.append(presets.resolve("smoke", model=family, dataset="cifar10",
                                     flags={"data.data_dir": "../shared/data", "epochs": 30},
@@ -115,12 +117,12 @@ def test_every_committed_pretraining_row_keeps_its_run_id(monkeypatch, tmp_path)
     # The committed ResNet rows were trained with a `stem_width` option that had no effect and
     # that the smoke preset no longer sets, so today's ResNet command is another experiment (the
     # old runs still read back); every other one keeps its id.
-    cfgs = [c for c in cfgs if c.model.name != "resnet18"]
+    cfgs = compared + [c for c in cfgs if c.model.name != "resnet18"]
     ids = [run_id(c) for c in cfgs]
     assert set(ids) <= set(committed), sorted(set(ids) - set(committed))
     pretraining = {i for i, r in committed.items()
                    if r["kind"] == "pretrain" and "stem_width" not in r["model"]}
-    assert pretraining == set(ids) and len(set(ids)) == 21
+    assert pretraining == set(ids) and len(set(ids)) == 30
     assert all(c.data.path is None and c.init_sha256 is None for c in cfgs)  # registry names
 
 

@@ -434,12 +434,15 @@ def test_model_options_are_checked_on_the_meta_device_before_any_work(option, tm
 
 
 def _peak_rss_child(args, env, timeout=120) -> tuple[int, str, float]:
-    """(exit code, output, peak resident GiB) of the command in a child process."""
-    code = ("import resource, sys\n"
+    """(exit code, output, peak resident GiB) of the command in a child process. The peak is
+    the child's own VmHWM: getrusage's ru_maxrss keeps the high-water mark of the process it
+    was forked from across exec (here pytest's, GiBs after a long session)."""
+    code = ("import re, sys\n"
             "from mixerbench.cli import app\n"
             "try:\n    app(sys.argv[1:], prog_name='mixerbench')\n"
             "except SystemExit as e:\n    rc = e.code\n"
-            "sys.stderr.write(f'\\nRSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}\\n')\n"
+            "hwm = re.search(r'VmHWM:\\s*(\\d+)', open('/proc/self/status').read()).group(1)\n"
+            "sys.stderr.write(f'\\nRSS {hwm}\\n')\n"
             "sys.exit(rc)\n")
     proc = subprocess.run([sys.executable, "-c", code, "--quiet", *map(str, args)], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=timeout)

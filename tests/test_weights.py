@@ -484,17 +484,17 @@ def test_reproduce_released_without_the_weights_fails_fast(tmp_path, child_env,
 def test_finetune_a_timm_mixer_from_the_cache_at_2x(tmp_path, child_env):
     """The command a user types: a timm Mixer from the HF cache, offline, fine-tuned at 2x (the
     block-diagonal expansion); config.json records the native Mixer with exact GELU."""
+    from conftest import run
+
     from mixerbench.models.weights import read_metadata
-    from tests.conftest import ROOT
 
     home = tmp_path / "hf"
     hub_cache(home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
     env = dict(child_env, HF_HOME=str(home), HF_HUB_OFFLINE="1")
     res = tmp_path / "results"
-    out = _cli(["finetune", "--init", "timm:mixer_b16_224.goog_in21k_ft_in1k", "--dataset",
-                "mnist-5k", "--img-size", "2x", "--steps", "2", "--set", "optim.warmup_steps=1",
-                "--set", "max_eval_examples=50", "--run-name", "ft2x", "--results-dir", res],
-               env, ROOT)
+    out = run(["finetune", "--init", "timm:mixer_b16_224.goog_in21k_ft_in1k", "--dataset",
+               "mnist-5k", "--img-size", "2x", "--steps", "2", "--set", "optim.warmup_steps=1",
+               "--set", "max_eval_examples=50", "--run-name", "ft2x", "--results-dir", res], env)
     assert out.returncode == 0, out.stderr
     cfg = json.loads((res / "runs" / "ft2x" / "config.json").read_text())
     assert cfg["model"]["name"] == "mixer-b16" and cfg["model"]["gelu"] == "exact"

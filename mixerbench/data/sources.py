@@ -104,14 +104,19 @@ def _check_label_values(raw: np.ndarray, what: str) -> None:
                         f"image; pass label_column= naming a column of class ids or names.")
 
 
+MAX_UNNAMED_CLASSES = 100_000  # classes a label column may imply without a class list
+
+
 def _names_from_labels(raw: np.ndarray, what: str = "the dataset") -> list[str]:
     """The class list of a label column without ClassLabel metadata, from every split's labels:
     0..max for integers, the sorted distinct values for strings (the same in every split).
 
-    Integer labels name at most as many classes as there are labelled images: a label of 10^9
-    would otherwise become a list of a billion class names (and a head as wide)."""
+    Integer labels name at most as many classes as there are labelled images, or
+    `MAX_UNNAMED_CLASSES` (ImageNet-21k's 21,843 fit) where that is more: a label of 10^9 would
+    otherwise become a list of a billion class names (and a head as wide). A small copy of a
+    registry dataset keeps the registry's own class-count check."""
     _check_label_values(raw, what)
-    if raw.dtype.kind in "iu" and len(raw) and int(raw.max()) >= max(len(raw), 2):
+    if raw.dtype.kind in "iu" and len(raw) and int(raw.max()) >= max(len(raw), MAX_UNNAMED_CLASSES):
         raise UserError(f"{what} has label {int(raw.max()):,} but no class list and only {len(raw):,} "
                         f"labelled images; number its classes from 0, or store the labels with a "
                         f"ClassLabel feature that names the classes.")
