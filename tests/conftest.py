@@ -118,6 +118,27 @@ def refused(r) -> str:
     return lines[0]
 
 
+def interrupted_run(base: Path, *, steps: int, ckpt_every: int, kill_at: int):
+    """The tiny smoke run `unf` under `base`, stopped by Ctrl-C at step `kill_at` (in this
+    process), as `pretrain ... --run-name unf` leaves it; returns its config."""
+    from mixerbench.presets import resolve
+    from mixerbench.train import train
+
+    cfg = resolve("smoke", dataset="synthetic",
+                  flags={"steps": steps, "model.img_size": 32, "device": "cpu", "run_name": "unf"},
+                  overrides={"model.width": "16", "model.depth": "1", "data.batch_size": "50",
+                             "ckpt_every": str(ckpt_every), "eval_every": "4"})
+
+    def kill(event, info):
+        if event == "step" and info["step"] == kill_at:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        train(cfg, base, log=kill)
+    assert (base / "runs" / "unf" / "state-last.pt").is_file()
+    return cfg
+
+
 def tree(root: Path) -> dict[str, str]:
     """Every path under `root` with a hash of its bytes (directories marked as such)."""
     import hashlib

@@ -25,7 +25,7 @@ import pytest
 import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from conftest import CLI_ENV, TINY, cli, refused, tree
+from conftest import CLI_ENV, TINY, cli, interrupted_run, refused, tree
 from typer.testing import CliRunner
 
 from mixerbench import results
@@ -46,22 +46,8 @@ def template(tmp_path_factory):
     checkpoint (killed before step 4), as the commands above leave them."""
     base = tmp_path_factory.mktemp("template") / "results"
     assert cli(*FINISHED, "--results-dir", base).exit_code == 0
-    from mixerbench.presets import resolve
-    from mixerbench.train import train
-
     # the config UNFINISHED resolves to on the command line
-    cfg = resolve("smoke", dataset="synthetic",
-                  flags={"steps": 8, "model.img_size": 32, "device": "cpu", "run_name": "unf"},
-                  overrides={"model.width": "16", "model.depth": "1", "data.batch_size": "50",
-                             "ckpt_every": "3", "eval_every": "4"})
-
-    def kill_at_4(event, info):
-        if event == "step" and info["step"] == 4:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, base, log=kill_at_4)
-    assert (base / "runs" / "unf" / "state-last.pt").is_file()
+    interrupted_run(base, steps=8, ckpt_every=3, kill_at=4)
     return base
 
 

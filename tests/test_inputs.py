@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import TINY_MODEL, cli, run
+from conftest import TINY_MODEL, cli, interrupted_run, run
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -354,23 +354,8 @@ def test_a_well_formed_npz_still_loads(tmp_path):
 @pytest.fixture(scope="module")
 def unfinished(tmp_path_factory):
     """A run of 4 steps killed after its step-1 checkpoint (its state is planted on below)."""
-    from mixerbench.presets import resolve
-    from mixerbench.train import train
-
     base = tmp_path_factory.mktemp("unfinished") / "results"
-    cfg = resolve("smoke", dataset="synthetic",
-                  flags={"steps": 4, "model.img_size": 32, "device": "cpu", "run_name": "unf"},
-                  overrides={"model.width": "16", "model.depth": "1", "data.batch_size": "50",
-                             "ckpt_every": "1", "eval_every": "4"})
-
-    def kill_at_2(event, info):
-        if event == "step" and info["step"] == 2:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        train(cfg, base, log=kill_at_2)
-    assert (base / "runs" / "unf" / "state-last.pt").is_file()
-    return base, cfg
+    return base, interrupted_run(base, steps=4, ckpt_every=1, kill_at=2)
 
 
 def test_a_planted_infinite_training_time_is_refused(unfinished, tmp_path):
