@@ -155,8 +155,7 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
         # Flax's nn.gelu (tanh approximation), recorded for ViTs read from official .npz files;
         # otherwise timm's baselines keep their own activation (exact GELU, ReLU)
         kw["act_layer"] = "gelu_tanh"
-    if spec.family == "resnet" and "stem_width" in overrides and not plain_stem_ok(
-            spec.family, overrides, kw):
+    if not plain_stem_ok(spec.family, overrides, kw):
         # timm's ResNet reads stem_width only for a deep stem; its plain stem is 64 wide whatever
         # stem_width says. A new run is refused that option (`presets.resolve`); a run recorded
         # with it (the smoke ResNet of 0.1.0) was built without it, so it is built the same way.
