@@ -971,7 +971,7 @@ def compare(
         return
     # the columns of the markdown table written beside it (tables/compare-*.md)
     emit(_records(compare_view(out["table"])), fmt,
-         title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
+         title=f"{out.get('title') or 'compare on ' + out['dataset']} (img/s on this device)")
     for path in out["written"]:
         _console().print(f"wrote {_e(path)}")
 
