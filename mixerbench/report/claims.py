@@ -659,7 +659,14 @@ def to_markdown(verdicts: list[Verdict]) -> str:
         c = v.claim
         out.append(f"- **{c.title}** ({c.source}): **{v.verdict}**. {c.statement} "
                    f"Test: {_rule_text(c)}.")
+        plain = [x for x in v.comparisons if x.a is None and len(v.comparisons) > 3]
+        if plain:  # many one-number checks (Table 1's seven Mixers): one line
+            out.append(f"  - {', '.join(sorted({x.verdict for x in plain}))}: "
+                       + "; ".join(_md_escape(comparison_text(x)) for x in plain)
+                       + (f" (`{plain[0].source}`)" if plain[0].source else ""))
         for comp in v.comparisons:
+            if comp in plain:
+                continue
             where = f" (`{comp.source}`)" if comp.source else ""
             out.append(f"  - {comp.verdict}: {_md_escape(comparison_text(comp))}{where}")
         for cmd in v.next:

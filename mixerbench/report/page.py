@@ -183,7 +183,8 @@ def _artifacts(root: Path, frames: dict, verdicts, known: set[str]) -> list[str]
                 raise
             except UserError as err:
                 out.append(f'<section class="card" id="artifact-{name}"><h3>{_e(name)}</h3>'
-                           f"{paper}<p class=meta>Not drawn: {_e(err)}</p></section>")
+                           f"{paper}<p class=meta>Not drawn: "  # paths inside the folder
+                           f"{_e(str(err).replace(str(root) + os.sep, ''))}</p></section>")
                 continue
             what = "Table 1: the Mixer shapes and parameter counts" if name == "table1" else \
                 REPORTS[name].paper
