@@ -22,12 +22,13 @@ MODELS = {"mixer": "mixer-t4", "vit": "vit-t4", "resnet": "resnet18"}
 
 
 def compare_rows(root: Path, tops: dict[str, list[float]], experiment="compare:smoke",
-                 steps=496) -> None:
+                 steps=496, recipe: str = "a") -> None:
     """accuracy.csv rows of one `compare`: family -> the top-1 of seeds 0, 1, ..."""
     for family, values in tops.items():
         for seed, top1 in enumerate(values):
             results.append_row("accuracy", dict(
-                run_id=f"{MODELS[family]}-mnist-5k-s{seed}-{steps}", model=MODELS[family],
+                run_id=f"{MODELS[family]}-mnist-5k-s{seed}-{steps}{recipe}",
+                recipe_id=f"{MODELS[family]}-mnist-5k-{recipe}", model=MODELS[family],
                 family=family, dataset="mnist-5k", split="test", img_size=28, epochs=16,
                 steps=steps, top1=top1, kind="pretrain", experiment=experiment, seed=seed,
                 dtype="fp32"), root)
@@ -80,9 +81,10 @@ def test_a_gap_inside_the_spread_is_not_enough_evidence_and_says_how_many_seeds(
 
 
 def test_two_recipes_of_one_model_are_never_averaged(tmp_path):
+    """Same model, dataset and schedule, another recipe id (say another lr): two sides."""
     compare_rows(tmp_path, {"mixer": [90.0, 90.2, 90.4], "vit": [85.0, 85.2, 85.4],
-                            "resnet": [90.4, 90.6, 90.8]}, steps=20)
-    compare_rows(tmp_path, {"mixer": [60.0, 61.0, 62.0]}, steps=40)
+                            "resnet": [90.4, 90.6, 90.8]})
+    compare_rows(tmp_path, {"mixer": [60.0, 61.0, 62.0]}, recipe="b")
     claim = verdicts(tmp_path)["competitive"]
     mixers = [c["a"] for c in claim["comparisons"]]
     assert len(mixers) == 4 and {m["n"] for m in mixers} == {3}

@@ -209,8 +209,9 @@ CLAIMS: tuple[Claim, ...] = (
         statistic="mean top-1 over fine-tuning seeds, 2x minus 1x",
         rule="order", unit="top-1 points", margin=0.0, min_seeds=3,
         rows="accuracy.csv `transfer` fine-tuning rows (the upstream run's row in accuracy.csv "
-             "gives the 1x size) and avg5.csv rows (`resolution`), same upstream recipe, "
-             "downstream dataset, split and steps",
+             "gives the 1x size; a seed is one upstream run and its fine-tuning, pooled by the "
+             "upstream's recipe) and avg5.csv rows (`resolution`, one init), same downstream "
+             "dataset, split and steps",
         command="mixerbench reproduce transfer --budget cpu --data-dir ~/data",
         why="the direction only: the paper's gains are at ImageNet scale",
     ),

@@ -225,11 +225,14 @@ def match(claim: Claim, label: str, ours: float, paper: float, n: int | None = N
 def recipe_key(df: pd.DataFrame) -> pd.Series:
     """Which rows are seeds of one recipe: `recipe_id` where the rows carry one, else the
     columns of accuracy.csv that set a run's result apart from its seed."""
-    if "recipe_id" in df.columns and df["recipe_id"].notna().all() and len(df):
-        return _text(df["recipe_id"])
     cols = [c for c in ("model", "dataset", "split", "img_size", "epochs", "steps", "kind",
                         "experiment", "dtype") if c in df.columns]
-    return df[cols].apply(lambda r: "|".join("" if v != v else str(v) for v in r), axis=1)
+    names = df[cols].apply(lambda r: "|".join("" if v != v else str(v) for v in r), axis=1) \
+        if len(df) else pd.Series([], dtype=object)
+    if "recipe_id" not in df.columns:
+        return names
+    ids = _text(df["recipe_id"])
+    return ids.where(ids != "", "rowless:" + names)  # a row of a version before recipe ids
 
 
 def _side(label: str, values: pd.DataFrame, column: str = "top1", id_col: str = "run_id") -> Side:
@@ -365,10 +368,14 @@ def _shuffle_pairs(frames: dict, family: str):
     sched = acc.set_index(_text(acc["run_id"]))[["epochs", "steps"]]
     sh = sh.join(sched, on="run_id")
     sh = sh.assign(_epochs=_text(sh["epochs"]), _steps=_text(sh["steps"]))
+    sh = sh.assign(_recipe=recipe_key(sh))
     for key, g in sh.groupby(["model", "dataset", "img_size", "_epochs", "_steps"], sort=False):
-        none, patch = g[_text(g["eval_shuffle"]) == "none"], g[_text(g["eval_shuffle"]) == "patch"]
-        if len(none) and len(patch):
-            yield f"{short_name(key[0])}, {key[1]}, {key[2]} px", none, patch
+        label = f"{short_name(key[0])}, {key[1]}, {key[2]} px"
+        nones = list(g[_text(g["eval_shuffle"]) == "none"].groupby("_recipe", sort=False))
+        patches = list(g[_text(g["eval_shuffle"]) == "patch"].groupby("_recipe", sort=False))
+        for (r1, none), (r2, patch) in ((a, b) for a in nones for b in patches):
+            many = len(nones) > 1 or len(patches) > 1  # never two recipes in one mean
+            yield label + (f" (recipes {r1} / {r2})" if many else ""), none, patch
 
 
 def _shuffle(claim: Claim, frames: dict) -> list[Comparison]:
@@ -404,16 +411,14 @@ def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
         sides = []
         for fam in ("mixer", other):
             f = fams[fam].drop_duplicates(["run_id"], keep="last")
+            f = f.assign(_recipe=recipe_key(f))
             for model, gm in f.groupby("model", sort=False):
-                small = gm[gm["fraction"] == lo].drop_duplicates("seed", keep="last")
-                large = gm[gm["fraction"] == hi].drop_duplicates("seed", keep="last")
-                both = small.merge(large, on="seed", suffixes=("_lo", "_hi"))
-                gains = (both["top1_hi"] - both["top1_lo"]).astype(float)
-                sides.append(Side(
-                    short_name(model), float(gains.mean()) if len(gains) else math.nan,
-                    float(gains.std(ddof=1)) if len(gains) > 1 else math.nan, int(len(gains)),
-                    seeds=tuple(both["seed"].tolist()),
-                    rows=tuple(both["run_id_lo"].tolist() + both["run_id_hi"].tolist())))
+                smalls = list(gm[gm["fraction"] == lo].groupby("_recipe", sort=False))
+                larges = list(gm[gm["fraction"] == hi].groupby("_recipe", sort=False))
+                pairs = [(a, b) for a in smalls for b in larges]
+                for (r_lo, small), (r_hi, large) in pairs:  # never two recipes in one mean
+                    sides.append(_gain_side(model + (f" ({r_lo} / {r_hi})" if len(pairs) > 1
+                                                      else ""), small, large))
         where = f"{ds}, {steps} steps, {lo:.0%} -> {hi:.0%} of the data"
         for a in (s for s in sides if _family_name(s.label) == "mixer"):
             for b in (s for s in sides if _family_name(s.label) == other):
@@ -424,6 +429,18 @@ def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
                                  next_cmd=nxt, source="scaling.csv"))
     return out or _none(claim, f"no scaling.csv top-1 rows of a mixer and a {other} at two or "
                                "more fractions")
+
+
+def _gain_side(label: str, small: pd.DataFrame, large: pd.DataFrame) -> Side:
+    """Per seed, top-1 on the largest subset minus on the smallest."""
+    small = small.drop_duplicates("seed", keep="last")
+    large = large.drop_duplicates("seed", keep="last")
+    both = small.merge(large, on="seed", suffixes=("_lo", "_hi"))
+    gains = (both["top1_hi"] - both["top1_lo"]).astype(float)
+    return Side(short_name(label), float(gains.mean()) if len(gains) else math.nan,
+                float(gains.std(ddof=1)) if len(gains) > 1 else math.nan, int(len(gains)),
+                seeds=tuple(both["seed"].tolist()),
+                rows=tuple(both["run_id_lo"].tolist() + both["run_id_hi"].tolist()))
 
 
 def _family_name(label: str) -> str:
@@ -443,10 +460,14 @@ def _higher_resolution(claim: Claim, frames: dict) -> list[Comparison]:
     ft = ft[ft["_up"].isin(by_id.index)]
     if len(ft):
         up = by_id.loc[ft["_up"]]
+        # a seed is one run of the pipeline: the upstream pre-training and its fine-tuning, so
+        # rows pool by the upstream's recipe (a fine-tune's own recipe names its upstream run)
         ft = ft.assign(_k=(ft["img_size"].to_numpy() / up["img_size"].to_numpy()),
                        _upmodel=up["model"].astype(str).map(short_name).to_numpy(),
-                       _updata=up["dataset"].astype(str).to_numpy(), _split=_text(ft["split"]))
-        for key, g in ft.groupby(["_upmodel", "_updata", "dataset", "_split", "steps"], sort=False):
+                       _updata=up["dataset"].astype(str).to_numpy(), _split=_text(ft["split"]),
+                       _uprecipe=recipe_key(up).to_numpy())
+        for key, g in ft.groupby(["_upmodel", "_updata", "dataset", "_split", "steps",
+                                  "_uprecipe"], sort=False):
             one, two = g[g["_k"] == 1.0], g[g["_k"] == 2.0]
             if len(one) and len(two):
                 nxt = _seed_cmd(claim.command, tuple(set(one["seed"]) & set(two["seed"])),
