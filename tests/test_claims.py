@@ -178,3 +178,13 @@ def test_write_md_replaces_only_the_marked_section(tmp_path):
     bare.write_text("# no markers\n")
     r = CliRunner().invoke(app, ["claims", "--results-dir", str(tmp_path), "--write-md", str(bare)])
     assert r.exit_code == 2 and MARKERS[0] in r.output and bare.read_text() == "# no markers\n"
+
+
+def test_more_seeds_than_three_are_asked_for_when_three_leave_the_gap_inside_the_spread(tmp_path):
+    shuffle_rows(tmp_path, "resnet", "resnet18", [73.0, 74.0, 75.0], [71.0, 72.5, 74.0])
+    claim = verdicts(tmp_path)["shuffle-resnet"]
+    assert claim["verdict"] == UNDECIDED
+    why, nxt = claim["comparisons"][0]["why"], claim["next"]
+    k = int(why.split("about ")[1].split(" seeds")[0])
+    assert k > 3 and nxt == [f"for s in $(seq 3 {k - 1}); do mixerbench reproduce shuffle "
+                             "--budget cpu --data-dir ~/data --set seed=$s; done"]

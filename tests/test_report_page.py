@@ -117,3 +117,16 @@ def test_the_report_in_a_real_browser(report_page):
     assert all(complete and width > 0 for _, complete, width in seen["images"]), seen["images"]
     assert seen["broken_anchors"] == []
     assert seen["claims"] == claims_json(report_page.parents[1])
+
+
+def test_a_table_row_of_a_recipe_links_to_each_of_its_runs():
+    import pandas as pd
+
+    from mixerbench.report.page import anchor, table_html, with_runs
+
+    acc = pd.DataFrame({"run_id": ["m-s0", "m-s1", "v-s0"], "recipe_id": ["m", "m", "v"]})
+    table = with_runs(pd.DataFrame({"recipe_id": ["m", "v"], "top1_mean": [90.1, 85.0]}),
+                      {"accuracy": acc})
+    assert list(table["runs"]) == [("m-s0", "m-s1"), ("v-s0",)]
+    page = Page(table_html(table, {anchor("run", r) for r in ("m-s0", "m-s1")}))
+    assert page.hrefs == ["#run-m-s0", "#run-m-s1"]  # v-s0 has no section here: no link

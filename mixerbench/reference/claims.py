@@ -244,7 +244,8 @@ CLAIMS: tuple[Claim, ...] = (
         statistic="top-1 (and ReaL top-1) on ImageNet val, ours minus the paper's",
         rule="match", unit="top-1 points", tolerance=0.5, min_seeds=1,
         rows="released.csv rows (the latest per checkpoint) with a paper row to compare",
-        command="mixerbench reproduce released --dataset ~/data/imagenet --real-labels real.json",
+        command="mixerbench reproduce released --dataset imagenet-1k --data-dir ~/data "
+                "--real-labels real.json",
         why="the same 50,000 images as the paper: only preprocessing and numerics differ",
     ),
 )

@@ -123,12 +123,19 @@ def _decided(a: Side, b: Side, margin: float, k: int, alternative: str) -> bool:
     return _welch_p(big(a), big(b), margin, alternative) < ALPHA
 
 
-def _seeds_needed(a: Side, b: Side, margin: float, alternative: str, floor: int) -> str:
-    """How many runs a side would decide this gap at this spread, if neither moved."""
+def _needed(a: Side, b: Side, margin: float, alternative: str, floor: int) -> int | None:
+    """How many runs a side would decide this gap at this spread, if neither moved (None: more
+    than `MAX_SEEDS`)."""
     for k in range(max(floor, a.n, b.n, 2), MAX_SEEDS + 1):
         if _decided(a, b, margin, k, alternative):
-            return f"about {k} {a.unit} a side would decide a gap this size at this spread"
-    return f"more than {MAX_SEEDS} {a.unit} a side would be needed at this spread"
+            return k
+    return None
+
+
+def _needed_text(k: int | None, unit: str) -> str:
+    if k is None:
+        return f"more than {MAX_SEEDS} {unit} a side would be needed at this spread"
+    return f"about {k} {unit} a side would decide a gap this size at this spread"
 
 
 def _few(a: Side, b: Side, need: int) -> str | None:
@@ -137,12 +144,15 @@ def _few(a: Side, b: Side, need: int) -> str | None:
     return f"n = {a.n} and {b.n} {a.unit}, {need} needed a side"
 
 
-def _as_list(cmd) -> list[str]:
+def _as_list(cmd, k: int) -> list[str]:
+    """The next commands: `cmd` (a command, a list of them, or a function of the runs a side
+    needs that returns either), for `k` runs a side."""
+    cmd = cmd(k) if callable(cmd) else cmd
     return [] if not cmd else [cmd] if isinstance(cmd, str) else list(cmd)
 
 
 def order(claim: Claim, label: str, a: Side, b: Side, margin: float | None = None,
-          next_cmd: str | list[str] | None = None, source: str = "") -> Comparison:
+          next_cmd=None, source: str = "") -> Comparison:
     """`a` exceeds `b` by more than `margin` (the claim's): Welch's one-sided t-tests."""
     margin = claim.margin if margin is None else margin
     value = a.mean - b.mean
@@ -150,7 +160,7 @@ def order(claim: Claim, label: str, a: Side, b: Side, margin: float | None = Non
     few = _few(a, b, claim.min_seeds)
     if min(a.n, b.n) < 2 or a.std != a.std or b.std != b.std:
         out.why = f"{few}: one run has no spread to test a gap against"
-        out.next = _as_list(next_cmd)
+        out.next = _as_list(next_cmd, claim.min_seeds)
         return out
     up, down = _welch_p(a, b, margin, "greater"), _welch_p(a, b, margin, "less")
     bound = f" {'+' if margin >= 0 else '-'} {abs(margin):g}" if margin else ""
@@ -165,12 +175,13 @@ def order(claim: Claim, label: str, a: Side, b: Side, margin: float | None = Non
         out.p = min(up, down)
         out.why = (f"{few}" if few else
                    f"the gap is inside the spread (Welch one-sided p = {out.p:.3g} >= {ALPHA})")
-        out.why += "; " + _seeds_needed(a, b, margin, side, claim.min_seeds)
-        out.next = _as_list(next_cmd)
+        k = _needed(a, b, margin, side, claim.min_seeds)
+        out.why += "; " + _needed_text(k, a.unit)
+        out.next = _as_list(next_cmd, k or MAX_SEEDS)
     return out
 
 
-def equivalent(claim: Claim, label: str, a: Side, b: Side, next_cmd: str | list[str] | None = None,
+def equivalent(claim: Claim, label: str, a: Side, b: Side, next_cmd=None,
                source: str = "") -> Comparison:
     """`a` and `b` within the claim's tolerance either way: two one-sided Welch tests (TOST)."""
     tol = claim.tolerance
@@ -179,7 +190,7 @@ def equivalent(claim: Claim, label: str, a: Side, b: Side, next_cmd: str | list[
     few = _few(a, b, claim.min_seeds)
     if min(a.n, b.n) < 2 or a.std != a.std or b.std != b.std:
         out.why = f"{few}: one run has no spread to test a difference against"
-        out.next = _as_list(next_cmd)
+        out.next = _as_list(next_cmd, claim.min_seeds)
         return out
     inside = max(_welch_p(a, b, -tol, "greater"), _welch_p(a, b, tol, "less"))
     outside = min(_welch_p(a, b, tol, "greater"), _welch_p(a, b, -tol, "less"))
@@ -192,7 +203,7 @@ def equivalent(claim: Claim, label: str, a: Side, b: Side, next_cmd: str | list[
     else:
         out.p = inside
         out.why = few or f"the interval of A - B reaches past ±{tol:g} (TOST p = {inside:.3g})"
-        out.next = _as_list(next_cmd)
+        out.next = _as_list(next_cmd, claim.min_seeds if few else 2 * max(a.n, b.n))
     return out
 
 
@@ -246,6 +257,8 @@ def _seed_cmd(cmd: str, have: tuple, need: int) -> list[str]:
     """`cmd` once for each seed that would bring a side to `need` (seeds it does not have)."""
     have = {int(s) for s in have if s == s}
     todo = [s for s in range(need + len(have)) if s not in have][: max(need - len(have), 1)]
+    if len(todo) > 3 and todo == list(range(todo[0], todo[-1] + 1)):  # one shell loop
+        return [f"for s in $(seq {todo[0]} {todo[-1]}); do {cmd} --set seed=$s; done"]
     return [f"{cmd} --set seed={s}" for s in todo]
 
 
@@ -317,7 +330,7 @@ def _competitive(claim: Claim, frames: dict) -> list[Comparison]:
                     continue
                 for o_label, o_rows in sides[other]:
                     a, b = _side(m_label, m_rows), _side(o_label, o_rows)
-                    nxt = f"{cmd} --seeds {claim.min_seeds}"
+                    nxt = lambda k: f"{cmd} --seeds {k}"  # noqa: E731 (finished seeds are read back)
                     out.append(order(claim, f"{where}: {m_label} vs {o_label}", a, b,
                                      next_cmd=nxt, source="accuracy.csv"))
         if "mixer" not in sides:
@@ -348,8 +361,8 @@ def _throughput(mode: str):
                              rows=(bench_id,), unit="repeats") for x in (r, v))
                 b.label = vit
                 label = f"{model} vs {vit}, {device}, {dtype}, batch {batch}"
-                cmd = (f"mixerbench bench --models {model},{vit} --mode {mode} "
-                       f"--batch-size {batch} --repeats 10")
+                cmd = (lambda k, model=model, vit=vit, batch=batch: f"mixerbench bench --models "
+                       f"{model},{vit} --mode {mode} --batch-size {batch} --repeats {k}")
                 out.append(order(claim, label, a, b, next_cmd=cmd, source="throughput.csv"))
         return out or _none(claim, f"no `{mode}` rows of a Mixer and its Table 3 ViT (B/16, "
                                    "L/16, H/14 at 224 px) from one bench call")
@@ -382,8 +395,8 @@ def _shuffle(claim: Claim, frames: dict) -> list[Comparison]:
     family = "mixer" if claim.id == "shuffle-mixer" else "resnet"
     out = []
     for label, none, patch in _shuffle_pairs(frames, family):
-        nxt = _seed_cmd(claim.command, tuple(set(none["seed"]) & set(patch["seed"])),
-                        claim.min_seeds)
+        have = tuple(set(none["seed"]) & set(patch["seed"]))
+        nxt = lambda k, have=have: _seed_cmd(claim.command, have, k)  # noqa: E731
         if family == "mixer":
             a, b = _side("patch+pixel", patch), _side("original", none)
             out.append(equivalent(claim, label, a, b, next_cmd=nxt, source="shuffle.csv"))
@@ -424,7 +437,8 @@ def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
             for b in (s for s in sides if _family_name(s.label) == other):
                 if not a.n or not b.n:
                     continue
-                nxt = _seed_cmd(claim.command, tuple(set(a.seeds) & set(b.seeds)), claim.min_seeds)
+                have = tuple(set(a.seeds) & set(b.seeds))
+                nxt = lambda k, have=have: _seed_cmd(claim.command, have, k)  # noqa: E731
                 out.append(order(claim, f"{where}: {a.label} vs {b.label} (gain)", a, b,
                                  next_cmd=nxt, source="scaling.csv"))
     return out or _none(claim, f"no scaling.csv top-1 rows of a mixer and a {other} at two or "
@@ -470,8 +484,8 @@ def _higher_resolution(claim: Claim, frames: dict) -> list[Comparison]:
                                   "_uprecipe"], sort=False):
             one, two = g[g["_k"] == 1.0], g[g["_k"] == 2.0]
             if len(one) and len(two):
-                nxt = _seed_cmd(claim.command, tuple(set(one["seed"]) & set(two["seed"])),
-                                claim.min_seeds)
+                have = tuple(set(one["seed"]) & set(two["seed"]))
+                nxt = lambda k, have=have: _seed_cmd(claim.command, have, k)  # noqa: E731
                 label = f"{key[0]} from {key[1]}, fine-tuned on {key[2]} ({int(key[4])} steps)"
                 out.append(order(claim, label, _side("2x", two), _side("1x", one),
                                  next_cmd=nxt, source="accuracy.csv"))

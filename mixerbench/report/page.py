@@ -116,6 +116,11 @@ def table_html(df: pd.DataFrame, known: set[str] = frozenset()) -> str:
     for row in df.itertuples(index=False):
         cells = []
         for col, v in zip(df.columns, row):
+            if isinstance(v, tuple):  # run ids behind an aggregate (a recipe's seeds)
+                cells.append("<td>" + " ".join(
+                    f'<a href="#{anchor("run", r)}">{_e(r)}</a>' if anchor("run", r) in known
+                    else _e(r) for r in v) + "</td>")
+                continue
             text, num = _cell(v.item() if hasattr(v, "item") else v)
             shown = _e(text)
             if col in LINKED and text and anchor(LINKED[col], text) in known:
@@ -194,10 +199,24 @@ def _artifacts(root: Path, frames: dict, verdicts, known: set[str]) -> list[str]
                     body.append(f'<figure><img alt="{_e(stem)}" src="{_png(obj)}"></figure>')
                 else:
                     shown = compare_view(obj) if stem.startswith("compare-") else obj
-                    body.append(f"<h4>{_e(stem)}</h4>{table_html(shown, known)}")
+                    body.append(f"<h4>{_e(stem)}</h4>{table_html(with_runs(shown, frames), known)}")
             out.append(f'<section class="card" id="artifact-{name}"><h3>{_e(what)}</h3>'
                        f"{paper}{''.join(body)}</section>")
     return out
+
+
+def with_runs(table: pd.DataFrame, frames: dict) -> pd.DataFrame:
+    """A table whose rows name a recipe (`recipe_id`) gains a `runs` column: the run ids of
+    that recipe's rows in accuracy.csv, each a link to its section."""
+    if "recipe_id" not in table.columns or "runs" in table.columns:
+        return table
+    acc = frames["accuracy"]
+    by_recipe = {}
+    for rid, run in zip(acc["recipe_id"].astype(object), acc["run_id"].astype(object)):
+        if rid == rid and run == run:
+            by_recipe.setdefault(str(rid), []).append(str(run))
+    runs = [tuple(dict.fromkeys(by_recipe.get(str(r), ()))) for r in table["recipe_id"]]
+    return table.assign(runs=runs)
 
 
 # -------------------------------------------------------------------------------- runs
