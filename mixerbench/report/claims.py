@@ -313,7 +313,7 @@ def _competitive(claim: Claim, frames: dict) -> list[Comparison]:
                      _split=_text(acc["split"]))
     out = []
     for (ds, exp_name, split), g in acc.groupby(["dataset", "_exp", "_split"], sort=False):
-        preset = exp_name.split(":", 1)[-1]
+        preset = exp_name.split(":", 1)[-1].split("[", 1)[0]  # compare:smoke[steps=20]
         cmd = (f"mixerbench compare --models mixer,vit,resnet --preset {preset} "
                f"--dataset {ds}")
         models = list(dict.fromkeys(g["model"].astype(str)))
