@@ -39,12 +39,14 @@ class Page(HTMLParser):
     def __init__(self, text: str):
         super().__init__()
         self.tags, self.ids, self.hrefs, self.srcs, self.claims = [], set(), [], [], []
+        self.handlers = []  # on* attributes: script, which the page never has
         self._badge = False
         self.feed(text)
 
     def handle_starttag(self, tag, attrs):
         a = dict(attrs)
         self.tags.append(tag)
+        self.handlers += [k for k in a if k.startswith("on")]
         if "id" in a:
             self.ids.add(a["id"])
         if "href" in a:
@@ -77,6 +79,7 @@ def test_the_report_needs_nothing_outside_itself(report_page):
     assert page.hrefs and all(h.startswith("#") and h[1:] in page.ids for h in page.hrefs)
     style = re.search(r"<style>(.*?)</style>", text, re.S).group(1)
     assert "url(" not in style and "@import" not in style and "@font-face" not in style
+    assert page.handlers == []
     # every run of the committed rows has its section, and the claims link to them
     assert "run-mixer-t4-mnist-5k-s0-77701761" in page.ids and "bench-20261201T165850Z-771eb0" in page.ids
     assert "#run-mixer-t4-mnist-5k-s0-77701761" in page.hrefs
@@ -130,3 +133,21 @@ def test_a_table_row_of_a_recipe_links_to_each_of_its_runs():
     assert list(table["runs"]) == [("m-s0", "m-s1"), ("v-s0",)]
     page = Page(table_html(table, {anchor("run", r) for r in ("m-s0", "m-s1")}))
     assert page.hrefs == ["#run-m-s0", "#run-m-s1"]  # v-s0 has no section here: no link
+
+
+def test_names_from_the_csvs_are_shown_as_text_never_as_markup(tmp_path):
+    from mixerbench import results
+
+    evil = '<img src=x onerror="alert(1)">'
+    for seed in range(2):
+        results.append_row("accuracy", dict(
+            run_id=f"r{seed}", model=evil, family="mixer", dataset=evil, split="test",
+            img_size=28, epochs=1, steps=10, top1=50.0 + seed, kind="pretrain",
+            experiment="compare:" + evil, seed=seed, device_name=evil), tmp_path)
+    r = CliRunner().invoke(app, ["report", "--results-dir", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    text = (tmp_path / "report" / "index.html").read_text()
+    page = Page(text)
+    assert page.handlers == [] and "script" not in page.tags
+    assert all(s.startswith("data:image/png;base64,") for s in page.srcs)
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
