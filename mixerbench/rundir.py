@@ -30,6 +30,7 @@ from mixerbench.config import (
     RunConfig,
     config_hash,
     read_run_config,
+    recipe_id,
     to_dict,
 )
 from mixerbench.errors import UserError
@@ -140,6 +141,8 @@ def read_summary(run_dir: Path) -> dict | None:
         raise UserError(f"{path} does not belong to its run ({wrong}), so it is not recorded; "
                         f"move the run directory {Path(run_dir).name} away (or delete it) and "
                         "run again.")
+    if not s.get("recipe_id"):  # written before runs recorded their recipe
+        s["recipe_id"] = recipe_id(cfg, s.get("dtype"))
     return s
 
 

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 from mixerbench import files, results, rundir
-from mixerbench.config import RunConfig, run_binding, run_id, to_dict
+from mixerbench.config import RunConfig, recipe_id, run_binding, run_id, to_dict
 from mixerbench.errors import UserError
 from mixerbench.optim import make_optimizer, make_scheduler
 from mixerbench.prepare import Run, check_model, prepare
@@ -241,7 +241,8 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
                               compiled=run.compiled, seed=cfg.seed)
     images = run.total * cfg.data.batch_size
     summary = dict(
-        run_id=run.run_dir.name, model=model_label(run.rec["name"], run.rec.get("overrides")),
+        run_id=run.run_dir.name, recipe_id=recipe_id(cfg, run.dtype),
+        model=model_label(run.rec["name"], run.rec.get("overrides")),
         family=get_spec(run.rec["name"]).family,
         dataset=cfg.data.dataset, split=eval_split(run), img_size=run.rec["img_size"],
         epochs=round(images / run.train_size, 4), steps=run.total,
