@@ -16,6 +16,7 @@ import os
 from pathlib import Path
 
 from mixerbench import files, results
+from mixerbench.names import RUN_NAME
 
 
 def upgrade(root: str | os.PathLike | None = None) -> dict:
@@ -63,7 +64,7 @@ def recipe_of_run(root: Path, run: str, dtype: str | None = None) -> str | None:
     the precision its training row records, for a run without summary.json."""
     from mixerbench.config import read_run_config, recipe_id, run_id
 
-    if not results.RUN_NAME.fullmatch(run):
+    if not RUN_NAME.fullmatch(run):
         return None
     folder = results.run_path(root, run)
     if not folder.is_dir():
