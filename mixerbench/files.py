@@ -237,6 +237,32 @@ class Folder:
         with suppress(FileNotFoundError):
             os.unlink(name, dir_fd=self.fd)
 
+    def remove_tree(self, name: str) -> None:
+        """`rm -r name` in this folder: every folder below opened without following a link
+        (a link is removed, never followed), so a swap cannot turn it into a removal outside."""
+        sub = self.folder(name)
+        if sub is None:
+            return
+        with sub:
+            for other in sub.names():
+                st = sub.lstat(other)
+                if st is not None and stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+                    sub.remove_tree(other)
+                else:
+                    sub.unlink(other)
+        try:
+            os.rmdir(name, dir_fd=self.fd)
+        except OSError as exc:
+            raise UserError(describe(exc, self.where(name))) from None
+
+    def remove_temporary(self, name: str | None = None) -> None:
+        """Remove the temporary files killed writers left here (`.<name>.*.tmp`; of any file
+        when `name` is None). Only while no writer of those files can be running (its lock
+        held, or the folder claimed by this process)."""
+        for other in self.names():
+            if other.startswith(f".{name}." if name else ".") and other.endswith(".tmp"):
+                self.unlink(other)
+
     def write_bytes(self, name: str, data: bytes) -> None:
         """Replace `name` in this folder by `data` atomically: a temporary file made beside it
         (`O_EXCL`, never through a link), fsynced, then renamed over it, both relative to this
@@ -279,9 +305,7 @@ class Folder:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             try:
-                for other in self.names():  # every writer of `name` holds this lock
-                    if other.startswith(f".{name}.") and other.endswith(".tmp"):
-                        self.unlink(other)
+                self.remove_temporary(name)  # every writer of `name` holds this lock
                 yield self
             finally:
                 fcntl.flock(fd, fcntl.LOCK_UN)
@@ -432,18 +456,6 @@ def read_bytes(path: str | os.PathLike, limit: int | None = MAX_TEXT_BYTES) -> b
         os.close(fd)
 
 
-def check_file(path: str | os.PathLike) -> Path:
-    """`path` if it is a regular file, else a UserError: opened once without blocking, so a
-    FIFO or device is refused, not read. Only a check: read what is checked through
-    `read_bytes` / `open_file`, since the path may name another file by the time a library
-    opens it."""
-    try:
-        os.close(open_file(path))
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; check the path.") from None
-    return Path(path)
-
-
 # One JSON token that matters for nesting: a whole string (skipped) or a bracket.
 _JSON_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', re.DOTALL)
 
@@ -501,6 +513,16 @@ def locked(path: str | os.PathLike):
         yield folder
 
 
+def remove_tree(path: str | os.PathLike) -> None:
+    """`rm -r path` (`Folder.remove_tree`); errors are ignored, as for a clean-up after a
+    failure, whose own error is the one to report."""
+    with suppress(UserError, OSError):
+        folder, name = _parent(path)
+        if folder is not None:
+            with folder:
+                folder.remove_tree(name)
+
+
 def _read_umask() -> int:
     mask = os.umask(0o022)
     os.umask(mask)
@@ -526,8 +548,13 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def json_bytes(obj: Any) -> bytes:
+    """`obj` as mixerbench writes JSON files (indented, keys sorted, one newline at the end)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 # --------------------------------------------------------------- OS errors as one sentence
