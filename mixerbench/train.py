@@ -276,8 +276,8 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
         from mixerbench.runtime import resolve_device
 
         resolve_device(cfg.device)
-    if not cfg.init:  # options and memory checked before any data is read (meta device)
-        check_model(cfg)
+    # options, memory and MACs, on the meta device before any data is read
+    check = None if cfg.init else check_model(cfg)
     cfg = resolve_inputs(cfg)  # a config not made by presets.resolve gets its inputs' identity
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))
@@ -288,7 +288,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
         raise UserError(f"Nothing to resume in {run_dir}: it has no checkpoint yet; run the "
                         "command without --resume.")
     results.ensure_appendable("accuracy", root)  # a damaged accuracy.csv is found before hours of work
-    run = prepare(cfg, root, run_dir, lambda what: log(Event.STAGE, dict(what=what)))
+    run = prepare(cfg, root, run_dir, lambda what: log(Event.STAGE, dict(what=what)), check)
     created = not run_dir.exists()
     try:
         # one process trains a run at a time; a second waits, then finds it finished

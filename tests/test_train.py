@@ -145,6 +145,46 @@ def test_training_writes_run_directory_and_accuracy_row(tmp_path):
     assert len(results.load("accuracy", tmp_path)) == 1
 
 
+def test_a_run_builds_its_model_once_on_meta_and_once_for_real(tmp_path, monkeypatch):
+    """The checks before the data is read (options, memory) and the MAC count share one build
+    on the meta device; the weights are built once; train_flops is 6 x the trained model's
+    MACs x the images seen (forward + backward = 3 forward passes, 2 FLOPs per MAC)."""
+    from mixerbench import models
+    from mixerbench.models.flops import count_macs
+
+    real, built = models.create_model, []
+
+    def create_model(*args, **kwargs):
+        model = real(*args, **kwargs)
+        built.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(models, "create_model", create_model)
+    s = train(tiny_cfg(steps=2, eval_every=2), tmp_path)
+    assert sorted(built) == ["cpu", "meta"]
+    trained = real("mixer-t4", num_classes=10, img_size=32, patch_size=8, width=32, depth=2)
+    assert s["train_flops"] == 6 * count_macs(trained, 32) * 2 * 50
+
+
+@pytest.mark.parametrize("family", ["mixer", "vit", "resnet", "gmlp", "resmlp"])
+def test_the_meta_check_with_the_datas_classes_counts_what_is_trained(family):
+    """Checked with 10 classes before the data is read, then given the data's 37: the meta
+    model's parameters and MACs are those of the model then built for real."""
+    import torch
+
+    from mixerbench.models import count_params
+    from mixerbench.models.flops import count_macs
+    from mixerbench.prepare import build_model, check_model
+
+    cfg = resolve("smoke", model=family, flags={"device": "cpu"})
+    check = check_model(cfg).with_classes(37)
+    torch.manual_seed(0)
+    model, rec = build_model(cfg, 37)
+    assert (check.params, check.macs) == (count_params(model)[0],
+                                          count_macs(model, rec["img_size"]))
+    assert check.num_classes == 37 and check_model(cfg).macs < check.macs
+
+
 def test_resume_after_a_kill_is_bitwise_exact(tmp_path):
     cfg = tiny_cfg(steps=14, **{"model.drop_path": 0.2, "data.mixup_p": 0.5})
     straight = train(cfg, tmp_path / "a")
