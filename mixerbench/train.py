@@ -261,7 +261,9 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
 
 def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool = False,
           log: Log | None = None, experiment: str = "") -> dict[str, Any]:
-    """Train (or fine-tune) per `cfg`; return the summary (the accuracy row plus `run_dir`).
+    """Train (or fine-tune) per `cfg` (as `presets.run_config` made it: its inputs, a dataset
+    path and the `--init` weights' hash, are part of it); return the summary (the accuracy row
+    plus `run_dir`).
 
     A finished run is read back, not retrained (unless `resume`, which is then an error); an
     unfinished one continues from its last checkpoint. `experiment` tags the accuracy row
@@ -269,8 +271,6 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     not part of the configuration, so the same run serves any experiment that asks for it.
     Under torchrun every rank returns the same summary.
     """
-    from mixerbench.presets import resolve_inputs
-
     log = log or (lambda event, info: None)
     if cfg.device:  # a mistyped device is refused before a finished run is read back
         from mixerbench.runtime import resolve_device
@@ -278,7 +278,6 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
         resolve_device(cfg.device)
     # options, memory and MACs, on the meta device before any data is read
     check = None if cfg.init else check_model(cfg)
-    cfg = resolve_inputs(cfg)  # a config not made by presets.resolve gets its inputs' identity
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))
     rundir.check_owner(run_dir, cfg)
