@@ -202,6 +202,18 @@ class Batches:
             gen = torch.Generator().manual_seed(T.mix_seed(self.seed, "aug", epoch, i, self.rank))
             yield self._finish(x, y, gen, epoch, i, randaug=not self.randaug_in_workers)
 
+    def host_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """The worker path's uint8 batches (B, 3, S, S) as the workers deliver them, before
+        anything runs on `device`: the host's share of the pipeline (`inputbench`)."""
+        if self.path != "worker":
+            raise ValueError("host_batches is the worker path's; this loader holds its images in memory")
+        loader = self._worker_loader()
+        loader.batch_sampler.epoch, loader.batch_sampler.start = epoch, start
+        for x, err in loader:
+            if err:
+                raise UserError(err)
+            yield x
+
     def _tensor_batch(self, epoch: int, i: int):
         pos = self.positions(epoch, i)
         xb = self._images[pos.to(self._images.device)].to(self.device, non_blocking=True)  # (B, H, W, 3) uint8
@@ -219,12 +231,13 @@ class Batches:
         targets, fixed shuffle."""
         if self.randaug_m > 0 and randaug:
             x = T.rand_augment(x, gen, self.randaug_m)
-        x = T.to_unit_range(x)
-        if self.mixup_p > 0:
+        if self.mixup_p > 0:  # mixes into the [-1, 1] value range
             x, y = T.mixup(x, y, self.mixup_p, T.mix_seed(self.seed, "mixup", epoch, i, self.rank),
                            self.num_classes, self.label_smoothing)
-        elif self.soft:
-            y = T.soft_targets(y, self.num_classes, smoothing=self.label_smoothing)
+        else:
+            x = T.to_unit_range(x)
+            if self.soft:
+                y = T.soft_targets(y, self.num_classes, smoothing=self.label_smoothing)
         if self.shuffle is not None:
             x = self.shuffle(x)
         return x.contiguous(), y
