@@ -236,12 +236,13 @@ class Encoded:
             if min_w and min_h and 2 * min_w <= w and 2 * min_h <= h:
                 img.draft("RGB", (min_w, min_h))  # picks the largest scale keeping >= min size
             if img.size == self.size:
-                from torchvision.io import ImageReadMode, decode_jpeg
-
-                try:
+                try:  # deprecated since torchvision 0.29 (for TorchCodec), still its fastest decoder
+                    with warnings.catch_warnings():
+                        warnings.simplefilter("ignore", DeprecationWarning)
+                        from torchvision.io import ImageReadMode, decode_jpeg
                     return decode_jpeg(torch.frombuffer(bytearray(self._data), dtype=torch.uint8),
                                        mode=ImageReadMode.RGB)
-                except RuntimeError:  # a JPEG variant libjpeg-turbo refuses here: PIL may read it
+                except (ImportError, RuntimeError):  # gone, or a JPEG it refuses: PIL reads it
                     img = _open_bytes(self._data)
         img.load()
         arr = np.array(img.convert("RGB"), dtype=np.uint8)  # writable: torch.from_numpy warns on read-only

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import gc
 import math
+import os
 import statistics
 import time
 
@@ -109,8 +110,6 @@ class _Subset(torch.utils.data.Dataset):
 
 def _timm_dataset(folder, files: list[str]):
     """timm's own ImageDataset on `folder`, restricted to `files` (the images ours reads)."""
-    import os
-
     from timm.data import ImageDataset
 
     tds = ImageDataset(str(folder))
@@ -185,7 +184,8 @@ def input_bench(ds, folder=None, *, img_size: int = 224, batch_size: int = 128, 
         randaug_m / mixup_p: RandAugment(2, m) and mixup strength (paper Table 4's ImageNet
             recipe: m = 15, p = 0.5); 0 turns either off.
         images: images per measured pass (a seeded sample of `ds`, whole batches).
-        repeats: rounds; every round measures every row once, in a rotated order.
+        repeats: timed rounds after an untimed one; every round measures every row once,
+            in a rotated order.
 
     Returns:
         One dict per row: pipeline, what, images, wall img/s (median), img per CPU-second
@@ -210,16 +210,25 @@ def input_bench(ds, folder=None, *, img_size: int = 224, batch_size: int = 128, 
                      randaug_m=randaug_m, mixup_p=mixup_p, device=device, timm_row=timm_row)
     names = list(passes)
     per: dict[str, list[tuple[int, float, float]]] = {k: [] for k in names}
-    total = repeats * len(names)
-    for r in range(repeats):
+    total, done = (repeats + 1) * len(names), 0
+    for r in range(repeats + 1):  # round 0 is untimed: imports, first allocations, file cache
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotated: no row always first
             if progress:
-                progress(f"round {r + 1}/{repeats}: {name}", sum(map(len, per.values())), total)
-            per[name].append(passes[name]())
+                progress(f"{f'round {r}/{repeats}' if r else 'warm-up round'}: {name}", done, total)
+            result = passes[name]()
+            done += 1
+            if r:
+                per[name].append(result)
     if progress:
         progress("done", total, total)
-    return _rows(per, names, dict(images=n, img_size=img_size, batch_size=batch_size, workers=workers,
+    rows = _rows(per, names, dict(images=n, img_size=img_size, batch_size=batch_size, workers=workers,
                                   randaug_m=randaug_m, mixup_p=mixup_p, repeats=repeats))
+    for row in rows:
+        if row["pipeline"] == "tensor":
+            row["workers"] = 0
+        if row["pipeline"] in ("decode", "ours-host"):  # they run neither
+            row["randaug_m"], row["mixup_p"] = 0, 0.0
+    return rows
 
 
 def _rows(per: dict, names: list[str], common: dict) -> list[dict]:
@@ -237,7 +246,7 @@ def _rows(per: dict, names: list[str], common: dict) -> list[dict]:
     return rows
 
 
-def write_jpeg_folder(root, n: int, *, seed: int = 0, classes: int = 10) -> list:
+def write_jpeg_folder(root, n: int, *, seed: int = 0, classes: int = 10, progress=None) -> list:
     """`n` photo-like JPEGs of ImageNet's most common size (500x375 px, quality 90) in `classes`
     class folders under `root` (which must not exist): the input bench's stand-in for ImageNet.
 
@@ -255,7 +264,9 @@ def write_jpeg_folder(root, n: int, *, seed: int = 0, classes: int = 10) -> list
     from mixerbench.files import atomic_write_bytes
 
     root = Path(root)
-    if root.exists():
+    if not 1 <= n <= MAX_BENCH_IMAGES:
+        raise UserError(f"--write-jpegs {n:,} must be between 1 and {MAX_BENCH_IMAGES:,} images.")
+    if os.path.lexists(root):
         raise UserError(f"{root} exists; name a new folder for the JPEGs.")
     rng = np.random.default_rng(seed)
     w, h = JPEG_SIZE
@@ -274,4 +285,6 @@ def write_jpeg_folder(root, n: int, *, seed: int = 0, classes: int = 10) -> list
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buf.getvalue())
         out.append(path)
+        if progress and (i % 50 == 0 or i == n - 1):
+            progress(f"writing JPEGs into {root}", i + 1, n)
     return out
