@@ -672,6 +672,11 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
     seed = run_cfg.seed if run_cfg else 0
     model, rec = load_model(checkpoint_src, device=device, model_name=arch)
+    if run_cfg is not None:  # the rows go to this run: the weights loaded must be its own (the
+        # run folder may have been swapped since its config was read above)
+        from mixerbench.models.weights import check_credited_to
+
+        check_credited_to(checkpoint_src, run_id, run_cfg, rec)
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise UserError(f"{checkpoint_src} holds non-finite weights (NaN or inf), so it has no "
                         "accuracy to measure; pass a checkpoint from a run that trained.")

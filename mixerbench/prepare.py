@@ -130,9 +130,11 @@ def build_model(cfg: RunConfig, num_classes: int):
     m = cfg.model
     if cfg.init:
         # the model section names the architecture of an init file that does not (`--arch`)
+        # the bytes loaded must hash to the init_sha256 the run id was made from (read once:
+        # the file hashed is the file loaded, not one swapped in since resolve_inputs)
         return load_for_finetuning(cfg.init, num_classes=num_classes, img_size=m.img_size,
                                    regularisers=dict(drop_path=m.drop_path, dropout=m.dropout),
-                                   model_name=m.name)
+                                   model_name=m.name, sha256=cfg.init_sha256)
     overrides = model_overrides(cfg)
     check_model(cfg, num_classes)
     spec = get_spec(m.name)
