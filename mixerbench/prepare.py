@@ -95,8 +95,11 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], No
 
     macs = count_macs(unwrap(model), img_size, device=device)
     patch = dcfg.shuffle_patch or rec["patch_size"]
+    # fine-tuning released weights: the values they were trained on (`models.preprocess`)
+    from mixerbench.models.preprocess import of_weights
+
     common = dict(img_size=img_size, device=device, seed=cfg.seed, shuffle=dcfg.shuffle,
-                  shuffle_patch=patch)
+                  shuffle_patch=patch, preprocess=of_weights(cfg.init))
     train_batches = make_loader(
         train_ds, batch_size=rank_batch, train=True, pipeline=dcfg.pipeline,
         randaug_m=dcfg.randaug_m, mixup_p=dcfg.mixup_p, label_smoothing=dcfg.label_smoothing,

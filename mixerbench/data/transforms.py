@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,9 +43,11 @@ PIPELINES = {
     "eval-resize": "resize to img_size*256/224 square, centre crop img_size ('resize-crop', App. C)",
     "eval-resmall": "shorter side to img_size*256/224, centre crop img_size ('resmall-crop', App. C)",
     "eval-plain": "resize to img_size",
+    "eval-weights": "the weights' own eval crop: shorter side to img_size/crop_pct, centre crop "
+                    "img_size (timm's pretrained_cfg; `Preprocess`)",
 }
 TRAIN_PIPELINES = ("pretrain", "finetune", "small", "digits")
-EVAL_PIPELINES = ("eval-resize", "eval-resmall", "eval-plain")
+EVAL_PIPELINES = ("eval-resize", "eval-resmall", "eval-plain", "eval-weights")
 SHUFFLES = ("none", "patch", "global")
 
 # fraction of the image area. pretrain: big_vision/pp/ops_image.py inception_crop and
@@ -70,8 +73,30 @@ def mix_seed(*parts) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def eval_resize_size(img_size: int) -> int:
-    return int(round(img_size * EVAL_RESIZE_RATIO))
+def eval_resize_size(img_size: int, ratio: float = EVAL_RESIZE_RATIO) -> int:
+    return int(round(img_size * ratio))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels reach a model: per-channel `mean` / `std` of [0, 1] values, the `interpolation`
+    of eval resizes, and `crop_pct` of the `eval-weights` crop. `UNIT` is the paper's: [-1, 1]
+    (big_vision's value_range(-1, 1)), bilinear, 224/256; weights trained another way carry
+    their own (timm's pretrained_cfg: `models.preprocess.of_weights`)."""
+
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1 / EVAL_RESIZE_RATIO
+
+    def describe(self) -> str:
+        if self.mean == UNIT.mean and self.std == UNIT.std:
+            return f"[-1, 1], {self.interpolation}"
+        return (f"mean {', '.join(f'{m:g}' for m in self.mean)} / std "
+                f"{', '.join(f'{v:g}' for v in self.std)}, {self.interpolation}")
+
+
+UNIT = Preprocess()
 
 
 # ---------------------------------------------------------------- random crop boxes (shared by both paths)
@@ -183,29 +208,35 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def eval_geometry(x: torch.Tensor, pipeline: str, img_size: int) -> torch.Tensor:
-    """Deterministic eval resizes on a float batch (B, C, H, W) -> (B, C, img_size, img_size)."""
+def eval_geometry(x: torch.Tensor, pipeline: str, img_size: int,
+                  pre: Preprocess = UNIT) -> torch.Tensor:
+    """Deterministic eval resizes on a float batch (B, C, H, W) -> (B, C, img_size, img_size),
+    with `pre`'s interpolation (and crop_pct for `eval-weights`)."""
     import torchvision.transforms.v2.functional as F
+    from torchvision.transforms import InterpolationMode
 
+    mode = InterpolationMode(pre.interpolation)
     if pipeline == "eval-plain":
         if x.shape[-2:] != (img_size, img_size):
-            x = F.resize(x, [img_size, img_size], antialias=True)
+            x = F.resize(x, [img_size, img_size], interpolation=mode, antialias=True)
         return x
-    big = eval_resize_size(img_size)
+    ratio = 1 / pre.crop_pct if pipeline == "eval-weights" else EVAL_RESIZE_RATIO
+    big = eval_resize_size(img_size, ratio)
     if pipeline == "eval-resize":
-        x = F.resize(x, [big, big], antialias=True)
-    else:  # eval-resmall: shorter side to `big`, keep aspect
-        x = F.resize(x, big, antialias=True)
+        x = F.resize(x, [big, big], interpolation=mode, antialias=True)
+    else:  # eval-resmall, eval-weights: shorter side to `big`, keep aspect
+        x = F.resize(x, big, interpolation=mode, antialias=True)
     return F.center_crop(x, [img_size, img_size])
 
 
-def apply_geometry(x: torch.Tensor, pipeline: str, img_size: int, gen: torch.Generator) -> torch.Tensor:
+def apply_geometry(x: torch.Tensor, pipeline: str, img_size: int, gen: torch.Generator,
+                   pre: Preprocess = UNIT) -> torch.Tensor:
     """Crop/flip/resize a batch (B, 3, H, W) of values in [0, 255] to (B, 3, img_size, img_size).
 
     uint8 in, float32 out, except `small` at the stored size, which stays uint8 (a pure gather).
     """
     if pipeline in EVAL_PIPELINES:
-        return eval_geometry(x.float(), pipeline, img_size)
+        return eval_geometry(x.float(), pipeline, img_size, pre)
     n, _, height, width = x.shape
     if pipeline in PAD:
         import torch.nn.functional as tnf
@@ -224,8 +255,8 @@ def apply_geometry(x: torch.Tensor, pipeline: str, img_size: int, gen: torch.Gen
 
 # ---------------------------------------------------------------- per-image geometry (worker path)
 
-def resize_u8(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Bilinear, antialiased resize of one uint8 (3, h, w) image, staying uint8.
+def resize_u8(x: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Antialiased resize of one uint8 (3, h, w) image (bilinear or bicubic), staying uint8.
 
     Through torch's uint8 kernel on a channels-last copy (the layout it vectorises; PIL's
     algorithm, within 1 of it): 0.16 ms for a 375 px crop to 224 px where PIL took 0.6 ms
@@ -236,30 +267,32 @@ def resize_u8(x: torch.Tensor, height: int, width: int) -> torch.Tensor:
     if tuple(x.shape[-2:]) == (height, width):
         return x
     x = x[None].contiguous(memory_format=torch.channels_last)
-    return tnf.interpolate(x, size=(height, width), mode="bilinear", antialias=True, align_corners=False)[0]
+    return tnf.interpolate(x, size=(height, width), mode=mode, antialias=True, align_corners=False)[0]
 
 
-def worker_geometry(enc, pipeline: str, img_size: int, gen: torch.Generator | None) -> torch.Tensor:
+def worker_geometry(enc, pipeline: str, img_size: int, gen: torch.Generator | None,
+                    pre: Preprocess = UNIT) -> torch.Tensor:
     """The geometry of `pipeline` on one encoded image (`decode.Encoded`), for DataLoader workers.
 
     Returns uint8 (3, img_size, img_size). The crop box is drawn from the header's size before
     any pixel is decoded, so a JPEG is decoded only at the scale that crop needs (an inception
     crop keeping at least img_size px each way, an eval resize at least its resize size). `gen`
-    is a per-example generator (train pipelines: the box, then the flip); eval pipelines ignore it.
+    is a per-example generator (train pipelines: the box, then the flip); eval pipelines ignore it
+    and resize with `pre`'s interpolation.
     """
     width, height = enc.size
     s = img_size
     if pipeline == "eval-plain":
-        return resize_u8(enc.decode(s, s), s, s)
-    if pipeline in ("eval-resize", "eval-resmall"):
-        big = eval_resize_size(s)
+        return resize_u8(enc.decode(s, s), s, s, pre.interpolation)
+    if pipeline in ("eval-resize", "eval-resmall", "eval-weights"):
+        big = eval_resize_size(s, 1 / pre.crop_pct if pipeline == "eval-weights" else EVAL_RESIZE_RATIO)
         x = enc.decode(big, big)
         if pipeline == "eval-resize":
             nh, nw = big, big
         else:
             scale = big / min(width, height)
             nw, nh = max(big, round(width * scale)), max(big, round(height * scale))
-        x = resize_u8(x, nh, nw)
+        x = resize_u8(x, nh, nw, pre.interpolation)
         top, left = (nh - s) // 2, (nw - s) // 2
         return x[:, top:top + s, left:left + s]
     if pipeline in PAD:
@@ -578,6 +611,16 @@ def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     return x.float().div_(127.5).sub_(1.0)
 
 
+def normalize(x: torch.Tensor, pre: Preprocess = UNIT) -> torch.Tensor:
+    """[0, 255] -> the values `pre`'s model was trained on: (x / 255 - mean) / std per channel
+    (timm's and torchvision's Normalize); `UNIT` is exactly `to_unit_range`."""
+    if pre.mean == UNIT.mean and pre.std == UNIT.std:
+        return to_unit_range(x)
+    mean = torch.tensor(pre.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255.0 - mean) / std
+
+
 def soft_targets(y: torch.Tensor, num_classes: int, lam: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
     """One-hot (optionally smoothed) targets mixed with the batch flipped: timm's mixup_target."""
     from timm.data.mixup import mixup_target
@@ -589,19 +632,14 @@ def mixup(x: torch.Tensor, y: torch.Tensor, p: float, seed: int, num_classes: in
           smoothing: float = 0.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Batch-level mixup with strength p (paper Table 4): lam ~ Beta(p, p), pairs are the batch flipped.
 
-    x holds values in [0, 255] (uint8 or float); returns the mixed batch already in the [-1, 1]
-    value range, lam * v(x) + (1 - lam) * v(x.flip(0)) with v(x) = x / 127.5 - 1, computed as
-    ((1 - lam) / 127.5) x.flip(0) + (lam / 127.5) x - 1: four passes and two float batches where
-    value range then mixup took seven and four (0.5 vs 0.8 ms an image at 224 px on the CPU).
-
     timm's Mixup draws lam from numpy's global RNG; here lam comes from a local numpy Generator seeded
     by the caller, and the images are mixed the way timm's 'batch' mode does (x.flip(0)) so that
     timm's mixup_target builds the matching soft labels.
     """
     lam = float(np.random.default_rng(seed).beta(p, p))
-    xf = x.float()  # x itself when it is float32: read, never written
-    out = xf.flip(0).mul_((1.0 - lam) / 127.5).add_(xf, alpha=lam / 127.5).sub_(1.0)
-    return out, soft_targets(y, num_classes, lam=lam, smoothing=smoothing)
+    # x * lam + x.flip(0) * (1 - lam) with its roundings, two temporaries instead of four
+    x = (x * lam).add_(x.flip(0).mul_(1.0 - lam))
+    return x, soft_targets(y, num_classes, lam=lam, smoothing=smoothing)
 
 
 # ---------------------------------------------------------------- Figure 4 shuffles
