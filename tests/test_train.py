@@ -164,6 +164,8 @@ def test_training_writes_run_directory_and_accuracy_row(tmp_path):
     assert len(acc) == 1 and acc.loc[0, "run_id"] == run.name
     assert acc.loc[0, "top1"] > 30  # 10 classes: chance is 10 %
     assert acc.loc[0, "train_flops"] > 0 and acc.loc[0, "device_name"].startswith("cpu")
+    recorded = json.loads((run / "summary.json").read_text())["data_wait_fraction"]
+    assert recorded == s["data_wait_fraction"] and 0 <= recorded < 0.5  # in-memory batches: not input-bound
     # the same command again reads the finished run back: no retraining, no second row
     again = train(tiny_cfg(steps=40, eval_every=20), tmp_path)
     assert again["reused"] and again["top1"] == s["top1"]
