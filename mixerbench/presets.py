@@ -391,14 +391,12 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     cfg = apply_overrides(cfg, flags)
     cfg = apply_overrides(cfg, overrides)
     if source is None:
-        from mixerbench.models.baselines import plain_stem_ok
+        from mixerbench.models import check_options
 
-        if not plain_stem_ok(get_spec(resolve_name(cfg.model.name)).family, cfg.model.options):
-            # a new run may not record an option its model never reads (runs recorded with it
-            # before still read back: the model is built without it, as it was trained)
-            raise UserError(f"{cfg.model.name} ignores stem_width without stem_type='deep' "
-                            "(timm's plain stem has 64 channels); drop stem_width or add "
-                            "stem_type='deep'.")
+        # a new run's options may not contradict the model section's fields, leave the range
+        # that makes a model, or be ones its model never reads (runs recorded with such options
+        # before still read back)
+        check_options(cfg.model.name, cfg.model.options)
     else:
         _check_architecture_kept(cfg.model, source)
         # Above the trained resolution (Kx, K > 1) the eval crop is resize-crop (resize to

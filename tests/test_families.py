@@ -1,5 +1,6 @@
-"""Model families live in the registry: one `register_family` call gives a family its zoo
-entries, alias, options, small-preset model and plot style; gMLP and ResMLP join that way."""
+"""Model families live in the registry: one file per family with a `create` function and one
+`register_family` call gives a family its zoo entries, alias, options, small-preset model and
+plot style; gMLP and ResMLP join that way."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ SMALL = ["--preset", "smoke", "--dataset", "synthetic", "--device", "cpu", "--no
          "--set", "data.eval_batch_size=32"]
 
 
+def _create_convmixer(spec, num_classes, **kw):
+    """timm's ConvMixer class (its named entries fix width and depth), as a family file builds it."""
+    from timm.models.convmixer import ConvMixer
+
+    return ConvMixer(num_classes=num_classes, **kw)
+
+
 @pytest.fixture
 def convmixer():
     """A family none of the package registers (timm's ConvMixer), added by one call."""
@@ -37,7 +45,7 @@ def convmixer():
         models=(ModelSpec("convmixer-t", "convmixer", "ConvMixer-T", "convmixer_768_32", 32, 4,
                           dict(dim=32, depth=2, kernel_size=3)),),
         options={"width": "dim", "depth": "depth", "patch_size": "patch_size"},
-        constructor="timm.models.convmixer:ConvMixer",
+        create=_create_convmixer,
         small={"smoke": Small(dict(name="convmixer-t", img_size=28, width=24))}))
     yield fam
     unregister_family("convmixer")
