@@ -1098,12 +1098,20 @@ def export_cmd(
 @user_errors
 def upgrade(results_dir: ResultsDir = None) -> None:
     """Rewrite results CSVs written by an older mixerbench under today's columns (rows kept, new
-    columns empty); files with columns this version does not know are refused, never guessed at."""
-    from mixerbench.results import results_dir as resolve_dir, upgrade_all
+    columns empty, a row's recipe id worked out from its run's config.json where the run folder
+    is there); files with columns this version does not know are refused, never guessed at."""
+    from mixerbench.results import results_dir as resolve_dir
+    from mixerbench.upgrade import upgrade as upgrade_folder
 
-    done = upgrade_all(results_dir)
-    for path in done:
+    done = upgrade_folder(results_dir)
+    for path in done["written"]:
         _console().print(f"upgraded {_e(path)}")
-    if not done:
+    if done["filled"]:
+        _console().print(f"gave {done['filled']} row(s) the recipe id of their run's config.json")
+    if done["unknown"]:
+        _console().print(f"{len(done['unknown'])} run(s) have no finished run folder that names "
+                         "them, so their rows keep an empty recipe id (tables show each such "
+                         "run on its own)")
+    if not done["written"]:
         _console().print(f"nothing to upgrade in {_e(resolve_dir(results_dir))}: every results file "
                          "already has this version's columns")

@@ -486,6 +486,28 @@ def _run_config(src: str):
     return (cfg, folder.name) if cfg is not None else (None, "")
 
 
+def _recipe_of(src: str, cfg) -> str | None:
+    """The recipe id of the finished run beside a checkpoint (`config.recipe_id`, with the
+    precision its summary says it trained in), or None: no run, or one still training, whose
+    checkpoint is not yet what its recipe produces."""
+    from pathlib import Path
+
+    from mixerbench import files
+    from mixerbench.config import recipe_id
+
+    if cfg is None:
+        return None
+    path = Path(src)
+    folder = path if path.is_dir() else path.parent
+    try:
+        summary = files.read_json(folder / "summary.json")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("run_id") != folder.name:
+        return None
+    return summary.get("recipe_id") or recipe_id(cfg, summary.get("dtype"))
+
+
 def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
              split: str = "test", crop: str | None = None,
              data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
@@ -545,7 +567,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                fewshot=[], shuffle=[], num_classes=ds.num_classes, head=s["has_head"])
     prov = provenance(device=device, num_devices=1, dtype=dtype, compiled=False,
                       seed=s["seed"] if s["run_id"] else None)
-    common = dict(run_id=s["run_id"], model=label, family=get_spec(s["rec"]["name"]).family,
+    common = dict(run_id=s["run_id"], recipe_id=s["recipe_id"], model=label, family=get_spec(s["rec"]["name"]).family,
                   dataset=ds.name, img_size=s["img_size"], **prov)
     evaluated = dict(common, steps=s["rec"].get("step"), init=str(checkpoint_src), kind="evaluate")
     rows = {"accuracy": [], "fewshot": [], "shuffle": []}
@@ -641,6 +663,7 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     from mixerbench.models.weights import load_model
 
     run_cfg, run_id = _run_config(checkpoint_src)
+    recipe = _recipe_of(checkpoint_src, run_cfg)
     data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
     seed = run_cfg.seed if run_cfg else 0
     model, rec = load_model(checkpoint_src, device=device, model_name=arch)
@@ -671,7 +694,8 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     if "patch" in kinds and not patch:
         raise UserError(f"The patch shuffle needs a patch size and {rec['name']} has none (a CNN); "
                         "pass --shuffle-patch N.")
-    return dict(model=model, rec=rec, ds=ds, split=split, run_id=run_id, seed=seed, real=real,
+    return dict(model=model, rec=rec, ds=ds, split=split, run_id=run_id, recipe_id=recipe,
+                seed=seed, real=real,
                 has_head=has_head, img_size=int(rec["img_size"]), patch=patch,
                 upstream=data_cfg.get("dataset"),
                 pipeline=CROPS[crop] if crop else data_cfg.get("eval_pipeline") or "eval-resize",

@@ -471,8 +471,8 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
         kind = cell.label["shuffle"]
         few5 = _fewshot5(s, root, data_dir, device)
         for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
-            row = dict(run_id=s["run_id"], model=s["model"], family=s.get("family"),
-                       dataset=s["dataset"], train_shuffle=kind, eval_shuffle=kind,
+            row = dict(run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=s["model"],
+                       family=s.get("family"), dataset=s["dataset"], train_shuffle=kind, eval_shuffle=kind,
                        metric=metric, top1=value, img_size=s["img_size"],
                        probe_dataset=probe_of(metric, s["dataset"]),
                        **{k: s.get(k) for k in results.PROVENANCE})
@@ -551,8 +551,8 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     for cell, s in zip(cells, runs):
         few5 = _fewshot5(s, root, data_dir, device)
         for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
-            row = dict(run_id=s["run_id"], model=s["model"], family=s.get("family"),
-                       dataset=s["dataset"], fraction=cell.label["fraction"],
+            row = dict(run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=s["model"],
+                       family=s.get("family"), dataset=s["dataset"], fraction=cell.label["fraction"],
                        epochs=s["epochs"], steps=s["steps"], metric=metric, top1=value,
                        probe_dataset=probe_of(metric, s["dataset"]),
                        **{k: s.get(k) for k in results.PROVENANCE})
@@ -865,7 +865,8 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
         if (s["run_id"],) in done:
             continue
         results.append_row("avg5", dict(
-            run_id=s["run_id"], model=source["model"], family=source["family"], init=str(init),
+            run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=source["model"],
+            family=source["family"], init=str(init),
             upstream=source["upstream"], dataset=canonical_name(ds) or ds, split=s["split"],
             resolution=f"{k}x", img_size=s["img_size"], steps=s["steps"], lr=best[(ds, k)]["lr"],
             lr_grid=";".join(f"{g['lr']:g}={g['minival_top1']:.2f}" for g in grids[(ds, k)]),
