@@ -364,9 +364,10 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     if cfg.kind == "finetune" and cfg.init:
         if model:
             raise UserError("Fine-tuning takes its model from --init; drop --model.")
-        source, size = _finetune_model(cfg.init, flags, overrides, arch)
+        source, size, dropped = _finetune_model(cfg.init, flags, overrides, arch)
         cfg = replace(cfg, model=replace(source, drop_path=cfg.model.drop_path,
-                                         dropout=cfg.model.dropout, img_size=size))
+                                         dropout=cfg.model.dropout, img_size=size),
+                      init_dropped=dropped)
     elif model:
         small = family_model(preset, model)
         if small:  # the preset's model of that family, with the settings it needs
@@ -399,6 +400,9 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         check_options(cfg.model.name, cfg.model.options)
     else:
         _check_architecture_kept(cfg.model, source)
+        if cfg.init_dropped != dropped:
+            raise UserError("init_dropped says which layer of the --init weights a fine-tuning "
+                            "run leaves out, and is set from those weights; drop that setting.")
         # Above the trained resolution (Kx, K > 1) the eval crop is resize-crop (resize to
         # 256/224 of the side, centre crop), as for the paper's 448 px Mixers of Table 2, not the
         # resmall-crop of its 224 px rows (App. C; docs/paper-notes.md §3). A crop the user sets
@@ -415,14 +419,15 @@ _ARCHITECTURE = ("name", "patch_size", "width", "depth", "gelu", "options")
 
 
 def _finetune_model(init: str, flags: dict, overrides: dict,
-                    arch: str | None = None) -> tuple[ModelConfig, int]:
-    """The model section of a fine-tuning run of `init`, and its resolution: the trained one,
-    `--img-size N`, or `--img-size Kx` (K times the trained one, paper section 3). Pops a `Kx`
+                    arch: str | None = None) -> tuple[ModelConfig, int, str | None]:
+    """The model section of a fine-tuning run of `init`, its resolution (the trained one,
+    `--img-size N`, or `--img-size Kx`: K times the trained one, paper section 3) and the layer
+    of `init` it leaves out (an official ViT's representation layer), if any. Pops a `Kx`
     resolution from `flags` / `overrides`, where it is not an integer."""
     from mixerbench.models import REGULARISERS
     from mixerbench.models.weights import source_description
 
-    rec = source_description(init, arch)
+    rec = source_description(init, arch, finetuning=True)
     arch = {k: v for k, v in (rec.get("overrides") or {}).items()
             if k not in REGULARISERS}  # the fine-tuning recipe sets its own
     model = ModelConfig(name=rec["name"], img_size=rec["img_size"], patch_size=rec["patch_size"],
@@ -441,7 +446,7 @@ def _finetune_model(init: str, flags: dict, overrides: dict,
                 raise UserError(f"--img-size {text} is not a resolution: give pixels (e.g. "
                                 f"{2 * size}) or a whole multiple of the trained {size} px (e.g. 2x).")
             size = factor * rec["img_size"]
-    return model, size
+    return model, size, ",".join(rec.get("dropped", ())) or None
 
 
 def _check_architecture_kept(m: ModelConfig, source: ModelConfig) -> None:
