@@ -24,7 +24,7 @@ models '*-t4' --img-size 32`).
 
 from __future__ import annotations
 
-from mixerbench.models.registry import Family, ModelSpec, Small, register_family
+from mixerbench.models.registry import REGISTRY, Family, ModelSpec, Small, register_family
 
 _OPTIONS = {"width": "embed_dim", "depth": "num_blocks", "img_size": "img_size",
             "patch_size": "patch_size"}
@@ -59,6 +59,33 @@ def create_resmlp(spec: ModelSpec, num_classes: int, init_values: float = 0.1, *
     return model
 
 
+def to_timm(spec: ModelSpec, model, label: str) -> dict:
+    """The timm entry point of these shapes (`gmlp_*` / `resmlp_*`, each fixing patch, width
+    and depth; image size free) holding the same weights; other shapes are refused: timm's
+    MlpMixer takes the gated or affine blocks as Python classes, which config.json cannot name."""
+    import timm
+
+    from mixerbench.errors import UserError
+
+    shape = (model.stem.patch_size[0], len(model.blocks), model.embed_dim)
+    entry = next((s.timm_name for s in REGISTRY.values() if s.family == spec.family
+                  and s.timm_name and (s.patch_size, s.kwargs["num_blocks"],
+                                       s.kwargs["embed_dim"]) == shape), None)
+    if entry is None:
+        raise UserError(f"{label} (patch {shape[0]}, {shape[1]} blocks, width {shape[2]}) is none "
+                        f"of timm's {spec.family}_* entry points, which fix patch, depth and width, "
+                        "and timm's MlpMixer takes its blocks as Python classes that config.json "
+                        "cannot name, so it cannot be exported to timm.")
+    size = model.stem.img_size
+    tm = timm.create_model(entry, pretrained=False, num_classes=model.num_classes,
+                           img_size=list(size) if isinstance(size, tuple) else size)
+    missing, unexpected = tm.load_state_dict(model.state_dict(), strict=False)
+    if missing or unexpected:
+        raise UserError(f"{label} does not map onto timm's {entry} (missing {missing[:2]}, "
+                        f"unexpected {unexpected[:2]}); it cannot be exported.")
+    return dict(module=tm, architecture=entry, constructor=None, model_args=None, gelu=None)
+
+
 register_family(Family(
     "gmlp", "gMLP", "gmlp-s16", color="#CC79A7", marker="v", linestyle=(0, (3, 1, 1, 1, 1, 1)),
     models=(*(ModelSpec(f"gmlp-{v.lower()}16", "gmlp", f"gMLP-{v}", f"gmlp_{v.lower()}16_224",
@@ -67,7 +94,7 @@ register_family(Family(
             ModelSpec("gmlp-t4", "gmlp", "gMLP-T/4 (32 px)", None, 32, 4,
                       dict(embed_dim=256, num_blocks=8, mlp_ratio=6),
                       note="small-image gMLP: width 256, 8 blocks, patch 4")),
-    prefixes=("gmlp",), options=_OPTIONS, create=create_gmlp, limits=_LIMITS,
+    prefixes=("gmlp",), options=_OPTIONS, create=create_gmlp, limits=_LIMITS, to_timm=to_timm,
     small={
         "cifar10-scratch": Small(dict(name="gmlp-t4", img_size=32, patch_size=4, drop_path=0.1)),
         "smoke": Small(dict(name="gmlp-t4", img_size=28, patch_size=4, width=64, depth=2)),
@@ -83,7 +110,7 @@ register_family(Family(
             ModelSpec("resmlp-t4", "resmlp", "ResMLP-T/4 (32 px)", None, 32, 4,
                       dict(embed_dim=256, num_blocks=8, mlp_ratio=4),
                       note="small-image ResMLP: width 256, 8 blocks, patch 4")),
-    prefixes=("resmlp",), options=_OPTIONS, create=create_resmlp,
+    prefixes=("resmlp",), options=_OPTIONS, create=create_resmlp, to_timm=to_timm,
     limits={**_LIMITS, "init_values": (0.0, 1.0)},
     small={
         "cifar10-scratch": Small(dict(name="resmlp-t4", img_size=32, patch_size=4,
