@@ -586,14 +586,16 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         rows["accuracy"].append(dict(evaluated, split=f"{split}-real", top1=real["top1"],
                                      top5=real.get("top5")))
     ds_train, fs = None, []
+    # how a linear probe was measured (fewshot.csv): on which images, shots from where, how
+    probe = dict(split=split, shots_split=fewshot_split, l2_reg=l2_reg, pipeline=s["pipeline"])
     if shots:
         steps.tick(f"{'/'.join(map(str, shots))}-shot linear probe")
         ds_train = get_dataset(dataset, fewshot_split, data_dir=data_dir, seed=s["seed"])
         out["fewshot"] = fs = fewshot_eval(model, ds_train, ds, shots, seeds, l2_reg=l2_reg,
                                            dtype=dtype, **shuffled, **kw)
-        rows["fewshot"] += [dict(common, upstream=s["upstream"],
-                                 **{k: r[k] for k in ("shots", "l2_reg", "num_seeds",
-                                                      "top1_mean", "top1_std")}) for r in fs]
+        rows["fewshot"] += [dict(common, upstream=s["upstream"], **probe,
+                                 **{k: r[k] for k in ("shots", "num_seeds", "top1_mean",
+                                                      "top1_std")}) for r in fs]
     for kind in kinds:
         steps.tick(f"shuffle {kind}")
         if kind == s["train_shuffle"]:  # measured above under this very permutation: reuse
@@ -605,9 +607,12 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                               train_shuffle=s["train_shuffle"], head=s["has_head"],
                               ds_train=ds_train, shots=shots, seeds=seeds, l2_reg=l2_reg, **kw)
         out["shuffle"] += sh
-        rows["shuffle"] += [dict(common, train_shuffle=r["train_shuffle"],
+        rows["shuffle"] += [dict(common, split=split, pipeline=s["pipeline"],
+                                 train_shuffle=r["train_shuffle"],
                                  eval_shuffle=r["eval_shuffle"], metric=r["metric"],
-                                 top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name))
+                                 top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name),
+                                 **({k: probe[k] for k in ("shots_split", "l2_reg")} | dict(
+                                     num_seeds=seeds) if r["metric"] != "top1" else {}))
                             for r in sh]
     steps.tick("done")
     out["rows"], out["kept"] = _record(rows, root, checkpoint_src)

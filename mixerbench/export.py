@@ -480,7 +480,7 @@ def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str |
 
     from mixerbench.models import get_spec, label_of
     from mixerbench.models.weights import load_model
-    from mixerbench.train import read_summary
+    from mixerbench.rundir import read_summary
 
     out = Path(out_dir)
     ckpt, run_dir = _source(str(src))

@@ -28,6 +28,7 @@ from typing import Any
 from mixerbench.errors import DamagedFileError, UserError
 from mixerbench import files
 from mixerbench.files import atomic_write_bytes, atomic_write_text, locked
+from mixerbench.names import check_run_name
 
 PROVENANCE = (
     "git_sha", "mixerbench_version", "torch_version", "timm_version", "device_name",
@@ -44,9 +45,11 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "run_id", "recipe_id", "model", "family", "dataset", "split", "img_size", "epochs", "steps", "top1", "top5",
         "loss", "train_seconds", "device_hours", "train_flops", "init", "kind", "experiment",
     ) + PROVENANCE,
+    # `dataset` / `split`: the images the probe is scored on (`test`, `test[stratified:N]`),
+    # `shots_split` the split its shots are drawn from, `pipeline` the eval crop both go through.
     "fewshot": (
-        "run_id", "recipe_id", "model", "family", "dataset", "upstream", "shots", "l2_reg", "num_seeds", "top1_mean",
-        "top1_std", "img_size",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "upstream", "shots",
+        "shots_split", "l2_reg", "num_seeds", "pipeline", "top1_mean", "top1_std", "img_size",
     ) + PROVENANCE,
     # `gmacs`: forward GMACs per image, unrounded (exact MACs / 1e9). `mfu` = achieved_tflops /
     # peak_tflops, `peak_tflops` the datasheet dense peak of the device in the dtype's matmul
@@ -58,13 +61,16 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "step_ms_median", "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops",
         "matmul_tflops", "channels_last", "driver_version", "cuda_version", "bench_id",
     ) + PROVENANCE,
+    # shuffle / scaling: `split` the images a row's number is measured on (for a `fewshot<k>`
+    # row, those its probe is scored on); a probe's settings as in fewshot.csv.
     "shuffle": (
-        "run_id", "recipe_id", "model", "family", "dataset", "train_shuffle", "eval_shuffle", "metric", "top1",
-        "probe_dataset", "img_size",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "train_shuffle",
+        "eval_shuffle", "metric", "top1", "probe_dataset", "shots_split", "l2_reg", "num_seeds",
+        "pipeline", "img_size",
     ) + PROVENANCE,
     "scaling": (
-        "run_id", "recipe_id", "model", "family", "dataset", "fraction", "epochs", "steps", "metric", "top1",
-        "probe_dataset",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "fraction", "epochs",
+        "steps", "metric", "top1", "probe_dataset",
     ) + PROVENANCE,
     # `reproduce released`: one released checkpoint (`timm:<arch>.<tag>`) evaluated on ImageNet
     # val, with the paper row it stands for (`paper_name`, `upstream`, `paper_img_size`; the
@@ -111,20 +117,6 @@ def results_dir(path: str | os.PathLike | None = None) -> Path:
     elif not str(path).strip():
         raise UserError("--results-dir is empty (an unset shell variable?); pass a folder.")
     return files.confine(Path(path or "results"))
-
-
-# A run directory's name: one path component of safe characters, never hidden, `.` or `..`.
-RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-
-
-def check_run_name(name: str) -> str:
-    """`name` if it is one safe path component (letters, digits, `.`, `_`, `-`, at most 128
-    characters, not starting with a dot), else a UserError: a run name never leaves `runs/`."""
-    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
-        shown = name if len(str(name)) <= 60 else str(name)[:57] + "..."
-        raise UserError(f"--run-name '{shown}' is not a plain folder name; use letters, digits, "
-                        "'.', '_' and '-' (at most 128, not starting with a dot).")
-    return name
 
 
 def writable_results_dir(path: str | os.PathLike | None = None) -> Path:
@@ -241,7 +233,7 @@ COLUMN_TYPES: dict[str, str] = {
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
         "metric", "upstream", "probe_dataset", "bench_id", "family", "checkpoint",
-        "paper_name", "note", "pipeline", "resolution", "lr_grid",
+        "paper_name", "note", "pipeline", "resolution", "lr_grid", "shots_split",
     ), TEXT),
 }
 
@@ -496,16 +488,20 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
 
 # The columns that make a row of a table one observation: a second row with the same values
 # there is a duplicate and is not appended (`append_once`). fewshot.csv: one row per run, shot
-# count and probe (the dataset its shots and test images come from).
-KEYS: dict[str, tuple[str, ...]] = {"fewshot": ("run_id", "shots", "dataset")}
+# count and probe: the images it is scored on (dataset and split: a capped probe never blocks
+# the full one) and how (shots' split, l2, draws, crop, resolution).
+KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
+    "run_id", "shots", "dataset", "split", "shots_split", "l2_reg", "num_seeds", "pipeline",
+    "img_size")}
 
 
 def append_once(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> bool:
     """Append `row` to `<root>/<table>.csv` unless a row with the same `KEYS[table]` values is
     there; True if it was appended. The check and the write happen under the file's lock, so
-    concurrent writers of the same observation leave exactly one row. A row with an empty key
-    cell (a checkpoint evaluated without its run has no run id) is appended as it is."""
-    key = KEYS[table] if all(row.get(c) not in (None, "") for c in KEYS[table]) else ()
+    concurrent writers of the same observation leave exactly one row. A row without a run id
+    (a checkpoint evaluated without its run) is appended as it is; an empty cell among the
+    other keys is a value like any other."""
+    key = KEYS[table] if row.get(KEYS[table][0]) not in (None, "") else ()
     return append_to(csv_path(table, root), SCHEMAS[table], row, key=key)
 
 
