@@ -397,7 +397,7 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         # a new run's options may not contradict the model section's fields, leave the range
         # that makes a model, or be ones its model never reads (runs recorded with such options
         # before still read back)
-        check_options(cfg.model.name, cfg.model.options)
+        check_options(cfg.model.name, cfg.model.options, cfg.model.width)
     else:
         _check_architecture_kept(cfg.model, source)
         if cfg.init_dropped != dropped:

@@ -133,3 +133,32 @@ def test_zoo_entries_are_timms_shapes(name, timm_name):
     ours, theirs = model_info(name), model_info(f"timm:{timm_name}")
     assert (ours["params"], ours["macs"]) == (theirs["params"], theirs["macs"])
     assert ours["family"] == theirs["family"]
+
+
+def test_no_family_is_named_outside_the_models_package():
+    """What a family is and does lives in its file under models/families/: the loop, the
+    benchmark, evaluation, the experiments and the report never test or name a family (a
+    string literal that is a family's name or alias, or a `name-*` pattern of its entries);
+    they ask the registry (`takes_gelu`, `channels_last`, `paper_family`, ...)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "mixerbench"
+    files = [root / f for f in ("train.py", "prepare.py", "rundir.py", "optim.py", "bench.py",
+                                "evaluate.py", "experiments.py")] + sorted((root / "report").glob("*.py"))
+    names = {n for f in FAMILIES.values() for n in (f.name, *f.aliases)}
+    hits = []
+    for path in (p for p in files if p.is_file()):
+        tree = ast.parse(path.read_text())
+        docs = {id(node.body[0].value) for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                and node.body and isinstance(node.body[0], ast.Expr)
+                and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                tokens = re.split(r"[^A-Za-z0-9_*-]+", node.value)
+                bad = [t for t in tokens if t in names or t.removesuffix("-*") in names]
+                if bad:
+                    hits.append(f"{path.relative_to(root.parent)}:{node.lineno} {bad[0]!r}")
+    assert not hits, hits

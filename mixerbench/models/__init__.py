@@ -180,13 +180,8 @@ def build_on_meta(name: str, num_classes: int = 10, img_size: int | None = None,
 
 
 def _check_built(name: str, model, shown: str, given: dict, patch_size: int | None) -> None:
-    """The model built is the one its label describes: no layer without weights (an
-    `mlp_ratio` of 0 builds an MLP of width 0 that trains as a skip connection), and the
-    width, depth and patch read from the module (`registry.facts`) are the ones asked for."""
-    empty = next((n for n, p in model.named_parameters() if p.numel() == 0), None)
-    if empty is not None:
-        raise UserError(f"{name} with {shown} has a layer without weights ({empty}); choose "
-                        "larger model options.")
+    """The model built is the one its label describes: the width, depth and patch read from
+    the module (`registry.facts`) are the ones asked for."""
     built = facts(model)
     claims = dict(width=given.get("width"), depth=given.get("depth"),
                   patch_size=patch_size or get_spec(name).patch_size)
@@ -252,10 +247,11 @@ def channels_last(name: str) -> bool:
     return family_for(name).channels_last
 
 
-def check_options(name: str, options: dict[str, Any]) -> None:
+def check_options(name: str, options: dict[str, Any], width: int | None = None) -> None:
     """Refuse `model.options` of a new run that contradict the model section's fields or are
-    outside what makes a model of `name`'s family, in one sentence (`registry.check_options`)."""
-    registry.check_options(get_spec(name), options)
+    outside what makes a model of `name`'s family (at `width`, the model section's), in one
+    sentence (`registry.check_options`)."""
+    registry.check_options(get_spec(name), options, width)
 
 
 def paper_family(role: str) -> str:

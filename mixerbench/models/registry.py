@@ -194,10 +194,13 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
     if "width" in over and "width" not in names:
         raise UserError(f"{spec.name} has no single width; set its timm arguments with "
                         "--set model.options.KEY=VALUE instead.")
+    registered = not spec.name.startswith("timm:")
+    if "depth" in over and "depth" not in names and registered:
+        raise UserError(f"{spec.name} has no single depth; set its timm arguments (its blocks per "
+                        "stage: layers) with --set model.options.KEY=VALUE instead.")
     for ours in ("width", "depth", "drop_path", "dropout"):
         if ours in over:
             kw[names.get(ours, ours)] = over.pop(ours)
-    registered = not spec.name.startswith("timm:")
     own = fam.create is not None and registered
     if not own:
         over.pop("gelu", None)  # timm's models keep their own activation
@@ -217,11 +220,12 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
                         "model.options you set.") from None
 
 
-def check_options(spec: ModelSpec, options: dict[str, Any]) -> None:
+def check_options(spec: ModelSpec, options: dict[str, Any], width: int | None = None) -> None:
     """Refuse, in one sentence, `model.options` of a new run that would make the row's label
     lie: an option that is one of the model section's fields or the constructor argument a
     field sets (`embed_dim` is a ViT's width: `model.width`), a value outside the family's
-    `limits`, or a combination its `rules` refuse."""
+    `limits`, an `mlp_ratio` that gives an MLP of no unit at the model's `width` (timm then
+    builds one as wide as the model instead), or a combination its `rules` refuse."""
     fam = family(spec.family)
     names = argument_names(fam) if not spec.name.startswith("timm:") else TIMM_OPTIONS
     field_of = {arg: ours for ours, arg in names.items()}
@@ -229,7 +233,7 @@ def check_options(spec: ModelSpec, options: dict[str, Any]) -> None:
         ours = key if key in FIELDS else field_of.get(key)
         if ours is not None:
             raise UserError(f"model.options.{key} is {spec.name}'s {ours.replace('_', ' ')}, a "
-                            f"field of the model section; set --set model.{ours}={_shown(value)} "
+                            f"field of the model section; use --set model.{ours}={_shown(value)} "
                             "instead.")
         if key in fam.limits:
             lo, hi = fam.limits[key]
@@ -241,6 +245,13 @@ def check_options(spec: ModelSpec, options: dict[str, Any]) -> None:
                 raise UserError(f"model.options.{key}={_shown(value)} does not make a "
                                 f"{fam.label} ({each}from {lo:g} to {hi:g}); choose a value in "
                                 "that range.")
+    ratio = options.get("mlp_ratio")
+    width = width or spec.kwargs.get(argument_names(fam).get("width", ""))
+    if width and isinstance(ratio, (int, float, list, tuple)) and not isinstance(ratio, bool):
+        ratios = ratio if isinstance(ratio, (list, tuple)) else [ratio]
+        if any(isinstance(r, (int, float)) and int(r * width) < 1 for r in ratios):
+            raise UserError(f"model.options.mlp_ratio={_shown(ratio)} gives an MLP of no unit at "
+                            f"width {width}; choose at least {1 / width:.3g}.")
     if fam.rules is not None:
         sentence = fam.rules(spec, dict(options))
         if sentence:
