@@ -328,7 +328,7 @@ def test_reproduce_released_offline_from_the_cache(offline_home, imagenet_layout
     np.testing.assert_allclose(table["top1_diff"], table["top1"] - table["paper_top1"])
     np.testing.assert_allclose(table["real_diff"], table["real_top1"] - table["paper_real"])
     assert table["paper_source"].iloc[0] == "paper Table 3, imagenet21k, 224 px"
-    assert table["model"].iloc[0] == "mixer-b16[depth=2,width=16]"  # the native Mixer's label
+    assert table["model"].iloc[0] == "mixer-b16[depth=2,patch_size=4,width=16]"  # the native Mixer, its patch
     md = (res / "tables" / "released.md").read_text()
     assert "80.64" in md and "timm:test_vit.r160_in1k" in md
     assert (res / "tables" / "released.csv").is_file()
