@@ -1031,7 +1031,7 @@ def reproduce(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list; released: ImageNet, by default imagenet-1k.")] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
-    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or the released weights' provenance).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="throughput, released: batch size.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="released: ImageNet ReaL labels (the public real.json), matched by ILSVRC2012_val_* file name.")] = None,
@@ -1062,6 +1062,8 @@ def reproduce(
         return
     if "table" in out:
         emit(_records(out["table"]), Format.table, title=f"reproduce {artifact}")
+    for note in out.get("notes", []):  # what the numbers cannot show (a smoke budget, a tie)
+        _console().print(f"[bold yellow]note:[/] {_e(note)}")
     for path in out.get("written", []):
         _console().print(f"wrote {_e(path)}")
 

@@ -86,9 +86,12 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     # a dataset's test split, after its lr was selected on the stratified minival. `model` is
     # the --init weights' architecture, `upstream` their pre-training dataset, `dataset` the
     # canonical name; `lr_grid` lists `lr=minival top-1` for every lr tried.
+    # `budget`: the protocol's (`full`, `smoke`); `pipeline`: the eval crop of the final run;
+    # `note`: what the row cannot show (a smoke budget measures no transfer, an lr-grid tie).
     "avg5": (
-        "run_id", "recipe_id", "model", "family", "init", "upstream", "dataset", "split", "resolution",
-        "img_size", "steps", "lr", "lr_grid", "minival_top1", "top1",
+        "run_id", "recipe_id", "model", "family", "init", "upstream", "budget", "dataset",
+        "split", "resolution", "img_size", "pipeline", "steps", "lr", "lr_grid", "minival_top1",
+        "top1", "note",
     ) + PROVENANCE,
 }
 
@@ -233,7 +236,7 @@ COLUMN_TYPES: dict[str, str] = {
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
         "metric", "upstream", "probe_dataset", "bench_id", "family", "checkpoint",
-        "paper_name", "note", "pipeline", "resolution", "lr_grid", "shots_split",
+        "paper_name", "note", "pipeline", "resolution", "lr_grid", "shots_split", "budget",
     ), TEXT),
 }
 

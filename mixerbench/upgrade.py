@@ -122,7 +122,7 @@ class _Facts:
 
         if run not in self._pipelines:
             folder = self.root / "runs" / run
-            cfg = read_run_config(folder) if results.RUN_NAME.fullmatch(run) and \
+            cfg = read_run_config(folder) if RUN_NAME.fullmatch(run) and \
                 folder.is_dir() else None
             self._pipelines[run] = cfg.data.eval_pipeline if cfg is not None else ""
         return self._pipelines[run]

@@ -200,3 +200,50 @@ def test_every_committed_row_carries_the_recipe_of_the_command_behind_it(
     # the same recipe is one measurement: the transfer's upstream and shuffle's unshuffled run
     same = [r for r in acc if r["recipe_id"] == recipes["mixer-t4-cifar10-s0-693502d3"]]
     assert {r["top1"] for r in same} == {"67.78"} and len(same) == 2
+
+
+# ------------------------------------------------------------------- the paper row of a result
+
+
+def test_released_weights_are_set_against_the_paper_row_their_provenance_gives():
+    """timm's `goog_in21k_ft_in1k` Mixers are the paper's ImageNet-1k models (docs/paper-notes.md
+    §8): beside Table 3's ImageNet row, saying why; another group's weights of the same
+    architecture have no comparable row; a result at a resolution the paper did not measure has
+    none either (never the nearest one); at 448 px the crop picks Table 2's row (resize-crop)
+    or keeps Table 3's and says the crops differ."""
+    from mixerbench import reference
+    from mixerbench.experiments import released_of
+
+    b16 = released_of("timm:mixer_b16_224.goog_in21k_ft_in1k")
+    assert (b16.paper_name, b16.upstream, b16.paper_img_size, b16.crop) == (
+        "Mixer-B/16", "imagenet", 224, "resmall")
+    assert "ImageNet-1k" in b16.note
+    assert reference.comparable_row("Mixer-B/16", b16.upstream, 224, "eval-resmall")["top1"] == 76.44
+    vit = released_of("timm:vit_base_patch16_224.augreg_in21k_ft_in1k")
+    assert (vit.paper_name, vit.upstream) == ("ViT-B/16", "imagenet21k")
+    bit = released_of("timm:resnetv2_152x4_bit.goog_in21k_ft_in1k")
+    assert (bit.paper_name, bit.crop) == ("BiT-R152x4", "resize")
+
+    miil = reference.reference_for("timm:mixer_b16_224.miil_in21k_ft_in1k", "mixer-b16", 224)
+    assert miil["top1"] is None and miil["note"].startswith("no comparable paper row")
+    at160 = reference.reference_for("imagenet", "mixer-b16", 160)
+    assert at160["top1"] is None and "160 px" in at160["note"]
+    l16 = "timm:mixer_l16_224.goog_in21k"
+    resize = reference.reference_for(l16, "mixer-l16", 448, "eval-resize")
+    assert (resize["table"], resize["avg5"]) == ("table2", 93.91)
+    resmall = reference.reference_for(l16, "mixer-l16", 448, "eval-resmall")
+    assert (resmall["table"], resmall["avg5"]) == ("table3", 93.86)
+    table3 = reference.reference_for("imagenet-21k", "mixer-b16", 224, "eval-resize")
+    assert table3["top1"] == 80.64 and "measured with resize-crop" in table3["note"]
+
+
+def test_an_lr_grid_tie_is_reported_as_a_tie():
+    from mixerbench.experiments import avg5_caveat, best_lr, lr_tie
+
+    grid = [dict(lr=0.003, minival_top1=90.0), dict(lr=0.03, minival_top1=90.0),
+            dict(lr=0.06, minival_top1=20.0)]
+    assert best_lr(grid)["lr"] == 0.003
+    assert lr_tie(grid) == "lr grid tie: 0.003, 0.03 all scored 90.00 on minival; the first was taken"
+    assert lr_tie(grid[1:]) == ""
+    assert "fine-tuned on mnist-5k, the dataset" in avg5_caveat("smoke", "mnist-5k", "mnist-5k")
+    assert avg5_caveat("full", "mnist-5k", "mnist-5k") == ""
