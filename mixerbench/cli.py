@@ -814,6 +814,7 @@ class EvalCrop(str, Enum):
     resize = "resize"
     resmall = "resmall"
     plain = "plain"
+    weights = "weights"
 
 
 @app.command()
@@ -824,7 +825,7 @@ def evaluate(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name or path.")],
     arch: ArchOpt = None,
     split: Annotated[str, typer.Option(help="Split to measure accuracy on.")] = "test",
-    crop: Annotated[Optional[EvalCrop], typer.Option(help="Eval crop (paper App. C): resize-crop, resmall-crop, or plain resize; default: the run's own, else resize.")] = None,
+    crop: Annotated[Optional[EvalCrop], typer.Option(help="Eval crop (paper App. C): resize-crop, resmall-crop, plain resize, or the weights' own (timm's crop_pct); default: the run's own, timm: weights' own, else resize.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet ReaL labels (the public real.json) for ReaL top-1.")] = None,
     fewshot: Annotated[Optional[str], typer.Option("--fewshot", help="Linear few-shot shots, e.g. 1,5,10,25 (needs no head; paper section 3).")] = None,
     shuffle: Annotated[Optional[str], typer.Option("--shuffle", help="Fixed pixel shuffles of paper Figure 4, e.g. none,patch,global.")] = None,

@@ -95,8 +95,11 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], No
 
     macs = count_macs(unwrap(model), img_size, device=device)
     patch = dcfg.shuffle_patch or rec["patch_size"]
+    # fine-tuning released weights: the values they were trained on (`models.preprocess`)
+    from mixerbench.models.preprocess import of_weights
+
     common = dict(img_size=img_size, device=device, seed=cfg.seed, shuffle=dcfg.shuffle,
-                  shuffle_patch=patch)
+                  shuffle_patch=patch, preprocess=of_weights(cfg.init))
     train_batches = make_loader(
         train_ds, batch_size=rank_batch, train=True, pipeline=dcfg.pipeline,
         randaug_m=dcfg.randaug_m, mixup_p=dcfg.mixup_p, label_smoothing=dcfg.label_smoothing,
@@ -130,9 +133,11 @@ def build_model(cfg: RunConfig, num_classes: int):
     m = cfg.model
     if cfg.init:
         # the model section names the architecture of an init file that does not (`--arch`)
+        # the bytes loaded must hash to the init_sha256 the run id was made from (read once:
+        # the file hashed is the file loaded, not one swapped in since resolve_inputs)
         return load_for_finetuning(cfg.init, num_classes=num_classes, img_size=m.img_size,
                                    regularisers=dict(drop_path=m.drop_path, dropout=m.dropout),
-                                   model_name=m.name)
+                                   model_name=m.name, sha256=cfg.init_sha256)
     overrides = model_overrides(cfg)
     check_model(cfg, num_classes)
     spec = get_spec(m.name)

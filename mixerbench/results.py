@@ -20,6 +20,7 @@ import datetime as _dt
 import io
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 from mixerbench.errors import DamagedFileError, UserError
 from mixerbench import files
-from mixerbench.files import atomic_write_bytes, atomic_write_text, locked
+from mixerbench.files import locked
 from mixerbench.names import check_run_name
 
 PROVENANCE = (
@@ -163,12 +164,16 @@ def run_path(root: Path, name: str) -> Path:
         if p.is_symlink() or (p.exists() and not p.is_dir()):
             raise UserError(f"{p} is a link or a file, not a run folder mixerbench made; move it "
                             "away or pass another --results-dir.")
-    if files.check(runs / name, "dir") is not None:  # nor a link or file further up
+    run = files.open_folder(runs / name)  # nor a link or file further up
+    if run is not None:
         # what the run's files are (locks, metrics, configs) is known before any work: a link,
-        # FIFO or device among them is refused now, not hours later when it is written
-        for entry in os.scandir(runs / name):
-            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
-                files.check(entry.path, "dir" if entry.name == "tb" else "file")
+        # FIFO or device among them is refused now, not hours later when it is written. Listed
+        # and looked at through the folder's descriptor: the folder checked is the one listed.
+        with run:
+            for entry in run.names():
+                st = run.lstat(entry)
+                if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                    run.check(entry, "dir" if entry == "tb" else "file")
     return runs / name
 
 
@@ -471,10 +476,13 @@ def _header_line(columns: tuple[str, ...]) -> str:
     return _csv_line(columns)
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: Path, folder: files.Folder | None = None) -> bytes | None:
     """The file's bytes, None when there is no file; a link, folder, FIFO, device, oversized or
-    unreadable file is a DamagedFileError (read through `files.read_bytes`: nothing blocks)."""
+    unreadable file is a DamagedFileError (read through `files`: nothing blocks). With `folder`
+    (the one `files.locked` yields), read through its descriptor: the file the lock guards."""
     try:
+        if folder is not None:
+            return folder.read_bytes(Path(path).name)
         return files.read_bytes(path)
     except DamagedFileError:
         raise
@@ -535,15 +543,17 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
     old = _read(path)
     if old is not None:
         _parse(path, old, columns, "exact")
-    with locked(path):
-        old = _read(path)
+    # the lock, the read and the write go through one descriptor of the CSV's folder: a folder
+    # swapped for a link meanwhile cannot make them three different files (files.Folder)
+    with locked(path) as folder:
+        old = _read(path, folder)
         if old is None:
             old = _header_line(columns).encode()
         else:
             rows = _parse(path, old, columns, "exact")[1]  # another writer may have changed it
             if key and any(all(r[i] == mine[i] for i in where) for r in rows):
                 return False
-        atomic_write_bytes(path, old + line.encode())
+        folder.write_bytes(path.name, old + line.encode())
     return True
 
 
@@ -585,8 +595,8 @@ def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None
 
     if data is None or done(*_parse(path, data, columns, "subset")):
         return False  # checked before taking the lock: a refusal leaves no lock file behind
-    with locked(path):
-        data = _read(path)
+    with locked(path) as folder:
+        data = _read(path, folder)
         if data is None:
             return False
         header, rows = _parse(path, data, columns, "subset")
@@ -605,7 +615,7 @@ def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None
 
         text = _csv_line(columns) + "".join(_csv_line([cell(r, c, new) for c in columns])
                                             for r, new in zip(rows, extra))
-        atomic_write_text(path, text)
+        folder.write_bytes(path.name, text.encode())
     return True
 
 
@@ -639,8 +649,8 @@ def rewrite_metrics(path: str | os.PathLike, rows: list[Mapping[str, Any]]) -> N
     """
     path = Path(path)
     text = _header_line(METRICS) + "".join(_line(path, METRICS, r) for r in rows)
-    with locked(path):
-        atomic_write_text(path, text)
+    with locked(path) as folder:
+        folder.write_bytes(path.name, text.encode())
 
 
 def load(table: str, root: str | os.PathLike | None = None, required: bool = True):

@@ -318,9 +318,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     except (UserError, TrainingStopped):
         # found before the first checkpoint: leave no half-made run directory behind
         if created and run.rank == 0 and not (run_dir / rundir.STATE).exists():
-            import shutil
-
-            shutil.rmtree(run_dir, ignore_errors=True)
+            files.remove_tree(run_dir)  # through descriptors: never a removal through a link
         raise
 
 

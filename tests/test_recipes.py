@@ -247,3 +247,60 @@ def test_an_lr_grid_tie_is_reported_as_a_tie():
     assert lr_tie(grid[1:]) == ""
     assert "fine-tuned on mnist-5k, the dataset" in avg5_caveat("smoke", "mnist-5k", "mnist-5k")
     assert avg5_caveat("full", "mnist-5k", "mnist-5k") == ""
+
+
+# --------------------------------------------------------------- preprocessing of the weights
+
+
+def test_a_torchvision_resnet_is_evaluated_with_its_own_normalisation(tmp_path, monkeypatch):
+    """`timm:resnet18.tv_in1k` (torchvision's weights: ImageNet mean / std, bilinear, crop 0.875)
+    is fed what timm's own eval transform feeds it, not the paper's [-1, 1]: the batches match
+    timm's `create_transform` to resizing noise and the recorded top-1 is the model's on timm's
+    inputs. Random weights in an offline hub cache, a 3-class head on a 3-class folder."""
+    import numpy as np
+    import timm
+    import torch
+    from PIL import Image
+    from test_weights import hub_cache
+
+    from mixerbench.data import get_dataset, make_loader
+    from mixerbench.data.transforms import UNIT
+    from mixerbench.evaluate import evaluate
+    from mixerbench.models.preprocess import of_weights
+
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=3).eval()
+    hub_cache(home, "timm/resnet18.tv_in1k", model)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    for split in ("train", "test"):
+        for c in range(3):
+            (folder / split / f"c{c}").mkdir(parents=True)
+            for i in range(3):  # smooth photos: two resizers differ little on them
+                small = Image.fromarray(rng.integers(0, 255, (6, 7, 3), dtype=np.uint8))
+                small.resize((300, 260), Image.BICUBIC).save(folder / split / f"c{c}" / f"{i}.png")
+
+    pre = of_weights("timm:resnet18.tv_in1k")
+    assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
+    assert of_weights("timm:mixer_b16_224.goog_in21k_ft_in1k") == UNIT  # the paper's own
+    ds = get_dataset(str(folder), "test")
+    ours = torch.cat([x for x, _ in make_loader(ds, batch_size=9, train=False,
+                                                pipeline="eval-weights", img_size=224,
+                                                preprocess=pre).epoch(0)])
+    tv = timm.models.get_pretrained_cfg("resnet18.tv_in1k").to_dict()
+    tf = timm.data.create_transform(**timm.data.resolve_data_config({}, pretrained_cfg=tv))
+    assert tuple(ds.images.shape[1:3]) == (260, 300)  # held as decoded, in the loader's order
+    theirs = torch.stack([tf(Image.fromarray(im.numpy())) for im in ds.images])
+    unit = torch.cat([x for x, _ in make_loader(ds, batch_size=9, train=False,
+                                                pipeline="eval-weights", img_size=224).epoch(0)])
+    assert (ours - theirs).abs().mean() < 0.02 < (unit - theirs).abs().mean()
+
+    out = evaluate("timm:resnet18.tv_in1k", str(folder), split="test", device="cpu")
+    assert out["pipeline"] == "eval-weights"
+    with torch.no_grad():
+        expected = 100 * float((model(theirs).argmax(1) == ds.labels).float().mean())
+    assert out["top1"] == pytest.approx(expected)

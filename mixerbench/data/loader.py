@@ -38,9 +38,9 @@ def _default_workers() -> int:
 class _Rows(torch.utils.data.Dataset):
     """Worker side: decode + PIL geometry for one (row, per-example seed) key -> (uint8 (3,S,S), error)."""
 
-    def __init__(self, ds, pipeline: str, img_size: int, what: str):
+    def __init__(self, ds, pipeline: str, img_size: int, what: str, pre: T.Preprocess = T.UNIT):
         self.images, self.hf, self.column = ds.images, ds.hf, ds.image_column
-        self.pipeline, self.img_size, self.what = pipeline, img_size, what
+        self.pipeline, self.img_size, self.what, self.pre = pipeline, img_size, what, pre
 
     def __len__(self):
         return len(self.images) if self.images is not None else len(self.hf)
@@ -63,7 +63,7 @@ class _Rows(torch.utils.data.Dataset):
         except Exception as exc:  # noqa: BLE001 - reported as one sentence by the main process
             return None, image_error(row, self.what, exc)
         gen = torch.Generator().manual_seed(seed) if self.pipeline in T.TRAIN_PIPELINES else None
-        arr = T.pil_geometry(img, self.pipeline, self.img_size, gen)
+        arr = T.pil_geometry(img, self.pipeline, self.img_size, gen, self.pre)
         return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), ""
 
 
@@ -91,15 +91,18 @@ class _Sampler:
 
 
 class Batches:
-    """`epoch(e, start)` yields (x, y): x float32 (B, 3, S, S) in [-1, 1] on `device`; y int64 (B,),
+    """`epoch(e, start)` yields (x, y): x float32 (B, 3, S, S) in [-1, 1] (or `preprocess`'s
+    range) on `device`; y int64 (B,),
     or float (B, num_classes) soft targets for train loaders with mixup or label smoothing."""
 
     def __init__(self, ds, *, batch_size: int, train: bool, pipeline: str, img_size: int, device="cpu",
                  seed: int = 0, randaug_m: float = 0, mixup_p: float = 0.0, num_classes: int | None = None,
                  shuffle: str | Callable | None = None, shuffle_patch: int | None = None, rank: int = 0,
                  world_size: int = 1, drop_last: bool | None = None, workers: int | None = None,
-                 label_smoothing: float = 0.0, shuffle_seed: int = 0):
+                 label_smoothing: float = 0.0, shuffle_seed: int = 0,
+                 preprocess: T.Preprocess | None = None):
         T.check_pipeline(pipeline)
+        self.pre = preprocess or T.UNIT
         if not train and pipeline not in T.EVAL_PIPELINES:
             raise UserError(f"Pipeline '{pipeline}' augments; evaluation loaders take "
                             f"{', '.join(T.EVAL_PIPELINES)}.")
@@ -191,7 +194,7 @@ class Batches:
         x = xb.permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
         gen = torch.Generator().manual_seed(T.mix_seed(self.seed, "aug", epoch, i, self.rank))
         if self.augment or x.shape[-2:] != (self.img_size, self.img_size) or self.pipeline != "eval-plain":
-            x = T.apply_geometry(x, self.pipeline, self.img_size, gen)
+            x = T.apply_geometry(x, self.pipeline, self.img_size, gen, self.pre)
         if self.randaug_m > 0 and x.dtype != torch.uint8:
             x = x.round_().clamp_(0, 255).to(torch.uint8)
         return self._finish(x, y, gen, epoch, i)
@@ -200,7 +203,7 @@ class Batches:
         """RandAugment (uint8), value range, mixup / soft targets, fixed shuffle."""
         if self.randaug_m > 0:
             x = T.rand_augment(x, gen, self.randaug_m)
-        x = T.to_unit_range(x)
+        x = T.normalize(x, self.pre)
         if self.mixup_p > 0:
             x, y = T.mixup(x, y, self.mixup_p, T.mix_seed(self.seed, "mixup", epoch, i, self.rank),
                            self.num_classes, self.label_smoothing)
@@ -222,7 +225,7 @@ class Batches:
             what = f"'{self.ds.split}' of {self.ds.name}"
             kw = dict(persistent_workers=True, prefetch_factor=4) if self.workers > 0 else {}
             self._loader = torch.utils.data.DataLoader(
-                _Rows(self.ds, self.pipeline, self.img_size, what), batch_sampler=_Sampler(self),
+                _Rows(self.ds, self.pipeline, self.img_size, what, self.pre), batch_sampler=_Sampler(self),
                 num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda", **kw)
         return self._loader
 
@@ -231,7 +234,8 @@ def make_loader(ds, *, batch_size: int, train: bool, pipeline: str, img_size: in
                 randaug_m: float = 0, mixup_p: float = 0.0, num_classes: int | None = None,
                 shuffle: str | Callable | None = None, shuffle_patch: int | None = None, rank: int = 0,
                 world_size: int = 1, drop_last: bool | None = None, workers: int | None = None,
-                label_smoothing: float = 0.0, shuffle_seed: int = 0) -> Batches:
+                label_smoothing: float = 0.0, shuffle_seed: int = 0,
+                preprocess: T.Preprocess | None = None) -> Batches:
     """Deterministic batches of `ds` through a named pipeline (see `transforms.PIPELINES`).
 
     Args:
@@ -246,11 +250,14 @@ def make_loader(ds, *, batch_size: int, train: bool, pipeline: str, img_size: in
             `shuffle_seed`, not `seed`, so train and eval loaders use the same one.
         workers: None = automatic (tensor path for in-memory datasets, min(8, cores) workers when
             streaming); > 0 forces the worker path; 0 decodes streamed images in this process.
+        preprocess: the weights' value range and eval resizing (`transforms.Preprocess`; default
+            the paper's [-1, 1], bilinear).
     """
     return Batches(ds, batch_size=batch_size, train=train, pipeline=pipeline, img_size=img_size, device=device,
                    seed=seed, randaug_m=randaug_m, mixup_p=mixup_p, num_classes=num_classes, shuffle=shuffle,
                    shuffle_patch=shuffle_patch, rank=rank, world_size=world_size, drop_last=drop_last,
-                   workers=workers, label_smoothing=label_smoothing, shuffle_seed=shuffle_seed)
+                   workers=workers, label_smoothing=label_smoothing, shuffle_seed=shuffle_seed,
+                   preprocess=preprocess)
 
 
 def loader_throughput(ds, *, batch_size: int = 256, pipeline: str | None = None, img_size: int | None = None,

@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,9 +43,11 @@ PIPELINES = {
     "eval-resize": "resize to img_size*256/224 square, centre crop img_size ('resize-crop', App. C)",
     "eval-resmall": "shorter side to img_size*256/224, centre crop img_size ('resmall-crop', App. C)",
     "eval-plain": "resize to img_size",
+    "eval-weights": "the weights' own eval crop: shorter side to img_size/crop_pct, centre crop "
+                    "img_size (timm's pretrained_cfg; `Preprocess`)",
 }
 TRAIN_PIPELINES = ("pretrain", "finetune", "small", "digits")
-EVAL_PIPELINES = ("eval-resize", "eval-resmall", "eval-plain")
+EVAL_PIPELINES = ("eval-resize", "eval-resmall", "eval-plain", "eval-weights")
 SHUFFLES = ("none", "patch", "global")
 
 # fraction of the image area. pretrain: big_vision/pp/ops_image.py inception_crop and
@@ -70,8 +73,30 @@ def mix_seed(*parts) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def eval_resize_size(img_size: int) -> int:
-    return int(round(img_size * EVAL_RESIZE_RATIO))
+def eval_resize_size(img_size: int, ratio: float = EVAL_RESIZE_RATIO) -> int:
+    return int(round(img_size * ratio))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels reach a model: per-channel `mean` / `std` of [0, 1] values, the `interpolation`
+    of eval resizes, and `crop_pct` of the `eval-weights` crop. `UNIT` is the paper's: [-1, 1]
+    (big_vision's value_range(-1, 1)), bilinear, 224/256; weights trained another way carry
+    their own (timm's pretrained_cfg: `models.preprocess.of_weights`)."""
+
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1 / EVAL_RESIZE_RATIO
+
+    def describe(self) -> str:
+        if self.mean == UNIT.mean and self.std == UNIT.std:
+            return f"[-1, 1], {self.interpolation}"
+        return (f"mean {', '.join(f'{m:g}' for m in self.mean)} / std "
+                f"{', '.join(f'{v:g}' for v in self.std)}, {self.interpolation}")
+
+
+UNIT = Preprocess()
 
 
 # ---------------------------------------------------------------- random crop boxes (shared by both paths)
@@ -159,29 +184,35 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def eval_geometry(x: torch.Tensor, pipeline: str, img_size: int) -> torch.Tensor:
-    """Deterministic eval resizes on a float batch (B, C, H, W) -> (B, C, img_size, img_size)."""
+def eval_geometry(x: torch.Tensor, pipeline: str, img_size: int,
+                  pre: Preprocess = UNIT) -> torch.Tensor:
+    """Deterministic eval resizes on a float batch (B, C, H, W) -> (B, C, img_size, img_size),
+    with `pre`'s interpolation (and crop_pct for `eval-weights`)."""
     import torchvision.transforms.v2.functional as F
+    from torchvision.transforms import InterpolationMode
 
+    mode = InterpolationMode(pre.interpolation)
     if pipeline == "eval-plain":
         if x.shape[-2:] != (img_size, img_size):
-            x = F.resize(x, [img_size, img_size], antialias=True)
+            x = F.resize(x, [img_size, img_size], interpolation=mode, antialias=True)
         return x
-    big = eval_resize_size(img_size)
+    ratio = 1 / pre.crop_pct if pipeline == "eval-weights" else EVAL_RESIZE_RATIO
+    big = eval_resize_size(img_size, ratio)
     if pipeline == "eval-resize":
-        x = F.resize(x, [big, big], antialias=True)
-    else:  # eval-resmall: shorter side to `big`, keep aspect
-        x = F.resize(x, big, antialias=True)
+        x = F.resize(x, [big, big], interpolation=mode, antialias=True)
+    else:  # eval-resmall, eval-weights: shorter side to `big`, keep aspect
+        x = F.resize(x, big, interpolation=mode, antialias=True)
     return F.center_crop(x, [img_size, img_size])
 
 
-def apply_geometry(x: torch.Tensor, pipeline: str, img_size: int, gen: torch.Generator) -> torch.Tensor:
+def apply_geometry(x: torch.Tensor, pipeline: str, img_size: int, gen: torch.Generator,
+                   pre: Preprocess = UNIT) -> torch.Tensor:
     """Crop/flip/resize a batch (B, 3, H, W) of values in [0, 255] to (B, 3, img_size, img_size).
 
     uint8 in, float32 out, except `small` at the stored size, which stays uint8 (a pure gather).
     """
     if pipeline in EVAL_PIPELINES:
-        return eval_geometry(x.float(), pipeline, img_size)
+        return eval_geometry(x.float(), pipeline, img_size, pre)
     n, _, height, width = x.shape
     if pipeline in PAD:
         import torch.nn.functional as tnf
@@ -200,27 +231,30 @@ def apply_geometry(x: torch.Tensor, pipeline: str, img_size: int, gen: torch.Gen
 
 # ---------------------------------------------------------------- per-image geometry (worker path)
 
-def pil_geometry(img, pipeline: str, img_size: int, gen: torch.Generator | None):
+def pil_geometry(img, pipeline: str, img_size: int, gen: torch.Generator | None,
+                 pre: Preprocess = UNIT):
     """The same geometry on one PIL image (full resolution), for DataLoader workers.
 
     Returns a uint8 numpy array (img_size, img_size, 3). `gen` is a per-example generator (train
-    pipelines); eval pipelines ignore it.
+    pipelines); eval pipelines ignore it and resize with `pre`'s interpolation.
     """
     from PIL import Image
 
     img = img.convert("RGB")
     width, height = img.size
     s = img_size
+    resample = Image.Resampling[pre.interpolation.upper()]
     if pipeline == "eval-plain":
-        out = img if img.size == (s, s) else img.resize((s, s), Image.BILINEAR)
-    elif pipeline in ("eval-resize", "eval-resmall"):
-        big = eval_resize_size(s)
+        out = img if img.size == (s, s) else img.resize((s, s), resample)
+    elif pipeline in ("eval-resize", "eval-resmall", "eval-weights"):
+        big = eval_resize_size(s, 1 / pre.crop_pct if pipeline == "eval-weights"
+                               else EVAL_RESIZE_RATIO)
         if pipeline == "eval-resize":
             nw, nh = big, big
         else:
             scale = big / min(width, height)
             nw, nh = max(big, round(width * scale)), max(big, round(height * scale))
-        img = img.resize((nw, nh), Image.BILINEAR)
+        img = img.resize((nw, nh), resample)
         left, top = (nw - s) // 2, (nh - s) // 2
         out = img.crop((left, top, left + s, top + s))
     else:
@@ -480,6 +514,16 @@ def rand_augment(x: torch.Tensor, gen: torch.Generator, magnitude: float,
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """[0, 255] -> [-1, 1], big_vision's value_range(-1, 1): (x - 127.5) / 127.5."""
     return x.float().div_(127.5).sub_(1.0)
+
+
+def normalize(x: torch.Tensor, pre: Preprocess = UNIT) -> torch.Tensor:
+    """[0, 255] -> the values `pre`'s model was trained on: (x / 255 - mean) / std per channel
+    (timm's and torchvision's Normalize); `UNIT` is exactly `to_unit_range`."""
+    if pre.mean == UNIT.mean and pre.std == UNIT.std:
+        return to_unit_range(x)
+    mean = torch.tensor(pre.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255.0 - mean) / std
 
 
 def soft_targets(y: torch.Tensor, num_classes: int, lam: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
