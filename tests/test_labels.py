@@ -106,3 +106,10 @@ def test_a_constructor_option_that_overrides_a_field_is_caught_where_the_model_i
     with what the label will say (a recorded config or a sweep that skips resolve)."""
     with pytest.raises(UserError, match="width 96, not the 64"):
         build_on_meta("gmlp-t4", img_size=28, patch_size=4, width=64, depth=2, embed_dim=96)
+
+
+@pytest.mark.parametrize("options", ["0", "[1,2]", '"x"'])
+def test_options_that_are_no_mapping_are_one_sentence(options, tmp_path):
+    line = refused(cli(*SMOKE, "--set", f"model.options={options}", "--print-config",
+                       "--results-dir", tmp_path / "r"))
+    assert "model.options" in line

@@ -12,6 +12,7 @@ Nothing here imports torch or timm at import time (`mixerbench --help` reads it)
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field, replace
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
@@ -226,6 +227,9 @@ def check_options(spec: ModelSpec, options: dict[str, Any], width: int | None = 
     field sets (`embed_dim` is a ViT's width: `model.width`), a value outside the family's
     `limits`, an `mlp_ratio` that gives an MLP of no unit at the model's `width` (timm then
     builds one as wide as the model instead), or a combination its `rules` refuse."""
+    if not isinstance(options, dict):
+        raise UserError(f"model.options must map constructor arguments to values, not "
+                        f"{_shown(options)}; set one with --set model.options.KEY=VALUE.")
     fam = family(spec.family)
     names = argument_names(fam) if not spec.name.startswith("timm:") else TIMM_OPTIONS
     field_of = {arg: ours for ours, arg in names.items()}
@@ -249,7 +253,8 @@ def check_options(spec: ModelSpec, options: dict[str, Any], width: int | None = 
     width = width or spec.kwargs.get(argument_names(fam).get("width", ""))
     if width and isinstance(ratio, (int, float, list, tuple)) and not isinstance(ratio, bool):
         ratios = ratio if isinstance(ratio, (list, tuple)) else [ratio]
-        if any(isinstance(r, (int, float)) and int(r * width) < 1 for r in ratios):
+        if any(isinstance(r, (int, float)) and math.isfinite(r * width) and int(r * width) < 1
+               for r in ratios):
             raise UserError(f"model.options.mlp_ratio={_shown(ratio)} gives an MLP of no unit at "
                             f"width {width}; choose at least {1 / width:.3g}.")
     if fam.rules is not None:
