@@ -5,9 +5,10 @@ Owns the epoch order, the sharding over ranks, the two delivery paths and the th
 - tensor path (datasets in memory): the uint8 dataset lives on `device` (moved once), each batch is
   gathered and augmented there with batched tensor ops (`transforms.apply_geometry`, RandAugment,
   mixup): no workers, no host-device copy per batch on a GPU;
-- worker path (streamed datasets, or `workers > 0`): DataLoader worker processes decode and crop
-  each image with PIL at full resolution (pinned memory, persistent workers); RandAugment, mixup,
-  value range and shuffles then run batched on `device`.
+- worker path (streamed datasets, or `workers > 0`): DataLoader worker processes decode each
+  image at the scale its crop needs, crop it and collate uint8 batches into shared memory
+  (pinned memory, persistent workers); RandAugment runs batched on `device` (in the workers
+  when that is the CPU), then mixup, value range and shuffles on `device`.
 
 Determinism: the batch at (epoch, index) depends only on (seed, epoch, index, rank, world_size).
 The order is a `torch.randperm` from a generator seeded by (seed, epoch); augmentation draws come
@@ -36,7 +37,8 @@ def _default_workers() -> int:
 
 
 class _Rows(torch.utils.data.Dataset):
-    """Worker side: decode + PIL geometry for one (row, per-example seed) key -> (uint8 (3,S,S), error)."""
+    """Worker side: decode + geometry for one (row, per-example seed, batch seed) key ->
+    (uint8 (3,S,S), error, batch seed)."""
 
     def __init__(self, ds, pipeline: str, img_size: int, what: str, pre: T.Preprocess = T.UNIT):
         self.images, self.hf, self.column = ds.images, ds.hf, ds.image_column
@@ -46,36 +48,48 @@ class _Rows(torch.utils.data.Dataset):
         return len(self.images) if self.images is not None else len(self.hf)
 
     def __getitem__(self, key):
-        from PIL import Image
+        from mixerbench.data.decode import Encoded, image_error
 
-        from mixerbench.data.decode import image_error, open_image
-
-        row, seed = key
+        row, seed, batch_seed = key
         try:
             if self.images is not None:
-                img = Image.fromarray(self.images[row].numpy())
+                enc = Encoded(self.images[row].numpy())
             else:
                 value = self.hf[row]
                 if isinstance(value, dict) and self.column in value:
                     value = value[self.column]
-                draft = T.eval_resize_size(self.img_size) if self.pipeline in T.EVAL_PIPELINES else None
-                img = open_image(value, draft=draft)
+                enc = Encoded(value)
+            gen = torch.Generator().manual_seed(seed) if self.pipeline in T.TRAIN_PIPELINES else None
+            return T.worker_geometry(enc, self.pipeline, self.img_size, gen, self.pre), "", batch_seed
         except Exception as exc:  # noqa: BLE001 - reported as one sentence by the main process
-            return None, image_error(row, self.what, exc)
-        gen = torch.Generator().manual_seed(seed) if self.pipeline in T.TRAIN_PIPELINES else None
-        arr = T.pil_geometry(img, self.pipeline, self.img_size, gen, self.pre)
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), ""
+            return None, image_error(row, self.what, exc), batch_seed
 
 
-def _collate(items):
-    errors = [e for _, e in items if e]
-    if errors:
-        return None, errors[0]
-    return torch.stack([x for x, _ in items]), ""
+class _Collate:
+    """Worker side: one uint8 batch, written straight into shared memory (the main process
+    receives a handle, not a copy), with RandAugment applied here when `randaug_m` is set (the
+    batch's own generator, so the bits equal those of RandAugment run on the device)."""
+
+    def __init__(self, randaug_m: float = 0):
+        self.randaug_m = randaug_m
+
+    def __call__(self, items):
+        errors = [e for _, e, _ in items if e]
+        if errors:
+            return None, errors[0]
+        first = items[0][0]
+        out = torch.empty((len(items), *first.shape), dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            out.share_memory_()
+        torch.stack([x for x, _, _ in items], out=out)
+        if self.randaug_m > 0:  # back into the shared buffer
+            out.copy_(T.rand_augment(out, torch.Generator().manual_seed(items[0][2]), self.randaug_m))
+        return out, ""
 
 
 class _Sampler:
-    """Batch sampler of the worker path: batches `start`.. of `epoch`, each a list of (row, seed) keys."""
+    """Batch sampler of the worker path: batches `start`.. of `epoch`, each a list of
+    (row, example seed, batch seed) keys."""
 
     def __init__(self, batches: "Batches"):
         self.b, self.epoch, self.start = batches, 0, 0
@@ -84,7 +98,8 @@ class _Sampler:
         b = self.b
         for i in range(self.start, b.steps_per_epoch):
             pos = b.positions(self.epoch, i).tolist()
-            yield [(r, T.mix_seed(b.seed, "example", self.epoch, i, b.rank, k)) for k, r in enumerate(pos)]
+            aug = T.mix_seed(b.seed, "aug", self.epoch, i, b.rank)
+            yield [(r, T.mix_seed(b.seed, "example", self.epoch, i, b.rank, k), aug) for k, r in enumerate(pos)]
 
     def __len__(self):
         return max(0, self.b.steps_per_epoch - self.start)
@@ -142,6 +157,9 @@ class Batches:
             self.steps_per_epoch = m // batch_size if self.drop_last else math.ceil(m / batch_size)
         self.path = "worker" if (ds.images is None or (workers or 0) > 0) else "tensor"
         self.workers = (_default_workers() if workers is None else workers) if self.path == "worker" else 0
+        # On a CPU the workers run RandAugment beside decoding (in parallel, off the training
+        # process); on an accelerator it runs there, batched, and the host only decodes and crops.
+        self.randaug_in_workers = self.path == "worker" and self.device.type == "cpu" and self.randaug_m > 0
         self._order_cache: tuple[int, torch.Tensor] | None = None
         self._labels = ds.labels.to(self.device)
         self._images = None
@@ -185,7 +203,19 @@ class Batches:
             y = self._labels[self.positions(epoch, i).to(self._labels.device)]
             x = x.to(self.device, non_blocking=True)
             gen = torch.Generator().manual_seed(T.mix_seed(self.seed, "aug", epoch, i, self.rank))
-            yield self._finish(x, y, gen, epoch, i)
+            yield self._finish(x, y, gen, epoch, i, randaug=not self.randaug_in_workers)
+
+    def host_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """The worker path's uint8 batches (B, 3, S, S) as the workers deliver them, before
+        anything runs on `device`: the host's share of the pipeline (`inputbench`)."""
+        if self.path != "worker":
+            raise ValueError("host_batches is the worker path's; this loader holds its images in memory")
+        loader = self._worker_loader()
+        loader.batch_sampler.epoch, loader.batch_sampler.start = epoch, start
+        for x, err in loader:
+            if err:
+                raise UserError(err)
+            yield x
 
     def _tensor_batch(self, epoch: int, i: int):
         pos = self.positions(epoch, i)
@@ -199,9 +229,10 @@ class Batches:
             x = x.round_().clamp_(0, 255).to(torch.uint8)
         return self._finish(x, y, gen, epoch, i)
 
-    def _finish(self, x, y, gen, epoch, i):
-        """RandAugment (uint8), value range, mixup / soft targets, fixed shuffle."""
-        if self.randaug_m > 0:
+    def _finish(self, x, y, gen, epoch, i, randaug: bool = True):
+        """RandAugment (uint8) unless the workers applied it, value range, mixup / soft
+        targets, fixed shuffle."""
+        if self.randaug_m > 0 and randaug:
             x = T.rand_augment(x, gen, self.randaug_m)
         x = T.normalize(x, self.pre)
         if self.mixup_p > 0:
@@ -226,7 +257,8 @@ class Batches:
             kw = dict(persistent_workers=True, prefetch_factor=4) if self.workers > 0 else {}
             self._loader = torch.utils.data.DataLoader(
                 _Rows(self.ds, self.pipeline, self.img_size, what, self.pre), batch_sampler=_Sampler(self),
-                num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda", **kw)
+                num_workers=self.workers, collate_fn=_Collate(self.randaug_m if self.randaug_in_workers else 0),
+                pin_memory=self.device.type == "cuda", **kw)
         return self._loader
 
 
