@@ -34,7 +34,9 @@ tracker folders, checkpoints, upgrades) goes through the functions here:
   into the one sentence the command line prints.
 
 Outside a results folder (datasets, checkpoints given by path, caches) links are followed, as
-users expect of a path they typed.
+users expect of a path they typed. The tracker libraries (TensorBoard, wandb, MLflow) take a
+folder's path and write by it: their folders are checked here (`make_dirs`) when they start,
+not held open.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def _refuse(path: str | os.PathLike, what: str, expected: str) -> UserError:
 
 # The openat-style calls everything below a root goes through. Linux and macOS have all of
 # them (os.replace takes os.rename's src_dir_fd/dst_dir_fd too, but is missing from the set).
-_AT_CALLS = {os.open, os.mkdir, os.stat, os.unlink, os.rename}
+_AT_CALLS = {os.open, os.mkdir, os.stat, os.unlink, os.rmdir, os.rename}
 if not (_AT_CALLS <= os.supports_dir_fd and os.listdir in os.supports_fd):  # pragma: no cover
     raise ImportError("mixerbench needs directory file descriptors (openat, mkdirat, renameat): "
                       "run it on Linux or macOS.")
