@@ -363,9 +363,10 @@ class ProgressView:
     def _start(self, info: dict) -> None:
         self.stop()
         self.console.print(
-            f"[bold]{_e(info['model'])}[/] on [bold]{_e(info['dataset'])}[/]: {info['total_steps']:,} steps, "
-            f"batch {info['batch_size']} x {info['world_size']} process(es), {_e(info['device'])} {info['dtype']}"
-            f" -> {_e(info['run_dir'])}")
+            f"[bold]{_e(info['model'])}[/] on [bold]{_e(info['dataset'])}[/] at {info['img_size']} px "
+            f"(pipeline {_e(info['pipeline'])}, eval {_e(info['eval_pipeline'])}): "
+            f"{info['total_steps']:,} steps, batch {info['batch_size']} x {info['world_size']} "
+            f"process(es), {_e(info['device'])} {info['dtype']} -> {_e(info['run_dir'])}")
         self._bar("train", info["total_steps"], info["step"])
 
     def _resumed(self, info: dict) -> None:
@@ -814,6 +815,7 @@ class EvalCrop(str, Enum):
     resize = "resize"
     resmall = "resmall"
     plain = "plain"
+    weights = "weights"
 
 
 @app.command()
@@ -824,7 +826,7 @@ def evaluate(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name or path.")],
     arch: ArchOpt = None,
     split: Annotated[str, typer.Option(help="Split to measure accuracy on.")] = "test",
-    crop: Annotated[Optional[EvalCrop], typer.Option(help="Eval crop (paper App. C): resize-crop, resmall-crop, or plain resize; default: the run's own, else resize.")] = None,
+    crop: Annotated[Optional[EvalCrop], typer.Option(help="Eval crop (paper App. C): resize-crop, resmall-crop, plain resize, or the weights' own (timm's crop_pct); default: the run's own, timm: weights' own, else resize.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet ReaL labels (the public real.json) for ReaL top-1.")] = None,
     fewshot: Annotated[Optional[str], typer.Option("--fewshot", help="Linear few-shot shots, e.g. 1,5,10,25 (needs no head; paper section 3).")] = None,
     shuffle: Annotated[Optional[str], typer.Option("--shuffle", help="Fixed pixel shuffles of paper Figure 4, e.g. none,patch,global.")] = None,
@@ -1074,23 +1076,45 @@ def reproduce(
 @app.command("datasets")
 @user_errors
 def datasets_cmd(
+    ctx: typer.Context,
     name_or_path: Annotated[Optional[str], typer.Argument(help="Known name, hf:<hub id> or a folder; none lists the known datasets.")] = None,
     fmt: FormatOpt = Format.table,
     data_dir: DataDir = None,
-    bench: Annotated[bool, typer.Option("--bench", help="Measure images/s of the tensor and worker loading paths on the train split.")] = False,
+    bench: Annotated[bool, typer.Option("--bench", help="Img/s per CPU core of the train input pipeline (ours, its host share, timm's create_loader, a decode floor) on the train split; appends to inputs.csv.")] = False,
     device: Device = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size for --bench.")] = 256,
-    seconds: Annotated[float, typer.Option(help="Seconds per loading path for --bench.")] = 5.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size for --bench.")] = 128,
+    workers: Annotated[Optional[int], typer.Option(help="Loader worker processes for --bench (default: min(8, cores)).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Output side for --bench (default 224, or the stored size).")] = None,
+    randaug: Annotated[float, typer.Option(help="RandAugment(2, m) magnitude for --bench; 0 turns it off.")] = 15,
+    mixup: Annotated[float, typer.Option(help="Mixup strength for --bench; 0 turns it off.")] = 0.5,
+    images: Annotated[int, typer.Option(help="Images per measured pass for --bench.")] = 2048,
+    repeats: Annotated[int, typer.Option(help="Rounds for --bench, each measuring every pipeline once.")] = 3,
+    results_dir: ResultsDir = None,
+    write_jpegs: Annotated[Optional[int], typer.Option("--write-jpegs", metavar="N", help="First write N photo-like 500x375 JPEGs (quality 90, 10 class folders) into the new folder NAME_OR_PATH: a stand-in for ImageNet for --bench.")] = None,
 ) -> None:
     """Known datasets; with NAME_OR_PATH: where it was found, its splits, sizes and classes."""
     from mixerbench.data import datasets_command
 
-    out = datasets_command(name_or_path, data_dir, bench and name_or_path is not None,
-                           seconds=seconds, batch_size=batch_size, device=device)
+    progress = ProgressView(_quiet(ctx)) if bench or write_jpegs else None
+    try:
+        out = datasets_command(name_or_path, data_dir, bench and name_or_path is not None, device=device,
+                               root=results_dir, progress=progress and progress.progress,
+                               write_jpegs=write_jpegs, batch_size=batch_size, workers=workers,
+                               img_size=img_size, randaug_m=randaug, mixup_p=mixup, images=images,
+                               repeats=repeats)
+    finally:
+        if progress:
+            progress.stop()
     if name_or_path is None:
         emit(out, fmt, title="known datasets (mixerbench/data/__init__.py; any hf:<id> or folder also works)")
     elif bench:
-        emit(out["rows"], fmt, title=f"loader throughput, {out['dataset']} {out['split']} ({out['n']:,} images)")
+        rows = out["rows"]
+        if fmt == Format.table:  # whole images, two decimals for the ratio (the CSV keeps every digit)
+            rows = [dict(r, img_per_sec=round(r["img_per_sec"]), img_per_cpu_sec=round(r["img_per_cpu_sec"]),
+                         timm_ratio=None if r["timm_ratio"] is None else f"{r['timm_ratio']:.2f}") for r in rows]
+        emit(rows, fmt, title=f"input pipeline, {rows[0]['images']:,} images of {out['dataset']} train at "
+             f"{rows[0]['img_size']} px: img/s and img/s per CPU core (median of {repeats} rounds)",
+             columns=["pipeline", "what", "workers", "img_per_sec", "img_per_cpu_sec", "timm_ratio"])
     elif fmt == Format.json:
         sys.stdout.write(json.dumps(out, indent=2, default=str) + "\n")
     elif fmt == Format.csv:

@@ -68,7 +68,7 @@ def resolve_run(kind: str, *, preset: str | None = None, model: str | None = Non
     """(config, lrs) of a `pretrain` or `finetune` command: the preset (a fine-tuning run's
     default is its dataset's, `presets.finetune_preset`), the model (`mixer` when neither a
     model nor a preset is named), flags and `--set`; `lr` is one learning rate or a grid."""
-    from mixerbench.presets import finetune_preset, resolve
+    from mixerbench.presets import finetune_preset, run_config
 
     flags, overrides = dict(flags or {}), dict(overrides or {})
     if kind == "pretrain" and not (model or preset):
@@ -78,8 +78,8 @@ def resolve_run(kind: str, *, preset: str | None = None, model: str | None = Non
                         or bool({"steps", "epochs"} & set(overrides)))
         preset = finetune_preset(dataset, length_given=length_given)
     lrs = parse_lrs(lr)
-    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
-                  flags={**flags, "optim.lr": lrs[0] if lrs else None}, overrides=overrides)
+    cfg = run_config(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
+                     flags={**flags, "optim.lr": lrs[0] if lrs else None}, overrides=overrides)
     return cfg, lrs
 
 

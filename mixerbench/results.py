@@ -94,6 +94,16 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "split", "resolution", "img_size", "pipeline", "steps", "lr", "lr_grid", "minival_top1",
         "top1", "note",
     ) + PROVENANCE,
+    # `datasets DIR --bench`: one row per input pipeline (`data.inputbench.BENCH_PIPELINES`) of one
+    # call (`bench_id`), all measured in the same interleaved rounds on the same `images` images.
+    # `img_per_cpu_sec`: images per CPU-second of the process and its loader workers (median,
+    # min, max over `repeats` rounds), i.e. img/s per core; `img_per_sec` wall-clock (median);
+    # `timm_ratio`: img_per_cpu_sec over timm's create_loader's in the same round.
+    "inputs": (
+        "bench_id", "dataset", "pipeline", "images", "img_size", "batch_size", "workers",
+        "randaug_m", "mixup_p", "img_per_sec", "img_per_cpu_sec", "img_per_cpu_sec_min",
+        "img_per_cpu_sec_max", "timm_ratio", "timm_ratio_min", "timm_ratio_max", "repeats",
+    ) + PROVENANCE,
 }
 
 # Which command writes each CSV: named in the message when a reader finds it missing.
@@ -105,6 +115,7 @@ PRODUCERS = {
     "scaling": "mixerbench reproduce data-scaling",
     "released": "mixerbench reproduce released",
     "avg5": "mixerbench reproduce avg5 --init SRC",
+    "inputs": "mixerbench datasets DIR --bench",
 }
 
 
@@ -233,7 +244,9 @@ COLUMN_TYPES: dict[str, str] = {
         "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops", "fraction",
         "step", "epoch", "train_loss", "eval_loss", "lr", "img_per_sec", "elapsed_s",
         "matmul_tflops", "paper_img_size", "n", "real_top1", "real_n", "fewshot5_mean",
-        "fewshot5_std", "minival_top1",
+        "fewshot5_std", "minival_top1", "images", "workers", "randaug_m", "mixup_p",
+        "img_per_cpu_sec", "img_per_cpu_sec_min", "img_per_cpu_sec_max", "timm_ratio",
+        "timm_ratio_min", "timm_ratio_max",
     ), NUMBER),
     **dict.fromkeys(("compiled", "channels_last"), BOOL),
     **dict.fromkeys((

@@ -28,6 +28,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from mixerbench.errors import UserError, close_matches
+from mixerbench.models.preprocess import PAPER_TAGS
 from mixerbench.names import squash
 
 TABLES = ("table1", "table2", "table3", "table4")
@@ -228,7 +229,7 @@ TIMM_PROVENANCE = {
 # timm tag prefixes of weights the paper's authors' group trained and released (Google): the
 # paper's rows can stand for them. Other prefixes (`miil`, `fb`, `tv`, `ra`, ...) are other
 # people's recipes, which no paper row measured.
-PAPER_RELEASES = ("goog", "augreg")
+PAPER_RELEASES = PAPER_TAGS
 
 
 def weights_provenance(src: str, num_classes: int | None = None) -> dict:
