@@ -23,7 +23,7 @@ from hypothesis import strategies as st
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--dataset", "synthetic", "--device", "cpu", "--set", "model.img_size=32",
+SMALLEST = ["--dataset", "synthetic", "--device", "cpu", "--set", "model.img_size=32",
         "--set", "model.width=8", "--set", "model.depth=1", "--set", "data.batch_size=50",
         "--set", "data.eval_batch_size=200"]
 
@@ -52,14 +52,14 @@ def run(root: Path, command: tuple) -> None:
     kind = command[0]
     if kind == "compare":
         _, steps, seeds, fewshot, bench = command
-        args = ["compare", "--models", "mixer", "--preset", "smoke", *TINY, "--set",
+        args = ["compare", "--models", "mixer", "--preset", "smoke", *SMALLEST, "--set",
                 f"steps={steps}", "--set", "optim.warmup_frac=0.5", "--seeds", seeds,
                 "--format", "csv"]
         args += ["--fewshot", "2"] if fewshot else []
         args += [] if bench else ["--no-bench"]
     elif kind == "pretrain":
         _, steps, lr, seed = command
-        args = ["pretrain", "--preset", "smoke", *TINY, "--steps", steps, "--set",
+        args = ["pretrain", "--preset", "smoke", *SMALLEST, "--steps", steps, "--set",
                 f"optim.lr={lr}", "--set", "optim.warmup_frac=0.5", "--seed", seed]
     elif kind == "evaluate":
         _, which, capped = command
