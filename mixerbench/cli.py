@@ -16,8 +16,11 @@ from enum import Enum
 from pathlib import Path
 from typing import Annotated, Callable, Optional
 
-import typer
-from typer.core import TyperCommand, TyperGroup
+try:
+    import typer
+    from typer.core import TyperCommand, TyperGroup
+except KeyboardInterrupt:  # Ctrl-C while Python loads the command line: 130, not a traceback
+    raise SystemExit(130) from None
 
 # Spin-waiting OpenMP threads make the small tensor ops of augmentation ~70x slower on a busy
 # 2-core machine (measured); passive waiting costs nothing on an idle one. Set before torch loads.
@@ -46,12 +49,39 @@ class _OneLineUsageErrors(TyperGroup):
             _usage_error(exc, ctx)
 
     def invoke(self, ctx):  # unknown command; the options and arguments of a command
+        from mixerbench.process import Terminated, stdout_broken
+
         try:
-            return super().invoke(ctx)
+            out = super().invoke(ctx)
         except Exception as exc:
             if not _is_usage_error(exc):
                 raise
             _usage_error(exc, ctx)
+        except KeyboardInterrupt:
+            fail("Interrupted (Ctrl-C); files already written are complete.", code=130)
+        except Terminated:
+            fail("Stopped by SIGTERM; files already written are complete.", code=143)
+        if stdout_broken():  # the reader of stdout went away; the work itself was done
+            raise typer.Exit(141)
+        return out
+
+    def main(self, *args, **kwargs):
+        """The process made safe first (`mixerbench.process`): an empty HOME, closed or broken
+        standard streams, SIGTERM as an exception (restored afterwards: tests call this
+        in-process)."""
+        import signal
+
+        from mixerbench.process import guard_streams, raise_on_sigterm, settle_home
+
+        guard_streams()
+        settle_home()
+        before = signal.getsignal(signal.SIGTERM)
+        raise_on_sigterm()
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            if before is not None:
+                signal.signal(signal.SIGTERM, before)
 
 
 def _refuse_non_utf8(args) -> None:
@@ -126,10 +156,13 @@ def fail(message: str, code: int = 2) -> None:
     """Print one sentence to stderr and exit (status 2 for bad input)."""
     from rich.markup import escape
 
+    from mixerbench.errors import shorten
+
     # escaped: a message quoting user input such as `[/x]` must print, not be read as markup;
     # control characters a user typed (a newline in a --set value) are shown, not obeyed, so
     # the message stays one line
     message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    message = shorten(message)  # a 100,000-character name in it is not a 100,000-character line
     _console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
@@ -221,6 +254,13 @@ def main(
 ) -> None:
     """Reproduce the MLP-Mixer benchmarks: Mixer against ViT and ResNet/BiT from timm."""
     ctx.obj = {"quiet": quiet}
+    from mixerbench.errors import UserError
+    from mixerbench.process import check_working_folder
+
+    try:
+        check_working_folder()
+    except UserError as exc:
+        fail(str(exc))
     # a terminal that cannot show a character (PYTHONIOENCODING=ascii, a file name that is not
     # UTF-8) gets a replacement character, never a UnicodeEncodeError
     for stream in (sys.stdout, sys.stderr):

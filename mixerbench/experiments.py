@@ -227,6 +227,12 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
                  warmup=2 if dev == "cpu" else 10)
 
 
+# Bounds on what `compare` is asked to train: the paper averages 3 seeds (Table 2's std over
+# them); a thousand seeds or ten thousand runs is a typo, not a campaign one command runs.
+MAX_SEEDS = 1000
+MAX_CELLS = 10_000
+
+
 def compare(models: list[str], *, dataset: str | None = None, preset: str | None = "smoke",
             seeds: int = 1, epochs: float | None = None, fewshot: int | None = None,
             with_bench: bool = True, root=None, data_dir=None, device: str | None = None,
@@ -249,8 +255,18 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
     """
     if not models:
         raise UserError("No models to compare; pass --models mixer,vit,resnet for example.")
-    if seeds < 1:
-        raise UserError("--seeds must be at least 1.")
+    # every option checked before any cell is trained: a bad --fewshot found after training
+    # would leave accuracy rows of a command that was refused
+    if isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds {seeds} must be between 1 and {MAX_SEEDS:,} (runs per model).")
+    if len(models) * seeds > MAX_CELLS:
+        raise UserError(f"{len(models):,} models x {seeds:,} seeds is {len(models) * seeds:,} "
+                        f"training runs, more than the {MAX_CELLS:,} one compare trains; pass "
+                        "fewer models or seeds.")
+    if fewshot is not None:
+        from mixerbench.evaluate import parse_shots
+
+        parse_shots(str(fewshot))
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
     runs = run_cells(compare_cells(models, dataset=dataset, preset=preset, seeds=seeds,
                                    epochs=epochs, root=root, data_dir=data_dir, device=device,

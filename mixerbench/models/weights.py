@@ -436,8 +436,9 @@ def hub_cache_dir() -> Path:
     else ~/.cache/huggingface/hub), read when called rather than when the hub library loads."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    from mixerbench.process import cache_home
+
+    home = os.environ.get("HF_HOME") or cache_home() / "huggingface"
     return Path(home).expanduser() / "hub"
 
 

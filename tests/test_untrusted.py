@@ -1,0 +1,238 @@
+"""What a command cannot trust, tried as an attacker would (CPU, offline, seconds each).
+
+Weights credited by content (a hub blob checked against its sha256 name, a run's checkpoint
+against the hash its run recorded, an avg5 or transfer source that changes midway), files that
+would block or allocate (FIFOs named `.npz`, `.npy` headers that lie, a 3 GB `refs/main`, a hub
+that accepts and never answers), sizes bounded before any work, memory estimated before a
+fine-tuning model is built, the process's surroundings (an empty HOME, a deleted working folder,
+closed pipes, signals), and the refusals themselves (one bounded line, the folder unchanged).
+
+The contract for every case: exit 0 with the work done right, or exit 2 with one sentence and
+nothing changed; never a traceback, a hang or an allocation the machine cannot make. Commands
+run as a user runs them: the command line, in a child process where the surroundings matter
+(real pipes, signals, a deleted folder), against real files, FIFOs and sockets.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from conftest import TINY, TINY_MODEL, cli, refused, start, tree
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+ROOT = Path(__file__).resolve().parents[1]
+BIG = 2**63  # one past the largest signed 64-bit integer
+
+
+def one_error(text: str) -> str:
+    """The one `error:` line that ends `text` (progress lines of earlier work may precede it)."""
+    lines = [line for line in text.splitlines() if line.strip()]
+    errors = [line for line in lines if line.startswith("error: ")]
+    assert "Traceback" not in text and len(errors) == 1 and lines[-1] == errors[0], text
+    return errors[0]
+
+
+def child(args, env, *, timeout=120, cwd=ROOT, prelude: str = "", **kw) -> subprocess.CompletedProcess:
+    """`mixerbench --quiet ARGS` in a child process (stdout and stderr captured unless given),
+    after `prelude` (Python run before the command line, e.g. a stand-in account database)."""
+    code = f"import sys\n{prelude}\nfrom mixerbench.cli import app\napp(sys.argv[1:], prog_name='mixerbench')\n"
+    kw.setdefault("stdout", subprocess.PIPE)
+    kw.setdefault("stderr", subprocess.PIPE)
+    return subprocess.run([sys.executable, "-c", code, "--quiet", *map(str, args)], cwd=cwd,
+                          env=dict(env, PYTHONPATH=str(ROOT)), text=True, timeout=timeout, **kw)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    """A results folder with one finished tiny run `fin` (2 steps)."""
+    res = tmp_path_factory.mktemp("untrusted") / "results"
+    assert cli("pretrain", *TINY, "--steps", "2", "--run-name", "fin", "--results-dir", res).exit_code == 0
+    return res
+
+
+@pytest.fixture
+def folder(finished, tmp_path):
+    res = tmp_path / "results"
+    shutil.copytree(finished, res)
+    return res
+
+
+EVAL = ["evaluate", "--dataset", "synthetic", "--device", "cpu", "--checkpoint"]
+
+
+# ------------------------------------------------------------------------- the environment
+
+
+def test_an_empty_home_is_no_home(tmp_path, child_env):
+    """HOME='' puts the dataset cache in the account's home (as with HOME unset), never at
+    `/.cache` or a relative `.cache` in the working folder; with no account home either, one
+    sentence names the variables to set."""
+    account = tmp_path / "account"
+    prelude = ("import os, pwd\nreal = pwd.getpwuid(os.getuid())\n"  # the account, homed in tmp
+               "fake = pwd.struct_passwd(tuple(real)[:5] + (%r,) + tuple(real)[6:])\n"
+               "pwd.getpwuid = lambda uid: fake\n" % str(account))
+    env = {k: v for k, v in child_env.items() if k not in ("MIXERBENCH_CACHE", "XDG_CACHE_HOME")}
+    work = tmp_path / "work"
+    work.mkdir()
+    root_cache = Path("/.cache/mixerbench")
+    existed = root_cache.exists()
+    r = child(["pretrain", *TINY, "--steps", "1", "--results-dir", tmp_path / "r"],
+              dict(env, HOME=""), cwd=work, prelude=prelude)
+    assert r.returncode == 0, r.stderr
+    assert list((account / ".cache" / "mixerbench").rglob("*.pt")), "the cache is not in the home"
+    assert root_cache.exists() == existed and not (work / ".cache").exists()
+    # no home anywhere: one sentence before any work
+    nobody = "import pwd\ndef gone(uid): raise KeyError(uid)\npwd.getpwuid = gone\n"
+    r = child(["pretrain", *TINY, "--steps", "1", "--results-dir", tmp_path / "r2"],
+              dict(env, HOME=""), cwd=work, prelude=nobody)
+    assert r.returncode == 2 and "MIXERBENCH_CACHE" in one_error(r.stderr)
+    assert not (tmp_path / "r2" / "runs").exists() and not (work / ".cache").exists()
+
+
+@pytest.mark.parametrize("command", [["upgrade"], ["plot"], ["models", "mixer-t4"]])
+def test_a_deleted_working_folder_is_one_sentence(command, tmp_path, child_env):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    proc = subprocess.Popen([sys.executable, "-c", "import os, sys, time\nos.rmdir(sys.argv[1])\n"
+                             "from mixerbench.cli import app\napp(sys.argv[2:], prog_name='mixerbench')",
+                             str(gone), "--quiet", *command], cwd=gone,
+                            env=dict(child_env, PYTHONPATH=str(ROOT)), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 2, err
+    assert "cd into an existing folder" in one_error(err)
+
+
+def _closed_pipe() -> int:
+    """The write end of a pipe whose reader has gone (what `| head -1` leaves behind)."""
+    read, write = os.pipe()
+    os.close(read)
+    return write
+
+
+def test_stdout_closed_by_its_reader_keeps_the_rows_and_exits_141(folder, child_env):
+    w = _closed_pipe()
+    try:
+        r = child([*EVAL, folder / "runs/fin", "-f", "csv", "--results-dir", folder], child_env,
+                  stdout=w)
+    finally:
+        os.close(w)
+    assert r.returncode in (0, 141), r.stderr
+    assert "Traceback" not in r.stderr and "BrokenPipe" not in r.stderr, r.stderr
+    rows = (folder / "accuracy.csv").read_text().splitlines()
+    assert sum(",evaluate," in row for row in rows) == 1  # written once, not lost
+
+
+@pytest.mark.parametrize("how", ["closed", "reader-gone"])
+def test_a_closed_stderr_costs_only_the_progress_lines(how, tmp_path, child_env):
+    args = ["pretrain", *TINY, "--steps", "2", "--run-name", "quiet", "--results-dir", tmp_path]
+    if how == "closed":
+        r = child(args, child_env, stderr=None, preexec_fn=lambda: os.close(2))
+    else:
+        w = _closed_pipe()
+        try:
+            r = child(args, child_env, stderr=w)
+        finally:
+            os.close(w)
+    assert r.returncode == 0, r.stdout
+    assert (tmp_path / "runs/quiet/summary.json").is_file()
+    assert sum("quiet" in row for row in (tmp_path / "accuracy.csv").read_text().splitlines()) == 1
+
+
+def test_ctrl_c_while_training_in_a_compare_is_130_and_one_line(tmp_path, child_env):
+    proc = start(["compare", "--models", "mixer", "--dataset", "synthetic", "--device", "cpu",
+                  *TINY_MODEL[2:], "--set", "steps=100000", "--results-dir", tmp_path], child_env)
+    for line in proc.stderr:
+        if line.startswith("step "):  # training has begun
+            break
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    one_error(err)
+
+
+def test_ctrl_c_while_the_command_line_loads_is_130_without_a_traceback(tmp_path, child_env):
+    """Ctrl-C lands while Python imports the command line's libraries (here: the moment typer
+    is imported, made deterministic by a hook that sends SIGINT then)."""
+    prelude = ("import builtins, os, signal\norig = builtins.__import__\n"
+               "def hook(name, *a, **k):\n"
+               "    if name == 'typer':\n"
+               "        builtins.__import__ = orig\n"
+               "        os.kill(os.getpid(), signal.SIGINT)\n"
+               "    return orig(name, *a, **k)\n"
+               "builtins.__import__ = hook\n")
+    r = child(["models", "mixer-t4"], child_env, prelude=prelude)
+    assert r.returncode == 130 and "Traceback" not in r.stderr, (r.returncode, r.stderr)
+
+
+# ---------------------------------------------------------------------- sizes and messages
+
+
+@pytest.mark.parametrize("args", [
+    ["compare", "--models", "mixer", "--seeds", 100_000],
+    ["compare", "--models", "mixer", "--seeds", 10**12],
+    ["compare", "--models", "mixer", "--seeds", BIG],
+    ["compare", "--models", "mixer", "--fewshot", -5],
+    ["compare", "--models", ",".join(["mixer"] * 20_000)],
+    ["compare", "--models", "mixer", "--launcher", "local", "--tasks-per-job", BIG],
+    ["compare", "--models", "mixer", "--launcher", "local", "--parallel", BIG],
+    ["compare", "--models", "mixer", "--launcher", "local", "--gpus-per-job", BIG],
+    ["bench", "-m", "mixer-t4", "--device", "cpu", "--steps", BIG],
+    ["bench", "-m", "mixer-t4", "--device", "cpu", "--repeats", BIG],
+    ["models", "--num-classes", -1],
+    ["models", "--img-size", 10**6],
+], ids=lambda a: "-".join(map(str, a))[:60])
+def test_sizes_are_bounded_before_any_work(args, tmp_path):
+    start_s = time.monotonic()
+    extra = ["--dataset", "synthetic", "--results-dir", tmp_path] if args[0] == "compare" else \
+        ["--results-dir", tmp_path] if args[0] == "bench" else []
+    line = refused(cli(*args, *extra))
+    assert time.monotonic() - start_s < 30, "refused only after work"
+    assert not tmp_path.exists() or list(tmp_path.iterdir()) == [], line
+
+
+def test_set_json_nested_100000_deep_is_one_sentence(tmp_path):
+    line = refused(cli("pretrain", *TINY, "--set", "model.options.x=" + "[" * 100_000 + "]" * 100_000,
+                       "--results-dir", tmp_path))
+    assert "64 levels" in line and not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize("args", [
+    ["pretrain", *TINY, "--set", ".".join(["a"] * 20_000) + "=1"],
+    ["pretrain", *TINY, "--model", "m" * 100_000],
+], ids=["set-key-of-20000-parts", "model-of-100000-characters"])
+def test_error_lines_are_bounded_and_shorten_names(args, tmp_path):
+    line = refused(cli(*args, "--results-dir", tmp_path))
+    assert len(line) <= 1000 and "..." in line, len(line)
+
+
+def test_an_arch_of_100000_characters_is_one_short_line(folder, tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    plain = tmp_path / "plain.safetensors"
+    save_file(load_file(folder / "runs/fin/checkpoint-last.safetensors"), plain)
+    line = refused(cli(*EVAL, plain, "--arch", "a" * 100_000, "--results-dir", folder))
+    assert len(line) <= 1000 and "..." in line
+
+
+def test_a_long_dataset_folder_name_is_not_blamed_on_a_run_name(tmp_path):
+    """A 200-character dataset folder names the run by a shortened id (the hash still tells
+    runs apart), not a refusal of a --run-name that was never given."""
+    from test_inputs import image_folder
+
+    data = image_folder(tmp_path / ("d" * 200), {f"train/{c}": [f"{i}.png" for i in range(4)]
+                                                for c in ("a", "b")})
+    r = cli("pretrain", "--preset", "smoke", "--dataset", data, "--img-size", "8",
+            *TINY_MODEL[2:6], "--set", "data.batch_size=4", "--set", "data.eval_split=train",
+            "--steps", "1", "--results-dir", tmp_path / "r")
+    assert r.exit_code == 0, r.output
+    (run,) = (tmp_path / "r" / "runs").iterdir()
+    assert len(run.name) <= 128 and run.name.startswith("mixer-t4-")
