@@ -193,9 +193,13 @@ def teardown_distributed() -> None:
 
 
 def reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to `url`'s host and port opens within `timeout` seconds (the
-    reachability probe of the hub and of tracker servers: their clients retry for minutes).
-    Run in a daemon thread, since name lookups ignore socket timeouts."""
+    """Whether the server at `url` answers within `timeout` seconds (the reachability probe of
+    the hub and of tracker servers: their clients retry for minutes). A TCP connection that
+    opens is not enough: a server that accepts and never answers would hang the client, so the
+    probe asks for `/` (over TLS for https, without checking the certificate: the client does)
+    and waits for the first byte of a reply, connect and read each bounded by `timeout`.
+    Run in a daemon thread, since name lookups ignore socket timeouts. Hand-written: no HTTP
+    client bounds the whole exchange, name lookup included, in one deadline."""
     import re
     import socket
     import threading
@@ -203,18 +207,30 @@ def reachable(url: str, timeout: float = 3.0) -> bool:
     m = re.match(r"^(\w+)://(?:[^@/]*@)?(\[[^\]]+\]|[^/:?#]+)(?::(\d+))?", url.strip())
     if not m:
         return False
-    host = m.group(2).strip("[]")
-    port = int(m.group(3)) if m.group(3) else (80 if m.group(1).lower() == "http" else 443)
+    scheme, host = m.group(1).lower(), m.group(2).strip("[]")
+    port = int(m.group(3)) if m.group(3) else (80 if scheme == "http" else 443)
     result: list[bool] = []
 
     def probe():
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
+            sock = socket.create_connection((host, port), timeout=timeout)
+            try:
+                sock.settimeout(timeout)
+                if scheme == "https":
+                    import ssl
+
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                    sock = ctx.wrap_socket(sock, server_hostname=host)
+                sock.sendall(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                             .encode())
+                result.append(bool(sock.recv(1)))
+            finally:
+                sock.close()
         except (OSError, ValueError):
             result.append(False)
 
     t = threading.Thread(target=probe, daemon=True)
     t.start()
-    t.join(timeout + 0.5)
+    t.join(2 * timeout + 0.5)  # connect, then the first byte of the reply
     return bool(result and result[0])

@@ -40,6 +40,12 @@ def one_error(text: str) -> str:
     return errors[0]
 
 
+def refusal(r) -> str:
+    """The refusal (exit 2) of a command run in this process: its one closing error line."""
+    assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
+    return one_error(r.output)
+
+
 def child(args, env, *, timeout=120, cwd=ROOT, prelude: str = "", **kw) -> subprocess.CompletedProcess:
     """`mixerbench --quiet ARGS` in a child process (stdout and stderr captured unless given),
     after `prelude` (Python run before the command line, e.g. a stand-in account database)."""
@@ -236,3 +242,37 @@ def test_a_long_dataset_folder_name_is_not_blamed_on_a_run_name(tmp_path):
     assert r.exit_code == 0, r.output
     (run,) = (tmp_path / "r" / "runs").iterdir()
     assert len(run.name) <= 128 and run.name.startswith("mixer-t4-")
+
+
+# --------------------------------------------------------------------------- the network
+
+
+@pytest.fixture
+def silent_server():
+    """A local TCP server that accepts connections (the kernel completes them) and never
+    answers a byte: the hub endpoint or tracker server that hangs a client."""
+    import socket
+
+    s = socket.socket()
+    s.bind(("127.0.0.1", 0))
+    s.listen(64)
+    try:
+        yield f"http://127.0.0.1:{s.getsockname()[1]}"
+    finally:
+        s.close()
+
+
+def test_a_hub_that_accepts_and_never_answers_is_one_sentence_within_seconds(silent_server, tmp_path):
+    """Online mode (HF_HUB_OFFLINE unset), nothing cached: timm weights and a hub dataset are
+    refused after one bounded probe (connect, then the first byte of a reply), not after the
+    client's minutes of waiting."""
+    env = {"HF_HUB_OFFLINE": None, "HF_DATASETS_OFFLINE": None, "HF_ENDPOINT": silent_server,
+           "HF_HOME": str(tmp_path / "hf"), "HF_HUB_CACHE": None,
+           "MIXERBENCH_CACHE": str(tmp_path / "cache")}
+    for args in ([*EVAL, "timm:mixer_b16_224.goog_in21k_ft_in1k"],
+                 ["pretrain", *TINY, "--dataset", "hf:someone/nothing", "--steps", "1"]):
+        (tmp_path / "cache" / "hub-unreachable").unlink(missing_ok=True)  # probe each time
+        t0 = time.monotonic()
+        line = refusal(cli(*args, "--results-dir", tmp_path / "r", env=env))
+        assert "not reachable" in line and time.monotonic() - t0 < 15, line
+    assert not (tmp_path / "r").exists()
