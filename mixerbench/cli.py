@@ -680,6 +680,53 @@ def plot(
         con.print(f"[dim]skipped {skipped}: {_e(why)}[/]", soft_wrap=True)
 
 
+@app.command()
+@user_errors
+def claims(
+    results_dir: ResultsDir = None,
+    fmt: FormatOpt = Format.table,
+    write_md: Annotated[Optional[Path], typer.Option("--write-md", help="Also put the verdicts as markdown between the '<!-- mixerbench claims: start/end -->' lines of this file.")] = None,
+) -> None:
+    """The paper's claims decided from the results: held, not held or not enough evidence, with
+    the numbers, the seeds and the command that would add the missing evidence."""
+    from mixerbench.report.claims import check, flat_records, to_markdown, to_records, to_text
+
+    verdicts = check(results_dir)
+    if write_md is not None:
+        from mixerbench.report.claims import write_markdown_section
+
+        changed = write_markdown_section(write_md, to_markdown(verdicts))
+        _console(stderr=True).print(f"{'wrote' if changed else 'unchanged:'} {_e(write_md)}")
+    if fmt == Format.json:
+        sys.stdout.write(json.dumps(to_records(verdicts), indent=2) + "\n")
+    elif fmt == Format.csv:
+        emit(flat_records(verdicts), fmt)
+    else:
+        import textwrap
+
+        colours = {"held": "bold green", "not held": "bold red", "not enough evidence": "bold yellow"}
+        con = _console()
+        for style, line in to_text(verdicts):  # a terminal wraps under the line's indent + 4
+            if sys.stdout.isatty() and line:
+                indent = " " * (len(line) - len(line.lstrip()) + 4)
+                line = textwrap.fill(line, con.width, subsequent_indent=indent,
+                                     break_long_words=False, break_on_hyphens=False)
+            con.print(f"[{colours[style]}]{_e(line)}[/]" if style else _e(line), soft_wrap=True)
+
+
+@app.command()
+@user_errors
+def report(
+    results_dir: ResultsDir = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="The HTML file to write (default: <results-dir>/report/index.html).")] = None,
+) -> None:
+    """One self-contained HTML page of the whole reproduction: the claims, every table and figure
+    beside the paper's numbers, and each run's provenance."""
+    from mixerbench.report.page import write_report
+
+    _console().print(f"wrote {_e(write_report(results_dir, out))}")
+
+
 # ------------------------------------------------------------------------- pretrain / finetune
 
 
@@ -1011,7 +1058,7 @@ def compare(
         return
     # the columns of the markdown table written beside it (tables/compare-*.md)
     emit(_records(compare_view(out["table"])), fmt,
-         title=f"compare on {out['dataset']} (preset {preset}; img/s on this device)")
+         title=f"{out.get('title') or 'compare on ' + out['dataset']} (img/s on this device)")
     for path in out["written"]:
         _console().print(f"wrote {_e(path)}")
 
@@ -1024,7 +1071,7 @@ def reproduce(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list; released: ImageNet, by default imagenet-1k.")] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
-    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or the released weights' provenance).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="throughput, released: batch size.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="released: ImageNet ReaL labels (the public real.json), matched by ILSVRC2012_val_* file name.")] = None,
@@ -1055,6 +1102,8 @@ def reproduce(
         return
     if "table" in out:
         emit(_records(out["table"]), Format.table, title=f"reproduce {artifact}")
+    for note in out.get("notes", []):  # what the numbers cannot show (a smoke budget, a tie)
+        _console().print(f"[bold yellow]note:[/] {_e(note)}")
     for path in out.get("written", []):
         _console().print(f"wrote {_e(path)}")
 

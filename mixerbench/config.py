@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
 from mixerbench.errors import UserError, close_matches
-from mixerbench.names import slug
+from mixerbench.names import check_run_name, slug
 
 
 @dataclass(frozen=True)
@@ -151,9 +151,11 @@ def from_dict(d: Any, where: str = "config.json") -> RunConfig:
     return cfg
 
 
-def read_run_config(run_dir) -> RunConfig | None:
+def read_run_config(run_dir, folder=None) -> RunConfig | None:
     """The config of the run in `run_dir` (its config.json, read by `from_dict`), or None when
-    the folder has no config.json; one we did not write is a UserError."""
+    the folder has no config.json; one we did not write is a UserError. `folder`: the run
+    directory already open (`files.Folder`), so that the config is read from the same folder
+    as the run's other files even if its path is swapped meanwhile."""
     from pathlib import Path
 
     from mixerbench import files
@@ -161,7 +163,11 @@ def read_run_config(run_dir) -> RunConfig | None:
     path = Path(run_dir) / "config.json"
     try:
         # bounded in size and depth; a FIFO, device or link planted there is refused, not read
-        data = files.read_json(path)
+        if folder is not None:
+            raw = folder.read_bytes(path.name, files.MAX_JSON_BYTES)
+            data = None if raw is None else files.loads_json(raw, path)
+        else:
+            data = files.read_json(path)
         if data is None:
             return None
     except (OSError, UnicodeDecodeError, ValueError):  # UserError is a ValueError
@@ -510,8 +516,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UserError(f"The patch size {cfg.model.patch_size} px does not divide the image size "
                         f"{cfg.model.img_size} px; choose sizes that divide.")
     if cfg.run_name is not None:
-        from mixerbench.results import check_run_name
-
         check_run_name(cfg.run_name)
     if cfg.kind == "finetune" and not cfg.init:
         raise UserError("Fine-tuning needs --init: a run directory, a .safetensors file, "

@@ -586,14 +586,16 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         rows["accuracy"].append(dict(evaluated, split=f"{split}-real", top1=real["top1"],
                                      top5=real.get("top5")))
     ds_train, fs = None, []
+    # how a linear probe was measured (fewshot.csv): on which images, shots from where, how
+    probe = dict(split=split, shots_split=fewshot_split, l2_reg=l2_reg, pipeline=s["pipeline"])
     if shots:
         steps.tick(f"{'/'.join(map(str, shots))}-shot linear probe")
         ds_train = get_dataset(dataset, fewshot_split, data_dir=data_dir, seed=s["seed"])
         out["fewshot"] = fs = fewshot_eval(model, ds_train, ds, shots, seeds, l2_reg=l2_reg,
                                            dtype=dtype, **shuffled, **kw)
-        rows["fewshot"] += [dict(common, upstream=s["upstream"],
-                                 **{k: r[k] for k in ("shots", "l2_reg", "num_seeds",
-                                                      "top1_mean", "top1_std")}) for r in fs]
+        rows["fewshot"] += [dict(common, upstream=s["upstream"], **probe,
+                                 **{k: r[k] for k in ("shots", "num_seeds", "top1_mean",
+                                                      "top1_std")}) for r in fs]
     for kind in kinds:
         steps.tick(f"shuffle {kind}")
         if kind == s["train_shuffle"]:  # measured above under this very permutation: reuse
@@ -605,9 +607,12 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                               train_shuffle=s["train_shuffle"], head=s["has_head"],
                               ds_train=ds_train, shots=shots, seeds=seeds, l2_reg=l2_reg, **kw)
         out["shuffle"] += sh
-        rows["shuffle"] += [dict(common, train_shuffle=r["train_shuffle"],
+        rows["shuffle"] += [dict(common, split=split, pipeline=s["pipeline"],
+                                 train_shuffle=r["train_shuffle"],
                                  eval_shuffle=r["eval_shuffle"], metric=r["metric"],
-                                 top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name))
+                                 top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name),
+                                 **({k: probe[k] for k in ("shots_split", "l2_reg")} | dict(
+                                     num_seeds=seeds) if r["metric"] != "top1" else {}))
                             for r in sh]
     steps.tick("done")
     out["rows"], out["kept"] = _record(rows, root, checkpoint_src)
@@ -667,6 +672,11 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
     seed = run_cfg.seed if run_cfg else 0
     model, rec = load_model(checkpoint_src, device=device, model_name=arch)
+    if run_cfg is not None:  # the rows go to this run: the weights loaded must be its own (the
+        # run folder may have been swapped since its config was read above)
+        from mixerbench.models.weights import check_credited_to
+
+        check_credited_to(checkpoint_src, run_id, run_cfg, rec)
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise UserError(f"{checkpoint_src} holds non-finite weights (NaN or inf), so it has no "
                         "accuracy to measure; pass a checkpoint from a run that trained.")

@@ -188,14 +188,16 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     """Linear few-shot of a finished run's frozen features (docs/paper-notes.md §5), unless
     already in fewshot.csv; rows are appended there and returned. The probe is measured on the
     whole of the run's eval split, even when its own accuracy used a stratified N of its images."""
-    from mixerbench.evaluate import evaluate
+    from mixerbench.evaluate import FEWSHOT_L2, evaluate
 
-    done = _done_keys("fewshot", root, "run_id", "shots")
-    todo = [k for k in shots if (summary["run_id"], str(k)) not in done]
+    split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
+    done = _done_keys("fewshot", root, "run_id", "shots", "dataset", "split", "l2_reg",
+                      "num_seeds")
+    todo = [k for k in shots if (summary["run_id"], str(k), summary["dataset"], split,
+                                 str(FEWSHOT_L2), str(seeds)) not in done]
     if not todo:
         return []
     log(Event.FEWSHOT, dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
-    split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
     out = evaluate(summary["run_dir"], summary["dataset"], split=split, data_dir=data_dir,
                    fewshot=todo, device=device, seeds=seeds, root=None)
     rows = out["rows"]["fewshot"]
@@ -305,11 +307,25 @@ def compare_cells(models: list[str], *, dataset, preset, seeds: int, epochs, roo
                   device, overrides) -> list[Cell]:
     """The cells of `compare`: each model, for each seed, under one preset and budget."""
     return [Cell(preset, model, str(root), dataset=dataset,
-                 experiment=f"compare:{preset or 'default'}",
+                 experiment=compare_experiment(preset, epochs, overrides),
                  flags={"seed": seed, "epochs": epochs,
                         "data.data_dir": str(data_dir) if data_dir else None, "device": device},
                  overrides=dict(overrides or {}), label=dict(model=model, seed=seed))
             for model in models for seed in range(seeds)]
+
+
+def compare_experiment(preset: str | None, epochs: float | None, overrides: dict | None) -> str:
+    """The `experiment` tag of a compare's rows: `compare:<preset>`, with the settings given on
+    top of the preset (`--epochs`, `--set`) in brackets, `compare:smoke[steps=20]`, so that
+    compares of two budgets never share a table (`report.compare_name`). Settings that cannot
+    change a number (`config.NO_EFFECT`) are left out: such compares measure the same."""
+    from mixerbench.config import NO_EFFECT
+
+    given = {**({"epochs": f"{epochs:g}"} if epochs is not None else {}),
+             **{k: str(v) for k, v in (overrides or {}).items() if k not in NO_EFFECT}}
+    tag = f"compare:{preset or 'default'}"
+    return tag + ("[" + ",".join(f"{k}={v}" for k, v in sorted(given.items())) + "]"
+                  if given else "")
 
 
 def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, data_dir,
@@ -319,7 +335,7 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     import pandas as pd
 
     from mixerbench.models import model_info, model_label
-    from mixerbench.report import compare_table, regenerate
+    from mixerbench.report import compare_name, compare_table, recipe_settings, regenerate
 
     described = {}
     for s in runs:
@@ -345,9 +361,10 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     thr = results.load("throughput", root, required=False)
     few = results.load("fewshot", root, required=False)
     table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
-                          shots=fewshot or 5)
+                          shots=fewshot or 5, settings=recipe_settings(root, acc))
     written = regenerate(root, None, ["compare"], zoo_df=zoo)["written"]
-    return dict(table=table, runs=runs, dataset=ds_name, written=written)
+    title = compare_name(ds_name, str(acc["experiment"].iloc[0]))[1] if len(acc) else ""
+    return dict(table=table, runs=runs, dataset=ds_name, written=written, title=title)
 
 
 def _batch_of(preset: str | None) -> int | None:
@@ -486,11 +503,11 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
     for cell, s in zip(cells, runs):
         kind = cell.label["shuffle"]
         few5 = _fewshot5(s, root, data_dir, device)
-        for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
+        for metric, measured in _metric_rows(s, few5):
             row = dict(run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=s["model"],
-                       family=s.get("family"), dataset=s["dataset"], train_shuffle=kind, eval_shuffle=kind,
-                       metric=metric, top1=value, img_size=s["img_size"],
-                       probe_dataset=probe_of(metric, s["dataset"]),
+                       family=s.get("family"), dataset=s["dataset"], train_shuffle=kind,
+                       eval_shuffle=kind, metric=metric, img_size=s["img_size"],
+                       probe_dataset=probe_of(metric, s["dataset"]), **measured,
                        **{k: s.get(k) for k in results.PROVENANCE})
             if (s["run_id"], metric) not in done:
                 results.append_row("shuffle", row, root)
@@ -499,16 +516,34 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
     return dict(rows=out, written=written)
 
 
-def _fewshot5(summary: dict, root, data_dir, device):
-    """The run's linear 5-shot top-1, measured now or read back from fewshot.csv."""
+def _fewshot5(summary: dict, root, data_dir, device) -> dict:
+    """The run's linear 5-shot probe of the whole of its eval split (fewshot.csv's row: top1_mean,
+    split and the probe's settings), measured now or read back; {} when there is none."""
     few = fewshot_rows(summary, (5,), root=root, data_dir=data_dir, device=device)
-    return few[0]["top1_mean"] if few else _fewshot_of(root, summary["run_id"], 5)
+    return few[0] if few else _fewshot_of(root, summary, 5)
 
 
-def _fewshot_of(root, run_id: str, shots: int):
+def _fewshot_of(root, summary: dict, shots: int) -> dict:
+    """The row `fewshot_rows` recorded for `summary`'s run: `shots` shots, the whole split, the
+    default l2 and draws (the last such row)."""
+    from mixerbench.evaluate import FEWSHOT_L2
+
     df = results.load("fewshot", root, required=False)
-    hit = df[(df["run_id"].astype(str) == run_id) & (df["shots"].astype(str) == str(shots))]
-    return float(hit["top1_mean"].iloc[-1]) if len(hit) else None
+    split = (summary.get("split") or "test").split("[")[0]
+    hit = df[(df["run_id"].astype(str) == summary["run_id"])
+             & (df["shots"].astype(str) == str(shots))
+             & (df["dataset"].astype(str) == summary["dataset"])
+             & (df["split"].astype(str) == split) & (df["l2_reg"] == FEWSHOT_L2)
+             & (df["num_seeds"] == 3)]
+    return {k: (None if v != v else v) for k, v in hit.iloc[-1].items()} if len(hit) else {}
+
+
+def _metric_rows(s: dict, few5: dict) -> list[tuple[str, dict]]:
+    """(metric, columns) of a run's two measurements in shuffle.csv / scaling.csv: its top-1 on
+    its own split, and its linear 5-shot probe with the probe's split and settings."""
+    probe = {k: few5.get(k) for k in ("split", "shots_split", "l2_reg", "num_seeds", "pipeline")}
+    return [("top1", dict(top1=s["top1"], split=s["split"])),
+            ("fewshot5", dict(probe, top1=few5.get("top1_mean")))]
 
 
 def scaling_steps(full_epochs: float, train_size: int, batch_size: int) -> int:
@@ -566,11 +601,12 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     out = []
     for cell, s in zip(cells, runs):
         few5 = _fewshot5(s, root, data_dir, device)
-        for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
+        for metric, measured in _metric_rows(s, few5):
             row = dict(run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=s["model"],
-                       family=s.get("family"), dataset=s["dataset"], fraction=cell.label["fraction"],
-                       epochs=s["epochs"], steps=s["steps"], metric=metric, top1=value,
-                       probe_dataset=probe_of(metric, s["dataset"]),
+                       family=s.get("family"), dataset=s["dataset"],
+                       fraction=cell.label["fraction"], epochs=s["epochs"], steps=s["steps"],
+                       metric=metric, probe_dataset=probe_of(metric, s["dataset"]),
+                       top1=measured["top1"], split=measured["split"],
                        **{k: s.get(k) for k in results.PROVENANCE})
             if (s["run_id"], metric) not in done:
                 results.append_row("scaling", row, root)
@@ -675,27 +711,31 @@ class Released:
     note: str = ""
 
 
-# The released ImageNet-21k -> ImageNet-1k checkpoints of the paper's models that timm names,
-# each beside its row of paper Table 3 (the controlled 224 px grid) or Table 2 (BiT-R152x4, the
-# only ImageNet-21k BiT there). Eval crops per App. C: Table 3's Mixer and ViT resmall-crop,
-# BiT resize-crop on ImageNet. The paper reports no ImageNet 5-shot number for any of them
-# (its 5-shot curves, Figures 2-4, give no values), so `fewshot` rows have nothing beside them.
-RELEASED: tuple[Released, ...] = (
-    Released("timm:mixer_b16_224.goog_in21k_ft_in1k", "Mixer-B/16", "imagenet21k", 224, "resmall",
-             "timm's documentation calls these weights ImageNet-1k ones: compare with the "
-             "paper's ImageNet row too (mixerbench paper table3)"),
-    Released("timm:mixer_l16_224.goog_in21k_ft_in1k", "Mixer-L/16", "imagenet21k", 224, "resmall",
-             "timm's documentation calls these weights ImageNet-1k ones: compare with the "
-             "paper's ImageNet row too (mixerbench paper table3)"),
-    Released("timm:vit_base_patch16_224.augreg_in21k_ft_in1k", "ViT-B/16", "imagenet21k", 224,
-             "resmall", "the paper's row is ViT with extra regularisation; these are timm's "
-                        "AugReg weights"),
-    Released("timm:vit_large_patch16_224.augreg_in21k_ft_in1k", "ViT-L/16", "imagenet21k", 224,
-             "resmall", "the paper's row is ViT with extra regularisation; these are timm's "
-                        "AugReg weights"),
-    Released("timm:resnetv2_152x4_bit.goog_in21k_ft_in1k", "BiT-R152x4", "imagenet21k", None,
-             "resize", "BiT-M at its released 480 px"),
-)
+# The released checkpoints of the paper's models that timm names (ImageNet-1k heads), each set
+# against the paper row its provenance gives (`released_of`). The paper reports no ImageNet
+# 5-shot number for any of them (its 5-shot curves, Figures 2-4, give no values), so `fewshot`
+# rows have nothing beside them.
+RELEASED = ("timm:mixer_b16_224.goog_in21k_ft_in1k", "timm:mixer_l16_224.goog_in21k_ft_in1k",
+            "timm:vit_base_patch16_224.augreg_in21k_ft_in1k",
+            "timm:vit_large_patch16_224.augreg_in21k_ft_in1k",
+            "timm:resnetv2_152x4_bit.goog_in21k_ft_in1k")
+
+
+def released_of(checkpoint: str) -> Released:
+    """A released checkpoint and the paper row it is measured against, from its provenance
+    (`reference.reference_for`: timm's tag, corrected where timm's own documentation says
+    otherwise, and its pretrained_cfg's resolution and head), evaluated with that row's crop
+    (App. C: Table 3 resmall-crop, Table 2 resize-crop); resize-crop where no row compares."""
+    from timm.models import get_pretrained_cfg
+
+    from mixerbench import reference
+
+    cfg = get_pretrained_cfg(checkpoint[len("timm:"):])
+    size = int(cfg.input_size[-1]) if cfg is not None else None
+    ref = reference.reference_for(checkpoint, "", size, None,
+                                  cfg.num_classes if cfg is not None else None)
+    return Released(checkpoint, ref["paper_name"], ref["upstream"], ref["img_size"],
+                    ref["crop"].removeprefix("eval-") or "resize", ref["note"])
 
 
 def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, real_labels=None,
@@ -715,9 +755,9 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     Weights: from the Hugging Face cache without network access when there (as timm does), else
     downloaded; every checkpoint is located before any is evaluated.
     Expected: close to the paper's row where the released weights are the paper's own (our
-    resize filters are not TensorFlow's, so small differences remain); timm's docstrings call
-    its `goog_in21k_ft_in1k` Mixers ImageNet-1k weights, and the rows' note says to read them
-    against the paper's ImageNet row too. Runtime: ImageNet val is 50,000 images per model, a
+    resize filters are not TensorFlow's, so small differences remain); timm's
+    `goog_in21k_ft_in1k` Mixers are the paper's ImageNet-1k models (docs/paper-notes.md §8)
+    and are set against its ImageNet rows (76.44 / 71.76 %), as each row's note says. Runtime: ImageNet val is 50,000 images per model, a
     job for a GPU; no run of the full list is committed.
     """
     from mixerbench.evaluate import evaluate
@@ -726,7 +766,7 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     from mixerbench.report import regenerate, released_table
     from mixerbench.train import Event as TrainEvent
 
-    checkpoints = tuple(checkpoints or RELEASED)
+    checkpoints = tuple(checkpoints or (released_of(c) for c in RELEASED))
     dataset = dataset or "imagenet-1k"
     root = results.writable_results_dir(root)
     for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work
@@ -778,18 +818,25 @@ AVG5_BUDGETS = {
 AVG5_RESOLUTIONS = (1, 2)  # the trained resolution and twice it (Table 3's 224 and 448 rows)
 
 
+# The paper's pre-training names (`reference.weights_provenance`) as registry dataset names.
+_UPSTREAMS = {"imagenet": "imagenet-1k", "imagenet21k": "imagenet-21k", "jft300m": "jft-300m"}
+
+
 def upstream_of_tag(src: str) -> str:
-    """The pre-training dataset a timm pretrained tag names (`timm:mixer_b16_224.goog_in21k`,
-    `..._in21k_ft_in1k`: ImageNet-21k, fine-tuned or not; `..._in1k`: ImageNet-1k), else ""."""
-    tag = src.split(".", 1)[1].lower() if src.startswith("timm:") and "." in src else ""
-    if "in21k" in tag or "in22k" in tag:
-        return "imagenet-21k"
-    return "imagenet-1k" if "in1k" in tag else ""
+    """The registry name of the dataset released timm weights were pre-trained on, as their
+    provenance says (`reference.weights_provenance`: the tag, `in21k` / `in1k`, corrected where
+    timm's own documentation says otherwise), else ""."""
+    from mixerbench import reference
+
+    if not str(src).startswith("timm:"):
+        return ""
+    return _UPSTREAMS.get(reference.weights_provenance(src)["upstream"], "")
 
 
 def _source_of(init: str, upstream: str | None) -> dict:
     """What the avg5 rows say about the --init weights: the architecture's label and family, and
-    the dataset they were pre-trained on (given, a run's own config, or a timm tag's `in21k`)."""
+    the dataset they were pre-trained on (given, a run's own config, or released weights'
+    provenance: `upstream_of_tag`)."""
     from mixerbench.data import canonical_name
     from mixerbench.evaluate import _run_config
     from mixerbench.models import get_spec, model_label
@@ -866,11 +913,13 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
 
     pairs = [(ds, k) for ds in datasets for k in AVG5_RESOLUTIONS]
     grid_runs = run_cells([cell(ds, k, lr, True) for ds, k in pairs for lr in lrs], launcher, log)
-    grids, best = {}, {}
+    grids, best, notes = {}, {}, {}
     for i, pair in enumerate(pairs):
         runs = grid_runs[i * len(lrs):(i + 1) * len(lrs)]
         grids[pair] = [dict(lr=lr, minival_top1=s["top1"], run_id=s["run_id"]) for lr, s in zip(lrs, runs)]
         best[pair] = best_lr(grids[pair])
+        notes[pair] = "; ".join(n for n in (avg5_caveat(budget, source["upstream"], pair[0]),
+                                            lr_tie(grids[pair])) if n)
     finals = run_cells([cell(ds, k, best[(ds, k)]["lr"], False) for ds, k in pairs], launcher, log)
     if not _joined_here():
         return {}
@@ -882,16 +931,52 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
             continue
         results.append_row("avg5", dict(
             run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=source["model"],
-            family=source["family"], init=str(init),
-            upstream=source["upstream"], dataset=canonical_name(ds) or ds, split=s["split"],
-            resolution=f"{k}x", img_size=s["img_size"], steps=s["steps"], lr=best[(ds, k)]["lr"],
+            family=source["family"], init=str(init), upstream=source["upstream"], budget=budget,
+            dataset=canonical_name(ds) or ds, split=s["split"], resolution=f"{k}x",
+            img_size=s["img_size"], pipeline=_eval_pipeline(s), steps=s["steps"],
+            lr=best[(ds, k)]["lr"],
             lr_grid=";".join(f"{g['lr']:g}={g['minival_top1']:.2f}" for g in grids[(ds, k)]),
-            minival_top1=best[(ds, k)]["minival_top1"], top1=s["top1"],
+            minival_top1=best[(ds, k)]["minival_top1"], top1=s["top1"], note=notes[(ds, k)],
             **{c: s.get(c) for c in results.PROVENANCE}), root)
     written = regenerate(root, None, ["avg5"])["written"]
     rows = results.load("avg5", root)
     table = avg5_table(rows[rows["run_id"].astype(str).isin(ids)])
-    return dict(table=table, written=written, runs=finals)
+    caveats = list(dict.fromkeys(n for n in notes.values() if n))
+    return dict(table=table, written=written, runs=finals, notes=caveats)
+
+
+def avg5_caveat(budget: str, upstream: str, dataset: str) -> str:
+    """What an avg5 row cannot show: the smoke budget runs every stage of the protocol in
+    minutes (6 steps a run, minivals of a few dozen images), so its numbers check the plumbing
+    and measure no transfer, least of all when the weights were pre-trained on the very dataset
+    they are fine-tuned on."""
+    from mixerbench.data import canonical_name
+
+    if budget != "smoke":
+        return ""
+    same = (canonical_name(upstream) or upstream) == (canonical_name(dataset) or dataset)
+    return ("smoke budget: checks the plumbing, not transfer (a few steps a run"
+            + (f", fine-tuned on {dataset}, the dataset the weights were pre-trained on" if same
+               else "") + ")")
+
+
+def lr_tie(grid: list[dict]) -> str:
+    """A note when several lrs of the grid tie for the best minival top-1 (`best_lr` takes the
+    first of them): the selection then chose nothing."""
+    top = max(g["minival_top1"] for g in grid)
+    tied = [g for g in grid if g["minival_top1"] == top]
+    if len(tied) < 2:
+        return ""
+    lrs = ", ".join(f"{g['lr']:g}" for g in tied)
+    return f"lr grid tie: {lrs} all scored {top:.2f} on minival; the first was taken"
+
+
+def _eval_pipeline(summary: dict) -> str:
+    """The eval crop a finished run used (its config.json)."""
+    from mixerbench.config import read_run_config
+
+    cfg = read_run_config(Path(summary["run_dir"]))
+    return cfg.data.eval_pipeline if cfg is not None else ""
 
 
 EXPERIMENTS: dict[str, Callable[..., dict]] = {

@@ -20,6 +20,7 @@ import datetime as _dt
 import io
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,7 +28,8 @@ from typing import Any
 
 from mixerbench.errors import DamagedFileError, UserError
 from mixerbench import files
-from mixerbench.files import atomic_write_bytes, atomic_write_text, locked
+from mixerbench.files import locked
+from mixerbench.names import check_run_name
 
 PROVENANCE = (
     "git_sha", "mixerbench_version", "torch_version", "timm_version", "device_name",
@@ -44,9 +46,11 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "run_id", "recipe_id", "model", "family", "dataset", "split", "img_size", "epochs", "steps", "top1", "top5",
         "loss", "train_seconds", "device_hours", "train_flops", "init", "kind", "experiment",
     ) + PROVENANCE,
+    # `dataset` / `split`: the images the probe is scored on (`test`, `test[stratified:N]`),
+    # `shots_split` the split its shots are drawn from, `pipeline` the eval crop both go through.
     "fewshot": (
-        "run_id", "recipe_id", "model", "family", "dataset", "upstream", "shots", "l2_reg", "num_seeds", "top1_mean",
-        "top1_std", "img_size",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "upstream", "shots",
+        "shots_split", "l2_reg", "num_seeds", "pipeline", "top1_mean", "top1_std", "img_size",
     ) + PROVENANCE,
     # `gmacs`: forward GMACs per image, unrounded (exact MACs / 1e9). `mfu` = achieved_tflops /
     # peak_tflops, `peak_tflops` the datasheet dense peak of the device in the dtype's matmul
@@ -58,13 +62,16 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "step_ms_median", "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops",
         "matmul_tflops", "channels_last", "driver_version", "cuda_version", "bench_id",
     ) + PROVENANCE,
+    # shuffle / scaling: `split` the images a row's number is measured on (for a `fewshot<k>`
+    # row, those its probe is scored on); a probe's settings as in fewshot.csv.
     "shuffle": (
-        "run_id", "recipe_id", "model", "family", "dataset", "train_shuffle", "eval_shuffle", "metric", "top1",
-        "probe_dataset", "img_size",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "train_shuffle",
+        "eval_shuffle", "metric", "top1", "probe_dataset", "shots_split", "l2_reg", "num_seeds",
+        "pipeline", "img_size",
     ) + PROVENANCE,
     "scaling": (
-        "run_id", "recipe_id", "model", "family", "dataset", "fraction", "epochs", "steps", "metric", "top1",
-        "probe_dataset",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "fraction", "epochs",
+        "steps", "metric", "top1", "probe_dataset",
     ) + PROVENANCE,
     # `reproduce released`: one released checkpoint (`timm:<arch>.<tag>`) evaluated on ImageNet
     # val, with the paper row it stands for (`paper_name`, `upstream`, `paper_img_size`; the
@@ -80,9 +87,12 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     # a dataset's test split, after its lr was selected on the stratified minival. `model` is
     # the --init weights' architecture, `upstream` their pre-training dataset, `dataset` the
     # canonical name; `lr_grid` lists `lr=minival top-1` for every lr tried.
+    # `budget`: the protocol's (`full`, `smoke`); `pipeline`: the eval crop of the final run;
+    # `note`: what the row cannot show (a smoke budget measures no transfer, an lr-grid tie).
     "avg5": (
-        "run_id", "recipe_id", "model", "family", "init", "upstream", "dataset", "split", "resolution",
-        "img_size", "steps", "lr", "lr_grid", "minival_top1", "top1",
+        "run_id", "recipe_id", "model", "family", "init", "upstream", "budget", "dataset",
+        "split", "resolution", "img_size", "pipeline", "steps", "lr", "lr_grid", "minival_top1",
+        "top1", "note",
     ) + PROVENANCE,
 }
 
@@ -111,20 +121,6 @@ def results_dir(path: str | os.PathLike | None = None) -> Path:
     elif not str(path).strip():
         raise UserError("--results-dir is empty (an unset shell variable?); pass a folder.")
     return files.confine(Path(path or "results"))
-
-
-# A run directory's name: one path component of safe characters, never hidden, `.` or `..`.
-RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-
-
-def check_run_name(name: str) -> str:
-    """`name` if it is one safe path component (letters, digits, `.`, `_`, `-`, at most 128
-    characters, not starting with a dot), else a UserError: a run name never leaves `runs/`."""
-    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
-        shown = name if len(str(name)) <= 60 else str(name)[:57] + "..."
-        raise UserError(f"--run-name '{shown}' is not a plain folder name; use letters, digits, "
-                        "'.', '_' and '-' (at most 128, not starting with a dot).")
-    return name
 
 
 def writable_results_dir(path: str | os.PathLike | None = None) -> Path:
@@ -168,12 +164,16 @@ def run_path(root: Path, name: str) -> Path:
         if p.is_symlink() or (p.exists() and not p.is_dir()):
             raise UserError(f"{p} is a link or a file, not a run folder mixerbench made; move it "
                             "away or pass another --results-dir.")
-    if files.check(runs / name, "dir") is not None:  # nor a link or file further up
+    run = files.open_folder(runs / name)  # nor a link or file further up
+    if run is not None:
         # what the run's files are (locks, metrics, configs) is known before any work: a link,
-        # FIFO or device among them is refused now, not hours later when it is written
-        for entry in os.scandir(runs / name):
-            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
-                files.check(entry.path, "dir" if entry.name == "tb" else "file")
+        # FIFO or device among them is refused now, not hours later when it is written. Listed
+        # and looked at through the folder's descriptor: the folder checked is the one listed.
+        with run:
+            for entry in run.names():
+                st = run.lstat(entry)
+                if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                    run.check(entry, "dir" if entry == "tb" else "file")
     return runs / name
 
 
@@ -241,7 +241,7 @@ COLUMN_TYPES: dict[str, str] = {
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
         "metric", "upstream", "probe_dataset", "bench_id", "family", "checkpoint",
-        "paper_name", "note", "pipeline", "resolution", "lr_grid",
+        "paper_name", "note", "pipeline", "resolution", "lr_grid", "shots_split", "budget",
     ), TEXT),
 }
 
@@ -476,10 +476,13 @@ def _header_line(columns: tuple[str, ...]) -> str:
     return _csv_line(columns)
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: Path, folder: files.Folder | None = None) -> bytes | None:
     """The file's bytes, None when there is no file; a link, folder, FIFO, device, oversized or
-    unreadable file is a DamagedFileError (read through `files.read_bytes`: nothing blocks)."""
+    unreadable file is a DamagedFileError (read through `files`: nothing blocks). With `folder`
+    (the one `files.locked` yields), read through its descriptor: the file the lock guards."""
     try:
+        if folder is not None:
+            return folder.read_bytes(Path(path).name)
         return files.read_bytes(path)
     except DamagedFileError:
         raise
@@ -496,16 +499,20 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
 
 # The columns that make a row of a table one observation: a second row with the same values
 # there is a duplicate and is not appended (`append_once`). fewshot.csv: one row per run, shot
-# count and probe (the dataset its shots and test images come from).
-KEYS: dict[str, tuple[str, ...]] = {"fewshot": ("run_id", "shots", "dataset")}
+# count and probe: the images it is scored on (dataset and split: a capped probe never blocks
+# the full one) and how (shots' split, l2, draws, crop, resolution).
+KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
+    "run_id", "shots", "dataset", "split", "shots_split", "l2_reg", "num_seeds", "pipeline",
+    "img_size")}
 
 
 def append_once(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> bool:
     """Append `row` to `<root>/<table>.csv` unless a row with the same `KEYS[table]` values is
     there; True if it was appended. The check and the write happen under the file's lock, so
-    concurrent writers of the same observation leave exactly one row. A row with an empty key
-    cell (a checkpoint evaluated without its run has no run id) is appended as it is."""
-    key = KEYS[table] if all(row.get(c) not in (None, "") for c in KEYS[table]) else ()
+    concurrent writers of the same observation leave exactly one row. A row without a run id
+    (a checkpoint evaluated without its run) is appended as it is; an empty cell among the
+    other keys is a value like any other."""
+    key = KEYS[table] if row.get(KEYS[table][0]) not in (None, "") else ()
     return append_to(csv_path(table, root), SCHEMAS[table], row, key=key)
 
 
@@ -536,15 +543,17 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
     old = _read(path)
     if old is not None:
         _parse(path, old, columns, "exact")
-    with locked(path):
-        old = _read(path)
+    # the lock, the read and the write go through one descriptor of the CSV's folder: a folder
+    # swapped for a link meanwhile cannot make them three different files (files.Folder)
+    with locked(path) as folder:
+        old = _read(path, folder)
         if old is None:
             old = _header_line(columns).encode()
         else:
             rows = _parse(path, old, columns, "exact")[1]  # another writer may have changed it
             if key and any(all(r[i] == mine[i] for i in where) for r in rows):
                 return False
-        atomic_write_bytes(path, old + line.encode())
+        folder.write_bytes(path.name, old + line.encode())
     return True
 
 
@@ -586,8 +595,8 @@ def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None
 
     if data is None or done(*_parse(path, data, columns, "subset")):
         return False  # checked before taking the lock: a refusal leaves no lock file behind
-    with locked(path):
-        data = _read(path)
+    with locked(path) as folder:
+        data = _read(path, folder)
         if data is None:
             return False
         header, rows = _parse(path, data, columns, "subset")
@@ -606,7 +615,7 @@ def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None
 
         text = _csv_line(columns) + "".join(_csv_line([cell(r, c, new) for c in columns])
                                             for r, new in zip(rows, extra))
-        atomic_write_text(path, text)
+        folder.write_bytes(path.name, text.encode())
     return True
 
 
@@ -640,8 +649,8 @@ def rewrite_metrics(path: str | os.PathLike, rows: list[Mapping[str, Any]]) -> N
     """
     path = Path(path)
     text = _header_line(METRICS) + "".join(_line(path, METRICS, r) for r in rows)
-    with locked(path):
-        atomic_write_text(path, text)
+    with locked(path) as folder:
+        folder.write_bytes(path.name, text.encode())
 
 
 def load(table: str, root: str | os.PathLike | None = None, required: bool = True):

@@ -100,6 +100,34 @@ def test_every_row_derived_from_a_run_carries_its_recipe(tmp_path):
     assert json.loads((run / "summary.json").read_text())["recipe_id"] == recipe
 
 
+# ------------------------------------------------------------------------------ subsets
+
+
+def test_a_capped_probe_and_the_full_one_are_both_recorded_each_labelled(tmp_path):
+    """`evaluate --max-examples 97 --fewshot 5` and then the full probe: two rows, each naming
+    its images, and neither blocks the other; a repeat of either is not appended again."""
+    pretrain(tmp_path)
+    (run,) = (tmp_path / "runs").iterdir()
+    probe = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--fewshot", "5",
+             "--seeds", "1", "--results-dir", tmp_path]
+    ok(cli(*probe, "--max-examples", "97"))
+    ok(cli(*probe))
+    assert "already held" in ok(cli(*probe))
+    few = rows(tmp_path / "fewshot.csv")
+    assert [r["split"] for r in few] == ["test[stratified:97]", "test"]
+    assert {(r["shots_split"], r["pipeline"], r["l2_reg"]) for r in few} == {
+        ("train", "eval-plain", "1024.0")}
+    # a table's few-shot cell is the full probe, and says which images it scored
+    from mixerbench import results
+    from mixerbench.report import tables
+
+    t = tables.compare_table(results.load("accuracy", tmp_path), None,
+                             results.load("fewshot", tmp_path))
+    assert list(t["split"]) == ["test", "test[stratified:97]"]  # the capped evaluate's own row
+    assert list(t["fewshot_split"]) == ["test", "test"]
+    assert list(t["fewshot_top1"]) == pytest.approx([float(few[1]["top1_mean"])] * 2)
+
+
 # ------------------------------------------------------------------------------ upgrade
 
 
@@ -127,7 +155,8 @@ def test_upgrade_gives_older_rows_the_recipe_their_run_recorded_and_no_other(tmp
         (run / "summary.json").write_text(json.dumps({k: v for k, v in summary.items()
                                                       if k != "recipe_id"}))
     older(tmp_path / "accuracy.csv")
-    older(tmp_path / "fewshot.csv")
+    for column in ("recipe_id", "split", "shots_split", "pipeline"):
+        older(tmp_path / "fewshot.csv", column)
     shutil.rmtree(runs[1])  # gone
     shutil.copy(runs[0] / "config.json", runs[2] / "config.json")  # names another run
     out = ok(cli("upgrade", "--results-dir", tmp_path))
@@ -136,7 +165,10 @@ def test_upgrade_gives_older_rows_the_recipe_their_run_recorded_and_no_other(tmp
     assert got == {(runs[0].name, "pretrain"): expected[runs[0].name],
                    (runs[0].name, "evaluate"): expected[runs[0].name],
                    (runs[1].name, "pretrain"): "", (runs[2].name, "pretrain"): ""}
-    assert [r["recipe_id"] for r in rows(tmp_path / "fewshot.csv")] == [expected[runs[0].name]]
+    (probe,) = rows(tmp_path / "fewshot.csv")
+    assert probe["recipe_id"] == expected[runs[0].name]
+    # written by an evaluate with its accuracy row: that row's split; the crop is not known
+    assert (probe["split"], probe["shots_split"], probe["pipeline"]) == ("test", "train", "")
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.csv")}
     assert "nothing to upgrade" in ok(cli("upgrade", "--results-dir", tmp_path))
     assert {p.name: p.read_bytes() for p in tmp_path.glob("*.csv")} == before
@@ -161,6 +193,57 @@ def test_every_committed_row_carries_the_recipe_of_the_command_behind_it(
     for table in ("fewshot", "shuffle", "scaling"):
         derived = rows(ROOT / "results" / f"{table}.csv")
         assert derived and all(r["recipe_id"] == recipes[r["run_id"]] for r in derived), table
+        # the sweeps probed the whole test split, through each run's own eval crop
+        assert {r["split"] for r in derived} == {"test"}, table
+    assert {(r["shots_split"], r["pipeline"]) for r in rows(ROOT / "results" / "fewshot.csv")} \
+        == {("train", cfgs[r["run_id"]].data.eval_pipeline) for r in acc}
     # the same recipe is one measurement: the transfer's upstream and shuffle's unshuffled run
     same = [r for r in acc if r["recipe_id"] == recipes["mixer-t4-cifar10-s0-693502d3"]]
     assert {r["top1"] for r in same} == {"67.78"} and len(same) == 2
+
+
+# ------------------------------------------------------------------- the paper row of a result
+
+
+def test_released_weights_are_set_against_the_paper_row_their_provenance_gives():
+    """timm's `goog_in21k_ft_in1k` Mixers are the paper's ImageNet-1k models (docs/paper-notes.md
+    §8): beside Table 3's ImageNet row, saying why; another group's weights of the same
+    architecture have no comparable row; a result at a resolution the paper did not measure has
+    none either (never the nearest one); at 448 px the crop picks Table 2's row (resize-crop)
+    or keeps Table 3's and says the crops differ."""
+    from mixerbench import reference
+    from mixerbench.experiments import released_of
+
+    b16 = released_of("timm:mixer_b16_224.goog_in21k_ft_in1k")
+    assert (b16.paper_name, b16.upstream, b16.paper_img_size, b16.crop) == (
+        "Mixer-B/16", "imagenet", 224, "resmall")
+    assert "ImageNet-1k" in b16.note
+    assert reference.comparable_row("Mixer-B/16", b16.upstream, 224, "eval-resmall")["top1"] == 76.44
+    vit = released_of("timm:vit_base_patch16_224.augreg_in21k_ft_in1k")
+    assert (vit.paper_name, vit.upstream) == ("ViT-B/16", "imagenet21k")
+    bit = released_of("timm:resnetv2_152x4_bit.goog_in21k_ft_in1k")
+    assert (bit.paper_name, bit.crop) == ("BiT-R152x4", "resize")
+
+    miil = reference.reference_for("timm:mixer_b16_224.miil_in21k_ft_in1k", "mixer-b16", 224)
+    assert miil["top1"] is None and miil["note"].startswith("no comparable paper row")
+    at160 = reference.reference_for("imagenet", "mixer-b16", 160)
+    assert at160["top1"] is None and "160 px" in at160["note"]
+    l16 = "timm:mixer_l16_224.goog_in21k"
+    resize = reference.reference_for(l16, "mixer-l16", 448, "eval-resize")
+    assert (resize["table"], resize["avg5"]) == ("table2", 93.91)
+    resmall = reference.reference_for(l16, "mixer-l16", 448, "eval-resmall")
+    assert (resmall["table"], resmall["avg5"]) == ("table3", 93.86)
+    table3 = reference.reference_for("imagenet-21k", "mixer-b16", 224, "eval-resize")
+    assert table3["top1"] == 80.64 and "measured with resize-crop" in table3["note"]
+
+
+def test_an_lr_grid_tie_is_reported_as_a_tie():
+    from mixerbench.experiments import avg5_caveat, best_lr, lr_tie
+
+    grid = [dict(lr=0.003, minival_top1=90.0), dict(lr=0.03, minival_top1=90.0),
+            dict(lr=0.06, minival_top1=20.0)]
+    assert best_lr(grid)["lr"] == 0.003
+    assert lr_tie(grid) == "lr grid tie: 0.003, 0.03 all scored 90.00 on minival; the first was taken"
+    assert lr_tie(grid[1:]) == ""
+    assert "fine-tuned on mnist-5k, the dataset" in avg5_caveat("smoke", "mnist-5k", "mnist-5k")
+    assert avg5_caveat("full", "mnist-5k", "mnist-5k") == ""
