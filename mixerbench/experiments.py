@@ -673,9 +673,15 @@ def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, devic
             "data.eval_pipeline": "eval-plain",
             "data.pipeline": "digits" if dataset == "mnist-5k" else "small"}
     flags = {**_common_flags(None, data_dir, device), "steps": steps}
+    # both fine-tuning runs start from the upstream weights its summary recorded (or, for a run
+    # from before summaries did, the file as it is now): one changed in between is refused
+    from mixerbench.models.weights import weights_sha256
+
+    pinned = up.get("checkpoint_sha256") or weights_sha256(up["run_dir"])
     cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
                   experiment="transfer", init=up["run_dir"],
-                  flags={**flags, "model.img_size": f"{k}x"}, overrides=down,
+                  flags={**flags, "model.img_size": f"{k}x", "init_sha256": pinned},
+                  overrides=down,
                   label=dict(model="mixer", stage=f"fine-tune on {dataset} at {k}x"))
              for k in (1, 2)]
     cells.append(Cell("finetune", rec["name"], str(root), dataset=dataset, kind="pretrain",
@@ -762,16 +768,17 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     """
     from mixerbench.evaluate import evaluate
     from mixerbench.models import get_spec
-    from mixerbench.models.weights import hub_file
+    from mixerbench.models.weights import weights_sha256
     from mixerbench.report import regenerate, released_table
     from mixerbench.train import Event as TrainEvent
 
     checkpoints = tuple(checkpoints or (released_of(c) for c in RELEASED))
     dataset = dataset or "imagenet-1k"
     root = results.writable_results_dir(root)
-    for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work
-        get_spec(c.checkpoint)
-        hub_file(c.checkpoint[len("timm:"):])
+    shas = {}
+    for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work,
+        get_spec(c.checkpoint)  # checked against its blob's sha256 name, which its row records
+        shas[c.checkpoint] = weights_sha256(c.checkpoint)
     results.ensure_appendable("released", root)
     for i, c in enumerate(checkpoints, 1):
         log(CellEvent.CELL, dict(checkpoint=c.checkpoint, index=i, of=len(checkpoints)))
@@ -782,11 +789,13 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
         out = evaluate(c.checkpoint, dataset, split="validation", crop=c.crop,
                        data_dir=str(data_dir) if data_dir else None,
                        real_labels=real_labels, fewshot="5" if fewshot else None, device=device,
-                       batch_size=batch_size or 256, progress=progress)
+                       batch_size=batch_size or 256, progress=progress,
+                       sha256=shas[c.checkpoint])
         real = out.get("real") or {}
         fs = next((r for r in out.get("fewshot") or [] if r["shots"] == 5), {})
         acc = out["rows"]["accuracy"][0]
-        row = dict(checkpoint=c.checkpoint, model=out["model"], family=acc["family"],
+        row = dict(checkpoint=c.checkpoint, weights_sha256=shas[c.checkpoint],
+                   model=out["model"], family=acc["family"],
                    paper_name=c.paper_name, upstream=c.upstream, paper_img_size=c.paper_img_size,
                    note=c.note, dataset=out["dataset"], split=out["split"],
                    img_size=out["img_size"], pipeline=out["pipeline"], n=out["n"],
@@ -879,6 +888,7 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
     smoke budget (mnist-5k and synthetic, 6 steps a run) takes minutes on 2 CPU cores.
     """
     from mixerbench.data import canonical_name
+    from mixerbench.models.weights import weights_sha256
     from mixerbench.presets import finetune_preset
     from mixerbench.report import avg5_table, regenerate
 
@@ -897,6 +907,9 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
     presets = {d: finetune_preset(d, length_given=given) for d in datasets}
     source = _source_of(init, upstream)
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
+    # the weights every cell starts from, hashed once: a cell that finds --init changed (a run
+    # re-trained under its name midway) is refused rather than mixed in (resolve_inputs)
+    init_sha = weights_sha256(str(init))
 
     def cell(ds: str, k: int, lr: float, grid: bool) -> Cell:
         o = dict(over)
@@ -907,7 +920,7 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
         return Cell(presets[ds], None, str(root), dataset=ds, kind="finetune", init=str(init),
                     experiment="avg5",
                     flags={**_common_flags(None, data_dir, device), "model.img_size": f"{k}x",
-                           "optim.lr": lr}, overrides=o,
+                           "optim.lr": lr, "init_sha256": init_sha}, overrides=o,
                     label=dict(dataset=ds, resolution=f"{k}x", lr=lr,
                                stage="lr grid on minival" if grid else "final on train"))
 
@@ -931,7 +944,8 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
             continue
         results.append_row("avg5", dict(
             run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=source["model"],
-            family=source["family"], init=str(init), upstream=source["upstream"], budget=budget,
+            family=source["family"], init=str(init), init_sha256=init_sha,
+            upstream=source["upstream"], budget=budget,
             dataset=canonical_name(ds) or ds, split=s["split"], resolution=f"{k}x",
             img_size=s["img_size"], pipeline=_eval_pipeline(s), steps=s["steps"],
             lr=best[(ds, k)]["lr"],

@@ -178,9 +178,7 @@ def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = _n
     from mixerbench.prepare import check_model
 
     for cell in cells:
-        cfg = cell.config()
-        if not cfg.init:
-            check_model(cfg)
+        check_model(cell.config())
     if launcher is None:
         out = []
         for i, cell in enumerate(cells):

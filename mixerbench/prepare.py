@@ -161,28 +161,82 @@ def model_overrides(cfg: RunConfig) -> dict:
 def check_model(cfg: RunConfig, num_classes: int = 10) -> None:
     """Build `cfg`'s model on the meta device (no memory, no weights) and trace one image
     through it: an option the architecture does not take is a UserError before any work (a
-    sweep checks every cell this way before training the first), and so is a model whose
-    weights, gradients and Adam moments (4 x 4 bytes per parameter) plus the activations of a
-    single image (`models.memory`) exceed this machine's memory: a 4096 px input is refused
-    here, not by the allocator."""
+    sweep checks every cell this way before training the first), and so is a model that cannot
+    fit this machine's memory (`runtime.memory_bytes`): its weights, gradients and Adam moments
+    (4 x 4 bytes per parameter), plus the larger of the activations of one image and the
+    largest single activation times the images of a micro-batch (`models.memory`; both lower
+    bounds of what a training step holds), each with the float32 input batch and one augmented
+    copy of it, a fine-tuning run's source weights besides. A 4096 px input is refused here,
+    in seconds, not by the allocator.
+
+    A fine-tuning run (`cfg.init`) is checked as the model it will train: the source's
+    architecture at the run's resolution, a Mixer's token-mixing MLPs K^2 times wider at K
+    times the trained side (paper section 3; `models.resize`), from the source's description
+    alone (no weights read)."""
+    import os
+
     from mixerbench.models import build_on_meta, count_params, get_spec
     from mixerbench.runtime import memory_bytes
 
     m = cfg.model
+    overrides = model_overrides(cfg)
     img_size = m.img_size or get_spec(m.name).img_size
+    source_params = 0
+    if cfg.init:
+        overrides, source_params = _finetuned_shape(cfg, num_classes, overrides)
     have = memory_bytes(cfg.device)
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    micro = max(1, cfg.data.batch_size // world // max(1, cfg.accum_steps))
 
-    def refuse(params: int, activations: int) -> None:
-        need = 16 * params + activations
+    # a batch of float32 images as the loader hands it over, and one augmented copy of it
+    batch = 2 * 3 * img_size * img_size * 4
+
+    def refuse(params: int, activations: tuple[int, int]) -> None:
+        total, largest = activations
+        need = 16 * params + 4 * source_params + max(total + batch, (largest + batch) * micro,
+                                                      (largest + batch) * cfg.data.eval_batch_size)
         if have and need > have:
-            per_image = f" and {activations / 2**30:,.1f} GiB of activations per image" if activations else ""
-            raise UserError(f"{m.name} at {img_size} px has {params:,} parameters{per_image}: "
+            act = max(total, largest * micro)
+            per = f" and at least {act / 2**30:,.1f} GiB of activations" if act else ""
+            raise UserError(f"{m.name} at {img_size} px has {params:,} parameters{per}: "
                             f"training needs at least {need / 2**30:,.1f} GiB, more than this "
                             f"machine's {have / 2**30:,.1f} GiB; choose a smaller model, image "
-                            "size or width.")
+                            "size, width or batch.")
 
-    model, (activations, _) = build_on_meta(
+    model, activations = build_on_meta(
         m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
-        before_trace=lambda model: refuse(count_params(model)[0], 0),
-        element_size=4 if cfg.dtype == "fp32" else 2, **model_overrides(cfg))
+        before_trace=lambda model: refuse(count_params(model)[0], (0, 0)),
+        element_size=4 if cfg.dtype == "fp32" else 2, **overrides)
     refuse(count_params(model)[0], activations)
+
+
+def _finetuned_shape(cfg: RunConfig, num_classes: int, overrides: dict) -> tuple[dict, int]:
+    """(constructor overrides of the model a fine-tuning run trains, parameters of its source):
+    a Mixer fine-tuned at K times its trained side has token-mixing MLPs of K^2 times the
+    hidden width, and K must be a whole number (`models.resize.resize_mixer`)."""
+    import torch
+
+    from mixerbench.models import count_params, create_model, get_spec
+    from mixerbench.models.weights import source_description
+
+    m = cfg.model
+    src = source_description(cfg.init, m.name)
+    src_size = int(src["img_size"])
+    target = m.img_size or src_size
+    try:
+        with torch.device("meta"):  # the source as saved: its shapes, no memory
+            source = create_model(m.name, num_classes=int(src.get("num_classes") or num_classes),
+                                  img_size=src_size, patch_size=m.patch_size, **overrides)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"{cfg.init} describes a model that cannot be built "
+                        f"({type(exc).__name__}); pass another checkpoint.") from None
+    if get_spec(m.name).family == "mixer" and hasattr(source, "tokens_dim") and target != src_size:
+        if target % src_size or target < src_size:
+            raise UserError(f"Mixer fine-tuning at {target} px needs an integer multiple of the "
+                            f"trained size {src_size} px (paper section 3); use {2 * src_size} or "
+                            f"{3 * src_size}.")
+        k = target // src_size
+        overrides = dict(overrides, tokens_dim=source.tokens_dim * k * k)
+    return overrides, count_params(source)[0]

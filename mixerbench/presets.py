@@ -458,13 +458,22 @@ def resolve_inputs(cfg: RunConfig) -> RunConfig:
     path of a dataset given as a path (`data.path`: a relative `--dataset ds` from two folders
     is two runs) and the sha256 of the `--init` weights file (`init_sha256`: a re-trained
     source is another fine-tuning run). Registry names and hub ids stay as they are, so their
-    runs keep their ids. A `data.path` already set (a config resolved elsewhere) is kept."""
+    runs keep their ids. A `data.path` already set (a config resolved elsewhere) is kept.
+
+    An `init_sha256` already set pins the weights (a sweep sets the one it started from on
+    each of its cells): a file that hashes otherwise now, such as an `--init` run re-trained
+    under its name midway, is refused, never mixed into the sweep."""
     path = cfg.data.path or _dataset_path(cfg.data.dataset, cfg.data.data_dir)
     sha = None
     if cfg.init:
         from mixerbench.models.weights import weights_sha256
 
         sha = weights_sha256(cfg.init)
+        if cfg.init_sha256 is not None and sha != cfg.init_sha256:
+            raise UserError(f"The --init weights {cfg.init} changed since this command started "
+                            f"(sha256 {cfg.init_sha256[:12]}... then, {str(sha)[:12]}... now), so "
+                            "they are not mixed into its runs; run the command again to start "
+                            "over from the new weights.")
     return replace(cfg, data=replace(cfg.data, path=path), init_sha256=sha)
 
 

@@ -118,15 +118,36 @@ def resolve_dtype(dtype: str | None, device: str, cpu_half: bool = True) -> str:
 
 
 def memory_bytes(device: str | None) -> int:
-    """The memory of `device` in bytes (a GPU's total, else this machine's RAM); 0 if unknown."""
+    """The memory of `device` in bytes (a GPU's total, else what this process may use of the
+    machine's RAM: the least of the RAM, the address-space and data limits (`ulimit -v`,
+    `ulimit -d`) and the cgroup's memory limit (a container, a SLURM job)); 0 if unknown."""
     import torch
 
     if device and device.startswith("cuda") or (device is None and torch.cuda.is_available()):
         return torch.cuda.get_device_properties(torch.device(device or "cuda")).total_memory
+    limits = []
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return 0
+        pass
+    try:
+        import resource
+
+        for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+            soft = resource.getrlimit(which)[0]
+            if soft != resource.RLIM_INFINITY and soft > 0:
+                limits.append(soft)
+    except (ImportError, OSError, ValueError, AttributeError):
+        pass
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(cgroup, "rb") as fh:  # a kernel file: regular, small
+                text = fh.read(64).decode().strip()
+            if text.isdigit() and 0 < int(text) < 2**60:
+                limits.append(int(text))
+        except (OSError, ValueError):
+            pass
+    return min(limits) if limits else 0
 
 
 def torch_dtype(name: str):

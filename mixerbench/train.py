@@ -71,6 +71,7 @@ class TrainState:
     train_seconds: float = 0.0
     loss_sum: float = 0.0
     loss_count: int = 0
+    checkpoint_sha256: str | None = None  # of the last checkpoint written (summary.json records it)
     pending: list = field(default_factory=list)  # per-step loss tensors not yet checked
 
 
@@ -106,7 +107,7 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
     except Exception as exc:  # a foreign or damaged state fails here, before any step
         raise rundir.not_a_state(run.run_dir, type(exc).__name__) from None
     progress = TrainState(**{k: state[k] for k in ("step", "train_seconds", "loss_sum",
-                                                   "loss_count")})
+                                                   "loss_count", "checkpoint_sha256")})
     if run.rank == 0:
         rundir.truncate_metrics(run.run_dir, progress.step)
     log(Event.RESUMED, dict(step=progress.step, run_dir=str(run.run_dir)))
@@ -137,7 +138,8 @@ def save_state(run: Run, optimizer, scheduler, p: TrainState) -> None:
                  scheduler=scheduler.state_dict(), step=p.step, train_seconds=p.train_seconds,
                  loss_sum=p.loss_sum, loss_count=p.loss_count, rng=rngs)
     try:
-        rundir.write_state(run.run_dir, state, run.model, run.rec, _binding(run))
+        p.checkpoint_sha256 = rundir.write_state(run.run_dir, state, run.model, run.rec,
+                                                 _binding(run), previous=p.checkpoint_sha256)
     except OSError as exc:
         raise TrainingStopped(
             f"Could not write the checkpoint to {run.run_dir} ({exc.strerror or exc}); the "
@@ -251,7 +253,8 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
         device_hours=round(p.train_seconds * run.world / 3600, 6),
         # forward + backward = 3 forward passes' FLOPs (2 FLOPs per MAC) per image seen
         train_flops=float(6 * run.macs_per_img * images),
-        init=cfg.init or "", kind=cfg.kind, experiment=experiment, **prov)
+        init=cfg.init or "", kind=cfg.kind, experiment=experiment,
+        checkpoint_sha256=p.checkpoint_sha256, **prov)
     rundir.write_summary(run.run_dir, run.root, summary)
     return summary
 
@@ -276,8 +279,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
         from mixerbench.runtime import resolve_device
 
         resolve_device(cfg.device)
-    if not cfg.init:  # options and memory checked before any data is read (meta device)
-        check_model(cfg)
+    check_model(cfg)  # options and memory checked before any data is read (meta device)
     cfg = resolve_inputs(cfg)  # a config not made by presets.resolve gets its inputs' identity
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))

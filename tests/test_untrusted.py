@@ -276,3 +276,240 @@ def test_a_hub_that_accepts_and_never_answers_is_one_sentence_within_seconds(sil
         line = refusal(cli(*args, "--results-dir", tmp_path / "r", env=env))
         assert "not reachable" in line and time.monotonic() - t0 < 15, line
     assert not (tmp_path / "r").exists()
+
+
+# ------------------------------------------------------------- weights identified by content
+
+
+FT = ["finetune", "--dataset", "synthetic", "--steps", "2", "--device", "cpu",
+      "--set", "optim.warmup_steps=1", "--init"]
+
+
+def _retrained(src: Path, dst: Path, shift: float = 0.01) -> None:
+    """`src`'s checkpoint as another training of the same settings would leave it: the same
+    header (model, run id, settings hash), other weights."""
+    from safetensors import safe_open
+    from safetensors.torch import save
+
+    with safe_open(str(src), "pt") as fh:
+        meta = fh.metadata()
+        state = {k: fh.get_tensor(k) + shift for k in fh.keys()}
+    dst.write_bytes(save(state, metadata=meta))
+
+
+def test_a_checkpoint_from_another_training_of_the_run_is_not_credited_to_it(folder, tmp_path):
+    """The run's summary records its checkpoint's sha256: a checkpoint copied in from another
+    training of the same settings (same header, other weights) is refused by evaluate and by a
+    fine-tune from the run, and nothing is written."""
+    ckpt = folder / "runs/fin/checkpoint-last.safetensors"
+    _retrained(ckpt, tmp_path / "v1.safetensors")
+    shutil.copy(tmp_path / "v1.safetensors", ckpt)
+    before = tree(folder)
+    line = refusal(cli(*EVAL, folder / "runs/fin", "--results-dir", folder))
+    assert "not the checkpoint run fin recorded" in line
+    line = refusal(cli(*FT, folder / "runs/fin", "--results-dir", folder))
+    assert "not the checkpoint run fin recorded" in line
+    assert tree(folder) == before
+
+
+def test_an_unfinished_runs_checkpoint_is_checked_against_its_training_state(tmp_path):
+    from conftest import interrupted_run
+
+    base = tmp_path / "results"
+    interrupted_run(base, steps=8, ckpt_every=3, kill_at=4)
+    ckpt = base / "runs/unf/checkpoint-last.safetensors"
+    assert cli(*EVAL, base / "runs/unf", "--results-dir", base).exit_code == 0
+    _retrained(ckpt, ckpt)
+    line = refusal(cli(*EVAL, base / "runs/unf", "--results-dir", base))
+    assert "not the checkpoint run unf recorded" in line
+
+
+def test_a_hub_blob_that_does_not_hash_to_its_name_is_refused(tmp_path):
+    """Another Mixer put in place of the cached blob of timm's released weights: refused by
+    its sha256 name before it is evaluated or fine-tuned as the released weights."""
+    from test_weights import hub_cache, tiny_timm_mixer
+
+    from safetensors.torch import save_file
+
+    home = tmp_path / "hf"
+    snap = hub_cache(home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
+    env = {"HF_HOME": str(home), "HF_HUB_CACHE": None}
+    name = "timm:mixer_b16_224.goog_in21k_ft_in1k"
+    blob = (snap / "model.safetensors").resolve()
+    other = tiny_timm_mixer(seed=1)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, blob)
+    for args in ([*EVAL, name, "--fewshot", "1"], [*FT, name]):
+        line = refusal(cli(*args, "--results-dir", tmp_path / "r", env=env))
+        assert "not the file the Hugging Face cache says it is" in line and "delete" in line
+    assert not (tmp_path / "r").exists()
+
+
+@pytest.mark.parametrize("what", ["refs-main-sparse-3GB", "refs-main-fifo", "snapshot-fifo",
+                                  "refs-main-not-a-hash"])
+def test_a_damaged_hub_cache_entry_is_one_sentence_without_reading_or_blocking(what, tmp_path):
+    from test_weights import hub_cache, tiny_timm_mixer
+
+    home = tmp_path / "hf"
+    snap = hub_cache(home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
+    ref = snap.parent.parent / "refs" / "main"
+    if what == "refs-main-sparse-3GB":
+        with open(ref, "r+b") as fh:
+            fh.truncate(3 * 2**30)  # sparse: 3 GB that read() would return whole
+    elif what == "refs-main-fifo":
+        ref.unlink()
+        os.mkfifo(ref)
+    elif what == "snapshot-fifo":
+        (snap / "model.safetensors").unlink()
+        os.mkfifo(snap / "model.safetensors")
+    else:
+        ref.write_text("../../../../etc/passwd")
+    t0 = time.monotonic()
+    line = refusal(cli(*EVAL, "timm:mixer_b16_224.goog_in21k_ft_in1k", "--results-dir", tmp_path / "r",
+                       env={"HF_HOME": str(home), "HF_HUB_CACHE": None}))
+    assert "damaged" in line and "delete" in line and time.monotonic() - t0 < 30
+
+
+def test_an_avg5_whose_init_changes_midway_is_refused_not_mixed(tmp_path, monkeypatch):
+    """The `--init` run is re-trained under its name after the first cell: the next cell finds
+    other weights than the sweep started from and the sweep stops; no avg5 row mixes the two."""
+    from mixerbench import launch
+    from mixerbench.errors import UserError
+    from mixerbench.experiments import reproduce_avg5
+
+    res = tmp_path / "results"
+    assert cli("pretrain", *TINY, "--steps", "2", "--run-name", "up", "--results-dir", res).exit_code == 0
+    up = res / "runs/up"
+    cells = []
+    real = launch.run_cell
+
+    def retrain_after_first(cell, log=None):
+        out = real(cell, log) if log else real(cell)
+        cells.append(out)
+        if len(cells) == 1:  # what a re-training of `up` leaves: other weights, its new summary
+            import hashlib
+            import json
+
+            ckpt = up / "checkpoint-last.safetensors"
+            _retrained(ckpt, ckpt)
+            summary = json.loads((up / "summary.json").read_text())
+            summary["checkpoint_sha256"] = hashlib.sha256(ckpt.read_bytes()).hexdigest()
+            (up / "summary.json").write_text(json.dumps(summary))
+        return out
+
+    monkeypatch.setattr(launch, "run_cell", retrain_after_first)
+    with pytest.raises(UserError, match="changed since this command started"):
+        reproduce_avg5(root=res, init=str(up), dataset="synthetic", budget="smoke", device="cpu")
+    assert len(cells) == 1 and not (res / "avg5.csv").exists()
+
+
+# ----------------------------------------------------------------- .npz files and NaN weights
+
+
+def test_a_fifo_named_npz_is_refused_without_blocking(tmp_path):
+    os.mkfifo(tmp_path / "x.npz")
+    for args in ([*EVAL, tmp_path / "x.npz"], [*FT, tmp_path / "x.npz"]):
+        line = refusal(cli(*args, "--results-dir", tmp_path / "r"))
+        assert "FIFO" in line
+    assert not (tmp_path / "r").exists()
+
+
+def _npy_member(descr: str, shape: tuple, data: bytes) -> bytes:
+    import io
+
+    from numpy.lib import format as npy
+
+    buf = io.BytesIO()
+    npy.write_array_header_1_0(buf, {"descr": descr, "fortran_order": False, "shape": shape})
+    return buf.getvalue() + data
+
+
+@pytest.mark.parametrize("case", ["header-of-2^40-values-over-16-bytes", "complex-values",
+                                  "object-values", "not-a-zip"])
+def test_an_npz_whose_headers_lie_is_refused_before_allocating(case, tmp_path):
+    import zipfile
+
+    import numpy as np
+    from test_inputs import _npz
+
+    path = _npz(tmp_path / "w.npz")
+    if case == "not-a-zip":
+        path.write_bytes(b"\0" * 100)
+    else:
+        member = {"header-of-2^40-values-over-16-bytes": _npy_member("<f4", (2**40,), b"\0" * 16),
+                  "complex-values": _npy_member("<c8", (4, 4, 3, 8), b"\0" * 8 * 384),
+                  "object-values": _npy_member("|O", (2,), b"\0" * 16)}[case]
+        arrays = dict(np.load(path))
+        with zipfile.ZipFile(path, "w") as z:
+            for k, v in arrays.items():
+                z.writestr(k + ".npy", member if k == "stem/kernel" else _npy_member(
+                    v.dtype.str, v.shape, v.tobytes()))
+    for args in ([*EVAL, path], [*FT, path]):
+        r = cli(*args, "--results-dir", tmp_path / "r")
+        line = refusal(r)
+        assert "not an official Mixer or ViT checkpoint" in line and "Warning" not in r.output
+    assert not (tmp_path / "r").exists()
+
+
+def test_nan_weights_in_an_npz_or_a_hub_file_are_refused_before_a_run_folder_exists(tmp_path):
+    import numpy as np
+    import torch
+    from test_inputs import _npz
+    from test_weights import hub_cache, tiny_timm_mixer
+
+    path = _npz(tmp_path / "w.npz")
+    arrays = dict(np.load(path))
+    arrays["stem/kernel"] = np.full_like(arrays["stem/kernel"], np.nan)
+    np.savez(path, **arrays)
+    nan_mixer = tiny_timm_mixer()
+    with torch.no_grad():
+        nan_mixer.stem.proj.weight.fill_(float("inf"))
+    home = tmp_path / "hf"
+    hub_cache(home, "timm/mixer_b16_224.goog_in21k_ft_in1k", nan_mixer)
+    for src in (path, "timm:mixer_b16_224.goog_in21k_ft_in1k"):
+        line = refusal(cli(*FT, src, "--results-dir", tmp_path / "r",
+                           env={"HF_HOME": str(home), "HF_HUB_CACHE": None}))
+        assert "non-finite weights" in line
+    assert not (tmp_path / "r" / "runs").exists()
+
+
+# ------------------------------------------------------------ memory estimated before use
+
+
+@pytest.fixture(scope="module")
+def vit_run(tmp_path_factory):
+    res = tmp_path_factory.mktemp("vit") / "results"
+    assert cli("pretrain", *TINY, "--model", "vit", "--steps", "1", "--run-name", "v1",
+               "--results-dir", res).exit_code == 0
+    return res / "runs/v1"
+
+
+@pytest.mark.parametrize("source, size", [("fin", "4088"), ("fin", "64x"), ("fin", "4096"),
+                                          ("vit", "4096"), ("timm", "2044"), ("timm", "100x")])
+def test_a_finetune_too_large_for_this_machine_is_refused_in_seconds(source, size, finished, vit_run,
+                                                                     tmp_path):
+    """The model a fine-tuning run would train (a Mixer's token MLPs K^2 wider at K times its
+    side; a ViT's 65,536 tokens) is estimated on the meta device before the weights or the data
+    are read: a size that is not a whole multiple, or one that cannot fit, is one sentence."""
+    from test_weights import hub_cache, tiny_timm_mixer
+
+    home = tmp_path / "hf"
+    hub_cache(home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer())
+    src = {"fin": finished / "runs/fin", "vit": vit_run,
+           "timm": "timm:mixer_b16_224.goog_in21k_ft_in1k"}[source]
+    t0 = time.monotonic()
+    line = refusal(cli(*FT, src, "--img-size", size, "--results-dir", tmp_path / "r",
+                       env={"HF_HOME": str(home), "HF_HUB_CACHE": None}))
+    assert "integer multiple" in line or "GiB" in line, line
+    assert time.monotonic() - t0 < 60 and not (tmp_path / "r" / "runs").exists()
+
+
+@pytest.mark.parametrize("args", [["--img-size", "4096"],
+                                  ["--model", "mixer-b16", "--img-size", "4096"]],
+                         ids=["smoke-mixer-at-4096", "mixer-b16-at-4096"])
+def test_a_pretraining_too_large_for_its_batch_is_refused_before_any_data(args, tmp_path):
+    """The smoke Mixer at 4096 px fits one image, not a batch of 128: the estimate counts the
+    micro-batch (the largest activation times its images), so it is refused, not trained into
+    the allocator's MemoryError."""
+    line = refusal(cli("pretrain", "--preset", "smoke", "--dataset", "synthetic", "--device", "cpu",
+                       "--steps", "1", *args, "--results-dir", tmp_path / "r"))
+    assert "GiB" in line and not (tmp_path / "r" / "runs").exists()
