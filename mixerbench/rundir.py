@@ -98,6 +98,17 @@ def check_owner(run_dir: Path, cfg: RunConfig) -> None:
                         "repeat the original settings to resume it.")
 
 
+def check_files(run_dir: Path) -> None:
+    """Every file a run writes is a regular file or absent (a folder, FIFO or link where
+    `state-last.pt` or `summary.json` goes is refused now, before any of the run's files is
+    rewritten: found at the first checkpoint, the refusal would follow a rewritten
+    metrics.csv)."""
+    from mixerbench.models.weights import CHECKPOINT
+
+    for name in (CONFIG, METRICS, STATE, CHECKPOINT, SUMMARY):
+        files.check(Path(run_dir) / name, "file")
+
+
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
     if isinstance(a, dict) and isinstance(b, dict):
         for k in sorted(set(a) | set(b)):

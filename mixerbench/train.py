@@ -284,6 +284,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))
     rundir.check_owner(run_dir, cfg)
+    rundir.check_files(run_dir)
     if rundir.read_summary(run_dir) is not None:  # finished: read back, never retrained
         return _read_back(run_dir, root, resume, log, experiment)
     if resume and not rundir.has_state(run_dir):

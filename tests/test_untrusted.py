@@ -513,3 +513,106 @@ def test_a_pretraining_too_large_for_its_batch_is_refused_before_any_data(args, 
     line = refusal(cli("pretrain", "--preset", "smoke", "--dataset", "synthetic", "--device", "cpu",
                        "--steps", "1", *args, "--results-dir", tmp_path / "r"))
     assert "GiB" in line and not (tmp_path / "r" / "runs").exists()
+
+
+# ------------------------------------------------ refusals that change nothing, no traceback
+
+
+@pytest.mark.parametrize("name", ["state-last.pt", "summary.json", "checkpoint-last.safetensors"])
+def test_a_folder_where_a_run_file_goes_is_refused_before_any_file_is_rewritten(name, tmp_path):
+    """A folder where the run's training state (or summary, or checkpoint) goes: refused when
+    the run is picked up, before metrics.csv is rewritten for a fresh start."""
+    from conftest import interrupted_run
+
+    base = tmp_path / "results"
+    interrupted_run(base, steps=8, ckpt_every=3, kill_at=4)
+    run = base / "runs/unf"
+    target = run / name
+    target.unlink(missing_ok=True)
+    target.mkdir()
+    before = tree(base)
+    line = refused(cli("pretrain", *TINY, "--steps", "8", "--set", "ckpt_every=3", "--set",
+                       "eval_every=4", "--run-name", "unf", "--results-dir", base))
+    assert name in line and "folder" in line
+    assert tree(base) == before
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a tmpfs (root only, as in CI): mount(path, size) yields the mounted folder."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mounted = []
+
+    def mount(path: Path, size: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", str(path)], check=False)
+
+
+def _fill(disk: Path, leave: int) -> None:
+    """Fill the tmpfs at `disk` to `leave` free bytes."""
+    st = os.statvfs(disk)
+    free = st.f_bavail * st.f_frsize
+    with open(disk / "filler", "wb") as fh:
+        fh.write(b"\0" * max(0, free - leave))
+
+
+def test_plot_on_a_full_disk_writes_all_figures_or_none(finished, tmpfs):
+    """Room for a figure or two, not for all of them: the refusal says files are unchanged and
+    they are (no figure added, no table replaced, no folder made)."""
+    disk = tmpfs(finished.parent / "disk", "2m")
+    res = disk / "results"
+    shutil.copytree(finished, res)
+    _fill(disk, 80_000)
+    before = tree(res)
+    line = refused(cli("plot", "--results-dir", res))
+    assert "disk is full" in line and "unchanged" in line
+    assert tree(res) == before
+
+
+@pytest.mark.parametrize("shape", [(0, 4), (2, 0)])
+def test_token_mixing_weights_without_units_are_one_sentence(shape, folder, tmp_path):
+    import torch
+    from safetensors.torch import save_file
+
+    path = tmp_path / "empty.safetensors"
+    save_file({"blocks.0.mlp_tokens.fc1.weight": torch.zeros(shape)}, path)
+    before = tree(folder)
+    line = refused(cli("plot", "token-mixing", "--checkpoint", path, "--results-dir", folder))
+    assert "no unit" in line
+    assert tree(folder) == before
+
+
+def test_export_on_a_full_disk_is_one_sentence_and_leaves_nothing(vit_run, tmpfs, tmp_path):
+    disk = tmpfs(tmp_path / "disk", "256k")
+    _fill(disk, 16_000)
+    line = refused(cli("export", vit_run, disk / "out"))
+    assert "No space left" in line
+    assert sorted(p.name for p in disk.iterdir()) == ["filler"]
+
+
+def test_sigterm_during_export_leaves_nothing_beside_the_folder(vit_run, tmp_path, child_env):
+    """SIGTERM while the export checks its files (made slow here, so the signal lands then):
+    exit 143, one line, and no `.out.export-*.tmp` beside OUT_DIR."""
+    prelude = ("import time\nimport mixerbench.export as e\nreal = e._check\n"
+               "def slow(*a, **k):\n    print('checking', flush=True)\n    time.sleep(60)\n"
+               "    return real(*a, **k)\ne._check = slow\n")
+    code = f"import sys\n{prelude}\nfrom mixerbench.cli import app\napp(sys.argv[1:], prog_name='mixerbench')\n"
+    proc = subprocess.Popen([sys.executable, "-c", code, "--quiet", "export", str(vit_run),
+                             str(tmp_path / "out")], cwd=ROOT, env=dict(child_env, PYTHONPATH=str(ROOT)),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "checking"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    one_error(err)
+    assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
