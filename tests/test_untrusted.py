@@ -616,3 +616,34 @@ def test_sigterm_during_export_leaves_nothing_beside_the_folder(vit_run, tmp_pat
     assert proc.returncode == 143, err
     one_error(err)
     assert list(tmp_path.iterdir()) == [], list(tmp_path.iterdir())
+
+
+# ------------------------------------------------------------------------- the tensor cache
+
+
+@pytest.mark.parametrize("name", ["synthetic", "mnist-5k"])
+@pytest.mark.parametrize("forgery", ["labels-permuted", "other-images"])
+def test_an_embedded_cache_forged_with_a_matching_fingerprint_is_rebuilt(name, forgery, tmp_path):
+    """The cache file rewritten with its labels permuted (or other images in it) and the
+    fingerprint recomputed to match: compared with its source, it is decoded again, and what
+    trains is the source's data."""
+    import torch
+
+    from mixerbench.data import decode, get_dataset
+    from mixerbench.data.embedded import EmbeddedReader
+
+    first = get_dataset(name, "train", cache_dir=tmp_path)
+    (path,) = [p for p in (tmp_path / "tensors").glob("*.pt") if "-train-" in p.name]
+    payload = torch.load(path, weights_only=True)
+    if forgery == "labels-permuted":
+        payload["labels"] = payload["labels"].roll(1)
+    else:
+        payload["images"] = 255 - payload["images"]
+    key = EmbeddedReader(name).cache_key()
+    payload["fingerprint"] = decode.cache_fingerprint(key, payload["labels"].numpy(),
+                                                      payload["class_names"], payload["images"].shape)
+    torch.save(payload, path)
+    again = get_dataset(name, "train", cache_dir=tmp_path)
+    assert torch.equal(again.labels, first.labels)
+    assert torch.equal(again.images, first.images)
+    assert torch.equal(torch.load(path, weights_only=True)["labels"], first.labels)  # rewritten
