@@ -12,6 +12,7 @@ comparable across hardware; our unit is img/s per device.
 
 from __future__ import annotations
 
+from mixerbench.events import Log, noop, progress
 from mixerbench.runtime import autocast, choose, synchronize, torch_dtype
 
 # ------------------------------------------------------------------------------ throughput
@@ -370,7 +371,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
           dtype: str | None = None, compile: bool | None = None, repeats: int = 5,
           warmup: int = 10, steps_per_repeat: int = 20, device: str | None = None,
           channels_last: bool | None = None, num_classes: int = 1000, max_batch: int | None = None,
-          root=None, progress=None) -> list[dict]:
+          root=None, log: Log = noop) -> list[dict]:
     """Throughput of each model, in the same process on the same device.
 
     Args:
@@ -388,7 +389,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         channels_last: NHWC layout (default: for CNNs on CUDA, where cuDNN prefers it).
         num_classes: head size (1000, as the zoo's params and GMACs).
         root: if given, rows are appended to `<root>/throughput.csv`.
-        progress: optional callback `progress(description, done, total)` for a progress bar.
+        log: progress, as `events.Event.PROGRESS` events (one per model and mode).
 
     Returns:
         One dict per (model, mode) with the throughput.csv columns plus `ratio_to_first` (img/s
@@ -432,8 +433,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         precision = matmul_precision(dtype, device, torch.get_float32_matmul_precision())
         # Looked up from the name the rows record, so the peak always matches `device_name`.
         peak = datasheet_peak_tflops(device_name(device), precision)
-        if progress:
-            progress(f"{precision} matmul rate", 0, total)
+        progress(log, f"{precision} matmul rate", 0, total)
         common = dict(matmul_tflops=measure_matmul_tflops(device, dtype), bench_id=bench_id,
                       peak_tflops=peak, matmul_precision=precision)
         rows = []
@@ -447,8 +447,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                               patch_size=arch["patch_size"], **arch["overrides"])
             cl = (spec.family == "resnet" and cuda) if channels_last is None else bool(channels_last)
             for m in modes:
-                if progress:
-                    progress(f"{label} {m}", len(rows) + 1, total)
+                progress(log, f"{label} {m}", len(rows) + 1, total)
                 batch, step = _fit(rec["name"], m, start_batch, device=device, img_size=size,
                                    num_classes=classes, dtype=dtype, compile=compile,
                                    channels_last=cl, **arch)
@@ -467,8 +466,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                 rows.append(row)
                 if root is not None:
                     append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]}, root)
-        if progress:
-            progress("done", total, total)
+        progress(log, "done", total, total)
         first = {}  # each row's speed relative to the first model's in the same mode
         for r in rows:
             first.setdefault(r["mode"], r["img_per_sec_mean"])

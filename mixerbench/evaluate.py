@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from mixerbench.events import Log, noop, progress
 from mixerbench.runtime import autocast
 
 
@@ -486,13 +487,20 @@ def _run_config(src: str):
     return (cfg, folder.name) if cfg is not None else (None, "")
 
 
+class Event:
+    """What `evaluate` emits as `log(event, info)` besides its `events.Event.PROGRESS` stages;
+    `view.ProgressView` renders it and `trackers.Tracked` records it."""
+
+    EVALUATED = "evaluated"  # an evaluation finished: result (evaluate's dict), options, root
+
+
 def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
              split: str = "test", crop: str | None = None,
              data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 256,
              seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
              shuffle_patch: int | None = None, max_examples: int | None = None, root=None,
-             progress=None) -> dict:
+             log: Log = noop) -> dict:
     """Evaluate a checkpoint: accuracy, ReaL, linear few-shot and shuffle invariance.
 
     Args:
@@ -515,7 +523,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         device / dtype: default CUDA + bf16 when present, else CPU + fp32.
         root: if given, rows are appended to accuracy.csv (kind "evaluate"),
             fewshot.csv and shuffle.csv there.
-        progress: optional callback `progress(description, done, total)`.
+        log: progress, as `events.Event.PROGRESS` events (one per stage), and the result
+            as `Event.EVALUATED` (what trackers record).
 
     Returns:
         dict(model, dataset, split, img_size, pipeline, top1, top5, loss, n, real, fewshot,
@@ -529,7 +538,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                                                  seeds, batch_size)
     if real_labels is not None:  # a bad labels file is refused before the model or data load
         real_labels = load_real_labels(real_labels)
-    steps = _Steps(progress, 2 + bool(real_labels) + bool(shots) + len(kinds))
+    steps = _Steps(log, 2 + bool(real_labels) + bool(shots) + len(kinds))
     steps.tick("loading model")
     s = _open(checkpoint_src, dataset, split, arch=arch, data_dir=data_dir, device=device, crop=crop,
               shots=shots, kinds=kinds, real_labels=real_labels, max_examples=max_examples,
@@ -589,18 +598,21 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                             for r in sh]
     steps.tick("done")
     out["rows"], out["kept"] = _record(rows, root, checkpoint_src)
+    log(Event.EVALUATED, dict(result=out, root=root, options=dict(
+        checkpoint=str(checkpoint_src), arch=arch, dataset=dataset, split=split, crop=crop,
+        fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
+        l2_reg=l2_reg, max_examples=max_examples, batch_size=batch_size, device=device)))
     return out
 
 
 class _Steps:
-    """Feeds `progress(description, done, total)` one stage at a time."""
+    """Reports `events.Event.PROGRESS` one stage at a time."""
 
-    def __init__(self, progress, total: int):
-        self.progress, self.total, self.done = progress, total, 0
+    def __init__(self, log: Log, total: int):
+        self.log, self.total, self.done = log, total, 0
 
     def tick(self, what: str) -> None:
-        if self.progress:
-            self.progress(what, min(self.done, self.total), self.total)
+        progress(self.log, what, min(self.done, self.total), self.total)
         self.done += 1
 
 

@@ -337,10 +337,11 @@ def smoke() -> RunConfig:
 def resolve(preset: str | None = None, *, model: str | None = None, dataset: str | None = None,
             kind: str | None = None, init: str | None = None, arch: str | None = None,
             flags: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-            ) -> RunConfig:
-    """Preset defaults, then the model and dataset named on the command line, then flags
-    (dotted keys, None meaning "not given"), then `--set` overrides; validated, with what its
-    inputs resolve to (`resolve_inputs`: a dataset path, the `--init` weights).
+            settings: dict[str, Any] | None = None) -> RunConfig:
+    """Preset defaults, then the model and dataset named on the command line, then the
+    settings of a `--config` file (`settings`, dotted keys), then flags (dotted keys, None
+    meaning "not given"), then `--set` overrides; validated, with what its inputs resolve to
+    (`resolve_inputs`: a dataset path, the `--init` weights).
 
     A family alias (`mixer`, `vit`, `resnet`, `gmlp`, ...) picks the family's own model for the
     preset when its registry entry names one (small presets), otherwise the zoo's alias
@@ -353,6 +354,13 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     """
     from mixerbench.models import get_spec, resolve_name
 
+    settings = dict(settings or {})
+    init = init or settings.get("init")  # a fine-tuning config names its weights
+    named = [k for k in settings if (model and k.startswith("model."))  # what the command line
+             or (dataset and k in ("data.dataset", "data.path"))      # names wins over the file
+             or k in ("init", "init_sha256")]
+    for key in named:
+        settings.pop(key)
     cfg = get_preset(preset) if preset else RunConfig()
     if kind:
         cfg = replace(cfg, kind=kind)
@@ -384,6 +392,7 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         resolve_name(cfg.model.name)  # a preset's model must exist
     if dataset:
         cfg = replace(cfg, data=replace(cfg.data, dataset=dataset))
+    cfg = apply_overrides(cfg, settings)
     if "epochs" in flags and "steps" not in flags:
         cfg = replace(cfg, steps=None)
     if "steps" in flags and "epochs" not in flags:

@@ -35,7 +35,7 @@ import time
 from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mixerbench import files, results
 from mixerbench.config import (
@@ -50,16 +50,16 @@ from mixerbench.config import (
     to_dict,
 )
 from mixerbench.errors import UserError
+from mixerbench.events import Log
 
 STATE = "state-last.pt"
 SUMMARY = "summary.json"
 CONFIG = "config.json"
 RUN_LOCK = "run"  # the run directory's lock file is run.lock (files.locked)
-Log = Callable[[str, dict], None]
 
 
 class Event:
-    """The progress events `train` emits as `log(event, info)`; `cli.ProgressView` renders
+    """The progress events `train` emits as `log(event, info)`; `view.ProgressView` renders
     them and `trackers.Tracked` records start, eval and end."""
 
     STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)

@@ -19,6 +19,7 @@ from typing import Any
 
 from mixerbench import files, results
 from mixerbench.errors import DamagedFileError, UserError, close_matches
+from mixerbench.events import Log, noop
 from mixerbench.models.weights import CHECKPOINT
 from mixerbench.names import slug
 from mixerbench.report import style
@@ -293,20 +294,24 @@ def regenerate(
     return {"written": written, "skipped": skipped}
 
 
-def draw(root=None, out=None, names=None, checkpoint=None, *, runs=None,
-         trackers: tuple[str, ...] = (), on_warning=None) -> dict:
-    """`mixerbench plot`: `regenerate`, refused when nothing could be drawn (no results yet),
-    then one tracker run `plot` per tracker in `trackers` showing what was written."""
-    from mixerbench.trackers import record
+class Event:
+    """What `draw` emits as `log(event, info)`; `view.ProgressView` renders it and
+    `trackers.Tracked` records it as the tracker run `plot`."""
 
+    DRAWN = "drawn"  # figures and tables were written: root, written, config
+
+
+def draw(root=None, out=None, names=None, checkpoint=None, *, runs=None,
+         log: Log = noop) -> dict:
+    """`mixerbench plot`: `regenerate`, refused when nothing could be drawn (no results yet);
+    what was written is reported as `Event.DRAWN`."""
     done = regenerate(root, out, names, checkpoint, runs=runs)
     if not done["written"]:
         raise UserError(f"Nothing to plot in {results.results_dir(root)}: it has no results CSVs "
                         "yet; run `mixerbench compare --preset smoke` (or pretrain, bench, "
                         "reproduce) first.")
-    record(trackers, results.results_dir(root), "plot", kind="plot", files=done["written"],
-           config=dict(name=names or "all", runs=",".join(runs) if runs else None,
-                       checkpoint=checkpoint), on_warning=on_warning)
+    log(Event.DRAWN, dict(root=results.results_dir(root), written=done["written"], config=dict(
+        name=names or "all", runs=",".join(runs) if runs else None, checkpoint=checkpoint)))
     return done
 
 
