@@ -11,18 +11,11 @@ from typing import Annotated, Optional
 
 import typer
 
-from mixerbench import options as o
-from mixerbench import view
-from mixerbench.view import Format, user_errors
+from mixerbench import options as o, view
+from mixerbench.view import Format
 
-app = typer.Typer(
-    cls=view.OneLineUsageErrors,
-    name="mixerbench",
-    help="Reproduce the MLP-Mixer benchmarks (arXiv 2105.01601): Mixer vs ViT vs ResNet/BiT.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-    context_settings={"help_option_names": ["-h", "--help"]},
-)
+app = o.App(name="mixerbench", help="Reproduce the MLP-Mixer benchmarks (arXiv 2105.01601): "
+            "Mixer vs ViT vs ResNet/BiT.")
 
 
 @app.callback()
@@ -37,7 +30,6 @@ def main(
 
 
 @app.command()
-@user_errors
 def models(
     pattern: Annotated[Optional[str], typer.Argument(help="Shell pattern, e.g. 'mixer-*', or one name.")] = None,
     fmt: o.FormatOpt = Format.table,
@@ -48,13 +40,11 @@ def models(
     """The model zoo: shapes, parameters and FLOPs per image (FlopCounterMode)."""
     from mixerbench.models import zoo
 
-    rows = zoo(pattern, num_classes=num_classes, img_size=img_size)
-    view.table("models", rows, fmt, wide, title=f"mixerbench model zoo (params with a "
-               f"{num_classes}-class head; FLOPs per image, forward)")
+    view.table("models", zoo(pattern, num_classes=num_classes, img_size=img_size), fmt, wide,
+               f"mixerbench model zoo (params with a {num_classes}-class head; FLOPs per image)")
 
 
 @app.command(cls=o.RegistryHelp)
-@user_errors
 def paper(
     table: Annotated[str, typer.Argument(help="One of the paper's tables.")] = "table1",
     fmt: o.FormatOpt = Format.table,
@@ -68,7 +58,6 @@ def paper(
 
 
 @app.command(cls=o.RegistryHelp, help=o.PLOT_HELP)
-@user_errors
 def plot(
     ctx: typer.Context,
     name: Annotated[Optional[str], typer.Argument(help="One figure or table (see above); all when omitted.")] = None,
@@ -81,10 +70,9 @@ def plot(
     from mixerbench.report import draw
     from mixerbench.trackers import parse_trackers
 
-    done = view.run(view.is_quiet(ctx), draw, parse_trackers(tracker), root=results_dir,
-                    out=out, names=name, checkpoint=checkpoint,
-                    runs=runs.split(",") if runs else None)
-    view.drawn(done)
+    view.drawn(view.run(view.is_quiet(ctx), draw, parse_trackers(tracker), root=results_dir,
+                        out=out, names=name, checkpoint=checkpoint,
+                        runs=runs.split(",") if runs else None))
 
 
 def _train(ctx, kind: str, tracker, print_config, dry_run, on, **kw) -> None:
@@ -96,7 +84,32 @@ def _train(ctx, kind: str, tracker, print_config, dry_run, on, **kw) -> None:
 
 
 @app.command()
-@user_errors
+def claims(
+    results_dir: o.ResultsDir = None,
+    fmt: o.FormatOpt = Format.table,
+    write_md: Annotated[Optional[Path], typer.Option("--write-md", help="Also put the verdicts as markdown between the '<!-- mixerbench claims: start/end -->' lines of this file.")] = None,
+) -> None:
+    """The paper's claims decided from the results: held, not held or not enough evidence, with
+    the numbers, the seeds and the command that would add the missing evidence."""
+    from mixerbench.report.claims import check, to_markdown, write_markdown_section
+
+    verdicts = check(results_dir)  # --write-md: also into that document, between its markers
+    view.claims(verdicts, fmt, write_md, write_md and write_markdown_section(write_md, to_markdown(verdicts)))
+
+
+@app.command()
+def report(
+    results_dir: o.ResultsDir = None,
+    out: Annotated[Optional[Path], typer.Option("--out", help="The HTML file to write (default: <results-dir>/report/index.html).")] = None,
+) -> None:
+    """One self-contained HTML page of the whole reproduction: the claims, every table and figure
+    beside the paper's numbers, and each run's provenance."""
+    from mixerbench.report.page import write_report
+
+    view.wrote([write_report(results_dir, out)])
+
+
+@app.command()
 def pretrain(
     ctx: typer.Context,
     model: Annotated[Optional[str], typer.Option("--model", "-m", help="Zoo name, paper spelling, family alias or timm:<name>.")] = None,
@@ -140,7 +153,6 @@ def pretrain(
 
 
 @app.command()
-@user_errors
 def finetune(
     ctx: typer.Context,
     init: Annotated[Optional[str], typer.Option("--init", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz (required unless --config names it).")] = None,
@@ -178,7 +190,6 @@ def finetune(
 
 
 @app.command()
-@user_errors
 def settings(
     pattern: Annotated[Optional[str], typer.Argument(help="Shell pattern of keys, e.g. 'optim.*'.")] = None,
     fmt: o.FormatOpt = Format.table,
@@ -192,7 +203,6 @@ def settings(
 
 
 @app.command()
-@user_errors
 def evaluate(
     ctx: typer.Context,
     checkpoint: Annotated[str, typer.Option("--checkpoint", "-c", help="Run dir, .safetensors, timm:<name>[.<tag>] or official .npz.")],
@@ -215,14 +225,12 @@ def evaluate(
     tracker: o.TrackerOpt = None,
 ) -> None:
     """Accuracy (top-1, top-5, loss, ReaL), linear few-shot and shuffle invariance of a checkpoint."""
-    if not view.rank0():  # one process measures and writes the rows; the others have nothing to do
-        return
     from mixerbench.evaluate import evaluate as run_evaluate
     from mixerbench.results import writable_results_dir
     from mixerbench.trackers import parse_trackers
 
     root = writable_results_dir(results_dir)
-    res = view.run(view.is_quiet(ctx), run_evaluate, parse_trackers(tracker),
+    res = view.run(view.is_quiet(ctx), run_evaluate, parse_trackers(tracker), rank0_only=True,
                    checkpoint_src=checkpoint, dataset=dataset, arch=arch, split=split,
                    crop=crop.value if crop else None, data_dir=str(data_dir) if data_dir else None,
                    fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch,
@@ -232,7 +240,6 @@ def evaluate(
 
 
 @app.command()
-@user_errors
 def bench(
     ctx: typer.Context,
     models: Annotated[str, typer.Option("--models", "-m", help="Comma-separated zoo names or timm:<name>, e.g. mixer-b16,vit-b16,bit-r50x1.")],
@@ -251,13 +258,12 @@ def bench(
     wide: o.Wide = False,
 ) -> None:
     """Throughput (img/s per device), FLOPs, achieved FLOP/s and MFU; appends to throughput.csv."""
-    if not view.rank0():  # one process measures; the others would only compete for the device
-        return
     from mixerbench.bench import bench as run_bench
     from mixerbench.results import writable_results_dir
 
     root = writable_results_dir(results_dir)
-    rows = view.run(view.is_quiet(ctx), run_bench, models=[m for m in models.split(",") if m.strip()],
+    rows = view.run(view.is_quiet(ctx), run_bench, rank0_only=True,
+                    models=[m for m in models.split(",") if m.strip()],
                     mode=mode.value, batch_size=batch_size, img_size=img_size, dtype=dtype,
                     compile=compile_, repeats=repeats, warmup=warmup, steps_per_repeat=steps,
                     device=device, channels_last=channels_last, root=root)
@@ -265,7 +271,6 @@ def bench(
 
 
 @app.command(cls=o.RegistryHelp)
-@user_errors
 def compare(
     ctx: typer.Context,
     models: Annotated[str, typer.Option("--models", help="Comma-separated: family aliases or zoo names.")] = "mixer,vit,resnet",
@@ -306,12 +311,10 @@ def compare(
                    with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
                    settings=settings, config=config, launcher=o.launcher(
                        launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg, tasks_per_job))
-    view.sweep("compare", out, fmt, wide,
-               title=f"compare on {out.get('dataset')} (preset {preset}; img/s on this device)")
+    view.sweep("compare", out, fmt, wide)
 
 
 @app.command(cls=o.RegistryHelp)
-@user_errors
 def reproduce(
     ctx: typer.Context,
     artifact: Annotated[str, typer.Argument(help="The experiment to run.")],
@@ -355,7 +358,6 @@ def reproduce(
 
 
 @app.command("datasets")
-@user_errors
 def datasets_cmd(
     name_or_path: Annotated[Optional[str], typer.Argument(help="Known name, hf:<hub id> or a folder; none lists the known datasets.")] = None,
     fmt: o.FormatOpt = Format.table,
@@ -375,7 +377,6 @@ def datasets_cmd(
 
 
 @app.command("export")
-@user_errors
 def export_cmd(
     source: Annotated[str, typer.Argument(metavar="RUN_OR_CHECKPOINT", help="Run directory (its config and summary fill the model card) or a mixerbench .safetensors checkpoint.")],
     out_dir: Annotated[Path, typer.Argument(metavar="OUT_DIR", help="New folder to write config.json, model.safetensors and README.md into (must not exist, or be empty).")],
@@ -390,10 +391,9 @@ def export_cmd(
 
 
 @app.command()
-@user_errors
 def upgrade(results_dir: o.ResultsDir = None) -> None:
-    """Rewrite older results CSVs under today's columns (rows kept); unknown columns are refused."""
-    from mixerbench.results import results_dir as resolve_dir, upgrade_all
+    """Rewrite older results CSVs under today's columns (rows kept, a row's recipe id worked out
+    from its run's config.json where the run folder is there); unknown columns are refused."""
+    from mixerbench.upgrade import upgrade as upgrade_folder
 
-    done = upgrade_all(results_dir)
-    view.upgraded(done, resolve_dir(results_dir))
+    view.upgraded(upgrade_folder(results_dir), results_dir)

@@ -13,6 +13,9 @@ Run identity (how `run_id` names a run, and why runs survive upgrades):
   Registry names and hub ids (`cifar10`, `hf:owner/name`, `timm:<name>`) identify themselves.
 - A checkpoint and training state record the run that wrote them (`run_binding`), and are
   credited to no other run.
+- Its recipe (`recipe_id`) is the same hash without the seed and the settings that cannot
+  change a number (`NO_EFFECT`) or that pick the images it is measured on (`SUBSET`, recorded in
+  each row's `split`): the runs of one recipe are seeds of one measurement.
 - The settings of the first release (`FIRST_FIELDS`) are hashed exactly as that release hashed
   them, at every value, so every run id it made is still the id of the same command. A setting
   added later is hashed only when it differs from its default: adding one (one dataclass
@@ -235,6 +238,56 @@ def _digest(d: dict) -> str:
 def config_hash(cfg: RunConfig) -> str:
     """8 hex digits of `identity(cfg)`; names the run directory."""
     return _digest(identity(cfg))
+
+
+# What a run's numbers depend on is its recipe: its identity (`identity`) without the seed and
+# without the settings below, which cannot change a number it reports. Where and how it runs
+# (`device`, `compile`: the same arithmetic up to float rounding; `run_name`), where its copy of
+# a registry dataset lives (`data.data_dir`), how often it evaluates and saves (`eval_every`,
+# `ckpt_every`: evaluations draw no random numbers and the final one is at the last step either
+# way), the batch size of its evaluations (`data.eval_batch_size`: the loss may move in its
+# last float digits) and the preset it started from (`preset`: the preset's values are in the
+# other settings). Tracker, launcher and thread settings are no settings of a run at all.
+# tests/test_recipes.py trains with each of them changed and gets the same numbers. Changing this
+# list changes recipe ids: rows recorded before would no longer group with new runs.
+NO_EFFECT = ("device", "compile", "run_name", "preset", "eval_every", "ckpt_every",
+             "data.data_dir", "data.eval_batch_size")
+# Settings that choose the images a number is measured on: every row records them in its
+# `split` column (`test`, `minival`, `test[stratified:N]`), so tables group by recipe and split.
+SUBSET = ("data.eval_split", "max_eval_examples")
+
+
+def recipe(cfg: RunConfig, dtype: str | None = None) -> dict[str, Any]:
+    """What `recipe_id` hashes: `identity(cfg)` without the seed, `NO_EFFECT` and `SUBSET`, and
+    with `dtype` "auto" replaced by the precision the run actually used (`dtype`, e.g. fp32 on
+    a CPU and bf16 on a GPU: two recipes) when it is given."""
+    d = identity(cfg)
+    for key in ("seed", *NO_EFFECT, *SUBSET):
+        section, _, name = key.rpartition(".")
+        (d.get(section, {}) if section else d).pop(name, None)
+    if cfg.dtype == "auto" and dtype:
+        d["dtype"] = dtype
+    if cfg.data.shuffle == "none":  # the patch of a shuffle that is not done changes nothing
+        d["data"].pop("shuffle_patch", None)
+    return d
+
+
+def recipe_id(cfg: RunConfig, dtype: str | None = None) -> str:
+    """`<model>-<dataset>-<hash8>` (`<dataset>-ft-<source>-<hash8>` for a fine-tuning run):
+    the run id without the seed, hashing `recipe(cfg, dtype)`. Runs that differ only in their
+    seed (or in `NO_EFFECT`) share it, so tables average them as seeds of one recipe; any other
+    difference is another recipe, never averaged with it."""
+    return f"{_name(cfg)}-{_digest(recipe(cfg, dtype))}"
+
+
+def _name(cfg: RunConfig) -> str:
+    """What a run id says before its seed: the model and dataset, or the fine-tuned weights."""
+    if cfg.init:  # the architecture comes from the weights: name the run after them
+        from pathlib import PurePath
+
+        source = slug(PurePath(cfg.init.rstrip("/")).name.removesuffix(".safetensors"))[:48]
+        return f"{slug(cfg.data.dataset)}-ft-{source}"
+    return f"{slug(cfg.model.name)}-{slug(cfg.data.dataset)}"
 
 
 def _first_hash(stored: dict) -> str:
@@ -466,12 +519,7 @@ def run_id(cfg: RunConfig) -> str:
     """`<model>-<dataset>-s<seed>-<hash8>`, or the user's --run-name."""
     if cfg.run_name:
         return cfg.run_name
-    if cfg.init:  # the architecture comes from the weights: name the run after them
-        from pathlib import PurePath
-
-        source = slug(PurePath(cfg.init.rstrip("/")).name.removesuffix(".safetensors"))[:48]
-        return f"{slug(cfg.data.dataset)}-ft-{source}-s{cfg.seed}-{config_hash(cfg)}"
-    return f"{slug(cfg.model.name)}-{slug(cfg.data.dataset)}-s{cfg.seed}-{config_hash(cfg)}"
+    return f"{_name(cfg)}-s{cfg.seed}-{config_hash(cfg)}"
 
 
 # ------------------------------------------------------------------------- settings and files

@@ -487,6 +487,28 @@ def _run_config(src: str):
     return (cfg, folder.name) if cfg is not None else (None, "")
 
 
+def _recipe_of(src: str, cfg) -> str | None:
+    """The recipe id of the finished run beside a checkpoint (`config.recipe_id`, with the
+    precision its summary says it trained in), or None: no run, or one still training, whose
+    checkpoint is not yet what its recipe produces."""
+    from pathlib import Path
+
+    from mixerbench import files
+    from mixerbench.config import recipe_id
+
+    if cfg is None:
+        return None
+    path = Path(src)
+    folder = path if path.is_dir() else path.parent
+    try:
+        summary = files.read_json(folder / "summary.json")
+    except (OSError, UnicodeDecodeError, ValueError):
+        return None
+    if not isinstance(summary, dict) or summary.get("run_id") != folder.name:
+        return None
+    return summary.get("recipe_id") or recipe_id(cfg, summary.get("dtype"))
+
+
 class Event:
     """What `evaluate` emits as `log(event, info)` besides its `events.Event.PROGRESS` stages;
     `view.ProgressView` renders it and `trackers.Tracked` records it."""
@@ -554,7 +576,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                fewshot=[], shuffle=[], num_classes=ds.num_classes, head=s["has_head"])
     prov = provenance(device=device, num_devices=1, dtype=dtype, compiled=False,
                       seed=s["seed"] if s["run_id"] else None)
-    common = dict(run_id=s["run_id"], model=label, family=get_spec(s["rec"]["name"]).family,
+    common = dict(run_id=s["run_id"], recipe_id=s["recipe_id"], model=label, family=get_spec(s["rec"]["name"]).family,
                   dataset=ds.name, img_size=s["img_size"], **prov)
     evaluated = dict(common, steps=s["rec"].get("step"), init=str(checkpoint_src), kind="evaluate")
     rows = {"accuracy": [], "fewshot": [], "shuffle": []}
@@ -573,14 +595,16 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         rows["accuracy"].append(dict(evaluated, split=f"{split}-real", top1=real["top1"],
                                      top5=real.get("top5")))
     ds_train, fs = None, []
+    # how a linear probe was measured (fewshot.csv): on which images, shots from where, how
+    probe = dict(split=split, shots_split=fewshot_split, l2_reg=l2_reg, pipeline=s["pipeline"])
     if shots:
         steps.tick(f"{'/'.join(map(str, shots))}-shot linear probe")
         ds_train = get_dataset(dataset, fewshot_split, data_dir=data_dir, seed=s["seed"])
         out["fewshot"] = fs = fewshot_eval(model, ds_train, ds, shots, seeds, l2_reg=l2_reg,
                                            dtype=dtype, **shuffled, **kw)
-        rows["fewshot"] += [dict(common, upstream=s["upstream"],
-                                 **{k: r[k] for k in ("shots", "l2_reg", "num_seeds",
-                                                      "top1_mean", "top1_std")}) for r in fs]
+        rows["fewshot"] += [dict(common, upstream=s["upstream"], **probe,
+                                 **{k: r[k] for k in ("shots", "num_seeds", "top1_mean",
+                                                      "top1_std")}) for r in fs]
     for kind in kinds:
         steps.tick(f"shuffle {kind}")
         if kind == s["train_shuffle"]:  # measured above under this very permutation: reuse
@@ -592,9 +616,12 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                               train_shuffle=s["train_shuffle"], head=s["has_head"],
                               ds_train=ds_train, shots=shots, seeds=seeds, l2_reg=l2_reg, **kw)
         out["shuffle"] += sh
-        rows["shuffle"] += [dict(common, train_shuffle=r["train_shuffle"],
+        rows["shuffle"] += [dict(common, split=split, pipeline=s["pipeline"],
+                                 train_shuffle=r["train_shuffle"],
                                  eval_shuffle=r["eval_shuffle"], metric=r["metric"],
-                                 top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name))
+                                 top1=r["top1"], probe_dataset=probe_of(r["metric"], ds.name),
+                                 **({k: probe[k] for k in ("shots_split", "l2_reg")} | dict(
+                                     num_seeds=seeds) if r["metric"] != "top1" else {}))
                             for r in sh]
     steps.tick("done")
     out["rows"], out["kept"] = _record(rows, root, checkpoint_src)
@@ -653,6 +680,7 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     from mixerbench.models.weights import load_model
 
     run_cfg, run_id = _run_config(checkpoint_src)
+    recipe = _recipe_of(checkpoint_src, run_cfg)
     data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
     seed = run_cfg.seed if run_cfg else 0
     model, rec = load_model(checkpoint_src, device=device, model_name=arch)
@@ -683,7 +711,8 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     if "patch" in kinds and not patch:
         raise UserError(f"The patch shuffle needs a patch size and {rec['name']} has none (a CNN); "
                         "pass --shuffle-patch N.")
-    return dict(model=model, rec=rec, ds=ds, split=split, run_id=run_id, seed=seed, real=real,
+    return dict(model=model, rec=rec, ds=ds, split=split, run_id=run_id, recipe_id=recipe,
+                seed=seed, real=real,
                 has_head=has_head, img_size=int(rec["img_size"]), patch=patch,
                 upstream=data_cfg.get("dataset"),
                 pipeline=CROPS[crop] if crop else data_cfg.get("eval_pipeline") or "eval-resize",

@@ -252,14 +252,16 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     """Linear few-shot of a finished run's frozen features (docs/paper-notes.md §5), unless
     already in fewshot.csv; rows are appended there and returned. The probe is measured on the
     whole of the run's eval split, even when its own accuracy used a stratified N of its images."""
-    from mixerbench.evaluate import evaluate
+    from mixerbench.evaluate import FEWSHOT_L2, evaluate
 
-    done = _done_keys("fewshot", root, "run_id", "shots")
-    todo = [k for k in shots if (summary["run_id"], str(k)) not in done]
+    split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
+    done = _done_keys("fewshot", root, "run_id", "shots", "dataset", "split", "l2_reg",
+                      "num_seeds")
+    todo = [k for k in shots if (summary["run_id"], str(k), summary["dataset"], split,
+                                 str(FEWSHOT_L2), str(seeds)) not in done]
     if not todo:
         return []
     log(Event.FEWSHOT, dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
-    split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
     out = evaluate(summary["run_dir"], summary["dataset"], split=split, data_dir=data_dir,
                    fewshot=todo, device=device, seeds=seeds, root=None)
     rows = out["rows"]["fewshot"]
@@ -337,11 +339,26 @@ def compare_cells(models: list[str], *, dataset=None, preset="smoke", seeds: int
                   **_) -> list[Cell]:
     """The cells of `compare`: each model, for each seed, under one preset and budget."""
     return [Cell(preset, model, str(root), dataset=dataset,
-                 experiment=f"compare:{preset or 'default'}",
+                 experiment=compare_experiment(
+                     preset, epochs, {**(overrides or {}), **({"steps": steps} if steps else {})}),
                  flags={"seed": seed, "epochs": epochs, "steps": steps,
                         "data.data_dir": str(data_dir) if data_dir else None, "device": device},
                  overrides=dict(overrides or {}), label=dict(model=model, seed=seed))
             for model in models for seed in range(seeds)]
+
+
+def compare_experiment(preset: str | None, epochs: float | None, overrides: dict | None) -> str:
+    """The `experiment` tag of a compare's rows: `compare:<preset>`, with the settings given on
+    top of the preset (`--epochs`, `--set`) in brackets, `compare:smoke[steps=20]`, so that
+    compares of two budgets never share a table (`report.compare_name`). Settings that cannot
+    change a number (`config.NO_EFFECT`) are left out: such compares measure the same."""
+    from mixerbench.config import NO_EFFECT
+
+    given = {**({"epochs": f"{epochs:g}"} if epochs is not None else {}),
+             **{k: str(v) for k, v in (overrides or {}).items() if k not in NO_EFFECT}}
+    tag = f"compare:{preset or 'default'}"
+    return tag + ("[" + ",".join(f"{k}={v}" for k, v in sorted(given.items())) + "]"
+                  if given else "")
 
 
 def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, data_dir,
@@ -351,7 +368,7 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     import pandas as pd
 
     from mixerbench.models import model_info, model_label
-    from mixerbench.report import compare_table, regenerate
+    from mixerbench.report import compare_name, compare_table, recipe_settings, regenerate
 
     described = {}
     for s in runs:
@@ -377,9 +394,10 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     thr = results.load("throughput", root, required=False)
     few = results.load("fewshot", root, required=False)
     table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
-                          shots=fewshot or 5)
+                          shots=fewshot or 5, settings=recipe_settings(root, acc))
     written = regenerate(root, None, ["compare"], zoo_df=zoo)["written"]
-    return dict(table=table, runs=runs, dataset=ds_name, written=written)
+    title = compare_name(ds_name, str(acc["experiment"].iloc[0]))[1] if len(acc) else ""
+    return dict(table=table, runs=runs, dataset=ds_name, written=written, title=title)
 
 
 def _batch_of(preset: str | None) -> int | None:
@@ -510,11 +528,11 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
     for cell, s in zip(cells, runs):
         kind = cell.label["shuffle"]
         few5 = _fewshot5(s, root, data_dir, device)
-        for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
-            row = dict(run_id=s["run_id"], model=s["model"], family=s.get("family"),
-                       dataset=s["dataset"], train_shuffle=kind, eval_shuffle=kind,
-                       metric=metric, top1=value, img_size=s["img_size"],
-                       probe_dataset=probe_of(metric, s["dataset"]),
+        for metric, measured in _metric_rows(s, few5):
+            row = dict(run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=s["model"],
+                       family=s.get("family"), dataset=s["dataset"], train_shuffle=kind,
+                       eval_shuffle=kind, metric=metric, img_size=s["img_size"],
+                       probe_dataset=probe_of(metric, s["dataset"]), **measured,
                        **{k: s.get(k) for k in results.PROVENANCE})
             if (s["run_id"], metric) not in done:
                 results.append_row("shuffle", row, root)
@@ -540,16 +558,34 @@ def shuffle_cells(*, root, dataset=None, budget="smoke", device=None, data_dir=N
             for family in ("mixer", "resnet") for kind in ("none", "patch", "global")]
 
 
-def _fewshot5(summary: dict, root, data_dir, device):
-    """The run's linear 5-shot top-1, measured now or read back from fewshot.csv."""
+def _fewshot5(summary: dict, root, data_dir, device) -> dict:
+    """The run's linear 5-shot probe of the whole of its eval split (fewshot.csv's row: top1_mean,
+    split and the probe's settings), measured now or read back; {} when there is none."""
     few = fewshot_rows(summary, (5,), root=root, data_dir=data_dir, device=device)
-    return few[0]["top1_mean"] if few else _fewshot_of(root, summary["run_id"], 5)
+    return few[0] if few else _fewshot_of(root, summary, 5)
 
 
-def _fewshot_of(root, run_id: str, shots: int):
+def _fewshot_of(root, summary: dict, shots: int) -> dict:
+    """The row `fewshot_rows` recorded for `summary`'s run: `shots` shots, the whole split, the
+    default l2 and draws (the last such row)."""
+    from mixerbench.evaluate import FEWSHOT_L2
+
     df = results.load("fewshot", root, required=False)
-    hit = df[(df["run_id"].astype(str) == run_id) & (df["shots"].astype(str) == str(shots))]
-    return float(hit["top1_mean"].iloc[-1]) if len(hit) else None
+    split = (summary.get("split") or "test").split("[")[0]
+    hit = df[(df["run_id"].astype(str) == summary["run_id"])
+             & (df["shots"].astype(str) == str(shots))
+             & (df["dataset"].astype(str) == summary["dataset"])
+             & (df["split"].astype(str) == split) & (df["l2_reg"] == FEWSHOT_L2)
+             & (df["num_seeds"] == 3)]
+    return {k: (None if v != v else v) for k, v in hit.iloc[-1].items()} if len(hit) else {}
+
+
+def _metric_rows(s: dict, few5: dict) -> list[tuple[str, dict]]:
+    """(metric, columns) of a run's two measurements in shuffle.csv / scaling.csv: its top-1 on
+    its own split, and its linear 5-shot probe with the probe's split and settings."""
+    probe = {k: few5.get(k) for k in ("split", "shots_split", "l2_reg", "num_seeds", "pipeline")}
+    return [("top1", dict(top1=s["top1"], split=s["split"])),
+            ("fewshot5", dict(probe, top1=few5.get("top1_mean")))]
 
 
 def scaling_steps(full_epochs: float, train_size: int, batch_size: int) -> int:
@@ -589,11 +625,12 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     out = []
     for cell, s in zip(cells, runs):
         few5 = _fewshot5(s, root, data_dir, device)
-        for metric, value in (("top1", s["top1"]), ("fewshot5", few5)):
-            row = dict(run_id=s["run_id"], model=s["model"], family=s.get("family"),
-                       dataset=s["dataset"], fraction=cell.label["fraction"],
-                       epochs=s["epochs"], steps=s["steps"], metric=metric, top1=value,
-                       probe_dataset=probe_of(metric, s["dataset"]),
+        for metric, measured in _metric_rows(s, few5):
+            row = dict(run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=s["model"],
+                       family=s.get("family"), dataset=s["dataset"],
+                       fraction=cell.label["fraction"], epochs=s["epochs"], steps=s["steps"],
+                       metric=metric, probe_dataset=probe_of(metric, s["dataset"]),
+                       top1=measured["top1"], split=measured["split"],
                        **{k: s.get(k) for k in results.PROVENANCE})
             if (s["run_id"], metric) not in done:
                 results.append_row("scaling", row, root)
@@ -917,7 +954,8 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
         if (s["run_id"],) in done:
             continue
         results.append_row("avg5", dict(
-            run_id=s["run_id"], model=source["model"], family=source["family"], init=str(init),
+            run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=source["model"],
+            family=source["family"], init=str(init),
             upstream=source["upstream"], dataset=canonical_name(ds) or ds, split=s["split"],
             resolution=f"{k}x", img_size=s["img_size"], steps=s["steps"], lr=best[(ds, k)]["lr"],
             lr_grid=";".join(f"{g['lr']:g}={g['minival_top1']:.2f}" for g in grids[(ds, k)]),

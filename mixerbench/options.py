@@ -17,12 +17,27 @@ from typing import Annotated, Optional
 import typer
 from typer.core import TyperCommand
 
-from mixerbench.view import Format, fail
+from mixerbench.view import Format, OneLineUsageErrors, fail, user_errors
 
 # Spin-waiting OpenMP threads make the small tensor ops of augmentation ~70x slower on a busy
 # 2-core machine (measured); passive waiting costs nothing on an idle one. Set before torch
 # loads (the CLI imports this module first).
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+
+class App(typer.Typer):
+    """The Typer app: usage errors as one sentence (`view.OneLineUsageErrors`), `-h` for help,
+    no traceback decoration, and every command turning the library's `UserError` (and an
+    `OSError` with a plain cause) into exit status 2 and one sentence (`view.user_errors`)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(cls=OneLineUsageErrors, no_args_is_help=True,
+                         pretty_exceptions_enable=False,
+                         context_settings={"help_option_names": ["-h", "--help"]}, **kwargs)
+
+    def command(self, *args, **kwargs):
+        register = super().command(*args, **kwargs)
+        return lambda fn: register(user_errors(fn))
 
 
 def version(value: bool) -> None:

@@ -21,7 +21,7 @@ import io
 import os
 import re
 import subprocess
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -35,14 +35,20 @@ PROVENANCE = (
 )
 
 # One place declares each CSV's columns; writers and readers both use these tuples.
+# `recipe_id` (`config.recipe_id`): everything a row's number depends on but the seed and the
+# images it is measured on (`split`); a table averages the rows of one recipe id as seeds and
+# never those of two. Empty where no finished run of this version's recording stands behind
+# the row (a released checkpoint, a run folder that is gone).
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "accuracy": (
-        "run_id", "model", "family", "dataset", "split", "img_size", "epochs", "steps", "top1", "top5",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "img_size", "epochs", "steps", "top1", "top5",
         "loss", "train_seconds", "device_hours", "train_flops", "init", "kind", "experiment",
     ) + PROVENANCE,
+    # `dataset` / `split`: the images the probe is scored on (`test`, `test[stratified:N]`),
+    # `shots_split` the split its shots are drawn from, `pipeline` the eval crop both go through.
     "fewshot": (
-        "run_id", "model", "family", "dataset", "upstream", "shots", "l2_reg", "num_seeds", "top1_mean",
-        "top1_std", "img_size",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "upstream", "shots",
+        "shots_split", "l2_reg", "num_seeds", "pipeline", "top1_mean", "top1_std", "img_size",
     ) + PROVENANCE,
     # `gmacs`: forward GMACs per image, unrounded (exact MACs / 1e9). `mfu` = achieved_tflops /
     # peak_tflops, `peak_tflops` the datasheet dense peak of the device in the dtype's matmul
@@ -54,13 +60,16 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "step_ms_median", "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops",
         "matmul_tflops", "channels_last", "driver_version", "cuda_version", "bench_id",
     ) + PROVENANCE,
+    # shuffle / scaling: `split` the images a row's number is measured on (for a `fewshot<k>`
+    # row, those its probe is scored on); a probe's settings as in fewshot.csv.
     "shuffle": (
-        "run_id", "model", "family", "dataset", "train_shuffle", "eval_shuffle", "metric", "top1",
-        "probe_dataset", "img_size",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "train_shuffle",
+        "eval_shuffle", "metric", "top1", "probe_dataset", "shots_split", "l2_reg", "num_seeds",
+        "pipeline", "img_size",
     ) + PROVENANCE,
     "scaling": (
-        "run_id", "model", "family", "dataset", "fraction", "epochs", "steps", "metric", "top1",
-        "probe_dataset",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "fraction", "epochs",
+        "steps", "metric", "top1", "probe_dataset",
     ) + PROVENANCE,
     # `reproduce released`: one released checkpoint (`timm:<arch>.<tag>`) evaluated on ImageNet
     # val, with the paper row it stands for (`paper_name`, `upstream`, `paper_img_size`; the
@@ -77,7 +86,7 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     # the --init weights' architecture, `upstream` their pre-training dataset, `dataset` the
     # canonical name; `lr_grid` lists `lr=minival top-1` for every lr tried.
     "avg5": (
-        "run_id", "model", "family", "init", "upstream", "dataset", "split", "resolution",
+        "run_id", "recipe_id", "model", "family", "init", "upstream", "dataset", "split", "resolution",
         "img_size", "steps", "lr", "lr_grid", "minival_top1", "top1",
     ) + PROVENANCE,
 }
@@ -233,11 +242,11 @@ COLUMN_TYPES: dict[str, str] = {
     ), NUMBER),
     **dict.fromkeys(("compiled", "channels_last"), BOOL),
     **dict.fromkeys((
-        "run_id", "model", "dataset", "split", "init", "kind", "experiment", "git_sha",
+        "run_id", "recipe_id", "model", "dataset", "split", "init", "kind", "experiment", "git_sha",
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
         "metric", "upstream", "probe_dataset", "bench_id", "family", "checkpoint",
-        "paper_name", "note", "pipeline", "resolution", "lr_grid",
+        "paper_name", "note", "pipeline", "resolution", "lr_grid", "shots_split",
     ), TEXT),
 }
 
@@ -279,19 +288,41 @@ def _upgrade_hint(path: Path) -> str:
             "new columns left empty)")
 
 
-def upgrade_all(root: str | os.PathLike | None = None) -> list[Path]:
+def upgrade_all(root: str | os.PathLike | None = None,
+                fill: Callable[[str, dict], dict] | None = None) -> list[Path]:
     """Rewrite every results CSV under `root` (and every run's metrics.csv) that an older
-    mixerbench wrote under today's header; the files rewritten. A file with columns this version
-    does not know, or a damaged one, is refused before anything is rewritten."""
+    mixerbench wrote under today's header; the files rewritten. With `fill`, the empty cells of
+    a row that `fill(table, row)` gives a value for (a column an older version did not write,
+    worked out from what the row's run recorded) are filled in; no written cell changes. A
+    file with columns this version does not know, a damaged one, or a `fill` that raises, is
+    refused before anything is rewritten."""
     root = results_dir(root)
     if root.exists() and not root.is_dir():
         raise UserError(f"The results directory {root} is a file; pass another --results-dir.")
     paths = [csv_path(t, root) for t in SCHEMAS] + sorted((root / "runs").glob("*/metrics.csv"))
-    for p in paths:  # check every file first: all are upgraded or none
+    fills = {}
+    for p in paths:  # check every file and work out every fill first: all are upgraded or none
         data = _read(p)
         if data is not None:
-            _parse(p, data, _columns_of(p), "subset")
-    return [p for p in paths if upgrade_file(p)]
+            header, rows = _parse(p, data, _columns_of(p), "subset")
+            if fill is not None and p.name != "metrics.csv":
+                fills[p] = _fills(p.stem, header, rows, fill)
+    return [p for p in paths if upgrade_file(p, fill=fills.get(p))]
+
+
+def _fills(table: str, header: list[str], rows: list[list[str]], fill) -> list[dict[str, str]]:
+    """For each row, the cells `fill` gives to its empty (or missing) columns, as CSV text."""
+    columns = SCHEMAS[table]
+    out = []
+    for r in rows:
+        row = {c: unneutral(r[header.index(c)]) if c in header else "" for c in columns}
+        new = {c: _format(v) for c, v in (fill(table, row) or {}).items()
+               if c in columns and not row[c] and v not in (None, "")}
+        for c, v in new.items():
+            if not _valid(COLUMN_TYPES[c], v):
+                raise ValueError(f"{c}={_show(v)} is not {_KIND_WORDS[COLUMN_TYPES[c]]}")
+        out.append(new)
+    return out
 
 
 # What to do about a damaged file: mixerbench never repairs one, it would have to guess.
@@ -470,16 +501,20 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
 
 # The columns that make a row of a table one observation: a second row with the same values
 # there is a duplicate and is not appended (`append_once`). fewshot.csv: one row per run, shot
-# count and probe (the dataset its shots and test images come from).
-KEYS: dict[str, tuple[str, ...]] = {"fewshot": ("run_id", "shots", "dataset")}
+# count and probe: the images it is scored on (dataset and split: a capped probe never blocks
+# the full one) and how (shots' split, l2, draws, crop, resolution).
+KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
+    "run_id", "shots", "dataset", "split", "shots_split", "l2_reg", "num_seeds", "pipeline",
+    "img_size")}
 
 
 def append_once(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> bool:
     """Append `row` to `<root>/<table>.csv` unless a row with the same `KEYS[table]` values is
     there; True if it was appended. The check and the write happen under the file's lock, so
-    concurrent writers of the same observation leave exactly one row. A row with an empty key
-    cell (a checkpoint evaluated without its run has no run id) is appended as it is."""
-    key = KEYS[table] if all(row.get(c) not in (None, "") for c in KEYS[table]) else ()
+    concurrent writers of the same observation leave exactly one row. A row without a run id
+    (a checkpoint evaluated without its run) is appended as it is; an empty cell among the
+    other keys is a value like any other."""
+    key = KEYS[table] if row.get(KEYS[table][0]) not in (None, "") else ()
     return append_to(csv_path(table, root), SCHEMAS[table], row, key=key)
 
 
@@ -537,35 +572,49 @@ def ensure_appendable(table: str, root: str | os.PathLike | None = None) -> None
         files.check(path.parent / lock, "file")
 
 
-def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None) -> bool:
+def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None,
+                 fill: list[dict[str, str]] | None = None) -> bool:
     """Rewrite a results CSV from an older version under the current header; True if rewritten.
 
     `columns` defaults to the schema the file name says (`accuracy.csv`: `SCHEMAS["accuracy"]`,
     `metrics.csv`: `METRICS`). The file's columns must all be in the schema (in any order); the
-    columns it lacks are left empty, every other cell is kept as written. A file already in the
-    current header, or no file, is left alone (False). Unknown columns, torn or binary content,
-    wrong field counts or ill-typed cells raise `UserError` and change nothing: upgrading must
-    not turn a damaged file into a well-formed-looking one.
+    columns it lacks are left empty, every other cell is kept as written, except that `fill`
+    (one dict per row, as `upgrade_all` works them out) gives empty cells their values. A file
+    already in the current header with nothing to fill, or no file, is left alone (False).
+    Unknown columns, torn or binary content, wrong field counts or ill-typed cells raise
+    `UserError` and change nothing: upgrading must not turn a damaged file into a
+    well-formed-looking one.
     """
     path = Path(path)
     columns = _columns_of(path) if columns is None else tuple(columns)
     data = _read(path)
-    if data is None or tuple(_parse(path, data, columns, "subset")[0]) == columns:
+
+    def done(header, rows) -> bool:
+        filled = fill is not None and len(fill) == len(rows) and any(fill)
+        return tuple(header) == columns and not filled
+
+    if data is None or done(*_parse(path, data, columns, "subset")):
         return False  # checked before taking the lock: a refusal leaves no lock file behind
     with locked(path):
         data = _read(path)
         if data is None:
             return False
         header, rows = _parse(path, data, columns, "subset")
-        if tuple(header) == columns:
+        if done(header, rows):
             return False
+        if fill is not None and len(fill) != len(rows):  # rows came in since they were worked out
+            raise UserError(f"{path} changed while it was being upgraded; run `mixerbench "
+                            "upgrade` again when no other command writes to it.")
         where = {c: i for i, c in enumerate(header)}
+        extra = fill or [{}] * len(rows)
 
-        def cell(r, c):  # a formula an older version wrote bare is neutralised on the way
+        def cell(r, c, new):  # a formula an older version wrote bare is neutralised on the way
             v = r[where[c]] if c in where else ""
+            v = v or new.get(c, "")
             return neutral(unneutral(v)) if v and COLUMN_TYPES[c] == TEXT else v
 
-        text = _csv_line(columns) + "".join(_csv_line([cell(r, c) for c in columns]) for r in rows)
+        text = _csv_line(columns) + "".join(_csv_line([cell(r, c, new) for c in columns])
+                                            for r, new in zip(rows, extra))
         atomic_write_text(path, text)
     return True
 

@@ -45,6 +45,7 @@ from mixerbench.config import (
     check_warmup,
     config_hash,
     read_run_config,
+    recipe_id,
     run_binding,
     run_id,
     to_dict,
@@ -172,6 +173,8 @@ def read_summary(run_dir: Path) -> dict | None:
         raise UserError(f"{path} does not belong to its run ({wrong}), so it is not recorded; "
                         f"move the run directory {Path(run_dir).name} away (or delete it) and "
                         "run again.")
+    if not s.get("recipe_id"):  # written before runs recorded their recipe
+        s["recipe_id"] = recipe_id(cfg, s.get("dtype"))
     return s
 
 
@@ -631,7 +634,8 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
                               compiled=run.compiled, seed=cfg.seed)
     images = run.total * cfg.data.batch_size
     summary = dict(
-        run_id=run.run_dir.name, model=model_label(run.rec["name"], run.rec.get("overrides")),
+        run_id=run.run_dir.name, recipe_id=recipe_id(cfg, run.dtype),
+        model=model_label(run.rec["name"], run.rec.get("overrides")),
         family=get_spec(run.rec["name"]).family,
         dataset=cfg.data.dataset, split=eval_split(run), img_size=run.rec["img_size"],
         epochs=round(images / run.train_size, 4), steps=run.total,

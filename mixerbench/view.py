@@ -495,11 +495,16 @@ class ProgressView:
             self.bar = None
 
 
-def run(quiet: bool, fn, tracked: tuple[str, ...] = (), group: str | None = None, **kw):
+def run(quiet: bool, fn, tracked: tuple[str, ...] = (), group: str | None = None, *,
+        rank0_only: bool = False, **kw):
     """Call a library function with a progress renderer as its `log`, teed to the trackers
     named in `tracked` (`trackers.Tracked`, the one way trackers are fed): Ctrl-C exits 130
     and a run that cannot go on exits 1, each with one sentence. Under torchrun the process
-    group is torn down once the function has succeeded on this rank."""
+    group is torn down once the function has succeeded on this rank; with `rank0_only` (one
+    process measures, the others would only compete for the device) it runs on rank 0 alone
+    and the others get None."""
+    if rank0_only and not rank0():
+        return None
     from mixerbench.launch import SweepInterrupted
     from mixerbench.runtime import teardown_distributed
     from mixerbench.trackers import Tracked
@@ -557,8 +562,10 @@ def config(cfg: dict) -> None:
         sys.stdout.write(json.dumps(cfg, indent=2) + "\n")
 
 
-def bench(rows: list[dict], steps: int, root: Path, fmt: Format, wide: bool) -> None:
+def bench(rows: list[dict] | None, steps: int, root: Path, fmt: Format, wide: bool) -> None:
     """`bench`'s rows: a fitted table with what the numbers measure under it."""
+    if rows is None:  # not rank 0
+        return
     if fmt != Format.table:
         emit([{k: v for k, v in r.items() if k != "repeat_seconds"} for r in rows], fmt)
         return
@@ -586,8 +593,10 @@ def bench(rows: list[dict], steps: int, root: Path, fmt: Format, wide: bool) -> 
     say(f"{len(rows)} row{'s' if len(rows) != 1 else ''} appended to {e(root / 'throughput.csv')}")
 
 
-def evaluation(res: dict, root: Path, fmt: Format) -> None:
+def evaluation(res: dict | None, root: Path, fmt: Format) -> None:
     """`evaluate`'s result: accuracy, ReaL, few-shot and shuffle tables, where rows went."""
+    if res is None:  # not rank 0
+        return
     if fmt != Format.table:
         emit([dict(table=t, **r) for t, rs in res["rows"].items() for r in rs], fmt)
         return
@@ -689,7 +698,7 @@ def table(name: str, rows: list[dict], fmt: Format, wide: bool, title: str | Non
          headers=headers)
 
 
-def sweep(name: str, out: dict, fmt: Format, wide: bool, title: str) -> None:
+def sweep(name: str, out: dict, fmt: Format, wide: bool, title: str | None = None) -> None:
     """What `compare` or `reproduce` returned: its table and files, its cells' configs
     (--print-config) or its plan (--dry-run)."""
     if not out or not rank0():  # under torchrun rank 0 joined the results and reports them
@@ -706,6 +715,8 @@ def sweep(name: str, out: dict, fmt: Format, wide: bool, title: str) -> None:
             from mixerbench.report.tables import compare_view
 
             shown = compare_view(shown)
+            title = (f"{out.get('title') or 'compare on ' + str(out.get('dataset'))} "
+                     "(img/s on this device)")
         table(name, records(shown), fmt, wide, title=title)
     wrote(out.get("written", []))
 
@@ -728,12 +739,44 @@ def datasets(out, name: str | None, bench: bool, fmt: Format, wide: bool) -> Non
         dataset(out, fmt)
 
 
-def upgraded(done: list, root: Path) -> None:
-    for path in done:
+def upgraded(done: dict, root) -> None:
+    """`upgrade`'s report: the files rewritten, the recipe ids filled in and those that could not be."""
+    from mixerbench.results import results_dir
+
+    root = results_dir(root)
+    for path in done["written"]:
         say(f"upgraded {e(path)}")
-    if not done:
+    if done["filled"]:
+        say(f"gave {done['filled']} row(s) the recipe id of their run's config.json")
+    if done["unknown"]:
+        say(f"{len(done['unknown'])} run(s) have no finished run folder that names them, so their "
+            "rows keep an empty recipe id (tables show each such run on its own)")
+    if not done["written"]:
         say(f"nothing to upgrade in {e(root)}: every results file already has this version's "
             "columns")
+
+
+def claims(verdicts, fmt: Format, write_md: Path | None, changed: bool | None) -> None:
+    """`claims`: each verdict in its colour, wrapped under its indent on a terminal; or CSV/JSON."""
+    from mixerbench.report.claims import flat_records, to_records, to_text
+
+    if write_md is not None:
+        console(stderr=True).print(f"{'wrote' if changed else 'unchanged:'} {e(write_md)}")
+    if fmt == Format.json:
+        sys.stdout.write(json.dumps(to_records(verdicts), indent=2) + "\n")
+        return
+    if fmt == Format.csv:
+        return emit(flat_records(verdicts), fmt)
+    import textwrap
+
+    colours = {"held": "bold green", "not held": "bold red", "not enough evidence": "bold yellow"}
+    out = console()
+    for style, line in to_text(verdicts):  # a terminal wraps under the line's indent + 4
+        if sys.stdout.isatty() and line:
+            indent = " " * (len(line) - len(line.lstrip()) + 4)
+            line = textwrap.fill(line, out.width, subsequent_indent=indent,
+                                 break_long_words=False, break_on_hyphens=False)
+        out.print(f"[{colours[style]}]{e(line)}[/]" if style else e(line), soft_wrap=True)
 
 
 def plan(p: dict) -> None:

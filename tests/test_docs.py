@@ -140,3 +140,19 @@ def test_the_documents_name_data_a_user_has():
 def test_torchrun_is_on_the_path_of_this_python():
     """The README's torchrun line runs the venv's torchrun (the test runs it as its module)."""
     assert shutil.which("torchrun") or (Path(sys.executable).parent / "torchrun").exists()
+
+
+def test_the_readmes_claims_section_is_the_generated_one(tmp_path, monkeypatch):
+    """README.md's claims section is what the command it names writes from the committed rows:
+    that command, run as typed in a copy of the checkout, leaves README.md unchanged."""
+    readme = (ROOT / "README.md").read_text()
+    found = re.search(r"`(mixerbench claims --results-dir results\s+--write-md README\.md)`", readme)
+    assert found, "the README names the command that writes its claims section"
+    shutil.copy(ROOT / "README.md", tmp_path / "README.md")
+    shutil.copytree(ROOT / "results", tmp_path / "results", ignore=shutil.ignore_patterns("runs"))
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, shlex.split(found.group(1))[1:])
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "README.md").read_text() == readme, (
+        "README.md's claims section is stale: run `mixerbench claims --results-dir results "
+        "--write-md README.md`")

@@ -206,6 +206,7 @@ PARSERS = {"parse_set", "parse_trackers", "writable_results_dir", "results_dir",
 SECOND_STEPS = {
     "export_cmd": {"push"},  # the upload follows a complete export, which a failed push keeps
     "pretrain": {"describe"},  # --list-presets: no run
+    "claims": {"to_markdown", "write_markdown_section"},  # --write-md: also into a document
 }
 
 

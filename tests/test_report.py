@@ -28,20 +28,20 @@ def accuracy_fixture() -> pd.DataFrame:
     base = dict(dataset="cifar10", split="test", img_size=32, epochs=10,
                 device_name="cpu (x86_64, 2 cores)", num_devices=1, experiment="compare:small")
     return frame("accuracy", [
-        dict(base, run_id="mixer-a-s0", model="mixer-b16", top1=80.0, train_seconds=3600,
-             device_hours=1.0, train_flops=2e15, seed=0),
-        dict(base, run_id="mixer-a-s1", model="mixer-b16", top1=82.0, train_seconds=3600,
-             device_hours=1.0, train_flops=2e15, seed=1),
-        dict(base, run_id="vit-a-s0", model="vit-b16", top1=85.0, train_seconds=7200,
-             device_hours=2.0, train_flops=4e15, seed=0),
-        dict(base, run_id="bit-a-s0", model="bit-r50x1", top1=83.0, train_seconds=10800,
-             device_hours=3.0, train_flops=3e15, seed=0),
+        dict(base, run_id="mixer-a-s0", recipe_id="mixer-a", model="mixer-b16", top1=80.0,
+             train_seconds=3600, device_hours=1.0, train_flops=2e15, seed=0),
+        dict(base, run_id="mixer-a-s1", recipe_id="mixer-a", model="mixer-b16", top1=82.0,
+             train_seconds=3600, device_hours=1.0, train_flops=2e15, seed=1),
+        dict(base, run_id="vit-a-s0", recipe_id="vit-a", model="vit-b16", top1=85.0,
+             train_seconds=7200, device_hours=2.0, train_flops=4e15, seed=0),
+        dict(base, run_id="bit-a-s0", recipe_id="bit-a", model="bit-r50x1", top1=83.0,
+             train_seconds=10800, device_hours=3.0, train_flops=3e15, seed=0),
         # a re-evaluation of bit-a-s0 appended later: only this last row counts
-        dict(base, run_id="bit-a-s0", model="bit-r50x1", top1=84.0, train_seconds=10800,
-             device_hours=3.0, train_flops=3e15, seed=0),
-        dict(base, run_id="mixer-in-s0", model="mixer-b16", dataset="imagenet", img_size=224,
-             epochs=300, top1=76.0, train_seconds=36000, device_hours=80.0, seed=0,
-             experiment="compare:imagenet-mixer-b16"),
+        dict(base, run_id="bit-a-s0", recipe_id="bit-a", model="bit-r50x1", top1=84.0,
+             train_seconds=10800, device_hours=3.0, train_flops=3e15, seed=0),
+        dict(base, run_id="mixer-in-s0", recipe_id="mixer-in", model="mixer-b16",
+             dataset="imagenet", img_size=224, epochs=300, top1=76.0, train_seconds=36000,
+             device_hours=80.0, seed=0, experiment="compare:imagenet-mixer-b16"),
     ])
 
 
@@ -189,6 +189,48 @@ def test_compare_table_values():
     assert t["paper_top1"].isna().all() and t["diff"].isna().all()  # no paper value for CIFAR-10
 
 
+def test_two_recipes_of_one_model_are_two_rows_labelled_by_what_differs():
+    """Runs of one model under two recipes (steps 20 and 40) are never averaged as seeds: each
+    is its own row and n, labelled by the setting that differs; a recipe whose settings are not
+    known is labelled by its id, and a row without a recipe id is a recipe of its own."""
+    base = dict(model="mixer-t4", dataset="d", split="test", img_size=28, kind="pretrain")
+    acc = frame("accuracy", [
+        dict(base, run_id="a0", recipe_id="r20", top1=40.0, seed=0),
+        dict(base, run_id="b0", recipe_id="r40", top1=60.0, seed=0),
+        dict(base, run_id="b1", recipe_id="r40", top1=62.0, seed=1),
+        dict(base, run_id="c0", recipe_id="r80", top1=70.0, seed=0),
+        dict(base, run_id="old0", top1=10.0, seed=0),
+        dict(base, run_id="old1", top1=12.0, seed=1),
+        dict(base, model="vit-t4", run_id="v0", recipe_id="v20", top1=30.0, seed=0),
+    ])
+    recipe = dict(steps=20, **{"optim.lr": 0.01, "model.name": "mixer-t4"})
+    t = tables.compare_table(acc, settings={"r20": recipe, "r40": dict(recipe, steps=40)})
+    assert list(zip(t["settings"], t["n"], t["top1_mean"])) == [
+        ("steps=20", 1, 40.0), ("steps=40", 2, 61.0), ("recipe r80", 1, 70.0),
+        ("recipe old0", 1, 10.0), ("recipe old1", 1, 12.0), ("", 1, 30.0)]
+    assert list(t["recipe_id"]) == ["r20", "r40", "r80", "", "", "v20"]
+
+
+def test_few_shot_is_joined_by_run_id_on_the_whole_split_in_one_probe_setting():
+    """Another run's probe of a model of the same name never enters the cell; a capped probe
+    never stands in for the whole split; a run probed twice counts once, in the setting most
+    of the recipe's runs were probed with."""
+    base = dict(model="vit-t4", dataset="d", split="test", img_size=28, kind="pretrain",
+                recipe_id="v")
+    acc = frame("accuracy", [dict(base, run_id=r, top1=90.0) for r in ("v0", "v1", "v2")])
+    probe = dict(model="vit-t4", dataset="d", shots=5, l2_reg=1024.0, num_seeds=3)
+    few = frame("fewshot", [
+        dict(probe, run_id="v0", top1_mean=87.0), dict(probe, run_id="v1", top1_mean=88.0),
+        dict(probe, run_id="v2", top1_mean=87.0),
+        dict(probe, run_id="vit-smoke", top1_mean=88.4),  # another run, same model name
+        dict(probe, run_id="v0", top1_mean=20.0, split="test[stratified:97]"),
+        dict(probe, run_id="v1", top1_mean=50.0, l2_reg=1.0),
+    ])
+    row = tables.compare_table(acc, fewshot_df=few).iloc[0]
+    assert row["fewshot_top1"] == pytest.approx((87 + 88 + 87) / 3)
+    assert row["fewshot_n"] == 3 and row["fewshot_split"] == "test"
+
+
 def test_compare_table_paper_value_and_zoo():
     zoo = pd.DataFrame({"name": ["mixer-b16"], "params": [123], "gflops": [4.5]})
     t = tables.compare_table(accuracy_fixture(), dataset="imagenet", zoo_df=zoo)
@@ -225,6 +267,28 @@ def test_throughput_table_best_batch_and_ratio_to_the_vit_baseline():
     assert inf.at["bit-r50x1", "paper_img_per_sec_core"] == 2159
     tr = t[t["mode"] == "train"].set_index("model")
     assert tr.at["mixer-b16", "ratio"] == pytest.approx(500 / 400)
+
+
+def test_throughput_shows_the_latest_bench_with_its_id_and_date_not_the_best_ever():
+    """A new bench row replaces an older, faster one (the machine got busier, the code slower:
+    the table says what this device does now), and the table names the bench and its date."""
+    dev = dict(device_name="cpu", dtype="fp32", compiled=False, img_size=28, batch_size=128,
+               mode="infer", model="mixer-t4")
+    t = tables.throughput_table(frame("throughput", [
+        dict(dev, img_per_sec_mean=4000.0, bench_id="old", timestamp="2026-12-01T10:00:00+00:00"),
+        dict(dev, img_per_sec_mean=3000.0, bench_id="new", timestamp="2026-12-03T10:00:00+00:00"),
+        dict(dev, img_per_sec_mean=2000.0, bench_id="new", batch_size=64,
+             timestamp="2026-12-03T10:00:01+00:00"),
+    ]))
+    (row,) = t.itertuples()
+    assert (row.img_per_sec, row.batch_size, row.bench_id, row.date) == (
+        3000.0, 128, "new", "2026-12-03")
+    acc = frame("accuracy", [dict(run_id="r", recipe_id="m", model="mixer-t4", dataset="d",
+                                  split="test", img_size=28, top1=90.0, device_name="cpu")])
+    c = tables.compare_table(acc, frame("throughput", [
+        dict(dev, img_per_sec_mean=4000.0, bench_id="old"),
+        dict(dev, img_per_sec_mean=3000.0, bench_id="new")])).iloc[0]
+    assert (c["infer_img_per_sec"], c["bench_id"]) == (3000.0, "new")
 
 
 def test_throughput_table_pairs_like_with_like_and_prefers_the_same_run():

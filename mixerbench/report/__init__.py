@@ -115,17 +115,91 @@ class Report:
 
 
 def _compare_tables(i: Inputs) -> list[tuple[str, Any]]:
-    """tables/compare-<dataset>-<preset>: every run of each `compare` on each dataset."""
+    """tables/compare-<dataset>-<preset>[-<digest>]: every run of one `compare` setting on each
+    dataset (its `experiment` tag: the preset, and the settings given on top of it, which the
+    file name carries as a digest and the title in words), one row per recipe."""
     acc = i.csv("accuracy")
     exps = acc["experiment"].astype(object).where(acc["experiment"].notna(), "").astype(str)
     out = []
     for (ds, exp), g in acc[exps.str.startswith("compare")].groupby(["dataset", exps]):
-        out.append((f"compare-{slug(ds)}-{slug(exp.split(':', 1)[-1])}",
-                    compare_table(g, i.csv("throughput", False), i.csv("fewshot", False),
-                                  dataset=ds, zoo_df=i.zoo_df)))
+        stem, title = compare_name(str(ds), exp)
+        runs = list(dict.fromkeys(g["run_id"].dropna().astype(str)))
+        table = compare_table(g, i.csv("throughput", False), i.csv("fewshot", False), dataset=ds,
+                              zoo_df=i.zoo_df if i.zoo_df is not None else _zoo_of(i.root, runs),
+                              settings=recipe_settings(i.root, g))
+        table.attrs["title"] = title
+        out.append((stem, table))
     if not out:
         raise UserError("accuracy.csv has no compare runs; run `mixerbench compare` first.")
     return out
+
+
+def compare_name(dataset: str, experiment: str) -> tuple[str, str]:
+    """(file stem, title) of the compare table of `experiment` (`compare:<preset>` or
+    `compare:<preset>[k=v,...]`, the settings given on top of the preset) on `dataset`: the
+    settings go into the stem as a digest and into the title in words, so two budgets never
+    share a file."""
+    import hashlib
+
+    preset, _, given = experiment.split(":", 1)[-1].partition("[")
+    given = given.removesuffix("]")
+    stem = f"compare-{slug(dataset)}-{slug(preset)}"
+    if given:
+        stem += "-" + hashlib.sha256(given.encode()).hexdigest()[:8]
+    return stem, f"compare on {dataset}, preset {preset}" + (f", {given}" if given else "")
+
+
+def recipe_settings(root: Path, acc) -> dict[str, dict]:
+    """recipe id -> its settings (`config.recipe`, dotted keys) for the recipes of `acc`'s rows
+    whose run folder is there; a folder that is gone or not ours leaves its recipe unlabelled."""
+    from mixerbench.config import read_run_config, recipe
+
+    out = {}
+    for rid, run, dtype in zip(acc["recipe_id"], acc["run_id"], acc["dtype"]):
+        if not isinstance(rid, str) or rid in out or not isinstance(run, str):
+            continue
+        try:
+            cfg = read_run_config(results.run_path(root, run))
+        except (UserError, OSError):
+            cfg = None
+        if cfg is not None:
+            out[rid] = _flat(recipe(cfg, dtype if isinstance(dtype, str) else None))
+    return out
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    flat = {}
+    for k, v in d.items():
+        if isinstance(v, dict):
+            flat.update(_flat(v, f"{prefix}{k}."))
+        else:
+            flat[prefix + k] = v
+    return flat
+
+
+def _zoo_of(root: Path, runs: list[str]):
+    """The zoo rows (params, GFLOPs) of the models of `runs`, from the descriptions their
+    checkpoints hold (None when no run folder is there)."""
+    import pandas as pd
+
+    from mixerbench.models import model_info, model_label
+    from mixerbench.models.weights import CHECKPOINT, read_metadata
+
+    rows = {}
+    for run in runs:
+        try:
+            rec = read_metadata(results.run_path(root, run) / CHECKPOINT)
+        except (UserError, OSError):
+            rec = None
+        if not rec:
+            continue
+        label = model_label(rec["name"], rec.get("overrides"))
+        if label not in rows:
+            rows[label] = dict(model_info(rec["name"], num_classes=rec["num_classes"],
+                                          img_size=rec["img_size"],
+                                          patch_size=rec.get("patch_size"),
+                                          **rec.get("overrides", {})), name=label)
+    return pd.DataFrame(list(rows.values())) if rows else None
 
 
 def _token_mixing(i: Inputs) -> list[tuple[str, Any]]:
@@ -191,8 +265,9 @@ def _save(obj, out: Path, stem: str) -> list[Path]:
         files.atomic_write_bytes(paths[0], buf.getvalue())
         return paths
     shown = compare_view(obj) if stem.startswith("compare-") else obj
+    title = obj.attrs.get("title")
     files.atomic_write_text(paths[0], _safe_csv(obj))
-    files.atomic_write_text(paths[1], to_markdown(shown))
+    files.atomic_write_text(paths[1], (f"{title}\n\n" if title else "") + to_markdown(shown))
     return paths
 
 
@@ -316,7 +391,8 @@ def draw(root=None, out=None, names=None, checkpoint=None, *, runs=None,
 
 
 __all__ = [
-    "REPORTS", "draw", "regenerate", "load_token_mixing_weights", "style",
+    "REPORTS", "draw", "regenerate", "compare_name", "recipe_settings",
+    "load_token_mixing_weights", "style",
     "table1", "avg5_table", "compare_table", "throughput_table", "transfer_table",
     "released_table", "to_markdown",
     "pareto_cost", "accuracy_throughput", "data_scaling", "shuffle", "token_mixing", "curves",

@@ -30,14 +30,16 @@ from mixerbench.errors import UserError
 from mixerbench.results import PRODUCERS
 
 COMPARE_COLUMNS = (
-    "dataset", "model", "img_size", "params", "gflops", "train_img_per_sec",
-    "train_img_per_sec_std", "infer_img_per_sec", "infer_img_per_sec_std", "wall_time_s", "device_hours", "train_flops", "top1_mean", "top1_std", "n", "fewshot_top1",
-    "paper_top1", "diff",
+    "dataset", "model", "settings", "img_size", "split", "params", "gflops",
+    "train_img_per_sec", "train_img_per_sec_std", "infer_img_per_sec", "infer_img_per_sec_std",
+    "bench_id", "wall_time_s", "device_hours", "train_flops", "top1_mean", "top1_std", "n",
+    "fewshot_top1", "fewshot_n", "fewshot_split", "paper_top1", "diff", "recipe_id",
 )
 THROUGHPUT_COLUMNS = (
     "device_name", "dtype", "compiled", "mode", "model", "img_size", "batch_size", "img_per_sec",
     "img_per_sec_std", "step_ms_median", "params", "gmacs", "achieved_tflops", "mfu",
     "peak_tflops", "baseline", "same_run", "ratio", "paper_img_per_sec_core", "paper_ratio",
+    "bench_id", "date",
 )
 RELEASED_COLUMNS = (
     "paper_name", "checkpoint", "model", "upstream", "img_size", "pipeline", "n", "top1",
@@ -146,22 +148,6 @@ def pick_comparison(df: pd.DataFrame, dataset: str | None, experiment: str | Non
     return df, dataset, experiment
 
 
-def _best_throughput(thr: pd.DataFrame | None, model: str, mode: str,
-                     img_size) -> tuple[float, float]:
-    """(img/s, its std over repeats) of the fastest batch size (the paper reports the best batch
-    size), same resolution as the accuracy run when such a row exists."""
-    if thr is None or thr.empty:
-        return math.nan, math.nan
-    rows = thr[(thr["model"] == model) & (thr["mode"] == mode)]
-    same = rows[rows["img_size"] == img_size] if img_size == img_size else rows.iloc[0:0]
-    rows = same[same["img_per_sec_mean"].notna()] if not same.empty else rows
-    rows = rows[rows["img_per_sec_mean"].notna()]
-    if rows.empty:
-        return math.nan, math.nan
-    best = rows.loc[rows["img_per_sec_mean"].idxmax()]
-    return float(best["img_per_sec_mean"]), float(best.get("img_per_sec_std", math.nan))
-
-
 # ----------------------------------------------------------------------------- Table 1
 
 def table1(zoo_df: pd.DataFrame) -> pd.DataFrame:
@@ -211,26 +197,35 @@ def compare_table(
     pretrain: str | None = None,
     shots: int = 5,
     split: str | None = None,
+    settings: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
-    """One row per (dataset, model, img_size): cost, speed and accuracy, with the paper's top-1.
+    """One row per recipe and split: the seeds of one recipe id averaged, with their cost, speed
+    and few-shot accuracy, beside the paper's top-1.
 
     Args:
-        accuracy_df: `accuracy.csv` rows (`run_id, model, dataset, split, img_size, top1,
-            train_seconds, device_hours, train_flops`, provenance `num_devices`). Several rows
-            of one run (re-evaluations) count once: the last one.
-        throughput_df: `throughput.csv` rows (`model, mode, img_size, img_per_sec_mean, params,
-            gmacs`); the best batch size per model and mode is reported.
-        fewshot_df: `fewshot.csv` rows (`model, dataset, shots, top1_mean`); mean over rows.
+        accuracy_df: `accuracy.csv` rows (`run_id, recipe_id, model, dataset, split, img_size,
+            top1, train_seconds, device_hours, train_flops`, provenance `num_devices`,
+            `device_name`). Several rows of one run (re-evaluations) count once
+            (`latest_per_run`). A row without a recipe id is a recipe of its own.
+        throughput_df: `throughput.csv` rows; each recipe's model is matched by name and image
+            size on the device its runs trained on where that was benched, and read from the
+            latest bench that measured it (`bench_id`), its best batch size per mode.
+        fewshot_df: `fewshot.csv` rows, joined by run id (never by model name): the recipe's
+            runs' `shots`-shot probes of `dataset` on the whole of its split, one probe setting
+            (`_fewshot_of`); `fewshot_n` is how many runs it averages.
         dataset: keep only this dataset (default: all, one block per dataset).
-        zoo_df: the zoo (`name, params, gflops`); else params/GMACs come from throughput rows.
+        zoo_df: the zoo (`name, params, gflops`); else params/GMACs come from that bench.
         pretrain: upstream dataset for the paper lookup (None: trained from scratch on `dataset`).
         shots: which few-shot rows to report.
         split: keep only this evaluation split.
+        settings: recipe id -> its settings (`config.recipe`, flattened to dotted keys) where
+            known, to label recipes that share a model name by what differs between them.
 
     Returns:
-        Columns `COMPARE_COLUMNS`, models in the order they first appear. `top1_std` is the sample
-        std (NaN for n=1); `paper_top1` is the paper's number at the run's resolution, else at
-        224 (`reference.paper_top1`); `diff = top1_mean - paper_top1`.
+        Columns `COMPARE_COLUMNS`, recipes in the order they first appear. `settings` says what
+        sets a recipe apart from another of the same model (empty when none shares its name);
+        `top1_std` is the sample std (NaN for n=1); `paper_top1` is the paper's number at the
+        run's resolution, else at 224 (`reference.paper_top1`); `diff = top1_mean - paper_top1`.
     """
     acc = require(accuracy_df, "accuracy", "The compare table")
     numeric(acc, "img_size", "top1", "train_seconds", "train_flops", "num_devices")
@@ -240,6 +235,8 @@ def compare_table(
     if split is not None and "split" in acc.columns:
         acc = acc[acc["split"].astype(str) == split]
     acc = latest_per_run(acc)
+    acc["_recipe"] = recipe_key(acc)
+    acc["_split"] = text(acc, "split")
 
     thr = None
     if throughput_df is not None and len(throughput_df):
@@ -254,47 +251,150 @@ def compare_table(
         zoo = numeric(zoo_df.copy(), "params", "gflops").drop_duplicates("name").set_index("name")
 
     rows = []
-    for (ds, model, img_size), g in acc.groupby(
-        ["dataset", "model", "img_size"], sort=False, dropna=False
-    ):
+    for (ds, key, sp), g in acc.groupby(["dataset", "_recipe", "_split"], sort=False,
+                                        dropna=False):
+        model, img_size = g["model"].iloc[0], g["img_size"].iloc[0]
         top1 = g["top1"].dropna()
-        params = gflops = math.nan
+        bench = latest_bench(thr, model, img_size, set(text(g, "device_name")))
+        params, gflops = bench["params"], 2.0 * bench["gmacs"]  # 1 MAC = 2 FLOPs
         if zoo is not None and model in zoo.index:
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
-        elif thr is not None:
-            t = thr[thr["model"] == model]
-            if t["params"].notna().any():
-                params = float(t["params"].dropna().iloc[-1])
-            if t["gmacs"].notna().any():
-                gflops = 2.0 * float(t["gmacs"].dropna().iloc[-1])  # 1 MAC = 2 FLOPs
-        fs = math.nan
-        if few is not None:
-            f = few[(few["model"] == model) & (few["dataset"] == ds)]["top1_mean"].dropna()
-            fs = float(f.mean()) if len(f) else math.nan
+        fs, fs_n, fs_split = _fewshot_of(few, g["run_id"], ds, sp)
         size = None if img_size != img_size else int(img_size)
         paper = reference.paper_top1(str(model), str(ds), pretrain=pretrain, img_size=size)
         if paper is None and size != 224:  # e.g. a 160-px ImageNet run: the paper's 224 number
             paper = reference.paper_top1(str(model), str(ds), pretrain=pretrain, img_size=224)
         mean = float(top1.mean()) if len(top1) else math.nan
         rows.append({
-            "dataset": ds, "model": model, "img_size": img_size,
+            "dataset": ds, "model": model, "settings": "", "img_size": img_size, "split": sp,
             "params": params, "gflops": gflops,
             # the spread over repeats beside each rate: a gap inside it orders nothing
-            **dict(zip(("train_img_per_sec", "train_img_per_sec_std"),
-                       _best_throughput(thr, model, "train", img_size))),
-            **dict(zip(("infer_img_per_sec", "infer_img_per_sec_std"),
-                       _best_throughput(thr, model, "infer", img_size))),
+            "train_img_per_sec": bench["train"][0], "train_img_per_sec_std": bench["train"][1],
+            "infer_img_per_sec": bench["infer"][0], "infer_img_per_sec_std": bench["infer"][1],
+            "bench_id": bench["bench_id"],
             "wall_time_s": g["train_seconds"].mean() if "train_seconds" in g else math.nan,
             "device_hours": g["device_hours"].mean(),
             "train_flops": g["train_flops"].mean() if "train_flops" in g else math.nan,
             "top1_mean": mean,
             "top1_std": float(top1.std(ddof=1)) if len(top1) > 1 else math.nan,
             "n": int(len(top1)),
-            "fewshot_top1": fs,
+            "fewshot_top1": fs, "fewshot_n": fs_n, "fewshot_split": fs_split,
             "paper_top1": math.nan if paper is None else paper,
             "diff": math.nan if paper is None else mean - paper,
+            "recipe_id": key if not key.startswith(_RUN_ONLY) else "",
+            "_recipe": key,
         })
-    return pd.DataFrame(rows, columns=list(COMPARE_COLUMNS))
+    out = pd.DataFrame(rows, columns=[*COMPARE_COLUMNS, "_recipe"])
+    out["settings"] = recipe_labels(out, settings or {})
+    return out.drop(columns="_recipe")
+
+
+# A row without a recipe id (a run recorded before recipes, whose folder is gone) is a recipe
+# of its own: keyed by its run id, never averaged with another run.
+_RUN_ONLY = "run:"
+
+
+def text(df: pd.DataFrame, column: str) -> pd.Series:
+    """A text column with blanks as "" (an all-blank column reads back as floats)."""
+    if column not in df.columns:
+        return pd.Series("", index=df.index, dtype=object)
+    return df[column].astype(object).where(df[column].notna(), "").astype(str)
+
+
+def recipe_key(df: pd.DataFrame) -> pd.Series:
+    """What a table groups rows by: the recipe id, or `run:<run id>` for a row without one."""
+    rid, run = text(df, "recipe_id"), text(df, "run_id")
+    return rid.where(rid != "", _RUN_ONLY + run)
+
+
+def recipe_labels(table: pd.DataFrame, settings: dict[str, dict]) -> list[str]:
+    """For each row of `table` (columns dataset, model, `_recipe`), what sets its recipe apart
+    from the other recipes of the same model and dataset in the table: the settings whose values
+    differ (`steps=20`), or the recipe id where a recipe's settings are not known; "" for a
+    recipe that no other shares its model with."""
+    labels = [""] * len(table)
+    groups = table.groupby(["dataset", "model"], sort=False, dropna=False).indices
+    for idx in groups.values():
+        keys = list(dict.fromkeys(table["_recipe"].iloc[i] for i in idx))
+        if len(keys) < 2:
+            continue
+        known = [k for k in keys if k in settings]
+        differ = sorted({name for k in known for name in settings[k]
+                         if len({repr(settings[j].get(name)) for j in known}) > 1})
+        for i in idx:
+            k = table["_recipe"].iloc[i]
+            if k in settings and differ:
+                labels[i] = ", ".join(f"{n}={_setting(settings[k].get(n))}" for n in differ)
+            else:
+                labels[i] = f"recipe {k.removeprefix(_RUN_ONLY)}"
+    return labels
+
+
+def _setting(value) -> str:
+    return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
+
+
+def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str]) -> dict:
+    """The latest bench of `model` at `img_size`: on one of `devices` when it was benched there,
+    else on any; the last `bench_id` in file order (rows are appended), and in that bench the
+    fastest batch size per mode (the paper reports the best batch size). Returns dict(train,
+    infer: (img/s, its std over repeats), bench_id, date, params, gmacs); NaN / "" where none."""
+    out = dict(train=(math.nan, math.nan), infer=(math.nan, math.nan), bench_id="", date="",
+               params=math.nan, gmacs=math.nan)
+    if thr is None or thr.empty:
+        return out
+    rows = thr[(thr["model"] == model) & thr["img_per_sec_mean"].notna()]
+    rows = rows[rows["img_size"] == img_size] if img_size == img_size else rows.iloc[0:0]
+    here = rows[text(rows, "device_name").isin(devices)]
+    rows = here if not here.empty else rows
+    if rows.empty:
+        return out
+    bench = text(rows, "bench_id")
+    last = bench.iloc[-1]
+    # rows recorded before benches had ids: each mode's last row alone
+    rows = rows[bench == last] if last else rows.groupby("mode", sort=False).tail(1)
+    for mode in ("train", "infer"):
+        m = rows[rows["mode"] == mode]
+        if not m.empty:
+            best = m.loc[m["img_per_sec_mean"].idxmax()]
+            out[mode] = (float(best["img_per_sec_mean"]), float(best.get("img_per_sec_std", math.nan)))
+    out.update(bench_id=last, date=str(text(rows, "timestamp").iloc[-1])[:10],
+               params=float(rows["params"].dropna().iloc[-1]) if rows["params"].notna().any() else math.nan,
+               gmacs=float(rows["gmacs"].dropna().iloc[-1]) if rows["gmacs"].notna().any() else math.nan)
+    return out
+
+
+def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset,
+                split: str) -> tuple[float, int, str]:
+    """(mean, runs, split) of the few-shot probes of `runs` on `dataset`, joined by run id: the
+    probes of one split and one probe setting (l2, draws, crop, resolution, shots' split), the
+    whole of `split` before a capped part of it, then the setting most of the runs were probed
+    with (the first of equals). A row recorded before probes recorded their split probed the
+    whole split."""
+    if few is None or few.empty:
+        return math.nan, 0, ""
+    f = few[few["run_id"].astype(str).isin(set(runs.astype(str)))
+            & (text(few, "dataset") == str(dataset)) & few["top1_mean"].notna()]
+    if f.empty:
+        return math.nan, 0, ""
+    whole = split.split("[", 1)[0]
+    probed = text(f, "split").replace("", whole)
+    f = f.assign(_probed=probed)[probed.str.split("[", n=1).str[0] == whole]
+    if f.empty:
+        return math.nan, 0, ""
+    probe = ["_probed"] + [c for c in PROBE_SETTINGS if c in f.columns]
+    setting = pd.Series(["|".join(map(str, t)) for t in f[probe].itertuples(index=False)],
+                        index=f.index)
+    counts = setting.groupby(setting, sort=False).size()
+    full = pd.Series([k.split("|", 1)[0] == whole for k in counts.index], index=counts.index)
+    chosen = counts[full].idxmax() if full.any() else counts.idxmax()
+    f = f[setting == chosen].drop_duplicates("run_id", keep="last")
+    return float(f["top1_mean"].mean()), int(len(f)), str(f["_probed"].iloc[0])
+
+
+# The columns of a few-shot row that say how it probed (besides its split): one table cell
+# averages probes that agree on all of them.
+PROBE_SETTINGS = ("shots_split", "l2_reg", "num_seeds", "pipeline", "img_size", "dtype")
 
 
 def short_labels(names) -> list[str]:
@@ -310,19 +410,25 @@ def short_labels(names) -> list[str]:
 
 
 def compare_view(table: pd.DataFrame) -> pd.DataFrame:
-    """The compare table as people read it (terminal, markdown): short model labels, and no
-    `paper_top1` / `diff` columns when the paper has no number for any row (a dataset it did
-    not use)."""
+    """The compare table as people read it (terminal, markdown): short model labels, and
+    without the columns no row fills: `paper_top1` / `diff` when the paper has no number for
+    any row (a dataset it did not use), `settings` when no two recipes share a model, the
+    few-shot columns when nothing was probed, the speed columns when nothing was benched."""
     view = table.copy()
     view["model"] = short_labels(view["model"])
-    for col in ("paper_top1", "diff"):
-        if col in view.columns and view[col].isna().all():
-            view = view.drop(columns=col)
-    return view
+    empty = [c for c in ("paper_top1", "diff") if c in view.columns and view[c].isna().all()]
+    if "settings" in view.columns and not view["settings"].astype(bool).any():
+        empty.append("settings")
+    if "fewshot_n" in view.columns and not view["fewshot_n"].any():
+        empty += ["fewshot_top1", "fewshot_n", "fewshot_split"]
+    speed = [c for c in view.columns if c.endswith("img_per_sec") or c.endswith("img_per_sec_std")]
+    if "bench_id" in view.columns and not view["bench_id"].astype(bool).any():
+        empty += ["bench_id", *speed]
+    return view.drop(columns=[c for c in empty if c in view.columns])
 
 
 TRANSFER_COLUMNS = ("model", "upstream", "dataset", "how", "resolution", "img_size", "steps",
-                    "top1", "train_seconds", "run_id")
+                    "split", "top1", "train_seconds", "run_id", "recipe_id")
 
 
 def transfer_table(accuracy_df: pd.DataFrame) -> pd.DataFrame:
@@ -358,7 +464,8 @@ def transfer_table(accuracy_df: pd.DataFrame) -> pd.DataFrame:
         rows.append(dict(model=r["model"], upstream=up["dataset"] if up is not None else "",
                          dataset=r["dataset"], how="finetune" if up is not None else "scratch",
                          resolution=f"{k:g}x", img_size=r["img_size"], steps=r["steps"],
-                         top1=r["top1"], train_seconds=r["train_seconds"], run_id=rid))
+                         split=r["split"], top1=r["top1"], train_seconds=r["train_seconds"],
+                         run_id=rid, recipe_id=r["recipe_id"]))
     return pd.DataFrame(rows, columns=list(TRANSFER_COLUMNS))
 
 
@@ -469,7 +576,7 @@ def avg5_table(avg5_df: pd.DataFrame) -> pd.DataFrame:
 # ----------------------------------------------------------------------------- throughput
 
 def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
-    """Best img/s per model and setting; each Mixer as a ratio to the ViT the paper pairs it with.
+    """Latest img/s per model and setting; each Mixer as a ratio to the ViT the paper pairs it with.
 
     Args:
         throughput_df: `throughput.csv` rows (`model, mode, batch_size, img_size,
@@ -478,13 +585,16 @@ def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
 
     Returns:
         Columns `THROUGHPUT_COLUMNS`, one row per (device, dtype, compiled, mode, model,
-        img_size): the batch size with the highest img/s (the paper reports the best batch size).
+        img_size), from the latest bench that measured it (`bench_id`, its `date`; a later
+        bench replaces an earlier one, never a best-ever row): the batch size with the highest
+        img/s in that bench (the paper reports the best batch size).
         `mfu` is against the device's datasheet dense peak `peak_tflops` (empty on CPUs and
         unlisted GPUs). `baseline` is the ViT the paper compares a Mixer with at the same size
         (`reference.paper_baseline`: Mixer-B/16 vs ViT-B/16, L/16 vs L/16, H/14 vs H/14 in
         Table 3); `ratio` = the Mixer's img/s / that ViT's best img/s on the same device, dtype,
         compile setting, mode and image size, taken from the same `bench` call as the Mixer's row
-        when that call measured it (`same_run`), else from any run with those settings.
+        when that call measured it (`same_run`), else from the ViT's own row (its latest bench
+        with those settings).
         `paper_ratio` is the same division of the paper's TPU-v3 img/s/core (Table 3 at 448 for
         448-px rows, else at 224): 1384 / 861 = 1.61 for B/16. Rows without a paper pair (ViTs,
         ResNets, Mixer-B/32, resized variants) leave `baseline`, `ratio` and `paper_ratio` empty.
@@ -505,10 +615,17 @@ def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
     key.columns = [f"_{c}" for c in setting]
     thr = pd.concat([thr, key], axis=1)
     keys = list(key.columns) + ["model"]
-    best = thr.loc[thr.groupby(keys, sort=False)["img_per_sec_mean"].idxmax()]
+    # the latest bench of each (setting, model): the bench id of its last row (rows are
+    # appended), or that row alone when it has none; then that bench's best batch size
+    last = thr.groupby(keys, sort=False)["bench_id"].transform("last")
+    latest = thr[(thr["bench_id"] == last) & (last != "")]
+    alone = thr[last == ""].groupby(keys, sort=False).tail(1)
+    latest = pd.concat([latest, alone]).sort_index()
+    best = latest.loc[latest.groupby(keys, sort=False)["img_per_sec_mean"].idxmax()]
     order = thr.drop_duplicates(keys)[keys].reset_index(drop=True).reset_index()
     best = best.merge(order, on=keys, how="left").sort_values("index", kind="stable")
     out = best.rename(columns={"img_per_sec_mean": "img_per_sec"}).reset_index(drop=True)
+    out["date"] = text(out, "timestamp").str[:10]
 
     baselines, same_runs, ratios, paper, paper_ratios = [], [], [], [], []
     for _, r in out.iterrows():
@@ -526,9 +643,12 @@ def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
         alike = (thr["model"] == vit) & (thr[key.columns] == r[key.columns]).all(axis=1)
         rows = thr[alike]
         same = rows[rows["bench_id"] == r["bench_id"]] if r["bench_id"] else rows.iloc[0:0]
-        rows = same if not same.empty else rows
-        if not rows.empty:
-            ratios[-1] = r["img_per_sec"] / rows["img_per_sec_mean"].max()
+        # else the ViT's own row of this table: its latest bench with these settings
+        own = out[(out["model"] == vit) & (out[key.columns] == r[key.columns]).all(axis=1)]
+        best = same["img_per_sec_mean"].max() if not same.empty else (
+            own["img_per_sec"].iloc[0] if not own.empty else math.nan)
+        if best == best:
+            ratios[-1] = r["img_per_sec"] / best
             same_runs[-1] = not same.empty
     out["baseline"] = baselines
     out["same_run"] = pd.Series(same_runs, index=out.index, dtype=object)

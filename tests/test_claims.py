@@ -1,0 +1,190 @@
+"""`mixerbench claims`: verdicts from results folders built row by row, and on the committed one.
+
+Each folder is real CSVs written through `results.append_row`, read back by the command as a
+user runs it; the numbers are chosen so that a claim holds, fails, or lacks seeds.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from mixerbench import results
+from mixerbench.cli import app
+from mixerbench.reference.claims import CLAIMS, HELD, NOT_HELD, UNDECIDED, VERDICTS
+from mixerbench.report.claims import MARKERS
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = {"mixer": "mixer-t4", "vit": "vit-t4", "resnet": "resnet18"}
+
+
+def compare_rows(root: Path, tops: dict[str, list[float]], experiment="compare:smoke",
+                 steps=496, recipe: str = "a") -> None:
+    """accuracy.csv rows of one `compare`: family -> the top-1 of seeds 0, 1, ..."""
+    for family, values in tops.items():
+        for seed, top1 in enumerate(values):
+            results.append_row("accuracy", dict(
+                run_id=f"{MODELS[family]}-mnist-5k-s{seed}-{steps}{recipe}",
+                recipe_id=f"{MODELS[family]}-mnist-5k-{recipe}", model=MODELS[family],
+                family=family, dataset="mnist-5k", split="test", img_size=28, epochs=16,
+                steps=steps, top1=top1, kind="pretrain", experiment=experiment, seed=seed,
+                dtype="fp32"), root)
+
+
+def verdicts(root: Path) -> dict[str, dict]:
+    r = CliRunner().invoke(app, ["claims", "--results-dir", str(root), "--format", "json"])
+    assert r.exit_code == 0, r.output
+    return {c["id"]: c for c in json.loads(r.output)}
+
+
+@pytest.mark.parametrize("tops,expected", [
+    # the Mixer within 1.25 points of both, seeds' spread 0.2: held
+    ({"mixer": [90.0, 90.2, 90.4], "vit": [85.0, 85.2, 85.4], "resnet": [90.4, 90.6, 90.8]},
+     HELD),
+    # the ResNet 5 points ahead, outside every spread: not held
+    ({"mixer": [90.0, 90.2, 90.4], "vit": [85.0, 85.2, 85.4], "resnet": [95.0, 95.2, 95.4]},
+     NOT_HELD),
+    # the same means from one seed each: no spread to test against
+    ({"mixer": [90.2], "vit": [85.2], "resnet": [95.2]}, UNDECIDED),
+])
+def test_competitive_holds_fails_or_lacks_seeds(tmp_path, tops, expected):
+    compare_rows(tmp_path, tops)
+    claim = verdicts(tmp_path)["competitive"]
+    assert claim["verdict"] == expected
+    n = len(tops["mixer"])
+    for comp in claim["comparisons"]:
+        assert comp["a"]["n"] == n and comp["b"]["n"] == n
+        assert sorted(comp["a"]["seeds"]) == list(range(n))
+        assert len(comp["a"]["rows"]) == n
+    by_other = {c["b"]["label"]: c for c in claim["comparisons"]}
+    assert set(by_other) == {"vit-t4", "resnet18"}
+    assert by_other["vit-t4"]["verdict"] == (HELD if n == 3 else UNDECIDED)
+    if expected == UNDECIDED:
+        assert claim["next"] == ["mixerbench compare --models mixer,vit,resnet --preset smoke "
+                                 "--dataset mnist-5k --seeds 3"]
+        assert "n = 1 and 1 seeds, 3 needed" in by_other["resnet18"]["why"]
+    else:
+        assert claim["next"] == []
+
+
+def test_a_gap_inside_the_spread_is_not_enough_evidence_and_says_how_many_seeds(tmp_path):
+    compare_rows(tmp_path, {"mixer": [88.0, 90.0, 92.0], "vit": [80.0, 80.2, 80.4],
+                            "resnet": [87.5, 89.5, 91.5]})
+    claim = verdicts(tmp_path)["competitive"]
+    assert claim["verdict"] == UNDECIDED
+    resnet = next(c for c in claim["comparisons"] if c["b"]["label"] == "resnet18")
+    assert resnet["verdict"] == UNDECIDED and resnet["p"] >= 0.05
+    assert "inside the spread" in resnet["why"] and "seeds a side would decide" in resnet["why"]
+
+
+def test_two_recipes_of_one_model_are_never_averaged(tmp_path):
+    """Same model, dataset and schedule, another recipe id (say another lr): two sides."""
+    compare_rows(tmp_path, {"mixer": [90.0, 90.2, 90.4], "vit": [85.0, 85.2, 85.4],
+                            "resnet": [90.4, 90.6, 90.8]})
+    compare_rows(tmp_path, {"mixer": [60.0, 61.0, 62.0]}, recipe="b")
+    claim = verdicts(tmp_path)["competitive"]
+    mixers = [c["a"] for c in claim["comparisons"]]
+    assert len(mixers) == 4 and {m["n"] for m in mixers} == {3}
+    assert sorted({round(m["mean"], 2) for m in mixers}) == [61.0, 90.2]
+
+
+def shuffle_rows(root: Path, family: str, model: str, none: list[float], patch: list[float]):
+    for kind, values in (("none", none), ("patch", patch)):
+        for seed, top1 in enumerate(values):
+            rid = f"{model}-cifar10-{kind}-s{seed}"
+            results.append_row("accuracy", dict(
+                run_id=rid, model=model, family=family, dataset="cifar10", split="test",
+                img_size=32, epochs=10, steps=3900, top1=top1, kind="pretrain",
+                experiment="shuffle", seed=seed), root)
+            results.append_row("shuffle", dict(
+                run_id=rid, model=model, family=family, dataset="cifar10", train_shuffle=kind,
+                eval_shuffle=kind, metric="top1", top1=top1, img_size=32, seed=seed), root)
+
+
+def test_shuffle_claims_hold_fail_and_lack_seeds(tmp_path):
+    held, failed, few = (tmp_path / n for n in ("held", "failed", "few"))
+    shuffle_rows(held, "mixer", "mixer-t4", [67.6, 67.8, 68.0], [67.7, 67.9, 68.1])
+    shuffle_rows(held, "resnet", "resnet18", [73.2, 73.4, 73.6], [56.4, 56.6, 56.8])
+    shuffle_rows(failed, "mixer", "mixer-t4", [67.6, 67.8, 68.0], [60.6, 60.8, 61.0])
+    shuffle_rows(failed, "resnet", "resnet18", [73.2, 73.4, 73.6], [73.3, 73.5, 73.7])
+    shuffle_rows(few, "mixer", "mixer-t4", [67.8], [68.7])
+    shuffle_rows(few, "resnet", "resnet18", [73.4], [56.5])
+    for folder, expected in ((held, HELD), (failed, NOT_HELD), (few, UNDECIDED)):
+        got = verdicts(folder)
+        assert got["shuffle-mixer"]["verdict"] == expected, folder.name
+        assert got["shuffle-resnet"]["verdict"] == expected, folder.name
+    nxt = verdicts(few)["shuffle-mixer"]["next"]
+    assert nxt == [f"mixerbench reproduce shuffle --budget cpu --data-dir ~/data --set seed={s}"
+                   for s in (1, 2)]
+
+
+def test_throughput_pairs_a_mixer_with_its_table3_vit_from_one_bench_call(tmp_path):
+    for bench_id, mixer, vit in (("b1", (2.20, 0.05), (1.82, 0.01)), ("b2", (5.9, 0.2), (5.8, 0.2))):
+        for model, (mean, std) in (("mixer-b16", mixer), ("vit-b16", vit), ("vit-b32", (9, 0.1))):
+            results.append_row("throughput", dict(
+                model=model, family=model.split("-")[0], mode="train", batch_size=8,
+                img_size=224, img_per_sec_mean=mean, img_per_sec_std=std, repeats=3,
+                bench_id=bench_id, device_name="cpu", dtype="fp32", compiled=False), tmp_path)
+    claim = verdicts(tmp_path)["throughput-train"]
+    assert [c["verdict"] for c in claim["comparisons"]] == [HELD, UNDECIDED]
+    assert claim["verdict"] == UNDECIDED  # every comparison must hold
+    assert [c["a"]["rows"] for c in claim["comparisons"]] == [["b1"], ["b2"]]
+    assert claim["comparisons"][1]["a"]["unit"] == "repeats"
+    assert verdicts(tmp_path)["throughput-infer"]["comparisons"][0]["label"] == "no qualifying rows"
+
+
+def test_an_empty_folder_lacks_evidence_for_every_claim_and_a_missing_one_is_refused(tmp_path):
+    got = verdicts(tmp_path)
+    assert list(got) == [c.id for c in CLAIMS]
+    assert {c["verdict"] for c in got.values()} == {UNDECIDED}
+    assert all(c["next"] for c in got.values())
+    r = CliRunner().invoke(app, ["claims", "--results-dir", str(tmp_path / "nope")])
+    assert r.exit_code == 2 and "No results folder" in r.output
+
+
+def test_the_committed_results_give_every_claim_a_verdict_and_its_evidence():
+    r = CliRunner().invoke(app, ["claims", "--results-dir", str(ROOT / "results")],
+                           terminal_width=120)
+    assert r.exit_code == 0, r.output
+    got = verdicts(ROOT / "results")
+    assert list(got) == [c.id for c in CLAIMS]
+    for claim in CLAIMS:
+        v = got[claim.id]
+        assert v["verdict"] in VERDICTS and v["verdict"].upper() in r.output
+        assert claim.title in r.output
+        assert v["comparisons"], claim.id
+        for comp in v["comparisons"]:
+            for side in (comp["a"], comp["b"]):
+                if side is not None and side["unit"] == "seeds":
+                    assert len(side["seeds"]) == side["n"]
+        if v["verdict"] == UNDECIDED:
+            assert v["next"] and all(n in r.output for n in v["next"])
+
+
+def test_write_md_replaces_only_the_marked_section(tmp_path):
+    compare_rows(tmp_path, {"mixer": [90.2], "vit": [85.2], "resnet": [95.2]})
+    doc = tmp_path / "doc.md"
+    doc.write_text(f"# Title\n\nbefore\n{MARKERS[0]}\nold text\n{MARKERS[1]}\nafter\n")
+    args = ["claims", "--results-dir", str(tmp_path), "--write-md", str(doc)]
+    assert CliRunner().invoke(app, args).exit_code == 0
+    text = doc.read_text()
+    assert text.startswith("# Title\n\nbefore\n") and text.endswith(f"{MARKERS[1]}\nafter\n")
+    assert "old text" not in text and "**Mixer competitive with ViT and ResNet" in text
+    assert CliRunner().invoke(app, args).exit_code == 0 and doc.read_text() == text
+    bare = tmp_path / "bare.md"
+    bare.write_text("# no markers\n")
+    r = CliRunner().invoke(app, ["claims", "--results-dir", str(tmp_path), "--write-md", str(bare)])
+    assert r.exit_code == 2 and MARKERS[0] in r.output and bare.read_text() == "# no markers\n"
+
+
+def test_more_seeds_than_three_are_asked_for_when_three_leave_the_gap_inside_the_spread(tmp_path):
+    shuffle_rows(tmp_path, "resnet", "resnet18", [73.0, 74.0, 75.0], [71.0, 72.5, 74.0])
+    claim = verdicts(tmp_path)["shuffle-resnet"]
+    assert claim["verdict"] == UNDECIDED
+    why, nxt = claim["comparisons"][0]["why"], claim["next"]
+    k = int(why.split("about ")[1].split(" seeds")[0])
+    assert k > 3 and nxt == [f"for s in $(seq 3 {k - 1}); do mixerbench reproduce shuffle "
+                             "--budget cpu --data-dir ~/data --set seed=$s; done"]
