@@ -29,6 +29,10 @@ PLUS_MINUS = "±"
 _PREFIXES = ((1e18, "E"), (1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k"))
 
 
+def _is_bool(v: Any) -> bool:
+    return isinstance(v, bool) or type(v).__name__ == "bool_"  # numpy's too
+
+
 def missing(v: Any) -> bool:
     """Blank: None, NaN, pandas' NA, an empty string."""
     if v is None or (isinstance(v, str) and not v.strip()):
@@ -40,7 +44,7 @@ def missing(v: Any) -> bool:
 
 
 def _float(v: Any) -> float | None:
-    if missing(v) or isinstance(v, bool):
+    if missing(v) or _is_bool(v):
         return None
     try:
         x = float(v)
@@ -163,7 +167,7 @@ def number(v: Any) -> str:
 def text(v: Any) -> str:
     if missing(v):
         return ""
-    if isinstance(v, bool):
+    if _is_bool(v):
         return "yes" if v else "no"
     return str(v)
 
@@ -224,7 +228,7 @@ def rule(column: str):
 
 def value(column: str, v: Any) -> str:
     """`v` of results column `column` as people read it ("" for a blank)."""
-    if isinstance(v, str) or isinstance(v, bool) or missing(v):
+    if isinstance(v, str) or _is_bool(v) or missing(v):
         return text(v)
     if _float(v) is None:
         return text(v)
@@ -250,6 +254,8 @@ HEADERS = {
     "paper_imagenet": "paper ImageNet %", "imagenet_diff": "Δ ImageNet",
     "official_cifar10": "official CIFAR-10 %", "cifar10_diff": "Δ CIFAR-10",
     "minival_top1": "minival %", "patch_size": "patch", "timm_name": "timm",
+    "fewshot_n": "5-shot runs", "fewshot_split": "5-shot split", "bench_id": "bench",
+    "recipe_id": "recipe", "settings": "settings", "split": "split",
     "paper_name": "paper name", "macs": "MACs/img", "img_per_sec_mean": "img/s",
 }
 
@@ -314,7 +320,7 @@ def display(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = N
     for c in columns:
         if c in merged:
             continue
-        numeric = any(not isinstance(r.get(c), (str, bool)) and _float(r.get(c)) is not None
+        numeric = any(not isinstance(r.get(c), str) and _float(r.get(c)) is not None
                       for r in rows)
         out_cols.append(Column(c, names.get(c, c), numeric))
         if c in spreads:
