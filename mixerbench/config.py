@@ -34,7 +34,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any, get_type_hints
 
 from mixerbench.errors import UserError, close_matches
-from mixerbench.names import slug
+from mixerbench.names import check_run_name, slug
 
 
 @dataclass(frozen=True)
@@ -497,8 +497,6 @@ def validate(cfg: RunConfig) -> RunConfig:
         raise UserError(f"The patch size {cfg.model.patch_size} px does not divide the image size "
                         f"{cfg.model.img_size} px; choose sizes that divide.")
     if cfg.run_name is not None:
-        from mixerbench.results import check_run_name
-
         check_run_name(cfg.run_name)
     if cfg.kind == "finetune" and not cfg.init:
         raise UserError("Fine-tuning needs --init: a run directory, a .safetensors file, "

@@ -488,7 +488,7 @@ def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str |
 
     from mixerbench.models import get_spec, model_label
     from mixerbench.models.weights import load_model
-    from mixerbench.train import read_summary
+    from mixerbench.rundir import read_summary
 
     out = Path(out_dir)
     ckpt, run_dir = _source(str(src))

@@ -163,7 +163,7 @@ def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = no
     (`launcher` None), or as submitit jobs. Every cell's settings are checked first, so a typo
     in the last cell stops the sweep before the first one trains (a model built on the meta
     device: an option one family does not take is refused up front too)."""
-    from mixerbench.train import check_model
+    from mixerbench.prepare import check_model
 
     for cell in cells:
         cfg = cell.config()
@@ -577,7 +577,7 @@ def _launched(cells: list[Cell], launcher: Launcher, log: Log) -> list[dict]:
     their summaries in cell order. A cell that has already finished is read back here, not
     submitted again. Ctrl-C / SIGTERM stop the running jobs (each saves a checkpoint) and raise
     `SweepInterrupted`; failed cells raise `CellsFailed` at the end."""
-    from mixerbench.train import stop_signals
+    from mixerbench.runtime import stop_signals
 
     if launcher.kind == "slurm":
         launcher = check_partition(launcher)
@@ -626,7 +626,7 @@ def _read_back(cell: Cell) -> dict | None:
     the CSVs the way the serial command reads it (nothing a job pickled); else None."""
     from mixerbench import results
     from mixerbench.config import run_id
-    from mixerbench.train import read_summary
+    from mixerbench.rundir import read_summary
 
     cfg = cell.config()
     run_dir = results.run_path(Path(cell.root), run_id(cfg))

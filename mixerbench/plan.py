@@ -84,7 +84,7 @@ def describe(cfg) -> dict:
     fine-tuned at K times their resolution has K^2 times their token-mixing width (the
     block-diagonal expansion, paper section 3)."""
     from mixerbench.models import get_spec
-    from mixerbench.train import model_overrides
+    from mixerbench.prepare import model_overrides
 
     m = cfg.model
     if not cfg.init:

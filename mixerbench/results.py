@@ -28,6 +28,7 @@ from typing import Any
 from mixerbench.errors import DamagedFileError, UserError
 from mixerbench import files
 from mixerbench.files import atomic_write_bytes, atomic_write_text, locked
+from mixerbench.names import check_run_name
 
 PROVENANCE = (
     "git_sha", "mixerbench_version", "torch_version", "timm_version", "device_name",
@@ -116,20 +117,6 @@ def results_dir(path: str | os.PathLike | None = None) -> Path:
     elif not str(path).strip():
         raise UserError("--results-dir is empty (an unset shell variable?); pass a folder.")
     return files.confine(Path(path or "results"))
-
-
-# A run directory's name: one path component of safe characters, never hidden, `.` or `..`.
-RUN_NAME = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")
-
-
-def check_run_name(name: str) -> str:
-    """`name` if it is one safe path component (letters, digits, `.`, `_`, `-`, at most 128
-    characters, not starting with a dot), else a UserError: a run name never leaves `runs/`."""
-    if not isinstance(name, str) or not RUN_NAME.fullmatch(name):
-        shown = name if len(str(name)) <= 60 else str(name)[:57] + "..."
-        raise UserError(f"--run-name '{shown}' is not a plain folder name; use letters, digits, "
-                        "'.', '_' and '-' (at most 128, not starting with a dot).")
-    return name
 
 
 def writable_results_dir(path: str | os.PathLike | None = None) -> Path:

@@ -1,6 +1,6 @@
 """The device runtime shared by training, evaluation and benchmarks: which device and compute
 dtype a command uses (`choose`, the only place that decides), mixed-precision autocast, device
-synchronisation, and the process group under torchrun.
+synchronisation, the process group under torchrun, and Ctrl-C / SIGTERM as a flag between steps.
 
 On CUDA the default is bf16 autocast; on CPU fp32 (bf16/fp16 only where the CPU has native
 matrix units, so a number never measures emulation).
@@ -9,7 +9,7 @@ matrix units, so a number never measures emulation).
 from __future__ import annotations
 
 import os
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 
 DTYPES = ("bf16", "fp16", "fp32")
 
@@ -165,6 +165,28 @@ def setup_distributed() -> tuple[int, int, int]:
     if world > 1:
         return dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", "0"))
     return 0, 1, 0
+
+
+@contextmanager
+def stop_signals():
+    """SIGINT/SIGTERM set a flag checked between steps, so a step is never cut in half."""
+    import signal
+    import threading
+
+    flag = {"stop": False}
+    if threading.current_thread() is not threading.main_thread():
+        yield flag
+        return
+
+    def handler(signum, frame):
+        flag["stop"] = True
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield flag
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
 
 
 def rank() -> int:

@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from mixerbench import files, results
+from mixerbench.names import RUN_NAME
 
 # Columns the probe of a fewshot<k> row in shuffle.csv / scaling.csv copies from fewshot.csv.
 _PROBE = ("split", "shots_split", "l2_reg", "num_seeds", "pipeline")
@@ -140,7 +141,7 @@ def recipe_of_run(root: Path, run: str, dtype: str | None = None) -> str | None:
     the precision its training row records, for a run without summary.json."""
     from mixerbench.config import read_run_config, recipe_id, run_id
 
-    if not results.RUN_NAME.fullmatch(run):
+    if not RUN_NAME.fullmatch(run):
         return None
     folder = results.run_path(root, run)
     if not folder.is_dir():

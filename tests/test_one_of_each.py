@@ -72,18 +72,18 @@ def test_the_one_loss_is_what_evaluate_reports_and_accepts_soft_targets():
 
 
 def test_device_and_dtype_are_chosen_in_runtime_only():
-    """`runtime.choose` is the one decision: train, evaluate and bench call it, and nothing
+    """`runtime.choose` is the one decision: training (`prepare`), evaluate and bench call it, and nothing
     else resolves a dtype, makes a device current or switches TF32 on."""
     trees = _modules()
     for path, tree in trees.items():
         if path == "mixerbench/runtime.py":
             continue
         assert not {"resolve_dtype", "set_device", "use_device"} & _called(tree) - (
-            {"use_device"} if path == "mixerbench/train.py" else set()), path
+            {"use_device"} if path == "mixerbench/prepare.py" else set()), path
         assert "allow_tf32" not in _attributes(tree), path
         defined = {n.name for n in ast.walk(tree) if isinstance(n, ast.FunctionDef)}
         assert not {"pick_device", "runtime", "resolve_dtype"} & defined, path
-    for path in ("mixerbench/train.py", "mixerbench/evaluate.py", "mixerbench/bench.py"):
+    for path in ("mixerbench/prepare.py", "mixerbench/evaluate.py", "mixerbench/bench.py"):
         assert "choose" in _called(trees[path]), path
 
 

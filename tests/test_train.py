@@ -16,7 +16,8 @@ from mixerbench import results
 from mixerbench.presets import resolve
 from mixerbench.errors import UserError
 from mixerbench.presets import PRESETS, get_preset
-from mixerbench.train import Interrupted, TrainingStopped, lr_factor, train
+from mixerbench.optim import lr_factor
+from mixerbench.train import Interrupted, TrainingStopped, train
 
 TINY_SETTINGS = {"model.width": "32", "model.depth": "2", "data.eval_batch_size": "100"}
 

@@ -337,7 +337,7 @@ def test_finetuning_drops_every_regulariser_and_config_records_what_trained(tmp_
 
     from mixerbench.config import to_dict
     from mixerbench.presets import resolve
-    from mixerbench.train import build_model
+    from mixerbench.prepare import build_model
 
     over = dict(width=32, depth=2, num_heads=2, drop_path_rate=0.3, attn_drop_rate=0.2)
     model = create_model("vit-t4", num_classes=10, img_size=28, patch_size=4, **over)

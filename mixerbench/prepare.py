@@ -1,0 +1,186 @@
+"""Everything a run needs, checked and built from its config before its folder is touched.
+
+`prepare` chooses the device, reads the data, builds the model and loaders and sizes the
+schedule into a `Run`, the one object the training loop reads; every problem it finds is a
+`UserError` and nothing is written. `check_model` refuses an option the architecture does not
+take, or a model this machine cannot hold, on the meta device, before any data is read or
+memory allocated (a sweep checks every cell with it before training the first).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from mixerbench.config import RunConfig, check_warmup
+from mixerbench.errors import UserError
+
+
+@dataclass
+class Run:
+    """Everything the loop needs, built and checked by `prepare` before anything is written."""
+
+    cfg: RunConfig
+    root: Path
+    run_dir: Path
+    rank: int
+    world: int
+    device: str
+    dtype: str
+    compiled: bool
+    model: Any
+    rec: dict
+    train_batches: Any
+    eval_batches: Any
+    train_size: int
+    eval_size: int
+    steps_per_epoch: int
+    total: int
+    warmup: int
+    eval_every: int
+    ckpt_every: int
+    macs_per_img: int
+
+    @property
+    def on_cuda(self) -> bool:
+        return self.device.startswith("cuda")
+
+
+
+def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], None]) -> Run:
+    """Check and build everything before the run directory is touched: devices, data, model,
+    loaders and schedule. Every problem found here is a `UserError` and nothing is written."""
+    import torch
+
+    from mixerbench.data import get_dataset, make_loader, stratified_subset
+    from mixerbench.models import get_spec
+    from mixerbench.models.weights import unwrap
+    from mixerbench.runtime import choose, setup_distributed, use_device
+
+    rank, world, local_rank = setup_distributed()
+    device, dtype = choose(cfg.device, cfg.dtype, local_rank, training=True)
+    use_device(device)
+    compiled = cfg.compile if cfg.compile is not None else device.startswith("cuda")
+    dcfg = cfg.data
+    if dcfg.batch_size % world:
+        raise UserError(f"The batch size {dcfg.batch_size} does not split over {world} processes.")
+    rank_batch = dcfg.batch_size // world
+    if rank_batch % cfg.accum_steps:
+        raise UserError(f"The per-process batch {rank_batch} is not divisible by --accum-steps "
+                        f"{cfg.accum_steps}.")
+    stage(f"loading {dcfg.dataset} ({dcfg.train_split} and {dcfg.eval_split}; decoded once "
+          "into the tensor cache)")
+    where = dcfg.path or dcfg.dataset  # the folder the run's identity names, when it has one
+    train_ds = get_dataset(where, dcfg.train_split, data_dir=dcfg.data_dir,
+                           fraction=dcfg.fraction, seed=cfg.seed)
+    eval_ds = get_dataset(where, dcfg.eval_split, data_dir=dcfg.data_dir, seed=cfg.seed)
+    if eval_ds.num_classes != train_ds.num_classes:
+        raise UserError(f"The {dcfg.eval_split} split of {train_ds.name} has {eval_ds.num_classes} "
+                        f"classes but {dcfg.train_split} has {train_ds.num_classes}; check the data.")
+    eval_size = len(eval_ds)
+    if cfg.max_eval_examples and cfg.max_eval_examples < eval_size:
+        # a seeded class-stratified subset (the same for every run), not the first N images:
+        # those are one class on a class-sorted split
+        eval_ds = eval_ds.subset(stratified_subset(eval_ds.labels, cfg.max_eval_examples))
+
+    torch.manual_seed(cfg.seed)  # the model's initialisation
+    model, rec = build_model(cfg, train_ds.num_classes)
+    img_size = rec["img_size"]
+    model.to(device)
+    if device.startswith("cuda") and get_spec(rec["name"]).family == "resnet":
+        model.to(memory_format=torch.channels_last)
+    from mixerbench.models.flops import count_macs
+
+    macs = count_macs(unwrap(model), img_size, device=device)
+    patch = dcfg.shuffle_patch or rec["patch_size"]
+    common = dict(img_size=img_size, device=device, seed=cfg.seed, shuffle=dcfg.shuffle,
+                  shuffle_patch=patch)
+    train_batches = make_loader(
+        train_ds, batch_size=rank_batch, train=True, pipeline=dcfg.pipeline,
+        randaug_m=dcfg.randaug_m, mixup_p=dcfg.mixup_p, label_smoothing=dcfg.label_smoothing,
+        num_classes=train_ds.num_classes, rank=rank, world_size=world, **common)
+    eval_batches = make_loader(eval_ds, batch_size=dcfg.eval_batch_size, train=False,
+                               pipeline=dcfg.eval_pipeline, **common)
+    steps_per_epoch = train_batches.steps_per_epoch
+    if steps_per_epoch < 1:
+        raise UserError(f"The batch size {dcfg.batch_size} is larger than the training set "
+                        f"({len(train_ds)} images); choose a smaller --batch-size.")
+    total = cfg.steps or max(1, math.ceil(cfg.epochs * steps_per_epoch))
+    o = cfg.optim
+    warmup = round(o.warmup_frac * total) if o.warmup_frac is not None else o.warmup_steps
+    check_warmup(cfg, warmup, total)
+    eval_every = cfg.eval_every or steps_per_epoch
+    return Run(cfg=cfg, root=root, run_dir=run_dir, rank=rank, world=world, device=device,
+               dtype=dtype, compiled=compiled, model=model, rec=rec, train_batches=train_batches,
+               eval_batches=eval_batches, train_size=len(train_ds), eval_size=eval_size,
+               steps_per_epoch=steps_per_epoch, total=total, warmup=warmup,
+               eval_every=eval_every, ckpt_every=cfg.ckpt_every or eval_every, macs_per_img=macs)
+
+
+
+
+def build_model(cfg: RunConfig, num_classes: int):
+    """(model, model description): from scratch, or from `--init` with the run's own
+    regularisers, the new resolution and a fresh zero head (paper section 3)."""
+    from mixerbench.models import create_model, get_spec
+    from mixerbench.models.weights import load_for_finetuning, model_description
+
+    m = cfg.model
+    if cfg.init:
+        # the model section names the architecture of an init file that does not (`--arch`)
+        return load_for_finetuning(cfg.init, num_classes=num_classes, img_size=m.img_size,
+                                   regularisers=dict(drop_path=m.drop_path, dropout=m.dropout),
+                                   model_name=m.name)
+    overrides = model_overrides(cfg)
+    check_model(cfg, num_classes)
+    spec = get_spec(m.name)
+    model = create_model(m.name, num_classes=num_classes, img_size=m.img_size,
+                         patch_size=m.patch_size, **overrides)
+    return model, model_description(m.name, num_classes, m.img_size or spec.img_size,
+                                    m.patch_size or spec.patch_size, overrides)
+
+
+def model_overrides(cfg: RunConfig) -> dict:
+    """The zoo constructor's arguments for `cfg.model` (width, depth, regularisers, options)."""
+    from mixerbench.models import get_spec
+
+    m = cfg.model
+    overrides = dict(m.options)
+    for key in ("width", "depth", "drop_path", "dropout"):
+        if getattr(m, key):
+            overrides[key] = getattr(m, key)
+    if get_spec(m.name).family == "mixer" and not m.name.startswith("timm:"):
+        overrides["gelu"] = m.gelu
+    return overrides
+
+
+def check_model(cfg: RunConfig, num_classes: int = 10) -> None:
+    """Build `cfg`'s model on the meta device (no memory, no weights) and trace one image
+    through it: an option the architecture does not take is a UserError before any work (a
+    sweep checks every cell this way before training the first), and so is a model whose
+    weights, gradients and Adam moments (4 x 4 bytes per parameter) plus the activations of a
+    single image (`models.memory`) exceed this machine's memory: a 4096 px input is refused
+    here, not by the allocator."""
+    from mixerbench.models import build_on_meta, count_params, get_spec
+    from mixerbench.runtime import memory_bytes
+
+    m = cfg.model
+    img_size = m.img_size or get_spec(m.name).img_size
+    have = memory_bytes(cfg.device)
+
+    def refuse(params: int, activations: int) -> None:
+        need = 16 * params + activations
+        if have and need > have:
+            per_image = f" and {activations / 2**30:,.1f} GiB of activations per image" if activations else ""
+            raise UserError(f"{m.name} at {img_size} px has {params:,} parameters{per_image}: "
+                            f"training needs at least {need / 2**30:,.1f} GiB, more than this "
+                            f"machine's {have / 2**30:,.1f} GiB; choose a smaller model, image "
+                            "size or width.")
+
+    model, (activations, _) = build_on_meta(
+        m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
+        before_trace=lambda model: refuse(count_params(model)[0], 0),
+        element_size=4 if cfg.dtype == "fp32" else 2, **model_overrides(cfg))
+    refuse(count_params(model)[0], activations)
