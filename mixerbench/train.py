@@ -339,6 +339,8 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
     import torch
     import torch.distributed as dist
 
+    from mixerbench.models import model_label
+
     cfg = run.cfg
     train_model = run.model
     if run.world > 1:
@@ -349,7 +351,8 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
         train_model = torch.compile(train_model)
     log(Event.START, dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
-                      model=run.rec["name"], dataset=cfg.data.dataset, world_size=run.world,
+                      model=model_label(run.rec["name"], run.rec.get("overrides")),
+                      dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
                       config=to_dict(cfg)))
     run.model.train()
