@@ -1,8 +1,6 @@
-"""The `mixerbench` command line: one thin command per verb, which parses its options, calls
-one library function and hands what came back to the view (`mixerbench.view`, the one module
-that prints). Shared options are declared once in `mixerbench.options`. Heavy imports happen
-inside the commands, so `mixerbench --help` stays fast.
-"""
+"""The `mixerbench` command line: one thin command per verb, which parses its options, calls one
+library function and hands its result to the view (`view.py`, the one module that prints);
+shared options are in `options.py`. Heavy imports wait inside the commands: `--help` is fast."""
 
 from __future__ import annotations
 
@@ -25,8 +23,7 @@ def main(
     version: Annotated[bool, typer.Option("--version", callback=o.version, is_eager=True, help="Print the version and exit.")] = False,
 ) -> None:
     """Reproduce the MLP-Mixer benchmarks: Mixer against ViT and ResNet/BiT from timm."""
-    ctx.obj = {"quiet": quiet}
-    view.setup_streams()
+    ctx.obj = view.setup(quiet)
 
 
 @app.command()
@@ -68,19 +65,15 @@ def plot(
     tracker: o.TrackerOpt = None,
 ) -> None:
     from mixerbench.report import draw
-    from mixerbench.trackers import parse_trackers
 
-    view.drawn(view.run(view.is_quiet(ctx), draw, parse_trackers(tracker), root=results_dir,
-                        out=out, names=name, checkpoint=checkpoint,
-                        runs=runs.split(",") if runs else None))
+    view.drawn(view.run(ctx, draw, tracker, root=results_dir, out=out, names=name,
+                        checkpoint=checkpoint, runs=runs.split(",") if runs else None))
 
 
 def _train(ctx, kind: str, tracker, print_config, dry_run, on, **kw) -> None:
     from mixerbench.experiments import train_command
-    from mixerbench.trackers import parse_trackers
 
-    view.result(view.run(view.is_quiet(ctx), train_command, parse_trackers(tracker), kind=kind,
-                         **o.what(print_config, dry_run, on), **kw))
+    view.result(view.run(ctx, train_command, tracker, kind=kind, **o.what(print_config, dry_run, on), **kw))
 
 
 @app.command()
@@ -209,7 +202,7 @@ def evaluate(
     dataset: Annotated[str, typer.Option("--dataset", "-d", help="Dataset name or path.")],
     arch: o.ArchOpt = None,
     split: Annotated[str, typer.Option(help="Split to measure accuracy on.")] = "test",
-    crop: Annotated[Optional[o.EvalCrop], typer.Option(help="Eval crop (paper App. C): resize-crop, resmall-crop, or plain resize; default: the run's own, else resize.")] = None,
+    crop: Annotated[Optional[o.EvalCrop], typer.Option(help="Eval crop (paper App. C): resize-crop, resmall-crop, plain resize, or the weights' own (timm's crop_pct); default: the run's own, timm: weights' own, else resize.")] = None,
     real_labels: Annotated[Optional[Path], typer.Option("--real-labels", help="ImageNet ReaL labels (the public real.json) for ReaL top-1.")] = None,
     fewshot: Annotated[Optional[str], typer.Option("--fewshot", help="Linear few-shot shots, e.g. 1,5,10,25 (needs no head; paper section 3).")] = None,
     shuffle: Annotated[Optional[str], typer.Option("--shuffle", help="Fixed pixel shuffles of paper Figure 4, e.g. none,patch,global.")] = None,
@@ -227,10 +220,9 @@ def evaluate(
     """Accuracy (top-1, top-5, loss, ReaL), linear few-shot and shuffle invariance of a checkpoint."""
     from mixerbench.evaluate import evaluate as run_evaluate
     from mixerbench.results import writable_results_dir
-    from mixerbench.trackers import parse_trackers
 
     root = writable_results_dir(results_dir)
-    res = view.run(view.is_quiet(ctx), run_evaluate, parse_trackers(tracker), rank0_only=True,
+    res = view.run(ctx, run_evaluate, tracker, rank0_only=True,
                    checkpoint_src=checkpoint, dataset=dataset, arch=arch, split=split,
                    crop=crop.value if crop else None, data_dir=str(data_dir) if data_dir else None,
                    fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch,
@@ -262,8 +254,7 @@ def bench(
     from mixerbench.results import writable_results_dir
 
     root = writable_results_dir(results_dir)
-    rows = view.run(view.is_quiet(ctx), run_bench, rank0_only=True,
-                    models=[m for m in models.split(",") if m.strip()],
+    rows = view.run(ctx, run_bench, rank0_only=True, models=[m for m in models.split(",") if m.strip()],
                     mode=mode.value, batch_size=batch_size, img_size=img_size, dtype=dtype,
                     compile=compile_, repeats=repeats, warmup=warmup, steps_per_repeat=steps,
                     device=device, channels_last=channels_last, root=root)
@@ -302,10 +293,8 @@ def compare(
 ) -> None:
     """Train each model under one preset and budget, evaluate and bench it; one joined table."""
     from mixerbench.experiments import sweep
-    from mixerbench.trackers import parse_trackers
 
-    out = view.run(view.is_quiet(ctx), sweep, parse_trackers(tracker), f"compare-{preset}",
-                   name="compare", **o.what(print_config, dry_run, on),
+    out = view.run(ctx, sweep, tracker, f"compare-{preset}", name="compare", **o.what(print_config, dry_run, on),
                    models=[m.strip() for m in models.split(",") if m.strip()], dataset=dataset,
                    preset=preset, seeds=seeds, epochs=epochs, steps=steps, fewshot=fewshot,
                    with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
@@ -321,7 +310,7 @@ def reproduce(
     dataset: Annotated[Optional[str], typer.Option("--dataset", "-d", help="Dataset (default: the budget's); avg5: a comma-separated list; released: ImageNet, by default imagenet-1k.")] = None,
     init: Annotated[Optional[str], typer.Option("--init", help="avg5: the weights to fine-tune (run dir, .safetensors, timm:<name>[.<tag>]).")] = None,
     budget: Annotated[str, typer.Option(help="smoke (CPU minutes) | cpu (CIFAR-10, about an hour on 2 cores) | small (GPU minutes) | full (the preset's schedule).")] = "smoke",
-    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or a timm tag's in21k).")] = None,
+    upstream: Annotated[Optional[str], typer.Option(help="transfer: the pre-training dataset; avg5: the one --init was pre-trained on, for the paper's row (default: the run's own, or the released weights' provenance).")] = None,
     models: Annotated[Optional[str], typer.Option(help="throughput: the models to bench; data-scaling: which of mixer,vit,resnet.")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="throughput, released: batch size.")] = None,
     steps: Annotated[Optional[int], typer.Option(help="Training length of every cell in optimizer steps (as --set steps=N).")] = None,
@@ -347,33 +336,43 @@ def reproduce(
     """Run the scaled-down experiment behind a paper table or figure; CSV and figure in results/."""
     from mixerbench.experiments import sweep
 
-    out = view.run(view.is_quiet(ctx), sweep, name=artifact, **o.what(print_config, dry_run, on),
+    out = view.run(ctx, sweep, name=artifact, **o.what(print_config, dry_run, on),
                    root=results_dir, dataset=dataset, budget=budget, device=device,
                    data_dir=data_dir, settings=settings, config=config, steps=steps,
                    upstream=upstream, init=init, models=models.split(",") if models else None,
                    batch_size=batch_size, real_labels=real_labels, fewshot=fewshot,
-                   launcher=o.launcher(launcher, parallel, gpus_per_job, partition, time_limit,
-                                       slurm_arg, tasks_per_job))
+                   launcher=o.launcher(launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg, tasks_per_job))
     view.sweep(artifact, out, Format.table, wide, title=f"reproduce {artifact}")
 
 
 @app.command("datasets")
 def datasets_cmd(
+    ctx: typer.Context,
     name_or_path: Annotated[Optional[str], typer.Argument(help="Known name, hf:<hub id> or a folder; none lists the known datasets.")] = None,
     fmt: o.FormatOpt = Format.table,
     wide: o.Wide = False,
     data_dir: o.DataDir = None,
-    bench: Annotated[bool, typer.Option("--bench", help="Measure images/s of the tensor and worker loading paths on the train split.")] = False,
+    bench: Annotated[bool, typer.Option("--bench", help="Img/s per CPU core of the train input pipeline (ours, its host share, timm's create_loader, a decode floor) on the train split; appends to inputs.csv.")] = False,
     device: o.Device = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size for --bench.")] = 256,
-    seconds: Annotated[float, typer.Option(help="Seconds per loading path for --bench.")] = 5.0,
+    batch_size: Annotated[int, typer.Option("--batch-size", "-b", help="Batch size for --bench.")] = 128,
+    workers: Annotated[Optional[int], typer.Option(help="Loader worker processes for --bench (default: min(8, cores)).")] = None,
+    img_size: Annotated[Optional[int], typer.Option(help="Output side for --bench (default 224, or the stored size).")] = None,
+    randaug: Annotated[float, typer.Option(help="RandAugment(2, m) magnitude for --bench; 0 turns it off.")] = 15,
+    mixup: Annotated[float, typer.Option(help="Mixup strength for --bench; 0 turns it off.")] = 0.5,
+    images: Annotated[int, typer.Option(help="Images per measured pass for --bench.")] = 2048,
+    repeats: Annotated[int, typer.Option(help="Rounds for --bench, each measuring every pipeline once.")] = 3,
+    results_dir: o.ResultsDir = None,
+    write_jpegs: Annotated[Optional[int], typer.Option("--write-jpegs", metavar="N", help="First write N photo-like 500x375 JPEGs (quality 90, 10 class folders) into the new folder NAME_OR_PATH: a stand-in for ImageNet for --bench.")] = None,
 ) -> None:
     """Known datasets; with NAME_OR_PATH: where it was found, its splits, sizes and classes."""
     from mixerbench.data import datasets_command
 
-    out = datasets_command(name_or_path, data_dir, bench and name_or_path is not None,
-                           seconds=seconds, batch_size=batch_size, device=device)
-    view.datasets(out, name_or_path, bench, fmt, wide)
+    out = view.run(ctx, datasets_command, name_or_path=name_or_path,
+                   data_dir=data_dir, bench=bench and name_or_path is not None, device=device,
+                   root=results_dir, write_jpegs=write_jpegs, batch_size=batch_size,
+                   workers=workers, img_size=img_size, randaug_m=randaug, mixup_p=mixup,
+                   images=images, repeats=repeats)
+    view.datasets(out, name_or_path, bench, fmt, wide, repeats)
 
 
 @app.command("export")

@@ -221,13 +221,13 @@ def check_shots(labels, shots, num_classes: int, where: str = "the train split",
 
 
 def _loader(ds, *, batch_size, pipeline, img_size, device, shuffle="none", shuffle_patch=None,
-            shuffle_seed=0):
+            shuffle_seed=0, preprocess=None):
     """One deterministic pass over `ds` in stored order through the eval pipeline (and a fixed
     Figure 4 pixel shuffle, seeded by `shuffle_seed` as the training loaders seed it)."""
     from mixerbench.data import make_loader
 
     batches = make_loader(ds, batch_size=batch_size, train=False, pipeline=pipeline,
-                          img_size=img_size, device=device,
+                          img_size=img_size, device=device, preprocess=preprocess,
                           shuffle=None if shuffle in (None, "none") else shuffle,
                           shuffle_patch=shuffle_patch, shuffle_seed=shuffle_seed)
     try:
@@ -248,7 +248,8 @@ def fewshot_eval(model, ds_train, ds_test, shots=(1, 5, 10, 25), seeds: int = 3,
                  l2_reg: float = FEWSHOT_L2, batch_size: int = 256,
                  pipeline: str = "eval-resize", img_size: int | None = None,
                  device: str = "cpu", dtype: str = "fp32", shuffle: str = "none",
-                 shuffle_patch: int | None = None, shuffle_seed: int = 0) -> list[dict]:
+                 shuffle_patch: int | None = None, shuffle_seed: int = 0,
+                 preprocess=None) -> list[dict]:
     """Linear few-shot accuracy for each shot count, mean and std over seeds (docs/paper-notes.md §5).
 
     Train shots are drawn from `ds_train` per class (big_vision's sampling, seeds 0..seeds-1);
@@ -269,7 +270,8 @@ def fewshot_eval(model, ds_train, ds_test, shots=(1, 5, 10, 25), seeds: int = 3,
                 getattr(ds_train, "class_names", None))
     size = img_size or _stored_size(ds_test)
     kw = dict(batch_size=batch_size, pipeline=pipeline, img_size=size, device=device,
-              shuffle=shuffle, shuffle_patch=shuffle_patch, shuffle_seed=shuffle_seed)
+              shuffle=shuffle, shuffle_patch=shuffle_patch, shuffle_seed=shuffle_seed,
+              preprocess=preprocess)
     draws = [fewshot_indices(ds_train.labels, max(shots), s, k) for s in range(seeds)]
     pool = np.unique(np.concatenate(draws))  # embed each drawn image once
     pool_x, pool_y = features(model, _loader(ds_train.subset(pool), **kw), device=device,
@@ -297,7 +299,8 @@ def shuffle_eval(model, ds, kinds=("none", "patch", "global"), *, batch_size: in
                  pipeline: str = "eval-resize", img_size: int | None = None,
                  device: str = "cpu", dtype: str = "fp32", patch_size: int | None = None,
                  shuffle_seed: int = 0, train_shuffle: str = "none", head: bool = True,
-                 ds_train=None, shots=(), seeds: int = 3, l2_reg: float = FEWSHOT_L2) -> list[dict]:
+                 ds_train=None, shots=(), seeds: int = 3, l2_reg: float = FEWSHOT_L2,
+                 preprocess=None) -> list[dict]:
     """Accuracy under the fixed pixel permutations of paper Figure 4.
 
     Each kind (`none`, `patch`, `global`; `mixerbench.data.transforms.make_shuffle`) permutes
@@ -327,14 +330,16 @@ def shuffle_eval(model, ds, kinds=("none", "patch", "global"), *, batch_size: in
         if head:
             acc = accuracy(model, _loader(ds, batch_size=batch_size, pipeline=pipeline,
                                           img_size=size, device=device, shuffle=kind,
-                                          shuffle_patch=patch_size, shuffle_seed=shuffle_seed),
+                                          shuffle_patch=patch_size, shuffle_seed=shuffle_seed,
+                                          preprocess=preprocess),
                            device=device, dtype=dtype)
             rows.append(dict(base, metric="top1", **acc))
         if ds_train is not None and shots:
             for r in fewshot_eval(model, ds_train, ds, shots, seeds, l2_reg=l2_reg,
                                   batch_size=batch_size, pipeline=pipeline, img_size=size,
                                   device=device, dtype=dtype, shuffle=kind,
-                                  shuffle_patch=patch_size, shuffle_seed=shuffle_seed):
+                                  shuffle_patch=patch_size, shuffle_seed=shuffle_seed,
+                                  preprocess=preprocess):
                 rows.append(dict(base, metric=f"fewshot{r['shots']}", top1=r["top1_mean"],
                                  top1_std=r["top1_std"], num_seeds=r["num_seeds"]))
     return rows
@@ -461,7 +466,8 @@ def real_accuracy(outputs, real_labels, topk=(1, 5)) -> dict:
 
 # ------------------------------------------------------------------------------- the command
 
-CROPS = {"resize": "eval-resize", "resmall": "eval-resmall", "plain": "eval-plain"}
+CROPS = {"resize": "eval-resize", "resmall": "eval-resmall", "plain": "eval-plain",
+         "weights": "eval-weights"}
 
 
 def probe_of(metric: str, dataset: str) -> str | None:
@@ -530,9 +536,12 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
             (as `finetune --init`).
         arch: the architecture of a `.safetensors` without mixerbench metadata (a timm name).
         dataset / split / data_dir: what to evaluate on (`mixerbench.data.get_dataset`).
-        crop: `resize` (resize-crop), `resmall` (resmall-crop; paper App. C) or `plain`.
-            Default: the training run's own eval pipeline when the checkpoint comes from a run
-            (so the number reproduces the one its run logged), else `resize`.
+        crop: `resize` (resize-crop), `resmall` (resmall-crop; paper App. C), `plain`, or
+            `weights` (the weights' own: timm's crop_pct). Default: the training run's own eval
+            pipeline when the checkpoint comes from a run (so the number reproduces the one its
+            run logged), `weights` for `timm:` weights, else `resize`. Values and resizes follow
+            the weights (`models.preprocess.of_weights`: timm's pretrained_cfg mean, std and
+            interpolation; [-1, 1] and bilinear for ours and the paper's own).
         fewshot: shot counts ("1,5,10,25"); train shots come from `fewshot_split`, accuracy from
             `split`. Needs no head, so it works for any checkpoint.
         shuffle: kinds ("none,patch,global") of paper Figure 4's fixed pixel permutations.
@@ -567,7 +576,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
               shuffle_patch=shuffle_patch)
     ds, split = s["ds"], s["split"]
     kw = dict(batch_size=batch_size, pipeline=s["pipeline"], img_size=s["img_size"],
-              device=device)
+              device=device, preprocess=s["preprocess"])
     shuffled = dict(shuffle=s["train_shuffle"], shuffle_patch=s["patch"])
     # rows name the model as training runs do (shapes included), so tables join on it
     label = model_label(s["rec"]["name"], s["rec"].get("overrides"))
@@ -677,6 +686,7 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     from mixerbench.data import capped_split, get_dataset, stratified_subset
     from mixerbench.errors import UserError
     from mixerbench.models import get_spec
+    from mixerbench.models.preprocess import of_weights
     from mixerbench.models.weights import load_model
 
     run_cfg, run_id = _run_config(checkpoint_src)
@@ -684,6 +694,11 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
     seed = run_cfg.seed if run_cfg else 0
     model, rec = load_model(checkpoint_src, device=device, model_name=arch)
+    if run_cfg is not None:  # the rows go to this run: the weights loaded must be its own (the
+        # run folder may have been swapped since its config was read above)
+        from mixerbench.models.weights import check_credited_to
+
+        check_credited_to(checkpoint_src, run_id, run_cfg, rec)
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise UserError(f"{checkpoint_src} holds non-finite weights (NaN or inf), so it has no "
                         "accuracy to measure; pass a checkpoint from a run that trained.")
@@ -711,11 +726,15 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     if "patch" in kinds and not patch:
         raise UserError(f"The patch shuffle needs a patch size and {rec['name']} has none (a CNN); "
                         "pass --shuffle-patch N.")
+    # the values and resizes the weights were trained with: timm's pretrained_cfg for released
+    # weights, the paper's [-1, 1] for ours and the paper's own (`models.preprocess`)
+    pre = of_weights(run_cfg.init if run_cfg is not None else checkpoint_src)
+    default = "eval-weights" if str(checkpoint_src).startswith("timm:") else "eval-resize"
     return dict(model=model, rec=rec, ds=ds, split=split, run_id=run_id, recipe_id=recipe,
-                seed=seed, real=real,
+                preprocess=pre, seed=seed, real=real,
                 has_head=has_head, img_size=int(rec["img_size"]), patch=patch,
                 upstream=data_cfg.get("dataset"),
-                pipeline=CROPS[crop] if crop else data_cfg.get("eval_pipeline") or "eval-resize",
+                pipeline=CROPS[crop] if crop else data_cfg.get("eval_pipeline") or default,
                 # a run trained under a Figure 4 shuffle was evaluated under it: reproduce that
                 train_shuffle=data_cfg.get("shuffle") or "none")
 

@@ -66,8 +66,9 @@ def resolve_run(kind: str, *, preset: str | None = None, model: str | None = Non
     """(config, lrs) of a `pretrain` or `finetune` command: the preset (a fine-tuning run's
     default is its dataset's, `presets.finetune_preset`), the model (`mixer` when neither a
     model nor a preset is named), a `--config` file's settings, flags and `--set`; `lr` is one
-    learning rate or a grid."""
-    from mixerbench.presets import finetune_preset, resolve
+    learning rate or a grid. What the command line names (`--model`, `--dataset`, `--init`)
+    wins over the file's settings of it."""
+    from mixerbench.presets import finetune_preset, run_config
 
     flags, overrides = dict(flags or {}), dict(overrides or {})
     settings = dict(config_settings or {})
@@ -83,9 +84,14 @@ def resolve_run(kind: str, *, preset: str | None = None, model: str | None = Non
         preset = finetune_preset(dataset or settings.get("data.dataset"),
                                  length_given=length_given)
     lrs = parse_lrs(lr)
-    cfg = resolve(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
-                  flags={**flags, "optim.lr": lrs[0] if lrs else None}, overrides=overrides,
-                  settings=settings)
+    init = init or settings.get("init")  # a fine-tuning config names its weights
+    named = [k for k in settings if (model and k.startswith("model."))
+             or (dataset and k in ("data.dataset", "data.path")) or k in ("init", "init_sha256")]
+    for key in named:
+        settings.pop(key)
+    cfg = run_config(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
+                     flags={**flags, "optim.lr": lrs[0] if lrs else None}, overrides=overrides,
+                     settings=settings)
     return cfg, lrs
 
 
@@ -772,27 +778,31 @@ class Released:
     note: str = ""
 
 
-# The released ImageNet-21k -> ImageNet-1k checkpoints of the paper's models that timm names,
-# each beside its row of paper Table 3 (the controlled 224 px grid) or Table 2 (BiT-R152x4, the
-# only ImageNet-21k BiT there). Eval crops per App. C: Table 3's Mixer and ViT resmall-crop,
-# BiT resize-crop on ImageNet. The paper reports no ImageNet 5-shot number for any of them
-# (its 5-shot curves, Figures 2-4, give no values), so `fewshot` rows have nothing beside them.
-RELEASED: tuple[Released, ...] = (
-    Released("timm:mixer_b16_224.goog_in21k_ft_in1k", "Mixer-B/16", "imagenet21k", 224, "resmall",
-             "timm's documentation calls these weights ImageNet-1k ones: compare with the "
-             "paper's ImageNet row too (mixerbench paper table3)"),
-    Released("timm:mixer_l16_224.goog_in21k_ft_in1k", "Mixer-L/16", "imagenet21k", 224, "resmall",
-             "timm's documentation calls these weights ImageNet-1k ones: compare with the "
-             "paper's ImageNet row too (mixerbench paper table3)"),
-    Released("timm:vit_base_patch16_224.augreg_in21k_ft_in1k", "ViT-B/16", "imagenet21k", 224,
-             "resmall", "the paper's row is ViT with extra regularisation; these are timm's "
-                        "AugReg weights"),
-    Released("timm:vit_large_patch16_224.augreg_in21k_ft_in1k", "ViT-L/16", "imagenet21k", 224,
-             "resmall", "the paper's row is ViT with extra regularisation; these are timm's "
-                        "AugReg weights"),
-    Released("timm:resnetv2_152x4_bit.goog_in21k_ft_in1k", "BiT-R152x4", "imagenet21k", None,
-             "resize", "BiT-M at its released 480 px"),
-)
+# The released checkpoints of the paper's models that timm names (ImageNet-1k heads), each set
+# against the paper row its provenance gives (`released_of`). The paper reports no ImageNet
+# 5-shot number for any of them (its 5-shot curves, Figures 2-4, give no values), so `fewshot`
+# rows have nothing beside them.
+RELEASED = ("timm:mixer_b16_224.goog_in21k_ft_in1k", "timm:mixer_l16_224.goog_in21k_ft_in1k",
+            "timm:vit_base_patch16_224.augreg_in21k_ft_in1k",
+            "timm:vit_large_patch16_224.augreg_in21k_ft_in1k",
+            "timm:resnetv2_152x4_bit.goog_in21k_ft_in1k")
+
+
+def released_of(checkpoint: str) -> Released:
+    """A released checkpoint and the paper row it is measured against, from its provenance
+    (`reference.reference_for`: timm's tag, corrected where timm's own documentation says
+    otherwise, and its pretrained_cfg's resolution and head), evaluated with that row's crop
+    (App. C: Table 3 resmall-crop, Table 2 resize-crop); resize-crop where no row compares."""
+    from timm.models import get_pretrained_cfg
+
+    from mixerbench import reference
+
+    cfg = get_pretrained_cfg(checkpoint[len("timm:"):])
+    size = int(cfg.input_size[-1]) if cfg is not None else None
+    ref = reference.reference_for(checkpoint, "", size, None,
+                                  cfg.num_classes if cfg is not None else None)
+    return Released(checkpoint, ref["paper_name"], ref["upstream"], ref["img_size"],
+                    ref["crop"].removeprefix("eval-") or "resize", ref["note"])
 
 
 def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, real_labels=None,
@@ -812,9 +822,9 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     Weights: from the Hugging Face cache without network access when there (as timm does), else
     downloaded; every checkpoint is located before any is evaluated.
     Expected: close to the paper's row where the released weights are the paper's own (our
-    resize filters are not TensorFlow's, so small differences remain); timm's docstrings call
-    its `goog_in21k_ft_in1k` Mixers ImageNet-1k weights, and the rows' note says to read them
-    against the paper's ImageNet row too. Runtime: ImageNet val is 50,000 images per model, a
+    resize filters are not TensorFlow's, so small differences remain); timm's
+    `goog_in21k_ft_in1k` Mixers are the paper's ImageNet-1k models (docs/paper-notes.md §8)
+    and are set against its ImageNet rows (76.44 / 71.76 %), as each row's note says. Runtime: ImageNet val is 50,000 images per model, a
     job for a GPU; no run of the full list is committed.
     """
     from mixerbench.evaluate import evaluate
@@ -824,7 +834,7 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     from mixerbench.report import regenerate, released_table
     from mixerbench.train import Event as TrainEvent
 
-    checkpoints = tuple(checkpoints or RELEASED)
+    checkpoints = tuple(checkpoints or (released_of(c) for c in RELEASED))
     dataset = dataset or "imagenet-1k"
     root = results.writable_results_dir(root)
     for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work
@@ -877,18 +887,25 @@ AVG5_BUDGETS = {
 AVG5_RESOLUTIONS = (1, 2)  # the trained resolution and twice it (Table 3's 224 and 448 rows)
 
 
+# The paper's pre-training names (`reference.weights_provenance`) as registry dataset names.
+_UPSTREAMS = {"imagenet": "imagenet-1k", "imagenet21k": "imagenet-21k", "jft300m": "jft-300m"}
+
+
 def upstream_of_tag(src: str) -> str:
-    """The pre-training dataset a timm pretrained tag names (`timm:mixer_b16_224.goog_in21k`,
-    `..._in21k_ft_in1k`: ImageNet-21k, fine-tuned or not; `..._in1k`: ImageNet-1k), else ""."""
-    tag = src.split(".", 1)[1].lower() if src.startswith("timm:") and "." in src else ""
-    if "in21k" in tag or "in22k" in tag:
-        return "imagenet-21k"
-    return "imagenet-1k" if "in1k" in tag else ""
+    """The registry name of the dataset released timm weights were pre-trained on, as their
+    provenance says (`reference.weights_provenance`: the tag, `in21k` / `in1k`, corrected where
+    timm's own documentation says otherwise), else ""."""
+    from mixerbench import reference
+
+    if not str(src).startswith("timm:"):
+        return ""
+    return _UPSTREAMS.get(reference.weights_provenance(src)["upstream"], "")
 
 
 def _source_of(init: str, upstream: str | None) -> dict:
     """What the avg5 rows say about the --init weights: the architecture's label and family, and
-    the dataset they were pre-trained on (given, a run's own config, or a timm tag's `in21k`)."""
+    the dataset they were pre-trained on (given, a run's own config, or released weights'
+    provenance: `upstream_of_tag`)."""
     from mixerbench.data import canonical_name
     from mixerbench.evaluate import _run_config
     from mixerbench.models import get_spec, model_label
@@ -939,11 +956,13 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
     source = _source_of(init, upstream)
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
     grid_runs = run_cells([cell(ds, k, lr, True) for ds, k in pairs for lr in lrs], launcher, log)
-    grids, best = {}, {}
+    grids, best, notes = {}, {}, {}
     for i, pair in enumerate(pairs):
         runs = grid_runs[i * len(lrs):(i + 1) * len(lrs)]
         grids[pair] = [dict(lr=lr, minival_top1=s["top1"], run_id=s["run_id"]) for lr, s in zip(lrs, runs)]
         best[pair] = best_lr(grids[pair])
+        notes[pair] = "; ".join(n for n in (avg5_caveat(budget, source["upstream"], pair[0]),
+                                            lr_tie(grids[pair])) if n)
     finals = run_cells([cell(ds, k, best[(ds, k)]["lr"], False) for ds, k in pairs], launcher, log)
     if not _joined_here():
         return {}
@@ -955,16 +974,52 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
             continue
         results.append_row("avg5", dict(
             run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=source["model"],
-            family=source["family"], init=str(init),
-            upstream=source["upstream"], dataset=canonical_name(ds) or ds, split=s["split"],
-            resolution=f"{k}x", img_size=s["img_size"], steps=s["steps"], lr=best[(ds, k)]["lr"],
+            family=source["family"], init=str(init), upstream=source["upstream"], budget=budget,
+            dataset=canonical_name(ds) or ds, split=s["split"], resolution=f"{k}x",
+            img_size=s["img_size"], pipeline=_eval_pipeline(s), steps=s["steps"],
+            lr=best[(ds, k)]["lr"],
             lr_grid=";".join(f"{g['lr']:g}={g['minival_top1']:.2f}" for g in grids[(ds, k)]),
-            minival_top1=best[(ds, k)]["minival_top1"], top1=s["top1"],
+            minival_top1=best[(ds, k)]["minival_top1"], top1=s["top1"], note=notes[(ds, k)],
             **{c: s.get(c) for c in results.PROVENANCE}), root)
     written = regenerate(root, None, ["avg5"])["written"]
     rows = results.load("avg5", root)
     table = avg5_table(rows[rows["run_id"].astype(str).isin(ids)])
-    return dict(table=table, written=written, runs=finals)
+    caveats = list(dict.fromkeys(n for n in notes.values() if n))
+    return dict(table=table, written=written, runs=finals, notes=caveats)
+
+
+def avg5_caveat(budget: str, upstream: str, dataset: str) -> str:
+    """What an avg5 row cannot show: the smoke budget runs every stage of the protocol in
+    minutes (6 steps a run, minivals of a few dozen images), so its numbers check the plumbing
+    and measure no transfer, least of all when the weights were pre-trained on the very dataset
+    they are fine-tuned on."""
+    from mixerbench.data import canonical_name
+
+    if budget != "smoke":
+        return ""
+    same = (canonical_name(upstream) or upstream) == (canonical_name(dataset) or dataset)
+    return ("smoke budget: checks the plumbing, not transfer (a few steps a run"
+            + (f", fine-tuned on {dataset}, the dataset the weights were pre-trained on" if same
+               else "") + ")")
+
+
+def lr_tie(grid: list[dict]) -> str:
+    """A note when several lrs of the grid tie for the best minival top-1 (`best_lr` takes the
+    first of them): the selection then chose nothing."""
+    top = max(g["minival_top1"] for g in grid)
+    tied = [g for g in grid if g["minival_top1"] == top]
+    if len(tied) < 2:
+        return ""
+    lrs = ", ".join(f"{g['lr']:g}" for g in tied)
+    return f"lr grid tie: {lrs} all scored {top:.2f} on minival; the first was taken"
+
+
+def _eval_pipeline(summary: dict) -> str:
+    """The eval crop a finished run used (its config.json)."""
+    from mixerbench.config import read_run_config
+
+    cfg = read_run_config(Path(summary["run_dir"]))
+    return cfg.data.eval_pipeline if cfg is not None else ""
 
 
 def avg5_cells(*, root, init=None, dataset=None, budget="smoke", device=None, data_dir=None,

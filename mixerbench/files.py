@@ -1,7 +1,7 @@
 """The one way into a results folder, and files that are either whole or absent.
 
 Every reader and writer of a results folder (CSVs, locks, run directories, tables, figures,
-tracker folders, upgrades) goes through the functions here:
+tracker folders, checkpoints, upgrades) goes through the functions here:
 
 - A results folder, once named through `results.results_dir`, is a confinement root
   (`confine`). Below it no symbolic link is followed, whether it points inside or out: a
@@ -9,28 +9,43 @@ tracker folders, upgrades) goes through the functions here:
   `/dev/zero`. The folder itself may be a link (the user chose it). Each existing part of a path
   below the root must be a real folder, and the last one a regular file where a file is read or
   replaced.
+- Below a root nothing is opened by its full path. The root is opened once as a directory file
+  descriptor, each folder below it from its parent's descriptor with `O_NOFOLLOW | O_DIRECTORY`
+  (`openat`: `os.open(name, dir_fd=...)`), and files are opened, created, renamed, removed and
+  listed relative to the descriptor of their folder (`Folder`, `open_folder`). Why: a check by
+  path followed by a use by path is a race. Another process that swaps a folder for a link
+  between the two (a rename is atomic) turns the use into one outside the results folder, or
+  into a read of another file than the one checked. A descriptor stays the folder that was
+  opened whatever its path names later, and the open itself refuses a link, so there is no
+  moment between check and use. (A folder that someone moves out of the results folder while
+  it is open takes the files written into it along; that is their move, not a path we
+  followed.)
 - Files are opened with `O_NONBLOCK` (and `O_NOFOLLOW` below a root) and checked with `fstat`
   before a byte is read, so a FIFO, socket or device where a file should be cannot block or
-  stream; reads are bounded in size, JSON in size and nesting depth.
+  stream; reads are bounded in size, JSON in size and nesting depth. Whatever is judged by its
+  bytes (a checkpoint's owner, a content hash) is judged on bytes read once from one
+  descriptor, and those same bytes are used (`read_bytes`, `Folder.read_bytes`): reading the
+  file again by name could read another file.
 - Writes go to a temporary file in the same folder, are fsynced and renamed over the target
   (atomic: a kill or a full disk at any instant leaves the previous file whole), and one advisory
   lock serialises read-modify-write. Temporary files a killed writer left are removed by the next
   writer of the same file, under its lock.
 - `describe` turns an `OSError` (read-only, full disk, not a folder, a folder, no such device)
   into the one sentence the command line prints.
+
+Outside a results folder (datasets, checkpoints given by path, caches) links are followed, as
+users expect of a path they typed.
 """
 
 from __future__ import annotations
 
 import errno
 import fcntl
-import glob
 import json
 import os
 import re
 import stat
-import tempfile
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -85,121 +100,360 @@ def _refuse(path: str | os.PathLike, what: str, expected: str) -> UserError:
                      "run the command again.")
 
 
+# The openat-style calls everything below a root goes through. Linux and macOS have all of
+# them (os.replace takes os.rename's src_dir_fd/dst_dir_fd too, but is missing from the set).
+_AT_CALLS = {os.open, os.mkdir, os.stat, os.unlink, os.rename}
+if not (_AT_CALLS <= os.supports_dir_fd and os.listdir in os.supports_fd):  # pragma: no cover
+    raise ImportError("mixerbench needs directory file descriptors (openat, mkdirat, renameat): "
+                      "run it on Linux or macOS.")
+
+_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
+
+
+def _open_dir(name: str, dir_fd: int | None, where: str, create: bool, follow: bool) -> int | None:
+    """The folder `name` (relative to `dir_fd`, or a full path when it is None) opened as a
+    descriptor, made first when missing and `create`; None when missing otherwise. Without
+    `follow` a link there is refused by the open itself (`O_NOFOLLOW`), never checked first."""
+    flags = _DIR | (0 if follow else os.O_NOFOLLOW)
+    for _ in range(3):  # another process may make, remove or swap it between two calls
+        try:
+            return os.open(name, flags, dir_fd=dir_fd)
+        except FileNotFoundError:
+            if not create:
+                return None
+            try:
+                os.mkdir(name, dir_fd=dir_fd)
+            except FileExistsError:
+                pass  # made meanwhile, or something else is there: the next open tells
+            except OSError as exc:
+                raise UserError(describe(exc, where)) from None
+        except OSError as exc:
+            try:
+                st = os.stat(name, dir_fd=dir_fd, follow_symlinks=follow)
+            except OSError:
+                st = None
+            if st is not None and not stat.S_ISDIR(st.st_mode):
+                raise _refuse(where, _kind(st.st_mode), "a folder") from None
+            if st is None and exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+                raise UserError(describe(exc, where)) from None
+            # a link a moment ago, a folder again now (or gone): open it again
+    raise UserError(f"{where} keeps changing between a folder and something else while "
+                    "mixerbench opens it; stop what renames it and run the command again.")
+
+
+class Folder:
+    """An open folder: the names in it are stat-ed, opened, written, renamed, removed and
+    listed relative to its descriptor, so they are the names of this very folder even if its
+    path is swapped for a link meanwhile. Below a results folder (`confined`) no link among them
+    is followed. Use as a context manager, or `close()` it."""
+
+    def __init__(self, fd: int, path: str | os.PathLike, confined: bool):
+        self.fd, self.path, self.confined = fd, str(path), confined
+
+    def __enter__(self) -> "Folder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def where(self, name: str) -> str:
+        """How `name` in this folder is named in messages."""
+        return os.path.join(self.path, name)
+
+    def lstat(self, name: str) -> os.stat_result | None:
+        """`name`'s stat (its own, not a link's target, when confined); None when absent."""
+        try:
+            return os.stat(name, dir_fd=self.fd, follow_symlinks=not self.confined)
+        except FileNotFoundError:
+            return None
+        except OSError as exc:
+            raise UserError(describe(exc, self.where(name))) from None
+
+    def check(self, name: str, expected: str = "file") -> os.stat_result | None:
+        """`lstat(name)` when it is `expected` ("file": a regular file, "dir": a folder) or
+        absent (None); anything else (a link, FIFO, socket, device) is a UserError."""
+        st = self.lstat(name)
+        want = stat.S_ISDIR if expected == "dir" else stat.S_ISREG
+        if st is not None and not want(st.st_mode):
+            raise _refuse(self.where(name), _kind(st.st_mode),
+                          "a folder" if expected == "dir" else "a file")
+        return st
+
+    def folder(self, name: str, create: bool = False) -> "Folder | None":
+        """The folder `name` in this one, opened (made first when missing and `create`);
+        None when it is missing."""
+        fd = _open_dir(name, self.fd, self.where(name), create, follow=not self.confined)
+        return None if fd is None else Folder(fd, self.where(name), True)
+
+    def names(self) -> list[str]:
+        """The names in this folder (of the folder opened, whatever its path names now)."""
+        try:
+            return os.listdir(self.fd)
+        except OSError as exc:
+            raise UserError(describe(exc, self.path)) from None
+
+    def open(self, name: str, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
+        """A descriptor for the regular file `name` in this folder (FileNotFoundError when it
+        is absent and `flags` do not create it), opened without blocking on a FIFO and, when
+        confined, without following a link (`O_NOFOLLOW`: a link swapped in after the check is
+        refused by the open, not followed), then checked by fstat."""
+        self.check(name, "file")  # names what is there (a FIFO, a link) before any open
+        if self.confined:
+            flags |= os.O_NOFOLLOW
+        try:
+            fd = os.open(name, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode, dir_fd=self.fd)
+        except FileNotFoundError:
+            raise
+        except OSError as exc:
+            st = self.lstat(name)  # swapped since the check: say what is there now
+            if st is not None and not stat.S_ISREG(st.st_mode):
+                raise _refuse(self.where(name), _kind(st.st_mode), "a file") from None
+            if exc.errno == errno.ELOOP:
+                raise _refuse(self.where(name), "a symbolic link", "a file") from None
+            raise UserError(describe(exc, self.where(name))) from None
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):  # swapped in since the check, or a device outside
+            os.close(fd)
+            raise _refuse(self.where(name), _kind(st.st_mode), "a file")
+        return fd
+
+    def read_bytes(self, name: str, limit: int | None = MAX_TEXT_BYTES) -> bytes | None:
+        """The bytes of the regular file `name`, None when there is none (`read_fd`)."""
+        try:
+            fd = self.open(name)
+        except FileNotFoundError:
+            return None
+        try:
+            return read_fd(fd, self.where(name), limit)
+        finally:
+            os.close(fd)
+
+    def unlink(self, name: str) -> None:
+        with suppress(FileNotFoundError):
+            os.unlink(name, dir_fd=self.fd)
+
+    def remove_tree(self, name: str) -> None:
+        """`rm -r name` in this folder: every folder below opened without following a link
+        (a link is removed, never followed), so a swap cannot turn it into a removal outside."""
+        sub = self.folder(name)
+        if sub is None:
+            return
+        with sub:
+            for other in sub.names():
+                st = sub.lstat(other)
+                if st is not None and stat.S_ISDIR(st.st_mode) and not stat.S_ISLNK(st.st_mode):
+                    sub.remove_tree(other)
+                else:
+                    sub.unlink(other)
+        try:
+            os.rmdir(name, dir_fd=self.fd)
+        except OSError as exc:
+            raise UserError(describe(exc, self.where(name))) from None
+
+    def remove_temporary(self, name: str | None = None) -> None:
+        """Remove the temporary files killed writers left here (`.<name>.*.tmp`; of any file
+        when `name` is None). Only while no writer of those files can be running (its lock
+        held, or the folder claimed by this process)."""
+        for other in self.names():
+            if other.startswith(f".{name}." if name else ".") and other.endswith(".tmp"):
+                self.unlink(other)
+
+    def write_bytes(self, name: str, data: bytes) -> None:
+        """Replace `name` in this folder by `data` atomically: a temporary file made beside it
+        (`O_EXCL`, never through a link), fsynced, then renamed over it, both relative to this
+        folder's descriptor (a rename replaces a link planted at `name` meanwhile instead of
+        following it). A link or anything but a regular file at `name` now is refused. An
+        OSError (full disk, read-only) leaves the previous file as it was and is raised naming
+        `name`, not the temporary file."""
+        st = self.check(name, "file")
+        tmp = None
+        try:
+            while tmp is None:
+                candidate = f".{name}.{os.urandom(4).hex()}.tmp"
+                try:
+                    fd = os.open(candidate, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW
+                                 | os.O_CLOEXEC, 0o600, dir_fd=self.fd)
+                    tmp = candidate
+                except FileExistsError:
+                    continue
+            # keep the mode of the file being replaced, or give a new one the usual umask
+            # mode, so results stay readable like any other file
+            os.fchmod(fd, st.st_mode & 0o777 if st is not None else 0o666 & ~_UMASK)
+            with os.fdopen(fd, "wb") as fh:
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except OSError as exc:
+            if tmp is not None:
+                self.unlink(tmp)
+            raise OSError(exc.errno, exc.strerror, self.where(name)) from None
+        except BaseException:
+            if tmp is not None:
+                self.unlink(tmp)
+            raise
+
+    @contextmanager
+    def locked(self, name: str):
+        """An exclusive advisory lock on `<name>.lock` in this folder (`locked`); yields self."""
+        fd = self.open(name + ".lock", os.O_RDWR | os.O_CREAT)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX)
+            try:
+                self.remove_temporary(name)  # every writer of `name` holds this lock
+                yield self
+            finally:
+                fcntl.flock(fd, fcntl.LOCK_UN)
+        finally:
+            os.close(fd)
+
+
+def _abs_roots() -> set[str]:
+    return {os.path.abspath(r) for r in _ROOTS}
+
+
+def open_folder(path: str | os.PathLike, create: bool = False) -> Folder | None:
+    """The folder `path` opened as a `Folder` (made first, with its parents, when missing and
+    `create`); None when it is missing otherwise. Below a results folder it is reached one
+    component at a time from the root's descriptor, never through a link; a results folder
+    itself, or a folder outside any, is opened by its path (a link there is followed)."""
+    ap = os.path.abspath(path)
+    root = _root_of(ap)
+    if root is None:
+        if create:
+            make_dirs(path)
+        fd = _open_dir(ap, None, str(path), False, follow=True)
+        return None if fd is None else Folder(fd, path, ap in _abs_roots())
+    if create:
+        make_dirs(root)
+    fd = _open_dir(root, None, root, False, follow=True)
+    if fd is None:
+        return None
+    cur = root
+    parts = os.path.relpath(ap, root).split(os.sep)
+    for i, part in enumerate(parts):
+        cur = os.path.join(cur, part)
+        where = str(path) if i == len(parts) - 1 else cur
+        try:
+            sub = _open_dir(part, fd, where, create, follow=False)
+        finally:
+            os.close(fd)
+        if sub is None:
+            return None
+        fd = sub
+    return Folder(fd, path, True)
+
+
+def _parent(path: str | os.PathLike, create: bool = False) -> tuple[Folder | None, str]:
+    """(the folder holding `path`, opened; `path`'s name in it)."""
+    p = Path(path)
+    return open_folder(p.parent, create), p.name
+
+
 def check(path: str | os.PathLike, expected: str = "file") -> os.stat_result | None:
     """lstat `path` after checking every part of it below its results folder: each a real folder
     (no link), the last one `expected` ("file": a regular file, "dir": a folder) when it
     exists. Returns its lstat, or None when it does not exist. Outside a results folder only the
-    last part is checked, and links are followed (a dataset or checkpoint may be one)."""
+    last part is checked, and links are followed (a dataset or checkpoint may be one). A check
+    answers for the moment it was made: what is then read or written goes through `Folder`."""
     ap = os.path.abspath(path)
-    root = _root_of(ap)
-    parts = [] if root is None else os.path.relpath(ap, root).split(os.sep)
-    cur = root
-    for part in parts[:-1]:
-        cur = os.path.join(cur, part)
+    if _root_of(ap) is None:
         try:
-            st = os.lstat(cur)
+            st = os.stat(ap)
         except FileNotFoundError:
             return None
         except OSError as exc:
-            raise UserError(describe(exc, cur)) from None
-        if not stat.S_ISDIR(st.st_mode):
-            raise _refuse(cur, _kind(st.st_mode), "a folder")
-    try:
-        st = os.lstat(ap) if root is not None else os.stat(ap)
-    except FileNotFoundError:
+            raise UserError(describe(exc, path)) from None
+        want = stat.S_ISDIR if expected == "dir" else stat.S_ISREG
+        if not want(st.st_mode):
+            raise _refuse(path, _kind(st.st_mode), "a folder" if expected == "dir" else "a file")
+        return st
+    folder, name = _parent(path)
+    if folder is None:
         return None
-    except OSError as exc:
-        raise UserError(describe(exc, path)) from None
-    want = stat.S_ISDIR if expected == "dir" else stat.S_ISREG
-    if not want(st.st_mode):
-        raise _refuse(path, _kind(st.st_mode), "a folder" if expected == "dir" else "a file")
-    return st
+    with folder:
+        return folder.check(name, expected)
 
 
 def make_dirs(path: str | os.PathLike) -> Path:
     """`mkdir -p path`, refusing a link, file or device on the way (below a results folder)."""
-    path = Path(path)
-    if check(path, "dir") is not None:
-        return path
-    ap = os.path.abspath(path)
-    root = _root_of(ap)
-    try:
-        if root is None:
-            os.makedirs(ap, exist_ok=True)
-            return path
-        if not os.path.isdir(root):
-            os.makedirs(root, exist_ok=True)
-        cur = root
-        for part in os.path.relpath(ap, root).split(os.sep):
-            cur = os.path.join(cur, part)
-            try:
-                os.mkdir(cur)
-            except FileExistsError:
-                check(cur, "dir")  # a folder, or a refusal naming what is there instead
-    except OSError as exc:
-        raise UserError(describe(exc, path)) from None
-    return path
-
-
-def _open(path: str | os.PathLike, flags: int, expected: str = "file", mode: int = 0o666) -> int:
-    """An fd for `path` that is a regular file (fstat), opened without blocking on a FIFO and,
-    below a results folder, without following a link."""
-    check(path, expected)
     ap = os.path.abspath(path)
     if _root_of(ap) is not None:
-        flags |= os.O_NOFOLLOW
+        open_folder(path, create=True).close()
+        return Path(path)
+    if check(path, "dir") is None:
+        try:
+            os.makedirs(ap, exist_ok=True)
+        except OSError as exc:
+            raise UserError(describe(exc, path)) from None
+        check(path, "dir")  # made, or something else made there meanwhile
+    return Path(path)
+
+
+def open_file(path: str | os.PathLike, flags: int = os.O_RDONLY, mode: int = 0o666) -> int:
+    """A descriptor for the regular file `path` (FileNotFoundError when there is none): below
+    a results folder through `Folder.open` (no link followed anywhere on the way), elsewhere by
+    its path (a link followed); never blocking on a FIFO, checked by fstat."""
+    ap = os.path.abspath(path)
+    if _root_of(ap) is not None:
+        folder, name = _parent(path, create=bool(flags & os.O_CREAT))
+        if folder is None:
+            raise FileNotFoundError(errno.ENOENT, "No such file or directory", str(path))
+        with folder:
+            return folder.open(name, flags, mode)
+    check(path, "file")
     try:
         fd = os.open(ap, flags | os.O_NONBLOCK | os.O_CLOEXEC, mode)
     except FileNotFoundError:
         raise
     except OSError as exc:
-        if exc.errno == errno.ELOOP:
-            raise _refuse(path, "a symbolic link", "a file") from None
         raise UserError(describe(exc, path)) from None
     st = os.fstat(fd)
-    if not stat.S_ISREG(st.st_mode):  # swapped in since the check, or a device outside a root
+    if not stat.S_ISREG(st.st_mode):  # swapped in since the check, or a device
         os.close(fd)
         raise _refuse(path, _kind(st.st_mode), "a file")
     return fd
+
+
+def read_fd(fd: int, where: str | os.PathLike, limit: int | None = MAX_TEXT_BYTES) -> bytes:
+    """Every byte of the open regular file `fd`, at most `limit` (a UserError naming `where`
+    beyond it); read to the end, never past the limit, since a file may grow while read."""
+    try:
+        size = os.fstat(fd).st_size
+        if limit is not None and size > limit:
+            raise UserError(f"{where} is {size:,} bytes, more than the {limit:,} mixerbench reads "
+                            "from such a file; it is not one mixerbench wrote: move it aside.")
+        chunks, total = [], 0
+        while True:
+            chunk = os.read(fd, 1 << 24)
+            if not chunk:
+                break
+            chunks.append(chunk)
+            total += len(chunk)
+            if limit is not None and total > limit:
+                raise UserError(f"{where} holds more than the {limit:,} bytes mixerbench reads "
+                                "from such a file; move it aside.")
+        return b"".join(chunks)
+    except OSError as exc:
+        raise UserError(describe(exc, where)) from None
 
 
 def read_bytes(path: str | os.PathLike, limit: int | None = MAX_TEXT_BYTES) -> bytes | None:
     """The bytes of the regular file `path`, None when there is none; a link below a results
     folder, a FIFO, socket or device, or more than `limit` bytes is a UserError."""
     try:
-        fd = _open(path, os.O_RDONLY)
+        fd = open_file(path)
     except FileNotFoundError:
         return None
     try:
-        size = os.fstat(fd).st_size
-        if limit is not None and size > limit:
-            raise UserError(f"{path} is {size:,} bytes, more than the {limit:,} mixerbench reads "
-                            "from such a file; it is not one mixerbench wrote: move it aside.")
-        chunks, total = [], 0
-        while True:  # read to the end, never past the limit (a file may grow while read)
-            chunk = os.read(fd, 1 << 20)
-            if not chunk:
-                break
-            chunks.append(chunk)
-            total += len(chunk)
-            if limit is not None and total > limit:
-                raise UserError(f"{path} holds more than the {limit:,} bytes mixerbench reads "
-                                "from such a file; move it aside.")
-        return b"".join(chunks)
-    except OSError as exc:
-        raise UserError(describe(exc, path)) from None
+        return read_fd(fd, path, limit)
     finally:
         os.close(fd)
-
-
-def check_file(path: str | os.PathLike) -> Path:
-    """`path` if it is a regular file that a library may open by name (safetensors, torch),
-    else a UserError: opened once without blocking, so a FIFO or device is refused, not read."""
-    try:
-        os.close(_open(path, os.O_RDONLY))
-    except FileNotFoundError:
-        raise UserError(f"{path} does not exist; check the path.") from None
-    return Path(path)
 
 
 # One JSON token that matters for nesting: a whole string (skipped) or a bracket.
@@ -246,25 +500,27 @@ def read_json(path: str | os.PathLike, limit: int = MAX_JSON_BYTES) -> Any:
 
 
 @contextmanager
-def locked(path: Path):
+def locked(path: str | os.PathLike):
     """An exclusive advisory lock on `<path>.lock`, held across read-modify-write (one writer
     of a results CSV, one trainer of a run directory). The lock file is never followed through
     a link nor opened if it is not a regular file. Holding it, the temporary files of earlier
-    writers of `path` that were killed mid-write are removed."""
+    writers of `path` that were killed mid-write are removed. Yields the `Folder` of `path`,
+    opened once: reads and writes of `path` through it reach the file under this very lock,
+    even if the folder's path is swapped meanwhile."""
     path = Path(path)
-    make_dirs(path.parent)
-    fd = _open(str(path) + ".lock", os.O_RDWR | os.O_CREAT)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        try:
-            for tmp in glob.glob(os.path.join(glob.escape(str(path.parent)),
-                                              f".{glob.escape(path.name)}.*.tmp")):
-                Path(tmp).unlink(missing_ok=True)  # every writer of `path` holds this lock
-            yield
-        finally:
-            fcntl.flock(fd, fcntl.LOCK_UN)
-    finally:
-        os.close(fd)
+    folder, name = _parent(path, create=True)
+    with folder, folder.locked(name):
+        yield folder
+
+
+def remove_tree(path: str | os.PathLike) -> None:
+    """`rm -r path` (`Folder.remove_tree`); errors are ignored, as for a clean-up after a
+    failure, whose own error is the one to report."""
+    with suppress(UserError, OSError):
+        folder, name = _parent(path)
+        if folder is not None:
+            with folder:
+                folder.remove_tree(name)
 
 
 def _read_umask() -> int:
@@ -277,40 +533,28 @@ _UMASK = _read_umask()  # once, at import: os.umask can only be read by setting 
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write to a temporary file in the same folder, fsync, then rename over `path`. Below a
-    results folder `path` must be a regular file or absent (a link there is refused, never
-    replaced). An OSError (full disk, read-only) leaves the previous file as it was and is
-    raised naming `path`, not the temporary file."""
+    """Write to a temporary file in the same folder, fsync, then rename over `path`
+    (`Folder.write_bytes`, through the folder's descriptor). Below a results folder `path` must
+    be a regular file or absent (a link there is refused, never replaced). An OSError (full
+    disk, read-only) leaves the previous file as it was and is raised naming `path`, not the
+    temporary file."""
     path = Path(path)
-    st = check(path, "file")
-    make_dirs(path.parent)
-    tmp = None
-    try:
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        # mkstemp makes the file private (0600): keep the mode of the file being replaced, or
-        # give a new one the usual umask mode, so results stay readable like any other file
-        os.fchmod(fd, st.st_mode & 0o777 if st is not None else 0o666 & ~_UMASK)
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise OSError(exc.errno, exc.strerror, str(path)) from None
-    except BaseException:
-        if tmp is not None:
-            Path(tmp).unlink(missing_ok=True)
-        raise
+    folder, name = _parent(path, create=True)
+    with folder:
+        folder.write_bytes(name, data)
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def json_bytes(obj: Any) -> bytes:
+    """`obj` as mixerbench writes JSON files (indented, keys sorted, one newline at the end)."""
+    return (json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n").encode()
+
+
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+    atomic_write_bytes(path, json_bytes(obj))
 
 
 # --------------------------------------------------------------- OS errors as one sentence

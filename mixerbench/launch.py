@@ -64,7 +64,7 @@ class SweepInterrupted(RuntimeError):
 
 @dataclass(frozen=True)
 class Cell:
-    """One training run of a sweep, as `presets.resolve` takes it: plain strings, numbers and
+    """One training run of a sweep, as `presets.run_config` takes it: plain strings, numbers and
     dicts, so it can be pickled to another process or machine. `label` is only how progress
     names it (e.g. model and seed)."""
 
@@ -80,10 +80,10 @@ class Cell:
     label: dict = field(default_factory=dict)
 
     def config(self):
-        from mixerbench.presets import resolve
+        from mixerbench.presets import run_config
 
-        return resolve(self.preset, model=self.model, dataset=self.dataset, kind=self.kind,
-                       init=self.init, flags=self.flags, overrides=self.overrides)
+        return run_config(self.preset, model=self.model, dataset=self.dataset, kind=self.kind,
+                          init=self.init, flags=self.flags, overrides=self.overrides)
 
 
 def run_cell(cell: Cell, log: Log = noop) -> dict:

@@ -95,6 +95,7 @@ class EvalCrop(str, Enum):
     resize = "resize"
     resmall = "resmall"
     plain = "plain"
+    weights = "weights"
 
 
 class BenchMode(str, Enum):

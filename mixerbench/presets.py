@@ -10,7 +10,7 @@ rather than the B/16-size defaults of the family aliases.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mixerbench.config import (
@@ -334,14 +334,54 @@ def smoke() -> RunConfig:
 
 # ------------------------------------------------------------- presets -> a run's config
 
+@dataclass(frozen=True)
+class Inputs:
+    """What a run's named inputs are on this machine, read by `read_inputs` before `resolve`
+    (which reads nothing): part of the run's identity.
+
+    `source`: the model description of the `--init` weights (`weights.source_description`);
+    `init_sha256`: their file's sha256 (a re-trained source is another fine-tuning run; None
+    for `timm:<name>`, identified by its name); `data_path`: the absolute resolved path of a
+    dataset given as a path (a relative `--dataset ds` from two folders is two runs; None for
+    registry names and hub ids, so their runs keep their ids)."""
+
+    source: dict | None = None
+    init_sha256: str | None = None
+    data_path: str | None = None
+
+
+def run_config(preset: str | None = None, **spec: Any) -> RunConfig:
+    """The config a command runs: this machine's inputs read (`read_inputs`), then `resolve`
+    with them. `spec` as `resolve` takes it."""
+    return resolve(preset, **spec, inputs=read_inputs(preset, **spec))
+
+
+def read_inputs(preset: str | None = None, *, init: str | None = None, arch: str | None = None,
+                **spec: Any) -> Inputs:
+    """Every file `resolve` needs read, for the run `resolve(preset, init=init, arch=arch,
+    **spec)` describes: the `--init` weights' description and hash, and where a dataset given
+    as a path is."""
+    from mixerbench.models.weights import source_description, weights_sha256
+
+    kind = spec.get("kind") or (get_preset(preset) if preset else RunConfig()).kind
+    source = source_description(init, arch) if kind == "finetune" and init else None
+    # the run's final dataset, data folder and weights, as the flags and --set leave them
+    cfg = resolve(preset, init=init, arch=arch, **spec, inputs=Inputs(source=source))
+    return Inputs(source=source, init_sha256=weights_sha256(cfg.init) if cfg.init else None,
+                  data_path=_dataset_path(cfg.data.dataset, cfg.data.data_dir))
+
+
 def resolve(preset: str | None = None, *, model: str | None = None, dataset: str | None = None,
             kind: str | None = None, init: str | None = None, arch: str | None = None,
             flags: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-            settings: dict[str, Any] | None = None) -> RunConfig:
+            inputs: Inputs | None = None, settings: dict[str, Any] | None = None) -> RunConfig:
     """Preset defaults, then the model and dataset named on the command line, then the
-    settings of a `--config` file (`settings`, dotted keys), then flags (dotted keys, None
-    meaning "not given"), then `--set` overrides; validated, with what its inputs resolve to
-    (`resolve_inputs`: a dataset path, the `--init` weights).
+    settings of a `--config` file (`settings`, dotted keys, less those the command line names:
+    `experiments.resolve_run`), then flags (dotted keys, None meaning "not given"), then
+    `--set` overrides; validated, with what its inputs are on this machine (`inputs`, read
+    before by `read_inputs`; `run_config` does both). A pure function: it reads no file.
+    Without `inputs` a dataset is taken for a registry name or hub id, and fine-tuning (whose
+    model is the `--init` weights') is refused.
 
     A family alias (`mixer`, `vit`, `resnet`, `gmlp`, ...) picks the family's own model for the
     preset when its registry entry names one (small presets), otherwise the zoo's alias
@@ -350,17 +390,12 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     A fine-tuning run takes its architecture from `init` (the model section records the model
     actually trained: name, shapes, the resolution, `Kx` meaning K times the trained one) and its
     regularisation from the recipe; changing the architecture of `init` is refused. `arch`
-    names the architecture of an `init` file that does not say (a timm state dict).
+    names the architecture of an `init` file that does not say (a timm state dict; used by
+    `read_inputs`).
     """
     from mixerbench.models import get_spec, resolve_name
 
-    settings = dict(settings or {})
-    init = init or settings.get("init")  # a fine-tuning config names its weights
-    named = [k for k in settings if (model and k.startswith("model."))  # what the command line
-             or (dataset and k in ("data.dataset", "data.path"))      # names wins over the file
-             or k in ("init", "init_sha256")]
-    for key in named:
-        settings.pop(key)
+    inputs = inputs or Inputs()
     cfg = get_preset(preset) if preset else RunConfig()
     if kind:
         cfg = replace(cfg, kind=kind)
@@ -372,7 +407,10 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     if cfg.kind == "finetune" and cfg.init:
         if model:
             raise UserError("Fine-tuning takes its model from --init; drop --model.")
-        source, size = _finetune_model(cfg.init, flags, overrides, arch)
+        if inputs.source is None:
+            raise ValueError("resolve() of a fine-tuning run needs the --init weights' "
+                             "description: pass inputs=read_inputs(...), or call run_config()")
+        source, size = _finetune_model(inputs.source, flags, overrides)
         cfg = replace(cfg, model=replace(source, drop_path=cfg.model.drop_path,
                                          dropout=cfg.model.dropout, img_size=size))
     elif model:
@@ -391,8 +429,9 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     else:
         resolve_name(cfg.model.name)  # a preset's model must exist
     if dataset:
-        cfg = replace(cfg, data=replace(cfg.data, dataset=dataset))
-    cfg = apply_overrides(cfg, settings)
+        cfg = _fit_dataset(replace(cfg, data=replace(cfg.data, dataset=dataset)),
+                           set(flags) | set(overrides))
+    cfg = apply_overrides(cfg, settings or {})
     if "epochs" in flags and "steps" not in flags:
         cfg = replace(cfg, steps=None)
     if "steps" in flags and "epochs" not in flags:
@@ -418,22 +457,47 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         if (not chosen and cfg.data.eval_pipeline == "eval-resmall"
                 and (cfg.model.img_size or 0) > (source.img_size or 0)):
             cfg = replace(cfg, data=replace(cfg.data, eval_pipeline="eval-resize"))
-    return resolve_inputs(validate(cfg))
+    cfg = validate(cfg)
+    # a `data.path` already set (a config resolved elsewhere) is kept
+    return replace(cfg, data=replace(cfg.data, path=cfg.data.path or inputs.data_path),
+                   init_sha256=inputs.init_sha256 if cfg.init else None)
+
+
+def _fit_dataset(cfg: RunConfig, given: set[str]) -> RunConfig:
+    """A preset made for 28 px digits (`smoke`: pipeline `digits`, never mirrored) asked to
+    train on a known dataset of photos: that dataset's stored resolution and the small-image
+    pipeline (pad, crop, flip), unless `data.pipeline` or `model.img_size` is given; photos of
+    many sizes are refused in one sentence. Digits, the embedded sets and folders (whose images
+    are not looked at here) keep the preset's; the run's header says what it trains on."""
+    if cfg.data.pipeline != "digits" or "data.pipeline" in given:
+        return cfg
+    from mixerbench.data import KNOWN_DATASETS, canonical_name
+
+    known = canonical_name(cfg.data.dataset)
+    info = KNOWN_DATASETS.get(known or "", {})
+    if not info or info.get("embedded"):
+        return cfg
+    if info.get("image_size") is None:
+        raise UserError(f"The {cfg.preset or 'chosen'} preset is made for 28 px digits and {known} "
+                        "holds photos of many sizes; add --set data.pipeline=small --img-size 32 "
+                        "(or pick a preset made for photos, e.g. cifar10-scratch).")
+    changes = {"data.pipeline": "small"}
+    if "model.img_size" not in given:
+        changes["model.img_size"] = info["image_size"]
+    return apply_overrides(cfg, changes)
 
 
 # The fields of the model section that define the architecture (what `--init` fixes).
 _ARCHITECTURE = ("name", "patch_size", "width", "depth", "gelu", "options")
 
 
-def _finetune_model(init: str, flags: dict, overrides: dict,
-                    arch: str | None = None) -> tuple[ModelConfig, int]:
-    """The model section of a fine-tuning run of `init`, and its resolution: the trained one,
-    `--img-size N`, or `--img-size Kx` (K times the trained one, paper section 3). Pops a `Kx`
-    resolution from `flags` / `overrides`, where it is not an integer."""
+def _finetune_model(rec: dict, flags: dict, overrides: dict) -> tuple[ModelConfig, int]:
+    """The model section of a fine-tuning run of weights described by `rec`, and its
+    resolution: the trained one, `--img-size N`, or `--img-size Kx` (K times the trained one,
+    paper section 3). Pops a `Kx` resolution from `flags` / `overrides`, where it is not an
+    integer."""
     from mixerbench.models import REGULARISERS
-    from mixerbench.models.weights import source_description
 
-    rec = source_description(init, arch)
     arch = {k: v for k, v in (rec.get("overrides") or {}).items()
             if k not in REGULARISERS}  # the fine-tuning recipe sets its own
     model = ModelConfig(name=rec["name"], img_size=rec["img_size"], patch_size=rec["patch_size"],
@@ -460,21 +524,6 @@ def _check_architecture_kept(m: ModelConfig, source: ModelConfig) -> None:
         if getattr(m, key) != getattr(source, key):
             raise UserError(f"Fine-tuning keeps the architecture of --init ({key} = "
                             f"{getattr(source, key)!r}); drop the model.{key} setting.")
-
-
-def resolve_inputs(cfg: RunConfig) -> RunConfig:
-    """`cfg` with what its inputs resolve to, which is part of the run's identity: the absolute
-    path of a dataset given as a path (`data.path`: a relative `--dataset ds` from two folders
-    is two runs) and the sha256 of the `--init` weights file (`init_sha256`: a re-trained
-    source is another fine-tuning run). Registry names and hub ids stay as they are, so their
-    runs keep their ids. A `data.path` already set (a config resolved elsewhere) is kept."""
-    path = cfg.data.path or _dataset_path(cfg.data.dataset, cfg.data.data_dir)
-    sha = None
-    if cfg.init:
-        from mixerbench.models.weights import weights_sha256
-
-        sha = weights_sha256(cfg.init)
-    return replace(cfg, data=replace(cfg.data, path=path), init_sha256=sha)
 
 
 def _dataset_path(name: str, data_dir: str | None) -> str | None:

@@ -20,6 +20,7 @@ import datetime as _dt
 import io
 import os
 import re
+import stat
 import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -27,7 +28,7 @@ from typing import Any
 
 from mixerbench.errors import DamagedFileError, UserError
 from mixerbench import files
-from mixerbench.files import atomic_write_bytes, atomic_write_text, locked
+from mixerbench.files import locked
 from mixerbench.names import check_run_name
 
 PROVENANCE = (
@@ -86,9 +87,22 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     # a dataset's test split, after its lr was selected on the stratified minival. `model` is
     # the --init weights' architecture, `upstream` their pre-training dataset, `dataset` the
     # canonical name; `lr_grid` lists `lr=minival top-1` for every lr tried.
+    # `budget`: the protocol's (`full`, `smoke`); `pipeline`: the eval crop of the final run;
+    # `note`: what the row cannot show (a smoke budget measures no transfer, an lr-grid tie).
     "avg5": (
-        "run_id", "recipe_id", "model", "family", "init", "upstream", "dataset", "split", "resolution",
-        "img_size", "steps", "lr", "lr_grid", "minival_top1", "top1",
+        "run_id", "recipe_id", "model", "family", "init", "upstream", "budget", "dataset",
+        "split", "resolution", "img_size", "pipeline", "steps", "lr", "lr_grid", "minival_top1",
+        "top1", "note",
+    ) + PROVENANCE,
+    # `datasets DIR --bench`: one row per input pipeline (`data.inputbench.BENCH_PIPELINES`) of one
+    # call (`bench_id`), all measured in the same interleaved rounds on the same `images` images.
+    # `img_per_cpu_sec`: images per CPU-second of the process and its loader workers (median,
+    # min, max over `repeats` rounds), i.e. img/s per core; `img_per_sec` wall-clock (median);
+    # `timm_ratio`: img_per_cpu_sec over timm's create_loader's in the same round.
+    "inputs": (
+        "bench_id", "dataset", "pipeline", "images", "img_size", "batch_size", "workers",
+        "randaug_m", "mixup_p", "img_per_sec", "img_per_cpu_sec", "img_per_cpu_sec_min",
+        "img_per_cpu_sec_max", "timm_ratio", "timm_ratio_min", "timm_ratio_max", "repeats",
     ) + PROVENANCE,
 }
 
@@ -101,6 +115,7 @@ PRODUCERS = {
     "scaling": "mixerbench reproduce data-scaling",
     "released": "mixerbench reproduce released",
     "avg5": "mixerbench reproduce avg5 --init SRC",
+    "inputs": "mixerbench datasets DIR --bench",
 }
 
 
@@ -160,12 +175,16 @@ def run_path(root: Path, name: str) -> Path:
         if p.is_symlink() or (p.exists() and not p.is_dir()):
             raise UserError(f"{p} is a link or a file, not a run folder mixerbench made; move it "
                             "away or pass another --results-dir.")
-    if files.check(runs / name, "dir") is not None:  # nor a link or file further up
+    run = files.open_folder(runs / name)  # nor a link or file further up
+    if run is not None:
         # what the run's files are (locks, metrics, configs) is known before any work: a link,
-        # FIFO or device among them is refused now, not hours later when it is written
-        for entry in os.scandir(runs / name):
-            if entry.is_symlink() or not (entry.is_file() or entry.is_dir()):
-                files.check(entry.path, "dir" if entry.name == "tb" else "file")
+        # FIFO or device among them is refused now, not hours later when it is written. Listed
+        # and looked at through the folder's descriptor: the folder checked is the one listed.
+        with run:
+            for entry in run.names():
+                st = run.lstat(entry)
+                if st is not None and not (stat.S_ISREG(st.st_mode) or stat.S_ISDIR(st.st_mode)):
+                    run.check(entry, "dir" if entry == "tb" else "file")
     return runs / name
 
 
@@ -225,7 +244,9 @@ COLUMN_TYPES: dict[str, str] = {
         "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops", "fraction",
         "step", "epoch", "train_loss", "eval_loss", "lr", "img_per_sec", "elapsed_s",
         "matmul_tflops", "paper_img_size", "n", "real_top1", "real_n", "fewshot5_mean",
-        "fewshot5_std", "minival_top1",
+        "fewshot5_std", "minival_top1", "images", "workers", "randaug_m", "mixup_p",
+        "img_per_cpu_sec", "img_per_cpu_sec_min", "img_per_cpu_sec_max", "timm_ratio",
+        "timm_ratio_min", "timm_ratio_max",
     ), NUMBER),
     **dict.fromkeys(("compiled", "channels_last"), BOOL),
     **dict.fromkeys((
@@ -233,7 +254,7 @@ COLUMN_TYPES: dict[str, str] = {
         "mixerbench_version", "torch_version", "timm_version", "device_name", "dtype",
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
         "metric", "upstream", "probe_dataset", "bench_id", "family", "checkpoint",
-        "paper_name", "note", "pipeline", "resolution", "lr_grid", "shots_split",
+        "paper_name", "note", "pipeline", "resolution", "lr_grid", "shots_split", "budget",
     ), TEXT),
 }
 
@@ -468,10 +489,13 @@ def _header_line(columns: tuple[str, ...]) -> str:
     return _csv_line(columns)
 
 
-def _read(path: Path) -> bytes | None:
+def _read(path: Path, folder: files.Folder | None = None) -> bytes | None:
     """The file's bytes, None when there is no file; a link, folder, FIFO, device, oversized or
-    unreadable file is a DamagedFileError (read through `files.read_bytes`: nothing blocks)."""
+    unreadable file is a DamagedFileError (read through `files`: nothing blocks). With `folder`
+    (the one `files.locked` yields), read through its descriptor: the file the lock guards."""
     try:
+        if folder is not None:
+            return folder.read_bytes(Path(path).name)
         return files.read_bytes(path)
     except DamagedFileError:
         raise
@@ -532,15 +556,17 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
     old = _read(path)
     if old is not None:
         _parse(path, old, columns, "exact")
-    with locked(path):
-        old = _read(path)
+    # the lock, the read and the write go through one descriptor of the CSV's folder: a folder
+    # swapped for a link meanwhile cannot make them three different files (files.Folder)
+    with locked(path) as folder:
+        old = _read(path, folder)
         if old is None:
             old = _header_line(columns).encode()
         else:
             rows = _parse(path, old, columns, "exact")[1]  # another writer may have changed it
             if key and any(all(r[i] == mine[i] for i in where) for r in rows):
                 return False
-        atomic_write_bytes(path, old + line.encode())
+        folder.write_bytes(path.name, old + line.encode())
     return True
 
 
@@ -582,8 +608,8 @@ def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None
 
     if data is None or done(*_parse(path, data, columns, "subset")):
         return False  # checked before taking the lock: a refusal leaves no lock file behind
-    with locked(path):
-        data = _read(path)
+    with locked(path) as folder:
+        data = _read(path, folder)
         if data is None:
             return False
         header, rows = _parse(path, data, columns, "subset")
@@ -602,7 +628,7 @@ def upgrade_file(path: str | os.PathLike, columns: tuple[str, ...] | None = None
 
         text = _csv_line(columns) + "".join(_csv_line([cell(r, c, new) for c in columns])
                                             for r, new in zip(rows, extra))
-        atomic_write_text(path, text)
+        folder.write_bytes(path.name, text.encode())
     return True
 
 
@@ -636,8 +662,8 @@ def rewrite_metrics(path: str | os.PathLike, rows: list[Mapping[str, Any]]) -> N
     """
     path = Path(path)
     text = _header_line(METRICS) + "".join(_line(path, METRICS, r) for r in rows)
-    with locked(path):
-        atomic_write_text(path, text)
+    with locked(path) as folder:
+        folder.write_bytes(path.name, text.encode())
 
 
 def load(table: str, root: str | os.PathLike | None = None, required: bool = True):

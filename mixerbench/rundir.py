@@ -18,6 +18,7 @@ A file here that this version did not write is refused with a sentence, never gu
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -107,9 +108,12 @@ def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
 
 def write_config(run_dir: Path, cfg: RunConfig) -> None:
     """Claim the folder for `cfg` (after dropping the temp files of writes a kill cut short)."""
-    for tmp in run_dir.glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
-    files.atomic_write_json(run_dir / CONFIG, dict(to_dict(cfg), config_hash=config_hash(cfg)))
+    # listed, removed and written through one descriptor of the run folder: removed by path,
+    # a folder swapped for a link meanwhile would lose files outside the results folder
+    with files.open_folder(run_dir, create=True) as folder:
+        folder.remove_temporary()
+        folder.write_bytes(CONFIG, files.json_bytes(dict(to_dict(cfg),
+                                                         config_hash=config_hash(cfg))))
 
 
 # -------------------------------------------------------------------- summary and its row
@@ -223,8 +227,6 @@ def write_state(run_dir: Path, state: dict, model, rec: dict, binding: dict) -> 
     """The training state (written first), then the weights-only export; both say which run
     wrote them (`binding`, checked by `read_state` and `weights.check_credited`). An OSError
     (disk full) leaves the previous pair intact."""
-    import io
-
     import torch
 
     from mixerbench.models.weights import CHECKPOINT, save_checkpoint
@@ -247,9 +249,14 @@ def read_state(run_dir: Path, binding: dict, total: int) -> dict:
     import torch
 
     path = run_dir / STATE
-    files.check_file(path)  # a regular file inside the run directory, not a FIFO or a link
+    # read once from one descriptor (a regular file inside the run directory, not a FIFO or a
+    # link), and the run it names is checked on the very bytes that are then resumed from
+    data = files.read_bytes(path, limit=None)
+    if data is None:
+        raise UserError(f"{path} is gone; run the command without --resume to start again.")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+        del data
         if any(k in state for k in binding) and {k: state.get(k) for k in binding} != binding:
             raise UserError(f"{path} was not written by run {run_dir.name} (it belongs to "
                             f"{state.get('run_id')}); move it away to start the run again.")

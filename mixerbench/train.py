@@ -43,7 +43,7 @@ class Event:
     STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)
     RESUMED = "resumed"    # an unfinished run continues: step, run_dir
     RESTARTED = "restarted"  # a run without training state starts again at 0: run_dir, dropped
-    START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, ...
+    START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, img_size, pipeline, ...
     STEP = "step"          # an optimizer step: step, total_steps, epoch, loss, lr, img_per_sec
     EVAL = "eval"          # an evaluation: the metrics.csv row (step, top1, top5, eval_loss)
     END = "end"            # the run finished: its summary, run_dir
@@ -68,6 +68,7 @@ class TrainState:
 
     step: int = 0
     train_seconds: float = 0.0
+    data_seconds: float = 0.0  # waiting for the next batch, between steps (not in train_seconds)
     loss_sum: float = 0.0
     loss_count: int = 0
     pending: list = field(default_factory=list)  # per-step loss tensors not yet checked
@@ -106,6 +107,9 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
         raise rundir.not_a_state(run.run_dir, type(exc).__name__) from None
     progress = TrainState(**{k: state[k] for k in ("step", "train_seconds", "loss_sum",
                                                    "loss_count")})
+    progress.data_seconds = float(state.get("data_seconds", 0.0))  # absent before 0.2
+    if not (math.isfinite(progress.data_seconds) and progress.data_seconds >= 0):
+        raise rundir.not_a_state(run.run_dir, f"data_seconds {progress.data_seconds}")
     if run.rank == 0:
         rundir.truncate_metrics(run.run_dir, progress.step)
     log(Event.RESUMED, dict(step=progress.step, run_dir=str(run.run_dir)))
@@ -134,7 +138,7 @@ def save_state(run: Run, optimizer, scheduler, p: TrainState) -> None:
         return
     state = dict(model=unwrap(run.model).state_dict(), optimizer=optimizer.state_dict(),
                  scheduler=scheduler.state_dict(), step=p.step, train_seconds=p.train_seconds,
-                 loss_sum=p.loss_sum, loss_count=p.loss_count, rng=rngs)
+                 data_seconds=p.data_seconds, loss_sum=p.loss_sum, loss_count=p.loss_count, rng=rngs)
     try:
         rundir.write_state(run.run_dir, state, run.model, run.rec, _binding(run))
     except OSError as exc:
@@ -247,6 +251,8 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
         epochs=round(images / run.train_size, 4), steps=run.total,
         top1=last["top1"], top5=last["top5"], loss=last["eval_loss"],
         train_seconds=round(p.train_seconds, 3),
+        # the share of the loop's time spent waiting for batches (input-bound when large)
+        data_wait_fraction=round(p.data_seconds / max(p.data_seconds + p.train_seconds, 1e-9), 4),
         device_hours=round(p.train_seconds * run.world / 3600, 6),
         # forward + backward = 3 forward passes' FLOPs (2 FLOPs per MAC) per image seen
         train_flops=float(6 * run.macs_per_img * images),
@@ -260,7 +266,9 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
 
 def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool = False,
           log: Log | None = None, experiment: str = "") -> dict[str, Any]:
-    """Train (or fine-tune) per `cfg`; return the summary (the accuracy row plus `run_dir`).
+    """Train (or fine-tune) per `cfg` (as `presets.run_config` made it: its inputs, a dataset
+    path and the `--init` weights' hash, are part of it); return the summary (the accuracy row
+    plus `run_dir`).
 
     A finished run is read back, not retrained (unless `resume`, which is then an error); an
     unfinished one continues from its last checkpoint. `experiment` tags the accuracy row
@@ -268,16 +276,13 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     not part of the configuration, so the same run serves any experiment that asks for it.
     Under torchrun every rank returns the same summary.
     """
-    from mixerbench.presets import resolve_inputs
-
     log = log or (lambda event, info: None)
     if cfg.device:  # a mistyped device is refused before a finished run is read back
         from mixerbench.runtime import resolve_device
 
         resolve_device(cfg.device)
-    if not cfg.init:  # options and memory checked before any data is read (meta device)
-        check_model(cfg)
-    cfg = resolve_inputs(cfg)  # a config not made by presets.resolve gets its inputs' identity
+    # options, memory and MACs, on the meta device before any data is read
+    check = None if cfg.init else check_model(cfg)
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))
     rundir.check_owner(run_dir, cfg)
@@ -287,7 +292,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
         raise UserError(f"Nothing to resume in {run_dir}: it has no checkpoint yet; run the "
                         "command without --resume.")
     results.ensure_appendable("accuracy", root)  # a damaged accuracy.csv is found before hours of work
-    run = prepare(cfg, root, run_dir, lambda what: log(Event.STAGE, dict(what=what)))
+    run = prepare(cfg, root, run_dir, lambda what: log(Event.STAGE, dict(what=what)), check)
     created = not run_dir.exists()
     try:
         # one process trains a run at a time; a second waits, then finds it finished
@@ -317,9 +322,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     except (UserError, TrainingStopped):
         # found before the first checkpoint: leave no half-made run directory behind
         if created and run.rank == 0 and not (run_dir / rundir.STATE).exists():
-            import shutil
-
-            shutil.rmtree(run_dir, ignore_errors=True)
+            files.remove_tree(run_dir)  # through descriptors: never a removal through a link
         raise
 
 
@@ -354,14 +357,17 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                       model=model_label(run.rec["name"], run.rec.get("overrides")),
                       dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
-                      config=to_dict(cfg)))
+                      img_size=run.rec["img_size"], pipeline=cfg.data.pipeline,
+                      eval_pipeline=cfg.data.eval_pipeline, config=to_dict(cfg)))
     run.model.train()
     window = [time.perf_counter(), 0]  # start of the throughput window, images in it
     with stop_signals() as stop:
         while p.step < run.total:
             epoch, index = divmod(p.step, run.steps_per_epoch)
+            waited = time.perf_counter()
             for x, y in run.train_batches.epoch(epoch, start=index):
                 t0 = time.perf_counter()
+                p.data_seconds += t0 - waited
                 p.pending.append(train_step(run, train_model, x, y))
                 n = p.step + 1
                 check = (n % 10 == 0 or n % run.eval_every == 0 or n % run.ckpt_every == 0
@@ -382,6 +388,7 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                     break
                 if run.world > 1 and p.step % run.eval_every == 0:
                     dist.barrier()
+                waited = time.perf_counter()
 
 
 def _log_step(run: Run, p: TrainState, loss: float, optimizer, window: list, log: Log) -> None:

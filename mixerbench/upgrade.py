@@ -26,6 +26,7 @@ import os
 from pathlib import Path
 
 from mixerbench import files, results
+from mixerbench.errors import UserError
 from mixerbench.names import RUN_NAME
 
 # Columns the probe of a fewshot<k> row in shuffle.csv / scaling.csv copies from fewshot.csv.
@@ -41,6 +42,8 @@ def upgrade(root: str | os.PathLike | None = None) -> dict:
         keep an empty recipe id because no finished run folder verifies them).
     """
     root = results.results_dir(root)
+    if root.exists() and not root.is_dir():  # before anything in it is read
+        raise UserError(f"The results directory {root} is a file; pass another --results-dir.")
     found: dict[str, str | None] = {}
     filled = [0]
     facts = _Facts(root)
@@ -122,7 +125,7 @@ class _Facts:
 
         if run not in self._pipelines:
             folder = self.root / "runs" / run
-            cfg = read_run_config(folder) if results.RUN_NAME.fullmatch(run) and \
+            cfg = read_run_config(folder) if RUN_NAME.fullmatch(run) and \
                 folder.is_dir() else None
             self._pipelines[run] = cfg.data.eval_pipeline if cfg is not None else ""
         return self._pipelines[run]

@@ -54,14 +54,16 @@ def console(stderr: bool = False):
     return Console(stderr=stderr, highlight=False, width=width)
 
 
-def setup_streams() -> None:
-    """A terminal that cannot show a character (PYTHONIOENCODING=ascii, a file name that is
-    not UTF-8) gets a replacement character, never a UnicodeEncodeError."""
+def setup(quiet: bool) -> dict:
+    """The view's settings for a command (`ctx.obj`: --quiet). A terminal that cannot show a
+    character (PYTHONIOENCODING=ascii, a file name that is not UTF-8) gets a replacement
+    character, never a UnicodeEncodeError."""
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.reconfigure(errors="replace")
         except (AttributeError, ValueError, OSError):
             pass
+    return {"quiet": quiet}
 
 
 def is_quiet(ctx: typer.Context) -> bool:
@@ -193,7 +195,7 @@ def records(df) -> list[dict]:
 
 # Columns of prose (a setting's meaning, a paper row's source or note): wrapped at word
 # boundaries within `PROSE_WIDTH` columns, where every other cell is kept on one line.
-PROSE = {"meaning", "source", "note", "group", "value", "class_names"}
+PROSE = {"meaning", "source", "note", "group", "value", "class_names", "what"}
 PROSE_WIDTH = 36
 
 
@@ -370,9 +372,10 @@ class ProgressView:
         procs = (f"{batch // world:,} per process x {world} processes" if world > 1
                  else "1 process")
         self.console.print(
-            f"[bold]{e(formatting.label(info['model']))}[/] on [bold]{e(info['dataset'])}[/]: "
-            f"{formatting.count(info['total_steps'])} steps at global batch {batch:,} ({procs}), "
-            f"{e(info['device'])} {info['dtype']}", soft_wrap=False)
+            f"[bold]{e(formatting.label(info['model']))}[/] on [bold]{e(info['dataset'])}[/] at "
+            f"{info['img_size']} px (pipeline {e(info['pipeline'])}, eval "
+            f"{e(info['eval_pipeline'])}): {formatting.count(info['total_steps'])} steps at global "
+            f"batch {batch:,} ({procs}), {e(info['device'])} {info['dtype']}", soft_wrap=False)
         self.console.print(f"[dim]run folder {e(info['run_dir'])}[/]", soft_wrap=True)
         self._bar("train", info["total_steps"], info["step"])
 
@@ -495,22 +498,23 @@ class ProgressView:
             self.bar = None
 
 
-def run(quiet: bool, fn, tracked: tuple[str, ...] = (), group: str | None = None, *,
+def run(ctx: typer.Context, fn, tracker: str | None = None, group: str | None = None, *,
         rank0_only: bool = False, **kw):
-    """Call a library function with a progress renderer as its `log`, teed to the trackers
-    named in `tracked` (`trackers.Tracked`, the one way trackers are fed): Ctrl-C exits 130
-    and a run that cannot go on exits 1, each with one sentence. Under torchrun the process
-    group is torn down once the function has succeeded on this rank; with `rank0_only` (one
-    process measures, the others would only compete for the device) it runs on rank 0 alone
-    and the others get None."""
+    """Call a library function with a progress renderer as its `log` (plain lines with
+    --quiet or on a pipe), teed to the trackers `--tracker` names (`trackers.Tracked`, the one
+    way trackers are fed; checked before any work): Ctrl-C exits 130 and a run that cannot go
+    on exits 1, each with one sentence. Under torchrun the process group is torn down once the
+    function has succeeded on this rank; with `rank0_only` (one process measures, the others
+    would only compete for the device) it runs on rank 0 alone and the others get None."""
     if rank0_only and not rank0():
         return None
     from mixerbench.launch import SweepInterrupted
     from mixerbench.runtime import teardown_distributed
-    from mixerbench.trackers import Tracked
+    from mixerbench.trackers import Tracked, parse_trackers
     from mixerbench.train import Interrupted, TrainingStopped
 
-    progress = ProgressView(quiet)
+    tracked = parse_trackers(tracker)
+    progress = ProgressView(is_quiet(ctx))
     log = Tracked(progress, tracked, group=group)
     status = "failed"  # what a tracker run still open at the end is marked as
     try:
@@ -707,9 +711,9 @@ def sweep(name: str, out: dict, fmt: Format, wide: bool, title: str | None = Non
         return config(out["configs"])
     if "plan" in out:
         return plan(out["plan"])
+    if "table" in out and fmt != Format.table:
+        return emit(records(out["table"]), fmt)
     if "table" in out:
-        if fmt != Format.table:
-            return emit(records(out["table"]), fmt)
         shown = out["table"]
         if name == "compare":  # the columns of the markdown table written beside it
             from mixerbench.report.tables import compare_view
@@ -718,6 +722,8 @@ def sweep(name: str, out: dict, fmt: Format, wide: bool, title: str | None = Non
             title = (f"{out.get('title') or 'compare on ' + str(out.get('dataset'))} "
                      "(img/s on this device)")
         table(name, records(shown), fmt, wide, title=title)
+    for note in out.get("notes", []):  # what the numbers cannot show (a smoke budget, a tie)
+        say(f"[bold yellow]note:[/] {e(note)}")
     wrote(out.get("written", []))
 
 
@@ -728,13 +734,19 @@ def drawn(done: dict) -> None:
         say(f"[dim]skipped {skipped}: {e(why)}[/]")
 
 
-def datasets(out, name: str | None, bench: bool, fmt: Format, wide: bool) -> None:
+def datasets(out, name: str | None, bench: bool, fmt: Format, wide: bool, repeats: int) -> None:
+    """`datasets`: the known ones, one dataset's facts, or the input pipeline bench."""
     if name is None:
         emit(out, fmt, title="known datasets (mixerbench/data/__init__.py; any hf:<id> or "
                              "folder also works)", short=SHORT["datasets"], wide=wide)
     elif bench:
-        emit(out["rows"], fmt, title=f"loader throughput, {out['dataset']} {out['split']} "
-                                     f"({formatting.count(out['n'])} images)", wide=wide)
+        rows = out["rows"]
+        emit(rows, fmt, wide=wide, columns=["pipeline", "what", "workers", "img_per_sec",
+                                             "img_per_cpu_sec", "timm_ratio"],
+             headers={"img_per_cpu_sec": "img/s per core", "timm_ratio": "x timm"},
+             title=f"input pipeline, {formatting.count(rows[0]['images'])} images of "
+                   f"{out['dataset']} train at {rows[0]['img_size']} px: img/s and img/s per CPU "
+                   f"core (median of {repeats} rounds)")
     else:
         dataset(out, fmt)
 

@@ -237,11 +237,14 @@ def test_compare_table_paper_value_and_zoo():
     assert len(t) == 1
     row = t.iloc[0]
     assert row["paper_top1"] == 76.44 and row["diff"] == pytest.approx(76.0 - 76.44)
+    assert row["paper_row"] == "paper Table 3, Mixer-B/16 pre-trained on imagenet at 224 px"
     assert row["params"] == 123 and row["gflops"] == 4.5
     assert row["device_hours"] == 80.0
     low_res = accuracy_fixture().assign(img_size=160)
     t = tables.compare_table(low_res, dataset="imagenet")
-    assert t.iloc[0]["paper_top1"] == 76.44  # falls back to the paper's 224-px number
+    # never the nearest row: a 160-px run has no comparable paper row, and the table says so
+    assert math.isnan(t.iloc[0]["paper_top1"]) and math.isnan(t.iloc[0]["diff"])
+    assert t.iloc[0]["paper_row"].startswith("no comparable paper row")
 
 
 def test_compare_table_empty_names_producer():

@@ -336,16 +336,16 @@ def test_finetuning_drops_every_regulariser_and_config_records_what_trained(tmp_
     from timm.layers import DropPath
 
     from mixerbench.config import to_dict
-    from mixerbench.presets import resolve
     from mixerbench.prepare import build_model
+    from mixerbench.presets import run_config
 
     over = dict(width=32, depth=2, num_heads=2, drop_path_rate=0.3, attn_drop_rate=0.2)
     model = create_model("vit-t4", num_classes=10, img_size=28, patch_size=4, **over)
     path = tmp_path / "vit.safetensors"
     save_checkpoint(path, model, model_description("vit-t4", 10, 28, 4, over))
     for drop_path in (0.0, 0.1):
-        cfg = resolve("finetune", kind="finetune", init=str(path), dataset="mnist-5k",
-                      overrides={"model.drop_path": drop_path})
+        cfg = run_config("finetune", kind="finetune", init=str(path), dataset="mnist-5k",
+                         overrides={"model.drop_path": drop_path})
         recorded = to_dict(cfg)["model"]
         assert recorded["drop_path"] == drop_path
         assert not {"drop_path_rate", "attn_drop_rate"} & set(recorded["options"])
@@ -457,7 +457,8 @@ def test_reproduce_released_offline_from_the_cache(offline_home, imagenet_layout
     assert list(table["paper_top1"]) == [80.64, 84.59] and list(table["paper_real"]) == [85.8, 88.93]
     np.testing.assert_allclose(table["top1_diff"], table["top1"] - table["paper_top1"])
     np.testing.assert_allclose(table["real_diff"], table["real_top1"] - table["paper_real"])
-    assert table["paper_source"].iloc[0] == "paper Table 3, imagenet21k, 224 px"
+    assert table["paper_source"].iloc[0] == ("paper Table 3, Mixer-B/16 pre-trained on "
+                                             "imagenet21k at 224 px")
     assert table["model"].iloc[0] == "mixer-b16[depth=2,width=16]"  # the native Mixer's label
     md = (res / "tables" / "released.md").read_text()
     assert "80.64" in md and "timm:test_vit.r160_in1k" in md

@@ -26,12 +26,13 @@ import torch
 
 from mixerbench.data import decode, hub, sources
 from mixerbench.data.embedded import SYNTHETIC_SIZES, EmbeddedReader, within_class_rank
-from mixerbench.data.loader import Batches, loader_throughput, make_loader
+from mixerbench.data.loader import Batches, make_loader
 from mixerbench.data.transforms import PIPELINES, SHUFFLES, make_shuffle
 from mixerbench.errors import UserError, close_matches
+from mixerbench.events import Log, noop
 
 __all__ = ["Dataset", "KNOWN_DATASETS", "PIPELINES", "SHUFFLES", "Batches", "canonical_name",
-           "capped_split", "describe", "get_dataset", "known_datasets", "loader_throughput",
+           "bench_inputs", "capped_split", "describe", "get_dataset", "known_datasets",
            "make_loader", "make_shuffle", "minival_mask", "stratified_subset", "datasets_command"]
 
 # One entry per dataset name. `splits` maps our split names to the source's ('a+b' concatenates);
@@ -267,11 +268,12 @@ def _resolve(name_or_path, data_dir, image_column, label_column, root: Path):
     cols = (image_column or info.get("image_column"), label_column or info.get("label_column"))
     path = Path(name).expanduser()
     if path.exists():
-        # A local copy of a known dataset (a folder named cifar10, ...) is that dataset, so it
-        # gets the same splits, minival share and columns as when it is found by name.
+        # A local copy of a known dataset (a folder named cifar10, a CIFAR-10.parquet file, ...)
+        # is that dataset, so it gets the same splits, minival share and columns as when it is
+        # found by name (`canonical_name`: one rule for every spelling and kind of copy).
         local = path.name if path.is_dir() else path.stem
-        known = _canonical(local)
-        if path.is_dir() and known in KNOWN_DATASETS and not KNOWN_DATASETS[known].get("embedded"):
+        known = canonical_name(str(path))
+        if known is not None:
             info = KNOWN_DATASETS[known]
             cols = (image_column or info.get("image_column"), label_column or info.get("label_column"))
             return known, info, sources.local_reader(path, *cols, hf_cache)
@@ -544,33 +546,58 @@ def _minival_size(reader, info: dict, sizes: dict, share: float) -> int | None:
     return int(minival_counts(torch.bincount(labels), share).sum()) if len(labels) else 0
 
 
-BENCH_MAX_SECONDS = 3600.0  # one loading path measured for at most an hour
-
-
 def datasets_command(name_or_path: str | None = None, data_dir=None, bench: bool = False, *,
-                     seconds: float = 5.0, batch_size: int = 256, device: str | None = None):
-    """What `mixerbench datasets` prints: rows (no argument), a dict (NAME), or throughput (--bench,
-    on `device`: CUDA when present): `loader_throughput`'s dict plus `rows`, one per loading
-    path (images/s rounded to whole images)."""
+                     device: str | None = None, root=None, log: Log = noop, write_jpegs: int | None = None,
+                     **bench_kw):
+    """What `mixerbench datasets` prints: rows (no argument), a dict (NAME), or the input
+    bench (--bench, on `device`: CUDA when present): `bench_inputs`' rows. `write_jpegs` N
+    first writes N JPEGs into the new folder NAME (`inputbench.write_jpeg_folder`)."""
+    if write_jpegs is not None:
+        from mixerbench.data.inputbench import write_jpeg_folder
+
+        if name_or_path is None:
+            raise UserError("--write-jpegs needs the new folder to write them into, e.g. "
+                            "`mixerbench datasets jpegs --write-jpegs 4000`.")
+        write_jpeg_folder(name_or_path, write_jpegs, log=log)
     if name_or_path is None:
         return known_datasets()
     if bench:
-        import math
-
-        from mixerbench.runtime import resolve_device
-
-        if not (math.isfinite(seconds) and 0 < seconds <= BENCH_MAX_SECONDS):
-            raise UserError(f"--seconds {seconds:g} must be above 0 and at most "
-                            f"{BENCH_MAX_SECONDS:g} (seconds per loading path).")
-        if not 1 <= batch_size <= 2**20:
-            raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,}.")
-        device = resolve_device(device)  # before the dataset is decoded
-        ds = get_dataset(name_or_path, "train", data_dir=data_dir)
-        out = loader_throughput(ds, batch_size=batch_size, device=resolve_device(device),
-                                seconds=seconds)
-        return dict(out, rows=[
-            dict(dataset=out["dataset"], split=out["split"], path=p, device=out["device"],
-                 batch_size=out["batch_size"], pipeline=out["pipeline"], img_size=out["img_size"],
-                 workers=v["workers"], img_per_sec=round(v["img_per_sec"]), batches=v["batches"])
-            for p, v in out["paths"].items()])
+        return bench_inputs(name_or_path, data_dir, device=device, root=root, log=log, **bench_kw)
     return describe(name_or_path, data_dir)
+
+
+def bench_inputs(name_or_path: str, data_dir=None, *, device: str | None = None, img_size: int | None = None,
+                 root=None, record: bool = True, log: Log = noop, **kw) -> dict:
+    """`inputbench.input_bench` on the train split of a dataset, streamed where it can be (a
+    folder of class folders also gets timm's create_loader row); with `record`, rows appended
+    to `<root>/inputs.csv` (the results folder), one `bench_id` for the call.
+
+    Returns {dataset, n, rows}."""
+    import datetime as _dt
+    import uuid
+
+    from mixerbench import results
+    from mixerbench.data.inputbench import input_bench
+    from mixerbench.runtime import resolve_device
+
+    device = resolve_device(device)  # before the dataset is read
+    if img_size is not None and not 8 <= img_size <= 1024:
+        raise UserError(f"--img-size {img_size} must be between 8 and 1,024 pixels.")
+    if record:
+        root = results.writable_results_dir(root)
+        results.ensure_appendable("inputs", root)
+    ds = get_dataset(name_or_path, "train", data_dir=data_dir, stream=True)
+    folder = None
+    if ds.images is None and ds.hf and all(isinstance(v, decode.LocalImage) for v in ds.hf):
+        parents = {Path(v).parent.parent for v in ds.hf}  # <root>/<class>/<image>
+        folder = parents.pop() if len(parents) == 1 else None
+    size = img_size or (224 if ds.images is None else int(ds.images.shape[1]))
+    rows = input_bench(ds, folder, img_size=size, device=device, log=log, **kw)
+    bench_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
+    prov = results.provenance(device=device, dtype="fp32")
+    rows = [dict(r, bench_id=bench_id, dataset=ds.name, **prov) for r in rows]
+    if record:
+        for r in rows:
+            results.append_row("inputs", {k: r.get(k) for k in results.SCHEMAS["inputs"]}, root)
+    return dict(dataset=ds.name, n=len(ds), rows=rows)
+

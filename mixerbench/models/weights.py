@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -52,35 +53,131 @@ def unwrap(model):
     return getattr(model, "_orig_mod", model)
 
 
-def read_checkpoint(path: str | os.PathLike) -> tuple[dict, dict[str, Any] | None]:
-    """(state dict, model description or None) from a safetensors file; UserError if unreadable."""
-    from safetensors.torch import load_file
+# safetensors' own bound on a header (its N_MAX_HEADER / MAX_HEADER_SIZE: 100 MB)
+MAX_HEADER_BYTES = 100 * 2**20
 
-    path = Path(path)
-    description = read_metadata(path)
+
+def _safetensors_header(read, size: int, where) -> dict:
+    """The JSON header of a safetensors file of `size` bytes, `read(offset, n)` giving its bytes:
+    8 bytes of little-endian header length, then that much JSON (the format's definition).
+    Read here rather than by `safetensors.safe_open`, which opens a path: the bytes judged (the
+    model description, the run that wrote it) must come from the descriptor that is then
+    loaded, not from whatever the path names a moment later. As safetensors requires, the
+    tensors must cover the rest of the file exactly, so a truncated file is refused here too."""
+    bad = UserError(f"Checkpoint {where} is not a readable safetensors file (its header or size "
+                    "is wrong); re-create it or pass another checkpoint.")
+    if size < 8:
+        raise bad
+    n = int.from_bytes(read(0, 8), "little")
+    if n > min(MAX_HEADER_BYTES, size - 8):
+        raise bad
     try:
-        state = load_file(str(path))
+        header = files.loads_json(read(8, n), f"Checkpoint {where}'s header", MAX_HEADER_BYTES)
+    except (ValueError, UnicodeDecodeError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise bad from None
+    if not isinstance(header, dict):
+        raise bad
+    ends = [0]
+    for k, v in header.items():
+        if k == "__metadata__":
+            if not (v is None or isinstance(v, dict) and all(isinstance(x, str) for x in v.values())):
+                raise bad
+            continue
+        offsets = v.get("data_offsets") if isinstance(v, dict) else None
+        if not (isinstance(offsets, list) and len(offsets) == 2
+                and all(isinstance(o, int) and not isinstance(o, bool) for o in offsets)
+                and 0 <= offsets[0] <= offsets[1] and isinstance(v.get("shape"), list)):
+            raise bad
+        ends.append(offsets[1])
+    if 8 + n + max(ends) != size:
+        raise bad
+    return header
+
+
+def _pread(fd: int):
+    def read(offset: int, n: int) -> bytes:
+        out = b""
+        while len(out) < n:
+            chunk = os.pread(fd, n - len(out), offset + len(out))
+            if not chunk:
+                break
+            out += chunk
+        return out
+    return read
+
+
+def _file_header(path: Path) -> dict:
+    """A safetensors file's header, read from one descriptor (no tensor read)."""
+    try:
+        fd = files.open_file(path)
+    except FileNotFoundError:
+        raise UserError(f"Checkpoint {path} does not exist; pass a run directory or a "
+                        ".safetensors file.") from None
+    try:
+        return _safetensors_header(_pread(fd), os.fstat(fd).st_size, path)
+    except OSError as exc:
+        raise UserError(files.describe(exc, path)) from None
+    finally:
+        os.close(fd)
+
+
+def _bytes_header(data: bytes, where) -> dict:
+    return _safetensors_header(lambda o, n: data[o:o + n], len(data), where)
+
+
+def read_weights_bytes(path: str | os.PathLike, sha256: str | None = None,
+                       folder: files.Folder | None = None) -> bytes:
+    """Every byte of the weights file `path`, read once from one descriptor (`files`: a FIFO,
+    device or, inside a results folder, a link is refused), through `folder` (its folder,
+    opened) when given. With `sha256`, those bytes must hash to it: the weights loaded are then
+    the very ones whose hash was recorded, since they are loaded from these bytes and the file
+    is not opened again."""
+    import hashlib
+
+    data = (files.read_bytes(path, limit=None) if folder is None
+            else folder.read_bytes(Path(path).name, limit=None))
+    if data is None:
+        raise UserError(f"Checkpoint {path} does not exist; pass a run directory or a "
+                        ".safetensors file.")
+    digest = hashlib.sha256(data).hexdigest() if sha256 is not None else None
+    if sha256 is not None and digest != sha256:
+        raise UserError(f"{path} is not the weights file recorded (sha256 {sha256[:12]}..., now "
+                        f"{digest[:12]}...): it changed since; pass the original weights or "
+                        "start a new run from these.")
+    return data
+
+
+def read_checkpoint(path: str | os.PathLike, sha256: str | None = None
+                    ) -> tuple[dict, dict[str, Any] | None]:
+    """(state dict, model description or None) from a safetensors file, both from the same
+    bytes read once (`read_weights_bytes`); UserError if unreadable."""
+    path = Path(path)
+    data = read_weights_bytes(path, sha256)
+    description = _description(_bytes_header(data, path), path)
+    return _load_safetensors(data, path), description
+
+
+def _load_safetensors(data: bytes, where) -> dict:
+    from safetensors.torch import load
+
+    try:
+        return load(data)
     except Exception as exc:  # safetensors raises several types for corrupt files
-        raise UserError(f"Checkpoint {path} is not a readable safetensors file ({exc}); "
+        raise UserError(f"Checkpoint {where} is not a readable safetensors file ({exc}); "
                         "re-create it or pass another checkpoint.") from None
-    return state, description
 
 
 def read_metadata(path: str | os.PathLike) -> dict[str, Any] | None:
     """The model description in a safetensors file's header (None when it has none), read without
     loading any tensor; a damaged header or description is a UserError, never a guess."""
-    from safetensors import safe_open
-
     path = Path(path)
-    if not path.is_file():
-        raise UserError(f"Checkpoint {path} does not exist; pass a run directory or a .safetensors file.")
-    files.check_file(path)  # a regular file: safetensors would block on a FIFO
-    try:
-        with safe_open(str(path), "pt") as fh:
-            meta = fh.metadata() or {}
-    except Exception as exc:
-        raise UserError(f"Checkpoint {path} is not a readable safetensors file ({exc}); "
-                        "re-create it or pass another checkpoint.") from None
+    return _description(_file_header(path), path)
+
+
+def _description(header: dict, path) -> dict[str, Any] | None:
+    meta = header.get("__metadata__") or {}
     if "mixerbench_model" not in meta:
         return None
     try:
@@ -107,10 +204,11 @@ def _valid_description(rec: Any) -> bool:
             and isinstance(rec.get("overrides", {}), dict))
 
 
-def resolve_source(src: str) -> Path | str:
+def resolve_source(src: str, credit: bool = True) -> Path | str:
     """A run directory becomes its checkpoint file; `timm:` names pass through. A run's
     checkpoint (given as its run directory or as the file in it) must be that run's own
-    (`check_credited`)."""
+    (`check_credited`, unless `credit` is False: a caller that loads the file checks the bytes
+    it loads instead)."""
     if src.startswith("timm:"):
         return src
     path = Path(src)
@@ -118,28 +216,39 @@ def resolve_source(src: str) -> Path | str:
         ckpt = path / CHECKPOINT
         if not ckpt.is_file():
             raise UserError(f"Run directory {path} has no {CHECKPOINT}; was the run started?")
-        check_credited(ckpt)
+        if credit:
+            check_credited(ckpt)
         return ckpt
     if not path.exists():
         raise UserError(f"No run directory or checkpoint at {src}; pass a run directory, a "
                         ".safetensors file, an official .npz or timm:<name>.")
-    if path.name == CHECKPOINT:
+    if credit and path.name == CHECKPOINT:
         check_credited(path)
     return path
 
 
-def check_credited(ckpt: Path) -> None:
+def check_credited(ckpt: Path, rec: dict[str, Any] | None = None,
+                   folder: files.Folder | None = None) -> None:
     """A checkpoint in a run directory counts as that run's only if it says it was written by
     that run (`config.run_binding`: its run id and settings); one copied in from another run
     is a UserError. A checkpoint from before runs were recorded in it must at least hold the
-    run's model (name and resolution)."""
-    from mixerbench.config import read_run_config, run_binding
+    run's model (name and resolution). `rec`: the description in the bytes that will be
+    loaded (read from the file's header when not given); `folder`: the run directory they
+    were read from, opened (`files.Folder`), whose config.json is then read from it too."""
+    from mixerbench.config import read_run_config
 
-    cfg = read_run_config(ckpt.parent)
+    cfg = read_run_config(ckpt.parent, folder)
     if cfg is None:  # a checkpoint file outside any run directory stands for itself
         return
-    rec = read_metadata(ckpt) or {}
-    run = ckpt.parent.name
+    check_credited_to(ckpt, ckpt.parent.name, cfg, (read_metadata(ckpt) if rec is None else rec))
+
+
+def check_credited_to(ckpt, run: str, cfg, rec: dict[str, Any] | None) -> None:
+    """`check_credited` against a given run id and config (the ones a row will be credited to):
+    a UserError unless the checkpoint description `rec` says that run wrote it."""
+    from mixerbench.config import run_binding
+
+    rec = rec or {}
     mine = run_binding(run, cfg)
     if any(k in rec for k in mine):
         ok = all(rec.get(k) == v for k, v in mine.items())
@@ -153,7 +262,8 @@ def check_credited(ckpt: Path) -> None:
 
 def weights_sha256(src: str) -> str | None:
     """sha256 of the weights file `src` names (a run directory's checkpoint, a .safetensors or
-    .npz file), read in 1 MiB blocks; None for `timm:<name>` (identified by its name and tag)."""
+    .npz file), read in blocks from one descriptor; None for `timm:<name>` (identified by its
+    name and tag). To load what was hashed, pass the hash to `load_model(sha256=...)`."""
     import hashlib
 
     where = resolve_source(src)
@@ -161,16 +271,21 @@ def weights_sha256(src: str) -> str | None:
         return None
     h = hashlib.sha256()
     try:
-        with open(where, "rb") as fh:
-            for block in iter(lambda: fh.read(1 << 20), b""):
-                h.update(block)
+        fd = files.open_file(where)
+    except FileNotFoundError:
+        raise UserError(f"{where} does not exist; check the --init path.") from None
+    try:
+        for block in iter(lambda: os.read(fd, 1 << 20), b""):
+            h.update(block)
     except OSError as exc:
         raise UserError(f"Cannot read {where} ({exc.strerror}); check the --init path.") from None
+    finally:
+        os.close(fd)
     return h.hexdigest()
 
 
 def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
-               regularisers: dict[str, float] | None = None):
+               regularisers: dict[str, float] | None = None, sha256: str | None = None):
     """Build the model stored at `src` and load its weights, head included, as saved.
 
     Args:
@@ -180,19 +295,38 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
             it by (default guessed from the shapes).
         regularisers: `drop_path` / `dropout` to build the model with instead of the ones it
             was trained with (a fine-tuning run's own; `load_for_finetuning`).
+        sha256: the hash the weights file must have (`weights_sha256`, recorded earlier): the
+            bytes hashed are the bytes loaded, so a file replaced since is refused.
 
     Returns:
         (model, description) where the model description is of the returned model.
     """
     reg = {k: v for k, v in (regularisers or {}).items() if v is not None}
-    where = resolve_source(src)
+    where = resolve_source(src, credit=False)  # credited below, on the bytes that are loaded
     if isinstance(where, str):
         model, rec = _load_timm(where, reg)
         return model.to(device), rec
     if where.suffix == ".npz":
+        if sha256 is not None:  # np.load and timm read an .npz by name: checked just before
+            read_weights_bytes(where, sha256)
         model, rec = _load_npz(where, model_name, reg)
         return model.to(device), rec
-    state, rec = read_checkpoint(where)
+    # One read from one descriptor: the run it belongs to (check_credited) and its hash are
+    # judged on the bytes that are then loaded; reading the file again by name could load
+    # another run's weights swapped in meanwhile.
+    # The run folder is opened once and both its checkpoint and its config.json are read from
+    # that descriptor: read by path, the config could come from another folder swapped in (or
+    # none, at the instant the folder is renamed away) and credit another run's weights.
+    with files.open_folder(where.parent) or nullcontext() as folder:
+        if folder is None:
+            raise UserError(f"Checkpoint {where} does not exist; pass a run directory or a "
+                            ".safetensors file.")
+        data = read_weights_bytes(where, sha256, folder)
+        rec = _description(_bytes_header(data, where), where)
+        if where.name == CHECKPOINT:
+            check_credited(where, rec, folder)
+    state = _load_safetensors(data, where)
+    del data
     if rec is None:
         rec = _plain_description(where, _shapes(state), model_name)
     rec = dict(rec, overrides=_with_regularisers(rec.get("overrides"), reg))
@@ -203,7 +337,7 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
 
 def load_for_finetuning(src: str, *, num_classes: int, img_size: int | None = None,
                         regularisers: dict[str, float] | None = None, device: str = "cpu",
-                        model_name: str | None = None):
+                        model_name: str | None = None, sha256: str | None = None):
     """The start of a fine-tuning run (paper section 3, "Fine-tuning"; Appendix C).
 
     The weights of `src` in a model built with the fine-tuning run's own `regularisers`, resized
@@ -212,12 +346,14 @@ def load_for_finetuning(src: str, *, num_classes: int, img_size: int | None = No
     zero-initialised one with `num_classes` outputs, as vision_transformer's `load_pretrained`
     does even when the class counts agree.
 
+    `sha256`: the hash the weights file must have (`load_model`).
+
     Returns:
         (model, description) where the model description is of the returned model.
     """
     from mixerbench.models.resize import resize_model
 
-    model, rec = load_model(src, model_name=model_name, regularisers=regularisers)
+    model, rec = load_model(src, model_name=model_name, regularisers=regularisers, sha256=sha256)
     if img_size and img_size != rec["img_size"]:
         model = resize_model(model, img_size, rec["name"], rec["num_classes"], rec["overrides"])
         rec = dict(rec, img_size=img_size)
@@ -341,26 +477,23 @@ def _file_shapes(path: Path) -> dict[str, tuple]:
     """Tensor shapes of a weights file, read from the safetensors header (no tensor loaded)."""
     if path.suffix != ".safetensors":
         return _shapes(_read_weights(path))
-    from safetensors import safe_open
-
-    try:
-        with safe_open(str(path), "pt") as fh:
-            return {k: tuple(fh.get_slice(k).get_shape()) for k in fh.keys()}
-    except Exception as exc:
-        raise UserError(f"{path} is not a readable safetensors file ({exc}); delete it or pass "
-                        "another checkpoint.") from None
+    return {k: tuple(v["shape"]) for k, v in _file_header(path).items() if k != "__metadata__"}
 
 
 def _read_weights(path: Path) -> dict:
-    """A state dict from safetensors, or a torch file read with `weights_only=True` (no code runs)."""
+    """A state dict from safetensors, or a torch file read with `weights_only=True` (no code
+    runs), loaded from bytes read once from one descriptor (`read_weights_bytes`)."""
+    import io
+
     import torch
 
+    data = read_weights_bytes(path)
     try:
         if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        state = torch.load(path, map_location="cpu", weights_only=True)
+            return _load_safetensors(data, path)
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True)
+    except UserError:
+        raise
     except Exception as exc:
         raise UserError(f"{path} is not a readable weights file ({type(exc).__name__}); delete "
                         "it or pass another checkpoint.") from None

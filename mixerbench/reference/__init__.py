@@ -32,6 +32,7 @@ from functools import lru_cache
 from pathlib import Path
 
 from mixerbench.errors import UserError, close_matches
+from mixerbench.models.preprocess import PAPER_TAGS
 from mixerbench.names import squash
 
 TABLES = ("table1", "table2", "table3", "table4")
@@ -223,6 +224,139 @@ def _read_vt():
     return pd.read_csv(_HERE / "vt_finetune.csv", keep_default_na=False, na_values=[""])
 
 
+# ------------------------------------------------------------------------ the one resolver
+
+# The eval crop behind each table's numbers (paper App. C; docs/paper-notes.md §3): Table 3's
+# Mixers and ViTs resmall-crop, Table 2's 448 px Mixers (and its BiT) resize-crop.
+TABLE_CROPS = {"table3": "eval-resmall", "table2": "eval-resize"}
+# Released weights whose timm tag names another pre-training than the paper row they are
+# (docs/paper-notes.md §8): timm says `goog_in21k_ft_in1k`, but its own docstrings call them
+# ImageNet-1k pretrained weights, and their 76.6 / 72.1 % are the paper's ImageNet-1k rows (a
+# Mixer author confirmed it for B/16 in timm's pull request 651).
+TIMM_PROVENANCE = {
+    "mixer_b16_224.goog_in21k_ft_in1k": (
+        "imagenet", "timm's tag says in21k, but timm's docstring calls these ImageNet-1k "
+        "pretrained weights and they are the paper's ImageNet-1k Mixer-B/16 (76.6 % in timm's "
+        "results; docs/paper-notes.md §8)"),
+    "mixer_l16_224.goog_in21k_ft_in1k": (
+        "imagenet", "timm's tag says in21k, but timm's docstring calls these ImageNet-1k "
+        "pretrained weights and they are the paper's ImageNet-1k Mixer-L/16 (72.1 % in timm's "
+        "results; docs/paper-notes.md §8)"),
+}
+# timm tag prefixes of weights the paper's authors' group trained and released (Google): the
+# paper's rows can stand for them. Other prefixes (`miil`, `fb`, `tv`, `ra`, ...) are other
+# people's recipes, which no paper row measured.
+PAPER_RELEASES = PAPER_TAGS
+
+
+def weights_provenance(src: str, num_classes: int | None = None) -> dict:
+    """Where weights come from, as the paper's rows are keyed: dict(model (registry slug, or ""
+    when the paper has no row of the architecture), upstream (`imagenet`, `imagenet21k`,
+    `jft300m`, or "" unknown), paper_weights (trained by the paper's authors' group), why).
+
+    `src` is a `timm:<arch>.<tag>` name (the tag, corrected by `TIMM_PROVENANCE`; a 21,843-class
+    head, as timm's pretrained_cfg gives it in `num_classes`, is ImageNet-21k) or a dataset a
+    run of ours pre-trained on (then `paper_weights` is False: our own recipe).
+    """
+    text = str(src)
+    if not text.startswith("timm:"):
+        key = _PRETRAIN_ALIASES.get(squash(text), "")
+        return dict(model="", upstream=key, paper_weights=False,
+                    why=f"pre-trained here on {text}" if text else "")
+    name = text[len("timm:"):]
+    arch, _, tag = name.partition(".")
+    model = _slug_of_timm(arch)
+    if name in TIMM_PROVENANCE:
+        upstream, why = TIMM_PROVENANCE[name]
+    elif num_classes == 21843 or "in21k" in tag or "in22k" in tag:
+        upstream, why = "imagenet21k", f"timm tag {tag}: pre-trained on ImageNet-21k"
+    elif "in1k" in tag:
+        upstream, why = "imagenet", f"timm tag {tag}: trained on ImageNet-1k"
+    else:
+        upstream, why = "", f"timm tag {tag or '(none)'} names no pre-training dataset"
+    ours = tag.split("_", 1)[0] in PAPER_RELEASES
+    if not ours:
+        why += f"; {tag.split('_', 1)[0] or 'untagged'} weights are not the paper's authors'"
+    return dict(model=model, upstream=upstream, paper_weights=ours, why=why)
+
+
+def _slug_of_timm(arch: str) -> str:
+    """The registry slug of a timm architecture the paper's tables report, else ""."""
+    from mixerbench.models import REGISTRY
+
+    reported = set(_read("table3")["model"]) | set(_read("table2")["model"])
+    return next((s.name for s in REGISTRY.values()
+                 if s.timm_name == arch and s.name in reported), "")
+
+
+def comparable_row(model: str, upstream: str, img_size: int | None,
+                   crop: str | None = None) -> dict:
+    """The paper row a result of `model` pre-trained on `upstream` and measured at `img_size`
+    with the eval crop `crop` is set against, and why; never the nearest row of another
+    resolution, pre-training or model.
+
+    Of the Table 3 and Table 2 rows of that model, pre-training and resolution (a row that does
+    not give its resolution matches any), the one whose table's crop (`TABLE_CROPS`) is `crop`,
+    else the Table 3 row with a note that the crops differ; the longest schedule of a table.
+
+    Returns:
+        dict(top1, top1_real, avg5, img_size, table, crop, source, paper_name, upstream, note);
+        with no such row the numbers are None and `note` begins "no comparable paper row".
+    """
+    none = dict(top1=None, top1_real=None, avg5=None, img_size=None, table="", crop="",
+                source="", paper_name="", upstream="")
+    key = _PRETRAIN_ALIASES.get(squash(upstream or ""), "")
+    if not model or not key:
+        why = "the paper has no row of this model" if not model else \
+            "its pre-training dataset is not one of the paper's"
+        return dict(none, note=f"no comparable paper row ({why})")
+    candidates = []
+    for table in ("table3", "table2"):
+        df = _read(table)
+        m = df["model"].eq(_slug(model)) & df["pretrain"].eq(key) & df["top1"].notna()
+        if img_size is not None:
+            m &= df["img_size"].eq(img_size) | df["img_size"].isna()
+        rows = df[m]
+        if "epochs" in rows.columns and rows["epochs"].notna().any():
+            rows = rows.sort_values("epochs", ascending=False, kind="stable")
+        if not rows.empty:
+            candidates.append((table, rows.iloc[0]))
+    if not candidates:
+        return dict(none, note=f"no comparable paper row (none of {model} pre-trained on "
+                                f"{key} at {img_size} px)")
+    table, row = next(((t, r) for t, r in candidates if TABLE_CROPS[t] == crop), candidates[0])
+
+    def num(v):
+        return None if v is None or v != v or v == "" else float(v)
+
+    size = num(row.get("img_size"))
+    note = f"paper {table.replace('table', 'Table ')}, {row['paper_name']} pre-trained on {key}"
+    note += f" at {int(size)} px" if size else " (the table gives no resolution)"
+    if crop and TABLE_CROPS[table] != crop:
+        note += (f"; measured with {crop.removeprefix('eval-')}-crop, the paper's row with "
+                 f"{TABLE_CROPS[table].removeprefix('eval-')}-crop")
+    return dict(top1=num(row["top1"]), top1_real=num(row.get("top1_real")),
+                avg5=num(row.get("top1_avg5")), img_size=int(size) if size else None,
+                table=table, crop=TABLE_CROPS[table], source=str(row["source"]),
+                paper_name=str(row["paper_name"]), upstream=key, note=note)
+
+
+def reference_for(src: str, model: str, img_size: int | None, crop: str | None = None,
+                  num_classes: int | None = None) -> dict:
+    """`comparable_row` for a result of weights from `src` (`weights_provenance`: a timm name,
+    or the dataset a run of ours pre-trained on) with the architecture `model`: released weights
+    another group trained have no comparable paper row, whatever their name. `note` also says
+    where the provenance came from."""
+    prov = weights_provenance(src, num_classes)
+    if str(src).startswith("timm:") and not prov["paper_weights"]:
+        out = comparable_row("", "", None)
+        return dict(out, note=f"no comparable paper row ({prov['why']})")
+    out = comparable_row(prov["model"] or model, prov["upstream"], img_size, crop)
+    if str(src).startswith("timm:"):
+        out["note"] += f"; {prov['why']}"
+    return out
+
+
 def paper_throughput(model: str, img_size: int = 224) -> float | None:
     """The paper's TPU-v3 throughput (img/s/core) for `model` at `img_size`, or None."""
     rows = _rows(model, None, img_size, None)
@@ -249,4 +383,5 @@ def paper_baseline(model: str, img_size: int = 224) -> str | None:
 
 
 __all__ = ["TABLES", "load_table", "official_finetune", "paper_avg5", "paper_row", "paper_top1",
-           "paper_throughput", "paper_baseline"]
+           "paper_throughput", "paper_baseline", "comparable_row", "weights_provenance",
+           "TABLE_CROPS", "reference_for"]

@@ -65,16 +65,17 @@ def load_token_mixing_weights(checkpoint: str | os.PathLike, blocks=(0, 1, 2)) -
     if not path.is_file():
         raise UserError(f"Checkpoint {path} does not exist; pass a .safetensors file or run dir.")
     try:
-        from safetensors import safe_open
+        from safetensors.torch import load
 
+        # read once from one descriptor (files: no link inside a results folder, no FIFO) and
+        # loaded from those bytes; torch tensors, since numpy has no bf16
+        state = load(files.read_bytes(path, limit=None))
         out = {}
-        with safe_open(str(path), framework="pt") as fh:  # "pt" also reads bf16 tensors
-            keys = list(fh.keys())
-            for b in blocks:
-                hit = [k for k in keys if k == TOKEN_KEY.format(b) or
-                       k.endswith("." + TOKEN_KEY.format(b))]
-                if hit:
-                    out[f"block {b}"] = fh.get_tensor(hit[0]).float().numpy()
+        for b in blocks:
+            hit = [k for k in state if k == TOKEN_KEY.format(b) or
+                   k.endswith("." + TOKEN_KEY.format(b))]
+            if hit:
+                out[f"block {b}"] = state[hit[0]].float().numpy()
     except UserError:
         raise
     except Exception as exc:  # a corrupt or non-safetensors file

@@ -33,7 +33,7 @@ COMPARE_COLUMNS = (
     "dataset", "model", "settings", "img_size", "split", "params", "gflops",
     "train_img_per_sec", "train_img_per_sec_std", "infer_img_per_sec", "infer_img_per_sec_std",
     "bench_id", "wall_time_s", "device_hours", "train_flops", "top1_mean", "top1_std", "n",
-    "fewshot_top1", "fewshot_n", "fewshot_split", "paper_top1", "diff", "recipe_id",
+    "fewshot_top1", "fewshot_n", "fewshot_split", "paper_top1", "diff", "paper_row", "recipe_id",
 )
 THROUGHPUT_COLUMNS = (
     "device_name", "dtype", "compiled", "mode", "model", "img_size", "batch_size", "img_per_sec",
@@ -224,8 +224,10 @@ def compare_table(
     Returns:
         Columns `COMPARE_COLUMNS`, recipes in the order they first appear. `settings` says what
         sets a recipe apart from another of the same model (empty when none shares its name);
-        `top1_std` is the sample std (NaN for n=1); `paper_top1` is the paper's number at the
-        run's resolution, else at 224 (`reference.paper_top1`); `diff = top1_mean - paper_top1`.
+        `top1_std` is the sample std (NaN for n=1); on ImageNet `paper_top1` is the paper's row
+        of the model, pre-training and resolution (`reference.reference_for`; never the row of
+        another resolution) and `paper_row` says which, or that none is comparable;
+        `diff = top1_mean - paper_top1`.
     """
     acc = require(accuracy_df, "accuracy", "The compare table")
     numeric(acc, "img_size", "top1", "train_seconds", "train_flops", "num_devices")
@@ -261,9 +263,11 @@ def compare_table(
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
         fs, fs_n, fs_split = _fewshot_of(few, g["run_id"], ds, sp)
         size = None if img_size != img_size else int(img_size)
-        paper = reference.paper_top1(str(model), str(ds), pretrain=pretrain, img_size=size)
-        if paper is None and size != 224:  # e.g. a 160-px ImageNet run: the paper's 224 number
-            paper = reference.paper_top1(str(model), str(ds), pretrain=pretrain, img_size=224)
+        # the paper reports ImageNet only: a run measured on ImageNet, pre-trained on `pretrain`
+        # (or trained there from scratch: the paper's "pre-trained on ImageNet" rows)
+        row_ref = (reference.reference_for(pretrain or "imagenet", str(model), size)
+                   if _is_imagenet(ds, sp) else None)
+        paper = row_ref["top1"] if row_ref else None
         mean = float(top1.mean()) if len(top1) else math.nan
         rows.append({
             "dataset": ds, "model": model, "settings": "", "img_size": img_size, "split": sp,
@@ -281,12 +285,21 @@ def compare_table(
             "fewshot_top1": fs, "fewshot_n": fs_n, "fewshot_split": fs_split,
             "paper_top1": math.nan if paper is None else paper,
             "diff": math.nan if paper is None else mean - paper,
+            "paper_row": row_ref["note"] if row_ref else "",
             "recipe_id": key if not key.startswith(_RUN_ONLY) else "",
             "_recipe": key,
         })
     out = pd.DataFrame(rows, columns=[*COMPARE_COLUMNS, "_recipe"])
     out["settings"] = recipe_labels(out, settings or {})
     return out.drop(columns="_recipe")
+
+
+def _is_imagenet(dataset, split: str) -> bool:
+    """Whether a number is on ImageNet's validation images (the paper's only per-model numbers;
+    a capped part of them is not the paper's measurement)."""
+    from mixerbench.data import canonical_name
+
+    return canonical_name(str(dataset)) == "imagenet-1k" and "[" not in split
 
 
 # A row without a recipe id (a run recorded before recipes, whose folder is gone) is a recipe
@@ -418,6 +431,8 @@ def compare_view(table: pd.DataFrame) -> pd.DataFrame:
     view = table.copy()
     view["model"] = short_labels(view["model"])
     empty = [c for c in ("paper_top1", "diff") if c in view.columns and view[c].isna().all()]
+    if "paper_row" in view.columns and not view["paper_row"].astype(bool).any():
+        empty.append("paper_row")
     if "settings" in view.columns and not view["settings"].astype(bool).any():
         empty.append("settings")
     if "fewshot_n" in view.columns and not view["fewshot_n"].any():
@@ -492,14 +507,13 @@ def released_table(released_df: pd.DataFrame) -> pd.DataFrame:
     rows = []
     for _, r in df.iterrows():
         size = r["paper_img_size"]
-        paper = reference.paper_row(str(r["paper_name"]), str(r["upstream"]),
-                                    None if pd.isna(size) else int(size)) or {}
+        name = "" if pd.isna(r["paper_name"]) else str(r["paper_name"])
+        paper = reference.comparable_row(name, "" if pd.isna(r["upstream"]) else str(r["upstream"]),
+                                         None if pd.isna(size) else int(size),
+                                         None if pd.isna(r["pipeline"]) else str(r["pipeline"]))
         ours_real = None if pd.isna(r["real_top1"]) else float(r["real_top1"])
-        p_top1, p_real = paper.get("top1"), paper.get("top1_real")
-        where = paper.get("source", "")
-        if where:
-            where = (where.replace("P ", "paper ") + f", {r['upstream']}"
-                     + (f", {paper['img_size']} px" if paper.get("img_size") else ""))
+        p_top1, p_real = paper["top1"], paper["top1_real"]
+        where = paper["note"]
         rows.append(dict(
             paper_name=r["paper_name"], checkpoint=r["checkpoint"], model=r["model"],
             upstream=r["upstream"], img_size=r["img_size"], pipeline=r["pipeline"], n=r["n"],
@@ -517,9 +531,10 @@ def released_table(released_df: pd.DataFrame) -> pd.DataFrame:
 
 # The paper's five downstream datasets in its order (registry names; "Avg 5", paper section 3).
 AVG5_DATASETS = ("imagenet-1k", "cifar10", "cifar100", "pets", "flowers102")
-AVG5_HEAD = ("model", "upstream", "resolution", "img_size")
+AVG5_HEAD = ("model", "upstream", "budget", "resolution", "img_size")
 AVG5_TAIL = ("avg", "datasets", "avg5", "paper_avg5", "avg5_diff", "paper_imagenet",
-             "imagenet_diff", "official_cifar10", "cifar10_diff", "runs", "init")
+             "imagenet_diff", "official_cifar10", "cifar10_diff", "runs", "init", "paper_row",
+             "note")
 
 
 def avg5_table(avg5_df: pd.DataFrame) -> pd.DataFrame:
@@ -530,46 +545,61 @@ def avg5_table(avg5_df: pd.DataFrame) -> pd.DataFrame:
             dataset's test split after lr selection on its minival.
 
     Returns:
-        One row per (model, upstream, resolution, img_size, init): a column per dataset with its
-        test top-1 (the mean over rows when a dataset was fine-tuned several times; `runs` is
-        the fewest rows behind a dataset's cell), the paper's five first and any other after;
-        `avg` the mean over the datasets the row has (`datasets` of them); `avg5` that mean only
-        when the row has all five of the paper's; `paper_avg5` and `paper_imagenet` the paper's
-        numbers for the model from that upstream at that resolution (Table 3, else Table 2;
-        empty where the paper has none, e.g. any model of ours at 32 px); `official_cifar10` the
-        official repository's CIFAR-10 fine-tune of that model (its README, 224 px, the only
-        per-dataset number published; `reference.official_finetune`); each `*_diff` ours minus
-        the reference.
+        One row per (model, upstream, budget, resolution, img_size, init): a column per dataset
+        with its test top-1, the mean over the rows of one recipe (its seeds; `runs` is the
+        fewest rows behind a dataset's cell; where a dataset was fine-tuned under two recipes,
+        the latest one, and `note` says so), the paper's five first and any other after; `avg`
+        the mean over the datasets the row has (`datasets` of them); `avg5` that mean only when
+        the row has all five of the paper's; `paper_avg5` and `paper_imagenet` the paper's row
+        for the weights' provenance, resolution and eval crop (`reference.reference_for`; empty
+        where none is comparable, e.g. any model of ours at 32 px, and `paper_row` says which
+        row or why none); `official_cifar10` the official repository's CIFAR-10 fine-tune of
+        that model (its README, 224 px, the only per-dataset number published;
+        `reference.official_finetune`); each `*_diff` ours minus the reference; `note` what the
+        rows cannot show (a smoke budget, an lr-grid tie).
     """
     df = require(avg5_df, "avg5", "The Avg 5 table")
     numeric(df, "img_size", "top1")
-    df = df[df["top1"].notna()]
-    for c in ("model", "upstream", "resolution", "init", "dataset"):
-        df[c] = df[c].astype(object).where(df[c].notna(), "").astype(str)
+    df = df[df["top1"].notna()].reset_index(drop=True)
+    for c in ("model", "upstream", "budget", "resolution", "init", "dataset", "pipeline", "note"):
+        df[c] = text(df, c)
+    df["_recipe"] = recipe_key(df)
     present = list(dict.fromkeys(df["dataset"]))
     datasets = [d for d in AVG5_DATASETS if d in present] + [d for d in present if d not in AVG5_DATASETS]
     rows = []
-    for key, g in df.groupby(["model", "upstream", "resolution", "img_size", "init"], sort=False):
-        row = dict(zip(("model", "upstream", "resolution", "img_size", "init"), key))
-        cells = g.groupby("dataset", sort=False)["top1"].agg(["mean", "count"])
+    for key, g in df.groupby(list(AVG5_HEAD) + ["init"], sort=False):
+        row = dict(zip((*AVG5_HEAD, "init"), key))
+        notes = []
+        cells = {}
+        for d, gd in g.groupby("dataset", sort=False):
+            latest = gd["_recipe"].iloc[-1]
+            if gd["_recipe"].nunique() > 1:
+                notes.append(f"{d}: the latest of {gd['_recipe'].nunique()} recipes")
+            gd = gd[gd["_recipe"] == latest]
+            cells[d] = (float(gd["top1"].mean()), len(gd))
+            notes += [n for n in gd["note"] if n]
         for d in datasets:
-            row[d] = float(cells.loc[d, "mean"]) if d in cells.index else np.nan
-        row["avg"] = float(cells["mean"].mean())
+            row[d] = cells[d][0] if d in cells else np.nan
+        row["avg"] = float(np.mean([v for v, _ in cells.values()]))
         row["datasets"] = len(cells)
-        row["runs"] = int(cells["count"].min())
-        five = all(d in cells.index for d in AVG5_DATASETS)
-        row["avg5"] = float(cells.loc[list(AVG5_DATASETS), "mean"].mean()) if five else np.nan
+        row["runs"] = min(n for _, n in cells.values())
+        five = all(d in cells for d in AVG5_DATASETS)
+        row["avg5"] = float(np.mean([cells[d][0] for d in AVG5_DATASETS])) if five else np.nan
         size = int(row["img_size"]) if pd.notna(row["img_size"]) else None
-        upstream = row["upstream"] or None
-        paper5 = reference.paper_avg5(row["model"], upstream, size) if upstream else None
-        paper_in = reference.paper_top1(row["model"], "imagenet", upstream, size) if upstream else None
-        row["paper_avg5"] = np.nan if paper5 is None else paper5
+        src = row["init"] if row["init"].startswith("timm:") else row["upstream"]
+        crops = set(g["pipeline"]) - {""}
+        ref = reference.reference_for(src, row["model"], size,
+                                      crops.pop() if len(crops) == 1 else None)
+        row["paper_avg5"] = np.nan if ref["avg5"] is None else ref["avg5"]
         row["avg5_diff"] = row["avg5"] - row["paper_avg5"]
-        row["paper_imagenet"] = np.nan if paper_in is None else paper_in
+        row["paper_imagenet"] = np.nan if ref["top1"] is None else ref["top1"]
         row["imagenet_diff"] = row.get("imagenet-1k", np.nan) - row["paper_imagenet"]
-        official = reference.official_finetune(row["model"], "cifar10", upstream, size) if upstream else None
+        official = (reference.official_finetune(ref["paper_name"], "cifar10", ref["upstream"], size)
+                    if ref["paper_name"] else None)
         row["official_cifar10"] = np.nan if official is None else official
         row["cifar10_diff"] = row.get("cifar10", np.nan) - row["official_cifar10"]
+        row["paper_row"] = ref["note"]
+        row["note"] = "; ".join(dict.fromkeys(notes))
         rows.append(row)
     return pd.DataFrame(rows, columns=[*AVG5_HEAD, *datasets, *AVG5_TAIL])
 
