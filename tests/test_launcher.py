@@ -61,7 +61,8 @@ def test_torchrun_pretrain_finetune_evaluate_as_documented(tmp_path, child_env):
     assert len(acc) == 1 and acc[0]["num_devices"] == "2"
     src = acc[0]["run_id"]
     assert out.count(f"on synthetic (test): top-1 {pct(acc[0]['top1'])} %") == 1, out
-    assert out.count("batch 50 x 2 process(es)") == 1  # the start line: rank 0 only
+    # the start line, rank 0 only; 50 is the global batch, split over the two processes
+    assert " ".join(out.split()).count("global batch 50 (25 per process x 2 processes)") == 1
 
     code, out = torchrun(["finetune", "--init", tmp_path / "runs" / src, *TINY_MODEL,
                           "--steps", "4", "--set", "optim.warmup_steps=1", *res], child_env)

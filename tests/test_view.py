@@ -151,7 +151,8 @@ def test_progress_fits_80_columns():
     view.console = Console(file=buf, width=80, force_terminal=True, color_system=None)
     view(Event.START, dict(run_dir="results/runs/mixer-t4-mnist-5k-s0-63d53555", total_steps=2000,
                            step=0, device="cpu", dtype="fp32", model="mixer-t4[depth=2,width=64]",
-                           dataset="mnist-5k", world_size=2, batch_size=128))
+                           dataset="mnist-5k", world_size=2, batch_size=128, img_size=28,
+                           pipeline="digits", eval_pipeline="eval-plain"))
     view(Event.STEP, dict(step=1234, total_steps=2000, epoch=12.34, loss=0.12345, lr=1e-3,
                           img_per_sec=1234.5))
     view.stop()
