@@ -643,6 +643,15 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     return dict(table=table, written=written, upstream=up)
 
 
+def _pipeline_of(dataset: str) -> str | None:
+    """The training pipeline a dataset's images need instead of a recipe's (its registry
+    record says: `digits` for digits, which are never mirrored), else None."""
+    from mixerbench.data import dataset_record
+
+    record = dataset_record(dataset)
+    return record.pipeline if record else None
+
+
 def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, device) -> list[Cell]:
     """Transfer's three downstream runs: fine-tuned from `up` at 1x and 2x, and the same
     architecture from scratch, all with the paper's fine-tuning recipe and equal steps."""
@@ -655,7 +664,7 @@ def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, devic
     down = {"data.batch_size": "32" if budget in ("smoke", "cpu") else "512",
             "optim.warmup_steps": str(steps // 10), "eval_every": str(steps),
             "data.eval_pipeline": "eval-plain",
-            "data.pipeline": "digits" if dataset == "mnist-5k" else "small"}
+            "data.pipeline": _pipeline_of(dataset) or "small"}
     flags = {**_common_flags(None, data_dir, device), "steps": steps}
     cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
                   experiment="transfer", init=up["run_dir"],
@@ -884,8 +893,8 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
 
     def cell(ds: str, k: int, lr: float, grid: bool) -> Cell:
         o = dict(over)
-        if ds == "mnist-5k":
-            o.setdefault("data.pipeline", "digits")  # a mirrored digit is another class
+        if _pipeline_of(ds):  # digits: a mirrored digit is another class
+            o.setdefault("data.pipeline", _pipeline_of(ds))
         if grid:
             o.update({"data.train_split": "train-minus-minival", "data.eval_split": "minival"})
         return Cell(presets[ds], None, str(root), dataset=ds, kind="finetune", init=str(init),
