@@ -363,9 +363,10 @@ class ProgressView:
     def _start(self, info: dict) -> None:
         self.stop()
         self.console.print(
-            f"[bold]{_e(info['model'])}[/] on [bold]{_e(info['dataset'])}[/]: {info['total_steps']:,} steps, "
-            f"batch {info['batch_size']} x {info['world_size']} process(es), {_e(info['device'])} {info['dtype']}"
-            f" -> {_e(info['run_dir'])}")
+            f"[bold]{_e(info['model'])}[/] on [bold]{_e(info['dataset'])}[/] at {info['img_size']} px "
+            f"(pipeline {_e(info['pipeline'])}, eval {_e(info['eval_pipeline'])}): "
+            f"{info['total_steps']:,} steps, batch {info['batch_size']} x {info['world_size']} "
+            f"process(es), {_e(info['device'])} {info['dtype']} -> {_e(info['run_dir'])}")
         self._bar("train", info["total_steps"], info["step"])
 
     def _resumed(self, info: dict) -> None:

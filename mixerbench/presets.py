@@ -403,7 +403,8 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     else:
         resolve_name(cfg.model.name)  # a preset's model must exist
     if dataset:
-        cfg = replace(cfg, data=replace(cfg.data, dataset=dataset))
+        cfg = _fit_dataset(replace(cfg, data=replace(cfg.data, dataset=dataset)),
+                           set(flags) | set(overrides))
     if "epochs" in flags and "steps" not in flags:
         cfg = replace(cfg, steps=None)
     if "steps" in flags and "epochs" not in flags:
@@ -438,6 +439,30 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     # a `data.path` already set (a config resolved elsewhere) is kept
     return replace(cfg, data=replace(cfg.data, path=cfg.data.path or inputs.data_path),
                    init_sha256=inputs.init_sha256 if cfg.init else None)
+
+
+def _fit_dataset(cfg: RunConfig, given: set[str]) -> RunConfig:
+    """A preset made for 28 px digits (`smoke`: pipeline `digits`, never mirrored) asked to
+    train on a known dataset of photos: that dataset's stored resolution and the small-image
+    pipeline (pad, crop, flip), unless `data.pipeline` or `model.img_size` is given; photos of
+    many sizes are refused in one sentence. Digits, the embedded sets and folders (whose images
+    are not looked at here) keep the preset's; the run's header says what it trains on."""
+    if cfg.data.pipeline != "digits" or "data.pipeline" in given:
+        return cfg
+    from mixerbench.data import KNOWN_DATASETS, canonical_name
+
+    known = canonical_name(cfg.data.dataset)
+    info = KNOWN_DATASETS.get(known or "", {})
+    if not info or info.get("embedded"):
+        return cfg
+    if info.get("image_size") is None:
+        raise UserError(f"The {cfg.preset or 'chosen'} preset is made for 28 px digits and {known} "
+                        "holds photos of many sizes; add --set data.pipeline=small --img-size 32 "
+                        "(or pick a preset made for photos, e.g. cifar10-scratch).")
+    changes = {"data.pipeline": "small"}
+    if "model.img_size" not in given:
+        changes["model.img_size"] = info["image_size"]
+    return apply_overrides(cfg, changes)
 
 
 # The fields of the model section that define the architecture (what `--init` fixes).

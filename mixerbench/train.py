@@ -44,7 +44,7 @@ class Event:
     STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)
     RESUMED = "resumed"    # an unfinished run continues: step, run_dir
     RESTARTED = "restarted"  # a run without training state starts again at 0: run_dir, dropped
-    START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, ...
+    START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, img_size, pipeline, ...
     STEP = "step"          # an optimizer step: step, total_steps, epoch, loss, lr, img_per_sec
     EVAL = "eval"          # an evaluation: the metrics.csv row (step, top1, top5, eval_loss)
     END = "end"            # the run finished: its summary, run_dir
@@ -355,7 +355,8 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
                       model=run.rec["name"], dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
-                      config=to_dict(cfg)))
+                      img_size=run.rec["img_size"], pipeline=cfg.data.pipeline,
+                      eval_pipeline=cfg.data.eval_pipeline, config=to_dict(cfg)))
     run.model.train()
     window = [time.perf_counter(), 0]  # start of the throughput window, images in it
     with stop_signals() as stop:

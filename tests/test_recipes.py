@@ -304,3 +304,75 @@ def test_a_torchvision_resnet_is_evaluated_with_its_own_normalisation(tmp_path, 
     with torch.no_grad():
         expected = 100 * float((model(theirs).argmax(1) == ds.labels).float().mean())
     assert out["top1"] == pytest.approx(expected)
+
+
+def test_every_copy_of_a_known_dataset_holds_out_its_minival_share(tmp_path):
+    """CIFAR-10's minival is 2 % of each class (docs/paper-notes.md §3) whether the copy is a
+    folder named cifar10 or a file named CIFAR-10.parquet (it used to get the 1 % default)."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from mixerbench.data import get_dataset
+
+    rng = np.random.default_rng(0)
+
+    def png():
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    labels = [c for c in range(10) for _ in range(100)]
+    table = pa.table({"img": [png() for _ in labels], "label": labels})
+    (tmp_path / "cifar10").mkdir()
+    pq.write_table(table, tmp_path / "cifar10" / "train-00000-of-00001.parquet")
+    pq.write_table(table, tmp_path / "CIFAR-10.parquet")
+    for copy in (tmp_path / "cifar10", tmp_path / "CIFAR-10.parquet"):
+        held = get_dataset(str(copy), "minival", img_size=8)
+        assert held.name == "cifar10" and len(held) == 20, copy  # 2 of every 100
+
+
+# ------------------------------------------------------------------- presets fit the dataset
+
+
+def test_the_smoke_preset_on_cifar10_trains_at_32_px_through_the_small_pipeline(
+        data_shared_dir, tmp_path):
+    """`--preset smoke` is made for 28 px digits; on CIFAR-10 it takes CIFAR-10's 32 px and the
+    pad-crop-flip pipeline (what is set explicitly stays), photos of many sizes are refused in
+    one sentence, and every run's header says its resolution and pipelines."""
+    from conftest import refused
+
+    base = ["pretrain", "--preset", "smoke", "--device", "cpu", "--data-dir", data_shared_dir,
+            "--print-config"]
+    cfg = json.loads(ok(cli(*base, "--dataset", "cifar10")))
+    assert (cfg["model"]["img_size"], cfg["data"]["pipeline"]) == (32, "small")
+    kept = json.loads(ok(cli(*base, "--dataset", "cifar10", "--set", "data.pipeline=digits")))
+    assert (kept["model"]["img_size"], kept["data"]["pipeline"]) == (28, "digits")
+    line = refused(cli(*base, "--dataset", "pets"))
+    assert "--set data.pipeline=small" in line
+    digits = json.loads(ok(cli(*base)))
+    assert (digits["model"]["img_size"], digits["data"]["pipeline"]) == (28, "digits")
+    from typer.testing import CliRunner
+
+    from mixerbench.cli import app
+
+    out = CliRunner().invoke(app, ["pretrain", *map(str, TINY), "--steps", "2", "--results-dir",
+                                   str(tmp_path)], env={"HF_HUB_OFFLINE": "1"}, terminal_width=200)
+    assert out.exit_code == 0, out.output
+    assert "on synthetic at 32 px (pipeline digits, eval eval-plain)" in out.output
+
+
+def test_the_quick_starts_numbers_are_the_committed_rows():
+    """The README's seed-0 numbers of the quick start's compare are the committed rows."""
+    import re
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = re.search(r"Mixer ([\d.]+), ViT ([\d.]+), ResNet ([\d.]+) top-1 "
+                     r"\(`results/accuracy.csv`, `compare:smoke`, seed 0\)", readme)
+    assert said, "the quick start's numbers are not where this test looks for them"
+    seed0 = {r["family"]: r["top1"] for r in rows(ROOT / "results" / "accuracy.csv")
+             if r["experiment"] == "compare:smoke" and r["seed"] == "0"}
+    assert [float(x) for x in said.groups()] == [float(seed0[f]) for f in ("mixer", "vit", "resnet")]

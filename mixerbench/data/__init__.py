@@ -255,11 +255,12 @@ def _resolve(name_or_path, data_dir, image_column, label_column, root: Path):
     cols = (image_column or info.get("image_column"), label_column or info.get("label_column"))
     path = Path(name).expanduser()
     if path.exists():
-        # A local copy of a known dataset (a folder named cifar10, ...) is that dataset, so it
-        # gets the same splits, minival share and columns as when it is found by name.
+        # A local copy of a known dataset (a folder named cifar10, a CIFAR-10.parquet file, ...)
+        # is that dataset, so it gets the same splits, minival share and columns as when it is
+        # found by name (`canonical_name`: one rule for every spelling and kind of copy).
         local = path.name if path.is_dir() else path.stem
-        known = _canonical(local)
-        if path.is_dir() and known in KNOWN_DATASETS and not KNOWN_DATASETS[known].get("embedded"):
+        known = canonical_name(str(path))
+        if known is not None:
             info = KNOWN_DATASETS[known]
             cols = (image_column or info.get("image_column"), label_column or info.get("label_column"))
             return known, info, sources.local_reader(_config_folder(path, info), *cols, hf_cache)
