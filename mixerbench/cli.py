@@ -1159,7 +1159,11 @@ def export_cmd(
     if res["gelu"] == "tanh":
         console.print("note: this Mixer was trained with tanh-approximate GELU (the official code's); "
                       "timm's MlpMixer only has exact GELU, hence the difference above (also in the card)")
-    console.print(f"load it with timm.create_model(\"local-dir:{escape(res['out_dir'])}\", pretrained=True)")
+    if res["constructor"]:  # no timm entry point builds these shapes
+        console.print(f"load it with {res['constructor']}(**model_args) of "
+                      f"{escape(res['out_dir'])}/config.json and load_state_dict (see its README.md)")
+    else:
+        console.print(f"load it with timm.create_model(\"local-dir:{escape(res['out_dir'])}\", pretrained=True)")
     if url:
         console.print(f"pushed to {escape(url)}")
 

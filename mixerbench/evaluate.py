@@ -553,7 +553,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         shuffle, rows) where `rows` maps each CSV table to the rows built for it.
     """
     from mixerbench.data import get_dataset
-    from mixerbench.models import get_spec, model_label
+    from mixerbench.models import get_spec, label_of
     from mixerbench.results import provenance
 
     device, dtype, shots, kinds = _check_options(device, dtype, crop, fewshot, shuffle, l2_reg,
@@ -570,7 +570,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
               device=device, preprocess=s["preprocess"])
     shuffled = dict(shuffle=s["train_shuffle"], shuffle_patch=s["patch"])
     # rows name the model as training runs do (shapes included), so tables join on it
-    label = model_label(s["rec"]["name"], s["rec"].get("overrides"))
+    label = label_of(s["rec"])
     out = dict(model=label, dataset=ds.name, split=split, img_size=s["img_size"],
                pipeline=s["pipeline"], top1=None, top5=None, loss=None, n=None, real=None,
                fewshot=[], shuffle=[], num_classes=ds.num_classes, head=s["has_head"])

@@ -68,11 +68,12 @@ def resolve_run(kind: str, *, preset: str | None = None, model: str | None = Non
     """(config, lrs) of a `pretrain` or `finetune` command: the preset (a fine-tuning run's
     default is its dataset's, `presets.finetune_preset`), the model (`mixer` when neither a
     model nor a preset is named), flags and `--set`; `lr` is one learning rate or a grid."""
+    from mixerbench.models import paper_family
     from mixerbench.presets import finetune_preset, run_config
 
     flags, overrides = dict(flags or {}), dict(overrides or {})
     if kind == "pretrain" and not (model or preset):
-        model = "mixer"
+        model = paper_family("subject")
     if kind == "finetune" and preset is None:
         length_given = (flags.get("steps") is not None or flags.get("epochs") is not None
                         or bool({"steps", "epochs"} & set(overrides)))
@@ -211,7 +212,7 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
     """Inference and training throughput for each model description on this device, unless a
     row for that model, mode, image size and device is already in throughput.csv."""
     from mixerbench.bench import bench
-    from mixerbench.models import model_label
+    from mixerbench.models import label_of
     from mixerbench.results import device_name
     from mixerbench.runtime import resolve_device
 
@@ -219,11 +220,11 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
     name = device_name(dev)
     done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name")
     todo = [r for r in models
-            if any((model_label(r["name"], r.get("overrides")), m, str(r["img_size"]), name)
+            if any((label_of(r), m, str(r["img_size"]), name)
                    not in done for m in ("infer", "train"))]
     if not todo:
         return []
-    log(Event.BENCH, dict(models=[model_label(r["name"], r.get("overrides")) for r in todo]))
+    log(Event.BENCH, dict(models=[label_of(r) for r in todo]))
     return bench(todo, mode="both", batch_size=batch_size, device=dev, repeats=repeats,
                  root=root, steps_per_repeat=5 if dev == "cpu" else 20,
                  warmup=2 if dev == "cpu" else 10)
@@ -250,7 +251,10 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
         other than 0 return {} once the cells are trained.
     """
     if not models:
-        raise UserError("No models to compare; pass --models mixer,vit,resnet for example.")
+        from mixerbench.models import paper_families
+
+        raise UserError("No models to compare; pass --models "
+                        f"{','.join(paper_families())} for example.")
     if seeds < 1:
         raise UserError("--seeds must be at least 1.")
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
@@ -318,13 +322,13 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     not already measured), then the table from the CSVs."""
     import pandas as pd
 
-    from mixerbench.models import model_info, model_label
+    from mixerbench.models import label_of, model_info
     from mixerbench.report import compare_name, compare_table, recipe_settings, regenerate
 
     described = {}
     for s in runs:
         rec = description_of(s)
-        described[model_label(rec["name"], rec.get("overrides"))] = rec
+        described[label_of(rec)] = rec
     ds_name = runs[0]["dataset"]
     if fewshot:
         for s in runs:
@@ -344,8 +348,9 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     acc = acc.sort_values("run_id", key=lambda ids: ids.map(order), kind="stable")
     thr = results.load("throughput", root, required=False)
     few = results.load("fewshot", root, required=False)
-    table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
-                          shots=fewshot or 5, settings=recipe_settings(root, acc))
+    # the table as `plot` regenerates it (tables/compare-*), its probes those of these runs
+    table = compare_table(acc, thr, few, dataset=ds_name, zoo_df=zoo, shots=fewshot,
+                          settings=recipe_settings(root, acc))
     written = regenerate(root, None, ["compare"], zoo_df=zoo)["written"]
     title = compare_name(ds_name, str(acc["experiment"].iloc[0]))[1] if len(acc) else ""
     return dict(table=table, runs=runs, dataset=ds_name, written=written, title=title)
@@ -414,10 +419,10 @@ def reproduce_table1(*, root=None, **_) -> dict:
     """
     import pandas as pd
 
-    from mixerbench.models import list_models, model_info
+    from mixerbench.models import model_info, paper_models
     from mixerbench.report import regenerate, table1
 
-    zoo = pd.DataFrame([model_info(n) for n in list_models("mixer-*") if n != "mixer-t4"])
+    zoo = pd.DataFrame([model_info(n) for n in paper_models()])
     done = regenerate(root, None, ["table1"], zoo_df=zoo)
     return dict(table=table1(zoo), written=done["written"])
 
@@ -466,19 +471,21 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
     both global rows lower. Runtime: smoke budget about 3 minutes on 2 CPU cores; cpu budget
     (CIFAR-10) about 40 minutes; small budget minutes on one GPU.
     """
-    from mixerbench.models import get_spec
+    from mixerbench.models import get_spec, paper_family
     from mixerbench.presets import family_model
     from mixerbench.report import regenerate
 
     preset, epochs, ds, over = _budget(budget, dataset, overrides)
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
-    mixer = family_model(preset, "mixer")[0]
+    # the paper's Figure 4 sides: its subject (the Mixer) and its convolutional baseline
+    subject, convolution = paper_family("subject"), paper_family("convolution")
+    mixer = family_model(preset, subject)[0]
     patch = int(over.get("model.patch_size") or mixer.patch_size or get_spec(mixer.name).patch_size)
     cells = [Cell(preset, family, str(root), dataset=ds, experiment="shuffle",
                   flags=_common_flags(epochs, data_dir, device),
                   overrides={**over, "data.shuffle": kind, "data.shuffle_patch": str(patch)},
                   label=dict(model=family, shuffle=kind))
-             for family in ("mixer", "resnet") for kind in ("none", "patch", "global")]
+             for family in (subject, convolution) for kind in ("none", "patch", "global")]
     runs = run_cells(cells, launcher, log)
     if not _joined_here():
         return {}
@@ -556,11 +563,12 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     their probes).
     """
     from mixerbench.data import get_dataset
+    from mixerbench.models import paper_families
     from mixerbench.presets import get_preset
     from mixerbench.report import regenerate
 
     preset, epochs_full, ds, over = _budget(budget, dataset, overrides)
-    models = models or ("mixer", "vit", "resnet")  # --models picks some of the families
+    models = models or paper_families()  # --models picks some of the families
     base = get_preset(preset)
     # smoke: 2 epochs of the full set at batch 32, so 12 runs fit in minutes on a CPU
     full = BUDGETS[budget].scaling_epochs or epochs_full or base.epochs or 1
@@ -618,6 +626,7 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     local copy) a few minutes on 2 CPU cores; cpu budget (CIFAR-10 -> mnist-5k) about 15
     minutes; small budget minutes on a GPU.
     """
+    from mixerbench.models import paper_family
     from mixerbench.report import regenerate, transfer_table
 
     preset, epochs, up_default, over = _budget(budget, None, overrides)
@@ -628,9 +637,10 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     if dataset == upstream:
         raise UserError(f"Transfer needs two datasets; pass --dataset other than {upstream}.")
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
-    up_cell = Cell(preset, "mixer", str(root), dataset=upstream, experiment="transfer",
+    subject = paper_family("subject")  # the paper's transfer claims are the Mixer's
+    up_cell = Cell(preset, subject, str(root), dataset=upstream, experiment="transfer",
                    flags=_common_flags(epochs, data_dir, device), overrides=over,
-                   label=dict(model="mixer", stage=f"pre-train on {upstream}"))
+                   label=dict(model=subject, stage=f"pre-train on {upstream}"))
     up, = run_cells([up_cell], launcher, log)
     runs = run_cells(_downstream_cells(up, dataset, budget, root, data_dir, device), launcher, log)
     if not _joined_here():
@@ -655,7 +665,10 @@ def _pipeline_of(dataset: str) -> str | None:
 def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, device) -> list[Cell]:
     """Transfer's three downstream runs: fine-tuned from `up` at 1x and 2x, and the same
     architecture from scratch, all with the paper's fine-tuning recipe and equal steps."""
+    from mixerbench.models import get_spec
+
     rec = description_of(up)
+    family = up.get("family") or get_spec(rec["name"]).family
     steps = 300 if budget in ("smoke", "cpu") else 1000
     # The paper's fine-tuning recipe ('finetune' preset: SGD 0.9, cosine, clip 1, no weight
     # decay, lr 0.03 from its grid) for all three downstream runs, so only the starting weights
@@ -669,14 +682,14 @@ def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, devic
     cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
                   experiment="transfer", init=up["run_dir"],
                   flags={**flags, "model.img_size": f"{k}x"}, overrides=down,
-                  label=dict(model="mixer", stage=f"fine-tune on {dataset} at {k}x"))
+                  label=dict(model=family, stage=f"fine-tune on {dataset} at {k}x"))
              for k in (1, 2)]
     cells.append(Cell("finetune", rec["name"], str(root), dataset=dataset, kind="pretrain",
                       experiment="transfer", flags=flags,
                       overrides={**down, "model.img_size": str(rec["img_size"]),
                                  "model.patch_size": str(rec["patch_size"]),
                                  **_arch_settings(rec)},
-                      label=dict(model="mixer", stage=f"from scratch on {dataset}")))
+                      label=dict(model=family, stage=f"from scratch on {dataset}")))
     return cells
 
 
@@ -832,10 +845,10 @@ def _source_of(init: str, upstream: str | None) -> dict:
     provenance: `upstream_of_tag`)."""
     from mixerbench.data import canonical_name
     from mixerbench.evaluate import _run_config
-    from mixerbench.models import get_spec, model_label
+    from mixerbench.models import get_spec, label_of
     from mixerbench.models.weights import source_description
 
-    rec = source_description(init)
+    rec = source_description(init, finetuning=True)
     if upstream is None:
         cfg, _ = _run_config(init)
         if cfg is not None:
@@ -847,7 +860,7 @@ def _source_of(init: str, upstream: str | None) -> dict:
         family = get_spec(name.split(".")[0]).family
     except UserError:
         family = ""
-    return dict(model=model_label(name, rec.get("overrides")), family=family,
+    return dict(model=label_of(rec), family=family,
                 upstream=upstream or "", img_size=rec["img_size"])
 
 

@@ -315,7 +315,8 @@ class Inputs:
     """What a run's named inputs are on this machine, read by `read_inputs` before `resolve`
     (which reads nothing): part of the run's identity.
 
-    `source`: the model description of the `--init` weights (`weights.source_description`);
+    `source`: the model description of the `--init` weights as a fine-tuning run starts from
+    them (`weights.source_description(..., finetuning=True)`);
     `init_sha256`: their file's sha256 (a re-trained source is another fine-tuning run; None
     for `timm:<name>`, identified by its name); `data_path`: the absolute resolved path of a
     dataset given as a path (a relative `--dataset ds` from two folders is two runs; None for
@@ -340,7 +341,8 @@ def read_inputs(preset: str | None = None, *, init: str | None = None, arch: str
     from mixerbench.models.weights import source_description, weights_sha256
 
     kind = spec.get("kind") or (get_preset(preset) if preset else RunConfig()).kind
-    source = source_description(init, arch) if kind == "finetune" and init else None
+    source = (source_description(init, arch, finetuning=True)
+              if kind == "finetune" and init else None)
     # the run's final dataset, data folder and weights, as the flags and --set leave them
     cfg = resolve(preset, init=init, arch=arch, **spec, inputs=Inputs(source=source))
     return Inputs(source=source, init_sha256=weights_sha256(cfg.init) if cfg.init else None,
@@ -384,9 +386,10 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         if inputs.source is None:
             raise ValueError("resolve() of a fine-tuning run needs the --init weights' "
                              "description: pass inputs=read_inputs(...), or call run_config()")
-        source, size = _finetune_model(inputs.source, flags, overrides)
+        source, size, dropped = _finetune_model(inputs.source, flags, overrides)
         cfg = replace(cfg, model=replace(source, drop_path=cfg.model.drop_path,
-                                         dropout=cfg.model.dropout, img_size=size))
+                                         dropout=cfg.model.dropout, img_size=size),
+                      init_dropped=dropped)
     elif model:
         small = family_model(preset, model)
         if small:  # the preset's model of that family, with the settings it needs
@@ -417,16 +420,17 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     if known:
         cfg = replace(cfg, data=replace(cfg.data, dataset=known))
     if source is None:
-        from mixerbench.models.baselines import plain_stem_ok
+        from mixerbench.models import check_options
 
-        if not plain_stem_ok(get_spec(resolve_name(cfg.model.name)).family, cfg.model.options):
-            # a new run may not record an option its model never reads (runs recorded with it
-            # before still read back: the model is built without it, as it was trained)
-            raise UserError(f"{cfg.model.name} ignores stem_width without stem_type='deep' "
-                            "(timm's plain stem has 64 channels); drop stem_width or add "
-                            "stem_type='deep'.")
+        # a new run's options may not contradict the model section's fields, leave the range
+        # that makes a model, or be ones its model never reads (runs recorded with such options
+        # before still read back)
+        check_options(cfg.model.name, cfg.model.options, cfg.model.width)
     else:
         _check_architecture_kept(cfg.model, source)
+        if cfg.init_dropped != dropped:
+            raise UserError("init_dropped says which layer of the --init weights a fine-tuning "
+                            "run leaves out, and is set from those weights; drop that setting.")
         # Above the trained resolution (Kx, K > 1) the eval crop is resize-crop (resize to
         # 256/224 of the side, centre crop), as for the paper's 448 px Mixers of Table 2, not the
         # resmall-crop of its 224 px rows (App. C; docs/paper-notes.md §3). A crop the user sets
@@ -469,11 +473,14 @@ def _fit_dataset(cfg: RunConfig, given: set[str]) -> RunConfig:
 _ARCHITECTURE = ("name", "patch_size", "width", "depth", "gelu", "options")
 
 
-def _finetune_model(rec: dict, flags: dict, overrides: dict) -> tuple[ModelConfig, int]:
-    """The model section of a fine-tuning run of weights described by `rec`, and its
-    resolution: the trained one, `--img-size N`, or `--img-size Kx` (K times the trained one,
-    paper section 3). Pops a `Kx` resolution from `flags` / `overrides`, where it is not an
-    integer."""
+def _finetune_model(rec: dict, flags: dict,
+                    overrides: dict) -> tuple[ModelConfig, int, str | None]:
+    """The model section of a fine-tuning run of weights described by `rec` (their
+    description as a fine-tuning run starts from them: `source_description(...,
+    finetuning=True)`), its resolution (the trained one, `--img-size N`, or `--img-size Kx`: K
+    times the trained one, paper section 3) and the layer of the weights it leaves out (an
+    official ViT's representation layer), if any. Pops a `Kx` resolution from `flags` /
+    `overrides`, where it is not an integer."""
     from mixerbench.models import REGULARISERS
 
     arch = {k: v for k, v in (rec.get("overrides") or {}).items()
@@ -494,7 +501,7 @@ def _finetune_model(rec: dict, flags: dict, overrides: dict) -> tuple[ModelConfi
                 raise UserError(f"--img-size {text} is not a resolution: give pixels (e.g. "
                                 f"{2 * size}) or a whole multiple of the trained {size} px (e.g. 2x).")
             size = factor * rec["img_size"]
-    return model, size
+    return model, size, ",".join(rec.get("dropped", ())) or None
 
 
 def _check_architecture_kept(m: ModelConfig, source: ModelConfig) -> None:

@@ -231,7 +231,7 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
     written from non-finite weights or metrics."""
     import torch
 
-    from mixerbench.models import get_spec, model_label
+    from mixerbench.models import get_spec, label_of
     from mixerbench.models.weights import unwrap
 
     last = rundir.last_metrics(run.run_dir)
@@ -246,7 +246,7 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
     images = run.total * cfg.data.batch_size
     summary = dict(
         run_id=run.run_dir.name, recipe_id=recipe_id(cfg, run.dtype),
-        model=model_label(run.rec["name"], run.rec.get("overrides")),
+        model=label_of(run.rec),
         family=get_spec(run.rec["name"]).family,
         dataset=cfg.data.dataset, split=eval_split(run), img_size=run.rec["img_size"],
         epochs=round(images / run.train_size, 4), steps=run.total,
