@@ -448,24 +448,24 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
 def _fit_dataset(cfg: RunConfig, given: set[str]) -> RunConfig:
     """A preset made for 28 px digits (`smoke`: pipeline `digits`, never mirrored) asked to
     train on a known dataset of photos: that dataset's stored resolution and the small-image
-    pipeline (pad, crop, flip), unless `data.pipeline` or `model.img_size` is given; photos of
-    many sizes are refused in one sentence. Digits, the embedded sets and folders (whose images
-    are not looked at here) keep the preset's; the run's header says what it trains on."""
+    pipeline (pad, crop, flip) or the one its record names (digits at another size keep theirs),
+    unless `data.pipeline` or `model.img_size` is given; photos of many sizes are refused in one
+    sentence. The embedded sets and folders (whose images are not looked at here) keep the
+    preset's; the run's header says what it trains on."""
     if cfg.data.pipeline != "digits" or "data.pipeline" in given:
         return cfg
-    from mixerbench.data import KNOWN_DATASETS, canonical_name
+    from mixerbench.data import dataset_record
 
-    known = canonical_name(cfg.data.dataset)
-    info = KNOWN_DATASETS.get(known or "", {})
-    if not info or info.get("embedded"):
+    record = dataset_record(cfg.data.dataset)
+    if record is None or record.embedded:
         return cfg
-    if info.get("image_size") is None:
-        raise UserError(f"The {cfg.preset or 'chosen'} preset is made for 28 px digits and {known} "
-                        "holds photos of many sizes; add --set data.pipeline=small --img-size 32 "
-                        "(or pick a preset made for photos, e.g. cifar10-scratch).")
-    changes = {"data.pipeline": "small"}
+    if record.image_size is None:
+        raise UserError(f"The {cfg.preset or 'chosen'} preset is made for 28 px digits and "
+                        f"{record.name} holds photos of many sizes; add --set data.pipeline=small "
+                        "--img-size 32 (or pick a preset made for photos, e.g. cifar10-scratch).")
+    changes = {"data.pipeline": record.pipeline or "small"}
     if "model.img_size" not in given:
-        changes["model.img_size"] = info["image_size"]
+        changes["model.img_size"] = record.image_size
     return apply_overrides(cfg, changes)
 
 
