@@ -447,7 +447,8 @@ def reproduce_throughput(*, root=None, device=None, models=None, batch_size=None
     models = models or (["mixer-b16", "vit-b16", "bit-r50x1", "mixer-b32", "vit-b32", "mixer-s32"]
                         if cpu else ["mixer-b16", "vit-b16", "bit-r50x1", "mixer-l16", "vit-l16",
                                      "mixer-s16", "mixer-b32", "mixer-s32"])
-    rows = bench(models, mode="both", batch_size=batch_size or (8 if cpu else 256), device=dev,
+    rows = bench(models, mode="both", device=dev,
+                 batch_size=batch_size if batch_size is not None else 8 if cpu else 256,
                  repeats=3, steps_per_repeat=3 if cpu else 20, warmup=1 if cpu else 10,
                  root=root)
     done = regenerate(root, None, ["throughput"])
@@ -759,26 +760,39 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     train). Rows go to released.csv; tables/released.{csv,md} puts the paper's numbers and the
     differences beside them.
     Weights: from the Hugging Face cache without network access when there (as timm does), else
-    downloaded; every checkpoint is located before any is evaluated.
+    downloaded; every checkpoint is located and loaded once before any is evaluated.
+    All or nothing: every input is checked first (batch size, ReaL labels, each checkpoint
+    loadable), the rows are written together in one atomic step after the last evaluation (a
+    failure or Ctrl-C on the way writes none), and a checkpoint already recorded the same way
+    (split, resolution, crop, ReaL and 5-shot or not: `results.KEYS`) is not added again.
     Expected: close to the paper's row where the released weights are the paper's own (our
     resize filters are not TensorFlow's, so small differences remain); timm's
     `goog_in21k_ft_in1k` Mixers are the paper's ImageNet-1k models (docs/paper-notes.md §8)
     and are set against its ImageNet rows (76.44 / 71.76 %), as each row's note says. Runtime: ImageNet val is 50,000 images per model, a
     job for a GPU; no run of the full list is committed.
     """
-    from mixerbench.evaluate import evaluate
+    from mixerbench.evaluate import evaluate, load_real_labels
     from mixerbench.models import get_spec
-    from mixerbench.models.weights import hub_file
+    from mixerbench.models.weights import hub_file, load_model
     from mixerbench.report import regenerate, released_table
     from mixerbench.train import Event as TrainEvent
 
     checkpoints = tuple(checkpoints or (released_of(c) for c in RELEASED))
     dataset = dataset or "imagenet-1k"
+    batch_size = 256 if batch_size is None else batch_size  # 0 is a mistake, not "the default"
+    if not 1 <= batch_size <= 2**20:
+        raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,} images.")
     root = results.writable_results_dir(root)
+    if real_labels is not None:  # read and checked once, before any weights are
+        real_labels = load_real_labels(real_labels)
     for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work
         get_spec(c.checkpoint)
         hub_file(c.checkpoint[len("timm:"):])
+    for i, c in enumerate(checkpoints, 1):  # and loadable: a damaged one found now, not after
+        log(TrainEvent.STAGE, dict(what=f"checking {c.paper_name} loads ({i}/{len(checkpoints)})"))
+        load_model(c.checkpoint)  # hours of evaluating the ones before it; dropped at once
     results.ensure_appendable("released", root)
+    rows = []
     for i, c in enumerate(checkpoints, 1):
         log(CellEvent.CELL, dict(checkpoint=c.checkpoint, index=i, of=len(checkpoints)))
 
@@ -788,7 +802,7 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
         out = evaluate(c.checkpoint, dataset, split="validation", crop=c.crop,
                        data_dir=str(data_dir) if data_dir else None,
                        real_labels=real_labels, fewshot="5" if fewshot else None, device=device,
-                       batch_size=batch_size or 256, progress=progress)
+                       batch_size=batch_size, progress=progress)
         real = out.get("real") or {}
         fs = next((r for r in out.get("fewshot") or [] if r["shots"] == 5), {})
         acc = out["rows"]["accuracy"][0]
@@ -800,11 +814,15 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
                    real_n=real.get("n"), fewshot5_mean=fs.get("top1_mean"),
                    fewshot5_std=fs.get("top1_std"),
                    **{k: acc[k] for k in results.PROVENANCE})
-        results.append_row("released", row, root)
+        rows.append(row)
+    # one atomic write for every checkpoint's row, after the last evaluation
+    kept = results.append_rows("released", rows, root)
     written = regenerate(root, None, ["released"])["written"]
     table = released_table(results.load("released", root))
+    notes = [f"released.csv already held {r['checkpoint']} measured this way (split, resolution, "
+             "crop, ReaL and 5-shot or not); the recorded row was kept, none added" for r in kept]
     return dict(table=table[table["checkpoint"].isin([c.checkpoint for c in checkpoints])],
-                written=written)
+                written=written, kept=kept, notes=notes)
 
 
 # ------------------------------------------------------------------ the transfer protocol
