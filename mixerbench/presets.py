@@ -221,6 +221,9 @@ def _finetune(dataset: str, lr: float = 0.03, steps: int | None = None,
     )
 
 
+_DERIVED: dict[str, str] = {}  # preset name -> the dataset whose record it comes from
+
+
 def _dataset_presets() -> None:
     """Register `finetune-<dataset>` for every registry dataset whose record has a fine-tuning
     recipe and no preset yet (datasets registered after this module was imported included):
@@ -229,10 +232,15 @@ def _dataset_presets() -> None:
 
     from mixerbench.data import DATASETS
 
+    for name, dataset in list(_DERIVED.items()):  # a dataset unregistered since
+        if dataset not in DATASETS:
+            PRESETS.pop(name, None)
+            del _DERIVED[name]
     for record in list(DATASETS.values()):
         recipe = record.finetune
         if recipe is None or recipe.preset in PRESETS:
             continue
+        _DERIVED[recipe.preset] = record.name
         fn = partial(_finetune, record.name)
         fn.__doc__ = (f"Paper section 3 fine-tuning on {record.title}: {recipe.steps:,} steps "
                       f"({recipe.warmup} warm-up), SGD 0.9, batch 512, lr 0.03, cosine, clip 1, "

@@ -36,11 +36,13 @@ from mixerbench.data.registry import (
     DatasetRecord,
     Finetune,
     register_dataset,
+    unregister_dataset,
 )
 from mixerbench.data.transforms import PIPELINES, SHUFFLES, make_shuffle
 from mixerbench.errors import UserError, close_matches
 
 __all__ = ["Dataset", "DATASETS", "DatasetRecord", "Finetune", "KNOWN_DATASETS", "register_dataset",
+           "unregister_dataset",
            "dataset_record", "PIPELINES", "SHUFFLES", "Batches", "canonical_name",
            "bench_inputs", "capped_split", "describe", "get_dataset", "known_datasets",
            "make_loader", "make_shuffle", "minival_mask", "stratified_subset", "datasets_command"]

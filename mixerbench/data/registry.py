@@ -84,6 +84,15 @@ def register_dataset(record: DatasetRecord) -> DatasetRecord:
     return record
 
 
+def unregister_dataset(name: str) -> None:
+    """Remove a dataset and its aliases (tests that register one undo it this way); its
+    fine-tuning preset goes with it (`presets` derives them when asked)."""
+    DATASETS.pop(name, None)
+    KNOWN_DATASETS.pop(name, None)
+    for alias in [a for a, n in ALIASES.items() if n == name]:
+        del ALIASES[alias]
+
+
 TRAIN_TEST = {"train": "train", "test": "test"}
 
 for _record in (
