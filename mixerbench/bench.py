@@ -406,7 +406,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
 
     import torch
 
-    from mixerbench.models import get_spec, model_info, model_label
+    from mixerbench.models import family_for, get_spec, label_of, model_info
     from mixerbench.results import SCHEMAS, append_row, device_name
 
     modes, described, device, dtype, start_batch, auto = _check_bench(
@@ -441,11 +441,12 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
             spec = get_spec(rec["name"])
             size = img_size or rec.get("img_size") or spec.img_size
             arch = dict(patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
-            label = model_label(rec["name"], arch["overrides"])
+            label = label_of(rec)
             classes = rec.get("num_classes") or num_classes
             info = model_info(rec["name"], num_classes=classes, img_size=size,
                               patch_size=arch["patch_size"], **arch["overrides"])
-            cl = (spec.family == "resnet" and cuda) if channels_last is None else bool(channels_last)
+            cl = (family_for(rec["name"]).channels_last and cuda) if channels_last is None \
+                else bool(channels_last)
             for m in modes:
                 progress(log, f"{label} {m}", len(rows) + 1, total)
                 batch, step = _fit(rec["name"], m, start_batch, device=device, img_size=size,

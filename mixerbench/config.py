@@ -100,6 +100,10 @@ class RunConfig:
     # sha256 of the `init` weights file (`presets.read_inputs`): a source re-trained under
     # another config is another fine-tuning run; None for timm:<name> (named by its tag).
     init_sha256: str | None = None
+    # What the fine-tuned model leaves out of the `init` weights (set by `presets.resolve` from
+    # the source): "pre_logits", an official ViT's representation layer, dropped as
+    # vision_transformer's `load_pretrained` drops it for fine-tuning; None when nothing is.
+    init_dropped: str | None = None
     epochs: float | None = None
     steps: int | None = None         # wins over epochs when both are set
     accum_steps: int = 1
@@ -509,6 +513,9 @@ def validate(cfg: RunConfig) -> RunConfig:
     if cfg.kind == "finetune" and not cfg.init:
         raise UserError("Fine-tuning needs --init: a run directory, a .safetensors file, "
                         "timm:<name> or an official .npz.")
+    if cfg.init_dropped not in (None, "pre_logits") or (cfg.init_dropped and not cfg.init):
+        raise UserError("init_dropped says which layer of the --init weights a fine-tuning run "
+                        "leaves out, and is set from those weights; drop that setting.")
     return cfg
 
 

@@ -405,8 +405,11 @@ def real_labels_for(file_names, real_labels, what: str = "the dataset") -> list[
         real_labels: the `real.json` list (or its path).
 
     Raises:
-        UserError: when there are no file names, or some are not a validation image's name.
+        UserError: when there are no file names, some are not a validation image's name, or
+            one name is there twice (the same image under two class folders, or in two
+            encodings): ReaL scores each validation image once, so it would count twice.
     """
+    from collections import Counter
     from pathlib import PurePath
 
     from mixerbench.errors import UserError
@@ -424,6 +427,12 @@ def real_labels_for(file_names, real_labels, what: str = "the dataset") -> list[
                         f"{len(missing):,} of the {len(stems):,} images of {what} have none of the "
                         f"{len(labels):,} names in the labels file (e.g. {str(missing[0])!r}); "
                         "evaluate ImageNet val with its original ILSVRC2012_val_* file names.")
+    twice = [(s, k) for s, k in Counter(stems).items() if k > 1]
+    if twice:
+        raise UserError(f"ReaL counts each ImageNet validation image once, but {what} holds "
+                        f"{len(twice):,} of them more than once (e.g. {twice[0][0]} {twice[0][1]} "
+                        "times, under two class folders or in two encodings); keep one copy of "
+                        "each and evaluate again.")
     return [key[s] for s in stems]
 
 
@@ -562,7 +571,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         shuffle, rows) where `rows` maps each CSV table to the rows built for it.
     """
     from mixerbench.data import get_dataset
-    from mixerbench.models import get_spec, model_label
+    from mixerbench.models import get_spec, label_of
     from mixerbench.results import provenance
 
     device, dtype, shots, kinds = _check_options(device, dtype, crop, fewshot, shuffle, l2_reg,
@@ -579,7 +588,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
               device=device, preprocess=s["preprocess"])
     shuffled = dict(shuffle=s["train_shuffle"], shuffle_patch=s["patch"])
     # rows name the model as training runs do (shapes included), so tables join on it
-    label = model_label(s["rec"]["name"], s["rec"].get("overrides"))
+    label = label_of(s["rec"])
     out = dict(model=label, dataset=ds.name, split=split, img_size=s["img_size"],
                pipeline=s["pipeline"], top1=None, top5=None, loss=None, n=None, real=None,
                fewshot=[], shuffle=[], num_classes=ds.num_classes, head=s["has_head"])

@@ -68,6 +68,7 @@ def resolve_run(kind: str, *, preset: str | None = None, model: str | None = Non
     model nor a preset is named), a `--config` file's settings, flags and `--set`; `lr` is one
     learning rate or a grid. What the command line names (`--model`, `--dataset`, `--init`)
     wins over the file's settings of it."""
+    from mixerbench.models import paper_family
     from mixerbench.presets import finetune_preset, run_config
 
     flags, overrides = dict(flags or {}), dict(overrides or {})
@@ -77,7 +78,7 @@ def resolve_run(kind: str, *, preset: str | None = None, model: str | None = Non
                         f"`mixerbench {settings['kind']} --config FILE`.")
     preset = preset or settings.get("preset")
     if kind == "pretrain" and not (model or preset or "model.name" in settings):
-        model = "mixer"
+        model = paper_family("subject")
     if kind == "finetune" and preset is None:
         length_given = (flags.get("steps") is not None or flags.get("epochs") is not None
                         or bool({"steps", "epochs"} & (set(overrides) | set(settings))))
@@ -281,7 +282,7 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
     """Inference and training throughput for each model description on this device, unless a
     row for that model, mode, image size and device is already in throughput.csv."""
     from mixerbench.bench import bench
-    from mixerbench.models import model_label
+    from mixerbench.models import label_of
     from mixerbench.results import device_name
     from mixerbench.runtime import resolve_device
 
@@ -289,11 +290,11 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
     name = device_name(dev)
     done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name")
     todo = [r for r in models
-            if any((model_label(r["name"], r.get("overrides")), m, str(r["img_size"]), name)
+            if any((label_of(r), m, str(r["img_size"]), name)
                    not in done for m in ("infer", "train"))]
     if not todo:
         return []
-    log(Event.BENCH, dict(models=[model_label(r["name"], r.get("overrides")) for r in todo]))
+    log(Event.BENCH, dict(models=[label_of(r) for r in todo]))
     return bench(todo, mode="both", batch_size=batch_size, device=dev, repeats=repeats,
                  root=root, steps_per_repeat=5 if dev == "cpu" else 20,
                  warmup=2 if dev == "cpu" else 10)
@@ -320,7 +321,10 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
         other than 0 return {} once the cells are trained.
     """
     if not models:
-        raise UserError("No models to compare; pass --models mixer,vit,resnet for example.")
+        from mixerbench.models import paper_families
+
+        raise UserError("No models to compare; pass --models "
+                        f"{','.join(paper_families())} for example.")
     if seeds < 1:
         raise UserError("--seeds must be at least 1.")
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
@@ -373,13 +377,13 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     not already measured), then the table from the CSVs."""
     import pandas as pd
 
-    from mixerbench.models import model_info, model_label
+    from mixerbench.models import label_of, model_info
     from mixerbench.report import compare_name, compare_table, recipe_settings, regenerate
 
     described = {}
     for s in runs:
         rec = description_of(s)
-        described[model_label(rec["name"], rec.get("overrides"))] = rec
+        described[label_of(rec)] = rec
     ds_name = runs[0]["dataset"]
     if fewshot:
         for s in runs:
@@ -399,8 +403,9 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     acc = acc.sort_values("run_id", key=lambda ids: ids.map(order), kind="stable")
     thr = results.load("throughput", root, required=False)
     few = results.load("fewshot", root, required=False)
-    table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
-                          shots=fewshot or 5, settings=recipe_settings(root, acc))
+    # the table as `plot` regenerates it (tables/compare-*), its probes those of these runs
+    table = compare_table(acc, thr, few, dataset=ds_name, zoo_df=zoo, shots=fewshot,
+                          settings=recipe_settings(root, acc))
     written = regenerate(root, None, ["compare"], zoo_df=zoo)["written"]
     title = compare_name(ds_name, str(acc["experiment"].iloc[0]))[1] if len(acc) else ""
     return dict(table=table, runs=runs, dataset=ds_name, written=written, title=title)
@@ -469,10 +474,10 @@ def reproduce_table1(*, root=None, **_) -> dict:
     """
     import pandas as pd
 
-    from mixerbench.models import list_models, model_info
+    from mixerbench.models import model_info, paper_models
     from mixerbench.report import regenerate, table1
 
-    zoo = pd.DataFrame([model_info(n) for n in list_models("mixer-*") if n != "mixer-t4"])
+    zoo = pd.DataFrame([model_info(n) for n in paper_models()])
     done = regenerate(root, None, ["table1"], zoo_df=zoo)
     return dict(table=table1(zoo), written=done["written"])
 
@@ -497,7 +502,8 @@ def reproduce_throughput(*, root=None, device=None, models=None, batch_size=None
     models = models or (["mixer-b16", "vit-b16", "bit-r50x1", "mixer-b32", "vit-b32", "mixer-s32"]
                         if cpu else ["mixer-b16", "vit-b16", "bit-r50x1", "mixer-l16", "vit-l16",
                                      "mixer-s16", "mixer-b32", "mixer-s32"])
-    rows = bench(models, mode="both", batch_size=batch_size or (8 if cpu else 256), device=dev,
+    rows = bench(models, mode="both", device=dev,
+                 batch_size=batch_size if batch_size is not None else 8 if cpu else 256,
                  repeats=3, steps_per_repeat=3 if cpu else 20, warmup=1 if cpu else 10,
                  root=root)
     done = regenerate(root, None, ["throughput"])
@@ -551,17 +557,19 @@ def shuffle_cells(*, root, dataset=None, budget="smoke", device=None, data_dir=N
                   overrides=None, **_) -> list[Cell]:
     """The cells of `reproduce shuffle`: the budget's Mixer and ResNet, each on the original,
     patch-shuffled and globally shuffled images (the Mixer's patch size for both)."""
-    from mixerbench.models import get_spec
+    from mixerbench.models import get_spec, paper_family
     from mixerbench.presets import family_model
 
     preset, epochs, ds, over = _budget(budget, dataset, overrides)
-    mixer = family_model(preset, "mixer")[0]
+    # the paper's Figure 4 sides: its subject (the Mixer) and its convolutional baseline
+    subject, convolution = paper_family("subject"), paper_family("convolution")
+    mixer = family_model(preset, subject)[0]
     patch = int(over.get("model.patch_size") or mixer.patch_size or get_spec(mixer.name).patch_size)
     return [Cell(preset, family, str(root), dataset=ds, experiment="shuffle",
                  flags=_common_flags(epochs, data_dir, device),
                  overrides={**over, "data.shuffle": kind, "data.shuffle_patch": str(patch)},
                  label=dict(model=family, shuffle=kind))
-            for family in ("mixer", "resnet") for kind in ("none", "patch", "global")]
+            for family in (subject, convolution) for kind in ("none", "patch", "global")]
 
 
 def _fewshot5(summary: dict, root, data_dir, device) -> dict:
@@ -650,10 +658,11 @@ def scaling_cells(*, root, dataset=None, budget="smoke", device=None, data_dir=N
     """The cells of `reproduce data-scaling`: each model on each nested subset, every run the
     same number of steps (the budget's epochs over the full split)."""
     from mixerbench.data import get_dataset
+    from mixerbench.models import paper_families
     from mixerbench.presets import get_preset
 
     preset, epochs_full, ds, over = _budget(budget, dataset, overrides)
-    models = models or ("mixer", "vit", "resnet")  # --models picks some of the families
+    models = models or paper_families()  # --models picks some of the families
     base = get_preset(preset)
     # smoke: 2 epochs of the full set at batch 32, so 12 runs fit in minutes on a CPU
     full = BUDGETS[budget].scaling_epochs or epochs_full or base.epochs or 1
@@ -691,6 +700,7 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     local copy) a few minutes on 2 CPU cores; cpu budget (CIFAR-10 -> mnist-5k) about 15
     minutes; small budget minutes on a GPU.
     """
+    from mixerbench.models import paper_family
     from mixerbench.report import regenerate, transfer_table
 
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
@@ -713,6 +723,8 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
 def transfer_upstream(*, root, dataset=None, upstream=None, budget="smoke", device=None,
                       data_dir=None, overrides=None, **_) -> tuple[Cell, str]:
     """The pre-training cell of `reproduce transfer`, and the downstream dataset."""
+    from mixerbench.models import paper_family
+
     preset, epochs, up_default, over = _budget(budget, None, overrides)
     upstream = upstream or up_default
     if budget == "smoke" and upstream == "mnist-5k" and dataset is None:
@@ -720,9 +732,19 @@ def transfer_upstream(*, root, dataset=None, upstream=None, budget="smoke", devi
     dataset = dataset or "mnist-5k"
     if dataset == upstream:
         raise UserError(f"Transfer needs two datasets; pass --dataset other than {upstream}.")
-    return Cell(preset, "mixer", str(root), dataset=upstream, experiment="transfer",
+    subject = paper_family("subject")  # the paper's transfer claims are the Mixer's
+    return Cell(preset, subject, str(root), dataset=upstream, experiment="transfer",
                 flags=_common_flags(epochs, data_dir, device), overrides=over,
-                label=dict(model="mixer", stage=f"pre-train on {upstream}")), dataset
+                label=dict(model=subject, stage=f"pre-train on {upstream}")), dataset
+
+
+def _pipeline_of(dataset: str) -> str | None:
+    """The training pipeline a dataset's images need instead of a recipe's (its registry
+    record says: `digits` for digits, which are never mirrored), else None."""
+    from mixerbench.data import dataset_record
+
+    record = dataset_record(dataset)
+    return record.pipeline if record else None
 
 
 def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, data_dir,
@@ -730,6 +752,9 @@ def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, d
     """Transfer's three downstream runs: fine-tuned from the upstream run in `up_dir` (its
     model `rec`) at 1x and 2x, and the same architecture from scratch, all with the paper's
     fine-tuning recipe and equal steps."""
+    from mixerbench.models import get_spec
+
+    family = get_spec(rec["name"]).family
     steps = 300 if budget in ("smoke", "cpu") else 1000
     # The paper's fine-tuning recipe ('finetune' preset: SGD 0.9, cosine, clip 1, no weight
     # decay, lr 0.03 from its grid) for all three downstream runs, so only the starting weights
@@ -738,19 +763,19 @@ def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, d
     down = {"data.batch_size": "32" if budget in ("smoke", "cpu") else "512",
             "optim.warmup_steps": str(steps // 10), "eval_every": str(steps),
             "data.eval_pipeline": "eval-plain",
-            "data.pipeline": "digits" if dataset == "mnist-5k" else "small"}
+            "data.pipeline": _pipeline_of(dataset) or "small"}
     flags = {**_common_flags(None, data_dir, device), "steps": steps}
     cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
                   experiment="transfer", init=up_dir,
                   flags={**flags, "model.img_size": f"{k}x"}, overrides=down,
-                  label=dict(model="mixer", stage=f"fine-tune on {dataset} at {k}x"))
+                  label=dict(model=family, stage=f"fine-tune on {dataset} at {k}x"))
              for k in (1, 2)]
     cells.append(Cell("finetune", rec["name"], str(root), dataset=dataset, kind="pretrain",
                       experiment="transfer", flags=flags,
                       overrides={**down, "model.img_size": str(rec["img_size"]),
                                  "model.patch_size": str(rec["patch_size"]),
                                  **_arch_settings(rec)},
-                      label=dict(model="mixer", stage=f"from scratch on {dataset}")))
+                      label=dict(model=family, stage=f"from scratch on {dataset}")))
     return cells
 
 
@@ -820,27 +845,40 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     train). Rows go to released.csv; tables/released.{csv,md} puts the paper's numbers and the
     differences beside them.
     Weights: from the Hugging Face cache without network access when there (as timm does), else
-    downloaded; every checkpoint is located before any is evaluated.
+    downloaded; every checkpoint is located and loaded once before any is evaluated.
+    All or nothing: every input is checked first (batch size, ReaL labels, each checkpoint
+    loadable), the rows are written together in one atomic step after the last evaluation (a
+    failure or Ctrl-C on the way writes none), and a checkpoint already recorded the same way
+    (split, resolution, crop, ReaL and 5-shot or not: `results.KEYS`) is not added again.
     Expected: close to the paper's row where the released weights are the paper's own (our
     resize filters are not TensorFlow's, so small differences remain); timm's
     `goog_in21k_ft_in1k` Mixers are the paper's ImageNet-1k models (docs/paper-notes.md §8)
     and are set against its ImageNet rows (76.44 / 71.76 %), as each row's note says. Runtime: ImageNet val is 50,000 images per model, a
     job for a GPU; no run of the full list is committed.
     """
-    from mixerbench.evaluate import evaluate
+    from mixerbench.evaluate import evaluate, load_real_labels
     from mixerbench.events import Event as ProgressEvent
     from mixerbench.models import get_spec
-    from mixerbench.models.weights import hub_file
+    from mixerbench.models.weights import hub_file, load_model
     from mixerbench.report import regenerate, released_table
     from mixerbench.train import Event as TrainEvent
 
     checkpoints = tuple(checkpoints or (released_of(c) for c in RELEASED))
     dataset = dataset or "imagenet-1k"
+    batch_size = 256 if batch_size is None else batch_size  # 0 is a mistake, not "the default"
+    if not 1 <= batch_size <= 2**20:
+        raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,} images.")
     root = results.writable_results_dir(root)
+    if real_labels is not None:  # read and checked once, before any weights are
+        real_labels = load_real_labels(real_labels)
     for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work
         get_spec(c.checkpoint)
         hub_file(c.checkpoint[len("timm:"):])
+    for i, c in enumerate(checkpoints, 1):  # and loadable: a damaged one found now, not after
+        log(TrainEvent.STAGE, dict(what=f"checking {c.paper_name} loads ({i}/{len(checkpoints)})"))
+        load_model(c.checkpoint)  # hours of evaluating the ones before it; dropped at once
     results.ensure_appendable("released", root)
+    rows = []
     for i, c in enumerate(checkpoints, 1):
         log(CellEvent.CELL, dict(checkpoint=c.checkpoint, index=i, of=len(checkpoints)))
 
@@ -851,7 +889,7 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
         out = evaluate(c.checkpoint, dataset, split="validation", crop=c.crop,
                        data_dir=str(data_dir) if data_dir else None,
                        real_labels=real_labels, fewshot="5" if fewshot else None, device=device,
-                       batch_size=batch_size or 256, log=stages)
+                       batch_size=batch_size, log=stages)
         real = out.get("real") or {}
         fs = next((r for r in out.get("fewshot") or [] if r["shots"] == 5), {})
         acc = out["rows"]["accuracy"][0]
@@ -863,11 +901,15 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
                    real_n=real.get("n"), fewshot5_mean=fs.get("top1_mean"),
                    fewshot5_std=fs.get("top1_std"),
                    **{k: acc[k] for k in results.PROVENANCE})
-        results.append_row("released", row, root)
+        rows.append(row)
+    # one atomic write for every checkpoint's row, after the last evaluation
+    kept = results.append_rows("released", rows, root)
     written = regenerate(root, None, ["released"])["written"]
     table = released_table(results.load("released", root))
+    notes = [f"released.csv already held {r['checkpoint']} measured this way (split, resolution, "
+             "crop, ReaL and 5-shot or not); the recorded row was kept, none added" for r in kept]
     return dict(table=table[table["checkpoint"].isin([c.checkpoint for c in checkpoints])],
-                written=written)
+                written=written, kept=kept, notes=notes)
 
 
 # ------------------------------------------------------------------ the transfer protocol
@@ -908,10 +950,10 @@ def _source_of(init: str, upstream: str | None) -> dict:
     provenance: `upstream_of_tag`)."""
     from mixerbench.data import canonical_name
     from mixerbench.evaluate import _run_config
-    from mixerbench.models import get_spec, model_label
+    from mixerbench.models import get_spec, label_of
     from mixerbench.models.weights import source_description
 
-    rec = source_description(init)
+    rec = source_description(init, finetuning=True)
     if upstream is None:
         cfg, _ = _run_config(init)
         if cfg is not None:
@@ -923,7 +965,7 @@ def _source_of(init: str, upstream: str | None) -> dict:
         family = get_spec(name.split(".")[0]).family
     except UserError:
         family = ""
-    return dict(model=model_label(name, rec.get("overrides")), family=family,
+    return dict(model=label_of(rec), family=family,
                 upstream=upstream or "", img_size=rec["img_size"])
 
 
@@ -1044,8 +1086,8 @@ def avg5_cells(*, root, init=None, dataset=None, budget="smoke", device=None, da
 
     def cell(ds: str, k: int, lr: float, grid: bool) -> Cell:
         o = dict(over)
-        if ds == "mnist-5k":
-            o.setdefault("data.pipeline", "digits")  # a mirrored digit is another class
+        if _pipeline_of(ds):  # digits: a mirrored digit is another class
+            o.setdefault("data.pipeline", _pipeline_of(ds))
         if grid:
             o.update({"data.train_split": "train-minus-minival", "data.eval_split": "minival"})
         return Cell(presets[ds], None, str(root), dataset=ds, kind="finetune", init=str(init),
@@ -1096,6 +1138,7 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
     from dataclasses import replace
 
     from mixerbench.config import validate
+    from mixerbench.models import get_spec, paper_family
 
     kw = {k: v for k, v in kw.items() if k not in ("launcher",)}
     if name == "compare":
@@ -1120,7 +1163,7 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
         for k, c in zip((1, 2), tuned):  # the upstream model at k times its size, as fine-tuned
             size = (m.img_size or base.model.img_size) * k
             opts = dict(base.model.options)
-            if k > 1 and m.name.startswith("mixer"):
+            if k > 1 and get_spec(m.name).family == paper_family("subject"):  # App. C expansion
                 opts["tokens_dim"] = ((m.width or 0) // 2 or 1) * k * k
             cfg = validate(replace(base, model=replace(base.model, img_size=size, options=opts)))
             out.append((cfg, _label(c), "fine-tuned from the upstream run; its id depends on its weights"))

@@ -83,7 +83,7 @@ def describe(cfg) -> dict:
     overrides. A fine-tuning run's architecture comes from its `--init` weights; a Mixer
     fine-tuned at K times their resolution has K^2 times their token-mixing width (the
     block-diagonal expansion, paper section 3)."""
-    from mixerbench.models import get_spec
+    from mixerbench.models import get_spec, paper_family
     from mixerbench.prepare import model_overrides
 
     m = cfg.model
@@ -98,7 +98,9 @@ def describe(cfg) -> dict:
             if k not in ("drop_path", "dropout")}
     size = m.img_size or rec["img_size"]
     k = size // rec["img_size"] if rec["img_size"] else 1
-    if k > 1 and get_spec(rec["name"]).family == "mixer" and not rec["name"].startswith("timm:"):
+    # the paper's subject (the Mixer) fine-tunes at Kx by expanding its token-mixing MLPs
+    if k > 1 and get_spec(rec["name"]).family == paper_family("subject") \
+            and not rec["name"].startswith("timm:"):
         dim = over.get("width") or over.get("dim") or get_spec(rec["name"]).kwargs.get("dim", 0)
         over["tokens_dim"] = (over.get("tokens_dim") or dim // 2) * k * k
     return dict(name=rec["name"], img_size=size, patch_size=rec.get("patch_size"),

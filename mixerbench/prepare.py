@@ -58,7 +58,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], No
     import torch
 
     from mixerbench.data import get_dataset, make_loader, stratified_subset
-    from mixerbench.models import get_spec
+    from mixerbench.models import channels_last
     from mixerbench.models.weights import unwrap
     from mixerbench.runtime import choose, setup_distributed, use_device
 
@@ -94,7 +94,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], No
     model, rec = build_model(cfg, train_ds.num_classes)  # the one real build
     img_size = rec["img_size"]
     model.to(device)
-    if device.startswith("cuda") and get_spec(rec["name"]).family == "resnet":
+    if device.startswith("cuda") and channels_last(rec["name"]):  # the family's layout
         model.to(memory_format=torch.channels_last)
     if cfg.init:  # weights loaded from a file: their MACs counted on them (nothing rebuilt)
         from mixerbench.models.flops import count_macs
@@ -153,15 +153,16 @@ def build_model(cfg: RunConfig, num_classes: int):
 
 
 def model_overrides(cfg: RunConfig) -> dict:
-    """The zoo constructor's arguments for `cfg.model` (width, depth, regularisers, options)."""
-    from mixerbench.models import get_spec
+    """The zoo constructor's arguments for `cfg.model` (width, depth, regularisers, options,
+    and `model.gelu` where the model's family takes it)."""
+    from mixerbench.models import takes_gelu
 
     m = cfg.model
     overrides = dict(m.options)
     for key in ("width", "depth", "drop_path", "dropout"):
         if getattr(m, key):
             overrides[key] = getattr(m, key)
-    if get_spec(m.name).family == "mixer" and not m.name.startswith("timm:"):
+    if takes_gelu(m.name):
         overrides["gelu"] = m.gelu
     return overrides
 

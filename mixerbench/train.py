@@ -230,7 +230,7 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
     written from non-finite weights or metrics."""
     import torch
 
-    from mixerbench.models import get_spec, model_label
+    from mixerbench.models import get_spec, label_of
     from mixerbench.models.weights import unwrap
 
     last = rundir.last_metrics(run.run_dir)
@@ -245,7 +245,7 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
     images = run.total * cfg.data.batch_size
     summary = dict(
         run_id=run.run_dir.name, recipe_id=recipe_id(cfg, run.dtype),
-        model=model_label(run.rec["name"], run.rec.get("overrides")),
+        model=label_of(run.rec),
         family=get_spec(run.rec["name"]).family,
         dataset=cfg.data.dataset, split=eval_split(run), img_size=run.rec["img_size"],
         epochs=round(images / run.train_size, 4), steps=run.total,
@@ -354,7 +354,11 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
         train_model = torch.compile(train_model)
     log(Event.START, dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
-                      model=model_label(run.rec["name"], run.rec.get("overrides")),
+                      # an official ViT's representation layer is not fine-tuned (as
+                      # vision_transformer's load_pretrained drops it): the first line says so
+                      model=model_label(run.rec["name"], run.rec.get("overrides"))
+                      + (f" (without the {cfg.init_dropped} layer of --init)"
+                         if cfg.init_dropped else ""),
                       dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
                       img_size=run.rec["img_size"], pipeline=cfg.data.pipeline,

@@ -659,7 +659,11 @@ def export(res: dict, url: str | None) -> None:
     if res["gelu"] == "tanh":
         say("note: this Mixer was trained with tanh-approximate GELU (the official code's); "
             "timm's MlpMixer only has exact GELU, hence the difference above (also in the card)")
-    say(f"load it with timm.create_model(\"local-dir:{e(res['out_dir'])}\", pretrained=True)")
+    if res.get("constructor"):  # no timm entry point builds these shapes
+        say(f"load it with {res['constructor']}(**model_args) of {e(res['out_dir'])}/config.json "
+            "and load_state_dict (see its README.md)")
+    else:
+        say(f"load it with timm.create_model(\"local-dir:{e(res['out_dir'])}\", pretrained=True)")
     if url:
         say(f"pushed to {e(url)}")
 

@@ -183,7 +183,7 @@ def _zoo_of(root: Path, runs: list[str]):
     checkpoints hold (None when no run folder is there)."""
     import pandas as pd
 
-    from mixerbench.models import model_info, model_label
+    from mixerbench.models import label_of, model_info
     from mixerbench.models.weights import CHECKPOINT, read_metadata
 
     rows = {}
@@ -194,7 +194,7 @@ def _zoo_of(root: Path, runs: list[str]):
             rec = None
         if not rec:
             continue
-        label = model_label(rec["name"], rec.get("overrides"))
+        label = label_of(rec)
         if label not in rows:
             rows[label] = dict(model_info(rec["name"], num_classes=rec["num_classes"],
                                           img_size=rec["img_size"],
@@ -215,9 +215,9 @@ def _table1(i: Inputs) -> list[tuple[str, Any]]:
     if i.zoo_df is None:
         import pandas as pd
 
-        from mixerbench.models import list_models, model_info
+        from mixerbench.models import model_info, paper_models
 
-        i.zoo_df = pd.DataFrame([model_info(n) for n in list_models("mixer-*") if n != "mixer-t4"])
+        i.zoo_df = pd.DataFrame([model_info(n) for n in paper_models()])
     return [("table1", table1(i.zoo_df))]
 
 
