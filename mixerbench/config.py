@@ -578,6 +578,7 @@ MEANING: dict[str, str] = {
     "kind": "pretrain or finetune",
     "init": "weights to fine-tune: run dir, .safetensors, timm:<name> or .npz",
     "init_sha256": "identity of the init weights file (set by mixerbench)",
+    "init_dropped": "a layer of the init weights not fine-tuned, e.g. pre_logits (set by mixerbench)",
     "epochs": "training length in epochs of the train split",
     "steps": "training length in optimizer steps (wins over epochs)",
     "accum_steps": "micro-batches per optimizer step",
@@ -597,7 +598,7 @@ _CHOICES = {"kind": ("pretrain", "finetune"), "optim.name": ("adam", "sgd"),
             "dtype": ("auto", "bf16", "fp16", "fp32"), "model.gelu": ("tanh", "exact"),
             "data.shuffle": ("none", "patch", "global")}
 # What a sweep sets for each of its cells: a --config file given to compare or reproduce may not.
-PER_CELL = ("model.name", "seed", "run_name", "kind", "init", "init_sha256", "preset",
+PER_CELL = ("model.name", "seed", "run_name", "kind", "init", "init_sha256", "init_dropped", "preset",
             "data.dataset", "data.path")
 # Keys `--print-config` adds beside the settings, which a file read back may hold.
 PRINTED = ("run_id", "config_hash", "resolved")
