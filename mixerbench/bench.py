@@ -436,7 +436,11 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
             progress(f"{precision} matmul rate", 0, total)
         common = dict(matmul_tflops=measure_matmul_tflops(device, dtype), bench_id=bench_id,
                       peak_tflops=peak, matmul_precision=precision)
-        rows = []
+        rows, entries = [], []
+        # On a CPU every (model, mode) is built and warmed up first, then timed in interleaved
+        # rounds (one repeat of each per round): a shared CPU's load drifts over minutes, and
+        # ratios must compare the same minutes. On a GPU each holds the device alone, in turn.
+        interleave = not cuda
         for rec in described:
             spec = get_spec(rec["name"])
             size = img_size or rec.get("img_size") or spec.img_size
@@ -449,25 +453,36 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                 else bool(channels_last)
             for m in modes:
                 if progress:
-                    progress(f"{label} {m}", len(rows) + 1, total)
+                    progress(f"{label} {m}", len(entries) + 1, total)
                 batch, step = _fit(rec["name"], m, start_batch, device=device, img_size=size,
                                    num_classes=classes, dtype=dtype, compile=compile,
                                    channels_last=cl, **arch)
                 secs = time_steps(step, device=device, warmup=max(warmup - 2, 0),
-                                  repeats=repeats, steps_per_repeat=steps_per_repeat)
+                                  repeats=0 if interleave else repeats, steps_per_repeat=steps_per_repeat)
+                entry = dict(step=step if interleave else None, secs=secs, m=m, batch=batch, info=info,
+                             row=dict(model=label, family=spec.family, img_size=size, params=info["params"],
+                                      gmacs=info["gmacs"], gflops=info["gflops"], macs=info["macs"],
+                                      steps_per_repeat=steps_per_repeat, warmup=max(warmup, 2),
+                                      paper_name=spec.paper_name,
+                                      batch_requested=None if auto else start_batch,
+                                      **fingerprint(device, dtype, compiled=compile, channels_last=cl,
+                                                    batch_size=batch)))
                 del step
-                _free(device)
-                row = _row(m, secs, batch, steps_per_repeat, info, common)
-                row.update(model=label, family=spec.family, img_size=size, params=info["params"],
-                           gmacs=info["gmacs"], gflops=info["gflops"], macs=info["macs"],
-                           repeat_seconds=secs, steps_per_repeat=steps_per_repeat,
-                           warmup=max(warmup, 2), paper_name=spec.paper_name,
-                           batch_requested=None if auto else start_batch,
-                           **fingerprint(device, dtype, compiled=compile, channels_last=cl,
-                                         batch_size=batch))
-                rows.append(row)
-                if root is not None:
-                    append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]}, root)
+                if not interleave:
+                    _free(device)
+                entries.append(entry)
+        for _ in range(repeats if interleave else 0):
+            for e in entries:
+                e["secs"] += time_steps(e["step"], device=device, warmup=0, repeats=1,
+                                        steps_per_repeat=steps_per_repeat)
+        for e in entries:
+            e["step"] = None
+            row = dict(_row(e["m"], e["secs"], e["batch"], steps_per_repeat, e["info"], common),
+                       repeat_seconds=e["secs"], **e["row"])
+            rows.append(row)
+            if root is not None:
+                append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]}, root)
+        _free(device)
         if progress:
             progress("done", total, total)
         first = {}  # each row's speed relative to the first model's in the same mode
