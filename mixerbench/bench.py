@@ -384,7 +384,8 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         dtype: bf16 / fp16 / fp32 (default bf16 on CUDA, fp32 on CPU).
         compile: torch.compile the model (default on CUDA only).
         repeats / warmup / steps_per_repeat: R timed repeats of `steps_per_repeat` steps after
-            `warmup` untimed steps.
+            `warmup` untimed steps; on a CPU the repeats of all models and modes alternate
+            (round r times repeat r of each), so their ratios share the machine's load.
         channels_last: NHWC layout (default: for CNNs on CUDA, where cuDNN prefers it).
         num_classes: head size (1000, as the zoo's params and GMACs).
         root: if given, rows are appended to `<root>/throughput.csv`.

@@ -38,6 +38,8 @@ SHRINK: list[tuple[str, list[str]]] = [
     (r"^reproduce throughput", ["--models", "mixer-s32,vit-s32", "--batch-size", "2"]),
     (r"^reproduce (shuffle|data-scaling|transfer|avg5)",
      ["--set", "steps=2", "--set", "max_eval_examples=100"]),
+    (r"^datasets .*--write-jpegs", ["--write-jpegs", "20"]),
+    (r"^datasets .*--bench", ["--images", "16", "--batch-size", "8", "--repeats", "1"]),
     (r"^pretrain .*--list-presets|--print-config|^models|^paper|^datasets|^plot|^export", []),
     (r"^pretrain ", ["--steps", "4"]),
     (r"^finetune ", ["--steps", "2", "--set", "optim.warmup_steps=1", "--set",
@@ -144,7 +146,7 @@ def test_a_documented_command_runs_as_typed(doc, line, checkout, monkeypatch):
 def test_shrinking_only_adds_size_arguments():
     """What SHRINK appends makes a command smaller, never another experiment."""
     allowed = {"--set", "--steps", "--max-examples", "--no-bench", "--repeats", "--warmup",
-               "--batch-size", "--models", "--seeds"}
+               "--batch-size", "--models", "--seeds", "--write-jpegs", "--images"}
     sizes = re.compile(r"(steps|max_eval_examples|optim\.warmup_steps)=\d+|\d+|[a-z0-9-]+,[a-z0-9-]+")
     for _, extra in SHRINK:
         for arg in extra:
