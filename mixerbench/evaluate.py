@@ -404,8 +404,11 @@ def real_labels_for(file_names, real_labels, what: str = "the dataset") -> list[
         real_labels: the `real.json` list (or its path).
 
     Raises:
-        UserError: when there are no file names, or some are not a validation image's name.
+        UserError: when there are no file names, some are not a validation image's name, or
+            one name is there twice (the same image under two class folders, or in two
+            encodings): ReaL scores each validation image once, so it would count twice.
     """
+    from collections import Counter
     from pathlib import PurePath
 
     from mixerbench.errors import UserError
@@ -423,6 +426,12 @@ def real_labels_for(file_names, real_labels, what: str = "the dataset") -> list[
                         f"{len(missing):,} of the {len(stems):,} images of {what} have none of the "
                         f"{len(labels):,} names in the labels file (e.g. {str(missing[0])!r}); "
                         "evaluate ImageNet val with its original ILSVRC2012_val_* file names.")
+    twice = [(s, k) for s, k in Counter(stems).items() if k > 1]
+    if twice:
+        raise UserError(f"ReaL counts each ImageNet validation image once, but {what} holds "
+                        f"{len(twice):,} of them more than once (e.g. {twice[0][0]} {twice[0][1]} "
+                        "times, under two class folders or in two encodings); keep one copy of "
+                        "each and evaluate again.")
     return [key[s] for s in stems]
 
 

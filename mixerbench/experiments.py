@@ -348,8 +348,9 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     acc = acc.sort_values("run_id", key=lambda ids: ids.map(order), kind="stable")
     thr = results.load("throughput", root, required=False)
     few = results.load("fewshot", root, required=False)
-    table = compare_table(acc, thr, few if fewshot else None, dataset=ds_name, zoo_df=zoo,
-                          shots=fewshot or 5, settings=recipe_settings(root, acc))
+    # the table as `plot` regenerates it (tables/compare-*), its probes those of these runs
+    table = compare_table(acc, thr, few, dataset=ds_name, zoo_df=zoo, shots=fewshot,
+                          settings=recipe_settings(root, acc))
     written = regenerate(root, None, ["compare"], zoo_df=zoo)["written"]
     title = compare_name(ds_name, str(acc["experiment"].iloc[0]))[1] if len(acc) else ""
     return dict(table=table, runs=runs, dataset=ds_name, written=written, title=title)
@@ -446,7 +447,8 @@ def reproduce_throughput(*, root=None, device=None, models=None, batch_size=None
     models = models or (["mixer-b16", "vit-b16", "bit-r50x1", "mixer-b32", "vit-b32", "mixer-s32"]
                         if cpu else ["mixer-b16", "vit-b16", "bit-r50x1", "mixer-l16", "vit-l16",
                                      "mixer-s16", "mixer-b32", "mixer-s32"])
-    rows = bench(models, mode="both", batch_size=batch_size or (8 if cpu else 256), device=dev,
+    rows = bench(models, mode="both", device=dev,
+                 batch_size=batch_size if batch_size is not None else 8 if cpu else 256,
                  repeats=3, steps_per_repeat=3 if cpu else 20, warmup=1 if cpu else 10,
                  root=root)
     done = regenerate(root, None, ["throughput"])
@@ -652,6 +654,15 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     return dict(table=table, written=written, upstream=up)
 
 
+def _pipeline_of(dataset: str) -> str | None:
+    """The training pipeline a dataset's images need instead of a recipe's (its registry
+    record says: `digits` for digits, which are never mirrored), else None."""
+    from mixerbench.data import dataset_record
+
+    record = dataset_record(dataset)
+    return record.pipeline if record else None
+
+
 def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, device) -> list[Cell]:
     """Transfer's three downstream runs: fine-tuned from `up` at 1x and 2x, and the same
     architecture from scratch, all with the paper's fine-tuning recipe and equal steps."""
@@ -667,7 +678,7 @@ def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, devic
     down = {"data.batch_size": "32" if budget in ("smoke", "cpu") else "512",
             "optim.warmup_steps": str(steps // 10), "eval_every": str(steps),
             "data.eval_pipeline": "eval-plain",
-            "data.pipeline": "digits" if dataset == "mnist-5k" else "small"}
+            "data.pipeline": _pipeline_of(dataset) or "small"}
     flags = {**_common_flags(None, data_dir, device), "steps": steps}
     cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
                   experiment="transfer", init=up["run_dir"],
@@ -749,26 +760,39 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     train). Rows go to released.csv; tables/released.{csv,md} puts the paper's numbers and the
     differences beside them.
     Weights: from the Hugging Face cache without network access when there (as timm does), else
-    downloaded; every checkpoint is located before any is evaluated.
+    downloaded; every checkpoint is located and loaded once before any is evaluated.
+    All or nothing: every input is checked first (batch size, ReaL labels, each checkpoint
+    loadable), the rows are written together in one atomic step after the last evaluation (a
+    failure or Ctrl-C on the way writes none), and a checkpoint already recorded the same way
+    (split, resolution, crop, ReaL and 5-shot or not: `results.KEYS`) is not added again.
     Expected: close to the paper's row where the released weights are the paper's own (our
     resize filters are not TensorFlow's, so small differences remain); timm's
     `goog_in21k_ft_in1k` Mixers are the paper's ImageNet-1k models (docs/paper-notes.md §8)
     and are set against its ImageNet rows (76.44 / 71.76 %), as each row's note says. Runtime: ImageNet val is 50,000 images per model, a
     job for a GPU; no run of the full list is committed.
     """
-    from mixerbench.evaluate import evaluate
+    from mixerbench.evaluate import evaluate, load_real_labels
     from mixerbench.models import get_spec
-    from mixerbench.models.weights import hub_file
+    from mixerbench.models.weights import hub_file, load_model
     from mixerbench.report import regenerate, released_table
     from mixerbench.train import Event as TrainEvent
 
     checkpoints = tuple(checkpoints or (released_of(c) for c in RELEASED))
     dataset = dataset or "imagenet-1k"
+    batch_size = 256 if batch_size is None else batch_size  # 0 is a mistake, not "the default"
+    if not 1 <= batch_size <= 2**20:
+        raise UserError(f"--batch-size {batch_size} must be between 1 and {2**20:,} images.")
     root = results.writable_results_dir(root)
+    if real_labels is not None:  # read and checked once, before any weights are
+        real_labels = load_real_labels(real_labels)
     for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work
         get_spec(c.checkpoint)
         hub_file(c.checkpoint[len("timm:"):])
+    for i, c in enumerate(checkpoints, 1):  # and loadable: a damaged one found now, not after
+        log(TrainEvent.STAGE, dict(what=f"checking {c.paper_name} loads ({i}/{len(checkpoints)})"))
+        load_model(c.checkpoint)  # hours of evaluating the ones before it; dropped at once
     results.ensure_appendable("released", root)
+    rows = []
     for i, c in enumerate(checkpoints, 1):
         log(CellEvent.CELL, dict(checkpoint=c.checkpoint, index=i, of=len(checkpoints)))
 
@@ -778,7 +802,7 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
         out = evaluate(c.checkpoint, dataset, split="validation", crop=c.crop,
                        data_dir=str(data_dir) if data_dir else None,
                        real_labels=real_labels, fewshot="5" if fewshot else None, device=device,
-                       batch_size=batch_size or 256, progress=progress)
+                       batch_size=batch_size, progress=progress)
         real = out.get("real") or {}
         fs = next((r for r in out.get("fewshot") or [] if r["shots"] == 5), {})
         acc = out["rows"]["accuracy"][0]
@@ -790,11 +814,15 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
                    real_n=real.get("n"), fewshot5_mean=fs.get("top1_mean"),
                    fewshot5_std=fs.get("top1_std"),
                    **{k: acc[k] for k in results.PROVENANCE})
-        results.append_row("released", row, root)
+        rows.append(row)
+    # one atomic write for every checkpoint's row, after the last evaluation
+    kept = results.append_rows("released", rows, root)
     written = regenerate(root, None, ["released"])["written"]
     table = released_table(results.load("released", root))
+    notes = [f"released.csv already held {r['checkpoint']} measured this way (split, resolution, "
+             "crop, ReaL and 5-shot or not); the recorded row was kept, none added" for r in kept]
     return dict(table=table[table["checkpoint"].isin([c.checkpoint for c in checkpoints])],
-                written=written)
+                written=written, kept=kept, notes=notes)
 
 
 # ------------------------------------------------------------------ the transfer protocol
@@ -896,8 +924,8 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
 
     def cell(ds: str, k: int, lr: float, grid: bool) -> Cell:
         o = dict(over)
-        if ds == "mnist-5k":
-            o.setdefault("data.pipeline", "digits")  # a mirrored digit is another class
+        if _pipeline_of(ds):  # digits: a mirrored digit is another class
+            o.setdefault("data.pipeline", _pipeline_of(ds))
         if grid:
             o.update({"data.train_split": "train-minus-minival", "data.eval_split": "minival"})
         return Cell(presets[ds], None, str(root), dataset=ds, kind="finetune", init=str(init),

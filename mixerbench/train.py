@@ -370,7 +370,11 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
         train_model = torch.compile(train_model)
     log(Event.START, dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
-                      model=run.rec["name"], dataset=cfg.data.dataset, world_size=run.world,
+                      # an official ViT's representation layer is not fine-tuned (as
+                      # vision_transformer's load_pretrained drops it): the first line says so
+                      model=run.rec["name"] + (f" (without the {cfg.init_dropped} layer of "
+                                               "--init)" if cfg.init_dropped else ""),
+                      dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
                       img_size=run.rec["img_size"], pipeline=cfg.data.pipeline,
                       eval_pipeline=cfg.data.eval_pipeline, config=to_dict(cfg)))

@@ -288,10 +288,16 @@ def test_finetune_init_of_a_pre_logits_file_runs_and_its_config_notes_the_droppe
     path = tmp_path / "vit21k.npz"
     np.savez(path, **pre_linen(arrays))
     res = tmp_path / "res"
-    r = cli("finetune", "--init", path, "--dataset", "synthetic", "--steps", "2", "--device",
-            "cpu", "--set", "data.batch_size=20", "--set", "optim.warmup_steps=1",
-            "--set", "max_eval_examples=20", "--results-dir", res)
+    from typer.testing import CliRunner
+
+    from mixerbench.cli import app
+
+    r = CliRunner().invoke(app, [
+        "finetune", "--init", str(path), "--dataset", "synthetic", "--steps", "2", "--device",
+        "cpu", "--set", "data.batch_size=20", "--set", "optim.warmup_steps=1",
+        "--set", "max_eval_examples=20", "--results-dir", str(res)], env={"HF_HUB_OFFLINE": "1"})
     assert r.exit_code == 0, r.output
+    assert "without the pre_logits layer" in r.output  # the run says so
     run, = (res / "runs").iterdir()
     cfg = json.loads((run / "config.json").read_text())
     assert cfg["init_dropped"] == "pre_logits"

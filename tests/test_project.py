@@ -150,7 +150,8 @@ def test_code_tests_and_docs_cite_nothing_outside_the_repository():
     """The paper by section, or docs/paper-notes.md: never a planning file or an issue number."""
     pattern = re.compile(r"\b(design|paper|peers|style)\.md\b|\bissues? #?\d|#\d+'s")
     files = [*(ROOT / "mixerbench").rglob("*.py"), *(ROOT / "tests").rglob("*.py"),
-             ROOT / "README.md", ROOT / "results" / "README.md", *(ROOT / "docs").rglob("*.md")]
+             ROOT / "README.md", ROOT / "CONTRIBUTING.md", ROOT / "results" / "README.md",
+             *(ROOT / "docs").rglob("*.md")]
     hits = [f"{f.relative_to(ROOT)}:{i}" for f in files
             for i, line in enumerate(f.read_text().splitlines(), 1)
             if pattern.search(line) and "paper-notes.md" not in line]

@@ -674,3 +674,20 @@ def test_the_default_panel_is_the_compare_even_on_a_smaller_dataset():
     assert "compare:smoke" in title, title
     named = figures.pareto_cost(both, paper=False, dataset="cifar10").axes[0].get_title()
     assert "data-scaling" in named, named
+
+
+def test_figures_draw_one_point_per_recipe_never_two_recipes_averaged():
+    """Two recipes of one model in one compare (e.g. another lr): two points, each its own
+    seeds' mean, in the cost figure and in the speed figure."""
+    base = dict(model="mixer-t4", dataset="d", split="test", img_size=28, epochs=16,
+                experiment="compare:smoke", kind="pretrain", train_seconds=10.0,
+                device_hours=0.01, train_flops=1e12, device_name="cpu")
+    acc = frame("accuracy", [dict(base, run_id="a0", recipe_id="a", top1=40.0),
+                             dict(base, run_id="a1", recipe_id="a", top1=42.0),
+                             dict(base, run_id="b0", recipe_id="b", top1=90.0)])
+    fig = figures.pareto_cost(acc, paper=False)
+    assert sorted(scatter_offsets(fig.axes[0])[:, 1]) == [41.0, 90.0]
+    thr = frame("throughput", [dict(model="mixer-t4", mode="infer", img_size=28, batch_size=8,
+                                    img_per_sec_mean=100.0, device_name="cpu", bench_id="x")])
+    fig = figures.accuracy_throughput(acc, thr, paper=False)
+    assert sorted(scatter_offsets(fig.axes[0])[:, 1]) == [41.0, 90.0]

@@ -15,7 +15,7 @@ from conftest import cli
 from mixerbench import results
 from mixerbench.presets import resolve
 from mixerbench.errors import UserError
-from mixerbench.presets import PRESETS, get_preset, run_config
+from mixerbench.presets import get_preset, names, run_config
 from mixerbench.optim import lr_factor
 from mixerbench.train import Interrupted, TrainingStopped, train
 
@@ -92,7 +92,7 @@ def small_checkpoint(tmp_path_factory):
 
 
 def test_every_preset_resolves(small_checkpoint):
-    for name in PRESETS:
+    for name in names():
         kw = {"init": str(small_checkpoint)} if name.startswith("finetune") else {}
         assert run_config(name, **kw).preset == name
 
@@ -416,7 +416,7 @@ def test_every_preset_round_trips_through_config_json(small_checkpoint):
     hash (a preset's whole-number epochs once hashed as 8 and read back as 8.0)."""
     from mixerbench.config import config_hash, from_dict, to_dict
 
-    for name in PRESETS:
+    for name in names():
         kw = {"init": str(small_checkpoint)} if name.startswith("finetune") else {}
         cfg = run_config(name, **kw)
         back = from_dict(json.loads(json.dumps(dict(to_dict(cfg), config_hash=config_hash(cfg)))))

@@ -37,11 +37,14 @@ from mixerbench.errors import UserError
 from mixerbench.report import style
 from mixerbench.report.tables import (
     device_hours,
+    latest_bench,
     latest_per_run,
     numeric,
     pick_comparison,
     pick_dataset,
+    recipe_key,
     require,
+    text,
 )
 
 # ----------------------------------------------------------------------------- helpers
@@ -292,7 +295,9 @@ def pareto_cost(
     if "train_flops" not in acc.columns:
         acc["train_flops"] = np.nan
     acc["pflops"] = acc["train_flops"] / 1e15
-    keys = [k for k in ("model", "img_size", "epochs") if k in acc.columns]
+    # one point per recipe (its seeds averaged), never two recipes of one model name
+    acc["_recipe"] = recipe_key(acc)
+    keys = ["_recipe"] + [k for k in ("model", "img_size", "epochs") if k in acc.columns]
     acc["family"] = style.families(acc)
     agg = acc.groupby(keys, sort=False, dropna=False).agg(
         top1=("top1", "mean"), top1_std=("top1", "std"), n=("top1", "size"),
@@ -302,6 +307,9 @@ def pareto_cost(
     epochs = agg["epochs"] if "epochs" in agg.columns else pd.Series(np.nan, index=agg.index)
     agg["label"] = [f"{m} {round(e):g}ep" if dup and e == e else str(m)
                     for m, e, dup in zip(agg["model"], epochs, several)]
+    same = agg["label"].duplicated(keep=False)  # two recipes the epochs do not tell apart
+    agg["label"] = [f"{lab} ({r.removeprefix('run:')[-8:]})" if dup else lab
+                    for lab, r, dup in zip(agg["label"], agg["_recipe"], same)]
     panels = [(c, lab) for c, lab in (
         ("device_hours", "training cost (device-hours)"),
         ("pflops", "training compute (PFLOPs)"),
@@ -360,7 +368,9 @@ def accuracy_throughput(
         accuracy_df: `accuracy.csv` rows (`model, dataset, top1`, optional `experiment`); mean
             and std over runs, over the `compare` runs alone when there are any.
         throughput_df: `throughput.csv` rows (`model, mode, img_per_sec_mean, num_devices,
-            device_name`); the best row per model (over batch sizes), divided by `num_devices`.
+            device_name`); per recipe, its model's latest bench at its resolution (on the device
+            it trained on where benched there; `tables.latest_bench`), its best batch size,
+            divided by `num_devices`.
         dataset: which dataset's accuracy (default: the one with most rows).
         mode: `infer` or `train` throughput.
         paper: add a panel with the paper's Table 3 JFT-300M rows at 224 (TPU-v3 img/s/core).
@@ -376,19 +386,23 @@ def accuracy_throughput(
                                                "The accuracy-throughput figure")
     thr = thr[(thr["mode"] == mode) & thr["img_per_sec_mean"].notna()]
     nd = thr["num_devices"].fillna(1).clip(lower=1) if "num_devices" in thr.columns else 1
-    thr = thr.assign(per_device=thr["img_per_sec_mean"] / nd)
-    speed = thr.groupby("model", sort=False)["per_device"].max()
-    acc = acc.assign(family=style.families(acc))
-    agg = acc.groupby("model", sort=False).agg(
+    # img/s per device, from the latest bench of the model at the recipe's size (tables)
+    thr = numeric(thr.assign(img_per_sec_mean=thr["img_per_sec_mean"] / nd), "img_size")
+    numeric(acc, "img_size")
+    acc = acc.assign(family=style.families(acc), _recipe=recipe_key(acc))
+    # one point per recipe: its seeds averaged, never two recipes of one model name
+    agg = acc.groupby(["_recipe", "model"], sort=False).agg(
         mean=("top1", "mean"), std=("top1", "std"), size=("top1", "size"),
-        family=("family", "first")).reset_index()
-    agg = agg[agg["model"].isin(speed.index) & agg["mean"].notna()].reset_index(drop=True)
+        family=("family", "first"), img_size=("img_size", "first"),
+        devices=("device_name", lambda d: set(text(d.to_frame(), "device_name")))).reset_index()
+    agg["speed"] = [latest_bench(thr, m, size, devs)[mode][0]
+                    for m, size, devs in zip(agg["model"], agg["img_size"], agg["devices"])]
+    agg = agg[agg["speed"].notna() & agg["mean"].notna()].reset_index(drop=True)
     if agg.empty:
         raise UserError(
             "The accuracy-throughput figure needs models with both accuracy and "
             f"{mode} throughput rows; run `mixerbench bench --models ... --mode {mode}`."
         )
-    agg["speed"] = agg["model"].map(speed)
     fig, axes = new_figure(2 if paper else 1)
     ax = axes[0]
     jobs: list = []

@@ -33,7 +33,8 @@ COMPARE_COLUMNS = (
     "dataset", "model", "settings", "img_size", "split", "params", "gflops",
     "train_img_per_sec", "train_img_per_sec_std", "infer_img_per_sec", "infer_img_per_sec_std",
     "bench_id", "wall_time_s", "device_hours", "train_flops", "top1_mean", "top1_std", "n",
-    "fewshot_top1", "fewshot_n", "fewshot_split", "paper_top1", "diff", "paper_row", "recipe_id",
+    "fewshot_shots", "fewshot_top1", "fewshot_n", "fewshot_split", "paper_top1", "diff",
+    "paper_row", "recipe_id",
 )
 THROUGHPUT_COLUMNS = (
     "device_name", "dtype", "compiled", "mode", "model", "img_size", "batch_size", "img_per_sec",
@@ -195,7 +196,7 @@ def compare_table(
     *,
     zoo_df: pd.DataFrame | None = None,
     pretrain: str | None = None,
-    shots: int = 5,
+    shots: int | None = None,
     split: str | None = None,
     settings: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
@@ -216,7 +217,8 @@ def compare_table(
         dataset: keep only this dataset (default: all, one block per dataset).
         zoo_df: the zoo (`name, params, gflops`); else params/GMACs come from that bench.
         pretrain: upstream dataset for the paper lookup (None: trained from scratch on `dataset`).
-        shots: which few-shot rows to report.
+        shots: which few-shot rows to report (default: 5 where the runs were probed with 5
+            shots, else the shot count most of them were probed with; `fewshot_shots`).
         split: keep only this evaluation split.
         settings: recipe id -> its settings (`config.recipe`, flattened to dotted keys) where
             known, to label recipes that share a model name by what differs between them.
@@ -247,7 +249,7 @@ def compare_table(
     few = None
     if fewshot_df is not None and len(fewshot_df):
         few = numeric(fewshot_df.copy(), "shots", "top1_mean")
-        few = few[few["shots"] == shots]
+        few = few[few["shots"] == shots] if shots is not None else few
     zoo = None
     if zoo_df is not None and len(zoo_df):
         zoo = numeric(zoo_df.copy(), "params", "gflops").drop_duplicates("name").set_index("name")
@@ -261,7 +263,7 @@ def compare_table(
         params, gflops = bench["params"], 2.0 * bench["gmacs"]  # 1 MAC = 2 FLOPs
         if zoo is not None and model in zoo.index:
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
-        fs, fs_n, fs_split = _fewshot_of(few, g["run_id"], ds, sp)
+        fs, fs_n, fs_split, fs_shots = _fewshot_of(few, g["run_id"], ds, sp)
         size = None if img_size != img_size else int(img_size)
         # the paper reports ImageNet only: a run measured on ImageNet, pre-trained on `pretrain`
         # (or trained there from scratch: the paper's "pre-trained on ImageNet" rows)
@@ -282,7 +284,8 @@ def compare_table(
             "top1_mean": mean,
             "top1_std": float(top1.std(ddof=1)) if len(top1) > 1 else math.nan,
             "n": int(len(top1)),
-            "fewshot_top1": fs, "fewshot_n": fs_n, "fewshot_split": fs_split,
+            "fewshot_shots": fs_shots, "fewshot_top1": fs, "fewshot_n": fs_n,
+            "fewshot_split": fs_split,
             "paper_top1": math.nan if paper is None else paper,
             "diff": math.nan if paper is None else mean - paper,
             "paper_row": row_ref["note"] if row_ref else "",
@@ -378,31 +381,35 @@ def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str]) -
 
 
 def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset,
-                split: str) -> tuple[float, int, str]:
-    """(mean, runs, split) of the few-shot probes of `runs` on `dataset`, joined by run id: the
-    probes of one split and one probe setting (l2, draws, crop, resolution, shots' split), the
+                split: str) -> tuple[float, int, str, float]:
+    """(mean, runs, split, shots) of the few-shot probes of `runs` on `dataset`, joined by run
+    id: the probes of one shot count, one split and one probe setting (l2, draws, crop,
+    resolution, shots' split), chosen in this order: 5 shots (the paper's) before others, the
     whole of `split` before a capped part of it, then the setting most of the runs were probed
     with (the first of equals). A row recorded before probes recorded their split probed the
     whole split."""
+    none = (math.nan, 0, "", math.nan)
     if few is None or few.empty:
-        return math.nan, 0, ""
+        return none
     f = few[few["run_id"].astype(str).isin(set(runs.astype(str)))
             & (text(few, "dataset") == str(dataset)) & few["top1_mean"].notna()]
     if f.empty:
-        return math.nan, 0, ""
+        return none
     whole = split.split("[", 1)[0]
     probed = text(f, "split").replace("", whole)
     f = f.assign(_probed=probed)[probed.str.split("[", n=1).str[0] == whole]
     if f.empty:
-        return math.nan, 0, ""
-    probe = ["_probed"] + [c for c in PROBE_SETTINGS if c in f.columns]
+        return none
+    probe = ["shots", "_probed"] + [c for c in PROBE_SETTINGS if c in f.columns]
     setting = pd.Series(["|".join(map(str, t)) for t in f[probe].itertuples(index=False)],
                         index=f.index)
     counts = setting.groupby(setting, sort=False).size()
-    full = pd.Series([k.split("|", 1)[0] == whole for k in counts.index], index=counts.index)
-    chosen = counts[full].idxmax() if full.any() else counts.idxmax()
+    first = {k: f.loc[setting == k].iloc[0] for k in counts.index}
+    chosen = max(counts.index, key=lambda k: (first[k]["shots"] == 5,
+                                              first[k]["_probed"] == whole, counts[k]))
     f = f[setting == chosen].drop_duplicates("run_id", keep="last")
-    return float(f["top1_mean"].mean()), int(len(f)), str(f["_probed"].iloc[0])
+    return (float(f["top1_mean"].mean()), int(len(f)), str(f["_probed"].iloc[0]),
+            float(f["shots"].iloc[0]))
 
 
 # The columns of a few-shot row that say how it probed (besides its split): one table cell
@@ -435,7 +442,7 @@ def compare_view(table: pd.DataFrame) -> pd.DataFrame:
     if "settings" in view.columns and not view["settings"].astype(bool).any():
         empty.append("settings")
     if "fewshot_n" in view.columns and not view["fewshot_n"].any():
-        empty += ["fewshot_top1", "fewshot_n", "fewshot_split"]
+        empty += ["fewshot_shots", "fewshot_top1", "fewshot_n", "fewshot_split"]
     speed = [c for c in view.columns if c.endswith("img_per_sec") or c.endswith("img_per_sec_std")]
     if "bench_id" in view.columns and not view["bench_id"].astype(bool).any():
         empty += ["bench_id", *speed]
