@@ -407,7 +407,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
     import torch
 
     from mixerbench.models import family_for, get_spec, label_of, model_info
-    from mixerbench.results import SCHEMAS, append_row, device_name
+    from mixerbench.results import device_name
 
     modes, described, device, dtype, start_batch, auto = _check_bench(
         models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype, max_batch,
@@ -437,11 +437,10 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
             progress(f"{precision} matmul rate", 0, total)
         common = dict(matmul_tflops=measure_matmul_tflops(device, dtype), bench_id=bench_id,
                       peak_tflops=peak, matmul_precision=precision)
-        rows, entries = [], []
         # On a CPU every (model, mode) is built and warmed up first, then timed in interleaved
         # rounds (one repeat of each per round): a shared CPU's load drifts over minutes, and
         # ratios must compare the same minutes. On a GPU each holds the device alone, in turn.
-        interleave = not cuda
+        entries, interleave = [], not cuda
         for rec in described:
             spec = get_spec(rec["name"])
             size = img_size or rec.get("img_size") or spec.img_size
@@ -472,18 +471,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                 if not interleave:
                     _free(device)
                 entries.append(entry)
-        for _ in range(repeats if interleave else 0):
-            for e in entries:
-                e["secs"] += time_steps(e["step"], device=device, warmup=0, repeats=1,
-                                        steps_per_repeat=steps_per_repeat)
-        for e in entries:
-            e["step"] = None
-            row = dict(_row(e["m"], e["secs"], e["batch"], steps_per_repeat, e["info"], common),
-                       repeat_seconds=e["secs"], **e["row"])
-            rows.append(row)
-            if root is not None:
-                append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]}, root)
-        _free(device)
+        rows = _timed_rows(entries, repeats if interleave else 0, device, steps_per_repeat, common, root)
         if progress:
             progress("done", total, total)
         first = {}  # each row's speed relative to the first model's in the same mode
@@ -493,6 +481,28 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         return rows
     finally:
         torch.set_float32_matmul_precision(old_precision)
+
+
+def _timed_rows(entries: list[dict], rounds: int, device: str, steps_per_repeat: int, common: dict,
+                root) -> list[dict]:
+    """`rounds` interleaved rounds of one timed repeat of every built step, then one row per
+    entry (appended to throughput.csv under `root` when given)."""
+    from mixerbench.results import SCHEMAS, append_row
+
+    for _ in range(rounds):
+        for e in entries:
+            e["secs"] += time_steps(e["step"], device=device, warmup=0, repeats=1,
+                                    steps_per_repeat=steps_per_repeat)
+    rows = []
+    for e in entries:
+        e["step"] = None
+        row = dict(_row(e["m"], e["secs"], e["batch"], steps_per_repeat, e["info"], common),
+                   repeat_seconds=e["secs"], **e["row"])
+        rows.append(row)
+        if root is not None:
+            append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]}, root)
+    _free(device)
+    return rows
 
 
 def _row(mode: str, secs: list[float], batch: int, steps: int, info: dict, common: dict) -> dict:

@@ -66,7 +66,7 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], No
     device, dtype = choose(cfg.device, cfg.dtype, local_rank, training=True)
     use_device(device)
     # None: on CUDA, compiled from the start; on a CPU, decided after a few eager steps by
-    # whether compiling pays back within the run (`train.compile_pays`)
+    # whether compiling pays back within the run (`runtime.compile_pays`)
     compiled = cfg.compile if cfg.compile is not None else device.startswith("cuda")
     dcfg = cfg.data
     if dcfg.batch_size % world:

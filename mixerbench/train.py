@@ -32,7 +32,7 @@ from mixerbench.config import RunConfig, recipe_id, run_binding, run_id, to_dict
 from mixerbench.errors import UserError
 from mixerbench.optim import make_optimizer, make_scheduler
 from mixerbench.prepare import Run, check_model, prepare
-from mixerbench.runtime import stop_signals
+from mixerbench.runtime import COMPILE_PROBE_STEPS, compile_pays, stop_signals
 
 Log = Callable[[str, dict], None]
 
@@ -338,23 +338,6 @@ def _from_rank0(run: Run, value):
     return box[0]
 
 
-# torch.compile on a CPU (inductor), measured on a 2-core Xeon with the smoke Mixer, ViT and
-# ResNet (batch 128, one thread, CPU time per step): training steps 1.07-1.38x faster (median
-# 1.15x), after 59-81 s of compiling on that busy machine (C++ kernels built by the system
-# compiler). The rule compiles when the eager steps left would take longer than the compile
-# time plus the compiled steps: steps_left * step_s * (1 - 1 / CPU_COMPILE_SPEEDUP) >
-# CPU_COMPILE_SECONDS, i.e. more than ~7 minutes of eager training left.
-CPU_COMPILE_SPEEDUP = 1.15
-CPU_COMPILE_SECONDS = 60.0
-COMPILE_PROBE_STEPS = 5  # eager steps timed before deciding (the first one excluded: warm-up)
-
-
-def compile_pays(steps_left: int, step_seconds: float, speedup: float = CPU_COMPILE_SPEEDUP,
-                 compile_seconds: float = CPU_COMPILE_SECONDS) -> bool:
-    """Whether compiling now saves more time over the `steps_left` steps than it costs."""
-    return steps_left * step_seconds * (1 - 1 / speedup) > compile_seconds
-
-
 def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
     """Steps until the run's length: train, then evaluate / checkpoint / stop on schedule."""
     import torch
@@ -401,13 +384,12 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                 if run.on_cuda and check:
                     torch.cuda.synchronize(run.device)
                 p.train_seconds += time.perf_counter() - t0
-                if probe is not None:
+                if probe is not None and len(probe) <= COMPILE_PROBE_STEPS:
                     probe.append(time.perf_counter() - t0)
-                    if len(probe) == COMPILE_PROBE_STEPS + 1:
-                        step_s = sorted(probe[1:])[COMPILE_PROBE_STEPS // 2]  # median, warm-up dropped
-                        if compile_pays(run.total - p.step, step_s):
-                            train_model, run.compiled = torch.compile(train_model), True
-                        probe = None
+                elif probe is not None:  # decide once, on the median eager step (warm-up dropped)
+                    if compile_pays(run.total - p.step, sorted(probe[1:])[len(probe) // 2 - 1]):
+                        train_model, run.compiled = torch.compile(train_model), True
+                    probe = None
                 window[1] += cfg.data.batch_size
                 if check:
                     _log_step(run, p, values[-1], optimizer, window, log)

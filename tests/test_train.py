@@ -213,7 +213,7 @@ def test_the_meta_check_with_the_datas_classes_counts_what_is_trained(family):
 
 
 def test_compile_is_chosen_when_it_pays_back():
-    from mixerbench.train import CPU_COMPILE_SECONDS, compile_pays
+    from mixerbench.runtime import CPU_COMPILE_SECONDS, compile_pays
 
     assert not compile_pays(496, 0.05)  # the smoke preset's run on 2 CPU cores: 25 s of steps
     assert compile_pays(1_000_000, 0.05)  # a long run: hours of steps
