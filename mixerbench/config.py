@@ -110,7 +110,7 @@ class RunConfig:
     seed: int = 0
     device: str | None = None        # None: cuda if available, else cpu
     dtype: str = "auto"              # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool | None = None      # None: on for CUDA, off on CPU
+    compile: bool | None = None      # None: on for CUDA; on a CPU when it pays back (runtime.compile_pays)
     eval_every: int = 0              # steps between evaluations; 0: once per epoch
     ckpt_every: int = 0              # steps between checkpoints; 0: at every evaluation
     max_eval_examples: int | None = None  # evaluate on a stratified N of the eval images (row split `test[stratified:N]`)

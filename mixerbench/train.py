@@ -33,7 +33,7 @@ from mixerbench.errors import UserError
 from mixerbench.events import Log
 from mixerbench.optim import make_optimizer, make_scheduler
 from mixerbench.prepare import Run, check_model, prepare
-from mixerbench.runtime import stop_signals
+from mixerbench.runtime import COMPILE_PROBE_STEPS, compile_pays, stop_signals
 
 
 class Event:
@@ -365,6 +365,8 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                       eval_pipeline=cfg.data.eval_pipeline, config=to_dict(cfg)))
     run.model.train()
     window = [time.perf_counter(), 0]  # start of the throughput window, images in it
+    # compile=None on a CPU: time a few eager steps, then compile if it pays back (compile_pays)
+    probe = [] if cfg.compile is None and not run.compiled else None
     with stop_signals() as stop:
         while p.step < run.total:
             epoch, index = divmod(p.step, run.steps_per_epoch)
@@ -384,6 +386,12 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                 if run.on_cuda and check:
                     torch.cuda.synchronize(run.device)
                 p.train_seconds += time.perf_counter() - t0
+                if probe is not None and len(probe) <= COMPILE_PROBE_STEPS:
+                    probe.append(time.perf_counter() - t0)
+                elif probe is not None:  # decide once, on the median eager step (warm-up dropped)
+                    if compile_pays(run.total - p.step, sorted(probe[1:])[len(probe) // 2 - 1]):
+                        train_model, run.compiled = torch.compile(train_model), True
+                    probe = None
                 window[1] += cfg.data.batch_size
                 if check:
                     _log_step(run, p, values[-1], optimizer, window, log)
