@@ -342,8 +342,7 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
     import torch
     import torch.distributed as dist
 
-    from mixerbench.models import model_label
-
+    from mixerbench.models import model_label  # the model by its shape, not the zoo entry's name
     cfg = run.cfg
     train_model = run.model
     if run.world > 1:
@@ -356,9 +355,8 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
                       # an official ViT's representation layer is not fine-tuned (as
                       # vision_transformer's load_pretrained drops it): the first line says so
-                      model=model_label(run.rec["name"], run.rec.get("overrides"))
-                      + (f" (without the {cfg.init_dropped} layer of --init)"
-                         if cfg.init_dropped else ""),
+                      model=model_label(run.rec["name"], run.rec.get("overrides")) + (
+                          f" (without the {cfg.init_dropped} layer of --init)" if cfg.init_dropped else ""),
                       dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
                       img_size=run.rec["img_size"], pipeline=cfg.data.pipeline,
