@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from mixerbench.events import Log, noop, progress
 from mixerbench.runtime import autocast
 
 
@@ -220,13 +221,13 @@ def check_shots(labels, shots, num_classes: int, where: str = "the train split",
 
 
 def _loader(ds, *, batch_size, pipeline, img_size, device, shuffle="none", shuffle_patch=None,
-            shuffle_seed=0):
+            shuffle_seed=0, preprocess=None):
     """One deterministic pass over `ds` in stored order through the eval pipeline (and a fixed
     Figure 4 pixel shuffle, seeded by `shuffle_seed` as the training loaders seed it)."""
     from mixerbench.data import make_loader
 
     batches = make_loader(ds, batch_size=batch_size, train=False, pipeline=pipeline,
-                          img_size=img_size, device=device,
+                          img_size=img_size, device=device, preprocess=preprocess,
                           shuffle=None if shuffle in (None, "none") else shuffle,
                           shuffle_patch=shuffle_patch, shuffle_seed=shuffle_seed)
     try:
@@ -247,7 +248,8 @@ def fewshot_eval(model, ds_train, ds_test, shots=(1, 5, 10, 25), seeds: int = 3,
                  l2_reg: float = FEWSHOT_L2, batch_size: int = 256,
                  pipeline: str = "eval-resize", img_size: int | None = None,
                  device: str = "cpu", dtype: str = "fp32", shuffle: str = "none",
-                 shuffle_patch: int | None = None, shuffle_seed: int = 0) -> list[dict]:
+                 shuffle_patch: int | None = None, shuffle_seed: int = 0,
+                 preprocess=None) -> list[dict]:
     """Linear few-shot accuracy for each shot count, mean and std over seeds (docs/paper-notes.md §5).
 
     Train shots are drawn from `ds_train` per class (big_vision's sampling, seeds 0..seeds-1);
@@ -268,7 +270,8 @@ def fewshot_eval(model, ds_train, ds_test, shots=(1, 5, 10, 25), seeds: int = 3,
                 getattr(ds_train, "class_names", None))
     size = img_size or _stored_size(ds_test)
     kw = dict(batch_size=batch_size, pipeline=pipeline, img_size=size, device=device,
-              shuffle=shuffle, shuffle_patch=shuffle_patch, shuffle_seed=shuffle_seed)
+              shuffle=shuffle, shuffle_patch=shuffle_patch, shuffle_seed=shuffle_seed,
+              preprocess=preprocess)
     draws = [fewshot_indices(ds_train.labels, max(shots), s, k) for s in range(seeds)]
     pool = np.unique(np.concatenate(draws))  # embed each drawn image once
     pool_x, pool_y = features(model, _loader(ds_train.subset(pool), **kw), device=device,
@@ -296,7 +299,8 @@ def shuffle_eval(model, ds, kinds=("none", "patch", "global"), *, batch_size: in
                  pipeline: str = "eval-resize", img_size: int | None = None,
                  device: str = "cpu", dtype: str = "fp32", patch_size: int | None = None,
                  shuffle_seed: int = 0, train_shuffle: str = "none", head: bool = True,
-                 ds_train=None, shots=(), seeds: int = 3, l2_reg: float = FEWSHOT_L2) -> list[dict]:
+                 ds_train=None, shots=(), seeds: int = 3, l2_reg: float = FEWSHOT_L2,
+                 preprocess=None) -> list[dict]:
     """Accuracy under the fixed pixel permutations of paper Figure 4.
 
     Each kind (`none`, `patch`, `global`; `mixerbench.data.transforms.make_shuffle`) permutes
@@ -326,14 +330,16 @@ def shuffle_eval(model, ds, kinds=("none", "patch", "global"), *, batch_size: in
         if head:
             acc = accuracy(model, _loader(ds, batch_size=batch_size, pipeline=pipeline,
                                           img_size=size, device=device, shuffle=kind,
-                                          shuffle_patch=patch_size, shuffle_seed=shuffle_seed),
+                                          shuffle_patch=patch_size, shuffle_seed=shuffle_seed,
+                                          preprocess=preprocess),
                            device=device, dtype=dtype)
             rows.append(dict(base, metric="top1", **acc))
         if ds_train is not None and shots:
             for r in fewshot_eval(model, ds_train, ds, shots, seeds, l2_reg=l2_reg,
                                   batch_size=batch_size, pipeline=pipeline, img_size=size,
                                   device=device, dtype=dtype, shuffle=kind,
-                                  shuffle_patch=patch_size, shuffle_seed=shuffle_seed):
+                                  shuffle_patch=patch_size, shuffle_seed=shuffle_seed,
+                                  preprocess=preprocess):
                 rows.append(dict(base, metric=f"fewshot{r['shots']}", top1=r["top1_mean"],
                                  top1_std=r["top1_std"], num_seeds=r["num_seeds"]))
     return rows
@@ -399,8 +405,11 @@ def real_labels_for(file_names, real_labels, what: str = "the dataset") -> list[
         real_labels: the `real.json` list (or its path).
 
     Raises:
-        UserError: when there are no file names, or some are not a validation image's name.
+        UserError: when there are no file names, some are not a validation image's name, or
+            one name is there twice (the same image under two class folders, or in two
+            encodings): ReaL scores each validation image once, so it would count twice.
     """
+    from collections import Counter
     from pathlib import PurePath
 
     from mixerbench.errors import UserError
@@ -418,6 +427,12 @@ def real_labels_for(file_names, real_labels, what: str = "the dataset") -> list[
                         f"{len(missing):,} of the {len(stems):,} images of {what} have none of the "
                         f"{len(labels):,} names in the labels file (e.g. {str(missing[0])!r}); "
                         "evaluate ImageNet val with its original ILSVRC2012_val_* file names.")
+    twice = [(s, k) for s, k in Counter(stems).items() if k > 1]
+    if twice:
+        raise UserError(f"ReaL counts each ImageNet validation image once, but {what} holds "
+                        f"{len(twice):,} of them more than once (e.g. {twice[0][0]} {twice[0][1]} "
+                        "times, under two class folders or in two encodings); keep one copy of "
+                        "each and evaluate again.")
     return [key[s] for s in stems]
 
 
@@ -460,7 +475,8 @@ def real_accuracy(outputs, real_labels, topk=(1, 5)) -> dict:
 
 # ------------------------------------------------------------------------------- the command
 
-CROPS = {"resize": "eval-resize", "resmall": "eval-resmall", "plain": "eval-plain"}
+CROPS = {"resize": "eval-resize", "resmall": "eval-resmall", "plain": "eval-plain",
+         "weights": "eval-weights"}
 
 
 def probe_of(metric: str, dataset: str) -> str | None:
@@ -508,13 +524,20 @@ def _recipe_of(src: str, cfg) -> str | None:
     return summary.get("recipe_id") or recipe_id(cfg, summary.get("dtype"))
 
 
+class Event:
+    """What `evaluate` emits as `log(event, info)` besides its `events.Event.PROGRESS` stages;
+    `view.ProgressView` renders it and `trackers.Tracked` records it."""
+
+    EVALUATED = "evaluated"  # an evaluation finished: result (evaluate's dict), options, root
+
+
 def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
              split: str = "test", crop: str | None = None,
              data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 256,
              seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
              shuffle_patch: int | None = None, max_examples: int | None = None, root=None,
-             progress=None, sha256: str | None = None) -> dict:
+             log: Log = noop, sha256: str | None = None) -> dict:
     """Evaluate a checkpoint: accuracy, ReaL, linear few-shot and shuffle invariance.
 
     Args:
@@ -522,9 +545,12 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
             (as `finetune --init`).
         arch: the architecture of a `.safetensors` without mixerbench metadata (a timm name).
         dataset / split / data_dir: what to evaluate on (`mixerbench.data.get_dataset`).
-        crop: `resize` (resize-crop), `resmall` (resmall-crop; paper App. C) or `plain`.
-            Default: the training run's own eval pipeline when the checkpoint comes from a run
-            (so the number reproduces the one its run logged), else `resize`.
+        crop: `resize` (resize-crop), `resmall` (resmall-crop; paper App. C), `plain`, or
+            `weights` (the weights' own: timm's crop_pct). Default: the training run's own eval
+            pipeline when the checkpoint comes from a run (so the number reproduces the one its
+            run logged), `weights` for `timm:` weights, else `resize`. Values and resizes follow
+            the weights (`models.preprocess.of_weights`: timm's pretrained_cfg mean, std and
+            interpolation; [-1, 1] and bilinear for ours and the paper's own).
         fewshot: shot counts ("1,5,10,25"); train shots come from `fewshot_split`, accuracy from
             `split`. Needs no head, so it works for any checkpoint.
         shuffle: kinds ("none,patch,global") of paper Figure 4's fixed pixel permutations.
@@ -537,7 +563,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         device / dtype: default CUDA + bf16 when present, else CPU + fp32.
         root: if given, rows are appended to accuracy.csv (kind "evaluate"),
             fewshot.csv and shuffle.csv there.
-        progress: optional callback `progress(description, done, total)`.
+        log: progress, as `events.Event.PROGRESS` events (one per stage), and the result
+            as `Event.EVALUATED` (what trackers record).
         sha256: the hash the weights file must have (recorded earlier by a sweep): a file
             changed since is refused (`weights.load_model`).
 
@@ -546,24 +573,24 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         shuffle, rows) where `rows` maps each CSV table to the rows built for it.
     """
     from mixerbench.data import get_dataset
-    from mixerbench.models import get_spec, model_label
+    from mixerbench.models import get_spec, label_of
     from mixerbench.results import provenance
 
     device, dtype, shots, kinds = _check_options(device, dtype, crop, fewshot, shuffle, l2_reg,
                                                  seeds, batch_size)
     if real_labels is not None:  # a bad labels file is refused before the model or data load
         real_labels = load_real_labels(real_labels)
-    steps = _Steps(progress, 2 + bool(real_labels) + bool(shots) + len(kinds))
+    steps = _Steps(log, 2 + bool(real_labels) + bool(shots) + len(kinds))
     steps.tick("loading model")
     s = _open(checkpoint_src, dataset, split, arch=arch, data_dir=data_dir, device=device, crop=crop,
               shots=shots, kinds=kinds, real_labels=real_labels, max_examples=max_examples,
               shuffle_patch=shuffle_patch, sha256=sha256)
     ds, split = s["ds"], s["split"]
     kw = dict(batch_size=batch_size, pipeline=s["pipeline"], img_size=s["img_size"],
-              device=device)
+              device=device, preprocess=s["preprocess"])
     shuffled = dict(shuffle=s["train_shuffle"], shuffle_patch=s["patch"])
     # rows name the model as training runs do (shapes included), so tables join on it
-    label = model_label(s["rec"]["name"], s["rec"].get("overrides"))
+    label = label_of(s["rec"])
     out = dict(model=label, dataset=ds.name, split=split, img_size=s["img_size"],
                pipeline=s["pipeline"], top1=None, top5=None, loss=None, n=None, real=None,
                fewshot=[], shuffle=[], num_classes=ds.num_classes, head=s["has_head"])
@@ -618,18 +645,21 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                             for r in sh]
     steps.tick("done")
     out["rows"], out["kept"] = _record(rows, root, checkpoint_src)
+    log(Event.EVALUATED, dict(result=out, root=root, options=dict(
+        checkpoint=str(checkpoint_src), arch=arch, dataset=dataset, split=split, crop=crop,
+        fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
+        l2_reg=l2_reg, max_examples=max_examples, batch_size=batch_size, device=device)))
     return out
 
 
 class _Steps:
-    """Feeds `progress(description, done, total)` one stage at a time."""
+    """Reports `events.Event.PROGRESS` one stage at a time."""
 
-    def __init__(self, progress, total: int):
-        self.progress, self.total, self.done = progress, total, 0
+    def __init__(self, log: Log, total: int):
+        self.log, self.total, self.done = log, total, 0
 
     def tick(self, what: str) -> None:
-        if self.progress:
-            self.progress(what, min(self.done, self.total), self.total)
+        progress(self.log, what, min(self.done, self.total), self.total)
         self.done += 1
 
 
@@ -667,6 +697,7 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     from mixerbench.data import capped_split, get_dataset, stratified_subset
     from mixerbench.errors import UserError
     from mixerbench.models import get_spec
+    from mixerbench.models.preprocess import of_weights
     from mixerbench.models.weights import load_model
 
     run_cfg, run_id = _run_config(checkpoint_src)
@@ -703,11 +734,15 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     if "patch" in kinds and not patch:
         raise UserError(f"The patch shuffle needs a patch size and {rec['name']} has none (a CNN); "
                         "pass --shuffle-patch N.")
+    # the values and resizes the weights were trained with: timm's pretrained_cfg for released
+    # weights, the paper's [-1, 1] for ours and the paper's own (`models.preprocess`)
+    pre = of_weights(run_cfg.init if run_cfg is not None else checkpoint_src)
+    default = "eval-weights" if str(checkpoint_src).startswith("timm:") else "eval-resize"
     return dict(model=model, rec=rec, ds=ds, split=split, run_id=run_id, recipe_id=recipe,
-                seed=seed, real=real,
+                preprocess=pre, seed=seed, real=real,
                 has_head=has_head, img_size=int(rec["img_size"]), patch=patch,
                 upstream=data_cfg.get("dataset"),
-                pipeline=CROPS[crop] if crop else data_cfg.get("eval_pipeline") or "eval-resize",
+                pipeline=CROPS[crop] if crop else data_cfg.get("eval_pipeline") or default,
                 # a run trained under a Figure 4 shuffle was evaluated under it: reproduce that
                 train_shuffle=data_cfg.get("shuffle") or "none")
 

@@ -16,11 +16,18 @@ pretrained=True)` and compared with mixerbench's own model on a batch of images,
 renamed into place: a failure at any point leaves nothing behind, and an existing non-empty
 folder is never written into. `push(out_dir, repo_id)` uploads a finished folder to the hub.
 
+Each model family says how timm holds its weights (`Family.to_timm`). Mixers of timm's six
+entry points' shapes (S/32, S/16, B/32, B/16, L/32, L/16) are exported as those (image size and
+the MLP widths D_S, D_C, as `mlp_ratio`, can be set); every other Mixer shape (Mixer-H/14,
+mixer-t4, a width or depth override: each `mixer_*` function fixes patch size, depth and width
+and raises on a second value) as timm's `MlpMixer` class with config.json's `model_args`, which
+`local-dir:` cannot build, so the card shows that route instead. The card's routes are
+`routes()`, each run by the tests in a process that imports only timm.
+
 What timm 1.0.31 cannot express is refused rather than approximated:
-- Mixers other than timm's six entry points (S/32, S/16, B/32, B/16, L/32, L/16): each
-  `mixer_*` function fixes patch size, depth and width and raises on a second value, so a
-  config.json cannot describe Mixer-H/14, mixer-t4 or a width / depth override. Image size
-  and the MLP widths D_S, D_C (as `mlp_ratio`) can be set.
+- gMLP and ResMLP shapes other than timm's `gmlp_*` / `resmlp_*` entry points: timm's MlpMixer
+  takes their blocks as Python classes, which config.json cannot name; a ViT with the
+  representation layer of an official checkpoint, which timm's ViT no longer builds.
 - `resnet18-c`: timm's ResNet stem is a stride-2 7x7 conv or a 3-conv "deep" stem whose first
   conv has stride 2, always followed by a stride-2 pool (`stem_type`, `stem_width` and
   `replace_stem_pool` change the convs, not the strides); the 32 px stem is one stride-1 3x3
@@ -136,57 +143,20 @@ def _check_out_dir(out: Path) -> None:
 # ----------------------------------------------------------------------------- architecture
 
 
-def _timm_mixers() -> dict[tuple[int, int, int], str]:
-    """(patch, depth, width) -> timm entry point, for the Mixers timm has (paper Table 1)."""
-    from mixerbench.models import REGISTRY
-
-    return {(s.patch_size, s.kwargs["depth"], s.kwargs["dim"]): s.timm_name
-            for s in REGISTRY.values() if s.family == "mixer" and s.timm_name}
-
-
-def _ratio(hidden: int, dim: int) -> float:
-    """mlp_ratio with int(ratio * dim) == hidden, as timm's MixerBlock computes the width
-    (hidden / dim can land a rounding step below, e.g. 15 / 11 * 11 = 14.999...)."""
-    r = hidden / dim
-    while int(r * dim) < hidden:
-        r = math.nextafter(r, math.inf)
-    return r
-
-
-def _timm_model(model, rec: dict, label: str):
-    """(timm module holding the checkpoint's weights, its architecture name, gelu or None)."""
-    import timm
-
-    from mixerbench.models import get_spec
-    from mixerbench.models.mixer import Mixer
+def _timm_model(model, rec: dict, label: str) -> dict:
+    """How timm holds the checkpoint's weights: the model family's `to_timm` (the native Mixer
+    as timm's MlpMixer, refusals for what timm cannot express), else the model itself (ViT,
+    ResNet, BiT and `timm:` models are timm modules, built by timm's factory, which recorded the
+    constructor arguments that save_for_hf writes as model_args)."""
+    from mixerbench.models import family_for, get_spec
 
     spec = get_spec(rec["name"])
-    if spec.cifar_stem:
-        raise UserError(f"{label} has a 3x3 stride-1 stem without max-pool, which timm's ResNet "
-                        "cannot express (its stems downsample by 2 and are followed by a stride-2 "
-                        "pool), so it cannot be exported to timm.")
-    if not isinstance(model, Mixer):
-        # ViT, ResNet, BiT and timm: models are timm modules already, built by timm's factory,
-        # which recorded the constructor arguments that save_for_hf writes as model_args
-        return model, model.pretrained_cfg.get("architecture") or spec.timm_name, None
-    arch = _timm_mixers().get((model.patch_size, len(model.blocks), model.embed_dim))
-    if arch is None:
-        raise UserError(f"{label} (patch {model.patch_size}, depth {len(model.blocks)}, width "
-                        f"{model.embed_dim}) is not one of timm's Mixers, whose mixer_* entry points "
-                        "fix patch, depth and width to S/32, S/16, B/32, B/16, L/32 or L/16 (paper "
-                        "Table 1), so timm cannot build it; export a run of one of those shapes.")
-    args = dict(num_classes=model.num_classes, img_size=model.img_size,
-                mlp_ratio=[_ratio(model.tokens_dim, model.embed_dim),
-                           _ratio(model.channels_dim, model.embed_dim)])
-    in_chans = model.stem.proj.in_channels
-    if in_chans != 3:
-        args["in_chans"] = in_chans
-    tm = timm.create_model(arch, pretrained=False, **args)
-    missing, unexpected = tm.load_state_dict(model.state_dict(), strict=False)
-    if missing or unexpected:  # the names are timm's by construction; say so if that ever breaks
-        raise UserError(f"{label} does not map onto timm's {arch} (missing {missing[:2]}, "
-                        f"unexpected {unexpected[:2]}); it cannot be exported.")
-    return tm, arch, model.gelu
+    to_timm = family_for(rec["name"]).to_timm
+    if to_timm is not None:
+        return to_timm(spec, model, label)
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return dict(module=model, architecture=cfg.get("architecture") or spec.timm_name,
+                constructor=None, model_args=None, gelu=None)
 
 
 def _crop_pct(img: int, big: int) -> float:
@@ -293,14 +263,16 @@ def _hub_datasets(name: str) -> list[str]:
 
 def _card(*, title: str, run_id: str | None, src: Path, rec: dict, label: str, family: str,
           paper_name: str, arch: str, config: dict, cfg, summary: dict | None, gelu: str | None,
-          check: dict, pipeline: str, license: str, repo_id: str | None,
+          check: dict, pipeline: str, routes: dict[str, str], license: str, repo_id: str | None,
           out_dir: Path) -> str:
     """The model card: what was exported, its results, recipe, provenance, how timm rebuilds
     it, how to use it, and the paper's citation (one section per helper below)."""
     lines = [_yaml_front(license, _hub_datasets(cfg.data.dataset) if cfg else []), f"# {_md(title)}", ""]
     who = f"run {_code(run_id)}" if run_id else f"the checkpoint {_code(src.name)}"
+    what = (f"timm's `{config['constructor']}` (no timm entry point has these shapes)"
+            if config.get("constructor") else f"timm's `{arch}`")
     lines.append(f"{paper_name} (`{label}`, {family} family) exported from mixerbench {who} as "
-                 f"timm's `{arch}`. mixerbench reproduces the benchmarks of *MLP-Mixer: An all-MLP "
+                 f"{what}. mixerbench reproduces the benchmarks of *MLP-Mixer: An all-MLP "
                  "Architecture for Vision* (Tolstikhin et al., 2021, arXiv:2105.01601).")
     lines.append("")
     lines += _card_results(run_id, src, rec, cfg, summary, pipeline)
@@ -308,7 +280,7 @@ def _card(*, title: str, run_id: str | None, src: Path, rec: dict, label: str, f
         lines += _card_recipe(cfg, rec, summary, family, gelu)
     lines += _card_provenance(run_id, cfg, summary)
     lines += _card_timm(arch, config, cfg, gelu, check, pipeline)
-    lines += _card_usage(config, repo_id, out_dir)
+    lines += _card_usage(config, repo_id, routes)
     lines += ["## Citation", "", "```bibtex", CITATION, "```", ""]
     return "\n".join(lines)
 
@@ -388,8 +360,10 @@ def _card_timm(arch: str, config: dict, cfg, gelu: str | None, check: dict,
     crop = (f"resize to {pc['input_size'][-1]} px" if pipeline == "eval-plain" else
             f"{'resize to a square' if pc['crop_mode'] == 'squash' else 'resize the shorter side'} of "
             f"{math.floor(pc['input_size'][-1] / pc['crop_pct'])} px, centre crop {pc['input_size'][-1]} px")
+    built = (f"class `{config['constructor']}`" if config.get("constructor")
+             else f"architecture `{arch}`")
     lines = ["## timm", "",
-             f"- architecture `{arch}`, model_args `{json.dumps(config.get('model_args', {}))}`",
+             f"- {built}, model_args `{json.dumps(config.get('model_args', {}))}`",
              f"- preprocessing as mixerbench evaluated it (`{pipeline}`"
              + ("" if cfg is not None else ", mixerbench evaluate's default for a checkpoint without its run")
              + f"): {crop}, {pc['interpolation']}, values scaled to [-1, 1] (mean = std = 0.5)"]
@@ -404,20 +378,38 @@ def _card_timm(arch: str, config: dict, cfg, gelu: str | None, check: dict,
     return lines + [""]
 
 
-def _card_usage(config: dict, repo_id: str | None, out_dir: Path) -> list[str]:
-    where = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{out_dir}"
-    labels = "model.pretrained_cfg['label_names'][top]" if config.get("label_names") else "top"
-    return ["## How to use", "", "```python", "import timm", "import torch", "from PIL import Image",
-            "", f'model = timm.create_model("{where}", pretrained=True).eval()'
-            + ("" if repo_id else '  # or "hf-hub:<repo id>" once uploaded'),
-            "config = timm.data.resolve_model_data_config(model)",
-            "transform = timm.data.create_transform(**config, is_training=False)",
-            'image = Image.open("image.jpg").convert("RGB")',
-            "with torch.no_grad():",
-            "    top = model(transform(image).unsqueeze(0)).argmax(-1).item()",
-            f"print({labels})", "```", "",
-            "`pretrained=True` loads these weights; without it timm builds the architecture with "
-            "random weights.", ""]
+def _card_usage(config: dict, repo_id: str | None, routes: dict[str, str]) -> list[str]:
+    """How to load and run the model with timm alone: the first route with preprocessing and
+    the label names, then the other route (every route here is run by the tests)."""
+    first, *others = routes.items()
+    code = first[1]
+    if repo_id and first[0] == "local-dir":
+        code = code.replace(routes["local-dir"].split('"')[1], f"hf-hub:{repo_id}")
+    if config.get("constructor"):
+        data = ('data = timm.data.resolve_data_config(pretrained_cfg=config["pretrained_cfg"])',
+                'labels = config.get("label_names")')
+    else:
+        data = ("data = timm.data.resolve_model_data_config(model)",
+                'labels = model.pretrained_cfg.get("label_names")')
+    if first[0] == "local-dir":
+        intro = ("`pretrained=True` loads these weights; without it timm builds the architecture "
+                 "with random weights." + ("" if repo_id else ' Once uploaded, `"hf-hub:<repo '
+                                           'id>"` replaces `"local-dir:..."`.'))
+    else:
+        intro = ("No timm entry point builds these shapes (each `mixer_*` one fixes patch, depth "
+                 "and width), so the model is timm's class called with config.json's "
+                 "`model_args`:")
+    lines = ["## How to use", "", intro, "", "```python", code, "", "import torch",
+             "from PIL import Image", "", data[0],
+             "transform = timm.data.create_transform(**data, is_training=False)",
+             'image = Image.open("image.jpg").convert("RGB")', "with torch.no_grad():",
+             "    top = model(transform(image).unsqueeze(0)).argmax(-1).item()", data[1],
+             "print(labels[top] if labels else top)", "```", ""]
+    for name, other in others:
+        lines += ["The weights file alone, with timm's `pretrained_cfg_overlay`: give "
+                  "`num_classes` both to the overlay and to the model, or timm replaces the "
+                  "trained head with a random one:", "", "```python", other, "```", ""]
+    return lines
 
 
 def _cell(text: str) -> str:
@@ -458,7 +450,7 @@ def _label_names(cfg, num_classes: int) -> list[str] | None:
         names = describe(cfg.data.dataset, cfg.data.data_dir).get("class_names")
     except Exception:  # noqa: BLE001 - names are optional metadata and must not block an export
         return None
-    if not names or len(names) != num_classes or names == [str(i) for i in range(num_classes)]:
+    if not names or len(names) != num_classes:
         return None
     return list(names)
 
@@ -486,7 +478,7 @@ def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str |
     """
     import torch
 
-    from mixerbench.models import get_spec, model_label
+    from mixerbench.models import get_spec, label_of
     from mixerbench.models.weights import load_model
     from mixerbench.rundir import read_summary
 
@@ -501,17 +493,21 @@ def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str |
                         "it is not exported.")
 
     model, rec = load_model(str(ckpt))
-    label = model_label(rec["name"], rec.get("overrides"))
+    label = label_of(rec)
     if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
         raise UserError(f"{ckpt} holds non-finite weights (NaN or inf); export a run that trained.")
     spec = get_spec(rec["name"])
-    tm, arch, gelu = _timm_model(model, rec, label)
+    t = _timm_model(model, rec, label)
+    tm, gelu = t["module"], t["gelu"]
+    # no entry point builds these shapes: config.json names the class its model_args are for
+    arch = t["architecture"] or t["constructor"].rsplit(".", 1)[-1]
 
     img = int(rec["img_size"])
     in_chans = int(getattr(tm, "in_chans", 3) or 3)
     pipeline = cfg.data.eval_pipeline if cfg is not None else DEFAULT_EVAL
     pre = preprocessing(pipeline, img, in_chans)
-    structural = {k: v for k, v in dict(tm.pretrained_cfg).items() if k in _STRUCTURAL}
+    structural = {k: v for k, v in dict(getattr(tm, "pretrained_cfg", None) or {}).items()
+                  if k in _STRUCTURAL}
     # pool_size describes the zoo model's 224 px feature map, not this one
     tm.pretrained_cfg = dict(structural, architecture=arch, num_classes=tm.num_classes,
                              pool_size=None, license=license, **pre)
@@ -527,14 +523,14 @@ def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str |
         if tmp.exists():  # left by a killed export of this same process id
             shutil.rmtree(tmp)
         tmp.mkdir()
-        _save_for_hf(tm, tmp, names)
+        _save_for_hf(tm, tmp, names, t)
         config = json.loads((tmp / CONFIG).read_text())
-        check = _check(model, tmp, cfg, img, in_chans, gelu, label)
+        check = _check(model, tmp, cfg, img, in_chans, gelu, label, t)
         title = label + (f" on {cfg.data.dataset}" if cfg else "") + (f": {run_id}" if run_id else "")
         (tmp / CARD).write_text(_card(
             title=title, run_id=run_id, src=ckpt, rec=rec, label=label, family=spec.family,
             paper_name=spec.paper_name, arch=arch, config=config, cfg=cfg, summary=summary,
-            gelu=gelu, check=check, pipeline=pipeline,
+            gelu=gelu, check=check, pipeline=pipeline, routes=routes(t, config, out.resolve()),
             license=license, repo_id=repo_id, out_dir=out))
         for f in FILES:
             _fsync(tmp / f)
@@ -556,16 +552,46 @@ def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str |
                 except OSError:
                     break
     return dict(out_dir=str(out), files=[str(out / f) for f in FILES], architecture=arch,
-                model_args=config.get("model_args", {}), pretrained_cfg=config["pretrained_cfg"],
-                run_id=run_id, source=str(ckpt), label=label, family=spec.family, gelu=gelu,
-                label_names=bool(names), check=check)
+                constructor=t["constructor"], model_args=config.get("model_args", {}),
+                pretrained_cfg=config["pretrained_cfg"], run_id=run_id, source=str(ckpt),
+                label=label, family=spec.family, gelu=gelu, label_names=bool(names),
+                routes=routes(t, config, out.resolve()), check=check)
 
 
-def _save_for_hf(tm, folder: Path, names: list[str] | None) -> None:
+def routes(t: dict, config: dict, folder: Path) -> dict[str, str]:
+    """The Python that loads the exported folder with timm alone, by every route that works
+    for it (each defines `model`, in eval mode): `local-dir:` and timm's architecture with
+    `pretrained_cfg_overlay=dict(file=...)`, where `num_classes` must be given both to the
+    overlay and to the model, or timm drops the trained head for a random one; or, for shapes
+    no timm entry point builds, the class itself with config.json's `model_args`."""
+    weights, cfg_file = json.dumps(str(folder / WEIGHTS)), json.dumps(str(folder / CONFIG))
+    if t["constructor"]:
+        return {"model_args": "\n".join([
+            "import json", "", "import timm", "from safetensors.torch import load_file", "",
+            f"config = json.load(open({cfg_file}))",
+            f"model = {t['constructor']}(**config[\"model_args\"])",
+            f"model.load_state_dict(load_file({weights}))", "model.eval()"])}
+    n = int(config["num_classes"])
+    args = [f"{k}={v!r}" for k, v in config.get("model_args", {}).items() if k != "num_classes"]
+    call = ", ".join([json.dumps(config["architecture"]), "pretrained=True",
+                      f"pretrained_cfg_overlay=dict(file={weights}, num_classes={n})",
+                      f"num_classes={n}", *args])
+    return {"local-dir": "\n".join([
+                "import timm", "",
+                f"model = timm.create_model({json.dumps(f'local-dir:{folder}')}, pretrained=True)",
+                "model.eval()"]),
+            "pretrained_cfg_overlay": "\n".join([
+                "import timm", "", f"model = timm.create_model({call})", "model.eval()"])}
+
+
+def _save_for_hf(tm, folder: Path, names: list[str] | None, t: dict) -> None:
     from timm.models import save_for_hf
 
+    config = dict(label_names=names) if names else {}
+    if t["constructor"]:  # what `routes` calls with model_args: no entry point has the shapes
+        config["constructor"] = t["constructor"]
     try:
-        save_for_hf(tm, str(folder), model_config=dict(label_names=names) if names else None,
+        save_for_hf(tm, str(folder), model_config=config or None, model_args=t["model_args"],
                     safe_serialization=True)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise UserError(f"timm could not describe this model for export ({exc}).") from None
@@ -580,13 +606,25 @@ def _save_for_hf(tm, folder: Path, names: list[str] | None) -> None:
         raise OSError(number, os.strerror(number), str(folder)) from None
 
 
-def _check(model, folder: Path, cfg, img: int, in_chans: int, gelu: str | None,
-           label: str) -> dict[str, Any]:
-    """Load the folder back the way a user will and compare it with mixerbench's model."""
+def _load_back(folder: Path, t: dict):
+    """The exported folder loaded the way the card's first route does."""
     import timm
 
+    if not t["constructor"]:
+        return timm.create_model(f"local-dir:{folder}", pretrained=True)
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / CONFIG).read_text())
+    model = type(t["module"])(**config["model_args"])  # the class `constructor` names
+    model.load_state_dict(load_file(str(folder / WEIGHTS)))
+    return model
+
+
+def _check(model, folder: Path, cfg, img: int, in_chans: int, gelu: str | None,
+           label: str, t: dict) -> dict[str, Any]:
+    """Load the folder back the way a user will and compare it with mixerbench's model."""
     try:
-        theirs = timm.create_model(f"local-dir:{folder}", pretrained=True)
+        theirs = _load_back(folder, t)
     except Exception as exc:  # noqa: BLE001 - whatever timm raises, the export is not usable
         raise UserError(f"timm cannot load {label} back from the exported folder "
                         f"({type(exc).__name__}: {str(exc)[:200]}); nothing was written.") from None

@@ -49,19 +49,24 @@ class Run:
 
 
 
-def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], None]) -> Run:
+def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], None],
+            check: ModelCheck | None = None) -> Run:
     """Check and build everything before the run directory is touched: devices, data, model,
-    loaders and schedule. Every problem found here is a `UserError` and nothing is written."""
+    loaders and schedule. Every problem found here is a `UserError` and nothing is written.
+    `check` is the run's model as `check_model` built it on the meta device (built here when
+    not given; a fine-tuning run's model comes from its `--init` weights instead)."""
     import torch
 
     from mixerbench.data import get_dataset, make_loader, stratified_subset
-    from mixerbench.models import get_spec
+    from mixerbench.models import channels_last
     from mixerbench.models.weights import unwrap
     from mixerbench.runtime import choose, setup_distributed, use_device
 
     rank, world, local_rank = setup_distributed()
     device, dtype = choose(cfg.device, cfg.dtype, local_rank, training=True)
     use_device(device)
+    # None: on CUDA, compiled from the start; on a CPU, decided after a few eager steps by
+    # whether compiling pays back within the run (`runtime.compile_pays`)
     compiled = cfg.compile if cfg.compile is not None else device.startswith("cuda")
     dcfg = cfg.data
     if dcfg.batch_size % world:
@@ -85,18 +90,26 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], No
         # those are one class on a class-sorted split
         eval_ds = eval_ds.subset(stratified_subset(eval_ds.labels, cfg.max_eval_examples))
 
+    if not cfg.init:  # the meta model of `check_model`, with the data's number of classes
+        check = (check or check_model(cfg)).with_classes(train_ds.num_classes)
     torch.manual_seed(cfg.seed)  # the model's initialisation
-    model, rec = build_model(cfg, train_ds.num_classes)
+    model, rec = build_model(cfg, train_ds.num_classes)  # the one real build
     img_size = rec["img_size"]
     model.to(device)
-    if device.startswith("cuda") and get_spec(rec["name"]).family == "resnet":
+    if device.startswith("cuda") and channels_last(rec["name"]):  # the family's layout
         model.to(memory_format=torch.channels_last)
-    from mixerbench.models.flops import count_macs
+    if cfg.init:  # weights loaded from a file: their MACs counted on them (nothing rebuilt)
+        from mixerbench.models.flops import count_macs
 
-    macs = count_macs(unwrap(model), img_size, device=device)
+        macs = count_macs(unwrap(model), img_size, device=device)
+    else:
+        macs = check.macs
     patch = dcfg.shuffle_patch or rec["patch_size"]
+    # fine-tuning released weights: the values they were trained on (`models.preprocess`)
+    from mixerbench.models.preprocess import of_weights
+
     common = dict(img_size=img_size, device=device, seed=cfg.seed, shuffle=dcfg.shuffle,
-                  shuffle_patch=patch)
+                  shuffle_patch=patch, preprocess=of_weights(cfg.init))
     train_batches = make_loader(
         train_ds, batch_size=rank_batch, train=True, pipeline=dcfg.pipeline,
         randaug_m=dcfg.randaug_m, mixup_p=dcfg.mixup_p, label_smoothing=dcfg.label_smoothing,
@@ -119,8 +132,6 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], No
                eval_every=eval_every, ckpt_every=cfg.ckpt_every or eval_every, macs_per_img=macs)
 
 
-
-
 def build_model(cfg: RunConfig, num_classes: int):
     """(model, model description): from scratch, or from `--init` with the run's own
     regularisers, the new resolution and a fresh zero head (paper section 3)."""
@@ -131,12 +142,11 @@ def build_model(cfg: RunConfig, num_classes: int):
     if cfg.init:
         # the model section names the architecture of an init file that does not (`--arch`)
         # the bytes loaded must hash to the init_sha256 the run id was made from (read once:
-        # the file hashed is the file loaded, not one swapped in since resolve_inputs)
+        # the file hashed is the file loaded, not one swapped in since presets.read_inputs)
         return load_for_finetuning(cfg.init, num_classes=num_classes, img_size=m.img_size,
                                    regularisers=dict(drop_path=m.drop_path, dropout=m.dropout),
                                    model_name=m.name, sha256=cfg.init_sha256)
-    overrides = model_overrides(cfg)
-    check_model(cfg, num_classes)
+    overrides = model_overrides(cfg)  # checked on the meta device before (`check_model`)
     spec = get_spec(m.name)
     model = create_model(m.name, num_classes=num_classes, img_size=m.img_size,
                          patch_size=m.patch_size, **overrides)
@@ -145,69 +155,83 @@ def build_model(cfg: RunConfig, num_classes: int):
 
 
 def model_overrides(cfg: RunConfig) -> dict:
-    """The zoo constructor's arguments for `cfg.model` (width, depth, regularisers, options)."""
-    from mixerbench.models import get_spec
+    """The zoo constructor's arguments for `cfg.model` (width, depth, regularisers, options,
+    and `model.gelu` where the model's family takes it)."""
+    from mixerbench.models import takes_gelu
 
     m = cfg.model
     overrides = dict(m.options)
     for key in ("width", "depth", "drop_path", "dropout"):
         if getattr(m, key):
             overrides[key] = getattr(m, key)
-    if get_spec(m.name).family == "mixer" and not m.name.startswith("timm:"):
+    if takes_gelu(m.name):
         overrides["gelu"] = m.gelu
     return overrides
 
 
-def check_model(cfg: RunConfig, num_classes: int = 10) -> None:
+@dataclass
+class ModelCheck:
+    """What building a run's model on the meta device found (no memory, no weights): the
+    model itself, which the run's MAC count reuses, its parameters and one image's activations
+    in bytes (their sum and the largest one), and its multiply-accumulates per image
+    (`models.flops`: the meta device counts them exactly as the real model's forward pass
+    would)."""
+
+    cfg: RunConfig
+    model: Any
+    num_classes: int
+    params: int
+    activations: tuple[int, int]
+    macs: int
+
+    def with_classes(self, num_classes: int) -> "ModelCheck":
+        """The same check for a head of `num_classes` (the data's, known once it is read): the
+        meta model's head is replaced (timm's `reset_classifier`, which every family's models
+        have; a model without one is built on the meta device again) and its parameters,
+        memory and MACs counted again. The activations of one image stay those traced with
+        the first head: its logits are a few bytes per class."""
+        if num_classes == self.num_classes:
+            return self
+        if not hasattr(self.model, "reset_classifier"):
+            return check_model(self.cfg, num_classes)
+        import torch
+
+        from mixerbench.models import count_params
+
+        with torch.device("meta"):
+            self.model.reset_classifier(num_classes)
+        params = count_params(self.model)[0]
+        _refuse_memory(self.cfg, params, self.activations)
+        return ModelCheck(self.cfg, self.model, num_classes, params, self.activations,
+                          _macs(self.cfg, self.model))
+
+
+def check_model(cfg: RunConfig, num_classes: int = 10) -> ModelCheck:
     """Build `cfg`'s model on the meta device (no memory, no weights) and trace one image
     through it: an option the architecture does not take is a UserError before any work (a
     sweep checks every cell this way before training the first), and so is a model that cannot
-    fit this machine's memory (`runtime.memory_bytes`): its weights, gradients and Adam moments
-    (4 x 4 bytes per parameter), plus the larger of the activations of one image and the
-    largest single activation times the images of a micro-batch (`models.memory`; both lower
-    bounds of what a training step holds), each with the float32 input batch and one augmented
-    copy of it, a fine-tuning run's source weights besides. A 4096 px input is refused here,
-    in seconds, not by the allocator.
+    fit this machine's memory (`_refuse_memory`): a 4096 px input is refused here, in seconds,
+    not by the allocator. A run builds its model on the meta device once: here, before its data
+    is read (with 10 classes until the data says how many: `ModelCheck.with_classes`).
 
     A fine-tuning run (`cfg.init`) is checked as the model it will train: the source's
     architecture at the run's resolution, a Mixer's token-mixing MLPs K^2 times wider at K
     times the trained side (paper section 3; `models.resize`), from the source's description
-    alone (no weights read)."""
-    import os
-
-    from mixerbench.models import build_on_meta, count_params, get_spec
-    from mixerbench.runtime import memory_bytes
+    alone (no weights read), its source's weights counted besides."""
+    from mixerbench.models import build_on_meta, count_params
 
     m = cfg.model
     overrides = model_overrides(cfg)
-    img_size = m.img_size or get_spec(m.name).img_size
-    source_params = 0
+    source = 0
     if cfg.init:
-        overrides, source_params = _finetuned_shape(cfg, num_classes, overrides)
-    have = memory_bytes(cfg.device)
-    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
-    micro = max(1, cfg.data.batch_size // world // max(1, cfg.accum_steps))
-
-    # a batch of float32 images as the loader hands it over, and one augmented copy of it
-    batch = 2 * 3 * img_size * img_size * 4
-
-    def refuse(params: int, activations: tuple[int, int]) -> None:
-        total, largest = activations
-        need = 16 * params + 4 * source_params + max(total + batch, (largest + batch) * micro,
-                                                      (largest + batch) * cfg.data.eval_batch_size)
-        if have and need > have:
-            act = max(total, largest * micro)
-            per = f" and at least {act / 2**30:,.1f} GiB of activations" if act else ""
-            raise UserError(f"{m.name} at {img_size} px has {params:,} parameters{per}: "
-                            f"training needs at least {need / 2**30:,.1f} GiB, more than this "
-                            f"machine's {have / 2**30:,.1f} GiB; choose a smaller model, image "
-                            "size, width or batch.")
-
+        overrides, source = _finetuned_shape(cfg, num_classes, overrides)
     model, activations = build_on_meta(
         m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
-        before_trace=lambda model: refuse(count_params(model)[0], (0, 0)),
+        before_trace=lambda model: _refuse_memory(cfg, count_params(model)[0], (0, 0), source),
         element_size=4 if cfg.dtype == "fp32" else 2, **overrides)
-    refuse(count_params(model)[0], activations)
+    params = count_params(model)[0]
+    _refuse_memory(cfg, params, activations, source)
+    return ModelCheck(cfg, model, num_classes, params, activations, _macs(cfg, model))
 
 
 def _finetuned_shape(cfg: RunConfig, num_classes: int, overrides: dict) -> tuple[dict, int]:
@@ -220,7 +244,7 @@ def _finetuned_shape(cfg: RunConfig, num_classes: int, overrides: dict) -> tuple
     from mixerbench.models.weights import source_description
 
     m = cfg.model
-    src = source_description(cfg.init, m.name)
+    src = source_description(cfg.init, m.name, finetuning=True)
     src_size = int(src["img_size"])
     target = m.img_size or src_size
     try:
@@ -240,3 +264,44 @@ def _finetuned_shape(cfg: RunConfig, num_classes: int, overrides: dict) -> tuple
         k = target // src_size
         overrides = dict(overrides, tokens_dim=source.tokens_dim * k * k)
     return overrides, count_params(source)[0]
+
+
+def _img_size(cfg: RunConfig) -> int:
+    from mixerbench.models import get_spec
+
+    return cfg.model.img_size or get_spec(cfg.model.name).img_size
+
+
+def _macs(cfg: RunConfig, meta_model) -> int:
+    from mixerbench.models.flops import count_macs
+
+    return count_macs(meta_model, _img_size(cfg), device="meta")
+
+
+def _refuse_memory(cfg: RunConfig, params: int, activations: tuple[int, int],
+                   source_params: int = 0) -> None:
+    """A UserError when training `params` parameters needs more than this machine has
+    (`runtime.memory_bytes`): weights, gradients and two Adam moments (4 x 4 bytes each), plus
+    the larger of one image's activations (`activations`: their sum and the largest single
+    one, `models.memory`) and the largest activation times the images of a micro-batch (both
+    lower bounds of what a step holds), each with the float32 input batch and one augmented
+    copy of it; a fine-tuning run's `source_params` weights (4 bytes each) besides."""
+    import os
+
+    from mixerbench.runtime import memory_bytes
+
+    have = memory_bytes(cfg.device)
+    total, largest = activations
+    img = _img_size(cfg)
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    micro = max(1, cfg.data.batch_size // world // max(1, cfg.accum_steps))
+    batch = 2 * 3 * img * img * 4  # per image: the float32 input and one augmented copy
+    act = max(total + batch, (largest + batch) * micro,
+              (largest + batch) * cfg.data.eval_batch_size)
+    need = 16 * params + 4 * source_params + act
+    if have and need > have:
+        shown = f" and at least {act / 2**30:,.1f} GiB of activations and inputs" if total else ""
+        raise UserError(f"{cfg.model.name} at {img} px has {params:,} parameters{shown}: "
+                        f"training needs at least {need / 2**30:,.1f} GiB, more than this "
+                        f"machine's {have / 2**30:,.1f} GiB; choose a smaller model, image size, "
+                        "width or batch.")

@@ -1,7 +1,9 @@
-"""Named recipes: the paper's Table 4 rows, the fine-tuning recipe, and small-scale presets.
+"""Named recipes: the paper's Table 4 rows, the fine-tuning recipes, and small-scale presets.
 
 Each preset is a function returning a `RunConfig`; its docstring names the paper source, the
-expected result and the runtime (shown by `mixerbench pretrain --list-presets`). Each model
+expected result and the runtime (shown by `mixerbench pretrain --list-presets`). A dataset's
+fine-tuning recipe (`finetune-cifar10`, ...) is derived from its registry record
+(`data.registry`: steps, warm-up, expected result). Each model
 family's registry entry names its model for the small presets (`Family.small`), so `compare
 --models mixer,vit,resnet --preset smoke` trains the preset's small Mixer, ViT and ResNet
 rather than the B/16-size defaults of the family aliases.
@@ -10,7 +12,7 @@ rather than the B/16-size defaults of the family aliases.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
 from mixerbench.config import (
@@ -59,17 +61,24 @@ def finetune_preset(dataset: str | None, *, length_given: bool = False) -> str:
         return "finetune-cifar10"
     from mixerbench.data import canonical_name
 
-    known = canonical_name(dataset)
-    if known in FINETUNE_PRESETS:
-        return FINETUNE_PRESETS[known]
+    known, recipes = canonical_name(dataset), finetune_presets()
+    if known in recipes:
+        return recipes[known]
     if not length_given:
         raise UserError(f"{dataset} has no fine-tuning recipe of the paper (those are for "
-                        f"{', '.join(FINETUNE_PRESETS)}), so pass --steps N: the paper fine-tunes "
+                        f"{', '.join(recipes)}), so pass --steps N: the paper fine-tunes "
                         "500 steps on datasets under 20k images and 10,000 on larger ones.")
     return "finetune"
 
 
+def names() -> list[str]:
+    """Every preset's name: the recipes written here, then each dataset's fine-tuning recipe."""
+    _dataset_presets()
+    return list(PRESETS)
+
+
 def get_preset(name: str) -> RunConfig:
+    _dataset_presets()
     if name not in PRESETS:
         raise UserError(f"Unknown preset '{name}'.{close_matches(name, PRESETS)} "
                         "Run `mixerbench pretrain --list-presets` to see them all.")
@@ -78,6 +87,7 @@ def get_preset(name: str) -> RunConfig:
 
 def describe() -> list[dict]:
     """One row per preset: name, kind, model, dataset, and the first docstring paragraph."""
+    _dataset_presets()
     rows = []
     for name, fn in PRESETS.items():
         cfg = fn()
@@ -190,34 +200,59 @@ def jft_mixer_h() -> RunConfig:
 
 # ------------------------------------------------------------- fine-tuning (paper section 3)
 
-# Steps per dataset from the ViT paper's Table 4 (App. B.1.1), which the Mixer paper follows
-# (App. C); warm-up steps from vision_transformer's default (500) where the run is long, and from
-# BiT-HyperRule for the 500-step runs on datasets under 20k images (google-research/big_transfer
-# `bit_hyperrule.get_schedule`: [100, 200, 300, 400, 500], the first entry is the warm-up).
-FINETUNE_STEPS = {"imagenet-1k": (20_000, 500), "cifar10": (10_000, 500),
-                  "cifar100": (10_000, 500), "pets": (500, 100), "flowers102": (500, 100)}
-
-
-# The recipe of each registry dataset the paper fine-tunes on (paper section 3, "Avg 5").
-FINETUNE_PRESETS = {"imagenet-1k": "finetune-imagenet", "cifar10": "finetune-cifar10",
-                    "cifar100": "finetune-cifar100", "pets": "finetune-pets",
-                    "flowers102": "finetune-flowers102"}
-
-
+# Each registry dataset with a fine-tuning recipe (`data.registry`: its steps and warm-up, from
+# the ViT paper's Table 4, App. B.1.1, which the Mixer paper follows, App. C) gets a preset
+# `finetune-<dataset>` derived from its record (`_dataset_presets`); `finetune` is the generic one.
 def _finetune(dataset: str, lr: float = 0.03, steps: int | None = None,
               warmup: int | None = None) -> RunConfig:
     """SGD momentum 0.9, batch 512, cosine after a linear warm-up, clip 1, no weight decay, no
     stochastic depth or dropout, a fresh zero head (paper section 3 and App. C; the official
     fine-tuning code has no regulariser)."""
-    known_steps, known_warmup = FINETUNE_STEPS.get(dataset, (500, 100))
+    from mixerbench.data import DATASETS
+
+    recipe = DATASETS[dataset].finetune if dataset in DATASETS else None
     return RunConfig(
-        kind="finetune", steps=steps or known_steps,
+        kind="finetune", steps=steps or (recipe.steps if recipe else 500),
         model=ModelConfig(name="mixer-b16"),  # replaced by the --init weights' own architecture
         data=DataConfig(dataset=dataset, pipeline="finetune", eval_pipeline="eval-resmall",
                         batch_size=512),
         optim=OptimConfig(name="sgd", lr=lr, momentum=0.9, weight_decay=0.0, schedule="cosine",
-                          warmup_steps=warmup or known_warmup, clip_norm=1.0),
+                          warmup_steps=warmup or (recipe.warmup if recipe else 100), clip_norm=1.0),
     )
+
+
+_DERIVED: dict[str, str] = {}  # preset name -> the dataset whose record it comes from
+
+
+def _dataset_presets() -> None:
+    """Register `finetune-<dataset>` for every registry dataset whose record has a fine-tuning
+    recipe and no preset yet (datasets registered after this module was imported included):
+    its config and docstring come from the record."""
+    from functools import partial
+
+    from mixerbench.data import DATASETS
+
+    for name, dataset in list(_DERIVED.items()):  # a dataset unregistered since
+        if dataset not in DATASETS:
+            PRESETS.pop(name, None)
+            del _DERIVED[name]
+    for record in list(DATASETS.values()):
+        recipe = record.finetune
+        if recipe is None or recipe.preset in PRESETS:
+            continue
+        _DERIVED[recipe.preset] = record.name
+        fn = partial(_finetune, record.name)
+        fn.__doc__ = (f"Paper section 3 fine-tuning on {record.title}: {recipe.steps:,} steps "
+                      f"({recipe.warmup} warm-up), SGD 0.9, batch 512, lr 0.03, cosine, clip 1, "
+                      f"no weight decay, 224 px.\n\n{recipe.expected}")
+        PRESETS[recipe.preset] = fn
+
+
+def finetune_presets() -> dict[str, str]:
+    """{registry dataset: its fine-tuning preset}, for the datasets whose record has one."""
+    from mixerbench.data import DATASETS
+
+    return {r.name: r.finetune.preset for r in DATASETS.values() if r.finetune}
 
 
 @preset("finetune")
@@ -230,57 +265,6 @@ def finetune_any() -> RunConfig:
     paper Table 4). Runtime: minutes on one GPU at 224 px.
     """
     return _finetune("cifar10", steps=500, warmup=100)
-
-
-@preset("finetune-imagenet")
-def finetune_imagenet() -> RunConfig:
-    """Paper section 3 fine-tuning on ImageNet: 20k steps, SGD 0.9, batch 512, lr 0.03 from the
-    grid {0.003, 0.01, 0.03, 0.06}, cosine, clip 1, no weight decay.
-
-    Expected from ImageNet-21k Mixer-B/16 weights: 80.64 % at 224 (paper Table 3). Runtime on
-    one H100: hours.
-    """
-    return _finetune("imagenet-1k")
-
-
-@preset("finetune-cifar10")
-def finetune_cifar10() -> RunConfig:
-    """Paper section 3 / vision_transformer fine-tuning on CIFAR-10: 10k steps, batch 512,
-    lr 0.03, 224 px.
-
-    Expected from ImageNet Mixer-B/16 weights: 96.72 % (vision_transformer README, 3.0 h on
-    4x V100). Needs `--init` weights.
-    """
-    return _finetune("cifar10")
-
-
-@preset("finetune-cifar100")
-def finetune_cifar100() -> RunConfig:
-    """Paper section 3 fine-tuning on CIFAR-100: 10k steps, batch 512, lr 0.03, 224 px.
-
-    Expected: part of the paper's "Avg 5" column; per-dataset numbers are not published.
-    """
-    return _finetune("cifar100")
-
-
-@preset("finetune-pets")
-def finetune_pets() -> RunConfig:
-    """Paper section 3 fine-tuning on Oxford-IIIT Pets: 500 steps (100 warm-up), batch 512,
-    lr 0.03, 224 px.
-
-    Expected: part of the paper's "Avg 5"; per-dataset numbers are not published.
-    """
-    return _finetune("pets")
-
-
-@preset("finetune-flowers102")
-def finetune_flowers102() -> RunConfig:
-    """Paper section 3 fine-tuning on Oxford Flowers-102: 500 steps (100 warm-up), batch 512,
-    lr 0.03, 224 px.
-
-    Expected: part of the paper's "Avg 5"; per-dataset numbers are not published.
-    """
-    return _finetune("flowers102")
 
 
 # ------------------------------------------------------------------------ small-scale presets
@@ -334,13 +318,57 @@ def smoke() -> RunConfig:
 
 # ------------------------------------------------------------- presets -> a run's config
 
+@dataclass(frozen=True)
+class Inputs:
+    """What a run's named inputs are on this machine, read by `read_inputs` before `resolve`
+    (which reads nothing): part of the run's identity.
+
+    `source`: the model description of the `--init` weights as a fine-tuning run starts from
+    them (`weights.source_description(..., finetuning=True)`);
+    `init_sha256`: their file's sha256 (a re-trained source is another fine-tuning run; for
+    `timm:<name>`, the hub cache's file, checked against its blob's name: a tag's weights may
+    change on the hub); `data_path`: the absolute resolved path of a
+    dataset given as a path (a relative `--dataset ds` from two folders is two runs; None for
+    registry names and hub ids, so their runs keep their ids)."""
+
+    source: dict | None = None
+    init_sha256: str | None = None
+    data_path: str | None = None
+
+
+def run_config(preset: str | None = None, **spec: Any) -> RunConfig:
+    """The config a command runs: this machine's inputs read (`read_inputs`), then `resolve`
+    with them. `spec` as `resolve` takes it."""
+    return resolve(preset, **spec, inputs=read_inputs(preset, **spec))
+
+
+def read_inputs(preset: str | None = None, *, init: str | None = None, arch: str | None = None,
+                **spec: Any) -> Inputs:
+    """Every file `resolve` needs read, for the run `resolve(preset, init=init, arch=arch,
+    **spec)` describes: the `--init` weights' description and hash, and where a dataset given
+    as a path is."""
+    from mixerbench.models.weights import source_description, weights_sha256
+
+    kind = spec.get("kind") or (get_preset(preset) if preset else RunConfig()).kind
+    source = (source_description(init, arch, finetuning=True)
+              if kind == "finetune" and init else None)
+    # the run's final dataset, data folder and weights, as the flags and --set leave them
+    cfg = resolve(preset, init=init, arch=arch, **spec, inputs=Inputs(source=source))
+    return Inputs(source=source, init_sha256=weights_sha256(cfg.init) if cfg.init else None,
+                  data_path=_dataset_path(cfg.data.dataset, cfg.data.data_dir))
+
+
 def resolve(preset: str | None = None, *, model: str | None = None, dataset: str | None = None,
             kind: str | None = None, init: str | None = None, arch: str | None = None,
             flags: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-            ) -> RunConfig:
-    """Preset defaults, then the model and dataset named on the command line, then flags
-    (dotted keys, None meaning "not given"), then `--set` overrides; validated, with what its
-    inputs resolve to (`resolve_inputs`: a dataset path, the `--init` weights).
+            inputs: Inputs | None = None, settings: dict[str, Any] | None = None) -> RunConfig:
+    """Preset defaults, then the model and dataset named on the command line, then the
+    settings of a `--config` file (`settings`, dotted keys, less those the command line names:
+    `experiments.resolve_run`), then flags (dotted keys, None meaning "not given"), then
+    `--set` overrides; validated, with what its inputs are on this machine (`inputs`, read
+    before by `read_inputs`; `run_config` does both). A pure function: it reads no file.
+    Without `inputs` a dataset is taken for a registry name or hub id, and fine-tuning (whose
+    model is the `--init` weights') is refused.
 
     A family alias (`mixer`, `vit`, `resnet`, `gmlp`, ...) picks the family's own model for the
     preset when its registry entry names one (small presets), otherwise the zoo's alias
@@ -349,10 +377,12 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     A fine-tuning run takes its architecture from `init` (the model section records the model
     actually trained: name, shapes, the resolution, `Kx` meaning K times the trained one) and its
     regularisation from the recipe; changing the architecture of `init` is refused. `arch`
-    names the architecture of an `init` file that does not say (a timm state dict).
+    names the architecture of an `init` file that does not say (a timm state dict; used by
+    `read_inputs`).
     """
     from mixerbench.models import get_spec, resolve_name
 
+    inputs = inputs or Inputs()
     cfg = get_preset(preset) if preset else RunConfig()
     if kind:
         cfg = replace(cfg, kind=kind)
@@ -364,9 +394,13 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     if cfg.kind == "finetune" and cfg.init:
         if model:
             raise UserError("Fine-tuning takes its model from --init; drop --model.")
-        source, size = _finetune_model(cfg.init, flags, overrides, arch)
+        if inputs.source is None:
+            raise ValueError("resolve() of a fine-tuning run needs the --init weights' "
+                             "description: pass inputs=read_inputs(...), or call run_config()")
+        source, size, dropped = _finetune_model(inputs.source, flags, overrides)
         cfg = replace(cfg, model=replace(source, drop_path=cfg.model.drop_path,
-                                         dropout=cfg.model.dropout, img_size=size))
+                                         dropout=cfg.model.dropout, img_size=size),
+                      init_dropped=dropped)
     elif model:
         small = family_model(preset, model)
         if small:  # the preset's model of that family, with the settings it needs
@@ -383,24 +417,32 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     else:
         resolve_name(cfg.model.name)  # a preset's model must exist
     if dataset:
-        cfg = replace(cfg, data=replace(cfg.data, dataset=dataset))
+        cfg = _fit_dataset(replace(cfg, data=replace(cfg.data, dataset=dataset)),
+                           set(flags) | set(overrides))
+    cfg = apply_overrides(cfg, settings or {})
     if "epochs" in flags and "steps" not in flags:
         cfg = replace(cfg, steps=None)
     if "steps" in flags and "epochs" not in flags:
         cfg = replace(cfg, epochs=None)
     cfg = apply_overrides(cfg, flags)
     cfg = apply_overrides(cfg, overrides)
-    if source is None:
-        from mixerbench.models.baselines import plain_stem_ok
+    from mixerbench.data import registry_name
 
-        if not plain_stem_ok(get_spec(resolve_name(cfg.model.name)).family, cfg.model.options):
-            # a new run may not record an option its model never reads (runs recorded with it
-            # before still read back: the model is built without it, as it was trained)
-            raise UserError(f"{cfg.model.name} ignores stem_width without stem_type='deep' "
-                            "(timm's plain stem has 64 channels); drop stem_width or add "
-                            "stem_type='deep'.")
+    known = registry_name(cfg.data.dataset)  # `CIFAR-10` and `cifar10` are one dataset, one run
+    if known:
+        cfg = replace(cfg, data=replace(cfg.data, dataset=known))
+    if source is None:
+        from mixerbench.models import check_options
+
+        # a new run's options may not contradict the model section's fields, leave the range
+        # that makes a model, or be ones its model never reads (runs recorded with such options
+        # before still read back)
+        check_options(cfg.model.name, cfg.model.options, cfg.model.width)
     else:
         _check_architecture_kept(cfg.model, source)
+        if cfg.init_dropped != dropped:
+            raise UserError("init_dropped says which layer of the --init weights a fine-tuning "
+                            "run leaves out, and is set from those weights; drop that setting.")
         # Above the trained resolution (Kx, K > 1) the eval crop is resize-crop (resize to
         # 256/224 of the side, centre crop), as for the paper's 448 px Mixers of Table 2, not the
         # resmall-crop of its 224 px rows (App. C; docs/paper-notes.md §3). A crop the user sets
@@ -409,22 +451,62 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         if (not chosen and cfg.data.eval_pipeline == "eval-resmall"
                 and (cfg.model.img_size or 0) > (source.img_size or 0)):
             cfg = replace(cfg, data=replace(cfg.data, eval_pipeline="eval-resize"))
-    return resolve_inputs(validate(cfg))
+    cfg = validate(cfg)
+    _check_pinned(cfg, inputs)
+    # a `data.path` already set (a config resolved elsewhere) is kept
+    return replace(cfg, data=replace(cfg.data, path=cfg.data.path or inputs.data_path),
+                   init_sha256=inputs.init_sha256 if cfg.init else None)
+
+
+def _check_pinned(cfg: RunConfig, inputs: Inputs) -> None:
+    """An `init_sha256` already set pins the weights (a sweep sets the one it started from on
+    each of its cells): a file that hashes otherwise now, such as an `--init` run re-trained
+    under its name midway, is refused, never mixed into the sweep."""
+    if cfg.init and cfg.init_sha256 and inputs.init_sha256 and cfg.init_sha256 != inputs.init_sha256:
+        raise UserError(f"The --init weights {cfg.init} changed since this command started "
+                        f"(sha256 {cfg.init_sha256[:12]}... then, {inputs.init_sha256[:12]}... "
+                        "now), so they are not mixed into its runs; run the command again to "
+                        "start over from the new weights.")
+
+
+def _fit_dataset(cfg: RunConfig, given: set[str]) -> RunConfig:
+    """A preset made for 28 px digits (`smoke`: pipeline `digits`, never mirrored) asked to
+    train on a known dataset of photos: that dataset's stored resolution and the small-image
+    pipeline (pad, crop, flip) or the one its record names (digits at another size keep theirs),
+    unless `data.pipeline` or `model.img_size` is given; photos of many sizes are refused in one
+    sentence. The embedded sets and folders (whose images are not looked at here) keep the
+    preset's; the run's header says what it trains on."""
+    if cfg.data.pipeline != "digits" or "data.pipeline" in given:
+        return cfg
+    from mixerbench.data import dataset_record
+
+    record = dataset_record(cfg.data.dataset)
+    if record is None or record.embedded:
+        return cfg
+    if record.image_size is None:
+        raise UserError(f"The {cfg.preset or 'chosen'} preset is made for 28 px digits and "
+                        f"{record.name} holds photos of many sizes; add --set data.pipeline=small "
+                        "--img-size 32 (or pick a preset made for photos, e.g. cifar10-scratch).")
+    changes = {"data.pipeline": record.pipeline or "small"}
+    if "model.img_size" not in given:
+        changes["model.img_size"] = record.image_size
+    return apply_overrides(cfg, changes)
 
 
 # The fields of the model section that define the architecture (what `--init` fixes).
 _ARCHITECTURE = ("name", "patch_size", "width", "depth", "gelu", "options")
 
 
-def _finetune_model(init: str, flags: dict, overrides: dict,
-                    arch: str | None = None) -> tuple[ModelConfig, int]:
-    """The model section of a fine-tuning run of `init`, and its resolution: the trained one,
-    `--img-size N`, or `--img-size Kx` (K times the trained one, paper section 3). Pops a `Kx`
-    resolution from `flags` / `overrides`, where it is not an integer."""
+def _finetune_model(rec: dict, flags: dict,
+                    overrides: dict) -> tuple[ModelConfig, int, str | None]:
+    """The model section of a fine-tuning run of weights described by `rec` (their
+    description as a fine-tuning run starts from them: `source_description(...,
+    finetuning=True)`), its resolution (the trained one, `--img-size N`, or `--img-size Kx`: K
+    times the trained one, paper section 3) and the layer of the weights it leaves out (an
+    official ViT's representation layer), if any. Pops a `Kx` resolution from `flags` /
+    `overrides`, where it is not an integer."""
     from mixerbench.models import REGULARISERS
-    from mixerbench.models.weights import source_description
 
-    rec = source_description(init, arch)
     arch = {k: v for k, v in (rec.get("overrides") or {}).items()
             if k not in REGULARISERS}  # the fine-tuning recipe sets its own
     model = ModelConfig(name=rec["name"], img_size=rec["img_size"], patch_size=rec["patch_size"],
@@ -443,7 +525,7 @@ def _finetune_model(init: str, flags: dict, overrides: dict,
                 raise UserError(f"--img-size {text} is not a resolution: give pixels (e.g. "
                                 f"{2 * size}) or a whole multiple of the trained {size} px (e.g. 2x).")
             size = factor * rec["img_size"]
-    return model, size
+    return model, size, ",".join(rec.get("dropped", ())) or None
 
 
 def _check_architecture_kept(m: ModelConfig, source: ModelConfig) -> None:
@@ -451,30 +533,6 @@ def _check_architecture_kept(m: ModelConfig, source: ModelConfig) -> None:
         if getattr(m, key) != getattr(source, key):
             raise UserError(f"Fine-tuning keeps the architecture of --init ({key} = "
                             f"{getattr(source, key)!r}); drop the model.{key} setting.")
-
-
-def resolve_inputs(cfg: RunConfig) -> RunConfig:
-    """`cfg` with what its inputs resolve to, which is part of the run's identity: the absolute
-    path of a dataset given as a path (`data.path`: a relative `--dataset ds` from two folders
-    is two runs) and the sha256 of the `--init` weights file (`init_sha256`: a re-trained
-    source is another fine-tuning run). Registry names and hub ids stay as they are, so their
-    runs keep their ids. A `data.path` already set (a config resolved elsewhere) is kept.
-
-    An `init_sha256` already set pins the weights (a sweep sets the one it started from on
-    each of its cells): a file that hashes otherwise now, such as an `--init` run re-trained
-    under its name midway, is refused, never mixed into the sweep."""
-    path = cfg.data.path or _dataset_path(cfg.data.dataset, cfg.data.data_dir)
-    sha = None
-    if cfg.init:
-        from mixerbench.models.weights import weights_sha256
-
-        sha = weights_sha256(cfg.init)
-        if cfg.init_sha256 is not None and sha != cfg.init_sha256:
-            raise UserError(f"The --init weights {cfg.init} changed since this command started "
-                            f"(sha256 {cfg.init_sha256[:12]}... then, {str(sha)[:12]}... now), so "
-                            "they are not mixed into its runs; run the command again to start "
-                            "over from the new weights.")
-    return replace(cfg, data=replace(cfg.data, path=path), init_sha256=sha)
 
 
 def _dataset_path(name: str, data_dir: str | None) -> str | None:

@@ -63,12 +63,14 @@ def _comparable(d: dict, unfinished: bool) -> dict:
 
 def check_owner(run_dir: Path, cfg: RunConfig) -> None:
     """A run directory belongs to the one config stored in its config.json: refuse any other
-    (a reused --run-name, a planted or damaged config.json, a foreign folder)."""
+    (a reused --run-name, a planted or damaged config.json, a foreign folder), and refuse a
+    folder, FIFO or link where one of its files goes (`check_files`)."""
     path = run_dir / CONFIG
     if not run_dir.exists():
         return
     if not run_dir.is_dir() or run_dir.is_symlink():
         raise UserError(f"{run_dir} is not a run directory; choose another --run-name.")
+    check_files(run_dir)
     if not path.exists():
         if any(p.name != f"{RUN_LOCK}.lock" and not p.name.endswith(".tmp")
                for p in run_dir.iterdir()):

@@ -25,26 +25,25 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mixerbench import files, results, rundir
 from mixerbench.config import RunConfig, recipe_id, run_binding, run_id, to_dict
 from mixerbench.errors import UserError
+from mixerbench.events import Log
 from mixerbench.optim import make_optimizer, make_scheduler
 from mixerbench.prepare import Run, check_model, prepare
-from mixerbench.runtime import stop_signals
-
-Log = Callable[[str, dict], None]
+from mixerbench.runtime import COMPILE_PROBE_STEPS, compile_pays, stop_signals
 
 
 class Event:
-    """The progress events `train` emits as `log(event, info)`; `cli.ProgressView` renders
+    """The progress events `train` emits as `log(event, info)`; `view.ProgressView` renders
     them and `trackers.Tracked` records start, eval and end."""
 
     STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)
     RESUMED = "resumed"    # an unfinished run continues: step, run_dir
     RESTARTED = "restarted"  # a run without training state starts again at 0: run_dir, dropped
-    START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, ...
+    START = "start"        # the loop starts: run_dir, total_steps, step, model, dataset, img_size, pipeline, ...
     STEP = "step"          # an optimizer step: step, total_steps, epoch, loss, lr, img_per_sec
     EVAL = "eval"          # an evaluation: the metrics.csv row (step, top1, top5, eval_loss)
     END = "end"            # the run finished: its summary, run_dir
@@ -69,6 +68,7 @@ class TrainState:
 
     step: int = 0
     train_seconds: float = 0.0
+    data_seconds: float = 0.0  # waiting for the next batch, between steps (not in train_seconds)
     loss_sum: float = 0.0
     loss_count: int = 0
     checkpoint_sha256: str | None = None  # of the last checkpoint written (summary.json records it)
@@ -108,6 +108,9 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
         raise rundir.not_a_state(run.run_dir, type(exc).__name__) from None
     progress = TrainState(**{k: state[k] for k in ("step", "train_seconds", "loss_sum",
                                                    "loss_count", "checkpoint_sha256")})
+    progress.data_seconds = float(state.get("data_seconds", 0.0))  # absent before 0.2
+    if not (math.isfinite(progress.data_seconds) and progress.data_seconds >= 0):
+        raise rundir.not_a_state(run.run_dir, f"data_seconds {progress.data_seconds}")
     if run.rank == 0:
         rundir.truncate_metrics(run.run_dir, progress.step)
     log(Event.RESUMED, dict(step=progress.step, run_dir=str(run.run_dir)))
@@ -136,7 +139,7 @@ def save_state(run: Run, optimizer, scheduler, p: TrainState) -> None:
         return
     state = dict(model=unwrap(run.model).state_dict(), optimizer=optimizer.state_dict(),
                  scheduler=scheduler.state_dict(), step=p.step, train_seconds=p.train_seconds,
-                 loss_sum=p.loss_sum, loss_count=p.loss_count, rng=rngs)
+                 data_seconds=p.data_seconds, loss_sum=p.loss_sum, loss_count=p.loss_count, rng=rngs)
     try:
         p.checkpoint_sha256 = rundir.write_state(run.run_dir, state, run.model, run.rec,
                                                  _binding(run), previous=p.checkpoint_sha256)
@@ -229,7 +232,7 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
     written from non-finite weights or metrics."""
     import torch
 
-    from mixerbench.models import get_spec, model_label
+    from mixerbench.models import get_spec, label_of
     from mixerbench.models.weights import unwrap
 
     last = rundir.last_metrics(run.run_dir)
@@ -244,17 +247,18 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
     images = run.total * cfg.data.batch_size
     summary = dict(
         run_id=run.run_dir.name, recipe_id=recipe_id(cfg, run.dtype),
-        model=model_label(run.rec["name"], run.rec.get("overrides")),
+        model=label_of(run.rec),
         family=get_spec(run.rec["name"]).family,
         dataset=cfg.data.dataset, split=eval_split(run), img_size=run.rec["img_size"],
         epochs=round(images / run.train_size, 4), steps=run.total,
         top1=last["top1"], top5=last["top5"], loss=last["eval_loss"],
         train_seconds=round(p.train_seconds, 3),
+        # the share of the loop's time spent waiting for batches (input-bound when large)
+        data_wait_fraction=round(p.data_seconds / max(p.data_seconds + p.train_seconds, 1e-9), 4),
         device_hours=round(p.train_seconds * run.world / 3600, 6),
         # forward + backward = 3 forward passes' FLOPs (2 FLOPs per MAC) per image seen
-        train_flops=float(6 * run.macs_per_img * images),
-        init=cfg.init or "", kind=cfg.kind, experiment=experiment,
-        checkpoint_sha256=p.checkpoint_sha256, **prov)
+        train_flops=float(6 * run.macs_per_img * images), checkpoint_sha256=p.checkpoint_sha256,
+        init=cfg.init or "", kind=cfg.kind, experiment=experiment, **prov)
     rundir.write_summary(run.run_dir, run.root, summary)
     return summary
 
@@ -264,7 +268,9 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
 
 def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool = False,
           log: Log | None = None, experiment: str = "") -> dict[str, Any]:
-    """Train (or fine-tune) per `cfg`; return the summary (the accuracy row plus `run_dir`).
+    """Train (or fine-tune) per `cfg` (as `presets.run_config` made it: its inputs, a dataset
+    path and the `--init` weights' hash, are part of it); return the summary (the accuracy row
+    plus `run_dir`).
 
     A finished run is read back, not retrained (unless `resume`, which is then an error); an
     unfinished one continues from its last checkpoint. `experiment` tags the accuracy row
@@ -272,26 +278,22 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
     not part of the configuration, so the same run serves any experiment that asks for it.
     Under torchrun every rank returns the same summary.
     """
-    from mixerbench.presets import resolve_inputs
-
     log = log or (lambda event, info: None)
     if cfg.device:  # a mistyped device is refused before a finished run is read back
         from mixerbench.runtime import resolve_device
 
         resolve_device(cfg.device)
-    check_model(cfg)  # options and memory checked before any data is read (meta device)
-    cfg = resolve_inputs(cfg)  # a config not made by presets.resolve gets its inputs' identity
+    check = check_model(cfg)  # options, memory and MACs on the meta device, before any data
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))
     rundir.check_owner(run_dir, cfg)
-    rundir.check_files(run_dir)
     if rundir.read_summary(run_dir) is not None:  # finished: read back, never retrained
         return _read_back(run_dir, root, resume, log, experiment)
     if resume and not rundir.has_state(run_dir):
         raise UserError(f"Nothing to resume in {run_dir}: it has no checkpoint yet; run the "
                         "command without --resume.")
     results.ensure_appendable("accuracy", root)  # a damaged accuracy.csv is found before hours of work
-    run = prepare(cfg, root, run_dir, lambda what: log(Event.STAGE, dict(what=what)))
+    run = prepare(cfg, root, run_dir, lambda what: log(Event.STAGE, dict(what=what)), check)
     created = not run_dir.exists()
     try:
         # one process trains a run at a time; a second waits, then finds it finished
@@ -341,6 +343,7 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
     import torch
     import torch.distributed as dist
 
+    from mixerbench.models import model_label  # the model by its shape, not the zoo entry's name
     cfg = run.cfg
     train_model = run.model
     if run.world > 1:
@@ -351,16 +354,25 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
         train_model = torch.compile(train_model)
     log(Event.START, dict(run_dir=str(run.run_dir), total_steps=run.total, step=p.step,
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
-                      model=run.rec["name"], dataset=cfg.data.dataset, world_size=run.world,
+                      # an official ViT's representation layer is not fine-tuned (as
+                      # vision_transformer's load_pretrained drops it): the first line says so
+                      model=model_label(run.rec["name"], run.rec.get("overrides")) + (
+                          f" (without the {cfg.init_dropped} layer of --init)" if cfg.init_dropped else ""),
+                      dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
-                      config=to_dict(cfg)))
+                      img_size=run.rec["img_size"], pipeline=cfg.data.pipeline,
+                      eval_pipeline=cfg.data.eval_pipeline, config=to_dict(cfg)))
     run.model.train()
     window = [time.perf_counter(), 0]  # start of the throughput window, images in it
+    # compile=None on a CPU: time a few eager steps, then compile if it pays back (compile_pays)
+    probe = [] if cfg.compile is None and not run.compiled else None
     with stop_signals() as stop:
         while p.step < run.total:
             epoch, index = divmod(p.step, run.steps_per_epoch)
+            waited = time.perf_counter()
             for x, y in run.train_batches.epoch(epoch, start=index):
                 t0 = time.perf_counter()
+                p.data_seconds += t0 - waited
                 p.pending.append(train_step(run, train_model, x, y))
                 n = p.step + 1
                 check = (n % 10 == 0 or n % run.eval_every == 0 or n % run.ckpt_every == 0
@@ -373,6 +385,12 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                 if run.on_cuda and check:
                     torch.cuda.synchronize(run.device)
                 p.train_seconds += time.perf_counter() - t0
+                if probe is not None and len(probe) <= COMPILE_PROBE_STEPS:
+                    probe.append(time.perf_counter() - t0)
+                elif probe is not None:  # decide once, on the median eager step (warm-up dropped)
+                    if compile_pays(run.total - p.step, sorted(probe[1:])[len(probe) // 2 - 1]):
+                        train_model, run.compiled = torch.compile(train_model), True
+                    probe = None
                 window[1] += cfg.data.batch_size
                 if check:
                     _log_step(run, p, values[-1], optimizer, window, log)
@@ -381,6 +399,7 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                     break
                 if run.world > 1 and p.step % run.eval_every == 0:
                     dist.barrier()
+                waited = time.perf_counter()
 
 
 def _log_step(run: Run, p: TrainState, loss: float, optimizer, window: list, log: Log) -> None:

@@ -88,6 +88,25 @@ def test_registry_lists_every_dataset():
     assert all(r["offline"] for r in rows if r["name"] in ("mnist-5k", "synthetic"))
 
 
+def test_a_local_copy_of_a_hub_dataset_with_configs_reads_the_registrys_config(local_sets, tmp_path):
+    """SVHN's hub copy holds two configs side by side (`cropped_digits`, `full_numbers`); its
+    record names the one it is (the 32 px digit crops), and only that folder is read."""
+    import shutil
+
+    from mixerbench.data import dataset_record
+
+    assert dataset_record("svhn").hub_config == "cropped_digits"
+    pq = local_sets["root"] / "pq" / "data"
+    (tmp_path / "svhn" / "cropped_digits").mkdir(parents=True)
+    (tmp_path / "svhn" / "full_numbers").mkdir()
+    for s in ("train", "test"):
+        shutil.copy(pq / f"{s}-00000-of-00001.parquet", tmp_path / "svhn" / "cropped_digits")
+        shutil.copy(pq / "test-00000-of-00001.parquet",  # another config: other rows
+                    tmp_path / "svhn" / "full_numbers" / f"{s}-00000-of-00001.parquet")
+    ds = get_dataset("SVHN", "train", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    assert ds.name == "svhn" and len(ds) == 12 and "cropped_digits" in ds.source
+
+
 @pytest.mark.parametrize("name,n_train,n_test,size", [("mnist-5k", 4000, 1000, 28), ("synthetic", 1000, 200, 32)])
 def test_embedded_sets_load(name, n_train, n_test, size):
     tr, te = get_dataset(name, "train"), get_dataset(name, "test")
@@ -568,12 +587,68 @@ def test_describe_local_copy(data_cifar10):
     assert str(data_cifar10["data_dir"]) in info["source"]
 
 
-def test_loader_throughput_reports_both_paths(synth):
-    from mixerbench.data import loader_throughput
+def test_input_bench_rows_ours_timm_and_the_floor(tmp_path):
+    """`datasets DIR --write-jpegs N --bench`: photo-sized JPEGs written, then one row per
+    pipeline in inputs.csv under one bench id, each a positive per-core rate, timm's the unit
+    of the ratios; the same folder again is refused (it exists)."""
+    from conftest import cli, refused
 
-    out = loader_throughput(synth, batch_size=100, seconds=0.2, workers=1)
-    assert set(out["paths"]) == {"tensor", "worker"}
-    assert all(p["img_per_sec"] > 0 for p in out["paths"].values())
+    from mixerbench import results
+
+    folder, res = tmp_path / "jpegs", tmp_path / "res"
+    r = cli("datasets", folder, "--write-jpegs", 20, "--bench", "--images", 16, "--batch-size", 8,
+            "--repeats", 1, "--workers", 1, "--device", "cpu", "--results-dir", res)
+    assert r.exit_code == 0, r.output
+    files = sorted(folder.rglob("*.jpg"))
+    assert len(files) == 20 and len({f.parent for f in files}) == 10
+    from PIL import Image
+
+    assert Image.open(files[0]).size == (500, 375) and 40_000 < files[0].stat().st_size < 300_000
+    rows = results.load("inputs", res)
+    assert list(rows["pipeline"]) == ["decode", "ours-host", "ours", "timm"]
+    assert rows["bench_id"].nunique() == 1 and (rows["images"] == 16).all()
+    assert (rows["img_per_cpu_sec"] > 0).all() and (rows["img_per_sec"] > 0).all()
+    assert rows.set_index("pipeline").loc["timm", "timm_ratio"] == 1.0
+    assert "exists" in refused(cli("datasets", folder, "--write-jpegs", 2))
+
+
+def test_input_bench_of_an_in_memory_set_has_the_tensor_path():
+    from mixerbench.data.inputbench import input_bench
+
+    ds = get_dataset("synthetic", "train")
+    rows = input_bench(ds, batch_size=32, images=64, repeats=1, workers=1)
+    assert [r["pipeline"] for r in rows] == ["tensor", "ours-host", "ours"]
+    assert all(r["img_per_cpu_sec"] > 0 and r["timm_ratio"] is None for r in rows)
+    with pytest.raises(UserError, match="--images"):
+        input_bench(ds, batch_size=32, images=16)
+
+
+def test_worker_decode_at_the_crop_scale_keeps_the_picture(tmp_path):
+    """A big JPEG is decoded at a DCT scale only as far as the crop keeps img_size px each
+    way: the crop comes out as it does from the full decode (within JPEG and resize error);
+    grey, CMYK and PNG images come out RGB."""
+    from PIL import Image
+
+    yy, xx = np.mgrid[0:1500, 0:2000]
+    smooth = np.stack([(xx * 0.1) % 256, (yy * 0.15) % 256, ((xx + yy) * 0.05) % 256], -1).astype(np.uint8)
+    path = tmp_path / "big.jpg"
+    Image.fromarray(smooth).save(path, quality=95)
+    enc = decode.Encoded(decode.LocalImage(path))
+    assert enc.size == (2000, 1500)
+    full = decode.Encoded(decode.LocalImage(path)).decode()
+    small = enc.decode(500, 375)  # a crop of the whole image to 224 px needs no more than 1/4
+    assert tuple(full.shape) == (3, 1500, 2000) and tuple(small.shape) == (3, 375, 500)
+    a = T.resize_u8(full, 224, 224).float()
+    b = T.resize_u8(small, 224, 224).float()
+    assert (a - b).abs().mean() < 2
+    gen = torch.Generator().manual_seed(0)
+    out = T.worker_geometry(decode.Encoded(decode.LocalImage(path)), "pretrain", 224, gen)
+    assert out.shape == (3, 224, 224) and out.dtype == torch.uint8
+    for mode, ext in (("L", "jpg"), ("CMYK", "jpg"), ("RGBA", "png"), ("P", "png")):
+        f = tmp_path / f"{mode}.{ext}"
+        Image.fromarray(smooth[:40, :50]).convert(mode).save(f)
+        x = decode.Encoded(decode.LocalImage(f)).decode()
+        assert x.shape == (3, 40, 50) and x.dtype == torch.uint8, mode
 
 
 def test_import_is_lazy():

@@ -19,8 +19,9 @@ from conftest import cli, refused
 
 from mixerbench.presets import resolve
 from mixerbench.errors import UserError
-from mixerbench.export import _crop_pct, _ratio, export, preprocessing
-from mixerbench.models import create_model
+from mixerbench.export import _crop_pct, export, preprocessing
+from mixerbench.models import count_params, create_model
+from mixerbench.models.families.mixer import _ratio
 from mixerbench.models.weights import load_model, model_description, save_checkpoint
 from mixerbench.train import train
 
@@ -163,6 +164,98 @@ def test_an_unfinished_run_exports_with_what_is_unknown(tmp_path, export_runs):
     assert "had not finished" in card and "## Recipe" in card and "top-1 (%)" not in card
 
 
+# ------------------------------------------------------- the card's routes, in plain timm
+
+# Runs the card's route (it defines `model`) in a process that imports timm and no mixerbench,
+# then the logits of the images in `x.npy`, to `out.npy`.
+_ROUTE = """
+import sys
+import numpy as np
+import torch
+{code}
+assert "mixerbench" not in sys.modules
+with torch.no_grad():
+    np.save(sys.argv[2], model(torch.from_numpy(np.load(sys.argv[1]))).numpy())
+"""
+
+
+def run_route(code: str, x: torch.Tensor, tmp_path: Path) -> torch.Tensor:
+    import subprocess
+    import sys
+
+    import numpy as np
+
+    np.save(tmp_path / "x.npy", x.numpy())
+    script = tmp_path / "route.py"
+    script.write_text(_ROUTE.format(code=code))
+    r = subprocess.run([sys.executable, str(script), str(tmp_path / "x.npy"),
+                        str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+    assert r.returncode == 0, r.stderr
+    return torch.from_numpy(np.load(tmp_path / "out.npy"))
+
+
+@pytest.mark.parametrize("family", ["mixer", "vit", "resnet"])
+def test_both_timm_routes_of_the_card_rebuild_the_trained_model(export_runs, export_done,
+                                                                family, tmp_path):
+    """`local-dir:` and the weights file through `pretrained_cfg_overlay` with num_classes:
+    each route's code, as the card prints it, run in a plain timm process."""
+    res, out = export_done[family]
+    card = (out / "README.md").read_text()
+    assert set(res["routes"]) == {"local-dir", "pretrained_cfg_overlay"}
+    ours, _ = load_model(str(export_runs[family]))
+    x = images(8)
+    with torch.no_grad():
+        want = ours.eval()(x)
+    for name, code in res["routes"].items():
+        assert code in card, name
+        got = run_route(code, x, tmp_path)
+        assert torch.equal(got.argmax(1), want.argmax(1)), name
+        tol = 1e-2 if res["gelu"] == "tanh" else 1e-4  # timm's MlpMixer has exact GELU only
+        assert (got - want).abs().max() < tol, name
+
+
+def test_the_smoke_mixer_exports_as_timms_mlpmixer_class_and_agrees_in_plain_timm(tmp_path):
+    """No `mixer_*` entry point builds patch 4 at 28 px (width 64, 2 blocks); timm's MlpMixer
+    class does, with config.json's model_args: the same 77,036 parameters, top-1 agreement 1.00
+    on the run's own images, label names from the dataset."""
+    res_dir = tmp_path / "res"
+    r = cli("pretrain", "--preset", "smoke", "--steps", "3", "--device", "cpu",
+            "--set", "max_eval_examples=64", "--results-dir", res_dir)
+    assert r.exit_code == 0, r.output
+    run, = (res_dir / "runs").iterdir()
+    out = tmp_path / "out"
+    res = export(run, out)
+    config = json.loads((out / "config.json").read_text())
+    assert res["constructor"] == config["constructor"] == "timm.models.mlp_mixer.MlpMixer"
+    want = dict(num_classes=10, img_size=28, mlp_ratio=[0.5, 4.0], patch_size=4, num_blocks=2,
+                embed_dim=64)
+    assert {k: config["model_args"][k] for k in want} == want
+    assert config["label_names"] == [str(i) for i in range(10)]  # mnist-5k's digits
+    assert res["check"]["top1_agreement"] == 100.0 and "mnist-5k" in res["check"]["what"]
+    ours, _ = load_model(str(run))
+    assert count_params(ours)[0] == 77_036
+    code, = res["routes"].values()
+    assert code in (out / "README.md").read_text()
+    x = images(64, size=28)
+    with torch.no_grad():
+        want = ours.eval()(x)
+    got = run_route(code, x, tmp_path)
+    assert (got.argmax(1) == want.argmax(1)).float().mean() == 1.0
+    assert (got - want).abs().max() < 1e-2  # tanh GELU trained, exact GELU in timm
+    # the card's whole usage block, on an image file, prints one of the dataset's names
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    usage = (out / "README.md").read_text().split("```python\n")[1].split("```")[0]
+    Image.new("RGB", (40, 30), (200, 30, 90)).save(tmp_path / "image.jpg")
+    r = subprocess.run([sys.executable, "-c", usage], capture_output=True, text=True, timeout=300,
+                       cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
+    assert r.returncode == 0 and r.stdout.strip() in config["label_names"], r.stderr
+
+
 # -------------------------------------------------------------------------- preprocessing
 
 
@@ -245,14 +338,14 @@ def test_refusals_exit_2_and_write_nothing(tmp_path, export_runs):
     (full / "keep.txt").write_text("mine")
     npz = tmp_path / "official.npz"
     npz.write_bytes(b"not read")
-    t4 = bare_checkpoint(tmp_path / "t4.safetensors", "mixer-t4", width=64, depth=2)
+    gmlp = bare_checkpoint(tmp_path / "g.safetensors", "gmlp-t4", width=64, depth=2)
     cifar = bare_checkpoint(tmp_path / "c.safetensors", "resnet18-c", num_classes=10)
     before = sorted(p.name for p in tmp_path.iterdir())
     cases = [((run, full), "not empty"),
              (("timm:mixer_b16_224", tmp_path / "o1"), "timm's own"),
              ((tmp_path / "nothing-here", tmp_path / "o2"), "No run directory"),
              ((npz, tmp_path / "o3"), "fine-tune"),
-             ((t4, tmp_path / "o4"), "not one of timm's Mixers"),
+             ((gmlp, tmp_path / "o4"), "none of timm's gmlp_* entry points"),
              ((cifar, tmp_path / "o5"), "stride-1 stem")]
     for args, words in cases:
         line = refused(cli("export", *args))

@@ -1,5 +1,6 @@
-"""Model families live in the registry: one `register_family` call gives a family its zoo
-entries, alias, options, small-preset model and plot style; gMLP and ResMLP join that way."""
+"""Model families live in the registry: one file per family with a `create` function and one
+`register_family` call gives a family its zoo entries, alias, options, small-preset model and
+plot style; gMLP and ResMLP join that way."""
 
 from __future__ import annotations
 
@@ -29,6 +30,13 @@ SMALL = ["--preset", "smoke", "--dataset", "synthetic", "--device", "cpu", "--no
          "--set", "data.eval_batch_size=32"]
 
 
+def _create_convmixer(spec, num_classes, **kw):
+    """timm's ConvMixer class (its named entries fix width and depth), as a family file builds it."""
+    from timm.models.convmixer import ConvMixer
+
+    return ConvMixer(num_classes=num_classes, **kw)
+
+
 @pytest.fixture
 def convmixer():
     """A family none of the package registers (timm's ConvMixer), added by one call."""
@@ -37,7 +45,7 @@ def convmixer():
         models=(ModelSpec("convmixer-t", "convmixer", "ConvMixer-T", "convmixer_768_32", 32, 4,
                           dict(dim=32, depth=2, kernel_size=3)),),
         options={"width": "dim", "depth": "depth", "patch_size": "patch_size"},
-        constructor="timm.models.convmixer:ConvMixer",
+        create=_create_convmixer,
         small={"smoke": Small(dict(name="convmixer-t", img_size=28, width=24))}))
     yield fam
     unregister_family("convmixer")
@@ -52,7 +60,9 @@ def test_a_family_joins_compare_and_the_figures_with_one_registration(convmixer,
     acc = pd.read_csv(tmp_path / "accuracy.csv")
     row = acc[acc["family"] == "convmixer"].iloc[0]
     assert row["model"] == "convmixer-t[width=24]"  # the family's smoke model, its option mapped
-    table = pd.read_csv(tmp_path / "tables" / "compare-synthetic-smoke.csv")
+    # a compare with --set settings writes its own table (its settings' hash in the name)
+    table_file, = (tmp_path / "tables").glob("compare-synthetic-smoke*.csv")
+    table = pd.read_csv(table_file)
     assert list(table["model"]) == ["mixer-t4[depth=2,width=64]", "convmixer-t[width=24]"]
     assert table["params"].iloc[1] == model_info("convmixer-t", num_classes=10, img_size=28,
                                                  width=24)["params"]
@@ -125,3 +135,32 @@ def test_zoo_entries_are_timms_shapes(name, timm_name):
     ours, theirs = model_info(name), model_info(f"timm:{timm_name}")
     assert (ours["params"], ours["macs"]) == (theirs["params"], theirs["macs"])
     assert ours["family"] == theirs["family"]
+
+
+def test_no_family_is_named_outside_the_models_package():
+    """What a family is and does lives in its file under models/families/: the loop, the
+    benchmark, evaluation, the experiments and the report never test or name a family (a
+    string literal that is a family's name or alias, or a `name-*` pattern of its entries);
+    they ask the registry (`takes_gelu`, `channels_last`, `paper_family`, ...)."""
+    import ast
+    import re
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1] / "mixerbench"
+    files = [root / f for f in ("train.py", "prepare.py", "rundir.py", "optim.py", "bench.py",
+                                "evaluate.py", "experiments.py")] + sorted((root / "report").glob("*.py"))
+    names = {n for f in FAMILIES.values() for n in (f.name, *f.aliases)}
+    hits = []
+    for path in (p for p in files if p.is_file()):
+        tree = ast.parse(path.read_text())
+        docs = {id(node.body[0].value) for node in ast.walk(tree)
+                if isinstance(node, (ast.Module, ast.ClassDef, ast.FunctionDef))
+                and node.body and isinstance(node.body[0], ast.Expr)
+                and isinstance(node.body[0].value, ast.Constant)}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Constant) and isinstance(node.value, str) and id(node) not in docs:
+                tokens = re.split(r"[^A-Za-z0-9_*-]+", node.value)
+                bad = [t for t in tokens if t in names or t.removesuffix("-*") in names]
+                if bad:
+                    hits.append(f"{path.relative_to(root.parent)}:{node.lineno} {bad[0]!r}")
+    assert not hits, hits

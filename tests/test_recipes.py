@@ -247,3 +247,132 @@ def test_an_lr_grid_tie_is_reported_as_a_tie():
     assert lr_tie(grid[1:]) == ""
     assert "fine-tuned on mnist-5k, the dataset" in avg5_caveat("smoke", "mnist-5k", "mnist-5k")
     assert avg5_caveat("full", "mnist-5k", "mnist-5k") == ""
+
+
+# --------------------------------------------------------------- preprocessing of the weights
+
+
+def test_a_torchvision_resnet_is_evaluated_with_its_own_normalisation(tmp_path, monkeypatch):
+    """`timm:resnet18.tv_in1k` (torchvision's weights: ImageNet mean / std, bilinear, crop 0.875)
+    is fed what timm's own eval transform feeds it, not the paper's [-1, 1]: the batches match
+    timm's `create_transform` to resizing noise and the recorded top-1 is the model's on timm's
+    inputs. Random weights in an offline hub cache, a 3-class head on a 3-class folder."""
+    import numpy as np
+    import timm
+    import torch
+    from PIL import Image
+    from test_weights import hub_cache
+
+    from mixerbench.data import get_dataset, make_loader
+    from mixerbench.data.transforms import UNIT
+    from mixerbench.evaluate import evaluate
+    from mixerbench.models.preprocess import of_weights
+
+    home = tmp_path / "hf"
+    monkeypatch.setenv("HF_HOME", str(home))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    torch.manual_seed(0)
+    model = timm.create_model("resnet18", num_classes=3).eval()
+    hub_cache(home, "timm/resnet18.tv_in1k", model)
+    rng = np.random.default_rng(0)
+    folder = tmp_path / "photos"
+    for split in ("train", "test"):
+        for c in range(3):
+            (folder / split / f"c{c}").mkdir(parents=True)
+            for i in range(3):  # smooth photos: two resizers differ little on them
+                small = Image.fromarray(rng.integers(0, 255, (6, 7, 3), dtype=np.uint8))
+                small.resize((300, 260), Image.BICUBIC).save(folder / split / f"c{c}" / f"{i}.png")
+
+    pre = of_weights("timm:resnet18.tv_in1k")
+    assert pre.mean == (0.485, 0.456, 0.406) and pre.std == (0.229, 0.224, 0.225)
+    assert of_weights("timm:mixer_b16_224.goog_in21k_ft_in1k") == UNIT  # the paper's own
+    ds = get_dataset(str(folder), "test")
+    ours = torch.cat([x for x, _ in make_loader(ds, batch_size=9, train=False,
+                                                pipeline="eval-weights", img_size=224,
+                                                preprocess=pre).epoch(0)])
+    tv = timm.models.get_pretrained_cfg("resnet18.tv_in1k").to_dict()
+    tf = timm.data.create_transform(**timm.data.resolve_data_config({}, pretrained_cfg=tv))
+    assert tuple(ds.images.shape[1:3]) == (260, 300)  # held as decoded, in the loader's order
+    theirs = torch.stack([tf(Image.fromarray(im.numpy())) for im in ds.images])
+    unit = torch.cat([x for x, _ in make_loader(ds, batch_size=9, train=False,
+                                                pipeline="eval-weights", img_size=224).epoch(0)])
+    assert (ours - theirs).abs().mean() < 0.02 < (unit - theirs).abs().mean()
+
+    out = evaluate("timm:resnet18.tv_in1k", str(folder), split="test", device="cpu")
+    assert out["pipeline"] == "eval-weights"
+    with torch.no_grad():
+        expected = 100 * float((model(theirs).argmax(1) == ds.labels).float().mean())
+    assert out["top1"] == pytest.approx(expected)
+
+
+def test_every_copy_of_a_known_dataset_holds_out_its_minival_share(tmp_path):
+    """CIFAR-10's minival is 2 % of each class (docs/paper-notes.md §3) whether the copy is a
+    folder named cifar10 or a file named CIFAR-10.parquet (it used to get the 1 % default)."""
+    import io
+
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from PIL import Image
+
+    from mixerbench.data import get_dataset
+
+    rng = np.random.default_rng(0)
+
+    def png():
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 255, (8, 8, 3), dtype=np.uint8)).save(buf, format="PNG")
+        return {"bytes": buf.getvalue(), "path": None}
+
+    labels = [c for c in range(10) for _ in range(100)]
+    table = pa.table({"img": [png() for _ in labels], "label": labels})
+    (tmp_path / "cifar10").mkdir()
+    pq.write_table(table, tmp_path / "cifar10" / "train-00000-of-00001.parquet")
+    pq.write_table(table, tmp_path / "CIFAR-10.parquet")
+    for copy in (tmp_path / "cifar10", tmp_path / "CIFAR-10.parquet"):
+        held = get_dataset(str(copy), "minival", img_size=8)
+        assert held.name == "cifar10" and len(held) == 20, copy  # 2 of every 100
+
+
+# ------------------------------------------------------------------- presets fit the dataset
+
+
+def test_the_smoke_preset_on_cifar10_trains_at_32_px_through_the_small_pipeline(
+        data_shared_dir, tmp_path):
+    """`--preset smoke` is made for 28 px digits; on CIFAR-10 it takes CIFAR-10's 32 px and the
+    pad-crop-flip pipeline (what is set explicitly stays), photos of many sizes are refused in
+    one sentence, and every run's header says its resolution and pipelines."""
+    from conftest import refused
+
+    base = ["pretrain", "--preset", "smoke", "--device", "cpu", "--data-dir", data_shared_dir,
+            "--print-config"]
+    cfg = json.loads(ok(cli(*base, "--dataset", "cifar10")))
+    assert (cfg["model"]["img_size"], cfg["data"]["pipeline"]) == (32, "small")
+    kept = json.loads(ok(cli(*base, "--dataset", "cifar10", "--set", "data.pipeline=digits")))
+    assert (kept["model"]["img_size"], kept["data"]["pipeline"]) == (28, "digits")
+    line = refused(cli(*base, "--dataset", "pets"))
+    assert "--set data.pipeline=small" in line
+    digits = json.loads(ok(cli(*base)))
+    assert (digits["model"]["img_size"], digits["data"]["pipeline"]) == (28, "digits")
+    from typer.testing import CliRunner
+
+    from mixerbench.cli import app
+
+    out = CliRunner().invoke(app, ["pretrain", *map(str, TINY), "--steps", "2", "--results-dir",
+                                   str(tmp_path)], env={"HF_HUB_OFFLINE": "1"}, terminal_width=200)
+    assert out.exit_code == 0, out.output
+    assert "on synthetic at 32 px (pipeline digits, eval eval-plain)" in out.output
+
+
+def test_the_quick_starts_numbers_are_the_committed_rows():
+    """The README's seed-0 numbers of the quick start's compare are the committed rows."""
+    import re
+
+    readme = " ".join((ROOT / "README.md").read_text().split())
+    said = re.search(r"Mixer ([\d.]+), ViT ([\d.]+), ResNet ([\d.]+) top-1 "
+                     r"\(`results/accuracy.csv`, `compare:smoke`, seed 0\)", readme)
+    assert said, "the quick start's numbers are not where this test looks for them"
+    seed0 = {r["family"]: r["top1"] for r in rows(ROOT / "results" / "accuracy.csv")
+             if r["experiment"] == "compare:smoke" and r["seed"] == "0"}
+    assert [float(x) for x in said.groups()] == [float(seed0[f]) for f in ("mixer", "vit", "resnet")]

@@ -15,7 +15,7 @@ from conftest import cli
 from mixerbench import results
 from mixerbench.presets import resolve
 from mixerbench.errors import UserError
-from mixerbench.presets import PRESETS, get_preset
+from mixerbench.presets import get_preset, names, run_config
 from mixerbench.optim import lr_factor
 from mixerbench.train import Interrupted, TrainingStopped, train
 
@@ -92,9 +92,9 @@ def small_checkpoint(tmp_path_factory):
 
 
 def test_every_preset_resolves(small_checkpoint):
-    for name in PRESETS:
+    for name in names():
         kw = {"init": str(small_checkpoint)} if name.startswith("finetune") else {}
-        assert resolve(name, **kw).preset == name
+        assert run_config(name, **kw).preset == name
 
 
 def test_a_warmup_as_long_as_the_run_is_refused():
@@ -106,15 +106,40 @@ def test_a_warmup_as_long_as_the_run_is_refused():
 
 
 def test_a_finetune_config_records_the_model_it_trains(small_checkpoint):
-    cfg = resolve("finetune", kind="finetune", init=str(small_checkpoint), dataset="synthetic",
-                  flags={"model.img_size": "2x"})
+    cfg = run_config("finetune", kind="finetune", init=str(small_checkpoint), dataset="synthetic",
+                     flags={"model.img_size": "2x"})
     m = cfg.model
     assert (m.name, m.img_size, m.patch_size, m.width, m.depth) == ("mixer-t4", 64, 8, 32, 2)
     assert m.drop_path == 0.0  # the fine-tuning recipe's, not the checkpoint's 0.1
     with pytest.raises(UserError, match="architecture"):
-        resolve("finetune", kind="finetune", init=str(small_checkpoint), overrides={"model.width": "64"})
+        run_config("finetune", kind="finetune", init=str(small_checkpoint), overrides={"model.width": "64"})
     with pytest.raises(UserError, match="2x"):
-        resolve("finetune", kind="finetune", init=str(small_checkpoint), flags={"model.img_size": "0x"})
+        run_config("finetune", kind="finetune", init=str(small_checkpoint), flags={"model.img_size": "0x"})
+
+
+def test_resolve_reads_no_file_its_caller_reads_the_inputs(small_checkpoint, tmp_path):
+    """`resolve` is a pure function: what the run's inputs are on this machine (the --init
+    weights' description and hash, a dataset folder's absolute path) comes in as `Inputs`,
+    which `read_inputs` reads; `run_config` is the two in a row."""
+    from dataclasses import replace
+
+    from mixerbench.presets import Inputs, read_inputs
+
+    spec = dict(kind="finetune", init=str(small_checkpoint), dataset="synthetic")
+    found = read_inputs("finetune", **spec)
+    assert found.source["name"] == "mixer-t4" and len(found.init_sha256) == 64
+    assert found.data_path is None  # a registry name identifies itself
+    gone = dict(spec, init=str(tmp_path / "moved-away.safetensors"))  # no such file: not read
+    cfg = resolve("finetune", **gone, inputs=found)
+    assert (cfg.model.name, cfg.init_sha256) == ("mixer-t4", found.init_sha256)
+    assert replace(cfg, init=spec["init"]) == run_config("finetune", **spec)
+    with pytest.raises(ValueError, match="read_inputs"):
+        resolve("finetune", **spec)  # fine-tuning without the weights' description
+    folder = tmp_path / "digits"
+    folder.mkdir()
+    assert read_inputs("smoke", dataset=str(folder)).data_path == str(folder.resolve())
+    assert resolve("smoke", dataset="digits", inputs=Inputs(data_path="/x/digits")).data.path \
+        == "/x/digits"
 
 
 def test_settings_are_typed_and_checked():
@@ -139,10 +164,75 @@ def test_training_writes_run_directory_and_accuracy_row(tmp_path):
     assert len(acc) == 1 and acc.loc[0, "run_id"] == run.name
     assert acc.loc[0, "top1"] > 30  # 10 classes: chance is 10 %
     assert acc.loc[0, "train_flops"] > 0 and acc.loc[0, "device_name"].startswith("cpu")
+    recorded = json.loads((run / "summary.json").read_text())["data_wait_fraction"]
+    assert recorded == s["data_wait_fraction"] and 0 <= recorded < 0.5  # in-memory batches: not input-bound
     # the same command again reads the finished run back: no retraining, no second row
     again = train(tiny_cfg(steps=40, eval_every=20), tmp_path)
     assert again["reused"] and again["top1"] == s["top1"]
     assert len(results.load("accuracy", tmp_path)) == 1
+
+
+def test_a_run_builds_its_model_once_on_meta_and_once_for_real(tmp_path, monkeypatch):
+    """The checks before the data is read (options, memory) and the MAC count share one build
+    on the meta device; the weights are built once; train_flops is 6 x the trained model's
+    MACs x the images seen (forward + backward = 3 forward passes, 2 FLOPs per MAC)."""
+    from mixerbench import models
+    from mixerbench.models.flops import count_macs
+
+    real, built = models.create_model, []
+
+    def create_model(*args, **kwargs):
+        model = real(*args, **kwargs)
+        built.append(next(model.parameters()).device.type)
+        return model
+
+    monkeypatch.setattr(models, "create_model", create_model)
+    s = train(tiny_cfg(steps=2, eval_every=2), tmp_path)
+    assert sorted(built) == ["cpu", "meta"]
+    trained = real("mixer-t4", num_classes=10, img_size=32, patch_size=8, width=32, depth=2)
+    assert s["train_flops"] == 6 * count_macs(trained, 32) * 2 * 50
+
+
+@pytest.mark.parametrize("family", ["mixer", "vit", "resnet", "gmlp", "resmlp"])
+def test_the_meta_check_with_the_datas_classes_counts_what_is_trained(family):
+    """Checked with 10 classes before the data is read, then given the data's 37: the meta
+    model's parameters and MACs are those of the model then built for real."""
+    import torch
+
+    from mixerbench.models import count_params
+    from mixerbench.models.flops import count_macs
+    from mixerbench.prepare import build_model, check_model
+
+    cfg = resolve("smoke", model=family, flags={"device": "cpu"})
+    check = check_model(cfg).with_classes(37)
+    torch.manual_seed(0)
+    model, rec = build_model(cfg, 37)
+    assert (check.params, check.macs) == (count_params(model)[0],
+                                          count_macs(model, rec["img_size"]))
+    assert check.num_classes == 37 and check_model(cfg).macs < check.macs
+
+
+def test_compile_is_chosen_when_it_pays_back():
+    from mixerbench.runtime import CPU_COMPILE_SECONDS, compile_pays
+
+    assert not compile_pays(496, 0.05)  # the smoke preset's run on 2 CPU cores: 25 s of steps
+    assert compile_pays(1_000_000, 0.05)  # a long run: hours of steps
+    # the break-even: compile time = steps x step time x (1 - 1/speedup)
+    assert compile_pays(10_000, CPU_COMPILE_SECONDS / 1000) != compile_pays(1_000, CPU_COMPILE_SECONDS / 1000)
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_runs_agree(tmp_path):
+    """compile changes neither the run id nor, beyond float rounding, the results; a short
+    CPU run left to decide stays eager (compiling would not pay back)."""
+    eager = train(tiny_cfg(steps=8, eval_every=8, compile=False), tmp_path / "eager")
+    compiled = train(tiny_cfg(steps=8, eval_every=8, compile=True), tmp_path / "compiled")
+    auto = train(tiny_cfg(steps=8, eval_every=8), tmp_path / "auto")
+    assert eager["run_id"] == compiled["run_id"] == auto["run_id"]
+    assert compiled["compiled"] and not eager["compiled"] and not auto["compiled"]
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
+    assert abs(compiled["top1"] - eager["top1"]) <= 1.0  # 200 test images: one image is 0.5
+    assert auto["loss"] == eager["loss"] and auto["top1"] == eager["top1"]
 
 
 def test_resume_after_a_kill_is_bitwise_exact(tmp_path):
@@ -201,11 +291,12 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path):
 def test_finetune_at_twice_the_resolution_from_a_run(tmp_path):
     src = train(tiny_cfg(steps=6, **{"model.drop_path": 0.1}), tmp_path)
     for size in ("1x", "2x"):
-        cfg = resolve("finetune-cifar10", dataset="synthetic", init=src["run_dir"], kind="finetune",
-                      flags={"steps": 4, "data.batch_size": 20, "model.img_size": size,
-                             "device": "cpu", "eval_every": 4, "data.pipeline": "small"},
-                      overrides={"data.eval_batch_size": "100", "max_eval_examples": "40",
-                                 "optim.warmup_steps": "1", "model.drop_path": "0.05"})
+        cfg = run_config("finetune-cifar10", dataset="synthetic", init=src["run_dir"],
+                         kind="finetune", flags={"steps": 4, "data.batch_size": 20,
+                                                 "model.img_size": size, "device": "cpu",
+                                                 "eval_every": 4, "data.pipeline": "small"},
+                         overrides={"data.eval_batch_size": "100", "max_eval_examples": "40",
+                                    "optim.warmup_steps": "1", "model.drop_path": "0.05"})
         s = train(cfg, tmp_path)
         k = int(size[0])
         assert s["img_size"] == 32 * k and s["kind"] == "finetune" and s["init"] == src["run_dir"]
@@ -325,8 +416,8 @@ def test_every_preset_round_trips_through_config_json(small_checkpoint):
     hash (a preset's whole-number epochs once hashed as 8 and read back as 8.0)."""
     from mixerbench.config import config_hash, from_dict, to_dict
 
-    for name in PRESETS:
+    for name in names():
         kw = {"init": str(small_checkpoint)} if name.startswith("finetune") else {}
-        cfg = resolve(name, **kw)
+        cfg = run_config(name, **kw)
         back = from_dict(json.loads(json.dumps(dict(to_dict(cfg), config_hash=config_hash(cfg)))))
         assert back == cfg and config_hash(back) == config_hash(cfg), name

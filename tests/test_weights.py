@@ -1,7 +1,7 @@
 """Weights from everywhere a researcher has them: timm names read offline from a real Hugging Face
-cache layout (built here), timm state dicts named by `--arch`, vision_transformer `.npz` files
-checked against a NumPy forward pass written here, distilled timm heads, and the rules a
-fine-tuning start follows (one regulariser list, JAX init for ViTs, real model options)."""
+cache layout (built here), timm state dicts named by `--arch`, distilled timm heads, and the
+rules a fine-tuning start follows (one regulariser list, JAX init for ViTs, real model options).
+Official vision_transformer `.npz` files: tests/test_official_layouts.py."""
 
 from __future__ import annotations
 
@@ -181,136 +181,6 @@ def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env
     assert ev.returncode == 2 and "does not fit" in ev.stderr, ev.stderr
 
 
-# ------------------------------------------------------ vision_transformer .npz: NumPy forward
-
-
-def _ln(x, g, b):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + 1e-6) * g + b
-
-
-def _gelu_tanh(x):  # Flax's nn.gelu (approximate=True), as the official checkpoints use
-    return 0.5 * x * (1 + np.tanh(np.sqrt(2 / np.pi) * (x + 0.044715 * x ** 3)))
-
-
-def _patches(img, p):
-    """(H, W, 3) -> (S, p*p*3) in raster order, each patch flattened (row, col, channel) as the
-    kernel (p, p, 3, C) of a stride-p convolution reads it."""
-    h = img.shape[0] // p
-    return img.reshape(h, p, h, p, 3).transpose(0, 2, 1, 3, 4).reshape(h * h, p * p * 3)
-
-
-def _vit_arrays(rng, p=4, side=8, d=8, heads=2, mlp=16, depth=2, k=3):
-    n = (side // p) ** 2 + 1
-    a = {"embedding/kernel": rng.normal(size=(p, p, 3, d)), "embedding/bias": rng.normal(size=d),
-         "cls": rng.normal(size=(1, 1, d)),
-         "Transformer/posembed_input/pos_embedding": rng.normal(size=(1, n, d)),
-         "Transformer/encoder_norm/scale": rng.normal(size=d),
-         "Transformer/encoder_norm/bias": rng.normal(size=d),
-         "head/kernel": rng.normal(size=(d, k)), "head/bias": rng.normal(size=k)}
-    for i in range(depth):
-        b = f"Transformer/encoderblock_{i}/"
-        for ln in ("LayerNorm_0", "LayerNorm_2"):
-            a[b + ln + "/scale"], a[b + ln + "/bias"] = 1 + 0.1 * rng.normal(size=d), rng.normal(size=d)
-        att = b + "MultiHeadDotProductAttention_1/"
-        for q in ("query", "key", "value"):
-            a[att + q + "/kernel"] = rng.normal(size=(d, heads, d // heads)) / np.sqrt(d)
-            a[att + q + "/bias"] = rng.normal(size=(heads, d // heads))
-        a[att + "out/kernel"] = rng.normal(size=(heads, d // heads, d)) / np.sqrt(d)
-        a[att + "out/bias"] = rng.normal(size=d)
-        a[b + "MlpBlock_3/Dense_0/kernel"] = rng.normal(size=(d, mlp)) / np.sqrt(d)
-        a[b + "MlpBlock_3/Dense_0/bias"] = rng.normal(size=mlp)
-        a[b + "MlpBlock_3/Dense_1/kernel"] = rng.normal(size=(mlp, d)) / np.sqrt(mlp)
-        a[b + "MlpBlock_3/Dense_1/bias"] = rng.normal(size=d)
-    return {k: v.astype(np.float32) for k, v in a.items()}
-
-
-def _vit_forward(a, img, p=4):
-    """vision_transformer's `models_vit.py` ViT (classifier='token') in NumPy, one image."""
-    w = a["embedding/kernel"]
-    x = _patches(img, p) @ w.reshape(-1, w.shape[-1]) + a["embedding/bias"]
-    x = np.concatenate([a["cls"][0], x]) + a["Transformer/posembed_input/pos_embedding"][0]
-    i = 0
-    while f"Transformer/encoderblock_{i}/LayerNorm_0/scale" in a:
-        b = f"Transformer/encoderblock_{i}/"
-        att = b + "MultiHeadDotProductAttention_1/"
-        y = _ln(x, a[b + "LayerNorm_0/scale"], a[b + "LayerNorm_0/bias"])
-        q, k, v = (np.einsum("nd,dhk->hnk", y, a[att + n + "/kernel"])
-                   + a[att + n + "/bias"][:, None] for n in ("query", "key", "value"))
-        logits = q @ k.transpose(0, 2, 1) / np.sqrt(q.shape[-1])
-        attn = np.exp(logits - logits.max(-1, keepdims=True))
-        attn /= attn.sum(-1, keepdims=True)
-        x = x + np.einsum("hnk,hkd->nd", attn @ v, a[att + "out/kernel"]) + a[att + "out/bias"]
-        y = _ln(x, a[b + "LayerNorm_2/scale"], a[b + "LayerNorm_2/bias"])
-        h = _gelu_tanh(y @ a[b + "MlpBlock_3/Dense_0/kernel"] + a[b + "MlpBlock_3/Dense_0/bias"])
-        x = x + h @ a[b + "MlpBlock_3/Dense_1/kernel"] + a[b + "MlpBlock_3/Dense_1/bias"]
-        i += 1
-    x = _ln(x, a["Transformer/encoder_norm/scale"], a["Transformer/encoder_norm/bias"])
-    return x[0] @ a["head/kernel"] + a["head/bias"]
-
-
-def _mixer_arrays(rng, p=4, side=8, c=8, ds=6, dc=16, depth=2, k=3):
-    s = (side // p) ** 2
-    a = {"stem/kernel": rng.normal(size=(p, p, 3, c)), "stem/bias": rng.normal(size=c),
-         "pre_head_layer_norm/scale": rng.normal(size=c),
-         "pre_head_layer_norm/bias": rng.normal(size=c),
-         "head/kernel": rng.normal(size=(c, k)), "head/bias": rng.normal(size=k)}
-    for i in range(depth):
-        b = f"MixerBlock_{i}/"
-        for ln in ("LayerNorm_0", "LayerNorm_1"):
-            a[b + ln + "/scale"], a[b + ln + "/bias"] = 1 + 0.1 * rng.normal(size=c), rng.normal(size=c)
-        for mix, n, h in (("token_mixing", s, ds), ("channel_mixing", c, dc)):
-            a[f"{b}{mix}/Dense_0/kernel"] = rng.normal(size=(n, h)) / np.sqrt(n)
-            a[f"{b}{mix}/Dense_0/bias"] = rng.normal(size=h)
-            a[f"{b}{mix}/Dense_1/kernel"] = rng.normal(size=(h, n)) / np.sqrt(h)
-            a[f"{b}{mix}/Dense_1/bias"] = rng.normal(size=n)
-    return {k: v.astype(np.float32) for k, v in a.items()}
-
-
-def _mixer_forward(a, img, p=4):
-    """vision_transformer's `models_mixer.py` MlpMixer in NumPy, one image."""
-    w = a["stem/kernel"]
-    x = _patches(img, p) @ w.reshape(-1, w.shape[-1]) + a["stem/bias"]   # (S, C)
-    i = 0
-    while f"MixerBlock_{i}/LayerNorm_0/scale" in a:
-        b = f"MixerBlock_{i}/"
-        y = _ln(x, a[b + "LayerNorm_0/scale"], a[b + "LayerNorm_0/bias"]).T   # (C, S)
-        t = b + "token_mixing/"
-        y = _gelu_tanh(y @ a[t + "Dense_0/kernel"] + a[t + "Dense_0/bias"]) @ a[t + "Dense_1/kernel"]
-        x = x + (y + a[t + "Dense_1/bias"]).T
-        y = _ln(x, a[b + "LayerNorm_1/scale"], a[b + "LayerNorm_1/bias"])
-        ch = b + "channel_mixing/"
-        y = _gelu_tanh(y @ a[ch + "Dense_0/kernel"] + a[ch + "Dense_0/bias"])
-        x = x + y @ a[ch + "Dense_1/kernel"] + a[ch + "Dense_1/bias"]
-        i += 1
-    x = _ln(x, a["pre_head_layer_norm/scale"], a["pre_head_layer_norm/bias"]).mean(0)
-    return x @ a["head/kernel"] + a["head/bias"]
-
-
-@pytest.mark.parametrize("kind", ["vit", "mixer"])
-def test_official_npz_matches_a_numpy_forward_pass(tmp_path, kind, one_thread):
-    rng = np.random.default_rng(0)
-    arrays = (_vit_arrays if kind == "vit" else _mixer_arrays)(rng)
-    path = tmp_path / f"{kind}.npz"
-    np.savez(path, **arrays)
-    model, rec = load_model(str(path))
-    assert rec["img_size"] == 8 and rec["patch_size"] == 4 and rec["num_classes"] == 3
-    assert rec["overrides"]["gelu"] == "tanh"
-    imgs = rng.uniform(-1, 1, size=(2, 8, 8, 3)).astype(np.float32)
-    with torch.no_grad():
-        ours = model.eval()(torch.from_numpy(imgs).permute(0, 3, 1, 2)).numpy()
-    forward = _vit_forward if kind == "vit" else _mixer_forward
-    want = np.stack([forward(arrays, im) for im in imgs])
-    np.testing.assert_allclose(ours, want, rtol=1e-4, atol=1e-4)
-    # the model description rebuilds the same model (what a fine-tuning run's checkpoint records)
-    again = create_model(rec["name"], num_classes=3, img_size=8, patch_size=4, **rec["overrides"])
-    again.load_state_dict(model.state_dict())
-    with torch.no_grad():
-        np.testing.assert_allclose(again.eval()(torch.from_numpy(imgs).permute(0, 3, 1, 2)).numpy(),
-                                   ours, rtol=1e-6, atol=1e-6)
-
-
 # ----------------------------------------------------------------- fine-tuning starts right
 
 
@@ -336,16 +206,16 @@ def test_finetuning_drops_every_regulariser_and_config_records_what_trained(tmp_
     from timm.layers import DropPath
 
     from mixerbench.config import to_dict
-    from mixerbench.presets import resolve
     from mixerbench.prepare import build_model
+    from mixerbench.presets import run_config
 
     over = dict(width=32, depth=2, num_heads=2, drop_path_rate=0.3, attn_drop_rate=0.2)
     model = create_model("vit-t4", num_classes=10, img_size=28, patch_size=4, **over)
     path = tmp_path / "vit.safetensors"
     save_checkpoint(path, model, model_description("vit-t4", 10, 28, 4, over))
     for drop_path in (0.0, 0.1):
-        cfg = resolve("finetune", kind="finetune", init=str(path), dataset="mnist-5k",
-                      overrides={"model.drop_path": drop_path})
+        cfg = run_config("finetune", kind="finetune", init=str(path), dataset="mnist-5k",
+                         overrides={"model.drop_path": drop_path})
         recorded = to_dict(cfg)["model"]
         assert recorded["drop_path"] == drop_path
         assert not {"drop_path_rate", "attn_drop_rate"} & set(recorded["options"])
@@ -459,10 +329,51 @@ def test_reproduce_released_offline_from_the_cache(offline_home, imagenet_layout
     np.testing.assert_allclose(table["real_diff"], table["real_top1"] - table["paper_real"])
     assert table["paper_source"].iloc[0] == ("paper Table 3, Mixer-B/16 pre-trained on "
                                              "imagenet21k at 224 px")
-    assert table["model"].iloc[0] == "mixer-b16[depth=2,width=16]"  # the native Mixer's label
+    assert table["model"].iloc[0] == "mixer-b16[depth=2,patch_size=4,width=16]"  # the native Mixer, its patch
     md = (res / "tables" / "released.md").read_text()
     assert "80.64" in md and "timm:test_vit.r160_in1k" in md
     assert (res / "tables" / "released.csv").is_file()
+
+
+@pytest.mark.slow
+def test_reproduce_released_is_all_or_nothing(offline_home, imagenet_layout, tmp_path, one_thread):
+    """Every checkpoint is loaded before any is evaluated: a damaged third one (a truncated
+    cached file) is refused before any row is written, not after two rows were appended. The
+    rows of a run land in one write, and the same run again adds none (it used to leave 4 rows
+    for 2 checkpoints); --batch-size 0 is refused instead of running as 256."""
+    from conftest import cli, refused
+
+    from mixerbench import results
+    from mixerbench.experiments import Released, reproduce_released
+
+    folder, real = imagenet_layout
+    hub_cache(offline_home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer(3))
+    snap = hub_cache(offline_home, "timm/mixer_l16_224.goog_in21k_ft_in1k", tiny_timm_mixer(3, 1))
+    blob = (snap / "model.safetensors").resolve()
+    blob.write_bytes(blob.read_bytes()[:-100])  # a download cut short
+    good = (Released("timm:mixer_b16_224.goog_in21k_ft_in1k", "Mixer-B/16", "imagenet21k", 224,
+                     "resmall"),
+            Released("timm:mixer_b16_224.goog_in21k_ft_in1k", "Mixer-B/16", "imagenet21k", 224,
+                     "resize"))
+    bad = Released("timm:mixer_l16_224.goog_in21k_ft_in1k", "Mixer-L/16", "imagenet21k", 224,
+                   "resmall")
+    res = tmp_path / "results"
+    with pytest.raises(UserError, match="mixer_l16_224.*not a readable safetensors"):
+        reproduce_released(root=res, dataset=str(folder), real_labels=real, checkpoints=(*good, bad),
+                           device="cpu", batch_size=4)
+    assert not (res / "released.csv").exists()
+    for _ in range(2):
+        out = reproduce_released(root=res, dataset=str(folder), real_labels=real,
+                                 checkpoints=good, device="cpu", batch_size=4)
+    rows = results.load("released", res)
+    assert list(rows["pipeline"]) == ["eval-resmall", "eval-resize"]
+    assert len(out["kept"]) == 2 and len(out["notes"]) == 2
+    reproduce_released(root=res, dataset=str(folder), checkpoints=good[:1], device="cpu",
+                       batch_size=4)  # without ReaL: another observation, recorded
+    assert list(results.load("released", res)["real_n"].isna()) == [False, False, True]
+    line = refused(cli("reproduce", "released", "--batch-size", "0", "--dataset", folder,
+                       "--results-dir", res))
+    assert "--batch-size 0" in line
 
 
 @pytest.mark.slow

@@ -5,9 +5,10 @@ Owns the epoch order, the sharding over ranks, the two delivery paths and the th
 - tensor path (datasets in memory): the uint8 dataset lives on `device` (moved once), each batch is
   gathered and augmented there with batched tensor ops (`transforms.apply_geometry`, RandAugment,
   mixup): no workers, no host-device copy per batch on a GPU;
-- worker path (streamed datasets, or `workers > 0`): DataLoader worker processes decode and crop
-  each image with PIL at full resolution (pinned memory, persistent workers); RandAugment, mixup,
-  value range and shuffles then run batched on `device`.
+- worker path (streamed datasets, or `workers > 0`): DataLoader worker processes decode each
+  image at the scale its crop needs, crop it and collate uint8 batches into shared memory
+  (pinned memory, persistent workers); RandAugment runs batched on `device` (in the workers
+  when that is the CPU), then mixup, value range and shuffles on `device`.
 
 Determinism: the batch at (epoch, index) depends only on (seed, epoch, index, rank, world_size).
 The order is a `torch.randperm` from a generator seeded by (seed, epoch); augmentation draws come
@@ -36,46 +37,59 @@ def _default_workers() -> int:
 
 
 class _Rows(torch.utils.data.Dataset):
-    """Worker side: decode + PIL geometry for one (row, per-example seed) key -> (uint8 (3,S,S), error)."""
+    """Worker side: decode + geometry for one (row, per-example seed, batch seed) key ->
+    (uint8 (3,S,S), error, batch seed)."""
 
-    def __init__(self, ds, pipeline: str, img_size: int, what: str):
+    def __init__(self, ds, pipeline: str, img_size: int, what: str, pre: T.Preprocess = T.UNIT):
         self.images, self.hf, self.column = ds.images, ds.hf, ds.image_column
-        self.pipeline, self.img_size, self.what = pipeline, img_size, what
+        self.pipeline, self.img_size, self.what, self.pre = pipeline, img_size, what, pre
 
     def __len__(self):
         return len(self.images) if self.images is not None else len(self.hf)
 
     def __getitem__(self, key):
-        from PIL import Image
+        from mixerbench.data.decode import Encoded, image_error
 
-        from mixerbench.data.decode import image_error, open_image
-
-        row, seed = key
+        row, seed, batch_seed = key
         try:
             if self.images is not None:
-                img = Image.fromarray(self.images[row].numpy())
+                enc = Encoded(self.images[row].numpy())
             else:
                 value = self.hf[row]
                 if isinstance(value, dict) and self.column in value:
                     value = value[self.column]
-                draft = T.eval_resize_size(self.img_size) if self.pipeline in T.EVAL_PIPELINES else None
-                img = open_image(value, draft=draft)
+                enc = Encoded(value)
+            gen = torch.Generator().manual_seed(seed) if self.pipeline in T.TRAIN_PIPELINES else None
+            return T.worker_geometry(enc, self.pipeline, self.img_size, gen, self.pre), "", batch_seed
         except Exception as exc:  # noqa: BLE001 - reported as one sentence by the main process
-            return None, image_error(row, self.what, exc)
-        gen = torch.Generator().manual_seed(seed) if self.pipeline in T.TRAIN_PIPELINES else None
-        arr = T.pil_geometry(img, self.pipeline, self.img_size, gen)
-        return torch.from_numpy(arr).permute(2, 0, 1).contiguous(), ""
+            return None, image_error(row, self.what, exc), batch_seed
 
 
-def _collate(items):
-    errors = [e for _, e in items if e]
-    if errors:
-        return None, errors[0]
-    return torch.stack([x for x, _ in items]), ""
+class _Collate:
+    """Worker side: one uint8 batch, written straight into shared memory (the main process
+    receives a handle, not a copy), with RandAugment applied here when `randaug_m` is set (the
+    batch's own generator, so the bits equal those of RandAugment run on the device)."""
+
+    def __init__(self, randaug_m: float = 0):
+        self.randaug_m = randaug_m
+
+    def __call__(self, items):
+        errors = [e for _, e, _ in items if e]
+        if errors:
+            return None, errors[0]
+        first = items[0][0]
+        out = torch.empty((len(items), *first.shape), dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            out.share_memory_()
+        torch.stack([x for x, _, _ in items], out=out)
+        if self.randaug_m > 0:  # back into the shared buffer
+            out.copy_(T.rand_augment(out, torch.Generator().manual_seed(items[0][2]), self.randaug_m))
+        return out, ""
 
 
 class _Sampler:
-    """Batch sampler of the worker path: batches `start`.. of `epoch`, each a list of (row, seed) keys."""
+    """Batch sampler of the worker path: batches `start`.. of `epoch`, each a list of
+    (row, example seed, batch seed) keys."""
 
     def __init__(self, batches: "Batches"):
         self.b, self.epoch, self.start = batches, 0, 0
@@ -84,22 +98,26 @@ class _Sampler:
         b = self.b
         for i in range(self.start, b.steps_per_epoch):
             pos = b.positions(self.epoch, i).tolist()
-            yield [(r, T.mix_seed(b.seed, "example", self.epoch, i, b.rank, k)) for k, r in enumerate(pos)]
+            aug = T.mix_seed(b.seed, "aug", self.epoch, i, b.rank)
+            yield [(r, T.mix_seed(b.seed, "example", self.epoch, i, b.rank, k), aug) for k, r in enumerate(pos)]
 
     def __len__(self):
         return max(0, self.b.steps_per_epoch - self.start)
 
 
 class Batches:
-    """`epoch(e, start)` yields (x, y): x float32 (B, 3, S, S) in [-1, 1] on `device`; y int64 (B,),
+    """`epoch(e, start)` yields (x, y): x float32 (B, 3, S, S) in [-1, 1] (or `preprocess`'s
+    range) on `device`; y int64 (B,),
     or float (B, num_classes) soft targets for train loaders with mixup or label smoothing."""
 
     def __init__(self, ds, *, batch_size: int, train: bool, pipeline: str, img_size: int, device="cpu",
                  seed: int = 0, randaug_m: float = 0, mixup_p: float = 0.0, num_classes: int | None = None,
                  shuffle: str | Callable | None = None, shuffle_patch: int | None = None, rank: int = 0,
                  world_size: int = 1, drop_last: bool | None = None, workers: int | None = None,
-                 label_smoothing: float = 0.0, shuffle_seed: int = 0):
+                 label_smoothing: float = 0.0, shuffle_seed: int = 0,
+                 preprocess: T.Preprocess | None = None):
         T.check_pipeline(pipeline)
+        self.pre = preprocess or T.UNIT
         if not train and pipeline not in T.EVAL_PIPELINES:
             raise UserError(f"Pipeline '{pipeline}' augments; evaluation loaders take "
                             f"{', '.join(T.EVAL_PIPELINES)}.")
@@ -139,6 +157,9 @@ class Batches:
             self.steps_per_epoch = m // batch_size if self.drop_last else math.ceil(m / batch_size)
         self.path = "worker" if (ds.images is None or (workers or 0) > 0) else "tensor"
         self.workers = (_default_workers() if workers is None else workers) if self.path == "worker" else 0
+        # On a CPU the workers run RandAugment beside decoding (in parallel, off the training
+        # process); on an accelerator it runs there, batched, and the host only decodes and crops.
+        self.randaug_in_workers = self.path == "worker" and self.device.type == "cpu" and self.randaug_m > 0
         self._order_cache: tuple[int, torch.Tensor] | None = None
         self._labels = ds.labels.to(self.device)
         self._images = None
@@ -182,7 +203,19 @@ class Batches:
             y = self._labels[self.positions(epoch, i).to(self._labels.device)]
             x = x.to(self.device, non_blocking=True)
             gen = torch.Generator().manual_seed(T.mix_seed(self.seed, "aug", epoch, i, self.rank))
-            yield self._finish(x, y, gen, epoch, i)
+            yield self._finish(x, y, gen, epoch, i, randaug=not self.randaug_in_workers)
+
+    def host_batches(self, epoch: int, start: int = 0) -> Iterator[torch.Tensor]:
+        """The worker path's uint8 batches (B, 3, S, S) as the workers deliver them, before
+        anything runs on `device`: the host's share of the pipeline (`inputbench`)."""
+        if self.path != "worker":
+            raise ValueError("host_batches is the worker path's; this loader holds its images in memory")
+        loader = self._worker_loader()
+        loader.batch_sampler.epoch, loader.batch_sampler.start = epoch, start
+        for x, err in loader:
+            if err:
+                raise UserError(err)
+            yield x
 
     def _tensor_batch(self, epoch: int, i: int):
         pos = self.positions(epoch, i)
@@ -191,16 +224,17 @@ class Batches:
         x = xb.permute(0, 3, 1, 2)  # (B, 3, H, W) uint8
         gen = torch.Generator().manual_seed(T.mix_seed(self.seed, "aug", epoch, i, self.rank))
         if self.augment or x.shape[-2:] != (self.img_size, self.img_size) or self.pipeline != "eval-plain":
-            x = T.apply_geometry(x, self.pipeline, self.img_size, gen)
+            x = T.apply_geometry(x, self.pipeline, self.img_size, gen, self.pre)
         if self.randaug_m > 0 and x.dtype != torch.uint8:
             x = x.round_().clamp_(0, 255).to(torch.uint8)
         return self._finish(x, y, gen, epoch, i)
 
-    def _finish(self, x, y, gen, epoch, i):
-        """RandAugment (uint8), value range, mixup / soft targets, fixed shuffle."""
-        if self.randaug_m > 0:
+    def _finish(self, x, y, gen, epoch, i, randaug: bool = True):
+        """RandAugment (uint8) unless the workers applied it, value range, mixup / soft
+        targets, fixed shuffle."""
+        if self.randaug_m > 0 and randaug:
             x = T.rand_augment(x, gen, self.randaug_m)
-        x = T.to_unit_range(x)
+        x = T.normalize(x, self.pre)
         if self.mixup_p > 0:
             x, y = T.mixup(x, y, self.mixup_p, T.mix_seed(self.seed, "mixup", epoch, i, self.rank),
                            self.num_classes, self.label_smoothing)
@@ -222,8 +256,9 @@ class Batches:
             what = f"'{self.ds.split}' of {self.ds.name}"
             kw = dict(persistent_workers=True, prefetch_factor=4) if self.workers > 0 else {}
             self._loader = torch.utils.data.DataLoader(
-                _Rows(self.ds, self.pipeline, self.img_size, what), batch_sampler=_Sampler(self),
-                num_workers=self.workers, collate_fn=_collate, pin_memory=self.device.type == "cuda", **kw)
+                _Rows(self.ds, self.pipeline, self.img_size, what, self.pre), batch_sampler=_Sampler(self),
+                num_workers=self.workers, collate_fn=_Collate(self.randaug_m if self.randaug_in_workers else 0),
+                pin_memory=self.device.type == "cuda", **kw)
         return self._loader
 
 
@@ -231,7 +266,8 @@ def make_loader(ds, *, batch_size: int, train: bool, pipeline: str, img_size: in
                 randaug_m: float = 0, mixup_p: float = 0.0, num_classes: int | None = None,
                 shuffle: str | Callable | None = None, shuffle_patch: int | None = None, rank: int = 0,
                 world_size: int = 1, drop_last: bool | None = None, workers: int | None = None,
-                label_smoothing: float = 0.0, shuffle_seed: int = 0) -> Batches:
+                label_smoothing: float = 0.0, shuffle_seed: int = 0,
+                preprocess: T.Preprocess | None = None) -> Batches:
     """Deterministic batches of `ds` through a named pipeline (see `transforms.PIPELINES`).
 
     Args:
@@ -246,11 +282,14 @@ def make_loader(ds, *, batch_size: int, train: bool, pipeline: str, img_size: in
             `shuffle_seed`, not `seed`, so train and eval loaders use the same one.
         workers: None = automatic (tensor path for in-memory datasets, min(8, cores) workers when
             streaming); > 0 forces the worker path; 0 decodes streamed images in this process.
+        preprocess: the weights' value range and eval resizing (`transforms.Preprocess`; default
+            the paper's [-1, 1], bilinear).
     """
     return Batches(ds, batch_size=batch_size, train=train, pipeline=pipeline, img_size=img_size, device=device,
                    seed=seed, randaug_m=randaug_m, mixup_p=mixup_p, num_classes=num_classes, shuffle=shuffle,
                    shuffle_patch=shuffle_patch, rank=rank, world_size=world_size, drop_last=drop_last,
-                   workers=workers, label_smoothing=label_smoothing, shuffle_seed=shuffle_seed)
+                   workers=workers, label_smoothing=label_smoothing, shuffle_seed=shuffle_seed,
+                   preprocess=preprocess)
 
 
 def loader_throughput(ds, *, batch_size: int = 256, pipeline: str | None = None, img_size: int | None = None,

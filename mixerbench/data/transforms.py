@@ -5,8 +5,8 @@ the fixed pixel permutations, in two forms that share their random draws' defini
 
 - batched tensor ops for datasets held in memory (`apply_geometry` on a whole batch, on the device that
   holds the batch: the GPU-resident fast path, the same code on CPU);
-- per-image PIL geometry for the worker path (`pil_geometry`), run in DataLoader workers on full-size
-  decoded images; RandAugment, mixup, value range and shuffles then run batched in the main process.
+- per-image geometry for the worker path (`worker_geometry`), run in DataLoader workers, each JPEG
+  decoded at the scale its crop needs; RandAugment, mixup, value range and shuffles then run batched.
 
 Pipelines (docs/paper-notes.md §2-3; paper Table 4 and Appendix C):
 
@@ -28,6 +28,7 @@ from __future__ import annotations
 import hashlib
 import math
 from collections.abc import Callable
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -42,9 +43,11 @@ PIPELINES = {
     "eval-resize": "resize to img_size*256/224 square, centre crop img_size ('resize-crop', App. C)",
     "eval-resmall": "shorter side to img_size*256/224, centre crop img_size ('resmall-crop', App. C)",
     "eval-plain": "resize to img_size",
+    "eval-weights": "the weights' own eval crop: shorter side to img_size/crop_pct, centre crop "
+                    "img_size (timm's pretrained_cfg; `Preprocess`)",
 }
 TRAIN_PIPELINES = ("pretrain", "finetune", "small", "digits")
-EVAL_PIPELINES = ("eval-resize", "eval-resmall", "eval-plain")
+EVAL_PIPELINES = ("eval-resize", "eval-resmall", "eval-plain", "eval-weights")
 SHUFFLES = ("none", "patch", "global")
 
 # fraction of the image area. pretrain: big_vision/pp/ops_image.py inception_crop and
@@ -70,8 +73,30 @@ def mix_seed(*parts) -> int:
     return int.from_bytes(digest, "little") >> 1
 
 
-def eval_resize_size(img_size: int) -> int:
-    return int(round(img_size * EVAL_RESIZE_RATIO))
+def eval_resize_size(img_size: int, ratio: float = EVAL_RESIZE_RATIO) -> int:
+    return int(round(img_size * ratio))
+
+
+@dataclass(frozen=True)
+class Preprocess:
+    """How pixels reach a model: per-channel `mean` / `std` of [0, 1] values, the `interpolation`
+    of eval resizes, and `crop_pct` of the `eval-weights` crop. `UNIT` is the paper's: [-1, 1]
+    (big_vision's value_range(-1, 1)), bilinear, 224/256; weights trained another way carry
+    their own (timm's pretrained_cfg: `models.preprocess.of_weights`)."""
+
+    mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    interpolation: str = "bilinear"
+    crop_pct: float = 1 / EVAL_RESIZE_RATIO
+
+    def describe(self) -> str:
+        if self.mean == UNIT.mean and self.std == UNIT.std:
+            return f"[-1, 1], {self.interpolation}"
+        return (f"mean {', '.join(f'{m:g}' for m in self.mean)} / std "
+                f"{', '.join(f'{v:g}' for v in self.std)}, {self.interpolation}")
+
+
+UNIT = Preprocess()
 
 
 # ---------------------------------------------------------------- random crop boxes (shared by both paths)
@@ -112,6 +137,30 @@ def sample_crop_boxes(gen: torch.Generator, n: int, height: int, width: int,
     top = torch.where(any_ok, top, (height - h) // 2)
     left = torch.where(any_ok, left, (width - w) // 2)
     return torch.stack([top, left, h, w], dim=1)
+
+
+def crop_box(u: list[float], height: int, width: int, area: tuple[float, float],
+             ratio: tuple[float, float] = CROP_RATIO, attempts: int = 10) -> tuple[int, int, int, int]:
+    """One box of `sample_crop_boxes`' algorithm in plain Python from 2 * attempts + 2 uniforms
+    in [0, 1): the worker path's per-image form (20 tiny torch ops cost 0.25 ms an image)."""
+    total = height * width
+    lo, hi = math.log(ratio[0]), math.log(ratio[1])
+    for k in range(attempts):
+        target = total * (area[0] + (area[1] - area[0]) * u[2 * k])
+        aspect = math.exp(lo + (hi - lo) * u[2 * k + 1])
+        w, h = round(math.sqrt(target * aspect)), round(math.sqrt(target / aspect))
+        if 0 < w <= width and 0 < h <= height:
+            top = math.floor(u[-2] * (height - h + 1))
+            left = math.floor(u[-1] * (width - w + 1))
+            return top, left, h, w
+    in_ratio = width / height  # no attempt fits: the central crop clamped to the ratio range
+    if in_ratio < ratio[0]:
+        w, h = width, int(round(width / ratio[0]))
+    elif in_ratio > ratio[1]:
+        h, w = height, int(round(height * ratio[1]))
+    else:
+        w, h = width, height
+    return (height - h) // 2, (width - w) // 2, h, w
 
 
 def sample_pad_offsets(gen: torch.Generator, n: int, pad: int = SMALL_PAD) -> torch.Tensor:
@@ -159,29 +208,35 @@ def random_flip(x: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
     return torch.where(flip[:, None, None, None], x.flip(-1), x)
 
 
-def eval_geometry(x: torch.Tensor, pipeline: str, img_size: int) -> torch.Tensor:
-    """Deterministic eval resizes on a float batch (B, C, H, W) -> (B, C, img_size, img_size)."""
+def eval_geometry(x: torch.Tensor, pipeline: str, img_size: int,
+                  pre: Preprocess = UNIT) -> torch.Tensor:
+    """Deterministic eval resizes on a float batch (B, C, H, W) -> (B, C, img_size, img_size),
+    with `pre`'s interpolation (and crop_pct for `eval-weights`)."""
     import torchvision.transforms.v2.functional as F
+    from torchvision.transforms import InterpolationMode
 
+    mode = InterpolationMode(pre.interpolation)
     if pipeline == "eval-plain":
         if x.shape[-2:] != (img_size, img_size):
-            x = F.resize(x, [img_size, img_size], antialias=True)
+            x = F.resize(x, [img_size, img_size], interpolation=mode, antialias=True)
         return x
-    big = eval_resize_size(img_size)
+    ratio = 1 / pre.crop_pct if pipeline == "eval-weights" else EVAL_RESIZE_RATIO
+    big = eval_resize_size(img_size, ratio)
     if pipeline == "eval-resize":
-        x = F.resize(x, [big, big], antialias=True)
-    else:  # eval-resmall: shorter side to `big`, keep aspect
-        x = F.resize(x, big, antialias=True)
+        x = F.resize(x, [big, big], interpolation=mode, antialias=True)
+    else:  # eval-resmall, eval-weights: shorter side to `big`, keep aspect
+        x = F.resize(x, big, interpolation=mode, antialias=True)
     return F.center_crop(x, [img_size, img_size])
 
 
-def apply_geometry(x: torch.Tensor, pipeline: str, img_size: int, gen: torch.Generator) -> torch.Tensor:
+def apply_geometry(x: torch.Tensor, pipeline: str, img_size: int, gen: torch.Generator,
+                   pre: Preprocess = UNIT) -> torch.Tensor:
     """Crop/flip/resize a batch (B, 3, H, W) of values in [0, 255] to (B, 3, img_size, img_size).
 
     uint8 in, float32 out, except `small` at the stored size, which stays uint8 (a pure gather).
     """
     if pipeline in EVAL_PIPELINES:
-        return eval_geometry(x.float(), pipeline, img_size)
+        return eval_geometry(x.float(), pipeline, img_size, pre)
     n, _, height, width = x.shape
     if pipeline in PAD:
         import torch.nn.functional as tnf
@@ -200,42 +255,65 @@ def apply_geometry(x: torch.Tensor, pipeline: str, img_size: int, gen: torch.Gen
 
 # ---------------------------------------------------------------- per-image geometry (worker path)
 
-def pil_geometry(img, pipeline: str, img_size: int, gen: torch.Generator | None):
-    """The same geometry on one PIL image (full resolution), for DataLoader workers.
+def resize_u8(x: torch.Tensor, height: int, width: int, mode: str = "bilinear") -> torch.Tensor:
+    """Antialiased resize of one uint8 (3, h, w) image (bilinear or bicubic), staying uint8.
 
-    Returns a uint8 numpy array (img_size, img_size, 3). `gen` is a per-example generator (train
-    pipelines); eval pipelines ignore it.
+    Through torch's uint8 kernel on a channels-last copy (the layout it vectorises; PIL's
+    algorithm, within 1 of it): 0.16 ms for a 375 px crop to 224 px where PIL took 0.6 ms
+    with the conversions around it (2-core Xeon, one thread).
     """
-    from PIL import Image
+    import torch.nn.functional as tnf
 
-    img = img.convert("RGB")
-    width, height = img.size
+    if tuple(x.shape[-2:]) == (height, width):
+        return x
+    x = x[None].contiguous(memory_format=torch.channels_last)
+    return tnf.interpolate(x, size=(height, width), mode=mode, antialias=True, align_corners=False)[0]
+
+
+def worker_geometry(enc, pipeline: str, img_size: int, gen: torch.Generator | None,
+                    pre: Preprocess = UNIT) -> torch.Tensor:
+    """The geometry of `pipeline` on one encoded image (`decode.Encoded`), for DataLoader workers.
+
+    Returns uint8 (3, img_size, img_size). The crop box is drawn from the header's size before
+    any pixel is decoded, so a JPEG is decoded only at the scale that crop needs (an inception
+    crop keeping at least img_size px each way, an eval resize at least its resize size). `gen`
+    is a per-example generator (train pipelines: the box, then the flip); eval pipelines ignore it
+    and resize with `pre`'s interpolation.
+    """
+    width, height = enc.size
     s = img_size
     if pipeline == "eval-plain":
-        out = img if img.size == (s, s) else img.resize((s, s), Image.BILINEAR)
-    elif pipeline in ("eval-resize", "eval-resmall"):
-        big = eval_resize_size(s)
+        return resize_u8(enc.decode(s, s), s, s, pre.interpolation)
+    if pipeline in ("eval-resize", "eval-resmall", "eval-weights"):
+        big = eval_resize_size(s, 1 / pre.crop_pct if pipeline == "eval-weights" else EVAL_RESIZE_RATIO)
+        x = enc.decode(big, big)
         if pipeline == "eval-resize":
-            nw, nh = big, big
+            nh, nw = big, big
         else:
             scale = big / min(width, height)
             nw, nh = max(big, round(width * scale)), max(big, round(height * scale))
-        img = img.resize((nw, nh), Image.BILINEAR)
-        left, top = (nw - s) // 2, (nh - s) // 2
-        out = img.crop((left, top, left + s, top + s))
-    else:
-        if pipeline in PAD:
-            pad = PAD[pipeline]
-            dy, dx = sample_pad_offsets(gen, 1, pad)[0].tolist()
-            box = (dx - pad, dy - pad, dx - pad + width, dy - pad + height)
-            img = img.crop(box)  # PIL fills outside the image with zeros
-            out = img if img.size == (s, s) else img.resize((s, s), Image.BILINEAR)
-        else:
-            top, left, h, w = sample_crop_boxes(gen, 1, height, width, CROP_AREA[pipeline])[0].tolist()
-            out = img.resize((s, s), Image.BILINEAR, box=(left, top, left + w, top + h))
-        if torch.rand(1, generator=gen).item() < 0.5 and FLIP[pipeline]:
-            out = out.transpose(Image.FLIP_LEFT_RIGHT)
-    return np.array(out, dtype=np.uint8)  # a writable copy (torch.from_numpy warns on read-only)
+        x = resize_u8(x, nh, nw, pre.interpolation)
+        top, left = (nh - s) // 2, (nw - s) // 2
+        return x[:, top:top + s, left:left + s]
+    if pipeline in PAD:
+        import torch.nn.functional as tnf
+
+        pad = PAD[pipeline]
+        dy, dx = sample_pad_offsets(gen, 1, pad)[0].tolist()
+        x = tnf.pad(enc.decode(), (pad,) * 4)[:, dy:dy + height, dx:dx + width]  # zeros outside
+        return _flip(resize_u8(x, s, s), torch.rand(1, generator=gen).item() < 0.5 and FLIP[pipeline])
+    u = torch.rand(23, generator=gen).tolist()  # 10 attempts' area and aspect, the position, the flip
+    top, left, h, w = crop_box(u[:22], height, width, CROP_AREA[pipeline])
+    # decoded at the scale that keeps the box at least s px each way, the box scaled with it
+    x = enc.decode(math.ceil(width * s / w), math.ceil(height * s / h))
+    fy, fx = x.shape[-2] / height, x.shape[-1] / width
+    t, l = int(top * fy), int(left * fx)
+    b, r = max(t + 1, round((top + h) * fy)), max(l + 1, round((left + w) * fx))
+    return _flip(resize_u8(x[:, t:b, l:r], s, s), u[22] < 0.5 and FLIP[pipeline])
+
+
+def _flip(x: torch.Tensor, flip: bool) -> torch.Tensor:
+    return x.flip(-1) if flip else x
 
 
 # ---------------------------------------------------------------- RandAugment (batched, per-example ops)
@@ -299,8 +377,16 @@ def _blend(degenerate: torch.Tensor, image: torch.Tensor, factor: float) -> torc
     """The reference's blend: degenerate + factor * (image - degenerate) in float32, clipped, truncated."""
     if factor == 1.0:
         return image
-    a = degenerate.float()
-    return (a + factor * (image.float() - a)).clamp_(0, 255).to(torch.uint8)  # float -> uint8 truncates, as TF
+    # in place, the same float32 roundings as a + factor * (image - a): 4 passes instead of 7 allocations
+    a = degenerate.float() if isinstance(degenerate, torch.Tensor) else degenerate
+    d = image.float().sub_(a).mul_(factor)
+    return (d.add_(a) if isinstance(a, torch.Tensor) or a else d).clamp_(0, 255).to(torch.uint8)  # truncates, as TF
+
+
+def _select(mask: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """torch.where(mask, a, b) for uint8 tensors as b + (a - b) * mask in wrapping uint8 arithmetic
+    (exact: the wrap cancels). torch.where on uint8 was 30x slower on the CPU (0.8 ms per 224 px image)."""
+    return (a - b).mul_(mask.to(torch.uint8)).add_(b)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -312,6 +398,20 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
 
 # PIL's SMOOTH kernel [[1, 1, 1], [1, 5, 1], [1, 1, 1]] / 13 as the reference's float32 constant, row-major
 _SMOOTH = (torch.tensor([1, 1, 1, 1, 5, 1, 1, 1, 1], dtype=torch.float32) / 13.0).tolist()
+
+
+def _smooth_taps(x: torch.Tensor) -> torch.Tensor:
+    """The reference's 3x3 SMOOTH depthwise conv (valid) of uint8 (n, 1, H, W), tap by tap in
+    row-major order, each tap rounded to float32 once (a fused multiply-add), as float32."""
+    h, w = x.shape[-2:]
+    f = x.double()
+    smooth = torch.zeros((*x.shape[:-2], h - 2, w - 2), dtype=torch.float32, device=x.device)
+    wide = torch.empty(smooth.shape, dtype=torch.float64, device=x.device)
+    for dy in range(3):
+        for dx in range(3):
+            torch.add(smooth, f[..., dy:h - 2 + dy, dx:w - 2 + dx], alpha=_SMOOTH[dy * 3 + dx], out=wide)
+            smooth.copy_(wide)
+    return smooth
 
 
 def _round_half_away(v: torch.Tensor) -> torch.Tensor:
@@ -376,9 +476,10 @@ def _randaug_op(x: torch.Tensor, op: str, args: tuple, signs: torch.Tensor,
         lo = x.amin(dim=(-2, -1), keepdim=True).float()
         hi = x.amax(dim=(-2, -1), keepdim=True).float()
         # tensor / tensor: torch computes `255.0 / t` as 255 * (1 / t), which rounds differently from TF
-        scale = torch.full_like(hi, 255.0) / (hi - lo)  # inf where hi == lo: kept as they are below
-        y = (x.float() * scale + (-lo * scale)).clamp_(0, 255).nan_to_num_(0).to(torch.uint8)
-        return torch.where(hi > lo, y, x)
+        scale = torch.full_like(hi, 255.0) / (hi - lo)  # inf where hi == lo: kept as they are (x * 1 + 0)
+        offset = torch.where(hi > lo, -lo * scale, 0.0)
+        scale = torch.where(hi > lo, scale, 1.0)
+        return x.float().mul_(scale).add_(offset).clamp_(0, 255).to(torch.uint8)
     if op == "Equalize":  # torchvision's kernel is PIL's / the reference's (step = non-max pixels // 255)
         import torchvision.transforms.v2.functional as F
 
@@ -394,26 +495,28 @@ def _randaug_op(x: torch.Tensor, op: str, args: tuple, signs: torch.Tensor,
     if op == "Solarize":
         # tf.where(image < threshold, image, 255 - image) converts the Python threshold to the image's
         # uint8 dtype, which wraps it mod 256: m = 10 (256) inverts every pixel, m = 15 (384) is threshold 128.
-        return torch.where(x < args[0] % 256, x, 255 - x)
-    if op == "SolarizeAdd":  # add in int64, clip, only where the pixel is below 128; no cap on the amount
-        return torch.where(x < 128, (x.long() + args[0]).clamp_(0, 255).to(torch.uint8), x)
+        # 255 - x is x ^ 255 in uint8: invert where x >= threshold with one xor
+        return x ^ (x >= args[0] % 256).to(torch.uint8).mul_(255)
+    if op == "SolarizeAdd":  # add (widened), clip, only where the pixel is below 128; no cap on the amount
+        added = (x.to(torch.int16) + args[0]).clamp_(0, 255).to(torch.uint8)
+        return _select(x < 128, added, x)
     if op == "Color":
-        return _blend(_grey(x).expand_as(x), x, args[0])
+        return _blend(_grey(x), x, args[0])
     if op == "Contrast":
-        return _blend(torch.full_like(x, RANDAUG_CONTRAST_GREY), x, args[0])
+        return _blend(float(RANDAUG_CONTRAST_GREY), x, args[0])
     if op == "Brightness":
-        return _blend(torch.zeros_like(x), x, args[0])
+        return _blend(0.0, x, args[0])
     if op == "Sharpness":  # PIL's SMOOTH kernel, valid conv, borders of the original, then blend
         # TF's depthwise conv sums the 9 taps in row-major order with a fused multiply-add each, rounding
         # to float32 once per tap. Emulated exactly here (product and sum are exact in float64) instead of
-        # conv2d, so that every device gives the same bits (cuDNN may use TF32 or another order).
-        f = x.double()
-        smooth = torch.zeros(f[..., 1:-1, 1:-1].shape, dtype=torch.float32, device=x.device)
-        for dy in range(3):
-            for dx in range(3):
-                smooth = (smooth.double() + f[..., dy:h - 2 + dy, dx:w - 2 + dx] * _SMOOTH[dy * 3 + dx]).float()
+        # conv2d, so that every device gives the same bits (cuDNN may use TF32 or another order): each tap is
+        # one add into a float64 buffer (exact) and one copy back to float32 (the tap's rounding), one
+        # ~64k pixels at a time on the CPU (the buffers stay in cache: 2.7x faster at 224 px than all at once).
+        planes = x.reshape(-1, 1, h, w)
+        step = len(planes) if x.device.type != "cpu" else max(1, 2**16 // (h * w))
+        smooth = torch.cat([_smooth_taps(planes[i:i + step]) for i in range(0, len(planes), step)])
         degenerate = x.clone()
-        degenerate[..., 1:-1, 1:-1] = smooth.clamp_(0, 255).to(torch.uint8)
+        degenerate[..., 1:-1, 1:-1] = smooth.reshape(x.shape[0], x.shape[1], h - 2, w - 2).clamp_(0, 255).to(torch.uint8)
         return _blend(degenerate, x, args[0])
     if op == "Cutout":  # a (2 pad) px square of 128 centred on a uniform pixel, clipped at the borders
         pad = args[0]
@@ -423,7 +526,28 @@ def _randaug_op(x: torch.Tensor, op: str, args: tuple, signs: torch.Tensor,
         rows = (r >= (cy - pad).clamp(min=0)) & (r < (cy + pad).clamp(max=h))  # (b, H)
         cols = (c >= (cx - pad).clamp(min=0)) & (c < (cx + pad).clamp(max=w))  # (b, W)
         return x.masked_fill((rows[:, :, None] & cols[:, None, :])[:, None], FILL)
-    return _transform_nearest(x, _geometry_mats(op, args[0], signs, h, w))
+    return _transform_shared(x, op, args[0], signs)
+
+
+def _transform_shared(x: torch.Tensor, op: str, arg: float, signs: torch.Tensor) -> torch.Tensor:
+    """`_transform_nearest` for images that share their transform up to the sign: one source index
+    map per sign (at most two, not one per image) and one gather; the fill is an extra pixel of 128
+    appended to every image. The same pixels as `_transform_nearest`, 2-3x faster on the CPU."""
+    b, c, h, w = x.shape
+    flat = torch.cat([x.reshape(b, c, h * w), torch.full((b, c, 1), FILL, dtype=x.dtype, device=x.device)], 2)
+    xs = torch.arange(w, device=x.device, dtype=torch.float32)[None, :]
+    ys = torch.arange(h, device=x.device, dtype=torch.float32)[:, None]
+    values = signs.unique().tolist()
+    maps = []
+    for sign in values:
+        m = _geometry_mats(op, arg, torch.tensor([sign]), h, w)[0].to(x.device)
+        ix = _round_half_away(m[0] * xs + m[1] * ys + m[2])  # (H, W), as _transform_nearest
+        iy = _round_half_away(m[3] * xs + m[4] * ys + m[5])
+        inside = (ix >= 0) & (ix < w) & (iy >= 0) & (iy < h)
+        maps.append(torch.where(inside, iy * w + ix, float(h * w)).long().reshape(h * w))
+    which = torch.searchsorted(torch.tensor(values, dtype=signs.dtype), signs.contiguous()).to(x.device)
+    src = torch.stack(maps)[which]  # (b, H*W)
+    return flat.gather(2, src[:, None].expand(b, c, h * w)).reshape(b, c, h, w)
 
 
 def randaug_draws(gen: torch.Generator, n: int, h: int, w: int) -> tuple[torch.Tensor, ...]:
@@ -463,15 +587,20 @@ def rand_augment(x: torch.Tensor, gen: torch.Generator, magnitude: float,
         return x
     n, _, h, w = x.shape
     args = {op: randaug_args(op, magnitude, min(h, w)) for op in RANDAUG_OPS}
-    x = x.clone()
     for _ in range(layers):
         ops, signs, centers = randaug_draws(gen, n, h, w)
+        # images grouped by op (a stable sort), each group a contiguous slice; one gather in and one
+        # out per layer (scattering each group back by index was 8x slower on the CPU)
+        order = torch.argsort(ops, stable=True)
+        counts = torch.bincount(ops, minlength=len(RANDAUG_OPS)).tolist()
+        grouped = x.index_select(0, order.to(x.device))
+        parts, lo = [], 0
         for k, op in enumerate(RANDAUG_OPS):
-            idx = (ops == k).nonzero().flatten()
-            if len(idx) == 0:
-                continue
-            dev_idx = idx.to(x.device)
-            x[dev_idx] = _randaug_op(x[dev_idx], op, args[op], signs[idx], centers[idx])
+            if counts[k]:
+                sel = order[lo:lo + counts[k]]
+                parts.append(_randaug_op(grouped[lo:lo + counts[k]], op, args[op], signs[sel], centers[sel]))
+                lo += counts[k]
+        x = torch.cat(parts).index_select(0, torch.argsort(order).to(x.device))
     return x
 
 
@@ -480,6 +609,16 @@ def rand_augment(x: torch.Tensor, gen: torch.Generator, magnitude: float,
 def to_unit_range(x: torch.Tensor) -> torch.Tensor:
     """[0, 255] -> [-1, 1], big_vision's value_range(-1, 1): (x - 127.5) / 127.5."""
     return x.float().div_(127.5).sub_(1.0)
+
+
+def normalize(x: torch.Tensor, pre: Preprocess = UNIT) -> torch.Tensor:
+    """[0, 255] -> the values `pre`'s model was trained on: (x / 255 - mean) / std per channel
+    (timm's and torchvision's Normalize); `UNIT` is exactly `to_unit_range`."""
+    if pre.mean == UNIT.mean and pre.std == UNIT.std:
+        return to_unit_range(x)
+    mean = torch.tensor(pre.mean, device=x.device).view(1, -1, 1, 1)
+    std = torch.tensor(pre.std, device=x.device).view(1, -1, 1, 1)
+    return (x.float() / 255.0 - mean) / std
 
 
 def soft_targets(y: torch.Tensor, num_classes: int, lam: float = 1.0, smoothing: float = 0.0) -> torch.Tensor:
@@ -498,7 +637,8 @@ def mixup(x: torch.Tensor, y: torch.Tensor, p: float, seed: int, num_classes: in
     timm's mixup_target builds the matching soft labels.
     """
     lam = float(np.random.default_rng(seed).beta(p, p))
-    x = x * lam + x.flip(0) * (1.0 - lam)
+    # x * lam + x.flip(0) * (1 - lam) with its roundings, two temporaries instead of four
+    x = (x * lam).add_(x.flip(0).mul_(1.0 - lam))
     return x, soft_targets(y, num_classes, lam=lam, smoothing=smoothing)
 
 

@@ -1,10 +1,10 @@
 """The model zoo: one registry keyed by slug, the paper's spellings and family aliases.
 
-`create_model(name, ...)` builds any entry (the native Mixer for `mixer-*`, timm for the
-baselines, `timm:<name>` for anything else timm has); `list_models(pattern)` lists the slugs;
-`model_info(name)` gives the zoo row (params, params without head, exact MACs, GMACs, GFLOPs)
-shown by `mixerbench models`. Shapes come from the paper's Table 1 (Mixer) and the ViT / BiT
-papers through timm's names.
+`create_model(name, ...)` builds any entry (each family builds its own: `models/families/`, one
+file per family; `timm:<name>` for anything else timm has); `list_models(pattern)` lists the
+slugs; `model_info(name)` gives the zoo row (params, params without head, exact MACs, GMACs,
+GFLOPs) shown by `mixerbench models`. Shapes come from the paper's Table 1 (Mixer) and the ViT /
+BiT papers through timm's names.
 
 This module is imported by `mixerbench --help` paths, so torch and timm load inside functions.
 """
@@ -16,44 +16,24 @@ import re
 from typing import Any
 
 from mixerbench.errors import UserError, close_matches
+from mixerbench.models import families as _families
+from mixerbench.models import registry
 from mixerbench.models.registry import (
     FAMILIES,
     REGISTRY,
     Family,
     ModelSpec,
     Small,
+    family,
     family_of,
+    facts,
     register,
     register_family,
 )
 from mixerbench.names import squash
 
-# paper Table 1: depth, patch, hidden size C, D_S = C/2 and D_C = 4C (defaults of Mixer).
-_MIXER_TABLE1 = {
-    "S/32": (8, 32, 512), "S/16": (8, 16, 512), "B/32": (12, 32, 768), "B/16": (12, 16, 768),
-    "L/32": (24, 32, 1024), "L/16": (24, 16, 1024), "H/14": (32, 14, 1280),
-}
-_MIXERS = [ModelSpec("mixer-" + v.replace("/", "").lower(), "mixer", f"Mixer-{v}",
-                     None if v == "H/14" else f"mixer_{v.replace('/', '').lower()}_224", 224,
-                     patch, dict(dim=dim, depth=depth))
-           for v, (depth, patch, dim) in _MIXER_TABLE1.items()]
-# Small-image model for CIFAR-size inputs (not in the paper): 32 px, patch 4 gives 64 tokens.
-_MIXERS.append(ModelSpec("mixer-t4", "mixer", "Mixer-T/4 (32 px)", None, 32, 4,
-                         dict(dim=256, depth=8), note="small-image Mixer: width 256, 8 blocks"))
+_families.load_all()  # every family file registers itself
 
-register_family(Family(
-    "mixer", "Mixer", "mixer-b16",
-    color="#D55E00", marker="o", linestyle="-",  # vermillion: the paper's subject stands out
-    models=tuple(_MIXERS), prefixes=("mixer",),
-    # the native Mixer (models/mixer.py) takes C as `dim`
-    options={"width": "dim", "depth": "depth", "img_size": "img_size", "patch_size": "patch_size"},
-    small={
-        "cifar10-scratch": Small(dict(name="mixer-t4", img_size=32, patch_size=4, drop_path=0.1)),
-        "smoke": Small(dict(name="mixer-t4", img_size=28, patch_size=4, width=64, depth=2)),
-    },
-))
-
-from mixerbench.models import baselines as _baselines  # noqa: E402  (registers the other families)
 
 def family_aliases() -> dict[str, str]:
     """What a family alias means: {alias: zoo entry}, e.g. `mixer` -> `mixer-b16`, `bit` ->
@@ -127,9 +107,10 @@ def create_model(name: str, num_classes: int = 1000, img_size: int | None = None
             here; weights are loaded by `mixerbench.models.weights`).
         num_classes: head outputs (0 for a feature extractor).
         img_size / patch_size: override the entry's input size and patch size.
-        **overrides: architecture arguments: `width` and `depth` (mapped by the family:
-            C for Mixer, embed_dim for ViT, gMLP and ResMLP, `Family.options`),
-            `depth`, `drop_path`, `dropout`, `gelu` (Mixer), or any timm constructor argument.
+        **overrides: architecture arguments: `width`, `depth`, `drop_path`, `dropout` (mapped
+            by the family, `Family.options`: C for Mixer, embed_dim for ViT, gMLP and ResMLP),
+            `gelu` (families with `Family.gelu`; "tanh" for an official ViT), or any argument
+            of the family's constructor.
 
     Returns:
         A torch module with timm's `forward_features` / `forward_head(pre_logits=)` /
@@ -143,21 +124,7 @@ def create_model(name: str, num_classes: int = 1000, img_size: int | None = None
             f"Patch size {patch} does not divide image size {size}; choose an image size that "
             f"is a multiple of {patch}."
         )
-    overrides = {k: v for k, v in overrides.items() if v is not None}
-    if spec.family == "mixer" and not spec.name.startswith("timm:"):
-        from mixerbench.models.mixer import Mixer
-
-        kw = dict(spec.kwargs)
-        names = FAMILIES["mixer"].options  # width -> dim
-        kw.update({names.get(k, k) if k in ("width", "depth") else k: v
-                   for k, v in overrides.items()})
-        allowed = {"dim", "depth", "tokens_dim", "channels_dim", "gelu", "drop_path", "dropout",
-                   "in_chans"}
-        bad = set(kw) - allowed
-        if bad:
-            raise UserError(f"Mixer has no option {sorted(bad)[0]!r}; options: {sorted(allowed)}.")
-        return Mixer(img_size=size, patch_size=patch, num_classes=num_classes, **kw)
-    return _baselines.build(spec, num_classes, size, patch, overrides)
+    return registry.build(spec, num_classes, size, patch, overrides)
 
 
 def build_on_meta(name: str, num_classes: int = 10, img_size: int | None = None,
@@ -208,7 +175,21 @@ def build_on_meta(name: str, num_classes: int = 10, img_size: int | None = None,
         first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise UserError(f"{name} cannot be built with {shown} ({type(exc).__name__}: {first}); "
                         f"fix those model options (--set model.options.KEY=VALUE).") from None
+    _check_built(name, model, shown, given, patch_size)
     return model, activations
+
+
+def _check_built(name: str, model, shown: str, given: dict, patch_size: int | None) -> None:
+    """The model built is the one its label describes: the width, depth and patch read from
+    the module (`registry.facts`) are the ones asked for."""
+    built = facts(model)
+    claims = dict(width=given.get("width"), depth=given.get("depth"),
+                  patch_size=patch_size or get_spec(name).patch_size)
+    for key, claim in claims.items():
+        if claim is not None and built[key] is not None and built[key] != claim:
+            raise UserError(f"{name} with {shown} builds a model of {key.replace('_', ' ')} "
+                            f"{built[key]}, not the {claim} its label says; set model.{key} "
+                            "instead of a constructor option.")
 
 
 # The one list of constructor arguments that regularise training without changing the
@@ -220,16 +201,75 @@ REGULARISERS = ("drop_path", "dropout", "drop_path_rate", "drop_rate", "attn_dro
 _NOT_IN_LABEL = {*REGULARISERS, "gelu"}
 
 
-def model_label(name: str, overrides: dict[str, Any] | None = None) -> str:
-    """The name results rows use: the registry name, plus any architecture overrides, e.g.
-    `mixer-t4[depth=2,width=64]`, so a resized variant never shares a row label with the zoo
-    entry it came from."""
+def model_label(name: str, overrides: dict[str, Any] | None = None,
+                patch_size: int | None = None) -> str:
+    """The name results rows use: the registry name, plus any architecture overrides and a
+    patch other than the entry's own, e.g. `mixer-t4[depth=2,width=64]` or
+    `mixer-s32[depth=2,patch_size=4,width=64]`, so a resized variant never shares a row label
+    with the zoo entry it came from."""
     arch = {k: v for k, v in (overrides or {}).items() if k not in _NOT_IN_LABEL}
+    if patch_size and patch_size != _entry_patch(name):
+        arch["patch_size"] = patch_size
     if not arch:
         return name
     def fmt(v):
         return "x".join(map(str, v)) if isinstance(v, (list, tuple)) else str(v)
     return name + "[" + ",".join(f"{k}={fmt(v)}" for k, v in sorted(arch.items())) + "]"
+
+
+def label_of(rec: dict[str, Any]) -> str:
+    """`model_label` of a model description (`weights.model_description`: the model built)."""
+    return model_label(rec["name"], rec.get("overrides"), rec.get("patch_size"))
+
+
+def _entry_patch(name: str) -> int | None:
+    """The patch of a zoo entry, or of a `timm:` name that spells one (`..._patch16_...`)."""
+    base = str(name).split("[")[0]
+    if base in REGISTRY:
+        return REGISTRY[base].patch_size
+    m = re.search(r"patch(\d+)", base)
+    return int(m.group(1)) if m else None
+
+
+def family_for(name: str) -> Family:
+    """The family that builds `name` (a zoo name or `timm:<name>`), or the grey "other"."""
+    return family(get_spec(name).family)
+
+
+def takes_gelu(name: str) -> bool:
+    """Whether a run's `model.gelu` setting reaches `name`'s constructor (`Family.gelu`: the
+    native Mixer's; a `timm:` model keeps timm's activation)."""
+    return family_for(name).gelu and not name.startswith("timm:")
+
+
+def channels_last(name: str) -> bool:
+    """Whether `name` trains and benchmarks channels-last on CUDA (`Family.channels_last`)."""
+    return family_for(name).channels_last
+
+
+def check_options(name: str, options: dict[str, Any], width: int | None = None) -> None:
+    """Refuse `model.options` of a new run that contradict the model section's fields or are
+    outside what makes a model of `name`'s family (at `width`, the model section's), in one
+    sentence (`registry.check_options`)."""
+    registry.check_options(get_spec(name), options, width)
+
+
+def paper_family(role: str) -> str:
+    """The family with `role` in the paper's comparisons (`Family.paper_role`): "subject" (the
+    Mixer), "attention" or "convolution"."""
+    return next(f.name for f in FAMILIES.values() if f.paper_role == role)
+
+
+def paper_families() -> tuple[str, ...]:
+    """The paper's three families, subject first (the default of `compare --models`)."""
+    return tuple(f.name for f in FAMILIES.values() if f.paper_role)
+
+
+def paper_models(role: str = "subject") -> list[str]:
+    """The zoo entries of the paper's tables for `role`'s family (Table 1's Mixers for the
+    subject): its timm-or-paper shapes, not the small-image models added for small presets."""
+    fam = FAMILIES[paper_family(role)]
+    return [s.name for s in fam.models if s.img_size == 224]
 
 
 def count_params(model) -> tuple[int, int]:
@@ -315,6 +355,8 @@ def zoo(pattern: str | None = None, *, num_classes: int = 1000,
     return rows
 
 
-__all__ = ["zoo", "ModelSpec", "REGISTRY", "REGULARISERS", "build_on_meta", "classifiers", "FAMILIES", "Family", "Small", "register_family",
-           "family_aliases", "family_alias", "family_of", "create_model", "list_models", "model_label",
-           "model_info", "resolve_name", "get_spec", "count_params"]
+__all__ = ["zoo", "ModelSpec", "REGISTRY", "REGULARISERS", "build_on_meta", "classifiers", "FAMILIES",
+           "Family", "Small", "register_family", "family_aliases", "family_alias", "family_of",
+           "family_for", "create_model", "list_models", "model_label", "label_of", "model_info",
+           "resolve_name", "get_spec", "count_params", "takes_gelu", "channels_last",
+           "check_options", "paper_family", "paper_families", "paper_models", "facts"]

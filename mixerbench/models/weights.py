@@ -11,7 +11,8 @@ alone rebuilds its model. Sources accepted by `load_model` (the `--init` / `--ch
 - `timm:<name>[.<tag>]`: timm's pretrained weights, read from the Hugging Face cache without any
   network access when they are there (as timm itself does offline), else downloaded;
 - an official `.npz` of google-research/vision_transformer: a Mixer (`models_mixer.py` names) or a
-  ViT (`models_vit.py` names).
+  ViT (`models_vit.py` names: a class token or global average pooling, with or without the
+  representation layer), in Flax's pre-Linen or current module numbering.
 
 timm's Mixers (`mixer_b16_224` ...) load into the native Mixer (same parameter names), recording
 `gelu="exact"` since timm's Mixer uses exact GELU, so they fine-tune at Kx like any native Mixer.
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
@@ -344,7 +346,8 @@ def weights_sha256(src: str) -> str | None:
 
 
 def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
-               regularisers: dict[str, float] | None = None, sha256: str | None = None):
+               regularisers: dict[str, float] | None = None, sha256: str | None = None,
+               finetuning: bool = False):
     """Build the model stored at `src` and load its weights, head included, as saved.
 
     Args:
@@ -356,6 +359,9 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
             was trained with (a fine-tuning run's own; `load_for_finetuning`).
         sha256: the hash the weights file must have (`weights_sha256`, recorded earlier): the
             bytes hashed are the bytes loaded, so a file replaced since is refused.
+        finetuning: the start of a fine-tuning run: an official ViT's representation layer
+            (`pre_logits`) is left out, as vision_transformer's `load_pretrained` does, and the
+            description lists it under `dropped`; evaluation keeps it (the official forward).
 
     Returns:
         (model, description) where the model description is of the returned model; weights
@@ -387,7 +393,7 @@ def _load_model(src: str, *, device: str, model_name: str | None,
     if where.suffix == ".npz":
         if sha256 is not None:  # np.load and timm read an .npz by name: checked just before
             read_weights_bytes(where, sha256)
-        model, rec = _load_npz(where, model_name, reg)
+        model, rec = _load_npz(where, model_name, reg, finetuning)
         return model.to(device), rec
     # One read from one descriptor: the run it belongs to (check_credited) and its hash are
     # judged on the bytes that are then loaded; reading the file again by name could load
@@ -423,7 +429,8 @@ def load_for_finetuning(src: str, *, num_classes: int, img_size: int | None = No
     to `img_size` when it differs (Mixer: block-diagonal token-MLP expansion; ViT: position
     embeddings resampled), and, for every family, the pre-trained head dropped for a fresh
     zero-initialised one with `num_classes` outputs, as vision_transformer's `load_pretrained`
-    does even when the class counts agree.
+    does even when the class counts agree; an official ViT's representation layer is dropped
+    too, as `load_pretrained` does for a fine-tuning model without one.
 
     `sha256`: the hash the weights file must have (`load_model`).
 
@@ -432,7 +439,9 @@ def load_for_finetuning(src: str, *, num_classes: int, img_size: int | None = No
     """
     from mixerbench.models.resize import resize_model
 
-    model, rec = load_model(src, model_name=model_name, regularisers=regularisers, sha256=sha256)
+    model, rec = load_model(src, model_name=model_name, regularisers=regularisers, sha256=sha256,
+                            finetuning=True)
+    rec.pop("dropped", None)  # said by the run's config (`RunConfig.init_dropped`)
     if img_size and img_size != rec["img_size"]:
         model = resize_model(model, img_size, rec["name"], rec["num_classes"], rec["overrides"])
         rec = dict(rec, img_size=img_size)
@@ -459,10 +468,13 @@ def zero_head(model, num_classes: int) -> None:
                 p.zero_()
 
 
-def source_description(src: str, model_name: str | None = None) -> dict[str, Any]:
+def source_description(src: str, model_name: str | None = None, *,
+                       finetuning: bool = False) -> dict[str, Any]:
     """The model description of `src` without loading its weights (where the format allows):
     safetensors metadata or tensor shapes, a timm name's pretrained config (and, for a Mixer,
-    the shapes in its cached file), or an official `.npz`'s array shapes."""
+    the shapes in its cached file), or an official `.npz`'s array shapes. `finetuning`: of the
+    model a fine-tuning run starts from (`load_model`'s `finetuning`; what it leaves out of
+    the file is listed under `dropped`)."""
     where = resolve_source(src)
     if isinstance(where, str):
         slug = native_mixer(where)
@@ -473,7 +485,7 @@ def source_description(src: str, model_name: str | None = None) -> dict[str, Any
         return model_description(where, 0, _timm_input_size(where[5:]),
                                  get_spec(where).patch_size)
     if where.suffix == ".npz":
-        return _npz_description(where, model_name)
+        return _npz_description(where, model_name, finetuning)
     meta = read_metadata(where)
     if meta is None:
         return _plain_description(where, _file_shapes(where), model_name)
@@ -771,52 +783,232 @@ def _load_timm(name: str, reg: dict | None = None, sha256: str | None = None):
 
 
 # ------------------------------------------------------- official vision_transformer .npz files
+#
+# The layouts of google-research/vision_transformer: `models_mixer.py` (MlpMixer) and
+# `models_vit.py` (VisionTransformer, classifier 'token' or 'gap', with or without the
+# representation layer `pre_logits`), each flattened to '/'-joined names as `checkpoint.save`
+# writes them, in Flax's pre-Linen module numbering (one counter per parent: `LayerNorm_0`,
+# `MultiHeadDotProductAttention_1`, `LayerNorm_2`, `MlpBlock_3`, as the released ViT files have)
+# or its current one (a counter per module class: `..._0`, `LayerNorm_1`, `MlpBlock_0`, what
+# flattening today's official params gives). `checkpoint.load` reads both by renaming with
+# flax's `convert_pre_linen`; `linen_names` does the same, and every name is then mapped onto the
+# torch model or refused.
 
-def _npz_kind(fh) -> str:
-    if "stem/kernel" in fh.files:
-        return "mixer"
-    if "embedding/kernel" in fh.files and any(k.startswith("Transformer/") for k in fh.files):
-        return "vit"
-    raise KeyError("stem/kernel or embedding/kernel")
+_FLAX_NUMBERED = re.compile(r"(.*)_\d+$")
 
 
-# Official vit_jax Mixer parameter names -> timm / mixerbench names (the official code's
-# `models_mixer.py`: `stem`, `MixerBlock_i/{token,channel}_mixing/Dense_j`, `pre_head_layer_norm`).
-def _npz_to_state(arrays: dict) -> dict:
-    import numpy as np
+def _natural(text: str) -> list:
+    """flax's natural sort key: digits compare as numbers (encoderblock_10 after _9)."""
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", text)]
+
+
+def linen_names(names) -> dict[str, str]:
+    """{current Flax name: name in the file} for the array names of an official `.npz`: flax's
+    `checkpoints.convert_pre_linen` applied to the tree the names spell (at every level, the
+    children named `<module>_<n>` renumbered 0, 1, ... per module in natural order). Current
+    names are returned unchanged. A name that is both an array and a group is a UserError."""
+    tree: dict = {}
+    for full in names:
+        node = tree
+        *groups, leaf = full.split("/")
+        for g in groups:
+            node = node.setdefault(g, {})
+            if not isinstance(node, dict):
+                raise UserError(f"{_short(full)} is both an array and a group of arrays; this is "
+                                "not an official vision_transformer checkpoint.")
+        if leaf in node:
+            raise UserError(f"{_short(full)} is both an array and a group of arrays; this is "
+                            "not an official vision_transformer checkpoint.")
+        node[leaf] = full
+    out: dict[str, str] = {}
+
+    def walk(node: dict, prefix: str) -> None:
+        counts: dict[str, int] = {}
+        for name in sorted(node, key=_natural):
+            new = name
+            m = _FLAX_NUMBERED.match(name)
+            if m:
+                n = counts.get(m.group(1), 0)
+                counts[m.group(1)] = n + 1
+                new = f"{m.group(1)}_{n}"
+            path = f"{prefix}/{new}" if prefix else new
+            if isinstance(node[name], dict):
+                walk(node[name], path)
+            else:
+                out[path] = node[name]
+
+    walk(tree, "")
+    return out
+
+
+def _short(name: str) -> str:
+    return name if len(name) <= 80 else name[:77] + "..."
+
+
+class _Official:
+    """An open official `.npz` under current Flax names: `shape(name)` and `array(name)` read
+    one array (a `.npz` loads each array on access, so the rest of the file is not read)."""
+
+    def __init__(self, fh, path: Path):
+        self.fh, self.path = fh, path
+        self.names = linen_names(fh.files)
+        if "stem/kernel" in self.names:
+            self.kind = "mixer"
+        elif "embedding/kernel" in self.names and any(n.startswith("Transformer/") for n in self.names):
+            self.kind = "vit"
+        else:
+            raise UserError(f"{path} has neither a Mixer's stem/kernel nor a ViT's "
+                            "embedding/kernel and Transformer; pass an official "
+                            "vision_transformer .npz (Mixer or ViT).")
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.names
+
+    def array(self, name: str):
+        import numpy as np
+
+        return np.asarray(self.fh[self.names[name]], dtype=np.float32)
+
+    def shape(self, name: str) -> tuple:
+        return tuple(self.fh[self.names[name]].shape)
+
+    def count(self, group: str) -> int:
+        """How many `<group>_<i>` modules the file has (the depth of a Mixer or ViT)."""
+        pat = re.compile(rf"(?:.*/)?{group}_(\d+)/")
+        found = {int(m.group(1)) for n in self.names if (m := pat.match(n))}
+        return max(found) + 1 if found else 0
+
+    def check_names(self, expected: set[str]) -> None:
+        """Every array name of the file is one the layout has, and every one it has is there:
+        an unknown or missing name is refused in one sentence that names it (never ignored)."""
+        extra = sorted(set(self.names) - expected, key=_natural)
+        if extra:
+            raise UserError(f"{self.path} holds {_short(self.names[extra[0]])}, which the official "
+                            f"{'Mixer' if self.kind == 'mixer' else 'ViT'} layout does not have "
+                            f"({len(extra)} such array{'s' if len(extra) > 1 else ''}); pass an "
+                            "official vision_transformer .npz.")
+        missing = sorted(expected - set(self.names), key=_natural)
+        if missing:
+            raise UserError(f"{self.path} lacks {_short(missing[0])} of the official "
+                            f"{'Mixer' if self.kind == 'mixer' else 'ViT'} layout "
+                            f"({len(missing)} array{'s' if len(missing) > 1 else ''} missing); "
+                            "pass a complete vision_transformer .npz.")
+
+
+def _pair(group: str, leaves=("kernel", "bias")) -> set[str]:
+    return {f"{group}/{leaf}" for leaf in leaves}
+
+
+def _mixer_names(f: _Official) -> set[str]:
+    names = _pair("stem") | _pair("pre_head_layer_norm", ("scale", "bias"))
+    if "head/kernel" in f or "head/bias" in f:
+        names |= _pair("head")
+    for i in range(f.count("MixerBlock")):
+        b = f"MixerBlock_{i}/"
+        names |= _pair(b + "LayerNorm_0", ("scale", "bias")) | _pair(b + "LayerNorm_1", ("scale", "bias"))
+        for mix in ("token_mixing", "channel_mixing"):
+            names |= _pair(f"{b}{mix}/Dense_0") | _pair(f"{b}{mix}/Dense_1")
+    return names
+
+
+def _vit_names(f: _Official) -> set[str]:
+    names = _pair("embedding") | {"Transformer/posembed_input/pos_embedding"}
+    names |= _pair("Transformer/encoder_norm", ("scale", "bias"))
+    for optional in ("cls", "pre_logits/kernel", "pre_logits/bias", "head/kernel", "head/bias"):
+        if optional in f:
+            names |= {optional} if optional == "cls" else _pair(optional.split("/")[0])
+    for i in range(f.count("encoderblock")):
+        b = f"Transformer/encoderblock_{i}/"
+        names |= _pair(b + "LayerNorm_0", ("scale", "bias")) | _pair(b + "LayerNorm_1", ("scale", "bias"))
+        for n in ("query", "key", "value", "out"):
+            names |= _pair(f"{b}MultiHeadDotProductAttention_0/{n}")
+        names |= _pair(b + "MlpBlock_0/Dense_0") | _pair(b + "MlpBlock_0/Dense_1")
+    return names
+
+
+def _mixer_state(f: _Official) -> dict:
+    """timm / native Mixer state dict of an official Mixer (`models_mixer.py`: `stem`,
+    `MixerBlock_i/{LayerNorm_0, token_mixing, LayerNorm_1, channel_mixing}/Dense_j`,
+    `pre_head_layer_norm`, `head`)."""
     import torch
 
-    def t(a):
-        return torch.from_numpy(np.asarray(a, dtype=np.float32))
+    def t(name):
+        return torch.from_numpy(f.array(name))
 
     state = {
-        "stem.proj.weight": t(arrays["stem/kernel"]).permute(3, 2, 0, 1),
-        "stem.proj.bias": t(arrays["stem/bias"]),
-        "norm.weight": t(arrays["pre_head_layer_norm/scale"]),
-        "norm.bias": t(arrays["pre_head_layer_norm/bias"]),
-        "head.weight": t(arrays["head/kernel"]).T,
-        "head.bias": t(arrays["head/bias"]),
+        "stem.proj.weight": t("stem/kernel").permute(3, 2, 0, 1),   # (P, P, 3, C) -> (C, 3, P, P)
+        "stem.proj.bias": t("stem/bias"),
+        "norm.weight": t("pre_head_layer_norm/scale"),
+        "norm.bias": t("pre_head_layer_norm/bias"),
     }
-    depth = 1 + max(int(k.split("/")[0].split("_")[-1]) for k in arrays if k.startswith("MixerBlock_"))
-    for i in range(depth):
+    if "head/kernel" in f:
+        state.update({"head.weight": t("head/kernel").T, "head.bias": t("head/bias")})
+    for i in range(f.count("MixerBlock")):
         p = f"MixerBlock_{i}/"
         for ours, theirs in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_1")):
-            state[f"blocks.{i}.{ours}.weight"] = t(arrays[p + theirs + "/scale"])
-            state[f"blocks.{i}.{ours}.bias"] = t(arrays[p + theirs + "/bias"])
+            state[f"blocks.{i}.{ours}.weight"] = t(p + theirs + "/scale")
+            state[f"blocks.{i}.{ours}.bias"] = t(p + theirs + "/bias")
         for ours, theirs in (("mlp_tokens", "token_mixing"), ("mlp_channels", "channel_mixing")):
             for j in (1, 2):
-                state[f"blocks.{i}.{ours}.fc{j}.weight"] = t(arrays[f"{p}{theirs}/Dense_{j-1}/kernel"]).T
-                state[f"blocks.{i}.{ours}.fc{j}.bias"] = t(arrays[f"{p}{theirs}/Dense_{j-1}/bias"])
+                state[f"blocks.{i}.{ours}.fc{j}.weight"] = t(f"{p}{theirs}/Dense_{j-1}/kernel").T
+                state[f"blocks.{i}.{ours}.fc{j}.bias"] = t(f"{p}{theirs}/Dense_{j-1}/bias")
+    return state
+
+
+def _vit_state(f: _Official, representation: bool) -> dict:
+    """timm ViT state dict of an official ViT (`models_vit.py`): the attention's per-head
+    query / key / value kernels (D, H, D/H) become timm's fused `qkv` (3D, D), its output kernel
+    (H, D/H, D) `proj` (D, D); `encoder_norm` is timm's `norm` (applied to every token before
+    pooling, as the official model does for both classifiers); `pre_logits` the representation
+    layer when `representation`, else left out (the fine-tuning rule of `load_pretrained`)."""
+    import torch
+
+    def t(name):
+        return torch.from_numpy(f.array(name))
+
+    k = t("embedding/kernel")
+    state = {
+        "patch_embed.proj.weight": k.permute(3, 2, 0, 1), "patch_embed.proj.bias": t("embedding/bias"),
+        "pos_embed": t("Transformer/posembed_input/pos_embedding"),
+        "norm.weight": t("Transformer/encoder_norm/scale"),
+        "norm.bias": t("Transformer/encoder_norm/bias"),
+    }
+    if "cls" in f:
+        state["cls_token"] = t("cls")
+    dropped = not representation and "pre_logits/kernel" in f
+    if "head/kernel" in f and not dropped:  # a head on the representation goes with it
+        state.update({"head.weight": t("head/kernel").T, "head.bias": t("head/bias")})
+    if representation and "pre_logits/kernel" in f:
+        state.update({"pre_logits.fc.weight": t("pre_logits/kernel").T,
+                      "pre_logits.fc.bias": t("pre_logits/bias")})
+    dim = k.shape[-1]
+    for i in range(f.count("encoderblock")):
+        p, b = f"Transformer/encoderblock_{i}/", f"blocks.{i}."
+        att = p + "MultiHeadDotProductAttention_0/"
+        for ours, theirs in (("norm1", "LayerNorm_0"), ("norm2", "LayerNorm_1")):
+            state[f"{b}{ours}.weight"] = t(p + theirs + "/scale")
+            state[f"{b}{ours}.bias"] = t(p + theirs + "/bias")
+        state[b + "attn.qkv.weight"] = torch.cat(
+            [t(att + n + "/kernel").reshape(dim, -1).T for n in ("query", "key", "value")])
+        state[b + "attn.qkv.bias"] = torch.cat(
+            [t(att + n + "/bias").reshape(-1) for n in ("query", "key", "value")])
+        state[b + "attn.proj.weight"] = t(att + "out/kernel").reshape(-1, dim).T
+        state[b + "attn.proj.bias"] = t(att + "out/bias")
+        for j in (1, 2):
+            state[f"{b}mlp.fc{j}.weight"] = t(f"{p}MlpBlock_0/Dense_{j-1}/kernel").T
+            state[f"{b}mlp.fc{j}.bias"] = t(f"{p}MlpBlock_0/Dense_{j-1}/bias")
     return state
 
 
 # ViT shapes -> the zoo's letter (the ViT paper's Table 1: depth, width, heads; MLP 4x width).
 _VIT_SIZES = {(12, 384, 6): "s", (12, 768, 12): "b", (24, 1024, 16): "l", (32, 1280, 16): "h"}
+# The exception types reading a malformed .npz raises (numpy, zipfile, reshapes)
+_NPZ_ERRORS = (KeyError, ValueError, OSError, IndexError, TypeError, RuntimeError, EOFError)
 
 
-def _npz_description(path: Path, model_name: str | None) -> dict[str, Any]:
-    """The model description of an official `.npz` from the shapes of a few arrays (a `.npz`
-    loads each array on access, so the rest of the file is not read)."""
+def _open_npz(path: Path, read):
+    """`read(_Official)` on the open file; a file that is not an official checkpoint is one
+    sentence (UserError), whatever numpy or the mapping raise."""
     import numpy as np
 
     from mixerbench.models.arrays import check_npz
@@ -824,47 +1016,70 @@ def _npz_description(path: Path, model_name: str | None) -> dict[str, Any]:
     check_npz(path)  # headers first: a regular file, real dtypes, sizes as declared, fits
     try:
         with np.load(path, allow_pickle=False) as fh:
-            kind = _npz_kind(fh)
-            if kind == "vit":
-                return _vit_npz_description(fh, path, model_name)
-            blocks = {k.split("/")[0] for k in fh.files if k.startswith("MixerBlock_")}
-            p, c = fh["stem/kernel"].shape[0], fh["stem/kernel"].shape[-1]   # (P, P, 3, C)
-            s, d_s = fh["MixerBlock_0/token_mixing/Dense_0/kernel"].shape    # (S, D_S)
-            shapes = {  # in timm's names and layout, as `_npz_to_state` converts them
-                "stem.proj.weight": (c, 3, p, p),
-                "blocks.0.mlp_tokens.fc1.weight": (d_s, s),
-                "blocks.0.mlp_channels.fc1.weight":
-                    fh["MixerBlock_0/channel_mixing/Dense_0/kernel"].shape[::-1],
-                "head.weight": fh["head/kernel"].shape[::-1],
-                **{f"blocks.{int(b.split('_')[-1])}.norm1.weight": (c,) for b in blocks},
-            }
-    except (KeyError, ValueError, OSError, IndexError, TypeError) as exc:
+            return read(_Official(fh, path))
+    except UserError:
+        raise
+    except _NPZ_ERRORS as exc:
         raise UserError(f"{path} is not an official Mixer or ViT checkpoint ({type(exc).__name__}: "
-                        f"{exc}); pass a vision_transformer .npz.") from None
+                        f"{str(exc)[:200]}); pass a vision_transformer .npz.") from None
+
+
+def _npz_description(path: Path, model_name: str | None, finetuning: bool = False) -> dict[str, Any]:
+    """The model description of an official `.npz` from the shapes of a few arrays, after every
+    array name is checked against its layout. `finetuning`: a ViT's representation layer is
+    dropped (listed under `dropped`), as vision_transformer's `load_pretrained` drops it for a
+    fine-tuning run without `representation_size`."""
+
+    def read(f: _Official):
+        if f.kind == "vit":
+            f.check_names(_vit_names(f))
+            return "vit", _vit_npz_description(f, model_name, finetuning)
+        f.check_names(_mixer_names(f))
+        blocks = f.count("MixerBlock")
+        ph, pw, chans, c = f.shape("stem/kernel")                            # (P, P, 3, C)
+        s, d_s = f.shape("MixerBlock_0/token_mixing/Dense_0/kernel")          # (S, D_S)
+        shapes = {  # in timm's names and layout, as `_mixer_state` converts them
+            "stem.proj.weight": (c, chans, ph, pw),
+            "blocks.0.mlp_tokens.fc1.weight": (d_s, s),
+            "blocks.0.mlp_channels.fc1.weight":
+                f.shape("MixerBlock_0/channel_mixing/Dense_0/kernel")[::-1],
+            **{f"blocks.{b}.norm1.weight": (c,) for b in range(blocks)},
+        }
+        if "head/kernel" in f:
+            shapes["head.weight"] = f.shape("head/kernel")[::-1]
+        return "mixer", shapes
+
+    kind, got = _open_npz(path, read)
+    if kind == "vit":
+        return got
     base = native_mixer(arch_name(model_name)) if model_name else None
-    return _mixer_description(shapes, base or "mixer-b16", "tanh", path)
+    return _mixer_description(got, base or "mixer-b16", "tanh", path)
 
 
-def _vit_npz_description(fh, path: Path, model_name: str | None) -> dict[str, Any]:
-    """A vision_transformer ViT `.npz` (`models_vit.py` names): the zoo ViT of those shapes, or
-    ViT-B/16 with the shapes as overrides; Flax's tanh GELU."""
+def _vit_npz_description(f: _Official, model_name: str | None, finetuning: bool) -> dict[str, Any]:
+    """A vision_transformer ViT (`models_vit.py` names): the zoo ViT of those shapes, or ViT-B/16
+    with the shapes as overrides; the classifier ('token': a class token, read from it; 'gap':
+    the mean of the normed tokens, timm's `fc_norm=False`); the representation layer; Flax's
+    tanh GELU."""
     import torch
 
     from mixerbench.models import REGISTRY, create_model
 
-    if "pre_logits/kernel" in fh.files:
-        raise UserError(f"{path} has a pre-logits layer, which timm's ViT does not build; pass a "
-                        "checkpoint without one (the fine-tuned ones).")
     blk = "Transformer/encoderblock_0/"
-    patch, dim = fh["embedding/kernel"].shape[0], fh["embedding/kernel"].shape[-1]
-    depth = 1 + max(int(k.split("/")[1].split("_")[-1]) for k in fh.files
-                    if k.startswith("Transformer/encoderblock_"))
-    heads = fh[blk + "MultiHeadDotProductAttention_1/query/kernel"].shape[1]   # (D, H, D/H)
-    hidden = fh[blk + "MlpBlock_3/Dense_0/kernel"].shape[1]                    # (D, M)
-    tokens = fh["Transformer/posembed_input/pos_embedding"].shape[1]
-    cls = "cls" in fh.files
-    classes = fh["head/kernel"].shape[1] if "head/kernel" in fh.files else 0
+    kernel = f.shape("embedding/kernel")                                      # (P, P, 3, D)
+    patch, dim = kernel[0], kernel[-1]
+    depth = f.count("encoderblock")
+    heads = f.shape(blk + "MultiHeadDotProductAttention_0/query/kernel")[1]  # (D, H, D/H)
+    hidden = f.shape(blk + "MlpBlock_0/Dense_0/kernel")[1]                    # (D, M)
+    tokens = f.shape("Transformer/posembed_input/pos_embedding")[1]
+    cls = "cls" in f
+    classes = f.shape("head/kernel")[1] if "head/kernel" in f else 0
+    rep = f.shape("pre_logits/kernel")[1] if "pre_logits/kernel" in f else None
     grid = int(round((tokens - cls) ** 0.5))
+    if kernel[0] != kernel[1] or grid * grid != tokens - cls or min(depth, heads, patch, dim) < 1:
+        raise UserError(f"{f.path} holds no ViT of a possible shape (patch kernel {kernel}, "
+                        f"{tokens} position embeddings{' with a class token' if cls else ''}); "
+                        "pass another checkpoint.")
     guess = f"vit-{_VIT_SIZES.get((depth, dim, heads), '?')}{patch}"
     name = arch_name(model_name) if model_name else guess if guess in REGISTRY else "vit-b16"
     with torch.device("meta"):  # the base's own shapes, so only the differences become overrides
@@ -880,24 +1095,31 @@ def _vit_npz_description(fh, path: Path, model_name: str | None) -> dict[str, An
         overrides["mlp_ratio"] = hidden / dim
     if (ref.cls_token is not None) != cls:
         overrides.update(class_token=cls, global_pool="token" if cls else "avg")
+    if not cls and ("global_pool" in overrides or type(ref.fc_norm).__name__ != "Identity"):
+        # official 'gap': encoder_norm on every token, then the mean (timm's fc_norm=False);
+        # timm's default for global_pool='avg' norms after pooling, which is another model
+        overrides["fc_norm"] = False
+    rec_extra = {}
+    if rep and finetuning:
+        rec_extra["dropped"] = ["pre_logits"]
+    elif rep:
+        overrides["representation_size"] = int(rep)
     overrides["gelu"] = "tanh"  # Flax's nn.gelu, as the checkpoint was trained
-    return model_description(name, int(classes), grid * int(patch), int(patch), overrides)
+    return dict(model_description(name, int(classes), grid * int(patch), int(patch), overrides),
+                **rec_extra)
 
 
-def _load_npz(path: Path, model_name: str | None, reg: dict | None = None):
-    import numpy as np
-
-    rec = _npz_description(path, model_name)
+def _load_npz(path: Path, model_name: str | None, reg: dict | None = None,
+              finetuning: bool = False):
+    rec = _npz_description(path, model_name, finetuning)
     rec = dict(rec, overrides=_with_regularisers(rec["overrides"], reg or {}))
     model = _build(rec, path)
-    try:
-        if hasattr(model, "pos_embed"):  # a ViT: timm's own reader of these files (np.load,
-            model.load_pretrained(str(path))  # no pickles)
-            return model, rec
-        with np.load(path, allow_pickle=False) as fh:
-            state = _npz_to_state({k: fh[k] for k in fh.files})
-    except (KeyError, ValueError, OSError, IndexError, TypeError, RuntimeError) as exc:
-        raise UserError(f"{path} is not an official Mixer or ViT checkpoint ({type(exc).__name__}: "
-                        f"{str(exc)[:200]}); pass a vision_transformer .npz.") from None
+
+    def read(f: _Official):
+        return _vit_state(f, not finetuning) if f.kind == "vit" else _mixer_state(f)
+
+    state = _open_npz(path, read)
+    if rec.get("dropped"):  # the head on the dropped layer: the fine-tuning run replaces it
+        state.update({k: v for k, v in model.state_dict().items() if k.startswith("head.")})
     _load_state(model, state, path)
     return model, rec

@@ -301,7 +301,16 @@ def _table1(claim: Claim, frames: dict) -> list[Comparison]:
     return out
 
 
+def _paper_families() -> tuple[str, str, str]:
+    """The paper's subject (the Mixer) and its attention and convolution baselines: the
+    registry's families with those `paper_role`s."""
+    from mixerbench.models import paper_family
+
+    return tuple(paper_family(r) for r in ("subject", "attention", "convolution"))
+
+
 def _competitive(claim: Claim, frames: dict) -> list[Comparison]:
+    subject, *baselines = _paper_families()
     acc = frames["accuracy"]
     exp = _text(acc["experiment"])
     acc = acc[exp.str.startswith("compare") & (_text(acc["kind"]) != "evaluate")
@@ -314,15 +323,15 @@ def _competitive(claim: Claim, frames: dict) -> list[Comparison]:
     out = []
     for (ds, exp_name, split), g in acc.groupby(["dataset", "_exp", "_split"], sort=False):
         preset = exp_name.split(":", 1)[-1].split("[", 1)[0]  # compare:smoke[steps=20]
-        cmd = (f"mixerbench compare --models mixer,vit,resnet --preset {preset} "
+        cmd = (f"mixerbench compare --models {','.join([subject, *baselines])} --preset {preset} "
                f"--dataset {ds}")
         models = list(dict.fromkeys(g["model"].astype(str)))
         sides = {fam: [(_label(str(r["model"].iloc[0]), models), r)
                        for _, r in gg.groupby("_recipe", sort=False)]
                  for fam, gg in g.groupby("_fam", sort=False)}
         where = f"{ds}, {exp_name}" + (f", {split}" if split and split != "test" else "")
-        for m_label, m_rows in sides.get("mixer", []):
-            for other in ("vit", "resnet"):
+        for m_label, m_rows in sides.get(subject, []):
+            for other in baselines:
                 if other not in sides:
                     out.append(Comparison(f"{where}: {m_label} vs {other}", UNDECIDED,
                                           f"this compare has no {other} rows", next=[cmd],
@@ -333,8 +342,8 @@ def _competitive(claim: Claim, frames: dict) -> list[Comparison]:
                     nxt = lambda k: f"{cmd} --seeds {k}"  # noqa: E731 (finished seeds are read back)
                     out.append(order(claim, f"{where}: {m_label} vs {o_label}", a, b,
                                      next_cmd=nxt, source="accuracy.csv"))
-        if "mixer" not in sides:
-            out.append(Comparison(f"{where}: no mixer rows", UNDECIDED,
+        if subject not in sides:
+            out.append(Comparison(f"{where}: no {subject} rows", UNDECIDED,
                                   "this compare has no Mixer", next=[cmd], source="accuracy.csv"))
     return out
 
@@ -392,12 +401,13 @@ def _shuffle_pairs(frames: dict, family: str):
 
 
 def _shuffle(claim: Claim, frames: dict) -> list[Comparison]:
-    family = "mixer" if claim.id == "shuffle-mixer" else "resnet"
+    subject, _, convolution = _paper_families()
+    family = subject if claim.id == "shuffle-mixer" else convolution
     out = []
     for label, none, patch in _shuffle_pairs(frames, family):
         have = tuple(set(none["seed"]) & set(patch["seed"]))
         nxt = lambda k, have=have: _seed_cmd(claim.command, have, k)  # noqa: E731
-        if family == "mixer":
+        if family == subject:
             a, b = _side("patch+pixel", patch), _side("original", none)
             out.append(equivalent(claim, label, a, b, next_cmd=nxt, source="shuffle.csv"))
         else:
@@ -408,21 +418,22 @@ def _shuffle(claim: Claim, frames: dict) -> list[Comparison]:
 
 
 def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
-    other = "resnet" if claim.id == "data-scaling-resnet" else "vit"
+    subject, attention, convolution = _paper_families()
+    other = convolution if claim.id == "data-scaling-resnet" else attention
     sc = frames["scaling"]
     sc = sc[(_text(sc["metric"]) == "top1") & sc["top1"].notna()]
     sc = sc.assign(_fam=_family(sc), _steps=_text(sc["steps"]))
     out = []
     for (ds, steps), g in sc.groupby(["dataset", "_steps"], sort=False):
         fams = {f: gg for f, gg in g.groupby("_fam", sort=False)}
-        if "mixer" not in fams or other not in fams:
+        if subject not in fams or other not in fams:
             continue
-        fractions = sorted(set(fams["mixer"]["fraction"]) & set(fams[other]["fraction"]))
+        fractions = sorted(set(fams[subject]["fraction"]) & set(fams[other]["fraction"]))
         if len(fractions) < 2:
             continue
         lo, hi = fractions[0], fractions[-1]
         sides = []
-        for fam in ("mixer", other):
+        for fam in (subject, other):
             f = fams[fam].drop_duplicates(["run_id"], keep="last")
             f = f.assign(_recipe=recipe_key(f))
             for model, gm in f.groupby("model", sort=False):
@@ -433,7 +444,7 @@ def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
                     sides.append(_gain_side(model + (f" ({r_lo} / {r_hi})" if len(pairs) > 1
                                                       else ""), small, large))
         where = f"{ds}, {steps} steps, {lo:.0%} -> {hi:.0%} of the data"
-        for a in (s for s in sides if _family_name(s.label) == "mixer"):
+        for a in (s for s in sides if _family_name(s.label) == subject):
             for b in (s for s in sides if _family_name(s.label) == other):
                 if not a.n or not b.n:
                     continue
@@ -441,7 +452,7 @@ def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
                 nxt = lambda k, have=have: _seed_cmd(claim.command, have, k)  # noqa: E731
                 out.append(order(claim, f"{where}: {a.label} vs {b.label} (gain)", a, b,
                                  next_cmd=nxt, source="scaling.csv"))
-    return out or _none(claim, f"no scaling.csv top-1 rows of a mixer and a {other} at two or "
+    return out or _none(claim, f"no scaling.csv top-1 rows of a {subject} and a {other} at two or "
                                "more fractions")
 
 

@@ -33,6 +33,7 @@ import pandas as pd
 
 from mixerbench import files, results
 from mixerbench.errors import DamagedFileError, UserError
+from mixerbench.names import RUN_NAME
 from mixerbench.reference.claims import HELD, NOT_HELD
 from mixerbench.report import claims as claims_mod
 
@@ -248,7 +249,7 @@ def _runs(root: Path, frames: dict) -> list[tuple[str, str]]:
             facts.append("<p class=meta>No accuracy.csv row for this run id.</p>")
         run_dir = root / "runs" / rid
         extra = ""
-        if results.RUN_NAME.fullmatch(rid) and files.check(run_dir, "dir") is not None:
+        if RUN_NAME.fullmatch(rid) and files.check(run_dir, "dir") is not None:
             extra, drawn = _run_folder(run_dir, rid, drawn)
         else:
             extra = (f"<p class=meta>Its run folder (runs/{_e(rid)}: config.json, metrics.csv, "

@@ -33,7 +33,8 @@ COMPARE_COLUMNS = (
     "dataset", "model", "settings", "img_size", "split", "params", "gflops",
     "train_img_per_sec", "train_img_per_sec_std", "infer_img_per_sec", "infer_img_per_sec_std",
     "bench_id", "wall_time_s", "device_hours", "train_flops", "top1_mean", "top1_std", "n",
-    "fewshot_top1", "fewshot_n", "fewshot_split", "paper_top1", "diff", "paper_row", "recipe_id",
+    "fewshot_shots", "fewshot_top1", "fewshot_n", "fewshot_split", "paper_top1", "diff",
+    "paper_row", "recipe_id",
 )
 THROUGHPUT_COLUMNS = (
     "device_name", "dtype", "compiled", "mode", "model", "img_size", "batch_size", "img_per_sec",
@@ -195,7 +196,7 @@ def compare_table(
     *,
     zoo_df: pd.DataFrame | None = None,
     pretrain: str | None = None,
-    shots: int = 5,
+    shots: int | None = None,
     split: str | None = None,
     settings: dict[str, dict] | None = None,
 ) -> pd.DataFrame:
@@ -216,7 +217,8 @@ def compare_table(
         dataset: keep only this dataset (default: all, one block per dataset).
         zoo_df: the zoo (`name, params, gflops`); else params/GMACs come from that bench.
         pretrain: upstream dataset for the paper lookup (None: trained from scratch on `dataset`).
-        shots: which few-shot rows to report.
+        shots: which few-shot rows to report (default: 5 where the runs were probed with 5
+            shots, else the shot count most of them were probed with; `fewshot_shots`).
         split: keep only this evaluation split.
         settings: recipe id -> its settings (`config.recipe`, flattened to dotted keys) where
             known, to label recipes that share a model name by what differs between them.
@@ -247,7 +249,7 @@ def compare_table(
     few = None
     if fewshot_df is not None and len(fewshot_df):
         few = numeric(fewshot_df.copy(), "shots", "top1_mean")
-        few = few[few["shots"] == shots]
+        few = few[few["shots"] == shots] if shots is not None else few
     zoo = None
     if zoo_df is not None and len(zoo_df):
         zoo = numeric(zoo_df.copy(), "params", "gflops").drop_duplicates("name").set_index("name")
@@ -261,7 +263,7 @@ def compare_table(
         params, gflops = bench["params"], 2.0 * bench["gmacs"]  # 1 MAC = 2 FLOPs
         if zoo is not None and model in zoo.index:
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
-        fs, fs_n, fs_split = _fewshot_of(few, g["run_id"], ds, sp)
+        fs, fs_n, fs_split, fs_shots = _fewshot_of(few, g["run_id"], ds, sp)
         size = None if img_size != img_size else int(img_size)
         # the paper reports ImageNet only: a run measured on ImageNet, pre-trained on `pretrain`
         # (or trained there from scratch: the paper's "pre-trained on ImageNet" rows)
@@ -282,7 +284,8 @@ def compare_table(
             "top1_mean": mean,
             "top1_std": float(top1.std(ddof=1)) if len(top1) > 1 else math.nan,
             "n": int(len(top1)),
-            "fewshot_top1": fs, "fewshot_n": fs_n, "fewshot_split": fs_split,
+            "fewshot_shots": fs_shots, "fewshot_top1": fs, "fewshot_n": fs_n,
+            "fewshot_split": fs_split,
             "paper_top1": math.nan if paper is None else paper,
             "diff": math.nan if paper is None else mean - paper,
             "paper_row": row_ref["note"] if row_ref else "",
@@ -378,31 +381,35 @@ def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str]) -
 
 
 def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset,
-                split: str) -> tuple[float, int, str]:
-    """(mean, runs, split) of the few-shot probes of `runs` on `dataset`, joined by run id: the
-    probes of one split and one probe setting (l2, draws, crop, resolution, shots' split), the
+                split: str) -> tuple[float, int, str, float]:
+    """(mean, runs, split, shots) of the few-shot probes of `runs` on `dataset`, joined by run
+    id: the probes of one shot count, one split and one probe setting (l2, draws, crop,
+    resolution, shots' split), chosen in this order: 5 shots (the paper's) before others, the
     whole of `split` before a capped part of it, then the setting most of the runs were probed
     with (the first of equals). A row recorded before probes recorded their split probed the
     whole split."""
+    none = (math.nan, 0, "", math.nan)
     if few is None or few.empty:
-        return math.nan, 0, ""
+        return none
     f = few[few["run_id"].astype(str).isin(set(runs.astype(str)))
             & (text(few, "dataset") == str(dataset)) & few["top1_mean"].notna()]
     if f.empty:
-        return math.nan, 0, ""
+        return none
     whole = split.split("[", 1)[0]
     probed = text(f, "split").replace("", whole)
     f = f.assign(_probed=probed)[probed.str.split("[", n=1).str[0] == whole]
     if f.empty:
-        return math.nan, 0, ""
-    probe = ["_probed"] + [c for c in PROBE_SETTINGS if c in f.columns]
+        return none
+    probe = ["shots", "_probed"] + [c for c in PROBE_SETTINGS if c in f.columns]
     setting = pd.Series(["|".join(map(str, t)) for t in f[probe].itertuples(index=False)],
                         index=f.index)
     counts = setting.groupby(setting, sort=False).size()
-    full = pd.Series([k.split("|", 1)[0] == whole for k in counts.index], index=counts.index)
-    chosen = counts[full].idxmax() if full.any() else counts.idxmax()
+    first = {k: f.loc[setting == k].iloc[0] for k in counts.index}
+    chosen = max(counts.index, key=lambda k: (first[k]["shots"] == 5,
+                                              first[k]["_probed"] == whole, counts[k]))
     f = f[setting == chosen].drop_duplicates("run_id", keep="last")
-    return float(f["top1_mean"].mean()), int(len(f)), str(f["_probed"].iloc[0])
+    return (float(f["top1_mean"].mean()), int(len(f)), str(f["_probed"].iloc[0]),
+            float(f["shots"].iloc[0]))
 
 
 # The columns of a few-shot row that say how it probed (besides its split): one table cell
@@ -411,13 +418,14 @@ PROBE_SETTINGS = ("shots_split", "l2_reg", "num_seeds", "pipeline", "img_size", 
 
 
 def short_labels(names) -> list[str]:
-    """Model labels for screens and figures: the zoo name without its shape overrides
-    (`resnet18[channels=16x32x64x128,...]` -> `resnet18`), unless two models would then share
-    one label; the CSVs keep the full name."""
-    from mixerbench.report.style import short_name
+    """Model labels for screens and figures: the zoo name with its shape overrides in short
+    (`mixer-t4[depth=2,width=64]` -> `mixer-t4 d2 w64`, `formatting.label`: never the zoo
+    entry's own name for a model of another shape), unless two models would then share one
+    label; the CSVs keep the full name."""
+    from mixerbench.formatting import label
 
     names = [str(n) for n in names]
-    short = [short_name(n) for n in names]
+    short = [label(n) for n in names]
     clash = {s for s in short if len({n for n, t in zip(names, short) if t == s}) > 1}
     return [n if s in clash else s for n, s in zip(names, short)]
 
@@ -435,7 +443,7 @@ def compare_view(table: pd.DataFrame) -> pd.DataFrame:
     if "settings" in view.columns and not view["settings"].astype(bool).any():
         empty.append("settings")
     if "fewshot_n" in view.columns and not view["fewshot_n"].any():
-        empty += ["fewshot_top1", "fewshot_n", "fewshot_split"]
+        empty += ["fewshot_shots", "fewshot_top1", "fewshot_n", "fewshot_split"]
     speed = [c for c in view.columns if c.endswith("img_per_sec") or c.endswith("img_per_sec_std")]
     if "bench_id" in view.columns and not view["bench_id"].astype(bool).any():
         empty += ["bench_id", *speed]
@@ -693,42 +701,21 @@ def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- markdown
 
-def _float_format(values: pd.Series) -> str:
-    """One format per column: integers when every value is whole, else 2 decimals, else %.3g."""
-    v = pd.to_numeric(values, errors="coerce").astype(float)
-    v = v[np.isfinite(v)]
-    if v.empty or ((v == v.round()) & (v.abs() < 1e12)).all():
-        return "{:.0f}"
-    nz = v[v != 0].abs()
-    if not nz.empty and (nz.max() >= 1e6 or nz.min() < 0.01):
-        return "{:.3g}"
-    return "{:.2f}"
-
-
-def _cell(v, fmt: str) -> str:
-    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return "" if math.isnan(v) else fmt.format(float(v))
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub pipe table of `df` (numbers right-aligned, NaN blank), no `tabulate` needed.
+    """A GitHub pipe table of `df` (numbers right-aligned, blanks blank), no `tabulate` needed.
 
-    Each float column gets one format: whole numbers, 2 decimals, or 3 significant digits
-    for very large or very small values (FLOPs, MFU).
+    Every number goes through `mixerbench.formatting`, as the terminal's tables do: counts
+    with separators, FLOPs with their unit, accuracies with one decimal, a column's `_std`
+    beside it merged into one `mean ± std (n)` cell, and headers people read.
     """
-    cols = [str(c) for c in df.columns]
-    num = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-           for c in df.columns]
-    fmts = [_float_format(df[c]) if n else "{}" for c, n in zip(df.columns, num)]
-    body = [[_cell(v, f) for v, f in zip(row, fmts)]
-            for row in df.itertuples(index=False, name=None)]
+    from mixerbench.formatting import display
+
+    rows = [{k: (None if v is pd.NA or v is pd.NaT else v) for k, v in r.items()}
+            for r in df.to_dict("records")]
+    d = display(rows, [str(c) for c in df.columns])
+    cols = [c.header.replace("|", "\\|") for c in d.columns]
+    num = [c.numeric for c in d.columns]
+    body = [[v.replace("|", "\\|").replace("\n", " ") for v in r] for r in d.rows]
     widths = [max([len(c), 3] + [len(r[i]) for r in body]) for i, c in enumerate(cols)]
 
     def line(cells):
