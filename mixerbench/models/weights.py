@@ -368,7 +368,7 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
         that are not finite (NaN or inf) are a UserError, before any run or row uses them.
     """
     model, rec = _load_model(src, device=device, model_name=model_name,
-                             regularisers=regularisers, sha256=sha256)
+                             regularisers=regularisers, sha256=sha256, finetuning=finetuning)
     check_finite(model, src)
     return model, rec
 
@@ -384,7 +384,7 @@ def check_finite(model, src) -> None:
 
 
 def _load_model(src: str, *, device: str, model_name: str | None,
-                regularisers: dict[str, float] | None, sha256: str | None):
+                regularisers: dict[str, float] | None, sha256: str | None, finetuning: bool):
     reg = {k: v for k, v in (regularisers or {}).items() if v is not None}
     where = resolve_source(src, credit=False)  # credited below, on the bytes that are loaded
     if isinstance(where, str):
