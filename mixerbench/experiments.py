@@ -1267,7 +1267,7 @@ def _dry_run(planned, *, root, extra=None, notes=(), what: str, device=None, on=
     """A plan's cells (`plan.plan_config`) and its estimate (`plan.estimate`)."""
     from mixerbench import plan
 
-    cells = [plan.plan_config(cfg, label, note) for cfg, label, note in planned]
+    cells = [plan.plan_config(cfg, label, note, root) for cfg, label, note in planned]
     est = plan.estimate(cells, root=root, device=device, on=on, compare=extra,
                         mfu=plan.DEFAULT_MFU if mfu is None else mfu)
     papers = [p for p in (plan.paper_core_days(cfg) for cfg, _, _ in planned) if p]

@@ -839,7 +839,7 @@ def plan(p: dict) -> None:
     rows = [{"run": c.label or c.model, "model": f.label(c.model), "px": c.img_size,
              "steps": f.count(c.steps), "batch": f.count(c.batch), "images": f.count(c.images),
              "train FLOPs": f.flops(c.train_flops), "evaluations": f.count(c.evaluations),
-             "here": f.seconds(s), "run id": c.run_id or c.note}
+             "here": "read back" if c.finished else f.seconds(s), "run id": c.run_id or c.note}
             for c, s in zip(p["cells"], est["seconds_per_cell"])]
     emit(rows, Format.table, title=f"{p['what']} --dry-run: {len(rows)} training run"
                                    f"{'s' if len(rows) != 1 else ''}, nothing written",

@@ -104,8 +104,8 @@ FLOORS = (
     ("config",),
     ("data", "models", "results"),
     ("presets", "reference", "optim", "rundir", "prepare", "evaluate", "bench", "export",
-     "upgrade", "plan"),
-    ("train",),
+     "upgrade"),
+    ("train", "plan"),  # plan probes the loop itself
     ("experiments", "launch", "report", "trackers"),  # trackers follow what the others emit
     ("cli", "__main__", "view", "options"),
 )
