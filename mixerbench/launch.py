@@ -134,8 +134,10 @@ def make_launcher(kind: str, *, parallel: int | None = None, gpus_per_job: int |
                                    ("--time-limit", time_limit, 1, MAX_TIME_LIMIT_MIN),
                                    ("--tasks-per-job", tasks_per_job, 1, MAX_PROCESSES_PER_JOB),
                                    ("--gpus-per-job", gpus_per_job, 0, MAX_PROCESSES_PER_JOB)):
-        if value is not None and not low <= value <= high:
-            raise UserError(f"{name} must be between {low} and {high:,}, not {value}.")
+        if value is not None and value < low:
+            raise UserError(f"{name} must be {'at least 1' if low else '0 or more'}, not {value}.")
+        if value is not None and value > high:
+            raise UserError(f"{name} must be at most {high:,}, not {value}.")
     if gpus_per_job and tasks_per_job and tasks_per_job != gpus_per_job:
         raise UserError(f"A cell runs one process per GPU: --tasks-per-job {tasks_per_job} "
                         f"does not match --gpus-per-job {gpus_per_job}; drop one of them.")
