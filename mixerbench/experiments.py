@@ -422,7 +422,7 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     # the table as `plot` regenerates it (tables/compare-*), its probes those of these runs
     table = compare_table(acc, thr, few, dataset=ds_name, zoo_df=zoo, shots=fewshot,
                           settings=recipe_settings(root, acc))
-    written = regenerate(root, None, ["compare"], zoo_df=zoo)["written"]
+    written = regenerate(root, None, ["compare"])["written"]
     title = compare_name(ds_name, str(acc["experiment"].iloc[0]))[1] if len(acc) else ""
     return dict(table=table, runs=runs, dataset=ds_name, written=written, title=title)
 

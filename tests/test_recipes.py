@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, cli
+from conftest import ROOT, TINY, TINY_MODEL, cli
 
 from mixerbench import config, presets
 from mixerbench.config import recipe_id, run_id
@@ -126,6 +126,22 @@ def test_a_capped_probe_and_the_full_one_are_both_recorded_each_labelled(tmp_pat
     assert list(t["split"]) == ["test", "test[stratified:97]"]  # the capped evaluate's own row
     assert list(t["fewshot_split"]) == ["test", "test"]
     assert list(t["fewshot_top1"]) == pytest.approx([float(few[1]["top1_mean"])] * 2)
+
+
+def test_a_compare_table_keeps_the_size_of_its_own_models_after_another_compare(tmp_path):
+    """Params and FLOPs of a compare table are those of its runs' models: a later compare of
+    the same model name at another image size (another table) leaves them as they were."""
+    def compare(size):
+        ok(cli("compare", "--models", "mixer", "--preset", "smoke", "--steps", "2", "--no-bench",
+               *TINY_MODEL, "--set", f"model.img_size={size}", "--results-dir", tmp_path))
+        return {p.stem: rows(p)[0] for p in (tmp_path / "tables").glob("compare-*.csv")}
+
+    first = compare(32)
+    both = compare(16)
+    (stem,) = first
+    assert set(both) - {stem} and both[stem] == first[stem]
+    (other,) = set(both) - {stem}
+    assert int(both[other]["params"]) < int(first[stem]["params"])  # fewer tokens to mix
 
 
 # ------------------------------------------------------------------------------ upgrade
