@@ -703,13 +703,20 @@ def check(root: str | os.PathLike | None = None) -> list[Verdict]:
     if not root.is_dir():
         raise UserError(f"No results folder at {root}; pass --results-dir, or produce results "
                         "first (e.g. `mixerbench compare --preset smoke`).")
-    from mixerbench.report import recipe_settings
-
     frames = {t: results.load(t, root, required=False) for t in INPUTS}
     frames["table1"] = read_table1(root)
-    paired = [frames[t] for t in ("shuffle", "scaling") if len(frames[t])]
-    frames["settings"] = recipe_settings(root, pd.concat(paired)) if paired else {}
+    frames["settings"] = run_settings(root, frames)
     return evaluate(frames)
+
+
+def run_settings(root: Path, frames: dict) -> dict[str, dict]:
+    """recipe id -> its settings, for the shuffle and data-scaling rows whose run folder is in
+    `root` (what `evaluate` pairs twin recipes by)."""
+    from mixerbench.report import recipe_settings
+
+    paired = [frames[t] for t in ("shuffle", "scaling")
+              if frames.get(t) is not None and len(frames[t])]
+    return recipe_settings(root, pd.concat(paired)) if paired else {}
 
 
 def counts(verdicts: list[Verdict]) -> str:

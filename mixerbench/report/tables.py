@@ -584,7 +584,8 @@ def avg5_table(avg5_df: pd.DataFrame) -> pd.DataFrame:
                 notes.append(f"{d}: the latest of {gd['_recipe'].nunique()} recipes")
             gd = gd[gd["_recipe"] == latest]
             cells[d] = (float(gd["top1"].mean()), len(gd))
-            notes += [n for n in gd["note"] if n]
+            # an lr-grid tie is one dataset's: the row's note names which
+            notes += [n.replace("lr grid tie", f"{d}: lr grid tie") for n in gd["note"] if n]
         for d in datasets:
             row[d] = cells[d][0] if d in cells else np.nan
         row["avg"] = float(np.mean([v for v, _ in cells.values()]))
