@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from mixerbench.events import Log, noop, progress
 from mixerbench.runtime import autocast
 
 
@@ -404,8 +405,11 @@ def real_labels_for(file_names, real_labels, what: str = "the dataset") -> list[
         real_labels: the `real.json` list (or its path).
 
     Raises:
-        UserError: when there are no file names, or some are not a validation image's name.
+        UserError: when there are no file names, some are not a validation image's name, or
+            one name is there twice (the same image under two class folders, or in two
+            encodings): ReaL scores each validation image once, so it would count twice.
     """
+    from collections import Counter
     from pathlib import PurePath
 
     from mixerbench.errors import UserError
@@ -423,6 +427,12 @@ def real_labels_for(file_names, real_labels, what: str = "the dataset") -> list[
                         f"{len(missing):,} of the {len(stems):,} images of {what} have none of the "
                         f"{len(labels):,} names in the labels file (e.g. {str(missing[0])!r}); "
                         "evaluate ImageNet val with its original ILSVRC2012_val_* file names.")
+    twice = [(s, k) for s, k in Counter(stems).items() if k > 1]
+    if twice:
+        raise UserError(f"ReaL counts each ImageNet validation image once, but {what} holds "
+                        f"{len(twice):,} of them more than once (e.g. {twice[0][0]} {twice[0][1]} "
+                        "times, under two class folders or in two encodings); keep one copy of "
+                        "each and evaluate again.")
     return [key[s] for s in stems]
 
 
@@ -514,13 +524,20 @@ def _recipe_of(src: str, cfg) -> str | None:
     return summary.get("recipe_id") or recipe_id(cfg, summary.get("dtype"))
 
 
+class Event:
+    """What `evaluate` emits as `log(event, info)` besides its `events.Event.PROGRESS` stages;
+    `view.ProgressView` renders it and `trackers.Tracked` records it."""
+
+    EVALUATED = "evaluated"  # an evaluation finished: result (evaluate's dict), options, root
+
+
 def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
              split: str = "test", crop: str | None = None,
              data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 256,
              seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
              shuffle_patch: int | None = None, max_examples: int | None = None, root=None,
-             progress=None) -> dict:
+             log: Log = noop) -> dict:
     """Evaluate a checkpoint: accuracy, ReaL, linear few-shot and shuffle invariance.
 
     Args:
@@ -546,7 +563,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         device / dtype: default CUDA + bf16 when present, else CPU + fp32.
         root: if given, rows are appended to accuracy.csv (kind "evaluate"),
             fewshot.csv and shuffle.csv there.
-        progress: optional callback `progress(description, done, total)`.
+        log: progress, as `events.Event.PROGRESS` events (one per stage), and the result
+            as `Event.EVALUATED` (what trackers record).
 
     Returns:
         dict(model, dataset, split, img_size, pipeline, top1, top5, loss, n, real, fewshot,
@@ -560,7 +578,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                                                  seeds, batch_size)
     if real_labels is not None:  # a bad labels file is refused before the model or data load
         real_labels = load_real_labels(real_labels)
-    steps = _Steps(progress, 2 + bool(real_labels) + bool(shots) + len(kinds))
+    steps = _Steps(log, 2 + bool(real_labels) + bool(shots) + len(kinds))
     steps.tick("loading model")
     s = _open(checkpoint_src, dataset, split, arch=arch, data_dir=data_dir, device=device, crop=crop,
               shots=shots, kinds=kinds, real_labels=real_labels, max_examples=max_examples,
@@ -625,18 +643,21 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                             for r in sh]
     steps.tick("done")
     out["rows"], out["kept"] = _record(rows, root, checkpoint_src)
+    log(Event.EVALUATED, dict(result=out, root=root, options=dict(
+        checkpoint=str(checkpoint_src), arch=arch, dataset=dataset, split=split, crop=crop,
+        fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
+        l2_reg=l2_reg, max_examples=max_examples, batch_size=batch_size, device=device)))
     return out
 
 
 class _Steps:
-    """Feeds `progress(description, done, total)` one stage at a time."""
+    """Reports `events.Event.PROGRESS` one stage at a time."""
 
-    def __init__(self, progress, total: int):
-        self.progress, self.total, self.done = progress, total, 0
+    def __init__(self, log: Log, total: int):
+        self.log, self.total, self.done = log, total, 0
 
     def tick(self, what: str) -> None:
-        if self.progress:
-            self.progress(what, min(self.done, self.total), self.total)
+        progress(self.log, what, min(self.done, self.total), self.total)
         self.done += 1
 
 

@@ -34,7 +34,9 @@ tracker folders, checkpoints, upgrades) goes through the functions here:
   into the one sentence the command line prints.
 
 Outside a results folder (datasets, checkpoints given by path, caches) links are followed, as
-users expect of a path they typed.
+users expect of a path they typed. The tracker libraries (TensorBoard, wandb, MLflow) take a
+folder's path and write by it: their folders are checked here (`make_dirs`) when they start,
+not held open.
 """
 
 from __future__ import annotations
@@ -102,7 +104,7 @@ def _refuse(path: str | os.PathLike, what: str, expected: str) -> UserError:
 
 # The openat-style calls everything below a root goes through. Linux and macOS have all of
 # them (os.replace takes os.rename's src_dir_fd/dst_dir_fd too, but is missing from the set).
-_AT_CALLS = {os.open, os.mkdir, os.stat, os.unlink, os.rename}
+_AT_CALLS = {os.open, os.mkdir, os.stat, os.unlink, os.rmdir, os.rename}
 if not (_AT_CALLS <= os.supports_dir_fd and os.listdir in os.supports_fd):  # pragma: no cover
     raise ImportError("mixerbench needs directory file descriptors (openat, mkdirat, renameat): "
                       "run it on Linux or macOS.")
@@ -128,13 +130,15 @@ def _open_dir(name: str, dir_fd: int | None, where: str, create: bool, follow: b
             except OSError as exc:
                 raise UserError(describe(exc, where)) from None
         except OSError as exc:
+            if exc.errno not in (errno.ENOTDIR, errno.ELOOP):  # read-only, permissions, ...
+                raise UserError(describe(exc, where)) from None
             try:
                 st = os.stat(name, dir_fd=dir_fd, follow_symlinks=follow)
             except OSError:
                 st = None
             if st is not None and not stat.S_ISDIR(st.st_mode):
                 raise _refuse(where, _kind(st.st_mode), "a folder") from None
-            if st is None and exc.errno not in (errno.ENOTDIR, errno.ELOOP):
+            if st is None and dir_fd is None:  # a file among the folders of a full path
                 raise UserError(describe(exc, where)) from None
             # a link a moment ago, a folder again now (or gone): open it again
     raise UserError(f"{where} keeps changing between a folder and something else while "
@@ -188,7 +192,7 @@ class Folder:
         """The folder `name` in this one, opened (made first when missing and `create`);
         None when it is missing."""
         fd = _open_dir(name, self.fd, self.where(name), create, follow=not self.confined)
-        return None if fd is None else Folder(fd, self.where(name), True)
+        return None if fd is None else Folder(fd, self.where(name), self.confined)
 
     def names(self) -> list[str]:
         """The names in this folder (of the folder opened, whatever its path names now)."""
@@ -313,10 +317,6 @@ class Folder:
             os.close(fd)
 
 
-def _abs_roots() -> set[str]:
-    return {os.path.abspath(r) for r in _ROOTS}
-
-
 def open_folder(path: str | os.PathLike, create: bool = False) -> Folder | None:
     """The folder `path` opened as a `Folder` (made first, with its parents, when missing and
     `create`); None when it is missing otherwise. Below a results folder it is reached one
@@ -328,7 +328,7 @@ def open_folder(path: str | os.PathLike, create: bool = False) -> Folder | None:
         if create:
             make_dirs(path)
         fd = _open_dir(ap, None, str(path), False, follow=True)
-        return None if fd is None else Folder(fd, path, ap in _abs_roots())
+        return None if fd is None else Folder(fd, path, ap in _ROOTS)  # a root: confined
     if create:
         make_dirs(root)
     fd = _open_dir(root, None, root, False, follow=True)

@@ -26,17 +26,16 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mixerbench.errors import UserError
+from mixerbench.events import Log, noop
 from mixerbench.train import Event as TrainEvent
 from mixerbench.train import TrainingStopped
 
-Log = Callable[[str, dict], None]
 LAUNCHERS = ("local", "slurm")
 INSTALL = 'pip install "mixerbench[launchers]"'
 # The local executor ends a job after timeout_min (default 2 minutes): without --time-limit a
@@ -47,15 +46,12 @@ STOP_GRACE_S = 30  # how long an interrupted local job may take to save its chec
 
 class Event:
     """The progress events of running cells, emitted as `log(event, info)` (by `run_cells`, and
-    by sweeps that run cells of their own); `cli.ProgressView` renders them."""
+    by sweeps that run cells of their own); `view.ProgressView` renders them."""
 
     CELL = "cell"      # a cell starts here: its label, index, of
     LAUNCH = "launch"  # cells go out as jobs: launcher, cells, parallel, folder
     JOB = "job"        # a job was submitted or ended: its label, state, job_id, run_id, top1, ...
 
-
-def _noop(event: str, info: dict) -> None:
-    pass
 
 
 class CellsFailed(TrainingStopped):
@@ -90,7 +86,7 @@ class Cell:
                           init=self.init, flags=self.flags, overrides=self.overrides)
 
 
-def run_cell(cell: Cell, log: Log = _noop) -> dict:
+def run_cell(cell: Cell, log: Log = noop) -> dict:
     """Train one cell (or read it back when it has finished); its summary."""
     from mixerbench.train import train
 
@@ -162,7 +158,7 @@ def import_submitit():
 # --------------------------------------------------------------------------- running cells
 
 
-def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = _noop) -> list[dict]:
+def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = noop) -> list[dict]:
     """Train every cell and return their summaries in cell order: here one after another
     (`launcher` None), or as submitit jobs. Every cell's settings are checked first, so a typo
     in the last cell stops the sweep before the first one trains (a model built on the meta
@@ -526,7 +522,7 @@ def _check_private(path: Path, strict: bool = True) -> None:
 
 class JobState:
     """The `state` of an `Event.JOB`: what happened to a launched cell, one terminal line each
-    (`cli.ProgressView._job`)."""
+    (`view.ProgressView._job`)."""
 
     SUBMITTED = "submitted"
     STARTED = "started"    # SLURM (or the local executor) started it

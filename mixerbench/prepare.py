@@ -65,6 +65,8 @@ def prepare(cfg: RunConfig, root: Path, run_dir: Path, stage: Callable[[str], No
     rank, world, local_rank = setup_distributed()
     device, dtype = choose(cfg.device, cfg.dtype, local_rank, training=True)
     use_device(device)
+    # None: on CUDA, compiled from the start; on a CPU, decided after a few eager steps by
+    # whether compiling pays back within the run (`runtime.compile_pays`)
     compiled = cfg.compile if cfg.compile is not None else device.startswith("cuda")
     dcfg = cfg.data
     if dcfg.batch_size % world:

@@ -516,7 +516,15 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
 # the full one) and how (shots' split, l2, draws, crop, resolution).
 KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
     "run_id", "shots", "dataset", "split", "shots_split", "l2_reg", "num_seeds", "pipeline",
-    "img_size")}
+    "img_size"),
+    # released.csv (`append_rows`): one row per released checkpoint measured on one split, at
+    # one resolution and crop, with or without ReaL (`real_n`: the images ReaL labels) and the
+    # 5-shot probe; the same command run again adds nothing.
+    "released": ("checkpoint", "dataset", "split", "img_size", "pipeline", "n", "real_n",
+                 "fewshot5_mean")}
+# Key columns that hold a measurement: only whether the row has one tells two observations
+# apart (a re-run's 5-shot accuracy may differ in its last digits, and is still a repeat).
+MEASURED_KEYS = frozenset({"fewshot5_mean"})
 
 
 def append_once(table: str, row: Mapping[str, Any], root: str | os.PathLike | None = None) -> bool:
@@ -527,6 +535,17 @@ def append_once(table: str, row: Mapping[str, Any], root: str | os.PathLike | No
     other keys is a value like any other."""
     key = KEYS[table] if row.get(KEYS[table][0]) not in (None, "") else ()
     return append_to(csv_path(table, root), SCHEMAS[table], row, key=key)
+
+
+def append_rows(table: str, rows: list[Mapping[str, Any]],
+                root: str | os.PathLike | None = None) -> list[Mapping[str, Any]]:
+    """Append `rows` to `<root>/<table>.csv` in one atomic write under its lock: all of them
+    land or, on any error, none (a refusal or a kill leaves the file as it was). A row whose
+    `KEYS[table]` cells equal those of a row already there, or of an earlier one of `rows`, is
+    not appended; those rows are returned."""
+    path = csv_path(table, root)
+    added = _append(path, SCHEMAS[table], rows, KEYS.get(table, ()))
+    return [r for r, a in zip(rows, added) if not a]
 
 
 def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[str, Any],
@@ -548,10 +567,20 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
     With `key` (column names), a row whose cells in those columns equal the new row's is
     looked for under the lock, and when one is there nothing is written (False).
     """
+    return _append(path, columns, [row], key)[0]
+
+
+def _append(path, columns: tuple[str, ...], rows, key: tuple[str, ...]) -> list[bool]:
+    """`append_to` for several rows in one write; which of them were appended."""
     path = Path(path)
-    line = _line(path, columns, row)
-    mine = next(csv.reader(io.StringIO(line, newline="")))  # the cells as they will be written
+    lines = [_line(path, columns, r) for r in rows]  # every row checked before any write
     where = [columns.index(c) for c in key]
+
+    def ident(cells: list[str]) -> tuple:
+        return tuple(bool(cells[i]) if columns[i] in MEASURED_KEYS else cells[i] for i in where)
+
+    # the cells as they will be written
+    mine = [ident(next(csv.reader(io.StringIO(line, newline="")))) for line in lines]
     # checked once before taking the lock, so a refusal does not even leave a lock file behind
     old = _read(path)
     if old is not None:
@@ -560,14 +589,20 @@ def append_to(path: str | os.PathLike, columns: tuple[str, ...], row: Mapping[st
     # swapped for a link meanwhile cannot make them three different files (files.Folder)
     with locked(path) as folder:
         old = _read(path, folder)
+        seen = set()
         if old is None:
             old = _header_line(columns).encode()
         else:
-            rows = _parse(path, old, columns, "exact")[1]  # another writer may have changed it
-            if key and any(all(r[i] == mine[i] for i in where) for r in rows):
-                return False
-        folder.write_bytes(path.name, old + line.encode())
-    return True
+            rows_there = _parse(path, old, columns, "exact")[1]  # another writer may have written
+            seen = {ident(r) for r in rows_there} if key else set()
+        added = []
+        for k in mine:
+            added.append(not key or k not in seen)
+            seen.add(k)
+        if any(added):
+            new = "".join(line for line, a in zip(lines, added) if a)
+            folder.write_bytes(path.name, old + new.encode())
+    return added
 
 
 def ensure_appendable(table: str, root: str | os.PathLike | None = None) -> None:

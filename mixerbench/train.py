@@ -25,20 +25,19 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mixerbench import files, results, rundir
 from mixerbench.config import RunConfig, recipe_id, run_binding, run_id, to_dict
 from mixerbench.errors import UserError
+from mixerbench.events import Log
 from mixerbench.optim import make_optimizer, make_scheduler
 from mixerbench.prepare import Run, check_model, prepare
-from mixerbench.runtime import stop_signals
-
-Log = Callable[[str, dict], None]
+from mixerbench.runtime import COMPILE_PROBE_STEPS, compile_pays, stop_signals
 
 
 class Event:
-    """The progress events `train` emits as `log(event, info)`; `cli.ProgressView` renders
+    """The progress events `train` emits as `log(event, info)`; `view.ProgressView` renders
     them and `trackers.Tracked` records start, eval and end."""
 
     STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)
@@ -343,6 +342,7 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
     import torch
     import torch.distributed as dist
 
+    from mixerbench.models import model_label  # the model by its shape, not the zoo entry's name
     cfg = run.cfg
     train_model = run.model
     if run.world > 1:
@@ -355,14 +355,16 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
                       # an official ViT's representation layer is not fine-tuned (as
                       # vision_transformer's load_pretrained drops it): the first line says so
-                      model=run.rec["name"] + (f" (without the {cfg.init_dropped} layer of "
-                                               "--init)" if cfg.init_dropped else ""),
+                      model=model_label(run.rec["name"], run.rec.get("overrides")) + (
+                          f" (without the {cfg.init_dropped} layer of --init)" if cfg.init_dropped else ""),
                       dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
                       img_size=run.rec["img_size"], pipeline=cfg.data.pipeline,
                       eval_pipeline=cfg.data.eval_pipeline, config=to_dict(cfg)))
     run.model.train()
     window = [time.perf_counter(), 0]  # start of the throughput window, images in it
+    # compile=None on a CPU: time a few eager steps, then compile if it pays back (compile_pays)
+    probe = [] if cfg.compile is None and not run.compiled else None
     with stop_signals() as stop:
         while p.step < run.total:
             epoch, index = divmod(p.step, run.steps_per_epoch)
@@ -382,6 +384,12 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                 if run.on_cuda and check:
                     torch.cuda.synchronize(run.device)
                 p.train_seconds += time.perf_counter() - t0
+                if probe is not None and len(probe) <= COMPILE_PROBE_STEPS:
+                    probe.append(time.perf_counter() - t0)
+                elif probe is not None:  # decide once, on the median eager step (warm-up dropped)
+                    if compile_pays(run.total - p.step, sorted(probe[1:])[len(probe) // 2 - 1]):
+                        train_model, run.compiled = torch.compile(train_model), True
+                    probe = None
                 window[1] += cfg.data.batch_size
                 if check:
                     _log_step(run, p, values[-1], optimizer, window, log)

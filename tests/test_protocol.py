@@ -10,11 +10,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import refused
 from typer.testing import CliRunner
 
 from mixerbench import results
 from mixerbench.cli import app
-from mixerbench.data import get_dataset, minival_mask, stratified_subset
+from mixerbench.data import canonical_name, get_dataset, minival_mask, stratified_subset
 from mixerbench.errors import UserError
 
 runner = CliRunner()
@@ -65,7 +66,11 @@ def _png_folder(root: Path, layout: dict[str, list[str]], size: int = 12) -> Pat
 def test_finetune_recipe_is_found_by_the_canonical_name(proto_checkpoint, spelling, steps, warmup):
     cfg = _config("--init", str(proto_checkpoint), "--dataset", spelling)
     assert (cfg["steps"], cfg["optim"]["warmup_steps"]) == (steps, warmup)
-    assert cfg["preset"].startswith("finetune-") and cfg["data"]["dataset"] == spelling
+    assert cfg["preset"].startswith("finetune-")
+    # a registry spelling is the registry name (one dataset, one run id); a hub id or a path
+    # names itself (a path is identified by where it is)
+    registry = "/" not in spelling and "." not in spelling
+    assert cfg["data"]["dataset"] == (canonical_name(spelling) if registry else spelling)
 
 
 def test_finetune_recipe_of_a_local_copy_under_data_dir(proto_checkpoint, data_shared_dir):
@@ -257,6 +262,37 @@ def test_real_labels_that_cannot_be_matched_are_refused(proto_imagenet, tmp_path
         real_labels_for(["ILSVRC2012_val_00000001.JPEG", "cat.png"], proto_imagenet["real"])
     with pytest.raises(UserError, match="names"):
         real_labels_for(["ILSVRC2012_val_00000010.JPEG"], proto_imagenet["real"])  # past the file
+
+
+def test_a_validation_image_twice_is_refused_with_real_labels(proto_imagenet, tmp_path):
+    """One ILSVRC2012_val_* name is one image: the same name under two class folders (or as
+    .JPEG and .png) is refused in one sentence, never counted twice in ReaL's denominator."""
+    import shutil
+
+    from mixerbench.evaluate import real_labels_for
+
+    copy = tmp_path / "ilsvrc"
+    shutil.copytree(proto_imagenet["root"], copy)
+    first = next((copy / "val" / WNIDS[0]).iterdir())
+    shutil.copy(first, copy / "val" / WNIDS[1] / first.name)
+    val = get_dataset(str(copy), "validation")
+    with pytest.raises(UserError, match=f"{first.stem} 2 times"):
+        real_labels_for(val.file_names(), proto_imagenet["real"], "the copy")
+    with pytest.raises(UserError, match="more than once"):
+        real_labels_for(["ILSVRC2012_val_00000001.JPEG", "ILSVRC2012_val_00000001.png"],
+                        proto_imagenet["real"])
+    from mixerbench.models import create_model
+    from mixerbench.models.weights import model_description, save_checkpoint
+
+    model = create_model("mixer-t4", num_classes=3, img_size=28, patch_size=7, width=16, depth=1)
+    ckpt = tmp_path / "three.safetensors"
+    save_checkpoint(ckpt, model, model_description("mixer-t4", 3, 28, 7, dict(width=16, depth=1)))
+    line = refused(runner.invoke(app, [
+        "evaluate", "--checkpoint", str(ckpt), "--dataset", str(copy), "--split", "validation",
+        "--device", "cpu", "--real-labels", str(proto_imagenet["real"]),
+        "--results-dir", str(tmp_path / "res")]))
+    assert "more than once" in line
+    assert not (tmp_path / "res" / "accuracy.csv").exists()
 
 
 def test_evaluate_scores_real_labels_by_file_name(proto_imagenet, proto_checkpoint, tmp_path):

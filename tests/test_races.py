@@ -31,15 +31,20 @@ from mixerbench.errors import UserError
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 RACE_SECONDS = 2.0  # how long each swapper runs; every loop below stops when it stops
+# how long a checkpoint race leaves each file in place (s, at most): a load checks, then loads,
+# milliseconds apart, so swaps at that pace meet the load after a passed check
+DWELL = 0.002
 
 # argv: the path to swap, what to swap in (a link's target, or with --file a file or folder
 # renamed in), seconds. Swaps as an attacker would, by renames (each atomic) in a loop: the
-# real entry aside, the impostor in, the impostor aside, the real entry back. A folder the
-# command made while the real one was aside is in the way of the next rename: it is removed.
-# Prints its swap count.
+# real entry aside, the impostor in, the impostor aside, the real entry back, each in place
+# for a random moment of up to `dwell` seconds (with a dwell, a command's checks mostly pass
+# and its later uses meet the other entry; without, the swaps are as fast as renames go). A
+# folder the command made while the real one was aside is in the way of the next rename: it
+# is removed. Prints its swap count.
 SWAPPER = r"""
-import os, shutil, sys, time
-target, impostor, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+import os, random, shutil, sys, time
+target, impostor, seconds, dwell = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 aside, staged = target + ".real", target + ".impostor"
 if "--file" in sys.argv:
     os.rename(impostor, staged)
@@ -58,6 +63,8 @@ while time.monotonic() < end:
                     os.rename(a, b)
                 except OSError:
                     pass
+        if b == target and dwell:
+            time.sleep(random.uniform(0, dwell))
     swaps += 1
 print(swaps, flush=True)
 """
@@ -67,9 +74,9 @@ class Swapper:
     """The swapper process, started and waited for (never left running)."""
 
     def __init__(self, target: Path, impostor: Path, seconds: float = RACE_SECONDS,
-                 file: bool = False):
+                 file: bool = False, dwell: float = 0.0):
         self.proc = subprocess.Popen(
-            [sys.executable, "-c", SWAPPER, str(target), str(impostor), str(seconds)]
+            [sys.executable, "-c", SWAPPER, str(target), str(impostor), str(seconds), str(dwell)]
             + (["--file"] if file else []), stdout=subprocess.PIPE, text=True)
         assert self.proc.stdout.readline().strip() == "ready"
         self.swaps = 0
@@ -137,8 +144,10 @@ def test_atomic_writes_under_a_swapped_folder_stay_inside(sub, folder, tmp_path)
 def test_plot_under_swapped_folders_writes_nothing_outside(subs, command, folder, tmp_path):
     """`plot` again and again while `figures` and `tables` (or a run folder whose metrics it
     reads) are renamed to and from links to an outside folder: each run draws or refuses in
-    one sentence, and the outside folder stays empty (it used to receive whole figures,
-    tables and temporary files)."""
+    one sentence, and the outside folder stays empty. (A check by path before each write left
+    a window in which whole figures, tables and temporary files could land outside; a plot
+    writes too few files in seconds to meet it reliably, so the many attempts are the
+    primitive's, above, which plot's writes go through.)"""
     outside = outside_of(tmp_path)
     assert cli("plot", "--results-dir", folder).exit_code == 0  # figures/ and tables/ exist
     runs = 0
@@ -201,7 +210,7 @@ def test_a_loaded_checkpoint_is_the_one_credited(case, folder, tmp_path):
     rel, kind = IMPOSTORS[case]
     impostor = impostor_for(case, folder, outside)
     loaded = refused = 0
-    with Swapper(folder / rel, impostor, file=kind == "file") as sw:
+    with Swapper(folder / rel, impostor, file=kind == "file", dwell=DWELL) as sw:
         while sw.running():
             try:
                 model, _ = load_model(str(folder / "runs/fin"))
@@ -225,7 +234,7 @@ def test_evaluate_rows_are_never_credited_to_swapped_weights(case, folder, tmp_p
     rel, kind = IMPOSTORS[case]
     impostor = impostor_for(case, folder, outside)
     runs = 0
-    with Swapper(folder / rel, impostor, file=kind == "file") as sw:
+    with Swapper(folder / rel, impostor, file=kind == "file", dwell=DWELL) as sw:
         while sw.running() or runs == 0:
             r = cli(*args)
             if r.exit_code:

@@ -336,6 +336,47 @@ def test_reproduce_released_offline_from_the_cache(offline_home, imagenet_layout
 
 
 @pytest.mark.slow
+def test_reproduce_released_is_all_or_nothing(offline_home, imagenet_layout, tmp_path, one_thread):
+    """Every checkpoint is loaded before any is evaluated: a damaged third one (a truncated
+    cached file) is refused before any row is written, not after two rows were appended. The
+    rows of a run land in one write, and the same run again adds none (it used to leave 4 rows
+    for 2 checkpoints); --batch-size 0 is refused instead of running as 256."""
+    from conftest import cli, refused
+
+    from mixerbench import results
+    from mixerbench.experiments import Released, reproduce_released
+
+    folder, real = imagenet_layout
+    hub_cache(offline_home, "timm/mixer_b16_224.goog_in21k_ft_in1k", tiny_timm_mixer(3))
+    snap = hub_cache(offline_home, "timm/mixer_l16_224.goog_in21k_ft_in1k", tiny_timm_mixer(3, 1))
+    blob = (snap / "model.safetensors").resolve()
+    blob.write_bytes(blob.read_bytes()[:-100])  # a download cut short
+    good = (Released("timm:mixer_b16_224.goog_in21k_ft_in1k", "Mixer-B/16", "imagenet21k", 224,
+                     "resmall"),
+            Released("timm:mixer_b16_224.goog_in21k_ft_in1k", "Mixer-B/16", "imagenet21k", 224,
+                     "resize"))
+    bad = Released("timm:mixer_l16_224.goog_in21k_ft_in1k", "Mixer-L/16", "imagenet21k", 224,
+                   "resmall")
+    res = tmp_path / "results"
+    with pytest.raises(UserError, match="mixer_l16_224.*not a readable safetensors"):
+        reproduce_released(root=res, dataset=str(folder), real_labels=real, checkpoints=(*good, bad),
+                           device="cpu", batch_size=4)
+    assert not (res / "released.csv").exists()
+    for _ in range(2):
+        out = reproduce_released(root=res, dataset=str(folder), real_labels=real,
+                                 checkpoints=good, device="cpu", batch_size=4)
+    rows = results.load("released", res)
+    assert list(rows["pipeline"]) == ["eval-resmall", "eval-resize"]
+    assert len(out["kept"]) == 2 and len(out["notes"]) == 2
+    reproduce_released(root=res, dataset=str(folder), checkpoints=good[:1], device="cpu",
+                       batch_size=4)  # without ReaL: another observation, recorded
+    assert list(results.load("released", res)["real_n"].isna()) == [False, False, True]
+    line = refused(cli("reproduce", "released", "--batch-size", "0", "--dataset", folder,
+                       "--results-dir", res))
+    assert "--batch-size 0" in line
+
+
+@pytest.mark.slow
 def test_reproduce_released_without_the_weights_fails_fast(tmp_path, child_env,
                                                            imagenet_layout):
     from conftest import run
