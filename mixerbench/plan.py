@@ -5,12 +5,12 @@ experiment with their steps, images and training FLOPs (6 x the forward MACs per
 accuracy rows count them: forward and backward are 3 forward passes, 2 FLOPs per MAC), plus the
 evaluations and, for `compare`, the probes and benchmark that follow. It then estimates:
 
-- on this machine: the images of each run over that model's measured img/s, from the
-  `throughput.csv` rows this machine holds for the model, image size and device (the best
-  batch size), else from a short probe of one train and one inference step timing
-  (`bench.bench` with nothing written); plus a start-up cost per run. The training loop adds
-  augmentation and bookkeeping to the pure model steps bench times: `TRAIN_OVERHEAD`, measured
-  on the main job (see `docs/dry-run.md`), accounts for that.
+- on this machine: each run's images over the img/s of its own training loop, measured by a
+  short probe here (`loop_rates`: a few steps through its loader, augmentation included, model
+  and optimizer, and a few evaluation batches, run by `prepare` and `train_step` without
+  touching a run folder), its evaluations over the evaluation img/s, and a few seconds a run
+  and a command for what neither times (start-up, checkpoints, the rows); on a shared machine
+  the probe measures the load of its minute.
 - on a named GPU (`--on h100`): the training FLOPs over its datasheet dense bf16 peak
   (`bench.DATASHEET_PEAKS_TFLOPS`) at a stated model FLOP utilisation (`--mfu`, 0.4 by
   default: what well-tuned training of models this size reaches, not a measurement).
@@ -28,14 +28,12 @@ from typing import Any
 
 from mixerbench.errors import UserError
 
-# The training loop's wall time over the images / bench train img/s of its model: data
-# augmentation, the optimizer step's bookkeeping, metrics and checkpoints that bench's timed
-# steps leave out. Measured on the main job (`compare --preset smoke`, 2-core CPU): see
-# docs/dry-run.md for the runs behind it.
-TRAIN_OVERHEAD = 1.3
-# Seconds per run before its first step and after its last (process, dataset from the tensor
-# cache, model build, checkpoint and row), on the same runs.
-RUN_STARTUP_S = 3.0
+# What the probe does not time, measured on the main job (`compare --preset smoke`, 2-core CPU;
+# docs/dry-run.md): seconds a run spends outside its steps and evaluations (model build, the
+# dataset from the tensor cache, checkpoints, metrics and its row), and a command once (imports).
+RUN_S = 5.0
+COMMAND_S = 10.0
+PROBE_WARMUP, PROBE_STEPS, PROBE_EVAL_BATCHES = 2, 6, 2
 DEFAULT_MFU = 0.4
 
 
@@ -55,6 +53,8 @@ class Cell:
     run_id: str | None = None
     note: str = ""
     describe: dict = field(default_factory=dict)  # name, img_size, patch_size, overrides
+    cfg: Any = None        # the RunConfig it trains (what the probe runs)
+    finished: bool = False  # its run folder holds a finished run: read back, not trained
 
     @property
     def train_flops(self) -> float:
@@ -107,8 +107,9 @@ def describe(cfg) -> dict:
                 overrides=over)
 
 
-def plan_config(cfg, label: str = "", note: str = "") -> Cell:
-    """The plan of one run: its length from the data it reads, its MACs from its model."""
+def plan_config(cfg, label: str = "", note: str = "", root=None) -> Cell:
+    """The plan of one run: its length from the data it reads, its MACs from its model, and
+    whether `root` holds it finished already (then it is read back, not trained)."""
     from mixerbench.config import run_id
     from mixerbench.models import model_info, model_label
 
@@ -128,70 +129,62 @@ def plan_config(cfg, label: str = "", note: str = "") -> Cell:
                 steps=steps, batch=batch, images=steps * batch, evaluations=evaluations,
                 eval_images=evaluations * n_eval, macs=float(info["macs"]),
                 run_id=None if note else run_id(cfg), note=note,
-                describe=dict(d, num_classes=classes))
+                describe=dict(d, num_classes=classes), cfg=cfg, finished=bool(
+                    root and not note and (root / "runs" / run_id(cfg) / "summary.json").is_file()))
 
 
 # ------------------------------------------------------------------------------ estimates
 
 
-def measured_rates(root, device: str | None) -> dict[tuple[str, int, str], float]:
-    """(model, img_size, mode) -> the best img/s this machine's `throughput.csv` holds for the
-    device `device` resolves to (none when the folder has no such rows)."""
-    from mixerbench import results
-    from mixerbench.runtime import resolve_device
-
-    name = results.device_name(resolve_device(device))
-    df = results.load("throughput", root, required=False)
-    out: dict = {}
-    if df.empty:
-        return out
-    for r in df.to_dict("records"):
-        try:
-            rate = float(r.get("img_per_sec_mean"))
-            size = int(float(r.get("img_size")))
-        except (TypeError, ValueError):
-            continue
-        if str(r.get("device_name")) != name or not math.isfinite(rate):
-            continue
-        key = (str(r.get("model")), size, str(r.get("mode")))
-        out[key] = max(out.get(key, 0.0), rate)
-    return out
+def _probe_key(c: Cell) -> tuple:
+    d = c.cfg.data
+    return (c.model, c.img_size, c.batch, d.dataset, d.pipeline, d.randaug_m, d.mixup_p)
 
 
-def probe_rates(cells: list[Cell], device: str | None, known: dict) -> dict:
-    """Train and inference img/s of each model of `cells` that `known` lacks, from a short
-    `bench` in this process (one timed repeat of 2 steps, nothing written)."""
-    from mixerbench.bench import bench
+def loop_rates(cfg, root) -> tuple[float, float]:
+    """(train img/s, eval img/s) of `cfg`'s own training loop on this machine: `PROBE_WARMUP`
+    untimed and `PROBE_STEPS` timed optimizer steps through its train loader (augmentation
+    included), model and optimizer, then `PROBE_EVAL_BATCHES` evaluation batches. `prepare`
+    builds the run without touching its folder, so nothing is written."""
+    import itertools
+    import time
 
-    todo, seen = [], set()
-    for c in cells:
-        key = (c.model, c.img_size)
-        if key in seen or all((c.model, c.img_size, m) in known for m in ("train", "infer")):
-            continue
-        seen.add(key)
-        todo.append(c)
-    out = dict(known)
-    for c in todo:
-        d = c.describe
-        rec = dict(name=d["name"], img_size=d["img_size"], patch_size=d["patch_size"],
-                   overrides=d["overrides"], num_classes=d["num_classes"])
-        rows = bench([rec], mode="both", batch_size=min(c.batch, 256), device=device,
-                     repeats=1, steps_per_repeat=2, warmup=1, root=None)
-        for r in rows:
-            out[(c.model, c.img_size, r["mode"])] = r["img_per_sec_mean"]
-    return out
+    from mixerbench.evaluate import accuracy
+    from mixerbench.optim import make_optimizer
+    from mixerbench.prepare import prepare
+    from mixerbench.runtime import synchronize
+    from mixerbench.train import train_step
+
+    run = prepare(cfg, root, root / "runs" / "dry-run", lambda what: None)
+    model = run.model.train()
+    optimizer = make_optimizer(model, cfg, fused=False)
+    batches = itertools.chain.from_iterable(run.train_batches.epoch(e) for e in itertools.count())
+    for i, (x, y) in enumerate(batches):
+        if i == PROBE_WARMUP:
+            synchronize(run.device)
+            start = time.perf_counter()
+        train_step(run, model, x, y)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i == PROBE_WARMUP + PROBE_STEPS - 1:
+            break
+    synchronize(run.device)
+    train = PROBE_STEPS * cfg.data.batch_size / (time.perf_counter() - start)
+    start = time.perf_counter()
+    seen = accuracy(model, itertools.islice(run.eval_batches.epoch(0), PROBE_EVAL_BATCHES),
+                    device=run.device, dtype=run.dtype)["n"]
+    return train, seen / (time.perf_counter() - start)
 
 
 def here_seconds(cells: list[Cell], rates: dict) -> list[float]:
     """Each cell's estimated wall time on this machine."""
     out = []
     for c in cells:
-        train = rates.get((c.model, c.img_size, "train"))
-        infer = rates.get((c.model, c.img_size, "infer")) or (3 * train if train else None)
-        if not train:
-            out.append(math.nan)
+        if c.finished:
+            out.append(0.0)
             continue
-        out.append(RUN_STARTUP_S + TRAIN_OVERHEAD * c.images / train + c.eval_images / infer)
+        train, infer = rates[_probe_key(c)]
+        out.append(RUN_S + c.images / train + c.eval_images / infer)
     return out
 
 
@@ -242,28 +235,24 @@ MATMUL_S = 2.0
 FEWSHOT_SEEDS = 3
 
 
-def compare_seconds(cells: list[Cell], rates: dict, known: dict, *, fewshot: int | None,
+def compare_seconds(cells: list[Cell], rates: dict, known: set, *, fewshot: int | None,
                     bench: bool, preset: str | None) -> tuple[float, list[str]]:
     """Seconds of what `compare` does after training: a `fewshot`-shot probe of every run (its
     eval split and the drawn shots through the model) and, with `bench`, the benchmark of each
-    model this machine's throughput.csv has no rows for; with a note of what was counted."""
+    model this machine's throughput.csv has no rows for (`known`); with a note of what was
+    counted. The loop's img/s stand for bench's, whose timed steps skip the loader."""
     seconds, notes = 0.0, []
     if fewshot:
-        for c in cells:
-            infer = rates.get((c.model, c.img_size, "infer"))
+        for c in cells:  # a probe already in fewshot.csv is read back: counted all the same
+            infer = rates[_probe_key(c)][1]
             shots = fewshot * c.describe["num_classes"] * FEWSHOT_SEEDS
-            if infer:
-                seconds += RUN_STARTUP_S + (c.eval_images / max(c.evaluations, 1) + shots) / infer
+            seconds += RUN_S + (c.eval_images / max(c.evaluations, 1) + shots) / infer
         notes.append(f"a linear {fewshot}-shot probe of each run")
     if bench:
-        todo = {(c.model, c.img_size): c for c in cells
-                if not all((c.model, c.img_size, m) in known for m in ("train", "infer"))}
+        todo = {(c.model, c.img_size): c for c in cells if (c.model, c.img_size) not in known}
         for c in todo.values():
-            batch = min(256, c.batch)
-            for mode in ("train", "infer"):
-                rate = rates.get((c.model, c.img_size, mode))
-                if rate:
-                    seconds += BENCH_STEPS * batch / rate
+            train, infer = rates[_probe_key(c)]
+            seconds += BENCH_STEPS * min(256, c.batch) * (1 / train + 1 / infer)
         if todo:
             seconds += MATMUL_S
             notes.append(f"the benchmark of {len(todo)} model{'s' if len(todo) > 1 else ''} "
@@ -271,27 +260,49 @@ def compare_seconds(cells: list[Cell], rates: dict, known: dict, *, fewshot: int
     return seconds, notes
 
 
+def benched(root, device: str | None) -> set[tuple[str, int]]:
+    """(model, img_size) pairs this machine's throughput.csv has train and infer rows for on
+    the device `device` resolves to: `compare` benches only the others."""
+    from mixerbench import results
+    from mixerbench.runtime import resolve_device
+
+    name = results.device_name(resolve_device(device))
+    df = results.load("throughput", root, required=False)
+    seen: dict = {}
+    for r in ([] if df.empty else df.to_dict("records")):
+        if str(r.get("device_name")) == name:
+            try:
+                key = (str(r.get("model")), int(float(r.get("img_size"))))
+            except (TypeError, ValueError):
+                continue
+            seen.setdefault(key, set()).add(str(r.get("mode")))
+    return {k for k, modes in seen.items() if {"train", "infer"} <= modes}
+
+
 def estimate(cells: list[Cell], *, root=None, device: str | None = None, on: str | None = None,
-             mfu: float = DEFAULT_MFU, compare: dict | None = None, probe: bool = True) -> dict:
-    """Totals and estimates of a plan: here (measured rates, else a probe) and on GPU `on`;
-    `compare` (fewshot, bench, preset) adds what `compare` does after training."""
+             mfu: float = DEFAULT_MFU, compare: dict | None = None) -> dict:
+    """Totals and estimates of a plan: here (each distinct run's loop probed once,
+    `loop_rates`) and on GPU `on`; `compare` (fewshot, bench, preset) adds what `compare` does
+    after training."""
+    from pathlib import Path
+
     if not 0 < mfu <= 1:
-        raise UserError(f"--mfu {mfu} is not a utilisation; pass a share in (0, 1], e.g. 0.4.")
-    known = measured_rates(root, device)
-    from_rows = {(c.model, c.img_size) for c in cells
-                 if (c.model, c.img_size, "train") in known}
-    rates = probe_rates(cells, device, known) if probe else known
+        raise UserError(f"--on's MFU {mfu} is not a utilisation; pass a share in (0, 1], e.g. "
+                        "h100:0.4.")
+    rates = {}
+    for c in cells:
+        if _probe_key(c) not in rates and (not c.finished or compare):
+            rates[_probe_key(c)] = loop_rates(c.cfg, Path(root))
     seconds = here_seconds(cells, rates)
-    extra_seconds, notes = compare_seconds(cells, rates, known, **compare) if compare else (0.0, [])
+    extra_seconds, notes = (compare_seconds(cells, rates, benched(root, device), **compare)
+                            if compare else (0.0, []))
     out = dict(cells=len(cells), steps=sum(c.steps for c in cells),
                images=sum(c.images for c in cells),
                train_flops=sum(c.train_flops for c in cells),
                eval_flops=sum(c.eval_flops for c in cells),
                seconds_per_cell=seconds, extra_seconds=extra_seconds, notes=notes,
-               wall_seconds=sum(seconds) + extra_seconds,
-               rates_from="throughput.csv" if len(from_rows) == len({(c.model, c.img_size)
-                                                                      for c in cells})
-               else "a probe" if not from_rows else "throughput.csv and a probe")
+               wall_seconds=COMMAND_S + sum(seconds) + extra_seconds,
+               rates_from=f"a probe of each run's training loop ({len(rates)} here)")
     out["device_hours"] = out["wall_seconds"] / 3600
     if on:
         chip, peak = gpu_peak(on)

@@ -139,9 +139,15 @@ def test_a_documented_command_runs_as_typed(doc, line, checkout, monkeypatch):
         assert proc.returncode == 0, proc.stderr[-3000:]
         return
     assert args[0] == "mixerbench", line
+    target = None
+    if ">" in args:  # `... > FILE`: the shell puts stdout in FILE (in the working folder)
+        at = args.index(">")
+        args, target = args[:at], args[at + 1]
     r = CliRunner().invoke(app, shrink(args[1:]), env=env)
     assert r.exit_code == 0, f"{doc}: `{line}` exited {r.exit_code}:\n{r.output[-3000:]}"
     assert "Traceback" not in r.output
+    if target:
+        (checkout / target).write_text(r.stdout)
 
 
 def test_shrinking_only_adds_size_arguments():

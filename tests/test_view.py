@@ -260,3 +260,25 @@ def test_a_paper_row_is_costed_beside_the_papers_core_days(tmp_path):
     if r.exit_code == 2 and "imagenet" in r.output.lower():
         pytest.skip("no ImageNet copy here: its size cannot be counted")
     assert "TPU-v3 core-days" in r.output
+
+
+def test_the_readmes_headline_table_is_the_formatters():
+    """README.md's compare table is the committed table's short view through the one
+    formatter (to_markdown), not numbers typed by hand; and no accuracy in the README's text
+    carries more than the formatter's one decimal."""
+    import pandas as pd
+
+    from mixerbench.report.tables import compare_view, to_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    head = re.search(r"<!-- mixerbench table: (\S+): [^>]*-->\n(.*?)<!-- mixerbench table: end -->",
+                     readme, re.S)
+    table = compare_view(pd.read_csv(ROOT / head.group(1)))
+    expected = to_markdown(table[["model", "params", "gflops", "top1_mean", "top1_std", "n",
+                                  "fewshot_top1"]])
+    assert head.group(2) == expected, "regenerate the README's table:\n" + expected
+    prose = re.sub(r"```.*?```", "", readme, flags=re.S)
+    # the formatter gives one decimal to an accuracy, 3 significant digits to a rate: a number
+    # of 10 or more with two decimals before a % or a spread came from somewhere else
+    typed = re.findall(r"\b\d\d+\.\d\d(?: ?%| ±)", prose)
+    assert not typed, typed

@@ -93,13 +93,17 @@ def main() -> int:
             continue
         shots = []
         for width in widths:
-            if line.startswith("mixerbench compare") and "--dry-run" not in line:
-                plan_line = line + " --dry-run"
-                text, _ = run_in_pane(plan_line, width, work, env, args.timeout)
+            if line.startswith("mixerbench compare") and "--dry-run" not in line \
+                    and width == widths[0]:  # the main job, on a fresh folder: plan, then run
+                text, _ = run_in_pane(line + " --dry-run", width, work, env, args.timeout)
                 estimate = re.search(r"here: about ([^,]+),", " ".join(text.split()))
                 text_run, took = run_in_pane(line, width, work, env, args.timeout)
-                print(f"{line}\n  dry-run estimate: {estimate and estimate.group(1)}; "
-                      f"measured {took:.0f} s at {width} columns")
+                note = (f"{line}\n  --dry-run estimate: {estimate and estimate.group(1)}; "
+                        f"measured: {took:.0f} s ({time.strftime('%Y-%m-%d %H:%M')}, load "
+                        f"{os.getloadavg()[0]:.1f})\n")
+                print(note, end="")
+                with open(HERE / "main-job.txt", "a") as fh:
+                    fh.write(note)
                 text = text + "\n" + text_run
             else:
                 if line.startswith("mixerbench export "):  # it writes into a new folder only

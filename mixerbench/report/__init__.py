@@ -260,19 +260,18 @@ def _targets(obj, out: Path, stem: str) -> list[Path]:
     return [out / "tables" / f"{stem}.csv", out / "tables" / f"{stem}.md"]
 
 
-def _save(obj, out: Path, stem: str) -> list[Path]:
-    """A Figure to figures/<stem>.png, a DataFrame to tables/<stem>.csv and .md."""
+def _render(obj, out: Path, stem: str) -> list[tuple[Path, bytes]]:
+    """(path, bytes) of what `obj` is written as: a Figure as figures/<stem>.png, a DataFrame
+    as tables/<stem>.csv and .md."""
     paths = _targets(obj, out, stem)
     if hasattr(obj, "savefig"):
         buf = io.BytesIO()
         obj.savefig(buf, format="png", dpi=style.DPI)
-        files.atomic_write_bytes(paths[0], buf.getvalue())
-        return paths
+        return [(paths[0], buf.getvalue())]
     shown = compare_view(obj) if stem.startswith("compare-") else obj
     title = obj.attrs.get("title")
-    files.atomic_write_text(paths[0], _safe_csv(obj))
-    files.atomic_write_text(paths[1], (f"{title}\n\n" if title else "") + to_markdown(shown))
-    return paths
+    return [(paths[0], _safe_csv(obj).encode()),
+            (paths[1], ((f"{title}\n\n" if title else "") + to_markdown(shown)).encode())]
 
 
 def _safe_csv(df) -> str:
@@ -392,8 +391,11 @@ def regenerate(
             for path in _targets(obj, out, stem):
                 files.check(path.parent, "dir")
                 files.check(path, "file")
-        for stem, obj in made:  # a file that cannot be written is an error, not a skip
-            written += _save(obj, out, stem)
+        # a file that cannot be written is an error, not a skip; all are written or none (a
+        # full disk part way leaves every figure and table as it was)
+        rendered = [item for stem, obj in made for item in _render(obj, out, stem)]
+        files.write_all(rendered)
+        written = [path for path, _ in rendered]
     return {"written": written, "skipped": skipped}
 
 

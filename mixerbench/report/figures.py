@@ -731,6 +731,9 @@ def unit_mosaic(weights, grid: tuple[int, int] | None = None, *, sort: bool = Tr
     if w.ndim != 2:
         raise UserError(f"Token-mixing weights must be 2-D (D_S, S); got shape {w.shape}.")
     d_s, s = w.shape
+    if d_s < 1 or s < 1:  # no unit or no token: nothing to tile (and a division by zero)
+        raise UserError(f"Token-mixing weights of shape {tuple(w.shape)} hold no unit to draw; "
+                        "pass the checkpoint of a Mixer that trained.")
     side = math.isqrt(s)
     if side * side != s:
         raise UserError(f"Token-mixing weights have S={s} tokens, not a square grid; "
