@@ -186,6 +186,7 @@ class OneLineUsageErrors(TyperGroup):
         standard streams, SIGTERM as an exception (restored afterwards: tests call this
         in-process)."""
         import signal
+        import threading
 
         from mixerbench.process import guard_streams, raise_on_sigterm, settle_home
 
@@ -196,7 +197,7 @@ class OneLineUsageErrors(TyperGroup):
         try:
             return super().main(*args, **kwargs)
         finally:
-            if before is not None:
+            if before is not None and threading.current_thread() is threading.main_thread():
                 signal.signal(signal.SIGTERM, before)
 
 

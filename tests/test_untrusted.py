@@ -77,6 +77,7 @@ EVAL = ["evaluate", "--dataset", "synthetic", "--device", "cpu", "--checkpoint"]
 # ------------------------------------------------------------------------- the environment
 
 
+@pytest.mark.slow  # child processes: about 10 s on a busy 2-core machine
 def test_an_empty_home_is_no_home(tmp_path, child_env):
     """HOME='' puts the dataset cache in the account's home (as with HOME unset), never at
     `/.cache` or a relative `.cache` in the working folder; with no account home either, one
@@ -124,6 +125,7 @@ def _closed_pipe() -> int:
     return write
 
 
+@pytest.mark.slow  # child processes: about 10 s on a busy 2-core machine
 def test_stdout_closed_by_its_reader_keeps_the_rows_and_exits_141(folder, child_env):
     w = _closed_pipe()
     try:
@@ -137,6 +139,7 @@ def test_stdout_closed_by_its_reader_keeps_the_rows_and_exits_141(folder, child_
     assert sum(",evaluate," in row for row in rows) == 1  # written once, not lost
 
 
+@pytest.mark.slow  # child processes: about 10 s on a busy 2-core machine
 @pytest.mark.parametrize("how", ["closed", "reader-gone"])
 def test_a_closed_stderr_costs_only_the_progress_lines(how, tmp_path, child_env):
     args = ["pretrain", *TINY, "--steps", "2", "--run-name", "quiet", "--results-dir", tmp_path]
@@ -153,6 +156,7 @@ def test_a_closed_stderr_costs_only_the_progress_lines(how, tmp_path, child_env)
     assert sum("quiet" in row for row in (tmp_path / "accuracy.csv").read_text().splitlines()) == 1
 
 
+@pytest.mark.slow  # child processes: about 10 s on a busy 2-core machine
 def test_ctrl_c_while_training_in_a_compare_is_130_and_one_line(tmp_path, child_env):
     proc = start(["compare", "--models", "mixer", "--dataset", "synthetic", "--device", "cpu",
                   *TINY_MODEL[2:], "--set", "steps=100000", "--results-dir", tmp_path], child_env)
@@ -600,6 +604,7 @@ def test_export_on_a_full_disk_is_one_sentence_and_leaves_nothing(vit_run, tmpfs
     assert sorted(p.name for p in disk.iterdir()) == ["filler"]
 
 
+@pytest.mark.slow  # child processes: about 10 s on a busy 2-core machine
 def test_sigterm_during_export_leaves_nothing_beside_the_folder(vit_run, tmp_path, child_env):
     """SIGTERM while the export checks its files (made slow here, so the signal lands then):
     exit 143, one line, and no `.out.export-*.tmp` beside OUT_DIR."""
