@@ -617,7 +617,7 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     block-diagonally (K^2 copies, K = 2 here), which starts out computing the mean of the K^2
     image parts' outputs; pre-training helps transfer (Tables 2-3).
     Measures: the budget's Mixer pre-trained on `upstream` (the budget's settings, e.g. a
-    `--set data.fraction` applies here only), then fine-tuned on `dataset` with the paper's
+    `--set data.fraction` applies here only; `--set seed` seeds every stage), then fine-tuned on `dataset` with the paper's
     fine-tuning recipe (SGD 0.9, cosine, clip 1, no weight decay or stochastic depth, a fresh
     zero head) at the pre-training resolution and at twice it, against the same Mixer trained
     from scratch on `dataset` with the same recipe and number of steps. The downstream runs use
@@ -643,7 +643,12 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
                    flags=_common_flags(epochs, data_dir, device), overrides=over,
                    label=dict(model=subject, stage=f"pre-train on {upstream}"))
     up, = run_cells([up_cell], launcher, log)
-    runs = run_cells(_downstream_cells(up, dataset, budget, root, data_dir, device), launcher, log)
+    # a seed is one run of the whole pipeline: `--set seed=1` seeds the pre-training and the
+    # three downstream runs alike (the claims pool fine-tunes by their upstream's recipe and
+    # count seeds by this column); the budget's other settings stay upstream
+    seed = over.get("seed")
+    runs = run_cells(_downstream_cells(up, dataset, budget, root, data_dir, device, seed=seed),
+                     launcher, log)
     if not _joined_here():
         return {}
     ids = [s["run_id"] for s in runs]
@@ -654,9 +659,11 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     return dict(table=table, written=written, upstream=up)
 
 
-def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, device) -> list[Cell]:
+def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, device,
+                      seed=None) -> list[Cell]:
     """Transfer's three downstream runs: fine-tuned from `up` at 1x and 2x, and the same
-    architecture from scratch, all with the paper's fine-tuning recipe and equal steps."""
+    architecture from scratch, all with the paper's fine-tuning recipe and equal steps, and
+    `seed` (a `--set` value; None: the default, 0)."""
     from mixerbench.models import get_spec
 
     rec = description_of(up)
@@ -670,6 +677,8 @@ def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, devic
             "optim.warmup_steps": str(steps // 10), "eval_every": str(steps),
             "data.eval_pipeline": "eval-plain",
             "data.pipeline": "digits" if dataset == "mnist-5k" else "small"}
+    if seed is not None:
+        down["seed"] = str(seed)
     flags = {**_common_flags(None, data_dir, device), "steps": steps}
     cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
                   experiment="transfer", init=up["run_dir"],
