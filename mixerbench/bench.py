@@ -12,6 +12,7 @@ comparable across hardware; our unit is img/s per device.
 
 from __future__ import annotations
 
+from mixerbench.events import Log, noop, progress
 from mixerbench.runtime import autocast, choose, synchronize, torch_dtype
 
 # ------------------------------------------------------------------------------ throughput
@@ -370,7 +371,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
           dtype: str | None = None, compile: bool | None = None, repeats: int = 5,
           warmup: int = 10, steps_per_repeat: int = 20, device: str | None = None,
           channels_last: bool | None = None, num_classes: int = 1000, max_batch: int | None = None,
-          root=None, progress=None) -> list[dict]:
+          root=None, log: Log = noop) -> list[dict]:
     """Throughput of each model, in the same process on the same device.
 
     Args:
@@ -384,11 +385,12 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         dtype: bf16 / fp16 / fp32 (default bf16 on CUDA, fp32 on CPU).
         compile: torch.compile the model (default on CUDA only).
         repeats / warmup / steps_per_repeat: R timed repeats of `steps_per_repeat` steps after
-            `warmup` untimed steps.
+            `warmup` untimed steps; on a CPU the repeats of all models and modes alternate
+            (round r times repeat r of each), so their ratios share the machine's load.
         channels_last: NHWC layout (default: for CNNs on CUDA, where cuDNN prefers it).
         num_classes: head size (1000, as the zoo's params and GMACs).
         root: if given, rows are appended to `<root>/throughput.csv`.
-        progress: optional callback `progress(description, done, total)` for a progress bar.
+        log: progress, as `events.Event.PROGRESS` events (one per model and mode).
 
     Returns:
         One dict per (model, mode) with the throughput.csv columns plus `ratio_to_first` (img/s
@@ -406,7 +408,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
     import torch
 
     from mixerbench.models import family_for, get_spec, label_of, model_info
-    from mixerbench.results import SCHEMAS, append_row, device_name
+    from mixerbench.results import device_name
 
     modes, described, device, dtype, start_batch, auto = _check_bench(
         models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype, max_batch,
@@ -432,11 +434,13 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         precision = matmul_precision(dtype, device, torch.get_float32_matmul_precision())
         # Looked up from the name the rows record, so the peak always matches `device_name`.
         peak = datasheet_peak_tflops(device_name(device), precision)
-        if progress:
-            progress(f"{precision} matmul rate", 0, total)
+        progress(log, f"{precision} matmul rate", 0, total)
         common = dict(matmul_tflops=measure_matmul_tflops(device, dtype), bench_id=bench_id,
                       peak_tflops=peak, matmul_precision=precision)
-        rows = []
+        # On a CPU every (model, mode) is built and warmed up first, then timed in interleaved
+        # rounds (one repeat of each per round): a shared CPU's load drifts over minutes, and
+        # ratios must compare the same minutes. On a GPU each holds the device alone, in turn.
+        entries, interleave = [], not cuda
         for rec in described:
             spec = get_spec(rec["name"])
             size = img_size or rec.get("img_size") or spec.img_size
@@ -448,28 +452,26 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
             cl = (family_for(rec["name"]).channels_last and cuda) if channels_last is None \
                 else bool(channels_last)
             for m in modes:
-                if progress:
-                    progress(f"{label} {m}", len(rows) + 1, total)
+                progress(log, f"{label} {m}", len(entries) + 1, total)
                 batch, step = _fit(rec["name"], m, start_batch, device=device, img_size=size,
                                    num_classes=classes, dtype=dtype, compile=compile,
                                    channels_last=cl, **arch)
                 secs = time_steps(step, device=device, warmup=max(warmup - 2, 0),
-                                  repeats=repeats, steps_per_repeat=steps_per_repeat)
+                                  repeats=0 if interleave else repeats, steps_per_repeat=steps_per_repeat)
+                entry = dict(step=step if interleave else None, secs=secs, m=m, batch=batch, info=info,
+                             row=dict(model=label, family=spec.family, img_size=size, params=info["params"],
+                                      gmacs=info["gmacs"], gflops=info["gflops"], macs=info["macs"],
+                                      steps_per_repeat=steps_per_repeat, warmup=max(warmup, 2),
+                                      paper_name=spec.paper_name,
+                                      batch_requested=None if auto else start_batch,
+                                      **fingerprint(device, dtype, compiled=compile, channels_last=cl,
+                                                    batch_size=batch)))
                 del step
-                _free(device)
-                row = _row(m, secs, batch, steps_per_repeat, info, common)
-                row.update(model=label, family=spec.family, img_size=size, params=info["params"],
-                           gmacs=info["gmacs"], gflops=info["gflops"], macs=info["macs"],
-                           repeat_seconds=secs, steps_per_repeat=steps_per_repeat,
-                           warmup=max(warmup, 2), paper_name=spec.paper_name,
-                           batch_requested=None if auto else start_batch,
-                           **fingerprint(device, dtype, compiled=compile, channels_last=cl,
-                                         batch_size=batch))
-                rows.append(row)
-                if root is not None:
-                    append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]}, root)
-        if progress:
-            progress("done", total, total)
+                if not interleave:
+                    _free(device)
+                entries.append(entry)
+        rows = _timed_rows(entries, repeats if interleave else 0, device, steps_per_repeat, common, root)
+        progress(log, "done", total, total)
         first = {}  # each row's speed relative to the first model's in the same mode
         for r in rows:
             first.setdefault(r["mode"], r["img_per_sec_mean"])
@@ -477,6 +479,28 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
         return rows
     finally:
         torch.set_float32_matmul_precision(old_precision)
+
+
+def _timed_rows(entries: list[dict], rounds: int, device: str, steps_per_repeat: int, common: dict,
+                root) -> list[dict]:
+    """`rounds` interleaved rounds of one timed repeat of every built step, then one row per
+    entry (appended to throughput.csv under `root` when given)."""
+    from mixerbench.results import SCHEMAS, append_row
+
+    for _ in range(rounds):
+        for e in entries:
+            e["secs"] += time_steps(e["step"], device=device, warmup=0, repeats=1,
+                                    steps_per_repeat=steps_per_repeat)
+    rows = []
+    for e in entries:
+        e["step"] = None
+        row = dict(_row(e["m"], e["secs"], e["batch"], steps_per_repeat, e["info"], common),
+                   repeat_seconds=e["secs"], **e["row"])
+        rows.append(row)
+        if root is not None:
+            append_row("throughput", {k: row.get(k) for k in SCHEMAS["throughput"]}, root)
+    _free(device)
+    return rows
 
 
 def _row(mode: str, secs: list[float], batch: int, steps: int, info: dict, common: dict) -> dict:
@@ -490,6 +514,9 @@ def _row(mode: str, secs: list[float], batch: int, steps: int, info: dict, commo
     peak = common["peak_tflops"]
     return dict(common, mode=mode, achieved_tflops=achieved,
                 mfu=achieved / peak if peak else None, **stats)
+
+
+MAX_BENCH_STEPS = 100_000  # bound on --repeats, --steps and --warmup each
 
 
 def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype,
@@ -512,6 +539,13 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
         raise UserError("No models to benchmark; pass --models mixer-b16,vit-b16 for example.")
     if repeats < 1 or steps_per_repeat < 1 or warmup < 0:
         raise UserError("--repeats and steps per repeat must be at least 1, warm-up at least 0.")
+    # a benchmark is seconds to minutes: a million timed steps or repeats is a typo that would
+    # run for days (bounded before the first model is built)
+    for name, value in (("--repeats", repeats), ("--steps", steps_per_repeat),
+                        ("--warmup", warmup)):
+        if value > MAX_BENCH_STEPS:
+            raise UserError(f"{name} {value} is more than the {MAX_BENCH_STEPS:,} a benchmark "
+                            "takes; pass a smaller number.")
     device, dtype = choose(device, dtype, cpu_half=True)
     text = str(batch_size).strip().lower()
     auto = text == "auto"

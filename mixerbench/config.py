@@ -98,7 +98,8 @@ class RunConfig:
     kind: str = "pretrain"           # pretrain | finetune
     init: str | None = None          # fine-tuning source (run dir, .safetensors, timm:, .npz)
     # sha256 of the `init` weights file (`presets.read_inputs`): a source re-trained under
-    # another config is another fine-tuning run; None for timm:<name> (named by its tag).
+    # another config is another fine-tuning run; for timm:<name>, the hub cache's file, checked
+    # against its blob's sha256 name (a tag's weights may change on the hub).
     init_sha256: str | None = None
     # What the fine-tuned model leaves out of the `init` weights (set by `presets.resolve` from
     # the source): "pre_logits", an official ViT's representation layer, dropped as
@@ -110,7 +111,7 @@ class RunConfig:
     seed: int = 0
     device: str | None = None        # None: cuda if available, else cpu
     dtype: str = "auto"              # auto: bf16 on CUDA, fp32 on CPU
-    compile: bool | None = None      # None: on for CUDA, off on CPU
+    compile: bool | None = None      # None: on for CUDA; on a CPU when it pays back (runtime.compile_pays)
     eval_every: int = 0              # steps between evaluations; 0: once per epoch
     ckpt_every: int = 0              # steps between checkpoints; 0: at every evaluation
     max_eval_examples: int | None = None  # evaluate on a stratified N of the eval images (row split `test[stratified:N]`)
@@ -337,7 +338,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             if t is str:
                 return text
             if t is dict:
-                return dict(value) if isinstance(value, dict) else json.loads(text)
+                return dict(value) if isinstance(value, dict) else _bounded_json(text, key)
         except (TypeError, ValueError):
             continue
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed if t is not type(None))
@@ -371,7 +372,7 @@ def apply_overrides(cfg: RunConfig, overrides: dict[str, Any]) -> RunConfig:
                 valid = [f.name for f in fields(RunConfig) if f.name not in SECTIONS]
                 valid += [f"{s}.{f.name}" for s, c in SECTIONS.items() for f in fields(c)]
                 raise UserError(f"Unknown setting '{key}'.{close_matches(key, valid)} "
-                                "See `mixerbench pretrain --help` for the settings.")
+                                "`mixerbench settings` lists them.")
             cfg = replace(cfg, **{key: _coerce(value, hints[key], key)})
     return cfg
 
@@ -381,9 +382,22 @@ def _literal(text: Any) -> Any:
     if not isinstance(text, str):
         return text
     try:
-        return json.loads(text)
-    except ValueError:
+        return _bounded_json(text, "a --set model.options key")
+    except ValueError as exc:
+        if isinstance(exc, UserError):
+            raise
         return text
+
+
+def _bounded_json(text: str, where: str) -> Any:
+    """json.loads bounded in size and nesting (`files.loads_json`): Python's parser recurses, so
+    a value nested 100,000 deep would end in RecursionError."""
+    from mixerbench.files import MAX_JSON_DEPTH, json_depth
+
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise UserError(f"The value of {where} nests more than {MAX_JSON_DEPTH} levels of JSON "
+                        "lists or objects; give a plain value.")
+    return json.loads(text)
 
 
 def parse_set(items: list[str] | None) -> dict[str, str]:
@@ -532,4 +546,185 @@ def run_id(cfg: RunConfig) -> str:
     """`<model>-<dataset>-s<seed>-<hash8>`, or the user's --run-name."""
     if cfg.run_name:
         return cfg.run_name
-    return f"{_name(cfg)}-s{cfg.seed}-{config_hash(cfg)}"
+    tail = f"-s{cfg.seed}-{config_hash(cfg)}"
+    # a folder name holds 128 characters (results.RUN_NAME): a longer model or dataset name is
+    # cut, the hash still telling runs apart (ids within the limit are unchanged)
+    return _name(cfg)[:128 - len(tail)].rstrip("-") + tail
+
+
+# ------------------------------------------------------------------------- settings and files
+
+# One line of meaning per setting, shown by `mixerbench settings` beside its type, default and
+# range (`_RANGES`); a test checks that every field of the schema has one.
+MEANING: dict[str, str] = {
+    "model.name": "zoo name, paper spelling, family alias or timm:<name>",
+    "model.img_size": "input side in pixels (empty: the model's own)",
+    "model.patch_size": "patch side in pixels (empty: the model's own)",
+    "model.width": "channels: Mixer C, ViT embed dim (empty: the model's own)",
+    "model.depth": "blocks (empty: the model's own)",
+    "model.drop_path": "stochastic depth at the last block, rising linearly (paper Table 4)",
+    "model.dropout": "dropout before the head (paper Table 4)",
+    "model.gelu": "Mixer GELU: tanh (the official code's) or exact (timm's)",
+    "model.options": "other constructor arguments as JSON, e.g. model.options.num_heads=2",
+    "data.dataset": "dataset name, hf:<hub id> or a folder",
+    "data.data_dir": "folder of local dataset copies by name",
+    "data.train_split": "split trained on (train-minus-minival: train without the minival share)",
+    "data.eval_split": "split evaluated on (test, minival, validation)",
+    "data.fraction": "class-balanced share of the train split (data scaling, paper Figure 2)",
+    "data.pipeline": "train augmentation: pretrain, finetune, small or digits",
+    "data.eval_pipeline": "eval crop: eval-plain, eval-resize or eval-resmall (paper App. C)",
+    "data.randaug_m": "RandAugment magnitude, 2 layers (paper Table 4)",
+    "data.mixup_p": "mixup strength p (paper Table 4)",
+    "data.label_smoothing": "label smoothing of the cross-entropy",
+    "data.shuffle": "fixed pixel shuffle of every image: none, patch or global (paper Figure 4)",
+    "data.shuffle_patch": "patch side of the patch shuffle (empty: the model's patch)",
+    "data.batch_size": "global batch: images per optimizer step over all processes",
+    "data.eval_batch_size": "images per evaluation batch",
+    "data.path": "identity of a dataset given as a path (set by mixerbench)",
+    "optim.name": "adam (pre-training) or sgd (fine-tuning), paper section 3",
+    "optim.lr": "peak learning rate",
+    "optim.weight_decay": "decoupled weight decay on kernels, times the scheduled lr",
+    "optim.beta1": "Adam beta1",
+    "optim.beta2": "Adam beta2",
+    "optim.momentum": "SGD momentum",
+    "optim.schedule": "lr schedule after warm-up: linear, cosine or constant",
+    "optim.warmup_steps": "linear warm-up steps (paper section 3: 10k)",
+    "optim.end_factor": "final lr of the linear schedule as a share of the peak",
+    "optim.clip_norm": "global gradient norm clip (0: off)",
+    "optim.warmup_frac": "warm-up as a share of the run (wins over warmup_steps)",
+    "kind": "pretrain or finetune",
+    "init": "weights to fine-tune: run dir, .safetensors, timm:<name> or .npz",
+    "init_sha256": "identity of the init weights file (set by mixerbench)",
+    "init_dropped": "a layer of the init weights not fine-tuned, e.g. pre_logits (set by mixerbench)",
+    "epochs": "training length in epochs of the train split",
+    "steps": "training length in optimizer steps (wins over epochs)",
+    "accum_steps": "micro-batches per optimizer step",
+    "seed": "random seed (initialisation, data order, subsets)",
+    "device": "cuda, cuda:N or cpu (empty: cuda if available)",
+    "dtype": "auto (bf16 on CUDA, fp32 on CPU), bf16, fp16 or fp32",
+    "compile": "torch.compile (empty: on for CUDA)",
+    "eval_every": "steps between evaluations (0: once per epoch)",
+    "ckpt_every": "steps between checkpoints (0: at every evaluation)",
+    "max_eval_examples": "evaluate on a seeded class-stratified N images",
+    "preset": "the named recipe the run started from",
+    "run_name": "run folder name (empty: model-dataset-seed-hash)",
+}
+# Choices of the settings `validate` checks against a list.
+_CHOICES = {"kind": ("pretrain", "finetune"), "optim.name": ("adam", "sgd"),
+            "optim.schedule": ("linear", "cosine", "constant"),
+            "dtype": ("auto", "bf16", "fp16", "fp32"), "model.gelu": ("tanh", "exact"),
+            "data.shuffle": ("none", "patch", "global")}
+# What a sweep sets for each of its cells: a --config file given to compare or reproduce may not.
+PER_CELL = ("model.name", "seed", "run_name", "kind", "init", "init_sha256", "init_dropped", "preset",
+            "data.dataset", "data.path")
+# Keys `--print-config` adds beside the settings, which a file read back may hold.
+PRINTED = ("run_id", "config_hash", "resolved")
+
+
+def schema() -> list[tuple[str, Any, Any]]:
+    """(dotted key, type, default) of every setting, in the dataclasses' order."""
+    out = []
+    for f in fields(RunConfig):
+        if f.name in SECTIONS:
+            cls = SECTIONS[f.name]
+            hints = get_type_hints(cls)
+            out += [(f"{f.name}.{g.name}", hints[g.name], _default(cls, g.name)) for g in fields(cls)]
+        else:
+            out.append((f.name, get_type_hints(RunConfig)[f.name], _default(RunConfig, f.name)))
+    return out
+
+
+def _type_name(hint: Any) -> str:
+    names = [getattr(t, "__name__", str(t)) for t in getattr(hint, "__args__", (hint,))]
+    optional = "NoneType" in names
+    names = [n for n in names if n != "NoneType"]
+    return " | ".join(names) + (" (optional)" if optional else "")
+
+
+def _range_text(key: str) -> str:
+    if key in _CHOICES:
+        return " | ".join(_CHOICES[key])
+    if key not in _RANGES:
+        return ""
+    low, high, unit = _RANGES[key]
+    lo = "" if low is None else f"{'>' if key in _OPEN_LOW else '>='} {low:g}"
+    hi = "" if high is None else f"{'<' if key in _OPEN_HIGH else '<='} {high:g}"
+    return ", ".join(p for p in (lo, hi) if p) + f" ({unit})"
+
+
+def settings_table(pattern: str | None = None) -> list[dict[str, Any]]:
+    """`mixerbench settings`: each setting's key, type, default, range and meaning, generated
+    from the dataclasses (`schema`), `_RANGES`, the choices `validate` checks and `MEANING`."""
+    import fnmatch
+
+    rows = []
+    for key, hint, default in schema():
+        if pattern and not fnmatch.fnmatchcase(key, pattern) and pattern != key:
+            continue
+        rows.append(dict(key=key, type=_type_name(hint),
+                         default="" if default is None else json.dumps(default),
+                         range=_range_text(key), meaning=MEANING.get(key, "")))
+    if not rows:
+        raise UserError(f"No setting matches '{pattern}'."
+                        + close_matches(pattern or "", [k for k, _, _ in schema()])
+                        + " Run `mixerbench settings` for the list.")
+    return rows
+
+
+def flat_settings(d: dict, prefix: str = "") -> dict[str, Any]:
+    """{"optim": {"lr": 0.01}} -> {"optim.lr": 0.01}; `model.options` stays one dict."""
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict) and key in SECTIONS:
+            out.update(flat_settings(v, f"{key}."))
+        else:
+            out[key] = v
+    return out
+
+
+def read_settings(path, sweep: str | None = None) -> dict[str, Any]:
+    """The settings of a `--config` file: JSON (what `--print-config` writes) or YAML, a whole
+    config or any of its keys, nested by section or dotted (`optim.lr`). What `--print-config`
+    adds beside the settings (`run_id`, `resolved`) is left out; an unknown key or a wrong type
+    is refused when the settings are applied. For a `sweep` (compare, reproduce) the settings
+    apply to every cell, so the keys a sweep sets per cell (`PER_CELL`) are refused. None: {}."""
+    from pathlib import Path
+
+    from mixerbench import files
+
+    if path is None:
+        return {}
+    path = Path(path)
+    yaml_file = path.suffix.lower() in (".yaml", ".yml")
+    try:  # bounded, and never through a FIFO or device (files.read_bytes)
+        raw = files.read_bytes(path, files.MAX_JSON_BYTES)
+        if raw is None:
+            raise UserError(f"--config {path} does not exist; pass the file --print-config wrote.")
+        if yaml_file:
+            import yaml
+
+            data = yaml.safe_load(raw.decode())
+        else:
+            data = files.loads_json(raw, path)
+    except UserError:
+        raise
+    except Exception as exc:  # malformed JSON or YAML (yaml.YAMLError), bytes not UTF-8
+        raise UserError(f"--config {path} is not readable {'YAML' if yaml_file else 'JSON'} "
+                        f"({' '.join(str(exc).split())[:120]}); pass a file --print-config "
+                        "wrote.") from None
+    if not isinstance(data, dict):
+        raise UserError(f"--config {path} holds {type(data).__name__ if data is not None else 'nothing'}, "
+                        "not settings; pass one object of settings, as --print-config writes.")
+    flat = {k: v for k, v in flat_settings(data).items() if k not in PRINTED}
+    if sweep:
+        owned = [k for k in flat if k in PER_CELL]
+        if owned:
+            raise UserError(f"--config {path} sets {', '.join(owned)}, which {sweep} sets for "
+                            "each of its cells; remove them from the file.")
+    known = {k for k, _, _ in schema()}
+    unknown = [k for k in flat if k not in known and not k.startswith("model.options.")]
+    if unknown:
+        raise UserError(f"--config {path}: unknown setting '{unknown[0]}'."
+                        f"{close_matches(unknown[0], known)} `mixerbench settings` lists them.")
+    return flat

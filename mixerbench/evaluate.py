@@ -6,6 +6,7 @@
 
 from __future__ import annotations
 
+from mixerbench.events import Log, noop, progress
 from mixerbench.runtime import autocast
 
 
@@ -523,13 +524,20 @@ def _recipe_of(src: str, cfg) -> str | None:
     return summary.get("recipe_id") or recipe_id(cfg, summary.get("dtype"))
 
 
+class Event:
+    """What `evaluate` emits as `log(event, info)` besides its `events.Event.PROGRESS` stages;
+    `view.ProgressView` renders it and `trackers.Tracked` records it."""
+
+    EVALUATED = "evaluated"  # an evaluation finished: result (evaluate's dict), options, root
+
+
 def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
              split: str = "test", crop: str | None = None,
              data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 256,
              seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
              shuffle_patch: int | None = None, max_examples: int | None = None, root=None,
-             progress=None) -> dict:
+             log: Log = noop, sha256: str | None = None) -> dict:
     """Evaluate a checkpoint: accuracy, ReaL, linear few-shot and shuffle invariance.
 
     Args:
@@ -555,7 +563,10 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         device / dtype: default CUDA + bf16 when present, else CPU + fp32.
         root: if given, rows are appended to accuracy.csv (kind "evaluate"),
             fewshot.csv and shuffle.csv there.
-        progress: optional callback `progress(description, done, total)`.
+        log: progress, as `events.Event.PROGRESS` events (one per stage), and the result
+            as `Event.EVALUATED` (what trackers record).
+        sha256: the hash the weights file must have (recorded earlier by a sweep): a file
+            changed since is refused (`weights.load_model`).
 
     Returns:
         dict(model, dataset, split, img_size, pipeline, top1, top5, loss, n, real, fewshot,
@@ -569,11 +580,11 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                                                  seeds, batch_size)
     if real_labels is not None:  # a bad labels file is refused before the model or data load
         real_labels = load_real_labels(real_labels)
-    steps = _Steps(progress, 2 + bool(real_labels) + bool(shots) + len(kinds))
+    steps = _Steps(log, 2 + bool(real_labels) + bool(shots) + len(kinds))
     steps.tick("loading model")
     s = _open(checkpoint_src, dataset, split, arch=arch, data_dir=data_dir, device=device, crop=crop,
               shots=shots, kinds=kinds, real_labels=real_labels, max_examples=max_examples,
-              shuffle_patch=shuffle_patch)
+              shuffle_patch=shuffle_patch, sha256=sha256)
     ds, split = s["ds"], s["split"]
     kw = dict(batch_size=batch_size, pipeline=s["pipeline"], img_size=s["img_size"],
               device=device, preprocess=s["preprocess"])
@@ -634,18 +645,21 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                             for r in sh]
     steps.tick("done")
     out["rows"], out["kept"] = _record(rows, root, checkpoint_src)
+    log(Event.EVALUATED, dict(result=out, root=root, options=dict(
+        checkpoint=str(checkpoint_src), arch=arch, dataset=dataset, split=split, crop=crop,
+        fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
+        l2_reg=l2_reg, max_examples=max_examples, batch_size=batch_size, device=device)))
     return out
 
 
 class _Steps:
-    """Feeds `progress(description, done, total)` one stage at a time."""
+    """Reports `events.Event.PROGRESS` one stage at a time."""
 
-    def __init__(self, progress, total: int):
-        self.progress, self.total, self.done = progress, total, 0
+    def __init__(self, log: Log, total: int):
+        self.log, self.total, self.done = log, total, 0
 
     def tick(self, what: str) -> None:
-        if self.progress:
-            self.progress(what, min(self.done, self.total), self.total)
+        progress(self.log, what, min(self.done, self.total), self.total)
         self.done += 1
 
 
@@ -672,7 +686,7 @@ def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_s
 
 
 def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, shots, kinds, real_labels,
-          max_examples, shuffle_patch) -> dict:
+          max_examples, shuffle_patch, sha256=None) -> dict:
     """The model (finite weights), the dataset split (a stratified `max_examples` of it), and
     what the training run says about them: its eval pipeline, its Figure 4 shuffle and patch,
     its seed."""
@@ -690,15 +704,12 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     recipe = _recipe_of(checkpoint_src, run_cfg)
     data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
     seed = run_cfg.seed if run_cfg else 0
-    model, rec = load_model(checkpoint_src, device=device, model_name=arch)
+    model, rec = load_model(checkpoint_src, device=device, model_name=arch, sha256=sha256)
     if run_cfg is not None:  # the rows go to this run: the weights loaded must be its own (the
         # run folder may have been swapped since its config was read above)
         from mixerbench.models.weights import check_credited_to
 
         check_credited_to(checkpoint_src, run_id, run_cfg, rec)
-    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
-        raise UserError(f"{checkpoint_src} holds non-finite weights (NaN or inf), so it has no "
-                        "accuracy to measure; pass a checkpoint from a run that trained.")
     ds = get_dataset(dataset, split, data_dir=data_dir, seed=seed)
     if max_examples is not None:
         if max_examples < 1:

@@ -23,24 +23,22 @@ from typing import Any
 
 from mixerbench import files, results
 from mixerbench.errors import UserError
+from mixerbench.events import Log, noop
 from mixerbench.evaluate import probe_of
 from mixerbench.launch import Cell, Launcher, run_cells
 from mixerbench.launch import Event as CellEvent
 from mixerbench.runtime import rank
 
-Log = Callable[[str, dict], None]
 
 
 class Event:
     """The progress events of the experiments' own work besides training cells (those are
-    `launch.Event`), emitted as `log(event, info)`; `cli.ProgressView` renders them."""
+    `launch.Event`), emitted as `log(event, info)`; `view.ProgressView` renders them."""
 
     FEWSHOT = "fewshot"  # linear few-shot probes of a run: run_id, shots
     BENCH = "bench"      # throughput of the compared models on this device: models
+    COMPARED = "compared"  # a comparison is joined: root, group, runs, written, config
 
-
-def _noop(event: str, info: dict) -> None:
-    pass
 
 
 def _done_keys(table: str, root, *cols: str) -> set[tuple]:
@@ -64,36 +62,108 @@ def _joined_here() -> bool:
 def resolve_run(kind: str, *, preset: str | None = None, model: str | None = None,
                 dataset: str | None = None, init: str | None = None, arch: str | None = None,
                 lr: str | float | None = None, flags: dict | None = None,
-                overrides: dict | None = None):
+                overrides: dict | None = None, config_settings: dict | None = None):
     """(config, lrs) of a `pretrain` or `finetune` command: the preset (a fine-tuning run's
     default is its dataset's, `presets.finetune_preset`), the model (`mixer` when neither a
-    model nor a preset is named), flags and `--set`; `lr` is one learning rate or a grid."""
+    model nor a preset is named), a `--config` file's settings, flags and `--set`; `lr` is one
+    learning rate or a grid. What the command line names (`--model`, `--dataset`, `--init`)
+    wins over the file's settings of it."""
     from mixerbench.models import paper_family
     from mixerbench.presets import finetune_preset, run_config
 
     flags, overrides = dict(flags or {}), dict(overrides or {})
-    if kind == "pretrain" and not (model or preset):
+    settings = dict(config_settings or {})
+    if settings.get("kind", kind) != kind:
+        raise UserError(f"The --config file is a {settings['kind']} config; run it with "
+                        f"`mixerbench {settings['kind']} --config FILE`.")
+    preset = preset or settings.get("preset")
+    if kind == "pretrain" and not (model or preset or "model.name" in settings):
         model = paper_family("subject")
     if kind == "finetune" and preset is None:
         length_given = (flags.get("steps") is not None or flags.get("epochs") is not None
-                        or bool({"steps", "epochs"} & set(overrides)))
-        preset = finetune_preset(dataset, length_given=length_given)
+                        or bool({"steps", "epochs"} & (set(overrides) | set(settings))))
+        preset = finetune_preset(dataset or settings.get("data.dataset"),
+                                 length_given=length_given)
     lrs = parse_lrs(lr)
+    init = init or settings.get("init")  # a fine-tuning config names its weights
+    named = [k for k in settings if (model and k.startswith("model."))
+             or (dataset and k in ("data.dataset", "data.path")) or k in ("init", "init_sha256")]
+    for key in named:
+        settings.pop(key)
     cfg = run_config(preset, model=model, dataset=dataset, kind=kind, init=init, arch=arch,
-                     flags={**flags, "optim.lr": lrs[0] if lrs else None}, overrides=overrides)
+                     flags={**flags, "optim.lr": lrs[0] if lrs else None}, overrides=overrides,
+                     settings=settings)
     return cfg, lrs
 
 
 def resolved_config(kind: str, **spec) -> dict:
-    """The config.json a `pretrain` / `finetune` command would write, with its run id, without
-    running it (`--print-config`); `spec` as `resolve_run` takes it."""
+    """The config.json a `pretrain` / `finetune` command would write, with its run id and, under
+    `resolved`, what its empty settings resolve to (the model's own width, depth, image and
+    patch size, parameters and FLOPs per image), without running it (`--print-config`; `--config`
+    reads it back, leaving `run_id` and `resolved` out); `spec` as `resolve_run` takes it."""
     from mixerbench.config import run_id, to_dict
 
     cfg, _ = resolve_run(kind, **spec)
-    return dict(to_dict(cfg), run_id=run_id(cfg))
+    return dict(to_dict(cfg), run_id=run_id(cfg), resolved=resolved_model(cfg))
 
 
-def train_run(kind: str, *, root=None, resume: bool = False, log: Log = _noop, **spec) -> dict:
+def resolved_model(cfg) -> dict:
+    """The model a config trains, with its empty settings filled in from the registry: name,
+    width, depth, img_size, patch_size (as the constructor gets them), params and FLOPs per
+    image (the head sized for the dataset's classes when the data is at hand, else 1000)."""
+    from mixerbench.models import get_spec, model_info
+    from mixerbench.models.registry import family
+
+    m = cfg.model
+    spec = get_spec(m.name)
+    options = family(spec.family).options if spec.family != "other" else {}
+    kwargs = spec.kwargs or {}
+
+    def own(option: str):
+        return kwargs.get(options.get(option, option))
+
+    out = dict(name=m.name, width=m.width or own("width"), depth=m.depth or own("depth"),
+               img_size=m.img_size or spec.img_size, patch_size=m.patch_size or spec.patch_size)
+    if cfg.kind == "pretrain":
+        over = {k: v for k, v in (("width", m.width), ("depth", m.depth)) if v is not None}
+        try:
+            info = model_info(m.name, num_classes=_classes(cfg), img_size=out["img_size"],
+                              patch_size=m.patch_size, **over, **m.options)
+            out.update(params=info["params"], flops_per_image=info["gflops"] * 1e9)
+        except UserError:
+            pass  # a shape the model cannot take is refused when the run starts
+    return out
+
+
+def _classes(cfg) -> int:
+    """The number of classes of the config's dataset, when it can be told without loading it."""
+    try:
+        from mixerbench.data import get_dataset
+
+        return get_dataset(cfg.data.path or cfg.data.dataset, cfg.data.eval_split,
+                           data_dir=cfg.data.data_dir).num_classes
+    except Exception:  # not at hand (a hub dataset offline): the zoo's 1000-class head
+        return 1000
+
+
+def train_command(kind: str, *, what: str = "run", plan: dict | None = None, root=None,
+                  resume: bool = False, settings: list[str] | None = None, config=None,
+                  log: Log = noop, **spec) -> dict:
+    """`pretrain` / `finetune`: train (`what` "run": `train_run`), or print the resolved config
+    ("print-config": `resolved_config`), or plan and cost the run ("dry-run": `dry_run`, with
+    `plan`'s `on` and `mfu`). `settings` are `--set` items, `config` a `--config` file;
+    `spec` as `resolve_run` takes it. Returns {"summary"}, {"configs"} or {"plan"}."""
+    from mixerbench.config import parse_set, read_settings
+
+    spec = dict(spec, overrides=parse_set(settings), config_settings=read_settings(config))
+    if what == "print-config":
+        return dict(configs=resolved_config(kind, **spec))
+    if what == "dry-run":
+        return dict(plan=dry_run(kind, root=root, **(plan or {}), **spec))
+    return dict(summary=train_run(kind, root=root, resume=resume, log=log, **spec))
+
+
+def train_run(kind: str, *, root=None, resume: bool = False, log: Log = noop, **spec) -> dict:
     """A `pretrain` or `finetune` command: one run, or with several learning rates the lr grid
     selected on minival (`finetune_lr_grid`, paper App. C); `spec` as `resolve_run` takes it.
 
@@ -127,7 +197,7 @@ def parse_lrs(text: str | float | None) -> list[float]:
     return lrs
 
 
-def finetune_lr_grid(cfg, lrs: list[float], *, root=None, log: Log = _noop) -> dict:
+def finetune_lr_grid(cfg, lrs: list[float], *, root=None, log: Log = noop) -> dict:
     """The paper's fine-tuning lr selection (App. C, following the ViT paper's App. B.1.1): each
     lr of the grid fine-tunes on the train split minus a held-out minival (a seeded share of every
     class: 2 % for CIFAR, 10 % for Pets and Flowers, 1 % otherwise; `data.minival_mask`) and is
@@ -185,7 +255,7 @@ def description_of(summary: dict) -> dict:
 
 
 def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
-                 device: str | None = None, seeds: int = 3, log: Log = _noop) -> list[dict]:
+                 device: str | None = None, seeds: int = 3, log: Log = noop) -> list[dict]:
     """Linear few-shot of a finished run's frozen features (docs/paper-notes.md §5), unless
     already in fewshot.csv; rows are appended there and returned. The probe is measured on the
     whole of the run's eval split, even when its own accuracy used a stratified N of its images."""
@@ -208,7 +278,7 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
 
 
 def bench_rows(models: list[dict], *, root, device: str | None = None, batch_size: int = 256,
-               repeats: int = 3, log: Log = _noop) -> list[dict]:
+               repeats: int = 3, log: Log = noop) -> list[dict]:
     """Inference and training throughput for each model description on this device, unless a
     row for that model, mode, image size and device is already in throughput.csv."""
     from mixerbench.bench import bench
@@ -230,18 +300,24 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
                  warmup=2 if dev == "cpu" else 10)
 
 
+# Bounds on what `compare` is asked to train: the paper averages 3 seeds (Table 2's std over
+# them); a thousand seeds or ten thousand runs is a typo, not a campaign one command runs.
+MAX_SEEDS = 1000
+MAX_CELLS = 10_000
+
+
 def compare(models: list[str], *, dataset: str | None = None, preset: str | None = "smoke",
-            seeds: int = 1, epochs: float | None = None, fewshot: int | None = None,
-            with_bench: bool = True, root=None, data_dir=None, device: str | None = None,
-            overrides: dict | None = None, launcher: Launcher | None = None,
-            trackers: tuple[str, ...] = (), log: Log = _noop) -> dict[str, Any]:
+            seeds: int = 1, epochs: float | None = None, steps: int | None = None,
+            fewshot: int | None = None, with_bench: bool = True, root=None, data_dir=None,
+            device: str | None = None, overrides: dict | None = None,
+            launcher: Launcher | None = None, log: Log = noop) -> dict[str, Any]:
     """Train each model under one preset and budget, for `seeds` seeds; evaluate, optionally
     few-shot and bench them; write the joined table.
 
     The cells train one after another here, or as jobs (`launcher`); the few-shot probes,
-    benchmarks and tables follow in this process either way, from the CSVs. With `trackers`
-    (each training run already has its own tracker run through `log`), the comparison gets
-    one more, `compare-<preset>`, showing the figures `plot` draws of these runs.
+    benchmarks and tables follow in this process either way, from the CSVs. The comparison
+    ends with `Event.COMPARED` (its settings, runs and files), which trackers record as one
+    more tracker run, `compare-<preset>`, beside the training runs'.
 
     Returns:
         dict(table=DataFrame (`report.tables.compare_table` columns) of these models' runs,
@@ -255,48 +331,43 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
 
         raise UserError("No models to compare; pass --models "
                         f"{','.join(paper_families())} for example.")
-    if seeds < 1:
-        raise UserError("--seeds must be at least 1.")
+    # every option checked before any cell is trained: a bad --fewshot found after training
+    # would leave accuracy rows of a command that was refused
+    if isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds {seeds} must be between 1 and {MAX_SEEDS:,} (runs per model).")
+    if len(models) * seeds > MAX_CELLS:
+        raise UserError(f"{len(models):,} models x {seeds:,} seeds is {len(models) * seeds:,} "
+                        f"training runs, more than the {MAX_CELLS:,} one compare trains; pass "
+                        "fewer models or seeds.")
+    if fewshot is not None:
+        from mixerbench.evaluate import parse_shots
+
+        parse_shots(str(fewshot))
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
     runs = run_cells(compare_cells(models, dataset=dataset, preset=preset, seeds=seeds,
-                                   epochs=epochs, root=root, data_dir=data_dir, device=device,
-                                   overrides=overrides), launcher, log)
+                                   epochs=epochs, steps=steps, root=root, data_dir=data_dir,
+                                   device=device, overrides=overrides), launcher, log)
     if not _joined_here():
         return {}
     out = join_compare(runs, preset=preset, fewshot=fewshot, with_bench=with_bench, root=root,
                        data_dir=data_dir, device=device, log=log)
-    if trackers:
-        out["written"] = _record_compare(
-            out, trackers, root, log, config=dict(
-                models=",".join(models), dataset=out["dataset"], preset=preset, seeds=seeds,
-                epochs=epochs, fewshot=fewshot,
-                settings=[f"{k}={v}" for k, v in (overrides or {}).items()]))
+    log(Event.COMPARED, dict(
+        root=root, group=f"compare-{preset}", runs=[s["run_id"] for s in runs],
+        written=out["written"], config=dict(
+            models=",".join(models), dataset=out["dataset"], preset=preset, seeds=seeds,
+            epochs=epochs, steps=steps, fewshot=fewshot,
+            settings=[f"{k}={v}" for k, v in (overrides or {}).items()])))
     return out
 
 
-def _record_compare(out: dict, trackers: tuple[str, ...], root: Path, log: Log,
-                    config: dict) -> list:
-    """The comparison's own tracker run, grouped with its training runs as accuracy.csv tags
-    them: its settings, and the figures `plot` draws of these runs (curves: these runs).
-    Returns every file written, the tables' and the figures'."""
-    from mixerbench.report import regenerate
-    from mixerbench.trackers import Event as TrackerEvent
-    from mixerbench.trackers import record
-
-    drawn = regenerate(root, None, None, runs=[s["run_id"] for s in out["runs"]])
-    written = list(dict.fromkeys([*out["written"], *drawn["written"]]))
-    group = f"compare-{config['preset']}"
-    record(trackers, root, group, group=group, kind="compare", files=written, config=config,
-           on_warning=lambda message: log(TrackerEvent.WARNING, dict(message=message)))
-    return written
-
-
-def compare_cells(models: list[str], *, dataset, preset, seeds: int, epochs, root, data_dir,
-                  device, overrides) -> list[Cell]:
+def compare_cells(models: list[str], *, dataset=None, preset="smoke", seeds: int = 1,
+                  epochs=None, steps=None, root, data_dir=None, device=None, overrides=None,
+                  **_) -> list[Cell]:
     """The cells of `compare`: each model, for each seed, under one preset and budget."""
     return [Cell(preset, model, str(root), dataset=dataset,
-                 experiment=compare_experiment(preset, epochs, overrides),
-                 flags={"seed": seed, "epochs": epochs,
+                 experiment=compare_experiment(
+                     preset, epochs, {**(overrides or {}), **({"steps": steps} if steps else {})}),
+                 flags={"seed": seed, "epochs": epochs, "steps": steps,
                         "data.data_dir": str(data_dir) if data_dir else None, "device": device},
                  overrides=dict(overrides or {}), label=dict(model=model, seed=seed))
             for model in models for seed in range(seeds)]
@@ -317,7 +388,7 @@ def compare_experiment(preset: str | None, epochs: float | None, overrides: dict
 
 
 def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, data_dir,
-                 device, log: Log = _noop) -> dict[str, Any]:
+                 device, log: Log = noop) -> dict[str, Any]:
     """`compare`'s result from its trained cells: few-shot and bench rows where asked (and
     not already measured), then the table from the CSVs."""
     import pandas as pd
@@ -457,7 +528,7 @@ def reproduce_throughput(*, root=None, device=None, models=None, batch_size=None
 
 def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
                       data_dir=None, overrides=None, launcher: Launcher | None = None,
-                      log: Log = _noop, **_) -> dict:
+                      log: Log = noop, **_) -> dict:
     """Paper Figure 4: invariance of Mixer to a fixed permutation of patches and pixels.
 
     Claim: a Mixer trained on images whose 16x16 patches and the pixels inside them are
@@ -472,21 +543,11 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
     both global rows lower. Runtime: smoke budget about 3 minutes on 2 CPU cores; cpu budget
     (CIFAR-10) about 40 minutes; small budget minutes on one GPU.
     """
-    from mixerbench.models import get_spec, paper_family
-    from mixerbench.presets import family_model
     from mixerbench.report import regenerate
 
-    preset, epochs, ds, over = _budget(budget, dataset, overrides)
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
-    # the paper's Figure 4 sides: its subject (the Mixer) and its convolutional baseline
-    subject, convolution = paper_family("subject"), paper_family("convolution")
-    mixer = family_model(preset, subject)[0]
-    patch = int(over.get("model.patch_size") or mixer.patch_size or get_spec(mixer.name).patch_size)
-    cells = [Cell(preset, family, str(root), dataset=ds, experiment="shuffle",
-                  flags=_common_flags(epochs, data_dir, device),
-                  overrides={**over, "data.shuffle": kind, "data.shuffle_patch": str(patch)},
-                  label=dict(model=family, shuffle=kind))
-             for family in (subject, convolution) for kind in ("none", "patch", "global")]
+    cells = shuffle_cells(root=root, dataset=dataset, budget=budget, device=device,
+                          data_dir=data_dir, overrides=overrides)
     runs = run_cells(cells, launcher, log)
     if not _joined_here():
         return {}
@@ -506,6 +567,25 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
             out.append(row)
     written = regenerate(root, None, ["shuffle"])["written"]
     return dict(rows=out, written=written)
+
+
+def shuffle_cells(*, root, dataset=None, budget="smoke", device=None, data_dir=None,
+                  overrides=None, **_) -> list[Cell]:
+    """The cells of `reproduce shuffle`: the budget's Mixer and ResNet, each on the original,
+    patch-shuffled and globally shuffled images (the Mixer's patch size for both)."""
+    from mixerbench.models import get_spec, paper_family
+    from mixerbench.presets import family_model
+
+    preset, epochs, ds, over = _budget(budget, dataset, overrides)
+    # the paper's Figure 4 sides: its subject (the Mixer) and its convolutional baseline
+    subject, convolution = paper_family("subject"), paper_family("convolution")
+    mixer = family_model(preset, subject)[0]
+    patch = int(over.get("model.patch_size") or mixer.patch_size or get_spec(mixer.name).patch_size)
+    return [Cell(preset, family, str(root), dataset=ds, experiment="shuffle",
+                 flags=_common_flags(epochs, data_dir, device),
+                 overrides={**over, "data.shuffle": kind, "data.shuffle_patch": str(patch)},
+                 label=dict(model=family, shuffle=kind))
+            for family in (subject, convolution) for kind in ("none", "patch", "global")]
 
 
 def _fewshot5(summary: dict, root, data_dir, device) -> dict:
@@ -546,7 +626,7 @@ def scaling_steps(full_epochs: float, train_size: int, batch_size: int) -> int:
 
 def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=None,
                            data_dir=None, models=None, overrides=None,
-                           launcher: Launcher | None = None, log: Log = _noop, **_) -> dict:
+                           launcher: Launcher | None = None, log: Log = noop, **_) -> dict:
     """Paper Figure 2 (right): accuracy against the amount of pre-training data.
 
     Claim: on 3 / 10 / 30 / 100 % subsets of JFT-300M at equal compute (233 / 70 / 23 / 7
@@ -563,30 +643,11 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     about 47 minutes on 2 CPU cores (12 runs of 3-4 minutes and
     their probes).
     """
-    from mixerbench.data import get_dataset
-    from mixerbench.models import paper_families
-    from mixerbench.presets import get_preset
     from mixerbench.report import regenerate
 
-    preset, epochs_full, ds, over = _budget(budget, dataset, overrides)
-    models = models or paper_families()  # --models picks some of the families
-    base = get_preset(preset)
-    # smoke: 2 epochs of the full set at batch 32, so 12 runs fit in minutes on a CPU
-    full = BUDGETS[budget].scaling_epochs or epochs_full or base.epochs or 1
-    if budget == "smoke":  # the smallest subset must still fill a batch: 3 % of 4,000 is 120
-        over.setdefault("data.batch_size", "32")
-    batch = int(over.get("data.batch_size") or base.data.batch_size)
-    n_full = len(get_dataset(ds, base.data.train_split, data_dir=data_dir))
-    steps = scaling_steps(full, n_full, batch)
+    cells = scaling_cells(root=results.results_dir(root), dataset=dataset, budget=budget,
+                          device=device, data_dir=data_dir, models=models, overrides=overrides)
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
-    # the same ten evaluations for every subset (once per epoch would evaluate the 3 % run
-    # 333 times on the whole test split at the cpu budget)
-    cells = [Cell(preset, model, str(root), dataset=ds, experiment="data-scaling",
-                  flags={**_common_flags(None, data_dir, device), "steps": steps},
-                  overrides={"eval_every": str(max(1, steps // 10)), **over,
-                             "data.fraction": str(fraction)},
-                  label=dict(model=model, fraction=fraction, steps=steps))
-             for model in models for fraction in SCALING_EPOCHS]
     runs = run_cells(cells, launcher, log)
     if not _joined_here():
         return {}
@@ -608,9 +669,37 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     return dict(rows=out, written=written)
 
 
+def scaling_cells(*, root, dataset=None, budget="smoke", device=None, data_dir=None,
+                  models=None, overrides=None, **_) -> list[Cell]:
+    """The cells of `reproduce data-scaling`: each model on each nested subset, every run the
+    same number of steps (the budget's epochs over the full split)."""
+    from mixerbench.data import get_dataset
+    from mixerbench.models import paper_families
+    from mixerbench.presets import get_preset
+
+    preset, epochs_full, ds, over = _budget(budget, dataset, overrides)
+    models = models or paper_families()  # --models picks some of the families
+    base = get_preset(preset)
+    # smoke: 2 epochs of the full set at batch 32, so 12 runs fit in minutes on a CPU
+    full = BUDGETS[budget].scaling_epochs or epochs_full or base.epochs or 1
+    if budget == "smoke":  # the smallest subset must still fill a batch: 3 % of 4,000 is 120
+        over.setdefault("data.batch_size", "32")
+    batch = int(over.get("data.batch_size") or base.data.batch_size)
+    n_full = len(get_dataset(ds, base.data.train_split, data_dir=data_dir))
+    steps = scaling_steps(full, n_full, batch)
+    # the same ten evaluations for every subset (once per epoch would evaluate the 3 % run
+    # 333 times on the whole test split at the cpu budget)
+    return [Cell(preset, model, str(root), dataset=ds, experiment="data-scaling",
+                 flags={**_common_flags(None, data_dir, device), "steps": steps},
+                 overrides={"eval_every": str(max(1, steps // 10)), **over,
+                            "data.fraction": str(fraction)},
+                 label=dict(model=model, fraction=fraction, steps=steps))
+            for model in models for fraction in SCALING_EPOCHS]
+
+
 def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke",
                        device=None, data_dir=None, overrides=None,
-                       launcher: Launcher | None = None, log: Log = _noop, **_) -> dict:
+                       launcher: Launcher | None = None, log: Log = noop, **_) -> dict:
     """Paper section 3 (fine-tuning) and Appendix C: pre-train, then fine-tune at 1x and 2x.
 
     Claim: Mixer fine-tunes at higher resolution by expanding each token-mixing MLP
@@ -630,24 +719,18 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     from mixerbench.models import paper_family
     from mixerbench.report import regenerate, transfer_table
 
-    preset, epochs, up_default, over = _budget(budget, None, overrides)
-    upstream = upstream or up_default
-    if budget == "smoke" and upstream == "mnist-5k" and dataset is None:
-        upstream = "synthetic"  # the embedded pair when no CIFAR-10 copy is given
-    dataset = dataset or "mnist-5k"
-    if dataset == upstream:
-        raise UserError(f"Transfer needs two datasets; pass --dataset other than {upstream}.")
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
-    subject = paper_family("subject")  # the paper's transfer claims are the Mixer's
-    up_cell = Cell(preset, subject, str(root), dataset=upstream, experiment="transfer",
-                   flags=_common_flags(epochs, data_dir, device), overrides=over,
-                   label=dict(model=subject, stage=f"pre-train on {upstream}"))
+    up_cell, dataset = transfer_upstream(root=root, dataset=dataset, upstream=upstream,
+                                         budget=budget, device=device, data_dir=data_dir,
+                                         overrides=overrides)
     up, = run_cells([up_cell], launcher, log)
-    # a seed is one run of the whole pipeline: `--set seed=1` seeds the pre-training and the
-    # three downstream runs alike (the claims pool fine-tunes by their upstream's recipe and
-    # count seeds by this column); the budget's other settings stay upstream
-    seed = over.get("seed")
-    runs = run_cells(_downstream_cells(up, dataset, budget, root, data_dir, device, seed=seed),
+    # both fine-tuning runs start from the upstream weights its summary recorded (or, for a run
+    # from before summaries did, the file as it is now): one changed in between is refused
+    from mixerbench.models.weights import weights_sha256
+
+    pinned = up.get("checkpoint_sha256") or weights_sha256(up["run_dir"])
+    runs = run_cells(_downstream_cells(up["run_dir"], description_of(up), dataset, budget, root,
+                                       data_dir, device, pinned, seed=_seed_of(up_cell)),
                      launcher, log)
     if not _joined_here():
         return {}
@@ -659,15 +742,51 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     return dict(table=table, written=written, upstream=up)
 
 
-def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, device,
-                      seed=None) -> list[Cell]:
-    """Transfer's three downstream runs: fine-tuned from `up` at 1x and 2x, and the same
-    architecture from scratch, all with the paper's fine-tuning recipe and equal steps, and
-    `seed` (a `--set` value; None: the default, 0)."""
+def transfer_upstream(*, root, dataset=None, upstream=None, budget="smoke", device=None,
+                      data_dir=None, overrides=None, **_) -> tuple[Cell, str]:
+    """The pre-training cell of `reproduce transfer`, and the downstream dataset."""
+    from mixerbench.models import paper_family
+
+    preset, epochs, up_default, over = _budget(budget, None, overrides)
+    upstream = upstream or up_default
+    if budget == "smoke" and upstream == "mnist-5k" and dataset is None:
+        upstream = "synthetic"  # the embedded pair when no CIFAR-10 copy is given
+    dataset = dataset or "mnist-5k"
+    if dataset == upstream:
+        raise UserError(f"Transfer needs two datasets; pass --dataset other than {upstream}.")
+    subject = paper_family("subject")  # the paper's transfer claims are the Mixer's
+    return Cell(preset, subject, str(root), dataset=upstream, experiment="transfer",
+                flags=_common_flags(epochs, data_dir, device), overrides=over,
+                label=dict(model=subject, stage=f"pre-train on {upstream}")), dataset
+
+
+def _pipeline_of(dataset: str) -> str | None:
+    """The training pipeline a dataset's images need instead of a recipe's (its registry
+    record says: `digits` for digits, which are never mirrored), else None."""
+    from mixerbench.data import dataset_record
+
+    record = dataset_record(dataset)
+    return record.pipeline if record else None
+
+
+def _seed_of(up_cell: Cell):
+    """The `--set seed` of a transfer (None: not given). A seed is one run of the whole
+    pipeline: it seeds the pre-training and the three downstream runs alike (the claims pool
+    fine-tunes by their upstream's recipe and count seeds by the rows' seed); the budget's
+    other settings stay upstream."""
+    return up_cell.overrides.get("seed")
+
+
+def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, data_dir,
+                      device, pinned: str | None = None, seed=None) -> list[Cell]:
+    """Transfer's three downstream runs: fine-tuned from the upstream run in `up_dir` (its
+    model `rec`) at 1x and 2x, and the same architecture from scratch, all with the paper's
+    fine-tuning recipe and equal steps, at `seed` (a `--set` value; None: the default).
+    `pinned`: the sha256 of the upstream weights both fine-tuning runs must start from (one
+    changed in between is refused, never mixed)."""
     from mixerbench.models import get_spec
 
-    rec = description_of(up)
-    family = up.get("family") or get_spec(rec["name"]).family
+    family = get_spec(rec["name"]).family
     steps = 300 if budget in ("smoke", "cpu") else 1000
     # The paper's fine-tuning recipe ('finetune' preset: SGD 0.9, cosine, clip 1, no weight
     # decay, lr 0.03 from its grid) for all three downstream runs, so only the starting weights
@@ -676,13 +795,14 @@ def _downstream_cells(up: dict, dataset: str, budget: str, root, data_dir, devic
     down = {"data.batch_size": "32" if budget in ("smoke", "cpu") else "512",
             "optim.warmup_steps": str(steps // 10), "eval_every": str(steps),
             "data.eval_pipeline": "eval-plain",
-            "data.pipeline": "digits" if dataset == "mnist-5k" else "small"}
+            "data.pipeline": _pipeline_of(dataset) or "small"}
     if seed is not None:
         down["seed"] = str(seed)
     flags = {**_common_flags(None, data_dir, device), "steps": steps}
+    pin = {"init_sha256": pinned} if pinned else {}  # the upstream weights, as they were hashed
     cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
-                  experiment="transfer", init=up["run_dir"],
-                  flags={**flags, "model.img_size": f"{k}x"}, overrides=down,
+                  experiment="transfer", init=up_dir,
+                  flags={**flags, "model.img_size": f"{k}x", **pin}, overrides=down,
                   label=dict(model=family, stage=f"fine-tune on {dataset} at {k}x"))
              for k in (1, 2)]
     cells.append(Cell("finetune", rec["name"], str(root), dataset=dataset, kind="pretrain",
@@ -747,7 +867,7 @@ def released_of(checkpoint: str) -> Released:
 
 def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, real_labels=None,
                        fewshot: bool = False, checkpoints: tuple[Released, ...] | None = None,
-                       batch_size: int | None = None, log: Log = _noop, **_) -> dict:
+                       batch_size: int | None = None, log: Log = noop, **_) -> dict:
     """Paper Tables 2-3 (ImageNet and ReaL top-1) from the released checkpoints timm names.
 
     Claim: the paper's ImageNet-21k-pre-trained Mixer, ViT and BiT reach the top-1 and ReaL
@@ -772,8 +892,9 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     job for a GPU; no run of the full list is committed.
     """
     from mixerbench.evaluate import evaluate, load_real_labels
+    from mixerbench.events import Event as ProgressEvent
     from mixerbench.models import get_spec
-    from mixerbench.models.weights import hub_file, load_model
+    from mixerbench.models.weights import load_model, weights_sha256
     from mixerbench.report import regenerate, released_table
     from mixerbench.train import Event as TrainEvent
 
@@ -785,28 +906,32 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     root = results.writable_results_dir(root)
     if real_labels is not None:  # read and checked once, before any weights are
         real_labels = load_real_labels(real_labels)
-    for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work
-        get_spec(c.checkpoint)
-        hub_file(c.checkpoint[len("timm:"):])
+    shas = {}
+    for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work,
+        get_spec(c.checkpoint)  # checked against its blob's sha256 name, which its row records
+        shas[c.checkpoint] = weights_sha256(c.checkpoint)
     for i, c in enumerate(checkpoints, 1):  # and loadable: a damaged one found now, not after
         log(TrainEvent.STAGE, dict(what=f"checking {c.paper_name} loads ({i}/{len(checkpoints)})"))
-        load_model(c.checkpoint)  # hours of evaluating the ones before it; dropped at once
+        # hours of evaluating the ones before it; dropped at once
+        load_model(c.checkpoint, sha256=shas[c.checkpoint])
     results.ensure_appendable("released", root)
     rows = []
     for i, c in enumerate(checkpoints, 1):
         log(CellEvent.CELL, dict(checkpoint=c.checkpoint, index=i, of=len(checkpoints)))
 
-        def progress(what, done, total, _c=c):
-            log(TrainEvent.STAGE, dict(what=f"{_c.paper_name}: {what}"))
+        def stages(event, info, _c=c):  # each stage of the evaluation, named by its model
+            if event == ProgressEvent.PROGRESS:
+                log(TrainEvent.STAGE, dict(what=f"{_c.paper_name}: {info['what']}"))
 
         out = evaluate(c.checkpoint, dataset, split="validation", crop=c.crop,
                        data_dir=str(data_dir) if data_dir else None,
                        real_labels=real_labels, fewshot="5" if fewshot else None, device=device,
-                       batch_size=batch_size, progress=progress)
+                       batch_size=batch_size, log=stages, sha256=shas[c.checkpoint])
         real = out.get("real") or {}
         fs = next((r for r in out.get("fewshot") or [] if r["shots"] == 5), {})
         acc = out["rows"]["accuracy"][0]
-        row = dict(checkpoint=c.checkpoint, model=out["model"], family=acc["family"],
+        row = dict(checkpoint=c.checkpoint, weights_sha256=shas[c.checkpoint],
+                   model=out["model"], family=acc["family"],
                    paper_name=c.paper_name, upstream=c.upstream, paper_img_size=c.paper_img_size,
                    note=c.note, dataset=out["dataset"], split=out["split"],
                    img_size=out["img_size"], pipeline=out["pipeline"], n=out["n"],
@@ -884,7 +1009,7 @@ def _source_of(init: str, upstream: str | None) -> dict:
 
 def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget="smoke",
                    device=None, data_dir=None, overrides=None, launcher: Launcher | None = None,
-                   log: Log = _noop, **_) -> dict:
+                   log: Log = noop, **_) -> dict:
     """Paper section 3 and App. C, "Avg 5" of Tables 2-3: the transfer protocol from given weights.
 
     Claim: pre-trained Mixers fine-tune well on ImageNet, CIFAR-10, CIFAR-100, Pets and
@@ -903,39 +1028,17 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
     smoke budget (mnist-5k and synthetic, 6 steps a run) takes minutes on 2 CPU cores.
     """
     from mixerbench.data import canonical_name
-    from mixerbench.presets import finetune_preset
+    from mixerbench.models.weights import weights_sha256
     from mixerbench.report import avg5_table, regenerate
 
-    if not init:
-        raise UserError("reproduce avg5 fine-tunes given weights; pass --init SRC (a run "
-                        "directory, a .safetensors file or timm:<name>).")
-    if budget not in AVG5_BUDGETS:
-        raise UserError(f"reproduce avg5 takes --budget {' or '.join(AVG5_BUDGETS)}, not '{budget}'.")
-    default, lrs, settings = AVG5_BUDGETS[budget]
-    datasets = [d.strip() for d in str(dataset).split(",") if d.strip()] if dataset else list(default)
-    if len({canonical_name(d) or d.lower() for d in datasets}) != len(datasets):
-        raise UserError(f"--dataset '{dataset}' names a dataset twice; list each once.")
-    over = {**settings, **(overrides or {})}
-    # every dataset's recipe before any training: one without a recipe needs `--set steps=N`
-    given = "steps" in over or "epochs" in over
-    presets = {d: finetune_preset(d, length_given=given) for d in datasets}
+    # the weights every cell starts from, hashed once: a cell that finds --init changed (a run
+    # re-trained under its name midway) is refused rather than mixed in (resolve_inputs)
+    init_sha = weights_sha256(str(init)) if init else None
+    cell, pairs, lrs = avg5_cells(root=results.results_dir(root), init=init, dataset=dataset,
+                                  budget=budget, device=device, data_dir=data_dir,
+                                  overrides=overrides, init_sha256=init_sha)
     source = _source_of(init, upstream)
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
-
-    def cell(ds: str, k: int, lr: float, grid: bool) -> Cell:
-        o = dict(over)
-        if ds == "mnist-5k":
-            o.setdefault("data.pipeline", "digits")  # a mirrored digit is another class
-        if grid:
-            o.update({"data.train_split": "train-minus-minival", "data.eval_split": "minival"})
-        return Cell(presets[ds], None, str(root), dataset=ds, kind="finetune", init=str(init),
-                    experiment="avg5",
-                    flags={**_common_flags(None, data_dir, device), "model.img_size": f"{k}x",
-                           "optim.lr": lr}, overrides=o,
-                    label=dict(dataset=ds, resolution=f"{k}x", lr=lr,
-                               stage="lr grid on minival" if grid else "final on train"))
-
-    pairs = [(ds, k) for ds in datasets for k in AVG5_RESOLUTIONS]
     grid_runs = run_cells([cell(ds, k, lr, True) for ds, k in pairs for lr in lrs], launcher, log)
     grids, best, notes = {}, {}, {}
     for i, pair in enumerate(pairs):
@@ -955,7 +1058,8 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
             continue
         results.append_row("avg5", dict(
             run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=source["model"],
-            family=source["family"], init=str(init), upstream=source["upstream"], budget=budget,
+            family=source["family"], init=str(init), init_sha256=init_sha,
+            upstream=source["upstream"], budget=budget,
             dataset=canonical_name(ds) or ds, split=s["split"], resolution=f"{k}x",
             img_size=s["img_size"], pipeline=_eval_pipeline(s), steps=s["steps"],
             lr=best[(ds, k)]["lr"],
@@ -1003,6 +1107,44 @@ def _eval_pipeline(summary: dict) -> str:
     return cfg.data.eval_pipeline if cfg is not None else ""
 
 
+def avg5_cells(*, root, init=None, dataset=None, budget="smoke", device=None, data_dir=None,
+               overrides=None, init_sha256: str | None = None, **_):
+    """(cell(dataset, k, lr, grid), [(dataset, k)], lrs): how `reproduce avg5` makes its cells,
+    every dataset's recipe found first (one without needs `--set steps=N`). `init_sha256`: the
+    sha256 every cell's weights must have (`presets.resolve_inputs` refuses another)."""
+    from mixerbench.data import canonical_name
+    from mixerbench.presets import finetune_preset
+
+    if not init:
+        raise UserError("reproduce avg5 fine-tunes given weights; pass --init SRC (a run "
+                        "directory, a .safetensors file or timm:<name>).")
+    if budget not in AVG5_BUDGETS:
+        raise UserError(f"reproduce avg5 takes --budget {' or '.join(AVG5_BUDGETS)}, not '{budget}'.")
+    default, lrs, settings = AVG5_BUDGETS[budget]
+    datasets = [d.strip() for d in str(dataset).split(",") if d.strip()] if dataset else list(default)
+    if len({canonical_name(d) or d.lower() for d in datasets}) != len(datasets):
+        raise UserError(f"--dataset '{dataset}' names a dataset twice; list each once.")
+    over = {**settings, **(overrides or {})}
+    given = "steps" in over or "epochs" in over
+    presets = {d: finetune_preset(d, length_given=given) for d in datasets}
+
+    def cell(ds: str, k: int, lr: float, grid: bool) -> Cell:
+        o = dict(over)
+        if _pipeline_of(ds):  # digits: a mirrored digit is another class
+            o.setdefault("data.pipeline", _pipeline_of(ds))
+        if grid:
+            o.update({"data.train_split": "train-minus-minival", "data.eval_split": "minival"})
+        return Cell(presets[ds], None, str(root), dataset=ds, kind="finetune", init=str(init),
+                    experiment="avg5",
+                    flags={**_common_flags(None, data_dir, device), "model.img_size": f"{k}x",
+                           "optim.lr": lr, **({"init_sha256": init_sha256} if init_sha256 else {})},
+                    overrides=o,
+                    label=dict(dataset=ds, resolution=f"{k}x", lr=lr,
+                               stage="lr grid on minival" if grid else "final on train"))
+
+    return cell, [(ds, k) for ds in datasets for k in AVG5_RESOLUTIONS], lrs
+
+
 EXPERIMENTS: dict[str, Callable[..., dict]] = {
     "released": reproduce_released,
     "table1": reproduce_table1,
@@ -1027,3 +1169,141 @@ def reproduce(artifact: str, **kw) -> dict:
         raise UserError(f"reproduce {artifact} trains no cells, so --launcher does not apply; "
                         "run it without (throughput measures the machine it runs on).")
     return EXPERIMENTS[artifact](**kw)
+
+
+# ------------------------------------------------------------------ plans, configs, dry runs
+
+def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
+    """The training runs `compare` or `reproduce <name>` would make, as (config, label, note)
+    triples, before any runs: what `--print-config` lists and `--dry-run` costs. Runs that
+    depend on an earlier run's result are planned from what is known: the transfer's
+    fine-tuning runs from the upstream run's model at 1x and 2x (their ids depend on its
+    weights), the avg5 final runs at the grid's first lr (their cost does not depend on it).
+    Also returns notes to print under the plan."""
+    from dataclasses import replace
+
+    from mixerbench.config import validate
+    from mixerbench.models import get_spec, paper_family
+
+    kw = {k: v for k, v in kw.items() if k not in ("launcher",)}
+    if name == "compare":
+        cells = compare_cells(kw.pop("models"), root=root, **kw)
+        return [(c.config(), _label(c), "") for c in cells], []
+    if name == "shuffle":
+        return [(c.config(), _label(c), "") for c in shuffle_cells(root=root, **kw)], []
+    if name == "data-scaling":
+        return [(c.config(), _label(c), "") for c in scaling_cells(root=root, **kw)], []
+    if name == "transfer":
+        up_cell, dataset = transfer_upstream(root=root, **kw)
+        up = up_cell.config()
+        m = up.model
+        rec = dict(name=m.name, img_size=m.img_size, patch_size=m.patch_size,
+                   overrides={**m.options, **{k: getattr(m, k) for k in ("width", "depth", "gelu")
+                                              if getattr(m, k) is not None}})
+        *tuned, scratch = _downstream_cells("(the upstream run)", rec, dataset,
+                                            kw.get("budget", "smoke"), root, kw.get("data_dir"),
+                                            kw.get("device"), seed=_seed_of(up_cell))
+        base = scratch.config()
+        out = [(up, _label(up_cell), "")]
+        for k, c in zip((1, 2), tuned):  # the upstream model at k times its size, as fine-tuned
+            size = (m.img_size or base.model.img_size) * k
+            opts = dict(base.model.options)
+            if k > 1 and get_spec(m.name).family == paper_family("subject"):  # App. C expansion
+                opts["tokens_dim"] = ((m.width or 0) // 2 or 1) * k * k
+            cfg = validate(replace(base, model=replace(base.model, img_size=size, options=opts)))
+            out.append((cfg, _label(c), "fine-tuned from the upstream run; its id depends on its weights"))
+        out.append((base, _label(scratch), ""))
+        return out, ["the fine-tuning runs are costed as their model from scratch at 1x and 2x"]
+    if name == "avg5":
+        cell, pairs, lrs = avg5_cells(root=root, **kw)
+        grid = [cell(ds, k, lr, True) for ds, k in pairs for lr in lrs]
+        finals = [cell(ds, k, lrs[0], False) for ds, k in pairs]
+        return ([(c.config(), _label(c), "") for c in grid]
+                + [(c.config(), _label(c), "lr chosen on minival") for c in finals],
+                [f"each final run takes the lr its grid scores best on minival; planned at "
+                 f"{lrs[0]:g} (the cost is the same)"])
+    if name in EXPERIMENTS:
+        raise UserError(f"reproduce {name} trains nothing, so there is no plan of training "
+                        "runs; run it without --dry-run or --print-config.")
+    reproduce(name)  # an unknown name: the refusal names the experiments
+
+
+def _label(cell) -> str:
+    return ", ".join(f"{k} {v}" for k, v in cell.label.items())
+
+
+def sweep(name: str, *, what: str = "run", plan: dict | None = None, log: Log = noop,
+          settings: list[str] | None = None, config=None, steps: int | None = None,
+          **kw) -> dict:
+    """`compare` (`name` "compare") or `reproduce <name>`: run it (`what` "run"); list the
+    configs of its training runs with their run ids ("print-config"); or plan and cost it
+    ("dry-run", `plan` holding `on` and `mfu`, `plan.estimate`). The last two write nothing.
+    `settings` (`--set` items) and a `--config` file's settings apply to every cell (the file
+    may not set what the sweep sets per cell); `steps` is each run's length: compare's flag,
+    and for a reproduction every cell's `steps` setting."""
+    from mixerbench.config import parse_set, read_settings
+
+    over = {**read_settings(config, sweep="compare" if name == "compare" else "reproduce"),
+            **parse_set(settings)}
+    if name == "compare":
+        kw.update(overrides=over, steps=steps)
+    else:
+        kw.update(overrides={**over, **({"steps": str(steps)} if steps else {})})
+    if what == "run":
+        return compare(log=log, **kw) if name == "compare" else reproduce(name, log=log, **kw)
+    from mixerbench.config import run_id, to_dict
+
+    root = results.results_dir(kw.pop("root", None))
+    if name != "compare":
+        kw.pop("real_labels", None), kw.pop("fewshot", None), kw.pop("batch_size", None)
+        if kw.get("init") and name != "avg5":
+            reproduce(name, **kw)  # --init on another artifact: its refusal
+    planned, notes = _planned_cells(name, root=root, **kw)
+    if what == "print-config":
+        return dict(configs=[dict(to_dict(c), run_id=None if note else run_id(c))
+                             for c, _, note in planned])
+    return dict(plan=_dry_run([(c, label, note) for c, label, note in planned], root=root,
+                              extra=_compare_extra(kw, planned) if name == "compare" else None,
+                              notes=notes, what=name if name == "compare" else f"reproduce {name}",
+                              device=kw.get("device"), **(plan or {})))
+
+
+def _compare_extra(kw: dict, planned) -> dict:
+    """What `compare` does after training: the few-shot probes and the benchmark."""
+    return dict(fewshot=kw.get("fewshot"), bench=kw.get("with_bench", True),
+                preset=kw.get("preset"))
+
+
+def _dry_run(planned, *, root, extra=None, notes=(), what: str, device=None, on=None,
+             mfu=None) -> dict:
+    """A plan's cells (`plan.plan_config`) and its estimate (`plan.estimate`)."""
+    from mixerbench import plan
+
+    cells = [plan.plan_config(cfg, label, note, root) for cfg, label, note in planned]
+    est = plan.estimate(cells, root=root, device=device, on=on, compare=extra,
+                        mfu=plan.DEFAULT_MFU if mfu is None else mfu)
+    papers = [p for p in (plan.paper_core_days(cfg) for cfg, _, _ in planned) if p]
+    return dict(what=what, cells=cells, estimate=est, notes=[*notes, *est["notes"]],
+                paper=papers[0] if len(planned) == 1 and papers else None)
+
+
+def dry_run(kind: str, *, root=None, on: str | None = None, mfu: float | None = None,
+            log: Log = noop, **spec) -> dict:
+    """`pretrain` / `finetune --dry-run`: the run (or the lr grid's runs, paper App. C) that
+    the command would train and what it would cost; nothing is written."""
+    from dataclasses import replace
+
+    from mixerbench.config import validate
+
+    cfg, lrs = resolve_run(kind, **spec)
+    planned = [(cfg, kind, "")]
+    if len(lrs) > 1:
+        held = replace(cfg, run_name=None, data=replace(cfg.data, train_split="train-minus-minival",
+                                                        eval_split="minival"))
+        planned = [(validate(replace(held, optim=replace(held.optim, lr=lr))),
+                    f"lr {lr:g} on minival", "") for lr in lrs]
+        planned.append((replace(cfg, optim=replace(cfg.optim, lr=lrs[0])),
+                        f"final run on train, reported on {cfg.data.eval_split}",
+                        "lr chosen on minival"))
+    return _dry_run(planned, root=results.results_dir(root), what=kind, device=cfg.device,
+                    on=on, mfu=mfu)

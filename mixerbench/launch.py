@@ -26,17 +26,16 @@ import os
 import re
 import signal
 import time
-from collections.abc import Callable
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from mixerbench.errors import UserError
+from mixerbench.events import Log, noop
 from mixerbench.train import Event as TrainEvent
 from mixerbench.train import TrainingStopped
 
-Log = Callable[[str, dict], None]
 LAUNCHERS = ("local", "slurm")
 INSTALL = 'pip install "mixerbench[launchers]"'
 # The local executor ends a job after timeout_min (default 2 minutes): without --time-limit a
@@ -47,15 +46,12 @@ STOP_GRACE_S = 30  # how long an interrupted local job may take to save its chec
 
 class Event:
     """The progress events of running cells, emitted as `log(event, info)` (by `run_cells`, and
-    by sweeps that run cells of their own); `cli.ProgressView` renders them."""
+    by sweeps that run cells of their own); `view.ProgressView` renders them."""
 
     CELL = "cell"      # a cell starts here: its label, index, of
     LAUNCH = "launch"  # cells go out as jobs: launcher, cells, parallel, folder
     JOB = "job"        # a job was submitted or ended: its label, state, job_id, run_id, top1, ...
 
-
-def _noop(event: str, info: dict) -> None:
-    pass
 
 
 class CellsFailed(TrainingStopped):
@@ -90,7 +86,7 @@ class Cell:
                           init=self.init, flags=self.flags, overrides=self.overrides)
 
 
-def run_cell(cell: Cell, log: Log = _noop) -> dict:
+def run_cell(cell: Cell, log: Log = noop) -> dict:
     """Train one cell (or read it back when it has finished); its summary."""
     from mixerbench.train import train
 
@@ -115,6 +111,13 @@ class Launcher:
     tasks_per_job: int | None = None
 
 
+# Bounds on the launcher options: more cells at once than a cluster queues, a job longer than a
+# year (minutes), more processes in one cell than any node or allocation has, are typos.
+MAX_PARALLEL = 10_000
+MAX_TIME_LIMIT_MIN = 366 * 24 * 60
+MAX_PROCESSES_PER_JOB = 4096
+
+
 def make_launcher(kind: str, *, parallel: int | None = None, gpus_per_job: int | None = None,
                   partition: str | None = None, time_limit: int | None = None,
                   slurm_args: list[str] | None = None,
@@ -126,12 +129,15 @@ def make_launcher(kind: str, *, parallel: int | None = None, gpus_per_job: int |
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--launcher starts its own processes, so run the sweep without torchrun "
                         "(--gpus-per-job N gives each cell N processes).")
-    for name, value in (("--parallel", parallel), ("--time-limit", time_limit),
-                        ("--tasks-per-job", tasks_per_job)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be at least 1, not {value}.")
-    if gpus_per_job is not None and gpus_per_job < 0:
-        raise UserError(f"--gpus-per-job must be 0 or more, not {gpus_per_job}.")
+    # bounded before any work: 2^63 tasks per job would be a list of 2^63 ranks in the job
+    for name, value, low, high in (("--parallel", parallel, 1, MAX_PARALLEL),
+                                   ("--time-limit", time_limit, 1, MAX_TIME_LIMIT_MIN),
+                                   ("--tasks-per-job", tasks_per_job, 1, MAX_PROCESSES_PER_JOB),
+                                   ("--gpus-per-job", gpus_per_job, 0, MAX_PROCESSES_PER_JOB)):
+        if value is not None and value < low:
+            raise UserError(f"{name} must be {'at least 1' if low else '0 or more'}, not {value}.")
+        if value is not None and value > high:
+            raise UserError(f"{name} must be at most {high:,}, not {value}.")
     if gpus_per_job and tasks_per_job and tasks_per_job != gpus_per_job:
         raise UserError(f"A cell runs one process per GPU: --tasks-per-job {tasks_per_job} "
                         f"does not match --gpus-per-job {gpus_per_job}; drop one of them.")
@@ -162,7 +168,7 @@ def import_submitit():
 # --------------------------------------------------------------------------- running cells
 
 
-def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = _noop) -> list[dict]:
+def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = noop) -> list[dict]:
     """Train every cell and return their summaries in cell order: here one after another
     (`launcher` None), or as submitit jobs. Every cell's settings are checked first, so a typo
     in the last cell stops the sweep before the first one trains (a model built on the meta
@@ -170,9 +176,7 @@ def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = _n
     from mixerbench.prepare import check_model
 
     for cell in cells:
-        cfg = cell.config()
-        if not cfg.init:
-            check_model(cfg)
+        check_model(cell.config())
     if launcher is None:
         out = []
         for i, cell in enumerate(cells):
@@ -526,7 +530,7 @@ def _check_private(path: Path, strict: bool = True) -> None:
 
 class JobState:
     """The `state` of an `Event.JOB`: what happened to a launched cell, one terminal line each
-    (`cli.ProgressView._job`)."""
+    (`view.ProgressView._job`)."""
 
     SUBMITTED = "submitted"
     STARTED = "started"    # SLURM (or the local executor) started it

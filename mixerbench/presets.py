@@ -1,7 +1,9 @@
-"""Named recipes: the paper's Table 4 rows, the fine-tuning recipe, and small-scale presets.
+"""Named recipes: the paper's Table 4 rows, the fine-tuning recipes, and small-scale presets.
 
 Each preset is a function returning a `RunConfig`; its docstring names the paper source, the
-expected result and the runtime (shown by `mixerbench pretrain --list-presets`). Each model
+expected result and the runtime (shown by `mixerbench pretrain --list-presets`). A dataset's
+fine-tuning recipe (`finetune-cifar10`, ...) is derived from its registry record
+(`data.registry`: steps, warm-up, expected result). Each model
 family's registry entry names its model for the small presets (`Family.small`), so `compare
 --models mixer,vit,resnet --preset smoke` trains the preset's small Mixer, ViT and ResNet
 rather than the B/16-size defaults of the family aliases.
@@ -59,17 +61,24 @@ def finetune_preset(dataset: str | None, *, length_given: bool = False) -> str:
         return "finetune-cifar10"
     from mixerbench.data import canonical_name
 
-    known = canonical_name(dataset)
-    if known in FINETUNE_PRESETS:
-        return FINETUNE_PRESETS[known]
+    known, recipes = canonical_name(dataset), finetune_presets()
+    if known in recipes:
+        return recipes[known]
     if not length_given:
         raise UserError(f"{dataset} has no fine-tuning recipe of the paper (those are for "
-                        f"{', '.join(FINETUNE_PRESETS)}), so pass --steps N: the paper fine-tunes "
+                        f"{', '.join(recipes)}), so pass --steps N: the paper fine-tunes "
                         "500 steps on datasets under 20k images and 10,000 on larger ones.")
     return "finetune"
 
 
+def names() -> list[str]:
+    """Every preset's name: the recipes written here, then each dataset's fine-tuning recipe."""
+    _dataset_presets()
+    return list(PRESETS)
+
+
 def get_preset(name: str) -> RunConfig:
+    _dataset_presets()
     if name not in PRESETS:
         raise UserError(f"Unknown preset '{name}'.{close_matches(name, PRESETS)} "
                         "Run `mixerbench pretrain --list-presets` to see them all.")
@@ -78,6 +87,7 @@ def get_preset(name: str) -> RunConfig:
 
 def describe() -> list[dict]:
     """One row per preset: name, kind, model, dataset, and the first docstring paragraph."""
+    _dataset_presets()
     rows = []
     for name, fn in PRESETS.items():
         cfg = fn()
@@ -190,34 +200,59 @@ def jft_mixer_h() -> RunConfig:
 
 # ------------------------------------------------------------- fine-tuning (paper section 3)
 
-# Steps per dataset from the ViT paper's Table 4 (App. B.1.1), which the Mixer paper follows
-# (App. C); warm-up steps from vision_transformer's default (500) where the run is long, and from
-# BiT-HyperRule for the 500-step runs on datasets under 20k images (google-research/big_transfer
-# `bit_hyperrule.get_schedule`: [100, 200, 300, 400, 500], the first entry is the warm-up).
-FINETUNE_STEPS = {"imagenet-1k": (20_000, 500), "cifar10": (10_000, 500),
-                  "cifar100": (10_000, 500), "pets": (500, 100), "flowers102": (500, 100)}
-
-
-# The recipe of each registry dataset the paper fine-tunes on (paper section 3, "Avg 5").
-FINETUNE_PRESETS = {"imagenet-1k": "finetune-imagenet", "cifar10": "finetune-cifar10",
-                    "cifar100": "finetune-cifar100", "pets": "finetune-pets",
-                    "flowers102": "finetune-flowers102"}
-
-
+# Each registry dataset with a fine-tuning recipe (`data.registry`: its steps and warm-up, from
+# the ViT paper's Table 4, App. B.1.1, which the Mixer paper follows, App. C) gets a preset
+# `finetune-<dataset>` derived from its record (`_dataset_presets`); `finetune` is the generic one.
 def _finetune(dataset: str, lr: float = 0.03, steps: int | None = None,
               warmup: int | None = None) -> RunConfig:
     """SGD momentum 0.9, batch 512, cosine after a linear warm-up, clip 1, no weight decay, no
     stochastic depth or dropout, a fresh zero head (paper section 3 and App. C; the official
     fine-tuning code has no regulariser)."""
-    known_steps, known_warmup = FINETUNE_STEPS.get(dataset, (500, 100))
+    from mixerbench.data import DATASETS
+
+    recipe = DATASETS[dataset].finetune if dataset in DATASETS else None
     return RunConfig(
-        kind="finetune", steps=steps or known_steps,
+        kind="finetune", steps=steps or (recipe.steps if recipe else 500),
         model=ModelConfig(name="mixer-b16"),  # replaced by the --init weights' own architecture
         data=DataConfig(dataset=dataset, pipeline="finetune", eval_pipeline="eval-resmall",
                         batch_size=512),
         optim=OptimConfig(name="sgd", lr=lr, momentum=0.9, weight_decay=0.0, schedule="cosine",
-                          warmup_steps=warmup or known_warmup, clip_norm=1.0),
+                          warmup_steps=warmup or (recipe.warmup if recipe else 100), clip_norm=1.0),
     )
+
+
+_DERIVED: dict[str, str] = {}  # preset name -> the dataset whose record it comes from
+
+
+def _dataset_presets() -> None:
+    """Register `finetune-<dataset>` for every registry dataset whose record has a fine-tuning
+    recipe and no preset yet (datasets registered after this module was imported included):
+    its config and docstring come from the record."""
+    from functools import partial
+
+    from mixerbench.data import DATASETS
+
+    for name, dataset in list(_DERIVED.items()):  # a dataset unregistered since
+        if dataset not in DATASETS:
+            PRESETS.pop(name, None)
+            del _DERIVED[name]
+    for record in list(DATASETS.values()):
+        recipe = record.finetune
+        if recipe is None or recipe.preset in PRESETS:
+            continue
+        _DERIVED[recipe.preset] = record.name
+        fn = partial(_finetune, record.name)
+        fn.__doc__ = (f"Paper section 3 fine-tuning on {record.title}: {recipe.steps:,} steps "
+                      f"({recipe.warmup} warm-up), SGD 0.9, batch 512, lr 0.03, cosine, clip 1, "
+                      f"no weight decay, 224 px.\n\n{recipe.expected}")
+        PRESETS[recipe.preset] = fn
+
+
+def finetune_presets() -> dict[str, str]:
+    """{registry dataset: its fine-tuning preset}, for the datasets whose record has one."""
+    from mixerbench.data import DATASETS
+
+    return {r.name: r.finetune.preset for r in DATASETS.values() if r.finetune}
 
 
 @preset("finetune")
@@ -230,57 +265,6 @@ def finetune_any() -> RunConfig:
     paper Table 4). Runtime: minutes on one GPU at 224 px.
     """
     return _finetune("cifar10", steps=500, warmup=100)
-
-
-@preset("finetune-imagenet")
-def finetune_imagenet() -> RunConfig:
-    """Paper section 3 fine-tuning on ImageNet: 20k steps, SGD 0.9, batch 512, lr 0.03 from the
-    grid {0.003, 0.01, 0.03, 0.06}, cosine, clip 1, no weight decay.
-
-    Expected from ImageNet-21k Mixer-B/16 weights: 80.64 % at 224 (paper Table 3). Runtime on
-    one H100: hours.
-    """
-    return _finetune("imagenet-1k")
-
-
-@preset("finetune-cifar10")
-def finetune_cifar10() -> RunConfig:
-    """Paper section 3 / vision_transformer fine-tuning on CIFAR-10: 10k steps, batch 512,
-    lr 0.03, 224 px.
-
-    Expected from ImageNet Mixer-B/16 weights: 96.72 % (vision_transformer README, 3.0 h on
-    4x V100). Needs `--init` weights.
-    """
-    return _finetune("cifar10")
-
-
-@preset("finetune-cifar100")
-def finetune_cifar100() -> RunConfig:
-    """Paper section 3 fine-tuning on CIFAR-100: 10k steps, batch 512, lr 0.03, 224 px.
-
-    Expected: part of the paper's "Avg 5" column; per-dataset numbers are not published.
-    """
-    return _finetune("cifar100")
-
-
-@preset("finetune-pets")
-def finetune_pets() -> RunConfig:
-    """Paper section 3 fine-tuning on Oxford-IIIT Pets: 500 steps (100 warm-up), batch 512,
-    lr 0.03, 224 px.
-
-    Expected: part of the paper's "Avg 5"; per-dataset numbers are not published.
-    """
-    return _finetune("pets")
-
-
-@preset("finetune-flowers102")
-def finetune_flowers102() -> RunConfig:
-    """Paper section 3 fine-tuning on Oxford Flowers-102: 500 steps (100 warm-up), batch 512,
-    lr 0.03, 224 px.
-
-    Expected: part of the paper's "Avg 5"; per-dataset numbers are not published.
-    """
-    return _finetune("flowers102")
 
 
 # ------------------------------------------------------------------------ small-scale presets
@@ -341,8 +325,9 @@ class Inputs:
 
     `source`: the model description of the `--init` weights as a fine-tuning run starts from
     them (`weights.source_description(..., finetuning=True)`);
-    `init_sha256`: their file's sha256 (a re-trained source is another fine-tuning run; None
-    for `timm:<name>`, identified by its name); `data_path`: the absolute resolved path of a
+    `init_sha256`: their file's sha256 (a re-trained source is another fine-tuning run; for
+    `timm:<name>`, the hub cache's file, checked against its blob's name: a tag's weights may
+    change on the hub); `data_path`: the absolute resolved path of a
     dataset given as a path (a relative `--dataset ds` from two folders is two runs; None for
     registry names and hub ids, so their runs keep their ids)."""
 
@@ -376,12 +361,14 @@ def read_inputs(preset: str | None = None, *, init: str | None = None, arch: str
 def resolve(preset: str | None = None, *, model: str | None = None, dataset: str | None = None,
             kind: str | None = None, init: str | None = None, arch: str | None = None,
             flags: dict[str, Any] | None = None, overrides: dict[str, Any] | None = None,
-            inputs: Inputs | None = None) -> RunConfig:
-    """Preset defaults, then the model and dataset named on the command line, then flags
-    (dotted keys, None meaning "not given"), then `--set` overrides; validated, with what its
-    inputs are on this machine (`inputs`, read before by `read_inputs`; `run_config` does both).
-    A pure function: it reads no file. Without `inputs` a dataset is taken for a registry name
-    or hub id, and fine-tuning (whose model is the `--init` weights') is refused.
+            inputs: Inputs | None = None, settings: dict[str, Any] | None = None) -> RunConfig:
+    """Preset defaults, then the model and dataset named on the command line, then the
+    settings of a `--config` file (`settings`, dotted keys, less those the command line names:
+    `experiments.resolve_run`), then flags (dotted keys, None meaning "not given"), then
+    `--set` overrides; validated, with what its inputs are on this machine (`inputs`, read
+    before by `read_inputs`; `run_config` does both). A pure function: it reads no file.
+    Without `inputs` a dataset is taken for a registry name or hub id, and fine-tuning (whose
+    model is the `--init` weights') is refused.
 
     A family alias (`mixer`, `vit`, `resnet`, `gmlp`, ...) picks the family's own model for the
     preset when its registry entry names one (small presets), otherwise the zoo's alias
@@ -432,12 +419,18 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     if dataset:
         cfg = _fit_dataset(replace(cfg, data=replace(cfg.data, dataset=dataset)),
                            set(flags) | set(overrides))
+    cfg = apply_overrides(cfg, settings or {})
     if "epochs" in flags and "steps" not in flags:
         cfg = replace(cfg, steps=None)
     if "steps" in flags and "epochs" not in flags:
         cfg = replace(cfg, epochs=None)
     cfg = apply_overrides(cfg, flags)
     cfg = apply_overrides(cfg, overrides)
+    from mixerbench.data import registry_name
+
+    known = registry_name(cfg.data.dataset)  # `CIFAR-10` and `cifar10` are one dataset, one run
+    if known:
+        cfg = replace(cfg, data=replace(cfg.data, dataset=known))
     if source is None:
         from mixerbench.models import check_options
 
@@ -459,32 +452,44 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
                 and (cfg.model.img_size or 0) > (source.img_size or 0)):
             cfg = replace(cfg, data=replace(cfg.data, eval_pipeline="eval-resize"))
     cfg = validate(cfg)
+    _check_pinned(cfg, inputs)
     # a `data.path` already set (a config resolved elsewhere) is kept
     return replace(cfg, data=replace(cfg.data, path=cfg.data.path or inputs.data_path),
                    init_sha256=inputs.init_sha256 if cfg.init else None)
 
 
+def _check_pinned(cfg: RunConfig, inputs: Inputs) -> None:
+    """An `init_sha256` already set pins the weights (a sweep sets the one it started from on
+    each of its cells): a file that hashes otherwise now, such as an `--init` run re-trained
+    under its name midway, is refused, never mixed into the sweep."""
+    if cfg.init and cfg.init_sha256 and inputs.init_sha256 and cfg.init_sha256 != inputs.init_sha256:
+        raise UserError(f"The --init weights {cfg.init} changed since this command started "
+                        f"(sha256 {cfg.init_sha256[:12]}... then, {inputs.init_sha256[:12]}... "
+                        "now), so they are not mixed into its runs; run the command again to "
+                        "start over from the new weights.")
+
+
 def _fit_dataset(cfg: RunConfig, given: set[str]) -> RunConfig:
     """A preset made for 28 px digits (`smoke`: pipeline `digits`, never mirrored) asked to
     train on a known dataset of photos: that dataset's stored resolution and the small-image
-    pipeline (pad, crop, flip), unless `data.pipeline` or `model.img_size` is given; photos of
-    many sizes are refused in one sentence. Digits, the embedded sets and folders (whose images
-    are not looked at here) keep the preset's; the run's header says what it trains on."""
+    pipeline (pad, crop, flip) or the one its record names (digits at another size keep theirs),
+    unless `data.pipeline` or `model.img_size` is given; photos of many sizes are refused in one
+    sentence. The embedded sets and folders (whose images are not looked at here) keep the
+    preset's; the run's header says what it trains on."""
     if cfg.data.pipeline != "digits" or "data.pipeline" in given:
         return cfg
-    from mixerbench.data import KNOWN_DATASETS, canonical_name
+    from mixerbench.data import dataset_record
 
-    known = canonical_name(cfg.data.dataset)
-    info = KNOWN_DATASETS.get(known or "", {})
-    if not info or info.get("embedded"):
+    record = dataset_record(cfg.data.dataset)
+    if record is None or record.embedded:
         return cfg
-    if info.get("image_size") is None:
-        raise UserError(f"The {cfg.preset or 'chosen'} preset is made for 28 px digits and {known} "
-                        "holds photos of many sizes; add --set data.pipeline=small --img-size 32 "
-                        "(or pick a preset made for photos, e.g. cifar10-scratch).")
-    changes = {"data.pipeline": "small"}
+    if record.image_size is None:
+        raise UserError(f"The {cfg.preset or 'chosen'} preset is made for 28 px digits and "
+                        f"{record.name} holds photos of many sizes; add --set data.pipeline=small "
+                        "--img-size 32 (or pick a preset made for photos, e.g. cifar10-scratch).")
+    changes = {"data.pipeline": record.pipeline or "small"}
     if "model.img_size" not in given:
-        changes["model.img_size"] = info["image_size"]
+        changes["model.img_size"] = record.image_size
     return apply_overrides(cfg, changes)
 
 

@@ -17,11 +17,13 @@ elsewhere:
   told to, and points it at SQLite instead).
 
 What goes in (one tracker run per training run, named by its run id): the RunConfig as
-hyper-parameters (`model.width` keys), each metrics.csv row at its step under the CSV's column
-names, the final summary (the accuracy.csv row: numbers as `summary/<key>` in TensorBoard and
-MLflow, W&B's run summary; text as tags), and the figures (PNG) and tables of `compare` and
-`plot`. `Tracked` feeds a training run's `log(event, info)` events to the trackers, so the
-training loop knows nothing of them. A resumed run continues its TensorBoard folder (steps after
+hyper-parameters (`model.width` keys), each metrics.csv row at its step in the groups tracker
+users expect (`train/loss`, `train/lr`, `train/img_per_sec`; `test/top1`, `test/loss` when the
+run evaluates on test, `val/...` on a held-out split: `grouped`), the final summary (the
+accuracy.csv row: numbers as `summary/<key>` in TensorBoard and MLflow, W&B's run summary;
+text as tags), and the figures (PNG) and tables of
+`compare` and `plot`. `Tracked` is the one way trackers are fed: it follows the `log(event,
+info)` events of training, `evaluate`, `compare` and `plot`, so none of them knows of trackers. A resumed run continues its TensorBoard folder (steps after
 the checkpoint are purged, as metrics.csv drops them) and its MLflow run; W&B offline runs
 cannot be resumed, so it gets a new one of the same name. A finished run read back is not
 logged again. Under torchrun only rank 0 logs.
@@ -119,11 +121,14 @@ def _scalar(v: Any) -> int | float | str | bool:
 
 
 def evaluation_metrics(res: Mapping) -> dict[str, float]:
-    """The numbers of one `evaluate` result under flat names: accuracy, ReaL, few-shot per
-    shot count and shuffle per (train, eval, metric)."""
-    out = {k: res[k] for k in ("top1", "top5", "loss") if _number(res.get(k))}
+    """The numbers of one `evaluate` result: accuracy and ReaL under the split's group
+    (`test/top1`, `test/real_top1`; `grouped`), few-shot per shot count and shuffle per
+    (train, eval, metric)."""
+    out = grouped({k: res[k] for k in ("top1", "top5", "loss") if _number(res.get(k))},
+                  res.get("split"))
     real = res.get("real") or {}
-    out.update({f"real/{k}": real[k] for k in ("top1", "top5") if _number(real.get(k))})
+    group = split_group(res.get("split"))
+    out.update({f"{group}/real_{k}": real[k] for k in ("top1", "top5") if _number(real.get(k))})
     for r in res.get("fewshot") or []:
         out[f"fewshot/{r['shots']}shot_top1_mean"] = r.get("top1_mean")
         out[f"fewshot/{r['shots']}shot_top1_std"] = r.get("top1_std")
@@ -183,6 +188,7 @@ class _TensorBoard:
         # resumes from, as metrics.csv drops those rows (they are logged again)
         self.w = SummaryWriter(log_dir=str(log_dir), purge_step=resume_step or None)
         self.hparams = None
+        self.where = str(log_dir)
 
     def config(self, config: Mapping) -> None:
         from torch.utils.tensorboard.summary import hparams
@@ -190,7 +196,8 @@ class _TensorBoard:
         flat = flatten(config)
         hp = {k: _scalar(v) for k, v in flat.items()}
         # the hparams dashboard lists these metrics beside each run's hyper-parameters
-        exp, ssi, self.hparams = hparams(hp, {"top1": 0.0, "top5": 0.0, "eval_loss": 0.0})
+        group = split_group((config.get("data") or {}).get("eval_split"))
+        exp, ssi, self.hparams = hparams(hp, {f"{group}/{k}": 0.0 for k in ("top1", "top5", "loss")})
         self.w.file_writer.add_summary(exp)
         self.w.file_writer.add_summary(ssi)
         self.w.add_text("config", "```\n" + json.dumps(flat, indent=1, default=str) + "\n```")
@@ -203,7 +210,7 @@ class _TensorBoard:
 
     def summary(self, step: int, values: dict, text: dict) -> None:
         for k, v in values.items():
-            self.w.add_scalar(f"summary/{k}", v, step)
+            self.w.add_scalar(k if "/" in k else f"summary/{k}", v, step)
         rows = "\n".join(f"| {k} | {v} |" for k, v in {**text, **values}.items())
         self.w.add_text("summary", "| key | value |\n| --- | --- |\n" + rows, step)
 
@@ -261,6 +268,7 @@ class _WandB:
         except BaseException:
             self.restore.__exit__(None, None, None)
             raise
+        self.where = str(Path(self.run.dir).parent) if getattr(self.run, "dir", None) else str(root / "wandb")
 
     def config(self, config: Mapping) -> None:
         # nested, as W&B expects: it shows and filters `model.width` itself
@@ -341,6 +349,8 @@ class _MLflow:
         else:
             self.run_id = self.client.create_run(
                 exp_id, run_name=run, tags={self.TAG: run, "mixerbench.kind": kind}).info.run_id
+        store = server or str((root / "mlflow" / "mlflow.db").absolute())
+        self.where = f"{store} (experiment {experiment}, run {self.run_id})"
 
     def config(self, config: Mapping) -> None:
         from mlflow.entities import Param
@@ -361,7 +371,8 @@ class _MLflow:
 
         now = int(time.time() * 1000)
         self.client.log_batch(
-            self.run_id, metrics=[Metric(f"summary/{k}", v, now, step) for k, v in values.items()],
+            self.run_id, metrics=[Metric(k if "/" in k else f"summary/{k}", v, now, step)
+                                  for k, v in values.items()],
             tags=[RunTag(f"mixerbench.{k}", str(v)[:5000]) for k, v in text.items()])
         self.client.log_dict(self.run_id, {**text, **values}, "summary.json")
 
@@ -389,6 +400,7 @@ class Trackers:
         self.warnings: list[str] = []
         self.on_warning = on_warning
         self.step = 0
+        self.closed: list = []  # the tools that closed cleanly: each has `where` it wrote
 
     def _warn(self, tool: str, what: str, exc: BaseException) -> None:
         message = (f"{tool} tracking of {self.name} stopped ({what} failed: {_one_line(exc)}); "
@@ -440,7 +452,7 @@ class Trackers:
     def close(self, status: str = "finished") -> None:
         """End the tracker run: `finished`, `failed` or `killed` (interrupted)."""
         self._each("close", status)
-        self.backends = []
+        self.closed, self.backends = self.backends, []
 
 
 def open_trackers(names: Iterable[str], root: str | os.PathLike, name: str, *,
@@ -478,13 +490,10 @@ def open_trackers(names: Iterable[str], root: str | os.PathLike, name: str, *,
 def record(names: Iterable[str], root: str | os.PathLike, name: str, *,
            config: Mapping | None = None, summary: Mapping | None = None,
            files: Iterable[str | os.PathLike] = (), group: str | None = None, kind: str,
-           step: int = 0, on_warning: Warn | None = None) -> list[str]:
-    """A whole tracker run at once, for commands that are not a training run (evaluate, the
-    figures of compare and plot); returns the warnings."""
-    names = tuple(names)
-    if not names:
-        return []
-    t = open_trackers(names, root, name, group=group, kind=kind, on_warning=on_warning)
+           step: int = 0, on_warning: Warn | None = None) -> Trackers:
+    """A whole tracker run at once, for what is not a training run (an evaluation, the
+    figures of compare and plot); returns it, closed (its `where` says where each tool wrote)."""
+    t = open_trackers(tuple(names), root, name, group=group, kind=kind, on_warning=on_warning)
     t.step = step
     if config:
         t.log_config(config)
@@ -492,69 +501,140 @@ def record(names: Iterable[str], root: str | os.PathLike, name: str, *,
         t.log_summary(summary)
     t.log_figures(files)
     t.close()
-    return t.warnings
+    return t
 
 
-def record_evaluation(names: Iterable[str], root: str | os.PathLike, res: Mapping, *,
-                      options: Mapping, on_warning: Warn | None = None) -> list[str]:
-    """`evaluate`'s tracker run, `evaluate-<run or checkpoint>-<dataset>`: its options as the
-    config, its numbers (`evaluation_metrics`) and what was measured as the summary."""
-    run_id = next((r["run_id"] for rows in res["rows"].values() for r in rows
-                   if r.get("run_id")), None)
-    source = run_id or Path(str(options.get("checkpoint"))).name
-    summary = dict(model=res["model"], dataset=res["dataset"], split=res["split"],
-                   img_size=res["img_size"], pipeline=res["pipeline"],
-                   **evaluation_metrics(res))
-    return record(names, root, f"evaluate-{slug(source)}-{slug(res['dataset'])}", kind="evaluate",
-                  config=options, summary=summary, on_warning=on_warning)
+def split_group(split: str | None) -> str:
+    """The metric group of an evaluation split: `test` for a test split (what the paper
+    reports), `val` for anything held out of train to choose with (minival, validation)."""
+    base = str(split or "test").split("[")[0].removesuffix("-real")
+    return "test" if base == "test" else "val"
+
+
+# metrics.csv columns and summary keys -> their name under the split's group or `train/`
+_EVAL_KEYS = {"top1": "top1", "top5": "top5", "eval_loss": "loss", "loss": "loss"}
+_TRAIN_KEYS = {"train_loss": "loss", "lr": "lr", "img_per_sec": "img_per_sec",
+               "epoch": "epoch", "elapsed_s": "elapsed_s"}
+
+
+def grouped(values: Mapping[str, float], split: str | None) -> dict[str, float]:
+    """Metric names as tracker users expect them: `train/loss`, `train/lr`, ...,
+    `test/top1` (or `val/top1` on a held-out split); other names are kept."""
+    group = split_group(split)
+    out = {}
+    for k, v in values.items():
+        if k in _EVAL_KEYS:
+            out[f"{group}/{_EVAL_KEYS[k]}"] = v
+        elif k in _TRAIN_KEYS:
+            out[f"train/{_TRAIN_KEYS[k]}"] = v
+        else:
+            out[k] = v
+    return out
 
 
 class Event:
-    """The progress event trackers emit as `log(event, info)`; `cli.ProgressView` renders it."""
+    """The progress events trackers emit as `log(event, info)`; `view.ProgressView` renders
+    them."""
 
     WARNING = "warning"  # a tracker stopped recording; the command goes on: message
+    WROTE = "tracked"    # a tracker run ended: tool, name, where (a folder, a store and run)
 
 
 class Tracked:
-    """A `log(event, info)` callback that also feeds the trackers: events go on to `log` (the
-    progress display) unchanged, and each training run's "start" (config), "eval" (the
-    metrics.csv row) and "end" (the summary) go to its own tracker run, named by its run id.
+    """A `log(event, info)` callback that also feeds the trackers: the one way trackers are fed.
+    Every event goes on to `log` (the progress display) unchanged, and the events trackers
+    record become tracker runs: each training run's start (config), evaluations (the
+    metrics.csv rows) and end (the summary) as a run named by its run id; `evaluate`'s result,
+    a comparison (with the figures `plot` draws of its runs) and `plot`'s files as one run each.
 
-    A run read back because it had finished ("finished") is not logged again: it was recorded
-    when it was trained. `close(status)` ends a run cut short (interrupt, error).
+    A run read back because it had finished is not logged again: it was recorded when it was
+    trained. `close(status)` ends a run cut short (interrupt, error). When a tracker run ends,
+    `Event.WROTE` says where each tool wrote it.
     """
 
     def __init__(self, log: Callable[[str, dict], None], names: Iterable[str], *,
                  group: str | None = None):
         self.log, self.names, self.group = log, tuple(names), group
         self.current: Trackers | None = None
+        self.split: str | None = None
 
     def _warning(self, message: str) -> None:
         self.log(Event.WARNING, dict(message=message))
 
+    def _wrote(self, t: Trackers) -> None:
+        for b in t.closed:
+            self.log(Event.WROTE, dict(tool=b.name, name=t.name, where=b.where))
+
     def __call__(self, event: str, info: dict) -> None:
+        self.log(event, info)
+        if self.names:
+            handler = self._handlers().get(event)
+            if handler is not None:
+                handler(info)
+
+    def _handlers(self) -> dict:
+        from mixerbench.evaluate import Event as EvaluateEvent
+        from mixerbench.experiments import Event as ExperimentEvent
+        from mixerbench.report import Event as ReportEvent
         from mixerbench.train import Event as TrainEvent
 
-        self.log(event, info)
-        if not self.names:
-            return
-        if event == TrainEvent.START:
-            self.close("killed")  # a run that never reached its end event
-            run_dir = Path(info["run_dir"])
-            config = info.get("config") or {}
-            self.current = open_trackers(
-                self.names, run_dir.parent.parent, run_dir.name, group=self.group,
-                kind=config.get("kind") or "train", tb_dir=run_dir / "tb",
-                resume_step=int(info.get("step") or 0), on_warning=self._warning)
-            self.current.step = int(info.get("step") or 0)
-            self.current.log_config(config)
-        elif event == TrainEvent.EVAL and self.current is not None:
-            self.current.log_metrics(info["step"], info)
-        elif event == TrainEvent.END and self.current is not None:
+        return {TrainEvent.START: self._start, TrainEvent.EVAL: self._eval,
+                TrainEvent.END: self._end, EvaluateEvent.EVALUATED: self._evaluated,
+                ExperimentEvent.COMPARED: self._compared, ReportEvent.DRAWN: self._drawn}
+
+    def _start(self, info: dict) -> None:
+        self.close("killed")  # a run that never reached its end event
+        run_dir = Path(info["run_dir"])
+        config = info.get("config") or {}
+        self.split = (config.get("data") or {}).get("eval_split")
+        self.current = open_trackers(
+            self.names, run_dir.parent.parent, run_dir.name, group=self.group,
+            kind=config.get("kind") or "train", tb_dir=run_dir / "tb",
+            resume_step=int(info.get("step") or 0), on_warning=self._warning)
+        self.current.step = int(info.get("step") or 0)
+        self.current.log_config(config)
+
+    def _eval(self, info: dict) -> None:
+        if self.current is not None:
+            self.current.log_metrics(info["step"], grouped(info, self.split))
+
+    def _end(self, info: dict) -> None:
+        if self.current is not None:
             self.current.log_summary(info, step=info.get("steps"))
             self.close("finished")
+
+    def _evaluated(self, info: dict) -> None:
+        res, options = info["result"], info["options"]
+        if info.get("root") is None:
+            return  # an evaluation that records nothing (a sweep's probe) is not a tracker run
+        run_id = next((r["run_id"] for rows in res["rows"].values() for r in rows
+                       if r.get("run_id")), None)
+        source = run_id or Path(str(options.get("checkpoint"))).name
+        summary = dict(model=res["model"], dataset=res["dataset"], split=res["split"],
+                       img_size=res["img_size"], pipeline=res["pipeline"],
+                       **evaluation_metrics(res))
+        self._wrote(record(self.names, info["root"],
+                           f"evaluate-{slug(source)}-{slug(res['dataset'])}", kind="evaluate",
+                           config=options, summary=summary, on_warning=self._warning))
+
+    def _compared(self, info: dict) -> None:
+        """The comparison's own tracker run, grouped with its training runs as accuracy.csv
+        tags them: its settings, its tables and the figures `plot` draws of these runs."""
+        from mixerbench.report import regenerate
+
+        drawn = regenerate(info["root"], None, None, runs=info["runs"])
+        written = list(dict.fromkeys([*info["written"], *drawn["written"]]))
+        self._wrote(record(self.names, info["root"], info["group"], group=info["group"],
+                           kind="compare", files=written, config=info["config"],
+                           on_warning=self._warning))
+
+    def _drawn(self, info: dict) -> None:
+        self._wrote(record(self.names, info["root"], "plot", kind="plot", files=info["written"],
+                           config=info["config"], on_warning=self._warning))
 
     def close(self, status: str = "finished") -> None:
         if self.current is not None:
             current, self.current = self.current, None
             current.close(status)
+            if status == "finished":
+                self._wrote(current)

@@ -25,20 +25,19 @@ import time
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from mixerbench import files, results, rundir
 from mixerbench.config import RunConfig, recipe_id, run_binding, run_id, to_dict
 from mixerbench.errors import UserError
+from mixerbench.events import Log
 from mixerbench.optim import make_optimizer, make_scheduler
 from mixerbench.prepare import Run, check_model, prepare
-from mixerbench.runtime import stop_signals
-
-Log = Callable[[str, dict], None]
+from mixerbench.runtime import COMPILE_PROBE_STEPS, compile_pays, stop_signals
 
 
 class Event:
-    """The progress events `train` emits as `log(event, info)`; `cli.ProgressView` renders
+    """The progress events `train` emits as `log(event, info)`; `view.ProgressView` renders
     them and `trackers.Tracked` records start, eval and end."""
 
     STAGE = "stage"        # a phase without steps began: what (loading data, final evaluation)
@@ -72,6 +71,7 @@ class TrainState:
     data_seconds: float = 0.0  # waiting for the next batch, between steps (not in train_seconds)
     loss_sum: float = 0.0
     loss_count: int = 0
+    checkpoint_sha256: str | None = None  # of the last checkpoint written (summary.json records it)
     pending: list = field(default_factory=list)  # per-step loss tensors not yet checked
 
 
@@ -107,7 +107,7 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
     except Exception as exc:  # a foreign or damaged state fails here, before any step
         raise rundir.not_a_state(run.run_dir, type(exc).__name__) from None
     progress = TrainState(**{k: state[k] for k in ("step", "train_seconds", "loss_sum",
-                                                   "loss_count")})
+                                                   "loss_count", "checkpoint_sha256")})
     progress.data_seconds = float(state.get("data_seconds", 0.0))  # absent before 0.2
     if not (math.isfinite(progress.data_seconds) and progress.data_seconds >= 0):
         raise rundir.not_a_state(run.run_dir, f"data_seconds {progress.data_seconds}")
@@ -141,7 +141,8 @@ def save_state(run: Run, optimizer, scheduler, p: TrainState) -> None:
                  scheduler=scheduler.state_dict(), step=p.step, train_seconds=p.train_seconds,
                  data_seconds=p.data_seconds, loss_sum=p.loss_sum, loss_count=p.loss_count, rng=rngs)
     try:
-        rundir.write_state(run.run_dir, state, run.model, run.rec, _binding(run))
+        p.checkpoint_sha256 = rundir.write_state(run.run_dir, state, run.model, run.rec,
+                                                 _binding(run), previous=p.checkpoint_sha256)
     except OSError as exc:
         raise TrainingStopped(
             f"Could not write the checkpoint to {run.run_dir} ({exc.strerror or exc}); the "
@@ -256,7 +257,7 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
         data_wait_fraction=round(p.data_seconds / max(p.data_seconds + p.train_seconds, 1e-9), 4),
         device_hours=round(p.train_seconds * run.world / 3600, 6),
         # forward + backward = 3 forward passes' FLOPs (2 FLOPs per MAC) per image seen
-        train_flops=float(6 * run.macs_per_img * images),
+        train_flops=float(6 * run.macs_per_img * images), checkpoint_sha256=p.checkpoint_sha256,
         init=cfg.init or "", kind=cfg.kind, experiment=experiment, **prov)
     rundir.write_summary(run.run_dir, run.root, summary)
     return summary
@@ -282,8 +283,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
         from mixerbench.runtime import resolve_device
 
         resolve_device(cfg.device)
-    # options, memory and MACs, on the meta device before any data is read
-    check = None if cfg.init else check_model(cfg)
+    check = check_model(cfg)  # options, memory and MACs on the meta device, before any data
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))
     rundir.check_owner(run_dir, cfg)
@@ -343,6 +343,7 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
     import torch
     import torch.distributed as dist
 
+    from mixerbench.models import model_label  # the model by its shape, not the zoo entry's name
     cfg = run.cfg
     train_model = run.model
     if run.world > 1:
@@ -355,14 +356,16 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                       steps_per_epoch=run.steps_per_epoch, device=run.device, dtype=run.dtype,
                       # an official ViT's representation layer is not fine-tuned (as
                       # vision_transformer's load_pretrained drops it): the first line says so
-                      model=run.rec["name"] + (f" (without the {cfg.init_dropped} layer of "
-                                               "--init)" if cfg.init_dropped else ""),
+                      model=model_label(run.rec["name"], run.rec.get("overrides")) + (
+                          f" (without the {cfg.init_dropped} layer of --init)" if cfg.init_dropped else ""),
                       dataset=cfg.data.dataset, world_size=run.world,
                       batch_size=cfg.data.batch_size, accum_steps=cfg.accum_steps,
                       img_size=run.rec["img_size"], pipeline=cfg.data.pipeline,
                       eval_pipeline=cfg.data.eval_pipeline, config=to_dict(cfg)))
     run.model.train()
     window = [time.perf_counter(), 0]  # start of the throughput window, images in it
+    # compile=None on a CPU: time a few eager steps, then compile if it pays back (compile_pays)
+    probe = [] if cfg.compile is None and not run.compiled else None
     with stop_signals() as stop:
         while p.step < run.total:
             epoch, index = divmod(p.step, run.steps_per_epoch)
@@ -382,6 +385,12 @@ def _loop(run: Run, optimizer, scheduler, p: TrainState, log: Log) -> None:
                 if run.on_cuda and check:
                     torch.cuda.synchronize(run.device)
                 p.train_seconds += time.perf_counter() - t0
+                if probe is not None and len(probe) <= COMPILE_PROBE_STEPS:
+                    probe.append(time.perf_counter() - t0)
+                elif probe is not None:  # decide once, on the median eager step (warm-up dropped)
+                    if compile_pays(run.total - p.step, sorted(probe[1:])[len(probe) // 2 - 1]):
+                        train_model, run.compiled = torch.compile(train_model), True
+                    probe = None
                 window[1] += cfg.data.batch_size
                 if check:
                     _log_step(run, p, values[-1], optimizer, window, log)

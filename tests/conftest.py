@@ -110,9 +110,17 @@ def cli(*args, env=None):
     return CliRunner().invoke(app, ["--quiet", *map(str, args)], env={**CLI_ENV, **(env or {})})
 
 
+def refusal_lines(output: str) -> list[str]:
+    """The lines of a command's output but the `loading ...` line the progress view prints when
+    loading lasts over 3 s (on a busy machine, before an offline dataset is refused): a
+    refusal's contract is one error line and no traceback, whatever progress came before it."""
+    return [line for line in output.splitlines()
+            if line.strip() and not line.startswith("loading ")]
+
+
 def refused(r) -> str:
     """The one line of a refusal (exit 2, no traceback)."""
-    lines = [line for line in r.output.splitlines() if line.strip()]
+    lines = refusal_lines(r.output)
     assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
     assert "Traceback" not in r.output and len(lines) == 1 and lines[0].startswith("error: "), r.output
     return lines[0]

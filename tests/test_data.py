@@ -88,6 +88,25 @@ def test_registry_lists_every_dataset():
     assert all(r["offline"] for r in rows if r["name"] in ("mnist-5k", "synthetic"))
 
 
+def test_a_local_copy_of_a_hub_dataset_with_configs_reads_the_registrys_config(local_sets, tmp_path):
+    """SVHN's hub copy holds two configs side by side (`cropped_digits`, `full_numbers`); its
+    record names the one it is (the 32 px digit crops), and only that folder is read."""
+    import shutil
+
+    from mixerbench.data import dataset_record
+
+    assert dataset_record("svhn").hub_config == "cropped_digits"
+    pq = local_sets["root"] / "pq" / "data"
+    (tmp_path / "svhn" / "cropped_digits").mkdir(parents=True)
+    (tmp_path / "svhn" / "full_numbers").mkdir()
+    for s in ("train", "test"):
+        shutil.copy(pq / f"{s}-00000-of-00001.parquet", tmp_path / "svhn" / "cropped_digits")
+        shutil.copy(pq / "test-00000-of-00001.parquet",  # another config: other rows
+                    tmp_path / "svhn" / "full_numbers" / f"{s}-00000-of-00001.parquet")
+    ds = get_dataset("SVHN", "train", data_dir=tmp_path, cache_dir=tmp_path / "cache")
+    assert ds.name == "svhn" and len(ds) == 12 and "cropped_digits" in ds.source
+
+
 @pytest.mark.parametrize("name,n_train,n_test,size", [("mnist-5k", 4000, 1000, 28), ("synthetic", 1000, 200, 32)])
 def test_embedded_sets_load(name, n_train, n_test, size):
     tr, te = get_dataset(name, "train"), get_dataset(name, "test")

@@ -252,6 +252,15 @@ def test_a_relative_dataset_path_from_two_folders_is_two_runs(tmp_path, monkeypa
     assert "path" not in config.identity(presets.resolve("smoke", dataset="synthetic"))["data"]
 
 
+def test_one_dataset_is_one_run_whatever_its_spelling():
+    """A registry name's spellings (any case, its aliases) name one dataset, so one run; the
+    config records the registry name."""
+    spellings = ("cifar10", "CIFAR-10", "cifar-10")
+    ids = {printed_id("pretrain", "--preset", "smoke", "--dataset", d) for d in spellings}
+    assert len(ids) == 1
+    assert {presets.resolve("smoke", dataset=d).data.dataset for d in spellings} == {"cifar10"}
+
+
 def test_init_is_identified_by_its_weights(tmp_path):
     """finetune --init SRC after SRC was re-trained under another config is another run, not
     the stale fine-tuning of the old weights."""

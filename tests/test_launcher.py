@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from conftest import TINY, TINY_MODEL, start
 
+from mixerbench.formatting import pct
 from mixerbench.launch import Cell
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -59,8 +60,9 @@ def test_torchrun_pretrain_finetune_evaluate_as_documented(tmp_path, child_env):
     acc = rows(tmp_path / "accuracy.csv")
     assert len(acc) == 1 and acc[0]["num_devices"] == "2"
     src = acc[0]["run_id"]
-    assert out.count(f"on synthetic (test): top-1 {float(acc[0]['top1']):.2f} %") == 1, out
-    assert out.count("batch 50 x 2 process(es)") == 1  # the start line: rank 0 only
+    assert out.count(f"on synthetic (test): top-1 {pct(acc[0]['top1'])} %") == 1, out
+    # the start line, rank 0 only; 50 is the global batch, split over the two processes
+    assert " ".join(out.split()).count("global batch 50 (25 per process x 2 processes)") == 1
 
     code, out = torchrun(["finetune", "--init", tmp_path / "runs" / src, *TINY_MODEL,
                           "--steps", "4", "--set", "optim.warmup_steps=1", *res], child_env)
@@ -69,7 +71,7 @@ def test_torchrun_pretrain_finetune_evaluate_as_documented(tmp_path, child_env):
     ft = [r for r in acc if r["run_id"] != src]
     assert len(acc) == 2 and len(ft) == 1 and ft[0]["kind"] == "finetune"
     assert ft[0]["init"] == str(tmp_path / "runs" / src)
-    assert out.count(f"on synthetic (test): top-1 {float(ft[0]['top1']):.2f} %") == 1, out
+    assert out.count(f"on synthetic (test): top-1 {pct(ft[0]['top1'])} %") == 1, out
 
     code, out = torchrun(["evaluate", "--checkpoint", tmp_path / "runs" / src, "--dataset",
                           "synthetic", "--fewshot", "2", "--seeds", "1", "--device", "cpu",

@@ -138,7 +138,7 @@ def _declared_events() -> dict[str, str]:
 
 
 def test_every_rendered_event_is_declared_by_its_emitting_module_and_vice_versa():
-    from mixerbench.cli import ProgressView
+    from mixerbench.view import ProgressView
 
     declared = _declared_events()
     rendered = set(ProgressView(quiet=True)._handlers())
@@ -204,10 +204,9 @@ def test_help_lists_exactly_what_the_registries_hold():
 PARSERS = {"parse_set", "parse_trackers", "writable_results_dir", "results_dir", "compare_view"}
 # Second steps a command takes on purpose, each for a reason its code states.
 SECOND_STEPS = {
-    "evaluate": {"record_evaluation"},  # trackers sit above evaluate (they follow training)
     "export_cmd": {"push"},  # the upload follows a complete export, which a failed push keeps
-    "pretrain": {"describe", "resolved_config"},  # --list-presets, --print-config: no run
-    "finetune": {"resolved_config"},  # --print-config instead of training
+    "pretrain": {"describe"},  # --list-presets: no run
+    "claims": {"to_markdown", "write_markdown_section"},  # --write-md: also into a document
 }
 
 

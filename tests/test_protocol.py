@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from mixerbench import results
 from mixerbench.cli import app
-from mixerbench.data import get_dataset, minival_mask, stratified_subset
+from mixerbench.data import canonical_name, get_dataset, minival_mask, stratified_subset
 from mixerbench.errors import UserError
 
 runner = CliRunner()
@@ -66,7 +66,11 @@ def _png_folder(root: Path, layout: dict[str, list[str]], size: int = 12) -> Pat
 def test_finetune_recipe_is_found_by_the_canonical_name(proto_checkpoint, spelling, steps, warmup):
     cfg = _config("--init", str(proto_checkpoint), "--dataset", spelling)
     assert (cfg["steps"], cfg["optim"]["warmup_steps"]) == (steps, warmup)
-    assert cfg["preset"].startswith("finetune-") and cfg["data"]["dataset"] == spelling
+    assert cfg["preset"].startswith("finetune-")
+    # a registry spelling is the registry name (one dataset, one run id); a hub id or a path
+    # names itself (a path is identified by where it is)
+    registry = "/" not in spelling and "." not in spelling
+    assert cfg["data"]["dataset"] == (canonical_name(spelling) if registry else spelling)
 
 
 def test_finetune_recipe_of_a_local_copy_under_data_dir(proto_checkpoint, data_shared_dir):

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import TINY, start, tree
+from conftest import TINY, refusal_lines, start, tree
 from typer.testing import CliRunner
 
 from mixerbench import results
@@ -511,7 +511,7 @@ def test_bad_input_exits_2_with_one_sentence_and_changes_nothing(case, bad):
     r = CliRunner().invoke(app, args, env={"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
                                            "MIXERBENCH_DATA": None, "MIXERBENCH_RESULTS": None})
     elapsed = time.monotonic() - t0
-    lines = [line for line in r.output.splitlines() if line.strip()]
+    lines = refusal_lines(r.output)
     assert r.exit_code == 2, (r.exit_code, r.output, r.exception)
     assert "Traceback" not in r.output and len(lines) == 1, r.output
     assert lines[0].startswith("error: "), r.output

@@ -349,7 +349,8 @@ def test_to_markdown_without_tabulate():
     assert len(lines) == 4
     assert lines[0].split("|")[1].strip() == "model"
     assert set(lines[1].replace("|", "").replace(" ", "")) <= {"-", ":"}
-    assert "76.44" in lines[2] and "1.5e+18" in lines[2] and "yes" in lines[2]
+    # the one formatter of every table: one decimal for accuracy, FLOPs with their unit
+    assert "76.4 " in lines[2] and "1.50 EFLOPs" in lines[2] and "yes" in lines[2]
     assert "a\\|b" in lines[3]
     assert all(line.count("|") == lines[0].count("|") for line in lines[:3])
 
@@ -436,7 +437,39 @@ def test_shuffle_bars():
     assert [p.get_height() for p in mixer_ax.patches] == [80.0, 80.0, 50.0]  # cross-eval row out
     assert [p.get_height() for p in bit_ax.patches] == [90.0, 70.0, 40.0]
     labels = [t.get_text() for t in bit_ax.texts]
-    assert labels == ["90.0", "70.0\n(-20.0)", "40.0\n(-50.0)"]
+    assert labels == ["90.0", "70.0\n-20.0\n(-22%)", "40.0\n-50.0\n(-56%)"]
+    # the paper's stated effects beside ours (reference/figures.csv), under each panel
+    assert "~45% drop" in mixer_ax.get_xlabel() and "~75% drop" in bit_ax.get_xlabel()
+
+
+def test_shuffle_draws_curves_over_training_where_the_runs_are_at_hand():
+    df = shuffle_fixture()
+    df["run_id"] = [f"run-{i}" for i in range(len(df))]
+    steps = pd.DataFrame(dict(step=[10.0, 20.0], top1=[30.0, 60.0]))
+    fig = figures.shuffle(df, metrics_by_run={"run-3": steps})  # the Mixer on original images
+    assert len(fig.axes) == 4  # the bars, and below them each model over training
+    curve = next(ax for ax in fig.axes if "over training" in ax.get_title())
+    assert curve.lines[0].get_xydata().tolist() == [[10.0, 30.0], [20.0, 60.0]]
+
+
+def test_data_scaling_states_the_papers_numbers_and_no_invented_curve():
+    fig = figures.data_scaling(scaling_fixture())
+    note = fig.get_supxlabel()
+    assert "233 / 70 / 23 / 7 epochs" in note and "no value stated" in note
+    assert all(len(ax.lines) == 3 for ax in fig.axes)  # ours only: the paper gives no values
+    assert fig.legends and not any(ax.get_legend() for ax in fig.axes)  # off the data
+
+
+def test_curves_legend_sits_below_the_panels_and_a_lone_frontier_point_has_no_legend():
+    m = pd.DataFrame(dict(step=[1.0, 2.0], train_loss=[2.0, 1.0], eval_loss=[2.1, 1.2],
+                          top1=[40.0, 60.0]))
+    fig = figures.curves({"a": m, "b": m})
+    assert fig.legends and not any(ax.get_legend() for ax in fig.axes)
+    fig = figures.pareto_cost(pd.DataFrame(dict(
+        run_id=["r1", "r2"], model=["mixer-b16", "vit-b16"], dataset=["d", "d"], img_size=[224, 224],
+        top1=[80.0, 70.0], train_seconds=[100.0, 200.0], train_flops=[1e15, 2e15])), paper=False)
+    for ax in fig.axes:  # one point beats the other: no frontier line, and no legend entry for it
+        assert "Pareto frontier" not in [t.get_text() for t in ax.get_legend().get_texts()]
 
 
 def test_token_mixing_mosaic_and_figure():

@@ -23,7 +23,8 @@ from hypothesis import strategies as st
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
-TINY = ["--dataset", "synthetic", "--device", "cpu", "--set", "model.img_size=32",
+# narrower than conftest.TINY_MODEL (width 8): Hypothesis runs many commands per example
+PROPERTY_MODEL = ["--dataset", "synthetic", "--device", "cpu", "--set", "model.img_size=32",
         "--set", "model.width=8", "--set", "model.depth=1", "--set", "data.batch_size=50",
         "--set", "data.eval_batch_size=200"]
 
@@ -52,14 +53,14 @@ def run(root: Path, command: tuple) -> None:
     kind = command[0]
     if kind == "compare":
         _, steps, seeds, fewshot, bench = command
-        args = ["compare", "--models", "mixer", "--preset", "smoke", *TINY, "--set",
+        args = ["compare", "--models", "mixer", "--preset", "smoke", *PROPERTY_MODEL, "--set",
                 f"steps={steps}", "--set", "optim.warmup_frac=0.5", "--seeds", seeds,
                 "--format", "csv"]
         args += ["--fewshot", "2"] if fewshot else []
         args += [] if bench else ["--no-bench"]
     elif kind == "pretrain":
         _, steps, lr, seed = command
-        args = ["pretrain", "--preset", "smoke", *TINY, "--steps", steps, "--set",
+        args = ["pretrain", "--preset", "smoke", *PROPERTY_MODEL, "--steps", steps, "--set",
                 f"optim.lr={lr}", "--set", "optim.warmup_frac=0.5", "--seed", seed]
     elif kind == "evaluate":
         _, which, capped = command

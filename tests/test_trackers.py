@@ -49,6 +49,8 @@ def tracked(tmp_path_factory):
     assert r.exit_code == 0, r.output
     assert "warning" not in r.output, r.output
     run_dir = next((root / "runs").iterdir())
+    # the command says where each tracker wrote the run
+    assert f"tensorboard: {run_dir.name} in {run_dir / 'tb'}" in " ".join(r.output.split()), r.output
     with open(run_dir / "metrics.csv") as fh:
         rows = list(csv.DictReader(fh))
     return dict(root=root, run_dir=run_dir, rows=rows, home=home, cwd=cwd,
@@ -61,9 +63,14 @@ def test_tensorboard_event_files_hold_the_metrics_and_hyperparameters(tracked):
 
     ea = EventAccumulator(str(tracked["run_dir"] / "tb"))
     ea.Reload()
-    top1 = [(e.step, e.value) for e in ea.Scalars("top1")]
+    # the groups tracker users expect: train/..., and test/... for a run evaluated on test
+    top1 = [(e.step, e.value) for e in ea.Scalars("test/top1")]
     assert [s for s, _ in top1] == [2, 4]
     assert top1 == [(int(r["step"]), pytest.approx(float(r["top1"]))) for r in tracked["rows"]]
+    loss = [(e.step, e.value) for e in ea.Scalars("train/loss")]
+    assert loss == [(int(r["step"]), pytest.approx(float(r["train_loss"]))) for r in tracked["rows"]]
+    assert {"train/lr", "train/img_per_sec", "test/loss", "test/top5"} <= set(ea.Tags()["scalars"])
+    assert not {"top1", "train_loss", "eval_loss"} & set(ea.Tags()["scalars"])
     assert ea.Scalars("summary/top1")[-1].value == pytest.approx(tracked["summary"]["top1"])
     hp = plugin_data_pb2.HParamsPluginData.FromString(
         ea.PluginTagToContent("hparams")["_hparams_/session_start_info"]).session_start_info.hparams
@@ -80,10 +87,11 @@ def test_mlflow_run_holds_params_metric_history_summary_and_stays_in_the_results
                                 f"tags.`mixerbench.run_id` = '{tracked['run_dir'].name}'")
     assert run.info.run_name == tracked["run_dir"].name and run.info.status == "FINISHED"
     assert run.data.params["model.width"] == "16" and run.data.params["data.dataset"] == "synthetic"
-    history = client.get_metric_history(run.info.run_id, "top1")
+    history = client.get_metric_history(run.info.run_id, "test/top1")
     assert sorted((m.step, m.value) for m in history) == [
         (int(r["step"]), pytest.approx(float(r["top1"]))) for r in tracked["rows"]]
     assert run.data.metrics["summary/top1"] == pytest.approx(tracked["summary"]["top1"])
+    assert "train/loss" in run.data.metrics
     assert run.data.tags["mixerbench.model"] == tracked["summary"]["model"]
     assert [a.path for a in client.list_artifacts(run.info.run_id)] == ["summary.json"]
     assert run.info.artifact_uri.startswith((root / "mlflow").as_uri())
@@ -119,7 +127,7 @@ def test_wandb_offline_run_holds_config_history_and_summary_under_the_results_fo
     assert config["model"]["width"] == 16 and config["data"]["dataset"] == "synthetic"
     history = [{(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item}
                for r in recs if r.WhichOneof("record_type") == "history"]
-    assert [(h["_step"], h["top1"]) for h in history if "top1" in h] == [
+    assert [(h["_step"], h["test/top1"]) for h in history if "test/top1" in h] == [
         (int(r["step"]), pytest.approx(float(r["top1"]))) for r in tracked["rows"]]
     summary = {(u.key or "/".join(u.nested_key)): json.loads(u.value_json)
                for r in recs if r.WhichOneof("record_type") == "summary" for u in r.summary.update}
@@ -146,7 +154,7 @@ def test_evaluate_and_plot_log_their_numbers_and_figures(tracked):
     ea.Reload()
     acc = results.load("accuracy", root)
     measured = acc[acc["kind"] == "evaluate"].iloc[-1]
-    assert ea.Scalars("summary/top1")[-1].value == pytest.approx(measured["top1"])
+    assert ea.Scalars("test/top1")[-1].value == pytest.approx(measured["top1"])
     r = cli("plot", "curves", "--results-dir", str(root), "--tracker", "tensorboard")
     assert r.exit_code == 0 and "warning" not in r.output, r.output
     (tb,) = (root / "tb").glob("plot-*")
@@ -189,7 +197,9 @@ def test_compare_groups_its_runs_and_logs_the_figures_plot_draws(tracked):
     ea = EventAccumulator(str(tb))
     ea.Reload()
     assert "figures/curves" in ea.Tags()["images"]
-    assert "tables/compare-synthetic-smoke/text_summary" in ea.Tags()["tensors"]
+    # the table the compare wrote (its name carries the recipe's settings), logged by that name
+    (table,) = (root / "tables").glob("compare-synthetic-smoke*.md")
+    assert f"tables/{table.stem}/text_summary" in ea.Tags()["tensors"]
     if "mlflow" in tools:
         from mlflow.tracking import MlflowClient
 

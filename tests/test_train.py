@@ -15,7 +15,7 @@ from conftest import cli
 from mixerbench import results
 from mixerbench.presets import resolve
 from mixerbench.errors import UserError
-from mixerbench.presets import PRESETS, get_preset, run_config
+from mixerbench.presets import get_preset, names, run_config
 from mixerbench.optim import lr_factor
 from mixerbench.train import Interrupted, TrainingStopped, train
 
@@ -92,7 +92,7 @@ def small_checkpoint(tmp_path_factory):
 
 
 def test_every_preset_resolves(small_checkpoint):
-    for name in PRESETS:
+    for name in names():
         kw = {"init": str(small_checkpoint)} if name.startswith("finetune") else {}
         assert run_config(name, **kw).preset == name
 
@@ -210,6 +210,29 @@ def test_the_meta_check_with_the_datas_classes_counts_what_is_trained(family):
     assert (check.params, check.macs) == (count_params(model)[0],
                                           count_macs(model, rec["img_size"]))
     assert check.num_classes == 37 and check_model(cfg).macs < check.macs
+
+
+def test_compile_is_chosen_when_it_pays_back():
+    from mixerbench.runtime import CPU_COMPILE_SECONDS, compile_pays
+
+    assert not compile_pays(496, 0.05)  # the smoke preset's run on 2 CPU cores: 25 s of steps
+    assert compile_pays(1_000_000, 0.05)  # a long run: hours of steps
+    # the break-even: compile time = steps x step time x (1 - 1/speedup)
+    assert compile_pays(10_000, CPU_COMPILE_SECONDS / 1000) != compile_pays(1_000, CPU_COMPILE_SECONDS / 1000)
+
+
+@pytest.mark.slow
+def test_compiled_and_eager_runs_agree(tmp_path):
+    """compile changes neither the run id nor, beyond float rounding, the results; a short
+    CPU run left to decide stays eager (compiling would not pay back)."""
+    eager = train(tiny_cfg(steps=8, eval_every=8, compile=False), tmp_path / "eager")
+    compiled = train(tiny_cfg(steps=8, eval_every=8, compile=True), tmp_path / "compiled")
+    auto = train(tiny_cfg(steps=8, eval_every=8), tmp_path / "auto")
+    assert eager["run_id"] == compiled["run_id"] == auto["run_id"]
+    assert compiled["compiled"] and not eager["compiled"] and not auto["compiled"]
+    assert compiled["loss"] == pytest.approx(eager["loss"], rel=1e-3)
+    assert abs(compiled["top1"] - eager["top1"]) <= 1.0  # 200 test images: one image is 0.5
+    assert auto["loss"] == eager["loss"] and auto["top1"] == eager["top1"]
 
 
 def test_resume_after_a_kill_is_bitwise_exact(tmp_path):
@@ -393,7 +416,7 @@ def test_every_preset_round_trips_through_config_json(small_checkpoint):
     hash (a preset's whole-number epochs once hashed as 8 and read back as 8.0)."""
     from mixerbench.config import config_hash, from_dict, to_dict
 
-    for name in PRESETS:
+    for name in names():
         kw = {"init": str(small_checkpoint)} if name.startswith("finetune") else {}
         cfg = run_config(name, **kw)
         back = from_dict(json.loads(json.dumps(dict(to_dict(cfg), config_hash=config_hash(cfg)))))

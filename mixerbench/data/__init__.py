@@ -1,4 +1,5 @@
-"""Datasets: the registry (one dict), `get_dataset`, splits and subsets, `describe`.
+"""Datasets: the registry (one record per dataset, `registry.py`), `get_dataset`, splits and
+subsets, `describe`.
 
 The downstream datasets (docs/paper-notes.md §6), the ViT minival protocol (§3) (hold out 2 % of
 train for CIFAR, 10 % for Pets and Flowers, 1 % otherwise: a seeded class-stratified share),
@@ -25,52 +26,29 @@ from typing import Any
 import torch
 
 from mixerbench.data import decode, hub, sources
-from mixerbench.data.embedded import SYNTHETIC_SIZES, EmbeddedReader, within_class_rank
+from mixerbench.data.embedded import EmbeddedReader, within_class_rank
 from mixerbench.data.loader import Batches, make_loader
+from mixerbench.data.registry import (
+    ALIASES,
+    DATASETS,
+    DEFAULT_MINIVAL,
+    KNOWN_DATASETS,
+    DatasetRecord,
+    Finetune,
+    register_dataset,
+    unregister_dataset,
+)
 from mixerbench.data.transforms import PIPELINES, SHUFFLES, make_shuffle
 from mixerbench.errors import UserError, close_matches
+from mixerbench.events import Log, noop
 
-__all__ = ["Dataset", "KNOWN_DATASETS", "PIPELINES", "SHUFFLES", "Batches", "canonical_name",
+__all__ = ["Dataset", "DATASETS", "DatasetRecord", "Finetune", "KNOWN_DATASETS", "register_dataset",
+           "unregister_dataset",
+           "dataset_record", "PIPELINES", "SHUFFLES", "Batches", "canonical_name",
            "bench_inputs", "capped_split", "describe", "get_dataset", "known_datasets",
            "make_loader", "make_shuffle", "minival_mask", "stratified_subset", "datasets_command"]
 
-# One entry per dataset name. `splits` maps our split names to the source's ('a+b' concatenates);
-# `image_size` None means images vary in size; `minival` is the held-out share of train (docs/paper-notes.md §3).
-KNOWN_DATASETS: dict[str, dict] = {
-    "cifar10": dict(hub_id="uoft-cs/cifar10", image_column="img", label_column="label", num_classes=10,
-                    splits={"train": "train", "test": "test"}, sizes={"train": 50_000, "test": 10_000},
-                    image_size=32, minival=0.02, offline=False, paper="6.5"),
-    "cifar100": dict(hub_id="uoft-cs/cifar100", image_column="img", label_column="fine_label", num_classes=100,
-                     splits={"train": "train", "test": "test"}, sizes={"train": 50_000, "test": 10_000},
-                     image_size=32, minival=0.02, offline=False, paper="6.5"),
-    "pets": dict(hub_id="timm/oxford-iiit-pet", image_column="image", label_column="label", num_classes=37,
-                 splits={"train": "train", "test": "test"}, sizes={"train": 3_680, "test": 3_669},
-                 image_size=None, minival=0.10, offline=False, paper="6.5"),
-    # Flowers-102 "train" is train+validation (2,040 images: the paper's "2k train", as in ViT/BiT).
-    "flowers102": dict(hub_id="dpdl-benchmark/oxford_flowers102", image_column="image", label_column="label",
-                       num_classes=102, splits={"train": "train+validation", "validation": "validation",
-                                                "test": "test"},
-                       sizes={"train": 2_040, "validation": 1_020, "test": 6_149},
-                       image_size=None, minival=0.10, offline=False, paper="6.5"),
-    # ImageNet test labels are not public: "test" is the 50k validation set the paper reports on.
-    "imagenet-1k": dict(hub_id="ILSVRC/imagenet-1k", image_column="image", label_column="label",
-                        num_classes=1000, splits={"train": "train", "validation": "validation",
-                                                  "test": "validation"},
-                        sizes={"train": 1_281_167, "validation": 50_000, "test": 50_000},
-                        image_size=None, minival=0.01, offline=False, gated=True, stream=True, paper="6.5"),
-    "mnist-5k": dict(hub_id=None, num_classes=10, splits={"train": "train", "test": "test"},
-                     sizes={"train": 4_000, "test": 1_000}, image_size=28, minival=0.01, offline=True,
-                     embedded=True, paper="-"),
-    "synthetic": dict(hub_id=None, num_classes=10, splits={"train": "train", "test": "test"},
-                      sizes=dict(SYNTHETIC_SIZES), image_size=32, minival=0.01, offline=True,
-                      embedded=True, paper="-"),
-}
-ALIASES = {"cifar-10": "cifar10", "cifar-100": "cifar100", "oxford-iiit-pet": "pets", "pet": "pets",
-           "oxford_iiit_pet": "pets", "flowers": "flowers102", "oxford_flowers102": "flowers102",
-           "flowers-102": "flowers102", "imagenet": "imagenet-1k", "imagenet1k": "imagenet-1k",
-           "imagenet2012": "imagenet-1k", "ilsvrc2012": "imagenet-1k", "mnist": "mnist-5k"}
 DERIVED_SPLITS = ("minival", "train-minus-minival")
-DEFAULT_MINIVAL = 0.01  # big_vision's train[99%:] for ImageNet; used for any dataset not listed
 
 
 @dataclass(eq=False)
@@ -214,6 +192,18 @@ def _canonical(name_or_path: str) -> str:
     return ALIASES.get(low, low) if ALIASES.get(low, low) in KNOWN_DATASETS else key
 
 
+def registry_name(name: str) -> str | None:
+    """The registry name a registry name or alias stands for, in any case (`CIFAR-10` ->
+    `cifar10`), else None (a path or a hub id is not a registry spelling). Reads no file."""
+    known = _canonical(name)
+    return known if known in KNOWN_DATASETS else None
+
+
+def dataset_record(name_or_path) -> DatasetRecord | None:
+    """The registry record of the dataset `name_or_path` designates (`canonical_name`), or None."""
+    return DATASETS.get(canonical_name(name_or_path) or "")
+
+
 def is_registry_name(name: str) -> bool:
     """A name of `KNOWN_DATASETS` or one of its aliases (not a path): it identifies the dataset
     wherever its copy is found."""
@@ -263,7 +253,8 @@ def _resolve(name_or_path, data_dir, image_column, label_column, root: Path):
         info = KNOWN_DATASETS.get(canonical_name(name) or "", {})
         return name, info, hub.HubReader(hub_id, root, image_column or info.get("image_column"),
                                          label_column or info.get("label_column"),
-                                         gated=info.get("gated", False))
+                                         gated=info.get("gated", False),
+                                         config=info.get("hub_config"))
     cols = (image_column or info.get("image_column"), label_column or info.get("label_column"))
     path = Path(name).expanduser()
     if path.exists():
@@ -275,7 +266,7 @@ def _resolve(name_or_path, data_dir, image_column, label_column, root: Path):
         if known is not None:
             info = KNOWN_DATASETS[known]
             cols = (image_column or info.get("image_column"), label_column or info.get("label_column"))
-            return known, info, sources.local_reader(path, *cols, hf_cache)
+            return known, info, sources.local_reader(_config_folder(path, info), *cols, hf_cache)
         return local, {}, sources.local_reader(path, *cols, hf_cache)
     for d in (data_dir, os.environ.get("MIXERBENCH_DATA")):
         if not d:
@@ -284,14 +275,25 @@ def _resolve(name_or_path, data_dir, image_column, label_column, root: Path):
         if not d.is_dir():
             raise UserError(f"The data directory {d} does not exist; fix --data-dir / MIXERBENCH_DATA.")
         if (d / name).exists():
-            return name, info, sources.local_reader(d / name, *cols, hf_cache)
+            return name, info, sources.local_reader(_config_folder(d / name, info), *cols, hf_cache)
+    if info and info.get("hub_id"):
+        return name, info, hub.HubReader(info["hub_id"], root, *cols, gated=info.get("gated", False),
+                                         config=info.get("hub_config"))
     if info:
-        return name, info, hub.HubReader(info["hub_id"], root, *cols, gated=info.get("gated", False))
+        raise UserError(f"{name} has no copy on the Hugging Face hub; put its folder ({name}/) under "
+                        f"--data-dir or MIXERBENCH_DATA, or pass the folder's path.")
     if _looks_like_path(name):
         hint = f" (for a hub dataset write hf:{name})" if name.count("/") == 1 and not name.startswith((".", "/", "~")) else ""
         raise UserError(f"No dataset folder at {path}{hint}; check the path.")
     raise UserError(f"Unknown dataset '{name}': use {', '.join(KNOWN_DATASETS)}, hf:<hub id>, a folder path, "
                     f"or a folder under --data-dir / MIXERBENCH_DATA." + close_matches(name, list(KNOWN_DATASETS) + list(ALIASES)))
+
+
+def _config_folder(folder: Path, info: dict) -> Path:
+    """A local copy of a hub dataset with several configs keeps each in a folder of that name
+    (`svhn/cropped_digits/...`): the registry's config is read, never the others beside it."""
+    config = info.get("hub_config")
+    return folder / config if config and (folder / config).is_dir() else folder
 
 
 def _real_split(split: str, name: str, info: dict, available: dict | None) -> str:
@@ -441,10 +443,18 @@ def _in_memory(reader, name, real, info, img_size, root, what):
     cached = decode.load_tensor_cache(path, key)
     # A local copy's labels are read again (milliseconds: one parquet column or a folder
     # listing) and must equal the cached ones: a cache whose labels were permuted or replaced
-    # is decoded again rather than trusted. The embedded sets and the hub are only checked
-    # against the fingerprint the cache carries (reading them again costs seconds).
+    # is decoded again rather than trusted. An embedded set is compared whole, images and
+    # labels, with its source (generated or parsed in well under a second), so a cache
+    # rewritten with a fingerprint to match is rebuilt all the same. The hub is checked
+    # against the fingerprint the cache carries (its source may be out of reach offline).
     source_labels = None
-    if cached is not None and not isinstance(reader, (EmbeddedReader, hub.HubReader)):
+    if cached is not None and isinstance(reader, EmbeddedReader):
+        arrays = reader.arrays()
+        parts = real.split("+")
+        if not (torch.equal(torch.cat([arrays[s][0] for s in parts]), cached["images"])
+                and torch.equal(torch.cat([arrays[s][1] for s in parts]), cached["labels"])):
+            cached = None
+    elif cached is not None and not isinstance(reader, hub.HubReader):
         source_labels = torch.from_numpy(reader.labels(real))
         if not torch.equal(source_labels, cached["labels"]):
             cached = None
@@ -477,11 +487,13 @@ def _in_memory(reader, name, real, info, img_size, root, what):
 def known_datasets() -> list[dict]:
     """One row per registry entry, for `mixerbench datasets` with no argument."""
     rows = []
-    for name, info in KNOWN_DATASETS.items():
-        rows.append(dict(name=name, hub_id=info["hub_id"] or "(embedded)", classes=info["num_classes"],
-                         splits=", ".join(f"{k} {v:,}" for k, v in info["sizes"].items()),
-                         image_size=info["image_size"] or "varies", minival=f"{info['minival']:.0%}",
-                         offline=info["offline"], gated=info.get("gated", False)))
+    for r in DATASETS.values():
+        hub_id = (f"{r.hub_id} ({r.hub_config})" if r.hub_config else r.hub_id) if r.hub_id else \
+            "(embedded)" if r.embedded else "(local copies)"
+        rows.append(dict(name=r.name, hub_id=hub_id, classes=r.num_classes,
+                         splits=", ".join(f"{k} {v:,}" for k, v in r.sizes.items()),
+                         image_size=r.image_size or "varies", minival=f"{r.minival:.0%}",
+                         offline=r.embedded, gated=r.gated))
     return rows
 
 
@@ -546,7 +558,7 @@ def _minival_size(reader, info: dict, sizes: dict, share: float) -> int | None:
 
 
 def datasets_command(name_or_path: str | None = None, data_dir=None, bench: bool = False, *,
-                     device: str | None = None, root=None, progress=None, write_jpegs: int | None = None,
+                     device: str | None = None, root=None, log: Log = noop, write_jpegs: int | None = None,
                      **bench_kw):
     """What `mixerbench datasets` prints: rows (no argument), a dict (NAME), or the input
     bench (--bench, on `device`: CUDA when present): `bench_inputs`' rows. `write_jpegs` N
@@ -557,16 +569,16 @@ def datasets_command(name_or_path: str | None = None, data_dir=None, bench: bool
         if name_or_path is None:
             raise UserError("--write-jpegs needs the new folder to write them into, e.g. "
                             "`mixerbench datasets jpegs --write-jpegs 4000`.")
-        write_jpeg_folder(name_or_path, write_jpegs, progress=progress)
+        write_jpeg_folder(name_or_path, write_jpegs, log=log)
     if name_or_path is None:
         return known_datasets()
     if bench:
-        return bench_inputs(name_or_path, data_dir, device=device, root=root, progress=progress, **bench_kw)
+        return bench_inputs(name_or_path, data_dir, device=device, root=root, log=log, **bench_kw)
     return describe(name_or_path, data_dir)
 
 
 def bench_inputs(name_or_path: str, data_dir=None, *, device: str | None = None, img_size: int | None = None,
-                 root=None, record: bool = True, progress=None, **kw) -> dict:
+                 root=None, record: bool = True, log: Log = noop, **kw) -> dict:
     """`inputbench.input_bench` on the train split of a dataset, streamed where it can be (a
     folder of class folders also gets timm's create_loader row); with `record`, rows appended
     to `<root>/inputs.csv` (the results folder), one `bench_id` for the call.
@@ -591,7 +603,7 @@ def bench_inputs(name_or_path: str, data_dir=None, *, device: str | None = None,
         parents = {Path(v).parent.parent for v in ds.hf}  # <root>/<class>/<image>
         folder = parents.pop() if len(parents) == 1 else None
     size = img_size or (224 if ds.images is None else int(ds.images.shape[1]))
-    rows = input_bench(ds, folder, img_size=size, device=device, progress=progress, **kw)
+    rows = input_bench(ds, folder, img_size=size, device=device, log=log, **kw)
     bench_id = _dt.datetime.now(_dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ") + "-" + uuid.uuid4().hex[:6]
     prov = results.provenance(device=device, dtype="fp32")
     rows = [dict(r, bench_id=bench_id, dataset=ds.name, **prov) for r in rows]

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from mixerbench.data.registry import DATASETS
 from mixerbench.data.sources import Reader
 
 
@@ -36,7 +37,7 @@ class EmbeddedReader(Reader):
         return self._arrays
 
     def split_sizes(self):
-        return {"mnist-5k": {"train": 4000, "test": 1000}, "synthetic": SYNTHETIC_SIZES}[self.name]
+        return dict(DATASETS[self.name].sizes)
 
     def class_names(self):
         return [str(i) for i in range(10)] if self.name == "mnist-5k" else [f"class{i}" for i in range(10)]
@@ -68,7 +69,7 @@ def mnist_5k() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
     return {"train": (images[tr], labels[tr]), "test": (images[te], labels[te])}
 
 
-SYNTHETIC_SIZES = {"train": 1000, "test": 200}  # 10 classes x (100, 20), 32 x 32 px
+SYNTHETIC_SIZES = DATASETS["synthetic"].sizes  # 10 classes x (100, 20), 32 x 32 px
 
 
 def synthetic() -> dict[str, tuple[torch.Tensor, torch.Tensor]]:

@@ -58,15 +58,19 @@ def hub_reachable(root: Path) -> bool:
 def hf_datasets_cache() -> Path:
     if os.environ.get("HF_DATASETS_CACHE"):
         return Path(os.environ["HF_DATASETS_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    from mixerbench.process import cache_home
+
+    home = os.environ.get("HF_HOME") or cache_home() / "huggingface"
     return Path(home).expanduser() / "datasets"
 
 
 class HubReader(_HFReader):
     kind = "hub"
 
-    def __init__(self, hub_id: str, root: Path, image_column=None, label_column=None, gated=False):
+    def __init__(self, hub_id: str, root: Path, image_column=None, label_column=None, gated=False,
+                 config: str | None = None):
         self.hub_id, self.location, self.root, self.gated = hub_id, hub_id, root, gated
+        self.config = config  # the hub dataset's config name, where it has several (SVHN)
         self.image_column, self.label_column = image_column or "image", label_column or "label"
         self._given = image_column, label_column
         self._loaded: dict[str, object] = {}
@@ -74,10 +78,12 @@ class HubReader(_HFReader):
         self._ready = False
 
     def cache_key(self):  # no network: a decoded copy in our cache is used offline
-        return f"hub|{self.hub_id}|{self._given}"
+        config = f"|{self.config}" if self.config else ""  # keys of one-config sets unchanged
+        return f"hub|{self.hub_id}{config}|{self._given}"
 
     def describe_source(self):
-        return f"hub https://huggingface.co/datasets/{self.hub_id}"
+        config = f" (config {self.config})" if self.config else ""
+        return f"hub https://huggingface.co/datasets/{self.hub_id}{config}"
 
     def _fail(self, exc: Exception | None = None):
         msg = str(exc or "").lower()
@@ -115,7 +121,7 @@ class HubReader(_HFReader):
         if split not in self._loaded:
             import datasets
 
-            ds = self._call(lambda: datasets.load_dataset(self.hub_id, split=split))
+            ds = self._call(lambda: datasets.load_dataset(self.hub_id, self.config, split=split))
             if not self._ready:
                 self._init_columns(ds.features, *self._given)
                 self._ready = True
@@ -125,7 +131,7 @@ class HubReader(_HFReader):
     def split_sizes(self):
         import datasets
 
-        info = self._call(lambda: datasets.load_dataset_builder(self.hub_id).info)
+        info = self._call(lambda: datasets.load_dataset_builder(self.hub_id, self.config).info)
         if info.features is not None and not self._ready:
             self._init_columns(info.features, *self._given)
             self._ready = True

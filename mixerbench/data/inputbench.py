@@ -32,6 +32,7 @@ import time
 import torch
 
 from mixerbench.errors import UserError
+from mixerbench.events import Log, noop, progress
 
 BENCH_PIPELINES = {
     "decode": "read + full-size decode only (floor)",
@@ -173,7 +174,7 @@ def _passes(ds, folder, *, img_size, batch_size, workers, randaug_m, mixup_p, de
 
 def input_bench(ds, folder=None, *, img_size: int = 224, batch_size: int = 128, workers: int | None = None,
                 randaug_m: float = 15, mixup_p: float = 0.5, images: int = 2048, repeats: int = 3,
-                device: str = "cpu", timm_row: bool = True, progress=None) -> list[dict]:
+                device: str = "cpu", timm_row: bool = True, log: Log = noop) -> list[dict]:
     """Img/s per CPU core of each input pipeline row on the same `images` images of `ds`.
 
     Args:
@@ -213,14 +214,12 @@ def input_bench(ds, folder=None, *, img_size: int = 224, batch_size: int = 128, 
     total, done = (repeats + 1) * len(names), 0
     for r in range(repeats + 1):  # round 0 is untimed: imports, first allocations, file cache
         for name in names[r % len(names):] + names[:r % len(names)]:  # rotated: no row always first
-            if progress:
-                progress(f"{f'round {r}/{repeats}' if r else 'warm-up round'}: {name}", done, total)
+            progress(log, f"{f'round {r}/{repeats}' if r else 'warm-up round'}: {name}", done, total)
             result = passes[name]()
             done += 1
             if r:
                 per[name].append(result)
-    if progress:
-        progress("done", total, total)
+    progress(log, "done", total, total)
     rows = _rows(per, names, dict(images=n, img_size=img_size, batch_size=batch_size, workers=workers,
                                   randaug_m=randaug_m, mixup_p=mixup_p, repeats=repeats))
     for row in rows:
@@ -246,7 +245,7 @@ def _rows(per: dict, names: list[str], common: dict) -> list[dict]:
     return rows
 
 
-def write_jpeg_folder(root, n: int, *, seed: int = 0, classes: int = 10, progress=None) -> list:
+def write_jpeg_folder(root, n: int, *, seed: int = 0, classes: int = 10, log: Log = noop) -> list:
     """`n` photo-like JPEGs of ImageNet's most common size (500x375 px, quality 90) in `classes`
     class folders under `root` (which must not exist): the input bench's stand-in for ImageNet.
 
@@ -285,6 +284,6 @@ def write_jpeg_folder(root, n: int, *, seed: int = 0, classes: int = 10, progres
         path.parent.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(path, buf.getvalue())
         out.append(path)
-        if progress and (i % 50 == 0 or i == n - 1):
-            progress(f"writing JPEGs into {root}", i + 1, n)
+        if i % 50 == 0 or i == n - 1:
+            progress(log, f"writing JPEGs into {root}", i + 1, n)
     return out

@@ -17,6 +17,10 @@ paper's Mixers, from the official repository's README (google-research/vision_tr
 CIFAR-10 with its default config: 224 px, 10k steps, batch 512, lr 0.03, no grid); the paper
 itself gives only the mean over five datasets ("Avg 5").
 
+And `figures.csv`: what the paper states in numbers about the figures it draws without a
+table (Figure 2 right: the subsets and their epochs, and that no accuracy is stated; Figure 4:
+the drops its text quotes), one row per statement with its words in `note`.
+
 Every row has a `source` column (`P Table N`, `VT models_test`, `VT README`). Numbers are raw: `top1` is a
 0-100 float, `core_days` is TPU-v3 core-days (0.41k -> 410), `throughput` is img/s/core on
 TPU-v3. `model` is our registry slug where one exists and empty otherwise (HaloNet, BiT-R200x3).
@@ -73,13 +77,26 @@ def _read(name: str):
     import pandas as pd
 
     df = pd.read_csv(_HERE / f"{name}.csv", keep_default_na=False, na_values=[""])
-    for col in ("model", "note", "paper_name", "group", "pretrain", "source", "size"):
+    for col in ("model", "note", "paper_name", "group", "pretrain", "source", "size", "figure",
+                "family", "setting", "quantity", "unit"):
         if col in df.columns:
             df[col] = df[col].fillna("").astype(str)
     for col in ("core_days_extrapolated", "personal_communication"):
         if col in df.columns:
             df[col] = df[col].astype(str).str.lower().eq("true")
     return df
+
+
+def figure_notes(figure: str):
+    """The paper's stated numbers about one of its figures (`figure2_right`, `figure4`) from
+    `figures.csv`: figure, paper_name, family, setting, quantity, value (blank where the text
+    gives words, not a number), unit, note (the paper's words), source."""
+    df = _read("figures")
+    rows = df[df["figure"] == figure]
+    if rows.empty:
+        raise UserError(f"figures.csv has no notes on '{figure}'; it has "
+                        f"{', '.join(sorted(df['figure'].unique()))}.")
+    return rows.reset_index(drop=True).copy()
 
 
 def _slug(model: str) -> str:

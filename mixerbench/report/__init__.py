@@ -19,6 +19,7 @@ from typing import Any
 
 from mixerbench import files, results
 from mixerbench.errors import DamagedFileError, UserError, close_matches
+from mixerbench.events import Log, noop
 from mixerbench.models.weights import CHECKPOINT
 from mixerbench.names import slug
 from mixerbench.report import style
@@ -229,12 +230,15 @@ REPORTS: dict[str, Report] = {
         "Figure 3 (right): top-1 vs throughput"),
     "data-scaling": Report(lambda i: [("data-scaling", data_scaling(i.csv("scaling")))],
                            "Figure 2 (right): accuracy vs pre-training data"),
-    "shuffle": Report(lambda i: [("shuffle", shuffle(i.csv("shuffle")))],
+    "shuffle": Report(lambda i: [("shuffle", shuffle(
+        i.csv("shuffle"), metrics_by_run=_run_metrics(i.root, list(i.csv("shuffle")["run_id"]
+                                                                   .dropna().astype(str)),
+                                                      missing_ok=True)))],
                       "Figure 4: invariance to patch and pixel shuffling"),
     "token-mixing": Report(_token_mixing, "Figure 5: token-mixing weights (needs --checkpoint)",
                            default=False),
     "curves": Report(lambda i: [("curves", curves(_run_metrics(i.root, i.runs)))],
-                     "training curves of the latest runs (runs/*/metrics.csv)"),
+                     "training curves of the last command's runs (runs/*/metrics.csv)"),
     # drawn from the model zoo, not from results: `reproduce table1` or `plot table1`
     "table1": Report(_table1, "Table 1: the Mixer shapes and parameter counts", default=False),
     "compare": Report(_compare_tables, "Tables 2-3 at our scale: top-1 beside cost and speed"),
@@ -256,19 +260,18 @@ def _targets(obj, out: Path, stem: str) -> list[Path]:
     return [out / "tables" / f"{stem}.csv", out / "tables" / f"{stem}.md"]
 
 
-def _save(obj, out: Path, stem: str) -> list[Path]:
-    """A Figure to figures/<stem>.png, a DataFrame to tables/<stem>.csv and .md."""
+def _render(obj, out: Path, stem: str) -> list[tuple[Path, bytes]]:
+    """(path, bytes) of what `obj` is written as: a Figure as figures/<stem>.png, a DataFrame
+    as tables/<stem>.csv and .md."""
     paths = _targets(obj, out, stem)
     if hasattr(obj, "savefig"):
         buf = io.BytesIO()
         obj.savefig(buf, format="png", dpi=style.DPI)
-        files.atomic_write_bytes(paths[0], buf.getvalue())
-        return paths
+        return [(paths[0], buf.getvalue())]
     shown = compare_view(obj) if stem.startswith("compare-") else obj
     title = obj.attrs.get("title")
-    files.atomic_write_text(paths[0], _safe_csv(obj))
-    files.atomic_write_text(paths[1], (f"{title}\n\n" if title else "") + to_markdown(shown))
-    return paths
+    return [(paths[0], _safe_csv(obj).encode()),
+            (paths[1], ((f"{title}\n\n" if title else "") + to_markdown(shown)).encode())]
 
 
 def _safe_csv(df) -> str:
@@ -281,7 +284,30 @@ def _safe_csv(df) -> str:
     return df.to_csv(index=False)
 
 
-def _run_metrics(root: Path, runs) -> dict:
+def _last_runs(root: Path) -> list[str]:
+    """The runs of the last command that trained, read from accuracy.csv: the rows at its end
+    that share the last training row's experiment tag (a compare's cells, a reproduction's
+    runs, one pretrain or a string of them), in the order they were written."""
+    acc = results.load("accuracy", root, required=False)
+    if acc.empty or "run_id" not in acc.columns:
+        return []
+    if "kind" in acc.columns:
+        acc = acc[acc["kind"].astype(str) != "evaluate"]
+    tags = (acc["experiment"].astype(object).where(acc["experiment"].notna(), "").astype(str)
+            if "experiment" in acc.columns else [""] * len(acc))
+    ids = [str(r) for r in acc["run_id"]]
+    tags = list(tags)
+    out = []
+    for rid, tag in zip(reversed(ids), reversed(tags)):
+        if tag != tags[-1]:
+            break
+        out.append(rid)
+    return list(dict.fromkeys(reversed(out)))
+
+
+def _run_metrics(root: Path, runs, missing_ok: bool = False) -> dict:
+    """run id -> its metrics.csv rows: the `runs` named (with `missing_ok`, those that have
+    one), else the runs of the last command that trained, else the `MAX_CURVES` most recent."""
     import pandas as pd
 
     # lstat: a planted link or FIFO is listed here and refused by read_metrics, not followed
@@ -290,12 +316,13 @@ def _run_metrics(root: Path, runs) -> dict:
     by_id = {results.printable(p.parent.name): p for p in found}
     if runs:
         unknown = [r for r in runs if r not in by_id]
-        if unknown:
+        if unknown and not missing_ok:
             raise UserError(f"No metrics.csv for run '{unknown[0]}' under {root / 'runs'}."
                             + close_matches(unknown[0], by_id))
-        chosen = list(runs)
+        chosen = [r for r in dict.fromkeys(runs) if r in by_id]
     else:
-        chosen = list(by_id)[-MAX_CURVES:]
+        last = [r for r in _last_runs(root) if r in by_id]
+        chosen = last or list(by_id)[-MAX_CURVES:]
     out = {}
     for r in chosen:
         rows = results.read_metrics(by_id[r])  # strict: a damaged file is refused, not plotted
@@ -364,25 +391,32 @@ def regenerate(
             for path in _targets(obj, out, stem):
                 files.check(path.parent, "dir")
                 files.check(path, "file")
-        for stem, obj in made:  # a file that cannot be written is an error, not a skip
-            written += _save(obj, out, stem)
+        # a file that cannot be written is an error, not a skip; all are written or none (a
+        # full disk part way leaves every figure and table as it was)
+        rendered = [item for stem, obj in made for item in _render(obj, out, stem)]
+        files.write_all(rendered)
+        written = [path for path, _ in rendered]
     return {"written": written, "skipped": skipped}
 
 
-def draw(root=None, out=None, names=None, checkpoint=None, *, runs=None,
-         trackers: tuple[str, ...] = (), on_warning=None) -> dict:
-    """`mixerbench plot`: `regenerate`, refused when nothing could be drawn (no results yet),
-    then one tracker run `plot` per tracker in `trackers` showing what was written."""
-    from mixerbench.trackers import record
+class Event:
+    """What `draw` emits as `log(event, info)`; `view.ProgressView` renders it and
+    `trackers.Tracked` records it as the tracker run `plot`."""
 
+    DRAWN = "drawn"  # figures and tables were written: root, written, config
+
+
+def draw(root=None, out=None, names=None, checkpoint=None, *, runs=None,
+         log: Log = noop) -> dict:
+    """`mixerbench plot`: `regenerate`, refused when nothing could be drawn (no results yet);
+    what was written is reported as `Event.DRAWN`."""
     done = regenerate(root, out, names, checkpoint, runs=runs)
     if not done["written"]:
         raise UserError(f"Nothing to plot in {results.results_dir(root)}: it has no results CSVs "
                         "yet; run `mixerbench compare --preset smoke` (or pretrain, bench, "
                         "reproduce) first.")
-    record(trackers, results.results_dir(root), "plot", kind="plot", files=done["written"],
-           config=dict(name=names or "all", runs=",".join(runs) if runs else None,
-                       checkpoint=checkpoint), on_warning=on_warning)
+    log(Event.DRAWN, dict(root=results.results_dir(root), written=done["written"], config=dict(
+        name=names or "all", runs=",".join(runs) if runs else None, checkpoint=checkpoint)))
     return done
 
 

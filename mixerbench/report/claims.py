@@ -226,7 +226,7 @@ def match(claim: Claim, label: str, ours: float, paper: float, n: int | None = N
         out.verdict = HELD
     elif abs(diff) - half > tol:
         out.verdict = NOT_HELD
-    out.why = (f"on {n:,} of {full:,} images: ours - paper = {diff:+.2f} ± {half:.2f} (95 %), "
+    out.why = (f"on {n:,} of {full:,} images: ours - paper = {_signed(diff, diff)} ± {_fmt(half)} (95 %), "
                f"tolerance {tol:g}")
     return out
 
@@ -640,25 +640,35 @@ def counts(verdicts: list[Verdict]) -> str:
 # ---------------------------------------------------------------------------- rendering
 
 def _fmt(v: float, unit: str = "") -> str:
-    if v != v:
-        return "n/a"
-    digits = 2 if abs(v) < 1000 else 0
-    return f"{v:,.{digits}f}"
+    """A measured number as every table writes it (`formatting.rate`: 3 significant digits,
+    thousands separated), "n/a" for none."""
+    from mixerbench.formatting import rate
+
+    return "n/a" if v != v else rate(v)
+
+
+def _signed(v: float, like: float) -> str:
+    """A difference to the last digit its sides are shown with (`_fmt(like)`): +0.9, +0.38."""
+    shown = _fmt(like)
+    decimals = len(shown.split(".")[1]) if "." in shown else 0
+    return "n/a" if v != v else f"{v:+,.{decimals}f}"
 
 
 def side_text(s: Side) -> str:
-    spread = f" ± {_fmt(s.std)}" if s.std == s.std else ""
+    from mixerbench.formatting import rate, spread
+
+    shown = spread(s.mean, s.std if s.std == s.std else None, rule=rate) or "n/a"
     seeds = ""
     if s.seeds and s.unit == "seeds":
         seeds = ", seed " + ",".join(str(_plain(x)) for x in sorted(s.seeds))
     unit = s.unit[:-1] if s.n == 1 and s.unit.endswith("s") else s.unit
-    return f"{s.label} {_fmt(s.mean)}{spread} (n={s.n} {unit}{seeds})"
+    return f"{s.label} {shown} (n={s.n} {unit}{seeds})"
 
 
 def comparison_text(c: Comparison) -> str:
     """One line: the numbers of both sides (or ours and the paper's) and what decided it."""
     if c.a is not None and c.b is not None:
-        nums = f"A = {side_text(c.a)} vs B = {side_text(c.b)}: A - B = {c.value:+.2f}"
+        nums = f"A = {side_text(c.a)} vs B = {side_text(c.b)}: A - B = {_signed(c.value, c.a.mean)}"
     elif c.a is not None and c.paper == c.paper:
         nums = f"ours {_fmt(c.a.mean)} vs paper {_fmt(c.paper)}"
     else:

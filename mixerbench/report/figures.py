@@ -23,7 +23,6 @@ import numpy as np
 import pandas as pd
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
-from matplotlib.lines import Line2D
 from matplotlib.ticker import (
     FixedLocator,
     FuncFormatter,
@@ -156,8 +155,10 @@ def label_points(ax, x, y, labels, fontsize: float | None = None, draw: bool = T
 
 
 def _frontier(ax, x, y):
+    """The Pareto frontier as a dashed line, and its legend entry, when it has two points or
+    more: one point that beats the rest is no line, and a legend never lists a mark not drawn."""
     idx = pareto_frontier(list(x), list(y))
-    if len(idx) >= 1:
+    if len(idx) >= 2:
         ax.plot(np.asarray(x, float)[idx], np.asarray(y, float)[idx], "--", color="black",
                 linewidth=1.2, alpha=0.8, label="Pareto frontier", zorder=2)
     return idx
@@ -473,6 +474,13 @@ def data_scaling(scaling_df: pd.DataFrame, *, dataset: str | None = None) -> Fig
     fig, axes = new_figure(len(metrics))
     fractions = np.sort(df["fraction"].unique())
     epochs_at = df.groupby("fraction")["epochs"].agg(lambda s: s.dropna().unique())
+    # the paper's Figure 2 right in the numbers its text states (reference/figures.csv): the
+    # same four subsets at equal compute; no accuracy of any point is stated, so none is drawn
+    notes = reference.figure_notes("figure2_right")
+    epochs_rows = notes[notes["quantity"] == "pretrain_epochs"]
+    paper = (" / ".join(epochs_rows["setting"]) + " of JFT-300M at "
+             + " / ".join(f"{float(v):g}" for v in epochs_rows["value"]) + " epochs")
+    said = notes[notes["quantity"] != "pretrain_epochs"]["note"].iloc[0]
     for ax, metric in zip(axes, metrics):
         d = df[df["metric"] == metric]
         models = sorted(d["model"].astype(str).unique(),
@@ -503,9 +511,23 @@ def data_scaling(scaling_df: pd.DataFrame, *, dataset: str | None = None) -> Fig
         _finish(ax, "training-set fraction (log; epochs scaled for equal compute)",
                 f"{_metric_label(metric)} top-1 (%)",
                 f"{dataset}: {_metric_label(metric)} vs data size")
-    if probes:
-        fig.suptitle(probes.strip(), fontsize=style.FONT_SIZE)
+        if ax.get_legend() is not None:
+            ax.get_legend().remove()
+    handles, labels = axes[0].get_legend_handles_labels()
+    # one legend for every panel, above them: never over the lines
+    fig.legend(handles, labels, loc="outside upper center", ncols=min(len(handles), 3),
+               fontsize=style.FONT_SIZE - 2, frameon=False)
+    note = (f"Ours: {probes.strip()[0].upper()}{probes.strip()[1:]}.\n" if probes else "")
+    fig.supxlabel(note + _wrap(f"Paper, Figure 2 right ({notes['source'].iloc[0]}): {paper}, "
+                               f"linear 5-shot ImageNet; {said}.", 85 * len(metrics)),
+                  fontsize=style.FONT_SIZE - 2, color="#444444")
     return fig
+
+
+def _wrap(text: str, width: int) -> str:
+    import textwrap
+
+    return "\n".join(textwrap.wrap(text, width))
 
 
 # ----------------------------------------------------------------------------- Figure 4
@@ -523,17 +545,43 @@ def _shuffle_name(v) -> str:
     return _SHUFFLE_ALIASES.get(s, str(v))
 
 
-def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None) -> Figure:
+def _paper_shuffle(family: str) -> str:
+    """What the paper's Figure 4 text states for a family's model (reference/figures.csv), as
+    one line under its panel: the patch and global shuffles' effect in its words and numbers."""
+    notes = reference.figure_notes("figure4")
+    rows = notes[notes["family"] == family]
+    if rows.empty:
+        return ""
+    said = []
+    for _, r in rows.iterrows():
+        what = {"patch": "patch+pixel", "global": "global"}.get(r["setting"], r["setting"])
+        if r["quantity"] == "change" and r["value"] == 0:
+            said.append(f"{what}: matches original")
+        elif r["value"] == r["value"] and r["value"] is not None:
+            said.append(f"{what}: ~{float(r['value']):g}{r['unit']} drop")
+        else:
+            said.append(f"{what}: drops (no value)")
+    return (f"paper, Fig. 4 ({rows['paper_name'].iloc[0]}, JFT-300M, 5-shot): "
+            + "; ".join(said))
+
+
+def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None,
+            metrics_by_run: Mapping[str, pd.DataFrame] | None = None) -> Figure:
     """Accuracy of models trained and evaluated on original, patch+pixel-shuffled and globally
-    shuffled inputs, one panel per model, Mixer first (paper Figure 4).
+    shuffled inputs, one panel per model, Mixer first (paper Figure 4), with the paper's
+    stated effects under each panel (`reference.figure_notes("figure4")`) and, where the runs'
+    metrics.csv are at hand, their eval top-1 over training below (the paper draws curves over
+    pre-training).
 
     Args:
-        shuffle_df: `shuffle.csv` rows (`model, dataset, train_shuffle, eval_shuffle, metric,
-            top1`). Shuffle names `none|original`, `patch`, `global`. Rows whose `eval_shuffle`
-            differs from `train_shuffle` are left out when matching rows exist (the paper trains
-            and evaluates on the same pipeline). Seeds averaged, std as error bar; each bar is
-            labelled with its value and its change from `original`. Several metrics -> grouped bars.
+        shuffle_df: `shuffle.csv` rows (`run_id, model, dataset, train_shuffle, eval_shuffle,
+            metric, top1`). Shuffle names `none|original`, `patch`, `global`. Rows whose
+            `eval_shuffle` differs from `train_shuffle` are left out when matching rows exist
+            (the paper trains and evaluates on the same pipeline). Seeds averaged, std as error
+            bar; each bar is labelled with its value and its change from `original` (points, and
+            relative). Several metrics -> grouped bars.
         dataset: which dataset (default: the one with most rows).
+        metrics_by_run: run id -> its metrics.csv rows; the rows' runs found here are drawn.
     """
     df = require(shuffle_df, "shuffle", "The shuffle figure")
     numeric(df, "top1")
@@ -556,16 +604,23 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None) -> Figure:
     settings = sorted(df["train_shuffle"].unique(), key=lambda s: (_SHUFFLE_ORDER.get(s, 9), s))
     metrics = sorted(df["metric"].unique(), key=_metric_order)
     probes = _probe_note(df)
+    runs = {}  # model -> {setting: metrics of its run}
+    for _, r in df.drop_duplicates(["model", "train_shuffle"]).iterrows():
+        m = (metrics_by_run or {}).get(str(r.get("run_id", "")))
+        if m is not None and len(m):
+            runs.setdefault(str(r["model"]), {})[r["train_shuffle"]] = m
     ncols = min(3, len(models))
-    nrows = math.ceil(len(models) / ncols)
+    curves_row = bool(runs) and len(models) <= 3
+    nrows = math.ceil(len(models) / ncols) + curves_row
     fig, axes = new_figure(ncols, nrows, size=(min(5.8, 2.2 + 0.9 * len(settings) * len(metrics)),
                                                4.4))
-    for extra in axes[len(models):]:
+    bar_axes, curve_axes = axes[:len(models)], axes[ncols:ncols + len(models)] if curves_row else []
+    for extra in axes[len(models):ncols * (nrows - curves_row)] + axes[ncols + len(models):]:
         fig.delaxes(extra)
     ymax = df["top1"].max()
     width = 0.8 / len(metrics)
     hatches = ["", "//", "..", "xx"]
-    for ax, model in zip(axes, models):
+    for ax, model in zip(bar_axes, models):
         d = df[df["model"] == model]
         for k, metric in enumerate(metrics):
             g = d[d["metric"] == metric].groupby("train_shuffle")["top1"].agg(
@@ -584,21 +639,47 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None) -> Figure:
                             elinewidth=1, capsize=3)
             base = g["mean"].get("original", np.nan)
             for xi, s_, v, e in zip(x[ok], np.array(settings)[ok], g["mean"][ok], yerr[ok]):
-                delta = "" if s_ == "original" or base != base else f"\n({v - base:+.1f})"
+                delta = ("" if s_ == "original" or base != base or not base else
+                         f"\n{v - base:+.1f}\n({100 * (v - base) / base:+.0f}%)")
                 ax.text(xi, v + e + 0.012 * max(ymax, 1), f"{v:.1f}{delta}", ha="center",
-                        va="bottom", fontsize=style.FONT_SIZE - 2 - (len(metrics) > 2))
+                        va="bottom", fontsize=style.FONT_SIZE - 2.5 - (len(metrics) > 2))
         ax.set_xticks(np.arange(len(settings)),
                       [_SHUFFLE_LABELS.get(s, s) for s in settings])
-        # room above the tallest bar for its two-line label (past 100 %, ticks stop at 100)
-        ax.set_ylim(0, ymax * 1.12 + 8 if ymax > 0 else 1)
+        # room above the tallest bar for its three-line label (past 100 %, ticks stop at 100)
+        ax.set_ylim(0, ymax * 1.2 + 10 if ymax > 0 else 1)
         ax.set_yticks([t for t in ax.get_yticks() if 0 <= t <= 100])
-        _finish(ax, "input pipeline (train and eval)",
+        paper = _paper_shuffle(fam[model])
+        _finish(ax, "input pipeline (train and eval)" + (f"\n{_wrap(paper, 60)}" if paper else ""),
                 f"{dataset} top-1 (%)" if len(metrics) == 1 else f"{dataset} accuracy (%)",
-                f"{style.short_name(model)} ({style.LABELS[fam[model]]})")
+                f"{style.short_name(model)} ({style.LABELS[fam[model]]})", legend=False)
+        if len(metrics) > 1:  # below the panel, off the bars
+            ax.legend(fontsize=style.FONT_SIZE - 2.5, loc="upper center", frameon=False,
+                      bbox_to_anchor=(0.5, -0.42), ncols=len(metrics))
         ax.grid(False, axis="x")
+    _shuffle_curves(curve_axes, models, settings, runs, fam, dataset)
     fig.suptitle(f"Shuffling invariance on {dataset} (one fixed permutation for all images)"
                  + probes, fontsize=style.FONT_SIZE + 1)
     return fig
+
+
+def _shuffle_curves(axes, models, settings, runs: dict, fam: dict, dataset: str) -> None:
+    """Each model's eval top-1 over training under each pipeline (the runs at hand)."""
+    for ax, model in zip(axes, models):
+        for setting in settings:
+            m = runs.get(model, {}).get(setting)
+            if m is None:
+                continue
+            m = numeric(m.copy(), "step", "top1")
+            m = m[m["top1"].notna()]
+            ax.plot(m["step"], m["top1"], color=style.COLORS[fam[model]],
+                    linestyle={"original": "-", "patch": "--"}.get(setting, ":"),
+                    marker="o" if len(m) < 30 else None, markersize=3, linewidth=1.6,
+                    label=_SHUFFLE_LABELS.get(setting, setting).replace("\n", " "))
+        _finish(ax, "training step", f"{dataset} eval top-1 (%)",
+                f"{style.short_name(model)}: over training", legend=False)
+        if ax.get_lines():
+            ax.legend(fontsize=style.FONT_SIZE - 2.5, loc="upper center", frameon=False,
+                      bbox_to_anchor=(0.5, -0.2), ncols=len(settings))
 
 
 def _metric_order(m: str):
@@ -650,6 +731,9 @@ def unit_mosaic(weights, grid: tuple[int, int] | None = None, *, sort: bool = Tr
     if w.ndim != 2:
         raise UserError(f"Token-mixing weights must be 2-D (D_S, S); got shape {w.shape}.")
     d_s, s = w.shape
+    if d_s < 1 or s < 1:  # no unit or no token: nothing to tile (and a division by zero)
+        raise UserError(f"Token-mixing weights of shape {tuple(w.shape)} hold no unit to draw; "
+                        "pass the checkpoint of a Mixer that trained.")
     side = math.isqrt(s)
     if side * side != s:
         raise UserError(f"Token-mixing weights have S={s} tokens, not a square grid; "
@@ -758,11 +842,9 @@ def curves(metrics_by_run: Mapping[str, pd.DataFrame], *, title: str | None = No
     handles, labels = ax_acc.get_legend_handles_labels()
     if not handles:
         handles, labels = ax_loss.get_legend_handles_labels()
-    style_handles = [Line2D([], [], color="black", ls="-"), Line2D([], [], color="black", ls="--")]
-    ax_loss.legend(style_handles, ["train", "eval"], fontsize=style.FONT_SIZE - 2,
-                   loc="upper right")
-    ax_acc.legend(handles, labels, fontsize=style.FONT_SIZE - 2.5, loc="lower right",
-                  framealpha=0.85)
+    # below the panels, never over the data: one entry per run, in as many columns as fit
+    fig.legend(handles, labels, loc="outside lower center", ncols=min(len(handles), 2),
+               fontsize=style.FONT_SIZE - 2.5, frameon=False)
     fig.suptitle(title or f"Training curves ({len(runs)} run{'s' * (len(runs) > 1)})",
                  fontsize=style.FONT_SIZE + 1)
     return fig

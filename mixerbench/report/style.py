@@ -49,11 +49,12 @@ PANEL_SIZE = (5.2, 4.2)  # inches per panel
 
 
 def short_name(model_name: str) -> str:
-    """`mixer-t4[depth=2,width=64]` -> `mixer-t4`: point labels stay readable; the legend and
+    """`mixer-t4[depth=2,width=64]` -> `mixer-t4 d2 w64` (`formatting.label`): point labels
+    and legends stay readable, and a model of another shape never wears the zoo entry's name;
     the CSVs keep the full shape."""
-    import re
+    from mixerbench.formatting import label
 
-    return re.sub(r"\[[^\]]*\]", "", str(model_name))
+    return label(model_name)
 
 
 def family_of(model_name: str) -> str:

@@ -418,13 +418,14 @@ PROBE_SETTINGS = ("shots_split", "l2_reg", "num_seeds", "pipeline", "img_size", 
 
 
 def short_labels(names) -> list[str]:
-    """Model labels for screens and figures: the zoo name without its shape overrides
-    (`resnet18[channels=16x32x64x128,...]` -> `resnet18`), unless two models would then share
-    one label; the CSVs keep the full name."""
-    from mixerbench.report.style import short_name
+    """Model labels for screens and figures: the zoo name with its shape overrides in short
+    (`mixer-t4[depth=2,width=64]` -> `mixer-t4 d2 w64`, `formatting.label`: never the zoo
+    entry's own name for a model of another shape), unless two models would then share one
+    label; the CSVs keep the full name."""
+    from mixerbench.formatting import label
 
     names = [str(n) for n in names]
-    short = [short_name(n) for n in names]
+    short = [label(n) for n in names]
     clash = {s for s in short if len({n for n, t in zip(names, short) if t == s}) > 1}
     return [n if s in clash else s for n, s in zip(names, short)]
 
@@ -700,42 +701,21 @@ def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
 
 # ----------------------------------------------------------------------------- markdown
 
-def _float_format(values: pd.Series) -> str:
-    """One format per column: integers when every value is whole, else 2 decimals, else %.3g."""
-    v = pd.to_numeric(values, errors="coerce").astype(float)
-    v = v[np.isfinite(v)]
-    if v.empty or ((v == v.round()) & (v.abs() < 1e12)).all():
-        return "{:.0f}"
-    nz = v[v != 0].abs()
-    if not nz.empty and (nz.max() >= 1e6 or nz.min() < 0.01):
-        return "{:.3g}"
-    return "{:.2f}"
-
-
-def _cell(v, fmt: str) -> str:
-    if v is None or v is pd.NA or v is pd.NaT or (isinstance(v, float) and math.isnan(v)):
-        return ""
-    if isinstance(v, (bool, np.bool_)):
-        return "yes" if v else "no"
-    if isinstance(v, (int, np.integer)):
-        return str(int(v))
-    if isinstance(v, (float, np.floating)):
-        return "" if math.isnan(v) else fmt.format(float(v))
-    return str(v).replace("|", "\\|").replace("\n", " ")
-
-
 def to_markdown(df: pd.DataFrame) -> str:
-    """A GitHub pipe table of `df` (numbers right-aligned, NaN blank), no `tabulate` needed.
+    """A GitHub pipe table of `df` (numbers right-aligned, blanks blank), no `tabulate` needed.
 
-    Each float column gets one format: whole numbers, 2 decimals, or 3 significant digits
-    for very large or very small values (FLOPs, MFU).
+    Every number goes through `mixerbench.formatting`, as the terminal's tables do: counts
+    with separators, FLOPs with their unit, accuracies with one decimal, a column's `_std`
+    beside it merged into one `mean ± std (n)` cell, and headers people read.
     """
-    cols = [str(c) for c in df.columns]
-    num = [pd.api.types.is_numeric_dtype(df[c]) and not pd.api.types.is_bool_dtype(df[c])
-           for c in df.columns]
-    fmts = [_float_format(df[c]) if n else "{}" for c, n in zip(df.columns, num)]
-    body = [[_cell(v, f) for v, f in zip(row, fmts)]
-            for row in df.itertuples(index=False, name=None)]
+    from mixerbench.formatting import display
+
+    rows = [{k: (None if v is pd.NA or v is pd.NaT else v) for k, v in r.items()}
+            for r in df.to_dict("records")]
+    d = display(rows, [str(c) for c in df.columns])
+    cols = [c.header.replace("|", "\\|") for c in d.columns]
+    num = [c.numeric for c in d.columns]
+    body = [[v.replace("|", "\\|").replace("\n", " ") for v in r] for r in d.rows]
     widths = [max([len(c), 3] + [len(r[i]) for r in body]) for i, c in enumerate(cols)]
 
     def line(cells):

@@ -1,0 +1,133 @@
+"""Run the README's commands in tmux at 80 and 120 columns and keep what the terminal shows.
+
+    python docs/screens/capture.py [--only REGEX] [--widths 80,120]
+
+Each `mixerbench` line of README.md's bash blocks runs as typed (the line is not shrunk: these
+are the real commands and their real output) in a fresh tmux pane of that width, from a scratch
+folder whose `~/data` is a local CIFAR-10 copy when one is at hand ($MIXERBENCH_TEST_DATA, else
+../shared/data beside the checkout). The pane's text (`tmux capture-pane`, the whole scrollback)
+goes to docs/screens/<n>-<width>.txt, and docs/screens/README.md lists every command beside its
+captures. Lines that draw a table are checked for a cut cell ("…"); the script exits 1 if any
+has one. The first width trains; the second reads the same runs back (and bench measures again).
+
+It also times the main job (the quick start's `compare`) against its `--dry-run` estimate made
+just before it in the same folder, and prints both: the dry run's accuracy on this machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(ROOT / "tests"))
+
+from test_docs import documented_commands  # noqa: E402  (the docs test's own parser)
+
+DATA = Path(os.environ.get("MIXERBENCH_TEST_DATA") or ROOT.parent / "shared" / "data")
+
+
+def tmux(*args: str, check: bool = True) -> str:
+    return subprocess.run(["tmux", *args], capture_output=True, text=True, check=check).stdout
+
+
+def run_in_pane(line: str, width: int, cwd: Path, env: dict, timeout: float) -> tuple[str, float]:
+    """`line` in a new tmux session `width` columns wide; its screen text and seconds taken."""
+    name = f"mb{width}-{os.getpid()}"
+    tmux("kill-session", "-t", name, check=False)
+    envs = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
+    tmux("new-session", "-d", "-s", name, "-x", str(width), "-y", "50", "-c", str(cwd), *envs,
+         "bash --norc --noprofile")
+    tmux("set-option", "-t", name, "history-limit", "20000")
+    tmux("send-keys", "-t", name, "PS1='$ '; clear", "Enter")
+    time.sleep(0.5)
+    tmux("clear-history", "-t", name)
+    start = time.monotonic()
+    tmux("send-keys", "-t", name, f"{line}; tmux wait-for -S {name}-done", "Enter")
+    subprocess.run(["tmux", "wait-for", f"{name}-done"], timeout=timeout, check=True)
+    took = time.monotonic() - start
+    text = tmux("capture-pane", "-p", "-J", "-S", "-", "-t", name)
+    tmux("kill-session", "-t", name, check=False)
+    lines = text.rstrip().splitlines()
+    return "\n".join(ln.rstrip() for ln in lines) + "\n", took
+
+
+def cut_cells(text: str) -> list[str]:
+    """Table lines (rich's rules and columns) holding a cut cell."""
+    return [ln for ln in text.splitlines() if "…" in ln]
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", default="", help="run only the README lines matching this regex")
+    ap.add_argument("--widths", default="80,120")
+    ap.add_argument("--timeout", type=float, default=3600)
+    args = ap.parse_args()
+    if not shutil.which("tmux"):
+        print("tmux is not installed", file=sys.stderr)
+        return 2
+    widths = [int(w) for w in args.widths.split(",")]
+    lines = [line for doc, line in documented_commands()
+             if doc == "README.md" and line.startswith("mixerbench ") and re.search(args.only, line)]
+    base = Path(tempfile.mkdtemp(prefix="mixerbench-screens-"))
+    work, home = base / "work", base / "home"
+    work.mkdir(), home.mkdir()
+    if (DATA / "cifar10").is_dir():
+        (home / "data").symlink_to(DATA, target_is_directory=True)
+    venv_bin = Path(sys.executable).parent
+    env = {"HOME": str(home), "PATH": f"{venv_bin}:/usr/bin:/bin", "PYTHONPATH": str(ROOT),
+           "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "TERM": "xterm-256color",
+           "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "2")}
+    index, bad = [], []
+    for n, line in enumerate(lines):
+        if "~/data" in line and not (home / "data").exists():
+            print(f"skipped (no CIFAR-10 copy): {line}")
+            continue
+        shots = []
+        for width in widths:
+            if line.startswith("mixerbench compare") and "--dry-run" not in line \
+                    and width == widths[0]:  # the main job, on a fresh folder: plan, then run
+                text, _ = run_in_pane(line + " --dry-run", width, work, env, args.timeout)
+                estimate = re.search(r"here: about ([^,]+),", " ".join(text.split()))
+                text_run, took = run_in_pane(line, width, work, env, args.timeout)
+                note = (f"{line}\n  --dry-run estimate: {estimate and estimate.group(1)}; "
+                        f"measured: {took:.0f} s ({time.strftime('%Y-%m-%d %H:%M')}, load "
+                        f"{os.getloadavg()[0]:.1f})\n")
+                print(note, end="")
+                with open(HERE / "main-job.txt", "a") as fh:
+                    fh.write(note)
+                text = text + "\n" + text_run
+            else:
+                if line.startswith("mixerbench export "):  # it writes into a new folder only
+                    shutil.rmtree(work / line.split()[3], ignore_errors=True)
+                text, took = run_in_pane(line, width, work, env, args.timeout)
+            out = HERE / f"{n:02d}-{width}.txt"
+            out.write_text(text)
+            shots.append(out.name)
+            bad += [f"{out.name}: {c}" for c in cut_cells(text)]
+            print(f"{out.name}: {took:.0f} s  {line}")
+        index.append((line, shots))
+    doc = ["# The README's commands in a terminal", "",
+           "What `python docs/screens/capture.py` saw running each `mixerbench` line of the "
+           "README in tmux at " + " and ".join(map(str, widths)) + " columns (`tmux "
+           "capture-pane`): tables fit, or list one block per row; nothing is cut.", ""]
+    for line, shots in index:
+        doc += [f"- `{line}`: " + ", ".join(f"[{s.split('-')[1].split('.')[0]} columns]({s})"
+                                            for s in shots)]
+    (HERE / "README.md").write_text("\n".join(doc) + "\n")
+    shutil.rmtree(base, ignore_errors=True)
+    for b in bad:
+        print("cut cell:", b, file=sys.stderr)
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

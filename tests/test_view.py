@@ -1,0 +1,284 @@
+"""What a person sees: one number formatter, tables that fit 80 and 120 columns without a cut
+cell, progress that degrades cleanly, a config that round-trips, `settings`, and `--dry-run`."""
+
+from __future__ import annotations
+
+import io
+import json
+import re
+from pathlib import Path
+
+import pytest
+from conftest import TINY, cli, refused
+
+from mixerbench import formatting as f
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+# ------------------------------------------------------------------------------ the formatter
+
+
+def test_one_rule_per_kind_of_number():
+    assert f.value("params", 77036.0) == "77,036"
+    assert f.value("train_flops", 1433752043520.0) == "1.43 TFLOPs"
+    assert f.value("gflops", 0.00752768) == "7.53 MFLOPs"
+    assert f.value("gmacs", 12.6) == "12.6 GMACs"
+    assert f.value("top1_mean", 96.0666) == "96.1" and f.value("cifar10", 84.2) == "84.2"
+    assert f.value("diff", -0.33) == "-0.3" and f.value("mfu", 0.123) == "12.3 %"
+    assert f.value("train_img_per_sec", 1392.9) == "1,393" and f.value("img_per_sec", 5.94) == "5.94"
+    assert f.value("ratio", 1.2106) == "1.21x" and f.value("device_hours", 0.26651) == "0.267"
+    assert f.value("wall_time_s", 959.4) == "16 min" and f.value("train_seconds", 6.44) == "6.4 s"
+    assert f.value("top1", None) == "" and f.value("top1", float("nan")) == ""
+    assert f.spread(96.0666, 0.5507, 3) == "96.1 ± 0.6 (3)" and f.spread(93.2, None, 1) == "93.2 (1)"
+    assert f.spread(1392.9, 28.8, rule=f.rate) == "1,393 ± 29"
+
+
+def test_a_spread_is_one_cell_and_headers_read_as_words():
+    d = f.display([dict(model="mixer-t4[depth=2,width=64]", top1_mean=96.07, top1_std=0.55, n=3,
+                        train_img_per_sec=1392.9, train_img_per_sec_std=28.8)])
+    assert [c.header for c in d.columns] == ["model", "top-1 %", "train img/s"]
+    assert d.rows == [["mixer-t4[depth=2,width=64]", "96.1 ± 0.6 (3)", "1,393 ± 29"]]
+
+
+def test_labels_say_the_shape_so_the_smoke_mixer_is_not_the_zoo_entry():
+    assert f.label("mixer-t4") == "mixer-t4"
+    assert f.label("mixer-t4[depth=2,width=64]") == "mixer-t4 d2 w64"
+    from mixerbench.report.tables import short_labels
+
+    assert short_labels(["mixer-t4[depth=2,width=64]", "mixer-t4"]) == ["mixer-t4 d2 w64",
+                                                                        "mixer-t4"]
+
+
+def test_markdown_tables_use_the_formatter():
+    import pandas as pd
+
+    from mixerbench.report.tables import to_markdown
+
+    md = to_markdown(pd.DataFrame([dict(model="vit-t4", params=107018.0, gflops=0.0112,
+                                        top1_mean=93.1667, top1_std=1.16, n=3)]))
+    assert "107,018" in md and "11.2 MFLOPs" in md and "93.2 ± 1.2 (3)" in md
+    assert "107018" not in md and "0.0112" not in md
+
+
+# ------------------------------------------------------------------------ tables that fit
+
+
+def _tables():
+    """(name, rows) of every wide table the commands print: the committed results' tables, the
+    paper's, the zoo, the settings, and an Avg 5 and a released table built from their columns."""
+    import pandas as pd
+
+    from mixerbench.config import settings_table
+    from mixerbench.reference import TABLES, load_table
+    from mixerbench.report import tables
+    from mixerbench.view import records
+
+    out = [(f"paper-{t}", records(load_table(t))) for t in TABLES]
+    out.append(("settings", settings_table()))
+    for csv in sorted((ROOT / "results" / "tables").glob("*.csv")):
+        df = pd.read_csv(csv)
+        name = "compare" if csv.stem.startswith("compare") else csv.stem
+        if name == "compare":
+            df = tables.compare_view(df)
+        out.append((name, records(df)))
+    avg5 = dict(model="mixer-b16", upstream="imagenet-21k", resolution="1x", img_size=224,
+                **{d: 90.123 for d in tables.AVG5_DATASETS}, avg=91.2, datasets=5, avg5=91.2,
+                paper_avg5=92.5, avg5_diff=-1.3, paper_imagenet=80.64, imagenet_diff=-0.2,
+                official_cifar10=98.6, cifar10_diff=-0.4, runs=1, init="timm:mixer_b16_224.goog_in21k")
+    out.append(("avg5", [avg5, dict(avg5, resolution="2x", img_size=448)]))
+    released = {c: None for c in tables.RELEASED_COLUMNS}
+    released.update(paper_name="Mixer-B/16", checkpoint="timm:mixer_b16_224.goog_in21k_ft_in1k",
+                    model="mixer-b16", upstream="imagenet21k", img_size=224, pipeline="eval-resmall",
+                    n=50000, top1=80.1, paper_top1=80.64, top1_diff=-0.5, real_top1=85.9,
+                    paper_real=85.8, real_diff=0.1, note="timm calls these weights ImageNet-1k ones",
+                    dtype="bf16", device_name="NVIDIA H100 80GB HBM3", timm_version="1.0.31",
+                    git_sha="0123456789ab", timestamp="2026-12-02T10:00:00Z")
+    out.append(("released", [released]))
+    return out
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_every_table_fits_the_terminal_without_a_cut_cell(width, capsys, monkeypatch):
+    from mixerbench import view
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    for name, rows in _tables():
+        view.table(name, rows, view.Format.table, False, title=f"{name} table")
+        out = capsys.readouterr().out
+        assert "…" not in out, f"{name} at {width} columns:\n{out}"
+        lines = out.splitlines()
+        table = [ln for ln in lines if not ln.startswith(("more column", f"{name} table"))
+                 and "more column" not in ln]
+        assert max(len(ln) for ln in table) <= width, f"{name} wider than {width}:\n{out}"
+        # the model (or key) column is always there, with every row's value whole
+        first = rows[0]
+        key = next(k for k in ("paper_name", "model", "key", "name") if k in first)
+        for r in rows:
+            shown = f.label(r[key]) if name == "compare" else str(r[key])
+            assert shown in out or shown.split(" ")[0] in out, (name, shown)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_wide_shows_every_column_as_records_when_wider_than_the_terminal(width, capsys,
+                                                                         monkeypatch):
+    from mixerbench import view
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    name, rows = next(t for t in _tables() if t[0] == "paper-table3")
+    view.table(name, rows, view.Format.table, True)
+    out = capsys.readouterr().out
+    assert "…" not in out and "TPU-v3 core-days" in out and "P Table 3" in out
+
+
+def test_the_table_commands_print_fitted_tables():
+    r = cli("paper", "table3", env={"COLUMNS": "80"})
+    assert r.exit_code == 0 and "…" not in r.output and "ImageNet %" in r.output
+    assert "--wide shows every column" in r.output
+    r = cli("models", "mixer-*", "--format", "csv")  # machine formats keep the raw numbers
+    assert r.exit_code == 0 and "59880472" in r.output
+
+
+def test_progress_fits_80_columns():
+    """The training bar, its start line and a stage line at 80 columns: nothing cut."""
+    from rich.console import Console
+
+    from mixerbench.train import Event
+    from mixerbench.view import ProgressView
+
+    view = ProgressView(quiet=False)
+    buf = io.StringIO()
+    view.console = Console(file=buf, width=80, force_terminal=True, color_system=None)
+    view(Event.START, dict(run_dir="results/runs/mixer-t4-mnist-5k-s0-63d53555", total_steps=2000,
+                           step=0, device="cpu", dtype="fp32", model="mixer-t4[depth=2,width=64]",
+                           dataset="mnist-5k", world_size=2, batch_size=128, img_size=28,
+                           pipeline="digits", eval_pipeline="eval-plain"))
+    view(Event.STEP, dict(step=1234, total_steps=2000, epoch=12.34, loss=0.12345, lr=1e-3,
+                          img_per_sec=1234.5))
+    view.stop()
+    out = buf.getvalue()
+    assert "…" not in out, out
+    assert "global batch 128 (64 per process x 2 processes)" in " ".join(out.split())
+    assert "1234/2000" in out and "loss 0.1235" in out
+
+
+# --------------------------------------------------------------------------- config loop
+
+
+def test_print_config_then_config_trains_the_same_run(tmp_path):
+    run = [*TINY, "--steps", "2", "--results-dir", str(tmp_path)]
+    printed = cli("pretrain", *run, "--print-config")
+    assert printed.exit_code == 0, printed.output
+    config = json.loads(printed.output)
+    assert config["resolved"]["width"] == 16 and config["resolved"]["depth"] == 1
+    path = tmp_path / "c.json"
+    path.write_text(printed.output)
+    again = cli("pretrain", "--config", str(path), "--print-config")
+    assert json.loads(again.output) == config  # read back, printed the same
+    trained = cli("pretrain", "--config", str(path), "--results-dir", str(tmp_path))
+    assert trained.exit_code == 0, trained.output
+    assert [p.name for p in (tmp_path / "runs").iterdir()] == [config["run_id"]]
+    # options and --set win over the file; a YAML file reads the same
+    yaml = __import__("yaml")
+    (tmp_path / "c.yaml").write_text(yaml.safe_dump({"optim": {"lr": 0.01}, "steps": 3}))
+    over = json.loads(cli("pretrain", *run, "--config", str(tmp_path / "c.yaml"),
+                          "--set", "steps=5", "--print-config").output)
+    assert over["optim"]["lr"] == 0.01 and over["steps"] == 5
+
+
+def test_printed_config_shows_the_resolved_width_and_depth():
+    r = cli("pretrain", "--preset", "cifar10-scratch", "--print-config")
+    assert r.exit_code == 0, r.output
+    config = json.loads(r.output)
+    assert config["model"]["width"] is None  # the run's identity is unchanged...
+    assert (config["resolved"]["width"], config["resolved"]["depth"]) == (256, 8)  # ...resolved
+
+
+@pytest.mark.parametrize("content,words", [
+    ("[1, 2]", "not settings"), ("{not json", "not readable JSON"),
+    ('{"optim": {"lrr": 0.1}}', "optim.lr"),
+])
+def test_a_bad_config_file_is_one_sentence(tmp_path, content, words):
+    path = tmp_path / "c.json"
+    path.write_text(content)
+    assert words in refused(cli("pretrain", "--config", str(path), "--print-config"))
+
+
+def test_a_sweep_config_may_not_set_what_each_cell_sets(tmp_path):
+    path = tmp_path / "c.json"
+    path.write_text('{"model": {"name": "vit-t4"}, "optim": {"lr": 0.01}}')
+    line = refused(cli("compare", "--config", str(path), "--print-config"))
+    assert "model.name" in line and "each of its cells" in line
+
+
+def test_settings_lists_every_key_with_its_meaning():
+    from mixerbench.config import MEANING, schema
+
+    keys = [k for k, _, _ in schema()]
+    assert set(MEANING) == set(keys)
+    r = cli("settings", "--format", "csv")
+    assert r.exit_code == 0
+    listed = [line.split(",")[0] for line in r.output.splitlines()[1:]]
+    assert listed == keys
+    assert "mixerbench settings" in refused(cli("pretrain", "--set", "nosuch=1", "--print-config"))
+    r = cli("settings", "optim.*", env={"COLUMNS": "80"})
+    assert r.exit_code == 0 and "peak learning rate" in r.output and "…" not in r.output
+
+
+def test_compare_and_reproduce_take_steps_and_print_their_configs():
+    r = cli("compare", "--models", "mixer,vit", "--steps", "3", "--print-config")
+    assert r.exit_code == 0, r.output
+    configs = json.loads(r.output)
+    assert [c["steps"] for c in configs] == [3, 3] and all(c["epochs"] is None for c in configs)
+    assert [c["model"]["name"] for c in configs] == ["mixer-t4", "vit-t4"]
+    r = cli("reproduce", "shuffle", "--steps", "2", "--print-config")
+    assert r.exit_code == 0, r.output
+    assert {c["steps"] for c in json.loads(r.output)} == {2}
+
+
+# ------------------------------------------------------------------------------- dry run
+
+
+def test_dry_run_plans_and_estimates_and_writes_nothing(tmp_path):
+    root = tmp_path / "results"
+    r = cli("compare", "--models", "mixer", *[a for k in ("steps=3", "model.width=8",
+                                                        "model.depth=1")
+                                               for a in ("--set", k)],
+            "--dry-run", "--on", "h100:0.5", "--results-dir", str(root), env={"COLUMNS": "120"})
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "1 training run" in text and "nothing written" in text
+    assert re.search(r"total: 3 steps, 384 training images, [\d.]+ [kMGT]?FLOPs to train", text), text
+    assert "here: about" in text and "device-hours" in text
+    assert "on one H100 SXM" in text and "at 50% MFU" in text
+    assert not root.exists()
+
+
+def test_a_paper_row_is_costed_beside_the_papers_core_days(tmp_path):
+    r = cli("pretrain", "--preset", "imagenet-mixer-b16", "--dry-run", "--results-dir",
+            str(tmp_path / "r"))
+    if r.exit_code == 2 and "imagenet" in r.output.lower():
+        pytest.skip("no ImageNet copy here: its size cannot be counted")
+    assert "TPU-v3 core-days" in r.output
+
+
+def test_the_readmes_headline_table_is_the_formatters():
+    """README.md's compare table is the committed table's short view through the one
+    formatter (to_markdown), not numbers typed by hand; and no accuracy in the README's text
+    carries more than the formatter's one decimal."""
+    import pandas as pd
+
+    from mixerbench.report.tables import compare_view, to_markdown
+
+    readme = (ROOT / "README.md").read_text()
+    head = re.search(r"<!-- mixerbench table: (\S+): [^>]*-->\n(.*?)<!-- mixerbench table: end -->",
+                     readme, re.S)
+    table = compare_view(pd.read_csv(ROOT / head.group(1)))
+    expected = to_markdown(table[["model", "params", "gflops", "top1_mean", "top1_std", "n",
+                                  "fewshot_top1"]])
+    assert head.group(2) == expected, "regenerate the README's table:\n" + expected
+    prose = re.sub(r"```.*?```", "", readme, flags=re.S)
+    # the formatter gives one decimal to an accuracy, 3 significant digits to a rate: a number
+    # of 10 or more with two decimals before a % or a spread came from somewhere else
+    typed = re.findall(r"\b\d\d+\.\d\d(?: ?%| ±)", prose)
+    assert not typed, typed
