@@ -240,7 +240,7 @@ def _finetuned_shape(cfg: RunConfig, num_classes: int, overrides: dict) -> tuple
     hidden width, and K must be a whole number (`models.resize.resize_mixer`)."""
     import torch
 
-    from mixerbench.models import count_params, create_model, get_spec
+    from mixerbench.models import count_params, create_model
     from mixerbench.models.weights import source_description
 
     m = cfg.model
@@ -256,7 +256,8 @@ def _finetuned_shape(cfg: RunConfig, num_classes: int, overrides: dict) -> tuple
             raise
         raise UserError(f"{cfg.init} describes a model that cannot be built "
                         f"({type(exc).__name__}); pass another checkpoint.") from None
-    if get_spec(m.name).family == "mixer" and hasattr(source, "tokens_dim") and target != src_size:
+    # the native Mixer (the one model with a token-mixing width) grows its token MLPs
+    if hasattr(source, "tokens_dim") and target != src_size:
         if target % src_size or target < src_size:
             raise UserError(f"Mixer fine-tuning at {target} px needs an integer multiple of the "
                             f"trained size {src_size} px (paper section 3); use {2 * src_size} or "

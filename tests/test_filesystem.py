@@ -186,7 +186,8 @@ REFUSED = {
     "accuracy-csv-lock-fifo": (make_fifo("accuracy.csv.lock"), EVAL_FIN),
     "config-json-fifo": (make_fifo("runs/unf/config.json"), UNFINISHED),
     "metrics-csv-fifo-resume": (make_fifo("runs/unf/metrics.csv"), UNFINISHED),
-    "metrics-csv-fifo-plot": (make_fifo("runs/unf/metrics.csv"), ["plot", "curves"]),
+    # curves draws the last command's runs by default (not unf): asked for unf by name
+    "metrics-csv-fifo-plot": (make_fifo("runs/unf/metrics.csv"), ["plot", "curves", "--runs", "unf"]),
     "metrics-csv-fifo-upgrade": (make_fifo("runs/unf/metrics.csv"), ["upgrade"]),
     "metrics-csv-lock-fifo": (make_fifo("runs/unf/metrics.csv.lock"), UNFINISHED),
     "accuracy-csv-is-dev-zero-plot": (link("accuracy.csv", "/dev/zero"), ["plot"]),
