@@ -39,6 +39,7 @@ from mixerbench.report.tables import (
     latest_bench,
     latest_per_run,
     numeric,
+    one_measurement,
     pick_comparison,
     pick_dataset,
     recipe_key,
@@ -467,6 +468,9 @@ def data_scaling(scaling_df: pd.DataFrame, *, dataset: str | None = None) -> Fig
     if "metric" not in df.columns:
         df["metric"] = "top1"
     df["metric"] = df["metric"].fillna("top1").astype(str)
+    # a point is one recipe's seeds on one subset: never two recipes of a model averaged
+    df, left_out = one_measurement(df, ["model", "fraction", "metric"], lambda k: (
+        f"{style.short_name(k[0])} at {k[1]:.0%} ({_metric_label(k[2])})"))
     metrics = sorted(df["metric"].unique(), key=lambda m: (not m.lower().startswith("few"), m))
     df = df.assign(family=style.families(df))
     fam = dict(zip(df["model"].astype(str), df["family"]))
@@ -518,6 +522,8 @@ def data_scaling(scaling_df: pd.DataFrame, *, dataset: str | None = None) -> Fig
     fig.legend(handles, labels, loc="outside upper center", ncols=min(len(handles), 3),
                fontsize=style.FONT_SIZE - 2, frameon=False)
     note = (f"Ours: {probes.strip()[0].upper()}{probes.strip()[1:]}.\n" if probes else "")
+    if left_out:
+        note += _wrap("Drawn: " + "; ".join(left_out) + ".", 85 * len(metrics)) + "\n"
     fig.supxlabel(note + _wrap(f"Paper, Figure 2 right ({notes['source'].iloc[0]}): {paper}, "
                                f"linear 5-shot ImageNet; {said}.", 85 * len(metrics)),
                   fontsize=style.FONT_SIZE - 2, color="#444444")
@@ -597,6 +603,12 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None,
     if "metric" not in df.columns:
         df["metric"] = "top1"
     df["metric"] = df["metric"].fillna("top1").astype(str)
+    # a bar is one recipe's seeds on one subset, each run once (an `evaluate --shuffle` run
+    # again appends its rows again): never two recipes of a model, or a capped part beside
+    # the whole test split, averaged
+    df, left_out = one_measurement(df, ["model", "train_shuffle", "metric"], lambda k: (
+        f"{style.short_name(k[0])} {_SHUFFLE_LABELS.get(k[1], k[1]).replace(chr(10), ' ')} "
+        f"({_metric_label(k[2])})"))
     df["family"] = style.families(df)
     fam = dict(zip(df["model"].astype(str), df["family"]))
     models = sorted(df["model"].astype(str).unique(),
@@ -658,7 +670,8 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None,
         ax.grid(False, axis="x")
     _shuffle_curves(curve_axes, models, settings, runs, fam, dataset)
     fig.suptitle(f"Shuffling invariance on {dataset} (one fixed permutation for all images)"
-                 + probes, fontsize=style.FONT_SIZE + 1)
+                 + probes + ("\n" + _wrap("drawn: " + "; ".join(left_out), 110)
+                             if left_out else ""), fontsize=style.FONT_SIZE + 1)
     return fig
 
 

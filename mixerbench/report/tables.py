@@ -417,6 +417,36 @@ def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset,
 PROBE_SETTINGS = ("shots_split", "l2_reg", "num_seeds", "pipeline", "img_size", "dtype")
 
 
+def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFrame, list[str]]:
+    """The rows a figure's point averages, per `keys` group (a model at one fraction, one
+    shuffle, one metric): each run once (its last row), the seeds of one recipe (the latest;
+    two recipes of one model name are never averaged) and one subset of the images (the whole
+    split where the recipe has it, else its latest capped part). Returns those rows and one
+    note per group that had more (`label(key)` names the group), for the figure to say what it
+    left out."""
+    df = df.reset_index(drop=True)
+    df = df.assign(_recipe=recipe_key(df), _split=text(df, "split"))
+    if "run_id" in df.columns:  # a row without a run id is an observation of its own
+        once = [c for c in ("run_id", *keys, "eval_shuffle", "_split") if c in df.columns]
+        ided = df["run_id"].notna()
+        df = pd.concat([df[~ided], df[ided].drop_duplicates(once, keep="last")]).sort_index()
+    kept, notes = [], []
+    for key, g in df.groupby(keys, sort=False, dropna=False):
+        said = []
+        if g["_recipe"].nunique() > 1:
+            said.append(f"the latest of {g['_recipe'].nunique()} recipes")
+            g = g[g["_recipe"] == g["_recipe"].iloc[-1]]
+        whole = g[~g["_split"].str.contains("[", regex=False)]
+        split = (whole if len(whole) else g)["_split"].iloc[-1]
+        if g["_split"].nunique() > 1:
+            said.append(f"on {split or 'its split'} only")
+        kept.append(g[g["_split"] == split])
+        if said:
+            notes.append(f"{label(key)}: {', '.join(said)}")
+    out = pd.concat(kept).sort_index() if kept else df.iloc[0:0]
+    return out.drop(columns=["_recipe", "_split"]), notes
+
+
 def short_labels(names) -> list[str]:
     """Model labels for screens and figures: the zoo name with its shape overrides in short
     (`mixer-t4[depth=2,width=64]` -> `mixer-t4 d2 w64`, `formatting.label`: never the zoo
