@@ -592,23 +592,7 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None,
     df = require(shuffle_df, "shuffle", "The shuffle figure")
     numeric(df, "top1")
     df, dataset = pick_dataset(df, dataset, "The shuffle figure")
-    df = df[df["top1"].notna()].copy()
-    df["train_shuffle"] = df["train_shuffle"].map(_shuffle_name)
-    if "eval_shuffle" in df.columns:
-        ev = df["eval_shuffle"].map(lambda v: None if v is None or v != v or v == "" else
-                                    _shuffle_name(v))
-        same = ev.isna() | (ev == df["train_shuffle"])
-        if same.any():
-            df = df[same]
-    if "metric" not in df.columns:
-        df["metric"] = "top1"
-    df["metric"] = df["metric"].fillna("top1").astype(str)
-    # a bar is one recipe's seeds on one subset, each run once (an `evaluate --shuffle` run
-    # again appends its rows again): never two recipes of a model, or a capped part beside
-    # the whole test split, averaged
-    df, left_out = one_measurement(df, ["model", "train_shuffle", "metric"], lambda k: (
-        f"{style.short_name(k[0])} {_SHUFFLE_LABELS.get(k[1], k[1]).replace(chr(10), ' ')} "
-        f"({_metric_label(k[2])})"))
+    df, left_out = _bars(df)
     df["family"] = style.families(df)
     fam = dict(zip(df["model"].astype(str), df["family"]))
     models = sorted(df["model"].astype(str).unique(),
@@ -673,6 +657,27 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None,
                  + probes + ("\n" + _wrap("drawn: " + "; ".join(left_out), 110)
                              if left_out else ""), fontsize=style.FONT_SIZE + 1)
     return fig
+
+
+def _bars(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The shuffle rows the bars are drawn from, and what was left out: trained and evaluated
+    under one permutation, and each bar one recipe's seeds on one subset, each run once (an
+    `evaluate --shuffle` run again appends its rows again): never two recipes of a model, or a
+    capped part beside the whole test split, averaged (`tables.one_measurement`)."""
+    df = df[df["top1"].notna()].copy()
+    df["train_shuffle"] = df["train_shuffle"].map(_shuffle_name)
+    if "eval_shuffle" in df.columns:
+        ev = df["eval_shuffle"].map(lambda v: None if v is None or v != v or v == "" else
+                                    _shuffle_name(v))
+        same = ev.isna() | (ev == df["train_shuffle"])
+        if same.any():
+            df = df[same]
+    if "metric" not in df.columns:
+        df["metric"] = "top1"
+    df["metric"] = df["metric"].fillna("top1").astype(str)
+    return one_measurement(df, ["model", "train_shuffle", "metric"], lambda k: (
+        f"{style.short_name(k[0])} {_SHUFFLE_LABELS.get(k[1], k[1]).replace(chr(10), ' ')} "
+        f"({_metric_label(k[2])})"))
 
 
 def _shuffle_curves(axes, models, settings, runs: dict, fam: dict, dataset: str) -> None:
