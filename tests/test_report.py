@@ -296,6 +296,11 @@ def test_throughput_shows_the_latest_bench_with_its_id_and_date_not_the_best_eve
         dict(dev, img_per_sec_mean=4000.0, bench_id="old"),
         dict(dev, img_per_sec_mean=3000.0, bench_id="new")])).iloc[0]
     assert (c["infer_img_per_sec"], c["bench_id"]) == (3000.0, "new")
+    # a later bench in another precision is not the speed of runs trained in fp32
+    c = tables.compare_table(acc.assign(dtype="fp32"), frame("throughput", [
+        dict(dev, img_per_sec_mean=3000.0, bench_id="fp32"),
+        dict(dev, dtype="bf16", img_per_sec_mean=9000.0, bench_id="bf16")])).iloc[0]
+    assert (c["infer_img_per_sec"], c["bench_id"]) == (3000.0, "fp32")
 
 
 def test_throughput_table_pairs_like_with_like_and_prefers_the_same_run():

@@ -396,9 +396,10 @@ def accuracy_throughput(
     agg = acc.groupby(["_recipe", "model"], sort=False).agg(
         mean=("top1", "mean"), std=("top1", "std"), size=("top1", "size"),
         family=("family", "first"), img_size=("img_size", "first"),
-        devices=("device_name", lambda d: set(text(d.to_frame(), "device_name")))).reset_index()
-    agg["speed"] = [latest_bench(thr, m, size, devs)[mode][0]
-                    for m, size, devs in zip(agg["model"], agg["img_size"], agg["devices"])]
+        devices=("device_name", lambda d: set(text(d.to_frame(), "device_name"))),
+        dtypes=("dtype", lambda d: set(text(d.to_frame(), "dtype")))).reset_index()
+    agg["speed"] = [latest_bench(thr, m, size, devs, dts)[mode][0] for m, size, devs, dts
+                    in zip(agg["model"], agg["img_size"], agg["devices"], agg["dtypes"])]
     agg = agg[agg["speed"].notna() & agg["mean"].notna()].reset_index(drop=True)
     if agg.empty:
         raise UserError(

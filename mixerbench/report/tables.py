@@ -259,7 +259,8 @@ def compare_table(
                                         dropna=False):
         model, img_size = g["model"].iloc[0], g["img_size"].iloc[0]
         top1 = g["top1"].dropna()
-        bench = latest_bench(thr, model, img_size, set(text(g, "device_name")))
+        bench = latest_bench(thr, model, img_size, set(text(g, "device_name")),
+                             set(text(g, "dtype")))
         params, gflops = bench["params"], 2.0 * bench["gmacs"]  # 1 MAC = 2 FLOPs
         if zoo is not None and model in zoo.index:
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
@@ -350,9 +351,11 @@ def _setting(value) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str]) -> dict:
-    """The latest bench of `model` at `img_size`: on one of `devices` when it was benched there,
-    else on any; the last `bench_id` in file order (rows are appended), and in that bench the
+def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str],
+                 dtypes: set[str] = frozenset()) -> dict:
+    """The latest bench of `model` at `img_size`: on one of `devices` in one of `dtypes` (the
+    precision its runs trained in) when it was benched so, else on one of `devices`, else on
+    any; the last `bench_id` in file order (rows are appended), and in that bench the
     fastest batch size per mode (the paper reports the best batch size). Returns dict(train,
     infer: (img/s, its std over repeats), bench_id, date, params, gmacs); NaN / "" where none."""
     out = dict(train=(math.nan, math.nan), infer=(math.nan, math.nan), bench_id="", date="",
@@ -362,7 +365,8 @@ def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str]) -
     rows = thr[(thr["model"] == model) & thr["img_per_sec_mean"].notna()]
     rows = rows[rows["img_size"] == img_size] if img_size == img_size else rows.iloc[0:0]
     here = rows[text(rows, "device_name").isin(devices)]
-    rows = here if not here.empty else rows
+    alike = here[text(here, "dtype").isin(dtypes)]  # a bf16 run's speed is not fp32's
+    rows = alike if not alike.empty else here if not here.empty else rows
     if rows.empty:
         return out
     bench = text(rows, "bench_id")
