@@ -205,6 +205,12 @@ def test_a_compares_next_command_runs_that_same_compare_setting(tmp_path):
     sets = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--set")
     assert words[words.index("--preset") + 1] == "smoke" and words[-2:] == ["--seeds", "3"]
     assert compare_experiment("smoke", None, sets) == tag
+    results.append_row("accuracy", dict(  # a compare on a dataset the user keeps a copy of
+        run_id="r", recipe_id="r", model="mixer-t4", family="mixer", dataset="cifar10",
+        split="test", img_size=32, top1=60.0, kind="pretrain", experiment="compare:smoke",
+        seed=0), tmp_path)
+    assert ("mixerbench compare --models mixer,vit,resnet --preset smoke --dataset cifar10 "
+            "--data-dir ~/data") in verdicts(tmp_path)["competitive"]["next"]
 
 
 def test_shuffled_runs_are_set_beside_the_original_trained_alike_never_another_recipe(tmp_path):

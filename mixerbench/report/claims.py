@@ -348,7 +348,7 @@ def _competitive(claim: Claim, frames: dict) -> list[Comparison]:
     out = []
     for (ds, exp_name, split), g in acc.groupby(["dataset", "_exp", "_split"], sort=False):
         cmd = (f"mixerbench compare --models {','.join([subject, *baselines])} "
-               f"{compare_options(exp_name)} --dataset {ds}")
+               f"{compare_options(exp_name)} --dataset {ds}" + _data_dir(ds))
         models = list(dict.fromkeys(g["model"].astype(str)))
         sides = {fam: [(_label(str(r["model"].iloc[0]), models), r)
                        for _, r in gg.groupby("_recipe", sort=False)]
@@ -370,6 +370,15 @@ def _competitive(claim: Claim, frames: dict) -> list[Comparison]:
             out.append(Comparison(f"{where}: no {subject} rows", UNDECIDED,
                                   "this compare has no Mixer", next=[cmd], source="accuracy.csv"))
     return out
+
+
+def _data_dir(dataset: str) -> str:
+    """` --data-dir ~/data` for a registry dataset that is not embedded (a local copy is
+    needed), as the claims' own commands write it; "" for the embedded sets and a path."""
+    from mixerbench.data import KNOWN_DATASETS, canonical_name
+
+    known = KNOWN_DATASETS.get(canonical_name(dataset) or dataset)
+    return " --data-dir ~/data" if known and not known.get("embedded") else ""
 
 
 def compare_options(experiment: str) -> str:
