@@ -272,6 +272,19 @@ def test_the_smoke_mixer_exports_as_timms_mlpmixer_class_and_agrees_in_plain_tim
     assert r.returncode == 0 and r.stdout.strip() in config["label_names"], r.stderr
 
 
+def test_the_exported_weights_evaluate_in_mixerbench_beside_timms_config_json(export_done,
+                                                                             tmp_path):
+    """The folder an export writes (or any timm / hub folder: config.json beside
+    model.safetensors) is not a run folder: its weights evaluate with `--arch`, timm's
+    config.json neither refused as a damaged run config nor read as one."""
+    res, out = export_done["mixer"]
+    r = cli("evaluate", "--checkpoint", out / "model.safetensors", "--arch", res["architecture"],
+            "--dataset", "synthetic", "--max-examples", 20, "--results-dir", tmp_path / "res")
+    assert r.exit_code == 0, r.output
+    row, = [line for line in (tmp_path / "res" / "accuracy.csv").read_text().splitlines()[1:]]
+    assert row.startswith(",,")  # no run id, no recipe: the file stands for itself
+
+
 # -------------------------------------------------------------------------- preprocessing
 
 
