@@ -422,7 +422,7 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     # the table as `plot` regenerates it (tables/compare-*), its probes those of these runs
     table = compare_table(acc, thr, few, dataset=ds_name, zoo_df=zoo, shots=fewshot,
                           settings=recipe_settings(root, acc))
-    written = regenerate(root, None, ["compare"], zoo_df=zoo)["written"]
+    written = regenerate(root, None, ["compare"])["written"]
     title = compare_name(ds_name, str(acc["experiment"].iloc[0]))[1] if len(acc) else ""
     return dict(table=table, runs=runs, dataset=ds_name, written=written, title=title)
 
@@ -706,7 +706,7 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     block-diagonally (K^2 copies, K = 2 here), which starts out computing the mean of the K^2
     image parts' outputs; pre-training helps transfer (Tables 2-3).
     Measures: the budget's Mixer pre-trained on `upstream` (the budget's settings, e.g. a
-    `--set data.fraction` applies here only), then fine-tuned on `dataset` with the paper's
+    `--set data.fraction` applies here only; `--set seed` seeds every stage), then fine-tuned on `dataset` with the paper's
     fine-tuning recipe (SGD 0.9, cosine, clip 1, no weight decay or stochastic depth, a fresh
     zero head) at the pre-training resolution and at twice it, against the same Mixer trained
     from scratch on `dataset` with the same recipe and number of steps. The downstream runs use
@@ -730,7 +730,8 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
 
     pinned = up.get("checkpoint_sha256") or weights_sha256(up["run_dir"])
     runs = run_cells(_downstream_cells(up["run_dir"], description_of(up), dataset, budget, root,
-                                       data_dir, device, pinned), launcher, log)
+                                       data_dir, device, pinned, seed=_seed_of(up_cell)),
+                     launcher, log)
     if not _joined_here():
         return {}
     ids = [s["run_id"] for s in runs]
@@ -768,12 +769,21 @@ def _pipeline_of(dataset: str) -> str | None:
     return record.pipeline if record else None
 
 
+def _seed_of(up_cell: Cell):
+    """The `--set seed` of a transfer (None: not given). A seed is one run of the whole
+    pipeline: it seeds the pre-training and the three downstream runs alike (the claims pool
+    fine-tunes by their upstream's recipe and count seeds by the rows' seed); the budget's
+    other settings stay upstream."""
+    return up_cell.overrides.get("seed")
+
+
 def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, data_dir,
-                      device, pinned: str | None = None) -> list[Cell]:
+                      device, pinned: str | None = None, seed=None) -> list[Cell]:
     """Transfer's three downstream runs: fine-tuned from the upstream run in `up_dir` (its
     model `rec`) at 1x and 2x, and the same architecture from scratch, all with the paper's
-    fine-tuning recipe and equal steps. `pinned`: the sha256 of the upstream weights both
-    fine-tuning runs must start from (one changed in between is refused, never mixed)."""
+    fine-tuning recipe and equal steps, at `seed` (a `--set` value; None: the default).
+    `pinned`: the sha256 of the upstream weights both fine-tuning runs must start from (one
+    changed in between is refused, never mixed)."""
     from mixerbench.models import get_spec
 
     family = get_spec(rec["name"]).family
@@ -786,6 +796,8 @@ def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, d
             "optim.warmup_steps": str(steps // 10), "eval_every": str(steps),
             "data.eval_pipeline": "eval-plain",
             "data.pipeline": _pipeline_of(dataset) or "small"}
+    if seed is not None:
+        down["seed"] = str(seed)
     flags = {**_common_flags(None, data_dir, device), "steps": steps}
     pin = {"init_sha256": pinned} if pinned else {}  # the upstream weights, as they were hashed
     cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
@@ -1190,7 +1202,7 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
                                               if getattr(m, k) is not None}})
         *tuned, scratch = _downstream_cells("(the upstream run)", rec, dataset,
                                             kw.get("budget", "smoke"), root, kw.get("data_dir"),
-                                            kw.get("device"))
+                                            kw.get("device"), seed=_seed_of(up_cell))
         base = scratch.config()
         out = [(up, _label(up_cell), "")]
         for k, c in zip((1, 2), tuned):  # the upstream model at k times its size, as fine-tuned

@@ -125,9 +125,10 @@ def _compare_tables(i: Inputs) -> list[tuple[str, Any]]:
     for (ds, exp), g in acc[exps.str.startswith("compare")].groupby(["dataset", exps]):
         stem, title = compare_name(str(ds), exp)
         runs = list(dict.fromkeys(g["run_id"].dropna().astype(str)))
+        # params and FLOPs of the models these runs built (their checkpoints), never a zoo
+        # given for other runs: a model name at another image size or class count differs
         table = compare_table(g, i.csv("throughput", False), i.csv("fewshot", False), dataset=ds,
-                              zoo_df=i.zoo_df if i.zoo_df is not None else _zoo_of(i.root, runs),
-                              settings=recipe_settings(i.root, g))
+                              zoo_df=_zoo_of(i.root, runs), settings=recipe_settings(i.root, g))
         table.attrs["title"] = title
         out.append((stem, table))
     if not out:
@@ -212,13 +213,14 @@ def _token_mixing(i: Inputs) -> list[tuple[str, Any]]:
 
 
 def _table1(i: Inputs) -> list[tuple[str, Any]]:
-    if i.zoo_df is None:
+    zoo = i.zoo_df
+    if zoo is None:  # kept to this table: the paper's zoo is not the compare's models
         import pandas as pd
 
         from mixerbench.models import model_info, paper_models
 
-        i.zoo_df = pd.DataFrame([model_info(n) for n in paper_models()])
-    return [("table1", table1(i.zoo_df))]
+        zoo = pd.DataFrame([model_info(n) for n in paper_models()])
+    return [("table1", table1(zoo))]
 
 
 REPORTS: dict[str, Report] = {
@@ -349,8 +351,8 @@ def regenerate(
             skipping those whose inputs are missing.
         checkpoint: Mixer safetensors file or run dir for `token-mixing`.
         runs: run ids for `curves` (default: the `MAX_CURVES` most recent with metrics.csv).
-        zoo_df: the model zoo DataFrame for `table1` and params/GFLOPs in `compare` (default:
-            `table1` builds the zoo itself).
+        zoo_df: the model zoo DataFrame for `table1` (default: `table1` builds the zoo
+            itself); a compare table reads params/GFLOPs from its own runs' checkpoints.
 
     Returns:
         {"written": [Path, ...], "skipped": {name: reason}}.
