@@ -468,6 +468,13 @@ def _label_names(cfg, num_classes: int) -> list[str] | None:
 # ----------------------------------------------------------------------------------- export
 
 
+def _refuse_shuffled(cfg, run_dir) -> None:
+    if cfg is not None and cfg.data.shuffle != "none":
+        raise UserError(f"Run {run_dir.name} was trained on images under the fixed '{cfg.data.shuffle}' "
+                        "pixel shuffle (paper Figure 4), which timm's preprocessing cannot apply; "
+                        "it is not exported.")
+
+
 def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str | None = None,
            license: str = LICENSE) -> dict[str, Any]:
     """Write `out_dir` (config.json, model.safetensors, README.md) for `timm.create_model(
@@ -497,10 +504,7 @@ def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str |
     _check_out_dir(out)
     cfg = _run_config(run_dir)
     summary = read_summary(run_dir) if run_dir is not None else None
-    if cfg is not None and cfg.data.shuffle != "none":
-        raise UserError(f"Run {run_dir.name} was trained on images under the fixed '{cfg.data.shuffle}' "
-                        "pixel shuffle (paper Figure 4), which timm's preprocessing cannot apply; "
-                        "it is not exported.")
+    _refuse_shuffled(cfg, run_dir)
 
     model, rec = load_model(str(ckpt))
     label = label_of(rec)
