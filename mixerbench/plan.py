@@ -33,7 +33,7 @@ from mixerbench.errors import UserError
 # dataset from the tensor cache, checkpoints, metrics and its row), and a command once (imports).
 RUN_S = 5.0
 COMMAND_S = 10.0
-PROBE_WARMUP, PROBE_STEPS, PROBE_EVAL_BATCHES = 2, 6, 2
+PROBE_WARMUP, PROBE_STEPS, PROBE_EVAL_BATCHES = 5, 10, 3  # steady state: the first steps are slower
 DEFAULT_MFU = 0.4
 
 
