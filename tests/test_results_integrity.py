@@ -335,7 +335,8 @@ def test_plot_stops_on_a_damaged_file_instead_of_skipping_it(good, tmp_path):
     """A missing CSV is a figure skipped; a damaged one must stop `plot` with one sentence, or
     the damage would hide behind a figure quietly left out."""
     path = good / "accuracy.csv"
-    path.write_bytes(DAMAGES["extra-column-from-a-newer-version"](path.read_bytes()))
+    intact = path.read_bytes()
+    path.write_bytes(DAMAGES["extra-column-from-a-newer-version"](intact))
     with pytest.raises(DamagedFileError):
         report.regenerate(good, tmp_path / "out")
     before = folder(good)
@@ -344,6 +345,7 @@ def test_plot_stops_on_a_damaged_file_instead_of_skipping_it(good, tmp_path):
     lines = [line for line in r.output.splitlines() if line.strip()]
     assert r.exit_code == 2 and len(lines) == 1 and lines[0].startswith("error: "), r.output
     assert folder(good) == before
+    path.write_bytes(intact)  # curves reads accuracy.csv too (the last command's runs)
     run = good / "runs" / "r"
     run.mkdir(parents=True)
     (run / "metrics.csv").write_bytes(b"step,epoch\n4,0.5\n8,")
