@@ -291,12 +291,14 @@ def _record_view(d: "formatting.Display", out, title: str | None) -> None:
 
 def emit(rows: list[dict], fmt: Format, title: str | None = None,
          columns: list[str] | None = None, *, short: list[str] | None = None,
-         wide: bool = False, headers: dict | None = None, caption: str | None = None) -> None:
+         wide: bool = False, headers: dict | None = None, caption: str | None = None,
+         paper: bool = False) -> None:
     """Print rows as a table fitted to the terminal, or as CSV or JSON (machine-readable
     formats go to stdout bare, every column, raw numbers).
 
     `short` names the columns a person needs first, in order of importance (`fitted`);
-    `--wide` passes `wide`. Columns blank in every row are not shown.
+    `--wide` passes `wide`. Columns blank in every row are not shown. `paper`: the rows are
+    the paper's own table (its accuracies keep the paper's digits).
     """
     columns = columns or (list(rows[0]) if rows else [])
     if not rank0():
@@ -316,7 +318,7 @@ def emit(rows: list[dict], fmt: Format, title: str | None = None,
                          for r in rows)
         return
     out = console()
-    full = formatting.display(rows, columns, headers).drop_empty()
+    full = formatting.display(rows, columns, headers, paper).drop_empty()
     shown = fitted(full, out, out.width, short, wide)
     if shown is None:
         _record_view(full, out, title)
@@ -742,7 +744,7 @@ def table(name: str, rows: list[dict], fmt: Format, wide: bool, title: str | Non
     headers = PAPER_HEADERS if name.startswith("paper-") else None
     columns = [c for c in (rows[0] if rows else {}) if not (name == "models" and c == "gmacs")]
     emit(rows, fmt, title=title, columns=columns, short=SHORT.get(name), wide=wide,
-         headers=headers)
+         headers=headers, paper=headers is not None)
 
 
 def sweep(name: str, out: dict, fmt: Format, wide: bool, title: str | None = None) -> None:

@@ -66,16 +66,21 @@ def test_markdown_tables_use_the_formatter():
 
 def _tables():
     """(name, rows) of every wide table the commands print: the committed results' tables, the
-    paper's, the zoo, the settings, and an Avg 5 and a released table built from their columns."""
+    paper's, the zoo, the datasets, the settings, and an Avg 5 and a released table built from
+    their columns."""
     import pandas as pd
 
     from mixerbench.config import settings_table
+    from mixerbench.data import known_datasets
+    from mixerbench.models import zoo
     from mixerbench.reference import TABLES, load_table
     from mixerbench.report import tables
     from mixerbench.view import records
 
     out = [(f"paper-{t}", records(load_table(t))) for t in TABLES]
     out.append(("settings", settings_table()))
+    out.append(("models", zoo()))
+    out.append(("datasets", known_datasets()))
     for csv in sorted((ROOT / "results" / "tables").glob("*.csv")):
         df = pd.read_csv(csv)
         name = "compare" if csv.stem.startswith("compare") else csv.stem
@@ -113,10 +118,50 @@ def test_every_table_fits_the_terminal_without_a_cut_cell(width, capsys, monkeyp
         assert max(len(ln) for ln in table) <= width, f"{name} wider than {width}:\n{out}"
         # the model (or key) column is always there, with every row's value whole
         first = rows[0]
-        key = next(k for k in ("paper_name", "model", "key", "name") if k in first)
+        key = "name" if name in ("models", "datasets") else next(
+            k for k in ("paper_name", "model", "key", "name") if k in first)
         for r in rows:
             shown = f.label(r[key]) if name == "compare" else str(r[key])
             assert shown in out or shown.split(" ")[0] in out, (name, shown)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_bench_and_input_bench_tables_fit(width, capsys, monkeypatch, tmp_path):
+    """`bench` and `datasets --bench` print the committed rows' tables without a cut cell."""
+    import pandas as pd
+
+    from mixerbench import view
+    from mixerbench.view import records
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    bench = pd.read_csv(ROOT / "results" / "throughput.csv")
+    for _, rows in bench.groupby("bench_id", sort=False):  # as bench returns them
+        rows = [dict(r, matmul_precision="ieee", ratio_to_first=r["img_per_sec_mean"]
+                     / rows["img_per_sec_mean"].iloc[0]) for r in records(rows)]
+        view.bench(rows, 20, tmp_path, view.Format.table, False)
+        out = capsys.readouterr().out
+        assert "…" not in out and f.label(rows[-1]["model"]) in out, out
+        assert max(len(ln) for ln in out.splitlines()  # but the path, which may be long
+                   if "more column" not in ln and "appended to" not in ln) <= width, out
+    inputs = records(pd.read_csv(ROOT / "results" / "inputs.csv"))
+    view.datasets(dict(dataset="jpegs", rows=inputs), "jpegs", True, view.Format.table, False, 3)
+    out = capsys.readouterr().out
+    assert "…" not in out and "img/s per core" in out, out
+
+
+def test_the_papers_numbers_keep_the_papers_digits(capsys, monkeypatch):
+    """Ours are shown to one decimal; the paper's to the digits it printed (Table 3's 80.64)."""
+    from mixerbench import view
+
+    assert f.value("top1", 80.64) == "80.6" and f.value("paper_top1", 80.64) == "80.64"
+    assert f.value("paper_real", 85.8) == "85.8" and f.value("official_cifar10", 98.34) == "98.34"
+    monkeypatch.setenv("COLUMNS", "120")
+    name, rows = next(t for t in _tables() if t[0] == "released")
+    view.table(name, rows, view.Format.table, False)
+    out = capsys.readouterr().out
+    assert " 80.64 " in out and " 80.1 " in out, out
+    r = cli("paper", "table2", env={"COLUMNS": "120"})
+    assert r.exit_code == 0 and "84.15" in r.output and "85.8 " in r.output, r.output
 
 
 @pytest.mark.parametrize("width", [80, 120])
