@@ -342,6 +342,7 @@ class ProgressView:
     chosen for the terminal's width, so that at 80 columns nothing in it is cut."""
 
     STAGE_SECONDS = 3.0
+    PLAIN_SECONDS = 10.0  # on a pipe, a line every so often while training or a part goes on
     WIDE = 110  # columns from which the bar shows epoch and lr besides loss and img/s
 
     def __init__(self, quiet: bool):
@@ -351,6 +352,7 @@ class ProgressView:
         self.task = None
         self.last_plain = 0.0
         self.pending = None  # the current stage's spinner or timer
+        self.part = None  # the description of the part `progress` counts now
         self.handlers: dict = {}
 
     # the modules that declare events, each imported only once it has emitted one
@@ -400,7 +402,11 @@ class ProgressView:
         }[module]
 
     def __call__(self, event: str, info: dict) -> None:
-        self._end_stage()
+        from mixerbench.events import Event
+
+        if event != Event.PROGRESS:  # `progress` ends its stage when its part changes
+            self._end_stage()
+            self.part = None
         if event not in self.handlers:
             self.handlers = self._handlers(loaded_only=True)
         handler = self.handlers.get(event)
@@ -431,7 +437,8 @@ class ProgressView:
 
         if self.bar is not None:
             self.bar.update(self.task, completed=info["step"], stats=self._stats(info))
-        elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
+        elif (time.monotonic() - self.last_plain > self.PLAIN_SECONDS
+              or info["step"] == info["total_steps"]):
             self.last_plain = time.monotonic()
             stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
                      f"{formatting.rate(info['img_per_sec'])} img/s")
@@ -485,18 +492,31 @@ class ProgressView:
         self.console.print(line, soft_wrap=True)
 
     def progress(self, description: str, done: int, total: int) -> None:
-        """A phase counted in parts (evaluate's stages, bench's models): each part a line, and
-        on a terminal a bar of the parts below them."""
+        """A phase counted in parts (evaluate's stages, bench's models, JPEGs written): each
+        new part a line, and on a terminal a bar of the parts below them. On a pipe a part
+        gets its line once it has lasted `STAGE_SECONDS`, and while it goes on, a line with
+        its count every `PLAIN_SECONDS` (a log gets a few lines, not one per update)."""
+        import time
+
+        new, self.part = description != self.part, description
         if self.live:
             if self.bar is None:
                 self._bar("", total, done)
-            if done < total:
+            if done < total and new:
                 self._print(f"[dim]{e(description)}[/]")
             self.bar.update(self.task, completed=done, total=total)
-        else:  # on a pipe: each stage a line, if it lasts
+            return
+        if done >= total or new:
             self._end_stage()
-            if done < total:
-                self._stage(description)
+            self.last_plain = time.monotonic()
+        if done >= total:
+            self.part = None
+        elif new:
+            self._stage(description)
+        elif time.monotonic() - self.last_plain > self.PLAIN_SECONDS:
+            self.last_plain = time.monotonic()
+            self._print(f"[dim]{e(description)}: {formatting.count(done)}/"
+                        f"{formatting.count(total)}[/]")
 
     def _bar(self, label: str, total: int, done: int) -> None:
         if not self.live:

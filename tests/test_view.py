@@ -207,6 +207,34 @@ def test_progress_fits_80_columns():
     assert "1234/2000" in out and "loss 0.1235" in out
 
 
+def test_counted_progress_on_a_pipe_is_a_few_lines(monkeypatch):
+    """A part counted in many updates (80 for 4,000 JPEGs) gives a log its line and then one
+    with the count every PLAIN_SECONDS, not a line per update."""
+    import time
+
+    from rich.console import Console
+
+    from mixerbench.events import Event
+    from mixerbench.view import ProgressView
+
+    view = ProgressView(quiet=True)  # as on a pipe
+    buf = io.StringIO()
+    view.console = Console(file=buf, width=80, color_system=None)
+    monkeypatch.setattr(view, "STAGE_SECONDS", 0.01)
+    monkeypatch.setattr(view, "PLAIN_SECONDS", 0.3)
+    start = time.monotonic()
+    for i in range(0, 4000, 50):  # each update slower than a stage takes to print its line
+        view(Event.PROGRESS, dict(what="writing JPEGs into jpegs", done=i + 1, total=4000))
+        time.sleep(0.02)
+    view(Event.PROGRESS, dict(what="writing JPEGs into jpegs", done=4000, total=4000))
+    took = time.monotonic() - start
+    view.stop()
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "writing JPEGs into jpegs", lines
+    assert all(re.fullmatch(r"writing JPEGs into jpegs: [\d,]+/4,000", ln) for ln in lines[1:])
+    assert 2 <= len(lines) <= 2 + took / 0.3 and len(lines) < 40, lines
+
+
 # --------------------------------------------------------------------------- config loop
 
 
