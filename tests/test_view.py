@@ -355,3 +355,25 @@ def test_the_readmes_headline_table_is_the_formatters():
     # of 10 or more with two decimals before a % or a spread came from somewhere else
     typed = re.findall(r"\b\d\d+\.\d\d(?: ?%| ±)", prose)
     assert not typed, typed
+
+
+def test_a_long_compare_tag_stays_over_its_own_panel():
+    """Titles wrap to their panel: a compare with settings on top of its preset has a long tag
+    (it ran over the next panel's title)."""
+    import pandas as pd
+
+    from mixerbench.report import figures
+
+    acc = pd.read_csv(ROOT / "results" / "accuracy.csv")
+    tag = "compare:cifar10-scratch[data.randaug_m=10,model.width=256,optim.lr=0.001,steps=20000]"
+    acc["experiment"] = acc["experiment"].where(~acc["experiment"].str.startswith("compare"), tag)
+    for fig in (figures.pareto_cost(acc),
+                figures.accuracy_throughput(acc, pd.read_csv(ROOT / "results" / "throughput.csv"))):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        boxes = [(ax.title.get_window_extent(renderer), ax.get_window_extent(renderer))
+                 for ax in fig.axes if ax.get_title()]
+        assert any(tag.split("[")[0] in ax.get_title() for ax in fig.axes)
+        for i, (title, panel) in enumerate(boxes):
+            assert title.width <= panel.width * 1.05, fig.axes[i].get_title()
+            assert not any(title.overlaps(other) for other, _ in boxes[i + 1:])
