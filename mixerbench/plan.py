@@ -6,9 +6,9 @@ accuracy rows count them: forward and backward are 3 forward passes, 2 FLOPs per
 evaluations and, for `compare`, the probes and benchmark that follow. It then estimates:
 
 - on this machine: each run's images over the img/s of its own training loop, measured by a
-  short probe here (`loop_rates`: a few steps through its loader, augmentation included, model
-  and optimizer, and a few evaluation batches, run by `prepare` and `train_step` without
-  touching a run folder), its evaluations over the evaluation img/s, and a few seconds a run
+  short probe here (`loop_rates`: a few seconds of steps through its loader, augmentation
+  included, model and optimizer, and a few evaluation batches, run by `prepare` and
+  `train_step` without touching a run folder), its evaluations over the evaluation img/s, and a few seconds a run
   and a command for what neither times (start-up, checkpoints, the rows); on a shared machine
   the probe measures the load of its minute.
 - on a named GPU (`--on h100`): the training FLOPs over its datasheet dense bf16 peak
@@ -33,7 +33,10 @@ from mixerbench.errors import UserError
 # dataset from the tensor cache, checkpoints, metrics and its row), and a command once (imports).
 RUN_S = 5.0
 COMMAND_S = 10.0
-PROBE_WARMUP, PROBE_STEPS, PROBE_EVAL_BATCHES = 2, 6, 2
+# The probe: its first steps run slower than the loop's steady state (a fresh model's first
+# tens of steps, measured 2.5x slower than its steps 60-100 on the 2-core CPU), so it warms up
+# for a few seconds before it times a few more; at least a few steps each, however slow.
+PROBE_WARMUP_S, PROBE_TIMED_S, PROBE_MIN_STEPS, PROBE_EVAL_BATCHES = 6.0, 3.0, 3, 3
 DEFAULT_MFU = 0.4
 
 
@@ -142,10 +145,11 @@ def _probe_key(c: Cell) -> tuple:
 
 
 def loop_rates(cfg, root) -> tuple[float, float]:
-    """(train img/s, eval img/s) of `cfg`'s own training loop on this machine: `PROBE_WARMUP`
-    untimed and `PROBE_STEPS` timed optimizer steps through its train loader (augmentation
-    included), model and optimizer, then `PROBE_EVAL_BATCHES` evaluation batches. `prepare`
-    builds the run without touching its folder, so nothing is written."""
+    """(train img/s, eval img/s) of `cfg`'s own training loop on this machine: optimizer steps
+    through its train loader (augmentation included), model and optimizer, untimed for
+    `PROBE_WARMUP_S` then timed for `PROBE_TIMED_S` (at least `PROBE_MIN_STEPS` each), then
+    `PROBE_EVAL_BATCHES` evaluation batches. `prepare` builds the run without touching its
+    folder, so nothing is written."""
     import itertools
     import time
 
@@ -159,17 +163,18 @@ def loop_rates(cfg, root) -> tuple[float, float]:
     model = run.model.train()
     optimizer = make_optimizer(model, cfg, fused=False)
     batches = itertools.chain.from_iterable(run.train_batches.epoch(e) for e in itertools.count())
+    start, timed, limit = time.perf_counter(), None, PROBE_WARMUP_S
     for i, (x, y) in enumerate(batches):
-        if i == PROBE_WARMUP:
-            synchronize(run.device)
-            start = time.perf_counter()
         train_step(run, model, x, y)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if i == PROBE_WARMUP + PROBE_STEPS - 1:
-            break
-    synchronize(run.device)
-    train = PROBE_STEPS * cfg.data.batch_size / (time.perf_counter() - start)
+        synchronize(run.device)
+        steps = i + 1 - (timed or 0)
+        if steps >= PROBE_MIN_STEPS and time.perf_counter() - start >= limit:
+            if timed is not None:
+                break
+            timed, start, limit = i + 1, time.perf_counter(), PROBE_TIMED_S
+    train = steps * cfg.data.batch_size / (time.perf_counter() - start)
     start = time.perf_counter()
     seen = accuracy(model, itertools.islice(run.eval_batches.epoch(0), PROBE_EVAL_BATCHES),
                     device=run.device, dtype=run.dtype)["n"]

@@ -42,10 +42,16 @@ def tmux(*args: str, check: bool = True) -> str:
 def run_in_pane(line: str, width: int, cwd: Path, env: dict, timeout: float) -> tuple[str, float]:
     """`line` in a new tmux session `width` columns wide; its screen text and seconds taken."""
     name = f"mb{width}-{os.getpid()}"
-    tmux("kill-session", "-t", name, check=False)
     envs = [a for k, v in env.items() for a in ("-e", f"{k}={v}")]
-    tmux("new-session", "-d", "-s", name, "-x", str(width), "-y", "50", "-c", str(cwd), *envs,
-         "bash --norc --noprofile")
+    for attempt in range(5):  # a server still shutting down after the last session refuses
+        started = subprocess.run(["tmux", "new-session", "-d", "-s", name, "-x", str(width), "-y",
+                                  "50", "-c", str(cwd), *envs, "bash --norc --noprofile"],
+                                 capture_output=True, text=True)
+        if started.returncode == 0:
+            break
+        time.sleep(1 + attempt)
+    else:
+        raise RuntimeError(f"tmux would not start: {started.stderr.strip()}")
     tmux("set-option", "-t", name, "history-limit", "20000")
     tmux("send-keys", "-t", name, "PS1='$ '; clear", "Enter")
     time.sleep(0.5)
