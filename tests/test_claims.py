@@ -283,3 +283,27 @@ def test_a_capped_shuffle_evaluation_never_stands_in_for_the_full_one(tmp_path):
         "records") if r["split"] == "test" and r["metric"] == "top1"}
     (comp,) = verdicts(tmp_path)["shuffle-mixer"]["comparisons"]
     assert (comp["a"]["mean"], comp["b"]["mean"]) == (full["patch"], full["none"])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_a_capped_data_scaling_rerun_is_a_comparison_of_its_own(tmp_path):
+    """Real runs: data-scaling of a Mixer and a ResNet, then the same again measured on 50 test
+    images (the same recipes and seeds, other run ids). Each gain is taken from runs on one
+    subset: the whole-split comparison holds only whole-split runs, the capped one says so."""
+    from conftest import cli
+
+    scaling = ["reproduce", "data-scaling", "--budget", "smoke", "--dataset", "synthetic",
+               "--models", "mixer,resnet", "--steps", "2", "--set", "data.batch_size=8",
+               "--device", "cpu", "--results-dir", tmp_path]
+    for extra in ([], ["--set", "max_eval_examples=50"]):
+        r = cli(*scaling, *extra)
+        assert r.exit_code == 0, r.output
+    split = {r["run_id"]: r["split"] for r in results.load("scaling", tmp_path).to_dict("records")
+             if r["metric"] == "top1"}
+    comps = verdicts(tmp_path)["data-scaling-resnet"]["comparisons"]
+    assert len(comps) == 2
+    for comp in comps:
+        on = {split[rid] for side in ("a", "b") for rid in comp[side]["rows"]}
+        assert len(on) == 1, comp["label"]
+        assert ("test[stratified:50]" in comp["label"]) == (on == {"test[stratified:50]"})

@@ -482,9 +482,12 @@ def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
     other = convolution if claim.id == "data-scaling-resnet" else attention
     sc = frames["scaling"]
     sc = sc[(_text(sc["metric"]) == "top1") & sc["top1"].notna()]
-    sc = sc.assign(_fam=_family(sc), _steps=_text(sc["steps"]))
+    # one subset of the test images per comparison: a capped rerun of a run (same recipe and
+    # seed, another run id) is never its seed's number on the whole split
+    sc = sc.assign(_fam=_family(sc), _steps=_text(sc["steps"]),
+                   _split=_text(sc["split"]).replace("", "test"))
     out = []
-    for (ds, steps), g in sc.groupby(["dataset", "_steps"], sort=False):
+    for (ds, steps, split), g in sc.groupby(["dataset", "_steps", "_split"], sort=False):
         fams = {f: gg for f, gg in g.groupby("_fam", sort=False)}
         if subject not in fams or other not in fams:
             continue
@@ -507,7 +510,8 @@ def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
                                                       else ""), smalls[r_lo], larges[r_hi]))
                 if alone:
                     unpaired.append((short_name(model), alone))
-        where = f"{ds}, {steps} steps, {lo:.0%} -> {hi:.0%} of the data"
+        where = (f"{ds}" + (f" {split}" if split != "test" else "")
+                 + f", {steps} steps, {lo:.0%} -> {hi:.0%} of the data")
         out += [_unpaired(f"{where}: {m}", alone, claim, "scaling.csv") for m, alone in unpaired]
         for a in (s for s in sides if _family_name(s.label) == subject):
             for b in (s for s in sides if _family_name(s.label) == other):
