@@ -327,6 +327,36 @@ def test_dry_run_plans_and_estimates_and_writes_nothing(tmp_path):
     assert not root.exists()
 
 
+def test_runs_at_once_share_the_cores():
+    """The estimate runs the cells as the launcher will: k processes of t threads on c cores
+    each go at min(1, c / (k t)) of their speed alone."""
+    from mixerbench.plan import Lanes, shared_wall
+
+    assert shared_wall([10, 10, 10], Lanes(1, 2, 2)) == 30  # one after another
+    assert shared_wall([10, 10, 10], Lanes(3, 1, 2, jobs=True)) == pytest.approx(15)
+    assert shared_wall([10, 20], Lanes(2, 1, 2, jobs=True)) == pytest.approx(20)
+    assert shared_wall([0, 10], Lanes(2, 1, 1, jobs=True)) == 10  # a finished run is read back
+
+
+def test_dry_run_of_a_launched_sweep_says_how_its_runs_go(tmp_path, monkeypatch):
+    from mixerbench import plan
+
+    monkeypatch.setattr(plan, "PROBE_WARMUP_S", 0.1)
+    monkeypatch.setattr(plan, "PROBE_TIMED_S", 0.1)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    r = cli("compare", "--models", "mixer,vit", *[a for k in ("steps=3", "model.width=8",
+                                                             "model.depth=1")
+                                                  for a in ("--set", k)],
+            "--launcher", "local", "--parallel", "2", "--dry-run", "--results-dir",
+            str(tmp_path / "r"), env={"COLUMNS": "120"})
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    cores = len(__import__("os").sched_getaffinity(0))
+    threads = max(1, cores // 2)
+    assert (f"2 runs at once as processes of {threads} torch thread{'s' * (threads > 1)} on "
+            f"{cores} cores") in text, text
+
+
 def test_a_paper_row_is_costed_beside_the_papers_core_days(tmp_path):
     r = cli("pretrain", "--preset", "imagenet-mixer-b16", "--dry-run", "--results-dir",
             str(tmp_path / "r"))
