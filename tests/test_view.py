@@ -28,7 +28,7 @@ def test_one_rule_per_kind_of_number():
     assert f.value("diff", -0.33) == "-0.3" and f.value("mfu", 0.123) == "12.3 %"
     assert f.value("train_img_per_sec", 1392.9) == "1,393" and f.value("img_per_sec", 5.94) == "5.94"
     assert f.value("ratio", 1.2106) == "1.21x" and f.value("device_hours", 0.26651) == "0.267"
-    assert f.value("wall_time_s", 959.4) == "16 min" and f.value("train_seconds", 6.44) == "6.4 s"
+    assert f.value("wall_time_s", 959.4) == "16 min" and f.seconds(131) == "2.2 min" and f.value("train_seconds", 6.44) == "6.4 s"
     assert f.value("top1", None) == "" and f.value("top1", float("nan")) == ""
     assert f.spread(96.0666, 0.5507, 3) == "96.1 ± 0.6 (3)" and f.spread(93.2, None, 1) == "93.2 (1)"
     assert f.spread(1392.9, 28.8, rule=f.rate) == "1,393 ± 29"
