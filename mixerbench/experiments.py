@@ -279,24 +279,26 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
 
 
 def bench_rows(models: list[dict], *, root, device: str | None = None, batch_size: int = 256,
-               repeats: int = 3, log: Log = noop) -> list[dict]:
-    """Inference and training throughput for each model description on this device, unless a
-    row for that model, mode, image size and device is already in throughput.csv."""
+               repeats: int = 3, dtype: str | None = None, log: Log = noop) -> list[dict]:
+    """Inference and training throughput for each model description on this device in `dtype`
+    (None: the device's default, as training's `auto`), unless a row for that model, mode,
+    image size, device and precision is already in throughput.csv."""
     from mixerbench.bench import bench
     from mixerbench.models import label_of
     from mixerbench.results import device_name
-    from mixerbench.runtime import resolve_device
+    from mixerbench.runtime import choose, resolve_device
 
     dev = resolve_device(device)
     name = device_name(dev)
-    done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name")
+    dtype = choose(dev, dtype, cpu_half=True)[1]  # what bench resolves it to
+    done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name", "dtype")
     todo = [r for r in models
-            if any((label_of(r), m, str(r["img_size"]), name)
+            if any((label_of(r), m, str(r["img_size"]), name, dtype)
                    not in done for m in ("infer", "train"))]
     if not todo:
         return []
     log(Event.BENCH, dict(models=[label_of(r) for r in todo]))
-    return bench(todo, mode="both", batch_size=batch_size, device=dev, repeats=repeats,
+    return bench(todo, mode="both", batch_size=batch_size, device=dev, dtype=dtype, repeats=repeats,
                  root=root, steps_per_repeat=5 if dev == "cpu" else 20,
                  warmup=2 if dev == "cpu" else 10)
 
@@ -397,17 +399,27 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     from mixerbench.models import label_of, model_info
     from mixerbench.report import compare_name, compare_table, recipe_settings, regenerate
 
-    described = {}
+    from mixerbench.results import device_name
+    from mixerbench.runtime import resolve_device
+
+    here = device_name(resolve_device(device)) if with_bench else None
+    described, precision = {}, {}
     for s in runs:
         rec = description_of(s)
         described[label_of(rec)] = rec
+        # the runs' precision where they trained on this device; runs reused from another
+        # device (bf16 on a GPU, benched now on a CPU that may have no bf16 units) get this
+        # device's default, as a plain `bench` would
+        dtype = s.get("dtype") if s.get("device_name") == here else None
+        precision.setdefault(dtype, {})[label_of(rec)] = rec
     ds_name = runs[0]["dataset"]
     if fewshot:
         for s in runs:
             fewshot_rows(s, (fewshot,), root=root, data_dir=data_dir, device=device, log=log)
-    if with_bench:
-        bench_rows(list(described.values()), root=root, device=device,
-                   batch_size=min(256, int(_batch_of(preset) or 256)), log=log)
+    if with_bench:  # in the precision the runs trained in: a bf16 recipe's speed is bf16's
+        for dtype, recs in precision.items():
+            bench_rows(list(recs.values()), root=root, device=device, dtype=dtype,
+                       batch_size=min(256, int(_batch_of(preset) or 256)), log=log)
     zoo = pd.DataFrame([
         dict(model_info(r["name"], num_classes=r["num_classes"], img_size=r["img_size"],
                         patch_size=r.get("patch_size"), **r.get("overrides", {})), name=label)
