@@ -16,6 +16,7 @@ paper's claim, what the scaled version measures, the expected outcome and the ru
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -1185,13 +1186,15 @@ def reproduce(artifact: str, **kw) -> dict:
 
 # ------------------------------------------------------------------ plans, configs, dry runs
 
-def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
+def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str], list | None]:
     """The training runs `compare` or `reproduce <name>` would make, as (config, label, note)
     triples, before any runs: what `--print-config` lists and `--dry-run` costs. Runs that
     depend on an earlier run's result are planned from what is known: the transfer's
     fine-tuning runs from the upstream run's model at 1x and 2x (their ids depend on its
     weights), the avg5 final runs at the grid's first lr (their cost does not depend on it).
-    Also returns notes to print under the plan."""
+    Also returns notes to print under the plan, and the launch cells of each stage that
+    `run_cells` gets in turn (how they will run, `lanes`), None where they cannot be
+    built before the runs they depend on."""
     from dataclasses import replace
 
     from mixerbench.config import validate
@@ -1200,11 +1203,10 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
     kw = {k: v for k, v in kw.items() if k not in ("launcher",)}
     if name == "compare":
         cells = compare_cells(kw.pop("models"), root=root, **kw)
-        return [(c.config(), _label(c), "") for c in cells], []
-    if name == "shuffle":
-        return [(c.config(), _label(c), "") for c in shuffle_cells(root=root, **kw)], []
-    if name == "data-scaling":
-        return [(c.config(), _label(c), "") for c in scaling_cells(root=root, **kw)], []
+    elif name in ("shuffle", "data-scaling"):
+        cells = (shuffle_cells if name == "shuffle" else scaling_cells)(root=root, **kw)
+    if name in ("compare", "shuffle", "data-scaling"):
+        return [(c.config(), _label(c), "") for c in cells], [], [cells]
     if name == "transfer":
         up_cell, dataset = transfer_upstream(root=root, **kw)
         up = up_cell.config()
@@ -1225,7 +1227,7 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
             cfg = validate(replace(base, model=replace(base.model, img_size=size, options=opts)))
             out.append((cfg, _label(c), "fine-tuned from the upstream run; its id depends on its weights"))
         out.append((base, _label(scratch), ""))
-        return out, ["the fine-tuning runs are costed as their model from scratch at 1x and 2x"]
+        return out, ["the fine-tuning runs are costed as their model from scratch at 1x and 2x"], None
     if name == "avg5":
         cell, pairs, lrs = avg5_cells(root=root, **kw)
         grid = [cell(ds, k, lr, True) for ds, k in pairs for lr in lrs]
@@ -1233,7 +1235,7 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
         return ([(c.config(), _label(c), "") for c in grid]
                 + [(c.config(), _label(c), "lr chosen on minival") for c in finals],
                 [f"each final run takes the lr its grid scores best on minival; planned at "
-                 f"{lrs[0]:g} (the cost is the same)"])
+                 f"{lrs[0]:g} (the cost is the same)"], [grid, finals])
     if name in EXPERIMENTS:
         raise UserError(f"reproduce {name} trains nothing, so there is no plan of training "
                         "runs; run it without --dry-run or --print-config.")
@@ -1270,14 +1272,15 @@ def sweep(name: str, *, what: str = "run", plan: dict | None = None, log: Log = 
         kw.pop("real_labels", None), kw.pop("fewshot", None), kw.pop("batch_size", None)
         if kw.get("init") and name != "avg5":
             reproduce(name, **kw)  # --init on another artifact: its refusal
-    planned, notes = _planned_cells(name, root=root, **kw)
+    planned, notes, stages = _planned_cells(name, root=root, **kw)
     if what == "print-config":
         return dict(configs=[dict(to_dict(c), run_id=None if note else run_id(c))
                              for c, _, note in planned])
     return dict(plan=_dry_run([(c, label, note) for c, label, note in planned], root=root,
                               extra=_compare_extra(kw, planned) if name == "compare" else None,
                               notes=notes, what=name if name == "compare" else f"reproduce {name}",
-                              device=kw.get("device"), **(plan or {})))
+                              device=kw.get("device"), stages=stages,
+                              launcher=kw.get("launcher"), **(plan or {})))
 
 
 def _compare_extra(kw: dict, planned) -> dict:
@@ -1287,16 +1290,38 @@ def _compare_extra(kw: dict, planned) -> dict:
 
 
 def _dry_run(planned, *, root, extra=None, notes=(), what: str, device=None, on=None,
-             mfu=None) -> dict:
-    """A plan's cells (`plan.plan_config`) and its estimate (`plan.estimate`)."""
+             mfu=None, stages=None, launcher=None) -> dict:
+    """A plan's cells (`plan.plan_config`) and its estimate (`plan.estimate`), its `stages`
+    of launch cells run as `launcher` will run them (`lanes`)."""
     from mixerbench import plan
 
     cells = [plan.plan_config(cfg, label, note, root) for cfg, label, note in planned]
     est = plan.estimate(cells, root=root, device=device, on=on, compare=extra,
-                        mfu=plan.DEFAULT_MFU if mfu is None else mfu)
+                        mfu=plan.DEFAULT_MFU if mfu is None else mfu,
+                        stages=stages and [(len(s), lanes(launcher, s)) for s in stages])
     papers = [p for p in (plan.paper_core_days(cfg) for cfg, _, _ in planned) if p]
     return dict(what=what, cells=cells, estimate=est, notes=[*notes, *est["notes"]],
                 paper=papers[0] if len(planned) == 1 and papers else None)
+
+
+def lanes(launcher: Launcher | None, cells: list[Cell]):
+    """How `run_cells(cells, launcher)` will run these cells here (a `plan.Lanes`), by the
+    launcher's own rules (`launch.auto_launcher` for a command that names none, `slots`,
+    `cpu_threads`). SLURM's jobs run elsewhere, each on cores of its own."""
+    import torch
+
+    from mixerbench import launch
+    from mixerbench.plan import Lanes, cores
+
+    if launcher is not None and launcher.kind == getattr(launch, "AUTO", None):
+        launcher = launch.auto_launcher(cells)
+    if launcher is None:
+        return Lanes(1, torch.get_num_threads(), cores())
+    parallel = len(launch.slots(launcher, len(cells)))
+    threads = (launch.cpu_threads(launcher, parallel) or int(os.environ.get("OMP_NUM_THREADS")
+                                                             or 0) or torch.get_num_threads())
+    return Lanes(parallel, threads, parallel * threads if launcher.kind == "slurm" else cores(),
+                 jobs=True)
 
 
 def dry_run(kind: str, *, root=None, on: str | None = None, mfu: float | None = None,

@@ -10,7 +10,8 @@ it is shown:
   mean ± std over n runs: 96.1 ± 0.6 (3); the paper's own numbers (`paper_*` columns, the
   `paper` command's tables) with the digits the paper printed, never rounded: 80.64, 85.8;
 - rates (img/s) to 3 significant digits with separators: 1,393 img/s, 5.94 img/s;
-- durations as seconds, minutes or hours; device-hours to 3 significant digits; ratios as 1.21x.
+- durations as seconds, minutes or hours, 2 significant digits at least: 42 s, 2.2 min;
+  device-hours to 3 significant digits; ratios as 1.21x.
 
 `value(column, v)` picks the rule from a results column's name, and `display(rows)` makes a
 table of text from result rows (a spread merged into one cell, headers people read), which the
@@ -134,12 +135,14 @@ def rate(v: Any) -> str:
 
 
 def seconds(v: Any) -> str:
-    """A duration: 42 s, 16 min, 2.5 h, 3.1 days."""
+    """A duration: 42 s, 2.2 min, 16 min, 2.5 h, 3.1 days (2 significant digits at least)."""
     x = _float(v)
     if x is None:
         return ""
     if x < 100:
         return f"{_sig(x, 2) if x < 10 else f'{x:.0f}'} s"
+    if x < 600:
+        return f"{_sig(x / 60, 2)} min"
     if x < 6000:
         return f"{x / 60:.0f} min"
     if x < 3 * 86400:

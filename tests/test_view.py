@@ -28,7 +28,7 @@ def test_one_rule_per_kind_of_number():
     assert f.value("diff", -0.33) == "-0.3" and f.value("mfu", 0.123) == "12.3 %"
     assert f.value("train_img_per_sec", 1392.9) == "1,393" and f.value("img_per_sec", 5.94) == "5.94"
     assert f.value("ratio", 1.2106) == "1.21x" and f.value("device_hours", 0.26651) == "0.267"
-    assert f.value("wall_time_s", 959.4) == "16 min" and f.value("train_seconds", 6.44) == "6.4 s"
+    assert f.value("wall_time_s", 959.4) == "16 min" and f.seconds(131) == "2.2 min" and f.value("train_seconds", 6.44) == "6.4 s"
     assert f.value("top1", None) == "" and f.value("top1", float("nan")) == ""
     assert f.spread(96.0666, 0.5507, 3) == "96.1 ± 0.6 (3)" and f.spread(93.2, None, 1) == "93.2 (1)"
     assert f.spread(1392.9, 28.8, rule=f.rate) == "1,393 ± 29"
@@ -325,6 +325,36 @@ def test_dry_run_plans_and_estimates_and_writes_nothing(tmp_path):
     assert "here: about" in text and "device-hours" in text
     assert "on one H100 SXM" in text and "at 50% MFU" in text
     assert not root.exists()
+
+
+def test_runs_at_once_share_the_cores():
+    """The estimate runs the cells as the launcher will: k processes of t threads on c cores
+    each go at min(1, c / (k t)) of their speed alone."""
+    from mixerbench.plan import Lanes, shared_wall
+
+    assert shared_wall([10, 10, 10], Lanes(1, 2, 2)) == 30  # one after another
+    assert shared_wall([10, 10, 10], Lanes(3, 1, 2, jobs=True)) == pytest.approx(15)
+    assert shared_wall([10, 20], Lanes(2, 1, 2, jobs=True)) == pytest.approx(20)
+    assert shared_wall([0, 10], Lanes(2, 1, 1, jobs=True)) == 10  # a finished run is read back
+
+
+def test_dry_run_of_a_launched_sweep_says_how_its_runs_go(tmp_path, monkeypatch):
+    from mixerbench import plan
+
+    monkeypatch.setattr(plan, "PROBE_WARMUP_S", 0.1)
+    monkeypatch.setattr(plan, "PROBE_TIMED_S", 0.1)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    r = cli("compare", "--models", "mixer,vit", *[a for k in ("steps=3", "model.width=8",
+                                                             "model.depth=1")
+                                                  for a in ("--set", k)],
+            "--launcher", "local", "--parallel", "2", "--dry-run", "--results-dir",
+            str(tmp_path / "r"), env={"COLUMNS": "120"})
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    cores = len(__import__("os").sched_getaffinity(0))
+    threads = max(1, cores // 2)
+    assert (f"2 runs at once as processes of {threads} torch thread{'s' * (threads > 1)} on "
+            f"{cores} cores") in text, text
 
 
 def test_a_paper_row_is_costed_beside_the_papers_core_days(tmp_path):
