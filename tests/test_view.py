@@ -162,6 +162,8 @@ def test_the_papers_numbers_keep_the_papers_digits(capsys, monkeypatch):
     assert " 80.64 " in out and " 80.1 " in out, out
     r = cli("paper", "table2", env={"COLUMNS": "120"})
     assert r.exit_code == 0 and "84.15" in r.output and "85.8 " in r.output, r.output
+    r = cli("paper", "table3", env={"COLUMNS": "120"})  # Mixer-B/16 on JFT-300M: 80.00
+    assert r.exit_code == 0 and " 80.00 " in r.output and " 92.60" in r.output, r.output
 
 
 @pytest.mark.parametrize("width", [80, 120])
