@@ -680,16 +680,17 @@ def evaluation(res: dict | None, root: Path, fmt: Format) -> None:
     if res["fewshot"]:
         emit([dict(shots=r["shots"], top1=r["top1_mean"], top1_std=r["top1_std"],
                    seeds=r["num_seeds"], l2_reg=r["l2_reg"]) for r in res["fewshot"]],
-             Format.table, title=f"linear few-shot top-1 (%) on {res['dataset']}, mean ± std "
-                                 "over seeds")
+             Format.table, title=f"linear few-shot top-1 (%) on {res['dataset']} "
+                                 f"({res['split']}), mean ± std over seeds")
     if res["shuffle"]:
         emit([dict(train_shuffle=r["train_shuffle"], eval_shuffle=r["eval_shuffle"],
                    metric=r["metric"], top1=r["top1"]) for r in res["shuffle"]],
-             Format.table, title="pixel shuffles (paper Figure 4)")
+             Format.table, title=f"pixel shuffles (paper Figure 4) on {res['dataset']} "
+                                 f"({res['split']})")
     say(f"rows appended under {e(root)}")
     if res.get("kept"):
         say(f"fewshot.csv already held {len(res['kept'])} of these probes (one row per run, "
-            "shots and probe dataset); the recorded rows were kept")
+            "shots, images scored and probe setting); the recorded rows were kept")
 
 
 def dataset(out: dict, fmt: Format) -> None:
