@@ -749,7 +749,7 @@ SHORT: dict[str, list[str]] = {
     "paper-table4": ["paper_name", "pretrain", "epochs", "lr", "wd", "randaug_m", "mixup_p"],
     "settings": ["key", "default", "meaning", "range", "type"],
     "presets": ["name", "model", "dataset", "epochs"],
-    "datasets": ["name", "classes", "train", "test"],
+    "datasets": ["name", "classes", "splits", "offline", "hub_id"],
     "plan": ["run", "steps", "images", "train FLOPs", "here"],
 }
 # Headers of the paper's tables, whose columns name the paper's quantities.
