@@ -97,14 +97,34 @@ def pct(v: Any) -> str:
     return "" if x is None else f"{x:.1f}"
 
 
+# How each number of the transcribed tables was printed (`reference` tells, `printed_as`).
+_PRINTED: dict[float, str] = {}
+
+
+def printed_as(cells: Iterable[str]) -> None:
+    """Remember how the decimal numbers among `cells` were printed where they were transcribed
+    from (the paper's tables: 80.00, 85.8), for `paper_pct`. A value printed two ways (85.8 and
+    85.80) keeps the shorter: never a digit that was not printed."""
+    for cell in cells:
+        if "." not in cell:  # a count (300 epochs, 1384 img/s) says nothing of decimals
+            continue
+        try:
+            x = float(cell)
+        except ValueError:
+            continue
+        if math.isfinite(x) and (x not in _PRINTED or len(cell.strip()) < len(_PRINTED[x])):
+            _PRINTED[x] = cell.strip()
+
+
 def paper_pct(v: Any) -> str:
-    """An accuracy the paper (or the official repository) printed, with its own digits: two
-    decimals in Tables 2-3 (80.64), one where it printed one (85.8). The tables hold floats,
-    so a printed trailing zero (85.30) reads as its value, 85.3: never a digit the paper did
-    not print, and never one of its digits rounded away."""
+    """An accuracy the paper (or the official repository) printed, with its own digits: 80.64,
+    80.00, 85.8 as printed (`printed_as`); a value not transcribed here, with up to two
+    decimals and no trailing zero."""
     x = _float(v)
     if x is None:
         return ""
+    if x in _PRINTED:
+        return _PRINTED[x]
     text = f"{x:.2f}"
     return text[:-1] if text.endswith("0") else text
 

@@ -162,6 +162,8 @@ def test_the_papers_numbers_keep_the_papers_digits(capsys, monkeypatch):
     assert " 80.64 " in out and " 80.1 " in out, out
     r = cli("paper", "table2", env={"COLUMNS": "120"})
     assert r.exit_code == 0 and "84.15" in r.output and "85.8 " in r.output, r.output
+    r = cli("paper", "table3", env={"COLUMNS": "120"})  # Mixer-B/16 on JFT-300M: 80.00
+    assert r.exit_code == 0 and " 80.00 " in r.output and " 92.60" in r.output, r.output
 
 
 @pytest.mark.parametrize("width", [80, 120])
@@ -348,8 +350,9 @@ def test_dry_run_of_a_launched_sweep_says_how_its_runs_go(tmp_path, monkeypatch)
                                                              "model.depth=1")
                                                   for a in ("--set", k)],
             "--launcher", "local", "--parallel", "2", "--dry-run", "--results-dir",
-            str(tmp_path / "r"), env={"COLUMNS": "120"})
+            str(tmp_path / "r"), env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
+    assert "…" not in r.output and re.search(r"\n  model mixer.* 3 +384 ", r.output), r.output
     text = " ".join(r.output.split())
     cores = len(__import__("os").sched_getaffinity(0))
     threads = max(1, cores // 2)
