@@ -268,10 +268,14 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     from mixerbench.evaluate import FEWSHOT_L2, evaluate
 
     split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
+    # the probe this measures: shots from `train`, the run's own eval crop and size; another
+    # crop's probe of the run (`evaluate --crop resize --fewshot 5`) is not this one
+    pipeline = _eval_pipeline(summary)
     done = _done_keys("fewshot", root, "run_id", "shots", "dataset", "split", "l2_reg",
-                      "num_seeds")
-    todo = [k for k in shots if (summary["run_id"], str(k), summary["dataset"], split,
-                                 str(FEWSHOT_L2), str(seeds)) not in done]
+                      "num_seeds", "shots_split", "pipeline", "img_size")
+    todo = [k for k in shots if _key(summary["run_id"], k, summary["dataset"], split,
+                                     FEWSHOT_L2, seeds, "train", pipeline,
+                                     summary.get("img_size")) not in done]
     if not todo:
         return []
     log(Event.FEWSHOT, dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
@@ -626,7 +630,8 @@ def _fewshot_of(root, summary: dict, shots: int) -> dict:
              & (df["shots"].astype(str) == str(shots))
              & (df["dataset"].astype(str) == summary["dataset"])
              & (df["split"].astype(str) == split) & (df["l2_reg"] == FEWSHOT_L2)
-             & (df["num_seeds"] == 3)]
+             & (df["num_seeds"] == 3)
+             & (df["pipeline"].astype(str) == _eval_pipeline(summary))]
     return {k: (None if v != v else v) for k, v in hit.iloc[-1].items()} if len(hit) else {}
 
 
