@@ -690,7 +690,8 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     block-diagonally (K^2 copies, K = 2 here), which starts out computing the mean of the K^2
     image parts' outputs; pre-training helps transfer (Tables 2-3).
     Measures: the budget's Mixer pre-trained on `upstream` (the budget's settings, e.g. a
-    `--set data.fraction` applies here only), then fine-tuned on `dataset` with the paper's
+    `--set data.fraction` applies here only; `--set steps` and `max_eval_examples` size every
+    stage), then fine-tuned on `dataset` with the paper's
     fine-tuning recipe (SGD 0.9, cosine, clip 1, no weight decay or stochastic depth, a fresh
     zero head) at the pre-training resolution and at twice it, against the same Mixer trained
     from scratch on `dataset` with the same recipe and number of steps. The downstream runs use
@@ -709,7 +710,7 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
                                          overrides=overrides)
     up, = run_cells([up_cell], launcher, log)
     runs = run_cells(_downstream_cells(up["run_dir"], description_of(up), dataset, budget, root,
-                                       data_dir, device), launcher, log)
+                                       data_dir, device, sized=_sizes(overrides)), launcher, log)
     if not _joined_here():
         return {}
     ids = [s["run_id"] for s in runs]
@@ -747,15 +748,27 @@ def _pipeline_of(dataset: str) -> str | None:
     return record.pipeline if record else None
 
 
+# The `--set` settings of `reproduce transfer` that size its downstream runs as well as its
+# upstream one: how long they train and on how many test images they are scored. The budget's
+# other settings (a subset fraction, a pipeline) are the upstream recipe's only.
+SIZES = ("steps", "max_eval_examples")
+
+
+def _sizes(overrides: dict | None) -> dict:
+    return {k: v for k, v in (overrides or {}).items() if k in SIZES}
+
+
 def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, data_dir,
-                      device) -> list[Cell]:
+                      device, sized: dict | None = None) -> list[Cell]:
     """Transfer's three downstream runs: fine-tuned from the upstream run in `up_dir` (its
     model `rec`) at 1x and 2x, and the same architecture from scratch, all with the paper's
-    fine-tuning recipe and equal steps."""
+    fine-tuning recipe and equal steps. `sized`: the `SIZES` settings the user gave (none: the
+    budget's 300 or 1,000 steps on the whole test split)."""
     from mixerbench.models import get_spec
 
     family = get_spec(rec["name"]).family
-    steps = 300 if budget in ("smoke", "cpu") else 1000
+    sized = dict(sized or {})
+    steps = int(sized.pop("steps", None) or (300 if budget in ("smoke", "cpu") else 1000))
     # The paper's fine-tuning recipe ('finetune' preset: SGD 0.9, cosine, clip 1, no weight
     # decay, lr 0.03 from its grid) for all three downstream runs, so only the starting weights
     # differ; the upstream's settings (a subset fraction, its pipeline) do not carry over.
@@ -763,7 +776,7 @@ def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, d
     down = {"data.batch_size": "32" if budget in ("smoke", "cpu") else "512",
             "optim.warmup_steps": str(steps // 10), "eval_every": str(steps),
             "data.eval_pipeline": "eval-plain",
-            "data.pipeline": _pipeline_of(dataset) or "small"}
+            "data.pipeline": _pipeline_of(dataset) or "small", **sized}
     flags = {**_common_flags(None, data_dir, device), "steps": steps}
     cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
                   experiment="transfer", init=up_dir,
@@ -1157,7 +1170,7 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
                                               if getattr(m, k) is not None}})
         *tuned, scratch = _downstream_cells("(the upstream run)", rec, dataset,
                                             kw.get("budget", "smoke"), root, kw.get("data_dir"),
-                                            kw.get("device"))
+                                            kw.get("device"), sized=_sizes(kw.get("overrides")))
         base = scratch.config()
         out = [(up, _label(up_cell), "")]
         for k, c in zip((1, 2), tuned):  # the upstream model at k times its size, as fine-tuned

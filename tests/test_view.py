@@ -234,6 +234,16 @@ def test_compare_and_reproduce_take_steps_and_print_their_configs():
     r = cli("reproduce", "shuffle", "--steps", "2", "--print-config")
     assert r.exit_code == 0, r.output
     assert {c["steps"] for c in json.loads(r.output)} == {2}
+    # transfer: the sizes given reach its three downstream runs too (pre-training, fine-tuning
+    # at 1x and 2x, from scratch); without them the downstream runs take the budget's 300 steps
+    r = cli("reproduce", "transfer", "--steps", "2", "--set", "max_eval_examples=50",
+            "--print-config")
+    assert r.exit_code == 0, r.output
+    configs = json.loads(r.output)
+    assert [(c["steps"], c["max_eval_examples"]) for c in configs] == [(2, 50)] * 4
+    r = cli("reproduce", "transfer", "--print-config")
+    assert r.exit_code == 0, r.output
+    assert [c["steps"] for c in json.loads(r.output)][1:] == [300, 300, 300]
 
 
 # ------------------------------------------------------------------------------- dry run
