@@ -25,7 +25,7 @@ from mixerbench import files, results
 from mixerbench.errors import UserError
 from mixerbench.events import Log, noop
 from mixerbench.evaluate import probe_of
-from mixerbench.launch import Cell, Launcher, run_cells
+from mixerbench.launch import AUTO, Cell, Launcher, run_cells
 from mixerbench.launch import Event as CellEvent
 from mixerbench.runtime import rank
 
@@ -1133,7 +1133,8 @@ def reproduce(artifact: str, **kw) -> dict:
     if kw.get("init") and artifact != "avg5":
         raise UserError(f"--init is for reproduce avg5 (weights to fine-tune); reproduce "
                         f"{artifact} trains its own, so drop it.")
-    if kw.get("launcher") is not None and artifact in ("table1", "throughput", "released"):
+    if getattr(kw.get("launcher"), "kind", AUTO) != AUTO and artifact in ("table1", "throughput",
+                                                                        "released"):
         raise UserError(f"reproduce {artifact} trains no cells, so --launcher does not apply; "
                         "run it without (throughput measures the machine it runs on).")
     return EXPERIMENTS[artifact](**kw)

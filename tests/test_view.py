@@ -161,6 +161,22 @@ def test_progress_fits_80_columns():
     assert "global batch 128 (64 per process x 2 processes)" in " ".join(out.split())
     assert "1234/2000" in out and "loss 0.1235" in out
 
+    # cells a sweep sent out as processes by itself: the launch line, then a bar of cells
+    # (running ones counted by their share of steps), ending at its full count
+    from mixerbench.launch import Event as CellEvent
+
+    buf.truncate(0)
+    view(CellEvent.LAUNCH, dict(launcher="local", cells=3, parallel=3, threads=1, auto=True,
+                                folder="/home/someone/.cache/mixerbench/launcher/compare-smoke-"
+                                       "20261206-123543-24625"))
+    view(CellEvent.CELLS, dict(done=1.4, of=3, running=2))
+    view(CellEvent.CELLS, dict(done=3, of=3, running=0))
+    assert view.bar is None  # stopped once every cell has ended
+    out = buf.getvalue()
+    assert "…" not in out, out
+    assert "3 cells as processes of 1 torch thread each" in " ".join(out.split())
+    assert "3/3" in out and "0 running" in out
+
 
 # --------------------------------------------------------------------------- config loop
 
