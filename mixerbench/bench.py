@@ -516,6 +516,9 @@ def _row(mode: str, secs: list[float], batch: int, steps: int, info: dict, commo
                 mfu=achieved / peak if peak else None, **stats)
 
 
+MAX_BENCH_STEPS = 100_000  # bound on --repeats, --steps and --warmup each
+
+
 def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype,
                  max_batch, img_size=None):
     """(modes, model descriptions, device, dtype, first batch size, auto?), all checked up front."""
@@ -536,6 +539,13 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
         raise UserError("No models to benchmark; pass --models mixer-b16,vit-b16 for example.")
     if repeats < 1 or steps_per_repeat < 1 or warmup < 0:
         raise UserError("--repeats and steps per repeat must be at least 1, warm-up at least 0.")
+    # a benchmark is seconds to minutes: a million timed steps or repeats is a typo that would
+    # run for days (bounded before the first model is built)
+    for name, value in (("--repeats", repeats), ("--steps", steps_per_repeat),
+                        ("--warmup", warmup)):
+        if value > MAX_BENCH_STEPS:
+            raise UserError(f"{name} {value} is more than the {MAX_BENCH_STEPS:,} a benchmark "
+                            "takes; pass a smaller number.")
     device, dtype = choose(device, dtype, cpu_half=True)
     text = str(batch_size).strip().lower()
     auto = text == "auto"

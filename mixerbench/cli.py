@@ -1,14 +1,15 @@
-"""The `mixerbench` command line: one thin command per verb, which parses its options, calls one
-library function and hands its result to the view (`view.py`, the one module that prints);
-shared options are in `options.py`. Heavy imports wait inside the commands: `--help` is fast."""
+"""The `mixerbench` command line: a thin command per verb, which calls one library function and
+hands its result to `view.py`, the one module that prints (shared options: `options.py`)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Annotated, Optional
 
-import typer
-
+try:
+    import typer
+except KeyboardInterrupt:  # Ctrl-C while Python loads the command line: 130, not a traceback
+    raise SystemExit(130) from None
 from mixerbench import options as o, view
 from mixerbench.view import Format
 

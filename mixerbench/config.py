@@ -98,7 +98,8 @@ class RunConfig:
     kind: str = "pretrain"           # pretrain | finetune
     init: str | None = None          # fine-tuning source (run dir, .safetensors, timm:, .npz)
     # sha256 of the `init` weights file (`presets.read_inputs`): a source re-trained under
-    # another config is another fine-tuning run; None for timm:<name> (named by its tag).
+    # another config is another fine-tuning run; for timm:<name>, the hub cache's file, checked
+    # against its blob's sha256 name (a tag's weights may change on the hub).
     init_sha256: str | None = None
     # What the fine-tuned model leaves out of the `init` weights (set by `presets.resolve` from
     # the source): "pre_logits", an official ViT's representation layer, dropped as
@@ -337,7 +338,7 @@ def _coerce(value: Any, hint: Any, key: str) -> Any:
             if t is str:
                 return text
             if t is dict:
-                return dict(value) if isinstance(value, dict) else json.loads(text)
+                return dict(value) if isinstance(value, dict) else _bounded_json(text, key)
         except (TypeError, ValueError):
             continue
     names = " or ".join(getattr(t, "__name__", str(t)) for t in allowed if t is not type(None))
@@ -381,9 +382,22 @@ def _literal(text: Any) -> Any:
     if not isinstance(text, str):
         return text
     try:
-        return json.loads(text)
-    except ValueError:
+        return _bounded_json(text, "a --set model.options key")
+    except ValueError as exc:
+        if isinstance(exc, UserError):
+            raise
         return text
+
+
+def _bounded_json(text: str, where: str) -> Any:
+    """json.loads bounded in size and nesting (`files.loads_json`): Python's parser recurses, so
+    a value nested 100,000 deep would end in RecursionError."""
+    from mixerbench.files import MAX_JSON_DEPTH, json_depth
+
+    if json_depth(text) > MAX_JSON_DEPTH:
+        raise UserError(f"The value of {where} nests more than {MAX_JSON_DEPTH} levels of JSON "
+                        "lists or objects; give a plain value.")
+    return json.loads(text)
 
 
 def parse_set(items: list[str] | None) -> dict[str, str]:
@@ -532,7 +546,10 @@ def run_id(cfg: RunConfig) -> str:
     """`<model>-<dataset>-s<seed>-<hash8>`, or the user's --run-name."""
     if cfg.run_name:
         return cfg.run_name
-    return f"{_name(cfg)}-s{cfg.seed}-{config_hash(cfg)}"
+    tail = f"-s{cfg.seed}-{config_hash(cfg)}"
+    # a folder name holds 128 characters (results.RUN_NAME): a longer model or dataset name is
+    # cut, the hash still telling runs apart (ids within the limit are unchanged)
+    return _name(cfg)[:128 - len(tail)].rstrip("-") + tail
 
 
 # ------------------------------------------------------------------------- settings and files

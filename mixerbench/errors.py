@@ -31,3 +31,24 @@ def close_matches(word: str, choices: Iterable[str], n: int = 3) -> str:
     if not hits:
         return ""
     return " Did you mean " + ", ".join(lowered[h] for h in hits) + "?"
+
+
+# An error line names what was wrong, not all of it: a name (a path, a --set key, an --arch)
+# longer than this is shown by its two ends, and the line as a whole is bounded too.
+MAX_NAME_CHARS = 100
+MAX_LINE_CHARS = 1000
+
+
+def shorten(message: str) -> str:
+    """`message` with every run of non-space characters over MAX_NAME_CHARS shortened to its
+    start and end around '...', and at most MAX_LINE_CHARS characters in all."""
+    import re
+
+    def cut(m: re.Match) -> str:
+        word = m.group()
+        return word[:60] + "..." + word[-30:]
+
+    message = re.sub(r"\S{%d,}" % (MAX_NAME_CHARS + 1), cut, message)
+    if len(message) > MAX_LINE_CHARS:
+        message = message[:MAX_LINE_CHARS - 3] + "..."
+    return message

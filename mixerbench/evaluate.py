@@ -537,7 +537,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 256,
              seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
              shuffle_patch: int | None = None, max_examples: int | None = None, root=None,
-             log: Log = noop) -> dict:
+             log: Log = noop, sha256: str | None = None) -> dict:
     """Evaluate a checkpoint: accuracy, ReaL, linear few-shot and shuffle invariance.
 
     Args:
@@ -565,6 +565,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
             fewshot.csv and shuffle.csv there.
         log: progress, as `events.Event.PROGRESS` events (one per stage), and the result
             as `Event.EVALUATED` (what trackers record).
+        sha256: the hash the weights file must have (recorded earlier by a sweep): a file
+            changed since is refused (`weights.load_model`).
 
     Returns:
         dict(model, dataset, split, img_size, pipeline, top1, top5, loss, n, real, fewshot,
@@ -582,7 +584,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
     steps.tick("loading model")
     s = _open(checkpoint_src, dataset, split, arch=arch, data_dir=data_dir, device=device, crop=crop,
               shots=shots, kinds=kinds, real_labels=real_labels, max_examples=max_examples,
-              shuffle_patch=shuffle_patch)
+              shuffle_patch=shuffle_patch, sha256=sha256)
     ds, split = s["ds"], s["split"]
     kw = dict(batch_size=batch_size, pipeline=s["pipeline"], img_size=s["img_size"],
               device=device, preprocess=s["preprocess"])
@@ -684,7 +686,7 @@ def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_s
 
 
 def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, shots, kinds, real_labels,
-          max_examples, shuffle_patch) -> dict:
+          max_examples, shuffle_patch, sha256=None) -> dict:
     """The model (finite weights), the dataset split (a stratified `max_examples` of it), and
     what the training run says about them: its eval pipeline, its Figure 4 shuffle and patch,
     its seed."""
@@ -702,15 +704,12 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
     recipe = _recipe_of(checkpoint_src, run_cfg)
     data_cfg = {} if run_cfg is None else dataclasses.asdict(run_cfg.data)
     seed = run_cfg.seed if run_cfg else 0
-    model, rec = load_model(checkpoint_src, device=device, model_name=arch)
+    model, rec = load_model(checkpoint_src, device=device, model_name=arch, sha256=sha256)
     if run_cfg is not None:  # the rows go to this run: the weights loaded must be its own (the
         # run folder may have been swapped since its config was read above)
         from mixerbench.models.weights import check_credited_to
 
         check_credited_to(checkpoint_src, run_id, run_cfg, rec)
-    if not all(torch.isfinite(t).all() for t in model.state_dict().values() if t.is_floating_point()):
-        raise UserError(f"{checkpoint_src} holds non-finite weights (NaN or inf), so it has no "
-                        "accuracy to measure; pass a checkpoint from a run that trained.")
     ds = get_dataset(dataset, split, data_dir=data_dir, seed=seed)
     if max_examples is not None:
         if max_examples < 1:

@@ -300,6 +300,12 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
                  warmup=2 if dev == "cpu" else 10)
 
 
+# Bounds on what `compare` is asked to train: the paper averages 3 seeds (Table 2's std over
+# them); a thousand seeds or ten thousand runs is a typo, not a campaign one command runs.
+MAX_SEEDS = 1000
+MAX_CELLS = 10_000
+
+
 def compare(models: list[str], *, dataset: str | None = None, preset: str | None = "smoke",
             seeds: int = 1, epochs: float | None = None, steps: int | None = None,
             fewshot: int | None = None, with_bench: bool = True, root=None, data_dir=None,
@@ -325,8 +331,18 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
 
         raise UserError("No models to compare; pass --models "
                         f"{','.join(paper_families())} for example.")
-    if seeds < 1:
-        raise UserError("--seeds must be at least 1.")
+    # every option checked before any cell is trained: a bad --fewshot found after training
+    # would leave accuracy rows of a command that was refused
+    if isinstance(seeds, bool) or not 1 <= seeds <= MAX_SEEDS:
+        raise UserError(f"--seeds {seeds} must be between 1 and {MAX_SEEDS:,} (runs per model).")
+    if len(models) * seeds > MAX_CELLS:
+        raise UserError(f"{len(models):,} models x {seeds:,} seeds is {len(models) * seeds:,} "
+                        f"training runs, more than the {MAX_CELLS:,} one compare trains; pass "
+                        "fewer models or seeds.")
+    if fewshot is not None:
+        from mixerbench.evaluate import parse_shots
+
+        parse_shots(str(fewshot))
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
     runs = run_cells(compare_cells(models, dataset=dataset, preset=preset, seeds=seeds,
                                    epochs=epochs, steps=steps, root=root, data_dir=data_dir,
@@ -406,7 +422,7 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     # the table as `plot` regenerates it (tables/compare-*), its probes those of these runs
     table = compare_table(acc, thr, few, dataset=ds_name, zoo_df=zoo, shots=fewshot,
                           settings=recipe_settings(root, acc))
-    written = regenerate(root, None, ["compare"], zoo_df=zoo)["written"]
+    written = regenerate(root, None, ["compare"])["written"]
     title = compare_name(ds_name, str(acc["experiment"].iloc[0]))[1] if len(acc) else ""
     return dict(table=table, runs=runs, dataset=ds_name, written=written, title=title)
 
@@ -690,8 +706,8 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     block-diagonally (K^2 copies, K = 2 here), which starts out computing the mean of the K^2
     image parts' outputs; pre-training helps transfer (Tables 2-3).
     Measures: the budget's Mixer pre-trained on `upstream` (the budget's settings, e.g. a
-    `--set data.fraction` applies here only; `--set steps` and `max_eval_examples` size every
-    stage), then fine-tuned on `dataset` with the paper's
+    `--set data.fraction` applies here only; `--set seed` seeds every stage, `--set steps` and
+    `max_eval_examples` size every stage), then fine-tuned on `dataset` with the paper's
     fine-tuning recipe (SGD 0.9, cosine, clip 1, no weight decay or stochastic depth, a fresh
     zero head) at the pre-training resolution and at twice it, against the same Mixer trained
     from scratch on `dataset` with the same recipe and number of steps. The downstream runs use
@@ -709,8 +725,15 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
                                          budget=budget, device=device, data_dir=data_dir,
                                          overrides=overrides)
     up, = run_cells([up_cell], launcher, log)
+    # both fine-tuning runs start from the upstream weights its summary recorded (or, for a run
+    # from before summaries did, the file as it is now): one changed in between is refused
+    from mixerbench.models.weights import weights_sha256
+
+    pinned = up.get("checkpoint_sha256") or weights_sha256(up["run_dir"])
     runs = run_cells(_downstream_cells(up["run_dir"], description_of(up), dataset, budget, root,
-                                       data_dir, device, sized=_sizes(overrides)), launcher, log)
+                                       data_dir, device, pinned, seed=_seed_of(up_cell),
+                                       sized=_sizes(overrides)),
+                     launcher, log)
     if not _joined_here():
         return {}
     ids = [s["run_id"] for s in runs]
@@ -758,12 +781,23 @@ def _sizes(overrides: dict | None) -> dict:
     return {k: v for k, v in (overrides or {}).items() if k in SIZES}
 
 
+def _seed_of(up_cell: Cell):
+    """The `--set seed` of a transfer (None: not given). A seed is one run of the whole
+    pipeline: it seeds the pre-training and the three downstream runs alike (the claims pool
+    fine-tunes by their upstream's recipe and count seeds by the rows' seed); the budget's
+    other settings stay upstream."""
+    return up_cell.overrides.get("seed")
+
+
 def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, data_dir,
-                      device, sized: dict | None = None) -> list[Cell]:
+                      device, pinned: str | None = None, seed=None,
+                      sized: dict | None = None) -> list[Cell]:
     """Transfer's three downstream runs: fine-tuned from the upstream run in `up_dir` (its
     model `rec`) at 1x and 2x, and the same architecture from scratch, all with the paper's
-    fine-tuning recipe and equal steps. `sized`: the `SIZES` settings the user gave (none: the
-    budget's 300 or 1,000 steps on the whole test split)."""
+    fine-tuning recipe and equal steps, at `seed` (a `--set` value; None: the default).
+    `pinned`: the sha256 of the upstream weights both fine-tuning runs must start from (one
+    changed in between is refused, never mixed). `sized`: the `SIZES` settings the user gave
+    (none: the budget's 300 or 1,000 steps on the whole test split)."""
     from mixerbench.models import get_spec
 
     family = get_spec(rec["name"]).family
@@ -777,10 +811,13 @@ def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, d
             "optim.warmup_steps": str(steps // 10), "eval_every": str(steps),
             "data.eval_pipeline": "eval-plain",
             "data.pipeline": _pipeline_of(dataset) or "small", **sized}
+    if seed is not None:
+        down["seed"] = str(seed)
     flags = {**_common_flags(None, data_dir, device), "steps": steps}
+    pin = {"init_sha256": pinned} if pinned else {}  # the upstream weights, as they were hashed
     cells = [Cell("finetune", None, str(root), dataset=dataset, kind="finetune",
                   experiment="transfer", init=up_dir,
-                  flags={**flags, "model.img_size": f"{k}x"}, overrides=down,
+                  flags={**flags, "model.img_size": f"{k}x", **pin}, overrides=down,
                   label=dict(model=family, stage=f"fine-tune on {dataset} at {k}x"))
              for k in (1, 2)]
     cells.append(Cell("finetune", rec["name"], str(root), dataset=dataset, kind="pretrain",
@@ -872,7 +909,7 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     from mixerbench.evaluate import evaluate, load_real_labels
     from mixerbench.events import Event as ProgressEvent
     from mixerbench.models import get_spec
-    from mixerbench.models.weights import hub_file, load_model
+    from mixerbench.models.weights import load_model, weights_sha256
     from mixerbench.report import regenerate, released_table
     from mixerbench.train import Event as TrainEvent
 
@@ -884,12 +921,14 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
     root = results.writable_results_dir(root)
     if real_labels is not None:  # read and checked once, before any weights are
         real_labels = load_real_labels(real_labels)
-    for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work
-        get_spec(c.checkpoint)
-        hub_file(c.checkpoint[len("timm:"):])
+    shas = {}
+    for c in checkpoints:  # fail fast: every weights file found (or fetched) before any work,
+        get_spec(c.checkpoint)  # checked against its blob's sha256 name, which its row records
+        shas[c.checkpoint] = weights_sha256(c.checkpoint)
     for i, c in enumerate(checkpoints, 1):  # and loadable: a damaged one found now, not after
         log(TrainEvent.STAGE, dict(what=f"checking {c.paper_name} loads ({i}/{len(checkpoints)})"))
-        load_model(c.checkpoint)  # hours of evaluating the ones before it; dropped at once
+        # hours of evaluating the ones before it; dropped at once
+        load_model(c.checkpoint, sha256=shas[c.checkpoint])
     results.ensure_appendable("released", root)
     rows = []
     for i, c in enumerate(checkpoints, 1):
@@ -902,11 +941,12 @@ def reproduce_released(*, root=None, dataset=None, data_dir=None, device=None, r
         out = evaluate(c.checkpoint, dataset, split="validation", crop=c.crop,
                        data_dir=str(data_dir) if data_dir else None,
                        real_labels=real_labels, fewshot="5" if fewshot else None, device=device,
-                       batch_size=batch_size, log=stages)
+                       batch_size=batch_size, log=stages, sha256=shas[c.checkpoint])
         real = out.get("real") or {}
         fs = next((r for r in out.get("fewshot") or [] if r["shots"] == 5), {})
         acc = out["rows"]["accuracy"][0]
-        row = dict(checkpoint=c.checkpoint, model=out["model"], family=acc["family"],
+        row = dict(checkpoint=c.checkpoint, weights_sha256=shas[c.checkpoint],
+                   model=out["model"], family=acc["family"],
                    paper_name=c.paper_name, upstream=c.upstream, paper_img_size=c.paper_img_size,
                    note=c.note, dataset=out["dataset"], split=out["split"],
                    img_size=out["img_size"], pipeline=out["pipeline"], n=out["n"],
@@ -1003,11 +1043,15 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
     smoke budget (mnist-5k and synthetic, 6 steps a run) takes minutes on 2 CPU cores.
     """
     from mixerbench.data import canonical_name
+    from mixerbench.models.weights import weights_sha256
     from mixerbench.report import avg5_table, regenerate
 
+    # the weights every cell starts from, hashed once: a cell that finds --init changed (a run
+    # re-trained under its name midway) is refused rather than mixed in (resolve_inputs)
+    init_sha = weights_sha256(str(init)) if init else None
     cell, pairs, lrs = avg5_cells(root=results.results_dir(root), init=init, dataset=dataset,
                                   budget=budget, device=device, data_dir=data_dir,
-                                  overrides=overrides)
+                                  overrides=overrides, init_sha256=init_sha)
     source = _source_of(init, upstream)
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
     grid_runs = run_cells([cell(ds, k, lr, True) for ds, k in pairs for lr in lrs], launcher, log)
@@ -1029,7 +1073,8 @@ def reproduce_avg5(*, root=None, init=None, dataset=None, upstream=None, budget=
             continue
         results.append_row("avg5", dict(
             run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=source["model"],
-            family=source["family"], init=str(init), upstream=source["upstream"], budget=budget,
+            family=source["family"], init=str(init), init_sha256=init_sha,
+            upstream=source["upstream"], budget=budget,
             dataset=canonical_name(ds) or ds, split=s["split"], resolution=f"{k}x",
             img_size=s["img_size"], pipeline=_eval_pipeline(s), steps=s["steps"],
             lr=best[(ds, k)]["lr"],
@@ -1078,9 +1123,10 @@ def _eval_pipeline(summary: dict) -> str:
 
 
 def avg5_cells(*, root, init=None, dataset=None, budget="smoke", device=None, data_dir=None,
-               overrides=None, **_):
+               overrides=None, init_sha256: str | None = None, **_):
     """(cell(dataset, k, lr, grid), [(dataset, k)], lrs): how `reproduce avg5` makes its cells,
-    every dataset's recipe found first (one without needs `--set steps=N`)."""
+    every dataset's recipe found first (one without needs `--set steps=N`). `init_sha256`: the
+    sha256 every cell's weights must have (`presets.resolve_inputs` refuses another)."""
     from mixerbench.data import canonical_name
     from mixerbench.presets import finetune_preset
 
@@ -1106,7 +1152,8 @@ def avg5_cells(*, root, init=None, dataset=None, budget="smoke", device=None, da
         return Cell(presets[ds], None, str(root), dataset=ds, kind="finetune", init=str(init),
                     experiment="avg5",
                     flags={**_common_flags(None, data_dir, device), "model.img_size": f"{k}x",
-                           "optim.lr": lr}, overrides=o,
+                           "optim.lr": lr, **({"init_sha256": init_sha256} if init_sha256 else {})},
+                    overrides=o,
                     label=dict(dataset=ds, resolution=f"{k}x", lr=lr,
                                stage="lr grid on minival" if grid else "final on train"))
 
@@ -1171,7 +1218,8 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
                                               if getattr(m, k) is not None}})
         *tuned, scratch = _downstream_cells("(the upstream run)", rec, dataset,
                                             kw.get("budget", "smoke"), root, kw.get("data_dir"),
-                                            kw.get("device"), sized=_sizes(kw.get("overrides")))
+                                            kw.get("device"), seed=_seed_of(up_cell),
+                                            sized=_sizes(kw.get("overrides")))
         base = scratch.config()
         out = [(up, _label(up_cell), "")]
         for k, c in zip((1, 2), tuned):  # the upstream model at k times its size, as fine-tuned

@@ -595,6 +595,15 @@ def _save_for_hf(tm, folder: Path, names: list[str] | None, t: dict) -> None:
                     safe_serialization=True)
     except (TypeError, ValueError, RuntimeError) as exc:
         raise UserError(f"timm could not describe this model for export ({exc}).") from None
+    except Exception as exc:  # safetensors' own error for a write that failed (a full disk)
+        if type(exc).__name__ != "SafetensorError":
+            raise
+        import errno
+        import re
+
+        code = re.search(r"os error (\d+)", str(exc))
+        number = int(code.group(1)) if code else errno.EIO
+        raise OSError(number, os.strerror(number), str(folder)) from None
 
 
 def _load_back(folder: Path, t: dict):

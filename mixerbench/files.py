@@ -274,6 +274,13 @@ class Folder:
         following it). A link or anything but a regular file at `name` now is refused. An
         OSError (full disk, read-only) leaves the previous file as it was and is raised naming
         `name`, not the temporary file."""
+        tmp = self.stage(name, data)
+        self.commit(tmp, name)
+
+    def stage(self, name: str, data: bytes) -> str:
+        """The first half of `write_bytes`: `data` in a new temporary file beside `name`,
+        fsynced; returns its name (`commit` renames it over `name`). Nothing is left behind
+        when it fails."""
         st = self.check(name, "file")
         tmp = None
         try:
@@ -292,7 +299,7 @@ class Folder:
                 fh.write(data)
                 fh.flush()
                 os.fsync(fh.fileno())
-            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+            return tmp
         except OSError as exc:
             if tmp is not None:
                 self.unlink(tmp)
@@ -300,6 +307,18 @@ class Folder:
         except BaseException:
             if tmp is not None:
                 self.unlink(tmp)
+            raise
+
+    def commit(self, tmp: str, name: str) -> None:
+        """The second half of `write_bytes`: rename the staged `tmp` over `name` (a rename needs
+        no space: it fails only where the folder itself cannot be written)."""
+        try:
+            os.replace(tmp, name, src_dir_fd=self.fd, dst_dir_fd=self.fd)
+        except OSError as exc:
+            self.unlink(tmp)
+            raise OSError(exc.errno, exc.strerror, self.where(name)) from None
+        except BaseException:
+            self.unlink(tmp)
             raise
 
     @contextmanager
@@ -542,6 +561,38 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     folder, name = _parent(path, create=True)
     with folder:
         folder.write_bytes(name, data)
+
+
+def write_all(items: list[tuple[str | os.PathLike, bytes]]) -> None:
+    """Write several files as one: every one staged (written and fsynced beside its target)
+    before any is renamed over its target, so a full disk or a refusal part way leaves every
+    target as it was, and removes the folders made for them. (Renames need no free space; only
+    a crash between two renames can leave some files new and some old, each whole.)"""
+    made: list[Path] = []
+    staged: list[tuple[Folder, str, str]] = []
+    opened: list[Folder] = []
+    done = False
+    try:
+        for path, data in items:
+            p = Path(path)
+            missing = [q for q in [p.parent, *p.parent.parents] if not os.path.lexists(q)]
+            folder, name = _parent(p, create=True)
+            made += [q for q in missing if q not in made]
+            opened.append(folder)
+            staged.append((folder, folder.stage(name, data), name))
+        for folder, tmp, name in staged:
+            folder.commit(tmp, name)
+        done = True
+    finally:
+        if not done:  # a failure before the renames: nothing replaced, nothing left
+            for folder, tmp, _ in staged:
+                folder.unlink(tmp)
+        for folder in opened:
+            folder.close()
+        if not done:
+            for q in sorted(made, key=lambda q: len(q.parts), reverse=True):
+                with suppress(OSError):
+                    q.rmdir()  # only if still empty
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:

@@ -179,7 +179,7 @@ def text(v: Any) -> str:
 _COUNTS = {"params", "params_no_head", "n", "steps", "images", "real_n", "runs", "datasets",
            "num_devices", "batch_size", "batch", "cells", "shots", "num_seeds", "seeds",
            "params_with_head_paper", "params_with_head_ours", "classes", "num_classes",
-           "examples", "total_steps", "accum_steps", "evaluations"}
+           "examples", "total_steps", "accum_steps", "evaluations", "fewshot_n", "fewshot_shots"}
 _PLAIN = {"img_size", "patch_size", "patch", "layers", "hidden", "seq_len", "mlp_channels",
           "mlp_tokens", "width", "depth", "seed", "epoch", "paper_img_size", "index", "step",
           "params_m_paper", "params_m_ours", "warmup", "repeats", "steps_per_repeat"}
@@ -255,6 +255,7 @@ HEADERS = {
     "official_cifar10": "official CIFAR-10 %", "cifar10_diff": "Δ CIFAR-10",
     "minival_top1": "minival %", "patch_size": "patch", "timm_name": "timm",
     "fewshot_n": "5-shot runs", "fewshot_split": "5-shot split", "bench_id": "bench",
+    "fewshot_shots": "shots",
     "recipe_id": "recipe", "settings": "settings", "split": "split",
     "paper_name": "paper name", "macs": "MACs/img", "img_per_sec_mean": "img/s",
 }

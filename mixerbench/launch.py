@@ -115,6 +115,13 @@ class Launcher:
     auto: bool = False  # chosen by `auto_launcher` for a command that named no launcher
 
 
+# Bounds on the launcher options: more cells at once than a cluster queues, a job longer than a
+# year (minutes), more processes in one cell than any node or allocation has, are typos.
+MAX_PARALLEL = 10_000
+MAX_TIME_LIMIT_MIN = 366 * 24 * 60
+MAX_PROCESSES_PER_JOB = 4096
+
+
 def make_launcher(kind: str, *, parallel: int | None = None, gpus_per_job: int | None = None,
                   partition: str | None = None, time_limit: int | None = None,
                   slurm_args: list[str] | None = None,
@@ -126,12 +133,15 @@ def make_launcher(kind: str, *, parallel: int | None = None, gpus_per_job: int |
     if int(os.environ.get("WORLD_SIZE", "1")) > 1:
         raise UserError("--launcher starts its own processes, so run the sweep without torchrun "
                         "(--gpus-per-job N gives each cell N processes).")
-    for name, value in (("--parallel", parallel), ("--time-limit", time_limit),
-                        ("--tasks-per-job", tasks_per_job)):
-        if value is not None and value < 1:
-            raise UserError(f"{name} must be at least 1, not {value}.")
-    if gpus_per_job is not None and gpus_per_job < 0:
-        raise UserError(f"--gpus-per-job must be 0 or more, not {gpus_per_job}.")
+    # bounded before any work: 2^63 tasks per job would be a list of 2^63 ranks in the job
+    for name, value, low, high in (("--parallel", parallel, 1, MAX_PARALLEL),
+                                   ("--time-limit", time_limit, 1, MAX_TIME_LIMIT_MIN),
+                                   ("--tasks-per-job", tasks_per_job, 1, MAX_PROCESSES_PER_JOB),
+                                   ("--gpus-per-job", gpus_per_job, 0, MAX_PROCESSES_PER_JOB)):
+        if value is not None and value < low:
+            raise UserError(f"{name} must be {'at least 1' if low else '0 or more'}, not {value}.")
+        if value is not None and value > high:
+            raise UserError(f"{name} must be at most {high:,}, not {value}.")
     if gpus_per_job and tasks_per_job and tasks_per_job != gpus_per_job:
         raise UserError(f"A cell runs one process per GPU: --tasks-per-job {tasks_per_job} "
                         f"does not match --gpus-per-job {gpus_per_job}; drop one of them.")
@@ -217,9 +227,7 @@ def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = no
     from mixerbench.prepare import check_model
 
     for cell in cells:
-        cfg = cell.config()
-        if not cfg.init:
-            check_model(cfg)
+        check_model(cell.config())
     if launcher is not None and launcher.kind == AUTO:
         launcher = auto_launcher(cells)
     if launcher is None:

@@ -173,14 +173,15 @@ def model_overrides(cfg: RunConfig) -> dict:
 class ModelCheck:
     """What building a run's model on the meta device found (no memory, no weights): the
     model itself, which the run's MAC count reuses, its parameters and one image's activations
-    in bytes, and its multiply-accumulates per image (`models.flops`: the meta device counts
-    them exactly as the real model's forward pass would)."""
+    in bytes (their sum and the largest one), and its multiply-accumulates per image
+    (`models.flops`: the meta device counts them exactly as the real model's forward pass
+    would)."""
 
     cfg: RunConfig
     model: Any
     num_classes: int
     params: int
-    activations: int
+    activations: tuple[int, int]
     macs: int
 
     def with_classes(self, num_classes: int) -> "ModelCheck":
@@ -208,21 +209,62 @@ class ModelCheck:
 def check_model(cfg: RunConfig, num_classes: int = 10) -> ModelCheck:
     """Build `cfg`'s model on the meta device (no memory, no weights) and trace one image
     through it: an option the architecture does not take is a UserError before any work (a
-    sweep checks every cell this way before training the first), and so is a model whose
-    weights, gradients and Adam moments (4 x 4 bytes per parameter) plus the activations of a
-    single image (`models.memory`) exceed this machine's memory: a 4096 px input is refused
-    here, not by the allocator. A run builds its model on the meta device once: here, before
-    its data is read (with 10 classes until the data says how many: `ModelCheck.with_classes`)."""
+    sweep checks every cell this way before training the first), and so is a model that cannot
+    fit this machine's memory (`_refuse_memory`): a 4096 px input is refused here, in seconds,
+    not by the allocator. A run builds its model on the meta device once: here, before its data
+    is read (with 10 classes until the data says how many: `ModelCheck.with_classes`).
+
+    A fine-tuning run (`cfg.init`) is checked as the model it will train: the source's
+    architecture at the run's resolution, a Mixer's token-mixing MLPs K^2 times wider at K
+    times the trained side (paper section 3; `models.resize`), from the source's description
+    alone (no weights read), its source's weights counted besides."""
     from mixerbench.models import build_on_meta, count_params
 
     m = cfg.model
-    model, (activations, _) = build_on_meta(
+    overrides = model_overrides(cfg)
+    source = 0
+    if cfg.init:
+        overrides, source = _finetuned_shape(cfg, num_classes, overrides)
+    model, activations = build_on_meta(
         m.name, num_classes=num_classes, img_size=m.img_size, patch_size=m.patch_size,
-        before_trace=lambda model: _refuse_memory(cfg, count_params(model)[0], 0),
-        element_size=4 if cfg.dtype == "fp32" else 2, **model_overrides(cfg))
+        before_trace=lambda model: _refuse_memory(cfg, count_params(model)[0], (0, 0), source),
+        element_size=4 if cfg.dtype == "fp32" else 2, **overrides)
     params = count_params(model)[0]
-    _refuse_memory(cfg, params, activations)
+    _refuse_memory(cfg, params, activations, source)
     return ModelCheck(cfg, model, num_classes, params, activations, _macs(cfg, model))
+
+
+def _finetuned_shape(cfg: RunConfig, num_classes: int, overrides: dict) -> tuple[dict, int]:
+    """(constructor overrides of the model a fine-tuning run trains, parameters of its source):
+    a Mixer fine-tuned at K times its trained side has token-mixing MLPs of K^2 times the
+    hidden width, and K must be a whole number (`models.resize.resize_mixer`)."""
+    import torch
+
+    from mixerbench.models import count_params, create_model
+    from mixerbench.models.weights import source_description
+
+    m = cfg.model
+    src = source_description(cfg.init, m.name, finetuning=True)
+    src_size = int(src["img_size"])
+    target = m.img_size or src_size
+    try:
+        with torch.device("meta"):  # the source as saved: its shapes, no memory
+            source = create_model(m.name, num_classes=int(src.get("num_classes") or num_classes),
+                                  img_size=src_size, patch_size=m.patch_size, **overrides)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        if isinstance(exc, UserError):
+            raise
+        raise UserError(f"{cfg.init} describes a model that cannot be built "
+                        f"({type(exc).__name__}); pass another checkpoint.") from None
+    # the native Mixer (the one model with a token-mixing width) grows its token MLPs
+    if hasattr(source, "tokens_dim") and target != src_size:
+        if target % src_size or target < src_size:
+            raise UserError(f"Mixer fine-tuning at {target} px needs an integer multiple of the "
+                            f"trained size {src_size} px (paper section 3); use {2 * src_size} or "
+                            f"{3 * src_size}.")
+        k = target // src_size
+        overrides = dict(overrides, tokens_dim=source.tokens_dim * k * k)
+    return overrides, count_params(source)[0]
 
 
 def _img_size(cfg: RunConfig) -> int:
@@ -237,16 +279,30 @@ def _macs(cfg: RunConfig, meta_model) -> int:
     return count_macs(meta_model, _img_size(cfg), device="meta")
 
 
-def _refuse_memory(cfg: RunConfig, params: int, activations: int) -> None:
-    """A UserError when training `params` parameters (weights, gradients and two Adam moments,
-    4 bytes each) plus one image's `activations` bytes needs more than this machine has."""
+def _refuse_memory(cfg: RunConfig, params: int, activations: tuple[int, int],
+                   source_params: int = 0) -> None:
+    """A UserError when training `params` parameters needs more than this machine has
+    (`runtime.memory_bytes`): weights, gradients and two Adam moments (4 x 4 bytes each), plus
+    the larger of one image's activations (`activations`: their sum and the largest single
+    one, `models.memory`) and the largest activation times the images of a micro-batch (both
+    lower bounds of what a step holds), each with the float32 input batch and one augmented
+    copy of it; a fine-tuning run's `source_params` weights (4 bytes each) besides."""
+    import os
+
     from mixerbench.runtime import memory_bytes
 
     have = memory_bytes(cfg.device)
-    need = 16 * params + activations
+    total, largest = activations
+    img = _img_size(cfg)
+    world = max(1, int(os.environ.get("WORLD_SIZE", "1") or 1))
+    micro = max(1, cfg.data.batch_size // world // max(1, cfg.accum_steps))
+    batch = 2 * 3 * img * img * 4  # per image: the float32 input and one augmented copy
+    act = max(total + batch, (largest + batch) * micro,
+              (largest + batch) * cfg.data.eval_batch_size)
+    need = 16 * params + 4 * source_params + act
     if have and need > have:
-        per_image = f" and {activations / 2**30:,.1f} GiB of activations per image" if activations else ""
-        raise UserError(f"{cfg.model.name} at {_img_size(cfg)} px has {params:,} parameters"
-                        f"{per_image}: training needs at least {need / 2**30:,.1f} GiB, more than "
-                        f"this machine's {have / 2**30:,.1f} GiB; choose a smaller model, image "
-                        "size or width.")
+        shown = f" and at least {act / 2**30:,.1f} GiB of activations and inputs" if total else ""
+        raise UserError(f"{cfg.model.name} at {img} px has {params:,} parameters{shown}: "
+                        f"training needs at least {need / 2**30:,.1f} GiB, more than this "
+                        f"machine's {have / 2**30:,.1f} GiB; choose a smaller model, image size, "
+                        "width or batch.")

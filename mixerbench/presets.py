@@ -325,8 +325,9 @@ class Inputs:
 
     `source`: the model description of the `--init` weights as a fine-tuning run starts from
     them (`weights.source_description(..., finetuning=True)`);
-    `init_sha256`: their file's sha256 (a re-trained source is another fine-tuning run; None
-    for `timm:<name>`, identified by its name); `data_path`: the absolute resolved path of a
+    `init_sha256`: their file's sha256 (a re-trained source is another fine-tuning run; for
+    `timm:<name>`, the hub cache's file, checked against its blob's name: a tag's weights may
+    change on the hub); `data_path`: the absolute resolved path of a
     dataset given as a path (a relative `--dataset ds` from two folders is two runs; None for
     registry names and hub ids, so their runs keep their ids)."""
 
@@ -451,9 +452,21 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
                 and (cfg.model.img_size or 0) > (source.img_size or 0)):
             cfg = replace(cfg, data=replace(cfg.data, eval_pipeline="eval-resize"))
     cfg = validate(cfg)
+    _check_pinned(cfg, inputs)
     # a `data.path` already set (a config resolved elsewhere) is kept
     return replace(cfg, data=replace(cfg.data, path=cfg.data.path or inputs.data_path),
                    init_sha256=inputs.init_sha256 if cfg.init else None)
+
+
+def _check_pinned(cfg: RunConfig, inputs: Inputs) -> None:
+    """An `init_sha256` already set pins the weights (a sweep sets the one it started from on
+    each of its cells): a file that hashes otherwise now, such as an `--init` run re-trained
+    under its name midway, is refused, never mixed into the sweep."""
+    if cfg.init and cfg.init_sha256 and inputs.init_sha256 and cfg.init_sha256 != inputs.init_sha256:
+        raise UserError(f"The --init weights {cfg.init} changed since this command started "
+                        f"(sha256 {cfg.init_sha256[:12]}... then, {inputs.init_sha256[:12]}... "
+                        "now), so they are not mixed into its runs; run the command again to "
+                        "start over from the new weights.")
 
 
 def _fit_dataset(cfg: RunConfig, given: set[str]) -> RunConfig:

@@ -73,13 +73,16 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
         "run_id", "recipe_id", "model", "family", "dataset", "split", "fraction", "epochs",
         "steps", "metric", "top1", "probe_dataset",
     ) + PROVENANCE,
+    # `weights_sha256` (released) and `init_sha256` (avg5): the sha256 of the exact weights file
+    # a row's model started from (a hub blob checked against its name).
     # `reproduce released`: one released checkpoint (`timm:<arch>.<tag>`) evaluated on ImageNet
     # val, with the paper row it stands for (`paper_name`, `upstream`, `paper_img_size`; the
     # numbers themselves are read from mixerbench/reference when the table is drawn). `top1`:
     # original labels over `n` images; `real_top1`: ReaL over the `real_n` images ReaL labels;
     # `fewshot5_*`: linear 5-shot on ImageNet (train shots, val accuracy), when measured.
     "released": (
-        "checkpoint", "model", "family", "paper_name", "upstream", "paper_img_size", "note",
+        "checkpoint", "weights_sha256", "model", "family", "paper_name", "upstream",
+        "paper_img_size", "note",
         "dataset", "split", "img_size", "pipeline", "n", "top1", "top5", "real_top1", "real_n",
         "fewshot5_mean", "fewshot5_std",
     ) + PROVENANCE,
@@ -90,7 +93,8 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     # `budget`: the protocol's (`full`, `smoke`); `pipeline`: the eval crop of the final run;
     # `note`: what the row cannot show (a smoke budget measures no transfer, an lr-grid tie).
     "avg5": (
-        "run_id", "recipe_id", "model", "family", "init", "upstream", "budget", "dataset",
+        "run_id", "recipe_id", "model", "family", "init", "init_sha256", "upstream", "budget",
+        "dataset",
         "split", "resolution", "img_size", "pipeline", "steps", "lr", "lr_grid", "minival_top1",
         "top1", "note",
     ) + PROVENANCE,
@@ -255,6 +259,7 @@ COLUMN_TYPES: dict[str, str] = {
         "timestamp", "mode", "driver_version", "cuda_version", "train_shuffle", "eval_shuffle",
         "metric", "upstream", "probe_dataset", "bench_id", "family", "checkpoint",
         "paper_name", "note", "pipeline", "resolution", "lr_grid", "shots_split", "budget",
+        "weights_sha256", "init_sha256",
     ), TEXT),
 }
 

@@ -63,12 +63,14 @@ def _comparable(d: dict, unfinished: bool) -> dict:
 
 def check_owner(run_dir: Path, cfg: RunConfig) -> None:
     """A run directory belongs to the one config stored in its config.json: refuse any other
-    (a reused --run-name, a planted or damaged config.json, a foreign folder)."""
+    (a reused --run-name, a planted or damaged config.json, a foreign folder), and refuse a
+    folder, FIFO or link where one of its files goes (`check_files`)."""
     path = run_dir / CONFIG
     if not run_dir.exists():
         return
     if not run_dir.is_dir() or run_dir.is_symlink():
         raise UserError(f"{run_dir} is not a run directory; choose another --run-name.")
+    check_files(run_dir)
     if not path.exists():
         if any(p.name != f"{RUN_LOCK}.lock" and not p.name.endswith(".tmp")
                for p in run_dir.iterdir()):
@@ -96,6 +98,17 @@ def check_owner(run_dir: Path, cfg: RunConfig) -> None:
         raise UserError(f"Run {run_dir.name} was made with another configuration ({diff}, hash "
                         f"{stored_hash} vs {config_hash(cfg)}); choose another --run-name, or "
                         "repeat the original settings to resume it.")
+
+
+def check_files(run_dir: Path) -> None:
+    """Every file a run writes is a regular file or absent (a folder, FIFO or link where
+    `state-last.pt` or `summary.json` goes is refused now, before any of the run's files is
+    rewritten: found at the first checkpoint, the refusal would follow a rewritten
+    metrics.csv)."""
+    from mixerbench.models.weights import CHECKPOINT
+
+    for name in (CONFIG, METRICS, STATE, CHECKPOINT, SUMMARY):
+        files.check(Path(run_dir) / name, "file")
 
 
 def _first_difference(a: Any, b: Any, prefix: str = "") -> str:
@@ -135,7 +148,8 @@ def read_summary(run_dir: Path) -> dict | None:
           and 0 <= s["top1"] <= 100
           # a cost is a finite number of seconds (an inf would be an infinite-cost row)
           and all(s.get(k) is None or (finite(s[k]) and s[k] >= 0)
-                  for k in ("train_seconds", "device_hours", "train_flops")))
+                  for k in ("train_seconds", "device_hours", "train_flops"))
+          and (s.get("checkpoint_sha256") is None or _is_sha256(s["checkpoint_sha256"])))
     if not ok:
         raise UserError(f"{path} is not a summary this version wrote; move the run directory "
                         f"{Path(run_dir).name} away (or delete it) and run again.")
@@ -148,6 +162,10 @@ def read_summary(run_dir: Path) -> dict | None:
     if not s.get("recipe_id"):  # written before runs recorded their recipe
         s["recipe_id"] = recipe_id(cfg, s.get("dtype"))
     return s
+
+
+def _is_sha256(v: Any) -> bool:
+    return isinstance(v, str) and len(v) == 64 and all(c in "0123456789abcdef" for c in v)
 
 
 def summary_disagrees(s: dict, cfg: RunConfig) -> str:
@@ -223,18 +241,28 @@ def has_state(run_dir: Path) -> bool:
     return (run_dir / STATE).is_file()
 
 
-def write_state(run_dir: Path, state: dict, model, rec: dict, binding: dict) -> None:
+def write_state(run_dir: Path, state: dict, model, rec: dict, binding: dict,
+                previous: str | None = None) -> str:
     """The training state (written first), then the weights-only export; both say which run
-    wrote them (`binding`, checked by `read_state` and `weights.check_credited`). An OSError
-    (disk full) leaves the previous pair intact."""
+    wrote them (`binding`, checked by `read_state` and `weights.check_credited`), and the state
+    records the export's sha256 (and the `previous` one's, which a kill between the two writes
+    leaves in place), so a checkpoint copied in from elsewhere is not credited to the run
+    (`weights.check_recorded`). An OSError (disk full) leaves the previous pair intact.
+    Returns the export's sha256 (the finished run's summary records the last one)."""
+    import hashlib
+
     import torch
 
-    from mixerbench.models.weights import CHECKPOINT, save_checkpoint
+    from mixerbench.models.weights import CHECKPOINT, checkpoint_bytes
 
+    weights = checkpoint_bytes(model, dict(rec, step=state["step"], **binding))
+    sha = hashlib.sha256(weights).hexdigest()
     buf = io.BytesIO()
-    torch.save(dict(state, **binding), buf)
+    torch.save(dict(state, checkpoint_sha256=sha, previous_checkpoint_sha256=previous,
+                    **binding), buf)
     files.atomic_write_bytes(run_dir / STATE, buf.getvalue())
-    save_checkpoint(run_dir / CHECKPOINT, model, dict(rec, step=state["step"], **binding))
+    files.atomic_write_bytes(run_dir / CHECKPOINT, weights)
+    return sha
 
 
 def not_a_state(run_dir: Path, why: str) -> UserError:
@@ -261,7 +289,8 @@ def read_state(run_dir: Path, binding: dict, total: int) -> dict:
             raise UserError(f"{path} was not written by run {run_dir.name} (it belongs to "
                             f"{state.get('run_id')}); move it away to start the run again.")
         progress = dict(step=int(state["step"]), train_seconds=float(state["train_seconds"]),
-                        loss_sum=float(state["loss_sum"]), loss_count=int(state["loss_count"]))
+                        loss_sum=float(state["loss_sum"]), loss_count=int(state["loss_count"]),
+                        checkpoint_sha256=state.get("checkpoint_sha256"))
         state.update(progress)
     except UserError:
         raise

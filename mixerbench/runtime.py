@@ -118,15 +118,36 @@ def resolve_dtype(dtype: str | None, device: str, cpu_half: bool = True) -> str:
 
 
 def memory_bytes(device: str | None) -> int:
-    """The memory of `device` in bytes (a GPU's total, else this machine's RAM); 0 if unknown."""
+    """The memory of `device` in bytes (a GPU's total, else what this process may use of the
+    machine's RAM: the least of the RAM, the address-space and data limits (`ulimit -v`,
+    `ulimit -d`) and the cgroup's memory limit (a container, a SLURM job)); 0 if unknown."""
     import torch
 
     if device and device.startswith("cuda") or (device is None and torch.cuda.is_available()):
         return torch.cuda.get_device_properties(torch.device(device or "cuda")).total_memory
+    limits = []
     try:
-        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+        limits.append(os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
     except (ValueError, OSError, AttributeError):
-        return 0
+        pass
+    try:
+        import resource
+
+        for which in (resource.RLIMIT_AS, resource.RLIMIT_DATA):
+            soft = resource.getrlimit(which)[0]
+            if soft != resource.RLIM_INFINITY and soft > 0:
+                limits.append(soft)
+    except (ImportError, OSError, ValueError, AttributeError):
+        pass
+    for cgroup in ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes"):
+        try:
+            with open(cgroup, "rb") as fh:  # a kernel file: regular, small
+                text = fh.read(64).decode().strip()
+            if text.isdigit() and 0 < int(text) < 2**60:
+                limits.append(int(text))
+        except (OSError, ValueError):
+            pass
+    return min(limits) if limits else 0
 
 
 def torch_dtype(name: str):
@@ -215,9 +236,13 @@ def teardown_distributed() -> None:
 
 
 def reachable(url: str, timeout: float = 3.0) -> bool:
-    """Whether a TCP connection to `url`'s host and port opens within `timeout` seconds (the
-    reachability probe of the hub and of tracker servers: their clients retry for minutes).
-    Run in a daemon thread, since name lookups ignore socket timeouts."""
+    """Whether the server at `url` answers within `timeout` seconds (the reachability probe of
+    the hub and of tracker servers: their clients retry for minutes). A TCP connection that
+    opens is not enough: a server that accepts and never answers would hang the client, so the
+    probe asks for `/` (over TLS for https, without checking the certificate: the client does)
+    and waits for the first byte of a reply, connect and read each bounded by `timeout`.
+    Run in a daemon thread, since name lookups ignore socket timeouts. Hand-written: no HTTP
+    client bounds the whole exchange, name lookup included, in one deadline."""
     import re
     import socket
     import threading
@@ -225,20 +250,32 @@ def reachable(url: str, timeout: float = 3.0) -> bool:
     m = re.match(r"^(\w+)://(?:[^@/]*@)?(\[[^\]]+\]|[^/:?#]+)(?::(\d+))?", url.strip())
     if not m:
         return False
-    host = m.group(2).strip("[]")
-    port = int(m.group(3)) if m.group(3) else (80 if m.group(1).lower() == "http" else 443)
+    scheme, host = m.group(1).lower(), m.group(2).strip("[]")
+    port = int(m.group(3)) if m.group(3) else (80 if scheme == "http" else 443)
     result: list[bool] = []
 
     def probe():
         try:
-            socket.create_connection((host, port), timeout=timeout).close()
-            result.append(True)
+            sock = socket.create_connection((host, port), timeout=timeout)
+            try:
+                sock.settimeout(timeout)
+                if scheme == "https":
+                    import ssl
+
+                    ctx = ssl.create_default_context()
+                    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+                    sock = ctx.wrap_socket(sock, server_hostname=host)
+                sock.sendall(f"HEAD / HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n"
+                             .encode())
+                result.append(bool(sock.recv(1)))
+            finally:
+                sock.close()
         except (OSError, ValueError):
             result.append(False)
 
     t = threading.Thread(target=probe, daemon=True)
     t.start()
-    t.join(timeout + 0.5)
+    t.join(2 * timeout + 0.5)  # connect, then the first byte of the reply
     return bool(result and result[0])
 
 

@@ -71,6 +71,7 @@ class TrainState:
     data_seconds: float = 0.0  # waiting for the next batch, between steps (not in train_seconds)
     loss_sum: float = 0.0
     loss_count: int = 0
+    checkpoint_sha256: str | None = None  # of the last checkpoint written (summary.json records it)
     pending: list = field(default_factory=list)  # per-step loss tensors not yet checked
 
 
@@ -106,7 +107,7 @@ def restore(run: Run, optimizer, scheduler, log: Log) -> TrainState:
     except Exception as exc:  # a foreign or damaged state fails here, before any step
         raise rundir.not_a_state(run.run_dir, type(exc).__name__) from None
     progress = TrainState(**{k: state[k] for k in ("step", "train_seconds", "loss_sum",
-                                                   "loss_count")})
+                                                   "loss_count", "checkpoint_sha256")})
     progress.data_seconds = float(state.get("data_seconds", 0.0))  # absent before 0.2
     if not (math.isfinite(progress.data_seconds) and progress.data_seconds >= 0):
         raise rundir.not_a_state(run.run_dir, f"data_seconds {progress.data_seconds}")
@@ -140,7 +141,8 @@ def save_state(run: Run, optimizer, scheduler, p: TrainState) -> None:
                  scheduler=scheduler.state_dict(), step=p.step, train_seconds=p.train_seconds,
                  data_seconds=p.data_seconds, loss_sum=p.loss_sum, loss_count=p.loss_count, rng=rngs)
     try:
-        rundir.write_state(run.run_dir, state, run.model, run.rec, _binding(run))
+        p.checkpoint_sha256 = rundir.write_state(run.run_dir, state, run.model, run.rec,
+                                                 _binding(run), previous=p.checkpoint_sha256)
     except OSError as exc:
         raise TrainingStopped(
             f"Could not write the checkpoint to {run.run_dir} ({exc.strerror or exc}); the "
@@ -255,7 +257,7 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
         data_wait_fraction=round(p.data_seconds / max(p.data_seconds + p.train_seconds, 1e-9), 4),
         device_hours=round(p.train_seconds * run.world / 3600, 6),
         # forward + backward = 3 forward passes' FLOPs (2 FLOPs per MAC) per image seen
-        train_flops=float(6 * run.macs_per_img * images),
+        train_flops=float(6 * run.macs_per_img * images), checkpoint_sha256=p.checkpoint_sha256,
         init=cfg.init or "", kind=cfg.kind, experiment=experiment, **prov)
     rundir.write_summary(run.run_dir, run.root, summary)
     return summary
@@ -281,8 +283,7 @@ def train(cfg: RunConfig, root: str | os.PathLike | None = None, *, resume: bool
         from mixerbench.runtime import resolve_device
 
         resolve_device(cfg.device)
-    # options, memory and MACs, on the meta device before any data is read
-    check = None if cfg.init else check_model(cfg)
+    check = check_model(cfg)  # options, memory and MACs on the meta device, before any data
     root = results.writable_results_dir(root)
     run_dir = results.run_path(root, run_id(cfg))
     rundir.check_owner(run_dir, cfg)

@@ -57,7 +57,15 @@ def console(stderr: bool = False):
 def setup(quiet: bool) -> dict:
     """The view's settings for a command (`ctx.obj`: --quiet). A terminal that cannot show a
     character (PYTHONIOENCODING=ascii, a file name that is not UTF-8) gets a replacement
-    character, never a UnicodeEncodeError."""
+    character, never a UnicodeEncodeError. A working folder deleted under the shell is one
+    sentence (`process.check_working_folder`)."""
+    from mixerbench.errors import UserError
+    from mixerbench.process import check_working_folder
+
+    try:
+        check_working_folder()
+    except UserError as exc:
+        fail(str(exc))
     for stream in (sys.stdout, sys.stderr):
         try:
             stream.reconfigure(errors="replace")
@@ -97,10 +105,13 @@ def fail(message: str, code: int = 2) -> None:
     """Print one sentence to stderr and exit (status 2 for bad input)."""
     from rich.markup import escape
 
+    from mixerbench.errors import shorten
+
     # escaped: a message quoting user input such as `[/x]` must print, not be read as markup;
     # control characters a user typed (a newline in a --set value) are shown, not obeyed, so
     # the message stays one line
     message = "".join(c if c.isprintable() else repr(c)[1:-1] for c in message)
+    message = shorten(message)  # a 100,000-character name in it is not a 100,000-character line
     console(stderr=True).print(f"[bold red]error:[/] {escape(message)}", soft_wrap=True)
     raise typer.Exit(code)
 
@@ -154,12 +165,40 @@ class OneLineUsageErrors(TyperGroup):
             _usage_error(exc, ctx)
 
     def invoke(self, ctx):  # unknown command; the options and arguments of a command
+        from mixerbench.process import Terminated, stdout_broken
+
         try:
-            return super().invoke(ctx)
+            out = super().invoke(ctx)
         except Exception as exc:
             if not _is_usage_error(exc):
                 raise
             _usage_error(exc, ctx)
+        except KeyboardInterrupt:
+            fail("Interrupted (Ctrl-C); files already written are complete.", code=130)
+        except Terminated:
+            fail("Stopped by SIGTERM; files already written are complete.", code=143)
+        if stdout_broken():  # the reader of stdout went away; the work itself was done
+            raise typer.Exit(141)
+        return out
+
+    def main(self, *args, **kwargs):
+        """The process made safe first (`mixerbench.process`): an empty HOME, closed or broken
+        standard streams, SIGTERM as an exception (restored afterwards: tests call this
+        in-process)."""
+        import signal
+        import threading
+
+        from mixerbench.process import guard_streams, raise_on_sigterm, settle_home
+
+        guard_streams()
+        settle_home()
+        before = signal.getsignal(signal.SIGTERM)
+        raise_on_sigterm()
+        try:
+            return super().main(*args, **kwargs)
+        finally:
+            if before is not None and threading.current_thread() is threading.main_thread():
+                signal.signal(signal.SIGTERM, before)
 
 
 def _refuse_non_utf8(args) -> None:

@@ -94,14 +94,15 @@ def test_two_recipes_of_one_model_are_never_averaged(tmp_path):
 def shuffle_rows(root: Path, family: str, model: str, none: list[float], patch: list[float]):
     for kind, values in (("none", none), ("patch", patch)):
         for seed, top1 in enumerate(values):
-            rid = f"{model}-cifar10-{kind}-s{seed}"
+            rid, recipe = f"{model}-cifar10-{kind}-s{seed}", f"{model}-cifar10-{kind}"
             results.append_row("accuracy", dict(
-                run_id=rid, model=model, family=family, dataset="cifar10", split="test",
-                img_size=32, epochs=10, steps=3900, top1=top1, kind="pretrain",
+                run_id=rid, recipe_id=recipe, model=model, family=family, dataset="cifar10",
+                split="test", img_size=32, epochs=10, steps=3900, top1=top1, kind="pretrain",
                 experiment="shuffle", seed=seed), root)
             results.append_row("shuffle", dict(
-                run_id=rid, model=model, family=family, dataset="cifar10", train_shuffle=kind,
-                eval_shuffle=kind, metric="top1", top1=top1, img_size=32, seed=seed), root)
+                run_id=rid, recipe_id=recipe, model=model, family=family, dataset="cifar10",
+                train_shuffle=kind, eval_shuffle=kind, metric="top1", top1=top1, img_size=32,
+                seed=seed), root)
 
 
 def test_shuffle_claims_hold_fail_and_lack_seeds(tmp_path):
@@ -188,3 +189,72 @@ def test_more_seeds_than_three_are_asked_for_when_three_leave_the_gap_inside_the
     k = int(why.split("about ")[1].split(" seeds")[0])
     assert k > 3 and nxt == [f"for s in $(seq 3 {k - 1}); do mixerbench reproduce shuffle "
                              "--budget cpu --data-dir ~/data --set seed=$s; done"]
+
+
+def test_a_compares_next_command_runs_that_same_compare_setting(tmp_path):
+    """A compare run with settings on top of its preset gets more seeds only from a command
+    with those settings: the one printed gives its rows the same experiment tag."""
+    import shlex
+
+    from mixerbench.experiments import compare_experiment
+
+    tag = "compare:smoke[optim.lr=0.002,steps=20]"
+    compare_rows(tmp_path, {"mixer": [90.2], "vit": [85.2], "resnet": [95.2]}, experiment=tag)
+    (nxt,) = verdicts(tmp_path)["competitive"]["next"]
+    words = shlex.split(nxt)
+    sets = dict(words[i + 1].split("=", 1) for i, w in enumerate(words) if w == "--set")
+    assert words[words.index("--preset") + 1] == "smoke" and words[-2:] == ["--seeds", "3"]
+    assert compare_experiment("smoke", None, sets) == tag
+    results.append_row("accuracy", dict(  # a compare on a dataset the user keeps a copy of
+        run_id="r", recipe_id="r", model="mixer-t4", family="mixer", dataset="cifar10",
+        split="test", img_size=32, top1=60.0, kind="pretrain", experiment="compare:smoke",
+        seed=0), tmp_path)
+    assert ("mixerbench compare --models mixer,vit,resnet --preset smoke --dataset cifar10 "
+            "--data-dir ~/data") in verdicts(tmp_path)["competitive"]["next"]
+
+
+def test_shuffled_runs_are_set_beside_the_original_trained_alike_never_another_recipe(tmp_path):
+    """Two lrs of one Mixer, each trained on original and patch-shuffled images: each original
+    is compared with its own twin (their settings tell which), never across lrs; without the
+    run folders to tell them apart nothing is decided."""
+    from mixerbench.report.claims import INPUTS, evaluate
+
+    shuffle_rows(tmp_path, "mixer", "mixer-t4", [67.6, 67.8, 68.0], [67.7, 67.9, 68.1])
+    shuffle_rows(tmp_path / "low", "mixer", "mixer-t4", [60.6, 60.8, 61.0], [60.7, 60.9, 61.1])
+    for table in ("accuracy", "shuffle"):  # one folder: the second lr's rows appended
+        for row in results.load(table, tmp_path / "low").to_dict("records"):
+            row = {k: v for k, v in row.items() if v == v}
+            row.update(run_id=row["run_id"] + "-lr", recipe_id=row["recipe_id"] + "-lr")
+            results.append_row(table, row, tmp_path)
+    frames = {t: results.load(t, tmp_path, required=False) for t in INPUTS}
+
+    def claim(settings):
+        return next(v for v in evaluate(frames | {"settings": settings})
+                    if v.claim.id == "shuffle-mixer")
+
+    blind = claim({})
+    assert blind.verdict == UNDECIDED and len(blind.comparisons) == 1
+    assert "trained alike" in blind.comparisons[0].why
+    settings = {f"mixer-t4-cifar10-{kind}{lr}": {"optim.lr": value, "data.shuffle": kind,
+                                                 **({"data.shuffle_patch": 4} if kind == "patch"
+                                                    else {})}
+                for lr, value in (("", 0.01), ("-lr", 0.003)) for kind in ("none", "patch")}
+    seen = claim(settings)
+    assert seen.verdict == HELD
+    assert sorted(round(c.a.mean - c.b.mean, 2) for c in seen.comparisons) == [0.1, 0.1]
+
+
+def test_smoke_budget_transfer_rows_are_no_evidence_for_a_claim(tmp_path):
+    """`reproduce avg5 --budget smoke` measures nothing (6 steps on the embedded sets): its
+    1x and 2x rows decide neither the higher-resolution claim nor the Avg 5 one."""
+    for seed in range(3):
+        for res, size, top1 in (("1x", 28, 20.9 + seed), ("2x", 56, 14.7 + seed)):
+            results.append_row("avg5", dict(
+                run_id=f"ft-{res}-s{seed}", recipe_id=f"ft-{res}-s{seed}", model="mixer-t4",
+                family="mixer", init="timm:mixer_b16_224.goog_in21k", upstream="imagenet-21k",
+                budget="smoke", dataset="mnist-5k", split="test", resolution=res,
+                img_size=size, steps=6, top1=top1, seed=seed), tmp_path)
+    got = verdicts(tmp_path)
+    for claim in ("higher-resolution", "avg5"):
+        assert got[claim]["verdict"] == UNDECIDED
+        assert [c["label"] for c in got[claim]["comparisons"]] == ["no qualifying rows"], claim

@@ -186,7 +186,8 @@ REFUSED = {
     "accuracy-csv-lock-fifo": (make_fifo("accuracy.csv.lock"), EVAL_FIN),
     "config-json-fifo": (make_fifo("runs/unf/config.json"), UNFINISHED),
     "metrics-csv-fifo-resume": (make_fifo("runs/unf/metrics.csv"), UNFINISHED),
-    "metrics-csv-fifo-plot": (make_fifo("runs/unf/metrics.csv"), ["plot", "curves"]),
+    # curves draws the last command's runs by default (not unf): asked for unf by name
+    "metrics-csv-fifo-plot": (make_fifo("runs/unf/metrics.csv"), ["plot", "curves", "--runs", "unf"]),
     "metrics-csv-fifo-upgrade": (make_fifo("runs/unf/metrics.csv"), ["upgrade"]),
     "metrics-csv-lock-fifo": (make_fifo("runs/unf/metrics.csv.lock"), UNFINISHED),
     "accuracy-csv-is-dev-zero-plot": (link("accuracy.csv", "/dev/zero"), ["plot"]),
@@ -550,7 +551,7 @@ def test_ascii_terminal(folder, child_env):
 
 # ------------------------------------------------------------------- fuzzing the folder itself
 
-from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import HealthCheck, example, given, settings  # noqa: E402
 from hypothesis import strategies as st  # noqa: E402
 
 # Where things are planted: every file and folder a command reads or writes
@@ -652,3 +653,189 @@ def test_fuzzed_results_folders_keep_the_contract(plants, command, template, tmp
             rows = [tuple(x) for x in results.load(path.stem, res, required=False).astype(str)
                     .itertuples(index=False)]
         assert len(rows) == len(set(map(tuple, rows))), (plants, command, rel, "duplicate rows")
+
+
+# ------------------------------------------------- fuzzing hub caches and official .npz files
+
+HUB_REPO = "timm/mixer_b16_224.goog_in21k_ft_in1k"
+HUB_NAME = "timm:mixer_b16_224.goog_in21k_ft_in1k"
+# What is planted where, in a hub cache entry (models--timm--<arch>.<tag>/) or on the .npz:
+# each place with the kinds that do something there
+_SPECIAL = ["fifo", "dir", "link-dev-zero", "link-dangling", "empty", "binary"]
+HUB_PLANTS = [(place, kind) for place, kinds in {
+    "refs/main": _SPECIAL + ["sparse-3GB", "flip-a-byte"],
+    "refs": ["fifo", "empty", "link-dangling"],
+    "snapshots/{c}": ["fifo", "empty", "link-dev-zero"],
+    "snapshots/{c}/model.safetensors": _SPECIAL + ["other-model"],
+    "blob": _SPECIAL + ["truncated", "flip-a-byte", "other-model", "sparse-3GB"],
+    "snapshots/{c}/config.json": _SPECIAL,
+    # (a changed value in an .npz is another valid .npz: only damage is planted there)
+    "npz": _SPECIAL + ["truncated", "nan-values", "header-lie", "sparse-3GB"],
+}.items() for kind in kinds]
+# the places whose damage a command must notice: everything it reads its weights through
+WEIGHT_PLACES = {"timm": {"refs/main", "refs", "snapshots/{c}", "snapshots/{c}/model.safetensors",
+                          "blob"}, "npz": {"npz"}}
+HUB_COMMANDS = {
+    "evaluate-timm": ["evaluate", "--dataset", "synthetic", "--device", "cpu", "--checkpoint",
+                      HUB_NAME],
+    "finetune-timm": ["finetune", "--dataset", "synthetic", "--device", "cpu", "--steps", "1",
+                      "--set", "optim.warmup_steps=0", "--set", "data.batch_size=50", "--init",
+                      HUB_NAME],
+    "evaluate-npz": ["evaluate", "--dataset", "synthetic", "--device", "cpu", "--checkpoint",
+                     "{N}"],
+    "finetune-npz": ["finetune", "--dataset", "synthetic", "--device", "cpu", "--steps", "1",
+                     "--set", "optim.warmup_steps=0", "--set", "data.batch_size=50", "--init",
+                     "{N}"],
+}
+
+
+@pytest.fixture(scope="module")
+def weights_template(tmp_path_factory):
+    """A hub cache holding a tiny timm Mixer under a released name, another Mixer's bytes to
+    swap in, and an official-layout .npz."""
+    import torch
+    from test_inputs import _npz
+    from test_weights import hub_cache, tiny_timm_mixer
+
+    base = tmp_path_factory.mktemp("weights-template")
+    hub_cache(base / "hf", HUB_REPO, tiny_timm_mixer())
+    from safetensors.torch import save_file
+
+    other = tiny_timm_mixer(seed=1)
+    save_file({k: v.contiguous() for k, v in other.state_dict().items()}, base / "other.safetensors")
+    _npz(base / "w.npz")
+    torch.manual_seed(0)
+    return base
+
+
+def _entry(hf: Path) -> Path:
+    return hf / "hub" / f"models--{HUB_REPO.replace('/', '--')}"
+
+
+def _plant_weights(base: Path, place: str, kind: str) -> None:
+    import numpy as np
+
+    entry = _entry(base / "hf")
+    ref = entry / "refs" / "main"
+    commit = ""
+    if ref.is_file() and not ref.is_symlink():
+        with open(ref, "rb") as fh:  # bounded: an earlier plant may have made it 3 GB
+            commit = fh.read(64).decode(errors="replace").strip()
+    if place == "npz":
+        p = base / "w.npz"
+    elif place == "blob":
+        snap_file = entry / "snapshots" / commit / "model.safetensors"
+        if not commit or not snap_file.is_symlink():
+            return
+        p = snap_file.resolve()
+    else:
+        p = entry / place.format(c=commit)
+    if not os.path.lexists(p):
+        return
+    if kind in ("truncated", "flip-a-byte", "other-model", "nan-values", "header-lie", "sparse-3GB"):
+        if not p.is_file() or p.is_symlink() and place != "snapshots/{c}/model.safetensors":
+            return
+        real = p.resolve()
+        size = real.stat().st_size
+        if kind == "truncated":
+            os.truncate(real, size // 2)
+        elif kind == "flip-a-byte" and size:
+            with open(real, "r+b") as fh:
+                fh.seek(size - 1)
+                last = fh.read(1)
+                fh.seek(size - 1)
+                fh.write(bytes([last[0] ^ 1]))
+        elif kind == "sparse-3GB":
+            with open(real, "r+b") as fh:
+                fh.truncate(3 * 2**30)
+        elif kind == "other-model" and real.suffix != ".npz":
+            shutil.copy(base / "other.safetensors", real)
+        elif kind == "nan-values" and place == "npz" and size < 2**20:
+            try:
+                arrays = dict(np.load(real))
+            except Exception:  # noqa: BLE001 - damaged by an earlier plant already
+                return
+            arrays["stem/kernel"] = np.full_like(arrays["stem/kernel"], np.nan)
+            np.savez(real, **arrays)
+        elif kind == "header-lie" and place == "npz" and size < 2**20:
+            import zipfile
+
+            from numpy.lib import format as npy
+
+            try:
+                arrays = dict(np.load(real))
+            except Exception:  # noqa: BLE001 - damaged by an earlier plant already
+                return
+            with zipfile.ZipFile(real, "w") as z:
+                for k, v in arrays.items():
+                    buf = io.BytesIO()
+                    shape = (2**40,) if k == "stem/kernel" else v.shape
+                    npy.write_array_header_1_0(buf, {"descr": v.dtype.str, "fortran_order": False,
+                                                     "shape": shape})
+                    z.writestr(k + ".npy", buf.getvalue() + v.tobytes())
+        return
+    if p.is_dir() and not p.is_symlink():
+        shutil.rmtree(p)
+    else:
+        p.unlink()
+    if kind == "fifo":
+        os.mkfifo(p)
+    elif kind == "dir":
+        p.mkdir()
+    elif kind == "empty":
+        p.write_bytes(b"")
+    elif kind == "binary":
+        p.write_bytes(bytes(range(256)) * 4)
+    elif kind == "link-dev-zero":
+        p.symlink_to("/dev/zero")
+    elif kind == "link-dangling":
+        p.symlink_to(base / "nowhere")
+
+
+@pytest.mark.slow  # 30 commands end to end: about a minute on a busy 2-core machine
+@settings(max_examples=30, deadline=None, derandomize=True,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(plants=st.lists(st.sampled_from(HUB_PLANTS), max_size=3),
+       command=st.sampled_from(list(HUB_COMMANDS)))
+@example(plants=[("blob", "other-model")], command="evaluate-timm")  # the reviewer's cases
+@example(plants=[("blob", "flip-a-byte")], command="finetune-timm")
+@example(plants=[("refs/main", "sparse-3GB")], command="evaluate-timm")
+@example(plants=[("npz", "header-lie")], command="evaluate-npz")
+@example(plants=[("npz", "fifo")], command="finetune-npz")
+@example(plants=[("npz", "nan-values")], command="finetune-npz")
+def test_fuzzed_hub_caches_and_npz_files_keep_the_contract(plants, command, weights_template,
+                                                           tmp_path_factory):
+    """Random FIFOs, links, folders, damaged or swapped bytes in a hub cache entry and an
+    official .npz, then a command that reads them: exit 0 or 2, never a traceback or a hang;
+    the cache and the .npz are never written; the results folder is unchanged on exit 2; and
+    weights whose bytes were changed are never used (exit 0 only from intact weights)."""
+    base = tmp_path_factory.mktemp("fuzz-weights")
+    shutil.copytree(weights_template, base, dirs_exist_ok=True, symlinks=True)
+    res = base / "results"
+    for place, kind in plants:
+        _plant_weights(base, place, kind)
+    before_hf, before_npz = snapshot(base / "hf"), snapshot_npz(base)
+    signal.alarm(HANG_SECONDS)
+    r = cli(*[a.format(N=base / "w.npz") for a in HUB_COMMANDS[command]], "--results-dir", res,
+            env={"HF_HOME": str(base / "hf"), "HF_HUB_CACHE": None})
+    signal.alarm(0)
+    assert r.exit_code in (0, 2), (plants, command, r.output, r.exception)
+    assert "Traceback" not in r.output, (plants, command, r.output)
+    used = "npz" if command.endswith("npz") else "timm"
+    if any(place in WEIGHT_PLACES[used] for place, _ in plants):
+        assert r.exit_code == 2, (plants, command, "damaged weights were used", r.output)
+    if r.exit_code == 2:
+        lines = [line for line in r.output.splitlines() if line.strip()]
+        assert lines[-1].startswith("error: ") and sum(
+            line.startswith("error: ") for line in lines) == 1, (plants, command, r.output)
+        assert not (res / "runs").exists() or not any((res / "runs").iterdir()), (plants, command)
+    assert (snapshot(base / "hf"), snapshot_npz(base)) == (before_hf, before_npz)
+
+
+def snapshot_npz(base: Path) -> str:
+    p = base / "w.npz"
+    st = os.lstat(p) if os.path.lexists(p) else None
+    if st is None or not stat.S_ISREG(st.st_mode):
+        return f"special:{st and stat.S_IFMT(st.st_mode)}"
+    with open(p, "rb") as fh:
+        return hashlib.sha256(fh.read()).hexdigest()

@@ -75,6 +75,8 @@ def test_every_committed_pretraining_row_keeps_its_run_id(monkeypatch, tmp_path)
     carry: compare (mnist-5k), the 30-epoch CIFAR-10 runs, shuffle, data scaling and transfer's
     upstream and from-scratch runs. Transfer's two fine-tuning rows change id: their source
     weights are now part of their identity, and those rows do not record them."""
+    from committed import SEEDS
+
     from mixerbench import experiments
 
     committed = {r["run_id"]: r for r in rows(ROOT / "results" / "accuracy.csv")}
@@ -111,9 +113,12 @@ def test_every_committed_pretraining_row_keeps_its_run_id(monkeypatch, tmp_path)
         raise Planned
 
     monkeypatch.setattr(experiments, "run_cells", plan)
-    for artifact in ("shuffle", "data-scaling", "transfer"):
-        with pytest.raises(Planned):
-            experiments.reproduce(artifact, budget="cpu", data_dir="../shared/data", root="results")
+    for artifact, seeds in SEEDS.items():  # seed 0 is the command without --set seed
+        for seed in seeds:
+            with pytest.raises(Planned):
+                experiments.reproduce(artifact, budget="cpu", data_dir="../shared/data",
+                                      root="results",
+                                      overrides={"seed": str(seed)} if seed else None)
     # The committed ResNet rows were trained with a `stem_width` option that had no effect and
     # that the smoke preset no longer sets, so today's ResNet command is another experiment (the
     # old runs still read back); every other one keeps its id.
@@ -122,7 +127,9 @@ def test_every_committed_pretraining_row_keeps_its_run_id(monkeypatch, tmp_path)
     assert set(ids) <= set(committed), sorted(set(ids) - set(committed))
     pretraining = {i for i, r in committed.items()
                    if r["kind"] == "pretrain" and "stem_width" not in r["model"]}
-    assert pretraining == set(ids) and len(set(ids)) == 30
+    # seed 0: 15 compare, 2 30-epoch, 3 shuffle, 8 data scaling and 2 transfer runs (upstream,
+    # from scratch); each later transfer seed 2 more
+    assert pretraining == set(ids) and len(set(ids)) == 30 + 2 * (len(SEEDS["transfer"]) - 1)
     assert all(c.data.path is None and c.init_sha256 is None for c in cfgs)  # registry names
 
 

@@ -351,6 +351,8 @@ def test_avg5_table_puts_our_mean_beside_the_papers():
                   pipeline="eval-resize", recipe_id=f"2x-{d}")
              for d, v in scores.items() if d != "pets"]
     rows.append(dict(rows[-1], top1=50.0, recipe_id="2x-other"))
+    tied = next(r for r in rows if r["recipe_id"] == "2x-cifar100")
+    tied["note"] = "lr grid tie: 0.003, 0.03 all scored 90.00 on minival; the first was taken"
     table = avg5_table(_avg5_frame(rows))
     assert list(table.columns[:10]) == ["model", "upstream", "budget", "resolution", "img_size",
                                         "imagenet-1k", "cifar10", "cifar100", "pets", "flowers102"]
@@ -366,6 +368,7 @@ def test_avg5_table_puts_our_mean_beside_the_papers():
     # four of the five: a mean of what is there, never called Avg 5; no paper B/16 at 448
     assert two["datasets"] == 4 and math.isnan(two["avg5"]) and math.isnan(two["pets"])
     assert two["flowers102"] == 50.0 and "flowers102: the latest of 2 recipes" in two["note"]
+    assert "cifar100: lr grid tie: 0.003, 0.03" in two["note"]  # whose grid tied
     assert two["avg"] == pytest.approx((81 + 99 + 89 + 50) / 4)
     assert math.isnan(two["paper_avg5"]) and math.isnan(two["paper_imagenet"])
     assert two["paper_row"].startswith("no comparable paper row")

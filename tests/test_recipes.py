@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, cli
+from conftest import ROOT, TINY, TINY_MODEL, cli
 
 from mixerbench import config, presets
 from mixerbench.config import recipe_id, run_id
@@ -128,6 +128,22 @@ def test_a_capped_probe_and_the_full_one_are_both_recorded_each_labelled(tmp_pat
     assert list(t["fewshot_top1"]) == pytest.approx([float(few[1]["top1_mean"])] * 2)
 
 
+def test_a_compare_table_keeps_the_size_of_its_own_models_after_another_compare(tmp_path):
+    """Params and FLOPs of a compare table are those of its runs' models: a later compare of
+    the same model name at another image size (another table) leaves them as they were."""
+    def compare(size):
+        ok(cli("compare", "--models", "mixer", "--preset", "smoke", "--steps", "2", "--no-bench",
+               *TINY_MODEL, "--set", f"model.img_size={size}", "--results-dir", tmp_path))
+        return {p.stem: rows(p)[0] for p in (tmp_path / "tables").glob("compare-*.csv")}
+
+    first = compare(32)
+    both = compare(16)
+    (stem,) = first
+    assert set(both) - {stem} and both[stem] == first[stem]
+    (other,) = set(both) - {stem}
+    assert int(both[other]["params"]) < int(first[stem]["params"])  # fewer tokens to mix
+
+
 # ------------------------------------------------------------------------------ upgrade
 
 
@@ -198,8 +214,53 @@ def test_every_committed_row_carries_the_recipe_of_the_command_behind_it(
     assert {(r["shots_split"], r["pipeline"]) for r in rows(ROOT / "results" / "fewshot.csv")} \
         == {("train", cfgs[r["run_id"]].data.eval_pipeline) for r in acc}
     # the same recipe is one measurement: the transfer's upstream and shuffle's unshuffled run
+    # (its seed-0 runs, of which the later seeds are more runs of the same recipe)
     same = [r for r in acc if r["recipe_id"] == recipes["mixer-t4-cifar10-s0-693502d3"]]
-    assert {r["top1"] for r in same} == {"67.78"} and len(same) == 2
+    seed0 = [r for r in same if r["seed"] == "0"]
+    assert {r["top1"] for r in seed0} == {"67.78"} and len(seed0) == 2
+    assert {r["seed"] for r in same} == {"0", "1", "2"}
+
+
+def test_a_seed_of_transfer_seeds_every_stage_and_keeps_the_recipes(monkeypatch, tmp_path):
+    """`reproduce transfer --set seed=s` is one more seed of the whole pipeline: the pre-training,
+    both fine-tunes and the from-scratch run carry seed s; the pre-training and from-scratch runs
+    keep seed 0's recipes, and fine-tunes of one upstream keep theirs (the claims pool fine-tunes
+    by their upstream's recipe and count the seeds of the rows). Seed 0 is the command without
+    `--set seed`. Nothing trains: the cells are planned."""
+    import torch
+    from safetensors.torch import save_file
+
+    from mixerbench import experiments
+
+    upstream = tmp_path / "runs" / "upstream"
+    upstream.mkdir(parents=True)
+    save_file({"w": torch.zeros(1)}, str(upstream / "checkpoint-last.safetensors"), metadata={
+        "mixerbench_model": json.dumps(dict(name="mixer-t4", num_classes=10, img_size=32,
+                                            patch_size=4, overrides=dict(width=64, depth=2)))})
+    planned: list = []
+
+    class Planned(Exception):
+        pass
+
+    def plan(cells, launcher, log):
+        planned.extend(c.config() for c in cells)
+        if len(cells) == 1:
+            return [dict(run_dir=str(upstream))]
+        raise Planned
+
+    monkeypatch.setattr(experiments, "run_cells", plan)
+    by_seed = {}
+    for seed in (None, "0", "1", "2"):
+        planned.clear()
+        with pytest.raises(Planned):
+            experiments.reproduce("transfer", budget="cpu", data_dir=tmp_path, root=tmp_path,
+                                  overrides=None if seed is None else {"seed": seed})
+        assert [c.seed for c in planned] == [int(seed or 0)] * 4
+        by_seed[seed] = planned[:]
+    assert [run_id(c) for c in by_seed[None]] == [run_id(c) for c in by_seed["0"]]
+    recipes = {s: [recipe_id(c, "fp32") for c in cfgs] for s, cfgs in by_seed.items()}
+    assert recipes[None] == recipes["1"] == recipes["2"]
+    assert len({run_id(c) for cfgs in by_seed.values() for c in cfgs}) == 12
 
 
 # ------------------------------------------------------------------- the paper row of a result

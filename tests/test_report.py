@@ -75,11 +75,13 @@ def scaling_fixture() -> pd.DataFrame:
                        ("bit-r50x1", (60, 70, 78, 84))):
         for (frac, ep), a in zip(((0.03, 233), (0.1, 70), (0.3, 23), (1.0, 7)), acc):
             for metric, off in (("fewshot5", -20.0), ("finetune", 0.0)):
-                rows.append(dict(run_id=f"{model}-{frac}", model=model, dataset="cifar10",
-                                 fraction=frac, epochs=ep, metric=metric, top1=a + off, seed=0))
+                rows.append(dict(run_id=f"{model}-{frac}", recipe_id=f"{model}-{frac}",
+                                 model=model, dataset="cifar10", fraction=frac, epochs=ep,
+                                 metric=metric, top1=a + off, seed=0))
     # a second seed for one point of one model: a band is drawn, the line count stays the same
-    rows.append(dict(run_id="mixer-b16-1.0-s1", model="mixer-b16", dataset="cifar10",
-                     fraction=1.0, epochs=7, metric="finetune", top1=87.0, seed=1))
+    rows.append(dict(run_id="mixer-b16-1.0-s1", recipe_id="mixer-b16-1.0", model="mixer-b16",
+                     dataset="cifar10", fraction=1.0, epochs=7, metric="finetune", top1=87.0,
+                     seed=1))
     return frame("scaling", rows)
 
 
@@ -87,11 +89,13 @@ def shuffle_fixture() -> pd.DataFrame:
     rows = []
     for model, accs in (("bit-r50x1", (90.0, 70.0, 40.0)), ("mixer-b16", (80.0, 80.0, 50.0))):
         for shuf, a in zip(("none", "patch", "global"), accs):
-            rows.append(dict(run_id=f"{model}-{shuf}", model=model, dataset="cifar10",
-                             train_shuffle=shuf, eval_shuffle=shuf, metric="top1", top1=a))
+            rows.append(dict(run_id=f"{model}-{shuf}", recipe_id=f"{model}-{shuf}",
+                             model=model, dataset="cifar10", split="test", train_shuffle=shuf,
+                             eval_shuffle=shuf, metric="top1", top1=a))
     # cross-evaluation rows (trained on original, evaluated shuffled) are left out of the bars
-    rows.append(dict(run_id="mixer-b16-none", model="mixer-b16", dataset="cifar10",
-                     train_shuffle="none", eval_shuffle="global", metric="top1", top1=10.0))
+    rows.append(dict(run_id="mixer-b16-none", recipe_id="mixer-b16-none", model="mixer-b16",
+                     dataset="cifar10", split="test", train_shuffle="none",
+                     eval_shuffle="global", metric="top1", top1=10.0))
     return frame("shuffle", rows)
 
 
@@ -292,6 +296,11 @@ def test_throughput_shows_the_latest_bench_with_its_id_and_date_not_the_best_eve
         dict(dev, img_per_sec_mean=4000.0, bench_id="old"),
         dict(dev, img_per_sec_mean=3000.0, bench_id="new")])).iloc[0]
     assert (c["infer_img_per_sec"], c["bench_id"]) == (3000.0, "new")
+    # a later bench in another precision is not the speed of runs trained in fp32
+    c = tables.compare_table(acc.assign(dtype="fp32"), frame("throughput", [
+        dict(dev, img_per_sec_mean=3000.0, bench_id="fp32"),
+        dict(dev, dtype="bf16", img_per_sec_mean=9000.0, bench_id="bf16")])).iloc[0]
+    assert (c["infer_img_per_sec"], c["bench_id"]) == (3000.0, "fp32")
 
 
 def test_throughput_table_pairs_like_with_like_and_prefers_the_same_run():
@@ -427,6 +436,29 @@ def test_data_scaling_lines_per_model_and_panels():
     assert mixer_ft[:, 0].tolist() == pytest.approx([3, 10, 30, 100])
     assert mixer_ft[-1, 1] == pytest.approx(86.0)  # seeds averaged: (85 + 87) / 2
     assert len(ft.collections) == 1 and len(few.collections) == 0  # std band only where n > 1
+
+
+def test_a_figure_point_is_one_recipe_on_one_subset_each_run_once():
+    """Another recipe of a model at one fraction (another lr), a repeated row of one run and a
+    capped evaluation beside the whole split: each point averages one recipe's runs, once each,
+    on the whole split, and the figure says what it left out."""
+    rows = scaling_fixture()
+    extra = rows[(rows["model"] == "mixer-b16") & (rows["fraction"] == 1.0)
+                 & (rows["metric"] == "finetune")].assign(
+        run_id=lambda d: d["run_id"] + "-lr", recipe_id="mixer-b16-1.0-lr", top1=10.0)
+    fig = figures.data_scaling(pd.concat([rows, extra]))
+    ft = fig.axes[1]
+    assert ft.lines[0].get_xydata()[-1, 1] == pytest.approx(10.0)  # the latest recipe alone
+    assert "mixer-b16 at 100% (fine-tuned): the latest of 2 recipes" in " ".join(
+        fig.get_supxlabel().split())
+    sh = shuffle_fixture()
+    again = sh[sh["run_id"] == "mixer-b16-patch"]
+    capped = again.assign(split="test[stratified:97]", top1=0.0)
+    fig = figures.shuffle(pd.concat([sh, again, again, capped]))
+    mixer = next(ax for ax in fig.axes if "mixer" in ax.get_title())
+    heights = [round(p.get_height(), 1) for p in mixer.patches]
+    assert heights == [80.0, 80.0, 50.0] and not mixer.collections  # no error bar: one run
+    assert "on test only" in fig._suptitle.get_text()
 
 
 def test_shuffle_bars():

@@ -443,10 +443,18 @@ def _in_memory(reader, name, real, info, img_size, root, what):
     cached = decode.load_tensor_cache(path, key)
     # A local copy's labels are read again (milliseconds: one parquet column or a folder
     # listing) and must equal the cached ones: a cache whose labels were permuted or replaced
-    # is decoded again rather than trusted. The embedded sets and the hub are only checked
-    # against the fingerprint the cache carries (reading them again costs seconds).
+    # is decoded again rather than trusted. An embedded set is compared whole, images and
+    # labels, with its source (generated or parsed in well under a second), so a cache
+    # rewritten with a fingerprint to match is rebuilt all the same. The hub is checked
+    # against the fingerprint the cache carries (its source may be out of reach offline).
     source_labels = None
-    if cached is not None and not isinstance(reader, (EmbeddedReader, hub.HubReader)):
+    if cached is not None and isinstance(reader, EmbeddedReader):
+        arrays = reader.arrays()
+        parts = real.split("+")
+        if not (torch.equal(torch.cat([arrays[s][0] for s in parts]), cached["images"])
+                and torch.equal(torch.cat([arrays[s][1] for s in parts]), cached["labels"])):
+            cached = None
+    elif cached is not None and not isinstance(reader, hub.HubReader):
         source_labels = torch.from_numpy(reader.labels(real))
         if not torch.equal(source_labels, cached["labels"]):
             cached = None

@@ -40,8 +40,11 @@ CACHE_FORMAT = 2  # bump when the cached payload changes (2: a fingerprint of th
 # ---------------------------------------------------------------- cache directory and tensor cache
 
 def cache_root(cache_dir: str | os.PathLike | None = None) -> Path:
-    """`cache_dir`, else $MIXERBENCH_CACHE, else ~/.cache/mixerbench."""
-    root = cache_dir or os.environ.get("MIXERBENCH_CACHE") or Path.home() / ".cache" / "mixerbench"
+    """`cache_dir`, else $MIXERBENCH_CACHE, else ~/.cache/mixerbench (an empty HOME is no home:
+    `process.cache_home`)."""
+    from mixerbench.process import cache_home
+
+    root = cache_dir or os.environ.get("MIXERBENCH_CACHE") or cache_home() / "mixerbench"
     return Path(root).expanduser()
 
 

@@ -58,7 +58,9 @@ def hub_reachable(root: Path) -> bool:
 def hf_datasets_cache() -> Path:
     if os.environ.get("HF_DATASETS_CACHE"):
         return Path(os.environ["HF_DATASETS_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "huggingface"
+    from mixerbench.process import cache_home
+
+    home = os.environ.get("HF_HOME") or cache_home() / "huggingface"
     return Path(home).expanduser() / "datasets"
 
 

@@ -335,6 +335,12 @@ def zoo(pattern: str | None = None, *, num_classes: int = 1000,
     """The `mixerbench models` rows: every entry matching `pattern` (a shell pattern, or one
     name / paper spelling / alias), counted at `img_size` when given (entries whose patch does
     not divide it are left out)."""
+    # a head of -1 classes is a negative dimension inside torch; past 100,000 (the most classes
+    # a dataset may have here) a typo, and img_size as config bounds it (model.img_size)
+    if isinstance(num_classes, bool) or not 0 <= num_classes <= 100_000:
+        raise UserError(f"--num-classes {num_classes} must be between 0 (no head) and 100,000.")
+    if img_size is not None and not 1 <= img_size <= 4096:
+        raise UserError(f"--img-size {img_size} must be between 1 and 4,096 pixels.")
     names = list_models(pattern)
     if not names and pattern:
         if any(ch in pattern for ch in "*?["):

@@ -94,7 +94,7 @@ class Family:
     channels_last: bool = False
     limits: Mapping[str, tuple[float, float]] = field(default_factory=dict)
     rules: Callable[[ModelSpec, dict], str | None] | None = None
-    to_timm: Callable[..., tuple] | None = None
+    to_timm: Callable[..., dict] | None = None
     paper_role: str = ""
     small: Mapping[str, Small] = field(default_factory=dict)
 
@@ -197,8 +197,9 @@ def build(spec: ModelSpec, num_classes: int, img_size: int, patch_size: int | No
                         "--set model.options.KEY=VALUE instead.")
     registered = not spec.name.startswith("timm:")
     if "depth" in over and "depth" not in names and registered:
-        raise UserError(f"{spec.name} has no single depth; set its timm arguments (its blocks per "
-                        "stage: layers) with --set model.options.KEY=VALUE instead.")
+        raise UserError(f"{spec.name} has no single depth; set its constructor's own arguments "
+                        "(a ResNet's blocks per stage: layers) with --set model.options.KEY=VALUE "
+                        "instead.")
     for ours in ("width", "depth", "drop_path", "dropout"):
         if ours in over:
             kw[names.get(ours, ours)] = over.pop(ours)

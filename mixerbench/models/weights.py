@@ -41,12 +41,18 @@ def model_description(name: str, num_classes: int, img_size: int, patch_size: in
 
 def save_checkpoint(path: str | os.PathLike, model, description: dict[str, Any]) -> None:
     """Write the state dict with its model description atomically (temp file, fsync, rename)."""
-    from safetensors.torch import save
-
     from mixerbench.files import atomic_write_bytes
 
+    atomic_write_bytes(path, checkpoint_bytes(model, description))
+
+
+def checkpoint_bytes(model, description: dict[str, Any]) -> bytes:
+    """The bytes of a checkpoint file: the state dict as safetensors, the model description in
+    its header (so its sha256 can be recorded before the file is written)."""
+    from safetensors.torch import save
+
     state = {k: v.detach().contiguous().cpu() for k, v in unwrap(model).state_dict().items()}
-    atomic_write_bytes(path, save(state, metadata={"mixerbench_model": json.dumps(description)}))
+    return save(state, metadata={"mixerbench_model": json.dumps(description)})
 
 
 def unwrap(model):
@@ -262,15 +268,68 @@ def check_credited_to(ckpt, run: str, cfg, rec: dict[str, Any] | None) -> None:
                         "move it away and run the run's own command to re-create its checkpoint.")
 
 
-def weights_sha256(src: str) -> str | None:
-    """sha256 of the weights file `src` names (a run directory's checkpoint, a .safetensors or
-    .npz file), read in blocks from one descriptor; None for `timm:<name>` (identified by its
-    name and tag). To load what was hashed, pass the hash to `load_model(sha256=...)`."""
+def recorded_checkpoints(folder: files.Folder) -> set[str]:
+    """The sha256 values of the checkpoints a run folder's own files record: the final one in
+    summary.json (a finished run), else the last and the one before it in state-last.pt (a kill
+    between writing the state and the checkpoint leaves the one before). Empty when the run
+    predates these records or they cannot be read (what reads those files refuses them)."""
+    import io
+
+    try:
+        summary = files.loads_json(folder.read_bytes("summary.json") or b"null",
+                                   folder.where("summary.json"))
+    except (ValueError, UnicodeDecodeError):
+        summary = None
+    if isinstance(summary, dict):
+        sha = summary.get("checkpoint_sha256")
+        return {sha} if isinstance(sha, str) else set()
+    data = folder.read_bytes("state-last.pt", limit=None)
+    if data is None:
+        return set()
+    import torch
+
+    try:
+        state = torch.load(io.BytesIO(data), map_location="cpu", weights_only=True, mmap=False)
+    except Exception:  # noqa: BLE001 - a damaged state is refused where a resume reads it
+        return set()
+    return {v for k in ("checkpoint_sha256", "previous_checkpoint_sha256")
+            if isinstance(v := state.get(k) if isinstance(state, dict) else None, str)}
+
+
+def check_recorded(ckpt: Path, data: bytes, folder: files.Folder) -> None:
+    """A run's checkpoint counts as that run's only if its bytes are the ones its run recorded
+    (`recorded_checkpoints`): a checkpoint copied in from another training of the same
+    settings carries the same header, but not the same sha256."""
     import hashlib
 
+    from mixerbench.config import read_run_config
+
+    if read_run_config(ckpt.parent, folder) is None:  # a file outside any run folder
+        return
+    recorded = recorded_checkpoints(folder)
+    digest = hashlib.sha256(data).hexdigest()
+    if recorded and digest not in recorded:
+        raise UserError(f"{ckpt} is not the checkpoint run {ckpt.parent.name} recorded (sha256 "
+                        f"{digest[:12]}..., recorded {sorted(recorded)[0][:12]}...): it was "
+                        "copied or swapped in, so it is not credited to the run; move it away "
+                        "and run the run's own command to re-create it.")
+
+
+def weights_sha256(src: str) -> str | None:
+    """sha256 of the weights file `src` names (a run directory's checkpoint, a .safetensors or
+    .npz file, or the hub cache's file of `timm:<name>`, checked against its blob's name), read
+    in blocks from one descriptor. To load what was hashed, pass the hash to
+    `load_model(sha256=...)`."""
+    import hashlib
+
+    from mixerbench.models import hubcache
+
     where = resolve_source(src)
-    if isinstance(where, str):
-        return None
+    if isinstance(where, str):  # a tag's weights may change on the hub: the file is the identity
+        where = hub_file(where[5:])
+        sha = hubcache.verify(where)
+        if sha is not None:
+            return sha
     h = hashlib.sha256()
     try:
         fd = files.open_file(where)
@@ -305,12 +364,31 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
             description lists it under `dropped`; evaluation keeps it (the official forward).
 
     Returns:
-        (model, description) where the model description is of the returned model.
+        (model, description) where the model description is of the returned model; weights
+        that are not finite (NaN or inf) are a UserError, before any run or row uses them.
     """
+    model, rec = _load_model(src, device=device, model_name=model_name,
+                             regularisers=regularisers, sha256=sha256, finetuning=finetuning)
+    check_finite(model, src)
+    return model, rec
+
+
+def check_finite(model, src) -> None:
+    """A UserError when any floating-point weight of `model` is NaN or infinite."""
+    import torch
+
+    if not all(bool(torch.isfinite(t).all()) for t in model.state_dict().values()
+               if t.is_floating_point() and t.device.type != "meta"):
+        raise UserError(f"{src} holds non-finite weights (NaN or inf), so nothing can start "
+                        "from it or be measured with it; pass weights from a run that trained.")
+
+
+def _load_model(src: str, *, device: str, model_name: str | None,
+                regularisers: dict[str, float] | None, sha256: str | None, finetuning: bool):
     reg = {k: v for k, v in (regularisers or {}).items() if v is not None}
     where = resolve_source(src, credit=False)  # credited below, on the bytes that are loaded
     if isinstance(where, str):
-        model, rec = _load_timm(where, reg)
+        model, rec = _load_timm(where, reg, sha256)
         return model.to(device), rec
     if where.suffix == ".npz":
         if sha256 is not None:  # np.load and timm read an .npz by name: checked just before
@@ -331,6 +409,7 @@ def load_model(src: str, *, device: str = "cpu", model_name: str | None = None,
         rec = _description(_bytes_header(data, where), where)
         if where.name == CHECKPOINT:
             check_credited(where, rec, folder)
+            check_recorded(where, data, folder)
     state = _load_safetensors(data, where)
     del data
     if rec is None:
@@ -492,14 +571,15 @@ def _file_shapes(path: Path) -> dict[str, tuple]:
     return {k: tuple(v["shape"]) for k, v in _file_header(path).items() if k != "__metadata__"}
 
 
-def _read_weights(path: Path) -> dict:
+def _read_weights(path: Path, sha256: str | None = None) -> dict:
     """A state dict from safetensors, or a torch file read with `weights_only=True` (no code
-    runs), loaded from bytes read once from one descriptor (`read_weights_bytes`)."""
+    runs), loaded from bytes read once from one descriptor (`read_weights_bytes`, which checks
+    them against `sha256` when given)."""
     import io
 
     import torch
 
-    data = read_weights_bytes(path)
+    data = read_weights_bytes(path, sha256)
     try:
         if path.suffix == ".safetensors":
             return _load_safetensors(data, path)
@@ -581,8 +661,9 @@ def hub_cache_dir() -> Path:
     else ~/.cache/huggingface/hub), read when called rather than when the hub library loads."""
     if os.environ.get("HF_HUB_CACHE"):
         return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    home = os.environ.get("HF_HOME") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME") or os.path.expanduser("~/.cache"), "huggingface")
+    from mixerbench.process import cache_home
+
+    home = os.environ.get("HF_HOME") or cache_home() / "huggingface"
     return Path(home).expanduser() / "hub"
 
 
@@ -614,7 +695,7 @@ def hub_file(arch_tag: str) -> Path:
     """The local weights file of timm's `<arch>.<tag>`: from the Hugging Face cache when it is
     there (no network touched, as timm does under HF_HUB_OFFLINE=1), else downloaded into that
     cache, unless HF_HUB_OFFLINE=1 (then a UserError naming the ways to provide it)."""
-    from huggingface_hub import try_to_load_from_cache
+    from mixerbench.models import hubcache
 
     cfg = _pretrained_cfg(arch_tag)
     repo = cfg.hf_hub_id
@@ -622,9 +703,10 @@ def hub_file(arch_tag: str) -> Path:
              else ("model.safetensors", "pytorch_model.bin"))  # timm's preference order
     cache = hub_cache_dir()
     for name in files:
-        hit = try_to_load_from_cache(repo, name, cache_dir=str(cache))
-        if isinstance(hit, str) and Path(hit).is_file():
-            return Path(hit)
+        # checked against its blob's sha256 name before any use; refs/main read bounded
+        hit = hubcache.cached_file(cache, repo, name)
+        if hit is not None:
+            return hit
     options = (f"download it once with network access, point HF_HOME at a cache that holds "
                f"{repo}, or pass a local .safetensors with --arch, or an official .npz")
     if _offline():
@@ -641,7 +723,9 @@ def hub_file(arch_tag: str) -> Path:
 
     for name in files:
         try:
-            return Path(hf_hub_download(repo, name, cache_dir=str(cache), etag_timeout=10))
+            got = Path(hf_hub_download(repo, name, cache_dir=str(cache), etag_timeout=10))
+            hubcache.verify(got)  # a download cut short is refused like a damaged blob
+            return got
         except LocalEntryNotFoundError:  # the connection failed after all
             break
         except EntryNotFoundError:  # the repository lacks this file; try the next
@@ -654,20 +738,26 @@ def hub_file(arch_tag: str) -> Path:
                     f"and it is not in the cache ({cache}); {options}.")
 
 
-def _load_timm(name: str, reg: dict | None = None):
+def _load_timm(name: str, reg: dict | None = None, sha256: str | None = None):
     """timm's pretrained `<arch>.<tag>`: a Mixer into the native Mixer, anything else into the
-    timm model, with the weights file found by `hub_file` (cache first)."""
+    timm model, with the weights file found by `hub_file` (cache first, checked against its
+    blob's sha256 name); with `sha256`, the file must still be the one recorded."""
     import timm
 
-    from mixerbench.models import get_spec
+    from mixerbench.models import get_spec, hubcache
 
     reg = reg or {}
     spec = get_spec(name)
     arch_tag = name[5:]
     path = hub_file(arch_tag)
     slug = native_mixer(name)
+    if sha256 is not None and not slug and hubcache.verify(path) not in (None, sha256):
+        raise UserError(f"The weights of {name} in the Hugging Face cache changed since this "
+                        f"command started (sha256 {sha256[:12]}... then, "
+                        f"{hubcache.verify(path)[:12]}... now); run the command again.")
     if slug:
-        state = _read_weights(path)
+        # the bytes loaded are hashed: the blob's own name, or the sha256 recorded
+        state = _read_weights(path, sha256 or hubcache.verify(path))
         rec = _mixer_description(_shapes(state), slug, "exact", name)
         rec = dict(rec, overrides=_with_regularisers(rec["overrides"], reg))
         model = _build(rec, name)
@@ -921,6 +1011,9 @@ def _open_npz(path: Path, read):
     sentence (UserError), whatever numpy or the mapping raise."""
     import numpy as np
 
+    from mixerbench.models.arrays import check_npz
+
+    check_npz(path)  # headers first: a regular file, real dtypes, sizes as declared, fits
     try:
         with np.load(path, allow_pickle=False) as fh:
             return read(_Official(fh, path))

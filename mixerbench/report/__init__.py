@@ -125,9 +125,10 @@ def _compare_tables(i: Inputs) -> list[tuple[str, Any]]:
     for (ds, exp), g in acc[exps.str.startswith("compare")].groupby(["dataset", exps]):
         stem, title = compare_name(str(ds), exp)
         runs = list(dict.fromkeys(g["run_id"].dropna().astype(str)))
+        # params and FLOPs of the models these runs built (their checkpoints), never a zoo
+        # given for other runs: a model name at another image size or class count differs
         table = compare_table(g, i.csv("throughput", False), i.csv("fewshot", False), dataset=ds,
-                              zoo_df=i.zoo_df if i.zoo_df is not None else _zoo_of(i.root, runs),
-                              settings=recipe_settings(i.root, g))
+                              zoo_df=_zoo_of(i.root, runs), settings=recipe_settings(i.root, g))
         table.attrs["title"] = title
         out.append((stem, table))
     if not out:
@@ -212,13 +213,14 @@ def _token_mixing(i: Inputs) -> list[tuple[str, Any]]:
 
 
 def _table1(i: Inputs) -> list[tuple[str, Any]]:
-    if i.zoo_df is None:
+    zoo = i.zoo_df
+    if zoo is None:  # kept to this table: the paper's zoo is not the compare's models
         import pandas as pd
 
         from mixerbench.models import model_info, paper_models
 
-        i.zoo_df = pd.DataFrame([model_info(n) for n in paper_models()])
-    return [("table1", table1(i.zoo_df))]
+        zoo = pd.DataFrame([model_info(n) for n in paper_models()])
+    return [("table1", table1(zoo))]
 
 
 REPORTS: dict[str, Report] = {
@@ -260,19 +262,18 @@ def _targets(obj, out: Path, stem: str) -> list[Path]:
     return [out / "tables" / f"{stem}.csv", out / "tables" / f"{stem}.md"]
 
 
-def _save(obj, out: Path, stem: str) -> list[Path]:
-    """A Figure to figures/<stem>.png, a DataFrame to tables/<stem>.csv and .md."""
+def _render(obj, out: Path, stem: str) -> list[tuple[Path, bytes]]:
+    """(path, bytes) of what `obj` is written as: a Figure as figures/<stem>.png, a DataFrame
+    as tables/<stem>.csv and .md."""
     paths = _targets(obj, out, stem)
     if hasattr(obj, "savefig"):
         buf = io.BytesIO()
         obj.savefig(buf, format="png", dpi=style.DPI)
-        files.atomic_write_bytes(paths[0], buf.getvalue())
-        return paths
+        return [(paths[0], buf.getvalue())]
     shown = compare_view(obj) if stem.startswith("compare-") else obj
     title = obj.attrs.get("title")
-    files.atomic_write_text(paths[0], _safe_csv(obj))
-    files.atomic_write_text(paths[1], (f"{title}\n\n" if title else "") + to_markdown(shown))
-    return paths
+    return [(paths[0], _safe_csv(obj).encode()),
+            (paths[1], ((f"{title}\n\n" if title else "") + to_markdown(shown)).encode())]
 
 
 def _safe_csv(df) -> str:
@@ -350,8 +351,8 @@ def regenerate(
             skipping those whose inputs are missing.
         checkpoint: Mixer safetensors file or run dir for `token-mixing`.
         runs: run ids for `curves` (default: the `MAX_CURVES` most recent with metrics.csv).
-        zoo_df: the model zoo DataFrame for `table1` and params/GFLOPs in `compare` (default:
-            `table1` builds the zoo itself).
+        zoo_df: the model zoo DataFrame for `table1` (default: `table1` builds the zoo
+            itself); a compare table reads params/GFLOPs from its own runs' checkpoints.
 
     Returns:
         {"written": [Path, ...], "skipped": {name: reason}}.
@@ -392,8 +393,11 @@ def regenerate(
             for path in _targets(obj, out, stem):
                 files.check(path.parent, "dir")
                 files.check(path, "file")
-        for stem, obj in made:  # a file that cannot be written is an error, not a skip
-            written += _save(obj, out, stem)
+        # a file that cannot be written is an error, not a skip; all are written or none (a
+        # full disk part way leaves every figure and table as it was)
+        rendered = [item for stem, obj in made for item in _render(obj, out, stem)]
+        files.write_all(rendered)
+        written = [path for path, _ in rendered]
     return {"written": written, "skipped": skipped}
 
 

@@ -28,7 +28,10 @@ from mixerbench.reference.claims import (
     ALPHA, CLAIMS, HELD, NOT_HELD, UNDECIDED, Claim,
 )
 from mixerbench.report.style import short_name
-from mixerbench.report.tables import TABLE1_COLUMNS, avg5_table, latest_per_run, released_table
+from mixerbench.report.tables import (
+    AVG5_DATASETS, TABLE1_COLUMNS, avg5_table, latest_per_run, released_table,
+)
+from mixerbench.report.tables import recipe_key as tables_recipe_key
 
 # The tables a verdict may read, all optional: a missing one leaves its claims undecided.
 INPUTS = ("accuracy", "throughput", "shuffle", "scaling", "avg5", "released")
@@ -208,10 +211,11 @@ def equivalent(claim: Claim, label: str, a: Side, b: Side, next_cmd=None,
 
 
 def match(claim: Claim, label: str, ours: float, paper: float, n: int | None = None,
-          full: int | None = None, source: str = "", rows: tuple[str, ...] = ()) -> Comparison:
+          full: int | None = None, source: str = "", rows: tuple[str, ...] = (),
+          scored: int | None = None) -> Comparison:
     """`ours` within the claim's tolerance of `paper`: exact when measured on the paper's own
-    sample (`n` >= `full`, or no `n`), else by the 95 % binomial interval of a top-1 on `n`
-    images (a capped evaluation)."""
+    sample (`n` >= `full`, or no `n`), else by the 95 % binomial interval of a top-1 on the
+    `scored` images it counts (default `n`; a capped evaluation)."""
     from scipy.stats import norm
 
     tol, diff = claim.tolerance, ours - paper
@@ -221,12 +225,14 @@ def match(claim: Claim, label: str, ours: float, paper: float, n: int | None = N
         out.verdict = HELD if abs(diff) <= tol + 1e-9 else NOT_HELD
         out.why = f"|ours - paper| = {abs(diff):.4g} {'<=' if out.verdict == HELD else '>'} {tol:g}"
         return out
-    half = norm.ppf(1 - ALPHA / 2) * 100 * math.sqrt(max(ours / 100 * (1 - ours / 100), 1e-12) / n)
+    scored = scored or n
+    half = norm.ppf(1 - ALPHA / 2) * 100 * math.sqrt(
+        max(ours / 100 * (1 - ours / 100), 1e-12) / scored)
     if abs(diff) + half <= tol:
         out.verdict = HELD
     elif abs(diff) - half > tol:
         out.verdict = NOT_HELD
-    out.why = (f"on {n:,} of {full:,} images: ours - paper = {_signed(diff, diff)} ± {_fmt(half)} (95 %), "
+    out.why = (f"on {scored:,} images ({n:,} of {full:,}): ours - paper = {_signed(diff, diff)} ± {_fmt(half)} (95 %), "
                f"tolerance {tol:g}")
     return out
 
@@ -234,16 +240,35 @@ def match(claim: Claim, label: str, ours: float, paper: float, n: int | None = N
 # ------------------------------------------------------------------------- grouping rows
 
 def recipe_key(df: pd.DataFrame) -> pd.Series:
-    """Which rows are seeds of one recipe: `recipe_id` where the rows carry one, else the
-    columns of accuracy.csv that set a run's result apart from its seed."""
-    cols = [c for c in ("model", "dataset", "split", "img_size", "epochs", "steps", "kind",
-                        "experiment", "dtype") if c in df.columns]
-    names = df[cols].apply(lambda r: "|".join("" if v != v else str(v) for v in r), axis=1) \
-        if len(df) else pd.Series([], dtype=object)
-    if "recipe_id" not in df.columns:
-        return names
-    ids = _text(df["recipe_id"])
-    return ids.where(ids != "", "rowless:" + names)  # a row of a version before recipe ids
+    """Which rows are seeds of one recipe: `recipe_id`, as every table groups them (a row
+    without one, of a version before recipe ids, is a recipe of its own, never averaged by
+    its names: `mixerbench upgrade` gives it its run's recipe where the run folder is there)."""
+    return tables_recipe_key(df)
+
+
+def _pairs(left: list, right: list, settings: dict, vary: tuple[str, ...]):
+    """The (left, right) pairs of recipes trained alike but for the settings in `vary` (the
+    patch shuffle, the data fraction), and the recipes no pair takes. Recipes are told alike by
+    their settings (`settings`: recipe id -> its flattened recipe, read from the run folders);
+    where some are not known, a lone recipe on each side pairs, several do not (two of one
+    model and schedule may differ in anything else: an lr, a budget)."""
+    def alike(r):
+        s = settings.get(r)
+        return None if s is None else sorted((k, repr(v)) for k, v in s.items() if k not in vary)
+
+    if all(alike(r) is not None for r in (*left, *right)):
+        pairs = [(a, b) for a in left for b in right if alike(a) == alike(b)]
+    else:
+        pairs = [(left[0], right[0])] if len(left) == 1 and len(right) == 1 else []
+    paired = {r for p in pairs for r in p}
+    return pairs, [r for r in (*left, *right) if r not in paired]
+
+
+def _unpaired(label: str, recipes: list, claim: Claim, source: str) -> Comparison:
+    return Comparison(f"{label}: recipes {', '.join(map(str, recipes))}", UNDECIDED,
+                      "no recipe on the other side was trained alike (same settings but the one "
+                      "compared), or their run folders are not here to tell which was",
+                      next=[claim.command], source=source)
 
 
 def _side(label: str, values: pd.DataFrame, column: str = "top1", id_col: str = "run_id") -> Side:
@@ -322,9 +347,8 @@ def _competitive(claim: Claim, frames: dict) -> list[Comparison]:
                      _split=_text(acc["split"]))
     out = []
     for (ds, exp_name, split), g in acc.groupby(["dataset", "_exp", "_split"], sort=False):
-        preset = exp_name.split(":", 1)[-1].split("[", 1)[0]  # compare:smoke[steps=20]
-        cmd = (f"mixerbench compare --models {','.join([subject, *baselines])} --preset {preset} "
-               f"--dataset {ds}")
+        cmd = (f"mixerbench compare --models {','.join([subject, *baselines])} "
+               f"{compare_options(exp_name)} --dataset {ds}" + _data_dir(ds))
         models = list(dict.fromkeys(g["model"].astype(str)))
         sides = {fam: [(_label(str(r["model"].iloc[0]), models), r)
                        for _, r in gg.groupby("_recipe", sort=False)]
@@ -346,6 +370,27 @@ def _competitive(claim: Claim, frames: dict) -> list[Comparison]:
             out.append(Comparison(f"{where}: no {subject} rows", UNDECIDED,
                                   "this compare has no Mixer", next=[cmd], source="accuracy.csv"))
     return out
+
+
+def _data_dir(dataset: str) -> str:
+    """` --data-dir ~/data` for a registry dataset that is not embedded (a local copy is
+    needed), as the claims' own commands write it; "" for the embedded sets and a path."""
+    from mixerbench.data import KNOWN_DATASETS, canonical_name
+
+    known = KNOWN_DATASETS.get(canonical_name(dataset) or dataset)
+    return " --data-dir ~/data" if known and not known.get("embedded") else ""
+
+
+def compare_options(experiment: str) -> str:
+    """The options that give a compare's rows the `experiment` tag `experiment` again
+    (`compare:smoke[steps=20]` -> `--preset smoke --set steps=20`): more seeds join its table
+    and its verdict only under the same settings."""
+    import shlex
+
+    preset, _, given = experiment.split(":", 1)[-1].partition("[")
+    sets = [kv for kv in given.removesuffix("]").split(",") if kv]
+    return " ".join([f"--preset {shlex.quote(preset)}"]
+                    + [f"--set {shlex.quote(kv)}" for kv in sets])
 
 
 def _throughput(mode: str):
@@ -393,11 +438,18 @@ def _shuffle_pairs(frames: dict, family: str):
     sh = sh.assign(_recipe=recipe_key(sh))
     for key, g in sh.groupby(["model", "dataset", "img_size", "_epochs", "_steps"], sort=False):
         label = f"{short_name(key[0])}, {key[1]}, {key[2]} px"
-        nones = list(g[_text(g["eval_shuffle"]) == "none"].groupby("_recipe", sort=False))
-        patches = list(g[_text(g["eval_shuffle"]) == "patch"].groupby("_recipe", sort=False))
-        for (r1, none), (r2, patch) in ((a, b) for a in nones for b in patches):
-            many = len(nones) > 1 or len(patches) > 1  # never two recipes in one mean
-            yield label + (f" (recipes {r1} / {r2})" if many else ""), none, patch
+        nones = dict(list(g[_text(g["eval_shuffle"]) == "none"].groupby("_recipe", sort=False)))
+        patches = dict(list(g[_text(g["eval_shuffle"]) == "patch"].groupby("_recipe", sort=False)))
+        if not nones or not patches:
+            continue
+        # never two recipes in one mean, and each original beside its own shuffled twin
+        pairs, alone = _pairs(list(nones), list(patches), frames.get("settings") or {},
+                              ("data.shuffle", "data.shuffle_patch"))
+        for r1, r2 in pairs:
+            yield label + (f" (recipes {r1} / {r2})" if len(pairs) > 1 else ""), nones[r1], \
+                patches[r2]
+        if alone:
+            yield label, alone, None
 
 
 def _shuffle(claim: Claim, frames: dict) -> list[Comparison]:
@@ -405,6 +457,9 @@ def _shuffle(claim: Claim, frames: dict) -> list[Comparison]:
     family = subject if claim.id == "shuffle-mixer" else convolution
     out = []
     for label, none, patch in _shuffle_pairs(frames, family):
+        if patch is None:  # `none` holds the recipes no pair took
+            out.append(_unpaired(label, none, claim, "shuffle.csv"))
+            continue
         have = tuple(set(none["seed"]) & set(patch["seed"]))
         nxt = lambda k, have=have: _seed_cmd(claim.command, have, k)  # noqa: E731
         if family == subject:
@@ -432,18 +487,23 @@ def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
         if len(fractions) < 2:
             continue
         lo, hi = fractions[0], fractions[-1]
-        sides = []
+        sides, unpaired = [], []
         for fam in (subject, other):
             f = fams[fam].drop_duplicates(["run_id"], keep="last")
             f = f.assign(_recipe=recipe_key(f))
             for model, gm in f.groupby("model", sort=False):
-                smalls = list(gm[gm["fraction"] == lo].groupby("_recipe", sort=False))
-                larges = list(gm[gm["fraction"] == hi].groupby("_recipe", sort=False))
-                pairs = [(a, b) for a in smalls for b in larges]
-                for (r_lo, small), (r_hi, large) in pairs:  # never two recipes in one mean
+                smalls = dict(list(gm[gm["fraction"] == lo].groupby("_recipe", sort=False)))
+                larges = dict(list(gm[gm["fraction"] == hi].groupby("_recipe", sort=False)))
+                # never two recipes in one mean; a gain is a subset's twin run minus another's
+                pairs, alone = _pairs(list(smalls), list(larges), frames.get("settings") or {},
+                                      ("data.fraction",))
+                for r_lo, r_hi in pairs:
                     sides.append(_gain_side(model + (f" ({r_lo} / {r_hi})" if len(pairs) > 1
-                                                      else ""), small, large))
+                                                      else ""), smalls[r_lo], larges[r_hi]))
+                if alone:
+                    unpaired.append((short_name(model), alone))
         where = f"{ds}, {steps} steps, {lo:.0%} -> {hi:.0%} of the data"
+        out += [_unpaired(f"{where}: {m}", alone, claim, "scaling.csv") for m, alone in unpaired]
         for a in (s for s in sides if _family_name(s.label) == subject):
             for b in (s for s in sides if _family_name(s.label) == other):
                 if not a.n or not b.n:
@@ -491,35 +551,55 @@ def _higher_resolution(claim: Claim, frames: dict) -> list[Comparison]:
                        _upmodel=up["model"].astype(str).map(short_name).to_numpy(),
                        _updata=up["dataset"].astype(str).to_numpy(), _split=_text(ft["split"]),
                        _uprecipe=recipe_key(up).to_numpy())
+        ft = ft.assign(_recipe=recipe_key(ft))
         for key, g in ft.groupby(["_upmodel", "_updata", "dataset", "_split", "steps",
                                   "_uprecipe"], sort=False):
             one, two = g[g["_k"] == 1.0], g[g["_k"] == 2.0]
             if len(one) and len(two):
+                label = f"{key[0]} from {key[1]}, fine-tuned on {key[2]} ({int(key[4])} steps)"
+                # a seed is one upstream run and its one fine-tuning per resolution: two
+                # fine-tuning recipes from one upstream run (another lr) are never pooled
+                mixed = [r for side in (one, two) for r in
+                         side.groupby("_up")["_recipe"].unique() if len(r) > 1]
+                if mixed:
+                    out.append(_unpaired(label, sorted(mixed[0]), claim, "accuracy.csv"))
+                    continue
                 have = tuple(set(one["seed"]) & set(two["seed"]))
                 nxt = lambda k, have=have: _seed_cmd(claim.command, have, k)  # noqa: E731
-                label = f"{key[0]} from {key[1]}, fine-tuned on {key[2]} ({int(key[4])} steps)"
                 out.append(order(claim, label, _side("2x", two), _side("1x", one),
                                  next_cmd=nxt, source="accuracy.csv"))
-    a5 = frames["avg5"]
+    a5 = _measuring(frames["avg5"])
     if len(a5):
         a5 = a5[a5["top1"].notna()].assign(_res=_text(a5["resolution"]), _split=_text(a5["split"]),
-                                           _init=_text(a5["init"]))
-        for key, g in a5.groupby(["model", "_init", "dataset", "_split", "steps"], sort=False):
+                                           _init=_text(a5["init"]), _budget=_text(a5["budget"]))
+        for key, g in a5.groupby(["model", "_init", "dataset", "_split", "steps", "_budget"],
+                                 sort=False):
             one, two = g[g["_res"] == "1x"], g[g["_res"] == "2x"]
             if len(one) and len(two):
                 label = f"{key[0]} ({key[1]}), fine-tuned on {key[2]} ({int(key[4])} steps)"
-                nxt = (f"mixerbench reproduce avg5 --init {key[1]} --dataset {key[2]} "
-                       "--budget full --set seed=1")
+                have = tuple(set(one["seed"]) & set(two["seed"]))
+                cmd = (f"mixerbench reproduce avg5 --init {key[1]} --dataset {key[2]} "
+                       f"--budget {key[5] or 'full'}")
+                nxt = lambda k, have=have, cmd=cmd: _seed_cmd(cmd, have, k)  # noqa: E731
                 out.append(order(claim, label, _side("2x", two), _side("1x", one),
                                  next_cmd=nxt, source="avg5.csv"))
     return out or _none(claim, "no fine-tuning rows of one upstream run at both 1x and 2x "
                                "(accuracy.csv `transfer`, avg5.csv)")
 
 
+def _measuring(a5: pd.DataFrame) -> pd.DataFrame:
+    """avg5.csv rows that measure transfer: not the smoke budget's (a few steps a run on the
+    embedded sets, which checks the protocol's plumbing and measures nothing)."""
+    return a5[_text(a5["budget"]) != "smoke"] if "budget" in a5.columns else a5
+
+
 def _avg5(claim: Claim, frames: dict) -> list[Comparison]:
     a5 = frames["avg5"]
     if a5.empty:
         return _none(claim, "no avg5.csv")
+    a5 = _measuring(a5)
+    if a5.empty:
+        return _none(claim, "avg5.csv has only smoke-budget rows, which measure no transfer")
     full = a5[_text(a5["split"]) == "test"]  # a capped test set is not the paper's
     if full.empty:
         return _none(claim, "avg5.csv has only capped evaluations (test[stratified:N])")
@@ -530,7 +610,8 @@ def _avg5(claim: Claim, frames: dict) -> list[Comparison]:
         if r["paper_avg5"] != r["paper_avg5"]:
             continue  # no paper row for these weights: they do not qualify
         if r["avg5"] != r["avg5"]:
-            out.append(Comparison(label, UNDECIDED, f"{int(r['datasets'])} of the 5 datasets "
+            have = sum(r[d] == r[d] for d in AVG5_DATASETS if d in r.index)
+            out.append(Comparison(label, UNDECIDED, f"{have} of the 5 datasets "
                                   "on their full test split", paper=float(r["paper_avg5"]),
                                   next=[claim.command], source="avg5.csv"))
             continue
@@ -547,14 +628,17 @@ def _released(claim: Claim, frames: dict) -> list[Comparison]:
     table = released_table(rel)
     out = []
     for _, r in table.iterrows():
-        for ours, paper, n, what in (("top1", "paper_top1", "n", "top-1"),
-                                     ("real_top1", "paper_real", "n", "ReaL")):
+        count = int(r["n"]) if r["n"] == r["n"] else None
+        for ours, paper, scored, what in (("top1", "paper_top1", "n", "top-1"),
+                                          ("real_top1", "paper_real", "real_n", "ReaL")):
             if r[paper] is None or r[paper] != r[paper] or r[ours] != r[ours] or r[ours] is None:
                 continue
-            count = int(r[n]) if r[n] == r[n] else None
+            # on all of val (n) the paper's own sample; else the interval of the images this
+            # number was scored on (ReaL: those of them ReaL labels, real_n)
             out.append(match(claim, f"{r['paper_name']} ({r['checkpoint']}), {what}",
                              float(r[ours]), float(r[paper]), n=count, full=IMAGENET_VAL,
-                             source="released.csv", rows=(str(r["checkpoint"]),)))
+                             source="released.csv", rows=(str(r["checkpoint"]),),
+                             scored=int(r[scored]) if r[scored] == r[scored] else None))
     return out or _none(claim, "no released.csv row has a paper row to compare")
 
 
@@ -587,10 +671,12 @@ def overall(comparisons: list[Comparison]) -> str:
 
 def evaluate(frames: dict, claims=CLAIMS) -> list[Verdict]:
     """Each claim decided from `frames` (table name -> DataFrame of its rows, as
-    `results.load` returns them, plus `table1`: tables/table1.csv, or None)."""
+    `results.load` returns them, plus `table1`: tables/table1.csv, or None, and `settings`:
+    recipe id -> its settings, from the run folders at hand, which tell the twin recipes of a
+    shuffle or data-scaling comparison apart from others of one model)."""
     frames = {t: frames[t] if frames.get(t) is not None else
               pd.DataFrame(columns=list(results.SCHEMAS[t])) for t in INPUTS} | {
-        "table1": frames.get("table1")}
+        "table1": frames.get("table1"), "settings": frames.get("settings") or {}}
     out = []
     for claim in claims:
         comps = EVALUATORS[claim.id](claim, frames)
@@ -628,7 +714,18 @@ def check(root: str | os.PathLike | None = None) -> list[Verdict]:
                         "first (e.g. `mixerbench compare --preset smoke`).")
     frames = {t: results.load(t, root, required=False) for t in INPUTS}
     frames["table1"] = read_table1(root)
+    frames["settings"] = run_settings(root, frames)
     return evaluate(frames)
+
+
+def run_settings(root: Path, frames: dict) -> dict[str, dict]:
+    """recipe id -> its settings, for the shuffle and data-scaling rows whose run folder is in
+    `root` (what `evaluate` pairs twin recipes by)."""
+    from mixerbench.report import recipe_settings
+
+    paired = [frames[t] for t in ("shuffle", "scaling")
+              if frames.get(t) is not None and len(frames[t])]
+    return recipe_settings(root, pd.concat(paired)) if paired else {}
 
 
 def counts(verdicts: list[Verdict]) -> str:

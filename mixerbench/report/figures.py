@@ -39,6 +39,7 @@ from mixerbench.report.tables import (
     latest_bench,
     latest_per_run,
     numeric,
+    one_measurement,
     pick_comparison,
     pick_dataset,
     recipe_key,
@@ -395,9 +396,10 @@ def accuracy_throughput(
     agg = acc.groupby(["_recipe", "model"], sort=False).agg(
         mean=("top1", "mean"), std=("top1", "std"), size=("top1", "size"),
         family=("family", "first"), img_size=("img_size", "first"),
-        devices=("device_name", lambda d: set(text(d.to_frame(), "device_name")))).reset_index()
-    agg["speed"] = [latest_bench(thr, m, size, devs)[mode][0]
-                    for m, size, devs in zip(agg["model"], agg["img_size"], agg["devices"])]
+        devices=("device_name", lambda d: set(text(d.to_frame(), "device_name"))),
+        dtypes=("dtype", lambda d: set(text(d.to_frame(), "dtype")))).reset_index()
+    agg["speed"] = [latest_bench(thr, m, size, devs, dts)[mode][0] for m, size, devs, dts
+                    in zip(agg["model"], agg["img_size"], agg["devices"], agg["dtypes"])]
     agg = agg[agg["speed"].notna() & agg["mean"].notna()].reset_index(drop=True)
     if agg.empty:
         raise UserError(
@@ -467,6 +469,9 @@ def data_scaling(scaling_df: pd.DataFrame, *, dataset: str | None = None) -> Fig
     if "metric" not in df.columns:
         df["metric"] = "top1"
     df["metric"] = df["metric"].fillna("top1").astype(str)
+    # a point is one recipe's seeds on one subset: never two recipes of a model averaged
+    df, left_out = one_measurement(df, ["model", "fraction", "metric"], lambda k: (
+        f"{style.short_name(k[0])} at {k[1]:.0%} ({_metric_label(k[2])})"))
     metrics = sorted(df["metric"].unique(), key=lambda m: (not m.lower().startswith("few"), m))
     df = df.assign(family=style.families(df))
     fam = dict(zip(df["model"].astype(str), df["family"]))
@@ -518,6 +523,8 @@ def data_scaling(scaling_df: pd.DataFrame, *, dataset: str | None = None) -> Fig
     fig.legend(handles, labels, loc="outside upper center", ncols=min(len(handles), 3),
                fontsize=style.FONT_SIZE - 2, frameon=False)
     note = (f"Ours: {probes.strip()[0].upper()}{probes.strip()[1:]}.\n" if probes else "")
+    if left_out:
+        note += _wrap("Drawn: " + "; ".join(left_out) + ".", 85 * len(metrics)) + "\n"
     fig.supxlabel(note + _wrap(f"Paper, Figure 2 right ({notes['source'].iloc[0]}): {paper}, "
                                f"linear 5-shot ImageNet; {said}.", 85 * len(metrics)),
                   fontsize=style.FONT_SIZE - 2, color="#444444")
@@ -586,17 +593,7 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None,
     df = require(shuffle_df, "shuffle", "The shuffle figure")
     numeric(df, "top1")
     df, dataset = pick_dataset(df, dataset, "The shuffle figure")
-    df = df[df["top1"].notna()].copy()
-    df["train_shuffle"] = df["train_shuffle"].map(_shuffle_name)
-    if "eval_shuffle" in df.columns:
-        ev = df["eval_shuffle"].map(lambda v: None if v is None or v != v or v == "" else
-                                    _shuffle_name(v))
-        same = ev.isna() | (ev == df["train_shuffle"])
-        if same.any():
-            df = df[same]
-    if "metric" not in df.columns:
-        df["metric"] = "top1"
-    df["metric"] = df["metric"].fillna("top1").astype(str)
+    df, left_out = _bars(df)
     df["family"] = style.families(df)
     fam = dict(zip(df["model"].astype(str), df["family"]))
     models = sorted(df["model"].astype(str).unique(),
@@ -658,8 +655,30 @@ def shuffle(shuffle_df: pd.DataFrame, *, dataset: str | None = None,
         ax.grid(False, axis="x")
     _shuffle_curves(curve_axes, models, settings, runs, fam, dataset)
     fig.suptitle(f"Shuffling invariance on {dataset} (one fixed permutation for all images)"
-                 + probes, fontsize=style.FONT_SIZE + 1)
+                 + probes + ("\n" + _wrap("drawn: " + "; ".join(left_out), 110)
+                             if left_out else ""), fontsize=style.FONT_SIZE + 1)
     return fig
+
+
+def _bars(df: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
+    """The shuffle rows the bars are drawn from, and what was left out: trained and evaluated
+    under one permutation, and each bar one recipe's seeds on one subset, each run once (an
+    `evaluate --shuffle` run again appends its rows again): never two recipes of a model, or a
+    capped part beside the whole test split, averaged (`tables.one_measurement`)."""
+    df = df[df["top1"].notna()].copy()
+    df["train_shuffle"] = df["train_shuffle"].map(_shuffle_name)
+    if "eval_shuffle" in df.columns:
+        ev = df["eval_shuffle"].map(lambda v: None if v is None or v != v or v == "" else
+                                    _shuffle_name(v))
+        same = ev.isna() | (ev == df["train_shuffle"])
+        if same.any():
+            df = df[same]
+    if "metric" not in df.columns:
+        df["metric"] = "top1"
+    df["metric"] = df["metric"].fillna("top1").astype(str)
+    return one_measurement(df, ["model", "train_shuffle", "metric"], lambda k: (
+        f"{style.short_name(k[0])} {_SHUFFLE_LABELS.get(k[1], k[1]).replace(chr(10), ' ')} "
+        f"({_metric_label(k[2])})"))
 
 
 def _shuffle_curves(axes, models, settings, runs: dict, fam: dict, dataset: str) -> None:
@@ -731,6 +750,9 @@ def unit_mosaic(weights, grid: tuple[int, int] | None = None, *, sort: bool = Tr
     if w.ndim != 2:
         raise UserError(f"Token-mixing weights must be 2-D (D_S, S); got shape {w.shape}.")
     d_s, s = w.shape
+    if d_s < 1 or s < 1:  # no unit or no token: nothing to tile (and a division by zero)
+        raise UserError(f"Token-mixing weights of shape {tuple(w.shape)} hold no unit to draw; "
+                        "pass the checkpoint of a Mixer that trained.")
     side = math.isqrt(s)
     if side * side != s:
         raise UserError(f"Token-mixing weights have S={s} tokens, not a square grid; "

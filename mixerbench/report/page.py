@@ -231,7 +231,11 @@ def _runs(root: Path, frames: dict) -> list[tuple[str, str]]:
         if df is not None and len(df) and "run_id" in df.columns:
             ids += [str(x) for x in df["run_id"].dropna()]
     out, drawn = [], 0
-    by_id = {str(r["run_id"]): r for _, r in acc.iterrows() if r["run_id"] == r["run_id"]}
+    # a run's own training row, else its last evaluation (a later capped `evaluate` of a
+    # trained run does not stand for what the run measured)
+    trained = _text_col(acc, "kind") != "evaluate"
+    by_id = {str(r["run_id"]): r for _, r in pd.concat([acc[~trained], acc[trained]]).iterrows()
+             if r["run_id"] == r["run_id"]}
     for rid in dict.fromkeys(ids):
         row = by_id.get(rid)
         facts = []
@@ -271,6 +275,11 @@ def _runs(root: Path, frames: dict) -> list[tuple[str, str]]:
                     f"<h3>bench call {_e(bid)}</h3><p><b>models:</b> {models}</p>"
                     f"<p><b>measured on:</b> {cells}</p></section>"))
     return out
+
+
+def _text_col(df: pd.DataFrame, column: str) -> pd.Series:
+    return (df[column].astype(object).where(df[column].notna(), "").astype(str)
+            if column in df.columns else pd.Series("", index=df.index, dtype=object))
 
 
 def _run_folder(run_dir: Path, rid: str, drawn: int) -> tuple[str, int]:
@@ -314,6 +323,7 @@ def build(root: str | os.PathLike | None = None) -> str:
                         "first (e.g. `mixerbench compare --preset smoke`).")
     frames = {t: results.load(t, root, required=False) for t in results.SCHEMAS}
     frames["table1"] = claims_mod.read_table1(root)
+    frames["settings"] = claims_mod.run_settings(root, frames)  # as `mixerbench claims` does
     verdicts = claims_mod.evaluate(frames)
     runs = _runs(root, frames)
     known = {a for a, _ in runs}

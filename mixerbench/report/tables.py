@@ -259,7 +259,8 @@ def compare_table(
                                         dropna=False):
         model, img_size = g["model"].iloc[0], g["img_size"].iloc[0]
         top1 = g["top1"].dropna()
-        bench = latest_bench(thr, model, img_size, set(text(g, "device_name")))
+        bench = latest_bench(thr, model, img_size, set(text(g, "device_name")),
+                             set(text(g, "dtype")))
         params, gflops = bench["params"], 2.0 * bench["gmacs"]  # 1 MAC = 2 FLOPs
         if zoo is not None and model in zoo.index:
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
@@ -350,9 +351,11 @@ def _setting(value) -> str:
     return "none" if value is None else f"{value:g}" if isinstance(value, float) else str(value)
 
 
-def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str]) -> dict:
-    """The latest bench of `model` at `img_size`: on one of `devices` when it was benched there,
-    else on any; the last `bench_id` in file order (rows are appended), and in that bench the
+def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str],
+                 dtypes: set[str] = frozenset()) -> dict:
+    """The latest bench of `model` at `img_size`: on one of `devices` in one of `dtypes` (the
+    precision its runs trained in) when it was benched so, else on one of `devices`, else on
+    any; the last `bench_id` in file order (rows are appended), and in that bench the
     fastest batch size per mode (the paper reports the best batch size). Returns dict(train,
     infer: (img/s, its std over repeats), bench_id, date, params, gmacs); NaN / "" where none."""
     out = dict(train=(math.nan, math.nan), infer=(math.nan, math.nan), bench_id="", date="",
@@ -362,7 +365,8 @@ def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str]) -
     rows = thr[(thr["model"] == model) & thr["img_per_sec_mean"].notna()]
     rows = rows[rows["img_size"] == img_size] if img_size == img_size else rows.iloc[0:0]
     here = rows[text(rows, "device_name").isin(devices)]
-    rows = here if not here.empty else rows
+    alike = here[text(here, "dtype").isin(dtypes)]  # a bf16 run's speed is not fp32's
+    rows = alike if not alike.empty else here if not here.empty else rows
     if rows.empty:
         return out
     bench = text(rows, "bench_id")
@@ -415,6 +419,36 @@ def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset,
 # The columns of a few-shot row that say how it probed (besides its split): one table cell
 # averages probes that agree on all of them.
 PROBE_SETTINGS = ("shots_split", "l2_reg", "num_seeds", "pipeline", "img_size", "dtype")
+
+
+def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFrame, list[str]]:
+    """The rows a figure's point averages, per `keys` group (a model at one fraction, one
+    shuffle, one metric): each run once (its last row), the seeds of one recipe (the latest;
+    two recipes of one model name are never averaged) and one subset of the images (the whole
+    split where the recipe has it, else its latest capped part). Returns those rows and one
+    note per group that had more (`label(key)` names the group), for the figure to say what it
+    left out."""
+    df = df.reset_index(drop=True)
+    df = df.assign(_recipe=recipe_key(df), _split=text(df, "split"))
+    if "run_id" in df.columns:  # a row without a run id is an observation of its own
+        once = [c for c in ("run_id", *keys, "eval_shuffle", "_split") if c in df.columns]
+        ided = df["run_id"].notna()
+        df = pd.concat([df[~ided], df[ided].drop_duplicates(once, keep="last")]).sort_index()
+    kept, notes = [], []
+    for key, g in df.groupby(keys, sort=False, dropna=False):
+        said = []
+        if g["_recipe"].nunique() > 1:
+            said.append(f"the latest of {g['_recipe'].nunique()} recipes")
+            g = g[g["_recipe"] == g["_recipe"].iloc[-1]]
+        whole = g[~g["_split"].str.contains("[", regex=False)]
+        split = (whole if len(whole) else g)["_split"].iloc[-1]
+        if g["_split"].nunique() > 1:
+            said.append(f"on {split or 'its split'} only")
+        kept.append(g[g["_split"] == split])
+        if said:
+            notes.append(f"{label(key)}: {', '.join(said)}")
+    out = pd.concat(kept).sort_index() if kept else df.iloc[0:0]
+    return out.drop(columns=["_recipe", "_split"]), notes
 
 
 def short_labels(names) -> list[str]:
@@ -584,7 +618,8 @@ def avg5_table(avg5_df: pd.DataFrame) -> pd.DataFrame:
                 notes.append(f"{d}: the latest of {gd['_recipe'].nunique()} recipes")
             gd = gd[gd["_recipe"] == latest]
             cells[d] = (float(gd["top1"].mean()), len(gd))
-            notes += [n for n in gd["note"] if n]
+            # an lr-grid tie is one dataset's: the row's note names which
+            notes += [n.replace("lr grid tie", f"{d}: lr grid tie") for n in gd["note"] if n]
         for d in datasets:
             row[d] = cells[d][0] if d in cells else np.nan
         row["avg"] = float(np.mean([v for v, _ in cells.values()]))
