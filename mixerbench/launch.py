@@ -174,10 +174,15 @@ AUTO_MIN_STEPS = 100
 
 def auto_launcher(cells: list[Cell]) -> Launcher | None:
     """How to run `cells` when no launcher was asked for: local processes of one torch thread
-    each (see AUTO_MIN_STEPS) when they train on the CPU, at least two have yet to train, none
-    is set to fewer than AUTO_MIN_STEPS steps, this machine has more than one core, the process
-    is not one of torchrun's, and submitit is installed; else None (one after another here)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or _cores() < 2:
+    each (see AUTO_MIN_STEPS), up to two per core, when they train on the CPU, at least two
+    have yet to train, none is set to fewer than AUTO_MIN_STEPS steps, the machine has two
+    cores or more and two processes fit at once (an `OMP_NUM_THREADS` the user set is each
+    one's threads, two threads per core at most), the process is not one of
+    torchrun's, and submitit is installed; else None (one after another here). It reads only
+    the cells' configs and which of their runs have finished: nothing is started."""
+    threads = _omp_threads() or 1
+    room = 2 * _cores() // threads
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or _cores() < 2 or room < 2:
         return None
     try:
         import submitit  # noqa: F401
@@ -190,22 +195,30 @@ def auto_launcher(cells: list[Cell]) -> Launcher | None:
                                                    and cfg.steps < AUTO_MIN_STEPS)
            for cfg in configs):
         return None
-    todo = sum(1 for cell, cfg in zip(cells, configs) if not _finished(cell, cfg))
+    todo = sum(1 for cell in cells if not _finished(cell))
     if todo < 2:
         return None
-    return Launcher("local", parallel=min(todo, 2 * _cores()), threads=1, auto=True)
+    return Launcher("local", parallel=min(todo, room), threads=threads, auto=True)
 
 
 def _cores() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
 
 
-def _finished(cell: Cell, cfg) -> bool:
+def _omp_threads() -> int | None:
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _finished(cell: Cell) -> bool:
+    """Whether `cell`'s run has finished (its summary is in its run directory)."""
     from mixerbench import results
     from mixerbench.config import run_id
     from mixerbench.rundir import read_summary
 
-    return read_summary(results.run_path(Path(cell.root), run_id(cfg))) is not None
+    return read_summary(results.run_path(Path(cell.root), run_id(cell.config()))) is not None
 
 
 def import_submitit():
@@ -663,7 +676,8 @@ def _launched(cells: list[Cell], launcher: Launcher, log: Log) -> list[dict]:
                 CellJob(cpu_threads(launcher, len(room))), room, log, folder,
                 todo=todo, out=out, done=done)
     log(Event.LAUNCH, dict(launcher=launcher.kind, cells=len(todo), parallel=len(room),
-                           threads=sw.job.threads, auto=launcher.auto, folder=str(folder)))
+                           threads=sw.job.threads or _omp_threads(), auto=launcher.auto,
+                           folder=str(folder)))
     poll = 0.5 if launcher.kind == "local" else SLURM_POLL_S
     with stop_signals() as stop, _quiet_submitit():
         while sw.todo or sw.running:
@@ -688,13 +702,7 @@ SLURM_POLL_S = 5.0  # one squeue call per poll, for all of the sweep's jobs
 def _read_back(cell: Cell) -> dict | None:
     """The summary of `cell`'s run if it has finished, read back from its run directory and
     the CSVs the way the serial command reads it (nothing a job pickled); else None."""
-    from mixerbench import results
-    from mixerbench.config import run_id
-    from mixerbench.rundir import read_summary
-
-    cfg = cell.config()
-    run_dir = results.run_path(Path(cell.root), run_id(cfg))
-    if read_summary(run_dir) is None:
+    if not _finished(cell):
         return None
     return run_cell(cell)  # a finished run is read back (and checked), never retrained
 

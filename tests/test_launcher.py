@@ -166,6 +166,9 @@ def test_a_cpu_sweep_sends_its_long_cells_to_one_thread_processes(tmp_path, chil
     assert auto_launcher(cells(["mixer"])) is None
     chosen = auto_launcher(cells(["mixer", "vit"]))
     assert (chosen.kind, chosen.threads, chosen.parallel) == ("local", 1, 2)
+    with pytest.MonkeyPatch.context() as mp:  # threads the user set: two don't fit 2 per core
+        mp.setenv("OMP_NUM_THREADS", str(2 * len(os.sched_getaffinity(0))))
+        assert auto_launcher(cells(["mixer", "vit"])) is None
 
     experiments.compare(["mixer", "vit"], dataset="synthetic", with_bench=False,
                         root=tmp_path / "serial", device="cpu", overrides=tiny)  # this process
