@@ -466,10 +466,9 @@ class ProgressView:
                            soft_wrap=True)
 
     def _cells(self, info: dict) -> None:
-        """Launched cells' progress: a bar of cells (each running one counted by its share of
-        steps), or on a pipe a line every 10 s; at its full count once they have all ended."""
-        import time
-
+        """Launched cells' progress on a terminal: a bar of cells (each running one counted by
+        its share of steps), at its full count once they have all ended. On a pipe the job
+        events' lines (submitted, started, finished) are the progress."""
         if self.live and self.bar is None and info["running"]:
             self._bar("cells", info["of"], 0)
         if self.bar is not None:
@@ -477,10 +476,6 @@ class ProgressView:
                             stats=f"{info['running']} running")
             if not info["running"] and info["done"] >= info["of"]:  # all of them have ended
                 self.stop()
-        elif info["running"] and time.monotonic() - self.last_plain > 10:
-            self.last_plain = time.monotonic()
-            self.console.print(f"cells {info['done']:.1f}/{info['of']} done, {info['running']} "
-                               "running", soft_wrap=True)
 
     def _job(self, info: dict) -> None:
         """A launched cell: submitted, started, requeued, finished, read back or failed."""
