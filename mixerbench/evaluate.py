@@ -488,15 +488,21 @@ def probe_of(metric: str, dataset: str) -> str | None:
 
 
 def _run_config(src: str):
-    """(RunConfig, run id) of the training run beside a checkpoint (run dir or a file inside
-    one), or (None, "") when there is none; a config.json we did not write is refused."""
+    """(RunConfig, run id) of the training run of a checkpoint (its run dir, or the run's
+    checkpoint file in it), or (None, "") when there is none; a config.json we did not write
+    in a run folder is refused. Any other file stands for itself: the config.json beside
+    another name is not a run's (timm's export and hub folders hold one beside
+    model.safetensors), as `weights.resolve_source` credits only the run's own checkpoint."""
     from pathlib import Path
 
     from mixerbench.config import read_run_config
+    from mixerbench.models.weights import CHECKPOINT
 
     if str(src).startswith("timm:"):
         return None, ""
     path = Path(src)
+    if not path.is_dir() and path.name != CHECKPOINT:
+        return None, ""
     folder = path if path.is_dir() else path.parent
     cfg = read_run_config(folder)
     return (cfg, folder.name) if cfg is not None else (None, "")

@@ -16,6 +16,7 @@ paper's claim, what the scaled version measures, the expected outcome and the ru
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -278,24 +279,26 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
 
 
 def bench_rows(models: list[dict], *, root, device: str | None = None, batch_size: int = 256,
-               repeats: int = 3, log: Log = noop) -> list[dict]:
-    """Inference and training throughput for each model description on this device, unless a
-    row for that model, mode, image size and device is already in throughput.csv."""
+               repeats: int = 3, dtype: str | None = None, log: Log = noop) -> list[dict]:
+    """Inference and training throughput for each model description on this device in `dtype`
+    (None: the device's default, as training's `auto`), unless a row for that model, mode,
+    image size, device and precision is already in throughput.csv."""
     from mixerbench.bench import bench
     from mixerbench.models import label_of
     from mixerbench.results import device_name
-    from mixerbench.runtime import resolve_device
+    from mixerbench.runtime import choose, resolve_device
 
     dev = resolve_device(device)
     name = device_name(dev)
-    done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name")
+    dtype = choose(dev, dtype, cpu_half=True)[1]  # what bench resolves it to
+    done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name", "dtype")
     todo = [r for r in models
-            if any((label_of(r), m, str(r["img_size"]), name)
+            if any((label_of(r), m, str(r["img_size"]), name, dtype)
                    not in done for m in ("infer", "train"))]
     if not todo:
         return []
     log(Event.BENCH, dict(models=[label_of(r) for r in todo]))
-    return bench(todo, mode="both", batch_size=batch_size, device=dev, repeats=repeats,
+    return bench(todo, mode="both", batch_size=batch_size, device=dev, dtype=dtype, repeats=repeats,
                  root=root, steps_per_repeat=5 if dev == "cpu" else 20,
                  warmup=2 if dev == "cpu" else 10)
 
@@ -396,17 +399,27 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     from mixerbench.models import label_of, model_info
     from mixerbench.report import compare_name, compare_table, recipe_settings, regenerate
 
-    described = {}
+    from mixerbench.results import device_name
+    from mixerbench.runtime import resolve_device
+
+    here = device_name(resolve_device(device)) if with_bench else None
+    described, precision = {}, {}
     for s in runs:
         rec = description_of(s)
         described[label_of(rec)] = rec
+        # the runs' precision where they trained on this device; runs reused from another
+        # device (bf16 on a GPU, benched now on a CPU that may have no bf16 units) get this
+        # device's default, as a plain `bench` would
+        dtype = s.get("dtype") if s.get("device_name") == here else None
+        precision.setdefault(dtype, {})[label_of(rec)] = rec
     ds_name = runs[0]["dataset"]
     if fewshot:
         for s in runs:
             fewshot_rows(s, (fewshot,), root=root, data_dir=data_dir, device=device, log=log)
-    if with_bench:
-        bench_rows(list(described.values()), root=root, device=device,
-                   batch_size=min(256, int(_batch_of(preset) or 256)), log=log)
+    if with_bench:  # in the precision the runs trained in: a bf16 recipe's speed is bf16's
+        for dtype, recs in precision.items():
+            bench_rows(list(recs.values()), root=root, device=device, dtype=dtype,
+                       batch_size=min(256, int(_batch_of(preset) or 256)), log=log)
     zoo = pd.DataFrame([
         dict(model_info(r["name"], num_classes=r["num_classes"], img_size=r["img_size"],
                         patch_size=r.get("patch_size"), **r.get("overrides", {})), name=label)
@@ -1189,13 +1202,15 @@ def reproduce(artifact: str, **kw) -> dict:
 
 # ------------------------------------------------------------------ plans, configs, dry runs
 
-def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
+def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str], list | None]:
     """The training runs `compare` or `reproduce <name>` would make, as (config, label, note)
     triples, before any runs: what `--print-config` lists and `--dry-run` costs. Runs that
     depend on an earlier run's result are planned from what is known: the transfer's
     fine-tuning runs from the upstream run's model at 1x and 2x (their ids depend on its
     weights), the avg5 final runs at the grid's first lr (their cost does not depend on it).
-    Also returns notes to print under the plan."""
+    Also returns notes to print under the plan, and the launch cells of each stage that
+    `run_cells` gets in turn (how they will run, `lanes`), None where they cannot be
+    built before the runs they depend on."""
     from dataclasses import replace
 
     from mixerbench.config import validate
@@ -1204,11 +1219,10 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
     kw = {k: v for k, v in kw.items() if k not in ("launcher",)}
     if name == "compare":
         cells = compare_cells(kw.pop("models"), root=root, **kw)
-        return [(c.config(), _label(c), "") for c in cells], []
-    if name == "shuffle":
-        return [(c.config(), _label(c), "") for c in shuffle_cells(root=root, **kw)], []
-    if name == "data-scaling":
-        return [(c.config(), _label(c), "") for c in scaling_cells(root=root, **kw)], []
+    elif name in ("shuffle", "data-scaling"):
+        cells = (shuffle_cells if name == "shuffle" else scaling_cells)(root=root, **kw)
+    if name in ("compare", "shuffle", "data-scaling"):
+        return [(c.config(), _label(c), "") for c in cells], [], [cells]
     if name == "transfer":
         up_cell, dataset = transfer_upstream(root=root, **kw)
         up = up_cell.config()
@@ -1230,7 +1244,7 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
             cfg = validate(replace(base, model=replace(base.model, img_size=size, options=opts)))
             out.append((cfg, _label(c), "fine-tuned from the upstream run; its id depends on its weights"))
         out.append((base, _label(scratch), ""))
-        return out, ["the fine-tuning runs are costed as their model from scratch at 1x and 2x"]
+        return out, ["the fine-tuning runs are costed as their model from scratch at 1x and 2x"], None
     if name == "avg5":
         cell, pairs, lrs = avg5_cells(root=root, **kw)
         grid = [cell(ds, k, lr, True) for ds, k in pairs for lr in lrs]
@@ -1238,7 +1252,7 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str]]:
         return ([(c.config(), _label(c), "") for c in grid]
                 + [(c.config(), _label(c), "lr chosen on minival") for c in finals],
                 [f"each final run takes the lr its grid scores best on minival; planned at "
-                 f"{lrs[0]:g} (the cost is the same)"])
+                 f"{lrs[0]:g} (the cost is the same)"], [grid, finals])
     if name in EXPERIMENTS:
         raise UserError(f"reproduce {name} trains nothing, so there is no plan of training "
                         "runs; run it without --dry-run or --print-config.")
@@ -1275,14 +1289,15 @@ def sweep(name: str, *, what: str = "run", plan: dict | None = None, log: Log = 
         kw.pop("real_labels", None), kw.pop("fewshot", None), kw.pop("batch_size", None)
         if kw.get("init") and name != "avg5":
             reproduce(name, **kw)  # --init on another artifact: its refusal
-    planned, notes = _planned_cells(name, root=root, **kw)
+    planned, notes, stages = _planned_cells(name, root=root, **kw)
     if what == "print-config":
         return dict(configs=[dict(to_dict(c), run_id=None if note else run_id(c))
                              for c, _, note in planned])
     return dict(plan=_dry_run([(c, label, note) for c, label, note in planned], root=root,
                               extra=_compare_extra(kw, planned) if name == "compare" else None,
                               notes=notes, what=name if name == "compare" else f"reproduce {name}",
-                              device=kw.get("device"), **(plan or {})))
+                              device=kw.get("device"), stages=stages,
+                              launcher=kw.get("launcher"), **(plan or {})))
 
 
 def _compare_extra(kw: dict, planned) -> dict:
@@ -1292,16 +1307,38 @@ def _compare_extra(kw: dict, planned) -> dict:
 
 
 def _dry_run(planned, *, root, extra=None, notes=(), what: str, device=None, on=None,
-             mfu=None) -> dict:
-    """A plan's cells (`plan.plan_config`) and its estimate (`plan.estimate`)."""
+             mfu=None, stages=None, launcher=None) -> dict:
+    """A plan's cells (`plan.plan_config`) and its estimate (`plan.estimate`), its `stages`
+    of launch cells run as `launcher` will run them (`lanes`)."""
     from mixerbench import plan
 
     cells = [plan.plan_config(cfg, label, note, root) for cfg, label, note in planned]
     est = plan.estimate(cells, root=root, device=device, on=on, compare=extra,
-                        mfu=plan.DEFAULT_MFU if mfu is None else mfu)
+                        mfu=plan.DEFAULT_MFU if mfu is None else mfu,
+                        stages=stages and [(len(s), lanes(launcher, s)) for s in stages])
     papers = [p for p in (plan.paper_core_days(cfg) for cfg, _, _ in planned) if p]
     return dict(what=what, cells=cells, estimate=est, notes=[*notes, *est["notes"]],
                 paper=papers[0] if len(planned) == 1 and papers else None)
+
+
+def lanes(launcher: Launcher | None, cells: list[Cell]):
+    """How `run_cells(cells, launcher)` will run these cells here (a `plan.Lanes`), by the
+    launcher's own rules (`launch.auto_launcher` for a command that names none, `slots`,
+    `cpu_threads`). SLURM's jobs run elsewhere, each on cores of its own."""
+    import torch
+
+    from mixerbench import launch
+    from mixerbench.plan import Lanes, cores
+
+    if launcher is not None and launcher.kind == getattr(launch, "AUTO", None):
+        launcher = launch.auto_launcher(cells)
+    if launcher is None:
+        return Lanes(1, torch.get_num_threads(), cores())
+    parallel = len(launch.slots(launcher, len(cells)))
+    threads = (launch.cpu_threads(launcher, parallel) or int(os.environ.get("OMP_NUM_THREADS")
+                                                             or 0) or torch.get_num_threads())
+    return Lanes(parallel, threads, parallel * threads if launcher.kind == "slurm" else cores(),
+                 jobs=True)
 
 
 def dry_run(kind: str, *, root=None, on: str | None = None, mfu: float | None = None,

@@ -168,6 +168,10 @@ def _crop_pct(img: int, big: int) -> float:
     return pct
 
 
+# the pretrained_cfg fields `preprocessing` sets (timm's eval transform reads them)
+PREPROCESSING = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
+
+
 def preprocessing(pipeline: str, img_size: int, in_chans: int = 3) -> dict[str, Any]:
     """timm pretrained_cfg entries that reproduce a mixerbench eval pipeline at img_size."""
     from mixerbench.data.transforms import eval_resize_size
@@ -262,7 +266,7 @@ def _hub_datasets(name: str) -> list[str]:
 
 
 def _card(*, title: str, run_id: str | None, src: Path, rec: dict, label: str, family: str,
-          paper_name: str, arch: str, config: dict, cfg, summary: dict | None, gelu: str | None,
+          paper_name: str | None, arch: str, config: dict, cfg, summary: dict | None, gelu: str | None,
           check: dict, pipeline: str, routes: dict[str, str], license: str, repo_id: str | None,
           out_dir: Path) -> str:
     """The model card: what was exported, its results, recipe, provenance, how timm rebuilds
@@ -271,7 +275,11 @@ def _card(*, title: str, run_id: str | None, src: Path, rec: dict, label: str, f
     who = f"run {_code(run_id)}" if run_id else f"the checkpoint {_code(src.name)}"
     what = (f"timm's `{config['constructor']}` (no timm entry point has these shapes)"
             if config.get("constructor") else f"timm's `{arch}`")
-    lines.append(f"{paper_name} (`{label}`, {family} family) exported from mixerbench {who} as "
+    # the zoo entry's paper name ("Mixer-T/4 (32 px)") only for the entry itself: a model of
+    # other width, depth, patch or size is named by its label and size alone
+    named = (f"{paper_name} (`{label}`, {family} family)" if paper_name else
+             f"`{label}` at {rec['img_size']} px ({family} family)")
+    lines.append(f"{named} exported from mixerbench {who} as "
                  f"{what}. mixerbench reproduces the benchmarks of *MLP-Mixer: An all-MLP "
                  "Architecture for Vision* (Tolstikhin et al., 2021, arXiv:2105.01601).")
     lines.append("")
@@ -328,7 +336,7 @@ def _card_recipe(cfg, rec: dict, summary: dict | None, family: str, gelu: str | 
             ("regularisation", f"drop_path {m.drop_path:g}, dropout {m.dropout:g}"),
             ("eval pipeline", f"`{d.eval_pipeline}`: {PIPELINES.get(d.eval_pipeline, '')}"),
             ("seed", str(cfg.seed))]
-    if family == "mixer" and gelu:
+    if gelu:  # a family whose GELU is a setting (`Family.gelu`) says which it trained with
         rows.append(("GELU", "tanh approximation (the official code's)" if gelu == "tanh" else "exact"))
     return (["## Recipe", "", "| setting | value |", "|---|---|"]
             + [f"| {k} | {_cell(v)} |" for k, v in rows]
@@ -408,7 +416,9 @@ def _card_usage(config: dict, repo_id: str | None, routes: dict[str, str]) -> li
     for name, other in others:
         lines += ["The weights file alone, with timm's `pretrained_cfg_overlay`: give "
                   "`num_classes` both to the overlay and to the model, or timm replaces the "
-                  "trained head with a random one:", "", "```python", other, "```", ""]
+                  "trained head with a random one, and the preprocessing to the overlay, or "
+                  "timm's data config is that of its own weights for the architecture (the "
+                  "block above then works unchanged):", "", "```python", other, "```", ""]
     return lines
 
 
@@ -458,6 +468,13 @@ def _label_names(cfg, num_classes: int) -> list[str] | None:
 # ----------------------------------------------------------------------------------- export
 
 
+def _refuse_shuffled(cfg, run_dir) -> None:
+    if cfg is not None and cfg.data.shuffle != "none":
+        raise UserError(f"Run {run_dir.name} was trained on images under the fixed '{cfg.data.shuffle}' "
+                        "pixel shuffle (paper Figure 4), which timm's preprocessing cannot apply; "
+                        "it is not exported.")
+
+
 def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str | None = None,
            license: str = LICENSE) -> dict[str, Any]:
     """Write `out_dir` (config.json, model.safetensors, README.md) for `timm.create_model(
@@ -487,10 +504,7 @@ def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str |
     _check_out_dir(out)
     cfg = _run_config(run_dir)
     summary = read_summary(run_dir) if run_dir is not None else None
-    if cfg is not None and cfg.data.shuffle != "none":
-        raise UserError(f"Run {run_dir.name} was trained on images under the fixed '{cfg.data.shuffle}' "
-                        "pixel shuffle (paper Figure 4), which timm's preprocessing cannot apply; "
-                        "it is not exported.")
+    _refuse_shuffled(cfg, run_dir)
 
     model, rec = load_model(str(ckpt))
     label = label_of(rec)
@@ -529,7 +543,8 @@ def export(src: str | os.PathLike, out_dir: str | os.PathLike, *, repo_id: str |
         title = label + (f" on {cfg.data.dataset}" if cfg else "") + (f": {run_id}" if run_id else "")
         (tmp / CARD).write_text(_card(
             title=title, run_id=run_id, src=ckpt, rec=rec, label=label, family=spec.family,
-            paper_name=spec.paper_name, arch=arch, config=config, cfg=cfg, summary=summary,
+            paper_name=(spec.paper_name if label == spec.name and img == spec.img_size
+                        else None), arch=arch, config=config, cfg=cfg, summary=summary,
             gelu=gelu, check=check, pipeline=pipeline, routes=routes(t, config, out.resolve()),
             license=license, repo_id=repo_id, out_dir=out))
         for f in FILES:
@@ -562,7 +577,9 @@ def routes(t: dict, config: dict, folder: Path) -> dict[str, str]:
     """The Python that loads the exported folder with timm alone, by every route that works
     for it (each defines `model`, in eval mode): `local-dir:` and timm's architecture with
     `pretrained_cfg_overlay=dict(file=...)`, where `num_classes` must be given both to the
-    overlay and to the model, or timm drops the trained head for a random one; or, for shapes
+    overlay and to the model, or timm drops the trained head for a random one, and the
+    preprocessing (`PREPROCESSING`) to the overlay, or timm's data config for the model is
+    that of its own weights of the architecture (224 px, bicubic); or, for shapes
     no timm entry point builds, the class itself with config.json's `model_args`."""
     weights, cfg_file = json.dumps(str(folder / WEIGHTS)), json.dumps(str(folder / CONFIG))
     if t["constructor"]:
@@ -573,9 +590,13 @@ def routes(t: dict, config: dict, folder: Path) -> dict[str, str]:
             f"model.load_state_dict(load_file({weights}))", "model.eval()"])}
     n = int(config["num_classes"])
     args = [f"{k}={v!r}" for k, v in config.get("model_args", {}).items() if k != "num_classes"]
+    # the overlay replaces fields of timm's own pretrained config of the architecture, whose
+    # preprocessing is its zoo weights' (224 px, bicubic, ImageNet crop): the run's goes in too
+    pre = [f"{k}={config['pretrained_cfg'][k]!r}" for k in PREPROCESSING
+           if k in config["pretrained_cfg"]]
     call = ", ".join([json.dumps(config["architecture"]), "pretrained=True",
-                      f"pretrained_cfg_overlay=dict(file={weights}, num_classes={n})",
-                      f"num_classes={n}", *args])
+                      f"pretrained_cfg_overlay=dict(file={weights}, num_classes={n}, "
+                      + ", ".join(pre) + ")", f"num_classes={n}", *args])
     return {"local-dir": "\n".join([
                 "import timm", "",
                 f"model = timm.create_model({json.dumps(f'local-dir:{folder}')}, pretrained=True)",

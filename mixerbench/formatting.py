@@ -6,10 +6,12 @@ it is shown:
 
 - counts (parameters, images, steps) with thousands separators: 77,036;
 - FLOPs and MACs in engineering form with their unit: 7.53 MFLOPs, 1.43 TFLOPs, 12.6 GMACs;
-- accuracies (top-1, few-shot, the paper's, differences) in percent with one decimal, a
-  spread as mean ± std over n runs: 96.1 ± 0.6 (3);
+- accuracies (top-1, few-shot, differences) in percent with one decimal, a spread as
+  mean ± std over n runs: 96.1 ± 0.6 (3); the paper's own numbers (`paper_*` columns, the
+  `paper` command's tables) with the digits the paper printed, never rounded: 80.64, 85.8;
 - rates (img/s) to 3 significant digits with separators: 1,393 img/s, 5.94 img/s;
-- durations as seconds, minutes or hours; device-hours to 3 significant digits; ratios as 1.21x.
+- durations as seconds, minutes or hours, 2 significant digits at least: 42 s, 2.2 min;
+  device-hours to 3 significant digits; ratios as 1.21x.
 
 `value(column, v)` picks the rule from a results column's name, and `display(rows)` makes a
 table of text from result rows (a spread merged into one cell, headers people read), which the
@@ -95,6 +97,38 @@ def pct(v: Any) -> str:
     return "" if x is None else f"{x:.1f}"
 
 
+# How each number of the transcribed tables was printed (`reference` tells, `printed_as`).
+_PRINTED: dict[float, str] = {}
+
+
+def printed_as(cells: Iterable[str]) -> None:
+    """Remember how the decimal numbers among `cells` were printed where they were transcribed
+    from (the paper's tables: 80.00, 85.8), for `paper_pct`. A value printed two ways (85.8 and
+    85.80) keeps the shorter: never a digit that was not printed."""
+    for cell in cells:
+        if "." not in cell:  # a count (300 epochs, 1384 img/s) says nothing of decimals
+            continue
+        try:
+            x = float(cell)
+        except ValueError:
+            continue
+        if math.isfinite(x) and (x not in _PRINTED or len(cell.strip()) < len(_PRINTED[x])):
+            _PRINTED[x] = cell.strip()
+
+
+def paper_pct(v: Any) -> str:
+    """An accuracy the paper (or the official repository) printed, with its own digits: 80.64,
+    80.00, 85.8 as printed (`printed_as`); a value not transcribed here, with up to two
+    decimals and no trailing zero."""
+    x = _float(v)
+    if x is None:
+        return ""
+    if x in _PRINTED:
+        return _PRINTED[x]
+    text = f"{x:.2f}"
+    return text[:-1] if text.endswith("0") else text
+
+
 def signed(v: Any) -> str:
     """A difference of accuracies, one decimal with its sign: +0.3, -1.2."""
     x = _float(v)
@@ -121,12 +155,14 @@ def rate(v: Any) -> str:
 
 
 def seconds(v: Any) -> str:
-    """A duration: 42 s, 16 min, 2.5 h, 3.1 days."""
+    """A duration: 42 s, 2.2 min, 16 min, 2.5 h, 3.1 days (2 significant digits at least)."""
     x = _float(v)
     if x is None:
         return ""
     if x < 100:
         return f"{_sig(x, 2) if x < 10 else f'{x:.0f}'} s"
+    if x < 600:
+        return f"{_sig(x / 60, 2)} min"
     if x < 6000:
         return f"{x / 60:.0f} min"
     if x < 3 * 86400:
@@ -188,11 +224,12 @@ _ACCURACY = re.compile(r"(^|_)(top1|top5|fewshot\d*|real|avg5?|paper_imagenet|of
                        r"imagenet|cifar10|cifar100|pets|flowers102|minival_top1|accuracy)($|_)")
 
 
-def rule(column: str):
-    """The formatting rule of a results column, by its name (see the module docstring)."""
+def rule(column: str, paper: bool = False):
+    """The formatting rule of a results column, by its name (see the module docstring); with
+    `paper` every accuracy is one the paper printed (the `paper` command's tables)."""
     c = str(column).lower()
     if c.endswith("_std"):
-        return rule(c[: -len("_std")])
+        return rule(c[: -len("_std")], paper)
     if c in _COUNTS:
         return count
     if c in _PLAIN:
@@ -222,17 +259,17 @@ def rule(column: str):
     if c.endswith("_ms") or "_ms_" in c:
         return rate
     if _ACCURACY.search(c):
-        return pct
+        return paper_pct if paper or c.startswith(("paper_", "official_")) else pct
     return number
 
 
-def value(column: str, v: Any) -> str:
-    """`v` of results column `column` as people read it ("" for a blank)."""
+def value(column: str, v: Any, paper: bool = False) -> str:
+    """`v` of results column `column` as people read it ("" for a blank); `paper` as `rule`."""
     if isinstance(v, str) or _is_bool(v) or missing(v):
         return text(v)
     if _float(v) is None:
         return text(v)
-    return rule(column)(v)
+    return rule(column, paper)(v)
 
 
 # ---------------------------------------------------------------------------- a display table
@@ -305,8 +342,9 @@ def _spreads(columns: Sequence[str]) -> dict[str, tuple[str, str | None, str | N
 
 
 def display(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = None,
-            headers: Mapping[str, str] | None = None) -> Display:
-    """Result rows as a table of text, every number through `value`.
+            headers: Mapping[str, str] | None = None, paper: bool = False) -> Display:
+    """Result rows as a table of text, every number through `value` (`paper`: rows of the
+    paper's own tables, their accuracies with the paper's digits).
 
     A column `X` (or `X_mean`) with its `X_std` beside it becomes one cell `mean ± std`, the
     first accuracy one with the run count: `96.1 ± 0.6 (3)`; the `X_std` and `n` columns go.
@@ -328,7 +366,7 @@ def display(rows: Sequence[Mapping[str, Any]], columns: Sequence[str] | None = N
             m, s, n = spreads[c]
             getters.append(lambda r, m=m, s=s, n=n: spread(r.get(m), r.get(s), r.get(n), rule(m)))
         else:
-            getters.append(lambda r, c=c: value(c, r.get(c)))
+            getters.append(lambda r, c=c: value(c, r.get(c), paper))
     return Display(out_cols, [[g(r) for g in getters] for r in rows])
 
 

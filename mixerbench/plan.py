@@ -6,11 +6,14 @@ accuracy rows count them: forward and backward are 3 forward passes, 2 FLOPs per
 evaluations and, for `compare`, the probes and benchmark that follow. It then estimates:
 
 - on this machine: each run's images over the img/s of its own training loop, measured by a
-  short probe here (`loop_rates`: a few steps through its loader, augmentation included, model
-  and optimizer, and a few evaluation batches, run by `prepare` and `train_step` without
-  touching a run folder), its evaluations over the evaluation img/s, and a few seconds a run
-  and a command for what neither times (start-up, checkpoints, the rows); on a shared machine
-  the probe measures the load of its minute.
+  short probe here (`loop_rates`: a few seconds of steps through its loader, augmentation
+  included, model and optimizer, and a few evaluation batches, run by `prepare` and
+  `train_step` without touching a run folder, at the torch threads the run will have), its
+  evaluations over the evaluation img/s, and a few seconds a run and a command for what
+  neither times (start-up, checkpoints, the rows). The runs then go as the launcher will run
+  them (`Lanes`: one after another here, or several at once as processes of their own, which
+  share the cores, `shared_wall`). On a shared machine the probe measures the load of its
+  minute.
 - on a named GPU (`--on h100`): the training FLOPs over its datasheet dense bf16 peak
   (`bench.DATASHEET_PEAKS_TFLOPS`) at a stated model FLOP utilisation (`--mfu`, 0.4 by
   default: what well-tuned training of models this size reaches, not a measurement).
@@ -23,6 +26,7 @@ tensor cache like any read) to count their images.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -33,8 +37,45 @@ from mixerbench.errors import UserError
 # dataset from the tensor cache, checkpoints, metrics and its row), and a command once (imports).
 RUN_S = 5.0
 COMMAND_S = 10.0
-PROBE_WARMUP, PROBE_STEPS, PROBE_EVAL_BATCHES = 2, 6, 2
+# The probe: its first steps run slower than the loop's steady state (a fresh model's first
+# tens of steps, measured 2.5x slower than its steps 60-100 on the 2-core CPU), so it warms up
+# for a few seconds before it times a few more; at least a few steps each, however slow.
+PROBE_WARMUP_S, PROBE_TIMED_S, PROBE_MIN_STEPS, PROBE_EVAL_BATCHES = 6.0, 3.0, 3, 3
 DEFAULT_MFU = 0.4
+# A launched run's own process: torch and timm imported again, ~3 CPU-s on the 2-core CPU.
+JOB_START_S = 3.0
+
+
+@dataclass
+class Lanes:
+    """How the runs of one stage go (`experiments.lanes`): `parallel` at once (1: one after another in
+    this process), `threads` torch threads each, on `cores` cores; `jobs`: each in a process
+    of its own (a launcher's job)."""
+
+    parallel: int = 1
+    threads: int = 1
+    cores: int = 1
+    jobs: bool = False
+
+
+def cores() -> int:
+    """The cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def shared_wall(seconds: list[float], lanes: Lanes) -> float:
+    """Wall seconds of runs that take `seconds` each alone, started in order `lanes.parallel`
+    at a time: while k run, each goes at min(1, cores / (k x threads)) of its speed alone (a
+    processor-sharing queue, written by hand: no library we use models one)."""
+    pending, running, wall = [s for s in seconds if s > 0], [], 0.0
+    while pending or running:
+        while pending and len(running) < max(1, lanes.parallel):
+            running.append(pending.pop(0))
+        speed = min(1.0, lanes.cores / (len(running) * max(1, lanes.threads)))
+        step = min(running)
+        wall += step / speed
+        running = [r - step for r in running if r - step > 1e-9]
+    return wall
 
 
 @dataclass
@@ -141,11 +182,23 @@ def _probe_key(c: Cell) -> tuple:
     return (c.model, c.img_size, c.batch, d.dataset, d.pipeline, d.randaug_m, d.mixup_p)
 
 
-def loop_rates(cfg, root) -> tuple[float, float]:
-    """(train img/s, eval img/s) of `cfg`'s own training loop on this machine: `PROBE_WARMUP`
-    untimed and `PROBE_STEPS` timed optimizer steps through its train loader (augmentation
-    included), model and optimizer, then `PROBE_EVAL_BATCHES` evaluation batches. `prepare`
-    builds the run without touching its folder, so nothing is written."""
+def loop_rates(cfg, root, threads: int | None = None) -> tuple[float, float]:
+    """(train img/s, eval img/s) of `cfg`'s own training loop on this machine at `threads`
+    torch threads (default: this process's): optimizer steps through its train loader
+    (augmentation included), model and optimizer, untimed for `PROBE_WARMUP_S` then timed for
+    `PROBE_TIMED_S` (at least `PROBE_MIN_STEPS` each), then `PROBE_EVAL_BATCHES` evaluation
+    batches. `prepare` builds the run without touching its folder, so nothing is written."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads or before)
+    try:
+        return _loop_rates(cfg, root)
+    finally:
+        torch.set_num_threads(before)
+
+
+def _loop_rates(cfg, root) -> tuple[float, float]:
     import itertools
     import time
 
@@ -159,32 +212,34 @@ def loop_rates(cfg, root) -> tuple[float, float]:
     model = run.model.train()
     optimizer = make_optimizer(model, cfg, fused=False)
     batches = itertools.chain.from_iterable(run.train_batches.epoch(e) for e in itertools.count())
+    start, timed, limit = time.perf_counter(), None, PROBE_WARMUP_S
     for i, (x, y) in enumerate(batches):
-        if i == PROBE_WARMUP:
-            synchronize(run.device)
-            start = time.perf_counter()
         train_step(run, model, x, y)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        if i == PROBE_WARMUP + PROBE_STEPS - 1:
-            break
-    synchronize(run.device)
-    train = PROBE_STEPS * cfg.data.batch_size / (time.perf_counter() - start)
+        synchronize(run.device)
+        steps = i + 1 - (timed or 0)
+        if steps >= PROBE_MIN_STEPS and time.perf_counter() - start >= limit:
+            if timed is not None:
+                break
+            timed, start, limit = i + 1, time.perf_counter(), PROBE_TIMED_S
+    train = steps * cfg.data.batch_size / (time.perf_counter() - start)
     start = time.perf_counter()
     seen = accuracy(model, itertools.islice(run.eval_batches.epoch(0), PROBE_EVAL_BATCHES),
                     device=run.device, dtype=run.dtype)["n"]
     return train, seen / (time.perf_counter() - start)
 
 
-def here_seconds(cells: list[Cell], rates: dict) -> list[float]:
-    """Each cell's estimated wall time on this machine."""
+def here_seconds(cells: list[Cell], rates: dict, lanes: list[Lanes]) -> list[float]:
+    """Each cell's estimated wall time on this machine, alone on its lane (`lanes[i]` is
+    cell i's); a launched run also starts a process."""
     out = []
-    for c in cells:
+    for c, lane in zip(cells, lanes):
         if c.finished:
             out.append(0.0)
             continue
-        train, infer = rates[_probe_key(c)]
-        out.append(RUN_S + c.images / train + c.eval_images / infer)
+        train, infer = rates[_probe_key(c), lane.threads]
+        out.append(RUN_S + JOB_START_S * lane.jobs + c.images / train + c.eval_images / infer)
     return out
 
 
@@ -235,23 +290,23 @@ MATMUL_S = 2.0
 FEWSHOT_SEEDS = 3
 
 
-def compare_seconds(cells: list[Cell], rates: dict, known: set, *, fewshot: int | None,
+def compare_seconds(cells: list[Cell], rates: list, known: set, *, fewshot: int | None,
                     bench: bool, preset: str | None) -> tuple[float, list[str]]:
     """Seconds of what `compare` does after training: a `fewshot`-shot probe of every run (its
     eval split and the drawn shots through the model) and, with `bench`, the benchmark of each
     model this machine's throughput.csv has no rows for (`known`); with a note of what was
-    counted. The loop's img/s stand for bench's, whose timed steps skip the loader."""
+    counted. `rates[i]` is cell i's probed (train, eval) img/s; they stand for bench's, whose
+    timed steps skip the loader."""
     seconds, notes = 0.0, []
     if fewshot:
-        for c in cells:  # a probe already in fewshot.csv is read back: counted all the same
-            infer = rates[_probe_key(c)][1]
+        for c, (_, infer) in zip(cells, rates):  # one in fewshot.csv is counted all the same
             shots = fewshot * c.describe["num_classes"] * FEWSHOT_SEEDS
             seconds += RUN_S + (c.eval_images / max(c.evaluations, 1) + shots) / infer
         notes.append(f"a linear {fewshot}-shot probe of each run")
     if bench:
-        todo = {(c.model, c.img_size): c for c in cells if (c.model, c.img_size) not in known}
-        for c in todo.values():
-            train, infer = rates[_probe_key(c)]
+        todo = {(c.model, c.img_size): (c, r) for c, r in zip(cells, rates)
+                if (c.model, c.img_size) not in known}
+        for c, (train, infer) in todo.values():
             seconds += BENCH_STEPS * min(256, c.batch) * (1 / train + 1 / infer)
         if todo:
             seconds += MATMUL_S
@@ -280,28 +335,42 @@ def benched(root, device: str | None) -> set[tuple[str, int]]:
 
 
 def estimate(cells: list[Cell], *, root=None, device: str | None = None, on: str | None = None,
-             mfu: float = DEFAULT_MFU, compare: dict | None = None) -> dict:
-    """Totals and estimates of a plan: here (each distinct run's loop probed once,
-    `loop_rates`) and on GPU `on`; `compare` (fewshot, bench, preset) adds what `compare` does
-    after training."""
+             mfu: float = DEFAULT_MFU, compare: dict | None = None,
+             stages: list[tuple[int, Lanes]] | None = None) -> dict:
+    """Totals and estimates of a plan: here (each distinct run's loop probed once at its
+    threads, `loop_rates`) and on GPU `on`; `compare` (fewshot, bench, preset) adds what
+    `compare` does after training. `stages`: (how many of the cells, in order, how they run),
+    one stage after another; default all of them one after another in this process."""
     from pathlib import Path
 
     if not 0 < mfu <= 1:
         raise UserError(f"--on's MFU {mfu} is not a utilisation; pass a share in (0, 1], e.g. "
                         "h100:0.4.")
+    import torch
+
+    stages = stages or [(len(cells), Lanes(1, torch.get_num_threads(), cores()))]
+    lane_of = [lane for n, lane in stages for _ in range(n)]
     rates = {}
-    for c in cells:
-        if _probe_key(c) not in rates and (not c.finished or compare):
-            rates[_probe_key(c)] = loop_rates(c.cfg, Path(root))
-    seconds = here_seconds(cells, rates)
-    extra_seconds, notes = (compare_seconds(cells, rates, benched(root, device), **compare)
-                            if compare else (0.0, []))
+    for c, lane in zip(cells, lane_of):
+        if (_probe_key(c), lane.threads) not in rates and (not c.finished or compare):
+            rates[_probe_key(c), lane.threads] = loop_rates(c.cfg, Path(root), lane.threads)
+    seconds = here_seconds(cells, rates, lane_of)
+    extra_seconds, notes = (compare_seconds(
+        cells, [rates.get((_probe_key(c), lane.threads)) for c, lane in zip(cells, lane_of)],
+        benched(root, device), **compare) if compare else (0.0, []))
+    wall, first = 0.0, 0
+    for n, lane in stages:
+        wall += shared_wall(seconds[first:first + n], lane)
+        first += n
+        if lane.parallel > 1:
+            notes.append(f"{lane.parallel} runs at once as processes of {lane.threads} torch "
+                         f"thread{'s' if lane.threads > 1 else ''} on {lane.cores} cores")
     out = dict(cells=len(cells), steps=sum(c.steps for c in cells),
                images=sum(c.images for c in cells),
                train_flops=sum(c.train_flops for c in cells),
                eval_flops=sum(c.eval_flops for c in cells),
                seconds_per_cell=seconds, extra_seconds=extra_seconds, notes=notes,
-               wall_seconds=COMMAND_S + sum(seconds) + extra_seconds,
+               wall_seconds=COMMAND_S + wall + extra_seconds,
                rates_from=f"a probe of each run's training loop ({len(rates)} here)")
     out["device_hours"] = out["wall_seconds"] / 3600
     if on:

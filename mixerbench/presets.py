@@ -420,10 +420,7 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         cfg = _fit_dataset(replace(cfg, data=replace(cfg.data, dataset=dataset)),
                            set(flags) | set(overrides))
     cfg = apply_overrides(cfg, settings or {})
-    if "epochs" in flags and "steps" not in flags:
-        cfg = replace(cfg, steps=None)
-    if "steps" in flags and "epochs" not in flags:
-        cfg = replace(cfg, epochs=None)
+    cfg = _one_length(cfg, set(flags) | set(overrides) | set(settings or {}))
     cfg = apply_overrides(cfg, flags)
     cfg = apply_overrides(cfg, overrides)
     from mixerbench.data import registry_name
@@ -456,6 +453,19 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
     # a `data.path` already set (a config resolved elsewhere) is kept
     return replace(cfg, data=replace(cfg.data, path=cfg.data.path or inputs.data_path),
                    init_sha256=inputs.init_sha256 if cfg.init else None)
+
+
+def _one_length(cfg: RunConfig, given: set[str]) -> RunConfig:
+    """A length given (--steps / --epochs, their --set, a --config holding one) replaces the
+    preset's other one, however it was spelled: `--set steps=20` on a 16-epoch preset is the
+    run `--steps 20` is (steps win over epochs, so a kept `epochs=16` would only give one
+    measurement a second run id and a label it did not train by), and `--set epochs=1` on a
+    500-step preset trains one epoch rather than being outvoted by the preset's steps."""
+    if "epochs" in given and "steps" not in given:
+        cfg = replace(cfg, steps=None)
+    if "steps" in given and "epochs" not in given:
+        cfg = replace(cfg, epochs=None)
+    return cfg
 
 
 def _check_pinned(cfg: RunConfig, inputs: Inputs) -> None:

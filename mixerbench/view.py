@@ -291,12 +291,14 @@ def _record_view(d: "formatting.Display", out, title: str | None) -> None:
 
 def emit(rows: list[dict], fmt: Format, title: str | None = None,
          columns: list[str] | None = None, *, short: list[str] | None = None,
-         wide: bool = False, headers: dict | None = None, caption: str | None = None) -> None:
+         wide: bool = False, headers: dict | None = None, caption: str | None = None,
+         paper: bool = False) -> None:
     """Print rows as a table fitted to the terminal, or as CSV or JSON (machine-readable
     formats go to stdout bare, every column, raw numbers).
 
     `short` names the columns a person needs first, in order of importance (`fitted`);
-    `--wide` passes `wide`. Columns blank in every row are not shown.
+    `--wide` passes `wide`. Columns blank in every row are not shown. `paper`: the rows are
+    the paper's own table (its accuracies keep the paper's digits).
     """
     columns = columns or (list(rows[0]) if rows else [])
     if not rank0():
@@ -316,7 +318,7 @@ def emit(rows: list[dict], fmt: Format, title: str | None = None,
                          for r in rows)
         return
     out = console()
-    full = formatting.display(rows, columns, headers).drop_empty()
+    full = formatting.display(rows, columns, headers, paper).drop_empty()
     shown = fitted(full, out, out.width, short, wide)
     if shown is None:
         _record_view(full, out, title)
@@ -340,6 +342,7 @@ class ProgressView:
     chosen for the terminal's width, so that at 80 columns nothing in it is cut."""
 
     STAGE_SECONDS = 3.0
+    PLAIN_SECONDS = 10.0  # on a pipe, a line every so often while training or a part goes on
     WIDE = 110  # columns from which the bar shows epoch and lr besides loss and img/s
 
     def __init__(self, quiet: bool):
@@ -349,6 +352,7 @@ class ProgressView:
         self.task = None
         self.last_plain = 0.0
         self.pending = None  # the current stage's spinner or timer
+        self.part = None  # the description of the part `progress` counts now
         self.handlers: dict = {}
 
     # the modules that declare events, each imported only once it has emitted one
@@ -399,7 +403,11 @@ class ProgressView:
         }[module]
 
     def __call__(self, event: str, info: dict) -> None:
-        self._end_stage()
+        from mixerbench.events import Event
+
+        if event != Event.PROGRESS:  # `progress` ends its stage when its part changes
+            self._end_stage()
+            self.part = None
         if event not in self.handlers:
             self.handlers = self._handlers(loaded_only=True)
         handler = self.handlers.get(event)
@@ -430,7 +438,8 @@ class ProgressView:
 
         if self.bar is not None:
             self.bar.update(self.task, completed=info["step"], stats=self._stats(info))
-        elif time.monotonic() - self.last_plain > 10 or info["step"] == info["total_steps"]:
+        elif (time.monotonic() - self.last_plain > self.PLAIN_SECONDS
+              or info["step"] == info["total_steps"]):
             self.last_plain = time.monotonic()
             stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
                      f"{formatting.rate(info['img_per_sec'])} img/s")
@@ -500,18 +509,31 @@ class ProgressView:
         self.console.print(line, soft_wrap=True)
 
     def progress(self, description: str, done: int, total: int) -> None:
-        """A phase counted in parts (evaluate's stages, bench's models): each part a line, and
-        on a terminal a bar of the parts below them."""
+        """A phase counted in parts (evaluate's stages, bench's models, JPEGs written): each
+        new part a line, and on a terminal a bar of the parts below them. On a pipe a part
+        gets its line once it has lasted `STAGE_SECONDS`, and while it goes on, a line with
+        its count every `PLAIN_SECONDS` (a log gets a few lines, not one per update)."""
+        import time
+
+        new, self.part = description != self.part, description
         if self.live:
             if self.bar is None:
                 self._bar("", total, done)
-            if done < total:
+            if done < total and new:
                 self._print(f"[dim]{e(description)}[/]")
             self.bar.update(self.task, completed=done, total=total)
-        else:  # on a pipe: each stage a line, if it lasts
+            return
+        if done >= total or new:
             self._end_stage()
-            if done < total:
-                self._stage(description)
+            self.last_plain = time.monotonic()
+        if done >= total:
+            self.part = None
+        elif new:
+            self._stage(description)
+        elif time.monotonic() - self.last_plain > self.PLAIN_SECONDS:
+            self.last_plain = time.monotonic()
+            self._print(f"[dim]{e(description)}: {formatting.count(done)}/"
+                        f"{formatting.count(total)}[/]")
 
     def _bar(self, label: str, total: int, done: int) -> None:
         if not self.live:
@@ -675,16 +697,17 @@ def evaluation(res: dict | None, root: Path, fmt: Format) -> None:
     if res["fewshot"]:
         emit([dict(shots=r["shots"], top1=r["top1_mean"], top1_std=r["top1_std"],
                    seeds=r["num_seeds"], l2_reg=r["l2_reg"]) for r in res["fewshot"]],
-             Format.table, title=f"linear few-shot top-1 (%) on {res['dataset']}, mean ± std "
-                                 "over seeds")
+             Format.table, title=f"linear few-shot top-1 (%) on {res['dataset']} "
+                                 f"({res['split']}), mean ± std over seeds")
     if res["shuffle"]:
         emit([dict(train_shuffle=r["train_shuffle"], eval_shuffle=r["eval_shuffle"],
                    metric=r["metric"], top1=r["top1"]) for r in res["shuffle"]],
-             Format.table, title="pixel shuffles (paper Figure 4)")
+             Format.table, title=f"pixel shuffles (paper Figure 4) on {res['dataset']} "
+                                 f"({res['split']})")
     say(f"rows appended under {e(root)}")
     if res.get("kept"):
         say(f"fewshot.csv already held {len(res['kept'])} of these probes (one row per run, "
-            "shots and probe dataset); the recorded rows were kept")
+            "shots, images scored and probe setting); the recorded rows were kept")
 
 
 def dataset(out: dict, fmt: Format) -> None:
@@ -743,7 +766,7 @@ SHORT: dict[str, list[str]] = {
     "paper-table4": ["paper_name", "pretrain", "epochs", "lr", "wd", "randaug_m", "mixup_p"],
     "settings": ["key", "default", "meaning", "range", "type"],
     "presets": ["name", "model", "dataset", "epochs"],
-    "datasets": ["name", "classes", "train", "test"],
+    "datasets": ["name", "classes", "splits", "offline", "hub_id"],
     "plan": ["run", "steps", "images", "train FLOPs", "here"],
 }
 # Headers of the paper's tables, whose columns name the paper's quantities.
@@ -759,7 +782,7 @@ def table(name: str, rows: list[dict], fmt: Format, wide: bool, title: str | Non
     headers = PAPER_HEADERS if name.startswith("paper-") else None
     columns = [c for c in (rows[0] if rows else {}) if not (name == "models" and c == "gmacs")]
     emit(rows, fmt, title=title, columns=columns, short=SHORT.get(name), wide=wide,
-         headers=headers)
+         headers=headers, paper=headers is not None)
 
 
 def sweep(name: str, out: dict, fmt: Format, wide: bool, title: str | None = None) -> None:

@@ -258,3 +258,19 @@ def test_cli_bench_bad_input_exits_2(args, needle, tmp_path):
     assert out.exit_code == 2, out.output
     assert needle in out.output and "Traceback" not in out.output
     assert not (tmp_path / "throughput.csv").exists()
+
+
+def test_a_compares_bench_is_measured_in_the_precision_its_runs_trained_in(tmp_path):
+    """A bench of the model in another precision does not stand in for the runs' own: the
+    compare's bench step measures the model again in theirs, and only once."""
+    from mixerbench import results
+    from mixerbench.experiments import bench_rows
+
+    if not torch.ops.mkldnn._is_mkldnn_bf16_supported():
+        pytest.skip("this CPU has no native bf16 units, so bench refuses bf16 on it")
+    tiny = dict(name="mixer-t4", img_size=28, patch_size=4, overrides=dict(depth=1, width=16))
+    assert len(bench_rows([tiny], root=tmp_path, device="cpu", dtype="bf16", batch_size=2)) == 2
+    assert len(bench_rows([tiny], root=tmp_path, device="cpu", dtype="fp32", batch_size=2)) == 2
+    assert bench_rows([tiny], root=tmp_path, device="cpu", dtype="fp32", batch_size=2) == []
+    thr = results.load("throughput", tmp_path)
+    assert sorted(thr["dtype"]) == ["bf16", "bf16", "fp32", "fp32"]

@@ -258,3 +258,52 @@ def test_smoke_budget_transfer_rows_are_no_evidence_for_a_claim(tmp_path):
     for claim in ("higher-resolution", "avg5"):
         assert got[claim]["verdict"] == UNDECIDED
         assert [c["label"] for c in got[claim]["comparisons"]] == ["no qualifying rows"], claim
+
+
+@pytest.mark.usefixtures("one_thread")
+def test_a_capped_shuffle_evaluation_never_stands_in_for_the_full_one(tmp_path):
+    """Real runs: a Mixer trained on original images and its twin trained patch-shuffled, each
+    evaluated under its own permutation on the whole test split; then the twin again on 50
+    images. The claim sets the full-split numbers side by side, not the later capped one."""
+    from conftest import TINY, cli
+
+    def ok(*args):
+        r = cli(*args, "--results-dir", tmp_path)
+        assert r.exit_code == 0, r.output
+        return r
+
+    for extra in ([], ["--set", "data.shuffle=patch"]):
+        ok("pretrain", *TINY, "--steps", "4", *extra)
+    runs = {json.loads((p / "config.json").read_text())["data"]["shuffle"]: p
+            for p in (tmp_path / "runs").iterdir()}
+    for kind, extra in (("none", []), ("patch", []), ("patch", ["--max-examples", "50"])):
+        ok("evaluate", "--checkpoint", runs[kind], "--dataset", "synthetic", "--device", "cpu",
+           "--shuffle", kind, *extra)
+    full = {r["eval_shuffle"]: r["top1"] for r in results.load("shuffle", tmp_path).to_dict(
+        "records") if r["split"] == "test" and r["metric"] == "top1"}
+    (comp,) = verdicts(tmp_path)["shuffle-mixer"]["comparisons"]
+    assert (comp["a"]["mean"], comp["b"]["mean"]) == (full["patch"], full["none"])
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("one_thread")
+def test_a_capped_data_scaling_rerun_is_a_comparison_of_its_own(tmp_path):
+    """Real runs: data-scaling of a Mixer and a ResNet, then the same again measured on 50 test
+    images (the same recipes and seeds, other run ids). Each gain is taken from runs on one
+    subset: the whole-split comparison holds only whole-split runs, the capped one says so."""
+    from conftest import cli
+
+    scaling = ["reproduce", "data-scaling", "--budget", "smoke", "--dataset", "synthetic",
+               "--models", "mixer,resnet", "--steps", "2", "--set", "data.batch_size=8",
+               "--device", "cpu", "--results-dir", tmp_path]
+    for extra in ([], ["--set", "max_eval_examples=50"]):
+        r = cli(*scaling, *extra)
+        assert r.exit_code == 0, r.output
+    split = {r["run_id"]: r["split"] for r in results.load("scaling", tmp_path).to_dict("records")
+             if r["metric"] == "top1"}
+    comps = verdicts(tmp_path)["data-scaling-resnet"]["comparisons"]
+    assert len(comps) == 2
+    for comp in comps:
+        on = {split[rid] for side in ("a", "b") for rid in comp[side]["rows"]}
+        assert len(on) == 1, comp["label"]
+        assert ("test[stratified:50]" in comp["label"]) == (on == {"test[stratified:50]"})

@@ -167,8 +167,10 @@ def test_an_unfinished_run_exports_with_what_is_unknown(tmp_path, export_runs):
 # ------------------------------------------------------- the card's routes, in plain timm
 
 # Runs the card's route (it defines `model`) in a process that imports timm and no mixerbench,
-# then the logits of the images in `x.npy`, to `out.npy`.
+# then the logits of the images in `x.npy`, to `out.npy`, and the preprocessing timm resolves
+# for the model (what the card's usage block feeds it), to `data.json`.
 _ROUTE = """
+import json
 import sys
 import numpy as np
 import torch
@@ -176,6 +178,9 @@ import torch
 assert "mixerbench" not in sys.modules
 with torch.no_grad():
     np.save(sys.argv[2], model(torch.from_numpy(np.load(sys.argv[1]))).numpy())
+if getattr(model, "pretrained_cfg", None):
+    import timm.data
+    json.dump(timm.data.resolve_model_data_config(model), open(sys.argv[3], "w"))
 """
 
 
@@ -189,7 +194,7 @@ def run_route(code: str, x: torch.Tensor, tmp_path: Path) -> torch.Tensor:
     script = tmp_path / "route.py"
     script.write_text(_ROUTE.format(code=code))
     r = subprocess.run([sys.executable, str(script), str(tmp_path / "x.npy"),
-                        str(tmp_path / "out.npy")], capture_output=True, text=True, timeout=300,
+                        str(tmp_path / "out.npy"), str(tmp_path / "data.json")], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
     assert r.returncode == 0, r.stderr
     return torch.from_numpy(np.load(tmp_path / "out.npy"))
@@ -199,9 +204,13 @@ def run_route(code: str, x: torch.Tensor, tmp_path: Path) -> torch.Tensor:
 def test_both_timm_routes_of_the_card_rebuild_the_trained_model(export_runs, export_done,
                                                                 family, tmp_path):
     """`local-dir:` and the weights file through `pretrained_cfg_overlay` with num_classes:
-    each route's code, as the card prints it, run in a plain timm process."""
+    each route's code, as the card prints it, run in a plain timm process, gives the model
+    mixerbench trained and the preprocessing mixerbench evaluated it with (the overlay carries
+    it too: without it timm resolves the zoo weights' own, 224 px bicubic for these)."""
     res, out = export_done[family]
     card = (out / "README.md").read_text()
+    pc = json.loads((out / "config.json").read_text())["pretrained_cfg"]
+    keys = ("input_size", "interpolation", "crop_pct", "crop_mode", "mean", "std")
     assert set(res["routes"]) == {"local-dir", "pretrained_cfg_overlay"}
     ours, _ = load_model(str(export_runs[family]))
     x = images(8)
@@ -213,6 +222,8 @@ def test_both_timm_routes_of_the_card_rebuild_the_trained_model(export_runs, exp
         assert torch.equal(got.argmax(1), want.argmax(1)), name
         tol = 1e-2 if res["gelu"] == "tanh" else 1e-4  # timm's MlpMixer has exact GELU only
         assert (got - want).abs().max() < tol, name
+        data = json.loads((tmp_path / "data.json").read_text())
+        assert {k: data[k] for k in keys} == {k: pc[k] for k in keys}, name
 
 
 def test_the_smoke_mixer_exports_as_timms_mlpmixer_class_and_agrees_in_plain_timm(tmp_path):
@@ -232,6 +243,11 @@ def test_the_smoke_mixer_exports_as_timms_mlpmixer_class_and_agrees_in_plain_tim
                 embed_dim=64)
     assert {k: config["model_args"][k] for k in want} == want
     assert config["label_names"] == [str(i) for i in range(10)]  # mnist-5k's digits
+    # named by what it is (2 blocks of width 64 at 28 px), not by the zoo entry it varies
+    # (Mixer-T/4: 8 blocks of width 256 at 32 px)
+    intro = (out / "README.md").read_text().split("\n# ")[1].split("\n\n")[1]
+    assert intro.startswith("`mixer-t4[depth=2,width=64]` at 28 px (mixer family) exported")
+    assert "Mixer-T/4" not in intro and "32 px" not in intro
     assert res["check"]["top1_agreement"] == 100.0 and "mnist-5k" in res["check"]["what"]
     ours, _ = load_model(str(run))
     assert count_params(ours)[0] == 77_036
@@ -254,6 +270,19 @@ def test_the_smoke_mixer_exports_as_timms_mlpmixer_class_and_agrees_in_plain_tim
     r = subprocess.run([sys.executable, "-c", usage], capture_output=True, text=True, timeout=300,
                        cwd=tmp_path, env={**os.environ, "PYTHONPATH": ""})
     assert r.returncode == 0 and r.stdout.strip() in config["label_names"], r.stderr
+
+
+def test_the_exported_weights_evaluate_in_mixerbench_beside_timms_config_json(export_done,
+                                                                             tmp_path):
+    """The folder an export writes (or any timm / hub folder: config.json beside
+    model.safetensors) is not a run folder: its weights evaluate with `--arch`, timm's
+    config.json neither refused as a damaged run config nor read as one."""
+    res, out = export_done["mixer"]
+    r = cli("evaluate", "--checkpoint", out / "model.safetensors", "--arch", res["architecture"],
+            "--dataset", "synthetic", "--max-examples", 20, "--results-dir", tmp_path / "res")
+    assert r.exit_code == 0, r.output
+    row, = [line for line in (tmp_path / "res" / "accuracy.csv").read_text().splitlines()[1:]]
+    assert row.startswith(",,")  # no run id, no recipe: the file stands for itself
 
 
 # -------------------------------------------------------------------------- preprocessing

@@ -110,7 +110,9 @@ def test_a_capped_probe_and_the_full_one_are_both_recorded_each_labelled(tmp_pat
     (run,) = (tmp_path / "runs").iterdir()
     probe = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--fewshot", "5",
              "--seeds", "1", "--results-dir", tmp_path]
-    ok(cli(*probe, "--max-examples", "97"))
+    capped = " ".join(ok(cli(*probe, "--max-examples", "97")).split())
+    # the screen's few-shot table names its images too, not only the accuracy line above it
+    assert "few-shot top-1 (%) on synthetic (test[stratified:97])" in capped
     ok(cli(*probe))
     assert "already held" in ok(cli(*probe))
     few = rows(tmp_path / "fewshot.csv")
@@ -142,6 +144,25 @@ def test_a_compare_table_keeps_the_size_of_its_own_models_after_another_compare(
     assert set(both) - {stem} and both[stem] == first[stem]
     (other,) = set(both) - {stem}
     assert int(both[other]["params"]) < int(first[stem]["params"])  # fewer tokens to mix
+
+
+def test_a_length_means_one_run_however_it_is_spelled(tmp_path):
+    """`--set steps=2` on the 16-epoch smoke preset is the run `--steps 2` is: one run id, one
+    recipe, one row of one compare table (n=1), never the same measurement twice under two
+    recipes labelled `epochs=16` / `epochs=none`; and `--set epochs=1` on a 500-step fine-tuning
+    preset trains one epoch, as `--epochs 1` does, rather than the preset's 500 steps."""
+    for length in (["--set", "steps=2"], ["--steps", "2"], ["--config", tmp_path / "c.json"]):
+        (tmp_path / "c.json").write_text(json.dumps({"steps": 2}))
+        ok(cli("compare", "--models", "mixer", "--preset", "smoke", "--no-bench", *TINY_MODEL,
+               *length, "--results-dir", tmp_path / "r"))
+    assert len(list((tmp_path / "r" / "runs").iterdir())) == 1
+    (table,) = (tmp_path / "r" / "tables").glob("compare-*.csv")
+    assert [r["n"] for r in rows(table)] == ["1"]
+
+    for given in (["--set", "epochs=1"], ["--epochs", "1"]):
+        cfg = json.loads(ok(cli("finetune", "--init", next((tmp_path / "r" / "runs").iterdir()),
+                                "--dataset", "synthetic", *given, "--print-config")))
+        assert (cfg["epochs"], cfg["steps"]) == (1.0, None), given
 
 
 # ------------------------------------------------------------------------------ upgrade

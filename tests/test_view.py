@@ -28,7 +28,7 @@ def test_one_rule_per_kind_of_number():
     assert f.value("diff", -0.33) == "-0.3" and f.value("mfu", 0.123) == "12.3 %"
     assert f.value("train_img_per_sec", 1392.9) == "1,393" and f.value("img_per_sec", 5.94) == "5.94"
     assert f.value("ratio", 1.2106) == "1.21x" and f.value("device_hours", 0.26651) == "0.267"
-    assert f.value("wall_time_s", 959.4) == "16 min" and f.value("train_seconds", 6.44) == "6.4 s"
+    assert f.value("wall_time_s", 959.4) == "16 min" and f.seconds(131) == "2.2 min" and f.value("train_seconds", 6.44) == "6.4 s"
     assert f.value("top1", None) == "" and f.value("top1", float("nan")) == ""
     assert f.spread(96.0666, 0.5507, 3) == "96.1 ± 0.6 (3)" and f.spread(93.2, None, 1) == "93.2 (1)"
     assert f.spread(1392.9, 28.8, rule=f.rate) == "1,393 ± 29"
@@ -66,16 +66,21 @@ def test_markdown_tables_use_the_formatter():
 
 def _tables():
     """(name, rows) of every wide table the commands print: the committed results' tables, the
-    paper's, the zoo, the settings, and an Avg 5 and a released table built from their columns."""
+    paper's, the zoo, the datasets, the settings, and an Avg 5 and a released table built from
+    their columns."""
     import pandas as pd
 
     from mixerbench.config import settings_table
+    from mixerbench.data import known_datasets
+    from mixerbench.models import zoo
     from mixerbench.reference import TABLES, load_table
     from mixerbench.report import tables
     from mixerbench.view import records
 
     out = [(f"paper-{t}", records(load_table(t))) for t in TABLES]
     out.append(("settings", settings_table()))
+    out.append(("models", zoo()))
+    out.append(("datasets", known_datasets()))
     for csv in sorted((ROOT / "results" / "tables").glob("*.csv")):
         df = pd.read_csv(csv)
         name = "compare" if csv.stem.startswith("compare") else csv.stem
@@ -113,10 +118,52 @@ def test_every_table_fits_the_terminal_without_a_cut_cell(width, capsys, monkeyp
         assert max(len(ln) for ln in table) <= width, f"{name} wider than {width}:\n{out}"
         # the model (or key) column is always there, with every row's value whole
         first = rows[0]
-        key = next(k for k in ("paper_name", "model", "key", "name") if k in first)
+        key = "name" if name in ("models", "datasets") else next(
+            k for k in ("paper_name", "model", "key", "name") if k in first)
         for r in rows:
             shown = f.label(r[key]) if name == "compare" else str(r[key])
             assert shown in out or shown.split(" ")[0] in out, (name, shown)
+
+
+@pytest.mark.parametrize("width", [80, 120])
+def test_bench_and_input_bench_tables_fit(width, capsys, monkeypatch, tmp_path):
+    """`bench` and `datasets --bench` print the committed rows' tables without a cut cell."""
+    import pandas as pd
+
+    from mixerbench import view
+    from mixerbench.view import records
+
+    monkeypatch.setenv("COLUMNS", str(width))
+    bench = pd.read_csv(ROOT / "results" / "throughput.csv")
+    for _, rows in bench.groupby("bench_id", sort=False):  # as bench returns them
+        rows = [dict(r, matmul_precision="ieee", ratio_to_first=r["img_per_sec_mean"]
+                     / rows["img_per_sec_mean"].iloc[0]) for r in records(rows)]
+        view.bench(rows, 20, tmp_path, view.Format.table, False)
+        out = capsys.readouterr().out
+        assert "…" not in out and f.label(rows[-1]["model"]) in out, out
+        assert max(len(ln) for ln in out.splitlines()  # but the path, which may be long
+                   if "more column" not in ln and "appended to" not in ln) <= width, out
+    inputs = records(pd.read_csv(ROOT / "results" / "inputs.csv"))
+    view.datasets(dict(dataset="jpegs", rows=inputs), "jpegs", True, view.Format.table, False, 3)
+    out = capsys.readouterr().out
+    assert "…" not in out and "img/s per core" in out, out
+
+
+def test_the_papers_numbers_keep_the_papers_digits(capsys, monkeypatch):
+    """Ours are shown to one decimal; the paper's to the digits it printed (Table 3's 80.64)."""
+    from mixerbench import view
+
+    assert f.value("top1", 80.64) == "80.6" and f.value("paper_top1", 80.64) == "80.64"
+    assert f.value("paper_real", 85.8) == "85.8" and f.value("official_cifar10", 98.34) == "98.34"
+    monkeypatch.setenv("COLUMNS", "120")
+    name, rows = next(t for t in _tables() if t[0] == "released")
+    view.table(name, rows, view.Format.table, False)
+    out = capsys.readouterr().out
+    assert " 80.64 " in out and " 80.1 " in out, out
+    r = cli("paper", "table2", env={"COLUMNS": "120"})
+    assert r.exit_code == 0 and "84.15" in r.output and "85.8 " in r.output, r.output
+    r = cli("paper", "table3", env={"COLUMNS": "120"})  # Mixer-B/16 on JFT-300M: 80.00
+    assert r.exit_code == 0 and " 80.00 " in r.output and " 92.60" in r.output, r.output
 
 
 @pytest.mark.parametrize("width", [80, 120])
@@ -176,6 +223,34 @@ def test_progress_fits_80_columns():
     assert "…" not in out, out
     assert "3 cells as processes of 1 torch thread each" in " ".join(out.split())
     assert "3/3" in out and "0 running" in out
+
+
+def test_counted_progress_on_a_pipe_is_a_few_lines(monkeypatch):
+    """A part counted in many updates (80 for 4,000 JPEGs) gives a log its line and then one
+    with the count every PLAIN_SECONDS, not a line per update."""
+    import time
+
+    from rich.console import Console
+
+    from mixerbench.events import Event
+    from mixerbench.view import ProgressView
+
+    view = ProgressView(quiet=True)  # as on a pipe
+    buf = io.StringIO()
+    view.console = Console(file=buf, width=80, color_system=None)
+    monkeypatch.setattr(view, "STAGE_SECONDS", 0.01)
+    monkeypatch.setattr(view, "PLAIN_SECONDS", 0.3)
+    start = time.monotonic()
+    for i in range(0, 4000, 50):  # each update slower than a stage takes to print its line
+        view(Event.PROGRESS, dict(what="writing JPEGs into jpegs", done=i + 1, total=4000))
+        time.sleep(0.02)
+    view(Event.PROGRESS, dict(what="writing JPEGs into jpegs", done=4000, total=4000))
+    took = time.monotonic() - start
+    view.stop()
+    lines = buf.getvalue().splitlines()
+    assert lines[0] == "writing JPEGs into jpegs", lines
+    assert all(re.fullmatch(r"writing JPEGs into jpegs: [\d,]+/4,000", ln) for ln in lines[1:])
+    assert 2 <= len(lines) <= 2 + took / 0.3 and len(lines) < 40, lines
 
 
 # --------------------------------------------------------------------------- config loop
@@ -280,6 +355,36 @@ def test_dry_run_plans_and_estimates_and_writes_nothing(tmp_path):
     assert not root.exists()
 
 
+def test_runs_at_once_share_the_cores():
+    """The estimate runs the cells as the launcher will: k processes of t threads on c cores
+    each go at min(1, c / (k t)) of their speed alone."""
+    from mixerbench.plan import Lanes, shared_wall
+
+    assert shared_wall([10, 10, 10], Lanes(1, 2, 2)) == 30  # one after another
+    assert shared_wall([10, 10, 10], Lanes(3, 1, 2, jobs=True)) == pytest.approx(15)
+    assert shared_wall([10, 20], Lanes(2, 1, 2, jobs=True)) == pytest.approx(20)
+    assert shared_wall([0, 10], Lanes(2, 1, 1, jobs=True)) == 10  # a finished run is read back
+
+
+def test_dry_run_of_a_launched_sweep_says_how_its_runs_go(tmp_path, monkeypatch):
+    from mixerbench import plan
+
+    monkeypatch.setattr(plan, "PROBE_WARMUP_S", 0.1)
+    monkeypatch.setattr(plan, "PROBE_TIMED_S", 0.1)
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    r = cli("compare", "--models", "mixer,vit", *[a for k in ("steps=3", "model.width=8",
+                                                             "model.depth=1")
+                                                  for a in ("--set", k)],
+            "--launcher", "local", "--parallel", "2", "--dry-run", "--results-dir",
+            str(tmp_path / "r"), env={"COLUMNS": "120"})
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    cores = len(__import__("os").sched_getaffinity(0))
+    threads = max(1, cores // 2)
+    assert (f"2 runs at once as processes of {threads} torch thread{'s' * (threads > 1)} on "
+            f"{cores} cores") in text, text
+
+
 def test_a_paper_row_is_costed_beside_the_papers_core_days(tmp_path):
     r = cli("pretrain", "--preset", "imagenet-mixer-b16", "--dry-run", "--results-dir",
             str(tmp_path / "r"))
@@ -308,3 +413,25 @@ def test_the_readmes_headline_table_is_the_formatters():
     # of 10 or more with two decimals before a % or a spread came from somewhere else
     typed = re.findall(r"\b\d\d+\.\d\d(?: ?%| ±)", prose)
     assert not typed, typed
+
+
+def test_a_long_compare_tag_stays_over_its_own_panel():
+    """Titles wrap to their panel: a compare with settings on top of its preset has a long tag
+    (it ran over the next panel's title)."""
+    import pandas as pd
+
+    from mixerbench.report import figures
+
+    acc = pd.read_csv(ROOT / "results" / "accuracy.csv")
+    tag = "compare:cifar10-scratch[data.randaug_m=10,model.width=256,optim.lr=0.001,steps=20000]"
+    acc["experiment"] = acc["experiment"].where(~acc["experiment"].str.startswith("compare"), tag)
+    for fig in (figures.pareto_cost(acc),
+                figures.accuracy_throughput(acc, pd.read_csv(ROOT / "results" / "throughput.csv"))):
+        fig.canvas.draw()
+        renderer = fig.canvas.get_renderer()
+        boxes = [(ax.title.get_window_extent(renderer), ax.get_window_extent(renderer))
+                 for ax in fig.axes if ax.get_title()]
+        assert any(tag.split("[")[0] in ax.get_title() for ax in fig.axes)
+        for i, (title, panel) in enumerate(boxes):
+            assert title.width <= panel.width * 1.05, fig.axes[i].get_title()
+            assert not any(title.overlaps(other) for other, _ in boxes[i + 1:])

@@ -72,10 +72,22 @@ def load_table(name: str):
     return _read(key).copy()
 
 
+def _printed(path: Path) -> None:
+    """Tell the formatter how each number of a transcribed table was printed (80.00, 85.8), so
+    the paper's numbers are shown with the paper's digits (`formatting.paper_pct`)."""
+    import csv
+
+    from mixerbench.formatting import printed_as
+
+    with open(path, newline="") as fh:
+        printed_as(cell for row in csv.reader(fh) for cell in row)
+
+
 @lru_cache(maxsize=None)
 def _read(name: str):
     import pandas as pd
 
+    _printed(_HERE / f"{name}.csv")
     df = pd.read_csv(_HERE / f"{name}.csv", keep_default_na=False, na_values=[""])
     for col in ("model", "note", "paper_name", "group", "pretrain", "source", "size", "figure",
                 "family", "setting", "quantity", "unit"):
@@ -221,6 +233,7 @@ def official_finetune(model: str, dataset: str, pretrain: str | None = None,
 def _read_vt():
     import pandas as pd
 
+    _printed(_HERE / "vt_finetune.csv")
     return pd.read_csv(_HERE / "vt_finetune.csv", keep_default_na=False, na_values=[""])
 
 

@@ -429,15 +429,20 @@ def _shuffle_pairs(frames: dict, family: str):
     sh = sh[(_text(sh["metric"]) == "top1") & sh["top1"].notna()]
     sh = sh[_family(sh) == family]
     sh = sh[_text(sh["train_shuffle"]) == _text(sh["eval_shuffle"])]
-    sh = sh.drop_duplicates(["run_id", "eval_shuffle", "metric"], keep="last")
+    # the images a number is on (a row from before rows recorded them: the whole test split):
+    # a capped evaluation is a measurement of its own, never the last word on the full one
+    sh = sh.assign(_split=_text(sh["split"]).replace("", "test"))
+    sh = sh.drop_duplicates(["run_id", "eval_shuffle", "metric", "_split"], keep="last")
     acc = frames["accuracy"]
     acc = acc[_text(acc["kind"]) != "evaluate"].drop_duplicates("run_id", keep="last")
     sched = acc.set_index(_text(acc["run_id"]))[["epochs", "steps"]]
     sh = sh.join(sched, on="run_id")
     sh = sh.assign(_epochs=_text(sh["epochs"]), _steps=_text(sh["steps"]))
     sh = sh.assign(_recipe=recipe_key(sh))
-    for key, g in sh.groupby(["model", "dataset", "img_size", "_epochs", "_steps"], sort=False):
-        label = f"{short_name(key[0])}, {key[1]}, {key[2]} px"
+    for key, g in sh.groupby(["model", "dataset", "img_size", "_epochs", "_steps", "_split"],
+                             sort=False):
+        label = f"{short_name(key[0])}, {key[1]}, {key[2]} px" + (
+            f", {key[5]}" if key[5] != "test" else "")
         nones = dict(list(g[_text(g["eval_shuffle"]) == "none"].groupby("_recipe", sort=False)))
         patches = dict(list(g[_text(g["eval_shuffle"]) == "patch"].groupby("_recipe", sort=False)))
         if not nones or not patches:
@@ -477,9 +482,12 @@ def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
     other = convolution if claim.id == "data-scaling-resnet" else attention
     sc = frames["scaling"]
     sc = sc[(_text(sc["metric"]) == "top1") & sc["top1"].notna()]
-    sc = sc.assign(_fam=_family(sc), _steps=_text(sc["steps"]))
+    # one subset of the test images per comparison: a capped rerun of a run (same recipe and
+    # seed, another run id) is never its seed's number on the whole split
+    sc = sc.assign(_fam=_family(sc), _steps=_text(sc["steps"]),
+                   _split=_text(sc["split"]).replace("", "test"))
     out = []
-    for (ds, steps), g in sc.groupby(["dataset", "_steps"], sort=False):
+    for (ds, steps, split), g in sc.groupby(["dataset", "_steps", "_split"], sort=False):
         fams = {f: gg for f, gg in g.groupby("_fam", sort=False)}
         if subject not in fams or other not in fams:
             continue
@@ -502,7 +510,8 @@ def _scaling(claim: Claim, frames: dict) -> list[Comparison]:
                                                       else ""), smalls[r_lo], larges[r_hi]))
                 if alone:
                     unpaired.append((short_name(model), alone))
-        where = f"{ds}, {steps} steps, {lo:.0%} -> {hi:.0%} of the data"
+        where = (f"{ds}" + (f" {split}" if split != "test" else "")
+                 + f", {steps} steps, {lo:.0%} -> {hi:.0%} of the data")
         out += [_unpaired(f"{where}: {m}", alone, claim, "scaling.csv") for m, alone in unpaired]
         for a in (s for s in sides if _family_name(s.label) == subject):
             for b in (s for s in sides if _family_name(s.label) == other):

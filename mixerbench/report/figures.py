@@ -15,6 +15,7 @@ Agg canvas, saved by the caller (`report.regenerate`) at `style.DPI`.
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -186,10 +187,35 @@ def _log_x_if_wide(ax, x):
         log_x(ax)
 
 
+def fit_title(ax, title: str, fontsize: float) -> str:
+    """`title` broken into lines as wide as `ax`: matplotlib never wraps a title, and a long
+    compare tag (`compare:smoke[model.width=...,steps=...]`) ran over the next panel's. Lines
+    break at spaces and after a tag's commas and brackets (written by hand: textwrap breaks
+    only at spaces and hyphens)."""
+    width_pt = ax.get_position().width * ax.figure.get_figwidth() * 72
+    chars = max(24, int(width_pt / (0.5 * fontsize)))  # DejaVu Sans: ~0.5 em a character
+    out = []
+    for line in title.split("\n"):
+        cur = ""
+        for token in re.split(r"(?<=[ ,\[])", line):
+            while len(token) > chars:  # one token wider than the axes: cut it where it must
+                if cur:
+                    out.append(cur.rstrip())
+                    cur = ""
+                out.append(token[:chars])
+                token = token[chars:]
+            if cur and len(cur + token.rstrip()) > chars:
+                out.append(cur.rstrip())
+                cur = ""
+            cur += token
+        out.append(cur.rstrip())
+    return "\n".join(out)
+
+
 def _finish(ax, xlabel, ylabel, title, legend=True):
     ax.set_xlabel(xlabel, fontsize=style.FONT_SIZE)
     ax.set_ylabel(ylabel, fontsize=style.FONT_SIZE)
-    ax.set_title(title, fontsize=style.FONT_SIZE + 1)
+    ax.set_title(fit_title(ax, title, style.FONT_SIZE + 1), fontsize=style.FONT_SIZE + 1)
     ax.grid(True, which="major", alpha=0.3)
     ax.tick_params(labelsize=style.FONT_SIZE - 1)
     if legend and ax.get_legend_handles_labels()[0]:
@@ -344,9 +370,9 @@ def pareto_cost(
         _log_x_if_wide(ax, d[col])
         _pad_limits(ax, d["top1"], d["top1_std"])
         where = f" on {hw}" if hw and col == "device_hours" else ""
-        what = f" ({experiment})" if experiment else ""
+        what = f"\n({experiment})" if experiment else ""
         _finish(ax, xlabel + where, f"{dataset} top-1 (%)",
-                f"Ours{what}: {dataset} top-1\nvs {'cost' if col == 'device_hours' else 'compute'}")
+                f"Ours: {dataset} top-1 vs {'cost' if col == 'device_hours' else 'compute'}{what}")
         jobs.append((ax, d[col], d["top1"], list(d["label"])))
     for ax, (name, g) in zip(axes[len(panels):], groups):
         _paper_panel(ax, g, "core_days", _PAPER_PANEL_TITLES.get(name, name),
@@ -421,7 +447,8 @@ def accuracy_throughput(
     hw = _hardware(thr) or "this device"
     _finish(ax, f"{mode} throughput (img/s per device, log)",
             f"{dataset} top-1 (%)",
-            f"Ours ({experiment}): {dataset} top-1 vs {mode} speed\non {hw}")
+            f"Ours: {dataset} top-1 vs {mode} speed on {hw}"
+            + (f"\n({experiment})" if experiment else ""))
     jobs.append((ax, agg["speed"], agg["mean"], list(agg["model"])))
     if paper:
         t3 = reference.load_table("table3")
