@@ -46,7 +46,12 @@ def _done_keys(table: str, root, *cols: str) -> set[tuple]:
     df = results.load(table, root, required=False)
     if df.empty:
         return set()
-    return {tuple(str(v) for v in r) for r in df[list(cols)].itertuples(index=False)}
+    return {_key(*r) for r in df[list(cols)].itertuples(index=False)}
+
+
+def _key(*values) -> tuple[str, ...]:
+    """Values as `_done_keys` compares them: text, a blank cell (None, NaN) as ""."""
+    return tuple("" if v is None or v != v else str(v) for v in values)
 
 
 def _joined_here() -> bool:
@@ -564,7 +569,9 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
     runs = run_cells(cells, launcher, log)
     if not _joined_here():
         return {}
-    done = _done_keys("shuffle", root, "run_id", "metric")
+    # one row per run, images scored, permutation and metric: an `evaluate --shuffle` of the run
+    # under another permutation or on a capped part of the split measured something else
+    done = _done_keys("shuffle", root, "run_id", "split", "eval_shuffle", "metric")
     out = []
     for cell, s in zip(cells, runs):
         kind = cell.label["shuffle"]
@@ -575,7 +582,7 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
                        eval_shuffle=kind, metric=metric, img_size=s["img_size"],
                        probe_dataset=probe_of(metric, s["dataset"]), **measured,
                        **{k: s.get(k) for k in results.PROVENANCE})
-            if (s["run_id"], metric) not in done:
+            if _key(s["run_id"], row.get("split"), kind, metric) not in done:
                 results.append_row("shuffle", row, root)
             out.append(row)
     written = regenerate(root, None, ["shuffle"])["written"]

@@ -767,7 +767,7 @@ SHORT: dict[str, list[str]] = {
     "settings": ["key", "default", "meaning", "range", "type"],
     "presets": ["name", "model", "dataset", "epochs"],
     "datasets": ["name", "classes", "splits", "offline", "hub_id"],
-    "plan": ["run", "steps", "images", "train FLOPs", "here"],
+    "plan": ["run", "steps", "images", "train_flops", "here_s"],
 }
 # Headers of the paper's tables, whose columns name the paper's quantities.
 PAPER_HEADERS = {"paper_name": "model", "model": "zoo name", "top1": "ImageNet %",
@@ -877,14 +877,14 @@ def claims(verdicts, fmt: Format, write_md: Path | None, changed: bool | None) -
 def plan(p: dict) -> None:
     """A --dry-run: the runs, their length and FLOPs, and the estimates."""
     f, est = formatting, p["estimate"]
-    rows = [{"run": c.label or c.model, "model": f.label(c.model), "px": c.img_size,
-             "steps": f.count(c.steps), "batch": f.count(c.batch), "images": f.count(c.images),
-             "train FLOPs": f.flops(c.train_flops), "evaluations": f.count(c.evaluations),
-             "here": "read back" if c.finished else f.seconds(s), "run id": c.run_id or c.note}
+    rows = [{"run": c.label or c.model, "model": f.label(c.model), "img_size": c.img_size,
+             "steps": c.steps, "batch_size": c.batch, "images": c.images,
+             "train_flops": c.train_flops, "evaluations": c.evaluations,
+             "here_s": "read back" if c.finished else s, "run_id": c.run_id or c.note}
             for c, s in zip(p["cells"], est["seconds_per_cell"])]
     emit(rows, Format.table, title=f"{p['what']} --dry-run: {len(rows)} training run"
                                    f"{'s' if len(rows) != 1 else ''}, nothing written",
-         short=SHORT["plan"])
+         short=SHORT["plan"], headers={"here_s": "here", "run_id": "run id"})
     lines = [f"total: {f.count(est['steps'])} steps, {f.count(est['images'])} training images, "
              f"{f.flops(est['train_flops'])} to train and {f.flops(est['eval_flops'])} to "
              "evaluate",

@@ -165,6 +165,25 @@ def test_a_length_means_one_run_however_it_is_spelled(tmp_path):
         assert (cfg["epochs"], cfg["steps"]) == (1.0, None), given
 
 
+@pytest.mark.slow
+def test_an_evaluate_of_a_shuffle_run_never_blocks_its_own_row(tmp_path):
+    """The Mixer run `reproduce shuffle` trains on original images, trained first by `pretrain`
+    and evaluated under the global shuffle on 50 images: `reproduce shuffle` still records the
+    run's own top-1 (original images, whole split), once however often it runs."""
+    shuffle = ["--dataset", "synthetic", "--device", "cpu", "--steps", "2", "--results-dir",
+               tmp_path]
+    ok(cli("pretrain", "--preset", "smoke", "--model", "mixer", "--set", "data.shuffle=none",
+           "--set", "data.shuffle_patch=4", *shuffle))
+    (run,) = (tmp_path / "runs").iterdir()
+    ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+           "--shuffle", "global", "--max-examples", "50", "--results-dir", tmp_path))
+    for _ in range(2):
+        ok(cli("reproduce", "shuffle", "--budget", "smoke", *shuffle))
+    own = [(r["split"], r["metric"]) for r in rows(tmp_path / "shuffle.csv")
+           if r["run_id"] == run.name and r["eval_shuffle"] == "none"]
+    assert sorted(own) == [("test", "fewshot5"), ("test", "top1")]
+
+
 # ------------------------------------------------------------------------------ upgrade
 
 

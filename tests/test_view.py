@@ -376,8 +376,9 @@ def test_dry_run_of_a_launched_sweep_says_how_its_runs_go(tmp_path, monkeypatch)
                                                              "model.depth=1")
                                                   for a in ("--set", k)],
             "--launcher", "local", "--parallel", "2", "--dry-run", "--results-dir",
-            str(tmp_path / "r"), env={"COLUMNS": "120"})
+            str(tmp_path / "r"), env={"COLUMNS": "80"})
     assert r.exit_code == 0, r.output
+    assert "…" not in r.output and re.search(r"\n  model mixer.* 3 +384 ", r.output), r.output
     text = " ".join(r.output.split())
     cores = len(__import__("os").sched_getaffinity(0))
     threads = max(1, cores // 2)
