@@ -300,7 +300,7 @@ def compare(
                    preset=preset, seeds=seeds, epochs=epochs, steps=steps, fewshot=fewshot,
                    with_bench=with_bench, root=results_dir, data_dir=data_dir, device=device,
                    settings=settings, config=config, launcher=o.launcher(
-                       launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg, tasks_per_job))
+                       launcher, parallel, gpus_per_job, partition, time_limit, slurm_arg, tasks_per_job, tracker))
     view.sweep("compare", out, fmt, wide)
 
 

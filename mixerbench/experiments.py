@@ -26,7 +26,7 @@ from mixerbench import files, results
 from mixerbench.errors import UserError
 from mixerbench.events import Log, noop
 from mixerbench.evaluate import probe_of
-from mixerbench.launch import Cell, Launcher, run_cells
+from mixerbench.launch import AUTO, Cell, Launcher, run_cells
 from mixerbench.launch import Event as CellEvent
 from mixerbench.runtime import rank
 
@@ -731,7 +731,8 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
     block-diagonally (K^2 copies, K = 2 here), which starts out computing the mean of the K^2
     image parts' outputs; pre-training helps transfer (Tables 2-3).
     Measures: the budget's Mixer pre-trained on `upstream` (the budget's settings, e.g. a
-    `--set data.fraction` applies here only; `--set seed` seeds every stage), then fine-tuned on `dataset` with the paper's
+    `--set data.fraction` applies here only; `--set seed` seeds every stage, `--set steps` and
+    `max_eval_examples` size every stage), then fine-tuned on `dataset` with the paper's
     fine-tuning recipe (SGD 0.9, cosine, clip 1, no weight decay or stochastic depth, a fresh
     zero head) at the pre-training resolution and at twice it, against the same Mixer trained
     from scratch on `dataset` with the same recipe and number of steps. The downstream runs use
@@ -755,7 +756,8 @@ def reproduce_transfer(*, root=None, dataset=None, upstream=None, budget="smoke"
 
     pinned = up.get("checkpoint_sha256") or weights_sha256(up["run_dir"])
     runs = run_cells(_downstream_cells(up["run_dir"], description_of(up), dataset, budget, root,
-                                       data_dir, device, pinned, seed=_seed_of(up_cell)),
+                                       data_dir, device, pinned, seed=_seed_of(up_cell),
+                                       sized=_sizes(overrides)),
                      launcher, log)
     if not _joined_here():
         return {}
@@ -794,6 +796,16 @@ def _pipeline_of(dataset: str) -> str | None:
     return record.pipeline if record else None
 
 
+# The `--set` settings of `reproduce transfer` that size its downstream runs as well as its
+# upstream one: how long they train and on how many test images they are scored. The budget's
+# other settings (a subset fraction, a pipeline) are the upstream recipe's only.
+SIZES = ("steps", "max_eval_examples")
+
+
+def _sizes(overrides: dict | None) -> dict:
+    return {k: v for k, v in (overrides or {}).items() if k in SIZES}
+
+
 def _seed_of(up_cell: Cell):
     """The `--set seed` of a transfer (None: not given). A seed is one run of the whole
     pipeline: it seeds the pre-training and the three downstream runs alike (the claims pool
@@ -803,16 +815,19 @@ def _seed_of(up_cell: Cell):
 
 
 def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, data_dir,
-                      device, pinned: str | None = None, seed=None) -> list[Cell]:
+                      device, pinned: str | None = None, seed=None,
+                      sized: dict | None = None) -> list[Cell]:
     """Transfer's three downstream runs: fine-tuned from the upstream run in `up_dir` (its
     model `rec`) at 1x and 2x, and the same architecture from scratch, all with the paper's
     fine-tuning recipe and equal steps, at `seed` (a `--set` value; None: the default).
     `pinned`: the sha256 of the upstream weights both fine-tuning runs must start from (one
-    changed in between is refused, never mixed)."""
+    changed in between is refused, never mixed). `sized`: the `SIZES` settings the user gave
+    (none: the budget's 300 or 1,000 steps on the whole test split)."""
     from mixerbench.models import get_spec
 
     family = get_spec(rec["name"]).family
-    steps = 300 if budget in ("smoke", "cpu") else 1000
+    sized = dict(sized or {})
+    steps = int(sized.pop("steps", None) or (300 if budget in ("smoke", "cpu") else 1000))
     # The paper's fine-tuning recipe ('finetune' preset: SGD 0.9, cosine, clip 1, no weight
     # decay, lr 0.03 from its grid) for all three downstream runs, so only the starting weights
     # differ; the upstream's settings (a subset fraction, its pipeline) do not carry over.
@@ -820,7 +835,7 @@ def _downstream_cells(up_dir: str, rec: dict, dataset: str, budget: str, root, d
     down = {"data.batch_size": "32" if budget in ("smoke", "cpu") else "512",
             "optim.warmup_steps": str(steps // 10), "eval_every": str(steps),
             "data.eval_pipeline": "eval-plain",
-            "data.pipeline": _pipeline_of(dataset) or "small"}
+            "data.pipeline": _pipeline_of(dataset) or "small", **sized}
     if seed is not None:
         down["seed"] = str(seed)
     flags = {**_common_flags(None, data_dir, device), "steps": steps}
@@ -1190,7 +1205,8 @@ def reproduce(artifact: str, **kw) -> dict:
     if kw.get("init") and artifact != "avg5":
         raise UserError(f"--init is for reproduce avg5 (weights to fine-tune); reproduce "
                         f"{artifact} trains its own, so drop it.")
-    if kw.get("launcher") is not None and artifact in ("table1", "throughput", "released"):
+    if getattr(kw.get("launcher"), "kind", AUTO) != AUTO and artifact in ("table1", "throughput",
+                                                                        "released"):
         raise UserError(f"reproduce {artifact} trains no cells, so --launcher does not apply; "
                         "run it without (throughput measures the machine it runs on).")
     return EXPERIMENTS[artifact](**kw)
@@ -1228,7 +1244,8 @@ def _planned_cells(name: str, *, root, **kw) -> tuple[list, list[str], list | No
                                               if getattr(m, k) is not None}})
         *tuned, scratch = _downstream_cells("(the upstream run)", rec, dataset,
                                             kw.get("budget", "smoke"), root, kw.get("data_dir"),
-                                            kw.get("device"), seed=_seed_of(up_cell))
+                                            kw.get("device"), seed=_seed_of(up_cell),
+                                            sized=_sizes(kw.get("overrides")))
         base = scratch.config()
         out = [(up, _label(up_cell), "")]
         for k, c in zip((1, 2), tuned):  # the upstream model at k times its size, as fine-tuned

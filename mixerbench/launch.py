@@ -37,6 +37,7 @@ from mixerbench.train import Event as TrainEvent
 from mixerbench.train import TrainingStopped
 
 LAUNCHERS = ("local", "slurm")
+AUTO = "auto"  # the launcher of a command that names none: `auto_launcher` decides
 INSTALL = 'pip install "mixerbench[launchers]"'
 # The local executor ends a job after timeout_min (default 2 minutes): without --time-limit a
 # local cell may run for a week.
@@ -51,6 +52,7 @@ class Event:
     CELL = "cell"      # a cell starts here: its label, index, of
     LAUNCH = "launch"  # cells go out as jobs: launcher, cells, parallel, folder
     JOB = "job"        # a job was submitted or ended: its label, state, job_id, run_id, top1, ...
+    CELLS = "cells"    # launched cells' progress: done (finished + running fractions), of, running
 
 
 
@@ -109,6 +111,8 @@ class Launcher:
     time_limit: int | None = None
     slurm_args: dict = field(default_factory=dict)
     tasks_per_job: int | None = None
+    threads: int | None = None  # torch threads per CPU job (None: the cores shared out)
+    auto: bool = False  # chosen by `auto_launcher` for a command that named no launcher
 
 
 # Bounds on the launcher options: more cells at once than a cluster queues, a job longer than a
@@ -157,6 +161,66 @@ def make_launcher(kind: str, *, parallel: int | None = None, gpus_per_job: int |
     return Launcher(kind, parallel, gpus_per_job, partition, time_limit, extra, tasks_per_job)
 
 
+# A sweep's cells on a CPU when the command names no launcher: one process per cell, one torch
+# thread each, up to two processes per core at once, instead of one after another here. The
+# smoke models are too small for a second intra-op thread to help: the serial main job
+# (`compare --models mixer,vit,resnet --preset smoke`) kept 1.0 of 2 idle cores busy (108 CPU-s,
+# 110 s), while one-thread processes keep every core busy. One thread per cell is also how the
+# committed compare rows were trained: a CPU run's float sums, and so its numbers, depend on its
+# thread count. A process costs ~3 CPU-s to start (torch and timm imports), ~50 steps of a
+# smoke model, so cells shorter than AUTO_MIN_STEPS stay in this process.
+AUTO_MIN_STEPS = 100
+
+
+def auto_launcher(cells: list[Cell]) -> Launcher | None:
+    """How to run `cells` when no launcher was asked for: local processes of one torch thread
+    each (see AUTO_MIN_STEPS), up to two per core, when they train on the CPU, at least two
+    have yet to train, none is set to fewer than AUTO_MIN_STEPS steps, the machine has two
+    cores or more and two processes fit at once (an `OMP_NUM_THREADS` the user set is each
+    one's threads, two threads per core at most), the process is not one of
+    torchrun's, and submitit is installed; else None (one after another here). It reads only
+    the cells' configs and which of their runs have finished: nothing is started."""
+    threads = _omp_threads() or 1
+    room = 2 * _cores() // threads
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 or _cores() < 2 or room < 2:
+        return None
+    try:
+        import submitit  # noqa: F401
+    except ImportError:
+        return None
+    from mixerbench.runtime import resolve_device
+
+    configs = [cell.config() for cell in cells]
+    if any(resolve_device(cfg.device) != "cpu" or (cfg.steps is not None
+                                                   and cfg.steps < AUTO_MIN_STEPS)
+           for cfg in configs):
+        return None
+    todo = sum(1 for cell in cells if not _finished(cell))
+    if todo < 2:
+        return None
+    return Launcher("local", parallel=min(todo, room), threads=threads, auto=True)
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def _omp_threads() -> int | None:
+    try:
+        return max(1, int(os.environ["OMP_NUM_THREADS"]))
+    except (KeyError, ValueError):
+        return None
+
+
+def _finished(cell: Cell) -> bool:
+    """Whether `cell`'s run has finished (its summary is in its run directory)."""
+    from mixerbench import results
+    from mixerbench.config import run_id
+    from mixerbench.rundir import read_summary
+
+    return read_summary(results.run_path(Path(cell.root), run_id(cell.config()))) is not None
+
+
 def import_submitit():
     try:
         import submitit
@@ -177,6 +241,8 @@ def run_cells(cells: list[Cell], launcher: Launcher | None = None, log: Log = no
 
     for cell in cells:
         check_model(cell.config())
+    if launcher is not None and launcher.kind == AUTO:
+        launcher = auto_launcher(cells)
     if launcher is None:
         out = []
         for i, cell in enumerate(cells):
@@ -471,13 +537,13 @@ def _visible_gpus() -> list[int]:
 
 
 def cpu_threads(launcher: Launcher, parallel: int) -> int | None:
-    """Threads per CPU-only local job: the cores shared out among the processes at once (each
-    takes all cores otherwise and they slow each other down); None keeps an OMP_NUM_THREADS
-    the user set (and on SLURM the job takes the CPUs it was given, `run_cell_job`)."""
+    """Threads per CPU-only local job: the launcher's, else the cores shared out among the
+    processes at once (each takes all cores otherwise and they slow each other down); None
+    keeps an OMP_NUM_THREADS the user set (and on SLURM the job takes the CPUs it was given,
+    `run_cell_job`)."""
     if launcher.kind != "local" or gpus_per_job(launcher) or "OMP_NUM_THREADS" in os.environ:
         return None
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return max(1, (cores or 1) // (parallel * (launcher.tasks_per_job or 1)))
+    return launcher.threads or max(1, _cores() // (parallel * (launcher.tasks_per_job or 1)))
 
 
 # ------------------------------------------------------------------- the sweep's own folder
@@ -578,6 +644,7 @@ class _Sweep:
     out: list = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     done: int = 0
+    shown: dict = field(default_factory=dict)  # the last `Event.CELLS` info
 
 
 def _launched(cells: list[Cell], launcher: Launcher, log: Log) -> list[dict]:
@@ -609,16 +676,19 @@ def _launched(cells: list[Cell], launcher: Launcher, log: Log) -> list[dict]:
                 CellJob(cpu_threads(launcher, len(room))), room, log, folder,
                 todo=todo, out=out, done=done)
     log(Event.LAUNCH, dict(launcher=launcher.kind, cells=len(todo), parallel=len(room),
-                       folder=str(folder)))
+                           threads=sw.job.threads or _omp_threads(), auto=launcher.auto,
+                           folder=str(folder)))
     poll = 0.5 if launcher.kind == "local" else SLURM_POLL_S
     with stop_signals() as stop, _quiet_submitit():
         while sw.todo or sw.running:
             _fill(sw)
             _watch(sw)
+            _progress(sw)
             if stop["stop"]:
                 _stop(sw)
             if sw.todo or sw.running:
                 time.sleep(poll)
+    log(Event.CELLS, dict(done=len(cells), of=len(cells), running=0))
     if sw.failed:
         raise CellsFailed(f"{len(sw.failed)} of {len(cells)} cells failed ({sw.failed[0]}); "
                           f"their logs are in {folder}. The other cells' results are recorded: "
@@ -632,13 +702,7 @@ SLURM_POLL_S = 5.0  # one squeue call per poll, for all of the sweep's jobs
 def _read_back(cell: Cell) -> dict | None:
     """The summary of `cell`'s run if it has finished, read back from its run directory and
     the CSVs the way the serial command reads it (nothing a job pickled); else None."""
-    from mixerbench import results
-    from mixerbench.config import run_id
-    from mixerbench.rundir import read_summary
-
-    cfg = cell.config()
-    run_dir = results.run_path(Path(cell.root), run_id(cfg))
-    if read_summary(run_dir) is None:
+    if not _finished(cell):
         return None
     return run_cell(cell)  # a finished run is read back (and checked), never retrained
 
@@ -716,6 +780,44 @@ def _watch(sw: _Sweep) -> None:
         sw.out[i] = summary
         sw.log(Event.JOB, dict(where, state=JobState.FINISHED, run_id=summary["run_id"],
                            top1=summary["top1"]))
+
+
+def _progress(sw: _Sweep) -> None:
+    """`Event.CELLS` when it changed: the cells done, plus each running one's share of its
+    steps (from its job's log; under 1 until its job has ended: it still evaluates)."""
+    running = [_job_steps(job) for job in sw.running.values()]
+    done = sw.done + sum(min(step / total, 0.99) for step, total in filter(None, running) if total)
+    info = dict(done=round(done, 3), of=len(sw.cells), running=len(sw.running))
+    if info != sw.shown:
+        sw.shown = info
+        sw.log(Event.CELLS, info)
+
+
+LOG_TAIL = 16384  # bytes of a job's log read for its progress
+
+
+def _job_steps(job: _Job) -> tuple[int, int] | None:
+    """(step, total steps) of a running job's cell, from the last line of its log naming both
+    (`_job_log` writes the loop's start and every tenth step); None before it trains. The log
+    is in the sweep's private folder; it is opened without blocking, only as a regular file,
+    and only its tail is read."""
+    import stat
+
+    try:
+        fd = os.open(job.handle.paths.stderr, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK)
+        with os.fdopen(fd, "rb") as fh:
+            size = os.fstat(fh.fileno())
+            if not stat.S_ISREG(size.st_mode):
+                return None
+            fh.seek(max(0, size.st_size - LOG_TAIL))
+            lines = fh.read(LOG_TAIL).decode("utf-8", "replace").splitlines()
+    except OSError:
+        return None
+    for line in reversed(lines):
+        total, step = re.search(r"\btotal_steps=(\d+)", line), re.search(r"\bstep=(\d+)", line)
+        if total and step:
+            return int(step.group(1)), int(total.group(1))
+    return None
 
 
 def _slurm_states(job_ids: list[str]) -> dict[str, tuple[str, int]]:

@@ -111,7 +111,7 @@ class LauncherKind(str, Enum):
 
 
 LauncherOpt = Annotated[Optional[LauncherKind], typer.Option(
-    "--launcher", help="Run the cells as jobs through submitit: local (processes here, --parallel at once) or slurm (a job per cell). Default: one after another in this process.")]
+    "--launcher", help="Run the cells as jobs through submitit: local (processes here, --parallel at once) or slurm (a job per cell). Default: on a CPU, cells of 100 steps or more as processes of one torch thread each; else one after another in this process.")]
 ParallelOpt = Annotated[Optional[int], typer.Option(
     "--parallel", help="Cells at once (local default: one per GPU slot, else 1; slurm: all, queued).")]
 GpusPerJobOpt = Annotated[Optional[int], typer.Option(
@@ -141,9 +141,11 @@ def what(print_config: bool, dry_run: bool, on: str | None) -> dict:
 
 
 def launcher(kind: LauncherKind | None, parallel, gpus_per_job, partition, time_limit,
-             slurm_args, tasks_per_job=None):
-    """The `--launcher` options as a `launch.Launcher` (None: serial); launcher options
-    without `--launcher` are an error rather than silently serial."""
+             slurm_args, tasks_per_job=None, tracker: str | None = None):
+    """The `--launcher` options as a `launch.Launcher`; launcher options without `--launcher`
+    are an error rather than silently serial. Without them: `launch.AUTO` (`auto_launcher`
+    decides from the cells), or None (serial) with a `--tracker`, which follows the runs this
+    process trains."""
     if kind is None:
         given = [name for name, v in (("--parallel", parallel), ("--gpus-per-job", gpus_per_job),
                                       ("--partition", partition), ("--time-limit", time_limit),
@@ -151,7 +153,11 @@ def launcher(kind: LauncherKind | None, parallel, gpus_per_job, partition, time_
                                       ("--tasks-per-job", tasks_per_job)) if v not in (None, [])]
         if given:
             fail(f"{', '.join(given)} only apply with --launcher local or --launcher slurm.")
-        return None
+        if tracker:
+            return None
+        from mixerbench.launch import AUTO, Launcher
+
+        return Launcher(AUTO)
     from mixerbench.launch import make_launcher
 
     return make_launcher(kind.value, parallel=parallel, gpus_per_job=gpus_per_job,

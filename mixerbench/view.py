@@ -388,7 +388,8 @@ class ProgressView:
                     "attempt were dropped.", done),
                 "STEP": self._step, "EVAL": self._eval, "STAGE": lambda i: self._stage(i["what"]),
                 "FINISHED": self._finished, "END": lambda i: self.stop()},
-            "mixerbench.launch": {"CELL": self._cell, "LAUNCH": self._launch, "JOB": self._job},
+            "mixerbench.launch": {"CELL": self._cell, "LAUNCH": self._launch, "JOB": self._job,
+                                  "CELLS": self._cells},
             "mixerbench.experiments": {
                 "FEWSHOT": lambda i: done(f"linear {i['shots']}-shot probe of {e(i['run_id'])}"),
                 "BENCH": lambda i: done("benchmarking " + e(", ".join(
@@ -465,9 +466,25 @@ class ProgressView:
 
     def _launch(self, info: dict) -> None:
         self.stop()
-        self.console.print(f"[bold magenta]{info['cells']} cells as {info['launcher']} jobs, "
-                           f"up to {info['parallel']} at once[/]; job logs in "
-                           f"{e(info['folder'])}", soft_wrap=True)
+        how = f"{info['launcher']} jobs"
+        if info.get("auto"):  # no --launcher: the command chose processes (launch.auto_launcher)
+            how = (f"processes of {info['threads']} torch thread each (on a CPU, faster than "
+                   "one after another; --launcher picks another way)")
+        self.console.print(f"[bold magenta]{info['cells']} cells as {how}, up to "
+                           f"{info['parallel']} at once[/]; job logs in {e(info['folder'])}",
+                           soft_wrap=True)
+
+    def _cells(self, info: dict) -> None:
+        """Launched cells' progress on a terminal: a bar of cells (each running one counted by
+        its share of steps), at its full count once they have all ended. On a pipe the job
+        events' lines (submitted, started, finished) are the progress."""
+        if self.live and self.bar is None and info["running"]:
+            self._bar("cells", info["of"], 0)
+        if self.bar is not None:
+            self.bar.update(self.task, completed=info["done"], total=info["of"],
+                            stats=f"{info['running']} running")
+            if not info["running"] and info["done"] >= info["of"]:  # all of them have ended
+                self.stop()
 
     def _job(self, info: dict) -> None:
         """A launched cell: submitted, started, requeued, finished, read back or failed."""

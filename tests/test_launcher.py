@@ -145,6 +145,46 @@ def test_local_launcher_gives_the_serial_table(tmp_path, child_env):
     assert folder.stat().st_mode & 0o777 == 0o700 and not list((tmp_path / "local").rglob("*.pkl"))
 
 
+@pytest.mark.slow
+def test_a_cpu_sweep_sends_its_long_cells_to_one_thread_processes(tmp_path, child_env,
+                                                                  one_thread):
+    """Without --launcher, a sweep whose cells train on the CPU for AUTO_MIN_STEPS steps or
+    more runs them as local processes of one torch thread each (a CPU's cores are used
+    that way; the smoke models gain nothing from a second thread in one process) and gets
+    what one-thread training one after another gets: the same runs, the same numbers to the
+    last digit. Shorter cells, or a single one, stay in the command's process."""
+    pytest.importorskip("submitit")
+    from mixerbench import experiments
+    from mixerbench.launch import AUTO_MIN_STEPS, auto_launcher
+
+    tiny = {"model.width": "16", "model.depth": "1", "data.batch_size": "50",
+            "model.img_size": "32", "steps": str(AUTO_MIN_STEPS)}
+    cells = lambda models, **over: experiments.compare_cells(  # noqa: E731
+        models, dataset="synthetic", root=tmp_path / "serial", device="cpu",
+        overrides={**tiny, **over})
+    assert auto_launcher(cells(["mixer", "vit"], steps=str(AUTO_MIN_STEPS - 1))) is None
+    assert auto_launcher(cells(["mixer"])) is None
+    chosen = auto_launcher(cells(["mixer", "vit"]))
+    assert (chosen.kind, chosen.threads, chosen.parallel) == ("local", 1, 2)
+    with pytest.MonkeyPatch.context() as mp:  # threads the user set: two don't fit 2 per core
+        mp.setenv("OMP_NUM_THREADS", str(2 * len(os.sched_getaffinity(0))))
+        assert auto_launcher(cells(["mixer", "vit"])) is None
+
+    experiments.compare(["mixer", "vit"], dataset="synthetic", with_bench=False,
+                        root=tmp_path / "serial", device="cpu", overrides=tiny)  # this process
+    env = {k: v for k, v in child_env.items() if k != "OMP_NUM_THREADS"}  # the launcher's pick
+    code, _, err = finish(start([*SWEEP, *[a for k, v in tiny.items() for a in ("--set", f"{k}={v}")],
+                                 "--results-dir", tmp_path / "auto"], env))
+    assert code == 0, err[-3000:]
+    assert "2 cells as processes of 1 torch thread each" in " ".join(err.split()), err
+    assert len(list(job_folder(err).glob("*_0_log.err"))) == 2
+    keep = ("run_id", "top1", "top5", "loss")
+    serial, auto = ([{k: r[k] for k in keep} for r in sorted(rows(tmp_path / d / "accuracy.csv"),
+                                                             key=lambda r: r["run_id"])]
+                    for d in ("serial", "auto"))
+    assert len(auto) == 2 and auto == serial
+
+
 def job_folder(err: str) -> Path:
     """The sweep's private job folder, as its launch line names it."""
     return Path(re.search(r"job logs in (\S+)", err).group(1))

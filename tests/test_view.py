@@ -208,6 +208,22 @@ def test_progress_fits_80_columns():
     assert "global batch 128 (64 per process x 2 processes)" in " ".join(out.split())
     assert "1234/2000" in out and "loss 0.1235" in out
 
+    # cells a sweep sent out as processes by itself: the launch line, then a bar of cells
+    # (running ones counted by their share of steps), ending at its full count
+    from mixerbench.launch import Event as CellEvent
+
+    buf.truncate(0)
+    view(CellEvent.LAUNCH, dict(launcher="local", cells=3, parallel=3, threads=1, auto=True,
+                                folder="/home/someone/.cache/mixerbench/launcher/compare-smoke-"
+                                       "20261206-123543-24625"))
+    view(CellEvent.CELLS, dict(done=1.4, of=3, running=2))
+    view(CellEvent.CELLS, dict(done=3, of=3, running=0))
+    assert view.bar is None  # stopped once every cell has ended
+    out = buf.getvalue()
+    assert "…" not in out, out
+    assert "3 cells as processes of 1 torch thread each" in " ".join(out.split())
+    assert "3/3" in out and "0 running" in out
+
 
 def test_counted_progress_on_a_pipe_is_a_few_lines(monkeypatch):
     """A part counted in many updates (80 for 4,000 JPEGs) gives a log its line and then one
@@ -309,6 +325,16 @@ def test_compare_and_reproduce_take_steps_and_print_their_configs():
     r = cli("reproduce", "shuffle", "--steps", "2", "--print-config")
     assert r.exit_code == 0, r.output
     assert {c["steps"] for c in json.loads(r.output)} == {2}
+    # transfer: the sizes given reach its three downstream runs too (pre-training, fine-tuning
+    # at 1x and 2x, from scratch); without them the downstream runs take the budget's 300 steps
+    r = cli("reproduce", "transfer", "--steps", "2", "--set", "max_eval_examples=50",
+            "--print-config")
+    assert r.exit_code == 0, r.output
+    configs = json.loads(r.output)
+    assert [(c["steps"], c["max_eval_examples"]) for c in configs] == [(2, 50)] * 4
+    r = cli("reproduce", "transfer", "--print-config")
+    assert r.exit_code == 0, r.output
+    assert [c["steps"] for c in json.loads(r.output)][1:] == [300, 300, 300]
 
 
 # ------------------------------------------------------------------------------- dry run
