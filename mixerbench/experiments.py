@@ -261,12 +261,14 @@ def description_of(summary: dict) -> dict:
 
 
 def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
-                 device: str | None = None, seeds: int = 3, log: Log = noop) -> list[dict]:
+                 device: str | None = None, seeds: int | None = None,
+                 log: Log = noop) -> list[dict]:
     """Linear few-shot of a finished run's frozen features (docs/paper-notes.md §5), unless
     already in fewshot.csv; rows are appended there and returned. The probe is measured on the
     whole of the run's eval split, even when its own accuracy used a stratified N of its images."""
-    from mixerbench.evaluate import FEWSHOT_L2, evaluate
+    from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS, evaluate
 
+    seeds = seeds or FEWSHOT_SEEDS
     split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
     # the probe this measures: shots from `train`, the run's own eval crop and size; another
     # crop's probe of the run (`evaluate --crop resize --fewshot 5`) is not this one
@@ -622,7 +624,7 @@ def _fewshot5(summary: dict, root, data_dir, device) -> dict:
 def _fewshot_of(root, summary: dict, shots: int) -> dict:
     """The row `fewshot_rows` recorded for `summary`'s run: `shots` shots, the whole split, the
     default l2 and draws (the last such row)."""
-    from mixerbench.evaluate import FEWSHOT_L2
+    from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS
 
     df = results.load("fewshot", root, required=False)
     split = (summary.get("split") or "test").split("[")[0]
@@ -630,7 +632,7 @@ def _fewshot_of(root, summary: dict, shots: int) -> dict:
              & (df["shots"].astype(str) == str(shots))
              & (df["dataset"].astype(str) == summary["dataset"])
              & (df["split"].astype(str) == split) & (df["l2_reg"] == FEWSHOT_L2)
-             & (df["num_seeds"] == 3)
+             & (df["num_seeds"] == FEWSHOT_SEEDS)
              & (df["pipeline"].astype(str) == _eval_pipeline(summary))]
     return {k: (None if v != v else v) for k, v in hit.iloc[-1].items()} if len(hit) else {}
 

@@ -130,22 +130,25 @@ def test_a_capped_probe_and_the_full_one_are_both_recorded_each_labelled(tmp_pat
     assert list(t["fewshot_top1"]) == pytest.approx([float(few[1]["top1_mean"])] * 2)
 
 
-def test_a_probe_under_another_crop_is_not_the_compares_own(tmp_path):
-    """`evaluate --crop resize --fewshot 5` of a compare's run, then `compare --fewshot 5`: the
-    compare still probes the run through its own eval crop, and its table's 5-shot cell is
-    that probe, not the resize-crop one recorded first."""
+def test_a_probe_made_another_way_is_not_the_compares_own(tmp_path):
+    """`evaluate --crop resize --fewshot 5` and `evaluate --fewshot 5 --seeds 1` of a compare's
+    run, then `compare --fewshot 5`: the compare still probes the run its own way (its eval
+    crop, three draws), and its table's 5-shot cell is that probe, not one recorded first."""
     compare = ["compare", "--models", "mixer", "--preset", "smoke", "--steps", "2", "--no-bench",
                *TINY_MODEL, "--results-dir", tmp_path]
     ok(cli(*compare))
     (run,) = (tmp_path / "runs").iterdir()
-    ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
-           "--fewshot", "5", "--crop", "resize", "--results-dir", tmp_path))
+    for other in (["--crop", "resize"], ["--seeds", "1"]):
+        ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+               "--fewshot", "5", *other, "--results-dir", tmp_path))
     ok(cli(*compare, "--fewshot", "5"))
-    probes = {r["pipeline"]: r["top1_mean"] for r in rows(tmp_path / "fewshot.csv")}
-    assert set(probes) == {"eval-resize", "eval-plain"}
+    probes = {(r["pipeline"], r["num_seeds"]): r["top1_mean"]
+              for r in rows(tmp_path / "fewshot.csv")}
+    assert set(probes) == {("eval-resize", "3"), ("eval-plain", "1"), ("eval-plain", "3")}
     ok(cli("plot", "compare", "--results-dir", tmp_path))
     (table,) = (tmp_path / "tables").glob("compare-*.csv")
-    assert float(rows(table)[0]["fewshot_top1"]) == pytest.approx(float(probes["eval-plain"]))
+    assert float(rows(table)[0]["fewshot_top1"]) == pytest.approx(
+        float(probes[("eval-plain", "3")]))
 
 
 def test_a_compare_table_keeps_the_size_of_its_own_models_after_another_compare(tmp_path):
