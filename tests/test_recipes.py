@@ -174,8 +174,11 @@ def test_a_length_means_one_run_however_it_is_spelled(tmp_path):
     preset trains one epoch, as `--epochs 1` does, rather than the preset's 500 steps."""
     for length in (["--set", "steps=2"], ["--steps", "2"], ["--config", tmp_path / "c.json"]):
         (tmp_path / "c.json").write_text(json.dumps({"steps": 2}))
-        ok(cli("compare", "--models", "mixer", "--preset", "smoke", "--no-bench", *TINY_MODEL,
-               *length, "--results-dir", tmp_path / "r"))
+        out = ok(cli("compare", "--models", "mixer", "--preset", "smoke", "--no-bench",
+                     *TINY_MODEL, *length, "--results-dir", tmp_path / "r"))
+        # without a bench the table shows no speed, and its title promises none
+        title = next(line for line in out.splitlines() if line.startswith("compare on"))
+        assert "img/s" not in title
     assert len(list((tmp_path / "r" / "runs").iterdir())) == 1
     (table,) = (tmp_path / "r" / "tables").glob("compare-*.csv")
     assert [r["n"] for r in rows(table)] == ["1"]
