@@ -447,7 +447,10 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     table = compare_table(acc, thr, few, dataset=ds_name, zoo_df=zoo, shots=fewshot,
                           settings=recipe_settings(root, acc))
     written = regenerate(root, None, ["compare"])["written"]
-    title = compare_name(ds_name, str(acc["experiment"].iloc[0]))[1] if len(acc) else ""
+    # the title names the compare's own tag: a run read back may have been trained by a
+    # `pretrain` of the same settings (no compare tag, which read "preset nan")
+    tags = [t for t in acc["experiment"].dropna().astype(str) if t.startswith("compare")]
+    title = compare_name(ds_name, tags[0])[1] if tags else ""
     return dict(table=table, runs=runs, dataset=ds_name, written=written, title=title)
 
 

@@ -247,7 +247,8 @@ def _rich_table(d: "formatting.Display", title: str | None, caption: str | None 
     for c in d.columns:  # a cell is never cut: a table that does not fit is not drawn
         prose = c.key in PROSE
         table.add_column(e(c.header), justify="right" if c.numeric else "left",
-                         no_wrap=not prose, max_width=PROSE_WIDTH if prose else None)
+                         no_wrap=not prose, max_width=PROSE_WIDTH if prose else None,
+                         overflow="fold" if prose else "ellipsis")  # a long path folds
     for row in d.rows:  # escaped: labels like mixer-t4[width=64] are not rich markup
         table.add_row(*(e(v) for v in row))
     return table

@@ -436,3 +436,27 @@ def test_a_long_compare_tag_stays_over_its_own_panel():
         for i, (title, panel) in enumerate(boxes):
             assert title.width <= panel.width * 1.05, fig.axes[i].get_title()
             assert not any(title.overlaps(other) for other, _ in boxes[i + 1:])
+
+
+def test_a_long_word_in_a_prose_column_folds_and_is_never_cut(capsys, monkeypatch):
+    """A dataset's source folder is one long word: it folds onto the next line whole."""
+    from mixerbench import view
+
+    monkeypatch.setenv("COLUMNS", "80")
+    path = "/tmp/mixerbench-screens-mn073yeu/work/a-folder-of-jpegs-written-for-the-bench"
+    view.emit([{"field": "source", "value": f"local imagefolder {path}"}], view.Format.table)
+    out = capsys.readouterr().out
+    assert "…" not in out and path in "".join(ln.strip() for ln in out.splitlines()[3:]), out
+
+
+def test_a_compare_that_reads_back_a_pretrained_run_is_titled_by_its_own_tag(tmp_path):
+    """The smoke Mixer trained by `pretrain` is the compare's seed-0 Mixer (same run id): the
+    compare reads it back, and its title still names the compare's preset (it read "nan")."""
+    over = [a for k in ("model.width=8", "model.depth=1") for a in ("--set", k)]
+    root = str(tmp_path / "r")
+    assert cli("pretrain", "--preset", "smoke", "--steps", "3", *over, "--results-dir",
+               root).exit_code == 0
+    r = cli("compare", "--models", "mixer,vit", "--steps", "3", *over, "--no-bench",
+            "--results-dir", root, env={"COLUMNS": "120"})
+    assert r.exit_code == 0, r.output
+    assert "read back" in r.output and "compare on mnist-5k, preset smoke," in r.output, r.output

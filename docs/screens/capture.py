@@ -148,6 +148,8 @@ def main() -> int:
             else:
                 if line.startswith("mixerbench export "):  # it writes into a new folder only
                     shutil.rmtree(work / line.split()[3], ignore_errors=True)
+                if "--write-jpegs" in line:  # so does --write-jpegs
+                    shutil.rmtree(work / line.split()[2], ignore_errors=True)
                 text, took = run_in_pane(line, width, work, env, args.timeout)
             out = HERE / f"{n:02d}-{width}.txt"
             out.write_text(text)
