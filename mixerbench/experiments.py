@@ -1329,26 +1329,38 @@ def _dry_run(planned, *, root, extra=None, notes=(), what: str, device=None, on=
     cells = [plan.plan_config(cfg, label, note, root) for cfg, label, note in planned]
     est = plan.estimate(cells, root=root, device=device, on=on, compare=extra,
                         mfu=plan.DEFAULT_MFU if mfu is None else mfu,
-                        stages=stages and [(len(s), lanes(launcher, s)) for s in stages])
+                        stages=stages and _stages(stages, cells, launcher))
     papers = [p for p in (plan.paper_core_days(cfg) for cfg, _, _ in planned) if p]
     return dict(what=what, cells=cells, estimate=est, notes=[*notes, *est["notes"]],
                 paper=papers[0] if len(planned) == 1 and papers else None)
 
 
-def lanes(launcher: Launcher | None, cells: list[Cell]):
-    """How `run_cells(cells, launcher)` will run these cells here (a `plan.Lanes`), by the
-    launcher's own rules (`launch.auto_launcher` for a command that names none, `slots`,
-    `cpu_threads`). SLURM's jobs run elsewhere, each on cores of its own."""
+def _stages(stages: list[list[Cell]], planned: list, launcher) -> list:
+    """(cells, `lanes`) of each stage of launch cells, `planned` (`plan.Cell`s in the same
+    order) telling which have finished."""
+    out, first = [], 0
+    for cells in stages:
+        todo = sum(not c.finished for c in planned[first:first + len(cells)])
+        out.append((len(cells), lanes(launcher, cells, todo)))
+        first += len(cells)
+    return out
+
+
+def lanes(launcher: Launcher | None, cells: list[Cell], todo: int):
+    """How `run_cells(cells, launcher)` will run these cells here, `todo` of them yet to
+    train (a `plan.Lanes`), by the launcher's own rules (`launch.auto_launcher` for a command
+    that names none, `slots`, `cpu_threads`). SLURM's jobs run elsewhere, on cores of their
+    own."""
     import torch
 
     from mixerbench import launch
     from mixerbench.plan import Lanes, cores
 
-    if launcher is not None and launcher.kind == getattr(launch, "AUTO", None):
+    if launcher is not None and launcher.kind == launch.AUTO:
         launcher = launch.auto_launcher(cells)
     if launcher is None:
         return Lanes(1, torch.get_num_threads(), cores())
-    parallel = len(launch.slots(launcher, len(cells)))
+    parallel = len(launch.slots(launcher, max(1, todo)))
     threads = (launch.cpu_threads(launcher, parallel) or int(os.environ.get("OMP_NUM_THREADS")
                                                              or 0) or torch.get_num_threads())
     return Lanes(parallel, threads, parallel * threads if launcher.kind == "slurm" else cores(),
