@@ -187,6 +187,11 @@ def test_a_length_means_one_run_however_it_is_spelled(tmp_path):
         cfg = json.loads(ok(cli("finetune", "--init", next((tmp_path / "r" / "runs").iterdir()),
                                 "--dataset", "synthetic", *given, "--print-config")))
         assert (cfg["epochs"], cfg["steps"]) == (1.0, None), given
+    # a whole config (--print-config's: epochs 16, steps null) with --steps on top is --steps
+    (tmp_path / "whole.json").write_text(ok(cli("pretrain", *TINY, "--print-config")))
+    for given in (["--config", tmp_path / "whole.json", "--steps", "2"], ["--steps", "2"]):
+        cfg = json.loads(ok(cli("pretrain", *TINY, *given, "--print-config")))
+        assert (cfg["epochs"], cfg["steps"]) == (None, 2), given
 
 
 @pytest.mark.slow
