@@ -102,6 +102,7 @@ def features(model, batches, *, device: str = "cpu", dtype: str = "fp32"):
 FEWSHOT_BIAS = 100.0   # big_vision BIAS_CONSTANT
 FEWSHOT_STD_EPS = 1e-5  # added to the std, as big_vision does
 FEWSHOT_L2 = 2.0**10    # big_vision's default l2_reg (common_fewshot.py)
+FEWSHOT_SEEDS = 3       # draws of the shots a probe averages (`--seeds`; compare's probes)
 
 
 def _f64(a):
@@ -244,7 +245,7 @@ def _stored_size(ds) -> int:
     return int(ds.images.shape[1])
 
 
-def fewshot_eval(model, ds_train, ds_test, shots=(1, 5, 10, 25), seeds: int = 3, *,
+def fewshot_eval(model, ds_train, ds_test, shots=(1, 5, 10, 25), seeds: int = FEWSHOT_SEEDS, *,
                  l2_reg: float = FEWSHOT_L2, batch_size: int = 256,
                  pipeline: str = "eval-resize", img_size: int | None = None,
                  device: str = "cpu", dtype: str = "fp32", shuffle: str = "none",
@@ -299,7 +300,7 @@ def shuffle_eval(model, ds, kinds=("none", "patch", "global"), *, batch_size: in
                  pipeline: str = "eval-resize", img_size: int | None = None,
                  device: str = "cpu", dtype: str = "fp32", patch_size: int | None = None,
                  shuffle_seed: int = 0, train_shuffle: str = "none", head: bool = True,
-                 ds_train=None, shots=(), seeds: int = 3, l2_reg: float = FEWSHOT_L2,
+                 ds_train=None, shots=(), seeds: int = FEWSHOT_SEEDS, l2_reg: float = FEWSHOT_L2,
                  preprocess=None) -> list[dict]:
     """Accuracy under the fixed pixel permutations of paper Figure 4.
 
@@ -541,7 +542,7 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
              split: str = "test", crop: str | None = None,
              data_dir: str | None = None, fewshot=None, shuffle=None, real_labels=None,
              device: str | None = None, dtype: str | None = None, batch_size: int = 256,
-             seeds: int = 3, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
+             seeds: int = FEWSHOT_SEEDS, l2_reg: float = FEWSHOT_L2, fewshot_split: str = "train",
              shuffle_patch: int | None = None, max_examples: int | None = None, root=None,
              log: Log = noop, sha256: str | None = None) -> dict:
     """Evaluate a checkpoint: accuracy, ReaL, linear few-shot and shuffle invariance.

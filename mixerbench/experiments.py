@@ -261,17 +261,23 @@ def description_of(summary: dict) -> dict:
 
 
 def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
-                 device: str | None = None, seeds: int = 3, log: Log = noop) -> list[dict]:
+                 device: str | None = None, seeds: int | None = None,
+                 log: Log = noop) -> list[dict]:
     """Linear few-shot of a finished run's frozen features (docs/paper-notes.md §5), unless
     already in fewshot.csv; rows are appended there and returned. The probe is measured on the
     whole of the run's eval split, even when its own accuracy used a stratified N of its images."""
-    from mixerbench.evaluate import FEWSHOT_L2, evaluate
+    from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS, evaluate
 
+    seeds = seeds or FEWSHOT_SEEDS
     split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
+    # the probe this measures: shots from `train`, the run's own eval crop and size; another
+    # crop's probe of the run (`evaluate --crop resize --fewshot 5`) is not this one
+    pipeline = _eval_pipeline(summary)
     done = _done_keys("fewshot", root, "run_id", "shots", "dataset", "split", "l2_reg",
-                      "num_seeds")
-    todo = [k for k in shots if (summary["run_id"], str(k), summary["dataset"], split,
-                                 str(FEWSHOT_L2), str(seeds)) not in done]
+                      "num_seeds", "shots_split", "pipeline", "img_size")
+    todo = [k for k in shots if _key(summary["run_id"], k, summary["dataset"], split,
+                                     FEWSHOT_L2, seeds, "train", pipeline,
+                                     summary.get("img_size")) not in done]
     if not todo:
         return []
     log(Event.FEWSHOT, dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
@@ -618,7 +624,7 @@ def _fewshot5(summary: dict, root, data_dir, device) -> dict:
 def _fewshot_of(root, summary: dict, shots: int) -> dict:
     """The row `fewshot_rows` recorded for `summary`'s run: `shots` shots, the whole split, the
     default l2 and draws (the last such row)."""
-    from mixerbench.evaluate import FEWSHOT_L2
+    from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS
 
     df = results.load("fewshot", root, required=False)
     split = (summary.get("split") or "test").split("[")[0]
@@ -626,7 +632,8 @@ def _fewshot_of(root, summary: dict, shots: int) -> dict:
              & (df["shots"].astype(str) == str(shots))
              & (df["dataset"].astype(str) == summary["dataset"])
              & (df["split"].astype(str) == split) & (df["l2_reg"] == FEWSHOT_L2)
-             & (df["num_seeds"] == 3)]
+             & (df["num_seeds"] == FEWSHOT_SEEDS)
+             & (df["pipeline"].astype(str) == _eval_pipeline(summary))]
     return {k: (None if v != v else v) for k, v in hit.iloc[-1].items()} if len(hit) else {}
 
 
@@ -1322,26 +1329,38 @@ def _dry_run(planned, *, root, extra=None, notes=(), what: str, device=None, on=
     cells = [plan.plan_config(cfg, label, note, root) for cfg, label, note in planned]
     est = plan.estimate(cells, root=root, device=device, on=on, compare=extra,
                         mfu=plan.DEFAULT_MFU if mfu is None else mfu,
-                        stages=stages and [(len(s), lanes(launcher, s)) for s in stages])
+                        stages=stages and _stages(stages, cells, launcher))
     papers = [p for p in (plan.paper_core_days(cfg) for cfg, _, _ in planned) if p]
     return dict(what=what, cells=cells, estimate=est, notes=[*notes, *est["notes"]],
                 paper=papers[0] if len(planned) == 1 and papers else None)
 
 
-def lanes(launcher: Launcher | None, cells: list[Cell]):
-    """How `run_cells(cells, launcher)` will run these cells here (a `plan.Lanes`), by the
-    launcher's own rules (`launch.auto_launcher` for a command that names none, `slots`,
-    `cpu_threads`). SLURM's jobs run elsewhere, each on cores of its own."""
+def _stages(stages: list[list[Cell]], planned: list, launcher) -> list:
+    """(cells, `lanes`) of each stage of launch cells, `planned` (`plan.Cell`s in the same
+    order) telling which have finished."""
+    out, first = [], 0
+    for cells in stages:
+        todo = sum(not c.finished for c in planned[first:first + len(cells)])
+        out.append((len(cells), lanes(launcher, cells, todo)))
+        first += len(cells)
+    return out
+
+
+def lanes(launcher: Launcher | None, cells: list[Cell], todo: int):
+    """How `run_cells(cells, launcher)` will run these cells here, `todo` of them yet to
+    train (a `plan.Lanes`), by the launcher's own rules (`launch.auto_launcher` for a command
+    that names none, `slots`, `cpu_threads`). SLURM's jobs run elsewhere, on cores of their
+    own."""
     import torch
 
     from mixerbench import launch
     from mixerbench.plan import Lanes, cores
 
-    if launcher is not None and launcher.kind == getattr(launch, "AUTO", None):
+    if launcher is not None and launcher.kind == launch.AUTO:
         launcher = launch.auto_launcher(cells)
     if launcher is None:
         return Lanes(1, torch.get_num_threads(), cores())
-    parallel = len(launch.slots(launcher, len(cells)))
+    parallel = len(launch.slots(launcher, max(1, todo)))
     threads = (launch.cpu_threads(launcher, parallel) or int(os.environ.get("OMP_NUM_THREADS")
                                                              or 0) or torch.get_num_threads())
     return Lanes(parallel, threads, parallel * threads if launcher.kind == "slurm" else cores(),

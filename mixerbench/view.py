@@ -802,8 +802,11 @@ def sweep(name: str, out: dict, fmt: Format, wide: bool, title: str | None = Non
             from mixerbench.report.tables import compare_view
 
             shown = compare_view(shown)
-            title = (f"{out.get('title') or 'compare on ' + str(out.get('dataset'))} "
-                     "(img/s on this device)")
+            # a speed is that of the bench its row names (`--no-bench` shows none; runs read
+            # back from another device may show that device's bench), not "this device" always
+            speed = any(str(c).endswith("img_per_sec") for c in shown.columns)
+            title = (f"{out.get('title') or 'compare on ' + str(out.get('dataset'))}"
+                     + (" (img/s: the bench each row names)" if speed else ""))
         table(name, records(shown), fmt, wide, title=title)
     for note in out.get("notes", []):  # what the numbers cannot show (a smoke budget, a tie)
         say(f"[bold yellow]note:[/] {e(note)}")

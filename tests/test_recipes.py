@@ -130,6 +130,27 @@ def test_a_capped_probe_and_the_full_one_are_both_recorded_each_labelled(tmp_pat
     assert list(t["fewshot_top1"]) == pytest.approx([float(few[1]["top1_mean"])] * 2)
 
 
+def test_a_probe_made_another_way_is_not_the_compares_own(tmp_path):
+    """`evaluate --crop resize --fewshot 5` and `evaluate --fewshot 5 --seeds 1` of a compare's
+    run, then `compare --fewshot 5`: the compare still probes the run its own way (its eval
+    crop, three draws), and its table's 5-shot cell is that probe, not one recorded first."""
+    compare = ["compare", "--models", "mixer", "--preset", "smoke", "--steps", "2", "--no-bench",
+               *TINY_MODEL, "--results-dir", tmp_path]
+    ok(cli(*compare))
+    (run,) = (tmp_path / "runs").iterdir()
+    for other in (["--crop", "resize"], ["--seeds", "1"]):
+        ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+               "--fewshot", "5", *other, "--results-dir", tmp_path))
+    ok(cli(*compare, "--fewshot", "5"))
+    probes = {(r["pipeline"], r["num_seeds"]): r["top1_mean"]
+              for r in rows(tmp_path / "fewshot.csv")}
+    assert set(probes) == {("eval-resize", "3"), ("eval-plain", "1"), ("eval-plain", "3")}
+    ok(cli("plot", "compare", "--results-dir", tmp_path))
+    (table,) = (tmp_path / "tables").glob("compare-*.csv")
+    assert float(rows(table)[0]["fewshot_top1"]) == pytest.approx(
+        float(probes[("eval-plain", "3")]))
+
+
 def test_a_compare_table_keeps_the_size_of_its_own_models_after_another_compare(tmp_path):
     """Params and FLOPs of a compare table are those of its runs' models: a later compare of
     the same model name at another image size (another table) leaves them as they were."""
@@ -153,8 +174,11 @@ def test_a_length_means_one_run_however_it_is_spelled(tmp_path):
     preset trains one epoch, as `--epochs 1` does, rather than the preset's 500 steps."""
     for length in (["--set", "steps=2"], ["--steps", "2"], ["--config", tmp_path / "c.json"]):
         (tmp_path / "c.json").write_text(json.dumps({"steps": 2}))
-        ok(cli("compare", "--models", "mixer", "--preset", "smoke", "--no-bench", *TINY_MODEL,
-               *length, "--results-dir", tmp_path / "r"))
+        out = ok(cli("compare", "--models", "mixer", "--preset", "smoke", "--no-bench",
+                     *TINY_MODEL, *length, "--results-dir", tmp_path / "r"))
+        # without a bench the table shows no speed, and its title promises none
+        title = next(line for line in out.splitlines() if line.startswith("compare on"))
+        assert "img/s" not in title
     assert len(list((tmp_path / "r" / "runs").iterdir())) == 1
     (table,) = (tmp_path / "r" / "tables").glob("compare-*.csv")
     assert [r["n"] for r in rows(table)] == ["1"]
@@ -163,6 +187,11 @@ def test_a_length_means_one_run_however_it_is_spelled(tmp_path):
         cfg = json.loads(ok(cli("finetune", "--init", next((tmp_path / "r" / "runs").iterdir()),
                                 "--dataset", "synthetic", *given, "--print-config")))
         assert (cfg["epochs"], cfg["steps"]) == (1.0, None), given
+    # a whole config (--print-config's: epochs 16, steps null) with --steps on top is --steps
+    (tmp_path / "whole.json").write_text(ok(cli("pretrain", *TINY, "--print-config")))
+    for given in (["--config", tmp_path / "whole.json", "--steps", "2"], ["--steps", "2"]):
+        cfg = json.loads(ok(cli("pretrain", *TINY, *given, "--print-config")))
+        assert (cfg["epochs"], cfg["steps"]) == (None, 2), given
 
 
 @pytest.mark.slow

@@ -83,6 +83,8 @@ def test_the_report_needs_nothing_outside_itself(report_page):
     # every run of the committed rows has its section, and the claims link to them
     assert "run-mixer-t4-mnist-5k-s0-77701761" in page.ids and "bench-20261201T165850Z-771eb0" in page.ids
     assert "#run-mixer-t4-mnist-5k-s0-77701761" in page.hrefs
+    # and each run's section names the recipe its seeds are averaged under
+    assert "recipe_id <code>mixer-t4-mnist-5k-316e4bde</code>" in text
 
 
 def test_the_reports_claims_are_the_claims_command(report_page):

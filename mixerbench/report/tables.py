@@ -264,7 +264,8 @@ def compare_table(
         params, gflops = bench["params"], 2.0 * bench["gmacs"]  # 1 MAC = 2 FLOPs
         if zoo is not None and model in zoo.index:
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
-        fs, fs_n, fs_split, fs_shots = _fewshot_of(few, g["run_id"], ds, sp)
+        fs, fs_n, fs_split, fs_shots = _fewshot_of(
+            few, g["run_id"], ds, sp, (settings or {}).get(key, {}).get("data.eval_pipeline"))
         size = None if img_size != img_size else int(img_size)
         # the paper reports ImageNet only: a run measured on ImageNet, pre-trained on `pretrain`
         # (or trained there from scratch: the paper's "pre-trained on ImageNet" rows)
@@ -384,14 +385,17 @@ def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str],
     return out
 
 
-def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset,
-                split: str) -> tuple[float, int, str, float]:
+def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset, split: str,
+                own_crop: str | None = None) -> tuple[float, int, str, float]:
     """(mean, runs, split, shots) of the few-shot probes of `runs` on `dataset`, joined by run
     id: the probes of one shot count, one split and one probe setting (l2, draws, crop,
     resolution, shots' split), chosen in this order: 5 shots (the paper's) before others, the
-    whole of `split` before a capped part of it, then the setting most of the runs were probed
-    with (the first of equals). A row recorded before probes recorded their split probed the
-    whole split."""
+    whole of `split` before a capped part of it, the probe `compare --fewshot` makes (`_compares`:
+    the default l2 and draws, shots from train, the runs' own eval crop `own_crop`, their
+    recipe's `data.eval_pipeline`, where known) before another (`evaluate --crop resize
+    --fewshot 5` or `--seeds 1` of a run is not the probe its compare made), then the setting
+    most of the runs were probed with (the first of equals). A row recorded before probes recorded their split
+    probed the whole split."""
     none = (math.nan, 0, "", math.nan)
     if few is None or few.empty:
         return none
@@ -409,11 +413,23 @@ def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset,
                         index=f.index)
     counts = setting.groupby(setting, sort=False).size()
     first = {k: f.loc[setting == k].iloc[0] for k in counts.index}
-    chosen = max(counts.index, key=lambda k: (first[k]["shots"] == 5,
-                                              first[k]["_probed"] == whole, counts[k]))
+    chosen = max(counts.index, key=lambda k: (
+        first[k]["shots"] == 5, first[k]["_probed"] == whole, _compares(first[k], own_crop),
+        counts[k]))
     f = f[setting == chosen].drop_duplicates("run_id", keep="last")
     return (float(f["top1_mean"].mean()), int(len(f)), str(f["_probed"].iloc[0]),
             float(f["shots"].iloc[0]))
+
+
+def _compares(probe: pd.Series, own_crop: str | None) -> bool:
+    """Whether a few-shot row is the probe `compare --fewshot` makes: shots from `train`, the
+    default l2 and draws (`evaluate`'s), through the run's own eval crop where it is known."""
+    from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS
+
+    return (str(probe.get("shots_split", "train")) in ("train", "nan", "")
+            and probe.get("l2_reg", FEWSHOT_L2) == FEWSHOT_L2
+            and probe.get("num_seeds", FEWSHOT_SEEDS) == FEWSHOT_SEEDS
+            and (own_crop is None or str(probe.get("pipeline", "")) == own_crop))
 
 
 # The columns of a few-shot row that say how it probed (besides its split): one table cell
