@@ -605,7 +605,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                       seed=s["seed"] if s["run_id"] else None)
     common = dict(run_id=s["run_id"], recipe_id=s["recipe_id"], model=label, family=get_spec(s["rec"]["name"]).family,
                   dataset=ds.name, img_size=s["img_size"], **prov)
-    evaluated = dict(common, steps=s["rec"].get("step"), init=str(checkpoint_src), kind="evaluate")
+    evaluated = dict(common, steps=s["rec"].get("step"), init=str(checkpoint_src), kind="evaluate",
+                     pipeline=s["pipeline"])
     rows = {"accuracy": [], "fewshot": [], "shuffle": []}
     model = s["model"]
 
@@ -679,7 +680,7 @@ def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_s
 
     device, dtype = choose(device, dtype)
     if crop is not None and crop not in CROPS:
-        raise UserError(f"Unknown crop '{crop}'; use resize, resmall or plain.")
+        raise UserError(f"Unknown crop '{crop}'; use {', '.join(CROPS)}.")
     shots = parse_shots(fewshot) if fewshot not in (None, "", ()) else ()
     kinds = ([k.strip() for k in shuffle.split(",") if k.strip()] if isinstance(shuffle, str)
              else list(shuffle or ()))

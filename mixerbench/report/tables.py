@@ -102,17 +102,22 @@ def pick_dataset(df: pd.DataFrame, dataset: str | None, what: str) -> tuple[pd.D
 
 def latest_per_run(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (run_id, dataset, split, img_size): the run's own training row when it has
-    one, else its last evaluation. An `evaluate` of a trained run re-measures accuracy but has
-    no cost columns, so it never replaces the training record (cost figures and compare
-    averages would silently lose that run)."""
+    one, else its last evaluation per eval crop (`pipeline`: two crops are two measurements,
+    and a caller that groups runs keeps them apart). An `evaluate` of a trained run re-measures
+    accuracy but has no cost columns, so it never replaces the training record (cost figures
+    and compare averages would silently lose that run)."""
     if "run_id" not in df.columns:
         return df
     keys = [c for c in ("run_id", "dataset", "split", "img_size") if c in df.columns]
     df = df.reset_index(drop=True)  # rows keep the order they came in (a caller may sort them)
     has_id = df["run_id"].notna() & (df["run_id"].astype(str) != "")
     trained = (df["kind"].astype(str) != "evaluate") if "kind" in df.columns else has_id
-    ranked = df[has_id].assign(_trained=trained[has_id]).sort_values("_trained", kind="stable")
-    kept = ranked.drop_duplicates(subset=keys, keep="last").drop(columns="_trained")
+    ranked = df[has_id].assign(_trained=trained[has_id], _crop=text(df, "pipeline")[has_id])
+    ranked = ranked.sort_values("_trained", kind="stable")
+    kept = ranked.drop_duplicates(subset=keys + ["_crop"], keep="last")
+    if len(kept):  # a run's training row stands for it alone
+        owned = kept.groupby(keys, sort=False, dropna=False)["_trained"].transform("any")
+        kept = kept[kept["_trained"] | ~owned]
     return df[df.index.isin(kept.index) | ~has_id].copy()
 
 
@@ -241,6 +246,7 @@ def compare_table(
     acc = latest_per_run(acc)
     acc["_recipe"] = recipe_key(acc)
     acc["_split"] = text(acc, "split")
+    acc["_crop"] = text(acc, "pipeline")  # an evaluate's other crop is another measurement
 
     thr = None
     if throughput_df is not None and len(throughput_df):
@@ -255,8 +261,8 @@ def compare_table(
         zoo = numeric(zoo_df.copy(), "params", "gflops").drop_duplicates("name").set_index("name")
 
     rows = []
-    for (ds, key, sp), g in acc.groupby(["dataset", "_recipe", "_split"], sort=False,
-                                        dropna=False):
+    for (ds, key, sp, crop), g in acc.groupby(["dataset", "_recipe", "_split", "_crop"],
+                                              sort=False, dropna=False):
         model, img_size = g["model"].iloc[0], g["img_size"].iloc[0]
         top1 = g["top1"].dropna()
         bench = latest_bench(thr, model, img_size, set(text(g, "device_name")),
@@ -265,7 +271,8 @@ def compare_table(
         if zoo is not None and model in zoo.index:
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
         fs, fs_n, fs_split, fs_shots = _fewshot_of(
-            few, g["run_id"], ds, sp, (settings or {}).get(key, {}).get("data.eval_pipeline"))
+            few, g["run_id"], ds, sp,
+            crop or (settings or {}).get(key, {}).get("data.eval_pipeline"))
         size = None if img_size != img_size else int(img_size)
         # the paper reports ImageNet only: a run measured on ImageNet, pre-trained on `pretrain`
         # (or trained there from scratch: the paper's "pre-trained on ImageNet" rows)
@@ -292,11 +299,11 @@ def compare_table(
             "diff": math.nan if paper is None else mean - paper,
             "paper_row": row_ref["note"] if row_ref else "",
             "recipe_id": key if not key.startswith(_RUN_ONLY) else "",
-            "_recipe": key,
+            "_recipe": key, "_crop": crop,
         })
-    out = pd.DataFrame(rows, columns=[*COMPARE_COLUMNS, "_recipe"])
-    out["settings"] = recipe_labels(out, settings or {})
-    return out.drop(columns="_recipe")
+    out = pd.DataFrame(rows, columns=[*COMPARE_COLUMNS, "_recipe", "_crop"])
+    out["settings"] = crop_labels(out, recipe_labels(out, settings or {}))
+    return out.drop(columns=["_recipe", "_crop"])
 
 
 def _is_imagenet(dataset, split: str) -> bool:
@@ -346,6 +353,20 @@ def recipe_labels(table: pd.DataFrame, settings: dict[str, dict]) -> list[str]:
             else:
                 labels[i] = f"recipe {k.removeprefix(_RUN_ONLY)}"
     return labels
+
+
+def crop_labels(table: pd.DataFrame, labels: list[str]) -> list[str]:
+    """`labels` with the eval crop added (`crop eval-resize`; `crop unrecorded` for a row an
+    older version wrote without one) to each row of a recipe that the table shows under more
+    than one crop (an `evaluate --crop` of its runs beside their own)."""
+    out = list(labels)
+    groups = table.groupby(["dataset", "_recipe", "split"], sort=False, dropna=False).indices
+    for idx in groups.values():
+        if len({table["_crop"].iloc[i] for i in idx}) > 1:
+            for i in idx:
+                crop = f"crop {table['_crop'].iloc[i] or 'unrecorded'}"
+                out[i] = f"{out[i]}, {crop}" if out[i] else crop
+    return out
 
 
 def _setting(value) -> str:
