@@ -15,6 +15,8 @@ where what the row's run, or the command that wrote it, recorded says its value:
   config.json). A shuffle or scaling row's `top1` is its run's own, on the run's split; its
   `fewshot5` is the fewshot.csv row of its run with the same value, whose probe it copies.
 - `shots_split`: `train`, the only split any version drew shots from.
+- `pipeline` of a shuffle row's `top1` that no `evaluate` wrote: the sweep measured it through
+  its run's own eval crop (its verified config.json, as below).
 - `pipeline` of an accuracy row: a training row's is its run's eval crop, from a config.json
   that today's run id of verifies as the row's run. An `evaluate` row's is not recorded
   anywhere (its `--crop`, or the run's own crop without one), so it stays empty: a crop of its
@@ -91,15 +93,24 @@ class _Facts:
 
     def subset(self, table: str, row: dict) -> dict:
         """The split (and probe settings) of an older probe, shuffle or scaling row; the eval
-        crop of an older training row of accuracy.csv."""
+        crop of an older training row of accuracy.csv and of a sweep's shuffle top-1."""
         if table == "accuracy":
             if row.get("pipeline") or row.get("kind") == "evaluate" or not row.get("run_id"):
                 return {}
             pipeline = self._pipeline(row["run_id"])
             return {"pipeline": pipeline} if pipeline else {}
-        if table not in ("fewshot", "shuffle", "scaling") or row.get("split"):
+        if table not in ("fewshot", "shuffle", "scaling"):
             return {}
         same_call = self.evaluated.get((row["run_id"], row["dataset"], row["timestamp"]))
+        crop = {}
+        if table == "shuffle" and row["metric"] == "top1" and not row.get("pipeline") \
+                and not same_call and row["run_id"]:  # the sweep's: its run's own crop
+            crop = {"pipeline": self._pipeline(row["run_id"])}
+        return {**self._split(table, row, same_call), **crop}
+
+    def _split(self, table: str, row: dict, same_call: str | None) -> dict:
+        if row.get("split"):
+            return {}
         if table == "fewshot":
             return self._probe(row, same_call)
         if row["metric"] == "top1":

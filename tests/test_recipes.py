@@ -177,6 +177,28 @@ def test_a_table_never_averages_two_crops_of_one_recipe(tmp_path):
     assert list(zip(t["settings"], t["n"])) == [("", 2)]
 
 
+def test_a_figure_point_is_one_crop_and_says_which(tmp_path):
+    """`evaluate --shuffle none` of a run, then the same with `--crop resize`: shuffle.csv holds
+    both, each naming its crop, and a figure's point (`tables.one_measurement`, as the shuffle
+    bars pick theirs) keeps one crop, the first recorded of equals, and says so; the later crop
+    never stands in for it."""
+    from mixerbench import results
+    from mixerbench.report import tables
+
+    pretrain(tmp_path)
+    (run,) = (tmp_path / "runs").iterdir()
+    for crop in ([], ["--crop", "resize"]):
+        ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+               "--shuffle", "none", *crop, "--results-dir", tmp_path))
+    sh = rows(tmp_path / "shuffle.csv")
+    assert [r["pipeline"] for r in sh] == ["eval-plain", "eval-resize"]
+    kept, notes = tables.one_measurement(results.load("shuffle", tmp_path),
+                                         ["model", "train_shuffle", "metric"], str)
+    assert list(kept["pipeline"]) == ["eval-plain"]
+    assert list(kept["top1"]) == pytest.approx([float(sh[0]["top1"])])
+    assert len(notes) == 1 and notes[0].endswith("through eval-plain only")
+
+
 def test_a_probe_made_another_way_is_not_the_compares_own(tmp_path):
     """`evaluate --crop resize --fewshot 5` and `evaluate --fewshot 5 --seeds 1` of a compare's
     run, then `compare --fewshot 5`: the compare still probes the run its own way (its eval
@@ -329,6 +351,9 @@ def test_every_committed_row_carries_the_recipe_of_the_command_behind_it(
         assert r["recipe_id"] == recipe_id(cfgs[r["run_id"]], r["dtype"]), r["run_id"]
         # every committed row is a training row: its crop is its command's eval crop
         assert r["pipeline"] == cfgs[r["run_id"]].data.eval_pipeline, r["run_id"]
+    # the shuffle sweep's top-1 and probes went through each run's own eval crop too
+    assert all(r["pipeline"] == cfgs[r["run_id"]].data.eval_pipeline
+               for r in rows(ROOT / "results" / "shuffle.csv"))
     recipes = {r["run_id"]: r["recipe_id"] for r in acc}
     for table in ("fewshot", "shuffle", "scaling"):
         derived = rows(ROOT / "results" / f"{table}.csv")

@@ -461,14 +461,16 @@ PROBE_SETTINGS = ("shots_split", "l2_reg", "num_seeds", "pipeline", "img_size", 
 def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFrame, list[str]]:
     """The rows a figure's point averages, per `keys` group (a model at one fraction, one
     shuffle, one metric): each run once (its last row), the seeds of one recipe (the latest;
-    two recipes of one model name are never averaged) and one subset of the images (the whole
-    split where the recipe has it, else its latest capped part). Returns those rows and one
+    two recipes of one model name are never averaged), one subset of the images (the whole
+    split where the recipe has it, else its latest capped part) and one eval crop (`pipeline`:
+    the one most of those rows went through). Returns those rows and one
     note per group that had more (`label(key)` names the group), for the figure to say what it
     left out."""
     df = df.reset_index(drop=True)
-    df = df.assign(_recipe=recipe_key(df), _split=text(df, "split"))
+    df = df.assign(_recipe=recipe_key(df), _split=text(df, "split"), _crop=text(df, "pipeline"))
     if "run_id" in df.columns:  # a row without a run id is an observation of its own
-        once = [c for c in ("run_id", *keys, "eval_shuffle", "_split") if c in df.columns]
+        once = [c for c in ("run_id", *keys, "eval_shuffle", "_split", "_crop")
+                if c in df.columns]
         ided = df["run_id"].notna()
         df = pd.concat([df[~ided], df[ided].drop_duplicates(once, keep="last")]).sort_index()
     kept, notes = [], []
@@ -481,11 +483,18 @@ def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFr
         split = (whole if len(whole) else g)["_split"].iloc[-1]
         if g["_split"].nunique() > 1:
             said.append(f"on {split or 'its split'} only")
-        kept.append(g[g["_split"] == split])
+        g = g[g["_split"] == split]
+        if g["_crop"].nunique() > 1:  # an `evaluate --crop` beside the sweep's own: one crop,
+            # the one most of its rows went through (of equals, the first recorded)
+            counts = g.groupby("_crop", sort=False).size()
+            crop = max(counts.index, key=lambda c: counts[c])
+            said.append(f"through {crop or 'an unrecorded crop'} only")
+            g = g[g["_crop"] == crop]
+        kept.append(g)
         if said:
             notes.append(f"{label(key)}: {', '.join(said)}")
     out = pd.concat(kept).sort_index() if kept else df.iloc[0:0]
-    return out.drop(columns=["_recipe", "_split"]), notes
+    return out.drop(columns=["_recipe", "_split", "_crop"]), notes
 
 
 def short_labels(names) -> list[str]:
