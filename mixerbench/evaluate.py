@@ -568,8 +568,10 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
             else the model's patch size; a CNN has none, so it must be given).
         real_labels: path of ImageNet's `real.json` for ReaL accuracy on the validation split.
         device / dtype: default CUDA + bf16 when present, else CPU + fp32.
-        root: if given, rows are appended to accuracy.csv (kind "evaluate"),
-            fewshot.csv and shuffle.csv there.
+        root: if given, rows are appended to accuracy.csv (kind "evaluate", `pipeline` the
+            crop), fewshot.csv and shuffle.csv there; an accuracy or few-shot row already there
+            (`results.KEYS`: same run, step, images, crop, ...) is not appended again but
+            returned in `kept`.
         log: progress, as `events.Event.PROGRESS` events (one per stage), and the result
             as `Event.EVALUATED` (what trackers record).
         sha256: the hash the weights file must have (recorded earlier by a sweep): a file
@@ -577,7 +579,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
 
     Returns:
         dict(model, dataset, split, img_size, pipeline, top1, top5, loss, n, real, fewshot,
-        shuffle, rows) where `rows` maps each CSV table to the rows built for it.
+        shuffle, rows, kept) where `rows` maps each CSV table to the rows built for it and
+        `kept` lists those of them not appended (already recorded).
     """
     from mixerbench.data import get_dataset
     from mixerbench.models import get_spec, label_of
