@@ -655,7 +655,12 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                                      num_seeds=seeds) if r["metric"] != "top1" else {}))
                             for r in sh]
     steps.tick("done")
-    out["rows"], out["kept"] = _record(rows, root, checkpoint_src)
+    # accuracy.csv's key does not hold an explicit --shuffle-patch nor which real.json scored
+    # the ReaL row: with either given, a second evaluation may differ from a recorded one with
+    # equal key cells, so it is appended rather than taken for it (a repeat costs a row; taking
+    # a new measurement for an old one would lose it)
+    out["rows"], out["kept"] = _record(rows, root, checkpoint_src,
+                                       once=shuffle_patch is None and real_labels is None)
     log(Event.EVALUATED, dict(result=out, root=root, options=dict(
         checkpoint=str(checkpoint_src), arch=arch, dataset=dataset, split=split, crop=crop,
         fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
@@ -758,10 +763,11 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
                 train_shuffle=data_cfg.get("shuffle") or "none")
 
 
-def _record(rows: dict, root, checkpoint_src) -> tuple[dict, list]:
+def _record(rows: dict, root, checkpoint_src, *, once: bool = True) -> tuple[dict, list]:
     """(each table's rows in its schema, the rows not appended because their observation was
     already recorded); appended under `root` (every file checked first, so all rows land or
-    none) unless a measurement is not finite."""
+    none) unless a measurement is not finite. `once=False` appends accuracy rows whatever is
+    recorded (their key cannot tell this evaluation from another)."""
     import math
 
     from mixerbench import results
@@ -778,7 +784,8 @@ def _record(rows: dict, root, checkpoint_src) -> tuple[dict, list]:
             results.ensure_appendable(table, root)
         for table, table_rows in rows.items():
             for r in table_rows:
-                if table in results.KEYS:  # one row per observation (a repeat is not appended)
+                if table in results.KEYS and (once or table != "accuracy"):
+                    # one row per observation (a repeat is not appended)
                     if not results.append_once(table, r, root):
                         kept.append(r)
                 else:

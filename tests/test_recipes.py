@@ -152,6 +152,21 @@ def test_every_accuracy_row_names_its_crop_and_an_evaluation_is_recorded_once(tm
                    ("evaluate", "eval-weights")]
 
 
+def test_an_evaluation_the_key_cannot_tell_apart_is_recorded_not_taken_for_an_old_one(tmp_path):
+    """A run trained under the patch shuffle, evaluated under its own patch side and then under
+    `--shuffle-patch 2`: the two top-1 differ in what they measured, which accuracy.csv's key
+    cells do not hold, so the second is appended (never reported 'already held' and lost)."""
+    pretrain(tmp_path, "--set", "data.shuffle=patch")
+    (run,) = (tmp_path / "runs").iterdir()
+    evaluate = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+                "--results-dir", tmp_path]
+    ok(cli(*evaluate))
+    out = " ".join(ok(cli(*evaluate, "--shuffle-patch", "2")).split())
+    assert "already held" not in out
+    got = [r["kind"] for r in rows(tmp_path / "accuracy.csv")]
+    assert got == ["pretrain", "evaluate", "evaluate"]
+
+
 def test_a_table_never_averages_two_crops_of_one_recipe(tmp_path):
     """Two seeds of one recipe evaluated into a results folder of their own (no training rows
     there), one of them also with `--crop resize`: the compare table has one row per crop,
