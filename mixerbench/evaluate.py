@@ -655,10 +655,6 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                                      num_seeds=seeds) if r["metric"] != "top1" else {}))
                             for r in sh]
     steps.tick("done")
-    # accuracy.csv's key does not hold an explicit --shuffle-patch nor which real.json scored
-    # the ReaL row: with either given, a second evaluation may differ from a recorded one with
-    # equal key cells, so it is appended rather than taken for it (a repeat costs a row; taking
-    # a new measurement for an old one would lose it)
     out["rows"], out["kept"] = _record(rows, root, checkpoint_src,
                                        once=shuffle_patch is None and real_labels is None)
     log(Event.EVALUATED, dict(result=out, root=root, options=dict(
@@ -767,7 +763,10 @@ def _record(rows: dict, root, checkpoint_src, *, once: bool = True) -> tuple[dic
     """(each table's rows in its schema, the rows not appended because their observation was
     already recorded); appended under `root` (every file checked first, so all rows land or
     none) unless a measurement is not finite. `once=False` appends accuracy rows whatever is
-    recorded (their key cannot tell this evaluation from another)."""
+    recorded: accuracy.csv's key does not hold an explicit --shuffle-patch nor which real.json
+    scored the ReaL row, so with either given a second evaluation may differ from a recorded
+    one with equal key cells (a repeat costs a row; taking a new measurement for an old one
+    would lose it)."""
     import math
 
     from mixerbench import results
