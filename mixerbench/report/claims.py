@@ -430,7 +430,8 @@ def _throughput(mode: str):
 
 
 def _shuffle_pairs(frames: dict, family: str):
-    """(label, original rows, patch-shuffled rows) per model, dataset, size and schedule."""
+    """(label, original rows, patch-shuffled rows) per model, dataset, size, schedule, subset
+    and eval crop."""
     sh = frames["shuffle"]
     sh = sh[(_text(sh["metric"]) == "top1") & sh["top1"].notna()]
     sh = sh[_family(sh) == family]
@@ -438,17 +439,23 @@ def _shuffle_pairs(frames: dict, family: str):
     # the images a number is on (a row from before rows recorded them: the whole test split):
     # a capped evaluation is a measurement of its own, never the last word on the full one
     sh = sh.assign(_split=_text(sh["split"]).replace("", "test"))
-    sh = sh.drop_duplicates(["run_id", "eval_shuffle", "metric", "_split"], keep="last")
+    # and the crop they went through: an `evaluate --crop` of a run is another measurement,
+    # never the last word on (nor averaged with) the one its sweep made
+    sh = sh.assign(_crop=_text(sh["pipeline"]))
+    sh = sh.drop_duplicates(["run_id", "eval_shuffle", "metric", "_split", "_crop"],
+                            keep="last")
     acc = frames["accuracy"]
     acc = acc[_text(acc["kind"]) != "evaluate"].drop_duplicates("run_id", keep="last")
     sched = acc.set_index(_text(acc["run_id"]))[["epochs", "steps"]]
     sh = sh.join(sched, on="run_id")
     sh = sh.assign(_epochs=_text(sh["epochs"]), _steps=_text(sh["steps"]))
     sh = sh.assign(_recipe=recipe_key(sh))
-    for key, g in sh.groupby(["model", "dataset", "img_size", "_epochs", "_steps", "_split"],
-                             sort=False):
+    crops = sh["_crop"].nunique() > 1
+    for key, g in sh.groupby(["model", "dataset", "img_size", "_epochs", "_steps", "_split",
+                              "_crop"], sort=False):
         label = f"{short_name(key[0])}, {key[1]}, {key[2]} px" + (
-            f", {key[5]}" if key[5] != "test" else "")
+            f", {key[5]}" if key[5] != "test" else "") + (
+            f", crop {key[6] or 'unrecorded'}" if crops else "")
         nones = dict(list(g[_text(g["eval_shuffle"]) == "none"].groupby("_recipe", sort=False)))
         patches = dict(list(g[_text(g["eval_shuffle"]) == "patch"].groupby("_recipe", sort=False)))
         if not nones or not patches:
