@@ -568,8 +568,10 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
             else the model's patch size; a CNN has none, so it must be given).
         real_labels: path of ImageNet's `real.json` for ReaL accuracy on the validation split.
         device / dtype: default CUDA + bf16 when present, else CPU + fp32.
-        root: if given, rows are appended to accuracy.csv (kind "evaluate"),
-            fewshot.csv and shuffle.csv there.
+        root: if given, rows are appended to accuracy.csv (kind "evaluate", `pipeline` the
+            crop), fewshot.csv and shuffle.csv there; an accuracy or few-shot row already there
+            (`results.KEYS`: same run, step, images, crop, ...) is not appended again but
+            returned in `kept`.
         log: progress, as `events.Event.PROGRESS` events (one per stage), and the result
             as `Event.EVALUATED` (what trackers record).
         sha256: the hash the weights file must have (recorded earlier by a sweep): a file
@@ -577,7 +579,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
 
     Returns:
         dict(model, dataset, split, img_size, pipeline, top1, top5, loss, n, real, fewshot,
-        shuffle, rows) where `rows` maps each CSV table to the rows built for it.
+        shuffle, rows, kept) where `rows` maps each CSV table to the rows built for it and
+        `kept` lists those of them not appended (already recorded).
     """
     from mixerbench.data import get_dataset
     from mixerbench.models import get_spec, label_of
@@ -605,7 +608,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                       seed=s["seed"] if s["run_id"] else None)
     common = dict(run_id=s["run_id"], recipe_id=s["recipe_id"], model=label, family=get_spec(s["rec"]["name"]).family,
                   dataset=ds.name, img_size=s["img_size"], **prov)
-    evaluated = dict(common, steps=s["rec"].get("step"), init=str(checkpoint_src), kind="evaluate")
+    evaluated = dict(common, steps=s["rec"].get("step"), init=str(checkpoint_src), kind="evaluate",
+                     pipeline=s["pipeline"])
     rows = {"accuracy": [], "fewshot": [], "shuffle": []}
     model = s["model"]
 
@@ -651,7 +655,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                                      num_seeds=seeds) if r["metric"] != "top1" else {}))
                             for r in sh]
     steps.tick("done")
-    out["rows"], out["kept"] = _record(rows, root, checkpoint_src)
+    out["rows"], out["kept"] = _record(rows, root, checkpoint_src,
+                                       once=shuffle_patch is None and real_labels is None)
     log(Event.EVALUATED, dict(result=out, root=root, options=dict(
         checkpoint=str(checkpoint_src), arch=arch, dataset=dataset, split=split, crop=crop,
         fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
@@ -679,7 +684,7 @@ def _check_options(device, dtype, crop, fewshot, shuffle, l2_reg, seeds, batch_s
 
     device, dtype = choose(device, dtype)
     if crop is not None and crop not in CROPS:
-        raise UserError(f"Unknown crop '{crop}'; use resize, resmall or plain.")
+        raise UserError(f"Unknown crop '{crop}'; use {', '.join(CROPS)}.")
     shots = parse_shots(fewshot) if fewshot not in (None, "", ()) else ()
     kinds = ([k.strip() for k in shuffle.split(",") if k.strip()] if isinstance(shuffle, str)
              else list(shuffle or ()))
@@ -754,10 +759,14 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
                 train_shuffle=data_cfg.get("shuffle") or "none")
 
 
-def _record(rows: dict, root, checkpoint_src) -> tuple[dict, list]:
+def _record(rows: dict, root, checkpoint_src, *, once: bool = True) -> tuple[dict, list]:
     """(each table's rows in its schema, the rows not appended because their observation was
     already recorded); appended under `root` (every file checked first, so all rows land or
-    none) unless a measurement is not finite."""
+    none) unless a measurement is not finite. `once=False` appends accuracy rows whatever is
+    recorded: accuracy.csv's key does not hold an explicit --shuffle-patch nor which real.json
+    scored the ReaL row, so with either given a second evaluation may differ from a recorded
+    one with equal key cells (a repeat costs a row; taking a new measurement for an old one
+    would lose it)."""
     import math
 
     from mixerbench import results
@@ -774,7 +783,8 @@ def _record(rows: dict, root, checkpoint_src) -> tuple[dict, list]:
             results.ensure_appendable(table, root)
         for table, table_rows in rows.items():
             for r in table_rows:
-                if table in results.KEYS:  # one row per observation (a repeat is not appended)
+                if table in results.KEYS and (once or table != "accuracy"):
+                    # one row per observation (a repeat is not appended)
                     if not results.append_once(table, r, root):
                         kept.append(r)
                 else:

@@ -586,10 +586,12 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
         kind = cell.label["shuffle"]
         few5 = _fewshot5(s, root, data_dir, device)
         for metric, measured in _metric_rows(s, few5):
+            # its top-1 went through the run's own eval crop, its probe through the probe's
             row = dict(run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=s["model"],
                        family=s.get("family"), dataset=s["dataset"], train_shuffle=kind,
                        eval_shuffle=kind, metric=metric, img_size=s["img_size"],
-                       probe_dataset=probe_of(metric, s["dataset"]), **measured,
+                       probe_dataset=probe_of(metric, s["dataset"]),
+                       **{"pipeline": s.get("pipeline"), **measured},
                        **{k: s.get(k) for k in results.PROVENANCE})
             if _key(s["run_id"], row.get("split"), kind, metric) not in done:
                 results.append_row("shuffle", row, root)

@@ -420,7 +420,9 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
         cfg = _fit_dataset(replace(cfg, data=replace(cfg.data, dataset=dataset)),
                            set(flags) | set(overrides))
     cfg = apply_overrides(cfg, settings or {})
-    cfg = _one_length(cfg, set(flags) | set(overrides) | set(settings or {}))
+    # a --config file's one length replaces the preset's other; then the command line's
+    cfg = _one_length(cfg, {k for k, v in (settings or {}).items() if v is not None})
+    cfg = _one_length(cfg, set(flags) | set(overrides))
     cfg = apply_overrides(cfg, flags)
     cfg = apply_overrides(cfg, overrides)
     from mixerbench.data import registry_name
@@ -456,8 +458,8 @@ def resolve(preset: str | None = None, *, model: str | None = None, dataset: str
 
 
 def _one_length(cfg: RunConfig, given: set[str]) -> RunConfig:
-    """A length given (--steps / --epochs, their --set, a --config holding one) replaces the
-    preset's other one, however it was spelled: `--set steps=20` on a 16-epoch preset is the
+    """A length given (--steps / --epochs, their --set, a --config holding one; `given` names
+    the keys set) replaces the preset's other one, however it was spelled: `--set steps=20` on a 16-epoch preset is the
     run `--steps 20` is (steps win over epochs, so a kept `epochs=16` would only give one
     measurement a second run id and a label it did not train by), and `--set epochs=1` on a
     500-step preset trains one epoch rather than being outvoted by the preset's steps."""

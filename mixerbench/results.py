@@ -41,9 +41,14 @@ PROVENANCE = (
 # images it is measured on (`split`); a table averages the rows of one recipe id as seeds and
 # never those of two. Empty where no finished run of this version's recording stands behind
 # the row (a released checkpoint, a run folder that is gone).
+# `pipeline` (accuracy, fewshot, shuffle, avg5, released): the eval crop the images went
+# through (`eval-plain`, `eval-resize`, `eval-resmall`, `eval-weights`; a training row's is its
+# run's `data.eval_pipeline`, an `evaluate` row's its `--crop`). Empty where no record says
+# which (a row an older version wrote): a crop of its own, never taken for another.
 SCHEMAS: dict[str, tuple[str, ...]] = {
     "accuracy": (
-        "run_id", "recipe_id", "model", "family", "dataset", "split", "img_size", "epochs", "steps", "top1", "top5",
+        "run_id", "recipe_id", "model", "family", "dataset", "split", "pipeline", "img_size",
+        "epochs", "steps", "top1", "top5",
         "loss", "train_seconds", "device_hours", "train_flops", "init", "kind", "experiment",
     ) + PROVENANCE,
     # `dataset` / `split`: the images the probe is scored on (`test`, `test[stratified:N]`),
@@ -522,6 +527,12 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
 KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
     "run_id", "shots", "dataset", "split", "shots_split", "l2_reg", "num_seeds", "pipeline",
     "img_size"),
+    # accuracy.csv's `evaluate` rows (`append_once`; a training row is appended once per run
+    # by `rundir.ensure_row`): one per run, checkpoint step, images scored, crop, resolution
+    # and precision, so the same evaluate run again adds nothing and another crop is its own
+    # row. `kind` keeps an evaluation from being taken for its run's training row.
+    "accuracy": ("run_id", "kind", "dataset", "split", "pipeline", "img_size", "steps",
+                 "dtype"),
     # released.csv (`append_rows`): one row per released checkpoint measured on one split, at
     # one resolution and crop, with or without ReaL (`real_n`: the images ReaL labels) and the
     # 5-shot probe; the same command run again adds nothing.

@@ -161,6 +161,8 @@ def read_summary(run_dir: Path) -> dict | None:
                         "run again.")
     if not s.get("recipe_id"):  # written before runs recorded their recipe
         s["recipe_id"] = recipe_id(cfg, s.get("dtype"))
+    if not s.get("pipeline"):  # written before runs recorded their eval crop: its config's
+        s["pipeline"] = cfg.data.eval_pipeline
     return s
 
 
@@ -170,7 +172,7 @@ def _is_sha256(v: Any) -> bool:
 
 def summary_disagrees(s: dict, cfg: RunConfig) -> str:
     """What in a summary contradicts the config of its run (model, dataset, split, kind,
-    source weights, resolution), as a few words; "" when they agree."""
+    source weights, resolution, eval crop), as a few words; "" when they agree."""
     split = str(s.get("split"))  # `test`, or `test[...]` when max_eval_examples capped it
     checks = (
         ("model", s["model"].split("[", 1)[0], cfg.model.name),
@@ -180,6 +182,7 @@ def summary_disagrees(s: dict, cfg: RunConfig) -> str:
         ("kind", s.get("kind"), cfg.kind),
         ("init", s.get("init") or "", cfg.init or ""),
         ("img_size", s["img_size"], cfg.model.img_size or s["img_size"]),
+        ("pipeline", s.get("pipeline") or cfg.data.eval_pipeline, cfg.data.eval_pipeline),
     )
     return next((f"{k} {a!r} there, {b!r} in config.json" for k, a, b in checks if a != b), "")
 

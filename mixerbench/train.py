@@ -249,8 +249,8 @@ def write_results(run: Run, p: TrainState, experiment: str) -> dict:
         run_id=run.run_dir.name, recipe_id=recipe_id(cfg, run.dtype),
         model=label_of(run.rec),
         family=get_spec(run.rec["name"]).family,
-        dataset=cfg.data.dataset, split=eval_split(run), img_size=run.rec["img_size"],
-        epochs=round(images / run.train_size, 4), steps=run.total,
+        dataset=cfg.data.dataset, split=eval_split(run), pipeline=cfg.data.eval_pipeline,
+        img_size=run.rec["img_size"], epochs=round(images / run.train_size, 4), steps=run.total,
         top1=last["top1"], top5=last["top5"], loss=last["eval_loss"],
         train_seconds=round(p.train_seconds, 3),
         # the share of the loop's time spent waiting for batches (input-bound when large)

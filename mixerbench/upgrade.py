@@ -15,6 +15,12 @@ where what the row's run, or the command that wrote it, recorded says its value:
   config.json). A shuffle or scaling row's `top1` is its run's own, on the run's split; its
   `fewshot5` is the fewshot.csv row of its run with the same value, whose probe it copies.
 - `shots_split`: `train`, the only split any version drew shots from.
+- `pipeline` of a shuffle row's `top1` that no `evaluate` wrote: the sweep measured it through
+  its run's own eval crop (its verified config.json, as below).
+- `pipeline` of an accuracy row: a training row's is its run's eval crop, from a config.json
+  that today's run id of verifies as the row's run. An `evaluate` row's is not recorded
+  anywhere (its `--crop`, or the run's own crop without one), so it stays empty: a crop of its
+  own, never averaged with a known one.
 
 A row for which nothing verifies a value keeps the cell empty: a recipe id left empty makes
 its run a recipe of its own in tables, never averaged with another.
@@ -86,10 +92,25 @@ class _Facts:
         self._pipelines: dict[str, str] = {}
 
     def subset(self, table: str, row: dict) -> dict:
-        """The split (and probe settings) of an older probe, shuffle or scaling row."""
-        if table not in ("fewshot", "shuffle", "scaling") or row.get("split"):
+        """The split (and probe settings) of an older probe, shuffle or scaling row; the eval
+        crop of an older training row of accuracy.csv and of a sweep's shuffle top-1."""
+        if table == "accuracy":
+            if row.get("pipeline") or row.get("kind") == "evaluate" or not row.get("run_id"):
+                return {}
+            pipeline = self._pipeline(row["run_id"])
+            return {"pipeline": pipeline} if pipeline else {}
+        if table not in ("fewshot", "shuffle", "scaling"):
             return {}
         same_call = self.evaluated.get((row["run_id"], row["dataset"], row["timestamp"]))
+        crop = {}
+        if table == "shuffle" and row["metric"] == "top1" and not row.get("pipeline") \
+                and not same_call and row["run_id"]:  # the sweep's: its run's own crop
+            crop = {"pipeline": self._pipeline(row["run_id"])}
+        return {**self._split(table, row, same_call), **crop}
+
+    def _split(self, table: str, row: dict, same_call: str | None) -> dict:
+        if row.get("split"):
+            return {}
         if table == "fewshot":
             return self._probe(row, same_call)
         if row["metric"] == "top1":
@@ -120,14 +141,16 @@ class _Facts:
         return dict(out, pipeline=pipeline) if pipeline else out
 
     def _pipeline(self, run: str) -> str:
-        """The eval crop of `run` from its config.json ("" when its folder is gone)."""
-        from mixerbench.config import read_run_config
+        """The eval crop of `run` from its config.json ("" when its folder is gone, or its
+        config.json is another run's: today's run id of it is not `run`)."""
+        from mixerbench.config import read_run_config, run_id
 
         if run not in self._pipelines:
             folder = self.root / "runs" / run
             cfg = read_run_config(folder) if RUN_NAME.fullmatch(run) and \
                 folder.is_dir() else None
-            self._pipelines[run] = cfg.data.eval_pipeline if cfg is not None else ""
+            mine = cfg is not None and run_id(cfg) == run
+            self._pipelines[run] = cfg.data.eval_pipeline if mine else ""
         return self._pipelines[run]
 
 

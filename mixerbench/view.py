@@ -705,9 +705,16 @@ def evaluation(res: dict | None, root: Path, fmt: Format) -> None:
                    metric=r["metric"], top1=r["top1"]) for r in res["shuffle"]],
              Format.table, title=f"pixel shuffles (paper Figure 4) on {res['dataset']} "
                                  f"({res['split']})")
-    say(f"rows appended under {e(root)}")
-    if res.get("kept"):
-        say(f"fewshot.csv already held {len(res['kept'])} of these probes (one row per run, "
+    kept = res.get("kept") or []
+    acc = [r for r in kept if "top1_mean" not in r]  # accuracy.csv rows (fewshot's have a mean)
+    if len(kept) < sum(len(rs) for rs in res["rows"].values()):
+        say(f"rows appended under {e(root)}")
+    if acc:
+        what = "this evaluation" if len(acc) == 1 else f"these {len(acc)} evaluations"
+        say(f"accuracy.csv already held {what} (one row per run, checkpoint step, images "
+            "scored, crop, resolution and precision); the recorded row stays")
+    if len(kept) > len(acc):
+        say(f"fewshot.csv already held {len(kept) - len(acc)} of these probes (one row per run, "
             "shots, images scored and probe setting); the recorded rows were kept")
 
 

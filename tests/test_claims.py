@@ -122,19 +122,31 @@ def test_shuffle_claims_hold_fail_and_lack_seeds(tmp_path):
                    for s in (1, 2)]
 
 
+def bench_pair(root: Path, bench_id: str, mixer, vit, batch: int = 8) -> None:
+    for model, (mean, std) in (("mixer-b16", mixer), ("vit-b16", vit), ("vit-b32", (9, 0.1))):
+        results.append_row("throughput", dict(
+            model=model, family=model.split("-")[0], mode="train", batch_size=batch,
+            img_size=224, img_per_sec_mean=mean, img_per_sec_std=std, repeats=3,
+            bench_id=bench_id, device_name="cpu", dtype="fp32", compiled=False), root)
+
+
 def test_throughput_pairs_a_mixer_with_its_table3_vit_from_one_bench_call(tmp_path):
-    for bench_id, mixer, vit in (("b1", (2.20, 0.05), (1.82, 0.01)), ("b2", (5.9, 0.2), (5.8, 0.2))):
-        for model, (mean, std) in (("mixer-b16", mixer), ("vit-b16", vit), ("vit-b32", (9, 0.1))):
-            results.append_row("throughput", dict(
-                model=model, family=model.split("-")[0], mode="train", batch_size=8,
-                img_size=224, img_per_sec_mean=mean, img_per_sec_std=std, repeats=3,
-                bench_id=bench_id, device_name="cpu", dtype="fp32", compiled=False), tmp_path)
+    """Each pair from one bench call; per setting the latest call decides, as the throughput
+    table shows the latest bench, so re-benching with more repeats (the command an
+    inconclusive verdict gives) settles it; a call at another batch size stands beside it."""
+    bench_pair(tmp_path, "b1", (2.20, 0.05), (1.82, 0.01))
+    bench_pair(tmp_path, "b2", (5.9, 0.2), (5.8, 0.2))
     claim = verdicts(tmp_path)["throughput-train"]
-    assert [c["verdict"] for c in claim["comparisons"]] == [HELD, UNDECIDED]
-    assert claim["verdict"] == UNDECIDED  # every comparison must hold
-    assert [c["a"]["rows"] for c in claim["comparisons"]] == [["b1"], ["b2"]]
-    assert claim["comparisons"][1]["a"]["unit"] == "repeats"
+    assert [c["verdict"] for c in claim["comparisons"]] == [UNDECIDED]
+    assert claim["verdict"] == UNDECIDED
+    assert [c["a"]["rows"] for c in claim["comparisons"]] == [["b2"]]
+    assert claim["comparisons"][0]["a"]["unit"] == "repeats"
     assert verdicts(tmp_path)["throughput-infer"]["comparisons"][0]["label"] == "no qualifying rows"
+    bench_pair(tmp_path, "b3", (6.4, 0.05), (5.8, 0.05))
+    bench_pair(tmp_path, "b4", (3.0, 0.5), (2.9, 0.5), batch=16)
+    claim = verdicts(tmp_path)["throughput-train"]
+    assert [(c["a"]["rows"], c["verdict"]) for c in claim["comparisons"]] == [
+        (["b3"], HELD), (["b4"], UNDECIDED)]
 
 
 def test_an_empty_folder_lacks_evidence_for_every_claim_and_a_missing_one_is_refused(tmp_path):

@@ -414,7 +414,7 @@ def test_worker_path_matches_itself_across_worker_counts(local_sets, tmp_path):
     a = _batches(make_loader(ds, workers=0, **kw), 0)
     w = make_loader(ds, workers=2, **kw)
     b = _batches(w, 0)
-    c = _batches(w, 0, start=1)  # persistent workers, resumed
+    c = _batches(w, 0, start=1)  # a second pass of the same loader, resumed
     w.close()
     assert len(a) == 3
     for (x1, y1), (x2, y2) in zip(a, b):

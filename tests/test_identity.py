@@ -351,7 +351,8 @@ def test_fewshot_rows_are_kept_once_per_run_shots_and_probe(finished, tmp_path):
     assert [(r["run_id"], r["shots"], r["dataset"]) for r in few] == [(run.name, "5", "synthetic")]
     ok(cli(*args[:-4], "--fewshot", "5,10", "--seeds", "1", "--results-dir", tmp_path))
     assert [r["shots"] for r in rows(tmp_path / "fewshot.csv")] == ["5", "10"]
-    assert len(rows(tmp_path / "accuracy.csv")) == 3  # each evaluation's own top-1 row
+    # the three evaluations' top-1 is one observation (same run, images, crop): one row
+    assert len(rows(tmp_path / "accuracy.csv")) == 1
 
 
 def test_append_once_checks_under_the_lock_and_leaves_runless_rows_alone(tmp_path):

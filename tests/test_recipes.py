@@ -130,6 +130,90 @@ def test_a_capped_probe_and_the_full_one_are_both_recorded_each_labelled(tmp_pat
     assert list(t["fewshot_top1"]) == pytest.approx([float(few[1]["top1_mean"])] * 2)
 
 
+def test_every_accuracy_row_names_its_crop_and_an_evaluation_is_recorded_once(tmp_path):
+    """accuracy.csv's `pipeline`: a training row its run's eval crop, an `evaluate` row its
+    `--crop` (the run's own without one). The default, `--crop resize` and `--crop weights`
+    are three rows; the same evaluate again appends nothing and says so in one line."""
+    pretrain(tmp_path)
+    (run,) = (tmp_path / "runs").iterdir()
+    own = json.loads((run / "config.json").read_text())["data"]["eval_pipeline"]
+    evaluate = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+                "--results-dir", tmp_path]
+    for crop in ([], ["--crop", "resize"], ["--crop", "weights"]):
+        assert "already held" not in ok(cli(*evaluate, *crop))
+    before = (tmp_path / "accuracy.csv").read_bytes()
+    for crop in ([], ["--crop", "resize"]):
+        out = " ".join(ok(cli(*evaluate, *crop)).split())
+        assert "accuracy.csv already held this evaluation" in out and "rows appended" not in out
+    assert (tmp_path / "accuracy.csv").read_bytes() == before
+    got = [(r["kind"], r["pipeline"]) for r in rows(tmp_path / "accuracy.csv")]
+    assert own == "eval-plain"
+    assert got == [("pretrain", own), ("evaluate", own), ("evaluate", "eval-resize"),
+                   ("evaluate", "eval-weights")]
+
+
+def test_an_evaluation_the_key_cannot_tell_apart_is_recorded_not_taken_for_an_old_one(tmp_path):
+    """A run trained under the patch shuffle, evaluated under its own patch side and then under
+    `--shuffle-patch 2`: the two top-1 differ in what they measured, which accuracy.csv's key
+    cells do not hold, so the second is appended (never reported 'already held' and lost)."""
+    pretrain(tmp_path, "--set", "data.shuffle=patch")
+    (run,) = (tmp_path / "runs").iterdir()
+    evaluate = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+                "--results-dir", tmp_path]
+    ok(cli(*evaluate))
+    out = " ".join(ok(cli(*evaluate, "--shuffle-patch", "2")).split())
+    assert "already held" not in out
+    got = [r["kind"] for r in rows(tmp_path / "accuracy.csv")]
+    assert got == ["pretrain", "evaluate", "evaluate"]
+
+
+def test_a_table_never_averages_two_crops_of_one_recipe(tmp_path):
+    """Two seeds of one recipe evaluated into a results folder of their own (no training rows
+    there), one of them also with `--crop resize`: the compare table has one row per crop,
+    each labelled with it, never the resize-crop of one seed averaged with the other's own."""
+    from mixerbench import results
+    from mixerbench.report import tables
+
+    pretrain(tmp_path)
+    pretrain(tmp_path, "--seed", "1")
+    s0, s1 = sorted((tmp_path / "runs").iterdir())
+    out = tmp_path / "evaluated"
+    for run, crop in ((s0, []), (s0, ["--crop", "resize"]), (s1, [])):
+        ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+               *crop, "--results-dir", out))
+    acc = rows(out / "accuracy.csv")
+    t = tables.compare_table(results.load("accuracy", out))
+    assert list(zip(t["settings"], t["n"])) == [("crop eval-plain", 2), ("crop eval-resize", 1)]
+    plain = [float(r["top1"]) for r in acc if r["pipeline"] == "eval-plain"]
+    assert list(t["top1_mean"]) == pytest.approx(
+        [sum(plain) / 2, float(next(r["top1"] for r in acc if r["pipeline"] == "eval-resize"))])
+    # beside the runs' training rows, those stand for the runs (the table as it was)
+    t = tables.compare_table(results.load("accuracy", tmp_path))
+    assert list(zip(t["settings"], t["n"])) == [("", 2)]
+
+
+def test_a_figure_point_is_one_crop_and_says_which(tmp_path):
+    """`evaluate --shuffle none` of a run, then the same with `--crop resize`: shuffle.csv holds
+    both, each naming its crop, and a figure's point (`tables.one_measurement`, as the shuffle
+    bars pick theirs) keeps one crop, the first recorded of equals, and says so; the later crop
+    never stands in for it."""
+    from mixerbench import results
+    from mixerbench.report import tables
+
+    pretrain(tmp_path)
+    (run,) = (tmp_path / "runs").iterdir()
+    for crop in ([], ["--crop", "resize"]):
+        ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+               "--shuffle", "none", *crop, "--results-dir", tmp_path))
+    sh = rows(tmp_path / "shuffle.csv")
+    assert [r["pipeline"] for r in sh] == ["eval-plain", "eval-resize"]
+    kept, notes = tables.one_measurement(results.load("shuffle", tmp_path),
+                                         ["model", "train_shuffle", "metric"], str)
+    assert list(kept["pipeline"]) == ["eval-plain"]
+    assert list(kept["top1"]) == pytest.approx([float(sh[0]["top1"])])
+    assert len(notes) == 1 and notes[0].endswith("through eval-plain only")
+
+
 def test_a_probe_made_another_way_is_not_the_compares_own(tmp_path):
     """`evaluate --crop resize --fewshot 5` and `evaluate --fewshot 5 --seeds 1` of a compare's
     run, then `compare --fewshot 5`: the compare still probes the run its own way (its eval
@@ -187,6 +271,11 @@ def test_a_length_means_one_run_however_it_is_spelled(tmp_path):
         cfg = json.loads(ok(cli("finetune", "--init", next((tmp_path / "r" / "runs").iterdir()),
                                 "--dataset", "synthetic", *given, "--print-config")))
         assert (cfg["epochs"], cfg["steps"]) == (1.0, None), given
+    # a whole config (--print-config's: epochs 16, steps null) with --steps on top is --steps
+    (tmp_path / "whole.json").write_text(ok(cli("pretrain", *TINY, "--print-config")))
+    for given in (["--config", tmp_path / "whole.json", "--steps", "2"], ["--steps", "2"]):
+        cfg = json.loads(ok(cli("pretrain", *TINY, *given, "--print-config")))
+        assert (cfg["epochs"], cfg["steps"]) == (None, 2), given
 
 
 @pytest.mark.slow
@@ -221,8 +310,9 @@ def older(path: Path, drop: str = "recipe_id") -> None:
 
 
 def test_upgrade_gives_older_rows_the_recipe_their_run_recorded_and_no_other(tmp_path):
-    """Rows of a run whose folder verifies get its recipe id; a row whose folder is gone, or
-    whose folder's config.json names another run, keeps an empty one and the command says so."""
+    """Rows of a run whose folder verifies get its recipe id (and a training row its eval crop);
+    a row whose folder is gone, or whose folder's config.json names another run, keeps an empty
+    one and the command says so; an older evaluate row's crop was recorded nowhere: empty."""
     pretrain(tmp_path)
     pretrain(tmp_path, "--seed", "1")
     pretrain(tmp_path, "--seed", "2")
@@ -235,6 +325,7 @@ def test_upgrade_gives_older_rows_the_recipe_their_run_recorded_and_no_other(tmp
         (run / "summary.json").write_text(json.dumps({k: v for k, v in summary.items()
                                                       if k != "recipe_id"}))
     older(tmp_path / "accuracy.csv")
+    older(tmp_path / "accuracy.csv", "pipeline")
     for column in ("recipe_id", "split", "shots_split", "pipeline"):
         older(tmp_path / "fewshot.csv", column)
     shutil.rmtree(runs[1])  # gone
@@ -244,6 +335,10 @@ def test_upgrade_gives_older_rows_the_recipe_their_run_recorded_and_no_other(tmp
     got = {(r["run_id"], r["kind"]): r["recipe_id"] for r in rows(tmp_path / "accuracy.csv")}
     assert got == {(runs[0].name, "pretrain"): expected[runs[0].name],
                    (runs[0].name, "evaluate"): expected[runs[0].name],
+                   (runs[1].name, "pretrain"): "", (runs[2].name, "pretrain"): ""}
+    # a training row's crop is its verified run's config's; an older evaluate's is unknown
+    got = {(r["run_id"], r["kind"]): r["pipeline"] for r in rows(tmp_path / "accuracy.csv")}
+    assert got == {(runs[0].name, "pretrain"): "eval-plain", (runs[0].name, "evaluate"): "",
                    (runs[1].name, "pretrain"): "", (runs[2].name, "pretrain"): ""}
     (probe,) = rows(tmp_path / "fewshot.csv")
     assert probe["recipe_id"] == expected[runs[0].name]
@@ -269,6 +364,11 @@ def test_every_committed_row_carries_the_recipe_of_the_command_behind_it(
     assert acc and all(r["run_id"] in cfgs for r in acc)
     for r in acc:
         assert r["recipe_id"] == recipe_id(cfgs[r["run_id"]], r["dtype"]), r["run_id"]
+        # every committed row is a training row: its crop is its command's eval crop
+        assert r["pipeline"] == cfgs[r["run_id"]].data.eval_pipeline, r["run_id"]
+    # the shuffle sweep's top-1 and probes went through each run's own eval crop too
+    assert all(r["pipeline"] == cfgs[r["run_id"]].data.eval_pipeline
+               for r in rows(ROOT / "results" / "shuffle.csv"))
     recipes = {r["run_id"]: r["recipe_id"] for r in acc}
     for table in ("fewshot", "shuffle", "scaling"):
         derived = rows(ROOT / "results" / f"{table}.csv")

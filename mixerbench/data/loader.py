@@ -7,7 +7,7 @@ Owns the epoch order, the sharding over ranks, the two delivery paths and the th
   mixup): no workers, no host-device copy per batch on a GPU;
 - worker path (streamed datasets, or `workers > 0`): DataLoader worker processes decode each
   image at the scale its crop needs, crop it and collate uint8 batches into shared memory
-  (pinned memory, persistent workers); RandAugment runs batched on `device` (in the workers
+  (pinned memory, workers forked for each pass); RandAugment runs batched on `device` (in the workers
   when that is the CPU), then mixup, value range and shuffles on `device`.
 
 Determinism: the batch at (epoch, index) depends only on (seed, epoch, index, rank, world_size).
@@ -245,7 +245,8 @@ class Batches:
         return x.contiguous(), y
 
     def close(self) -> None:
-        """Stop persistent worker processes (they also stop when the object is garbage collected)."""
+        """Stop the worker processes of a pass still open (they also stop when its iterator is
+        garbage collected)."""
         it = getattr(self._loader, "_iterator", None)
         if it is not None and hasattr(it, "_shutdown_workers"):
             it._shutdown_workers()
@@ -254,7 +255,10 @@ class Batches:
     def _worker_loader(self):
         if self._loader is None:
             what = f"'{self.ds.split}' of {self.ds.name}"
-            kw = dict(persistent_workers=True, prefetch_factor=4) if self.workers > 0 else {}
+            # Workers end with each pass (not persistent): persistent workers each took the
+            # DataLoader's whole 5 s join timeout to stop (torch 2.14, fork), 5-10 s per loader
+            # at the end of every run; a new pass forks them again in milliseconds.
+            kw = dict(prefetch_factor=4) if self.workers > 0 else {}
             self._loader = torch.utils.data.DataLoader(
                 _Rows(self.ds, self.pipeline, self.img_size, what, self.pre), batch_sampler=_Sampler(self),
                 num_workers=self.workers, collate_fn=_Collate(self.randaug_m if self.randaug_in_workers else 0),

@@ -399,11 +399,14 @@ def _throughput(mode: str):
 
         thr = frames["throughput"]
         thr = thr[(_text(thr["mode"]) == mode) & thr["img_per_sec_mean"].notna()]
-        out = []
+        # per pair and setting, the latest bench call that measured both decides (as the
+        # throughput table shows the latest bench): a re-bench with more repeats, the command a
+        # verdict suggests, replaces the call it repeats rather than standing beside it
+        latest = {}
         setting = ["bench_id", "device_name", "dtype", "compiled", "batch_size", "img_size"]
         thr = thr.assign(**{f"_{c}": _text(thr[c]) for c in setting})
         for key, g in thr.groupby([f"_{c}" for c in setting], sort=False):
-            bench_id, device, dtype, _, batch, size = key
+            bench_id, device, dtype, compiled, batch, size = key
             by_model = {str(r["model"]): r for _, r in g.iterrows()}
             for model, r in by_model.items():
                 vit = reference.paper_baseline(model, 224) if size == "224" else None
@@ -417,14 +420,18 @@ def _throughput(mode: str):
                 label = f"{model} vs {vit}, {device}, {dtype}, batch {batch}"
                 cmd = (lambda k, model=model, vit=vit, batch=batch: f"mixerbench bench --models "
                        f"{model},{vit} --mode {mode} --batch-size {batch} --repeats {k}")
-                out.append(order(claim, label, a, b, next_cmd=cmd, source="throughput.csv"))
+                latest.pop((model, vit, device, dtype, compiled, batch, size), None)
+                latest[(model, vit, device, dtype, compiled, batch, size)] = order(
+                    claim, label, a, b, next_cmd=cmd, source="throughput.csv")
+        out = list(latest.values())
         return out or _none(claim, f"no `{mode}` rows of a Mixer and its Table 3 ViT (B/16, "
                                    "L/16, H/14 at 224 px) from one bench call")
     return evaluate_mode
 
 
 def _shuffle_pairs(frames: dict, family: str):
-    """(label, original rows, patch-shuffled rows) per model, dataset, size and schedule."""
+    """(label, original rows, patch-shuffled rows) per model, dataset, size, schedule, subset
+    and eval crop."""
     sh = frames["shuffle"]
     sh = sh[(_text(sh["metric"]) == "top1") & sh["top1"].notna()]
     sh = sh[_family(sh) == family]
@@ -432,17 +439,23 @@ def _shuffle_pairs(frames: dict, family: str):
     # the images a number is on (a row from before rows recorded them: the whole test split):
     # a capped evaluation is a measurement of its own, never the last word on the full one
     sh = sh.assign(_split=_text(sh["split"]).replace("", "test"))
-    sh = sh.drop_duplicates(["run_id", "eval_shuffle", "metric", "_split"], keep="last")
+    # and the crop they went through: an `evaluate --crop` of a run is another measurement,
+    # never the last word on (nor averaged with) the one its sweep made
+    sh = sh.assign(_crop=_text(sh["pipeline"]))
+    sh = sh.drop_duplicates(["run_id", "eval_shuffle", "metric", "_split", "_crop"],
+                            keep="last")
     acc = frames["accuracy"]
     acc = acc[_text(acc["kind"]) != "evaluate"].drop_duplicates("run_id", keep="last")
     sched = acc.set_index(_text(acc["run_id"]))[["epochs", "steps"]]
     sh = sh.join(sched, on="run_id")
     sh = sh.assign(_epochs=_text(sh["epochs"]), _steps=_text(sh["steps"]))
     sh = sh.assign(_recipe=recipe_key(sh))
-    for key, g in sh.groupby(["model", "dataset", "img_size", "_epochs", "_steps", "_split"],
-                             sort=False):
+    crops = sh["_crop"].nunique() > 1
+    for key, g in sh.groupby(["model", "dataset", "img_size", "_epochs", "_steps", "_split",
+                              "_crop"], sort=False):
         label = f"{short_name(key[0])}, {key[1]}, {key[2]} px" + (
-            f", {key[5]}" if key[5] != "test" else "")
+            f", {key[5]}" if key[5] != "test" else "") + (
+            f", crop {key[6] or 'unrecorded'}" if crops else "")
         nones = dict(list(g[_text(g["eval_shuffle"]) == "none"].groupby("_recipe", sort=False)))
         patches = dict(list(g[_text(g["eval_shuffle"]) == "patch"].groupby("_recipe", sort=False)))
         if not nones or not patches:

@@ -417,9 +417,11 @@ def accuracy_throughput(
     # img/s per device, from the latest bench of the model at the recipe's size (tables)
     thr = numeric(thr.assign(img_per_sec_mean=thr["img_per_sec_mean"] / nd), "img_size")
     numeric(acc, "img_size")
-    acc = acc.assign(family=style.families(acc), _recipe=recipe_key(acc))
-    # one point per recipe: its seeds averaged, never two recipes of one model name
-    agg = acc.groupby(["_recipe", "model"], sort=False).agg(
+    acc = acc.assign(family=style.families(acc), _recipe=recipe_key(acc),
+                     _crop=text(acc, "pipeline"))
+    # one point per recipe and eval crop: its seeds averaged, never two recipes of one model
+    # name, nor an `evaluate --crop` of its runs with their own crop
+    agg = acc.groupby(["_recipe", "_crop", "model"], sort=False).agg(
         mean=("top1", "mean"), std=("top1", "std"), size=("top1", "size"),
         family=("family", "first"), img_size=("img_size", "first"),
         devices=("device_name", lambda d: set(text(d.to_frame(), "device_name"))),

@@ -241,8 +241,8 @@ def _runs(root: Path, frames: dict) -> list[tuple[str, str]]:
         facts = []
         if row is not None:
             for label, cols in (
-                ("result", ("model", "family", "dataset", "split", "img_size", "epochs",
-                            "steps", "top1", "top5", "loss", "kind", "experiment", "init",
+                ("result", ("model", "family", "dataset", "split", "pipeline", "img_size",
+                            "epochs", "steps", "top1", "top5", "loss", "kind", "experiment", "init",
                             "recipe_id")),
                 ("code", ("git_sha", "mixerbench_version", "torch_version", "timm_version")),
                 ("device", ("device_name", "num_devices", "dtype", "compiled", "seed",

@@ -102,17 +102,22 @@ def pick_dataset(df: pd.DataFrame, dataset: str | None, what: str) -> tuple[pd.D
 
 def latest_per_run(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (run_id, dataset, split, img_size): the run's own training row when it has
-    one, else its last evaluation. An `evaluate` of a trained run re-measures accuracy but has
-    no cost columns, so it never replaces the training record (cost figures and compare
-    averages would silently lose that run)."""
+    one, else its last evaluation per eval crop (`pipeline`: two crops are two measurements,
+    and a caller that groups runs keeps them apart). An `evaluate` of a trained run re-measures
+    accuracy but has no cost columns, so it never replaces the training record (cost figures
+    and compare averages would silently lose that run)."""
     if "run_id" not in df.columns:
         return df
     keys = [c for c in ("run_id", "dataset", "split", "img_size") if c in df.columns]
     df = df.reset_index(drop=True)  # rows keep the order they came in (a caller may sort them)
     has_id = df["run_id"].notna() & (df["run_id"].astype(str) != "")
     trained = (df["kind"].astype(str) != "evaluate") if "kind" in df.columns else has_id
-    ranked = df[has_id].assign(_trained=trained[has_id]).sort_values("_trained", kind="stable")
-    kept = ranked.drop_duplicates(subset=keys, keep="last").drop(columns="_trained")
+    ranked = df[has_id].assign(_trained=trained[has_id], _crop=text(df, "pipeline")[has_id])
+    ranked = ranked.sort_values("_trained", kind="stable")
+    kept = ranked.drop_duplicates(subset=keys + ["_crop"], keep="last")
+    if len(kept):  # a run's training row stands for it alone
+        owned = kept.groupby(keys, sort=False, dropna=False)["_trained"].transform("any")
+        kept = kept[kept["_trained"] | ~owned]
     return df[df.index.isin(kept.index) | ~has_id].copy()
 
 
@@ -241,6 +246,7 @@ def compare_table(
     acc = latest_per_run(acc)
     acc["_recipe"] = recipe_key(acc)
     acc["_split"] = text(acc, "split")
+    acc["_crop"] = text(acc, "pipeline")  # an evaluate's other crop is another measurement
 
     thr = None
     if throughput_df is not None and len(throughput_df):
@@ -255,8 +261,8 @@ def compare_table(
         zoo = numeric(zoo_df.copy(), "params", "gflops").drop_duplicates("name").set_index("name")
 
     rows = []
-    for (ds, key, sp), g in acc.groupby(["dataset", "_recipe", "_split"], sort=False,
-                                        dropna=False):
+    for (ds, key, sp, crop), g in acc.groupby(["dataset", "_recipe", "_split", "_crop"],
+                                              sort=False, dropna=False):
         model, img_size = g["model"].iloc[0], g["img_size"].iloc[0]
         top1 = g["top1"].dropna()
         bench = latest_bench(thr, model, img_size, set(text(g, "device_name")),
@@ -265,7 +271,8 @@ def compare_table(
         if zoo is not None and model in zoo.index:
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
         fs, fs_n, fs_split, fs_shots = _fewshot_of(
-            few, g["run_id"], ds, sp, (settings or {}).get(key, {}).get("data.eval_pipeline"))
+            few, g["run_id"], ds, sp,
+            crop or (settings or {}).get(key, {}).get("data.eval_pipeline"))
         size = None if img_size != img_size else int(img_size)
         # the paper reports ImageNet only: a run measured on ImageNet, pre-trained on `pretrain`
         # (or trained there from scratch: the paper's "pre-trained on ImageNet" rows)
@@ -292,11 +299,11 @@ def compare_table(
             "diff": math.nan if paper is None else mean - paper,
             "paper_row": row_ref["note"] if row_ref else "",
             "recipe_id": key if not key.startswith(_RUN_ONLY) else "",
-            "_recipe": key,
+            "_recipe": key, "_crop": crop,
         })
-    out = pd.DataFrame(rows, columns=[*COMPARE_COLUMNS, "_recipe"])
-    out["settings"] = recipe_labels(out, settings or {})
-    return out.drop(columns="_recipe")
+    out = pd.DataFrame(rows, columns=[*COMPARE_COLUMNS, "_recipe", "_crop"])
+    out["settings"] = crop_labels(out, recipe_labels(out, settings or {}))
+    return out.drop(columns=["_recipe", "_crop"])
 
 
 def _is_imagenet(dataset, split: str) -> bool:
@@ -346,6 +353,20 @@ def recipe_labels(table: pd.DataFrame, settings: dict[str, dict]) -> list[str]:
             else:
                 labels[i] = f"recipe {k.removeprefix(_RUN_ONLY)}"
     return labels
+
+
+def crop_labels(table: pd.DataFrame, labels: list[str]) -> list[str]:
+    """`labels` with the eval crop added (`crop eval-resize`; `crop unrecorded` for a row an
+    older version wrote without one) to each row of a recipe that the table shows under more
+    than one crop (an `evaluate --crop` of its runs beside their own)."""
+    out = list(labels)
+    groups = table.groupby(["dataset", "_recipe", "split"], sort=False, dropna=False).indices
+    for idx in groups.values():
+        if len({table["_crop"].iloc[i] for i in idx}) > 1:
+            for i in idx:
+                crop = f"crop {table['_crop'].iloc[i] or 'unrecorded'}"
+                out[i] = f"{out[i]}, {crop}" if out[i] else crop
+    return out
 
 
 def _setting(value) -> str:
@@ -440,14 +461,16 @@ PROBE_SETTINGS = ("shots_split", "l2_reg", "num_seeds", "pipeline", "img_size", 
 def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFrame, list[str]]:
     """The rows a figure's point averages, per `keys` group (a model at one fraction, one
     shuffle, one metric): each run once (its last row), the seeds of one recipe (the latest;
-    two recipes of one model name are never averaged) and one subset of the images (the whole
-    split where the recipe has it, else its latest capped part). Returns those rows and one
+    two recipes of one model name are never averaged), one subset of the images (the whole
+    split where the recipe has it, else its latest capped part) and one eval crop (`pipeline`:
+    the one most of those rows went through). Returns those rows and one
     note per group that had more (`label(key)` names the group), for the figure to say what it
     left out."""
     df = df.reset_index(drop=True)
-    df = df.assign(_recipe=recipe_key(df), _split=text(df, "split"))
+    df = df.assign(_recipe=recipe_key(df), _split=text(df, "split"), _crop=text(df, "pipeline"))
     if "run_id" in df.columns:  # a row without a run id is an observation of its own
-        once = [c for c in ("run_id", *keys, "eval_shuffle", "_split") if c in df.columns]
+        once = [c for c in ("run_id", *keys, "eval_shuffle", "_split", "_crop")
+                if c in df.columns]
         ided = df["run_id"].notna()
         df = pd.concat([df[~ided], df[ided].drop_duplicates(once, keep="last")]).sort_index()
     kept, notes = [], []
@@ -460,11 +483,18 @@ def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFr
         split = (whole if len(whole) else g)["_split"].iloc[-1]
         if g["_split"].nunique() > 1:
             said.append(f"on {split or 'its split'} only")
-        kept.append(g[g["_split"] == split])
+        g = g[g["_split"] == split]
+        if g["_crop"].nunique() > 1:  # an `evaluate --crop` beside the sweep's own: one crop,
+            # the one most of its rows went through (of equals, the first recorded)
+            counts = g.groupby("_crop", sort=False).size()
+            crop = max(counts.index, key=lambda c: counts[c])
+            said.append(f"through {crop or 'an unrecorded crop'} only")
+            g = g[g["_crop"] == crop]
+        kept.append(g)
         if said:
             notes.append(f"{label(key)}: {', '.join(said)}")
     out = pd.concat(kept).sort_index() if kept else df.iloc[0:0]
-    return out.drop(columns=["_recipe", "_split"]), notes
+    return out.drop(columns=["_recipe", "_split", "_crop"]), notes
 
 
 def short_labels(names) -> list[str]:
