@@ -363,8 +363,10 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
                                    device=device, overrides=overrides), launcher, log)
     if not _joined_here():
         return {}
+    tag = compare_experiment(preset, epochs, {**(overrides or {}), **({"steps": steps} if steps
+                                                                      else {})})
     out = join_compare(runs, preset=preset, fewshot=fewshot, with_bench=with_bench, root=root,
-                       data_dir=data_dir, device=device, log=log)
+                       data_dir=data_dir, device=device, tag=tag, log=log)
     log(Event.COMPARED, dict(
         root=root, group=f"compare-{preset}", runs=[s["run_id"] for s in runs],
         written=out["written"], config=dict(
@@ -402,9 +404,9 @@ def compare_experiment(preset: str | None, epochs: float | None, overrides: dict
 
 
 def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, data_dir,
-                 device, log: Log = noop) -> dict[str, Any]:
-    """`compare`'s result from its trained cells: few-shot and bench rows where asked (and
-    not already measured), then the table from the CSVs."""
+                 device, tag: str, log: Log = noop) -> dict[str, Any]:
+    """`compare`'s result from its trained cells (their rows' `experiment` tag `tag`): few-shot
+    and bench rows where asked (and not already measured), then the table from the CSVs."""
     import pandas as pd
 
     from mixerbench.models import label_of, model_info
@@ -446,12 +448,17 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     # the table as `plot` regenerates it (tables/compare-*), its probes those of these runs
     table = compare_table(acc, thr, few, dataset=ds_name, zoo_df=zoo, shots=fewshot,
                           settings=recipe_settings(root, acc))
-    written = regenerate(root, None, ["compare"])["written"]
-    # the title names the compare's own tag: a run read back may have been trained by a
-    # `pretrain` of the same settings (no compare tag, which read "preset nan")
-    tags = [t for t in acc["experiment"].dropna().astype(str) if t.startswith("compare")]
-    title = compare_name(ds_name, tags[0])[1] if tags else ""
-    return dict(table=table, runs=runs, dataset=ds_name, written=written, title=title)
+    # tables/compare-* hold the runs of each compare tag and of their recipes (`plot`); runs
+    # all trained by earlier commands of the same recipe (a `pretrain` of these settings) left
+    # no row of this tag for a file to be made from
+    ours = acc["experiment"].astype(str).eq(tag).any()
+    written = regenerate(root, None, ["compare"])["written"] if ours else []
+    notes = [] if ours else [
+        "every run was read back from an earlier command of the same recipe, so no "
+        "tables/compare-* file holds this table; `mixerbench plot` draws those from runs a "
+        "compare trained"]
+    return dict(table=table, runs=runs, dataset=ds_name, written=written, notes=notes,
+                title=compare_name(ds_name, tag)[1])
 
 
 def _batch_of(preset: str | None) -> int | None:

@@ -251,6 +251,23 @@ def test_a_compare_table_keeps_the_size_of_its_own_models_after_another_compare(
     assert int(both[other]["params"]) < int(first[stem]["params"])  # fewer tokens to mix
 
 
+def test_a_compare_counts_the_runs_it_read_back_from_a_pretrain_of_its_recipe(tmp_path):
+    """`pretrain` of the smoke settings, then a compare of those settings: a compare that only
+    reads the run back prints its table and says no file holds it (it failed with 'no compare
+    runs'); with a second seed the compare trains, its file counts both seeds (n=2) as its own
+    table on the screen does."""
+    compare = ["compare", "--models", "mixer", "--preset", "smoke", "--no-bench", *TINY_MODEL,
+               "--steps", "2", "--results-dir", tmp_path]
+    ok(cli("pretrain", "--preset", "smoke", *TINY_MODEL, "--steps", "2", "--results-dir",
+           tmp_path))
+    out = " ".join(ok(cli(*compare)).split())
+    assert "read back from an earlier command" in out and "no tables/compare-* file" in out
+    assert not list((tmp_path / "tables").glob("compare-*.csv"))
+    ok(cli(*compare, "--seeds", "2"))
+    (table,) = (tmp_path / "tables").glob("compare-*.csv")
+    assert [r["n"] for r in rows(table)] == ["2"]
+
+
 def test_a_length_means_one_run_however_it_is_spelled(tmp_path):
     """`--set steps=2` on the 16-epoch smoke preset is the run `--steps 2` is: one run id, one
     recipe, one row of one compare table (n=1), never the same measurement twice under two

@@ -118,11 +118,16 @@ class Report:
 def _compare_tables(i: Inputs) -> list[tuple[str, Any]]:
     """tables/compare-<dataset>-<preset>[-<digest>]: every run of one `compare` setting on each
     dataset (its `experiment` tag: the preset, and the settings given on top of it, which the
-    file name carries as a digest and the title in words), one row per recipe."""
+    file name carries as a digest and the title in words), one row per recipe. A run another
+    command trained under one of those recipes (a `pretrain` of the same settings, which the
+    compare then read back rather than train again) is one of its runs too."""
     acc = i.csv("accuracy")
     exps = acc["experiment"].astype(object).where(acc["experiment"].notna(), "").astype(str)
+    trained = acc["kind"].astype(str) != "evaluate"
     out = []
     for (ds, exp), g in acc[exps.str.startswith("compare")].groupby(["dataset", exps]):
+        same = trained & (acc["dataset"] == ds) & acc["recipe_id"].isin(g["recipe_id"].dropna())
+        g = acc[(exps == exp) & (acc["dataset"] == ds) | same & (exps != exp)]
         stem, title = compare_name(str(ds), exp)
         runs = list(dict.fromkeys(g["run_id"].dropna().astype(str)))
         # params and FLOPs of the models these runs built (their checkpoints), never a zoo
