@@ -159,3 +159,25 @@ def tree(root: Path) -> dict[str, str]:
             p = os.path.join(dirpath, f)
             out[os.path.relpath(p, root)] = hashlib.sha256(Path(p).read_bytes()).hexdigest()
     return out
+
+
+@pytest.fixture
+def tmpfs(tmp_path):
+    """Mount a tmpfs (root only, as in CI): yields mount(path, options) -> the mounted folder
+    (`options` as `mount -o` takes them: "size=2m", "ro,size=1m"), unmounted after."""
+    if os.geteuid() != 0:
+        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
+    mounted = []
+
+    def mount(path: Path, options: str) -> Path:
+        path.mkdir(parents=True, exist_ok=True)
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
+                           capture_output=True, text=True)
+        if r.returncode:
+            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
+        mounted.append(path)
+        return path
+
+    yield mount
+    for path in mounted:
+        subprocess.run(["umount", "-l", str(path)], check=False)

@@ -238,27 +238,6 @@ def test_a_cache_that_is_dev_null_is_one_sentence(tmp_path):
     assert "MIXERBENCH_CACHE" in line and "/dev/null" in line
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a tmpfs (root only, as in CI): yields mount(path, options), unmounted after."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mounted = []
-
-    def mount(path: Path, options: str) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", options, "tmpfs", str(path)],
-                           capture_output=True, text=True)
-        if r.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-        mounted.append(path)
-        return path
-
-    yield mount
-    for path in mounted:
-        subprocess.run(["umount", str(path)], check=False)
-
-
 def test_a_read_only_home_is_one_sentence(tmp_path, tmpfs):
     home = tmpfs(tmp_path / "home", "ro,size=1m")
     line = refusal(pretrain("synthetic", tmp_path / "r", env={"HOME": str(home), "MIXERBENCH_CACHE": None}))

@@ -541,27 +541,6 @@ def test_a_folder_where_a_run_file_goes_is_refused_before_any_file_is_rewritten(
     assert tree(base) == before
 
 
-@pytest.fixture
-def tmpfs(tmp_path):
-    """Mount a tmpfs (root only, as in CI): mount(path, size) yields the mounted folder."""
-    if os.geteuid() != 0:
-        pytest.skip("mounting a tmpfs needs root (CI runs as root)")
-    mounted = []
-
-    def mount(path: Path, size: str) -> Path:
-        path.mkdir(parents=True, exist_ok=True)
-        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
-                           capture_output=True, text=True)
-        if r.returncode:
-            pytest.skip(f"cannot mount a tmpfs here: {r.stderr.strip()}")
-        mounted.append(path)
-        return path
-
-    yield mount
-    for path in mounted:
-        subprocess.run(["umount", str(path)], check=False)
-
-
 def _fill(disk: Path, leave: int) -> None:
     """Fill the tmpfs at `disk` to `leave` free bytes."""
     st = os.statvfs(disk)
@@ -573,7 +552,7 @@ def _fill(disk: Path, leave: int) -> None:
 def test_plot_on_a_full_disk_writes_all_figures_or_none(finished, tmpfs):
     """Room for a figure or two, not for all of them: the refusal says files are unchanged and
     they are (no figure added, no table replaced, no folder made)."""
-    disk = tmpfs(finished.parent / "disk", "2m")
+    disk = tmpfs(finished.parent / "disk", "size=2m")
     res = disk / "results"
     shutil.copytree(finished, res)
     _fill(disk, 80_000)
@@ -597,7 +576,7 @@ def test_token_mixing_weights_without_units_are_one_sentence(shape, folder, tmp_
 
 
 def test_export_on_a_full_disk_is_one_sentence_and_leaves_nothing(vit_run, tmpfs, tmp_path):
-    disk = tmpfs(tmp_path / "disk", "256k")
+    disk = tmpfs(tmp_path / "disk", "size=256k")
     _fill(disk, 16_000)
     line = refused(cli("export", vit_run, disk / "out"))
     assert "No space left" in line
