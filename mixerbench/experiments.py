@@ -358,15 +358,14 @@ def compare(models: list[str], *, dataset: str | None = None, preset: str | None
 
         parse_shots(str(fewshot))
     root = results.writable_results_dir(root)  # refused before any cell is trained or launched
-    runs = run_cells(compare_cells(models, dataset=dataset, preset=preset, seeds=seeds,
-                                   epochs=epochs, steps=steps, root=root, data_dir=data_dir,
-                                   device=device, overrides=overrides), launcher, log)
+    cells = compare_cells(models, dataset=dataset, preset=preset, seeds=seeds, epochs=epochs,
+                          steps=steps, root=root, data_dir=data_dir, device=device,
+                          overrides=overrides)
+    runs = run_cells(cells, launcher, log)
     if not _joined_here():
         return {}
-    tag = compare_experiment(preset, epochs, {**(overrides or {}), **({"steps": steps} if steps
-                                                                      else {})})
     out = join_compare(runs, preset=preset, fewshot=fewshot, with_bench=with_bench, root=root,
-                       data_dir=data_dir, device=device, tag=tag, log=log)
+                       data_dir=data_dir, device=device, tag=cells[0].experiment, log=log)
     log(Event.COMPARED, dict(
         root=root, group=f"compare-{preset}", runs=[s["run_id"] for s in runs],
         written=out["written"], config=dict(

@@ -5,7 +5,7 @@
 Each `mixerbench` line of README.md's bash blocks runs as typed (the line is not shrunk: these
 are the real commands and their real output) in a fresh tmux pane of that width, from a scratch
 folder whose `~/data` is a local CIFAR-10 copy when one is at hand ($MIXERBENCH_TEST_DATA, else
-../shared/data beside the checkout). The pane's text (`tmux capture-pane`, the whole scrollback)
+the test suite's default data folder, as tests/conftest.py finds it). The pane's text (`tmux capture-pane`, the whole scrollback)
 goes to docs/screens/<n>-<width>.txt, and docs/screens/README.md lists every command beside its
 captures. Lines that draw a table are checked for a cut cell ("…"); the script exits 1 if any
 has one. The first width trains; the second reads the same runs back (and bench measures again).
