@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 from conftest import cli
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -82,9 +82,14 @@ def check_compare(root: Path, table: Path) -> int:
     """Every number of one compare table recomputed from the CSVs; the cells checked."""
     from mixerbench.report import compare_name
 
-    acc = [r for r in rows(root / "accuracy.csv")
-           if r["kind"] != "evaluate" and r["experiment"].startswith("compare")
+    every = rows(root / "accuracy.csv")
+    own = [r for r in every if r["kind"] != "evaluate" and r["experiment"].startswith("compare")
            and compare_name(r["dataset"], r["experiment"])[0] == table.stem]
+    # a run another command (a pretrain) trained under one of the compare's recipes on its
+    # dataset is one of its runs too: the compare read it back rather than train it again
+    recipes = {(r["recipe_id"], r["dataset"]) for r in own}
+    acc = own + [r for r in every if r not in own and r["kind"] != "evaluate"
+                 and (r["recipe_id"], r["dataset"]) in recipes]
     few = rows(root / "fewshot.csv")
     thr = rows(root / "throughput.csv")
     checked = 0
@@ -153,6 +158,9 @@ def check_throughput(root: Path) -> int:
 @settings(max_examples=3, deadline=None, database=None,
           suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 @given(commands=st.lists(COMMANDS, min_size=2, max_size=3))
+# found by the search: a pretrain of a compare's recipe (seed 1), then a compare of two seeds
+# that reads it back counts it among its runs
+@example(commands=[("pretrain", 2, 0.01, 1), ("compare", 2, 2, False, False)])
 def test_every_table_number_is_an_aggregate_of_one_recipe(tmp_path_factory, commands):
     root = tmp_path_factory.mktemp("property")
     for command in [("compare", 2, 1, True, False), *commands]:  # always one compare table
