@@ -205,3 +205,24 @@ def test_finetuning_start_has_a_zero_head_the_recipe_regularisers_and_the_new_si
     with torch.no_grad():
         out = model.eval()(torch.randn(2, 3, k * size, k * size))
     assert out.shape == (2, 10) and torch.count_nonzero(out) == 0  # zero head: zero logits
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
+def test_tanh_gelu_compiled_is_the_same_function_as_eager(dtype, tol):
+    """Compiled for a CPU, the Mixer's tanh GELU is written with a sigmoid (inductor's tanh is
+    slow there); values and gradients stay those of 0.5 x (1 + tanh(k (x + c x^3))) in float64."""
+    import math
+
+    from mixerbench.models.mixer import TanhGELU
+
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    xr = x.clone().requires_grad_()
+    ref = 0.5 * xr * (1 + torch.tanh(math.sqrt(2 / math.pi) * (xr + 0.044715 * xr ** 3)))
+    ref.sum().backward()
+    act = TanhGELU()
+    for fn in (act, torch.compile(act, dynamic=False)):
+        xi = x.to(dtype).requires_grad_()
+        y = fn(xi)
+        y.float().sum().backward()
+        assert (y.double() - ref.detach()).abs().max().item() < tol * 4  # |y| up to 8
+        assert (xi.grad.double() - xr.grad).abs().max().item() < tol * 2
