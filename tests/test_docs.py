@@ -6,7 +6,9 @@ working directory, where `results/` goes) with a scratch home: `~` expands as th
 and the docs' `~/data` (a user's folder of local dataset copies) is this machine's offline copy
 when there is one (`conftest.SHARED_DATA`). Lines run in the order the documents give them
 (later lines use the runs of earlier ones); a line only gains `SHRINK`'s arguments, which make
-it smaller (fewer steps, fewer images), never different. Lines that need the CIFAR-10 copy skip
+it smaller (fewer steps, fewer images), never different, and a `--dry-run` line's probe of each
+run's training loop times its minimum of steps instead of 9 s a run (the estimate is less
+precise; tests/test_view.py checks what it says). Lines that need the CIFAR-10 copy skip
 when there is none.
 """
 
@@ -143,6 +145,11 @@ def test_a_documented_command_runs_as_typed(doc, line, checkout, monkeypatch):
     if ">" in args:  # `... > FILE`: the shell puts stdout in FILE (in the working folder)
         at = args.index(">")
         args, target = args[:at], args[at + 1]
+    if "--dry-run" in args:  # its probe of each run's loop, cut to PROBE_MIN_STEPS steps
+        from mixerbench import plan
+
+        for name in ("PROBE_WARMUP_S", "PROBE_TIMED_S"):
+            monkeypatch.setattr(plan, name, 0.0)
     r = CliRunner().invoke(app, shrink(args[1:]), env=env)
     assert r.exit_code == 0, f"{doc}: `{line}` exited {r.exit_code}:\n{r.output[-3000:]}"
     assert "Traceback" not in r.output
