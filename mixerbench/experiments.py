@@ -16,6 +16,7 @@ paper's claim, what the scaled version measures, the expected outcome and the ru
 from __future__ import annotations
 
 import json
+import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -395,11 +396,24 @@ def compare_experiment(preset: str | None, epochs: float | None, overrides: dict
     change a number (`config.NO_EFFECT`) are left out: such compares measure the same."""
     from mixerbench.config import NO_EFFECT
 
-    given = {**({"epochs": f"{epochs:g}"} if epochs is not None else {}),
-             **{k: str(v) for k, v in (overrides or {}).items() if k not in NO_EFFECT}}
+    given = {**({"epochs": _canonical(epochs)} if epochs is not None else {}),
+             **{k: _canonical(v) for k, v in (overrides or {}).items() if k not in NO_EFFECT}}
     tag = f"compare:{preset or 'default'}"
     return tag + ("[" + ",".join(f"{k}={v}" for k, v in sorted(given.items())) + "]"
                   if given else "")
+
+
+def _canonical(value) -> str:
+    """A setting as one spelling per value: `2`, `2.0` and `2e0` are `2`; `1e-3` and `0.001`
+    are `0.001` (shortest round-trip form); anything not a number as given."""
+    text = str(value).strip()
+    try:
+        number = float(text)
+    except ValueError:
+        return text
+    if not math.isfinite(number):
+        return text
+    return str(int(number)) if number.is_integer() else repr(number)
 
 
 def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, data_dir,

@@ -329,7 +329,8 @@ def emit(rows: list[dict], fmt: Format, title: str | None = None,
     if hidden:
         out.print(f"[dim]{len(hidden)} more column{'s' if len(hidden) > 1 else ''} "
                   f"({e(', '.join(hidden))}): --wide shows every column, --format csv the raw "
-                  "values[/]", soft_wrap=True)
+                  # a terminal gets it wrapped between words; a pipe or log one line
+                  "values[/]", soft_wrap=not out.is_terminal)
 
 
 # --------------------------------------------------------------------------------- progress

@@ -20,6 +20,29 @@ SHARED_DATA = Path(os.environ.get("MIXERBENCH_TEST_DATA")
                    or Path(__file__).resolve().parents[2] / "shared" / "data")
 
 
+# The order files start in. With `--dist loadfile` (the README's test command) a file is what a
+# worker is handed, and the suite ends when its last file does; xdist would queue files by their
+# number of tests, which says little here (test_slurm.py's 7 tests wait ~2 minutes on the
+# cluster, test_models.py's 74 take 20 s), and a long file handed out last leaves the other
+# worker idle. So the longest files start first, in the order of their measured time (2-core
+# CPU, the whole suite on 2 workers; the SLURM scenarios' jobs then train beside the other
+# files), and the rest fill in after them in name order.
+LONGEST_FIRST = ["test_slurm.py", "test_docs.py", "test_launcher.py", "test_reliability.py",
+                 "test_untrusted.py", "test_identity.py", "test_models.py", "test_export.py",
+                 "test_recipes.py", "test_weights.py", "test_races.py", "test_train.py",
+                 "test_filesystem.py", "test_data.py", "test_view.py", "test_inputs.py"]
+
+
+def pytest_configure(config):
+    if hasattr(config.option, "loadscopereorder"):  # pytest-xdist's reordering, off: ours below
+        config.option.loadscopereorder = False
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: a file's order kept
+
+
 @pytest.fixture(scope="session", autouse=True)
 def data_offline_cache(tmp_path_factory):
     """Every test runs offline and caches decoded datasets in a session temp dir, never in ~/.cache."""

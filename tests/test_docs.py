@@ -5,9 +5,11 @@ comment), so the docs cannot drift from the code again. Each runs in a scratch f
 working directory, where `results/` goes) with a scratch home: `~` expands as the shell would,
 and the docs' `~/data` (a user's folder of local dataset copies) is this machine's offline copy
 when there is one (`conftest.SHARED_DATA`). Lines run in the order the documents give them
-(later lines use the runs of earlier ones); a line only gains `SHRINK`'s arguments, which make
-it smaller (fewer steps, fewer images), never different. Lines that need the CIFAR-10 copy skip
-when there is none.
+(later lines use the runs of earlier ones); a line (a torchrun line: its mixerbench command)
+only gains `SHRINK`'s arguments, which make it smaller (fewer steps, fewer images), never
+different, and a `--dry-run` line's probe of each run's training loop times its minimum of
+steps instead of 9 s a run (the estimate is less precise; tests/test_view.py checks what it
+says). Lines that need the CIFAR-10 copy skip when there is none.
 """
 
 from __future__ import annotations
@@ -33,6 +35,9 @@ DOCS = [ROOT / "README.md", ROOT / "results" / "README.md"]
 # Arguments appended to a documented line (matched by regex) so it runs in seconds on 2 CPU
 # cores; each only shrinks the work. The first matching entry wins.
 SHRINK: list[tuple[str, list[str]]] = [
+    # a launched sweep: two of its cells, one job each at once (a job is a process: ~4 CPU-s)
+    (r"^compare .*--launcher local", ["--models", "mixer,vit", "--seeds", "1", "--set", "steps=4",
+                                      "--set", "max_eval_examples=200", "--no-bench"]),
     (r"^compare ", ["--seeds", "1", "--set", "steps=4", "--set", "max_eval_examples=200",
                     "--no-bench"]),
     (r"^reproduce throughput", ["--models", "mixer-s32,vit-s32", "--batch-size", "2"]),
@@ -131,7 +136,9 @@ def test_a_documented_command_runs_as_typed(doc, line, checkout, monkeypatch):
     monkeypatch.chdir(checkout)
     env = {"HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "MIXERBENCH_RESULTS": None,
            "MIXERBENCH_DATA": None, "OMP_NUM_THREADS": "1", "HOME": str(home)}
-    if args[0] == "torchrun":  # its own processes: the command exactly as typed
+    if args[0] == "torchrun":  # its own processes: the command as typed, SHRINK's arguments added
+        at = args.index("mixerbench") + 1
+        args = args[:at] + shrink(args[at:])
         proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", *args[1:]],
                               cwd=checkout, capture_output=True, text=True, timeout=300,
                               env={**os.environ, **{k: v for k, v in env.items() if v},
@@ -143,6 +150,11 @@ def test_a_documented_command_runs_as_typed(doc, line, checkout, monkeypatch):
     if ">" in args:  # `... > FILE`: the shell puts stdout in FILE (in the working folder)
         at = args.index(">")
         args, target = args[:at], args[at + 1]
+    if "--dry-run" in args:  # its probe of each run's loop, cut to PROBE_MIN_STEPS steps
+        from mixerbench import plan
+
+        for name in ("PROBE_WARMUP_S", "PROBE_TIMED_S"):
+            monkeypatch.setattr(plan, name, 0.0)
     r = CliRunner().invoke(app, shrink(args[1:]), env=env)
     assert r.exit_code == 0, f"{doc}: `{line}` exited {r.exit_code}:\n{r.output[-3000:]}"
     assert "Traceback" not in r.output

@@ -166,43 +166,81 @@ def test_an_unfinished_run_exports_with_what_is_unknown(tmp_path, export_runs):
 
 # ------------------------------------------------------- the card's routes, in plain timm
 
-# Runs the card's route (it defines `model`) in a process that imports timm and no mixerbench,
-# then the logits of the images in `x.npy`, to `out.npy`, and the preprocessing timm resolves
-# for the model (what the card's usage block feeds it), to `data.json`.
-_ROUTE = """
+# Runs each card route (it defines `model`) in a process of its own that imports timm and no
+# mixerbench, then the logits of its images, to `out-<i>.npy`, and the preprocessing timm
+# resolves for the model (what the card's usage block feeds it), to `data-<i>.json`. One parent
+# imports numpy, torch and timm (3 CPU-s a process on the 2-core CPU) and forks a child per
+# route, so each route starts from a fresh timm process, as on its own, at one import for all.
+_ROUTES = """
 import json
+import os
 import sys
+import traceback
 import numpy as np
+import timm
+import timm.data
 import torch
-{code}
-assert "mixerbench" not in sys.modules
-with torch.no_grad():
-    np.save(sys.argv[2], model(torch.from_numpy(np.load(sys.argv[1]))).numpy())
-if getattr(model, "pretrained_cfg", None):
-    import timm.data
-    json.dump(timm.data.resolve_model_data_config(model), open(sys.argv[3], "w"))
+folder = sys.argv[1]
+for i, code in enumerate(json.load(open(os.path.join(folder, "routes.json")))):
+    pid = os.fork()
+    if pid == 0:
+        try:
+            ns = {"__name__": "__main__"}
+            exec(compile(code, f"route {i}", "exec"), ns)
+            model = ns["model"]
+            assert "mixerbench" not in sys.modules
+            x = torch.from_numpy(np.load(os.path.join(folder, f"x-{i}.npy")))
+            with torch.no_grad():
+                np.save(os.path.join(folder, f"out-{i}.npy"), model(x).numpy())
+            if getattr(model, "pretrained_cfg", None):
+                with open(os.path.join(folder, f"data-{i}.json"), "w") as fh:
+                    json.dump(timm.data.resolve_model_data_config(model), fh)
+        except BaseException:
+            traceback.print_exc()
+            os._exit(1)
+        os._exit(0)
+    if os.waitpid(pid, 0)[1]:
+        sys.exit(f"route {i} failed")
 """
 
 
-def run_route(code: str, x: torch.Tensor, tmp_path: Path) -> torch.Tensor:
+def run_routes(routes: list[tuple[str, torch.Tensor]], folder: Path) -> list[tuple]:
+    """(logits, data config or None) of each (route code, images), each route in a plain timm
+    process of its own (`_ROUTES`)."""
     import subprocess
     import sys
 
     import numpy as np
 
-    np.save(tmp_path / "x.npy", x.numpy())
-    script = tmp_path / "route.py"
-    script.write_text(_ROUTE.format(code=code))
-    r = subprocess.run([sys.executable, str(script), str(tmp_path / "x.npy"),
-                        str(tmp_path / "out.npy"), str(tmp_path / "data.json")], capture_output=True, text=True, timeout=300,
-                       cwd=tmp_path, env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "routes.json").write_text(json.dumps([code for code, _ in routes]))
+    for i, (_, x) in enumerate(routes):
+        np.save(folder / f"x-{i}.npy", x.numpy())
+    r = subprocess.run([sys.executable, "-c", _ROUTES, str(folder)], capture_output=True,
+                       text=True, timeout=300, cwd=folder,
+                       env={**os.environ, "HF_HUB_OFFLINE": "1", "PYTHONPATH": ""})
     assert r.returncode == 0, r.stderr
-    return torch.from_numpy(np.load(tmp_path / "out.npy"))
+    data = [folder / f"data-{i}.json" for i in range(len(routes))]
+    return [(torch.from_numpy(np.load(folder / f"out-{i}.npy")),
+             json.loads(d.read_text()) if d.exists() else None) for i, d in enumerate(data)]
+
+
+@pytest.fixture(scope="module")
+def routes_run(export_done, tmp_path_factory):
+    """Every route of every family's card, run once in plain timm on `images(8)`:
+    {family: {route: (logits, data config)}}."""
+    jobs = [(f, name, code) for f, (res, _) in export_done.items()
+            for name, code in res["routes"].items()]
+    got = run_routes([(code, images(8)) for *_, code in jobs], tmp_path_factory.mktemp("routes"))
+    out = {}
+    for (family, name, _), result in zip(jobs, got):
+        out.setdefault(family, {})[name] = result
+    return out
 
 
 @pytest.mark.parametrize("family", ["mixer", "vit", "resnet"])
 def test_both_timm_routes_of_the_card_rebuild_the_trained_model(export_runs, export_done,
-                                                                family, tmp_path):
+                                                                routes_run, family):
     """`local-dir:` and the weights file through `pretrained_cfg_overlay` with num_classes:
     each route's code, as the card prints it, run in a plain timm process, gives the model
     mixerbench trained and the preprocessing mixerbench evaluated it with (the overlay carries
@@ -218,11 +256,10 @@ def test_both_timm_routes_of_the_card_rebuild_the_trained_model(export_runs, exp
         want = ours.eval()(x)
     for name, code in res["routes"].items():
         assert code in card, name
-        got = run_route(code, x, tmp_path)
+        got, data = routes_run[family][name]
         assert torch.equal(got.argmax(1), want.argmax(1)), name
         tol = 1e-2 if res["gelu"] == "tanh" else 1e-4  # timm's MlpMixer has exact GELU only
         assert (got - want).abs().max() < tol, name
-        data = json.loads((tmp_path / "data.json").read_text())
         assert {k: data[k] for k in keys} == {k: pc[k] for k in keys}, name
 
 
@@ -256,7 +293,7 @@ def test_the_smoke_mixer_exports_as_timms_mlpmixer_class_and_agrees_in_plain_tim
     x = images(64, size=28)
     with torch.no_grad():
         want = ours.eval()(x)
-    got = run_route(code, x, tmp_path)
+    (got, _), = run_routes([(code, x)], tmp_path / "route")
     assert (got.argmax(1) == want.argmax(1)).float().mean() == 1.0
     assert (got - want).abs().max() < 1e-2  # tanh GELU trained, exact GELU in timm
     # the card's whole usage block, on an image file, prints one of the dataset's names

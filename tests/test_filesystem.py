@@ -64,11 +64,33 @@ def snapshot(root: Path) -> dict[str, str]:
             elif stat.S_ISDIR(st.st_mode):
                 out[rel] = "dir"
             elif stat.S_ISREG(st.st_mode):
-                with open(p, "rb") as fh:
-                    out[rel] = hashlib.sha256(fh.read()).hexdigest()
+                out[rel] = digest(p)
             else:
                 out[rel] = f"special:{stat.S_IFMT(st.st_mode)}"
     return out
+
+
+def digest(path) -> str:
+    """A regular file's content: the sha256 of its bytes; for a sparse file (a planted 3 GB one,
+    whose holes read as zeros), its size and the sha256 of the offsets and bytes of its data
+    extents (SEEK_DATA / SEEK_HOLE), which any change of a byte changes too: hashing 3 GB of
+    zeros took ~0.6 s a snapshot, most of the hub fuzz test's time."""
+    with open(path, "rb") as fh:
+        st = os.fstat(fh.fileno())
+        if st.st_blocks * 512 >= st.st_size:
+            return hashlib.sha256(fh.read()).hexdigest()
+        h, fd, pos = hashlib.sha256(), fh.fileno(), 0
+        while pos < st.st_size:
+            try:
+                start = os.lseek(fd, pos, os.SEEK_DATA)
+            except OSError:  # ENXIO: only a hole from `pos` to the end
+                break
+            pos = os.lseek(fd, start, os.SEEK_HOLE)
+            os.lseek(fd, start, os.SEEK_SET)
+            h.update(b"@%d:" % start)
+            for _ in range(start, pos, 2**20):
+                h.update(os.read(fd, min(2**20, pos - os.lseek(fd, 0, os.SEEK_CUR))))
+        return f"sparse:{st.st_size}:{h.hexdigest()}"
 
 
 def refused_after_work(r) -> str:
@@ -825,5 +847,4 @@ def snapshot_npz(base: Path) -> str:
     st = os.lstat(p) if os.path.lexists(p) else None
     if st is None or not stat.S_ISREG(st.st_mode):
         return f"special:{st and stat.S_IFMT(st.st_mode)}"
-    with open(p, "rb") as fh:
-        return hashlib.sha256(fh.read()).hexdigest()
+    return digest(p)

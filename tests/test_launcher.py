@@ -21,7 +21,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import TINY, TINY_MODEL, start
+from conftest import TINY, TINY_MODEL, cli, start
 
 from mixerbench.formatting import pct
 from mixerbench.launch import Cell
@@ -122,20 +122,21 @@ def run_ids(root: Path) -> list[str]:
 
 
 @pytest.mark.slow
-def test_local_launcher_gives_the_serial_table(tmp_path, child_env):
+def test_local_launcher_gives_the_serial_table(tmp_path, child_env, one_thread):
     """`compare --launcher local --parallel 2` trains the same cells as the serial sweep, in
     two processes at once, and joins them into the same table (CPU training is deterministic
-    per seed: the same run ids and the same top-1 to the last digit)."""
+    per seed and thread count: the same run ids and the same top-1 to the last digit)."""
     pytest.importorskip("submitit")
     sweep = [*SWEEP, "--set", "steps=6"]
-    procs = [start([*sweep, "--results-dir", tmp_path / "serial"], child_env),  # at once:
-             start([*sweep, "--results-dir", tmp_path / "local",  # separate folders
-                         "--launcher", "local", "--parallel", "2"], child_env)]
-    serial, launched = [finish(p) for p in procs]
-    for code, _, err in (serial, launched):
-        assert code == 0, err[-3000:]
-    assert len(table_of(serial[1])) == 2
-    assert table_of(launched[1]) == table_of(serial[1])
+    proc = start([*sweep, "--results-dir", tmp_path / "local", "--launcher", "local",
+                  "--parallel", "2"], child_env)
+    # meanwhile the serial sweep, in this process on one thread as each job (another folder)
+    serial = cli(*sweep, "--results-dir", tmp_path / "serial")
+    launched = finish(proc)
+    assert serial.exit_code == 0, serial.output
+    assert launched[0] == 0, launched[2][-3000:]
+    assert len(table_of(serial.stdout)) == 2
+    assert table_of(launched[1]) == table_of(serial.stdout)
     assert run_ids(tmp_path / "local") == run_ids(tmp_path / "serial")
     folder = job_folder(launched[2])
     assert len(list(folder.glob("*_0_log.err"))) == 2  # one job per cell, its log there

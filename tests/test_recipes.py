@@ -283,6 +283,15 @@ def test_a_length_means_one_run_however_it_is_spelled(tmp_path):
     assert len(list((tmp_path / "r" / "runs").iterdir())) == 1
     (table,) = (tmp_path / "r" / "tables").glob("compare-*.csv")
     assert [r["n"] for r in rows(table)] == ["1"]
+    # one length however it is spelled on top of the preset, each spelling training a seed of
+    # its own: one compare file, its runs all counted
+    for seeds, epochs in enumerate((["--epochs", "1"], ["--set", "epochs=1.0"],
+                                    ["--set", "epochs=1"]), start=1):
+        ok(cli("compare", "--models", "mixer", "--preset", "smoke", "--no-bench", *TINY_MODEL,
+               *epochs, "--seeds", seeds, "--results-dir", tmp_path / "epochs"))
+    assert len(list((tmp_path / "epochs" / "runs").iterdir())) == 3
+    (table,) = (tmp_path / "epochs" / "tables").glob("compare-*.csv")
+    assert [r["n"] for r in rows(table)] == ["3"]
 
     for given in (["--set", "epochs=1"], ["--epochs", "1"]):
         cfg = json.loads(ok(cli("finetune", "--init", next((tmp_path / "r" / "runs").iterdir()),

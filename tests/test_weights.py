@@ -156,12 +156,10 @@ def test_plain_safetensors_needs_and_takes_arch(tmp_path, one_thread):
         torch.testing.assert_close(model.eval()(x), ref(x), rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.slow
-def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env):
+def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, one_thread):
     import timm
+    from conftest import cli, refused
     from safetensors.torch import save_file
-
-    from conftest import run
 
     torch.manual_seed(0)
     ref = timm.create_model("test_vit", pretrained=False, num_classes=10, img_size=28,
@@ -169,17 +167,17 @@ def test_finetune_and_evaluate_take_arch_on_the_command_line(tmp_path, child_env
     plain = tmp_path / "vit.safetensors"
     save_file({k: v.contiguous() for k, v in ref.state_dict().items()}, plain)
     res = tmp_path / "results"
-    no_arch = run(["finetune", "--init", plain, "--dataset", "mnist-5k", "--steps", "200",
-                   "--print-config"], child_env)
-    assert no_arch.returncode == 2 and "--arch" in no_arch.stderr
-    cfg = run(["finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
-               "--steps", "200", "--print-config"], child_env)
-    assert cfg.returncode == 0, cfg.stderr
+    line = refused(cli("finetune", "--init", plain, "--dataset", "mnist-5k", "--steps", "200",
+                       "--print-config"))
+    assert "--arch" in line
+    cfg = cli("finetune", "--init", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
+              "--steps", "200", "--print-config")
+    assert cfg.exit_code == 0, cfg.output
     assert json.loads(cfg.stdout)["model"]["name"] == "timm:test_vit"
     # 160 px is test_vit's size in timm, so a 28 px state dict is refused in one sentence
-    ev = run(["evaluate", "--checkpoint", plain, "--arch", "test_vit", "--dataset", "mnist-5k",
-              "--max-examples", "8", "--results-dir", res], child_env)
-    assert ev.returncode == 2 and "does not fit" in ev.stderr, ev.stderr
+    line = refused(cli("evaluate", "--checkpoint", plain, "--arch", "test_vit", "--dataset",
+                       "mnist-5k", "--max-examples", "8", "--results-dir", res))
+    assert "does not fit" in line
 
 
 # ----------------------------------------------------------------- fine-tuning starts right
