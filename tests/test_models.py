@@ -226,3 +226,23 @@ def test_tanh_gelu_compiled_is_the_same_function_as_eager(dtype, tol):
         y.float().sum().backward()
         assert (y.double() - ref.detach()).abs().max().item() < tol * 4  # |y| up to 8
         assert (xi.grad.double() - xr.grad).abs().max().item() < tol * 2
+
+
+def test_tanh_gelu_in_bf16_on_a_cpu_is_torchs_kernel_bit_for_bit():
+    """Eager bf16 on a CPU, the Mixer's tanh GELU reads the kernel's result of each bf16 value
+    from a table: every one of the 65,536 values (NaN, infinities, -0 included) and a
+    transposed view give the kernel's bits, forward and backward."""
+    from mixerbench.models.mixer import TanhGELU
+
+    act = TanhGELU()
+    every = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    same = lambda a, b: torch.equal(a.view(torch.int16), b.view(torch.int16))  # noqa: E731
+    assert same(act(every), torch.nn.functional.gelu(every, approximate="tanh"))
+    x = (torch.randn(3, 5, 7) * 4).to(torch.bfloat16).transpose(1, 2)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = act(a), torch.nn.functional.gelu(b, approximate="tanh")
+    assert same(ya, yb) and ya.shape == yb.shape
+    g = torch.randn(ya.shape).to(torch.bfloat16)
+    ya.backward(g)
+    yb.backward(g)
+    assert same(a.grad, b.grad)
