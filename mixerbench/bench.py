@@ -268,17 +268,47 @@ def _free(device: str) -> None:
         torch.cuda.empty_cache()
 
 
+def timm_twin(name: str, *, img_size: int, num_classes: int, patch_size: int | None = None,
+              overrides: dict | None = None):
+    """(module, row label) of timm's own model with the shapes of the native model `name`: the
+    module `export` writes (the family's `to_timm`: timm's entry point of these shapes, else
+    its class built from the same arguments, e.g. `MlpMixer(**model_args)`), so the native
+    model and timm's can be timed side by side at any size, the smoke preset's included. The
+    label is `timm:<entry point>`, or `timm:<class>[...]` with the native label's shapes."""
+    from mixerbench.errors import UserError
+    from mixerbench.models import create_model, family_for, get_spec, model_label
+
+    to_timm = family_for(name).to_timm
+    if to_timm is None or name.startswith("timm:"):
+        raise UserError(f"{name} has no timm counterpart to bench beside it (--vs-timm takes "
+                        "native models, e.g. mixer-s16).")
+    model = create_model(name, num_classes=num_classes, img_size=img_size,
+                         patch_size=patch_size, **(overrides or {}))
+    label = model_label(name, overrides, patch_size)
+    out = to_timm(get_spec(name), model, label)
+    if out["architecture"]:
+        return out["module"], "timm:" + out["architecture"]
+    shapes = {k: v for k, v in (overrides or {}).items() if k in ("width", "depth")}
+    cls = out["constructor"].rsplit(".", 1)[-1]
+    return out["module"], model_label("timm:" + cls, shapes, getattr(model, "patch_size", None))
+
+
 def _make_step(name: str, mode: str, batch: int, *, img_size: int, num_classes: int,
                device: str, dtype: str, compile: bool, channels_last: bool,
-               patch_size: int | None = None, overrides: dict | None = None):
-    """A closure running one infer or train step on a device-resident synthetic batch."""
+               patch_size: int | None = None, overrides: dict | None = None, twin: bool = False):
+    """A closure running one infer or train step on a device-resident synthetic batch (of
+    timm's model of `name`'s shapes when `twin`, `timm_twin`)."""
     import torch
 
     from mixerbench.loss import cross_entropy
     from mixerbench.models import create_model
 
-    model = create_model(name, num_classes=num_classes, img_size=img_size, patch_size=patch_size,
-                         **(overrides or {})).to(device)
+    if twin:
+        model = timm_twin(name, img_size=img_size, num_classes=num_classes,
+                          patch_size=patch_size, overrides=overrides)[0].to(device)
+    else:
+        model = create_model(name, num_classes=num_classes, img_size=img_size,
+                             patch_size=patch_size, **(overrides or {})).to(device)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt)
     x = torch.randn(batch, 3, img_size, img_size, device=device).to(memory_format=fmt)
@@ -371,12 +401,13 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
           dtype: str | None = None, compile: bool | None = None, repeats: int = 5,
           warmup: int = 10, steps_per_repeat: int = 20, device: str | None = None,
           channels_last: bool | None = None, num_classes: int = 1000, max_batch: int | None = None,
-          root=None, log: Log = noop) -> list[dict]:
+          vs_timm: bool = False, root=None, log: Log = noop) -> list[dict]:
     """Throughput of each model, in the same process on the same device.
 
     Args:
-        models: registry names, paper spellings or `timm:<name>`; all run in this call so their
-            ratios are measured side by side.
+        models: registry names, paper spellings, `timm:<name>`, model labels such as
+            `mixer-t4[depth=2,width=64]` (a comma-separated string, `models.parse_models`) or
+            model descriptions; all run in this call so their ratios are measured side by side.
         mode: "infer", "train" (forward + backward + AdamW step) or "both".
         batch_size: images per step, or "auto" for the largest that fits (start at `max_batch`,
             1024 on CUDA and 64 on CPU, and back off on out-of-memory). A fixed size that does
@@ -389,6 +420,8 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
             (round r times repeat r of each), so their ratios share the machine's load.
         channels_last: NHWC layout (default: for CNNs on CUDA, where cuDNN prefers it).
         num_classes: head size (1000, as the zoo's params and GMACs).
+        vs_timm: after each model, timm's model of the same shapes (`timm_twin`: what `export`
+            builds), timed in the same rounds.
         root: if given, rows are appended to `<root>/throughput.csv`.
         log: progress, as `events.Event.PROGRESS` events (one per model and mode).
 
@@ -412,7 +445,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
 
     modes, described, device, dtype, start_batch, auto = _check_bench(
         models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype, max_batch,
-        img_size)
+        img_size, vs_timm)
     for rec in described:  # every model is checked before the first is timed
         for m in modes:
             check_fits(rec["name"], m, device=device, dtype=dtype,
@@ -445,8 +478,9 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
             spec = get_spec(rec["name"])
             size = img_size or rec.get("img_size") or spec.img_size
             arch = dict(patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
-            label = label_of(rec)
             classes = rec.get("num_classes") or num_classes
+            label = timm_twin(rec["name"], img_size=size, num_classes=classes, **arch)[1] \
+                if rec.get("twin") else label_of(rec)
             info = model_info(rec["name"], num_classes=classes, img_size=size,
                               patch_size=arch["patch_size"], **arch["overrides"])
             cl = (family_for(rec["name"]).channels_last and cuda) if channels_last is None \
@@ -455,7 +489,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                 progress(log, f"{label} {m}", len(entries) + 1, total)
                 batch, step = _fit(rec["name"], m, start_batch, device=device, img_size=size,
                                    num_classes=classes, dtype=dtype, compile=compile,
-                                   channels_last=cl, **arch)
+                                   channels_last=cl, twin=bool(rec.get("twin")), **arch)
                 secs = time_steps(step, device=device, warmup=max(warmup - 2, 0),
                                   repeats=0 if interleave else repeats, steps_per_repeat=steps_per_repeat)
                 entry = dict(step=step if interleave else None, secs=secs, m=m, batch=batch, info=info,
@@ -520,10 +554,10 @@ MAX_BENCH_STEPS = 100_000  # bound on --repeats, --steps and --warmup each
 
 
 def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, device, dtype,
-                 max_batch, img_size=None):
+                 max_batch, img_size=None, vs_timm=False):
     """(modes, model descriptions, device, dtype, first batch size, auto?), all checked up front."""
     from mixerbench.errors import UserError
-    from mixerbench.models import resolve_name
+    from mixerbench.models import family_for, parse_models, resolve_name
 
     if img_size is not None and not (isinstance(img_size, int) and 1 <= img_size <= 4096):
         # 0 is not "the default": a row measured at another size than asked would be a lie
@@ -534,7 +568,7 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
     if modes is None:
         raise UserError(f"Unknown mode '{mode}'; use infer, train or both.")
     if isinstance(models, str):
-        models = [m for m in models.split(",") if m.strip()]
+        models = parse_models(models)
     if not models:
         raise UserError("No models to benchmark; pass --models mixer-b16,vit-b16 for example.")
     if repeats < 1 or steps_per_repeat < 1 or warmup < 0:
@@ -558,4 +592,10 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
     # run's checkpoint carries, so `compare` benches exactly the architecture it trained.
     described = [dict(m, name=resolve_name(m["name"])) if isinstance(m, dict)
                else dict(name=resolve_name(m)) for m in models]
+    if vs_timm:  # each native model, then timm's of its shapes (`timm_twin`)
+        for rec in described:
+            if rec["name"].startswith("timm:") or family_for(rec["name"]).to_timm is None:
+                raise UserError(f"{rec['name']} has no timm counterpart to bench beside it; "
+                                "--vs-timm takes native models, e.g. mixer-s16.")
+        described = [d for rec in described for d in (rec, dict(rec, twin=True))]
     return modes, described, device, dtype, start, auto

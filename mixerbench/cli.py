@@ -235,7 +235,7 @@ def evaluate(
 @app.command()
 def bench(
     ctx: typer.Context,
-    models: Annotated[str, typer.Option("--models", "-m", help="Comma-separated zoo names or timm:<name>, e.g. mixer-b16,vit-b16,bit-r50x1.")],
+    models: Annotated[str, typer.Option("--models", "-m", help="Comma-separated zoo names, timm:<name> or row labels, e.g. mixer-b16,vit-b16,bit-r50x1 or 'mixer-t4[depth=2,width=64]'.")],
     mode: Annotated[o.BenchMode, typer.Option(help="infer, train (forward+backward+AdamW step) or both.")] = o.BenchMode.infer,
     batch_size: Annotated[str, typer.Option("--batch-size", "-b", help="Images per step, or 'auto' for the largest that fits.")] = "256",
     img_size: Annotated[Optional[int], typer.Option(help="Input side in pixels (default: each model's own).")] = None,
@@ -245,6 +245,7 @@ def bench(
     steps: Annotated[int, typer.Option(help="Steps per timed repeat.")] = 20,
     warmup: Annotated[int, typer.Option(help="Untimed warm-up steps.")] = 10,
     channels_last: Annotated[Optional[bool], typer.Option("--channels-last/--no-channels-last", help="NHWC layout (default: CNNs on CUDA).")] = None,
+    vs_timm: Annotated[bool, typer.Option("--vs-timm", help="After each native model, timm's model of the same shapes (the module export writes), timed in the same rounds.")] = False,
     device: o.Device = None,
     results_dir: o.ResultsDir = None,
     fmt: o.FormatOpt = Format.table,
@@ -254,11 +255,10 @@ def bench(
     from mixerbench.bench import bench as run_bench
     from mixerbench.results import writable_results_dir
 
-    root = writable_results_dir(results_dir)
-    rows = view.run(ctx, run_bench, rank0_only=True, models=[m for m in models.split(",") if m.strip()],
+    rows = view.run(ctx, run_bench, rank0_only=True, models=models, vs_timm=vs_timm,
                     mode=mode.value, batch_size=batch_size, img_size=img_size, dtype=dtype,
                     compile=compile_, repeats=repeats, warmup=warmup, steps_per_repeat=steps,
-                    device=device, channels_last=channels_last, root=root)
+                    device=device, channels_last=channels_last, root=(root := writable_results_dir(results_dir)))
     view.bench(rows, steps, root, fmt, wide)
 
 

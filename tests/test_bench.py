@@ -274,3 +274,31 @@ def test_a_compares_bench_is_measured_in_the_precision_its_runs_trained_in(tmp_p
     assert bench_rows([tiny], root=tmp_path, device="cpu", dtype="fp32", batch_size=2) == []
     thr = results.load("throughput", tmp_path)
     assert sorted(thr["dtype"]) == ["bf16", "bf16", "fp32", "fp32"]
+
+
+def test_cli_bench_vs_timm_times_timms_mixer_of_the_smoke_shapes(tmp_path):
+    """`--vs-timm` times, after the native Mixer, the module export writes for its shapes:
+    timm's MlpMixer class for the smoke preset's Mixer (no timm entry point has them)."""
+    out = cli("bench", "--models", "mixer-t4[depth=2,width=64]", "--img-size", "28", "--vs-timm",
+              "--device", "cpu", "--batch-size", "4", "--repeats", "2", "--steps", "1",
+              "--warmup", "0", "--no-compile", "--results-dir", str(tmp_path))
+    assert out.exit_code == 0, out.output
+    with open(tmp_path / "throughput.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert [r["model"] for r in rows] == ["mixer-t4[depth=2,width=64]",
+                                          "timm:MlpMixer[depth=2,patch_size=4,width=64]"]
+    assert {r["img_size"] for r in rows} == {"28"} and len({r["bench_id"] for r in rows}) == 1
+    assert rows[0]["params"] == rows[1]["params"] and rows[0]["gmacs"] == rows[1]["gmacs"]
+
+
+def test_bench_vs_timm_names_timms_entry_point_and_refuses_timm_models():
+    from mixerbench.models import parse_models
+
+    assert B.timm_twin("mixer-s16", img_size=224, num_classes=10)[1] == "timm:mixer_s16_224"
+    assert parse_models("mixer-s16, mixer-t4[depth=2,patch_size=4,width=64],vit-b16") == [
+        "mixer-s16", dict(name="mixer-t4", patch_size=4, overrides=dict(depth=2, width=64)),
+        "vit-b16"]
+    with pytest.raises(UserError, match="no timm counterpart"):
+        B.bench("timm:mixer_s16_224", vs_timm=True, device="cpu")
+    with pytest.raises(UserError, match="NAME\\[KEY=VALUE"):
+        parse_models("mixer-t4[depth2]")

@@ -205,3 +205,44 @@ def test_finetuning_start_has_a_zero_head_the_recipe_regularisers_and_the_new_si
     with torch.no_grad():
         out = model.eval()(torch.randn(2, 3, k * size, k * size))
     assert out.shape == (2, 10) and torch.count_nonzero(out) == 0  # zero head: zero logits
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-6), (torch.bfloat16, 2e-2)])
+def test_tanh_gelu_compiled_is_the_same_function_as_eager(dtype, tol):
+    """Compiled for a CPU, the Mixer's tanh GELU is written with a sigmoid (inductor's tanh is
+    slow there); values and gradients stay those of 0.5 x (1 + tanh(k (x + c x^3))) in float64."""
+    import math
+
+    from mixerbench.models.mixer import TanhGELU
+
+    x = torch.linspace(-8, 8, 4001, dtype=torch.float64)
+    xr = x.clone().requires_grad_()
+    ref = 0.5 * xr * (1 + torch.tanh(math.sqrt(2 / math.pi) * (xr + 0.044715 * xr ** 3)))
+    ref.sum().backward()
+    act = TanhGELU()
+    for fn in (act, torch.compile(act, dynamic=False)):
+        xi = x.to(dtype).requires_grad_()
+        y = fn(xi)
+        y.float().sum().backward()
+        assert (y.double() - ref.detach()).abs().max().item() < tol * 4  # |y| up to 8
+        assert (xi.grad.double() - xr.grad).abs().max().item() < tol * 2
+
+
+def test_tanh_gelu_in_bf16_on_a_cpu_is_torchs_kernel_bit_for_bit():
+    """Eager bf16 on a CPU, the Mixer's tanh GELU reads the kernel's result of each bf16 value
+    from a table: every one of the 65,536 values (NaN, infinities, -0 included) and a
+    transposed view give the kernel's bits, forward and backward."""
+    from mixerbench.models.mixer import TanhGELU
+
+    act = TanhGELU()
+    every = torch.arange(65536, dtype=torch.int32).to(torch.int16).view(torch.bfloat16)
+    same = lambda a, b: torch.equal(a.view(torch.int16), b.view(torch.int16))  # noqa: E731
+    assert same(act(every), torch.nn.functional.gelu(every, approximate="tanh"))
+    x = (torch.randn(3, 5, 7) * 4).to(torch.bfloat16).transpose(1, 2)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ya, yb = act(a), torch.nn.functional.gelu(b, approximate="tanh")
+    assert same(ya, yb) and ya.shape == yb.shape
+    g = torch.randn(ya.shape).to(torch.bfloat16)
+    ya.backward(g)
+    yb.backward(g)
+    assert same(a.grad, b.grad)

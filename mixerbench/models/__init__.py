@@ -222,6 +222,50 @@ def label_of(rec: dict[str, Any]) -> str:
     return model_label(rec["name"], rec.get("overrides"), rec.get("patch_size"))
 
 
+def parse_models(text: str) -> list[str | dict[str, Any]]:
+    """Comma-separated model names, each a name or a `model_label` spelling such as
+    `mixer-t4[depth=2,width=64]` (commas inside the brackets belong to the label): a label
+    becomes the model description it names (name, patch_size, overrides)."""
+    parts, depth, start = [], 0, 0
+    for i, ch in enumerate(text + ","):
+        depth += {"[": 1, "]": -1}.get(ch, 0)
+        if ch == "," and depth == 0:
+            parts.append(text[start:i].strip())
+            start = i + 1
+    out: list[str | dict[str, Any]] = []
+    for part in filter(None, parts):
+        base, bracket, rest = part.partition("[")
+        if not bracket:
+            out.append(part)
+            continue
+        if not rest.endswith("]") or "[" in rest:
+            raise UserError(f"'{part}' is not a model label; spell it as NAME[KEY=VALUE,...], "
+                            "for example mixer-t4[depth=2,width=64].")
+        over: dict[str, Any] = {}
+        for item in rest[:-1].split(","):
+            key, eq, value = (t.strip() for t in item.partition("="))
+            if not eq or not key or not value:
+                raise UserError(f"'{item}' in '{part}' is not KEY=VALUE; spell a label as "
+                                "NAME[KEY=VALUE,...], for example mixer-t4[depth=2,width=64].")
+            over[key] = _label_value(value)
+        patch = over.pop("patch_size", None)
+        out.append(dict(name=base.strip(), patch_size=patch, overrides=over))
+    return out
+
+
+def _label_value(text: str) -> Any:
+    """A value as `model_label` writes it: an int, a float, an x-joined list, else the text."""
+    for cast in (int, float):
+        try:
+            return cast(text)
+        except ValueError:
+            pass
+    items = text.split("x")
+    if len(items) > 1 and all(_label_value(i) != i for i in items):
+        return [_label_value(i) for i in items]
+    return text
+
+
 def _entry_patch(name: str) -> int | None:
     """The patch of a zoo entry, or of a `timm:` name that spells one (`..._patch16_...`)."""
     base = str(name).split("[")[0]
@@ -358,5 +402,5 @@ def zoo(pattern: str | None = None, *, num_classes: int = 1000,
 __all__ = ["zoo", "ModelSpec", "REGISTRY", "REGULARISERS", "build_on_meta", "classifiers", "FAMILIES",
            "Family", "Small", "register_family", "family_aliases", "family_alias", "family_of",
            "family_for", "create_model", "list_models", "model_label", "label_of", "model_info",
-           "resolve_name", "get_spec", "count_params", "takes_gelu", "channels_last",
+           "resolve_name", "parse_models", "get_spec", "count_params", "takes_gelu", "channels_last",
            "check_options", "paper_family", "paper_families", "paper_models", "facts"]

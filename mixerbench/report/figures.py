@@ -418,16 +418,20 @@ def accuracy_throughput(
     thr = numeric(thr.assign(img_per_sec_mean=thr["img_per_sec_mean"] / nd), "img_size")
     numeric(acc, "img_size")
     acc = acc.assign(family=style.families(acc), _recipe=recipe_key(acc),
-                     _crop=text(acc, "pipeline"))
+                     _crop=text(acc, "pipeline"), _compiled=text(acc, "compiled"))
     # one point per recipe and eval crop: its seeds averaged, never two recipes of one model
     # name, nor an `evaluate --crop` of its runs with their own crop
     agg = acc.groupby(["_recipe", "_crop", "model"], sort=False).agg(
         mean=("top1", "mean"), std=("top1", "std"), size=("top1", "size"),
         family=("family", "first"), img_size=("img_size", "first"),
         devices=("device_name", lambda d: set(text(d.to_frame(), "device_name"))),
-        dtypes=("dtype", lambda d: set(text(d.to_frame(), "dtype")))).reset_index()
-    agg["speed"] = [latest_bench(thr, m, size, devs, dts)[mode][0] for m, size, devs, dts
-                    in zip(agg["model"], agg["img_size"], agg["devices"], agg["dtypes"])]
+        dtypes=("dtype", lambda d: set(text(d.to_frame(), "dtype"))),
+        compiled=("_compiled", set)).reset_index()
+    peers = set(zip(agg["model"], agg["img_size"]))
+    agg["speed"] = [latest_bench(thr, m, size, devs, dts, comp, peers)[mode][0]
+                    for m, size, devs, dts, comp in zip(agg["model"], agg["img_size"],
+                                                        agg["devices"], agg["dtypes"],
+                                                        agg["compiled"])]
     agg = agg[agg["speed"].notna() & agg["mean"].notna()].reset_index(drop=True)
     if agg.empty:
         raise UserError(

@@ -260,13 +260,14 @@ def compare_table(
     if zoo_df is not None and len(zoo_df):
         zoo = numeric(zoo_df.copy(), "params", "gflops").drop_duplicates("name").set_index("name")
 
+    peers = set(zip(acc["model"], acc["img_size"]))
     rows = []
     for (ds, key, sp, crop), g in acc.groupby(["dataset", "_recipe", "_split", "_crop"],
                                               sort=False, dropna=False):
         model, img_size = g["model"].iloc[0], g["img_size"].iloc[0]
         top1 = g["top1"].dropna()
         bench = latest_bench(thr, model, img_size, set(text(g, "device_name")),
-                             set(text(g, "dtype")))
+                             set(text(g, "dtype")), set(text(g, "compiled")), peers)
         params, gflops = bench["params"], 2.0 * bench["gmacs"]  # 1 MAC = 2 FLOPs
         if zoo is not None and model in zoo.index:
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
@@ -374,12 +375,17 @@ def _setting(value) -> str:
 
 
 def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str],
-                 dtypes: set[str] = frozenset()) -> dict:
+                 dtypes: set[str] = frozenset(), compiled: set[str] = frozenset(),
+                 peers: set[tuple] = frozenset()) -> dict:
     """The latest bench of `model` at `img_size`: on one of `devices` in one of `dtypes` (the
-    precision its runs trained in) when it was benched so, else on one of `devices`, else on
-    any; the last `bench_id` in file order (rows are appended), and in that bench the
-    fastest batch size per mode (the paper reports the best batch size). Returns dict(train,
-    infer: (img/s, its std over repeats), bench_id, date, params, gmacs); NaN / "" where none."""
+    precision its runs trained in) and `compiled` alike (eager runs: eager benches) when it was
+    benched so, else on one of `devices`, else on any; among those, the bench that also timed
+    the most of `peers` ((model, img_size) of the other rows of a table or figure: their
+    speeds then share the same minutes of a shared machine, and a later bench of one model
+    alone does not replace them), then the last `bench_id` in file order (rows are appended);
+    in that bench the fastest batch size per mode (the paper reports the best batch size).
+    Returns dict(train, infer: (img/s, its std over repeats), bench_id, date, params, gmacs);
+    NaN / "" where none."""
     out = dict(train=(math.nan, math.nan), infer=(math.nan, math.nan), bench_id="", date="",
                params=math.nan, gmacs=math.nan)
     if thr is None or thr.empty:
@@ -388,11 +394,20 @@ def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str],
     rows = rows[rows["img_size"] == img_size] if img_size == img_size else rows.iloc[0:0]
     here = rows[text(rows, "device_name").isin(devices)]
     alike = here[text(here, "dtype").isin(dtypes)]  # a bf16 run's speed is not fp32's
+    if compiled and "compiled" in alike.columns:  # nor a compiled step an eager run's
+        same = alike[text(alike, "compiled").str.lower().isin({str(c).lower() for c in compiled})]
+        alike = same if not same.empty else alike
     rows = alike if not alike.empty else here if not here.empty else rows
     if rows.empty:
         return out
     bench = text(rows, "bench_id")
     last = bench.iloc[-1]
+    if peers and last:
+        ids = list(dict.fromkeys(bench))  # file order
+        timed = thr[text(thr, "bench_id").isin(ids)]
+        cover = {b: len(set(zip(g["model"], g["img_size"])) & set(peers))
+                 for b, g in timed.groupby(text(timed, "bench_id"))}
+        last = max(reversed(ids), key=lambda b: cover.get(b, 0))  # most peers; ties: the latest
     # rows recorded before benches had ids: each mode's last row alone
     rows = rows[bench == last] if last else rows.groupby("mode", sort=False).tail(1)
     for mode in ("train", "infer"):
