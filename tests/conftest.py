@@ -28,9 +28,9 @@ SHARED_DATA = Path(os.environ.get("MIXERBENCH_TEST_DATA")
 # CPU, the whole suite on 2 workers; the SLURM scenarios' jobs then train beside the other
 # files), and the rest fill in after them in name order.
 LONGEST_FIRST = ["test_slurm.py", "test_docs.py", "test_launcher.py", "test_reliability.py",
-                 "test_untrusted.py", "test_identity.py", "test_models.py", "test_export.py",
-                 "test_recipes.py", "test_weights.py", "test_races.py", "test_train.py",
-                 "test_filesystem.py", "test_data.py", "test_view.py", "test_inputs.py"]
+                 "test_untrusted.py", "test_models.py", "test_export.py", "test_hostile.py",
+                 "test_recipes.py", "test_filesystem.py", "test_races.py", "test_identity.py",
+                 "test_claims.py", "test_inputs.py", "test_tables_property.py", "test_data.py"]
 
 
 def pytest_configure(config):

@@ -340,7 +340,12 @@ def test_compare_and_reproduce_take_steps_and_print_their_configs():
 # ------------------------------------------------------------------------------- dry run
 
 
-def test_dry_run_plans_and_estimates_and_writes_nothing(tmp_path):
+def test_dry_run_plans_and_estimates_and_writes_nothing(tmp_path, monkeypatch):
+    from mixerbench import plan
+
+    # the probe's warm-up and timed phases, each its minimum of steps (9 s of probing otherwise)
+    monkeypatch.setattr(plan, "PROBE_WARMUP_S", 0.1)
+    monkeypatch.setattr(plan, "PROBE_TIMED_S", 0.1)
     root = tmp_path / "results"
     r = cli("compare", "--models", "mixer", *[a for k in ("steps=3", "model.width=8",
                                                         "model.depth=1")
