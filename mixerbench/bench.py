@@ -50,7 +50,8 @@ def fingerprint(device: str, dtype: str, *, compiled: bool, channels_last: bool,
     row = provenance(device=device, num_devices=1, dtype=dtype, compiled=compiled)
     cuda = device.startswith("cuda")  # a CPU row names no driver nor CUDA (torch may be a CUDA build)
     row.update(driver_version=driver_version() if cuda else "",
-               cuda_version=(torch.version.cuda or "") if cuda else "", channels_last=channels_last)
+               cuda_version=(torch.version.cuda or "") if cuda else "", channels_last=channels_last,
+               threads=torch.get_num_threads())
     if batch_size is not None:
         row["batch_size"] = batch_size
     return row

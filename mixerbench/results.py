@@ -62,10 +62,13 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     # precision (TF32 for fp32 on CUDA), both empty where no peak is known (CPUs, unlisted GPUs);
     # `matmul_tflops`: dense matmul rate measured in the same run, not an MFU denominator.
     # `bench_id`: shared by the rows of one `bench` call (models measured side by side).
+    # `threads`: the torch threads of the process that timed the row (on a CPU, how many of
+    # `device_name`'s cores it used; a one-thread row is not a whole-CPU figure); empty in rows
+    # older versions wrote, which did not record it.
     "throughput": (
         "model", "family", "mode", "batch_size", "img_size", "img_per_sec_mean", "img_per_sec_std",
         "step_ms_median", "repeats", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops",
-        "matmul_tflops", "channels_last", "driver_version", "cuda_version", "bench_id",
+        "matmul_tflops", "channels_last", "driver_version", "cuda_version", "bench_id", "threads",
     ) + PROVENANCE,
     # shuffle / scaling: `split` the images a row's number is measured on (for a `fewshot<k>`
     # row, those its probe is scored on); a probe's settings as in fewshot.csv.
@@ -255,7 +258,7 @@ COLUMN_TYPES: dict[str, str] = {
         "matmul_tflops", "paper_img_size", "n", "real_top1", "real_n", "fewshot5_mean",
         "fewshot5_std", "minival_top1", "images", "workers", "randaug_m", "mixup_p",
         "img_per_cpu_sec", "img_per_cpu_sec_min", "img_per_cpu_sec_max", "timm_ratio",
-        "timm_ratio_min", "timm_ratio_max",
+        "timm_ratio_min", "timm_ratio_max", "threads",
     ), NUMBER),
     **dict.fromkeys(("compiled", "channels_last"), BOOL),
     **dict.fromkeys((

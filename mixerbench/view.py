@@ -668,7 +668,10 @@ def bench(rows: list[dict] | None, steps: int, root: Path, fmt: Format, wide: bo
                achieved_tflops=r["achieved_tflops"], mfu=r["mfu"]) for r in rows],
          Format.table, short=["model", "mode", "img_per_sec", "x_first", "mfu"], wide=wide,
          headers={"x_first": "x first", "gmacs": "MACs/img"},
-         title=f"throughput on {r0['device_name']} ({r0['dtype']}, "
+         title=f"throughput on {r0['device_name']}"
+               + (f", {r0['threads']} torch thread{'s' if r0['threads'] != 1 else ''}"
+                  if r0.get("threads") and str(r0["device_name"]).startswith("cpu") else "")
+               + f" ({r0['dtype']}, "
                f"{'compiled' if r0['compiled'] else 'eager'}), {r0['repeats']} repeats x "
                f"{steps} steps",
          caption=f"img/s per device, measured here: not comparable to the paper's img/s/core on "

@@ -231,6 +231,11 @@ def test_cli_bench_writes_a_throughput_row(tmp_path):
     assert float(r["img_per_sec_mean"]) > 0 and float(r["matmul_tflops"]) > 0
     assert r["mfu"] == "" and r["peak_tflops"] == ""  # no datasheet peak for a CPU
     assert r["channels_last"] == "false" and r["compiled"] == "false"
+    # the torch threads that timed it: a one-thread row is not the whole CPU's figure
+    import torch
+
+    assert r["threads"] == str(torch.get_num_threads())
+    assert f"{r['threads']} torch thread" in text
 
 
 def test_cli_bench_json_has_ratio_to_first(tmp_path):

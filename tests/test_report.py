@@ -303,6 +303,22 @@ def test_throughput_shows_the_latest_bench_with_its_id_and_date_not_the_best_eve
     assert (c["infer_img_per_sec"], c["bench_id"]) == (3000.0, "fp32")
 
 
+def test_a_one_thread_bench_is_its_own_row_and_never_divided_by_a_whole_cpu_one():
+    """A bench timed on one torch thread of a 2-core CPU and one on both are two rows of the
+    throughput table, and a Mixer's ratio is to a ViT timed on as many threads."""
+    cpu = dict(device_name="cpu (x86_64, 2 cores)", dtype="fp32", compiled=False, img_size=224,
+               batch_size=8, mode="infer")
+    t = tables.throughput_table(frame("throughput", [
+        dict(cpu, model="mixer-b16", threads=2, img_per_sec_mean=12.0, bench_id="both"),
+        dict(cpu, model="vit-b16", threads=2, img_per_sec_mean=10.0, bench_id="both"),
+        dict(cpu, model="mixer-b16", threads=1, img_per_sec_mean=6.0, bench_id="one"),
+    ]))
+    row = {(r.model, r.threads): r for r in t.itertuples()}
+    assert set(row) == {("mixer-b16", "2"), ("vit-b16", "2"), ("mixer-b16", "1")}
+    assert row["mixer-b16", "2"].ratio == pytest.approx(1.2) and row["mixer-b16", "2"].same_run
+    assert math.isnan(row["mixer-b16", "1"].ratio)  # no ViT on one thread to divide by
+
+
 def test_throughput_table_pairs_like_with_like_and_prefers_the_same_run():
     h100 = dict(device_name="NVIDIA H100 80GB HBM3", num_devices=1, img_size=224, dtype="bf16",
                 compiled=True, batch_size=256)

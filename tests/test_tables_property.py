@@ -145,7 +145,7 @@ def check_compare(root: Path, table: Path) -> int:
 def check_throughput(root: Path) -> int:
     thr = rows(root / "throughput.csv")
     shown = rows(root / "tables" / "throughput.csv")
-    keys = ("device_name", "dtype", "compiled", "mode", "model", "img_size")
+    keys = ("device_name", "threads", "dtype", "compiled", "mode", "model", "img_size")
     assert len(shown) == len({tuple(t[k] for k in keys) for t in thr})
     for row in shown:
         alike = [t for t in thr if all(t[k].lower() == row[k].lower() for k in keys)]

@@ -37,7 +37,8 @@ COMPARE_COLUMNS = (
     "paper_row", "recipe_id",
 )
 THROUGHPUT_COLUMNS = (
-    "device_name", "dtype", "compiled", "mode", "model", "img_size", "batch_size", "img_per_sec",
+    "device_name", "threads", "dtype", "compiled", "mode", "model", "img_size", "batch_size",
+    "img_per_sec",
     "img_per_sec_std", "step_ms_median", "params", "gmacs", "achieved_tflops", "mfu",
     "peak_tflops", "baseline", "same_run", "ratio", "paper_img_per_sec_core", "paper_ratio",
     "bench_id", "date",
@@ -718,15 +719,15 @@ def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
             mfu, peak_tflops, bench_id`, provenance `device_name, dtype, compiled`).
 
     Returns:
-        Columns `THROUGHPUT_COLUMNS`, one row per (device, dtype, compiled, mode, model,
-        img_size), from the latest bench that measured it (`bench_id`, its `date`; a later
+        Columns `THROUGHPUT_COLUMNS`, one row per (device, threads, dtype, compiled, mode,
+        model, img_size), from the latest bench that measured it (`bench_id`, its `date`; a later
         bench replaces an earlier one, never a best-ever row): the batch size with the highest
         img/s in that bench (the paper reports the best batch size).
         `mfu` is against the device's datasheet dense peak `peak_tflops` (empty on CPUs and
         unlisted GPUs). `baseline` is the ViT the paper compares a Mixer with at the same size
         (`reference.paper_baseline`: Mixer-B/16 vs ViT-B/16, L/16 vs L/16, H/14 vs H/14 in
         Table 3); `ratio` = the Mixer's img/s / that ViT's best img/s on the same device, dtype,
-        compile setting, mode and image size, taken from the same `bench` call as the Mixer's row
+        threads, compile setting, mode and image size, taken from the same `bench` call as the Mixer's row
         when that call measured it (`same_run`), else from the ViT's own row (its latest bench
         with those settings).
         `paper_ratio` is the same division of the paper's TPU-v3 img/s/core (Table 3 at 448 for
@@ -737,14 +738,18 @@ def throughput_table(throughput_df: pd.DataFrame) -> pd.DataFrame:
     thr = require(throughput_df, "throughput", "The throughput table")
     numeric(thr, "batch_size", "img_size", "img_per_sec_mean", "img_per_sec_std",
             "step_ms_median", "params", "gmacs", "achieved_tflops", "mfu", "peak_tflops")
-    for c in ("device_name", "dtype", "compiled", "bench_id"):
+    for c in ("device_name", "threads", "dtype", "compiled", "bench_id"):
         if c not in thr.columns:
             thr[c] = ""
     for c in ("device_name", "bench_id"):  # blanks as "" (an all-blank column reads as floats)
         thr[c] = thr[c].astype(str).where(thr[c].notna(), "")
+    # a count, blank where an older version did not record it ("1", never "1.0")
+    thr["threads"] = [str(int(float(v))) if str(v) not in ("", "nan", "None") else ""
+                      for v in thr["threads"]]
     thr = thr[thr["img_per_sec_mean"].notna()].reset_index(drop=True)
-    # Settings a ratio must hold fixed, as strings so blanks compare equal to blanks.
-    setting = ["device_name", "dtype", "compiled", "mode", "img_size"]
+    # Settings a ratio must hold fixed, as strings so blanks compare equal to blanks: a
+    # one-thread row is never set against a whole-CPU one.
+    setting = ["device_name", "threads", "dtype", "compiled", "mode", "img_size"]
     key = thr[setting].astype(str).where(thr[setting].notna(), "")
     key.columns = [f"_{c}" for c in setting]
     thr = pd.concat([thr, key], axis=1)
