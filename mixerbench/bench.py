@@ -570,6 +570,14 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
         raise UserError(f"Unknown mode '{mode}'; use infer, train or both.")
     if isinstance(models, str):
         models = parse_models(models)
+        for m in models:
+            # a row's label leaves the GELU out (`models.model_label`), yet on a CPU it changes
+            # the speed (the tanh kernel is slower than the exact one), so a typed label may not
+            # set it: its rows would pass for the registry model's
+            if isinstance(m, dict) and "gelu" in (m.get("overrides") or {}):
+                raise UserError(f"bench rows do not record the GELU, so {m['name']}'s "
+                                f"model.gelu cannot be set in --models; bench {m['name']} as "
+                                "its registry builds it.")
     if not models:
         raise UserError("No models to benchmark; pass --models mixer-b16,vit-b16 for example.")
     if repeats < 1 or steps_per_repeat < 1 or warmup < 0:

@@ -195,7 +195,9 @@ def _check_built(name: str, model, shown: str, given: dict, patch_size: int | No
 # The one list of constructor arguments that regularise training without changing the
 # architecture, in our spelling and timm's. A fine-tuning run sets its own (paper section 3: the
 # fine-tuning recipe), so every one of them is dropped from what a checkpoint was trained with,
-# and a row's model label leaves them out (they change neither speed nor size; nor does `gelu`).
+# and a row's model label leaves them out (they change neither speed nor size). Nor does it
+# hold `gelu`, which changes no size but does change the speed on a CPU: `bench` refuses it in a
+# typed label, so no throughput row passes one GELU's speed off as the other's.
 REGULARISERS = ("drop_path", "dropout", "drop_path_rate", "drop_rate", "attn_drop_rate",
                 "proj_drop_rate", "pos_drop_rate", "patch_drop_rate", "drop_block_rate")
 _NOT_IN_LABEL = {*REGULARISERS, "gelu"}
