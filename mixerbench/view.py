@@ -88,10 +88,11 @@ def e(value) -> str:
 
 
 def say(*lines: str) -> None:
-    """Lines on stdout (rich markup allowed; values escaped with `e`)."""
+    """Lines on stdout (rich markup allowed; values escaped with `e`): wrapped between words
+    on a terminal, one line each on a pipe or in a log."""
     out = console()
     for line in lines:
-        out.print(line, soft_wrap=True)
+        out.print(line, soft_wrap=not out.is_terminal)
 
 
 def wrote(paths) -> None:
