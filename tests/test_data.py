@@ -684,3 +684,44 @@ def test_a_known_dataset_has_the_same_splits_by_name_and_by_path(data_shared_dir
     assert by_name["name"] == by_path["name"] == "cifar10"
     assert by_name["splits"] == by_path["splits"]
     assert by_path["splits"]["minival"] == 1_000  # 2 % of 50,000
+
+
+def test_a_bad_image_in_a_pooled_decode_under_the_training_loops_handler_is_one_error():
+    """A split big enough for the decode pool, with one image that cannot be read, decoded while
+    the training loop's SIGTERM handler (a flag) is in place: the error comes back as its one
+    sentence within seconds. The pool stops its workers with SIGTERM, and forked workers that
+    inherited the flag handler outlived it, so the command waited forever (every time, 3 of 3,
+    before the workers were given the default handler)."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    code = """
+import io
+from PIL import Image
+from mixerbench.data import decode
+from mixerbench.errors import UserError
+from mixerbench.runtime import stop_signals
+buf = io.BytesIO(); Image.new("RGB", (8, 8), (1, 2, 3)).save(buf, "PNG")
+cells = [{"bytes": buf.getvalue(), "path": None}] * (4 * decode.DECODE_POOL_MIN)
+cells[3000] = {"bytes": b"not an image", "path": None}
+with stop_signals():
+    try:
+        decode.decode_images(cells, len(cells), img_size=None, resize=False, what="train")
+    except UserError as exc:
+        print(exc)
+"""
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        out, err = proc.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the command and its stuck workers
+        proc.communicate()
+        pytest.fail("the pooled decode never returned after its error")
+    assert proc.returncode == 0, err
+    assert out.startswith("Image 3000 of train cannot be read"), out

@@ -310,9 +310,21 @@ def _decoded(values, n: int, size, resize: bool, what: str):
         return
     import multiprocessing as mp
 
-    with mp.get_context("fork").Pool(procs) as pool:
+    with mp.get_context("fork").Pool(procs, initializer=_pool_worker_signals) as pool:
         for arrays in pool.imap(_decode_chunk, chunks()):
             yield from arrays
+
+
+def _pool_worker_signals() -> None:
+    """A decode worker dies of SIGTERM and leaves Ctrl-C to the command. A forked worker
+    inherits the parent's Python handlers, and the pool stops its workers with SIGTERM (an
+    error in one chunk, or the last chunk read, while others still wait on the task queue):
+    under the training loop's handler, which only sets a flag, the workers lived on and the
+    pool's exit waited for them forever."""
+    import signal
+
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
 def decode_images(values, n: int, *, img_size: int | None, resize: bool, what: str) -> torch.Tensor:
