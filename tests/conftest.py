@@ -58,6 +58,21 @@ def data_offline_cache(tmp_path_factory):
             os.environ[k] = v
 
 
+@pytest.fixture(autouse=True)
+def signal_handlers_kept():
+    """Each test leaves the signal handlers as it found them: a command run in this process
+    (`cli`) installs its SIGTERM handler, a job run inside it submitit's, and left behind they
+    reach every process forked later (an image decode pool's workers among them)."""
+    import signal
+
+    kept = {s: signal.getsignal(s)
+            for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2, signal.SIGCONT)}
+    yield
+    for s, h in kept.items():
+        if h is not None and signal.getsignal(s) is not h:
+            signal.signal(s, h)
+
+
 @pytest.fixture(scope="session")
 def data_shared_dir() -> Path:
     """The offline copies folder (used as data_dir / MIXERBENCH_DATA); skips when it is absent."""
