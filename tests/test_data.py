@@ -686,7 +686,7 @@ def test_a_known_dataset_has_the_same_splits_by_name_and_by_path(data_shared_dir
     assert by_path["splits"]["minival"] == 1_000  # 2 % of 50,000
 
 
-def test_a_bad_image_in_a_pooled_decode_under_the_training_loops_handler_is_one_error():
+def test_a_bad_image_in_a_pooled_decode_under_the_training_loops_handler_is_one_error(child_env):
     """A split big enough for the decode pool, with one image that cannot be read, decoded while
     the training loop's SIGTERM handler (a flag) is in place: the error comes back as its one
     sentence within seconds. The pool stops its workers with SIGTERM, and forked workers that
@@ -696,8 +696,6 @@ def test_a_bad_image_in_a_pooled_decode_under_the_training_loops_handler_is_one_
     import signal
     import subprocess
     import sys
-
-    from conftest import ROOT
 
     code = """
 import io
@@ -714,8 +712,7 @@ with stop_signals():
     except UserError as exc:
         print(exc)
 """
-    env = dict(os.environ, PYTHONPATH=str(ROOT))
-    proc = subprocess.Popen([sys.executable, "-c", code], env=env, stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-c", code], env=child_env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
         out, err = proc.communicate(timeout=60)

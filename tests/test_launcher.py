@@ -253,21 +253,12 @@ def tiny_cell(root, **kw) -> Cell:
                 experiment="test", **kw)
 
 
-@pytest.fixture
-def signals_kept():
-    """submitit's job runner sets SIGTERM, SIGCONT and SIGUSR2 handlers in the process that
-    runs a job; a job run inside the test process must not leave them behind."""
-    kept = {s: signal.getsignal(s) for s in (signal.SIGTERM, signal.SIGCONT, signal.SIGUSR2)}
-    yield
-    for s, h in kept.items():
-        signal.signal(s, h)
-
-
-def test_slurm_job_parameters_reach_sbatch_and_the_job_trains_its_cell(tmp_path, one_thread,
-                                                                          signals_kept):
+def test_slurm_job_parameters_reach_sbatch_and_the_job_trains_its_cell(tmp_path, one_thread):
     """Against submitit's own mocked SLURM (its tests' `sbatch`/`sacct` stand-ins): partition,
     GPUs (one task each), time limit and --slurm-arg options are lines of the job's sbatch
-    file, and the job, run as SLURM would run it, trains its cell and returns the summary."""
+    file, and the job, run as SLURM would run it, trains its cell and returns the summary.
+    (submitit's job runner sets SIGTERM, SIGCONT and SIGUSR2 handlers in this process;
+    conftest's `signal_handlers_kept` puts them back after the test.)"""
     pytest.importorskip("submitit")
     from submitit.core import submission
     from submitit.slurm.test_slurm import mocked_slurm
