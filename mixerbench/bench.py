@@ -276,13 +276,10 @@ def timm_twin(name: str, *, img_size: int, num_classes: int, patch_size: int | N
     its class built from the same arguments, e.g. `MlpMixer(**model_args)`), so the native
     model and timm's can be timed side by side at any size, the smoke preset's included. The
     label is `timm:<entry point>`, or `timm:<class>[...]` with the native label's shapes."""
-    from mixerbench.errors import UserError
     from mixerbench.models import create_model, family_for, get_spec, model_label
 
+    check_twin(name)
     to_timm = family_for(name).to_timm
-    if to_timm is None or name.startswith("timm:"):
-        raise UserError(f"{name} has no timm counterpart to bench beside it (--vs-timm takes "
-                        "native models, e.g. mixer-s16).")
     model = create_model(name, num_classes=num_classes, img_size=img_size,
                          patch_size=patch_size, **(overrides or {}))
     label = model_label(name, overrides, patch_size)
@@ -292,6 +289,16 @@ def timm_twin(name: str, *, img_size: int, num_classes: int, patch_size: int | N
     shapes = {k: v for k, v in (overrides or {}).items() if k in ("width", "depth")}
     cls = out["constructor"].rsplit(".", 1)[-1]
     return out["module"], model_label("timm:" + cls, shapes, getattr(model, "patch_size", None))
+
+
+def check_twin(name: str) -> None:
+    """Refuse a model `timm_twin` cannot pair: a timm model, or a family with no timm export."""
+    from mixerbench.errors import UserError
+    from mixerbench.models import family_for
+
+    if name.startswith("timm:") or family_for(name).to_timm is None:
+        raise UserError(f"{name} has no timm counterpart to bench beside it; --vs-timm takes "
+                        "native models, e.g. mixer-s16.")
 
 
 def _make_step(name: str, mode: str, batch: int, *, img_size: int, num_classes: int,
@@ -558,7 +565,7 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
                  max_batch, img_size=None, vs_timm=False):
     """(modes, model descriptions, device, dtype, first batch size, auto?), all checked up front."""
     from mixerbench.errors import UserError
-    from mixerbench.models import family_for, parse_models, resolve_name
+    from mixerbench.models import parse_models, resolve_name
 
     if img_size is not None and not (isinstance(img_size, int) and 1 <= img_size <= 4096):
         # 0 is not "the default": a row measured at another size than asked would be a lie
@@ -603,8 +610,6 @@ def _check_bench(models, mode, batch_size, repeats, steps_per_repeat, warmup, de
                else dict(name=resolve_name(m)) for m in models]
     if vs_timm:  # each native model, then timm's of its shapes (`timm_twin`)
         for rec in described:
-            if rec["name"].startswith("timm:") or family_for(rec["name"]).to_timm is None:
-                raise UserError(f"{rec['name']} has no timm counterpart to bench beside it; "
-                                "--vs-timm takes native models, e.g. mixer-s16.")
+            check_twin(rec["name"])
         described = [d for rec in described for d in (rec, dict(rec, twin=True))]
     return modes, described, device, dtype, start, auto

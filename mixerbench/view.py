@@ -328,10 +328,8 @@ def emit(rows: list[dict], fmt: Format, title: str | None = None,
     out.print(_rich_table(shown, title, caption))
     hidden = [c.header for c in full.columns if c.key not in shown.keys()]
     if hidden:
-        out.print(f"[dim]{len(hidden)} more column{'s' if len(hidden) > 1 else ''} "
-                  f"({e(', '.join(hidden))}): --wide shows every column, --format csv the raw "
-                  # a terminal gets it wrapped between words; a pipe or log one line
-                  "values[/]", soft_wrap=not out.is_terminal)
+        say(f"[dim]{len(hidden)} more column{'s' if len(hidden) > 1 else ''} "
+            f"({e(', '.join(hidden))}): --wide shows every column, --format csv the raw values[/]")
 
 
 # --------------------------------------------------------------------------------- progress
