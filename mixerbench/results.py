@@ -782,7 +782,8 @@ def provenance(
     compiled: bool = False, seed: int | None = None,
 ) -> dict[str, Any]:
     """The provenance columns shared by every row (results/README.md)."""
-    import timm
+    from importlib.metadata import version
+
     import torch
 
     import mixerbench
@@ -791,7 +792,7 @@ def provenance(
         "git_sha": _git_sha(),
         "mixerbench_version": mixerbench.__version__,
         "torch_version": torch.__version__,
-        "timm_version": timm.__version__,
+        "timm_version": version("timm"),  # not timm.__version__: a process may never import timm
         "device_name": device_name(device),
         "num_devices": num_devices,
         "dtype": dtype,
