@@ -746,6 +746,20 @@ def load(table: str, root: str | os.PathLike | None = None, required: bool = Tru
     return _frame(columns, header, rows)
 
 
+def text_rows(table: str, root: str | os.PathLike | None = None) -> list[dict[str, str]]:
+    """The rows of `<root>/<table>.csv` as their cells' text, every schema column present
+    (empty where an older file lacks it), checked as `load` checks them; [] without a file.
+    For a process that only looks for a row: a training run's importing pandas costs 0.2 s."""
+    path = csv_path(table, root)
+    data = _read(path)
+    if data is None:
+        return []
+    header, rows = _parse(path, data, SCHEMAS[table], "older")
+    where = {c: i for i, c in enumerate(header)}
+    return [{c: unneutral(r[where[c]]) if c in where else "" for c in SCHEMAS[table]}
+            for r in rows]
+
+
 def _git_sha() -> str:
     try:
         here = Path(__file__).resolve().parent

@@ -198,9 +198,8 @@ def ensure_row(summary: dict, root: Path) -> None:
     and the append must neither lose the row nor, on a rerun, write it twice)."""
     path = results.csv_path("accuracy", root)
     with files.locked(path.with_suffix(".ensure")):
-        acc = results.load("accuracy", root, required=False)
-        mine = acc[(acc["run_id"] == summary["run_id"]) & (acc["kind"] != "evaluate")]
-        if len(mine):
+        if any(r["run_id"] == summary["run_id"] and r["kind"] != "evaluate"
+               for r in results.text_rows("accuracy", root)):
             return
         row = {k: summary.get(k) for k in results.SCHEMAS["accuracy"]}
         results.append_row("accuracy", row, root)
