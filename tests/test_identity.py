@@ -6,7 +6,7 @@ row still names its run), later settings only when not at their default, a datas
 path by its absolute path, `--init` weights by their sha256. Read-back is checked, not
 trusted: a checkpoint, training state or summary that is not its run's own is refused; a run
 restarted without training state writes no metric row twice; fewshot.csv keeps one row per
-(run, shots, probe). Tiny Mixers on the embedded `synthetic` set, CPU, offline.
+(run, shots, probe), shuffle.csv one per (run, permutation, metric, images, probe). Tiny Mixers on the embedded `synthetic` set, CPU, offline.
 """
 
 from __future__ import annotations
@@ -353,6 +353,28 @@ def test_fewshot_rows_are_kept_once_per_run_shots_and_probe(finished, tmp_path):
     assert [r["shots"] for r in rows(tmp_path / "fewshot.csv")] == ["5", "10"]
     # the three evaluations' top-1 is one observation (same run, images, crop): one row
     assert len(rows(tmp_path / "accuracy.csv")) == 1
+
+
+def test_shuffle_rows_are_kept_once_per_run_permutation_and_images(finished, tmp_path):
+    """The same `evaluate --shuffle` of a run again adds no row to shuffle.csv; the same
+    permutations on a capped part of the split are another measurement, with rows of their own,
+    and so is a patch shuffle of another `--shuffle-patch` (which no cell records: appended)."""
+    root, run = finished
+    evaluate = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--results-dir",
+                tmp_path]
+    args = [*evaluate, "--shuffle", "none,patch,global"]
+    ok(cli(*args))
+    first = (tmp_path / "shuffle.csv").read_bytes()
+    assert len(rows(tmp_path / "shuffle.csv")) == 3
+    assert "shuffle.csv already held 3" in ok(cli(*args))
+    assert (tmp_path / "shuffle.csv").read_bytes() == first
+    ok(cli(*args, "--max-examples", "97"))
+    sh = rows(tmp_path / "shuffle.csv")
+    assert [(r["split"], r["eval_shuffle"]) for r in sh] == [
+        (split, kind) for split in ("test", "test[stratified:97]")
+        for kind in ("none", "patch", "global")]
+    assert "already held" not in ok(cli(*evaluate, "--shuffle", "patch", "--shuffle-patch", "2"))
+    assert len(rows(tmp_path / "shuffle.csv")) == 7
 
 
 def test_append_once_checks_under_the_lock_and_leaves_runless_rows_alone(tmp_path):
