@@ -526,10 +526,11 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
 # The columns that make a row of a table one observation: a second row with the same values
 # there is a duplicate and is not appended (`append_once`). fewshot.csv: one row per run, shot
 # count and probe: the images it is scored on (dataset and split: a capped probe never blocks
-# the full one) and how (shots' split, l2, draws, crop, resolution).
+# the full one) and how (shots' split, l2, draws, crop, resolution, precision: a GPU's bf16
+# features are not a CPU's fp32 ones).
 KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
     "run_id", "shots", "dataset", "split", "shots_split", "l2_reg", "num_seeds", "pipeline",
-    "img_size"),
+    "img_size", "dtype"),
     # accuracy.csv's `evaluate` rows (`append_once`; a training row is appended once per run
     # by `rundir.ensure_row`): one per run, checkpoint step, images scored, crop, resolution
     # and precision, so the same evaluate run again adds nothing and another crop is its own

@@ -397,6 +397,45 @@ COMPARE = ["compare", "--models", "mixer", "--preset", "smoke", "--dataset", "sy
            "--fewshot", "5", "--no-bench", "--device", "cpu", "--format", "csv"]
 
 
+def test_a_compare_probes_and_joins_its_own_fewshot_rows_not_an_evaluates(tmp_path):
+    """A compare's 5-shot probe is its own (the whole split, the crop, draws and precision it
+    probes in): a run's probe of a capped split, or one in another precision (a results folder
+    shared from a GPU, whose evaluate probed in bf16), neither stands in for it nor is joined
+    into its table."""
+    without = [a for a in COMPARE if a not in ("--fewshot", "5")]
+    ok(cli(*without, "--results-dir", tmp_path))
+    (run,) = (tmp_path / "runs").iterdir()
+    probe = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--fewshot", "5",
+             "--device", "cpu", "--results-dir", tmp_path]
+    ok(cli(*probe, "--max-examples", "97"))
+    ok(cli(*probe))
+    path = tmp_path / "fewshot.csv"
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns, (capped, whole) = reader.fieldnames, list(reader)
+    assert (capped["split"], whole["split"], whole["dtype"]) == (
+        "test[stratified:97]", "test", "fp32")
+    # the same probe as a GPU's evaluate records it: in bf16, with a number of its own
+    gpu = dict(whole, dtype="bf16", device_name="NVIDIA H100 80GB HBM3", top1_mean="12.5")
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows([capped, gpu])
+    compared = cli(*COMPARE, "--results-dir", tmp_path)
+    ok(compared)
+    (row,) = csv.DictReader(compared.stdout.splitlines())
+    few = rows(path)
+    assert [(r["split"], r["dtype"]) for r in few] == [
+        ("test[stratified:97]", "fp32"), ("test", "bf16"), ("test", "fp32")]
+    assert (row["fewshot_split"], row["fewshot_n"]) == ("test", "1")
+    assert float(row["fewshot_top1"]) == pytest.approx(float(few[2]["top1_mean"]))
+    assert float(few[2]["top1_mean"]) == pytest.approx(float(whole["top1_mean"]))
+    # the compare's file (what `plot` regenerates from every row) joins the same probe
+    (table,) = (tmp_path / "tables").glob("compare-*.csv")
+    (filed,) = rows(table)
+    assert filed["fewshot_top1"] == row["fewshot_top1"]
+
+
 @pytest.mark.slow
 def test_two_concurrent_compares_with_fewshot_write_one_fewshot_row(tmp_path, child_env):
     procs = [start([*COMPARE, "--results-dir", tmp_path], child_env) for _ in range(2)]
