@@ -654,12 +654,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                                      num_seeds=seeds) if r["metric"] != "top1" else {}))
                             for r in sh]
     steps.tick("done")
-    # an explicit --shuffle-patch changes the patch rows (and every number of a run trained
-    # under the patch shuffle), a --real-labels file the ReaL row, and no key cell records
-    # either (`_record`)
-    always = (set(rows) if shuffle_patch is not None
-              else {"accuracy"} if real_labels is not None else set())
-    out["rows"], out["kept"] = _record(rows, root, checkpoint_src, always=always)
+    out["rows"], out["kept"] = _record(rows, root, checkpoint_src, shuffle_patch=shuffle_patch,
+                                       real_labels=real_labels)
     log(Event.EVALUATED, dict(result=out, root=root, options=dict(
         checkpoint=str(checkpoint_src), arch=arch, dataset=dataset, split=split, crop=crop,
         fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
@@ -762,18 +758,23 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
                 train_shuffle=data_cfg.get("shuffle") or "none")
 
 
-def _record(rows: dict, root, checkpoint_src, *, always=frozenset()) -> tuple[dict, list]:
+def _record(rows: dict, root, checkpoint_src, *, shuffle_patch=None,
+            real_labels=None) -> tuple[dict, list]:
     """(each table's rows in its schema, the rows not appended because their observation was
     already recorded: `results.KEYS`); appended under `root` (every file checked first, so all
-    rows land or none) unless a measurement is not finite. The rows of the tables in `always`
-    are appended whatever is recorded: their key does not hold a setting given (no key holds an
-    explicit --shuffle-patch, accuracy.csv's not which real.json scored the ReaL row), so a second evaluation may differ from a recorded one with equal key
-    cells (a repeat costs a row; taking a new measurement for an old one would lose it)."""
+    rows land or none) unless a measurement is not finite. A table whose key does not hold a
+    setting given appends its rows whatever is recorded (no key holds an explicit
+    `shuffle_patch`, which changes the patch rows and every number of a run trained under the
+    patch shuffle; accuracy.csv's not which `real_labels` file scored the ReaL row): a second
+    evaluation may differ from a recorded one with equal key cells (a repeat costs a row;
+    taking a new measurement for an old one would lose it)."""
     import math
 
     from mixerbench import results
     from mixerbench.errors import UserError
 
+    always = (set(rows) if shuffle_patch is not None
+              else {"accuracy"} if real_labels is not None else set())
     rows = {t: [{k: r.get(k) for k in results.SCHEMAS[t]} for r in rs] for t, rs in rows.items()}
     measured = [r.get("top1", r.get("top1_mean")) for rs in rows.values() for r in rs]
     if not all(isinstance(v, float) and math.isfinite(v) for v in measured):
