@@ -569,9 +569,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
         real_labels: path of ImageNet's `real.json` for ReaL accuracy on the validation split.
         device / dtype: default CUDA + bf16 when present, else CPU + fp32.
         root: if given, rows are appended to accuracy.csv (kind "evaluate", `pipeline` the
-            crop), fewshot.csv and shuffle.csv there; an accuracy or few-shot row already there
-            (`results.KEYS`: same run, step, images, crop, ...) is not appended again but
-            returned in `kept`.
+            crop), fewshot.csv and shuffle.csv there; a row already there (`results.KEYS`:
+            same run, step, images, crop, ...) is not appended again but returned in `kept`.
         log: progress, as `events.Event.PROGRESS` events (one per stage), and the result
             as `Event.EVALUATED` (what trackers record).
         sha256: the hash the weights file must have (recorded earlier by a sweep): a file
@@ -655,8 +654,8 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                                      num_seeds=seeds) if r["metric"] != "top1" else {}))
                             for r in sh]
     steps.tick("done")
-    out["rows"], out["kept"] = _record(rows, root, checkpoint_src,
-                                       once=shuffle_patch is None and real_labels is None)
+    out["rows"], out["kept"] = _record(rows, root, checkpoint_src, shuffle_patch=shuffle_patch,
+                                       real_labels=real_labels)
     log(Event.EVALUATED, dict(result=out, root=root, options=dict(
         checkpoint=str(checkpoint_src), arch=arch, dataset=dataset, split=split, crop=crop,
         fewshot=fewshot, shuffle=shuffle, shuffle_patch=shuffle_patch, seeds=seeds,
@@ -759,19 +758,23 @@ def _open(checkpoint_src, dataset, split, *, arch=None, data_dir, device, crop, 
                 train_shuffle=data_cfg.get("shuffle") or "none")
 
 
-def _record(rows: dict, root, checkpoint_src, *, once: bool = True) -> tuple[dict, list]:
+def _record(rows: dict, root, checkpoint_src, *, shuffle_patch=None,
+            real_labels=None) -> tuple[dict, list]:
     """(each table's rows in its schema, the rows not appended because their observation was
-    already recorded); appended under `root` (every file checked first, so all rows land or
-    none) unless a measurement is not finite. `once=False` appends accuracy rows whatever is
-    recorded: accuracy.csv's key does not hold an explicit --shuffle-patch nor which real.json
-    scored the ReaL row, so with either given a second evaluation may differ from a recorded
-    one with equal key cells (a repeat costs a row; taking a new measurement for an old one
-    would lose it)."""
+    already recorded: `results.KEYS`); appended under `root` (every file checked first, so all
+    rows land or none) unless a measurement is not finite. A table whose key does not hold a
+    setting given appends its rows whatever is recorded (no key holds an explicit
+    `shuffle_patch`, which changes the patch rows and every number of a run trained under the
+    patch shuffle; accuracy.csv's not which `real_labels` file scored the ReaL row): a second
+    evaluation may differ from a recorded one with equal key cells (a repeat costs a row;
+    taking a new measurement for an old one would lose it)."""
     import math
 
     from mixerbench import results
     from mixerbench.errors import UserError
 
+    always = (set(rows) if shuffle_patch is not None
+              else {"accuracy"} if real_labels is not None else set())
     rows = {t: [{k: r.get(k) for k in results.SCHEMAS[t]} for r in rs] for t, rs in rows.items()}
     measured = [r.get("top1", r.get("top1_mean")) for rs in rows.values() for r in rs]
     if not all(isinstance(v, float) and math.isfinite(v) for v in measured):
@@ -783,7 +786,7 @@ def _record(rows: dict, root, checkpoint_src, *, once: bool = True) -> tuple[dic
             results.ensure_appendable(table, root)
         for table, table_rows in rows.items():
             for r in table_rows:
-                if table in results.KEYS and (once or table != "accuracy"):
+                if table in results.KEYS and table not in always:
                     # one row per observation (a repeat is not appended)
                     if not results.append_once(table, r, root):
                         kept.append(r)

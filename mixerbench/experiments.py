@@ -267,27 +267,50 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
     """Linear few-shot of a finished run's frozen features (docs/paper-notes.md §5), unless
     already in fewshot.csv; rows are appended there and returned. The probe is measured on the
     whole of the run's eval split, even when its own accuracy used a stratified N of its images."""
-    from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS, evaluate
+    from mixerbench.evaluate import evaluate
 
-    seeds = seeds or FEWSHOT_SEEDS
-    split = (summary.get("split") or "test").split("[")[0]  # `test[stratified:N]` -> `test`
-    # the probe this measures: shots from `train`, the run's own eval crop and size; another
-    # crop's probe of the run (`evaluate --crop resize --fewshot 5`) is not this one
-    pipeline = _eval_pipeline(summary)
-    done = _done_keys("fewshot", root, "run_id", "shots", "dataset", "split", "l2_reg",
-                      "num_seeds", "shots_split", "pipeline", "img_size")
-    todo = [k for k in shots if _key(summary["run_id"], k, summary["dataset"], split,
-                                     FEWSHOT_L2, seeds, "train", pipeline,
-                                     summary.get("img_size")) not in done]
+    probe = own_probe(summary, device, seeds)
+    # a row of exactly this probe (fewshot.csv's key, `results.KEYS`) stands for it; one of the
+    # run on other images, through another crop or in another precision does not
+    done = _done_keys("fewshot", root, *results.KEYS["fewshot"])
+    todo = [k for k in shots if _probe_key(probe, k) not in done]
     if not todo:
         return []
     log(Event.FEWSHOT, dict(run_id=summary["run_id"], shots=",".join(map(str, todo))))
-    out = evaluate(summary["run_dir"], summary["dataset"], split=split, data_dir=data_dir,
-                   fewshot=todo, device=device, seeds=seeds, root=None)
+    out = evaluate(summary["run_dir"], summary["dataset"], split=probe["split"],
+                   data_dir=data_dir, fewshot=todo, device=device, seeds=probe["num_seeds"],
+                   root=None)
     rows = out["rows"]["fewshot"]
     for r in rows:  # a concurrent sweep may have recorded it meanwhile: one row stays
         results.append_once("fewshot", r, root)
     return rows
+
+
+def own_probe(summary: dict, device: str | None = None, seeds: int | None = None) -> dict:
+    """fewshot.csv's key cells (`results.KEYS`, but `shots`) of the probe `fewshot_rows` makes of
+    a finished run on `device`: the whole of its eval split (`test[stratified:N]` -> `test`),
+    shots from `train`, the default l2 and `seeds` draws, the run's own eval crop and
+    resolution, in the precision `evaluate` picks there."""
+    from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS
+    from mixerbench.runtime import choose
+
+    return dict(run_id=summary["run_id"], dataset=summary["dataset"],
+                split=(summary.get("split") or "test").split("[")[0], shots_split="train",
+                l2_reg=FEWSHOT_L2, num_seeds=seeds or FEWSHOT_SEEDS,
+                pipeline=_eval_pipeline(summary), img_size=summary.get("img_size"),
+                dtype=choose(device, None)[1])
+
+
+def _probe_key(probe: dict, shots: int) -> tuple[str, ...]:
+    """`own_probe`'s cells at `shots` shots, as `_done_keys("fewshot", root, *KEYS)` has them."""
+    return _key(*(dict(probe, shots=shots)[c] for c in results.KEYS["fewshot"]))
+
+
+def own_probe_rows(few, probes: list[dict], shots: int):
+    """The rows of fewshot.csv (a `results.load` frame) that are one of `probes` at `shots`."""
+    mine = {_probe_key(p, shots) for p in probes}
+    cells = few[list(results.KEYS["fewshot"])].itertuples(index=False)
+    return few.loc[[_key(*r) in mine for r in cells]]
 
 
 def bench_rows(models: list[dict], *, root, device: str | None = None, batch_size: int = 256,
@@ -458,6 +481,8 @@ def join_compare(runs: list[dict], *, preset, fewshot, with_bench: bool, root, d
     acc = acc.sort_values("run_id", key=lambda ids: ids.map(order), kind="stable")
     thr = results.load("throughput", root, required=False)
     few = results.load("fewshot", root, required=False)
+    if fewshot:  # its own probes only: another of these runs (an evaluate's) is not this table's
+        few = own_probe_rows(few, [own_probe(s, device) for s in runs], fewshot)
     # the table as `plot` regenerates it (tables/compare-*), its probes those of these runs
     table = compare_table(acc, thr, few, dataset=ds_name, zoo_df=zoo, shots=fewshot,
                           settings=recipe_settings(root, acc))
@@ -643,22 +668,13 @@ def _fewshot5(summary: dict, root, data_dir, device) -> dict:
     """The run's linear 5-shot probe of the whole of its eval split (fewshot.csv's row: top1_mean,
     split and the probe's settings), measured now or read back; {} when there is none."""
     few = fewshot_rows(summary, (5,), root=root, data_dir=data_dir, device=device)
-    return few[0] if few else _fewshot_of(root, summary, 5)
+    return few[0] if few else _fewshot_of(root, summary, 5, device)
 
 
-def _fewshot_of(root, summary: dict, shots: int) -> dict:
-    """The row `fewshot_rows` recorded for `summary`'s run: `shots` shots, the whole split, the
-    default l2 and draws (the last such row)."""
-    from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS
-
-    df = results.load("fewshot", root, required=False)
-    split = (summary.get("split") or "test").split("[")[0]
-    hit = df[(df["run_id"].astype(str) == summary["run_id"])
-             & (df["shots"].astype(str) == str(shots))
-             & (df["dataset"].astype(str) == summary["dataset"])
-             & (df["split"].astype(str) == split) & (df["l2_reg"] == FEWSHOT_L2)
-             & (df["num_seeds"] == FEWSHOT_SEEDS)
-             & (df["pipeline"].astype(str) == _eval_pipeline(summary))]
+def _fewshot_of(root, summary: dict, shots: int, device) -> dict:
+    """The row `fewshot_rows` recorded for `summary`'s run on `device` (`own_probe`)."""
+    hit = own_probe_rows(results.load("fewshot", root, required=False),
+                         [own_probe(summary, device)], shots)
     return {k: (None if v != v else v) for k, v in hit.iloc[-1].items()} if len(hit) else {}
 
 

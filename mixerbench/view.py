@@ -709,16 +709,24 @@ def evaluation(res: dict | None, root: Path, fmt: Format) -> None:
              Format.table, title=f"pixel shuffles (paper Figure 4) on {res['dataset']} "
                                  f"({res['split']})")
     kept = res.get("kept") or []
-    acc = [r for r in kept if "top1_mean" not in r]  # accuracy.csv rows (fewshot's have a mean)
+    # which table a kept row is of, by its schema's columns: fewshot's have a mean, shuffle's
+    # a permutation, accuracy's neither
+    few = [r for r in kept if "top1_mean" in r]
+    sh = [r for r in kept if "eval_shuffle" in r]
+    acc = len(kept) - len(few) - len(sh)
     if len(kept) < sum(len(rs) for rs in res["rows"].values()):
         say(f"rows appended under {e(root)}")
     if acc:
-        what = "this evaluation" if len(acc) == 1 else f"these {len(acc)} evaluations"
+        what = "this evaluation" if acc == 1 else f"these {acc} evaluations"
         say(f"accuracy.csv already held {what} (one row per run, checkpoint step, images "
             "scored, crop, resolution and precision); the recorded row stays")
-    if len(kept) > len(acc):
-        say(f"fewshot.csv already held {len(kept) - len(acc)} of these probes (one row per run, "
+    if few:
+        say(f"fewshot.csv already held {len(few)} of these probes (one row per run, "
             "shots, images scored and probe setting); the recorded rows were kept")
+    if sh:
+        say(f"shuffle.csv already held {len(sh)} of these measurements (one row per run, "
+            "permutation, metric, images scored, crop and precision); the recorded rows were "
+            "kept")
 
 
 def dataset(out: dict, fmt: Format) -> None:

@@ -6,7 +6,7 @@ row still names its run), later settings only when not at their default, a datas
 path by its absolute path, `--init` weights by their sha256. Read-back is checked, not
 trusted: a checkpoint, training state or summary that is not its run's own is refused; a run
 restarted without training state writes no metric row twice; fewshot.csv keeps one row per
-(run, shots, probe). Tiny Mixers on the embedded `synthetic` set, CPU, offline.
+(run, shots, probe), shuffle.csv one per (run, permutation, metric, images, probe). Tiny Mixers on the embedded `synthetic` set, CPU, offline.
 """
 
 from __future__ import annotations
@@ -355,6 +355,28 @@ def test_fewshot_rows_are_kept_once_per_run_shots_and_probe(finished, tmp_path):
     assert len(rows(tmp_path / "accuracy.csv")) == 1
 
 
+def test_shuffle_rows_are_kept_once_per_run_permutation_and_images(finished, tmp_path):
+    """The same `evaluate --shuffle` of a run again adds no row to shuffle.csv; the same
+    permutations on a capped part of the split are another measurement, with rows of their own,
+    and so is a patch shuffle of another `--shuffle-patch` (which no cell records: appended)."""
+    root, run = finished
+    evaluate = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--results-dir",
+                tmp_path]
+    args = [*evaluate, "--shuffle", "none,patch,global"]
+    ok(cli(*args))
+    first = (tmp_path / "shuffle.csv").read_bytes()
+    assert len(rows(tmp_path / "shuffle.csv")) == 3
+    assert "shuffle.csv already held 3" in ok(cli(*args))
+    assert (tmp_path / "shuffle.csv").read_bytes() == first
+    ok(cli(*args, "--max-examples", "97"))
+    sh = rows(tmp_path / "shuffle.csv")
+    assert [(r["split"], r["eval_shuffle"]) for r in sh] == [
+        (split, kind) for split in ("test", "test[stratified:97]")
+        for kind in ("none", "patch", "global")]
+    assert "already held" not in ok(cli(*evaluate, "--shuffle", "patch", "--shuffle-patch", "2"))
+    assert len(rows(tmp_path / "shuffle.csv")) == 7
+
+
 def test_append_once_checks_under_the_lock_and_leaves_runless_rows_alone(tmp_path):
     from mixerbench import results
 
@@ -373,6 +395,45 @@ COMPARE = ["compare", "--models", "mixer", "--preset", "smoke", "--dataset", "sy
            "--set", "model.img_size=32", "--set", "model.width=16", "--set", "model.depth=1",
            "--set", "data.batch_size=50", "--set", "steps=8", "--set", "eval_every=8",
            "--fewshot", "5", "--no-bench", "--device", "cpu", "--format", "csv"]
+
+
+def test_a_compare_probes_and_joins_its_own_fewshot_rows_not_an_evaluates(tmp_path):
+    """A compare's 5-shot probe is its own (the whole split, the crop, draws and precision it
+    probes in): a run's probe of a capped split, or one in another precision (a results folder
+    shared from a GPU, whose evaluate probed in bf16), neither stands in for it nor is joined
+    into its table."""
+    without = [a for a in COMPARE if a not in ("--fewshot", "5")]
+    ok(cli(*without, "--results-dir", tmp_path))
+    (run,) = (tmp_path / "runs").iterdir()
+    probe = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--fewshot", "5",
+             "--device", "cpu", "--results-dir", tmp_path]
+    ok(cli(*probe, "--max-examples", "97"))
+    ok(cli(*probe))
+    path = tmp_path / "fewshot.csv"
+    with open(path, newline="") as fh:
+        reader = csv.DictReader(fh)
+        columns, (capped, whole) = reader.fieldnames, list(reader)
+    assert (capped["split"], whole["split"], whole["dtype"]) == (
+        "test[stratified:97]", "test", "fp32")
+    # the same probe as a GPU's evaluate records it: in bf16, with a number of its own
+    gpu = dict(whole, dtype="bf16", device_name="NVIDIA H100 80GB HBM3", top1_mean="12.5")
+    with open(path, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, columns, lineterminator="\n")
+        writer.writeheader()
+        writer.writerows([capped, gpu])
+    compared = cli(*COMPARE, "--results-dir", tmp_path)
+    ok(compared)
+    (row,) = csv.DictReader(compared.stdout.splitlines())
+    few = rows(path)
+    assert [(r["split"], r["dtype"]) for r in few] == [
+        ("test[stratified:97]", "fp32"), ("test", "bf16"), ("test", "fp32")]
+    assert (row["fewshot_split"], row["fewshot_n"]) == ("test", "1")
+    assert float(row["fewshot_top1"]) == pytest.approx(float(few[2]["top1_mean"]))
+    assert float(few[2]["top1_mean"]) == pytest.approx(float(whole["top1_mean"]))
+    # the compare's file (what `plot` regenerates from every row) joins the same probe
+    (table,) = (tmp_path / "tables").glob("compare-*.csv")
+    (filed,) = rows(table)
+    assert filed["fewshot_top1"] == row["fewshot_top1"]
 
 
 @pytest.mark.slow

@@ -274,7 +274,8 @@ def compare_table(
             params, gflops = zoo.at[model, "params"], zoo.at[model, "gflops"]
         fs, fs_n, fs_split, fs_shots = _fewshot_of(
             few, g["run_id"], ds, sp,
-            crop or (settings or {}).get(key, {}).get("data.eval_pipeline"))
+            crop or (settings or {}).get(key, {}).get("data.eval_pipeline"),
+            set(text(g, "dtype")) - {""})
         size = None if img_size != img_size else int(img_size)
         # the paper reports ImageNet only: a run measured on ImageNet, pre-trained on `pretrain`
         # (or trained there from scratch: the paper's "pre-trained on ImageNet" rows)
@@ -423,16 +424,18 @@ def latest_bench(thr: pd.DataFrame | None, model, img_size, devices: set[str],
 
 
 def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset, split: str,
-                own_crop: str | None = None) -> tuple[float, int, str, float]:
+                own_crop: str | None = None,
+                own_dtypes: set[str] = frozenset()) -> tuple[float, int, str, float]:
     """(mean, runs, split, shots) of the few-shot probes of `runs` on `dataset`, joined by run
     id: the probes of one shot count, one split and one probe setting (l2, draws, crop,
-    resolution, shots' split), chosen in this order: 5 shots (the paper's) before others, the
-    whole of `split` before a capped part of it, the probe `compare --fewshot` makes (`_compares`:
-    the default l2 and draws, shots from train, the runs' own eval crop `own_crop`, their
-    recipe's `data.eval_pipeline`, where known) before another (`evaluate --crop resize
-    --fewshot 5` or `--seeds 1` of a run is not the probe its compare made), then the setting
-    most of the runs were probed with (the first of equals). A row recorded before probes recorded their split
-    probed the whole split."""
+    resolution, shots' split, precision), chosen in this order: 5 shots (the paper's) before
+    others, the whole of `split` before a capped part of it, the probe `compare --fewshot` makes
+    (`_compares`: the default l2 and draws, shots from train, the runs' own eval crop
+    `own_crop`, their recipe's `data.eval_pipeline`, where known, in the precision the runs
+    trained in, `own_dtypes`, as a compare on their device probes) before another (`evaluate
+    --crop resize --fewshot 5`, `--seeds 1` or a bf16 probe of fp32 runs is not the probe
+    their compare made), then the setting most of the runs were probed with (the first of
+    equals). A row recorded before probes recorded their split probed the whole split."""
     none = (math.nan, 0, "", math.nan)
     if few is None or few.empty:
         return none
@@ -451,22 +454,26 @@ def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset, split: str,
     counts = setting.groupby(setting, sort=False).size()
     first = {k: f.loc[setting == k].iloc[0] for k in counts.index}
     chosen = max(counts.index, key=lambda k: (
-        first[k]["shots"] == 5, first[k]["_probed"] == whole, _compares(first[k], own_crop),
+        first[k]["shots"] == 5, first[k]["_probed"] == whole,
+        _compares(first[k], own_crop, own_dtypes),
         counts[k]))
     f = f[setting == chosen].drop_duplicates("run_id", keep="last")
     return (float(f["top1_mean"].mean()), int(len(f)), str(f["_probed"].iloc[0]),
             float(f["shots"].iloc[0]))
 
 
-def _compares(probe: pd.Series, own_crop: str | None) -> bool:
+def _compares(probe: pd.Series, own_crop: str | None, own_dtypes: set[str] = frozenset()
+              ) -> bool:
     """Whether a few-shot row is the probe `compare --fewshot` makes: shots from `train`, the
-    default l2 and draws (`evaluate`'s), through the run's own eval crop where it is known."""
+    default l2 and draws (`evaluate`'s), through the run's own eval crop and in one of the
+    runs' own precisions, where they are known."""
     from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS
 
     return (str(probe.get("shots_split", "train")) in ("train", "nan", "")
             and probe.get("l2_reg", FEWSHOT_L2) == FEWSHOT_L2
             and probe.get("num_seeds", FEWSHOT_SEEDS) == FEWSHOT_SEEDS
-            and (own_crop is None or str(probe.get("pipeline", "")) == own_crop))
+            and (own_crop is None or str(probe.get("pipeline", "")) == own_crop)
+            and (not own_dtypes or str(probe.get("dtype", "")) in own_dtypes))
 
 
 # The columns of a few-shot row that say how it probed (besides its split): one table cell
