@@ -235,8 +235,8 @@ def _format(value: Any) -> str:
         return ""
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return repr(value) if value == value else ""
+    if isinstance(value, float):  # numpy's float64 too, whose repr is "np.float64(82.0)"
+        return repr(float(value)) if value == value else ""
     return str(value)
 
 

@@ -291,6 +291,16 @@ def metric_row(step: int) -> dict:
                 elapsed_s=step * 0.7)
 
 
+def test_a_numpy_number_is_written_as_the_number_it_holds(tmp_path):
+    """A value read back through pandas (numpy's float64, a float subclass whose repr is
+    `np.float64(82.0)` under numpy 2) is written as the same digits a float's would be."""
+    path = tmp_path / "runs" / "r" / "metrics.csv"
+    results.append_to(path, results.METRICS, dict(metric_row(4), top1=np.float64(82.0),
+                                                  lr=np.float64(1e-3 / 3)))
+    row, = results.read_metrics(path)
+    assert (row["top1"], row["lr"]) == (82.0, 1e-3 / 3)
+
+
 def test_read_metrics_and_rewrite_metrics_keep_the_bytes(tmp_path):
     path = tmp_path / "runs" / "r" / "metrics.csv"
     for step in (4, 8, 12):
