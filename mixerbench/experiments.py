@@ -623,9 +623,6 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
     runs = run_cells(cells, launcher, log)
     if not _joined_here():
         return {}
-    # one row per run, images scored, permutation and metric: an `evaluate --shuffle` of the run
-    # under another permutation or on a capped part of the split measured something else
-    done = _done_keys("shuffle", root, "run_id", "split", "eval_shuffle", "metric")
     out = []
     for cell, s in zip(cells, runs):
         kind = cell.label["shuffle"]
@@ -638,8 +635,10 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
                        probe_dataset=probe_of(metric, s["dataset"]),
                        **{"pipeline": s.get("pipeline"), **measured},
                        **{k: s.get(k) for k in results.PROVENANCE})
-            if _key(s["run_id"], row.get("split"), kind, metric) not in done:
-                results.append_row("shuffle", row, root)
+            # once per observation (results.KEYS): an `evaluate --shuffle` of the run under
+            # another permutation, crop or precision, or on a capped part of the split,
+            # measured something else and does not stand in for this row
+            results.append_once("shuffle", row, root)
             out.append(row)
     written = regenerate(root, None, ["shuffle"])["written"]
     return dict(rows=out, written=written)

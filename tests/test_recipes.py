@@ -306,9 +306,10 @@ def test_a_length_means_one_run_however_it_is_spelled(tmp_path):
 
 @pytest.mark.slow
 def test_an_evaluate_of_a_shuffle_run_never_blocks_its_own_row(tmp_path):
-    """The Mixer run `reproduce shuffle` trains on original images, trained first by `pretrain`
-    and evaluated under the global shuffle on 50 images: `reproduce shuffle` still records the
-    run's own top-1 (original images, whole split), once however often it runs."""
+    """The Mixer run `reproduce shuffle` trains on original images, trained first by `pretrain`,
+    evaluated under the global shuffle on 50 images and on its own original images through
+    another crop: `reproduce shuffle` still records the run's own top-1 (original images, whole
+    split, the run's crop), once however often it runs."""
     shuffle = ["--dataset", "synthetic", "--device", "cpu", "--steps", "2", "--results-dir",
                tmp_path]
     ok(cli("pretrain", "--preset", "smoke", "--model", "mixer", "--set", "data.shuffle=none",
@@ -316,10 +317,12 @@ def test_an_evaluate_of_a_shuffle_run_never_blocks_its_own_row(tmp_path):
     (run,) = (tmp_path / "runs").iterdir()
     ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
            "--shuffle", "global", "--max-examples", "50", "--results-dir", tmp_path))
+    ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+           "--shuffle", "none", "--crop", "resize", "--results-dir", tmp_path))
     for _ in range(2):
         ok(cli("reproduce", "shuffle", "--budget", "smoke", *shuffle))
     own = [(r["split"], r["metric"]) for r in rows(tmp_path / "shuffle.csv")
-           if r["run_id"] == run.name and r["eval_shuffle"] == "none"]
+           if r["run_id"] == run.name and r["eval_shuffle"] == "none" and r["pipeline"] != "eval-resize"]
     assert sorted(own) == [("test", "fewshot5"), ("test", "top1")]
 
 
