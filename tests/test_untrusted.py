@@ -171,8 +171,12 @@ def test_ctrl_c_while_training_in_a_compare_is_130_and_one_line(tmp_path, child_
 
 def test_ctrl_c_while_the_command_line_loads_is_130_without_a_traceback(tmp_path, child_env):
     """Ctrl-C lands while Python imports the command line's libraries (here: the moment typer
-    is imported, made deterministic by a hook that sends SIGINT then)."""
-    prelude = ("import builtins, os, signal\norig = builtins.__import__\n"
+    is imported, made deterministic by a hook that sends SIGINT then). The child starts with
+    Python's own SIGINT handler, as from a terminal: a suite started as a shell's background
+    job (`... &` in a script) runs with SIGINT ignored, which every child inherits."""
+    prelude = ("import builtins, os, signal\n"
+               "signal.signal(signal.SIGINT, signal.default_int_handler)\n"
+               "orig = builtins.__import__\n"
                "def hook(name, *a, **k):\n"
                "    if name == 'typer':\n"
                "        builtins.__import__ = orig\n"
