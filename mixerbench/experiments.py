@@ -317,7 +317,11 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
                repeats: int = 3, dtype: str | None = None, log: Log = noop) -> list[dict]:
     """Inference and training throughput for each model description on this device in `dtype`
     (None: the device's default, as training's `auto`), unless a row for that model, mode,
-    image size, device and precision is already in throughput.csv."""
+    image size, device, precision, torch threads and compilation is already in throughput.csv
+    (a one-thread `bench --vs-timm` row of a model is not what this process measures on all
+    its threads, and set beside the other models' rows it made that model look slower)."""
+    import torch
+
     from mixerbench.bench import bench
     from mixerbench.models import label_of
     from mixerbench.results import device_name
@@ -326,16 +330,19 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
     dev = resolve_device(device)
     name = device_name(dev)
     dtype = choose(dev, dtype, cpu_half=True)[1]  # what bench resolves it to
-    done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name", "dtype")
+    compiled = dev.startswith("cuda")  # compiled where it pays: on a GPU (bench's own default)
+    here = (name, dtype, str(torch.get_num_threads()), str(compiled))
+    done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name", "dtype",
+                      "threads", "compiled")
     todo = [r for r in models
-            if any((label_of(r), m, str(r["img_size"]), name, dtype)
-                   not in done for m in ("infer", "train"))]
+            if any((label_of(r), m, str(r["img_size"]), *here) not in done
+                   for m in ("infer", "train"))]
     if not todo:
         return []
     log(Event.BENCH, dict(models=[label_of(r) for r in todo]))
     return bench(todo, mode="both", batch_size=batch_size, device=dev, dtype=dtype, repeats=repeats,
                  root=root, steps_per_repeat=5 if dev == "cpu" else 20,
-                 warmup=2 if dev == "cpu" else 10)
+                 warmup=2 if dev == "cpu" else 10, compile=compiled)
 
 
 # Bounds on what `compare` is asked to train: the paper averages 3 seeds (Table 2's std over

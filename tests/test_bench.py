@@ -283,6 +283,25 @@ def test_a_compares_bench_is_measured_in_the_precision_its_runs_trained_in(tmp_p
     assert sorted(thr["dtype"]) == ["bf16", "bf16", "fp32", "fp32"]
 
 
+def test_a_compares_bench_is_measured_on_its_own_threads(tmp_path):
+    """A one-thread bench of the model (`OMP_NUM_THREADS=1 bench --vs-timm`) does not stand
+    in for the compare's bench on all its threads: the compare measures it again, once."""
+    from mixerbench import results
+    from mixerbench.experiments import bench_rows
+
+    tiny = dict(name="mixer-t4", img_size=28, patch_size=4, overrides=dict(depth=1, width=16))
+    assert torch.get_num_threads() == 1  # the module's (conftest.one_thread)
+    assert len(bench_rows([tiny], root=tmp_path, device="cpu", batch_size=2)) == 2
+    torch.set_num_threads(2)
+    try:
+        assert len(bench_rows([tiny], root=tmp_path, device="cpu", batch_size=2)) == 2
+        assert bench_rows([tiny], root=tmp_path, device="cpu", batch_size=2) == []
+    finally:
+        torch.set_num_threads(1)
+    thr = results.load("throughput", tmp_path)
+    assert sorted(thr["threads"]) == [1, 1, 2, 2] and not thr["compiled"].any()
+
+
 def test_cli_bench_vs_timm_times_timms_mixer_of_the_smoke_shapes(tmp_path):
     """`--vs-timm` times, after the native Mixer, the module export writes for its shapes:
     timm's MlpMixer class for the smoke preset's Mixer (no timm entry point has them)."""
