@@ -294,7 +294,8 @@ def own_probe(summary: dict, device: str | None = None, seeds: int | None = None
     from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS
     from mixerbench.runtime import choose
 
-    return dict(run_id=summary["run_id"], dataset=summary["dataset"],
+    return dict(run_id=summary["run_id"], recipe_id=summary.get("recipe_id"),
+                dataset=summary["dataset"],
                 split=(summary.get("split") or "test").split("[")[0], shots_split="train",
                 l2_reg=FEWSHOT_L2, num_seeds=seeds or FEWSHOT_SEEDS,
                 pipeline=_eval_pipeline(summary), img_size=summary.get("img_size"),

@@ -528,9 +528,11 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
 # count and probe: the images it is scored on (dataset and split: a capped probe never blocks
 # the full one) and how (shots' split, l2, draws, crop, resolution, precision: a GPU's bf16
 # features are not a CPU's fp32 ones).
+# The recipe id tells a run's finished weights (its recipe) from a checkpoint evaluated while
+# the run still trained (none yet), which the run id alone does not.
 KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
-    "run_id", "shots", "dataset", "split", "shots_split", "l2_reg", "num_seeds", "pipeline",
-    "img_size", "dtype"),
+    "run_id", "recipe_id", "shots", "dataset", "split", "shots_split", "l2_reg", "num_seeds",
+    "pipeline", "img_size", "dtype"),
     # accuracy.csv's `evaluate` rows (`append_once`; a training row is appended once per run
     # by `rundir.ensure_row`): one per run, checkpoint step, images scored, crop, resolution
     # and precision, so the same evaluate run again adds nothing and another crop is its own
@@ -541,9 +543,9 @@ KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
     # scored under, metric, images scored, crop, resolution, precision and (a `fewshot<k>`
     # row) probe, so the same `evaluate --shuffle` run again adds nothing and a capped split
     # or another crop is its own row.
-    "shuffle": ("run_id", "dataset", "split", "train_shuffle", "eval_shuffle", "metric",
-                "probe_dataset", "shots_split", "l2_reg", "num_seeds", "pipeline", "img_size",
-                "dtype"),
+    "shuffle": ("run_id", "recipe_id", "dataset", "split", "train_shuffle", "eval_shuffle",
+                "metric", "probe_dataset", "shots_split", "l2_reg", "num_seeds", "pipeline",
+                "img_size", "dtype"),
     # released.csv (`append_rows`): one row per released checkpoint measured on one split, at
     # one resolution and crop, with or without ReaL (`real_n`: the images ReaL labels) and the
     # 5-shot probe; the same command run again adds nothing.

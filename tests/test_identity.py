@@ -355,6 +355,29 @@ def test_fewshot_rows_are_kept_once_per_run_shots_and_probe(finished, tmp_path):
     assert len(rows(tmp_path / "accuracy.csv")) == 1
 
 
+def test_a_probe_of_a_checkpoint_taken_mid_training_never_stands_in_for_the_finished_run(
+        tmp_path):
+    """`evaluate --fewshot 5 --shuffle none` of a run stopped at step 4 of 8 (no recipe yet),
+    then of the same run once finished: both probes are rows, the finished run's under its
+    recipe (it was dropped as a repeat of the unfinished one, which has the same run id)."""
+    from conftest import interrupted_run
+
+    interrupted_run(tmp_path, steps=8, ckpt_every=3, kill_at=4)
+    run = tmp_path / "runs" / "unf"
+    probe = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+             "--fewshot", "5", "--shuffle", "none", "--results-dir", tmp_path]
+    assert cli(*probe).exit_code == 0
+    finish = cli("pretrain", *TINY, "--steps", "8", "--run-name", "unf", "--set", "ckpt_every=3",
+                 "--set", "eval_every=4", "--results-dir", tmp_path)
+    assert finish.exit_code == 0, finish.output
+    recipe = json.loads((run / "summary.json").read_text())["recipe_id"]
+    assert cli(*probe).exit_code == 0
+    for table in ("fewshot", "shuffle"):
+        mine = [r["recipe_id"] for r in rows(tmp_path / f"{table}.csv")
+                if r.get("metric", "fewshot5") == "fewshot5"]
+        assert sorted(mine) == ["", recipe], table
+
+
 def test_shuffle_rows_are_kept_once_per_run_permutation_and_images(finished, tmp_path):
     """The same `evaluate --shuffle` of a run again adds no row to shuffle.csv; the same
     permutations on a capped part of the split are another measurement, with rows of their own,
