@@ -51,8 +51,12 @@ def _done_keys(table: str, root, *cols: str) -> set[tuple]:
 
 
 def _key(*values) -> tuple[str, ...]:
-    """Values as `_done_keys` compares them: text, a blank cell (None, NaN) as ""."""
-    return tuple("" if v is None or v != v else str(v) for v in values)
+    """Values as `_done_keys` compares them: text, a blank cell (None, NaN) as "", a whole
+    number as an integer whatever its type (pandas reads a column of integers with a blank
+    cell, such as `threads` beside rows older versions wrote, as floats: 2.0 is 2)."""
+    return tuple("" if v is None or v != v
+                 else str(int(v)) if isinstance(v, float) and v.is_integer() else str(v)
+                 for v in values)
 
 
 def _joined_here() -> bool:
