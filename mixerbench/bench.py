@@ -405,6 +405,11 @@ def check_fits(name: str, mode: str, *, device: str, dtype: str, img_size: int, 
     refuse(weights * count_params(model)[0] + (total if mode == "train" else largest))
 
 
+def compiles_by_default(device: str) -> bool:
+    """Whether `bench` times a torch.compile'd model on `device` when not told: on CUDA only."""
+    return device.startswith("cuda")
+
+
 def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size: int | None = None,
           dtype: str | None = None, compile: bool | None = None, repeats: int = 5,
           warmup: int = 10, steps_per_repeat: int = 20, device: str | None = None,
@@ -461,7 +466,7 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
                        num_classes=rec.get("num_classes") or num_classes,
                        patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
     cuda = device.startswith("cuda")
-    compile = cuda if compile is None else bool(compile)
+    compile = compiles_by_default(device) if compile is None else bool(compile)
     # TF32 for fp32 matmuls on CUDA, as the training loop runs; the datasheet peak is then the
     # TF32 one (`matmul_precision`), and the measured matmul rate runs under the same setting.
     old_precision = torch.get_float32_matmul_precision()

@@ -327,7 +327,7 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
     its threads, and set beside the other models' rows it made that model look slower)."""
     import torch
 
-    from mixerbench.bench import bench
+    from mixerbench.bench import bench, compiles_by_default
     from mixerbench.models import label_of
     from mixerbench.results import device_name
     from mixerbench.runtime import choose, resolve_device
@@ -335,8 +335,7 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
     dev = resolve_device(device)
     name = device_name(dev)
     dtype = choose(dev, dtype, cpu_half=True)[1]  # what bench resolves it to
-    compiled = dev.startswith("cuda")  # compiled where it pays: on a GPU (bench's own default)
-    here = (name, dtype, str(torch.get_num_threads()), str(compiled))
+    here = (name, dtype, str(torch.get_num_threads()), str(compiles_by_default(dev)))
     done = _done_keys("throughput", root, "model", "mode", "img_size", "device_name", "dtype",
                       "threads", "compiled")
     todo = [r for r in models
@@ -347,7 +346,7 @@ def bench_rows(models: list[dict], *, root, device: str | None = None, batch_siz
     log(Event.BENCH, dict(models=[label_of(r) for r in todo]))
     return bench(todo, mode="both", batch_size=batch_size, device=dev, dtype=dtype, repeats=repeats,
                  root=root, steps_per_repeat=5 if dev == "cpu" else 20,
-                 warmup=2 if dev == "cpu" else 10, compile=compiled)
+                 warmup=2 if dev == "cpu" else 10)
 
 
 # Bounds on what `compare` is asked to train: the paper averages 3 seeds (Table 2's std over
