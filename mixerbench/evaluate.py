@@ -605,10 +605,10 @@ def evaluate(checkpoint_src: str, dataset: str, *, arch: str | None = None,
                fewshot=[], shuffle=[], num_classes=ds.num_classes, head=s["has_head"])
     prov = provenance(device=device, num_devices=1, dtype=dtype, compiled=False,
                       seed=s["seed"] if s["run_id"] else None)
+    # `steps`: the step of the weights measured (tells an unfinished run's checkpoints apart)
     common = dict(run_id=s["run_id"], recipe_id=s["recipe_id"], model=label, family=get_spec(s["rec"]["name"]).family,
-                  dataset=ds.name, img_size=s["img_size"], **prov)
-    evaluated = dict(common, steps=s["rec"].get("step"), init=str(checkpoint_src), kind="evaluate",
-                     pipeline=s["pipeline"])
+                  dataset=ds.name, img_size=s["img_size"], steps=s["rec"].get("step"), **prov)
+    evaluated = dict(common, init=str(checkpoint_src), kind="evaluate", pipeline=s["pipeline"])
     rows = {"accuracy": [], "fewshot": [], "shuffle": []}
     model = s["model"]
 

@@ -292,14 +292,14 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
 
 def own_probe(summary: dict, device: str | None = None, seeds: int | None = None) -> dict:
     """fewshot.csv's key cells (`results.KEYS`, but `shots`) of the probe `fewshot_rows` makes of
-    a finished run on `device`: the whole of its eval split (`test[stratified:N]` -> `test`),
+    a finished run on `device`: its last step's weights, the whole of its eval split (`test[stratified:N]` -> `test`),
     shots from `train`, the default l2 and `seeds` draws, the run's own eval crop and
     resolution, in the precision `evaluate` picks there."""
     from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS
     from mixerbench.runtime import choose
 
     return dict(run_id=summary["run_id"], recipe_id=summary.get("recipe_id"),
-                dataset=summary["dataset"],
+                steps=summary.get("steps"), dataset=summary["dataset"],
                 split=(summary.get("split") or "test").split("[")[0], shots_split="train",
                 l2_reg=FEWSHOT_L2, num_seeds=seeds or FEWSHOT_SEEDS,
                 pipeline=_eval_pipeline(summary), img_size=summary.get("img_size"),
@@ -643,7 +643,7 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
             row = dict(run_id=s["run_id"], recipe_id=s.get("recipe_id"), model=s["model"],
                        family=s.get("family"), dataset=s["dataset"], train_shuffle=kind,
                        eval_shuffle=kind, metric=metric, img_size=s["img_size"],
-                       probe_dataset=probe_of(metric, s["dataset"]),
+                       steps=s["steps"], probe_dataset=probe_of(metric, s["dataset"]),
                        **{"pipeline": s.get("pipeline"), **measured},
                        **{k: s.get(k) for k in results.PROVENANCE})
             # once per observation (results.KEYS): an `evaluate --shuffle` of the run under

@@ -53,9 +53,12 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     ) + PROVENANCE,
     # `dataset` / `split`: the images the probe is scored on (`test`, `test[stratified:N]`),
     # `shots_split` the split its shots are drawn from, `pipeline` the eval crop both go through.
+    # `steps` (fewshot, shuffle): the training step of the weights measured, as an `evaluate`
+    # row of accuracy.csv has it (a finished run's last step; empty for released weights).
     "fewshot": (
         "run_id", "recipe_id", "model", "family", "dataset", "split", "upstream", "shots",
         "shots_split", "l2_reg", "num_seeds", "pipeline", "top1_mean", "top1_std", "img_size",
+        "steps",
     ) + PROVENANCE,
     # `gmacs`: forward GMACs per image, unrounded (exact MACs / 1e9). `mfu` = achieved_tflops /
     # peak_tflops, `peak_tflops` the datasheet dense peak of the device in the dtype's matmul
@@ -75,7 +78,7 @@ SCHEMAS: dict[str, tuple[str, ...]] = {
     "shuffle": (
         "run_id", "recipe_id", "model", "family", "dataset", "split", "train_shuffle",
         "eval_shuffle", "metric", "top1", "probe_dataset", "shots_split", "l2_reg", "num_seeds",
-        "pipeline", "img_size",
+        "pipeline", "img_size", "steps",
     ) + PROVENANCE,
     "scaling": (
         "run_id", "recipe_id", "model", "family", "dataset", "split", "fraction", "epochs",
@@ -529,21 +532,22 @@ def append_row(table: str, row: Mapping[str, Any], root: str | os.PathLike | Non
 # the full one) and how (shots' split, l2, draws, crop, resolution, precision: a GPU's bf16
 # features are not a CPU's fp32 ones).
 # The recipe id tells a run's finished weights (its recipe) from a checkpoint evaluated while
-# the run still trained (none yet), which the run id alone does not.
+# the run still trained (none yet), which the run id alone does not; the step tells two such
+# checkpoints of one run apart.
 KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
-    "run_id", "recipe_id", "shots", "dataset", "split", "shots_split", "l2_reg", "num_seeds",
-    "pipeline", "img_size", "dtype"),
+    "run_id", "recipe_id", "steps", "shots", "dataset", "split", "shots_split", "l2_reg",
+    "num_seeds", "pipeline", "img_size", "dtype"),
     # accuracy.csv's `evaluate` rows (`append_once`; a training row is appended once per run
     # by `rundir.ensure_row`): one per run, checkpoint step, images scored, crop, resolution
     # and precision, so the same evaluate run again adds nothing and another crop is its own
     # row. `kind` keeps an evaluation from being taken for its run's training row.
     "accuracy": ("run_id", "kind", "dataset", "split", "pipeline", "img_size", "steps",
                  "dtype"),
-    # shuffle.csv's rows (`append_once`): one per run, permutation its images trained and were
-    # scored under, metric, images scored, crop, resolution, precision and (a `fewshot<k>`
-    # row) probe, so the same `evaluate --shuffle` run again adds nothing and a capped split
-    # or another crop is its own row.
-    "shuffle": ("run_id", "recipe_id", "dataset", "split", "train_shuffle", "eval_shuffle",
+    # shuffle.csv's rows (`append_once`): one per run and checkpoint step, permutation its
+    # images trained and were scored under, metric, images scored, crop, resolution, precision
+    # and (a `fewshot<k>` row) probe, so the same `evaluate --shuffle` run again adds nothing
+    # and a capped split or another crop is its own row.
+    "shuffle": ("run_id", "recipe_id", "steps", "dataset", "split", "train_shuffle", "eval_shuffle",
                 "metric", "probe_dataset", "shots_split", "l2_reg", "num_seeds", "pipeline",
                 "img_size", "dtype"),
     # released.csv (`append_rows`): one row per released checkpoint measured on one split, at

@@ -15,6 +15,9 @@ where what the row's run, or the command that wrote it, recorded says its value:
   config.json). A shuffle or scaling row's `top1` is its run's own, on the run's split; its
   `fewshot5` is the fewshot.csv row of its run with the same value, whose probe it copies.
 - `shots_split`: `train`, the only split any version drew shots from.
+- `steps` of a probe or shuffle row: the step of the weights it measured. A row with a recipe
+  id (written with one, or given one above) measured its finished run, whose last step its
+  training row in accuracy.csv records; a row without one keeps it empty.
 - `pipeline` of a shuffle row's `top1` that no `evaluate` wrote: the sweep measured it through
   its run's own eval crop (its verified config.json, as below).
 - `pipeline` of an accuracy row: a training row's is its run's eval crop, from a config.json
@@ -56,15 +59,17 @@ def upgrade(root: str | os.PathLike | None = None) -> dict:
 
     def fill(table: str, row: dict) -> dict:
         new = facts.subset(table, row)
-        if "recipe_id" not in row or row["recipe_id"] or not row.get("run_id"):
+        if "recipe_id" not in row or not row.get("run_id"):
             return new
-        rid = row["run_id"]
-        if rid not in found:
-            found[rid] = recipe_of_run(root, rid, facts.dtype.get(rid))
-        if found[rid] is None:
-            return new
-        filled[0] += 1
-        return dict(new, recipe_id=found[rid])
+        if not row["recipe_id"]:
+            rid = row["run_id"]
+            if rid not in found:
+                found[rid] = recipe_of_run(root, rid, facts.dtype.get(rid))
+            if found[rid] is None:
+                return new
+            filled[0] += 1
+            new = dict(new, recipe_id=found[rid])
+        return dict(new, **facts.last_step(table, row))
 
     written = results.upgrade_all(root, fill)
     if not written:
@@ -107,6 +112,15 @@ class _Facts:
                 and not same_call and row["run_id"]:  # the sweep's: its run's own crop
             crop = {"pipeline": self._pipeline(row["run_id"])}
         return {**self._split(table, row, same_call), **crop}
+
+    def last_step(self, table: str, row: dict) -> dict:
+        """The step of the weights an older probe or shuffle row of a finished run measured:
+        its run's last (the training row's `steps`)."""
+        run = self.trained.get(row["run_id"])
+        if table not in ("fewshot", "shuffle") or row.get("steps") or not run \
+                or run["steps"] in ("", None):
+            return {}
+        return {"steps": run["steps"]}
 
     def _split(self, table: str, row: dict, same_call: str | None) -> dict:
         if row.get("split"):

@@ -722,11 +722,12 @@ def evaluation(res: dict | None, root: Path, fmt: Format) -> None:
             "scored, crop, resolution and precision); the recorded row stays")
     if few:
         say(f"fewshot.csv already held {len(few)} of these probes (one row per run, "
-            "shots, images scored and probe setting); the recorded rows were kept")
+            "checkpoint step, shots, images scored and probe setting); the recorded rows were "
+            "kept")
     if sh:
         say(f"shuffle.csv already held {len(sh)} of these measurements (one row per run, "
-            "permutation, metric, images scored, crop and precision); the recorded rows were "
-            "kept")
+            "checkpoint step, permutation, metric, images scored, crop and precision); the "
+            "recorded rows were kept")
 
 
 def dataset(out: dict, fmt: Format) -> None:

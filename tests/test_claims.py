@@ -122,6 +122,21 @@ def test_shuffle_claims_hold_fail_and_lack_seeds(tmp_path):
                    for s in (1, 2)]
 
 
+def test_a_checkpoint_taken_mid_training_is_no_evidence_for_the_shuffle_claim(tmp_path):
+    """An `evaluate --shuffle` of a checkpoint taken half-way through a patch run (step 1950
+    of 3900: no recipe id yet), recorded after the run's own row, neither replaces that row
+    nor stands as a recipe of its own: the verdict is the finished runs'."""
+    shuffle_rows(tmp_path, "mixer", "mixer-t4", [67.6, 67.8, 68.0], [67.7, 67.9, 68.1])
+    shuffle_rows(tmp_path, "resnet", "resnet18", [73.2, 73.4, 73.6], [56.4, 56.6, 56.8])
+    results.append_row("shuffle", dict(
+        run_id="mixer-t4-cifar10-patch-s0", recipe_id="", model="mixer-t4", family="mixer",
+        dataset="cifar10", train_shuffle="patch", eval_shuffle="patch", metric="top1",
+        top1=31.0, img_size=32, steps=1950, seed=0), tmp_path)
+    claim = verdicts(tmp_path)["shuffle-mixer"]
+    assert claim["verdict"] == HELD
+    assert all(c["b"]["n"] == 3 and c["b"]["mean"] > 67 for c in claim["comparisons"])
+
+
 def bench_pair(root: Path, bench_id: str, mixer, vit, batch: int = 8) -> None:
     for model, (mean, std) in (("mixer-b16", mixer), ("vit-b16", vit), ("vit-b32", (9, 0.1))):
         results.append_row("throughput", dict(

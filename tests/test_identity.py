@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 from conftest import ROOT, TINY, cli, refused, start
 
-from mixerbench import config, presets
+from mixerbench import config, presets, results
 from mixerbench.config import from_dict, run_id
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -357,25 +357,45 @@ def test_fewshot_rows_are_kept_once_per_run_shots_and_probe(finished, tmp_path):
 
 def test_a_probe_of_a_checkpoint_taken_mid_training_never_stands_in_for_the_finished_run(
         tmp_path):
-    """`evaluate --fewshot 5 --shuffle none` of a run stopped at step 4 of 8 (no recipe yet),
-    then of the same run once finished: both probes are rows, the finished run's under its
-    recipe (it was dropped as a repeat of the unfinished one, which has the same run id)."""
+    """`evaluate --fewshot 5 --shuffle none` of a run stopped at step 4 of 12 (its checkpoint:
+    step 3, no recipe yet), again once stopped at step 8 (checkpoint: step 6), then of the same
+    run once finished: three probes, three rows, each with the step of the weights it measured
+    (the later checkpoint's was dropped as a repeat of the first, which has the same run id and
+    no recipe either), the finished run's under its recipe; the same probe again adds none."""
     from conftest import interrupted_run
 
-    interrupted_run(tmp_path, steps=8, ckpt_every=3, kill_at=4)
+    from mixerbench.report import tables
+
+    interrupted_run(tmp_path, steps=12, ckpt_every=3, kill_at=4)
     run = tmp_path / "runs" / "unf"
     probe = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
              "--fewshot", "5", "--shuffle", "none", "--results-dir", tmp_path]
     assert cli(*probe).exit_code == 0
-    finish = cli("pretrain", *TINY, "--steps", "8", "--run-name", "unf", "--set", "ckpt_every=3",
+    interrupted_run(tmp_path, steps=12, ckpt_every=3, kill_at=8)
+    assert "already held" not in ok(cli(*probe))
+    finish = cli("pretrain", *TINY, "--steps", "12", "--run-name", "unf", "--set", "ckpt_every=3",
                  "--set", "eval_every=4", "--results-dir", tmp_path)
     assert finish.exit_code == 0, finish.output
     recipe = json.loads((run / "summary.json").read_text())["recipe_id"]
-    assert cli(*probe).exit_code == 0
+    assert "already held" not in ok(cli(*probe))
+    assert "already held" in ok(cli(*probe))
     for table in ("fewshot", "shuffle"):
-        mine = [r["recipe_id"] for r in rows(tmp_path / f"{table}.csv")
+        mine = [(r["steps"], r["recipe_id"]) for r in rows(tmp_path / f"{table}.csv")
                 if r.get("metric", "fewshot5") == "fewshot5"]
-        assert sorted(mine) == ["", recipe], table
+        assert mine == [("3", ""), ("6", ""), ("12", recipe)], table
+    # a probe of the step-6 checkpoint that finished last (it started while the run trained):
+    # the run's 5-shot cell and its shuffle figure's point are still its trained weights'
+    for table in ("fewshot", "shuffle"):
+        for r in [r for r in rows(tmp_path / f"{table}.csv") if r["steps"] == "6"]:
+            results.append_row(table, r, tmp_path)
+    finished = {r["metric"]: float(r["top1"]) for r in rows(tmp_path / "shuffle.csv")
+                if r["steps"] == "12"}
+    table = tables.compare_table(results.load("accuracy", tmp_path), None,
+                                 results.load("fewshot", tmp_path))
+    assert list(table["fewshot_top1"]) == pytest.approx([finished["fewshot5"]])
+    kept, _ = tables.one_measurement(results.load("shuffle", tmp_path),
+                                     ["model", "train_shuffle", "metric"], str)
+    assert dict(zip(kept["metric"], kept["top1"])) == pytest.approx(finished)
 
 
 def test_shuffle_rows_are_kept_once_per_run_permutation_and_images(finished, tmp_path):

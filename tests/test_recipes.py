@@ -339,7 +339,8 @@ def older(path: Path, drop: str = "recipe_id") -> None:
 
 
 def test_upgrade_gives_older_rows_the_recipe_their_run_recorded_and_no_other(tmp_path):
-    """Rows of a run whose folder verifies get its recipe id (and a training row its eval crop);
+    """Rows of a run whose folder verifies get its recipe id (a training row its eval crop, a
+    probe the step of its finished run's weights);
     a row whose folder is gone, or whose folder's config.json names another run, keeps an empty
     one and the command says so; an older evaluate row's crop was recorded nowhere: empty."""
     pretrain(tmp_path)
@@ -355,7 +356,7 @@ def test_upgrade_gives_older_rows_the_recipe_their_run_recorded_and_no_other(tmp
                                                       if k != "recipe_id"}))
     older(tmp_path / "accuracy.csv")
     older(tmp_path / "accuracy.csv", "pipeline")
-    for column in ("recipe_id", "split", "shots_split", "pipeline"):
+    for column in ("recipe_id", "split", "shots_split", "pipeline", "steps"):
         older(tmp_path / "fewshot.csv", column)
     shutil.rmtree(runs[1])  # gone
     shutil.copy(runs[0] / "config.json", runs[2] / "config.json")  # names another run
@@ -371,6 +372,9 @@ def test_upgrade_gives_older_rows_the_recipe_their_run_recorded_and_no_other(tmp
                    (runs[1].name, "pretrain"): "", (runs[2].name, "pretrain"): ""}
     (probe,) = rows(tmp_path / "fewshot.csv")
     assert probe["recipe_id"] == expected[runs[0].name]
+    # of the finished run: the weights of its last step, which its training row records
+    assert probe["steps"] == [r["steps"] for r in rows(tmp_path / "accuracy.csv")
+                              if r["run_id"] == runs[0].name and r["kind"] == "pretrain"][0]
     # written by an evaluate with its accuracy row: that row's split; the crop is not known
     assert (probe["split"], probe["shots_split"], probe["pipeline"]) == ("test", "train", "")
     before = {p.name: p.read_bytes() for p in tmp_path.glob("*.csv")}
@@ -399,9 +403,12 @@ def test_every_committed_row_carries_the_recipe_of_the_command_behind_it(
     assert all(r["pipeline"] == cfgs[r["run_id"]].data.eval_pipeline
                for r in rows(ROOT / "results" / "shuffle.csv"))
     recipes = {r["run_id"]: r["recipe_id"] for r in acc}
+    steps = {r["run_id"]: r["steps"] for r in acc}
     for table in ("fewshot", "shuffle", "scaling"):
         derived = rows(ROOT / "results" / f"{table}.csv")
         assert derived and all(r["recipe_id"] == recipes[r["run_id"]] for r in derived), table
+        # each measured its finished run: the weights of the run's last step
+        assert all(r["steps"] == steps[r["run_id"]] for r in derived), table
         # the sweeps probed the whole test split, through each run's own eval crop
         assert {r["split"] for r in derived} == {"test"}, table
     assert {(r["shots_split"], r["pipeline"]) for r in rows(ROOT / "results" / "fewshot.csv")} \

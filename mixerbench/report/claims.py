@@ -29,7 +29,8 @@ from mixerbench.reference.claims import (
 )
 from mixerbench.report.style import short_name
 from mixerbench.report.tables import (
-    AVG5_DATASETS, TABLE1_COLUMNS, avg5_table, latest_per_run, released_table,
+    AVG5_DATASETS, TABLE1_COLUMNS, avg5_table, latest_per_run, of_trained_weights,
+    released_table,
 )
 from mixerbench.report.tables import recipe_key as tables_recipe_key
 
@@ -442,12 +443,14 @@ def _shuffle_pairs(frames: dict, family: str):
     # and the crop they went through: an `evaluate --crop` of a run is another measurement,
     # never the last word on (nor averaged with) the one its sweep made
     sh = sh.assign(_crop=_text(sh["pipeline"]))
-    sh = sh.drop_duplicates(["run_id", "eval_shuffle", "metric", "_split", "_crop"],
-                            keep="last")
     acc = frames["accuracy"]
     acc = acc[_text(acc["kind"]) != "evaluate"].drop_duplicates("run_id", keep="last")
     sched = acc.set_index(_text(acc["run_id"]))[["epochs", "steps"]]
-    sh = sh.join(sched, on="run_id")
+    # a checkpoint taken while its run trained is no evidence about the trained recipe, nor
+    # the last word on its run; the group's `steps` is the run's schedule, not the row's step
+    sh = of_trained_weights(sh).drop_duplicates(
+        ["run_id", "eval_shuffle", "metric", "_split", "_crop"], keep="last")
+    sh = sh.drop(columns="steps").join(sched, on="run_id")
     sh = sh.assign(_epochs=_text(sh["epochs"]), _steps=_text(sh["steps"]))
     sh = sh.assign(_recipe=recipe_key(sh))
     crops = sh["_crop"].nunique() > 1

@@ -329,6 +329,17 @@ def text(df: pd.DataFrame, column: str) -> pd.Series:
     return df[column].astype(object).where(df[column].notna(), "").astype(str)
 
 
+def of_trained_weights(df: pd.DataFrame) -> pd.DataFrame:
+    """`df` without the rows that measured a checkpoint taken while its run still trained (a
+    run id, no recipe id yet, and the step of the weights: `evaluate` of an unfinished run), so
+    a table, figure or verdict is never about a half-trained model, nor takes such a probe for
+    its run's. Rows that did not record their step (older versions) are kept, as before."""
+    if "steps" not in df.columns or "run_id" not in df.columns:
+        return df
+    mid = (text(df, "run_id") != "") & (text(df, "recipe_id") == "") & df["steps"].notna()
+    return df[~mid]
+
+
 def recipe_key(df: pd.DataFrame) -> pd.Series:
     """What a table groups rows by: the recipe id, or `run:<run id>` for a row without one."""
     rid, run = text(df, "recipe_id"), text(df, "run_id")
@@ -439,6 +450,7 @@ def _fewshot_of(few: pd.DataFrame | None, runs: pd.Series, dataset, split: str,
     none = (math.nan, 0, "", math.nan)
     if few is None or few.empty:
         return none
+    few = of_trained_weights(few)
     f = few[few["run_id"].astype(str).isin(set(runs.astype(str)))
             & (text(few, "dataset") == str(dataset)) & few["top1_mean"].notna()]
     if f.empty:
@@ -483,13 +495,13 @@ PROBE_SETTINGS = ("shots_split", "l2_reg", "num_seeds", "pipeline", "img_size", 
 
 def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFrame, list[str]]:
     """The rows a figure's point averages, per `keys` group (a model at one fraction, one
-    shuffle, one metric): each run once (its last row), the seeds of one recipe (the latest;
+    shuffle, one metric): each run's trained weights once (its last row, `of_trained_weights`), the seeds of one recipe (the latest;
     two recipes of one model name are never averaged), one subset of the images (the whole
     split where the recipe has it, else its latest capped part) and one eval crop (`pipeline`:
     the one most of those rows went through). Returns those rows and one
     note per group that had more (`label(key)` names the group), for the figure to say what it
     left out."""
-    df = df.reset_index(drop=True)
+    df = of_trained_weights(df).reset_index(drop=True)
     df = df.assign(_recipe=recipe_key(df), _split=text(df, "split"), _crop=text(df, "pipeline"))
     if "run_id" in df.columns:  # a row without a run id is an observation of its own
         once = [c for c in ("run_id", *keys, "eval_shuffle", "_split", "_crop")
