@@ -492,11 +492,9 @@ def bench(models, *, mode: str = "infer", batch_size: int | str = 256, img_size:
             size = img_size or rec.get("img_size") or spec.img_size
             arch = dict(patch_size=rec.get("patch_size"), overrides=rec.get("overrides") or {})
             classes = rec.get("num_classes") or num_classes
-            if rec.get("twin"):  # its label only: built on the meta device, no weights made
-                with torch.device("meta"):
-                    label = timm_twin(rec["name"], img_size=size, num_classes=classes, **arch)[1]
-            else:
-                label = label_of(rec)
+            with torch.device("meta"):  # a twin's label from a meta build: no weights made
+                label = timm_twin(rec["name"], img_size=size, num_classes=classes, **arch)[1] \
+                    if rec.get("twin") else label_of(rec)
             info = model_info(rec["name"], num_classes=classes, img_size=size,
                               patch_size=arch["patch_size"], **arch["overrides"])
             cl = (family_for(rec["name"]).channels_last and cuda) if channels_last is None \
