@@ -396,6 +396,15 @@ def test_a_probe_of_a_checkpoint_taken_mid_training_never_stands_in_for_the_fini
     kept, _ = tables.one_measurement(results.load("shuffle", tmp_path),
                                      ["model", "train_shuffle", "metric"], str)
     assert dict(zip(kept["metric"], kept["top1"])) == pytest.approx(finished)
+    # a folder of the evaluations alone, the step-6 one recorded last: the run's compare row
+    # is its trained weights' evaluation; with only the mid-training ones, the latest of those
+    evaluated = {r["steps"]: r for r in rows(tmp_path / "accuracy.csv") if r["kind"] == "evaluate"}
+    for steps, stands in ((("3", "12", "6"), "12"), (("3", "6"), "6")):
+        folder = tmp_path / f"evaluations-{len(steps)}"
+        for s in steps:
+            results.append_row("accuracy", evaluated[s], folder)
+        table = tables.compare_table(results.load("accuracy", folder))
+        assert list(table["top1_mean"]) == pytest.approx([float(evaluated[stands]["top1"])])
 
 
 def test_shuffle_rows_are_kept_once_per_run_permutation_and_images(finished, tmp_path):

@@ -104,7 +104,9 @@ def pick_dataset(df: pd.DataFrame, dataset: str | None, what: str) -> tuple[pd.D
 def latest_per_run(df: pd.DataFrame) -> pd.DataFrame:
     """One row per (run_id, dataset, split, img_size): the run's own training row when it has
     one, else its last evaluation per eval crop (`pipeline`: two crops are two measurements,
-    and a caller that groups runs keeps them apart). An `evaluate` of a trained run re-measures
+    and a caller that groups runs keeps them apart) of its trained weights where it has one
+    (an evaluation of a checkpoint taken mid-training, `of_trained_weights`, stands for the
+    run only when nothing else does). An `evaluate` of a trained run re-measures
     accuracy but has no cost columns, so it never replaces the training record (cost figures
     and compare averages would silently lose that run)."""
     if "run_id" not in df.columns:
@@ -113,8 +115,10 @@ def latest_per_run(df: pd.DataFrame) -> pd.DataFrame:
     df = df.reset_index(drop=True)  # rows keep the order they came in (a caller may sort them)
     has_id = df["run_id"].notna() & (df["run_id"].astype(str) != "")
     trained = (df["kind"].astype(str) != "evaluate") if "kind" in df.columns else has_id
-    ranked = df[has_id].assign(_trained=trained[has_id], _crop=text(df, "pipeline")[has_id])
-    ranked = ranked.sort_values("_trained", kind="stable")
+    done = pd.Series(df.index.isin(of_trained_weights(df).index), index=df.index)
+    ranked = df[has_id].assign(_trained=trained[has_id], _done=done[has_id],
+                               _crop=text(df, "pipeline")[has_id])
+    ranked = ranked.sort_values(["_trained", "_done"], kind="stable")
     kept = ranked.drop_duplicates(subset=keys + ["_crop"], keep="last")
     if len(kept):  # a run's training row stands for it alone
         owned = kept.groupby(keys, sort=False, dropna=False)["_trained"].transform("any")
@@ -495,7 +499,8 @@ PROBE_SETTINGS = ("shots_split", "l2_reg", "num_seeds", "pipeline", "img_size", 
 
 def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFrame, list[str]]:
     """The rows a figure's point averages, per `keys` group (a model at one fraction, one
-    shuffle, one metric): each run's trained weights once (its last row, `of_trained_weights`), the seeds of one recipe (the latest;
+    shuffle, one metric): each run's trained weights once (its last row; a checkpoint taken
+    mid-training is left out, `of_trained_weights`), the seeds of one recipe (the latest;
     two recipes of one model name are never averaged), one subset of the images (the whole
     split where the recipe has it, else its latest capped part) and one eval crop (`pipeline`:
     the one most of those rows went through). Returns those rows and one
