@@ -695,6 +695,12 @@ def evaluation(res: dict | None, root: Path, fmt: Format) -> None:
     else:
         say(f"[bold]{where}[/]: the head does not match the dataset's {res['num_classes']} "
             "classes; few-shot only")
+    # a run folder whose run has no recipe yet: it is still training (or was stopped)
+    first = next((r for rs in res["rows"].values() for r in rs), {})
+    if first.get("run_id") and not first.get("recipe_id") and first.get("steps") is not None:
+        say(f"[yellow]run {e(first['run_id'])} has not finished: these are the numbers of its "
+            f"checkpoint at step {formatting.count(first['steps'])}[/] (rows without a recipe "
+            "id, which tables, figures and claims leave out)")
     if res["real"]:
         say(f"ReaL top-1 [bold]{formatting.pct(res['real']['top1'])} %[/] over "
             f"{formatting.count(res['real']['n'])} labelled images")

@@ -370,14 +370,16 @@ def test_a_probe_of_a_checkpoint_taken_mid_training_never_stands_in_for_the_fini
     run = tmp_path / "runs" / "unf"
     probe = ["evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
              "--fewshot", "5", "--shuffle", "none", "--results-dir", tmp_path]
-    assert cli(*probe).exit_code == 0
+    assert "has not finished: these are the numbers of its checkpoint at step 3" in \
+        " ".join(ok(cli(*probe)).split())
     interrupted_run(tmp_path, steps=12, ckpt_every=3, kill_at=8)
     assert "already held" not in ok(cli(*probe))
     finish = cli("pretrain", *TINY, "--steps", "12", "--run-name", "unf", "--set", "ckpt_every=3",
                  "--set", "eval_every=4", "--results-dir", tmp_path)
     assert finish.exit_code == 0, finish.output
     recipe = json.loads((run / "summary.json").read_text())["recipe_id"]
-    assert "already held" not in ok(cli(*probe))
+    out = ok(cli(*probe))
+    assert "already held" not in out and "has not finished" not in out
     assert "already held" in ok(cli(*probe))
     for table in ("fewshot", "shuffle"):
         mine = [(r["steps"], r["recipe_id"]) for r in rows(tmp_path / f"{table}.csv")
