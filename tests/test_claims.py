@@ -137,6 +137,25 @@ def test_a_checkpoint_taken_mid_training_is_no_evidence_for_the_shuffle_claim(tm
     assert all(c["b"]["n"] == 3 and c["b"]["mean"] > 67 for c in claim["comparisons"])
 
 
+def test_a_shuffle_evaluation_in_another_precision_is_a_comparison_of_its_own(tmp_path):
+    """One patch run measured again in bf16 (a GPU's `evaluate` of CPU-trained runs) is not
+    averaged with the fp32 seeds, nor does it replace its run's fp32 row: the fp32 comparison
+    keeps its three seeds and verdict; the bf16 row, with no original beside it, pairs
+    with nothing."""
+    shuffle_rows(tmp_path, "mixer", "mixer-t4", [67.6, 67.8, 68.0], [67.7, 67.9, 68.1])
+    shuffle_rows(tmp_path, "resnet", "resnet18", [73.2, 73.4, 73.6], [56.4, 56.6, 56.8])
+    results.append_row("shuffle", dict(
+        run_id="mixer-t4-cifar10-patch-s0", recipe_id="mixer-t4-cifar10-patch", model="mixer-t4",
+        family="mixer", dataset="cifar10", train_shuffle="patch", eval_shuffle="patch",
+        metric="top1", top1=31.0, img_size=32, dtype="bf16", seed=0), tmp_path)
+    claim = verdicts(tmp_path)["shuffle-mixer"]
+    (sweep,) = [c for c in claim["comparisons"] if not c["label"].endswith("bf16")]
+    assert sweep["verdict"] == HELD and claim["verdict"] == HELD
+    sides = (sweep["a"], sweep["b"])  # the originals and the patch-shuffled, three seeds each
+    assert [s["n"] for s in sides] == [3, 3]
+    assert sorted(s["mean"] for s in sides) == pytest.approx([67.8, 67.9])
+
+
 def bench_pair(root: Path, bench_id: str, mixer, vit, batch: int = 8) -> None:
     for model, (mean, std) in (("mixer-b16", mixer), ("vit-b16", vit), ("vit-b32", (9, 0.1))):
         results.append_row("throughput", dict(

@@ -214,6 +214,27 @@ def test_a_figure_point_is_one_crop_and_says_which(tmp_path):
     assert len(notes) == 1 and notes[0].endswith("through eval-plain only")
 
 
+def test_a_figure_point_is_one_precision_and_says_which(tmp_path):
+    """A run's shuffle row measured again in another precision (as `evaluate --shuffle none`
+    on a GPU, bf16, records it for a CPU-trained run): a figure's point keeps one precision,
+    the first recorded of equals, and says so; the other never replaces it."""
+    from mixerbench import results
+    from mixerbench.report import tables
+
+    pretrain(tmp_path)
+    (run,) = (tmp_path / "runs").iterdir()
+    ok(cli("evaluate", "--checkpoint", run, "--dataset", "synthetic", "--device", "cpu",
+           "--shuffle", "none", "--results-dir", tmp_path))
+    (row,) = rows(tmp_path / "shuffle.csv")
+    results.append_row("shuffle", dict(row, dtype="bf16", top1=float(row["top1"]) - 7),
+                       tmp_path)
+    kept, notes = tables.one_measurement(results.load("shuffle", tmp_path),
+                                         ["model", "train_shuffle", "metric"], str)
+    assert list(kept["dtype"]) == ["fp32"]
+    assert list(kept["top1"]) == pytest.approx([float(row["top1"])])
+    assert len(notes) == 1 and notes[0].endswith("in fp32 only")
+
+
 def test_a_probe_made_another_way_is_not_the_compares_own(tmp_path):
     """`evaluate --crop resize --fewshot 5` and `evaluate --fewshot 5 --seeds 1` of a compare's
     run, then `compare --fewshot 5`: the compare still probes the run its own way (its eval

@@ -448,17 +448,21 @@ def _shuffle_pairs(frames: dict, family: str):
     sched = acc.set_index(_text(acc["run_id"]))[["epochs", "steps"]]
     # a checkpoint taken while its run trained is no evidence about the trained recipe, nor
     # the last word on its run; the group's `steps` is the run's schedule, not the row's step
+    # and the precision it ran in: a GPU's bf16 `evaluate` of CPU-trained runs is another
+    # measurement, never averaged with the sweep's own fp32 ones
+    sh = sh.assign(_dtype=_text(sh["dtype"]))
     sh = of_trained_weights(sh).drop_duplicates(
-        ["run_id", "eval_shuffle", "metric", "_split", "_crop"], keep="last")
+        ["run_id", "eval_shuffle", "metric", "_split", "_crop", "_dtype"], keep="last")
     sh = sh.drop(columns="steps").join(sched, on="run_id")
     sh = sh.assign(_epochs=_text(sh["epochs"]), _steps=_text(sh["steps"]))
     sh = sh.assign(_recipe=recipe_key(sh))
-    crops = sh["_crop"].nunique() > 1
+    crops, dtypes = sh["_crop"].nunique() > 1, sh["_dtype"].nunique() > 1
     for key, g in sh.groupby(["model", "dataset", "img_size", "_epochs", "_steps", "_split",
-                              "_crop"], sort=False):
+                              "_crop", "_dtype"], sort=False):
         label = f"{short_name(key[0])}, {key[1]}, {key[2]} px" + (
             f", {key[5]}" if key[5] != "test" else "") + (
-            f", crop {key[6] or 'unrecorded'}" if crops else "")
+            f", crop {key[6] or 'unrecorded'}" if crops else "") + (
+            f", {key[7] or 'unrecorded precision'}" if dtypes else "")
         nones = dict(list(g[_text(g["eval_shuffle"]) == "none"].groupby("_recipe", sort=False)))
         patches = dict(list(g[_text(g["eval_shuffle"]) == "patch"].groupby("_recipe", sort=False)))
         if not nones or not patches:

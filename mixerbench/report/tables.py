@@ -502,14 +502,16 @@ def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFr
     shuffle, one metric): each run's trained weights once (its last row; a checkpoint taken
     mid-training is left out, `of_trained_weights`), the seeds of one recipe (the latest;
     two recipes of one model name are never averaged), one subset of the images (the whole
-    split where the recipe has it, else its latest capped part) and one eval crop (`pipeline`:
-    the one most of those rows went through). Returns those rows and one
+    split where the recipe has it, else its latest capped part), one eval crop (`pipeline`:
+    the one most of those rows went through) and one precision (`dtype`, chosen alike).
+    Returns those rows and one
     note per group that had more (`label(key)` names the group), for the figure to say what it
     left out."""
     df = of_trained_weights(df).reset_index(drop=True)
-    df = df.assign(_recipe=recipe_key(df), _split=text(df, "split"), _crop=text(df, "pipeline"))
+    df = df.assign(_recipe=recipe_key(df), _split=text(df, "split"), _crop=text(df, "pipeline"),
+                   _dtype=text(df, "dtype"))
     if "run_id" in df.columns:  # a row without a run id is an observation of its own
-        once = [c for c in ("run_id", *keys, "eval_shuffle", "_split", "_crop")
+        once = [c for c in ("run_id", *keys, "eval_shuffle", "_split", "_crop", "_dtype")
                 if c in df.columns]
         ided = df["run_id"].notna()
         df = pd.concat([df[~ided], df[ided].drop_duplicates(once, keep="last")]).sort_index()
@@ -530,11 +532,17 @@ def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFr
             crop = max(counts.index, key=lambda c: counts[c])
             said.append(f"through {crop or 'an unrecorded crop'} only")
             g = g[g["_crop"] == crop]
+        if g["_dtype"].nunique() > 1:  # an `evaluate` in another precision (a GPU's bf16 of
+            # CPU-trained runs) beside the sweep's own: one precision, chosen as the crop is
+            counts = g.groupby("_dtype", sort=False).size()
+            dtype = max(counts.index, key=lambda c: counts[c])
+            said.append(f"in {dtype or 'an unrecorded precision'} only")
+            g = g[g["_dtype"] == dtype]
         kept.append(g)
         if said:
             notes.append(f"{label(key)}: {', '.join(said)}")
     out = pd.concat(kept).sort_index() if kept else df.iloc[0:0]
-    return out.drop(columns=["_recipe", "_split", "_crop"]), notes
+    return out.drop(columns=["_recipe", "_split", "_crop", "_dtype"]), notes
 
 
 def short_labels(names) -> list[str]:
