@@ -753,13 +753,17 @@ def _watch(sw: _Sweep) -> None:
         else:
             state, restarts = ("RUNNING" if not job.handle.done() else "ENDED"), 0
         label = dict(sw.cells[i].label, job_id=jid)
+        # a job can start and be requeued, or start and finish, between two polls (SLURM's
+        # are SLURM_POLL_S apart): a requeue or a finished cell says it started all the same
         if restarts > job.restarts:
+            if job.state != "RUNNING":
+                sw.log(Event.JOB, dict(label, state=JobState.STARTED))
             job.restarts = restarts
             sw.log(Event.JOB, dict(label, state=JobState.REQUEUED, restarts=restarts))
             job.state = "PENDING"
         if state == "RUNNING" and job.state != "RUNNING":
             sw.log(Event.JOB, dict(label, state=JobState.STARTED))
-        job.state = state
+        seen_running, job.state = job.state == "RUNNING" or state == "RUNNING", state
         if state == "RUNNING" or not (state in SLURM_ENDED or state in ("GONE", "ENDED")):
             continue
         del sw.running[i]
@@ -778,6 +782,8 @@ def _watch(sw: _Sweep) -> None:
                                log=str(job.handle.paths.stderr)))
             continue
         sw.out[i] = summary
+        if not seen_running:
+            sw.log(Event.JOB, dict(label, state=JobState.STARTED))
         sw.log(Event.JOB, dict(where, state=JobState.FINISHED, run_id=summary["run_id"],
                            top1=summary["top1"]))
 

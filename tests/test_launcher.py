@@ -253,6 +253,29 @@ def tiny_cell(root, **kw) -> Cell:
                 experiment="test", **kw)
 
 
+def test_a_start_squeue_never_showed_is_said_all_the_same(tmp_path, monkeypatch, one_thread):
+    """squeue, polled SLURM_POLL_S apart, can miss a job's whole first run (it started, saved
+    a checkpoint and was requeued between two polls) and a short last one: the parent still
+    says each start, before the requeue it saw and before the cell's result. (SLURM's answers
+    are scripted here; tests/test_slurm.py requeues on the real cluster, where this race
+    once dropped the first `started` line.)"""
+    from types import SimpleNamespace
+
+    from mixerbench import launch
+
+    cell = tiny_cell(tmp_path)
+    launch.run_cell_job(cell)  # what the job trained: the parent reads it back at the end
+    answers = iter([{"7": ("PENDING", 0)}, {"7": ("PENDING", 1)}, {"7": ("COMPLETED", 1)}])
+    monkeypatch.setattr(launch, "_slurm_states", lambda ids: next(answers))
+    said = []
+    sw = launch._Sweep([cell], launch.Launcher("slurm"), None, None, [],
+                       lambda event, info: said.append(info["state"]), tmp_path, out=[None])
+    sw.running[0] = launch._Job(SimpleNamespace(job_id="7"), slot=0)
+    for _ in range(3):
+        launch._watch(sw)
+    assert said == ["started", "requeued", "started", "finished"] and not sw.running
+
+
 def test_slurm_job_parameters_reach_sbatch_and_the_job_trains_its_cell(tmp_path, one_thread):
     """Against submitit's own mocked SLURM (its tests' `sbatch`/`sacct` stand-ins): partition,
     GPUs (one task each), time limit and --slurm-arg options are lines of the job's sbatch
