@@ -292,9 +292,9 @@ def fewshot_rows(summary: dict, shots: tuple[int, ...], *, root, data_dir=None,
 
 def own_probe(summary: dict, device: str | None = None, seeds: int | None = None) -> dict:
     """fewshot.csv's key cells (`results.KEYS`, but `shots`) of the probe `fewshot_rows` makes of
-    a finished run on `device`: its last step's weights, the whole of its eval split (`test[stratified:N]` -> `test`),
-    shots from `train`, the default l2 and `seeds` draws, the run's own eval crop and
-    resolution, in the precision `evaluate` picks there."""
+    a finished run on `device`: its last step's weights, the whole of its eval split
+    (`test[stratified:N]` -> `test`), shots from `train`, the default l2 and `seeds` draws, the
+    run's own eval crop and resolution, in the precision `evaluate` picks there."""
     from mixerbench.evaluate import FEWSHOT_L2, FEWSHOT_SEEDS
     from mixerbench.runtime import choose
 

@@ -547,9 +547,9 @@ KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
     # images trained and were scored under, metric, images scored, crop, resolution, precision
     # and (a `fewshot<k>` row) probe, so the same `evaluate --shuffle` run again adds nothing
     # and a capped split or another crop is its own row.
-    "shuffle": ("run_id", "recipe_id", "steps", "dataset", "split", "train_shuffle", "eval_shuffle",
-                "metric", "probe_dataset", "shots_split", "l2_reg", "num_seeds", "pipeline",
-                "img_size", "dtype"),
+    "shuffle": ("run_id", "recipe_id", "steps", "dataset", "split", "train_shuffle",
+                "eval_shuffle", "metric", "probe_dataset", "shots_split", "l2_reg", "num_seeds",
+                "pipeline", "img_size", "dtype"),
     # released.csv (`append_rows`): one row per released checkpoint measured on one split, at
     # one resolution and crop, with or without ReaL (`real_n`: the images ReaL labels) and the
     # 5-shot probe; the same command run again adds nothing.

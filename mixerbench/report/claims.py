@@ -446,11 +446,11 @@ def _shuffle_pairs(frames: dict, family: str):
     acc = frames["accuracy"]
     acc = acc[_text(acc["kind"]) != "evaluate"].drop_duplicates("run_id", keep="last")
     sched = acc.set_index(_text(acc["run_id"]))[["epochs", "steps"]]
-    # a checkpoint taken while its run trained is no evidence about the trained recipe, nor
-    # the last word on its run; the group's `steps` is the run's schedule, not the row's step
     # and the precision it ran in: a GPU's bf16 `evaluate` of CPU-trained runs is another
     # measurement, never averaged with the sweep's own fp32 ones
     sh = sh.assign(_dtype=_text(sh["dtype"]))
+    # a checkpoint taken while its run trained is no evidence about the trained recipe, nor
+    # the last word on its run; the group's `steps` is the run's schedule, not the row's step
     sh = of_trained_weights(sh).drop_duplicates(
         ["run_id", "eval_shuffle", "metric", "_split", "_crop", "_dtype"], keep="last")
     sh = sh.drop(columns="steps").join(sched, on="run_id")

@@ -504,9 +504,8 @@ def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFr
     two recipes of one model name are never averaged), one subset of the images (the whole
     split where the recipe has it, else its latest capped part), one eval crop (`pipeline`:
     the one most of those rows went through) and one precision (`dtype`, chosen alike).
-    Returns those rows and one
-    note per group that had more (`label(key)` names the group), for the figure to say what it
-    left out."""
+    Returns those rows and one note per group that had more (`label(key)` names the group),
+    for the figure to say what it left out."""
     df = of_trained_weights(df).reset_index(drop=True)
     df = df.assign(_recipe=recipe_key(df), _split=text(df, "split"), _crop=text(df, "pipeline"),
                    _dtype=text(df, "dtype"))
