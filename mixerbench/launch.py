@@ -763,7 +763,7 @@ def _watch(sw: _Sweep) -> None:
             job.state = "PENDING"
         if state == "RUNNING" and job.state != "RUNNING":
             sw.log(Event.JOB, dict(label, state=JobState.STARTED))
-        seen_running, job.state = job.state == "RUNNING" or state == "RUNNING", state
+        seen_running, job.state = job.state == "RUNNING", state
         if state == "RUNNING" or not (state in SLURM_ENDED or state in ("GONE", "ENDED")):
             continue
         del sw.running[i]

@@ -115,7 +115,7 @@ def latest_per_run(df: pd.DataFrame) -> pd.DataFrame:
     df = df.reset_index(drop=True)  # rows keep the order they came in (a caller may sort them)
     has_id = df["run_id"].notna() & (df["run_id"].astype(str) != "")
     trained = (df["kind"].astype(str) != "evaluate") if "kind" in df.columns else has_id
-    done = pd.Series(df.index.isin(of_trained_weights(df).index), index=df.index)
+    done = ~_mid_training(df)
     ranked = df[has_id].assign(_trained=trained[has_id], _done=done[has_id],
                                _crop=text(df, "pipeline")[has_id])
     ranked = ranked.sort_values(["_trained", "_done"], kind="stable")
@@ -338,10 +338,14 @@ def of_trained_weights(df: pd.DataFrame) -> pd.DataFrame:
     run id, no recipe id yet, and the step of the weights: `evaluate` of an unfinished run), so
     a table, figure or verdict is never about a half-trained model, nor takes such a probe for
     its run's. Rows that did not record their step (older versions) are kept, as before."""
+    return df[~_mid_training(df)]
+
+
+def _mid_training(df: pd.DataFrame) -> pd.Series:
+    """Which rows `of_trained_weights` leaves out."""
     if "steps" not in df.columns or "run_id" not in df.columns:
-        return df
-    mid = (text(df, "run_id") != "") & (text(df, "recipe_id") == "") & df["steps"].notna()
-    return df[~mid]
+        return pd.Series(False, index=df.index)
+    return (text(df, "run_id") != "") & (text(df, "recipe_id") == "") & df["steps"].notna()
 
 
 def recipe_key(df: pd.DataFrame) -> pd.Series:
@@ -525,18 +529,16 @@ def one_measurement(df: pd.DataFrame, keys: list[str], label) -> tuple[pd.DataFr
         if g["_split"].nunique() > 1:
             said.append(f"on {split or 'its split'} only")
         g = g[g["_split"] == split]
-        if g["_crop"].nunique() > 1:  # an `evaluate --crop` beside the sweep's own: one crop,
-            # the one most of its rows went through (of equals, the first recorded)
-            counts = g.groupby("_crop", sort=False).size()
-            crop = max(counts.index, key=lambda c: counts[c])
-            said.append(f"through {crop or 'an unrecorded crop'} only")
-            g = g[g["_crop"] == crop]
-        if g["_dtype"].nunique() > 1:  # an `evaluate` in another precision (a GPU's bf16 of
-            # CPU-trained runs) beside the sweep's own: one precision, chosen as the crop is
-            counts = g.groupby("_dtype", sort=False).size()
-            dtype = max(counts.index, key=lambda c: counts[c])
-            said.append(f"in {dtype or 'an unrecorded precision'} only")
-            g = g[g["_dtype"] == dtype]
+        # an `evaluate --crop`, or one in another precision (a GPU's bf16 of CPU-trained
+        # runs), beside the sweep's own: one crop and one precision, each the one most of the
+        # rows have (of equals, the first recorded)
+        for column, said_as, blank in (("_crop", "through {} only", "an unrecorded crop"),
+                                       ("_dtype", "in {} only", "an unrecorded precision")):
+            if g[column].nunique() > 1:
+                counts = g.groupby(column, sort=False).size()
+                value = max(counts.index, key=lambda c: counts[c])
+                said.append(said_as.format(value or blank))
+                g = g[g[column] == value]
         kept.append(g)
         if said:
             notes.append(f"{label(key)}: {', '.join(said)}")
