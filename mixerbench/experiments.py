@@ -644,8 +644,7 @@ def reproduce_shuffle(*, root=None, dataset=None, budget="smoke", device=None,
                        family=s.get("family"), dataset=s["dataset"], train_shuffle=kind,
                        eval_shuffle=kind, metric=metric, img_size=s["img_size"],
                        steps=s["steps"], probe_dataset=probe_of(metric, s["dataset"]),
-                       **{"pipeline": s.get("pipeline"), **measured},
-                       **{k: s.get(k) for k in results.PROVENANCE})
+                       **{"pipeline": s.get("pipeline"), **measured})
             # once per observation (results.KEYS): an `evaluate --shuffle` of the run under
             # another permutation, crop or precision, or on a capped part of the split,
             # measured something else and does not stand in for this row
@@ -690,10 +689,15 @@ def _fewshot_of(root, summary: dict, shots: int, device) -> dict:
 
 def _metric_rows(s: dict, few5: dict) -> list[tuple[str, dict]]:
     """(metric, columns) of a run's two measurements in shuffle.csv / scaling.csv: its top-1 on
-    its own split, and its linear 5-shot probe with the probe's split and settings."""
-    probe = {k: few5.get(k) for k in ("split", "shots_split", "l2_reg", "num_seeds", "pipeline")}
-    return [("top1", dict(top1=s["top1"], split=s["split"])),
-            ("fewshot5", dict(probe, top1=few5.get("top1_mean")))]
+    its own split, with its training's provenance, and its linear 5-shot probe with the probe's
+    split, settings and provenance (fewshot.csv's row): a GPU's probe of a CPU-trained run ran
+    in another precision on another device than the run, and its row says so. A run with no
+    probe keeps its own provenance (its seed above all) on the empty probe row."""
+    own = {k: s.get(k) for k in results.PROVENANCE}
+    probe = {k: few5.get(k) for k in ("split", "shots_split", "l2_reg", "num_seeds", "pipeline",
+                                      *(results.PROVENANCE if few5 else ()))}
+    return [("top1", dict(own, top1=s["top1"], split=s["split"])),
+            ("fewshot5", dict(own, **probe, top1=few5.get("top1_mean")))]
 
 
 def scaling_steps(full_epochs: float, train_size: int, batch_size: int) -> int:
@@ -729,7 +733,6 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
     runs = run_cells(cells, launcher, log)
     if not _joined_here():
         return {}
-    done = _done_keys("scaling", root, "run_id", "metric")
     out = []
     for cell, s in zip(cells, runs):
         few5 = _fewshot5(s, root, data_dir, device)
@@ -738,10 +741,9 @@ def reproduce_data_scaling(*, root=None, dataset=None, budget="smoke", device=No
                        family=s.get("family"), dataset=s["dataset"],
                        fraction=cell.label["fraction"], epochs=s["epochs"], steps=s["steps"],
                        metric=metric, probe_dataset=probe_of(metric, s["dataset"]),
-                       top1=measured["top1"], split=measured["split"],
-                       **{k: s.get(k) for k in results.PROVENANCE})
-            if (s["run_id"], metric) not in done:
-                results.append_row("scaling", row, root)
+                       **{k: measured[k] for k in ("top1", "split", *results.PROVENANCE)})
+            # once per observation (results.KEYS): a probe in another precision is another
+            results.append_once("scaling", row, root)
             out.append(row)
     written = regenerate(root, None, ["data-scaling"])["written"]
     return dict(rows=out, written=written)
@@ -771,7 +773,8 @@ def scaling_cells(*, root, dataset=None, budget="smoke", device=None, data_dir=N
                  flags={**_common_flags(None, data_dir, device), "steps": steps},
                  overrides={"eval_every": str(max(1, steps // 10)), **over,
                             "data.fraction": str(fraction)},
-                 label=dict(model=model, fraction=fraction, steps=steps))
+                 # the steps it trains: a `steps` setting (`--steps`) wins over the budget's
+                 label=dict(model=model, fraction=fraction, steps=int(over.get("steps") or steps)))
             for model in models for fraction in SCALING_EPOCHS]
 
 

@@ -550,6 +550,10 @@ KEYS: dict[str, tuple[str, ...]] = {"fewshot": (
     "shuffle": ("run_id", "recipe_id", "steps", "dataset", "split", "train_shuffle",
                 "eval_shuffle", "metric", "probe_dataset", "shots_split", "l2_reg", "num_seeds",
                 "pipeline", "img_size", "dtype"),
+    # scaling.csv's rows (`append_once`): one per run and checkpoint step, metric, images
+    # scored, probe and precision, so the same `reproduce data-scaling` run again adds nothing
+    # and a probe in another precision (a GPU's of runs trained on a CPU) is its own row.
+    "scaling": ("run_id", "recipe_id", "steps", "metric", "split", "probe_dataset", "dtype"),
     # released.csv (`append_rows`): one row per released checkpoint measured on one split, at
     # one resolution and crop, with or without ReaL (`real_n`: the images ReaL labels) and the
     # 5-shot probe; the same command run again adds nothing.

@@ -349,6 +349,38 @@ def test_an_evaluate_of_a_shuffle_run_never_blocks_its_own_row(tmp_path):
 
 # ------------------------------------------------------------------------------ upgrade
 
+@pytest.mark.slow
+def test_a_probe_in_another_precision_is_a_row_of_its_own_with_its_own_provenance(
+        tmp_path, monkeypatch):
+    """`reproduce data-scaling` and `reproduce shuffle` over runs trained on this CPU in fp32,
+    run again where `evaluate` probes in bf16 (as a GPU does; here the precision is picked for
+    this CPU, where autocast runs the probe in bf16): each probe is a row of its own in scaling.csv
+    and shuffle.csv, saying the precision it ran in, with the number fewshot.csv holds for that
+    probe; the runs' own top-1 rows are not repeated."""
+    from mixerbench import runtime
+
+    common = ["--budget", "smoke", "--dataset", "synthetic", "--steps", "2", "--set",
+              "data.batch_size=8", "--device", "cpu", "--results-dir", tmp_path]
+    commands = (["reproduce", "data-scaling", "--models", "mixer", *common],
+                ["reproduce", "shuffle", *common])
+    for command in commands:
+        ok(cli(*command))
+    choose = runtime.choose
+    monkeypatch.setattr(runtime, "choose", lambda device, dtype, *a, training=False, **k: (
+        (choose(device, dtype, *a, training=training, **k)[0], "bf16")
+        if dtype is None and not training else choose(device, dtype, *a, training=training, **k)))
+    for command in commands:
+        ok(cli(*command))
+    probes = {(r["run_id"], r["dtype"]): float(r["top1_mean"])
+              for r in rows(tmp_path / "fewshot.csv")}
+    for table, runs in (("scaling", 4), ("shuffle", 6)):
+        got = rows(tmp_path / f"{table}.csv")
+        assert sorted((r["metric"], r["dtype"]) for r in got) == sorted(
+            [("top1", "fp32")] * runs + [("fewshot5", "fp32"), ("fewshot5", "bf16")] * runs), table
+        for r in got:
+            if r["metric"] == "fewshot5":
+                assert float(r["top1"]) == pytest.approx(probes[r["run_id"], r["dtype"]]), table
+
 
 def older(path: Path, drop: str = "recipe_id") -> None:
     """`path` as the version before `drop` existed wrote it."""
