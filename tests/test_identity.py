@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -407,6 +408,13 @@ def test_a_probe_of_a_checkpoint_taken_mid_training_never_stands_in_for_the_fini
             results.append_row("accuracy", evaluated[s], folder)
         table = tables.compare_table(results.load("accuracy", folder))
         assert list(table["top1_mean"]) == pytest.approx([float(evaluated[stands]["top1"])])
+        # and the report's section of the run gives that evaluation's numbers and step
+        ok(cli("report", "--results-dir", folder))
+        page = (folder / "report" / "index.html").read_text()
+        section = page.split('id="run-unf"')[1].split("</section>")[0]
+        assert f"steps <code>{stands}</code>" in section, section
+        shown = float(re.search(r"top1 <code>([0-9.]+)</code>", section).group(1))
+        assert shown == pytest.approx(float(evaluated[stands]["top1"]), abs=0.05), section
 
 
 def test_shuffle_rows_are_kept_once_per_run_permutation_and_images(finished, tmp_path):

@@ -224,6 +224,8 @@ def with_runs(table: pd.DataFrame, frames: dict) -> pd.DataFrame:
 
 def _runs(root: Path, frames: dict) -> list[tuple[str, str]]:
     """(anchor, section) per run id and bench id found in the rows."""
+    from mixerbench.report.tables import of_trained_weights
+
     acc = frames["accuracy"]
     ids = []
     for table in ("accuracy", "fewshot", "shuffle", "scaling", "avg5"):
@@ -231,11 +233,14 @@ def _runs(root: Path, frames: dict) -> list[tuple[str, str]]:
         if df is not None and len(df) and "run_id" in df.columns:
             ids += [str(x) for x in df["run_id"].dropna()]
     out, drawn = [], 0
-    # a run's own training row, else its last evaluation (a later capped `evaluate` of a
-    # trained run does not stand for what the run measured)
+    # a run's own training row, else its last evaluation of its trained weights, else its last
+    # of a checkpoint taken mid-training (`tables.of_trained_weights`), as `latest_per_run`
+    # ranks them (a later capped `evaluate` of a trained run does not stand for what the run
+    # measured, nor a later probe of an early checkpoint for the finished run)
     trained = _text_col(acc, "kind") != "evaluate"
-    by_id = {str(r["run_id"]): r for _, r in pd.concat([acc[~trained], acc[trained]]).iterrows()
-             if r["run_id"] == r["run_id"]}
+    done = acc.index.isin(of_trained_weights(acc).index)
+    ranked = pd.concat([acc[~trained & ~done], acc[~trained & done], acc[trained]])
+    by_id = {str(r["run_id"]): r for _, r in ranked.iterrows() if r["run_id"] == r["run_id"]}
     for rid in dict.fromkeys(ids):
         row = by_id.get(rid)
         facts = []
