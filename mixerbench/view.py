@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import re
 import sys
 from enum import Enum
 from pathlib import Path
@@ -89,10 +90,28 @@ def e(value) -> str:
 
 def say(*lines: str) -> None:
     """Lines on stdout (rich markup allowed; values escaped with `e`): wrapped between words
-    on a terminal, one line each on a pipe or in a log."""
+    on a terminal, never between a number and its unit, one line each on a pipe or in a log."""
     out = console()
     for line in lines:
-        out.print(line, soft_wrap=not out.is_terminal)
+        out.print(_wrapped(out, line) if out.is_terminal else line, soft_wrap=True)
+
+
+# The space between a number and its unit ("99.7 %", "32 px", "1,692 img/s"), which `say`
+# never wraps at (an 80-column terminal showed "top-5 99.7" and "%" on two lines). Rich wraps at
+# every space and has no way to keep two words together, so `_wrapped` stands a one-cell
+# character that is no whitespace (a private-use code point) in for these spaces while it wraps.
+_UNIT_SPACE = re.compile(r"(?<=\d) (?=(?:%|px|img/s|ms|s|min|h|[kMGTP]?FLOPs|[kMG]i?B)(?![\w/]))")
+_KEEP = "\ue000"
+
+
+def _wrapped(out, line: str):
+    """`line` (rich markup) as rich wraps it at `out`'s width, kept from breaking at `_UNIT_SPACE`."""
+    from rich.text import Text
+
+    text = Text.from_markup(line)
+    lines = Text(_UNIT_SPACE.sub(_KEEP, text.plain), spans=text.spans).wrap(out, out.width)
+    joined = Text("\n").join(lines)
+    return Text(joined.plain.replace(_KEEP, " "), spans=joined.spans)
 
 
 def wrote(paths) -> None:

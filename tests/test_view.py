@@ -225,6 +225,23 @@ def test_progress_fits_80_columns():
     assert "3/3" in out and "0 running" in out
 
 
+def test_a_terminal_line_never_breaks_a_number_from_its_unit(capsys, monkeypatch):
+    """A command's prose lines wrap between words on a terminal of 80 columns, but never
+    between a number and its unit (`evaluate`'s line showed "top-5 99.7" and "%" on two)."""
+    from mixerbench import view
+
+    monkeypatch.setenv("FORCE_COLOR", "1")  # a terminal, as rich takes it
+    monkeypatch.setenv("COLUMNS", "80")
+    line = ("vit-t4 d2 h2 w64 on mnist-5k (test, 28 px, eval-plain): top-1 92.9 %, top-5 99.7 %, "
+            "loss 0.2146 over 1,000 images at 1,692 img/s")
+    view.say(f"[bold green]{line}[/]")
+    out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+    assert " ".join(out.split()) == line  # every word, in order
+    lines = out.splitlines()
+    assert len(lines) == 2 and max(len(ln.rstrip()) for ln in lines) <= 80, out
+    assert lines[0].rstrip().endswith("top-5") and lines[1].startswith("99.7 %"), out
+
+
 def test_counted_progress_on_a_pipe_is_a_few_lines(monkeypatch):
     """A part counted in many updates (80 for 4,000 JPEGs) gives a log its line and then one
     with the count every PLAIN_SECONDS, not a line per update."""
