@@ -806,7 +806,21 @@ def device_name(device: str | None = None) -> str:
     if (dev is None or dev.type == "cuda") and torch.cuda.is_available():
         return torch.cuda.get_device_name(dev if dev is not None and dev.index is not None else 0)
     proc = platform.processor() or platform.machine()
-    return f"cpu ({proc}, {os.cpu_count()} cores)"
+    model = cpu_model()
+    return f"cpu ({model + ', ' if model else ''}{proc}, {os.cpu_count()} cores)"
+
+
+def cpu_model() -> str:
+    """This CPU's model as Linux's /proc/cpuinfo names it, without trademark signs and clock
+    ("Intel Xeon Platinum 8481C", "AMD EPYC"); "" where none is named. Two CPUs of one
+    architecture run other kernels (AVX-512 and AMX, or not): their img/s are not one device's,
+    and they train one run id to other last digits, so a row says which CPU it ran on."""
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            named = next((line.split(":", 1)[1] for line in fh if line.startswith("model name")), "")
+    except OSError:
+        return ""
+    return " ".join(re.sub(r"\((R|TM)\)|\bCPU\b|@.*|\bProcessor\b", " ", named, flags=re.I).split())
 
 
 def provenance(

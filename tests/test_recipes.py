@@ -272,6 +272,32 @@ def test_a_compare_table_keeps_the_size_of_its_own_models_after_another_compare(
     assert int(both[other]["params"]) < int(first[stem]["params"])  # fewer tokens to mix
 
 
+def test_a_compare_never_takes_another_cpus_benchmark_for_this_ones(tmp_path):
+    """A compare reuses only throughput rows of this device. Rows another CPU of the same
+    architecture wrote (an older version named a CPU by its architecture alone: `cpu (x86_64,
+    2 cores)`, and a Xeon and an EPYC differ in img/s) are not this machine's: the same compare
+    in that folder benches its model again, in rows that name this CPU's model."""
+    from mixerbench import results
+
+    compare = ["compare", "--models", "mixer", "--preset", "smoke", "--steps", "2", *TINY_MODEL,
+               "--set", "model.img_size=32", "--results-dir", tmp_path]
+    ok(cli(*compare))
+    here = results.device_name("cpu")
+    benched = rows(tmp_path / "throughput.csv")
+    assert {r["device_name"] for r in benched} == {here} and len(benched) == 2  # train, infer
+    model = results.cpu_model()
+    assert here.startswith(f"cpu ({model}, " if model else "cpu (")
+    elsewhere = here.replace(f"{model}, ", "") if model else here.replace("cpu (", "cpu (Other, ")
+    with open(tmp_path / "throughput.csv", "w", newline="") as fh:  # as that other CPU wrote them
+        out = csv.DictWriter(fh, fieldnames=list(benched[0]), lineterminator="\n")
+        out.writeheader()
+        out.writerows(dict(r, device_name=elsewhere) for r in benched)
+    ok(cli(*compare))
+    assert [r["device_name"] for r in rows(tmp_path / "throughput.csv")] == [elsewhere] * 2 + [here] * 2
+    ok(cli(*compare))  # and this CPU's own rows it does reuse
+    assert len(rows(tmp_path / "throughput.csv")) == 4
+
+
 def test_a_compare_counts_the_runs_it_read_back_from_a_pretrain_of_its_recipe(tmp_path):
     """`pretrain` of the smoke settings, then a compare of those settings: a compare that only
     reads the run back prints its table and says no file holds it (it failed with 'no compare
