@@ -187,7 +187,8 @@ def test_the_table_commands_print_fitted_tables():
 
 
 def test_progress_fits_80_columns():
-    """The training bar, its start line and a stage line at 80 columns: nothing cut."""
+    """The training bar, its start line and a stage line at 80 columns: nothing cut, and the
+    launch line (a long job-log folder in it) wrapped between words."""
     from rich.console import Console
 
     from mixerbench.train import Event
@@ -212,7 +213,8 @@ def test_progress_fits_80_columns():
     # (running ones counted by their share of steps), ending at its full count
     from mixerbench.launch import Event as CellEvent
 
-    buf.truncate(0)
+    buf.seek(0)
+    buf.truncate()
     view(CellEvent.LAUNCH, dict(launcher="local", cells=3, parallel=3, threads=1, auto=True,
                                 folder="/home/someone/.cache/mixerbench/launcher/compare-smoke-"
                                        "20261206-123543-24625"))
@@ -223,6 +225,11 @@ def test_progress_fits_80_columns():
     assert "…" not in out, out
     assert "3 cells as processes of 1 torch thread each" in " ".join(out.split())
     assert "3/3" in out and "0 running" in out
+    # wrapped between words at 80 columns, not left for the terminal to cut mid-word (the
+    # bar's redraws, carriage returns and cursor codes, are not lines)
+    printed = [ln for ln in out.splitlines() if "\r" not in ln and "\x1b" not in ln]
+    assert printed[0].startswith("3 cells as") and len(printed) >= 3, out
+    assert max(len(ln.rstrip()) for ln in printed) <= 80, out
 
 
 def test_a_terminal_line_never_breaks_a_number_from_its_unit(capsys, monkeypatch):
