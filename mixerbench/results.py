@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import functools
 import io
 import os
 import re
@@ -810,6 +811,7 @@ def device_name(device: str | None = None) -> str:
     return f"cpu ({model + ', ' if model else ''}{proc}, {os.cpu_count()} cores)"
 
 
+@functools.cache  # read once per process: every row's provenance names the device
 def cpu_model() -> str:
     """This CPU's model as Linux's /proc/cpuinfo names it, without trademark signs and clock
     ("Intel Xeon Platinum 8481C", "AMD EPYC"); "" where none is named. Two CPUs of one
@@ -817,7 +819,8 @@ def cpu_model() -> str:
     and they train one run id to other last digits, so a row says which CPU it ran on."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            named = next((line.split(":", 1)[1] for line in fh if line.startswith("model name")), "")
+            named = next((line.split(":", 1)[1] for line in fh
+                          if line.startswith("model name")), "")
     except OSError:
         return ""
     return " ".join(re.sub(r"\((R|TM)\)|\bCPU\b|@.*|\bProcessor\b", " ", named, flags=re.I).split())

@@ -93,7 +93,13 @@ def say(*lines: str) -> None:
     on a terminal, never between a number and its unit, one line each on a pipe or in a log."""
     out = console()
     for line in lines:
-        out.print(_wrapped(out, line) if out.is_terminal else line, soft_wrap=True)
+        _line(out, line)
+
+
+def _line(out, line: str) -> None:
+    """`line` on `out`: on a terminal wrapped between words (`_wrapped`), on a pipe or in a log
+    whole; `say`'s lines and the progress view's alike."""
+    out.print(_wrapped(out, line) if out.is_terminal else line, soft_wrap=True)
 
 
 # The space between a number and its unit ("99.7 %", "32 px", "1,692 img/s"), which `say`
@@ -105,7 +111,7 @@ _KEEP = "\ue000"
 
 
 def _wrapped(out, line: str):
-    """`line` (rich markup) as rich wraps it at `out`'s width, kept from breaking at `_UNIT_SPACE`."""
+    """`line` (rich markup) as rich wraps it at `out`'s width, never breaking at `_UNIT_SPACE`."""
     from rich.text import Text
 
     text = Text.from_markup(line)
@@ -439,12 +445,12 @@ class ProgressView:
         world, batch = info["world_size"], info["batch_size"]
         procs = (f"{batch // world:,} per process x {world} processes" if world > 1
                  else "1 process")
-        self._line(
-            f"[bold]{e(formatting.label(info['model']))}[/] on [bold]{e(info['dataset'])}[/] at "
-            f"{info['img_size']} px (pipeline {e(info['pipeline'])}, eval "
-            f"{e(info['eval_pipeline'])}): {formatting.count(info['total_steps'])} steps at global "
-            f"batch {batch:,} ({procs}), {e(info['device'])} {info['dtype']}")
-        self._line(f"[dim]run folder {e(info['run_dir'])}[/]")
+        _line(self.console,
+              f"[bold]{e(formatting.label(info['model']))}[/] on [bold]{e(info['dataset'])}[/] at "
+              f"{info['img_size']} px (pipeline {e(info['pipeline'])}, eval "
+              f"{e(info['eval_pipeline'])}): {formatting.count(info['total_steps'])} steps at "
+              f"global batch {batch:,} ({procs}), {e(info['device'])} {info['dtype']}")
+        _line(self.console, f"[dim]run folder {e(info['run_dir'])}[/]")
         self._bar("train", info["total_steps"], info["step"])
 
     def _stats(self, info: dict) -> str:
@@ -463,8 +469,8 @@ class ProgressView:
             self.last_plain = time.monotonic()
             stats = (f"epoch {info['epoch']:.2f}  loss {info['loss']:.4f}  lr {info['lr']:.2e}  "
                      f"{formatting.rate(info['img_per_sec'])} img/s")
-            self._line(f"step {formatting.count(info['step'])}/"
-                       f"{formatting.count(info['total_steps'])}  {stats}")
+            _line(self.console, f"step {formatting.count(info['step'])}/"
+                                f"{formatting.count(info['total_steps'])}  {stats}")
 
     def _eval(self, info: dict) -> None:
         if info.get("top1") is not None:
@@ -482,7 +488,7 @@ class ProgressView:
         what = e(", ".join(f"{k} {formatting.label(v)}" for k, v in info.items()
                            if k not in ("of", "index")))
         count = e(f"[{info['index']}/{info['of']}] ") if "of" in info else ""
-        self._line(f"[bold magenta]{count}{what}[/]")
+        _line(self.console, f"[bold magenta]{count}{what}[/]")
 
     def _launch(self, info: dict) -> None:
         self.stop()
@@ -490,8 +496,8 @@ class ProgressView:
         if info.get("auto"):  # no --launcher: the command chose processes (launch.auto_launcher)
             how = (f"processes of {info['threads']} torch thread each (on a CPU, faster than "
                    "one after another; --launcher picks another way)")
-        self._line(f"[bold magenta]{info['cells']} cells as {how}, up to "
-                   f"{info['parallel']} at once[/]; job logs in {e(info['folder'])}")
+        _line(self.console, f"[bold magenta]{info['cells']} cells as {how}, up to "
+                            f"{info['parallel']} at once[/]; job logs in {e(info['folder'])}")
 
     def _cells(self, info: dict) -> None:
         """Launched cells' progress on a terminal: a bar of cells (each running one counted by
@@ -525,7 +531,7 @@ class ProgressView:
             done = "read back" if state == JobState.REUSED else "trained"
             line = (f"[bold magenta]{count}{what}[/]: {e(info['run_id'])} {done}, "
                     f"top-1 {formatting.pct(info['top1'])} %")
-        self._line(line)
+        _line(self.console, line)
 
     def progress(self, description: str, done: int, total: int) -> None:
         """A phase counted in parts (evaluate's stages, bench's models, JPEGs written): each
@@ -570,13 +576,7 @@ class ProgressView:
         self.task = self.bar.add_task(label, total=total, completed=done, stats="")
 
     def _print(self, line: str) -> None:
-        self._line(line, self.bar.console if self.bar is not None else self.console)
-
-    def _line(self, line: str, out=None) -> None:
-        """A line on stderr: on a terminal wrapped between words (never between a number and
-        its unit, `_wrapped`), on a pipe or in a log whole."""
-        out = out or self.console
-        out.print(_wrapped(out, line) if out.is_terminal else line, soft_wrap=True)
+        _line(self.bar.console if self.bar is not None else self.console, line)
 
     def _stage(self, what: str) -> None:
         import threading

@@ -224,7 +224,7 @@ def with_runs(table: pd.DataFrame, frames: dict) -> pd.DataFrame:
 
 def _runs(root: Path, frames: dict) -> list[tuple[str, str]]:
     """(anchor, section) per run id and bench id found in the rows."""
-    from mixerbench.report.tables import of_trained_weights
+    from mixerbench.report.tables import mid_training
 
     acc = frames["accuracy"]
     ids = []
@@ -238,8 +238,8 @@ def _runs(root: Path, frames: dict) -> list[tuple[str, str]]:
     # ranks them (a later capped `evaluate` of a trained run does not stand for what the run
     # measured, nor a later probe of an early checkpoint for the finished run)
     trained = _text_col(acc, "kind") != "evaluate"
-    done = acc.index.isin(of_trained_weights(acc).index)
-    ranked = pd.concat([acc[~trained & ~done], acc[~trained & done], acc[trained]])
+    mid = mid_training(acc)
+    ranked = pd.concat([acc[~trained & mid], acc[~trained & ~mid], acc[trained]])
     by_id = {str(r["run_id"]): r for _, r in ranked.iterrows() if r["run_id"] == r["run_id"]}
     for rid in dict.fromkeys(ids):
         row = by_id.get(rid)

@@ -115,7 +115,7 @@ def latest_per_run(df: pd.DataFrame) -> pd.DataFrame:
     df = df.reset_index(drop=True)  # rows keep the order they came in (a caller may sort them)
     has_id = df["run_id"].notna() & (df["run_id"].astype(str) != "")
     trained = (df["kind"].astype(str) != "evaluate") if "kind" in df.columns else has_id
-    done = ~_mid_training(df)
+    done = ~mid_training(df)
     ranked = df[has_id].assign(_trained=trained[has_id], _done=done[has_id],
                                _crop=text(df, "pipeline")[has_id])
     ranked = ranked.sort_values(["_trained", "_done"], kind="stable")
@@ -338,11 +338,12 @@ def of_trained_weights(df: pd.DataFrame) -> pd.DataFrame:
     run id, no recipe id yet, and the step of the weights: `evaluate` of an unfinished run), so
     a table, figure or verdict is never about a half-trained model, nor takes such a probe for
     its run's. Rows that did not record their step (older versions) are kept, as before."""
-    return df[~_mid_training(df)]
+    return df[~mid_training(df)]
 
 
-def _mid_training(df: pd.DataFrame) -> pd.Series:
-    """Which rows `of_trained_weights` leaves out."""
+def mid_training(df: pd.DataFrame) -> pd.Series:
+    """Which rows `of_trained_weights` leaves out (a mask: callers that rank rather than drop
+    them, `latest_per_run` and the report's run sections, share it)."""
     if "steps" not in df.columns or "run_id" not in df.columns:
         return pd.Series(False, index=df.index)
     return (text(df, "run_id") != "") & (text(df, "recipe_id") == "") & df["steps"].notna()
