@@ -813,17 +813,37 @@ def device_name(device: str | None = None) -> str:
 
 @functools.cache  # read once per process: every row's provenance names the device
 def cpu_model() -> str:
-    """This CPU's model as Linux's /proc/cpuinfo names it, without trademark signs and clock
-    ("Intel Xeon Platinum 8481C", "AMD EPYC"); "" where none is named. Two CPUs of one
-    architecture run other kernels (AVX-512 and AMX, or not): their img/s are not one device's,
-    and they train one run id to other last digits, so a row says which CPU it ran on."""
+    """This CPU's model as Linux's /proc/cpuinfo names it (`cpu_model_of`); "" where none is
+    named. Two CPUs of one architecture run other kernels (AVX-512 and AMX, or not): their
+    img/s are not one device's, and they train one run id to other last digits, so a row says
+    which CPU it ran on."""
     try:
         with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            named = next((line.split(":", 1)[1] for line in fh
-                          if line.startswith("model name")), "")
+            return cpu_model_of(fh.read())
     except OSError:
         return ""
-    return " ".join(re.sub(r"\((R|TM)\)|\bCPU\b|@.*|\bProcessor\b", " ", named, flags=re.I).split())
+
+
+def cpu_model_of(cpuinfo: str) -> str:
+    """The model a /proc/cpuinfo text names, without trademark signs and clock ("Intel Xeon
+    Platinum 8481C"). A virtual machine may name its CPU by vendor and line alone ("Intel
+    Xeon", "AMD EPYC"), which every generation of the line can give, at other speeds and with
+    other vector units; such a name gains its family and model numbers ("Intel Xeon family 6
+    model 106", an Ice Lake)."""
+    fields: dict[str, str] = {}
+    for line in cpuinfo.splitlines():
+        key, sep, value = line.partition(":")
+        if not sep:
+            if fields:  # the first processor's block is enough: one model a machine
+                break
+            continue
+        fields.setdefault(key.strip(), value.strip())
+    named = " ".join(re.sub(r"\((R|TM)\)|\bCPU\b|@.*|\bProcessor\b", " ",
+                            fields.get("model name", ""), flags=re.I).split())
+    if named and not re.search(r"\d", named) and fields.get("cpu family", "").isdigit() \
+            and fields.get("model", "").isdigit():
+        named += f" family {fields['cpu family']} model {fields['model']}"
+    return named
 
 
 def provenance(

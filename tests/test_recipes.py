@@ -298,6 +298,29 @@ def test_a_compare_never_takes_another_cpus_benchmark_for_this_ones(tmp_path):
     assert len(rows(tmp_path / "throughput.csv")) == 4
 
 
+def test_two_generations_of_one_cpu_line_are_two_devices():
+    """A virtual machine may name its CPU by vendor and line alone (an Ice Lake Xeon VM:
+    "Intel(R) Xeon(R) Processor @ 2.80GHz"), a name any generation of the line can give: such
+    a name gains the family and model numbers /proc/cpuinfo gives, a name with a model number
+    is kept as it is, and this machine's own name is read the same way."""
+    from mixerbench import results
+
+    def block(name, family, model):
+        return (f"processor\t: 0\nvendor_id\t: x\ncpu family\t: {family}\nmodel\t\t: {model}\n"
+                f"model name\t: {name}\nflags\t\t: fpu\n\nprocessor\t: 1\ncpu family\t: 9\n"
+                f"model\t\t: 9\nmodel name\t: other\n")
+
+    named = results.cpu_model_of
+    assert named(block("Intel(R) Xeon(R) Processor @ 2.80GHz", 6, 106)) == "Intel Xeon family 6 model 106"
+    assert named(block("Intel(R) Xeon(R) Processor @ 2.80GHz", 6, 143)) == "Intel Xeon family 6 model 143"
+    assert named(block("AMD EPYC Processor", 25, 1)) == "AMD EPYC family 25 model 1"
+    assert named(block("Intel(R) Xeon(R) Platinum 8481C CPU @ 2.70GHz", 6, 143)) == "Intel Xeon Platinum 8481C"
+    assert named("") == ""
+    cpuinfo = Path("/proc/cpuinfo")
+    if cpuinfo.is_file():
+        assert results.cpu_model() == named(cpuinfo.read_text())
+
+
 def test_a_compare_counts_the_runs_it_read_back_from_a_pretrain_of_its_recipe(tmp_path):
     """`pretrain` of the smoke settings, then a compare of those settings: a compare that only
     reads the run back prints its table and says no file holds it (it failed with 'no compare
