@@ -102,11 +102,11 @@ def _line(out, line: str) -> None:
     out.print(_wrapped(out, line) if out.is_terminal else line, soft_wrap=True)
 
 
-# The space between a number and its unit ("99.7 %", "32 px", "1,692 img/s"), which `say`
-# never wraps at (an 80-column terminal showed "top-5 99.7" and "%" on two lines). Rich wraps at
+# The space between a number and its unit ("99.7 %", "32 px", "1,692 img/s", "3 x"), which
+# `say` and `claims` never wrap at (an 80-column terminal showed "top-5 99.7" and "%" on two lines). Rich wraps at
 # every space and has no way to keep two words together, so `_wrapped` stands a one-cell
 # character that is no whitespace (a private-use code point) in for these spaces while it wraps.
-_UNIT_SPACE = re.compile(r"(?<=\d) (?=(?:%|px|img/s|ms|s|min|h|[kMGTP]?FLOPs|[kMG]i?B)(?![\w/]))")
+_UNIT_SPACE = re.compile(r"(?<=\d) (?=(?:%|px|img/s|ms|s|min|h|[kMGTP]?FLOPs|[kMG]i?B|x)(?![\w/]))")
 _KEEP = "\ue000"
 
 
@@ -922,8 +922,9 @@ def claims(verdicts, fmt: Format, write_md: Path | None, changed: bool | None) -
     for style, line in to_text(verdicts):  # a terminal wraps under the line's indent + 4
         if sys.stdout.isatty() and line:
             indent = " " * (len(line) - len(line.lstrip()) + 4)
-            line = textwrap.fill(line, out.width, subsequent_indent=indent,
-                                 break_long_words=False, break_on_hyphens=False)
+            # textwrap, not rich: rich has no hanging indent; units kept as `_wrapped` keeps them
+            line = textwrap.fill(_UNIT_SPACE.sub(_KEEP, line), out.width, subsequent_indent=indent,
+                                 break_long_words=False, break_on_hyphens=False).replace(_KEEP, " ")
         out.print(f"[{colours[style]}]{e(line)}[/]" if style else e(line), soft_wrap=True)
 
 

@@ -247,6 +247,36 @@ def test_a_terminal_line_never_breaks_a_number_from_its_unit(capsys, monkeypatch
     lines = out.splitlines()
     assert len(lines) == 2 and max(len(ln.rstrip()) for ln in lines) <= 80, out
     assert lines[0].rstrip().endswith("top-5") and lines[1].startswith("99.7 %"), out
+    factor = "MFU n/a: no datasheet peak is known for this CPU; train FLOPs = 3 x forward."
+    for width in range(30, 81):  # a factor stays with its number too, at every width
+        monkeypatch.setenv("COLUMNS", str(width))
+        view.say(factor)
+        out = capsys.readouterr().out
+        assert " ".join(out.split()) == factor and not re.search(r"^x ", out, re.M), (width, out)
+
+
+def test_claims_on_a_terminal_wrap_under_their_indent_and_keep_units(capsys, monkeypatch):
+    """`claims` on a terminal of 60 to 120 columns: each verdict's lines wrap under its indent,
+    every word kept in order, and never between a number and its unit ("3 x forward", "5.30
+    img/s")."""
+    import sys
+
+    from mixerbench import view
+    from mixerbench.report.claims import check, to_text
+
+    monkeypatch.setenv("FORCE_COLOR", "1")
+    monkeypatch.setattr(sys.stdout, "isatty", lambda: True)
+    verdicts = check(ROOT / "results")
+    said = " ".join(" ".join(line for _, line in to_text(verdicts)).split())
+    units = re.compile(r"^\s*(%|px|img/s|ms|s|min|h|[kMGTP]?FLOPs|x)(?![\w/])")
+    for width in range(60, 121, 4):
+        monkeypatch.setenv("COLUMNS", str(width))
+        view.claims(verdicts, view.Format.table, None, None)
+        out = re.sub(r"\x1b\[[0-9;]*m", "", capsys.readouterr().out)
+        assert " ".join(out.split()) == said, width
+        lines = out.splitlines()
+        assert max(len(ln.rstrip()) for ln in lines) <= width, (width, out)
+        assert not [ln for ln in lines if units.match(ln)], (width, out)
 
 
 def test_counted_progress_on_a_pipe_is_a_few_lines(monkeypatch):
