@@ -103,9 +103,10 @@ def _line(out, line: str) -> None:
 
 
 # The space between a number and its unit ("99.7 %", "32 px", "1,692 img/s", "3 x"), which
-# `say` and `claims` never wrap at (an 80-column terminal showed "top-5 99.7" and "%" on two lines). Rich wraps at
-# every space and has no way to keep two words together, so `_wrapped` stands a one-cell
-# character that is no whitespace (a private-use code point) in for these spaces while it wraps.
+# `say` and `claims` never wrap at (an 80-column terminal showed "top-5 99.7" and "%" on two
+# lines). Rich wraps at every space and has no way to keep two words together, so `_wrapped`
+# stands a one-cell character that is no whitespace (a private-use code point) in for these
+# spaces while it wraps.
 _UNIT_SPACE = re.compile(r"(?<=\d) (?=(?:%|px|img/s|ms|s|min|h|[kMGTP]?FLOPs|[kMG]i?B|x)(?![\w/]))")
 _KEEP = "\ue000"
 
